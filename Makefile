@@ -1,0 +1,25 @@
+# The two commands of the README:
+#   make demo   set everything up and run the site-to-site demo in network namespaces
+#   make test   set everything up and run the whole test suite (unit, namespace, interop)
+.PHONY: setup demo test test-fast lint bench
+
+setup:
+	@scripts/setup
+
+demo: setup
+	.venv/bin/lockgate demo
+
+test: setup
+	.venv/bin/python -m pytest
+
+# Unit tests only: no root, no namespaces, no strongSwan; seconds.
+test-fast: setup
+	.venv/bin/python -m pytest -m "not netns and not interop and not slow"
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m bench.esp_gcm

@@ -1,0 +1,2 @@
+"""Configuration: TOML files loaded into typed, frozen dataclasses, with errors that
+name the offending key."""
