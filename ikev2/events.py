@@ -1,0 +1,196 @@
+"""What the IKEv2 core tells its user (the daemon), as dataclasses.
+
+The core never touches packets or the kernel: it hands over a `ChildSaInstalled`
+with everything needed to build the two ESP SAs (SPIs, suite, keys, selectors,
+lifetimes) and a `ChildSaDeleted` when they must go. Keys never appear in `repr`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ikev2.ts import TrafficSelector
+
+Address = tuple[str, int]
+"""An (IP address, UDP port) pair."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of every event the IKEv2 core emits."""
+
+
+@dataclass(frozen=True)
+class IkeSaEstablished(Event):
+    """An IKE SA finished IKE_AUTH: both peers are authenticated."""
+
+    connection: str
+    """Name of the connection (ConnectionConfig.name)."""
+    ike_sa_id: int
+    """Unique number of this IKE SA inside the endpoint (stable for its lifetime)."""
+    initiator: bool
+    """True if we started the IKE SA."""
+    spi_i: int
+    """Initiator's IKE SPI."""
+    spi_r: int
+    """Responder's IKE SPI."""
+    local: Address
+    """Our address and port the IKE SA now uses."""
+    remote: Address
+    """The peer's address and port the IKE SA now uses."""
+    local_id: str
+    """Our identity as text."""
+    remote_id: str
+    """The peer's authenticated identity as text."""
+    suite: str
+    """Negotiated IKE algorithms, e.g. "AES_GCM_16_256/PRF_HMAC_SHA2_384/CURVE_25519"."""
+    nat_local: bool
+    """True when a NAT (or forced encapsulation) was detected on our side."""
+    nat_remote: bool
+    """True when a NAT (or forced encapsulation) was detected on the peer's side."""
+
+
+@dataclass(frozen=True)
+class IkeSaDeleted(Event):
+    """An established IKE SA is gone (deleted by either side, expired or peer dead).
+
+    Its CHILD SAs are reported gone with their own `ChildSaDeleted` first.
+    """
+
+    connection: str
+    """Name of the connection."""
+    ike_sa_id: int
+    """The IKE SA's unique number."""
+    reason: str
+    """Why, in an operator's words ("deleted by peer", "peer did not answer 5 retransmissions")."""
+    by_peer: bool
+    """True if the peer asked for the delete."""
+
+
+@dataclass(frozen=True)
+class IkeSaFailed(Event):
+    """Setting up an IKE SA failed before it was established."""
+
+    connection: str
+    """Name of the connection, or "" if the request matched none."""
+    ike_sa_id: int
+    """The (half-open) IKE SA's unique number."""
+    reason: str
+    """What went wrong, for an operator ("peer's PSK does not match ours")."""
+    notify: int | None
+    """The IKEv2 notify error type involved (sent or received), if any."""
+
+
+@dataclass(frozen=True)
+class ChildSaInstalled(Event):
+    """A CHILD SA (one inbound and one outbound ESP SA) is ready for the data plane.
+
+    For a new CHILD SA this is emitted before the last message of its exchange is
+    sent, so the inbound SA exists when the peer starts using it (RFC 7296 §2.8).
+    """
+
+    connection: str
+    """Name of the connection."""
+    child: str
+    """Name of the CHILD SA configuration."""
+    unique_id: int
+    """Unique number of this CHILD SA inside the endpoint."""
+    ike_sa_id: int
+    """The IKE SA that negotiated it."""
+    spi_in: int
+    """SPI of the inbound ESP SA (chosen by us)."""
+    spi_out: int
+    """SPI of the outbound ESP SA (chosen by the peer)."""
+    encr_id: int
+    """IANA Transform Type 1 ID of the ESP cipher (e.g. 20 = AES-GCM-16)."""
+    encr_key_bits: int
+    """Cipher key length in bits (without an AEAD salt)."""
+    integ_id: int
+    """IANA Transform Type 3 ID of the integrity algorithm; 0 (NONE) for AEAD."""
+    esn: bool
+    """Extended sequence numbers negotiated (RFC 4303 §2.2.1)."""
+    encr_key_in: bytes = field(repr=False)
+    """Cipher key of the inbound SA; for AEAD ciphers it ends with the 4-byte salt."""
+    integ_key_in: bytes = field(repr=False)
+    """Integrity key of the inbound SA; empty for AEAD."""
+    encr_key_out: bytes = field(repr=False)
+    """Cipher key of the outbound SA; for AEAD ciphers it ends with the 4-byte salt."""
+    integ_key_out: bytes = field(repr=False)
+    """Integrity key of the outbound SA; empty for AEAD."""
+    local_ts: tuple[TrafficSelector, ...]
+    """Our side's negotiated traffic selectors."""
+    remote_ts: tuple[TrafficSelector, ...]
+    """The peer's side's negotiated traffic selectors."""
+    udp_encap: bool
+    """True: ESP travels in UDP (RFC 3948) between `local` and `remote`; else raw ESP."""
+    local: Address
+    """Our outer address and port (port matters only with `udp_encap`)."""
+    remote: Address
+    """The peer's outer address and port."""
+    lifetime: float
+    """Seconds until the SA must be gone (hard expiry)."""
+    rekey_time: float
+    """Seconds until rekeying is due (already randomised)."""
+    life_bytes: int
+    """Hard byte limit per direction; 0 for none."""
+    life_packets: int
+    """Hard packet limit per direction; 0 for none."""
+    replay_window: int
+    """Anti-replay window size in packets; 0 disables the check."""
+    mode: str = "tunnel"
+    """IPsec mode; always "tunnel" for now."""
+    rekey_of: int | None = None
+    """unique_id of the CHILD SA this one replaces (rekey), else None."""
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted(Event):
+    """A CHILD SA's two ESP SAs must be removed from the data plane."""
+
+    connection: str
+    """Name of the connection."""
+    child: str
+    """Name of the CHILD SA configuration."""
+    unique_id: int
+    """The CHILD SA's unique number (as in ChildSaInstalled)."""
+    ike_sa_id: int
+    """The IKE SA it belonged to."""
+    spi_in: int
+    """SPI of the inbound ESP SA."""
+    spi_out: int
+    """SPI of the outbound ESP SA."""
+    reason: str
+    """Why, for an operator ("deleted by peer", "rekeyed", "IKE SA deleted")."""
+
+
+@dataclass(frozen=True)
+class ChildSaFailed(Event):
+    """A CHILD SA could not be set up although its IKE SA may live on."""
+
+    connection: str
+    """Name of the connection."""
+    child: str
+    """Name of the CHILD SA configuration."""
+    ike_sa_id: int
+    """The IKE SA that tried."""
+    reason: str
+    """What went wrong, for an operator."""
+    notify: int | None
+    """The IKEv2 notify error type involved (e.g. TS_UNACCEPTABLE), if any."""
+
+
+@dataclass(frozen=True)
+class NatKeepaliveDue(Event):
+    """Send one NAT-keepalive datagram (a single 0xFF byte, RFC 3948 §2.3) now.
+
+    Emitted when a NAT was detected on our side and nothing was sent to the peer's
+    port 4500 for the keepalive interval; the daemon sends it from `local` to
+    `remote`, since it also owns the ESP-in-UDP traffic on that socket.
+    """
+
+    ike_sa_id: int
+    """The IKE SA whose NAT mapping needs keeping."""
+    local: Address
+    """Our address and port 4500 (the socket to send from)."""
+    remote: Address
+    """The peer's address and port."""
