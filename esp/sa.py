@@ -1,0 +1,377 @@
+"""One ESP Security Association: tunnel-mode encapsulation and decapsulation.
+
+Wire format (RFC 4303 §2): SPI(4) | Sequence(4) | IV | ciphertext | ICV, where the
+ciphertext covers inner packet | padding 1,2,3,... | Pad Length | Next Header.
+
+The hot path builds each packet with a handful of precompiled `struct` calls and
+one cipher call on a cipher object made once per SA. Bad input from the network
+never raises: `decapsulate` returns a `DropReason`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from esp.drops import DropReason
+from esp.errors import EspConfigError
+from esp.replay import ReplayWindow
+from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, EspSuite
+
+IPPROTO_IPIP = 4
+"""Next Header of an inner IPv4 packet (tunnel mode)."""
+IPPROTO_IPV6 = 41
+"""Next Header of an inner IPv6 packet (tunnel mode)."""
+IPPROTO_NONE = 59
+"""Next Header of a dummy packet (RFC 4303 §2.6)."""
+
+_NEXT_HEADER_BY_VERSION = {4: IPPROTO_IPIP, 6: IPPROTO_IPV6}
+_VERSION_BY_NEXT_HEADER = {IPPROTO_IPIP: 4, IPPROTO_IPV6: 6}
+
+_SPI_SEQ = struct.Struct("!II")
+# AEAD header with the explicit IV: we use the 64-bit sequence number as the IV,
+# which is unique per key as RFC 4106 §3.1 and RFC 7634 §2 require, and costs no
+# random bytes per packet.
+_SPI_SEQ_IV = struct.Struct("!IIQ")
+# AEAD AAD with ESN: SPI | Seq high | Seq low (RFC 4106 §5, RFC 7634 §2.1).
+_SPI_ESN = struct.Struct("!IQ")
+_SEQ_HIGH = struct.Struct("!I")
+
+# Padding of length n is 1, 2, ..., n (RFC 4303 §2.4).
+_PADDING = tuple(bytes(range(1, n + 1)) for n in range(256))
+
+_SEQ_MAX_32 = (1 << 32) - 1
+_SEQ_MAX_64 = (1 << 64) - 1
+_NO_LIMIT = 1 << 64
+
+DecapResult = tuple[bytes, int] | DropReason
+"""Inner packet and its Next Header (4 or 41), or why it was dropped."""
+EncapResult = bytes | DropReason
+"""ESP packet from the SPI to the ICV, or why nothing was sent."""
+
+
+class LifetimeState(enum.Enum):
+    """Where an SA stands against its lifetime; the IKE side polls this to rekey."""
+
+    OK = "ok"
+    SOFT = "soft"
+    """A soft limit passed: start a rekey (RFC 4301 §4.4.2.1)."""
+    HARD = "hard"
+    """A hard limit or the sequence space is used up: the SA processes nothing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """Byte and packet limits of one SA (None: no limit).
+
+    Bytes count inner packet octets, the data the SA protected. Time limits are
+    the IKE side's job: it owns the clock.
+    """
+
+    soft_bytes: int | None = None
+    """Past this many bytes the SA reports SOFT."""
+    hard_bytes: int | None = None
+    """A packet that would take the SA past this many bytes is dropped."""
+    soft_packets: int | None = None
+    """Past this many packets the SA reports SOFT."""
+    hard_packets: int | None = None
+    """After this many packets the SA drops everything."""
+
+    def __post_init__(self) -> None:
+        for name in ("soft_bytes", "hard_bytes", "soft_packets", "hard_packets"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise EspConfigError(f"lifetime {name} must not be negative, got {value}")
+
+
+class EspSA:
+    """One unidirectional ESP SA in tunnel mode.
+
+    The same class serves both directions: an outbound SA calls `encapsulate`, an
+    inbound one `decapsulate`, and the counters and lifetime apply to whichever
+    is used. Keys are KEYMAT slices (RFC 7296 §2.17), salt last for AEAD.
+    """
+
+    __slots__ = (
+        "_aead",
+        "_aes",
+        "_align",
+        "_bytes",
+        "_hard_bytes",
+        "_hard_packets",
+        "_hash",
+        "_icv_len",
+        "_integ_key",
+        "_min_len",
+        "_packets",
+        "_salt",
+        "_seq",
+        "_seq_max",
+        "_seq_soft",
+        "_soft_bytes",
+        "_soft_packets",
+        "drops",
+        "esn",
+        "lifetime",
+        "replay",
+        "spi",
+        "suite",
+    )
+
+    def __init__(
+        self,
+        spi: int,
+        suite: EspSuite,
+        encr_key: bytes,
+        integ_key: bytes = b"",
+        *,
+        esn: bool = False,
+        replay_window: int = 1024,
+        lifetime: Lifetime | None = None,
+        first_seq: int = 1,
+    ) -> None:
+        """Build the SA and its cipher objects.
+
+        `first_seq` is the sequence number of the first outbound packet (1 per
+        RFC 4303 §3.3.3; tests start near the end of the space). Raises
+        `EspConfigError` for wrong key lengths or an SPI outside 256..2^32-1
+        (RFC 4303 §2.1 reserves 1-255, and 0 is never on the wire).
+        """
+        if not 256 <= spi <= _SEQ_MAX_32:
+            raise EspConfigError(f"SPI {spi:#x} is reserved or not 32-bit")
+        if len(encr_key) != suite.encr_key_len:
+            raise EspConfigError(
+                f"{suite.name} needs a {suite.encr_key_len}-octet encryption key, "
+                f"got {len(encr_key)}"
+            )
+        if len(integ_key) != suite.integ_key_len:
+            raise EspConfigError(
+                f"{suite.name} needs a {suite.integ_key_len}-octet integrity key, "
+                f"got {len(integ_key)}"
+            )
+        self.spi = spi
+        """SPI carried by every packet of this SA."""
+        self.suite = suite
+        """Cipher suite."""
+        self.esn = esn
+        """64-bit Extended Sequence Numbers (RFC 4303 §2.2.1)."""
+        self.lifetime = lifetime if lifetime is not None else Lifetime()
+        """Soft and hard byte/packet limits."""
+        self.replay = ReplayWindow(replay_window)
+        """Inbound anti-replay window (unused on an outbound SA)."""
+        self.drops: Counter[DropReason] = Counter()
+        """Packets refused, per reason."""
+
+        self._seq_max = _SEQ_MAX_64 if esn else _SEQ_MAX_32
+        if not 1 <= first_seq <= self._seq_max + 1:
+            raise EspConfigError(f"first sequence number {first_seq} out of range")
+        # Next outbound sequence number; past _seq_max means exhausted.
+        self._seq = first_seq
+        # Report SOFT once 15/16 of the sequence space is used, so IKE rekeys well
+        # before the counter runs out (RFC 4303 §3.3.3 forbids cycling it).
+        self._seq_soft = self._seq_max - (self._seq_max >> 4)
+        self._packets = 0
+        self._bytes = 0
+        life = self.lifetime
+        self._soft_bytes = _NO_LIMIT if life.soft_bytes is None else life.soft_bytes
+        self._hard_bytes = _NO_LIMIT if life.hard_bytes is None else life.hard_bytes
+        self._soft_packets = _NO_LIMIT if life.soft_packets is None else life.soft_packets
+        self._hard_packets = _NO_LIMIT if life.hard_packets is None else life.hard_packets
+
+        self._align = suite.align
+        self._icv_len = suite.icv_len
+        # Smallest packet: header, IV, one encrypted unit holding the trailer, ICV.
+        self._min_len = 8 + suite.iv_len + max(suite.align, 2) + suite.icv_len
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self._aes: algorithms.AES | None = None
+        self._salt = b""
+        self._integ_key = bytes(integ_key)
+        self._hash = suite.hash_name or ""
+        if suite.encr_id == ENCR_AES_GCM_16:
+            self._aead = AESGCM(bytes(encr_key[:-4]))
+            self._salt = bytes(encr_key[-4:])
+        elif suite.encr_id == ENCR_CHACHA20_POLY1305:
+            self._aead = ChaCha20Poly1305(bytes(encr_key[:-4]))
+            self._salt = bytes(encr_key[-4:])
+        else:
+            self._aes = algorithms.AES(bytes(encr_key))
+
+    def __repr__(self) -> str:
+        # Never show keys.
+        return f"EspSA(spi={self.spi:#010x}, suite={self.suite.name}, esn={self.esn})"
+
+    # ---- counters and lifetime -------------------------------------------------
+
+    @property
+    def packet_count(self) -> int:
+        """Inner packets sent (outbound) or delivered (inbound)."""
+        return self._packets
+
+    @property
+    def byte_count(self) -> int:
+        """Inner packet octets sent or delivered."""
+        return self._bytes
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next outbound packet will carry (64-bit with ESN)."""
+        return self._seq
+
+    @property
+    def seq_exhausted(self) -> bool:
+        """True once the outbound counter cannot go on without wrapping."""
+        return self._seq > self._seq_max
+
+    def lifetime_state(self) -> LifetimeState:
+        """OK, SOFT (rekey now) or HARD (replace: this SA is done)."""
+        if (
+            self._seq > self._seq_max
+            or self._packets >= self._hard_packets
+            or self._bytes >= self._hard_bytes
+        ):
+            return LifetimeState.HARD
+        if (
+            self._packets >= self._soft_packets
+            or self._bytes >= self._soft_bytes
+            or self._seq > self._seq_soft
+        ):
+            return LifetimeState.SOFT
+        return LifetimeState.OK
+
+    def _drop(self, reason: DropReason) -> DropReason:
+        self.drops[reason] += 1
+        return reason
+
+    # ---- outbound --------------------------------------------------------------
+
+    def encapsulate(self, inner: bytes, next_header: int | None = None) -> EncapResult:
+        """ESP packet (SPI through ICV) carrying one inner IPv4/IPv6 packet.
+
+        `next_header` defaults to 4 or 41 from the inner IP version; pass 59 to
+        send a dummy packet. Returns a `DropReason` when the SA must not send
+        (sequence space or hard lifetime used up) or the input is not IP.
+        """
+        n = len(inner)
+        if next_header is None:
+            next_header = _NEXT_HEADER_BY_VERSION.get(inner[0] >> 4, 0) if n else 0
+            if not next_header:
+                return self._drop(DropReason.BAD_INNER_PACKET)
+        seq = self._seq
+        if seq > self._seq_max:
+            # RFC 4303 §3.3.3: the counter MUST NOT cycle; a new SA is needed.
+            return self._drop(DropReason.SEQ_EXHAUSTED)
+        if self._packets >= self._hard_packets or self._bytes + n > self._hard_bytes:
+            return self._drop(DropReason.LIFETIME_EXPIRED)
+        self._seq = seq + 1
+        self._packets += 1
+        self._bytes += n
+        padlen = -(n + 2) % self._align
+        plaintext = inner + _PADDING[padlen] + bytes((padlen, next_header))
+        aead = self._aead
+        if aead is not None:
+            header = _SPI_SEQ_IV.pack(self.spi, seq & _SEQ_MAX_32, seq)
+            aad = _SPI_ESN.pack(self.spi, seq) if self.esn else header[:8]
+            return header + aead.encrypt(self._salt + header[8:], plaintext, aad)
+        return self._encapsulate_cbc(seq, plaintext)
+
+    def _cbc_key(self) -> algorithms.AES:
+        if self._aes is None:  # only CBC suites reach here; __init__ sets it for them
+            raise EspConfigError(f"{self.suite.name} has no CBC key")
+        return self._aes
+
+    def _encapsulate_cbc(self, seq: int, plaintext: bytes) -> bytes:
+        # RFC 3602 §3: the CBC IV must be unpredictable, so it is random per packet.
+        iv = os.urandom(16)
+        encryptor = Cipher(self._cbc_key(), modes.CBC(iv)).encryptor()
+        body = (
+            _SPI_SEQ.pack(self.spi, seq & _SEQ_MAX_32)
+            + iv
+            + encryptor.update(plaintext)
+            + encryptor.finalize()
+        )
+        # With ESN the high half is authenticated but not sent (RFC 4303 §2.2.1).
+        mac_input = body + _SEQ_HIGH.pack(seq >> 32) if self.esn else body
+        return body + hmac.digest(self._integ_key, mac_input, self._hash)[: self._icv_len]
+
+    def encapsulate_batch(self, inners: Iterable[bytes]) -> list[EncapResult]:
+        """`encapsulate` for each packet, in order."""
+        encapsulate = self.encapsulate
+        return [encapsulate(inner) for inner in inners]
+
+    # ---- inbound ---------------------------------------------------------------
+
+    def decapsulate(self, packet: bytes) -> DecapResult:
+        """Inner packet and Next Header from an ESP packet (SPI through ICV).
+
+        Order per RFC 4303 §3.4: replay check, then ICV, then the window commit,
+        then padding and Next Header. Any input gives a result, never an exception.
+        """
+        n = len(packet)
+        if n < self._min_len:
+            return self._drop(DropReason.TOO_SHORT)
+        spi, seq_low = _SPI_SEQ.unpack_from(packet)
+        if spi != self.spi:
+            return self._drop(DropReason.NO_SA)
+        replay = self.replay
+        seq = replay.infer_seq(seq_low) if self.esn else seq_low
+        if not replay.check(seq):
+            return self._drop(DropReason.REPLAY)
+        if self._packets >= self._hard_packets or self._bytes >= self._hard_bytes:
+            return self._drop(DropReason.LIFETIME_EXPIRED)
+        aead = self._aead
+        if aead is not None:
+            aad = _SPI_ESN.pack(spi, seq) if self.esn else packet[:8]
+            try:
+                plaintext = aead.decrypt(self._salt + packet[8:16], packet[16:], aad)
+            except InvalidTag:
+                return self._drop(DropReason.ICV_FAILURE)
+        else:
+            decrypted = self._decapsulate_cbc(packet, seq)
+            if isinstance(decrypted, DropReason):
+                return self._drop(decrypted)
+            plaintext = decrypted
+        # RFC 4303 §3.4.3: the window moves only for authenticated packets.
+        replay.commit(seq)
+        end = len(plaintext) - 2
+        padlen = plaintext[end]
+        inner_len = end - padlen
+        if inner_len < 0 or plaintext[inner_len:end] != _PADDING[padlen]:
+            return self._drop(DropReason.BAD_PADDING)
+        next_header = plaintext[end + 1]
+        if next_header == IPPROTO_NONE:
+            return self._drop(DropReason.DUMMY_PACKET)
+        version = _VERSION_BY_NEXT_HEADER.get(next_header)
+        if version is None or inner_len == 0 or plaintext[0] >> 4 != version:
+            return self._drop(DropReason.BAD_NEXT_HEADER)
+        if self._bytes + inner_len > self._hard_bytes:
+            return self._drop(DropReason.LIFETIME_EXPIRED)
+        self._packets += 1
+        self._bytes += inner_len
+        return plaintext[:inner_len], next_header
+
+    def _decapsulate_cbc(self, packet: bytes, seq: int) -> bytes | DropReason:
+        icv_len = self._icv_len
+        body_end = len(packet) - icv_len
+        if (body_end - 24) % 16:
+            return DropReason.BAD_LENGTH
+        body = packet[:body_end]
+        mac_input = body + _SEQ_HIGH.pack(seq >> 32) if self.esn else body
+        expected = hmac.digest(self._integ_key, mac_input, self._hash)[:icv_len]
+        if not hmac.compare_digest(expected, packet[body_end:]):
+            return DropReason.ICV_FAILURE
+        decryptor = Cipher(self._cbc_key(), modes.CBC(packet[8:24])).decryptor()
+        return decryptor.update(packet[24:body_end]) + decryptor.finalize()
+
+    def decapsulate_batch(self, packets: Iterable[bytes]) -> list[DecapResult]:
+        """`decapsulate` for each packet, in order."""
+        decapsulate = self.decapsulate
+        return [decapsulate(packet) for packet in packets]
