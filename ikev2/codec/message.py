@@ -1,0 +1,293 @@
+"""IKE header, payload chain and whole messages (RFC 7296 §3.1, §3.2).
+
+``decode_message`` turns received octets into a :class:`Message`; every way the octets
+can be wrong raises :class:`ikev2.errors.InvalidSyntax` (or its subclasses
+``UnsupportedCriticalPayload`` / ``InvalidMajorVersion``), never anything else.
+``encode_message`` does the reverse; values that do not fit their fields raise
+:class:`ikev2.errors.LocalProtocolError` (our bug, not the peer's).
+
+An SK payload is decoded as :class:`Encrypted` and stays opaque here; the crypto layer
+(``ikev2.crypto.sk``) opens it and returns a :class:`Message` with ``encrypted=True``
+whose ``payloads`` are the inner ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ikev2.codec.buffer import BufferReadError, Reader, push_uint8, push_uint32
+from ikev2.codec.payloads import DECODERS, Encrypted, Notify, Payload, UnknownPayload
+from ikev2.constants import (
+    GENERIC_PAYLOAD_HEADER_LEN,
+    IKE_HEADER_LEN,
+    IKE_VERSION,
+    HeaderFlag,
+    PayloadType,
+)
+from ikev2.errors import (
+    InvalidMajorVersion,
+    InvalidSyntax,
+    LocalProtocolError,
+    UnsupportedCriticalPayload,
+)
+
+_CRITICAL = 0x80
+_MAX_LEN = 0xFFFF
+
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True, slots=True)
+class IkeHeader:
+    """The fixed 28-octet IKE header (RFC 7296 §3.1)."""
+
+    spi_i: bytes
+    """IKE SA Initiator's SPI (8 octets)."""
+    spi_r: bytes
+    """IKE SA Responder's SPI (8 octets; zero in the first IKE_SA_INIT request)."""
+    next_payload: int
+    """Type of the first payload."""
+    exchange_type: int
+    """Exchange Type (:class:`ExchangeType`)."""
+    message_id: int
+    """Message ID (32 bits)."""
+    length: int
+    """Length of the whole message in octets."""
+    initiator: bool
+    """I flag: sent by the original initiator of the IKE SA."""
+    response: bool
+    """R flag: this message is a response."""
+    version: int = IKE_VERSION
+    """Major (high nibble) and minor version."""
+
+    def encode(self) -> bytes:
+        """The 28 header octets."""
+        if len(self.spi_i) != 8 or len(self.spi_r) != 8:
+            raise LocalProtocolError("IKE SPIs must be 8 octets")
+        flags = HeaderFlag.NONE
+        if self.initiator:
+            flags |= HeaderFlag.INITIATOR
+        if self.response:
+            flags |= HeaderFlag.RESPONSE
+        out = bytearray(self.spi_i + self.spi_r)
+        try:
+            push_uint8(out, self.next_payload)
+            push_uint8(out, self.version)
+            push_uint8(out, self.exchange_type)
+            push_uint8(out, flags)
+            push_uint32(out, self.message_id)
+            push_uint32(out, self.length)
+        except OverflowError as exc:
+            raise LocalProtocolError(f"IKE header field out of range: {exc}") from exc
+        return bytes(out)
+
+
+def decode_header(data: bytes) -> IkeHeader:
+    """Parse the IKE header of a received message and check its version and length.
+
+    Enough to route the message to its IKE SA before decoding the payloads.
+    """
+    if len(data) < IKE_HEADER_LEN:
+        raise InvalidSyntax(f"message of {len(data)} octets is shorter than the IKE header")
+    buf = Reader(data)
+    spi_i = buf.pull_bytes(8)
+    spi_r = buf.pull_bytes(8)
+    next_payload = buf.pull_uint8()
+    version = buf.pull_uint8()
+    exchange_type = buf.pull_uint8()
+    flags = buf.pull_uint8()
+    message_id = buf.pull_uint32()
+    length = buf.pull_uint32()
+    if version >> 4 != IKE_VERSION >> 4:
+        raise InvalidMajorVersion(version)
+    if length != len(data):
+        raise InvalidSyntax(f"IKE header says {length} octets, datagram has {len(data)}")
+    return IkeHeader(
+        spi_i=spi_i,
+        spi_r=spi_r,
+        next_payload=next_payload,
+        exchange_type=exchange_type,
+        message_id=message_id,
+        length=length,
+        initiator=bool(flags & HeaderFlag.INITIATOR),
+        response=bool(flags & HeaderFlag.RESPONSE),
+        version=version,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An IKE message: header fields and payloads (RFC 7296 §3).
+
+    With ``encrypted=False`` the payloads are the ones on the wire (an SK payload, if
+    any, is the last and is an :class:`Encrypted`). With ``encrypted=True`` the payloads
+    are the ones inside the SK payload: the form the state machine builds before
+    sealing and gets back after opening (``ikev2.crypto.sk``).
+    """
+
+    spi_i: bytes
+    """IKE SA Initiator's SPI (8 octets)."""
+    spi_r: bytes
+    """IKE SA Responder's SPI (8 octets)."""
+    exchange_type: int
+    """Exchange Type (:class:`ExchangeType`)."""
+    message_id: int
+    """Message ID."""
+    initiator: bool
+    """I flag: sent by the original initiator of the IKE SA."""
+    response: bool
+    """R flag: this message is a response."""
+    payloads: tuple[Payload, ...] = ()
+    """Payloads in order (inner payloads when ``encrypted``)."""
+    encrypted: bool = False
+    """Whether ``payloads`` belong inside an SK payload."""
+    version: int = IKE_VERSION
+    """Major and minor version octet of the header."""
+
+    def header(self, next_payload: int, length: int) -> IkeHeader:
+        """The header of this message for a given first payload and total length."""
+        return IkeHeader(
+            spi_i=self.spi_i,
+            spi_r=self.spi_r,
+            next_payload=next_payload,
+            exchange_type=self.exchange_type,
+            message_id=self.message_id,
+            length=length,
+            initiator=self.initiator,
+            response=self.response,
+            version=self.version,
+        )
+
+    def get(self, kind: type[P]) -> P | None:
+        """The first payload of a class, or ``None``."""
+        for payload in self.payloads:
+            if isinstance(payload, kind):
+                return payload
+        return None
+
+    def get_all(self, kind: type[P]) -> list[P]:
+        """Every payload of a class, in order."""
+        return [p for p in self.payloads if isinstance(p, kind)]
+
+    def notify(self, notify_type: int) -> Notify | None:
+        """The first Notify of a type, or ``None``."""
+        for payload in self.payloads:
+            if isinstance(payload, Notify) and payload.notify_type == notify_type:
+                return payload
+        return None
+
+    def error_notifies(self) -> list[Notify]:
+        """The error Notify payloads (types below 16384)."""
+        return [p for p in self.payloads if isinstance(p, Notify) and p.is_error]
+
+
+# --- Payload chain ----------------------------------------------------------------------
+
+
+def generic_header(next_payload: int, body_len: int, critical: bool = False) -> bytes:
+    """The 4-octet generic payload header (RFC 7296 §3.2)."""
+    length = GENERIC_PAYLOAD_HEADER_LEN + body_len
+    if length > _MAX_LEN:
+        raise LocalProtocolError(f"payload of {length} octets does not fit its length field")
+    try:
+        return bytes([next_payload, _CRITICAL if critical else 0]) + length.to_bytes(2, "big")
+    except ValueError as exc:
+        raise LocalProtocolError(f"bad next payload type {next_payload}") from exc
+
+
+def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
+    """Encode a payload chain; returns the type of the first payload and the octets.
+
+    An :class:`Encrypted` payload must be last: its Next Payload field carries the
+    type of its first inner payload (RFC 7296 §3.14).
+    """
+    out = bytearray()
+    for index, payload in enumerate(payloads):
+        last = index == len(payloads) - 1
+        if isinstance(payload, Encrypted):
+            if not last:
+                raise LocalProtocolError("the SK payload must be the last payload")
+            next_type = payload.first_payload
+        else:
+            next_type = PayloadType.NONE if last else payloads[index + 1].payload_type
+        try:
+            body = payload.encode_body()
+        except (OverflowError, ValueError) as exc:
+            raise LocalProtocolError(f"cannot encode {type(payload).__name__}: {exc}") from exc
+        critical = isinstance(payload, UnknownPayload) and payload.critical
+        out += generic_header(next_type, len(body), critical)
+        out += body
+    first = payloads[0].payload_type if payloads else PayloadType.NONE
+    return first, bytes(out)
+
+
+def decode_payloads(first_type: int, data: bytes, *, inner: bool = False) -> tuple[Payload, ...]:
+    """Decode a payload chain starting with a payload of ``first_type``.
+
+    ``inner`` is True for the plaintext of an SK payload, where another SK payload is
+    not allowed. Raises only :class:`InvalidSyntax` (or a subclass).
+    """
+    try:
+        return _decode_payloads(first_type, data, inner)
+    except BufferReadError as exc:
+        raise InvalidSyntax(f"truncated payload: {exc}") from exc
+
+
+def _decode_payloads(next_type: int, data: bytes, inner: bool) -> tuple[Payload, ...]:
+    buf = Reader(data)
+    payloads: list[Payload] = []
+    while next_type != PayloadType.NONE:
+        this_type = next_type
+        next_type = buf.pull_uint8()
+        critical = bool(buf.pull_uint8() & _CRITICAL)
+        length = buf.pull_uint16()
+        if length < GENERIC_PAYLOAD_HEADER_LEN:
+            raise InvalidSyntax(f"payload length {length} is shorter than its header")
+        body = buf.pull_bytes(length - GENERIC_PAYLOAD_HEADER_LEN)
+        if this_type == PayloadType.SK:
+            if inner:
+                raise InvalidSyntax("SK payload inside an SK payload")
+            if not buf.eof():
+                raise InvalidSyntax("the SK payload is not the last payload")
+            payloads.append(Encrypted(next_type, body))
+            return tuple(payloads)
+        decoder = DECODERS.get(this_type)
+        if decoder is not None:
+            payloads.append(decoder(body))
+        elif critical:
+            # RFC 7296 §2.5: reject the whole message when a critical payload is unknown.
+            raise UnsupportedCriticalPayload(this_type)
+        else:
+            payloads.append(UnknownPayload(this_type, body, critical=False))
+    if not buf.eof():
+        raise InvalidSyntax(f"{buf.remaining} octets after the last payload")
+    return tuple(payloads)
+
+
+# --- Whole messages ---------------------------------------------------------------------
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode an unencrypted message (or one whose SK payload is already sealed)."""
+    if message.encrypted:
+        raise LocalProtocolError("an encrypted message is encoded by ikev2.crypto.sk")
+    first, chain = encode_payloads(message.payloads)
+    return message.header(first, IKE_HEADER_LEN + len(chain)).encode() + chain
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode a received IKE message (without the non-ESP marker of port 4500)."""
+    header = decode_header(data)
+    payloads = decode_payloads(header.next_payload, data[IKE_HEADER_LEN:])
+    return Message(
+        spi_i=header.spi_i,
+        spi_r=header.spi_r,
+        exchange_type=header.exchange_type,
+        message_id=header.message_id,
+        initiator=header.initiator,
+        response=header.response,
+        payloads=payloads,
+        version=header.version,
+    )
