@@ -34,6 +34,9 @@ IPPROTO_IPV6 = 41
 IPPROTO_NONE = 59
 """Next Header of a dummy packet (RFC 4303 §2.6)."""
 
+TUNNEL_NEXT_HEADERS = frozenset({IPPROTO_IPIP, IPPROTO_IPV6})
+"""Next Header values a tunnel-mode SA delivers."""
+
 _NEXT_HEADER_BY_VERSION = {4: IPPROTO_IPIP, 6: IPPROTO_IPV6}
 _VERSION_BY_NEXT_HEADER = {IPPROTO_IPIP: 4, IPPROTO_IPV6: 6}
 
@@ -112,6 +115,7 @@ class EspSA:
         "_icv_len",
         "_integ_key",
         "_min_len",
+        "_next_headers",
         "_packets",
         "_salt",
         "_seq",
@@ -138,6 +142,7 @@ class EspSA:
         replay_window: int = 1024,
         lifetime: Lifetime | None = None,
         first_seq: int = 1,
+        next_headers: frozenset[int] = TUNNEL_NEXT_HEADERS,
     ) -> None:
         """Build the SA and its cipher objects.
 
@@ -145,7 +150,13 @@ class EspSA:
         RFC 4303 §3.3.3; tests start near the end of the space). Raises
         `EspConfigError` for wrong key lengths or an SPI outside 256..2^32-1
         (RFC 4303 §2.1 reserves 1-255, and 0 is never on the wire).
+        `next_headers` lists the Next Header values `decapsulate` delivers; the
+        default is tunnel mode. Others (transport-mode protocols such as 1 or 17)
+        are passed through unchecked; inner packets of 4/41 must match that IP
+        version.
         """
+        if IPPROTO_NONE in next_headers:
+            raise EspConfigError("next header 59 marks dummy packets; it is never delivered")
         if not 256 <= spi <= _SEQ_MAX_32:
             raise EspConfigError(f"SPI {spi:#x} is reserved or not 32-bit")
         if len(encr_key) != suite.encr_key_len:
@@ -187,6 +198,7 @@ class EspSA:
         self._soft_packets = _NO_LIMIT if life.soft_packets is None else life.soft_packets
         self._hard_packets = _NO_LIMIT if life.hard_packets is None else life.hard_packets
 
+        self._next_headers = next_headers
         self._align = suite.align
         self._icv_len = suite.icv_len
         # Smallest packet: header, IV, one encrypted unit holding the trailer, ICV.
@@ -349,8 +361,10 @@ class EspSA:
         next_header = plaintext[end + 1]
         if next_header == IPPROTO_NONE:
             return self._drop(DropReason.DUMMY_PACKET)
+        if next_header not in self._next_headers:
+            return self._drop(DropReason.BAD_NEXT_HEADER)
         version = _VERSION_BY_NEXT_HEADER.get(next_header)
-        if version is None or inner_len == 0 or plaintext[0] >> 4 != version:
+        if version is not None and (inner_len == 0 or plaintext[0] >> 4 != version):
             return self._drop(DropReason.BAD_NEXT_HEADER)
         if self._bytes + inner_len > self._hard_bytes:
             return self._drop(DropReason.LIFETIME_EXPIRED)
