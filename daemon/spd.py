@@ -60,7 +60,7 @@ class TrafficSelector:
             raise SelectorError("address range is empty or out of bounds")
         if not 0 <= self.protocol <= 255:
             raise SelectorError(f"protocol {self.protocol} is not an IP protocol number")
-        if not 0 <= self.first_port <= self.last_port <= 65535:
+        if not self.opaque and not 0 <= self.first_port <= self.last_port <= 65535:
             raise SelectorError("port range is empty or out of bounds")
 
     @classmethod
@@ -99,6 +99,12 @@ class TrafficSelector:
         return self.first_port == 0 and self.last_port == 65535
 
     @property
+    def opaque(self) -> bool:
+        """True for the OPAQUE selector (start 65535, end 0, RFC 7296 §3.13.1): it
+        matches only packets whose ports cannot be read."""
+        return self.first_port == 65535 and self.last_port == 0
+
+    @property
     def size(self) -> int:
         """How many addresses the range holds (smaller is more specific)."""
         return self.last - self.first + 1
@@ -115,7 +121,7 @@ class TrafficSelector:
         if self.protocol and protocol != self.protocol:
             return False
         if port == OPAQUE_PORT:
-            return self.any_port
+            return self.any_port or self.opaque
         return self.first_port <= port <= self.last_port
 
     def __str__(self) -> str:
@@ -123,7 +129,9 @@ class TrafficSelector:
         text = str(nets[0]) if len(nets) == 1 else f"{nets[0][0]}-{nets[-1][-1]}"
         if self.protocol:
             text += f"[{self.protocol}"
-            if not self.any_port:
+            if self.opaque:
+                text += "/OPAQUE"
+            elif not self.any_port:
                 text += f"/{self.first_port}-{self.last_port}"
             text += "]"
         return text

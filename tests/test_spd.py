@@ -315,3 +315,16 @@ def test_sad_lookup_add_remove() -> None:
     assert sad.remove(0xC0FFEE01) == "a"
     assert sad.remove(0xC0FFEE01) is None
     assert 0xC0FFEE02 in sad and len(sad) == 1
+
+
+def test_opaque_port_selector_matches_only_packets_without_ports() -> None:
+    opaque = TrafficSelector.from_network("203.0.113.0/24", 17, (65535, 0))
+    assert opaque.opaque and str(opaque) == "203.0.113.0/24[17/OPAQUE]"
+    policy = Policy(selectors_from_networks(["192.0.2.0/24"]), (opaque,), "opaque")
+    spd: Spd[str] = Spd()
+    spd.add(policy)
+    whole = ipv4("192.0.2.5", "203.0.113.1", 17, udp(4000, 53))
+    frag = bytearray(whole)
+    frag[6:8] = struct.pack("!H", 0x0002)
+    assert spd.lookup(whole) is None
+    assert spd.lookup(frag) is policy

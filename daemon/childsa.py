@@ -1,0 +1,185 @@
+"""An installed CHILD SA as the data plane sees it, and how it is built from the
+IKEv2 core's `ChildSaInstalled` event.
+
+The negotiation hands over SPIs, transform ids, keys, selectors, framing and
+addresses; here they become two `EspSA`s (one per direction), an SPD policy and
+the per-SA counters that `lockgate status` shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.spd import Policy, TrafficSelector
+from esp.sa import EspSA, Lifetime
+from esp.suites import EspSuite, suite_from_transforms
+from esp.udpencap import UDP_HEADER_LEN
+from ikev2.events import Address, ChildSaInstalled
+from ikev2.ts import TrafficSelector as IkeTrafficSelector
+
+IPV4_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+DEFAULT_PATH_MTU = 1500
+
+
+def inner_mtu(suite: EspSuite, path_mtu: int, outer_version: int, udp_encap: bool) -> int:
+    """Largest inner packet whose ESP packet fits in ``path_mtu`` (no outer fragments).
+
+    The outer IP header (20 or 40 octets) and, with RFC 3948 framing, the UDP header
+    come off the path MTU first; the suite's header, IV, padding and ICV off the rest.
+    """
+    budget = path_mtu - (IPV4_HEADER_LEN if outer_version == 4 else IPV6_HEADER_LEN)
+    if udp_encap:
+        budget -= UDP_HEADER_LEN
+    return suite.inner_mtu_for(budget)
+
+
+def selector_from_ike(ts: IkeTrafficSelector) -> TrafficSelector:
+    """The data plane's integer form of a negotiated traffic selector."""
+    return TrafficSelector(
+        ts.version,
+        int(ts.start_addr),
+        int(ts.end_addr),
+        ts.protocol,
+        ts.start_port,
+        ts.end_port,
+    )
+
+
+@dataclass(eq=False, slots=True)
+class ChildSaEntry:
+    """One CHILD SA in the data plane: both ESP SAs, its policy, framing, counters."""
+
+    connection: str
+    """Connection name (for status and logs)."""
+    child: str
+    """CHILD SA configuration name."""
+    unique_id: int
+    """The IKEv2 core's number for this CHILD SA."""
+    ike_sa_id: int
+    """The IKE SA that negotiated it."""
+    inbound: EspSA
+    """Decrypts what the peer sends (our SPI)."""
+    outbound: EspSA
+    """Encrypts what we send (the peer's SPI)."""
+    local_ts: tuple[TrafficSelector, ...]
+    """Our side's selectors."""
+    remote_ts: tuple[TrafficSelector, ...]
+    """The peer's side's selectors."""
+    udp_encap: bool
+    """ESP in UDP (RFC 3948) when True, raw IP protocol 50 otherwise."""
+    local: Address
+    """Our outer address and port."""
+    remote: Address
+    """The peer's outer address and port."""
+    mtu: int
+    """Largest inner packet sent without ICMP or fragmentation."""
+    installed_at: float = field(default_factory=time.monotonic)
+    """Monotonic time of installation (for the age)."""
+    rekey_of: int | None = None
+    """unique_id of the CHILD SA this one replaces, if any."""
+    drops: Counter[str] = field(default_factory=Counter)
+    """Drops the data plane attributes to this SA (beyond the ESP engine's own)."""
+    policy: Policy[ChildSaEntry] = field(init=False)
+    """The SPD entry pointing at this SA."""
+
+    def __post_init__(self) -> None:
+        self.policy = Policy(self.local_ts, self.remote_ts, self, self.connection)
+
+    @property
+    def spi_in(self) -> int:
+        """Our inbound SPI."""
+        return self.inbound.spi
+
+    @property
+    def spi_out(self) -> int:
+        """The peer's SPI we send with."""
+        return self.outbound.spi
+
+    def all_drops(self) -> Counter[str]:
+        """Drops of this SA per reason: the data plane's and both ESP SAs'."""
+        total: Counter[str] = Counter(self.drops)
+        for sa in (self.inbound, self.outbound):
+            for reason, count in sa.drops.items():
+                total[reason.value] += count
+        return total
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """A JSON-ready summary for `lockgate status`."""
+        now = time.monotonic() if now is None else now
+        return {
+            "connection": self.connection,
+            "child": self.child,
+            "unique_id": self.unique_id,
+            "spi_in": f"{self.spi_in:08x}",
+            "spi_out": f"{self.spi_out:08x}",
+            "suite": self.inbound.suite.name,
+            "esn": self.inbound.esn,
+            "encap": "udp" if self.udp_encap else "esp",
+            "local": f"{self.local[0]}[{self.local[1]}]",
+            "remote": f"{self.remote[0]}[{self.remote[1]}]",
+            "local_ts": [str(ts) for ts in self.local_ts],
+            "remote_ts": [str(ts) for ts in self.remote_ts],
+            "mtu": self.mtu,
+            "age": round(now - self.installed_at, 1),
+            "bytes_in": self.inbound.byte_count,
+            "bytes_out": self.outbound.byte_count,
+            "packets_in": self.inbound.packet_count,
+            "packets_out": self.outbound.packet_count,
+            "drops": dict(sorted(self.all_drops().items())),
+        }
+
+
+def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) -> ChildSaEntry:
+    """Build the data-plane side of a freshly negotiated CHILD SA.
+
+    Raises ``esp.errors.EspConfigError`` if the negotiated transforms or keys do not
+    fit an ESP suite (a bug in the negotiation, not bad network input).
+    """
+    integ = event.integ_id or None
+    suite = suite_from_transforms(event.encr_id, event.encr_key_bits, integ)
+    lifetime = Lifetime(
+        hard_bytes=event.life_bytes or None,
+        hard_packets=event.life_packets or None,
+    )
+    window = event.replay_window
+    # A window of 0 means "no replay check" in the configuration; the engine's window
+    # cannot be switched off, so the widest one stands in (RFC 4303 §3.4.3 lets the
+    # receiver decide; strongSwan does the same with replay_window = 0 on libipsec).
+    window_size = window if window > 0 else 65536
+    inbound = EspSA(
+        event.spi_in,
+        suite,
+        event.encr_key_in,
+        event.integ_key_in,
+        esn=event.esn,
+        replay_window=window_size,
+        lifetime=lifetime,
+    )
+    outbound = EspSA(
+        event.spi_out,
+        suite,
+        event.encr_key_out,
+        event.integ_key_out,
+        esn=event.esn,
+        lifetime=lifetime,
+    )
+    outer_version = 6 if ":" in event.remote[0] else 4
+    return ChildSaEntry(
+        connection=event.connection,
+        child=event.child,
+        unique_id=event.unique_id,
+        ike_sa_id=event.ike_sa_id,
+        inbound=inbound,
+        outbound=outbound,
+        local_ts=tuple(selector_from_ike(ts) for ts in event.local_ts),
+        remote_ts=tuple(selector_from_ike(ts) for ts in event.remote_ts),
+        udp_encap=event.udp_encap,
+        local=event.local,
+        remote=event.remote,
+        mtu=inner_mtu(suite, path_mtu, outer_version, event.udp_encap),
+        rekey_of=event.rekey_of,
+    )

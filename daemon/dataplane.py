@@ -1,0 +1,274 @@
+"""The data plane: moves packets between the TUN device and the peer gateways.
+
+The stages, as in wireguard-go's ``device/send.go`` and ``receive.go``:
+
+Outbound: TUN read → SPD lookup (most specific policy) → size check (ICMP "too big"
+or inner fragmentation) → ESP encapsulate (one cipher object per SA) → send, one
+batch per SA (ESP-in-UDP on 4500, or raw IP protocol 50).
+
+Inbound: UDP 4500 datagram → classify (IKE behind the non-ESP marker goes to the IKE
+endpoint, 0xFF keepalives are counted, the rest is ESP) → SAD lookup by SPI → replay
+check, decrypt, commit (inside `EspSA.decapsulate`) → selector check → TUN write.
+
+This module does no I/O itself: a `Transport` sends and writes, and the caller feeds
+batches of what it read. So the same code runs over real sockets (`daemon.pump`) and
+in memory in the tests. Nothing from the network raises here: every refusal is a
+counted drop reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from daemon.childsa import ChildSaEntry
+from daemon.packet import flow_of, fragment_ipv4, may_fragment, too_big_reply
+from daemon.sad import Sad
+from daemon.spd import Spd
+from esp.drops import DropReason
+from esp.udpencap import DatagramKind, classify, strip_marker
+from ikev2.events import Address
+
+log = logging.getLogger(__name__)
+
+_ESP_MIN = 8  # SPI + sequence number (RFC 4303 §2)
+
+
+class Drop(enum.Enum):
+    """Why the data plane (rather than the ESP engine) refused a packet."""
+
+    MALFORMED = "malformed"
+    """A packet from the TUN device that is not a readable IPv4/IPv6 packet."""
+    NO_POLICY = "no_policy"
+    """Outbound: no CHILD SA's selectors cover the packet."""
+    TOO_BIG = "too_big"
+    """Outbound: larger than the tunnel MTU with DF set; ICMP too-big was sent back."""
+    POLICY_MISMATCH = "policy_mismatch"
+    """Inbound: the decrypted packet is outside the SA's selectors (RFC 4301 §5.2)."""
+    INVALID_DATAGRAM = "invalid_datagram"
+    """Inbound: a port-4500 datagram that is neither IKE, ESP nor a keepalive."""
+    SEND_FAILED = "send_failed"
+    """Outbound: the socket refused the packet (buffer full, no route)."""
+    TUN_WRITE_FAILED = "tun_write_failed"
+    """Inbound: the TUN device refused the packet."""
+
+
+class Transport(Protocol):
+    """Where the data plane's output goes."""
+
+    def send(self, entry: ChildSaEntry, packets: list[bytes]) -> int:
+        """Send ESP packets (SPI through ICV) of one SA to its peer, framed as the SA
+        says (UDP or raw); return how many left."""
+
+    def send_keepalive(self, local: Address, remote: Address) -> bool:
+        """Send a one-octet NAT keepalive from our port 4500 (RFC 3948 §2.3)."""
+
+    def write_tun(self, packets: list[bytes]) -> int:
+        """Write plaintext IP packets to the TUN device; return how many were taken."""
+
+
+IkeHandler = Callable[[bytes, Address, Address], None]
+"""Receives an IKE message that arrived on port 4500: (message, local, remote)."""
+AcquireHandler = Callable[[bytes], None]
+"""Told about an outbound packet no policy covers (for start = "trap")."""
+
+
+class DataPlane:
+    """SPD, SAD and the two packet paths between them."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        on_ike: IkeHandler | None = None,
+        on_acquire: AcquireHandler | None = None,
+        icmp_source_v4: bytes | None = None,
+        icmp_source_v6: bytes | None = None,
+    ) -> None:
+        self.transport = transport
+        """Output of both paths."""
+        self.on_ike = on_ike
+        """Receiver of IKE messages found on port 4500."""
+        self.on_acquire = on_acquire
+        """Receiver of outbound packets without a policy."""
+        self.icmp_source = {4: icmp_source_v4, 6: icmp_source_v6}
+        """Source address of the ICMP errors we send, per IP version (None: the
+        original destination)."""
+        self.spd: Spd[ChildSaEntry] = Spd()
+        """Outbound policies."""
+        self.sad: Sad[ChildSaEntry] = Sad()
+        """Inbound SAs by SPI."""
+        self.entries: dict[int, ChildSaEntry] = {}
+        """Installed CHILD SAs by unique id."""
+        self.drops: Counter[str] = Counter()
+        """Drops not attributable to an installed SA, plus those of removed SAs."""
+        self.counters: Counter[str] = Counter()
+        """Other events worth showing: keepalives and IKE messages seen on 4500."""
+
+    # ---- SA management -------------------------------------------------------------
+
+    def install(self, entry: ChildSaEntry) -> None:
+        """Make a CHILD SA live: its inbound SPI in the SAD, its policy in the SPD.
+
+        The inbound SA goes first, so the peer's first packets are accepted even
+        if our policy is not yet used (RFC 7296 §2.8 make-before-break). Raises
+        ``SpiInUse`` if the inbound SPI is taken.
+        """
+        self.sad.add(entry.spi_in, entry)
+        self.spd.add(entry.policy)
+        self.entries[entry.unique_id] = entry
+        log.debug(
+            "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d)",
+            entry.connection,
+            entry.unique_id,
+            entry.spi_in,
+            entry.spi_out,
+            entry.mtu,
+        )
+
+    def remove(self, unique_id: int) -> ChildSaEntry | None:
+        """Take a CHILD SA out of the data plane; its drop counts move to the totals."""
+        entry = self.entries.pop(unique_id, None)
+        if entry is None:
+            return None
+        self.spd.remove(entry.policy)
+        self.sad.remove(entry.spi_in)
+        self.drops.update(entry.all_drops())
+        return entry
+
+    def remove_connection(self, connection: str) -> list[ChildSaEntry]:
+        """Remove every CHILD SA of a connection."""
+        gone = [e for e in self.entries.values() if e.connection == connection]
+        for entry in gone:
+            self.remove(entry.unique_id)
+        return gone
+
+    # ---- outbound ------------------------------------------------------------------
+
+    def from_tun(self, packets: Iterable[bytes]) -> None:
+        """Process a batch of packets read from the TUN device."""
+        batches: dict[ChildSaEntry, list[bytes]] = {}
+        replies: list[bytes] = []
+        lookup = self.spd.lookup_flow
+        for packet in packets:
+            flow = flow_of(packet)
+            if flow is None:
+                self.drops[Drop.MALFORMED.value] += 1
+                continue
+            policy = lookup(flow)
+            if policy is None:
+                self.drops[Drop.NO_POLICY.value] += 1
+                if self.on_acquire is not None:
+                    self.on_acquire(packet)
+                continue
+            entry = policy.target
+            batch = batches.get(entry)
+            if batch is None:
+                batch = batches[entry] = []
+            if len(packet) <= entry.mtu:
+                sealed = entry.outbound.encapsulate(packet)
+                if isinstance(sealed, bytes):  # else a DropReason, counted by the SA
+                    batch.append(sealed)
+                continue
+            self._oversized(entry, packet, batch, replies)
+        send = self.transport.send
+        for entry, batch in batches.items():
+            if batch:
+                sent = send(entry, batch)
+                if sent < len(batch):
+                    entry.drops[Drop.SEND_FAILED.value] += len(batch) - sent
+        if replies:
+            self.transport.write_tun(replies)
+
+    def _oversized(
+        self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]
+    ) -> None:
+        # IPv4 without DF: fragment the inner packet so the ESP packets fit the path
+        # (RFC 4301 §8.1 pre-fragmentation); else ICMP back so the sender's PMTU
+        # discovery adapts (RFC 1191, RFC 8201).
+        if may_fragment(packet):
+            pieces = fragment_ipv4(packet, entry.mtu)
+            if pieces is None:
+                self.drops[Drop.MALFORMED.value] += 1
+                return
+            encapsulate = entry.outbound.encapsulate
+            for piece in pieces:
+                sealed = encapsulate(piece)
+                if isinstance(sealed, bytes):
+                    batch.append(sealed)
+            return
+        entry.drops[Drop.TOO_BIG.value] += 1
+        reply = too_big_reply(packet, entry.mtu, self.icmp_source[packet[0] >> 4])
+        if reply is not None:
+            replies.append(reply)
+
+    def send_keepalive(self, local: Address, remote: Address) -> None:
+        """Send a NAT keepalive (the IKE core decides when, `NatKeepaliveDue`)."""
+        if self.transport.send_keepalive(local, remote):
+            self.counters["keepalives_sent"] += 1
+
+    # ---- inbound -------------------------------------------------------------------
+
+    def from_udp(self, datagrams: Iterable[tuple[bytes, Address, Address]]) -> None:
+        """Process datagrams received on port 4500: (payload, local, remote) each."""
+        esp: list[bytes] = []
+        for payload, local, remote in datagrams:
+            kind = classify(payload)
+            if kind is DatagramKind.ESP:
+                esp.append(payload)
+            elif kind is DatagramKind.IKE:
+                self.counters["ike_on_4500"] += 1
+                if self.on_ike is not None:
+                    self.on_ike(strip_marker(payload), local, remote)
+            elif kind is DatagramKind.KEEPALIVE:
+                self.counters["keepalives_received"] += 1
+            else:
+                self.drops[Drop.INVALID_DATAGRAM.value] += 1
+        if esp:
+            self.from_esp(esp)
+
+    def from_esp(self, packets: Sequence[bytes]) -> None:
+        """Process ESP packets (SPI through ICV), from UDP or raw protocol 50."""
+        out: list[bytes] = []
+        lookup = self.sad.lookup
+        for packet in packets:
+            if len(packet) < _ESP_MIN:
+                self.drops[DropReason.TOO_SHORT.value] += 1
+                continue
+            entry = lookup(int.from_bytes(packet[:4], "big"))
+            if entry is None:
+                # RFC 4303 §3.4.2: no SA, discard (and count: it is an auditable event).
+                self.drops[DropReason.NO_SA.value] += 1
+                continue
+            opened = entry.inbound.decapsulate(packet)
+            if isinstance(opened, DropReason):
+                continue  # counted by the SA
+            inner = opened[0]
+            if not entry.policy.allows_inbound(inner):
+                entry.drops[Drop.POLICY_MISMATCH.value] += 1
+                continue
+            out.append(inner)
+        if out:
+            written = self.transport.write_tun(out)
+            if written < len(out):
+                self.drops[Drop.TUN_WRITE_FAILED.value] += len(out) - written
+
+    # ---- status --------------------------------------------------------------------
+
+    def total_drops(self) -> Counter[str]:
+        """Every drop so far, per reason, across all SAs present and past."""
+        total: Counter[str] = Counter(self.drops)
+        for entry in self.entries.values():
+            total.update(entry.all_drops())
+        return total
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready counters for `lockgate status`."""
+        return {
+            "sas": [entry.status() for entry in self.entries.values()],
+            "drops": dict(sorted(self.total_drops().items())),
+            "counters": dict(sorted(self.counters.items())),
+        }
