@@ -286,6 +286,29 @@ def _cleanup_leftovers() -> None:
             delete_namespace(name)
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_namespace(name: str) -> Iterator[None]:
+    """Move the calling thread (only) into namespace `name`, and back afterwards.
+
+    Network namespaces are per thread on Linux, so sockets, netlink sessions and TUN
+    devices opened inside the block belong to `name`; other threads are unaffected.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
+        if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+            raise HarnessError(f"setns({name}): {os.strerror(ctypes.get_errno())}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
+                raise HarnessError(f"cannot return from {name}: {os.strerror(ctypes.get_errno())}")
+
+
 def namespace_exists(name: str) -> bool:
     return name in _run(["ip", "netns", "list"]).stdout.split()
 

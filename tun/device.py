@@ -1,0 +1,194 @@
+"""The Linux TUN device: `/dev/net/tun`, IFF_TUN | IFF_NO_PI, non-blocking.
+
+Each read returns one IP packet and each write takes one (no packet-information
+prefix). With `vnet_hdr`, every packet is preceded by a 10-octet virtio-net header and
+`set_offload` may let the kernel hand over TCP super-packets (GSO); that is for a later
+offload path, off by default. With `multi_queue`, `add_queue` opens more queues on the
+same interface so several readers can share the load.
+
+Opening a TUN needs CAP_NET_ADMIN in the current network namespace. The interface
+disappears when its last queue is closed (it is not made persistent).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import logging
+import os
+import struct
+from collections.abc import Sequence
+
+from tun.base import MAX_PACKET
+from tun.errors import TunError
+
+log = logging.getLogger(__name__)
+
+_TUN_PATH = "/dev/net/tun"
+# <linux/if_tun.h>: _IOW('T', 202, int) and friends.
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+IFNAMSIZ = 16  # including the terminating NUL
+VNET_HDR_LEN = 10  # struct virtio_net_hdr, the default TUNSETVNETHDRSZ
+
+# A write the kernel refuses for this packet only; the device itself is fine.
+_PACKET_REFUSED = frozenset(
+    {errno.EAGAIN, errno.EINVAL, errno.EIO, errno.ENOBUFS, errno.EMSGSIZE, errno.EFAULT}
+)
+
+
+class Offload(enum.IntFlag):
+    """TUNSETOFFLOAD flags (<linux/if_tun.h>): what the kernel may hand over unsplit."""
+
+    CSUM = 0x01
+    TSO4 = 0x02
+    TSO6 = 0x04
+    TSO_ECN = 0x08
+    USO4 = 0x20
+    USO6 = 0x40
+
+
+def validate_ifname(name: str) -> bytes:
+    """The interface name as the kernel wants it, or TunError saying why not.
+
+    A ``%d`` in the name lets the kernel pick the number (``lockgate%d`` -> lockgate0).
+    """
+    raw = name.encode("ascii", errors="replace")
+    if not name or len(raw) >= IFNAMSIZ:
+        raise TunError(f"interface name {name!r}: must be 1 to {IFNAMSIZ - 1} characters")
+    if not name.isascii() or any(c.isspace() or c in "/:" for c in name):
+        raise TunError(f"interface name {name!r}: no spaces, '/', ':' or non-ASCII allowed")
+    return raw
+
+
+def ifreq(name: str, flags: int) -> bytes:
+    """struct ifreq for TUNSETIFF: the name (NUL padded) and the flags (a short)."""
+    return struct.pack("16sH22x", validate_ifname(name), flags)
+
+
+class TunDevice:
+    """One queue of an open TUN interface. Create it with `TunDevice.open`."""
+
+    def __init__(self, fd: int, name: str, flags: int) -> None:
+        self._fd = fd
+        self._name = name
+        self.flags = flags
+        """The IFF_* flags it was opened with."""
+
+    @classmethod
+    def open(
+        cls,
+        name: str = "lockgate%d",
+        *,
+        multi_queue: bool = False,
+        vnet_hdr: bool = False,
+    ) -> TunDevice:
+        """Create (or attach to) TUN interface `name` in the current network namespace."""
+        flags = IFF_TUN | IFF_NO_PI
+        if multi_queue:
+            flags |= IFF_MULTI_QUEUE
+        if vnet_hdr:
+            flags |= IFF_VNET_HDR
+        request = ifreq(name, flags)
+        try:
+            fd = os.open(_TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TunError(f"cannot open {_TUN_PATH}: {exc.strerror}") from exc
+        try:
+            reply = fcntl.ioctl(fd, TUNSETIFF, request)
+        except OSError as exc:
+            os.close(fd)
+            hint = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
+            raise TunError(f"cannot create TUN {name!r}: {exc.strerror}{hint}") from exc
+        actual = reply[:IFNAMSIZ].split(b"\0", 1)[0].decode("ascii")
+        log.debug("opened TUN %s (flags %#x)", actual, flags)
+        return cls(fd, actual, flags)
+
+    def add_queue(self) -> TunDevice:
+        """Another queue of this multi-queue interface (its own fd, same packets split)."""
+        if not self.flags & IFF_MULTI_QUEUE:
+            raise TunError(f"{self._name} was not opened with multi_queue")
+        return TunDevice.open(
+            self._name, multi_queue=True, vnet_hdr=bool(self.flags & IFF_VNET_HDR)
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def vnet_hdr(self) -> bool:
+        """Packets carry a virtio-net header first (IFF_VNET_HDR)."""
+        return bool(self.flags & IFF_VNET_HDR)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise TunError(f"TUN {self._name} is closed")
+        return self._fd
+
+    def set_offload(self, offload: Offload) -> None:
+        """Let the kernel pass checksum-less or segmentation offloaded packets.
+
+        Only meaningful with `vnet_hdr` (the header says what is still to be done).
+        """
+        if not self.vnet_hdr:
+            raise TunError(f"{self._name}: offloads need vnet_hdr")
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, int(offload))
+        except OSError as exc:
+            raise TunError(f"{self._name}: TUNSETOFFLOAD {offload!r}: {exc.strerror}") from exc
+
+    def read(self, size: int = MAX_PACKET) -> bytes | None:
+        try:
+            return os.read(self.fileno(), size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise TunError(f"read from {self._name}: {exc.strerror}") from exc
+
+    def read_batch(self, max_packets: int = 64, size: int = MAX_PACKET) -> list[bytes]:
+        packets: list[bytes] = []
+        while len(packets) < max_packets:
+            packet = self.read(size)
+            if packet is None:
+                break
+            packets.append(packet)
+        return packets
+
+    def write(self, packet: bytes) -> bool:
+        try:
+            os.write(self.fileno(), packet)
+        except OSError as exc:
+            if exc.errno in _PACKET_REFUSED:
+                log.debug("%s refused a %d-octet packet: %s", self._name, len(packet), exc)
+                return False
+            raise TunError(f"write to {self._name}: {exc.strerror}") from exc
+        return True
+
+    def write_batch(self, packets: Sequence[bytes]) -> int:
+        return sum(1 for packet in packets if self.write(packet))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+            log.debug("closed TUN %s", self._name)
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"TunDevice({self._name!r}, {state}, flags={self.flags:#x})"

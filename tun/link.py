@@ -1,0 +1,301 @@
+"""Links, addresses, routes and policy rules over netlink (pyroute2, no `ip` commands).
+
+Everything acts on the current network namespace of the process: the daemon runs
+inside `ip netns exec`, so that is the right one. Kernel refusals become `LinkError`
+with the errno; removals can be told to accept "already gone".
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tun.errors import LinkError
+
+log = logging.getLogger(__name__)
+
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV})
+MAIN_TABLE = 254
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route as the kernel reports it (only the fields lockgate manages)."""
+
+    destination: IpNetwork
+    """The destination prefix."""
+    ifindex: int | None
+    """Output interface index, if any."""
+    table: int
+    """Routing table number (254 is `main`)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A policy routing rule: packets go to `table` at `priority`."""
+
+    table: int
+    """Routing table the rule selects."""
+    priority: int | None
+    """Rule priority (lower is earlier)."""
+    family: int
+    """AF_INET or AF_INET6."""
+
+
+class LinkManager:
+    """A netlink session for one network namespace (the process's current one)."""
+
+    def __init__(self) -> None:
+        try:
+            self._ipr: Any = IPRoute()
+        except OSError as exc:
+            raise LinkError(f"cannot open a netlink socket: {exc}") from exc
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self) -> LinkManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, fn: Any, *args: Any, missing_ok: bool = False, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except NetlinkError as exc:
+            if missing_ok and exc.code in _GONE:
+                log.debug("%s: already gone", what)
+                return None
+            raise LinkError(
+                f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}", exc.code
+            ) from exc
+
+    # --- links ---------------------------------------------------------------------------
+
+    def index(self, ifname: str) -> int:
+        """The interface index of `ifname`, or LinkError if there is none."""
+        found = self._ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LinkError(f"no such interface {ifname!r}", errno.ENODEV)
+        return int(found[0])
+
+    def exists(self, ifname: str) -> bool:
+        return bool(self._ipr.link_lookup(ifname=ifname))
+
+    def set_up(self, ifname: str) -> None:
+        self._call(f"set {ifname} up", self._ipr.link, "set", index=self.index(ifname), state="up")
+
+    def set_down(self, ifname: str) -> None:
+        idx = self.index(ifname)
+        self._call(f"set {ifname} down", self._ipr.link, "set", index=idx, state="down")
+
+    def set_mtu(self, ifname: str, mtu: int) -> None:
+        # 1280 is IPv6's minimum link MTU (RFC 8200 §5); below it IPv6 stops working.
+        if not 576 <= mtu <= 65535:
+            raise LinkError(f"{ifname}: MTU {mtu} out of range 576..65535", errno.EINVAL)
+        self._call(
+            f"set {ifname} mtu {mtu}", self._ipr.link, "set", index=self.index(ifname), mtu=mtu
+        )
+
+    def mtu(self, ifname: str) -> int:
+        [link] = self._ipr.get_links(self.index(ifname))
+        return int(link.get("mtu"))
+
+    def quiet_ipv6(self, ifname: str) -> None:
+        """No link-local address, router solicitations or MLD reports on `ifname`.
+
+        A TUN carries only tunnelled traffic; without this the kernel sends its own
+        IPv6 housekeeping into it, which the data plane would have to drop. Call before
+        `set_up`. Global IPv6 addresses added later still work.
+        """
+        self.index(ifname)
+        # addr_gen_mode 1: IN6_ADDR_GEN_MODE_NONE (no automatic link-local address).
+        for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"), ("autoconf", "0")):
+            path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                return  # IPv6 disabled in this kernel or namespace: nothing to quiet
+            except OSError as exc:
+                raise LinkError(f"{ifname}: cannot set {key}: {exc.strerror}", exc.errno) from exc
+
+    def is_up(self, ifname: str) -> bool:
+        [link] = self._ipr.get_links(self.index(ifname))
+        return bool(link["flags"] & 1)  # IFF_UP
+
+    def delete_link(self, ifname: str, *, missing_ok: bool = True) -> None:
+        """Remove an interface (a TUN also goes when its last fd closes)."""
+        if not self.exists(ifname):
+            if missing_ok:
+                return
+            raise LinkError(f"no such interface {ifname!r}", errno.ENODEV)
+        self._call(
+            f"delete {ifname}",
+            self._ipr.link,
+            "del",
+            index=self.index(ifname),
+            missing_ok=missing_ok,
+        )
+
+    # --- addresses -----------------------------------------------------------------------
+
+    def add_address(self, ifname: str, address: str | IpInterface) -> None:
+        """Add `address` (``192.0.2.1/24``, ``2001:db8::1/64``); already there is fine."""
+        iface = ipaddress.ip_interface(address)
+        kw: dict[str, Any] = {}
+        if iface.version == 6:
+            # Usable at once: no duplicate address detection on a point-to-point TUN.
+            kw["flags"] = 0x02  # IFA_F_NODAD
+        try:
+            self._ipr.addr(
+                "add",
+                index=self.index(ifname),
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                family=_family(iface.version),
+                **kw,
+            )
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise LinkError(f"add address {iface} to {ifname}: {exc}", exc.code) from exc
+
+    def remove_address(
+        self, ifname: str, address: str | IpInterface, *, missing_ok: bool = True
+    ) -> None:
+        iface = ipaddress.ip_interface(address)
+        self._call(
+            f"remove address {iface} from {ifname}",
+            self._ipr.addr,
+            "del",
+            index=self.index(ifname),
+            address=str(iface.ip),
+            prefixlen=iface.network.prefixlen,
+            family=_family(iface.version),
+            missing_ok=missing_ok,
+        )
+
+    def addresses(self, ifname: str) -> list[IpInterface]:
+        result: list[IpInterface] = []
+        for msg in self._ipr.get_addr(index=self.index(ifname)):
+            result.append(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"))
+        return result
+
+    # --- routes --------------------------------------------------------------------------
+
+    def add_route(
+        self,
+        destination: str | IpNetwork,
+        ifname: str,
+        *,
+        table: int = MAIN_TABLE,
+        source: str | None = None,
+        metric: int | None = None,
+        mtu: int | None = None,
+        replace: bool = True,
+    ) -> None:
+        """Route `destination` out of `ifname` (in `table`). With `replace` an existing
+        route to the same prefix is overwritten instead of failing."""
+        net = ipaddress.ip_network(destination)
+        kw: dict[str, Any] = {
+            "dst": str(net),
+            "oif": self.index(ifname),
+            "table": table,
+            "family": _family(net.version),
+        }
+        if source is not None:
+            kw["prefsrc"] = source
+        if metric is not None:
+            kw["priority"] = metric
+        if mtu is not None:
+            kw["metrics"] = {"attrs": [("RTAX_MTU", mtu)]}
+        self._call(
+            f"route {net} dev {ifname} table {table}",
+            self._ipr.route,
+            "replace" if replace else "add",
+            **kw,
+        )
+
+    def remove_route(
+        self,
+        destination: str | IpNetwork,
+        ifname: str | None = None,
+        *,
+        table: int = MAIN_TABLE,
+        missing_ok: bool = True,
+    ) -> None:
+        net = ipaddress.ip_network(destination)
+        kw: dict[str, Any] = {"dst": str(net), "table": table, "family": _family(net.version)}
+        if ifname is not None:
+            if not self.exists(ifname):
+                return  # the interface took its routes with it
+            kw["oif"] = self.index(ifname)
+        self._call(
+            f"remove route {net} table {table}", self._ipr.route, "del", **kw, missing_ok=missing_ok
+        )
+
+    def routes(self, *, table: int = MAIN_TABLE, ifname: str | None = None) -> list[Route]:
+        """Routes with a destination prefix in `table` (optionally only via `ifname`)."""
+        oif = self.index(ifname) if ifname is not None else None
+        found: list[Route] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._ipr.get_routes(family=family, table=table):
+                dst = msg.get("RTA_DST")
+                if dst is None or msg.get("RTA_TABLE", msg["table"]) != table:
+                    continue
+                route_oif = msg.get("RTA_OIF")
+                if oif is not None and route_oif != oif:
+                    continue
+                net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}")
+                found.append(Route(net, route_oif, table))
+        return found
+
+    # --- policy rules --------------------------------------------------------------------
+
+    def add_rule(self, table: int, priority: int, *, version: int = 4) -> None:
+        """`ip rule add priority P lookup T`; already there is fine."""
+        if any(r.table == table and r.priority == priority for r in self.rules(version=version)):
+            return
+        self._call(
+            f"add rule priority {priority} table {table}",
+            self._ipr.rule,
+            "add",
+            table=table,
+            priority=priority,
+            family=_family(version),
+        )
+
+    def remove_rule(
+        self, table: int, priority: int, *, version: int = 4, missing_ok: bool = True
+    ) -> None:
+        self._call(
+            f"remove rule priority {priority} table {table}",
+            self._ipr.rule,
+            "del",
+            table=table,
+            priority=priority,
+            family=_family(version),
+            missing_ok=missing_ok,
+        )
+
+    def rules(self, *, version: int = 4) -> list[Rule]:
+        family = _family(version)
+        return [
+            Rule(int(msg.get("FRA_TABLE", msg["table"])), msg.get("FRA_PRIORITY"), family)
+            for msg in self._ipr.get_rules(family=family)
+        ]
