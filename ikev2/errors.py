@@ -219,11 +219,18 @@ class PeerErrorNotify(RemoteProtocolError):
 
 
 class UnknownAlgorithm(LocalProtocolError):
-    """A proposal string names an algorithm we do not know (configuration error)."""
+    """A proposal string names an algorithm we do not know (configuration error).
 
-    def __init__(self, algorithm: str, proposal: str = "") -> None:
+    ``algorithm`` is the offending keyword, ``proposal`` the whole string.
+    """
+
+    def __init__(self, algorithm: str, proposal: str = "", *, legacy: bool = False) -> None:
         where = f" in proposal {proposal!r}" if proposal else ""
-        super().__init__(f"unknown algorithm {algorithm!r}{where}")
+        if legacy:
+            text = f"unsupported algorithm {algorithm!r}{where} (known, not implemented)"
+        else:
+            text = f"unknown algorithm {algorithm!r}{where}"
+        super().__init__(text)
         self.algorithm = algorithm
         self.proposal = proposal
 
