@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
 from daemon.dataplane import DataPlane
-from esp.udpencap import NAT_KEEPALIVE, frame_ike
+from esp.udpencap import NAT_KEEPALIVE
 from ikev2.events import Address
 from tun import PacketDevice, TunError
 
@@ -258,15 +258,15 @@ class Pump:
             log.error("writing to the TUN device failed: %s", exc)
             return 0
 
-    def send_ike(self, message: bytes, local: Address, remote: Address) -> bool:
-        """Send an IKE message from ``local``; on the NAT port it gets the non-ESP marker."""
+    def send_datagram(self, payload: bytes, local: Address, remote: Address) -> bool:
+        """Send a UDP payload from ``local`` as is (the IKE endpoint adds the non-ESP
+        marker itself on the NAT port)."""
         sock = self.udp.get(local)
         if sock is None:
             log.warning("no socket on %s[%d] to send IKE from", local[0], local[1])
             return False
-        data = frame_ike(message) if local[1] == self.nat_port else message
         try:
-            sock.sendto(data, remote)
+            sock.sendto(payload, remote)
         except OSError as exc:
             log.warning("sending IKE to %s[%d] failed: %s", remote[0], remote[1], exc.strerror)
             return False

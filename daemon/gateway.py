@@ -1,0 +1,802 @@
+"""The gateway daemon: configuration, TUN, sockets, the IKE endpoint and the data
+plane, wired together on one asyncio (uvloop) loop.
+
+Life of a tunnel: the IKE endpoint (sans-I/O, `ikev2.endpoint`) negotiates; the
+daemon feeds it the datagrams the pump reads, sends what it produces, runs its timer
+and reacts to its events. `ChildSaInstalled` becomes two `EspSA`s, an SPD policy,
+an SAD entry and routes to the remote subnets through the TUN device;
+`ChildSaDeleted` takes them away again. SIGHUP reloads the file and touches only
+connections whose settings changed; SIGTERM deletes every SA (the peer gets a
+Delete), removes routes and the TUN device, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conf.errors import ConfigError as ConfigLoadError
+from conf.load import load_config
+from conf.model import Config
+from daemon.childsa import ChildSaEntry, entry_from_event
+from daemon.control import ControlError, ControlServer
+from daemon.ikeconf import ike_connections, path_mtu, tun_mtu
+from daemon.pump import Pump
+from daemon.sdnotify import Notifier, setup_logging
+from daemon.spd import IPNetwork
+from esp.errors import EspConfigError
+from ikev2.config import ConnectionConfig as IkeConnection
+from ikev2.endpoint import Endpoint, EndpointConfig
+from ikev2.errors import IkeError
+from ikev2.events import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaInstalled,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    NatKeepaliveDue,
+)
+from ikev2.ts import format_selectors
+from tun import LinkError, LinkManager, TunDevice, TunError
+
+__all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
+
+log = logging.getLogger("lockgate")
+
+VERSION = "0.1.0"
+SHUTDOWN_GRACE = 3.0
+"""Seconds SIGTERM waits for the peers to acknowledge our Deletes."""
+RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
+"""Back-off between attempts of a connection that should be up but failed."""
+UP_TIMEOUT = 20.0
+"""How long `lockgate up` waits for the CHILD SA before answering."""
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class GatewayError(Exception):
+    """The daemon cannot start (TUN, sockets, control socket); the message says why."""
+
+
+@dataclass
+class IkeSaInfo:
+    """What `status` shows about an established IKE SA (from its event)."""
+
+    event: IkeSaEstablished
+    """The event that announced it."""
+    established_at: float = field(default_factory=time.monotonic)
+    """Monotonic time of establishment."""
+
+
+@dataclass
+class ConnectionState:
+    """The daemon's bookkeeping for one configured connection."""
+
+    config: IkeConnection
+    """What the IKE core runs."""
+    wanted: bool
+    """True if the connection should be up (start = initiate, or `lockgate up`)."""
+    attempts: int = 0
+    """Failed attempts in a row (for the back-off)."""
+    retry: asyncio.TimerHandle | None = None
+    """The scheduled next attempt, if any."""
+    last_error: str = ""
+    """Why the last attempt failed."""
+    waiters: list[asyncio.Future[str]] = field(default_factory=list)
+    """`lockgate up` calls waiting for the outcome."""
+
+    @property
+    def start(self) -> str:
+        """The start action of its (only) CHILD SA."""
+        return self.config.children[0].start
+
+
+class Gateway:
+    """One running daemon."""
+
+    def __init__(self, config_path: str, *, socket_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.socket_override = socket_path
+        self.config: Config | None = None
+        self.connections: dict[str, ConnectionState] = {}
+        self.ike_sas: dict[int, IkeSaInfo] = {}
+        self.notifier = Notifier()
+        self.started_at = time.monotonic()
+        self._routes: dict[IPNetwork, int] = {}
+        self._trap_routes: set[IPNetwork] = set()
+        self._path_mtus: dict[str, int] = {}
+        self._tun: TunDevice | None = None
+        self._links: LinkManager | None = None
+        self._pump: Pump | None = None
+        self._endpoint: Endpoint | None = None
+        self._control: ControlServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
+        self._shutting_down = False
+
+    # ---- start and stop --------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if start-up failed."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.config = load_config(self.config_path)
+        except ConfigLoadError as exc:
+            log.error("%s", exc)
+            return 1
+        try:
+            await self._start(self.config)
+        except (GatewayError, TunError, LinkError, ControlError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            await self._teardown()
+            return 1
+        for sig, action in (
+            (signal.SIGTERM, self._stopping.set),
+            (signal.SIGINT, self._stopping.set),
+            (signal.SIGHUP, self._reload_from_signal),
+        ):
+            self._loop.add_signal_handler(sig, action)
+        self._loop.create_task(self._housekeeping())
+        self.notifier.notify(READY=1, STATUS=self._status_line())
+        log.info("lockgate %s ready (pid %d)", VERSION, os.getpid())
+        await self._stopping.wait()
+        log.info("shutting down: deleting every SA")
+        self.notifier.notify(STOPPING=1, STATUS="deleting SAs")
+        await self._shutdown_ike()
+        await self._teardown()
+        log.info("stopped")
+        return 0
+
+    async def _start(self, config: Config) -> None:
+        gateway = config.gateway
+        addresses = [str(a) for a in gateway.addresses]
+        for conn in config.peers.values():
+            if conn.address is not None:
+                self._path_mtus[str(conn.address)] = path_mtu(str(conn.address))
+        mtu = tun_mtu(config, self._path_mtus)
+        self._tun = TunDevice.open(gateway.interface)
+        self._links = LinkManager()
+        self._links.quiet_ipv6(self._tun.name)
+        self._links.set_mtu(self._tun.name, mtu)
+        self._links.set_up(self._tun.name)
+        log.info("TUN device %s up, MTU %d", self._tun.name, mtu)
+
+        self._pump = Pump(
+            self._tun, ike_port=gateway.ike_port, nat_port=gateway.nat_port, on_ike=self._on_ike
+        )
+        try:
+            self._pump.open(addresses, raw_esp=True)
+        except OSError as exc:
+            raise GatewayError(f"cannot bind the IKE/ESP sockets: {exc.strerror}") from exc
+        self._pump.plane.on_acquire = self._on_acquire
+        self._pump.start(asyncio.get_running_loop())
+        log.info(
+            "listening on %s, UDP %d and %d%s",
+            ", ".join(addresses),
+            gateway.ike_port,
+            gateway.nat_port,
+            " and raw ESP" if self._pump.raw else "",
+        )
+        self._endpoint = Endpoint(
+            ike_connections(config),
+            config=EndpointConfig(ike_port=gateway.ike_port, nat_port=gateway.nat_port),
+        )
+        path = self.socket_override or str(gateway.control_socket)
+        self._control = ControlServer(path, self._handle_request)
+        await self._control.start()
+        for ike in ike_connections(config):
+            self._add_connection(ike)
+
+    async def _shutdown_ike(self) -> None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        self._shutting_down = True
+        for state in self.connections.values():
+            self._cancel_retry(state)
+        endpoint.close(time.monotonic())
+        self._service()
+        # Wait (bounded) for the peers to acknowledge; retransmissions run meanwhile.
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while endpoint.ike_sas() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            self._service()
+        if endpoint.ike_sas():
+            log.warning("%d IKE SA(s) did not confirm the delete in time", len(endpoint.ike_sas()))
+
+    async def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pump is not None:
+            for entry in list(self._pump.plane.entries.values()):
+                self._uninstall(entry.unique_id, "shutting down")
+            self._pump.close()
+        for net in list(self._routes) + list(self._trap_routes):
+            self._remove_route(net)
+        self._routes.clear()
+        self._trap_routes.clear()
+        if self._control is not None:
+            await self._control.close()
+        if self._tun is not None:
+            self._tun.close()  # the interface goes with its last file descriptor
+        if self._links is not None:
+            self._links.close()
+
+    # ---- connections ------------------------------------------------------------------
+
+    def _add_connection(self, ike: IkeConnection) -> None:
+        state = ConnectionState(ike, wanted=ike.children[0].start == "initiate")
+        self.connections[ike.name] = state
+        child = ike.children[0]
+        log.info(
+            "connection %s: %s === %s, peer %s, start %s",
+            ike.name,
+            format_selectors(child.local_ts),
+            format_selectors(child.remote_ts),
+            ike.remote_address or "%any",
+            child.start,
+        )
+        if child.start == "trap":
+            for ts in child.remote_ts:
+                for net in ts.networks():
+                    if net not in self._trap_routes:
+                        self._trap_routes.add(net)
+                        self._add_route(net, None)
+        if state.wanted:
+            self._initiate(state)
+
+    def _initiate(self, state: ConnectionState) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or self._shutting_down:
+            return
+        state.retry = None
+        if state.config.remote_address is None:
+            log.warning("connection %s: peer is %%any, cannot initiate", state.config.name)
+            return
+        if self._ike_sa_count(state.config.name):
+            return
+        log.info(
+            "connection %s: initiating IKE SA to %s", state.config.name, state.config.remote_address
+        )
+        try:
+            endpoint.initiate(state.config.name, time.monotonic())
+        except IkeError as exc:
+            log.error("connection %s: cannot initiate: %s", state.config.name, exc)
+            return
+        self._service()
+
+    def _ike_sa_count(self, name: str) -> int:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return 0
+        return sum(1 for sa in endpoint.ike_sas() if sa.config.name == name)
+
+    def _schedule_retry(self, state: ConnectionState) -> None:
+        if not state.wanted or self._shutting_down or state.retry is not None:
+            return
+        delay = RETRY_DELAYS[min(state.attempts, len(RETRY_DELAYS) - 1)]
+        state.attempts += 1
+        log.info("connection %s: retrying in %.0f s", state.config.name, delay)
+        if self._loop is not None:
+            state.retry = self._loop.call_later(delay, self._initiate, state)
+
+    @staticmethod
+    def _cancel_retry(state: ConnectionState) -> None:
+        if state.retry is not None:
+            state.retry.cancel()
+            state.retry = None
+
+    def _resolve_waiters(self, state: ConnectionState, outcome: str, ok: bool) -> None:
+        for waiter in state.waiters:
+            if not waiter.done():
+                if ok:
+                    waiter.set_result(outcome)
+                else:
+                    waiter.set_exception(ControlError(outcome))
+        state.waiters.clear()
+
+    # ---- the IKE endpoint -------------------------------------------------------------
+
+    def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        if self._endpoint is None:
+            return
+        self._endpoint.receive_message(message, local, remote, time.monotonic())
+        self._service()
+
+    def _service(self) -> None:
+        """Run due timers, send what the endpoint wants sent, handle its events, and
+        re-arm the timer: the whole asyncio adapter of a sans-I/O core."""
+        endpoint, pump = self._endpoint, self._pump
+        if endpoint is None or pump is None:
+            return
+        now = time.monotonic()
+        timer = endpoint.get_timer()
+        if timer is not None and timer <= now:
+            endpoint.handle_timer(now)
+        for payload, local, remote in endpoint.datagrams_to_send(now):
+            pump.send_datagram(payload, local, remote)
+        for event in endpoint.events():
+            self._handle_event(event)
+        # Handling events may have produced more to send (e.g. a retry).
+        for payload, local, remote in endpoint.datagrams_to_send(now):
+            pump.send_datagram(payload, local, remote)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        endpoint, loop = self._endpoint, self._loop
+        if endpoint is None or loop is None:
+            return
+        timer = endpoint.get_timer()
+        if timer is not None:
+            delay = max(0.0, timer - time.monotonic())
+            self._timer = loop.call_later(delay, self._service)
+
+    def _handle_event(self, event: Event) -> None:
+        handler = self._EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _on_ike_established(self, event: IkeSaEstablished) -> None:
+        self.ike_sas[event.ike_sa_id] = IkeSaInfo(event)
+        nat = []
+        if event.nat_local:
+            nat.append("we are behind a NAT")
+        if event.nat_remote:
+            nat.append("the peer is behind a NAT")
+        log.info(
+            "connection %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
+            event.connection,
+            event.ike_sa_id,
+            event.remote_id,
+            "we initiated" if event.initiator else "peer initiated",
+            event.suite,
+            event.local[0],
+            event.local[1],
+            event.remote[0],
+            event.remote[1],
+            f"; {' and '.join(nat)}: ESP goes in UDP" if nat else "",
+        )
+
+    def _on_ike_deleted(self, event: IkeSaDeleted) -> None:
+        self.ike_sas.pop(event.ike_sa_id, None)
+        log.info(
+            "connection %s: IKE SA #%d deleted (%s)",
+            event.connection,
+            event.ike_sa_id,
+            event.reason,
+        )
+        state = self.connections.get(event.connection)
+        if state is not None and state.wanted and not self._shutting_down:
+            conf = state.config
+            if event.by_peer or conf.dpd_action == "restart":
+                self._schedule_retry(state)
+
+    def _on_ike_failed(self, event: IkeSaFailed) -> None:
+        log.warning(
+            "connection %s: IKE SA #%d failed: %s",
+            event.connection or "(none)",
+            event.ike_sa_id,
+            event.reason,
+        )
+        state = self.connections.get(event.connection)
+        if state is not None:
+            state.last_error = event.reason
+            self._resolve_waiters(state, f"{event.connection}: {event.reason}", ok=False)
+            self._schedule_retry(state)
+
+    def _on_child_installed(self, event: ChildSaInstalled) -> None:
+        try:
+            entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
+        except EspConfigError as exc:
+            log.error("connection %s: cannot install CHILD SA: %s", event.connection, exc)
+            return
+        pump = self._pump
+        if pump is None:
+            return
+        try:
+            pump.plane.install(entry)
+        except ValueError as exc:
+            log.error("connection %s: cannot install CHILD SA: %s", event.connection, exc)
+            return
+        for ts in entry.remote_ts:
+            for net in ts.networks():
+                self._add_route(net, entry)
+        log.info(
+            "connection %s: CHILD SA #%d installed%s: %s === %s, %s, SPIs in %08x out %08x, "
+            "%s, inner MTU %d",
+            event.connection,
+            event.unique_id,
+            f" (rekeys #{event.rekey_of})" if event.rekey_of is not None else "",
+            format_selectors(event.local_ts),
+            format_selectors(event.remote_ts),
+            entry.inbound.suite.name,
+            entry.spi_in,
+            entry.spi_out,
+            f"ESP in UDP {event.remote[0]}[{event.remote[1]}]"
+            if event.udp_encap
+            else f"raw ESP to {event.remote[0]}",
+            entry.mtu,
+        )
+        state = self.connections.get(event.connection)
+        if state is not None:
+            state.attempts = 0
+            state.last_error = ""
+            self._resolve_waiters(state, f"connection {event.connection} is up", ok=True)
+        self.notifier.notify(STATUS=self._status_line())
+
+    def _on_child_deleted(self, event: ChildSaDeleted) -> None:
+        self._uninstall(event.unique_id, event.reason)
+        self.notifier.notify(STATUS=self._status_line())
+
+    def _on_child_failed(self, event: ChildSaFailed) -> None:
+        log.warning("connection %s: CHILD SA failed: %s", event.connection, event.reason)
+        state = self.connections.get(event.connection)
+        if state is not None:
+            state.last_error = event.reason
+            self._resolve_waiters(state, f"{event.connection}: {event.reason}", ok=False)
+
+    def _on_keepalive_due(self, event: NatKeepaliveDue) -> None:
+        if self._pump is not None:
+            self._pump.plane.send_keepalive(event.local, event.remote)
+
+    _EVENT_HANDLERS: dict[type[Event], Callable[[Gateway, Any], None]] = {
+        IkeSaEstablished: _on_ike_established,
+        IkeSaDeleted: _on_ike_deleted,
+        IkeSaFailed: _on_ike_failed,
+        ChildSaInstalled: _on_child_installed,
+        ChildSaDeleted: _on_child_deleted,
+        ChildSaFailed: _on_child_failed,
+        NatKeepaliveDue: _on_keepalive_due,
+    }
+
+    def _uninstall(self, unique_id: int, reason: str) -> None:
+        pump = self._pump
+        if pump is None:
+            return
+        entry = pump.plane.remove(unique_id)
+        if entry is None:
+            return
+        for ts in entry.remote_ts:
+            for net in ts.networks():
+                self._release_route(net)
+        log.info(
+            "connection %s: CHILD SA #%d removed (%s): %d packets in, %d out",
+            entry.connection,
+            unique_id,
+            reason,
+            entry.inbound.packet_count,
+            entry.outbound.packet_count,
+        )
+
+    # ---- routes -----------------------------------------------------------------------
+
+    def _add_route(self, net: IPNetwork, entry: ChildSaEntry | None) -> None:
+        if entry is not None:
+            self._routes[net] = self._routes.get(net, 0) + 1
+            if self._routes[net] > 1 or net in self._trap_routes:
+                return
+        links, tun = self._links, self._tun
+        if links is None or tun is None:
+            return
+        source = self._route_source(net.version, entry)
+        try:
+            links.add_route(net, tun.name, source=source)
+        except LinkError as exc:
+            if source is not None:
+                # The source may be gone from the interface; route without it.
+                with contextlib.suppress(LinkError):
+                    links.add_route(net, tun.name)
+                    return
+            log.error("cannot route %s into %s: %s", net, tun.name, exc)
+
+    def _release_route(self, net: IPNetwork) -> None:
+        count = self._routes.get(net, 0) - 1
+        if count > 0:
+            self._routes[net] = count
+            return
+        self._routes.pop(net, None)
+        if net not in self._trap_routes:
+            self._remove_route(net)
+
+    def _remove_route(self, net: IPNetwork) -> None:
+        links, tun = self._links, self._tun
+        if links is None or tun is None:
+            return
+        try:
+            links.remove_route(net, tun.name)
+        except LinkError as exc:
+            log.warning("cannot remove the route to %s: %s", net, exc)
+
+    def _route_source(self, version: int, entry: ChildSaEntry | None) -> str | None:
+        """One of our addresses inside the local selectors, so traffic the gateway
+        itself sends into the tunnel matches the policy (strongSwan does the same)."""
+        links = self._links
+        if links is None or entry is None:
+            return None
+        for _, ifname in socket.if_nameindex():
+            try:
+                addresses = links.addresses(ifname)
+            except LinkError:
+                continue
+            for iface in addresses:
+                if iface.version != version:
+                    continue
+                value = int(iface.ip)
+                if any(
+                    ts.version == version and ts.first <= value <= ts.last for ts in entry.local_ts
+                ):
+                    return str(iface.ip)
+        return None
+
+    # ---- acquire (start = "trap") ----------------------------------------------------
+
+    def _on_acquire(self, packet: bytes) -> None:
+        if len(packet) < 20:
+            return
+        version = packet[0] >> 4
+        try:
+            if version == 4:
+                src = ipaddress.ip_address(packet[12:16])
+                dst = ipaddress.ip_address(packet[16:20])
+            elif version == 6 and len(packet) >= 40:
+                src = ipaddress.ip_address(packet[8:24])
+                dst = ipaddress.ip_address(packet[24:40])
+            else:
+                return
+        except ValueError:
+            return
+        for state in self.connections.values():
+            child = state.config.children[0]
+            if child.start != "trap" or state.retry is not None:
+                continue
+            if any(ts.contains_address(src) for ts in child.local_ts) and any(
+                ts.contains_address(dst) for ts in child.remote_ts
+            ):
+                if not self._ike_sa_count(state.config.name):
+                    log.info("connection %s: traffic for %s triggers it", state.config.name, dst)
+                    state.wanted = True
+                    self._initiate(state)
+                return
+
+    # ---- reload -----------------------------------------------------------------------
+
+    def _reload_from_signal(self) -> None:
+        log.info("SIGHUP: reloading %s", self.config_path)
+        try:
+            self.reload()
+        except ControlError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+
+    def reload(self) -> str:
+        """Re-read the file; touch only connections whose settings changed."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigLoadError as exc:
+            raise ControlError(str(exc)) from None
+        old = self.config
+        endpoint = self._endpoint
+        if old is None or endpoint is None:
+            raise ControlError("the daemon is not running")
+        if new.gateway != old.gateway:
+            log.warning("[gateway] changed: addresses, ports and the TUN need a restart")
+        old_ike = {c.name: c for c in ike_connections(old)}
+        new_ike = {c.name: c for c in ike_connections(new)}
+        removed = [n for n in old_ike if n not in new_ike]
+        added = [n for n in new_ike if n not in old_ike]
+        changed = [n for n in new_ike if n in old_ike and new_ike[n] != old_ike[n]]
+        now = time.monotonic()
+        for name in removed + changed:
+            state = self.connections.pop(name, None)
+            if state is not None:
+                self._cancel_retry(state)
+            self._drop_trap_routes(old_ike[name])
+            count = endpoint.delete_connection(name, now, "configuration changed")
+            log.info("reload: connection %s %s (%d IKE SA(s) deleted)",
+                     name, "removed" if name in removed else "changed", count)  # fmt: skip
+        self._service()
+        endpoint.set_connections(list(new_ike.values()))
+        for peer in new.peers.values():
+            if peer.address is not None and str(peer.address) not in self._path_mtus:
+                self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
+        self.config = new
+        for name in changed + added:
+            self._add_connection(new_ike[name])
+        unchanged = len(new_ike) - len(changed) - len(added)
+        summary = (
+            f"reloaded: {len(added)} added, {len(changed)} changed, {len(removed)} removed, "
+            f"{unchanged} unchanged"
+        )
+        log.info("%s", summary)
+        self.notifier.notify(STATUS=self._status_line())
+        return summary
+
+    def _drop_trap_routes(self, ike: IkeConnection) -> None:
+        for ts in ike.children[0].remote_ts:
+            for net in ts.networks():
+                if net in self._trap_routes:
+                    self._trap_routes.discard(net)
+                    if net not in self._routes:
+                        self._remove_route(net)
+
+    # ---- control ----------------------------------------------------------------------
+
+    async def _handle_request(self, request: dict[str, Any]) -> Any:
+        command = request["command"]
+        if command == "status":
+            return self.status()
+        if command == "reload":
+            return self.reload()
+        if command in ("up", "down", "rekey"):
+            name = request.get("name")
+            if not isinstance(name, str) or name not in self.connections:
+                known = ", ".join(sorted(self.connections)) or "none"
+                raise ControlError(f"no connection named {name!r} (configured: {known})")
+            state = self.connections[name]
+            if command == "up":
+                return await self._up(state)
+            if command == "down":
+                return self._down(state)
+            return self._rekey(state)
+        raise ControlError(f"unknown command {command!r}")
+
+    async def _up(self, state: ConnectionState) -> str:
+        name = state.config.name
+        if self._pump is not None and any(
+            e.connection == name for e in self._pump.plane.entries.values()
+        ):
+            return f"connection {name} is already up"
+        if state.config.remote_address is None:
+            raise ControlError(f"connection {name}: the peer is %any; it must initiate")
+        state.wanted = True
+        state.attempts = 0
+        self._cancel_retry(state)
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        state.waiters.append(waiter)
+        self._initiate(state)
+        try:
+            return await asyncio.wait_for(waiter, UP_TIMEOUT)
+        except TimeoutError:
+            raise ControlError(
+                f"connection {name}: not up after {UP_TIMEOUT:.0f} s (still trying)"
+            ) from None
+
+    def _down(self, state: ConnectionState) -> str:
+        name = state.config.name
+        state.wanted = False
+        self._cancel_retry(state)
+        if self._endpoint is None:
+            raise ControlError("the daemon is not running")
+        count = self._endpoint.delete_connection(name, time.monotonic(), "deleted by operator")
+        self._service()
+        return f"connection {name}: {count} IKE SA(s) deleted"
+
+    def _rekey(self, state: ConnectionState) -> str:
+        endpoint, pump = self._endpoint, self._pump
+        if endpoint is None or pump is None:
+            raise ControlError("the daemon is not running")
+        name = state.config.name
+        children = [e for e in pump.plane.entries.values() if e.connection == name]
+        if not children:
+            raise ControlError(f"connection {name} has no CHILD SA to rekey")
+        rekey = getattr(endpoint, "rekey_child", None)
+        if rekey is None:
+            raise ControlError("this build's IKE core cannot rekey on request yet")
+        now = time.monotonic()
+        for entry in children:
+            rekey(entry.unique_id, now)
+        self._service()
+        return f"connection {name}: rekeying {len(children)} CHILD SA(s)"
+
+    # ---- status -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Everything `lockgate status` shows, JSON-ready."""
+        now = time.monotonic()
+        pump = self._pump
+        plane = pump.plane.status() if pump is not None else {"sas": [], "drops": {}}
+        connections = []
+        for name, state in self.connections.items():
+            ikes = [info for info in self.ike_sas.values() if info.event.connection == name]
+            sas = [sa for sa in plane["sas"] if sa["connection"] == name]
+            if sas:
+                phase = "up"
+            elif self._ike_sa_count(name):
+                phase = "connecting"
+            elif state.retry is not None:
+                phase = "waiting to retry"
+            elif state.start == "trap":
+                phase = "trap (on traffic)"
+            elif state.start == "wait":
+                phase = "waiting for the peer"
+            else:
+                phase = "down"
+            child = state.config.children[0]
+            remote_id = state.config.remote_id
+            connections.append(
+                {
+                    "name": name,
+                    "state": phase,
+                    "start": child.start,
+                    "remote": state.config.remote_address or "%any",
+                    "remote_id": str(remote_id) if remote_id is not None else "%any",
+                    "local_ts": [str(ts) for ts in child.local_ts],
+                    "remote_ts": [str(ts) for ts in child.remote_ts],
+                    "last_error": state.last_error,
+                    "ike_sas": [
+                        {
+                            "id": info.event.ike_sa_id,
+                            "suite": info.event.suite,
+                            "local": f"{info.event.local[0]}[{info.event.local[1]}]",
+                            "remote": f"{info.event.remote[0]}[{info.event.remote[1]}]",
+                            "remote_id": info.event.remote_id,
+                            "initiator": info.event.initiator,
+                            "nat": info.event.nat_local or info.event.nat_remote,
+                            "age": round(now - info.established_at, 1),
+                        }
+                        for info in ikes
+                    ],
+                }
+            )
+        return {
+            "daemon": {
+                "version": VERSION,
+                "pid": os.getpid(),
+                "uptime": round(now - self.started_at, 1),
+                "config": str(Path(self.config_path).resolve()),
+                "interface": self._tun.name if self._tun is not None else None,
+            },
+            "connections": connections,
+            **plane,
+        }
+
+    def _status_line(self) -> str:
+        sas = len(self._pump.plane.entries) if self._pump is not None else 0
+        return f"{len(self.connections)} connection(s), {sas} CHILD SA(s) installed"
+
+    async def _housekeeping(self) -> None:
+        interval = self.notifier.watchdog_interval
+        step = min(interval, HOUSEKEEPING_INTERVAL) if interval else HOUSEKEEPING_INTERVAL
+        last_watchdog = 0.0
+        while not self._stopping.is_set():
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            if interval and now - last_watchdog >= interval:
+                self.notifier.notify(WATCHDOG=1)
+                last_watchdog = now
+            # A lost timer would stall retransmissions: re-arm defensively.
+            self._service()
+
+
+def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:
+    """`lockgate daemon`: run the gateway on uvloop until SIGTERM; the exit status."""
+    level = log_level or os.environ.get("LOCKGATE_LOG_LEVEL")
+    if level is None:
+        # The file may name a level; an unreadable file is reported by run() itself.
+        try:
+            level = load_config(config_path).gateway.log_level
+        except ConfigLoadError:
+            level = "info"
+    setup_logging(level)
+    gateway = Gateway(config_path, socket_path=socket_path)
+    try:
+        import uvloop
+
+        runner: Callable[[Any], int] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio still works
+        runner = asyncio.run
+    return runner(gateway.run())

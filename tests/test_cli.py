@@ -1,0 +1,181 @@
+"""The `lockgate` command line: argument handling, check-config, status output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.cli import format_status, main
+from daemon.control import ControlError, ControlServer
+
+GOOD = """
+[gateway]
+addresses = ["198.51.100.1"]
+id = "198.51.100.1"
+
+[peers.cloud]
+address = "198.51.100.2"
+psk = "demo-only-not-a-secret-0123456789"
+
+[connections.dc-cloud]
+peer = "cloud"
+local_subnets = ["192.0.2.0/24"]
+remote_subnets = ["203.0.113.0/24"]
+"""
+
+STATUS: dict[str, Any] = {
+    "daemon": {"version": "0.1.0", "pid": 42, "uptime": 75.0, "config": "/etc/lockgate.toml"},
+    "connections": [
+        {
+            "name": "dc-cloud",
+            "state": "up",
+            "start": "initiate",
+            "remote": "198.51.100.2",
+            "remote_id": "198.51.100.2",
+            "ike_sas": [
+                {
+                    "id": 1,
+                    "suite": "AES_GCM_16_256/PRF_HMAC_SHA2_384/CURVE_25519",
+                    "local": "198.51.100.1[500]",
+                    "remote": "198.51.100.2[500]",
+                    "age": 70.2,
+                }
+            ],
+        }
+    ],
+    "sas": [
+        {
+            "connection": "dc-cloud",
+            "unique_id": 1,
+            "suite": "aes256gcm16",
+            "esn": False,
+            "encap": "esp",
+            "local": "198.51.100.1[500]",
+            "remote": "198.51.100.2[500]",
+            "local_ts": ["192.0.2.0/24"],
+            "remote_ts": ["203.0.113.0/24"],
+            "spi_in": "c0000001",
+            "spi_out": "c0000002",
+            "mtu": 1438,
+            "age": 70.0,
+            "bytes_in": 2048,
+            "bytes_out": 3 * 1024 * 1024,
+            "packets_in": 2,
+            "packets_out": 2200,
+            "drops": {"replay": 3},
+        }
+    ],
+    "drops": {"no_policy": 5, "replay": 3},
+}
+
+
+def test_format_status_shows_connections_sas_counters_and_drops() -> None:
+    text = format_status(STATUS)
+    assert "dc-cloud: up, peer 198.51.100.2" in text
+    assert "IKE SA #1: AES_GCM_16_256/PRF_HMAC_SHA2_384/CURVE_25519" in text
+    assert "dc-cloud #1: aes256gcm16, esp 198.51.100.1[500] <-> 198.51.100.2[500], age 70s" in text
+    assert "192.0.2.0/24 === 203.0.113.0/24  spi in c0000001 out c0000002" in text
+    assert "in  2.0 KiB / 2 packets   out 3.0 MiB / 2200 packets" in text
+    assert "drops: replay 3" in text
+    assert text.rstrip().endswith("no_policy 5, replay 3")
+
+
+def test_format_status_of_an_idle_daemon() -> None:
+    text = format_status({"connections": [], "sas": [], "drops": {}})
+    assert "Connections (0):" in text and "CHILD SAs (0):" in text
+    assert text.rstrip().endswith("none")
+
+
+def test_check_config_accepts_a_good_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    assert main(["check-config", str(path)]) == 0
+    assert "OK (1 connection(s): dc-cloud)" in capsys.readouterr().out
+
+
+def test_check_config_names_the_key_and_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD + 'esp_proposals = ["aes129gcm16"]\n')
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "connections.dc-cloud.esp_proposals[0]: unknown algorithm 'aes129gcm16'" in err
+    assert str(path) in err
+
+
+def test_check_config_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(tmp_path / "absent.toml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["up"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_client_command_without_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-s", str(tmp_path / "none.sock"), "status"]) == 1
+    assert "no daemon control socket" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_daemon(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A control server answering like the daemon, on its own thread and loop."""
+    path = str(tmp_path / "d.sock")
+    seen: list[dict[str, Any]] = []
+
+    async def handler(req: dict[str, Any]) -> Any:
+        seen.append(req)
+        if req["command"] == "status":
+            return STATUS
+        if req["command"] == "up" and req.get("name") == "dc-cloud":
+            return "connection dc-cloud is up"
+        raise ControlError(f"no connection named {req.get('name')!r}")
+
+    loop = asyncio.new_event_loop()
+    server = ControlServer(path, handler)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.close())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    yield path, seen
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def test_status_json_and_text_through_the_socket(
+    fake_daemon: tuple[str, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, seen = fake_daemon
+    assert main(["-s", path, "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+    assert main(["-s", path, "status"]) == 0
+    assert "CHILD SAs (1):" in capsys.readouterr().out
+    assert main(["-s", path, "up", "dc-cloud"]) == 0
+    assert capsys.readouterr().out.strip() == "connection dc-cloud is up"
+    assert main(["-s", path, "down", "nope"]) == 1
+    assert "no connection named 'nope'" in capsys.readouterr().err
+    assert seen[-1] == {"command": "down", "name": "nope"}
