@@ -1,0 +1,628 @@
+"""Load and validate a TOML configuration file into `conf.model.Config`.
+
+Every mistake is reported with its key path and the reason, all of them at once:
+`connections.dc1-net.esp_proposals[0]: unknown algorithm 'aes129gcm16'`. Unknown
+keys are errors (a typo must not silently fall back to a default). Files named in the
+configuration (PSK files, keys, certificates) are read and checked at load, so a
+daemon that starts has what it needs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+import types
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from conf.errors import ConfigError, Problem
+from conf.model import (
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS,
+    AuthMethod,
+    Config,
+    ConnectionConfig,
+    GatewayConfig,
+    IpAddress,
+    IpNetwork,
+    PeerConfig,
+    Secret,
+)
+from conf.proposals import esp_proposal_problem, ike_proposal_problem
+from esp.replay import MAX_WINDOW
+from ikev2.config import ConfigError as IkeConfigError
+from ikev2.config import Identity
+
+T = TypeVar("T")
+
+# Section names appear in key paths, logs and CLI commands: keep them plain.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# RFC 7296 §2.15 advises a key with as much entropy as a strong key; refuse the worst.
+MIN_PSK_LENGTH = 16
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+# IKE-level settings: every connection to one peer shares its IKE SA, so they must agree.
+_IKE_LEVEL = ("ike_proposals", "ike_lifetime", "dpd_interval", "dpd_action", "encap")
+
+_MISSING: Any = object()
+
+
+class _Section:
+    """Typed access to one TOML table, recording problems under its key path.
+
+    A bad or missing value is recorded and the default returned, so one pass finds
+    every mistake; the caller checks the problem count before building anything.
+    """
+
+    def __init__(self, data: Mapping[str, Any], path: str, problems: list[Problem]) -> None:
+        self.data = data
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, reason: str) -> None:
+        self.problems.append(Problem(self.key(name) if name else self.path, reason))
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def _convert(self, name: str, raw: Any, convert: Callable[[Any], T]) -> T | None:
+        try:
+            return convert(raw)
+        except _Bad as bad:
+            self.problem(name, bad.reason)
+            return None
+
+    def value(self, name: str, convert: Callable[[Any], T], default: T) -> T:
+        """The converted value, or `default` when the key is absent (or bad: recorded)."""
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        converted = self._convert(name, self.data[name], convert)
+        return default if converted is None else converted
+
+    def optional(self, name: str, convert: Callable[[Any], T]) -> T | None:
+        """The converted value, or None when the key is absent."""
+        self.seen.add(name)
+        if name not in self.data:
+            return None
+        return self._convert(name, self.data[name], convert)
+
+    def required(self, name: str, convert: Callable[[Any], T]) -> T | None:
+        """The converted value; a missing key is recorded."""
+        self.seen.add(name)
+        if name not in self.data:
+            self.problem(name, "required key is missing")
+            return None
+        return self._convert(name, self.data[name], convert)
+
+    def items(
+        self, name: str, convert: Callable[[Any], T], default: Sequence[T] | None = None
+    ) -> tuple[T, ...] | None:
+        """A non-empty list, each element converted; element problems say `[i]`.
+
+        Absent: `default` (None: the key is required)."""
+        self.seen.add(name)
+        if name not in self.data:
+            if default is None:
+                self.problem(name, "required key is missing")
+                return None
+            return tuple(default)
+        raw = self.data[name]
+        if not isinstance(raw, list):
+            self.problem(name, f"expected a list, got {_describe(raw)}")
+            return None
+        if not raw:
+            self.problem(name, "must not be empty")
+            return None
+        out: list[T] = []
+        for i, item in enumerate(raw):
+            converted = self._convert(f"{name}[{i}]", item, convert)
+            if converted is not None:
+                out.append(converted)
+        return tuple(out) if len(out) == len(raw) else None
+
+    def finish(self) -> None:
+        """Unknown keys are mistakes: name them, with the likely intended key."""
+        for name in self.data:
+            if name in self.seen:
+                continue
+            close = difflib.get_close_matches(name, sorted(self.seen), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            self.problem(name, f"unknown key{hint}")
+
+
+class _Bad(Exception):
+    """A value cannot be used; carries the reason (and optionally a finer path)."""
+
+    def __init__(self, reason: str, path: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+
+
+def _describe(raw: object) -> str:
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(raw), type(raw).__name__)
+    return f"{kind} ({raw!r})" if isinstance(raw, str | int | float) else kind
+
+
+# --- value converters ------------------------------------------------------------------
+
+
+def _string(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise _Bad(f"expected a string, got {_describe(raw)}")
+    if not raw.strip():
+        raise _Bad("must not be empty")
+    return raw
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def convert(raw: Any) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise _Bad(f"expected an integer, got {_describe(raw)}")
+        if not low <= raw <= high:
+            raise _Bad(f"{raw} is out of range {low}..{high}")
+        return raw
+
+    return convert
+
+
+def _duration(raw: Any) -> float:
+    """Seconds, as a number (30) or a string with a unit ("30s", "15m", "4h", "1d")."""
+    if isinstance(raw, bool):
+        raise _Bad(f"expected a duration, got {_describe(raw)}")
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    elif isinstance(raw, str) and (m := _DURATION.match(raw)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise _Bad(f'expected a duration such as 30, "30s", "15m" or "4h", got {_describe(raw)}')
+    if seconds < 0 or seconds != seconds:
+        raise _Bad("a duration must not be negative")
+    return seconds
+
+
+def _choice(*options: str) -> Callable[[Any], Any]:
+    def convert(raw: Any) -> str:
+        if not isinstance(raw, str) or raw not in options:
+            listed = ", ".join(f'"{o}"' for o in options)
+            raise _Bad(f"must be one of {listed}, got {_describe(raw)}")
+        return raw
+
+    return convert
+
+
+def _address(raw: Any) -> IpAddress:
+    text = _string(raw)
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise _Bad(f"not an IP address: {text!r}") from None
+
+
+def _subnet(raw: Any) -> IpNetwork:
+    text = _string(raw).strip()
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise _Bad(f'not a subnet: {text!r} (e.g. "192.0.2.0/24")') from None
+        raise _Bad(f"{text!r} has host bits set (did you mean '{loose}'?)") from None
+
+
+def _identity(raw: Any) -> str:
+    text = _string(raw)
+    try:
+        Identity.parse(text)
+    except IkeConfigError as exc:
+        raise _Bad(str(exc)) from None
+    return text.strip()
+
+
+def _proposal(check: Callable[[str], str | None]) -> Callable[[Any], str]:
+    def convert(raw: Any) -> str:
+        text = _string(raw)
+        problem = check(text)
+        if problem is not None:
+            raise _Bad(problem)
+        return text.strip().lower()
+
+    return convert
+
+
+def _path(raw: Any) -> Path:
+    text = _string(raw)
+    path = Path(text)
+    if not path.is_absolute():
+        raise _Bad(f"{text!r} must be an absolute path")
+    return path
+
+
+def _readable_file(raw: Any) -> Path:
+    path = _path(raw)
+    if not path.is_file():
+        raise _Bad(f"{str(path)!r} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise _Bad(f"{str(path)!r} is not readable")
+    return path
+
+
+def _private_file(raw: Any) -> Path:
+    """A file holding a secret: it must be readable by its owner only."""
+    path = _readable_file(raw)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        who = "everyone" if mode & stat.S_IROTH else "its group"
+        raise _Bad(
+            f"{str(path)!r} is accessible by {who} (mode {stat.S_IMODE(mode):04o}); "
+            f"a secret file must be owner-only: chmod 600"
+        )
+    return path
+
+
+def _ifname(raw: Any) -> str:
+    text = _string(raw)
+    if not _IFNAME.match(text):
+        raise _Bad(f"{text!r} is not a valid interface name (1-15 letters, digits, '_.-')")
+    return text
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+def _table(raw: Any, path: str, problems: list[Problem]) -> Mapping[str, Any] | None:
+    if not isinstance(raw, dict):
+        problems.append(Problem(path, f"expected a table ([{path}]), got {_describe(raw)}"))
+        return None
+    return raw
+
+
+def _check_credentials(s: _Section, gw: GatewayConfig) -> None:
+    """The certificate and key parse as PEM and belong together; the CAs parse."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def public(obj: Any) -> bytes:
+        return bytes(
+            obj.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    cert = key = None
+    if gw.certificate is not None:
+        try:
+            cert = x509.load_pem_x509_certificate(gw.certificate.read_bytes())
+        except ValueError:
+            s.problem("certificate", f"{str(gw.certificate)!r} is not a PEM X.509 certificate")
+    if gw.private_key is not None:
+        try:
+            key = serialization.load_pem_private_key(gw.private_key.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            s.problem(
+                "private_key",
+                f"{str(gw.private_key)!r} is not an unencrypted PEM private key",
+            )
+    if (
+        cert is not None
+        and key is not None
+        and public(cert.public_key()) != public(key.public_key())
+    ):
+        s.problem("private_key", "does not match the public key of gateway.certificate")
+    for i, path in enumerate(gw.ca):
+        try:
+            x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError:
+            s.problem(f"ca[{i}]", f"{str(path)!r} is not a PEM X.509 certificate")
+
+
+def _gateway(data: Mapping[str, Any], problems: list[Problem]) -> GatewayConfig | None:
+    s = _Section(data, "gateway", problems)
+    before = len(problems)
+    addresses = s.items("addresses", _address)
+    ident = s.required("id", _identity)
+    gw_kwargs: dict[str, Any] = {
+        "control_socket": s.value("control_socket", _path, DEFAULT_CONTROL_SOCKET),
+        "ike_port": s.value("ike_port", _integer(1, 65535), 500),
+        "nat_port": s.value("nat_port", _integer(1, 65535), 4500),
+        "certificate": s.optional("certificate", _readable_file),
+        "private_key": s.optional("private_key", _private_file),
+        "ca": s.items("ca", _readable_file, ()) or (),
+        "interface": s.value("interface", _ifname, "lockgate0"),
+        # 1280: IPv6's minimum link MTU (RFC 8200 §5), so IPv6 inner traffic works.
+        "mtu": s.optional("mtu", _integer(1280, 65535)),
+        "log_level": s.value("log_level", _choice("debug", "info", "warning", "error"), "info"),
+    }
+    s.finish()
+    if gw_kwargs["ike_port"] == gw_kwargs["nat_port"]:
+        s.problem("nat_port", "must differ from ike_port")
+    if s.has("certificate") != s.has("private_key"):
+        missing = "private_key" if s.has("certificate") else "certificate"
+        s.problem(missing, "certificate and private_key must be set together")
+    if addresses is not None and len(set(addresses)) != len(addresses):
+        s.problem("addresses", "lists an address twice")
+    if len(problems) > before or addresses is None or ident is None:
+        return None
+    gateway = GatewayConfig(addresses=addresses, id=ident, **gw_kwargs)
+    _check_credentials(s, gateway)
+    return gateway if len(problems) == before else None
+
+
+def _peer_address(raw: Any) -> IpAddress | None:
+    if raw == "%any":
+        return None
+    return _address(raw)
+
+
+def _psk_text(raw: Any) -> Secret:
+    text = _string(raw)
+    if len(text) < MIN_PSK_LENGTH:
+        raise _Bad(
+            f"too short ({len(text)} characters); use at least {MIN_PSK_LENGTH} random "
+            f"characters (RFC 7296 §2.15)"
+        )
+    return Secret(text.encode())
+
+
+def _peer(
+    name: str, data: Mapping[str, Any], gateway: GatewayConfig | None, problems: list[Problem]
+) -> PeerConfig | None:
+    s = _Section(data, f"peers.{name}", problems)
+    before = len(problems)
+    if "address" in data:
+        address = s.optional("address", _peer_address)
+    else:
+        s.required("address", _peer_address)
+        address = None
+    ident = s.optional("id", _identity)
+    auth: AuthMethod = s.value("auth", _choice("psk", "pubkey"), "psk")
+    psk = s.optional("psk", _psk_text)
+    psk_file = s.optional("psk_file", _private_file)
+    s.finish()
+    if psk_file is not None:
+        text = psk_file.read_bytes().strip()
+        if len(text) < MIN_PSK_LENGTH:
+            s.problem(
+                "psk_file",
+                f"{str(psk_file)!r} holds a key of {len(text)} characters; use at least "
+                f"{MIN_PSK_LENGTH} (RFC 7296 §2.15)",
+            )
+        psk = Secret(text)
+    if auth == "psk":
+        if s.has("psk") and s.has("psk_file"):
+            s.problem("psk_file", "set psk or psk_file, not both")
+        elif not s.has("psk") and not s.has("psk_file"):
+            s.problem("", 'auth is "psk" but neither psk nor psk_file is set')
+    else:
+        for key in ("psk", "psk_file"):
+            if s.has(key):
+                s.problem(key, 'only used with auth = "psk"')
+        if gateway is not None and (gateway.certificate is None or not gateway.ca):
+            s.problem(
+                "auth", '"pubkey" needs gateway.certificate, gateway.private_key and gateway.ca'
+            )
+    if address is not None and gateway is not None:
+        if not any(a.version == address.version for a in gateway.addresses):
+            s.problem(
+                "address",
+                f"an IPv{address.version} peer, but gateway.addresses has no "
+                f"IPv{address.version} address",
+            )
+        if address in gateway.addresses:
+            s.problem("address", "is one of gateway.addresses (the peer cannot be us)")
+    if ident is None and address is not None:
+        ident = str(address)
+    if len(problems) > before or (address is None and "address" not in data):
+        return None
+    return PeerConfig(name=name, address=address, id=ident, auth=auth, psk=psk, psk_file=psk_file)
+
+
+def _connection(
+    name: str,
+    data: Mapping[str, Any],
+    peers: Mapping[str, PeerConfig | None],
+    problems: list[Problem],
+) -> ConnectionConfig | None:
+    s = _Section(data, f"connections.{name}", problems)
+    before = len(problems)
+    peer = s.required("peer", _string)
+    local_subnets = s.items("local_subnets", _subnet)
+    remote_subnets = s.items("remote_subnets", _subnet)
+    kwargs: dict[str, Any] = {
+        "ike_proposals": s.items(
+            "ike_proposals", _proposal(ike_proposal_problem), DEFAULT_IKE_PROPOSALS
+        ),
+        "esp_proposals": s.items(
+            "esp_proposals", _proposal(esp_proposal_problem), DEFAULT_ESP_PROPOSALS
+        ),
+        "start": s.value("start", _choice("initiate", "trap", "wait"), "initiate"),
+        "ike_lifetime": s.value("ike_lifetime", _duration, 14400.0),
+        "child_lifetime": s.value("child_lifetime", _duration, 3600.0),
+        "rekey_margin": s.value("rekey_margin", _duration, 540.0),
+        "dpd_interval": s.value("dpd_interval", _duration, 30.0),
+        "dpd_action": s.value("dpd_action", _choice("clear", "restart", "trap"), "clear"),
+        "encap": s.value("encap", _choice("auto", "force"), "auto"),
+        "replay_window": s.value("replay_window", _integer(0, MAX_WINDOW), 128),
+        "life_bytes": s.value("life_bytes", _integer(0, 2**63 - 1), 0),
+        "life_packets": s.value("life_packets", _integer(0, 2**63 - 1), 0),
+    }
+    s.finish()
+    margin = kwargs["rekey_margin"]
+    for lifetime in ("ike_lifetime", "child_lifetime"):
+        if kwargs[lifetime] == 0:
+            s.problem(lifetime, "must be positive")
+        elif margin >= kwargs[lifetime]:
+            if s.has("rekey_margin"):
+                s.problem(
+                    "rekey_margin", f"{margin:g}s is not below {lifetime} ({kwargs[lifetime]:g}s)"
+                )
+            else:
+                s.problem(
+                    lifetime,
+                    f"{kwargs[lifetime]:g}s must exceed rekey_margin ({margin:g}s, the default)",
+                )
+    if peer is not None:
+        if peer not in peers:
+            known = ", ".join(sorted(peers)) or "none defined"
+            s.problem("peer", f"no peer named {peer!r} (peers: {known})")
+        elif (
+            (target := peers[peer]) is not None
+            and target.address is None
+            and kwargs["start"] == "initiate"
+            and s.has("start")
+        ):
+            s.problem("start", f'"initiate" needs an address for peers.{peer} (it is %any)')
+    for key, subnets in (("local_subnets", local_subnets), ("remote_subnets", remote_subnets)):
+        if subnets is not None and len(set(subnets)) != len(subnets):
+            s.problem(key, "lists a subnet twice")
+    if len(problems) > before or peer is None or local_subnets is None or remote_subnets is None:
+        return None
+    target = peers.get(peer)
+    if target is not None and target.address is None and not s.has("start"):
+        kwargs["start"] = "wait"  # %any peer: we can only answer
+    return ConnectionConfig(
+        name=name,
+        peer=peer,
+        local_subnets=local_subnets,
+        remote_subnets=remote_subnets,
+        **kwargs,
+    )
+
+
+def _named_tables(
+    data: Mapping[str, Any], key: str, problems: list[Problem]
+) -> dict[str, Mapping[str, Any]]:
+    if key not in data:
+        return {}
+    raw = _table(data[key], key, problems)
+    if raw is None:
+        return {}
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, body in raw.items():
+        if not _NAME.match(name):
+            problems.append(
+                Problem(
+                    f"{key}.{name}",
+                    "a name must start with a letter or digit and use only letters, "
+                    "digits, '-', '_' and '.' (up to 64)",
+                )
+            )
+            continue
+        table = _table(body, f"{key}.{name}", problems)
+        if table is not None:
+            out[name] = table
+    return out
+
+
+def _check_shared_ike(connections: Mapping[str, ConnectionConfig], problems: list[Problem]) -> None:
+    """Connections to one peer share an IKE SA: their IKE-level settings must agree."""
+    first: dict[str, ConnectionConfig] = {}
+    for conn in connections.values():
+        lead = first.setdefault(conn.peer, conn)
+        if lead is conn:
+            continue
+        for key in _IKE_LEVEL:
+            if getattr(conn, key) != getattr(lead, key):
+                problems.append(
+                    Problem(
+                        f"connections.{conn.name}.{key}",
+                        f"differs from connections.{lead.name}; connections to peer "
+                        f"{conn.peer!r} share one IKE SA, so {key} must be the same",
+                    )
+                )
+
+
+def _check_overlaps(connections: Mapping[str, ConnectionConfig], problems: list[Problem]) -> None:
+    """Two connections with the same subnet pair would fight over one policy."""
+    seen: dict[tuple[frozenset[IpNetwork], frozenset[IpNetwork]], str] = {}
+    for conn in connections.values():
+        key = (frozenset(conn.local_subnets), frozenset(conn.remote_subnets))
+        if key in seen:
+            problems.append(
+                Problem(
+                    f"connections.{conn.name}",
+                    f"same local_subnets and remote_subnets as connections.{seen[key]}",
+                )
+            )
+        else:
+            seen[key] = conn.name
+
+
+def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
+    """Validate an already parsed TOML document; raise ConfigError listing every mistake."""
+    problems: list[Problem] = []
+    top = _Section(data, "", problems)
+    top.seen.update({"gateway", "peers", "connections"})
+    top.finish()
+    gateway = None
+    if "gateway" not in data:
+        problems.append(Problem("gateway", "required section [gateway] is missing"))
+    elif (table := _table(data["gateway"], "gateway", problems)) is not None:
+        gateway = _gateway(table, problems)
+    peers = {
+        name: _peer(name, body, gateway, problems)
+        for name, body in _named_tables(data, "peers", problems).items()
+    }
+    connections: dict[str, ConnectionConfig] = {}
+    for name, body in _named_tables(data, "connections", problems).items():
+        conn = _connection(name, body, peers, problems)
+        if conn is not None:
+            connections[name] = conn
+    _check_shared_ike(connections, problems)
+    _check_overlaps(connections, problems)
+    if not problems and not connections:
+        problems.append(Problem("connections", "no connection is configured"))
+    if problems or gateway is None:
+        raise ConfigError(problems, str(source) if source is not None else None)
+    return Config(
+        gateway=gateway,
+        peers=types.MappingProxyType({n: p for n, p in peers.items() if p is not None}),
+        connections=types.MappingProxyType(connections),
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file; raise ConfigError naming every mistake."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read: {exc.strerror}")], str(file)) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem("", "not UTF-8 text")], str(file)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem("", f"invalid TOML: {exc}")], str(file)) from exc
+    return parse_config(data, source=file)
+
+
+def loads_config(text: str) -> Config:
+    """Validate configuration text (tests, `check-config -`)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem("", f"invalid TOML: {exc}")]) from exc
+    return parse_config(data)

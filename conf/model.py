@@ -1,0 +1,165 @@
+"""The configuration as typed, frozen dataclasses, shaped like the TOML file.
+
+```toml
+[gateway]              -> GatewayConfig
+[peers.NAME]           -> PeerConfig
+[connections.NAME]     -> ConnectionConfig
+```
+
+The key names are a user-facing contract (issue 4, "Configuration"): documentation,
+examples and other tools rely on them. Defaults live here, next to each field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+AuthMethod = Literal["psk", "pubkey"]
+StartAction = Literal["initiate", "trap", "wait"]
+DpdAction = Literal["clear", "restart", "trap"]
+EncapMode = Literal["auto", "force"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+DEFAULT_CONTROL_SOCKET = Path("/run/lockgate/lockgate.sock")
+DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519",)
+DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
+
+
+class Secret:
+    """A secret value (a PSK) that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        """The secret itself, for the one place that needs it (the AUTH computation)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        # Equality lets a reload see that a connection did not change; compared in
+        # constant time all the same.
+        import hmac
+
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(len(self._value))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """`[gateway]`: this VPN gateway."""
+
+    addresses: tuple[IpAddress, ...]
+    """Local public addresses (IPv4 and/or IPv6) IKE and ESP use."""
+    id: str
+    """IKE identity: an address, FQDN, email address or DN (as strongSwan writes them)."""
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
+    """Unix socket of `lockgate status/up/down/...` (root only)."""
+    ike_port: int = 500
+    """UDP port for IKE (RFC 7296 §2)."""
+    nat_port: int = 4500
+    """UDP port for IKE and ESP after NAT detection (RFC 3948, RFC 7296 §2.23)."""
+    certificate: Path | None = None
+    """PEM certificate of this gateway, for peers with auth = "pubkey"."""
+    private_key: Path | None = None
+    """PEM private key of `certificate`; must not be readable by group or others."""
+    ca: tuple[Path, ...] = ()
+    """PEM CA certificates that peers' certificates must chain to."""
+    interface: str = "lockgate0"
+    """Name of the TUN interface the daemon creates."""
+    mtu: int | None = None
+    """TUN MTU; None derives it from the path MTU and the suite's overhead."""
+    log_level: LogLevel = "info"
+    """Logging threshold: debug, info, warning or error."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """`[peers.NAME]`: a remote gateway."""
+
+    name: str
+    """The NAME of the section; connections refer to it."""
+    address: IpAddress | None
+    """The peer's address, or None for "%any" (accept it from anywhere, never initiate)."""
+    id: str | None
+    """The identity the peer must prove; defaults to its address, None accepts any."""
+    auth: AuthMethod = "psk"
+    """How both sides authenticate: "psk" or "pubkey" (certificates)."""
+    psk: Secret | None = field(default=None, repr=False)
+    """The pre-shared key (from `psk` or `psk_file`); hidden from repr and logs."""
+    psk_file: Path | None = None
+    """Where the key was read from, if it came from a file."""
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """`[connections.NAME]`: one pair of subnets tunnelled to a peer (a CHILD SA).
+
+    Connections to the same peer share one IKE SA, so their IKE-level settings
+    (ike_proposals, ike_lifetime, dpd_*, encap) must agree.
+    """
+
+    name: str
+    """The NAME of the section; `lockgate up/down NAME` use it."""
+    peer: str
+    """Name of the `[peers.X]` section this connection goes to."""
+    local_subnets: tuple[IpNetwork, ...]
+    """Subnets behind this gateway."""
+    remote_subnets: tuple[IpNetwork, ...]
+    """Subnets behind the peer."""
+    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
+    """IKE proposals, most preferred first (strongSwan syntax)."""
+    esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
+    """ESP proposals, most preferred first; a key exchange part ("-x25519") means PFS."""
+    start: StartAction = "initiate"
+    """"initiate" at start, "trap" on the first packet, "wait" for the peer."""
+    ike_lifetime: float = 14400.0
+    """IKE SA lifetime in seconds."""
+    child_lifetime: float = 3600.0
+    """CHILD SA lifetime in seconds."""
+    rekey_margin: float = 540.0
+    """Rekeying starts this many seconds before a lifetime ends (IKE and CHILD)."""
+    dpd_interval: float = 30.0
+    """Seconds of silence before a liveness check (RFC 7296 §2.4); 0 disables it."""
+    dpd_action: DpdAction = "clear"
+    """On a dead peer: "clear" the SAs, "restart" them, or "trap" on the next packet."""
+    encap: EncapMode = "auto"
+    """"auto": ESP in UDP only behind a NAT; "force": always (RFC 3948)."""
+    replay_window: int = 128
+    """Anti-replay window in packets (RFC 4303 §3.4.3); 0 disables the check."""
+    life_bytes: int = 0
+    """Rekey a CHILD SA after this many octets per direction; 0: no limit."""
+    life_packets: int = 0
+    """Rekey a CHILD SA after this many packets per direction; 0: no limit."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration file."""
+
+    gateway: GatewayConfig
+    """The `[gateway]` section."""
+    peers: Mapping[str, PeerConfig]
+    """`[peers.NAME]` sections by NAME (read-only)."""
+    connections: Mapping[str, ConnectionConfig]
+    """`[connections.NAME]` sections by NAME, in file order (read-only)."""
+    source: Path | None = None
+    """The file it was loaded from, if any."""
+
+    def connections_of(self, peer: str) -> tuple[ConnectionConfig, ...]:
+        """The connections going to `peer`, in file order."""
+        return tuple(c for c in self.connections.values() if c.peer == peer)

@@ -1,0 +1,598 @@
+"""conf: every kind of mistake fails at load with its key path and reason."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import ipaddress
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conf import ConfigError, Secret, load_config, loads_config, parse_config
+from ikev2.config import ConfigError as IkeConfigError
+
+PSK = "test-psk-NOT-SECRET-0123456789"
+
+BASE: dict[str, Any] = {
+    "gateway": {"addresses": ["198.51.100.1"], "id": "198.51.100.1"},
+    "peers": {"dc1": {"address": "198.51.100.2", "id": "198.51.100.2", "psk": PSK}},
+    "connections": {
+        "dc1-net": {
+            "peer": "dc1",
+            "local_subnets": ["192.0.2.0/24"],
+            "remote_subnets": ["203.0.113.0/24"],
+        }
+    },
+}
+
+
+def config(**sections: Any) -> dict[str, Any]:
+    """BASE with some tables merged in; a value of None deletes the key."""
+    data = copy.deepcopy(BASE)
+
+    def merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                into.pop(key, None)
+            elif isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(data, sections)
+    return data
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    return [str(p) for p in err.value.problems]
+
+
+def conn(**changes: Any) -> dict[str, Any]:
+    return {"connections": {"dc1-net": changes}}
+
+
+# --- the good cases ------------------------------------------------------------------
+
+
+def test_minimal_config_has_the_documented_defaults() -> None:
+    cfg = parse_config(config())
+    assert cfg.gateway.addresses == (ipaddress.ip_address("198.51.100.1"),)
+    assert cfg.gateway.control_socket == Path("/run/lockgate/lockgate.sock")
+    assert (cfg.gateway.ike_port, cfg.gateway.nat_port) == (500, 4500)
+    c = cfg.connections["dc1-net"]
+    assert c.ike_proposals == ("aes256gcm16-prfsha384-x25519",)
+    assert c.esp_proposals == ("aes256gcm16",)
+    assert (c.start, c.encap, c.dpd_action) == ("initiate", "auto", "clear")
+    assert (c.ike_lifetime, c.child_lifetime, c.rekey_margin) == (14400, 3600, 540)
+    assert cfg.peers["dc1"].psk == Secret(PSK.encode())
+    assert cfg.connections_of("dc1") == (c,)
+
+
+def test_every_documented_key_is_accepted() -> None:
+    cfg = parse_config(
+        config(
+            gateway={
+                "control_socket": "/run/lockgate/a.sock",
+                "ike_port": 1500,
+                "nat_port": 14500,
+                "interface": "vpn0",
+                "mtu": 1400,
+                "log_level": "debug",
+            },
+            connections={
+                "dc1-net": {
+                    "ike_proposals": ["aes256-sha256-modp2048", "chacha20poly1305-prfsha256-x448"],
+                    "esp_proposals": ["aes128gcm16-x25519", "aes256-sha256-esn", "aes128-sha512"],
+                    "start": "trap",
+                    "ike_lifetime": "1d",
+                    "child_lifetime": "15m",
+                    "rekey_margin": 60,
+                    "dpd_interval": "10s",
+                    "dpd_action": "restart",
+                    "encap": "force",
+                    "replay_window": 0,
+                    "life_bytes": 10**9,
+                    "life_packets": 10**6,
+                }
+            },
+        )
+    )
+    c = cfg.connections["dc1-net"]
+    assert (c.ike_lifetime, c.child_lifetime, c.rekey_margin, c.dpd_interval) == (
+        86400,
+        900,
+        60,
+        10,
+    )
+    assert c.esp_proposals[1] == "aes256-sha256-esn"
+    assert cfg.gateway.mtu == 1400 and cfg.gateway.interface == "vpn0"
+
+
+@pytest.mark.parametrize("name", ["dc.toml", "cloud.toml"])
+def test_examples_load(name: str) -> None:
+    path = Path(str(resources.files("conf") / "examples" / name))
+    cfg = load_config(path)
+    assert cfg.connections
+    for c in cfg.connections.values():
+        for net in (*c.local_subnets, *c.remote_subnets):
+            assert any(net.subnet_of(doc) for doc in _DOC_NETS if doc.version == net.version)
+
+
+_DOC_NETS = [
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+]
+
+
+def test_examples_are_a_matching_pair() -> None:
+    base = Path(str(resources.files("conf") / "examples"))
+    dc, cloud = load_config(base / "dc.toml"), load_config(base / "cloud.toml")
+    [dc_peer], [cloud_peer] = dc.peers.values(), cloud.peers.values()
+    assert dc_peer.address in cloud.gateway.addresses and dc_peer.id == cloud.gateway.id
+    assert cloud_peer.address in dc.gateway.addresses and cloud_peer.id == dc.gateway.id
+    assert dc_peer.psk == cloud_peer.psk
+    dc_pairs = {(c.local_subnets, c.remote_subnets) for c in dc.connections.values()}
+    cloud_pairs = {(c.remote_subnets, c.local_subnets) for c in cloud.connections.values()}
+    assert dc_pairs == cloud_pairs
+    assert {c.start for c in dc.connections.values()} == {"initiate"}
+    assert {c.start for c in cloud.connections.values()} == {"wait"}
+
+
+# --- one expected message per kind of mistake --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            conn(esp_proposals=["aes129gcm16"]),
+            "connections.dc1-net.esp_proposals[0]: unknown algorithm 'aes129gcm16'",
+        ),
+        (
+            conn(esp_proposals=["aes256gcm16", "aes256-md5"]),
+            "connections.dc1-net.esp_proposals[1]: unknown algorithm 'md5'",
+        ),
+        (
+            conn(esp_proposals=["aes256"]),
+            "connections.dc1-net.esp_proposals[0]: 'aes256': a CBC cipher needs an integrity "
+            "algorithm (e.g. sha256)",
+        ),
+        (
+            conn(ike_proposals=["aes256gcm16-prfsha384"]),
+            "connections.dc1-net.ike_proposals[0]: 'aes256gcm16-prfsha384' has no key exchange "
+            "group (e.g. x25519)",
+        ),
+        (
+            conn(ike_proposals=["aes256gcm16-sha256-prfsha256-x25519"]),
+            "connections.dc1-net.ike_proposals[0]: 'aes256gcm16-sha256-prfsha256-x25519': an "
+            "AEAD cipher takes no integrity algorithm (RFC 5282 §8)",
+        ),
+        (
+            conn(ike_proposals=["aes256gcm16-x25519"]),
+            "connections.dc1-net.ike_proposals[0]: 'aes256gcm16-x25519' has no PRF "
+            "(e.g. prfsha384)",
+        ),
+        (conn(ike_proposals=[]), "connections.dc1-net.ike_proposals: must not be empty"),
+        (
+            conn(esp_proposals="aes256gcm16"),
+            "connections.dc1-net.esp_proposals: expected a list, got a string ('aes256gcm16')",
+        ),
+        (
+            {"gateway": {"adresses": ["198.51.100.1"]}},
+            "gateway.adresses: unknown key (did you mean 'addresses'?)",
+        ),
+        ({"gatway": {}}, "gatway: unknown key (did you mean 'gateway'?)"),
+        ({"gateway": {"id": None}}, "gateway.id: required key is missing"),
+        ({"gateway": None}, "gateway: required section [gateway] is missing"),
+        (
+            {"gateway": {"ike_port": "500"}},
+            "gateway.ike_port: expected an integer, got a string ('500')",
+        ),
+        (
+            {"gateway": {"ike_port": True}},
+            "gateway.ike_port: expected an integer, got a boolean (True)",
+        ),
+        ({"gateway": {"nat_port": 70000}}, "gateway.nat_port: 70000 is out of range 1..65535"),
+        ({"gateway": {"nat_port": 500}}, "gateway.nat_port: must differ from ike_port"),
+        ({"gateway": {"mtu": 1000}}, "gateway.mtu: 1000 is out of range 1280..65535"),
+        (
+            {"gateway": {"log_level": "verbose"}},
+            'gateway.log_level: must be one of "debug", "info", "warning", "error", '
+            "got a string ('verbose')",
+        ),
+        (
+            {"gateway": {"addresses": ["198.51.100.1", "198.51.100.300"]}},
+            "gateway.addresses[1]: not an IP address: '198.51.100.300'",
+        ),
+        (
+            {"gateway": {"addresses": ["198.51.100.1", "198.51.100.1"]}},
+            "gateway.addresses: lists an address twice",
+        ),
+        ({"gateway": {"id": ""}}, "gateway.id: must not be empty"),
+        (
+            {"gateway": {"control_socket": "lockgate.sock"}},
+            "gateway.control_socket: 'lockgate.sock' must be an absolute path",
+        ),
+        (
+            {"gateway": {"interface": "a-very-long-interface"}},
+            "gateway.interface: 'a-very-long-interface' is not a valid interface name "
+            "(1-15 letters, digits, '_.-')",
+        ),
+        (
+            {"gateway": {"certificate": "/nonexistent/gw.crt", "private_key": None}},
+            "gateway.certificate: '/nonexistent/gw.crt' does not exist or is not a file",
+        ),
+        (
+            conn(local_subnets=["192.0.2.1/24"]),
+            "connections.dc1-net.local_subnets[0]: '192.0.2.1/24' has host bits set "
+            "(did you mean '192.0.2.0/24'?)",
+        ),
+        (
+            conn(remote_subnets=["203.0.113.0/33"]),
+            "connections.dc1-net.remote_subnets[0]: not a subnet: '203.0.113.0/33' "
+            '(e.g. "192.0.2.0/24")',
+        ),
+        (
+            conn(remote_subnets=["203.0.113.0/24", "203.0.113.0/24"]),
+            "connections.dc1-net.remote_subnets: lists a subnet twice",
+        ),
+        (conn(peer="dc2"), "connections.dc1-net.peer: no peer named 'dc2' (peers: dc1)"),
+        (conn(peer=None), "connections.dc1-net.peer: required key is missing"),
+        (
+            conn(start="now"),
+            'connections.dc1-net.start: must be one of "initiate", "trap", "wait", '
+            "got a string ('now')",
+        ),
+        (
+            conn(encap="yes"),
+            'connections.dc1-net.encap: must be one of "auto", "force", got a string (\'yes\')',
+        ),
+        (
+            conn(child_lifetime="1 hour"),
+            'connections.dc1-net.child_lifetime: expected a duration such as 30, "30s", '
+            '"15m" or "4h", got a string (\'1 hour\')',
+        ),
+        (
+            conn(dpd_interval=-1),
+            "connections.dc1-net.dpd_interval: a duration must not be negative",
+        ),
+        (conn(child_lifetime=0), "connections.dc1-net.child_lifetime: must be positive"),
+        (
+            conn(child_lifetime="5m", rekey_margin="5m"),
+            "connections.dc1-net.rekey_margin: 300s is not below child_lifetime (300s)",
+        ),
+        (
+            conn(child_lifetime="5m"),
+            "connections.dc1-net.child_lifetime: 300s must exceed rekey_margin (540s, the default)",
+        ),
+        (
+            conn(replay_window=100000),
+            "connections.dc1-net.replay_window: 100000 is out of range 0..65536",
+        ),
+        (
+            conn(local_subnet=["192.0.2.0/24"]),
+            "connections.dc1-net.local_subnet: unknown key (did you mean 'local_subnets'?)",
+        ),
+        (
+            {"connections": {"bad name": {}}},
+            "connections.bad name: a name must start with a letter or digit and use only "
+            "letters, digits, '-', '_' and '.' (up to 64)",
+        ),
+        ({"peers": "dc1"}, "peers: expected a table ([peers]), got a string ('dc1')"),
+        (
+            {"peers": {"dc1": {"address": "dc1.example.net"}}},
+            "peers.dc1.address: not an IP address: 'dc1.example.net'",
+        ),
+        ({"peers": {"dc1": {"address": None}}}, "peers.dc1.address: required key is missing"),
+        (
+            {"peers": {"dc1": {"address": "2001:db8::2"}}},
+            "peers.dc1.address: an IPv6 peer, but gateway.addresses has no IPv6 address",
+        ),
+        (
+            {"peers": {"dc1": {"address": "198.51.100.1"}}},
+            "peers.dc1.address: is one of gateway.addresses (the peer cannot be us)",
+        ),
+        (
+            {"peers": {"dc1": {"auth": "cert"}}},
+            'peers.dc1.auth: must be one of "psk", "pubkey", got a string (\'cert\')',
+        ),
+        (
+            {"peers": {"dc1": {"psk": None}}},
+            'peers.dc1: auth is "psk" but neither psk nor psk_file is set',
+        ),
+        (
+            {"peers": {"dc1": {"psk": "short"}}},
+            "peers.dc1.psk: too short (5 characters); use at least 16 random characters "
+            "(RFC 7296 §2.15)",
+        ),
+        (
+            {"peers": {"dc1": {"auth": "pubkey"}}},
+            'peers.dc1.psk: only used with auth = "psk"',
+        ),
+        (
+            {"peers": {"dc1": {"auth": "pubkey", "psk": None}}},
+            'peers.dc1.auth: "pubkey" needs gateway.certificate, gateway.private_key and '
+            "gateway.ca",
+        ),
+        (
+            {"peers": {"dc1": {"id": "CN=dc1, O"}}},
+            "peers.dc1.id: not a distinguished name: 'CN=dc1, O'",
+        ),
+        (
+            {"peers": {"dc1": {"address": "%any"}}, **conn(start="initiate")},
+            'connections.dc1-net.start: "initiate" needs an address for peers.dc1 (it is %any)',
+        ),
+        ({"connections": None}, "connections: no connection is configured"),
+    ],
+)
+def test_mistake_is_reported_with_key_path_and_reason(
+    changes: dict[str, Any], message: str
+) -> None:
+    assert message in problems(config(**changes))
+
+
+def test_connections_sharing_a_peer_must_agree_on_ike_settings() -> None:
+    second = {
+        "peer": "dc1",
+        "local_subnets": ["2001:db8:a::/64"],
+        "remote_subnets": ["2001:db8:b::/64"],
+        "ike_proposals": ["aes128gcm16-prfsha256-ecp256"],
+        "encap": "force",
+    }
+    found = problems(config(connections={"v6": second}))
+    assert found == [
+        "connections.v6.ike_proposals: differs from connections.dc1-net; connections to peer "
+        "'dc1' share one IKE SA, so ike_proposals must be the same",
+        "connections.v6.encap: differs from connections.dc1-net; connections to peer 'dc1' "
+        "share one IKE SA, so encap must be the same",
+    ]
+
+
+def test_same_subnet_pair_twice_is_refused() -> None:
+    twin = dict(BASE["connections"]["dc1-net"])
+    found = problems(config(connections={"twin": twin}))
+    assert found == [
+        "connections.twin: same local_subnets and remote_subnets as connections.dc1-net"
+    ]
+
+
+def test_every_mistake_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            config(
+                gateway={"ike_port": 0, "colour": "blue"},
+                connections={"dc1-net": {"esp_proposals": ["nope"], "peer": "ghost"}},
+            )
+        )
+    text = str(err.value)
+    assert text.startswith("4 problems:\n")
+    for line in (
+        "gateway.ike_port: 0 is out of range 1..65535",
+        "gateway.colour: unknown key",
+        "connections.dc1-net.esp_proposals[0]: unknown algorithm 'nope'",
+        "connections.dc1-net.peer: no peer named 'ghost' (peers: dc1)",
+    ):
+        assert f"  {line}" in text
+    assert isinstance(err.value, IkeConfigError)
+
+
+def test_any_peer_defaults_to_waiting() -> None:
+    cfg = parse_config(config(peers={"dc1": {"address": "%any", "id": "dc1.example.net"}}))
+    assert cfg.peers["dc1"].address is None
+    assert cfg.connections["dc1-net"].start == "wait"
+
+
+def test_peer_id_defaults_to_its_address() -> None:
+    cfg = parse_config(config(peers={"dc1": {"id": None}}))
+    assert cfg.peers["dc1"].id == "198.51.100.2"
+
+
+# --- files: TOML, PSK files, certificates --------------------------------------------
+
+
+def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[gateway]\naddresses = 198.51.100.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML: .*line"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read: No such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_psk_file_owner_only_is_read(tmp_path: Path) -> None:
+    key = tmp_path / "dc1.psk"
+    key.write_text(PSK + "\n")
+    key.chmod(0o600)
+    cfg = parse_config(config(peers={"dc1": {"psk": None, "psk_file": str(key)}}))
+    assert cfg.peers["dc1"].psk == Secret(PSK.encode())  # trailing newline stripped
+    assert cfg.peers["dc1"].psk_file == key
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"), [(0o644, "everyone"), (0o604, "everyone"), (0o640, "its group")]
+)
+def test_psk_file_readable_by_others_is_refused(tmp_path: Path, mode: int, who: str) -> None:
+    key = tmp_path / "dc1.psk"
+    key.write_text(PSK)
+    key.chmod(mode)
+    assert problems(config(peers={"dc1": {"psk": None, "psk_file": str(key)}})) == [
+        f"peers.dc1.psk_file: '{key}' is accessible by {who} (mode {mode:04o}); a secret "
+        "file must be owner-only: chmod 600"
+    ]
+
+
+def test_psk_and_psk_file_together_are_refused(tmp_path: Path) -> None:
+    key = tmp_path / "dc1.psk"
+    key.write_text(PSK)
+    key.chmod(0o600)
+    assert problems(config(peers={"dc1": {"psk_file": str(key)}})) == [
+        "peers.dc1.psk_file: set psk or psk_file, not both"
+    ]
+
+
+def test_short_psk_file_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "dc1.psk"
+    key.write_text("tiny\n")
+    key.chmod(0o600)
+    assert problems(config(peers={"dc1": {"psk": None, "psk_file": str(key)}})) == [
+        f"peers.dc1.psk_file: '{key}' holds a key of 4 characters; use at least 16 (RFC 7296 §2.15)"
+    ]
+
+
+def _pem_cert(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pki(tmp_path: Path) -> dict[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    files = {
+        "certificate": tmp_path / "gw.crt",
+        "private_key": tmp_path / "gw.key",
+        "ca": tmp_path / "ca.crt",
+    }
+    files["certificate"].write_bytes(_pem_cert(key, "gw.example.net"))
+    files["private_key"].write_bytes(_pem_key(key))
+    files["private_key"].chmod(0o600)
+    files["ca"].write_bytes(_pem_cert(ec.generate_private_key(ec.SECP256R1()), "Test CA"))
+    return {k: str(v) for k, v in files.items()}
+
+
+def test_pubkey_with_certificates_loads(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    cfg = parse_config(
+        config(
+            gateway={**pki, "ca": [pki["ca"]], "id": "CN=gw.example.net"},
+            peers={"dc1": {"auth": "pubkey", "psk": None, "id": "CN=dc1.example.net"}},
+        )
+    )
+    assert cfg.peers["dc1"].auth == "pubkey" and cfg.peers["dc1"].psk is None
+    assert cfg.gateway.ca == (Path(pki["ca"]),)
+
+
+def test_key_not_matching_certificate_is_refused(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    other = tmp_path / "other.key"
+    other.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
+    other.chmod(0o600)
+    found = problems(config(gateway={**pki, "ca": [pki["ca"]], "private_key": str(other)}))
+    assert found == ["gateway.private_key: does not match the public key of gateway.certificate"]
+
+
+def test_readable_private_key_and_garbage_files_are_refused(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    Path(pki["private_key"]).chmod(0o644)
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_text("not a certificate")
+    found = problems(config(gateway={**pki, "ca": [pki["ca"], str(garbage)]}))
+    assert found == [
+        f"gateway.private_key: '{pki['private_key']}' is accessible by everyone (mode 0644); "
+        "a secret file must be owner-only: chmod 600",
+    ]
+    Path(pki["private_key"]).chmod(0o600)
+    found = problems(config(gateway={**pki, "ca": [pki["ca"], str(garbage)]}))
+    assert found == [f"gateway.ca[1]: '{garbage}' is not a PEM X.509 certificate"]
+
+
+def test_certificate_without_key_is_refused(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    found = problems(config(gateway={"certificate": pki["certificate"]}))
+    assert found == ["gateway.private_key: certificate and private_key must be set together"]
+
+
+# --- secrets stay secret ----------------------------------------------------------------
+
+
+def test_secrets_are_not_in_repr_or_errors() -> None:
+    cfg = loads_config(
+        f"""
+        [gateway]
+        addresses = ["198.51.100.1"]
+        id = "198.51.100.1"
+        [peers.dc1]
+        address = "198.51.100.2"
+        psk = "{PSK}"
+        [connections.dc1-net]
+        peer = "dc1"
+        local_subnets = ["192.0.2.0/24"]
+        remote_subnets = ["203.0.113.0/24"]
+        """
+    )
+    peer = cfg.peers["dc1"]
+    for text in (repr(cfg), str(cfg), repr(peer), str(peer.psk), f"{peer.psk!r}"):
+        assert PSK not in text
+    assert peer.psk is not None and peer.psk.reveal() == PSK.encode()
+    with pytest.raises(ConfigError) as err:
+        parse_config(config(peers={"dc1": {"psk": PSK[:10]}}))
+    assert PSK[:10] not in str(err.value)
+
+
+def test_secret_equality_is_by_value() -> None:
+    assert Secret(b"a" * 20) == Secret(b"a" * 20)
+    assert Secret(b"a" * 20) != Secret(b"b" * 20)
+    assert Secret(b"a" * 20) != b"a" * 20
+
+
+# --- robustness ---------------------------------------------------------------------------
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    section=st.sampled_from(["gateway", "peers", "connections"]),
+    key=st.sampled_from(["addresses", "id", "ike_port", "mtu", "dc1", "dc1-net", "psk", "ca", "x"]),
+    value=_VALUES,
+)
+def test_any_shape_of_bad_input_raises_only_config_error(
+    section: str, key: str, value: Any
+) -> None:
+    data = config()
+    data[section] = copy.deepcopy(data[section])
+    if value is None:
+        data[section].pop(key, None)
+    else:
+        data[section][key] = value
+    try:
+        parse_config(data)
+    except ConfigError as exc:
+        assert exc.problems and all(str(p) for p in exc.problems)
