@@ -1,0 +1,344 @@
+"""The IKE endpoint: every IKE SA of one daemon, behind one sans-I/O interface.
+
+It routes each received message to its IKE SA by SPI (RFC 7296 §2.6: an SA is
+identified by our own SPI), creates a responder SA for an IKE_SA_INIT request that
+matches a configured connection, and gathers the datagrams, events and timers of all
+of them. Like the IKE SA it never touches a socket or a clock.
+
+Order of outputs: a datagram queued after an event is held back until that event
+has been taken with `next_event()`. So the ChildSaInstalled of a new CHILD SA always
+reaches the caller before the message that lets the peer use it (RFC 7296 §2.8),
+whichever order the caller polls in.
+
+UDP port 4500 carries IKE behind a 4-octet non-ESP marker, ESP and NAT keepalives
+(RFC 3948 §2.2-2.3). `receive_datagram` takes whole UDP payloads and sorts that out
+itself; `receive_message` takes a bare IKE message for a caller (the daemon) that
+already took ESP and keepalives off port 4500 and stripped the marker. Datagrams to
+send are whole UDP payloads, with the marker when they leave from port 4500.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ikev2.codec import decode_header
+from ikev2.config import ConnectionConfig
+from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
+from ikev2.crypto.rng import RandomSource, SystemRandom
+from ikev2.errors import IkeError, LocalProtocolError
+from ikev2.events import Address, Event
+from ikev2.sa import Datagram, IkeSa, IkeSaState
+
+logger = logging.getLogger(__name__)
+
+NAT_KEEPALIVE = b"\xff"
+"""The NAT-keepalive payload (RFC 3948 §2.3)."""
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Settings of the endpoint itself (not of one connection)."""
+
+    ike_port: int = 500
+    """UDP port IKE starts on."""
+    nat_port: int = 4500
+    """UDP port of NAT traversal, where IKE messages carry the non-ESP marker."""
+    half_open_timeout: float = 30.0
+    """Seconds a responder SA may wait for IKE_AUTH before it is dropped."""
+    max_half_open: int = 1000
+    """Responder SAs that may wait for IKE_AUTH at once; more IKE_SA_INITs are dropped."""
+
+
+class Endpoint:
+    """All IKE SAs of a daemon; the unit the asyncio adapter and the daemon drive."""
+
+    def __init__(
+        self,
+        connections: Sequence[ConnectionConfig] = (),
+        *,
+        rng: RandomSource | None = None,
+        config: EndpointConfig | None = None,
+    ) -> None:
+        self.config = config or EndpointConfig()
+        self._rng: RandomSource = rng or SystemRandom()
+        self._connections: dict[str, ConnectionConfig] = {c.name: c for c in connections}
+        self._by_spi: dict[bytes, IkeSa] = {}
+        """IKE SAs by our own SPI (SPIi when we initiated, SPIr when we responded)."""
+        self._half_open: dict[tuple[bytes, Address], IkeSa] = {}
+        """Responder SAs by (peer's SPIi, peer address), to catch IKE_SA_INIT retransmissions."""
+        self._sas: dict[int, IkeSa] = {}
+        self._ids = itertools.count(1)
+        self._child_ids = itertools.count(1)
+        self._events: deque[Event] = deque()
+        self._events_queued = 0
+        """Events ever queued here."""
+        self._events_taken = 0
+        """Events ever taken by the caller."""
+        self._datagrams: list[tuple[int, Datagram]] = []
+        """Datagrams with the number of events that must be taken before they go."""
+
+    # --- configuration ------------------------------------------------------------------
+
+    @property
+    def connections(self) -> dict[str, ConnectionConfig]:
+        """The configured connections by name."""
+        return dict(self._connections)
+
+    def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
+        """Replace the configuration (reload). Existing IKE SAs keep the one they began with."""
+        self._connections = {c.name: c for c in connections}
+
+    def ike_sas(self) -> list[IkeSa]:
+        """Every IKE SA that is not yet gone."""
+        return list(self._sas.values())
+
+    def ike_sa(self, ike_sa_id: int) -> IkeSa | None:
+        """An IKE SA by its unique number."""
+        return self._sas.get(ike_sa_id)
+
+    # --- API calls ----------------------------------------------------------------------
+
+    def initiate(self, connection: str, now: float) -> IkeSa:
+        """Start an IKE SA (and its first CHILD SA) for a configured connection."""
+        config = self._connections.get(connection)
+        if config is None:
+            raise LocalProtocolError(f"no connection named {connection!r}")
+        if config.remote_address is None:
+            raise LocalProtocolError(f"connection {connection!r} has no peer address (%any)")
+        local = (config.local_addresses[0], config.ike_port)
+        remote = (config.remote_address, config.ike_port)
+        sa = IkeSa(
+            config,
+            initiator=True,
+            local=local,
+            remote=remote,
+            rng=self._rng,
+            ike_sa_id=next(self._ids),
+            child_ids=self._child_ids,
+            nat_port=self.config.nat_port,
+            now=now,
+        )
+        self._add(sa)
+        sa.initiate(now)
+        self._collect(sa, now)
+        return sa
+
+    def delete(self, ike_sa_id: int, now: float, reason: str = "deleted by operator") -> None:
+        """Delete an IKE SA and its CHILD SAs (INFORMATIONAL Delete to the peer)."""
+        sa = self._sas.get(ike_sa_id)
+        if sa is None:
+            raise LocalProtocolError(f"no IKE SA {ike_sa_id}")
+        sa.delete(now, reason)
+        self._collect(sa, now)
+
+    def delete_connection(
+        self, connection: str, now: float, reason: str = "deleted by operator"
+    ) -> int:
+        """Delete every IKE SA of a connection; returns how many."""
+        sas = [sa for sa in self._sas.values() if sa.config.name == connection]
+        for sa in sas:
+            sa.delete(now, reason)
+            self._collect(sa, now)
+        return len(sas)
+
+    def delete_child(self, unique_id: int, now: float, reason: str = "deleted by operator") -> None:
+        """Delete one CHILD SA (INFORMATIONAL Delete of its ESP SPI)."""
+        for sa in self._sas.values():
+            if unique_id in sa.children:
+                sa.delete_child(unique_id, now, reason)
+                self._collect(sa, now)
+                return
+        raise LocalProtocolError(f"no CHILD SA {unique_id}")
+
+    def close(self, now: float) -> None:
+        """Delete every IKE SA (shutdown); drive timers until `get_timer()` is None."""
+        for sa in list(self._sas.values()):
+            sa.delete(now, "shutting down")
+            self._collect(sa, now)
+
+    # --- input --------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+        """A UDP payload received on `local` from `remote` (port 500 or 4500)."""
+        if local[1] == self.config.nat_port:
+            if data == NAT_KEEPALIVE:
+                return
+            if not data.startswith(NON_ESP_MARKER):
+                # ESP: not ours. A daemon feeds IKE through receive_message instead.
+                logger.debug("ignoring non-IKE datagram on port %d from %s", local[1], remote)
+                return
+            data = data[len(NON_ESP_MARKER) :]
+        self.receive_message(data, local, remote, now)
+
+    def receive_message(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+        """An IKE message (without any non-ESP marker) received on `local` from `remote`."""
+        try:
+            header = decode_header(data)
+        except IkeError as exc:
+            logger.debug("dropping malformed datagram from %s: %s", _fmt(remote), exc)
+            return
+        if header.initiator:
+            # Sent by the original initiator: we are the responder, our SPI is SPIr.
+            if header.spi_r == bytes(8):
+                self._receive_init_request(
+                    data, header.spi_i, header.exchange_type, local, remote, now
+                )
+                return
+            sa = self._by_spi.get(header.spi_r)
+        else:
+            sa = self._by_spi.get(header.spi_i)
+        if sa is None:
+            # §2.21.4 allows an unprotected INVALID_IKE_SPI notify; like strongSwan we stay
+            # silent, so a stray datagram cannot make us send anything.
+            logger.debug(
+                "no IKE SA for SPIs %s/%s from %s",
+                header.spi_i.hex(),
+                header.spi_r.hex(),
+                _fmt(remote),
+            )
+            return
+        sa.receive_message(data, header, local, remote, now)
+        self._collect(sa, now)
+
+    def _receive_init_request(
+        self,
+        data: bytes,
+        spi_i: bytes,
+        exchange_type: int,
+        local: Address,
+        remote: Address,
+        now: float,
+    ) -> None:
+        if exchange_type != ExchangeType.IKE_SA_INIT:
+            logger.debug("dropping %d from %s with zero SPIr", exchange_type, _fmt(remote))
+            return
+        existing = self._half_open.get((spi_i, remote))
+        if existing is not None:
+            existing.receive_message(data, decode_header(data), local, remote, now)
+            self._collect(existing, now)
+            return
+        candidates = self._match(local, remote)
+        if not candidates:
+            logger.info(
+                "IKE_SA_INIT from %s to %s matches no configured connection; ignored",
+                _fmt(remote),
+                _fmt(local),
+            )
+            return
+        half_open = sum(1 for sa in self._sas.values() if sa.state is IkeSaState.HALF_OPEN)
+        if half_open >= self.config.max_half_open:
+            logger.warning("too many half-open IKE SAs (%d); dropping IKE_SA_INIT", half_open)
+            return
+        sa = IkeSa(
+            candidates[0],
+            initiator=False,
+            local=local,
+            remote=remote,
+            rng=self._rng,
+            ike_sa_id=next(self._ids),
+            child_ids=self._child_ids,
+            nat_port=self.config.nat_port,
+            now=now,
+            candidates=tuple(candidates),
+            half_open_timeout=self.config.half_open_timeout,
+        )
+        self._sas[sa.ike_sa_id] = sa
+        self._half_open[(spi_i, remote)] = sa
+        sa.receive_message(data, decode_header(data), local, remote, now)
+        if sa.spi_local:
+            self._by_spi[sa.spi_local] = sa
+        self._collect(sa, now)
+
+    def _match(self, local: Address, remote: Address) -> list[ConnectionConfig]:
+        """Connections that accept an IKE_SA_INIT from `remote` on `local`, best first.
+
+        One with the exact peer address comes before a %any one; the identities in
+        IKE_AUTH may still pick another of these candidates.
+        """
+        local_ip = ipaddress.ip_address(local[0])
+        remote_ip = ipaddress.ip_address(remote[0])
+        exact: list[ConnectionConfig] = []
+        wildcard: list[ConnectionConfig] = []
+        for conn in self._connections.values():
+            if not any(ipaddress.ip_address(a) == local_ip for a in conn.local_addresses):
+                continue
+            if conn.remote_address is None:
+                wildcard.append(conn)
+            elif ipaddress.ip_address(conn.remote_address) == remote_ip:
+                exact.append(conn)
+        return exact + wildcard
+
+    # --- output and time ----------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        """Every datagram due now: (UDP payload, local address, remote address)."""
+        for sa in list(self._sas.values()):
+            self._collect(sa, now)
+        ready = [d for need, d in self._datagrams if need <= self._events_taken]
+        self._datagrams = [(n, d) for n, d in self._datagrams if n > self._events_taken]
+        return ready
+
+    def next_event(self) -> Event | None:
+        """The next event of any IKE SA, oldest first, or None."""
+        for sa in list(self._sas.values()):
+            self._collect_events(sa)
+        if not self._events:
+            return None
+        self._events_taken += 1
+        return self._events.popleft()
+
+    def events(self) -> Iterator[Event]:
+        """Every pending event, oldest first."""
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def get_timer(self) -> float | None:
+        """The earliest time `handle_timer` must run, or None."""
+        timers = [t for sa in self._sas.values() if (t := sa.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run every IKE SA's due timers (retransmissions, lifetimes, keepalives)."""
+        for sa in list(self._sas.values()):
+            timer = sa.get_timer()
+            if timer is not None and timer <= now:
+                sa.handle_timer(now)
+            self._collect(sa, now)
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _add(self, sa: IkeSa) -> None:
+        self._sas[sa.ike_sa_id] = sa
+        self._by_spi[sa.spi_local] = sa
+
+    def _collect_events(self, sa: IkeSa) -> None:
+        while (event := sa.next_event()) is not None:
+            self._events.append(event)
+            self._events_queued += 1
+
+    def _collect(self, sa: IkeSa, now: float) -> None:
+        """Take an SA's events, then its datagrams; forget the SA once it is gone."""
+        self._collect_events(sa)
+        # An SA queues an event before the datagram it must precede, so every datagram
+        # taken now waits for all events taken so far.
+        self._datagrams.extend((self._events_queued, d) for d in sa.datagrams_to_send(now))
+        if sa.state is not IkeSaState.HALF_OPEN:
+            for key in [k for k, v in self._half_open.items() if v is sa]:
+                del self._half_open[key]
+        if sa.state is IkeSaState.DELETED:
+            self._sas.pop(sa.ike_sa_id, None)
+            if self._by_spi.get(sa.spi_local) is sa:
+                del self._by_spi[sa.spi_local]
+
+
+def _fmt(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = ["IKE_HEADER_LEN", "NAT_KEEPALIVE", "Datagram", "Endpoint", "EndpointConfig"]

@@ -1,0 +1,719 @@
+"""One IKE SA as a sans-I/O state machine (RFC 7296).
+
+Inputs: `receive_message(data, header, local, remote, now)`, `handle_timer(now)` and
+the API calls `initiate`, `delete`, `delete_child`. Outputs: `datagrams_to_send(now)`,
+`next_event()`, `get_timer()`. No sockets, no clock, no randomness of its own (an
+injected `RandomSource` supplies SPIs, nonces, DH keys and IVs).
+
+Exchanges are lists of tasks (`ikev2.tasks`); the table `_REQUEST_TASKS` says which
+requests the peer may send in which state, so an unexpected message is refused in
+one place rather than falling through. Message IDs, retransmission and the response
+cache live in `ikev2.task_manager`.
+
+Ordering promise: events are queued before the datagram that they precede, so a
+caller that drains `next_event()` before `datagrams_to_send()` installs the inbound
+SA of a new CHILD SA before the message that completes it leaves (RFC 7296 §2.8).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ikev2.codec import (
+    IkeHeader,
+    Message,
+    Notify,
+    Payload,
+    check_payloads,
+    decode_message,
+    encode_message,
+)
+from ikev2.config import ChildConfig, ConnectionConfig, Identity
+from ikev2.constants import NON_ESP_MARKER, ExchangeType, enum_name
+from ikev2.crypto.dh import KeyExchange
+from ikev2.crypto.keys import IkeKeys
+from ikev2.crypto.registry import ChildSuite, IkeSuite
+from ikev2.crypto.rng import RandomSource
+from ikev2.crypto.sk import SkCipherPair
+from ikev2.errors import (
+    IkeError,
+    InvalidKePayload,
+    InvalidSyntax,
+    LocalProtocolError,
+    PeerErrorNotify,
+)
+from ikev2.events import (
+    Address,
+    ChildSaDeleted,
+    Event,
+    IkeSaDeleted,
+    IkeSaFailed,
+    NatKeepaliveDue,
+)
+from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
+from ikev2.tasks.base import RetryExchange, Task
+from ikev2.ts import TrafficSelector
+
+logger = logging.getLogger(__name__)
+
+NAT_KEEPALIVE_INTERVAL = 20.0
+"""Seconds between NAT keepalives (strongSwan's default, RFC 3948 §4 suggests 20 s)."""
+
+MAX_INIT_RETRIES = 5
+"""IKE_SA_INIT retries after INVALID_KE_PAYLOAD or COOKIE before giving up."""
+
+
+class IkeSaState(enum.Enum):
+    """Life of an IKE SA."""
+
+    CREATED = "created"
+    """Initiator before its first request."""
+    HALF_OPEN = "half-open"
+    """IKE_SA_INIT under way or done; IKE_AUTH not finished."""
+    ESTABLISHED = "established"
+    """Both peers authenticated."""
+    DELETING = "deleting"
+    """Our Delete is queued or outstanding."""
+    DELETED = "deleted"
+    """Gone; the endpoint forgets it after taking its last datagrams and events."""
+
+
+class Datagram(NamedTuple):
+    """A UDP payload to send from `local` to `remote` (with the non-ESP marker on 4500)."""
+
+    data: bytes
+    local: Address
+    remote: Address
+
+
+@dataclass
+class ChildSa:
+    """A CHILD SA (pair of ESP SAs) negotiated under this IKE SA."""
+
+    unique_id: int
+    """Unique number inside the endpoint (as in the events)."""
+    config: ChildConfig
+    """Its configuration."""
+    spi_in: int
+    """Our inbound ESP SPI."""
+    spi_out: int
+    """The peer's inbound ESP SPI: our outbound."""
+    suite: ChildSuite
+    """Negotiated algorithms."""
+    local_ts: tuple[TrafficSelector, ...]
+    """Our side's negotiated selectors."""
+    remote_ts: tuple[TrafficSelector, ...]
+    """The peer's side's negotiated selectors."""
+    installed_at: float
+    """When it was installed."""
+    expire_at: float
+    """Hard expiry."""
+    rekey_at: float
+    """When rekeying is due (part 2 rekeys; until then it is informational)."""
+    deleting: bool = False
+    """Our Delete for it is queued or outstanding."""
+
+
+@dataclass
+class Exchange:
+    """An exchange we initiate: its type and the tasks that build and read it."""
+
+    exchange_type: ExchangeType
+    """Exchange type of the request."""
+    tasks: list[Task]
+    """Tasks in the order they add payloads."""
+    one_shot: bool = False
+    """Sent once without waiting for an answer (a last notify before the SA goes)."""
+
+
+class IkeSa:
+    """An IKE SA, initiator or responder, and the CHILD SAs under it."""
+
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        *,
+        initiator: bool,
+        local: Address,
+        remote: Address,
+        rng: RandomSource,
+        ike_sa_id: int,
+        child_ids: Iterator[int],
+        now: float,
+        nat_port: int = 4500,
+        candidates: tuple[ConnectionConfig, ...] = (),
+        half_open_timeout: float = 30.0,
+    ) -> None:
+        self.config = config
+        """The connection; a responder may switch to another candidate in IKE_AUTH."""
+        self.candidates = candidates or (config,)
+        """Connections the responder may still pick by identity in IKE_AUTH."""
+        self.initiator = initiator
+        """True if we are the original initiator."""
+        self.local = local
+        """Our address and port in use."""
+        self.remote = remote
+        """The peer's address and port in use."""
+        self.init_local = local
+        """Our address and port of IKE_SA_INIT (what NAT-D hashed)."""
+        self.init_remote = remote
+        """The peer's address and port of IKE_SA_INIT."""
+        self.rng = rng
+        self.now = now
+        """Time of the input being processed (tasks read it; nothing here reads a clock)."""
+        self.ike_sa_id = ike_sa_id
+        self.nat_port = nat_port
+        self._child_ids = child_ids
+        self.state = IkeSaState.CREATED if initiator else IkeSaState.HALF_OPEN
+        spi = self.random_spi(8)
+        self.spi_i = spi if initiator else bytes(8)
+        self.spi_r = bytes(8) if initiator else spi
+        self.tm: TaskManager[Exchange] = TaskManager(
+            RetransmitPolicy(
+                timeout=config.retransmit_timeout,
+                base=config.retransmit_base,
+                tries=config.retransmit_tries,
+            )
+        )
+        # Negotiated in IKE_SA_INIT.
+        self.suite: IkeSuite | None = None
+        self.ke: KeyExchange | None = None
+        self.nonce_i = b""
+        self.nonce_r = b""
+        self.init_request = b""
+        """IKE_SA_INIT request as sent (RealMessage1 of §2.15)."""
+        self.init_response = b""
+        """IKE_SA_INIT response as sent (RealMessage2 of §2.15)."""
+        self.keys: IkeKeys | None = None
+        self.sk: SkCipherPair | None = None
+        self.init_retries = 0
+        self.cookie = b""
+        # NAT traversal (§2.23).
+        self.nat_local = False
+        """A NAT was detected in front of us."""
+        self.nat_remote = False
+        """A NAT was detected in front of the peer (or the peer fakes one)."""
+        # IKE_AUTH.
+        self.peer_id: Identity | None = None
+        self.children: dict[int, ChildSa] = {}
+        self.created_at = now
+        self.established_at: float | None = None
+        self.expire_at: float | None = None
+        self.half_open_deadline: float | None = None if initiator else now + half_open_timeout
+        self.keepalive_at: float | None = None
+        self.delete_reason = ""
+        self.initial_child_failed = False
+        """The CHILD SA of IKE_AUTH failed: an initiator then deletes the IKE SA."""
+        self._events: deque[Event] = deque()
+        self._out: list[Datagram] = []
+
+    # --- identity -----------------------------------------------------------------------
+
+    @property
+    def spi_local(self) -> bytes:
+        """Our IKE SPI."""
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def spi_remote(self) -> bytes:
+        """The peer's IKE SPI (zero until known)."""
+        return self.spi_r if self.initiator else self.spi_i
+
+    @property
+    def name(self) -> str:
+        """For log lines: connection name and unique number."""
+        return f"{self.config.name}[{self.ike_sa_id}]"
+
+    @property
+    def udp_encap(self) -> bool:
+        """Whether ESP must travel in UDP (a NAT on either side, or forced, §2.23)."""
+        return self.nat_local or self.nat_remote or self.config.encap == "force"
+
+    def random_spi(self, size: int) -> bytes:
+        """A random SPI that is not zero (and, for ESP, not in the reserved 1..255)."""
+        while True:
+            spi = self.rng.token_bytes(size)
+            if int.from_bytes(spi, "big") > 255:
+                return spi
+
+    def next_child_id(self) -> int:
+        """A fresh CHILD SA unique number."""
+        return next(self._child_ids)
+
+    # --- API ----------------------------------------------------------------------------
+
+    def initiate(self, now: float, child: ChildConfig | None = None) -> None:
+        """Start IKE_SA_INIT and IKE_AUTH with the first (or given) CHILD SA."""
+        from ikev2.tasks import ChildCreate, IkeAuth, IkeInit, IkeNatd
+
+        if self.state is not IkeSaState.CREATED or not self.initiator:
+            raise LocalProtocolError("initiate() is for a new initiator IKE SA")
+        self.now = now
+        self.state = IkeSaState.HALF_OPEN
+        first = child or self.config.children[0]
+        self.tm.queue(Exchange(ExchangeType.IKE_SA_INIT, [IkeInit(), IkeNatd()]))
+        self.tm.queue(Exchange(ExchangeType.IKE_AUTH, [IkeAuth(), ChildCreate(first)]))
+        logger.info("%s: initiating IKE SA to %s", self.name, _fmt(self.remote))
+        self._send_next(now)
+
+    def delete(self, now: float, reason: str = "deleted by operator") -> None:
+        """Delete this IKE SA: an INFORMATIONAL Delete when established, else just drop it."""
+        from ikev2.tasks import IkeDelete
+
+        self.now = now
+        if self.state in (IkeSaState.DELETED, IkeSaState.DELETING):
+            return
+        if self.state is not IkeSaState.ESTABLISHED:
+            self.fail(f"abandoned before it was established: {reason}", None)
+            return
+        logger.info("%s: deleting IKE SA (%s)", self.name, reason)
+        self.state = IkeSaState.DELETING
+        self.delete_reason = reason
+        self.tm.pending.clear()
+        self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [IkeDelete(reason)]))
+        self._send_next(now)
+
+    def delete_child(self, unique_id: int, now: float, reason: str = "deleted by operator") -> None:
+        """Delete one CHILD SA with an INFORMATIONAL Delete of its inbound SPI."""
+        from ikev2.tasks import ChildDelete
+
+        self.now = now
+        child = self.children.get(unique_id)
+        if child is None:
+            raise LocalProtocolError(f"no CHILD SA {unique_id} in IKE SA {self.ike_sa_id}")
+        if child.deleting or self.state is not IkeSaState.ESTABLISHED:
+            return
+        child.deleting = True
+        self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]))
+        self._send_next(now)
+
+    # --- outputs ------------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        """Datagrams queued since the last call."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        """The oldest pending event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def emit(self, event: Event) -> None:
+        """Queue an event for the user (tasks call this)."""
+        self._events.append(event)
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` must next run, or None."""
+        if self.state is IkeSaState.DELETED:
+            return None
+        times = [self.tm.get_timer(), self.half_open_deadline, self.expire_at, self.keepalive_at]
+        times += [c.expire_at for c in self.children.values() if not c.deleting]
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    # --- input --------------------------------------------------------------------------
+
+    def receive_message(
+        self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
+    ) -> None:
+        """A message for this IKE SA (without the non-ESP marker)."""
+        if self.state is IkeSaState.DELETED:
+            return
+        self.now = now
+        if header.initiator == self.initiator:
+            # The I flag says who sent it: a peer must not claim our role (§3.1).
+            logger.debug("%s: dropping message with our own role's I flag", self.name)
+            return
+        if header.response:
+            self._receive_response(data, header, local, remote, now)
+        else:
+            self._receive_request(data, header, local, remote, now)
+
+    def _open(self, data: bytes, header: IkeHeader) -> Message:
+        """Decode a received message, decrypting it for encrypted exchanges."""
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            return decode_message(data)
+        if self.sk is None:
+            raise InvalidSyntax("encrypted message before keys exist")
+        return self.sk.inbound.open(data)
+
+    def _receive_response(
+        self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
+    ) -> None:
+        out = self.tm.outstanding
+        if out is None or out.message_id != header.message_id:
+            logger.debug("%s: ignoring unexpected response %d", self.name, header.message_id)
+            return
+        exchange = out.context
+        if header.exchange_type != exchange.exchange_type:
+            logger.debug("%s: response of the wrong exchange type; ignored", self.name)
+            return
+        try:
+            message = self._open(data, header)
+            check_payloads(header.exchange_type, True, message.payloads)
+        except IkeError as exc:
+            # Unauthenticated or garbled: drop and let retransmission recover (§2.21).
+            logger.info("%s: dropping invalid response: %s", self.name, exc)
+            return
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            self.init_response = data
+            if self.spi_r == bytes(8):
+                self.spi_r = header.spi_r
+        else:
+            self._peer_address_seen(local, remote)
+        try:
+            for task in exchange.tasks:
+                task.process_response(self, message)
+        except RetryExchange:
+            self._retry_init(exchange, now)
+            return
+        except IkeError as exc:
+            self.tm.abandon_request()
+            self._fail_after_response(exc, now)
+            return
+        self.tm.response_received(header.message_id)
+        self._after_exchange(now)
+        self._send_next(now)
+
+    def _receive_request(
+        self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
+    ) -> None:
+        kind = self.tm.classify_request(header.message_id, data)
+        if kind is RequestKind.RETRANSMIT:
+            logger.debug("%s: retransmitting response %d", self.name, header.message_id)
+            self._send(self.tm.cached_packets())
+            return
+        if kind is RequestKind.INVALID:
+            logger.debug("%s: request %d outside the window; dropped", self.name, header.message_id)
+            return
+        factory = _REQUEST_TASKS.get((self.state, header.exchange_type))
+        if factory is None or (
+            header.exchange_type == ExchangeType.IKE_SA_INIT and self.keys is not None
+        ):
+            logger.info(
+                "%s: unexpected %s request in state %s; dropped",
+                self.name,
+                enum_name(ExchangeType, header.exchange_type),
+                self.state.value,
+            )
+            return
+        try:
+            message = self._open(data, header)
+        except IkeError as exc:
+            # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
+            logger.info("%s: dropping invalid request: %s", self.name, exc)
+            if header.exchange_type == ExchangeType.IKE_SA_INIT:
+                self.fail(f"invalid IKE_SA_INIT request: {exc}", exc.notify)
+            return
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            self.spi_i = header.spi_i
+            self.init_request = data
+        else:
+            self._peer_address_seen(local, remote)
+        tasks = factory(self)
+        payloads: list[Payload] = []
+        fatal: IkeError | None = None
+        try:
+            check_payloads(header.exchange_type, False, message.payloads)
+            for task in tasks:
+                task.process_request(self, message)
+            for task in tasks:
+                task.build_response(self, payloads)
+        except IkeError as exc:
+            fatal = exc
+            payloads = [] if exc.notify is None else [_error_notify(exc)]
+        response = Message(
+            spi_i=self.spi_i,
+            spi_r=bytes(8) if fatal is not None and self.keys is None else self.spi_r,
+            exchange_type=header.exchange_type,
+            message_id=header.message_id,
+            initiator=self.initiator,
+            response=True,
+            payloads=tuple(payloads),
+            encrypted=header.exchange_type != ExchangeType.IKE_SA_INIT,
+        )
+        packets = self._encode(response)
+        if header.exchange_type == ExchangeType.IKE_SA_INIT and fatal is None:
+            self.init_response = packets[0]
+        self.tm.response_sent(header.message_id, data, packets)
+        self._send(packets)
+        if fatal is not None:
+            if isinstance(fatal, InvalidKePayload):
+                # Not a failure: the initiator retries with the group we named (§1.2),
+                # and that retry starts a fresh SA here; this one keeps no state.
+                logger.debug("%s: %s", self.name, fatal)
+                self.state = IkeSaState.DELETED
+                return
+            self.fail(str(fatal), fatal.notify)
+            return
+        self._after_exchange(now)
+        self._send_next(now)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _encode(self, message: Message) -> tuple[bytes, ...]:
+        if not message.encrypted:
+            return (encode_message(message),)
+        if self.sk is None:
+            raise LocalProtocolError("no keys to protect the message with")
+        return (self.sk.outbound.seal(message, self.rng),)
+
+    def _send(self, packets: tuple[bytes, ...]) -> None:
+        # RFC 3948 §2.2: IKE on the NAT-T port is prefixed with four zero octets.
+        marker = NON_ESP_MARKER if self.local[1] == self.nat_port else b""
+        for packet in packets:
+            self._out.append(Datagram(marker + packet, self.local, self.remote))
+
+    def _build_request(self, exchange: Exchange, message_id: int) -> tuple[bytes, ...]:
+        payloads: list[Payload] = []
+        for task in exchange.tasks:
+            task.build_request(self, payloads)
+        message = Message(
+            spi_i=self.spi_i,
+            spi_r=self.spi_r,
+            exchange_type=exchange.exchange_type,
+            message_id=message_id,
+            initiator=self.initiator,
+            response=False,
+            payloads=tuple(payloads),
+            encrypted=exchange.exchange_type != ExchangeType.IKE_SA_INIT,
+        )
+        packets = self._encode(message)
+        if exchange.exchange_type == ExchangeType.IKE_SA_INIT:
+            self.init_request = packets[0]
+        return packets
+
+    def _send_next(self, now: float) -> None:
+        """Send the next queued exchange if the window allows."""
+        while self.state is not IkeSaState.DELETED:
+            exchange = self.tm.next_to_send()
+            if exchange is None:
+                return
+            try:
+                packets = self._build_request(exchange, self.tm.next_request_id)
+            except IkeError as exc:
+                self.fail(f"cannot build {exchange.exchange_type.name} request: {exc}", exc.notify)
+                return
+            self._send(packets)
+            if exchange.one_shot:
+                # Nobody waits for its answer; Message IDs still count (§2.3).
+                self.tm.next_request_id += 1
+                continue
+            self.tm.request_sent(exchange, packets, now)
+            return
+
+    def _retry_init(self, exchange: Exchange, now: float) -> None:
+        self.init_retries += 1
+        if self.init_retries > MAX_INIT_RETRIES:
+            self.tm.abandon_request()
+            self.fail("peer keeps asking to retry IKE_SA_INIT; giving up", None)
+            return
+        self.spi_r = bytes(8)
+        try:
+            packets = self._build_request(exchange, 0)
+        except IkeError as exc:
+            self.tm.abandon_request()
+            self.fail(f"cannot retry IKE_SA_INIT: {exc}", exc.notify)
+            return
+        self.tm.request_replaced(packets, now)
+        self._send(packets)
+
+    def send_notify_and_close(self, notify: Notify, now: float) -> None:
+        """Tell the peer an error in an INFORMATIONAL request of its own, not awaited.
+
+        RFC 7296 §2.21.2: an initiator that rejects the responder's AUTH may say so
+        this way before it deletes the IKE SA.
+        """
+        from ikev2.tasks import NotifyOnly
+
+        if self.sk is None:
+            return
+        self.tm.abandon_request()
+        self.tm.pending.clear()
+        self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [NotifyOnly(notify)], one_shot=True))
+        self._send_next(now)
+
+    # --- state changes ------------------------------------------------------------------
+
+    def _peer_address_seen(self, local: Address, remote: Address) -> None:
+        # §2.23: behind a NAT, follow the address of the latest authenticated message.
+        if (local, remote) != (self.local, self.remote) and (
+            self.nat_local or self.nat_remote or self.local[1] == self.nat_port
+        ):
+            logger.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
+            self.local, self.remote = local, remote
+
+    def float_to_nat_port(self) -> None:
+        """Move IKE to the NAT-T port after IKE_SA_INIT (§2.23)."""
+        if self.local[1] == self.nat_port:
+            return
+        remote_port = self.nat_port if self.remote[1] == self.config.ike_port else self.remote[1]
+        self.local = (self.local[0], self.nat_port)
+        self.remote = (self.remote[0], remote_port)
+        logger.debug("%s: switching to port %d", self.name, self.nat_port)
+
+    def established(self, now: float) -> None:
+        """IKE_AUTH succeeded (tasks call this)."""
+        self.state = IkeSaState.ESTABLISHED
+        self.established_at = now
+        self.expire_at = now + self.config.ike_lifetime
+        self.half_open_deadline = None
+        if self.nat_local:
+            self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
+
+    def _after_exchange(self, now: float) -> None:
+        """Housekeeping after an exchange completed."""
+        if (
+            self.state is IkeSaState.ESTABLISHED
+            and self.initiator
+            and self.initial_child_failed
+            and not self.children
+            and not self.tm.pending
+            and self.tm.outstanding is None
+        ):
+            # Like a strongSwan initiator, keep no IKE SA without the CHILD SA it was for.
+            self.initial_child_failed = False
+            self.delete(now, "its CHILD SA could not be established")
+
+    def fail(self, reason: str, notify: int | None) -> None:
+        """The IKE SA is unusable: report it and go away without further messages."""
+        if self.state is IkeSaState.DELETED:
+            return
+        was = self.state
+        self.state = IkeSaState.DELETED
+        self.tm.pending.clear()
+        self.tm.abandon_request()
+        if was in (IkeSaState.CREATED, IkeSaState.HALF_OPEN):
+            logger.warning("%s: IKE SA with %s failed: %s", self.name, _fmt(self.remote), reason)
+            self.emit(IkeSaFailed(self.config.name, self.ike_sa_id, reason, notify))
+        else:
+            self.gone(reason, by_peer=False)
+
+    def gone(self, reason: str, *, by_peer: bool) -> None:
+        """Remove every CHILD SA and the IKE SA itself, with their events."""
+        for child in list(self.children.values()):
+            self.remove_child(child, "IKE SA deleted")
+        self.state = IkeSaState.DELETED
+        log = logger.info if by_peer or "operator" in reason else logger.warning
+        log("%s: IKE SA with %s deleted: %s", self.name, _fmt(self.remote), reason)
+        self.emit(IkeSaDeleted(self.config.name, self.ike_sa_id, reason, by_peer))
+
+    def remove_child(self, child: ChildSa, reason: str) -> None:
+        """Forget a CHILD SA and tell the user to remove its ESP SAs."""
+        if self.children.pop(child.unique_id, None) is None:
+            return
+        logger.info(
+            "%s: CHILD SA %s{%d} removed (%s), SPIs %08x_i %08x_o",
+            self.name,
+            child.config.name,
+            child.unique_id,
+            reason,
+            child.spi_in,
+            child.spi_out,
+        )
+        self.emit(
+            ChildSaDeleted(
+                self.config.name,
+                child.config.name,
+                child.unique_id,
+                self.ike_sa_id,
+                child.spi_in,
+                child.spi_out,
+                reason,
+            )
+        )
+
+    def _fail_after_response(self, exc: IkeError, now: float) -> None:
+        if isinstance(exc, PeerErrorNotify):
+            # The peer told us; it keeps nothing, so neither do we (§2.21).
+            self.fail(str(exc), exc.peer_notify)
+            return
+        if exc.notify is not None and self.sk is not None:
+            # §2.21.2: tell the responder why before dropping the IKE SA.
+            self.send_notify_and_close(_error_notify(exc), now)
+        self.fail(str(exc), exc.notify)
+
+    # --- time ---------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit, expire and keep alive as due."""
+        if self.state is IkeSaState.DELETED:
+            return
+        self.now = now
+        try:
+            self._send(self.tm.handle_timer(now))
+        except GiveUp as exc:
+            if self.state is IkeSaState.DELETING:
+                self.gone(f"{self.delete_reason}; peer did not answer the Delete", by_peer=False)
+            else:
+                self.fail(str(exc), None)
+            return
+        if self.half_open_deadline is not None and now >= self.half_open_deadline:
+            self.fail("peer did not complete IKE_AUTH in time", None)
+            return
+        if self.expire_at is not None and now >= self.expire_at:
+            self.expire_at = None
+            self.delete(now, "IKE SA lifetime expired")
+        for child in list(self.children.values()):
+            if not child.deleting and now >= child.expire_at:
+                self.delete_child(child.unique_id, now, "lifetime expired")
+        if self.keepalive_at is not None and now >= self.keepalive_at:
+            self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
+            self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))
+
+
+def _error_notify(exc: IkeError) -> Notify:
+    if exc.notify is None:
+        raise LocalProtocolError("no notify for this error")
+    return Notify(exc.notify, exc.notify_data, exc.protocol, exc.spi)
+
+
+def _fmt(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _responder_init(sa: IkeSa) -> list[Task]:
+    from ikev2.tasks import IkeInit, IkeNatd
+
+    return [IkeInit(), IkeNatd()]
+
+
+def _responder_auth(sa: IkeSa) -> list[Task]:
+    from ikev2.tasks import ChildCreate, IkeAuth
+
+    return [IkeAuth(), ChildCreate(None)]
+
+
+def _informational(sa: IkeSa) -> list[Task]:
+    from ikev2.tasks import Informational
+
+    return [Informational()]
+
+
+def _refuse_child(sa: IkeSa) -> list[Task]:
+    from ikev2.tasks import RefuseCreateChild
+
+    return [RefuseCreateChild()]
+
+
+_REQUEST_TASKS: dict[tuple[IkeSaState, int], Callable[[IkeSa], list[Task]]] = {
+    (IkeSaState.HALF_OPEN, ExchangeType.IKE_SA_INIT): _responder_init,
+    (IkeSaState.HALF_OPEN, ExchangeType.IKE_AUTH): _responder_auth,
+    (IkeSaState.ESTABLISHED, ExchangeType.INFORMATIONAL): _informational,
+    (IkeSaState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): _refuse_child,
+    (IkeSaState.DELETING, ExchangeType.INFORMATIONAL): _informational,
+    (IkeSaState.DELETING, ExchangeType.CREATE_CHILD_SA): _refuse_child,
+}
+"""(state, exchange type of a peer's request) -> the tasks that answer it.
+
+Anything not listed is dropped: e.g. IKE_AUTH once established, or INFORMATIONAL
+before authentication (RFC 7296 §1.4 requires the IKE SA to exist).
+"""
+
+__all__ = ["ChildSa", "Datagram", "Exchange", "IkeSa", "IkeSaState"]

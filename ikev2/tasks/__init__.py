@@ -1,0 +1,26 @@
+"""The tasks of IKEv2 exchanges, one module per concern (after strongSwan's
+`libcharon/sa/ikev2/tasks/`). Part 2 adds child_rekey, ike_rekey, ike_dpd, ike_cookie
+and ike_cert beside these."""
+
+from ikev2.tasks.base import RetryExchange, Task
+from ikev2.tasks.child_create import ChildCreate
+from ikev2.tasks.child_delete import ChildDelete
+from ikev2.tasks.ike_auth import IkeAuth
+from ikev2.tasks.ike_delete import IkeDelete
+from ikev2.tasks.ike_init import IkeInit
+from ikev2.tasks.ike_natd import IkeNatd
+from ikev2.tasks.informational import Informational, NotifyOnly, RefuseCreateChild
+
+__all__ = [
+    "ChildCreate",
+    "ChildDelete",
+    "IkeAuth",
+    "IkeDelete",
+    "IkeInit",
+    "IkeNatd",
+    "Informational",
+    "NotifyOnly",
+    "RefuseCreateChild",
+    "RetryExchange",
+    "Task",
+]

@@ -1,0 +1,333 @@
+"""The CHILD SA of IKE_AUTH: ESP proposals, traffic selectors, KEYMAT (RFC 7296 §1.2, §2.9, §2.17).
+
+A CHILD SA failure inside IKE_AUTH does not fail the IKE SA (§1.2): the responder
+answers with the error notify in place of SA/TSi/TSr. The CREATE_CHILD_SA variants
+(additional CHILD SAs, rekeying, PFS) are part 2 and reuse the helpers here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ikev2.codec import Message, Notify, Payload, Proposal, SecurityAssociation, TsI, TsR
+from ikev2.codec import TrafficSelector as WireTs
+from ikev2.config import ChildConfig
+from ikev2.constants import NotifyType, ProtocolId, enum_name
+from ikev2.crypto.keys import derive_child_keys_for
+from ikev2.crypto.registry import ChildSuite, child_suite
+from ikev2.errors import (
+    IkeError,
+    InvalidSyntax,
+    NoProposalChosen,
+    PeerErrorNotify,
+    TsUnacceptable,
+)
+from ikev2.events import ChildSaFailed, ChildSaInstalled
+from ikev2.proposals import (
+    check_chosen_proposal,
+    describe_proposal,
+    parse_esp_proposal,
+    sa_payload,
+    select_proposal,
+    without_key_exchange,
+)
+from ikev2.tasks.base import Task
+from ikev2.ts import TrafficSelector, format_selectors, is_subset, narrow
+
+if TYPE_CHECKING:
+    from ikev2.sa import ChildSa, IkeSa
+
+logger = logging.getLogger(__name__)
+
+_CHILD_ERRORS = frozenset(
+    {
+        NotifyType.NO_PROPOSAL_CHOSEN,
+        NotifyType.TS_UNACCEPTABLE,
+        NotifyType.SINGLE_PAIR_REQUIRED,
+        NotifyType.INTERNAL_ADDRESS_FAILURE,
+        NotifyType.FAILED_CP_REQUIRED,
+        NotifyType.INVALID_SELECTORS,
+        NotifyType.NO_ADDITIONAL_SAS,
+        NotifyType.TEMPORARY_FAILURE,
+    }
+)
+"""Errors that fail only the CHILD SA of an IKE_AUTH (§1.2, §2.21.3)."""
+
+
+def to_wire(selectors: tuple[TrafficSelector, ...]) -> tuple[WireTs, ...]:
+    """Our selectors as TS payload entries."""
+    return tuple(
+        WireTs(ts.start_addr, ts.end_addr, ts.protocol, ts.start_port, ts.end_port)
+        for ts in selectors
+    )
+
+
+def from_wire(selectors: tuple[WireTs, ...]) -> tuple[TrafficSelector, ...]:
+    """TS payload entries as selectors; types we do not know (FC) are skipped."""
+    out: list[TrafficSelector] = []
+    for ts in selectors:
+        try:
+            out.append(
+                TrafficSelector(
+                    ts.start_address, ts.end_address, ts.ip_protocol, ts.start_port, ts.end_port
+                )
+            )
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _ike_auth_proposals(config: ChildConfig) -> list[Proposal]:
+    """Our ESP proposals for IKE_AUTH: without key exchange (§1.2), duplicates dropped."""
+    out: list[Proposal] = []
+    for text in config.esp_proposals:
+        proposal = without_key_exchange(parse_esp_proposal(text))
+        if proposal not in out:
+            out.append(proposal)
+    return out
+
+
+class ChildCreate(Task):
+    """Negotiates the first CHILD SA inside IKE_AUTH."""
+
+    name = "child_create"
+
+    def __init__(self, config: ChildConfig | None) -> None:
+        self.config = config
+        """Initiator: the CHILD SA to create. Responder: chosen from the peer's selectors."""
+        self.spi_in = b""
+        self.offered: list[Proposal] = []
+        self.chosen: Proposal | None = None
+        self.local_ts: tuple[TrafficSelector, ...] = ()
+        self.remote_ts: tuple[TrafficSelector, ...] = ()
+        self.error: IkeError | None = None
+
+    # --- initiator ----------------------------------------------------------------------
+
+    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+        if self.config is None:
+            raise InvalidSyntax("no CHILD SA configuration to initiate")
+        self.spi_in = sa.random_spi(4)
+        self.offered = _ike_auth_proposals(self.config)
+        out += [
+            sa_payload(self.offered, self.spi_in),
+            TsI(to_wire(self.config.local_ts)),
+            TsR(to_wire(self.config.remote_ts)),
+        ]
+
+    def process_response(self, sa: IkeSa, message: Message) -> None:
+        if self.config is None:
+            return
+        try:
+            self._process_response(sa, message)
+        except IkeError as exc:
+            self._failed(sa, exc)
+            sa.initial_child_failed = True
+
+    def _process_response(self, sa: IkeSa, message: Message) -> None:
+        assert_config = self.config
+        if assert_config is None:
+            return
+        for notify in message.error_notifies():
+            if notify.notify_type in _CHILD_ERRORS:
+                raise PeerErrorNotify(
+                    notify.notify_type, notify.data, _peer_child_error(assert_config, notify)
+                )
+        answer = message.get(SecurityAssociation)
+        tsi = message.get(TsI)
+        tsr = message.get(TsR)
+        if answer is None or tsi is None or tsr is None:
+            raise InvalidSyntax("IKE_AUTH response lacks SA, TSi or TSr for the CHILD SA")
+        chosen = check_chosen_proposal(self.offered, answer)
+        if len(chosen.spi) != 4:
+            raise InvalidSyntax("ESP proposal without a 4-octet SPI")
+        local_ts, remote_ts = from_wire(tsi.selectors), from_wire(tsr.selectors)
+        if (
+            not local_ts
+            or not remote_ts
+            or not is_subset(local_ts, assert_config.local_ts)
+            or not is_subset(remote_ts, assert_config.remote_ts)
+        ):
+            raise TsUnacceptable(
+                f"peer narrowed traffic selectors to {format_selectors(local_ts)} === "
+                f"{format_selectors(remote_ts)}, outside ours"
+            )
+        self.chosen, self.local_ts, self.remote_ts = chosen, local_ts, remote_ts
+        self._install(sa, spi_out=chosen.spi)
+
+    # --- responder ----------------------------------------------------------------------
+
+    def process_request(self, sa: IkeSa, message: Message) -> None:
+        sa_payload = message.get(SecurityAssociation)
+        tsi = message.get(TsI)
+        tsr = message.get(TsR)
+        if sa_payload is None and tsi is None and tsr is None:
+            return  # childless IKE_AUTH (RFC 6023)
+        try:
+            if sa_payload is None or tsi is None or tsr is None:
+                raise InvalidSyntax("IKE_AUTH request has only part of SA, TSi, TSr")
+            self._select(sa, sa_payload, from_wire(tsi.selectors), from_wire(tsr.selectors))
+        except IkeError as exc:
+            self.error = exc
+            self._failed(sa, exc)
+
+    def _select(
+        self,
+        sa: IkeSa,
+        offer: SecurityAssociation,
+        peer_ts: tuple[TrafficSelector, ...],
+        my_ts: tuple[TrafficSelector, ...],
+    ) -> None:
+        offered = [p for p in offer.proposals if p.protocol == ProtocolId.ESP]
+        # Pick the CHILD configuration whose selectors fit what the peer proposes.
+        for child in sa.config.children:
+            remote_ts = narrow(peer_ts, child.remote_ts)
+            local_ts = narrow(my_ts, child.local_ts)
+            if remote_ts and local_ts:
+                break
+        else:
+            names = ", ".join(c.name for c in sa.config.children)
+            raise TsUnacceptable(
+                f"peer proposed traffic selectors {format_selectors(peer_ts)} === "
+                f"{format_selectors(my_ts)}, which match no CHILD SA of ours ({names})"
+            )
+        self.config = child
+        # IKE_AUTH's CHILD SA has no key exchange of its own (§1.2): ignore KE transforms.
+        chosen = select_proposal(_ike_auth_proposals(child), offered, ignore_key_exchange=True)
+        logger.debug("%s: ESP proposal %s selected", sa.name, describe_proposal(chosen))
+        if len(chosen.spi) != 4:
+            raise InvalidSyntax("ESP proposal without a 4-octet SPI")
+        self.spi_in = sa.random_spi(4)
+        self.chosen = chosen
+        self.local_ts, self.remote_ts = local_ts, remote_ts
+
+    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        if self.error is not None:
+            if self.error.notify is not None:
+                out.append(Notify(self.error.notify, self.error.notify_data))
+            return
+        if self.chosen is None or self.config is None:
+            return
+        # The inbound SA exists before the response that lets the peer use it (§2.8).
+        self._install(sa, spi_out=self.chosen.spi)
+        answer = Proposal(self.chosen.number, ProtocolId.ESP, self.spi_in, self.chosen.transforms)
+        out += [
+            SecurityAssociation((answer,)),
+            TsI(to_wire(self.remote_ts)),
+            TsR(to_wire(self.local_ts)),
+        ]
+
+    # --- both ---------------------------------------------------------------------------
+
+    def _install(self, sa: IkeSa, *, spi_out: bytes) -> None:
+        from ikev2.sa import ChildSa
+
+        config, chosen = self.config, self.chosen
+        if config is None or chosen is None or sa.suite is None or sa.keys is None:
+            raise InvalidSyntax("CHILD SA without configuration or keys")
+        try:
+            suite = child_suite(chosen)
+        except IkeError as exc:
+            raise NoProposalChosen(f"selected ESP proposal is not implemented: {exc}") from exc
+        keys = derive_child_keys_for(sa.suite, sa.keys.sk_d, suite, sa.nonce_i, sa.nonce_r)
+        # KEYMAT's first half protects initiator-to-responder traffic (§2.17).
+        if sa.initiator:
+            encr_in, integ_in = keys.encr_r_to_i, keys.integ_r_to_i
+            encr_out, integ_out = keys.encr_i_to_r, keys.integ_i_to_r
+        else:
+            encr_in, integ_in = keys.encr_i_to_r, keys.integ_i_to_r
+            encr_out, integ_out = keys.encr_r_to_i, keys.integ_r_to_i
+        now = sa.now
+        rekey_time = _rekey_time(sa, config)
+        child = ChildSa(
+            unique_id=sa.next_child_id(),
+            config=config,
+            spi_in=int.from_bytes(self.spi_in, "big"),
+            spi_out=int.from_bytes(spi_out, "big"),
+            suite=suite,
+            local_ts=self.local_ts,
+            remote_ts=self.remote_ts,
+            installed_at=now,
+            expire_at=now + config.lifetime,
+            rekey_at=now + rekey_time,
+        )
+        sa.children[child.unique_id] = child
+        logger.info(
+            "%s: CHILD SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
+            sa.name,
+            config.name,
+            child.unique_id,
+            child.spi_in,
+            child.spi_out,
+            format_selectors(child.local_ts),
+            format_selectors(child.remote_ts),
+            suite.name,
+            ", UDP-encapsulated" if sa.udp_encap else "",
+        )
+        sa.emit(
+            _installed_event(sa, child, suite, encr_in, integ_in, encr_out, integ_out, rekey_time)
+        )
+
+    def _failed(self, sa: IkeSa, exc: IkeError) -> None:
+        name = self.config.name if self.config is not None else "?"
+        notify = getattr(exc, "peer_notify", None) or exc.notify
+        logger.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
+        sa.emit(ChildSaFailed(sa.config.name, name, sa.ike_sa_id, str(exc), notify))
+
+
+def _rekey_time(sa: IkeSa, config: ChildConfig) -> float:
+    # Spread rekeys: up to a third of the margin earlier, so both ends rarely collide.
+    jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
+    return max(config.rekey_time - jitter * config.rekey_margin / 3.0, 0.0)
+
+
+def _installed_event(
+    sa: IkeSa,
+    child: ChildSa,
+    suite: ChildSuite,
+    encr_in: bytes,
+    integ_in: bytes,
+    encr_out: bytes,
+    integ_out: bytes,
+    rekey_time: float,
+) -> ChildSaInstalled:
+    config = child.config
+    return ChildSaInstalled(
+        connection=sa.config.name,
+        child=config.name,
+        unique_id=child.unique_id,
+        ike_sa_id=sa.ike_sa_id,
+        spi_in=child.spi_in,
+        spi_out=child.spi_out,
+        encr_id=int(suite.encryption.transform_id),
+        encr_key_bits=suite.encryption.key_bits,
+        integ_id=int(suite.integrity.transform_id) if suite.integrity is not None else 0,
+        esn=suite.esn,
+        encr_key_in=encr_in,
+        integ_key_in=integ_in,
+        encr_key_out=encr_out,
+        integ_key_out=integ_out,
+        local_ts=child.local_ts,
+        remote_ts=child.remote_ts,
+        udp_encap=sa.udp_encap,
+        local=sa.local,
+        remote=sa.remote,
+        lifetime=config.lifetime,
+        rekey_time=rekey_time,
+        life_bytes=config.life_bytes,
+        life_packets=config.life_packets,
+        replay_window=config.replay_window,
+    )
+
+
+def _peer_child_error(config: ChildConfig, notify: Notify) -> str:
+    kind = enum_name(NotifyType, notify.notify_type)
+    if notify.notify_type == NotifyType.NO_PROPOSAL_CHOSEN:
+        return f"peer accepts none of our ESP proposals ({', '.join(config.esp_proposals)}): {kind}"
+    if notify.notify_type == NotifyType.TS_UNACCEPTABLE:
+        return (
+            f"peer does not accept our traffic selectors {format_selectors(config.local_ts)} "
+            f"=== {format_selectors(config.remote_ts)}: {kind}"
+        )
+    return f"peer refused the CHILD SA: {kind}"

@@ -1,0 +1,192 @@
+"""IKE_AUTH: identities and pre-shared-key authentication (RFC 7296 §1.2, §2.15).
+
+Each side proves it knows the PSK with AUTH = prf(prf(PSK, "Key Pad for IKEv2"),
+RealMessage | peer's Nonce | prf(SK_p, ID')). The responder may pick, among the
+connections that matched the IKE_SA_INIT's addresses, the one whose identities fit
+(IDi, and IDr if the initiator named us). Certificates (part 2) slot in here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ikev2.codec import Authentication, IdI, IdR, Message, Notify, Payload
+from ikev2.config import ConfigError, ConnectionConfig, Identity
+from ikev2.constants import AuthMethod, NotifyType
+from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth
+from ikev2.errors import (
+    AuthenticationFailed,
+    InvalidSyntax,
+    LocalProtocolError,
+    PeerErrorNotify,
+)
+from ikev2.events import IkeSaEstablished
+from ikev2.tasks.base import Task
+
+if TYPE_CHECKING:
+    from ikev2.sa import IkeSa
+
+logger = logging.getLogger(__name__)
+
+
+def _id_payload(cls: type[IdI] | type[IdR], ident: Identity) -> IdI | IdR:
+    return cls(ident.id_type, ident.data)
+
+
+def _psk(config: ConnectionConfig) -> bytes:
+    if config.auth != "psk" or not config.psk:
+        raise LocalProtocolError(
+            f"connection {config.name!r}: only PSK authentication is implemented"
+        )
+    return config.psk
+
+
+def _identity(payload: IdI | IdR) -> Identity:
+    try:
+        return Identity.from_wire(payload.id_type, payload.data)
+    except ConfigError as exc:
+        raise AuthenticationFailed(f"peer sent an unusable identity: {exc}") from exc
+
+
+class IkeAuth(Task):
+    """Sends our identity and AUTH, checks the peer's."""
+
+    name = "ike_auth"
+
+    def _auth_data(self, sa: IkeSa, ident: IdI | IdR, *, ours: bool) -> bytes:
+        if sa.suite is None or sa.keys is None:
+            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        # The signer's octets: its own IKE_SA_INIT message, the other's nonce, its ID.
+        signer_is_initiator = sa.initiator if ours else not sa.initiator
+        if signer_is_initiator:
+            real, nonce, sk_p = sa.init_request, sa.nonce_r, sa.keys.sk_pi
+        else:
+            real, nonce, sk_p = sa.init_response, sa.nonce_i, sa.keys.sk_pr
+        return signed_octets(real, nonce, sa.suite.prf, sk_p, ident.id_prime)
+
+    def _established(self, sa: IkeSa, now: float) -> None:
+        sa.established(now)
+        suite = sa.suite.name if sa.suite is not None else "?"
+        logger.info(
+            "%s: IKE SA established between %s[%s] and %s[%s] (%s)",
+            sa.name,
+            sa.local[0],
+            sa.config.local_id,
+            sa.remote[0],
+            sa.peer_id,
+            suite,
+        )
+        sa.emit(
+            IkeSaEstablished(
+                connection=sa.config.name,
+                ike_sa_id=sa.ike_sa_id,
+                initiator=sa.initiator,
+                spi_i=int.from_bytes(sa.spi_i, "big"),
+                spi_r=int.from_bytes(sa.spi_r, "big"),
+                local=sa.local,
+                remote=sa.remote,
+                local_id=str(sa.config.local_id),
+                remote_id=str(sa.peer_id),
+                suite=suite,
+                nat_local=sa.nat_local,
+                nat_remote=sa.nat_remote or sa.config.encap == "force",
+            )
+        )
+
+    # --- initiator ----------------------------------------------------------------------
+
+    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+        config = sa.config
+        idi = _id_payload(IdI, config.local_id)
+        out.append(idi)
+        if config.initial_contact:
+            # §2.4: we hold no other IKE SA with this peer; it may drop stale ones.
+            out.append(Notify(NotifyType.INITIAL_CONTACT))
+        if config.remote_id is not None:
+            out.append(_id_payload(IdR, config.remote_id))
+        auth = (
+            psk_auth(sa.suite.prf, _psk(config), self._auth_data(sa, idi, ours=True))
+            if sa.suite
+            else b""
+        )
+        out.append(Authentication(AuthMethod.SHARED_KEY_MIC, auth))
+
+    def process_response(self, sa: IkeSa, message: Message) -> None:
+        failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
+        if failed is not None:
+            raise PeerErrorNotify(
+                NotifyType.AUTHENTICATION_FAILED,
+                failed.data,
+                "peer rejected our authentication (AUTHENTICATION_FAILED): "
+                "check that both sides use the same PSK and identities",
+            )
+        idr = message.get(IdR)
+        auth = message.get(Authentication)
+        if idr is None or auth is None:
+            for notify in message.error_notifies():
+                raise PeerErrorNotify(notify.notify_type, notify.data)
+            raise InvalidSyntax("IKE_AUTH response lacks IDr or AUTH")
+        peer = _identity(idr)
+        expected = sa.config.remote_id
+        if expected is not None and peer != expected:
+            raise AuthenticationFailed(f"peer identified as {peer}, but we expect {expected}")
+        self._verify(sa, idr, auth, peer)
+        sa.peer_id = peer
+        self._established(sa, sa.now)
+
+    # --- responder ----------------------------------------------------------------------
+
+    def process_request(self, sa: IkeSa, message: Message) -> None:
+        idi = message.get(IdI)
+        auth = message.get(Authentication)
+        if idi is None or auth is None:
+            raise AuthenticationFailed("peer sent no IDi/AUTH (EAP is not supported)")
+        peer = _identity(idi)
+        idr = message.get(IdR)
+        wanted_me = _identity(idr) if idr is not None else None
+        config = self._pick(sa, peer, wanted_me)
+        sa.config = config
+        self._verify(sa, idi, auth, peer)
+        sa.peer_id = peer
+        if message.notify(NotifyType.INITIAL_CONTACT) is not None:
+            logger.debug("%s: peer sent INITIAL_CONTACT", sa.name)
+        self._established(sa, sa.now)
+
+    def _pick(self, sa: IkeSa, peer: Identity, wanted_me: Identity | None) -> ConnectionConfig:
+        for config in sa.candidates:
+            if config.remote_id is not None and config.remote_id != peer:
+                continue
+            if wanted_me is not None and config.local_id != wanted_me:
+                continue
+            return config
+        raise AuthenticationFailed(
+            f"no connection for peer identity {peer}"
+            + (f" asking for us as {wanted_me}" if wanted_me is not None else "")
+            + f" at {sa.remote[0]}"
+        )
+
+    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        idr = _id_payload(IdR, sa.config.local_id)
+        if sa.suite is None:
+            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        auth = psk_auth(sa.suite.prf, _psk(sa.config), self._auth_data(sa, idr, ours=True))
+        out += [idr, Authentication(AuthMethod.SHARED_KEY_MIC, auth)]
+
+    # --- both ---------------------------------------------------------------------------
+
+    def _verify(self, sa: IkeSa, ident: IdI | IdR, auth: Authentication, peer: Identity) -> None:
+        if sa.suite is None:
+            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        if auth.method != AuthMethod.SHARED_KEY_MIC:
+            raise AuthenticationFailed(
+                f"peer {peer} authenticates with method {auth.method}; we expect a PSK"
+            )
+        try:
+            verify_psk_auth(
+                sa.suite.prf, _psk(sa.config), self._auth_data(sa, ident, ours=False), auth.data
+            )
+        except AuthenticationFailed:
+            raise AuthenticationFailed(
+                f"peer {peer} failed PSK authentication: its pre-shared key differs from ours"
+            ) from None

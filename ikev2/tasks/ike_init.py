@@ -1,0 +1,196 @@
+"""IKE_SA_INIT: proposals, key exchange, nonces and the IKE SA's keys (RFC 7296 §1.2).
+
+The initiator offers its configured proposals with a KE payload for the group of the
+first one; a responder that prefers another offered group answers INVALID_KE_PAYLOAD
+and the initiator retries with it (§1.2). A COOKIE answer (§2.6) is echoed likewise.
+Both sides then compute SKEYSEED and the SK_* keys (§2.14).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ikev2.codec import KeyExchange as KePayload
+from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation
+from ikev2.constants import NotifyType, TransformType
+from ikev2.crypto.dh import GROUPS, KeyExchange
+from ikev2.crypto.keys import derive_ike_keys, skeyseed
+from ikev2.crypto.registry import ike_suite
+from ikev2.crypto.sk import SkCipherPair
+from ikev2.errors import (
+    IkeError,
+    InvalidKePayload,
+    InvalidSyntax,
+    NoProposalChosen,
+    PeerErrorNotify,
+)
+from ikev2.proposals import (
+    check_chosen_proposal,
+    describe_proposal,
+    parse_ike_proposal,
+    sa_payload,
+    select_proposal,
+)
+from ikev2.tasks.base import RetryExchange, Task
+
+if TYPE_CHECKING:
+    from ikev2.sa import IkeSa
+
+logger = logging.getLogger(__name__)
+
+NONCE_SIZE = 32
+"""Octets of our nonces: at least half the PRF key size and 16 (§2.10); 32 fits all."""
+
+
+class IkeInit(Task):
+    """Negotiates the IKE SA's algorithms and keys in IKE_SA_INIT."""
+
+    name = "ike_init"
+
+    def __init__(self) -> None:
+        self.group: int | None = None
+        """Key exchange group of our KE payload (changed by INVALID_KE_PAYLOAD)."""
+        self.chosen: Proposal | None = None
+        """Responder: the proposal we selected."""
+
+    # --- initiator ----------------------------------------------------------------------
+
+    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+        ours = _our_proposals(sa)
+        if self.group is None:
+            self.group = _dh_groups(ours)[0]
+        if sa.ke is None or sa.ke.group.group != self.group:
+            sa.ke = KeyExchange.generate(self.group, sa.rng)
+        if not sa.nonce_i:
+            sa.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
+        if sa.cookie:
+            # §2.6: the COOKIE notify goes first, everything else unchanged.
+            out.append(Notify(NotifyType.COOKIE, sa.cookie))
+        out += [
+            sa_payload(ours),
+            KePayload(self.group, sa.ke.public_bytes),
+            Nonce(sa.nonce_i),
+        ]
+
+    def process_response(self, sa: IkeSa, message: Message) -> None:
+        cookie = message.notify(NotifyType.COOKIE)
+        if cookie is not None:
+            logger.info("%s: peer demands a cookie; retrying IKE_SA_INIT", sa.name)
+            sa.cookie = cookie.data
+            raise RetryExchange
+        invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None:
+            self._switch_group(sa, invalid_ke)
+            raise RetryExchange
+        for notify in message.error_notifies():
+            raise _peer_error(sa, notify)
+        answer = message.get(SecurityAssociation)
+        ke = message.get(KePayload)
+        nonce = message.get(Nonce)
+        if answer is None or ke is None or nonce is None:
+            raise InvalidSyntax("IKE_SA_INIT response lacks SA, KE or Nonce")
+        chosen = check_chosen_proposal(_our_proposals(sa), answer)
+        if ke.group != self.group or _group_of(chosen) != self.group:
+            raise InvalidKePayload(self.group or 0, "peer answered with another key exchange group")
+        sa.nonce_r = nonce.data
+        _derive(sa, chosen, ke.data)
+        logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
+
+    def _switch_group(self, sa: IkeSa, notify: Notify) -> None:
+        if len(notify.data) != 2:
+            raise InvalidSyntax("INVALID_KE_PAYLOAD without a 2-octet group")
+        wanted = int.from_bytes(notify.data, "big")
+        ours = _dh_groups(_our_proposals(sa))
+        if wanted not in ours or wanted == self.group or wanted not in GROUPS:
+            raise PeerErrorNotify(
+                NotifyType.INVALID_KE_PAYLOAD,
+                notify.data,
+                f"peer wants key exchange group {wanted}, which we do not propose",
+            )
+        logger.info(
+            "%s: peer prefers key exchange group %s; retrying IKE_SA_INIT",
+            sa.name,
+            GROUPS[wanted].name,
+        )
+        self.group = wanted
+
+    # --- responder ----------------------------------------------------------------------
+
+    def process_request(self, sa: IkeSa, message: Message) -> None:
+        offer = message.get(SecurityAssociation)
+        ke = message.get(KePayload)
+        nonce = message.get(Nonce)
+        if offer is None or ke is None or nonce is None:
+            raise InvalidSyntax("IKE_SA_INIT request lacks SA, KE or Nonce")
+        chosen = select_proposal(_our_proposals(sa), offer.proposals)
+        group = _group_of(chosen)
+        if ke.group != group:
+            logger.info(
+                "%s: peer sent KE for group %d, we selected %d: asking for INVALID_KE retry",
+                sa.name,
+                ke.group,
+                group,
+            )
+            raise InvalidKePayload(group)
+        sa.nonce_i = nonce.data
+        sa.nonce_r = sa.rng.token_bytes(NONCE_SIZE)
+        sa.ke = KeyExchange.generate(group, sa.rng)
+        self.chosen = chosen
+        _derive(sa, chosen, ke.data)
+        logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
+
+    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        if sa.ke is None or self.chosen is None:
+            raise InvalidSyntax("no key exchange")
+        out += [
+            SecurityAssociation((self.chosen,)),
+            KePayload(sa.ke.group.group, sa.ke.public_bytes),
+            Nonce(sa.nonce_r),
+        ]
+
+
+def _our_proposals(sa: IkeSa) -> list[Proposal]:
+    return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
+
+
+def _dh_groups(proposals: list[Proposal]) -> list[int]:
+    """Key exchange groups in our order of preference, without repeats."""
+    out: list[int] = []
+    for p in proposals:
+        for t in p.transforms_of(TransformType.DH):
+            if t.transform_id not in out:
+                out.append(t.transform_id)
+    return out
+
+
+def _group_of(proposal: Proposal) -> int:
+    groups = proposal.transforms_of(TransformType.DH)
+    return groups[0].transform_id if groups else 0
+
+
+def _derive(sa: IkeSa, chosen: Proposal, peer_ke: bytes) -> None:
+    """SKEYSEED and SK_* (RFC 7296 §2.14) from the chosen proposal and the peer's KE."""
+    if sa.ke is None:
+        raise InvalidSyntax("no proposal or key exchange to derive keys from")
+    try:
+        suite = ike_suite(chosen)
+    except IkeError as exc:
+        raise NoProposalChosen(f"selected proposal is not implemented: {exc}") from exc
+    g_ir = sa.ke.shared_secret(peer_ke)
+    seed = skeyseed(suite.prf, sa.nonce_i, sa.nonce_r, g_ir)
+    sa.suite = suite
+    sa.keys = derive_ike_keys(suite, seed, sa.nonce_i, sa.nonce_r, sa.spi_i, sa.spi_r)
+    sa.sk = SkCipherPair.for_ike_sa(suite, sa.keys, sa.initiator)
+
+
+def _peer_error(sa: IkeSa, notify: Notify) -> PeerErrorNotify:
+    if notify.notify_type == NotifyType.NO_PROPOSAL_CHOSEN:
+        return PeerErrorNotify(
+            notify.notify_type,
+            notify.data,
+            "peer accepts none of our IKE proposals ("
+            + ", ".join(sa.config.ike_proposals)
+            + "): NO_PROPOSAL_CHOSEN",
+        )
+    return PeerErrorNotify(notify.notify_type, notify.data)

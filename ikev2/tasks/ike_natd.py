@@ -1,0 +1,90 @@
+"""NAT detection in IKE_SA_INIT (RFC 7296 §2.23).
+
+Each side sends NAT_DETECTION_SOURCE_IP = SHA-1(SPIi | SPIr | source IP | source port)
+and NAT_DETECTION_DESTINATION_IP = SHA-1(SPIi | SPIr | destination IP | destination
+port), the SPIs as in the message's header. A mismatch on receipt means an address
+was rewritten on the way: the IKE SA then moves to port 4500 and ESP is encapsulated
+in UDP. With `encap = "force"` our source hash is random, so the peer sees a NAT in
+front of us and both sides encapsulate, as strongSwan does for `encap = yes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from ikev2.codec import Message, Notify, Payload
+from ikev2.constants import NotifyType
+from ikev2.events import Address
+from ikev2.tasks.base import Task
+
+if TYPE_CHECKING:
+    from ikev2.sa import IkeSa
+
+logger = logging.getLogger(__name__)
+
+
+def natd_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
+    """SHA-1 over the SPIs, the packed IP address and the 2-octet port (§2.23)."""
+    ip = ipaddress.ip_address(addr[0]).packed
+    # SHA-1 is what §2.23 prescribes here; it serves as a checksum, not for security.
+    return hashlib.sha1(spi_i + spi_r + ip + addr[1].to_bytes(2, "big")).digest()  # noqa: S324
+
+
+class IkeNatd(Task):
+    """Adds and checks the NAT detection notifies of IKE_SA_INIT."""
+
+    name = "ike_natd"
+
+    def _ours(self, sa: IkeSa, spi_r: bytes) -> list[Payload]:
+        if sa.config.encap == "force":
+            # A random source hash can match nothing: the peer must assume a NAT.
+            source = sa.rng.token_bytes(20)
+        else:
+            source = natd_hash(sa.spi_i, spi_r, sa.init_local)
+        destination = natd_hash(sa.spi_i, spi_r, sa.init_remote)
+        return [
+            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
+            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, destination),
+        ]
+
+    def _check(self, sa: IkeSa, message: Message) -> bool:
+        """Set the SA's NAT flags from the peer's notifies; False if it sent none."""
+        sources = [
+            n.data
+            for n in message.payloads
+            if isinstance(n, Notify) and n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP
+        ]
+        destination = message.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+        if not sources or destination is None:
+            return False
+        spi_r = message.spi_r
+        # The peer's source is the address we saw it at; a mismatch: a NAT before it.
+        sa.nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
+        # The peer's destination is where it sent to; a mismatch: a NAT before us.
+        sa.nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
+        if sa.nat_local or sa.nat_remote:
+            logger.info(
+                "%s: NAT detected:%s%s",
+                sa.name,
+                " we are behind a NAT" if sa.nat_local else "",
+                " peer is behind a NAT (or forces UDP encapsulation)" if sa.nat_remote else "",
+            )
+        return True
+
+    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+        out += self._ours(sa, bytes(8))
+
+    def process_response(self, sa: IkeSa, message: Message) -> None:
+        supported = self._check(sa, message)
+        if supported and sa.udp_encap:
+            sa.float_to_nat_port()
+
+    def process_request(self, sa: IkeSa, message: Message) -> None:
+        self.supported = self._check(sa, message)
+
+    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        if getattr(self, "supported", False):
+            out += self._ours(sa, sa.spi_r)
