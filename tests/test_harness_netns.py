@@ -68,6 +68,16 @@ def test_processes_are_stopped_by_pid_even_on_error() -> None:
     assert not namespace_exists(ns.name)
 
 
+def test_keyboard_interrupt_still_cleans_up() -> None:
+    with pytest.raises(KeyboardInterrupt), site_to_site() as topo:
+        sleeper = topo.gw_a.spawn(["sleep", "300"])
+        names = [ns.name for ns in topo.lab.namespaces]
+        raise KeyboardInterrupt
+    with pytest.raises(ProcessLookupError):
+        os.kill(sleeper.pid, 0)
+    assert not any(namespace_exists(name) for name in names)
+
+
 def test_tcp_transfer_fails_when_nothing_arrives() -> None:
     with Lab() as lab:
         a, b = lab.namespace("a"), lab.namespace("b")

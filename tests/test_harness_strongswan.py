@@ -6,7 +6,15 @@ import os
 
 import pytest
 from netns import HarnessError, namespace_exists, ping, site_to_site, tcp_transfer
-from strongswan import Charon, SwanChild, SwanConnection, SwanSecret, logs_on_failure
+from strongswan import (
+    Charon,
+    Pki,
+    SwanChild,
+    SwanConnection,
+    SwanSecret,
+    install_credentials,
+    logs_on_failure,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -91,3 +99,53 @@ def test_wrong_psk_fails_with_charon_log() -> None:
         with pytest.raises(HarnessError, match="AUTHENTICATION_FAILED"):
             a.initiate("net", ike="s2s", timeout=10)
         assert not any(ike.state == "ESTABLISHED" for ike in b.list_sas())
+
+
+def test_certificates_with_an_intermediate_ca_through_a_nat() -> None:
+    root = Pki("lockgate test root", "ecdsa-p256")
+    intermediate = Pki("lockgate test intermediate", "ecdsa-p384", parent=root)
+    creds = {
+        "A": intermediate.issue("gw-a.example.net"),
+        "B": intermediate.issue("gw-b.example.net"),
+    }
+    with site_to_site(nat=True) as topo:
+        a, b = Charon(topo.gw_a, "gwA"), Charon(topo.gw_b, "gwB")
+        with logs_on_failure(a, b):
+            a.start()
+            b.start()
+            sides = (
+                (a, "A", creds["B"], topo.gw_a_wan4, topo.gw_b_wan4, topo.site_a, topo.site_b),
+                (b, "B", creds["A"], topo.gw_b_wan4, topo.gw_a_public4, topo.site_b, topo.site_a),
+            )
+            for charon, me, peer, local, remote, here, there in sides:
+                cert = install_credentials(charon, creds[me], intermediate)
+                charon.load(
+                    [
+                        SwanConnection(
+                            name="s2s",
+                            local_addrs=local,
+                            remote_addrs=remote,
+                            local_id=creds[me].id,
+                            remote_id=peer.id,
+                            local_auth="pubkey",
+                            remote_auth="pubkey",
+                            local_certs=[cert],
+                            proposals="aes128gcm16-prfsha256-ecp256",
+                            children=[
+                                SwanChild("v4", [here.subnet4], [there.subnet4]),
+                                SwanChild("v6", [here.subnet6], [there.subnet6]),
+                            ],
+                        )
+                    ]
+                )
+            a.initiate("v4", ike="s2s")
+            a.initiate("v6", ike="s2s")
+            ike_b = b.wait_for_child("v6")
+            ping(topo.host_a, topo.site_b.host4, count=2)
+            ping(topo.host_a, topo.site_b.host6, count=2)
+            # B sees A through the router: the real NAT is detected, A's public address.
+            assert ike_b.remote_host == topo.gw_a_public4 and ike_b.nat_remote
+            assert ike_b.remote_id == "gw-a.example.net"
+            assert {c.name for c in ike_b.children} == {"v4", "v6"}
+            [ike_a] = a.list_sas()
+            assert ike_a.nat_local and ike_a.remote_port == "4500"
