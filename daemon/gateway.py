@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -26,15 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from conf.errors import ConfigError as ConfigLoadError
+from conf.ike import ike_connections
 from conf.load import load_config
 from conf.model import Config
-from daemon.childsa import ChildSaEntry, entry_from_event
+from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
 from daemon.control import ControlError, ControlServer
-from daemon.ikeconf import ike_connections, path_mtu, tun_mtu
+from daemon.mtu import path_mtu, tun_mtu
+from daemon.packet import flow_of
 from daemon.pump import Pump
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.spd import IPNetwork
 from esp.errors import EspConfigError
+from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.errors import IkeError
@@ -80,26 +82,35 @@ class IkeSaInfo:
 
 
 @dataclass
-class ConnectionState:
-    """The daemon's bookkeeping for one configured connection."""
+class PeerState:
+    """One IKE connection: a peer gateway and the CHILD SAs configured under it."""
 
     config: IkeConnection
-    """What the IKE core runs."""
-    wanted: bool
-    """True if the connection should be up (start = initiate, or `lockgate up`)."""
+    """What the IKE core runs (named after the `[peers.NAME]` section)."""
     attempts: int = 0
     """Failed attempts in a row (for the back-off)."""
     retry: asyncio.TimerHandle | None = None
     """The scheduled next attempt, if any."""
     last_error: str = ""
     """Why the last attempt failed."""
+
+
+@dataclass
+class ConnectionState:
+    """One `[connections.NAME]`: a CHILD SA configuration under a peer's IKE SA."""
+
+    name: str
+    """The connection (and CHILD SA) name the operator wrote."""
+    peer: str
+    """Name of the IKE connection (the peer) it belongs to."""
+    child: ChildConfig
+    """Its CHILD SA settings."""
+    wanted: bool
+    """True if it should be up (start = initiate, or `lockgate up`)."""
+    last_error: str = ""
+    """Why it last failed to come up."""
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
     """`lockgate up` calls waiting for the outcome."""
-
-    @property
-    def start(self) -> str:
-        """The start action of its (only) CHILD SA."""
-        return self.config.children[0].start
 
 
 class Gateway:
@@ -109,7 +120,10 @@ class Gateway:
         self.config_path = config_path
         self.socket_override = socket_path
         self.config: Config | None = None
+        self.peers: dict[str, PeerState] = {}
+        """IKE connections by peer name."""
         self.connections: dict[str, ConnectionState] = {}
+        """`[connections.NAME]` sections by NAME (CHILD SA configurations)."""
         self.ike_sas: dict[int, IkeSaInfo] = {}
         self.notifier = Notifier()
         self.started_at = time.monotonic()
@@ -148,13 +162,14 @@ class Gateway:
             (signal.SIGHUP, self._reload_from_signal),
         ):
             self._loop.add_signal_handler(sig, action)
-        self._loop.create_task(self._housekeeping())
+        housekeeping = self._loop.create_task(self._housekeeping())
         self.notifier.notify(READY=1, STATUS=self._status_line())
         log.info("lockgate %s ready (pid %d)", VERSION, os.getpid())
         await self._stopping.wait()
         log.info("shutting down: deleting every SA")
         self.notifier.notify(STOPPING=1, STATUS="deleting SAs")
         await self._shutdown_ike()
+        housekeeping.cancel()
         await self._teardown()
         log.info("stopped")
         return 0
@@ -162,9 +177,9 @@ class Gateway:
     async def _start(self, config: Config) -> None:
         gateway = config.gateway
         addresses = [str(a) for a in gateway.addresses]
-        for conn in config.peers.values():
-            if conn.address is not None:
-                self._path_mtus[str(conn.address)] = path_mtu(str(conn.address))
+        for peer in config.peers.values():
+            if peer.address is not None:
+                self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         mtu = tun_mtu(config, self._path_mtus)
         self._tun = TunDevice.open(gateway.interface)
         self._links = LinkManager()
@@ -189,23 +204,23 @@ class Gateway:
             gateway.nat_port,
             " and raw ESP" if self._pump.raw else "",
         )
+        ikes = ike_connections(config)
         self._endpoint = Endpoint(
-            ike_connections(config),
-            config=EndpointConfig(ike_port=gateway.ike_port, nat_port=gateway.nat_port),
+            ikes, config=EndpointConfig(ike_port=gateway.ike_port, nat_port=gateway.nat_port)
         )
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
-        for ike in ike_connections(config):
-            self._add_connection(ike)
+        for ike in ikes:
+            self._add_peer(ike)
 
     async def _shutdown_ike(self) -> None:
         endpoint = self._endpoint
         if endpoint is None:
             return
         self._shutting_down = True
-        for state in self.connections.values():
-            self._cancel_retry(state)
+        for peer in self.peers.values():
+            self._cancel_retry(peer)
         endpoint.close(time.monotonic())
         self._service()
         # Wait (bounded) for the peers to acknowledge; retransmissions run meanwhile.
@@ -219,11 +234,13 @@ class Gateway:
     async def _teardown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for peer in self.peers.values():
+            self._cancel_retry(peer)
         if self._pump is not None:
             for entry in list(self._pump.plane.entries.values()):
                 self._uninstall(entry.unique_id, "shutting down")
             self._pump.close()
-        for net in list(self._routes) + list(self._trap_routes):
+        for net in set(self._routes) | self._trap_routes:
             self._remove_route(net)
         self._routes.clear()
         self._trap_routes.clear()
@@ -234,71 +251,108 @@ class Gateway:
         if self._links is not None:
             self._links.close()
 
-    # ---- connections ------------------------------------------------------------------
+    # ---- peers and connections --------------------------------------------------------
 
-    def _add_connection(self, ike: IkeConnection) -> None:
-        state = ConnectionState(ike, wanted=ike.children[0].start == "initiate")
-        self.connections[ike.name] = state
-        child = ike.children[0]
-        log.info(
-            "connection %s: %s === %s, peer %s, start %s",
-            ike.name,
-            format_selectors(child.local_ts),
-            format_selectors(child.remote_ts),
-            ike.remote_address or "%any",
-            child.start,
-        )
-        if child.start == "trap":
+    def _add_peer(self, ike: IkeConnection) -> None:
+        self.peers[ike.name] = PeerState(ike)
+        for child in ike.children:
+            state = ConnectionState(child.name, ike.name, child, wanted=child.start == "initiate")
+            self.connections[child.name] = state
+            log.info(
+                "connection %s: %s === %s, peer %s (%s), start %s",
+                child.name,
+                format_selectors(child.local_ts),
+                format_selectors(child.remote_ts),
+                ike.name,
+                ike.remote_address or "%any",
+                child.start,
+            )
+            if child.start == "trap":
+                for ts in child.remote_ts:
+                    for net in ts.networks():
+                        if net not in self._trap_routes:
+                            self._trap_routes.add(net)
+                            if net not in self._routes:
+                                self._add_route(net, None)
+        if self._peer_wanted(ike.name):
+            self._initiate(self.peers[ike.name])
+
+    def _drop_peer(self, name: str, reason: str) -> int:
+        """Forget a peer and its connections; delete its IKE SAs. Returns how many."""
+        peer = self.peers.pop(name, None)
+        if peer is None:
+            return 0
+        self._cancel_retry(peer)
+        for child in peer.config.children:
+            state = self.connections.pop(child.name, None)
+            if state is not None:
+                self._resolve_waiters(state, f"connection {child.name}: {reason}", ok=False)
             for ts in child.remote_ts:
                 for net in ts.networks():
-                    if net not in self._trap_routes:
-                        self._trap_routes.add(net)
-                        self._add_route(net, None)
-        if state.wanted:
-            self._initiate(state)
+                    if net in self._trap_routes:
+                        self._trap_routes.discard(net)
+                        if net not in self._routes:
+                            self._remove_route(net)
+        if self._endpoint is None:
+            return 0
+        return self._endpoint.delete_connection(name, time.monotonic(), reason)
 
-    def _initiate(self, state: ConnectionState) -> None:
+    def _peer_wanted(self, peer: str) -> bool:
+        return any(c.wanted for c in self.connections.values() if c.peer == peer)
+
+    def _installed(self, connection: str) -> list[ChildSaEntry]:
+        if self._pump is None:
+            return []
+        return [e for e in self._pump.plane.entries.values() if e.child == connection]
+
+    def _initiate(self, peer: PeerState) -> None:
         endpoint = self._endpoint
+        peer.retry = None
         if endpoint is None or self._shutting_down:
             return
-        state.retry = None
-        if state.config.remote_address is None:
-            log.warning("connection %s: peer is %%any, cannot initiate", state.config.name)
+        name = peer.config.name
+        if peer.config.remote_address is None:
+            log.warning("peer %s is %%any: it must initiate, we cannot", name)
             return
-        if self._ike_sa_count(state.config.name):
+        if self._ike_sa_count(name):
             return
         log.info(
-            "connection %s: initiating IKE SA to %s", state.config.name, state.config.remote_address
+            "peer %s: initiating IKE SA to %s for %s",
+            name,
+            peer.config.remote_address,
+            peer.config.children[0].name,
         )
         try:
-            endpoint.initiate(state.config.name, time.monotonic())
+            endpoint.initiate(name, time.monotonic())
         except IkeError as exc:
-            log.error("connection %s: cannot initiate: %s", state.config.name, exc)
+            log.error("peer %s: cannot initiate: %s", name, exc)
             return
         self._service()
 
-    def _ike_sa_count(self, name: str) -> int:
+    def _ike_sa_count(self, peer: str) -> int:
         endpoint = self._endpoint
         if endpoint is None:
             return 0
-        return sum(1 for sa in endpoint.ike_sas() if sa.config.name == name)
+        return sum(1 for sa in endpoint.ike_sas() if sa.config.name == peer)
 
-    def _schedule_retry(self, state: ConnectionState) -> None:
-        if not state.wanted or self._shutting_down or state.retry is not None:
+    def _schedule_retry(self, peer: PeerState) -> None:
+        name = peer.config.name
+        if not self._peer_wanted(name) or self._shutting_down or peer.retry is not None:
             return
-        delay = RETRY_DELAYS[min(state.attempts, len(RETRY_DELAYS) - 1)]
-        state.attempts += 1
-        log.info("connection %s: retrying in %.0f s", state.config.name, delay)
+        delay = RETRY_DELAYS[min(peer.attempts, len(RETRY_DELAYS) - 1)]
+        peer.attempts += 1
+        log.info("peer %s: retrying in %.0f s", name, delay)
         if self._loop is not None:
-            state.retry = self._loop.call_later(delay, self._initiate, state)
+            peer.retry = self._loop.call_later(delay, self._initiate, peer)
 
     @staticmethod
-    def _cancel_retry(state: ConnectionState) -> None:
-        if state.retry is not None:
-            state.retry.cancel()
-            state.retry = None
+    def _cancel_retry(peer: PeerState) -> None:
+        if peer.retry is not None:
+            peer.retry.cancel()
+            peer.retry = None
 
-    def _resolve_waiters(self, state: ConnectionState, outcome: str, ok: bool) -> None:
+    @staticmethod
+    def _resolve_waiters(state: ConnectionState, outcome: str, ok: bool) -> None:
         for waiter in state.waiters:
             if not waiter.done():
                 if ok:
@@ -329,7 +383,7 @@ class Gateway:
             pump.send_datagram(payload, local, remote)
         for event in endpoint.events():
             self._handle_event(event)
-        # Handling events may have produced more to send (e.g. a retry).
+        # Handling events may have produced more to send (a retry, a delete).
         for payload, local, remote in endpoint.datagrams_to_send(now):
             pump.send_datagram(payload, local, remote)
         self._arm_timer()
@@ -359,7 +413,7 @@ class Gateway:
         if event.nat_remote:
             nat.append("the peer is behind a NAT")
         log.info(
-            "connection %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
+            "peer %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
             event.connection,
             event.ike_sa_id,
             event.remote_id,
@@ -374,44 +428,39 @@ class Gateway:
 
     def _on_ike_deleted(self, event: IkeSaDeleted) -> None:
         self.ike_sas.pop(event.ike_sa_id, None)
-        log.info(
-            "connection %s: IKE SA #%d deleted (%s)",
-            event.connection,
-            event.ike_sa_id,
-            event.reason,
-        )
-        state = self.connections.get(event.connection)
-        if state is not None and state.wanted and not self._shutting_down:
-            conf = state.config
-            if event.by_peer or conf.dpd_action == "restart":
-                self._schedule_retry(state)
+        log.info("peer %s: IKE SA #%d deleted (%s)",
+                 event.connection, event.ike_sa_id, event.reason)  # fmt: skip
+        peer = self.peers.get(event.connection)
+        restart = event.by_peer or (peer is not None and peer.config.dpd_action == "restart")
+        if peer is not None and restart and not self._shutting_down:
+            self._schedule_retry(peer)
 
     def _on_ike_failed(self, event: IkeSaFailed) -> None:
         log.warning(
-            "connection %s: IKE SA #%d failed: %s",
+            "peer %s: IKE SA #%d failed: %s",
             event.connection or "(none)",
             event.ike_sa_id,
             event.reason,
         )
-        state = self.connections.get(event.connection)
-        if state is not None:
-            state.last_error = event.reason
-            self._resolve_waiters(state, f"{event.connection}: {event.reason}", ok=False)
-            self._schedule_retry(state)
+        peer = self.peers.get(event.connection)
+        if peer is None:
+            return
+        peer.last_error = event.reason
+        for state in self.connections.values():
+            if state.peer == event.connection:
+                state.last_error = event.reason
+                self._resolve_waiters(state, f"{state.name}: {event.reason}", ok=False)
+        self._schedule_retry(peer)
 
     def _on_child_installed(self, event: ChildSaInstalled) -> None:
-        try:
-            entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
-        except EspConfigError as exc:
-            log.error("connection %s: cannot install CHILD SA: %s", event.connection, exc)
-            return
         pump = self._pump
         if pump is None:
             return
         try:
+            entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
             pump.plane.install(entry)
-        except ValueError as exc:
-            log.error("connection %s: cannot install CHILD SA: %s", event.connection, exc)
+        except (EspConfigError, ValueError) as exc:
+            log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
             return
         for ts in entry.remote_ts:
             for net in ts.networks():
@@ -419,7 +468,7 @@ class Gateway:
         log.info(
             "connection %s: CHILD SA #%d installed%s: %s === %s, %s, SPIs in %08x out %08x, "
             "%s, inner MTU %d",
-            event.connection,
+            event.child,
             event.unique_id,
             f" (rekeys #{event.rekey_of})" if event.rekey_of is not None else "",
             format_selectors(event.local_ts),
@@ -427,28 +476,46 @@ class Gateway:
             entry.inbound.suite.name,
             entry.spi_in,
             entry.spi_out,
-            f"ESP in UDP {event.remote[0]}[{event.remote[1]}]"
+            f"ESP in UDP to {event.remote[0]}[{event.remote[1]}]"
             if event.udp_encap
             else f"raw ESP to {event.remote[0]}",
             entry.mtu,
         )
-        state = self.connections.get(event.connection)
+        peer = self.peers.get(event.connection)
+        if peer is not None:
+            peer.attempts = 0
+            peer.last_error = ""
+        state = self.connections.get(event.child)
         if state is not None:
-            state.attempts = 0
             state.last_error = ""
-            self._resolve_waiters(state, f"connection {event.connection} is up", ok=True)
+            self._resolve_waiters(state, f"connection {event.child} is up", ok=True)
+        self._report_missing_children(event.connection)
         self.notifier.notify(STATUS=self._status_line())
+
+    def _report_missing_children(self, peer: str) -> None:
+        # The first CHILD SA comes with IKE_AUTH; more under the same IKE SA need a
+        # CREATE_CHILD_SA exchange (RFC 7296 §1.3.1), which the endpoint does not offer.
+        for state in self.connections.values():
+            if state.peer == peer and state.wanted and not self._installed(state.name):
+                reason = (
+                    "not established: only the first connection to a peer comes up with "
+                    "its IKE SA (CREATE_CHILD_SA for more is not implemented yet)"
+                )
+                if state.last_error != reason:
+                    log.warning("connection %s: %s", state.name, reason)
+                state.last_error = reason
+                self._resolve_waiters(state, f"connection {state.name}: {reason}", ok=False)
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         self._uninstall(event.unique_id, event.reason)
         self.notifier.notify(STATUS=self._status_line())
 
     def _on_child_failed(self, event: ChildSaFailed) -> None:
-        log.warning("connection %s: CHILD SA failed: %s", event.connection, event.reason)
-        state = self.connections.get(event.connection)
+        log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
+        state = self.connections.get(event.child)
         if state is not None:
             state.last_error = event.reason
-            self._resolve_waiters(state, f"{event.connection}: {event.reason}", ok=False)
+            self._resolve_waiters(state, f"{event.child}: {event.reason}", ok=False)
 
     def _on_keepalive_due(self, event: NatKeepaliveDue) -> None:
         if self._pump is not None:
@@ -475,8 +542,8 @@ class Gateway:
             for net in ts.networks():
                 self._release_route(net)
         log.info(
-            "connection %s: CHILD SA #%d removed (%s): %d packets in, %d out",
-            entry.connection,
+            "connection %s: CHILD SA #%d removed (%s) after %d packets in, %d out",
+            entry.child,
             unique_id,
             reason,
             entry.inbound.packet_count,
@@ -496,13 +563,15 @@ class Gateway:
         source = self._route_source(net.version, entry)
         try:
             links.add_route(net, tun.name, source=source)
+            return
         except LinkError as exc:
-            if source is not None:
-                # The source may be gone from the interface; route without it.
-                with contextlib.suppress(LinkError):
-                    links.add_route(net, tun.name)
-                    return
-            log.error("cannot route %s into %s: %s", net, tun.name, exc)
+            error = exc
+        if source is not None:
+            # The source address may have gone from its interface; route without it.
+            with contextlib.suppress(LinkError):
+                links.add_route(net, tun.name)
+                return
+        log.error("cannot route %s into %s: %s", net, tun.name, error)
 
     def _release_route(self, net: IPNetwork) -> None:
         count = self._routes.get(net, 0) - 1
@@ -546,31 +615,25 @@ class Gateway:
     # ---- acquire (start = "trap") ----------------------------------------------------
 
     def _on_acquire(self, packet: bytes) -> None:
-        if len(packet) < 20:
+        flow = flow_of(packet)
+        if flow is None:
             return
-        version = packet[0] >> 4
-        try:
-            if version == 4:
-                src = ipaddress.ip_address(packet[12:16])
-                dst = ipaddress.ip_address(packet[16:20])
-            elif version == 6 and len(packet) >= 40:
-                src = ipaddress.ip_address(packet[8:24])
-                dst = ipaddress.ip_address(packet[24:40])
-            else:
-                return
-        except ValueError:
-            return
+        version, src, dst, proto, sport, dport = flow
         for state in self.connections.values():
-            child = state.config.children[0]
-            if child.start != "trap" or state.retry is not None:
+            child = state.child
+            if child.start != "trap":
                 continue
-            if any(ts.contains_address(src) for ts in child.local_ts) and any(
-                ts.contains_address(dst) for ts in child.remote_ts
+            local = tuple(selector_from_ike(ts) for ts in child.local_ts)
+            remote = tuple(selector_from_ike(ts) for ts in child.remote_ts)
+            if any(ts.matches(version, src, proto, sport) for ts in local) and any(
+                ts.matches(version, dst, proto, dport) for ts in remote
             ):
-                if not self._ike_sa_count(state.config.name):
-                    log.info("connection %s: traffic for %s triggers it", state.config.name, dst)
-                    state.wanted = True
-                    self._initiate(state)
+                peer = self.peers.get(state.peer)
+                if peer is None or peer.retry is not None or self._ike_sa_count(state.peer):
+                    return
+                log.info("connection %s: outbound traffic triggers it", state.name)
+                state.wanted = True
+                self._initiate(peer)
                 return
 
     # ---- reload -----------------------------------------------------------------------
@@ -583,55 +646,46 @@ class Gateway:
             log.error("reload failed, keeping the running configuration: %s", exc)
 
     def reload(self) -> str:
-        """Re-read the file; touch only connections whose settings changed."""
+        """Re-read the file; touch only peers whose settings (or connections) changed.
+
+        A peer's connections share its IKE SA, so a change to one of them renegotiates
+        that peer; other peers keep their SAs untouched.
+        """
         try:
             new = load_config(self.config_path)
+            new_list = ike_connections(new)
         except ConfigLoadError as exc:
             raise ControlError(str(exc)) from None
         old = self.config
-        endpoint = self._endpoint
-        if old is None or endpoint is None:
+        if old is None or self._endpoint is None:
             raise ControlError("the daemon is not running")
         if new.gateway != old.gateway:
             log.warning("[gateway] changed: addresses, ports and the TUN need a restart")
-        old_ike = {c.name: c for c in ike_connections(old)}
-        new_ike = {c.name: c for c in ike_connections(new)}
+        old_ike = {name: peer.config for name, peer in self.peers.items()}
+        new_ike = {c.name: c for c in new_list}
         removed = [n for n in old_ike if n not in new_ike]
         added = [n for n in new_ike if n not in old_ike]
         changed = [n for n in new_ike if n in old_ike and new_ike[n] != old_ike[n]]
-        now = time.monotonic()
         for name in removed + changed:
-            state = self.connections.pop(name, None)
-            if state is not None:
-                self._cancel_retry(state)
-            self._drop_trap_routes(old_ike[name])
-            count = endpoint.delete_connection(name, now, "configuration changed")
-            log.info("reload: connection %s %s (%d IKE SA(s) deleted)",
+            count = self._drop_peer(name, "configuration changed")
+            log.info("reload: peer %s %s (%d IKE SA(s) deleted)",
                      name, "removed" if name in removed else "changed", count)  # fmt: skip
         self._service()
-        endpoint.set_connections(list(new_ike.values()))
+        self._endpoint.set_connections(new_list)
         for peer in new.peers.values():
             if peer.address is not None and str(peer.address) not in self._path_mtus:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
         for name in changed + added:
-            self._add_connection(new_ike[name])
+            self._add_peer(new_ike[name])
         unchanged = len(new_ike) - len(changed) - len(added)
         summary = (
-            f"reloaded: {len(added)} added, {len(changed)} changed, {len(removed)} removed, "
-            f"{unchanged} unchanged"
+            f"reloaded: peers {len(added)} added, {len(changed)} changed, "
+            f"{len(removed)} removed, {unchanged} unchanged"
         )
         log.info("%s", summary)
         self.notifier.notify(STATUS=self._status_line())
         return summary
-
-    def _drop_trap_routes(self, ike: IkeConnection) -> None:
-        for ts in ike.children[0].remote_ts:
-            for net in ts.networks():
-                if net in self._trap_routes:
-                    self._trap_routes.discard(net)
-                    if net not in self._routes:
-                        self._remove_route(net)
 
     # ---- control ----------------------------------------------------------------------
 
@@ -655,19 +709,23 @@ class Gateway:
         raise ControlError(f"unknown command {command!r}")
 
     async def _up(self, state: ConnectionState) -> str:
-        name = state.config.name
-        if self._pump is not None and any(
-            e.connection == name for e in self._pump.plane.entries.values()
-        ):
+        name = state.name
+        if self._installed(name):
             return f"connection {name} is already up"
-        if state.config.remote_address is None:
+        peer = self.peers[state.peer]
+        if peer.config.remote_address is None:
             raise ControlError(f"connection {name}: the peer is %any; it must initiate")
+        if self._ike_sa_count(state.peer) and not self._connecting(state.peer):
+            raise ControlError(
+                f"connection {name}: the IKE SA with {state.peer} is up but cannot add this "
+                "CHILD SA (CREATE_CHILD_SA is not implemented yet)"
+            )
         state.wanted = True
-        state.attempts = 0
-        self._cancel_retry(state)
+        peer.attempts = 0
+        self._cancel_retry(peer)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         state.waiters.append(waiter)
-        self._initiate(state)
+        self._initiate(peer)
         try:
             return await asyncio.wait_for(waiter, UP_TIMEOUT)
         except TimeoutError:
@@ -675,32 +733,49 @@ class Gateway:
                 f"connection {name}: not up after {UP_TIMEOUT:.0f} s (still trying)"
             ) from None
 
+    def _connecting(self, peer: str) -> bool:
+        return self._ike_sa_count(peer) > sum(
+            1 for info in self.ike_sas.values() if info.event.connection == peer
+        )
+
     def _down(self, state: ConnectionState) -> str:
-        name = state.config.name
-        state.wanted = False
-        self._cancel_retry(state)
-        if self._endpoint is None:
+        endpoint = self._endpoint
+        if endpoint is None:
             raise ControlError("the daemon is not running")
-        count = self._endpoint.delete_connection(name, time.monotonic(), "deleted by operator")
+        state.wanted = False
+        now = time.monotonic()
+        peer = self.peers[state.peer]
+        others = [
+            c for c in self.connections.values() if c.peer == state.peer and c.name != state.name
+        ]
+        if not any(self._installed(c.name) for c in others):
+            # Nothing else uses the peer's IKE SA: delete it with its CHILD SAs.
+            self._cancel_retry(peer)
+            count = endpoint.delete_connection(state.peer, now, "deleted by operator")
+            self._service()
+            return f"connection {state.name}: deleted (and {count} IKE SA(s) with {state.peer})"
+        entries = self._installed(state.name)
+        for entry in entries:
+            with contextlib.suppress(IkeError):
+                endpoint.delete_child(entry.unique_id, now, "deleted by operator")
         self._service()
-        return f"connection {name}: {count} IKE SA(s) deleted"
+        return f"connection {state.name}: {len(entries)} CHILD SA(s) deleted"
 
     def _rekey(self, state: ConnectionState) -> str:
-        endpoint, pump = self._endpoint, self._pump
-        if endpoint is None or pump is None:
+        endpoint = self._endpoint
+        if endpoint is None:
             raise ControlError("the daemon is not running")
-        name = state.config.name
-        children = [e for e in pump.plane.entries.values() if e.connection == name]
-        if not children:
-            raise ControlError(f"connection {name} has no CHILD SA to rekey")
+        entries = self._installed(state.name)
+        if not entries:
+            raise ControlError(f"connection {state.name} has no CHILD SA to rekey")
         rekey = getattr(endpoint, "rekey_child", None)
         if rekey is None:
-            raise ControlError("this build's IKE core cannot rekey on request yet")
+            raise ControlError("the IKE core cannot rekey on request yet (issue 5)")
         now = time.monotonic()
-        for entry in children:
+        for entry in entries:
             rekey(entry.unique_id, now)
         self._service()
-        return f"connection {name}: rekeying {len(children)} CHILD SA(s)"
+        return f"connection {state.name}: rekeying {len(entries)} CHILD SA(s)"
 
     # ---- status -----------------------------------------------------------------------
 
@@ -711,32 +786,32 @@ class Gateway:
         plane = pump.plane.status() if pump is not None else {"sas": [], "drops": {}}
         connections = []
         for name, state in self.connections.items():
-            ikes = [info for info in self.ike_sas.values() if info.event.connection == name]
-            sas = [sa for sa in plane["sas"] if sa["connection"] == name]
-            if sas:
+            peer = self.peers[state.peer]
+            ikes = [info for info in self.ike_sas.values() if info.event.connection == state.peer]
+            if self._installed(name):
                 phase = "up"
-            elif self._ike_sa_count(name):
+            elif self._connecting(state.peer):
                 phase = "connecting"
-            elif state.retry is not None:
+            elif peer.retry is not None and state.wanted:
                 phase = "waiting to retry"
-            elif state.start == "trap":
+            elif state.child.start == "trap":
                 phase = "trap (on traffic)"
-            elif state.start == "wait":
+            elif state.child.start == "wait":
                 phase = "waiting for the peer"
             else:
                 phase = "down"
-            child = state.config.children[0]
-            remote_id = state.config.remote_id
+            remote_id = peer.config.remote_id
             connections.append(
                 {
                     "name": name,
+                    "peer": state.peer,
                     "state": phase,
-                    "start": child.start,
-                    "remote": state.config.remote_address or "%any",
+                    "start": state.child.start,
+                    "remote": peer.config.remote_address or "%any",
                     "remote_id": str(remote_id) if remote_id is not None else "%any",
-                    "local_ts": [str(ts) for ts in child.local_ts],
-                    "remote_ts": [str(ts) for ts in child.remote_ts],
-                    "last_error": state.last_error,
+                    "local_ts": [str(ts) for ts in state.child.local_ts],
+                    "remote_ts": [str(ts) for ts in state.child.remote_ts],
+                    "last_error": state.last_error or peer.last_error,
                     "ike_sas": [
                         {
                             "id": info.event.ike_sa_id,
@@ -778,7 +853,7 @@ class Gateway:
             if interval and now - last_watchdog >= interval:
                 self.notifier.notify(WATCHDOG=1)
                 last_watchdog = now
-            # A lost timer would stall retransmissions: re-arm defensively.
+            # A lost timer would stall retransmissions: run the endpoint regardless.
             self._service()
 
 

@@ -1,4 +1,4 @@
-"""From the TOML file to what the IKE core and the TUN device get."""
+"""The TUN device's MTU from the configuration and the path MTU."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import ipaddress
 
 from conf.load import loads_config
 from daemon.childsa import inner_mtu
-from daemon.ikeconf import ike_connections, path_mtu, proposal_suites, tun_mtu
+from daemon.mtu import path_mtu, proposal_suites, tun_mtu
 from esp.suites import suite_by_name
-from ikev2.config import IdKind
-from ikev2.ts import TrafficSelector
 
 CONFIG = """
 [gateway]
@@ -32,29 +30,6 @@ start = "trap"
 encap = "force"
 child_lifetime = "1h"
 """
-
-
-def test_each_connection_becomes_an_ike_connection_with_one_child() -> None:
-    config = loads_config(CONFIG)
-    [ike] = ike_connections(config)
-    assert ike.name == "dc-cloud"
-    # The peer is IPv4, so an IPv4 local address is the one to initiate from.
-    assert ike.local_addresses == ("198.51.100.1", "2001:db8:100::1")
-    assert ike.remote_address == "198.51.100.2"
-    assert ike.local_id.kind is IdKind.FQDN and ike.remote_id is not None
-    assert str(ike.remote_id) == "198.51.100.2"
-    assert ike.psk == b"demo-only-not-a-secret-0123456789"
-    assert "demo-only" not in repr(ike)
-    assert ike.encap == "force"
-    [child] = ike.children
-    assert child.name == "dc-cloud" and child.start == "trap"
-    assert child.local_ts == (
-        TrafficSelector.from_network("192.0.2.0/24"),
-        TrafficSelector.from_network("2001:db8:a::/64"),
-    )
-    assert child.remote_ts == (TrafficSelector.from_network("203.0.113.0/24"),)
-    assert child.esp_proposals == ("aes128gcm16", "aes256-sha512-x25519")
-    assert child.lifetime == 3600.0 and child.rekey_margin < child.lifetime
 
 
 def test_proposal_suites_skip_key_exchange_and_esn_parts() -> None:
