@@ -161,29 +161,39 @@ def test_examples_are_a_matching_pair() -> None:
         ),
         (
             conn(esp_proposals=["aes256gcm16", "aes256-md5"]),
-            "connections.dc1-net.esp_proposals[1]: unknown algorithm 'md5'",
+            "connections.dc1-net.esp_proposals[1]: unsupported algorithm 'md5' (known, not "
+            "implemented)",
         ),
         (
             conn(esp_proposals=["aes256"]),
-            "connections.dc1-net.esp_proposals[0]: 'aes256': a CBC cipher needs an integrity "
-            "algorithm (e.g. sha256)",
+            "connections.dc1-net.esp_proposals[0]: proposal 'aes256' needs an integrity algorithm",
         ),
         (
             conn(ike_proposals=["aes256gcm16-prfsha384"]),
-            "connections.dc1-net.ike_proposals[0]: 'aes256gcm16-prfsha384' has no key exchange "
-            "group (e.g. x25519)",
+            "connections.dc1-net.ike_proposals[0]: IKE proposal 'aes256gcm16-prfsha384' has no "
+            "key exchange group",
         ),
         (
             conn(ike_proposals=["aes256gcm16-sha256-prfsha256-x25519"]),
-            "connections.dc1-net.ike_proposals[0]: 'aes256gcm16-sha256-prfsha256-x25519': an "
-            "AEAD cipher takes no integrity algorithm (RFC 5282 §8)",
+            "connections.dc1-net.ike_proposals[0]: proposal 'aes256gcm16-sha256-prfsha256-x25519' "
+            "combines an AEAD cipher with integrity",
         ),
         (
             conn(ike_proposals=["aes256gcm16-x25519"]),
-            "connections.dc1-net.ike_proposals[0]: 'aes256gcm16-x25519' has no PRF "
-            "(e.g. prfsha384)",
+            "connections.dc1-net.ike_proposals[0]: IKE proposal 'aes256gcm16-x25519' with an "
+            "AEAD cipher needs a prf...",
         ),
         (conn(ike_proposals=[]), "connections.dc1-net.ike_proposals: must not be empty"),
+        (
+            conn(esp_proposals=["aes192-sha256"]),
+            "connections.dc1-net.esp_proposals[0]: the ESP engine does not implement "
+            "'aes192-sha256'",
+        ),
+        (
+            conn(ike_proposals=["aes256-sha1-modp2048"]),
+            "connections.dc1-net.ike_proposals[0]: unsupported algorithm 'sha1' (known, not "
+            "implemented)",
+        ),
         (
             conn(esp_proposals="aes256gcm16"),
             "connections.dc1-net.esp_proposals: expected a list, got a string ('aes256gcm16')",
