@@ -154,3 +154,24 @@ def test_multi_queue_shares_one_interface(inside: str) -> None:
         assert first.fileno() != second.fileno()
         links.set_up(first.name)
         assert links.exists(first.name)
+
+
+def test_vnet_hdr_prefixes_packets_and_accepts_offloads(inside: str) -> None:
+    from tun import Offload
+    from tun.device import VNET_HDR_LEN
+
+    with TunDevice.open("lgvh%d", vnet_hdr=True) as tun, LinkManager() as links:
+        assert tun.vnet_hdr
+        tun.set_offload(Offload.CSUM | Offload.TSO4 | Offload.TSO6)
+        links.quiet_ipv6(tun.name)
+        links.add_address(tun.name, "192.0.2.1/24")
+        links.set_up(tun.name)
+        links.add_route("203.0.113.0/24", tun.name)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            out.sendto(b"lockgate-vnet", ("203.0.113.5", 9999))
+        packet = _read_until(tun, b"lockgate-vnet")
+        inner = packet[VNET_HDR_LEN:]
+        assert inner[0] >> 4 == 4
+        assert socket.inet_ntoa(inner[16:20]) == "203.0.113.5"
+    with TunDevice.open("lgvh%d") as plain, pytest.raises(TunError, match="need vnet_hdr"):
+        plain.set_offload(Offload.CSUM)
