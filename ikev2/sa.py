@@ -292,6 +292,21 @@ class IkeSa:
         self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]))
         self._send_next(now)
 
+    def queue_exchange(self, exchange: Exchange, now: float) -> None:
+        """Queue an exchange we initiate; it goes out when the window allows (§2.3)."""
+        self.now = now
+        if self.state is IkeSaState.DELETED:
+            raise LocalProtocolError(f"IKE SA {self.ike_sa_id} is gone")
+        self.tm.queue(exchange)
+        self._send_next(now)
+
+    def check_liveness(self, now: float) -> None:
+        """Send an empty INFORMATIONAL request: the peer must answer it (§1.4, §2.4)."""
+        from ikev2.tasks import Task
+
+        if self.state is IkeSaState.ESTABLISHED:
+            self.queue_exchange(Exchange(ExchangeType.INFORMATIONAL, [Task()]), now)
+
     # --- outputs ------------------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:

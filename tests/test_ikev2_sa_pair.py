@@ -1,0 +1,181 @@
+"""Two lockgate IKE endpoints in memory: fake network, fake clock, seeded randomness (no tests).
+
+Shared by the in-memory IKE SA and endpoint tests. The network can drop datagrams
+(by predicate), rewrite one side's address like a NAT, and records everything sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ikev2.codec import decode_header
+from ikev2.config import ChildConfig, ConnectionConfig, Identity
+from ikev2.constants import NON_ESP_MARKER
+from ikev2.crypto.rng import DeterministicRandom
+from ikev2.endpoint import Endpoint
+from ikev2.events import Event
+from ikev2.sa import Datagram
+from ikev2.ts import TrafficSelector
+
+A_ADDR = "198.51.100.1"
+B_ADDR = "198.51.100.2"
+NAT_ADDR = "203.0.113.99"
+A_NET = "192.0.2.0/24"
+B_NET = "203.0.113.0/26"
+PSK = b"in-memory-test-psk-not-secret"
+
+
+def child(name: str = "net", local: str = A_NET, remote: str = B_NET, **kw: Any) -> ChildConfig:
+    return ChildConfig(
+        name,
+        (TrafficSelector.from_network(local),),
+        (TrafficSelector.from_network(remote),),
+        **kw,
+    )
+
+
+def connection(
+    local: str = A_ADDR,
+    remote: str | None = B_ADDR,
+    children: tuple[ChildConfig, ...] | None = None,
+    *,
+    name: str = "conn",
+    remote_id: str | None = None,
+    **kw: Any,
+) -> ConnectionConfig:
+    peer = remote_id if remote_id is not None else remote
+    return ConnectionConfig(
+        name=name,
+        local_addresses=(local,),
+        remote_address=remote,
+        local_id=Identity.parse(local),
+        remote_id=Identity.parse(peer) if peer else None,
+        children=children or (child(),),
+        psk=kw.pop("psk", PSK),
+        **kw,
+    )
+
+
+def mirrored(conn: ConnectionConfig, **kw: Any) -> ConnectionConfig:
+    """The peer's view of `conn`: addresses, identities and selectors swapped."""
+    remote = conn.remote_address or B_ADDR
+    children = tuple(
+        dataclasses.replace(c, local_ts=c.remote_ts, remote_ts=c.local_ts) for c in conn.children
+    )
+    base = connection(
+        local=remote,
+        remote=conn.local_addresses[0],
+        children=children,
+        name=conn.name,
+        psk=conn.psk,
+        ike_proposals=conn.ike_proposals,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+@dataclass
+class Sent:
+    """One datagram on the fake wire."""
+
+    sender: str
+    datagram: Datagram
+    dropped: bool
+    time: float
+
+    @property
+    def ike(self) -> bytes:
+        data = self.datagram.data
+        return data[4:] if data.startswith(NON_ESP_MARKER) else data
+
+
+@dataclass
+class Pair:
+    """Endpoint `a` (usually the initiator) and `b`, wired together."""
+
+    a: Endpoint
+    b: Endpoint
+    clock: float = 0.0
+    events: dict[str, list[Event]] = field(default_factory=lambda: {"a": [], "b": []})
+    wire: list[Sent] = field(default_factory=list)
+    drop: Callable[[Sent], bool] | None = None
+    nat: bool = False
+    """Rewrite a's address to NAT_ADDR (ports + 30000) on the way to b, and back."""
+
+    @classmethod
+    def make(
+        cls, conn_a: ConnectionConfig, conn_b: ConnectionConfig | None = None, **kw: Any
+    ) -> Pair:
+        conn_b = conn_b or mirrored(conn_a)
+        a = Endpoint([conn_a], rng=DeterministicRandom(b"side-a"))
+        b = Endpoint([conn_b], rng=DeterministicRandom(b"side-b"))
+        return cls(a, b, **kw)
+
+    def side(self, name: str) -> Endpoint:
+        return self.a if name == "a" else self.b
+
+    def _translate(self, sender: str, d: Datagram) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(local as seen by the receiver, remote as seen by the receiver)."""
+        src, dst = d.local, d.remote
+        if self.nat and sender == "a":
+            src = (NAT_ADDR, src[1] + 30000)
+        if self.nat and sender == "b" and dst[0] == NAT_ADDR:
+            dst = (A_ADDR, dst[1] - 30000)
+        return dst, src
+
+    def pump(self, max_rounds: int = 50) -> None:
+        """Exchange events and datagrams until nothing moves."""
+        for _ in range(max_rounds):
+            moved = False
+            for name, other in (("a", "b"), ("b", "a")):
+                ep = self.side(name)
+                self.events[name].extend(ep.events())
+                for d in ep.datagrams_to_send(self.clock):
+                    moved = True
+                    sent = Sent(name, d, False, self.clock)
+                    sent.dropped = bool(self.drop and self.drop(sent))
+                    self.wire.append(sent)
+                    if not sent.dropped:
+                        local, remote = self._translate(name, d)
+                        self.side(other).receive_datagram(d.data, local, remote, self.clock)
+            if not moved:
+                for name in ("a", "b"):
+                    self.events[name].extend(self.side(name).events())
+                return
+        raise AssertionError("the two endpoints never stopped talking")
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing every timer that falls due on the way."""
+        end = self.clock + seconds
+        while True:
+            timers = [t for ep in (self.a, self.b) if (t := ep.get_timer()) is not None]
+            due = min(timers) if timers else None
+            if due is None or due > end:
+                break
+            self.clock = max(self.clock, due)
+            for ep in (self.a, self.b):
+                ep.handle_timer(self.clock)
+            self.pump()
+        self.clock = end
+        self.pump()
+
+    def of(self, name: str, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events[name] if isinstance(e, kind)]
+
+    def requests(self, sender: str, exchange: int) -> list[Sent]:
+        out = []
+        for s in self.wire:
+            header = decode_header(s.ike)
+            if s.sender == sender and header.exchange_type == exchange and not header.response:
+                out.append(s)
+        return out
+
+    def responses(self, sender: str, exchange: int) -> list[Sent]:
+        out = []
+        for s in self.wire:
+            header = decode_header(s.ike)
+            if s.sender == sender and header.exchange_type == exchange and header.response:
+                out.append(s)
+        return out
