@@ -7,6 +7,8 @@ import random
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ikev2.codec import (
     IdI,
@@ -471,3 +473,37 @@ def test_signature_auth_round_trip(key: object, hash_name: str, scheme: str) -> 
 def test_malformed_signature_auth_is_authentication_failed(data: bytes) -> None:
     with pytest.raises(AuthenticationFailed):
         split_signature_auth(data)
+
+
+# --- Properties of SK open -----------------------------------------------------------------
+
+GCM_CIPHER = SkCipher(ENCRYPTIONS[(EncrId.AES_GCM_16, 128)], b"g" * 20, None, b"")
+CBC_CIPHER = SkCipher(
+    ENCRYPTIONS[(EncrId.AES_CBC, 128)],
+    b"c" * 16,
+    INTEGRITIES[IntegId.HMAC_SHA2_256_128],
+    b"a" * 32,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([GCM_CIPHER, CBC_CIPHER]),
+    st.lists(st.binary(max_size=40).map(VendorId), max_size=4),
+    st.data(),
+)
+def test_open_never_raises_anything_but_remote_errors(
+    cipher: SkCipher, payloads: list[VendorId], data: st.DataObject
+) -> None:
+    wire = bytearray(cipher.seal(_message(*payloads), DeterministicRandom(b"p")))
+    assert cipher.open(bytes(wire)).payloads == tuple(payloads)
+    mode = data.draw(st.sampled_from(["flip", "truncate", "random"]))
+    if mode == "flip":
+        position = data.draw(st.integers(0, len(wire) - 1))
+        wire[position] ^= 1 << data.draw(st.integers(0, 7))
+    elif mode == "truncate":
+        wire = wire[: data.draw(st.integers(0, len(wire) - 1))]
+    else:
+        wire = wire[:28] + bytearray(data.draw(st.binary(max_size=120)))
+    with pytest.raises((IntegrityCheckFailed, InvalidSyntax)):
+        cipher.open(bytes(wire))
