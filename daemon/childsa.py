@@ -54,9 +54,9 @@ class ChildSaEntry:
     """One CHILD SA in the data plane: both ESP SAs, its policy, framing, counters."""
 
     connection: str
-    """Connection name (for status and logs)."""
+    """Name of the IKE connection (the peer) that negotiated it."""
     child: str
-    """CHILD SA configuration name."""
+    """CHILD SA configuration name: the `[connections.NAME]` the operator wrote."""
     unique_id: int
     """The IKEv2 core's number for this CHILD SA."""
     ike_sa_id: int
@@ -111,8 +111,8 @@ class ChildSaEntry:
         """A JSON-ready summary for `lockgate status`."""
         now = time.monotonic() if now is None else now
         return {
-            "connection": self.connection,
-            "child": self.child,
+            "connection": self.child,
+            "peer": self.connection,
             "unique_id": self.unique_id,
             "spi_in": f"{self.spi_in:08x}",
             "spi_out": f"{self.spi_out:08x}",

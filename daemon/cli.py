@@ -162,6 +162,8 @@ def format_status(status: dict[str, Any]) -> str:
             f"  {conn['name']}: {conn.get('state', '?')}, peer {conn.get('remote', '?')}"
             f" ({conn.get('remote_id', '?')}), start {conn.get('start', '?')}"
         )
+        if conn.get("last_error") and conn.get("state") != "up":
+            lines.append(f"    last error: {conn['last_error']}")
         for ike in conn.get("ike_sas", []):
             lines.append(
                 f"    IKE SA #{ike.get('id')}: {ike.get('suite', '?')}, "

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from conf.model import Config
 from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
 from daemon.control import ControlError, ControlServer
 from daemon.mtu import path_mtu, tun_mtu
+from daemon.netlink import LinkWorker
 from daemon.packet import flow_of
 from daemon.pump import Pump
 from daemon.sdnotify import Notifier, setup_logging
@@ -131,7 +133,7 @@ class Gateway:
         self._trap_routes: set[IPNetwork] = set()
         self._path_mtus: dict[str, int] = {}
         self._tun: TunDevice | None = None
-        self._links: LinkManager | None = None
+        self._links: LinkWorker | None = None
         self._pump: Pump | None = None
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
@@ -182,10 +184,11 @@ class Gateway:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         mtu = tun_mtu(config, self._path_mtus)
         self._tun = TunDevice.open(gateway.interface)
-        self._links = LinkManager()
-        self._links.quiet_ipv6(self._tun.name)
-        self._links.set_mtu(self._tun.name, mtu)
-        self._links.set_up(self._tun.name)
+        self._links = LinkWorker()
+        name = self._tun.name
+        self._links.run(lambda links: links.quiet_ipv6(name))
+        self._links.run(lambda links: links.set_mtu(name, mtu))
+        self._links.run(lambda links: links.set_up(name))
         log.info("TUN device %s up, MTU %d", self._tun.name, mtu)
 
         self._pump = Pump(
@@ -561,15 +564,16 @@ class Gateway:
         if links is None or tun is None:
             return
         source = self._route_source(net.version, entry)
+        name = tun.name
         try:
-            links.add_route(net, tun.name, source=source)
+            links.run(lambda lm: lm.add_route(net, name, source=source))
             return
         except LinkError as exc:
             error = exc
         if source is not None:
             # The source address may have gone from its interface; route without it.
             with contextlib.suppress(LinkError):
-                links.add_route(net, tun.name)
+                links.run(lambda lm: lm.add_route(net, name))
                 return
         log.error("cannot route %s into %s: %s", net, tun.name, error)
 
@@ -586,8 +590,9 @@ class Gateway:
         links, tun = self._links, self._tun
         if links is None or tun is None:
             return
+        name = tun.name
         try:
-            links.remove_route(net, tun.name)
+            links.run(lambda lm: lm.remove_route(net, name))
         except LinkError as exc:
             log.warning("cannot remove the route to %s: %s", net, exc)
 
@@ -597,19 +602,24 @@ class Gateway:
         links = self._links
         if links is None or entry is None:
             return None
-        for _, ifname in socket.if_nameindex():
-            try:
-                addresses = links.addresses(ifname)
-            except LinkError:
-                continue
-            for iface in addresses:
-                if iface.version != version:
-                    continue
-                value = int(iface.ip)
-                if any(
-                    ts.version == version and ts.first <= value <= ts.last for ts in entry.local_ts
-                ):
-                    return str(iface.ip)
+
+        def all_addresses(lm: LinkManager) -> list[IPv4Interface | IPv6Interface]:
+            found: list[IPv4Interface | IPv6Interface] = []
+            for _, ifname in socket.if_nameindex():
+                with contextlib.suppress(LinkError):
+                    found.extend(lm.addresses(ifname))
+            return found
+
+        try:
+            addresses = links.run(all_addresses)
+        except LinkError:
+            return None
+        for iface in addresses:
+            value = int(iface.ip)
+            if iface.version == version and any(
+                ts.version == version and ts.first <= value <= ts.last for ts in entry.local_ts
+            ):
+                return str(iface.ip)
         return None
 
     # ---- acquire (start = "trap") ----------------------------------------------------
