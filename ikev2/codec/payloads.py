@@ -26,7 +26,7 @@ from ikev2.constants import (
     TsType,
     notify_is_error,
 )
-from ikev2.errors import InvalidSyntax
+from ikev2.errors import InvalidSyntax, LocalProtocolError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -605,8 +605,9 @@ class Encrypted(Payload):
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
-        # The first inner payload type comes from the generic header; see message.py.
-        raise NotImplementedError
+        # The first inner payload type is in the SK payload's own generic header, which
+        # only the payload chain decoder (message.py) sees.
+        raise LocalProtocolError("the SK payload is decoded by decode_payloads()")
 
 
 @dataclass(frozen=True, slots=True)

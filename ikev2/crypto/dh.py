@@ -180,7 +180,8 @@ class KeyExchange:
                 point = ec.EllipticCurvePublicKey.from_encoded_point(
                     private.curve, b"\x04" + peer_public
                 )
-                return private.exchange(ec.ECDH(), point)
+                # RFC 5903 §7: the x-coordinate, at the field's full length.
+                return private.exchange(ec.ECDH(), point).rjust(self.group.shared_len, b"\x00")
             if isinstance(private, x25519.X25519PrivateKey):
                 return private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
             if isinstance(private, x448.X448PrivateKey):
