@@ -188,8 +188,14 @@ def request(path: str, message: dict[str, Any], timeout: float = 30.0) -> Any:
             raise ControlClientError(f"permission denied on {path}: run as root") from None
         except OSError as exc:
             raise ControlClientError(f"cannot connect to {path}: {exc.strerror}") from None
-        sock.sendall(json.dumps(message).encode() + b"\n")
-        answer = _read_line(sock)
+        # A daemon that refuses us answers and hangs up at once, maybe before our
+        # request is out: the refusal is still there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps(message).encode() + b"\n")
+        try:
+            answer = _read_line(sock)
+        except ConnectionResetError:
+            raise ControlClientError("the daemon closed the connection") from None
     except TimeoutError:
         raise ControlClientError(f"the daemon did not answer within {timeout:g} s") from None
     finally:
