@@ -10,6 +10,7 @@ never raises: `decapsulate` returns a `DropReason`.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hmac
 import os
@@ -48,9 +49,22 @@ _SPI_SEQ_IV = struct.Struct("!IIQ")
 # AEAD AAD with ESN: SPI | Seq high | Seq low (RFC 4106 §5, RFC 7634 §2.1).
 _SPI_ESN = struct.Struct("!IQ")
 _SEQ_HIGH = struct.Struct("!I")
+# AEAD nonce: salt | explicit IV, and our IV is the 64-bit sequence number.
+_NONCE = struct.Struct("!IQ")
 
 # Padding of length n is 1, 2, ..., n (RFC 4303 §2.4).
 _PADDING = tuple(bytes(range(1, n + 1)) for n in range(256))
+# Padding | Pad Length | Next Header for each pad length, by Next Header.
+_TRAILERS = {
+    nh: tuple(_PADDING[n] + bytes((n, nh)) for n in range(256))
+    for nh in (IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE)
+}
+# The same, looked up by the first octet of the inner packet (its version nibble):
+# one tuple index replaces "which IP version, which next header, which trailer".
+_TRAILERS_BY_FIRST_OCTET: tuple[tuple[bytes, ...] | None, ...] = tuple(
+    _TRAILERS[_NEXT_HEADER_BY_VERSION[octet >> 4]] if octet >> 4 in (4, 6) else None
+    for octet in range(256)
+)
 
 _SEQ_MAX_32 = (1 << 32) - 1
 _SEQ_MAX_64 = (1 << 64) - 1
@@ -118,6 +132,7 @@ class EspSA:
         "_next_headers",
         "_packets",
         "_salt",
+        "_salt_int",
         "_seq",
         "_seq_max",
         "_seq_soft",
@@ -206,16 +221,18 @@ class EspSA:
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
         self._aes: algorithms.AES | None = None
         self._salt = b""
+        self._salt_int = 0
         self._integ_key = bytes(integ_key)
         self._hash = suite.hash_name or ""
         if suite.encr_id == ENCR_AES_GCM_16:
             self._aead = AESGCM(bytes(encr_key[:-4]))
-            self._salt = bytes(encr_key[-4:])
         elif suite.encr_id == ENCR_CHACHA20_POLY1305:
             self._aead = ChaCha20Poly1305(bytes(encr_key[:-4]))
-            self._salt = bytes(encr_key[-4:])
         else:
             self._aes = algorithms.AES(bytes(encr_key))
+        if self._aead is not None:
+            self._salt = bytes(encr_key[-4:])
+            self._salt_int = int.from_bytes(self._salt, "big")
 
     def __repr__(self) -> str:
         # Never show keys.
@@ -274,26 +291,147 @@ class EspSA:
         """
         n = len(inner)
         if next_header is None:
-            next_header = _NEXT_HEADER_BY_VERSION.get(inner[0] >> 4, 0) if n else 0
-            if not next_header:
+            trailers = _TRAILERS_BY_FIRST_OCTET[inner[0]] if n else None
+            if trailers is None:
                 return self._drop(DropReason.BAD_INNER_PACKET)
+        else:
+            trailers = _TRAILERS.get(next_header) or tuple(
+                _PADDING[p] + bytes((p, next_header)) for p in range(self._align)
+            )
+        refused = self._refuse_outbound(n)
+        if refused is not None:
+            return self._drop(refused)
         seq = self._seq
-        if seq > self._seq_max:
-            # RFC 4303 §3.3.3: the counter MUST NOT cycle; a new SA is needed.
-            return self._drop(DropReason.SEQ_EXHAUSTED)
-        if self._packets >= self._hard_packets or self._bytes + n > self._hard_bytes:
-            return self._drop(DropReason.LIFETIME_EXPIRED)
         self._seq = seq + 1
         self._packets += 1
         self._bytes += n
-        padlen = -(n + 2) % self._align
-        plaintext = inner + _PADDING[padlen] + bytes((padlen, next_header))
+        plaintext = inner + trailers[-(n + 2) % self._align]
         aead = self._aead
-        if aead is not None:
-            header = _SPI_SEQ_IV.pack(self.spi, seq & _SEQ_MAX_32, seq)
-            aad = _SPI_ESN.pack(self.spi, seq) if self.esn else header[:8]
-            return header + aead.encrypt(self._salt + header[8:], plaintext, aad)
-        return self._encapsulate_cbc(seq, plaintext)
+        if aead is None:
+            return self._encapsulate_cbc(seq, plaintext)
+        header = _SPI_SEQ_IV.pack(self.spi, seq & _SEQ_MAX_32, seq)
+        aad = _SPI_ESN.pack(self.spi, seq) if self.esn else header[:8]
+        return header + aead.encrypt(_NONCE.pack(self._salt_int, seq), plaintext, aad)
+
+    def _refuse_outbound(self, n: int) -> DropReason | None:
+        if self._seq > self._seq_max:
+            # RFC 4303 §3.3.3: the counter MUST NOT cycle; a new SA is needed.
+            return DropReason.SEQ_EXHAUSTED
+        if self._packets >= self._hard_packets or self._bytes + n > self._hard_bytes:
+            return DropReason.LIFETIME_EXPIRED
+        return None
+
+    def encapsulate_batch(self, inners: Iterable[bytes]) -> list[EncapResult]:
+        """`encapsulate` for each packet, in order: the same octets, faster.
+
+        For AEAD suites the counters live in locals and are stored once per
+        batch. When the whole batch fits the sequence space and the lifetime
+        (the common case) the loop checks nothing per packet but the IP version,
+        which fails by exception and hands the rest to the careful loop.
+        """
+        if self._aead is None:
+            encapsulate = self.encapsulate
+            return [encapsulate(inner) for inner in inners]
+        batch = inners if isinstance(inners, list | tuple) else list(inners)
+        results: list[EncapResult] = []
+        seq = self._seq
+        if (
+            not self.esn
+            and seq + len(batch) - 1
+            <= min(self._seq_max, seq + self._hard_packets - self._packets - 1)
+            and self._bytes + sum(map(len, batch)) <= self._hard_bytes
+        ):
+            # A packet that is not IPv4/IPv6 stops the fast loop (None or empty
+            # octets); `results` holds what went out, the careful loop does the rest.
+            with contextlib.suppress(TypeError, IndexError):
+                self._encapsulate_all(batch, results)
+            done = len(results)
+            if done == len(batch):
+                return results
+            batch = batch[done:]
+        self._encapsulate_checked(batch, results)
+        return results
+
+    def _encapsulate_all(
+        self, batch: list[bytes] | tuple[bytes, ...], results: list[EncapResult]
+    ) -> None:
+        # The fast loop: 32-bit sequence numbers, every limit known to hold for
+        # the whole batch. A non-IP packet raises (None or empty) before it
+        # changes anything; the counters are settled in `finally`.
+        aead = self._aead
+        if aead is None:
+            return
+        append = results.append
+        encrypt = aead.encrypt
+        pack_header = _SPI_SEQ_IV.pack
+        pack_nonce = _NONCE.pack
+        by_octet = _TRAILERS_BY_FIRST_OCTET
+        spi, salt, align = self.spi, self._salt_int, self._align
+        start = seq = self._seq
+        sent = 0
+        try:
+            for inner in batch:
+                n = len(inner)
+                header = pack_header(spi, seq, seq)
+                append(
+                    header
+                    + encrypt(
+                        pack_nonce(salt, seq),
+                        inner + by_octet[inner[0]][-(n + 2) % align],  # type: ignore[index]
+                        header[:8],
+                    )
+                )
+                seq += 1
+                sent += n
+        finally:
+            self._seq = seq
+            self._packets += seq - start
+            self._bytes += sent
+
+    def _encapsulate_checked(
+        self, batch: list[bytes] | tuple[bytes, ...], results: list[EncapResult]
+    ) -> None:
+        # The careful loop: every limit per packet, ESN, refusals.
+        aead = self._aead
+        if aead is None:
+            return
+        append = results.append
+        encrypt = aead.encrypt
+        pack_header = _SPI_SEQ_IV.pack
+        pack_nonce = _NONCE.pack
+        pack_esn_aad = _SPI_ESN.pack if self.esn else None
+        by_octet = _TRAILERS_BY_FIRST_OCTET
+        spi, salt, align = self.spi, self._salt_int, self._align
+        seq, sent_bytes = self._seq, self._bytes
+        # Sending is fine while seq stays at or below `stop`: that folds the
+        # sequence space and the hard packet limit into one comparison.
+        stop = min(self._seq_max, seq + self._hard_packets - self._packets - 1)
+        hard_bytes = self._hard_bytes
+        start = seq
+        for inner in batch:
+            n = len(inner)
+            trailers = by_octet[inner[0]] if n else None
+            if trailers is None or seq > stop or sent_bytes + n > hard_bytes:
+                # Rare: settle the counters and let the one-packet path say why.
+                self._packets += seq - start
+                self._seq, self._bytes = seq, sent_bytes
+                append(self.encapsulate(inner))
+                seq = start = self._seq
+                sent_bytes = self._bytes
+                continue
+            header = pack_header(spi, seq & _SEQ_MAX_32, seq)
+            append(
+                header
+                + encrypt(
+                    pack_nonce(salt, seq),
+                    inner + trailers[-(n + 2) % align],
+                    header[:8] if pack_esn_aad is None else pack_esn_aad(spi, seq),
+                )
+            )
+            seq += 1
+            sent_bytes += n
+        self._packets += seq - start
+        self._seq, self._bytes = seq, sent_bytes
 
     def _cbc_key(self) -> algorithms.AES:
         if self._aes is None:  # only CBC suites reach here; __init__ sets it for them
@@ -313,11 +451,6 @@ class EspSA:
         # With ESN the high half is authenticated but not sent (RFC 4303 §2.2.1).
         mac_input = body + _SEQ_HIGH.pack(seq >> 32) if self.esn else body
         return body + hmac.digest(self._integ_key, mac_input, self._hash)[: self._icv_len]
-
-    def encapsulate_batch(self, inners: Iterable[bytes]) -> list[EncapResult]:
-        """`encapsulate` for each packet, in order."""
-        encapsulate = self.encapsulate
-        return [encapsulate(inner) for inner in inners]
 
     # ---- inbound ---------------------------------------------------------------
 
