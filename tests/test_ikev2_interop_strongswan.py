@@ -1,0 +1,326 @@
+"""lockgate's IKEv2 against a real strongSwan (charon, kernel-libipsec) in namespaces.
+
+Two namespaces joined by a veth: gateway A runs lockgate's IKE endpoint through its
+asyncio driver (in a thread that entered A's namespace, so its sockets live there),
+gateway B runs charon. Only IKE is exercised here: both sides must report the IKE SA
+ESTABLISHED and the CHILD SA INSTALLED (charon as `list-sas` shows it), deletes must
+work both ways, and a wrong PSK or a proposal mismatch must fail cleanly on both
+sides. charon's userspace ESP always forces UDP encapsulation, so IKE_AUTH runs on
+port 4500 behind the non-ESP marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import pytest
+from netns import Lab, in_namespace
+from strongswan import Charon, SwanChild, SwanConnection, SwanSecret, logs_on_failure
+
+from ikev2.aio import IkeDriver, UdpSockets, open_udp_sockets
+from ikev2.config import ChildConfig, ConnectionConfig, Identity
+from ikev2.constants import NotifyType
+from ikev2.endpoint import Endpoint
+from ikev2.events import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaInstalled,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
+from ikev2.ts import TrafficSelector
+
+pytestmark = [pytest.mark.netns, pytest.mark.interop]
+
+A_WAN, B_WAN = "198.51.100.1", "198.51.100.2"
+A_NET, B_NET = "192.0.2.0/24", "203.0.113.0/24"
+PSK = "lockgate-interop-psk-NOT-SECRET"
+IKE_PROPOSAL = "aes256gcm16-prfsha384-x25519"
+WAIT = 15.0
+
+E = TypeVar("E", bound=Event)
+
+
+class LockgatePeer:
+    """lockgate's IKE endpoint on an asyncio loop in a thread inside a namespace."""
+
+    def __init__(self, namespace: str, connections: list[ConnectionConfig]) -> None:
+        self.namespace = namespace
+        self.endpoint = Endpoint(connections)
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.seen: list[Event] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._driver: IkeDriver | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lockgate-ike", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with in_namespace(self.namespace):
+                asyncio.run(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        sockets: UdpSockets
+        self._driver, sockets = await open_udp_sockets(self.endpoint, [A_WAN], self.events.put)
+        self._ready.set()
+        try:
+            await self._stop.wait()
+            await self._driver.close(timeout=3.0)
+        finally:
+            sockets.close()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10.0) or self._error is not None:
+            raise RuntimeError(f"lockgate IKE driver did not start: {self._error!r}")
+
+    def call(self, fn: Callable[[IkeDriver], Any]) -> Any:
+        """Run `fn(driver)` on the driver's loop and return its result."""
+        if self._loop is None or self._driver is None:
+            raise RuntimeError("not started")
+        driver = self._driver
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(driver))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return future.result(timeout=5.0)
+
+    def wait_for(self, kind: type[E], timeout: float = WAIT) -> E:
+        """The next event of a kind (earlier ones of other kinds are kept in `seen`)."""
+        for event in self.seen:
+            if isinstance(event, kind):
+                self.seen.remove(event)
+                return event
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(event, kind):
+                return event
+            self.seen.append(event)
+        raise AssertionError(f"no {kind.__name__} within {timeout}s; saw {self.seen}")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10.0)
+
+
+def lockgate_connection(
+    *, psk: str = PSK, ike: str = IKE_PROPOSAL, esp: str = "aes128gcm16"
+) -> ConnectionConfig:
+    return ConnectionConfig(
+        name="s2s",
+        local_addresses=(A_WAN,),
+        remote_address=B_WAN,
+        local_id=Identity.parse(A_WAN),
+        remote_id=Identity.parse(B_WAN),
+        psk=psk.encode(),
+        ike_proposals=(ike,),
+        retransmit_timeout=1.0,
+        retransmit_tries=3,
+        children=(
+            ChildConfig(
+                "net",
+                (TrafficSelector.from_network(A_NET),),
+                (TrafficSelector.from_network(B_NET),),
+                esp_proposals=(esp,),
+            ),
+        ),
+    )
+
+
+def charon_connection(
+    *, ike: str = IKE_PROPOSAL, esp: str = "aes128gcm16", mobike: bool = False
+) -> SwanConnection:
+    return SwanConnection(
+        name="s2s",
+        local_addrs=B_WAN,
+        remote_addrs=A_WAN,
+        local_id=B_WAN,
+        remote_id=A_WAN,
+        proposals=ike,
+        mobike=mobike,
+        children=[SwanChild("net", [B_NET], [A_NET], esp_proposals=esp)],
+    )
+
+
+@contextlib.contextmanager
+def gateways(
+    lockgate: ConnectionConfig, charon_conn: SwanConnection, charon_psk: str = PSK
+) -> Iterator[tuple[LockgatePeer, Charon]]:
+    """gateway A (lockgate) and gateway B (charon) on one veth; removed afterwards."""
+    with Lab() as lab:
+        gw_a, gw_b = lab.namespace("ikeA"), lab.namespace("ikeB")
+        lab.veth(gw_a, "wan0", gw_b, "wan0")
+        gw_a.ip("addr", "add", f"{A_WAN}/24", "dev", "wan0")
+        gw_b.ip("addr", "add", f"{B_WAN}/24", "dev", "wan0")
+        # charon routes the remote subnet via its TUN with a source address from its own
+        # subnet; without one the CHILD SA fails with "unable to install policies".
+        # (No dummy driver here: a veth pair with both ends in B serves as its LAN.)
+        gw_b.ip("link", "add", "lan0", "type", "veth", "peer", "name", "lan1")
+        gw_b.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
+        for ifname in ("lan0", "lan1"):
+            gw_b.ip("link", "set", ifname, "up")
+        charon = Charon(gw_b, "gwB")
+        peer = LockgatePeer(gw_a.name, [lockgate])
+        with logs_on_failure(charon):
+            charon.start()
+            charon.load([charon_conn], [SwanSecret("s2s", [A_WAN, B_WAN], charon_psk)])
+            peer.start()
+            try:
+                yield peer, charon
+            finally:
+                peer.stop()
+                charon.stop()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.1)
+
+
+def check_established(peer: LockgatePeer, charon: Charon, *, lockgate_initiated: bool) -> None:
+    ike_up = peer.wait_for(IkeSaEstablished)
+    child_up = peer.wait_for(ChildSaInstalled)
+    info = charon.wait_for_child("net")
+    assert info.state == "ESTABLISHED"
+    assert info.initiator is not lockgate_initiated
+    assert ike_up.initiator is lockgate_initiated
+    assert (info.encr_alg, info.encr_keysize, info.dh_group) == ("AES_GCM_16", "256", "CURVE_25519")
+    assert (info.local_id, info.remote_id) == (B_WAN, A_WAN)
+    child = info.child("net")
+    assert child.state == "INSTALLED" and child.encap
+    assert child.local_ts == [B_NET] and child.remote_ts == [A_NET]
+    # The SPIs agree crosswise, and charon's forced encapsulation was detected.
+    assert int(child.spi_in, 16) == child_up.spi_out
+    assert int(child.spi_out, 16) == child_up.spi_in
+    assert (
+        child_up.udp_encap and child_up.local == (A_WAN, 4500) and child_up.remote == (B_WAN, 4500)
+    )
+    assert (child_up.encr_id, child_up.encr_key_bits, child_up.integ_id) == (20, 128, 0)
+
+
+def test_lockgate_initiates_then_deletes_and_charon_deletes() -> None:
+    with gateways(lockgate_connection(), charon_connection()) as (peer, charon):
+        ike_sa_id = peer.call(lambda d: d.initiate("s2s"))
+        check_established(peer, charon, lockgate_initiated=True)
+
+        # Delete from lockgate: charon must drop both SAs.
+        peer.call(lambda d: d.delete(ike_sa_id))
+        assert peer.wait_for(ChildSaDeleted).reason == "IKE SA deleted"
+        assert not peer.wait_for(IkeSaDeleted).by_peer
+        wait_until(lambda: charon.list_sas() == [])
+
+        # Up again, then charon deletes: lockgate must follow.
+        peer.call(lambda d: d.initiate("s2s"))
+        check_established(peer, charon, lockgate_initiated=True)
+        assert charon.terminate(ike="s2s")
+        peer.wait_for(ChildSaDeleted)
+        assert peer.wait_for(IkeSaDeleted).by_peer
+        wait_until(lambda: peer.call(lambda d: d.endpoint.ike_sas()) == [])
+
+
+def test_charon_initiates_and_lockgate_answers_mobike_and_deletes() -> None:
+    # mobike = yes: charon may send INFORMATIONALs after IKE_AUTH; they get answers.
+    with gateways(lockgate_connection(), charon_connection(mobike=True)) as (peer, charon):
+        charon.initiate("net", ike="s2s")
+        check_established(peer, charon, lockgate_initiated=False)
+        time.sleep(1.0)  # room for charon's follow-up INFORMATIONALs
+        assert charon.wait_for_child("net").state == "ESTABLISHED"
+
+        # A CHILD SA delete from charon, then the IKE SA from lockgate.
+        assert charon.terminate(child="net")
+        assert peer.wait_for(ChildSaDeleted).reason == "deleted by peer"
+        (sa,) = peer.call(lambda d: d.endpoint.ike_sas())
+        peer.call(lambda d: d.delete(sa.ike_sa_id))
+        assert not peer.wait_for(IkeSaDeleted).by_peer
+        wait_until(lambda: charon.list_sas() == [])
+
+
+def test_lockgate_deletes_a_child_sa_charon_initiated() -> None:
+    with gateways(lockgate_connection(), charon_connection()) as (peer, charon):
+        charon.initiate("net", ike="s2s")
+        check_established(peer, charon, lockgate_initiated=False)
+        (child,) = [c for sa in peer.call(lambda d: d.endpoint.ike_sas()) for c in sa.children]
+        peer.call(lambda d: d.delete_child(child))
+        assert peer.wait_for(ChildSaDeleted).unique_id == child
+        wait_until(lambda: [c for i in charon.list_sas() for c in i.children] == [])
+        assert charon.list_sas()[0].state == "ESTABLISHED"
+
+
+def test_wrong_psk_fails_cleanly_both_ways() -> None:
+    with gateways(lockgate_connection(), charon_connection(), charon_psk="another-psk") as (
+        peer,
+        charon,
+    ):
+        # lockgate initiates: charon refuses our AUTH.
+        peer.call(lambda d: d.initiate("s2s"))
+        failed = peer.wait_for(IkeSaFailed)
+        assert failed.notify == NotifyType.AUTHENTICATION_FAILED
+        assert "rejected our authentication" in failed.reason
+        wait_until(lambda: charon.list_sas() == [])
+        assert "AUTHENTICATION_FAILED" in charon.logs() or "MAC mismatch" in charon.logs()
+
+        # charon initiates: we refuse its AUTH.
+        with pytest.raises(Exception, match="initiate"):
+            charon.initiate("net", ike="s2s", timeout=8.0)
+        failed = peer.wait_for(IkeSaFailed)
+        assert failed.notify == NotifyType.AUTHENTICATION_FAILED
+        assert "pre-shared key differs" in failed.reason
+        wait_until(lambda: charon.list_sas() == [])
+        assert peer.call(lambda d: d.endpoint.ike_sas()) == []
+
+
+def test_proposal_mismatch_fails_cleanly_both_ways() -> None:
+    lockgate = lockgate_connection(ike="aes128-sha256-modp2048")
+    with gateways(lockgate, charon_connection()) as (peer, charon):
+        peer.call(lambda d: d.initiate("s2s"))
+        failed = peer.wait_for(IkeSaFailed)
+        assert failed.notify == NotifyType.NO_PROPOSAL_CHOSEN
+        assert charon.list_sas() == []
+
+        with pytest.raises(Exception, match="initiate"):
+            charon.initiate("net", ike="s2s", timeout=8.0)
+        failed = peer.wait_for(IkeSaFailed)
+        assert failed.notify == NotifyType.NO_PROPOSAL_CHOSEN
+        assert "peer proposed only aes256gcm16-prfsha384-x25519" in failed.reason
+        assert peer.call(lambda d: d.endpoint.ike_sas()) == []
+        wait_until(lambda: charon.list_sas() == [])
+
+
+def test_esp_proposal_mismatch_fails_the_child_cleanly() -> None:
+    with gateways(lockgate_connection(esp="aes256-sha256"), charon_connection()) as (peer, charon):
+        peer.call(lambda d: d.initiate("s2s"))
+        peer.wait_for(IkeSaEstablished)
+        failed = peer.wait_for(ChildSaFailed)
+        assert failed.notify == NotifyType.NO_PROPOSAL_CHOSEN
+        # The IKE SA has no use without its CHILD SA: lockgate deletes it.
+        peer.wait_for(IkeSaDeleted)
+        wait_until(lambda: charon.list_sas() == [])
