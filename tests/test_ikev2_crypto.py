@@ -15,6 +15,7 @@ from ikev2.codec import (
     Message,
     Nonce,
     Notify,
+    Payload,
     Proposal,
     Transform,
     VendorId,
@@ -38,7 +39,9 @@ from ikev2.crypto import (
     INTEGRITIES,
     PRFS,
     DeterministicRandom,
+    Encryption,
     IkeKeys,
+    Integrity,
     KeyExchange,
     SkCipher,
     SkCipherPair,
@@ -320,16 +323,15 @@ ALL_SK_SUITES = [
 ]
 
 
-def _cipher(enc_integ: tuple[object, object], seed: bytes = b"k") -> SkCipher:
+def _cipher(enc_integ: tuple[Encryption, Integrity | None], seed: bytes = b"k") -> SkCipher:
     enc, integ = enc_integ
     rng = DeterministicRandom(seed)
-    assert enc in ENCRYPTIONS.values()
-    enc_key = rng.token_bytes(enc.key_material_len)  # type: ignore[attr-defined]
-    integ_key = rng.token_bytes(integ.key_len) if integ is not None else b""  # type: ignore[attr-defined]
-    return SkCipher(enc, enc_key, integ, integ_key)  # type: ignore[arg-type]
+    enc_key = rng.token_bytes(enc.key_material_len)
+    integ_key = rng.token_bytes(integ.key_len) if integ is not None else b""
+    return SkCipher(enc, enc_key, integ, integ_key)
 
 
-def _message(*payloads: object) -> Message:
+def _message(*payloads: Payload) -> Message:
     return Message(
         b"\x01" * 8,
         b"\x02" * 8,
@@ -337,7 +339,7 @@ def _message(*payloads: object) -> Message:
         5,
         True,
         False,
-        tuple(payloads),  # type: ignore[arg-type]
+        payloads,
         encrypted=True,
     )
 
@@ -345,7 +347,7 @@ def _message(*payloads: object) -> Message:
 @pytest.mark.parametrize(
     "suite", ALL_SK_SUITES, ids=lambda s: f"{s[0].name}-{s[1].name if s[1] else 'aead'}"
 )
-def test_sk_seal_open_round_trip(suite: tuple[object, object]) -> None:
+def test_sk_seal_open_round_trip(suite: tuple[Encryption, Integrity | None]) -> None:
     cipher = _cipher(suite)
     rng = DeterministicRandom(b"iv")
     for message in (
@@ -365,7 +367,9 @@ def test_sk_seal_open_round_trip(suite: tuple[object, object]) -> None:
 
 
 @pytest.mark.parametrize("suite", ALL_SK_SUITES[:4] + ALL_SK_SUITES[-1:], ids=str)
-def test_sk_tampering_and_wrong_keys_fail_integrity(suite: tuple[object, object]) -> None:
+def test_sk_tampering_and_wrong_keys_fail_integrity(
+    suite: tuple[Encryption, Integrity | None],
+) -> None:
     cipher = _cipher(suite)
     wire = cipher.seal(_message(VendorId(b"payload")), DeterministicRandom(b"iv"))
     for position in range(0, len(wire), 7):
@@ -456,10 +460,14 @@ def test_algorithm_identifiers_are_the_rfc7427_der() -> None:
     ],
     ids=["p256", "p384", "ed25519", "rsa"],
 )
-def test_signature_auth_round_trip(key: object, hash_name: str, scheme: str) -> None:
+def test_signature_auth_round_trip(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey,
+    hash_name: str,
+    scheme: str,
+) -> None:
     octets = b"signed octets"
-    auth = sign_signature_auth(key, octets, hash_name)  # type: ignore[arg-type]
-    public = key.public_key()  # type: ignore[attr-defined]
+    auth = sign_signature_auth(key, octets, hash_name)
+    public = key.public_key()
     assert verify_signature_auth(public, octets, auth).name == scheme
     with pytest.raises(AuthenticationFailed):
         verify_signature_auth(public, octets + b"!", auth)
