@@ -35,13 +35,17 @@ def _connection(
     )
 
 
-def test_two_charons_establish_a_child_sa_and_carry_traffic() -> None:
+@pytest.mark.parametrize("outer", [4, 6])
+def test_two_charons_establish_a_child_sa_and_carry_traffic(outer: int) -> None:
     with site_to_site() as topo:
         a, b = Charon(topo.gw_a, "gwA"), Charon(topo.gw_b, "gwB")
         with logs_on_failure(a, b):
             a.start()
             b.start()
-            a_wan, b_wan = topo.gw_a_wan4, topo.gw_b_wan4
+            if outer == 4:
+                a_wan, b_wan = topo.gw_a_wan4, topo.gw_b_wan4
+            else:
+                a_wan, b_wan = topo.gw_a_wan6, topo.gw_b_wan6
             a.load(
                 [_connection(a_wan, b_wan, topo.site_a.subnet4, topo.site_b.subnet4)],
                 [SwanSecret("s2s", [a_wan, b_wan], PSK)],
