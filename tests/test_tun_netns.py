@@ -76,6 +76,10 @@ def test_tun_configured_by_netlink_carries_packets_both_ways(inside: str) -> Non
         assert ipaddress.ip_interface("2001:db8:a::1/64") in links.addresses(tun.name)
         # quiet_ipv6: no link-local address was generated.
         assert not any(a.ip.is_link_local for a in links.addresses(tun.name))
+        links.add_route("198.51.100.0/24", tun.name, mtu=1300, metric=7, source="192.0.2.1")
+        wan = ipaddress.ip_network("198.51.100.0/24")
+        [narrow] = [r for r in links.routes(ifname=tun.name) if r.destination == wan]
+        assert (narrow.mtu, narrow.metric, narrow.table) == (1300, 7, 254)
         dsts = {r.destination for r in links.routes(ifname=tun.name)}
         assert ipaddress.ip_network("203.0.113.0/24") in dsts
         assert ipaddress.ip_network("2001:db8:b::/64") in dsts

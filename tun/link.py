@@ -42,6 +42,10 @@ class Route:
     """Output interface index, if any."""
     table: int
     """Routing table number (254 is `main`)."""
+    mtu: int | None = None
+    """Route MTU (`ip route ... mtu N`), if set."""
+    metric: int | None = None
+    """Route metric (priority), if set."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,7 @@ class LinkManager:
         if metric is not None:
             kw["priority"] = metric
         if mtu is not None:
-            kw["metrics"] = {"attrs": [("RTAX_MTU", mtu)]}
+            kw["metrics"] = {"mtu": mtu}
         self._call(
             f"route {net} dev {ifname} table {table}",
             self._ipr.route,
@@ -262,7 +266,9 @@ class LinkManager:
                 if oif is not None and route_oif != oif:
                     continue
                 net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}")
-                found.append(Route(net, route_oif, table))
+                metrics = msg.get("RTA_METRICS")
+                mtu = metrics.get("RTAX_MTU") if metrics is not None else None
+                found.append(Route(net, route_oif, table, mtu, msg.get("RTA_PRIORITY")))
         return found
 
     # --- policy rules --------------------------------------------------------------------
