@@ -1,8 +1,12 @@
 """Links, addresses, routes and policy rules over netlink (pyroute2, no `ip` commands).
 
 Everything acts on the current network namespace of the process: the daemon runs
-inside `ip netns exec`, so that is the right one. Kernel refusals become `LinkError`
-with the errno; removals can be told to accept "already gone".
+inside `ip netns exec`, so that is the right one. pyroute2's synchronous `IPRoute`
+drives a private asyncio loop per call, so a `LinkManager` cannot be used from a
+thread whose event loop is running: give it a thread of its own there.
+
+Kernel refusals become `LinkError` with the errno; removals can be told to accept
+"already gone".
 """
 
 from __future__ import annotations
