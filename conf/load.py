@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -19,6 +20,9 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from conf.errors import ConfigError, Problem
 from conf.model import (
@@ -196,7 +200,9 @@ def _duration(raw: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise _Bad(f'expected a duration such as 30, "30s", "15m" or "4h", got {_describe(raw)}')
-    if seconds < 0 or seconds != seconds:
+    if not math.isfinite(seconds):
+        raise _Bad(f"{raw!r} is not a finite duration")
+    if seconds < 0:
         raise _Bad("a duration must not be negative")
     return seconds
 
@@ -300,8 +306,6 @@ def _table(raw: Any, path: str, problems: list[Problem]) -> Mapping[str, Any] | 
 
 def _check_credentials(s: _Section, gw: GatewayConfig) -> None:
     """The certificate and key parse as PEM and belong together; the CAs parse."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
     def public(obj: Any) -> bytes:
         return bytes(

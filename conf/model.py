@@ -12,6 +12,7 @@ examples and other tools rely on them. Defaults live here, next to each field.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,8 +52,6 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         # Equality lets a reload see that a connection did not change; compared in
         # constant time all the same.
-        import hmac
-
         return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
 
     def __hash__(self) -> int:

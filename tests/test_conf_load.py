@@ -279,6 +279,10 @@ def test_examples_are_a_matching_pair() -> None:
         ),
         (conn(child_lifetime=0), "connections.dc1-net.child_lifetime: must be positive"),
         (
+            conn(ike_lifetime=float("inf")),
+            "connections.dc1-net.ike_lifetime: inf is not a finite duration",
+        ),
+        (
             conn(child_lifetime="5m", rekey_margin="5m"),
             "connections.dc1-net.rekey_margin: 300s is not below child_lifetime (300s)",
         ),
