@@ -13,6 +13,11 @@ The traffic helpers are real: `ping` runs the system ping inside a namespace, an
 `tcp_transfer` sends a few MB over TCP between namespaces with this very file run as a
 small sender/receiver, comparing the SHA-256 the receiver saw with the sender's.
 
+Use it as context managers (`with site_to_site(nat=True) as topo:`, `with Lab() as
+lab:`) or as the pytest fixtures `lab`, `topology` and `nat_topology` (import them into
+the test module). `in_namespace(name)` moves the calling thread into a namespace, for
+code that must run in-process there (TUN devices, netlink).
+
 Run as a script (`python netns.py serve|send ...`) it is that sender/receiver.
 """
 
