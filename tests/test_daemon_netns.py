@@ -1,0 +1,274 @@
+"""Two `lockgate daemon`s in namespaces: the whole product, IKE included.
+
+site A host ── gateway A ══ WAN ══ gateway B ── site B host, each gateway running the
+daemon from a generated configuration with its own control socket. Checked: ping and
+a hashed TCP transfer, IPv4 and IPv6 inner, raw ESP and ESP in UDP (forced, and
+behind a NAT); SIGHUP with a changed and an unchanged connection; SIGTERM sends a
+Delete, removes routes and the TUN device, exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netns import Namespace, Process, SiteToSite, ping, site_to_site, tcp_transfer, wait_for_ping
+
+from daemon.control import ControlClientError, request
+
+pytestmark = pytest.mark.netns
+
+PSK = "netns-test-psk-NOT-SECRET-0123456789"
+
+
+def config(
+    *,
+    me: str,
+    peer: str,
+    my_id: str | None = None,
+    local: list[str],
+    remote: list[str],
+    start: str,
+    encap: str = "auto",
+    esp: str = "aes128gcm16",
+    extra: str = "",
+) -> str:
+    return f"""
+[gateway]
+addresses = ["{me}"]
+id = "{my_id or me}"
+interface = "lgtest0"
+
+[peers.main]
+address = "{peer}"
+id = "{peer}"
+psk = "{PSK}"
+
+[connections.site]
+peer = "main"
+local_subnets = {json.dumps(local)}
+remote_subnets = {json.dumps(remote)}
+esp_proposals = ["{esp}"]
+start = "{start}"
+encap = "{encap}"
+{extra}
+"""
+
+
+@dataclass
+class Daemon:
+    ns: Namespace
+    proc: Process
+    socket: str
+    config: Path
+
+    def status(self) -> dict[str, Any]:
+        result = request(self.socket, {"command": "status"}, timeout=5)
+        assert isinstance(result, dict)
+        return result
+
+    def command(self, command: str, **kw: str) -> Any:
+        return request(self.socket, {"command": command, **kw}, timeout=30)
+
+    def sas(self, connection: str | None = None) -> list[dict[str, Any]]:
+        sas = self.status()["sas"]
+        return [sa for sa in sas if connection is None or sa["connection"] == connection]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except ControlClientError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_daemon(topo: SiteToSite, ns: Namespace, name: str, text: str) -> Daemon:
+    path = topo.lab.tmpdir / f"{name}.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    sock = str(topo.lab.tmpdir / f"{name}.sock")
+    proc = ns.spawn(
+        [sys.executable, "-m", "daemon.cli", "-s", sock, "daemon", "-c", str(path),
+         "--log-level", "debug"],
+        name=f"lockgate-{name}",
+        log_path=topo.lab.tmpdir / f"{name}.log",
+    )  # fmt: skip
+    daemon = Daemon(ns, proc, sock, path)
+    try:
+        wait_until(lambda: bool(daemon.status()), f"{name} to listen", timeout=15)
+    except AssertionError:
+        raise AssertionError(f"daemon {name} did not start:\n{proc.log()}") from None
+    return daemon
+
+
+@dataclass
+class Pair:
+    topo: SiteToSite
+    a: Daemon
+    b: Daemon
+
+
+@pytest.fixture
+def make_pair() -> Iterator[Callable[..., Pair]]:
+    """Build a topology and start a responder on B, then an initiator on A."""
+    stack: list[Any] = []
+
+    def build(
+        *,
+        nat: bool = False,
+        encap: str = "auto",
+        v6: bool = True,
+        esp: str = "aes128gcm16",
+    ) -> Pair:
+        ctx = site_to_site(nat=nat)
+        topo = ctx.__enter__()
+        stack.append(ctx)
+        a_nets = [topo.site_a.subnet4] + ([topo.site_a.subnet6] if v6 else [])
+        b_nets = [topo.site_b.subnet4] + ([topo.site_b.subnet6] if v6 else [])
+        b = start_daemon(
+            topo,
+            topo.gw_b,
+            "gwB",
+            config(me=topo.gw_b_wan4, peer=topo.gw_a_public4, local=b_nets, remote=a_nets,
+                   start="wait", encap=encap, esp=esp),
+        )  # fmt: skip
+        a = start_daemon(
+            topo,
+            topo.gw_a,
+            "gwA",
+            # Behind the NAT, A's identity is the address B sees it come from.
+            config(me=topo.gw_a_wan4, my_id=topo.gw_a_public4, peer=topo.gw_b_wan4,
+                   local=a_nets, remote=b_nets, start="initiate", encap=encap, esp=esp),
+        )  # fmt: skip
+        try:
+            wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA")
+        except AssertionError:
+            raise AssertionError(
+                f"no tunnel:\n--- A ---\n{a.proc.log()[-3000:]}\n--- B ---\n{b.proc.log()[-3000:]}"
+            ) from None
+        return Pair(topo, a, b)
+
+    yield build
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("nat", "encap", "framing"),
+    [(False, "auto", "esp"), (False, "force", "udp"), (True, "auto", "udp")],
+    ids=["raw-esp", "udp-forced", "udp-behind-nat"],
+)
+def test_ping_and_transfer_ipv4_and_ipv6(
+    make_pair: Callable[..., Pair], nat: bool, encap: str, framing: str
+) -> None:
+    pair = make_pair(nat=nat, encap=encap)
+    topo = pair.topo
+    [sa_a] = pair.a.sas()
+    assert sa_a["encap"] == framing
+    assert sa_a["suite"] == "aes128gcm16"
+    wait_for_ping(topo.host_a, topo.site_b.host6)
+    ping(topo.host_a, topo.site_b.host4)
+    ping(topo.host_b, topo.site_a.host4)
+    ping(topo.host_a, topo.site_b.host6)
+    result = tcp_transfer(topo.host_a, topo.host_b, topo.site_b.host4, size=4 << 20)
+    assert result.received_sha256 == result.sent_sha256
+    assert result.peer_address == topo.site_a.host4  # no NAT inside the tunnel
+    result6 = tcp_transfer(topo.host_a, topo.host_b, topo.site_b.host6, size=1 << 20)
+    assert result6.received_sha256 == result6.sent_sha256
+    [sa_a] = pair.a.sas()
+    [sa_b] = pair.b.sas()
+    assert sa_a["spi_out"] == sa_b["spi_in"] and sa_a["spi_in"] == sa_b["spi_out"]
+    assert sa_a["bytes_out"] >= 5 << 20 and sa_b["bytes_in"] == sa_a["bytes_out"]
+    assert sa_a["drops"] == {} and sa_b["drops"] == {}
+
+
+def test_sighup_changes_only_the_changed_peer(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(v6=False)
+    topo, a = pair.topo, pair.a
+    [before] = a.sas()
+    # Add a second peer that nobody answers (start = wait, so it stays idle).
+    idle_peer = """
+[peers.spare]
+address = "198.51.100.99"
+psk = "spare-psk-NOT-SECRET-0123456789"
+
+[connections.spare-net]
+peer = "spare"
+local_subnets = ["192.0.2.0/25"]
+remote_subnets = ["198.51.100.128/25"]
+start = "wait"
+"""
+    original = a.config.read_text()
+    a.config.write_text(original + idle_peer)
+    a.proc.signal(signal.SIGHUP)
+    wait_until(lambda: "spare-net" in {c["name"] for c in a.status()["connections"]}, "reload")
+    [after] = a.sas()
+    assert after["spi_in"] == before["spi_in"], "an unchanged connection was renegotiated"
+    ping(topo.host_a, topo.site_b.host4)
+    # Now change the live connection's ESP proposal on both sides: it is renegotiated.
+    b_text = pair.b.config.read_text().replace("aes128gcm16", "aes256gcm16")
+    pair.b.config.write_text(b_text)
+    assert "1 changed" in pair.b.command("reload")
+    a.config.write_text(original.replace("aes128gcm16", "aes256gcm16") + idle_peer)
+    answer = a.command("reload")
+    assert "1 changed" in answer and "1 unchanged" in answer, answer
+    wait_until(
+        lambda: (
+            [sa["suite"] for sa in a.sas()] == ["aes256gcm16"]
+            and [sa["suite"] for sa in pair.b.sas()] == ["aes256gcm16"]
+        ),
+        "the renegotiated CHILD SA",
+        timeout=30,
+    )
+    [renewed] = a.sas()
+    assert renewed["spi_in"] != before["spi_in"]
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    ping(topo.host_a, topo.site_b.host4)
+
+
+def test_sigterm_sends_delete_and_removes_routes_and_tun(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair()
+    topo, a, b = pair.topo, pair.a, pair.b
+    routes = topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
+    assert topo.site_b.subnet4 in routes
+    assert topo.site_b.subnet6 in topo.gw_a.ip("-6", "route", "show", "dev", "lgtest0").stdout
+    rc = a.proc.stop(timeout=10)
+    assert rc == 0, a.proc.log()[-2000:]
+    # The peer got our Delete: its SAs are gone without waiting for DPD.
+    wait_until(lambda: b.sas() == [], "B to remove its SAs after A's Delete", timeout=5)
+    assert "deleted by peer" in b.proc.log().lower() or "by peer" in b.proc.log().lower()
+    link = topo.gw_a.ip("link", "show", "lgtest0", check=False)
+    assert link.returncode != 0, "the TUN device is still there"
+    assert topo.site_b.subnet4 not in topo.gw_a.ip("route", "show").stdout
+    assert topo.site_b.subnet6 not in topo.gw_a.ip("-6", "route", "show").stdout
+    assert not Path(a.socket).exists()
+    # B's routes went with its SAs; only a trap would keep them.
+    assert topo.site_a.subnet4 not in topo.gw_b.ip("route", "show").stdout
+
+
+def test_control_commands_down_up_and_status_text(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(v6=False)
+    a, b = pair.a, pair.b
+    assert "deleted" in a.command("down", name="site")
+    wait_until(lambda: a.sas() == [] and b.sas() == [], "both sides to drop the SA", timeout=10)
+    [conn] = a.status()["connections"]
+    assert conn["state"] == "down"
+    assert a.command("up", name="site") == "connection site is up"
+    assert len(a.sas()) == 1
+    wait_for_ping(pair.topo.host_a, pair.topo.site_b.host4)
+    out = pair.topo.gw_a.run(sys.executable, "-m", "daemon.cli", "-s", a.socket, "status").stdout
+    assert "site: up" in out and "CHILD SAs (1):" in out
+    with pytest.raises(ControlClientError, match="no connection named 'nope'"):
+        a.command("up", name="nope")
