@@ -154,7 +154,7 @@ def lockgate_connection(
 
 
 def charon_connection(
-    *, ike: str = IKE_PROPOSAL, esp: str = "aes128gcm16", mobike: bool = False
+    *, ike: str = IKE_PROPOSAL, esp: str = "aes128gcm16", dpd_delay: str | None = None
 ) -> SwanConnection:
     return SwanConnection(
         name="s2s",
@@ -163,7 +163,7 @@ def charon_connection(
         local_id=B_WAN,
         remote_id=A_WAN,
         proposals=ike,
-        mobike=mobike,
+        dpd_delay=dpd_delay,
         children=[SwanChild("net", [B_NET], [A_NET], esp_proposals=esp)],
     )
 
@@ -247,18 +247,23 @@ def test_lockgate_initiates_then_deletes_and_charon_deletes() -> None:
         wait_until(lambda: peer.call(lambda d: d.endpoint.ike_sas()) == [])
 
 
-def test_charon_initiates_and_lockgate_answers_mobike_and_deletes() -> None:
-    # mobike = yes: charon may send INFORMATIONALs after IKE_AUTH; they get answers.
-    with gateways(lockgate_connection(), charon_connection(mobike=True)) as (peer, charon):
+def test_charon_initiates_liveness_checks_both_ways_and_deletes() -> None:
+    # dpd_delay = 1s: charon sends empty INFORMATIONALs (liveness checks, §1.4) at once.
+    with gateways(lockgate_connection(), charon_connection(dpd_delay="1s")) as (peer, charon):
         charon.initiate("net", ike="s2s")
         check_established(peer, charon, lockgate_initiated=False)
-        time.sleep(1.0)  # room for charon's follow-up INFORMATIONALs
+        wait_until(lambda: charon.logs().count("parsed INFORMATIONAL response") >= 2)
         assert charon.wait_for_child("net").state == "ESTABLISHED"
+        # Our own liveness check: charon answers, the request is no longer outstanding.
+        (sa,) = peer.call(lambda d: d.endpoint.ike_sas())
+        peer.call(lambda d: sa.check_liveness(time.monotonic()) or d.service())
+        wait_until(
+            lambda: peer.call(lambda d: sa.tm.outstanding is None and sa.tm.next_request_id == 1)
+        )
 
         # A CHILD SA delete from charon, then the IKE SA from lockgate.
         assert charon.terminate(child="net")
         assert peer.wait_for(ChildSaDeleted).reason == "deleted by peer"
-        (sa,) = peer.call(lambda d: d.endpoint.ike_sas())
         peer.call(lambda d: d.delete(sa.ike_sa_id))
         assert not peer.wait_for(IkeSaDeleted).by_peer
         wait_until(lambda: charon.list_sas() == [])
