@@ -1,0 +1,74 @@
+"""`lockgate daemon` refuses a bad configuration before it touches anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOOD = """
+[gateway]
+addresses = ["198.51.100.1"]
+id = "198.51.100.1"
+
+[peers.cloud]
+address = "198.51.100.2"
+psk = "demo-only-not-a-secret-0123456789"
+
+[connections.dc-cloud]
+peer = "cloud"
+local_subnets = ["192.0.2.0/24"]
+remote_subnets = ["203.0.113.0/24"]
+"""
+
+
+def run_lockgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "LOCKGATE_LOG_LEVEL": "info"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        (
+            'esp_proposals = ["aes129gcm16"]\n',
+            "connections.dc-cloud.esp_proposals[0]: unknown algorithm 'aes129gcm16'",
+        ),
+        ('start = "sometimes"\n', "connections.dc-cloud.start"),
+        ('remote_subnets2 = ["203.0.113.0/24"]\n', "connections.dc-cloud.remote_subnets2"),
+    ],
+)
+def test_daemon_with_malformed_config_names_key_and_exits_1(
+    tmp_path: Path, addition: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD + addition)
+    proc = run_lockgate("-s", str(tmp_path / "c.sock"), "daemon", "-c", str(path))
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert str(path) in proc.stderr
+    # Nothing was created: no control socket.
+    assert not (tmp_path / "c.sock").exists()
+
+
+def test_daemon_with_unparsable_toml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[gateway\naddresses = ")
+    proc = run_lockgate("daemon", "-c", str(path))
+    assert proc.returncode == 1
+    assert "invalid TOML" in proc.stderr
+
+
+def test_check_config_accepts_the_shipped_examples() -> None:
+    examples = Path(__file__).resolve().parent.parent / "conf" / "examples"
+    for name in ("dc.toml", "cloud.toml"):
+        proc = run_lockgate("check-config", str(examples / name))
+        assert proc.returncode == 0, proc.stderr
+        assert "OK" in proc.stdout
