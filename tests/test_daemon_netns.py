@@ -10,7 +10,9 @@ Delete, removes routes and the TUN device, exits 0.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -94,7 +96,9 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_daemon(topo: SiteToSite, ns: Namespace, name: str, text: str) -> Daemon:
+def start_daemon(
+    topo: SiteToSite, ns: Namespace, name: str, text: str, env: dict[str, str] | None = None
+) -> Daemon:
     path = topo.lab.tmpdir / f"{name}.toml"
     path.write_text(text)
     path.chmod(0o600)
@@ -104,6 +108,7 @@ def start_daemon(topo: SiteToSite, ns: Namespace, name: str, text: str) -> Daemo
          "--log-level", "debug"],
         name=f"lockgate-{name}",
         log_path=topo.lab.tmpdir / f"{name}.log",
+        env=env,
     )  # fmt: skip
     daemon = Daemon(ns, proc, sock, path)
     try:
@@ -131,6 +136,8 @@ def make_pair() -> Iterator[Callable[..., Pair]]:
         encap: str = "auto",
         v6: bool = True,
         esp: str = "aes128gcm16",
+        start_a: str = "initiate",
+        env_a: dict[str, str] | None = None,
     ) -> Pair:
         ctx = site_to_site(nat=nat)
         topo = ctx.__enter__()
@@ -150,8 +157,11 @@ def make_pair() -> Iterator[Callable[..., Pair]]:
             "gwA",
             # Behind the NAT, A's identity is the address B sees it come from.
             config(me=topo.gw_a_wan4, my_id=topo.gw_a_public4, peer=topo.gw_b_wan4,
-                   local=a_nets, remote=b_nets, start="initiate", encap=encap, esp=esp),
+                   local=a_nets, remote=b_nets, start=start_a, encap=encap, esp=esp),
+            env=env_a,
         )  # fmt: skip
+        if start_a != "initiate":
+            return Pair(topo, a, b)
         try:
             wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA")
         except AssertionError:
@@ -272,3 +282,41 @@ def test_control_commands_down_up_and_status_text(make_pair: Callable[..., Pair]
     assert "site: up" in out and "CHILD SAs (1):" in out
     with pytest.raises(ControlClientError, match="no connection named 'nope'"):
         a.command("up", name="nope")
+
+
+def test_trap_connection_comes_up_on_first_packet(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(v6=False, start_a="trap")
+    topo, a = pair.topo, pair.a
+    time.sleep(1.0)
+    assert a.sas() == [], "a trap connection must wait for traffic"
+    [conn] = a.status()["connections"]
+    assert conn["state"] == "trap (on traffic)"
+    # The trap route sends the first packet into the TUN, which starts IKE.
+    assert topo.site_b.subnet4 in topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
+    wait_for_ping(topo.host_a, topo.site_b.host4, timeout=15)
+    assert len(a.sas()) == 1
+    ping(topo.host_a, topo.site_b.host4)
+
+
+def test_systemd_notify_and_journal_log_format(make_pair: Callable[..., Pair]) -> None:
+    notify_path = f"/tmp/lockgate-notify-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(10)
+        try:
+            env = {**os.environ, "NOTIFY_SOCKET": notify_path, "INVOCATION_ID": "lockgate-test"}
+            pair = make_pair(v6=False, env_a=env)
+            ready = notify.recv(4096).decode()
+            assert "READY=1" in ready and "STATUS=" in ready
+            assert pair.a.proc.stop(timeout=10) == 0
+            messages = []
+            while not any("STOPPING=1" in m for m in messages):
+                messages.append(notify.recv(4096).decode())
+        finally:
+            os.unlink(notify_path)
+    log_lines = [line for line in pair.a.proc.log().splitlines() if line.strip()]
+    # Journald style: a syslog priority prefix and no timestamp of our own.
+    assert all(line.startswith("<") for line in log_lines[:20]), log_lines[:5]
+    assert any(line.startswith("<6>lockgate: ") for line in log_lines)
+    assert not any(line[3:7].isdigit() and line[7] == "-" for line in log_lines[:20])
+    assert PSK not in pair.a.proc.log()
