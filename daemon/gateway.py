@@ -772,20 +772,14 @@ class Gateway:
         return f"connection {state.name}: {len(entries)} CHILD SA(s) deleted"
 
     def _rekey(self, state: ConnectionState) -> str:
-        endpoint = self._endpoint
-        if endpoint is None:
-            raise ControlError("the daemon is not running")
-        entries = self._installed(state.name)
-        if not entries:
+        if not self._installed(state.name):
             raise ControlError(f"connection {state.name} has no CHILD SA to rekey")
-        rekey = getattr(endpoint, "rekey_child", None)
-        if rekey is None:
-            raise ControlError("the IKE core cannot rekey on request yet (issue 5)")
-        now = time.monotonic()
-        for entry in entries:
-            rekey(entry.unique_id, now)
-        self._service()
-        return f"connection {state.name}: rekeying {len(entries)} CHILD SA(s)"
+        # Rekeying on request needs a CREATE_CHILD_SA rekey exchange in the IKE core
+        # (issue 5); until the endpoint offers one, say so instead of pretending.
+        raise ControlError(
+            f"connection {state.name}: rekeying on request is not implemented by the IKE "
+            "core yet; `lockgate down` and `up` renegotiate it"
+        )
 
     # ---- status -----------------------------------------------------------------------
 
