@@ -14,6 +14,7 @@ MAX_WINDOW = 65536
 """Largest window accepted; the bitmap is a Python int, so size costs little."""
 
 _LOW_MASK = 0xFFFFFFFF
+_SEQ_LIMIT = 1 << 64
 
 
 class ReplayWindow:
@@ -66,25 +67,23 @@ class ReplayWindow:
 
     def check(self, seq: int) -> bool:
         """True if `seq` is new: right of the window or an unseen slot in it."""
-        highest = self._highest
-        if seq > highest:
-            return seq < 1 << 64
-        offset = highest - seq
-        if offset >= self.size or seq < 0:
-            return False
-        return not (self._bitmap >> offset) & 1
+        offset = self._highest - seq
+        if offset < 0:
+            return seq < _SEQ_LIMIT
+        # seq >= 0 also holds here unless the window is near 0; -1 (an ESN
+        # number before the start) lands left of the window or on the 0 slot.
+        return offset < self.size and seq >= 0 and not (self._bitmap >> offset) & 1
 
     def commit(self, seq: int) -> None:
         """Record `seq` as received; call only after its ICV verified."""
-        highest = self._highest
-        if seq > highest:
-            shift = seq - highest
-            if shift >= self.size:
-                self._bitmap = 1
-            else:
-                self._bitmap = ((self._bitmap << shift) | 1) & self._mask
+        shift = seq - self._highest
+        if shift > 0:
             self._highest = seq
-        else:
-            offset = highest - seq
-            if offset < self.size:
-                self._bitmap |= 1 << offset
+            # A jump past the whole window leaves only `seq` in it; a shorter one
+            # slides the bitmap (shifting by a huge count would build a huge int).
+            if shift < self.size:
+                self._bitmap = ((self._bitmap << shift) | 1) & self._mask
+            else:
+                self._bitmap = 1
+        elif -shift < self.size:
+            self._bitmap |= 1 << -shift

@@ -130,6 +130,7 @@ class EspSA:
         "_integ_key",
         "_min_len",
         "_next_headers",
+        "_nh_rules",
         "_packets",
         "_salt",
         "_salt_int",
@@ -214,6 +215,11 @@ class EspSA:
         self._hard_packets = _NO_LIMIT if life.hard_packets is None else life.hard_packets
 
         self._next_headers = next_headers
+        # Per Next Header value: the inner IP version it requires (4, 6), 0 to
+        # deliver unchecked, -1 to refuse. One tuple index per packet.
+        self._nh_rules = tuple(
+            _VERSION_BY_NEXT_HEADER.get(nh, 0) if nh in next_headers else -1 for nh in range(256)
+        )
         self._align = suite.align
         self._icv_len = suite.icv_len
         # Smallest packet: header, IV, one encrypted unit holding the trailer, ICV.
@@ -489,15 +495,14 @@ class EspSA:
         end = len(plaintext) - 2
         padlen = plaintext[end]
         inner_len = end - padlen
-        if inner_len < 0 or plaintext[inner_len:end] != _PADDING[padlen]:
+        # endswith with bounds compares in place: no slice is copied.
+        if inner_len < 0 or not plaintext.endswith(_PADDING[padlen], 0, end):
             return self._drop(DropReason.BAD_PADDING)
         next_header = plaintext[end + 1]
         if next_header == IPPROTO_NONE:
             return self._drop(DropReason.DUMMY_PACKET)
-        if next_header not in self._next_headers:
-            return self._drop(DropReason.BAD_NEXT_HEADER)
-        version = _VERSION_BY_NEXT_HEADER.get(next_header)
-        if version is not None and (inner_len == 0 or plaintext[0] >> 4 != version):
+        version = self._nh_rules[next_header]
+        if version < 0 or (version and (inner_len == 0 or plaintext[0] >> 4 != version)):
             return self._drop(DropReason.BAD_NEXT_HEADER)
         if self._bytes + inner_len > self._hard_bytes:
             return self._drop(DropReason.LIFETIME_EXPIRED)
@@ -519,6 +524,69 @@ class EspSA:
         return decryptor.update(packet[24:body_end]) + decryptor.finalize()
 
     def decapsulate_batch(self, packets: Iterable[bytes]) -> list[DecapResult]:
-        """`decapsulate` for each packet, in order."""
-        decapsulate = self.decapsulate
-        return [decapsulate(packet) for packet in packets]
+        """`decapsulate` for each packet, in order: the same results, faster.
+
+        For AEAD suites the loop below takes the path of a good tunnel-mode
+        packet with the counters in locals. Any packet that leaves that path
+        (short, unknown SPI, replay, bad tag, trailer, limits) is handed, before
+        anything was committed for it, to `decapsulate`, which says why.
+        """
+        aead = self._aead
+        if aead is None:
+            decapsulate = self.decapsulate
+            return [decapsulate(packet) for packet in packets]
+        results: list[DecapResult] = []
+        append = results.append
+        decrypt = aead.decrypt
+        unpack = _SPI_SEQ.unpack_from
+        replay = self.replay
+        check, commit, infer = replay.check, replay.commit, replay.infer_seq
+        esn_aad = _SPI_ESN.pack if self.esn else None
+        rules, padding = self._nh_rules, _PADDING
+        my_spi, salt, min_len = self.spi, self._salt, self._min_len
+        hard_bytes = self._hard_bytes
+        count, received = self._packets, self._bytes
+        hard_packets = self._hard_packets
+        for packet in packets:
+            if len(packet) >= min_len and count < hard_packets and received < hard_bytes:
+                spi, seq = unpack(packet)
+                if esn_aad is not None:
+                    seq = infer(seq)
+                if spi == my_spi:
+                    # Replays and forgeries are what an attacker sends: drop them
+                    # here, so they never cost a second decryption.
+                    if not check(seq):
+                        append(self._drop(DropReason.REPLAY))
+                        continue
+                    try:
+                        plaintext = decrypt(
+                            salt + packet[8:16],
+                            packet[16:],
+                            packet[:8] if esn_aad is None else esn_aad(spi, seq),
+                        )
+                    except InvalidTag:
+                        append(self._drop(DropReason.ICV_FAILURE))
+                        continue
+                    end = len(plaintext) - 2
+                    padlen = plaintext[end]
+                    inner_len = end - padlen
+                    next_header = plaintext[end + 1]
+                    version = rules[next_header]
+                    if (
+                        inner_len > 0
+                        and version > 0
+                        and plaintext[0] >> 4 == version
+                        and plaintext.endswith(padding[padlen], 0, end)
+                        and received + inner_len <= hard_bytes
+                    ):
+                        commit(seq)
+                        count += 1
+                        received += inner_len
+                        append((plaintext[:inner_len], next_header))
+                        continue
+            # Off the good path: settle the counters and let `decapsulate` decide.
+            self._packets, self._bytes = count, received
+            append(self.decapsulate(packet))
+            count, received = self._packets, self._bytes
+        self._packets, self._bytes = count, received
+        return results
