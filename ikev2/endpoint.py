@@ -155,6 +155,15 @@ class Endpoint:
                 return
         raise LocalProtocolError(f"no CHILD SA {unique_id}")
 
+    def check_liveness(self, ike_sa_id: int, now: float) -> None:
+        """Send the peer of an IKE SA an empty INFORMATIONAL request (§1.4); a peer that
+        never answers ends the IKE SA through retransmission give-up."""
+        sa = self._sas.get(ike_sa_id)
+        if sa is None:
+            raise LocalProtocolError(f"no IKE SA {ike_sa_id}")
+        sa.check_liveness(now)
+        self._collect(sa, now)
+
     def close(self, now: float) -> None:
         """Delete every IKE SA (shutdown); drive timers until `get_timer()` is None."""
         for sa in list(self._sas.values()):

@@ -56,7 +56,19 @@ from ikev2.events import (
     NatKeepaliveDue,
 )
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
-from ikev2.tasks.base import RetryExchange, Task
+from ikev2.tasks import (
+    ChildCreate,
+    ChildDelete,
+    IkeAuth,
+    IkeDelete,
+    IkeInit,
+    IkeNatd,
+    Informational,
+    NotifyOnly,
+    RefuseCreateChild,
+    RetryExchange,
+    Task,
+)
 from ikev2.ts import TrafficSelector
 
 logger = logging.getLogger(__name__)
@@ -249,8 +261,6 @@ class IkeSa:
 
     def initiate(self, now: float, child: ChildConfig | None = None) -> None:
         """Start IKE_SA_INIT and IKE_AUTH with the first (or given) CHILD SA."""
-        from ikev2.tasks import ChildCreate, IkeAuth, IkeInit, IkeNatd
-
         if self.state is not IkeSaState.CREATED or not self.initiator:
             raise LocalProtocolError("initiate() is for a new initiator IKE SA")
         self.now = now
@@ -263,8 +273,6 @@ class IkeSa:
 
     def delete(self, now: float, reason: str = "deleted by operator") -> None:
         """Delete this IKE SA: an INFORMATIONAL Delete when established, else just drop it."""
-        from ikev2.tasks import IkeDelete
-
         self.now = now
         if self.state in (IkeSaState.DELETED, IkeSaState.DELETING):
             return
@@ -280,8 +288,6 @@ class IkeSa:
 
     def delete_child(self, unique_id: int, now: float, reason: str = "deleted by operator") -> None:
         """Delete one CHILD SA with an INFORMATIONAL Delete of its inbound SPI."""
-        from ikev2.tasks import ChildDelete
-
         self.now = now
         child = self.children.get(unique_id)
         if child is None:
@@ -302,8 +308,6 @@ class IkeSa:
 
     def check_liveness(self, now: float) -> None:
         """Send an empty INFORMATIONAL request: the peer must answer it (§1.4, §2.4)."""
-        from ikev2.tasks import Task
-
         if self.state is IkeSaState.ESTABLISHED:
             self.queue_exchange(Exchange(ExchangeType.INFORMATIONAL, [Task()]), now)
 
@@ -544,8 +548,6 @@ class IkeSa:
         RFC 7296 §2.21.2: an initiator that rejects the responder's AUTH may say so
         this way before it deletes the IKE SA.
         """
-        from ikev2.tasks import NotifyOnly
-
         if self.sk is None:
             return
         self.tm.abandon_request()
@@ -694,26 +696,18 @@ def _fmt(addr: Address) -> str:
 
 
 def _responder_init(sa: IkeSa) -> list[Task]:
-    from ikev2.tasks import IkeInit, IkeNatd
-
     return [IkeInit(), IkeNatd()]
 
 
 def _responder_auth(sa: IkeSa) -> list[Task]:
-    from ikev2.tasks import ChildCreate, IkeAuth
-
     return [IkeAuth(), ChildCreate(None)]
 
 
 def _informational(sa: IkeSa) -> list[Task]:
-    from ikev2.tasks import Informational
-
     return [Informational()]
 
 
 def _refuse_child(sa: IkeSa) -> list[Task]:
-    from ikev2.tasks import RefuseCreateChild
-
     return [RefuseCreateChild()]
 
 

@@ -90,7 +90,7 @@ class IkeAuth(Task):
                 remote_id=str(sa.peer_id),
                 suite=suite,
                 nat_local=sa.nat_local,
-                nat_remote=sa.nat_remote or sa.config.encap == "force",
+                nat_remote=sa.nat_remote,
             )
         )
 

@@ -1,0 +1,148 @@
+"""The IKE endpoint: routing by SPI, port 4500 framing, half-open SAs, the asyncio driver."""
+
+from __future__ import annotations
+
+import asyncio
+
+from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
+
+from ikev2.aio import IkeDriver
+from ikev2.codec import IkeHeader, Message, Nonce, Notify, decode_message, encode_message
+from ikev2.codec import KeyExchange as KePayload
+from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType
+from ikev2.crypto.rng import DeterministicRandom
+from ikev2.endpoint import NAT_KEEPALIVE, Endpoint, EndpointConfig
+from ikev2.events import ChildSaInstalled, Event, IkeSaDeleted, IkeSaEstablished
+
+INIT = ExchangeType.IKE_SA_INIT
+
+
+def _init_request(spi_i: bytes, seed: bytes = b"x") -> bytes:
+    """An IKE_SA_INIT request from `a`'s configuration with a chosen SPI."""
+    a = Endpoint([connection()], rng=DeterministicRandom(seed))
+    a.initiate("conn", 0.0)
+    (d,) = a.datagrams_to_send(0.0)
+    message = decode_message(d.data)
+    return encode_message(Message(spi_i, message.spi_r, INIT, 0, True, False, message.payloads))
+
+
+def test_port_4500_marker_keepalive_and_esp() -> None:
+    pair = Pair.make(connection(encap="force"))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert pair.of("b", ChildSaInstalled)
+    nat_b, nat_a = (B_ADDR, 4500), (A_ADDR, 4500)
+    # A keepalive and an ESP packet (non-zero SPI) on 4500 are not IKE: no reaction.
+    pair.b.receive_datagram(NAT_KEEPALIVE, nat_b, nat_a, 1.0)
+    pair.b.receive_datagram(b"\x00\x00\x10\x01" + bytes(40), nat_b, nat_a, 1.0)
+    assert pair.b.datagrams_to_send(1.0) == [] and list(pair.b.events()) == []
+    # An IKE message on 4500 without the marker is not IKE either (RFC 3948 §2.2).
+    (sa_a,) = pair.a.ike_sas()
+    sa_a.check_liveness(1.0)
+    (request,) = pair.a.datagrams_to_send(1.0)
+    assert request.data.startswith(NON_ESP_MARKER)
+    pair.b.receive_datagram(request.data[4:], nat_b, nat_a, 1.0)
+    assert pair.b.datagrams_to_send(1.0) == []
+    # The daemon path: the bare message through receive_message is answered, with marker.
+    pair.b.receive_message(request.data[4:], nat_b, nat_a, 1.0)
+    (answer,) = pair.b.datagrams_to_send(1.0)
+    assert answer.data.startswith(NON_ESP_MARKER) and answer.local == nat_b
+    pair.a.receive_datagram(answer.data, nat_a, nat_b, 1.0)
+    assert sa_a.tm.outstanding is None
+
+
+def test_unknown_spi_and_unmatched_peers_are_dropped_silently() -> None:
+    b = Endpoint([mirrored(connection())], rng=DeterministicRandom(b"b"))
+    header = IkeHeader(b"\x01" * 8, b"\x02" * 8, 0, ExchangeType.INFORMATIONAL, 1, 28, True, False)
+    b.receive_datagram(header.encode(), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    # An IKE_SA_INIT from an address no connection accepts creates nothing.
+    b.receive_datagram(_init_request(b"\x03" * 8), (B_ADDR, 500), ("198.51.100.77", 500), 0.0)
+    # Nor one that arrives on an address that is not ours.
+    b.receive_datagram(_init_request(b"\x04" * 8), ("198.51.100.3", 500), (A_ADDR, 500), 0.0)
+    assert b.ike_sas() == [] and b.datagrams_to_send(0.0) == [] and b.next_event() is None
+
+
+def test_retransmitted_ike_sa_init_is_answered_by_the_same_half_open_sa() -> None:
+    b = Endpoint([mirrored(connection())], rng=DeterministicRandom(b"b"))
+    request = _init_request(b"\x05" * 8)
+    b.receive_datagram(request, (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    (first,) = b.datagrams_to_send(0.0)
+    b.receive_datagram(request, (B_ADDR, 500), (A_ADDR, 500), 1.0)
+    (again,) = b.datagrams_to_send(1.0)
+    assert again.data == first.data and len(b.ike_sas()) == 1
+
+
+def test_half_open_sas_are_capped() -> None:
+    b = Endpoint(
+        [mirrored(connection())],
+        rng=DeterministicRandom(b"b"),
+        config=EndpointConfig(max_half_open=2),
+    )
+    for n in range(3):
+        b.receive_datagram(_init_request(bytes([n + 1]) * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    assert len(b.ike_sas()) == 2 and len(b.datagrams_to_send(0.0)) == 2
+
+
+def test_cookie_retry_repeats_the_request_with_the_cookie_first() -> None:
+    # RFC 7296 §2.6: the retry carries N(COOKIE) first and the same SA, KE and nonce.
+    a = Endpoint([connection()], rng=DeterministicRandom(b"a"))
+    sa = a.initiate("conn", 0.0)
+    (first,) = a.datagrams_to_send(0.0)
+    request = decode_message(first.data)
+    cookie = Notify(NotifyType.COOKIE, b"c" * 16)
+    reply = Message(request.spi_i, bytes(8), INIT, 0, False, True, (cookie,))
+    a.receive_datagram(encode_message(reply), first.local, first.remote, 0.1)
+    (retry,) = a.datagrams_to_send(0.1)
+    again = decode_message(retry.data)
+    assert again.payloads[0] == cookie
+    assert again.payloads[1:] == request.payloads
+    assert again.message_id == 0 and again.spi_i == request.spi_i
+    assert sa.tm.get_timer() == 0.1 + 4.0  # a fresh back-off for the new request
+    assert again.get(KePayload) == request.get(KePayload)
+    assert again.get(Nonce) == request.get(Nonce)
+
+
+def test_asyncio_driver_brings_two_endpoints_up_and_down() -> None:
+    """Two drivers on one loop, their send callbacks wired to each other (no sockets)."""
+
+    async def main() -> tuple[list[Event], list[Event]]:
+        events: dict[str, list[Event]] = {"a": [], "b": []}
+        drivers: dict[str, IkeDriver] = {}
+        loop = asyncio.get_running_loop()
+
+        def sender(name: str, other: str) -> object:
+            def send(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+                # Deliver later, like a network: never re-enter the sender's driver.
+                loop.call_soon(drivers[other].datagram_received, data, remote, local)
+
+            return send
+
+        conn = connection()
+        for name, other, config in (("a", "b", conn), ("b", "a", mirrored(conn))):
+            endpoint = Endpoint([config], rng=DeterministicRandom(name.encode()))
+            drivers[name] = IkeDriver(
+                endpoint,
+                sender(name, other),  # type: ignore[arg-type]
+                events[name].append,
+                loop=loop,
+            )
+        ike_sa_id = drivers["a"].initiate("conn")
+        for _ in range(100):
+            if any(isinstance(e, ChildSaInstalled) for e in events["a"]):
+                break
+            await asyncio.sleep(0.01)
+        drivers["a"].delete(ike_sa_id)
+        for _ in range(100):
+            if any(isinstance(e, IkeSaDeleted) for e in events["b"]):
+                break
+            await asyncio.sleep(0.01)
+        await drivers["a"].close(timeout=1.0)
+        await drivers["b"].close(timeout=1.0)
+        return events["a"], events["b"]
+
+    events_a, events_b = asyncio.run(main())
+    for events in (events_a, events_b):
+        kinds = [type(e).__name__ for e in events]
+        assert kinds[:2] == ["IkeSaEstablished", "ChildSaInstalled"]
+        assert kinds[-1] == "IkeSaDeleted"
+    assert any(isinstance(e, IkeSaEstablished) and e.initiator for e in events_a)
