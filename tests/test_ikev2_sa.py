@@ -483,3 +483,29 @@ def test_responder_picks_the_connection_by_identity() -> None:
     establish(pair)
     (eb,) = pair.of("b", IkeSaEstablished)
     assert eb.connection == "right"
+
+
+def test_crossing_ike_deletes_end_both_sides_once() -> None:
+    pair = Pair.make(connection())
+    establish(pair)
+    for ep in (pair.a, pair.b):
+        (sa,) = ep.ike_sas()
+        ep.delete(sa.ike_sa_id, pair.clock)
+    pair.pump()
+    pair.advance(120.0)
+    for name in ("a", "b"):
+        assert len(pair.of(name, IkeSaDeleted)) == 1
+        assert len(pair.of(name, ChildSaDeleted)) == 1
+    assert pair.a.ike_sas() == [] and pair.b.ike_sas() == []
+
+
+def test_ipv6_outside_and_inside() -> None:
+    conn = connection(
+        local="2001:db8:100::1",
+        remote="2001:db8:100::2",
+        children=(child(local="2001:db8:a::/64", remote="2001:db8:b::/64"),),
+    )
+    ia, ib = establish(Pair.make(conn))
+    assert ia.local == ("2001:db8:100::1", 500) and ib.remote == ("2001:db8:100::1", 500)
+    assert ia.remote_ts == (TrafficSelector.from_network("2001:db8:b::/64"),)
+    assert ia.encr_key_out == ib.encr_key_in
