@@ -468,8 +468,17 @@ class IkeSa:
                 logger.debug("%s: %s", self.name, fatal)
                 self.state = IkeSaState.DELETED
                 return
-            self.fail(str(fatal), fatal.notify)
-            return
+            if header.exchange_type in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+                # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind.
+                self.fail(str(fatal), fatal.notify)
+                return
+            # Any later request refused with a notify leaves the IKE SA as it was.
+            logger.info(
+                "%s: refused %s request: %s",
+                self.name,
+                enum_name(ExchangeType, header.exchange_type),
+                fatal,
+            )
         self._after_exchange(now)
         self._send_next(now)
 

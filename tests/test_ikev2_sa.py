@@ -509,3 +509,27 @@ def test_ipv6_outside_and_inside() -> None:
     assert ia.local == ("2001:db8:100::1", 500) and ib.remote == ("2001:db8:100::1", 500)
     assert ia.remote_ts == (TrafficSelector.from_network("2001:db8:b::/64"),)
     assert ia.encr_key_out == ib.encr_key_in
+
+
+def test_create_child_sa_is_refused_without_harm_for_now() -> None:
+    from ikev2.codec import Nonce, Payload
+    from ikev2.proposals import parse_esp_proposal, sa_payload
+    from ikev2.sa import Exchange
+    from ikev2.tasks import Task
+
+    class AskForChild(Task):
+        def build_request(self, sa: object, out: list[Payload]) -> None:
+            out += [sa_payload([parse_esp_proposal("aes128gcm16")], b"\x00\x00\x10\x00")]
+            out.append(Nonce(b"n" * 32))
+
+    pair = Pair.make(connection())
+    establish(pair)
+    (sb,) = pair.b.ike_sas()
+    sb.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [AskForChild()]), pair.clock)
+    pair.pump()
+    (answer,) = pair.responses("a", ExchangeType.CREATE_CHILD_SA)
+    opened = sb.sk.inbound.open(answer.ike)  # type: ignore[union-attr]
+    assert opened.payloads == (Notify(NotifyType.NO_ADDITIONAL_SAS),)
+    (sa,) = pair.a.ike_sas()
+    assert sa.state is IkeSaState.ESTABLISHED and len(sa.children) == 1
+    assert not pair.of("a", IkeSaDeleted) and not pair.of("a", IkeSaFailed)

@@ -126,13 +126,13 @@ class ChildCreate(Task):
             sa.initial_child_failed = True
 
     def _process_response(self, sa: IkeSa, message: Message) -> None:
-        assert_config = self.config
-        if assert_config is None:
+        config = self.config
+        if config is None:
             return
         for notify in message.error_notifies():
             if notify.notify_type in _CHILD_ERRORS:
                 raise PeerErrorNotify(
-                    notify.notify_type, notify.data, _peer_child_error(assert_config, notify)
+                    notify.notify_type, notify.data, _peer_child_error(config, notify)
                 )
         answer = message.get(SecurityAssociation)
         tsi = message.get(TsI)
@@ -146,8 +146,8 @@ class ChildCreate(Task):
         if (
             not local_ts
             or not remote_ts
-            or not is_subset(local_ts, assert_config.local_ts)
-            or not is_subset(remote_ts, assert_config.remote_ts)
+            or not is_subset(local_ts, config.local_ts)
+            or not is_subset(remote_ts, config.remote_ts)
         ):
             raise TsUnacceptable(
                 f"peer narrowed traffic selectors to {format_selectors(local_ts)} === "
