@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
 
 from ikev2.aio import IkeDriver
@@ -146,3 +148,42 @@ def test_asyncio_driver_brings_two_endpoints_up_and_down() -> None:
         assert kinds[:2] == ["IkeSaEstablished", "ChildSaInstalled"]
         assert kinds[-1] == "IkeSaDeleted"
     assert any(isinstance(e, IkeSaEstablished) and e.initiator for e in events_a)
+
+
+def _flows() -> tuple[list[bytes], Pair]:
+    """The datagrams of an establishment with forced encapsulation, and the pair."""
+    pair = Pair.make(connection(encap="force"))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    return [s.datagram.data for s in pair.wire], pair
+
+
+_RECORDED, _ = _flows()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    index=st.integers(0, len(_RECORDED) - 1),
+    flips=st.lists(st.integers(0, 10_000), max_size=4),
+    cut=st.integers(0, 2000),
+    to_a=st.booleans(),
+)
+def test_mutated_datagrams_never_raise_and_leave_established_sas_alone(
+    index: int, flips: list[int], cut: int, to_a: bool
+) -> None:
+    _, pair = _flows()
+    data = bytearray(_RECORDED[index][: max(1, len(_RECORDED[index]) - cut % 64)])
+    for bit in flips:
+        data[(bit // 8) % len(data)] ^= 1 << (bit % 8)
+    target = pair.a if to_a else pair.b
+    (sa,) = target.ike_sas()
+    before = (sa.state, sa.tm.expected_request_id, sa.tm.next_request_id, dict(sa.children))
+    for port in (500, 4500):
+        local = (A_ADDR if to_a else B_ADDR, port)
+        remote = (B_ADDR if to_a else A_ADDR, port)
+        target.receive_datagram(bytes(data), local, remote, 1.0)
+    # Whatever was answered (a fresh half-open SA, a cached response), the established
+    # IKE SA is untouched: same state, same Message IDs, same CHILD SAs.
+    assert (sa.state, sa.tm.expected_request_id, sa.tm.next_request_id, dict(sa.children)) == before
+    target.datagrams_to_send(1.0)
+    list(target.events())
