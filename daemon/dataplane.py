@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -70,6 +71,10 @@ class Transport(Protocol):
         """Write plaintext IP packets to the TUN device; return how many were taken."""
 
 
+ICMP_ERRORS_PER_SECOND = 100
+"""Most ICMP "too big" errors sent per second (RFC 1812 §4.3.2.8 asks routers to
+limit the rate of ICMP errors they originate)."""
+
 IkeHandler = Callable[[bytes, Address, Address], None]
 """Receives an IKE message that arrived on port 4500: (message, local, remote)."""
 AcquireHandler = Callable[[bytes], None]
@@ -87,6 +92,7 @@ class DataPlane:
         on_acquire: AcquireHandler | None = None,
         icmp_source_v4: bytes | None = None,
         icmp_source_v6: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
         """Output of both paths."""
@@ -107,6 +113,9 @@ class DataPlane:
         """Drops not attributable to an installed SA, plus those of removed SAs."""
         self.counters: Counter[str] = Counter()
         """Other events worth showing: keepalives and IKE messages seen on 4500."""
+        self._clock = clock
+        self._icmp_second = 0
+        self._icmp_sent = 0
 
     # ---- SA management -------------------------------------------------------------
 
@@ -201,8 +210,15 @@ class DataPlane:
                     batch.append(sealed)
             return
         entry.drops[Drop.TOO_BIG.value] += 1
+        second = int(self._clock())
+        if second != self._icmp_second:
+            self._icmp_second, self._icmp_sent = second, 0
+        if self._icmp_sent >= ICMP_ERRORS_PER_SECOND:
+            self.counters["icmp_rate_limited"] += 1
+            return
         reply = too_big_reply(packet, entry.mtu, self.icmp_source[packet[0] >> 4])
         if reply is not None:
+            self._icmp_sent += 1
             replies.append(reply)
 
     def send_keepalive(self, local: Address, remote: Address) -> None:

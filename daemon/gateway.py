@@ -369,7 +369,12 @@ class Gateway:
     def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         if self._endpoint is None:
             return
-        self._endpoint.receive_message(message, local, remote, time.monotonic())
+        try:
+            self._endpoint.receive_message(message, local, remote, time.monotonic())
+        except Exception:
+            # The core turns bad input into typed errors itself; anything escaping is
+            # a bug, and one hostile datagram must not stop the gateway for everyone.
+            log.exception("IKE message from %s[%d] caused an internal error", *remote)
         self._service()
 
     def _service(self) -> None:

@@ -16,9 +16,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.childsa import ChildSaEntry, entry_from_event, inner_mtu
-from daemon.dataplane import DataPlane, Drop
+from daemon.dataplane import ICMP_ERRORS_PER_SECOND, DataPlane, Drop
 from daemon.packet import checksum
 from esp.suites import suite_by_name
 from esp.udpencap import NAT_KEEPALIVE, decapsulate_udp, encapsulate_udp, frame_ike
@@ -403,3 +405,34 @@ def test_removed_sa_drops_inbound_and_keeps_its_counts() -> None:
     pair.b.from_esp([pair.side_a.wire.popleft()[1]])
     assert pair.b.total_drops() == {"replay": 1, "no_sa": 1}
     assert pair.b.status()["sas"] == []
+
+
+def test_icmp_too_big_errors_are_rate_limited() -> None:
+    pair = make_pair()
+    now = [1000.0]
+    pair.a._clock = lambda: now[0]
+    big = ipv4("192.0.2.10", "203.0.113.10", bytes(pair.entry_a.mtu), proto=6)
+    pair.a.from_tun([big] * (ICMP_ERRORS_PER_SECOND + 20))
+    assert len(pair.side_a.tun_out) == ICMP_ERRORS_PER_SECOND
+    assert pair.a.counters["icmp_rate_limited"] == 20
+    now[0] += 1.0
+    pair.a.from_tun([big])
+    assert len(pair.side_a.tun_out) == ICMP_ERRORS_PER_SECOND + 1
+    assert pair.a.total_drops() == {Drop.TOO_BIG.value: ICMP_ERRORS_PER_SECOND + 21}
+
+
+_PAIR = make_pair("aes128gcm16", udp=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=120), max_size=8), st.binary(min_size=4, max_size=4))
+def test_random_input_on_every_path_is_only_counted(packets: list[bytes], spi: bytes) -> None:
+    plane = _PAIR.b
+    delivered = len(_PAIR.side_b.tun_out)
+    live_spi = _PAIR.entry_b.spi_in.to_bytes(4, "big")
+    # Random bytes, and random bytes behind a live SPI (so they reach the decryption).
+    plane.from_esp(packets + [live_spi + p for p in packets] + [spi + p for p in packets])
+    plane.from_udp([(p, (GW_B, 4500), (GW_A, 4500)) for p in packets])
+    # Nothing forged got through to the TUN device, and nothing raised on the way.
+    assert len(_PAIR.side_b.tun_out) == delivered
+    plane.from_tun(packets)
