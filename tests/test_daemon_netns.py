@@ -304,10 +304,17 @@ def test_systemd_notify_and_journal_log_format(make_pair: Callable[..., Pair]) -
         notify.bind(notify_path)
         notify.settimeout(10)
         try:
-            env = {**os.environ, "NOTIFY_SOCKET": notify_path, "INVOCATION_ID": "lockgate-test"}
+            env = {
+                **os.environ,
+                "NOTIFY_SOCKET": notify_path,
+                "INVOCATION_ID": "lockgate-test",
+                "WATCHDOG_USEC": "1000000",
+            }
             pair = make_pair(v6=False, env_a=env)
             ready = notify.recv(4096).decode()
             assert "READY=1" in ready and "STATUS=" in ready
+            seen = [notify.recv(4096).decode() for _ in range(4)]
+            assert "WATCHDOG=1" in seen, seen
             assert pair.a.proc.stop(timeout=10) == 0
             messages = []
             while not any("STOPPING=1" in m for m in messages):
