@@ -541,6 +541,10 @@ class EspSA:
         unpack = _SPI_SEQ.unpack_from
         replay = self.replay
         check, commit, infer = replay.check, replay.commit, replay.infer_seq
+        # Packets mostly arrive in order: a number above the highest needs no
+        # window lookup. Only this loop moves the window until it calls out.
+        highest = replay.highest
+        in_order_limit = _SEQ_MAX_64 if self.esn else _SEQ_MAX_32
         esn_aad = _SPI_ESN.pack if self.esn else None
         rules, padding = self._nh_rules, _PADDING
         my_spi, salt, min_len = self.spi, self._salt, self._min_len
@@ -555,7 +559,7 @@ class EspSA:
                 if spi == my_spi:
                     # Replays and forgeries are what an attacker sends: drop them
                     # here, so they never cost a second decryption.
-                    if not check(seq):
+                    if not (highest < seq <= in_order_limit or check(seq)):
                         append(self._drop(DropReason.REPLAY))
                         continue
                     try:
@@ -580,6 +584,8 @@ class EspSA:
                         and received + inner_len <= hard_bytes
                     ):
                         commit(seq)
+                        if seq > highest:
+                            highest = seq
                         count += 1
                         received += inner_len
                         append((plaintext[:inner_len], next_header))
@@ -587,6 +593,6 @@ class EspSA:
             # Off the good path: settle the counters and let `decapsulate` decide.
             self._packets, self._bytes = count, received
             append(self.decapsulate(packet))
-            count, received = self._packets, self._bytes
+            count, received, highest = self._packets, self._bytes, replay.highest
         self._packets, self._bytes = count, received
         return results
