@@ -332,6 +332,9 @@ class Endpoint:
 
     def _collect(self, sa: IkeSa, now: float) -> None:
         """Take an SA's events, then its datagrams; forget the SA once it is gone."""
+        if sa.initial_contact and sa.state is IkeSaState.ESTABLISHED:
+            sa.initial_contact = False
+            self._drop_stale(sa, now)
         self._collect_events(sa)
         # An SA queues an event before the datagram it must precede, so every datagram
         # taken now waits for all events taken so far.
@@ -343,6 +346,23 @@ class Endpoint:
             self._sas.pop(sa.ike_sa_id, None)
             if self._by_spi.get(sa.spi_local) is sa:
                 del self._by_spi[sa.spi_local]
+
+    def _drop_stale(self, sa: IkeSa, now: float) -> None:
+        """Remove the older IKE SAs of a peer that sent INITIAL_CONTACT (RFC 7296 §2.4).
+
+        The peer restarted and lost them, so no Delete is sent; their removal is
+        reported before the new SA's events, so the daemon tears the old CHILD SAs down
+        before it installs the new ones for the same selectors.
+        """
+        for other in list(self._sas.values()):
+            if (
+                other is not sa
+                and other.config.name == sa.config.name
+                and other.peer_id == sa.peer_id
+                and other.state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING)
+            ):
+                other.gone("replaced: the peer restarted (INITIAL_CONTACT)", by_peer=True)
+                self._collect(other, now)
 
 
 def _fmt(addr: Address) -> str:

@@ -219,6 +219,8 @@ class IkeSa:
         self.half_open_deadline: float | None = None if initiator else now + half_open_timeout
         self.keepalive_at: float | None = None
         self.delete_reason = ""
+        self.initial_contact = False
+        """The peer sent INITIAL_CONTACT (§2.4): its older IKE SAs with us are stale."""
         self.initial_child_failed = False
         """The CHILD SA of IKE_AUTH failed: an initiator then deletes the IKE SA."""
         self._events: deque[Event] = deque()

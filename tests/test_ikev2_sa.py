@@ -533,3 +533,25 @@ def test_create_child_sa_is_refused_without_harm_for_now() -> None:
     (sa,) = pair.a.ike_sas()
     assert sa.state is IkeSaState.ESTABLISHED and len(sa.children) == 1
     assert not pair.of("a", IkeSaDeleted) and not pair.of("a", IkeSaFailed)
+
+
+def test_initial_contact_replaces_the_stale_ike_sa_of_a_restarted_peer() -> None:
+    from ikev2.crypto.rng import DeterministicRandom
+    from ikev2.endpoint import Endpoint
+
+    conn = connection()
+    pair = Pair.make(conn)
+    _, old_b = establish(pair)
+    # a restarts: a new endpoint, no memory of the old SAs, initiates again.
+    pair.a = Endpoint([conn], rng=DeterministicRandom(b"side-a-rebooted"))
+    pair.events["b"].clear()
+    pair.a.initiate("conn", pair.clock)
+    pair.pump()
+    kinds = [type(e) for e in pair.events["b"]]
+    # The stale pair is reported gone before the new one is installed.
+    assert kinds == [ChildSaDeleted, IkeSaDeleted, IkeSaEstablished, ChildSaInstalled]
+    gone = pair.events["b"][0]
+    assert isinstance(gone, ChildSaDeleted) and gone.spi_in == old_b.spi_in
+    deleted = pair.events["b"][1]
+    assert isinstance(deleted, IkeSaDeleted) and "INITIAL_CONTACT" in deleted.reason
+    assert len(pair.b.ike_sas()) == 1

@@ -150,7 +150,8 @@ class IkeAuth(Task):
         self._verify(sa, idi, auth, peer)
         sa.peer_id = peer
         if message.notify(NotifyType.INITIAL_CONTACT) is not None:
-            logger.debug("%s: peer sent INITIAL_CONTACT", sa.name)
+            # §2.4: the peer holds no other IKE SA with us; the endpoint drops stale ones.
+            sa.initial_contact = True
         self._established(sa, sa.now)
 
     def _pick(self, sa: IkeSa, peer: Identity, wanted_me: Identity | None) -> ConnectionConfig:
