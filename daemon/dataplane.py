@@ -158,7 +158,11 @@ class DataPlane:
     # ---- outbound ------------------------------------------------------------------
 
     def from_tun(self, packets: Iterable[bytes]) -> None:
-        """Process a batch of packets read from the TUN device."""
+        """Process a batch of packets read from the TUN device.
+
+        Packets are grouped per SA and each group is sealed with one
+        `encapsulate_batch` call and handed to the transport as one batch.
+        """
         batches: dict[ChildSaEntry, list[bytes]] = {}
         replies: list[bytes] = []
         lookup = self.spd.lookup_flow
@@ -178,17 +182,19 @@ class DataPlane:
             if batch is None:
                 batch = batches[entry] = []
             if len(packet) <= entry.mtu:
-                sealed = entry.outbound.encapsulate(packet)
-                if isinstance(sealed, bytes):  # else a DropReason, counted by the SA
-                    batch.append(sealed)
-                continue
-            self._oversized(entry, packet, batch, replies)
+                batch.append(packet)
+            else:
+                self._oversized(entry, packet, batch, replies)
         send = self.transport.send
-        for entry, batch in batches.items():
-            if batch:
-                sent = send(entry, batch)
-                if sent < len(batch):
-                    entry.drops[Drop.SEND_FAILED.value] += len(batch) - sent
+        for entry, inners in batches.items():
+            if not inners:
+                continue
+            # A DropReason in the results was counted by the SA itself.
+            sealed = [p for p in entry.outbound.encapsulate_batch(inners) if isinstance(p, bytes)]
+            if sealed:
+                sent = send(entry, sealed)
+                if sent < len(sealed):
+                    entry.drops[Drop.SEND_FAILED.value] += len(sealed) - sent
         if replies:
             self.transport.write_tun(replies)
 
@@ -203,11 +209,7 @@ class DataPlane:
             if pieces is None:
                 self.drops[Drop.MALFORMED.value] += 1
                 return
-            encapsulate = entry.outbound.encapsulate
-            for piece in pieces:
-                sealed = encapsulate(piece)
-                if isinstance(sealed, bytes):
-                    batch.append(sealed)
+            batch.extend(pieces)
             return
         entry.drops[Drop.TOO_BIG.value] += 1
         second = int(self._clock())
@@ -247,8 +249,13 @@ class DataPlane:
             self.from_esp(esp)
 
     def from_esp(self, packets: Sequence[bytes]) -> None:
-        """Process ESP packets (SPI through ICV), from UDP or raw protocol 50."""
-        out: list[bytes] = []
+        """Process ESP packets (SPI through ICV), from UDP or raw protocol 50.
+
+        Packets are grouped per SA (keeping their order within an SA, which is all
+        the replay window cares about) and opened with one `decapsulate_batch` call
+        per SA.
+        """
+        groups: dict[ChildSaEntry, list[bytes]] = {}
         lookup = self.sad.lookup
         for packet in packets:
             if len(packet) < _ESP_MIN:
@@ -259,14 +266,22 @@ class DataPlane:
                 # RFC 4303 §3.4.2: no SA, discard (and count: it is an auditable event).
                 self.drops[DropReason.NO_SA.value] += 1
                 continue
-            opened = entry.inbound.decapsulate(packet)
-            if isinstance(opened, DropReason):
-                continue  # counted by the SA
-            inner = opened[0]
-            if not entry.policy.allows_inbound(inner):
-                entry.drops[Drop.POLICY_MISMATCH.value] += 1
-                continue
-            out.append(inner)
+            group = groups.get(entry)
+            if group is None:
+                groups[entry] = [packet]
+            else:
+                group.append(packet)
+        out: list[bytes] = []
+        for entry, group in groups.items():
+            allows = entry.policy.allows_inbound
+            for opened in entry.inbound.decapsulate_batch(group):
+                if isinstance(opened, DropReason):
+                    continue  # counted by the SA
+                inner = opened[0]
+                if allows(inner):
+                    out.append(inner)
+                else:
+                    entry.drops[Drop.POLICY_MISMATCH.value] += 1
         if out:
             written = self.transport.write_tun(out)
             if written < len(out):
