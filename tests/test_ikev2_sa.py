@@ -555,3 +555,29 @@ def test_initial_contact_replaces_the_stale_ike_sa_of_a_restarted_peer() -> None
     deleted = pair.events["b"][1]
     assert isinstance(deleted, IkeSaDeleted) and "INITIAL_CONTACT" in deleted.reason
     assert len(pair.b.ike_sas()) == 1
+
+
+@pytest.mark.parametrize(
+    ("id_a", "id_b"),
+    [
+        ("gwa.example.net", "gwb.example.net"),
+        ("admin@a.example.net", "admin@b.example.net"),
+        ("C=CH, O=Example, CN=gwa.example.net", "C=CH, O=Example, CN=gwb.example.net"),
+        ("2001:db8:100::1", "2001:db8:100::2"),
+    ],
+)
+def test_identities_of_every_kind(id_a: str, id_b: str) -> None:
+    from ikev2.config import Identity
+
+    conn = dataclasses.replace(
+        connection(), local_id=Identity.parse(id_a), remote_id=Identity.parse(id_b)
+    )
+    peer = dataclasses.replace(
+        mirrored(conn), local_id=Identity.parse(id_b), remote_id=Identity.parse(id_a)
+    )
+    pair = Pair.make(conn, peer)
+    establish(pair)
+    (ea,) = pair.of("a", IkeSaEstablished)
+    (eb,) = pair.of("b", IkeSaEstablished)
+    assert (ea.local_id, ea.remote_id) == (id_a, id_b)
+    assert (eb.local_id, eb.remote_id) == (id_b, id_a)
