@@ -340,6 +340,8 @@ class Demo:
         return out
 
     def transfer(self, dest: str) -> tuple[str, str, float]:
+        """Send a random file from host-dc to ``dest``: (sent hash, receiver's report
+        "hash octets seconds", seconds the receiver spent receiving)."""
         payload = self.lab.tmpdir / "payload.bin"
         with payload.open("wb") as f:
             for _ in range(self.file_mib):
@@ -352,7 +354,6 @@ class Demo:
         )
         if receiver.stdout is None or receiver.stdout.readline().strip() != b"ready":
             raise DemoError("the file receiver did not start")
-        start = time.monotonic()
         self.lab.run(
             self.ns["host-dc"], sys.executable, "-m", "daemon.demo", "send", dest,
             str(TRANSFER_PORT), str(payload), timeout=min(self.left(), 60),
@@ -361,8 +362,9 @@ class Demo:
             out, _ = receiver.communicate(timeout=min(self.left(), 30))
         except subprocess.TimeoutExpired:
             raise DemoError("the file receiver did not finish") from None
-        seconds = time.monotonic() - start
         received = out.decode().strip()
+        fields = received.split()
+        seconds = float(fields[2]) if len(fields) == 3 else 0.0
         return sent, received, seconds
 
 
@@ -470,13 +472,14 @@ def _serve(port: int, timeout: int) -> None:
         srv.settimeout(timeout)
         say("ready")
         conn, _ = srv.accept()
+        start = time.monotonic()
         with conn:
             conn.settimeout(timeout)
             digest, total = hashlib.sha256(), 0
             while chunk := conn.recv(1 << 16):
                 digest.update(chunk)
                 total += len(chunk)
-        say(f"{digest.hexdigest()} {total}")
+        say(f"{digest.hexdigest()} {total} {time.monotonic() - start:.6f}")
 
 
 def _send(host: str, port: int, path: str) -> None:
