@@ -427,9 +427,10 @@ class IkeSa:
             message = self._open(data, header)
         except IkeError as exc:
             # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
-            logger.info("%s: dropping invalid request: %s", self.name, exc)
+            logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
             if header.exchange_type == ExchangeType.IKE_SA_INIT:
-                self.fail(f"invalid IKE_SA_INIT request: {exc}", exc.notify)
+                # Garbage that merely looks like an IKE_SA_INIT: no SA, no event.
+                self.state = IkeSaState.DELETED
             return
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.spi_i = header.spi_i
