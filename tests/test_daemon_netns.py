@@ -138,17 +138,22 @@ def make_pair() -> Iterator[Callable[..., Pair]]:
         esp: str = "aes128gcm16",
         start_a: str = "initiate",
         env_a: dict[str, str] | None = None,
+        outer6: bool = False,
     ) -> Pair:
         ctx = site_to_site(nat=nat)
         topo = ctx.__enter__()
         stack.append(ctx)
         a_nets = [topo.site_a.subnet4] + ([topo.site_a.subnet6] if v6 else [])
         b_nets = [topo.site_b.subnet4] + ([topo.site_b.subnet6] if v6 else [])
+        wan_a, wan_b = (
+            (topo.gw_a_wan6, topo.gw_b_wan6) if outer6 else (topo.gw_a_wan4, topo.gw_b_wan4)
+        )
+        public_a = topo.gw_a_public6 if outer6 else topo.gw_a_public4
         b = start_daemon(
             topo,
             topo.gw_b,
             "gwB",
-            config(me=topo.gw_b_wan4, peer=topo.gw_a_public4, local=b_nets, remote=a_nets,
+            config(me=wan_b, peer=public_a, local=b_nets, remote=a_nets,
                    start="wait", encap=encap, esp=esp),
         )  # fmt: skip
         a = start_daemon(
@@ -156,7 +161,7 @@ def make_pair() -> Iterator[Callable[..., Pair]]:
             topo.gw_a,
             "gwA",
             # Behind the NAT, A's identity is the address B sees it come from.
-            config(me=topo.gw_a_wan4, my_id=topo.gw_a_public4, peer=topo.gw_b_wan4,
+            config(me=wan_a, my_id=public_a, peer=wan_b,
                    local=a_nets, remote=b_nets, start=start_a, encap=encap, esp=esp),
             env=env_a,
         )  # fmt: skip
@@ -176,14 +181,20 @@ def make_pair() -> Iterator[Callable[..., Pair]]:
 
 
 @pytest.mark.parametrize(
-    ("nat", "encap", "framing"),
-    [(False, "auto", "esp"), (False, "force", "udp"), (True, "auto", "udp")],
-    ids=["raw-esp", "udp-forced", "udp-behind-nat"],
+    ("nat", "encap", "framing", "outer6"),
+    [
+        (False, "auto", "esp", False),
+        (False, "force", "udp", False),
+        (True, "auto", "udp", False),
+        (False, "auto", "esp", True),
+        (False, "force", "udp", True),
+    ],
+    ids=["raw-esp", "udp-forced", "udp-behind-nat", "raw-esp-over-ipv6", "udp-over-ipv6"],
 )
 def test_ping_and_transfer_ipv4_and_ipv6(
-    make_pair: Callable[..., Pair], nat: bool, encap: str, framing: str
+    make_pair: Callable[..., Pair], nat: bool, encap: str, framing: str, outer6: bool
 ) -> None:
-    pair = make_pair(nat=nat, encap=encap)
+    pair = make_pair(nat=nat, encap=encap, outer6=outer6)
     topo = pair.topo
     [sa_a] = pair.a.sas()
     assert sa_a["encap"] == framing
