@@ -864,6 +864,28 @@ class Gateway:
                 last_watchdog = now
             # A lost timer would stall retransmissions: run the endpoint regardless.
             self._service()
+            self._follow_peer_addresses()
+
+    def _follow_peer_addresses(self) -> None:
+        """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping
+        may change, and the IKE SA follows authenticated messages (RFC 7296 §2.23)."""
+        endpoint, pump = self._endpoint, self._pump
+        if endpoint is None or pump is None:
+            return
+        where = {sa.ike_sa_id: (sa.local, sa.remote) for sa in endpoint.ike_sas()}
+        for entry in pump.plane.entries.values():
+            addresses = where.get(entry.ike_sa_id)
+            if addresses is None or not entry.udp_encap:
+                continue
+            local, remote = addresses
+            if (entry.local, entry.remote) != (local, remote):
+                log.info(
+                    "connection %s: peer moved to %s[%d]; ESP follows",
+                    entry.child,
+                    remote[0],
+                    remote[1],
+                )
+                entry.local, entry.remote = local, remote
 
 
 def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:

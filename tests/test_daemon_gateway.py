@@ -145,3 +145,18 @@ def test_control_requests(gateway: Gateway) -> None:
     assert answer == "connection site: deleted (and 0 IKE SA(s) with main)"
     assert gateway.connections["site"].wanted is False
     assert isinstance(asyncio.run(ask(command="status")), dict)
+
+
+def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> None:
+    assert gateway._endpoint is not None and gateway._pump is not None
+    ike = gateway._endpoint.initiate("main", 0.0)
+    installed = dataclasses.replace(
+        events("aes128gcm16", udp=True)[0], connection="main", ike_sa_id=ike.ike_sa_id
+    )
+    gateway._handle_event(installed)
+    [entry] = gateway._pump.plane.entries.values()
+    # A NAT in front of the peer picked a new port; the IKE SA saw it first (§2.23).
+    ike.local, ike.remote = ("198.51.100.1", 4500), ("198.51.100.2", 31337)
+    gateway._follow_peer_addresses()
+    assert entry.remote == ("198.51.100.2", 31337)
+    assert gateway.status()["sas"][0]["remote"] == "198.51.100.2[31337]"
