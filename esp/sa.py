@@ -463,6 +463,8 @@ class EspSA:
     def decapsulate(self, packet: bytes) -> DecapResult:
         """Inner packet and Next Header from an ESP packet (SPI through ICV).
 
+        `packet` may be any bytes-like object (bytes, bytearray, memoryview).
+
         Order per RFC 4303 §3.4: replay check, then ICV, then the window commit,
         then padding and Next Header. Any input gives a result, never an exception.
         """
@@ -516,8 +518,14 @@ class EspSA:
         if (body_end - 24) % 16:
             return DropReason.BAD_LENGTH
         body = packet[:body_end]
-        mac_input = body + _SEQ_HIGH.pack(seq >> 32) if self.esn else body
-        expected = hmac.digest(self._integ_key, mac_input, self._hash)[:icv_len]
+        if self.esn:
+            # The high half is authenticated after the payload (RFC 4303 §2.2.1);
+            # update() rather than + so any buffer type works.
+            mac = hmac.new(self._integ_key, body, self._hash)
+            mac.update(_SEQ_HIGH.pack(seq >> 32))
+            expected = mac.digest()[:icv_len]
+        else:
+            expected = hmac.digest(self._integ_key, body, self._hash)[:icv_len]
         if not hmac.compare_digest(expected, packet[body_end:]):
             return DropReason.ICV_FAILURE
         decryptor = Cipher(self._cbc_key(), modes.CBC(packet[8:24])).decryptor()

@@ -532,3 +532,17 @@ def test_decapsulate_batch_is_the_same_as_one_by_one(
         single_sa.byte_count,
         single_sa.replay.highest,
     )
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+@pytest.mark.parametrize("esn", [False, True])
+@pytest.mark.parametrize("buffer", [bytes, bytearray, memoryview])
+def test_decapsulate_takes_any_buffer(name: str, esn: bool, buffer: type) -> None:
+    # A receive path may hand over a bytearray or a memoryview (recv_into).
+    out, inbound = pair(SUITES[name], esn=esn)
+    packet = out.encapsulate(IPV4)
+    assert isinstance(packet, bytes)
+    batch_sa = pair(SUITES[name], esn=esn)[1]
+    assert inbound.decapsulate(buffer(packet)) == (IPV4, IPPROTO_IPIP)
+    assert batch_sa.decapsulate_batch([buffer(packet)]) == [(IPV4, IPPROTO_IPIP)]
+    assert isinstance(inbound.decapsulate(buffer(packet[:-3])), DropReason)
