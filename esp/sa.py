@@ -535,8 +535,9 @@ class EspSA:
         """`decapsulate` for each packet, in order: the same results, faster.
 
         For AEAD suites the loop below takes the path of a good tunnel-mode
-        packet with the counters in locals. Any packet that leaves that path
-        (short, unknown SPI, replay, bad tag, trailer, limits) is handed, before
+        packet with the counters in locals, and drops replays and bad tags itself
+        (one decryption per forgery). Any other packet that leaves that path
+        (short, unknown SPI, padding, next header, limits) is handed, before
         anything was committed for it, to `decapsulate`, which says why.
         """
         aead = self._aead
