@@ -311,10 +311,10 @@ class Reassembler:
             raise InvalidSyntax("fragments of one message ID carry different exchange types")
         if pending is not None and fragment.total != pending.total:
             if fragment.total < pending.total:
-                # §2.6.1: a smaller Total Fragments is stale; keep what we have.
+                # RFC 7383 §2.5.2, §2.6: a smaller Total Fragments is stale; keep what we have.
                 logger.debug("ignoring fragment of a stale fragmentation of ID %d", key[0])
                 return None
-            # §2.6.1: the sender re-fragmented (smaller fragments); start over.
+            # RFC 7383 §2.5.2, §2.6: the sender re-fragmented (smaller fragments); start over.
             del self._pending[key]
             pending = None
         if pending is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ DAY = datetime.timedelta(days=1)
 # --- A throwaway PKI --------------------------------------------------------------------
 
 _KEYS: dict[str, list[PrivateKey]] = {}
+_RSA_USES: list[int] = []
 
 
 def new_key(kind: str) -> PrivateKey:
@@ -69,10 +69,11 @@ def new_key(kind: str) -> PrivateKey:
     if kind == "ecdsa384":
         return ec.generate_private_key(ec.SECP384R1())
     pool = _KEYS.setdefault(kind, [])
+    _RSA_USES.append(1)
     if len(pool) < 4:
         pool.append(rsa.generate_private_key(65537, 2048))
         return pool[-1]
-    return pool[random.randrange(len(pool))]
+    return pool[len(_RSA_USES) % len(pool)]
 
 
 @dataclass

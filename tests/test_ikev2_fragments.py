@@ -201,7 +201,7 @@ def test_incomplete_message_times_out() -> None:
 
 
 def test_refragmented_retransmission_replaces_and_stale_fragments_ignored() -> None:
-    # RFC 7383 §2.6.1: a retransmission split smaller has more fragments; it wins, and
+    # RFC 7383 §2.5.2 and §2.6: a retransmission split smaller has more fragments; it wins, and
     # fragments of the older, larger split are ignored afterwards.
     cipher = cipher_for(SUITES[0])
     rng = DeterministicRandom("iv")
