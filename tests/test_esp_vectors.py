@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scapy.layers.inet import UDP
@@ -215,7 +216,7 @@ def test_mcgrew_gcm_case_with_wrong_esn_high_half_fails(case: GcmCase) -> None:
 # --- strongSwan 5.9.8 golden captures (tests/vectors/README.md) -------------------
 
 
-def _strongswan_esp_frames() -> list[tuple[str, dict[str, object], dict[str, object], bytes]]:
+def _strongswan_esp_frames() -> list[tuple[str, dict[str, Any], dict[str, Any], bytes]]:
     cases = []
     for scenario in sorted(p for p in VECTORS.iterdir() if p.is_dir()):
         keys = json.loads((scenario / "keys.json").read_text())
@@ -244,10 +245,9 @@ def test_strongswan_vectors_are_all_there() -> None:
     ids=[c[0] for c in STRONGSWAN_FRAMES],
 )
 def test_strongswan_esp_packet_decapsulates(
-    child: dict[str, object], frame: dict[str, object], payload: bytes
+    child: dict[str, Any], frame: dict[str, Any], payload: bytes
 ) -> None:
     proposal = child["proposal"]
-    assert isinstance(proposal, dict)
     integ = proposal.get("integ")
     suite = suite_from_transforms(
         proposal["encr"]["id"],
@@ -255,10 +255,10 @@ def test_strongswan_esp_packet_decapsulates(
         integ["id"] if integ else None,
     )
     direction = frame["direction"]
-    encr_key = bytes.fromhex(str(child[f"encr_key_{direction}"]))
+    encr_key = bytes.fromhex(child[f"encr_key_{direction}"])
     integ_hex = child[f"integ_key_{direction}"]
-    integ_key = bytes.fromhex(str(integ_hex)) if integ_hex else b""
-    spi = int(str(frame["spi"]), 16)
+    integ_key = bytes.fromhex(integ_hex) if integ_hex else b""
+    spi = int(frame["spi"], 16)
     sa = EspSA(spi, suite, encr_key, integ_key)
 
     # RFC 3948 §2.2: on port 4500 an ESP packet starts with its non-zero SPI.
@@ -268,11 +268,11 @@ def test_strongswan_esp_packet_decapsulates(
     assert payload[-suite.icv_len :].hex() == frame["icv"]
 
     result = sa.decapsulate(payload)
-    assert result == (bytes.fromhex(str(frame["inner_packet"])), frame["next_header"])
+    assert result == (bytes.fromhex(frame["inner_packet"]), frame["next_header"])
     assert sa.replay.highest == frame["seq"]
     # Padding as recorded: 1, 2, ..., n, checked by decapsulate; the length must
     # also match what our own encapsulation pads to for this suite.
-    assert frame["padding"] == bytes(range(1, int(frame["pad_length"]) + 1)).hex()
+    assert frame["padding"] == bytes(range(1, frame["pad_length"] + 1)).hex()
     # libipsec pads like we do (4 for AEAD, 16 for CBC): same packet length.
-    inner_len = len(bytes.fromhex(str(frame["inner_packet"])))
+    inner_len = len(bytes.fromhex(frame["inner_packet"]))
     assert suite.esp_len(inner_len) == len(payload)
