@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 import pytest
+from test_ikev2_sa_pair import connection
 
 from ikev2.codec import (
     KeyExchange,
@@ -20,6 +21,7 @@ from ikev2.codec.message import encode_message
 from ikev2.constants import ExchangeType, NotifyType
 from ikev2.cookies import COOKIE_LEN, CookieJar, CookiePolicy, InvalidCookie, cookie_response
 from ikev2.crypto.rng import DeterministicRandom
+from ikev2.endpoint import Endpoint
 from ikev2.errors import InvalidSyntax, LocalProtocolError
 
 NI = bytes(range(32))
@@ -200,3 +202,24 @@ def test_secret_never_in_repr() -> None:
     cookies = CookieJar(CookiePolicy(), rng, 0.0)
     assert secret.hex() not in repr(cookies.__dict__)
     assert repr(secret) not in repr(cookies.__dict__)
+
+
+def test_lockgate_initiator_retries_with_our_cookie_and_passes() -> None:
+    # The IKE core's initiator (ikev2.tasks.ike_init) echoes the COOKIE first (§2.6);
+    # the retried request must pass the jar that made it.
+    initiator = Endpoint([connection()], rng=DeterministicRandom(b"cookie-initiator"))
+    initiator.initiate("conn", 0.0)
+    [first] = initiator.datagrams_to_send(0.0)
+    request = decode_message(first.data)
+    source_ip = first.local[0]
+    cookies = jar(demand_above=0)
+    demand = cookies.check_request(request, source_ip, half_open=1, now=0.0)
+    assert demand is not None
+    initiator.receive_datagram(encode_message(demand), first.local, first.remote, 0.0)
+    [second] = initiator.datagrams_to_send(0.0)
+    retry = decode_message(second.data)
+    notify = demand.notify(NotifyType.COOKIE)
+    assert notify is not None
+    assert retry.payloads[0] == Notify(NotifyType.COOKIE, notify.data)
+    assert retry.spi_i == request.spi_i
+    assert cookies.check_request(retry, source_ip, half_open=1, now=1.0) is None
