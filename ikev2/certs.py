@@ -48,6 +48,7 @@ date, while the core's ``now`` may be a monotonic clock.
 from __future__ import annotations
 
 import datetime
+import enum
 import hashlib
 import ipaddress
 import logging
@@ -64,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import NameOID
 
 from ikev2.codec.payloads import Certificate, CertificateRequest, Notify
-from ikev2.constants import CertEncoding, IdType, NotifyType
+from ikev2.constants import CertEncoding, IdType, NotifyType, enum_name
 from ikev2.crypto.auth import sign_signature_auth
 from ikev2.errors import AuthenticationFailed, InvalidSyntax, LocalProtocolError
 
@@ -91,7 +92,7 @@ class CredentialError(LocalProtocolError):
 # --- RFC 7427 §4 hash negotiation ------------------------------------------------------
 
 
-class HashAlgorithm:
+class HashAlgorithm(enum.IntEnum):
     """Hash Algorithm numbers of SIGNATURE_HASH_ALGORITHMS (RFC 7427 §7, RFC 8420)."""
 
     SHA1 = 1
@@ -109,7 +110,7 @@ SUPPORTED_HASHES: tuple[int, ...] = (
 )
 """What we announce and accept (SHA-1 deliberately left out, RFC 8247 §3.2)."""
 
-_HASH_NAMES = {
+_HASH_NAMES: dict[int, str] = {
     HashAlgorithm.SHA2_256: "sha256",
     HashAlgorithm.SHA2_384: "sha384",
     HashAlgorithm.SHA2_512: "sha512",
@@ -156,9 +157,13 @@ def choose_signature_hash(key: PrivateKey, peer_hashes: Sequence[int] | None) ->
         if number in peer_hashes:
             return number
     raise CredentialError(
-        f"peer accepts signature hashes {list(peer_hashes)}, our "
-        f"{_key_name(key)} key can use only {list(preferred)} (RFC 7427 §4)"
+        f"peer accepts signature hashes {_hash_list(peer_hashes)}, our "
+        f"{_key_name(key)} key can use only {_hash_list(preferred)} (RFC 7427 §4)"
     )
+
+
+def _hash_list(numbers: Iterable[int]) -> str:
+    return ", ".join(enum_name(HashAlgorithm, n) for n in numbers) or "none"
 
 
 def _key_name(key: PrivateKey | CertificatePublicKeyTypes) -> str:
