@@ -57,8 +57,10 @@ from ikev2.events import (
 )
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
 from ikev2.tasks import (
+    AnswerCreateChild,
     ChildCreate,
     ChildDelete,
+    CreateChild,
     IkeAuth,
     IkeDelete,
     IkeInit,
@@ -103,6 +105,16 @@ class Datagram(NamedTuple):
     remote: Address
 
 
+@dataclass(frozen=True)
+class PeerRekey:
+    """A rekey of one of our CHILD SAs that the peer started and we answered (§2.8.1)."""
+
+    new_child: int
+    """unique_id of the CHILD SA that exchange created."""
+    lowest_nonce: bytes
+    """The lower of that exchange's two nonces: the lowest nonce loses a collision."""
+
+
 @dataclass
 class ChildSa:
     """A CHILD SA (pair of ESP SAs) negotiated under this IKE SA."""
@@ -129,6 +141,10 @@ class ChildSa:
     """When rekeying is due (part 2 rekeys; until then it is informational)."""
     deleting: bool = False
     """Our Delete for it is queued or outstanding."""
+    rekeying: bool = False
+    """Our CREATE_CHILD_SA rekeying it is queued or outstanding."""
+    peer_rekey: PeerRekey | None = None
+    """Set when the peer rekeyed it; the peer then deletes it (§2.8)."""
 
 
 @dataclass
@@ -270,6 +286,11 @@ class IkeSa:
         first = child or self.config.children[0]
         self.tm.queue(Exchange(ExchangeType.IKE_SA_INIT, [IkeInit(), IkeNatd()]))
         self.tm.queue(Exchange(ExchangeType.IKE_AUTH, [IkeAuth(), ChildCreate(first)]))
+        if child is None:
+            # The connection's other CHILD SAs follow with CREATE_CHILD_SA (§1.3.1).
+            for other in self.config.children[1:]:
+                if other.start == "initiate":
+                    self.tm.queue(Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(other)]))
         logger.info("%s: initiating IKE SA to %s", self.name, _fmt(self.remote))
         self._send_next(now)
 
@@ -299,6 +320,25 @@ class IkeSa:
         child.deleting = True
         self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]))
         self._send_next(now)
+
+    def rekey_child(self, unique_id: int, now: float) -> None:
+        """Rekey a CHILD SA with CREATE_CHILD_SA (§1.3.3); the old one goes once the new is up."""
+        child = self.children.get(unique_id)
+        if child is None:
+            raise LocalProtocolError(f"no CHILD SA {unique_id} in IKE SA {self.ike_sa_id}")
+        if child.deleting or child.rekeying or self.state is not IkeSaState.ESTABLISHED:
+            return
+        child.rekeying = True
+        logger.info("%s: rekeying CHILD SA %s{%d}", self.name, child.config.name, unique_id)
+        self.queue_exchange(
+            Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(child.config, child)]), now
+        )
+
+    def create_child(self, config: ChildConfig, now: float) -> None:
+        """Negotiate one more CHILD SA under this IKE SA with CREATE_CHILD_SA (§1.3.1)."""
+        if self.state not in (IkeSaState.ESTABLISHED, IkeSaState.HALF_OPEN, IkeSaState.CREATED):
+            raise LocalProtocolError(f"IKE SA {self.ike_sa_id} is going away")
+        self.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(config)]), now)
 
     def queue_exchange(self, exchange: Exchange, now: float) -> None:
         """Queue an exchange we initiate; it goes out when the window allows (§2.3)."""
@@ -333,7 +373,11 @@ class IkeSa:
         if self.state is IkeSaState.DELETED:
             return None
         times = [self.tm.get_timer(), self.half_open_deadline, self.expire_at, self.keepalive_at]
-        times += [c.expire_at for c in self.children.values() if not c.deleting]
+        for c in self.children.values():
+            if not c.deleting:
+                times.append(c.expire_at)
+                if not c.rekeying and c.peer_rekey is None:
+                    times.append(c.rekey_at)
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
@@ -465,7 +509,10 @@ class IkeSa:
         self.tm.response_sent(header.message_id, data, packets)
         self._send(packets)
         if fatal is not None:
-            if isinstance(fatal, InvalidKePayload):
+            if (
+                isinstance(fatal, InvalidKePayload)
+                and header.exchange_type == ExchangeType.IKE_SA_INIT
+            ):
                 # Not a failure: the initiator retries with the group we named (§1.2),
                 # and that retry starts a fresh SA here; this one keeps no state.
                 logger.debug("%s: %s", self.name, fatal)
@@ -689,8 +736,12 @@ class IkeSa:
             self.expire_at = None
             self.delete(now, "IKE SA lifetime expired")
         for child in list(self.children.values()):
-            if not child.deleting and now >= child.expire_at:
+            if child.deleting:
+                continue
+            if now >= child.expire_at:
                 self.delete_child(child.unique_id, now, "lifetime expired")
+            elif now >= child.rekey_at and not child.rekeying and child.peer_rekey is None:
+                self.rekey_child(child.unique_id, now)
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))
@@ -719,6 +770,10 @@ def _informational(sa: IkeSa) -> list[Task]:
     return [Informational()]
 
 
+def _create_child(sa: IkeSa) -> list[Task]:
+    return [AnswerCreateChild()]
+
+
 def _refuse_child(sa: IkeSa) -> list[Task]:
     return [RefuseCreateChild()]
 
@@ -727,7 +782,7 @@ _REQUEST_TASKS: dict[tuple[IkeSaState, int], Callable[[IkeSa], list[Task]]] = {
     (IkeSaState.HALF_OPEN, ExchangeType.IKE_SA_INIT): _responder_init,
     (IkeSaState.HALF_OPEN, ExchangeType.IKE_AUTH): _responder_auth,
     (IkeSaState.ESTABLISHED, ExchangeType.INFORMATIONAL): _informational,
-    (IkeSaState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): _refuse_child,
+    (IkeSaState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): _create_child,
     (IkeSaState.DELETING, ExchangeType.INFORMATIONAL): _informational,
     (IkeSaState.DELETING, ExchangeType.CREATE_CHILD_SA): _refuse_child,
 }
@@ -737,4 +792,4 @@ Anything not listed is dropped: e.g. IKE_AUTH once established, or INFORMATIONAL
 before authentication (RFC 7296 §1.4 requires the IKE SA to exist).
 """
 
-__all__ = ["ChildSa", "Datagram", "Exchange", "IkeSa", "IkeSaState"]
+__all__ = ["ChildSa", "Datagram", "Exchange", "IkeSa", "IkeSaState", "PeerRekey"]

@@ -443,7 +443,8 @@ def test_half_open_responder_sa_expires() -> None:
 
 
 def test_child_lifetime_expiry_deletes_the_child() -> None:
-    conn = connection(children=(child(lifetime=100.0, rekey_margin=10.0),))
+    # No rekey margin: the lifetime ends before anyone rekeys.
+    conn = connection(children=(child(lifetime=100.0, rekey_margin=0.0),))
     peer = mirrored(conn)
     peer = dataclasses.replace(
         peer, children=(dataclasses.replace(peer.children[0], lifetime=1000.0),)
@@ -459,7 +460,7 @@ def test_child_lifetime_expiry_deletes_the_child() -> None:
 
 
 def test_crossing_child_deletes_remove_each_pair_once() -> None:
-    conn = connection(children=(child(lifetime=100.0, rekey_margin=10.0),))
+    conn = connection(children=(child(lifetime=100.0, rekey_margin=0.0),))
     pair = Pair.make(conn)
     establish(pair)
     pair.advance(101.0)  # both ends expire the CHILD SA at the same moment (§1.4.1)
@@ -511,21 +512,21 @@ def test_ipv6_outside_and_inside() -> None:
     assert ia.encr_key_out == ib.encr_key_in
 
 
-def test_create_child_sa_is_refused_without_harm_for_now() -> None:
+def test_ike_sa_rekey_is_refused_without_harm_for_now() -> None:
     from ikev2.codec import Nonce, Payload
-    from ikev2.proposals import parse_esp_proposal, sa_payload
+    from ikev2.proposals import parse_ike_proposal, sa_payload
     from ikev2.sa import Exchange
     from ikev2.tasks import Task
 
-    class AskForChild(Task):
+    class AskForIkeRekey(Task):
         def build_request(self, sa: object, out: list[Payload]) -> None:
-            out += [sa_payload([parse_esp_proposal("aes128gcm16")], b"\x00\x00\x10\x00")]
-            out.append(Nonce(b"n" * 32))
+            proposal = parse_ike_proposal("aes256gcm16-prfsha384-x25519")
+            out += [sa_payload([proposal], b"\x01" * 8), Nonce(b"n" * 32)]
 
     pair = Pair.make(connection())
     establish(pair)
     (sb,) = pair.b.ike_sas()
-    sb.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [AskForChild()]), pair.clock)
+    sb.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [AskForIkeRekey()]), pair.clock)
     pair.pump()
     (answer,) = pair.responses("a", ExchangeType.CREATE_CHILD_SA)
     opened = sb.sk.inbound.open(answer.ike)  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ and ike_cert beside these."""
 from ikev2.tasks.base import RetryExchange, Task
 from ikev2.tasks.child_create import ChildCreate
 from ikev2.tasks.child_delete import ChildDelete
+from ikev2.tasks.child_rekey import AnswerCreateChild, CreateChild
 from ikev2.tasks.ike_auth import IkeAuth
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_init import IkeInit
@@ -12,8 +13,10 @@ from ikev2.tasks.ike_natd import IkeNatd
 from ikev2.tasks.informational import Informational, NotifyOnly, RefuseCreateChild
 
 __all__ = [
+    "AnswerCreateChild",
     "ChildCreate",
     "ChildDelete",
+    "CreateChild",
     "IkeAuth",
     "IkeDelete",
     "IkeInit",

@@ -221,52 +221,20 @@ class ChildCreate(Task):
     # --- both ---------------------------------------------------------------------------
 
     def _install(self, sa: IkeSa, *, spi_out: bytes) -> None:
-        from ikev2.sa import ChildSa
-
-        config, chosen = self.config, self.chosen
-        if config is None or chosen is None or sa.suite is None or sa.keys is None:
-            raise InvalidSyntax("CHILD SA without configuration or keys")
-        try:
-            suite = child_suite(chosen)
-        except IkeError as exc:
-            raise NoProposalChosen(f"selected ESP proposal is not implemented: {exc}") from exc
-        keys = derive_child_keys_for(sa.suite, sa.keys.sk_d, suite, sa.nonce_i, sa.nonce_r)
-        # KEYMAT's first half protects initiator-to-responder traffic (§2.17).
-        if sa.initiator:
-            encr_in, integ_in = keys.encr_r_to_i, keys.integ_r_to_i
-            encr_out, integ_out = keys.encr_i_to_r, keys.integ_i_to_r
-        else:
-            encr_in, integ_in = keys.encr_i_to_r, keys.integ_i_to_r
-            encr_out, integ_out = keys.encr_r_to_i, keys.integ_r_to_i
-        now = sa.now
-        rekey_time = _rekey_time(sa, config)
-        child = ChildSa(
-            unique_id=sa.next_child_id(),
-            config=config,
-            spi_in=int.from_bytes(self.spi_in, "big"),
-            spi_out=int.from_bytes(spi_out, "big"),
-            suite=suite,
+        if self.config is None or self.chosen is None:
+            raise InvalidSyntax("CHILD SA without configuration or proposal")
+        # IKE_AUTH's CHILD SA takes the IKE_SA_INIT nonces and no key exchange (§2.17).
+        install_child(
+            sa,
+            config=self.config,
+            chosen=self.chosen,
+            spi_in=self.spi_in,
+            spi_out=spi_out,
             local_ts=self.local_ts,
             remote_ts=self.remote_ts,
-            installed_at=now,
-            expire_at=now + config.lifetime,
-            rekey_at=now + rekey_time,
-        )
-        sa.children[child.unique_id] = child
-        logger.info(
-            "%s: CHILD SA %s{%d} established with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
-            sa.name,
-            config.name,
-            child.unique_id,
-            child.spi_in,
-            child.spi_out,
-            format_selectors(child.local_ts),
-            format_selectors(child.remote_ts),
-            suite.name,
-            ", UDP-encapsulated" if sa.udp_encap else "",
-        )
-        sa.emit(
-            _installed_event(sa, child, suite, encr_in, integ_in, encr_out, integ_out, rekey_time)
+            nonce_i=sa.nonce_i,
+            nonce_r=sa.nonce_r,
+            we_initiated=sa.initiator,
         )
 
     def _failed(self, sa: IkeSa, exc: IkeError) -> None:
@@ -274,6 +242,79 @@ class ChildCreate(Task):
         notify = getattr(exc, "peer_notify", None) or exc.notify
         logger.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
         sa.emit(ChildSaFailed(sa.config.name, name, sa.ike_sa_id, str(exc), notify))
+
+
+def install_child(
+    sa: IkeSa,
+    *,
+    config: ChildConfig,
+    chosen: Proposal,
+    spi_in: bytes,
+    spi_out: bytes,
+    local_ts: tuple[TrafficSelector, ...],
+    remote_ts: tuple[TrafficSelector, ...],
+    nonce_i: bytes,
+    nonce_r: bytes,
+    we_initiated: bool,
+    g_ir: bytes | None = None,
+    rekey_of: int | None = None,
+) -> ChildSa:
+    """Derive KEYMAT, record the CHILD SA and emit ChildSaInstalled (RFC 7296 §2.17).
+
+    `nonce_i`/`nonce_r` and `we_initiated` are those of the exchange that creates the
+    CHILD SA (IKE_AUTH, or the CREATE_CHILD_SA whichever side sent); `g_ir` is the
+    new shared secret when that exchange had a key exchange (PFS).
+    """
+    from ikev2.sa import ChildSa
+
+    if sa.suite is None or sa.keys is None:
+        raise InvalidSyntax("CHILD SA before the IKE SA has keys")
+    try:
+        suite = child_suite(chosen)
+    except IkeError as exc:
+        raise NoProposalChosen(f"selected ESP proposal is not implemented: {exc}") from exc
+    keys = derive_child_keys_for(sa.suite, sa.keys.sk_d, suite, nonce_i, nonce_r, g_ir)
+    # KEYMAT's first half protects traffic from the exchange's initiator (§2.17).
+    if we_initiated:
+        encr_in, integ_in = keys.encr_r_to_i, keys.integ_r_to_i
+        encr_out, integ_out = keys.encr_i_to_r, keys.integ_i_to_r
+    else:
+        encr_in, integ_in = keys.encr_i_to_r, keys.integ_i_to_r
+        encr_out, integ_out = keys.encr_r_to_i, keys.integ_r_to_i
+    now = sa.now
+    rekey_time = _rekey_time(sa, config)
+    child = ChildSa(
+        unique_id=sa.next_child_id(),
+        config=config,
+        spi_in=int.from_bytes(spi_in, "big"),
+        spi_out=int.from_bytes(spi_out, "big"),
+        suite=suite,
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        installed_at=now,
+        expire_at=now + config.lifetime,
+        rekey_at=now + rekey_time,
+    )
+    sa.children[child.unique_id] = child
+    logger.info(
+        "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
+        sa.name,
+        config.name,
+        child.unique_id,
+        "established" if rekey_of is None else f"rekeyed {{{rekey_of}}}",
+        child.spi_in,
+        child.spi_out,
+        format_selectors(child.local_ts),
+        format_selectors(child.remote_ts),
+        suite.name,
+        ", UDP-encapsulated" if sa.udp_encap else "",
+    )
+    sa.emit(
+        _installed_event(
+            sa, child, suite, encr_in, integ_in, encr_out, integ_out, rekey_time, rekey_of
+        )
+    )
+    return child
 
 
 def _rekey_time(sa: IkeSa, config: ChildConfig) -> float:
@@ -291,6 +332,7 @@ def _installed_event(
     encr_out: bytes,
     integ_out: bytes,
     rekey_time: float,
+    rekey_of: int | None,
 ) -> ChildSaInstalled:
     config = child.config
     return ChildSaInstalled(
@@ -318,6 +360,7 @@ def _installed_event(
         life_bytes=config.life_bytes,
         life_packets=config.life_packets,
         replay_window=config.replay_window,
+        rekey_of=rekey_of,
     )
 
 

@@ -1,0 +1,302 @@
+"""CREATE_CHILD_SA for CHILD SAs: one more CHILD SA, or a rekey (RFC 7296 §1.3.1-1.3.3, §2.8).
+
+Request: [N(REKEY_SA)], SA, Ni, [KEi], TSi, TSr. Response: SA, Nr, [KEr], TSi, TSr,
+or an error notify. With a key exchange group in the ESP proposals (PFS) KEYMAT is
+prf+(SK_d, g^ir | Ni | Nr) (§2.17); a responder that wants another group answers
+INVALID_KE_PAYLOAD and the requester tries again in a new exchange.
+
+Make-before-break (§2.8): the new CHILD SA is reported installed (both directions)
+before the old one is deleted; the side that started the rekey deletes the old one
+once the new one is up. Simultaneous rekeys of one CHILD SA (§2.8.1): both new SAs
+are created, and the one whose exchange had the lowest nonce is deleted again by its
+initiator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ikev2.codec import KeyExchange as KePayload
+from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation, TsI, TsR
+from ikev2.config import ChildConfig
+from ikev2.constants import NotifyType, ProtocolId, TransformType, enum_name
+from ikev2.crypto.dh import KeyExchange
+from ikev2.errors import (
+    ChildSaNotFound,
+    IkeError,
+    InvalidKePayload,
+    InvalidSyntax,
+    NoAdditionalSas,
+    PeerErrorNotify,
+    TemporaryFailure,
+    TsUnacceptable,
+)
+from ikev2.events import ChildSaFailed
+from ikev2.proposals import (
+    check_chosen_proposal,
+    parse_esp_proposal,
+    sa_payload,
+    select_proposal,
+)
+from ikev2.tasks.base import Task
+from ikev2.tasks.child_create import from_wire, install_child, to_wire
+from ikev2.ts import format_selectors, is_subset, narrow
+
+if TYPE_CHECKING:
+    from ikev2.sa import ChildSa, IkeSa
+
+logger = logging.getLogger(__name__)
+
+NONCE_SIZE = 32
+
+
+def _esp_proposals(config: ChildConfig) -> list[Proposal]:
+    out: list[Proposal] = []
+    for text in config.esp_proposals:
+        proposal = parse_esp_proposal(text)
+        if proposal not in out:
+            out.append(proposal)
+    return out
+
+
+def _group(proposal: Proposal) -> int:
+    groups = [t.transform_id for t in proposal.transforms_of(TransformType.DH)]
+    return groups[0] if groups else 0
+
+
+class CreateChild(Task):
+    """Our CREATE_CHILD_SA request for a new CHILD SA or, with `old`, a rekey of it."""
+
+    name = "child_create_sa"
+
+    def __init__(self, config: ChildConfig, old: ChildSa | None = None, group: int | None = None):
+        self.config = config
+        self.old = old
+        self.group = group
+        """Key exchange group for PFS; None: the first of our proposals' groups, if any."""
+        self.spi_in = b""
+        self.nonce_i = b""
+        self.ke: KeyExchange | None = None
+        self.offered: list[Proposal] = []
+
+    @property
+    def what(self) -> str:
+        if self.old is not None:
+            return f"rekeying CHILD SA {self.config.name}{{{self.old.unique_id}}}"
+        return f"creating CHILD SA {self.config.name}"
+
+    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+        self.offered = _esp_proposals(self.config)
+        if self.group is None:
+            self.group = next((g for p in self.offered if (g := _group(p))), 0)
+        self.spi_in = sa.random_spi(4)
+        self.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
+        local_ts, remote_ts = self.config.local_ts, self.config.remote_ts
+        if self.old is not None:
+            # §1.3.3: name the SA being replaced by the SPI the peer knows it by.
+            out.append(Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, _spi(self.old.spi_in)))
+            local_ts, remote_ts = self.old.local_ts, self.old.remote_ts
+        out += [sa_payload(self.offered, self.spi_in), Nonce(self.nonce_i)]
+        if self.group:
+            self.ke = KeyExchange.generate(self.group, sa.rng)
+            out.append(KePayload(self.group, self.ke.public_bytes))
+        out += [TsI(to_wire(local_ts)), TsR(to_wire(remote_ts))]
+
+    def process_response(self, sa: IkeSa, message: Message) -> None:
+        try:
+            self._process_response(sa, message)
+        except IkeError as exc:
+            notify = getattr(exc, "peer_notify", None) or exc.notify
+            logger.warning("%s: %s failed: %s", sa.name, self.what, exc)
+            sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
+            if self.old is not None:
+                self.old.rekeying = False
+
+    def _process_response(self, sa: IkeSa, message: Message) -> None:
+        from ikev2.sa import Exchange
+
+        invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and len(invalid_ke.data) == 2:
+            wanted = int.from_bytes(invalid_ke.data, "big")
+            if wanted != self.group and any(_group(p) == wanted for p in self.offered):
+                # §1.3: retry in a new exchange with the group the peer asked for.
+                logger.info("%s: peer wants group %d for PFS; retrying", sa.name, wanted)
+                sa.tm.queue(
+                    Exchange(
+                        message.exchange_type,  # type: ignore[arg-type]
+                        [type(self)(self.config, self.old, wanted)],
+                    )
+                )
+                return
+        for notify in message.error_notifies():
+            raise PeerErrorNotify(
+                notify.notify_type,
+                notify.data,
+                f"peer refused {self.what}: {enum_name(NotifyType, notify.notify_type)}",
+            )
+        answer = message.get(SecurityAssociation)
+        nonce = message.get(Nonce)
+        tsi, tsr = message.get(TsI), message.get(TsR)
+        if answer is None or nonce is None or tsi is None or tsr is None:
+            raise InvalidSyntax("CREATE_CHILD_SA response lacks SA, Nonce, TSi or TSr")
+        chosen = check_chosen_proposal(self.offered, answer)
+        if len(chosen.spi) != 4:
+            raise InvalidSyntax("ESP proposal without a 4-octet SPI")
+        g_ir = None
+        if _group(chosen):
+            ke = message.get(KePayload)
+            if ke is None or self.ke is None or ke.group != _group(chosen):
+                raise InvalidKePayload(self.group or 0, "peer answered without our PFS group")
+            g_ir = self.ke.shared_secret(ke.data)
+        expected_local = self.old.local_ts if self.old else self.config.local_ts
+        expected_remote = self.old.remote_ts if self.old else self.config.remote_ts
+        local_ts, remote_ts = from_wire(tsi.selectors), from_wire(tsr.selectors)
+        if (
+            not local_ts
+            or not remote_ts
+            or not is_subset(local_ts, expected_local)
+            or not is_subset(remote_ts, expected_remote)
+        ):
+            raise TsUnacceptable(
+                f"peer answered traffic selectors {format_selectors(local_ts)} === "
+                f"{format_selectors(remote_ts)}, outside ours"
+            )
+        new = install_child(
+            sa,
+            config=self.config,
+            chosen=chosen,
+            spi_in=self.spi_in,
+            spi_out=chosen.spi,
+            local_ts=local_ts,
+            remote_ts=remote_ts,
+            nonce_i=self.nonce_i,
+            nonce_r=nonce.data,
+            we_initiated=True,
+            g_ir=g_ir,
+            rekey_of=self.old.unique_id if self.old else None,
+        )
+        old = self.old
+        if old is None or old.unique_id not in sa.children:
+            return
+        ours = min(self.nonce_i, nonce.data)
+        theirs = old.peer_rekey
+        if theirs is not None and ours < theirs.lowest_nonce:
+            # §2.8.1: both rekeyed it at once and our exchange had the lowest nonce:
+            # our new SA is the redundant one; the peer deletes the old SA.
+            sa.delete_child(new.unique_id, sa.now, "redundant after simultaneous rekeying")
+            return
+        sa.delete_child(old.unique_id, sa.now, "rekeyed")
+
+
+class AnswerCreateChild(Task):
+    """The responder's side of CREATE_CHILD_SA for CHILD SAs (new or rekey)."""
+
+    name = "child_create_sa_responder"
+
+    def __init__(self) -> None:
+        self.child_name = "?"
+        """Name of the CHILD configuration, once known (for the failure event)."""
+        self.response: list[Payload] = []
+
+    def process_request(self, sa: IkeSa, message: Message) -> None:
+        offer = message.get(SecurityAssociation)
+        if offer is not None and any(p.protocol == ProtocolId.IKE for p in offer.proposals):
+            raise NoAdditionalSas("rekeying the IKE SA is not supported yet")
+        try:
+            self._process(sa, message)
+        except InvalidKePayload:
+            raise  # the peer retries with our group: not a failure
+        except IkeError as exc:
+            logger.warning("%s: refusing CREATE_CHILD_SA: %s", sa.name, exc)
+            sa.emit(
+                ChildSaFailed(sa.config.name, self.child_name, sa.ike_sa_id, str(exc), exc.notify)
+            )
+            raise
+
+    def _process(self, sa: IkeSa, message: Message) -> None:
+        offer = message.get(SecurityAssociation)
+        nonce = message.get(Nonce)
+        tsi, tsr = message.get(TsI), message.get(TsR)
+        if offer is None or nonce is None or tsi is None or tsr is None:
+            raise InvalidSyntax("CREATE_CHILD_SA request lacks SA, Nonce, TSi or TSr")
+        old: ChildSa | None = None
+        rekey = message.notify(NotifyType.REKEY_SA)
+        if rekey is not None:
+            spi_out = int.from_bytes(rekey.spi, "big")
+            old = next((c for c in sa.children.values() if c.spi_out == spi_out), None)
+            if old is None:
+                raise ChildSaNotFound(
+                    f"peer rekeys CHILD SA with SPI {spi_out:08x}, which we do not have",
+                    protocol=ProtocolId.ESP,
+                    spi=rekey.spi,
+                )
+            if old.deleting:
+                # §2.25.1: it is on its way out already.
+                raise TemporaryFailure(
+                    f"CHILD SA {old.config.name}{{{old.unique_id}}} is being deleted"
+                )
+        if old is not None:
+            self.child_name = old.config.name
+        peer_ts, my_ts = from_wire(tsi.selectors), from_wire(tsr.selectors)
+        candidates = [old.config] if old is not None else list(sa.config.children)
+        for config in candidates:
+            remote_ts = narrow(peer_ts, config.remote_ts)
+            local_ts = narrow(my_ts, config.local_ts)
+            if remote_ts and local_ts:
+                break
+        else:
+            raise TsUnacceptable(
+                f"peer proposed traffic selectors {format_selectors(peer_ts)} === "
+                f"{format_selectors(my_ts)}, which match no CHILD SA of ours"
+            )
+        self.child_name = config.name
+        offered = [p for p in offer.proposals if p.protocol == ProtocolId.ESP]
+        chosen = select_proposal(_esp_proposals(config), offered)
+        if len(chosen.spi) != 4:
+            raise InvalidSyntax("ESP proposal without a 4-octet SPI")
+        g_ir = None
+        ke_out: KeyExchange | None = None
+        group = _group(chosen)
+        if group:
+            ke = message.get(KePayload)
+            if ke is None or ke.group != group:
+                raise InvalidKePayload(group)
+            ke_out = KeyExchange.generate(group, sa.rng)
+            g_ir = ke_out.shared_secret(ke.data)
+        spi_in = sa.random_spi(4)
+        nonce_r = sa.rng.token_bytes(NONCE_SIZE)
+        # The inbound SA is installed before our response lets the peer use it (§2.8).
+        new = install_child(
+            sa,
+            config=config,
+            chosen=chosen,
+            spi_in=spi_in,
+            spi_out=chosen.spi,
+            local_ts=local_ts,
+            remote_ts=remote_ts,
+            nonce_i=nonce.data,
+            nonce_r=nonce_r,
+            we_initiated=False,
+            g_ir=g_ir,
+            rekey_of=old.unique_id if old is not None else None,
+        )
+        if old is not None:
+            from ikev2.sa import PeerRekey
+
+            old.peer_rekey = PeerRekey(new.unique_id, min(nonce.data, nonce_r))
+        answer = Proposal(chosen.number, ProtocolId.ESP, spi_in, chosen.transforms)
+        self.response = [SecurityAssociation((answer,)), Nonce(nonce_r)]
+        if ke_out is not None:
+            self.response.append(KePayload(group, ke_out.public_bytes))
+        self.response += [TsI(to_wire(remote_ts)), TsR(to_wire(local_ts))]
+
+    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        out += self.response
+
+
+def _spi(value: int) -> bytes:
+    return value.to_bytes(4, "big")
+
+
+__all__ = ["AnswerCreateChild", "CreateChild"]

@@ -1,0 +1,148 @@
+"""CREATE_CHILD_SA in memory: CHILD SA rekeying (with and without PFS), collisions,
+additional CHILD SAs (RFC 7296 §1.3, §2.8, §2.8.1, §2.17)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from test_ikev2_sa_pair import Pair, child, connection, mirrored
+
+from ikev2.codec import KeyExchange as KePayload
+from ikev2.codec import Notify
+from ikev2.config import ConnectionConfig
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId
+from ikev2.events import ChildSaDeleted, ChildSaFailed, ChildSaInstalled
+from ikev2.ts import TrafficSelector
+
+CREATE = ExchangeType.CREATE_CHILD_SA
+
+
+def up(conn: ConnectionConfig, peer: ConnectionConfig | None = None) -> Pair:
+    pair = Pair.make(conn, peer)
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert pair.of("a", ChildSaInstalled) and pair.of("b", ChildSaInstalled)
+    return pair
+
+
+def with_esp(conn: ConnectionConfig, *esp: str) -> ConnectionConfig:
+    return dataclasses.replace(
+        conn, children=(dataclasses.replace(conn.children[0], esp_proposals=esp),)
+    )
+
+
+def check_crosswise(x: ChildSaInstalled, y: ChildSaInstalled) -> None:
+    assert (x.spi_in, x.spi_out) == (y.spi_out, y.spi_in)
+    assert x.encr_key_in == y.encr_key_out and x.encr_key_out == y.encr_key_in
+    assert x.integ_key_in == y.integ_key_out and x.integ_key_out == y.integ_key_in
+
+
+@pytest.mark.parametrize("rekeyer", ["a", "b"])
+def test_rekey_make_before_break(rekeyer: str) -> None:
+    pair = up(connection())
+    old_a, old_b = pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0]
+    own = old_a if rekeyer == "a" else old_b
+    (sa,) = pair.side(rekeyer).ike_sas()
+    sa.rekey_child(own.unique_id, pair.clock)
+    pair.pump()
+
+    new_a, new_b = pair.of("a", ChildSaInstalled)[1], pair.of("b", ChildSaInstalled)[1]
+    check_crosswise(new_a, new_b)
+    assert new_a.rekey_of == old_a.unique_id and new_b.rekey_of == old_b.unique_id
+    assert new_a.encr_key_in not in (old_a.encr_key_in, old_a.encr_key_out)
+    assert new_a.local_ts == old_a.local_ts and new_a.remote_ts == old_a.remote_ts
+    # The new SA is installed on both sides before the old one is removed.
+    for name, old in (("a", old_a), ("b", old_b)):
+        kinds = [type(e).__name__ for e in pair.events[name]]
+        assert kinds[-2:] == ["ChildSaInstalled", "ChildSaDeleted"]
+        (gone,) = pair.of(name, ChildSaDeleted)
+        assert gone.unique_id == old.unique_id
+    (gone,) = pair.of(rekeyer, ChildSaDeleted)
+    assert gone.reason == "rekeyed"
+    # The exchange carried N(REKEY_SA) with the old SA's SPI as the peer knows it.
+    (request,) = pair.requests(rekeyer, CREATE)
+    opened = pair.side("b" if rekeyer == "a" else "a").ike_sas()[0]
+    message = opened.sk.inbound.open(request.ike)  # type: ignore[union-attr]
+    rekey = message.notify(NotifyType.REKEY_SA)
+    assert rekey is not None and rekey.protocol == ProtocolId.ESP
+    assert rekey.spi == own.spi_in.to_bytes(4, "big")
+    assert message.get(KePayload) is None  # no PFS configured
+    for ep in (pair.a, pair.b):
+        assert len(ep.ike_sas()[0].children) == 1
+
+
+def test_rekey_with_pfs_and_an_invalid_ke_retry() -> None:
+    conn = with_esp(connection(), "aes128gcm16-x25519", "aes128gcm16-ecp256")
+    peer = with_esp(mirrored(conn), "aes128gcm16-ecp256")
+    pair = up(conn, peer)
+    old = pair.of("a", ChildSaInstalled)[0]
+    (sa,) = pair.a.ike_sas()
+    sa.rekey_child(old.unique_id, pair.clock)
+    pair.pump()
+    first, retry = pair.requests("a", CREATE)
+    sb = pair.b.ike_sas()[0]
+    assert sb.sk is not None
+    assert sb.sk.inbound.open(first.ike).get(KePayload).group == 31  # type: ignore[union-attr]
+    assert sb.sk.inbound.open(retry.ike).get(KePayload).group == 19  # type: ignore[union-attr]
+    answer = sa.sk.inbound.open(pair.responses("b", CREATE)[0].ike)  # type: ignore[union-attr]
+    assert answer.payloads == (Notify(NotifyType.INVALID_KE_PAYLOAD, b"\x00\x13"),)
+    new_a, new_b = pair.of("a", ChildSaInstalled)[1], pair.of("b", ChildSaInstalled)[1]
+    check_crosswise(new_a, new_b)
+    assert new_a.rekey_of == old.unique_id
+    assert not pair.of("a", ChildSaFailed) and not pair.of("b", ChildSaFailed)
+
+
+def test_rekey_happens_on_its_own_before_the_lifetime_ends() -> None:
+    conn = connection(children=(child(lifetime=600.0, rekey_margin=60.0),))
+    pair = up(conn)
+    pair.advance(560.0)
+    installed = pair.of("a", ChildSaInstalled)
+    assert len(installed) == 2 and installed[1].rekey_of == installed[0].unique_id
+    pair.advance(600.0)  # and again for the new one, never a gap
+    assert len(pair.of("a", ChildSaInstalled)) == 3
+    assert len(pair.a.ike_sas()[0].children) == 1 and len(pair.b.ike_sas()[0].children) == 1
+    assert all(g.reason in ("rekeyed", "deleted by peer") for g in pair.of("a", ChildSaDeleted))
+
+
+def test_simultaneous_rekeys_leave_one_new_child_sa() -> None:
+    pair = up(connection())
+    old_a, old_b = pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0]
+    pair.a.ike_sas()[0].rekey_child(old_a.unique_id, pair.clock)
+    pair.b.ike_sas()[0].rekey_child(old_b.unique_id, pair.clock)
+    pair.pump()
+    # §2.8.1: two new pairs were made; the one with the lowest nonce was deleted again.
+    assert len(pair.of("a", ChildSaInstalled)) == 3 and len(pair.of("b", ChildSaInstalled)) == 3
+    (ca,) = pair.a.ike_sas()[0].children.values()
+    (cb,) = pair.b.ike_sas()[0].children.values()
+    assert (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
+    assert ca.unique_id != old_a.unique_id and cb.unique_id != old_b.unique_id
+    assert len(pair.of("a", ChildSaDeleted)) == 2 and len(pair.of("b", ChildSaDeleted)) == 2
+
+
+def test_additional_child_sas_follow_ike_auth() -> None:
+    second = child(name="v6", local="2001:db8:a::/64", remote="2001:db8:b::/64")
+    conn = connection(children=(child(), second))
+    pair = up(conn)
+    installed_a = pair.of("a", ChildSaInstalled)
+    installed_b = pair.of("b", ChildSaInstalled)
+    assert [e.child for e in installed_a] == ["net", "v6"]
+    assert [e.child for e in installed_b] == ["net", "v6"]
+    check_crosswise(installed_a[1], installed_b[1])
+    assert installed_a[1].remote_ts == (TrafficSelector.from_network("2001:db8:b::/64"),)
+    assert len(pair.requests("a", CREATE)) == 1
+
+
+def test_rekey_of_an_unknown_child_sa_is_refused() -> None:
+    pair = up(connection())
+    (sa,) = pair.a.ike_sas()
+    (own,) = sa.children.values()
+    sb = pair.b.ike_sas()[0]
+    (peer_child,) = sb.children.values()
+    # b forgets the pair (as if it had deleted it) and a asks to rekey it.
+    del sb.children[peer_child.unique_id]
+    sa.rekey_child(own.unique_id, pair.clock)
+    pair.pump()
+    (failed,) = pair.of("a", ChildSaFailed)
+    assert failed.notify == NotifyType.CHILD_SA_NOT_FOUND
+    assert not own.rekeying and own.unique_id in sa.children
