@@ -155,6 +155,34 @@ class Endpoint:
                 return
         raise LocalProtocolError(f"no CHILD SA {unique_id}")
 
+    def rekey_child(self, unique_id: int, now: float) -> None:
+        """Rekey one CHILD SA now (CREATE_CHILD_SA, make-before-break)."""
+        for sa in self._sas.values():
+            if unique_id in sa.children:
+                sa.rekey_child(unique_id, now)
+                self._collect(sa, now)
+                return
+        raise LocalProtocolError(f"no CHILD SA {unique_id}")
+
+    def rekey_connection(self, connection: str, now: float) -> int:
+        """Rekey every CHILD SA of a connection; returns how many rekeys started."""
+        count = 0
+        for sa in list(self._sas.values()):
+            if sa.config.name != connection:
+                continue
+            for unique_id, child in list(sa.children.items()):
+                if not child.deleting and not child.rekeying:
+                    sa.rekey_child(unique_id, now)
+                    count += 1
+            self._collect(sa, now)
+        return count
+
+    def heard_from_peer(self, ike_sa_id: int, now: float) -> None:
+        """Tell an IKE SA its peer is alive (e.g. ESP arrived), postponing liveness checks."""
+        sa = self._sas.get(ike_sa_id)
+        if sa is not None:
+            sa.heard_from_peer(now)
+
     def check_liveness(self, ike_sa_id: int, now: float) -> None:
         """Send the peer of an IKE SA an empty INFORMATIONAL request (§1.4); a peer that
         never answers ends the IKE SA through retransmission give-up."""

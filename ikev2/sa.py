@@ -235,6 +235,8 @@ class IkeSa:
         self.half_open_deadline: float | None = None if initiator else now + half_open_timeout
         self.keepalive_at: float | None = None
         self.delete_reason = ""
+        self.last_heard = now
+        """When the peer last sent an authenticated message (or `heard_from_peer`)."""
         self.initial_contact = False
         """The peer sent INITIAL_CONTACT (§2.4): its older IKE SAs with us are stale."""
         self.initial_child_failed = False
@@ -334,6 +336,22 @@ class IkeSa:
             Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(child.config, child)]), now
         )
 
+    def heard_from_peer(self, now: float) -> None:
+        """The peer showed it is alive some other way (ESP arrived): no liveness check yet."""
+        self.last_heard = max(self.last_heard, now)
+
+    def _dpd_due(self) -> float | None:
+        """When a liveness check is due (RFC 7296 §2.4), or None."""
+        interval = self.config.dpd_interval
+        if (
+            interval <= 0
+            or self.state is not IkeSaState.ESTABLISHED
+            or self.tm.outstanding is not None
+            or self.tm.pending
+        ):
+            return None
+        return self.last_heard + interval
+
     def create_child(self, config: ChildConfig, now: float) -> None:
         """Negotiate one more CHILD SA under this IKE SA with CREATE_CHILD_SA (§1.3.1)."""
         if self.state not in (IkeSaState.ESTABLISHED, IkeSaState.HALF_OPEN, IkeSaState.CREATED):
@@ -372,7 +390,13 @@ class IkeSa:
         """When `handle_timer` must next run, or None."""
         if self.state is IkeSaState.DELETED:
             return None
-        times = [self.tm.get_timer(), self.half_open_deadline, self.expire_at, self.keepalive_at]
+        times = [
+            self.tm.get_timer(),
+            self.half_open_deadline,
+            self.expire_at,
+            self.keepalive_at,
+            self._dpd_due(),
+        ]
         for c in self.children.values():
             if not c.deleting:
                 times.append(c.expire_at)
@@ -617,6 +641,7 @@ class IkeSa:
     # --- state changes ------------------------------------------------------------------
 
     def _peer_address_seen(self, local: Address, remote: Address) -> None:
+        self.last_heard = self.now
         # §2.23: behind a NAT, follow the address of the latest authenticated message.
         if (local, remote) != (self.local, self.remote) and (
             self.nat_local or self.nat_remote or self.local[1] == self.nat_port
@@ -726,6 +751,8 @@ class IkeSa:
         except GiveUp as exc:
             if self.state is IkeSaState.DELETING:
                 self.gone(f"{self.delete_reason}; peer did not answer the Delete", by_peer=False)
+            elif self.state is IkeSaState.ESTABLISHED:
+                self.fail(f"peer is dead: {exc}", None)
             else:
                 self.fail(str(exc), None)
             return
@@ -742,6 +769,12 @@ class IkeSa:
                 self.delete_child(child.unique_id, now, "lifetime expired")
             elif now >= child.rekey_at and not child.rekeying and child.peer_rekey is None:
                 self.rekey_child(child.unique_id, now)
+        dpd = self._dpd_due()
+        if dpd is not None and now >= dpd:
+            # §2.4: nothing heard for a while; an unanswered check ends the IKE SA through
+            # the retransmission give-up, and the user applies the connection's dpd_action.
+            logger.debug("%s: sending a liveness check", self.name)
+            self.check_liveness(now)
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))

@@ -146,3 +146,27 @@ def test_rekey_of_an_unknown_child_sa_is_refused() -> None:
     (failed,) = pair.of("a", ChildSaFailed)
     assert failed.notify == NotifyType.CHILD_SA_NOT_FOUND
     assert not own.rekeying and own.unique_id in sa.children
+
+
+def test_liveness_checks_after_silence_and_a_dead_peer() -> None:
+    conn = connection(dpd_interval=10.0, retransmit_timeout=1.0, retransmit_tries=2)
+    pair = up(conn, mirrored(conn, dpd_interval=0.0))
+    pair.advance(9.0)
+    assert pair.requests("a", ExchangeType.INFORMATIONAL) == []
+    pair.advance(2.0)  # 10 s of silence: one empty INFORMATIONAL, answered
+    (check,) = pair.requests("a", ExchangeType.INFORMATIONAL)
+    assert check.time == pytest.approx(10.0)
+    assert pair.a.ike_sas()[0].tm.outstanding is None
+    # Other signs of life (ESP, reported by the daemon) postpone the next check.
+    (sa,) = pair.a.ike_sas()
+    pair.a.heard_from_peer(sa.ike_sa_id, 18.0)
+    pair.advance(15.0)  # now 26: next check due at 28
+    assert len(pair.requests("a", ExchangeType.INFORMATIONAL)) == 1
+    # The peer dies: the next check goes unanswered and the IKE SA ends.
+    pair.drop = lambda sent: sent.sender == "b"
+    pair.advance(60.0)
+    from ikev2.events import IkeSaDeleted
+
+    (dead,) = pair.of("a", IkeSaDeleted)
+    assert dead.reason.startswith("peer is dead") and not dead.by_peer
+    assert pair.a.ike_sas() == []
