@@ -84,6 +84,11 @@ class IkeDriver:
         self.endpoint.delete_child(unique_id, self._clock(), reason)
         self.service()
 
+    def rekey_child(self, unique_id: int) -> None:
+        """Rekey a CHILD SA (make-before-break)."""
+        self.endpoint.rekey_child(unique_id, self._clock())
+        self.service()
+
     async def close(self, timeout: float = 3.0) -> None:
         """Delete every IKE SA and wait (bounded) until the peers answered or gave up."""
         self.endpoint.close(self._clock())

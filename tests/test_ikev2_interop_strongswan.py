@@ -329,3 +329,42 @@ def test_esp_proposal_mismatch_fails_the_child_cleanly() -> None:
         # The IKE SA has no use without its CHILD SA: lockgate deletes it.
         peer.wait_for(IkeSaDeleted)
         wait_until(lambda: charon.list_sas() == [])
+
+
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256gcm16-x25519"])
+def test_child_sa_rekeys_both_ways(esp: str) -> None:
+    with gateways(lockgate_connection(esp=esp), charon_connection(esp=esp)) as (peer, charon):
+        peer.call(lambda d: d.initiate("s2s"))
+        peer.wait_for(IkeSaEstablished)
+        first = peer.wait_for(ChildSaInstalled)
+        charon.wait_for_child("net")
+
+        # charon rekeys: lockgate installs the new pair, then charon deletes the old one.
+        charon.swanctl("--rekey", "--child", "net")
+        second = peer.wait_for(ChildSaInstalled)
+        assert second.rekey_of == first.unique_id
+        gone = peer.wait_for(ChildSaDeleted)
+        assert gone.unique_id == first.unique_id and gone.reason == "deleted by peer"
+        wait_until(lambda: _charon_spis(charon) == [(second.spi_out, second.spi_in)])
+
+        # lockgate rekeys: the same, the other way round.
+        peer.call(lambda d: d.rekey_child(second.unique_id))
+        third = peer.wait_for(ChildSaInstalled)
+        assert third.rekey_of == second.unique_id
+        assert peer.wait_for(ChildSaDeleted).reason == "rekeyed"
+        wait_until(lambda: _charon_spis(charon) == [(third.spi_out, third.spi_in)])
+        # With a group in the ESP proposal the rekeys ran a key exchange (PFS, §1.3.3).
+        groups = [
+            c.dh_group for ike in charon.list_sas() for c in ike.children if c.state == "INSTALLED"
+        ]
+        assert groups == (["CURVE_25519"] if "x25519" in esp else [""])
+
+
+def _charon_spis(charon: Charon) -> list[tuple[int, int]]:
+    """(SPI in, SPI out) of charon's INSTALLED CHILD SAs."""
+    return [
+        (int(c.spi_in, 16), int(c.spi_out, 16))
+        for ike in charon.list_sas()
+        for c in ike.children
+        if c.state == "INSTALLED"
+    ]
