@@ -122,6 +122,7 @@ class Endpoint:
             child_ids=self._child_ids,
             nat_port=self.config.nat_port,
             now=now,
+            ike_ids=self._ids,
         )
         self._add(sa)
         sa.initiate(now)
@@ -176,6 +177,14 @@ class Endpoint:
                     count += 1
             self._collect(sa, now)
         return count
+
+    def rekey_ike_sa(self, ike_sa_id: int, now: float) -> None:
+        """Rekey an IKE SA now (§2.8); its CHILD SAs move to the new one."""
+        sa = self._sas.get(ike_sa_id)
+        if sa is None:
+            raise LocalProtocolError(f"no IKE SA {ike_sa_id}")
+        sa.rekey_ike(now)
+        self._collect(sa, now)
 
     def heard_from_peer(self, ike_sa_id: int, now: float) -> None:
         """Tell an IKE SA its peer is alive (e.g. ESP arrived), postponing liveness checks."""
@@ -283,6 +292,7 @@ class Endpoint:
             now=now,
             candidates=tuple(candidates),
             half_open_timeout=self.config.half_open_timeout,
+            ike_ids=self._ids,
         )
         self._sas[sa.ike_sa_id] = sa
         self._half_open[(spi_i, remote)] = sa
@@ -364,6 +374,10 @@ class Endpoint:
             sa.initial_contact = False
             self._drop_stale(sa, now)
         self._collect_events(sa)
+        successor = sa.rekeyed_into
+        if successor is not None and successor.ike_sa_id not in self._sas:
+            # §2.18: the new IKE SA answers to its own SPI from now on.
+            self._add(successor)
         # An SA queues an event before the datagram it must precede, so every datagram
         # taken now waits for all events taken so far.
         self._datagrams.extend((self._events_queued, d) for d in sa.datagrams_to_send(now))

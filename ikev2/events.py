@@ -51,6 +51,28 @@ class IkeSaEstablished(Event):
 
 
 @dataclass(frozen=True)
+class IkeSaRekeyed(Event):
+    """An IKE SA was replaced by a new one (RFC 7296 §2.18); its CHILD SAs moved along.
+
+    The old `ike_sa_id` ends here without an IkeSaDeleted: nothing was torn down.
+    Later events of the moved CHILD SAs carry `new_ike_sa_id`.
+    """
+
+    connection: str
+    """Name of the connection."""
+    ike_sa_id: int
+    """The replaced IKE SA's unique number."""
+    new_ike_sa_id: int
+    """The new IKE SA's unique number."""
+    spi_i: int
+    """The new IKE SA's initiator SPI (the side that started the rekey)."""
+    spi_r: int
+    """The new IKE SA's responder SPI."""
+    suite: str
+    """The new IKE SA's algorithms."""
+
+
+@dataclass(frozen=True)
 class IkeSaDeleted(Event):
     """An established IKE SA is gone (deleted by either side, expired or peer dead).
 

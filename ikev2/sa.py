@@ -18,6 +18,7 @@ SA of a new CHILD SA before the message that completes it leaves (RFC 7296 §2.8
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ from ikev2.events import (
     Event,
     IkeSaDeleted,
     IkeSaFailed,
+    IkeSaRekeyed,
     NatKeepaliveDue,
 )
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
@@ -65,6 +67,7 @@ from ikev2.tasks import (
     IkeDelete,
     IkeInit,
     IkeNatd,
+    IkeRekey,
     Informational,
     NotifyOnly,
     RefuseCreateChild,
@@ -74,6 +77,9 @@ from ikev2.tasks import (
 from ikev2.ts import TrafficSelector
 
 logger = logging.getLogger(__name__)
+
+REKEYED_LINGER = 30.0
+"""Seconds a replaced IKE SA waits for the Delete that ends it."""
 
 NAT_KEEPALIVE_INTERVAL = 20.0
 """Seconds between NAT keepalives (strongSwan's default, RFC 3948 §4 suggests 20 s)."""
@@ -93,6 +99,8 @@ class IkeSaState(enum.Enum):
     """Both peers authenticated."""
     DELETING = "deleting"
     """Our Delete is queued or outstanding."""
+    REKEYED = "rekeyed"
+    """Replaced by a new IKE SA (§2.18); waits for the Delete that ends it quietly."""
     DELETED = "deleted"
     """Gone; the endpoint forgets it after taking its last datagrams and events."""
 
@@ -176,6 +184,7 @@ class IkeSa:
         nat_port: int = 4500,
         candidates: tuple[ConnectionConfig, ...] = (),
         half_open_timeout: float = 30.0,
+        ike_ids: Iterator[int] | None = None,
     ) -> None:
         self.config = config
         """The connection; a responder may switch to another candidate in IKE_AUTH."""
@@ -197,6 +206,7 @@ class IkeSa:
         self.ike_sa_id = ike_sa_id
         self.nat_port = nat_port
         self._child_ids = child_ids
+        self._ike_ids = ike_ids if ike_ids is not None else itertools.count(ike_sa_id + 1)
         self.state = IkeSaState.CREATED if initiator else IkeSaState.HALF_OPEN
         spi = self.random_spi(8)
         self.spi_i = spi if initiator else bytes(8)
@@ -239,6 +249,12 @@ class IkeSa:
         """When the peer last sent an authenticated message (or `heard_from_peer`)."""
         self.initial_contact = False
         """The peer sent INITIAL_CONTACT (§2.4): its older IKE SAs with us are stale."""
+        self.ike_rekey_at: float | None = None
+        """When rekeying the IKE SA is due (randomised below the lifetime)."""
+        self.ike_rekeying = False
+        """Our IKE rekey is queued or outstanding."""
+        self.rekeyed_into: IkeSa | None = None
+        """The IKE SA that replaced this one (§2.18)."""
         self.initial_child_failed = False
         """The CHILD SA of IKE_AUTH failed: an initiator then deletes the IKE SA."""
         self._events: deque[Event] = deque()
@@ -336,6 +352,76 @@ class IkeSa:
             Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(child.config, child)]), now
         )
 
+    def rekey_ike(self, now: float) -> None:
+        """Rekey this IKE SA with CREATE_CHILD_SA (§1.3.2); CHILD SAs move to the new one."""
+        if self.state is not IkeSaState.ESTABLISHED or self.ike_rekeying:
+            return
+        self.ike_rekeying = True
+        logger.info("%s: rekeying the IKE SA", self.name)
+        self.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [IkeRekey()]), now)
+
+    def spawn_rekeyed(
+        self,
+        *,
+        initiator: bool,
+        spi_i: bytes,
+        spi_r: bytes,
+        suite: IkeSuite,
+        keys: IkeKeys,
+        nonce_i: bytes,
+        nonce_r: bytes,
+    ) -> IkeSa:
+        """The IKE SA that replaces this one after a rekey (§2.18), with our CHILD SAs.
+
+        The side that sent the rekey request is the new SA's initiator; Message IDs
+        start again at 0. This SA turns REKEYED and ends quietly with the Delete.
+        """
+        new = IkeSa(
+            self.config,
+            initiator=initiator,
+            local=self.local,
+            remote=self.remote,
+            rng=self.rng,
+            ike_sa_id=next(self._ike_ids),
+            child_ids=self._child_ids,
+            now=self.now,
+            nat_port=self.nat_port,
+            ike_ids=self._ike_ids,
+        )
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.suite, new.keys = suite, keys
+        new.sk = SkCipherPair.for_ike_sa(suite, keys, initiator)
+        new.nonce_i, new.nonce_r = nonce_i, nonce_r
+        new.init_local, new.init_remote = self.init_local, self.init_remote
+        new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        new.peer_id = self.peer_id
+        new.established(self.now)
+        new.children, self.children = self.children, {}
+        for child in new.children.values():
+            child.rekeying = False
+        self.rekeyed_into = new
+        self.state = IkeSaState.REKEYED
+        self.tm.pending.clear()
+        self.ike_rekey_at = self.keepalive_at = None
+        # The peer's Delete normally ends this SA at once; this is only a backstop.
+        self.expire_at = self.now + REKEYED_LINGER
+        self.emit(
+            IkeSaRekeyed(
+                self.config.name,
+                self.ike_sa_id,
+                new.ike_sa_id,
+                int.from_bytes(spi_i, "big"),
+                int.from_bytes(spi_r, "big"),
+                suite.name,
+            )
+        )
+        return new
+
+    def retire(self) -> None:
+        """Delete this replaced IKE SA (we started the rekey, so the Delete is ours, §2.8)."""
+        self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [IkeDelete("rekeyed")]))
+        self._send_next(self.now)
+
     def heard_from_peer(self, now: float) -> None:
         """The peer showed it is alive some other way (ESP arrived): no liveness check yet."""
         self.last_heard = max(self.last_heard, now)
@@ -395,6 +481,7 @@ class IkeSa:
             self.half_open_deadline,
             self.expire_at,
             self.keepalive_at,
+            self.ike_rekey_at,
             self._dpd_due(),
         ]
         for c in self.children.values():
@@ -663,6 +750,10 @@ class IkeSa:
         self.state = IkeSaState.ESTABLISHED
         self.established_at = now
         self.expire_at = now + self.config.ike_lifetime
+        jitter = int.from_bytes(self.rng.token_bytes(2), "big") / 65536.0
+        margin = self.config.rekey_margin
+        # Up to a third of the margin earlier, so both ends rarely rekey at once.
+        self.ike_rekey_at = max(now + self.config.ike_lifetime - margin * (1 + jitter / 3), now)
         self.half_open_deadline = None
         if self.nat_local:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
@@ -697,6 +788,11 @@ class IkeSa:
 
     def gone(self, reason: str, *, by_peer: bool) -> None:
         """Remove every CHILD SA and the IKE SA itself, with their events."""
+        if self.rekeyed_into is not None:
+            # Replaced: its CHILD SAs live on in the new IKE SA; nothing to report.
+            self.state = IkeSaState.DELETED
+            logger.debug("%s: replaced IKE SA removed (%s)", self.name, reason)
+            return
         for child in list(self.children.values()):
             self.remove_child(child, "IKE SA deleted")
         self.state = IkeSaState.DELETED
@@ -761,7 +857,13 @@ class IkeSa:
             return
         if self.expire_at is not None and now >= self.expire_at:
             self.expire_at = None
+            if self.state is IkeSaState.REKEYED:
+                self.gone("the peer never deleted it", by_peer=False)
+                return
             self.delete(now, "IKE SA lifetime expired")
+        if self.ike_rekey_at is not None and now >= self.ike_rekey_at:
+            self.ike_rekey_at = None
+            self.rekey_ike(now)
         for child in list(self.children.values()):
             if child.deleting:
                 continue
@@ -818,6 +920,7 @@ _REQUEST_TASKS: dict[tuple[IkeSaState, int], Callable[[IkeSa], list[Task]]] = {
     (IkeSaState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): _create_child,
     (IkeSaState.DELETING, ExchangeType.INFORMATIONAL): _informational,
     (IkeSaState.DELETING, ExchangeType.CREATE_CHILD_SA): _refuse_child,
+    (IkeSaState.REKEYED, ExchangeType.INFORMATIONAL): _informational,
 }
 """(state, exchange type of a peer's request) -> the tasks that answer it.
 

@@ -36,6 +36,7 @@ from ikev2.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
 )
 from ikev2.ts import TrafficSelector
 
@@ -367,4 +368,43 @@ def _charon_spis(charon: Charon) -> list[tuple[int, int]]:
         for ike in charon.list_sas()
         for c in ike.children
         if c.state == "INSTALLED"
+    ]
+
+
+def test_ike_sa_rekeys_both_ways() -> None:
+    with gateways(lockgate_connection(), charon_connection()) as (peer, charon):
+        ike_sa_id = peer.call(lambda d: d.initiate("s2s"))
+        peer.wait_for(IkeSaEstablished)
+        child = peer.wait_for(ChildSaInstalled)
+        charon.wait_for_child("net")
+        (original,) = _charon_ike_spis(charon)
+
+        # charon rekeys the IKE SA: the CHILD SA moves along, nothing is torn down.
+        charon.swanctl("--rekey", "--ike", "s2s")
+        rekeyed = peer.wait_for(IkeSaRekeyed)
+        assert rekeyed.ike_sa_id == ike_sa_id
+        wait_until(lambda: _charon_ike_spis(charon) == [(rekeyed.spi_i, rekeyed.spi_r)])
+        assert _charon_spis(charon) == [(child.spi_out, child.spi_in)]
+
+        # lockgate rekeys it back; the new IKE SA still carries the same CHILD SA.
+        peer.call(lambda d: d.endpoint.rekey_ike_sa(rekeyed.new_ike_sa_id, time.monotonic()))
+        peer.call(lambda d: d.service())
+        again = peer.wait_for(IkeSaRekeyed)
+        assert again.ike_sa_id == rekeyed.new_ike_sa_id
+        wait_until(lambda: _charon_ike_spis(charon) == [(again.spi_i, again.spi_r)])
+        assert _charon_spis(charon) == [(child.spi_out, child.spi_in)]
+        assert original not in ((again.spi_i, again.spi_r), (rekeyed.spi_i, rekeyed.spi_r))
+        assert not any(isinstance(e, (IkeSaDeleted, ChildSaDeleted)) for e in peer.seen)
+
+        # And it still works: a CHILD SA rekey through the new IKE SA.
+        peer.call(lambda d: d.rekey_child(child.unique_id))
+        assert peer.wait_for(ChildSaInstalled).rekey_of == child.unique_id
+
+
+def _charon_ike_spis(charon: Charon) -> list[tuple[int, int]]:
+    """(SPIi, SPIr) of charon's ESTABLISHED IKE SAs."""
+    return [
+        (int(str(ike.raw["initiator-spi"]), 16), int(str(ike.raw["responder-spi"]), 16))
+        for ike in charon.list_sas()
+        if ike.state == "ESTABLISHED"
     ]

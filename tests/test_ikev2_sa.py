@@ -512,13 +512,14 @@ def test_ipv6_outside_and_inside() -> None:
     assert ia.encr_key_out == ib.encr_key_in
 
 
-def test_ike_sa_rekey_is_refused_without_harm_for_now() -> None:
+def test_a_malformed_ike_rekey_is_refused_without_harm() -> None:
+    # An IKE rekey request without KE (§1.3.2 requires one) is answered INVALID_SYNTAX.
     from ikev2.codec import Nonce, Payload
     from ikev2.proposals import parse_ike_proposal, sa_payload
     from ikev2.sa import Exchange
     from ikev2.tasks import Task
 
-    class AskForIkeRekey(Task):
+    class AskForIkeRekeyWithoutKe(Task):
         def build_request(self, sa: object, out: list[Payload]) -> None:
             proposal = parse_ike_proposal("aes256gcm16-prfsha384-x25519")
             out += [sa_payload([proposal], b"\x01" * 8), Nonce(b"n" * 32)]
@@ -526,11 +527,13 @@ def test_ike_sa_rekey_is_refused_without_harm_for_now() -> None:
     pair = Pair.make(connection())
     establish(pair)
     (sb,) = pair.b.ike_sas()
-    sb.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [AskForIkeRekey()]), pair.clock)
+    sb.queue_exchange(
+        Exchange(ExchangeType.CREATE_CHILD_SA, [AskForIkeRekeyWithoutKe()]), pair.clock
+    )
     pair.pump()
     (answer,) = pair.responses("a", ExchangeType.CREATE_CHILD_SA)
     opened = sb.sk.inbound.open(answer.ike)  # type: ignore[union-attr]
-    assert opened.payloads == (Notify(NotifyType.NO_ADDITIONAL_SAS),)
+    assert opened.payloads == (Notify(NotifyType.INVALID_SYNTAX),)
     (sa,) = pair.a.ike_sas()
     assert sa.state is IkeSaState.ESTABLISHED and len(sa.children) == 1
     assert not pair.of("a", IkeSaDeleted) and not pair.of("a", IkeSaFailed)

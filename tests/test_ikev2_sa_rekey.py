@@ -170,3 +170,54 @@ def test_liveness_checks_after_silence_and_a_dead_peer() -> None:
     (dead,) = pair.of("a", IkeSaDeleted)
     assert dead.reason.startswith("peer is dead") and not dead.by_peer
     assert pair.a.ike_sas() == []
+
+
+@pytest.mark.parametrize("rekeyer", ["a", "b"])
+def test_ike_sa_rekey_moves_the_child_sas(rekeyer: str) -> None:
+    from ikev2.events import IkeSaDeleted, IkeSaRekeyed
+    from ikev2.sa import IkeSaState
+
+    pair = up(connection())
+    old_a, old_b = pair.a.ike_sas()[0], pair.b.ike_sas()[0]
+    child_a = pair.of("a", ChildSaInstalled)[0]
+    old = old_a if rekeyer == "a" else old_b
+    pair.side(rekeyer).rekey_ike_sa(old.ike_sa_id, pair.clock)
+    pair.pump()
+
+    (ra,) = pair.of("a", IkeSaRekeyed)
+    (rb,) = pair.of("b", IkeSaRekeyed)
+    assert (ra.ike_sa_id, rb.ike_sa_id) == (old_a.ike_sa_id, old_b.ike_sa_id)
+    assert (ra.spi_i, ra.spi_r) == (rb.spi_i, rb.spi_r)
+    assert ra.spi_i != int.from_bytes(old_a.spi_i, "big")
+    (new_a,) = pair.a.ike_sas()
+    (new_b,) = pair.b.ike_sas()
+    assert new_a.ike_sa_id == ra.new_ike_sa_id and new_b.ike_sa_id == rb.new_ike_sa_id
+    # §2.18: whoever asked is the new IKE SA's initiator; Message IDs start again.
+    assert new_a.initiator is (rekeyer == "a") and new_b.initiator is (rekeyer == "b")
+    assert new_a.state is IkeSaState.ESTABLISHED and new_a.tm.next_request_id == 0
+    assert old_a.state is IkeSaState.DELETED and old_b.state is IkeSaState.DELETED
+    assert list(new_a.children) == [child_a.unique_id]
+    assert not pair.of("a", IkeSaDeleted) and not pair.of("b", IkeSaDeleted)
+    assert not pair.of("a", ChildSaDeleted) and not pair.of("b", ChildSaDeleted)
+
+    # The new IKE SA works: a liveness check and then a CHILD SA delete go through it.
+    new_a.check_liveness(pair.clock)
+    pair.pump()
+    assert new_a.tm.next_request_id == 1 and new_a.tm.outstanding is None
+    pair.a.delete_child(child_a.unique_id, pair.clock)
+    pair.pump()
+    (gone,) = pair.of("b", ChildSaDeleted)
+    assert gone.ike_sa_id == new_b.ike_sa_id
+
+
+def test_ike_sa_rekeys_on_its_own_before_its_lifetime_ends() -> None:
+    from ikev2.events import IkeSaDeleted, IkeSaRekeyed
+
+    conn = connection(ike_lifetime=600.0, rekey_margin=60.0)
+    pair = up(conn, mirrored(conn, ike_lifetime=1200.0, rekey_margin=60.0))
+    pair.advance(1150.0)
+    # Rekeyed at 520..540 s, and the new one 520..540 s after that; never expired.
+    assert len(pair.of("a", IkeSaRekeyed)) == 2
+    assert not pair.of("a", IkeSaDeleted) and not pair.of("b", IkeSaDeleted)
+    assert len(pair.a.ike_sas()) == 1 and len(pair.b.ike_sas()) == 1
+    assert len(pair.a.ike_sas()[0].children) == 1

@@ -10,10 +10,12 @@ from ikev2.tasks.ike_auth import IkeAuth
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_init import IkeInit
 from ikev2.tasks.ike_natd import IkeNatd
+from ikev2.tasks.ike_rekey import AnswerIkeRekey, IkeRekey
 from ikev2.tasks.informational import Informational, NotifyOnly, RefuseCreateChild
 
 __all__ = [
     "AnswerCreateChild",
+    "AnswerIkeRekey",
     "ChildCreate",
     "ChildDelete",
     "CreateChild",
@@ -21,6 +23,7 @@ __all__ = [
     "IkeDelete",
     "IkeInit",
     "IkeNatd",
+    "IkeRekey",
     "Informational",
     "NotifyOnly",
     "RefuseCreateChild",

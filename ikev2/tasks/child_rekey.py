@@ -27,7 +27,6 @@ from ikev2.errors import (
     IkeError,
     InvalidKePayload,
     InvalidSyntax,
-    NoAdditionalSas,
     PeerErrorNotify,
     TemporaryFailure,
     TsUnacceptable,
@@ -41,6 +40,7 @@ from ikev2.proposals import (
 )
 from ikev2.tasks.base import Task
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
+from ikev2.tasks.ike_rekey import AnswerIkeRekey
 from ikev2.ts import format_selectors, is_subset, narrow
 
 if TYPE_CHECKING:
@@ -198,11 +198,15 @@ class AnswerCreateChild(Task):
         self.child_name = "?"
         """Name of the CHILD configuration, once known (for the failure event)."""
         self.response: list[Payload] = []
+        self.ike_rekey: AnswerIkeRekey | None = None
+        """Set when the request rekeys the IKE SA itself (§1.3.2)."""
 
     def process_request(self, sa: IkeSa, message: Message) -> None:
         offer = message.get(SecurityAssociation)
         if offer is not None and any(p.protocol == ProtocolId.IKE for p in offer.proposals):
-            raise NoAdditionalSas("rekeying the IKE SA is not supported yet")
+            self.ike_rekey = AnswerIkeRekey()
+            self.ike_rekey.process_request(sa, message)
+            return
         try:
             self._process(sa, message)
         except InvalidKePayload:
@@ -292,6 +296,9 @@ class AnswerCreateChild(Task):
         self.response += [TsI(to_wire(remote_ts)), TsR(to_wire(local_ts))]
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        if self.ike_rekey is not None:
+            self.ike_rekey.build_response(sa, out)
+            return
         out += self.response
 
 

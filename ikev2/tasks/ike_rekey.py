@@ -1,0 +1,229 @@
+"""Rekeying the IKE SA with CREATE_CHILD_SA (RFC 7296 §1.3.2, §2.8, §2.18).
+
+Request: SA (IKE proposals carrying the requester's new 8-octet SPI), Ni, KEi.
+Response: SA (the chosen proposal with the responder's new SPI), Nr, KEr. The new IKE
+SA's initiator is whoever sent the request; its keys come from
+SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) with the old PRF, then prf+ as in
+§2.14 with the new SPIs. The CHILD SAs move to the new IKE SA unchanged, and the
+requester deletes the old IKE SA, which then goes quietly (no CHILD SA is lost).
+
+A request that crosses our own IKE rekey is refused with TEMPORARY_FAILURE (§2.25);
+the peer tries again later, as strongSwan does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ikev2.codec import KeyExchange as KePayload
+from ikev2.codec import Message, Nonce, Payload, Proposal, SecurityAssociation
+from ikev2.constants import NotifyType, ProtocolId, TransformType, enum_name
+from ikev2.crypto.dh import KeyExchange
+from ikev2.crypto.keys import IkeKeys, derive_ike_keys, rekey_skeyseed
+from ikev2.crypto.registry import IkeSuite, ike_suite
+from ikev2.errors import (
+    IkeError,
+    InvalidKePayload,
+    InvalidSyntax,
+    NoProposalChosen,
+    PeerErrorNotify,
+    TemporaryFailure,
+)
+from ikev2.proposals import (
+    check_chosen_proposal,
+    describe_proposal,
+    parse_ike_proposal,
+    sa_payload,
+    select_proposal,
+)
+from ikev2.tasks.base import Task
+
+if TYPE_CHECKING:
+    from ikev2.sa import IkeSa
+
+logger = logging.getLogger(__name__)
+
+NONCE_SIZE = 32
+RETRY_AFTER = 60.0
+"""Seconds before a failed IKE rekey is tried again (the hard lifetime still applies)."""
+
+
+def _ours(sa: IkeSa) -> list[Proposal]:
+    return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
+
+
+def _group(proposal: Proposal) -> int:
+    groups = proposal.transforms_of(TransformType.DH)
+    return groups[0].transform_id if groups else 0
+
+
+def _suite(chosen: Proposal) -> IkeSuite:
+    try:
+        return ike_suite(chosen)
+    except IkeError as exc:
+        raise NoProposalChosen(f"selected IKE proposal is not implemented: {exc}") from exc
+
+
+def _new_keys(
+    sa: IkeSa, suite: IkeSuite, g_ir: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes
+) -> IkeKeys:
+    if sa.suite is None or sa.keys is None:
+        raise InvalidSyntax("IKE rekey before the IKE SA has keys")
+    seed = rekey_skeyseed(sa.suite.prf, sa.keys.sk_d, g_ir, ni, nr)
+    return derive_ike_keys(suite, seed, ni, nr, spi_i, spi_r)
+
+
+class IkeRekey(Task):
+    """Our request to rekey the IKE SA."""
+
+    name = "ike_rekey"
+
+    def __init__(self, group: int | None = None) -> None:
+        self.group = group
+        self.spi = b""
+        self.nonce_i = b""
+        self.ke: KeyExchange | None = None
+        self.offered: list[Proposal] = []
+
+    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+        self.offered = _ours(sa)
+        if self.group is None:
+            # Prefer the group in use; the peer chose it once already.
+            current = sa.suite.ke_group.group if sa.suite is not None else 0
+            groups = [_group(p) for p in self.offered]
+            self.group = current if current in groups else groups[0]
+        self.spi = sa.random_spi(8)
+        self.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
+        self.ke = KeyExchange.generate(self.group, sa.rng)
+        out += [
+            sa_payload(self.offered, self.spi),
+            Nonce(self.nonce_i),
+            KePayload(self.group, self.ke.public_bytes),
+        ]
+
+    def process_response(self, sa: IkeSa, message: Message) -> None:
+        try:
+            self._process_response(sa, message)
+        except IkeError as exc:
+            logger.warning(
+                "%s: rekeying the IKE SA failed (%s); trying again in %.0f s",
+                sa.name,
+                exc,
+                RETRY_AFTER,
+            )
+            sa.ike_rekeying = False
+            sa.ike_rekey_at = sa.now + RETRY_AFTER
+
+    def _process_response(self, sa: IkeSa, message: Message) -> None:
+        from ikev2.sa import Exchange
+
+        invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and len(invalid_ke.data) == 2:
+            wanted = int.from_bytes(invalid_ke.data, "big")
+            if wanted != self.group and any(_group(p) == wanted for p in self.offered):
+                logger.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
+                sa.tm.queue(Exchange(message.exchange_type, [IkeRekey(wanted)]))  # type: ignore[arg-type]
+                return
+        for notify in message.error_notifies():
+            raise PeerErrorNotify(
+                notify.notify_type,
+                notify.data,
+                f"peer refused to rekey the IKE SA: {enum_name(NotifyType, notify.notify_type)}",
+            )
+        answer = message.get(SecurityAssociation)
+        nonce = message.get(Nonce)
+        ke = message.get(KePayload)
+        if answer is None or nonce is None or ke is None or self.ke is None:
+            raise InvalidSyntax("IKE rekey response lacks SA, Nonce or KE")
+        chosen = check_chosen_proposal(self.offered, answer)
+        if len(chosen.spi) != 8:
+            raise InvalidSyntax("IKE proposal without an 8-octet SPI")
+        if ke.group != self.group or _group(chosen) != self.group:
+            raise InvalidKePayload(self.group or 0, "peer answered with another group")
+        suite = _suite(chosen)
+        g_ir = self.ke.shared_secret(ke.data)
+        keys = _new_keys(sa, suite, g_ir, self.nonce_i, nonce.data, self.spi, chosen.spi)
+        new = sa.spawn_rekeyed(
+            initiator=True,
+            spi_i=self.spi,
+            spi_r=chosen.spi,
+            suite=suite,
+            keys=keys,
+            nonce_i=self.nonce_i,
+            nonce_r=nonce.data,
+        )
+        logger.info("%s: IKE SA rekeyed into %s (%s)", sa.name, new.name, describe_proposal(chosen))
+        # §2.8: the requester deletes the old IKE SA; its CHILD SAs live on in the new one.
+        sa.retire()
+
+
+@dataclass(frozen=True, repr=False)
+class _NewSa:
+    """What the responder needs to set up the new IKE SA once it answers."""
+
+    spi_i: bytes
+    spi_r: bytes
+    suite: IkeSuite
+    keys: IkeKeys
+    nonce_i: bytes
+    nonce_r: bytes
+
+
+class AnswerIkeRekey(Task):
+    """The responder's side of an IKE SA rekey."""
+
+    name = "ike_rekey_responder"
+
+    def __init__(self) -> None:
+        self.response: list[Payload] = []
+        self.new_sa: _NewSa | None = None
+
+    def process_request(self, sa: IkeSa, message: Message) -> None:
+        if sa.ike_rekeying:
+            raise TemporaryFailure("we are rekeying this IKE SA ourselves")
+        if any(c.rekeying for c in sa.children.values()):
+            raise TemporaryFailure("a CHILD SA of this IKE SA is being rekeyed")
+        offer = message.get(SecurityAssociation)
+        nonce = message.get(Nonce)
+        ke = message.get(KePayload)
+        if offer is None or nonce is None or ke is None:
+            raise InvalidSyntax("IKE rekey request lacks SA, Nonce or KE")
+        offered = [p for p in offer.proposals if p.protocol == ProtocolId.IKE]
+        chosen = select_proposal(_ours(sa), offered)
+        if len(chosen.spi) != 8:
+            raise InvalidSyntax("IKE proposal without an 8-octet SPI")
+        group = _group(chosen)
+        if ke.group != group:
+            raise InvalidKePayload(group)
+        suite = _suite(chosen)
+        ours = KeyExchange.generate(group, sa.rng)
+        g_ir = ours.shared_secret(ke.data)
+        spi_r = sa.random_spi(8)
+        nonce_r = sa.rng.token_bytes(NONCE_SIZE)
+        keys = _new_keys(sa, suite, g_ir, nonce.data, nonce_r, chosen.spi, spi_r)
+        answer = Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)
+        self.response = [
+            SecurityAssociation((answer,)),
+            Nonce(nonce_r),
+            KePayload(group, ours.public_bytes),
+        ]
+        self.new_sa = _NewSa(chosen.spi, spi_r, suite, keys, nonce.data, nonce_r)
+        logger.info("%s: peer rekeys the IKE SA (%s)", sa.name, describe_proposal(chosen))
+
+    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+        out += self.response
+        # The new IKE SA takes over now; the old one answers this request and then waits
+        # for the peer's Delete (§2.8).
+        new = self.new_sa
+        if new is not None:
+            sa.spawn_rekeyed(
+                initiator=False,
+                spi_i=new.spi_i,
+                spi_r=new.spi_r,
+                suite=new.suite,
+                keys=new.keys,
+                nonce_i=new.nonce_i,
+                nonce_r=new.nonce_r,
+            )
