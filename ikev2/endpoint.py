@@ -24,11 +24,12 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ikev2.codec import decode_header
+from ikev2.codec import decode_header, decode_message, encode_message
 from ikev2.config import ConnectionConfig
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
+from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.rng import RandomSource, SystemRandom
 from ikev2.errors import IkeError, LocalProtocolError
 from ikev2.events import Address, Event
@@ -52,6 +53,8 @@ class EndpointConfig:
     """Seconds a responder SA may wait for IKE_AUTH before it is dropped."""
     max_half_open: int = 1000
     """Responder SAs that may wait for IKE_AUTH at once; more IKE_SA_INITs are dropped."""
+    cookies: CookiePolicy = field(default_factory=CookiePolicy)
+    """When to demand a COOKIE before creating a responder SA (RFC 7296 §2.6)."""
 
 
 class Endpoint:
@@ -72,6 +75,7 @@ class Endpoint:
         self._half_open: dict[tuple[bytes, Address], IkeSa] = {}
         """Responder SAs by (peer's SPIi, peer address), to catch IKE_SA_INIT retransmissions."""
         self._sas: dict[int, IkeSa] = {}
+        self._cookie_jar: CookieJar | None = None
         self._ids = itertools.count(1)
         self._child_ids = itertools.count(1)
         self._events: deque[Event] = deque()
@@ -280,6 +284,10 @@ class Endpoint:
         if half_open >= self.config.max_half_open:
             logger.warning("too many half-open IKE SAs (%d); dropping IKE_SA_INIT", half_open)
             return
+        if self.config.cookies.required(half_open) and self._demand_cookie(
+            data, local, remote, half_open, now
+        ):
+            return
         sa = IkeSa(
             candidates[0],
             initiator=False,
@@ -300,6 +308,26 @@ class Endpoint:
         if sa.spi_local:
             self._by_spi[sa.spi_local] = sa
         self._collect(sa, now)
+
+    def _demand_cookie(
+        self, data: bytes, local: Address, remote: Address, half_open: int, now: float
+    ) -> bool:
+        """True if the request was answered with a COOKIE (or dropped) instead of an SA."""
+        if self._cookie_jar is None:
+            self._cookie_jar = CookieJar(self.config.cookies, self._rng, now)
+        try:
+            demand = self._cookie_jar.check_request(decode_message(data), remote[0], half_open, now)
+        except IkeError as exc:
+            logger.debug("dropping IKE_SA_INIT from %s: %s", _fmt(remote), exc)
+            return True
+        if demand is None:
+            return False
+        # §2.6: stateless, so nothing is kept; a genuine initiator comes back with it.
+        logger.info("%d IKE SAs half open: asking %s for a COOKIE", half_open, _fmt(remote))
+        marker = NON_ESP_MARKER if local[1] == self.config.nat_port else b""
+        datagram = Datagram(marker + encode_message(demand), local, remote)
+        self._datagrams.append((self._events_queued, datagram))
+        return True
 
     def _match(self, local: Address, remote: Address) -> list[ConnectionConfig]:
         """Connections that accept an IKE_SA_INIT from `remote` on `local`, best first.

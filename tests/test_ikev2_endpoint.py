@@ -187,3 +187,30 @@ def test_mutated_datagrams_never_raise_and_leave_established_sas_alone(
     assert (sa.state, sa.tm.expected_request_id, sa.tm.next_request_id, dict(sa.children)) == before
     target.datagrams_to_send(1.0)
     list(target.events())
+
+
+def test_cookie_demanded_above_the_half_open_threshold() -> None:
+    from ikev2.cookies import CookiePolicy
+    from ikev2.events import ChildSaInstalled as Installed
+
+    conn = connection()
+    b = Endpoint(
+        [mirrored(conn)],
+        rng=DeterministicRandom(b"b"),
+        config=EndpointConfig(cookies=CookiePolicy(demand_above=0)),
+    )
+    pair = Pair(Endpoint([conn], rng=DeterministicRandom(b"a")), b)
+    # One half-open SA already (a stray IKE_SA_INIT), so the next one needs a COOKIE.
+    b.receive_datagram(_init_request(b"\x09" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    b.datagrams_to_send(0.0)
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    _, retry = pair.requests("a", INIT)[:2]
+    demand = decode_message(pair.responses("b", INIT)[0].ike)
+    assert [type(p) for p in demand.payloads] == [Notify]
+    assert demand.payloads[0].notify_type == NotifyType.COOKIE  # type: ignore[attr-defined]
+    assert demand.spi_r == bytes(8)
+    assert decode_message(retry.ike).payloads[0] == demand.payloads[0]
+    assert pair.of("a", Installed) and pair.of("b", Installed)
+    # The COOKIE answer created no SA: only the stray one and the real one exist.
+    assert len(b.ike_sas()) == 2
