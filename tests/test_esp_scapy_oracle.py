@@ -118,9 +118,11 @@ def test_encapsulate_matches_scapy(name: str, version: int, esn: bool, udp: bool
     first = ESN_FIRST_SEQ if esn else 1
     ours = EspSA(SPI, suite, encr, integ, esn=esn, first_seq=first)
     oracle = _scapy_sa(suite, encr, integ, esn, udp)
-    for i, inner in enumerate(_inner_packets(version, 2, not (esn or udp))):
+    inners = _inner_packets(version, 2, not (esn or udp))
+    # The batch path (the one the data plane uses) for all but the last packet.
+    packets = [*ours.encapsulate_batch(inners[:-1]), ours.encapsulate(inners[-1])]
+    for i, (inner, packet) in enumerate(zip(inners, packets, strict=True)):
         seq = first + i
-        packet = ours.encapsulate(inner)
         assert isinstance(packet, bytes)
         wire = encapsulate_udp(packet) if udp else packet
         iv = packet[8 : 8 + suite.iv_len]
@@ -147,6 +149,7 @@ def test_decapsulate_what_scapy_sends(name: str, version: int, esn: bool, udp: b
     oracle = _scapy_sa(suite, encr, integ, esn, udp)
     expected_nh = IPPROTO_IPIP if version == 4 else IPPROTO_IPV6
     inners = _inner_packets(version, 4, not (esn or udp))
+    received: list[bytes] = []
     for i, inner in enumerate(inners):
         seq = first + i
         outer = _scapy_encrypt(oracle, inner, seq, esn)
@@ -159,5 +162,10 @@ def test_decapsulate_what_scapy_sends(name: str, version: int, esn: bool, udp: b
             payload = _esp_bytes(outer)
         assert ours.decapsulate(payload) == (inner, expected_nh)
         assert ours.replay.highest == seq
+        received.append(payload)
     assert not ours.drops
     assert ours.packet_count == len(inners)
+    # The batch path gives the same on the same packets.
+    batch_sa = EspSA(SPI, suite, encr, integ, esn=esn)
+    batch_sa.replay = ReplayWindow(1024, highest=first - 1)
+    assert batch_sa.decapsulate_batch(received) == [(inner, expected_nh) for inner in inners]
