@@ -119,23 +119,26 @@ class DataPlane:
 
     # ---- SA management -------------------------------------------------------------
 
-    def install(self, entry: ChildSaEntry) -> None:
+    def install(self, entry: ChildSaEntry, *, preferred: bool = False) -> None:
         """Make a CHILD SA live: its inbound SPI in the SAD, its policy in the SPD.
 
         The inbound SA goes first, so the peer's first packets are accepted even
-        if our policy is not yet used (RFC 7296 §2.8 make-before-break). Raises
+        if our policy is not yet used (RFC 7296 §2.8 make-before-break). An SA
+        beside an equally specific one (a rekey) takes outbound traffic only when
+        ``preferred``; else the older one keeps it until it is removed. Raises
         ``SpiInUse`` if the inbound SPI is taken.
         """
         self.sad.add(entry.spi_in, entry)
-        self.spd.add(entry.policy)
+        self.spd.add(entry.policy, preferred=preferred)
         self.entries[entry.unique_id] = entry
         log.debug(
-            "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d)",
-            entry.connection,
+            "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d%s)",
+            entry.child,
             entry.unique_id,
             entry.spi_in,
             entry.spi_out,
             entry.mtu,
+            ", sends at once" if preferred else "",
         )
 
     def remove(self, unique_id: int) -> ChildSaEntry | None:

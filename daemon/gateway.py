@@ -52,6 +52,7 @@ from ikev2.events import (
     IkeSaFailed,
     NatKeepaliveDue,
 )
+from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
 from tun import LinkError, LinkManager, TunDevice, TunError
 
@@ -67,6 +68,8 @@ RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
 UP_TIMEOUT = 20.0
 """How long `lockgate up` waits for the CHILD SA before answering."""
 HOUSEKEEPING_INTERVAL = 1.0
+CHILD_REQUEST_SPACING = 10.0
+"""Seconds before asking again for a CHILD SA that was requested and has not come."""
 
 
 class GatewayError(Exception):
@@ -111,6 +114,8 @@ class ConnectionState:
     """True if it should be up (start = initiate, or `lockgate up`)."""
     last_error: str = ""
     """Why it last failed to come up."""
+    requested_at: float | None = None
+    """When we last asked for its CHILD SA under an existing IKE SA (not yet there)."""
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
     """`lockgate up` calls waiting for the outcome."""
 
@@ -141,6 +146,7 @@ class Gateway:
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
         self._shutting_down = False
+        self._inbound_seen: dict[int, int] = {}
 
     # ---- start and stop --------------------------------------------------------------
 
@@ -332,6 +338,29 @@ class Gateway:
             return
         self._service()
 
+    def _established_ike_sa(self, peer: str) -> IkeSa | None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return None
+        for sa in endpoint.ike_sas():
+            if sa.config.name == peer and sa.state is IkeSaState.ESTABLISHED:
+                return sa
+        return None
+
+    def _create_child(self, state: ConnectionState, sa: IkeSa) -> None:
+        """Ask for one more CHILD SA under an established IKE SA (RFC 7296 §1.3.1)."""
+        now = time.monotonic()
+        if state.requested_at is not None and now - state.requested_at < CHILD_REQUEST_SPACING:
+            return  # one is on its way
+        state.requested_at = now
+        log.info("connection %s: requesting its CHILD SA from %s", state.name, state.peer)
+        try:
+            sa.create_child(state.child, now)
+        except IkeError as exc:
+            log.error("connection %s: cannot request a CHILD SA: %s", state.name, exc)
+            return
+        self._service()
+
     def _ike_sa_count(self, peer: str) -> int:
         endpoint = self._endpoint
         if endpoint is None:
@@ -466,7 +495,7 @@ class Gateway:
             return
         try:
             entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
-            pump.plane.install(entry)
+            pump.plane.install(entry, preferred=self._we_rekeyed(event))
         except (EspConfigError, ValueError) as exc:
             log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
             return
@@ -496,23 +525,15 @@ class Gateway:
         state = self.connections.get(event.child)
         if state is not None:
             state.last_error = ""
-            self._resolve_waiters(state, f"connection {event.child} is up", ok=True)
-        self._report_missing_children(event.connection)
+            state.requested_at = None
+            outcome = (
+                f"connection {event.child}: rekeyed, CHILD SA #{event.unique_id} replaces "
+                f"#{event.rekey_of}"
+                if event.rekey_of is not None
+                else f"connection {event.child} is up"
+            )
+            self._resolve_waiters(state, outcome, ok=True)
         self.notifier.notify(STATUS=self._status_line())
-
-    def _report_missing_children(self, peer: str) -> None:
-        # The first CHILD SA comes with IKE_AUTH; more under the same IKE SA need a
-        # CREATE_CHILD_SA exchange (RFC 7296 §1.3.1), which the endpoint does not offer.
-        for state in self.connections.values():
-            if state.peer == peer and state.wanted and not self._installed(state.name):
-                reason = (
-                    "not established: only the first connection to a peer comes up with "
-                    "its IKE SA (CREATE_CHILD_SA for more is not implemented yet)"
-                )
-                if state.last_error != reason:
-                    log.warning("connection %s: %s", state.name, reason)
-                state.last_error = reason
-                self._resolve_waiters(state, f"connection {state.name}: {reason}", ok=False)
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         self._uninstall(event.unique_id, event.reason)
@@ -644,11 +665,17 @@ class Gateway:
                 ts.matches(version, dst, proto, dport) for ts in remote
             ):
                 peer = self.peers.get(state.peer)
-                if peer is None or peer.retry is not None or self._ike_sa_count(state.peer):
+                if peer is None or peer.retry is not None:
                     return
-                log.info("connection %s: outbound traffic triggers it", state.name)
-                state.wanted = True
-                self._initiate(peer)
+                sa = self._established_ike_sa(state.peer)
+                if sa is not None:
+                    # The peer's IKE SA exists (for another connection): add ours to it.
+                    state.wanted = True
+                    self._create_child(state, sa)
+                elif not self._ike_sa_count(state.peer):
+                    log.info("connection %s: outbound traffic triggers it", state.name)
+                    state.wanted = True
+                    self._initiate(peer)
                 return
 
     # ---- reload -----------------------------------------------------------------------
@@ -720,7 +747,7 @@ class Gateway:
                 return await self._up(state)
             if command == "down":
                 return self._down(state)
-            return self._rekey(state)
+            return await self._rekey(state)
         raise ControlError(f"unknown command {command!r}")
 
     async def _up(self, state: ConnectionState) -> str:
@@ -728,19 +755,21 @@ class Gateway:
         if self._installed(name):
             return f"connection {name} is already up"
         peer = self.peers[state.peer]
-        if peer.config.remote_address is None:
-            raise ControlError(f"connection {name}: the peer is %any; it must initiate")
-        if self._ike_sa_count(state.peer) and not self._connecting(state.peer):
-            raise ControlError(
-                f"connection {name}: the IKE SA with {state.peer} is up but cannot add this "
-                "CHILD SA (CREATE_CHILD_SA is not implemented yet)"
-            )
         state.wanted = True
-        peer.attempts = 0
-        self._cancel_retry(peer)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         state.waiters.append(waiter)
-        self._initiate(peer)
+        sa = self._established_ike_sa(state.peer)
+        if sa is not None:
+            state.requested_at = None
+            self._create_child(state, sa)
+        elif not self._ike_sa_count(state.peer):
+            if peer.config.remote_address is None:
+                state.waiters.remove(waiter)
+                raise ControlError(f"connection {name}: the peer is %any; it must initiate")
+            peer.attempts = 0
+            self._cancel_retry(peer)
+            self._initiate(peer)
+        # else: the IKE SA is being set up and brings this CHILD SA along.
         try:
             return await asyncio.wait_for(waiter, UP_TIMEOUT)
         except TimeoutError:
@@ -776,15 +805,29 @@ class Gateway:
         self._service()
         return f"connection {state.name}: {len(entries)} CHILD SA(s) deleted"
 
-    def _rekey(self, state: ConnectionState) -> str:
-        if not self._installed(state.name):
+    async def _rekey(self, state: ConnectionState) -> str:
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise ControlError("the daemon is not running")
+        entries = self._installed(state.name)
+        if not entries:
             raise ControlError(f"connection {state.name} has no CHILD SA to rekey")
-        # Rekeying on request needs a CREATE_CHILD_SA rekey exchange in the IKE core
-        # (issue 5); until the endpoint offers one, say so instead of pretending.
-        raise ControlError(
-            f"connection {state.name}: rekeying on request is not implemented by the IKE "
-            "core yet; `lockgate down` and `up` renegotiate it"
-        )
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        state.waiters.append(waiter)
+        now = time.monotonic()
+        for entry in entries:
+            try:
+                endpoint.rekey_child(entry.unique_id, now)
+            except IkeError as exc:
+                state.waiters.remove(waiter)
+                raise ControlError(f"connection {state.name}: cannot rekey: {exc}") from None
+        self._service()
+        try:
+            return await asyncio.wait_for(waiter, UP_TIMEOUT)
+        except TimeoutError:
+            raise ControlError(
+                f"connection {state.name}: rekey not finished after {UP_TIMEOUT:.0f} s"
+            ) from None
 
     # ---- status -----------------------------------------------------------------------
 
@@ -865,6 +908,38 @@ class Gateway:
             # A lost timer would stall retransmissions: run the endpoint regardless.
             self._service()
             self._follow_peer_addresses()
+            self._report_liveness(now)
+
+    def _we_rekeyed(self, event: ChildSaInstalled) -> bool:
+        """True if this CHILD SA replaces one in a rekey that we started.
+
+        Then the peer installed the new SA before it answered, and we send on it at
+        once: our Delete of the old one follows, and the peer drops the old inbound
+        SA when that Delete arrives, so packets still sent on it would be lost. The
+        peer of a rekey keeps sending on the old SA until the initiator deletes it
+        (RFC 7296 §2.8). The event does not say who started the exchange; the old
+        CHILD SA in the IKE core does (`rekeying` is set on our own rekeys).
+        """
+        if event.rekey_of is None or self._endpoint is None:
+            return False
+        sa = self._endpoint.ike_sa(event.ike_sa_id)
+        old = sa.children.get(event.rekey_of) if sa is not None else None
+        return bool(old is not None and old.rekeying)
+
+    def _report_liveness(self, now: float) -> None:
+        """ESP from the peer proves it alive: tell its IKE SA, so DPD stays quiet
+        while traffic flows (RFC 7296 §2.4 asks for checks only when nothing came)."""
+        endpoint, pump = self._endpoint, self._pump
+        if endpoint is None or pump is None:
+            return
+        seen = self._inbound_seen
+        current: dict[int, int] = {}
+        for uid, entry in pump.plane.entries.items():
+            count = entry.inbound.packet_count
+            current[uid] = count
+            if count != seen.get(uid, 0):
+                endpoint.heard_from_peer(entry.ike_sa_id, now)
+        self._inbound_seen = current
 
     def _follow_peer_addresses(self) -> None:
         """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping

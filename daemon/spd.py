@@ -173,16 +173,19 @@ class _Entry(Generic[T]):
     local: TrafficSelector
     remote: TrafficSelector
     policy: Policy[T]
+    rank: int
 
-    def sort_key(self) -> tuple[int, int, int, int, int]:
+    def sort_key(self) -> tuple[int, int, int, int, int, int]:
         # Most specific first: narrow remote range, narrow local range, a named
-        # protocol before "any", narrow port ranges before wide ones.
+        # protocol before "any", narrow port ranges before wide ones; among equals,
+        # the lowest rank (see `Spd.add`).
         return (
             self.remote.size,
             self.local.size,
             0 if self.remote.protocol else 1,
             self.remote.last_port - self.remote.first_port,
             self.local.last_port - self.local.first_port,
+            self.rank,
         )
 
 
@@ -192,18 +195,26 @@ class Spd(Generic[T]):
 
     _entries: list[_Entry[T]] = field(default_factory=list)
     _policies: list[Policy[T]] = field(default_factory=list)
+    _added: int = 0
 
-    def add(self, policy: Policy[T]) -> None:
-        """Install ``policy``; a more specific policy shadows a wider one."""
+    def add(self, policy: Policy[T], *, preferred: bool = False) -> None:
+        """Install ``policy``; a more specific policy shadows a wider one.
+
+        Among equally specific policies the older one wins, so an SA installed beside
+        its predecessor (a rekey answered by us) does not take traffic before the
+        peer can decrypt it; ``preferred`` puts the new one ahead of its equals
+        instead (a rekey we started: the peer installed it before answering,
+        RFC 7296 §2.8).
+        """
         if not policy.local or not policy.remote:
             raise SelectorError("a policy needs at least one local and one remote selector")
+        self._added += 1
+        rank = -self._added if preferred else self._added
         self._policies.append(policy)
         for local in policy.local:
             for remote in policy.remote:
                 if local.version == remote.version:
-                    self._entries.append(_Entry(local, remote, policy))
-        # A stable sort keeps the older policy first among equally specific ones, so a
-        # rekeyed SA installed beside its predecessor does not steal traffic early.
+                    self._entries.append(_Entry(local, remote, policy, rank))
         self._entries.sort(key=_Entry.sort_key)
 
     def remove(self, policy: Policy[T]) -> bool:

@@ -338,3 +338,30 @@ def test_systemd_notify_and_journal_log_format(make_pair: Callable[..., Pair]) -
     assert any(line.startswith("<6>lockgate: ") for line in log_lines)
     assert not any(line[3:7].isdigit() and line[7] == "-" for line in log_lines[:20])
     assert PSK not in pair.a.proc.log()
+
+
+def test_rekey_on_request_keeps_traffic_flowing(make_pair: Callable[..., Pair]) -> None:
+    pair = make_pair(v6=False)
+    topo, a, b = pair.topo, pair.a, pair.b
+    [before] = a.sas()
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    pinger = topo.host_a.spawn(
+        ["ping", "-n", "-q", "-c", "30", "-i", "0.1", "-W", "1", topo.site_b.host4],
+        name="ping-during-rekey",
+        stdout_pipe=True,
+    )
+    time.sleep(0.5)
+    answer = a.command("rekey", name="site")
+    assert answer.startswith("connection site: rekeyed, CHILD SA #"), answer
+    wait_until(lambda: len(a.sas()) == 1 and len(b.sas()) == 1, "the old CHILD SA to go")
+    [after] = a.sas()
+    assert after["spi_in"] != before["spi_in"] and after["unique_id"] != before["unique_id"]
+    assert pinger.popen.stdout is not None
+    out = pinger.popen.stdout.read().decode()
+    pinger.popen.wait(10)
+    # Make-before-break: not one echo lost while the keys changed.
+    assert " 0% packet loss" in out, (out, a.status()["drops"], b.status()["drops"])
+    # We started the rekey, so we sent on the new SA at once; the peer waited.
+    assert "#2 (in " in a.proc.log() and "sends at once" in a.proc.log()
+    assert "sends at once" not in b.proc.log()
+    ping(topo.host_a, topo.site_b.host4)

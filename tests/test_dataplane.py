@@ -436,3 +436,16 @@ def test_random_input_on_every_path_is_only_counted(packets: list[bytes], spi: b
     # Nothing forged got through to the TUN device, and nothing raised on the way.
     assert len(_PAIR.side_b.tun_out) == delivered
     plane.from_tun(packets)
+
+
+def test_rekey_we_started_sends_on_the_new_sa_at_once() -> None:
+    pair = make_pair()
+    new_a, new_b = (entry_from_event(ev) for ev in events("aes256gcm16", uid=2))
+    pair.b.install(new_b)  # the responder installs before it answers
+    pair.a.install(new_a, preferred=True)  # the initiator, once the answer is in
+    packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+    assert pair.a_to_b([packet]) == [packet]
+    assert new_a.outbound.packet_count == 1 and pair.entry_a.outbound.packet_count == 0
+    # The responder still sends on the old SA, which the initiator still accepts.
+    assert pair.b_to_a([packet]) == [packet]
+    assert pair.entry_b.outbound.packet_count == 1 and pair.entry_a.inbound.packet_count == 1

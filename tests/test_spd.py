@@ -328,3 +328,15 @@ def test_opaque_port_selector_matches_only_packets_without_ports() -> None:
     frag[6:8] = struct.pack("!H", 0x0002)
     assert spd.lookup(whole) is None
     assert spd.lookup(frag) is policy
+
+
+def test_spd_preferred_policy_goes_ahead_of_its_equals_only() -> None:
+    spd: Spd[str] = Spd()
+    local = selectors_from_networks(["192.0.2.0/24"])
+    spd.add(Policy(local, selectors_from_networks(["203.0.113.0/24"]), "old"))
+    spd.add(Policy(local, selectors_from_networks(["203.0.113.0/25"]), "narrow"))
+    spd.add(Policy(local, selectors_from_networks(["203.0.113.0/24"]), "new"), preferred=True)
+    wide = spd.lookup(ipv4("192.0.2.5", "203.0.113.200"))
+    narrow = spd.lookup(ipv4("192.0.2.5", "203.0.113.20"))
+    assert wide is not None and wide.target == "new"
+    assert narrow is not None and narrow.target == "narrow"  # specificity still rules
