@@ -447,5 +447,6 @@ def test_rekey_we_started_sends_on_the_new_sa_at_once() -> None:
     assert pair.a_to_b([packet]) == [packet]
     assert new_a.outbound.packet_count == 1 and pair.entry_a.outbound.packet_count == 0
     # The responder still sends on the old SA, which the initiator still accepts.
-    assert pair.b_to_a([packet]) == [packet]
+    reply = ipv4("203.0.113.10", "192.0.2.10", echo_request(1), proto=1)
+    assert pair.b_to_a([reply]) == [reply]
     assert pair.entry_b.outbound.packet_count == 1 and pair.entry_a.inbound.packet_count == 1
