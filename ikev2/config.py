@@ -294,6 +294,11 @@ class ConnectionConfig:
     """Back-off factor: retransmission n waits timeout * base**n."""
     initial_contact: bool = True
     """Send INITIAL_CONTACT in IKE_AUTH so the peer drops stale SAs from us (§2.4)."""
+    fragmentation: bool = True
+    """Offer IKE fragmentation (RFC 7383); used when the peer offers it too."""
+    fragment_size: int = 1232
+    """Largest IKE message (from its header) sent whole once fragmentation is agreed:
+    1280 octets of IPv6 minimum MTU less the IP and UDP headers and the marker."""
 
     def __post_init__(self) -> None:
         where = f"connection {self.name!r}"
@@ -325,6 +330,8 @@ class ConnectionConfig:
             raise ConfigError(f"{where}: unknown dpd_action {self.dpd_action!r}")
         if self.retransmit_timeout <= 0 or self.retransmit_tries < 0 or self.retransmit_base < 1:
             raise ConfigError(f"{where}: invalid retransmission settings")
+        if not 200 <= self.fragment_size <= 65000:
+            raise ConfigError(f"{where}: fragment_size must be 200..65000")
         for port in (self.ike_port, self.nat_port):
             if not 0 < port < 65536:
                 raise ConfigError(f"{where}: port {port} out of range")

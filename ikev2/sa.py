@@ -57,6 +57,7 @@ from ikev2.events import (
     IkeSaRekeyed,
     NatKeepaliveDue,
 )
+from ikev2.fragments import Reassembler, is_fragmented, open_fragment, seal_for_size
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
 from ikev2.tasks import (
     AnswerCreateChild,
@@ -229,6 +230,9 @@ class IkeSa:
         """IKE_SA_INIT response as sent (RealMessage2 of §2.15)."""
         self.keys: IkeKeys | None = None
         self.sk: SkCipherPair | None = None
+        self.fragmentation = False
+        """Both sides sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)."""
+        self.reassembler = Reassembler()
         self.init_retries = 0
         self.cookie = b""
         # NAT traversal (§2.23).
@@ -394,6 +398,7 @@ class IkeSa:
         new.nonce_i, new.nonce_r = nonce_i, nonce_r
         new.init_local, new.init_remote = self.init_local, self.init_remote
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        new.fragmentation = self.fragmentation
         new.peer_id = self.peer_id
         new.established(self.now)
         new.children, self.children = self.children, {}
@@ -482,6 +487,7 @@ class IkeSa:
             self.expire_at,
             self.keepalive_at,
             self.ike_rekey_at,
+            self.reassembler.next_timeout(),
             self._dpd_due(),
         ]
         for c in self.children.values():
@@ -510,12 +516,19 @@ class IkeSa:
         else:
             self._receive_request(data, header, local, remote, now)
 
-    def _open(self, data: bytes, header: IkeHeader) -> Message:
-        """Decode a received message, decrypting it for encrypted exchanges."""
+    def _open(self, data: bytes, header: IkeHeader) -> Message | None:
+        """Decode a received message, decrypting it for encrypted exchanges.
+
+        None means a fragment was taken in and the message is not complete yet.
+        """
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             return decode_message(data)
         if self.sk is None:
             raise InvalidSyntax("encrypted message before keys exist")
+        if is_fragmented(data):
+            if not self.fragmentation:
+                raise InvalidSyntax("IKE fragment although fragmentation was not negotiated")
+            return self.reassembler.receive(data, self.sk.inbound, self.now)
         return self.sk.inbound.open(data)
 
     def _receive_response(
@@ -531,6 +544,8 @@ class IkeSa:
             return
         try:
             message = self._open(data, header)
+            if message is None:
+                return  # more fragments to come
             check_payloads(header.exchange_type, True, message.payloads)
         except IkeError as exc:
             # Unauthenticated or garbled: drop and let retransmission recover (§2.21).
@@ -559,7 +574,17 @@ class IkeSa:
     def _receive_request(
         self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
     ) -> None:
+        cached = self.tm.cached_response
+        if is_fragmented(data) and cached is not None and header.message_id == cached.message_id:
+            self._fragment_retransmitted(data)
+            return
         kind = self.tm.classify_request(header.message_id, data)
+        if is_fragmented(data) and kind is RequestKind.INVALID:
+            kind = (
+                RequestKind.NEW
+                if header.message_id == self.tm.expected_request_id
+                else RequestKind.INVALID
+            )
         if kind is RequestKind.RETRANSMIT:
             logger.debug("%s: retransmitting response %d", self.name, header.message_id)
             self._send(self.tm.cached_packets())
@@ -579,7 +604,7 @@ class IkeSa:
             )
             return
         try:
-            message = self._open(data, header)
+            opened = self._open(data, header)
         except IkeError as exc:
             # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
             logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
@@ -587,6 +612,9 @@ class IkeSa:
                 # Garbage that merely looks like an IKE_SA_INIT: no SA, no event.
                 self.state = IkeSaState.DELETED
             return
+        if opened is None:
+            return  # more fragments to come
+        message = opened
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.spi_i = header.spi_i
             self.init_request = data
@@ -643,6 +671,20 @@ class IkeSa:
         self._after_exchange(now)
         self._send_next(now)
 
+    def _fragment_retransmitted(self, data: bytes) -> None:
+        """A fragment of the request we answered last: RFC 7383 §2.6.1 has us resend the
+        response when fragment 1 comes again (once, not for every fragment)."""
+        if self.sk is None:
+            return
+        try:
+            fragment = open_fragment(self.sk.inbound, data)
+        except IkeError as exc:
+            logger.debug("%s: dropping a bad fragment: %s", self.name, exc)
+            return
+        if fragment.number == 1:
+            logger.debug("%s: request retransmitted in fragments; resending", self.name)
+            self._send(self.tm.cached_packets())
+
     # --- sending ------------------------------------------------------------------------
 
     def _encode(self, message: Message) -> tuple[bytes, ...]:
@@ -650,7 +692,16 @@ class IkeSa:
             return (encode_message(message),)
         if self.sk is None:
             raise LocalProtocolError("no keys to protect the message with")
-        return (self.sk.outbound.seal(message, self.rng),)
+        # RFC 7383 §2.5.1: split what would not fit, once both sides support it.
+        return tuple(
+            seal_for_size(
+                message,
+                self.sk.outbound,
+                self.rng,
+                self.config.fragment_size,
+                fragmentation=self.fragmentation,
+            )
+        )
 
     def _send(self, packets: tuple[bytes, ...]) -> None:
         # RFC 3948 §2.2: IKE on the NAT-T port is prefixed with four zero octets.
@@ -842,6 +893,7 @@ class IkeSa:
         if self.state is IkeSaState.DELETED:
             return
         self.now = now
+        self.reassembler.expire(now)
         try:
             self._send(self.tm.handle_timer(now))
         except GiveUp as exc:

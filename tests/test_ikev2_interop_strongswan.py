@@ -131,7 +131,7 @@ class LockgatePeer:
 
 
 def lockgate_connection(
-    *, psk: str = PSK, ike: str = IKE_PROPOSAL, esp: str = "aes128gcm16"
+    *, psk: str = PSK, ike: str = IKE_PROPOSAL, esp: str = "aes128gcm16", fragment_size: int = 1232
 ) -> ConnectionConfig:
     return ConnectionConfig(
         name="s2s",
@@ -143,6 +143,7 @@ def lockgate_connection(
         ike_proposals=(ike,),
         retransmit_timeout=1.0,
         retransmit_tries=3,
+        fragment_size=fragment_size,
         children=(
             ChildConfig(
                 "net",
@@ -171,7 +172,10 @@ def charon_connection(
 
 @contextlib.contextmanager
 def gateways(
-    lockgate: ConnectionConfig, charon_conn: SwanConnection, charon_psk: str = PSK
+    lockgate: ConnectionConfig,
+    charon_conn: SwanConnection,
+    charon_psk: str = PSK,
+    charon_extra: tuple[str, ...] = (),
 ) -> Iterator[tuple[LockgatePeer, Charon]]:
     """gateway A (lockgate) and gateway B (charon) on one veth; removed afterwards."""
     with Lab() as lab:
@@ -186,7 +190,7 @@ def gateways(
         gw_b.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
         for ifname in ("lan0", "lan1"):
             gw_b.ip("link", "set", ifname, "up")
-        charon = Charon(gw_b, "gwB")
+        charon = Charon(gw_b, "gwB", extra_charon=charon_extra)
         peer = LockgatePeer(gw_a.name, [lockgate])
         with logs_on_failure(charon):
             charon.start()
@@ -408,3 +412,21 @@ def _charon_ike_spis(charon: Charon) -> list[tuple[int, int]]:
         for ike in charon.list_sas()
         if ike.state == "ESTABLISHED"
     ]
+
+
+@pytest.mark.parametrize("lockgate_initiates", [True, False])
+def test_fragmented_ike_auth_both_ways(lockgate_initiates: bool) -> None:
+    # Tiny fragments on both sides: every IKE_AUTH message travels in SKF pieces.
+    lockgate = lockgate_connection(fragment_size=200)
+    with gateways(lockgate, charon_connection(), charon_extra=("fragment_size = 180",)) as (
+        peer,
+        charon,
+    ):
+        if lockgate_initiates:
+            peer.call(lambda d: d.initiate("s2s"))
+        else:
+            charon.initiate("net", ike="s2s")
+        check_established(peer, charon, lockgate_initiated=lockgate_initiates)
+        log = charon.logs()
+        assert "reassembled fragmented IKE message" in log
+        assert "splitting IKE message" in log  # charon split its own message too

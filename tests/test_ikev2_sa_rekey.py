@@ -221,3 +221,43 @@ def test_ike_sa_rekeys_on_its_own_before_its_lifetime_ends() -> None:
     assert not pair.of("a", IkeSaDeleted) and not pair.of("b", IkeSaDeleted)
     assert len(pair.a.ike_sas()) == 1 and len(pair.b.ike_sas()) == 1
     assert len(pair.a.ike_sas()[0].children) == 1
+
+
+def test_fragmented_ike_auth_with_a_lost_fragment() -> None:
+    from ikev2.codec import decode_header
+
+    conn = connection(fragment_size=200, retransmit_timeout=2.0)
+    pair = Pair.make(conn)
+    lost: list[int] = []
+
+    def lose_second_fragment(sent: object) -> bool:
+        data = sent.ike  # type: ignore[attr-defined]
+        header = decode_header(data)
+        skf = header.exchange_type == ExchangeType.IKE_AUTH and data[16] == 53
+        # Fragment Number follows the SKF generic header (RFC 7383 §2.5).
+        if skf and not lost and int.from_bytes(data[32:34], "big") == 2:
+            lost.append(1)
+            return True
+        return False
+
+    pair.drop = lose_second_fragment
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert not pair.of("b", ChildSaInstalled)  # one fragment missing: nothing yet
+    pair.advance(2.5)  # the whole request is retransmitted
+    ia, ib = pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0]
+    check_crosswise(ia, ib)
+    requests = pair.requests("a", ExchangeType.IKE_AUTH)
+    assert len(requests) >= 4 and all(len(s.ike) <= 200 for s in requests)
+    assert all(s.ike[16] == 53 for s in requests)  # every part is an SKF message
+    assert lost
+
+
+def test_no_fragments_unless_both_sides_support_them() -> None:
+    conn = connection(fragment_size=200)
+    pair = Pair.make(conn, mirrored(conn, fragmentation=False))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert pair.of("a", ChildSaInstalled)
+    (auth,) = pair.requests("a", ExchangeType.IKE_AUTH)
+    assert len(auth.ike) > 200 and auth.ike[16] == 46  # one SK message

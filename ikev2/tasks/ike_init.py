@@ -72,6 +72,8 @@ class IkeInit(Task):
             KePayload(self.group, sa.ke.public_bytes),
             Nonce(sa.nonce_i),
         ]
+        if sa.config.fragmentation:
+            out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
 
     def process_response(self, sa: IkeSa, message: Message) -> None:
         cookie = message.notify(NotifyType.COOKIE)
@@ -94,6 +96,7 @@ class IkeInit(Task):
         if ke.group != self.group or _group_of(chosen) != self.group:
             raise InvalidKePayload(self.group or 0, "peer answered with another key exchange group")
         sa.nonce_r = nonce.data
+        _note_fragmentation(sa, message)
         _derive(sa, chosen, ke.data)
         logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
@@ -134,6 +137,7 @@ class IkeInit(Task):
             )
             raise InvalidKePayload(group)
         sa.nonce_i = nonce.data
+        _note_fragmentation(sa, message)
         sa.nonce_r = sa.rng.token_bytes(NONCE_SIZE)
         sa.ke = KeyExchange.generate(group, sa.rng)
         self.chosen = chosen
@@ -148,6 +152,14 @@ class IkeInit(Task):
             KePayload(sa.ke.group.group, sa.ke.public_bytes),
             Nonce(sa.nonce_r),
         ]
+        if sa.fragmentation:
+            out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+
+
+def _note_fragmentation(sa: IkeSa, message: Message) -> None:
+    # RFC 7383 §2.3: fragments only when both sides announced support.
+    offered = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    sa.fragmentation = sa.config.fragmentation and offered
 
 
 def _our_proposals(sa: IkeSa) -> list[Proposal]:
