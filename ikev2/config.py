@@ -14,6 +14,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from ikev2.certs import LocalCredentials, TrustAnchors
 from ikev2.ts import TrafficSelector
 
 # RFC 7296 §3.5 ID Type.
@@ -269,6 +270,12 @@ class ConnectionConfig:
     """Authentication method: "psk" (shared key) or "pubkey" (certificates)."""
     psk: bytes | None = field(default=None, repr=False)
     """The pre-shared key for auth "psk"; never shown in repr or logs."""
+    credentials: LocalCredentials | None = None
+    """Our certificate (chain) and private key for auth "pubkey" (TOML
+    `gateway.certificate`, `gateway.private_key`); the key never shows in repr."""
+    trust_anchors: TrustAnchors | None = None
+    """CA certificates the peer's certificate must chain to, for auth "pubkey"
+    (TOML `gateway.ca`)."""
     ike_proposals: tuple[str, ...] = ("aes256gcm16-prfsha384-x25519",)
     """IKE proposals in strongSwan syntax, most preferred first."""
     ike_port: int = 500
@@ -318,6 +325,8 @@ class ConnectionConfig:
             raise ConfigError(f"{where}: no CHILD SA configured")
         if self.auth == "psk" and not self.psk:
             raise ConfigError(f"{where}: auth is psk but no psk is set")
+        if self.auth == "pubkey" and (self.credentials is None or self.trust_anchors is None):
+            raise ConfigError(f"{where}: auth is pubkey but a certificate, key or CA is missing")
         if self.auth not in ("psk", "pubkey"):
             raise ConfigError(f"{where}: unknown auth method {self.auth!r}")
         if not self.ike_proposals:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ikev2.codec import decode_header, decode_message, encode_message
@@ -66,9 +67,12 @@ class Endpoint:
         *,
         rng: RandomSource | None = None,
         config: EndpointConfig | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config or EndpointConfig()
         self._rng: RandomSource = rng or SystemRandom()
+        self._wall_clock = wall_clock
+        """Calendar time for certificate validity; everything else uses `now`."""
         self._connections: dict[str, ConnectionConfig] = {c.name: c for c in connections}
         self._by_spi: dict[bytes, IkeSa] = {}
         """IKE SAs by our own SPI (SPIi when we initiated, SPIr when we responded)."""
@@ -127,6 +131,7 @@ class Endpoint:
             nat_port=self.config.nat_port,
             now=now,
             ike_ids=self._ids,
+            wall_clock=self._wall_clock,
         )
         self._add(sa)
         sa.initiate(now)
@@ -301,6 +306,7 @@ class Endpoint:
             candidates=tuple(candidates),
             half_open_timeout=self.config.half_open_timeout,
             ike_ids=self._ids,
+            wall_clock=self._wall_clock,
         )
         self._sas[sa.ike_sa_id] = sa
         self._half_open[(spi_i, remote)] = sa

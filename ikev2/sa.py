@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -186,6 +187,7 @@ class IkeSa:
         candidates: tuple[ConnectionConfig, ...] = (),
         half_open_timeout: float = 30.0,
         ike_ids: Iterator[int] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         """The connection; a responder may switch to another candidate in IKE_AUTH."""
@@ -208,6 +210,8 @@ class IkeSa:
         self.nat_port = nat_port
         self._child_ids = child_ids
         self._ike_ids = ike_ids if ike_ids is not None else itertools.count(ike_sa_id + 1)
+        self.wall_clock = wall_clock
+        """Calendar time (POSIX seconds), only to check certificate validity dates."""
         self.state = IkeSaState.CREATED if initiator else IkeSaState.HALF_OPEN
         spi = self.random_spi(8)
         self.spi_i = spi if initiator else bytes(8)
@@ -230,6 +234,8 @@ class IkeSa:
         """IKE_SA_INIT response as sent (RealMessage2 of §2.15)."""
         self.keys: IkeKeys | None = None
         self.sk: SkCipherPair | None = None
+        self.peer_hashes: tuple[int, ...] | None = None
+        """Hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4)."""
         self.fragmentation = False
         """Both sides sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)."""
         self.reassembler = Reassembler()
@@ -391,6 +397,7 @@ class IkeSa:
             now=self.now,
             nat_port=self.nat_port,
             ike_ids=self._ike_ids,
+            wall_clock=self.wall_clock,
         )
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite, new.keys = suite, keys
@@ -564,7 +571,8 @@ class IkeSa:
             self._retry_init(exchange, now)
             return
         except IkeError as exc:
-            self.tm.abandon_request()
+            # The exchange is over (the response arrived), so its Message ID is used up.
+            self.tm.response_received(header.message_id)
             self._fail_after_response(exc, now)
             return
         self.tm.response_received(header.message_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import queue
 import threading
 import time
@@ -430,3 +431,45 @@ def test_fragmented_ike_auth_both_ways(lockgate_initiates: bool) -> None:
         log = charon.logs()
         assert "reassembled fragmented IKE message" in log
         assert "splitting IKE message" in log  # charon split its own message too
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa-p256", "rsa2048", "ed25519"])
+def test_certificate_authentication_both_ways(key_type: str) -> None:
+    from strongswan import Pki, install_credentials
+
+    from ikev2.certs import LocalCredentials, TrustAnchors
+
+    pki = Pki(key_type=key_type)
+    own_a, own_b = pki.issue("gw-a.example.net"), pki.issue("gw-b.example.net")
+    lockgate = dataclasses.replace(
+        lockgate_connection(),
+        auth="pubkey",
+        psk=None,
+        local_id=Identity.parse(own_a.id),
+        remote_id=Identity.parse(own_b.id),
+        credentials=LocalCredentials.from_pem(own_a.cert_pem, own_a.key_pem),
+        trust_anchors=TrustAnchors.from_pem(pki.ca.cert_pem),
+    )
+    swan = dataclasses.replace(
+        charon_connection(),
+        local_id=own_b.id,
+        remote_id=own_a.id,
+        local_auth="pubkey",
+        remote_auth="pubkey",
+    )
+    with gateways(lockgate, swan) as (peer, charon):
+        swan.local_certs = [install_credentials(charon, own_b, pki)]
+        charon.load([swan])
+        peer.call(lambda d: d.initiate("s2s"))
+        ike_up = peer.wait_for(IkeSaEstablished)
+        assert (ike_up.local_id, ike_up.remote_id) == (own_a.id, own_b.id)
+        info = charon.wait_for_child("net")
+        assert (info.local_id, info.remote_id) == (own_b.id, own_a.id)
+        peer.wait_for(ChildSaInstalled)
+        peer.call(lambda d: d.delete(ike_up.ike_sa_id))
+        peer.wait_for(IkeSaDeleted)
+        wait_until(lambda: charon.list_sas() == [])
+
+        charon.initiate("net", ike="s2s")
+        assert not peer.wait_for(IkeSaEstablished).initiator
+        charon.wait_for_child("net")

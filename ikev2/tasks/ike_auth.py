@@ -1,9 +1,11 @@
-"""IKE_AUTH: identities and pre-shared-key authentication (RFC 7296 §1.2, §2.15).
+"""IKE_AUTH: identities, PSK and certificate authentication (RFC 7296 §1.2, §2.15, RFC 7427).
 
 Each side proves it knows the PSK with AUTH = prf(prf(PSK, "Key Pad for IKEv2"),
 RealMessage | peer's Nonce | prf(SK_p, ID')). The responder may pick, among the
 connections that matched the IKE_SA_INIT's addresses, the one whose identities fit
-(IDi, and IDr if the initiator named us). Certificates (part 2) slot in here.
+(IDi, and IDr if the initiator named us). With auth "pubkey" each side sends its
+certificate chain and an RFC 7427 signature; the peer's chain is validated against
+our CAs and must name the peer's identity (`ikev2.certs`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ikev2.codec import Authentication, IdI, IdR, Message, Notify, Payload
+from ikev2.codec import Authentication, Certificate, IdI, IdR, Message, Notify, Payload
 from ikev2.config import ConfigError, ConnectionConfig, Identity
-from ikev2.constants import AuthMethod, NotifyType
-from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth
+from ikev2.constants import AuthMethod, NotifyType, enum_name
+from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth, verify_signature_auth
 from ikev2.errors import (
     AuthenticationFailed,
     InvalidSyntax,
@@ -35,10 +37,8 @@ def _id_payload(cls: type[IdI] | type[IdR], ident: Identity) -> IdI | IdR:
 
 
 def _psk(config: ConnectionConfig) -> bytes:
-    if config.auth != "psk" or not config.psk:
-        raise LocalProtocolError(
-            f"connection {config.name!r}: only PSK authentication is implemented"
-        )
+    if not config.psk:
+        raise LocalProtocolError(f"connection {config.name!r} has no pre-shared key")
     return config.psk
 
 
@@ -100,26 +100,27 @@ class IkeAuth(Task):
         config = sa.config
         idi = _id_payload(IdI, config.local_id)
         out.append(idi)
+        if config.credentials is not None and config.auth == "pubkey":
+            out += config.credentials.cert_payloads()
         if config.initial_contact:
             # §2.4: we hold no other IKE SA with this peer; it may drop stale ones.
             out.append(Notify(NotifyType.INITIAL_CONTACT))
+        if config.trust_anchors is not None and config.auth == "pubkey":
+            # §3.7: the CAs we trust, so the peer picks a matching certificate.
+            out.append(config.trust_anchors.certreq())
         if config.remote_id is not None:
             out.append(_id_payload(IdR, config.remote_id))
-        auth = (
-            psk_auth(sa.suite.prf, _psk(config), self._auth_data(sa, idi, ours=True))
-            if sa.suite
-            else b""
-        )
-        out.append(Authentication(AuthMethod.SHARED_KEY_MIC, auth))
+        out.append(self._our_auth(sa, idi))
 
     def process_response(self, sa: IkeSa, message: Message) -> None:
         failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
         if failed is not None:
+            what = "certificates and CAs" if sa.config.auth == "pubkey" else "PSK"
             raise PeerErrorNotify(
                 NotifyType.AUTHENTICATION_FAILED,
                 failed.data,
                 "peer rejected our authentication (AUTHENTICATION_FAILED): "
-                "check that both sides use the same PSK and identities",
+                f"check the {what} and identities on both sides",
             )
         idr = message.get(IdR)
         auth = message.get(Authentication)
@@ -131,7 +132,7 @@ class IkeAuth(Task):
         expected = sa.config.remote_id
         if expected is not None and peer != expected:
             raise AuthenticationFailed(f"peer identified as {peer}, but we expect {expected}")
-        self._verify(sa, idr, auth, peer)
+        self._verify(sa, idr, auth, peer, message)
         sa.peer_id = peer
         self._established(sa, sa.now)
 
@@ -147,7 +148,7 @@ class IkeAuth(Task):
         wanted_me = _identity(idr) if idr is not None else None
         config = self._pick(sa, peer, wanted_me)
         sa.config = config
-        self._verify(sa, idi, auth, peer)
+        self._verify(sa, idi, auth, peer, message)
         sa.peer_id = peer
         if message.notify(NotifyType.INITIAL_CONTACT) is not None:
             # §2.4: the peer holds no other IKE SA with us; the endpoint drops stale ones.
@@ -168,17 +169,44 @@ class IkeAuth(Task):
         )
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
-        idr = _id_payload(IdR, sa.config.local_id)
-        if sa.suite is None:
-            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
-        auth = psk_auth(sa.suite.prf, _psk(sa.config), self._auth_data(sa, idr, ours=True))
-        out += [idr, Authentication(AuthMethod.SHARED_KEY_MIC, auth)]
+        config = sa.config
+        idr = _id_payload(IdR, config.local_id)
+        out.append(idr)
+        if config.credentials is not None and config.auth == "pubkey":
+            out += config.credentials.cert_payloads()
+        out.append(self._our_auth(sa, idr))
 
     # --- both ---------------------------------------------------------------------------
 
-    def _verify(self, sa: IkeSa, ident: IdI | IdR, auth: Authentication, peer: Identity) -> None:
+    def _our_auth(self, sa: IkeSa, ident: IdI | IdR) -> Authentication:
+        """Our AUTH payload: a PSK MIC, or an RFC 7427 signature with our key."""
         if sa.suite is None:
             raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        octets = self._auth_data(sa, ident, ours=True)
+        config = sa.config
+        if config.auth == "pubkey":
+            if config.credentials is None:
+                raise LocalProtocolError(f"connection {config.name!r} has no certificate")
+            return Authentication(
+                AuthMethod.DIGITAL_SIGNATURE, config.credentials.sign(octets, sa.peer_hashes)
+            )
+        return Authentication(
+            AuthMethod.SHARED_KEY_MIC, psk_auth(sa.suite.prf, _psk(config), octets)
+        )
+
+    def _verify(
+        self,
+        sa: IkeSa,
+        ident: IdI | IdR,
+        auth: Authentication,
+        peer: Identity,
+        message: Message,
+    ) -> None:
+        if sa.suite is None:
+            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        if sa.config.auth == "pubkey":
+            self._verify_signature(sa, ident, auth, peer, message)
+            return
         if auth.method != AuthMethod.SHARED_KEY_MIC:
             raise AuthenticationFailed(
                 f"peer {peer} authenticates with method {auth.method}; we expect a PSK"
@@ -191,3 +219,29 @@ class IkeAuth(Task):
             raise AuthenticationFailed(
                 f"peer {peer} failed PSK authentication: its pre-shared key differs from ours"
             ) from None
+
+    def _verify_signature(
+        self,
+        sa: IkeSa,
+        ident: IdI | IdR,
+        auth: Authentication,
+        peer: Identity,
+        message: Message,
+    ) -> None:
+        anchors = sa.config.trust_anchors
+        if anchors is None:
+            raise LocalProtocolError(f"connection {sa.config.name!r} has no CA certificates")
+        if auth.method != AuthMethod.DIGITAL_SIGNATURE:
+            raise AuthenticationFailed(
+                f"peer {peer} authenticates with {enum_name(AuthMethod, auth.method)}; we "
+                "expect a certificate signature (RFC 7427)"
+            )
+        certs = message.get_all(Certificate)
+        if not certs:
+            raise AuthenticationFailed(f"peer {peer} sent no certificate")
+        # Chain, validity, key usage and the identity in the certificate (RFC 4945).
+        validated = anchors.validate(certs, peer, sa.wall_clock())
+        scheme = verify_signature_auth(
+            validated.public_key, self._auth_data(sa, ident, ours=False), auth.data
+        )
+        logger.info("%s: peer %s authenticated with %s", sa.name, peer, scheme.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ikev2.certs import parse_signature_hashes, signature_hashes_notify
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation
 from ikev2.constants import NotifyType, TransformType
@@ -74,6 +75,8 @@ class IkeInit(Task):
         ]
         if sa.config.fragmentation:
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        # RFC 7427 §4: the hashes we can verify signatures with (certificates).
+        out.append(signature_hashes_notify())
 
     def process_response(self, sa: IkeSa, message: Message) -> None:
         cookie = message.notify(NotifyType.COOKIE)
@@ -154,12 +157,25 @@ class IkeInit(Task):
         ]
         if sa.fragmentation:
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        if sa.peer_hashes is not None:
+            out.append(signature_hashes_notify())
+        anchors = sa.config.trust_anchors
+        if sa.config.auth == "pubkey" and anchors is not None:
+            # §1.2, §3.7: the responder asks for certificates from the CAs it trusts;
+            # peers like strongSwan send theirs only when asked.
+            out.append(anchors.certreq())
 
 
 def _note_fragmentation(sa: IkeSa, message: Message) -> None:
     # RFC 7383 §2.3: fragments only when both sides announced support.
     offered = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
     sa.fragmentation = sa.config.fragmentation and offered
+    hashes = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if hashes is not None:
+        try:
+            sa.peer_hashes = parse_signature_hashes(hashes.data)
+        except IkeError as exc:
+            logger.info("%s: ignoring malformed SIGNATURE_HASH_ALGORITHMS: %s", sa.name, exc)
 
 
 def _our_proposals(sa: IkeSa) -> list[Proposal]:
