@@ -195,6 +195,14 @@ class Endpoint:
         sa.rekey_ike(now)
         self._collect(sa, now)
 
+    def child_limit_reached(self, unique_id: int, now: float, *, hard: bool) -> None:
+        """A CHILD SA's ESP counters reached a limit: soft rekeys it, hard deletes it."""
+        for sa in self._sas.values():
+            if unique_id in sa.children:
+                sa.child_limit_reached(unique_id, now, hard=hard)
+                self._collect(sa, now)
+                return
+
     def heard_from_peer(self, ike_sa_id: int, now: float) -> None:
         """Tell an IKE SA its peer is alive (e.g. ESP arrived), postponing liveness checks."""
         sa = self._sas.get(ike_sa_id)

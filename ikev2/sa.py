@@ -434,6 +434,20 @@ class IkeSa:
         self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [IkeDelete("rekeyed")]))
         self._send_next(self.now)
 
+    def child_limit_reached(self, unique_id: int, now: float, *, hard: bool) -> None:
+        """The data plane counted a CHILD SA's bytes or packets up to a limit.
+
+        Soft (the rekey share of `life_bytes`/`life_packets`): rekey it; hard: it
+        must not carry more traffic, so delete it.
+        """
+        child = self.children.get(unique_id)
+        if child is None or child.deleting:
+            return
+        if hard:
+            self.delete_child(unique_id, now, "byte or packet limit reached")
+        elif not child.rekeying and child.peer_rekey is None:
+            self.rekey_child(unique_id, now)
+
     def heard_from_peer(self, now: float) -> None:
         """The peer showed it is alive some other way (ESP arrived): no liveness check yet."""
         self.last_heard = max(self.last_heard, now)

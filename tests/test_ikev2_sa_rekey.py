@@ -261,3 +261,53 @@ def test_no_fragments_unless_both_sides_support_them() -> None:
     assert pair.of("a", ChildSaInstalled)
     (auth,) = pair.requests("a", ExchangeType.IKE_AUTH)
     assert len(auth.ike) > 200 and auth.ike[16] == 46  # one SK message
+
+
+def test_byte_and_packet_limits_rekey_then_delete() -> None:
+    pair = up(connection())
+    first = pair.of("a", ChildSaInstalled)[0]
+    pair.a.child_limit_reached(first.unique_id, pair.clock, hard=False)
+    pair.pump()
+    second = pair.of("a", ChildSaInstalled)[1]
+    assert second.rekey_of == first.unique_id
+    pair.a.child_limit_reached(second.unique_id, pair.clock, hard=True)
+    pair.pump()
+    gone = pair.of("a", ChildSaDeleted)[-1]
+    assert gone.unique_id == second.unique_id and gone.reason == "byte or packet limit reached"
+    assert pair.b.ike_sas()[0].children == {}
+
+
+def test_esn_is_negotiated_and_handed_over() -> None:
+    conn = with_esp(connection(), "aes128gcm16-esn")
+    ia, ib = (lambda p: (p.of("a", ChildSaInstalled)[0], p.of("b", ChildSaInstalled)[0]))(up(conn))
+    assert ia.esn and ib.esn
+    # Only one side wants ESN: the other's "noesn" wins nothing; no common proposal.
+    conn = with_esp(connection(), "aes128gcm16-esn")
+    pair = Pair.make(conn, with_esp(mirrored(conn), "aes128gcm16-noesn"))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert pair.of("b", ChildSaFailed)[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+
+
+def test_lost_rekey_response_is_recovered_without_a_second_child_sa() -> None:
+    pair = up(connection(retransmit_timeout=1.0))
+    old = pair.of("a", ChildSaInstalled)[0]
+    dropped: list[bool] = []
+
+    def drop_first_create_response(sent: object) -> bool:
+        from ikev2.codec import decode_header
+
+        header = decode_header(sent.ike)  # type: ignore[attr-defined]
+        if header.exchange_type == CREATE and header.response and not dropped:
+            dropped.append(True)
+            return True
+        return False
+
+    pair.drop = drop_first_create_response
+    pair.a.ike_sas()[0].rekey_child(old.unique_id, pair.clock)
+    pair.pump()
+    assert len(pair.of("b", ChildSaInstalled)) == 2 and len(pair.of("a", ChildSaInstalled)) == 1
+    pair.advance(1.5)  # a retransmits; b answers from its cache, installs nothing more
+    assert len(pair.of("b", ChildSaInstalled)) == 2 and len(pair.of("a", ChildSaInstalled)) == 2
+    check_crosswise(pair.of("a", ChildSaInstalled)[1], pair.of("b", ChildSaInstalled)[1])
+    assert len(pair.a.ike_sas()[0].children) == 1 and len(pair.b.ike_sas()[0].children) == 1

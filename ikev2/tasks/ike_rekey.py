@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 NONCE_SIZE = 32
 RETRY_AFTER = 60.0
-"""Seconds before a failed IKE rekey is tried again (the hard lifetime still applies)."""
+"""Mean seconds before a failed IKE rekey is tried again (the hard lifetime still applies)."""
 
 
 def _ours(sa: IkeSa) -> list[Proposal]:
@@ -107,14 +107,16 @@ class IkeRekey(Task):
         try:
             self._process_response(sa, message)
         except IkeError as exc:
+            # Randomised, so two peers whose rekeys crossed do not collide again.
+            delay = RETRY_AFTER * (0.5 + int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0)
             logger.warning(
                 "%s: rekeying the IKE SA failed (%s); trying again in %.0f s",
                 sa.name,
                 exc,
-                RETRY_AFTER,
+                delay,
             )
             sa.ike_rekeying = False
-            sa.ike_rekey_at = sa.now + RETRY_AFTER
+            sa.ike_rekey_at = sa.now + delay
 
     def _process_response(self, sa: IkeSa, message: Message) -> None:
         from ikev2.sa import Exchange
