@@ -279,10 +279,10 @@ def test_byte_and_packet_limits_rekey_then_delete() -> None:
 
 def test_esn_is_negotiated_and_handed_over() -> None:
     conn = with_esp(connection(), "aes128gcm16-esn")
-    ia, ib = (lambda p: (p.of("a", ChildSaInstalled)[0], p.of("b", ChildSaInstalled)[0]))(up(conn))
+    both = up(conn)
+    ia, ib = both.of("a", ChildSaInstalled)[0], both.of("b", ChildSaInstalled)[0]
     assert ia.esn and ib.esn
-    # Only one side wants ESN: the other's "noesn" wins nothing; no common proposal.
-    conn = with_esp(connection(), "aes128gcm16-esn")
+    # One side insists on ESN, the other refuses it: no common proposal.
     pair = Pair.make(conn, with_esp(mirrored(conn), "aes128gcm16-noesn"))
     pair.a.initiate("conn", 0.0)
     pair.pump()
