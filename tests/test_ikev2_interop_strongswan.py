@@ -212,7 +212,13 @@ def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> None:
         time.sleep(0.1)
 
 
-def check_established(peer: LockgatePeer, charon: Charon, *, lockgate_initiated: bool) -> None:
+def check_established(
+    peer: LockgatePeer,
+    charon: Charon,
+    *,
+    lockgate_initiated: bool,
+    charon_ids: tuple[str, str] = (B_WAN, A_WAN),
+) -> None:
     ike_up = peer.wait_for(IkeSaEstablished)
     child_up = peer.wait_for(ChildSaInstalled)
     info = charon.wait_for_child("net")
@@ -220,7 +226,7 @@ def check_established(peer: LockgatePeer, charon: Charon, *, lockgate_initiated:
     assert info.initiator is not lockgate_initiated
     assert ike_up.initiator is lockgate_initiated
     assert (info.encr_alg, info.encr_keysize, info.dh_group) == ("AES_GCM_16", "256", "CURVE_25519")
-    assert (info.local_id, info.remote_id) == (B_WAN, A_WAN)
+    assert (info.local_id, info.remote_id) == charon_ids
     child = info.child("net")
     assert child.state == "INSTALLED" and child.encap
     assert child.local_ts == [B_NET] and child.remote_ts == [A_NET]
@@ -473,3 +479,38 @@ def test_certificate_authentication_both_ways(key_type: str) -> None:
         charon.initiate("net", ike="s2s")
         assert not peer.wait_for(IkeSaEstablished).initiator
         charon.wait_for_child("net")
+
+
+def test_large_certificate_chains_travel_in_fragments() -> None:
+    from strongswan import Pki, install_credentials
+
+    from ikev2.certs import LocalCredentials, TrustAnchors
+
+    root = Pki(key_type="rsa4096")
+    sub = Pki("lockgate intermediate", key_type="rsa4096", parent=root)
+    own_a, own_b = sub.issue("gw-a.example.net"), sub.issue("gw-b.example.net")
+    lockgate = dataclasses.replace(
+        lockgate_connection(),
+        auth="pubkey",
+        psk=None,
+        local_id=Identity.parse(own_a.id),
+        remote_id=Identity.parse(own_b.id),
+        credentials=LocalCredentials.from_pem(own_a.cert_pem + sub.ca.cert_pem, own_a.key_pem),
+        trust_anchors=TrustAnchors.from_pem(root.ca.cert_pem),
+    )
+    swan = dataclasses.replace(
+        charon_connection(),
+        local_id=own_b.id,
+        remote_id=own_a.id,
+        local_auth="pubkey",
+        remote_auth="pubkey",
+    )
+    with gateways(lockgate, swan) as (peer, charon):
+        swan.local_certs = [install_credentials(charon, own_b, sub)]
+        charon.load([swan])
+        # Two 4096-bit certificates each way: IKE_AUTH is far above 1280 octets.
+        peer.call(lambda d: d.initiate("s2s"))
+        check_established(peer, charon, lockgate_initiated=True, charon_ids=(own_b.id, own_a.id))
+        log = charon.logs()
+        assert "reassembled fragmented IKE message" in log
+        assert "splitting IKE message" in log
