@@ -514,3 +514,20 @@ def test_large_certificate_chains_travel_in_fragments() -> None:
         log = charon.logs()
         assert "reassembled fragmented IKE message" in log
         assert "splitting IKE message" in log
+
+
+def test_dead_peer_is_detected_after_charon_is_killed() -> None:
+    import signal
+
+    lockgate = dataclasses.replace(
+        lockgate_connection(), dpd_interval=1.0, retransmit_timeout=0.5, retransmit_tries=2
+    )
+    with gateways(lockgate, charon_connection()) as (peer, charon):
+        peer.call(lambda d: d.initiate("s2s"))
+        check_established(peer, charon, lockgate_initiated=True)
+        assert charon.process is not None
+        charon.process.signal(signal.SIGKILL)  # no Delete: it just vanishes
+        # 1 s of silence, then a check sent 3 times (0.5 s, 1 s back-off) and given up.
+        assert peer.wait_for(ChildSaDeleted, timeout=15.0).reason == "IKE SA deleted"
+        dead = peer.wait_for(IkeSaDeleted, timeout=15.0)
+        assert dead.reason.startswith("peer is dead") and not dead.by_peer
