@@ -114,6 +114,7 @@ class DataPlane:
         self.counters: Counter[str] = Counter()
         """Other events worth showing: keepalives and IKE messages seen on 4500."""
         self._clock = clock
+        self._lingering: dict[int, tuple[ChildSaEntry, float]] = {}
         self._icmp_second = 0
         self._icmp_sent = 0
 
@@ -141,15 +142,37 @@ class DataPlane:
             ", sends at once" if preferred else "",
         )
 
-    def remove(self, unique_id: int) -> ChildSaEntry | None:
-        """Take a CHILD SA out of the data plane; its drop counts move to the totals."""
+    def remove(self, unique_id: int, *, linger: float = 0.0) -> ChildSaEntry | None:
+        """Take a CHILD SA out of the data plane; its drop counts move to the totals.
+
+        Its policy goes at once, so nothing more is sent on it. With ``linger`` its
+        inbound SA stays in the SAD that many seconds more: the Delete that ends an
+        SA travels on the IKE socket and the SA's last ESP packets on another, and
+        the daemon may read the Delete first although it was sent last.
+        `expire_lingering` removes it for good.
+        """
         entry = self.entries.pop(unique_id, None)
         if entry is None:
             return None
         self.spd.remove(entry.policy)
+        if linger > 0:
+            self._lingering[unique_id] = (entry, self._clock() + linger)
+        else:
+            self._forget(entry)
+        return entry
+
+    def expire_lingering(self) -> int:
+        """Drop the inbound SAs of removed CHILD SAs whose grace time is over."""
+        now = self._clock()
+        done = [uid for uid, (_, until) in self._lingering.items() if until <= now]
+        for uid in done:
+            entry, _ = self._lingering.pop(uid)
+            self._forget(entry)
+        return len(done)
+
+    def _forget(self, entry: ChildSaEntry) -> None:
         self.sad.remove(entry.spi_in)
         self.drops.update(entry.all_drops())
-        return entry
 
     def remove_connection(self, connection: str) -> list[ChildSaEntry]:
         """Remove every CHILD SA of a connection."""
@@ -296,6 +319,8 @@ class DataPlane:
         """Every drop so far, per reason, across all SAs present and past."""
         total: Counter[str] = Counter(self.drops)
         for entry in self.entries.values():
+            total.update(entry.all_drops())
+        for entry, _ in self._lingering.values():
             total.update(entry.all_drops())
         return total
 

@@ -68,6 +68,9 @@ RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
 UP_TIMEOUT = 20.0
 """How long `lockgate up` waits for the CHILD SA before answering."""
 HOUSEKEEPING_INTERVAL = 1.0
+INBOUND_LINGER = 2.0
+"""Seconds a deleted CHILD SA still decrypts packets already on their way (see
+`DataPlane.remove`)."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
 
@@ -247,7 +250,7 @@ class Gateway:
             self._cancel_retry(peer)
         if self._pump is not None:
             for entry in list(self._pump.plane.entries.values()):
-                self._uninstall(entry.unique_id, "shutting down")
+                self._uninstall(entry.unique_id, "shutting down", linger=0.0)
             self._pump.close()
         for net in set(self._routes) | self._trap_routes:
             self._remove_route(net)
@@ -560,11 +563,11 @@ class Gateway:
         NatKeepaliveDue: _on_keepalive_due,
     }
 
-    def _uninstall(self, unique_id: int, reason: str) -> None:
+    def _uninstall(self, unique_id: int, reason: str, linger: float = INBOUND_LINGER) -> None:
         pump = self._pump
         if pump is None:
             return
-        entry = pump.plane.remove(unique_id)
+        entry = pump.plane.remove(unique_id, linger=linger)
         if entry is None:
             return
         for ts in entry.remote_ts:
@@ -909,6 +912,8 @@ class Gateway:
             self._service()
             self._follow_peer_addresses()
             self._report_liveness(now)
+            if self._pump is not None:
+                self._pump.plane.expire_lingering()
 
     def _we_rekeyed(self, event: ChildSaInstalled) -> bool:
         """True if this CHILD SA replaces one in a rekey that we started.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def test_child_sa_events_install_and_remove_and_show_in_status(gateway: Gateway)
         ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, "test")
     )
     assert gateway.status()["sas"] == []
+    # Packets already on their way are still decrypted for a moment, then not.
+    assert installed.spi_in in gateway._pump.plane.sad
+    gateway._pump.plane._clock = lambda: time.monotonic() + 60
+    assert gateway._pump.plane.expire_lingering() == 1
     assert installed.spi_in not in gateway._pump.plane.sad
 
 

@@ -450,3 +450,24 @@ def test_rekey_we_started_sends_on_the_new_sa_at_once() -> None:
     reply = ipv4("203.0.113.10", "192.0.2.10", echo_request(1), proto=1)
     assert pair.b_to_a([reply]) == [reply]
     assert pair.entry_b.outbound.packet_count == 1 and pair.entry_a.inbound.packet_count == 1
+
+
+def test_removed_sa_lingers_inbound_only() -> None:
+    pair = make_pair(udp=False)
+    now = [50.0]
+    pair.b._clock = lambda: now[0]
+    request = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+    reply = ipv4("203.0.113.10", "192.0.2.10", echo_request(1), proto=1)
+    pair.a.from_tun([request])  # in flight while B processes the peer's Delete
+    assert pair.b.remove(1, linger=2.0) is pair.entry_b
+    deliver(pair.side_a, pair.b)
+    assert pair.side_b.tun_out == [request]  # still decrypted
+    pair.b.from_tun([reply])
+    assert not pair.side_b.wire  # but nothing is sent on it any more
+    assert pair.b.status()["sas"] == []
+    now[0] += 2.0
+    assert pair.b.expire_lingering() == 1
+    pair.a.from_tun([request])
+    deliver(pair.side_a, pair.b)
+    assert pair.side_b.tun_out == [request]
+    assert pair.b.total_drops() == {"no_sa": 1, Drop.NO_POLICY.value: 1}
