@@ -1,6 +1,9 @@
 """The tasks of IKEv2 exchanges, one module per concern (after strongSwan's
-`libcharon/sa/ikev2/tasks/`). Part 2 adds child_rekey, ike_rekey, ike_dpd, ike_cookie
-and ike_cert beside these."""
+`libcharon/sa/ikev2/tasks/`): ike_init, ike_natd, ike_auth (PSK and certificates),
+child_create (IKE_AUTH's CHILD SA), child_rekey (CREATE_CHILD_SA: more CHILD SAs and
+their rekeys), ike_rekey, ike_delete, child_delete and informational. Liveness checks
+are empty INFORMATIONAL requests queued by the IKE SA itself; COOKIEs are handled by
+the endpoint before an SA exists."""
 
 from ikev2.tasks.base import RetryExchange, Task
 from ikev2.tasks.child_create import ChildCreate
