@@ -141,8 +141,12 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
     """
     integ = event.integ_id or None
     suite = suite_from_transforms(event.encr_id, event.encr_key_bits, integ)
+    # Rekey at 90% of a volume limit, so the new SA is up before the old one stops
+    # (RFC 4301 §4.4.2.1 soft and hard lifetimes; strongSwan rekeys early the same way).
     lifetime = Lifetime(
+        soft_bytes=event.life_bytes * 9 // 10 or None,
         hard_bytes=event.life_bytes or None,
+        soft_packets=event.life_packets * 9 // 10 or None,
         hard_packets=event.life_packets or None,
     )
     window = event.replay_window

@@ -38,6 +38,7 @@ from daemon.pump import Pump
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.spd import IPNetwork
 from esp.errors import EspConfigError
+from esp.sa import LifetimeState
 from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.endpoint import Endpoint, EndpointConfig
@@ -150,6 +151,8 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._shutting_down = False
         self._inbound_seen: dict[int, int] = {}
+        self._rekeying: set[int] = set()
+        self._deleting: set[int] = set()
 
     # ---- start and stop --------------------------------------------------------------
 
@@ -914,6 +917,33 @@ class Gateway:
             self._report_liveness(now)
             if self._pump is not None:
                 self._pump.plane.expire_lingering()
+            self._enforce_volume_lifetimes()
+
+    def _enforce_volume_lifetimes(self) -> None:
+        """Rekey CHILD SAs past their soft byte/packet limit (or near the end of their
+        sequence space), delete those past the hard one: only the data plane counts
+        packets, so only it can tell (RFC 4301 §4.4.2.1)."""
+        endpoint, pump = self._endpoint, self._pump
+        if endpoint is None or pump is None:
+            return
+        now = time.monotonic()
+        for uid, entry in list(pump.plane.entries.items()):
+            states = {entry.outbound.lifetime_state(), entry.inbound.lifetime_state()}
+            try:
+                if LifetimeState.HARD in states and uid not in self._deleting:
+                    self._deleting.add(uid)
+                    log.info("connection %s: CHILD SA #%d used up its volume", entry.child, uid)
+                    endpoint.delete_child(uid, now, "volume lifetime reached")
+                elif LifetimeState.SOFT in states and uid not in self._rekeying:
+                    self._rekeying.add(uid)
+                    log.info("connection %s: CHILD SA #%d due for rekeying (volume)",
+                             entry.child, uid)  # fmt: skip
+                    endpoint.rekey_child(uid, now)
+            except IkeError as exc:
+                log.warning("connection %s: CHILD SA #%d: %s", entry.child, uid, exc)
+        self._rekeying &= pump.plane.entries.keys()
+        self._deleting &= pump.plane.entries.keys()
+        self._service()
 
     def _we_rekeyed(self, event: ChildSaInstalled) -> bool:
         """True if this CHILD SA replaces one in a rekey that we started.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_dataplane import events
+from test_dataplane import echo_request, events, ipv4
 
 from conf.ike import ike_connections
 from conf.load import load_config
@@ -165,3 +165,32 @@ def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> 
     gateway._follow_peer_addresses()
     assert entry.remote == ("198.51.100.2", 31337)
     assert gateway.status()["sas"][0]["remote"] == "198.51.100.2[31337]"
+
+
+def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert gateway._endpoint is not None and gateway._pump is not None
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        gateway._endpoint, "rekey_child", lambda uid, now: calls.append(("rekey", uid))
+    )
+    monkeypatch.setattr(
+        gateway._endpoint, "delete_child", lambda uid, now, reason: calls.append(("delete", uid))
+    )
+    installed = dataclasses.replace(
+        events("aes128gcm16", udp=False)[0], connection="main", life_packets=10
+    )
+    gateway._handle_event(installed)
+    packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+    plane = gateway._pump.plane
+    plane.from_tun([packet] * 8)
+    gateway._enforce_volume_lifetimes()
+    assert calls == []
+    plane.from_tun([packet])  # 9 of 10: soft limit
+    gateway._enforce_volume_lifetimes()
+    gateway._enforce_volume_lifetimes()
+    assert calls == [("rekey", installed.unique_id)]  # asked once, not every second
+    plane.from_tun([packet])  # 10 of 10: hard limit
+    gateway._enforce_volume_lifetimes()
+    assert calls[-1] == ("delete", installed.unique_id)
