@@ -163,6 +163,11 @@ class ChildSaInstalled(Event):
     """IPsec mode; always "tunnel" for now."""
     rekey_of: int | None = None
     """unique_id of the CHILD SA this one replaces (rekey), else None."""
+    initiator: bool = False
+    """True if we sent the request of the exchange that created it (IKE_AUTH or
+    CREATE_CHILD_SA). At a rekey the initiator switches outbound traffic to the new SA
+    at once; the responder waits for the old SA's Delete or the first packet on the new
+    inbound SA (RFC 7296 §2.8)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,29 @@ class ChildSaFailed(Event):
     """What went wrong, for an operator."""
     notify: int | None
     """The IKEv2 notify error type involved (e.g. TS_UNACCEPTABLE), if any."""
+
+
+@dataclass(frozen=True)
+class IkeSaAddressChanged(Event):
+    """An established IKE SA now uses other addresses or ports (RFC 7296 §2.23).
+
+    Behind a NAT the IKE SA follows the source of the peer's latest authenticated
+    message (a NAT mapping moved); its CHILD SAs' UDP-encapsulated ESP must follow too.
+    Emitted once per change, for the IKE SA whose `ike_sa_id` it names.
+    """
+
+    connection: str
+    """Name of the connection."""
+    ike_sa_id: int
+    """The IKE SA's unique number."""
+    old_local: Address
+    """Our address and port before the change."""
+    old_remote: Address
+    """The peer's address and port before the change."""
+    local: Address
+    """Our address and port from now on."""
+    remote: Address
+    """The peer's address and port from now on."""
 
 
 @dataclass(frozen=True)

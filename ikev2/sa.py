@@ -53,6 +53,7 @@ from ikev2.events import (
     Address,
     ChildSaDeleted,
     Event,
+    IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
@@ -807,7 +808,15 @@ class IkeSa:
             self.nat_local or self.nat_remote or self.local[1] == self.nat_port
         ):
             logger.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
+            old_local, old_remote = self.local, self.remote
             self.local, self.remote = local, remote
+            if self.established_at is not None:
+                # Before IKE_AUTH completes IkeSaEstablished carries the addresses.
+                self.emit(
+                    IkeSaAddressChanged(
+                        self.config.name, self.ike_sa_id, old_local, old_remote, local, remote
+                    )
+                )
 
     def float_to_nat_port(self) -> None:
         """Move IKE to the NAT-T port after IKE_SA_INIT (§2.23)."""

@@ -53,6 +53,8 @@ def test_full_establishment_both_sides_agree() -> None:
     (ea,) = pair.of("a", IkeSaEstablished)
     (eb,) = pair.of("b", IkeSaEstablished)
     assert ea.initiator and not eb.initiator
+    # a sent IKE_AUTH, which created the CHILD SA.
+    assert ia.initiator and not ib.initiator
     assert (ea.spi_i, ea.spi_r) == (eb.spi_i, eb.spi_r)
     assert ea.suite == eb.suite == "aes256gcm16-prfsha384-x25519"
     assert (ea.local_id, ea.remote_id) == (A_ADDR, B_ADDR)
@@ -382,6 +384,31 @@ def test_real_nat_is_detected_and_kept_alive() -> None:
     (keepalive,) = pair.of("a", NatKeepaliveDue)
     assert keepalive.local == (A_ADDR, 4500) and keepalive.remote == (B_ADDR, 4500)
     assert not pair.of("b", NatKeepaliveDue)  # only the side behind the NAT sends them
+
+
+def test_a_moved_nat_mapping_is_followed_and_reported_once() -> None:
+    from ikev2.events import IkeSaAddressChanged
+
+    conn = connection()
+    pair = Pair.make(conn, mirrored(conn, remote_address=None), nat=True)
+    _, ib = establish(pair)
+    assert not pair.of("a", IkeSaAddressChanged) and not pair.of("b", IkeSaAddressChanged)
+    # The NAT forgets the mapping and picks another port; a's next request shows it.
+    pair.nat_offset = 31000
+    pair.a.ike_sas()[0].check_liveness(pair.clock)
+    pair.pump()
+    (moved,) = pair.of("b", IkeSaAddressChanged)
+    assert moved.ike_sa_id == ib.ike_sa_id and moved.connection == "conn"
+    assert moved.old_remote == ("203.0.113.99", 34500)
+    assert moved.remote == ("203.0.113.99", 35500)
+    assert moved.old_local == moved.local == (B_ADDR, 4500)
+    assert pair.b.ike_sas()[0].remote == moved.remote
+    # The answer reached a through the new mapping, and nothing moves again.
+    assert pair.a.ike_sas()[0].tm.outstanding is None
+    pair.a.ike_sas()[0].check_liveness(pair.clock)
+    pair.pump()
+    assert len(pair.of("b", IkeSaAddressChanged)) == 1
+    assert not pair.of("a", IkeSaAddressChanged)
 
 
 def test_liveness_check_and_unhandled_notify_get_empty_responses() -> None:

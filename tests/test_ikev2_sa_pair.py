@@ -102,7 +102,9 @@ class Pair:
     wire: list[Sent] = field(default_factory=list)
     drop: Callable[[Sent], bool] | None = None
     nat: bool = False
-    """Rewrite a's address to NAT_ADDR (ports + 30000) on the way to b, and back."""
+    """Rewrite a's address to NAT_ADDR (ports + nat_offset) on the way to b, and back."""
+    nat_offset: int = 30000
+    """Port shift of the fake NAT; change it to move the mapping."""
 
     @classmethod
     def make(
@@ -120,9 +122,9 @@ class Pair:
         """(local as seen by the receiver, remote as seen by the receiver)."""
         src, dst = d.local, d.remote
         if self.nat and sender == "a":
-            src = (NAT_ADDR, src[1] + 30000)
+            src = (NAT_ADDR, src[1] + self.nat_offset)
         if self.nat and sender == "b" and dst[0] == NAT_ADDR:
-            dst = (A_ADDR, dst[1] - 30000)
+            dst = (A_ADDR, dst[1] - self.nat_offset)
         return dst, src
 
     def pump(self, max_rounds: int = 50) -> None:

@@ -50,6 +50,9 @@ def test_rekey_make_before_break(rekeyer: str) -> None:
     new_a, new_b = pair.of("a", ChildSaInstalled)[1], pair.of("b", ChildSaInstalled)[1]
     check_crosswise(new_a, new_b)
     assert new_a.rekey_of == old_a.unique_id and new_b.rekey_of == old_b.unique_id
+    # Whoever sent the CREATE_CHILD_SA request is the new SA's initiator (the daemon
+    # switches outbound first on that side).
+    assert new_a.initiator is (rekeyer == "a") and new_b.initiator is (rekeyer == "b")
     assert new_a.encr_key_in not in (old_a.encr_key_in, old_a.encr_key_out)
     assert new_a.local_ts == old_a.local_ts and new_a.remote_ts == old_a.remote_ts
     # The new SA is installed on both sides before the old one is removed.

@@ -311,7 +311,13 @@ def install_child(
     )
     sa.emit(
         _installed_event(
-            sa, child, suite, encr_in, integ_in, encr_out, integ_out, rekey_time, rekey_of
+            sa,
+            child,
+            suite,
+            (encr_in, integ_in, encr_out, integ_out),
+            rekey_time,
+            rekey_of,
+            we_initiated,
         )
     )
     return child
@@ -327,14 +333,13 @@ def _installed_event(
     sa: IkeSa,
     child: ChildSa,
     suite: ChildSuite,
-    encr_in: bytes,
-    integ_in: bytes,
-    encr_out: bytes,
-    integ_out: bytes,
+    keys: tuple[bytes, bytes, bytes, bytes],
     rekey_time: float,
     rekey_of: int | None,
+    we_initiated: bool,
 ) -> ChildSaInstalled:
     config = child.config
+    encr_in, integ_in, encr_out, integ_out = keys
     return ChildSaInstalled(
         connection=sa.config.name,
         child=config.name,
@@ -361,6 +366,7 @@ def _installed_event(
         life_packets=config.life_packets,
         replay_window=config.replay_window,
         rekey_of=rekey_of,
+        initiator=we_initiated,
     )
 
 
