@@ -1,0 +1,192 @@
+"""What the throughput benchmark measures inside the lab: iperf3, ping and daemon CPU.
+
+Every measurement is bounded: iperf3 runs for a fixed duration under a subprocess
+timeout, its one-shot server (`iperf3 -s -1`) is stopped by PID afterwards, and ping
+has a count and a deadline. Nothing here asserts a figure: a failed run raises
+`MeasureError` with iperf3's or ping's own words, and the caller records it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.lab.netns import HarnessError, Namespace
+
+IPERF_PORT = 5201
+UDP_DATAGRAM = 1400
+"""iperf3 UDP payload per datagram (octets), as issue 7 asks."""
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class MeasureError(RuntimeError):
+    """One measurement could not be taken (tool failed, timed out, output unreadable)."""
+
+
+@dataclass(frozen=True)
+class IperfResult:
+    """One iperf3 run, as the receiver saw it."""
+
+    mbps: float
+    """Delivered rate: what the receiver got, in Mbit/s (not the offered rate)."""
+    loss_percent: float | None
+    """UDP datagrams lost (None for TCP)."""
+    retransmits: int | None
+    """TCP retransmissions the sender counted (None for UDP)."""
+    cpu: Mapping[str, float]
+    """CPU each daemon used during the run, in percent of one core, by role."""
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """Round-trip times of one idle ping burst, in milliseconds."""
+
+    avg_ms: float
+    min_ms: float
+    max_ms: float
+    received: int
+    sent: int
+
+
+# --- CPU of a process tree from /proc ------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (a daemon may run workers as children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return out
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of `pid`'s process tree, in clock ticks (0 if it is gone)."""
+    total = 0
+    for proc in _descendants(pid):
+        try:
+            stat = Path(f"/proc/{proc}/stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces: split after its closing ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return total
+
+
+@contextlib.contextmanager
+def cpu_meter(pids: Mapping[str, int], into: dict[str, float]) -> Iterator[None]:
+    """Fill `into` with each role's CPU use over the block, in percent of one core."""
+    before = {role: cpu_ticks(pid) for role, pid in pids.items()}
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds = max(time.monotonic() - start, 1e-6)
+        for role, pid in pids.items():
+            used = (cpu_ticks(pid) - before[role]) / _CLK_TCK
+            into[role] = round(100.0 * used / seconds, 1)
+
+
+def resident_kib(pid: int) -> int:
+    """VmRSS of `pid` in KiB (0 if it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# --- iperf3 ---------------------------------------------------------------------------
+
+
+def _wait_listening(ns: Namespace, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = ns.run("ss", "-Hltn", f"sport = :{port}", check=False, timeout=5).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    raise MeasureError(f"iperf3 server in {ns.name} not listening on {port} after {timeout}s")
+
+
+def iperf(
+    client: Namespace,
+    server: Namespace,
+    dest: str,
+    *,
+    duration: float,
+    streams: int = 1,
+    udp_rate: str | None = None,
+    daemons: Mapping[str, int] | None = None,
+) -> IperfResult:
+    """One iperf3 run from `client` to `dest` (inside `server`); UDP if `udp_rate`.
+
+    The server is a one-shot `iperf3 -s -1` per run, so a run that broke off can
+    never leave a busy server behind for the next one.
+    """
+    srv = server.spawn(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)], name="iperf3-server")
+    cpu: dict[str, float] = {}
+    try:
+        _wait_listening(server, IPERF_PORT, timeout=10)
+        args = ["iperf3", "-c", dest, "-p", str(IPERF_PORT), "-J", "-t", f"{duration:g}"]
+        args += ["--connect-timeout", "5000", "-P", str(streams)]
+        if udp_rate is not None:
+            args += ["-u", "-l", str(UDP_DATAGRAM), "-b", udp_rate]
+        with cpu_meter(daemons or {}, cpu):
+            try:
+                proc = client.run(*args, check=False, timeout=duration + 20)
+            except HarnessError as exc:
+                raise MeasureError(str(exc)) from exc
+    finally:
+        srv.stop(timeout=3)
+    return _parse_iperf(proc.stdout, proc.stderr, udp=udp_rate is not None, cpu=cpu)
+
+
+def _parse_iperf(stdout: str, stderr: str, *, udp: bool, cpu: Mapping[str, float]) -> IperfResult:
+    try:
+        data: dict[str, Any] = json.loads(stdout)
+    except json.JSONDecodeError:
+        raise MeasureError(f"iperf3 printed no JSON: {(stderr or stdout).strip()[:300]}") from None
+    if "error" in data:
+        raise MeasureError(f"iperf3: {data['error']}")
+    end = data.get("end", {})
+    received = end.get("sum_received")
+    if not isinstance(received, dict) or "bits_per_second" not in received:
+        raise MeasureError("iperf3 reported no receiver figures")
+    mbps = float(received["bits_per_second"]) / 1e6
+    if udp:
+        return IperfResult(mbps, float(received.get("lost_percent", 0.0)), None, dict(cpu))
+    retransmits = end.get("sum_sent", {}).get("retransmits")
+    return IperfResult(mbps, None, int(retransmits) if retransmits is not None else None, dict(cpu))
+
+
+# --- ping -------------------------------------------------------------------------------
+
+_RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/")
+_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def idle_ping(ns: Namespace, dest: str, *, count: int = 20, interval: float = 0.05) -> PingResult:
+    """`count` pings `interval` apart on an otherwise idle path; raise if none came back."""
+    deadline = int(count * interval + 5)
+    args = ["ping", "-n", "-q", "-c", str(count), "-i", f"{interval:g}", "-w", str(deadline)]
+    try:
+        proc = ns.run(*args, dest, check=False, timeout=deadline + 5)
+    except HarnessError as exc:
+        raise MeasureError(str(exc)) from exc
+    rtt, counts = _RTT.search(proc.stdout), _COUNTS.search(proc.stdout)
+    if rtt is None or counts is None:
+        raise MeasureError(f"ping {dest}: no replies\n{proc.stdout}{proc.stderr}".strip())
+    low, avg, high = (float(rtt.group(i)) for i in (1, 2, 3))
+    return PingResult(avg, low, high, int(counts.group(2)), int(counts.group(1)))

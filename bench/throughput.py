@@ -1,0 +1,348 @@
+"""Throughput benchmark: lockgate against strongSwan on one namespace topology, one run.
+
+    python -m bench.throughput [--repeat 3] [--duration 3] [--json FILE] [--png FILE]
+                               [--control-plane] [--sa-counts 100,1000]
+
+It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
+one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
+kernel-libipsec); lockgate ↔ strongSwan; lockgate ↔ lockgate. For each tunnel and
+each ESP suite (AES-GCM-128, ChaCha20-Poly1305): iperf3 TCP with one and with four
+streams, UDP with 1400-octet datagrams (the delivered rate and the loss, not the
+offered rate), the idle ping round trip (and what the tunnel adds to it), and the
+CPU each daemon used (utime+stime from /proc over each iperf3 run). Every
+measurement is repeated `--repeat` times; the table shows medians and the ratios
+lockgate/strongSwan. `--control-plane` adds IKE SA + CHILD SA setup rates and the
+responder's memory per SA (`bench.setup_rate`).
+
+A row whose tunnel or tool fails prints the error and the run goes on. Everything is
+bounded (iperf3 durations and timeouts), every process is stopped by PID and every
+namespace removed at the end, also on Ctrl-C or SIGTERM. Not a test: nothing here
+asserts a figure. Root, iperf3 and strongSwan (charon, swanctl) are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import median
+from types import FrameType
+from typing import Any
+
+from bench.measure import IperfResult, MeasureError, PingResult, idle_ping, iperf
+from bench.tunnels import CASES, Tunnel, TunnelError
+from daemon.lab.netns import HarnessError, Lab, build_site_to_site
+
+SUITES = ("aes128gcm16", "chacha20poly1305")
+TESTS = ("tcp1", "tcp4", "udp")
+TEST_LABELS = {"tcp1": "TCP x1", "tcp4": "TCP x4", "udp": "UDP 1400"}
+BASELINE = "swan-swan"
+
+
+def say(text: str = "") -> None:
+    """A line of the benchmark's report on stdout (it is a command's output)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@dataclass
+class Row:
+    """One tunnel with one suite: every sample taken, and the error if it failed."""
+
+    case: str
+    label: str
+    suite: str
+    framing: str = ""
+    error: str = ""
+    samples: dict[str, list[IperfResult]] = field(default_factory=dict)
+    """iperf3 results per test ("tcp1", "tcp4", "udp"), one per repetition."""
+    pings: list[PingResult] = field(default_factory=list)
+    test_errors: dict[str, list[str]] = field(default_factory=dict)
+    """Failed repetitions per test, with the tool's message."""
+
+    def mbps(self, test: str) -> float | None:
+        runs = self.samples.get(test, [])
+        return median(r.mbps for r in runs) if runs else None
+
+    def loss(self) -> float | None:
+        runs = [r.loss_percent for r in self.samples.get("udp", []) if r.loss_percent is not None]
+        return median(runs) if runs else None
+
+    def rtt(self) -> float | None:
+        return median(p.avg_ms for p in self.pings) if self.pings else None
+
+    def cpu(self, test: str, role: str) -> float | None:
+        values = [r.cpu[role] for r in self.samples.get(test, []) if role in r.cpu]
+        return median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        """Medians, as the JSON output and the chart use them."""
+        out: dict[str, Any] = {"rtt_ms": self.rtt(), "udp_loss_percent": self.loss()}
+        for test in TESTS:
+            out[f"{test}_mbps"] = self.mbps(test)
+            for role in ("A", "B"):
+                out[f"{test}_cpu_{role}_percent"] = self.cpu(test, role)
+        return out
+
+
+@dataclass
+class Options:
+    """The command line, parsed."""
+
+    repeat: int
+    duration: float
+    udp_rate: str
+    suites: tuple[str, ...]
+    cases: tuple[str, ...]
+    ping_count: int
+
+
+def measure_row(tunnel: Tunnel, row: Row, opts: Options) -> None:
+    """Start the tunnel, take every sample, stop it; failures go into `row`."""
+    topo = tunnel.topo
+    dest = topo.site_b.host4
+    try:
+        tunnel.start()
+        row.framing = tunnel.framing()
+        pids = tunnel.daemons()
+        for _ in range(opts.repeat):
+            try:
+                row.pings.append(idle_ping(topo.host_a, dest, count=opts.ping_count))
+            except MeasureError as exc:
+                row.test_errors.setdefault("ping", []).append(str(exc))
+            for test in TESTS:
+                try:
+                    result = iperf(
+                        topo.host_a,
+                        topo.host_b,
+                        dest,
+                        duration=opts.duration,
+                        streams=4 if test == "tcp4" else 1,
+                        udp_rate=opts.udp_rate if test == "udp" else None,
+                        daemons=pids,
+                    )
+                except MeasureError as exc:
+                    row.test_errors.setdefault(test, []).append(str(exc))
+                    say(f"    {TEST_LABELS[test]}: {exc}")
+                    continue
+                row.samples.setdefault(test, []).append(result)
+                extra = (
+                    f", loss {result.loss_percent:.1f}%" if result.loss_percent is not None else ""
+                )
+                cpu = " ".join(f"{role} {v:.0f}%" for role, v in sorted(result.cpu.items()))
+                say(f"    {TEST_LABELS[test]}: {result.mbps:,.0f} Mbit/s{extra}  cpu {cpu}")
+    except (TunnelError, HarnessError) as exc:
+        row.error = str(exc)
+        say(f"  FAILED: {exc}")
+    finally:
+        tunnel.stop()
+
+
+def run_data_plane(lab: Lab, opts: Options) -> list[Row]:
+    """Every case on one topology, one after another."""
+    topo = build_site_to_site(lab)
+    rows: list[Row] = []
+    for case in opts.cases:
+        cls = CASES[case]
+        for suite in opts.suites if case != "none" else ("-",):
+            tunnel = cls(topo, suite if suite != "-" else None)
+            row = Row(case, cls.label, suite)
+            say(f"  {cls.label} [{suite}] ...")
+            started = time.monotonic()
+            measure_row(tunnel, row, opts)
+            say(f"  ({time.monotonic() - started:.0f}s)")
+            rows.append(row)
+    return rows
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    if num is None or den is None or den == 0:
+        return "-"
+    return f"{num / den:.2f}x"
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The comparison table: medians per tunnel and suite, then the ratios."""
+    baseline_rtt = next((r.rtt() for r in rows if r.case == "none"), None)
+    head = (
+        f"{'path':<24} {'suite':<17} {'wire':<4} {'TCP x1':>8} {'TCP x4':>8} "
+        f"{'UDP':>8} {'loss':>6} {'RTT ms':>7} {'+tunnel':>8} {'CPU A/B % (TCP x1)':>19}"
+    )
+    lines = ["Mbit/s delivered (medians)", head, "-" * len(head)]
+    for row in rows:
+        if row.error:
+            lines.append(f"{row.label:<24} {row.suite:<17} FAILED: {row.error.splitlines()[0]}")
+            continue
+        rtt = row.rtt()
+        added = (
+            None
+            if rtt is None or baseline_rtt is None or row.case == "none"
+            else rtt - baseline_rtt
+        )
+        cpu = f"{_fmt(row.cpu('tcp1', 'A'))}/{_fmt(row.cpu('tcp1', 'B'))}"
+        loss = row.loss()
+        lines.append(
+            f"{row.label:<24} {row.suite:<17} {row.framing or '-':<4} {_fmt(row.mbps('tcp1')):>8} "
+            f"{_fmt(row.mbps('tcp4')):>8} {_fmt(row.mbps('udp')):>8} "
+            f"{_fmt(loss, '.1f') + '%' if loss is not None else '-':>6} "
+            f"{_fmt(rtt, '.3f'):>7} {_fmt(added, '+.3f'):>8} "
+            f"{cpu if row.case != 'none' else '-':>19}"
+        )
+    lines += ["", "Ratios against strongSwan ↔ strongSwan (same suite; >1 means lockgate is ahead)"]
+    lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
+    by_key = {(r.case, r.suite): r for r in rows if not r.error}
+    for case in ("lockgate-swan", "lockgate-lockgate"):
+        for suite in SUITES:
+            ours, base = by_key.get((case, suite)), by_key.get((BASELINE, suite))
+            if ours is None or base is None:
+                continue
+            ratios = [_ratio(ours.mbps(t), base.mbps(t)) for t in TESTS]
+            lines.append(f"{ours.label:<24} {suite:<17} " + " ".join(f"{r:>8}" for r in ratios))
+    failed = [(r, t, e) for r in rows for t, errs in r.test_errors.items() for e in errs]
+    if failed:
+        lines += ["", "Failed repetitions:"]
+        lines += [f"  {r.label} [{r.suite}] {t}: {e.splitlines()[0]}" for r, t, e in failed]
+    return "\n".join(lines)
+
+
+def to_json(rows: Sequence[Row], opts: Options, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "options": asdict(opts),
+        "rows": [
+            {
+                "case": r.case,
+                "label": r.label,
+                "suite": r.suite,
+                "framing": r.framing,
+                "error": r.error,
+                "median": r.summary(),
+                "samples": {t: [asdict(s) for s in runs] for t, runs in r.samples.items()},
+                "pings": [asdict(p) for p in r.pings],
+                "test_errors": r.test_errors,
+            }
+            for r in rows
+        ],
+        **extra,
+    }
+
+
+# --- running it ---------------------------------------------------------------------------
+
+
+def _missing() -> list[str]:
+    missing = [] if os.geteuid() == 0 else ["root privileges"]
+    missing += [f"'{t}'" for t in ("ip", "ping", "iperf3", "ss", "swanctl") if not shutil.which(t)]
+    if not Path("/usr/lib/ipsec/charon").exists():
+        missing.append("/usr/lib/ipsec/charon (Debian: strongswan-charon)")
+    return missing
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the clean-up in `finally` runs."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (3)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per iperf3 run (3)")
+    parser.add_argument("--udp-rate", default="1G", help="iperf3 -b offered UDP rate (1G)")
+    parser.add_argument("--suites", default=",".join(SUITES), help="ESP suites, comma-separated")
+    parser.add_argument("--cases", default=",".join(CASES), help="paths, comma-separated")
+    parser.add_argument("--ping-count", type=int, default=20, help="pings per repetition (20)")
+    parser.add_argument("--json", type=Path, help="write every sample and median as JSON")
+    parser.add_argument("--png", type=Path, help="draw the comparison (needs matplotlib)")
+    parser.add_argument("--control-plane", action="store_true", help="also IKE setup rates")
+    parser.add_argument("--sa-counts", default="100,1000", help="SAs initiated at once (100,1000)")
+    args = parser.parse_args(argv)
+    cases = tuple(c for c in args.cases.split(",") if c)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or args.repeat < 1 or args.duration <= 0:
+        parser.error(f"cases are {', '.join(CASES)}; --repeat >= 1; --duration > 0")
+    opts = Options(
+        repeat=args.repeat,
+        duration=args.duration,
+        udp_rate=args.udp_rate,
+        suites=tuple(s for s in args.suites.split(",") if s),
+        cases=cases,
+        ping_count=args.ping_count,
+    )
+    return args, opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, opts = parse_args(sys.argv[1:] if argv is None else argv)
+    missing = _missing()
+    if missing:
+        say("bench.throughput needs " + ", ".join(missing))
+        return 2
+    lab = Lab()
+    rows: list[Row] = []
+    control: dict[str, Any] = {}
+    status = 0
+    started = time.monotonic()
+    try:
+        with _terminate_as_interrupt():
+            say(f"Data plane: {', '.join(opts.cases)}; suites {', '.join(opts.suites)}; "
+                f"{opts.repeat} x {opts.duration:g}s per measurement")  # fmt: skip
+            rows = run_data_plane(lab, opts)
+            if args.control_plane:
+                from bench.setup_rate import report as setup_report
+                from bench.setup_rate import run_control_plane
+
+                counts = [int(n) for n in args.sa_counts.split(",") if n]
+                control = run_control_plane(lab, counts)
+    except KeyboardInterrupt as exc:
+        say(f"\nInterrupted ({exc or 'SIGINT'}): cleaning up.")
+        status = 130
+    finally:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            lab.close()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+    say()
+    say(table(rows))
+    if control:
+        say()
+        say(setup_report(control))
+    say(f"\n(total {time.monotonic() - started:.0f}s)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(rows, opts, {"control_plane": control}), indent=1))
+        say(f"JSON written to {args.json}")
+    if args.png is not None:
+        from bench.chart import draw
+
+        say(draw(rows, args.png))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The four paths the throughput benchmark compares, on one site-to-site topology.
+
+    host A ── gateway A ══ WAN ══ gateway B ── host B       (daemon.lab.netns)
+
+- `NoTunnel`: the gateways route the sites to each other in clear (the ceiling).
+- `SwanPair`: charon on both gateways, userspace ESP (kernel-libipsec, ESP in UDP).
+- `LockgateSwan`: `lockgate daemon` on gateway A initiating, charon answering on B.
+- `LockgatePair`: `lockgate daemon` on both gateways.
+
+Each is started on the shared topology, measured, and stopped (by PID) before the next
+one starts, so they never share a port or a route. `start` returns once a ping
+crosses the tunnel; a setup that fails raises `TunnelError` with the logs' tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.control import ControlClientError, request
+from daemon.lab.netns import HarnessError, Namespace, Process, SiteToSite, wait_for_ping
+from daemon.lab.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
+
+PSK = "lockgate-bench-psk-NOT-SECRET-0123456789"
+IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
+LOCKGATE_IFACE = "lgbench0"
+ESTABLISH_TIMEOUT = 30.0
+CHARON_LOG_LEVELS = {"default": 1, "ike": 1, "cfg": 1}
+
+
+class TunnelError(RuntimeError):
+    """A tunnel did not come up; the message carries the daemons' log tails."""
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+class Tunnel:
+    """One path between the sites: `start`, measure, `stop`."""
+
+    label = "?"
+    """How the table names it."""
+
+    def __init__(self, topo: SiteToSite, suite: str | None) -> None:
+        self.topo = topo
+        self.suite = suite
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def daemons(self) -> dict[str, int]:
+        """PIDs of the processes doing the ESP work, by role ("A", "B")."""
+        return {}
+
+    def framing(self) -> str:
+        """How ESP travels on the WAN ("udp", "esp", or "" without a tunnel)."""
+        return ""
+
+    def wait_for_traffic(self) -> None:
+        try:
+            wait_for_ping(self.topo.host_a, self.topo.site_b.host4, timeout=ESTABLISH_TIMEOUT)
+        except HarnessError as exc:
+            raise TunnelError(f"{self.label}: no ping across the tunnel: {exc}") from None
+
+
+class NoTunnel(Tunnel):
+    """The gateways forward between the sites in clear."""
+
+    label = "no tunnel"
+
+    def start(self) -> None:
+        self.topo.route_in_clear()
+        self.wait_for_traffic()
+
+    def stop(self) -> None:
+        topo = self.topo
+        topo.gw_a.ip("route", "del", topo.site_b.subnet4, check=False)
+        topo.gw_a.ip("-6", "route", "del", topo.site_b.subnet6, check=False)
+        topo.gw_b.ip("route", "del", topo.site_a.subnet4, check=False)
+        topo.gw_b.ip("-6", "route", "del", topo.site_a.subnet6, check=False)
+
+
+# --- strongSwan -----------------------------------------------------------------------
+
+
+def swan_connection(topo: SiteToSite, side: str, suite: str) -> SwanConnection:
+    """charon's site-to-site connection on gateway `side` ("A" or "B")."""
+    a, b = topo.gw_a_public4, topo.gw_b_wan4
+    me, peer = (topo.gw_a_wan4, b) if side == "A" else (b, a)
+    my_id, peer_id = (a, b) if side == "A" else (b, a)
+    mine, theirs = (topo.site_a, topo.site_b) if side == "A" else (topo.site_b, topo.site_a)
+    child = SwanChild("bench", [mine.subnet4], [theirs.subnet4], esp_proposals=suite)
+    return SwanConnection(
+        name="s2s",
+        local_addrs=me,
+        remote_addrs=peer,
+        local_id=my_id,
+        remote_id=peer_id,
+        children=[child],
+        proposals=IKE_PROPOSAL,
+    )
+
+
+def start_charon(topo: SiteToSite, ns: Namespace, side: str, suite: str) -> Charon:
+    """charon on one gateway, loaded with the bench connection (not yet initiated)."""
+    name = f"{side}-{suite}-{int(time.monotonic() * 1000) % 100000}"
+    charon = Charon(ns, name, log_levels=CHARON_LOG_LEVELS)
+    charon.start()
+    secret = SwanSecret("bench", [topo.gw_a_public4, topo.gw_b_wan4], PSK)
+    charon.load([swan_connection(topo, side, suite)], [secret])
+    return charon
+
+
+class SwanPair(Tunnel):
+    """charon ↔ charon, both with kernel-libipsec (userspace ESP over TUN)."""
+
+    label = "strongSwan ↔ strongSwan"
+
+    def __init__(self, topo: SiteToSite, suite: str | None) -> None:
+        super().__init__(topo, suite)
+        self.charons: dict[str, Charon] = {}
+
+    def start(self) -> None:
+        suite = self.suite or "aes128gcm16"
+        self.charons["B"] = start_charon(self.topo, self.topo.gw_b, "B", suite)
+        self.charons["A"] = start_charon(self.topo, self.topo.gw_a, "A", suite)
+        try:
+            self.charons["A"].initiate("bench", ike="s2s", timeout=ESTABLISH_TIMEOUT)
+            self.charons["B"].wait_for_child("bench", timeout=ESTABLISH_TIMEOUT)
+        except HarnessError as exc:
+            raise TunnelError(f"{self.label}: {str(exc)[-3000:]}") from None
+        self.wait_for_traffic()
+
+    def stop(self) -> None:
+        for charon in self.charons.values():
+            charon.stop()
+
+    def daemons(self) -> dict[str, int]:
+        return {side: charon.pid() for side, charon in self.charons.items()}
+
+    def framing(self) -> str:
+        return "udp"  # kernel-libipsec always encapsulates (see reference/strongswan.md)
+
+
+# --- lockgate ----------------------------------------------------------------------------
+
+
+def lockgate_config(topo: SiteToSite, side: str, suite: str, *, socket: Path, start: str) -> str:
+    """`lockgate daemon`'s TOML for gateway `side` ("A" or "B") of the topology."""
+    a, b = topo.gw_a_public4, topo.gw_b_wan4
+    me, peer = (topo.gw_a_wan4, b) if side == "A" else (b, a)
+    my_id, peer_id = (a, b) if side == "A" else (b, a)
+    mine, theirs = (topo.site_a, topo.site_b) if side == "A" else (topo.site_b, topo.site_a)
+    return "\n".join(
+        [
+            "[gateway]",
+            f"addresses = [{json.dumps(me)}]",
+            f"id = {json.dumps(my_id)}",
+            f"interface = {json.dumps(LOCKGATE_IFACE)}",
+            f"control_socket = {json.dumps(str(socket))}",
+            'log_level = "warning"',
+            "",
+            "[peers.far]",
+            f"address = {json.dumps(peer)}",
+            f"id = {json.dumps(peer_id)}",
+            'auth = "psk"',
+            f"psk = {json.dumps(PSK)}",
+            "",
+            "[connections.bench]",
+            'peer = "far"',
+            f"local_subnets = [{json.dumps(mine.subnet4)}]",
+            f"remote_subnets = [{json.dumps(theirs.subnet4)}]",
+            f"ike_proposals = [{json.dumps(IKE_PROPOSAL)}]",
+            f"esp_proposals = [{json.dumps(suite)}]",
+            f"start = {json.dumps(start)}",
+            "",
+        ]
+    )
+
+
+class Lockgate:
+    """`lockgate daemon -c FILE` in a namespace, with its own control socket."""
+
+    def __init__(self, ns: Namespace, name: str, config_text: str, socket: Path) -> None:
+        self.ns = ns
+        self.name = name
+        tmp = ns.lab.tmpdir
+        self.config = tmp / f"{name}.toml"
+        self.config.write_text(config_text)
+        self.config.chmod(0o600)  # it holds a PSK: lockgate refuses a readable one
+        self.socket = socket
+        self.log_path = tmp / f"{name}.log"
+        self.process: Process | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        args = [sys.executable, "-m", "daemon.cli", "-s", str(self.socket), "daemon",
+                "-c", str(self.config), "--log-level", "warning"]  # fmt: skip
+        self.process = self.ns.spawn(args, name=self.name, log_path=self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise TunnelError(f"lockgate {self.name} exited:\n{_tail(self.process.log())}")
+            with contextlib.suppress(ControlClientError):
+                self.status()
+                return
+            time.sleep(0.1)
+        raise TunnelError(f"lockgate {self.name} did not start:\n{_tail(self.log())}")
+
+    def status(self) -> dict[str, Any]:
+        result = request(str(self.socket), {"command": "status"}, timeout=5.0)
+        if not isinstance(result, dict):
+            raise TunnelError(f"lockgate {self.name}: malformed status {result!r}")
+        return result
+
+    def sas(self) -> list[dict[str, Any]]:
+        return list(self.status().get("sas", []))
+
+    def wait_for_sa(self, timeout: float = ESTABLISH_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and not self.process.alive():
+                raise TunnelError(f"lockgate {self.name} exited:\n{_tail(self.log())}")
+            with contextlib.suppress(ControlClientError):
+                sas = self.sas()
+                if sas:
+                    return sas[0]
+            time.sleep(0.1)
+        raise TunnelError(f"lockgate {self.name}: no CHILD SA in {timeout:g}s\n{_tail(self.log())}")
+
+    def pid(self) -> int:
+        if self.process is None:
+            raise TunnelError(f"lockgate {self.name} not started")
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=10)
+
+    def log(self) -> str:
+        return self.process.log() if self.process is not None else ""
+
+
+def _start_lockgate(topo: SiteToSite, side: str, suite: str, start: str) -> Lockgate:
+    ns = topo.gw_a if side == "A" else topo.gw_b
+    name = f"lockgate-{side}-{suite}"
+    socket = topo.lab.tmpdir / f"{name}.sock"
+    daemon = Lockgate(
+        ns, name, lockgate_config(topo, side, suite, socket=socket, start=start), socket
+    )
+    daemon.start()
+    return daemon
+
+
+class LockgateSwan(Tunnel):
+    """lockgate on gateway A initiates; charon (userspace ESP) answers on gateway B."""
+
+    label = "lockgate ↔ strongSwan"
+
+    def __init__(self, topo: SiteToSite, suite: str | None) -> None:
+        super().__init__(topo, suite)
+        self.charon: Charon | None = None
+        self.lockgate: Lockgate | None = None
+        self._framing = ""
+
+    def start(self) -> None:
+        suite = self.suite or "aes128gcm16"
+        self.charon = start_charon(self.topo, self.topo.gw_b, "B", suite)
+        self.lockgate = _start_lockgate(self.topo, "A", suite, "initiate")
+        try:
+            sa = self.lockgate.wait_for_sa()
+            self.charon.wait_for_child("bench", timeout=ESTABLISH_TIMEOUT)
+        except HarnessError as exc:
+            raise TunnelError(f"{self.label}: {str(exc)[-3000:]}") from None
+        self._framing = str(sa.get("encap", ""))
+        self.wait_for_traffic()
+
+    def stop(self) -> None:
+        if self.lockgate is not None:
+            self.lockgate.stop()
+        if self.charon is not None:
+            self.charon.stop()
+
+    def daemons(self) -> dict[str, int]:
+        out = {}
+        if self.lockgate is not None and self.lockgate.process is not None:
+            out["A"] = self.lockgate.pid()
+        if self.charon is not None and self.charon.process is not None:
+            out["B"] = self.charon.pid()
+        return out
+
+    def framing(self) -> str:
+        return self._framing
+
+    def wait_for_traffic(self) -> None:
+        try:
+            super().wait_for_traffic()
+        except TunnelError as exc:
+            logs = self.lockgate.log() if self.lockgate is not None else ""
+            raise TunnelError(f"{exc}\n  lockgate A:\n{_tail(logs)}") from None
+
+
+class LockgatePair(Tunnel):
+    """lockgate on both gateways: A initiates, B answers."""
+
+    label = "lockgate ↔ lockgate"
+
+    def __init__(self, topo: SiteToSite, suite: str | None) -> None:
+        super().__init__(topo, suite)
+        self.daemon: dict[str, Lockgate] = {}
+        self._framing = ""
+
+    def start(self) -> None:
+        suite = self.suite or "aes128gcm16"
+        self.daemon["B"] = _start_lockgate(self.topo, "B", suite, "wait")
+        self.daemon["A"] = _start_lockgate(self.topo, "A", suite, "initiate")
+        sa = self.daemon["A"].wait_for_sa()
+        self.daemon["B"].wait_for_sa()
+        self._framing = str(sa.get("encap", ""))
+        try:
+            self.wait_for_traffic()
+        except TunnelError as exc:
+            tails = "\n".join(
+                f"  lockgate {side}:\n{_tail(d.log())}" for side, d in self.daemon.items()
+            )
+            raise TunnelError(f"{exc}\n{tails}") from None
+
+    def stop(self) -> None:
+        for daemon in self.daemon.values():
+            daemon.stop()
+
+    def daemons(self) -> dict[str, int]:
+        return {s: d.pid() for s, d in self.daemon.items() if d.process is not None}
+
+    def framing(self) -> str:
+        return self._framing
+
+
+CASES: dict[str, type[Tunnel]] = {
+    "none": NoTunnel,
+    "swan-swan": SwanPair,
+    "lockgate-swan": LockgateSwan,
+    "lockgate-lockgate": LockgatePair,
+}
+"""The benchmark's cases, in the order it runs them."""
