@@ -23,7 +23,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from netns import Namespace, Process, SiteToSite, ping, site_to_site, tcp_transfer, wait_for_ping
+from netns import (
+    HarnessError,
+    Namespace,
+    Process,
+    SiteToSite,
+    ping,
+    site_to_site,
+    tcp_transfer,
+    wait_for_ping,
+)
 from strongswan import (
     Charon,
     ChildSaInfo,
@@ -254,8 +263,14 @@ def start_lockgate(topo: SiteToSite, text: str, name: str = "lockgate") -> Lockg
         log_path=topo.lab.tmpdir / f"{name}.log",
     )  # fmt: skip
     daemon = LockgateDaemon(topo.gw_a, proc, sock, path)
+
+    def listening() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"lockgate exited with {proc.popen.returncode}")
+        return bool(daemon.status())
+
     try:
-        wait_until(lambda: bool(daemon.status()), "the daemon's control socket", timeout=15)
+        wait_until(listening, "the daemon's control socket", timeout=15)
     except AssertionError:
         raise AssertionError(f"lockgate did not start:\n{proc.log()[-5000:]}") from None
     return daemon
@@ -531,3 +546,23 @@ def rekey_child(world: Interop, name: str, *, by_lockgate: bool) -> dict[str, An
     wait_until(replaced, f"CHILD SA {name} to be replaced on both sides")
     [new] = daemon.sas(name)
     return new
+
+
+def attempt_and_fail(world: Interop, connection: str, *, timeout: float = 20.0) -> str:
+    """Let the case's initiator try; it must fail. lockgate's reason for the operator.
+
+    Also checks that charon holds no ESTABLISHED IKE SA and lockgate no CHILD SA.
+    """
+    daemon = world.start_lockgate()
+    if not world.case.lockgate_initiates:
+        with contextlib.suppress(HarnessError):
+            world.charon.initiate(connection, ike="s2s", timeout=10.0)
+            raise AssertionError("charon's initiate succeeded; it must fail")
+    wait_until(
+        lambda: bool(daemon.connection(connection)["last_error"]),
+        f"lockgate to report why {connection} failed",
+        timeout=timeout,
+    )
+    assert daemon.sas() == []
+    assert not [ike for ike in world.charon.list_sas() if ike.state == "ESTABLISHED"]
+    return str(daemon.connection(connection)["last_error"])
