@@ -1,0 +1,1037 @@
+"""Fuzz targets: one per network entry point, each a ``run(data)`` that checks its contract.
+
+A target raises :class:`Finding` when a property breaks (wrong error type, state changed
+by a rejected message, a table that grows past its limit). Any other exception that
+leaves ``run`` is itself a finding: it escaped the entry point. The hypothesis
+properties (``tests/fuzz/test_*.py``) and the dedicated run (``bench/fuzz.py``) drive the
+same targets, the former with structured inputs, the latter with seeded mutations of
+each target's ``seeds()``.
+
+Contracts (from the modules' docstrings):
+
+* codec (``decode_header``, ``decode_message``, payload decoders): only ``InvalidSyntax``
+  and its subclasses; what decodes re-encodes and decodes to the same message.
+* SK open, SKF reassembly: ``InvalidSyntax``, ``IntegrityCheckFailed`` and
+  ``FragmentLimitExceeded`` only; the reassembler stays within its limits.
+* COOKIE check: ``InvalidSyntax`` only (``InvalidCookie`` is handled inside).
+* endpoint and IKE SA: nothing escapes; a message that does not authenticate leaves an
+  established SA exactly as it was; a request refused with an error notify (or dropped)
+  leaves it as it was but for the Message ID it used up.
+* ESP: ``decapsulate`` returns a ``DropReason`` or (inner, next header), never raises;
+  a packet dropped before authentication moves nothing; ``decapsulate_batch`` gives what
+  one-by-one ``decapsulate`` gives.
+* data plane: nothing escapes and every datagram is accounted for exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from daemon.childsa import ChildSaEntry, entry_from_event
+from daemon.dataplane import DataPlane
+from esp.drops import DropReason
+from esp.udpencap import DatagramKind, classify
+from ikev2.codec import (
+    Authentication,
+    Delete,
+    IkeHeader,
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    SecurityAssociation,
+    TsI,
+    TsR,
+    decode_header,
+    decode_message,
+    decode_payloads,
+    encode_message,
+    encode_payloads,
+)
+from ikev2.codec.message import generic_header
+from ikev2.codec.payloads import DECODERS
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId
+from ikev2.cookies import CookieJar, CookiePolicy
+from ikev2.crypto.rng import DeterministicRandom
+from ikev2.crypto.sk import SkCipher
+from ikev2.errors import IntegrityCheckFailed, InvalidSyntax
+from ikev2.events import ChildSaInstalled
+from ikev2.fragments import (
+    FragmentLimitExceeded,
+    FragmentLimits,
+    Reassembler,
+    fragment_message,
+    is_fragmented,
+    open_fragment,
+)
+from ikev2.sa import IkeSa, IkeSaState
+from ikev2.ts import TrafficSelector as IkeTs
+
+from .world import (
+    A_ADDR,
+    B_ADDR,
+    ESP_SPI,
+    EspKeys,
+    Pair,
+    esp_keys,
+    established,
+    ipv4_packet,
+    is_auth_request,
+    is_auth_response,
+    seal_raw,
+    seal_raw_fragment,
+    sk_ciphers,
+)
+
+
+class Finding(AssertionError):
+    """A fuzz property does not hold."""
+
+
+class Target:
+    """One entry point under fuzz."""
+
+    name = "target"
+    cost = 1
+    """Relative cost of one case; the dedicated run gives cheap targets more cases."""
+
+    def seeds(self) -> list[bytes]:
+        """Valid inputs that the seeded loop mutates."""
+        return [b""]
+
+    def run(self, data: bytes) -> None:
+        """Feed one input; raise ``Finding`` if a property breaks."""
+        raise NotImplementedError
+
+    def check_bounds(self) -> None:
+        """Raise ``Finding`` if a table the target fills grew past its limit."""
+
+
+def _only(allowed: tuple[type[BaseException], ...], call: Callable[[], Any]) -> Any:
+    """Run ``call``; an error of an ``allowed`` type is the documented refusal."""
+    try:
+        return call()
+    except allowed:
+        return None
+
+
+# --- codec --------------------------------------------------------------------------------
+
+
+def _sample_messages() -> list[Message]:
+    from ikev2.codec import KeyExchange, Proposal, TrafficSelector, Transform
+
+    sa = SecurityAssociation(
+        (
+            Proposal(1, 1, b"", (Transform.make(1, 20, 256), Transform(2, 7), Transform(4, 31))),
+            Proposal(2, 3, b"\x01\x02\x03\x04", (Transform.make(1, 12, 128), Transform(3, 12))),
+        )
+    )
+    import ipaddress
+
+    ts = TrafficSelector(
+        ipaddress.IPv4Address("192.0.2.0"), ipaddress.IPv4Address("192.0.2.255"), 0, 0, 65535
+    )
+    base = dict(spi_i=b"\x11" * 8, spi_r=bytes(8), message_id=0, initiator=True, response=False)
+    return [
+        Message(
+            exchange_type=ExchangeType.IKE_SA_INIT,
+            payloads=(
+                sa,
+                KeyExchange(31, bytes(32)),
+                Nonce(bytes(range(32))),
+                Notify(NotifyType.NAT_DETECTION_SOURCE_IP, bytes(20)),
+                Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),
+            ),
+            **base,  # type: ignore[arg-type]
+        ),
+        Message(
+            exchange_type=ExchangeType.INFORMATIONAL,
+            payloads=(Delete(3, (b"\x01\x02\x03\x04",)), Notify(16384), TsI((ts,)), TsR((ts,))),
+            **base,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+class CodecTarget(Target):
+    """``decode_header``, ``decode_message`` and every payload decoder."""
+
+    name = "codec"
+
+    def __init__(self, extra_seeds: list[bytes] | None = None) -> None:
+        self._extra = extra_seeds or []
+
+    def seeds(self) -> list[bytes]:
+        return [encode_message(m) for m in _sample_messages()] + self._extra
+
+    def run(self, data: bytes) -> None:
+        _only((InvalidSyntax,), lambda: decode_header(data))
+        message = _only((InvalidSyntax,), lambda: decode_message(data))
+        if message is not None:
+            # What we accepted must be something we can say again (RFC 7296 §3: the
+            # codec's own encoding), and it must mean the same.
+            again = decode_message(encode_message(message))
+            if again != message:
+                raise Finding(f"decode(encode(m)) != m for {message!r}")
+        if data:
+            # The same octets as a payload chain starting with any type.
+            _only((InvalidSyntax,), lambda: decode_payloads(data[0], data[1:]))
+            _only((InvalidSyntax,), lambda: decode_payloads(data[0], data[1:], inner=True))
+
+
+class PayloadTarget(Target):
+    """Each payload body decoder, reached the way the network reaches it: one payload
+    behind a correct generic header (RFC 7296 §3.2). The first octet picks the type."""
+
+    name = "payloads"
+    _types = sorted(DECODERS)
+
+    def seeds(self) -> list[bytes]:
+        out = []
+        for message in _sample_messages():
+            for payload in message.payloads:
+                out.append(bytes([payload.payload_type]) + payload.encode_body())
+        return out
+
+    def run(self, data: bytes) -> None:
+        if not data or len(data) > 0xFFF0:
+            return
+        kind = data[0] if data[0] in DECODERS else self._types[data[0] % len(self._types)]
+        chain = generic_header(0, len(data) - 1) + data[1:]
+        decoded = _only((InvalidSyntax,), lambda: decode_payloads(kind, chain))
+        if decoded is not None:
+            first, again = encode_payloads(decoded)
+            if decode_payloads(first, again) != decoded:
+                raise Finding(f"payload does not round-trip: {decoded!r}")
+
+
+# --- SK payload, fragments, COOKIEs -------------------------------------------------------
+
+_TEMPLATE = IkeHeader(
+    spi_i=b"\x01" * 8,
+    spi_r=b"\x02" * 8,
+    next_payload=0,
+    exchange_type=ExchangeType.INFORMATIONAL,
+    message_id=7,
+    length=0,
+    initiator=True,
+    response=False,
+)
+
+
+def _inner_seed_chains() -> list[tuple[int, bytes]]:
+    out = []
+    for message in _sample_messages():
+        first, chain = encode_payloads(message.payloads)
+        out.append((first, chain))
+    return out
+
+
+class SkOpenTarget(Target):
+    """``SkCipher.open`` on whole received messages (tampered, truncated, anything)."""
+
+    def __init__(self, cipher_name: str) -> None:
+        self.cipher = sk_ciphers()[cipher_name]
+        self.name = f"sk_open[{cipher_name}]"
+
+    def seeds(self) -> list[bytes]:
+        return [seal_raw(self.cipher, _TEMPLATE, f, chain) for f, chain in _inner_seed_chains()]
+
+    def run(self, data: bytes) -> None:
+        _only((InvalidSyntax, IntegrityCheckFailed), lambda: self.cipher.open(data))
+
+
+class SkInnerTarget(Target):
+    """What is inside an SK payload that authenticates: first octet is the first inner
+    payload type, second the Pad Length (0xFF: correct), the rest the inner chain."""
+
+    def __init__(self, cipher_name: str) -> None:
+        self.cipher = sk_ciphers()[cipher_name]
+        self.name = f"sk_inner[{cipher_name}]"
+
+    def seeds(self) -> list[bytes]:
+        return [bytes([f, 0xFF]) + chain for f, chain in _inner_seed_chains()]
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        pad = None if data[1] == 0xFF else data[1]
+        sealed = seal_raw(self.cipher, _TEMPLATE, data[0], data[2:], pad)
+        try:
+            self.cipher.open(sealed)
+        except IntegrityCheckFailed as exc:
+            raise Finding(f"a correctly sealed SK payload does not verify: {exc}") from exc
+        except InvalidSyntax:
+            pass
+
+
+class FragmentTarget(Target):
+    """``Reassembler.receive``: authenticated SKF messages with any Fragment Number,
+    Total Fragments, Message ID and chunk, plus raw (tampered) SKF octets.
+
+    Layout of an input: flags (1: bit 0 raw, bit 1 response), message ID (1),
+    number (2), total (2), first payload (1), chunk.
+    """
+
+    cost = 2
+
+    def __init__(self, cipher_name: str = "aes256gcm16") -> None:
+        self.cipher = sk_ciphers()[cipher_name]
+        self.name = f"fragments[{cipher_name}]"
+        self.limits = FragmentLimits(max_fragments=8, max_message_len=4096, max_pending=3)
+        self.reassembler = Reassembler(self.limits)
+        self.now = 0.0
+
+    def seeds(self) -> list[bytes]:
+        out = []
+        for first, chain in _inner_seed_chains():
+            n = 3
+            size = len(chain) // n + 1
+            for i in range(n):
+                out.append(
+                    bytes([0, 7])
+                    + struct.pack("!HHB", i + 1, n, first)
+                    + chain[i * size : (i + 1) * size]
+                )
+        message = dataclasses.replace(_sample_messages()[1], encrypted=True)
+        for raw in fragment_message(message, self.cipher, DeterministicRandom(b"f"), 200):
+            out.append(b"\x01" + raw)
+        return out
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 7:
+            return
+        self.now += 0.25
+        if data[0] & 1:
+            raw = data[1:]
+        else:
+            number, total, first = struct.unpack("!HHB", data[2:7])
+            template = dataclasses.replace(
+                _TEMPLATE, message_id=data[1] % 4, response=bool(data[0] & 2)
+            )
+            raw = seal_raw_fragment(self.cipher, template, first, number, total, data[7:])
+            # What we sealed must authenticate; only its contents may be refused.
+            try:
+                open_fragment(self.cipher, raw)
+            except IntegrityCheckFailed as exc:
+                raise Finding(f"a correctly sealed SKF payload does not verify: {exc}") from exc
+            except InvalidSyntax:
+                pass
+        allowed = (InvalidSyntax, IntegrityCheckFailed, FragmentLimitExceeded)
+        _only(allowed, lambda: self.reassembler.receive(raw, self.cipher, self.now))
+        self.check_bounds()
+
+    def check_bounds(self) -> None:
+        pending = self.reassembler._pending
+        if len(pending) > self.limits.max_pending:
+            raise Finding(f"{len(pending)} messages pending, limit {self.limits.max_pending}")
+        for p in pending.values():
+            if p.size > self.limits.max_message_len or len(p.chunks) > self.limits.max_fragments:
+                raise Finding(f"pending message holds {p.size} octets in {len(p.chunks)} chunks")
+
+
+class CookieTarget(Target):
+    """``CookieJar.check_request`` on decoded IKE_SA_INIT requests, ``verify`` on octets."""
+
+    name = "cookies"
+
+    def __init__(self) -> None:
+        self.jar = CookieJar(
+            CookiePolicy(demand_above=0, rotate_interval=10.0, grace=2.0),
+            DeterministicRandom(b"jar"),
+            0.0,
+        )
+        self.now = 0.0
+
+    def seeds(self) -> list[bytes]:
+        request = _sample_messages()[0]
+        cookie = self.jar.make(bytes(range(32)), A_ADDR, request.spi_i, 0.0)
+        with_cookie = dataclasses.replace(
+            request, payloads=(Notify(NotifyType.COOKIE, cookie), *request.payloads)
+        )
+        return [encode_message(request), encode_message(with_cookie)]
+
+    def run(self, data: bytes) -> None:
+        self.now += 0.5
+        message = _only((InvalidSyntax,), lambda: decode_message(data))
+        if message is not None:
+            answer = _only(
+                (InvalidSyntax,), lambda: self.jar.check_request(message, A_ADDR, 5, self.now)
+            )
+            if answer is not None and not isinstance(answer, Message):
+                raise Finding(f"check_request returned {answer!r}")
+        from ikev2.cookies import InvalidCookie
+
+        nonce = data[:32].ljust(16, b"\x00")
+        try:
+            self.jar.verify(data, nonce, A_ADDR, b"\x11" * 8, self.now)
+        except InvalidCookie:
+            return
+        raise Finding("a COOKIE we never made verified")
+
+
+# --- IKE endpoint and SA ------------------------------------------------------------------
+
+
+def _child_state(sa: IkeSa) -> tuple[Any, ...]:
+    return tuple(
+        (uid, c.spi_in, c.spi_out, c.deleting, c.rekeying, c.peer_rekey, c.expire_at)
+        for uid, c in sorted(sa.children.items())
+    )
+
+
+def snapshot(sa: IkeSa, *, with_ids: bool = True) -> tuple[Any, ...]:
+    """The state a rejected message must leave alone: state, keys, Message IDs, window,
+    CHILD SAs, fragments pending, peer address."""
+    keys = None if sa.keys is None else (sa.keys.sk_d, sa.keys.sk_ei, sa.keys.sk_er)
+    ids: tuple[Any, ...] = ()
+    if with_ids:
+        ids = (sa.tm.next_request_id, sa.tm.expected_request_id, sa.tm.cached_response)
+    return (
+        sa.state,
+        sa.spi_i,
+        sa.spi_r,
+        keys,
+        ids,
+        sa.tm.outstanding is None,
+        len(sa.tm.pending),
+        _child_state(sa),
+        len(sa.reassembler),
+        sa.remote,
+        sa.local,
+        sa.ike_rekeying,
+        sa.rekeyed_into is not None,
+    )
+
+
+def _drain(pair: Pair) -> list[bytes]:
+    out = []
+    for ep in (pair.a, pair.b):
+        list(ep.events())
+        out += [d.data for d in ep.datagrams_to_send(pair.clock)]
+    return out
+
+
+def _bounded(pair: Pair, limit: int = 16) -> None:
+    for ep in (pair.a, pair.b):
+        if len(ep._half_open) > limit or len(ep._sas) > limit + 4:
+            raise Finding(f"endpoint holds {len(ep._sas)} SAs, {len(ep._half_open)} half open")
+        if ep._datagrams or ep._events:
+            raise Finding("datagrams or events left behind after a drain")
+
+
+class EndpointFreshTarget(Target):
+    """``Endpoint.receive_datagram`` on a responder with no SA yet, ports 500 and 4500.
+
+    Valid IKE_SA_INITs may create half-open SAs: their number stays within
+    ``max_half_open`` and the COOKIE threshold, and the clock expires them.
+    """
+
+    name = "endpoint_fresh"
+    cost = 4
+
+    def __init__(self) -> None:
+        self.pair = Pair("fresh")
+        self.cases = 0
+
+    def seeds(self) -> list[bytes]:
+        pair = established("seeds")
+        return [m for m in pair.recorded if len(m) < 4000]
+
+    def run(self, data: bytes) -> None:
+        self.cases += 1
+        b = self.pair.b
+        b.receive_datagram(data, (B_ADDR, 500), (A_ADDR, 500), self.pair.clock)
+        b.receive_datagram(b"\x00" * 4 + data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
+        b.receive_datagram(data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
+        _drain(self.pair)
+        _bounded(self.pair)
+        if self.cases % 50 == 0:
+            self.pair.clock += 31.0  # past half_open_timeout: the table empties
+            b.handle_timer(self.pair.clock)
+            _drain(self.pair)
+
+
+class EstablishedTarget(Target):
+    """Raw datagrams (mutated recordings) to both sides of an established IKE SA.
+
+    A datagram that does not authenticate under the receiver's keys must leave its SA
+    as it was. One that does (a replayed request the other side never sent) may change
+    it; the pair is rebuilt after any change.
+    """
+
+    name = "established"
+    cost = 6
+
+    def __init__(self) -> None:
+        self.pair = established()
+
+    def seeds(self) -> list[bytes]:
+        # A rekey, a liveness check and a CHILD SA delete on a twin pair (same seed, so
+        # the same SPIs and keys): their messages are new to self.pair.
+        twin = established()
+        (child,) = twin.sa("a").children
+        twin.a.check_liveness(twin.sa("a").ike_sa_id, 1.0)
+        twin.pump()
+        twin.a.rekey_child(child, 2.0)
+        twin.pump()
+        return [m for m in twin.recorded if len(m) < 4000]
+
+    def _authentic(self, sa: IkeSa, data: bytes) -> bool:
+        if sa.sk is None:
+            return False
+        try:
+            if is_fragmented(data):
+                open_fragment(sa.sk.inbound, data)
+            else:
+                sa.sk.inbound.open(data)
+        except (InvalidSyntax, IntegrityCheckFailed):
+            return False
+        return True
+
+    def run(self, data: bytes) -> None:
+        pair = self.pair
+        changed = False
+        for side, ep, local in (("b", pair.b, B_ADDR), ("a", pair.a, A_ADDR)):
+            sa = pair.sa(side)
+            before = snapshot(sa)
+            authentic = self._authentic(sa, data)
+            remote = A_ADDR if local == B_ADDR else B_ADDR
+            ep.receive_datagram(data, (local, 500), (remote, 500), pair.clock)
+            ep.receive_datagram(b"\x00" * 4 + data, (local, 4500), (remote, 4500), pair.clock)
+            _drain(pair)
+            after = snapshot(sa)
+            if before != after:
+                if not authentic:
+                    raise Finding(
+                        f"unauthenticated datagram changed SA {side}: {before} -> {after}"
+                    )
+                changed = True
+        _bounded(pair)
+        if changed or len(pair.a.ike_sas()) != 1 or len(pair.b.ike_sas()) != 1:
+            self.pair = established()
+
+
+# Inputs of the sealed targets: selector (1), first inner payload type (1), inner chain.
+_REQUEST_EXCHANGES = (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA)
+
+
+def _open_reply(cipher: SkCipher, datagrams: list[bytes]) -> Message | None:
+    """Decrypt the (possibly fragmented) reply a side sent."""
+    reassembler = Reassembler()
+    for raw in datagrams:
+        ike = raw[4:] if raw.startswith(b"\x00" * 4) else raw
+        if is_fragmented(ike):
+            message = reassembler.receive(ike, cipher, 0.0)
+            if message is not None:
+                return message
+        else:
+            return cipher.open(ike)
+    return None
+
+
+def _inner_seeds(pair: Pair) -> list[bytes]:
+    """Realistic inner chains for requests to b: Delete, notifies, a CHILD SA rekey."""
+    sa = pair.sa("a")
+    (child,) = sa.children.values()
+    spi = child.spi_in.to_bytes(4, "big")
+    chains: list[tuple[int, tuple[Payload, ...]]] = [
+        (0, (Delete(ProtocolId.ESP, (spi,)),)),
+        (0, (Delete(ProtocolId.IKE),)),
+        (0, (Notify(NotifyType.INITIAL_CONTACT), Notify(NotifyType.AUTHENTICATION_FAILED))),
+        (0, ()),
+    ]
+    twin = established()
+    (uid,) = twin.sa("a").children
+    twin.a.rekey_child(uid, 1.0)
+    held = twin.pump(hold=lambda sender, ike: sender == "a")
+    sk = twin.sa("b").sk
+    for _, ike in held:
+        opened = _open_reply(sk.inbound, [ike]) if sk is not None else None
+        if opened is not None:
+            chains.append((1, opened.payloads))
+    out = []
+    for selector, payloads in chains:
+        first, raw = encode_payloads(payloads)
+        out.append(bytes([selector, first]) + raw)
+    return out
+
+
+class SealedRequestTarget(Target):
+    """Authenticated INFORMATIONAL / CREATE_CHILD_SA requests with any inner payloads,
+    sealed with the initiator's keys and the Message ID the responder expects.
+
+    Refused (an error notify) or dropped (no answer) requests leave the responder's SA
+    as it was (RFC 7296 §2.21); answered ones may change it, and the pair is rebuilt.
+    """
+
+    name = "sealed_request"
+    cost = 8
+
+    def __init__(self) -> None:
+        self.pair = established()
+
+    def seeds(self) -> list[bytes]:
+        return _inner_seeds(self.pair)
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        pair = self.pair
+        sa_a, sa_b = pair.sa("a"), pair.sa("b")
+        assert sa_a.sk is not None
+        exchange = _REQUEST_EXCHANGES[data[0] % 2]
+        template = IkeHeader(
+            sa_a.spi_i, sa_a.spi_r, 0, exchange, sa_b.tm.expected_request_id, 0, True, False
+        )
+        sealed = seal_raw(sa_a.sk.outbound, template, data[1], data[2:])
+        before = snapshot(sa_b, with_ids=False)
+        before_ids = sa_b.tm.expected_request_id
+        pair.b.receive_datagram(sealed, (B_ADDR, 500), (A_ADDR, 500), pair.clock)
+        list(pair.b.events())  # datagrams wait for the events before them
+        replies = [d.data for d in pair.b.datagrams_to_send(pair.clock)]
+        reply = _open_reply(sa_a.sk.inbound, replies) if replies else None
+        unchanged = snapshot(sa_b, with_ids=False) == before
+        if reply is None and not (unchanged and before_ids == sa_b.tm.expected_request_id):
+            raise Finding("a dropped request changed the SA")
+        refused = reply is not None and any(
+            isinstance(p, Notify) and p.is_error for p in reply.payloads
+        )
+        if refused and not unchanged:
+            # §2.21: a later request refused with a notify leaves the IKE SA as it was.
+            raise Finding(f"a request refused with {reply} changed the SA")
+        _bounded(pair)
+        if not unchanged or sa_b.state is not IkeSaState.ESTABLISHED:
+            self.pair = established()
+
+
+class SealedResponseTarget(Target):
+    """Authenticated responses with any inner payloads to a request the initiator has
+    outstanding: a liveness check, a CHILD SA rekey or an IKE SA rekey (first octet)."""
+
+    name = "sealed_response"
+    cost = 12
+
+    def __init__(self) -> None:
+        self.pair = established()
+
+    def seeds(self) -> list[bytes]:
+        out = []
+        twin = established()
+        (uid,) = twin.sa("a").children
+        twin.a.rekey_child(uid, 1.0)
+        held = twin.pump(hold=lambda sender, ike: sender == "b")
+        sk = twin.sa("a").sk
+        for _, ike in held:
+            opened = _open_reply(sk.inbound, [ike]) if sk is not None else None
+            if opened is not None:
+                first, raw = encode_payloads(opened.payloads)
+                out.append(bytes([1, first]) + raw)
+        out.append(b"\x00\x00")
+        return out
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        pair = self.pair
+        sa_a, sa_b = pair.sa("a"), pair.sa("b")
+        kind = data[0] % 3
+        if kind == 0:
+            pair.a.check_liveness(sa_a.ike_sa_id, pair.clock)
+        elif kind == 1:
+            pair.a.rekey_child(next(iter(sa_a.children)), pair.clock)
+        else:
+            pair.a.rekey_ike_sa(sa_a.ike_sa_id, pair.clock)
+        pair.a.datagrams_to_send(pair.clock)  # the request is "lost"
+        list(pair.a.events())
+        out = sa_a.tm.outstanding
+        assert out is not None and sa_b.sk is not None
+        template = IkeHeader(
+            sa_a.spi_i, sa_a.spi_r, 0, out.context.exchange_type, out.message_id, 0, False, True
+        )
+        sealed = seal_raw(sa_b.sk.outbound, template, data[1], data[2:])
+        pair.a.receive_datagram(sealed, (A_ADDR, 500), (B_ADDR, 500), pair.clock)
+        _drain(pair)
+        _bounded(pair)
+        self.pair = established()
+
+
+class AuthRequestTarget(Target):
+    """IKE_AUTH requests with any inner payloads, sealed with the keys of a real
+    IKE_SA_INIT, to the half-open responder."""
+
+    name = "auth_request"
+    cost = 10
+
+    def __init__(self) -> None:
+        self.genuine_auth = b""
+        """The AUTH payload of the real request: with it, establishing is correct."""
+
+    def _half_open(self) -> tuple[Pair, list[tuple[str, bytes]]]:
+        pair = Pair("auth")
+        pair.a.initiate("conn", 0.0)
+        return pair, pair.pump(hold=is_auth_request)
+
+    def seeds(self) -> list[bytes]:
+        pair, held = self._half_open()
+        sk = pair.sa("b").sk
+        assert sk is not None
+        out = []
+        for _, ike in held:
+            if not is_fragmented(ike):
+                opened = sk.inbound.open(ike)
+                auth = opened.get(Authentication)
+                if auth is not None:
+                    self.genuine_auth = auth.encode_body()
+                first, raw = encode_payloads(opened.payloads)
+                out.append(bytes([0, first]) + raw)
+        return out
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        pair, _ = self._half_open()
+        sa_a, sa_b = pair.sa("a"), pair.sa("b")
+        assert sa_a.sk is not None
+        template = IkeHeader(sa_a.spi_i, sa_a.spi_r, 0, 35, 1, 0, True, False)
+        sealed = seal_raw(sa_a.sk.outbound, template, data[1], data[2:])
+        pair.b.receive_datagram(sealed, (B_ADDR, 500), (A_ADDR, 500), 1.0)
+        _drain(pair)
+        _bounded(pair)
+        if sa_b.state is IkeSaState.ESTABLISHED:
+            auth = sa_b.sk and _only((InvalidSyntax,), lambda: decode_payloads(data[1], data[2:]))
+            bodies = [p.encode_body() for p in auth or () if isinstance(p, Authentication)]
+            if not self.genuine_auth or self.genuine_auth not in bodies:
+                raise Finding("an IKE_AUTH request without the PSK's AUTH established the SA")
+
+
+class AuthResponseTarget(Target):
+    """IKE_AUTH responses with any inner payloads to the initiator's IKE_AUTH."""
+
+    name = "auth_response"
+    cost = 12
+
+    def _waiting(self) -> Pair:
+        pair = Pair("auth")
+        pair.a.initiate("conn", 0.0)
+        pair.pump(hold=is_auth_response)
+        return pair
+
+    def seeds(self) -> list[bytes]:
+        pair = Pair("auth")
+        pair.a.initiate("conn", 0.0)
+        held = pair.pump(hold=is_auth_response)
+        sk = pair.sa("a").sk
+        assert sk is not None
+        opened = _open_reply(sk.inbound, [ike for _, ike in held])
+        if opened is None:
+            return [b"\x00\x00"]
+        first, raw = encode_payloads(opened.payloads)
+        return [bytes([0, first]) + raw]
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        pair = self._waiting()
+        sa_a, sa_b = pair.sa("a"), pair.sa("b")
+        assert sa_b.sk is not None
+        template = IkeHeader(sa_a.spi_i, sa_a.spi_r, 0, 35, 1, 0, False, True)
+        sealed = seal_raw(sa_b.sk.outbound, template, data[1], data[2:])
+        pair.a.receive_datagram(sealed, (A_ADDR, 500), (B_ADDR, 500), 1.0)
+        _drain(pair)
+        _bounded(pair)
+
+
+class InitResponseTarget(Target):
+    """IKE_SA_INIT responses (plaintext payload chains) to the initiator's request."""
+
+    name = "init_response"
+    cost = 4
+
+    def seeds(self) -> list[bytes]:
+        pair = Pair("init")
+        pair.a.initiate("conn", 0.0)
+        pair.pump()
+        out = []
+        for ike in pair.recorded:
+            header = decode_header(ike)
+            if header.exchange_type == ExchangeType.IKE_SA_INIT and header.response:
+                out.append(ike[8:])  # SPIr onwards: the initiator's SPI is filled in
+        return out
+
+    def run(self, data: bytes) -> None:
+        pair = Pair("init")
+        pair.a.initiate("conn", 0.0)
+        pair.a.datagrams_to_send(0.0)
+        sa = pair.sa("a")
+        message = sa.spi_i + data
+        pair.a.receive_datagram(message, (A_ADDR, 500), (B_ADDR, 500), 0.5)
+        _drain(pair)
+        _bounded(pair)
+
+
+# --- ESP ----------------------------------------------------------------------------------
+
+_PRE_AUTH_DROPS = frozenset(
+    {
+        DropReason.TOO_SHORT,
+        DropReason.NO_SA,
+        DropReason.BAD_LENGTH,
+        DropReason.REPLAY,
+        DropReason.ICV_FAILURE,
+        DropReason.LIFETIME_EXPIRED,
+    }
+)
+
+
+def _esp_state(sa: Any) -> tuple[int, int, int, int]:
+    return (sa.replay.highest, sa.replay._bitmap, sa.packet_count, sa.byte_count)
+
+
+def _check_decap(result: object) -> None:
+    if isinstance(result, DropReason):
+        return
+    if not (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and isinstance(result[0], bytes)
+        and isinstance(result[1], int)
+    ):
+        raise Finding(f"decapsulate returned {result!r}")
+
+
+class EspTarget(Target):
+    """``EspSA.decapsulate`` of one suite (with or without ESN).
+
+    Input layout: mode (1), then for mode & 1 a raw packet, else a sequence number (4)
+    and the plaintext (inner | padding | Pad Length | Next Header) sealed with the SA's
+    keys, so padding, Next Header and inner checks see authenticated garbage.
+    """
+
+    def __init__(self, keys: EspKeys) -> None:
+        self.keys = keys
+        self.name = f"esp[{keys.suite.name}{'-esn' if keys.esn else ''}]"
+        self.sa = keys.inbound()
+
+    def seeds(self) -> list[bytes]:
+        out = keys_seeds(self.keys)
+        return [b"\x01" + p for p in out] + [
+            b"\x00"
+            + struct.pack("!I", 5)
+            + ipv4_packet("203.0.113.1", "192.0.2.1", b"x" * 9)
+            + b"\x01\x02\x02\x04"
+        ]
+
+    def packet(self, data: bytes) -> bytes:
+        if data[0] & 1:
+            return data[1:]
+        seq = int.from_bytes(data[1:5].ljust(4, b"\x00"), "big")
+        return self.keys.seal(seq, data[5:])
+
+    def run(self, data: bytes) -> None:
+        if not data:
+            return
+        packet = self.packet(data)
+        sa = self.sa
+        before = _esp_state(sa)
+        result = sa.decapsulate(packet)
+        _check_decap(result)
+        if result in _PRE_AUTH_DROPS and _esp_state(sa) != before:
+            raise Finding(f"{result} dropped after moving the window: {before} -> {_esp_state(sa)}")
+        if not data[0] & 1 and not self.keys.esn and result is DropReason.ICV_FAILURE:
+            # Without ESN nothing about the sequence number is inferred: what we sealed
+            # with the SA's keys must verify.
+            raise Finding("a packet sealed with the SA's keys failed its ICV")
+        if sa.replay.highest > 1 << 63:
+            self.sa = self.keys.inbound()  # a far jump: start over so later seeds count
+
+
+def keys_seeds(keys: EspKeys) -> list[bytes]:
+    """Packets an outbound twin of the SA produced: IPv4, IPv6, dummy, empty."""
+    out_sa = keys.outbound()
+    inner4 = ipv4_packet("203.0.113.1", "192.0.2.1", b"payload")
+    inner6 = bytes([0x60]) + bytes(39) + b"v6"
+    packets = [out_sa.encapsulate(inner4), out_sa.encapsulate(inner6)]
+    packets.append(out_sa.encapsulate(b"", next_header=59))
+    return [p for p in packets if isinstance(p, bytes)]
+
+
+class EspBatchTarget(Target):
+    """``decapsulate_batch`` gives exactly what ``decapsulate`` one by one gives.
+
+    Input: packets separated by the octets ``ESP!``; each is raw or sealed as for
+    :class:`EspTarget`. Two fresh twin SAs take the same sequence.
+    """
+
+    cost = 2
+
+    def __init__(self, keys: EspKeys) -> None:
+        self.keys = keys
+        self.name = f"esp_batch[{keys.suite.name}{'-esn' if keys.esn else ''}]"
+        self.single = EspTarget(keys)
+
+    def seeds(self) -> list[bytes]:
+        return [b"ESP!".join(self.single.seeds() * 2)]
+
+    def run(self, data: bytes) -> None:
+        packets = [self.single.packet(p) for p in data.split(b"ESP!")[:32] if p]
+        one, batch = self.keys.inbound(), self.keys.inbound()
+        expected = [one.decapsulate(p) for p in packets]
+        got = batch.decapsulate_batch(packets)
+        for r in got:
+            _check_decap(r)
+        if got != expected:
+            raise Finding(f"decapsulate_batch gave {got}, decapsulate gave {expected}")
+        if _esp_state(one) != _esp_state(batch) or one.drops != batch.drops:
+            raise Finding("decapsulate_batch left other counters than decapsulate")
+
+
+# --- data plane ---------------------------------------------------------------------------
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.tun: list[bytes] = []
+
+    def send(self, entry: ChildSaEntry, packets: list[bytes]) -> int:
+        return len(packets)
+
+    def send_keepalive(self, local: Any, remote: Any) -> bool:
+        return True
+
+    def write_tun(self, packets: list[bytes]) -> int:
+        self.tun.extend(packets)
+        return len(packets)
+
+
+def _dataplane_event(keys: EspKeys) -> ChildSaInstalled:
+    suite = keys.suite
+    return ChildSaInstalled(
+        connection="conn",
+        child="net",
+        unique_id=1,
+        ike_sa_id=1,
+        spi_in=ESP_SPI,
+        spi_out=0x2000_0002,
+        encr_id=suite.encr_id,
+        encr_key_bits=suite.key_bits,
+        integ_id=suite.integ_id or 0,
+        esn=keys.esn,
+        encr_key_in=keys.encr_key,
+        integ_key_in=keys.integ_key,
+        encr_key_out=keys.encr_key,
+        integ_key_out=keys.integ_key,
+        local_ts=(IkeTs.from_network("192.0.2.0/24"),),
+        remote_ts=(IkeTs.from_network("203.0.113.0/24"),),
+        udp_encap=True,
+        local=(B_ADDR, 4500),
+        remote=(A_ADDR, 4500),
+        lifetime=3600.0,
+        rekey_time=3000.0,
+        life_bytes=0,
+        life_packets=0,
+        replay_window=64,
+    )
+
+
+class DataPlaneTarget(Target):
+    """``DataPlane.from_udp`` / ``from_esp`` (port 4500 classification, SAD lookup,
+    decapsulation, selector check). Every datagram ends up counted exactly once: as
+    IKE, a keepalive, a drop (of the data plane or of the SA) or a TUN write.
+
+    Input: mode (1): bit 0 raw datagram else a sealed inner packet (sequence (4) and
+    inner IP packet, padded and trailed correctly), bit 1 via ``from_esp``.
+    """
+
+    name = "dataplane"
+    cost = 2
+
+    def __init__(self, keys: EspKeys | None = None) -> None:
+        self.keys = keys or esp_keys()[0]
+        self.wire = _Wire()
+        self.ike: list[bytes] = []
+        self.plane = DataPlane(self.wire, on_ike=lambda m, lo, re: self.ike.append(m))
+        self.plane.install(entry_from_event(_dataplane_event(self.keys)))
+
+    def seeds(self) -> list[bytes]:
+        inner = ipv4_packet("203.0.113.1", "192.0.2.1", b"\x00\x35\x00\x35" + b"d" * 8)
+        return [
+            b"\x00" + struct.pack("!I", 1) + inner,
+            b"\x02" + struct.pack("!I", 2) + inner,
+            b"\x01\xff",
+            b"\x01" + bytes(4) + bytes(28),
+            *(b"\x01" + p for p in keys_seeds(self.keys)),
+        ]
+
+    def _sealed(self, data: bytes) -> bytes:
+        seq = int.from_bytes(data[1:5].ljust(4, b"\x00"), "big")
+        inner = data[5:]
+        align = self.keys.suite.align
+        pad = -(len(inner) + 2) % align
+        nh = 4 if inner[:1] and inner[0] >> 4 == 4 else 41
+        return self.keys.seal(seq, inner + bytes(range(1, pad + 1)) + bytes([pad, nh]))
+
+    def _accounted(self) -> int:
+        plane = self.plane
+        return (
+            sum(plane.total_drops().values())
+            + plane.counters["ike_on_4500"]
+            + plane.counters["keepalives_received"]
+            + len(self.wire.tun)
+        )
+
+    def run(self, data: bytes) -> None:
+        if not data:
+            return
+        packet = data[1:] if data[0] & 1 else self._sealed(data)
+        before = self._accounted()
+        if data[0] & 2:
+            self.plane.from_esp([packet])
+        else:
+            self.plane.from_udp([(packet, (B_ADDR, 4500), (A_ADDR, 4500))])
+            kind = classify(packet)
+            if kind is DatagramKind.IKE and (not self.ike or self.ike[-1] != packet[4:]):
+                raise Finding("an IKE datagram on 4500 did not reach the IKE handler")
+        if self._accounted() != before + 1:
+            raise Finding(f"one datagram counted {self._accounted() - before} times")
+        if len(self.wire.tun) > 1000:
+            self.wire.tun.clear()
+            self.plane = DataPlane(self.wire, on_ike=lambda m, lo, re: self.ike.append(m))
+            self.plane.install(entry_from_event(_dataplane_event(self.keys)))
+        del self.ike[:-1]
+
+
+# --- the catalogue ------------------------------------------------------------------------
+
+
+def all_targets(*, heavy: bool = True) -> list[Target]:
+    """Every target; ``heavy=False`` leaves out the ones that set up IKE SAs per case."""
+    targets: list[Target] = [CodecTarget(), PayloadTarget(), CookieTarget(), DataPlaneTarget()]
+    for name in sk_ciphers():
+        targets += [SkOpenTarget(name), SkInnerTarget(name)]
+    targets += [FragmentTarget("aes256gcm16"), FragmentTarget("aes128-sha256")]
+    for keys in esp_keys():
+        targets += [EspTarget(keys), EspBatchTarget(keys)]
+    if heavy:
+        targets += [
+            EndpointFreshTarget(),
+            EstablishedTarget(),
+            SealedRequestTarget(),
+            SealedResponseTarget(),
+            AuthRequestTarget(),
+            AuthResponseTarget(),
+            InitResponseTarget(),
+        ]
+    return targets
+
+
+def random_bytes(rng: random.Random, max_len: int = 600) -> bytes:
+    """Unstructured input: the baseline every entry point must survive."""
+    return rng.randbytes(rng.choice((0, 1, 4, 8, 28, 32, rng.randrange(max_len))))
+
+
+__all__ = ["Finding", "Target", "all_targets", "random_bytes", "snapshot"]
