@@ -5,17 +5,84 @@ Connections to one peer share one IKE SA (RFC 7296 §1.3: an IKE SA carries any
 number of CHILD SAs), so each peer with connections becomes one IKE connection named
 after the peer, and each of its `[connections.NAME]` one CHILD SA named NAME. The
 loader has already checked that such connections agree on their IKE-level settings
-(proposals, lifetime, DPD, encapsulation), so they are taken from the first.
+(proposals, lifetime, DPD, encapsulation, fragmentation), so they are taken from the
+first. Certificates and CAs are read here again (the loader checked them) so that
+the IKE core gets the files' contents as they are now.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from conf.errors import ConfigError, Problem
-from conf.model import Config, ConnectionConfig, PeerConfig
+from conf.model import Config, ConnectionConfig, GatewayConfig, PeerConfig
+from ikev2.certs import CredentialError, LocalCredentials, TrustAnchors
 from ikev2.config import ChildConfig, Identity
 from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import ConnectionConfig as IkeConnection
+from ikev2.cookies import CookiePolicy
+from ikev2.endpoint import EndpointConfig
 from ikev2.ts import TrafficSelector
+
+# Loaded credentials by the digest of their files' contents. Private key objects do not
+# compare equal across loads, so without this every reload would see every "pubkey"
+# peer as changed and renegotiate it; with it, unchanged files give the same object.
+_CREDENTIALS: dict[bytes, LocalCredentials] = {}
+_CREDENTIALS_KEPT = 8
+
+
+def esp_proposals(conn: ConnectionConfig) -> tuple[str, ...]:
+    """The ESP proposals to offer: with `esn = true`, "-esn" is added to each proposal
+    that does not choose itself (RFC 4303 §2.2.1 ESN is a transform of the proposal)."""
+    if not conn.esn:
+        return conn.esp_proposals
+    return tuple(
+        p if {"esn", "noesn"} & set(p.split("-")) else f"{p}-esn" for p in conn.esp_proposals
+    )
+
+
+def local_credentials(gateway: GatewayConfig) -> LocalCredentials | None:
+    """Our certificate (chain) and key from `gateway.certificate`/`private_key`."""
+    if gateway.certificate is None or gateway.private_key is None:
+        return None
+    try:
+        cert_pem = gateway.certificate.read_bytes()
+        key_pem = gateway.private_key.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem("gateway.certificate", f"cannot read: {exc.strerror}")]) from exc
+    digest = hashlib.sha256(hashlib.sha256(cert_pem).digest() + key_pem).digest()
+    cached = _CREDENTIALS.get(digest)
+    if cached is not None:
+        return cached
+    try:
+        creds = LocalCredentials.from_pem(cert_pem, key_pem)
+    except CredentialError as exc:
+        raise ConfigError([Problem("gateway.private_key", str(exc))]) from exc
+    if len(_CREDENTIALS) >= _CREDENTIALS_KEPT:
+        _CREDENTIALS.clear()
+    _CREDENTIALS[digest] = creds
+    return creds
+
+
+def trust_anchors(gateway: GatewayConfig) -> TrustAnchors | None:
+    """The CA certificates of `gateway.ca`, or None when there are none."""
+    if not gateway.ca:
+        return None
+    try:
+        return TrustAnchors.from_files(list(gateway.ca))
+    except CredentialError as exc:
+        raise ConfigError([Problem("gateway.ca", str(exc))]) from exc
+
+
+def endpoint_config(config: Config) -> EndpointConfig:
+    """The IKE endpoint's own settings: ports, half-open cap and COOKIE threshold."""
+    gateway = config.gateway
+    return EndpointConfig(
+        ike_port=gateway.ike_port,
+        nat_port=gateway.nat_port,
+        max_half_open=gateway.max_half_open,
+        cookies=CookiePolicy(demand_above=gateway.cookie_threshold),
+    )
 
 
 def child_config(conn: ConnectionConfig) -> ChildConfig:
@@ -24,7 +91,7 @@ def child_config(conn: ConnectionConfig) -> ChildConfig:
         name=conn.name,
         local_ts=tuple(TrafficSelector.from_network(n) for n in conn.local_subnets),
         remote_ts=tuple(TrafficSelector.from_network(n) for n in conn.remote_subnets),
-        esp_proposals=conn.esp_proposals,
+        esp_proposals=esp_proposals(conn),
         lifetime=conn.child_lifetime,
         rekey_margin=conn.rekey_margin,
         life_bytes=conn.life_bytes,
@@ -41,6 +108,7 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
         raise ConfigError([Problem(f"peers.{peer.name}", "no connection uses this peer")])
     lead = conns[0]
     gateway = config.gateway
+    pubkey = peer.auth == "pubkey"
     addresses = list(gateway.addresses)
     if peer.address is not None:
         # The core initiates from the first local address: one of the peer's family.
@@ -56,6 +124,8 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
             children=tuple(child_config(c) for c in conns),
             auth=peer.auth,
             psk=None if peer.psk is None else peer.psk.reveal(),
+            credentials=local_credentials(gateway) if pubkey else None,
+            trust_anchors=trust_anchors(gateway) if pubkey else None,
             ike_proposals=lead.ike_proposals,
             ike_port=gateway.ike_port,
             nat_port=gateway.nat_port,
@@ -64,6 +134,8 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
             dpd_interval=lead.dpd_interval,
             dpd_action=lead.dpd_action,
             encap=lead.encap,
+            fragmentation=lead.fragmentation,
+            fragment_size=lead.fragment_size,
         )
     except IkeConfigError as exc:
         # The loader validates the same rules; this only fires if they drift apart.

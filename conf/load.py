@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from conf.errors import ConfigError, Problem
@@ -40,6 +41,7 @@ from conf.model import (
 )
 from conf.proposals import esp_proposal_problem, ike_proposal_problem
 from esp.replay import MAX_WINDOW
+from ikev2.certs import CredentialError, LocalCredentials, PrivateKey, TrustAnchors
 from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import Identity
 
@@ -54,7 +56,17 @@ MIN_PSK_LENGTH = 16
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 # IKE-level settings: every connection to one peer shares its IKE SA, so they must agree.
-_IKE_LEVEL = ("ike_proposals", "ike_lifetime", "dpd_interval", "dpd_action", "encap")
+_IKE_LEVEL = (
+    "ike_proposals",
+    "ike_lifetime",
+    "dpd_interval",
+    "dpd_action",
+    "encap",
+    "fragmentation",
+    "fragment_size",
+)
+# ESN words of an ESP proposal (strongSwan syntax); `esn = true` adds "esn" where none is.
+_ESN_WORDS = frozenset({"esn", "noesn"})
 
 _MISSING: Any = object()
 
@@ -176,6 +188,12 @@ def _string(raw: Any) -> str:
         raise _Bad(f"expected a string, got {_describe(raw)}")
     if not raw.strip():
         raise _Bad("must not be empty")
+    return raw
+
+
+def _boolean(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise _Bad(f"expected true or false, got {_describe(raw)}")
     return raw
 
 
@@ -305,39 +323,39 @@ def _table(raw: Any, path: str, problems: list[Problem]) -> Mapping[str, Any] | 
 
 
 def _check_credentials(s: _Section, gw: GatewayConfig) -> None:
-    """The certificate and key parse as PEM and belong together; the CAs parse."""
-
-    def public(obj: Any) -> bytes:
-        return bytes(
-            obj.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-    cert = key = None
+    """Load the certificate, key and CAs the way the IKE core will (`ikev2.certs`), so a
+    file it could not use fails here, under its own key."""
+    certs: list[x509.Certificate] = []
+    key: Any = None
     if gw.certificate is not None:
         try:
-            cert = x509.load_pem_x509_certificate(gw.certificate.read_bytes())
+            certs = x509.load_pem_x509_certificates(gw.certificate.read_bytes())
         except ValueError:
             s.problem("certificate", f"{str(gw.certificate)!r} is not a PEM X.509 certificate")
     if gw.private_key is not None:
         try:
             key = serialization.load_pem_private_key(gw.private_key.read_bytes(), password=None)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             s.problem(
                 "private_key",
                 f"{str(gw.private_key)!r} is not an unencrypted PEM private key",
             )
-    if (
-        cert is not None
-        and key is not None
-        and public(cert.public_key()) != public(key.public_key())
-    ):
-        s.problem("private_key", "does not match the public key of gateway.certificate")
+        else:
+            if not isinstance(key, PrivateKey):
+                s.problem(
+                    "private_key",
+                    f"{type(key).__name__} keys are not supported (RSA, ECDSA or Ed25519)",
+                )
+                key = None
+    if certs and key is not None:
+        try:
+            LocalCredentials(certs[0], tuple(certs[1:]), key)
+        except CredentialError:
+            s.problem("private_key", "does not match the public key of gateway.certificate")
     for i, path in enumerate(gw.ca):
         try:
-            x509.load_pem_x509_certificate(path.read_bytes())
-        except ValueError:
+            TrustAnchors.from_pem(path.read_bytes())
+        except (CredentialError, OSError):
             s.problem(f"ca[{i}]", f"{str(path)!r} is not a PEM X.509 certificate")
 
 
@@ -357,6 +375,8 @@ def _gateway(data: Mapping[str, Any], problems: list[Problem]) -> GatewayConfig 
         # 1280: IPv6's minimum link MTU (RFC 8200 §5), so IPv6 inner traffic works.
         "mtu": s.optional("mtu", _integer(1280, 65535)),
         "log_level": s.value("log_level", _choice("debug", "info", "warning", "error"), "info"),
+        "cookie_threshold": s.value("cookie_threshold", _integer(0, 1_000_000), 32),
+        "max_half_open": s.value("max_half_open", _integer(1, 1_000_000), 1000),
     }
     s.finish()
     if gw_kwargs["ike_port"] == gw_kwargs["nat_port"]:
@@ -366,6 +386,12 @@ def _gateway(data: Mapping[str, Any], problems: list[Problem]) -> GatewayConfig 
         s.problem(missing, "certificate and private_key must be set together")
     if addresses is not None and len(set(addresses)) != len(addresses):
         s.problem("addresses", "lists an address twice")
+    if gw_kwargs["cookie_threshold"] >= gw_kwargs["max_half_open"]:
+        # Half-open SAs are capped first: COOKIEs would never be asked for.
+        s.problem(
+            "cookie_threshold",
+            f"must be below max_half_open ({gw_kwargs['max_half_open']})",
+        )
     if len(problems) > before or addresses is None or ident is None:
         return None
     gateway = GatewayConfig(addresses=addresses, id=ident, **gw_kwargs)
@@ -470,6 +496,10 @@ def _connection(
         "replay_window": s.value("replay_window", _integer(0, MAX_WINDOW), 128),
         "life_bytes": s.value("life_bytes", _integer(0, 2**63 - 1), 0),
         "life_packets": s.value("life_packets", _integer(0, 2**63 - 1), 0),
+        "esn": s.value("esn", _boolean, False),
+        "fragmentation": s.value("fragmentation", _boolean, True),
+        # 200..65000: what the IKE core accepts; below ~500 IKE_AUTH needs many fragments.
+        "fragment_size": s.value("fragment_size", _integer(200, 65000), 1232),
     }
     s.finish()
     margin = kwargs["rekey_margin"]
@@ -497,6 +527,10 @@ def _connection(
             and s.has("start")
         ):
             s.problem("start", f'"initiate" needs an address for peers.{peer} (it is %any)')
+    if kwargs["esn"] and kwargs["esp_proposals"]:
+        for i, text in enumerate(kwargs["esp_proposals"]):
+            if "noesn" in text.split("-"):
+                s.problem(f"esp_proposals[{i}]", 'says "noesn" but esn = true')
     for key, subnets in (("local_subnets", local_subnets), ("remote_subnets", remote_subnets)):
         if subnets is not None and len(set(subnets)) != len(subnets):
             s.problem(key, "lists a subnet twice")

@@ -84,6 +84,11 @@ class GatewayConfig:
     """TUN MTU; None derives it from the path MTU and the suite's overhead."""
     log_level: LogLevel = "info"
     """Logging threshold: debug, info, warning or error."""
+    cookie_threshold: int = 32
+    """Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not yet) above which a new
+    IKE_SA_INIT must first return our COOKIE (RFC 7296 §2.6); 0: always demand one."""
+    max_half_open: int = 1000
+    """Half-open IKE SAs kept at once; IKE_SA_INIT requests beyond it are dropped."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class ConnectionConfig:
     """`[connections.NAME]`: one pair of subnets tunnelled to a peer (a CHILD SA).
 
     Connections to the same peer share one IKE SA, so their IKE-level settings
-    (ike_proposals, ike_lifetime, dpd_*, encap) must agree.
+    (ike_proposals, ike_lifetime, dpd_*, encap, fragmentation, fragment_size) must agree.
     """
 
     name: str
@@ -135,15 +140,28 @@ class ConnectionConfig:
     dpd_interval: float = 30.0
     """Seconds of silence before a liveness check (RFC 7296 §2.4); 0 disables it."""
     dpd_action: DpdAction = "clear"
-    """On a dead peer: "clear" the SAs, "restart" them, or "trap" on the next packet."""
+    """When the peer stops answering liveness checks: "clear" (remove the SAs and leave
+    the connection down), "restart" (initiate again, with back-off, until the peer is
+    back) or "trap" (re-arm: the next outbound packet initiates)."""
     encap: EncapMode = "auto"
     """"auto": ESP in UDP only behind a NAT; "force": always (RFC 3948)."""
     replay_window: int = 128
     """Anti-replay window in packets (RFC 4303 §3.4.3); 0 disables the check."""
     life_bytes: int = 0
-    """Rekey a CHILD SA after this many octets per direction; 0: no limit."""
+    """Hard volume limit of a CHILD SA in octets per direction: the SA is deleted when
+    it is reached, and rekeyed (soft limit) at 90% of it, so traffic moves to a new SA
+    first (RFC 4301 §4.4.2.1); 0: no limit."""
     life_packets: int = 0
-    """Rekey a CHILD SA after this many packets per direction; 0: no limit."""
+    """Hard volume limit in packets per direction, with the same 90% rekey; 0: no limit."""
+    esn: bool = False
+    """Offer 64-bit extended sequence numbers (RFC 4303 §2.2.1) in every ESP proposal
+    that does not name "esn"/"noesn" itself; needed above ~2^32 packets per SA."""
+    fragmentation: bool = True
+    """Offer IKE fragmentation (RFC 7383), used when the peer offers it too: large
+    IKE_AUTH messages (certificate chains) then cross paths that drop IP fragments."""
+    fragment_size: int = 1232
+    """Largest IKE message sent whole once fragmentation is agreed (octets, from the IKE
+    header): IPv6's minimum MTU 1280 less IP and UDP headers and the non-ESP marker."""
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from conf import ConfigError, load_config, loads_config
-from conf.ike import ike_connection, ike_connections
+from conf.ike import endpoint_config, ike_connection, ike_connections
+from daemon.lab.pki import Credential, Pki
+from ikev2.codec.payloads import Certificate
 from ikev2.config import Identity, IdKind
+from ikev2.constants import CertEncoding
 from ikev2.ts import TrafficSelector
 
 PSK = "test-psk-NOT-SECRET-0123456789"
@@ -100,3 +106,105 @@ def test_peer_without_connections_is_refused_when_asked_for() -> None:
     cfg = loads_config(_config())
     with pytest.raises(ConfigError, match=r"peers\.idle: no connection uses this peer"):
         ike_connection(cfg, cfg.peers["idle"])
+
+
+def test_part_two_settings_reach_the_core() -> None:
+    cfg = loads_config(
+        _config(
+            """
+    life_bytes = 1000000
+    life_packets = 5000
+    esn = true
+    fragmentation = false
+    fragment_size = 600
+    """
+        ).replace('"aes256-sha256-modp2048"', '"aes256-sha256-modp2048-esn"')
+    )
+    [ike] = ike_connections(cfg)
+    assert (ike.fragmentation, ike.fragment_size) == (False, 600)
+    [child] = ike.children
+    # esn = true adds "esn" where a proposal does not say it already.
+    assert child.esp_proposals == ("chacha20poly1305-esn", "aes256-sha256-modp2048-esn")
+    assert (child.life_bytes, child.life_packets) == (1000000, 5000)
+
+
+def test_endpoint_settings_come_from_the_gateway_section() -> None:
+    cfg = loads_config(
+        _config().replace(
+            "nat_port = 14500", "nat_port = 14500\n    cookie_threshold = 5\n    max_half_open = 40"
+        )
+    )
+    endpoint = endpoint_config(cfg)
+    assert (endpoint.ike_port, endpoint.nat_port) == (1500, 14500)
+    assert endpoint.max_half_open == 40
+    assert endpoint.cookies.demand_above == 5
+    assert not endpoint.cookies.required(5) and endpoint.cookies.required(6)
+
+
+def _write_pki(tmp_path: Path) -> tuple[Pki, Credential]:
+    pki = Pki(key_type="ecdsa-p256")
+    gw = pki.issue("gw-a.example.net")
+    (tmp_path / "gw.crt").write_bytes(gw.cert_pem)
+    key = tmp_path / "gw.key"
+    key.write_bytes(gw.key_pem)
+    key.chmod(0o600)
+    (tmp_path / "ca.crt").write_bytes(pki.ca.cert_pem)
+    return pki, gw
+
+
+def _pubkey_config(tmp_path: Path) -> str:
+    return f"""
+    [gateway]
+    addresses = ["198.51.100.1"]
+    id = "gw-a.example.net"
+    certificate = "{tmp_path / "gw.crt"}"
+    private_key = "{tmp_path / "gw.key"}"
+    ca = ["{tmp_path / "ca.crt"}"]
+    [peers.b]
+    address = "198.51.100.2"
+    id = "gw-b.example.net"
+    auth = "pubkey"
+    [connections.one]
+    peer = "b"
+    local_subnets = ["192.0.2.0/24"]
+    remote_subnets = ["203.0.113.0/24"]
+    """
+
+
+def test_pubkey_peer_gets_credentials_and_trust_anchors(tmp_path: Path) -> None:
+    pki, gw = _write_pki(tmp_path)
+    [ike] = ike_connections(loads_config(_pubkey_config(tmp_path)))
+    assert ike.auth == "pubkey" and ike.psk is None
+    assert ike.credentials is not None and ike.trust_anchors is not None
+    assert ike.credentials.certificate == x509.load_pem_x509_certificate(gw.cert_pem)
+    assert ike.trust_anchors.certificates == (x509.load_pem_x509_certificate(pki.ca.cert_pem),)
+    # The peer's certificate from the same CA validates against these anchors.
+    peer = pki.issue("gw-b.example.net")
+    peer_cert = x509.load_pem_x509_certificate(peer.cert_pem)
+    payload = Certificate(
+        CertEncoding.X509_SIGNATURE, peer_cert.public_bytes(serialization.Encoding.DER)
+    )
+    assert ike.remote_id is not None
+    validated = ike.trust_anchors.validate([payload], ike.remote_id, time.time())
+    assert validated.certificate == peer_cert
+    assert "PRIVATE KEY" not in repr(ike)
+
+
+def test_unchanged_certificate_files_give_an_equal_connection(tmp_path: Path) -> None:
+    # A reload compares the old and new IKE connections: the same files must compare
+    # equal (private key objects alone never do), changed ones must not.
+    _write_pki(tmp_path)
+    first = ike_connections(loads_config(_pubkey_config(tmp_path)))
+    again = ike_connections(loads_config(_pubkey_config(tmp_path)))
+    assert first == again
+    _write_pki(tmp_path)  # a new key and certificate in the same files
+    renewed = ike_connections(loads_config(_pubkey_config(tmp_path)))
+    assert renewed != first
+
+
+def test_certificate_file_gone_after_loading_names_the_key(tmp_path: Path) -> None:
+    _write_pki(tmp_path)
+    cfg = loads_config(_pubkey_config(tmp_path))
+    (tmp_path / "gw.crt").write_text("not a certificate any more")
+    with pytest.raises(ConfigError, match=r"gateway\.private_key: .*certificate"):
+        ike_connections(cfg)

@@ -89,6 +89,8 @@ def test_every_documented_key_is_accepted() -> None:
                 "interface": "vpn0",
                 "mtu": 1400,
                 "log_level": "debug",
+                "cookie_threshold": 0,
+                "max_half_open": 50,
             },
             connections={
                 "dc1-net": {
@@ -104,6 +106,9 @@ def test_every_documented_key_is_accepted() -> None:
                     "replay_window": 0,
                     "life_bytes": 10**9,
                     "life_packets": 10**6,
+                    "esn": True,
+                    "fragmentation": False,
+                    "fragment_size": 1400,
                 }
             },
         )
@@ -117,6 +122,66 @@ def test_every_documented_key_is_accepted() -> None:
     )
     assert c.esp_proposals[1] == "aes256-sha256-esn"
     assert cfg.gateway.mtu == 1400 and cfg.gateway.interface == "vpn0"
+    assert (cfg.gateway.cookie_threshold, cfg.gateway.max_half_open) == (0, 50)
+    assert (c.life_bytes, c.life_packets, c.esn) == (10**9, 10**6, True)
+    assert (c.fragmentation, c.fragment_size) == (False, 1400)
+
+
+def test_part_two_settings_have_their_documented_defaults() -> None:
+    cfg = parse_config(config())
+    assert (cfg.gateway.cookie_threshold, cfg.gateway.max_half_open) == (32, 1000)
+    c = cfg.connections["dc1-net"]
+    assert (c.fragmentation, c.fragment_size, c.esn) == (True, 1232, False)
+    assert (c.life_bytes, c.life_packets) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        (
+            conn(fragmentation="yes"),
+            "connections.dc1-net.fragmentation: expected true or false, got a string ('yes')",
+        ),
+        (
+            conn(fragment_size=100),
+            "connections.dc1-net.fragment_size: 100 is out of range 200..65000",
+        ),
+        (conn(esn=1), "connections.dc1-net.esn: expected true or false, got an integer (1)"),
+        (
+            conn(esn=True, esp_proposals=["aes256gcm16", "aes256gcm16-noesn"]),
+            'connections.dc1-net.esp_proposals[1]: says "noesn" but esn = true',
+        ),
+        (
+            {"gateway": {"cookie_threshold": -1}},
+            "gateway.cookie_threshold: -1 is out of range 0..1000000",
+        ),
+        (
+            {"gateway": {"cookie_threshold": 10, "max_half_open": 10}},
+            "gateway.cookie_threshold: must be below max_half_open (10)",
+        ),
+        (
+            {"gateway": {"max_half_open": 0}},
+            "gateway.max_half_open: 0 is out of range 1..1000000",
+        ),
+    ],
+    ids=["fragmentation", "fragment_size", "esn", "esn-vs-noesn", "cookie", "cookie-cap", "cap"],
+)
+def test_part_two_mistakes_name_the_key(sections: dict[str, Any], expected: str) -> None:
+    assert problems(config(**sections)) == [expected]
+
+
+def test_fragmentation_must_agree_between_connections_to_one_peer() -> None:
+    second = {
+        "peer": "dc1",
+        "local_subnets": ["192.0.2.0/25"],
+        "remote_subnets": ["198.51.100.128/25"],
+        "fragmentation": False,
+    }
+    found = problems(config(connections={"two": second}))
+    assert found == [
+        "connections.two.fragmentation: differs from connections.dc1-net; connections to "
+        "peer 'dc1' share one IKE SA, so fragmentation must be the same"
+    ]
 
 
 @pytest.mark.parametrize("name", ["dc.toml", "cloud.toml"])
