@@ -136,6 +136,8 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
             encap=lead.encap,
             fragmentation=lead.fragmentation,
             fragment_size=lead.fragment_size,
+            retransmit_timeout=gateway.retransmit_timeout,
+            retransmit_tries=gateway.retransmit_tries,
         )
     except IkeConfigError as exc:
         # The loader validates the same rules; this only fires if they drift apart.

@@ -377,6 +377,8 @@ def _gateway(data: Mapping[str, Any], problems: list[Problem]) -> GatewayConfig 
         "log_level": s.value("log_level", _choice("debug", "info", "warning", "error"), "info"),
         "cookie_threshold": s.value("cookie_threshold", _integer(0, 1_000_000), 32),
         "max_half_open": s.value("max_half_open", _integer(1, 1_000_000), 1000),
+        "retransmit_timeout": s.value("retransmit_timeout", _duration, 4.0),
+        "retransmit_tries": s.value("retransmit_tries", _integer(0, 20), 5),
     }
     s.finish()
     if gw_kwargs["ike_port"] == gw_kwargs["nat_port"]:
@@ -386,6 +388,8 @@ def _gateway(data: Mapping[str, Any], problems: list[Problem]) -> GatewayConfig 
         s.problem(missing, "certificate and private_key must be set together")
     if addresses is not None and len(set(addresses)) != len(addresses):
         s.problem("addresses", "lists an address twice")
+    if gw_kwargs["retransmit_timeout"] <= 0:
+        s.problem("retransmit_timeout", "must be positive")
     if gw_kwargs["cookie_threshold"] >= gw_kwargs["max_half_open"]:
         # Half-open SAs are capped first: COOKIEs would never be asked for.
         s.problem(

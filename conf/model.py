@@ -89,6 +89,12 @@ class GatewayConfig:
     IKE_SA_INIT must first return our COOKIE (RFC 7296 §2.6); 0: always demand one."""
     max_half_open: int = 1000
     """Half-open IKE SAs kept at once; IKE_SA_INIT requests beyond it are dropped."""
+    retransmit_timeout: float = 4.0
+    """Seconds before an unanswered IKE request is sent again; each further wait is
+    1.8 times longer (RFC 7296 §2.1). Also paces liveness checks of a silent peer."""
+    retransmit_tries: int = 5
+    """Retransmissions before the peer counts as gone: for a liveness check that means
+    dead, and the connection's dpd_action applies."""
 
 
 @dataclass(frozen=True)

@@ -118,10 +118,16 @@ def test_part_two_settings_reach_the_core() -> None:
     fragmentation = false
     fragment_size = 600
     """
-        ).replace('"aes256-sha256-modp2048"', '"aes256-sha256-modp2048-esn"')
+        )
+        .replace(
+            "nat_port = 14500",
+            "nat_port = 14500\n    retransmit_timeout = 1\n    retransmit_tries = 2",
+        )
+        .replace('"aes256-sha256-modp2048"', '"aes256-sha256-modp2048-esn"')
     )
     [ike] = ike_connections(cfg)
     assert (ike.fragmentation, ike.fragment_size) == (False, 600)
+    assert (ike.retransmit_timeout, ike.retransmit_tries) == (1, 2)
     [child] = ike.children
     # esn = true adds "esn" where a proposal does not say it already.
     assert child.esp_proposals == ("chacha20poly1305-esn", "aes256-sha256-modp2048-esn")

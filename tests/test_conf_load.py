@@ -91,6 +91,8 @@ def test_every_documented_key_is_accepted() -> None:
                 "log_level": "debug",
                 "cookie_threshold": 0,
                 "max_half_open": 50,
+                "retransmit_timeout": "2s",
+                "retransmit_tries": 3,
             },
             connections={
                 "dc1-net": {
@@ -123,6 +125,7 @@ def test_every_documented_key_is_accepted() -> None:
     assert c.esp_proposals[1] == "aes256-sha256-esn"
     assert cfg.gateway.mtu == 1400 and cfg.gateway.interface == "vpn0"
     assert (cfg.gateway.cookie_threshold, cfg.gateway.max_half_open) == (0, 50)
+    assert (cfg.gateway.retransmit_timeout, cfg.gateway.retransmit_tries) == (2, 3)
     assert (c.life_bytes, c.life_packets, c.esn) == (10**9, 10**6, True)
     assert (c.fragmentation, c.fragment_size) == (False, 1400)
 
@@ -163,8 +166,23 @@ def test_part_two_settings_have_their_documented_defaults() -> None:
             {"gateway": {"max_half_open": 0}},
             "gateway.max_half_open: 0 is out of range 1..1000000",
         ),
+        ({"gateway": {"retransmit_timeout": 0}}, "gateway.retransmit_timeout: must be positive"),
+        (
+            {"gateway": {"retransmit_tries": 50}},
+            "gateway.retransmit_tries: 50 is out of range 0..20",
+        ),
     ],
-    ids=["fragmentation", "fragment_size", "esn", "esn-vs-noesn", "cookie", "cookie-cap", "cap"],
+    ids=[
+        "fragmentation",
+        "fragment_size",
+        "esn",
+        "esn-vs-noesn",
+        "cookie",
+        "cookie-cap",
+        "cap",
+        "retransmit-timeout",
+        "retransmit-tries",
+    ],
 )
 def test_part_two_mistakes_name_the_key(sections: dict[str, Any], expected: str) -> None:
     assert problems(config(**sections)) == [expected]
