@@ -1,0 +1,122 @@
+"""Fuzz sample for the IKE endpoint and the IKE SA.
+
+Nothing escapes ``Endpoint.receive_datagram``; a datagram that does not authenticate
+leaves an established SA as it was; requests refused with an error notify leave it as
+it was but for their Message ID; authenticated garbage in every exchange (IKE_SA_INIT
+response, IKE_AUTH both ways, INFORMATIONAL, CREATE_CHILD_SA both ways) is refused
+without an exception.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ikev2.codec import Message, Payload, encode_message, encode_payloads
+
+from .mutate import Mutation
+from .strategies import messages, mutations, payload_chains, u8
+from .targets import (
+    AuthRequestTarget,
+    AuthResponseTarget,
+    EndpointFreshTarget,
+    EstablishedTarget,
+    InitResponseTarget,
+    SealedRequestTarget,
+    SealedResponseTarget,
+    Target,
+)
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+_TARGETS: dict[type[Target], Target] = {}
+_SEEDS: dict[type[Target], list[bytes]] = {}
+
+
+def target(kind: type[Target]) -> Target:
+    """One instance per kind for the whole module: setting up IKE SAs is the cost."""
+    if kind not in _TARGETS:
+        _TARGETS[kind] = kind()
+    return _TARGETS[kind]
+
+
+def seeds(kind: type[Target]) -> list[bytes]:
+    if kind not in _SEEDS:
+        _SEEDS[kind] = target(kind).seeds()
+    return _SEEDS[kind]
+
+
+def _chain(selector: int, chain: tuple[Payload, ...], mutation: Mutation) -> bytes:
+    first, raw = encode_payloads(chain)
+    return bytes([selector, first]) + mutation.apply(raw)
+
+
+@FUZZ
+@given(messages(), mutations)
+def test_endpoint_survives_any_datagram_and_bounds_half_open_sas(
+    message: Message, mutation: Mutation
+) -> None:
+    target(EndpointFreshTarget).run(mutation.apply(encode_message(message)))
+
+
+@FUZZ
+@given(st.data(), mutations)
+def test_unauthenticated_datagrams_leave_established_sas_alone(
+    data: st.DataObject, mutation: Mutation
+) -> None:
+    seed = data.draw(st.sampled_from(seeds(EstablishedTarget)))
+    target(EstablishedTarget).run(mutation.apply(seed))
+
+
+@FUZZ
+@given(st.data(), u8, payload_chains, mutations)
+def test_authenticated_garbage_requests_are_answered_or_dropped(
+    data: st.DataObject, selector: int, chain: tuple[Payload, ...], mutation: Mutation
+) -> None:
+    run = target(SealedRequestTarget).run
+    run(_chain(selector, chain, mutation))
+    run(Mutation(mutation.edits[:1]).apply(data.draw(st.sampled_from(seeds(SealedRequestTarget)))))
+
+
+@settings(FUZZ, max_examples=30)
+@given(st.data(), u8, payload_chains, mutations)
+def test_authenticated_garbage_responses_never_raise(
+    data: st.DataObject, selector: int, chain: tuple[Payload, ...], mutation: Mutation
+) -> None:
+    run = target(SealedResponseTarget).run
+    run(_chain(selector, chain, mutation))
+    run(mutation.apply(data.draw(st.sampled_from(seeds(SealedResponseTarget)))))
+
+
+@settings(FUZZ, max_examples=30)
+@given(st.data(), payload_chains, mutations)
+def test_ike_auth_garbage_both_ways_never_raises(
+    data: st.DataObject, chain: tuple[Payload, ...], mutation: Mutation
+) -> None:
+    target(AuthRequestTarget).run(_chain(0, chain, Mutation()))
+    target(AuthRequestTarget).run(
+        mutation.apply(data.draw(st.sampled_from(seeds(AuthRequestTarget))))
+    )
+    target(AuthResponseTarget).run(
+        mutation.apply(data.draw(st.sampled_from(seeds(AuthResponseTarget))))
+    )
+
+
+@FUZZ
+@given(st.data(), payload_chains, mutations)
+def test_ike_sa_init_response_garbage_never_raises(
+    data: st.DataObject, chain: tuple[Payload, ...], mutation: Mutation
+) -> None:
+    seed = data.draw(st.sampled_from(seeds(InitResponseTarget)))
+    target(InitResponseTarget).run(mutation.apply(seed))
+    # The real response's header with any payload chain behind it.
+    first, raw = encode_payloads(chain)
+    header = bytearray(seed[:20])
+    header[0 + 8] = first
+    header[16:20] = (28 + len(raw)).to_bytes(4, "big")
+    target(InitResponseTarget).run(bytes(header) + raw)
