@@ -37,9 +37,10 @@ from statistics import median
 from types import FrameType
 from typing import Any
 
+from bench import setup_rate
 from bench.measure import IperfResult, MeasureError, PingResult, idle_ping, iperf
 from bench.tunnels import CASES, Tunnel, TunnelError
-from daemon.lab.netns import HarnessError, Lab, build_site_to_site
+from daemon.lab.netns import HarnessError, Lab, SiteToSite, build_site_to_site
 
 SUITES = ("aes128gcm16", "chacha20poly1305")
 TESTS = ("tcp1", "tcp4", "udp")
@@ -146,9 +147,8 @@ def measure_row(tunnel: Tunnel, row: Row, opts: Options) -> None:
         tunnel.stop()
 
 
-def run_data_plane(lab: Lab, opts: Options) -> list[Row]:
+def run_data_plane(topo: SiteToSite, opts: Options) -> list[Row]:
     """Every case on one topology, one after another."""
-    topo = build_site_to_site(lab)
     rows: list[Row] = []
     for case in opts.cases:
         cls = CASES[case]
@@ -304,20 +304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     lab = Lab()
     rows: list[Row] = []
-    control: dict[str, Any] = {}
+    control: list[setup_rate.SetupResult] = []
     status = 0
     started = time.monotonic()
     try:
         with _terminate_as_interrupt():
             say(f"Data plane: {', '.join(opts.cases)}; suites {', '.join(opts.suites)}; "
                 f"{opts.repeat} x {opts.duration:g}s per measurement")  # fmt: skip
-            rows = run_data_plane(lab, opts)
+            topo = build_site_to_site(lab)
+            rows = run_data_plane(topo, opts)
             if args.control_plane:
-                from bench.setup_rate import report as setup_report
-                from bench.setup_rate import run_control_plane
-
+                say("Control plane: SAs initiated at once, " + args.sa_counts)
                 counts = [int(n) for n in args.sa_counts.split(",") if n]
-                control = run_control_plane(lab, counts)
+                control = setup_rate.run_control_plane(topo, counts, say)
     except KeyboardInterrupt as exc:
         say(f"\nInterrupted ({exc or 'SIGINT'}): cleaning up.")
         status = 130
@@ -332,10 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(table(rows))
     if control:
         say()
-        say(setup_report(control))
+        say(setup_rate.report(control))
     say(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json is not None:
-        args.json.write_text(json.dumps(to_json(rows, opts, {"control_plane": control}), indent=1))
+        args.json.write_text(
+            json.dumps(
+                to_json(rows, opts, {"control_plane": setup_rate.to_json(control)}), indent=1
+            )
+        )
         say(f"JSON written to {args.json}")
     if args.png is not None:
         from bench.chart import draw

@@ -189,8 +189,11 @@ def lockgate_config(topo: SiteToSite, side: str, suite: str, *, socket: Path, st
 class Lockgate:
     """`lockgate daemon -c FILE` in a namespace, with its own control socket."""
 
-    def __init__(self, ns: Namespace, name: str, config_text: str, socket: Path) -> None:
+    def __init__(
+        self, ns: Namespace, name: str, config_text: str, socket: Path, log_level: str = "warning"
+    ) -> None:
         self.ns = ns
+        self.log_level = log_level
         self.name = name
         tmp = ns.lab.tmpdir
         self.config = tmp / f"{name}.toml"
@@ -202,7 +205,7 @@ class Lockgate:
 
     def start(self, timeout: float = 15.0) -> None:
         args = [sys.executable, "-m", "daemon.cli", "-s", str(self.socket), "daemon",
-                "-c", str(self.config), "--log-level", "warning"]  # fmt: skip
+                "-c", str(self.config), "--log-level", self.log_level]  # fmt: skip
         self.process = self.ns.spawn(args, name=self.name, log_path=self.log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
