@@ -3,7 +3,8 @@
     lockgate [-s SOCKET] daemon -c FILE [--log-level LEVEL]
     lockgate check-config FILE
     lockgate [-s SOCKET] status [--json]
-    lockgate [-s SOCKET] up|down|rekey NAME
+    lockgate [-s SOCKET] up|down NAME
+    lockgate [-s SOCKET] rekey [--ike] NAME
     lockgate [-s SOCKET] reload
     lockgate demo
 
@@ -57,10 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("up", "initiate a connection"),
         ("down", "delete a connection's SAs"),
-        ("rekey", "rekey a connection's CHILD SAs"),
+        ("rekey", "rekey a connection's CHILD SAs (with --ike: the IKE SA carrying it)"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("name", metavar="NAME", help="connection name")
+        if name == "rekey":
+            cmd.add_argument(
+                "--ike",
+                action="store_true",
+                help="rekey the IKE SA of the connection's peer instead (NAME may also be "
+                "the peer); its CHILD SAs move to the new IKE SA",
+            )
 
     sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
 
@@ -92,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     message: dict[str, Any] = {"command": command}
     if command in ("up", "down", "rekey"):
         message["name"] = args.name
+    if command == "rekey" and args.ike:
+        message["ike"] = True
     try:
         result = request(path, message, timeout=60.0)
     except ControlClientError as exc:
@@ -165,10 +175,12 @@ def format_status(status: dict[str, Any]) -> str:
         if conn.get("last_error") and conn.get("state") != "up":
             lines.append(f"    last error: {conn['last_error']}")
         for ike in conn.get("ike_sas", []):
+            rekeyed = ike.get("rekeyed_from")
             lines.append(
                 f"    IKE SA #{ike.get('id')}: {ike.get('suite', '?')}, "
                 f"{ike.get('local', '?')} <-> {ike.get('remote', '?')}, "
                 f"age {_age(ike.get('age', 0))}"
+                + (f", rekeyed from #{rekeyed}" if rekeyed is not None else "")
             )
     sas = status.get("sas", [])
     lines.append(f"CHILD SAs ({len(sas)}):")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from conf.errors import ConfigError as ConfigLoadError
-from conf.ike import ike_connections
+from conf.ike import endpoint_config, ike_connections
 from conf.load import load_config
 from conf.model import Config
 from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
@@ -41,16 +42,18 @@ from esp.errors import EspConfigError
 from esp.sa import LifetimeState
 from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as IkeConnection
-from ikev2.endpoint import Endpoint, EndpointConfig
+from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
     ChildSaInstalled,
     Event,
+    IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
     NatKeepaliveDue,
 )
 from ikev2.sa import IkeSa, IkeSaState
@@ -74,6 +77,9 @@ INBOUND_LINGER = 2.0
 `DataPlane.remove`)."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
+PEER_DEAD = "peer is dead"
+"""How the IKE core's IkeSaDeleted reason starts when liveness checks went unanswered
+(RFC 7296 §2.4); the connection's dpd_action then applies."""
 
 
 class GatewayError(Exception):
@@ -85,9 +91,11 @@ class IkeSaInfo:
     """What `status` shows about an established IKE SA (from its event)."""
 
     event: IkeSaEstablished
-    """The event that announced it."""
+    """The event that announced it (after a rekey: with the new SA's id, SPIs, suite)."""
     established_at: float = field(default_factory=time.monotonic)
-    """Monotonic time of establishment."""
+    """Monotonic time of establishment (or of the rekey that made it)."""
+    rekeyed_from: int | None = None
+    """The IKE SA it replaced in a rekey (RFC 7296 §2.18), if any."""
 
 
 @dataclass
@@ -102,6 +110,8 @@ class PeerState:
     """The scheduled next attempt, if any."""
     last_error: str = ""
     """Why the last attempt failed."""
+    ike_waiters: list[asyncio.Future[str]] = field(default_factory=list)
+    """`lockgate rekey --ike` calls waiting for the new IKE SA."""
 
 
 @dataclass
@@ -122,6 +132,23 @@ class ConnectionState:
     """When we last asked for its CHILD SA under an existing IKE SA (not yet there)."""
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
     """`lockgate up` calls waiting for the outcome."""
+    carried_by: int | None = None
+    """The IKE SA its CHILD SA is (or was, when that IKE SA died) under: a dead peer's
+    dpd_action applies to the connections that were up with it."""
+    trapped: bool = False
+    """Re-armed by dpd_action "trap": like start = "trap", the next matching packet
+    initiates it again."""
+
+
+def _resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:
+    """Answer every waiting control request with `outcome` (an error unless `ok`)."""
+    for waiter in waiters:
+        if not waiter.done():
+            if ok:
+                waiter.set_result(outcome)
+            else:
+                waiter.set_exception(ControlError(outcome))
+    waiters.clear()
 
 
 class Gateway:
@@ -220,9 +247,7 @@ class Gateway:
             " and raw ESP" if self._pump.raw else "",
         )
         ikes = ike_connections(config)
-        self._endpoint = Endpoint(
-            ikes, config=EndpointConfig(ike_port=gateway.ike_port, nat_port=gateway.nat_port)
-        )
+        self._endpoint = Endpoint(ikes, config=endpoint_config(config))
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
@@ -283,14 +308,19 @@ class Gateway:
                 child.start,
             )
             if child.start == "trap":
-                for ts in child.remote_ts:
-                    for net in ts.networks():
-                        if net not in self._trap_routes:
-                            self._trap_routes.add(net)
-                            if net not in self._routes:
-                                self._add_route(net, None)
+                self._arm_trap(child)
         if self._peer_wanted(ike.name):
             self._initiate(self.peers[ike.name])
+
+    def _arm_trap(self, child: ChildConfig) -> None:
+        """Route the remote subnets into the TUN without an SA, so the first packet
+        reaches `_on_acquire` and starts the connection."""
+        for ts in child.remote_ts:
+            for net in ts.networks():
+                if net not in self._trap_routes:
+                    self._trap_routes.add(net)
+                    if net not in self._routes:
+                        self._add_route(net, None)
 
     def _drop_peer(self, name: str, reason: str) -> int:
         """Forget a peer and its connections; delete its IKE SAs. Returns how many."""
@@ -345,11 +375,18 @@ class Gateway:
         self._service()
 
     def _established_ike_sa(self, peer: str) -> IkeSa | None:
+        """The peer's IKE SA in use: one the core announced (a rekey's candidate SA is
+        not, until IkeSaRekeyed) and that is still established."""
         endpoint = self._endpoint
         if endpoint is None:
             return None
-        for sa in endpoint.ike_sas():
-            if sa.config.name == peer and sa.state is IkeSaState.ESTABLISHED:
+        for ike_sa_id, info in self.ike_sas.items():
+            sa = endpoint.ike_sa(ike_sa_id)
+            if (
+                info.event.connection == peer
+                and sa is not None
+                and sa.state is IkeSaState.ESTABLISHED
+            ):
                 return sa
         return None
 
@@ -391,13 +428,11 @@ class Gateway:
 
     @staticmethod
     def _resolve_waiters(state: ConnectionState, outcome: str, ok: bool) -> None:
-        for waiter in state.waiters:
-            if not waiter.done():
-                if ok:
-                    waiter.set_result(outcome)
-                else:
-                    waiter.set_exception(ControlError(outcome))
-        state.waiters.clear()
+        _resolve(state.waiters, outcome, ok)
+
+    @staticmethod
+    def _resolve_ike_waiters(peer: PeerState, outcome: str, ok: bool) -> None:
+        _resolve(peer.ike_waiters, outcome, ok)
 
     # ---- the IKE endpoint -------------------------------------------------------------
 
@@ -474,9 +509,109 @@ class Gateway:
         log.info("peer %s: IKE SA #%d deleted (%s)",
                  event.connection, event.ike_sa_id, event.reason)  # fmt: skip
         peer = self.peers.get(event.connection)
-        restart = event.by_peer or (peer is not None and peer.config.dpd_action == "restart")
-        if peer is not None and restart and not self._shutting_down:
+        if peer is None:
+            return
+        self._resolve_ike_waiters(peer, f"peer {peer.config.name}: {event.reason}", ok=False)
+        if self._shutting_down:
+            return
+        if event.reason.startswith(PEER_DEAD):
+            self._apply_dpd_action(peer, event)
+        else:
+            # Deleted by the peer, or expired: connections that should be up come back.
             self._schedule_retry(peer)
+
+    def _apply_dpd_action(self, peer: PeerState, event: IkeSaDeleted) -> None:
+        """The peer stopped answering liveness checks (RFC 7296 §2.4): do what its
+        connections' dpd_action says with those that were up under the dead IKE SA."""
+        action = peer.config.dpd_action
+        name = peer.config.name
+        lost = [
+            c
+            for c in self.connections.values()
+            if c.peer == name and (c.carried_by == event.ike_sa_id or c.wanted)
+        ]
+        peer.last_error = event.reason
+        for state in lost:
+            state.carried_by = None
+            state.last_error = event.reason
+        names = ", ".join(c.name for c in lost) or "none"
+        if action == "restart" and peer.config.remote_address is not None:
+            log.info("peer %s is dead; dpd_action restart: initiating again (%s)", name, names)
+            for state in lost:
+                state.wanted = True
+            peer.attempts = 0
+            self._schedule_retry(peer)
+        elif action == "trap":
+            log.info("peer %s is dead; dpd_action trap: traffic restarts %s", name, names)
+            for state in lost:
+                state.wanted = False
+                state.trapped = True
+                self._arm_trap(state.child)
+        else:
+            if action == "restart":
+                log.warning("peer %s is dead and %%any: it must initiate again", name)
+            else:
+                log.info("peer %s is dead; dpd_action clear: %s stay down", name, names)
+            for state in lost:
+                state.wanted = False
+
+    def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
+        """The IKE SA was replaced (RFC 7296 §2.18): status shows the new one, and the
+        CHILD SAs that moved along now answer to it."""
+        old = self.ike_sas.pop(event.ike_sa_id, None)
+        sa = self._endpoint.ike_sa(event.new_ike_sa_id) if self._endpoint is not None else None
+        if old is not None:
+            announced = dataclasses.replace(
+                old.event,
+                ike_sa_id=event.new_ike_sa_id,
+                spi_i=event.spi_i,
+                spi_r=event.spi_r,
+                suite=event.suite,
+                initiator=sa.initiator if sa is not None else old.event.initiator,
+            )
+            self.ike_sas[event.new_ike_sa_id] = IkeSaInfo(announced, rekeyed_from=event.ike_sa_id)
+        if self._pump is not None:
+            for entry in self._pump.plane.entries.values():
+                if entry.ike_sa_id == event.ike_sa_id:
+                    entry.ike_sa_id = event.new_ike_sa_id
+        for state in self.connections.values():
+            if state.carried_by == event.ike_sa_id:
+                state.carried_by = event.new_ike_sa_id
+        log.info(
+            "peer %s: IKE SA #%d rekeyed, #%d replaces it (%s, SPIs %016x_i %016x_r)",
+            event.connection,
+            event.ike_sa_id,
+            event.new_ike_sa_id,
+            event.suite,
+            event.spi_i,
+            event.spi_r,
+        )
+        peer = self.peers.get(event.connection)
+        if peer is not None:
+            self._resolve_ike_waiters(
+                peer,
+                f"peer {event.connection}: IKE SA #{event.ike_sa_id} rekeyed, "
+                f"#{event.new_ike_sa_id} replaces it",
+                ok=True,
+            )
+
+    def _on_address_changed(self, event: IkeSaAddressChanged) -> None:
+        """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping may
+        change, and the IKE SA follows authenticated messages (RFC 7296 §2.23)."""
+        info = self.ike_sas.get(event.ike_sa_id)
+        if info is not None:
+            info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
+        if self._pump is None:
+            return
+        for entry in self._pump.plane.entries.values():
+            if entry.ike_sa_id == event.ike_sa_id and entry.udp_encap:
+                log.info(
+                    "connection %s: peer moved to %s[%d]; ESP follows",
+                    entry.child,
+                    event.remote[0],
+                    event.remote[1],
+                )
+                entry.local, entry.remote = event.local, event.remote
 
     def _on_ike_failed(self, event: IkeSaFailed) -> None:
         log.warning(
@@ -501,7 +636,11 @@ class Gateway:
             return
         try:
             entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
-            pump.plane.install(entry, preferred=self._we_rekeyed(event))
+            # At a rekey we started, the peer installed the new SA before it answered,
+            # and it drops the old inbound SA when our Delete arrives: send on the new
+            # one at once. The peer of a rekey keeps the old one until that Delete
+            # (RFC 7296 §2.8).
+            pump.plane.install(entry, preferred=event.rekey_of is not None and event.initiator)
         except (EspConfigError, ValueError) as exc:
             log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
             return
@@ -532,6 +671,7 @@ class Gateway:
         if state is not None:
             state.last_error = ""
             state.requested_at = None
+            state.carried_by = event.ike_sa_id
             outcome = (
                 f"connection {event.child}: rekeyed, CHILD SA #{event.unique_id} replaces "
                 f"#{event.rekey_of}"
@@ -543,6 +683,13 @@ class Gateway:
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         self._uninstall(event.unique_id, event.reason)
+        state = self.connections.get(event.child)
+        endpoint = self._endpoint
+        ike = endpoint.ike_sa(event.ike_sa_id) if endpoint is not None else None
+        ike_alive = ike is not None and ike.state is not IkeSaState.DELETED
+        if state is not None and ike_alive and not self._installed(state.name):
+            # Deleted on its own (down, peer's Delete, volume): not lost with its IKE SA.
+            state.carried_by = None
         self.notifier.notify(STATUS=self._status_line())
 
     def _on_child_failed(self, event: ChildSaFailed) -> None:
@@ -559,6 +706,8 @@ class Gateway:
     _EVENT_HANDLERS: dict[type[Event], Callable[[Gateway, Any], None]] = {
         IkeSaEstablished: _on_ike_established,
         IkeSaDeleted: _on_ike_deleted,
+        IkeSaRekeyed: _on_ike_rekeyed,
+        IkeSaAddressChanged: _on_address_changed,
         IkeSaFailed: _on_ike_failed,
         ChildSaInstalled: _on_child_installed,
         ChildSaDeleted: _on_child_deleted,
@@ -663,7 +812,7 @@ class Gateway:
         version, src, dst, proto, sport, dport = flow
         for state in self.connections.values():
             child = state.child
-            if child.start != "trap":
+            if child.start != "trap" and not state.trapped:
                 continue
             local = tuple(selector_from_ike(ts) for ts in child.local_ts)
             remote = tuple(selector_from_ike(ts) for ts in child.remote_ts)
@@ -743,6 +892,8 @@ class Gateway:
             return self.status()
         if command == "reload":
             return self.reload()
+        if command == "rekey" and request.get("ike"):
+            return await self._rekey_ike(request.get("name"))
         if command in ("up", "down", "rekey"):
             name = request.get("name")
             if not isinstance(name, str) or name not in self.connections:
@@ -835,6 +986,38 @@ class Gateway:
                 f"connection {state.name}: rekey not finished after {UP_TIMEOUT:.0f} s"
             ) from None
 
+    async def _rekey_ike(self, name: object) -> str:
+        """`lockgate rekey --ike NAME`: rekey the IKE SA that carries connection NAME
+        (or of peer NAME); its CHILD SAs move to the new IKE SA untouched (§2.8)."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            raise ControlError("the daemon is not running")
+        if isinstance(name, str) and name in self.connections:
+            peer_name = self.connections[name].peer
+        elif isinstance(name, str) and name in self.peers:
+            peer_name = name
+        else:
+            known = ", ".join(sorted(self.connections)) or "none"
+            raise ControlError(f"no connection named {name!r} (configured: {known})")
+        sa = self._established_ike_sa(peer_name)
+        if sa is None:
+            raise ControlError(f"peer {peer_name} has no established IKE SA to rekey")
+        peer = self.peers[peer_name]
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        peer.ike_waiters.append(waiter)
+        try:
+            endpoint.rekey_ike_sa(sa.ike_sa_id, time.monotonic())
+        except IkeError as exc:
+            peer.ike_waiters.remove(waiter)
+            raise ControlError(f"peer {peer_name}: cannot rekey the IKE SA: {exc}") from None
+        self._service()
+        try:
+            return await asyncio.wait_for(waiter, UP_TIMEOUT)
+        except TimeoutError:
+            raise ControlError(
+                f"peer {peer_name}: IKE rekey not finished after {UP_TIMEOUT:.0f} s"
+            ) from None
+
     # ---- status -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -852,7 +1035,7 @@ class Gateway:
                 phase = "connecting"
             elif peer.retry is not None and state.wanted:
                 phase = "waiting to retry"
-            elif state.child.start == "trap":
+            elif state.child.start == "trap" or state.trapped:
                 phase = "trap (on traffic)"
             elif state.child.start == "wait":
                 phase = "waiting for the peer"
@@ -873,6 +1056,9 @@ class Gateway:
                     "ike_sas": [
                         {
                             "id": info.event.ike_sa_id,
+                            "spi_i": f"{info.event.spi_i:016x}",
+                            "spi_r": f"{info.event.spi_r:016x}",
+                            "rekeyed_from": info.rekeyed_from,
                             "suite": info.event.suite,
                             "local": f"{info.event.local[0]}[{info.event.local[1]}]",
                             "remote": f"{info.event.remote[0]}[{info.event.remote[1]}]",
@@ -913,16 +1099,16 @@ class Gateway:
                 last_watchdog = now
             # A lost timer would stall retransmissions: run the endpoint regardless.
             self._service()
-            self._follow_peer_addresses()
             self._report_liveness(now)
             if self._pump is not None:
                 self._pump.plane.expire_lingering()
             self._enforce_volume_lifetimes()
 
     def _enforce_volume_lifetimes(self) -> None:
-        """Rekey CHILD SAs past their soft byte/packet limit (or near the end of their
-        sequence space), delete those past the hard one: only the data plane counts
-        packets, so only it can tell (RFC 4301 §4.4.2.1)."""
+        """Rekey CHILD SAs past their soft byte/packet limit (90% of `life_bytes` /
+        `life_packets`, or near the end of their sequence space), delete those at the
+        hard one: only the data plane counts packets, so only it can tell the core
+        (RFC 4301 §4.4.2.1 soft and hard lifetimes)."""
         endpoint, pump = self._endpoint, self._pump
         if endpoint is None or pump is None:
             return
@@ -933,33 +1119,17 @@ class Gateway:
                 if LifetimeState.HARD in states and uid not in self._deleting:
                     self._deleting.add(uid)
                     log.info("connection %s: CHILD SA #%d used up its volume", entry.child, uid)
-                    endpoint.delete_child(uid, now, "volume lifetime reached")
+                    endpoint.child_limit_reached(uid, now, hard=True)
                 elif LifetimeState.SOFT in states and uid not in self._rekeying:
                     self._rekeying.add(uid)
                     log.info("connection %s: CHILD SA #%d due for rekeying (volume)",
                              entry.child, uid)  # fmt: skip
-                    endpoint.rekey_child(uid, now)
+                    endpoint.child_limit_reached(uid, now, hard=False)
             except IkeError as exc:
                 log.warning("connection %s: CHILD SA #%d: %s", entry.child, uid, exc)
         self._rekeying &= pump.plane.entries.keys()
         self._deleting &= pump.plane.entries.keys()
         self._service()
-
-    def _we_rekeyed(self, event: ChildSaInstalled) -> bool:
-        """True if this CHILD SA replaces one in a rekey that we started.
-
-        Then the peer installed the new SA before it answered, and we send on it at
-        once: our Delete of the old one follows, and the peer drops the old inbound
-        SA when that Delete arrives, so packets still sent on it would be lost. The
-        peer of a rekey keeps sending on the old SA until the initiator deletes it
-        (RFC 7296 §2.8). The event does not say who started the exchange; the old
-        CHILD SA in the IKE core does (`rekeying` is set on our own rekeys).
-        """
-        if event.rekey_of is None or self._endpoint is None:
-            return False
-        sa = self._endpoint.ike_sa(event.ike_sa_id)
-        old = sa.children.get(event.rekey_of) if sa is not None else None
-        return bool(old is not None and old.rekeying)
 
     def _report_liveness(self, now: float) -> None:
         """ESP from the peer proves it alive: tell its IKE SA, so DPD stays quiet
@@ -975,27 +1145,6 @@ class Gateway:
             if count != seen.get(uid, 0):
                 endpoint.heard_from_peer(entry.ike_sa_id, now)
         self._inbound_seen = current
-
-    def _follow_peer_addresses(self) -> None:
-        """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping
-        may change, and the IKE SA follows authenticated messages (RFC 7296 §2.23)."""
-        endpoint, pump = self._endpoint, self._pump
-        if endpoint is None or pump is None:
-            return
-        where = {sa.ike_sa_id: (sa.local, sa.remote) for sa in endpoint.ike_sas()}
-        for entry in pump.plane.entries.values():
-            addresses = where.get(entry.ike_sa_id)
-            if addresses is None or not entry.udp_encap:
-                continue
-            local, remote = addresses
-            if (entry.local, entry.remote) != (local, remote):
-                log.info(
-                    "connection %s: peer moved to %s[%d]; ESP follows",
-                    entry.child,
-                    remote[0],
-                    remote[1],
-                )
-                entry.local, entry.remote = local, remote
 
 
 def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:

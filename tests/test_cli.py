@@ -179,3 +179,21 @@ def test_status_json_and_text_through_the_socket(
     assert main(["-s", path, "down", "nope"]) == 1
     assert "no connection named 'nope'" in capsys.readouterr().err
     assert seen[-1] == {"command": "down", "name": "nope"}
+
+
+def test_rekey_sends_the_ike_flag_only_when_asked(
+    fake_daemon: tuple[str, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, seen = fake_daemon
+    main(["-s", path, "rekey", "dc-cloud"])
+    assert seen[-1] == {"command": "rekey", "name": "dc-cloud"}
+    main(["-s", path, "rekey", "--ike", "dc-cloud"])
+    assert seen[-1] == {"command": "rekey", "name": "dc-cloud", "ike": True}
+
+
+def test_format_status_says_which_ike_sa_a_rekey_replaced() -> None:
+    status = json.loads(json.dumps(STATUS))
+    status["connections"][0]["ike_sas"][0].update(id=4, rekeyed_from=1)
+    assert "IKE SA #4: " in format_status(status)
+    assert "rekeyed from #1" in format_status(status)
+    assert "rekeyed from" not in format_status(STATUS)

@@ -21,7 +21,14 @@ from daemon.control import ControlError
 from daemon.gateway import Gateway
 from daemon.pump import Pump
 from ikev2.endpoint import Endpoint
-from ikev2.events import ChildSaDeleted, IkeSaEstablished, IkeSaFailed
+from ikev2.events import (
+    ChildSaDeleted,
+    IkeSaAddressChanged,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+)
 from tun import memory_tun_pair
 
 CONFIG = """
@@ -153,18 +160,35 @@ def test_control_requests(gateway: Gateway) -> None:
 
 
 def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> None:
-    assert gateway._endpoint is not None and gateway._pump is not None
-    ike = gateway._endpoint.initiate("main", 0.0)
+    assert gateway._pump is not None
+    gateway._handle_event(established())
     installed = dataclasses.replace(
-        events("aes128gcm16", udp=True)[0], connection="main", ike_sa_id=ike.ike_sa_id
+        events("aes128gcm16", udp=True)[0], connection="main", ike_sa_id=7
     )
     gateway._handle_event(installed)
     [entry] = gateway._pump.plane.entries.values()
     # A NAT in front of the peer picked a new port; the IKE SA saw it first (§2.23).
-    ike.local, ike.remote = ("198.51.100.1", 4500), ("198.51.100.2", 31337)
-    gateway._follow_peer_addresses()
+    gateway._handle_event(
+        IkeSaAddressChanged(
+            "main",
+            7,
+            old_local=installed.local,
+            old_remote=installed.remote,
+            local=("198.51.100.1", 4500),
+            remote=("198.51.100.2", 31337),
+        )
+    )
     assert entry.remote == ("198.51.100.2", 31337)
-    assert gateway.status()["sas"][0]["remote"] == "198.51.100.2[31337]"
+    status = gateway.status()
+    assert status["sas"][0]["remote"] == "198.51.100.2[31337]"
+    assert status["connections"][0]["ike_sas"][0]["remote"] == "198.51.100.2[31337]"
+    # Another IKE SA's move does not touch this CHILD SA.
+    gateway._handle_event(
+        IkeSaAddressChanged(
+            "main", 8, entry.local, entry.remote, ("198.51.100.1", 4500), ("198.51.100.2", 9)
+        )
+    )
+    assert entry.remote == ("198.51.100.2", 31337)
 
 
 def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
@@ -172,12 +196,12 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
 ) -> None:
     assert gateway._endpoint is not None and gateway._pump is not None
     calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(
-        gateway._endpoint, "rekey_child", lambda uid, now: calls.append(("rekey", uid))
-    )
-    monkeypatch.setattr(
-        gateway._endpoint, "delete_child", lambda uid, now, reason: calls.append(("delete", uid))
-    )
+
+    def limit(uid: int, now: float, *, hard: bool) -> None:
+        calls.append(("delete" if hard else "rekey", uid))
+
+    # life_packets is the hard limit; the rekey (soft limit) comes at 90% of it.
+    monkeypatch.setattr(gateway._endpoint, "child_limit_reached", limit)
     installed = dataclasses.replace(
         events("aes128gcm16", udp=False)[0], connection="main", life_packets=10
     )
@@ -194,3 +218,95 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
     plane.from_tun([packet])  # 10 of 10: hard limit
     gateway._enforce_volume_lifetimes()
     assert calls[-1] == ("delete", installed.unique_id)
+
+
+def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway) -> None:
+    assert gateway._pump is not None
+    gateway._handle_event(established())
+    installed = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
+    )
+    gateway._handle_event(installed)
+    gateway._handle_event(IkeSaRekeyed("main", 7, 9, spi_i=0xAB, spi_r=0xCD, suite="new-suite"))
+    [conn, _spare] = gateway.status()["connections"]
+    [ike] = conn["ike_sas"]
+    assert (ike["id"], ike["rekeyed_from"], ike["suite"]) == (9, 7, "new-suite")
+    assert (ike["spi_i"], ike["spi_r"]) == (f"{0xAB:016x}", f"{0xCD:016x}")
+    assert conn["state"] == "up"
+    [entry] = gateway._pump.plane.entries.values()
+    assert entry.ike_sa_id == 9  # liveness from ESP now reaches the new IKE SA
+    assert gateway.connections["site"].carried_by == 9
+
+
+def _die(gateway: Gateway, action: str) -> None:
+    """Bring `site` up under IKE SA #7, then let the core declare its peer dead."""
+    peer = gateway.peers["main"]
+    peer.config = dataclasses.replace(peer.config, dpd_action=action)  # type: ignore[arg-type]
+    gateway._handle_event(established())
+    installed = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
+    )
+    gateway._handle_event(installed)
+    gateway._handle_event(
+        ChildSaDeleted(
+            "main", "site", installed.unique_id, 7, installed.spi_in, 1, "IKE SA deleted"
+        )
+    )
+    gateway._handle_event(IkeSaDeleted("main", 7, "peer is dead: no answer to 5 tries", False))
+
+
+def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
+    retries: list[str] = []
+    gateway._schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
+    _die(gateway, "clear")
+    state = gateway.connections["site"]
+    assert not state.wanted and not state.trapped and retries == []
+    [conn, _spare] = gateway.status()["connections"]
+    assert conn["state"] == "waiting for the peer"
+    assert conn["last_error"].startswith("peer is dead")
+
+
+def test_dpd_action_restart_initiates_again_with_back_off(gateway: Gateway) -> None:
+    async def run() -> None:
+        gateway._loop = asyncio.get_running_loop()
+        _die(gateway, "restart")
+        peer = gateway.peers["main"]
+        assert gateway.connections["site"].wanted  # start = wait, but it was up
+        assert peer.retry is not None and peer.attempts == 1
+        delay = peer.retry.when() - gateway._loop.time()
+        assert 1.0 < delay <= 2.0  # RETRY_DELAYS[0]: the first attempt comes soon
+        # The attempt fails (peer still down): the next one waits longer.
+        gateway._cancel_retry(peer)
+        gateway._handle_event(IkeSaFailed("main", 8, "peer did not answer", None))
+        assert peer.retry is not None and peer.attempts == 2
+        assert peer.retry.when() - gateway._loop.time() > 3.0
+        gateway._cancel_retry(peer)
+
+    asyncio.run(run())
+
+
+def test_dpd_action_trap_re_arms_the_connection(gateway: Gateway) -> None:
+    retries: list[str] = []
+    gateway._schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
+    _die(gateway, "trap")
+    state = gateway.connections["site"]
+    assert state.trapped and not state.wanted and retries == []
+    [conn, _spare] = gateway.status()["connections"]
+    assert conn["state"] == "trap (on traffic)"
+    # The next packet to the remote subnet initiates again.
+    started: list[str] = []
+    gateway._initiate = lambda peer: started.append(peer.config.name)  # type: ignore[method-assign]
+    gateway._on_acquire(ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1))
+    assert started == ["main"] and state.wanted
+
+
+def test_rekey_ike_without_an_ike_sa_is_refused(gateway: Gateway) -> None:
+    async def ask(**request: object) -> object:
+        return await gateway._handle_request(request)
+
+    with pytest.raises(ControlError, match="peer main has no established IKE SA"):
+        asyncio.run(ask(command="rekey", name="site", ike=True))
+    with pytest.raises(ControlError, match="peer main has no established IKE SA"):
+        asyncio.run(ask(command="rekey", name="main", ike=True))
+    with pytest.raises(ControlError, match="no connection named 'nope'"):
+        asyncio.run(ask(command="rekey", name="nope", ike=True))
