@@ -151,6 +151,8 @@ class Case:
     """Overrides of every `SwanChild`'s fields (rekey_time, ...)."""
     swan_charon: tuple[str, ...] = ()
     """Extra lines for charon's strongswan.conf `charon { }` section."""
+    nat_udp_timeout: int | None = None
+    """With `nat`: the router forgets a UDP mapping after this many idle seconds."""
 
     @property
     def direction(self) -> str:
@@ -344,6 +346,9 @@ def interop(case: Case) -> Iterator[Interop]:
     test can change charon first. Both logs are printed if the body fails.
     """
     with site_to_site(nat=case.nat) as topo:
+        if topo.nat is not None and case.nat_udp_timeout is not None:
+            for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
+                topo.nat.sysctl(f"net.netfilter.{key}", case.nat_udp_timeout)
         if case.outer == 6:
             a_wan, a_public, b_wan = topo.gw_a_wan6, topo.gw_a_public6, topo.gw_b_wan6
         else:
