@@ -416,10 +416,12 @@ class Endpoint:
             sa.initial_contact = False
             self._drop_stale(sa, now)
         self._collect_events(sa)
-        successor = sa.rekeyed_into
-        if successor is not None and successor.ike_sa_id not in self._sas:
-            # §2.18: the new IKE SA answers to its own SPI from now on.
-            self._add(successor)
+        # §2.18: a new IKE SA from a rekey answers to its own SPI from now on (after
+        # crossing rekeys, §2.8.2, two do until one of them is deleted again).
+        spawned = [s for s in sa.spawned if s.ike_sa_id not in self._sas]
+        sa.spawned.clear()
+        for new in spawned:
+            self._add(new)
         # An SA queues an event before the datagram it must precede, so every datagram
         # taken now waits for all events taken so far.
         self._datagrams.extend((self._events_queued, d) for d in sa.datagrams_to_send(now))
@@ -430,6 +432,8 @@ class Endpoint:
             self._sas.pop(sa.ike_sa_id, None)
             if self._by_spi.get(sa.spi_local) is sa:
                 del self._by_spi[sa.spi_local]
+        for new in spawned:
+            self._collect(new, now)
 
     def _drop_stale(self, sa: IkeSa, now: float) -> None:
         """Remove the older IKE SAs of a peer that sent INITIAL_CONTACT (RFC 7296 §2.4).

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ikev2.codec import (
+    Delete,
     IkeHeader,
     Message,
     Notify,
@@ -36,7 +37,7 @@ from ikev2.codec import (
     encode_message,
 )
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, enum_name
+from ikev2.constants import NON_ESP_MARKER, ExchangeType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import ChildSuite, IkeSuite
@@ -124,6 +125,16 @@ class PeerRekey:
     """unique_id of the CHILD SA that exchange created."""
     lowest_nonce: bytes
     """The lower of that exchange's two nonces: the lowest nonce loses a collision."""
+
+
+@dataclass(frozen=True)
+class PeerIkeRekey:
+    """The peer's rekey of this IKE SA, answered while our own was on the wire (§2.8.2)."""
+
+    new_sa: IkeSa
+    """The IKE SA that the peer's exchange created (we are its responder)."""
+    lowest_nonce: bytes
+    """The lower of that exchange's two nonces: the new SA with the lowest nonce loses."""
 
 
 @dataclass
@@ -266,6 +277,15 @@ class IkeSa:
         """Our IKE rekey is queued or outstanding."""
         self.rekeyed_into: IkeSa | None = None
         """The IKE SA that replaced this one (§2.18)."""
+        self.rekeyed_from: IkeSa | None = None
+        """The IKE SA whose rekey created this one, until this one takes over."""
+        self.spawned: list[IkeSa] = []
+        """IKE SAs our rekey exchanges created (the endpoint routes their SPIs)."""
+        self.peer_ike_rekey: PeerIkeRekey | None = None
+        """The peer's crossing IKE rekey, kept until ours completes (§2.8.2)."""
+        self.silent = False
+        """True while the user has not heard of this IKE SA (a rekey's candidate) or
+        must not any more (it lost a rekey collision): it then ends without events."""
         self.initial_child_failed = False
         """The CHILD SA of IKE_AUTH failed: an initiator then deletes the IKE SA."""
         self._events: deque[Event] = deque()
@@ -382,10 +402,11 @@ class IkeSa:
         nonce_i: bytes,
         nonce_r: bytes,
     ) -> IkeSa:
-        """The IKE SA that replaces this one after a rekey (§2.18), with our CHILD SAs.
+        """The IKE SA a rekey exchange created (§2.18), not in use until `hand_over`.
 
         The side that sent the rekey request is the new SA's initiator; Message IDs
-        start again at 0. This SA turns REKEYED and ends quietly with the Delete.
+        start again at 0. Until it takes over it is silent: after crossing rekeys one
+        of the two new SAs is deleted again without the user ever hearing of it.
         """
         new = IkeSa(
             self.config,
@@ -409,26 +430,103 @@ class IkeSa:
         new.fragmentation = self.fragmentation
         new.peer_id = self.peer_id
         new.established(self.now)
+        new.rekeyed_from = self
+        new.silent = True
+        self.spawned.append(new)
+        return new
+
+    def hand_over(self, new: IkeSa) -> None:
+        """`new` replaces this IKE SA (§2.18): the CHILD SAs move, this one turns REKEYED.
+
+        This SA then only waits for the Delete that ends it quietly (ours if we
+        started the surviving rekey, else the peer's).
+        """
+        if self.rekeyed_into is not None:
+            return
+        new.silent = False
+        new.rekeyed_from = None
         new.children, self.children = self.children, {}
         for child in new.children.values():
             child.rekeying = False
         self.rekeyed_into = new
-        self.state = IkeSaState.REKEYED
-        self.tm.pending.clear()
-        self.ike_rekey_at = self.keepalive_at = None
-        # The peer's Delete normally ends this SA at once; this is only a backstop.
-        self.expire_at = self.now + REKEYED_LINGER
+        self.peer_ike_rekey = None
+        self.wind_down()
+        logger.info("%s: IKE SA replaced by %s", self.name, new.name)
         self.emit(
             IkeSaRekeyed(
                 self.config.name,
                 self.ike_sa_id,
                 new.ike_sa_id,
-                int.from_bytes(spi_i, "big"),
-                int.from_bytes(spi_r, "big"),
-                suite.name,
+                int.from_bytes(new.spi_i, "big"),
+                int.from_bytes(new.spi_r, "big"),
+                new.suite.name if new.suite is not None else "",
             )
         )
-        return new
+
+    def wind_down(self) -> None:
+        """No more exchanges of our own or timers: wait for the Delete (or its backstop)."""
+        self.state = IkeSaState.REKEYED
+        self.tm.pending.clear()
+        self.ike_rekey_at = self.keepalive_at = None
+        # The Delete normally ends this SA at once; this is only a backstop.
+        self.expire_at = self.now + REKEYED_LINGER
+
+    def ike_rekeyed(self, new: IkeSa, lowest_nonce: bytes) -> None:
+        """Our IKE rekey created `new`; settle a collision with the peer's (§2.8.2).
+
+        With no crossing rekey, or when the peer's exchange had the lower nonce, `new`
+        takes over and we delete this SA. Otherwise `new` is redundant: we created it,
+        so we delete it; the peer's new SA takes over and the peer deletes this one.
+        """
+        theirs = self.peer_ike_rekey
+        if theirs is not None and lowest_nonce < theirs.lowest_nonce:
+            # bytes compare octet by octet, a prefix being lower: §2.8.1's "lowest".
+            logger.info(
+                "%s: simultaneous IKE rekeying: ours (%s) has the lowest nonce and goes",
+                self.name,
+                new.name,
+            )
+            self.hand_over(theirs.new_sa)
+            new.lose_collision()
+            new.queue_exchange(
+                Exchange(
+                    ExchangeType.INFORMATIONAL,
+                    [IkeDelete("redundant after simultaneous IKE rekeying")],
+                ),
+                self.now,
+            )
+            return
+        self.hand_over(new)
+        if theirs is not None:
+            logger.info(
+                "%s: simultaneous IKE rekeying: the peer's %s has the lowest nonce",
+                self.name,
+                theirs.new_sa.name,
+            )
+            theirs.new_sa.lose_collision()  # its creator, the peer, deletes it
+        self.retire()
+
+    def ike_rekey_failed(self) -> bool:
+        """Our IKE rekey failed; True if the peer's crossing rekey took over instead."""
+        theirs = self.peer_ike_rekey
+        if theirs is None:
+            return False
+        # §2.8.2: the peer did not see the collision (TEMPORARY_FAILURE) or our request
+        # failed otherwise: the SA its exchange created is the only new one.
+        self.hand_over(theirs.new_sa)
+        return True
+
+    def lose_collision(self) -> None:
+        """This new IKE SA is redundant after crossing rekeys: silent until deleted."""
+        self.silent = True
+        self.rekeyed_from = None
+        self.wind_down()
+
+    def _take_over_from_parent(self) -> None:
+        """The peer uses this candidate: its rekey won, so it replaces the old SA."""
+        parent = self.rekeyed_from
+        if parent is not None and self.silent and self.state is IkeSaState.ESTABLISHED:
+            parent.hand_over(self)
 
     def retire(self) -> None:
         """Delete this replaced IKE SA (we started the rekey, so the Delete is ours, §2.8)."""
@@ -448,6 +546,11 @@ class IkeSa:
             self.delete_child(unique_id, now, "byte or packet limit reached")
         elif not child.rekeying and child.peer_rekey is None:
             self.rekey_child(unique_id, now)
+
+    def outstanding_tasks(self) -> set[str]:
+        """Names of the tasks of our request on the wire (empty if none)."""
+        out = self.tm.outstanding
+        return set() if out is None else {task.name for task in out.context.tasks}
 
     def heard_from_peer(self, now: float) -> None:
         """The peer showed it is alive some other way (ESP arrived): no liveness check yet."""
@@ -638,6 +741,8 @@ class IkeSa:
         if opened is None:
             return  # more fragments to come
         message = opened
+        if self.rekeyed_from is not None and not _deletes_ike(message):
+            self._take_over_from_parent()
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.spi_i = header.spi_i
             self.init_request = data
@@ -870,8 +975,13 @@ class IkeSa:
 
     def gone(self, reason: str, *, by_peer: bool) -> None:
         """Remove every CHILD SA and the IKE SA itself, with their events."""
-        if self.rekeyed_into is not None:
-            # Replaced: its CHILD SAs live on in the new IKE SA; nothing to report.
+        if by_peer and self.peer_ike_rekey is not None and self.rekeyed_into is None:
+            # §2.8.2: the peer deletes the old SA, so its crossing rekey won (or it never
+            # saw ours): the SA that rekey created takes over.
+            self.hand_over(self.peer_ike_rekey.new_sa)
+        if self.rekeyed_into is not None or self.silent:
+            # Replaced (its CHILD SAs live on in the new IKE SA), or never announced:
+            # nothing to report.
             self.state = IkeSaState.DELETED
             logger.debug("%s: replaced IKE SA removed (%s)", self.name, reason)
             return
@@ -930,6 +1040,9 @@ class IkeSa:
         except GiveUp as exc:
             if self.state is IkeSaState.DELETING:
                 self.gone(f"{self.delete_reason}; peer did not answer the Delete", by_peer=False)
+            elif self.ike_rekey_failed():
+                # The peer answers no more on this SA but rekeyed it itself (§2.8.2).
+                logger.info("%s: our IKE rekey went unanswered; the peer's took over", self.name)
             elif self.state is IkeSaState.ESTABLISHED:
                 self.fail(f"peer is dead: {exc}", None)
             else:
@@ -971,6 +1084,10 @@ def _error_notify(exc: IkeError) -> Notify:
     return Notify(exc.notify, exc.notify_data, exc.protocol, exc.spi)
 
 
+def _deletes_ike(message: Message) -> bool:
+    return any(isinstance(p, Delete) and p.protocol == ProtocolId.IKE for p in message.payloads)
+
+
 def _fmt(addr: Address) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -1004,6 +1121,7 @@ _REQUEST_TASKS: dict[tuple[IkeSaState, int], Callable[[IkeSa], list[Task]]] = {
     (IkeSaState.DELETING, ExchangeType.INFORMATIONAL): _informational,
     (IkeSaState.DELETING, ExchangeType.CREATE_CHILD_SA): _refuse_child,
     (IkeSaState.REKEYED, ExchangeType.INFORMATIONAL): _informational,
+    (IkeSaState.REKEYED, ExchangeType.CREATE_CHILD_SA): _refuse_child,
 }
 """(state, exchange type of a peer's request) -> the tasks that answer it.
 
@@ -1011,4 +1129,4 @@ Anything not listed is dropped: e.g. IKE_AUTH once established, or INFORMATIONAL
 before authentication (RFC 7296 §1.4 requires the IKE SA to exist).
 """
 
-__all__ = ["ChildSa", "Datagram", "Exchange", "IkeSa", "IkeSaState", "PeerRekey"]
+__all__ = ["ChildSa", "Datagram", "Exchange", "IkeSa", "IkeSaState", "PeerIkeRekey", "PeerRekey"]

@@ -110,9 +110,10 @@ class Pair:
     def make(
         cls, conn_a: ConnectionConfig, conn_b: ConnectionConfig | None = None, **kw: Any
     ) -> Pair:
+        seeds = kw.pop("seeds", (b"side-a", b"side-b"))
         conn_b = conn_b or mirrored(conn_a)
-        a = Endpoint([conn_a], rng=DeterministicRandom(b"side-a"))
-        b = Endpoint([conn_b], rng=DeterministicRandom(b"side-b"))
+        a = Endpoint([conn_a], rng=DeterministicRandom(seeds[0]))
+        b = Endpoint([conn_b], rng=DeterministicRandom(seeds[1]))
         return cls(a, b, **kw)
 
     def side(self, name: str) -> Endpoint:
@@ -162,6 +163,20 @@ class Pair:
             self.pump()
         self.clock = end
         self.pump()
+
+    def take(self, name: str) -> list[Datagram]:
+        """Collect one side's events and the datagrams it sends now, without delivering."""
+        ep = self.side(name)
+        self.events[name].extend(ep.events())
+        out = ep.datagrams_to_send(self.clock)
+        self.wire.extend(Sent(name, d, False, self.clock) for d in out)
+        return out
+
+    def deliver(self, sender: str, datagram: Datagram) -> None:
+        """Hand one datagram (from `take`) to the other side, in the order the test wants."""
+        local, remote = self._translate(sender, datagram)
+        receiver = "b" if sender == "a" else "a"
+        self.side(receiver).receive_datagram(datagram.data, local, remote, self.clock)
 
     def of(self, name: str, kind: type[Any]) -> list[Any]:
         return [e for e in self.events[name] if isinstance(e, kind)]

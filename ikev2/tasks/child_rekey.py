@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NONCE_SIZE = 32
+REKEY_RETRY_AFTER = 10.0
+"""Mean seconds before a failed CHILD SA rekey is tried again (the hard expiry still applies)."""
 
 
 def _esp_proposals(config: ChildConfig) -> list[Proposal]:
@@ -112,6 +114,9 @@ class CreateChild(Task):
             sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
             if self.old is not None:
                 self.old.rekeying = False
+                # §2.25: never retry at once; randomised, so crossing retries diverge.
+                jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
+                self.old.rekey_at = sa.now + REKEY_RETRY_AFTER * (0.5 + jitter)
 
     def _process_response(self, sa: IkeSa, message: Message) -> None:
         from ikev2.sa import Exchange
@@ -177,16 +182,18 @@ class CreateChild(Task):
             rekey_of=self.old.unique_id if self.old else None,
         )
         old = self.old
-        if old is None or old.unique_id not in sa.children:
+        if old is None:
             return
         ours = min(self.nonce_i, nonce.data)
         theirs = old.peer_rekey
         if theirs is not None and ours < theirs.lowest_nonce:
             # §2.8.1: both rekeyed it at once and our exchange had the lowest nonce:
-            # our new SA is the redundant one; the peer deletes the old SA.
+            # our new SA is the redundant one; the peer deletes the old SA (its Delete
+            # may have come already, when our response was late or lost).
             sa.delete_child(new.unique_id, sa.now, "redundant after simultaneous rekeying")
             return
-        sa.delete_child(old.unique_id, sa.now, "rekeyed")
+        if old.unique_id in sa.children:
+            sa.delete_child(old.unique_id, sa.now, "rekeyed")
 
 
 class AnswerCreateChild(Task):
@@ -207,6 +214,11 @@ class AnswerCreateChild(Task):
             self.ike_rekey = AnswerIkeRekey()
             self.ike_rekey.process_request(sa, message)
             return
+        if "ike_rekey" in sa.outstanding_tasks():
+            # §2.25.2: no CHILD SA is created or rekeyed while we rekey the IKE SA; the
+            # peer tries again later (on the new IKE SA).
+            logger.info("%s: refusing CREATE_CHILD_SA while we rekey the IKE SA", sa.name)
+            raise TemporaryFailure("we are rekeying the IKE SA")
         try:
             self._process(sa, message)
         except InvalidKePayload:

@@ -7,8 +7,13 @@ SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) with the old PRF, then prf+ as 
 §2.14 with the new SPIs. The CHILD SAs move to the new IKE SA unchanged, and the
 requester deletes the old IKE SA, which then goes quietly (no CHILD SA is lost).
 
-A request that crosses our own IKE rekey is refused with TEMPORARY_FAILURE (§2.25);
-the peer tries again later, as strongSwan does.
+Crossing IKE rekeys (§2.8.2, §2.25.2): a peer's request that arrives while ours is on
+the wire is answered as usual; once ours completes, of the two new IKE SAs the one
+whose exchange had the lowest nonce is deleted by its creator and the other inherits
+the CHILD SAs; its creator deletes the old SA. A peer that completed its rekey before
+it saw ours answers ours with TEMPORARY_FAILURE (the old SA is closing), and its new
+SA is then the only one. A rekey request while one of our CHILD SA exchanges (create,
+rekey, delete) is on the wire is refused with TEMPORARY_FAILURE (§2.25.1).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NONCE_SIZE = 32
+CHILD_TASKS = frozenset({"child_create_sa", "child_delete"})
+"""Task names of our CHILD SA exchanges, during which the IKE SA is not rekeyed."""
 RETRY_AFTER = 60.0
 """Mean seconds before a failed IKE rekey is tried again (the hard lifetime still applies)."""
 
@@ -107,6 +114,9 @@ class IkeRekey(Task):
         try:
             self._process_response(sa, message)
         except IkeError as exc:
+            if sa.ike_rekey_failed():
+                logger.info("%s: our IKE rekey failed (%s); the peer's took over", sa.name, exc)
+                return
             # Randomised, so two peers whose rekeys crossed do not collide again.
             delay = RETRY_AFTER * (0.5 + int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0)
             logger.warning(
@@ -125,6 +135,8 @@ class IkeRekey(Task):
         if invalid_ke is not None and len(invalid_ke.data) == 2:
             wanted = int.from_bytes(invalid_ke.data, "big")
             if wanted != self.group and any(_group(p) == wanted for p in self.offered):
+                if sa.ike_rekey_failed():
+                    return  # the peer's crossing rekey made the new IKE SA already
                 logger.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
                 sa.tm.queue(Exchange(message.exchange_type, [IkeRekey(wanted)]))  # type: ignore[arg-type]
                 return
@@ -157,8 +169,9 @@ class IkeRekey(Task):
             nonce_r=nonce.data,
         )
         logger.info("%s: IKE SA rekeyed into %s (%s)", sa.name, new.name, describe_proposal(chosen))
-        # §2.8: the requester deletes the old IKE SA; its CHILD SAs live on in the new one.
-        sa.retire()
+        # §2.8: the requester deletes the old IKE SA; its CHILD SAs live on in the new one
+        # (unless a crossing rekey of the peer's wins, §2.8.2).
+        sa.ike_rekeyed(new, min(self.nonce_i, nonce.data))
 
 
 @dataclass(frozen=True, repr=False)
@@ -181,12 +194,17 @@ class AnswerIkeRekey(Task):
     def __init__(self) -> None:
         self.response: list[Payload] = []
         self.new_sa: _NewSa | None = None
+        self.collision = False
+        """Our own IKE rekey request is on the wire too (§2.8.2)."""
 
     def process_request(self, sa: IkeSa, message: Message) -> None:
-        if sa.ike_rekeying:
-            raise TemporaryFailure("we are rekeying this IKE SA ourselves")
-        if any(c.rekeying for c in sa.children.values()):
-            raise TemporaryFailure("a CHILD SA of this IKE SA is being rekeyed")
+        busy = sa.outstanding_tasks()
+        if busy & CHILD_TASKS:
+            # §2.25.1: not while we create, rekey or delete a CHILD SA of this IKE SA.
+            raise TemporaryFailure("an exchange of ours for a CHILD SA is under way")
+        if sa.peer_ike_rekey is not None:
+            raise TemporaryFailure("the peer's previous IKE rekey is not settled yet")
+        self.collision = "ike_rekey" in busy
         offer = message.get(SecurityAssociation)
         nonce = message.get(Nonce)
         ke = message.get(KePayload)
@@ -218,14 +236,23 @@ class AnswerIkeRekey(Task):
         out += self.response
         # The new IKE SA takes over now; the old one answers this request and then waits
         # for the peer's Delete (§2.8).
-        new = self.new_sa
-        if new is not None:
-            sa.spawn_rekeyed(
-                initiator=False,
-                spi_i=new.spi_i,
-                spi_r=new.spi_r,
-                suite=new.suite,
-                keys=new.keys,
-                nonce_i=new.nonce_i,
-                nonce_r=new.nonce_r,
-            )
+        made = self.new_sa
+        if made is None:
+            return
+        new = sa.spawn_rekeyed(
+            initiator=False,
+            spi_i=made.spi_i,
+            spi_r=made.spi_r,
+            suite=made.suite,
+            keys=made.keys,
+            nonce_i=made.nonce_i,
+            nonce_r=made.nonce_r,
+        )
+        if self.collision:
+            # §2.8.2: which new SA survives is known once our own rekey completes.
+            from ikev2.sa import PeerIkeRekey
+
+            logger.info("%s: simultaneous IKE rekeying; settled when ours completes", sa.name)
+            sa.peer_ike_rekey = PeerIkeRekey(new, min(made.nonce_i, made.nonce_r))
+            return
+        sa.hand_over(new)

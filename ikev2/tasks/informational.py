@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ikev2.codec import Delete, Message, Notify, Payload
 from ikev2.constants import NotifyType, ProtocolId, enum_name
-from ikev2.errors import NoAdditionalSas
+from ikev2.errors import TemporaryFailure
 from ikev2.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -101,10 +101,15 @@ class NotifyOnly(Task):
 
 
 class RefuseCreateChild(Task):
-    """CREATE_CHILD_SA is part 2 (rekeying, more CHILD SAs): refuse it for now (§1.3)."""
+    """CREATE_CHILD_SA on an IKE SA that is being deleted or was rekeyed (§2.25.1-2).
+
+    TEMPORARY_FAILURE: the peer waits and tries again on the IKE SA that remains (or
+    learns from our Delete that this one is gone).
+    """
 
     name = "refuse_create_child"
 
     def process_request(self, sa: IkeSa, message: Message) -> None:
-        logger.info("%s: peer asks for CREATE_CHILD_SA, which we do not support yet", sa.name)
-        raise NoAdditionalSas("CREATE_CHILD_SA is not supported yet")
+        what = "rekeyed" if sa.rekeyed_into is not None else "being deleted"
+        logger.info("%s: refusing CREATE_CHILD_SA: this IKE SA is %s", sa.name, what)
+        raise TemporaryFailure(f"CREATE_CHILD_SA on an IKE SA that is {what}")
