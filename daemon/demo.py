@@ -3,12 +3,15 @@
     host "dc" ── gateway "dc" ══ WAN ══ gateway "cloud" ── host "cloud"
     192.0.2.10     192.0.2.1   198.51.100.0/24  203.0.113.1    203.0.113.10
 
-The addresses come from the example configurations shipped in `conf/examples/`, so
-the demo shows exactly what those files do. It runs `lockgate daemon` on both
-gateways, waits for the tunnel, pings across it, moves a file across it over TCP and
-compares SHA-256 hashes, prints `lockgate status` of both gateways, and removes every
-namespace, process and file it made, also on Ctrl-C, SIGTERM or an error. Every step
-is bounded in time.
+The namespaces are the shared lab's site-to-site topology (`daemon.lab.netns`, the
+one the tests and benchmarks use: site A is the data centre, B the cloud), and the
+daemons run the example configurations shipped in `conf/examples/` unchanged, so the
+demo shows exactly what those files do; it first checks that they describe that
+topology. It runs `lockgate daemon` on both gateways, waits for the tunnel, pings
+across it, moves a file across it over TCP and compares SHA-256 hashes, prints
+`lockgate status` of both gateways, and removes every namespace, process and file it
+made (the lab stops processes by PID), also on Ctrl-C, SIGTERM or an error. Every
+step is bounded in time.
 
 It lives in the installed package (not in tests/) because `make demo` runs it from
 the installed `lockgate` command. Run as a module, it is also the small TCP
@@ -26,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -37,6 +39,21 @@ from types import FrameType
 from typing import Any
 
 from daemon.control import ControlClientError, request
+from daemon.lab.netns import (
+    SITE_A,
+    SITE_B,
+    WAN_A4,
+    WAN_B4,
+    HarnessError,
+    Lab,
+    Namespace,
+    Process,
+    Site,
+    SiteToSite,
+    build_site_to_site,
+    ping,
+    wait_for_ping,
+)
 
 EXAMPLES = ("dc.toml", "cloud.toml")
 """The two example configurations the demo runs, in `conf/examples/`."""
@@ -58,16 +75,6 @@ def say(text: str = "") -> None:
     sys.stdout.flush()
 
 
-def _run(args: Sequence[str], *, timeout: float = STEP_TIMEOUT, check: bool = True) -> str:
-    try:
-        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise DemoError(f"timed out after {timeout:g}s: {' '.join(args)}") from None
-    if check and proc.returncode != 0:
-        raise DemoError(f"`{' '.join(args)}` failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
 # ---- what the example configurations say -------------------------------------------
 
 
@@ -84,13 +91,15 @@ class DemoSite:
     subnets: tuple[str, ...]
     """The site's subnets (`local_subnets` of its connection)."""
 
-    def host_address(self, subnet: str) -> str:
-        """The demo host in ``subnet``: its 10th address."""
-        return str(ipaddress.ip_network(subnet)[10])
+    @property
+    def lab_site(self) -> Site:
+        """The lab's addresses for this side: site A is the data centre, B the cloud."""
+        return SITE_A if self.role == "dc" else SITE_B
 
-    def gateway_address(self, subnet: str) -> str:
-        """The gateway's inside leg in ``subnet``: its first address."""
-        return str(ipaddress.ip_network(subnet)[1])
+    def host_address(self, subnet: str) -> str:
+        """The lab's host in ``subnet`` (one of the site's two subnets)."""
+        site = self.lab_site
+        return site.host4 if subnet == site.subnet4 else site.host6
 
 
 def _example(name: str) -> Path:
@@ -115,93 +124,6 @@ def read_site(role: str, config: Path) -> DemoSite:
     return DemoSite(role, config, wan, tuple(subnets))
 
 
-# ---- namespaces and processes --------------------------------------------------------
-
-
-@dataclass
-class Lab:
-    """Every namespace, process and file the demo creates, removed by `close`."""
-
-    prefix: str = field(default_factory=lambda: f"lgdemo{os.getpid()}")
-    namespaces: list[str] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    tmpdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lockgate-demo-")))
-
-    def namespace(self, role: str) -> str:
-        name = f"{self.prefix}-{role}"
-        _run(["ip", "netns", "add", name])
-        self.namespaces.append(name)
-        _run(["ip", "-n", name, "link", "set", "lo", "up"])
-        return name
-
-    def veth(self, a: str, a_if: str, b: str, b_if: str) -> None:
-        # Created inside namespace a, peer moved to b at once: nothing in the host's.
-        _run(["ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b])
-        _run(["ip", "-n", a, "link", "set", a_if, "up"])
-        _run(["ip", "-n", b, "link", "set", b_if, "up"])
-
-    def address(self, ns: str, ifname: str, cidr: str) -> None:
-        extra = ["nodad"] if ":" in cidr else []
-        _run(["ip", "-n", ns, "addr", "add", cidr, "dev", ifname, *extra])
-
-    def run(self, ns: str, *args: str, timeout: float = STEP_TIMEOUT, check: bool = True) -> str:
-        return _run(["ip", "netns", "exec", ns, *args], timeout=timeout, check=check)
-
-    def spawn(
-        self, ns: str, args: Sequence[str], log: Path | None = None
-    ) -> subprocess.Popen[bytes]:
-        out = open(log, "ab") if log is not None else None  # noqa: SIM115 (closed below)
-        try:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out if out is not None else subprocess.PIPE,
-                stderr=out if out is not None else subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: stopped by its PID only
-            )
-        finally:
-            if out is not None:
-                out.close()
-        self.processes.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL to its process group if it does not go in time."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return proc.returncode
-
-    def close(self) -> list[str]:
-        """Remove everything; returns what could not be removed (normally nothing)."""
-        problems: list[str] = []
-        for proc in reversed(self.processes):
-            try:
-                self.stop(proc)
-            except Exception as exc:  # go on removing the rest whatever happens
-                problems.append(f"process {proc.pid}: {exc}")
-        self.processes.clear()
-        for ns in reversed(self.namespaces):
-            pids = _run(["ip", "netns", "pids", ns], check=False).split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            try:
-                _run(["ip", "netns", "del", ns])
-            except DemoError as exc:
-                problems.append(str(exc))
-        self.namespaces.clear()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        return problems
-
-
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise `_Interrupted`, so every `finally` runs."""
@@ -222,17 +144,17 @@ def _signals_interrupt() -> Iterator[None]:
 
 @dataclass
 class Demo:
-    """The topology and daemons of one demo run."""
+    """The topology and daemons of one demo run (site A of the lab is "dc", B "cloud")."""
 
     lab: Lab
     dc: DemoSite
     cloud: DemoSite
     deadline: float
     file_mib: int = 8
-    ns: dict[str, str] = field(default_factory=dict)
+    topo: SiteToSite | None = None
     sockets: dict[str, str] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
-    daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    daemons: dict[str, Process] = field(default_factory=dict)
 
     def left(self) -> float:
         remaining = self.deadline - time.monotonic()
@@ -241,26 +163,23 @@ class Demo:
         return remaining
 
     def build(self) -> None:
-        lab = self.lab
-        for role in ("host-dc", "gw-dc", "gw-cloud", "host-cloud"):
-            self.ns[role] = lab.namespace(role)
-        lab.veth(self.ns["host-dc"], "lan0", self.ns["gw-dc"], "lan0")
-        lab.veth(self.ns["gw-cloud"], "lan0", self.ns["host-cloud"], "lan0")
-        lab.veth(self.ns["gw-dc"], "wan0", self.ns["gw-cloud"], "wan0")
-        for site in (self.dc, self.cloud):
-            gw, host = self.ns[f"gw-{site.role}"], self.ns[f"host-{site.role}"]
-            for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
-                lab.run(gw, "sysctl", "-q", "-w", f"{key}=1")
-            for address in site.wan:
-                plen = 24 if ":" not in address else 64
-                lab.address(gw, "wan0", f"{address}/{plen}")
-            for subnet in site.subnets:
-                net = ipaddress.ip_network(subnet)
-                lab.address(host, "lan0", f"{site.host_address(subnet)}/{net.prefixlen}")
-                lab.address(gw, "lan0", f"{site.gateway_address(subnet)}/{net.prefixlen}")
-                family = "-6" if net.version == 6 else "-4"
-                _run(["ip", "-n", host, family, "route", "add", "default", "via",
-                      site.gateway_address(subnet)])  # fmt: skip
+        try:
+            self.topo = build_site_to_site(self.lab)
+        except HarnessError as exc:
+            raise DemoError(f"cannot build the namespaces: {exc}") from None
+
+    def gateway(self, role: str) -> Namespace:
+        topo = self._topology()
+        return topo.gw_a if role == "dc" else topo.gw_b
+
+    def host(self, role: str) -> Namespace:
+        topo = self._topology()
+        return topo.host_a if role == "dc" else topo.host_b
+
+    def _topology(self) -> SiteToSite:
+        if self.topo is None:
+            raise DemoError("the namespaces are not built yet")
+        return self.topo
 
     def start_daemons(self) -> None:
         # The cloud side answers, the data centre initiates: start the responder first
@@ -271,16 +190,19 @@ class Demo:
             self.sockets[site.role], self.logs[site.role] = sock, log
             args = [sys.executable, "-m", "daemon.cli", "-s", sock, "daemon", "-c",
                     str(site.config), "--log-level", "info"]  # fmt: skip
-            self.daemons[site.role] = self.lab.spawn(self.ns[f"gw-{site.role}"], args, log)
+            self.daemons[site.role] = self.gateway(site.role).spawn(
+                args, name=f"lockgate-{site.role}", log_path=log
+            )
             self.wait_listening(site.role)
 
     def wait_listening(self, role: str) -> None:
         deadline = time.monotonic() + min(self.left(), STEP_TIMEOUT)
         while time.monotonic() < deadline:
             proc = self.daemons[role]
-            if proc.poll() is not None:
+            if not proc.alive():
                 raise DemoError(
-                    f"the {role} gateway's daemon exited ({proc.returncode}):\n" + self.tail(role)
+                    f"the {role} gateway's daemon exited ({proc.popen.returncode}):\n"
+                    + self.tail(role)
                 )
             with contextlib.suppress(ControlClientError, DemoError):
                 self.status(role)
@@ -299,9 +221,9 @@ class Demo:
         limit = min(self.left(), STEP_TIMEOUT)
         while True:
             for role, proc in self.daemons.items():
-                if proc.poll() is not None:
+                if not proc.alive():
                     raise DemoError(
-                        f"the {role} gateway's daemon exited ({proc.returncode}):\n"
+                        f"the {role} gateway's daemon exited ({proc.popen.returncode}):\n"
                         + self.tail(role)
                     )
             try:
@@ -331,17 +253,14 @@ class Demo:
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
     def ping(self, source_role: str, dest: str) -> str:
-        # One unreported echo first: IPv6 neighbour discovery on the LANs holds the
-        # first packets for about a second, which says nothing about the tunnel.
-        self.lab.run(self.ns[f"host-{source_role}"], "ping", "-n", "-c", "1", "-w", "3", dest,
-                     timeout=min(self.left(), 5), check=False)  # fmt: skip
-        out = self.lab.run(
-            self.ns[f"host-{source_role}"], "ping", "-n", "-c", "3", "-i", "0.2", "-w", "10",
-            dest, timeout=min(self.left(), 15), check=False,
-        )  # fmt: skip
-        if " 0% packet loss" not in out:
-            raise DemoError(f"ping {dest} failed:\n{out}")
-        return out
+        host = self.host(source_role)
+        try:
+            # Replies first: IPv6 neighbour discovery on the LANs holds the first
+            # packets for about a second, which says nothing about the tunnel.
+            wait_for_ping(host, dest, timeout=min(self.left(), 10))
+            return ping(host, dest, count=3, interval=0.2, deadline=10).stdout
+        except HarnessError as exc:
+            raise DemoError(str(exc)) from None
 
     def transfer(self, dest: str) -> tuple[str, str, float]:
         """Send a random file from host-dc to ``dest``: (sent hash, receiver's report
@@ -352,24 +271,46 @@ class Demo:
                 f.write(os.urandom(1 << 20))
         sent = hashlib.sha256(payload.read_bytes()).hexdigest()
         timeout = str(int(min(self.left(), 60)))
-        receiver = self.lab.spawn(
-            self.ns["host-cloud"],
+        receiver = self.host("cloud").spawn(
             [sys.executable, "-m", "daemon.demo", "serve", str(TRANSFER_PORT), timeout],
+            name="file-receiver",
+            stdout_pipe=True,
         )
-        if receiver.stdout is None or receiver.stdout.readline().strip() != b"ready":
+        stdout = receiver.popen.stdout
+        if stdout is None or stdout.readline().strip() != b"ready":
             raise DemoError("the file receiver did not start")
-        self.lab.run(
-            self.ns["host-dc"], sys.executable, "-m", "daemon.demo", "send", dest,
-            str(TRANSFER_PORT), str(payload), timeout=min(self.left(), 60),
-        )  # fmt: skip
         try:
-            out, _ = receiver.communicate(timeout=min(self.left(), 30))
+            self.host("dc").run(
+                sys.executable, "-m", "daemon.demo", "send", dest, str(TRANSFER_PORT),
+                str(payload), timeout=min(self.left(), 60),
+            )  # fmt: skip
+        except HarnessError as exc:
+            raise DemoError(f"sending the file failed: {exc}") from None
+        try:
+            out, _ = receiver.popen.communicate(timeout=min(self.left(), 30))
         except subprocess.TimeoutExpired:
             raise DemoError("the file receiver did not finish") from None
         received = out.decode().strip()
         fields = received.split()
         seconds = float(fields[2]) if len(fields) == 3 else 0.0
         return sent, received, seconds
+
+
+def check_matches_lab(dc: DemoSite, cloud: DemoSite) -> None:
+    """The example configurations must describe the lab's site-to-site topology (site A
+    is the data centre, B the cloud), or the tunnel would join the wrong networks."""
+    for site, wan in ((dc, WAN_A4), (cloud, WAN_B4)):
+        lab_site = site.lab_site
+        if site.wan != (wan,):
+            raise DemoError(
+                f"{site.config}: gateway.addresses must be [{wan!r}] for the demo's lab"
+            )
+        extra = set(site.subnets) - {lab_site.subnet4, lab_site.subnet6}
+        if extra:
+            raise DemoError(
+                f"{site.config}: subnets {sorted(extra)} are not in the demo's lab "
+                f"({lab_site.subnet4}, {lab_site.subnet6})"
+            )
 
 
 def _check_requirements() -> None:
@@ -388,10 +329,13 @@ def run_demo(timeout: float = 120.0, file_mib: int = 8) -> int:
         _check_requirements()
         dc = read_site("dc", _example(EXAMPLES[0]))
         cloud = read_site("cloud", _example(EXAMPLES[1]))
+        check_matches_lab(dc, cloud)
     except DemoError as exc:
         say(f"lockgate demo: {exc}")
         return 1
-    lab = Lab()
+    # The shared lab (daemon.lab.netns): the same namespaces the tests use, named after
+    # this process so that concurrent runs never collide.
+    lab = Lab(prefix=f"lgdemo{os.getpid()}")
     demo = Demo(lab, dc, cloud, time.monotonic() + timeout, file_mib)
     status = 1
     try:
@@ -407,15 +351,15 @@ def run_demo(timeout: float = 120.0, file_mib: int = 8) -> int:
         # Signals during clean-up must not cut it short.
         old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            problems = lab.close()
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-        if problems:
-            say("Clean-up incomplete: " + "; ".join(problems))
+            lab.close()
+        except HarnessError as exc:
+            say(f"Clean-up incomplete: {exc}")
             status = status or 1
         else:
             say("Removed the demo's namespaces, processes and files.")
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
     return status
 
 
