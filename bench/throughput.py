@@ -241,6 +241,39 @@ def to_json(rows: Sequence[Row], opts: Options, extra: dict[str, Any]) -> dict[s
     }
 
 
+def rows_from_json(data: dict[str, Any]) -> list[Row]:
+    """The rows of a run `--json` wrote (to print or draw them again)."""
+    rows = []
+    for r in data["rows"]:
+        row = Row(r["case"], r["label"], r["suite"], r["framing"], r["error"])
+        row.samples = {t: [IperfResult(**s) for s in runs] for t, runs in r["samples"].items()}
+        row.pings = [PingResult(**p) for p in r["pings"]]
+        row.test_errors = dict(r["test_errors"])
+        rows.append(row)
+    return rows
+
+
+def replay(path: Path, png: Path | None) -> int:
+    """Print the tables of a saved run again, and draw its chart."""
+    data = json.loads(path.read_text())
+    rows = rows_from_json(data)
+    say(table(rows))
+    control = [setup_rate.SetupResult(**_fields(r)) for r in data.get("control_plane", [])]
+    if control:
+        say()
+        say(setup_rate.report(control))
+    if png is not None:
+        from bench.chart import draw
+
+        say(draw(rows, png))
+    return 0
+
+
+def _fields(record: dict[str, Any]) -> dict[str, Any]:
+    # Derived figures (rate, kib_per_sa) are properties, not fields.
+    return {k: v for k, v in record.items() if k not in {"rate", "kib_per_sa"}}
+
+
 # --- running it ---------------------------------------------------------------------------
 
 
@@ -279,6 +312,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--json", type=Path, help="write every sample and median as JSON")
     parser.add_argument("--png", type=Path, help="draw the comparison (needs matplotlib)")
     parser.add_argument("--control-plane", action="store_true", help="also IKE setup rates")
+    parser.add_argument("--from-json", type=Path, help="print (and --png) a saved run again")
     parser.add_argument("--sa-counts", default="100,1000", help="SAs initiated at once (100,1000)")
     args = parser.parse_args(argv)
     cases = tuple(c for c in args.cases.split(",") if c)
@@ -298,6 +332,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.from_json is not None:
+        return replay(args.from_json, args.png)
     missing = _missing()
     if missing:
         say("bench.throughput needs " + ", ".join(missing))
