@@ -36,6 +36,30 @@ from ikev2.events import Address
 log = logging.getLogger(__name__)
 
 _ESP_MIN = 8  # SPI + sequence number (RFC 4303 §2)
+_FLOW_CACHE_MAX = 4096
+"""Most flows remembered per cache before it starts over."""
+_PORT_PROTOCOLS = frozenset({6, 17})
+
+
+def flow_key(packet: bytes) -> bytes | None:
+    """The octets that decide a TCP or UDP packet's policy (protocol, addresses,
+    ports), for packets whose `flow_of` reads exactly those; None for the rest
+    (fragments, IPv4 options, IPv6 extension headers, other protocols, short ones).
+
+    Segments of one connection share the key, so the SPD is searched once per
+    connection instead of once per packet.
+    """
+    first = packet[0]
+    if first == 0x45:
+        if (
+            len(packet) >= 24
+            and packet[9] in _PORT_PROTOCOLS
+            and not (packet[6] & 0x3F or packet[7])
+        ):
+            return packet[9:10] + packet[12:24]
+    elif first >> 4 == 6 and len(packet) >= 44 and packet[6] in _PORT_PROTOCOLS:
+        return packet[6:7] + packet[8:44]
+    return None
 
 
 class Drop(enum.Enum):
@@ -114,6 +138,10 @@ class DataPlane:
         self.counters: Counter[str] = Counter()
         """Other events worth showing: keepalives and IKE messages seen on 4500."""
         self._clock = clock
+        # Flow key -> SA for outbound packets, cleared whenever the SPD changes.
+        self._outbound_cache: dict[bytes, ChildSaEntry] = {}
+        # Per SA: flow key -> whether its inbound selectors cover it.
+        self._inbound_cache: dict[ChildSaEntry, dict[bytes, bool]] = {}
         self._lingering: dict[int, tuple[ChildSaEntry, float]] = {}
         self._icmp_second = 0
         self._icmp_sent = 0
@@ -131,6 +159,7 @@ class DataPlane:
         """
         self.sad.add(entry.spi_in, entry)
         self.spd.add(entry.policy, preferred=preferred)
+        self._outbound_cache.clear()
         self.entries[entry.unique_id] = entry
         log.debug(
             "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d%s)",
@@ -155,6 +184,7 @@ class DataPlane:
         if entry is None:
             return None
         self.spd.remove(entry.policy)
+        self._outbound_cache.clear()
         if linger > 0:
             self._lingering[unique_id] = (entry, self._clock() + linger)
         else:
@@ -172,6 +202,7 @@ class DataPlane:
 
     def _forget(self, entry: ChildSaEntry) -> None:
         self.sad.remove(entry.spi_in)
+        self._inbound_cache.pop(entry, None)
         self.drops.update(entry.all_drops())
 
     def remove_connection(self, connection: str) -> list[ChildSaEntry]:
@@ -192,18 +223,26 @@ class DataPlane:
         batches: dict[ChildSaEntry, list[bytes]] = {}
         replies: list[bytes] = []
         lookup = self.spd.lookup_flow
+        cache = self._outbound_cache
         for packet in packets:
-            flow = flow_of(packet)
-            if flow is None:
-                self.drops[Drop.MALFORMED.value] += 1
-                continue
-            policy = lookup(flow)
-            if policy is None:
-                self.drops[Drop.NO_POLICY.value] += 1
-                if self.on_acquire is not None:
-                    self.on_acquire(packet)
-                continue
-            entry = policy.target
+            key = flow_key(packet) if packet else None
+            entry = cache.get(key) if key is not None else None
+            if entry is None:
+                flow = flow_of(packet)
+                if flow is None:
+                    self.drops[Drop.MALFORMED.value] += 1
+                    continue
+                policy = lookup(flow)
+                if policy is None:
+                    self.drops[Drop.NO_POLICY.value] += 1
+                    if self.on_acquire is not None:
+                        self.on_acquire(packet)
+                    continue
+                entry = policy.target
+                if key is not None:
+                    if len(cache) >= _FLOW_CACHE_MAX:
+                        cache.clear()
+                    cache[key] = entry
             batch = batches.get(entry)
             if batch is None:
                 batch = batches[entry] = []
@@ -298,14 +337,26 @@ class DataPlane:
             else:
                 group.append(packet)
         out: list[bytes] = []
+        append = out.append
         for entry, group in groups.items():
             allows = entry.policy.allows_inbound
+            cache = self._inbound_cache.get(entry)
+            if cache is None:
+                cache = self._inbound_cache[entry] = {}
             for opened in entry.inbound.decapsulate_batch(group):
                 if isinstance(opened, DropReason):
                     continue  # counted by the SA
                 inner = opened[0]
-                if allows(inner):
-                    out.append(inner)
+                key = flow_key(inner)
+                known = None if key is None else cache.get(key)
+                if known is None:
+                    known = allows(inner)
+                    if key is not None:
+                        if len(cache) >= _FLOW_CACHE_MAX:
+                            cache.clear()
+                        cache[key] = known
+                if known:
+                    append(inner)
                 else:
                     entry.drops[Drop.POLICY_MISMATCH.value] += 1
         if out:

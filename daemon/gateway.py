@@ -34,6 +34,7 @@ from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
 from daemon.control import ControlError, ControlServer
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker
+from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.packet import flow_of
 from daemon.pump import Pump
 from daemon.sdnotify import Notifier, setup_logging
@@ -222,7 +223,8 @@ class Gateway:
             if peer.address is not None:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         mtu = tun_mtu(config, self._path_mtus)
-        self._tun = TunDevice.open(gateway.interface)
+        offload = offload_mode()
+        self._tun = open_tun(gateway.interface, offload)
         self._links = LinkWorker()
         name = self._tun.name
         self._links.run(lambda links: links.quiet_ipv6(name))
@@ -231,7 +233,11 @@ class Gateway:
         log.info("TUN device %s up, MTU %d", self._tun.name, mtu)
 
         self._pump = Pump(
-            self._tun, ike_port=gateway.ike_port, nat_port=gateway.nat_port, on_ike=self._on_ike
+            self._tun,
+            ike_port=gateway.ike_port,
+            nat_port=gateway.nat_port,
+            on_ike=self._on_ike,
+            offload=offload is not OffloadMode.OFF,
         )
         try:
             self._pump.open(addresses, raw_esp=True)

@@ -16,6 +16,8 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,14 +26,30 @@ from daemon.dataplane import DataPlane
 from esp.udpencap import NAT_KEEPALIVE
 from ikev2.events import Address
 from tun import PacketDevice, TunError
+from tun.vnet import VnetError, coalesce, frame_packets, split_frame
 
 log = logging.getLogger(__name__)
 
+_LITTLE = sys.byteorder == "little"
+
 BATCH = 64
-"""Most packets taken from one file descriptor before they are processed."""
+"""Most packets (or super-packets) taken from one file descriptor before they are
+processed."""
 SOCKET_BUFFER = 4 * 1024 * 1024
 """Socket send/receive buffer we ask for, so bursts are not lost in the kernel."""
 MAX_DATAGRAM = 65535
+
+# <linux/udp.h>: UDP_SEGMENT sends one buffer as many equal datagrams (GSO);
+# UDP_GRO lets the socket receive many as one buffer, cmsg UDP_GRO giving the size.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64
+"""UDP_MAX_SEGMENTS of older kernels: most datagrams in one GSO send."""
+GSO_MAX_BYTES = 65000
+"""Most payload octets in one GSO send (below 64 KiB minus IPv6 and UDP headers)."""
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_GSO_SIZES = [struct.pack("=H", size) for size in range(65536)]
 
 IkeReceiver = Callable[[bytes, Address, Address], None]
 """Gets every IKE message: (message without marker, local address, remote address)."""
@@ -70,6 +88,15 @@ def open_udp(address: str, port: int) -> socket.socket:
     return sock
 
 
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask for coalesced datagrams on ``sock`` (UDP GRO, Linux 5.0); False if refused."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
 def open_raw_esp(address: str) -> socket.socket:
     """A non-blocking raw socket for IP protocol 50 bound to ``address`` (needs
     CAP_NET_RAW). IPv4 raw sockets deliver the IP header; IPv6 ones do not."""
@@ -103,10 +130,18 @@ class Pump:
     """UDP sockets by the local (address, port) they are bound to."""
     raw: dict[str, socket.socket] = field(default_factory=dict)
     """Raw ESP sockets by local address."""
+    offload: bool = True
+    """Use UDP GSO/GRO on port 4500 (when the kernel has them)."""
     _loop: asyncio.AbstractEventLoop | None = None
+    _gso: bool = False
+    _gro: set[int] = field(default_factory=set)
+    _vnet: bool = False
 
     def __post_init__(self) -> None:
         self.plane = DataPlane(self, on_ike=self._ike_from_4500)
+        # A TUN with IFF_VNET_HDR: every frame carries a virtio-net header.
+        self._vnet = bool(getattr(self.tun, "vnet_hdr", False))
+        self._gso = self.offload
 
     # ---- set-up --------------------------------------------------------------------
 
@@ -115,7 +150,9 @@ class Pump:
         for address in addresses:
             for port in (self.ike_port, self.nat_port):
                 if (address, port) not in self.udp:
-                    self.udp[(address, port)] = open_udp(address, port)
+                    sock = self.udp[(address, port)] = open_udp(address, port)
+                    if port == self.nat_port and self.offload and enable_gro(sock):
+                        self._gro.add(sock.fileno())
             if raw_esp and address not in self.raw:
                 try:
                     self.raw[address] = open_raw_esp(address)
@@ -150,6 +187,7 @@ class Pump:
                     loop.remove_reader(sock.fileno())
         for sock in (*self.udp.values(), *self.raw.values()):
             sock.close()
+        self._gro.clear()
         self.udp.clear()
         self.raw.clear()
         self._loop = None
@@ -162,10 +200,24 @@ class Pump:
         except TunError as exc:
             log.error("reading the TUN device failed: %s", exc)
             return
-        if batch:
-            self.plane.from_tun(batch)
+        if not batch:
+            return
+        if self._vnet:
+            # Super-packets (TSO) are cut here, partial checksums completed.
+            packets: list[bytes] = []
+            for frame in batch:
+                try:
+                    packets += split_frame(frame)
+                except VnetError as exc:
+                    log.debug("unusable TUN frame: %s", exc)
+                    self.plane.drops["malformed"] += 1
+            batch = packets
+        self.plane.from_tun(batch)
 
     def _read_nat(self, sock: socket.socket, local: Address) -> None:
+        if sock.fileno() in self._gro:
+            self._read_nat_gro(sock, local)
+            return
         batch: list[tuple[bytes, Address, Address]] = []
         recvfrom = sock.recvfrom
         for _ in range(BATCH):
@@ -176,6 +228,32 @@ class Pump:
             except OSError:
                 continue  # an ICMP error queued on the socket; the next read proceeds
             batch.append((payload, local, (peer[0], peer[1])))
+        if batch:
+            self.plane.from_udp(batch)
+
+    def _read_nat_gro(self, sock: socket.socket, local: Address) -> None:
+        # With UDP GRO one read may hold many datagrams of one sender, all of the
+        # size the UDP_GRO cmsg gives except perhaps the last.
+        batch: list[tuple[bytes, Address, Address]] = []
+        append = batch.append
+        recvmsg = sock.recvmsg
+        for _ in range(BATCH):
+            try:
+                data, ancillary, _flags, peer = recvmsg(MAX_DATAGRAM, _GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            remote = (peer[0], peer[1])
+            size = 0
+            for level, kind, value in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 2:
+                    size = int.from_bytes(value[:2], "little" if _LITTLE else "big")
+            if size <= 0 or size >= len(data):
+                append((data, local, remote))
+                continue
+            for offset in range(0, len(data), size):
+                append((data[offset : offset + size], local, remote))
         if batch:
             self.plane.from_udp(batch)
 
@@ -220,23 +298,54 @@ class Pump:
         if entry.udp_encap:
             sock = self.udp.get(entry.local)
             target: tuple[str, int] = entry.remote
+            if sock is not None and self._gso and len(packets) > 1:
+                return self._send_gso(sock, target, packets)
         else:
             sock = self.raw.get(entry.local[0])
             target = (entry.remote[0], 0)
         if sock is None:
             return 0
-        sendto = sock.sendto
+        return _send_each(sock, target, packets)
+
+    def _send_gso(self, sock: socket.socket, target: tuple[str, int], packets: list[bytes]) -> int:
+        # Runs of equally long ESP packets (a cut TCP super-packet gives exactly
+        # that) leave in one sendmsg; the kernel cuts them at the size in the
+        # UDP_SEGMENT cmsg, and a shorter last one is allowed.
+        sendmsg = sock.sendmsg
         sent = 0
-        for packet in packets:
+        i, n = 0, len(packets)
+        while i < n:
+            size = len(packets[i])
+            j = i + 1
+            total = size
+            limit = min(n, i + GSO_MAX_SEGMENTS)
+            while j < limit:
+                length = len(packets[j])
+                if length > size or total + length > GSO_MAX_BYTES:
+                    break
+                total += length
+                j += 1
+                if length < size:
+                    break
+            if j - i == 1:
+                sent += _send_each(sock, target, packets[i:j])
+                i = j
+                continue
             try:
-                sendto(packet, target)
+                sendmsg(packets[i:j], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZES[size])], 0, target)
             except (BlockingIOError, InterruptedError):
-                continue
+                pass
             except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
+                    # No GSO on this path: send one by one from now on.
+                    log.info("UDP GSO refused (%s); sending datagrams one by one", exc.strerror)
+                    self._gso = False
+                    return sent + _send_each(sock, target, packets[i:])
                 if exc.errno == errno.EMSGSIZE:
-                    log.debug("ESP packet of %d octets exceeds the path MTU", len(packet))
-                continue
-            sent += 1
+                    log.debug("ESP packets of %d octets exceed the path MTU", size)
+            else:
+                sent += j - i
+            i = j
         return sent
 
     def send_keepalive(self, local: Address, remote: Address) -> bool:
@@ -251,12 +360,21 @@ class Pump:
         return True
 
     def write_tun(self, packets: list[bytes]) -> int:
-        """Write plaintext packets to the TUN device."""
+        """Write plaintext packets to the TUN device (TCP segments of one flow as one
+        super-packet when the device takes virtio-net headers)."""
         try:
-            return self.tun.write_batch(packets)
+            if not self._vnet:
+                return self.tun.write_batch(packets)
+            frames = coalesce(packets)
+            write = self.tun.write
+            refused = 0
+            for frame in frames:
+                if not write(frame):
+                    refused += frame_packets(frame)
         except TunError as exc:
             log.error("writing to the TUN device failed: %s", exc)
             return 0
+        return len(packets) - refused
 
     def send_datagram(self, payload: bytes, local: Address, remote: Address) -> bool:
         """Send a UDP payload from ``local`` as is (the IKE endpoint adds the non-ESP
@@ -271,3 +389,19 @@ class Pump:
             log.warning("sending IKE to %s[%d] failed: %s", remote[0], remote[1], exc.strerror)
             return False
         return True
+
+
+def _send_each(sock: socket.socket, target: tuple[str, int], packets: list[bytes]) -> int:
+    sendto = sock.sendto
+    sent = 0
+    for packet in packets:
+        try:
+            sendto(packet, target)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                log.debug("ESP packet of %d octets exceeds the path MTU", len(packet))
+            continue
+        sent += 1
+    return sent

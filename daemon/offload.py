@@ -1,0 +1,69 @@
+"""Which kernel offloads the data plane uses, and opening the TUN device with them.
+
+With offloads on, the TUN device is opened with IFF_VNET_HDR and TUNSETOFFLOAD
+(CSUM | TSO4 | TSO6): the kernel hands over TCP super-packets of up to 64 KiB,
+which the pump cuts to the tunnel's segment size itself, and takes coalesced ones
+back; port 4500 sends with UDP GSO and receives with UDP GRO. Each saves one trip
+through the kernel's stack per packet, the cost that dominates a Python data plane.
+
+``LOCKGATE_OFFLOAD`` in the environment chooses: ``all`` (the default), ``no-tso``
+(everything but TSO: the kernel cuts and checksums TCP before we read it) or ``off``
+(plain TUN packets, one datagram per send). A kernel that refuses an offload gets
+the plain path for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Mapping
+
+from tun import Offload, TunDevice, TunError
+
+log = logging.getLogger(__name__)
+
+ENV_SWITCH = "LOCKGATE_OFFLOAD"
+"""Environment variable naming an `OffloadMode`."""
+TUN_OFFLOADS = Offload.CSUM | Offload.TSO4 | Offload.TSO6
+"""What the TUN device may hand over unfinished (no UDP: USO needs both USO4 and
+USO6 and newer kernels, and UDP inner traffic is not where the volume is)."""
+
+
+class OffloadMode(enum.Enum):
+    """How much work the data plane leaves to (or takes from) the kernel."""
+
+    ALL = "all"
+    """TSO reads, coalesced TUN writes, UDP GSO and GRO."""
+    NO_TSO = "no-tso"
+    """As ALL, but TUN reads are single packets the kernel cut and checksummed."""
+    OFF = "off"
+    """Plain TUN packets and one datagram per system call."""
+
+
+def offload_mode(environ: Mapping[str, str] | None = None) -> OffloadMode:
+    """The mode ``LOCKGATE_OFFLOAD`` asks for (ALL when unset or unknown; "0",
+    "no", "false" mean OFF)."""
+    value = (os.environ if environ is None else environ).get(ENV_SWITCH, "all")
+    value = value.strip().lower()
+    if value in {"0", "no", "false", "off"}:
+        return OffloadMode.OFF
+    try:
+        return OffloadMode(value)
+    except ValueError:
+        log.warning("%s=%r is not one of all, no-tso, off: using all", ENV_SWITCH, value)
+        return OffloadMode.ALL
+
+
+def open_tun(name: str, mode: OffloadMode = OffloadMode.ALL) -> TunDevice:
+    """Open the TUN device: with virtio-net headers unless ``mode`` is OFF, and with
+    TSO in mode ALL when the kernel agrees."""
+    if mode is OffloadMode.OFF:
+        return TunDevice.open(name)
+    tun = TunDevice.open(name, vnet_hdr=True)
+    if mode is OffloadMode.ALL:
+        try:
+            tun.set_offload(TUN_OFFLOADS)
+        except TunError as exc:
+            log.info("TUN segmentation offload refused, reading single packets: %s", exc)
+    return tun

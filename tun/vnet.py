@@ -1,0 +1,434 @@
+"""The virtio-net header of a TUN opened with IFF_VNET_HDR, and the packet work it
+makes possible: segmenting the TCP super-packets the kernel hands over (TSO), and
+coalescing TCP segments into one super-packet for a single write (GRO-like).
+
+Every read and write on such a TUN starts with `struct virtio_net_hdr` (10 octets,
+host byte order, <linux/virtio_net.h>): what offload work is still to be done on the
+packet that follows. Reading a super-packet and cutting it ourselves saves the kernel
+one pass through its stack per segment; writing one super-packet for many received
+segments saves the receiving stack the same (wireguard-go's `tun/offload_linux.go`
+does both).
+
+Checksums use the Internet checksum (RFC 1071): a one's-complement sum of 16-bit
+words, which equals the octets read as one big-endian integer modulo 0xFFFF (2^16 is
+1 modulo 0xFFFF), so Python's C big-integer code does the summing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+VNET_HDR_LEN = 10
+"""Octets of `struct virtio_net_hdr` before every packet."""
+
+F_NEEDS_CSUM = 0x01
+"""The checksum at csum_start + csum_offset still has to be completed."""
+F_DATA_VALID = 0x02
+"""The kernel already checked the checksum (receive side only)."""
+
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+
+_HEADER = struct.Struct("=BBHHHH")
+PLAIN_HEADER = bytes(VNET_HDR_LEN)
+"""The header of a packet that needs no offload work."""
+
+_IPPROTO_TCP = 6
+_IPPROTO_UDP = 17
+_TCP_CSUM_OFFSET = 16
+_UDP_CSUM_OFFSET = 6
+# TCP flags (RFC 9293 §3.1).
+_FIN, _SYN, _RST, _PSH, _ACK, _URG, _ECE, _CWR = 1, 2, 4, 8, 16, 32, 64, 128
+_MAX_IP_PAYLOAD = 65535
+MAX_COALESCED = 64
+"""Most segments merged into one super-packet."""
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+class VnetError(ValueError):
+    """A frame from the TUN device that cannot be what its virtio-net header says."""
+
+
+@dataclass(frozen=True, slots=True)
+class VnetHeader:
+    """`struct virtio_net_hdr` (legacy layout, host byte order)."""
+
+    flags: int = 0
+    """F_NEEDS_CSUM and/or F_DATA_VALID."""
+    gso_type: int = GSO_NONE
+    """GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4 (optionally | GSO_ECN)."""
+    hdr_len: int = 0
+    """Octets of IP plus transport header (a hint)."""
+    gso_size: int = 0
+    """Payload octets per segment (the MSS) of a super-packet."""
+    csum_start: int = 0
+    """Where checksumming starts (the transport header)."""
+    csum_offset: int = 0
+    """Where, from csum_start, the checksum field is."""
+
+    @classmethod
+    def decode(cls, frame: bytes | memoryview) -> VnetHeader:
+        if len(frame) < VNET_HDR_LEN:
+            raise VnetError(f"frame of {len(frame)} octets has no virtio-net header")
+        return cls(*_HEADER.unpack_from(frame))
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(
+            self.flags,
+            self.gso_type,
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        )
+
+
+def ones_sum(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    """One's-complement sum of ``data`` as 16-bit words, plus ``seed``, modulo 0xFFFF.
+
+    An odd trailing octet counts as the high half of a last word (RFC 1071 §4.1).
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return (value + seed) % 0xFFFF
+
+
+def checksum(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    """The Internet checksum field for ``data`` (with its checksum field zero) and a
+    pseudo-header sum ``seed``: never 0, so it is also right for UDP (RFC 768)."""
+    return 0xFFFF - ones_sum(data, seed)
+
+
+def pseudo_sum(packet: bytes | memoryview, protocol: int, length: int) -> int:
+    """Sum of the IPv4 or IPv6 pseudo-header (RFC 9293 §3.1, RFC 8200 §8.1)."""
+    if packet[0] >> 4 == 4:
+        addresses = int.from_bytes(packet[12:20], "big")
+    else:
+        addresses = int.from_bytes(packet[8:40], "big")
+    return (addresses + protocol + length) % 0xFFFF
+
+
+# ---- reading: what the kernel hands over --------------------------------------------
+
+
+def split_frame(frame: bytes) -> list[bytes]:
+    """The finished IP packets in one TUN read: the frame's packet with its checksum
+    completed, or its TCP super-packet cut into segments of gso_size payload octets.
+
+    Raises VnetError for a frame that contradicts its header (short, unknown GSO
+    type, offsets outside the packet).
+    """
+    header = VnetHeader.decode(frame)
+    packet = frame[VNET_HDR_LEN:]
+    gso = header.gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        if header.flags & F_NEEDS_CSUM:
+            return [_complete_checksum(packet, header.csum_start, header.csum_offset)]
+        return [packet]
+    if gso in (GSO_TCPV4, GSO_TCPV6):
+        return segment_tcp(packet, header.gso_size)
+    raise VnetError(f"GSO type {header.gso_type} is not offered to the kernel")
+
+
+def _complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
+    # The field holds the pseudo-header sum already; sum it with everything from
+    # csum_start and store the complement (virtio spec §5.1.6.2).
+    field = start + offset
+    if start < 0 or field + 2 > len(packet):
+        raise VnetError(f"checksum offsets {start}+{offset} outside a {len(packet)}-octet packet")
+    value = checksum(memoryview(packet)[start:])
+    return b"".join((packet[:field], _U16.pack(value), packet[field + 2 :]))
+
+
+def _ip_layout(packet: bytes) -> tuple[int, int, int]:
+    """(IP header length, transport protocol, IP version) of a plain packet."""
+    if not packet:
+        raise VnetError("empty packet")
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20:
+        return (packet[0] & 0x0F) * 4, packet[9], 4
+    if version == 6 and len(packet) >= 40:
+        return 40, packet[6], 6
+    raise VnetError(f"not an IPv4/IPv6 packet (version {version}, {len(packet)} octets)")
+
+
+def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
+    """Cut a TCP super-packet into segments of at most ``mss`` payload octets, each a
+    valid IP packet with its own length, IPv4 ID and checksum, sequence number,
+    TCP checksum; PSH and FIN stay on the last segment, CWR on the first only
+    (as the kernel's own `tcp_gso_segment` does)."""
+    ip_len, protocol, version = _ip_layout(packet)
+    if protocol != _IPPROTO_TCP:
+        raise VnetError(f"TCP segmentation of protocol {protocol}")
+    if len(packet) < ip_len + 20:
+        raise VnetError("TCP super-packet shorter than its headers")
+    tcp_len = (packet[ip_len + 12] >> 4) * 4
+    headers = ip_len + tcp_len
+    if tcp_len < 20 or headers > len(packet) or mss <= 0:
+        raise VnetError(f"bad TCP header length {tcp_len} or MSS {mss}")
+    payload_len = len(packet) - headers
+    if payload_len <= mss:
+        # Nothing to cut, but the checksum may still be partial.
+        return [_finish_tcp(packet, ip_len)]
+    # Every header field that changes per segment is kept out of the fixed parts;
+    # their sums are added back per segment, so each segment costs one sum over its
+    # payload (checksums are additive, RFC 1071 §2(B)).
+    tcp = bytearray(packet[ip_len:headers])
+    seq0 = _U32.unpack_from(tcp, 4)[0]
+    flags = tcp[13]
+    tcp[4:8] = b"\0\0\0\0"
+    tcp[12:14] = b"\0\0"
+    tcp[16:18] = b"\0\0"
+    ports = bytes(tcp[0:4])
+    ack = bytes(tcp[8:12])
+    window = bytes(tcp[14:16])
+    urgent_options = bytes(tcp[18:])
+    doff = tcp_len << 10  # data offset in the high nibble of the flags word
+    if version == 4:
+        ip = bytearray(packet[:20])
+        ip_id = _U16.unpack_from(ip, 4)[0]
+        ip[2:6] = b"\0\0\0\0"
+        ip[10:12] = b"\0\0"
+        ip_sum = ones_sum(ip)
+        addresses = int.from_bytes(packet[12:20], "big")
+        head = bytes(ip[0:2])
+        middle = bytes(ip[6:10])
+        tail = bytes(ip[12:20])
+    else:
+        ip_id = ip_sum = 0
+        addresses = int.from_bytes(packet[8:40], "big")
+        head = packet[0:4]
+        middle = packet[6:40]
+        tail = b""
+    tcp_sum = (ones_sum(tcp) + addresses + _IPPROTO_TCP + tcp_len) % 0xFFFF
+    pack_v4 = _IPV4_SEGMENT.pack
+    pack_v6 = _IPV6_SEGMENT.pack
+    pack_tcp = _TCP_SEGMENT.pack
+    middle_flags = flags & ~(_FIN | _PSH | _CWR)
+    segments: list[bytes] = []
+    append = segments.append
+    last_start = headers + (payload_len - 1) // mss * mss
+    for index, start in enumerate(range(headers, len(packet), mss)):
+        chunk = packet[start : start + mss]
+        size = len(chunk)
+        seq = (seq0 + start - headers) & 0xFFFFFFFF
+        if start == headers:
+            word = doff | (flags & ~(_FIN | _PSH))
+        elif start == last_start:
+            word = doff | (flags & ~_CWR)
+        else:
+            word = doff | middle_flags
+        value = int.from_bytes(chunk, "big")
+        if size & 1:
+            value <<= 8
+        total = (tcp_sum + size + (seq >> 16) + (seq & 0xFFFF) + word + value) % 0xFFFF
+        tcp_header = pack_tcp(ports, seq, ack, word, window, 0xFFFF - total) + urgent_options
+        if version == 4:
+            length = 20 + tcp_len + size
+            ident = (ip_id + index) & 0xFFFF
+            ip_check = 0xFFFF - (ip_sum + length + ident) % 0xFFFF
+            ip_header = pack_v4(head, length, ident, middle, ip_check, tail)
+        else:
+            ip_header = pack_v6(head, tcp_len + size, middle)
+        append(b"".join((ip_header, tcp_header, chunk)))
+    return segments
+
+
+# Segment headers with the changing fields separate (see `segment_tcp`); the TCP one
+# stops before the urgent pointer, which travels with the options.
+_IPV4_SEGMENT = struct.Struct("!2sHH4sH8s")
+_IPV6_SEGMENT = struct.Struct("!4sH34s")
+_TCP_SEGMENT = struct.Struct("!4sI4sH2sH")
+
+
+def _finish_tcp(packet: bytes, ip_len: int) -> bytes:
+    # A super-packet with one segment's worth of payload: its TCP checksum field
+    # may hold only the pseudo-header part, so compute it in full.
+    body = bytearray(packet[ip_len:])
+    body[16:18] = b"\0\0"
+    seed = pseudo_sum(packet, _IPPROTO_TCP, len(body))
+    _U16.pack_into(body, 16, checksum(body, seed))
+    return packet[:ip_len] + bytes(body)
+
+
+def frame_packets(frame: bytes) -> int:
+    """How many IP packets a frame we wrote stands for (a super-packet's segments)."""
+    header = VnetHeader.decode(frame)
+    if header.gso_type == GSO_NONE or header.gso_size == 0:
+        return 1
+    payload = len(frame) - VNET_HDR_LEN - header.hdr_len
+    return max(1, -(-payload // header.gso_size))
+
+
+# ---- writing: coalescing received segments ------------------------------------------
+
+
+@dataclass(slots=True)
+class _Group:
+    """Segments of one TCP flow waiting to be written as one super-packet."""
+
+    key: bytes
+    """What every merged segment must share (see `_coalescible`)."""
+    first: bytes
+    ip_len: int
+    tcp_len: int
+    mss: int
+    next_seq: int
+    total: int
+    payloads: list[bytes]
+    psh: bool = False
+
+
+def _tcp_flow(packet: bytes, ip_len: int) -> bytes:
+    """Addresses and ports: which TCP connection (and direction) a packet is on."""
+    if ip_len == 20:
+        return packet[12:20] + packet[20:24]
+    return packet[8:40] + packet[40:44]
+
+
+def _coalescible(packet: bytes) -> tuple[bytes, bytes, int, int, int, int] | None:
+    """(flow, merge key, IP header length, TCP header length, sequence, payload
+    length) of a TCP segment; the key is empty if the segment may not be merged
+    (control flags, no payload, IP options, fragments). None if not TCP at all."""
+    n = len(packet)
+    if n < 40:
+        return None
+    first = packet[0]
+    if first >> 4 == 4:
+        if packet[9] != _IPPROTO_TCP:
+            return None
+        ip_len = (first & 0x0F) * 4
+        # Options, fragments (MF or an offset) or a length that disagrees: alone.
+        mergeable = (
+            ip_len == 20 and not packet[6] & 0x3F and not packet[7]
+            and _U16.unpack_from(packet, 2)[0] == n
+        )  # fmt: skip
+        # TOS, DF, TTL and protocol must match too.
+        ip_key = packet[1:2] + packet[6:7] + packet[8:10]
+    elif first >> 4 == 6:
+        if packet[6] != _IPPROTO_TCP:
+            return None
+        ip_len = 40
+        mergeable = _U16.unpack_from(packet, 4)[0] == n - 40
+        ip_key = packet[0:4] + packet[7:8]
+    else:
+        return None
+    if n < ip_len + 20:
+        return None
+    tcp_len = (packet[ip_len + 12] >> 4) * 4
+    headers = ip_len + tcp_len
+    flags = packet[ip_len + 13]
+    flow = _tcp_flow(packet, ip_len)
+    seq = _U32.unpack_from(packet, ip_len + 4)[0]
+    if (
+        not mergeable
+        or tcp_len < 20
+        or headers >= n
+        or flags & ~(_ACK | _PSH)  # SYN, FIN, RST, URG, ECE, CWR go alone
+        or not flags & _ACK
+    ):
+        return flow, b"", ip_len, tcp_len, seq, 0
+    # Acknowledgement, window and options (timestamps) must match to merge, as the
+    # kernel's `tcp_gro_receive` asks.
+    key = ip_key + packet[ip_len + 8 : ip_len + 12] + packet[ip_len + 14 : ip_len + 16]
+    key += packet[ip_len + 20 : headers]
+    return flow, key, ip_len, tcp_len, seq, n - headers
+
+
+def coalesce(packets: list[bytes]) -> list[bytes]:
+    """TUN frames (virtio-net header first) for ``packets``: consecutive in-order
+    segments of one TCP flow with equal payload sizes (the last may be shorter)
+    become one super-packet the kernel cuts again only where it must; every other
+    packet goes alone behind a plain header. The order within each flow is kept.
+
+    The merged super-packet carries a partial checksum for the kernel to finish
+    (F_NEEDS_CSUM), as a virtio NIC's TSO packet does. The segments' own checksums
+    are not checked here: they came inside ESP packets whose ICV was verified.
+    """
+    frames: list[bytes | _Group] = []
+    open_groups: dict[bytes, _Group] = {}
+    for packet in packets:
+        parsed = _coalescible(packet)
+        if parsed is None:
+            frames.append(packet)
+            continue
+        flow, key, ip_len, tcp_len, seq, size = parsed
+        group = open_groups.get(flow)
+        if not key:
+            # Not mergeable: it must not overtake the flow's data held in a group.
+            if group is not None:
+                del open_groups[flow]
+            frames.append(packet)
+            continue
+        if (
+            group is not None
+            and group.key == key
+            and seq == group.next_seq
+            and size <= group.mss
+            and group.total + size <= _MAX_IP_PAYLOAD
+            and len(group.payloads) < MAX_COALESCED
+        ):
+            group.payloads.append(packet[ip_len + tcp_len :])
+            group.next_seq = (seq + size) & 0xFFFFFFFF
+            group.total += size
+            if size < group.mss or packet[ip_len + 13] & _PSH:
+                # A short or pushed segment ends the super-packet.
+                group.psh = bool(packet[ip_len + 13] & _PSH)
+                del open_groups[flow]
+            continue
+        group = _Group(
+            key,
+            packet,
+            ip_len,
+            tcp_len,
+            size,
+            (seq + size) & 0xFFFFFFFF,
+            ip_len + tcp_len + size,
+            [packet[ip_len + tcp_len :]],
+        )
+        frames.append(group)
+        if packet[ip_len + 13] & _PSH:
+            open_groups.pop(flow, None)
+        else:
+            open_groups[flow] = group
+    out: list[bytes] = []
+    for item in frames:
+        if isinstance(item, bytes):
+            out.append(PLAIN_HEADER + item)
+        elif len(item.payloads) == 1:
+            out.append(PLAIN_HEADER + item.first)
+        else:
+            out.append(_super_packet(item))
+    return out
+
+
+def _super_packet(group: _Group) -> bytes:
+    first, ip_len, tcp_len = group.first, group.ip_len, group.tcp_len
+    ip_header = bytearray(first[:ip_len])
+    tcp_header = bytearray(first[ip_len : ip_len + tcp_len])
+    tcp_total = group.total - ip_len
+    if ip_len == 20:
+        _U16.pack_into(ip_header, 2, group.total)
+        ip_header[10:12] = b"\0\0"
+        _U16.pack_into(ip_header, 10, checksum(ip_header))
+        gso_type = GSO_TCPV4
+    else:
+        _U16.pack_into(ip_header, 4, tcp_total)
+        gso_type = GSO_TCPV6
+    if group.psh:
+        tcp_header[13] |= _PSH
+    # A partial checksum: the pseudo-header sum, not complemented; the kernel adds
+    # the rest (it does the same for its own TSO packets, `__tcp_v4_send_check`).
+    _U16.pack_into(tcp_header, 16, pseudo_sum(first, _IPPROTO_TCP, tcp_total))
+    header = _HEADER.pack(
+        F_NEEDS_CSUM, gso_type, ip_len + tcp_len, group.mss, ip_len, _TCP_CSUM_OFFSET
+    )
+    return b"".join((header, ip_header, tcp_header, *group.payloads))
