@@ -412,6 +412,51 @@ def test_ike_sa_rekeys_both_ways() -> None:
         assert peer.wait_for(ChildSaInstalled).rekey_of == child.unique_id
 
 
+def test_crossing_ike_rekeys_with_charon_converge(caplog: pytest.LogCaptureFixture) -> None:
+    """Both rekey the IKE SA at once (RFC 7296 §2.8.2): one new IKE SA survives on both.
+
+    lockgate takes in every datagram 300 ms late (the kernel here has no netem), so
+    charon's request and lockgate's are in flight together and each side answers the
+    other's while its own is out: a real collision, which lockgate's log confirms.
+    """
+    caplog.set_level("INFO", logger="ikev2")
+    with gateways(lockgate_connection(), charon_connection()) as (peer, charon):
+        ike_sa_id = peer.call(lambda d: d.initiate("s2s"))
+        peer.wait_for(IkeSaEstablished)
+        child = peer.wait_for(ChildSaInstalled)
+        charon.wait_for_child("net")
+        (original,) = _charon_ike_spis(charon)
+
+        def receive_late(driver: IkeDriver) -> None:
+            receive, loop = driver.datagram_received, asyncio.get_running_loop()
+
+            def late(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+                loop.call_later(0.3, receive, data, local, remote)
+
+            driver.datagram_received = late  # type: ignore[method-assign]
+
+        peer.call(receive_late)
+        charon.swanctl("--rekey", "--ike", "s2s")
+        peer.call(lambda d: d.endpoint.rekey_ike_sa(ike_sa_id, time.monotonic()))
+        peer.call(lambda d: d.service())
+        rekeyed = peer.wait_for(IkeSaRekeyed)
+        assert rekeyed.ike_sa_id == ike_sa_id
+        # Both agree on the surviving IKE SA, and the CHILD SA moved along untouched.
+        wait_until(lambda: _charon_ike_spis(charon) == [(rekeyed.spi_i, rekeyed.spi_r)])
+        assert (rekeyed.spi_i, rekeyed.spi_r) != original
+        assert _charon_spis(charon) == [(child.spi_out, child.spi_in)]
+        assert "simultaneous IKE rekeying" in caplog.text
+        assert "detected IKE_REKEY collision" in charon.logs()  # charon saw it too
+        time.sleep(2.0)  # the loser's Delete and the old SA's Delete have completed
+        assert _charon_ike_spis(charon) == [(rekeyed.spi_i, rekeyed.spi_r)]
+        alive = peer.call(lambda d: [sa.ike_sa_id for sa in d.endpoint.ike_sas()])
+        assert alive == [rekeyed.new_ike_sa_id]
+        assert not any(isinstance(e, (IkeSaDeleted, ChildSaDeleted)) for e in peer.seen)
+        # The survivor works: a CHILD SA rekey through it.
+        peer.call(lambda d: d.rekey_child(child.unique_id))
+        assert peer.wait_for(ChildSaInstalled, timeout=WAIT).rekey_of == child.unique_id
+
+
 def _charon_ike_spis(charon: Charon) -> list[tuple[int, int]]:
     """(SPIi, SPIr) of charon's ESTABLISHED IKE SAs."""
     return [
