@@ -1,0 +1,217 @@
+"""Two `lockgate daemon`s in namespaces, over the rest of an SA's life (issue 5):
+certificate authentication from configuration, rekeys of the CHILD and the IKE SA on
+request under a running ping, status after an IKE rekey, and dpd_action = "restart"
+bringing a tunnel back after the peer daemon was killed and started again.
+
+Each test builds its own site-to-site lab (names unique to this process), bounds
+every wait, and the lab stops every process it started by PID and removes the
+namespaces whatever happens.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netns import SiteToSite, ping, site_to_site, wait_for_ping
+from test_daemon_netns import Daemon, config, start_daemon, wait_until
+
+from daemon.lab.pki import Pki
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def topo() -> Iterator[SiteToSite]:
+    with site_to_site() as topology:
+        yield topology
+
+
+def _pair(topo: SiteToSite, a_text: str, b_text: str) -> tuple[Daemon, Daemon]:
+    """Start B (the responder) and then A, and wait for their CHILD SA."""
+    b = start_daemon(topo, topo.gw_b, "gwB", b_text)
+    a = start_daemon(topo, topo.gw_a, "gwA", a_text)
+    try:
+        wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA", timeout=20)
+    except AssertionError:
+        raise AssertionError(
+            f"no tunnel:\n--- A ---\n{a.proc.log()[-3000:]}\n--- B ---\n{b.proc.log()[-3000:]}"
+        ) from None
+    return a, b
+
+
+def _psk_configs(topo: SiteToSite, extra_a: str = "", extra_b: str = "") -> tuple[str, str]:
+    a = config(
+        me=topo.gw_a_wan4,
+        peer=topo.gw_b_wan4,
+        local=[topo.site_a.subnet4],
+        remote=[topo.site_b.subnet4],
+        start="initiate",
+        extra=extra_a,
+    )
+    b = config(
+        me=topo.gw_b_wan4,
+        peer=topo.gw_a_wan4,
+        local=[topo.site_b.subnet4],
+        remote=[topo.site_a.subnet4],
+        start="wait",
+        extra=extra_b,
+    )
+    return a, b
+
+
+# --- certificates ----------------------------------------------------------------------
+
+
+def _cert_config(
+    topo: SiteToSite, tmp: Path, side: str, pki: Pki, me: str, peer: str, start: str
+) -> str:
+    """A configuration authenticating with a certificate of `pki` (auth = "pubkey")."""
+    ours, theirs = ("a", "b") if side == "a" else ("b", "a")
+    cred = pki.issue(f"gw-{ours}.example.net")
+    (tmp / f"{ours}.crt").write_bytes(cred.cert_pem)
+    key = tmp / f"{ours}.key"
+    key.write_bytes(cred.key_pem)
+    key.chmod(0o600)
+    (tmp / "ca.crt").write_bytes(pki.ca.cert_pem)
+    local = topo.site_a.subnet4 if side == "a" else topo.site_b.subnet4
+    remote = topo.site_b.subnet4 if side == "a" else topo.site_a.subnet4
+    return f"""
+[gateway]
+addresses = ["{me}"]
+id = "gw-{ours}.example.net"
+interface = "lgtest0"
+certificate = "{tmp / f"{ours}.crt"}"
+private_key = "{key}"
+ca = ["{tmp / "ca.crt"}"]
+
+[peers.main]
+address = "{peer}"
+id = "gw-{theirs}.example.net"
+auth = "pubkey"
+
+[connections.site]
+peer = "main"
+local_subnets = ["{local}"]
+remote_subnets = ["{remote}"]
+esp_proposals = ["aes128gcm16"]
+start = "{start}"
+"""
+
+
+def test_two_daemons_authenticate_with_ecdsa_certificates(topo: SiteToSite) -> None:
+    pki = Pki(key_type="ecdsa-p256")
+    tmp = topo.lab.tmpdir
+    a_text = _cert_config(topo, tmp, "a", pki, topo.gw_a_wan4, topo.gw_b_wan4, "initiate")
+    b_text = _cert_config(topo, tmp, "b", pki, topo.gw_b_wan4, topo.gw_a_wan4, "wait")
+    a, b = _pair(topo, a_text, b_text)
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    ping(topo.host_a, topo.site_b.host4)
+    [conn_a] = a.status()["connections"]
+    [conn_b] = b.status()["connections"]
+    # Each side proved the identity in its certificate's subjectAltName.
+    assert conn_a["ike_sas"][0]["remote_id"] == "gw-b.example.net"
+    assert conn_b["ike_sas"][0]["remote_id"] == "gw-a.example.net"
+    assert "BEGIN" not in a.proc.log() and "PRIVATE" not in a.proc.log()
+
+
+def test_certificate_from_another_ca_is_refused(topo: SiteToSite) -> None:
+    pki, stranger = Pki(key_type="ecdsa-p256"), Pki("stranger CA", key_type="ecdsa-p256")
+    tmp_a, tmp_b = topo.lab.tmpdir / "a", topo.lab.tmpdir / "b"
+    tmp_a.mkdir()
+    tmp_b.mkdir()
+    a_text = _cert_config(topo, tmp_a, "a", stranger, topo.gw_a_wan4, topo.gw_b_wan4, "initiate")
+    b_text = _cert_config(topo, tmp_b, "b", pki, topo.gw_b_wan4, topo.gw_a_wan4, "wait")
+    b = start_daemon(topo, topo.gw_b, "gwB", b_text)
+    a = start_daemon(topo, topo.gw_a, "gwA", a_text)
+    wait_until(lambda: bool(a.status()["connections"][0]["last_error"]), "A's failure", 15)
+    assert a.sas() == [] and b.sas() == []
+    reason = b.status()["connections"][0]["last_error"] or b.proc.log()
+    assert "CA" in reason or "certificate" in reason, reason
+
+
+# --- rekeys on request -----------------------------------------------------------------
+
+
+def test_rekey_child_and_ike_under_ping_lose_nothing(topo: SiteToSite) -> None:
+    a, b = _pair(topo, *_psk_configs(topo))
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    [child_before] = a.sas()
+    [ike_before] = a.status()["connections"][0]["ike_sas"]
+    pinger = topo.host_a.spawn(
+        ["ping", "-n", "-q", "-c", "50", "-i", "0.1", "-W", "1", topo.site_b.host4],
+        name="ping-during-rekeys",
+        stdout_pipe=True,
+    )
+    time.sleep(0.5)
+    cli = [sys.executable, "-m", "daemon.cli", "-s", a.socket]
+    child = topo.gw_a.run(*cli, "rekey", "site", timeout=30).stdout
+    assert child.startswith("connection site: rekeyed, CHILD SA #"), child
+    time.sleep(0.5)
+    ike = topo.gw_a.run(*cli, "rekey", "--ike", "site", timeout=30).stdout
+    assert ike.startswith(f"peer main: IKE SA #{ike_before['id']} rekeyed, #"), ike
+    assert ike.strip().endswith("replaces it"), ike
+    assert pinger.popen.stdout is not None
+    out = pinger.popen.stdout.read().decode()
+    pinger.popen.wait(15)
+    # Make-before-break for both: not one echo lost while the keys changed.
+    assert " 0% packet loss" in out, (out, a.status()["drops"], b.status()["drops"])
+
+    # Status after the IKE rekey: one IKE SA on each side, the new one, saying which
+    # it replaced; the CHILD SA moved to it untouched.
+    wait_until(lambda: len(a.sas()) == 1 and len(b.sas()) == 1, "the old CHILD SA to go")
+    [ike_after] = a.status()["connections"][0]["ike_sas"]
+    [ike_b] = b.status()["connections"][0]["ike_sas"]
+    assert ike_after["id"] != ike_before["id"]
+    assert ike_after["rekeyed_from"] == ike_before["id"]
+    assert (ike_after["spi_i"], ike_after["spi_r"]) != (ike_before["spi_i"], ike_before["spi_r"])
+    assert (ike_b["spi_i"], ike_b["spi_r"]) == (ike_after["spi_i"], ike_after["spi_r"])
+    assert ike_b["rekeyed_from"] is not None
+    [child_after] = a.sas()
+    assert child_after["spi_in"] != child_before["spi_in"]  # the CHILD rekey
+    text = topo.gw_a.run(*cli, "status").stdout
+    assert f"rekeyed from #{ike_before['id']}" in text
+    # The tunnel still works under the new IKE SA, and it can be rekeyed again.
+    ping(topo.host_a, topo.site_b.host4)
+    again = a.command("rekey", name="site", ike="yes")
+    assert f"IKE SA #{ike_after['id']} rekeyed" in again
+
+
+# --- dead peer detection -----------------------------------------------------------------
+
+# Fast liveness checks: a check after 1 s of silence, resent after 0.5 s and 0.9 s,
+# so a dead peer is known within about 4 s.
+FAST_DPD = """
+dpd_interval = 1
+dpd_action = "restart"
+"""
+FAST_RETRANSMIT = 'interface = "lgtest0"\nretransmit_timeout = 0.5\nretransmit_tries = 2'
+
+
+def test_dpd_restart_brings_the_tunnel_back_after_the_peer_restarts(topo: SiteToSite) -> None:
+    a_text, b_text = _psk_configs(topo, extra_a=FAST_DPD)
+    a_text = a_text.replace('interface = "lgtest0"', FAST_RETRANSMIT)
+    a, b = _pair(topo, a_text, b_text)
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    [before] = a.sas()
+    # The peer daemon dies without a word (no Delete).
+    b.proc.signal(signal.SIGKILL)
+    b.proc.stop()
+    wait_until(lambda: a.sas() == [], "A to find the peer dead", timeout=20)
+    log = a.proc.log()
+    assert "peer is dead" in log and "dpd_action restart" in log, log[-2000:]
+    # A keeps trying with back-off while nobody answers ...
+    wait_until(lambda: "retrying in" in a.proc.log(), "A to schedule a retry", timeout=15)
+    [conn] = a.status()["connections"]
+    assert conn["state"] in ("connecting", "waiting to retry")
+    # ... and the tunnel is back once the peer is.
+    b2 = start_daemon(topo, topo.gw_b, "gwB2", b_text)
+    wait_until(lambda: bool(a.sas()) and bool(b2.sas()), "the restarted tunnel", timeout=40)
+    [after] = a.sas()
+    assert after["spi_in"] != before["spi_in"]
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    ping(topo.host_a, topo.site_b.host4)
