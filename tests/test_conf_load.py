@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import ipaddress
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,16 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conf import ConfigError, Secret, load_config, loads_config, parse_config
+from conf import (
+    ConfigError,
+    ConnectionConfig,
+    GatewayConfig,
+    PeerConfig,
+    Secret,
+    load_config,
+    loads_config,
+    parse_config,
+)
 from ikev2.config import ConfigError as IkeConfigError
 
 PSK = "test-psk-NOT-SECRET-0123456789"
@@ -693,3 +704,45 @@ def test_any_shape_of_bad_input_raises_only_config_error(
         parse_config(data)
     except ConfigError as exc:
         assert exc.problems and all(str(p) for p in exc.problems)
+
+
+# --- documentation agrees with the loader -----------------------------------------------
+
+_COMMENTED_KEY = re.compile(r"^# ([a-z_]+) = (.+?)(?:\s+#.*)?$")
+# Keys whose example values name files that do not exist here, or exclude another key.
+_NEEDS_FILES = {"certificate", "private_key", "ca", "psk_file"}
+
+
+def test_every_key_commented_in_the_example_is_a_real_key() -> None:
+    path = Path(str(resources.files("conf") / "examples" / "dc.toml"))
+    lines, uncommented = [], []
+    for line in path.read_text().splitlines():
+        m = _COMMENTED_KEY.match(line)
+        if m and m.group(1) not in _NEEDS_FILES:
+            uncommented.append(m.group(1))
+            line = f"{m.group(1)} = {m.group(2)}"
+        lines.append(line)
+    assert {"cookie_threshold", "life_bytes", "esn", "fragment_size", "dpd_action"} <= set(
+        uncommented
+    )
+    cfg = loads_config("\n".join(lines))
+    conn = cfg.connections["cloud-net"]
+    assert (conn.life_bytes, conn.esn, conn.fragmentation) == (0, False, True)
+
+
+def test_readme_configuration_table_names_every_key() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    # The first column of each row: one or more `key` names.
+    names = {
+        name
+        for cell in re.findall(r"^\|([^|]*)\|", table, re.M)
+        for name in re.findall(r"`([a-z_]+)`", cell)
+    }
+    assert {"addresses", "dpd_action"} <= names  # the table is there
+    fields = {
+        f.name
+        for model in (GatewayConfig, PeerConfig, ConnectionConfig)
+        for f in dataclasses.fields(model)
+    } - {"name"}
+    assert fields - names == set(), "keys missing from the README table"
