@@ -412,11 +412,51 @@ def test_ike_sa_rekeys_both_ways() -> None:
         assert peer.wait_for(ChildSaInstalled).rekey_of == child.unique_id
 
 
+def _receive_late(driver: IkeDriver) -> None:
+    """Make lockgate take in every datagram 1 s late (in order), so requests cross.
+
+    (This kernel has no netem; and swanctl may return a few hundred ms after charon
+    sent its request on a busy machine.)
+    """
+    receive, loop = driver.datagram_received, asyncio.get_running_loop()
+
+    def late(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        loop.call_later(1.0, receive, data, local, remote)
+
+    driver.datagram_received = late  # type: ignore[method-assign]
+
+
+def test_crossing_child_rekeys_with_charon_converge() -> None:
+    """Both rekey the CHILD SA at once (RFC 7296 §2.8.1): one new pair remains on both."""
+    with gateways(lockgate_connection(), charon_connection()) as (peer, charon):
+        peer.call(lambda d: d.initiate("s2s"))
+        peer.wait_for(IkeSaEstablished)
+        child = peer.wait_for(ChildSaInstalled)
+        charon.wait_for_child("net")
+        peer.call(_receive_late)
+        charon.swanctl("--rekey", "--child", "net")
+        peer.call(lambda d: d.rekey_child(child.unique_id))
+        first, second = peer.wait_for(ChildSaInstalled), peer.wait_for(ChildSaInstalled)
+        assert first.rekey_of == second.rekey_of == child.unique_id
+        # The old pair and the redundant new one go; the other new one stays on both.
+        gone = {peer.wait_for(ChildSaDeleted).unique_id for _ in range(2)}
+        assert gone | {first.unique_id, second.unique_id} == {
+            child.unique_id,
+            first.unique_id,
+            second.unique_id,
+        }
+        (kept,) = {first, second} - {e for e in (first, second) if e.unique_id in gone}
+        wait_until(lambda: _charon_spis(charon) == [(kept.spi_out, kept.spi_in)])
+        assert "detected CHILD_REKEY collision" in charon.logs()  # a real collision
+        time.sleep(3.0)
+        assert _charon_spis(charon) == [(kept.spi_out, kept.spi_in)]
+
+
 def test_crossing_ike_rekeys_with_charon_converge(caplog: pytest.LogCaptureFixture) -> None:
     """Both rekey the IKE SA at once (RFC 7296 §2.8.2): one new IKE SA survives on both.
 
-    lockgate takes in every datagram 300 ms late (the kernel here has no netem), so
-    charon's request and lockgate's are in flight together and each side answers the
+    lockgate takes in every datagram 1 s late (`_receive_late`), so charon's request
+    and lockgate's are in flight together and each side answers the
     other's while its own is out: a real collision, which lockgate's log confirms.
     """
     caplog.set_level("INFO", logger="ikev2")
@@ -426,16 +466,7 @@ def test_crossing_ike_rekeys_with_charon_converge(caplog: pytest.LogCaptureFixtu
         child = peer.wait_for(ChildSaInstalled)
         charon.wait_for_child("net")
         (original,) = _charon_ike_spis(charon)
-
-        def receive_late(driver: IkeDriver) -> None:
-            receive, loop = driver.datagram_received, asyncio.get_running_loop()
-
-            def late(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-                loop.call_later(0.3, receive, data, local, remote)
-
-            driver.datagram_received = late  # type: ignore[method-assign]
-
-        peer.call(receive_late)
+        peer.call(_receive_late)
         charon.swanctl("--rekey", "--ike", "s2s")
         peer.call(lambda d: d.endpoint.rekey_ike_sa(ike_sa_id, time.monotonic()))
         peer.call(lambda d: d.service())
@@ -447,7 +478,7 @@ def test_crossing_ike_rekeys_with_charon_converge(caplog: pytest.LogCaptureFixtu
         assert _charon_spis(charon) == [(child.spi_out, child.spi_in)]
         assert "simultaneous IKE rekeying" in caplog.text
         assert "detected IKE_REKEY collision" in charon.logs()  # charon saw it too
-        time.sleep(2.0)  # the loser's Delete and the old SA's Delete have completed
+        time.sleep(3.0)  # the loser's Delete and the old SA's Delete have completed
         assert _charon_ike_spis(charon) == [(rekeyed.spi_i, rekeyed.spi_r)]
         alive = peer.call(lambda d: [sa.ike_sa_id for sa in d.endpoint.ike_sas()])
         assert alive == [rekeyed.new_ike_sa_id]

@@ -320,3 +320,32 @@ def test_crossing_child_rekeys_with_a_lost_response_converge() -> None:
         deleted = {e.unique_id for e in pair.of(name, ChildSaDeleted)}
         kept = set(pair.side(name).ike_sas()[0].children)
         assert installed - deleted == kept
+
+
+def test_crossing_child_rekey_seen_by_one_side_only() -> None:
+    """b completes its CHILD rekey before it sees a's: a's gets TEMPORARY_FAILURE (§2.25.1).
+
+    That is no failure for a: b's new pair is the only one and b deletes the old.
+    """
+    pair = up()
+    old_a, old_b = pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0]
+    (sa_a,), (sa_b,) = pair.a.ike_sas(), pair.b.ike_sas()
+    sa_a.rekey_child(old_a.unique_id, pair.clock)
+    sa_b.rekey_child(old_b.unique_id, pair.clock)
+    (req_a,), (req_b,) = pair.take("a"), pair.take("b")
+    pair.deliver("b", req_b)
+    (resp,) = pair.take("a")
+    pair.deliver("a", resp)
+    (delete_old,) = pair.take("b")
+    pair.deliver("a", req_a)
+    (refusal,) = pair.take("b")
+    (notify,) = opened(sa_a, refusal).error_notifies()
+    assert notify.notify_type == NotifyType.TEMPORARY_FAILURE
+    pair.deliver("b", refusal)
+    pair.deliver("b", delete_old)
+    pair.pump()
+    (ca,), (cb,) = sa_a.children.values(), sa_b.children.values()
+    assert (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
+    assert cb.unique_id == pair.of("b", ChildSaInstalled)[1].unique_id  # b's new pair
+    assert not pair.of("a", ChildSaFailed) and not pair.of("b", ChildSaFailed)
+    assert not ca.rekeying and sa_a.get_timer() is not None

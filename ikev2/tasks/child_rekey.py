@@ -109,6 +109,13 @@ class CreateChild(Task):
         try:
             self._process_response(sa, message)
         except IkeError as exc:
+            if self.old is not None and self.old.peer_rekey is not None:
+                # §2.8.1: the peer rekeyed it too and did not see the collision (it
+                # answered TEMPORARY_FAILURE): its new SA is the only one; it deletes
+                # the old one. Nothing failed.
+                logger.info("%s: %s: the peer's rekey took over (%s)", sa.name, self.what, exc)
+                self.old.rekeying = False
+                return
             notify = getattr(exc, "peer_notify", None) or exc.notify
             logger.warning("%s: %s failed: %s", sa.name, self.what, exc)
             sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
@@ -221,8 +228,11 @@ class AnswerCreateChild(Task):
             raise TemporaryFailure("we are rekeying the IKE SA")
         try:
             self._process(sa, message)
-        except InvalidKePayload:
-            raise  # the peer retries with our group: not a failure
+        except (InvalidKePayload, TemporaryFailure) as exc:
+            # The peer retries (with our group, or later): nothing failed on our side.
+            kind = enum_name(NotifyType, exc.notify or 0)
+            logger.info("%s: answering CREATE_CHILD_SA with %s: %s", sa.name, kind, exc)
+            raise
         except IkeError as exc:
             logger.warning("%s: refusing CREATE_CHILD_SA: %s", sa.name, exc)
             sa.emit(
@@ -247,13 +257,12 @@ class AnswerCreateChild(Task):
                     protocol=ProtocolId.ESP,
                     spi=rekey.spi,
                 )
+            self.child_name = old.config.name
             if old.deleting:
                 # §2.25.1: it is on its way out already.
                 raise TemporaryFailure(
                     f"CHILD SA {old.config.name}{{{old.unique_id}}} is being deleted"
                 )
-        if old is not None:
-            self.child_name = old.config.name
         peer_ts, my_ts = from_wire(tsi.selectors), from_wire(tsr.selectors)
         candidates = [old.config] if old is not None else list(sa.config.children)
         for config in candidates:
