@@ -99,7 +99,7 @@ def proposals(draw: st.DrawFn) -> Proposal:
         number=draw(st.one_of(st.integers(1, 4), u8)),
         protocol=draw(st.one_of(st.sampled_from(list(ProtocolId)), u8)),
         spi=draw(spi_bytes),
-        transforms=tuple(draw(st.lists(transforms, max_size=8))),
+        transforms=tuple(draw(st.lists(transforms, max_size=6))),
     )
 
 
@@ -133,6 +133,14 @@ notifies = st.builds(
     spi_bytes,
 )
 
+protocols = st.one_of(st.sampled_from(list(ProtocolId)), u8)
+deletes = st.one_of(
+    st.builds(
+        Delete, protocols, st.lists(st.binary(min_size=4, max_size=4), max_size=4).map(tuple)
+    ),
+    st.builds(Delete, st.just(int(ProtocolId.IKE)), st.just(())),
+)
+
 # --- every payload ------------------------------------------------------------------------
 
 unknown_types = st.integers(1, 255).filter(
@@ -150,8 +158,7 @@ payloads: st.SearchStrategy[Payload] = st.one_of(
     st.builds(Authentication, u8, small_bytes),
     st.builds(Nonce, st.binary(min_size=16, max_size=64)),
     notifies,
-    st.builds(Delete, u8, st.lists(st.binary(min_size=4, max_size=4), max_size=4).map(tuple)),
-    st.builds(Delete, st.just(int(ProtocolId.IKE)), st.just(())),
+    deletes,
     st.builds(VendorId, small_bytes),
     st.builds(TsI, st.lists(selectors, max_size=4).map(tuple)),
     st.builds(TsR, st.lists(selectors, max_size=4).map(tuple)),
@@ -166,7 +173,7 @@ payloads: st.SearchStrategy[Payload] = st.one_of(
     st.builds(Eap, st.sampled_from([1, 2]), u8, st.binary(min_size=1, max_size=30)),
     st.builds(UnknownPayload, unknown_types, small_bytes, st.booleans()),
 )
-payload_chains = st.lists(payloads, max_size=8).map(tuple)
+payload_chains = st.lists(payloads, max_size=6).map(tuple)
 
 exchange_types = st.one_of(st.sampled_from(list(ExchangeType)), u8)
 
@@ -202,3 +209,67 @@ mutations = st.builds(
     ).map(tuple),
 )
 """Up to four wire edits: bit flips, boundary values, truncation, length and type fields."""
+
+
+# --- payload chains shaped like each exchange (RFC 7296 §1, ikev2.codec.rules) ------------
+
+_BY_TYPE: dict[int, st.SearchStrategy[Payload]] = {
+    PayloadType.SA: sa_payloads,
+    PayloadType.KE: st.builds(
+        KeyExchange, groups, st.one_of(small_bytes, st.binary(min_size=30, max_size=140))
+    ),
+    PayloadType.IDi: st.builds(IdI, u8, small_bytes),
+    PayloadType.IDr: st.builds(IdR, u8, small_bytes),
+    PayloadType.CERT: st.builds(Certificate, u8, small_bytes),
+    PayloadType.CERTREQ: st.builds(CertificateRequest, u8, small_bytes),
+    PayloadType.AUTH: st.builds(Authentication, u8, small_bytes),
+    PayloadType.NONCE: st.builds(Nonce, st.binary(min_size=16, max_size=64)),
+    PayloadType.NOTIFY: notifies,
+    PayloadType.DELETE: deletes,
+    PayloadType.VENDOR_ID: st.builds(VendorId, small_bytes),
+    PayloadType.TSi: st.builds(TsI, st.lists(selectors, max_size=3).map(tuple)),
+    PayloadType.TSr: st.builds(TsR, st.lists(selectors, max_size=3).map(tuple)),
+    PayloadType.CP: st.builds(
+        Configuration,
+        u8,
+        st.lists(st.builds(ConfigAttribute, st.integers(0, 0x7FFF), small_bytes), max_size=4).map(
+            tuple
+        ),
+    ),
+    PayloadType.EAP: st.builds(
+        Eap, st.sampled_from([1, 2, 3, 4]), u8, st.binary(max_size=8)
+    ).filter(lambda e: e.code in (3, 4) or len(e.data) >= 1),
+}
+
+
+@st.composite
+def shaped_chains(draw: st.DrawFn, exchange: int, response: bool) -> tuple[Payload, ...]:
+    """Payloads an (exchange, response) may carry, in counts its rule allows (mostly:
+    now and then a required one is left out), in RFC order or shuffled."""
+    from ikev2.codec import MESSAGE_RULES
+
+    out: list[Payload] = []
+    for rule in MESSAGE_RULES[(ExchangeType(exchange), response)]:
+        low = rule.min_count if draw(st.integers(0, 9)) else 0
+        count = draw(st.integers(low, min(rule.max_count, low + 2)))
+        out += [draw(_BY_TYPE[rule.payload_type]) for _ in range(count)]
+    if draw(st.booleans()):
+        out = list(draw(st.permutations(out)))
+    return tuple(out)
+
+
+@st.composite
+def shaped_messages(draw: st.DrawFn) -> Message:
+    """A message whose payloads suit its exchange, so it gets past the payload rules
+    to the exchange's own processing."""
+    exchange = draw(st.sampled_from([34, 35, 36, 37]))
+    response = draw(st.booleans())
+    return Message(
+        spi_i=draw(st.binary(min_size=8, max_size=8)),
+        spi_r=draw(st.one_of(st.just(bytes(8)), st.binary(min_size=8, max_size=8))),
+        exchange_type=exchange,
+        message_id=draw(u32),
+        initiator=draw(st.booleans()),
+        response=response,
+        payloads=draw(shaped_chains(exchange, response)),
+    )

@@ -103,6 +103,11 @@ class Target:
         """Valid inputs that the seeded loop mutates."""
         return [b""]
 
+    def from_message(self, message: Message) -> bytes | None:
+        """This target's input built from a generated message (its header fields and
+        payload chain), for structure-aware seeds; None if the target takes no IKE."""
+        return None
+
     def run(self, data: bytes) -> None:
         """Feed one input; raise ``Finding`` if a property breaks."""
         raise NotImplementedError
@@ -168,6 +173,9 @@ class CodecTarget(Target):
     def seeds(self) -> list[bytes]:
         return [encode_message(m) for m in _sample_messages()] + self._extra
 
+    def from_message(self, message: Message) -> bytes | None:
+        return encode_message(message)
+
     def run(self, data: bytes) -> None:
         _only((InvalidSyntax,), lambda: decode_header(data))
         message = _only((InvalidSyntax,), lambda: decode_message(data))
@@ -196,6 +204,12 @@ class PayloadTarget(Target):
             for payload in message.payloads:
                 out.append(bytes([payload.payload_type]) + payload.encode_body())
         return out
+
+    def from_message(self, message: Message) -> bytes | None:
+        if not message.payloads:
+            return None
+        payload = message.payloads[0]
+        return bytes([payload.payload_type]) + payload.encode_body()
 
     def run(self, data: bytes) -> None:
         if not data or len(data) > 0xFFF0:
@@ -241,6 +255,10 @@ class SkOpenTarget(Target):
     def seeds(self) -> list[bytes]:
         return [seal_raw(self.cipher, _TEMPLATE, f, chain) for f, chain in _inner_seed_chains()]
 
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        return seal_raw(self.cipher, _TEMPLATE, first, chain)
+
     def run(self, data: bytes) -> None:
         _only((InvalidSyntax, IntegrityCheckFailed), lambda: self.cipher.open(data))
 
@@ -255,6 +273,10 @@ class SkInnerTarget(Target):
 
     def seeds(self) -> list[bytes]:
         return [bytes([f, 0xFF]) + chain for f, chain in _inner_seed_chains()]
+
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        return bytes([first, 0xFF]) + chain
 
     def run(self, data: bytes) -> None:
         if len(data) < 2:
@@ -301,6 +323,11 @@ class FragmentTarget(Target):
         for raw in fragment_message(message, self.cipher, DeterministicRandom(b"f"), 200):
             out.append(b"\x01" + raw)
         return out
+
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        # One complete fragment: its chunk is a whole inner payload chain.
+        return bytes([0, message.message_id & 0xFF]) + struct.pack("!HHB", 1, 1, first) + chain
 
     def run(self, data: bytes) -> None:
         if len(data) < 7:
@@ -354,6 +381,9 @@ class CookieTarget(Target):
             request, payloads=(Notify(NotifyType.COOKIE, cookie), *request.payloads)
         )
         return [encode_message(request), encode_message(with_cookie)]
+
+    def from_message(self, message: Message) -> bytes | None:
+        return encode_message(message)
 
     def run(self, data: bytes) -> None:
         self.now += 0.5
@@ -442,6 +472,19 @@ class EndpointFreshTarget(Target):
         pair = established("seeds")
         return [m for m in pair.recorded if len(m) < 4000]
 
+    def from_message(self, message: Message) -> bytes | None:
+        # Shaped like an IKE_SA_INIT request, the message that creates state.
+        return encode_message(
+            dataclasses.replace(
+                message,
+                spi_r=bytes(8),
+                exchange_type=ExchangeType.IKE_SA_INIT,
+                message_id=0,
+                initiator=True,
+                response=False,
+            )
+        )
+
     def run(self, data: bytes) -> None:
         self.cases += 1
         b = self.pair.b
@@ -492,6 +535,11 @@ class EstablishedTarget(Target):
         except (InvalidSyntax, IntegrityCheckFailed):
             return False
         return True
+
+    def from_message(self, message: Message) -> bytes | None:
+        # Plaintext under the established SA's SPIs: it must not authenticate.
+        sa = self.pair.sa("a")
+        return encode_message(dataclasses.replace(message, spi_i=sa.spi_i, spi_r=sa.spi_r))
 
     def run(self, data: bytes) -> None:
         pair = self.pair
@@ -578,6 +626,11 @@ class SealedRequestTarget(Target):
     def seeds(self) -> list[bytes]:
         return _inner_seeds(self.pair)
 
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        selector = int(message.exchange_type == ExchangeType.CREATE_CHILD_SA)
+        return bytes([selector, first]) + chain
+
     def run(self, data: bytes) -> None:
         if len(data) < 2:
             return
@@ -633,6 +686,13 @@ class SealedResponseTarget(Target):
                 out.append(bytes([1, first]) + raw)
         out.append(b"\x00\x00")
         return out
+
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        # INFORMATIONAL answers the liveness check, CREATE_CHILD_SA one of the rekeys.
+        rekey = message.exchange_type == ExchangeType.CREATE_CHILD_SA
+        selector = 1 + (message.message_id & 1) if rekey else 0
+        return bytes([selector, first]) + chain
 
     def run(self, data: bytes) -> None:
         if len(data) < 2:
@@ -691,6 +751,10 @@ class AuthRequestTarget(Target):
                 out.append(bytes([0, first]) + raw)
         return out
 
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        return bytes([0, first]) + chain
+
     def run(self, data: bytes) -> None:
         if len(data) < 2:
             return
@@ -733,6 +797,10 @@ class AuthResponseTarget(Target):
         first, raw = encode_payloads(opened.payloads)
         return [bytes([0, first]) + raw]
 
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        return bytes([0, first]) + chain
+
     def run(self, data: bytes) -> None:
         if len(data) < 2:
             return
@@ -762,6 +830,11 @@ class InitResponseTarget(Target):
             if header.exchange_type == ExchangeType.IKE_SA_INIT and header.response:
                 out.append(ike[8:])  # SPIr onwards: the initiator's SPI is filled in
         return out
+
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        header = struct.pack("!BBBBII", first, 0x20, 34, 0x20, 0, 28 + len(chain))
+        return message.spi_r + header + chain
 
     def run(self, data: bytes) -> None:
         pair = Pair("init")

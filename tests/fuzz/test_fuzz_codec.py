@@ -28,7 +28,7 @@ from .targets import (
 from .world import seal_raw, sk_ciphers
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
