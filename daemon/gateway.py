@@ -73,6 +73,10 @@ RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
 UP_TIMEOUT = 20.0
 """How long `lockgate up` waits for the CHILD SA before answering."""
 HOUSEKEEPING_INTERVAL = 1.0
+VOLUME_CHECK_INTERVAL = 0.1
+"""Seconds between looks at the CHILD SAs' byte/packet counters. The rekey at 90% of a
+volume limit must start before the last 10% are used up: checked only once a second, a
+small limit at a high packet rate went past the hard limit before the rekey began."""
 INBOUND_LINGER = 2.0
 """Seconds a deleted CHILD SA still decrypts packets already on their way (see
 `DataPlane.remove`)."""
@@ -205,6 +209,7 @@ class Gateway:
         ):
             self._loop.add_signal_handler(sig, action)
         housekeeping = self._loop.create_task(self._housekeeping())
+        volume_watch = self._loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=self._status_line())
         log.info("lockgate %s ready (pid %d)", VERSION, os.getpid())
         await self._stopping.wait()
@@ -212,6 +217,7 @@ class Gateway:
         self.notifier.notify(STOPPING=1, STATUS="deleting SAs")
         await self._shutdown_ike()
         housekeeping.cancel()
+        volume_watch.cancel()
         await self._teardown()
         log.info("stopped")
         return 0
@@ -1108,6 +1114,10 @@ class Gateway:
             self._report_liveness(now)
             if self._pump is not None:
                 self._pump.plane.expire_lingering()
+
+    async def _watch_volume(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(VOLUME_CHECK_INTERVAL)
             self._enforce_volume_lifetimes()
 
     def _enforce_volume_lifetimes(self) -> None:
@@ -1119,8 +1129,11 @@ class Gateway:
         if endpoint is None or pump is None:
             return
         now = time.monotonic()
+        acted = False
         for uid, entry in list(pump.plane.entries.items()):
             states = {entry.outbound.lifetime_state(), entry.inbound.lifetime_state()}
+            if LifetimeState.SOFT not in states and LifetimeState.HARD not in states:
+                continue
             try:
                 if LifetimeState.HARD in states and uid not in self._deleting:
                     self._deleting.add(uid)
@@ -1131,11 +1144,15 @@ class Gateway:
                     log.info("connection %s: CHILD SA #%d due for rekeying (volume)",
                              entry.child, uid)  # fmt: skip
                     endpoint.child_limit_reached(uid, now, hard=False)
+                else:
+                    continue
+                acted = True
             except IkeError as exc:
                 log.warning("connection %s: CHILD SA #%d: %s", entry.child, uid, exc)
         self._rekeying &= pump.plane.entries.keys()
         self._deleting &= pump.plane.entries.keys()
-        self._service()
+        if acted:
+            self._service()
 
     def _report_liveness(self, now: float) -> None:
         """ESP from the peer proves it alive: tell its IKE SA, so DPD stays quiet

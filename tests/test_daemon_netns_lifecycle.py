@@ -10,7 +10,9 @@ namespaces whatever happens.
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +22,11 @@ import pytest
 from netns import SiteToSite, ping, site_to_site, wait_for_ping
 from test_daemon_netns import Daemon, config, start_daemon, wait_until
 
+from conf import loads_config
+from conf.ike import ike_connections
+from daemon.lab.netns import in_namespace
 from daemon.lab.pki import Pki
+from ikev2.endpoint import Endpoint
 
 pytestmark = pytest.mark.netns
 
@@ -68,7 +74,14 @@ def _psk_configs(topo: SiteToSite, extra_a: str = "", extra_b: str = "") -> tupl
 
 
 def _cert_config(
-    topo: SiteToSite, tmp: Path, side: str, pki: Pki, me: str, peer: str, start: str
+    topo: SiteToSite,
+    tmp: Path,
+    side: str,
+    pki: Pki,
+    me: str,
+    peer: str,
+    start: str,
+    extra: str = "",
 ) -> str:
     """A configuration authenticating with a certificate of `pki` (auth = "pubkey")."""
     ours, theirs = ("a", "b") if side == "a" else ("b", "a")
@@ -100,6 +113,7 @@ local_subnets = ["{local}"]
 remote_subnets = ["{remote}"]
 esp_proposals = ["aes128gcm16"]
 start = "{start}"
+{extra}
 """
 
 
@@ -132,6 +146,73 @@ def test_certificate_from_another_ca_is_refused(topo: SiteToSite) -> None:
     assert a.sas() == [] and b.sas() == []
     reason = b.status()["connections"][0]["last_error"] or b.proc.log()
     assert "CA" in reason or "certificate" in reason, reason
+
+
+def test_certificate_chain_travels_in_ike_fragments(topo: SiteToSite) -> None:
+    # RSA certificates make IKE_AUTH longer than a 576-octet fragment_size, so both
+    # IKE_AUTH messages go as RFC 7383 fragments between the two daemons.
+    pki = Pki(key_type="rsa2048")
+    tmp, small = topo.lab.tmpdir, "fragment_size = 576"
+    a_text = _cert_config(topo, tmp, "a", pki, topo.gw_a_wan4, topo.gw_b_wan4, "initiate", small)
+    b_text = _cert_config(topo, tmp, "b", pki, topo.gw_b_wan4, topo.gw_a_wan4, "wait", small)
+    a, b = _pair(topo, a_text, b_text)
+    for daemon in (a, b):
+        log = daemon.proc.log()
+        assert re.search(r"message ID 1 of \d+ octets sent as \d+ fragments", log), log[-2000:]
+        assert re.search(r"reassembled message ID 1 from \d+ fragments", log), log[-2000:]
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+
+
+# --- COOKIEs, ESN, volume limits -------------------------------------------------------
+
+
+def _leave_half_open(topo: SiteToSite, a_text: str) -> None:
+    """Send B one genuine IKE_SA_INIT from A's address that is never followed up, so B
+    holds a half-open IKE SA (until its half-open timeout)."""
+    with in_namespace(topo.gw_a.name):
+        endpoint = Endpoint(ike_connections(loads_config(a_text)))
+        now = time.monotonic()
+        endpoint.initiate("main", now)
+        [(payload, _local, _remote)] = endpoint.datagrams_to_send(now)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((topo.gw_a_wan4, 0))
+            sock.sendto(payload, (topo.gw_b_wan4, 500))
+
+
+def test_responder_demanding_cookies_still_lets_the_tunnel_up(topo: SiteToSite) -> None:
+    a_text, b_text = _psk_configs(topo, extra_a="esn = true", extra_b="esn = true")
+    # cookie_threshold = 0: with any IKE SA half open, an IKE_SA_INIT must first come
+    # back with B's COOKIE (RFC 7296 §2.6).
+    b_text = b_text.replace('interface = "lgtest0"', 'interface = "lgtest0"\ncookie_threshold = 0')
+    b = start_daemon(topo, topo.gw_b, "gwB", b_text)
+    _leave_half_open(topo, a_text)
+    wait_until(lambda: "IKE proposal" in b.proc.log(), "B to answer the lone IKE_SA_INIT", 5)
+    a = start_daemon(topo, topo.gw_a, "gwA", a_text)
+    wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA", timeout=20)
+    assert "1 IKE SAs half open: asking 198.51.100.1:500 for a COOKIE" in b.proc.log()
+    assert "peer demands a cookie" in a.proc.log()
+    # esn = true on both sides: the CHILD SA uses 64-bit sequence numbers.
+    assert [sa["esn"] for sa in a.sas()] == [True] and [sa["esn"] for sa in b.sas()] == [True]
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    ping(topo.host_a, topo.site_b.host4)
+
+
+def test_packet_limit_rekeys_before_the_hard_limit_without_loss(topo: SiteToSite) -> None:
+    # life_packets is a hard limit; at 90% of it the daemon rekeys, so at 100 pings a
+    # second the new SA carries the traffic before the old one would have to stop.
+    a_text, b_text = _psk_configs(topo, extra_a="life_packets = 500")
+    a, _b = _pair(topo, a_text, b_text)
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    [before] = a.sas()
+    out = ping(topo.host_a, topo.site_b.host4, count=600, interval=0.01, deadline=30).stdout
+    assert " 0% packet loss" in out, out
+    wait_until(lambda: len(a.sas()) == 1, "the replaced CHILD SA to go", timeout=10)
+    [after] = a.sas()
+    assert after["unique_id"] != before["unique_id"]
+    log = a.proc.log()
+    assert f"CHILD SA #{before['unique_id']} due for rekeying (volume)" in log, log[-2000:]
+    assert "used up its volume" not in log
+    assert after["packets_out"] < 500
 
 
 # --- rekeys on request -----------------------------------------------------------------
