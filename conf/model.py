@@ -86,7 +86,7 @@ class GatewayConfig:
     """Logging threshold: debug, info, warning or error."""
     cookie_threshold: int = 32
     """Half-open IKE SAs (IKE_SA_INIT answered, IKE_AUTH not yet) above which a new
-    IKE_SA_INIT must first return our COOKIE (RFC 7296 §2.6); 0: always demand one."""
+    IKE_SA_INIT must first return our COOKIE (RFC 7296 §2.6); 0: as soon as one is."""
     max_half_open: int = 1000
     """Half-open IKE SAs kept at once; IKE_SA_INIT requests beyond it are dropped."""
     retransmit_timeout: float = 4.0
