@@ -36,6 +36,7 @@ from ikev2.events import Address
 log = logging.getLogger(__name__)
 
 _ESP_MIN = 8  # SPI + sequence number (RFC 4303 §2)
+_NON_ESP_MARKER = bytes(4)
 _FLOW_CACHE_MAX = 4096
 """Most flows remembered per cache before it starts over."""
 _PORT_PROTOCOLS = frozenset({6, 17})
@@ -250,18 +251,35 @@ class DataPlane:
                 batch.append(packet)
             else:
                 self._oversized(entry, packet, batch, replies)
-        send = self.transport.send
         for entry, inners in batches.items():
-            if not inners:
-                continue
-            # A DropReason in the results was counted by the SA itself.
-            sealed = [p for p in entry.outbound.encapsulate_batch(inners) if isinstance(p, bytes)]
-            if sealed:
-                sent = send(entry, sealed)
-                if sent < len(sealed):
-                    entry.drops[Drop.SEND_FAILED.value] += len(sealed) - sent
+            if inners:
+                self._seal_and_send(entry, inners)
         if replies:
             self.transport.write_tun(replies)
+
+    def from_tun_segments(self, segments: list[bytes]) -> None:
+        """Process the segments of one TCP super-packet read from the TUN device.
+
+        They share one flow, so the SPD is searched once; each segment still gets
+        the size check of `from_tun` (the first is the largest).
+        """
+        if not segments:
+            return
+        first = segments[0]
+        key = flow_key(first)
+        entry = self._outbound_cache.get(key) if key is not None else None
+        if entry is None or len(first) > entry.mtu:
+            self.from_tun(segments)
+            return
+        self._seal_and_send(entry, segments)
+
+    def _seal_and_send(self, entry: ChildSaEntry, inners: list[bytes]) -> None:
+        # A DropReason in the results was counted by the SA itself.
+        sealed = [p for p in entry.outbound.encapsulate_batch(inners) if isinstance(p, bytes)]
+        if sealed:
+            sent = self.transport.send(entry, sealed)
+            if sent < len(sealed):
+                entry.drops[Drop.SEND_FAILED.value] += len(sealed) - sent
 
     def _oversized(
         self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]
@@ -299,6 +317,11 @@ class DataPlane:
         """Process datagrams received on port 4500: (payload, local, remote) each."""
         esp: list[bytes] = []
         for payload, local, remote in datagrams:
+            # ESP is the common case: 8 octets or more, not behind the non-ESP
+            # marker (four zero octets, RFC 3948 §2.2); `classify` sorts the rest.
+            if len(payload) >= _ESP_MIN and payload[:4] != _NON_ESP_MARKER:
+                esp.append(payload)
+                continue
             kind = classify(payload)
             if kind is DatagramKind.ESP:
                 esp.append(payload)
@@ -322,20 +345,29 @@ class DataPlane:
         """
         groups: dict[ChildSaEntry, list[bytes]] = {}
         lookup = self.sad.lookup
+        # Packets come in runs of one SPI: a run costs one SAD lookup.
+        last_spi = b""
+        group: list[bytes] = []
         for packet in packets:
+            spi = packet[:4]
+            if spi == last_spi and len(packet) >= _ESP_MIN:
+                group.append(packet)
+                continue
             if len(packet) < _ESP_MIN:
                 self.drops[DropReason.TOO_SHORT.value] += 1
                 continue
-            entry = lookup(int.from_bytes(packet[:4], "big"))
+            entry = lookup(int.from_bytes(spi, "big"))
             if entry is None:
                 # RFC 4303 §3.4.2: no SA, discard (and count: it is an auditable event).
                 self.drops[DropReason.NO_SA.value] += 1
+                last_spi = b""
                 continue
-            group = groups.get(entry)
-            if group is None:
-                groups[entry] = [packet]
-            else:
-                group.append(packet)
+            found = groups.get(entry)
+            if found is None:
+                found = groups[entry] = []
+            group = found
+            group.append(packet)
+            last_spi = spi
         out: list[bytes] = []
         append = out.append
         for entry, group in groups.items():

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
-from daemon.dataplane import DataPlane
+from daemon.dataplane import DataPlane, Drop
 from esp.udpencap import NAT_KEEPALIVE
 from ikev2.events import Address
 from tun import PacketDevice, TunError
@@ -202,17 +202,31 @@ class Pump:
             return
         if not batch:
             return
-        if self._vnet:
-            # Super-packets (TSO) are cut here, partial checksums completed.
-            packets: list[bytes] = []
-            for frame in batch:
-                try:
-                    packets += split_frame(frame)
-                except VnetError as exc:
-                    log.debug("unusable TUN frame: %s", exc)
-                    self.plane.drops["malformed"] += 1
-            batch = packets
-        self.plane.from_tun(batch)
+        if not self._vnet:
+            self.plane.from_tun(batch)
+            return
+        # Super-packets (TSO) are cut here and go on as one flow's segments; single
+        # packets (their partial checksums completed) are gathered in between, in
+        # order, so nothing of one flow overtakes another part of it.
+        plane = self.plane
+        singles: list[bytes] = []
+        for frame in batch:
+            try:
+                packets = split_frame(frame)
+            except VnetError as exc:
+                log.debug("unusable TUN frame: %s", exc)
+                plane.drops[Drop.MALFORMED.value] += 1
+                continue
+            if len(packets) == 1:
+                singles.append(packets[0])
+                continue
+            if singles:
+                plane.from_tun(singles)
+                singles = []
+            plane.counters["tso_frames_read"] += 1
+            plane.from_tun_segments(packets)
+        if singles:
+            plane.from_tun(singles)
 
     def _read_nat(self, sock: socket.socket, local: Address) -> None:
         if sock.fileno() in self._gro:
@@ -252,6 +266,7 @@ class Pump:
             if size <= 0 or size >= len(data):
                 append((data, local, remote))
                 continue
+            self.plane.counters["gro_datagrams_read"] += 1
             for offset in range(0, len(data), size):
                 append((data[offset : offset + size], local, remote))
         if batch:
@@ -345,6 +360,7 @@ class Pump:
                     log.debug("ESP packets of %d octets exceed the path MTU", size)
             else:
                 sent += j - i
+                self.plane.counters["gso_sends"] += 1
             i = j
         return sent
 
@@ -366,6 +382,8 @@ class Pump:
             if not self._vnet:
                 return self.tun.write_batch(packets)
             frames = coalesce(packets)
+            if len(frames) < len(packets):
+                self.plane.counters["tun_packets_coalesced"] += len(packets) - len(frames)
             write = self.tun.write
             refused = 0
             for frame in frames:

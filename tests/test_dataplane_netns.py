@@ -19,6 +19,7 @@ from netns import SiteToSite, in_namespace, ping, site_to_site, tcp_transfer, wa
 from test_dataplane import GW_A, GW_B, events
 
 from daemon.childsa import entry_from_event
+from daemon.offload import OffloadMode, open_tun
 from daemon.pump import Pump
 from tun import LinkManager, TunDevice
 
@@ -33,7 +34,12 @@ class GatewayPump:
 
 
 @contextlib.contextmanager
-def pumps(topo: SiteToSite, udp: bool, suite: str = "aes128gcm16") -> Iterator[list[GatewayPump]]:
+def pumps(
+    topo: SiteToSite,
+    udp: bool,
+    suite: str = "aes128gcm16",
+    offload: OffloadMode = OffloadMode.OFF,
+) -> Iterator[list[GatewayPump]]:
     """Both gateways' pumps running on one loop in a background thread."""
     ev_a, ev_b = events(suite, udp=udp)
     gateways: list[GatewayPump] = []
@@ -45,7 +51,7 @@ def pumps(topo: SiteToSite, udp: bool, suite: str = "aes128gcm16") -> Iterator[l
             (topo.gw_b, GW_B, ev_b, (topo.site_a.subnet4, topo.site_a.subnet6)),
         ):
             with in_namespace(ns.name):
-                tun = TunDevice.open("lgtun0")
+                tun = open_tun("lgtun0", offload)
                 links = LinkManager()
                 entry = entry_from_event(event, 1500)
                 links.quiet_ipv6(tun.name)
@@ -54,7 +60,12 @@ def pumps(topo: SiteToSite, udp: bool, suite: str = "aes128gcm16") -> Iterator[l
                 for net in remote_nets:
                     links.add_route(net, tun.name)
                 # High ports: the namespace is ours, but keep clear of a daemon's 500/4500.
-                pump = Pump(tun, ike_port=event.local[1] + 10000, nat_port=event.local[1])
+                pump = Pump(
+                    tun,
+                    ike_port=event.local[1] + 10000,
+                    nat_port=event.local[1],
+                    offload=offload is not OffloadMode.OFF,
+                )
                 pump.open([address], raw_esp=not udp)
                 pump.plane.install(entry)
             gateways.append(GatewayPump(pump, tun, links))
@@ -97,8 +108,43 @@ def test_ping_and_tcp_transfer_over_the_pump(udp: bool) -> None:
         assert gateways[0].pump.plane.total_drops().get("icv_failure", 0) == 0
 
 
-def test_oversized_ping_with_df_gets_fragmentation_needed() -> None:
-    with site_to_site() as topo, pumps(topo, udp=True) as gateways:
+def _reassembled(ns_run: str, topo: SiteToSite) -> int:
+    # Ip ReasmReqds: outer fragments the gateway had to reassemble (RFC 791).
+    gw = topo.gw_b if ns_run == "B" else topo.gw_a
+    lines = [line.split() for line in gw.run("cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = [line for line in lines if line and line[0] == "Ip:"][:2]
+    return int(values[names.index("ReasmReqds")])
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["raw-esp", "udp-encap"])
+def test_tcp_transfer_with_offloads(udp: bool) -> None:
+    """TSO super-packets cut in Python, coalesced TUN writes and (in UDP) GSO/GRO
+    carry a hashed transfer both ways, with no outer fragments."""
+    with site_to_site() as topo, pumps(topo, udp, offload=OffloadMode.ALL) as gateways:
+        assert gateways[0].tun.vnet_hdr
+        wait_for_ping(topo.host_a, topo.site_b.host6)
+        ping(topo.host_a, topo.site_b.host4)
+        result = tcp_transfer(topo.host_a, topo.host_b, topo.site_b.host4, size=8 << 20)
+        assert result.sent_sha256 == result.received_sha256
+        back = tcp_transfer(topo.host_b, topo.host_a, topo.site_a.host6, size=2 << 20)
+        assert back.sent_sha256 == back.received_sha256
+        a, b = (gw.pump.plane for gw in gateways)
+        assert a.counters["tso_frames_read"] > 0
+        assert b.counters["tun_packets_coalesced"] > 0
+        if udp:
+            assert a.counters["gso_sends"] > 0
+            assert b.counters["gro_datagrams_read"] > 0
+        for plane in (a, b):
+            drops = plane.total_drops()
+            assert drops.get("icv_failure", 0) == 0 and drops.get("replay", 0) == 0
+            assert drops.get("malformed", 0) == 0
+        # ESP packets were cut to fit the path: nothing needed reassembly.
+        assert _reassembled("A", topo) == 0 and _reassembled("B", topo) == 0
+
+
+@pytest.mark.parametrize("offload", [OffloadMode.OFF, OffloadMode.ALL], ids=["plain", "offload"])
+def test_oversized_ping_with_df_gets_fragmentation_needed(offload: OffloadMode) -> None:
+    with site_to_site() as topo, pumps(topo, udp=True, offload=offload) as gateways:
         mtu = gateways[0].pump.plane.entries[1].mtu
         # Raise the TUN MTU above the SA's, so the kernel forwards an oversized packet
         # into the TUN and the pump itself must answer with ICMP.

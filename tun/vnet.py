@@ -126,6 +126,8 @@ def split_frame(frame: bytes) -> list[bytes]:
     Raises VnetError for a frame that contradicts its header (short, unknown GSO
     type, offsets outside the packet).
     """
+    if len(frame) > VNET_HDR_LEN and not frame[0] & F_NEEDS_CSUM and frame[1] == GSO_NONE:
+        return [frame[VNET_HDR_LEN:]]  # a finished packet: the common plain case
     header = VnetHeader.decode(frame)
     packet = frame[VNET_HDR_LEN:]
     gso = header.gso_type & ~GSO_ECN
@@ -154,7 +156,10 @@ def _ip_layout(packet: bytes) -> tuple[int, int, int]:
         raise VnetError("empty packet")
     version = packet[0] >> 4
     if version == 4 and len(packet) >= 20:
-        return (packet[0] & 0x0F) * 4, packet[9], 4
+        ip_len = (packet[0] & 0x0F) * 4
+        if ip_len < 20:
+            raise VnetError(f"IPv4 header length {ip_len}")
+        return ip_len, packet[9], 4
     if version == 6 and len(packet) >= 40:
         return 40, packet[6], 6
     raise VnetError(f"not an IPv4/IPv6 packet (version {version}, {len(packet)} octets)")
@@ -193,7 +198,7 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
     urgent_options = bytes(tcp[18:])
     doff = tcp_len << 10  # data offset in the high nibble of the flags word
     if version == 4:
-        ip = bytearray(packet[:20])
+        ip = bytearray(packet[:ip_len])
         ip_id = _U16.unpack_from(ip, 4)[0]
         ip[2:6] = b"\0\0\0\0"
         ip[10:12] = b"\0\0"
@@ -201,7 +206,7 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
         addresses = int.from_bytes(packet[12:20], "big")
         head = bytes(ip[0:2])
         middle = bytes(ip[6:10])
-        tail = bytes(ip[12:20])
+        tail = bytes(ip[12:])  # addresses and any options
     else:
         ip_id = ip_sum = 0
         addresses = int.from_bytes(packet[8:40], "big")
@@ -232,10 +237,10 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
         total = (tcp_sum + size + (seq >> 16) + (seq & 0xFFFF) + word + value) % 0xFFFF
         tcp_header = pack_tcp(ports, seq, ack, word, window, 0xFFFF - total) + urgent_options
         if version == 4:
-            length = 20 + tcp_len + size
+            length = headers + size
             ident = (ip_id + index) & 0xFFFF
             ip_check = 0xFFFF - (ip_sum + length + ident) % 0xFFFF
-            ip_header = pack_v4(head, length, ident, middle, ip_check, tail)
+            ip_header = pack_v4(head, length, ident, middle, ip_check) + tail
         else:
             ip_header = pack_v6(head, tcp_len + size, middle)
         append(b"".join((ip_header, tcp_header, chunk)))
@@ -244,7 +249,7 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
 
 # Segment headers with the changing fields separate (see `segment_tcp`); the TCP one
 # stops before the urgent pointer, which travels with the options.
-_IPV4_SEGMENT = struct.Struct("!2sHH4sH8s")
+_IPV4_SEGMENT = struct.Struct("!2sHH4sH")
 _IPV6_SEGMENT = struct.Struct("!4sH34s")
 _TCP_SEGMENT = struct.Struct("!4sI4sH2sH")
 
@@ -275,8 +280,8 @@ def frame_packets(frame: bytes) -> int:
 class _Group:
     """Segments of one TCP flow waiting to be written as one super-packet."""
 
-    key: bytes
-    """What every merged segment must share (see `_coalescible`)."""
+    signature: bytes
+    """What every merged segment must share besides the flow (see `coalesce`)."""
     first: bytes
     ip_len: int
     tcp_len: int
@@ -287,115 +292,86 @@ class _Group:
     psh: bool = False
 
 
-def _tcp_flow(packet: bytes, ip_len: int) -> bytes:
-    """Addresses and ports: which TCP connection (and direction) a packet is on."""
-    if ip_len == 20:
-        return packet[12:20] + packet[20:24]
-    return packet[8:40] + packet[40:44]
-
-
-def _coalescible(packet: bytes) -> tuple[bytes, bytes, int, int, int, int] | None:
-    """(flow, merge key, IP header length, TCP header length, sequence, payload
-    length) of a TCP segment; the key is empty if the segment may not be merged
-    (control flags, no payload, IP options, fragments). None if not TCP at all."""
-    n = len(packet)
-    if n < 40:
-        return None
-    first = packet[0]
-    if first >> 4 == 4:
-        if packet[9] != _IPPROTO_TCP:
-            return None
-        ip_len = (first & 0x0F) * 4
-        # Options, fragments (MF or an offset) or a length that disagrees: alone.
-        mergeable = (
-            ip_len == 20 and not packet[6] & 0x3F and not packet[7]
-            and _U16.unpack_from(packet, 2)[0] == n
-        )  # fmt: skip
-        # TOS, DF, TTL and protocol must match too.
-        ip_key = packet[1:2] + packet[6:7] + packet[8:10]
-    elif first >> 4 == 6:
-        if packet[6] != _IPPROTO_TCP:
-            return None
-        ip_len = 40
-        mergeable = _U16.unpack_from(packet, 4)[0] == n - 40
-        ip_key = packet[0:4] + packet[7:8]
-    else:
-        return None
-    if n < ip_len + 20:
-        return None
-    tcp_len = (packet[ip_len + 12] >> 4) * 4
-    headers = ip_len + tcp_len
-    flags = packet[ip_len + 13]
-    flow = _tcp_flow(packet, ip_len)
-    seq = _U32.unpack_from(packet, ip_len + 4)[0]
-    if (
-        not mergeable
-        or tcp_len < 20
-        or headers >= n
-        or flags & ~(_ACK | _PSH)  # SYN, FIN, RST, URG, ECE, CWR go alone
-        or not flags & _ACK
-    ):
-        return flow, b"", ip_len, tcp_len, seq, 0
-    # Acknowledgement, window and options (timestamps) must match to merge, as the
-    # kernel's `tcp_gro_receive` asks.
-    key = ip_key + packet[ip_len + 8 : ip_len + 12] + packet[ip_len + 14 : ip_len + 16]
-    key += packet[ip_len + 20 : headers]
-    return flow, key, ip_len, tcp_len, seq, n - headers
-
-
 def coalesce(packets: list[bytes]) -> list[bytes]:
     """TUN frames (virtio-net header first) for ``packets``: consecutive in-order
     segments of one TCP flow with equal payload sizes (the last may be shorter)
     become one super-packet the kernel cuts again only where it must; every other
     packet goes alone behind a plain header. The order within each flow is kept.
 
-    The merged super-packet carries a partial checksum for the kernel to finish
-    (F_NEEDS_CSUM), as a virtio NIC's TSO packet does. The segments' own checksums
-    are not checked here: they came inside ESP packets whose ICV was verified.
+    Merged segments must agree on everything the kernel's `tcp_gro_receive` asks to
+    agree: addresses, ports, TOS, TTL, DF, acknowledgement, window and options (the
+    timestamps); only ACK and PSH may be set; no IP options or fragments. The
+    super-packet carries a partial checksum for the kernel to finish (F_NEEDS_CSUM),
+    as a virtio NIC's TSO packet does. The segments' own checksums are not checked
+    here: they came inside ESP packets whose ICV was verified.
     """
     frames: list[bytes | _Group] = []
+    append = frames.append
     open_groups: dict[bytes, _Group] = {}
+    unpack_u32 = _U32.unpack_from
     for packet in packets:
-        parsed = _coalescible(packet)
-        if parsed is None:
-            frames.append(packet)
+        n = len(packet)
+        first = packet[0] if n >= 40 else 0
+        if first == 0x45 and packet[9] == _IPPROTO_TCP:
+            ip_len = 20
+            flow = packet[12:24]
+            # TOS, DF/fragment fields, TTL must agree; MF or an offset: never merged.
+            fixed = packet[1:2] + packet[6:9]
+            mergeable = not (packet[6] & 0x3F or packet[7]) and (packet[2] << 8 | packet[3]) == n
+        elif first >> 4 == 6 and n >= 60 and packet[6] == _IPPROTO_TCP:
+            ip_len = 40
+            flow = packet[8:44]
+            fixed = packet[0:4] + packet[7:8]
+            mergeable = (packet[4] << 8 | packet[5]) == n - 40
+        else:
+            append(packet)
             continue
-        flow, key, ip_len, tcp_len, seq, size = parsed
+        tcp_len = (packet[ip_len + 12] >> 4) * 4
+        headers = ip_len + tcp_len
+        flags = packet[ip_len + 13]
         group = open_groups.get(flow)
-        if not key:
-            # Not mergeable: it must not overtake the flow's data held in a group.
+        if not mergeable or tcp_len < 20 or headers >= n or (flags | _PSH) != (_ACK | _PSH):
+            # Control segment, bare ACK, options or fragments: alone, and it must
+            # not overtake the flow's data held in an open group.
             if group is not None:
                 del open_groups[flow]
-            frames.append(packet)
+            append(packet)
             continue
+        # Acknowledgement, window, urgent pointer and options must agree too.
+        signature = (
+            fixed + packet[ip_len + 8 : ip_len + 12] + packet[ip_len + 14 : ip_len + 16]
+            + packet[ip_len + 18 : headers]
+        )  # fmt: skip
+        seq = unpack_u32(packet, ip_len + 4)[0]
+        size = n - headers
         if (
             group is not None
-            and group.key == key
             and seq == group.next_seq
             and size <= group.mss
+            and group.signature == signature
             and group.total + size <= _MAX_IP_PAYLOAD
             and len(group.payloads) < MAX_COALESCED
         ):
-            group.payloads.append(packet[ip_len + tcp_len :])
+            group.payloads.append(packet[headers:])
             group.next_seq = (seq + size) & 0xFFFFFFFF
             group.total += size
-            if size < group.mss or packet[ip_len + 13] & _PSH:
+            if size < group.mss or flags & _PSH:
                 # A short or pushed segment ends the super-packet.
-                group.psh = bool(packet[ip_len + 13] & _PSH)
+                group.psh = bool(flags & _PSH)
                 del open_groups[flow]
             continue
         group = _Group(
-            key,
+            signature,
             packet,
             ip_len,
             tcp_len,
             size,
             (seq + size) & 0xFFFFFFFF,
-            ip_len + tcp_len + size,
-            [packet[ip_len + tcp_len :]],
+            n,
+            [packet[headers:]],
         )
-        frames.append(group)
-        if packet[ip_len + 13] & _PSH:
+        append(group)
+        if flags & _PSH:
             open_groups.pop(flow, None)
         else:
             open_groups[flow] = group

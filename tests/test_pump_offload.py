@@ -1,0 +1,146 @@
+"""The pump's UDP GSO sends and GRO reads, framed against a recording socket (no
+kernel needed), and the offload switch."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_dataplane import events
+
+from daemon.childsa import ChildSaEntry, entry_from_event
+from daemon.offload import OffloadMode, offload_mode
+from daemon.pump import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT, Pump
+from tun import MemoryTun, memory_tun_pair
+
+
+class RecordingSocket:
+    """Stands in for the port-4500 socket: records what the pump sends, replays
+    what it is given to read."""
+
+    family = socket.AF_INET
+
+    def __init__(self, reads: list[tuple[bytes, list[tuple[int, int, bytes]]]] | None = None):
+        self.sendmsgs: list[tuple[list[bytes], int]] = []
+        self.sendtos: list[bytes] = []
+        self.reads = list(reads or [])
+        self.refuse_gso: int | None = None
+
+    def fileno(self) -> int:
+        return 99
+
+    def sendmsg(self, buffers: list[bytes], ancillary: list[tuple[int, int, bytes]], flags: int,
+                address: tuple[str, int]) -> int:  # fmt: skip
+        if self.refuse_gso is not None:
+            raise OSError(self.refuse_gso, "refused")
+        ((level, kind, value),) = ancillary
+        assert (level, kind) == (SOL_UDP, UDP_SEGMENT)
+        self.sendmsgs.append((list(buffers), int.from_bytes(value, "little")))
+        return sum(map(len, buffers))
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        self.sendtos.append(data)
+        return len(data)
+
+    def recvmsg(self, size: int, ancsize: int) -> tuple[bytes, list[Any], int, tuple[str, int]]:
+        if not self.reads:
+            raise BlockingIOError
+        data, ancillary = self.reads.pop(0)
+        return data, ancillary, 0, ("198.51.100.2", 4500)
+
+
+@pytest.fixture
+def tuns() -> Iterator[tuple[MemoryTun, MemoryTun]]:
+    a, b = memory_tun_pair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def udp_pump(tun: MemoryTun, sock: RecordingSocket) -> tuple[Pump, ChildSaEntry]:
+    event, _ = events(udp=True)
+    entry = entry_from_event(event, 1500)
+    pump = Pump(tun)
+    pump.udp[entry.local] = sock  # type: ignore[assignment]
+    return pump, entry
+
+
+def test_equal_packets_leave_in_gso_sends_of_bounded_size(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    sock = RecordingSocket()
+    pump, entry = udp_pump(tuns[0], sock)
+    packets = [bytes([i % 256]) * 1400 for i in range(100)] + [b"t" * 300]
+    assert pump.send(entry, packets) == len(packets)
+    assert not sock.sendtos
+    sent = [p for buffers, _ in sock.sendmsgs for p in buffers]
+    assert sent == packets
+    for buffers, size in sock.sendmsgs:
+        assert size == 1400
+        assert len(buffers) <= GSO_MAX_SEGMENTS and sum(map(len, buffers)) <= GSO_MAX_BYTES
+        # Every datagram but the last of a send has the segment size.
+        assert all(len(p) == size for p in buffers[:-1]) and len(buffers[-1]) <= size
+    assert pump.plane.counters["gso_sends"] == len(sock.sendmsgs)
+
+
+def test_a_longer_packet_starts_a_new_send_and_a_lone_one_goes_plain(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    sock = RecordingSocket()
+    pump, entry = udp_pump(tuns[0], sock)
+    packets = [b"a" * 1000, b"b" * 1000, b"c" * 1200, b"d" * 1200, b"e" * 500, b"f" * 1300]
+    assert pump.send(entry, packets) == 6
+    assert [(len(b), s) for b, s in sock.sendmsgs] == [(2, 1000), (3, 1200)]
+    assert sock.sendtos == [b"f" * 1300]
+
+
+def test_refused_gso_falls_back_to_single_datagrams(tuns: tuple[MemoryTun, MemoryTun]) -> None:
+    sock = RecordingSocket()
+    sock.refuse_gso = errno.EIO
+    pump, entry = udp_pump(tuns[0], sock)
+    packets = [b"x" * 800] * 5
+    assert pump.send(entry, packets) == 5
+    assert sock.sendtos == packets
+    sock.sendtos.clear()
+    assert pump.send(entry, packets) == 5  # GSO stays off
+    assert sock.sendtos == packets
+
+
+def test_gro_reads_are_cut_at_the_size_the_kernel_gives(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    # A GRO read of three ESP datagrams (SPI unknown here: counted as no_sa), a
+    # keepalive read without the cmsg, and an IKE message behind the marker.
+    esp = [bytes.fromhex("0000abcd") + bytes([i]) * 96 for i in range(3)]
+    esp[-1] = esp[-1][:60]
+    size_cmsg = (SOL_UDP, UDP_GRO, (100).to_bytes(4, "little"))
+    ike = bytes(4) + b"i" * 40
+    sock = RecordingSocket([(b"".join(esp), [size_cmsg]), (b"\xff", []), (ike, [])])
+    pump, _ = udp_pump(tuns[0], sock)
+    received: list[bytes] = []
+    pump.on_ike = lambda message, local, remote: received.append(message)
+    pump._gro.add(sock.fileno())
+    pump._read_nat(sock, ("198.51.100.1", 4500))  # type: ignore[arg-type]
+    assert pump.plane.counters["gro_datagrams_read"] == 1
+    assert pump.plane.drops["no_sa"] == 3
+    assert pump.plane.counters["keepalives_received"] == 1
+    assert received == [b"i" * 40]
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        (None, OffloadMode.ALL),
+        ("all", OffloadMode.ALL),
+        ("no-tso", OffloadMode.NO_TSO),
+        ("off", OffloadMode.OFF),
+        ("0", OffloadMode.OFF),
+        ("bogus", OffloadMode.ALL),
+    ],
+)
+def test_offload_mode_from_the_environment(value: str | None, mode: OffloadMode) -> None:
+    environ = {} if value is None else {"LOCKGATE_OFFLOAD": value}
+    assert offload_mode(environ) is mode
