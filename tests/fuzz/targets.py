@@ -34,6 +34,8 @@ from typing import Any
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.dataplane import DataPlane
 from esp.drops import DropReason
+from esp.replay import ReplayWindow
+from esp.sa import EspSA
 from esp.udpencap import DatagramKind, classify
 from ikev2.codec import (
     Authentication,
@@ -877,12 +879,29 @@ def _check_decap(result: object) -> None:
         raise Finding(f"decapsulate returned {result!r}")
 
 
+_WINDOW_STARTS = (0, 5, (1 << 31) + 3, (1 << 32) - 20)
+_ESN_WINDOW_STARTS = (0, (1 << 32) - 20, (1 << 32) + 20, (1 << 33) - 5)
+
+
+def fresh_inbound(keys: EspKeys, choice: int) -> EspSA:
+    """An inbound SA whose replay window starts at one of a few places that matter:
+    0, just below a 2^32 boundary, just above one (ESN, RFC 4303 Appendix A2.2)."""
+    sa = keys.inbound()
+    starts = _ESN_WINDOW_STARTS if keys.esn else _WINDOW_STARTS
+    start = starts[choice % len(starts)]
+    if start:
+        sa.replay = ReplayWindow(sa.replay.size, highest=start)
+    return sa
+
+
 class EspTarget(Target):
     """``EspSA.decapsulate`` of one suite (with or without ESN).
 
-    Input layout: mode (1), then for mode & 1 a raw packet, else a sequence number (4)
-    and the plaintext (inner | padding | Pad Length | Next Header) sealed with the SA's
-    keys, so padding, Next Header and inner checks see authenticated garbage.
+    Input layout: mode (1), then for mode bit 0 a raw packet, else a sequence number
+    (4) and the plaintext (inner | padding | Pad Length | Next Header) sealed with the
+    SA's keys (and, with ESN, the high half the SA will infer), so the padding, Next
+    Header and inner checks see authenticated garbage. Mode bit 1 starts the case on a
+    fresh SA whose window starts where bits 2-3 say (see :func:`fresh_inbound`).
     """
 
     def __init__(self, keys: EspKeys) -> None:
@@ -892,22 +911,26 @@ class EspTarget(Target):
 
     def seeds(self) -> list[bytes]:
         out = keys_seeds(self.keys)
-        return [b"\x01" + p for p in out] + [
-            b"\x00"
-            + struct.pack("!I", 5)
-            + ipv4_packet("203.0.113.1", "192.0.2.1", b"x" * 9)
-            + b"\x01\x02\x02\x04"
+        inner = ipv4_packet("203.0.113.1", "192.0.2.1", b"x" * 9) + b"\x01\x02\x02\x04"
+        return [b"\x03" + p for p in out] + [
+            b"\x02" + struct.pack("!I", 5) + inner,
+            b"\x0e" + struct.pack("!I", 30) + inner,
         ]
 
-    def packet(self, data: bytes) -> bytes:
+    def packet(self, data: bytes, sa: EspSA | None = None) -> bytes:
         if data[0] & 1:
             return data[1:]
         seq = int.from_bytes(data[1:5].ljust(4, b"\x00"), "big")
+        if self.keys.esn:
+            full = (sa or self.sa).replay.infer_seq(seq)
+            seq = full if full >= 0 else seq
         return self.keys.seal(seq, data[5:])
 
     def run(self, data: bytes) -> None:
         if not data:
             return
+        if data[0] & 2:
+            self.sa = fresh_inbound(self.keys, data[0] >> 2)
         packet = self.packet(data)
         sa = self.sa
         before = _esp_state(sa)
@@ -915,12 +938,9 @@ class EspTarget(Target):
         _check_decap(result)
         if result in _PRE_AUTH_DROPS and _esp_state(sa) != before:
             raise Finding(f"{result} dropped after moving the window: {before} -> {_esp_state(sa)}")
-        if not data[0] & 1 and not self.keys.esn and result is DropReason.ICV_FAILURE:
-            # Without ESN nothing about the sequence number is inferred: what we sealed
-            # with the SA's keys must verify.
+        if not data[0] & 1 and result is DropReason.ICV_FAILURE:
+            # Sealed with the SA's keys and the sequence number it infers: must verify.
             raise Finding("a packet sealed with the SA's keys failed its ICV")
-        if sa.replay.highest > 1 << 63:
-            self.sa = self.keys.inbound()  # a far jump: start over so later seeds count
 
 
 def keys_seeds(keys: EspKeys) -> list[bytes]:
@@ -951,8 +971,12 @@ class EspBatchTarget(Target):
         return [b"ESP!".join(self.single.seeds() * 2)]
 
     def run(self, data: bytes) -> None:
-        packets = [self.single.packet(p) for p in data.split(b"ESP!")[:32] if p]
-        one, batch = self.keys.inbound(), self.keys.inbound()
+        parts = [p for p in data.split(b"ESP!")[:32] if p]
+        if not parts:
+            return
+        one = fresh_inbound(self.keys, parts[0][0] >> 2)
+        batch = fresh_inbound(self.keys, parts[0][0] >> 2)
+        packets = [self.single.packet(p, one) for p in parts]
         expected = [one.decapsulate(p) for p in packets]
         got = batch.decapsulate_batch(packets)
         for r in got:

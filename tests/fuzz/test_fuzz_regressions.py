@@ -1,4 +1,6 @@
-"""Inputs that once broke an entry point, replayed through the target that found them.
+"""Inputs that once broke an entry point, or sit on an edge of its checks (a Pad Length
+past the plaintext, fragment 0 of 0, an ESN packet across 2^32, a Delete of SPIs we do
+not have), replayed through their target so its contract keeps holding for them.
 
 Each file in ``tests/fuzz/corpus/`` is named ``<target>--<what>.bin`` where ``<target>``
 is a target name with ``[``/``]`` written as ``-`` (``esp-aes128gcm16--short.bin`` is an
