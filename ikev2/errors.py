@@ -63,6 +63,9 @@ class InvalidSyntax(RemoteProtocolError):
     """
 
     default_notify = NotifyType.INVALID_SYNTAX
+    authenticated: bool = False
+    """Found in the decrypted body of a message whose integrity check passed: the peer
+    (not an attacker) sent it, so a request gets an answer with the notify (§2.21.3)."""
 
 
 class UnsupportedCriticalPayload(InvalidSyntax):

@@ -49,6 +49,7 @@ from ikev2.errors import (
     InvalidSyntax,
     LocalProtocolError,
     PeerErrorNotify,
+    UnsupportedCriticalPayload,
 )
 from ikev2.events import (
     Address,
@@ -729,37 +730,47 @@ class IkeSa:
                 self.state.value,
             )
             return
+        message: Message | None = None
+        unreadable: InvalidSyntax | None = None
         try:
-            opened = self._open(data, header)
+            message = self._open(data, header)
+        except InvalidSyntax as exc:
+            if not _answerable(exc, header.exchange_type):
+                self._drop_invalid_request(header, remote, exc)
+                return
+            # §2.5, §2.21.3: a message we cannot read gets its error notify back when it
+            # comes from the peer for sure (authenticated), or is an unprotected
+            # IKE_SA_INIT with an unknown critical payload.
+            logger.info("%s: refusing a request we cannot read: %s", self.name, exc)
+            unreadable = exc
         except IkeError as exc:
-            # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
-            logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
-            if header.exchange_type == ExchangeType.IKE_SA_INIT:
-                # Garbage that merely looks like an IKE_SA_INIT: no SA, no event.
-                self.state = IkeSaState.DELETED
+            self._drop_invalid_request(header, remote, exc)
             return
-        if opened is None:
-            return  # more fragments to come
-        message = opened
-        if self.rekeyed_from is not None and not _deletes_ike(message):
+        else:
+            if message is None:
+                return  # more fragments to come
+        if message is not None and self.rekeyed_from is not None and not _deletes_ike(message):
             self._take_over_from_parent()
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.spi_i = header.spi_i
             self.init_request = data
         else:
             self._peer_address_seen(local, remote)
-        tasks = factory(self)
         payloads: list[Payload] = []
-        fatal: IkeError | None = None
-        try:
-            check_payloads(header.exchange_type, False, message.payloads)
-            for task in tasks:
-                task.process_request(self, message)
-            for task in tasks:
-                task.build_response(self, payloads)
-        except IkeError as exc:
-            fatal = exc
-            payloads = [] if exc.notify is None else [_error_notify(exc)]
+        fatal: IkeError | None = unreadable
+        if unreadable is not None:
+            payloads = [_error_notify(unreadable)]
+        elif message is not None:
+            tasks = factory(self)
+            try:
+                check_payloads(header.exchange_type, False, message.payloads)
+                for task in tasks:
+                    task.process_request(self, message)
+                for task in tasks:
+                    task.build_response(self, payloads)
+            except IkeError as exc:
+                fatal = exc
+                payloads = [] if exc.notify is None else [_error_notify(exc)]
         response = Message(
             spi_i=self.spi_i,
             spi_r=bytes(8) if fatal is not None and self.keys is None else self.spi_r,
@@ -776,6 +787,9 @@ class IkeSa:
         self.tm.response_sent(header.message_id, data, packets)
         self._send(packets)
         if fatal is not None:
+            if header.exchange_type == ExchangeType.IKE_SA_INIT and unreadable is not None:
+                self.state = IkeSaState.DELETED  # answered; like garbage, no SA and no event
+                return
             if (
                 isinstance(fatal, InvalidKePayload)
                 and header.exchange_type == ExchangeType.IKE_SA_INIT
@@ -798,6 +812,13 @@ class IkeSa:
             )
         self._after_exchange(now)
         self._send_next(now)
+
+    def _drop_invalid_request(self, header: IkeHeader, remote: Address, exc: IkeError) -> None:
+        # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
+        logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            # Garbage that merely looks like an IKE_SA_INIT: no SA, no event.
+            self.state = IkeSaState.DELETED
 
     def _fragment_retransmitted(self, data: bytes) -> None:
         """A fragment of the request we answered last: RFC 7383 §2.6.1 has us resend the
@@ -1082,6 +1103,13 @@ def _error_notify(exc: IkeError) -> Notify:
     if exc.notify is None:
         raise LocalProtocolError("no notify for this error")
     return Notify(exc.notify, exc.notify_data, exc.protocol, exc.spi)
+
+
+def _answerable(exc: InvalidSyntax, exchange_type: int) -> bool:
+    """Whether an unreadable request deserves an error notify rather than silence."""
+    if exchange_type == ExchangeType.IKE_SA_INIT:
+        return isinstance(exc, UnsupportedCriticalPayload)
+    return exc.authenticated
 
 
 def _deletes_ike(message: Message) -> bool:

@@ -612,3 +612,96 @@ def test_identities_of_every_kind(id_a: str, id_b: str) -> None:
     (eb,) = pair.of("b", IkeSaEstablished)
     assert (ea.local_id, ea.remote_id) == (id_a, id_b)
     assert (eb.local_id, eb.remote_id) == (id_b, id_a)
+
+
+def test_unknown_critical_payload_in_an_authenticated_request_is_answered() -> None:
+    # RFC 7296 §2.5: the request is rejected with UNSUPPORTED_CRITICAL_PAYLOAD, whose
+    # data is the one-octet payload type; the IKE SA stays as it was.
+    from ikev2.codec import Payload, UnknownPayload
+    from ikev2.sa import Exchange
+    from ikev2.tasks import Task
+
+    class SendUnknownCritical(Task):
+        def build_request(self, sa: object, out: list[Payload]) -> None:
+            out.append(UnknownPayload(200, b"future", critical=True))
+
+    pair = Pair.make(connection())
+    establish(pair)
+    (sb,) = pair.b.ike_sas()
+    sb.queue_exchange(Exchange(INFO, [SendUnknownCritical()]), pair.clock)
+    pair.pump()
+    (answer,) = pair.responses("a", INFO)
+    opened = sb.sk.inbound.open(answer.ike)  # type: ignore[union-attr]
+    assert opened.payloads == (Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([200])),)
+    assert sb.tm.outstanding is None  # b's request was answered
+    (sa,) = pair.a.ike_sas()
+    assert sa.state is IkeSaState.ESTABLISHED and len(sa.children) == 1
+    assert not pair.of("a", IkeSaDeleted) and not pair.of("b", IkeSaDeleted)
+    # The same bytes with a broken ICV come from nobody we know: no answer at all.
+    (request,) = pair.requests("b", INFO)
+    forged = request.ike[:-1] + bytes([request.ike[-1] ^ 1])
+    header = decode_header(forged)
+    sa.receive_message(forged, header, (A_ADDR, 500), (B_ADDR, 500), pair.clock)
+    assert sa.datagrams_to_send(pair.clock) == []
+
+
+def test_unknown_critical_payload_in_ike_sa_init_is_answered_without_state() -> None:
+    from ikev2.codec import Message, UnknownPayload, encode_message
+    from ikev2.sa import Datagram
+
+    pair = Pair.make(connection())
+    pair.a.initiate("conn", 0.0)
+    (init,) = pair.a.datagrams_to_send(0.0)
+    message = decode_message(init.data)
+    bad = Message(
+        spi_i=message.spi_i,
+        spi_r=message.spi_r,
+        exchange_type=INIT,
+        message_id=0,
+        initiator=True,
+        response=False,
+        payloads=(*message.payloads, UnknownPayload(201, b"x", critical=True)),
+        encrypted=False,
+    )
+    pair.wire.append(Sent("a", Datagram(encode_message(bad), init.local, init.remote), False, 0))
+    pair.b.receive_datagram(encode_message(bad), init.remote, init.local, 0.0)
+    (answer,) = pair.b.datagrams_to_send(0.0)
+    reply = decode_message(answer.data)
+    assert reply.response and reply.spi_r == bytes(8)
+    assert reply.payloads == (Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([201])),)
+    assert pair.b.ike_sas() == [] and list(pair.b.events()) == []
+
+
+def test_ike_sa_hard_expiry_deletes_it_with_its_child_sas() -> None:
+    # No rekey margin: rekeying is due exactly when the SA expires, and expiry wins.
+    conn = connection(ike_lifetime=100.0, rekey_margin=0.0)
+    pair = Pair.make(conn, mirrored(conn, ike_lifetime=1000.0, rekey_margin=0.0))
+    establish(pair)
+    pair.advance(99.0)
+    assert not pair.of("a", IkeSaDeleted)
+    pair.advance(2.0)
+    (da,) = pair.of("a", IkeSaDeleted)
+    (db,) = pair.of("b", IkeSaDeleted)
+    assert da.reason == "IKE SA lifetime expired" and not da.by_peer
+    assert db.by_peer
+    assert len(pair.of("a", ChildSaDeleted)) == 1 and len(pair.of("b", ChildSaDeleted)) == 1
+    assert pair.a.ike_sas() == [] and pair.b.ike_sas() == []
+    delete = pair.requests("a", INFO)[-1]  # after the liveness checks
+    assert delete.time == pytest.approx(100.0)
+
+
+def test_ike_and_child_rekey_times_are_randomised_below_the_margin() -> None:
+    # strongSwan's rule: rekey up to a third of the margin before lifetime - margin.
+    conn = connection(
+        ike_lifetime=3600.0, rekey_margin=300.0, children=(child(lifetime=1200, rekey_margin=120),)
+    )
+    times = []
+    for seed in (b"1", b"2", b"3"):
+        pair = Pair.make(conn, seeds=(seed, b"peer"))
+        ia, _ = establish(pair)
+        (sa,) = pair.a.ike_sas()
+        assert sa.ike_rekey_at is not None
+        assert 3600 - 400 <= sa.ike_rekey_at <= 3600 - 300
+        assert 1200 - 160 <= ia.rekey_time <= 1200 - 120
+        times.append((sa.ike_rekey_at, ia.rekey_time))
+    assert len(set(times)) == 3

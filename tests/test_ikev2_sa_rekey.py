@@ -314,3 +314,32 @@ def test_lost_rekey_response_is_recovered_without_a_second_child_sa() -> None:
     assert len(pair.of("b", ChildSaInstalled)) == 2 and len(pair.of("a", ChildSaInstalled)) == 2
     check_crosswise(pair.of("a", ChildSaInstalled)[1], pair.of("b", ChildSaInstalled)[1])
     assert len(pair.a.ike_sas()[0].children) == 1 and len(pair.b.ike_sas()[0].children) == 1
+
+
+def test_fragments_both_ways_and_a_lost_response_fragment() -> None:
+    # RFC 7383: both sides fragment their IKE_AUTH message; a lost fragment of the
+    # response makes a retransmit its request, and b resends the whole cached response.
+    from ikev2.codec import decode_header
+
+    conn = connection(fragment_size=200, retransmit_timeout=2.0)
+    pair = Pair.make(conn, mirrored(conn, fragment_size=200))
+    lost: list[int] = []
+
+    def lose_a_response_fragment(sent: object) -> bool:
+        data = sent.ike  # type: ignore[attr-defined]
+        header = decode_header(data)
+        if header.exchange_type == ExchangeType.IKE_AUTH and header.response and not lost:
+            lost.append(1)
+            return True
+        return False
+
+    pair.drop = lose_a_response_fragment
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert pair.of("b", ChildSaInstalled) and not pair.of("a", ChildSaInstalled)
+    pair.advance(2.5)
+    check_crosswise(pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0])
+    assert len(pair.of("b", ChildSaInstalled)) == 1  # answered from the cache
+    responses = pair.responses("b", ExchangeType.IKE_AUTH)
+    assert len(responses) >= 4 and all(len(s.ike) <= 200 and s.ike[16] == 53 for s in responses)
+    assert lost

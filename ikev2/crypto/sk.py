@@ -124,7 +124,11 @@ class SkCipher:
         if pad_len + 1 > len(padded):
             raise InvalidSyntax("SK Pad Length longer than the plaintext")
         inner = padded[: len(padded) - pad_len - 1]
-        payloads = decode_payloads(sk.first_payload, inner, inner=True)
+        try:
+            payloads = decode_payloads(sk.first_payload, inner, inner=True)
+        except InvalidSyntax as exc:
+            exc.authenticated = True  # the ICV or tag verified: the peer sent this
+            raise
         return Message(
             spi_i=header.spi_i,
             spi_r=header.spi_r,
