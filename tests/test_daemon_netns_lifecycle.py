@@ -296,3 +296,25 @@ def test_dpd_restart_brings_the_tunnel_back_after_the_peer_restarts(topo: SiteTo
     assert after["spi_in"] != before["spi_in"]
     wait_for_ping(topo.host_a, topo.site_b.host4)
     ping(topo.host_a, topo.site_b.host4)
+
+
+def test_dpd_trap_re_arms_and_traffic_brings_the_tunnel_back(topo: SiteToSite) -> None:
+    a_text, b_text = _psk_configs(topo, extra_a=FAST_DPD.replace('"restart"', '"trap"'))
+    a_text = a_text.replace('interface = "lgtest0"', FAST_RETRANSMIT)
+    a, b = _pair(topo, a_text, b_text)
+    wait_for_ping(topo.host_a, topo.site_b.host4)
+    b.proc.signal(signal.SIGKILL)
+    b.proc.stop()
+    wait_until(lambda: a.sas() == [], "A to find the peer dead", timeout=20)
+    assert "dpd_action trap" in a.proc.log()
+    [conn] = a.status()["connections"]
+    assert conn["state"] == "trap (on traffic)"
+    # The remote subnet is routed into the TUN again, without an SA: a trap.
+    assert topo.site_b.subnet4 in topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
+    time.sleep(2.0)
+    assert a.sas() == [] and "initiating IKE SA" not in a.proc.log().split("dpd_action trap")[1]
+    b2 = start_daemon(topo, topo.gw_b, "gwB2", b_text)
+    # The first packet for the far site starts the tunnel again.
+    wait_for_ping(topo.host_a, topo.site_b.host4, timeout=20)
+    assert len(a.sas()) == 1 and len(b2.sas()) == 1
+    ping(topo.host_a, topo.site_b.host4)
