@@ -133,6 +133,12 @@ class Endpoint:
             ike_ids=self._ids,
             wall_clock=self._wall_clock,
         )
+        # §2.4: INITIAL_CONTACT tells the peer to drop every other IKE SA with us, so
+        # only when we hold none for this connection.
+        sa.send_initial_contact = config.initial_contact and not any(
+            other.config.name == connection and other.state is not IkeSaState.DELETED
+            for other in self._sas.values()
+        )
         self._add(sa)
         sa.initiate(now)
         self._collect(sa, now)

@@ -272,6 +272,9 @@ class IkeSa:
         """When the peer last sent an authenticated message (or `heard_from_peer`)."""
         self.initial_contact = False
         """The peer sent INITIAL_CONTACT (§2.4): its older IKE SAs with us are stale."""
+        self.send_initial_contact = config.initial_contact
+        """Send INITIAL_CONTACT in our IKE_AUTH request: the endpoint clears it when we
+        hold another IKE SA with this peer, which the peer must not drop (§2.4)."""
         self.ike_rekey_at: float | None = None
         """When rekeying the IKE SA is due (randomised below the lifetime)."""
         self.ike_rekeying = False

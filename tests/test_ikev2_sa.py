@@ -705,3 +705,22 @@ def test_ike_and_child_rekey_times_are_randomised_below_the_margin() -> None:
         assert 1200 - 160 <= ia.rekey_time <= 1200 - 120
         times.append((sa.ike_rekey_at, ia.rekey_time))
     assert len(set(times)) == 3
+
+
+def test_initial_contact_only_when_we_hold_no_other_ike_sa_with_the_peer() -> None:
+    pair = Pair.make(connection())
+    establish(pair)
+    pair.a.initiate("conn", pair.clock)  # a second IKE SA for the same connection
+    pair.pump()
+    first, second = pair.requests("a", AUTH)
+    sa_b = {sa.ike_sa_id: sa for sa in pair.b.ike_sas()}
+    assert len(sa_b) == 2 and len(pair.a.ike_sas()) == 2
+    opened = []
+    for request in (first, second):
+        header = decode_header(request.ike)
+        (sa,) = [s for s in sa_b.values() if s.spi_i == header.spi_i]
+        assert sa.sk is not None
+        opened.append(sa.sk.inbound.open(request.ike))
+    assert opened[0].notify(NotifyType.INITIAL_CONTACT) is not None
+    assert opened[1].notify(NotifyType.INITIAL_CONTACT) is None
+    assert not pair.of("b", IkeSaDeleted)  # b kept the first IKE SA

@@ -102,7 +102,7 @@ class IkeAuth(Task):
         out.append(idi)
         if config.credentials is not None and config.auth == "pubkey":
             out += config.credentials.cert_payloads()
-        if config.initial_contact:
+        if sa.send_initial_contact:
             # §2.4: we hold no other IKE SA with this peer; it may drop stale ones.
             out.append(Notify(NotifyType.INITIAL_CONTACT))
         if config.trust_anchors is not None and config.auth == "pubkey":
