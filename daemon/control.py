@@ -1,7 +1,8 @@
 """The control socket: a Unix stream socket speaking JSON lines, for root only.
 
-Each request is one JSON object on one line, ``{"command": "status"}`` or
-``{"command": "up", "name": "dc1-net"}``; each answer is one line,
+Each request is one JSON object on one line, ``{"command": "status"}``,
+``{"command": "up", "name": "dc1-net"}`` or ``{"command": "rekey", "name": "dc1-net",
+"ike": true}`` (the IKE SA instead of the CHILD SAs); each answer is one line,
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. The socket file
 is created mode 0600 and every client's credentials are checked with SO_PEERCRED,
 so a file-permission mistake alone does not open the daemon to other users.
