@@ -33,6 +33,7 @@ from typing import Any
 
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.dataplane import DataPlane
+from daemon.packet import flow_of, fragment_ipv4, too_big_reply
 from esp.drops import DropReason
 from esp.replay import ReplayWindow
 from esp.sa import EspSA
@@ -511,14 +512,16 @@ class EstablishedTarget(Target):
 
     name = "established"
     cost = 6
+    fragment_size = 200
+    """Small enough that IKE_AUTH and the rekey travel as SKF fragments (RFC 7383)."""
 
     def __init__(self) -> None:
-        self.pair = established()
+        self.pair = established(fragment_size=self.fragment_size)
 
     def seeds(self) -> list[bytes]:
         # A rekey, a liveness check and a CHILD SA delete on a twin pair (same seed, so
         # the same SPIs and keys): their messages are new to self.pair.
-        twin = established()
+        twin = established(fragment_size=self.fragment_size)
         (child,) = twin.sa("a").children
         twin.a.check_liveness(twin.sa("a").ike_sa_id, 1.0)
         twin.pump()
@@ -563,7 +566,7 @@ class EstablishedTarget(Target):
                 changed = True
         _bounded(pair)
         if changed or len(pair.a.ike_sas()) != 1 or len(pair.b.ike_sas()) != 1:
-            self.pair = established()
+            self.pair = established(fragment_size=self.fragment_size)
 
 
 # Inputs of the sealed targets: selector (1), first inner payload type (1), inner chain.
@@ -595,13 +598,17 @@ def _inner_seeds(pair: Pair) -> list[bytes]:
         (0, (Notify(NotifyType.INITIAL_CONTACT), Notify(NotifyType.AUTHENTICATION_FAILED))),
         (0, ()),
     ]
-    twin = established()
-    (uid,) = twin.sa("a").children
-    twin.a.rekey_child(uid, 1.0)
-    held = twin.pump(hold=lambda sender, ike: sender == "a")
-    sk = twin.sa("b").sk
-    for _, ike in held:
-        opened = _open_reply(sk.inbound, [ike]) if sk is not None else None
+    for rekey_ike in (False, True):
+        # The initiator's real CHILD SA and IKE SA rekey requests (§1.3.2, §1.3.3).
+        twin = established()
+        sa_a = twin.sa("a")
+        if rekey_ike:
+            twin.a.rekey_ike_sa(sa_a.ike_sa_id, 1.0)
+        else:
+            twin.a.rekey_child(next(iter(sa_a.children)), 1.0)
+        held = twin.pump(hold=lambda sender, ike: sender == "a")
+        sk = twin.sa("b").sk
+        opened = _open_reply(sk.inbound, [ike for _, ike in held]) if sk is not None else None
         if opened is not None:
             chains.append((1, opened.payloads))
     out = []
@@ -1102,12 +1109,70 @@ class DataPlaneTarget(Target):
         del self.ike[:-1]
 
 
+class InnerPacketTarget(Target):
+    """The inner-packet helpers of ``daemon.packet`` on what a host behind the gateway
+    (or, after decryption, the peer) may send: ``flow_of``, ``too_big_reply``,
+    ``fragment_ipv4``, and ``DataPlane.from_tun`` with a small tunnel MTU.
+
+    Input: MTU (2), then the IP packet. Fragments fit the MTU and carry exactly the
+    original payload in order (RFC 791 §3.2); an ICMP error fits the IPv6 minimum MTU
+    (RFC 4443 §2.4) and is itself a readable packet.
+    """
+
+    name = "inner_packet"
+    cost = 2
+
+    def __init__(self) -> None:
+        self.wire = _Wire()
+        self.plane = DataPlane(self.wire)
+        self.entry = entry_from_event(_dataplane_event(esp_keys()[0]))
+        self.plane.install(self.entry)
+
+    def seeds(self) -> list[bytes]:
+        v4 = ipv4_packet("192.0.2.1", "203.0.113.1", b"\x00\x35\x00\x35" + b"d" * 600)
+        v4_no_df = v4[:6] + b"\x00\x00" + v4[8:]
+        v6 = bytes([0x60, 0, 0, 0]) + (600).to_bytes(2, "big") + bytes([17, 64]) + bytes(32)
+        return [b"\x01\x00" + v4, b"\x01\x00" + v4_no_df, b"\x00\x60" + v4_no_df, b"\x02\x00" + v6]
+
+    def run(self, data: bytes) -> None:
+        if len(data) < 2:
+            return
+        mtu = int.from_bytes(data[:2], "big")
+        packet = data[2:]
+        flow = flow_of(packet)
+        if flow is not None and not (flow[0] in (4, 6) and all(v >= -1 for v in flow)):
+            raise Finding(f"flow_of gave {flow}")
+        reply = too_big_reply(packet, mtu)
+        if reply is not None and (len(reply) > 1280 or flow_of(reply) is None):
+            raise Finding(f"ICMP error of {len(reply)} octets, flow {flow_of(reply)}")
+        # The data plane fragments only IPv4 packets (may_fragment checks the version).
+        pieces = fragment_ipv4(packet, mtu) if packet[:1] and packet[0] >> 4 == 4 else None
+        if pieces is not None:
+            ihl = (packet[0] & 0x0F) * 4
+            total = int.from_bytes(packet[2:4], "big")
+            data_out = b""
+            for piece in pieces:
+                if len(piece) > max(mtu, 0) or flow_of(piece) is None:
+                    raise Finding(f"fragment of {len(piece)} octets for MTU {mtu}")
+                data_out += piece[(piece[0] & 0x0F) * 4 :]
+            if data_out != packet[ihl:total]:
+                raise Finding("fragments do not carry the packet's payload")
+        self.entry.mtu = max(mtu, 68)
+        self.plane.from_tun([packet])
+
+
 # --- the catalogue ------------------------------------------------------------------------
 
 
 def all_targets(*, heavy: bool = True) -> list[Target]:
     """Every target; ``heavy=False`` leaves out the ones that set up IKE SAs per case."""
-    targets: list[Target] = [CodecTarget(), PayloadTarget(), CookieTarget(), DataPlaneTarget()]
+    targets: list[Target] = [
+        CodecTarget(),
+        PayloadTarget(),
+        CookieTarget(),
+        DataPlaneTarget(),
+        InnerPacketTarget(),
+    ]
     for name in sk_ciphers():
         targets += [SkOpenTarget(name), SkInnerTarget(name)]
     targets += [FragmentTarget("aes256gcm16"), FragmentTarget("aes128-sha256")]

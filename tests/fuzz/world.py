@@ -43,8 +43,10 @@ Address = tuple[str, int]
 # --- IKE ----------------------------------------------------------------------------------
 
 
-def connection(local: str, remote: str, local_net: str, remote_net: str) -> ConnectionConfig:
-    """A PSK connection with one CHILD SA and small fragments (so SKF is exercised)."""
+def connection(
+    local: str, remote: str, local_net: str, remote_net: str, fragment_size: int = 400
+) -> ConnectionConfig:
+    """A PSK connection with one CHILD SA; 200-octet fragments split every IKE_AUTH."""
     child = ChildConfig(
         "net",
         (TrafficSelector.from_network(local_net),),
@@ -58,7 +60,7 @@ def connection(local: str, remote: str, local_net: str, remote_net: str) -> Conn
         remote_id=Identity.parse(remote),
         children=(child,),
         psk=PSK,
-        fragment_size=400,
+        fragment_size=fragment_size,
     )
 
 
@@ -76,15 +78,15 @@ class Pair:
     for the caller instead of delivering it.
     """
 
-    def __init__(self, seed: str = "fuzz") -> None:
+    def __init__(self, seed: str = "fuzz", fragment_size: int = 400) -> None:
         self.clock = 0.0
         self.a = Endpoint(
-            [connection(A_ADDR, B_ADDR, A_NET, B_NET)],
+            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size)],
             rng=DeterministicRandom(f"{seed}-a"),
             config=endpoint_config(),
         )
         self.b = Endpoint(
-            [connection(B_ADDR, A_ADDR, B_NET, A_NET)],
+            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size)],
             rng=DeterministicRandom(f"{seed}-b"),
             config=endpoint_config(),
         )
@@ -115,9 +117,9 @@ class Pair:
         return min((self.a if side == "a" else self.b).ike_sas(), key=lambda sa: sa.ike_sa_id)
 
 
-def established(seed: str = "fuzz") -> Pair:
+def established(seed: str = "fuzz", fragment_size: int = 400) -> Pair:
     """A pair with one IKE SA and its CHILD SA up on both sides."""
-    pair = Pair(seed)
+    pair = Pair(seed, fragment_size)
     pair.a.initiate("conn", 0.0)
     pair.pump()
     return pair
