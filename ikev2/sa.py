@@ -374,6 +374,20 @@ class IkeSa:
         self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]))
         self._send_next(now)
 
+    def expire_child(self, child: ChildSa, now: float, reason: str) -> None:
+        """A hard limit ended a CHILD SA: stop using it at once, then tell the peer.
+
+        RFC 4301 §4.4.2.1: an SA past its hard lifetime must not be used, so its
+        ChildSaDeleted does not wait for the peer's answer to our Delete (§1.4.1).
+        """
+        self.now = now
+        child.deleting = True
+        self.remove_child(child, reason)
+        if self.state is IkeSaState.ESTABLISHED:
+            self.queue_exchange(
+                Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]), now
+            )
+
     def rekey_child(self, unique_id: int, now: float) -> None:
         """Rekey a CHILD SA with CREATE_CHILD_SA (§1.3.3); the old one goes once the new is up."""
         child = self.children.get(unique_id)
@@ -547,7 +561,7 @@ class IkeSa:
         if child is None or child.deleting:
             return
         if hard:
-            self.delete_child(unique_id, now, "byte or packet limit reached")
+            self.expire_child(child, now, "byte or packet limit reached")
         elif not child.rekeying and child.peer_rekey is None:
             self.rekey_child(unique_id, now)
 
@@ -1088,7 +1102,7 @@ class IkeSa:
             if child.deleting:
                 continue
             if now >= child.expire_at:
-                self.delete_child(child.unique_id, now, "lifetime expired")
+                self.expire_child(child, now, "lifetime expired")
             elif now >= child.rekey_at and not child.rekeying and child.peer_rekey is None:
                 self.rekey_child(child.unique_id, now)
         dpd = self._dpd_due()

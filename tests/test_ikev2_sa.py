@@ -724,3 +724,18 @@ def test_initial_contact_only_when_we_hold_no_other_ike_sa_with_the_peer() -> No
     assert opened[0].notify(NotifyType.INITIAL_CONTACT) is not None
     assert opened[1].notify(NotifyType.INITIAL_CONTACT) is None
     assert not pair.of("b", IkeSaDeleted)  # b kept the first IKE SA
+
+
+def test_child_hard_expiry_stops_the_child_at_once_even_if_the_peer_is_silent() -> None:
+    conn = connection(children=(child(lifetime=100.0, rekey_margin=0.0),), dpd_interval=0.0)
+    pair = Pair.make(conn, mirrored(conn, dpd_interval=0.0))
+    ia, _ = establish(pair)
+    pair.drop = lambda sent: sent.sender == "b"  # the peer no longer answers
+    pair.advance(100.5)
+    (gone,) = pair.of("a", ChildSaDeleted)
+    assert gone.unique_id == ia.unique_id and gone.reason == "lifetime expired"
+    # The Delete still went out (and is retransmitted), after the event.
+    delete = pair.requests("a", INFO)[0]
+    assert delete.time == pytest.approx(100.0)
+    kinds = [type(e) for e in pair.events["a"]]
+    assert kinds[-1] is ChildSaDeleted and pair.a.ike_sas()[0].children == {}
