@@ -343,3 +343,27 @@ def test_fragments_both_ways_and_a_lost_response_fragment() -> None:
     responses = pair.responses("b", ExchangeType.IKE_AUTH)
     assert len(responses) >= 4 and all(len(s.ike) <= 200 and s.ike[16] == 53 for s in responses)
     assert lost
+
+
+def test_ike_rekey_with_an_invalid_ke_retry() -> None:
+    # §1.3.2/§1.2: the responder wants another group for the new IKE SA; the requester
+    # tries again with it in a new exchange, and the new IKE SA uses it.
+    from ikev2.events import IkeSaRekeyed
+
+    both = ("aes256gcm16-prfsha384-x25519", "aes256gcm16-prfsha384-ecp384")
+    pair = up(connection(ike_proposals=both))
+    (sb,) = pair.b.ike_sas()
+    sb.config = dataclasses.replace(sb.config, ike_proposals=(both[1],))  # b reloaded
+    (sa,) = pair.a.ike_sas()
+    pair.a.rekey_ike_sa(sa.ike_sa_id, pair.clock)
+    pair.pump()
+    first, retry = pair.requests("a", CREATE)
+    assert sb.sk is not None
+    assert sb.sk.inbound.open(first.ike).get(KePayload).group == 31  # type: ignore[union-attr]
+    assert sb.sk.inbound.open(retry.ike).get(KePayload).group == 20  # type: ignore[union-attr]
+    (ra,) = pair.of("a", IkeSaRekeyed)
+    (rb,) = pair.of("b", IkeSaRekeyed)
+    assert ra.suite == rb.suite == "aes256gcm16-prfsha384-ecp384"
+    (new_a,), (new_b,) = pair.a.ike_sas(), pair.b.ike_sas()
+    assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r)
+    assert len(new_a.children) == 1 and len(new_b.children) == 1
