@@ -349,3 +349,24 @@ def test_crossing_child_rekey_seen_by_one_side_only() -> None:
     assert cb.unique_id == pair.of("b", ChildSaInstalled)[1].unique_id  # b's new pair
     assert not pair.of("a", ChildSaFailed) and not pair.of("b", ChildSaFailed)
     assert not ca.rekeying and sa_a.get_timer() is not None
+
+
+def test_child_rekey_crossing_the_peers_delete_of_it_is_forgotten() -> None:
+    """§2.25.1: b deletes the CHILD SA that a rekeys: TEMPORARY_FAILURE, no failure event."""
+    pair = up()
+    old_a, old_b = pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0]
+    (sa_a,), (sa_b,) = pair.a.ike_sas(), pair.b.ike_sas()
+    sa_a.rekey_child(old_a.unique_id, pair.clock)
+    sa_b.delete_child(old_b.unique_id, pair.clock)
+    (rekey,), (delete,) = pair.take("a"), pair.take("b")
+    pair.deliver("b", delete)  # a answers the Delete as usual while its rekey is out
+    pair.deliver("a", rekey)  # b is deleting that SA: TEMPORARY_FAILURE
+    (refusal,) = pair.take("b")
+    (notify,) = opened(sa_a, refusal).error_notifies()
+    assert notify.notify_type == NotifyType.TEMPORARY_FAILURE
+    pair.pump()
+    pair.deliver("b", refusal)
+    pair.pump()
+    assert sa_a.children == {} and sa_b.children == {}
+    assert not pair.of("a", ChildSaFailed) and not pair.of("b", ChildSaFailed)
+    assert [e.unique_id for e in pair.of("a", ChildSaDeleted)] == [old_a.unique_id]

@@ -109,6 +109,10 @@ class CreateChild(Task):
         try:
             self._process_response(sa, message)
         except IkeError as exc:
+            if self.old is not None and self.old.unique_id not in sa.children:
+                # §2.25.1: the peer deleted it meanwhile; our rekey is simply forgotten.
+                logger.info("%s: %s: it was deleted meanwhile (%s)", sa.name, self.what, exc)
+                return
             if self.old is not None and self.old.peer_rekey is not None:
                 # §2.8.1: the peer rekeyed it too and did not see the collision (it
                 # answered TEMPORARY_FAILURE): its new SA is the only one; it deletes
