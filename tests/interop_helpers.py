@@ -138,6 +138,8 @@ class Case:
     pairs: tuple[Pair, ...] = (V4,)
     lockgate_extra: Mapping[str, str] = field(default_factory=dict)
     """More `[connections.X]` keys for lockgate, as TOML values (`'"8s"'`)."""
+    lockgate_gateway: Mapping[str, str] = field(default_factory=dict)
+    """More `[gateway]` keys for lockgate, as TOML values."""
     swan_pairs: tuple[Pair, ...] | None = None
     swan_ike: str | None = None
     swan_esp: str | None = None
@@ -227,6 +229,7 @@ def render_lockgate(
     ]
     if credentials is not None:
         gateway += [f"{key} = {value}" for key, value in credentials.items()]
+    gateway += [f"{key} = {value}" for key, value in case.lockgate_gateway.items()]
     peer_lines = [
         "[peers.swan]",
         f"address = {json.dumps(peer)}",
@@ -390,7 +393,7 @@ def interop(case: Case) -> Iterator[Interop]:
             local_id=b_id,
             remote_id=a_id,
             proposals=case.swan_ike or case.ike,
-            local_auth=swan_auth,
+            local_auth="psk" if swan_auth == "psk" else "pubkey",
             remote_auth="psk" if case.auth == "psk" else "pubkey",
             local_certs=local_certs,
             children=[

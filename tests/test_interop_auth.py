@@ -12,24 +12,11 @@ from interop_helpers import Case, attempt_and_fail, check_sa_agreement, check_tr
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-# conf/ike.py `ike_connection` builds the IKE core's ConnectionConfig without
-# `credentials` and `trust_anchors` (it never reads gateway.certificate, private_key or
-# ca), so ikev2/config.py `__post_init__` raises "auth is pubkey but a certificate, key
-# or CA is missing" and `lockgate daemon` exits with a traceback at start-up.
-PUBKEY_NOT_WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="product bug: conf/ike.py ike_connection does not pass the gateway's "
-    "certificate/private_key/ca to ikev2 (credentials, trust_anchors); the daemon dies "
-    "at start with ConfigError 'auth is pubkey but a certificate, key or CA is missing'",
-)
-
 KEY_TYPES = ["ecdsa-p256", "rsa2048", "ed25519"]
 
 
 @pytest.mark.parametrize("initiates", [True, False], ids=["lg-init", "swan-init"])
-@pytest.mark.parametrize(
-    "key_type", [pytest.param(k, marks=PUBKEY_NOT_WIRED) for k in KEY_TYPES], ids=KEY_TYPES
-)
+@pytest.mark.parametrize("key_type", KEY_TYPES)
 def test_certificates_carry_traffic(key_type: str, initiates: bool) -> None:
     case = Case(lockgate_initiates=initiates, auth=key_type)
     with interop(case) as world:
