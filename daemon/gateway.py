@@ -82,6 +82,9 @@ INBOUND_LINGER = 2.0
 `DataPlane.remove`)."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
+EXPIRED_REASONS = frozenset({"byte or packet limit reached", "lifetime expired"})
+"""ChildSaDeleted reasons of the IKE core for a CHILD SA that reached a hard limit
+before a rekey replaced it: a connection that should be up then needs a new one."""
 PEER_DEAD = "peer is dead"
 """How the IKE core's IkeSaDeleted reason starts when liveness checks went unanswered
 (RFC 7296 §2.4); the connection's dpd_action then applies."""
@@ -702,6 +705,22 @@ class Gateway:
         if state is not None and ike_alive and not self._installed(state.name):
             # Deleted on its own (down, peer's Delete, volume): not lost with its IKE SA.
             state.carried_by = None
+            if (
+                ike is not None
+                and state.wanted
+                and event.reason in EXPIRED_REASONS
+                and ike.state is IkeSaState.ESTABLISHED
+            ):
+                # A hard limit came before the rekey finished (RFC 4301 §4.4.2.1): the
+                # connection should stay up, so negotiate a fresh CHILD SA under the
+                # same IKE SA, after the events being handled now.
+                log.info("connection %s: CHILD SA expired unreplaced; requesting a new one",
+                         state.name)  # fmt: skip
+                state.requested_at = None
+                if self._loop is not None:
+                    self._loop.call_soon(self._create_child, state, ike)
+                else:
+                    self._create_child(state, ike)
         self.notifier.notify(STATUS=self._status_line())
 
     def _on_child_failed(self, event: ChildSaFailed) -> None:

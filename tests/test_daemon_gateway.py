@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ikev2.events import (
     IkeSaFailed,
     IkeSaRekeyed,
 )
+from ikev2.sa import IkeSaState
 from tun import memory_tun_pair
 
 CONFIG = """
@@ -310,3 +312,32 @@ def test_rekey_ike_without_an_ike_sa_is_refused(gateway: Gateway) -> None:
         asyncio.run(ask(command="rekey", name="main", ike=True))
     with pytest.raises(ControlError, match="no connection named 'nope'"):
         asyncio.run(ask(command="rekey", name="nope", ike=True))
+
+
+@pytest.mark.parametrize(
+    ("reason", "wanted", "renewed"),
+    [
+        ("byte or packet limit reached", True, True),
+        ("lifetime expired", True, True),
+        ("deleted by peer", True, False),
+        ("byte or packet limit reached", False, False),
+    ],
+)
+def test_child_sa_expired_before_its_rekey_is_negotiated_again(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, reason: str, wanted: bool, renewed: bool
+) -> None:
+    assert gateway._endpoint is not None
+    ike = types.SimpleNamespace(state=IkeSaState.ESTABLISHED)
+    monkeypatch.setattr(gateway._endpoint, "ike_sa", lambda ike_sa_id: ike)
+    requested: list[str] = []
+    monkeypatch.setattr(gateway, "_create_child", lambda state, sa: requested.append(state.name))
+    gateway.connections["site"].wanted = wanted
+    gateway._handle_event(established())
+    installed = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
+    )
+    gateway._handle_event(installed)
+    gateway._handle_event(
+        ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, reason)
+    )
+    assert requested == (["site"] if renewed else [])
