@@ -5,9 +5,12 @@ Life of a tunnel: the IKE endpoint (sans-I/O, `ikev2.endpoint`) negotiates; the
 daemon feeds it the datagrams the pump reads, sends what it produces, runs its timer
 and reacts to its events. `ChildSaInstalled` becomes two `EspSA`s, an SPD policy,
 an SAD entry and routes to the remote subnets through the TUN device;
-`ChildSaDeleted` takes them away again. SIGHUP reloads the file and touches only
-connections whose settings changed; SIGTERM deletes every SA (the peer gets a
-Delete), removes routes and the TUN device, and exits 0.
+`ChildSaDeleted` takes them away again. `IkeSaRekeyed` swaps the IKE SA shown in
+status and the one the CHILD SAs answer to; an IKE SA that ends because its peer is
+dead gets the connection's dpd_action (clear, restart with back-off, or re-arm a
+trap). SIGHUP reloads the file and touches only connections whose settings changed;
+SIGTERM deletes every SA (the peer gets a Delete), removes routes and the TUN
+device, and exits 0.
 """
 
 from __future__ import annotations
@@ -888,7 +891,10 @@ class Gateway:
         if old is None or self._endpoint is None:
             raise ControlError("the daemon is not running")
         if new.gateway != old.gateway:
-            log.warning("[gateway] changed: addresses, ports and the TUN need a restart")
+            log.warning(
+                "[gateway] changed: addresses, ports, the TUN and the COOKIE/half-open "
+                "settings need a restart"
+            )
         old_ike = {name: peer.config for name, peer in self.peers.items()}
         new_ike = {c.name: c for c in new_list}
         removed = [n for n in old_ike if n not in new_ike]
