@@ -61,6 +61,9 @@ class SetupResult:
     """The SAs the responder holds at the end (what its memory growth is divided by)."""
     responder_kib_before: int = 0
     responder_kib_after: int = 0
+    busy_seconds: float | None = None
+    """lockgate only: how long after the SIGHUP its control socket first answered (the
+    reload and the initiations run on the event loop and hold it that long)."""
     error: str = ""
 
     @property
@@ -259,6 +262,10 @@ def lockgate_case(topo: SiteToSite, count: int) -> SetupResult:
         start = time.monotonic()
         if initiator.process is not None:
             initiator.process.signal(signal.SIGHUP)
+        time.sleep(0.2)  # the handler runs on the loop's next turn; ask after it
+        with contextlib.suppress(ControlClientError):
+            initiator.status(timeout=_timeout(count))
+            result.busy_seconds = time.monotonic() - start
         deadline = start + _timeout(count)
         while True:
             with contextlib.suppress(ControlClientError):
@@ -323,6 +330,8 @@ def _line(r: SetupResult) -> str:
     secs = f"{r.seconds:.2f}s" if r.seconds is not None else "-"
     kib = f"{r.kib_per_sa:.1f} KiB/SA" if r.kib_per_sa is not None else "-"
     err = f"  [{r.error}]" if r.error else ""
+    if r.busy_seconds is not None:
+        err = f"  (A busy {r.busy_seconds:.1f}s after SIGHUP)" + err
     return (
         f"{r.implementation:<9} {r.count:>5} {secs:>8} {rate:>16} {r.established:>6} "
         f"{r.child_sas:>6} {r.responder_sas:>6} {kib:>14}{err}"

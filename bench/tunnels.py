@@ -18,6 +18,7 @@ import contextlib
 import json
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-class Tunnel:
+class Tunnel(ABC):
     """One path between the sites: `start`, measure, `stop`."""
 
     label = "?"
@@ -50,11 +51,13 @@ class Tunnel:
         self.topo = topo
         self.suite = suite
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Bring the path up; return once a ping crosses it."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop what `start` started (by PID) and undo its routes."""
 
     def daemons(self) -> dict[str, int]:
         """PIDs of the processes doing the ESP work, by role ("A", "B")."""
@@ -217,8 +220,8 @@ class Lockgate:
             time.sleep(0.1)
         raise TunnelError(f"lockgate {self.name} did not start:\n{_tail(self.log())}")
 
-    def status(self) -> dict[str, Any]:
-        result = request(str(self.socket), {"command": "status"}, timeout=5.0)
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        result = request(str(self.socket), {"command": "status"}, timeout=timeout)
         if not isinstance(result, dict):
             raise TunnelError(f"lockgate {self.name}: malformed status {result!r}")
         return result
