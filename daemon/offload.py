@@ -29,6 +29,11 @@ TUN_OFFLOADS = Offload.CSUM | Offload.TSO4 | Offload.TSO6
 """What the TUN device may hand over unfinished (no UDP: USO needs both USO4 and
 USO6 and newer kernels, and UDP inner traffic is not where the volume is)."""
 
+TUN_QUEUE_LENGTH = 4096
+"""Packets (or super-packets) the kernel queues for us to read, instead of the TUN
+driver's 500: a burst that arrives while the pump is busy sealing the last one is
+kept, not dropped (a drop costs a TCP sender a retransmission and half its window)."""
+
 
 class OffloadMode(enum.Enum):
     """How much work the data plane leaves to (or takes from) the kernel."""
@@ -61,6 +66,10 @@ def open_tun(name: str, mode: OffloadMode = OffloadMode.ALL) -> TunDevice:
     if mode is OffloadMode.OFF:
         return TunDevice.open(name)
     tun = TunDevice.open(name, vnet_hdr=True)
+    try:
+        tun.set_queue_length(TUN_QUEUE_LENGTH)
+    except TunError as exc:
+        log.info("%s", exc)
     if mode is OffloadMode.ALL:
         try:
             tun.set_offload(TUN_OFFLOADS)
