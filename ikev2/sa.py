@@ -64,6 +64,7 @@ from ikev2.events import (
 from ikev2.fragments import Reassembler, is_fragmented, open_fragment, seal_for_size
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
 from ikev2.tasks import (
+    CHILD_TASKS,
     AnswerCreateChild,
     ChildCreate,
     ChildDelete,
@@ -84,7 +85,7 @@ from ikev2.ts import TrafficSelector
 logger = logging.getLogger(__name__)
 
 REKEYED_LINGER = 30.0
-"""Seconds a replaced IKE SA waits for the Delete that ends it."""
+"""Least seconds a replaced IKE SA waits for the Delete that ends it."""
 
 NAT_KEEPALIVE_INTERVAL = 20.0
 """Seconds between NAT keepalives (strongSwan's default, RFC 3948 §4 suggests 20 s)."""
@@ -287,6 +288,10 @@ class IkeSa:
         """IKE SAs our rekey exchanges created (the endpoint routes their SPIs)."""
         self.peer_ike_rekey: PeerIkeRekey | None = None
         """The peer's crossing IKE rekey, kept until ours completes (§2.8.2)."""
+        self.unconfirmed_until: float | None = None
+        """Set while the peer may not know this IKE SA yet (it started the rekey that
+        made it and may not have our answer): our requests wait until it shows it does
+        (any message on this SA, or its Delete of the old one), or until this time."""
         self.silent = False
         """True while the user has not heard of this IKE SA (a rekey's candidate) or
         must not any more (it lost a rekey collision): it then ends without events."""
@@ -464,11 +469,24 @@ class IkeSa:
         new.silent = False
         new.rekeyed_from = None
         new.children, self.children = self.children, {}
+        # Our CHILD SA exchanges still queued here (a Delete after a CHILD rekey, a
+        # rekey) go out on the new IKE SA; anything else about this SA is moot.
+        carried = [
+            exchange
+            for exchange in self.tm.pending
+            if any(task.name in CHILD_TASKS for task in exchange.tasks)
+        ]
         for child in new.children.values():
             child.rekeying = False
+        for exchange in carried:
+            for task in exchange.tasks:
+                if isinstance(task, CreateChild) and task.old is not None:
+                    task.old.rekeying = True
         self.rekeyed_into = new
         self.peer_ike_rekey = None
         self.wind_down()
+        if not new.initiator:
+            new.unconfirmed_until = self.now + self.tm.policy.give_up_after
         logger.info("%s: IKE SA replaced by %s", self.name, new.name)
         self.emit(
             IkeSaRekeyed(
@@ -480,14 +498,19 @@ class IkeSa:
                 new.suite.name if new.suite is not None else "",
             )
         )
+        for exchange in carried:
+            new.tm.queue(exchange)
+        new._send_next(self.now)
 
     def wind_down(self) -> None:
         """No more exchanges of our own or timers: wait for the Delete (or its backstop)."""
         self.state = IkeSaState.REKEYED
         self.tm.pending.clear()
         self.ike_rekey_at = self.keepalive_at = None
-        # The Delete normally ends this SA at once; this is only a backstop.
-        self.expire_at = self.now + REKEYED_LINGER
+        # The Delete normally ends this SA at once; this is only a backstop. It stays at
+        # least as long as the peer may retransmit a request that this SA answered (a
+        # lost rekey response is resent from its cache), judged by our own policy.
+        self.expire_at = self.now + max(REKEYED_LINGER, self.tm.policy.give_up_after)
 
     def ike_rekeyed(self, new: IkeSa, lowest_nonce: bytes) -> None:
         """Our IKE rekey created `new`; settle a collision with the peer's (§2.8.2).
@@ -626,6 +649,7 @@ class IkeSa:
             return None
         times = [
             self.tm.get_timer(),
+            self.unconfirmed_until,
             self.half_open_deadline,
             self.expire_at,
             self.keepalive_at,
@@ -896,6 +920,8 @@ class IkeSa:
 
     def _send_next(self, now: float) -> None:
         """Send the next queued exchange if the window allows."""
+        if self.unconfirmed_until is not None:
+            return  # the peer may not know this SA yet: requests would be dropped
         while self.state is not IkeSaState.DELETED:
             exchange = self.tm.next_to_send()
             if exchange is None:
@@ -946,6 +972,7 @@ class IkeSa:
 
     def _peer_address_seen(self, local: Address, remote: Address) -> None:
         self.last_heard = self.now
+        self.unconfirmed_until = None  # an authenticated message: the peer has this SA
         # §2.23: behind a NAT, follow the address of the latest authenticated message.
         if (local, remote) != (self.local, self.remote) and (
             self.nat_local or self.nat_remote or self.local[1] == self.nat_port
@@ -1017,6 +1044,10 @@ class IkeSa:
             # §2.8.2: the peer deletes the old SA, so its crossing rekey won (or it never
             # saw ours): the SA that rekey created takes over.
             self.hand_over(self.peer_ike_rekey.new_sa)
+        if by_peer and self.rekeyed_into is not None:
+            # The peer deletes the SA it replaced: it surely has the new one.
+            self.rekeyed_into.unconfirmed_until = None
+            self.rekeyed_into._send_next(self.now)
         if self.rekeyed_into is not None or self.silent:
             # Replaced (its CHILD SAs live on in the new IKE SA), or never announced:
             # nothing to report.
@@ -1086,6 +1117,9 @@ class IkeSa:
             else:
                 self.fail(str(exc), None)
             return
+        if self.unconfirmed_until is not None and now >= self.unconfirmed_until:
+            self.unconfirmed_until = None  # never confirmed: try; retransmission decides
+            self._send_next(now)
         if self.half_open_deadline is not None and now >= self.half_open_deadline:
             self.fail("peer did not complete IKE_AUTH in time", None)
             return

@@ -52,6 +52,11 @@ class RetransmitPolicy:
         """Seconds to wait after the (retransmits)-th retransmission (0 is the first send)."""
         return float(self.timeout * self.base**retransmits)
 
+    @property
+    def give_up_after(self) -> float:
+        """Seconds from the first send of a request until it is given up."""
+        return sum(self.delay(n) for n in range(self.tries + 1))
+
 
 @dataclass
 class OutstandingRequest(Generic[T]):

@@ -13,10 +13,11 @@ from ikev2.tasks.ike_auth import IkeAuth
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_init import IkeInit
 from ikev2.tasks.ike_natd import IkeNatd
-from ikev2.tasks.ike_rekey import AnswerIkeRekey, IkeRekey
+from ikev2.tasks.ike_rekey import CHILD_TASKS, AnswerIkeRekey, IkeRekey
 from ikev2.tasks.informational import Informational, NotifyOnly, RefuseCreateChild
 
 __all__ = [
+    "CHILD_TASKS",
     "AnswerCreateChild",
     "AnswerIkeRekey",
     "ChildCreate",
