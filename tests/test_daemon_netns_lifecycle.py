@@ -260,6 +260,17 @@ def test_rekey_child_and_ike_under_ping_lose_nothing(topo: SiteToSite) -> None:
     ping(topo.host_a, topo.site_b.host4)
     again = a.command("rekey", name="site", ike="yes")
     assert f"IKE SA #{ike_after['id']} rekeyed" in again
+    # The peer may rekey too: A, the responder of that exchange, follows it.
+    [ike_mid] = a.status()["connections"][0]["ike_sas"]
+    assert "rekeyed" in b.command("rekey", name="site", ike="yes")
+    wait_until(
+        lambda: a.status()["connections"][0]["ike_sas"][0]["rekeyed_from"] == ike_mid["id"],
+        "A to show the IKE SA B's rekey made",
+        timeout=10,
+    )
+    [ike_last] = a.status()["connections"][0]["ike_sas"]
+    assert ike_last["initiator"] is False  # B started the exchange that made it
+    ping(topo.host_a, topo.site_b.host4)
 
 
 # --- dead peer detection -----------------------------------------------------------------
