@@ -118,10 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(path: str) -> int:
+    from conf.ike import endpoint_config, ike_connections
     from daemon.gateway import ConfigLoadError, load_config
 
     try:
         config = load_config(path)
+        # Build what the daemon would hand the IKE core too (credentials included), so
+        # whatever the core refuses is reported here and not at start.
+        ike_connections(config)
+        endpoint_config(config)
     except ConfigLoadError as exc:
         # The message names the file and every key at fault.
         print(str(exc) if str(path) in str(exc) else f"{path}: {exc}", file=sys.stderr)

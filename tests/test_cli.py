@@ -13,6 +13,7 @@ import pytest
 
 from daemon.cli import format_status, main
 from daemon.control import ControlError, ControlServer
+from daemon.lab.pki import Pki
 
 GOOD = """
 [gateway]
@@ -197,3 +198,27 @@ def test_format_status_says_which_ike_sa_a_rekey_replaced() -> None:
     assert "IKE SA #4: " in format_status(status)
     assert "rekeyed from #1" in format_status(status)
     assert "rekeyed from" not in format_status(STATUS)
+
+
+def test_check_config_loads_certificates_like_the_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = Pki(key_type="ecdsa-p256")
+    ours = pki.issue("gw-a.example.net")
+    (tmp_path / "gw.crt").write_bytes(ours.cert_pem)
+    (tmp_path / "gw.key").write_bytes(ours.key_pem)
+    (tmp_path / "gw.key").chmod(0o600)
+    (tmp_path / "ca.crt").write_bytes(pki.ca.cert_pem)
+    text = GOOD.replace(
+        'id = "198.51.100.1"\n',
+        f'id = "gw-a.example.net"\ncertificate = "{tmp_path / "gw.crt"}"\n'
+        f'private_key = "{tmp_path / "gw.key"}"\nca = ["{tmp_path / "ca.crt"}"]\n',
+    ).replace('psk = "demo-only-not-a-secret-0123456789"', 'auth = "pubkey"')
+    path = tmp_path / "pubkey.toml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
+    assert "OK (1 connection(s): dc-cloud)" in capsys.readouterr().out
+    # A private key that others can read is refused, naming the key.
+    (tmp_path / "gw.key").chmod(0o644)
+    assert main(["check-config", str(path)]) == 1
+    assert "gateway.private_key: " in capsys.readouterr().err
