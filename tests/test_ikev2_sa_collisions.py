@@ -448,3 +448,24 @@ def test_requests_on_a_new_ike_sa_wait_until_the_peer_has_it() -> None:
     installed = pair.of("a", ChildSaInstalled)
     assert len(installed) == 2 and installed[1].rekey_of == child
     assert new_a.state is IkeSaState.ESTABLISHED and len(pair.b.ike_sas()) == 1
+
+
+def test_ike_rekey_crossing_the_peers_ike_delete() -> None:
+    """§2.25.2: a rekey of an IKE SA being closed gets TEMPORARY_FAILURE; the rekeying
+    side answers the Delete as usual and forgets its rekey. Both end the IKE SA once."""
+    pair = up()
+    (sa_a,), (sa_b,) = pair.a.ike_sas(), pair.b.ike_sas()
+    pair.a.delete(sa_a.ike_sa_id, pair.clock)
+    pair.b.rekey_ike_sa(sa_b.ike_sa_id, pair.clock)
+    (delete,), (rekey,) = pair.take("a"), pair.take("b")
+    pair.deliver("b", rekey)
+    (refusal,) = pair.take("a")
+    (notify,) = opened(sa_b, refusal).error_notifies()
+    assert notify.notify_type == NotifyType.TEMPORARY_FAILURE
+    pair.deliver("a", delete)
+    pair.deliver("a", refusal)
+    pair.pump()
+    for name in "ab":
+        (gone,) = pair.of(name, IkeSaDeleted)
+        assert gone.by_peer is (name == "b")
+        assert not pair.of(name, IkeSaRekeyed) and pair.side(name).ike_sas() == []
