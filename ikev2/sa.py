@@ -980,7 +980,7 @@ class IkeSa:
             logger.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
             old_local, old_remote = self.local, self.remote
             self.local, self.remote = local, remote
-            if self.established_at is not None:
+            if self.established_at is not None and not self.silent:
                 # Before IKE_AUTH completes IkeSaEstablished carries the addresses.
                 self.emit(
                     IkeSaAddressChanged(
