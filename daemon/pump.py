@@ -30,7 +30,8 @@ from tun.vnet import VnetError, coalesce, frame_packets, split_frame
 
 log = logging.getLogger(__name__)
 
-_LITTLE = sys.byteorder == "little"
+_NON_ESP_MARKER = bytes(4)  # RFC 3948 §2.2: IKE on port 4500 starts with it
+_ESP_MIN = 8  # SPI and sequence number
 
 BATCH = 64
 """Most packets (or super-packets) taken from one file descriptor before they are
@@ -247,10 +248,12 @@ class Pump:
 
     def _read_nat_gro(self, sock: socket.socket, local: Address) -> None:
         # With UDP GRO one read may hold many datagrams of one sender, all of the
-        # size the UDP_GRO cmsg gives except perhaps the last.
-        batch: list[tuple[bytes, Address, Address]] = []
-        append = batch.append
+        # size the UDP_GRO cmsg gives except perhaps the last. Runs that are all
+        # ESP go straight to the ESP path; anything else is classified one by one.
+        datagrams: list[tuple[bytes, Address, Address]] = []
+        esp: list[bytes] = []
         recvmsg = sock.recvmsg
+        marker = _NON_ESP_MARKER
         for _ in range(BATCH):
             try:
                 data, ancillary, _flags, peer = recvmsg(MAX_DATAGRAM, _GRO_CMSG_SPACE)
@@ -258,19 +261,29 @@ class Pump:
                 break
             except OSError:
                 continue
-            remote = (peer[0], peer[1])
             size = 0
             for level, kind, value in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 2:
-                    size = int.from_bytes(value[:2], "little" if _LITTLE else "big")
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                    size = int.from_bytes(value[:4], sys.byteorder)
             if size <= 0 or size >= len(data):
-                append((data, local, remote))
+                # One datagram. ESP keeps its place among the runs (the replay
+                # window wants each SA's packets in order); the rest is classified.
+                if len(data) >= _ESP_MIN and data[:4] != marker:
+                    esp.append(data)
+                else:
+                    datagrams.append((data, local, (peer[0], peer[1])))
                 continue
             self.plane.counters["gro_datagrams_read"] += 1
-            for offset in range(0, len(data), size):
-                append((data[offset : offset + size], local, remote))
-        if batch:
-            self.plane.from_udp(batch)
+            chunks = [data[offset : offset + size] for offset in range(0, len(data), size)]
+            if len(chunks[-1]) >= _ESP_MIN and all(chunk[:4] != marker for chunk in chunks):
+                esp += chunks
+            else:
+                remote = (peer[0], peer[1])
+                datagrams += [(chunk, local, remote) for chunk in chunks]
+        if datagrams:
+            self.plane.from_udp(datagrams)
+        if esp:
+            self.plane.from_esp(esp)
 
     def _read_ike(self, sock: socket.socket, local: Address) -> None:
         for _ in range(BATCH):

@@ -144,3 +144,27 @@ def test_gro_reads_are_cut_at_the_size_the_kernel_gives(
 def test_offload_mode_from_the_environment(value: str | None, mode: OffloadMode) -> None:
     environ = {} if value is None else {"LOCKGATE_OFFLOAD": value}
     assert offload_mode(environ) is mode
+
+
+def test_single_datagrams_keep_their_place_among_gro_runs(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    # The replay window wants each SA's packets in order: a lone ESP datagram read
+    # between two GRO runs must not be processed before the first run.
+    def esp(seq: int) -> bytes:
+        return (0x1234).to_bytes(4, "big") + seq.to_bytes(4, "big") + b"e" * 40
+
+    size_cmsg = (SOL_UDP, UDP_GRO, (48).to_bytes(4, "little"))
+    sock = RecordingSocket(
+        [
+            (esp(1) + esp(2) + esp(3), [size_cmsg]),
+            (esp(4), []),
+            (esp(5) + esp(6), [size_cmsg]),
+        ]
+    )
+    pump, _ = udp_pump(tuns[0], sock)
+    seen: list[bytes] = []
+    pump.plane.from_esp = seen.extend  # type: ignore[method-assign, assignment]
+    pump._gro.add(sock.fileno())
+    pump._read_nat(sock, ("198.51.100.1", 4500))  # type: ignore[arg-type]
+    assert seen == [esp(n) for n in range(1, 7)]

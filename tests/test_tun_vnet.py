@@ -313,3 +313,27 @@ def test_segment_then_coalesce_round_trips(size: int, mss: int, v6: bool, flags:
     assert all(checksums_valid(s) for s in segments)
     frames = coalesce(segments)
     assert [p for f in frames for p in split_frame(f)] == segments
+
+
+@pytest.mark.parametrize(
+    ("offset", "what"),
+    [(1, "tos"), (8, "ttl"), (6, "df"), (28, "ack"), (34, "window"), (38, "urgent"), (44, "ts")],
+)
+def test_a_full_segment_differing_in_a_header_field_is_not_merged(offset: int, what: str) -> None:
+    segments = segment_tcp(tcp4(os.urandom(4000)), 1000)
+    changed = bytearray(segments[2])
+    changed[offset] ^= 0x40
+    frames = coalesce([segments[0], segments[1], bytes(changed), segments[3]])
+    assert frame_packets(frames[0]) == 2, what
+    assert sum(frame_packets(f) for f in frames) == 4
+
+
+@pytest.mark.parametrize(("offset", "what"), [(1, "traffic class"), (7, "hop limit"), (48, "ack")])
+def test_a_full_ipv6_segment_differing_in_a_header_field_is_not_merged(
+    offset: int, what: str
+) -> None:
+    segments = segment_tcp(tcp6(os.urandom(4000)), 1000)
+    changed = bytearray(segments[2])
+    changed[offset] ^= 0x40
+    frames = coalesce([segments[0], segments[1], bytes(changed), segments[3]])
+    assert frame_packets(frames[0]) == 2, what

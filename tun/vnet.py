@@ -290,6 +290,30 @@ class _Group:
     total: int
     payloads: list[bytes]
     psh: bool = False
+    flow: bytes = b""
+    """Addresses and ports (the key of the open groups)."""
+    head: bytes = b""
+    """The first packet's leading octets that a full-sized follower repeats: IPv4
+    version to total length, IPv6 version to hop limit."""
+    middle: bytes = b""
+    """IPv4 flags, fragment offset, TTL and protocol (empty for IPv6)."""
+
+    def continued_by(self, packet: bytes, seq_at: int) -> bool:
+        """Whether ``packet``, as long as the first, is the next full segment: the
+        fast test for the common case, without building a signature."""
+        first, o = self.first, self.ip_len
+        return (
+            packet.startswith(self.head)
+            and packet.startswith(self.middle, 6)
+            and packet.startswith(self.flow, seq_at - 12 if o == 20 else 8)
+            and _U32.unpack_from(packet, seq_at)[0] == self.next_seq
+            # acknowledgement and data offset; then the window; then urgent
+            # pointer and options
+            and packet.startswith(first[o + 8 : o + 13], o + 8)
+            and (packet[o + 13] | _PSH) == _ACK | _PSH
+            and packet.startswith(first[o + 14 : o + 16], o + 14)
+            and packet.startswith(first[o + 18 : o + self.tcp_len], o + 18)
+        )
 
 
 def coalesce(packets: list[bytes]) -> list[bytes]:
@@ -309,8 +333,26 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
     append = frames.append
     open_groups: dict[bytes, _Group] = {}
     unpack_u32 = _U32.unpack_from
+    last: _Group | None = None  # the open group the previous packet went to
     for packet in packets:
         n = len(packet)
+        if (
+            last is not None
+            and n == len(last.first)
+            and len(last.payloads) < MAX_COALESCED
+            and last.total + last.mss <= _MAX_IP_PAYLOAD
+            and last.continued_by(packet, last.ip_len + 4)
+        ):
+            headers = last.ip_len + last.tcp_len
+            last.payloads.append(packet[headers:])
+            last.next_seq = (last.next_seq + last.mss) & 0xFFFFFFFF
+            last.total += last.mss
+            if packet[last.ip_len + 13] & _PSH:
+                last.psh = True
+                del open_groups[last.flow]
+                last = None
+            continue
+        last = None
         first = packet[0] if n >= 40 else 0
         if first == 0x45 and packet[9] == _IPPROTO_TCP:
             ip_len = 20
@@ -359,6 +401,8 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
                 # A short or pushed segment ends the super-packet.
                 group.psh = bool(flags & _PSH)
                 del open_groups[flow]
+            else:
+                last = group
             continue
         group = _Group(
             signature,
@@ -369,12 +413,16 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             (seq + size) & 0xFFFFFFFF,
             n,
             [packet[headers:]],
+            flow=flow,
+            head=packet[0:4] if ip_len == 20 else packet[0:8],
+            middle=packet[6:10] if ip_len == 20 else b"",
         )
         append(group)
         if flags & _PSH:
             open_groups.pop(flow, None)
         else:
             open_groups[flow] = group
+            last = group
     out: list[bytes] = []
     for item in frames:
         if isinstance(item, bytes):
