@@ -1,15 +1,19 @@
 """Which kernel offloads the data plane uses, and opening the TUN device with them.
 
-With offloads on, the TUN device is opened with IFF_VNET_HDR and TUNSETOFFLOAD
-(CSUM | TSO4 | TSO6): the kernel hands over TCP super-packets of up to 64 KiB,
-which the pump cuts to the tunnel's segment size itself, and takes coalesced ones
-back; port 4500 sends with UDP GSO and receives with UDP GRO. Each saves one trip
-through the kernel's stack per packet, the cost that dominates a Python data plane.
+The TUN device is opened with IFF_VNET_HDR, so received TCP segments can be written
+back as one coalesced super-packet (one trip through the kernel's stack instead of
+one per segment), and port 4500 sends with UDP GSO and receives with UDP GRO. Each
+saves the per-packet system call and stack traversal that dominate a Python data
+plane.
 
-``LOCKGATE_OFFLOAD`` in the environment chooses: ``all`` (the default), ``no-tso``
-(everything but TSO: the kernel cuts and checksums TCP before we read it) or ``off``
-(plain TUN packets, one datagram per send). A kernel that refuses an offload gets
-the plain path for it.
+TSO on the TUN device (TUNSETOFFLOAD CSUM | TSO4 | TSO6: read 64 KiB TCP super-packets
+and cut them here) is available but not the default: cutting is cheap, but every
+segment then needs its TCP checksum computed in Python, which measured here costs
+more than the single-packet read it saves (the kernel cuts and checksums in C).
+
+``LOCKGATE_OFFLOAD`` in the environment chooses: ``no-tso`` (the default), ``all``
+(with TSO) or ``off`` (plain TUN packets, one datagram per system call). A kernel
+that refuses an offload gets the plain path for it.
 """
 
 from __future__ import annotations
@@ -41,26 +45,32 @@ class OffloadMode(enum.Enum):
     ALL = "all"
     """TSO reads, coalesced TUN writes, UDP GSO and GRO."""
     NO_TSO = "no-tso"
-    """As ALL, but TUN reads are single packets the kernel cut and checksummed."""
+    """As ALL, but TUN reads are single packets the kernel cut and checksummed
+    (the default)."""
     OFF = "off"
     """Plain TUN packets and one datagram per system call."""
 
 
+DEFAULT_MODE = OffloadMode.NO_TSO
+
+
 def offload_mode(environ: Mapping[str, str] | None = None) -> OffloadMode:
-    """The mode ``LOCKGATE_OFFLOAD`` asks for (ALL when unset or unknown; "0",
-    "no", "false" mean OFF)."""
-    value = (os.environ if environ is None else environ).get(ENV_SWITCH, "all")
+    """The mode ``LOCKGATE_OFFLOAD`` asks for (`DEFAULT_MODE` when unset or unknown;
+    "0", "no", "false" mean OFF)."""
+    value = (os.environ if environ is None else environ).get(ENV_SWITCH, DEFAULT_MODE.value)
     value = value.strip().lower()
     if value in {"0", "no", "false", "off"}:
         return OffloadMode.OFF
     try:
         return OffloadMode(value)
     except ValueError:
-        log.warning("%s=%r is not one of all, no-tso, off: using all", ENV_SWITCH, value)
-        return OffloadMode.ALL
+        log.warning(
+            "%s=%r is not one of all, no-tso, off: using %s", ENV_SWITCH, value, DEFAULT_MODE.value
+        )
+        return DEFAULT_MODE
 
 
-def open_tun(name: str, mode: OffloadMode = OffloadMode.ALL) -> TunDevice:
+def open_tun(name: str, mode: OffloadMode = DEFAULT_MODE) -> TunDevice:
     """Open the TUN device: with virtio-net headers unless ``mode`` is OFF, and with
     TSO in mode ALL when the kernel agrees."""
     if mode is OffloadMode.OFF:

@@ -133,12 +133,12 @@ def test_gro_reads_are_cut_at_the_size_the_kernel_gives(
 @pytest.mark.parametrize(
     ("value", "mode"),
     [
-        (None, OffloadMode.ALL),
+        (None, OffloadMode.NO_TSO),
         ("all", OffloadMode.ALL),
         ("no-tso", OffloadMode.NO_TSO),
         ("off", OffloadMode.OFF),
         ("0", OffloadMode.OFF),
-        ("bogus", OffloadMode.ALL),
+        ("bogus", OffloadMode.NO_TSO),
     ],
 )
 def test_offload_mode_from_the_environment(value: str | None, mode: OffloadMode) -> None:
