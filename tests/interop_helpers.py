@@ -65,6 +65,10 @@ IKE_NAMES: Mapping[str, tuple[str, str, str, str]] = {
         "CURVE_448",
     ),
 }
+# lockgate's status spells out the PRF a non-AEAD proposal takes from its integrity.
+IKE_SPELLED: Mapping[str, str] = {
+    "aes256-sha256-modp2048": "aes256-sha256-prfsha256-modp2048",
+}
 ESP_NAMES: Mapping[str, tuple[str, str, str]] = {
     "aes128gcm16": ("AES_GCM_16", "128", ""),
     "aes256gcm16": ("AES_GCM_16", "256", ""),
@@ -377,13 +381,11 @@ def interop(case: Case) -> Iterator[Interop]:
             if case.auth != "psk":
                 a_id = own_a.id
                 credentials = _write_lockgate_credentials(topo, own_a, issuer, root)
+                # charon verifies lockgate's chain up to this root whatever it uses itself.
+                charon.write_credential("x509ca", "lockgate-root.crt", root.ca.cert_pem)
             if swan_auth != "psk":
                 b_id = own_b.id
                 local_certs = [install_credentials(charon, own_b, b_issuer)]
-                # charon must trust lockgate's root too (install_credentials added only
-                # its own issuer's chain when that CA is foreign).
-                if b_issuer is not issuer:
-                    charon.write_credential("x509ca", "lockgate-root.crt", root.ca.cert_pem)
         swan_pairs = case.swan_pairs or case.pairs
         child_overrides = dict(case.swan_child)
         swan = SwanConnection(
@@ -492,6 +494,7 @@ def check_sa_agreement(world: Interop) -> IkeSaInfo:
             assert child.encr_keysize == keysize, child.raw
         [ike_entry] = conns[pair.name]["ike_sas"]
         assert ike_entry["initiator"] is case.lockgate_initiates
+        assert ike_entry["suite"] == IKE_SPELLED.get(case.ike, case.ike), ike_entry
     return ike
 
 

@@ -36,3 +36,17 @@ def test_psk_against_a_certificate_fails(initiates: bool) -> None:
         assert reason in world.daemon.connection("net4")["last_error"]
         # charon was told why (AUTHENTICATION_FAILED, RFC 7296 §2.15) and gave up.
         assert "N(AUTH_FAILED)" in world.charon.logs()
+
+
+@pytest.mark.parametrize("initiates", [True, False], ids=["lg-init", "swan-init"])
+def test_certificate_against_a_psk_fails(initiates: bool) -> None:
+    # lockgate expects a signature from charon's certificate; charon sends a PSK AUTH.
+    case = Case(lockgate_initiates=initiates, auth="ecdsa-p256", swan_auth="psk")
+    with interop(case) as world:
+        reason = (
+            "peer 198.51.100.2 authenticates with SHARED_KEY_MIC; "
+            "we expect a certificate signature (RFC 7427)"
+        )
+        attempt_and_fail(world, "net4", f"IKE SA #1 failed: {reason}")
+        assert reason in world.daemon.connection("net4")["last_error"]
+        assert "N(AUTH_FAILED)" in world.charon.logs()
