@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set everything up and run the site-to-site demo in network namespaces
 #   make test   set everything up and run the whole test suite (unit, namespace, interop)
-.PHONY: setup demo test test-fast lint bench
+.PHONY: setup demo test test-fast lint bench bench-throughput
 
 setup:
 	@scripts/setup
@@ -23,3 +23,7 @@ lint: setup
 
 bench: setup
 	.venv/bin/python -m bench.esp_gcm
+
+# lockgate vs strongSwan in namespaces: iperf3, latency, CPU, and IKE setup rate.
+bench-throughput: setup
+	.venv/bin/python -m bench.throughput --control-plane
