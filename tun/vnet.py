@@ -297,23 +297,12 @@ class _Group:
     version to total length, IPv6 version to hop limit."""
     middle: bytes = b""
     """IPv4 flags, fragment offset, TTL and protocol (empty for IPv6)."""
-
-    def continued_by(self, packet: bytes, seq_at: int) -> bool:
-        """Whether ``packet``, as long as the first, is the next full segment: the
-        fast test for the common case, without building a signature."""
-        first, o = self.first, self.ip_len
-        return (
-            packet.startswith(self.head)
-            and packet.startswith(self.middle, 6)
-            and packet.startswith(self.flow, seq_at - 12 if o == 20 else 8)
-            and _U32.unpack_from(packet, seq_at)[0] == self.next_seq
-            # acknowledgement and data offset; then the window; then urgent
-            # pointer and options
-            and packet.startswith(first[o + 8 : o + 13], o + 8)
-            and (packet[o + 13] | _PSH) == _ACK | _PSH
-            and packet.startswith(first[o + 14 : o + 16], o + 14)
-            and packet.startswith(first[o + 18 : o + self.tcp_len], o + 18)
-        )
+    tcp_fixed: bytes = b""
+    """Acknowledgement and data offset of the first segment."""
+    window: bytes = b""
+    """Its window."""
+    tail: bytes = b""
+    """Its urgent pointer and options."""
 
 
 def coalesce(packets: list[bytes]) -> list[bytes]:
@@ -336,22 +325,31 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
     last: _Group | None = None  # the open group the previous packet went to
     for packet in packets:
         n = len(packet)
-        if (
-            last is not None
-            and n == len(last.first)
-            and len(last.payloads) < MAX_COALESCED
-            and last.total + last.mss <= _MAX_IP_PAYLOAD
-            and last.continued_by(packet, last.ip_len + 4)
-        ):
-            headers = last.ip_len + last.tcp_len
-            last.payloads.append(packet[headers:])
-            last.next_seq = (last.next_seq + last.mss) & 0xFFFFFFFF
-            last.total += last.mss
-            if packet[last.ip_len + 13] & _PSH:
-                last.psh = True
-                del open_groups[last.flow]
-                last = None
-            continue
+        if last is not None and n == len(last.first):
+            # The common case, tested without building a signature: the next full
+            # segment of the group the previous packet went to. Only the IPv4 ID
+            # and checksum, the sequence number, PSH and the TCP checksum may differ.
+            o = last.ip_len
+            if (
+                packet.startswith(last.head)
+                and packet.startswith(last.middle, 6)
+                and packet.startswith(last.flow, 12 if o == 20 else 8)
+                and unpack_u32(packet, o + 4)[0] == last.next_seq
+                and packet.startswith(last.tcp_fixed, o + 8)
+                and (packet[o + 13] | _PSH) == _ACK | _PSH
+                and packet.startswith(last.window, o + 14)
+                and packet.startswith(last.tail, o + 18)
+                and len(last.payloads) < MAX_COALESCED
+                and last.total + last.mss <= _MAX_IP_PAYLOAD
+            ):
+                last.payloads.append(packet[o + last.tcp_len :])
+                last.next_seq = (last.next_seq + last.mss) & 0xFFFFFFFF
+                last.total += last.mss
+                if packet[o + 13] & _PSH:
+                    last.psh = True
+                    del open_groups[last.flow]
+                    last = None
+                continue
         last = None
         first = packet[0] if n >= 40 else 0
         if first == 0x45 and packet[9] == _IPPROTO_TCP:
@@ -416,6 +414,9 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             flow=flow,
             head=packet[0:4] if ip_len == 20 else packet[0:8],
             middle=packet[6:10] if ip_len == 20 else b"",
+            tcp_fixed=packet[ip_len + 8 : ip_len + 13],
+            window=packet[ip_len + 14 : ip_len + 16],
+            tail=packet[ip_len + 18 : headers],
         )
         append(group)
         if flags & _PSH:
