@@ -8,8 +8,11 @@ an operator can act on.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from interop_helpers import WRONG_PSK, Case, Pair, attempt_and_fail, interop
+from netns import namespace_exists
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -100,3 +103,16 @@ def test_certificate_from_an_unknown_ca(initiates: bool) -> None:
         log = attempt_and_fail(world, "net4", f"IKE SA #1 failed: {reason}")
         assert reason in world.daemon.connection("net4")["last_error"]
         assert "Traceback" not in log
+
+
+def test_a_failing_case_leaves_nothing_behind() -> None:
+    # Whatever breaks inside a case, its daemon, charon and namespaces are gone after.
+    with pytest.raises(RuntimeError, match="the case broke"), interop(Case()) as world:
+        world.bring_up()
+        names = [ns.name for ns in world.topo.lab.namespaces]
+        pids = [world.daemon.proc.pid, world.charon.pid()]
+        raise RuntimeError("the case broke")
+    assert not any(namespace_exists(name) for name in names)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
