@@ -40,7 +40,7 @@ from ikev2.codec import (
     encode_payloads,
 )
 from ikev2.codec.payloads import DECODERS
-from ikev2.constants import ExchangeType, PayloadType, ProtocolId
+from ikev2.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
 from ikev2.errors import InvalidSyntax
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -191,3 +191,24 @@ def test_ike_delete_round_trips_without_spis() -> None:
     first, data = encode_payloads([payload])
     assert data[4:] == b"\x01\x00\x00\x00"  # protocol 1, SPI size 0, no SPIs (RFC 7296 §3.11)
     assert decode_payloads(first, data) == (payload,)
+
+
+@EXAMPLES
+@given(st.sampled_from(sorted(DECODERS)), st.binary(max_size=60))
+def test_every_payload_decoder_alone_raises_only_invalid_syntax(
+    payload_type: int, body: bytes
+) -> None:
+    # Called directly, not through decode_payloads: a short read inside a body must
+    # surface as the codec's InvalidSyntax too (a fuzzing find).
+    with contextlib.suppress(InvalidSyntax):
+        DECODERS[payload_type](body)
+
+
+def test_truncated_sa_body_raises_invalid_syntax_with_its_notify() -> None:
+    # Three octets: less than the 8-octet proposal substructure header (RFC 7296 §3.3.1).
+    try:
+        SecurityAssociation.decode_body(b"\x00\x00\x00")
+    except InvalidSyntax as exc:
+        assert exc.notify == NotifyType.INVALID_SYNTAX
+    else:
+        raise AssertionError("a truncated SA body decoded")

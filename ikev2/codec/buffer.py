@@ -1,15 +1,23 @@
 """Pull/push helpers over bytes, in the style of aioquic's ``Buffer``.
 
-A short read raises :class:`BufferReadError`, one internal error type that the
-public decode functions turn into :class:`ikev2.errors.InvalidSyntax` (the protocol
-error with the wire code INVALID_SYNTAX) at their boundary.
+A short read raises :class:`BufferReadError`. It is an
+:class:`ikev2.errors.InvalidSyntax` (the protocol error with the wire code
+INVALID_SYNTAX), so every decoder, even one called on its own such as
+``Payload.decode_body``, raises only the codec's documented error type; the message
+decoder still rewords it as a truncated payload at its boundary.
 """
 
 from __future__ import annotations
 
+from ikev2.errors import InvalidSyntax
 
-class BufferReadError(ValueError):
-    """Tried to read past the end of the data."""
+
+class BufferReadError(InvalidSyntax, ValueError):
+    """Tried to read past the end of the data (a truncated field: INVALID_SYNTAX).
+
+    Still a ``ValueError`` for callers that caught it as one before it became an
+    ``InvalidSyntax``.
+    """
 
 
 class Reader:
