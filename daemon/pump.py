@@ -7,6 +7,13 @@ is drained up to `BATCH` packets before the batch goes through the data plane, s
 the per-call overhead is paid once per batch (wireguard-go reads in batches too).
 Sends that the kernel refuses (full buffer) are counted as drops, never retried:
 IP is allowed to lose packets, and a gateway that blocks loses more.
+
+Per-packet system calls are what a Python data plane spends most on, so the pump
+uses the kernel's batching where it has it (see `daemon.offload`): UDP GSO sends a
+run of equally long ESP packets in one `sendmsg` (UDP_SEGMENT), UDP GRO reads many
+in one `recvmsg`, and a TUN device with virtio-net headers takes the received TCP
+segments of a flow as one coalesced write and may hand over TSO super-packets,
+which `tun.vnet` cuts.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 """Most payload octets in one GSO send (below 64 KiB minus IPv6 and UDP headers)."""
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
-_GSO_SIZES = [struct.pack("=H", size) for size in range(65536)]
+_GSO_SIZE = struct.Struct("=H")  # the UDP_SEGMENT cmsg's value: a u16, host order
 
 IkeReceiver = Callable[[bytes, Address, Address], None]
 """Gets every IKE message: (message without marker, local address, remote address)."""
@@ -360,7 +367,7 @@ class Pump:
                 i = j
                 continue
             try:
-                sendmsg(packets[i:j], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZES[size])], 0, target)
+                sendmsg(packets[i:j], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, target)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
