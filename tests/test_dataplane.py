@@ -471,3 +471,36 @@ def test_removed_sa_lingers_inbound_only() -> None:
     deliver(pair.side_a, pair.b)
     assert pair.side_b.tun_out == [request]
     assert pair.b.total_drops() == {"no_sa": 1, Drop.NO_POLICY.value: 1}
+
+
+def test_cached_flows_follow_spd_changes() -> None:
+    # The outbound flow cache must never outlive the policy it remembered.
+    pair = make_pair()
+    packet = ipv4("192.0.2.10", "203.0.113.10", udp_segment(1000, 2000, b"data"))
+    assert pair.a_to_b([packet]) == [packet]
+    new_a, new_b = (entry_from_event(ev) for ev in events(uid=2))
+    pair.b.install(new_b)
+    pair.a.install(new_a, preferred=True)
+    assert pair.a_to_b([packet]) == [packet]
+    assert new_a.outbound.packet_count == 1 and pair.entry_a.outbound.packet_count == 1
+    pair.a.remove(new_a.unique_id)
+    assert pair.a_to_b([packet]) == [packet]
+    assert pair.entry_a.outbound.packet_count == 2
+    pair.a.remove(pair.entry_a.unique_id)
+    acquired: list[bytes] = []
+    pair.a.on_acquire = acquired.append
+    pair.a.from_tun([packet])
+    assert acquired == [packet]
+
+
+def test_inbound_selector_check_per_flow_even_when_cached() -> None:
+    pair = make_pair()
+    good = ipv4("203.0.113.10", "192.0.2.10", udp_segment(53, 4000, b"ok"))
+    assert pair.b_to_a([good, good]) == [good, good]
+    # Same ports, an address outside the selectors: a different flow, refused.
+    spoofed = ipv4("198.51.100.77", "192.0.2.10", udp_segment(53, 4000, b"no"))
+    sealed = pair.entry_b.outbound.encapsulate(spoofed)
+    assert isinstance(sealed, bytes)
+    pair.a.from_esp([sealed])
+    assert pair.side_a.tun_out == [good, good]
+    assert pair.a.total_drops() == {Drop.POLICY_MISMATCH.value: 1}
