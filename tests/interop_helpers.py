@@ -423,6 +423,12 @@ def interop(case: Case) -> Iterator[Interop]:
         world = Interop(case, topo, charon, swan, secrets, text)
         try:
             yield world
+            if world.lockgate is not None:
+                # Every case ends with a clean stop: SIGTERM deletes the SAs, exits 0.
+                rc = world.lockgate.proc.stop(timeout=10)
+                log = world.lockgate.log()
+                assert rc == 0, f"lockgate exited with {rc}"
+                assert "Traceback" not in log, "lockgate logged a traceback"
         except BaseException:
             print(world.logs())  # test output: pytest shows it with the failure
             raise
