@@ -261,7 +261,7 @@ class ConnectionConfig:
     remote_address: str | None
     """The peer's address (TOML `peers.X.address`), or None for "%any" (responder only)."""
     local_id: Identity
-    """Our IKE identity (TOML `gateway.id`)."""
+    """Our IKE identity (TOML `peers.X.local_id`, by default `gateway.id`)."""
     remote_id: Identity | None
     """The identity the peer must prove (TOML `peers.X.id`); None accepts any."""
     children: tuple[ChildConfig, ...]

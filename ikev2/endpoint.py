@@ -10,6 +10,12 @@ has been taken with `next_event()`. So the ChildSaInstalled of a new CHILD SA al
 reaches the caller before the message that lets the peer use it (RFC 7296 §2.8),
 whichever order the caller polls in.
 
+Cost: nothing here visits every IKE SA per call. An SA tells the endpoint when it may
+have output or a new timer (`IkeSa.on_change`), so polling collects only those SAs
+(a dirty set); timers sit in a heap whose stale entries are skipped when they surface
+(lazy invalidation); SAs are indexed by SPI, connection, peer and CHILD SA. With
+thousands of IKE SAs a poll with nothing to do costs the same as with one.
+
 UDP port 4500 carries IKE behind a 4-octet non-ESP marker, ESP and NAT keepalives
 (RFC 3948 §2.2-2.3). `receive_datagram` takes whole UDP payloads and sorts that out
 itself; `receive_message` takes a bare IKE message for a caller (the daemon) that
@@ -19,16 +25,18 @@ send are whole UDP payloads, with the marker when they leave from port 4500.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from ikev2.codec import decode_header, decode_message, encode_message
-from ikev2.config import ConnectionConfig
+from ikev2.config import ConnectionConfig, Identity
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
 from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.rng import RandomSource, SystemRandom
@@ -40,6 +48,51 @@ logger = logging.getLogger(__name__)
 
 NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
+
+K = TypeVar("K", bound=Hashable)
+
+
+class _SaIndex(Generic[K]):
+    """IKE SAs grouped by a key that may change during an SA's life (the responder
+    picks its connection in IKE_AUTH; the peer's identity is known only then)."""
+
+    __slots__ = ("_groups", "_key_of")
+
+    def __init__(self) -> None:
+        self._groups: dict[K, dict[int, IkeSa]] = {}
+        self._key_of: dict[int, K] = {}
+
+    def put(self, sa: IkeSa, key: K) -> None:
+        """File `sa` under `key` (moving it if it was under another)."""
+        old = self._key_of.get(sa.ike_sa_id)
+        if old == key and old is not None:
+            return
+        self.remove(sa)
+        self._key_of[sa.ike_sa_id] = key
+        self._groups.setdefault(key, {})[sa.ike_sa_id] = sa
+
+    def remove(self, sa: IkeSa) -> None:
+        """Forget `sa`."""
+        old = self._key_of.pop(sa.ike_sa_id, None)
+        if old is None:
+            return
+        group = self._groups.get(old)
+        if group is not None:
+            group.pop(sa.ike_sa_id, None)
+            if not group:
+                del self._groups[old]
+
+    def get(self, key: K) -> list[IkeSa]:
+        """The SAs under `key`, oldest first."""
+        return list(self._groups.get(key, {}).values())
+
+    def count(self, key: K) -> int:
+        """How many SAs are under `key`."""
+        return len(self._groups.get(key, ()))
+
+
+PeerKey = tuple[Identity, str]
+"""Our identity and the peer's IP address: the pair INITIAL_CONTACT speaks for."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +131,29 @@ class Endpoint:
         """IKE SAs by our own SPI (SPIi when we initiated, SPIr when we responded)."""
         self._half_open: dict[tuple[bytes, Address], IkeSa] = {}
         """Responder SAs by (peer's SPIi, peer address), to catch IKE_SA_INIT retransmissions."""
+        self._half_open_key: dict[int, tuple[bytes, Address]] = {}
+        """The `_half_open` key of each responder SA there."""
+        self._half_open_ids: set[int] = set()
+        """IKE SAs in state HALF_OPEN (what the COOKIE and half-open limits count)."""
         self._sas: dict[int, IkeSa] = {}
+        self._dirty: dict[int, IkeSa] = {}
+        """SAs that called `on_change` since they were last collected, in that order."""
+        self._timers: list[tuple[float, int]] = []
+        """Heap of (time, IKE SA id); an entry is stale unless `_timer_at` agrees."""
+        self._timer_at: dict[int, float] = {}
+        """Each SA's current timer as last collected."""
+        self._by_connection: _SaIndex[str] = _SaIndex()
+        self._by_peer: _SaIndex[PeerKey] = _SaIndex()
+        """For INITIAL_CONTACT: SAs by (our identity, the peer's address)."""
+        self._by_peer_id: _SaIndex[tuple[str, Identity | None]] = _SaIndex()
+        """For a peer's INITIAL_CONTACT: SAs by (connection, the identity it proved)."""
+        self._child_owner: dict[int, IkeSa] = {}
+        """The IKE SA each CHILD SA was last seen under (checked before use: it moves)."""
+        self._now = 0.0
+        """The latest time a caller gave us (for collecting outside timed calls)."""
+        self.sas_visited = 0
+        """Diagnostics: how many times an IKE SA was collected (its outputs, timer and
+        indexes refreshed). Idle polling leaves it unchanged, however many SAs exist."""
         self._cookie_jar: CookieJar | None = None
         self._ids = itertools.count(1)
         self._child_ids = itertools.count(1)
@@ -109,6 +184,14 @@ class Endpoint:
         """An IKE SA by its unique number."""
         return self._sas.get(ike_sa_id)
 
+    def ike_sas_of(self, connection: str) -> list[IkeSa]:
+        """The IKE SAs (not yet gone) of one connection, oldest first."""
+        return self._by_connection.get(connection)
+
+    def ike_sa_count(self, connection: str) -> int:
+        """How many IKE SAs (not yet gone) one connection has: O(1)."""
+        return self._by_connection.count(connection)
+
     # --- API calls ----------------------------------------------------------------------
 
     def initiate(self, connection: str, now: float) -> IkeSa:
@@ -133,12 +216,10 @@ class Endpoint:
             ike_ids=self._ids,
             wall_clock=self._wall_clock,
         )
-        # §2.4: INITIAL_CONTACT tells the peer to drop every other IKE SA with us, so
-        # only when we hold none for this connection.
-        sa.send_initial_contact = config.initial_contact and not any(
-            other.config.name == connection and other.state is not IkeSaState.DELETED
-            for other in self._sas.values()
-        )
+        # §2.4: INITIAL_CONTACT asserts this is the only IKE SA between the two
+        # identities, and the peer drops every other; so only when we hold none with
+        # that peer under the same identity of ours, whichever connection made it.
+        sa.send_initial_contact = config.initial_contact and not self._by_peer.count(_peer_key(sa))
         self._add(sa)
         sa.initiate(now)
         self._collect(sa, now)
@@ -149,6 +230,7 @@ class Endpoint:
         sa = self._sas.get(ike_sa_id)
         if sa is None:
             raise LocalProtocolError(f"no IKE SA {ike_sa_id}")
+        self._now = now
         sa.delete(now, reason)
         self._collect(sa, now)
 
@@ -156,7 +238,8 @@ class Endpoint:
         self, connection: str, now: float, reason: str = "deleted by operator"
     ) -> int:
         """Delete every IKE SA of a connection; returns how many."""
-        sas = [sa for sa in self._sas.values() if sa.config.name == connection]
+        self._now = now
+        sas = self._by_connection.get(connection)
         for sa in sas:
             sa.delete(now, reason)
             self._collect(sa, now)
@@ -164,28 +247,29 @@ class Endpoint:
 
     def delete_child(self, unique_id: int, now: float, reason: str = "deleted by operator") -> None:
         """Delete one CHILD SA (INFORMATIONAL Delete of its ESP SPI)."""
-        for sa in self._sas.values():
-            if unique_id in sa.children:
-                sa.delete_child(unique_id, now, reason)
-                self._collect(sa, now)
-                return
+        self._now = now
+        sa = self._owner_of(unique_id)
+        if sa is not None:
+            sa.delete_child(unique_id, now, reason)
+            self._collect(sa, now)
+            return
         raise LocalProtocolError(f"no CHILD SA {unique_id}")
 
     def rekey_child(self, unique_id: int, now: float) -> None:
         """Rekey one CHILD SA now (CREATE_CHILD_SA, make-before-break)."""
-        for sa in self._sas.values():
-            if unique_id in sa.children:
-                sa.rekey_child(unique_id, now)
-                self._collect(sa, now)
-                return
+        self._now = now
+        sa = self._owner_of(unique_id)
+        if sa is not None:
+            sa.rekey_child(unique_id, now)
+            self._collect(sa, now)
+            return
         raise LocalProtocolError(f"no CHILD SA {unique_id}")
 
     def rekey_connection(self, connection: str, now: float) -> int:
         """Rekey every CHILD SA of a connection; returns how many rekeys started."""
+        self._now = now
         count = 0
-        for sa in list(self._sas.values()):
-            if sa.config.name != connection:
-                continue
+        for sa in self._by_connection.get(connection):
             for unique_id, child in list(sa.children.items()):
                 if not child.deleting and not child.rekeying:
                     sa.rekey_child(unique_id, now)
@@ -198,16 +282,17 @@ class Endpoint:
         sa = self._sas.get(ike_sa_id)
         if sa is None:
             raise LocalProtocolError(f"no IKE SA {ike_sa_id}")
+        self._now = now
         sa.rekey_ike(now)
         self._collect(sa, now)
 
     def child_limit_reached(self, unique_id: int, now: float, *, hard: bool) -> None:
         """A CHILD SA's ESP counters reached a limit: soft rekeys it, hard deletes it."""
-        for sa in self._sas.values():
-            if unique_id in sa.children:
-                sa.child_limit_reached(unique_id, now, hard=hard)
-                self._collect(sa, now)
-                return
+        self._now = now
+        sa = self._owner_of(unique_id)
+        if sa is not None:
+            sa.child_limit_reached(unique_id, now, hard=hard)
+            self._collect(sa, now)
 
     def heard_from_peer(self, ike_sa_id: int, now: float) -> None:
         """Tell an IKE SA its peer is alive (e.g. ESP arrived), postponing liveness checks."""
@@ -221,11 +306,13 @@ class Endpoint:
         sa = self._sas.get(ike_sa_id)
         if sa is None:
             raise LocalProtocolError(f"no IKE SA {ike_sa_id}")
+        self._now = now
         sa.check_liveness(now)
         self._collect(sa, now)
 
     def close(self, now: float) -> None:
         """Delete every IKE SA (shutdown); drive timers until `get_timer()` is None."""
+        self._now = now
         for sa in list(self._sas.values()):
             sa.delete(now, "shutting down")
             self._collect(sa, now)
@@ -246,6 +333,7 @@ class Endpoint:
 
     def receive_message(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         """An IKE message (without any non-ESP marker) received on `local` from `remote`."""
+        self._now = now
         try:
             header = decode_header(data)
         except IkeError as exc:
@@ -299,7 +387,7 @@ class Endpoint:
                 _fmt(local),
             )
             return
-        half_open = sum(1 for sa in self._sas.values() if sa.state is IkeSaState.HALF_OPEN)
+        half_open = len(self._half_open_ids)
         if half_open >= self.config.max_half_open:
             logger.warning("too many half-open IKE SAs (%d); dropping IKE_SA_INIT", half_open)
             return
@@ -322,11 +410,10 @@ class Endpoint:
             ike_ids=self._ids,
             wall_clock=self._wall_clock,
         )
-        self._sas[sa.ike_sa_id] = sa
+        self._add(sa)
         self._half_open[(spi_i, remote)] = sa
+        self._half_open_key[sa.ike_sa_id] = (spi_i, remote)
         sa.receive_message(data, decode_header(data), local, remote, now)
-        if sa.spi_local:
-            self._by_spi[sa.spi_local] = sa
         self._collect(sa, now)
 
     def _demand_cookie(
@@ -372,16 +459,17 @@ class Endpoint:
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         """Every datagram due now: (UDP payload, local address, remote address)."""
-        for sa in list(self._sas.values()):
-            self._collect(sa, now)
+        self._now = now
+        self._collect_dirty(now)
+        if not self._datagrams:
+            return []
         ready = [d for need, d in self._datagrams if need <= self._events_taken]
         self._datagrams = [(n, d) for n, d in self._datagrams if n > self._events_taken]
         return ready
 
     def next_event(self) -> Event | None:
         """The next event of any IKE SA, oldest first, or None."""
-        for sa in list(self._sas.values()):
-            self._collect_events(sa)
+        self._collect_dirty(self._now)
         if not self._events:
             return None
         self._events_taken += 1
@@ -394,22 +482,63 @@ class Endpoint:
 
     def get_timer(self) -> float | None:
         """The earliest time `handle_timer` must run, or None."""
-        timers = [t for sa in self._sas.values() if (t := sa.get_timer()) is not None]
-        return min(timers) if timers else None
+        self._collect_dirty(self._now)
+        timers, current = self._timers, self._timer_at
+        while timers and current.get(timers[0][1]) != timers[0][0]:
+            heapq.heappop(timers)  # stale: that SA's timer moved or it is gone
+        return timers[0][0] if timers else None
 
     def handle_timer(self, now: float) -> None:
-        """Run every IKE SA's due timers (retransmissions, lifetimes, keepalives)."""
-        for sa in list(self._sas.values()):
-            timer = sa.get_timer()
-            if timer is not None and timer <= now:
-                sa.handle_timer(now)
+        """Run the due timers of the IKE SAs (retransmissions, lifetimes, keepalives)."""
+        self._now = now
+        self._collect_dirty(now)
+        timers, current = self._timers, self._timer_at
+        due: list[IkeSa] = []
+        while timers and timers[0][0] <= now:
+            when, ike_sa_id = heapq.heappop(timers)
+            if current.get(ike_sa_id) != when:
+                continue
+            del current[ike_sa_id]
+            sa = self._sas.get(ike_sa_id)
+            if sa is not None:
+                due.append(sa)
+        # Each due SA runs once per call, like a pass over all of them would; a timer
+        # it sets at or before `now` is due on the next call.
+        for sa in due:
+            sa.handle_timer(now)
             self._collect(sa, now)
 
     # --- bookkeeping ----------------------------------------------------------------------
 
     def _add(self, sa: IkeSa) -> None:
         self._sas[sa.ike_sa_id] = sa
-        self._by_spi[sa.spi_local] = sa
+        if sa.spi_local != bytes(8):
+            self._by_spi[sa.spi_local] = sa
+        sa.on_change = self._mark_dirty
+        self._dirty[sa.ike_sa_id] = sa
+
+    def _mark_dirty(self, sa: IkeSa) -> None:
+        self._dirty[sa.ike_sa_id] = sa
+
+    def _owner_of(self, unique_id: int) -> IkeSa | None:
+        """The IKE SA holding CHILD SA `unique_id` now, or None."""
+        self._collect_dirty(self._now)
+        sa = self._child_owner.get(unique_id)
+        if sa is not None and unique_id in sa.children:
+            return sa
+        # Not where it was last seen: every move calls on_change, so this is only a
+        # backstop against a stale entry.
+        for sa in self._sas.values():
+            if unique_id in sa.children:
+                self._child_owner[unique_id] = sa
+                return sa
+        return None
+
+    def _collect_dirty(self, now: float) -> None:
+        """Collect every SA that reported a change, oldest report first."""
+        while self._dirty:
+            ike_sa_id = next(iter(self._dirty))
+            self._collect(self._dirty[ike_sa_id], now)
 
     def _collect_events(self, sa: IkeSa) -> None:
         while (event := sa.next_event()) is not None:
@@ -417,9 +546,13 @@ class Endpoint:
             self._events_queued += 1
 
     def _collect(self, sa: IkeSa, now: float) -> None:
-        """Take an SA's events, then its datagrams; forget the SA once it is gone."""
+        """Take an SA's events, then its datagrams; refresh its timer and indexes;
+        forget the SA once it is gone."""
+        self._dirty.pop(sa.ike_sa_id, None)
+        self.sas_visited += 1
         if sa.initial_contact and sa.state is IkeSaState.ESTABLISHED:
             sa.initial_contact = False
+            self._by_peer_id.put(sa, (sa.config.name, sa.peer_id))
             self._drop_stale(sa, now)
         self._collect_events(sa)
         # §2.18: a new IKE SA from a rekey answers to its own SPI from now on (after
@@ -430,16 +563,58 @@ class Endpoint:
             self._add(new)
         # An SA queues an event before the datagram it must precede, so every datagram
         # taken now waits for all events taken so far.
-        self._datagrams.extend((self._events_queued, d) for d in sa.datagrams_to_send(now))
-        if sa.state is not IkeSaState.HALF_OPEN:
-            for key in [k for k, v in self._half_open.items() if v is sa]:
-                del self._half_open[key]
-        if sa.state is IkeSaState.DELETED:
-            self._sas.pop(sa.ike_sa_id, None)
-            if self._by_spi.get(sa.spi_local) is sa:
-                del self._by_spi[sa.spi_local]
+        out = sa.datagrams_to_send(now)
+        if out:
+            queued = self._events_queued
+            self._datagrams.extend((queued, d) for d in out)
+        self._refresh(sa)
         for new in spawned:
             self._collect(new, now)
+        # The partner of a rekey may have changed through this SA: catch it now too.
+        for other in (sa.rekeyed_into, sa.rekeyed_from):
+            if other is not None and other.ike_sa_id in self._dirty:
+                self._collect(other, now)
+
+    def _refresh(self, sa: IkeSa) -> None:
+        """Bring the indexes and the timer heap up to date with one SA."""
+        ike_sa_id = sa.ike_sa_id
+        if sa.state is not IkeSaState.HALF_OPEN:
+            self._half_open_ids.discard(ike_sa_id)
+            key = self._half_open_key.pop(ike_sa_id, None)
+            if key is not None and self._half_open.get(key) is sa:
+                del self._half_open[key]
+        else:
+            self._half_open_ids.add(ike_sa_id)
+        if sa.state is IkeSaState.DELETED:
+            self._sas.pop(ike_sa_id, None)
+            if self._by_spi.get(sa.spi_local) is sa:
+                del self._by_spi[sa.spi_local]
+            self._timer_at.pop(ike_sa_id, None)
+            self._by_connection.remove(sa)
+            self._by_peer.remove(sa)
+            self._by_peer_id.remove(sa)
+            for unique_id in sa.children:
+                if self._child_owner.get(unique_id) is sa:
+                    del self._child_owner[unique_id]
+            return
+        if sa.spi_local != bytes(8) and sa.spi_local not in self._by_spi:
+            self._by_spi[sa.spi_local] = sa
+        self._by_connection.put(sa, sa.config.name)
+        self._by_peer.put(sa, _peer_key(sa))
+        if sa.peer_id is not None:
+            self._by_peer_id.put(sa, (sa.config.name, sa.peer_id))
+        for unique_id in sa.children:
+            self._child_owner[unique_id] = sa
+        timer = sa.get_timer()
+        if timer is None:
+            self._timer_at.pop(ike_sa_id, None)
+        elif self._timer_at.get(ike_sa_id) != timer:
+            self._timer_at[ike_sa_id] = timer
+            heapq.heappush(self._timers, (timer, ike_sa_id))
+            if len(self._timers) > 64 + 4 * len(self._timer_at):
+                # Many stale entries (timers that kept moving): rebuild from the truth.
+                self._timers = [(t, i) for i, t in self._timer_at.items()]
+                heapq.heapify(self._timers)
 
     def _drop_stale(self, sa: IkeSa, now: float) -> None:
         """Remove the older IKE SAs of a peer that sent INITIAL_CONTACT (RFC 7296 §2.4).
@@ -448,15 +623,15 @@ class Endpoint:
         reported before the new SA's events, so the daemon tears the old CHILD SAs down
         before it installs the new ones for the same selectors.
         """
-        for other in list(self._sas.values()):
-            if (
-                other is not sa
-                and other.config.name == sa.config.name
-                and other.peer_id == sa.peer_id
-                and other.state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING)
-            ):
+        for other in self._by_peer_id.get((sa.config.name, sa.peer_id)):
+            if other is not sa and other.state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING):
                 other.gone("replaced: the peer restarted (INITIAL_CONTACT)", by_peer=True)
                 self._collect(other, now)
+
+
+def _peer_key(sa: IkeSa) -> PeerKey:
+    """Our identity and the address the peer first spoke from."""
+    return (sa.config.local_id, sa.init_remote[0])
 
 
 def _fmt(addr: Address) -> str:

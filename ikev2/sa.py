@@ -203,6 +203,10 @@ class IkeSa:
         ike_ids: Iterator[int] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.on_change: Callable[[IkeSa], None] = _unwatched
+        """Called whenever this SA may have new datagrams, events, a new state or an
+        earlier timer, also when another IKE SA (a rekey's partner) caused it: the
+        endpoint collects only the SAs that called it, not every SA on every poll."""
         self.config = config
         """The connection; a responder may switch to another candidate in IKE_AUTH."""
         self.candidates = candidates or (config,)
@@ -226,7 +230,7 @@ class IkeSa:
         self._ike_ids = ike_ids if ike_ids is not None else itertools.count(ike_sa_id + 1)
         self.wall_clock = wall_clock
         """Calendar time (POSIX seconds), only to check certificate validity dates."""
-        self.state = IkeSaState.CREATED if initiator else IkeSaState.HALF_OPEN
+        self._state = IkeSaState.CREATED if initiator else IkeSaState.HALF_OPEN
         spi = self.random_spi(8)
         self.spi_i = spi if initiator else bytes(8)
         self.spi_r = bytes(8) if initiator else spi
@@ -299,6 +303,18 @@ class IkeSa:
         """The CHILD SA of IKE_AUTH failed: an initiator then deletes the IKE SA."""
         self._events: deque[Event] = deque()
         self._out: list[Datagram] = []
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> IkeSaState:
+        """Where the SA is in its life (`IkeSaState`)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: IkeSaState) -> None:
+        self._state = value
+        self.on_change(self)
 
     # --- identity -----------------------------------------------------------------------
 
@@ -456,6 +472,7 @@ class IkeSa:
         new.rekeyed_from = self
         new.silent = True
         self.spawned.append(new)
+        self.on_change(self)
         return new
 
     def hand_over(self, new: IkeSa) -> None:
@@ -500,6 +517,7 @@ class IkeSa:
         )
         for exchange in carried:
             new.tm.queue(exchange)
+        new.on_change(new)  # its CHILD SAs (and their timers) moved to it
         new._send_next(self.now)
 
     def wind_down(self) -> None:
@@ -511,6 +529,7 @@ class IkeSa:
         # least as long as the peer may retransmit a request that this SA answered (a
         # lost rekey response is resent from its cache), judged by our own policy.
         self.expire_at = self.now + max(REKEYED_LINGER, self.tm.policy.give_up_after)
+        self.on_change(self)
 
     def ike_rekeyed(self, new: IkeSa, lowest_nonce: bytes) -> None:
         """Our IKE rekey created `new`; settle a collision with the peer's (§2.8.2).
@@ -642,6 +661,7 @@ class IkeSa:
     def emit(self, event: Event) -> None:
         """Queue an event for the user (tasks call this)."""
         self._events.append(event)
+        self.on_change(self)
 
     def get_timer(self) -> float | None:
         """When `handle_timer` must next run, or None."""
@@ -898,6 +918,7 @@ class IkeSa:
         marker = NON_ESP_MARKER if self.local[1] == self.nat_port else b""
         for packet in packets:
             self._out.append(Datagram(marker + packet, self.local, self.remote))
+        self.on_change(self)
 
     def _build_request(self, exchange: Exchange, message_id: int) -> tuple[bytes, ...]:
         payloads: list[Payload] = []
@@ -920,6 +941,7 @@ class IkeSa:
 
     def _send_next(self, now: float) -> None:
         """Send the next queued exchange if the window allows."""
+        self.on_change(self)  # a new request or its timer, or a deferral until confirmed
         if self.unconfirmed_until is not None:
             return  # the peer may not know this SA yet: requests would be dropped
         while self.state is not IkeSaState.DELETED:
@@ -1009,6 +1031,7 @@ class IkeSa:
         self.half_open_deadline = None
         if self.nat_local:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
+        self.on_change(self)
 
     def _after_exchange(self, now: float) -> None:
         """Housekeeping after an exchange completed."""
@@ -1148,6 +1171,10 @@ class IkeSa:
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))
+
+
+def _unwatched(sa: IkeSa) -> None:
+    """`IkeSa.on_change` of an SA no endpoint watches (yet): nothing to tell."""
 
 
 def _error_notify(exc: IkeError) -> Notify:
