@@ -101,9 +101,13 @@ def child_config(conn: ConnectionConfig) -> ChildConfig:
     )
 
 
-def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
-    """The IKE connection to `peer`, carrying every connection that names it."""
-    conns = config.connections_of(peer.name)
+def ike_connection(
+    config: Config, peer: PeerConfig, conns: tuple[ConnectionConfig, ...] | None = None
+) -> IkeConnection:
+    """The IKE connection to `peer`, carrying every connection that names it (`conns`,
+    when the caller has already grouped them)."""
+    if conns is None:
+        conns = config.connections_of(peer.name)
     if not conns:
         raise ConfigError([Problem(f"peers.{peer.name}", "no connection uses this peer")])
     lead = conns[0]
@@ -119,7 +123,7 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
             name=peer.name,
             local_addresses=tuple(str(a) for a in addresses),
             remote_address=None if peer.address is None else str(peer.address),
-            local_id=Identity.parse(gateway.id),
+            local_id=Identity.parse(peer.local_id or gateway.id),
             remote_id=None if peer.id is None else Identity.parse(peer.id),
             children=tuple(child_config(c) for c in conns),
             auth=peer.auth,
@@ -138,6 +142,7 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
             fragment_size=lead.fragment_size,
             retransmit_timeout=gateway.retransmit_timeout,
             retransmit_tries=gateway.retransmit_tries,
+            initial_contact=peer.initial_contact,
         )
     except IkeConfigError as exc:
         # The loader validates the same rules; this only fires if they drift apart.
@@ -146,8 +151,13 @@ def ike_connection(config: Config, peer: PeerConfig) -> IkeConnection:
 
 def ike_connections(config: Config) -> tuple[IkeConnection, ...]:
     """One IKE connection per peer that has connections, in file order of the peers."""
+    # Grouped in one pass: asking each of thousands of peers for its connections
+    # would read every connection once per peer.
+    by_peer: dict[str, list[ConnectionConfig]] = {}
+    for conn in config.connections.values():
+        by_peer.setdefault(conn.peer, []).append(conn)
     return tuple(
-        ike_connection(config, peer)
+        ike_connection(config, peer, tuple(by_peer[peer.name]))
         for peer in config.peers.values()
-        if config.connections_of(peer.name)
+        if peer.name in by_peer
     )

@@ -430,6 +430,8 @@ def _peer(
         s.required("address", _peer_address)
         address = None
     ident = s.optional("id", _identity)
+    local_id = s.optional("local_id", _identity)
+    initial_contact = s.value("initial_contact", _boolean, True)
     auth: AuthMethod = s.value("auth", _choice("psk", "pubkey"), "psk")
     psk = s.optional("psk", _psk_text)
     psk_file = s.optional("psk_file", _private_file)
@@ -469,7 +471,16 @@ def _peer(
         ident = str(address)
     if len(problems) > before or (address is None and "address" not in data):
         return None
-    return PeerConfig(name=name, address=address, id=ident, auth=auth, psk=psk, psk_file=psk_file)
+    return PeerConfig(
+        name=name,
+        address=address,
+        id=ident,
+        auth=auth,
+        psk=psk,
+        psk_file=psk_file,
+        local_id=local_id,
+        initial_contact=initial_contact,
+    )
 
 
 def _connection(

@@ -113,6 +113,13 @@ class PeerConfig:
     """The pre-shared key (from `psk` or `psk_file`); hidden from repr and logs."""
     psk_file: Path | None = None
     """Where the key was read from, if it came from a file."""
+    local_id: str | None = None
+    """Our IKE identity towards this peer; None uses `gateway.id`. Distinct identities
+    let several peer sections reach one gateway with IKE SAs it keeps apart."""
+    initial_contact: bool = True
+    """Send INITIAL_CONTACT (RFC 7296 §2.4) in IKE_AUTH when we hold no other IKE SA
+    with this peer under the same identity, so it drops state from our previous run;
+    false never sends it."""
 
 
 @dataclass(frozen=True)

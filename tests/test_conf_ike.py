@@ -14,9 +14,13 @@ from cryptography.hazmat.primitives import serialization
 from conf import ConfigError, load_config, loads_config
 from conf.ike import endpoint_config, ike_connection, ike_connections
 from daemon.lab.pki import Credential, Pki
+from ikev2.codec import decode_header
 from ikev2.codec.payloads import Certificate
 from ikev2.config import Identity, IdKind
-from ikev2.constants import CertEncoding
+from ikev2.constants import CertEncoding, ExchangeType, NotifyType
+from ikev2.crypto.rng import DeterministicRandom
+from ikev2.endpoint import Endpoint
+from ikev2.events import Event, IkeSaDeleted, IkeSaEstablished
 from ikev2.ts import TrafficSelector
 
 PSK = "test-psk-NOT-SECRET-0123456789"
@@ -214,3 +218,127 @@ def test_certificate_file_gone_after_loading_names_the_key(tmp_path: Path) -> No
     (tmp_path / "gw.crt").write_text("not a certificate any more")
     with pytest.raises(ConfigError, match=r"gateway\.private_key: .*certificate"):
         ike_connections(cfg)
+
+
+# --- per-peer identities and INITIAL_CONTACT -------------------------------------------
+
+_A, _B = "198.51.100.1", "198.51.100.2"
+
+
+def _two_peers_to_one_gateway(p1_extra: str = "", p0_extra: str = "") -> str:
+    """Gateway A with two peer sections that both reach gateway B."""
+    sections = [f'[gateway]\naddresses = ["{_A}"]\nid = "gw-a.example.net"\n']
+    for i, extra in enumerate((p0_extra, p1_extra)):
+        sections.append(
+            f'[peers.p{i}]\naddress = "{_B}"\nid = "{_B}"\npsk = "{PSK}"\n{extra}\n'
+            f'[connections.c{i}]\npeer = "p{i}"\nlocal_subnets = ["192.0.2.{i}/32"]\n'
+            f'remote_subnets = ["203.0.113.{i}/32"]\nstart = "wait"\n'
+        )
+    return "\n".join(sections)
+
+
+_RESPONDER = f"""
+[gateway]
+addresses = ["{_B}"]
+id = "{_B}"
+[peers.any]
+address = "%any"
+psk = "{PSK}"
+[connections.net]
+peer = "any"
+local_subnets = ["203.0.113.0/24"]
+remote_subnets = ["192.0.2.0/24"]
+start = "wait"
+"""
+
+
+def _bring_up_both(initiator_toml: str) -> tuple[list[Event], list[bytes], Endpoint]:
+    """A initiates p0, then p1 once p0 is up; returns B's events, A's IKE_AUTH requests
+    as sent, and B."""
+    a = Endpoint(ike_connections(loads_config(initiator_toml)), rng=DeterministicRandom(b"a"))
+    b = Endpoint(ike_connections(loads_config(_RESPONDER)), rng=DeterministicRandom(b"b"))
+    events_b: list[Event] = []
+    auth_requests: list[bytes] = []
+
+    def pump(now: float) -> None:
+        for _ in range(20):
+            moved = False
+            list(a.events())
+            for d in a.datagrams_to_send(now):
+                header = decode_header(d.data)
+                if header.exchange_type == ExchangeType.IKE_AUTH and not header.response:
+                    auth_requests.append(d.data)
+                b.receive_datagram(d.data, d.remote, d.local, now)
+                moved = True
+            events_b.extend(b.events())
+            for d in b.datagrams_to_send(now):
+                a.receive_datagram(d.data, d.remote, d.local, now)
+                moved = True
+            if not moved:
+                return
+
+    a.initiate("p0", 0.0)
+    pump(0.0)
+    a.initiate("p1", 1.0)
+    pump(1.0)
+    return events_b, auth_requests, b
+
+
+def _initial_contacts(b: Endpoint, requests: list[bytes]) -> list[bool]:
+    """Which IKE_AUTH requests carried INITIAL_CONTACT, opened with B's keys."""
+    by_spi = {sa.spi_i: sa for sa in b.ike_sas()}
+    out = []
+    for data in requests:
+        sa = by_spi[decode_header(data).spi_i]
+        assert sa.sk is not None
+        out.append(sa.sk.inbound.open(data).notify(NotifyType.INITIAL_CONTACT) is not None)
+    return out
+
+
+def test_peer_local_id_defaults_to_gateway_id_and_can_be_set_per_peer() -> None:
+    toml = _two_peers_to_one_gateway(p1_extra='local_id = "i1.bench.example"')
+    cfg = loads_config(toml)
+    assert cfg.peers["p0"].local_id is None and cfg.peers["p1"].local_id == "i1.bench.example"
+    p0, p1 = ike_connections(cfg)
+    assert p0.local_id == Identity.parse("gw-a.example.net")
+    assert p1.local_id == Identity.parse("i1.bench.example")
+
+
+def test_bad_local_id_and_initial_contact_are_reported_with_their_key() -> None:
+    toml = _two_peers_to_one_gateway(p1_extra='local_id = ""\ninitial_contact = "yes"')
+    with pytest.raises(ConfigError) as info:
+        loads_config(toml)
+    text = str(info.value)
+    assert "peers.p1.local_id" in text and "peers.p1.initial_contact" in text
+
+
+def test_per_peer_identities_reach_the_wire_and_the_gateway_keeps_both_ike_sas() -> None:
+    toml = _two_peers_to_one_gateway(p1_extra='local_id = "i1.bench.example"')
+    events_b, requests, b = _bring_up_both(toml)
+    ids = [e.remote_id for e in events_b if isinstance(e, IkeSaEstablished)]
+    assert ids == ["gw-a.example.net", "i1.bench.example"]  # IDi as B authenticated it
+    # Two identities: each IKE SA is the only one between its pair of identities, so
+    # each says INITIAL_CONTACT, and B drops neither (RFC 7296 §2.4).
+    assert _initial_contacts(b, requests) == [True, True]
+    assert not [e for e in events_b if isinstance(e, IkeSaDeleted)]
+    assert len(b.ike_sas()) == 2
+
+
+def test_one_identity_to_one_gateway_sends_initial_contact_only_once() -> None:
+    # Two peer sections, one identity: the second IKE SA must not carry INITIAL_CONTACT,
+    # or B would drop the first (what the setup-rate benchmark ran into).
+    events_b, requests, b = _bring_up_both(_two_peers_to_one_gateway())
+    assert _initial_contacts(b, requests) == [True, False]
+    assert not [e for e in events_b if isinstance(e, IkeSaDeleted)]
+    assert len(b.ike_sas()) == 2
+
+
+def test_initial_contact_false_never_sends_it() -> None:
+    toml = _two_peers_to_one_gateway(
+        p0_extra="initial_contact = false", p1_extra='local_id = "i1.bench.example"'
+    )
+    cfg = loads_config(toml)
+    assert ike_connections(cfg)[0].initial_contact is False
+    assert ike_connections(cfg)[1].initial_contact is True
+    _, requests, b = _bring_up_both(toml)
+    assert _initial_contacts(b, requests) == [False, True]
