@@ -361,7 +361,17 @@ class Gateway:
         return self._endpoint.delete_connection(name, time.monotonic(), reason)
 
     def _peer_wanted(self, peer: str) -> bool:
-        return any(c.wanted for c in self.connections.values() if c.peer == peer)
+        # The peer's own children, not every connection: a reload adds each of
+        # thousands of peers through here.
+        state = self.peers.get(peer)
+        if state is None:
+            return False
+        return any(
+            (conn := self.connections.get(child.name)) is not None
+            and conn.peer == peer
+            and conn.wanted
+            for child in state.config.children
+        )
 
     def _installed(self, connection: str) -> list[ChildSaEntry]:
         if self._pump is None:
@@ -426,7 +436,7 @@ class Gateway:
         endpoint = self._endpoint
         if endpoint is None:
             return 0
-        return sum(1 for sa in endpoint.ike_sas() if sa.config.name == peer)
+        return endpoint.ike_sa_count(peer)  # indexed by connection in the endpoint
 
     def _schedule_retry(self, peer: PeerState) -> None:
         name = peer.config.name
