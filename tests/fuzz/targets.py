@@ -29,7 +29,7 @@ import dataclasses
 import random
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.dataplane import DataPlane
@@ -195,8 +195,8 @@ class CodecTarget(Target):
 
 
 class PayloadTarget(Target):
-    """Each payload body decoder, reached the way the network reaches it: one payload
-    behind a correct generic header (RFC 7296 §3.2). The first octet picks the type."""
+    """Each payload body decoder, alone and the way the network reaches it (one payload
+    behind a correct generic header, RFC 7296 §3.2). The first octet picks the type."""
 
     name = "payloads"
     _types = sorted(DECODERS)
@@ -218,6 +218,8 @@ class PayloadTarget(Target):
         if not data or len(data) > 0xFFF0:
             return
         kind = data[0] if data[0] in DECODERS else self._types[data[0] % len(self._types)]
+        # Called alone, a decoder raises only InvalidSyntax too (Payload.decode_body).
+        _only((InvalidSyntax,), lambda: DECODERS[kind](data[1:]))
         chain = generic_header(0, len(data) - 1) + data[1:]
         decoded = _only((InvalidSyntax,), lambda: decode_payloads(kind, chain))
         if decoded is not None:
@@ -961,10 +963,12 @@ def keys_seeds(keys: EspKeys) -> list[bytes]:
 
 
 class EspBatchTarget(Target):
-    """``decapsulate_batch`` gives exactly what ``decapsulate`` one by one gives.
+    """``decapsulate_batch`` gives exactly what ``decapsulate`` one by one gives, and
+    ``decapsulate`` of a memoryview or bytearray what it gives for bytes (it takes any
+    bytes-like packet; GRO reads hand it slices).
 
     Input: packets separated by the octets ``ESP!``; each is raw or sealed as for
-    :class:`EspTarget`. Two fresh twin SAs take the same sequence.
+    :class:`EspTarget`. Fresh twin SAs take the same sequence.
     """
 
     cost = 2
@@ -992,6 +996,14 @@ class EspBatchTarget(Target):
             raise Finding(f"decapsulate_batch gave {got}, decapsulate gave {expected}")
         if _esp_state(one) != _esp_state(batch) or one.drops != batch.drops:
             raise Finding("decapsulate_batch left other counters than decapsulate")
+        views = fresh_inbound(self.keys, parts[0][0] >> 2)
+        kinds = (memoryview, bytearray)
+        # decapsulate is annotated `bytes` but documented (and used) for any buffer.
+        buffers = [cast(bytes, kinds[i % 2](p)) for i, p in enumerate(packets)]
+        from_views = [views.decapsulate(b) for b in buffers]
+        normalised = [r if isinstance(r, DropReason) else (bytes(r[0]), r[1]) for r in from_views]
+        if normalised != expected:
+            raise Finding(f"decapsulate of buffers gave {normalised}, of bytes {expected}")
 
 
 # --- data plane ---------------------------------------------------------------------------
