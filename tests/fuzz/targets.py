@@ -61,7 +61,7 @@ from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
-from ikev2.errors import IntegrityCheckFailed, InvalidSyntax
+from ikev2.errors import IntegrityCheckFailed, InvalidSyntax, LocalProtocolError
 from ikev2.events import ChildSaInstalled
 from ikev2.fragments import (
     FragmentLimitExceeded,
@@ -858,6 +858,126 @@ class InitResponseTarget(Target):
         _bounded(pair)
 
 
+class ScheduleTarget(Target):
+    """Two endpoints over a hostile network: the input is a schedule of what the wire
+    does to genuine datagrams (deliver, lose, duplicate, reorder), clock jumps and API
+    calls (rekeys of CHILD and IKE SAs from either side, deletes, liveness checks).
+
+    Properties: nothing escapes any call (API misuse may raise ``LocalProtocolError``);
+    everything sent is an IKE message; the tables stay small; and after 400 s of a
+    perfect network, two IKE SAs that both sides hold established agree on their
+    CHILD SAs (each side's inbound SPI is the other's outbound, RFC 7296 §2.8).
+    """
+
+    name = "schedule"
+    cost = 40
+
+    def seeds(self) -> list[bytes]:
+        return [
+            bytes([0] * 8),
+            bytes([5, 1, 1, 0, 0, 0, 0]),  # a CHILD rekey whose request is lost
+            bytes([5, 6, 0, 0, 0, 0, 0, 0, 0, 0]),  # rekeys from both sides cross
+            bytes([7, 8, 0, 0, 0, 0, 0, 0, 0]),  # IKE rekeys cross
+            bytes([5, 2, 3, 0, 0, 0, 0, 0]),
+            bytes([9, 4, 0, 1, 0, 0x14, 0, 0]),
+            bytes([10, 6, 0, 0, 0, 0, 0, 0]),  # a CHILD delete while the peer rekeys it
+        ]
+
+    def run(self, data: bytes) -> None:
+        pair = established("schedule")
+        queue: list[tuple[str, Any]] = []
+
+        def collect() -> None:
+            for name, ep in (("a", pair.a), ("b", pair.b)):
+                list(ep.events())
+                for d in ep.datagrams_to_send(pair.clock):
+                    ike = d.data[4:] if d.data.startswith(b"\x00" * 4) else d.data
+                    try:
+                        decode_header(ike)
+                    except InvalidSyntax as exc:
+                        raise Finding(f"{name} sent something that is not IKE: {exc}") from exc
+                    queue.append((name, d))
+
+        def deliver(index: int) -> None:
+            sender, d = queue[index]
+            receiver = pair.b if sender == "a" else pair.a
+            receiver.receive_datagram(d.data, d.remote, d.local, pair.clock)
+
+        def tick(seconds: float) -> None:
+            pair.clock += seconds
+            for ep in (pair.a, pair.b):
+                ep.handle_timer(pair.clock)
+
+        for op in data[:48]:
+            collect()
+            kind, arg = op % 12, op >> 4
+            if kind == 0 and queue:
+                deliver(0)
+                queue.pop(0)
+            elif kind == 1 and queue:
+                queue.pop(0)  # lost
+            elif kind == 2 and queue:
+                deliver(0)  # duplicated: it stays queued
+            elif kind == 3 and len(queue) > 1:
+                queue[0], queue[1] = queue[1], queue[0]
+            elif kind == 4:
+                tick(1.0 + 4 * arg)
+            else:
+                self._api(pair, kind, arg)
+        # A perfect network for 400 s: retransmissions, DPD and rekeys settle.
+        for _ in range(200):
+            collect()
+            while queue:
+                deliver(0)
+                queue.pop(0)
+                collect()
+            tick(2.0)
+        self._agree(pair)
+
+    @staticmethod
+    def _api(pair: Pair, kind: int, arg: int) -> None:
+        ep = pair.a if kind % 2 else pair.b
+        sas = sorted(ep.ike_sas(), key=lambda sa: sa.ike_sa_id)
+        if not sas:
+            return
+        sa = sas[arg % len(sas)]
+        children = sorted(sa.children)
+        try:
+            if kind in (5, 6) and children:
+                ep.rekey_child(children[arg % len(children)], pair.clock)
+            elif kind in (7, 8):
+                ep.rekey_ike_sa(sa.ike_sa_id, pair.clock)
+            elif kind == 9:
+                ep.check_liveness(sa.ike_sa_id, pair.clock)
+            elif kind == 10 and children:
+                ep.delete_child(children[arg % len(children)], pair.clock)
+            elif kind == 11 and arg == 15:
+                ep.delete(sa.ike_sa_id, pair.clock)
+        except LocalProtocolError:
+            pass  # asked for something this SA cannot do now: our misuse, refused
+
+    @staticmethod
+    def _agree(pair: Pair) -> None:
+        for ep in (pair.a, pair.b):
+            if len(ep.ike_sas()) > 4:
+                raise Finding(f"{len(ep.ike_sas())} IKE SAs after the network healed")
+        by_spis = {(sa.spi_i, sa.spi_r): sa for sa in pair.b.ike_sas()}
+        for sa_a in pair.a.ike_sas():
+            sa_b = by_spis.get((sa_a.spi_i, sa_a.spi_r))
+            established = (sa_a.state, sa_b.state if sa_b else None) == (
+                IkeSaState.ESTABLISHED,
+                IkeSaState.ESTABLISHED,
+            )
+            if sa_b is None or not established:
+                continue
+            live_a = {(c.spi_in, c.spi_out) for c in sa_a.children.values() if not c.deleting}
+            live_b = {(c.spi_out, c.spi_in) for c in sa_b.children.values() if not c.deleting}
+            if live_a != live_b:
+                raise Finding(
+                    f"CHILD SAs disagree: a has {sorted(live_a)}, b mirrors {sorted(live_b)}"
+                )
+
+
 # --- ESP ----------------------------------------------------------------------------------
 
 _PRE_AUTH_DROPS = frozenset(
@@ -1199,6 +1319,7 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
             AuthRequestTarget(),
             AuthResponseTarget(),
             InitResponseTarget(),
+            ScheduleTarget(),
         ]
     return targets
 

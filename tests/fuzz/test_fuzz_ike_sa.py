@@ -4,7 +4,8 @@ Nothing escapes ``Endpoint.receive_datagram``; a datagram that does not authenti
 leaves an established SA as it was; requests refused with an error notify leave it as
 it was but for their Message ID; authenticated garbage in every exchange (IKE_SA_INIT
 response, IKE_AUTH both ways, INFORMATIONAL, CREATE_CHILD_SA both ways) is refused
-without an exception.
+without an exception; a lossy, duplicating, reordering network with rekeys from both
+sides leaves the two endpoints agreeing once it heals.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .targets import (
     EndpointFreshTarget,
     EstablishedTarget,
     InitResponseTarget,
+    ScheduleTarget,
     SealedRequestTarget,
     SealedResponseTarget,
     Target,
@@ -127,3 +129,11 @@ def test_ike_sa_init_response_garbage_never_raises(
     header[0 + 8] = first
     header[16:20] = (28 + len(raw)).to_bytes(4, "big")
     target(InitResponseTarget).run(bytes(header) + raw)
+
+
+@settings(FUZZ, max_examples=15)
+@given(st.binary(min_size=1, max_size=24))
+def test_lossy_reordering_network_with_rekeys_leaves_both_sides_agreeing(
+    schedule: bytes,
+) -> None:
+    target(ScheduleTarget).run(schedule)
