@@ -45,6 +45,7 @@ from daemon.spd import IPNetwork
 from esp.errors import EspConfigError
 from esp.sa import LifetimeState
 from ikev2.config import ChildConfig
+from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
@@ -151,6 +152,15 @@ class ConnectionState:
     initiates it again."""
 
 
+def _one_line(exc: Exception) -> str:
+    """A configuration error on one log line: conf's ConfigError lists each problem
+    on a line of its own when there are several."""
+    problems = getattr(exc, "problems", ())
+    if len(problems) > 1:
+        return "; ".join(str(p) for p in problems)
+    return str(exc)
+
+
 def _resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:
     """Answer every waiting control request with `outcome` (an error unless `ok`)."""
     for waiter in waiters:
@@ -204,6 +214,12 @@ class Gateway:
             return 1
         try:
             await self._start(self.config)
+        except IkeConfigError as exc:
+            # Raised while building the IKE settings from a file that loaded (conf's
+            # ConfigError is a subclass): the key is in the message; no traceback.
+            log.error("cannot start: %s", _one_line(exc))
+            await self._teardown()
+            return 1
         except (GatewayError, TunError, LinkError, ControlError, OSError) as exc:
             log.error("cannot start: %s", exc)
             await self._teardown()
@@ -230,6 +246,10 @@ class Gateway:
 
     async def _start(self, config: Config) -> None:
         gateway = config.gateway
+        # The IKE settings first: a configuration the core cannot use fails before
+        # anything is created (TUN, sockets, control socket).
+        ikes = ike_connections(config)
+        endpoint_settings = endpoint_config(config)
         addresses = [str(a) for a in gateway.addresses]
         for peer in config.peers.values():
             if peer.address is not None:
@@ -264,8 +284,7 @@ class Gateway:
             gateway.nat_port,
             " and raw ESP" if self._pump.raw else "",
         )
-        ikes = ike_connections(config)
-        self._endpoint = Endpoint(ikes, config=endpoint_config(config))
+        self._endpoint = Endpoint(ikes, config=endpoint_settings)
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
@@ -737,11 +756,29 @@ class Gateway:
         self.notifier.notify(STATUS=self._status_line())
 
     def _on_child_failed(self, event: ChildSaFailed) -> None:
-        log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
         state = self.connections.get(event.child)
         if state is not None:
+            log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
             state.last_error = event.reason
             self._resolve_waiters(state, f"{event.child}: {event.reason}", ok=False)
+            return
+        # The peer asked for selectors that match none of our connections (the core
+        # names no CHILD configuration): say which peer, and keep it on the peer so
+        # `lockgate status` shows it on each of its connections.
+        reason = f"CHILD SA refused: {event.reason}"
+        log.warning("peer %s: %s", self._peer_label(event.connection, event.ike_sa_id), reason)
+        peer = self.peers.get(event.connection)
+        if peer is not None:
+            peer.last_error = reason
+
+    def _peer_label(self, peer: str, ike_sa_id: int) -> str:
+        """'dc1 (198.51.100.2)': the peer's name and the address its IKE SA talks to."""
+        info = self.ike_sas.get(ike_sa_id)
+        if info is not None:
+            return f"{peer} ({info.event.remote[0]})"
+        state = self.peers.get(peer)
+        address = state.config.remote_address if state is not None else None
+        return f"{peer} ({address or '%any'})"
 
     def _on_keepalive_due(self, event: NatKeepaliveDue) -> None:
         if self._pump is not None:

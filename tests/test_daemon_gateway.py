@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import types
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 from test_dataplane import echo_request, events, ipv4
+from test_ikev2_sa_pair import Pair, child, connection, mirrored
 
+import daemon.gateway as gateway_module
+from conf.errors import ConfigError, Problem
 from conf.ike import ike_connections
 from conf.load import load_config
 from daemon.control import ControlError
@@ -24,6 +28,7 @@ from daemon.pump import Pump
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
+    ChildSaFailed,
     IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -341,3 +346,50 @@ def test_child_sa_expired_before_its_rekey_is_negotiated_again(
         ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, reason)
     )
     assert requested == (["site"] if renewed else [])
+
+
+def test_config_error_from_the_ike_builder_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The file loads, but building the IKE settings refuses it (as conf.ike does when
+    # a certificate changed after load): one error line naming the key, exit status 1,
+    # nothing created (the builder runs before the TUN is opened).
+    path = tmp_path / "gw.toml"
+    path.write_text(CONFIG)
+
+    def refuse(config: object) -> None:
+        raise ConfigError([Problem("peers.main", "certificate cannot be read")])
+
+    opened: list[str] = []
+    monkeypatch.setattr(gateway_module, "ike_connections", refuse)
+    monkeypatch.setattr(gateway_module, "open_tun", lambda *a: opened.append("tun"))
+    gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
+    with caplog.at_level(logging.ERROR, logger="lockgate"):
+        assert asyncio.run(gw.run()) == 1
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == "cannot start: peers.main: certificate cannot be read"
+    assert record.exc_info is None
+    assert opened == [] and not (tmp_path / "c.sock").exists()
+
+
+def test_child_sa_matching_no_connection_names_the_peer_and_shows_in_status(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the core reports when the peer proposes selectors none of ours match.
+    conn = connection()
+    peer = dataclasses.replace(
+        mirrored(conn), children=(child(local="198.51.100.128/25", remote="192.0.2.0/24"),)
+    )
+    pair = Pair.make(conn, peer)
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    (refused,) = pair.of("b", ChildSaFailed)
+    gateway._handle_event(established())
+    with caplog.at_level(logging.WARNING, logger="lockgate"):
+        gateway._handle_event(dataclasses.replace(refused, connection="main", ike_sa_id=7))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "lockgate"]
+    assert line.startswith("peer main (198.51.100.2): CHILD SA refused: peer proposed")
+    assert "match no CHILD SA" in line and "?" not in line.split(":")[0]
+    by_name = {c["name"]: c for c in gateway.status()["connections"]}
+    assert by_name["site"]["last_error"].startswith("CHILD SA refused: peer proposed")
+    assert by_name["spare-net"]["last_error"] == ""
