@@ -7,6 +7,7 @@ lifetimes) and a `ChildSaDeleted` when they must go. Keys never appear in `repr`
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from ikev2.ts import TrafficSelector
@@ -18,6 +19,75 @@ Address = tuple[str, int]
 @dataclass(frozen=True)
 class Event:
     """Base class of every event the IKEv2 core emits."""
+
+
+class DeleteCause(enum.Enum):
+    """Why an IKE SA or CHILD SA ended, for code to act on (`reason` is for people)."""
+
+    OTHER = "other"
+    """Not classified (events built without a cause)."""
+    LOCAL = "local"
+    """We deleted it on request: operator, reload, shutdown."""
+    PEER_DELETED = "peer deleted"
+    """The peer sent a Delete (or reported a fatal error) for it."""
+    PEER_RESTARTED = "peer restarted"
+    """Replaced: the peer came back with INITIAL_CONTACT (RFC 7296 §2.4)."""
+    DEAD_PEER = "dead peer"
+    """The peer stopped answering: retransmissions or liveness checks ran out (§2.4)."""
+    EXPIRED = "expired"
+    """Its hard time lifetime ended before a rekey replaced it."""
+    LIMIT_REACHED = "limit reached"
+    """A CHILD SA's hard byte or packet limit was reached (RFC 4301 §4.4.2.1)."""
+    REKEYED = "rekeyed"
+    """A CHILD SA replaced by its rekey (§2.8); a new one carries its traffic."""
+    IKE_SA_DELETED = "IKE SA deleted"
+    """A CHILD SA that went with its IKE SA (that IKE SA's event says why)."""
+    ERROR = "error"
+    """An established IKE SA failed on a protocol error."""
+
+
+# The core's own wording of why it ends an SA (ikev2.sa, ikev2.tasks); classified here,
+# next to the cause enum, so that users match the cause and never the text.
+REASON_PEER_DEAD = "peer is dead"
+REASON_LIMIT_REACHED = "byte or packet limit reached"
+REASON_LIFETIME_EXPIRED = "lifetime expired"
+REASON_REKEYED = "rekeyed"
+REASON_IKE_SA_DELETED = "IKE SA deleted"
+REASON_DELETED_BY_PEER = "deleted by peer"
+REASON_PEER_RESTARTED = "INITIAL_CONTACT"
+
+
+def ike_delete_cause(reason: str, *, by_peer: bool, we_deleted: bool) -> DeleteCause:
+    """The cause of an established IKE SA's end, from the core's reason.
+
+    `we_deleted`: we had sent (or started) our Delete of it, so an unexplained end is
+    LOCAL; otherwise it failed (ERROR).
+    """
+    if reason.startswith(REASON_PEER_DEAD):
+        return DeleteCause.DEAD_PEER
+    if REASON_LIFETIME_EXPIRED in reason:
+        return DeleteCause.EXPIRED
+    if REASON_PEER_RESTARTED in reason:
+        return DeleteCause.PEER_RESTARTED
+    if by_peer:
+        return DeleteCause.PEER_DELETED
+    return DeleteCause.LOCAL if we_deleted else DeleteCause.ERROR
+
+
+def child_delete_cause(reason: str) -> DeleteCause:
+    """The cause of a CHILD SA's end, from the core's reason (anything not the core's
+    own wording came through `delete_child` on request: LOCAL)."""
+    if reason == REASON_LIMIT_REACHED:
+        return DeleteCause.LIMIT_REACHED
+    if reason == REASON_LIFETIME_EXPIRED:
+        return DeleteCause.EXPIRED
+    if reason == REASON_REKEYED:
+        return DeleteCause.REKEYED
+    if reason == REASON_IKE_SA_DELETED:
+        return DeleteCause.IKE_SA_DELETED
+    if reason == REASON_DELETED_BY_PEER:
+        return DeleteCause.PEER_DELETED
+    return DeleteCause.LOCAL
 
 
 @dataclass(frozen=True)
@@ -87,6 +157,8 @@ class IkeSaDeleted(Event):
     """Why, in an operator's words ("deleted by peer", "peer did not answer 5 retransmissions")."""
     by_peer: bool
     """True if the peer asked for the delete."""
+    cause: DeleteCause = DeleteCause.OTHER
+    """Why, for code: DEAD_PEER, EXPIRED, PEER_DELETED, LOCAL, ..."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +260,8 @@ class ChildSaDeleted(Event):
     """SPI of the outbound ESP SA."""
     reason: str
     """Why, for an operator ("deleted by peer", "rekeyed", "IKE SA deleted")."""
+    cause: DeleteCause = DeleteCause.OTHER
+    """Why, for code: EXPIRED, LIMIT_REACHED, REKEYED, IKE_SA_DELETED, ..."""
 
 
 @dataclass(frozen=True)
