@@ -60,6 +60,8 @@ from ikev2.events import (
     IkeSaFailed,
     IkeSaRekeyed,
     NatKeepaliveDue,
+    child_delete_cause,
+    ike_delete_cause,
 )
 from ikev2.fragments import Reassembler, is_fragmented, open_fragment, seal_for_size
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
@@ -1082,7 +1084,8 @@ class IkeSa:
         self.state = IkeSaState.DELETED
         log = logger.info if by_peer or "operator" in reason else logger.warning
         log("%s: IKE SA with %s deleted: %s", self.name, _fmt(self.remote), reason)
-        self.emit(IkeSaDeleted(self.config.name, self.ike_sa_id, reason, by_peer))
+        cause = ike_delete_cause(reason, by_peer=by_peer, we_deleted=bool(self.delete_reason))
+        self.emit(IkeSaDeleted(self.config.name, self.ike_sa_id, reason, by_peer, cause))
 
     def remove_child(self, child: ChildSa, reason: str) -> None:
         """Forget a CHILD SA and tell the user to remove its ESP SAs."""
@@ -1106,6 +1109,7 @@ class IkeSa:
                 child.spi_in,
                 child.spi_out,
                 reason,
+                child_delete_cause(reason),
             )
         )
 
