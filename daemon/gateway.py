@@ -53,6 +53,7 @@ from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
     ChildSaInstalled,
+    DeleteCause,
     Event,
     IkeSaAddressChanged,
     IkeSaDeleted,
@@ -86,12 +87,9 @@ INBOUND_LINGER = 2.0
 `DataPlane.remove`)."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
-EXPIRED_REASONS = frozenset({"byte or packet limit reached", "lifetime expired"})
-"""ChildSaDeleted reasons of the IKE core for a CHILD SA that reached a hard limit
-before a rekey replaced it: a connection that should be up then needs a new one."""
-PEER_DEAD = "peer is dead"
-"""How the IKE core's IkeSaDeleted reason starts when liveness checks went unanswered
-(RFC 7296 §2.4); the connection's dpd_action then applies."""
+EXPIRED_CAUSES = frozenset({DeleteCause.LIMIT_REACHED, DeleteCause.EXPIRED})
+"""ChildSaDeleted causes of a CHILD SA that reached a hard limit before a rekey
+replaced it: a connection that should be up then needs a new one."""
 
 
 class GatewayError(Exception):
@@ -561,7 +559,8 @@ class Gateway:
         self._resolve_ike_waiters(peer, f"peer {peer.config.name}: {event.reason}", ok=False)
         if self._shutting_down:
             return
-        if event.reason.startswith(PEER_DEAD):
+        if event.cause is DeleteCause.DEAD_PEER:
+            # Liveness checks went unanswered (RFC 7296 §2.4): dpd_action applies.
             self._apply_dpd_action(peer, event)
         else:
             # Deleted by the peer, or expired: connections that should be up come back.
@@ -740,7 +739,7 @@ class Gateway:
             if (
                 ike is not None
                 and state.wanted
-                and event.reason in EXPIRED_REASONS
+                and event.cause in EXPIRED_CAUSES
                 and ike.state is IkeSaState.ESTABLISHED
             ):
                 # A hard limit came before the rekey finished (RFC 4301 §4.4.2.1): the

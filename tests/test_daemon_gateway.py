@@ -29,6 +29,7 @@ from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
+    DeleteCause,
     IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -256,10 +257,20 @@ def _die(gateway: Gateway, action: str) -> None:
     gateway._handle_event(installed)
     gateway._handle_event(
         ChildSaDeleted(
-            "main", "site", installed.unique_id, 7, installed.spi_in, 1, "IKE SA deleted"
+            "main",
+            "site",
+            installed.unique_id,
+            7,
+            installed.spi_in,
+            1,
+            "IKE SA deleted",
+            DeleteCause.IKE_SA_DELETED,
         )
     )
-    gateway._handle_event(IkeSaDeleted("main", 7, "peer is dead: no answer to 5 tries", False))
+    # The daemon goes by the cause, whatever the words.
+    gateway._handle_event(
+        IkeSaDeleted("main", 7, "no answer to 5 liveness checks", False, DeleteCause.DEAD_PEER)
+    )
 
 
 def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
@@ -270,7 +281,7 @@ def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
     assert not state.wanted and not state.trapped and retries == []
     [conn, _spare] = gateway.status()["connections"]
     assert conn["state"] == "waiting for the peer"
-    assert conn["last_error"].startswith("peer is dead")
+    assert conn["last_error"] == "no answer to 5 liveness checks"
 
 
 def test_dpd_action_restart_initiates_again_with_back_off(gateway: Gateway) -> None:
@@ -320,16 +331,21 @@ def test_rekey_ike_without_an_ike_sa_is_refused(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize(
-    ("reason", "wanted", "renewed"),
+    ("cause", "wanted", "renewed"),
     [
-        ("byte or packet limit reached", True, True),
-        ("lifetime expired", True, True),
-        ("deleted by peer", True, False),
-        ("byte or packet limit reached", False, False),
+        (DeleteCause.LIMIT_REACHED, True, True),
+        (DeleteCause.EXPIRED, True, True),
+        (DeleteCause.PEER_DELETED, True, False),
+        (DeleteCause.OTHER, True, False),
+        (DeleteCause.LIMIT_REACHED, False, False),
     ],
 )
 def test_child_sa_expired_before_its_rekey_is_negotiated_again(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, reason: str, wanted: bool, renewed: bool
+    gateway: Gateway,
+    monkeypatch: pytest.MonkeyPatch,
+    cause: DeleteCause,
+    wanted: bool,
+    renewed: bool,
 ) -> None:
     assert gateway._endpoint is not None
     ike = types.SimpleNamespace(state=IkeSaState.ESTABLISHED)
@@ -343,7 +359,7 @@ def test_child_sa_expired_before_its_rekey_is_negotiated_again(
     )
     gateway._handle_event(installed)
     gateway._handle_event(
-        ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, reason)
+        ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, "test", cause)
     )
     assert requested == (["site"] if renewed else [])
 

@@ -28,6 +28,7 @@ from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
     ChildSaInstalled,
+    DeleteCause,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
@@ -325,6 +326,8 @@ def test_delete_ike_sa_both_ways(deleter: str) -> None:
         assert isinstance(child_gone, ChildSaDeleted)
         assert child_gone.spi_in in (ia.spi_in, ia.spi_out)
         assert isinstance(ike_gone, IkeSaDeleted) and ike_gone.by_peer is by_peer
+        cause = DeleteCause.PEER_DELETED if by_peer else DeleteCause.LOCAL
+        assert ike_gone.cause is cause and child_gone.cause is DeleteCause.IKE_SA_DELETED
     assert pair.a.ike_sas() == [] and pair.b.ike_sas() == []
     (request,) = pair.requests(deleter, INFO)
     (response,) = pair.responses(other, INFO)
@@ -345,6 +348,8 @@ def test_delete_child_sa_both_ways(deleter: str) -> None:
     (gone_b,) = pair.of("b", ChildSaDeleted)
     assert (gone_a.spi_in, gone_a.spi_out) == (gone_b.spi_out, gone_b.spi_in)
     assert gone_b.reason in ("deleted by peer", "deleted by operator")
+    assert gone_b.cause in (DeleteCause.PEER_DELETED, DeleteCause.LOCAL)
+    assert pair.of(deleter, ChildSaDeleted)[0].cause is DeleteCause.LOCAL
     # The IKE SA lives on.
     assert not pair.of("a", IkeSaDeleted) and not pair.of("b", IkeSaDeleted)
     assert [sa.state for sa in pair.a.ike_sas()] == [IkeSaState.ESTABLISHED]
@@ -484,6 +489,7 @@ def test_child_lifetime_expiry_deletes_the_child() -> None:
     (gone_a,) = pair.of("a", ChildSaDeleted)
     (gone_b,) = pair.of("b", ChildSaDeleted)
     assert (gone_a.reason, gone_b.reason) == ("lifetime expired", "deleted by peer")
+    assert (gone_a.cause, gone_b.cause) == (DeleteCause.EXPIRED, DeleteCause.PEER_DELETED)
 
 
 def test_crossing_child_deletes_remove_each_pair_once() -> None:
@@ -583,8 +589,10 @@ def test_initial_contact_replaces_the_stale_ike_sa_of_a_restarted_peer() -> None
     assert kinds == [ChildSaDeleted, IkeSaDeleted, IkeSaEstablished, ChildSaInstalled]
     gone = pair.events["b"][0]
     assert isinstance(gone, ChildSaDeleted) and gone.spi_in == old_b.spi_in
+    assert gone.cause is DeleteCause.IKE_SA_DELETED
     deleted = pair.events["b"][1]
     assert isinstance(deleted, IkeSaDeleted) and "INITIAL_CONTACT" in deleted.reason
+    assert deleted.cause is DeleteCause.PEER_RESTARTED
     assert len(pair.b.ike_sas()) == 1
 
 
@@ -684,6 +692,7 @@ def test_ike_sa_hard_expiry_deletes_it_with_its_child_sas() -> None:
     (db,) = pair.of("b", IkeSaDeleted)
     assert da.reason == "IKE SA lifetime expired" and not da.by_peer
     assert db.by_peer
+    assert (da.cause, db.cause) == (DeleteCause.EXPIRED, DeleteCause.PEER_DELETED)
     assert len(pair.of("a", ChildSaDeleted)) == 1 and len(pair.of("b", ChildSaDeleted)) == 1
     assert pair.a.ike_sas() == [] and pair.b.ike_sas() == []
     delete = pair.requests("a", INFO)[-1]  # after the liveness checks
@@ -734,6 +743,7 @@ def test_child_hard_expiry_stops_the_child_at_once_even_if_the_peer_is_silent() 
     pair.advance(100.5)
     (gone,) = pair.of("a", ChildSaDeleted)
     assert gone.unique_id == ia.unique_id and gone.reason == "lifetime expired"
+    assert gone.cause is DeleteCause.EXPIRED
     # The Delete still went out (and is retransmitted), after the event.
     delete = pair.requests("a", INFO)[0]
     assert delete.time == pytest.approx(100.0)

@@ -12,7 +12,7 @@ from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Notify
 from ikev2.config import ConnectionConfig
 from ikev2.constants import ExchangeType, NotifyType, ProtocolId
-from ikev2.events import ChildSaDeleted, ChildSaFailed, ChildSaInstalled
+from ikev2.events import ChildSaDeleted, ChildSaFailed, ChildSaInstalled, DeleteCause
 from ikev2.ts import TrafficSelector
 
 CREATE = ExchangeType.CREATE_CHILD_SA
@@ -62,7 +62,7 @@ def test_rekey_make_before_break(rekeyer: str) -> None:
         (gone,) = pair.of(name, ChildSaDeleted)
         assert gone.unique_id == old.unique_id
     (gone,) = pair.of(rekeyer, ChildSaDeleted)
-    assert gone.reason == "rekeyed"
+    assert gone.reason == "rekeyed" and gone.cause is DeleteCause.REKEYED
     # The exchange carried N(REKEY_SA) with the old SA's SPI as the peer knows it.
     (request,) = pair.requests(rekeyer, CREATE)
     opened = pair.side("b" if rekeyer == "a" else "a").ike_sas()[0]
@@ -172,6 +172,7 @@ def test_liveness_checks_after_silence_and_a_dead_peer() -> None:
 
     (dead,) = pair.of("a", IkeSaDeleted)
     assert dead.reason.startswith("peer is dead") and not dead.by_peer
+    assert dead.cause is DeleteCause.DEAD_PEER
     assert pair.a.ike_sas() == []
 
 
@@ -277,6 +278,7 @@ def test_byte_and_packet_limits_rekey_then_delete() -> None:
     pair.pump()
     gone = pair.of("a", ChildSaDeleted)[-1]
     assert gone.unique_id == second.unique_id and gone.reason == "byte or packet limit reached"
+    assert gone.cause is DeleteCause.LIMIT_REACHED
     assert pair.b.ike_sas()[0].children == {}
 
 
