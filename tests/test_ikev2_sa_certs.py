@@ -110,5 +110,28 @@ def test_psk_peer_against_a_certificate_connection() -> None:
     pair.a.initiate("conn", 0.0)
     pair.pump()
     (fb,) = pair.of("b", IkeSaFailed)
-    assert "SHARED_KEY_MIC" in fb.reason and "certificate" in fb.reason
+    assert fb.reason == (
+        f"peer {A_NAME} authenticates with SHARED_KEY_MIC (2); we expect "
+        "DIGITAL_SIGNATURE (14), a certificate signature (RFC 7427)"
+    )
+    assert pair.of("a", IkeSaFailed)
+
+
+def test_certificate_peer_against_a_psk_connection_names_both_methods() -> None:
+    # The other way round: the same wording, each method by name and number.
+    pki = Pki()
+    base = connection()
+    a = _with_certs(base, pki.issue(A_NAME), A_NAME, B_NAME, pki)
+    b = dataclasses.replace(
+        mirrored(base), local_id=Identity.parse(B_NAME), remote_id=Identity.parse(A_NAME)
+    )
+    pair = _pair(a, b)
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.notify == NotifyType.AUTHENTICATION_FAILED
+    assert fb.reason == (
+        f"peer {A_NAME} authenticates with DIGITAL_SIGNATURE (14); we expect "
+        "SHARED_KEY_MIC (2), a pre-shared key"
+    )
     assert pair.of("a", IkeSaFailed)

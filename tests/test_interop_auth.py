@@ -31,7 +31,10 @@ def test_psk_against_a_certificate_fails(initiates: bool) -> None:
     # lockgate expects the PSK; charon signs with its ECDSA certificate instead.
     case = Case(lockgate_initiates=initiates, auth="psk", swan_auth="ecdsa-p256")
     with interop(case) as world:
-        reason = "peer gw-b.example.net authenticates with method 14; we expect a PSK"
+        reason = (
+            "peer gw-b.example.net authenticates with DIGITAL_SIGNATURE (14); we expect "
+            "SHARED_KEY_MIC (2), a pre-shared key"
+        )
         attempt_and_fail(world, "net4", f"IKE SA #1 failed: {reason}")
         assert reason in world.daemon.connection("net4")["last_error"]
         # charon was told why (AUTHENTICATION_FAILED, RFC 7296 §2.15) and gave up.
@@ -44,8 +47,8 @@ def test_certificate_against_a_psk_fails(initiates: bool) -> None:
     case = Case(lockgate_initiates=initiates, auth="ecdsa-p256", swan_auth="psk")
     with interop(case) as world:
         reason = (
-            "peer 198.51.100.2 authenticates with SHARED_KEY_MIC; "
-            "we expect a certificate signature (RFC 7427)"
+            "peer 198.51.100.2 authenticates with SHARED_KEY_MIC (2); we expect "
+            "DIGITAL_SIGNATURE (14), a certificate signature (RFC 7427)"
         )
         attempt_and_fail(world, "net4", f"IKE SA #1 failed: {reason}")
         assert reason in world.daemon.connection("net4")["last_error"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ikev2.codec import Authentication, Certificate, IdI, IdR, Message, Notify, Payload
 from ikev2.config import ConfigError, ConnectionConfig, Identity
-from ikev2.constants import AuthMethod, NotifyType, enum_name
+from ikev2.constants import AuthMethod, NotifyType
 from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth, verify_signature_auth
 from ikev2.errors import (
     AuthenticationFailed,
@@ -40,6 +40,15 @@ def _psk(config: ConnectionConfig) -> bytes:
     if not config.psk:
         raise LocalProtocolError(f"connection {config.name!r} has no pre-shared key")
     return config.psk
+
+
+def _method(number: int) -> str:
+    """An AUTH method as an operator reads it: "DIGITAL_SIGNATURE (14)" (RFC 7296 §3.8,
+    RFC 7427 §3); a number we do not know stays a number."""
+    try:
+        return f"{AuthMethod(number).name} ({number})"
+    except ValueError:
+        return f"unknown method {number}"
 
 
 def _identity(payload: IdI | IdR) -> Identity:
@@ -209,7 +218,8 @@ class IkeAuth(Task):
             return
         if auth.method != AuthMethod.SHARED_KEY_MIC:
             raise AuthenticationFailed(
-                f"peer {peer} authenticates with method {auth.method}; we expect a PSK"
+                f"peer {peer} authenticates with {_method(auth.method)}; we expect "
+                f"{_method(AuthMethod.SHARED_KEY_MIC)}, a pre-shared key"
             )
         try:
             verify_psk_auth(
@@ -233,8 +243,8 @@ class IkeAuth(Task):
             raise LocalProtocolError(f"connection {sa.config.name!r} has no CA certificates")
         if auth.method != AuthMethod.DIGITAL_SIGNATURE:
             raise AuthenticationFailed(
-                f"peer {peer} authenticates with {enum_name(AuthMethod, auth.method)}; we "
-                "expect a certificate signature (RFC 7427)"
+                f"peer {peer} authenticates with {_method(auth.method)}; we expect "
+                f"{_method(AuthMethod.DIGITAL_SIGNATURE)}, a certificate signature (RFC 7427)"
             )
         certs = message.get_all(Certificate)
         if not certs:
