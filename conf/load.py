@@ -41,7 +41,14 @@ from conf.model import (
 )
 from conf.proposals import esp_proposal_problem, ike_proposal_problem
 from esp.replay import MAX_WINDOW
-from ikev2.certs import CredentialError, LocalCredentials, PrivateKey, TrustAnchors
+from ikev2.certs import (
+    CredentialError,
+    LocalCredentials,
+    PrivateKey,
+    TrustAnchors,
+    describe,
+    identity_mismatch,
+)
 from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import Identity
 
@@ -606,6 +613,39 @@ def _check_shared_ike(connections: Mapping[str, ConnectionConfig], problems: lis
                 )
 
 
+def _check_own_identities(
+    gateway: GatewayConfig, peers: Mapping[str, PeerConfig | None], problems: list[Problem]
+) -> None:
+    """With auth = "pubkey" we prove our identity with gateway.certificate: it must name
+    that identity (RFC 4945 §3.1), or every peer refuses us at IKE_AUTH. Checked once per
+    key: gateway.id for the peers without a local_id of their own."""
+    pubkey = [p for p in peers.values() if p is not None and p.auth == "pubkey"]
+    if not pubkey or gateway.certificate is None:
+        return
+    try:
+        cert = x509.load_pem_x509_certificates(gateway.certificate.read_bytes())[0]
+    except (OSError, ValueError):
+        return  # reported under gateway.certificate
+    checked: set[str] = set()
+    for peer in pubkey:
+        if peer.local_id is not None:
+            key, ident = f"peers.{peer.name}.local_id", peer.local_id
+        else:
+            key, ident = "gateway.id", gateway.id
+        if key in checked:
+            continue
+        checked.add(key)
+        reason = identity_mismatch(cert, Identity.parse(ident))
+        if reason is not None:
+            problems.append(
+                Problem(
+                    key,
+                    f"{ident!r} is not in our certificate (gateway.certificate "
+                    f'{describe(cert)!r}, auth = "pubkey" for peers.{peer.name}): ID {reason}',
+                )
+            )
+
+
 def _check_overlaps(connections: Mapping[str, ConnectionConfig], problems: list[Problem]) -> None:
     """Two connections with the same subnet pair would fight over one policy."""
     seen: dict[tuple[frozenset[IpNetwork], frozenset[IpNetwork]], str] = {}
@@ -644,6 +684,8 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
             connections[name] = conn
     _check_shared_ike(connections, problems)
     _check_overlaps(connections, problems)
+    if gateway is not None:
+        _check_own_identities(gateway, peers, problems)
     if not problems and not connections:
         problems.append(Problem("connections", "no connection is configured"))
     if problems or gateway is None:

@@ -430,11 +430,21 @@ def _fold(name: str) -> str:
     return name.rstrip(".").lower()
 
 
-def _check_identity(cert: x509.Certificate, peer_id: Identity) -> None:
-    """The peer's IKE identity must be in the certificate (RFC 4945 §3.1)."""
-    san = _ext(_check_extensions(cert), x509.SubjectAlternativeName)
+def identity_mismatch(cert: x509.Certificate, identity: Identity) -> str | None:
+    """Whether ``cert`` names ``identity`` (RFC 4945 §3.1): None if it does, else why not,
+    naming what the certificate holds.
+
+    Addresses, FQDNs and RFC 822 names must be in subjectAltName; a DN identity must be
+    the subject DN or a directoryName there, octet for octet. The peer's certificate is
+    checked with it in :meth:`TrustAnchors.validate`; the configuration checks our own
+    with it (the identity we prove with ``auth = "pubkey"``).
+    """
+    try:
+        san = _ext(cert.extensions, x509.SubjectAlternativeName)
+    except ValueError as exc:
+        return f"cannot be matched: certificate of {describe(cert)} has malformed extensions: {exc}"
     names: list[x509.GeneralName] = list(san) if san is not None else []
-    id_type, data = peer_id.id_type, peer_id.data
+    id_type, data = identity.id_type, identity.data
     found: bool
     if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
         address = ipaddress.ip_address(data)
@@ -447,25 +457,25 @@ def _check_identity(cert: x509.Certificate, peer_id: Identity) -> None:
         found = any(isinstance(n, x509.RFC822Name) and n.value.lower() == wanted for n in names)
     elif id_type == IdType.ID_DER_ASN1_DN:
         # The subject DN, or a directoryName in subjectAltName, octet for octet.
-        if cert.subject.public_bytes() == data:
-            return
-        found = any(
+        if cert.subject.public_bytes() == data or any(
             isinstance(n, x509.DirectoryName) and n.value.public_bytes() == data for n in names
-        )
-        if not found:
-            raise AuthenticationFailed(
-                f"peer ID {peer_id} is not the certificate subject {_name_text(cert.subject)!r}"
-            )
-        return
+        ):
+            return None
+        return f"is not the certificate subject {_name_text(cert.subject)!r}"
     else:
-        raise AuthenticationFailed(
-            f"peer ID {peer_id} (ID type {id_type}) cannot be matched against a certificate"
-        )
-    if not found:
-        listed = ", ".join(_general_name_text(n) for n in names)
-        raise AuthenticationFailed(
-            f"peer ID {peer_id} not in certificate subjectAltName [{listed}] of {describe(cert)}"
-        )
+        return f"(ID type {id_type}) cannot be matched against a certificate"
+    if found:
+        return None
+    listed = ", ".join(_general_name_text(n) for n in names)
+    return f"not in certificate subjectAltName [{listed}] of {describe(cert)}"
+
+
+def _check_identity(cert: x509.Certificate, peer_id: Identity) -> None:
+    """The peer's IKE identity must be in the certificate (RFC 4945 §3.1)."""
+    _check_extensions(cert)
+    reason = identity_mismatch(cert, peer_id)
+    if reason is not None:
+        raise AuthenticationFailed(f"peer ID {peer_id} {reason}")
 
 
 @dataclass(frozen=True, slots=True)

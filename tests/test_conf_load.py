@@ -611,6 +611,30 @@ def test_pubkey_with_certificates_loads(tmp_path: Path) -> None:
     assert cfg.gateway.ca == (Path(pki["ca"]),)
 
 
+def test_own_identity_not_in_the_certificate_is_refused_with_pubkey(tmp_path: Path) -> None:
+    # The certificate names CN=gw.example.net and has no subjectAltName: an address
+    # identity cannot be proven with it, a peer would refuse us at IKE_AUTH.
+    pki = _pki(tmp_path)
+    gateway = {**pki, "ca": [pki["ca"]], "id": "198.51.100.1"}
+    pubkey = {"auth": "pubkey", "psk": None}
+    assert problems(config(gateway=gateway, peers={"dc1": pubkey})) == [
+        "gateway.id: '198.51.100.1' is not in our certificate (gateway.certificate "
+        "'gw.example.net', auth = \"pubkey\" for peers.dc1): ID not in certificate "
+        "subjectAltName [] of gw.example.net"
+    ]
+    # A peer's own local_id is what it checks; gateway.id is then not used with it.
+    mine = {**pubkey, "local_id": "gw2.example.net"}
+    assert problems(config(gateway=gateway, peers={"dc1": mine})) == [
+        "peers.dc1.local_id: 'gw2.example.net' is not in our certificate (gateway.certificate "
+        "'gw.example.net', auth = \"pubkey\" for peers.dc1): ID not in certificate "
+        "subjectAltName [] of gw.example.net"
+    ]
+    named = {**pubkey, "local_id": "CN=gw.example.net"}
+    assert parse_config(config(gateway=gateway, peers={"dc1": named})).peers["dc1"].local_id
+    # With a PSK the certificate proves nothing: no such check.
+    assert parse_config(config(gateway=gateway)).gateway.id == "198.51.100.1"
+
+
 def test_key_not_matching_certificate_is_refused(tmp_path: Path) -> None:
     pki = _pki(tmp_path)
     other = tmp_path / "other.key"

@@ -29,6 +29,7 @@ from ikev2.certs import (
     PrivateKey,
     TrustAnchors,
     choose_signature_hash,
+    identity_mismatch,
     parse_signature_hashes,
     requested_authorities,
     signature_hashes_notify,
@@ -315,6 +316,38 @@ def test_wrong_ip_and_dn_identities() -> None:
     assert key_id.id_type == IdType.ID_KEY_ID
     with pytest.raises(AuthenticationFailed, match="cannot be matched"):
         anchors.validate([leaf.payload()], key_id, NOW)
+
+
+def test_identity_mismatch_is_the_check_validate_uses() -> None:
+    # The public helper (the configuration checks our own certificate with it) says
+    # None for every identity the certificate names, and why not for the others.
+    root = issue("Root CA", ca=True)
+    leaf = issue(
+        "gwb.example.net",
+        root,
+        san=(
+            x509.DNSName("gwb.example.net"),
+            x509.IPAddress(ipaddress.ip_address("2001:db8::2")),
+            x509.RFC822Name("vpn@example.net"),
+        ),
+    )
+    for named in ("gwb.example.net", "GWB.example.net.", "2001:db8::2", "vpn@example.net"):
+        assert identity_mismatch(leaf.cert, Identity.parse(named)) is None, named
+    assert identity_mismatch(leaf.cert, Identity.parse("CN=gwb.example.net")) is None
+    listed = "[DNS:gwb.example.net, IP:2001:db8::2, email:vpn@example.net]"
+    assert identity_mismatch(leaf.cert, Identity.parse("198.51.100.9")) == (
+        f"not in certificate subjectAltName {listed} of gwb.example.net"
+    )
+    assert identity_mismatch(leaf.cert, Identity.parse("CN=gwa.example.net")) == (
+        "is not the certificate subject 'CN=gwb.example.net'"
+    )
+    # The peer's validation gives the same reason, after "peer ID ...".
+    anchors = TrustAnchors.from_pem(root.pem())
+    with pytest.raises(AuthenticationFailed) as failed:
+        anchors.validate([leaf.payload()], Identity.parse("198.51.100.9"), NOW)
+    assert str(failed.value) == (
+        f"peer ID 198.51.100.9 not in certificate subjectAltName {listed} of gwb.example.net"
+    )
 
 
 def test_expired_and_not_yet_valid() -> None:
