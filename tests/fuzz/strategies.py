@@ -15,6 +15,7 @@ import ipaddress
 from hypothesis import strategies as st
 
 from ikev2.codec import (
+    MESSAGE_RULES,
     Authentication,
     Certificate,
     CertificateRequest,
@@ -246,8 +247,6 @@ _BY_TYPE: dict[int, st.SearchStrategy[Payload]] = {
 def shaped_chains(draw: st.DrawFn, exchange: int, response: bool) -> tuple[Payload, ...]:
     """Payloads an (exchange, response) may carry, in counts its rule allows (mostly:
     now and then a required one is left out), in RFC order or shuffled."""
-    from ikev2.codec import MESSAGE_RULES
-
     out: list[Payload] = []
     for rule in MESSAGE_RULES[(ExchangeType(exchange), response)]:
         low = rule.min_count if draw(st.integers(0, 9)) else 0

@@ -26,6 +26,7 @@ Contracts (from the modules' docstrings):
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import random
 import struct
 from collections.abc import Callable
@@ -42,11 +43,15 @@ from ikev2.codec import (
     Authentication,
     Delete,
     IkeHeader,
+    KeyExchange,
     Message,
     Nonce,
     Notify,
     Payload,
+    Proposal,
     SecurityAssociation,
+    TrafficSelector,
+    Transform,
     TsI,
     TsR,
     decode_header,
@@ -58,7 +63,7 @@ from ikev2.codec import (
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
 from ikev2.constants import ExchangeType, NotifyType, ProtocolId
-from ikev2.cookies import CookieJar, CookiePolicy
+from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
 from ikev2.errors import IntegrityCheckFailed, InvalidSyntax, LocalProtocolError
@@ -131,16 +136,12 @@ def _only(allowed: tuple[type[BaseException], ...], call: Callable[[], Any]) -> 
 
 
 def _sample_messages() -> list[Message]:
-    from ikev2.codec import KeyExchange, Proposal, TrafficSelector, Transform
-
     sa = SecurityAssociation(
         (
             Proposal(1, 1, b"", (Transform.make(1, 20, 256), Transform(2, 7), Transform(4, 31))),
             Proposal(2, 3, b"\x01\x02\x03\x04", (Transform.make(1, 12, 128), Transform(3, 12))),
         )
     )
-    import ipaddress
-
     ts = TrafficSelector(
         ipaddress.IPv4Address("192.0.2.0"), ipaddress.IPv4Address("192.0.2.255"), 0, 0, 65535
     )
@@ -399,8 +400,6 @@ class CookieTarget(Target):
             )
             if answer is not None and not isinstance(answer, Message):
                 raise Finding(f"check_request returned {answer!r}")
-        from ikev2.cookies import InvalidCookie
-
         nonce = data[:32].ljust(16, b"\x00")
         try:
             self.jar.verify(data, nonce, A_ADDR, b"\x11" * 8, self.now)

@@ -24,6 +24,7 @@ from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, SUITES, EspSuite
 from ikev2.codec import IkeHeader, decode_header
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
 from ikev2.constants import NON_ESP_MARKER, PayloadType
+from ikev2.cookies import CookiePolicy
 from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
@@ -66,8 +67,6 @@ def connection(
 
 def endpoint_config() -> EndpointConfig:
     """Small limits, so a fuzz run reaches them quickly."""
-    from ikev2.cookies import CookiePolicy
-
     return EndpointConfig(max_half_open=16, cookies=CookiePolicy(demand_above=8))
 
 
