@@ -63,7 +63,9 @@ class CookiePolicy:
     """When COOKIEs are demanded and how often their secret changes."""
 
     demand_above: int = 32
-    """Demand a COOKIE when more than this many IKE SAs are half open (0: always)."""
+    """Demand a COOKIE when more than this many IKE SAs are already half open, the new
+    request not counted (0: as soon as one is half open; the first request of a quiet
+    responder never needs one). The configuration's `gateway.cookie_threshold`."""
     rotate_interval: float = 300.0
     """Seconds a secret is used to make COOKIEs before a new one replaces it."""
     grace: float = 30.0
@@ -193,8 +195,9 @@ class CookieJar:
     ) -> Message | None:
         """Decide on an IKE_SA_INIT request: ``None`` to go on, or the COOKIE response.
 
-        ``half_open`` is the number of half-open IKE SAs now. Below the policy's
-        threshold every request goes on (a COOKIE it carries anyway is ignored, §2.6).
+        ``half_open`` is the number of half-open IKE SAs now, without this request's.
+        Up to the policy's threshold every request goes on (a COOKIE it carries anyway
+        is ignored, §2.6).
         Otherwise the request needs a valid COOKIE, else we answer with a fresh one.
         A request without a Nonce payload raises :class:`InvalidSyntax`.
         """

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from test_ikev2_sa_pair import connection
+from test_ikev2_sa_pair import connection, mirrored
 
 from ikev2.codec import (
     KeyExchange,
@@ -21,7 +21,7 @@ from ikev2.codec.message import encode_message
 from ikev2.constants import ExchangeType, NotifyType
 from ikev2.cookies import COOKIE_LEN, CookieJar, CookiePolicy, InvalidCookie, cookie_response
 from ikev2.crypto.rng import DeterministicRandom
-from ikev2.endpoint import Endpoint
+from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.errors import InvalidSyntax, LocalProtocolError
 
 NI = bytes(range(32))
@@ -223,3 +223,26 @@ def test_lockgate_initiator_retries_with_our_cookie_and_passes() -> None:
     assert retry.payloads[0] == Notify(NotifyType.COOKIE, notify.data)
     assert retry.spi_i == request.spi_i
     assert cookies.check_request(retry, source_ip, half_open=1, now=1.0) is None
+
+
+def test_threshold_zero_lets_the_first_request_through_and_asks_the_next() -> None:
+    # demand_above = 0 (gateway.cookie_threshold = 0) means "as soon as one IKE SA is
+    # half open", not "always": a quiet responder answers the first IKE_SA_INIT in full.
+    responder = Endpoint(
+        [mirrored(connection())],
+        rng=DeterministicRandom(b"cookie-responder"),
+        config=EndpointConfig(cookies=CookiePolicy(demand_above=0)),
+    )
+    answers = []
+    for n in range(2):  # two initiators (two SPIs) at the peer's address
+        initiator = Endpoint([connection()], rng=DeterministicRandom(bytes([n])))
+        initiator.initiate("conn", 0.0)
+        [request] = initiator.datagrams_to_send(0.0)
+        responder.receive_datagram(request.data, request.remote, request.local, 0.0)
+        [answer] = responder.datagrams_to_send(0.0)
+        answers.append(decode_message(answer.data))
+    first, second = answers
+    assert first.get(Nonce) is not None and first.notify(NotifyType.COOKIE) is None
+    assert [type(p) for p in second.payloads] == [Notify]
+    assert second.notify(NotifyType.COOKIE) is not None
+    assert len(responder.ike_sas()) == 1  # the COOKIE answer kept no state
