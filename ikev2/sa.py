@@ -1037,6 +1037,12 @@ class IkeSa:
 
     def _after_exchange(self, now: float) -> None:
         """Housekeeping after an exchange completed."""
+        if self.state is IkeSaState.ESTABLISHED and (self.init_request or self.ke is not None):
+            # IKE_AUTH is over: the IKE_SA_INIT messages its AUTH signed (§2.15) and our
+            # Diffie-Hellman private key are never needed again; a gateway holding
+            # thousands of IKE SAs keeps less.
+            self.init_request = self.init_response = b""
+            self.ke = None
         if (
             self.state is IkeSaState.ESTABLISHED
             and self.initiator

@@ -118,3 +118,13 @@ def test_connection_index_counts_ike_sas_without_a_scan() -> None:
     assert endpoint.ike_sa_count("conn") == COUNT - 1
     assert endpoint.delete_connection("conn", 3.0) == COUNT - 1
     assert endpoint.ike_sa_count("conn") == 0 and endpoint.get_timer() is None
+
+
+def test_established_sas_keep_no_ike_sa_init_messages_or_private_key() -> None:
+    # Memory per SA: what only IKE_AUTH needed is dropped once it is over.
+    pair = Pair.make(connection())
+    establish(pair)
+    for side in (pair.a, pair.b):
+        (sa,) = side.ike_sas()
+        assert sa.init_request == b"" and sa.init_response == b"" and sa.ke is None
+        assert sa.keys is not None and sa.sk is not None  # what the SA still needs
