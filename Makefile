@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set everything up and run the site-to-site demo in network namespaces
 #   make test   set everything up and run the whole test suite (unit, namespace, interop)
-.PHONY: setup demo test test-fast lint bench bench-throughput
+.PHONY: setup demo test test-fast lint bench bench-throughput fuzz
 
 setup:
 	@scripts/setup
@@ -27,3 +27,7 @@ bench: setup
 # lockgate vs strongSwan in namespaces: iperf3, latency, CPU, and IKE setup rate.
 bench-throughput: setup
 	.venv/bin/python -m bench.throughput --control-plane
+
+# The dedicated fuzz run: 100,000 seeded cases across every IKEv2/ESP entry point.
+fuzz: setup
+	.venv/bin/python -m bench.fuzz --cases 100000 --seconds 900
