@@ -9,6 +9,7 @@ an operator can act on.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from interop_helpers import WRONG_PSK, Case, Pair, attempt_and_fail, interop
@@ -84,11 +85,13 @@ def test_unacceptable_traffic_selectors(initiates: bool) -> None:
                 "which match no CHILD SA of ours (net4)"
             )
         log = attempt_and_fail(world, "net4", reason, charon_ike_may_stay=not initiates)
-        assert f"CHILD SA failed: {reason}" in log
         if initiates:
-            assert reason in world.daemon.connection("net4")["last_error"]
+            assert f"connection net4: CHILD SA failed: {reason}" in log
         else:
+            # No connection of ours matched: the peer is named, and status shows why.
+            assert re.search(rf"peer swan \([0-9.]+\): CHILD SA refused: {re.escape(reason)}", log)
             assert "TS_UNACCEPTABLE" in world.charon.logs()
+        assert reason in world.daemon.connection("net4")["last_error"]
 
 
 @DIRECTIONS
