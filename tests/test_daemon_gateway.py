@@ -364,8 +364,26 @@ def test_child_sa_expired_before_its_rekey_is_negotiated_again(
     assert requested == (["site"] if renewed else [])
 
 
+@pytest.mark.parametrize(
+    ("problems", "line"),
+    [
+        (
+            [Problem("peers.main", "certificate cannot be read")],
+            "cannot start: peers.main: certificate cannot be read",
+        ),
+        (
+            [Problem("peers.main", "no key"), Problem("peers.spare", "no CA")],
+            "cannot start: peers.main: no key; peers.spare: no CA",
+        ),
+    ],
+    ids=["one", "several"],
+)
 def test_config_error_from_the_ike_builder_is_one_line_and_exit_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    problems: list[Problem],
+    line: str,
 ) -> None:
     # The file loads, but building the IKE settings refuses it (as conf.ike does when
     # a certificate changed after load): one error line naming the key, exit status 1,
@@ -374,7 +392,7 @@ def test_config_error_from_the_ike_builder_is_one_line_and_exit_1(
     path.write_text(CONFIG)
 
     def refuse(config: object) -> None:
-        raise ConfigError([Problem("peers.main", "certificate cannot be read")])
+        raise ConfigError(problems)
 
     opened: list[str] = []
     monkeypatch.setattr(gateway_module, "ike_connections", refuse)
@@ -383,7 +401,7 @@ def test_config_error_from_the_ike_builder_is_one_line_and_exit_1(
     with caplog.at_level(logging.ERROR, logger="lockgate"):
         assert asyncio.run(gw.run()) == 1
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert record.getMessage() == "cannot start: peers.main: certificate cannot be read"
+    assert record.getMessage() == line
     assert record.exc_info is None
     assert opened == [] and not (tmp_path / "c.sock").exists()
 
