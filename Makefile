@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest
 
-# Unit tests only: no root, no namespaces, no strongSwan; seconds.
+# Unit and property tests only: no root, no namespaces, no strongSwan (about a minute).
 test-fast: setup
 	.venv/bin/python -m pytest -m "not netns and not interop and not slow"
 
