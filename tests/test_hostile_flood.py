@@ -1,0 +1,97 @@
+"""A spoofed IKE_SA_INIT flood against a lockgate responder (issue 8).
+
+From an attacker namespace next to gateway A, 20,000 IKE_SA_INIT requests over 10 s,
+each from a random host of 2001:db8:f::/48 (routed back to the attacker, which counts
+the answers). lockgate answers with a COOKIE once `cookie_threshold` SAs are half open
+(RFC 7296 §2.6), so at most that many half-open SAs (and DH computations) are ever
+made; its memory stays bounded; and charon on gateway B, a legitimate peer, still
+establishes during the flood (charon echoes the COOKIE as §2.6 says).
+
+Printed: the daemon's peak RSS and charon's setup time under flood (never asserted).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hostile_helpers import GATEWAY_LINK, PeakSampler, add_attacker, ike_sa_init_template, rss_kib
+from hostile_helpers import run_flood as start_flood
+from interop_helpers import Case, interop, wait_until
+from netns import ping
+
+pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]
+
+COOKIE_THRESHOLD = 8
+MAX_HALF_OPEN = 64
+FLOOD_COUNT = 20_000
+FLOOD_SECONDS = 10.0
+RSS_GROWTH_LIMIT_KIB = 64 * 1024
+"""The flood may cost the daemon at most this much more resident memory."""
+
+# Anyone may try (a %any peer), so every spoofed request matches a connection and
+# reaches the half-open accounting, as on a road-warrior gateway.
+ANY_PEER = """
+[peers.anyone]
+address = "%any"
+id = "flood.example.net"
+psk = "flood-test-psk-NOT-SECRET-0123456789"
+
+[connections.roadwarriors]
+peer = "anyone"
+local_subnets = ["192.0.2.0/24"]
+remote_subnets = ["2001:db8:f::/48"]
+start = "wait"
+"""
+
+
+def test_cookie_flood_legitimate_peer_still_establishes() -> None:
+    case = Case(
+        lockgate_initiates=False,
+        lockgate_gateway={
+            "cookie_threshold": str(COOKIE_THRESHOLD),
+            "max_half_open": str(MAX_HALF_OPEN),
+            "log_level": '"info"',
+        },
+    )
+    with interop(case) as world:
+        topo = world.topo
+        attacker = add_attacker(topo)
+        text = world.lockgate_text.replace(
+            f'addresses = ["{topo.gw_a_wan4}"]',
+            f'addresses = ["{topo.gw_a_wan4}", "{GATEWAY_LINK}"]',
+        ).replace('log_level = "debug"\n', "")
+        world.lockgate_text = text + ANY_PEER
+        daemon = world.start_lockgate()
+        pid = int(daemon.status()["daemon"]["pid"])
+        baseline = rss_kib(pid)
+        wait_flood = start_flood(
+            topo, attacker, ike_sa_init_template(), count=FLOOD_COUNT, seconds=FLOOD_SECONDS
+        )
+        with PeakSampler(pid) as sampler:
+            # Let the flood fill the half-open slots first, then the real peer comes.
+            time.sleep(2.0)
+            started = time.monotonic()
+            world.charon.initiate("net4", ike="s2s", timeout=FLOOD_SECONDS + 10)
+            setup_seconds = time.monotonic() - started
+            flood = wait_flood()
+        print(
+            f"\nflood: {flood.sent} IKE_SA_INIT in {flood.seconds:.1f} s; answers: "
+            f"{flood.cookie_answers} COOKIE, {flood.full_answers} full, "
+            f"{flood.other_answers} other"
+        )
+        print(
+            f"lockgate RSS: {baseline} KiB before, peak {sampler.peak_kib} KiB "
+            f"({sampler.samples} samples); charon's setup under flood: {setup_seconds:.2f} s"
+        )
+        assert flood.sent == FLOOD_COUNT
+        assert daemon.proc.alive(), daemon.log()[-3000:]
+        # §2.6: above the threshold every request gets a COOKIE instead of state.
+        assert flood.cookie_answers > 0, flood
+        assert flood.full_answers <= COOKIE_THRESHOLD + 1
+        assert flood.other_answers == 0, flood.other_sample
+        assert sampler.peak_kib - baseline < RSS_GROWTH_LIMIT_KIB
+        # The legitimate peer got its SA during the flood, and it carries traffic.
+        wait_until(lambda: bool(daemon.sas("net4")), "lockgate's CHILD SA")
+        ping(topo.host_b, topo.site_a.host4, count=3)
+        assert "Traceback" not in daemon.log()
