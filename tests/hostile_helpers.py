@@ -278,6 +278,39 @@ def drain(sock: socket.socket) -> list[bytes]:
     return out
 
 
+KEY_LOG_LEVELS = {"default": 1, "ike": 4, "chd": 4, "cfg": 2, "knl": 1, "net": 1}
+"""charon filelog levels that dump SK_* and CHILD SA keys (strongSwan logs them at 4)."""
+
+
+def make_charon_log_keys(world: object) -> None:
+    """Restart an `interop` case's charon with filelog levels that log every key."""
+    from interop_helpers import Interop
+
+    from daemon.lab.strongswan import render_strongswan_conf
+
+    if not isinstance(world, Interop):
+        raise TypeError("make_charon_log_keys needs an Interop")
+    charon = world.charon
+    charon.stop()
+    charon.conf_path.write_text(
+        render_strongswan_conf(
+            charon.rundir,
+            charon.name,
+            log_levels=KEY_LOG_LEVELS,
+            extra_charon=world.case.swan_charon,
+        )
+    )
+    world.restart_charon()
+
+
+def esp_seq(esp: bytes) -> int:
+    return int(struct.unpack_from("!I", esp, 4)[0])
+
+
+def esp_spi(esp: bytes) -> int:
+    return int(struct.unpack_from("!I", esp, 0)[0])
+
+
 # --- the attacker and the flood ---------------------------------------------------------
 
 
