@@ -91,6 +91,18 @@ class Sent:
         return data[4:] if data.startswith(NON_ESP_MARKER) else data
 
 
+def check_timer_heap(ep: Endpoint) -> None:
+    """The endpoint's timer (a heap it keeps from `IkeSa.on_change`) must not be later
+    than the earliest of its IKE SAs' own timers: a change an SA did not report would
+    leave it late, and that SA's retransmission or rekey would never run. Earlier is
+    allowed: a timer that moved later unreported (the peer was heard from) only costs
+    one wake-up that finds nothing due."""
+    own = [t for sa in ep.ike_sas() if (t := sa.get_timer()) is not None]
+    if own:
+        timer = ep.get_timer()
+        assert timer is not None and timer <= min(own)
+
+
 @dataclass
 class Pair:
     """Endpoint `a` (usually the initiator) and `b`, wired together."""
@@ -153,6 +165,8 @@ class Pair:
         """Move the clock, firing every timer that falls due on the way."""
         end = self.clock + seconds
         while True:
+            for ep in (self.a, self.b):
+                check_timer_heap(ep)
             timers = [t for ep in (self.a, self.b) if (t := ep.get_timer()) is not None]
             due = min(timers) if timers else None
             if due is None or due > end:
