@@ -91,6 +91,8 @@ class _SaIndex(Generic[K]):
         return len(self._groups.get(key, ()))
 
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 PeerKey = tuple[Identity, str]
 """Our identity and the peer's IP address: the pair INITIAL_CONTACT speaks for."""
 
@@ -126,7 +128,12 @@ class Endpoint:
         self._rng: RandomSource = rng or SystemRandom()
         self._wall_clock = wall_clock
         """Calendar time for certificate validity; everything else uses `now`."""
-        self._connections: dict[str, ConnectionConfig] = {c.name: c for c in connections}
+        self._connections: dict[str, ConnectionConfig] = {}
+        self._by_remote_address: dict[IpAddress, list[ConnectionConfig]] = {}
+        """Connections by peer address, so an IKE_SA_INIT does not read all of them."""
+        self._wildcards: list[ConnectionConfig] = []
+        """Connections that accept any peer address (%any)."""
+        self.set_connections(connections)
         self._by_spi: dict[bytes, IkeSa] = {}
         """IKE SAs by our own SPI (SPIi when we initiated, SPIr when we responded)."""
         self._half_open: dict[tuple[bytes, Address], IkeSa] = {}
@@ -175,6 +182,14 @@ class Endpoint:
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the configuration (reload). Existing IKE SAs keep the one they began with."""
         self._connections = {c.name: c for c in connections}
+        self._by_remote_address = {}
+        self._wildcards = []
+        for conn in self._connections.values():
+            if conn.remote_address is None:
+                self._wildcards.append(conn)
+            else:
+                address = ipaddress.ip_address(conn.remote_address)
+                self._by_remote_address.setdefault(address, []).append(conn)
 
     def ike_sas(self) -> list[IkeSa]:
         """Every IKE SA that is not yet gone."""
@@ -444,16 +459,11 @@ class Endpoint:
         """
         local_ip = ipaddress.ip_address(local[0])
         remote_ip = ipaddress.ip_address(remote[0])
-        exact: list[ConnectionConfig] = []
-        wildcard: list[ConnectionConfig] = []
-        for conn in self._connections.values():
-            if not any(ipaddress.ip_address(a) == local_ip for a in conn.local_addresses):
-                continue
-            if conn.remote_address is None:
-                wildcard.append(conn)
-            elif ipaddress.ip_address(conn.remote_address) == remote_ip:
-                exact.append(conn)
-        return exact + wildcard
+        return [
+            conn
+            for conn in self._by_remote_address.get(remote_ip, []) + self._wildcards
+            if any(ipaddress.ip_address(a) == local_ip for a in conn.local_addresses)
+        ]
 
     # --- output and time ----------------------------------------------------------------
 

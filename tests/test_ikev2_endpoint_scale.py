@@ -128,3 +128,36 @@ def test_established_sas_keep_no_ike_sa_init_messages_or_private_key() -> None:
         (sa,) = side.ike_sas()
         assert sa.init_request == b"" and sa.init_response == b"" and sa.ke is None
         assert sa.keys is not None and sa.sk is not None  # what the SA still needs
+
+
+def test_ike_sa_init_finds_its_connection_among_hundreds_by_peer_address() -> None:
+    # A hub with one connection per peer address, and a %any one after them: an
+    # IKE_SA_INIT picks the connection of its source address (looked up, not scanned),
+    # an unknown address only the %any one.
+    hub = "2001:db8:2::1"
+    peers = [f"2001:db8:1::{k + 1:x}" for k in range(300)]
+    configs = [connection(local=hub, remote=p, name=f"c{k}") for k, p in enumerate(peers)]
+    configs.append(connection(local=hub, remote=None, name="any"))
+    b = Endpoint(configs, rng=DeterministicRandom(b"hub"))
+    for k in (0, 150, 299):
+        a = Endpoint([connection(local=peers[k], remote=hub)], rng=DeterministicRandom(b"p"))
+        a.initiate("conn", 0.0)
+        (request,) = a.datagrams_to_send(0.0)
+        b.receive_datagram(request.data, request.remote, request.local, 0.0)
+        sa = b.ike_sas()[-1]
+        assert sa.config.name == f"c{k}"
+        assert [c.name for c in sa.candidates] == [f"c{k}", "any"]
+    stranger = Endpoint(
+        [connection(local="2001:db8:3::1", remote=hub)], rng=DeterministicRandom(b"s")
+    )
+    stranger.initiate("conn", 0.0)
+    (request,) = stranger.datagrams_to_send(0.0)
+    b.receive_datagram(request.data, request.remote, request.local, 0.0)
+    assert [c.name for c in b.ike_sas()[-1].candidates] == ["any"]
+    # A reload re-indexes: the same address now belongs to another connection name.
+    b.set_connections([connection(local=hub, remote=peers[0], name="renamed")])
+    a = Endpoint([connection(local=peers[0], remote=hub)], rng=DeterministicRandom(b"q"))
+    a.initiate("conn", 0.0)
+    (request,) = a.datagrams_to_send(0.0)
+    b.receive_datagram(request.data, request.remote, request.local, 0.0)
+    assert b.ike_sas()[-1].config.name == "renamed"
