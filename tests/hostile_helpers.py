@@ -168,6 +168,20 @@ def esp_in_udp4(frame: bytes) -> tuple[int, int] | None:
     return udp + 8, len(frame) - udp - 8
 
 
+def udp4_ports(frame: bytes) -> tuple[int, int] | None:
+    """(source port, destination port) if `frame` is IPv4/UDP, else None."""
+    if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    udp = 14 + (frame[14] & 0x0F) * 4
+    sport, dport = struct.unpack_from("!HH", frame, udp)
+    return int(sport), int(dport)
+
+
+def udp4_payload(frame: bytes) -> bytes:
+    """The UDP payload of an IPv4/UDP frame."""
+    return frame[14 + (frame[14] & 0x0F) * 4 + 8 :]
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
@@ -177,8 +191,8 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def rewrite_esp(frame: bytes, esp: bytes) -> bytes:
-    """`frame` (IPv4/UDP/ESP) with its ESP part replaced; lengths and IP checksum fixed.
+def rewrite_udp4(frame: bytes, esp: bytes) -> bytes:
+    """`frame` (IPv4/UDP) with its UDP payload replaced; lengths and IP checksum fixed.
 
     The UDP checksum is set to 0 (allowed for IPv4, RFC 768; RFC 3948 §2.1 senders
     should use 0 anyway).

@@ -38,7 +38,7 @@ from hostile_helpers import (
     inject_frames,
     ipv4_udp,
     make_charon_log_keys,
-    rewrite_esp,
+    rewrite_udp4,
     udp_listener,
 )
 from interop_helpers import Case, interop, wait_until
@@ -110,17 +110,17 @@ def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> Non
 
             # Byte for byte, but with the UDP checksum 0: captured on a veth, the
             # original holds only the partial sum of checksum offload.
-            replayed = [rewrite_esp(f, _esp(f)) for f in carrying]
+            replayed = [rewrite_udp4(f, _esp(f)) for f in carrying]
             bad_icv = [
-                rewrite_esp(f, _esp(f)[:4] + struct.pack("!I", esp_seq(_esp(f)) + 100_000)
+                rewrite_udp4(f, _esp(f)[:4] + struct.pack("!I", esp_seq(_esp(f)) + 100_000)
                             + _esp(f)[8:])
                 for f in carrying
             ]  # fmt: skip
             unknown_spi = [
-                rewrite_esp(f, struct.pack("!I", spi_in ^ 0x5A5A0000) + _esp(f)[4:])
+                rewrite_udp4(f, struct.pack("!I", spi_in ^ 0x5A5A0000) + _esp(f)[4:])
                 for f in carrying
             ]
-            truncated = [rewrite_esp(f, _esp(f)[:20]) for f in carrying]
+            truncated = [rewrite_udp4(f, _esp(f)[:20]) for f in carrying]
             inject_frames(topo.gw_b.name, "wan0", replayed + bad_icv + unknown_spi + truncated)
 
             # Crafted with the key, numbered just after the newest genuine packet so the
@@ -146,7 +146,7 @@ def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> Non
             inject_frames(
                 topo.gw_b.name,
                 "wan0",
-                [rewrite_esp(template, bad_pad), rewrite_esp(template, out_of_policy)],
+                [rewrite_udp4(template, bad_pad), rewrite_udp4(template, out_of_policy)],
             )
             time.sleep(1.5)
             after = _drops(daemon.status())
