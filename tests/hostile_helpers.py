@@ -396,14 +396,27 @@ class FloodResult:
     full_answers: int
     """Responses with an SA payload: the responder created a half-open IKE SA."""
     other_answers: int
+    cookies_echoed: int = 0
+    """Requests repeated with the COOKIE they were given (`echo_cookies`)."""
     other_sample: str = ""
     """The first unexpected answer, in hex, for the failure message."""
 
 
 def run_flood(
-    topo: object, attacker: Attacker, template: bytes, *, count: int, seconds: float
+    topo: object,
+    attacker: Attacker,
+    template: bytes,
+    *,
+    count: int,
+    seconds: float,
+    echo_cookies: bool = False,
 ) -> Callable[[], FloodResult]:
-    """Start the flood sender in the attacker namespace; returns a waiter for its result."""
+    """Start the flood sender in the attacker namespace; returns a waiter for its result.
+
+    With `echo_cookies` the attacker, who owns the spoofed prefix and sees the answers,
+    repeats each request with the COOKIE it was given (RFC 7296 §2.6): the cookie
+    mechanism cannot stop it, only the half-open cap can.
+    """
     from daemon.lab.netns import HarnessError, SiteToSite
 
     if not isinstance(topo, SiteToSite):
@@ -414,7 +427,7 @@ def run_flood(
     proc = ns.spawn(
         [sys.executable, str(Path(__file__).resolve()), "flood", attacker.ifname,
          attacker.gateway_mac.hex(), attacker.own_mac.hex(), ATTACKER_LINK, GATEWAY_LINK,
-         str(template_path), str(count), str(seconds)],
+         str(template_path), str(count), str(seconds), "echo" if echo_cookies else "-"],
         name="ike-flood",
         stdout_pipe=True,
     )  # fmt: skip
@@ -454,6 +467,25 @@ def _ike_answer_kind(ike: bytes) -> str:
     return "other"
 
 
+def _with_cookie(request: bytes, answer: bytes) -> bytes | None:
+    """`request` again with the COOKIE notify of `answer` first (RFC 7296 §2.6)."""
+    next_payload, offset = answer[16], 28
+    while next_payload and offset + 4 <= len(answer):
+        length = struct.unpack_from("!H", answer, offset + 2)[0]
+        body = answer[offset + 4 : offset + length]
+        if length < 8:
+            return None
+        if next_payload == PAYLOAD_NOTIFY and body[2:4] == struct.pack("!H", NOTIFY_COOKIE):
+            cookie = body[4 + body[1] :]
+            notify = bytes([request[16], 0]) + struct.pack("!HBBH", 8 + len(cookie), 0, 0,
+                                                           NOTIFY_COOKIE) + cookie  # fmt: skip
+            total = len(request) + len(notify)
+            return (request[:16] + bytes([PAYLOAD_NOTIFY]) + request[17:24]
+                    + struct.pack("!I", total) + notify + request[28:])  # fmt: skip
+        next_payload, offset = answer[offset], offset + length
+    return None
+
+
 def _udp6_frame(
     dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int, payload: bytes
 ) -> bytes:
@@ -469,7 +501,9 @@ def _udp6_frame(
 def _flood_main(argv: list[str]) -> None:
     """Send `count` IKE_SA_INIT requests from random spoofed hosts over `seconds`,
     each with its own SPIi and nonce; count the answers that come back."""
-    ifname, dst_mac, src_mac, _own, gateway, template_path, count_s, seconds_s = argv
+    ifname, dst_mac, src_mac, _own, gateway, template_path, count_s, seconds_s, mode = argv
+    echo = mode == "echo"
+    requests: dict[bytes, bytes] = {}  # SPIi -> request, only when echoing
     template = Path(template_path).read_bytes()
     count, seconds = int(count_s), float(seconds_s)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
@@ -478,7 +512,7 @@ def _flood_main(argv: list[str]) -> None:
     dst = socket.inet_pton(socket.AF_INET6, gateway)
     prefix = socket.inet_pton(socket.AF_INET6, SPOOF_PREFIX)[:6]
     rng = random.Random(0x10C6)
-    counts = {"cookie": 0, "full": 0, "other": 0}
+    counts = {"cookie": 0, "full": 0, "other": 0, "echoed": 0}
     sample: list[str] = []
 
     def receive() -> None:
@@ -496,6 +530,15 @@ def _flood_main(argv: list[str]) -> None:
             counts[kind] += 1
             if kind == "other" and not sample:
                 sample.append(frame[62:].hex())
+            request = requests.pop(frame[62:70], None) if kind == "cookie" else None
+            if request is not None and (again := _with_cookie(request, frame[62:])):
+                # Back to where the answer went: the spoofed host and its port.
+                sport = struct.unpack_from("!H", frame, 56)[0]
+                reply = _udp6_frame(bytes.fromhex(dst_mac), bytes.fromhex(src_mac),
+                                    frame[38:54], dst, sport, again)  # fmt: skip
+                with contextlib.suppress(BlockingIOError):
+                    sock.send(reply)
+                    counts["echoed"] += 1
 
     start = time.monotonic()
     sent = 0
@@ -513,6 +556,8 @@ def _flood_main(argv: list[str]) -> None:
             with contextlib.suppress(BlockingIOError):
                 sock.send(frame)
                 sent += 1
+                if echo:
+                    requests[ike[:8]] = ike
         receive()
         time.sleep(0.002)
     elapsed = time.monotonic() - start
@@ -526,6 +571,7 @@ def _flood_main(argv: list[str]) -> None:
         "cookie_answers": counts["cookie"],
         "full_answers": counts["full"],
         "other_answers": counts["other"],
+        "cookies_echoed": counts["echoed"],
         "other_sample": sample[0] if sample else "",
     }
     sys.stdout.write(json.dumps(result) + "\n")
@@ -535,4 +581,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "flood":
         _flood_main(sys.argv[2:])
     else:
-        raise SystemExit(f"usage: {sys.argv[0]} flood IFACE DSTMAC SRCMAC OWN GW TEMPLATE N SECS")
+        raise SystemExit(
+            f"usage: {sys.argv[0]} flood IFACE DSTMAC SRCMAC OWN GW TEMPLATE N SECS echo|-"
+        )

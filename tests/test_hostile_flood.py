@@ -8,6 +8,10 @@ made; its memory stays bounded; and charon on gateway B, a legitimate peer, stil
 establishes during the flood (charon echoes the COOKIE as §2.6 says).
 
 Printed: the daemon's peak RSS and charon's setup time under flood (never asserted).
+
+A second flood comes from an attacker who owns the spoofed prefix and so sees the
+answers: it repeats every request with its COOKIE. Cookies cannot stop that; the
+`max_half_open` cap must, and exactly that many half-open SAs are made.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 import pytest
 from hostile_helpers import GATEWAY_LINK, PeakSampler, add_attacker, ike_sa_init_template, rss_kib
 from hostile_helpers import run_flood as start_flood
-from interop_helpers import Case, interop, wait_until
+from interop_helpers import Case, Interop, interop, wait_until
 from netns import ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]
@@ -45,6 +49,16 @@ start = "wait"
 """
 
 
+def _lockgate_text(world: Interop) -> str:
+    """The case's configuration, also listening on the attacker's link, plus %any."""
+    topo = world.topo
+    text = world.lockgate_text.replace(
+        f'addresses = ["{topo.gw_a_wan4}"]',
+        f'addresses = ["{topo.gw_a_wan4}", "{GATEWAY_LINK}"]',
+    ).replace('log_level = "debug"\n', "")
+    return text + ANY_PEER
+
+
 def test_cookie_flood_legitimate_peer_still_establishes() -> None:
     case = Case(
         lockgate_initiates=False,
@@ -57,11 +71,7 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
     with interop(case) as world:
         topo = world.topo
         attacker = add_attacker(topo)
-        text = world.lockgate_text.replace(
-            f'addresses = ["{topo.gw_a_wan4}"]',
-            f'addresses = ["{topo.gw_a_wan4}", "{GATEWAY_LINK}"]',
-        ).replace('log_level = "debug"\n', "")
-        world.lockgate_text = text + ANY_PEER
+        world.lockgate_text = _lockgate_text(world)
         daemon = world.start_lockgate()
         pid = int(daemon.status()["daemon"]["pid"])
         baseline = rss_kib(pid)
@@ -94,4 +104,38 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
         # The legitimate peer got its SA during the flood, and it carries traffic.
         wait_until(lambda: bool(daemon.sas("net4")), "lockgate's CHILD SA")
         ping(topo.host_b, topo.site_a.host4, count=3)
+        assert "Traceback" not in daemon.log()
+
+
+def test_cookie_echoing_flood_is_capped_at_max_half_open() -> None:
+    case = Case(
+        lockgate_initiates=False,
+        lockgate_gateway={
+            "cookie_threshold": str(COOKIE_THRESHOLD),
+            "max_half_open": str(MAX_HALF_OPEN),
+            "log_level": '"info"',
+        },
+    )
+    with interop(case) as world:
+        attacker = add_attacker(world.topo)
+        world.lockgate_text = _lockgate_text(world)
+        daemon = world.start_lockgate()
+        pid = int(daemon.status()["daemon"]["pid"])
+        baseline = rss_kib(pid)
+        with PeakSampler(pid) as sampler:
+            flood = start_flood(
+                world.topo, attacker, ike_sa_init_template(), count=5000, seconds=5.0,
+                echo_cookies=True,
+            )()  # fmt: skip
+        print(
+            f"\ncookie-echoing flood: {flood.sent} sent, {flood.cookie_answers} COOKIE, "
+            f"{flood.cookies_echoed} echoed, {flood.full_answers} half-open SAs made; "
+            f"RSS {baseline} KiB before, peak {sampler.peak_kib} KiB"
+        )
+        assert flood.cookies_echoed > MAX_HALF_OPEN
+        # Half-open SAs live 30 s, so none ended during the flood: the cap is exact.
+        assert flood.full_answers == MAX_HALF_OPEN
+        assert "too many half-open IKE SAs" in daemon.log()
+        assert sampler.peak_kib - baseline < RSS_GROWTH_LIMIT_KIB
+        assert daemon.proc.alive()
         assert "Traceback" not in daemon.log()
