@@ -28,7 +28,15 @@ from hostile_helpers import (
     udp4_payload,
     udp4_ports,
 )
-from interop_helpers import Case, Interop, check_sa_agreement, interop, start_lockgate, wait_until
+from interop_helpers import (
+    Case,
+    Interop,
+    check_sa_agreement,
+    installed_child,
+    interop,
+    start_lockgate,
+    wait_until,
+)
 from netns import ping, wait_for_ping
 
 from daemon.control import ControlClientError
@@ -189,3 +197,37 @@ def test_lost_and_late_reordered_ike_messages() -> None:
         _one_sa_each_side(world)
         assert world.daemon.proc.alive()
         print(f"{len(ike_messages)} old IKE messages replayed newest first: SAs unchanged")
+
+
+def test_peer_restarts_and_its_initial_contact_replaces_our_sas() -> None:
+    # No DPD: only the peer's INITIAL_CONTACT (RFC 7296 §2.4) can tell lockgate that
+    # the SAs it holds are dead.
+    with interop(Case(lockgate_extra={"dpd_interval": "0"})) as world:
+        world.bring_up()
+        daemon = world.daemon
+        [old] = daemon.sas("net4")
+        [old_ike] = daemon.connection("net4")["ike_sas"]
+        world.charon.process.signal(signal.SIGKILL)  # type: ignore[union-attr]
+        world.charon.process.popen.wait(5)  # type: ignore[union-attr]
+        world.restart_charon()
+        restarted = time.monotonic()
+        world.charon.initiate("net4", ike="s2s")
+        _recovered(world, restarted, "charon SIGKILLed, restarted and initiating")
+        wait_until(
+            lambda: (
+                [ike["id"] for ike in daemon.connection("net4")["ike_sas"]] != [old_ike["id"]]
+                and len(daemon.connection("net4")["ike_sas"]) == 1
+            ),
+            "lockgate to replace the dead IKE SA",
+        )
+        # charon initiated this time, so compare the SPIs here rather than with
+        # check_sa_agreement, which expects the case's initiator.
+        wait_until(lambda: len(daemon.sas()) == 1, "a single CHILD SA at lockgate")
+        [new] = daemon.sas("net4")
+        child = installed_child(world.charon_ike(), "net4")
+        assert (int(child.spi_in, 16), int(child.spi_out, 16)) == (
+            int(new["spi_out"], 16),
+            int(new["spi_in"], 16),
+        )
+        assert new["spi_in"] != old["spi_in"]
+        assert "replaced: the peer restarted (INITIAL_CONTACT)" in daemon.log()
