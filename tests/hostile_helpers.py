@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import struct
 import sys
@@ -191,7 +192,7 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def rewrite_udp4(frame: bytes, esp: bytes) -> bytes:
+def rewrite_udp4(frame: bytes, payload: bytes) -> bytes:
     """`frame` (IPv4/UDP) with its UDP payload replaced; lengths and IP checksum fixed.
 
     The UDP checksum is set to 0 (allowed for IPv4, RFC 768; RFC 3948 §2.1 senders
@@ -200,12 +201,12 @@ def rewrite_udp4(frame: bytes, esp: bytes) -> bytes:
     ihl = (frame[14] & 0x0F) * 4
     ip = bytearray(frame[14 : 14 + ihl])
     udp = bytearray(frame[14 + ihl : 14 + ihl + 8])
-    struct.pack_into("!H", ip, 2, ihl + 8 + len(esp))
+    struct.pack_into("!H", ip, 2, ihl + 8 + len(payload))
     struct.pack_into("!H", ip, 10, 0)
     struct.pack_into("!H", ip, 10, _checksum(bytes(ip)))
-    struct.pack_into("!H", udp, 4, 8 + len(esp))
+    struct.pack_into("!H", udp, 4, 8 + len(payload))
     struct.pack_into("!H", udp, 6, 0)
-    return frame[:14] + bytes(ip) + bytes(udp) + esp
+    return frame[:14] + bytes(ip) + bytes(udp) + payload
 
 
 # --- charon's CHILD SA keys and a hand-made AES-GCM ESP packet -------------------------
@@ -315,6 +316,16 @@ def make_charon_log_keys(world: object) -> None:
         )
     )
     world.restart_charon()
+
+
+def kill_charon(world: object) -> None:
+    """SIGKILL an `interop` case's charon (no Delete goes out) and reap it."""
+    from interop_helpers import Interop
+
+    if not isinstance(world, Interop) or world.charon.process is None:
+        raise TypeError("kill_charon needs an Interop whose charon runs")
+    world.charon.process.signal(signal.SIGKILL)
+    world.charon.process.popen.wait(5)
 
 
 def esp_seq(esp: bytes) -> int:

@@ -87,7 +87,12 @@ def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> Non
                     sender.sendto(f"genuine-{i}".encode(), (topo.site_a.host4, PORT))
                     time.sleep(0.05)
             got: list[bytes] = []
-            wait_until(lambda: len(got.__iadd__(drain(listener))) >= GENUINE, "the datagrams")
+
+            def all_arrived() -> bool:
+                got.extend(drain(listener))
+                return len(got) >= GENUINE
+
+            wait_until(all_arrived, "the genuine datagrams at site A's host")
             assert sorted(got) == sorted(f"genuine-{i}".encode() for i in range(GENUINE))
             genuine = [f for f in capture.snapshot() if esp_spi(_esp(f)) == spi_in]
             assert len(genuine) >= GENUINE

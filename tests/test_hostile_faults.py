@@ -24,6 +24,7 @@ import pytest
 from hostile_helpers import (
     FrameCapture,
     inject_frames,
+    kill_charon,
     rewrite_udp4,
     udp4_payload,
     udp4_ports,
@@ -69,14 +70,23 @@ def _one_sa_each_side(world: Interop) -> None:
     check_sa_agreement(world)
 
 
+def _charon_spis(world: Interop) -> list[str]:
+    """charon's inbound SPIs of CHILD SA net4, whatever their state."""
+    return [c.spi_in for ike in world.charon.list_sas() for c in ike.children if c.name == "net4"]
+
+
 def test_peer_disappears_mid_rekey() -> None:
     with interop(FAST) as world:
+        topo = world.topo
         world.bring_up()
         daemon = world.daemon
         [old] = daemon.sas("net4")
         charon_pid = world.charon.pid()
-        world.charon.process.signal(signal.SIGKILL)  # type: ignore[union-attr]
-        world.charon.process.popen.wait(5)  # type: ignore[union-attr]
+        # charon's answers (IKE and ESP on 4500) stop reaching lockgate: the rekey
+        # request arrives, charon installs its side and answers into the void, dies.
+        topo.gw_a.run("nft", "add table inet lgmid")
+        topo.gw_a.run("nft", "add chain inet lgmid in { type filter hook input priority 0 ; }")
+        topo.gw_a.run("nft", "add rule inet lgmid in udp sport 4500 drop")
         outcome: list[Any] = []
 
         def rekey() -> None:
@@ -85,10 +95,15 @@ def test_peer_disappears_mid_rekey() -> None:
             except ControlClientError as exc:
                 outcome.append(exc)
 
-        # The CREATE_CHILD_SA request goes out to a peer that is gone.
         worker = threading.Thread(target=rekey, daemon=True)
         worker.start()
         wait_until(lambda: "rekeying CHILD SA net4" in daemon.log(), "the rekey to start")
+        wait_until(
+            lambda: any(int(spi, 16) != int(old["spi_out"], 16) for spi in _charon_spis(world)),
+            "charon to install its side of the rekey",
+        )
+        kill_charon(world)
+        topo.gw_a.run("nft", "delete table inet lgmid")
         wait_until(lambda: not daemon.sas(), "lockgate to give up the dead peer's SAs", 30)
         world.restart_charon()
         assert world.charon.pid() != charon_pid
@@ -207,8 +222,7 @@ def test_peer_restarts_and_its_initial_contact_replaces_our_sas() -> None:
         daemon = world.daemon
         [old] = daemon.sas("net4")
         [old_ike] = daemon.connection("net4")["ike_sas"]
-        world.charon.process.signal(signal.SIGKILL)  # type: ignore[union-attr]
-        world.charon.process.popen.wait(5)  # type: ignore[union-attr]
+        kill_charon(world)
         world.restart_charon()
         restarted = time.monotonic()
         world.charon.initiate("net4", ike="s2s")
