@@ -22,7 +22,7 @@ import pytest
 from hostile_helpers import GATEWAY_LINK, PeakSampler, add_attacker, ike_sa_init_template, rss_kib
 from hostile_helpers import run_flood as start_flood
 from interop_helpers import Case, Interop, interop, wait_until
-from netns import ping
+from netns import HarnessError, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]
 
@@ -75,6 +75,7 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
         daemon = world.start_lockgate()
         pid = int(daemon.status()["daemon"]["pid"])
         baseline = rss_kib(pid)
+        flood_started = time.monotonic()
         wait_flood = start_flood(
             topo, attacker, ike_sa_init_template(), count=FLOOD_COUNT, seconds=FLOOD_SECONDS
         )
@@ -82,8 +83,20 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
             # Let the flood fill the half-open slots first, then the real peer comes.
             time.sleep(2.0)
             started = time.monotonic()
-            world.charon.initiate("net4", ike="s2s", timeout=FLOOD_SECONDS + 10)
-            setup_seconds = time.monotonic() - started
+            attempts = 0
+            # charon gives up after three quick retransmits (the lab's setting); on a
+            # busy 2-core machine one attempt may lose a datagram, so it may try again,
+            # as long as the flood still runs.
+            while True:
+                attempts += 1
+                try:
+                    world.charon.initiate("net4", ike="s2s", timeout=FLOOD_SECONDS)
+                    break
+                except HarnessError:
+                    if time.monotonic() - flood_started > FLOOD_SECONDS:
+                        raise
+            established = time.monotonic()
+            setup_seconds = established - started
             flood = wait_flood()
         print(
             f"\nflood: {flood.sent} IKE_SA_INIT in {flood.seconds:.1f} s; answers: "
@@ -92,7 +105,8 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
         )
         print(
             f"lockgate RSS: {baseline} KiB before, peak {sampler.peak_kib} KiB "
-            f"({sampler.samples} samples); charon's setup under flood: {setup_seconds:.2f} s"
+            f"({sampler.samples} samples); charon's setup under flood: {setup_seconds:.2f} s "
+            f"({attempts} attempt(s))"
         )
         assert flood.sent == FLOOD_COUNT
         assert daemon.proc.alive(), daemon.log()[-3000:]
@@ -101,7 +115,10 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
         assert flood.full_answers <= COOKIE_THRESHOLD + 1
         assert flood.other_answers == 0, flood.other_sample
         assert sampler.peak_kib - baseline < RSS_GROWTH_LIMIT_KIB
-        # The legitimate peer got its SA during the flood, and it carries traffic.
+        # The legitimate peer got its SA during the flood, through a COOKIE exchange
+        # (charon logs the messages it parsed), and the SA carries traffic.
+        assert established - flood_started < flood.seconds
+        assert "IKE_SA_INIT response 0 [ N(COOKIE) ]" in world.charon.log_path.read_text()
         wait_until(lambda: bool(daemon.sas("net4")), "lockgate's CHILD SA")
         ping(topo.host_b, topo.site_a.host4, count=3)
         assert "Traceback" not in daemon.log()
