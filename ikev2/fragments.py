@@ -347,14 +347,4 @@ class Reassembler:
             pending.total,
             len(inner),
         )
-        return Message(
-            spi_i=header.spi_i,
-            spi_r=header.spi_r,
-            exchange_type=header.exchange_type,
-            message_id=header.message_id,
-            initiator=header.initiator,
-            response=header.response,
-            payloads=payloads,
-            encrypted=True,
-            version=header.version,
-        )
+        return header.message(payloads, encrypted=True)

@@ -83,6 +83,21 @@ class IkeHeader:
             raise LocalProtocolError(f"IKE header field out of range: {exc}") from exc
         return bytes(out)
 
+    def message(self, payloads: tuple[Payload, ...], *, encrypted: bool = False) -> Message:
+        """The message this header heads, with ``payloads`` (the inverse of
+        :meth:`Message.header`; ``encrypted`` as in :class:`Message`)."""
+        return Message(
+            spi_i=self.spi_i,
+            spi_r=self.spi_r,
+            exchange_type=self.exchange_type,
+            message_id=self.message_id,
+            initiator=self.initiator,
+            response=self.response,
+            payloads=payloads,
+            encrypted=encrypted,
+            version=self.version,
+        )
+
 
 def decode_header(data: bytes) -> IkeHeader:
     """Parse the IKE header of a received message and check its version and length.
@@ -280,14 +295,4 @@ def encode_message(message: Message) -> bytes:
 def decode_message(data: bytes) -> Message:
     """Decode a received IKE message (without the non-ESP marker of port 4500)."""
     header = decode_header(data)
-    payloads = decode_payloads(header.next_payload, data[IKE_HEADER_LEN:])
-    return Message(
-        spi_i=header.spi_i,
-        spi_r=header.spi_r,
-        exchange_type=header.exchange_type,
-        message_id=header.message_id,
-        initiator=header.initiator,
-        response=header.response,
-        payloads=payloads,
-        version=header.version,
-    )
+    return header.message(decode_payloads(header.next_payload, data[IKE_HEADER_LEN:]))

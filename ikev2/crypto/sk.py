@@ -129,17 +129,7 @@ class SkCipher:
         except InvalidSyntax as exc:
             exc.authenticated = True  # the ICV or tag verified: the peer sent this
             raise
-        return Message(
-            spi_i=header.spi_i,
-            spi_r=header.spi_r,
-            exchange_type=header.exchange_type,
-            message_id=header.message_id,
-            initiator=header.initiator,
-            response=header.response,
-            payloads=payloads,
-            encrypted=True,
-            version=header.version,
-        )
+        return header.message(payloads, encrypted=True)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
