@@ -39,6 +39,18 @@ Addresses are integers; ports are ``OPAQUE_PORT`` when the packet has none. For
 ICMP the 16-bit value type<<8|code stands in for both ports (RFC 7296 §3.13.1)."""
 
 
+def _ipv4_header_len(packet: bytes | bytearray | memoryview, n: int) -> int | None:
+    """The header length (IHL * 4) of the IPv4 packet ``packet`` of ``n`` octets, or
+    ``None`` if the packet is shorter than the header or the IHL is below five words
+    (RFC 791 §3.1)."""
+    if n < IPV4_HEADER_LEN:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < IPV4_HEADER_LEN or n < ihl:
+        return None
+    return ihl
+
+
 def flow_of(packet: bytes | bytearray | memoryview) -> Flow | None:
     """Read the flow fields of an IPv4 or IPv6 packet, or ``None`` if it is malformed."""
     n = len(packet)
@@ -46,10 +58,8 @@ def flow_of(packet: bytes | bytearray | memoryview) -> Flow | None:
         return None
     version = packet[0] >> 4
     if version == 4:
-        if n < IPV4_HEADER_LEN:
-            return None
-        ihl = (packet[0] & 0x0F) * 4
-        if ihl < IPV4_HEADER_LEN or n < ihl:
+        ihl = _ipv4_header_len(packet, n)
+        if ihl is None:
             return None
         proto = packet[9]
         src = int.from_bytes(packet[12:16], "big")
@@ -112,10 +122,8 @@ def too_big_reply(
         return None
     version = packet[0] >> 4
     if version == 4:
-        if n < IPV4_HEADER_LEN:
-            return None
-        ihl = (packet[0] & 0x0F) * 4
-        if ihl < IPV4_HEADER_LEN or n < ihl:
+        ihl = _ipv4_header_len(packet, n)
+        if ihl is None:
             return None
         if (packet[6] & 0x1F) or packet[7]:
             return None  # non-first fragment
