@@ -212,27 +212,31 @@ def rewrite_udp4(frame: bytes, payload: bytes) -> bytes:
 # --- charon's CHILD SA keys and a hand-made AES-GCM ESP packet -------------------------
 
 
-def charon_key_candidates(log: str) -> list[bytes]:
-    """Every key charon's log dumped (`... key => N bytes @ ...` and its hex lines).
-
-    At filelog level 4 for `chd` charon logs each CHILD SA's encryption keys; the
-    caller finds out which one is which by trying them on a captured packet.
-    """
-    keys: list[bytes] = []
+def charon_dumps(log: str) -> dict[str, bytes]:
+    """Every secret charon's log dumped, by label and line: `LABEL => N bytes @ ADDR`
+    followed by hex lines (at filelog level 4, `ike` dumps the DH secret and SK_*,
+    `chd` each CHILD SA's keys)."""
+    found: dict[str, bytes] = {}
     lines = log.splitlines()
     for i, line in enumerate(lines):
-        match = re.search(r"key => (\d+) bytes @", line)
+        match = re.search(r"\] (.*(?:key|secret|Sk_\w+)[^=]*) => (\d+) bytes @", line)
         if match is None:
             continue
-        size, data = int(match.group(1)), b""
+        size, data = int(match.group(2)), b""
         for follow in lines[i + 1 :]:
             hexpart = re.match(r".*?\s+\d+: ((?:[0-9A-F]{2} ?)+)", follow)
             if hexpart is None or len(data) >= size:
                 break
             data += bytes.fromhex(hexpart.group(1).replace(" ", ""))
         if len(data) == size:
-            keys.append(data)
-    return keys
+            found[f"{match.group(1)} (line {i + 1})"] = data
+    return found
+
+
+def charon_key_candidates(log: str) -> list[bytes]:
+    """The CHILD SA keys charon's log dumped; which is which the caller finds out by
+    trying them on a captured packet."""
+    return [data for label, data in charon_dumps(log).items() if "key" in label]
 
 
 def gcm_open(key_salt: bytes, esp: bytes) -> bytes | None:

@@ -5,7 +5,7 @@ root's only, and the daemon works with exactly the capabilities its systemd unit
   (filelog `ike = 4, chd = 4`: SK_d, SK_ai/ar, SK_ei/er, SK_pi/pr, the DH secret and the
   CHILD SAs' ESP keys). After traffic and CHILD and IKE rekeys from both sides, none of
   those keys (hex either case, base64, or any 16-hex-digit piece of one), no PSK and no
-  private key appears in lockgate's log.
+  private key appears in lockgate's log (nor in its status).
 - Control socket: a process of uid 65534 cannot connect (mode 0600); one that bypasses
   the file mode (CAP_DAC_OVERRIDE kept as an ambient capability) is refused by the
   daemon's SO_PEERCRED check and gets no status.
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from hostile_helpers import make_charon_log_keys
+from hostile_helpers import charon_dumps, make_charon_log_keys
 from interop_helpers import PSK, Case, LockgateDaemon, interop, rekey_child, wait_until
 from netns import ping
 
@@ -41,25 +41,6 @@ NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
 """The client runs as uid 65534, which may not read the project's virtualenv; it needs
 only the standard library."""
-
-
-def charon_secrets(log: str) -> dict[str, bytes]:
-    """Every secret charon's level-4 log dumped: `NAME => N bytes @ ADDR` + hex lines."""
-    found: dict[str, bytes] = {}
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        match = re.search(r"\] (.*(?:key|secret|Sk_\w+)[^=]*) => (\d+) bytes @", line)
-        if match is None:
-            continue
-        size, data = int(match.group(2)), b""
-        for follow in lines[i + 1 :]:
-            hexpart = re.match(r".*?\s+\d+: ((?:[0-9A-F]{2} ?)+)", follow)
-            if hexpart is None or len(data) >= size:
-                break
-            data += bytes.fromhex(hexpart.group(1).replace(" ", ""))
-        if len(data) == size:
-            found[f"{match.group(1)} #{i}"] = data
-    return found
 
 
 def leaks(log: str, secret: bytes) -> list[str]:
@@ -88,7 +69,7 @@ def test_no_key_psk_or_private_key_in_debug_logs(auth: str) -> None:
         rekey_child(world, "net4", by_lockgate=False)
         daemon.command("rekey", name="net4", ike="true")
         ping(topo.host_a, topo.site_b.host4, count=3)
-        secrets = charon_secrets(world.charon.log_path.read_text())
+        secrets = charon_dumps(world.charon.log_path.read_text())
         names = " ".join(secrets)
         # What charon derived (IKE SA, its rekey, three CHILD SAs): if these are
         # missing the scan below would prove nothing.
@@ -100,6 +81,11 @@ def test_no_key_psk_or_private_key_in_debug_logs(auth: str) -> None:
         assert "DEBUG" in log, "lockgate did not log at debug level"
         found = {name: forms for name, data in secrets.items() if (forms := leaks(log, data))}
         assert found == {}, f"lockgate's log holds charon's keys: {found}"
+        # Nor does what `lockgate status --json` shows an operator.
+        shown = json.dumps(daemon.status())
+        found = {name: forms for name, data in secrets.items() if (forms := leaks(shown, data))}
+        assert found == {}, f"lockgate's status holds charon's keys: {found}"
+        assert PSK not in shown
         if auth == "psk":
             assert PSK not in log
             assert leaks(log, PSK.encode()) == []
