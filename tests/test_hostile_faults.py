@@ -208,6 +208,10 @@ def test_lost_and_late_reordered_ike_messages() -> None:
         time.sleep(2.0)
         [after] = world.daemon.sas()
         assert (after["spi_in"], after["spi_out"]) == (before["spi_in"], before["spi_out"])
+        # charon's newest request, seen again, is a retransmission: lockgate answers it
+        # from its cache (RFC 7296 §2.1) rather than acting on it twice.
+        late_log = world.daemon.log()[len(log_before) :]
+        assert "retransmitting response" in late_log, late_log[-3000:]
         ping(topo.host_a, topo.site_b.host4, count=3)
         _one_sa_each_side(world)
         assert world.daemon.proc.alive()
