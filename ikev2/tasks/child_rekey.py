@@ -40,6 +40,7 @@ from ikev2.proposals import (
 )
 from ikev2.tasks.base import Task
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
+from ikev2.tasks.ike_init import NONCE_SIZE
 from ikev2.tasks.ike_rekey import AnswerIkeRekey
 from ikev2.ts import format_selectors, is_subset, narrow
 
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NONCE_SIZE = 32
 REKEY_RETRY_AFTER = 10.0
 """Mean seconds before a failed CHILD SA rekey is tried again (the hard expiry still applies)."""
 

@@ -44,13 +44,13 @@ from ikev2.proposals import (
     select_proposal,
 )
 from ikev2.tasks.base import Task
+from ikev2.tasks.ike_init import NONCE_SIZE
 
 if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
 logger = logging.getLogger(__name__)
 
-NONCE_SIZE = 32
 CHILD_TASKS = frozenset({"child_create_sa", "child_delete"})
 """Task names of our CHILD SA exchanges, during which the IKE SA is not rekeyed."""
 RETRY_AFTER = 60.0
