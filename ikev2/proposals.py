@@ -234,6 +234,13 @@ def sa_payload(proposals: Sequence[Proposal], spi: bytes = b"") -> SecurityAssoc
     )
 
 
+def dh_group(proposal: Proposal) -> int:
+    """The first key exchange group a proposal offers, or 0 (``DhGroup.NONE``) if it
+    offers none (RFC 7296 §3.3.2, Transform Type 4)."""
+    groups = proposal.transforms_of(TransformType.DH)
+    return groups[0].transform_id if groups else 0
+
+
 def without_key_exchange(proposal: Proposal) -> Proposal:
     """The proposal minus its DH transforms: the CHILD SA of IKE_AUTH has no KE (§1.2)."""
     return replace(

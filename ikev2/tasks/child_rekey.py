@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation, TsI, TsR
 from ikev2.config import ChildConfig
-from ikev2.constants import NotifyType, ProtocolId, TransformType, enum_name
+from ikev2.constants import NotifyType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.errors import (
     ChildSaNotFound,
@@ -34,6 +34,7 @@ from ikev2.errors import (
 from ikev2.events import ChildSaFailed
 from ikev2.proposals import (
     check_chosen_proposal,
+    dh_group,
     parse_esp_proposal,
     sa_payload,
     select_proposal,
@@ -62,11 +63,6 @@ def _esp_proposals(config: ChildConfig) -> list[Proposal]:
     return out
 
 
-def _group(proposal: Proposal) -> int:
-    groups = [t.transform_id for t in proposal.transforms_of(TransformType.DH)]
-    return groups[0] if groups else 0
-
-
 class CreateChild(Task):
     """Our CREATE_CHILD_SA request for a new CHILD SA or, with `old`, a rekey of it."""
 
@@ -91,7 +87,7 @@ class CreateChild(Task):
     def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
         self.offered = _esp_proposals(self.config)
         if self.group is None:
-            self.group = next((g for p in self.offered if (g := _group(p))), 0)
+            self.group = next((g for p in self.offered if (g := dh_group(p))), 0)
         self.spi_in = sa.random_spi(4)
         self.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
         local_ts, remote_ts = self.config.local_ts, self.config.remote_ts
@@ -135,7 +131,7 @@ class CreateChild(Task):
         invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None and len(invalid_ke.data) == 2:
             wanted = int.from_bytes(invalid_ke.data, "big")
-            if wanted != self.group and any(_group(p) == wanted for p in self.offered):
+            if wanted != self.group and any(dh_group(p) == wanted for p in self.offered):
                 # §1.3: retry in a new exchange with the group the peer asked for.
                 logger.info("%s: peer wants group %d for PFS; retrying", sa.name, wanted)
                 sa.tm.queue(
@@ -160,9 +156,9 @@ class CreateChild(Task):
         if len(chosen.spi) != 4:
             raise InvalidSyntax("ESP proposal without a 4-octet SPI")
         g_ir = None
-        if _group(chosen):
+        if dh_group(chosen):
             ke = message.get(KePayload)
-            if ke is None or self.ke is None or ke.group != _group(chosen):
+            if ke is None or self.ke is None or ke.group != dh_group(chosen):
                 raise InvalidKePayload(self.group or 0, "peer answered without our PFS group")
             g_ir = self.ke.shared_secret(ke.data)
         expected_local = self.old.local_ts if self.old else self.config.local_ts
@@ -286,7 +282,7 @@ class AnswerCreateChild(Task):
             raise InvalidSyntax("ESP proposal without a 4-octet SPI")
         g_ir = None
         ke_out: KeyExchange | None = None
-        group = _group(chosen)
+        group = dh_group(chosen)
         if group:
             ke = message.get(KePayload)
             if ke is None or ke.group != group:

@@ -29,6 +29,7 @@ from ikev2.errors import (
 from ikev2.proposals import (
     check_chosen_proposal,
     describe_proposal,
+    dh_group,
     parse_ike_proposal,
     sa_payload,
     select_proposal,
@@ -96,7 +97,7 @@ class IkeInit(Task):
         if answer is None or ke is None or nonce is None:
             raise InvalidSyntax("IKE_SA_INIT response lacks SA, KE or Nonce")
         chosen = check_chosen_proposal(_our_proposals(sa), answer)
-        if ke.group != self.group or _group_of(chosen) != self.group:
+        if ke.group != self.group or dh_group(chosen) != self.group:
             raise InvalidKePayload(self.group or 0, "peer answered with another key exchange group")
         sa.nonce_r = nonce.data
         _note_fragmentation(sa, message)
@@ -130,7 +131,7 @@ class IkeInit(Task):
         if offer is None or ke is None or nonce is None:
             raise InvalidSyntax("IKE_SA_INIT request lacks SA, KE or Nonce")
         chosen = select_proposal(_our_proposals(sa), offer.proposals)
-        group = _group_of(chosen)
+        group = dh_group(chosen)
         if ke.group != group:
             logger.info(
                 "%s: peer sent KE for group %d, we selected %d: asking for INVALID_KE retry",
@@ -190,11 +191,6 @@ def _dh_groups(proposals: list[Proposal]) -> list[int]:
             if t.transform_id not in out:
                 out.append(t.transform_id)
     return out
-
-
-def _group_of(proposal: Proposal) -> int:
-    groups = proposal.transforms_of(TransformType.DH)
-    return groups[0].transform_id if groups else 0
 
 
 def _derive(sa: IkeSa, chosen: Proposal, peer_ke: bytes) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Payload, Proposal, SecurityAssociation
-from ikev2.constants import NotifyType, ProtocolId, TransformType, enum_name
+from ikev2.constants import NotifyType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.keys import IkeKeys, derive_ike_keys, rekey_skeyseed
 from ikev2.crypto.registry import IkeSuite, ike_suite
@@ -39,6 +39,7 @@ from ikev2.errors import (
 from ikev2.proposals import (
     check_chosen_proposal,
     describe_proposal,
+    dh_group,
     parse_ike_proposal,
     sa_payload,
     select_proposal,
@@ -59,11 +60,6 @@ RETRY_AFTER = 60.0
 
 def _ours(sa: IkeSa) -> list[Proposal]:
     return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
-
-
-def _group(proposal: Proposal) -> int:
-    groups = proposal.transforms_of(TransformType.DH)
-    return groups[0].transform_id if groups else 0
 
 
 def _suite(chosen: Proposal) -> IkeSuite:
@@ -99,7 +95,7 @@ class IkeRekey(Task):
         if self.group is None:
             # Prefer the group in use; the peer chose it once already.
             current = sa.suite.ke_group.group if sa.suite is not None else 0
-            groups = [_group(p) for p in self.offered]
+            groups = [dh_group(p) for p in self.offered]
             self.group = current if current in groups else groups[0]
         self.spi = sa.random_spi(8)
         self.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
@@ -134,7 +130,7 @@ class IkeRekey(Task):
         invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None and len(invalid_ke.data) == 2:
             wanted = int.from_bytes(invalid_ke.data, "big")
-            if wanted != self.group and any(_group(p) == wanted for p in self.offered):
+            if wanted != self.group and any(dh_group(p) == wanted for p in self.offered):
                 if sa.ike_rekey_failed():
                     return  # the peer's crossing rekey made the new IKE SA already
                 logger.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
@@ -154,7 +150,7 @@ class IkeRekey(Task):
         chosen = check_chosen_proposal(self.offered, answer)
         if len(chosen.spi) != 8:
             raise InvalidSyntax("IKE proposal without an 8-octet SPI")
-        if ke.group != self.group or _group(chosen) != self.group:
+        if ke.group != self.group or dh_group(chosen) != self.group:
             raise InvalidKePayload(self.group or 0, "peer answered with another group")
         suite = _suite(chosen)
         g_ir = self.ke.shared_secret(ke.data)
@@ -214,7 +210,7 @@ class AnswerIkeRekey(Task):
         chosen = select_proposal(_ours(sa), offered)
         if len(chosen.spi) != 8:
             raise InvalidSyntax("IKE proposal without an 8-octet SPI")
-        group = _group(chosen)
+        group = dh_group(chosen)
         if ke.group != group:
             raise InvalidKePayload(group)
         suite = _suite(chosen)
