@@ -7,23 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import GOOD  # the same well-formed configuration the CLI tests start from
 
 from daemon.cli import main
-
-GOOD = """
-[gateway]
-addresses = ["198.51.100.1"]
-id = "198.51.100.1"
-
-[peers.cloud]
-address = "198.51.100.2"
-psk = "demo-only-not-a-secret-0123456789"
-
-[connections.dc-cloud]
-peer = "cloud"
-local_subnets = ["192.0.2.0/24"]
-remote_subnets = ["203.0.113.0/24"]
-"""
 
 
 def run_lockgate(*args: str) -> subprocess.CompletedProcess[str]:
