@@ -8,6 +8,8 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_dataplane import ipv4 as dataplane_ipv4
+from test_dataplane import ipv6 as dataplane_ipv6
 
 from daemon.packet import (
     OPAQUE_PORT,
@@ -22,39 +24,13 @@ from daemon.spd import Policy, SelectorError, Spd, TrafficSelector, selectors_fr
 
 
 def ipv4(src: str, dst: str, proto: int = 17, payload: bytes = b"", df: bool = True) -> bytes:
-    total = 20 + len(payload)
-    header = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            total,
-            1,
-            0x4000 if df else 0,
-            64,
-            proto,
-            0,
-            ipaddress.IPv4Address(src).packed,
-            ipaddress.IPv4Address(dst).packed,
-        )
-    )
-    struct.pack_into("!H", header, 10, checksum(header))
-    return bytes(header) + payload
+    """test_dataplane's IPv4 builder with the protocol before the payload and IP ID 1."""
+    return dataplane_ipv4(src, dst, payload, proto, df=df, ident=1)
 
 
 def ipv6(src: str, dst: str, proto: int = 17, payload: bytes = b"") -> bytes:
-    return (
-        struct.pack(
-            "!IHBB16s16s",
-            6 << 28,
-            len(payload),
-            proto,
-            64,
-            ipaddress.IPv6Address(src).packed,
-            ipaddress.IPv6Address(dst).packed,
-        )
-        + payload
-    )
+    """test_dataplane's IPv6 builder with the protocol before the payload."""
+    return dataplane_ipv6(src, dst, payload, proto)
 
 
 def udp(sport: int, dport: int, data: bytes = b"x") -> bytes:
