@@ -27,7 +27,6 @@ from ikev2.errors import (
     IkeError,
     InvalidKePayload,
     InvalidSyntax,
-    PeerErrorNotify,
     TemporaryFailure,
     TsUnacceptable,
 )
@@ -42,7 +41,7 @@ from ikev2.proposals import (
 from ikev2.tasks.base import Task
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
 from ikev2.tasks.ike_init import NONCE_SIZE
-from ikev2.tasks.ike_rekey import AnswerIkeRekey
+from ikev2.tasks.ike_rekey import AnswerIkeRekey, raise_refusal, wanted_group
 from ikev2.ts import format_selectors, is_subset, narrow
 
 if TYPE_CHECKING:
@@ -128,25 +127,18 @@ class CreateChild(Task):
     def _process_response(self, sa: IkeSa, message: Message) -> None:
         from ikev2.sa import Exchange
 
-        invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
-        if invalid_ke is not None and len(invalid_ke.data) == 2:
-            wanted = int.from_bytes(invalid_ke.data, "big")
-            if wanted != self.group and any(dh_group(p) == wanted for p in self.offered):
-                # §1.3: retry in a new exchange with the group the peer asked for.
-                logger.info("%s: peer wants group %d for PFS; retrying", sa.name, wanted)
-                sa.tm.queue(
-                    Exchange(
-                        message.exchange_type,  # type: ignore[arg-type]
-                        [type(self)(self.config, self.old, wanted)],
-                    )
+        wanted = wanted_group(message, self.group, self.offered)
+        if wanted is not None:
+            # §1.3: retry in a new exchange with the group the peer asked for.
+            logger.info("%s: peer wants group %d for PFS; retrying", sa.name, wanted)
+            sa.tm.queue(
+                Exchange(
+                    message.exchange_type,  # type: ignore[arg-type]
+                    [type(self)(self.config, self.old, wanted)],
                 )
-                return
-        for notify in message.error_notifies():
-            raise PeerErrorNotify(
-                notify.notify_type,
-                notify.data,
-                f"peer refused {self.what}: {enum_name(NotifyType, notify.notify_type)}",
             )
+            return
+        raise_refusal(message, self.what)
         answer = message.get(SecurityAssociation)
         nonce = message.get(Nonce)
         tsi, tsr = message.get(TsI), message.get(TsR)

@@ -19,6 +19,7 @@ rekey, delete) is on the wire is refused with TEMPORARY_FAILURE (§2.25.1).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,30 @@ RETRY_AFTER = 60.0
 
 def _ours(sa: IkeSa) -> list[Proposal]:
     return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
+
+
+def wanted_group(message: Message, sent: int | None, offered: Sequence[Proposal]) -> int | None:
+    """The key exchange group an INVALID_KE_PAYLOAD answer asks us to retry with
+    (RFC 7296 §1.2, §1.3): one we offered and did not send. ``None`` when the notify is
+    absent, malformed or asks for something else; it is then an error like any other."""
+    invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+    if invalid_ke is None or len(invalid_ke.data) != 2:
+        return None
+    wanted = int.from_bytes(invalid_ke.data, "big")
+    if wanted != sent and any(dh_group(p) == wanted for p in offered):
+        return wanted
+    return None
+
+
+def raise_refusal(message: Message, what: str) -> None:
+    """Raise the first error notify of a CREATE_CHILD_SA response as the peer's refusal
+    of ``what`` (RFC 7296 §2.21); return if there is none."""
+    for notify in message.error_notifies():
+        raise PeerErrorNotify(
+            notify.notify_type,
+            notify.data,
+            f"peer refused {what}: {enum_name(NotifyType, notify.notify_type)}",
+        )
 
 
 def _suite(chosen: Proposal) -> IkeSuite:
@@ -127,21 +152,14 @@ class IkeRekey(Task):
     def _process_response(self, sa: IkeSa, message: Message) -> None:
         from ikev2.sa import Exchange
 
-        invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
-        if invalid_ke is not None and len(invalid_ke.data) == 2:
-            wanted = int.from_bytes(invalid_ke.data, "big")
-            if wanted != self.group and any(dh_group(p) == wanted for p in self.offered):
-                if sa.ike_rekey_failed():
-                    return  # the peer's crossing rekey made the new IKE SA already
-                logger.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
-                sa.tm.queue(Exchange(message.exchange_type, [IkeRekey(wanted)]))  # type: ignore[arg-type]
-                return
-        for notify in message.error_notifies():
-            raise PeerErrorNotify(
-                notify.notify_type,
-                notify.data,
-                f"peer refused to rekey the IKE SA: {enum_name(NotifyType, notify.notify_type)}",
-            )
+        wanted = wanted_group(message, self.group, self.offered)
+        if wanted is not None:
+            if sa.ike_rekey_failed():
+                return  # the peer's crossing rekey made the new IKE SA already
+            logger.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
+            sa.tm.queue(Exchange(message.exchange_type, [IkeRekey(wanted)]))  # type: ignore[arg-type]
+            return
+        raise_refusal(message, "to rekey the IKE SA")
         answer = message.get(SecurityAssociation)
         nonce = message.get(Nonce)
         ke = message.get(KePayload)
