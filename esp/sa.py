@@ -378,25 +378,27 @@ class EspSA:
         append = results.append
         encrypt = aead.encrypt
         pack_header = _SPI_SEQ_IV.pack
+        pack_aad = _SPI_SEQ.pack
         pack_nonce = _NONCE.pack
         by_octet = _TRAILERS_BY_FIRST_OCTET
         spi, salt, mask = self.spi, self._salt_int, self._align_mask
-        start = seq = self._seq
+        start, already = self._seq, len(results)
         try:
-            for inner in batch:
-                header = pack_header(spi, seq, seq)
+            # enumerate counts in C, and packing the AAD is cheaper than slicing
+            # it off the header: both measured faster than `seq += 1`, `header[:8]`.
+            for seq, inner in enumerate(batch, start):
                 append(
-                    header
+                    pack_header(spi, seq, seq)
                     + encrypt(
                         pack_nonce(salt, seq),
                         inner + by_octet[inner[0]][(-2 - len(inner)) & mask],  # type: ignore[index]
-                        header[:8],
+                        pack_aad(spi, seq),
                     )
                 )
-                seq += 1
         finally:
-            done = seq - start
-            self._seq = seq
+            # Only packets that were appended went out; a non-IP one raised first.
+            done = len(results) - already
+            self._seq = start + done
             self._packets += done
             self._bytes += total if done == len(batch) else sum(map(len, batch[:done]))
 
