@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -177,15 +178,7 @@ def test_check_request_demands_then_accepts_echoed_cookie() -> None:
 
 def test_check_request_needs_nonce() -> None:
     cookies = jar(demand_above=0)
-    request = Message(
-        spi_i=SPI_I,
-        spi_r=bytes(8),
-        exchange_type=ExchangeType.IKE_SA_INIT,
-        message_id=0,
-        initiator=True,
-        response=False,
-        payloads=(SecurityAssociation(()),),
-    )
+    request = dataclasses.replace(init_request(), payloads=(SecurityAssociation(()),))
     with pytest.raises(InvalidSyntax):
         cookies.check_request(request, IP_I, half_open=1, now=0.0)
 
