@@ -17,6 +17,7 @@ whose current outbound SA changes at rekey without touching the SPD.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -168,6 +169,10 @@ class Policy(Generic[T]):
         )
 
 
+_SortKey = tuple[int, int, int, int, int, int]
+"""How `Spd` orders its entries: see `_Entry.sort_key`."""
+
+
 @dataclass(slots=True)
 class _Entry(Generic[T]):
     local: TrafficSelector
@@ -175,7 +180,7 @@ class _Entry(Generic[T]):
     policy: Policy[T]
     rank: int
 
-    def sort_key(self) -> tuple[int, int, int, int, int, int]:
+    def sort_key(self) -> _SortKey:
         # Most specific first: narrow remote range, narrow local range, a named
         # protocol before "any", narrow port ranges before wide ones; among equals,
         # the lowest rank (see `Spd.add`).
@@ -191,10 +196,22 @@ class _Entry(Generic[T]):
 
 @dataclass
 class Spd(Generic[T]):
-    """Outbound policies, most specific first."""
+    """Outbound policies, most specific first.
+
+    Adding and removing cost a binary search and a list insertion per entry rather
+    than a re-sort or a scan of every policy: a gateway setting up a thousand CHILD
+    SAs at once would otherwise spend quadratic time here.
+    """
 
     _entries: list[_Entry[T]] = field(default_factory=list)
-    _policies: list[Policy[T]] = field(default_factory=list)
+    """Every (local, remote) selector pair of every policy, in lookup order."""
+    _keys: list[_SortKey] = field(default_factory=list)
+    """``_entries[i].sort_key()`` for each i, kept beside them for `bisect`."""
+    _policies: dict[int, Policy[T]] = field(default_factory=dict)
+    """Installed policies by ``id()`` (policies compare by identity), in the order
+    they were added."""
+    _policy_entries: dict[int, list[_Entry[T]]] = field(default_factory=dict)
+    """Each installed policy's entries, by the policy's ``id()``, for `remove`."""
     _added: int = 0
 
     def add(self, policy: Policy[T], *, preferred: bool = False) -> None:
@@ -208,23 +225,39 @@ class Spd(Generic[T]):
         """
         if not policy.local or not policy.remote:
             raise SelectorError("a policy needs at least one local and one remote selector")
+        if id(policy) in self._policies:
+            raise SelectorError("this policy is already installed")
         self._added += 1
         rank = -self._added if preferred else self._added
-        self._policies.append(policy)
+        entries: list[_Entry[T]] = []
         for local in policy.local:
             for remote in policy.remote:
                 if local.version == remote.version:
-                    self._entries.append(_Entry(local, remote, policy, rank))
-        self._entries.sort(key=_Entry.sort_key)
+                    entry = _Entry(local, remote, policy, rank)
+                    key = entry.sort_key()
+                    # bisect_right: after equal keys, as the stable sort this replaces
+                    # kept a policy's own selector pairs in their written order.
+                    at = bisect.bisect_right(self._keys, key)
+                    self._keys.insert(at, key)
+                    self._entries.insert(at, entry)
+                    entries.append(entry)
+        self._policies[id(policy)] = policy
+        self._policy_entries[id(policy)] = entries
 
     def remove(self, policy: Policy[T]) -> bool:
         """Remove ``policy`` (by identity); False if it was not installed."""
-        for i, installed in enumerate(self._policies):
-            if installed is policy:
-                del self._policies[i]
-                self._entries = [e for e in self._entries if e.policy is not policy]
-                return True
-        return False
+        if self._policies.pop(id(policy), None) is None:
+            return False
+        for entry in self._policy_entries.pop(id(policy)):
+            key = entry.sort_key()
+            at = bisect.bisect_left(self._keys, key)
+            # Entries with equal keys belong to one policy (the rank is per policy):
+            # find this very entry among them.
+            while self._entries[at] is not entry:
+                at += 1
+            del self._keys[at]
+            del self._entries[at]
+        return True
 
     def lookup(self, packet: bytes | bytearray | memoryview) -> Policy[T] | None:
         """The most specific policy covering an outbound packet, or ``None``."""
@@ -248,7 +281,7 @@ class Spd(Generic[T]):
         return None
 
     def __iter__(self) -> Iterator[Policy[T]]:
-        return iter(list(self._policies))
+        return iter(list(self._policies.values()))
 
     def __len__(self) -> int:
         return len(self._policies)

@@ -316,3 +316,110 @@ def test_spd_preferred_policy_goes_ahead_of_its_equals_only() -> None:
     narrow = spd.lookup(ipv4("192.0.2.5", "203.0.113.20"))
     assert wide is not None and wide.target == "new"
     assert narrow is not None and narrow.target == "narrow"  # specificity still rules
+
+
+def test_spd_rejects_a_policy_installed_twice() -> None:
+    spd: Spd[str] = Spd()
+    policy = Policy(
+        selectors_from_networks(["192.0.2.0/24"]), selectors_from_networks(["203.0.113.0/24"]), "p"
+    )
+    spd.add(policy)
+    with pytest.raises(SelectorError):
+        spd.add(policy)
+    assert len(spd) == 1 and spd.remove(policy) and len(spd) == 0
+    assert spd.lookup(ipv4("192.0.2.5", "203.0.113.9")) is None
+
+
+# Prefixes of the documentation /24s: (prefix length 24..27, which subnet of that size).
+_subnet = st.integers(24, 27).flatmap(
+    lambda n: st.tuples(st.just(n), st.integers(0, 2 ** (n - 24) - 1))
+)
+
+
+def _net(base: str, subnet: tuple[int, int]) -> str:
+    length, index = subnet
+    first = int(ipaddress.IPv4Address(base)) + (index << (32 - length))
+    return f"{ipaddress.IPv4Address(first)}/{length}"
+
+
+def _lookups(spd: Spd[str], probes: list[tuple[int, int]]) -> list[str | None]:
+    found = []
+    for src, dst in probes:
+        policy = spd.lookup(ipv4(f"192.0.2.{src}", f"203.0.113.{dst}"))
+        found.append(policy.target if policy is not None else None)
+    return found
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(_subnet, _subnet), min_size=1, max_size=12, unique=True),
+    data=st.data(),
+)
+def test_spd_insertion_order_does_not_change_lookups(
+    pairs: list[tuple[tuple[int, int], tuple[int, int]]], data: st.DataObject
+) -> None:
+    # Distinct (local, remote) prefix pairs never tie: two prefixes of one length are
+    # equal or disjoint, so only specificity decides, never the order of installation.
+    policies = [
+        Policy(
+            selectors_from_networks([_net("192.0.2.0", local)]),
+            selectors_from_networks([_net("203.0.113.0", remote)]),
+            f"{_net('192.0.2.0', local)}=={_net('203.0.113.0', remote)}",
+        )
+        for local, remote in pairs
+    ]
+    probes = data.draw(
+        st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), min_size=1, max_size=16)
+    )
+    in_order: Spd[str] = Spd()
+    for policy in policies:
+        in_order.add(policy)
+    shuffled: Spd[str] = Spd()
+    for policy in data.draw(st.permutations(policies)):
+        shuffled.add(policy)
+    assert _lookups(shuffled, probes) == _lookups(in_order, probes)
+    # Removing some policies leaves the same lookups as never having added them.
+    gone = data.draw(st.sets(st.sampled_from(range(len(policies)))))
+    rebuilt: Spd[str] = Spd()
+    for i, policy in enumerate(policies):
+        if i in gone:
+            assert shuffled.remove(policy)
+        else:
+            rebuilt.add(policy)
+    assert len(shuffled) == len(policies) - len(gone)
+    assert _lookups(shuffled, probes) == _lookups(rebuilt, probes)
+
+
+def test_spd_lookup_matches_a_linear_most_specific_search() -> None:
+    # The reference: among matching policies the narrowest remote, then local range,
+    # then the oldest; ties and a removal in the middle included.
+    spd: Spd[str] = Spd()
+    installed: list[Policy[str]] = []
+    for i, (local, remote) in enumerate(
+        [("24", "24"), ("25", "24"), ("24", "26"), ("24", "24"), ("26", "26"), ("25", "24")]
+    ):
+        policy = Policy(
+            selectors_from_networks([f"192.0.2.0/{local}"]),
+            selectors_from_networks([f"203.0.113.0/{remote}"]),
+            f"p{i}",
+        )
+        spd.add(policy)
+        installed.append(policy)
+    assert spd.remove(installed[1])
+    installed.pop(1)
+    for src, dst in [(5, 9), (200, 9), (5, 100), (200, 200), (5, 40)]:
+        packet = ipv4(f"192.0.2.{src}", f"203.0.113.{dst}")
+        matching = [
+            p
+            for p in installed
+            if p.local[0].first <= int(ipaddress.IPv4Address(f"192.0.2.{src}")) <= p.local[0].last
+            and p.remote[0].first
+            <= int(ipaddress.IPv4Address(f"203.0.113.{dst}"))
+            <= p.remote[0].last
+        ]
+        expected = min(
+            matching,
+            key=lambda p: (p.remote[0].size, p.local[0].size, installed.index(p)),
+            default=None,
+        )
+        assert spd.lookup(packet) is expected
