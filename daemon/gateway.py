@@ -1109,12 +1109,20 @@ class Gateway:
         pump = self._pump
         plane = pump.plane.status() if pump is not None else {"sas": [], "drops": {}}
         connections = []
+        # Group the IKE SAs by peer and the installed CHILD SAs by connection once, so
+        # the status of N connections costs O(N), not a scan of every SA per connection
+        # (a thousand-SA gateway answered status polls in seconds).
+        ikes_of: dict[str, list[IkeSaInfo]] = {}
+        for info in self.ike_sas.values():
+            ikes_of.setdefault(info.event.connection, []).append(info)
+        up = {entry.child for entry in pump.plane.entries.values()} if pump is not None else set()
         for name, state in self.connections.items():
             peer = self.peers[state.peer]
-            ikes = [info for info in self.ike_sas.values() if info.event.connection == state.peer]
-            if self._installed(name):
+            ikes = ikes_of.get(state.peer, [])
+            if name in up:
                 phase = "up"
-            elif self._connecting(state.peer):
+            elif self._ike_sa_count(state.peer) > len(ikes):
+                # Like `_connecting`: the core holds an IKE SA not yet announced.
                 phase = "connecting"
             elif peer.retry is not None and state.wanted:
                 phase = "waiting to retry"

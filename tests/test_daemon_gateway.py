@@ -427,3 +427,75 @@ def test_child_sa_matching_no_connection_names_the_peer_and_shows_in_status(
     by_name = {c["name"]: c for c in gateway.status()["connections"]}
     assert by_name["site"]["last_error"].startswith("CHILD SA refused: peer proposed")
     assert by_name["spare-net"]["last_error"] == ""
+
+
+class _CountingDict(dict[int, object]):
+    """A dict that counts the values handed out by iterating it."""
+
+    visits = 0
+
+    def values(self) -> Iterator[object]:  # type: ignore[override]
+        for value in super().values():
+            self.visits += 1
+            yield value
+
+    def items(self) -> Iterator[tuple[int, object]]:  # type: ignore[override]
+        for item in super().items():
+            self.visits += 1
+            yield item
+
+    def __iter__(self) -> Iterator[int]:
+        for key in super().__iter__():
+            self.visits += 1
+            yield key
+
+
+def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
+    count = 40
+    text = '[gateway]\naddresses = ["198.51.100.1"]\nid = "198.51.100.1"\n'
+    for i in range(count):
+        text += (
+            f'\n[peers.p{i}]\naddress = "198.51.100.2"\nlocal_id = "i{i}.example"\n'
+            f'psk = "gateway-test-psk-NOT-SECRET-0123"\n'
+            f'\n[connections.c{i}]\npeer = "p{i}"\nlocal_subnets = ["192.0.2.{i}/32"]\n'
+            f'remote_subnets = ["203.0.113.{i}/32"]\nstart = "wait"\n'
+        )
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
+    gw.config = load_config(path)
+    ikes = ike_connections(gw.config)
+    gw._endpoint = Endpoint(ikes)
+    ours, kernel_side = memory_tun_pair()
+    gw._pump = Pump(ours)
+    try:
+        for ike in ikes:
+            gw._add_peer(ike)
+        # Every other connection up (an IKE SA and its CHILD SA), the rest waiting.
+        for i in range(0, count, 2):
+            gw._handle_event(established(f"p{i}", ike_sa_id=100 + i))
+            a, _ = events("aes128gcm16", udp=False, uid=1 + i)
+            gw._handle_event(
+                dataclasses.replace(a, connection=f"p{i}", child=f"c{i}", ike_sa_id=100 + i)
+            )
+        plane = gw._pump.plane
+        ike_sas = _CountingDict(gw.ike_sas)
+        entries = _CountingDict(plane.entries)
+        gw.ike_sas = ike_sas  # type: ignore[assignment]
+        plane.entries = entries  # type: ignore[assignment]
+        plane.status()
+        by_plane = entries.visits  # the data plane's own list of SAs, whatever it costs
+        entries.visits = 0
+        status = gw.status()
+        states = {c["name"]: (c["state"], len(c["ike_sas"])) for c in status["connections"]}
+        for i in range(count):
+            expected = ("up", 1) if i % 2 == 0 else ("waiting for the peer", 0)
+            assert states[f"c{i}"] == expected
+        assert len(status["sas"]) == count // 2
+        # One pass over the IKE SAs and one over the CHILD SAs for the connections'
+        # states (besides the data plane's list): no scan per connection.
+        assert ike_sas.visits == count // 2
+        assert entries.visits == by_plane + count // 2
+    finally:
+        ours.close()
+        kernel_side.close()
