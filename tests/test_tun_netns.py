@@ -25,7 +25,7 @@ def inside() -> Iterator[str]:
 
 
 def _checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -179,3 +179,39 @@ def test_vnet_hdr_prefixes_packets_and_accepts_offloads(inside: str) -> None:
         assert socket.inet_ntoa(inner[16:20]) == "203.0.113.5"
     with TunDevice.open("lgvh%d") as plain, pytest.raises(TunError, match="need vnet_hdr"):
         plain.set_offload(Offload.CSUM)
+
+
+def test_link_index_is_cached_and_relearned_when_the_link_is_recreated(inside: str) -> None:
+    with LinkManager() as links:
+        lookups: list[str] = []
+        real_lookup = links._ipr.link_lookup
+
+        def counting_lookup(**kw: str) -> list[int]:
+            lookups.append(kw["ifname"])
+            return list(real_lookup(**kw))
+
+        links._ipr.link_lookup = counting_lookup
+        with TunDevice.open("lgre0") as tun:
+            links.set_up(tun.name)
+            links.set_mtu(tun.name, 1400)
+            links.add_route("203.0.113.0/24", tun.name)
+            assert links.mtu(tun.name) == 1400 and links.is_up(tun.name)
+            first = links.index(tun.name)
+            assert lookups == ["lgre0"]  # one listing for five calls
+        # Closing the last fd removed the link; one of the same name is another link.
+        with TunDevice.open("lgre0") as tun:
+            links.set_mtu(tun.name, 1300)
+            second = links.index(tun.name)
+            assert second != first
+            assert links.mtu(tun.name) == 1300
+            links.set_up(tun.name)
+            links.add_route("203.0.113.0/24", tun.name)
+            assert ipaddress.ip_network("203.0.113.0/24") in {
+                r.destination for r in links.routes(ifname=tun.name)
+            }
+            links.remove_route("203.0.113.0/24", tun.name)
+            assert lookups == ["lgre0", "lgre0"]
+        links.remove_route("203.0.113.0/24", "lgre0")  # the link took its routes along
+        with pytest.raises(LinkError, match="no such interface"):
+            links.set_up("lgre0")
+        assert ipaddress.ip_interface("127.0.0.1/8") in links.all_addresses()

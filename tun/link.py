@@ -15,8 +15,9 @@ import errno
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -31,9 +32,16 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV})
 MAIN_TABLE = 254
 
+T = TypeVar("T")
+
 
 def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _address_of(msg: Any) -> IpInterface:
+    """The address and prefix of one RTM_NEWADDR message."""
+    return ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class LinkManager:
             self._ipr: Any = IPRoute()
         except OSError as exc:
             raise LinkError(f"cannot open a netlink socket: {exc}") from exc
+        self._indexes: dict[str, int] = {}
+        """Interface indexes by name, as last looked up: a lookup lists every link,
+        which a daemon adding a route per CHILD SA would otherwise do each time."""
 
     def close(self) -> None:
         self._ipr.close()
@@ -96,33 +107,67 @@ class LinkManager:
     # --- links ---------------------------------------------------------------------------
 
     def index(self, ifname: str) -> int:
-        """The interface index of `ifname`, or LinkError if there is none."""
+        """The interface index of `ifname`, or LinkError if there is none.
+
+        Cached by name; `_on_link` forgets an index the kernel no longer knows (the
+        link was deleted, or deleted and made again under the same name)."""
+        cached = self._indexes.get(ifname)
+        if cached is not None:
+            return cached
         found = self._ipr.link_lookup(ifname=ifname)
         if not found:
             raise LinkError(f"no such interface {ifname!r}", errno.ENODEV)
-        return int(found[0])
+        index = self._indexes[ifname] = int(found[0])
+        return index
+
+    def _on_link(self, ifname: str, call: Callable[[int], T]) -> T:
+        """``call(index of ifname)``; if the kernel answers that this index is gone,
+        look the name up again and retry once (the link may have been recreated)."""
+        cached = ifname in self._indexes
+        try:
+            return call(self.index(ifname))
+        except LinkError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+            self._indexes.pop(ifname, None)
+            if not cached:
+                raise
+        return call(self.index(ifname))
+
+    def _get_links(self, index: int) -> Any:
+        [link] = self._call(f"get link {index}", self._ipr.get_links, index)
+        return link
 
     def exists(self, ifname: str) -> bool:
         return bool(self._ipr.link_lookup(ifname=ifname))
 
     def set_up(self, ifname: str) -> None:
-        self._call(f"set {ifname} up", self._ipr.link, "set", index=self.index(ifname), state="up")
+        self._on_link(
+            ifname,
+            lambda i: self._call(f"set {ifname} up", self._ipr.link, "set", index=i, state="up"),
+        )
 
     def set_down(self, ifname: str) -> None:
-        idx = self.index(ifname)
-        self._call(f"set {ifname} down", self._ipr.link, "set", index=idx, state="down")
+        self._on_link(
+            ifname,
+            lambda i: self._call(
+                f"set {ifname} down", self._ipr.link, "set", index=i, state="down"
+            ),
+        )
 
     def set_mtu(self, ifname: str, mtu: int) -> None:
         # 1280 is IPv6's minimum link MTU (RFC 8200 §5); below it IPv6 stops working.
         if not 576 <= mtu <= 65535:
             raise LinkError(f"{ifname}: MTU {mtu} out of range 576..65535", errno.EINVAL)
-        self._call(
-            f"set {ifname} mtu {mtu}", self._ipr.link, "set", index=self.index(ifname), mtu=mtu
+        self._on_link(
+            ifname,
+            lambda i: self._call(
+                f"set {ifname} mtu {mtu}", self._ipr.link, "set", index=i, mtu=mtu
+            ),
         )
 
     def mtu(self, ifname: str) -> int:
-        [link] = self._ipr.get_links(self.index(ifname))
-        return int(link.get("mtu"))
+        return int(self._on_link(ifname, self._get_links).get("mtu"))
 
     def quiet_ipv6(self, ifname: str) -> None:
         """No link-local address, router solicitations or MLD reports on `ifname`.
@@ -131,7 +176,7 @@ class LinkManager:
         IPv6 housekeeping into it, which the data plane would have to drop. Call before
         `set_up`. Global IPv6 addresses added later still work.
         """
-        self.index(ifname)
+        self.index(ifname)  # LinkError if there is no such interface
         # addr_gen_mode 1: IN6_ADDR_GEN_MODE_NONE (no automatic link-local address).
         for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"), ("autoconf", "0")):
             path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
@@ -144,11 +189,11 @@ class LinkManager:
                 raise LinkError(f"{ifname}: cannot set {key}: {exc.strerror}", exc.errno) from exc
 
     def is_up(self, ifname: str) -> bool:
-        [link] = self._ipr.get_links(self.index(ifname))
-        return bool(link["flags"] & 1)  # IFF_UP
+        return bool(self._on_link(ifname, self._get_links)["flags"] & 1)  # IFF_UP
 
     def delete_link(self, ifname: str, *, missing_ok: bool = True) -> None:
         """Remove an interface (a TUN also goes when its last fd closes)."""
+        self._indexes.pop(ifname, None)  # a link made again under this name is another
         if not self.exists(ifname):
             if missing_ok:
                 return
@@ -160,6 +205,7 @@ class LinkManager:
             index=self.index(ifname),
             missing_ok=missing_ok,
         )
+        self._indexes.pop(ifname, None)
 
     # --- addresses -----------------------------------------------------------------------
 
@@ -170,18 +216,22 @@ class LinkManager:
         if iface.version == 6:
             # Usable at once: no duplicate address detection on a point-to-point TUN.
             kw["flags"] = 0x02  # IFA_F_NODAD
-        try:
-            self._ipr.addr(
-                "add",
-                index=self.index(ifname),
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
-                family=_family(iface.version),
-                **kw,
-            )
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise LinkError(f"add address {iface} to {ifname}: {exc}", exc.code) from exc
+
+        def add(index: int) -> None:
+            try:
+                self._ipr.addr(
+                    "add",
+                    index=index,
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                    family=_family(iface.version),
+                    **kw,
+                )
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise LinkError(f"add address {iface} to {ifname}: {exc}", exc.code) from exc
+
+        self._on_link(ifname, add)
 
     def remove_address(
         self, ifname: str, address: str | IpInterface, *, missing_ok: bool = True
@@ -199,10 +249,11 @@ class LinkManager:
         )
 
     def addresses(self, ifname: str) -> list[IpInterface]:
-        result: list[IpInterface] = []
-        for msg in self._ipr.get_addr(index=self.index(ifname)):
-            result.append(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"))
-        return result
+        return [_address_of(msg) for msg in self._ipr.get_addr(index=self.index(ifname))]
+
+    def all_addresses(self) -> list[IpInterface]:
+        """Every address of every interface, in one netlink dump (not one per link)."""
+        return [_address_of(msg) for msg in self._call("list addresses", self._ipr.get_addr)]
 
     # --- routes --------------------------------------------------------------------------
 
@@ -220,23 +271,22 @@ class LinkManager:
         """Route `destination` out of `ifname` (in `table`). With `replace` an existing
         route to the same prefix is overwritten instead of failing."""
         net = ipaddress.ip_network(destination)
-        kw: dict[str, Any] = {
-            "dst": str(net),
-            "oif": self.index(ifname),
-            "table": table,
-            "family": _family(net.version),
-        }
+        kw: dict[str, Any] = {"dst": str(net), "table": table, "family": _family(net.version)}
         if source is not None:
             kw["prefsrc"] = source
         if metric is not None:
             kw["priority"] = metric
         if mtu is not None:
             kw["metrics"] = {"mtu": mtu}
-        self._call(
-            f"route {net} dev {ifname} table {table}",
-            self._ipr.route,
-            "replace" if replace else "add",
-            **kw,
+        self._on_link(
+            ifname,
+            lambda i: self._call(
+                f"route {net} dev {ifname} table {table}",
+                self._ipr.route,
+                "replace" if replace else "add",
+                oif=i,
+                **kw,
+            ),
         )
 
     def remove_route(
@@ -249,13 +299,29 @@ class LinkManager:
     ) -> None:
         net = ipaddress.ip_network(destination)
         kw: dict[str, Any] = {"dst": str(net), "table": table, "family": _family(net.version)}
-        if ifname is not None:
-            if not self.exists(ifname):
-                return  # the interface took its routes with it
-            kw["oif"] = self.index(ifname)
-        self._call(
-            f"remove route {net} table {table}", self._ipr.route, "del", **kw, missing_ok=missing_ok
-        )
+        if ifname is None:
+            self._call(
+                f"remove route {net} table {table}",
+                self._ipr.route,
+                "del",
+                **kw,
+                missing_ok=missing_ok,
+            )
+            return
+        try:
+            # Not missing_ok inside: a stale cached index must surface as ENODEV so
+            # `_on_link` looks the name up again.
+            self._on_link(
+                ifname,
+                lambda i: self._call(
+                    f"remove route {net} table {table}", self._ipr.route, "del", oif=i, **kw
+                ),
+            )
+        except LinkError as exc:
+            if exc.errno == errno.ENODEV:
+                return  # the interface is gone and took its routes with it
+            if not (missing_ok and exc.errno in _GONE):
+                raise
 
     def routes(self, *, table: int = MAIN_TABLE, ifname: str | None = None) -> list[Route]:
         """Routes with a destination prefix in `table` (optionally only via `ifname`)."""
