@@ -19,9 +19,11 @@ counted under its reason in `lockgate status`, and a ping running all along goes
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import struct
+import sys
 import time
 from collections import Counter
 
@@ -154,7 +156,11 @@ def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> Non
                 [rewrite_udp4(template, bad_pad), rewrite_udp4(template, out_of_policy)],
             )
             time.sleep(1.5)
-            after = _drops(daemon.status())
+            # What an operator sees: the CLI's `lockgate status --json`.
+            cli = topo.gw_a.run(
+                sys.executable, "-m", "daemon.cli", "-s", daemon.socket, "status", "--json"
+            )
+            after = _drops(json.loads(cli.stdout))
             reached = drain(listener)
 
         pinger.popen.wait(30)
