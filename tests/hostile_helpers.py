@@ -154,7 +154,7 @@ def mac_of(ns_name: str, ifname: str) -> bytes:
     return bytes.fromhex(json.loads(out)[0]["address"].replace(":", ""))
 
 
-# --- ESP in UDP (RFC 3948) frames, IPv4 outer ---------------------------------------------
+# --- ESP frames (raw, or in UDP per RFC 3948), IPv4 outer ------------------------------
 
 
 def esp_in_udp4(frame: bytes) -> tuple[int, int] | None:
@@ -167,6 +167,23 @@ def esp_in_udp4(frame: bytes) -> tuple[int, int] | None:
     if dport != 4500 or frame[udp + 8 : udp + 12] == b"\x00\x00\x00\x00":
         return None  # not NAT-T, or the non-ESP marker of IKE on 4500
     return udp + 8, len(frame) - udp - 8
+
+
+def esp_raw4(frame: bytes) -> int | None:
+    """Offset of the ESP header if `frame` is IPv4 carrying raw ESP (protocol 50)."""
+    if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00" or frame[23] != 50:
+        return None
+    return 14 + (frame[14] & 0x0F) * 4
+
+
+def rewrite_raw4(frame: bytes, esp: bytes) -> bytes:
+    """`frame` (IPv4/ESP) with its ESP part replaced; total length and checksum fixed."""
+    ihl = (frame[14] & 0x0F) * 4
+    ip = bytearray(frame[14 : 14 + ihl])
+    struct.pack_into("!H", ip, 2, ihl + len(esp))
+    struct.pack_into("!H", ip, 10, 0)
+    struct.pack_into("!H", ip, 10, _checksum(bytes(ip)))
+    return frame[:14] + bytes(ip) + esp
 
 
 def udp4_ports(frame: bytes) -> tuple[int, int] | None:

@@ -33,6 +33,7 @@ from hostile_helpers import (
     charon_key_candidates,
     drain,
     esp_in_udp4,
+    esp_raw4,
     esp_seq,
     esp_spi,
     gcm_open,
@@ -40,11 +41,13 @@ from hostile_helpers import (
     inject_frames,
     ipv4_udp,
     make_charon_log_keys,
+    rewrite_raw4,
     rewrite_udp4,
     udp_listener,
 )
 from interop_helpers import Case, interop, wait_until
-from netns import ping
+from netns import ping, site_to_site
+from test_daemon_netns import config, start_daemon
 
 from daemon.lab.netns import in_namespace
 
@@ -181,3 +184,69 @@ def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> Non
         assert int(match.group(2)) >= int(match.group(1)) - 3, ping_log
         ping(topo.host_b, topo.site_a.host4, count=3)
         assert daemon.proc.alive()
+
+
+def test_raw_esp_attacks_between_two_lockgates() -> None:
+    """The same forgeries over raw ESP (IP protocol 50, no NAT), lockgate on both ends:
+    the raw-socket receive path drops and counts them as the UDP one does."""
+    with site_to_site() as topo:
+        a_text = config(me=topo.gw_a_wan4, peer=topo.gw_b_wan4, local=[topo.site_a.subnet4],
+                        remote=[topo.site_b.subnet4], start="wait")  # fmt: skip
+        b_text = config(me=topo.gw_b_wan4, peer=topo.gw_a_wan4, local=[topo.site_b.subnet4],
+                        remote=[topo.site_a.subnet4], start="initiate")  # fmt: skip
+        a = start_daemon(topo, topo.gw_a, "gwA", a_text)
+        b = start_daemon(topo, topo.gw_b, "gwB", b_text)
+        wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA")
+        [sa] = a.sas()
+        assert sa["encap"] == "esp"
+        spi_in = int(sa["spi_in"], 16)
+        wait_until(lambda: ping(topo.host_b, topo.site_a.host4, count=1).returncode == 0, "ping")
+        with (
+            udp_listener(topo.host_a.name, topo.site_a.host4, PORT) as listener,
+            FrameCapture(topo.gw_a.name, "wan0", lambda f: esp_raw4(f) is not None) as capture,
+        ):
+            with in_namespace(topo.host_b.name):
+                sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with sender:
+                for i in range(GENUINE):
+                    sender.sendto(f"genuine-{i}".encode(), (topo.site_a.host4, PORT))
+                    time.sleep(0.05)
+            got: list[bytes] = []
+
+            def all_arrived() -> bool:
+                got.extend(drain(listener))
+                return len(got) >= GENUINE
+
+            wait_until(all_arrived, "the genuine datagrams at site A's host")
+            time.sleep(0.2)
+            frames = [f for f in capture.snapshot() if esp_spi(_raw(f)) == spi_in]
+            carrying = frames[-GENUINE:]
+            before = _drops(a.status())
+            forged = (
+                [rewrite_raw4(f, _raw(f)) for f in carrying]
+                + [rewrite_raw4(f, _raw(f)[:4] + struct.pack("!I", esp_seq(_raw(f)) + 100_000)
+                                + _raw(f)[8:]) for f in carrying]
+                + [rewrite_raw4(f, struct.pack("!I", spi_in ^ 0x5A5A0000) + _raw(f)[4:])
+                   for f in carrying]
+                + [rewrite_raw4(f, _raw(f)[:20]) for f in carrying]
+            )  # fmt: skip
+            inject_frames(topo.gw_b.name, "wan0", forged)
+            time.sleep(1.0)
+            diff = _drops(a.status()) - before
+            reached = drain(listener)
+        print(f"\nraw ESP: drops during the attack: {dict(diff)}")
+        assert reached == [], f"injected packets reached site A's host: {reached!r}"
+        assert diff["replay"] == GENUINE
+        assert diff["icv_failure"] == GENUINE
+        assert diff["no_sa"] == GENUINE
+        assert diff["too_short"] == GENUINE
+        ping(topo.host_b, topo.site_a.host4, count=3)
+        ping(topo.host_a, topo.site_b.host4, count=3)
+        assert "Traceback" not in a.proc.log()
+
+
+def _raw(frame: bytes) -> bytes:
+    offset = esp_raw4(frame)
+    if offset is None:
+        raise AssertionError("not a raw ESP frame")
+    return frame[offset:]
