@@ -15,6 +15,8 @@ test injects:
 
 Checked: the listener receives none of them (nothing reached the TUN), each is
 counted under its reason in `lockgate status`, and a ping running all along goes on.
+A second test sends the keyless forgeries as raw ESP (protocol 50) between two
+lockgates, for the raw-socket receive path.
 """
 
 from __future__ import annotations
