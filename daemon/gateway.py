@@ -21,11 +21,9 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from conf.model import Config
 from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
 from daemon.control import ControlError, ControlServer
 from daemon.mtu import path_mtu, tun_mtu
-from daemon.netlink import LinkWorker
+from daemon.netlink import LinkWorker, LocalAddresses
 from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.packet import flow_of
 from daemon.pump import Pump
@@ -64,7 +62,7 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
-from tun import LinkError, LinkManager, TunDevice, TunError
+from tun import LinkError, TunDevice, TunError
 
 __all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
 
@@ -189,6 +187,7 @@ class Gateway:
         self._path_mtus: dict[str, int] = {}
         self._tun: TunDevice | None = None
         self._links: LinkWorker | None = None
+        self._local_addresses: LocalAddresses | None = None
         self._pump: Pump | None = None
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
@@ -256,6 +255,7 @@ class Gateway:
         offload = offload_mode()
         self._tun = open_tun(gateway.interface, offload)
         self._links = LinkWorker()
+        self._local_addresses = LocalAddresses(self._links)
         name = self._tun.name
         self._links.run(lambda links: links.quiet_ipv6(name))
         self._links.run(lambda links: links.set_mtu(name, mtu))
@@ -832,7 +832,10 @@ class Gateway:
         except LinkError as exc:
             error = exc
         if source is not None:
-            # The source address may have gone from its interface; route without it.
+            # The source address may have gone from its interface; route without it,
+            # and read the addresses again next time.
+            if self._local_addresses is not None:
+                self._local_addresses.invalidate()
             with contextlib.suppress(LinkError):
                 links.run(lambda lm: lm.add_route(net, name))
                 return
@@ -860,19 +863,11 @@ class Gateway:
     def _route_source(self, version: int, entry: ChildSaEntry | None) -> str | None:
         """One of our addresses inside the local selectors, so traffic the gateway
         itself sends into the tunnel matches the policy (strongSwan does the same)."""
-        links = self._links
-        if links is None or entry is None:
+        local = self._local_addresses
+        if local is None or entry is None:
             return None
-
-        def all_addresses(lm: LinkManager) -> list[IPv4Interface | IPv6Interface]:
-            found: list[IPv4Interface | IPv6Interface] = []
-            for _, ifname in socket.if_nameindex():
-                with contextlib.suppress(LinkError):
-                    found.extend(lm.addresses(ifname))
-            return found
-
         try:
-            addresses = links.run(all_addresses)
+            addresses = local.get()  # cached for a moment: one read serves many SAs
         except LinkError:
             return None
         for iface in addresses:
@@ -956,6 +951,9 @@ class Gateway:
             if peer.address is not None and str(peer.address) not in self._path_mtus:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
+        if self._local_addresses is not None:
+            # The [gateway] addresses may have moved with the new file.
+            self._local_addresses.invalidate()
         for name in changed + added:
             self._add_peer(new_ike[name])
         unchanged = len(new_ike) - len(changed) - len(added)

@@ -9,8 +9,10 @@ microseconds and happens only when SAs come and go.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import TypeVar
 
 from tun import LinkManager
@@ -19,6 +21,11 @@ T = TypeVar("T")
 
 CALL_TIMEOUT = 10.0
 """Seconds one netlink call may take before the daemon gives up waiting for it."""
+
+ADDRESS_TTL = 2.0
+"""Seconds the host's address list is reused before it is read again: long enough that
+a thousand CHILD SAs set up together share a few reads, short enough that an address
+an operator adds or removes is seen almost at once."""
 
 
 class LinkWorker:
@@ -43,3 +50,41 @@ class LinkWorker:
             self.run(lambda links: links.close())
         finally:
             self._pool.shutdown(wait=True)
+
+
+class LocalAddresses:
+    """The host's addresses (every interface), read through a `LinkWorker` and reused
+    for `ttl` seconds.
+
+    Choosing a route's source address needs them for every CHILD SA installed; reading
+    them each time listed every address of every link per SA.
+    """
+
+    def __init__(
+        self,
+        links: LinkWorker,
+        *,
+        ttl: float = ADDRESS_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._links = links
+        self._ttl = ttl
+        self._clock = clock
+        self._addresses: list[IPv4Interface | IPv6Interface] = []
+        self._read_at: float | None = None
+        self.reads = 0
+        """How many times the kernel was asked (for tests and diagnostics)."""
+
+    def get(self) -> list[IPv4Interface | IPv6Interface]:
+        """The addresses, read again if the last read is older than the TTL (raises
+        `tun.LinkError` if the kernel cannot be asked)."""
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= self._ttl:
+            self._addresses = self._links.run(lambda lm: lm.all_addresses())
+            self._read_at = now
+            self.reads += 1
+        return self._addresses
+
+    def invalidate(self) -> None:
+        """Read again on the next `get` (an address we rely on may have changed)."""
+        self._read_at = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import time
 import types
@@ -24,6 +25,7 @@ from conf.ike import ike_connections
 from conf.load import load_config
 from daemon.control import ControlError
 from daemon.gateway import Gateway
+from daemon.netlink import LocalAddresses
 from daemon.pump import Pump
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
@@ -37,7 +39,7 @@ from ikev2.events import (
     IkeSaRekeyed,
 )
 from ikev2.sa import IkeSaState
-from tun import memory_tun_pair
+from tun import LinkError, memory_tun_pair
 
 CONFIG = """
 [gateway]
@@ -499,3 +501,73 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
     finally:
         ours.close()
         kernel_side.close()
+
+
+class _FakeLinks:
+    """Stands in for the netlink worker: the host's addresses and the routes asked for."""
+
+    def __init__(self) -> None:
+        self.addresses = [ipaddress.ip_interface(a) for a in ("198.51.100.1/24", "192.0.2.1/24")]
+        self.address_reads = 0
+        self.routes: list[tuple[str, str | None]] = []
+        self.refuse_source = False
+
+    def run(self, call: object) -> object:
+        return call(self)  # type: ignore[operator]
+
+    def all_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        self.address_reads += 1
+        return list(self.addresses)
+
+    def add_route(self, net: object, name: str, source: str | None = None) -> None:
+        if source is not None and self.refuse_source:
+            raise LinkError("no such address", 99)
+        self.routes.append((str(net), source))
+
+    def remove_route(self, net: object, name: str) -> None:
+        self.routes.remove(next(r for r in self.routes if r[0] == str(net)))
+
+
+def test_local_addresses_are_read_once_per_ttl_and_on_invalidation() -> None:
+    fake = _FakeLinks()
+    now = [100.0]
+    local = LocalAddresses(fake, ttl=2.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert local.get() == fake.addresses and local.get() == fake.addresses
+    assert fake.address_reads == 1
+    now[0] += 1.9
+    local.get()
+    assert fake.address_reads == 1
+    now[0] += 0.1
+    fake.addresses.append(ipaddress.ip_interface("203.0.113.1/24"))
+    assert ipaddress.ip_interface("203.0.113.1/24") in local.get()
+    assert fake.address_reads == 2
+    local.invalidate()
+    local.get()
+    assert fake.address_reads == local.reads == 3
+
+
+def test_route_sources_share_one_address_read_until_a_source_is_refused(
+    gateway: Gateway,
+) -> None:
+    fake = _FakeLinks()
+    now = [0.0]
+    gateway._links = fake  # type: ignore[assignment]
+    gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
+    gateway._local_addresses = LocalAddresses(fake, clock=lambda: now[0])  # type: ignore[arg-type]
+    gateway._handle_event(established())
+    for uid in (1, 2, 3):
+        a, _ = events("aes128gcm16", udp=False, uid=uid)
+        gateway._handle_event(dataclasses.replace(a, connection="main", child="site", ike_sa_id=7))
+    # The first CHILD SA routes both remote subnets; the source is our address inside
+    # the local selectors (192.0.2.1 in 192.0.2.0/24; none in 2001:db8:a::/64).
+    assert ("203.0.113.0/24", "192.0.2.1") in fake.routes
+    assert ("2001:db8:b::/64", None) in fake.routes
+    assert fake.address_reads == 1
+    # A refused source address makes the next route read the addresses again.
+    for uid in (1, 2, 3):
+        gateway._handle_event(ChildSaDeleted("main", "site", uid, 7, 0xB0000000 + uid, 1, "test"))
+    fake.refuse_source = True
+    a, _ = events("aes128gcm16", udp=False, uid=4)
+    gateway._handle_event(dataclasses.replace(a, connection="main", child="site", ike_sa_id=7))
+    assert fake.routes[-2:] == [("203.0.113.0/24", None), ("2001:db8:b::/64", None)]
+    assert fake.address_reads == 2
