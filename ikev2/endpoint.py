@@ -30,9 +30,10 @@ import ipaddress
 import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from ikev2.codec import decode_header, decode_message, encode_message
@@ -40,9 +41,9 @@ from ikev2.config import ConnectionConfig, Identity
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
 from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.rng import RandomSource, SystemRandom
-from ikev2.errors import IkeError, LocalProtocolError
+from ikev2.errors import IkeError, InvalidMajorVersion, LocalProtocolError
 from ikev2.events import Address, Event
-from ikev2.sa import Datagram, IkeSa, IkeSaState
+from ikev2.sa import Datagram, IkeDropReason, IkeSa, IkeSaState
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,60 @@ class _SaIndex(Generic[K]):
         return len(self._groups.get(key, ()))
 
 
+@dataclass
+class _Window:
+    """One reason's log window: when its last line was written, and how many events
+    went unlogged since."""
+
+    logged_at: float
+    """`now` of the last line written for this reason."""
+    suppressed: int = 0
+    """Events since then that wrote no line."""
+
+
+class ThrottledLog:
+    """At most one log line per reason per `interval` seconds of the injected clock.
+
+    Unauthenticated events (COOKIE demands, half-open cap, garbage) can be caused by
+    anyone at line rate with spoofed sources; one line each would let a flood fill the
+    disk. The first event after a quiet interval is logged at once, in detail; events
+    during the interval only count, and the first event after it writes one line
+    summing them up.
+    """
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0) -> None:
+        self._log = log
+        self.interval = interval
+        """Seconds between two lines of the same reason."""
+        self._windows: dict[IkeDropReason, _Window] = {}
+
+    def event(
+        self,
+        reason: IkeDropReason,
+        now: float,
+        level: int,
+        summary: str,
+        message: str,
+        *args: object,
+    ) -> None:
+        """Log `message % args` now if `reason` was quiet for `interval`; else count it.
+
+        `summary` is a %-format with a count and a duration (seconds), written instead
+        of `message` once events were suppressed: e.g. "demanded COOKIEs from %s
+        IKE_SA_INIT requests in the last %.0f s".
+        """
+        window = self._windows.get(reason)
+        if window is not None and now - window.logged_at < self.interval:
+            window.suppressed += 1
+            return
+        if window is not None and window.suppressed:
+            count = window.suppressed + 1  # this event too
+            self._log.log(level, summary, f"{count:,}", now - window.logged_at)
+        else:
+            self._log.log(level, message, *args)
+        self._windows[reason] = _Window(now)
+
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PeerKey = tuple[Identity, str]
@@ -111,6 +166,8 @@ class EndpointConfig:
     """Responder SAs that may wait for IKE_AUTH at once; more IKE_SA_INITs are dropped."""
     cookies: CookiePolicy = field(default_factory=CookiePolicy)
     """When to demand a COOKIE before creating a responder SA (RFC 7296 §2.6)."""
+    log_interval: float = 10.0
+    """Seconds between two log lines of the same unauthenticated drop reason."""
 
 
 class Endpoint:
@@ -171,6 +228,20 @@ class Endpoint:
         """Events ever taken by the caller."""
         self._datagrams: list[tuple[int, Datagram]] = []
         """Datagrams with the number of events that must be taken before they go."""
+        self._drops: Counter[IkeDropReason] = Counter()
+        self._drops_view: Mapping[IkeDropReason, int] = MappingProxyType(self._drops)
+        self._throttle = ThrottledLog(logger, self.config.log_interval)
+
+    # --- diagnostics --------------------------------------------------------------------
+
+    @property
+    def drops(self) -> Mapping[IkeDropReason, int]:
+        """Received datagrams dropped so far, by reason (read-only, live); each counts
+        once. Reasons that never occurred are absent."""
+        return self._drops_view
+
+    def _drop(self, reason: IkeDropReason) -> None:
+        self._drops[reason] += 1
 
     # --- configuration ------------------------------------------------------------------
 
@@ -341,7 +412,16 @@ class Endpoint:
                 return
             if not data.startswith(NON_ESP_MARKER):
                 # ESP: not ours. A daemon feeds IKE through receive_message instead.
-                logger.debug("ignoring non-IKE datagram on port %d from %s", local[1], remote)
+                self._drop(IkeDropReason.NOT_IKE)
+                self._throttle.event(
+                    IkeDropReason.NOT_IKE,
+                    now,
+                    logging.DEBUG,
+                    "ignored %s non-IKE datagrams on the NAT port in the last %.0f s",
+                    "ignoring non-IKE datagram on port %d from %s",
+                    local[1],
+                    _fmt(remote),
+                )
                 return
             data = data[len(NON_ESP_MARKER) :]
         self.receive_message(data, local, remote, now)
@@ -352,7 +432,21 @@ class Endpoint:
         try:
             header = decode_header(data)
         except IkeError as exc:
-            logger.debug("dropping malformed datagram from %s: %s", _fmt(remote), exc)
+            reason = (
+                IkeDropReason.BAD_VERSION
+                if isinstance(exc, InvalidMajorVersion)
+                else IkeDropReason.UNPARSABLE
+            )
+            self._drop(reason)
+            self._throttle.event(
+                reason,
+                now,
+                logging.DEBUG,
+                f"dropped %s datagrams ({reason}) in the last %.0f s",
+                "dropping malformed datagram from %s: %s",
+                _fmt(remote),
+                exc,
+            )
             return
         if header.initiator:
             # Sent by the original initiator: we are the responder, our SPI is SPIr.
@@ -367,7 +461,12 @@ class Endpoint:
         if sa is None:
             # §2.21.4 allows an unprotected INVALID_IKE_SPI notify; like strongSwan we stay
             # silent, so a stray datagram cannot make us send anything.
-            logger.debug(
+            self._drop(IkeDropReason.UNKNOWN_SPI)
+            self._throttle.event(
+                IkeDropReason.UNKNOWN_SPI,
+                now,
+                logging.DEBUG,
+                "dropped %s datagrams for unknown IKE SPIs in the last %.0f s",
                 "no IKE SA for SPIs %s/%s from %s",
                 header.spi_i.hex(),
                 header.spi_r.hex(),
@@ -387,7 +486,16 @@ class Endpoint:
         now: float,
     ) -> None:
         if exchange_type != ExchangeType.IKE_SA_INIT:
-            logger.debug("dropping %d from %s with zero SPIr", exchange_type, _fmt(remote))
+            self._drop(IkeDropReason.UNEXPECTED_EXCHANGE)
+            self._throttle.event(
+                IkeDropReason.UNEXPECTED_EXCHANGE,
+                now,
+                logging.DEBUG,
+                "dropped %s non-IKE_SA_INIT requests with zero SPIr in the last %.0f s",
+                "dropping %d from %s with zero SPIr",
+                exchange_type,
+                _fmt(remote),
+            )
             return
         existing = self._half_open.get((spi_i, remote))
         if existing is not None:
@@ -396,7 +504,13 @@ class Endpoint:
             return
         candidates = self._match(local, remote)
         if not candidates:
-            logger.info(
+            self._drop(IkeDropReason.NO_CONNECTION)
+            self._throttle.event(
+                IkeDropReason.NO_CONNECTION,
+                now,
+                logging.INFO,
+                "ignored %s IKE_SA_INIT requests matching no configured connection"
+                " in the last %.0f s",
                 "IKE_SA_INIT from %s to %s matches no configured connection; ignored",
                 _fmt(remote),
                 _fmt(local),
@@ -404,7 +518,15 @@ class Endpoint:
             return
         half_open = len(self._half_open_ids)
         if half_open >= self.config.max_half_open:
-            logger.warning("too many half-open IKE SAs (%d); dropping IKE_SA_INIT", half_open)
+            self._drop(IkeDropReason.HALF_OPEN_CAP)
+            self._throttle.event(
+                IkeDropReason.HALF_OPEN_CAP,
+                now,
+                logging.WARNING,
+                "too many half-open IKE SAs: dropped %s IKE_SA_INIT requests in the last %.0f s",
+                "too many half-open IKE SAs (%d); dropping IKE_SA_INIT",
+                half_open,
+            )
             return
         if self.config.cookies.required(half_open) and self._demand_cookie(
             data, local, remote, half_open, now
@@ -440,12 +562,31 @@ class Endpoint:
         try:
             demand = self._cookie_jar.check_request(decode_message(data), remote[0], half_open, now)
         except IkeError as exc:
-            logger.debug("dropping IKE_SA_INIT from %s: %s", _fmt(remote), exc)
+            # Garbage (undecodable, or no Nonce to bind a COOKIE to): no answer.
+            self._drop(IkeDropReason.UNPARSABLE)
+            self._throttle.event(
+                IkeDropReason.UNPARSABLE,
+                now,
+                logging.DEBUG,
+                "dropped %s unparsable datagrams in the last %.0f s",
+                "dropping IKE_SA_INIT from %s: %s",
+                _fmt(remote),
+                exc,
+            )
             return True
         if demand is None:
             return False
         # §2.6: stateless, so nothing is kept; a genuine initiator comes back with it.
-        logger.info("%d IKE SAs half open: asking %s for a COOKIE", half_open, _fmt(remote))
+        self._drop(IkeDropReason.COOKIE_DEMANDED)
+        self._throttle.event(
+            IkeDropReason.COOKIE_DEMANDED,
+            now,
+            logging.INFO,
+            "demanded COOKIEs from %s IKE_SA_INIT requests in the last %.0f s",
+            "%d IKE SAs half open: asking %s for a COOKIE",
+            half_open,
+            _fmt(remote),
+        )
         marker = NON_ESP_MARKER if local[1] == self.config.nat_port else b""
         datagram = Datagram(marker + encode_message(demand), local, remote)
         self._datagrams.append((self._events_queued, datagram))
@@ -525,6 +666,7 @@ class Endpoint:
         if sa.spi_local != bytes(8):
             self._by_spi[sa.spi_local] = sa
         sa.on_change = self._mark_dirty
+        sa.on_drop = self._drop
         self._dirty[sa.ike_sa_id] = sa
 
     def _mark_dirty(self, sa: IkeSa) -> None:
@@ -649,4 +791,12 @@ def _fmt(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-__all__ = ["IKE_HEADER_LEN", "NAT_KEEPALIVE", "Datagram", "Endpoint", "EndpointConfig"]
+__all__ = [
+    "IKE_HEADER_LEN",
+    "NAT_KEEPALIVE",
+    "Datagram",
+    "Endpoint",
+    "EndpointConfig",
+    "IkeDropReason",
+    "ThrottledLog",
+]

@@ -45,6 +45,7 @@ from ikev2.crypto.rng import RandomSource
 from ikev2.crypto.sk import SkCipherPair
 from ikev2.errors import (
     IkeError,
+    IntegrityCheckFailed,
     InvalidKePayload,
     InvalidSyntax,
     LocalProtocolError,
@@ -111,6 +112,45 @@ class IkeSaState(enum.Enum):
     """Replaced by a new IKE SA (§2.18); waits for the Delete that ends it quietly."""
     DELETED = "deleted"
     """Gone; the endpoint forgets it after taking its last datagrams and events."""
+
+
+class IkeDropReason(enum.StrEnum):
+    """Why a received IKE datagram was dropped: the keys of `Endpoint.drops`.
+
+    Each dropped datagram counts under exactly one reason. `COOKIE_DEMANDED` is not
+    strictly a drop (the request is answered, statelessly, RFC 7296 §2.6) but no SA is
+    made for it, so it is counted alongside.
+    """
+
+    UNPARSABLE = "unparsable"
+    """The IKE header or an IKE_SA_INIT request does not decode."""
+    BAD_VERSION = "bad_version"
+    """The header's major version is not 2 (§2.5)."""
+    NOT_IKE = "not_ike"
+    """On port 4500 without the non-ESP marker: ESP the caller should have taken."""
+    UNKNOWN_SPI = "unknown_spi"
+    """No IKE SA has the SPI the message is addressed to."""
+    UNEXPECTED_EXCHANGE = "unexpected_exchange"
+    """An exchange type the SA's state or the zero SPIr does not allow."""
+    NO_CONNECTION = "no_connection"
+    """An IKE_SA_INIT that no configured connection accepts."""
+    HALF_OPEN_CAP = "half_open_cap"
+    """An IKE_SA_INIT while `max_half_open` responder SAs were waiting."""
+    COOKIE_DEMANDED = "cookie_demanded"
+    """An IKE_SA_INIT answered with a COOKIE demand instead of an SA (not a drop)."""
+    WRONG_ROLE = "wrong_role"
+    """The I flag claims our own role (§3.1)."""
+    UNEXPECTED_RESPONSE = "unexpected_response"
+    """A response to no outstanding request, or of another exchange type."""
+    RETRANSMIT_ANSWERED = "retransmit_answered"
+    """A retransmitted request (or a fragment of one, RFC 7383 §2.6.1), answered from
+    the cached response (§2.1)."""
+    OUT_OF_WINDOW = "out_of_window"
+    """A request whose Message ID is outside the window (§2.3)."""
+    INTEGRITY_FAILURE = "integrity_failure"
+    """The SK payload's ICV or AEAD tag did not verify (§2.21.1)."""
+    INVALID_MESSAGE = "invalid_message"
+    """Decrypted (or unprotected) but malformed, and not answered."""
 
 
 class Datagram(NamedTuple):
@@ -209,6 +249,8 @@ class IkeSa:
         """Called whenever this SA may have new datagrams, events, a new state or an
         earlier timer, also when another IKE SA (a rekey's partner) caused it: the
         endpoint collects only the SAs that called it, not every SA on every poll."""
+        self.on_drop: Callable[[IkeDropReason], None] = _uncounted
+        """Called once for each received message this SA drops, with the reason."""
         self.config = config
         """The connection; a responder may switch to another candidate in IKE_AUTH."""
         self.candidates = candidates or (config,)
@@ -694,11 +736,13 @@ class IkeSa:
     ) -> None:
         """A message for this IKE SA (without the non-ESP marker)."""
         if self.state is IkeSaState.DELETED:
+            self.on_drop(IkeDropReason.UNKNOWN_SPI)
             return
         self.now = now
         if header.initiator == self.initiator:
             # The I flag says who sent it: a peer must not claim our role (§3.1).
             logger.debug("%s: dropping message with our own role's I flag", self.name)
+            self.on_drop(IkeDropReason.WRONG_ROLE)
             return
         if header.response:
             self._receive_response(data, header, local, remote, now)
@@ -726,10 +770,12 @@ class IkeSa:
         out = self.tm.outstanding
         if out is None or out.message_id != header.message_id:
             logger.debug("%s: ignoring unexpected response %d", self.name, header.message_id)
+            self.on_drop(IkeDropReason.UNEXPECTED_RESPONSE)
             return
         exchange = out.context
         if header.exchange_type != exchange.exchange_type:
             logger.debug("%s: response of the wrong exchange type; ignored", self.name)
+            self.on_drop(IkeDropReason.UNEXPECTED_RESPONSE)
             return
         try:
             message = self._open(data, header)
@@ -739,6 +785,7 @@ class IkeSa:
         except IkeError as exc:
             # Unauthenticated or garbled: drop and let retransmission recover (§2.21).
             logger.info("%s: dropping invalid response: %s", self.name, exc)
+            self.on_drop(_drop_reason(exc))
             return
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.init_response = data
@@ -778,9 +825,11 @@ class IkeSa:
         if kind is RequestKind.RETRANSMIT:
             logger.debug("%s: retransmitting response %d", self.name, header.message_id)
             self._send(self.tm.cached_packets())
+            self.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
             return
         if kind is RequestKind.INVALID:
             logger.debug("%s: request %d outside the window; dropped", self.name, header.message_id)
+            self.on_drop(IkeDropReason.OUT_OF_WINDOW)
             return
         factory = _REQUEST_TASKS.get((self.state, header.exchange_type))
         if factory is None or (
@@ -792,6 +841,7 @@ class IkeSa:
                 enum_name(ExchangeType, header.exchange_type),
                 self.state.value,
             )
+            self.on_drop(IkeDropReason.UNEXPECTED_EXCHANGE)
             return
         message: Message | None = None
         unreadable: InvalidSyntax | None = None
@@ -879,6 +929,7 @@ class IkeSa:
     def _drop_invalid_request(self, header: IkeHeader, remote: Address, exc: IkeError) -> None:
         # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
         logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
+        self.on_drop(_drop_reason(exc))
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             # Garbage that merely looks like an IKE_SA_INIT: no SA, no event.
             self.state = IkeSaState.DELETED
@@ -887,15 +938,18 @@ class IkeSa:
         """A fragment of the request we answered last: RFC 7383 §2.6.1 has us resend the
         response when fragment 1 comes again (once, not for every fragment)."""
         if self.sk is None:
+            self.on_drop(IkeDropReason.INVALID_MESSAGE)
             return
         try:
             fragment = open_fragment(self.sk.inbound, data)
         except IkeError as exc:
             logger.debug("%s: dropping a bad fragment: %s", self.name, exc)
+            self.on_drop(_drop_reason(exc))
             return
         if fragment.number == 1:
             logger.debug("%s: request retransmitted in fragments; resending", self.name)
             self._send(self.tm.cached_packets())
+        self.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
 
     # --- sending ------------------------------------------------------------------------
 
@@ -1187,6 +1241,17 @@ def _unwatched(sa: IkeSa) -> None:
     """`IkeSa.on_change` of an SA no endpoint watches (yet): nothing to tell."""
 
 
+def _uncounted(reason: IkeDropReason) -> None:
+    """`IkeSa.on_drop` of an SA no endpoint watches (yet): nobody counts."""
+
+
+def _drop_reason(exc: IkeError) -> IkeDropReason:
+    """The drop reason of a message that failed to open or check."""
+    if isinstance(exc, IntegrityCheckFailed):
+        return IkeDropReason.INTEGRITY_FAILURE
+    return IkeDropReason.INVALID_MESSAGE
+
+
 def _error_notify(exc: IkeError) -> Notify:
     if exc.notify is None:
         raise LocalProtocolError("no notify for this error")
@@ -1245,4 +1310,13 @@ Anything not listed is dropped: e.g. IKE_AUTH once established, or INFORMATIONAL
 before authentication (RFC 7296 §1.4 requires the IKE SA to exist).
 """
 
-__all__ = ["ChildSa", "Datagram", "Exchange", "IkeSa", "IkeSaState", "PeerIkeRekey", "PeerRekey"]
+__all__ = [
+    "ChildSa",
+    "Datagram",
+    "Exchange",
+    "IkeDropReason",
+    "IkeSa",
+    "IkeSaState",
+    "PeerIkeRekey",
+    "PeerRekey",
+]
