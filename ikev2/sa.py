@@ -928,11 +928,17 @@ class IkeSa:
 
     def _drop_invalid_request(self, header: IkeHeader, remote: Address, exc: IkeError) -> None:
         # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
-        logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
         self.on_drop(_drop_reason(exc))
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            # Garbage that merely looks like an IKE_SA_INIT: no SA, no event.
+            # Garbage that merely looks like an IKE_SA_INIT: no SA, no event. Anyone can
+            # send it from any address, so it is only counted (and logged at debug), lest
+            # a flood of it flood the log.
+            logger.debug(
+                "%s: dropping invalid IKE_SA_INIT from %s: %s", self.name, _fmt(remote), exc
+            )
             self.state = IkeSaState.DELETED
+            return
+        logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
 
     def _fragment_retransmitted(self, data: bytes) -> None:
         """A fragment of the request we answered last: RFC 7383 §2.6.1 has us resend the

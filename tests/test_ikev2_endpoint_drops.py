@@ -19,6 +19,7 @@ from ikev2.events import ChildSaInstalled
 
 B500, A500 = (B_ADDR, 500), (A_ADDR, 500)
 R = IkeDropReason
+INIT = ExchangeType.IKE_SA_INIT
 
 
 def _responder(**kw: Any) -> Endpoint:
@@ -183,3 +184,17 @@ def test_throttled_log_first_event_at_once_then_one_summary_per_interval(
         "one from 25.0",
         "other reason",
     ]
+
+
+def test_garbage_ike_sa_init_flood_is_counted_and_not_logged_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    b = _responder()
+    body = b"\x00\x00\x00\x03\xff\xff\xff\xff"  # an SA payload that claims 3 octets
+    for n in range(1, 101):
+        header = IkeHeader(n.to_bytes(8, "big"), bytes(8), 33, INIT, 0, 28 + len(body), True, False)
+        b.receive_datagram(header.encode() + body, B500, A500, n * 0.01)
+    assert dict(b.drops) == {R.INVALID_MESSAGE: 100}
+    assert b.ike_sas() == [] and b.datagrams_to_send(1.0) == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("ikev2")] == []
