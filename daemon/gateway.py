@@ -62,7 +62,7 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
-from tun import LinkError, TunDevice, TunError
+from tun import LinkError, LinkManager, TunDevice, TunError
 
 __all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
 
@@ -826,20 +826,28 @@ class Gateway:
             return
         source = self._route_source(net.version, entry)
         name = tun.name
-        try:
-            links.run(lambda lm: lm.add_route(net, name, source=source))
-            return
-        except LinkError as exc:
-            error = exc
-        if source is not None:
-            # The source address may have gone from its interface; route without it,
-            # and read the addresses again next time.
-            if self._local_addresses is not None:
-                self._local_addresses.invalidate()
-            with contextlib.suppress(LinkError):
-                links.run(lambda lm: lm.add_route(net, name))
+        local = self._local_addresses
+
+        def add(lm: LinkManager) -> None:
+            try:
+                lm.add_route(net, name, source=source)
                 return
-        log.error("cannot route %s into %s: %s", net, tun.name, error)
+            except LinkError as exc:
+                error = exc
+            if source is not None:
+                # The source address may have gone from its interface; route without
+                # it, and read the addresses again next time.
+                if local is not None:
+                    local.invalidate()
+                with contextlib.suppress(LinkError):
+                    lm.add_route(net, name)
+                    return
+            log.error("cannot route %s into %s: %s", net, name, error)
+
+        # Queued, not awaited: a thousand CHILD SAs installed at once would otherwise
+        # hold the event loop for a netlink round trip each. The worker is one thread,
+        # so a later removal of this route (or any other call) still runs after it.
+        links.submit(add)
 
     def _release_route(self, net: IPNetwork) -> None:
         count = self._routes.get(net, 0) - 1

@@ -9,15 +9,18 @@ microseconds and happens only when SAs come and go.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import TypeVar
 
 from tun import LinkManager
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 10.0
 """Seconds one netlink call may take before the daemon gives up waiting for it."""
@@ -26,6 +29,12 @@ ADDRESS_TTL = 2.0
 """Seconds the host's address list is reused before it is read again: long enough that
 a thousand CHILD SAs set up together share a few reads, short enough that an address
 an operator adds or removes is seen almost at once."""
+
+
+def _log_failure(future: Future[object]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("netlink call failed: %s", exc, exc_info=exc)
 
 
 class LinkWorker:
@@ -43,6 +52,12 @@ class LinkWorker:
         """Run ``call(links)`` on the netlink thread and return its result (or raise
         its exception, e.g. `tun.LinkError`)."""
         return self._pool.submit(call, self._links).result(CALL_TIMEOUT)
+
+    def submit(self, call: Callable[[LinkManager], object]) -> None:
+        """Queue ``call(links)`` on the netlink thread without waiting for it. Calls
+        run one at a time in the order given, so a later `run` sees its effect; the
+        call reports its own failures (an exception escaping it is logged here)."""
+        self._pool.submit(call, self._links).add_done_callback(_log_failure)
 
     def close(self) -> None:
         """Close the netlink session and stop the thread."""

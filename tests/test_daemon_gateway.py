@@ -515,6 +515,9 @@ class _FakeLinks:
     def run(self, call: object) -> object:
         return call(self)  # type: ignore[operator]
 
+    def submit(self, call: object) -> None:
+        call(self)  # type: ignore[operator]
+
     def all_addresses(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         self.address_reads += 1
         return list(self.addresses)
