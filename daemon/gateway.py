@@ -1178,6 +1178,12 @@ class Gateway:
             },
             "connections": connections,
             **plane,
+            # Received IKE datagrams dropped by the endpoint, by reason (issue 8).
+            "ike_drops": (
+                {str(reason): count for reason, count in sorted(self._endpoint.drops.items())}
+                if self._endpoint is not None
+                else {}
+            ),
         }
 
     def _status_line(self) -> str:

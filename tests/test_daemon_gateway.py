@@ -574,3 +574,10 @@ def test_route_sources_share_one_address_read_until_a_source_is_refused(
     gateway._handle_event(dataclasses.replace(a, connection="main", child="site", ike_sa_id=7))
     assert fake.routes[-2:] == [("203.0.113.0/24", None), ("2001:db8:b::/64", None)]
     assert fake.address_reads == 2
+
+
+def test_status_shows_the_endpoints_ike_drops(gateway: Gateway) -> None:
+    assert gateway.status()["ike_drops"] == {}
+    assert gateway._endpoint is not None
+    gateway._endpoint.receive_message(b"\x00" * 5, ("198.51.100.1", 500), ("203.0.113.9", 500), 0.0)
+    assert gateway.status()["ike_drops"] == {"unparsable": 1}
