@@ -204,6 +204,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"   out {_size(sa['bytes_out'])} / {sa['packets_out']} packets"
         )
         lines.append(f"    drops: {_drops(sa.get('drops', {}))}")
+    lines.append(f"IKE drops: {_drops(status.get('ike_drops', {}))}")
     lines.append(f"Drops (all SAs and unmatched traffic): {_drops(status.get('drops', {}))}")
     return "\n".join(lines) + "\n"
 

@@ -222,3 +222,9 @@ def test_check_config_loads_certificates_like_the_daemon(
     (tmp_path / "gw.key").chmod(0o644)
     assert main(["check-config", str(path)]) == 1
     assert "gateway.private_key: " in capsys.readouterr().err
+
+
+def test_format_status_shows_the_ike_drops_line() -> None:
+    status = dict(STATUS, ike_drops={"cookie_demanded": 19991, "unknown_spi": 2})
+    assert "IKE drops: cookie_demanded 19991, unknown_spi 2\n" in format_status(status)
+    assert "IKE drops: none\n" in format_status(STATUS)
