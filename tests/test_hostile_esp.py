@@ -51,7 +51,7 @@ from interop_helpers import Case, interop, wait_until
 from netns import ping, site_to_site
 from test_daemon_netns import config, start_daemon
 
-from daemon.lab.netns import in_namespace
+from daemon.lab.netns import SiteToSite, in_namespace
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -72,6 +72,24 @@ def _drops(status: dict[str, object]) -> Counter[str]:
     return Counter({str(k): int(v) for k, v in drops.items()})
 
 
+def _send_genuine(topo: SiteToSite, listener: socket.socket) -> list[bytes]:
+    """Send GENUINE datagrams host B -> host A through the tunnel; wait for them all."""
+    with in_namespace(topo.host_b.name):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sender:
+        for i in range(GENUINE):
+            sender.sendto(f"genuine-{i}".encode(), (topo.site_a.host4, PORT))
+            time.sleep(0.05)
+    got: list[bytes] = []
+
+    def all_arrived() -> bool:
+        got.extend(drain(listener))
+        return len(got) >= GENUINE
+
+    wait_until(all_arrived, "the genuine datagrams at site A's host")
+    return got
+
+
 def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> None:
     with interop(Case(esp="aes128gcm16")) as world:
         topo = world.topo
@@ -87,19 +105,7 @@ def test_injected_esp_attacks_are_dropped_counted_and_traffic_continues() -> Non
             FrameCapture(topo.gw_a.name, "wan0", lambda f: esp_in_udp4(f) is not None) as capture,
         ):
             # Genuine datagrams B -> A through the tunnel; their ESP frames are captured.
-            with in_namespace(topo.host_b.name):
-                sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with sender:
-                for i in range(GENUINE):
-                    sender.sendto(f"genuine-{i}".encode(), (topo.site_a.host4, PORT))
-                    time.sleep(0.05)
-            got: list[bytes] = []
-
-            def all_arrived() -> bool:
-                got.extend(drain(listener))
-                return len(got) >= GENUINE
-
-            wait_until(all_arrived, "the genuine datagrams at site A's host")
+            got = _send_genuine(topo, listener)
             assert sorted(got) == sorted(f"genuine-{i}".encode() for i in range(GENUINE))
             genuine = [f for f in capture.snapshot() if esp_spi(_esp(f)) == spi_in]
             assert len(genuine) >= GENUINE
@@ -207,19 +213,7 @@ def test_raw_esp_attacks_between_two_lockgates() -> None:
             udp_listener(topo.host_a.name, topo.site_a.host4, PORT) as listener,
             FrameCapture(topo.gw_a.name, "wan0", lambda f: esp_raw4(f) is not None) as capture,
         ):
-            with in_namespace(topo.host_b.name):
-                sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with sender:
-                for i in range(GENUINE):
-                    sender.sendto(f"genuine-{i}".encode(), (topo.site_a.host4, PORT))
-                    time.sleep(0.05)
-            got: list[bytes] = []
-
-            def all_arrived() -> bool:
-                got.extend(drain(listener))
-                return len(got) >= GENUINE
-
-            wait_until(all_arrived, "the genuine datagrams at site A's host")
+            _send_genuine(topo, listener)
             time.sleep(0.2)
             frames = [f for f in capture.snapshot() if esp_spi(_raw(f)) == spi_in]
             carrying = frames[-GENUINE:]
