@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 
 import pytest
 from netns import Lab, in_namespace
-from strongswan import Charon, SwanChild, SwanConnection, SwanSecret, logs_on_failure
+from strongswan import (
+    Charon,
+    Credential,
+    SwanChild,
+    SwanConnection,
+    SwanSecret,
+    logs_on_failure,
+)
 
 from ikev2.aio import IkeDriver, UdpSockets, open_udp_sockets
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
@@ -515,22 +522,21 @@ def test_fragmented_ike_auth_both_ways(lockgate_initiates: bool) -> None:
         assert "splitting IKE message" in log  # charon split its own message too
 
 
-@pytest.mark.parametrize("key_type", ["ecdsa-p256", "rsa2048", "ed25519"])
-def test_certificate_authentication_both_ways(key_type: str) -> None:
-    from strongswan import Pki, install_credentials
-
+def _pubkey_connections(
+    own_a: Credential, own_b: Credential, chain_pem: bytes, anchor_pem: bytes
+) -> tuple[ConnectionConfig, SwanConnection]:
+    """lockgate as own_a (sending chain_pem, trusting anchor_pem) and charon as own_b,
+    both authenticating with certificates."""
     from ikev2.certs import LocalCredentials, TrustAnchors
 
-    pki = Pki(key_type=key_type)
-    own_a, own_b = pki.issue("gw-a.example.net"), pki.issue("gw-b.example.net")
     lockgate = dataclasses.replace(
         lockgate_connection(),
         auth="pubkey",
         psk=None,
         local_id=Identity.parse(own_a.id),
         remote_id=Identity.parse(own_b.id),
-        credentials=LocalCredentials.from_pem(own_a.cert_pem, own_a.key_pem),
-        trust_anchors=TrustAnchors.from_pem(pki.ca.cert_pem),
+        credentials=LocalCredentials.from_pem(chain_pem, own_a.key_pem),
+        trust_anchors=TrustAnchors.from_pem(anchor_pem),
     )
     swan = dataclasses.replace(
         charon_connection(),
@@ -539,6 +545,16 @@ def test_certificate_authentication_both_ways(key_type: str) -> None:
         local_auth="pubkey",
         remote_auth="pubkey",
     )
+    return lockgate, swan
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa-p256", "rsa2048", "ed25519"])
+def test_certificate_authentication_both_ways(key_type: str) -> None:
+    from strongswan import Pki, install_credentials
+
+    pki = Pki(key_type=key_type)
+    own_a, own_b = pki.issue("gw-a.example.net"), pki.issue("gw-b.example.net")
+    lockgate, swan = _pubkey_connections(own_a, own_b, own_a.cert_pem, pki.ca.cert_pem)
     with gateways(lockgate, swan) as (peer, charon):
         swan.local_certs = [install_credentials(charon, own_b, pki)]
         charon.load([swan])
@@ -560,26 +576,11 @@ def test_certificate_authentication_both_ways(key_type: str) -> None:
 def test_large_certificate_chains_travel_in_fragments() -> None:
     from strongswan import Pki, install_credentials
 
-    from ikev2.certs import LocalCredentials, TrustAnchors
-
     root = Pki(key_type="rsa4096")
     sub = Pki("lockgate intermediate", key_type="rsa4096", parent=root)
     own_a, own_b = sub.issue("gw-a.example.net"), sub.issue("gw-b.example.net")
-    lockgate = dataclasses.replace(
-        lockgate_connection(),
-        auth="pubkey",
-        psk=None,
-        local_id=Identity.parse(own_a.id),
-        remote_id=Identity.parse(own_b.id),
-        credentials=LocalCredentials.from_pem(own_a.cert_pem + sub.ca.cert_pem, own_a.key_pem),
-        trust_anchors=TrustAnchors.from_pem(root.ca.cert_pem),
-    )
-    swan = dataclasses.replace(
-        charon_connection(),
-        local_id=own_b.id,
-        remote_id=own_a.id,
-        local_auth="pubkey",
-        remote_auth="pubkey",
+    lockgate, swan = _pubkey_connections(
+        own_a, own_b, own_a.cert_pem + sub.ca.cert_pem, root.ca.cert_pem
     )
     with gateways(lockgate, swan) as (peer, charon):
         swan.local_certs = [install_credentials(charon, own_b, sub)]
