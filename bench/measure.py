@@ -23,6 +23,11 @@ from daemon.lab.netns import HarnessError, Namespace
 IPERF_PORT = 5201
 UDP_DATAGRAM = 1400
 """iperf3 UDP payload per datagram (octets), as issue 7 asks."""
+UDP_SOCKET_BUFFER = "4M"
+"""iperf3 -w for UDP runs (SO_SNDBUF/SO_RCVBUF at both ends; the client passes it to
+the server). With the default 208 KiB the receiving iperf3 itself overflowed
+(UdpRcvbufErrors in host B's namespace: 20-50% of a 1 Gbit/s flood), and those
+losses were reported as the tunnel's."""
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -142,7 +147,7 @@ def iperf(
         args = ["iperf3", "-c", dest, "-p", str(IPERF_PORT), "-J", "-t", f"{duration:g}"]
         args += ["--connect-timeout", "5000", "-P", str(streams)]
         if udp_rate is not None:
-            args += ["-u", "-l", str(UDP_DATAGRAM), "-b", udp_rate]
+            args += ["-u", "-l", str(UDP_DATAGRAM), "-b", udp_rate, "-w", UDP_SOCKET_BUFFER]
         with cpu_meter(daemons or {}, cpu):
             try:
                 proc = client.run(*args, check=False, timeout=duration + 20)
