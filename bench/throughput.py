@@ -5,7 +5,8 @@
 
 It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
 one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
-kernel-libipsec); lockgate ↔ strongSwan; lockgate ↔ lockgate. For each tunnel and
+kernel-libipsec); lockgate ↔ strongSwan; lockgate ↔ lockgate, in raw ESP and with
+ESP in UDP forced (`encap = "force"`, the UDP GSO/GRO path). For each tunnel and
 each ESP suite (AES-GCM-128, ChaCha20-Poly1305): iperf3 TCP with one and with four
 streams, UDP with 1400-octet datagrams (the delivered rate and the loss, not the
 offered rate), the idle ping round trip (and what the tunnel adds to it), and the
@@ -209,7 +210,7 @@ def table(rows: Sequence[Row]) -> str:
     lines += ["", "Ratios against strongSwan ↔ strongSwan (same suite; >1 means lockgate is ahead)"]
     lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
     by_key = {(r.case, r.suite): r for r in rows if not r.error}
-    for case in ("lockgate-swan", "lockgate-lockgate"):
+    for case in (c for c in CASES if c not in {"none", BASELINE}):
         for suite in SUITES:
             ours, base = by_key.get((case, suite)), by_key.get((BASELINE, suite))
             if ours is None or base is None:

@@ -5,7 +5,9 @@
 - `NoTunnel`: the gateways route the sites to each other in clear (the ceiling).
 - `SwanPair`: charon on both gateways, userspace ESP (kernel-libipsec, ESP in UDP).
 - `LockgateSwan`: `lockgate daemon` on gateway A initiating, charon answering on B.
-- `LockgatePair`: `lockgate daemon` on both gateways.
+- `LockgatePair`: `lockgate daemon` on both gateways (raw ESP, IP protocol 50).
+- `LockgatePairUdp`: the same with ESP in UDP forced (`encap = "force"`), the path with
+  UDP GSO and GRO, and the one strongSwan's kernel-libipsec always takes.
 
 Each is started on the shared topology, measured, and stopped (by PID) before the next
 one starts, so they never share a port or a route. `start` returns once a ping
@@ -156,8 +158,11 @@ class SwanPair(Tunnel):
 # --- lockgate ----------------------------------------------------------------------------
 
 
-def lockgate_config(topo: SiteToSite, side: str, suite: str, *, socket: Path, start: str) -> str:
-    """`lockgate daemon`'s TOML for gateway `side` ("A" or "B") of the topology."""
+def lockgate_config(
+    topo: SiteToSite, side: str, suite: str, *, socket: Path, start: str, encap: str = "auto"
+) -> str:
+    """`lockgate daemon`'s TOML for gateway `side` ("A" or "B") of the topology;
+    ``encap`` is the connection's `encap` key ("auto" or "force")."""
     a, b = topo.gw_a_public4, topo.gw_b_wan4
     me, peer = (topo.gw_a_wan4, b) if side == "A" else (b, a)
     my_id, peer_id = (a, b) if side == "A" else (b, a)
@@ -184,6 +189,7 @@ def lockgate_config(topo: SiteToSite, side: str, suite: str, *, socket: Path, st
             f"ike_proposals = [{json.dumps(IKE_PROPOSAL)}]",
             f"esp_proposals = [{json.dumps(suite)}]",
             f"start = {json.dumps(start)}",
+            f"encap = {json.dumps(encap)}",
             "",
         ]
     )
@@ -254,13 +260,14 @@ class Lockgate:
         return self.process.log() if self.process is not None else ""
 
 
-def _start_lockgate(topo: SiteToSite, side: str, suite: str, start: str) -> Lockgate:
+def _start_lockgate(
+    topo: SiteToSite, side: str, suite: str, start: str, encap: str = "auto"
+) -> Lockgate:
     ns = topo.gw_a if side == "A" else topo.gw_b
-    name = f"lockgate-{side}-{suite}"
+    name = f"lockgate-{side}-{suite}-{encap}"
     socket = topo.lab.tmpdir / f"{name}.sock"
-    daemon = Lockgate(
-        ns, name, lockgate_config(topo, side, suite, socket=socket, start=start), socket
-    )
+    config = lockgate_config(topo, side, suite, socket=socket, start=start, encap=encap)
+    daemon = Lockgate(ns, name, config, socket)
     daemon.start()
     return daemon
 
@@ -317,6 +324,8 @@ class LockgatePair(Tunnel):
     """lockgate on both gateways: A initiates, B answers."""
 
     label = "lockgate ↔ lockgate"
+    encap = "auto"
+    """The connection's `encap` key: "auto" gives raw ESP on this NAT-free topology."""
 
     def __init__(self, topo: SiteToSite, suite: str | None) -> None:
         super().__init__(topo, suite)
@@ -325,8 +334,8 @@ class LockgatePair(Tunnel):
 
     def start(self) -> None:
         suite = self.suite or "aes128gcm16"
-        self.daemon["B"] = _start_lockgate(self.topo, "B", suite, "wait")
-        self.daemon["A"] = _start_lockgate(self.topo, "A", suite, "initiate")
+        self.daemon["B"] = _start_lockgate(self.topo, "B", suite, "wait", self.encap)
+        self.daemon["A"] = _start_lockgate(self.topo, "A", suite, "initiate", self.encap)
         sa = self.daemon["A"].wait_for_sa()
         self.daemon["B"].wait_for_sa()
         self._framing = str(sa.get("encap", ""))
@@ -349,10 +358,18 @@ class LockgatePair(Tunnel):
         return self._framing
 
 
+class LockgatePairUdp(LockgatePair):
+    """lockgate on both gateways with ESP in UDP forced (UDP GSO sends, GRO reads)."""
+
+    label = "lockgate ↔ lockgate UDP"
+    encap = "force"
+
+
 CASES: dict[str, type[Tunnel]] = {
     "none": NoTunnel,
     "swan-swan": SwanPair,
     "lockgate-swan": LockgateSwan,
     "lockgate-lockgate": LockgatePair,
+    "lockgate-lockgate-udp": LockgatePairUdp,
 }
 """The benchmark's cases, in the order it runs them."""
