@@ -85,9 +85,11 @@ class Drop(enum.Enum):
 class Transport(Protocol):
     """Where the data plane's output goes."""
 
-    def send(self, entry: ChildSaEntry, packets: list[bytes]) -> int:
-        """Send ESP packets (SPI through ICV) of one SA to its peer, framed as the SA
-        says (UDP or raw); return how many left."""
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        """Send ESP packets of one SA to its peer, framed as the SA says (UDP or raw);
+        return how many packets left. ``parts`` holds each packet (SPI through ICV)
+        as two octet strings, header and body, as `EspSA.encapsulate_parts` gives
+        them, so a gathering send never copies the ciphertext."""
 
     def send_keepalive(self, local: Address, remote: Address) -> bool:
         """Send a one-octet NAT keepalive from our port 4500 (RFC 3948 §2.3)."""
@@ -274,12 +276,13 @@ class DataPlane:
         self._seal_and_send(entry, segments)
 
     def _seal_and_send(self, entry: ChildSaEntry, inners: list[bytes]) -> None:
-        # A DropReason in the results was counted by the SA itself.
-        sealed = [p for p in entry.outbound.encapsulate_batch(inners) if isinstance(p, bytes)]
-        if sealed:
-            sent = self.transport.send(entry, sealed)
-            if sent < len(sealed):
-                entry.drops[Drop.SEND_FAILED.value] += len(sealed) - sent
+        # A packet the SA refused has no parts; the SA counted it.
+        parts = entry.outbound.encapsulate_parts(inners)
+        if parts:
+            sent = self.transport.send(entry, parts)
+            sealed = len(parts) >> 1
+            if sent < sealed:
+                entry.drops[Drop.SEND_FAILED.value] += sealed - sent
 
     def _oversized(
         self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]

@@ -328,46 +328,52 @@ class Pump:
 
     # ---- Transport -----------------------------------------------------------------
 
-    def send(self, entry: ChildSaEntry, packets: list[bytes]) -> int:
-        """Send one SA's ESP packets, in UDP or raw as the SA says."""
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        """Send one SA's ESP packets, in UDP or raw as the SA says.
+
+        ``parts`` holds each packet as a (header, body) pair, as
+        `EspSA.encapsulate_parts` gives them; returns how many packets left.
+        """
         if entry.udp_encap:
             sock = self.udp.get(entry.local)
             target: tuple[str, int] = entry.remote
-            if sock is not None and self._gso and len(packets) > 1:
-                return self._send_gso(sock, target, packets)
+            if sock is not None and self._gso and len(parts) > 2:
+                return self._send_gso(sock, target, parts)
         else:
             sock = self.raw.get(entry.local[0])
             target = (entry.remote[0], 0)
         if sock is None:
             return 0
-        return _send_each(sock, target, packets)
+        return _send_each(sock, target, parts)
 
-    def _send_gso(self, sock: socket.socket, target: tuple[str, int], packets: list[bytes]) -> int:
+    def _send_gso(self, sock: socket.socket, target: tuple[str, int], parts: list[bytes]) -> int:
         # Runs of equally long ESP packets (a cut TCP super-packet gives exactly
         # that) leave in one sendmsg; the kernel cuts them at the size in the
-        # UDP_SEGMENT cmsg, and a shorter last one is allowed.
+        # UDP_SEGMENT cmsg, and a shorter last one is allowed. The segments are
+        # cut by length, not by iovec, so each packet's header and body go as two
+        # parts and are never joined here.
         sendmsg = sock.sendmsg
         sent = 0
-        i, n = 0, len(packets)
+        i, n = 0, len(parts)
         while i < n:
-            size = len(packets[i])
-            j = i + 1
+            size = len(parts[i]) + len(parts[i + 1])
+            j = i + 2
             total = size
-            limit = min(n, i + GSO_MAX_SEGMENTS)
+            limit = min(n, i + 2 * GSO_MAX_SEGMENTS)
             while j < limit:
-                length = len(packets[j])
+                length = len(parts[j]) + len(parts[j + 1])
                 if length > size or total + length > GSO_MAX_BYTES:
                     break
                 total += length
-                j += 1
+                j += 2
                 if length < size:
                     break
-            if j - i == 1:
-                sent += _send_each(sock, target, packets[i:j])
+            if j - i == 2:
+                sent += _send_each(sock, target, parts[i:j])
                 i = j
                 continue
             try:
-                sendmsg(packets[i:j], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, target)
+                sendmsg(parts[i:j], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, target)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
@@ -375,11 +381,11 @@ class Pump:
                     # No GSO on this path: send one by one from now on.
                     log.info("UDP GSO refused (%s); sending datagrams one by one", exc.strerror)
                     self._gso = False
-                    return sent + _send_each(sock, target, packets[i:])
+                    return sent + _send_each(sock, target, parts[i:])
                 if exc.errno == errno.EMSGSIZE:
                     log.debug("ESP packets of %d octets exceed the path MTU", size)
             else:
-                sent += j - i
+                sent += (j - i) >> 1
                 self.plane.counters["gso_sends"] += 1
             i = j
         return sent
@@ -429,17 +435,19 @@ class Pump:
         return True
 
 
-def _send_each(sock: socket.socket, target: tuple[str, int], packets: list[bytes]) -> int:
+def _send_each(sock: socket.socket, target: tuple[str, int], parts: list[bytes]) -> int:
+    # One datagram per (header, body) pair: joining the two costs less than a
+    # two-part sendmsg per packet.
     sendto = sock.sendto
     sent = 0
-    for packet in packets:
+    for header, body in zip(parts[::2], parts[1::2], strict=True):
         try:
-            sendto(packet, target)
+            sendto(header + body, target)
         except (BlockingIOError, InterruptedError):
             continue
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
-                log.debug("ESP packet of %d octets exceeds the path MTU", len(packet))
+                log.debug("ESP packet of %d octets exceeds the path MTU", len(header) + len(body))
             continue
         sent += 1
     return sent

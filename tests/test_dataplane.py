@@ -105,7 +105,8 @@ class Side:
     tun_out: list[bytes] = field(default_factory=list)
     sent_frames: list[tuple[str, bytes]] = field(default_factory=list)
 
-    def send(self, entry: ChildSaEntry, packets: list[bytes]) -> int:
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        packets = [h + b for h, b in zip(parts[::2], parts[1::2], strict=True)]
         for esp in packets:
             if entry.udp_encap:
                 frame = encapsulate_udp(esp, entry.local[1], entry.remote[1])

@@ -68,21 +68,34 @@ def udp_pump(tun: MemoryTun, sock: RecordingSocket) -> tuple[Pump, ChildSaEntry]
     return pump, entry
 
 
+def as_parts(packets: list[bytes]) -> list[bytes]:
+    """ESP packets as the (header, body) pairs `EspSA.encapsulate_parts` gives."""
+    return [part for packet in packets for part in (packet[:16], packet[16:])]
+
+
+def datagrams(buffers: list[bytes]) -> list[bytes]:
+    """The datagrams one GSO sendmsg carried: its buffers joined pair by pair."""
+    return [h + b for h, b in zip(buffers[::2], buffers[1::2], strict=True)]
+
+
 def test_equal_packets_leave_in_gso_sends_of_bounded_size(
     tuns: tuple[MemoryTun, MemoryTun],
 ) -> None:
     sock = RecordingSocket()
     pump, entry = udp_pump(tuns[0], sock)
     packets = [bytes([i % 256]) * 1400 for i in range(100)] + [b"t" * 300]
-    assert pump.send(entry, packets) == len(packets)
+    assert pump.send(entry, as_parts(packets)) == len(packets)
     assert not sock.sendtos
-    sent = [p for buffers, _ in sock.sendmsgs for p in buffers]
+    sent = [p for buffers, _ in sock.sendmsgs for p in datagrams(buffers)]
     assert sent == packets
     for buffers, size in sock.sendmsgs:
         assert size == 1400
-        assert len(buffers) <= GSO_MAX_SEGMENTS and sum(map(len, buffers)) <= GSO_MAX_BYTES
+        # Headers and bodies go as separate parts: two buffers per datagram.
+        assert len(buffers) % 2 == 0 and len(buffers) <= 2 * GSO_MAX_SEGMENTS
+        assert sum(map(len, buffers)) <= GSO_MAX_BYTES
         # Every datagram but the last of a send has the segment size.
-        assert all(len(p) == size for p in buffers[:-1]) and len(buffers[-1]) <= size
+        sizes = [len(p) for p in datagrams(buffers)]
+        assert all(n == size for n in sizes[:-1]) and sizes[-1] <= size
     assert pump.plane.counters["gso_sends"] == len(sock.sendmsgs)
 
 
@@ -92,8 +105,9 @@ def test_a_longer_packet_starts_a_new_send_and_a_lone_one_goes_plain(
     sock = RecordingSocket()
     pump, entry = udp_pump(tuns[0], sock)
     packets = [b"a" * 1000, b"b" * 1000, b"c" * 1200, b"d" * 1200, b"e" * 500, b"f" * 1300]
-    assert pump.send(entry, packets) == 6
-    assert [(len(b), s) for b, s in sock.sendmsgs] == [(2, 1000), (3, 1200)]
+    assert pump.send(entry, as_parts(packets)) == 6
+    assert [(len(datagrams(b)), s) for b, s in sock.sendmsgs] == [(2, 1000), (3, 1200)]
+    assert [datagrams(b) for b, _ in sock.sendmsgs] == [packets[:2], packets[2:5]]
     assert sock.sendtos == [b"f" * 1300]
 
 
@@ -102,10 +116,10 @@ def test_refused_gso_falls_back_to_single_datagrams(tuns: tuple[MemoryTun, Memor
     sock.refuse_gso = errno.EIO
     pump, entry = udp_pump(tuns[0], sock)
     packets = [b"x" * 800] * 5
-    assert pump.send(entry, packets) == 5
+    assert pump.send(entry, as_parts(packets)) == 5
     assert sock.sendtos == packets
     sock.sendtos.clear()
-    assert pump.send(entry, packets) == 5  # GSO stays off
+    assert pump.send(entry, as_parts(packets)) == 5  # GSO stays off
     assert sock.sendtos == packets
 
 
