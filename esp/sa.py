@@ -18,7 +18,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -441,10 +441,10 @@ class EspSA:
                 start = self._seq
                 self._settle(len(bodies), total)
                 seqs = range(start, start + len(bodies))
-                parts = [b""] * (2 * len(bodies))
-                parts[1::2] = bodies
-                parts[0::2] = map(_SPI_SEQ_IV.pack, repeat(self.spi), seqs, seqs)
-                return parts
+                # Headers by `map` over a C callable and interleaved by `chain`: no
+                # bytecode per packet (measured faster than slice assignment).
+                headers = map(_SPI_SEQ_IV.pack, repeat(self.spi), seqs, seqs)
+                return list(chain.from_iterable(zip(headers, bodies, strict=True)))
         # ESN, limits within the batch, non-IP packets: the careful loop, cut after
         # the AEAD header (SPI | Sequence | IV) to keep the promise above.
         cut = 16 if self._aead is not None else None
