@@ -1,7 +1,8 @@
 """ESP hot-loop benchmark: EspSA against the bare `cryptography` calls.
 
-For each suite and inner size (64, 512, 1400 octets) it times `encapsulate_batch`
-and `decapsulate_batch` on batches of packets, and in the same run the bare
+For each suite and inner size (64, 512, 1400 octets) it times `encapsulate_batch`,
+`encapsulate_parts` (the same packets as header/body pairs, as the daemon hands them
+to a gathering sendmsg) and `decapsulate_batch` on batches of packets, and in the same run the bare
 cipher calls on the same buffers (AEAD encrypt/decrypt; for CBC suites the CBC
 cipher plus the HMAC). That bare call is the floor no ESP code can beat; the
 ratio says how close the engine gets. Each figure is the best of several rounds,
@@ -175,10 +176,21 @@ def measure(suite: EspSuite, size: int, batch_len: int, seconds: float) -> list[
     if check != [(inner, 4) for inner in batch]:
         raise RuntimeError(f"{suite.name}: decapsulation did not give the packets back")
 
-    share = seconds / 2
+    # The gather form must carry the same packets: join each pair and read it back.
+    parts = EspSA(SPI, suite, key, integ).encapsulate_parts(batch)
+    joined = [h + b for h, b in zip(parts[::2], parts[1::2], strict=True)]
+    if EspSA(SPI, suite, key, integ).decapsulate_batch(joined) != check:
+        raise RuntimeError(f"{suite.name}: the header/body parts are not the packets")
+
+    share = seconds / 3
     enc = _best_rates(lambda: out.encapsulate_batch(batch), floor_enc, batch_len, share)
+    gather = _best_rates(lambda: out.encapsulate_parts(batch), floor_enc, batch_len, share)
     dec = _best_rates(engine_dec, floor_dec, batch_len, share)
-    return [Row(suite.name, size, "encap", *enc), Row(suite.name, size, "decap", *dec)]
+    return [
+        Row(suite.name, size, "encap", *enc),
+        Row(suite.name, size, "encap-parts", *gather),
+        Row(suite.name, size, "decap", *dec),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,25 +204,33 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     header = ("suite", "size", "op", "pkt/s", "Gbit/s", "floor pkt/s", "ratio", "median")
-    print("{:<18}{:>6} {:<6}{:>12}{:>9}{:>13}{:>8}{:>8}".format(*header))
-    target: Row | None = None
+    print("{:<18}{:>6} {:<12}{:>12}{:>9}{:>13}{:>8}{:>8}".format(*header))
+    targets: dict[str, Row] = {}
     for suite in suites:
         for size in sizes:
             for row in measure(suite, size, args.batch, args.seconds):
                 print(
-                    f"{row.suite:<18}{row.size:>6} {row.op:<6}{row.pps:>12,.0f}{row.gbps:>9.3f}"
+                    f"{row.suite:<18}{row.size:>6} {row.op:<12}{row.pps:>12,.0f}{row.gbps:>9.3f}"
                     f"{row.floor_pps:>13,.0f}{row.ratio:>8.2f}{row.median_ratio:>8.2f}",
                     flush=True,
                 )
-                if (row.suite, row.size, row.op) == (TARGET_SUITE, TARGET_SIZE, "encap"):
-                    target = row
-    if target is not None:
-        verdict = "met" if target.ratio >= TARGET_RATIO else "NOT met"
+                if (row.suite, row.size) == (TARGET_SUITE, TARGET_SIZE):
+                    targets[row.op] = row
+    if "encap" in targets:
         print(
             f"\ntarget: {TARGET_SUITE} encapsulation of {TARGET_SIZE}-octet packets at "
-            f">= {TARGET_RATIO:.0%} of the bare AEAD call: {target.ratio:.0%} best-of, "
-            f"{target.median_ratio:.0%} median ({verdict})"
+            f">= {TARGET_RATIO:.0%} of the bare AEAD call (met: best-of and median both)"
         )
+        for op, what in (
+            ("encap", "whole packets (encapsulate_batch)"),
+            ("encap-parts", "header/body parts (encapsulate_parts: what the daemon sends)"),
+        ):
+            row = targets[op]
+            met = min(row.ratio, row.median_ratio) >= TARGET_RATIO
+            print(
+                f"  {what}: {row.ratio:.0%} best-of, {row.median_ratio:.0%} median "
+                f"({'met' if met else 'NOT met'})"
+            )
     print("ratio = best engine round against best floor round; median = median of the")
     print("ratios of neighbouring rounds (steadier when other processes load the machine)")
     print(
