@@ -448,7 +448,7 @@ class EspSA:
         # ESN, limits within the batch, non-IP packets: the careful loop, cut after
         # the AEAD header (SPI | Sequence | IV) to keep the promise above.
         cut = 16 if self._aead is not None else None
-        parts = []
+        parts: list[bytes] = []
         for packet in self.encapsulate_batch(batch):
             if isinstance(packet, bytes):
                 parts += (packet[:cut], packet[cut:]) if cut else (packet, b"")
