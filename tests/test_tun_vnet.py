@@ -285,6 +285,27 @@ def test_what_may_not_merge_goes_alone_in_order() -> None:
     assert frames[5:] == [PLAIN_HEADER, PLAIN_HEADER + b"\x60"]
 
 
+@pytest.mark.parametrize(("mss", "sizes"), [(1386, [47, 47, 6]), (600, [64, 36])])
+def test_a_long_run_is_cut_at_64_kib_or_64_segments(mss: int, sizes: list[int]) -> None:
+    # 100 full segments: a super-packet ends when the next one would pass 65535
+    # octets of IP packet or MAX_COALESCED segments, and the next starts at once.
+    # Built as four runs of 25 (scapy builds no IP packet over 64 KiB); IDs go on.
+    runs = [tcp4(os.urandom(mss * 25), seq=1000 + i * mss * 25, ip_id=7 + i * 25) for i in range(4)]
+    segments = [s for run in runs for s in segment_tcp(run, mss)]
+    frames = coalesce(segments)
+    assert [frame_packets(f) for f in frames] == sizes
+    assert all(len(f) - VNET_HDR_LEN <= 65535 for f in frames)
+    assert [p for f in frames for p in split_frame(f)] == segments
+
+
+def test_a_flow_that_comes_back_after_another_continues_its_super_packet() -> None:
+    flow_a = segment_tcp(tcp4(os.urandom(6000)), 1000)
+    other = segment_tcp(tcp6(os.urandom(2000)), 1000)
+    frames = coalesce([*flow_a[:3], *other, *flow_a[3:]])
+    assert [frame_packets(f) for f in frames] == [6, 2]
+    assert split_frame(frames[0]) == flow_a and split_frame(frames[1]) == other
+
+
 def test_a_segment_after_a_short_one_starts_a_new_super_packet() -> None:
     first = segment_tcp(tcp4(os.urandom(2500)), 1000)  # 1000, 1000, 500
     later = segment_tcp(tcp4(os.urandom(2000), seq=1000 + 2500), 1000)

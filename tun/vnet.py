@@ -292,17 +292,58 @@ class _Group:
     psh: bool = False
     flow: bytes = b""
     """Addresses and ports (the key of the open groups)."""
-    head: bytes = b""
-    """The first packet's leading octets that a full-sized follower repeats: IPv4
-    version to total length, IPv6 version to hop limit."""
-    middle: bytes = b""
-    """IPv4 flags, fragment offset, TTL and protocol (empty for IPv6)."""
-    tcp_fixed: bytes = b""
-    """Acknowledgement and data offset of the first segment."""
-    window: bytes = b""
-    """Its window."""
-    tail: bytes = b""
-    """Its urgent pointer and options."""
+
+
+# What the next full segment of a group repeats from its first one, by IP version:
+# the leading octets up to the IPv4 ID or to the IPv6 addresses, the IPv4 flags to
+# protocol (IPv6: nothing), and from the addresses through the TCP flags one run that
+# holds the expected sequence number. IPv4 (IHL 5): 0-4, 6-10, 12-34; window 34,
+# urgent pointer and options 38. IPv6: 0-8, -, 8-54; window 54, the rest 58.
+_EXPECT4 = struct.Struct("!12sI5sB")
+_EXPECT6 = struct.Struct("!36sI5sB")
+
+
+@dataclass(slots=True)
+class _Follower:
+    """A group the next packet most likely extends, and what that packet must hold
+    to do so: the fast path of `coalesce` compares prefixes and nothing else."""
+
+    group: _Group
+    length: int
+    """Octets of a full segment (the group's first one's length)."""
+    room: int
+    """Full segments it may still take (MAX_COALESCED, _MAX_IP_PAYLOAD)."""
+    head: bytes
+    middle: bytes
+    flow_at: int
+    expect: struct.Struct
+    flow: bytes
+    ack_doff: bytes
+    window_at: int
+    window: bytes
+    tail_at: int
+    tail: bytes
+
+
+def _follower(group: _Group) -> _Follower:
+    first, o = group.first, group.ip_len
+    room = min(MAX_COALESCED - len(group.payloads), (_MAX_IP_PAYLOAD - group.total) // group.mss)
+    v4 = o == 20
+    return _Follower(
+        group,
+        len(first),
+        room,
+        head=first[0:4] if v4 else first[0:8],
+        middle=first[6:10] if v4 else b"",
+        flow_at=12 if v4 else 8,
+        expect=_EXPECT4 if v4 else _EXPECT6,
+        flow=group.flow,
+        ack_doff=first[o + 8 : o + 13],
+        window_at=o + 14,
+        window=first[o + 14 : o + 16],
+        tail_at=o + 18,
+        tail=first[o + 18 : o + group.tcp_len],
+    )
 
 
 def coalesce(packets: list[bytes]) -> list[bytes]:
@@ -322,108 +363,120 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
     append = frames.append
     open_groups: dict[bytes, _Group] = {}
     unpack_u32 = _U32.unpack_from
-    last: _Group | None = None  # the open group the previous packet went to
+    # The group the previous packet went to, its fields in locals: the common case,
+    # the next full segment of that flow with only ACK set, costs five prefix
+    # comparisons (the IPv4 ID and checksum and the TCP checksum may differ; the
+    # sequence number is part of `expect`). Anything else takes the general path,
+    # which finds the flow's group and compares its signature.
+    last: _Group | None = None
+    length = room = room0 = seq = mss = headers = flow_at = window_at = tail_at = -1
+    head = middle = window = tail = flow = ack_doff = expect = b""
+    pack_expect = _EXPECT4.pack
+    payloads: list[bytes] = []
     for packet in packets:
+        if (
+            len(packet) == length
+            and room
+            and packet.startswith(head)
+            and packet.startswith(middle, 6)
+            and packet.startswith(expect, flow_at)
+            and packet.startswith(window, window_at)
+            and packet.startswith(tail, tail_at)
+        ):
+            payloads.append(packet[headers:])
+            seq = (seq + mss) & 0xFFFFFFFF
+            room -= 1
+            expect = pack_expect(flow, seq, ack_doff, _ACK)
+            continue
+        if last is not None:
+            # Back to the general path: the group's own fields catch up first.
+            last.next_seq = seq
+            last.total += (room0 - room) * mss
+            last, length = None, -1
         n = len(packet)
-        if last is not None and n == len(last.first):
-            # The common case, tested without building a signature: the next full
-            # segment of the group the previous packet went to. Only the IPv4 ID
-            # and checksum, the sequence number, PSH and the TCP checksum may differ.
-            o = last.ip_len
-            if (
-                packet.startswith(last.head)
-                and packet.startswith(last.middle, 6)
-                and packet.startswith(last.flow, 12 if o == 20 else 8)
-                and unpack_u32(packet, o + 4)[0] == last.next_seq
-                and packet.startswith(last.tcp_fixed, o + 8)
-                and (packet[o + 13] | _PSH) == _ACK | _PSH
-                and packet.startswith(last.window, o + 14)
-                and packet.startswith(last.tail, o + 18)
-                and len(last.payloads) < MAX_COALESCED
-                and last.total + last.mss <= _MAX_IP_PAYLOAD
-            ):
-                last.payloads.append(packet[o + last.tcp_len :])
-                last.next_seq = (last.next_seq + last.mss) & 0xFFFFFFFF
-                last.total += last.mss
-                if packet[o + 13] & _PSH:
-                    last.psh = True
-                    del open_groups[last.flow]
-                    last = None
-                continue
-        last = None
         first = packet[0] if n >= 40 else 0
         if first == 0x45 and packet[9] == _IPPROTO_TCP:
             ip_len = 20
-            flow = packet[12:24]
+            flow_key = packet[12:24]
             # TOS, DF/fragment fields, TTL must agree; MF or an offset: never merged.
             fixed = packet[1:2] + packet[6:9]
             mergeable = not (packet[6] & 0x3F or packet[7]) and (packet[2] << 8 | packet[3]) == n
         elif first >> 4 == 6 and n >= 60 and packet[6] == _IPPROTO_TCP:
             ip_len = 40
-            flow = packet[8:44]
+            flow_key = packet[8:44]
             fixed = packet[0:4] + packet[7:8]
             mergeable = (packet[4] << 8 | packet[5]) == n - 40
         else:
             append(packet)
             continue
         tcp_len = (packet[ip_len + 12] >> 4) * 4
-        headers = ip_len + tcp_len
+        packet_headers = ip_len + tcp_len
         flags = packet[ip_len + 13]
-        group = open_groups.get(flow)
-        if not mergeable or tcp_len < 20 or headers >= n or (flags | _PSH) != (_ACK | _PSH):
+        group = open_groups.get(flow_key)
+        if not mergeable or tcp_len < 20 or packet_headers >= n or (flags | _PSH) != (_ACK | _PSH):
             # Control segment, bare ACK, options or fragments: alone, and it must
             # not overtake the flow's data held in an open group.
             if group is not None:
-                del open_groups[flow]
+                del open_groups[flow_key]
             append(packet)
             continue
         # Acknowledgement, window, urgent pointer and options must agree too.
         signature = (
             fixed + packet[ip_len + 8 : ip_len + 12] + packet[ip_len + 14 : ip_len + 16]
-            + packet[ip_len + 18 : headers]
+            + packet[ip_len + 18 : packet_headers]
         )  # fmt: skip
-        seq = unpack_u32(packet, ip_len + 4)[0]
-        size = n - headers
+        packet_seq = unpack_u32(packet, ip_len + 4)[0]
+        size = n - packet_headers
         if (
             group is not None
-            and seq == group.next_seq
+            and packet_seq == group.next_seq
             and size <= group.mss
             and group.signature == signature
             and group.total + size <= _MAX_IP_PAYLOAD
             and len(group.payloads) < MAX_COALESCED
         ):
-            group.payloads.append(packet[headers:])
-            group.next_seq = (seq + size) & 0xFFFFFFFF
+            group.payloads.append(packet[packet_headers:])
+            group.next_seq = (packet_seq + size) & 0xFFFFFFFF
             group.total += size
             if size < group.mss or flags & _PSH:
                 # A short or pushed segment ends the super-packet.
                 group.psh = bool(flags & _PSH)
-                del open_groups[flow]
-            else:
-                last = group
-            continue
-        group = _Group(
-            signature,
-            packet,
-            ip_len,
-            tcp_len,
-            size,
-            (seq + size) & 0xFFFFFFFF,
-            n,
-            [packet[headers:]],
-            flow=flow,
-            head=packet[0:4] if ip_len == 20 else packet[0:8],
-            middle=packet[6:10] if ip_len == 20 else b"",
-            tcp_fixed=packet[ip_len + 8 : ip_len + 13],
-            window=packet[ip_len + 14 : ip_len + 16],
-            tail=packet[ip_len + 18 : headers],
-        )
-        append(group)
-        if flags & _PSH:
-            open_groups.pop(flow, None)
+                del open_groups[flow_key]
+                continue
         else:
-            open_groups[flow] = group
-            last = group
+            group = _Group(
+                signature,
+                packet,
+                ip_len,
+                tcp_len,
+                size,
+                (packet_seq + size) & 0xFFFFFFFF,
+                n,
+                [packet[packet_headers:]],
+                flow=flow_key,
+            )
+            append(group)
+            if flags & _PSH:
+                open_groups.pop(flow_key, None)
+                continue
+            open_groups[flow_key] = group
+        # The group takes more: its next full segment is the fast path's to find.
+        follow = _follower(group)
+        last, length, room = group, follow.length, follow.room
+        room0, seq, mss, headers = room, group.next_seq, group.mss, packet_headers
+        head, middle, flow_at, flow = follow.head, follow.middle, follow.flow_at, follow.flow
+        window_at, window, tail_at, tail = (
+            follow.window_at,
+            follow.window,
+            follow.tail_at,
+            follow.tail,
+        )
+        ack_doff, pack_expect = follow.ack_doff, follow.expect.pack
+        payloads = group.payloads
+        expect = pack_expect(flow, seq, ack_doff, _ACK)
+    if last is not None:
+        last.next_seq = seq
+        last.total += (room0 - room) * mss
     out: list[bytes] = []
     for item in frames:
         if isinstance(item, bytes):
