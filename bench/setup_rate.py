@@ -18,23 +18,35 @@ each N of `--sa-counts`:
 The clock starts at the load (swanctl) or the SIGHUP, so both include parsing the
 configuration. The responder's resident memory is read before and after; the
 difference over N is the memory per SA. Every wait is bounded; a case that times out
-reports how far it got.
+reports how far it got. Each row also shows the CPU both daemons used (percent of one
+core) and the UDP datagrams the kernel dropped for a full receive buffer, since either
+explains a slow row better than the rate alone.
+
+Run alone (no iperf3 runs): `python -m bench.setup_rate [--sa-counts 100,1000] [--who
+charon,lockgate] [--repeat N] [--profile DIR]`; `--profile` samples both lockgates with
+py-spy into DIR (collapsed stacks per count and side).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bench.measure import resident_kib
+from bench.measure import cpu_meter, resident_kib
 from bench.tunnels import PSK, Lockgate, TunnelError
 from daemon.control import ControlClientError
-from daemon.lab.netns import HarnessError, SiteToSite
+from daemon.lab.netns import HarnessError, Lab, SiteToSite, build_site_to_site
 from daemon.lab.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
 
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
@@ -62,6 +74,13 @@ class SetupResult:
     """The SAs the responder holds at the end (what its memory growth is divided by)."""
     responder_kib_before: int = 0
     responder_kib_after: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU each gateway's daemon used while the SAs came up, in percent of one core
+    ("A" the initiator, "B" the responder): near 100 means that side was the limit."""
+    udp_drops: int = 0
+    """UDP datagrams both gateways' kernels dropped during the case because a socket's
+    receive buffer was full (RcvbufErrors): each lost IKE message costs a
+    retransmission timeout (4 s at first), which dominates any rate it hits."""
     busy_seconds: float | None = None
     """lockgate only: how long after the SIGHUP its control socket first answered (the
     reload and the initiations run on the event loop and hold it that long)."""
@@ -84,6 +103,19 @@ class SetupResult:
 
 def _timeout(count: int) -> float:
     return 30.0 + count * 0.12
+
+
+def _rcvbuf_errors(topo: SiteToSite) -> int:
+    """UDP RcvbufErrors of both gateways' namespaces (/proc/net/snmp is per netns)."""
+    total = 0
+    for ns in (topo.gw_a, topo.gw_b):
+        lines = [
+            line.split() for line in ns.run("cat", "/proc/net/snmp").stdout.splitlines()
+            if line.startswith("Udp:")
+        ]  # fmt: skip
+        if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
+            total += int(lines[1][lines[0].index("RcvbufErrors")])
+    return total
 
 
 # --- charon ↔ charon ----------------------------------------------------------------------
@@ -145,20 +177,10 @@ def charon_case(topo: SiteToSite, count: int) -> SetupResult:
         ]
         time.sleep(0.5)  # let both settle: the memory baseline is an idle responder
         result.responder_kib_before = resident_kib(responder.pid())
-        start = time.monotonic()
-        initiator.load(conns, [SwanSecret("any", [], PSK)])
-        deadline = start + _timeout(count)
-        while True:
-            stats = initiator.stats()
-            up = stats["total"] - stats["half-open"]
-            result.established = up
-            if up >= count and stats["half-open"] == 0:
-                result.seconds = time.monotonic() - start
-                break
-            if time.monotonic() > deadline:
-                result.error = f"only {up} of {count} IKE SAs up after {_timeout(count):.0f}s"
-                break
-            time.sleep(0.02)
+        drops_before = _rcvbuf_errors(topo)
+        with cpu_meter({"A": initiator.pid(), "B": responder.pid()}, result.cpu):
+            _measure_charon(initiator, conns, count, result)
+        result.udp_drops = _rcvbuf_errors(topo) - drops_before
         result.responder_kib_after = resident_kib(responder.pid())
         result.responder_sas = responder.stats()["total"]
         result.child_sas = sum(
@@ -172,6 +194,27 @@ def charon_case(topo: SiteToSite, count: int) -> SetupResult:
         initiator.stop(timeout=10)
         responder.stop(timeout=10)
     return result
+
+
+def _measure_charon(
+    initiator: Charon, conns: list[SwanConnection], count: int, result: SetupResult
+) -> None:
+    """Load the N connections into charon A (each initiates as it loads) and wait,
+    bounded, until A's stats show N IKE SAs and none half open."""
+    start = time.monotonic()
+    initiator.load(conns, [SwanSecret("any", [], PSK)])
+    deadline = start + _timeout(count)
+    while True:
+        stats = initiator.stats()
+        up = stats["total"] - stats["half-open"]
+        result.established = up
+        if up >= count and stats["half-open"] == 0:
+            result.seconds = time.monotonic() - start
+            break
+        if time.monotonic() > deadline:
+            result.error = f"only {up} of {count} IKE SAs up after {_timeout(count):.0f}s"
+            break
+        time.sleep(0.02)
 
 
 # --- lockgate ↔ lockgate ------------------------------------------------------------------
@@ -257,8 +300,48 @@ def _lockgate_children(daemon: Lockgate) -> int:
     return len(daemon.sas())
 
 
-def lockgate_case(topo: SiteToSite, count: int) -> SetupResult:
-    """N IKE SAs from lockgate A to lockgate B, initiated at once by a reload."""
+@contextlib.contextmanager
+def _profiled(pids: dict[str, int], out: Path | None, tag: str) -> Iterator[None]:
+    """Sample each process with py-spy while the block runs (``--profile DIR``).
+
+    `--nonblocking` reads the target's memory without pausing it, so the profile
+    costs the daemons little; `--gil` samples only the thread holding the GIL, so the
+    counts divide the process's CPU between the event loop and the netlink thread
+    (a thread waiting for the GIL is not counted as busy). The collapsed stacks
+    (`--format raw`, one line per stack and its count) read with grep as well as drawn."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if out is None:
+        yield
+        return
+    if not spy.exists():
+        raise HarnessError(f"--profile needs {spy} (pip install py-spy)")
+    out.mkdir(parents=True, exist_ok=True)
+    record = [str(spy), "record", "--nonblocking", "--gil", "--format", "raw", "--rate", "200"]
+    procs = [
+        subprocess.Popen(
+            [*record, "-p", str(pid), "-o", str(out / f"{tag}-{role}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for role, pid in pids.items()
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:  # SIGINT: py-spy writes what it has and exits
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def lockgate_case(topo: SiteToSite, count: int, profile: Path | None = None) -> SetupResult:
+    """N IKE SAs from lockgate A to lockgate B, initiated at once by a reload; with
+    ``profile``, py-spy samples both daemons from the SIGHUP to the last SA."""
     result = SetupResult("lockgate", count)
     tmp = topo.lab.tmpdir
     sock_a, sock_b = tmp / f"sr-A-{count}.sock", tmp / f"sr-B-{count}.sock"
@@ -272,29 +355,11 @@ def lockgate_case(topo: SiteToSite, count: int) -> SetupResult:
         time.sleep(0.5)
         result.responder_kib_before = resident_kib(responder.pid())
         initiator.config.write_text(_lockgate_initiator(topo, str(sock_a), count, "initiate"))
-        start = time.monotonic()
-        if initiator.process is not None:
-            initiator.process.signal(signal.SIGHUP)
-        time.sleep(0.2)  # the handler runs on the loop's next turn; ask after it
-        with contextlib.suppress(ControlClientError):
-            initiator.status(timeout=_timeout(count))
-            result.busy_seconds = time.monotonic() - start
-        deadline = start + _timeout(count)
-        while True:
-            with contextlib.suppress(ControlClientError):
-                result.established = _lockgate_children(initiator)
-            if result.established >= count:
-                result.seconds = time.monotonic() - start
-                break
-            if time.monotonic() > deadline:
-                result.error = (
-                    f"only {result.established} of {count} SAs up after {_timeout(count):.0f}s"
-                )
-                break
-            if initiator.process is not None and not initiator.process.alive():
-                result.error = "the initiator exited"
-                break
-            time.sleep(_poll_interval(time.monotonic() - start))
+        pids = {"A": initiator.pid(), "B": responder.pid()}
+        drops_before = _rcvbuf_errors(topo)
+        with _profiled(pids, profile, f"lockgate-{count}"), cpu_meter(pids, result.cpu):
+            _measure_lockgate(initiator, count, result)
+        result.udp_drops = _rcvbuf_errors(topo) - drops_before
         result.responder_kib_after = resident_kib(responder.pid())
         result.child_sas = result.established
         with contextlib.suppress(ControlClientError):
@@ -313,6 +378,34 @@ def lockgate_case(topo: SiteToSite, count: int) -> SetupResult:
     return result
 
 
+def _measure_lockgate(initiator: Lockgate, count: int, result: SetupResult) -> None:
+    """SIGHUP the initiator (its file now says start = "initiate") and wait, bounded,
+    until it shows ``count`` CHILD SAs; the figures go into ``result``."""
+    start = time.monotonic()
+    if initiator.process is not None:
+        initiator.process.signal(signal.SIGHUP)
+    time.sleep(0.2)  # the handler runs on the loop's next turn; ask after it
+    with contextlib.suppress(ControlClientError):
+        initiator.status(timeout=_timeout(count))
+        result.busy_seconds = time.monotonic() - start
+    deadline = start + _timeout(count)
+    while True:
+        with contextlib.suppress(ControlClientError):
+            result.established = _lockgate_children(initiator)
+        if result.established >= count:
+            result.seconds = time.monotonic() - start
+            break
+        if time.monotonic() > deadline:
+            result.error = (
+                f"only {result.established} of {count} SAs up after {_timeout(count):.0f}s"
+            )
+            break
+        if initiator.process is not None and not initiator.process.alive():
+            result.error = "the initiator exited"
+            break
+        time.sleep(_poll_interval(time.monotonic() - start))
+
+
 def _log_hint(*daemons: Lockgate) -> str:
     for daemon in daemons:
         errors = [line for line in daemon.log().splitlines() if "ERROR" in line or "WARN" in line]
@@ -325,16 +418,27 @@ def _log_hint(*daemons: Lockgate) -> str:
 
 
 def run_control_plane(
-    topo: SiteToSite, counts: Sequence[int], say: Callable[[str], None]
+    topo: SiteToSite,
+    counts: Sequence[int],
+    say: Callable[[str], None],
+    *,
+    who: Sequence[str] = ("charon", "lockgate"),
+    repeat: int = 1,
+    profile: Path | None = None,
 ) -> list[SetupResult]:
-    """Every count, charon first, then lockgate, on the (idle) data-plane topology."""
+    """Every count, charon first, then lockgate, on the (idle) data-plane topology;
+    ``repeat`` times each (the table shows every run: the machine is noisy)."""
     results = []
     for count in counts:
-        for case in (charon_case, lockgate_case):
-            say(f"  {case.__name__.split('_')[0]} x {count} SAs ...")
-            result = case(topo, count)
-            say(f"    {_line(result)}")
-            results.append(result)
+        for _ in range(repeat):
+            for name in who:
+                say(f"  {name} x {count} SAs ...")
+                if name == "charon":
+                    result = charon_case(topo, count)
+                else:
+                    result = lockgate_case(topo, count, profile)
+                say(f"    {_line(result)}")
+                results.append(result)
     return results
 
 
@@ -343,6 +447,10 @@ def _line(r: SetupResult) -> str:
     secs = f"{r.seconds:.2f}s" if r.seconds is not None else "-"
     kib = f"{r.kib_per_sa:.1f} KiB/SA" if r.kib_per_sa is not None else "-"
     err = f"  [{r.error}]" if r.error else ""
+    if r.cpu:
+        err = "  CPU " + " ".join(f"{k} {v:.0f}%" for k, v in sorted(r.cpu.items())) + err
+    if r.udp_drops:
+        err = f"  ({r.udp_drops} UDP drops: receive buffer full)" + err
     if r.busy_seconds is not None:
         err = f"  (A busy {r.busy_seconds:.1f}s after SIGHUP)" + err
     return (
@@ -374,3 +482,51 @@ def report(results: Sequence[SetupResult]) -> str:
 
 def to_json(results: Sequence[SetupResult]) -> list[dict[str, Any]]:
     return [{**asdict(r), "rate": r.rate, "kib_per_sa": r.kib_per_sa} for r in results]
+
+
+# --- run alone ------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bench.setup_rate`: the control-plane section alone (no iperf3 runs),
+    on a site-to-site topology of its own, removed again at the end."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.setup_rate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--sa-counts", default="100,1000", help="SAs initiated at once (100,1000)")
+    parser.add_argument("--who", default="charon,lockgate", help="charon, lockgate or both")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case (1)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy both lockgates into DIR (collapsed stacks)"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    who = [w for w in args.who.split(",") if w]
+    counts = [int(n) for n in args.sa_counts.split(",") if n]
+    if any(w not in ("charon", "lockgate") for w in who) or args.repeat < 1 or not counts:
+        parser.error("--who takes charon and/or lockgate; --repeat >= 1; some --sa-counts")
+    if os.geteuid() != 0 or shutil.which("swanctl") is None:
+        print("bench.setup_rate needs root and strongSwan (swanctl, charon)")
+        return 2
+    lab = Lab()
+    results: list[SetupResult] = []
+    try:
+        topo = build_site_to_site(lab)
+        print(f"load before: {os.getloadavg()[0]:.2f} (1-min average)", flush=True)
+        results = run_control_plane(
+            topo, counts, lambda text: print(text, flush=True),
+            who=who, repeat=args.repeat, profile=args.profile,
+        )  # fmt: skip
+        print(f"load after: {os.getloadavg()[0]:.2f} (1-min average)")
+    except KeyboardInterrupt:
+        print("interrupted: cleaning up")
+    finally:
+        lab.close()
+    print(report(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(results), indent=1))
+    return 0 if results and not any(r.error for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
