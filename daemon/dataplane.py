@@ -42,6 +42,14 @@ _FLOW_CACHE_MAX = 4096
 _PORT_PROTOCOLS = frozenset({6, 17})
 
 
+def _unindex(index: dict[Any, dict[int, ChildSaEntry]], key: object, unique_id: int) -> None:
+    group = index.get(key)
+    if group is not None:
+        group.pop(unique_id, None)
+        if not group:
+            del index[key]  # an empty group would say "up" to `has_child`
+
+
 def flow_key(packet: bytes) -> bytes | None:
     """The octets that decide a TCP or UDP packet's policy (protocol, addresses,
     ports), for packets whose `flow_of` reads exactly those; None for the rest
@@ -135,7 +143,14 @@ class DataPlane:
         self.sad: Sad[ChildSaEntry] = Sad()
         """Inbound SAs by SPI."""
         self.entries: dict[int, ChildSaEntry] = {}
-        """Installed CHILD SAs by unique id."""
+        """Installed CHILD SAs by unique id (change it only through `install`,
+        `remove` and `move_to_ike_sa`, which keep the indexes below in step)."""
+        # The same entries grouped three ways, so the gateway's questions ("is this
+        # connection up?", "which SAs ride this IKE SA?") cost O(1) plus what they
+        # return, not a scan of every CHILD SA (thousands of peers call them per SA).
+        self._by_child: dict[str, dict[int, ChildSaEntry]] = {}
+        self._by_peer: dict[str, dict[int, ChildSaEntry]] = {}
+        self._by_ike_sa: dict[int, dict[int, ChildSaEntry]] = {}
         self.drops: Counter[str] = Counter()
         """Drops not attributable to an installed SA, plus those of removed SAs."""
         self.counters: Counter[str] = Counter()
@@ -164,6 +179,10 @@ class DataPlane:
         self.spd.add(entry.policy, preferred=preferred)
         self._outbound_cache.clear()
         self.entries[entry.unique_id] = entry
+        uid = entry.unique_id
+        self._by_child.setdefault(entry.child, {})[uid] = entry
+        self._by_peer.setdefault(entry.connection, {})[uid] = entry
+        self._by_ike_sa.setdefault(entry.ike_sa_id, {})[uid] = entry
         log.debug(
             "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d%s)",
             entry.child,
@@ -186,6 +205,9 @@ class DataPlane:
         entry = self.entries.pop(unique_id, None)
         if entry is None:
             return None
+        _unindex(self._by_child, entry.child, unique_id)
+        _unindex(self._by_peer, entry.connection, unique_id)
+        _unindex(self._by_ike_sa, entry.ike_sa_id, unique_id)
         self.spd.remove(entry.policy)
         self._outbound_cache.clear()
         if linger > 0:
@@ -209,11 +231,38 @@ class DataPlane:
         self.drops.update(entry.all_drops())
 
     def remove_connection(self, connection: str) -> list[ChildSaEntry]:
-        """Remove every CHILD SA of a connection."""
-        gone = [e for e in self.entries.values() if e.connection == connection]
+        """Remove every CHILD SA of a connection (an IKE connection: a peer)."""
+        gone = self.entries_of_peer(connection)
         for entry in gone:
             self.remove(entry.unique_id)
         return gone
+
+    def entries_of_child(self, child: str) -> list[ChildSaEntry]:
+        """Installed CHILD SAs of one `[connections.NAME]` (`ChildSaEntry.child`), in
+        the order they were installed."""
+        return list(self._by_child.get(child, {}).values())
+
+    def has_child(self, child: str) -> bool:
+        """Whether any CHILD SA of `[connections.NAME]` is installed."""
+        return child in self._by_child
+
+    def entries_of_peer(self, connection: str) -> list[ChildSaEntry]:
+        """Installed CHILD SAs negotiated by one IKE connection (a peer)."""
+        return list(self._by_peer.get(connection, {}).values())
+
+    def entries_of_ike_sa(self, ike_sa_id: int) -> list[ChildSaEntry]:
+        """Installed CHILD SAs that answer to one IKE SA."""
+        return list(self._by_ike_sa.get(ike_sa_id, {}).values())
+
+    def move_to_ike_sa(self, old: int, new: int) -> list[ChildSaEntry]:
+        """The CHILD SAs of IKE SA `old` now answer to `new` (an IKE rekey moved them,
+        RFC 7296 §2.18); returns them."""
+        moved = self._by_ike_sa.pop(old, {})
+        if moved:
+            for entry in moved.values():
+                entry.ike_sa_id = new
+            self._by_ike_sa.setdefault(new, {}).update(moved)
+        return list(moved.values())
 
     # ---- outbound ------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import itertools
 import logging
+import random
 import time
 import types
 from collections.abc import Iterator
@@ -23,7 +25,9 @@ import daemon.gateway as gateway_module
 from conf.errors import ConfigError, Problem
 from conf.ike import ike_connections
 from conf.load import load_config
+from daemon.childsa import entry_from_event
 from daemon.control import ControlError
+from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
 from daemon.netlink import LocalAddresses
 from daemon.pump import Pump
@@ -581,3 +585,70 @@ def test_status_shows_the_endpoints_ike_drops(gateway: Gateway) -> None:
     assert gateway._endpoint is not None
     gateway._endpoint.receive_message(b"\x00" * 5, ("198.51.100.1", 500), ("203.0.113.9", 500), 0.0)
     assert gateway.status()["ike_drops"] == {"unparsable": 1}
+
+
+class _NoTransport:
+    """The data plane's output, never used by installing and removing SAs."""
+
+    def send(self, entry: object, packets: list[bytes]) -> int:
+        raise AssertionError("nothing is sent")
+
+    def send_keepalive(self, local: object, remote: object) -> bool:
+        raise AssertionError("nothing is sent")
+
+    def write_tun(self, packets: list[bytes]) -> int:
+        raise AssertionError("nothing is written")
+
+
+def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_rekeys() -> None:
+    # The gateway asks "which CHILD SAs has this connection / peer / IKE SA" per SA
+    # set up; the indexes answer without a scan and must always say what a scan says.
+    rng = random.Random(7)
+    plane = DataPlane(_NoTransport())
+    uids = itertools.count(1)
+    peers = [f"p{k}" for k in range(4)]
+    children = [f"{p}-c{k}" for p in peers for k in range(3)]
+    ike_ids = range(1, 8)
+    checks = 0
+    for _ in range(400):
+        roll = rng.random()
+        if roll < 0.5 or not plane.entries:
+            uid = next(uids)
+            child = rng.choice(children)
+            a, _ = events("aes128gcm16", udp=False, uid=uid)
+            event = dataclasses.replace(
+                a, connection=child.split("-")[0], child=child, ike_sa_id=rng.choice(ike_ids)
+            )
+            plane.install(entry_from_event(event), preferred=rng.random() < 0.5)
+        elif roll < 0.8:
+            plane.remove(rng.choice(list(plane.entries)), linger=rng.choice((0.0, 2.0)))
+        elif roll < 0.95:
+            # An IKE rekey moves every CHILD SA of the old IKE SA to the new one.
+            old = rng.choice([e.ike_sa_id for e in plane.entries.values()])
+            new = rng.choice(ike_ids)
+            expected = {u for u, e in plane.entries.items() if e.ike_sa_id == old}
+            moved = plane.move_to_ike_sa(old, new)
+            assert {e.unique_id for e in moved} == expected
+            assert all(e.ike_sa_id == new for e in moved)
+        else:
+            peer = rng.choice(peers)
+            expected = {u for u, e in plane.entries.items() if e.connection == peer}
+            gone = plane.remove_connection(peer)
+            assert {e.unique_id for e in gone} == expected
+        entries = list(plane.entries.values())
+        for child in children:
+            scan = [e for e in entries if e.child == child]
+            assert plane.entries_of_child(child) == scan
+            assert plane.has_child(child) == bool(scan)
+        for peer in peers:
+            assert plane.entries_of_peer(peer) == [e for e in entries if e.connection == peer]
+        for ike in ike_ids:
+            scan_ids = {e.unique_id for e in entries if e.ike_sa_id == ike}
+            assert {e.unique_id for e in plane.entries_of_ike_sa(ike)} == scan_ids
+            checks += bool(scan_ids)
+    assert checks > 100  # the walk kept SAs installed, not an empty plane
+    # Removing everything leaves no empty group behind.
+    for uid in list(plane.entries):
+        plane.remove(uid)
+    assert not any(plane.has_child(c) for c in children)
+    assert not any(plane.entries_of_ike_sa(i) for i in ike_ids)
