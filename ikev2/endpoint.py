@@ -266,6 +266,10 @@ class Endpoint:
         """Every IKE SA that is not yet gone."""
         return list(self._sas.values())
 
+    def ike_sa_total(self) -> int:
+        """How many IKE SAs are not yet gone (without listing them)."""
+        return len(self._sas)
+
     def ike_sa(self, ike_sa_id: int) -> IkeSa | None:
         """An IKE SA by its unique number."""
         return self._sas.get(ike_sa_id)

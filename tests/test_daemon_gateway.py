@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import itertools
 import logging
+import os
 import random
 import time
 import types
@@ -249,7 +250,48 @@ def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway
     assert conn["state"] == "up"
     [entry] = gateway._pump.plane.entries.values()
     assert entry.ike_sa_id == 9  # liveness from ESP now reaches the new IKE SA
+    assert gateway._pump.plane.entries_of_ike_sa(9) == [entry]
+    assert gateway._pump.plane.entries_of_ike_sa(7) == []
     assert gateway.connections["site"].carried_by == 9
+
+
+def test_per_peer_ike_sa_index_follows_establish_rekey_and_delete(gateway: Gateway) -> None:
+    # `_established_ike_sa`, `_connecting` and status read the IKE SAs of one peer from
+    # an index: it must say what a scan of every announced IKE SA says at each step.
+    def scan(peer: str) -> list[int]:
+        return [i for i, info in gateway.ike_sas.items() if info.event.connection == peer]
+
+    def agrees() -> None:
+        for peer in ("main", "spare"):
+            assert [i.event.ike_sa_id for i in gateway._ike_sa_infos(peer)] == scan(peer)
+
+    gateway._handle_event(established("main", 7))
+    gateway._handle_event(established("spare", 8))
+    gateway._handle_event(established("main", 11))
+    agrees()
+    gateway._handle_event(IkeSaRekeyed("main", 7, 9, spi_i=1, spi_r=2, suite="s"))
+    agrees()
+    assert scan("main") == [11, 9]
+    gateway._handle_event(IkeSaDeleted("main", 11, "test", True, DeleteCause.PEER_DELETED))
+    gateway._handle_event(IkeSaDeleted("spare", 8, "test", True, DeleteCause.PEER_DELETED))
+    agrees()
+    assert gateway._ike_sas_of == {"main": {9: gateway.ike_sas[9]}}  # no empty groups
+
+
+def test_status_summary_counts_without_listing(gateway: Gateway) -> None:
+    gateway._handle_event(established())
+    installed = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
+    )
+    gateway._handle_event(installed)
+    summary = asyncio.run(gateway._handle_request({"command": "status", "summary": True}))
+    assert summary == {
+        "daemon": {"version": gateway_module.VERSION, "pid": os.getpid()},
+        "connections": 2,
+        "ike_sas": 1,
+        "ike_sas_in_core": 0,  # the event was made up: the core holds no IKE SA
+        "child_sas": 1,
+    }
 
 
 def _die(gateway: Gateway, action: str) -> None:
@@ -498,10 +540,10 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
             expected = ("up", 1) if i % 2 == 0 else ("waiting for the peer", 0)
             assert states[f"c{i}"] == expected
         assert len(status["sas"]) == count // 2
-        # One pass over the IKE SAs and one over the CHILD SAs for the connections'
-        # states (besides the data plane's list): no scan per connection.
-        assert ike_sas.visits == count // 2
-        assert entries.visits == by_plane + count // 2
+        # The connections' states and IKE SAs come from the per-peer and per-connection
+        # indexes: besides the data plane's own list of SAs, no SA is visited at all.
+        assert ike_sas.visits == 0
+        assert entries.visits == by_plane
     finally:
         ours.close()
         kernel_side.close()
