@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 import socket
 import struct
 from collections.abc import Iterator
@@ -179,6 +181,37 @@ def test_vnet_hdr_prefixes_packets_and_accepts_offloads(inside: str) -> None:
         assert socket.inet_ntoa(inner[16:20]) == "203.0.113.5"
     with TunDevice.open("lgvh%d") as plain, pytest.raises(TunError, match="need vnet_hdr"):
         plain.set_offload(Offload.CSUM)
+
+
+def test_a_coalesced_udp_write_arrives_as_the_datagrams(inside: str) -> None:
+    from tun import Offload
+    from tun.vnet import GSO_UDP_L4, VnetHeader, coalesce
+
+    with TunDevice.open("lguso%d", vnet_hdr=True) as tun, LinkManager() as links:
+        links.quiet_ipv6(tun.name)
+        links.add_address(tun.name, "192.0.2.1/24")
+        links.set_up(tun.name)
+        # Kernels take UDP segmentation offload writes from 6.2 on; the probe leaves
+        # the offloads as they were.
+        release = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+        assert tun.probe_uso_writes() == tun.uso_writes == (release >= (6, 2))
+        assert tun.offload == Offload(0)
+        if not tun.uso_writes:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+            sink.bind(("192.0.2.1", 7777))
+            sent = [
+                _udp4("192.0.2.99", "192.0.2.1", 5555, 7777, bytes([65 + i]) * size)
+                for i, size in enumerate([1200] * 7 + [500])
+            ]
+            (frame,) = coalesce(sent, udp=True)
+            assert VnetHeader.decode(frame).gso_type == GSO_UDP_L4
+            assert tun.write(frame)
+            sink.settimeout(2)
+            got = [sink.recv(2000) for _ in sent]
+        assert got == [packet[28:] for packet in sent]
+    with TunDevice.open("lguso%d") as plain:
+        assert not plain.probe_uso_writes()
 
 
 def test_link_index_is_cached_and_relearned_when_the_link_is_recreated(inside: str) -> None:

@@ -21,6 +21,7 @@ from tun.vnet import (
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
+    GSO_UDP,
     GSO_UDP_L4,
     PLAIN_HEADER,
     VNET_HDR_LEN,
@@ -29,6 +30,7 @@ from tun.vnet import (
     coalesce,
     frame_packets,
     segment_tcp,
+    segment_udp,
     split_frame,
 )
 
@@ -204,7 +206,8 @@ def _pseudo_partial(packet: bytes, start: int) -> int:
     ("frame", "why"),
     [
         (b"\x00" * 5, "short"),
-        (VnetHeader(0, GSO_UDP_L4, 28, 100, 20, 6).encode() + tcp4(b"a" * 300), "gso type"),
+        (VnetHeader(0, GSO_UDP, 28, 100, 20, 6).encode() + tcp4(b"a" * 300), "gso type"),
+        (VnetHeader(F_NEEDS_CSUM, GSO_UDP_L4, 28, 100, 20, 6).encode() + tcp4(b"a" * 300), "udp"),
         (VnetHeader(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 400).encode() + tcp4(b"a"), "offsets"),
         (VnetHeader(F_NEEDS_CSUM, GSO_TCPV4, 52, 0, 20, 16).encode() + tcp4(b"a" * 99), "mss"),
         (
@@ -224,7 +227,7 @@ def test_split_frame_refuses_frames_that_contradict_their_header(frame: bytes, w
 @settings(max_examples=40, deadline=None)
 @given(st.binary(min_size=0, max_size=200))
 def test_split_frame_raises_only_vnet_error_on_garbage(body: bytes) -> None:
-    for gso in (GSO_NONE, GSO_TCPV4, GSO_TCPV6):
+    for gso in (GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
         frame = VnetHeader(F_NEEDS_CSUM, gso, 40, 16, 20, 16).encode() + body
         with contextlib.suppress(VnetError):
             split_frame(frame)
@@ -358,3 +361,101 @@ def test_a_full_ipv6_segment_differing_in_a_header_field_is_not_merged(
     changed[offset] ^= 0x40
     frames = coalesce([segments[0], segments[1], bytes(changed), segments[3]])
     assert frame_packets(frames[0]) == 2, what
+
+
+# ---- UDP coalescing (GSO_UDP_L4) ------------------------------------------------------
+
+
+def udp4(payload: bytes, *, ip_id: int = 7, ttl: int = 64, sport: int = 40000) -> bytes:
+    return bytes(
+        IP(src="192.0.2.10", dst="203.0.113.10", id=ip_id, flags="DF", ttl=ttl)
+        / UDP(sport=sport, dport=5201)
+        / Raw(payload)
+    )
+
+
+def udp6(payload: bytes) -> bytes:
+    return bytes(
+        IPv6(src="2001:db8:a::10", dst="2001:db8:b::10")
+        / UDP(sport=40000, dport=5201)
+        / Raw(payload)
+    )
+
+
+def datagrams4(sizes: list[int]) -> list[bytes]:
+    """Datagrams of one flow with consecutive IPv4 IDs (as the kernel numbers cut ones)."""
+    return [udp4(os.urandom(size), ip_id=7 + i) for i, size in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_equal_datagrams_become_one_uso_frame_that_cuts_back_to_them(v6: bool) -> None:
+    sent = [udp6(os.urandom(1400)) for _ in range(9)] if v6 else datagrams4([1400] * 9)
+    sent.append(udp6(os.urandom(300)) if v6 else udp4(os.urandom(300), ip_id=16))
+    (frame,) = coalesce(sent, udp=True)
+    ip_len = 40 if v6 else 20
+    assert VnetHeader.decode(frame) == VnetHeader(
+        F_NEEDS_CSUM, GSO_UDP_L4, ip_len + 8, 1400, ip_len, 6
+    )
+    assert frame_packets(frame) == 10
+    back = split_frame(frame)
+    assert back == sent
+    assert all(checksums_valid(d) for d in back)
+
+
+def test_without_the_udp_switch_datagrams_go_alone() -> None:
+    sent = datagrams4([1000] * 4)
+    assert coalesce(sent) == [PLAIN_HEADER + d for d in sent]
+
+
+def test_a_short_datagram_ends_the_uso_frame_and_a_longer_one_starts_another() -> None:
+    sent = datagrams4([1000, 1000, 600, 1000, 1000, 1200, 1200])
+    frames = coalesce(sent, udp=True)
+    assert [frame_packets(f) for f in frames] == [3, 2, 2]
+    assert [d for f in frames[:2] for d in split_frame(f)] == sent[:5]
+
+
+def udp4_with(
+    *, flags: str = "DF", tos: int = 0, ttl: int = 64, udp_len: int | None = None
+) -> bytes:
+    return bytes(
+        IP(src="192.0.2.10", dst="203.0.113.10", id=9, flags=flags, tos=tos, ttl=ttl)
+        / UDP(sport=40000, dport=5201, len=udp_len)
+        / Raw(b"x" * 1000)
+    )
+
+
+@pytest.mark.parametrize(
+    ("changed", "what"),
+    [
+        (udp4_with(ttl=3), "ttl"),
+        (udp4_with(tos=4), "tos"),
+        (udp4_with(flags=""), "df"),
+        (udp4_with(udp_len=900), "trailer"),
+        (udp4_with(flags="MF"), "fragment"),
+    ],
+)
+def test_a_datagram_differing_in_what_the_kernel_copies_is_not_merged(
+    changed: bytes, what: str
+) -> None:
+    sent = [*datagrams4([1000, 1000]), changed, udp4(b"y" * 1000, ip_id=10)]
+    frames = coalesce(sent, udp=True)
+    assert frame_packets(frames[0]) == 2, what
+    assert [d for f in frames for d in split_frame(f)][:2] == sent[:2]
+    assert sum(frame_packets(f) for f in frames) == 4
+
+
+def test_tcp_and_udp_between_the_same_ports_never_share_a_frame() -> None:
+    segments = segment_tcp(tcp4(os.urandom(3000), ip_id=20), 1000)
+    dgrams = datagrams4([1000, 1000, 1000])
+    mixed = [p for pair in zip(segments, dgrams, strict=True) for p in pair]
+    frames = coalesce(mixed, udp=True)
+    assert [VnetHeader.decode(f).gso_type for f in frames] == [GSO_TCPV4, GSO_UDP_L4]
+    assert split_frame(frames[0]) == segments and split_frame(frames[1]) == dgrams
+
+
+def test_segment_udp_numbers_ids_and_refuses_what_is_not_udp() -> None:
+    (frame,) = coalesce(datagrams4([500, 500, 500]), udp=True)
+    back = segment_udp(frame[VNET_HDR_LEN:], 500)
+    assert [IP(d).id for d in back] == [7, 8, 9]
+    with pytest.raises(VnetError):
+        segment_udp(tcp4(b"a" * 100), 50)

@@ -81,6 +81,11 @@ class TunDevice:
         self._name = name
         self.flags = flags
         """The IFF_* flags it was opened with."""
+        self.offload = Offload(0)
+        """What `set_offload` last let the kernel hand over unfinished."""
+        self.uso_writes = False
+        """Writes may be UDP segmentation offload frames (GSO_UDP_L4); see
+        `probe_uso_writes`."""
 
     @classmethod
     def open(
@@ -148,6 +153,27 @@ class TunDevice:
             fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, int(offload))
         except OSError as exc:
             raise TunError(f"{self._name}: TUNSETOFFLOAD {offload!r}: {exc.strerror}") from exc
+        self.offload = offload
+
+    def probe_uso_writes(self) -> bool:
+        """Find out (and remember in `uso_writes`) whether the kernel takes UDP
+        segmentation offload frames in writes.
+
+        Kernels learned both at once (Linux 6.2): GSO_UDP_L4 in the virtio-net header
+        of a write, and USO4/USO6 in TUNSETOFFLOAD, which older ones refuse. So asking
+        for USO and putting the previous offloads back tells, without a packet.
+        """
+        self.uso_writes = False
+        if not self.vnet_hdr:
+            return False
+        previous = self.offload
+        try:
+            self.set_offload(previous | Offload.CSUM | Offload.USO4 | Offload.USO6)
+        except TunError:
+            return False
+        self.set_offload(previous)
+        self.uso_writes = True
+        return True
 
     def set_queue_length(self, packets: int) -> None:
         """Let the kernel hold up to ``packets`` packets for us to read (its

@@ -107,7 +107,7 @@ def checksum(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
     return 0xFFFF - ones_sum(data, seed)
 
 
-def pseudo_sum(packet: bytes | memoryview, protocol: int, length: int) -> int:
+def pseudo_sum(packet: bytes | bytearray | memoryview, protocol: int, length: int) -> int:
     """Sum of the IPv4 or IPv6 pseudo-header (RFC 9293 §3.1, RFC 8200 §8.1)."""
     if packet[0] >> 4 == 4:
         addresses = int.from_bytes(packet[12:20], "big")
@@ -137,6 +137,8 @@ def split_frame(frame: bytes) -> list[bytes]:
         return [packet]
     if gso in (GSO_TCPV4, GSO_TCPV6):
         return segment_tcp(packet, header.gso_size)
+    if gso == GSO_UDP_L4:
+        return segment_udp(packet, header.gso_size)
     raise VnetError(f"GSO type {header.gso_type} is not offered to the kernel")
 
 
@@ -247,6 +249,37 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
     return segments
 
 
+def segment_udp(packet: bytes, size: int) -> list[bytes]:
+    """Cut a UDP super-packet (GSO_UDP_L4) into datagrams of ``size`` payload octets
+    (the last may be shorter), each with its own lengths, IPv4 ID and checksums, as
+    the kernel's `__udp_gso_segment` does. The data plane never asks the kernel for
+    these (it writes them, `coalesce`); reading one is the rare, slow path."""
+    ip_len, protocol, version = _ip_layout(packet)
+    if protocol != _IPPROTO_UDP:
+        raise VnetError(f"UDP segmentation of protocol {protocol}")
+    headers = ip_len + 8
+    if headers > len(packet) or size <= 0:
+        raise VnetError(f"UDP super-packet of {len(packet)} octets, segment size {size}")
+    ip = bytearray(packet[:ip_len])
+    ports = packet[ip_len : ip_len + 4]
+    ip_id = _U16.unpack_from(ip, 4)[0] if version == 4 else 0
+    datagrams: list[bytes] = []
+    for index, start in enumerate(range(headers, max(len(packet), headers + 1), size)):
+        chunk = packet[start : start + size]
+        udp_len = 8 + len(chunk)
+        if version == 4:
+            _U16.pack_into(ip, 2, ip_len + udp_len)
+            _U16.pack_into(ip, 4, (ip_id + index) & 0xFFFF)
+            ip[10:12] = b"\0\0"
+            _U16.pack_into(ip, 10, checksum(ip))
+        else:
+            _U16.pack_into(ip, 4, udp_len)
+        udp = ports + _U16.pack(udp_len) + b"\0\0"
+        value = checksum(udp + chunk, pseudo_sum(ip, _IPPROTO_UDP, udp_len))
+        datagrams.append(bytes(ip) + udp[:6] + _U16.pack(value) + chunk)
+    return datagrams
+
+
 # Segment headers with the changing fields separate (see `segment_tcp`); the TCP one
 # stops before the urgent pointer, which travels with the options.
 _IPV4_SEGMENT = struct.Struct("!2sHH4sH")
@@ -278,100 +311,119 @@ def frame_packets(frame: bytes) -> int:
 
 @dataclass(slots=True)
 class _Group:
-    """Segments of one TCP flow waiting to be written as one super-packet."""
+    """Segments (TCP) or datagrams (UDP) of one flow waiting to be written as one
+    super-packet."""
 
     signature: bytes
-    """What every merged segment must share besides the flow (see `coalesce`)."""
+    """What every merged packet must share besides the flow (see `coalesce`)."""
     first: bytes
     ip_len: int
-    tcp_len: int
+    l4_len: int
+    """Octets of the TCP header (options included), or 8 for UDP."""
     mss: int
+    """Payload octets of the first packet: every one but the last has as many."""
     next_seq: int
+    """TCP: the sequence number the next segment must have (UDP: unused)."""
     total: int
+    """IP packet length of the super-packet so far."""
     payloads: list[bytes]
     psh: bool = False
     flow: bytes = b""
-    """Addresses and ports (the key of the open groups)."""
+    """Addresses and ports, and for UDP the protocol too (the open groups' key)."""
+    udp: bool = False
 
 
-# What the next full segment of a group repeats from its first one, by IP version:
+# What the next full segment of a TCP group repeats from its first one, by IP version:
 # the leading octets up to the IPv4 ID or to the IPv6 addresses, the IPv4 flags to
 # protocol (IPv6: nothing), and from the addresses through the TCP flags one run that
 # holds the expected sequence number. IPv4 (IHL 5): 0-4, 6-10, 12-34; window 34,
-# urgent pointer and options 38. IPv6: 0-8, -, 8-54; window 54, the rest 58.
+# urgent pointer and options 38. IPv6: 0-8, -, 8-54; window 54, the rest 58. A UDP
+# datagram repeats the same leading runs, and from the addresses through the UDP
+# length (IPv4 12-26, IPv6 8-46): only the IPv4 ID and the checksums may differ.
 _EXPECT4 = struct.Struct("!12sI5sB")
 _EXPECT6 = struct.Struct("!36sI5sB")
 
 
 @dataclass(slots=True)
 class _Follower:
-    """A group the next packet most likely extends, and what that packet must hold
-    to do so: the fast path of `coalesce` compares prefixes and nothing else."""
+    """What the next packet must hold to extend a group: the fast path of
+    `coalesce` compares these prefixes and nothing else."""
 
-    group: _Group
     length: int
-    """Octets of a full segment (the group's first one's length)."""
+    """Octets of a full packet (the group's first one's length)."""
     room: int
-    """Full segments it may still take (MAX_COALESCED, _MAX_IP_PAYLOAD)."""
+    """Full packets the group may still take (MAX_COALESCED, _MAX_IP_PAYLOAD)."""
     head: bytes
     middle: bytes
     flow_at: int
-    expect: struct.Struct
-    flow: bytes
-    ack_doff: bytes
-    window_at: int
-    window: bytes
-    tail_at: int
-    tail: bytes
+    expect: bytes
+    """UDP: addresses through UDP length. TCP: set per segment by `expect_next`."""
+    expect_next: struct.Struct | None = None
+    """TCP: packs the addresses-to-flags run with the next sequence number."""
+    ack_doff: bytes = b""
+    window_at: int = 0
+    window: bytes = b""
+    tail_at: int = 0
+    tail: bytes = b""
 
 
 def _follower(group: _Group) -> _Follower:
     first, o = group.first, group.ip_len
     room = min(MAX_COALESCED - len(group.payloads), (_MAX_IP_PAYLOAD - group.total) // group.mss)
     v4 = o == 20
+    head = first[0:4] if v4 else first[0:8]
+    middle = first[6:10] if v4 else b""
+    flow_at = 12 if v4 else 8
+    if group.udp:
+        return _Follower(len(first), room, head, middle, flow_at, first[flow_at : o + 6])
     return _Follower(
-        group,
         len(first),
         room,
-        head=first[0:4] if v4 else first[0:8],
-        middle=first[6:10] if v4 else b"",
-        flow_at=12 if v4 else 8,
-        expect=_EXPECT4 if v4 else _EXPECT6,
-        flow=group.flow,
+        head,
+        middle,
+        flow_at,
+        b"",
+        expect_next=_EXPECT4 if v4 else _EXPECT6,
         ack_doff=first[o + 8 : o + 13],
         window_at=o + 14,
         window=first[o + 14 : o + 16],
         tail_at=o + 18,
-        tail=first[o + 18 : o + group.tcp_len],
+        tail=first[o + 18 : o + group.l4_len],
     )
 
 
-def coalesce(packets: list[bytes]) -> list[bytes]:
+def coalesce(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
     """TUN frames (virtio-net header first) for ``packets``: consecutive in-order
     segments of one TCP flow with equal payload sizes (the last may be shorter)
-    become one super-packet the kernel cuts again only where it must; every other
-    packet goes alone behind a plain header. The order within each flow is kept.
+    become one super-packet the kernel cuts again only where it must; with ``udp``,
+    so do consecutive equally long datagrams of one UDP flow (the last may be
+    shorter), as a UDP segmentation offload frame (GSO_UDP_L4, which kernels take
+    from 6.2). Every other packet goes alone behind a plain header. The order
+    within each flow is kept.
 
     Merged segments must agree on everything the kernel's `tcp_gro_receive` asks to
     agree: addresses, ports, TOS, TTL, DF, acknowledgement, window and options (the
-    timestamps); only ACK and PSH may be set; no IP options or fragments. The
-    super-packet carries a partial checksum for the kernel to finish (F_NEEDS_CSUM),
-    as a virtio NIC's TSO packet does. The segments' own checksums are not checked
-    here: they came inside ESP packets whose ICV was verified.
+    timestamps); only ACK and PSH may be set; no IP options or fragments. Merged
+    datagrams must agree on addresses, ports, TOS, TTL and DF, and end where their
+    UDP length says. The super-packet carries a partial checksum for the kernel to
+    finish (F_NEEDS_CSUM), as a virtio NIC's TSO packet does, and the kernel numbers
+    the IPv4 IDs of the packets it cuts on from the first one's. The packets' own
+    checksums are not checked here: they came inside ESP packets whose ICV was
+    verified.
     """
     frames: list[bytes | _Group] = []
     append = frames.append
     open_groups: dict[bytes, _Group] = {}
     unpack_u32 = _U32.unpack_from
     # The group the previous packet went to, its fields in locals: the common case,
-    # the next full segment of that flow with only ACK set, costs five prefix
-    # comparisons (the IPv4 ID and checksum and the TCP checksum may differ; the
-    # sequence number is part of `expect`). Anything else takes the general path,
-    # which finds the flow's group and compares its signature.
+    # the next full packet of that flow (for TCP with only ACK set), costs five
+    # prefix comparisons (the IPv4 ID and checksum and the TCP or UDP checksum may
+    # differ; a TCP sequence number is part of `expect`). Anything else takes the
+    # general path, which finds the flow's group and compares its signature.
     last: _Group | None = None
     length = room = room0 = seq = mss = headers = flow_at = window_at = tail_at = -1
     head = middle = window = tail = flow = ack_doff = expect = b""
-    pack_expect = _EXPECT4.pack
+    expect_next: struct.Struct | None = None
     payloads: list[bytes] = []
     for packet in packets:
         if (
@@ -384,9 +436,10 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             and packet.startswith(tail, tail_at)
         ):
             payloads.append(packet[headers:])
-            seq = (seq + mss) & 0xFFFFFFFF
             room -= 1
-            expect = pack_expect(flow, seq, ack_doff, _ACK)
+            if expect_next is not None:
+                seq = (seq + mss) & 0xFFFFFFFF
+                expect = expect_next.pack(flow, seq, ack_doff, _ACK)
             continue
         if last is not None:
             # Back to the general path: the group's own fields catch up first.
@@ -394,86 +447,125 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             last.total += (room0 - room) * mss
             last, length = None, -1
         n = len(packet)
-        first = packet[0] if n >= 40 else 0
-        if first == 0x45 and packet[9] == _IPPROTO_TCP:
+        first = packet[0] if n > 28 else 0
+        if first == 0x45:
             ip_len = 20
+            protocol = packet[9]
             flow_key = packet[12:24]
             # TOS, DF/fragment fields, TTL must agree; MF or an offset: never merged.
             fixed = packet[1:2] + packet[6:9]
             mergeable = not (packet[6] & 0x3F or packet[7]) and (packet[2] << 8 | packet[3]) == n
-        elif first >> 4 == 6 and n >= 60 and packet[6] == _IPPROTO_TCP:
+        elif first >> 4 == 6 and n > 48:
             ip_len = 40
+            protocol = packet[6]
             flow_key = packet[8:44]
             fixed = packet[0:4] + packet[7:8]
             mergeable = (packet[4] << 8 | packet[5]) == n - 40
         else:
             append(packet)
             continue
-        tcp_len = (packet[ip_len + 12] >> 4) * 4
-        packet_headers = ip_len + tcp_len
-        flags = packet[ip_len + 13]
-        group = open_groups.get(flow_key)
-        if not mergeable or tcp_len < 20 or packet_headers >= n or (flags | _PSH) != (_ACK | _PSH):
-            # Control segment, bare ACK, options or fragments: alone, and it must
-            # not overtake the flow's data held in an open group.
-            if group is not None:
-                del open_groups[flow_key]
+        if protocol == _IPPROTO_UDP and udp:
+            flow_key += b"\x11"  # not the key of a TCP flow between the same ports
+            group = open_groups.get(flow_key)
+            size = n - ip_len - 8
+            if not mergeable or size <= 0 or _U16.unpack_from(packet, ip_len + 4)[0] != n - ip_len:
+                # A fragment, or octets after the datagram: alone, in order.
+                if group is not None:
+                    del open_groups[flow_key]
+                append(packet)
+                continue
+            if (
+                group is not None
+                and size <= group.mss
+                and group.signature == fixed
+                and group.total + size <= _MAX_IP_PAYLOAD
+                and len(group.payloads) < MAX_COALESCED
+            ):
+                group.payloads.append(packet[ip_len + 8 :])
+                group.total += size
+                if size < group.mss:
+                    del open_groups[flow_key]  # a short datagram ends the super-packet
+                    continue
+            else:
+                group = _Group(fixed, packet, ip_len, 8, size, 0, n, [packet[ip_len + 8 :]])
+                group.flow, group.udp = flow_key, True
+                append(group)
+                open_groups[flow_key] = group
+        elif protocol != _IPPROTO_TCP or n < ip_len + 20:
             append(packet)
             continue
-        # Acknowledgement, window, urgent pointer and options must agree too.
-        signature = (
-            fixed + packet[ip_len + 8 : ip_len + 12] + packet[ip_len + 14 : ip_len + 16]
-            + packet[ip_len + 18 : packet_headers]
-        )  # fmt: skip
-        packet_seq = unpack_u32(packet, ip_len + 4)[0]
-        size = n - packet_headers
-        if (
-            group is not None
-            and packet_seq == group.next_seq
-            and size <= group.mss
-            and group.signature == signature
-            and group.total + size <= _MAX_IP_PAYLOAD
-            and len(group.payloads) < MAX_COALESCED
-        ):
-            group.payloads.append(packet[packet_headers:])
-            group.next_seq = (packet_seq + size) & 0xFFFFFFFF
-            group.total += size
-            if size < group.mss or flags & _PSH:
-                # A short or pushed segment ends the super-packet.
-                group.psh = bool(flags & _PSH)
-                del open_groups[flow_key]
-                continue
         else:
-            group = _Group(
-                signature,
-                packet,
-                ip_len,
-                tcp_len,
-                size,
-                (packet_seq + size) & 0xFFFFFFFF,
-                n,
-                [packet[packet_headers:]],
-                flow=flow_key,
-            )
-            append(group)
-            if flags & _PSH:
-                open_groups.pop(flow_key, None)
+            tcp_len = (packet[ip_len + 12] >> 4) * 4
+            packet_headers = ip_len + tcp_len
+            flags = packet[ip_len + 13]
+            group = open_groups.get(flow_key)
+            if (
+                not mergeable
+                or tcp_len < 20
+                or packet_headers >= n
+                or (flags | _PSH) != (_ACK | _PSH)
+            ):
+                # Control segment, bare ACK, options or fragments: alone, and it must
+                # not overtake the flow's data held in an open group.
+                if group is not None:
+                    del open_groups[flow_key]
+                append(packet)
                 continue
-            open_groups[flow_key] = group
-        # The group takes more: its next full segment is the fast path's to find.
+            # Acknowledgement, window, urgent pointer and options must agree too.
+            signature = (
+                fixed + packet[ip_len + 8 : ip_len + 12] + packet[ip_len + 14 : ip_len + 16]
+                + packet[ip_len + 18 : packet_headers]
+            )  # fmt: skip
+            packet_seq = unpack_u32(packet, ip_len + 4)[0]
+            size = n - packet_headers
+            if (
+                group is not None
+                and packet_seq == group.next_seq
+                and size <= group.mss
+                and group.signature == signature
+                and group.total + size <= _MAX_IP_PAYLOAD
+                and len(group.payloads) < MAX_COALESCED
+            ):
+                group.payloads.append(packet[packet_headers:])
+                group.next_seq = (packet_seq + size) & 0xFFFFFFFF
+                group.total += size
+                if size < group.mss or flags & _PSH:
+                    # A short or pushed segment ends the super-packet.
+                    group.psh = bool(flags & _PSH)
+                    del open_groups[flow_key]
+                    continue
+            else:
+                group = _Group(
+                    signature,
+                    packet,
+                    ip_len,
+                    tcp_len,
+                    size,
+                    (packet_seq + size) & 0xFFFFFFFF,
+                    n,
+                    [packet[packet_headers:]],
+                    flow=flow_key,
+                )
+                append(group)
+                if flags & _PSH:
+                    open_groups.pop(flow_key, None)
+                    continue
+                open_groups[flow_key] = group
+        # The group takes more: its next full packet is the fast path's to find.
         follow = _follower(group)
-        last, length, room = group, follow.length, follow.room
-        room0, seq, mss, headers = room, group.next_seq, group.mss, packet_headers
-        head, middle, flow_at, flow = follow.head, follow.middle, follow.flow_at, follow.flow
+        last, length, room, room0 = group, follow.length, follow.room, follow.room
+        seq, mss, headers = group.next_seq, group.mss, group.ip_len + group.l4_len
+        head, middle, flow_at, expect = follow.head, follow.middle, follow.flow_at, follow.expect
         window_at, window, tail_at, tail = (
             follow.window_at,
             follow.window,
             follow.tail_at,
             follow.tail,
         )
-        ack_doff, pack_expect = follow.ack_doff, follow.expect.pack
+        flow, ack_doff, expect_next = group.flow, follow.ack_doff, follow.expect_next
         payloads = group.payloads
-        expect = pack_expect(flow, seq, ack_doff, _ACK)
+        if expect_next is not None:
+            expect = expect_next.pack(flow, seq, ack_doff, _ACK)
     if last is not None:
         last.next_seq = seq
         last.total += (room0 - room) * mss
@@ -489,24 +581,28 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
 
 
 def _super_packet(group: _Group) -> bytes:
-    first, ip_len, tcp_len = group.first, group.ip_len, group.tcp_len
+    first, ip_len, l4_len = group.first, group.ip_len, group.l4_len
     ip_header = bytearray(first[:ip_len])
-    tcp_header = bytearray(first[ip_len : ip_len + tcp_len])
-    tcp_total = group.total - ip_len
+    l4_header = bytearray(first[ip_len : ip_len + l4_len])
+    l4_total = group.total - ip_len
     if ip_len == 20:
         _U16.pack_into(ip_header, 2, group.total)
         ip_header[10:12] = b"\0\0"
         _U16.pack_into(ip_header, 10, checksum(ip_header))
-        gso_type = GSO_TCPV4
     else:
-        _U16.pack_into(ip_header, 4, tcp_total)
-        gso_type = GSO_TCPV6
-    if group.psh:
-        tcp_header[13] |= _PSH
+        _U16.pack_into(ip_header, 4, l4_total)
     # A partial checksum: the pseudo-header sum, not complemented; the kernel adds
-    # the rest (it does the same for its own TSO packets, `__tcp_v4_send_check`).
-    _U16.pack_into(tcp_header, 16, pseudo_sum(first, _IPPROTO_TCP, tcp_total))
-    header = _HEADER.pack(
-        F_NEEDS_CSUM, gso_type, ip_len + tcp_len, group.mss, ip_len, _TCP_CSUM_OFFSET
-    )
-    return b"".join((header, ip_header, tcp_header, *group.payloads))
+    # the rest (it does the same for its own TSO packets, `__tcp_v4_send_check`),
+    # and for UDP swaps in each cut datagram's length (`__udp_gso_segment`).
+    if group.udp:
+        _U16.pack_into(l4_header, 4, l4_total)
+        _U16.pack_into(l4_header, 6, pseudo_sum(first, _IPPROTO_UDP, l4_total))
+        gso_type, csum_offset = GSO_UDP_L4, _UDP_CSUM_OFFSET
+    else:
+        if group.psh:
+            l4_header[13] |= _PSH
+        _U16.pack_into(l4_header, 16, pseudo_sum(first, _IPPROTO_TCP, l4_total))
+        gso_type = GSO_TCPV4 if ip_len == 20 else GSO_TCPV6
+        csum_offset = _TCP_CSUM_OFFSET
+    header = _HEADER.pack(F_NEEDS_CSUM, gso_type, ip_len + l4_len, group.mss, ip_len, csum_offset)
+    return b"".join((header, ip_header, l4_header, *group.payloads))
