@@ -33,7 +33,15 @@ from daemon.dataplane import DataPlane, Drop
 from esp.udpencap import NAT_KEEPALIVE
 from ikev2.events import Address
 from tun import PacketDevice, TunError
-from tun.vnet import VnetError, coalesce, frame_packets, split_frame
+from tun.vnet import (
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    VNET_HDR_LEN,
+    VnetError,
+    coalesce,
+    frame_packets,
+    split_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +152,14 @@ class Pump:
     _gso: bool = False
     _gro: set[int] = field(default_factory=set)
     _vnet: bool = False
+    _uso: bool = False
 
     def __post_init__(self) -> None:
         self.plane = DataPlane(self, on_ike=self._ike_from_4500)
-        # A TUN with IFF_VNET_HDR: every frame carries a virtio-net header.
+        # A TUN with IFF_VNET_HDR: every frame carries a virtio-net header; and one
+        # that takes UDP segmentation offload writes gets UDP datagrams coalesced.
         self._vnet = bool(getattr(self.tun, "vnet_hdr", False))
+        self._uso = bool(getattr(self.tun, "uso_writes", False))
         self._gso = self.offload
 
     # ---- set-up --------------------------------------------------------------------
@@ -219,6 +230,11 @@ class Pump:
         plane = self.plane
         singles: list[bytes] = []
         for frame in batch:
+            # The common frame, inlined: a finished packet behind a header that asks
+            # for nothing (no partial checksum, no segmentation).
+            if len(frame) > VNET_HDR_LEN and not frame[0] & F_NEEDS_CSUM and frame[1] == GSO_NONE:
+                singles.append(frame[VNET_HDR_LEN:])
+                continue
             try:
                 packets = split_frame(frame)
             except VnetError as exc:
@@ -407,7 +423,7 @@ class Pump:
         try:
             if not self._vnet:
                 return self.tun.write_batch(packets)
-            frames = coalesce(packets)
+            frames = coalesce(packets, udp=self._uso)
             if len(frames) < len(packets):
                 self.plane.counters["tun_packets_coalesced"] += len(packets) - len(frames)
             write = self.tun.write

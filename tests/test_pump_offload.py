@@ -15,6 +15,15 @@ from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.offload import OffloadMode, offload_mode
 from daemon.pump import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT, Pump
 from tun import MemoryTun, memory_tun_pair
+from tun.vnet import (
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    GSO_UDP_L4,
+    PLAIN_HEADER,
+    VnetHeader,
+    coalesce,
+    frame_packets,
+)
 
 
 class RecordingSocket:
@@ -182,3 +191,72 @@ def test_single_datagrams_keep_their_place_among_gro_runs(
     pump._gro.add(sock.fileno())
     pump._read_nat(sock, ("198.51.100.1", 4500))  # type: ignore[arg-type]
     assert seen == [esp(n) for n in range(1, 7)]
+
+
+def _udp_datagrams(count: int, size: int) -> list[bytes]:
+    """IPv4 UDP datagrams of one flow, DF set, consecutive IDs, UDP checksum 0."""
+    out = []
+    for i in range(count):
+        udp = (40000).to_bytes(2, "big") + (5201).to_bytes(2, "big")
+        udp += (8 + size).to_bytes(2, "big") + bytes(2) + bytes([i]) * size
+        ip = bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + (7 + i).to_bytes(2, "big")
+        ip += bytes([0x40, 0, 64, 17, 0, 0]) + bytes([192, 0, 2, 10, 203, 0, 113, 10])
+        out.append(ip + udp)
+    return out
+
+
+@pytest.mark.parametrize("uso", [True, False], ids=["uso", "no-uso"])
+def test_udp_datagrams_are_written_as_one_frame_only_where_the_tun_takes_uso(
+    tuns: tuple[MemoryTun, MemoryTun], uso: bool
+) -> None:
+    near, far = tuns
+    near.vnet_hdr = True  # type: ignore[attr-defined]
+    near.uso_writes = uso  # type: ignore[attr-defined]
+    pump = Pump(near)
+    datagrams = _udp_datagrams(6, 1000)
+    assert pump.write_tun(datagrams) == 6
+    frames = far.read_batch()
+    if uso:
+        (frame,) = frames
+        assert VnetHeader.decode(frame).gso_type == GSO_UDP_L4
+        assert frame_packets(frame) == 6
+        assert pump.plane.counters["tun_packets_coalesced"] == 5
+    else:
+        assert frames == [PLAIN_HEADER + d for d in datagrams]
+
+
+def test_plain_tun_frames_are_unwrapped_in_order_around_super_packets(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    # Plain frames take the inlined path, a frame with a partial checksum or a TSO
+    # super-packet goes through split_frame; a frame too short for its header is
+    # counted as malformed. What reaches the data plane keeps the read order.
+    near, far = tuns
+    near.vnet_hdr = True  # type: ignore[attr-defined]
+    pump = Pump(near)
+    seen: list[list[bytes]] = []
+    pump.plane.from_tun = lambda packets: seen.append(list(packets))  # type: ignore[method-assign]
+    pump.plane.from_tun_segments = lambda packets: seen.append(["tso", *packets])  # type: ignore[method-assign]
+    first, second, third = _udp_datagrams(3, 100)
+    partial = VnetHeader(F_NEEDS_CSUM, GSO_NONE, 28, 0, 20, 6).encode() + second
+    tso = coalesce(_tcp_segments(3, 500))[0]
+    for frame in (PLAIN_HEADER + first, partial, b"\x00" * 5, tso, PLAIN_HEADER + third):
+        far.write(frame)
+    pump._read_tun()
+    assert seen[0][0] == first and len(seen[0]) == 2 and seen[0][1][:26] == second[:26]
+    assert seen[1][0] == "tso" and len(seen[1]) == 4
+    assert seen[2] == [third]
+    assert pump.plane.drops["malformed"] == 1
+
+
+def _tcp_segments(count: int, size: int) -> list[bytes]:
+    """In-order full TCP segments (ACK only) of one IPv4 flow."""
+    out = []
+    for i in range(count):
+        tcp = (40000).to_bytes(2, "big") + (5201).to_bytes(2, "big")
+        tcp += (1000 + i * size).to_bytes(4, "big") + (5).to_bytes(4, "big")
+        tcp += bytes([0x50, 0x10]) + (65535).to_bytes(2, "big") + bytes(4) + bytes([i]) * size
+        ip = bytes([0x45, 0]) + (20 + len(tcp)).to_bytes(2, "big") + (7 + i).to_bytes(2, "big")
+        ip += bytes([0x40, 0, 64, 6, 0, 0]) + bytes([192, 0, 2, 10, 203, 0, 113, 10])
+        out.append(ip + tcp)
+    return out
