@@ -13,7 +13,7 @@ import ipaddress
 import os
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given, settings
@@ -505,3 +505,54 @@ def test_inbound_selector_check_per_flow_even_when_cached() -> None:
     pair.a.from_esp([sealed])
     assert pair.side_a.tun_out == [good, good]
     assert pair.a.total_drops() == {Drop.POLICY_MISMATCH.value: 1}
+
+
+def _udp_4000_only(event: ChildSaInstalled, a_side: bool) -> ChildSaInstalled:
+    """The event with selectors for UDP to or from port 4000 on B's side only."""
+    ours, theirs = (NET_A4, NET_B4) if a_side else (NET_B4, NET_A4)
+    local = IkeTs.from_network(ours, 17) if a_side else IkeTs.from_network(ours, 17, (4000, 4000))
+    remote = (
+        IkeTs.from_network(theirs, 17, (4000, 4000)) if a_side else IkeTs.from_network(theirs, 17)
+    )
+    return replace(event, local_ts=(local,), remote_ts=(remote,))
+
+
+def _fragment_of(packet: bytes) -> bytes:
+    """A non-first fragment whose first payload octets equal ``packet``'s ports."""
+    header = bytearray(packet[:20])
+    header[6:8] = (0x2000 | 100).to_bytes(2, "big")  # MF, offset 800 octets
+    return bytes(header) + packet[20:]
+
+
+def test_each_packet_of_a_batch_goes_to_its_own_flows_sa() -> None:
+    # A second SA covers only UDP to port 4000. In one batch, packets that share
+    # addresses and ports with the previous one but not the protocol, or that are
+    # fragments (no ports), must still get their own SA, not the previous one's.
+    pair = make_pair()
+    narrow_a, _ = (
+        entry_from_event(_udp_4000_only(ev, i == 0)) for i, ev in enumerate(events(uid=2))
+    )
+    pair.a.install(narrow_a)
+    udp = ipv4("192.0.2.10", "203.0.113.10", udp_segment(5000, 4000, b"u" * 40))
+    tcp = ipv4("192.0.2.10", "203.0.113.10", udp_segment(5000, 4000, b"t" * 40), proto=6)
+    batch = [udp, tcp, udp, _fragment_of(udp), udp, udp]
+    pair.a.from_tun(batch)
+    assert narrow_a.outbound.packet_count == 4
+    assert pair.entry_a.outbound.packet_count == 2
+
+
+def test_each_inbound_packet_of_a_batch_gets_its_own_selector_verdict() -> None:
+    pair = make_pair()
+    ev_a, ev_b = events(uid=2)
+    narrow_a = entry_from_event(_udp_4000_only(ev_a, True))
+    narrow_b = entry_from_event(_udp_4000_only(ev_b, False))
+    pair.a.install(narrow_a)
+    good = ipv4("203.0.113.10", "192.0.2.10", udp_segment(4000, 5000, b"g" * 40))
+    tcp = ipv4("203.0.113.10", "192.0.2.10", udp_segment(4000, 5000, b"t" * 40), proto=6)
+    # B's SA seals whatever it is handed: the peer decides what goes into it.
+    inners = [good, tcp, good, _fragment_of(good), good, good]
+    sealed = [narrow_b.outbound.encapsulate(p) for p in inners]
+    assert all(isinstance(p, bytes) for p in sealed)
+    pair.a.from_esp(sealed)  # type: ignore[arg-type]
+    assert pair.side_a.tun_out == [good] * 4
+    assert narrow_a.all_drops() == {Drop.POLICY_MISMATCH.value: 2}
