@@ -174,6 +174,9 @@ class DataPlane:
         """Drops not attributable to an installed SA, plus those of removed SAs."""
         self.counters: Counter[str] = Counter()
         """Other events worth showing: keepalives and IKE messages seen on 4500."""
+        self.kernel_drops: Callable[[], dict[str, int]] | None = None
+        """Packets the kernel dropped before the transport could read them, by
+        reason (the pump's `Pump.kernel_drops`); shown in `status`."""
         self._clock = clock
         # Flow key -> SA for outbound packets, cleared whenever the SPD changes.
         self._outbound_cache: dict[bytes, ChildSaEntry] = {}
@@ -518,4 +521,5 @@ class DataPlane:
             "sas": [entry.status() for entry in self.entries.values()],
             "drops": dict(sorted(self.total_drops().items())),
             "counters": dict(sorted(self.counters.items())),
+            "kernel_drops": self.kernel_drops() if self.kernel_drops is not None else {},
         }

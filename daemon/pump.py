@@ -161,6 +161,7 @@ class Pump:
         self._vnet = bool(getattr(self.tun, "vnet_hdr", False))
         self._uso = bool(getattr(self.tun, "uso_writes", False))
         self._gso = self.offload
+        self.plane.kernel_drops = self.kernel_drops
 
     # ---- set-up --------------------------------------------------------------------
 
@@ -210,6 +211,23 @@ class Pump:
         self.udp.clear()
         self.raw.clear()
         self._loop = None
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Packets the kernel dropped on their way to the pump, by where: a full
+        receive buffer of our UDP or raw ESP sockets (SO_MEMINFO's drop count; the
+        UDP ones are also nstat's UdpRcvbufErrors) and a full TUN queue (the TUN
+        device's transmit drops in /proc/net/dev: the kernel could not queue a
+        packet for us to read). Only what was dropped since the sockets opened and
+        the device appeared, and only the reasons with drops."""
+        out: dict[str, int] = {}
+        for kind, socks in (("udp_receive_buffer", self.udp), ("raw_receive_buffer", self.raw)):
+            total = sum(_socket_drops(sock) for sock in socks.values())
+            if total:
+                out[kind] = total
+        queue = _tun_tx_dropped(self.tun.name)
+        if queue:
+            out["tun_queue"] = queue
+        return out
 
     # ---- readers -------------------------------------------------------------------
 
@@ -449,6 +467,37 @@ class Pump:
             log.warning("sending IKE to %s[%d] failed: %s", remote[0], remote[1], exc.strerror)
             return False
         return True
+
+
+SO_MEMINFO = 55
+"""<asm-generic/socket.h>: a socket's memory counters, SK_MEMINFO_VARS u32s."""
+_SK_MEMINFO = struct.Struct("=9I")
+_SK_MEMINFO_DROPS = 8
+
+
+def _socket_drops(sock: socket.socket) -> int:
+    """Packets dropped on ``sock`` for a full receive buffer (SK_MEMINFO_DROPS)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _SK_MEMINFO.size)
+    except OSError:
+        return 0
+    if len(raw) < _SK_MEMINFO.size:
+        return 0
+    return int(_SK_MEMINFO.unpack_from(raw)[_SK_MEMINFO_DROPS])
+
+
+def _tun_tx_dropped(name: str, path: str = "/proc/net/dev") -> int:
+    """The transmit drops of interface ``name`` in this network namespace (0 if it
+    has none there)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as table:
+            for line in table:
+                label, sep, fields = line.partition(":")
+                if sep and label.strip() == name:
+                    return int(fields.split()[11])  # 8 receive columns, then tx drop
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
 
 
 def _send_each(sock: socket.socket, target: tuple[str, int], parts: list[bytes]) -> int:

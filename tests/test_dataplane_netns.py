@@ -159,3 +159,41 @@ def test_oversized_ping_with_df_gets_fragmentation_needed(offload: OffloadMode) 
         assert gateways[0].pump.plane.total_drops().get("too_big", 0) >= 1
         # A ping that fits still goes through.
         ping(topo.host_a, topo.site_b.host4, size=mtu - 28)
+
+
+def test_kernel_drops_before_the_pump_reads_are_in_status() -> None:
+    # Nothing reads: a flood into the pump's UDP 4500 socket overflows its receive
+    # buffer, and packets routed into the TUN overflow its queue. Both show in the
+    # data plane's status, by where they were lost.
+    import socket
+
+    from netns import Lab
+
+    with Lab() as lab:
+        ns = lab.namespace("kdrop")
+        ns.ip("link", "set", "lo", "up")
+        with in_namespace(ns.name):
+            tun = open_tun("lgkdrop0", OffloadMode.NO_TSO)
+            try:
+                with LinkManager() as links:
+                    links.quiet_ipv6(tun.name)
+                    links.set_up(tun.name)
+                    links.add_route("203.0.113.0/24", tun.name)
+                pump = Pump(tun, ike_port=14500, nat_port=14501)
+                pump.open(["127.0.0.1"], raw_esp=False)
+                assert pump.plane.status()["kernel_drops"] == {}
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                    out.setblocking(False)
+                    # 8 MiB of receive buffer, then drops; 1500 packets for a 1000 queue.
+                    for _ in range(12000):
+                        with contextlib.suppress(BlockingIOError):
+                            out.sendto(b"\x01" * 1400, ("127.0.0.1", 14501))
+                    for _ in range(1500):
+                        with contextlib.suppress(BlockingIOError):
+                            out.sendto(b"\x02" * 1000, ("203.0.113.5", 9))
+                drops = pump.plane.status()["kernel_drops"]
+                assert drops.keys() == {"udp_receive_buffer", "tun_queue"}
+                assert drops["udp_receive_buffer"] > 1000 and drops["tun_queue"] >= 400
+                pump.close()
+            finally:
+                tun.close()

@@ -13,7 +13,15 @@ from test_dataplane import events
 
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.offload import OffloadMode, offload_mode
-from daemon.pump import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SOL_UDP, UDP_GRO, UDP_SEGMENT, Pump
+from daemon.pump import (
+    GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    Pump,
+    _tun_tx_dropped,
+)
 from tun import MemoryTun, memory_tun_pair
 from tun.vnet import (
     F_NEEDS_CSUM,
@@ -260,3 +268,22 @@ def _tcp_segments(count: int, size: int) -> list[bytes]:
         ip += bytes([0x40, 0, 64, 6, 0, 0]) + bytes([192, 0, 2, 10, 203, 0, 113, 10])
         out.append(ip + tcp)
     return out
+
+
+def test_tun_queue_drops_come_from_the_devices_line_in_proc_net_dev(tmp_path: Any) -> None:
+    table = tmp_path / "dev"
+    table.write_text(
+        "Inter-|   Receive                            |  Transmit\n"
+        " face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop\n"
+        "    lo:  6438  59 0 0 0 0 0 0  6438  59 0 0 0 0 0 0\n"
+        "lgtun0:123456789 2 3 4 5 6 7 8 9876543210 10 11 77 0 0 0 0\n"
+    )
+    assert _tun_tx_dropped("lgtun0", str(table)) == 77
+    assert _tun_tx_dropped("lo", str(table)) == 0
+    assert _tun_tx_dropped("absent", str(table)) == 0
+    assert _tun_tx_dropped("lgtun0", str(tmp_path / "missing")) == 0
+
+
+def test_status_has_no_kernel_drops_for_a_memory_tun(tuns: tuple[MemoryTun, MemoryTun]) -> None:
+    pump = Pump(tuns[0])
+    assert pump.plane.status()["kernel_drops"] == {}
