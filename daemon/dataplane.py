@@ -42,12 +42,50 @@ _FLOW_CACHE_MAX = 4096
 _PORT_PROTOCOLS = frozenset({6, 17})
 
 
-def _unindex(index: dict[Any, dict[int, ChildSaEntry]], key: object, unique_id: int) -> None:
-    group = index.get(key)
-    if group is not None:
-        group.pop(unique_id, None)
-        if not group:
-            del index[key]  # an empty group would say "up" to `has_child`
+class _EntryIndex:
+    """Installed CHILD SAs grouped by one key (connection, peer or IKE SA), in the
+    order they were added. A key with one SA (most of them: one CHILD SA per IKE SA,
+    often one per connection) holds the entry itself rather than a one-entry dict,
+    some 230 octets less per SA; a key with none is absent."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[Any, ChildSaEntry | dict[int, ChildSaEntry]] = {}
+
+    def add(self, key: object, entry: ChildSaEntry) -> None:
+        group = self._groups.get(key)
+        if group is None:
+            self._groups[key] = entry
+        elif isinstance(group, dict):
+            group[entry.unique_id] = entry
+        else:
+            self._groups[key] = {group.unique_id: group, entry.unique_id: entry}
+
+    def discard(self, key: object, entry: ChildSaEntry) -> None:
+        group = self._groups.get(key)
+        if group is entry:
+            del self._groups[key]
+        elif isinstance(group, dict):
+            group.pop(entry.unique_id, None)
+            if len(group) == 1:
+                (self._groups[key],) = group.values()
+            elif not group:
+                del self._groups[key]
+
+    def get(self, key: object) -> list[ChildSaEntry]:
+        group = self._groups.get(key)
+        if group is None:
+            return []
+        return list(group.values()) if isinstance(group, dict) else [group]
+
+    def pop(self, key: object) -> list[ChildSaEntry]:
+        found = self.get(key)
+        self._groups.pop(key, None)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._groups
 
 
 def flow_key(packet: bytes) -> bytes | None:
@@ -167,9 +205,9 @@ class DataPlane:
         # The same entries grouped three ways, so the gateway's questions ("is this
         # connection up?", "which SAs ride this IKE SA?") cost O(1) plus what they
         # return, not a scan of every CHILD SA (thousands of peers call them per SA).
-        self._by_child: dict[str, dict[int, ChildSaEntry]] = {}
-        self._by_peer: dict[str, dict[int, ChildSaEntry]] = {}
-        self._by_ike_sa: dict[int, dict[int, ChildSaEntry]] = {}
+        self._by_child = _EntryIndex()
+        self._by_peer = _EntryIndex()
+        self._by_ike_sa = _EntryIndex()
         self.drops: Counter[str] = Counter()
         """Drops not attributable to an installed SA, plus those of removed SAs."""
         self.counters: Counter[str] = Counter()
@@ -201,10 +239,9 @@ class DataPlane:
         self.spd.add(entry.policy, preferred=preferred)
         self._outbound_cache.clear()
         self.entries[entry.unique_id] = entry
-        uid = entry.unique_id
-        self._by_child.setdefault(entry.child, {})[uid] = entry
-        self._by_peer.setdefault(entry.connection, {})[uid] = entry
-        self._by_ike_sa.setdefault(entry.ike_sa_id, {})[uid] = entry
+        self._by_child.add(entry.child, entry)
+        self._by_peer.add(entry.connection, entry)
+        self._by_ike_sa.add(entry.ike_sa_id, entry)
         log.debug(
             "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d%s)",
             entry.child,
@@ -227,9 +264,9 @@ class DataPlane:
         entry = self.entries.pop(unique_id, None)
         if entry is None:
             return None
-        _unindex(self._by_child, entry.child, unique_id)
-        _unindex(self._by_peer, entry.connection, unique_id)
-        _unindex(self._by_ike_sa, entry.ike_sa_id, unique_id)
+        self._by_child.discard(entry.child, entry)
+        self._by_peer.discard(entry.connection, entry)
+        self._by_ike_sa.discard(entry.ike_sa_id, entry)
         self.spd.remove(entry.policy)
         self._outbound_cache.clear()
         if linger > 0:
@@ -262,7 +299,7 @@ class DataPlane:
     def entries_of_child(self, child: str) -> list[ChildSaEntry]:
         """Installed CHILD SAs of one `[connections.NAME]` (`ChildSaEntry.child`), in
         the order they were installed."""
-        return list(self._by_child.get(child, {}).values())
+        return self._by_child.get(child)
 
     def has_child(self, child: str) -> bool:
         """Whether any CHILD SA of `[connections.NAME]` is installed."""
@@ -270,21 +307,20 @@ class DataPlane:
 
     def entries_of_peer(self, connection: str) -> list[ChildSaEntry]:
         """Installed CHILD SAs negotiated by one IKE connection (a peer)."""
-        return list(self._by_peer.get(connection, {}).values())
+        return self._by_peer.get(connection)
 
     def entries_of_ike_sa(self, ike_sa_id: int) -> list[ChildSaEntry]:
         """Installed CHILD SAs that answer to one IKE SA."""
-        return list(self._by_ike_sa.get(ike_sa_id, {}).values())
+        return self._by_ike_sa.get(ike_sa_id)
 
     def move_to_ike_sa(self, old: int, new: int) -> list[ChildSaEntry]:
         """The CHILD SAs of IKE SA `old` now answer to `new` (an IKE rekey moved them,
         RFC 7296 §2.18); returns them."""
-        moved = self._by_ike_sa.pop(old, {})
-        if moved:
-            for entry in moved.values():
-                entry.ike_sa_id = new
-            self._by_ike_sa.setdefault(new, {}).update(moved)
-        return list(moved.values())
+        moved = self._by_ike_sa.pop(old)
+        for entry in moved:
+            entry.ike_sa_id = new
+            self._by_ike_sa.add(new, entry)
+        return moved
 
     # ---- outbound ------------------------------------------------------------------
 
