@@ -41,7 +41,7 @@ class IdKind(enum.Enum):
     KEY_ID = ID_KEY_ID
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """An IKE identity (RFC 7296 §3.5): its kind and its wire data."""
 

@@ -55,12 +55,15 @@ K = TypeVar("K", bound=Hashable)
 
 class _SaIndex(Generic[K]):
     """IKE SAs grouped by a key that may change during an SA's life (the responder
-    picks its connection in IKE_AUTH; the peer's identity is known only then)."""
+    picks its connection in IKE_AUTH; the peer's identity is known only then).
+
+    A key with one SA (the common case for the peer's identity) holds the SA itself,
+    not a one-entry dict: some 230 octets less per IKE SA in a busy index."""
 
     __slots__ = ("_groups", "_key_of")
 
     def __init__(self) -> None:
-        self._groups: dict[K, dict[int, IkeSa]] = {}
+        self._groups: dict[K, IkeSa | dict[int, IkeSa]] = {}
         self._key_of: dict[int, K] = {}
 
     def put(self, sa: IkeSa, key: K) -> None:
@@ -70,7 +73,13 @@ class _SaIndex(Generic[K]):
             return
         self.remove(sa)
         self._key_of[sa.ike_sa_id] = key
-        self._groups.setdefault(key, {})[sa.ike_sa_id] = sa
+        group = self._groups.get(key)
+        if group is None:
+            self._groups[key] = sa
+        elif isinstance(group, dict):
+            group[sa.ike_sa_id] = sa
+        else:
+            self._groups[key] = {group.ike_sa_id: group, sa.ike_sa_id: sa}
 
     def remove(self, sa: IkeSa) -> None:
         """Forget `sa`."""
@@ -78,18 +87,28 @@ class _SaIndex(Generic[K]):
         if old is None:
             return
         group = self._groups.get(old)
-        if group is not None:
+        if group is sa:
+            del self._groups[old]
+        elif isinstance(group, dict):
             group.pop(sa.ike_sa_id, None)
-            if not group:
+            if len(group) == 1:
+                (self._groups[old],) = group.values()
+            elif not group:
                 del self._groups[old]
 
     def get(self, key: K) -> list[IkeSa]:
         """The SAs under `key`, oldest first."""
-        return list(self._groups.get(key, {}).values())
+        group = self._groups.get(key)
+        if group is None:
+            return []
+        return list(group.values()) if isinstance(group, dict) else [group]
 
     def count(self, key: K) -> int:
         """How many SAs are under `key`."""
-        return len(self._groups.get(key, ()))
+        group = self._groups.get(key)
+        if group is None:
+            return 0
+        return len(group) if isinstance(group, dict) else 1
 
 
 @dataclass

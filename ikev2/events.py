@@ -16,7 +16,7 @@ Address = tuple[str, int]
 """An (IP address, UDP port) pair."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """Base class of every event the IKEv2 core emits."""
 
@@ -90,7 +90,7 @@ def child_delete_cause(reason: str) -> DeleteCause:
     return DeleteCause.LOCAL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaEstablished(Event):
     """An IKE SA finished IKE_AUTH: both peers are authenticated."""
 
@@ -120,7 +120,7 @@ class IkeSaEstablished(Event):
     """True when a NAT (or forced encapsulation) was detected on the peer's side."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaRekeyed(Event):
     """An IKE SA was replaced by a new one (RFC 7296 §2.18); its CHILD SAs moved along.
 
@@ -142,7 +142,7 @@ class IkeSaRekeyed(Event):
     """The new IKE SA's algorithms."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaDeleted(Event):
     """An established IKE SA is gone (deleted by either side, expired or peer dead).
 
@@ -161,7 +161,7 @@ class IkeSaDeleted(Event):
     """Why, for code: DEAD_PEER, EXPIRED, PEER_DELETED, LOCAL, ..."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaFailed(Event):
     """Setting up an IKE SA failed before it was established."""
 
@@ -175,7 +175,7 @@ class IkeSaFailed(Event):
     """The IKEv2 notify error type involved (sent or received), if any."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSaInstalled(Event):
     """A CHILD SA (one inbound and one outbound ESP SA) is ready for the data plane.
 
@@ -242,7 +242,7 @@ class ChildSaInstalled(Event):
     inbound SA (RFC 7296 §2.8)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSaDeleted(Event):
     """A CHILD SA's two ESP SAs must be removed from the data plane."""
 
@@ -264,7 +264,7 @@ class ChildSaDeleted(Event):
     """Why, for code: EXPIRED, LIMIT_REACHED, REKEYED, IKE_SA_DELETED, ..."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSaFailed(Event):
     """A CHILD SA could not be set up although its IKE SA may live on."""
 
@@ -280,7 +280,7 @@ class ChildSaFailed(Event):
     """The IKEv2 notify error type involved (e.g. TS_UNACCEPTABLE), if any."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaAddressChanged(Event):
     """An established IKE SA now uses other addresses or ports (RFC 7296 §2.23).
 
@@ -303,7 +303,7 @@ class IkeSaAddressChanged(Event):
     """The peer's address and port from now on."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NatKeepaliveDue(Event):
     """Send one NAT-keepalive datagram (a single 0xFF byte, RFC 3948 §2.3) now.
 

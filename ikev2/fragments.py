@@ -258,6 +258,9 @@ class _Pending:
     size: int = 0
 
 
+_DEFAULT_LIMITS = FragmentLimits()
+
+
 class Reassembler:
     """Collects the fragments of an IKE SA's incoming messages (RFC 7383 §2.6).
 
@@ -266,8 +269,10 @@ class Reassembler:
     they are stored, so a forged one cannot push out genuine ones.
     """
 
+    __slots__ = ("_pending", "limits")  # one per IKE SA: no per-object dict
+
     def __init__(self, limits: FragmentLimits | None = None) -> None:
-        self.limits = limits or FragmentLimits()
+        self.limits = limits or _DEFAULT_LIMITS  # frozen: every SA can share one
         self._pending: dict[tuple[int, bool], _Pending] = {}
 
     def __len__(self) -> int:

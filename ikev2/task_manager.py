@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -58,7 +57,7 @@ class RetransmitPolicy:
         return sum(self.delay(n) for n in range(self.tries + 1))
 
 
-@dataclass
+@dataclass(slots=True)
 class OutstandingRequest(Generic[T]):
     """Our request that awaits its response."""
 
@@ -74,7 +73,7 @@ class OutstandingRequest(Generic[T]):
     """How many times it has been retransmitted."""
 
 
-@dataclass
+@dataclass(slots=True)
 class CachedResponse:
     """The response to the peer's latest request, for its retransmissions (§2.1)."""
 
@@ -100,6 +99,16 @@ class GiveUp(Exception):
 class TaskManager(Generic[T]):
     """Message-ID bookkeeping, retransmission and response caching with a window of 1."""
 
+    # One per IKE SA, thousands per gateway: no per-object dict.
+    __slots__ = (
+        "cached_response",
+        "expected_request_id",
+        "next_request_id",
+        "outstanding",
+        "pending",
+        "policy",
+    )
+
     def __init__(self, policy: RetransmitPolicy) -> None:
         self.policy = policy
         self.next_request_id = 0
@@ -107,8 +116,9 @@ class TaskManager(Generic[T]):
         self.expected_request_id = 0
         """Message ID we expect on the peer's next request."""
         self.outstanding: OutstandingRequest[T] | None = None
-        self.pending: deque[T] = deque()
-        """Exchanges waiting for the window to open, oldest first."""
+        self.pending: list[T] = []
+        """Exchanges waiting for the window to open, oldest first (a list: there are
+        a few at most, and an empty deque costs ten times an empty list)."""
         self.cached_response: CachedResponse | None = None
 
     # --- our requests ---------------------------------------------------------------
@@ -121,7 +131,7 @@ class TaskManager(Generic[T]):
         """The next queued exchange if the window is open, removed from the queue."""
         if self.outstanding is not None or not self.pending:
             return None
-        return self.pending.popleft()
+        return self.pending.pop(0)
 
     def request_sent(self, context: T, packets: tuple[bytes, ...], now: float) -> int:
         """Record a request just sent under `next_request_id`; returns that ID."""

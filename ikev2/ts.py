@@ -25,7 +25,7 @@ class TrafficSelectorError(ValueError):
     """A traffic selector that cannot exist (mixed families, start after end, bad port)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrafficSelector:
     """One traffic selector: an address range, an IP protocol and a port range."""
 

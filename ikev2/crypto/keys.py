@@ -53,6 +53,11 @@ class IkeKeys:
     def __repr__(self) -> str:
         return "IkeKeys(<secret>)"
 
+    def without_auth_keys(self) -> IkeKeys:
+        """The same keys without SK_pi/SK_pr, which only the AUTH payloads use (§2.15):
+        what an established IKE SA keeps."""
+        return IkeKeys(self.sk_d, self.sk_ai, self.sk_ar, self.sk_ei, self.sk_er, b"", b"")
+
 
 def derive_ike_keys(
     suite: IkeSuite, seed: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes
