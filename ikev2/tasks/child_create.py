@@ -296,19 +296,21 @@ def install_child(
         rekey_at=now + rekey_time,
     )
     sa.children[child.unique_id] = child
-    logger.info(
-        "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
-        sa.name,
-        config.name,
-        child.unique_id,
-        "established" if rekey_of is None else f"rekeyed {{{rekey_of}}}",
-        child.spi_in,
-        child.spi_out,
-        format_selectors(child.local_ts),
-        format_selectors(child.remote_ts),
-        suite.name,
-        ", UDP-encapsulated" if sa.udp_encap else "",
-    )
+    # Formatting selectors costs more than the rest of the line: only when it is logged.
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
+            sa.name,
+            config.name,
+            child.unique_id,
+            "established" if rekey_of is None else f"rekeyed {{{rekey_of}}}",
+            child.spi_in,
+            child.spi_out,
+            format_selectors(child.local_ts),
+            format_selectors(child.remote_ts),
+            suite.name,
+            ", UDP-encapsulated" if sa.udp_encap else "",
+        )
     sa.emit(
         _installed_event(
             sa,

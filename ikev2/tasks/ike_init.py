@@ -102,7 +102,8 @@ class IkeInit(Task):
         sa.nonce_r = nonce.data
         _note_fragmentation(sa, message)
         _derive(sa, chosen, ke.data)
-        logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
+        if logger.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
+            logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
     def _switch_group(self, sa: IkeSa, notify: Notify) -> None:
         if len(notify.data) != 2:
@@ -146,7 +147,8 @@ class IkeInit(Task):
         sa.ke = KeyExchange.generate(group, sa.rng)
         self.chosen = chosen
         _derive(sa, chosen, ke.data)
-        logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
+        if logger.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
+            logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         if sa.ke is None or self.chosen is None:
