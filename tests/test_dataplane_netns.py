@@ -184,11 +184,11 @@ def test_kernel_drops_before_the_pump_reads_are_in_status() -> None:
                 assert pump.plane.status()["kernel_drops"] == {}
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
                     out.setblocking(False)
-                    # 8 MiB of receive buffer, then drops; 1500 packets for a 1000 queue.
+                    # 8 MiB of receive buffer, then drops; 2500 packets for a 2000 queue.
                     for _ in range(12000):
                         with contextlib.suppress(BlockingIOError):
                             out.sendto(b"\x01" * 1400, ("127.0.0.1", 14501))
-                    for _ in range(1500):
+                    for _ in range(2500):
                         with contextlib.suppress(BlockingIOError):
                             out.sendto(b"\x02" * 1000, ("203.0.113.5", 9))
                 drops = pump.plane.status()["kernel_drops"]
