@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +90,23 @@ CHILD_REQUEST_SPACING = 10.0
 EXPIRED_CAUSES = frozenset({DeleteCause.LIMIT_REACHED, DeleteCause.EXPIRED})
 """ChildSaDeleted causes of a CHILD SA that reached a hard limit before a rekey
 replaced it: a connection that should be up then needs a new one."""
+
+
+RouteKey = tuple[int, int, int]
+"""(IP version, first address as an integer, prefix length): a routed network as a key.
+An `ipaddress` network object costs some 350 octets with its cached attributes, and a
+gateway keeps one per CHILD SA."""
+
+
+def _route_key(net: IPNetwork) -> RouteKey:
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def _network_of(key: RouteKey) -> IPNetwork:
+    version, first, prefix = key
+    if version == 4:
+        return ipaddress.IPv4Network((first, prefix))
+    return ipaddress.IPv6Network((first, prefix))
 
 
 class GatewayError(Exception):
@@ -187,7 +206,8 @@ class Gateway:
         connecting) are asked per SA set up and must not scan every IKE SA."""
         self.notifier = Notifier()
         self.started_at = time.monotonic()
-        self._routes: dict[IPNetwork, int] = {}
+        self._routes: dict[RouteKey, int] = {}
+        """How many installed CHILD SAs route each remote network into the TUN."""
         self._trap_routes: set[IPNetwork] = set()
         self._path_mtus: dict[str, int] = {}
         self._tun: TunDevice | None = None
@@ -201,6 +221,10 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._shutting_down = False
         self._inbound_seen: dict[int, int] = {}
+        self._route_lock = threading.Lock()
+        self._route_queue: list[Callable[[LinkManager], None]] = []
+        """Route additions waiting for the netlink thread (`_queue_route`)."""
+        self._route_drain_queued = False
         self._rekeying: set[int] = set()
         self._deleting: set[int] = set()
 
@@ -320,7 +344,7 @@ class Gateway:
             for entry in list(self._pump.plane.entries.values()):
                 self._uninstall(entry.unique_id, "shutting down", linger=0.0)
             self._pump.close()
-        for net in set(self._routes) | self._trap_routes:
+        for net in {_network_of(key) for key in self._routes} | self._trap_routes:
             self._remove_route(net)
         self._routes.clear()
         self._trap_routes.clear()
@@ -361,7 +385,7 @@ class Gateway:
             for net in ts.networks():
                 if net not in self._trap_routes:
                     self._trap_routes.add(net)
-                    if net not in self._routes:
+                    if _route_key(net) not in self._routes:
                         self._add_route(net, None)
 
     def _drop_peer(self, name: str, reason: str) -> int:
@@ -378,7 +402,7 @@ class Gateway:
                 for net in ts.networks():
                     if net in self._trap_routes:
                         self._trap_routes.discard(net)
-                        if net not in self._routes:
+                        if _route_key(net) not in self._routes:
                             self._remove_route(net)
         if self._endpoint is None:
             return 0
@@ -853,8 +877,9 @@ class Gateway:
 
     def _add_route(self, net: IPNetwork, entry: ChildSaEntry | None) -> None:
         if entry is not None:
-            self._routes[net] = self._routes.get(net, 0) + 1
-            if self._routes[net] > 1 or net in self._trap_routes:
+            key = _route_key(net)
+            count = self._routes[key] = self._routes.get(key, 0) + 1
+            if count > 1 or net in self._trap_routes:
                 return
         links, tun = self._links, self._tun
         if links is None or tun is None:
@@ -882,14 +907,44 @@ class Gateway:
         # Queued, not awaited: a thousand CHILD SAs installed at once would otherwise
         # hold the event loop for a netlink round trip each. The worker is one thread,
         # so a later removal of this route (or any other call) still runs after it.
-        links.submit(add)
+        self._queue_route(links, add)
+
+    def _queue_route(self, links: LinkWorker, call: Callable[[LinkManager], None]) -> None:
+        """Hand a route addition to the netlink thread, batched: while a drain is queued
+        or running, more additions join its batch instead of each costing a Future and
+        a thread hand-over. Order is kept: a call submitted to the worker after this
+        one (a removal) runs after the drain that takes this addition."""
+        with self._route_lock:
+            self._route_queue.append(call)
+            if self._route_drain_queued:
+                return
+            self._route_drain_queued = True
+        links.submit(self._drain_routes)
+
+    def _drain_routes(self, lm: LinkManager) -> None:
+        """On the netlink thread: run queued route additions until none is left."""
+        while True:
+            with self._route_lock:
+                batch = self._route_queue
+                if not batch:
+                    self._route_drain_queued = False
+                    return
+                self._route_queue = []
+            for call in batch:
+                try:
+                    call(lm)
+                except Exception:
+                    # Each addition reports its own LinkError; anything else is a bug
+                    # that must not cost the other routes of the batch.
+                    log.exception("route addition failed")
 
     def _release_route(self, net: IPNetwork) -> None:
-        count = self._routes.get(net, 0) - 1
+        key = _route_key(net)
+        count = self._routes.get(key, 0) - 1
         if count > 0:
-            self._routes[net] = count
+            self._routes[key] = count
             return
-        self._routes.pop(net, None)
+        self._routes.pop(key, None)
         if net not in self._trap_routes:
             self._remove_route(net)
 

@@ -44,6 +44,7 @@ from ikev2.events import (
     IkeSaRekeyed,
 )
 from ikev2.sa import IkeSaState
+from ikev2.ts import TrafficSelector as IkeTs
 from tun import LinkError, memory_tun_pair
 
 CONFIG = """
@@ -694,3 +695,82 @@ def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_
         plane.remove(uid)
     assert not any(plane.has_child(c) for c in children)
     assert not any(plane.entries_of_ike_sa(i) for i in ike_ids)
+
+
+class _QueuedLinks(_FakeLinks):
+    """Like the netlink worker: submitted calls wait in FIFO order until `drain`, and
+    `run` first lets everything submitted before it run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[object] = []
+        self.submits = 0
+
+    def submit(self, call: object) -> None:
+        self.submits += 1
+        self.queued.append(call)
+
+    def drain(self) -> None:
+        while self.queued:
+            self.queued.pop(0)(self)  # type: ignore[operator]
+
+    def run(self, call: object) -> object:
+        self.drain()
+        return call(self)  # type: ignore[operator]
+
+
+def test_routes_are_added_in_batches_counted_per_network_and_removed_in_order(
+    gateway: Gateway,
+) -> None:
+    links = _QueuedLinks()
+    gateway._links = links  # type: ignore[assignment]
+    gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
+    gateway._local_addresses = LocalAddresses(links)  # type: ignore[arg-type]
+    gateway._handle_event(established())
+    # Three CHILD SAs of one connection: the same two remote networks each.
+    for uid in (1, 2, 3):
+        a, _ = events("aes128gcm16", udp=False, uid=uid)
+        gateway._handle_event(dataclasses.replace(a, connection="main", child="site", ike_sa_id=7))
+    assert links.routes == []  # nothing ran on the "netlink thread" yet
+    # Another connection's SAs, while that drain is still queued, join it.
+    for uid in (4, 5):
+        a, _ = events("aes128gcm16", udp=False, uid=uid)
+        event = dataclasses.replace(
+            a,
+            connection="spare",
+            child="spare-net",
+            ike_sa_id=8,
+            local_ts=(IkeTs.from_network("192.0.2.0/25"),),
+            remote_ts=(IkeTs.from_network("198.51.100.128/26"),),
+        )
+        gateway._handle_event(event)
+    assert links.submits == 1
+    links.drain()
+    # One route per network, however many SAs use it, in the order they came.
+    assert links.routes == [
+        ("203.0.113.0/24", "192.0.2.1"),
+        ("2001:db8:b::/64", None),
+        ("198.51.100.128/26", "192.0.2.1"),
+    ]
+    # Once drained, the next addition starts a new drain.
+    a, _ = events("aes128gcm16", udp=False, uid=6)
+    gateway._handle_event(
+        dataclasses.replace(
+            a,
+            connection="main",
+            child="site",
+            ike_sa_id=7,
+            remote_ts=(IkeTs.from_network("203.0.113.64/26"),),
+        )
+    )
+    assert links.submits == 2
+    links.drain()
+    assert links.routes[-1] == ("203.0.113.64/26", "192.0.2.1")
+    gateway._handle_event(ChildSaDeleted("main", "site", 6, 7, 0xB0000006, 1, "test"))
+    # A network's route goes when its last SA goes, after the additions queued before.
+    for uid in (1, 2):
+        gateway._handle_event(ChildSaDeleted("main", "site", uid, 7, 0xB0000000 + uid, 1, "test"))
+    assert ("203.0.113.0/24", "192.0.2.1") in links.routes
+    gateway._handle_event(ChildSaDeleted("main", "site", 3, 7, 0xB0000003, 1, "test"))
+    assert [r[0] for r in links.routes] == ["198.51.100.128/26"]
+    assert gateway._routes == {(4, int(ipaddress.ip_address("198.51.100.128")), 26): 2}
