@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -117,6 +118,7 @@ _HASH_NAMES: dict[int, str] = {
 }
 
 
+@functools.cache  # constant, and a Notify is frozen: built once, not per IKE_SA_INIT
 def signature_hashes_notify() -> Notify:
     """Our N(SIGNATURE_HASH_ALGORITHMS) for IKE_SA_INIT (RFC 7427 §4)."""
     data = b"".join(h.to_bytes(2, "big") for h in SUPPORTED_HASHES)

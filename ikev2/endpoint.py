@@ -25,6 +25,7 @@ send are whole UDP payloads, with the marker when they leave from port 4500.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -51,6 +52,13 @@ NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
 
 K = TypeVar("K", bound=Hashable)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip(text: str) -> IpAddress:
+    """An address string parsed once (bounded cache): every IKE_SA_INIT names our
+    address and the peer's again, and parsing them cost more than the lookup."""
+    return ipaddress.ip_address(text)
 
 
 class _SaIndex(Generic[K]):
@@ -621,12 +629,12 @@ class Endpoint:
         One with the exact peer address comes before a %any one; the identities in
         IKE_AUTH may still pick another of these candidates.
         """
-        local_ip = ipaddress.ip_address(local[0])
-        remote_ip = ipaddress.ip_address(remote[0])
+        local_ip = _ip(local[0])
+        remote_ip = _ip(remote[0])
         return [
             conn
             for conn in self._by_remote_address.get(remote_ip, []) + self._wildcards
-            if any(ipaddress.ip_address(a) == local_ip for a in conn.local_addresses)
+            if any(_ip(a) == local_ip for a in conn.local_addresses)
         ]
 
     # --- output and time ----------------------------------------------------------------

@@ -17,6 +17,7 @@ and SPI, since the response must echo the number (§3.3.1).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -166,6 +167,7 @@ def _check_aead_mix(encrs: Sequence[Transform], integs: Sequence[Transform], tex
         raise InvalidProposal(f"proposal {text!r} needs an integrity algorithm")
 
 
+@functools.lru_cache(maxsize=256)  # a Proposal is frozen: one parse per string
 def parse_ike_proposal(text: str) -> Proposal:
     """Parse an IKE proposal string; raises :class:`UnknownAlgorithm` / :class:`InvalidProposal`."""
     transforms = _parse(text, (_ENCR_WORDS, _INTEG_WORDS, _PRF_WORDS, _DH_WORDS))
@@ -189,6 +191,7 @@ def parse_ike_proposal(text: str) -> Proposal:
     return Proposal(1, ProtocolId.IKE, b"", tuple(ordered))
 
 
+@functools.lru_cache(maxsize=256)  # a Proposal is frozen: one parse per string
 def parse_esp_proposal(text: str) -> Proposal:
     """Parse an ESP proposal string (``aes256-sha256``, ``aes128gcm16-x25519``, ``...-esn``).
 

@@ -7,6 +7,7 @@ answers with the error notify in place of SA/TSi/TSr. The CREATE_CHILD_SA varian
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -80,12 +81,17 @@ def from_wire(selectors: tuple[WireTs, ...]) -> tuple[TrafficSelector, ...]:
 
 def _ike_auth_proposals(config: ChildConfig) -> list[Proposal]:
     """Our ESP proposals for IKE_AUTH: without key exchange (§1.2), duplicates dropped."""
+    return list(_ike_auth_proposals_of(config.esp_proposals))
+
+
+@functools.lru_cache(maxsize=256)  # frozen proposals: worked out once per configuration
+def _ike_auth_proposals_of(esp_proposals: tuple[str, ...]) -> tuple[Proposal, ...]:
     out: list[Proposal] = []
-    for text in config.esp_proposals:
+    for text in esp_proposals:
         proposal = without_key_exchange(parse_esp_proposal(text))
         if proposal not in out:
             out.append(proposal)
-    return out
+    return tuple(out)
 
 
 class ChildCreate(Task):
