@@ -30,6 +30,7 @@ from daemon.packet import flow_of, fragment_ipv4, may_fragment, too_big_reply
 from daemon.sad import Sad
 from daemon.spd import Spd
 from esp.drops import DropReason
+from esp.sa import PARTS_PER_PACKET
 from esp.udpencap import DatagramKind, classify, strip_marker
 from ikev2.events import Address
 
@@ -153,7 +154,7 @@ class Transport(Protocol):
     def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
         """Send ESP packets of one SA to its peer, framed as the SA says (UDP or raw);
         return how many packets left. ``parts`` holds each packet (SPI through ICV)
-        as two octet strings, header and body, as `EspSA.encapsulate_parts` gives
+        as `PARTS_PER_PACKET` octet strings, as `EspSA.encapsulate_parts` gives
         them, so a gathering send never copies the ciphertext."""
 
     def send_keepalive(self, local: Address, remote: Address) -> bool:
@@ -408,7 +409,7 @@ class DataPlane:
         parts = entry.outbound.encapsulate_parts(inners)
         if parts:
             sent = self.transport.send(entry, parts)
-            sealed = len(parts) >> 1
+            sealed = len(parts) // PARTS_PER_PACKET
             if sent < sealed:
                 entry.drops[Drop.SEND_FAILED.value] += sealed - sent
 

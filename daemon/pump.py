@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
 from daemon.dataplane import DataPlane, Drop
+from esp.sa import PARTS_PER_PACKET
 from esp.udpencap import NAT_KEEPALIVE
 from ikev2.events import Address
 from tun import PacketDevice, TunError
@@ -365,13 +366,13 @@ class Pump:
     def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
         """Send one SA's ESP packets, in UDP or raw as the SA says.
 
-        ``parts`` holds each packet as a (header, body) pair, as
+        ``parts`` holds each packet as `PARTS_PER_PACKET` octet strings, as
         `EspSA.encapsulate_parts` gives them; returns how many packets left.
         """
         if entry.udp_encap:
             sock = self.udp.get(entry.local)
             target: tuple[str, int] = entry.remote
-            if sock is not None and self._gso and len(parts) > 2:
+            if sock is not None and self._gso and len(parts) > PARTS_PER_PACKET:
                 return self._send_gso(sock, target, parts)
         else:
             sock = self.raw.get(entry.local[0])
@@ -384,30 +385,31 @@ class Pump:
         # Runs of equally long ESP packets (a cut TCP super-packet gives exactly
         # that) leave in one sendmsg; the kernel cuts them at the size in the
         # UDP_SEGMENT cmsg, and a shorter last one is allowed. The segments are
-        # cut by length, not by iovec, so each packet's header and body go as two
-        # parts and are never joined here.
+        # cut by length, not by iovec, so each packet's parts go as they are and
+        # are never joined here.
         sendmsg = sock.sendmsg
+        sizes = _packet_sizes(parts)
         sent = 0
-        i, n = 0, len(parts)
+        i, n = 0, len(sizes)
         while i < n:
-            size = len(parts[i]) + len(parts[i + 1])
-            j = i + 2
-            total = size
-            limit = min(n, i + 2 * GSO_MAX_SEGMENTS)
+            size = total = sizes[i]
+            j = i + 1
+            limit = min(n, i + GSO_MAX_SEGMENTS)
             while j < limit:
-                length = len(parts[j]) + len(parts[j + 1])
+                length = sizes[j]
                 if length > size or total + length > GSO_MAX_BYTES:
                     break
                 total += length
-                j += 2
+                j += 1
                 if length < size:
                     break
-            if j - i == 2:
-                sent += _send_each(sock, target, parts[i:j])
+            run = parts[i * PARTS_PER_PACKET : j * PARTS_PER_PACKET]
+            if j - i == 1:
+                sent += _send_each(sock, target, run)
                 i = j
                 continue
             try:
-                sendmsg(parts[i:j], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, target)
+                sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, target)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as exc:
@@ -415,11 +417,11 @@ class Pump:
                     # No GSO on this path: send one by one from now on.
                     log.info("UDP GSO refused (%s); sending datagrams one by one", exc.strerror)
                     self._gso = False
-                    return sent + _send_each(sock, target, parts[i:])
+                    return sent + _send_each(sock, target, parts[i * PARTS_PER_PACKET :])
                 if exc.errno == errno.EMSGSIZE:
                     log.debug("ESP packets of %d octets exceed the path MTU", size)
             else:
-                sent += (j - i) >> 1
+                sent += j - i
                 self.plane.counters["gso_sends"] += 1
             i = j
         return sent
@@ -500,19 +502,28 @@ def _tun_tx_dropped(name: str, path: str = "/proc/net/dev") -> int:
     return 0
 
 
+def _packet_sizes(parts: list[bytes]) -> list[int]:
+    """The length of each packet in `EspSA.encapsulate_parts` output (its parts come
+    in threes: `PARTS_PER_PACKET`)."""
+    return [
+        len(a) + len(b) + len(c)
+        for a, b, c in zip(parts[0::3], parts[1::3], parts[2::3], strict=True)
+    ]
+
+
 def _send_each(sock: socket.socket, target: tuple[str, int], parts: list[bytes]) -> int:
-    # One datagram per (header, body) pair: joining the two costs less than a
-    # two-part sendmsg per packet.
+    # One datagram per packet: joining its parts costs less than a sendmsg of
+    # several buffers per packet.
     sendto = sock.sendto
     sent = 0
-    for header, body in zip(parts[::2], parts[1::2], strict=True):
+    for packet in map(b"".join, zip(parts[0::3], parts[1::3], parts[2::3], strict=True)):
         try:
-            sendto(header + body, target)
+            sendto(packet, target)
         except (BlockingIOError, InterruptedError):
             continue
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
-                log.debug("ESP packet of %d octets exceeds the path MTU", len(header) + len(body))
+                log.debug("ESP packet of %d octets exceeds the path MTU", len(packet))
             continue
         sent += 1
     return sent

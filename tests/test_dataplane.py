@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from daemon.childsa import ChildSaEntry, entry_from_event, inner_mtu
 from daemon.dataplane import ICMP_ERRORS_PER_SECOND, DataPlane, Drop
 from daemon.packet import checksum
+from esp.sa import PARTS_PER_PACKET
 from esp.suites import suite_by_name
 from esp.udpencap import NAT_KEEPALIVE, decapsulate_udp, encapsulate_udp, frame_ike
 from ikev2.events import Address, ChildSaInstalled
@@ -106,7 +107,8 @@ class Side:
     sent_frames: list[tuple[str, bytes]] = field(default_factory=list)
 
     def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
-        packets = [h + b for h, b in zip(parts[::2], parts[1::2], strict=True)]
+        step = PARTS_PER_PACKET
+        packets = [b"".join(parts[i : i + step]) for i in range(0, len(parts), step)]
         for esp in packets:
             if entry.udp_encap:
                 frame = encapsulate_udp(esp, entry.local[1], entry.remote[1])

@@ -21,6 +21,7 @@ from esp.sa import (
     IPPROTO_IPIP,
     IPPROTO_IPV6,
     IPPROTO_NONE,
+    PARTS_PER_PACKET,
     EspSA,
     Lifetime,
     LifetimeState,
@@ -92,6 +93,21 @@ def test_sequence_numbers_count_from_one_and_gcm_iv_is_unique() -> None:
     assert seqs == [1, 2, 3]
     assert len(ivs) == 3
     assert out.next_seq == 4
+
+
+@pytest.mark.parametrize("suite", [GCM, suite_by_name("chacha20poly1305")], ids=str)
+def test_iv_is_spi_and_sequence_or_the_esn_sequence(suite: EspSuite) -> None:
+    # RFC 4106 §3.1 / RFC 7634 §2: unique per key. 32-bit: SPI | Sequence (the
+    # AAD's octets); ESN: the 64-bit sequence number, as the low half cycles.
+    out, _ = pair(suite)
+    for packet in [out.encapsulate(IPV4), *out.encapsulate_batch([IPV4, IPV6])]:
+        assert isinstance(packet, bytes)
+        assert packet[8:16] == packet[:8]
+    esn_out, _ = pair(suite, esn=True, first_seq=(1 << 32) + 7)
+    packet = esn_out.encapsulate(IPV4)
+    assert isinstance(packet, bytes)
+    assert packet[8:16] == ((1 << 32) + 7).to_bytes(8, "big")
+    assert packet[4:8] == (7).to_bytes(4, "big")
 
 
 def test_batch_equals_one_by_one() -> None:
@@ -480,9 +496,9 @@ def test_batch_is_the_same_as_one_by_one(
 def test_parts_join_to_the_packets_of_one_by_one(
     name: str, esn: bool, inners: list[bytes], hard_packets: int | None, near_end: bool
 ) -> None:
-    """`encapsulate_parts` gives (header, body) pairs that join to exactly the
-    packets the one-packet path sends, refused packets without a pair, and the
-    same counters and drops; an AEAD header is SPI | Sequence | IV."""
+    """`encapsulate_parts` gives groups of parts that join to exactly the packets
+    the one-packet path sends, refused packets without a group, and the same
+    counters and drops; AEAD parts are SPI | Sequence, IV, ciphertext + ICV."""
     suite = SUITES[name]
     encr, integ = keys(suite)
     life = Lifetime(hard_packets=hard_packets)
@@ -491,15 +507,15 @@ def test_parts_join_to_the_packets_of_one_by_one(
     single_sa = EspSA(SPI, suite, encr, integ, esn=esn, lifetime=life, first_seq=first)
     half = len(inners) // 2
     parts = parts_sa.encapsulate_parts(inners[:half]) + parts_sa.encapsulate_parts(inners[half:])
-    assert len(parts) % 2 == 0
-    joined = [h + b for h, b in zip(parts[::2], parts[1::2], strict=True)]
+    assert len(parts) % PARTS_PER_PACKET == 0
+    joined = packets_of(parts)
     singles = [
         p for p in (single_sa.encapsulate(inner) for inner in inners) if isinstance(p, bytes)
     ]
     if suite.is_aead:
         # The IV is the sequence number: the octets are deterministic.
         assert joined == singles
-        assert all(len(h) == 16 for h in parts[::2])
+        assert all(len(h) == 8 for h in parts[0::3]) and all(len(iv) == 8 for iv in parts[1::3])
     else:
         # A random CBC IV per packet: compare what the packets carry.
         inbound = EspSA(SPI, suite, encr, integ, esn=esn, first_seq=first)
@@ -516,12 +532,19 @@ def test_parts_join_to_the_packets_of_one_by_one(
     )
 
 
-def test_parts_stop_at_a_non_ip_packet_without_a_half_pair() -> None:
+def packets_of(parts: list[bytes]) -> list[bytes]:
+    """The whole packets in `encapsulate_parts` output."""
+    return [
+        b"".join(parts[i : i + PARTS_PER_PACKET]) for i in range(0, len(parts), PARTS_PER_PACKET)
+    ]
+
+
+def test_parts_stop_at_a_non_ip_packet_without_a_half_group() -> None:
     # The fast loop raises on the non-IP packet; the careful loop finishes the batch.
     out, inbound = pair(GCM)
     parts = out.encapsulate_parts([IPV4, b"\x50abc", IPV6])
-    assert len(parts) == 4
-    assert [inbound.decapsulate(h + b) for h, b in zip(parts[::2], parts[1::2], strict=True)] == [
+    assert len(parts) == 2 * PARTS_PER_PACKET
+    assert [inbound.decapsulate(p) for p in packets_of(parts)] == [
         (IPV4, 4),
         (IPV6, 41),
     ]

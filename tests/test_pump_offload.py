@@ -22,6 +22,7 @@ from daemon.pump import (
     Pump,
     _tun_tx_dropped,
 )
+from esp.sa import PARTS_PER_PACKET
 from tun import MemoryTun, memory_tun_pair
 from tun.vnet import (
     F_NEEDS_CSUM,
@@ -86,13 +87,15 @@ def udp_pump(tun: MemoryTun, sock: RecordingSocket) -> tuple[Pump, ChildSaEntry]
 
 
 def as_parts(packets: list[bytes]) -> list[bytes]:
-    """ESP packets as the (header, body) pairs `EspSA.encapsulate_parts` gives."""
-    return [part for packet in packets for part in (packet[:16], packet[16:])]
+    """ESP packets cut as `EspSA.encapsulate_parts` cuts them (SPI | Sequence, IV,
+    the rest)."""
+    return [part for packet in packets for part in (packet[:8], packet[8:16], packet[16:])]
 
 
 def datagrams(buffers: list[bytes]) -> list[bytes]:
-    """The datagrams one GSO sendmsg carried: its buffers joined pair by pair."""
-    return [h + b for h, b in zip(buffers[::2], buffers[1::2], strict=True)]
+    """The datagrams one GSO sendmsg carried: its buffers joined packet by packet."""
+    step = PARTS_PER_PACKET
+    return [b"".join(buffers[i : i + step]) for i in range(0, len(buffers), step)]
 
 
 def test_equal_packets_leave_in_gso_sends_of_bounded_size(
@@ -107,8 +110,9 @@ def test_equal_packets_leave_in_gso_sends_of_bounded_size(
     assert sent == packets
     for buffers, size in sock.sendmsgs:
         assert size == 1400
-        # Headers and bodies go as separate parts: two buffers per datagram.
-        assert len(buffers) % 2 == 0 and len(buffers) <= 2 * GSO_MAX_SEGMENTS
+        # A packet's parts go as separate buffers, never joined.
+        assert len(buffers) % PARTS_PER_PACKET == 0
+        assert len(buffers) <= PARTS_PER_PACKET * GSO_MAX_SEGMENTS
         assert sum(map(len, buffers)) <= GSO_MAX_BYTES
         # Every datagram but the last of a send has the segment size.
         sizes = [len(p) for p in datagrams(buffers)]

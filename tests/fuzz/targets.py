@@ -37,7 +37,7 @@ from daemon.dataplane import DataPlane
 from daemon.packet import flow_of, fragment_ipv4, too_big_reply
 from esp.drops import DropReason
 from esp.replay import ReplayWindow
-from esp.sa import EspSA
+from esp.sa import PARTS_PER_PACKET, EspSA
 from esp.udpencap import DatagramKind, classify
 from ikev2.codec import (
     Authentication,
@@ -1133,7 +1133,7 @@ class _Wire:
         self.tun: list[bytes] = []
 
     def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
-        return len(parts) >> 1
+        return len(parts) // PARTS_PER_PACKET
 
     def send_keepalive(self, local: Any, remote: Any) -> bool:
         return True
