@@ -218,6 +218,8 @@ class Gateway:
         self._control: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        """The endpoint timer `_timer` is armed for (meaningful while `_timer` is set)."""
         self._stopping = asyncio.Event()
         self._shutting_down = False
         self._inbound_seen: dict[int, int] = {}
@@ -572,16 +574,21 @@ class Gateway:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        endpoint, loop = self._endpoint, self._loop
+        timer = endpoint.get_timer() if endpoint is not None and loop is not None else None
         if self._timer is not None:
+            if timer == self._timer_at:
+                return  # already armed for that time: most datagrams leave it unchanged
             self._timer.cancel()
             self._timer = None
-        endpoint, loop = self._endpoint, self._loop
-        if endpoint is None or loop is None:
-            return
-        timer = endpoint.get_timer()
-        if timer is not None:
+        if timer is not None and loop is not None:
             delay = max(0.0, timer - time.monotonic())
-            self._timer = loop.call_later(delay, self._service)
+            self._timer = loop.call_later(delay, self._on_timer)
+            self._timer_at = timer
+
+    def _on_timer(self) -> None:
+        self._timer = None  # fired: the next `_arm_timer` must arm again, same time or not
+        self._service()
 
     def _handle_event(self, event: Event) -> None:
         handler = self._EVENT_HANDLERS.get(type(event))

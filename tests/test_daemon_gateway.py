@@ -774,3 +774,46 @@ def test_routes_are_added_in_batches_counted_per_network_and_removed_in_order(
     gateway._handle_event(ChildSaDeleted("main", "site", 3, 7, 0xB0000003, 1, "test"))
     assert [r[0] for r in links.routes] == ["198.51.100.128/26"]
     assert gateway._routes == {(4, int(ipaddress.ip_address("198.51.100.128")), 26): 2}
+
+
+class _Handle:
+    def __init__(self, when: float) -> None:
+        self.when = when
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _FakeLoop:
+    """Records the timers the gateway arms."""
+
+    def __init__(self) -> None:
+        self.armed: list[_Handle] = []
+
+    def call_later(self, delay: float, callback: object) -> _Handle:
+        handle = _Handle(time.monotonic() + delay)
+        self.armed.append(handle)
+        return handle
+
+
+def test_endpoint_timer_is_armed_again_only_when_it_moves_or_fired(gateway: Gateway) -> None:
+    # Every datagram runs `_service`; re-arming an unchanged timer each time cost a
+    # cancel and a new loop handle per datagram.
+    loop = _FakeLoop()
+    gateway._loop = loop  # type: ignore[assignment]
+    assert gateway._endpoint is not None and gateway._pump is not None
+    gateway._pump.send_datagram = lambda *args: True  # type: ignore[method-assign]
+    gateway._endpoint.initiate("main", time.monotonic())  # a retransmission timer
+    gateway._service()
+    assert len(loop.armed) == 1
+    for _ in range(5):
+        gateway._service()
+    assert len(loop.armed) == 1 and not loop.armed[0].cancelled
+    gateway._endpoint.initiate("spare", time.monotonic() - 1.0)  # an earlier timer
+    gateway._service()
+    assert len(loop.armed) == 2 and loop.armed[0].cancelled
+    # Once it fired, it is armed again even for the same time.
+    timer_at = gateway._timer_at
+    gateway._on_timer()
+    assert len(loop.armed) == 3 and gateway._timer_at == timer_at
