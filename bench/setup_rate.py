@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -470,17 +471,31 @@ def report(results: Sequence[SetupResult]) -> str:
         f"{'B has':>6} {'B memory':>14}",
     ]
     lines += [_line(r) for r in results]
-    by = {(r.implementation, r.count): r for r in results}
     for count in sorted({r.count for r in results}):
-        ours, base = by.get(("lockgate", count)), by.get(("charon", count))
-        if ours is None or base is None:
-            continue
-        if ours.rate is not None and base.rate is not None:
-            lines.append(f"lockgate/charon setup rate at {count}: {ours.rate / base.rate:.2f}x")
-        if ours.kib_per_sa is not None and base.kib_per_sa:
-            ratio = ours.kib_per_sa / base.kib_per_sa
-            lines.append(f"lockgate/charon memory per SA at {count}: {ratio:.2f}x")
+        ours = [r for r in results if r.implementation == "lockgate" and r.count == count]
+        base = [r for r in results if r.implementation == "charon" and r.count == count]
+        rates = _median([r.rate for r in ours]), _median([r.rate for r in base])
+        kibs = _median([r.kib_per_sa for r in ours]), _median([r.kib_per_sa for r in base])
+        runs = (
+            f" (medians of {len(ours)} and {len(base)} runs)" if len(ours) + len(base) > 2 else ""
+        )
+        if rates[0] is not None and rates[1]:
+            lines.append(
+                f"lockgate/charon setup rate at {count}: {rates[0]:,.0f} / {rates[1]:,.0f} "
+                f"setups/s = {rates[0] / rates[1]:.2f}x{runs}"
+            )
+        if kibs[0] is not None and kibs[1]:
+            lines.append(
+                f"lockgate/charon memory per SA at {count}: {kibs[0]:.1f} / {kibs[1]:.1f} "
+                f"KiB = {kibs[0] / kibs[1]:.2f}x{runs}"
+            )
     return "\n".join(lines)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of the runs that produced a figure (None if none did)."""
+    known = sorted(v for v in values if v is not None)
+    return statistics.median(known) if known else None
 
 
 def to_json(results: Sequence[SetupResult]) -> list[dict[str, Any]]:
