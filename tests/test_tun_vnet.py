@@ -459,3 +459,39 @@ def test_segment_udp_numbers_ids_and_refuses_what_is_not_udp() -> None:
     assert [IP(d).id for d in back] == [7, 8, 9]
     with pytest.raises(VnetError):
         segment_udp(tcp4(b"a" * 100), 50)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    udp=st.booleans(),
+    picks=st.lists(
+        st.tuples(
+            st.integers(0, 5),  # which packet: three segments, two datagrams, garbage
+            st.sampled_from(["as is", "changed", "cut"]),
+            st.integers(0, 80),
+            st.integers(0, 255),
+        ),
+        max_size=24,
+    ),
+)
+def test_coalescing_anything_keeps_every_packet_and_never_raises(
+    udp: bool, picks: list[tuple[int, str, int, int]]
+) -> None:
+    # Packets from a peer arrive decrypted but otherwise unchecked: valid segments
+    # and datagrams, one with a header octet changed or cut short, or garbage.
+    # Nothing raises, every packet is in exactly one frame, and every frame
+    # written reads back as whole packets.
+    valid = [*segment_tcp(tcp4(b"s" * 3000), 1000), *datagrams4([700, 700])]
+    packets = []
+    for which, how, offset, value in picks:
+        packet = bytearray(valid[which] if which < len(valid) else os.urandom(offset))
+        if how == "changed" and packet:
+            packet[offset % len(packet)] = value
+        elif how == "cut":
+            packet = packet[:offset]
+        packets.append(bytes(packet))
+    frames = coalesce(packets, udp=udp)
+    assert sum(frame_packets(f) for f in frames) == len(packets)
+    for frame in frames:
+        if VnetHeader.decode(frame).gso_type != GSO_NONE:
+            assert len(split_frame(frame)) == frame_packets(frame)
