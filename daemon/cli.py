@@ -206,6 +206,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"    drops: {_drops(sa.get('drops', {}))}")
     lines.append(f"IKE drops: {_drops(status.get('ike_drops', {}))}")
     lines.append(f"Drops (all SAs and unmatched traffic): {_drops(status.get('drops', {}))}")
+    # Lost before the daemon read them: full socket buffers or TUN queue (overload).
+    lines.append(f"Kernel drops: {_drops(status.get('kernel_drops', {}))}")
     return "\n".join(lines) + "\n"
 
 

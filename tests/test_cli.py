@@ -228,3 +228,9 @@ def test_format_status_shows_the_ike_drops_line() -> None:
     status = dict(STATUS, ike_drops={"cookie_demanded": 19991, "unknown_spi": 2})
     assert "IKE drops: cookie_demanded 19991, unknown_spi 2\n" in format_status(status)
     assert "IKE drops: none\n" in format_status(STATUS)
+
+
+def test_format_status_shows_where_the_kernel_dropped_packets() -> None:
+    status = dict(STATUS, kernel_drops={"tun_queue": 45, "udp_receive_buffer": 7})
+    assert "Kernel drops: tun_queue 45, udp_receive_buffer 7\n" in format_status(status)
+    assert "Kernel drops: none\n" in format_status(STATUS)
