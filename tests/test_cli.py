@@ -84,7 +84,7 @@ def test_format_status_shows_connections_sas_counters_and_drops() -> None:
     assert "192.0.2.0/24 === 203.0.113.0/24  spi in c0000001 out c0000002" in text
     assert "in  2.0 KiB / 2 packets   out 3.0 MiB / 2200 packets" in text
     assert "drops: replay 3" in text
-    assert text.rstrip().endswith("no_policy 5, replay 3")
+    assert "\nDrops (all SAs and unmatched traffic): no_policy 5, replay 3\n" in text
 
 
 def test_format_status_of_an_idle_daemon() -> None:
