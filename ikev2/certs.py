@@ -125,6 +125,7 @@ def signature_hashes_notify() -> Notify:
     return Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, data)
 
 
+@functools.lru_cache(maxsize=64)  # peers send the same few lists; the SA keeps the tuple
 def parse_signature_hashes(data: bytes) -> tuple[int, ...]:
     """The 2-octet hash numbers of a received SIGNATURE_HASH_ALGORITHMS notify."""
     if len(data) % 2:

@@ -18,6 +18,7 @@ SA of a new CHILD SA before the message that completes it leaves (RFC 7296 §2.8
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import time
@@ -94,6 +95,12 @@ NAT_KEEPALIVE_INTERVAL = 20.0
 
 MAX_INIT_RETRIES = 5
 """IKE_SA_INIT retries after INVALID_KE_PAYLOAD or COOKIE before giving up."""
+
+
+@functools.lru_cache(maxsize=64)
+def _retransmit_policy(timeout: float, base: float, tries: int) -> RetransmitPolicy:
+    # Frozen: the SAs of a connection share one instead of holding one each.
+    return RetransmitPolicy(timeout=timeout, base=base, tries=tries)
 
 
 class IkeSaState(enum.Enum):
@@ -340,10 +347,8 @@ class IkeSa:
         self.spi_i = spi if initiator else bytes(8)
         self.spi_r = bytes(8) if initiator else spi
         self.tm: TaskManager[Exchange] = TaskManager(
-            RetransmitPolicy(
-                timeout=config.retransmit_timeout,
-                base=config.retransmit_base,
-                tries=config.retransmit_tries,
+            _retransmit_policy(
+                config.retransmit_timeout, config.retransmit_base, config.retransmit_tries
             )
         )
         # Negotiated in IKE_SA_INIT.
@@ -361,7 +366,8 @@ class IkeSa:
         """Hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4)."""
         self.fragmentation = False
         """Both sides sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)."""
-        self.reassembler = Reassembler()
+        self.reassembler: Reassembler | None = None
+        """Incoming IKE fragments (RFC 7383), made on the first one: most SAs get none."""
         self.init_retries = 0
         self.cookie = b""
         # NAT traversal (§2.23).
@@ -781,7 +787,7 @@ class IkeSa:
             self.expire_at,
             self.keepalive_at,
             self.ike_rekey_at,
-            self.reassembler.next_timeout(),
+            self.reassembler.next_timeout() if self.reassembler is not None else None,
             self._dpd_due(),
         ]
         for c in self.children.values():
@@ -824,6 +830,8 @@ class IkeSa:
         if is_fragmented(data):
             if not self.fragmentation:
                 raise InvalidSyntax("IKE fragment although fragmentation was not negotiated")
+            if self.reassembler is None:
+                self.reassembler = Reassembler()
             return self.reassembler.receive(data, self.sk.inbound, self.now)
         return self.sk.inbound.open(data)
 
@@ -1266,7 +1274,8 @@ class IkeSa:
         if self.state is IkeSaState.DELETED:
             return
         self.now = now
-        self.reassembler.expire(now)
+        if self.reassembler is not None:
+            self.reassembler.expire(now)
         try:
             self._send(self.tm.handle_timer(now))
         except GiveUp as exc:

@@ -36,7 +36,7 @@ class RequestKind(enum.Enum):
     """Outside the window: drop it (§2.3 allows no reply)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RetransmitPolicy:
     """When to retransmit and when to give up (strongSwan's defaults: 4 s, 1.8, 5)."""
 

@@ -11,6 +11,7 @@ our CAs and must name the peer's identity (`ikev2.certs`).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 from ikev2.codec import Authentication, Certificate, IdI, IdR, Message, Notify, Payload
@@ -76,7 +77,9 @@ class IkeAuth(Task):
 
     def _established(self, sa: IkeSa, now: float) -> None:
         sa.established(now)
-        suite = sa.suite.name if sa.suite is not None else "?"
+        # Interned: the event stays with the daemon for the SA's life, and thousands of
+        # SAs share one suite and usually one local identity.
+        suite = sys.intern(sa.suite.name if sa.suite is not None else "?")
         logger.info(
             "%s: IKE SA established between %s[%s] and %s[%s] (%s)",
             sa.name,
@@ -95,7 +98,7 @@ class IkeAuth(Task):
                 spi_r=int.from_bytes(sa.spi_r, "big"),
                 local=sa.local,
                 remote=sa.remote,
-                local_id=str(sa.config.local_id),
+                local_id=sys.intern(str(sa.config.local_id)),
                 remote_id=str(sa.peer_id),
                 suite=suite,
                 nat_local=sa.nat_local,
