@@ -241,6 +241,7 @@ class IkeSa:
         "_events",
         "_ike_ids",
         "_out",
+        "_reassembler",
         "_state",
         "candidates",
         "children",
@@ -279,7 +280,6 @@ class IkeSa:
         "peer_hashes",
         "peer_id",
         "peer_ike_rekey",
-        "reassembler",
         "rekeyed_from",
         "rekeyed_into",
         "remote",
@@ -366,8 +366,7 @@ class IkeSa:
         """Hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4)."""
         self.fragmentation = False
         """Both sides sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)."""
-        self.reassembler: Reassembler | None = None
-        """Incoming IKE fragments (RFC 7383), made on the first one: most SAs get none."""
+        self._reassembler: Reassembler | None = None
         self.init_retries = 0
         self.cookie = b""
         # NAT traversal (§2.23).
@@ -430,6 +429,14 @@ class IkeSa:
         self.on_change(self)
 
     # --- identity -----------------------------------------------------------------------
+
+    @property
+    def reassembler(self) -> Reassembler:
+        """Incoming IKE fragments (RFC 7383), made when first asked for (a fragment
+        arrives): most SAs never get one and keep no reassembler."""
+        if self._reassembler is None:
+            self._reassembler = Reassembler()
+        return self._reassembler
 
     @property
     def spi_local(self) -> bytes:
@@ -787,7 +794,7 @@ class IkeSa:
             self.expire_at,
             self.keepalive_at,
             self.ike_rekey_at,
-            self.reassembler.next_timeout() if self.reassembler is not None else None,
+            self._reassembler.next_timeout() if self._reassembler is not None else None,
             self._dpd_due(),
         ]
         for c in self.children.values():
@@ -830,8 +837,6 @@ class IkeSa:
         if is_fragmented(data):
             if not self.fragmentation:
                 raise InvalidSyntax("IKE fragment although fragmentation was not negotiated")
-            if self.reassembler is None:
-                self.reassembler = Reassembler()
             return self.reassembler.receive(data, self.sk.inbound, self.now)
         return self.sk.inbound.open(data)
 
@@ -1274,8 +1279,8 @@ class IkeSa:
         if self.state is IkeSaState.DELETED:
             return
         self.now = now
-        if self.reassembler is not None:
-            self.reassembler.expire(now)
+        if self._reassembler is not None:
+            self._reassembler.expire(now)
         try:
             self._send(self.tm.handle_timer(now))
         except GiveUp as exc:
