@@ -1358,9 +1358,10 @@ class Gateway:
         current: dict[int, int] = {}
         for uid, entry in pump.plane.entries.items():
             count = entry.inbound.packet_count
-            current[uid] = count
-            if count != seen.get(uid, 0):
-                endpoint.heard_from_peer(entry.ike_sa_id, now)
+            if count:  # SAs that never received stay out: at idle the map is empty
+                current[uid] = count
+                if count != seen.get(uid, 0):
+                    endpoint.heard_from_peer(entry.ike_sa_id, now)
         self._inbound_seen = current
 
 

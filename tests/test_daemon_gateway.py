@@ -817,3 +817,28 @@ def test_endpoint_timer_is_armed_again_only_when_it_moves_or_fired(gateway: Gate
     timer_at = gateway._timer_at
     gateway._on_timer()
     assert len(loop.armed) == 3 and gateway._timer_at == timer_at
+
+
+def test_liveness_reaches_the_ike_sa_of_sas_that_received_and_remembers_only_those(
+    gateway: Gateway,
+) -> None:
+    # ESP from the peer tells its IKE SA the peer is alive (RFC 7296 §2.4); SAs that
+    # never received anything are not remembered (at idle the map stays empty).
+    assert gateway._pump is not None and gateway._endpoint is not None
+    heard: list[int] = []
+    gateway._endpoint.heard_from_peer = lambda ike, now: heard.append(ike)  # type: ignore[method-assign]
+    peers = {}
+    for uid, ike in ((1, 7), (2, 8)):
+        ours, theirs = events("aes128gcm16", udp=False, uid=uid)
+        gateway._handle_event(dataclasses.replace(ours, connection="main", ike_sa_id=ike))
+        peers[uid] = entry_from_event(theirs)
+    gateway._report_liveness(1.0)
+    assert heard == [] and gateway._inbound_seen == {}
+    inner = ipv4("203.0.113.5", "192.0.2.5", echo_request(1), proto=1)
+    sealed = peers[1].outbound.encapsulate(inner)
+    assert isinstance(sealed, bytes)
+    gateway._pump.plane.from_esp([sealed])
+    gateway._report_liveness(2.0)
+    assert heard == [7] and gateway._inbound_seen == {1: 1}
+    gateway._report_liveness(3.0)  # nothing new: no news for the IKE SA
+    assert heard == [7]
