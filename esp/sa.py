@@ -11,6 +11,7 @@ never raises: `decapsulate` returns a `DropReason`.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import os
 import struct
@@ -115,6 +116,14 @@ class Lifetime:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise EspConfigError(f"lifetime {name} must not be negative, got {value}")
+
+
+@functools.lru_cache(maxsize=64)
+def _nh_rules_for(next_headers: frozenset[int]) -> tuple[int, ...]:
+    # One 256-entry table (2 KiB) per set of Next Header values, shared by every SA.
+    return tuple(
+        _VERSION_BY_NEXT_HEADER.get(nh, 0) if nh in next_headers else -1 for nh in range(256)
+    )
 
 
 class EspSA:
@@ -225,9 +234,7 @@ class EspSA:
         self._next_headers = next_headers
         # Per Next Header value: the inner IP version it requires (4, 6), 0 to
         # deliver unchecked, -1 to refuse. One tuple index per packet.
-        self._nh_rules = tuple(
-            _VERSION_BY_NEXT_HEADER.get(nh, 0) if nh in next_headers else -1 for nh in range(256)
-        )
+        self._nh_rules = _nh_rules_for(next_headers)
         if suite.align & (suite.align - 1):
             raise EspConfigError(f"{suite.name}: alignment {suite.align} is not a power of two")
         self._align = suite.align
