@@ -262,9 +262,15 @@ start = "wait"
 def test_sigterm_sends_delete_and_removes_routes_and_tun(make_pair: Callable[..., Pair]) -> None:
     pair = make_pair()
     topo, a, b = pair.topo, pair.a, pair.b
-    routes = topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
-    assert topo.site_b.subnet4 in routes
-    assert topo.site_b.subnet6 in topo.gw_a.ip("-6", "route", "show", "dev", "lgtest0").stdout
+    # Routes are added on the netlink thread just after the SA is installed.
+    wait_until(
+        lambda: (
+            topo.site_b.subnet4 in topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
+            and topo.site_b.subnet6 in topo.gw_a.ip("-6", "route", "show", "dev", "lgtest0").stdout
+        ),
+        "A's routes to site B",
+        timeout=5,
+    )
     rc = a.proc.stop(timeout=10)
     assert rc == 0, a.proc.log()[-2000:]
     # The peer got our Delete: its SAs are gone without waiting for DPD.
