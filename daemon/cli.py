@@ -2,7 +2,7 @@
 
     lockgate [-s SOCKET] daemon -c FILE [--log-level LEVEL]
     lockgate check-config FILE
-    lockgate [-s SOCKET] status [--json]
+    lockgate [-s SOCKET] status [--json] [--summary]
     lockgate [-s SOCKET] up|down NAME
     lockgate [-s SOCKET] rekey [--ike] NAME
     lockgate [-s SOCKET] reload
@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="connections and SAs of the running daemon")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--summary",
+        action="store_true",
+        help="counts only: cheap to poll on a gateway with thousands of SAs",
+    )
 
     for name, text in (
         ("up", "initiate a connection"),
@@ -102,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message["name"] = args.name
     if command == "rekey" and args.ike:
         message["ike"] = True
+    if command == "status" and args.summary:
+        message["summary"] = True
     try:
         result = request(path, message, timeout=60.0)
     except ControlClientError as exc:
@@ -110,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "status":
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))
+        elif args.summary:
+            print(format_summary(result), end="")
         else:
             print(format_status(result), end="")
     elif isinstance(result, str) and result:
@@ -159,6 +168,16 @@ def _age(seconds: float) -> str:
 
 def _drops(drops: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items())) or "none"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """`lockgate status --summary` for people: one line of counts."""
+    daemon = summary.get("daemon", {})
+    return (
+        f"lockgate {daemon.get('version', '?')} pid {daemon.get('pid', '?')}: "
+        f"{summary.get('connections', 0)} connection(s), {summary.get('ike_sas', 0)} IKE SA(s), "
+        f"{summary.get('child_sas', 0)} CHILD SA(s)\n"
+    )
 
 
 def format_status(status: dict[str, Any]) -> str:

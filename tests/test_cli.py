@@ -133,6 +133,15 @@ def test_client_command_without_daemon(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no daemon control socket" in capsys.readouterr().err
 
 
+SUMMARY = {
+    "daemon": {"version": "0.1.0", "pid": 42},
+    "connections": 3,
+    "ike_sas": 2,
+    "ike_sas_in_core": 2,
+    "child_sas": 5,
+}
+
+
 @pytest.fixture
 def fake_daemon(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A control server answering like the daemon, on its own thread and loop."""
@@ -142,7 +151,7 @@ def fake_daemon(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     async def handler(req: dict[str, Any]) -> Any:
         seen.append(req)
         if req["command"] == "status":
-            return STATUS
+            return SUMMARY if req.get("summary") else STATUS
         if req["command"] == "up" and req.get("name") == "dc-cloud":
             return "connection dc-cloud is up"
         raise ControlError(f"no connection named {req.get('name')!r}")
@@ -234,3 +243,18 @@ def test_format_status_shows_where_the_kernel_dropped_packets() -> None:
     status = dict(STATUS, kernel_drops={"tun_queue": 45, "udp_receive_buffer": 7})
     assert "Kernel drops: tun_queue 45, udp_receive_buffer 7\n" in format_status(status)
     assert "Kernel drops: none\n" in format_status(STATUS)
+
+
+def test_status_summary_asks_for_counts_only(
+    fake_daemon: tuple[str, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, seen = fake_daemon
+    assert main(["-s", path, "status", "--summary"]) == 0
+    assert seen[-1] == {"command": "status", "summary": True}
+    assert capsys.readouterr().out == (
+        "lockgate 0.1.0 pid 42: 3 connection(s), 2 IKE SA(s), 5 CHILD SA(s)\n"
+    )
+    assert main(["-s", path, "status", "--summary", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == SUMMARY
+    main(["-s", path, "status"])
+    assert seen[-1] == {"command": "status"}
