@@ -211,7 +211,10 @@ class CookieJar:
             try:
                 self.verify(echoed.data, nonce.data, ip_i, request.spi_i, now)
             except InvalidCookie as exc:
-                logger.info("IKE_SA_INIT with a bad cookie (%s); sending a fresh one", exc)
+                # DEBUG: anyone can send wrong COOKIEs at line rate with spoofed
+                # sources. The endpoint counts the fresh demand (COOKIE_DEMANDED) and
+                # logs it throttled; an expired one after rotation is normal (§2.6).
+                logger.debug("IKE_SA_INIT with a bad cookie (%s); sending a fresh one", exc)
             else:
                 return None
         cookie = self.make(nonce.data, ip_i, request.spi_i, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from typing import Any
 
 import pytest
@@ -174,6 +175,19 @@ def test_check_request_demands_then_accepts_echoed_cookie() -> None:
     assert again is not None
     fresh = again.notify(NotifyType.COOKIE)
     assert fresh is not None and fresh.data != notify.data
+
+
+def test_a_flood_of_wrong_cookies_writes_no_log_line_per_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Wrong COOKIEs cost an attacker nothing: each gets a fresh demand, and no line
+    # above DEBUG (the endpoint counts and logs the demands, throttled).
+    cookies = jar(demand_above=0)
+    with caplog.at_level(logging.INFO, logger="ikev2.cookies"):
+        for i in range(200):
+            forged = bytes(2) + i.to_bytes(2, "big") + bytes(28)
+            assert cookies.check_request(init_request(cookie=forged), IP_I, 1, now=1.0) is not None
+    assert not [r for r in caplog.records if r.name == "ikev2.cookies"]
 
 
 def test_check_request_needs_nonce() -> None:
