@@ -118,6 +118,13 @@ def test_tun_configured_by_netlink_carries_packets_both_ways(inside: str) -> Non
         assert not links.exists(name)  # closing the last fd removed the interface
 
 
+def _ip_route_show(prefix: str) -> str:
+    """What `ip -4 route show PREFIX` prints in this namespace."""
+    return subprocess.run(
+        ["ip", "-4", "route", "show", prefix], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_plain_routes_are_made_as_ip_shows_them_and_refused_when_present(inside: str) -> None:
     # A route without metric or MTU is one raw rtnetlink message (tun.link):
     # the same route as `ip route` shows it, EEXIST without replace, the right table.
@@ -126,12 +133,7 @@ def test_plain_routes_are_made_as_ip_shows_them_and_refused_when_present(inside:
         links.set_up(tun.name)
         links.add_route("203.0.113.0/24", tun.name, source="192.0.2.1")
         links.add_route("2001:db8:b::/64", tun.name, table=220)
-        shown = subprocess.run(
-            ["ip", "-4", "route", "show", "203.0.113.0/24"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        shown = _ip_route_show("203.0.113.0/24")
         assert f"dev {tun.name}" in shown and "proto static" in shown and "src 192.0.2.1" in shown
         assert [r.destination for r in links.routes(table=220, ifname=tun.name)] == [
             ipaddress.ip_network("2001:db8:b::/64")
@@ -140,12 +142,7 @@ def test_plain_routes_are_made_as_ip_shows_them_and_refused_when_present(inside:
             links.add_route("203.0.113.0/24", tun.name, replace=False)
         assert err.value.errno == errno.EEXIST
         links.add_route("203.0.113.0/24", tun.name)  # replace (the default) overwrites
-        shown = subprocess.run(
-            ["ip", "-4", "route", "show", "203.0.113.0/24"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        shown = _ip_route_show("203.0.113.0/24")
         assert "src" not in shown and shown.count("203.0.113.0/24") == 1
         with pytest.raises(LinkError, match="no such interface 'nope0'"):
             links.add_route("198.51.100.0/24", "nope0")
