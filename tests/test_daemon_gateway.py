@@ -7,6 +7,7 @@ no routes), so these run anywhere; the namespace tests run the real thing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import itertools
@@ -74,21 +75,31 @@ start = "wait"
 """
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    path = tmp_path / "gw.toml"
-    path.write_text(CONFIG)
-    gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
+@contextlib.contextmanager
+def gateway_of(path: Path) -> Iterator[Gateway]:
+    """A Gateway on the configuration at `path`, its peers added, on an in-memory TUN
+    (no sockets, no netlink); the TUN pair is closed on exit."""
+    gw = Gateway(str(path), socket_path=str(path.with_suffix(".sock")))
     gw.config = load_config(path)
     ikes = ike_connections(gw.config)
     gw._endpoint = Endpoint(ikes)
     ours, kernel_side = memory_tun_pair()
     gw._pump = Pump(ours)
-    for ike in ikes:
-        gw._add_peer(ike)
-    yield gw
-    ours.close()
-    kernel_side.close()
+    try:
+        for ike in ikes:
+            gw._add_peer(ike)
+        yield gw
+    finally:
+        ours.close()
+        kernel_side.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    path = tmp_path / "gw.toml"
+    path.write_text(CONFIG)
+    with gateway_of(path) as gw:
+        yield gw
 
 
 def established(peer: str = "main", ike_sa_id: int = 7) -> IkeSaEstablished:
@@ -511,15 +522,7 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
         )
     path = tmp_path / "gw.toml"
     path.write_text(text)
-    gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
-    gw.config = load_config(path)
-    ikes = ike_connections(gw.config)
-    gw._endpoint = Endpoint(ikes)
-    ours, kernel_side = memory_tun_pair()
-    gw._pump = Pump(ours)
-    try:
-        for ike in ikes:
-            gw._add_peer(ike)
+    with gateway_of(path) as gw:
         # Every other connection up (an IKE SA and its CHILD SA), the rest waiting.
         for i in range(0, count, 2):
             gw._handle_event(established(f"p{i}", ike_sa_id=100 + i))
@@ -527,6 +530,7 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
             gw._handle_event(
                 dataclasses.replace(a, connection=f"p{i}", child=f"c{i}", ike_sa_id=100 + i)
             )
+        assert gw._pump is not None
         plane = gw._pump.plane
         ike_sas = _CountingDict(gw.ike_sas)
         entries = _CountingDict(plane.entries)
@@ -545,9 +549,6 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
         # indexes: besides the data plane's own list of SAs, no SA is visited at all.
         assert ike_sas.visits == 0
         assert entries.visits == by_plane
-    finally:
-        ours.close()
-        kernel_side.close()
 
 
 class _FakeLinks:
