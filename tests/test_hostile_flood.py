@@ -63,8 +63,9 @@ def _lockgate_text(world: Interop) -> str:
     return text + ANY_PEER
 
 
-def test_cookie_flood_legitimate_peer_still_establishes() -> None:
-    case = Case(
+def _flood_case() -> Case:
+    """charon initiates to lockgate, whose COOKIE threshold and half-open cap are low."""
+    return Case(
         lockgate_initiates=False,
         lockgate_gateway={
             "cookie_threshold": str(COOKIE_THRESHOLD),
@@ -72,7 +73,10 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
             "log_level": '"info"',
         },
     )
-    with interop(case) as world:
+
+
+def test_cookie_flood_legitimate_peer_still_establishes() -> None:
+    with interop(_flood_case()) as world:
         topo = world.topo
         attacker = add_attacker(topo)
         world.lockgate_text = _lockgate_text(world)
@@ -131,15 +135,7 @@ def test_cookie_flood_legitimate_peer_still_establishes() -> None:
 
 
 def test_cookie_echoing_flood_is_capped_at_max_half_open() -> None:
-    case = Case(
-        lockgate_initiates=False,
-        lockgate_gateway={
-            "cookie_threshold": str(COOKIE_THRESHOLD),
-            "max_half_open": str(MAX_HALF_OPEN),
-            "log_level": '"info"',
-        },
-    )
-    with interop(case) as world:
+    with interop(_flood_case()) as world:
         attacker = add_attacker(world.topo)
         world.lockgate_text = _lockgate_text(world)
         daemon = world.start_lockgate()
