@@ -387,6 +387,12 @@ class EspSA:
             else:
                 if self._fast_commit(batch):
                     return packets
+        return self._encapsulate_slow(batch)
+
+    def _encapsulate_slow(self, batch: Sequence[bytes]) -> list[EncapResult]:
+        # Where the fast path does not run or gave up: one packet at a time (CBC),
+        # or the careful loop (AEAD). Shared by both batch calls, so a batch the
+        # fast path refused is not sealed by it a second time.
         if self._aead is None:
             encapsulate = self.encapsulate
             return [encapsulate(inner) for inner in batch]
@@ -436,7 +442,7 @@ class EspSA:
                     parts[2::3] = bodies
                     return parts
         parts = []
-        for packet in self.encapsulate_batch(batch):
+        for packet in self._encapsulate_slow(batch):
             if isinstance(packet, bytes):
                 if self._aead is not None:
                     parts += (packet[:8], packet[8:16], packet[16:])
