@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from netns import Lab, in_namespace
 
-from tun import LinkError, LinkManager, TunDevice, TunError
+from tun import LinkError, LinkManager, RouteSocket, TunDevice, TunError
 
 pytestmark = pytest.mark.netns
 
@@ -149,6 +149,42 @@ def test_plain_routes_are_made_as_ip_shows_them_and_refused_when_present(inside:
         links.remove_route("203.0.113.0/24", tun.name)
         links.remove_route("2001:db8:b::/64", tun.name, table=220)
         assert not links.routes(ifname=tun.name, table=220)
+
+
+def test_route_socket_removes_any_route_to_the_prefix_and_follows_a_recreated_link(
+    inside: str,
+) -> None:
+    # The daemon's own route path (tun.routes), used from its event-loop thread.
+    routes = RouteSocket()
+    try:
+        with TunDevice.open("lgtest%d") as tun:
+            name = tun.name
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+            # A route someone else made (`ip route` uses protocol boot): removed all the
+            # same, as `ip route del` would; a table above 255 lives in RTA_TABLE alone.
+            subprocess.run(["ip", "route", "add", "203.0.113.0/24", "dev", name], check=True)
+            routes.add_route(ipaddress.ip_network("2001:db8:b::/64"), name, table=1000)
+            shown = subprocess.run(
+                ["ip", "-6", "route", "show", "table", "1000"], capture_output=True, text=True
+            ).stdout
+            assert f"2001:db8:b::/64 dev {name} proto static" in shown
+            routes.remove_route("203.0.113.0/24", name)
+            routes.remove_route("2001:db8:b::/64", name, table=1000)
+            assert _ip_route_show("203.0.113.0/24") == ""
+            routes.remove_route("203.0.113.0/24", name)  # already gone is fine
+            with pytest.raises(LinkError) as err:
+                routes.remove_route("203.0.113.0/24", name, missing_ok=False)
+            assert err.value.errno == errno.ESRCH
+            old_index = routes.index(name)
+        # The link is gone and made again under the same name with a new index: the
+        # cached index is refused (ENODEV) and looked up once more.
+        with TunDevice.open(name) as tun:
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+            routes.add_route("203.0.113.0/24", name)
+            assert routes.index(name) != old_index
+            assert f"dev {name}" in _ip_route_show("203.0.113.0/24")
+    finally:
+        routes.close()
 
 
 def test_route_table_and_policy_rule(inside: str) -> None:

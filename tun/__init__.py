@@ -6,6 +6,7 @@ from tun.device import Offload, TunDevice
 from tun.errors import LinkError, TunError
 from tun.link import LinkManager, Route, Rule
 from tun.memory import MemoryTun, memory_tun_pair
+from tun.routes import RouteSocket
 
 __all__ = [
     "MAX_PACKET",
@@ -15,6 +16,7 @@ __all__ = [
     "Offload",
     "PacketDevice",
     "Route",
+    "RouteSocket",
     "Rule",
     "TunDevice",
     "TunError",

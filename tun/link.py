@@ -14,9 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import os
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,73 +23,12 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tun.errors import LinkError
+from tun.routes import GONE, MAIN_TABLE, RouteSocket, as_network
 
 log = logging.getLogger(__name__)
 
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV})
-MAIN_TABLE = 254
-
-# rtnetlink (linux/netlink.h, linux/rtnetlink.h) for the fast route path.
-_RTM_NEWROUTE, _RTM_DELROUTE, _NLMSG_ERROR = 24, 25, 2
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_EXCL, _NLM_F_CREATE = 1, 4, 0x100, 0x200, 0x400
-_RTA_DST, _RTA_OIF, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 7, 15
-_RTPROT_STATIC, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 4, 0, 1
-
-
-def _rta(kind: int, data: bytes) -> bytes:
-    length = 4 + len(data)
-    return struct.pack("=HH", length, kind) + data + bytes(-length % 4)
-
-
-class _RouteSocket:
-    """A raw NETLINK_ROUTE socket for adding and removing plain routes: one message
-    and one ACK per route, without pyroute2's request machinery and private event
-    loop (about 1.2 ms of CPU per route there, 0.05 ms here)."""
-
-    TIMEOUT = 5.0
-    """Seconds to wait for the kernel's answer (it always sends one: NLM_F_ACK)."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(self.TIMEOUT)
-        self._seq = 0
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def route(
-        self, kind: int, flags: int, net: IpNetwork, oif: int, table: int, source: str | None
-    ) -> int:
-        """Send one RTM_NEWROUTE/RTM_DELROUTE; returns the kernel's errno (0: done).
-        Raises OSError if the socket fails or no answer comes in `TIMEOUT` seconds."""
-        self._seq += 1
-        family = _family(net.version)
-        # The same route pyroute2 made: protocol static, scope universe.
-        scope = _RT_SCOPE_UNIVERSE
-        body = struct.pack(
-            "=BBBBBBBBI", family, net.prefixlen, 0, 0, table if table < 256 else 0,
-            _RTPROT_STATIC, scope, _RTN_UNICAST, 0,
-        )  # fmt: skip
-        body += _rta(_RTA_DST, net.network_address.packed) + _rta(_RTA_OIF, struct.pack("=I", oif))
-        body += _rta(_RTA_TABLE, struct.pack("=I", table))
-        if source is not None:
-            body += _rta(_RTA_PREFSRC, ipaddress.ip_address(source).packed)
-        flags |= _NLM_F_REQUEST | _NLM_F_ACK
-        header = struct.pack("=IHHII", 16 + len(body), kind, flags, self._seq, 0)
-        self._sock.send(header + body)
-        while True:
-            reply = self._sock.recv(65536)
-            offset = 0
-            while offset + 16 <= len(reply):
-                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", reply, offset)
-                if mtype == _NLMSG_ERROR and seq == self._seq:
-                    code: int = struct.unpack_from("=i", reply, offset + 16)[0]
-                    return -code
-                offset += max(16, (length + 3) & ~3)
 
 
 T = TypeVar("T")
@@ -142,7 +79,7 @@ class LinkManager:
             self._ipr: Any = IPRoute()
         except OSError as exc:
             raise LinkError(f"cannot open a netlink socket: {exc}") from exc
-        self._routes = _RouteSocket()
+        self._routes = RouteSocket()
         self._indexes: dict[str, int] = {}
         """Interface indexes by name, as last looked up: a lookup lists every link,
         which a daemon adding a route per CHILD SA would otherwise do each time."""
@@ -161,7 +98,7 @@ class LinkManager:
         try:
             return fn(*args, **kw)
         except NetlinkError as exc:
-            if missing_ok and exc.code in _GONE:
+            if missing_ok and exc.code in GONE:
                 log.debug("%s: already gone", what)
                 return None
             raise LinkError(
@@ -334,21 +271,10 @@ class LinkManager:
     ) -> None:
         """Route `destination` out of `ifname` (in `table`). With `replace` an existing
         route to the same prefix is overwritten instead of failing."""
-        net = ipaddress.ip_network(destination)
+        net = as_network(destination)
         if metric is None and mtu is None:
             # The common case (one route per CHILD SA): one raw rtnetlink message.
-            flags = _NLM_F_CREATE | (_NLM_F_REPLACE if replace else _NLM_F_EXCL)
-
-            def fast(index: int) -> None:
-                what = f"route {net} dev {ifname} table {table}"
-                try:
-                    code = self._routes.route(_RTM_NEWROUTE, flags, net, index, table, source)
-                except OSError as exc:  # includes the timeout
-                    raise LinkError(f"{what}: netlink: {exc}", exc.errno) from exc
-                if code:
-                    raise LinkError(f"{what}: {os.strerror(code)}", code)
-
-            self._on_link(ifname, fast)
+            self._routes.add_route(net, ifname, table=table, source=source, replace=replace)
             return
         kw: dict[str, Any] = {"dst": str(net), "table": table, "family": _family(net.version)}
         if source is not None:
@@ -376,31 +302,18 @@ class LinkManager:
         table: int = MAIN_TABLE,
         missing_ok: bool = True,
     ) -> None:
-        net = ipaddress.ip_network(destination)
+        net = as_network(destination)
+        if ifname is not None:
+            try:
+                self._routes.remove_route(net, ifname, table=table, missing_ok=missing_ok)
+            except LinkError as exc:
+                if exc.errno != errno.ENODEV:
+                    raise
+            return  # (ENODEV: the interface is gone and took its routes with it)
         kw: dict[str, Any] = {"dst": str(net), "table": table, "family": _family(net.version)}
-        if ifname is None:
-            self._call(
-                f"remove route {net} table {table}",
-                self._ipr.route,
-                "del",
-                **kw,
-                missing_ok=missing_ok,
-            )
-            return
-        try:
-            # Not missing_ok inside: a stale cached index must surface as ENODEV so
-            # `_on_link` looks the name up again.
-            self._on_link(
-                ifname,
-                lambda i: self._call(
-                    f"remove route {net} table {table}", self._ipr.route, "del", oif=i, **kw
-                ),
-            )
-        except LinkError as exc:
-            if exc.errno == errno.ENODEV:
-                return  # the interface is gone and took its routes with it
-            if not (missing_ok and exc.errno in _GONE):
-                raise
+        self._call(
+            f"remove route {net} table {table}", self._ipr.route, "del", **kw, missing_ok=missing_ok
+        )
 
     def routes(self, *, table: int = MAIN_TABLE, ifname: str | None = None) -> list[Route]:
         """Routes with a destination prefix in `table` (optionally only via `ifname`)."""
@@ -414,7 +327,7 @@ class LinkManager:
                 route_oif = msg.get("RTA_OIF")
                 if oif is not None and route_oif != oif:
                     continue
-                net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}")
+                net = as_network(f"{dst}/{msg['dst_len']}")
                 metrics = msg.get("RTA_METRICS")
                 mtu = metrics.get("RTAX_MTU") if metrics is not None else None
                 found.append(Route(net, route_oif, table, mtu, msg.get("RTA_PRIORITY")))
