@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import ipaddress
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conf.errors import ConfigError as ConfigLoadError
 from conf.ike import endpoint_config, ike_connections
@@ -64,7 +64,7 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
-from tun import LinkError, LinkManager, TunDevice, TunError
+from tun import LinkError, RouteSocket, TunDevice, TunError
 
 __all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
 
@@ -96,6 +96,17 @@ RouteKey = tuple[int, int, int]
 """(IP version, first address as an integer, prefix length): a routed network as a key.
 An `ipaddress` network object costs some 350 octets with its cached attributes, and a
 gateway keeps one per CHILD SA."""
+
+
+class RouteOps(Protocol):
+    """What the gateway needs to route remote networks into its TUN: a
+    `tun.RouteSocket` (or a stand-in in tests)."""
+
+    def add_route(self, destination: IPNetwork, ifname: str, *, source: str | None = None) -> None:
+        """Route `destination` out of `ifname` (replacing a route to the same prefix)."""
+
+    def remove_route(self, destination: IPNetwork, ifname: str) -> None:
+        """Remove it; a route that is already gone is not an error."""
 
 
 def _route_key(net: IPNetwork) -> RouteKey:
@@ -212,6 +223,8 @@ class Gateway:
         self._path_mtus: dict[str, int] = {}
         self._tun: TunDevice | None = None
         self._links: LinkWorker | None = None
+        self._route_ops: RouteOps | None = None
+        """Adds and removes the routes into the TUN, on the event loop's thread."""
         self._local_addresses: LocalAddresses | None = None
         self._pump: Pump | None = None
         self._endpoint: Endpoint | None = None
@@ -223,10 +236,6 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._shutting_down = False
         self._inbound_seen: dict[int, int] = {}
-        self._route_lock = threading.Lock()
-        self._route_queue: list[Callable[[LinkManager], None]] = []
-        """Route additions waiting for the netlink thread (`_queue_route`)."""
-        self._route_drain_queued = False
         self._rekeying: set[int] = set()
         self._deleting: set[int] = set()
 
@@ -258,6 +267,12 @@ class Gateway:
             (signal.SIGHUP, self._reload_from_signal),
         ):
             self._loop.add_signal_handler(sig, action)
+        # Everything built so far (modules, netlink sessions, the configuration) lives
+        # as long as the daemon: keep it out of the cyclic collector's full passes. A
+        # full pass over it took about 60 ms, long enough to stall a burst of IKE
+        # setups; SAs made later are collected as usual.
+        gc.collect()
+        gc.freeze()
         housekeeping = self._loop.create_task(self._housekeeping())
         volume_watch = self._loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=self._status_line())
@@ -287,6 +302,7 @@ class Gateway:
         self._tun = open_tun(gateway.interface, offload)
         self._links = LinkWorker()
         self._local_addresses = LocalAddresses(self._links)
+        self._route_ops = RouteSocket()
         name = self._tun.name
         self._links.run(lambda links: links.quiet_ipv6(name))
         self._links.run(lambda links: links.set_mtu(name, mtu))
@@ -350,6 +366,8 @@ class Gateway:
             self._remove_route(net)
         self._routes.clear()
         self._trap_routes.clear()
+        if isinstance(self._route_ops, RouteSocket):
+            self._route_ops.close()
         if self._control is not None:
             await self._control.close()
         if self._tun is not None:
@@ -888,62 +906,28 @@ class Gateway:
             count = self._routes[key] = self._routes.get(key, 0) + 1
             if count > 1 or net in self._trap_routes:
                 return
-        links, tun = self._links, self._tun
-        if links is None or tun is None:
+        ops, tun = self._route_ops, self._tun
+        if ops is None or tun is None:
             return
+        # On this thread, at once: one rtnetlink message that the kernel answers inside
+        # the send (tun.routes). A worker thread cost the event loop a GIL hand-over per
+        # route when a thousand CHILD SAs came up together, and doing it here keeps
+        # additions and removals in the order the SAs came and went.
         source = self._route_source(net.version, entry)
-        name = tun.name
-        local = self._local_addresses
-
-        def add(lm: LinkManager) -> None:
-            try:
-                lm.add_route(net, name, source=source)
+        try:
+            ops.add_route(net, tun.name, source=source)
+            return
+        except LinkError as exc:
+            error = exc
+        if source is not None:
+            # The source address may have gone from its interface; route without it,
+            # and read the addresses again next time.
+            if self._local_addresses is not None:
+                self._local_addresses.invalidate()
+            with contextlib.suppress(LinkError):
+                ops.add_route(net, tun.name)
                 return
-            except LinkError as exc:
-                error = exc
-            if source is not None:
-                # The source address may have gone from its interface; route without
-                # it, and read the addresses again next time.
-                if local is not None:
-                    local.invalidate()
-                with contextlib.suppress(LinkError):
-                    lm.add_route(net, name)
-                    return
-            log.error("cannot route %s into %s: %s", net, name, error)
-
-        # Queued, not awaited: a thousand CHILD SAs installed at once would otherwise
-        # hold the event loop for a netlink round trip each. The worker is one thread,
-        # so a later removal of this route (or any other call) still runs after it.
-        self._queue_route(links, add)
-
-    def _queue_route(self, links: LinkWorker, call: Callable[[LinkManager], None]) -> None:
-        """Hand a route addition to the netlink thread, batched: while a drain is queued
-        or running, more additions join its batch instead of each costing a Future and
-        a thread hand-over. Order is kept: a call submitted to the worker after this
-        one (a removal) runs after the drain that takes this addition."""
-        with self._route_lock:
-            self._route_queue.append(call)
-            if self._route_drain_queued:
-                return
-            self._route_drain_queued = True
-        links.submit(self._drain_routes)
-
-    def _drain_routes(self, lm: LinkManager) -> None:
-        """On the netlink thread: run queued route additions until none is left."""
-        while True:
-            with self._route_lock:
-                batch = self._route_queue
-                if not batch:
-                    self._route_drain_queued = False
-                    return
-                self._route_queue = []
-            for call in batch:
-                try:
-                    call(lm)
-                except Exception:
-                    # Each addition reports its own LinkError; anything else is a bug
-                    # that must not cost the other routes of the batch.
-                    log.exception("route addition failed")
+        log.error("cannot route %s into %s: %s", net, tun.name, error)
 
     def _release_route(self, net: IPNetwork) -> None:
         key = _route_key(net)
@@ -956,12 +940,11 @@ class Gateway:
             self._remove_route(net)
 
     def _remove_route(self, net: IPNetwork) -> None:
-        links, tun = self._links, self._tun
-        if links is None or tun is None:
+        ops, tun = self._route_ops, self._tun
+        if ops is None or tun is None:
             return
-        name = tun.name
         try:
-            links.run(lambda lm: lm.remove_route(net, name))
+            ops.remove_route(net, tun.name)
         except LinkError as exc:
             log.warning("cannot remove the route to %s: %s", net, exc)
 

@@ -3,8 +3,9 @@
 `tun.LinkManager` uses pyroute2's synchronous `IPRoute`, which runs a private asyncio
 loop for every call and so cannot be used from a thread whose loop is already running
 (the daemon's). One worker thread owns the netlink session; the daemon hands it short
-calls (add a route, set the MTU) and waits for each, which costs a few hundred
-microseconds and happens only when SAs come and go.
+calls (set the MTU, read the host's addresses) and waits for each, which costs a few
+hundred microseconds. The routes of CHILD SAs do not come here: the gateway adds and
+removes them itself through a `tun.RouteSocket`, without a thread hand-over per route.
 """
 
 from __future__ import annotations

@@ -603,6 +603,7 @@ def test_route_sources_share_one_address_read_until_a_source_is_refused(
     fake = _FakeLinks()
     now = [0.0]
     gateway._links = fake  # type: ignore[assignment]
+    gateway._route_ops = fake
     gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
     gateway._local_addresses = LocalAddresses(fake, clock=lambda: now[0])  # type: ignore[arg-type]
     gateway._handle_event(established())
@@ -698,33 +699,12 @@ def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_
     assert not any(plane.entries_of_ike_sa(i) for i in ike_ids)
 
 
-class _QueuedLinks(_FakeLinks):
-    """Like the netlink worker: submitted calls wait in FIFO order until `drain`, and
-    `run` first lets everything submitted before it run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queued: list[object] = []
-        self.submits = 0
-
-    def submit(self, call: object) -> None:
-        self.submits += 1
-        self.queued.append(call)
-
-    def drain(self) -> None:
-        while self.queued:
-            self.queued.pop(0)(self)  # type: ignore[operator]
-
-    def run(self, call: object) -> object:
-        self.drain()
-        return call(self)  # type: ignore[operator]
-
-
-def test_routes_are_added_in_batches_counted_per_network_and_removed_in_order(
+def test_routes_are_added_at_once_counted_per_network_and_removed_in_order(
     gateway: Gateway,
 ) -> None:
-    links = _QueuedLinks()
+    links = _FakeLinks()
     gateway._links = links  # type: ignore[assignment]
+    gateway._route_ops = links
     gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
     gateway._local_addresses = LocalAddresses(links)  # type: ignore[arg-type]
     gateway._handle_event(established())
@@ -732,8 +712,8 @@ def test_routes_are_added_in_batches_counted_per_network_and_removed_in_order(
     for uid in (1, 2, 3):
         a, _ = events("aes128gcm16", udp=False, uid=uid)
         gateway._handle_event(dataclasses.replace(a, connection="main", child="site", ike_sa_id=7))
-    assert links.routes == []  # nothing ran on the "netlink thread" yet
-    # Another connection's SAs, while that drain is still queued, join it.
+        # The first SA's routes are there as soon as it is installed, nothing twice.
+        assert links.routes == [("203.0.113.0/24", "192.0.2.1"), ("2001:db8:b::/64", None)]
     for uid in (4, 5):
         a, _ = events("aes128gcm16", udp=False, uid=uid)
         event = dataclasses.replace(
@@ -745,15 +725,12 @@ def test_routes_are_added_in_batches_counted_per_network_and_removed_in_order(
             remote_ts=(IkeTs.from_network("198.51.100.128/26"),),
         )
         gateway._handle_event(event)
-    assert links.submits == 1
-    links.drain()
     # One route per network, however many SAs use it, in the order they came.
     assert links.routes == [
         ("203.0.113.0/24", "192.0.2.1"),
         ("2001:db8:b::/64", None),
         ("198.51.100.128/26", "192.0.2.1"),
     ]
-    # Once drained, the next addition starts a new drain.
     a, _ = events("aes128gcm16", udp=False, uid=6)
     gateway._handle_event(
         dataclasses.replace(
@@ -764,11 +741,10 @@ def test_routes_are_added_in_batches_counted_per_network_and_removed_in_order(
             remote_ts=(IkeTs.from_network("203.0.113.64/26"),),
         )
     )
-    assert links.submits == 2
-    links.drain()
     assert links.routes[-1] == ("203.0.113.64/26", "192.0.2.1")
     gateway._handle_event(ChildSaDeleted("main", "site", 6, 7, 0xB0000006, 1, "test"))
-    # A network's route goes when its last SA goes, after the additions queued before.
+    assert ("203.0.113.64/26", "192.0.2.1") not in links.routes
+    # A network's route goes when its last SA goes, not before.
     for uid in (1, 2):
         gateway._handle_event(ChildSaDeleted("main", "site", uid, 7, 0xB0000000 + uid, 1, "test"))
     assert ("203.0.113.0/24", "192.0.2.1") in links.routes
