@@ -243,20 +243,23 @@ def _choice(*options: str) -> Callable[[Any], Any]:
 
 
 def _address(raw: Any) -> IpAddress:
-    text = _string(raw)
+    text = _string(raw).strip()
     try:
-        return ipaddress.ip_address(text.strip())
+        # The family the text shows (ip_address would try IPv4 first and pay for an
+        # exception on every IPv6 address; a thousand peers are read at each reload).
+        return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
     except ValueError:
         raise _Bad(f"not an IP address: {text!r}") from None
 
 
 def _subnet(raw: Any) -> IpNetwork:
     text = _string(raw).strip()
+    kind = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network  # as in _address
     try:
-        return ipaddress.ip_network(text)
+        return kind(text)
     except ValueError:
         try:
-            loose = ipaddress.ip_network(text, strict=False)
+            loose = kind(text, strict=False)
         except ValueError:
             raise _Bad(f'not a subnet: {text!r} (e.g. "192.0.2.0/24")') from None
         raise _Bad(f"{text!r} has host bits set (did you mean '{loose}'?)") from None

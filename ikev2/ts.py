@@ -63,10 +63,16 @@ class TrafficSelector:
         ports: tuple[int, int] = (0, 65535),
     ) -> TrafficSelector:
         """The selector covering a subnet such as "192.0.2.0/24" (an address is a /32, /128)."""
-        try:
-            net = ipaddress.ip_network(network, strict=False)
-        except ValueError as exc:
-            raise TrafficSelectorError(f"not a subnet: {network!r}") from exc
+        if isinstance(network, str):
+            # Parsed as the family the text shows: ip_network tries IPv4 first and
+            # pays for an exception on every IPv6 prefix (a reload builds thousands).
+            kind = ipaddress.IPv6Network if ":" in network else ipaddress.IPv4Network
+            try:
+                net: ipaddress.IPv4Network | ipaddress.IPv6Network = kind(network, strict=False)
+            except ValueError as exc:
+                raise TrafficSelectorError(f"not a subnet: {network!r}") from exc
+        else:
+            net = network
         return cls(net.network_address, net.broadcast_address, protocol, ports[0], ports[1])
 
     @classmethod
