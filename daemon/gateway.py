@@ -955,15 +955,15 @@ class Gateway:
         if local is None or entry is None:
             return None
         try:
-            addresses = local.get()  # cached for a moment: one read serves many SAs
+            addresses = local.numbered()  # cached for a moment: one read serves many SAs
         except LinkError:
             return None
-        for iface in addresses:
-            value = int(iface.ip)
-            if iface.version == version and any(
-                ts.version == version and ts.first <= value <= ts.last for ts in entry.local_ts
-            ):
-                return str(iface.ip)
+        selectors = [(ts.first, ts.last) for ts in entry.local_ts if ts.version == version]
+        for address_version, value, text in addresses:
+            if address_version == version:
+                for first, last in selectors:
+                    if first <= value <= last:
+                        return text
         return None
 
     # ---- acquire (start = "trap") ----------------------------------------------------

@@ -124,6 +124,7 @@ class LocalAddresses:
         self._ttl = ttl
         self._clock = clock
         self._addresses: list[IPv4Interface | IPv6Interface] = []
+        self._numbered: list[tuple[int, int, str]] = []
         self._read_at: float | None = None
         self.reads = 0
         """How many times the kernel was asked (for tests and diagnostics)."""
@@ -136,7 +137,14 @@ class LocalAddresses:
             self._addresses = self._links.run(lambda lm: lm.all_addresses())
             self._read_at = now
             self.reads += 1
+            self._numbered = [(a.version, int(a.ip), str(a.ip)) for a in self._addresses]
         return self._addresses
+
+    def numbered(self) -> list[tuple[int, int, str]]:
+        """`get` as (IP version, address as an integer, address as text): the form a
+        route's source is chosen from for every CHILD SA, converted once per read."""
+        self.get()
+        return self._numbered
 
     def invalidate(self) -> None:
         """Read again on the next `get` (an address we rely on may have changed)."""
