@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from struct import Struct
 from typing import TypeVar
 
-from ikev2.codec.buffer import BufferReadError, Reader, push_uint8, push_uint32
+from ikev2.codec.buffer import U8_U8_U16, BufferReadError, Reader, push_uint8, push_uint32
 from ikev2.codec.payloads import DECODERS, Encrypted, Notify, Payload, UnknownPayload
 from ikev2.constants import (
     GENERIC_PAYLOAD_HEADER_LEN,
@@ -35,6 +36,9 @@ from ikev2.errors import (
 
 _CRITICAL = 0x80
 _MAX_LEN = 0xFFFF
+_HEADER = Struct("!8s8sBBBBII")
+"""The IKE header (RFC 7296 §3.1): SPIs, Next Payload, Version, Exchange Type, Flags,
+Message ID, Length."""
 
 P = TypeVar("P", bound=Payload)
 
@@ -106,15 +110,9 @@ def decode_header(data: bytes) -> IkeHeader:
     """
     if len(data) < IKE_HEADER_LEN:
         raise InvalidSyntax(f"message of {len(data)} octets is shorter than the IKE header")
-    buf = Reader(data)
-    spi_i = buf.pull_bytes(8)
-    spi_r = buf.pull_bytes(8)
-    next_payload = buf.pull_uint8()
-    version = buf.pull_uint8()
-    exchange_type = buf.pull_uint8()
-    flags = buf.pull_uint8()
-    message_id = buf.pull_uint32()
-    length = buf.pull_uint32()
+    spi_i, spi_r, next_payload, version, exchange_type, flags, message_id, length = (
+        _HEADER.unpack_from(data)
+    )
     if version >> 4 != IKE_VERSION >> 4:
         raise InvalidMajorVersion(version)
     if length != len(data):
@@ -255,9 +253,8 @@ def _decode_payloads(next_type: int, data: bytes, inner: bool) -> tuple[Payload,
     payloads: list[Payload] = []
     while next_type != PayloadType.NONE:
         this_type = next_type
-        next_type = buf.pull_uint8()
-        critical = bool(buf.pull_uint8() & _CRITICAL)
-        length = buf.pull_uint16()
+        next_type, flags, length = buf.pull_struct(U8_U8_U16)
+        critical = bool(flags & _CRITICAL)
         if length < GENERIC_PAYLOAD_HEADER_LEN:
             raise InvalidSyntax(f"payload length {length} is shorter than its header")
         body = buf.pull_bytes(length - GENERIC_PAYLOAD_HEADER_LEN)

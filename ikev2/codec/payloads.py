@@ -14,9 +14,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from struct import Struct
 from typing import ClassVar, Self
 
-from ikev2.codec.buffer import Reader, push_uint8, push_uint16
+from ikev2.codec.buffer import U8_U8_U16, U16_U16, Reader, push_uint8, push_uint16
 from ikev2.constants import (
     EapCode,
     IdType,
@@ -36,6 +37,8 @@ _MORE_TRANSFORMS = 3
 _ATTR_TV = 0x8000  # "AF" bit: attribute in Type/Value form (RFC 7296 §3.3.5)
 _NONCE_MIN = 16  # RFC 7296 §3.9
 _NONCE_MAX = 256
+_PROPOSAL_HEADER = Struct("!BBBB")
+"""Proposal Num, Protocol ID, SPI Size, Num Transforms (RFC 7296 §3.3.1)."""
 
 
 class Payload:
@@ -170,9 +173,7 @@ class SecurityAssociation(Payload):
         proposals: list[Proposal] = []
         more = bool(data)
         while more:
-            marker = buf.pull_uint8()
-            buf.pull_uint8()
-            length = buf.pull_uint16()
+            marker, _, length = buf.pull_struct(U8_U8_U16)
             if marker not in (_LAST, _MORE_PROPOSALS) or length < 8:
                 raise InvalidSyntax("malformed proposal substructure")
             proposals.append(_decode_proposal(Reader(buf.pull_bytes(length - 4))))
@@ -191,17 +192,12 @@ def _check_attr_type(attr_type: int) -> int:
 
 
 def _decode_proposal(buf: Reader) -> Proposal:
-    number = buf.pull_uint8()
-    protocol = buf.pull_uint8()
-    spi_size = buf.pull_uint8()
-    count = buf.pull_uint8()
+    number, protocol, spi_size, count = buf.pull_struct(_PROPOSAL_HEADER)
     spi = buf.pull_bytes(spi_size)
     transforms: list[Transform] = []
     more = count > 0
     while more:
-        marker = buf.pull_uint8()
-        buf.pull_uint8()
-        length = buf.pull_uint16()
+        marker, _, length = buf.pull_struct(U8_U8_U16)
         if marker not in (_LAST, _MORE_TRANSFORMS) or length < 8:
             raise InvalidSyntax("malformed transform substructure")
         transforms.append(_decode_transform(Reader(buf.pull_bytes(length - 4))))
@@ -212,16 +208,15 @@ def _decode_proposal(buf: Reader) -> Proposal:
 
 
 def _decode_transform(buf: Reader) -> Transform:
-    transform_type = buf.pull_uint8()
-    buf.pull_uint8()
-    transform_id = buf.pull_uint16()
+    transform_type, _, transform_id = buf.pull_struct(U8_U8_U16)
     attrs: list[TransformAttribute] = []
     while not buf.eof():
-        word = buf.pull_uint16()
+        word, value = buf.pull_struct(U16_U16)
         if word & _ATTR_TV:
-            attrs.append(TransformAttribute(word & ~_ATTR_TV, buf.pull_uint16()))
+            attrs.append(TransformAttribute(word & ~_ATTR_TV, value))
         else:
-            attrs.append(TransformAttribute(word, buf.pull_bytes(buf.pull_uint16())))
+            # TLV form: the second word is the Attribute Length (RFC 7296 §3.3.5).
+            attrs.append(TransformAttribute(word, buf.pull_bytes(value)))
     return Transform(transform_type, transform_id, tuple(attrs))
 
 
@@ -244,8 +239,7 @@ class KeyExchange(Payload):
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
-        group = buf.pull_uint16()
-        buf.pull_bytes(2)
+        group, _ = buf.pull_struct(U16_U16)
         return cls(group, buf.pull_rest())
 
 
@@ -270,7 +264,7 @@ class _Identification(Payload):
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
         id_type = buf.pull_uint8()
-        buf.pull_bytes(3)
+        buf.skip(3)
         return cls(id_type, buf.pull_rest())
 
     @classmethod
@@ -364,7 +358,7 @@ class Authentication(Payload):
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
         method = buf.pull_uint8()
-        buf.pull_bytes(3)
+        buf.skip(3)
         return cls(method, buf.pull_rest())
 
 
@@ -418,9 +412,7 @@ class Notify(Payload):
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
-        protocol = buf.pull_uint8()
-        spi_size = buf.pull_uint8()
-        notify_type = buf.pull_uint16()
+        protocol, spi_size, notify_type = buf.pull_struct(U8_U8_U16)
         spi = buf.pull_bytes(spi_size)
         return cls(notify_type, buf.pull_rest(), protocol, spi)
 
@@ -455,9 +447,7 @@ class Delete(Payload):
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
-        protocol = buf.pull_uint8()
-        spi_size = buf.pull_uint8()
-        count = buf.pull_uint16()
+        protocol, spi_size, count = buf.pull_struct(U8_U8_U16)
         if count and not spi_size:
             raise InvalidSyntax("Delete payload lists SPIs of size 0")
         spis = tuple(buf.pull_bytes(spi_size) for _ in range(count))
@@ -524,22 +514,26 @@ class TrafficSelector:
         return bytes(out) + self.start_address.packed + self.end_address.packed
 
 
-_TS_ADDRESS_LEN: dict[int, int] = {TsType.TS_IPV4_ADDR_RANGE: 4, TsType.TS_IPV6_ADDR_RANGE: 16}
+_TS_FAMILY: dict[int, tuple[int, Callable[[bytes], IPAddress]]] = {
+    TsType.TS_IPV4_ADDR_RANGE: (4, ipaddress.IPv4Address),
+    TsType.TS_IPV6_ADDR_RANGE: (16, ipaddress.IPv6Address),
+}
+"""TS Type -> address length and address class (RFC 7296 §3.13.1)."""
 
 
 def _decode_selector(buf: Reader) -> TrafficSelector:
-    ts_type = buf.pull_uint8()
-    ip_protocol = buf.pull_uint8()
-    length = buf.pull_uint16()
-    addr_len = _TS_ADDRESS_LEN.get(ts_type)
-    if addr_len is None:
+    ts_type, ip_protocol, length = buf.pull_struct(U8_U8_U16)
+    family = _TS_FAMILY.get(ts_type)
+    if family is None:
         raise InvalidSyntax(f"unsupported traffic selector type {ts_type}")
+    addr_len, address = family
     if length != 8 + 2 * addr_len:
         raise InvalidSyntax("traffic selector length does not match its type")
-    start_port = buf.pull_uint16()
-    end_port = buf.pull_uint16()
-    start = ipaddress.ip_address(buf.pull_bytes(addr_len))
-    end = ipaddress.ip_address(buf.pull_bytes(addr_len))
+    start_port, end_port = buf.pull_struct(U16_U16)
+    # The type fixes the family: build that address class directly (ip_address() of
+    # 16 octets tries, and fails, IPv4 first).
+    start = address(buf.pull_bytes(addr_len))
+    end = address(buf.pull_bytes(addr_len))
     return TrafficSelector(start, end, ip_protocol, start_port, end_port)
 
 
@@ -562,7 +556,7 @@ class _TrafficSelectors(Payload):
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
         count = buf.pull_uint8()
-        buf.pull_bytes(3)
+        buf.skip(3)
         selectors = tuple(_decode_selector(buf) for _ in range(count))
         if not buf.eof():
             raise InvalidSyntax("traffic selector payload longer than its selectors")
@@ -644,11 +638,12 @@ class Configuration(Payload):
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
         cfg_type = buf.pull_uint8()
-        buf.pull_bytes(3)
+        buf.skip(3)
         attrs: list[ConfigAttribute] = []
         while not buf.eof():
-            attr_type = buf.pull_uint16() & 0x7FFF  # top bit reserved, ignored on receipt
-            attrs.append(ConfigAttribute(attr_type, buf.pull_bytes(buf.pull_uint16())))
+            word, length = buf.pull_struct(U16_U16)
+            attr_type = word & 0x7FFF  # top bit reserved, ignored on receipt
+            attrs.append(ConfigAttribute(attr_type, buf.pull_bytes(length)))
         return cls(cfg_type, tuple(attrs))
 
 
@@ -674,9 +669,7 @@ class Eap(Payload):
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
         buf = Reader(data)
-        code = buf.pull_uint8()
-        identifier = buf.pull_uint8()
-        length = buf.pull_uint16()
+        code, identifier, length = buf.pull_struct(U8_U8_U16)
         if length != len(data):
             raise InvalidSyntax("EAP length does not match the EAP payload")
         if code in (EapCode.REQUEST, EapCode.RESPONSE) and length < 5:
