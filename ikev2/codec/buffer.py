@@ -14,6 +14,7 @@ Decoding is on the hot path of every IKE SA setup, so the fixed parts of a heade
 from __future__ import annotations
 
 from struct import Struct
+from struct import error as StructError
 from typing import Any
 
 from ikev2.errors import InvalidSyntax
@@ -106,6 +107,15 @@ class Reader:
     def pull_uint32(self) -> int:
         """Read a big-endian 32-bit integer."""
         return int.from_bytes(self.pull_bytes(4), "big")
+
+
+def pack(fmt: Struct, *values: int | bytes) -> bytes:
+    """``fmt.pack(*values)``, raising ``OverflowError`` (as the ``push_*`` helpers do)
+    when a value does not fit its field, so encoders report one error type."""
+    try:
+        return fmt.pack(*values)
+    except StructError as exc:
+        raise OverflowError(f"field out of range: {exc}") from exc
 
 
 def push_uint8(out: bytearray, value: int) -> None:

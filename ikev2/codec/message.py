@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from struct import Struct
 from typing import TypeVar
 
-from ikev2.codec.buffer import U8_U8_U16, BufferReadError, Reader, push_uint8, push_uint32
+from ikev2.codec.buffer import U8_U8_U16, BufferReadError, pack
 from ikev2.codec.payloads import DECODERS, Encrypted, Notify, Payload, UnknownPayload
 from ikev2.constants import (
     GENERIC_PAYLOAD_HEADER_LEN,
@@ -36,6 +36,11 @@ from ikev2.errors import (
 
 _CRITICAL = 0x80
 _MAX_LEN = 0xFFFF
+# Plain ints: an IntFlag operation goes through enum.py, several calls per message.
+_INITIATOR = int(HeaderFlag.INITIATOR)
+_RESPONSE = int(HeaderFlag.RESPONSE)
+_NO_NEXT = int(PayloadType.NONE)
+_SK = int(PayloadType.SK)
 _HEADER = Struct("!8s8sBBBBII")
 """The IKE header (RFC 7296 §3.1): SPIs, Next Payload, Version, Exchange Type, Flags,
 Message ID, Length."""
@@ -70,22 +75,12 @@ class IkeHeader:
         """The 28 header octets."""
         if len(self.spi_i) != 8 or len(self.spi_r) != 8:
             raise LocalProtocolError("IKE SPIs must be 8 octets")
-        flags = HeaderFlag.NONE
-        if self.initiator:
-            flags |= HeaderFlag.INITIATOR
-        if self.response:
-            flags |= HeaderFlag.RESPONSE
-        out = bytearray(self.spi_i + self.spi_r)
+        flags = (_INITIATOR if self.initiator else 0) | (_RESPONSE if self.response else 0)
+        fields = (self.next_payload, self.version, self.exchange_type, flags)
         try:
-            push_uint8(out, self.next_payload)
-            push_uint8(out, self.version)
-            push_uint8(out, self.exchange_type)
-            push_uint8(out, flags)
-            push_uint32(out, self.message_id)
-            push_uint32(out, self.length)
+            return pack(_HEADER, self.spi_i, self.spi_r, *fields, self.message_id, self.length)
         except OverflowError as exc:
             raise LocalProtocolError(f"IKE header field out of range: {exc}") from exc
-        return bytes(out)
 
     def message(self, payloads: tuple[Payload, ...], *, encrypted: bool = False) -> Message:
         """The message this header heads, with ``payloads`` (the inverse of
@@ -124,8 +119,8 @@ def decode_header(data: bytes) -> IkeHeader:
         exchange_type=exchange_type,
         message_id=message_id,
         length=length,
-        initiator=bool(flags & HeaderFlag.INITIATOR),
-        response=bool(flags & HeaderFlag.RESPONSE),
+        initiator=bool(flags & _INITIATOR),
+        response=bool(flags & _RESPONSE),
         version=version,
     )
 
@@ -205,8 +200,8 @@ def generic_header(next_payload: int, body_len: int, critical: bool = False) -> 
     if length > _MAX_LEN:
         raise LocalProtocolError(f"payload of {length} octets does not fit its length field")
     try:
-        return bytes([next_payload, _CRITICAL if critical else 0]) + length.to_bytes(2, "big")
-    except ValueError as exc:
+        return pack(U8_U8_U16, next_payload, _CRITICAL if critical else 0, length)
+    except OverflowError as exc:
         raise LocalProtocolError(f"bad next payload type {next_payload}") from exc
 
 
@@ -216,9 +211,10 @@ def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
     An :class:`Encrypted` payload must be last: its Next Payload field carries the
     type of its first inner payload (RFC 7296 §3.14).
     """
-    out = bytearray()
+    parts: list[bytes] = []
+    last_index = len(payloads) - 1
     for index, payload in enumerate(payloads):
-        last = index == len(payloads) - 1
+        last = index == last_index
         if isinstance(payload, Encrypted):
             if not last:
                 raise LocalProtocolError("the SK payload must be the last payload")
@@ -230,10 +226,10 @@ def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
         except (OverflowError, ValueError) as exc:
             raise LocalProtocolError(f"cannot encode {type(payload).__name__}: {exc}") from exc
         critical = isinstance(payload, UnknownPayload) and payload.critical
-        out += generic_header(next_type, len(body), critical)
-        out += body
+        parts.append(generic_header(next_type, len(body), critical))
+        parts.append(body)
     first = payloads[0].payload_type if payloads else PayloadType.NONE
-    return first, bytes(out)
+    return first, b"".join(parts)
 
 
 def decode_payloads(first_type: int, data: bytes, *, inner: bool = False) -> tuple[Payload, ...]:
@@ -249,19 +245,27 @@ def decode_payloads(first_type: int, data: bytes, *, inner: bool = False) -> tup
 
 
 def _decode_payloads(next_type: int, data: bytes, inner: bool) -> tuple[Payload, ...]:
-    buf = Reader(data)
+    # The chain is walked with offsets rather than a Reader: it is the hottest loop of
+    # the decoder, and each generic header is one unpack_from.
+    end = len(data)
+    pos = 0
     payloads: list[Payload] = []
-    while next_type != PayloadType.NONE:
+    while next_type != _NO_NEXT:
         this_type = next_type
-        next_type, flags, length = buf.pull_struct(U8_U8_U16)
+        if pos + GENERIC_PAYLOAD_HEADER_LEN > end:
+            raise BufferReadError(f"need a generic payload header, {end - pos} octets left")
+        next_type, flags, length = U8_U8_U16.unpack_from(data, pos)
         critical = bool(flags & _CRITICAL)
         if length < GENERIC_PAYLOAD_HEADER_LEN:
             raise InvalidSyntax(f"payload length {length} is shorter than its header")
-        body = buf.pull_bytes(length - GENERIC_PAYLOAD_HEADER_LEN)
-        if this_type == PayloadType.SK:
+        if pos + length > end:
+            raise BufferReadError(f"payload of {length} octets, {end - pos} left")
+        body = data[pos + GENERIC_PAYLOAD_HEADER_LEN : pos + length]
+        pos += length
+        if this_type == _SK:
             if inner:
                 raise InvalidSyntax("SK payload inside an SK payload")
-            if not buf.eof():
+            if pos != end:
                 raise InvalidSyntax("the SK payload is not the last payload")
             payloads.append(Encrypted(next_type, body))
             return tuple(payloads)
@@ -273,8 +277,8 @@ def _decode_payloads(next_type: int, data: bytes, inner: bool) -> tuple[Payload,
             raise UnsupportedCriticalPayload(this_type)
         else:
             payloads.append(UnknownPayload(this_type, body, critical=False))
-    if not buf.eof():
-        raise InvalidSyntax(f"{buf.remaining} octets after the last payload")
+    if pos != end:
+        raise InvalidSyntax(f"{end - pos} octets after the last payload")
     return tuple(payloads)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from struct import Struct
 from typing import ClassVar, Self
 
-from ikev2.codec.buffer import U8_U8_U16, U16_U16, Reader, push_uint8, push_uint16
+from ikev2.codec.buffer import U8_U8_U16, U16_U16, Reader, pack
 from ikev2.constants import (
     EapCode,
     IdType,
@@ -39,6 +39,14 @@ _NONCE_MIN = 16  # RFC 7296 §3.9
 _NONCE_MAX = 256
 _PROPOSAL_HEADER = Struct("!BBBB")
 """Proposal Num, Protocol ID, SPI Size, Num Transforms (RFC 7296 §3.3.1)."""
+_PROPOSAL = Struct("!BBHBBBB")
+"""A proposal substructure's header and fixed fields, as one (RFC 7296 §3.3.1)."""
+_TRANSFORM = Struct("!BBHBBH")
+"""A transform substructure's header and fixed fields, as one (RFC 7296 §3.3.2)."""
+_TYPE_RESERVED3 = Struct("!B3x")
+"""A one-octet type and three reserved octets (ID §3.5, AUTH §3.8, TS §3.13, CP §3.15)."""
+_TS_FIXED = Struct("!BBHHH")
+"""TS Type, IP Protocol ID, Selector Length, Start Port, End Port (RFC 7296 §3.13.1)."""
 
 
 class Payload:
@@ -134,38 +142,23 @@ class SecurityAssociation(Payload):
     """Proposals in order of preference."""
 
     def encode_body(self) -> bytes:
-        out = bytearray()
-        for pi, prop in enumerate(self.proposals):
-            body = bytearray()
-            push_uint8(body, prop.number)
-            push_uint8(body, prop.protocol)
-            push_uint8(body, len(prop.spi))
-            push_uint8(body, len(prop.transforms))
-            body += prop.spi
-            for ti, tr in enumerate(prop.transforms):
-                tbody = bytearray()
-                push_uint8(tbody, tr.transform_type)
-                push_uint8(tbody, 0)
-                push_uint16(tbody, tr.transform_id)
-                for attr in tr.attributes:
-                    if isinstance(attr.value, int):
-                        push_uint16(tbody, _ATTR_TV | _check_attr_type(attr.attr_type))
-                        push_uint16(tbody, attr.value)
-                    else:
-                        push_uint16(tbody, _check_attr_type(attr.attr_type))
-                        push_uint16(tbody, len(attr.value))
-                        tbody += attr.value
-                last = ti == len(prop.transforms) - 1
-                push_uint8(body, _LAST if last else _MORE_TRANSFORMS)
-                push_uint8(body, 0)
-                push_uint16(body, 4 + len(tbody))
-                body += tbody
-            last = pi == len(self.proposals) - 1
-            push_uint8(out, _LAST if last else _MORE_PROPOSALS)
-            push_uint8(out, 0)
-            push_uint16(out, 4 + len(body))
-            out += body
-        return bytes(out)
+        parts: list[bytes] = []
+        last_proposal = len(self.proposals)
+        for pi, prop in enumerate(self.proposals, 1):
+            body = [prop.spi]
+            last_transform = len(prop.transforms)
+            for ti, tr in enumerate(prop.transforms, 1):
+                attrs = b"".join([_encode_attribute(a) for a in tr.attributes])
+                marker = _LAST if ti == last_transform else _MORE_TRANSFORMS
+                header = (marker, 0, 8 + len(attrs), tr.transform_type, 0, tr.transform_id)
+                body.append(pack(_TRANSFORM, *header))
+                body.append(attrs)
+            rest = b"".join(body)
+            marker = _LAST if pi == last_proposal else _MORE_PROPOSALS
+            header = (marker, 0, 8 + len(rest), prop.number, prop.protocol, len(prop.spi))
+            parts.append(pack(_PROPOSAL, *header, last_transform))
+            parts.append(rest)
+        return b"".join(parts)
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
@@ -183,6 +176,12 @@ class SecurityAssociation(Payload):
         if not proposals:
             raise InvalidSyntax("SA payload without proposals")
         return cls(tuple(proposals))
+
+
+def _encode_attribute(attr: TransformAttribute) -> bytes:
+    if isinstance(attr.value, int):
+        return pack(U16_U16, _ATTR_TV | _check_attr_type(attr.attr_type), attr.value)
+    return pack(U16_U16, _check_attr_type(attr.attr_type), len(attr.value)) + attr.value
 
 
 def _check_attr_type(attr_type: int) -> int:
@@ -403,11 +402,8 @@ class Notify(Payload):
         return notify_is_error(self.notify_type)
 
     def encode_body(self) -> bytes:
-        out = bytearray()
-        push_uint8(out, self.protocol)
-        push_uint8(out, len(self.spi))
-        push_uint16(out, self.notify_type)
-        return bytes(out) + self.spi + self.data
+        header = pack(U8_U8_U16, self.protocol, len(self.spi), self.notify_type)
+        return header + self.spi + self.data
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
@@ -438,11 +434,7 @@ class Delete(Payload):
             raise OverflowError("Delete SPIs of different sizes")
         default_size = 0 if self.protocol == ProtocolId.IKE else 4
         spi_size = sizes.pop() if sizes else default_size
-        out = bytearray()
-        push_uint8(out, self.protocol)
-        push_uint8(out, spi_size)
-        push_uint16(out, len(self.spis))
-        return bytes(out) + b"".join(self.spis)
+        return pack(U8_U8_U16, self.protocol, spi_size, len(self.spis)) + b"".join(self.spis)
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
@@ -505,13 +497,9 @@ class TrafficSelector:
         """Wire form of this selector."""
         if self.start_address.version != self.end_address.version:
             raise OverflowError("traffic selector mixes IPv4 and IPv6")
-        out = bytearray()
-        push_uint8(out, self.ts_type)
-        push_uint8(out, self.ip_protocol)
-        push_uint16(out, 8 + 2 * len(self.start_address.packed))
-        push_uint16(out, self.start_port)
-        push_uint16(out, self.end_port)
-        return bytes(out) + self.start_address.packed + self.end_address.packed
+        start = self.start_address.packed
+        fixed = (self.ts_type, self.ip_protocol, 8 + 2 * len(start), self.start_port)
+        return pack(_TS_FIXED, *fixed, self.end_port) + start + self.end_address.packed
 
 
 _TS_FAMILY: dict[int, tuple[int, Callable[[bytes], IPAddress]]] = {
@@ -545,12 +533,9 @@ class _TrafficSelectors(Payload):
     """The selectors, in wire order (the first is the packet that triggered, §2.9)."""
 
     def encode_body(self) -> bytes:
-        out = bytearray()
-        push_uint8(out, len(self.selectors))
-        out += b"\x00\x00\x00"
-        for ts in self.selectors:
-            out += ts.encode()
-        return bytes(out)
+        parts = [pack(_TYPE_RESERVED3, len(self.selectors))]
+        parts += [ts.encode() for ts in self.selectors]
+        return b"".join(parts)
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
@@ -625,14 +610,11 @@ class Configuration(Payload):
     """Configuration attributes in wire order."""
 
     def encode_body(self) -> bytes:
-        out = bytearray()
-        push_uint8(out, self.cfg_type)
-        out += b"\x00\x00\x00"
+        parts = [pack(_TYPE_RESERVED3, self.cfg_type)]
         for attr in self.attributes:
-            push_uint16(out, _check_attr_type(attr.attr_type))
-            push_uint16(out, len(attr.value))
-            out += attr.value
-        return bytes(out)
+            parts.append(pack(U16_U16, _check_attr_type(attr.attr_type), len(attr.value)))
+            parts.append(attr.value)
+        return b"".join(parts)
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
@@ -660,11 +642,7 @@ class Eap(Payload):
     """Type and Type-Data (empty for Success and Failure)."""
 
     def encode_body(self) -> bytes:
-        out = bytearray()
-        push_uint8(out, self.code)
-        push_uint8(out, self.identifier)
-        push_uint16(out, 4 + len(self.data))
-        return bytes(out) + self.data
+        return pack(U8_U8_U16, self.code, self.identifier, 4 + len(self.data)) + self.data
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
