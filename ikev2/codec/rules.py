@@ -125,36 +125,66 @@ ENCRYPTED_EXCHANGES = frozenset(
 """Exchanges whose payloads all travel inside an SK payload (RFC 7296 §1.2-1.4)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """One entry of MESSAGE_RULES in the forms the check needs, built once at import:
+    every received message is checked."""
+
+    allowed: dict[int, PayloadRule]
+    """Rule by payload type."""
+    required: tuple[PayloadRule, ...]
+    """Rules with a minimum count."""
+    sufficient: tuple[int, ...]
+    """Payload types that may lift the minimums."""
+
+
+_TABLES: dict[tuple[int, bool], _Table] = {
+    key: _Table(
+        allowed={rule.payload_type: rule for rule in rules},
+        required=tuple(rule for rule in rules if rule.min_count > 0),
+        sufficient=tuple(rule.payload_type for rule in rules if rule.sufficient),
+    )
+    for key, rules in MESSAGE_RULES.items()
+}
+
+
 def check_payloads(exchange_type: int, response: bool, payloads: Sequence[Payload]) -> None:
     """Check a message's (inner) payloads against :data:`MESSAGE_RULES`.
 
     Raises :class:`InvalidSyntax` naming the offending payload. Unknown exchanges are
     refused too: the caller decides whether to answer them at all.
     """
-    try:
-        rules = MESSAGE_RULES[(ExchangeType(exchange_type), response)]
-    except (KeyError, ValueError):
-        raise InvalidSyntax(f"unsupported exchange type {exchange_type}") from None
-    where = f"{enum_name(ExchangeType, exchange_type)} {'response' if response else 'request'}"
+    key = (exchange_type, bool(response))
+    table = _TABLES.get(key)
+    if table is None:
+        raise InvalidSyntax(f"unsupported exchange type {exchange_type}")
     counts: dict[int, int] = {}
     for payload in payloads:
         if isinstance(payload, UnknownPayload):
             continue
         counts[payload.payload_type] = counts.get(payload.payload_type, 0) + 1
-    allowed: dict[int, PayloadRule] = {rule.payload_type: rule for rule in rules}
+    allowed = table.allowed
     for ptype, count in counts.items():
         rule = allowed.get(ptype)
         if rule is None:
-            raise InvalidSyntax(f"{enum_name(PayloadType, ptype)} payload not allowed in {where}")
+            name = enum_name(PayloadType, ptype)
+            raise InvalidSyntax(f"{name} payload not allowed in {_where(key)}")
         if count > rule.max_count:
-            raise InvalidSyntax(f"{count} {enum_name(PayloadType, ptype)} payloads in {where}")
-    sufficient = any(
-        rule.sufficient and counts.get(rule.payload_type) for rule in rules
-    ) and _has_error_or_cookie(payloads)
+            name = enum_name(PayloadType, ptype)
+            raise InvalidSyntax(f"{count} {name} payloads in {_where(key)}")
+    sufficient = any(counts.get(ptype) for ptype in table.sufficient) and _has_error_or_cookie(
+        payloads
+    )
     if not sufficient:
-        for rule in rules:
+        for rule in table.required:
             if counts.get(rule.payload_type, 0) < rule.min_count:
-                raise InvalidSyntax(f"{rule.payload_type.name} payload missing in {where}")
+                raise InvalidSyntax(f"{rule.payload_type.name} payload missing in {_where(key)}")
+
+
+def _where(key: tuple[int, bool]) -> str:
+    """``IKE_AUTH request``: named only when a check fails (the success path is hot)."""
+    exchange_type, response = key
+    return f"{enum_name(ExchangeType, exchange_type)} {'response' if response else 'request'}"
 
 
 def _has_error_or_cookie(payloads: Sequence[Payload]) -> bool:

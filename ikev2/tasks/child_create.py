@@ -26,8 +26,8 @@ from ikev2.errors import (
 )
 from ikev2.events import ChildSaFailed, ChildSaInstalled
 from ikev2.proposals import (
+    LazyDescription,
     check_chosen_proposal,
-    describe_proposal,
     parse_esp_proposal,
     sa_payload,
     select_proposal,
@@ -201,7 +201,7 @@ class ChildCreate(Task):
         self.config = child
         # IKE_AUTH's CHILD SA has no key exchange of its own (§1.2): ignore KE transforms.
         chosen = select_proposal(_ike_auth_proposals(child), offered, ignore_key_exchange=True)
-        logger.debug("%s: ESP proposal %s selected", sa.name, describe_proposal(chosen))
+        logger.debug("%s: ESP proposal %s selected", sa.name, LazyDescription(chosen))
         if len(chosen.spi) != 4:
             raise InvalidSyntax("ESP proposal without a 4-octet SPI")
         self.spi_in = sa.random_spi(4)

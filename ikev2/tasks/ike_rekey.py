@@ -38,8 +38,8 @@ from ikev2.errors import (
     TemporaryFailure,
 )
 from ikev2.proposals import (
+    LazyDescription,
     check_chosen_proposal,
-    describe_proposal,
     dh_group,
     parse_ike_proposal,
     sa_payload,
@@ -182,7 +182,7 @@ class IkeRekey(Task):
             nonce_i=self.nonce_i,
             nonce_r=nonce.data,
         )
-        logger.info("%s: IKE SA rekeyed into %s (%s)", sa.name, new.name, describe_proposal(chosen))
+        logger.info("%s: IKE SA rekeyed into %s (%s)", sa.name, new.name, LazyDescription(chosen))
         # §2.8: the requester deletes the old IKE SA; its CHILD SAs live on in the new one
         # (unless a crossing rekey of the peer's wins, §2.8.2).
         sa.ike_rekeyed(new, min(self.nonce_i, nonce.data))
@@ -244,7 +244,7 @@ class AnswerIkeRekey(Task):
             KePayload(group, ours.public_bytes),
         ]
         self.new_sa = _NewSa(chosen.spi, spi_r, suite, keys, nonce.data, nonce_r)
-        logger.info("%s: peer rekeys the IKE SA (%s)", sa.name, describe_proposal(chosen))
+        logger.info("%s: peer rekeys the IKE SA (%s)", sa.name, LazyDescription(chosen))
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         out += self.response
