@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from struct import Struct
+from struct import error as StructError
 from typing import TypeVar
 
 from ikev2.codec.buffer import U8_U8_U16, BufferReadError, pack
@@ -212,24 +213,29 @@ def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
     type of its first inner payload (RFC 7296 §3.14).
     """
     parts: list[bytes] = []
+    # Each payload's Next Payload field names the one after it (RFC 7296 §3.2).
+    next_types = [p.payload_type for p in payloads]
+    next_types.append(_NO_NEXT)
     last_index = len(payloads) - 1
     for index, payload in enumerate(payloads):
-        last = index == last_index
+        next_type = next_types[index + 1]
         if isinstance(payload, Encrypted):
-            if not last:
+            if index != last_index:
                 raise LocalProtocolError("the SK payload must be the last payload")
             next_type = payload.first_payload
-        else:
-            next_type = PayloadType.NONE if last else payloads[index + 1].payload_type
         try:
             body = payload.encode_body()
         except (OverflowError, ValueError) as exc:
             raise LocalProtocolError(f"cannot encode {type(payload).__name__}: {exc}") from exc
-        critical = isinstance(payload, UnknownPayload) and payload.critical
-        parts.append(generic_header(next_type, len(body), critical))
-        parts.append(body)
-    first = payloads[0].payload_type if payloads else PayloadType.NONE
-    return first, b"".join(parts)
+        critical = _CRITICAL if isinstance(payload, UnknownPayload) and payload.critical else 0
+        length = GENERIC_PAYLOAD_HEADER_LEN + len(body)
+        if length > _MAX_LEN:
+            raise LocalProtocolError(f"payload of {length} octets does not fit its length field")
+        try:
+            parts += (U8_U8_U16.pack(next_type, critical, length), body)
+        except StructError as exc:
+            raise LocalProtocolError(f"bad next payload type {next_type}") from exc
+    return next_types[0], b"".join(parts)
 
 
 def decode_payloads(first_type: int, data: bytes, *, inner: bool = False) -> tuple[Payload, ...]:

@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from struct import Struct
+from struct import error as StructError
 from typing import ClassVar, Self
 
 from ikev2.codec.buffer import U8_U8_U16, U16_U16, Reader, pack
@@ -142,23 +143,10 @@ class SecurityAssociation(Payload):
     """Proposals in order of preference."""
 
     def encode_body(self) -> bytes:
-        parts: list[bytes] = []
-        last_proposal = len(self.proposals)
-        for pi, prop in enumerate(self.proposals, 1):
-            body = [prop.spi]
-            last_transform = len(prop.transforms)
-            for ti, tr in enumerate(prop.transforms, 1):
-                attrs = b"".join([_encode_attribute(a) for a in tr.attributes])
-                marker = _LAST if ti == last_transform else _MORE_TRANSFORMS
-                header = (marker, 0, 8 + len(attrs), tr.transform_type, 0, tr.transform_id)
-                body.append(pack(_TRANSFORM, *header))
-                body.append(attrs)
-            rest = b"".join(body)
-            marker = _LAST if pi == last_proposal else _MORE_PROPOSALS
-            header = (marker, 0, 8 + len(rest), prop.number, prop.protocol, len(prop.spi))
-            parts.append(pack(_PROPOSAL, *header, last_transform))
-            parts.append(rest)
-        return b"".join(parts)
+        try:
+            return _encode_proposals(self.proposals)
+        except StructError as exc:
+            raise OverflowError(f"SA payload field out of range: {exc}") from exc
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
@@ -178,10 +166,38 @@ class SecurityAssociation(Payload):
         return cls(tuple(proposals))
 
 
+def _encode_proposals(proposals: tuple[Proposal, ...]) -> bytes:
+    # Struct.pack directly (struct.error is turned into OverflowError by the caller):
+    # an SA payload is encoded in every IKE_SA_INIT and IKE_AUTH.
+    parts: list[bytes] = []
+    last_proposal = len(proposals)
+    for pi, prop in enumerate(proposals, 1):
+        body = [prop.spi]
+        last_transform = len(prop.transforms)
+        for ti, tr in enumerate(prop.transforms, 1):
+            marker = _LAST if ti == last_transform else _MORE_TRANSFORMS
+            if tr.attributes:
+                attrs = b"".join([_encode_attribute(a) for a in tr.attributes])
+                length = 8 + len(attrs)
+                body += (
+                    _TRANSFORM.pack(marker, 0, length, tr.transform_type, 0, tr.transform_id),
+                    attrs,
+                )
+            else:
+                body.append(_TRANSFORM.pack(marker, 0, 8, tr.transform_type, 0, tr.transform_id))
+        rest = b"".join(body)
+        marker = _LAST if pi == last_proposal else _MORE_PROPOSALS
+        header = (marker, 0, 8 + len(rest), prop.number, prop.protocol, len(prop.spi))
+        parts += (_PROPOSAL.pack(*header, last_transform), rest)
+    return b"".join(parts)
+
+
 def _encode_attribute(attr: TransformAttribute) -> bytes:
+    # Raises struct.error or OverflowError; SecurityAssociation.encode_body reports both
+    # as OverflowError.
     if isinstance(attr.value, int):
-        return pack(U16_U16, _ATTR_TV | _check_attr_type(attr.attr_type), attr.value)
-    return pack(U16_U16, _check_attr_type(attr.attr_type), len(attr.value)) + attr.value
+        return U16_U16.pack(_ATTR_TV | _check_attr_type(attr.attr_type), attr.value)
+    return U16_U16.pack(_check_attr_type(attr.attr_type), len(attr.value)) + attr.value
 
 
 def _check_attr_type(attr_type: int) -> int:
