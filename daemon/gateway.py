@@ -81,7 +81,12 @@ HOUSEKEEPING_INTERVAL = 1.0
 VOLUME_CHECK_INTERVAL = 0.1
 """Seconds between looks at the CHILD SAs' byte/packet counters. The rekey at 90% of a
 volume limit must start before the last 10% are used up: checked only once a second, a
-small limit at a high packet rate went past the hard limit before the rekey began."""
+small limit at a high packet rate went past the hard limit before the rekey began. Only
+CHILD SAs with such a limit are looked at this often."""
+SEQUENCE_CHECK_INTERVAL = 10.0
+"""Seconds between looks at every CHILD SA, for the end of its sequence space: the soft
+mark leaves 1/16 of the 32-bit space (2^28 packets), minutes even at a million packets
+a second. Walking a thousand SAs ten times a second cost the loop 2% of a core."""
 INBOUND_LINGER = 2.0
 """Seconds a deleted CHILD SA still decrypts packets already on their way (see
 `DataPlane.remove`)."""
@@ -107,6 +112,15 @@ class RouteOps(Protocol):
 
     def remove_route(self, destination: IPNetwork, ifname: str) -> None:
         """Remove it; a route that is already gone is not an error."""
+
+
+def _has_volume_limit(entry: ChildSaEntry) -> bool:
+    """True when either ESP SA of the entry has a byte or packet limit."""
+    return any(
+        limit is not None
+        for life in (entry.outbound.lifetime, entry.inbound.lifetime)
+        for limit in (life.soft_bytes, life.hard_bytes, life.soft_packets, life.hard_packets)
+    )
 
 
 def _route_key(net: IPNetwork) -> RouteKey:
@@ -237,6 +251,9 @@ class Gateway:
         self._shutting_down = False
         self._inbound_seen: dict[int, int] = {}
         self._rekeying: set[int] = set()
+        self._volume_limited: set[int] = set()
+        """CHILD SAs (unique ids) with a byte or packet limit: checked every
+        VOLUME_CHECK_INTERVAL; the others only every SEQUENCE_CHECK_INTERVAL."""
         self._deleting: set[int] = set()
 
     # ---- start and stop --------------------------------------------------------------
@@ -772,6 +789,8 @@ class Gateway:
         except (EspConfigError, ValueError) as exc:
             log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
             return
+        if _has_volume_limit(entry):
+            self._volume_limited.add(entry.unique_id)
         for ts in entry.remote_ts:
             for net in ts.networks():
                 self._add_route(net, entry)
@@ -1293,21 +1312,33 @@ class Gateway:
                 self._pump.plane.expire_lingering()
 
     async def _watch_volume(self) -> None:
+        last_full = time.monotonic()
         while not self._stopping.is_set():
             await asyncio.sleep(VOLUME_CHECK_INTERVAL)
-            self._enforce_volume_lifetimes()
+            now = time.monotonic()
+            every = now - last_full >= SEQUENCE_CHECK_INTERVAL
+            if every:
+                last_full = now
+            self._enforce_volume_lifetimes(every=every)
 
-    def _enforce_volume_lifetimes(self) -> None:
+    def _enforce_volume_lifetimes(self, *, every: bool = False) -> None:
         """Rekey CHILD SAs past their soft byte/packet limit (90% of `life_bytes` /
         `life_packets`, or near the end of their sequence space), delete those at the
         hard one: only the data plane counts packets, so only it can tell the core
-        (RFC 4301 §4.4.2.1 soft and hard lifetimes)."""
+        (RFC 4301 §4.4.2.1 soft and hard lifetimes). Looks at the SAs that have a
+        byte/packet limit, or with `every` at all of them."""
         endpoint, pump = self._endpoint, self._pump
         if endpoint is None or pump is None:
             return
         now = time.monotonic()
         acted = False
-        for uid, entry in list(pump.plane.entries.items()):
+        entries = pump.plane.entries
+        self._volume_limited &= entries.keys()
+        if every:
+            candidates = list(entries.items())
+        else:
+            candidates = [(uid, entries[uid]) for uid in self._volume_limited]
+        for uid, entry in candidates:
             states = {entry.outbound.lifetime_state(), entry.inbound.lifetime_state()}
             if LifetimeState.SOFT not in states and LifetimeState.HARD not in states:
                 continue

@@ -247,6 +247,35 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
     assert calls[-1] == ("delete", installed.unique_id)
 
 
+def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequence_end(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert gateway._endpoint is not None and gateway._pump is not None
+    calls: list[tuple[str, int]] = []
+
+    def limit(uid: int, now: float, *, hard: bool) -> None:
+        calls.append(("delete" if hard else "rekey", uid))
+
+    monkeypatch.setattr(gateway._endpoint, "child_limit_reached", limit)
+    limited, _ = events("aes128gcm16", udp=False, uid=1)
+    gateway._handle_event(dataclasses.replace(limited, connection="main", life_packets=10))
+    plain, _ = events("aes128gcm16", udp=False, uid=2)
+    gateway._handle_event(dataclasses.replace(plain, connection="main"))
+    assert gateway._volume_limited == {1}
+    # The unlimited SA's counter reaches the soft mark near the end of its sequence
+    # space (15/16 of 2^32): the frequent pass does not look, the full one does.
+    outbound = gateway._pump.plane.entries[2].outbound
+    outbound._seq = outbound._seq_soft + 1
+    gateway._enforce_volume_lifetimes()
+    assert calls == []
+    gateway._enforce_volume_lifetimes(every=True)
+    assert calls == [("rekey", 2)]
+    # A removed SA leaves the limited set at the next look.
+    gateway._handle_event(ChildSaDeleted("main", "site", 1, 7, 0xB0000001, 1, "test"))
+    gateway._enforce_volume_lifetimes()
+    assert gateway._volume_limited == set()
+
+
 def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway) -> None:
     assert gateway._pump is not None
     gateway._handle_event(established())
