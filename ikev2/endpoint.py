@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from ikev2.codec import decode_header, decode_message, encode_message
+from ikev2.codec import IkeHeader, decode_header, decode_message, encode_message
 from ikev2.config import ConnectionConfig, Identity
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
 from ikev2.cookies import CookieJar, CookiePolicy
@@ -482,9 +482,7 @@ class Endpoint:
         if header.initiator:
             # Sent by the original initiator: we are the responder, our SPI is SPIr.
             if header.spi_r == bytes(8):
-                self._receive_init_request(
-                    data, header.spi_i, header.exchange_type, local, remote, now
-                )
+                self._receive_init_request(data, header, local, remote, now)
                 return
             sa = self._by_spi.get(header.spi_r)
         else:
@@ -508,14 +506,9 @@ class Endpoint:
         self._collect(sa, now)
 
     def _receive_init_request(
-        self,
-        data: bytes,
-        spi_i: bytes,
-        exchange_type: int,
-        local: Address,
-        remote: Address,
-        now: float,
+        self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
     ) -> None:
+        spi_i, exchange_type = header.spi_i, header.exchange_type
         if exchange_type != ExchangeType.IKE_SA_INIT:
             self._drop(IkeDropReason.UNEXPECTED_EXCHANGE)
             self._throttle.event(
@@ -530,7 +523,7 @@ class Endpoint:
             return
         existing = self._half_open.get((spi_i, remote))
         if existing is not None:
-            existing.receive_message(data, decode_header(data), local, remote, now)
+            existing.receive_message(data, header, local, remote, now)
             self._collect(existing, now)
             return
         candidates = self._match(local, remote)
@@ -581,7 +574,7 @@ class Endpoint:
         self._add(sa)
         self._half_open[(spi_i, remote)] = sa
         self._half_open_key[sa.ike_sa_id] = (spi_i, remote)
-        sa.receive_message(data, decode_header(data), local, remote, now)
+        sa.receive_message(data, header, local, remote, now)
         self._collect(sa, now)
 
     def _demand_cookie(

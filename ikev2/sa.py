@@ -33,11 +33,11 @@ from ikev2.codec import (
     Notify,
     Payload,
     check_payloads,
-    decode_message,
+    decode_payloads,
     encode_message,
 )
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, ProtocolId, enum_name
+from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import ChildSuite, IkeSuite
@@ -830,15 +830,16 @@ class IkeSa:
 
         None means a fragment was taken in and the message is not complete yet.
         """
+        # `header` is decode_header(data), done by the endpoint to route the message.
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            return decode_message(data)
+            return header.message(decode_payloads(header.next_payload, data[IKE_HEADER_LEN:]))
         if self.sk is None:
             raise InvalidSyntax("encrypted message before keys exist")
         if is_fragmented(data):
             if not self.fragmentation:
                 raise InvalidSyntax("IKE fragment although fragmentation was not negotiated")
             return self.reassembler.receive(data, self.sk.inbound, self.now)
-        return self.sk.inbound.open(data)
+        return self.sk.inbound.open(data, header)
 
     def _receive_response(
         self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ikev2.codec.message import (
+    IkeHeader,
     Message,
     decode_header,
     decode_payloads,
@@ -92,14 +93,16 @@ class SkCipher:
         signed = aad + iv + sealed
         return signed + self.integrity.compute(self.integrity_key, signed)
 
-    def open(self, data: bytes) -> Message:
+    def open(self, data: bytes, header: IkeHeader | None = None) -> Message:
         """Verify and decrypt a received message whose last payload is SK.
 
         Returns the message with ``encrypted=True`` and the inner payloads (payloads
         before the SK payload, which RFC 7296 allows but nobody sends, are refused).
         Raises :class:`IntegrityCheckFailed` (drop silently) or :class:`InvalidSyntax`.
+        ``header`` is ``decode_header(data)`` when the caller has it already.
         """
-        header = decode_header(data)
+        if header is None:
+            header = decode_header(data)
         if header.next_payload != PayloadType.SK:
             raise InvalidSyntax("message is not protected by an SK payload")
         outer = decode_payloads(header.next_payload, data[IKE_HEADER_LEN:])
