@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac as stdlib_hmac
 import random
 
 import pytest
@@ -53,6 +54,7 @@ from ikev2.crypto import (
     sign_signature_auth,
     verify_signature_auth,
 )
+from ikev2.crypto.algorithms import hmac_digest
 from ikev2.crypto.auth import SIGNATURE_SCHEMES, split_signature_auth
 from ikev2.crypto.dh import _curve_order, rfc3526_prime
 from ikev2.errors import (
@@ -229,6 +231,75 @@ def test_prf_hmac_sha256_rfc4231_case_1() -> None:
     prf = PRFS[PrfId.HMAC_SHA2_256]
     out = prf(b"\x0b" * 20, b"Hi There")
     assert out.hex() == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+
+
+# RFC 4231 §4.2 (test case 1) and §4.7 (test case 6: a key longer than the hash's block,
+# which HMAC hashes first) for the three PRFs of RFC 4868.
+_RFC4231_CASE_1 = (b"\x0b" * 20, b"Hi There")
+_RFC4231_CASE_6 = (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First")
+
+
+@pytest.mark.parametrize(
+    ("prf_id", "case", "expected"),
+    [
+        (
+            PrfId.HMAC_SHA2_384,
+            _RFC4231_CASE_1,
+            "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec6"
+            "82aa034c7cebc59cfaea9ea9076ede7f4af152e8b2fa9cb6",
+        ),
+        (
+            PrfId.HMAC_SHA2_512,
+            _RFC4231_CASE_1,
+            "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde"
+            "daa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
+        ),
+        (
+            PrfId.HMAC_SHA2_256,
+            _RFC4231_CASE_6,
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        ),
+        (
+            PrfId.HMAC_SHA2_384,
+            _RFC4231_CASE_6,
+            "4ece084485813e9088d2c63a041bc5b44f9ef1012a2b588f"
+            "3cd11f05033ac4c60c2ef6ab4030fe8296248df163f44952",
+        ),
+        (
+            PrfId.HMAC_SHA2_512,
+            _RFC4231_CASE_6,
+            "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f352"
+            "6b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598",
+        ),
+    ],
+)
+def test_prf_rfc4231_vectors(prf_id: int, case: tuple[bytes, bytes], expected: str) -> None:
+    key, data = case
+    assert PRFS[prf_id](key, data).hex() == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hash_name=st.sampled_from(["sha256", "sha384", "sha512", "sha1"]),
+    key=st.binary(max_size=300),
+    data=st.binary(max_size=300),
+)
+def test_hmac_digest_matches_the_standard_library(hash_name: str, key: bytes, data: bytes) -> None:
+    # hmac_digest builds HMAC from hashlib (cheaper than hmac.digest under OpenSSL 3);
+    # it must agree with the standard one for keys shorter, as long as and longer than
+    # the block, and for hashes outside its table (sha1).
+    assert hmac_digest(hash_name, key, data) == stdlib_hmac.digest(key, data, hash_name)
+
+
+@pytest.mark.parametrize("prf_id", sorted(PRFS))
+def test_prf_plus_matches_a_standard_library_prf_plus(prf_id: int) -> None:
+    prf = PRFS[prf_id]
+    key, seed = b"k" * 200, b"s" * 40  # a key longer than every block size
+    expected, block = b"", b""
+    for counter in range(1, 5):
+        block = stdlib_hmac.digest(key, block + seed + bytes([counter]), prf.hash_name)
+        expected += block
+    assert prf.prf_plus(key, seed, 4 * prf.output_len - 3) == expected[:-3]
 
 
 @pytest.mark.parametrize("prf_id", sorted(PRFS))

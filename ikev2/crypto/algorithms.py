@@ -7,9 +7,12 @@ IKEv2 needs. The registry (:mod:`ikev2.crypto.registry`) maps transform IDs to t
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -17,6 +20,55 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ikev2.constants import EncrId, IntegId, PrfId
 from ikev2.errors import IntegrityCheckFailed, LocalProtocolError
+
+
+class _Hash(Protocol):
+    """The part of a :mod:`hashlib` hash object HMAC needs."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def copy(self) -> _Hash: ...
+
+
+_CONSTRUCTORS: dict[str, Callable[[bytes], _Hash]] = {
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
+_IPAD = bytes(octet ^ 0x36 for octet in range(256))
+_OPAD = bytes(octet ^ 0x5C for octet in range(256))
+
+
+def _keyed_hmac(hash_name: str, key: bytes) -> tuple[_Hash, _Hash]:
+    """The inner and outer hash states of HMAC (RFC 2104 §2) after absorbing the key.
+
+    HMAC is built here from hashlib's constructors rather than with ``hmac.digest``:
+    under OpenSSL 3 every ``hmac.digest`` call looks the MAC and the digest up by name
+    and sets up a fresh context, which measured 7 us a call in a busy IKE endpoint
+    (28 calls per IKE SA setup) against about 2 us for this. The result is the same
+    (tests compare both, and the RFC 4231 vectors).
+    """
+    new = _CONSTRUCTORS.get(hash_name) or functools.partial(hashlib.new, hash_name)
+    inner = new(b"")
+    block = inner.block_size
+    if len(key) > block:
+        key = new(key).digest()  # RFC 2104 §2: a key longer than a block is hashed first
+    key = key.ljust(block, b"\x00")
+    inner.update(key.translate(_IPAD))
+    return inner, new(key.translate(_OPAD))
+
+
+def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
+    """HMAC-``hash_name`` (RFC 2104) of ``data`` under ``key`` (see :func:`_keyed_hmac`)."""
+    inner, outer = _keyed_hmac(hash_name, key)
+    inner.update(data)
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +86,7 @@ class Prf:
 
     def __call__(self, key: bytes, data: bytes) -> bytes:
         """prf(key, data). HMAC takes keys of any length, so the full nonces are used."""
-        return hmac.digest(key, data, self.hash_name)
+        return hmac_digest(self.hash_name, key, data)
 
     def prf_plus(self, key: bytes, seed: bytes, length: int) -> bytes:
         """prf+ (RFC 7296 §2.13): T1 = prf(K, S|0x01), Tn = prf(K, Tn-1|S|n).
@@ -44,10 +96,14 @@ class Prf:
         blocks = -(-length // self.output_len)
         if blocks > 255:
             raise LocalProtocolError("prf+ cannot produce that much key material")
+        keyed_inner, keyed_outer = _keyed_hmac(self.hash_name, key)  # one key, every block
         out = bytearray()
         block = b""
         for counter in range(1, blocks + 1):
-            block = self(key, block + seed + bytes([counter]))
+            inner, outer = keyed_inner.copy(), keyed_outer.copy()
+            inner.update(block + seed + bytes([counter]))
+            outer.update(inner.digest())
+            block = outer.digest()
             out += block
         return bytes(out[:length])
 
@@ -69,7 +125,7 @@ class Integrity:
 
     def compute(self, key: bytes, data: bytes) -> bytes:
         """The truncated HMAC of ``data``."""
-        return hmac.digest(key, data, self.hash_name)[: self.icv_len]
+        return hmac_digest(self.hash_name, key, data)[: self.icv_len]
 
     def verify(self, key: bytes, data: bytes, icv: bytes) -> None:
         """Raise :class:`IntegrityCheckFailed` unless ``icv`` is the ICV of ``data``."""
