@@ -100,8 +100,15 @@ class TrafficSelector:
         return list(ipaddress.summarize_address_range(self.start_addr, self.end_addr))
 
     def contains(self, other: TrafficSelector) -> bool:
-        """Whether `other` lies entirely within this selector."""
-        return self.intersect(other) == other
+        """Whether `other` lies entirely within this selector (its intersection with
+        this one is itself), checked without building the intersection."""
+        return (
+            self.version == other.version
+            and int(self.start_addr) <= int(other.start_addr)
+            and int(other.end_addr) <= int(self.end_addr)
+            and self.protocol in (0, other.protocol)
+            and _intersect_ports(self, other) == (other.start_port, other.end_port)
+        )
 
     def contains_address(self, addr: IPAddress) -> bool:
         """Whether one address is in the address range (protocol and ports not considered)."""

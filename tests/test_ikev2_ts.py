@@ -145,3 +145,33 @@ def test_identity_errors() -> None:
         Identity.from_wire(1, b"\x01\x02")
     with pytest.raises(ConfigError):
         Identity.from_wire(200, b"x")
+
+
+_port_ranges = st.one_of(
+    st.sampled_from([(0, 65535), (65535, 0), (80, 80)]),
+    st.tuples(st.integers(0, 100), st.integers(0, 100)).map(lambda pair: tuple(sorted(pair))),
+)
+
+
+@st.composite
+def mixed_selectors(draw: st.DrawFn) -> TrafficSelector:
+    # Small ranges of both families, OPAQUE and "any" ports: containment happens often.
+    v4 = draw(st.booleans())
+    make = ipaddress.IPv4Address if v4 else ipaddress.IPv6Address
+    base = 0xC0000200 if v4 else 0x20010DB8 << 96  # 192.0.2.0, 2001:db8::
+    low, high = sorted((draw(st.integers(0, 15)), draw(st.integers(0, 15))))
+    start_port, end_port = draw(_port_ranges)
+    protocol = draw(st.sampled_from([0, 6, 17]))
+    return TrafficSelector(make(base + low), make(base + high), protocol, start_port, end_port)
+
+
+@settings(max_examples=300)
+@given(mixed_selectors(), mixed_selectors())
+def test_contains_is_intersection_equals_other(a: TrafficSelector, b: TrafficSelector) -> None:
+    # contains() checks the fields directly; it must agree with its definition, for
+    # unrelated selectors (mostly not contained) and for the intersection (contained).
+    assert a.contains(b) == (a.intersect(b) == b)
+    assert a.contains(a)
+    common = a.intersect(b)
+    if common is not None:
+        assert a.contains(common) and b.contains(common)
