@@ -787,7 +787,9 @@ class IkeSa:
         """When `handle_timer` must next run, or None."""
         if self.state is IkeSaState.DELETED:
             return None
-        times = [
+        # The endpoint asks after every change of every SA: no lists, one pass.
+        due: float | None = None
+        for t in (
             self.tm.get_timer(),
             self.unconfirmed_until,
             self.half_open_deadline,
@@ -796,14 +798,16 @@ class IkeSa:
             self.ike_rekey_at,
             self._reassembler.next_timeout() if self._reassembler is not None else None,
             self._dpd_due(),
-        ]
+        ):
+            if t is not None and (due is None or t < due):
+                due = t
         for c in self.children.values():
             if not c.deleting:
-                times.append(c.expire_at)
-                if not c.rekeying and c.peer_rekey is None:
-                    times.append(c.rekey_at)
-        due = [t for t in times if t is not None]
-        return min(due) if due else None
+                if due is None or c.expire_at < due:
+                    due = c.expire_at
+                if not c.rekeying and c.peer_rekey is None and c.rekey_at < due:
+                    due = c.rekey_at
+        return due
 
     # --- input --------------------------------------------------------------------------
 

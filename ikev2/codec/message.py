@@ -74,14 +74,7 @@ class IkeHeader:
 
     def encode(self) -> bytes:
         """The 28 header octets."""
-        if len(self.spi_i) != 8 or len(self.spi_r) != 8:
-            raise LocalProtocolError("IKE SPIs must be 8 octets")
-        flags = (_INITIATOR if self.initiator else 0) | (_RESPONSE if self.response else 0)
-        fields = (self.next_payload, self.version, self.exchange_type, flags)
-        try:
-            return pack(_HEADER, self.spi_i, self.spi_r, *fields, self.message_id, self.length)
-        except OverflowError as exc:
-            raise LocalProtocolError(f"IKE header field out of range: {exc}") from exc
+        return _encode_header(self, self.next_payload, self.length)
 
     def message(self, payloads: tuple[Payload, ...], *, encrypted: bool = False) -> Message:
         """The message this header heads, with ``payloads`` (the inverse of
@@ -155,6 +148,11 @@ class Message:
     version: int = IKE_VERSION
     """Major and minor version octet of the header."""
 
+    def encode_header(self, next_payload: int, length: int) -> bytes:
+        """``self.header(next_payload, length).encode()`` without the IkeHeader object
+        (two messages of every setup are encoded)."""
+        return _encode_header(self, next_payload, length)
+
     def header(self, next_payload: int, length: int) -> IkeHeader:
         """The header of this message for a given first payload and total length."""
         return IkeHeader(
@@ -190,6 +188,19 @@ class Message:
     def error_notifies(self) -> list[Notify]:
         """The error Notify payloads (types below 16384)."""
         return [p for p in self.payloads if isinstance(p, Notify) and p.is_error]
+
+
+def _encode_header(fields: IkeHeader | Message, next_payload: int, length: int) -> bytes:
+    """The 28 octets of the IKE header (RFC 7296 §3.1) of a header or a message."""
+    spi_i, spi_r = fields.spi_i, fields.spi_r
+    if len(spi_i) != 8 or len(spi_r) != 8:
+        raise LocalProtocolError("IKE SPIs must be 8 octets")
+    flags = (_INITIATOR if fields.initiator else 0) | (_RESPONSE if fields.response else 0)
+    octet_fields = (next_payload, fields.version, fields.exchange_type, flags)
+    try:
+        return pack(_HEADER, spi_i, spi_r, *octet_fields, fields.message_id, length)
+    except OverflowError as exc:
+        raise LocalProtocolError(f"IKE header field out of range: {exc}") from exc
 
 
 # --- Payload chain ----------------------------------------------------------------------
@@ -296,7 +307,7 @@ def encode_message(message: Message) -> bytes:
     if message.encrypted:
         raise LocalProtocolError("an encrypted message is encoded by ikev2.crypto.sk")
     first, chain = encode_payloads(message.payloads)
-    return message.header(first, IKE_HEADER_LEN + len(chain)).encode() + chain
+    return message.encode_header(first, IKE_HEADER_LEN + len(chain)) + chain
 
 
 def decode_message(data: bytes) -> Message:

@@ -82,10 +82,8 @@ class SkCipher:
         first, inner = encode_payloads(message.payloads)
         padded = inner + self._pad(len(inner))
         body_len = len(padded) + self._fixed_overhead
-        header = message.header(
-            PayloadType.SK, IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + body_len
-        )
-        aad = header.encode() + generic_header(first, body_len)
+        length = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + body_len
+        aad = message.encode_header(PayloadType.SK, length) + generic_header(first, body_len)
         iv = rng.token_bytes(self.encryption.iv_len)
         sealed = self.encryption.seal(self.encryption_key, iv, padded, aad)
         if self.integrity is None:
