@@ -18,7 +18,7 @@ from struct import Struct
 from struct import error as StructError
 from typing import ClassVar, Self
 
-from ikev2.codec.buffer import U8_U8_U16, U16_U16, Reader, pack
+from ikev2.codec.buffer import U8_U8_U16, U16_U16, BufferReadError, Reader, pack
 from ikev2.constants import (
     EapCode,
     IdType,
@@ -131,7 +131,7 @@ class Proposal:
 
     def transforms_of(self, transform_type: int) -> tuple[Transform, ...]:
         """The transforms of one type, in wire order."""
-        return tuple(t for t in self.transforms if t.transform_type == transform_type)
+        return tuple([t for t in self.transforms if t.transform_type == transform_type])
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,20 +150,7 @@ class SecurityAssociation(Payload):
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
-        buf = Reader(data)
-        proposals: list[Proposal] = []
-        more = bool(data)
-        while more:
-            marker, _, length = buf.pull_struct(U8_U8_U16)
-            if marker not in (_LAST, _MORE_PROPOSALS) or length < 8:
-                raise InvalidSyntax("malformed proposal substructure")
-            proposals.append(_decode_proposal(Reader(buf.pull_bytes(length - 4))))
-            more = marker == _MORE_PROPOSALS
-        if not buf.eof():
-            raise InvalidSyntax("data after the last proposal")
-        if not proposals:
-            raise InvalidSyntax("SA payload without proposals")
-        return cls(tuple(proposals))
+        return cls(_decode_proposals(data))
 
 
 def _encode_proposals(proposals: tuple[Proposal, ...]) -> bytes:
@@ -206,32 +193,82 @@ def _check_attr_type(attr_type: int) -> int:
     return attr_type
 
 
-def _decode_proposal(buf: Reader) -> Proposal:
-    number, protocol, spi_size, count = buf.pull_struct(_PROPOSAL_HEADER)
-    spi = buf.pull_bytes(spi_size)
+# The SA payload is decoded by offsets into its body, each substructure bounded by its
+# own Length field, rather than through a Reader per proposal and per transform: it is
+# the largest payload of IKE_SA_INIT and IKE_AUTH. A length running past its container
+# is a BufferReadError (a truncated field), as with the Reader.
+
+
+def _short(what: str, need: int, left: int) -> BufferReadError:
+    return BufferReadError(f"{what} needs {need} octets, {left} left")
+
+
+def _decode_proposals(data: bytes) -> tuple[Proposal, ...]:
+    proposals: list[Proposal] = []
+    pos, end = 0, len(data)
+    more = end > 0
+    while more:
+        if pos + 4 > end:
+            raise _short("proposal header", 4, end - pos)
+        marker, _, length = U8_U8_U16.unpack_from(data, pos)
+        if marker not in (_LAST, _MORE_PROPOSALS) or length < 8:
+            raise InvalidSyntax("malformed proposal substructure")
+        if pos + length > end:
+            raise _short("proposal", length, end - pos)
+        proposals.append(_decode_proposal(data, pos + 4, pos + length))
+        pos += length
+        more = marker == _MORE_PROPOSALS
+    if pos != end:
+        raise InvalidSyntax("data after the last proposal")
+    if not proposals:
+        raise InvalidSyntax("SA payload without proposals")
+    return tuple(proposals)
+
+
+def _decode_proposal(data: bytes, pos: int, end: int) -> Proposal:
+    # The caller checked that the proposal's 4 fixed octets are there (length >= 8).
+    number, protocol, spi_size, count = _PROPOSAL_HEADER.unpack_from(data, pos)
+    pos += 4
+    if pos + spi_size > end:
+        raise _short("SPI", spi_size, end - pos)
+    spi = data[pos : pos + spi_size]
+    pos += spi_size
     transforms: list[Transform] = []
     more = count > 0
     while more:
-        marker, _, length = buf.pull_struct(U8_U8_U16)
+        if pos + 4 > end:
+            raise _short("transform header", 4, end - pos)
+        marker, _, length = U8_U8_U16.unpack_from(data, pos)
         if marker not in (_LAST, _MORE_TRANSFORMS) or length < 8:
             raise InvalidSyntax("malformed transform substructure")
-        transforms.append(_decode_transform(Reader(buf.pull_bytes(length - 4))))
+        if pos + length > end:
+            raise _short("transform", length, end - pos)
+        transforms.append(_decode_transform(data, pos + 4, pos + length))
+        pos += length
         more = marker == _MORE_TRANSFORMS
-    if not buf.eof() or len(transforms) != count:
+    if pos != end or len(transforms) != count:
         raise InvalidSyntax("proposal length or transform count does not match its transforms")
     return Proposal(number, protocol, spi, tuple(transforms))
 
 
-def _decode_transform(buf: Reader) -> Transform:
-    transform_type, _, transform_id = buf.pull_struct(U8_U8_U16)
+def _decode_transform(data: bytes, pos: int, end: int) -> Transform:
+    # The caller checked that the transform's 4 fixed octets are there (length >= 8).
+    transform_type, _, transform_id = U8_U8_U16.unpack_from(data, pos)
+    pos += 4
     attrs: list[TransformAttribute] = []
-    while not buf.eof():
-        word, value = buf.pull_struct(U16_U16)
+    while pos < end:
+        if pos + 4 > end:
+            raise _short("transform attribute", 4, end - pos)
+        word, value = U16_U16.unpack_from(data, pos)
+        pos += 4
         if word & _ATTR_TV:
             attrs.append(TransformAttribute(word & ~_ATTR_TV, value))
         else:
             # TLV form: the second word is the Attribute Length (RFC 7296 §3.3.5).
-            attrs.append(TransformAttribute(word, buf.pull_bytes(value)))
+            if pos + value > end:
+                raise _short("transform attribute value", value, end - pos)
+            attrs.append(TransformAttribute(word, data[pos : pos + value]))
+            pos += value
     return Transform(transform_type, transform_id, tuple(attrs))
 
 
