@@ -460,10 +460,14 @@ class Notify(Payload):
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
-        buf = Reader(data)
-        protocol, spi_size, notify_type = buf.pull_struct(U8_U8_U16)
-        spi = buf.pull_bytes(spi_size)
-        return cls(notify_type, buf.pull_rest(), protocol, spi)
+        # By offsets, without a Reader: every IKE_SA_INIT carries several notifies.
+        if len(data) < 4:
+            raise BufferReadError(f"Notify header needs 4 octets, {len(data)} left")
+        protocol, spi_size, notify_type = U8_U8_U16.unpack_from(data)
+        spi_end = 4 + spi_size
+        if spi_end > len(data):
+            raise BufferReadError(f"Notify SPI needs {spi_size} octets, {len(data) - 4} left")
+        return cls(notify_type, data[spi_end:], protocol, data[4:spi_end])
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,11 +574,12 @@ def _decode_selector(buf: Reader) -> TrafficSelector:
     addr_len, address = family
     if length != 8 + 2 * addr_len:
         raise InvalidSyntax("traffic selector length does not match its type")
-    start_port, end_port = buf.pull_struct(U16_U16)
+    rest = buf.pull_bytes(length - 4)  # the ports and the two addresses
+    start_port, end_port = U16_U16.unpack_from(rest)
     # The type fixes the family: build that address class directly (ip_address() of
     # 16 octets tries, and fails, IPv4 first).
-    start = address(buf.pull_bytes(addr_len))
-    end = address(buf.pull_bytes(addr_len))
+    start = address(rest[4 : 4 + addr_len])
+    end = address(rest[4 + addr_len :])
     return TrafficSelector(start, end, ip_protocol, start_port, end_port)
 
 
@@ -595,7 +600,7 @@ class _TrafficSelectors(Payload):
         buf = Reader(data)
         count = buf.pull_uint8()
         buf.skip(3)
-        selectors = tuple(_decode_selector(buf) for _ in range(count))
+        selectors = tuple([_decode_selector(buf) for _ in range(count)])
         if not buf.eof():
             raise InvalidSyntax("traffic selector payload longer than its selectors")
         return cls(selectors)
