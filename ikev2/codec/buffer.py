@@ -110,24 +110,9 @@ class Reader:
 
 
 def pack(fmt: Struct, *values: int | bytes) -> bytes:
-    """``fmt.pack(*values)``, raising ``OverflowError`` (as the ``push_*`` helpers do)
-    when a value does not fit its field, so encoders report one error type."""
+    """``fmt.pack(*values)``, raising ``OverflowError`` (as ``int.to_bytes`` does) when
+    a value does not fit its field, so encoders report one error type."""
     try:
         return fmt.pack(*values)
     except StructError as exc:
         raise OverflowError(f"field out of range: {exc}") from exc
-
-
-def push_uint8(out: bytearray, value: int) -> None:
-    """Append one octet (raises ``OverflowError`` when out of range)."""
-    out += value.to_bytes(1, "big")
-
-
-def push_uint16(out: bytearray, value: int) -> None:
-    """Append a big-endian 16-bit integer (raises ``OverflowError`` when out of range)."""
-    out += value.to_bytes(2, "big")
-
-
-def push_uint32(out: bytearray, value: int) -> None:
-    """Append a big-endian 32-bit integer (raises ``OverflowError`` when out of range)."""
-    out += value.to_bytes(4, "big")
