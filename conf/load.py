@@ -10,6 +10,7 @@ daemon that starts has what it needs.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import math
 import os
@@ -242,24 +243,36 @@ def _choice(*options: str) -> Callable[[Any], Any]:
     return convert
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_address(text: str) -> IpAddress:
+    # The family the text shows (ip_address would try IPv4 first and pay for an
+    # exception on every IPv6 address). Cached, as _parse_subnet.
+    return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_subnet(text: str, strict: bool = True) -> IpNetwork:
+    # As _parse_address. Cached: a reload reads the same subnets again (two per
+    # connection), and the objects are immutable.
+    kind = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
+    return kind(text, strict=strict)
+
+
 def _address(raw: Any) -> IpAddress:
     text = _string(raw).strip()
     try:
-        # The family the text shows (ip_address would try IPv4 first and pay for an
-        # exception on every IPv6 address; a thousand peers are read at each reload).
-        return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
+        return _parse_address(text)
     except ValueError:
         raise _Bad(f"not an IP address: {text!r}") from None
 
 
 def _subnet(raw: Any) -> IpNetwork:
     text = _string(raw).strip()
-    kind = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network  # as in _address
     try:
-        return kind(text)
+        return _parse_subnet(text)
     except ValueError:
         try:
-            loose = kind(text, strict=False)
+            loose = _parse_subnet(text, strict=False)
         except ValueError:
             raise _Bad(f'not a subnet: {text!r} (e.g. "192.0.2.0/24")') from None
         raise _Bad(f"{text!r} has host bits set (did you mean '{loose}'?)") from None

@@ -8,6 +8,7 @@ builds new objects instead of changing live ones.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,6 +29,24 @@ ID_KEY_ID = 11
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message names the setting and the reason."""
+
+
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an IP address, or None. Cached: a reload of a thousand peers reads the
+    same addresses and identities again, and `ipaddress.ip_address` pays an exception
+    for every IPv6 address (it tries IPv4 first) and for every name."""
+    try:
+        if "%" in text:  # an IPv6 address with a scope (fe80::1%eth0)
+            return ipaddress.ip_address(text)
+        if not text or not _ADDRESS_CHARS.issuperset(text):
+            return None  # a name, a DN, an e-mail address: no exception to pay for
+        return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
+    except ValueError:
+        return None
 
 
 class IdKind(enum.Enum):
@@ -58,14 +77,14 @@ class Identity:
         RFC 822 address; "@gw.example.net" or "gw.example.net" a FQDN; text with
         "=" a DN ("CN=gw.example.net, O=Example"); "@#0a0b" a key ID.
         """
-        text = text.strip()
+        return _parse_identity(text.strip())
+
+    @classmethod
+    def _parse(cls, text: str) -> Identity:
         if not text:
             raise ConfigError("an identity must not be empty")
-        try:
-            addr = ipaddress.ip_address(text)
-        except ValueError:
-            pass
-        else:
+        addr = _ip_address(text)
+        if addr is not None:
             kind = IdKind.IPV4 if addr.version == 4 else IdKind.IPV6
             return cls(kind, addr.packed)
         if text.startswith("@#"):
@@ -109,6 +128,12 @@ class Identity:
         if self.kind is IdKind.KEY_ID:
             return "@#" + self.data.hex()
         return _dn_text(self.data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_identity(text: str) -> Identity:
+    # Identity is immutable, so one parse serves every connection and reload naming it.
+    return Identity._parse(text)
 
 
 def _ascii(value: str, original: str) -> bytes:
@@ -317,10 +342,8 @@ class ConnectionConfig:
             *self.local_addresses,
             *([self.remote_address] if self.remote_address else []),
         ):
-            try:
-                ipaddress.ip_address(addr)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: {addr!r} is not an IP address") from exc
+            if _ip_address(addr) is None:
+                raise ConfigError(f"{where}: {addr!r} is not an IP address")
         if not self.children:
             raise ConfigError(f"{where}: no CHILD SA configured")
         if self.auth == "psk" and not self.psk:
