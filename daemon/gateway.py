@@ -83,6 +83,9 @@ VOLUME_CHECK_INTERVAL = 0.1
 volume limit must start before the last 10% are used up: checked only once a second, a
 small limit at a high packet rate went past the hard limit before the rekey began. Only
 CHILD SAs with such a limit are looked at this often."""
+GC_THRESHOLDS = (10_000, 20, 20)
+"""The cyclic collector's generation thresholds once started (Python's default: 700, 10,
+10)."""
 SEQUENCE_CHECK_INTERVAL = 10.0
 """Seconds between looks at every CHILD SA, for the end of its sequence space: the soft
 mark leaves 1/16 of the 32-bit space (2^28 packets), minutes even at a million packets
@@ -290,6 +293,10 @@ class Gateway:
         # setups; SAs made later are collected as usual.
         gc.collect()
         gc.freeze()
+        # Fewer young-generation passes: garbage here is freed by reference counting
+        # (the code makes few cycles), and at the default threshold of 700 allocations
+        # a burst of 100 IKE SA setups paid 17 passes, about 3% of the initiator's CPU.
+        gc.set_threshold(*GC_THRESHOLDS)
         housekeeping = self._loop.create_task(self._housekeeping())
         volume_watch = self._loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=self._status_line())
