@@ -18,6 +18,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -71,6 +72,25 @@ _TRAILERS_BY_FIRST_OCTET: tuple[tuple[bytes, ...] | None, ...] = tuple(
     _TRAILERS[_NEXT_HEADER_BY_VERSION[octet >> 4]] if octet >> 4 in (4, 6) else None
     for octet in range(256)
 )
+
+FAST_MAX_INNER = 16384
+"""Inner packets up to this length take the batch calls' fast path (longer ones are
+sealed by the careful loop): the size of the trailer tables below."""
+
+
+@functools.lru_cache(maxsize=4)
+def _trailers_by_length(align: int) -> tuple[list[bytes] | None, ...]:
+    """For each first octet of an inner packet, its trailer (padding, Pad Length, Next
+    Header) by inner length, for a suite aligning to `align` octets; None where the
+    octet is not IPv4/IPv6. Two shared lists of FAST_MAX_INNER references (128 KiB
+    each): one list index per packet replaces the version lookup and the pad-length
+    arithmetic, which measured 2-3% of the AES-GCM send path at 1400 octets."""
+    by_version = {
+        version: [_TRAILERS[nh][(-2 - length) % align] for length in range(FAST_MAX_INNER + 1)]
+        for version, nh in _NEXT_HEADER_BY_VERSION.items()
+    }
+    return tuple(by_version.get(octet >> 4) for octet in range(256))
+
 
 _SEQ_MAX_32 = (1 << 32) - 1
 # What the batch calls take as they are (anything else is listed first).
@@ -138,7 +158,6 @@ class EspSA:
         "_aead",
         "_aes",
         "_align",
-        "_align_mask",
         "_bytes",
         "_hard_bytes",
         "_hard_packets",
@@ -238,8 +257,6 @@ class EspSA:
         if suite.align & (suite.align - 1):
             raise EspConfigError(f"{suite.name}: alignment {suite.align} is not a power of two")
         self._align = suite.align
-        # Pad length = (-(len + 2)) mod align, as a mask (every suite aligns to 4 or 16).
-        self._align_mask = suite.align - 1
         self._icv_len = suite.icv_len
         # Smallest packet: header, IV, one encrypted unit holding the trailer, ICV.
         self._min_len = 8 + suite.iv_len + max(suite.align, 2) + suite.icv_len
@@ -364,23 +381,17 @@ class EspSA:
         exception and hands the batch to the careful loop.
         """
         batch = inners if isinstance(inners, _SEQUENCE_TYPES) else list(inners)
-        aead = self._fast_cipher(len(batch))
+        count = len(batch)
+        aead = self._fast_cipher(count)
         if aead is not None:
             encrypt = aead.encrypt
-            pack_aad = _SPI_SEQ.pack
-            by_octet = _TRAILERS_BY_FIRST_OCTET
-            spi, salt, mask = self.spi, self._salt, self._align_mask
+            trailers = _trailers_by_length(self._align)
+            salt, start = self._salt, self._seq
             try:
                 # SPI | Sequence twice: as itself and as the IV (see _SPI_SEQ_IV).
                 packets: list[EncapResult] = [
-                    (aad := pack_aad(spi, seq))
-                    + aad
-                    + encrypt(
-                        salt + aad,
-                        inner + by_octet[inner[0]][(-2 - len(inner)) & mask],
-                        aad,
-                    )
-                    for seq, inner in enumerate(batch, self._seq)
+                    aad + aad + encrypt(salt + aad, inner + trailers[inner[0]][len(inner)], aad)
+                    for aad, inner in zip(self._aads(start, count), batch, strict=True)
                 ]
             except (TypeError, IndexError):
                 pass  # not IPv4/IPv6: the careful loop says which
@@ -417,17 +428,12 @@ class EspSA:
         aead = self._fast_cipher(count)
         if aead is not None:
             encrypt = aead.encrypt
-            pack_aad = _SPI_SEQ.pack
-            by_octet = _TRAILERS_BY_FIRST_OCTET
-            spi, salt, mask, start = self.spi, self._salt, self._align_mask, self._seq
+            trailers = _trailers_by_length(self._align)
+            salt = self._salt
+            aads = self._aads(self._seq, count)
             try:
-                aads = [pack_aad(spi, seq) for seq in range(start, start + count)]
                 bodies = [
-                    encrypt(
-                        salt + aad,
-                        inner + by_octet[inner[0]][(-2 - len(inner)) & mask],
-                        aad,
-                    )
+                    encrypt(salt + aad, inner + trailers[inner[0]][len(inner)], aad)
                     for aad, inner in zip(aads, batch, strict=True)
                 ]
             except (TypeError, IndexError):
@@ -454,10 +460,16 @@ class EspSA:
     # sequence numbers when the whole batch fits the sequence space and the
     # packet limit (checked before sealing) and the byte limit (checked after,
     # before anything is counted or returned). A packet that is not IPv4/IPv6
-    # (empty, or a first octet with no trailer: None) raises and nothing counts
-    # either: the careful loop then starts over with the same sequence numbers,
+    # (empty, or a first octet with no trailer: None) or longer than FAST_MAX_INNER
+    # raises and nothing counts either: the careful loop then starts over with the
+    # same sequence numbers,
     # and what was sealed never leaves. Every operation in those comprehensions
     # costs: they are what the benchmark's target is about.
+
+    def _aads(self, start: int, count: int) -> list[bytes]:
+        # SPI | Sequence for `count` packets from `start`, packed by map (no bytecode
+        # per packet).
+        return list(map(_SPI_SEQ.pack, repeat(self.spi, count), range(start, start + count)))
 
     def _fast_cipher(self, count: int) -> AESGCM | ChaCha20Poly1305 | None:
         # The cipher, if the fast path may seal `count` packets.

@@ -18,6 +18,7 @@ from esp.drops import DropReason
 from esp.errors import EspConfigError
 from esp.replay import ReplayWindow
 from esp.sa import (
+    FAST_MAX_INNER,
     IPPROTO_IPIP,
     IPPROTO_IPV6,
     IPPROTO_NONE,
@@ -120,6 +121,22 @@ def test_batch_equals_one_by_one() -> None:
     assert batch[2] is DropReason.BAD_INNER_PACKET
     wire = [p for p in batch if isinstance(p, bytes)]
     assert inbound_a.decapsulate_batch(wire) == [inbound_b.decapsulate(p) for p in wire]
+
+
+def test_a_packet_longer_than_the_trailer_tables_is_sealed_by_the_careful_loop() -> None:
+    # FAST_MAX_INNER bounds the fast path's trailer tables; a longer inner packet makes
+    # it give up, and the careful loop seals the whole batch with the same octets.
+    long_v4 = b"\x45" + bytes(FAST_MAX_INNER)  # one octet past the tables
+    inners = [IPV4, long_v4, IPV6]
+    a, inbound = pair(GCM)
+    b, _ = pair(GCM)
+    batch = a.encapsulate_batch(inners)
+    assert batch == [b.encapsulate(i) for i in inners]
+    c, _ = pair(GCM)
+    assert packets_of(c.encapsulate_parts(inners)) == batch
+    wire = [p for p in batch if isinstance(p, bytes)]
+    assert [inbound.decapsulate(p) for p in wire] == [(IPV4, 4), (long_v4, 4), (IPV6, 41)]
+    assert a.next_seq == c.next_seq == 4 and a.byte_count == sum(map(len, inners))
 
 
 def test_not_an_ip_packet_is_refused_outbound() -> None:
