@@ -619,8 +619,12 @@ class Gateway:
         endpoint, loop = self._endpoint, self._loop
         timer = endpoint.get_timer() if endpoint is not None and loop is not None else None
         if self._timer is not None:
-            if timer == self._timer_at:
-                return  # already armed for that time: most datagrams leave it unchanged
+            if timer is None or timer >= self._timer_at:
+                # Armed for that time or earlier: most datagrams leave the timer where
+                # it was or move it later (an answer stops a retransmission timer), and
+                # an early wake-up only runs `_service`, which arms for what is then
+                # due. A burst of setups paid a cancel and a new handle per datagram.
+                return
             self._timer.cancel()
             self._timer = None
         if timer is not None and loop is not None:

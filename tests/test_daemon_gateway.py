@@ -825,6 +825,30 @@ def test_endpoint_timer_is_armed_again_only_when_it_moves_or_fired(gateway: Gate
     assert len(loop.armed) == 3 and gateway._timer_at == timer_at
 
 
+def test_a_timer_that_moves_later_is_left_armed_and_followed_once_it_fires(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = _FakeLoop()
+    gateway._loop = loop  # type: ignore[assignment]
+    assert gateway._endpoint is not None
+    now = time.monotonic()
+    due = [now + 5.0]
+    monkeypatch.setattr(gateway._endpoint, "get_timer", lambda: due[0])
+    gateway._arm_timer()
+    assert len(loop.armed) == 1
+    due[0] = now + 9.0  # later (the SA with the earliest timer was answered)
+    gateway._arm_timer()
+    due[0] = None  # type: ignore[call-overload]  # nothing pending at all
+    gateway._arm_timer()
+    assert len(loop.armed) == 1 and not loop.armed[0].cancelled
+    due[0] = now + 9.0
+    gateway._on_timer()  # the early wake-up: armed for what is due now
+    assert len(loop.armed) == 2 and loop.armed[1].when == pytest.approx(now + 9.0, abs=0.5)
+    due[0] = now + 1.0  # earlier: the armed timer is replaced
+    gateway._arm_timer()
+    assert len(loop.armed) == 3 and loop.armed[1].cancelled
+
+
 def test_liveness_reaches_the_ike_sa_of_sas_that_received_and_remembers_only_those(
     gateway: Gateway,
 ) -> None:
