@@ -9,6 +9,7 @@ has a count and a deadline. Nothing here asserts a figure: a failed run raises
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -195,3 +196,22 @@ def idle_ping(ns: Namespace, dest: str, *, count: int = 20, interval: float = 0.
         raise MeasureError(f"ping {dest}: no replies\n{proc.stdout}{proc.stderr}".strip())
     low, avg, high = (float(rtt.group(i)) for i in (1, 2, 3))
     return PingResult(avg, low, high, int(counts.group(2)), int(counts.group(1)))
+
+
+def reassembly_requests(ns: Namespace) -> int:
+    """IP fragments the namespace's stack was handed to reassemble (IPv4 `ReasmReqds`
+    plus IPv6 `Ip6ReasmReqds`). On a gateway these are outer fragments: an ESP
+    packet larger than the path MTU that the sender's kernel cut up. Inner packets
+    travel inside ESP and are forwarded, never reassembled there."""
+    out = ns.run("cat", "/proc/net/snmp", "/proc/net/snmp6").stdout
+    total = 0
+    lines = out.splitlines()
+    for header, values in itertools.pairwise(lines):
+        if header.startswith("Ip: ") and values.startswith("Ip: "):
+            fields = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            total += int(fields.get("ReasmReqds", "0"))
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == "Ip6ReasmReqds":
+            total += int(value.strip() or "0")
+    return total

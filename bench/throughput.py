@@ -39,7 +39,14 @@ from types import FrameType
 from typing import Any
 
 from bench import setup_rate
-from bench.measure import IperfResult, MeasureError, PingResult, idle_ping, iperf
+from bench.measure import (
+    IperfResult,
+    MeasureError,
+    PingResult,
+    idle_ping,
+    iperf,
+    reassembly_requests,
+)
 from bench.tunnels import CASES, Tunnel, TunnelError
 from daemon.lab.netns import HarnessError, Lab, SiteToSite, build_site_to_site
 
@@ -69,6 +76,9 @@ class Row:
     pings: list[PingResult] = field(default_factory=list)
     test_errors: dict[str, list[str]] = field(default_factory=dict)
     """Failed repetitions per test, with the tool's message."""
+    outer_fragments: int | None = None
+    """IP fragments both gateways received while the tunnel ran (`ReasmReqds`): ESP
+    packets over the path MTU. Issue 7 asks for none."""
 
     def mbps(self, test: str) -> float | None:
         runs = self.samples.get(test, [])
@@ -87,7 +97,11 @@ class Row:
 
     def summary(self) -> dict[str, Any]:
         """Medians, as the JSON output and the chart use them."""
-        out: dict[str, Any] = {"rtt_ms": self.rtt(), "udp_loss_percent": self.loss()}
+        out: dict[str, Any] = {
+            "rtt_ms": self.rtt(),
+            "udp_loss_percent": self.loss(),
+            "outer_fragments": self.outer_fragments,
+        }
         for test in TESTS:
             out[f"{test}_mbps"] = self.mbps(test)
             for role in ("A", "B"):
@@ -122,8 +136,10 @@ def measure_row(tunnel: Tunnel, row: Row, opts: Options) -> None:
     """Start the tunnel, take every sample, stop it; failures go into `row`."""
     topo = tunnel.topo
     dest = topo.site_b.host4
+    gateways = (topo.gw_a, topo.gw_b)
     try:
         forget_path_mtus(topo)
+        fragments_before = sum(reassembly_requests(ns) for ns in gateways)
         tunnel.start()
         row.framing = tunnel.framing()
         pids = tunnel.daemons()
@@ -153,6 +169,7 @@ def measure_row(tunnel: Tunnel, row: Row, opts: Options) -> None:
                 )
                 cpu = " ".join(f"{role} {v:.0f}%" for role, v in sorted(result.cpu.items()))
                 say(f"    {TEST_LABELS[test]}: {result.mbps:,.0f} Mbit/s{extra}  cpu {cpu}")
+        row.outer_fragments = sum(reassembly_requests(ns) for ns in gateways) - fragments_before
     except (TunnelError, HarnessError) as exc:
         row.error = str(exc)
         say(f"  FAILED: {exc}")
@@ -198,6 +215,7 @@ def table(rows: Sequence[Row]) -> str:
     head = (
         f"{'path':<24} {'suite':<17} {'wire':<4} {'TCP x1':>8} {'TCP x4':>8} "
         f"{'UDP':>8} {'loss':>6} {'RTT ms':>7} {'+tunnel':>8} {'CPU A/B % (TCP x1)':>19}"
+        f" {'outer frags':>11}"
     )
     lines = ["Mbit/s delivered (medians)", head, "-" * len(head)]
     for row in rows:
@@ -218,6 +236,7 @@ def table(rows: Sequence[Row]) -> str:
             f"{_fmt(loss, '.1f') + '%' if loss is not None else '-':>6} "
             f"{_fmt(rtt, '.3f'):>7} {_fmt(added, '+.3f'):>8} "
             f"{cpu if row.case != 'none' else '-':>19}"
+            f" {_fmt(row.outer_fragments, ',d') if row.case != 'none' else '-':>11}"
         )
     lines += ["", "Ratios against strongSwan ↔ strongSwan (same suite; >1 means lockgate is ahead)"]
     lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
@@ -265,6 +284,7 @@ def rows_from_json(data: dict[str, Any]) -> list[Row]:
         row.samples = {t: [IperfResult(**s) for s in runs] for t, runs in r["samples"].items()}
         row.pings = [PingResult(**p) for p in r["pings"]]
         row.test_errors = dict(r["test_errors"])
+        row.outer_fragments = r.get("median", {}).get("outer_fragments")  # older files: none
         rows.append(row)
     return rows
 

@@ -2,8 +2,9 @@
 
 Tiny durations, one repetition: the figures mean nothing here and nothing checks
 them. What is checked: every row of the comparison is produced (measured, or failed
-with a message), the control-plane section has its rows, and no namespace, process
-or temporary directory of the run is left behind, also when it is stopped midway.
+with a message), lockgate's rows caused no outer IP fragments, the control-plane
+section has its rows, and no namespace, process or temporary directory of the run is
+left behind, also when it is stopped midway.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def test_every_row_is_produced_and_everything_removed(tmp_path: Path) -> None:
             continue  # a failed row is still a row: it says why
         measured = set(row["samples"]) | set(row["test_errors"])
         assert measured == {"tcp1", "tcp4", "udp"}, (key, row)
+        assert isinstance(row["median"]["outer_fragments"], int), (key, row)
+        if key[0].startswith("lockgate"):
+            # Issue 7: lockgate's ESP packets never exceed the path MTU (no outer fragments).
+            assert row["median"]["outer_fragments"] == 0, (key, row)
     control = {(r["implementation"], r["count"]) for r in data["control_plane"]}
     assert control == {("charon", 4), ("lockgate", 4)}, text
     assert "Ratios against strongSwan" in text
