@@ -218,17 +218,26 @@ def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> 
     assert entry.remote == ("198.51.100.2", 31337)
 
 
-def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert gateway._endpoint is not None and gateway._pump is not None
+@pytest.fixture
+def limit_calls(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """What the gateway tells the core of CHILD SAs at a volume limit: ("rekey", uid)
+    at the soft limit, ("delete", uid) at the hard one."""
+    assert gateway._endpoint is not None
     calls: list[tuple[str, int]] = []
 
     def limit(uid: int, now: float, *, hard: bool) -> None:
         calls.append(("delete" if hard else "rekey", uid))
 
-    # life_packets is the hard limit; the rekey (soft limit) comes at 90% of it.
     monkeypatch.setattr(gateway._endpoint, "child_limit_reached", limit)
+    return calls
+
+
+def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
+    gateway: Gateway, limit_calls: list[tuple[str, int]]
+) -> None:
+    assert gateway._pump is not None
+    calls = limit_calls
+    # life_packets is the hard limit; the rekey (soft limit) comes at 90% of it.
     installed = dataclasses.replace(
         events("aes128gcm16", udp=False)[0], connection="main", life_packets=10
     )
@@ -248,15 +257,10 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
 
 
 def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequence_end(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, limit_calls: list[tuple[str, int]]
 ) -> None:
-    assert gateway._endpoint is not None and gateway._pump is not None
-    calls: list[tuple[str, int]] = []
-
-    def limit(uid: int, now: float, *, hard: bool) -> None:
-        calls.append(("delete" if hard else "rekey", uid))
-
-    monkeypatch.setattr(gateway._endpoint, "child_limit_reached", limit)
+    assert gateway._pump is not None
+    calls = limit_calls
     limited, _ = events("aes128gcm16", udp=False, uid=1)
     gateway._handle_event(dataclasses.replace(limited, connection="main", life_packets=10))
     plain, _ = events("aes128gcm16", udp=False, uid=2)
