@@ -10,7 +10,6 @@ removes them itself through a `tun.RouteSocket`, without a thread hand-over per 
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -23,8 +22,6 @@ from tun import LinkManager
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
-
 CALL_TIMEOUT = 10.0
 """Seconds one netlink call may take before the daemon gives up waiting for it."""
 
@@ -34,19 +31,13 @@ a thousand CHILD SAs set up together share a few reads, short enough that an add
 an operator adds or removes is seen almost at once."""
 
 
-Work = tuple[Callable[[LinkManager], object], "Future[object] | None"]
-"""A call for the netlink thread, with the Future its caller waits on (None: nobody)."""
+Work = tuple[Callable[[LinkManager], object], "Future[object]"]
+"""A call for the netlink thread, with the Future its caller waits on."""
 
 
 class LinkWorker:
-    """A `LinkManager` living on its own thread.
-
-    Calls run one at a time in the order given. The queue is a `queue.SimpleQueue`
-    (its put is a C call): a fire-and-forget `submit` costs no Future and no lock
-    hand-over, which a thousand CHILD SAs installing routes at once would otherwise
-    pay each on the event loop (measured: ThreadPoolExecutor.submit was 12-14% of
-    the responder's CPU in the 100-SA setup benchmark).
-    """
+    """A `LinkManager` living on its own thread; calls run one at a time in the order
+    given (a `queue.SimpleQueue` feeds the thread, None stops it)."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
@@ -75,13 +66,9 @@ class LinkWorker:
             try:
                 result = call(links)
             except BaseException as exc:
-                if future is None:
-                    log.error("netlink call failed: %s", exc, exc_info=exc)
-                else:
-                    future.set_exception(exc)
+                future.set_exception(exc)
             else:
-                if future is not None:
-                    future.set_result(result)
+                future.set_result(result)
 
     def run(self, call: Callable[[LinkManager], T]) -> T:
         """Run ``call(links)`` on the netlink thread and return its result (or raise
@@ -89,12 +76,6 @@ class LinkWorker:
         future: Future[object] = Future()
         self._queue.put((call, future))
         return future.result(CALL_TIMEOUT)  # type: ignore[return-value]
-
-    def submit(self, call: Callable[[LinkManager], object]) -> None:
-        """Queue ``call(links)`` on the netlink thread without waiting for it. Calls
-        run one at a time in the order given, so a later `run` sees its effect; the
-        call reports its own failures (an exception escaping it is logged here)."""
-        self._queue.put((call, None))
 
     def close(self) -> None:
         """Close the netlink session and stop the thread."""
