@@ -285,16 +285,18 @@ def test_a_coalesced_udp_write_arrives_as_the_datagrams(inside: str) -> None:
         assert not plain.probe_uso_writes()
 
 
-def test_link_index_is_cached_and_relearned_when_the_link_is_recreated(inside: str) -> None:
+def test_link_index_is_cached_and_relearned_when_the_link_is_recreated(
+    inside: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with LinkManager() as links:
         lookups: list[str] = []
-        real_lookup = links._ipr.link_lookup
+        real_lookup = socket.if_nametoindex
 
-        def counting_lookup(**kw: str) -> list[int]:
-            lookups.append(kw["ifname"])
-            return list(real_lookup(**kw))
+        def counting_lookup(ifname: str) -> int:
+            lookups.append(ifname)
+            return real_lookup(ifname)
 
-        links._ipr.link_lookup = counting_lookup
+        monkeypatch.setattr(socket, "if_nametoindex", counting_lookup)
         with TunDevice.open("lgre0") as tun:
             links.set_up(tun.name)
             links.set_mtu(tun.name, 1400)

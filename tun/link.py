@@ -80,9 +80,7 @@ class LinkManager:
         except OSError as exc:
             raise LinkError(f"cannot open a netlink socket: {exc}") from exc
         self._routes = RouteSocket()
-        self._indexes: dict[str, int] = {}
-        """Interface indexes by name, as last looked up: a lookup lists every link,
-        which a daemon adding a route per CHILD SA would otherwise do each time."""
+        """Plain routes, and the interface indexes by name that every call here uses."""
 
     def close(self) -> None:
         self._routes.close()
@@ -110,27 +108,21 @@ class LinkManager:
     def index(self, ifname: str) -> int:
         """The interface index of `ifname`, or LinkError if there is none.
 
-        Cached by name; `_on_link` forgets an index the kernel no longer knows (the
-        link was deleted, or deleted and made again under the same name)."""
-        cached = self._indexes.get(ifname)
-        if cached is not None:
-            return cached
-        found = self._ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise LinkError(f"no such interface {ifname!r}", errno.ENODEV)
-        index = self._indexes[ifname] = int(found[0])
-        return index
+        Cached by name (the route socket's cache); `_on_link` forgets an index the
+        kernel no longer knows (the link was deleted, or deleted and made again under
+        the same name)."""
+        return self._routes.index(ifname)
 
     def _on_link(self, ifname: str, call: Callable[[int], T]) -> T:
         """``call(index of ifname)``; if the kernel answers that this index is gone,
         look the name up again and retry once (the link may have been recreated)."""
-        cached = ifname in self._indexes
+        cached = self._routes.knows(ifname)
         try:
             return call(self.index(ifname))
         except LinkError as exc:
             if exc.errno != errno.ENODEV:
                 raise
-            self._indexes.pop(ifname, None)
+            self._routes.forget(ifname)
             if not cached:
                 raise
         return call(self.index(ifname))
@@ -194,7 +186,7 @@ class LinkManager:
 
     def delete_link(self, ifname: str, *, missing_ok: bool = True) -> None:
         """Remove an interface (a TUN also goes when its last fd closes)."""
-        self._indexes.pop(ifname, None)  # a link made again under this name is another
+        self._routes.forget(ifname)  # a link made again under this name is another
         if not self.exists(ifname):
             if missing_ok:
                 return
@@ -206,7 +198,7 @@ class LinkManager:
             index=self.index(ifname),
             missing_ok=missing_ok,
         )
-        self._indexes.pop(ifname, None)
+        self._routes.forget(ifname)
 
     # --- addresses -----------------------------------------------------------------------
 

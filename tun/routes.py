@@ -96,6 +96,14 @@ class RouteSocket:
             raise LinkError(f"no such interface {ifname!r}", errno.ENODEV) from None
         return index
 
+    def knows(self, ifname: str) -> bool:
+        """True when an index for `ifname` is cached (it may belong to a link since gone)."""
+        return ifname in self._indexes
+
+    def forget(self, ifname: str) -> None:
+        """Drop the cached index of `ifname`: the next use looks the name up again."""
+        self._indexes.pop(ifname, None)
+
     def add_route(
         self,
         destination: str | IpNetwork,
@@ -142,11 +150,11 @@ class RouteSocket:
         table: int,
         source: bytes | None,
     ) -> None:
-        cached = ifname in self._indexes
+        cached = self.knows(ifname)
         code = self._request(what, kind, flags, net, self.index(ifname), table, source)
         if code == errno.ENODEV and cached:
             # The index belonged to a link that is gone; the name may be back.
-            del self._indexes[ifname]
+            self.forget(ifname)
             code = self._request(what, kind, flags, net, self.index(ifname), table, source)
         if code:
             raise LinkError(f"{what}: {os.strerror(code)}", code)
