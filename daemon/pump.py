@@ -25,7 +25,7 @@ import logging
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
@@ -502,13 +502,16 @@ def _tun_tx_dropped(name: str, path: str = "/proc/net/dev") -> int:
     return 0
 
 
+def _packets(parts: list[bytes]) -> Iterator[tuple[bytes, ...]]:
+    """The parts of each packet in `EspSA.encapsulate_parts` output, grouped
+    (`PARTS_PER_PACKET` a packet)."""
+    step = PARTS_PER_PACKET
+    return zip(*(parts[i::step] for i in range(step)), strict=True)
+
+
 def _packet_sizes(parts: list[bytes]) -> list[int]:
-    """The length of each packet in `EspSA.encapsulate_parts` output (its parts come
-    in threes: `PARTS_PER_PACKET`)."""
-    return [
-        len(a) + len(b) + len(c)
-        for a, b, c in zip(parts[0::3], parts[1::3], parts[2::3], strict=True)
-    ]
+    """The length of each packet in `EspSA.encapsulate_parts` output."""
+    return [len(a) + len(b) + len(c) for a, b, c in _packets(parts)]
 
 
 def _send_each(sock: socket.socket, target: tuple[str, int], parts: list[bytes]) -> int:
@@ -516,7 +519,7 @@ def _send_each(sock: socket.socket, target: tuple[str, int], parts: list[bytes])
     # several buffers per packet.
     sendto = sock.sendto
     sent = 0
-    for packet in map(b"".join, zip(parts[0::3], parts[1::3], parts[2::3], strict=True)):
+    for packet in map(b"".join, _packets(parts)):
         try:
             sendto(packet, target)
         except (BlockingIOError, InterruptedError):
