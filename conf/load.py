@@ -10,8 +10,6 @@ daemon that starts has what it needs.
 from __future__ import annotations
 
 import difflib
-import functools
-import ipaddress
 import math
 import os
 import re
@@ -42,6 +40,7 @@ from conf.model import (
 )
 from conf.proposals import esp_proposal_problem, ike_proposal_problem
 from esp.replay import MAX_WINDOW
+from ikev2.addresses import parse_address, parse_network
 from ikev2.certs import (
     CredentialError,
     LocalCredentials,
@@ -243,25 +242,10 @@ def _choice(*options: str) -> Callable[[Any], Any]:
     return convert
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_address(text: str) -> IpAddress:
-    # The family the text shows (ip_address would try IPv4 first and pay for an
-    # exception on every IPv6 address). Cached, as _parse_subnet.
-    return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
-
-
-@functools.lru_cache(maxsize=8192)
-def _parse_subnet(text: str, strict: bool = True) -> IpNetwork:
-    # As _parse_address. Cached: a reload reads the same subnets again (two per
-    # connection), and the objects are immutable.
-    kind = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
-    return kind(text, strict=strict)
-
-
 def _address(raw: Any) -> IpAddress:
     text = _string(raw).strip()
     try:
-        return _parse_address(text)
+        return parse_address(text)
     except ValueError:
         raise _Bad(f"not an IP address: {text!r}") from None
 
@@ -269,10 +253,10 @@ def _address(raw: Any) -> IpAddress:
 def _subnet(raw: Any) -> IpNetwork:
     text = _string(raw).strip()
     try:
-        return _parse_subnet(text)
+        return parse_network(text)
     except ValueError:
         try:
-            loose = _parse_subnet(text, strict=False)
+            loose = parse_network(text, strict=False)
         except ValueError:
             raise _Bad(f'not a subnet: {text!r} (e.g. "192.0.2.0/24")') from None
         raise _Bad(f"{text!r} has host bits set (did you mean '{loose}'?)") from None

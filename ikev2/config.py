@@ -15,6 +15,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from ikev2.addresses import IpAddress, parse_address
 from ikev2.certs import LocalCredentials, TrustAnchors
 from ikev2.ts import TrafficSelector
 
@@ -34,17 +35,14 @@ class ConfigError(ValueError):
 _ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
 
 
-@functools.lru_cache(maxsize=4096)
-def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """`text` as an IP address, or None. Cached: a reload of a thousand peers reads the
-    same addresses and identities again, and `ipaddress.ip_address` pays an exception
-    for every IPv6 address (it tries IPv4 first) and for every name."""
+def _ip_address(text: str) -> IpAddress | None:
+    """`text` as an IP address, or None (see ikev2.addresses)."""
     try:
         if "%" in text:  # an IPv6 address with a scope (fe80::1%eth0)
             return ipaddress.ip_address(text)
         if not text or not _ADDRESS_CHARS.issuperset(text):
             return None  # a name, a DN, an e-mail address: no exception to pay for
-        return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
+        return parse_address(text)
     except ValueError:
         return None
 

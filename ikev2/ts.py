@@ -12,6 +12,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ikev2.addresses import parse_network
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # RFC 7296 §3.13.1 TS Type.
@@ -64,11 +66,8 @@ class TrafficSelector:
     ) -> TrafficSelector:
         """The selector covering a subnet such as "192.0.2.0/24" (an address is a /32, /128)."""
         if isinstance(network, str):
-            # Parsed as the family the text shows: ip_network tries IPv4 first and
-            # pays for an exception on every IPv6 prefix (a reload builds thousands).
-            kind = ipaddress.IPv6Network if ":" in network else ipaddress.IPv4Network
             try:
-                net: ipaddress.IPv4Network | ipaddress.IPv6Network = kind(network, strict=False)
+                net = parse_network(network, strict=False)
             except ValueError as exc:
                 raise TrafficSelectorError(f"not a subnet: {network!r}") from exc
         else:
