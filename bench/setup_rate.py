@@ -301,8 +301,6 @@ def _lockgate_children(daemon: Lockgate, timeout: float = 5.0) -> int:
     answer = request(str(daemon.socket), {"command": "status", "summary": True}, timeout=timeout)
     if isinstance(answer, dict) and isinstance(answer.get("child_sas"), int):
         return int(answer["child_sas"])
-    if isinstance(answer, dict) and isinstance(answer.get("sas"), list):
-        return len(answer["sas"])  # an older daemon answers with the full status
     raise TunnelError(f"lockgate {daemon.name}: malformed status {str(answer)[:200]}")
 
 
