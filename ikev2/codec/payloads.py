@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from struct import Struct
 from struct import error as StructError
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar
 
 from ikev2.codec.buffer import U8_U8_U16, U16_U16, BufferReadError, Reader, pack
 from ikev2.constants import (
@@ -199,25 +199,47 @@ def _check_attr_type(attr_type: int) -> int:
 # is a BufferReadError (a truncated field), as with the Reader.
 
 
+_T = TypeVar("_T")
+
+
 def _short(what: str, need: int, left: int) -> BufferReadError:
     return BufferReadError(f"{what} needs {need} octets, {left} left")
 
 
-def _decode_proposals(data: bytes) -> tuple[Proposal, ...]:
-    proposals: list[Proposal] = []
-    pos, end = 0, len(data)
-    more = end > 0
+def _substructures(
+    data: bytes,
+    pos: int,
+    end: int,
+    more: bool,
+    more_marker: int,
+    what: str,
+    decode: Callable[[bytes, int, int], _T],
+    out: list[_T],
+) -> int:
+    """Decode a chain of proposal or transform substructures (RFC 7296 §3.3.1, §3.3.2)
+    starting at `pos` into `out`: each opens with Last/More (`more_marker`), a
+    reserved octet and its Length, and `decode` gets the octets after those four.
+    Returns where the chain ended."""
     while more:
         if pos + 4 > end:
-            raise _short("proposal header", 4, end - pos)
+            raise _short(f"{what} header", 4, end - pos)
         marker, _, length = U8_U8_U16.unpack_from(data, pos)
-        if marker not in (_LAST, _MORE_PROPOSALS) or length < 8:
-            raise InvalidSyntax("malformed proposal substructure")
+        if marker not in (_LAST, more_marker) or length < 8:
+            raise InvalidSyntax(f"malformed {what} substructure")
         if pos + length > end:
-            raise _short("proposal", length, end - pos)
-        proposals.append(_decode_proposal(data, pos + 4, pos + length))
+            raise _short(what, length, end - pos)
+        out.append(decode(data, pos + 4, pos + length))
         pos += length
-        more = marker == _MORE_PROPOSALS
+        more = marker == more_marker
+    return pos
+
+
+def _decode_proposals(data: bytes) -> tuple[Proposal, ...]:
+    proposals: list[Proposal] = []
+    end = len(data)
+    pos = _substructures(
+        data, 0, end, end > 0, _MORE_PROPOSALS, "proposal", _decode_proposal, proposals
+    )
     if pos != end:
         raise InvalidSyntax("data after the last proposal")
     if not proposals:
@@ -234,18 +256,9 @@ def _decode_proposal(data: bytes, pos: int, end: int) -> Proposal:
     spi = data[pos : pos + spi_size]
     pos += spi_size
     transforms: list[Transform] = []
-    more = count > 0
-    while more:
-        if pos + 4 > end:
-            raise _short("transform header", 4, end - pos)
-        marker, _, length = U8_U8_U16.unpack_from(data, pos)
-        if marker not in (_LAST, _MORE_TRANSFORMS) or length < 8:
-            raise InvalidSyntax("malformed transform substructure")
-        if pos + length > end:
-            raise _short("transform", length, end - pos)
-        transforms.append(_decode_transform(data, pos + 4, pos + length))
-        pos += length
-        more = marker == _MORE_TRANSFORMS
+    pos = _substructures(
+        data, pos, end, count > 0, _MORE_TRANSFORMS, "transform", _decode_transform, transforms
+    )
     if pos != end or len(transforms) != count:
         raise InvalidSyntax("proposal length or transform count does not match its transforms")
     return Proposal(number, protocol, spi, tuple(transforms))
