@@ -201,6 +201,11 @@ class ChildSaNotFound(RemoteProtocolError):
     default_notify = NotifyType.CHILD_SA_NOT_FOUND
 
 
+class ChildSaDeletedByPeer(RemoteProtocolError):
+    """The answer creating a CHILD SA came after the peer's Delete of that SA (our first
+    copy of the answer was lost): it is not installed (RFC 7296 §1.4.1, §2.1)."""
+
+
 class PeerErrorNotify(RemoteProtocolError):
     """The peer answered our request with an error notify (RFC 7296 §2.21).
 

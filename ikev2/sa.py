@@ -277,6 +277,7 @@ class IkeSa:
         "now",
         "on_change",
         "on_drop",
+        "peer_deleted_unknown",
         "peer_hashes",
         "peer_id",
         "peer_ike_rekey",
@@ -377,6 +378,10 @@ class IkeSa:
         # IKE_AUTH.
         self.peer_id: Identity | None = None
         self.children: dict[int, ChildSa] = {}
+        self.peer_deleted_unknown: tuple[int, ...] = ()
+        """The last ESP SPIs (the peer's inbound) the peer deleted before we knew them:
+        the answer creating such an SA may still be on its way (see
+        `forget_deleted_child`). A tuple: nothing per SA until it happens."""
         self.created_at = now
         self.established_at: float | None = None
         self.expire_at: float | None = None
@@ -1240,6 +1245,21 @@ class IkeSa:
         log("%s: IKE SA with %s deleted: %s", self.name, _fmt(self.remote), reason)
         cause = ike_delete_cause(reason, by_peer=by_peer, we_deleted=bool(self.delete_reason))
         self.emit(IkeSaDeleted(self.config.name, self.ike_sa_id, reason, by_peer, cause))
+
+    PEER_DELETED_KEPT = 8
+    """How many unknown SPIs from the peer's Deletes `peer_deleted_unknown` keeps."""
+
+    def peer_deleted_before_known(self, spi_out: int) -> None:
+        """The peer deleted an ESP SA we do not know: keep its SPI for a while. RFC 7296
+        §1.4.1 lets a Delete of an unknown SPI be ignored, but when the answer that
+        creates it was lost and is retransmitted, it arrives after the Delete: the
+        CHILD SA must then not be installed on our side alone."""
+        kept = (*self.peer_deleted_unknown, spi_out)
+        self.peer_deleted_unknown = kept[-self.PEER_DELETED_KEPT :]
+
+    def deleted_by_peer_already(self, spi_out: int) -> bool:
+        """True when the peer deleted this ESP SPI (its inbound) before we installed it."""
+        return spi_out in self.peer_deleted_unknown
 
     def remove_child(self, child: ChildSa, reason: str) -> None:
         """Forget a CHILD SA and tell the user to remove its ESP SAs."""

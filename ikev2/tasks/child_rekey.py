@@ -23,6 +23,7 @@ from ikev2.config import ChildConfig
 from ikev2.constants import NotifyType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.errors import (
+    ChildSaDeletedByPeer,
     ChildSaNotFound,
     IkeError,
     InvalidKePayload,
@@ -166,6 +167,12 @@ class CreateChild(Task):
                 f"peer answered traffic selectors {format_selectors(local_ts)} === "
                 f"{format_selectors(remote_ts)}, outside ours"
             )
+        if sa.deleted_by_peer_already(int.from_bytes(chosen.spi, "big")):
+            # Our first copy of this answer was lost and the peer deleted the SA it
+            # created before our retransmission brought the answer back: installed,
+            # it would exist on our side alone. Not installing it leaves the old SA
+            # (if any) as the peer still has it; a rekey is tried again later.
+            raise ChildSaDeletedByPeer(f"the peer deleted the new SA of {self.what}")
         new = install_child(
             sa,
             config=self.config,

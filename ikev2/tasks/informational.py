@@ -63,6 +63,7 @@ class Informational(Task):
             child = next((c for c in sa.children.values() if c.spi_out == spi_out), None)
             if child is None:
                 logger.debug("%s: peer deletes unknown ESP SPI %08x", sa.name, spi_out)
+                sa.peer_deleted_before_known(spi_out)
                 continue
             if not child.deleting:
                 self.answer_spis.append(child.spi_in.to_bytes(4, "big"))
