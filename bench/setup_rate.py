@@ -24,7 +24,7 @@ explains a slow row better than the rate alone.
 
 Run alone (no iperf3 runs): `python -m bench.setup_rate [--sa-counts 100,1000] [--who
 charon,lockgate] [--repeat N] [--profile DIR]`; `--profile` samples both lockgates with
-py-spy into DIR (collapsed stacks per count and side).
+py-spy into DIR (collapsed stacks per count, run and side).
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ class SetupResult:
     receive buffer was full (RcvbufErrors): each lost IKE message costs a
     retransmission timeout (4 s at first), which dominates any rate it hits."""
     busy_seconds: float | None = None
-    """lockgate only: how long after the SIGHUP its control socket first answered (the
-    reload and the initiations run on the event loop and hold it that long)."""
+    """lockgate only: how long after the SIGHUP its control socket first answered with
+    the reload done (the reload and the initiations run on the event loop and hold it
+    that long)."""
     error: str = ""
 
     @property
@@ -295,13 +296,22 @@ def _poll_interval(elapsed: float) -> float:
     return min(0.5, max(0.02, elapsed * 0.02))
 
 
-def _lockgate_children(daemon: Lockgate, timeout: float = 5.0) -> int:
-    """CHILD SAs the daemon has installed, from its O(1) status summary: the full
-    status lists every SA and would load the event loop being measured."""
+def _lockgate_summary(daemon: Lockgate, timeout: float = 5.0) -> dict[str, Any]:
+    """The daemon's O(1) status summary: the full status lists every SA and would load
+    the event loop being measured."""
     answer = request(str(daemon.socket), {"command": "status", "summary": True}, timeout=timeout)
-    if isinstance(answer, dict) and isinstance(answer.get("child_sas"), int):
-        return int(answer["child_sas"])
+    if (
+        isinstance(answer, dict)
+        and isinstance(answer.get("child_sas"), int)
+        and isinstance(answer.get("reloads"), int)
+    ):
+        return answer
     raise TunnelError(f"lockgate {daemon.name}: malformed status {str(answer)[:200]}")
+
+
+def _lockgate_children(daemon: Lockgate, timeout: float = 5.0) -> int:
+    """CHILD SAs the daemon has installed."""
+    return int(_lockgate_summary(daemon, timeout)["child_sas"])
 
 
 @contextlib.contextmanager
@@ -320,10 +330,14 @@ def _profiled(pids: dict[str, int], out: Path | None, tag: str) -> Iterator[None
     if not spy.exists():
         raise HarnessError(f"--profile needs {spy} (pip install py-spy)")
     out.mkdir(parents=True, exist_ok=True)
-    record = [str(spy), "record", "--nonblocking", "--gil", "--format", "raw", "--rate", "200"]
+    # 1000 samples/s: a 100-SA burst lasts about 0.2 s, too short for fewer.
+    record = [str(spy), "record", "--nonblocking", "--gil", "--format", "raw", "--rate", "1000"]
+    run = 1
+    while any((out / f"{tag}-{run}-{role}.txt").exists() for role in pids):
+        run += 1  # one file per run, so --repeat adds samples instead of overwriting
     procs = [
         subprocess.Popen(
-            [*record, "-p", str(pid), "-o", str(out / f"{tag}-{role}.txt")],
+            [*record, "-p", str(pid), "-o", str(out / f"{tag}-{run}-{role}.txt")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -384,18 +398,23 @@ def lockgate_case(topo: SiteToSite, count: int, profile: Path | None = None) -> 
 
 def _measure_lockgate(initiator: Lockgate, count: int, result: SetupResult) -> None:
     """SIGHUP the initiator (its file now says start = "initiate") and wait, bounded,
-    until it shows ``count`` CHILD SAs; the figures go into ``result``."""
+    until it shows ``count`` CHILD SAs; the figures go into ``result``.
+
+    The summary is polled from the signal on, as charon's `stats` is from the load: the
+    daemon answers only between handlers, and the summary's count of reloads tells
+    which answer came after the reload (``busy_seconds``). Waiting a fixed time before
+    the first question instead put a floor under the time measured."""
+    reloads = int(_lockgate_summary(initiator)["reloads"])
     start = time.monotonic()
     if initiator.process is not None:
         initiator.process.signal(signal.SIGHUP)
-    time.sleep(0.2)  # the handler runs on the loop's next turn; ask after it
-    with contextlib.suppress(ControlClientError):
-        _lockgate_children(initiator, timeout=_timeout(count))
-        result.busy_seconds = time.monotonic() - start
     deadline = start + _timeout(count)
     while True:
         with contextlib.suppress(ControlClientError):
-            result.established = _lockgate_children(initiator)
+            summary = _lockgate_summary(initiator, timeout=_timeout(count))
+            if result.busy_seconds is None and summary["reloads"] > reloads:
+                result.busy_seconds = time.monotonic() - start
+            result.established = int(summary["child_sas"])
         if result.established >= count:
             result.seconds = time.monotonic() - start
             break
@@ -456,7 +475,7 @@ def _line(r: SetupResult) -> str:
     if r.udp_drops:
         err = f"  ({r.udp_drops} UDP drops: receive buffer full)" + err
     if r.busy_seconds is not None:
-        err = f"  (A busy {r.busy_seconds:.1f}s after SIGHUP)" + err
+        err = f"  (A busy {r.busy_seconds:.2f}s after SIGHUP)" + err
     return (
         f"{r.implementation:<9} {r.count:>5} {secs:>8} {rate:>16} {r.established:>6} "
         f"{r.child_sas:>6} {r.responder_sas:>6} {kib:>14}{err}"

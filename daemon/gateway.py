@@ -258,6 +258,9 @@ class Gateway:
         """CHILD SAs (unique ids) with a byte or packet limit: checked every
         VOLUME_CHECK_INTERVAL; the others only every SEQUENCE_CHECK_INTERVAL."""
         self._deleting: set[int] = set()
+        self._reloads = 0
+        """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
+        that sent SIGHUP learns from the status summary when the reload has run."""
 
     # ---- start and stop --------------------------------------------------------------
 
@@ -1041,6 +1044,7 @@ class Gateway:
         A peer's connections share its IKE SA, so a change to one of them renegotiates
         that peer; other peers keep their SAs untouched.
         """
+        self._reloads += 1
         try:
             new = load_config(self.config_path)
             new_list = ike_connections(new)
@@ -1300,6 +1304,7 @@ class Gateway:
             "ike_sas": len(self.ike_sas),
             "ike_sas_in_core": endpoint.ike_sa_total() if endpoint is not None else 0,
             "child_sas": len(pump.plane.entries) if pump is not None else 0,
+            "reloads": self._reloads,
         }
 
     def _status_line(self) -> str:

@@ -158,6 +158,7 @@ def test_reload_touches_only_the_changed_peer(gateway: Gateway, tmp_path: Path) 
     (tmp_path / "gw.toml").write_text(CONFIG.replace("198.51.100.128/25", "198.51.100.192/26"))
     summary = gateway.reload()
     assert summary == "reloaded: peers 0 added, 1 changed, 0 removed, 1 unchanged"
+    assert gateway.status_summary()["reloads"] == 1  # what a client that sent SIGHUP polls
     assert gateway.peers["main"] is main_before
     assert gateway.peers["spare"] is not spare_before
     assert [str(ts) for ts in gateway.connections["spare-net"].child.remote_ts] == [
@@ -168,6 +169,7 @@ def test_reload_touches_only_the_changed_peer(gateway: Gateway, tmp_path: Path) 
     with pytest.raises(ControlError, match="bogus"):
         gateway.reload()
     assert gateway.peers["main"] is main_before
+    assert gateway.status_summary()["reloads"] == 2  # a failed reload has run as well
 
 
 def test_control_requests(gateway: Gateway) -> None:
@@ -336,6 +338,7 @@ def test_status_summary_counts_without_listing(gateway: Gateway) -> None:
         "ike_sas": 1,
         "ike_sas_in_core": 0,  # the event was made up: the core holds no IKE SA
         "child_sas": 1,
+        "reloads": 0,
     }
 
 
