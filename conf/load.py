@@ -514,7 +514,7 @@ def _connection(
         "rekey_margin": s.value("rekey_margin", _duration, 540.0),
         "dpd_interval": s.value("dpd_interval", _duration, 30.0),
         "dpd_action": s.value("dpd_action", _choice("clear", "restart", "trap"), "clear"),
-        "encap": s.value("encap", _choice("auto", "force"), "auto"),
+        "encap": s.value("encap", _choice("auto", "force", "nat"), "auto"),
         "replay_window": s.value("replay_window", _integer(0, MAX_WINDOW), 128),
         "life_bytes": s.value("life_bytes", _integer(0, 2**63 - 1), 0),
         "life_packets": s.value("life_packets", _integer(0, 2**63 - 1), 0),

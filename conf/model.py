@@ -24,7 +24,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 AuthMethod = Literal["psk", "pubkey"]
 StartAction = Literal["initiate", "trap", "wait"]
 DpdAction = Literal["clear", "restart", "trap"]
-EncapMode = Literal["auto", "force"]
+EncapMode = Literal["auto", "force", "nat"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_CONTROL_SOCKET = Path("/run/lockgate/lockgate.sock")
@@ -157,7 +157,9 @@ class ConnectionConfig:
     the connection down), "restart" (initiate again, with back-off, until the peer is
     back) or "trap" (re-arm: the next outbound packet initiates)."""
     encap: EncapMode = "auto"
-    """"auto": ESP in UDP only behind a NAT; "force": always (RFC 3948)."""
+    """"auto": ESP in UDP (RFC 3948) behind a NAT or when the peer is a lockgate too
+    (they agree by Vendor ID: UDP moves many packets per system call, raw ESP one);
+    "force": always; "nat": only behind a NAT, raw ESP otherwise."""
     replay_window: int = 128
     """Anti-replay window in packets (RFC 4303 §3.4.3); 0 disables the check."""
     life_bytes: int = 0

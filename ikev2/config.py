@@ -220,7 +220,7 @@ def _walk_dn(der: bytes) -> list[str]:
 
 StartAction = Literal["initiate", "trap", "wait"]
 DpdAction = Literal["clear", "restart", "trap"]
-EncapMode = Literal["auto", "force"]
+EncapMode = Literal["auto", "force", "nat"]
 AuthMethod = Literal["psk", "pubkey"]
 
 
@@ -314,8 +314,9 @@ class ConnectionConfig:
     dpd_action: DpdAction = "clear"
     """What to do when the peer stops answering: "clear", "restart" or "trap"."""
     encap: EncapMode = "auto"
-    """"auto": UDP-encapsulate ESP only behind a NAT; "force": always (fakes NAT-D as
-    strongSwan's `encap = yes` does, RFC 7296 §2.23)."""
+    """"auto": ESP in UDP behind a NAT or with a lockgate peer (Vendor ID, see
+    tasks.ike_natd); "force": always (fakes NAT-D as strongSwan's `encap = yes` does,
+    RFC 7296 §2.23); "nat": only behind a NAT."""
     retransmit_timeout: float = 4.0
     """Seconds before the first retransmission of a request."""
     retransmit_tries: int = 5
@@ -354,8 +355,8 @@ class ConnectionConfig:
             raise ConfigError(f"{where}: at least one IKE proposal is required")
         if self.ike_lifetime <= 0 or not 0 <= self.rekey_margin < self.ike_lifetime:
             raise ConfigError(f"{where}: rekey_margin must be below ike_lifetime")
-        if self.encap not in ("auto", "force"):
-            raise ConfigError(f"{where}: encap must be 'auto' or 'force'")
+        if self.encap not in ("auto", "force", "nat"):
+            raise ConfigError(f"{where}: encap must be 'auto', 'force' or 'nat'")
         if self.dpd_action not in ("clear", "restart", "trap"):
             raise ConfigError(f"{where}: unknown dpd_action {self.dpd_action!r}")
         if self.retransmit_timeout <= 0 or self.retransmit_tries < 0 or self.retransmit_base < 1:

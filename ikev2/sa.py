@@ -281,6 +281,7 @@ class IkeSa:
         "peer_hashes",
         "peer_id",
         "peer_ike_rekey",
+        "peer_prefers_udp",
         "rekeyed_from",
         "rekeyed_into",
         "remote",
@@ -375,6 +376,8 @@ class IkeSa:
         """A NAT was detected in front of us."""
         self.nat_remote = False
         """A NAT was detected in front of the peer (or the peer fakes one)."""
+        self.peer_prefers_udp = False
+        """Both sides sent lockgate's Vendor ID with `encap = "auto"` (ike_natd)."""
         # IKE_AUTH.
         self.peer_id: Identity | None = None
         self.children: dict[int, ChildSa] = {}
@@ -460,8 +463,14 @@ class IkeSa:
 
     @property
     def udp_encap(self) -> bool:
-        """Whether ESP must travel in UDP (a NAT on either side, or forced, §2.23)."""
-        return self.nat_local or self.nat_remote or self.config.encap == "force"
+        """Whether ESP travels in UDP: a NAT on either side, forced, or chosen with a
+        lockgate peer (§2.23 lets either side choose it)."""
+        return (
+            self.nat_local
+            or self.nat_remote
+            or self.peer_prefers_udp
+            or self.config.encap == "force"
+        )
 
     def random_spi(self, size: int) -> bytes:
         """A random SPI that is not zero (and, for ESP, not in the reserved 1..255)."""
@@ -591,6 +600,7 @@ class IkeSa:
         new.nonce_i, new.nonce_r = nonce_i, nonce_r
         new.init_local, new.init_remote = self.init_local, self.init_remote
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
+        new.peer_prefers_udp = self.peer_prefers_udp
         new.fragmentation = self.fragmentation
         new.peer_id = self.peer_id
         new.established(self.now)
@@ -1143,9 +1153,13 @@ class IkeSa:
     def _peer_address_seen(self, local: Address, remote: Address) -> None:
         self.last_heard = self.now
         self.unconfirmed_until = None  # an authenticated message: the peer has this SA
-        # §2.23: behind a NAT, follow the address of the latest authenticated message.
+        # §2.23: behind a NAT, follow the address of the latest authenticated message
+        # (also when the sides chose UDP without one: the initiator moves to port 4500).
         if (local, remote) != (self.local, self.remote) and (
-            self.nat_local or self.nat_remote or self.local[1] == self.nat_port
+            self.nat_local
+            or self.nat_remote
+            or self.peer_prefers_udp
+            or self.local[1] == self.nat_port
         ):
             logger.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
             old_local, old_remote = self.local, self.remote

@@ -265,9 +265,12 @@ def _bring_up_both(initiator_toml: str) -> tuple[list[Event], list[bytes], Endpo
             moved = False
             list(a.events())
             for d in a.datagrams_to_send(now):
-                header = decode_header(d.data)
+                # Two lockgates move to port 4500 after IKE_SA_INIT (ike_natd), where
+                # IKE messages follow the 4-octet non-ESP marker (RFC 3948 §2.2).
+                message = d.data[4:] if d.remote[1] == 4500 else d.data
+                header = decode_header(message)
                 if header.exchange_type == ExchangeType.IKE_AUTH and not header.response:
-                    auth_requests.append(d.data)
+                    auth_requests.append(message)
                 b.receive_datagram(d.data, d.remote, d.local, now)
                 moved = True
             events_b.extend(b.events())

@@ -360,7 +360,8 @@ def test_examples_are_a_matching_pair() -> None:
         ),
         (
             conn(encap="yes"),
-            'connections.dc1-net.encap: must be one of "auto", "force", got a string (\'yes\')',
+            "connections.dc1-net.encap: must be one of "
+            '"auto", "force", "nat", got a string (\'yes\')',
         ),
         (
             conn(child_lifetime="1 hour"),

@@ -2,9 +2,10 @@
 
 site A host ── gateway A ══ WAN ══ gateway B ── site B host, each gateway running the
 daemon from a generated configuration with its own control socket. Checked: ping and
-a hashed TCP transfer, IPv4 and IPv6 inner, raw ESP and ESP in UDP (forced, and
-behind a NAT); SIGHUP with a changed and an unchanged connection; SIGTERM sends a
-Delete, removes routes and the TUN device, exits 0.
+a hashed TCP transfer, IPv4 and IPv6 inner, raw ESP (`encap = "nat"`) and ESP in UDP
+(the default between two lockgates, forced, and behind a NAT); SIGHUP with a changed
+and an unchanged connection; SIGTERM sends a Delete, removes routes and the TUN device,
+exits 0.
 """
 
 from __future__ import annotations
@@ -183,13 +184,23 @@ def make_pair() -> Iterator[Callable[..., Pair]]:
 @pytest.mark.parametrize(
     ("nat", "encap", "framing", "outer6"),
     [
-        (False, "auto", "esp", False),
+        (False, "nat", "esp", False),
+        (False, "auto", "udp", False),
         (False, "force", "udp", False),
         (True, "auto", "udp", False),
-        (False, "auto", "esp", True),
+        (True, "nat", "udp", False),
+        (False, "nat", "esp", True),
         (False, "force", "udp", True),
     ],
-    ids=["raw-esp", "udp-forced", "udp-behind-nat", "raw-esp-over-ipv6", "udp-over-ipv6"],
+    ids=[
+        "raw-esp",
+        "udp-two-lockgates",
+        "udp-forced",
+        "udp-behind-nat",
+        "udp-behind-nat-with-encap-nat",
+        "raw-esp-over-ipv6",
+        "udp-over-ipv6",
+    ],
 )
 def test_ping_and_transfer_ipv4_and_ipv6(
     make_pair: Callable[..., Pair], nat: bool, encap: str, framing: str, outer6: bool

@@ -198,10 +198,11 @@ def test_raw_esp_attacks_between_two_lockgates() -> None:
     """The same forgeries over raw ESP (IP protocol 50, no NAT), lockgate on both ends:
     the raw-socket receive path drops and counts them as the UDP one does."""
     with site_to_site() as topo:
+        # encap "nat": raw ESP between two lockgates ("auto" would choose UDP).
         a_text = config(me=topo.gw_a_wan4, peer=topo.gw_b_wan4, local=[topo.site_a.subnet4],
-                        remote=[topo.site_b.subnet4], start="wait")  # fmt: skip
+                        remote=[topo.site_b.subnet4], start="wait", encap="nat")  # fmt: skip
         b_text = config(me=topo.gw_b_wan4, peer=topo.gw_a_wan4, local=[topo.site_b.subnet4],
-                        remote=[topo.site_a.subnet4], start="initiate")  # fmt: skip
+                        remote=[topo.site_a.subnet4], start="initiate", encap="nat")  # fmt: skip
         a = start_daemon(topo, topo.gw_a, "gwA", a_text)
         b = start_daemon(topo, topo.gw_b, "gwB", b_text)
         wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA")

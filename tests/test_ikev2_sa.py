@@ -48,7 +48,9 @@ def establish(pair: Pair) -> tuple[ChildSaInstalled, ChildSaInstalled]:
 
 
 def test_full_establishment_both_sides_agree() -> None:
-    pair = Pair.make(connection())
+    # encap "nat": raw ESP on port 500 between two lockgates (the default, "auto", moves
+    # them to UDP: see test_two_lockgates_agree_on_esp_in_udp_by_vendor_id).
+    pair = Pair.make(connection(encap="nat"))
     ia, ib = establish(pair)
 
     (ea,) = pair.of("a", IkeSaEstablished)
@@ -120,7 +122,9 @@ def test_inbound_child_sa_is_reported_before_the_completing_message() -> None:
     events = list(pair.b.events())
     assert [type(e) for e in events] == [IkeSaEstablished, ChildSaInstalled]
     (response,) = pair.b.datagrams_to_send(0.0)
-    assert decode_header(response.data).exchange_type == AUTH
+    # On port 4500 (two lockgates choose ESP in UDP) behind the non-ESP marker.
+    assert response.data.startswith(NON_ESP_MARKER)
+    assert decode_header(response.data[4:]).exchange_type == AUTH
 
 
 def test_psk_mismatch_fails_on_both_sides() -> None:
@@ -371,6 +375,71 @@ def test_forced_encapsulation_moves_to_4500_with_marker() -> None:
     assert not init.datagram.data.startswith(NON_ESP_MARKER)
 
 
+def _vendor_ids(sent: object) -> list[bytes]:
+    from ikev2.codec import VendorId
+
+    message = decode_message(sent.ike)  # type: ignore[attr-defined]
+    return [p.data for p in message.payloads if isinstance(p, VendorId)]
+
+
+def test_two_lockgates_agree_on_esp_in_udp_by_vendor_id() -> None:
+    from ikev2.events import NatKeepaliveDue
+    from ikev2.tasks.ike_natd import LOCKGATE_UDP_VID
+
+    pair = Pair.make(connection())  # encap "auto" on both sides
+    ia, ib = establish(pair)
+    (init_request,) = pair.requests("a", INIT)
+    (init_response,) = pair.responses("b", INIT)
+    assert _vendor_ids(init_request) == _vendor_ids(init_response) == [LOCKGATE_UDP_VID]
+    # No NAT anywhere, yet both sides chose ESP in UDP (§2.23) and IKE moved to 4500.
+    for side in ("a", "b"):
+        (est,) = pair.of(side, IkeSaEstablished)
+        assert not est.nat_local and not est.nat_remote
+    assert ia.udp_encap and ib.udp_encap
+    assert ia.local == (A_ADDR, 4500) and ia.remote == (B_ADDR, 4500)
+    assert ib.local == (B_ADDR, 4500) and ib.remote == (A_ADDR, 4500)
+    (auth,) = pair.requests("a", AUTH)
+    assert auth.datagram.data.startswith(NON_ESP_MARKER)
+    # Without a NAT there is no mapping to keep alive.
+    pair.advance(60.0)
+    assert not pair.of("a", NatKeepaliveDue) and not pair.of("b", NatKeepaliveDue)
+
+
+@pytest.mark.parametrize("a_mode, b_mode", [("auto", "nat"), ("nat", "auto")])
+def test_a_side_with_encap_nat_keeps_raw_esp_with_a_lockgate(a_mode: str, b_mode: str) -> None:
+    from ikev2.tasks.ike_natd import LOCKGATE_UDP_VID
+
+    conn = connection(encap=a_mode)
+    pair = Pair.make(conn, mirrored(conn, encap=b_mode))
+    ia, ib = establish(pair)
+    # Only the "auto" side announces the preference; one side alone changes nothing.
+    (init_request,) = pair.requests("a", INIT)
+    (init_response,) = pair.responses("b", INIT)
+    assert _vendor_ids(init_request) == ([LOCKGATE_UDP_VID] if a_mode == "auto" else [])
+    assert _vendor_ids(init_response) == ([LOCKGATE_UDP_VID] if b_mode == "auto" else [])
+    assert not ia.udp_encap and not ib.udp_encap
+    assert ia.local == (A_ADDR, 500) and ib.local == (B_ADDR, 500)
+
+
+def test_esp_in_udp_with_a_lockgate_survives_an_ike_rekey() -> None:
+    from ikev2.events import IkeSaRekeyed
+
+    pair = Pair.make(connection())
+    establish(pair)
+    (old,) = pair.a.ike_sas()
+    pair.a.rekey_ike_sa(old.ike_sa_id, pair.clock)
+    pair.pump()
+    assert pair.of("a", IkeSaRekeyed) and pair.of("b", IkeSaRekeyed)
+    # A CHILD SA created under the new IKE SA still travels in UDP on both sides.
+    (child_a,) = pair.of("a", ChildSaInstalled)
+    pair.a.rekey_child(child_a.unique_id, pair.clock)
+    pair.pump()
+    installed = pair.of("a", ChildSaInstalled) + pair.of("b", ChildSaInstalled)
+    assert len(installed) == 4
+    assert all(e.udp_encap for e in installed)
+    assert all(sa.udp_encap for ep in (pair.a, pair.b) for sa in ep.ike_sas())
+
+
 def test_real_nat_is_detected_and_kept_alive() -> None:
     conn = connection()
     # Behind a NAT a's address is not known in advance: b accepts it from %any.
@@ -540,7 +609,9 @@ def test_ipv6_outside_and_inside() -> None:
         children=(child(local="2001:db8:a::/64", remote="2001:db8:b::/64"),),
     )
     ia, ib = establish(Pair.make(conn))
-    assert ia.local == ("2001:db8:100::1", 500) and ib.remote == ("2001:db8:100::1", 500)
+    # Two lockgates with encap "auto": ESP in UDP, IKE on port 4500.
+    assert ia.local == ("2001:db8:100::1", 4500) and ib.remote == ("2001:db8:100::1", 4500)
+    assert ia.udp_encap and ib.udp_encap
     assert ia.remote_ts == (TrafficSelector.from_network("2001:db8:b::/64"),)
     assert ia.encr_key_out == ib.encr_key_in
 

@@ -14,7 +14,7 @@ import pytest
 from test_ikev2_sa_pair import Pair, connection
 
 from ikev2.codec import Delete, Message, Nonce, SecurityAssociation, decode_header
-from ikev2.constants import ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -37,9 +37,11 @@ def up(seeds: tuple[bytes, bytes] = SEEDS[0], **kw: object) -> Pair:
 
 
 def opened(sa: IkeSa, d: Datagram) -> Message:
-    """Decrypt a message of `sa`'s peer (the non-ESP marker is not used on port 500)."""
+    """Decrypt a message of `sa`'s peer (on port 4500, where two lockgates talk, after
+    the non-ESP marker)."""
     assert sa.sk is not None
-    return sa.sk.inbound.open(d.data)
+    data = d.data[4:] if d.data.startswith(NON_ESP_MARKER) else d.data
+    return sa.sk.inbound.open(data)
 
 
 def nonce(message: Message) -> bytes:

@@ -6,6 +6,15 @@ port), the SPIs as in the message's header. A mismatch on receipt means an addre
 was rewritten on the way: the IKE SA then moves to port 4500 and ESP is encapsulated
 in UDP. With `encap = "force"` our source hash is random, so the peer sees a NAT in
 front of us and both sides encapsulate, as strongSwan does for `encap = yes`.
+
+With `encap = "auto"` a lockgate also sends the `LOCKGATE_UDP_VID` Vendor ID (§3.12). When
+both IKE_SA_INIT messages carry it, the two sides are lockgates and encapsulate ESP in UDP
+even without a NAT: a userspace ESP sends and receives many UDP datagrams per system call
+(GSO/GRO) but only one raw ESP packet. §2.23 lets either side choose UDP encapsulation
+whether or not a NAT is detected, and obliges every side that does NAT traversal to accept
+both forms, so other peers, which never send this Vendor ID, keep raw ESP. The Vendor ID is
+not authenticated, and neither are the NAT-D notifies: an attacker who adds or removes it
+only changes the framing, as forging NAT-D already can.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
-from ikev2.codec import Message, Notify, Payload
+from ikev2.codec import Message, Notify, Payload, VendorId
 from ikev2.constants import NotifyType
 from ikev2.events import Address
 from ikev2.tasks.base import Task
@@ -25,6 +34,10 @@ if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
 logger = logging.getLogger(__name__)
+
+LOCKGATE_UDP_VID = hashlib.sha256(b"lockgate: ESP in UDP preferred (RFC 7296 2.23)").digest()[:16]
+"""Our Vendor ID payload's data: a lockgate that, with `encap = "auto"`, prefers ESP in
+UDP with a peer that sends the same."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -52,10 +65,13 @@ class IkeNatd(Task):
         else:
             source = natd_hash(sa.spi_i, spi_r, sa.init_local)
         destination = natd_hash(sa.spi_i, spi_r, sa.init_remote)
-        return [
+        ours: list[Payload] = [
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, destination),
         ]
+        if sa.config.encap == "auto":
+            ours.append(VendorId(LOCKGATE_UDP_VID))
+        return ours
 
     def _check(self, sa: IkeSa, message: Message) -> bool:
         """Set the SA's NAT flags from the peer's notifies; False if it sent none."""
@@ -72,6 +88,11 @@ class IkeNatd(Task):
         sa.nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
         # The peer's destination is where it sent to; a mismatch: a NAT before us.
         sa.nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
+        sa.peer_prefers_udp = sa.config.encap == "auto" and any(
+            isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
+        )
+        if sa.peer_prefers_udp and not (sa.nat_local or sa.nat_remote):
+            logger.info("%s: the peer is a lockgate: ESP in UDP without a NAT (§2.23)", sa.name)
         if sa.nat_local or sa.nat_remote:
             logger.info(
                 "%s: NAT detected:%s%s",

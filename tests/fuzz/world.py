@@ -62,6 +62,9 @@ def connection(
         children=(child,),
         psk=PSK,
         fragment_size=fragment_size,
+        # The targets inject on port 500 without the non-ESP marker: keep IKE there
+        # (with "auto" two lockgates move to port 4500, tasks.ike_natd).
+        encap="nat",
     )
 
 
