@@ -56,5 +56,5 @@ def _colour(case: str) -> str:
         "swan-swan": "#d62728",
         "lockgate-swan": "#ff7f0e",
         "lockgate-lockgate": "#1f77b4",
-        "lockgate-lockgate-udp": "#17becf",
+        "lockgate-lockgate-raw": "#17becf",
     }.get(case, "#2ca02c")

@@ -5,8 +5,9 @@
 
 It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
 one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
-kernel-libipsec); lockgate ↔ strongSwan; lockgate ↔ lockgate, in raw ESP and with
-ESP in UDP forced (`encap = "force"`, the UDP GSO/GRO path). For each tunnel and
+kernel-libipsec); lockgate ↔ strongSwan; lockgate ↔ lockgate as configured by default
+(ESP in UDP, which two lockgates agree on: the UDP GSO/GRO path), and in raw ESP
+(`encap = "nat"`, what lockgate sends to other peers when no NAT is in the way). For each tunnel and
 each ESP suite (AES-GCM-128, ChaCha20-Poly1305): iperf3 TCP with one and with four
 streams, UDP with 1400-octet datagrams (the delivered rate and the loss, not the
 offered rate), the idle ping round trip (and what the tunnel adds to it), and the

@@ -5,9 +5,11 @@
 - `NoTunnel`: the gateways route the sites to each other in clear (the ceiling).
 - `SwanPair`: charon on both gateways, userspace ESP (kernel-libipsec, ESP in UDP).
 - `LockgateSwan`: `lockgate daemon` on gateway A initiating, charon answering on B.
-- `LockgatePair`: `lockgate daemon` on both gateways (raw ESP, IP protocol 50).
-- `LockgatePairUdp`: the same with ESP in UDP forced (`encap = "force"`), the path with
-  UDP GSO and GRO, and the one strongSwan's kernel-libipsec always takes.
+- `LockgatePair`: `lockgate daemon` on both gateways as configured by default
+  (`encap = "auto"`): the two agree on ESP in UDP by Vendor ID (RFC 7296 §2.23), the
+  path with UDP GSO and GRO, and the one strongSwan's kernel-libipsec always takes.
+- `LockgatePairRaw`: the same with `encap = "nat"`: raw ESP (IP protocol 50), what
+  lockgate sends to a peer that is not a lockgate when no NAT is in the way.
 
 Each is started on the shared topology, measured, and stopped (by PID) before the next
 one starts, so they never share a port or a route. `start` returns once a ping
@@ -162,7 +164,7 @@ def lockgate_config(
     topo: SiteToSite, side: str, suite: str, *, socket: Path, start: str, encap: str = "auto"
 ) -> str:
     """`lockgate daemon`'s TOML for gateway `side` ("A" or "B") of the topology;
-    ``encap`` is the connection's `encap` key ("auto" or "force")."""
+    ``encap`` is the connection's `encap` key ("auto", "force" or "nat")."""
     a, b = topo.gw_a_public4, topo.gw_b_wan4
     me, peer = (topo.gw_a_wan4, b) if side == "A" else (b, a)
     my_id, peer_id = (a, b) if side == "A" else (b, a)
@@ -325,7 +327,8 @@ class LockgatePair(Tunnel):
 
     label = "lockgate ↔ lockgate"
     encap = "auto"
-    """The connection's `encap` key: "auto" gives raw ESP on this NAT-free topology."""
+    """The connection's `encap` key: "auto", the default, gives ESP in UDP between two
+    lockgates."""
 
     def __init__(self, topo: SiteToSite, suite: str | None) -> None:
         super().__init__(topo, suite)
@@ -358,11 +361,12 @@ class LockgatePair(Tunnel):
         return self._framing
 
 
-class LockgatePairUdp(LockgatePair):
-    """lockgate on both gateways with ESP in UDP forced (UDP GSO sends, GRO reads)."""
+class LockgatePairRaw(LockgatePair):
+    """lockgate on both gateways with raw ESP (`encap = "nat"` on this NAT-free
+    topology): one system call per packet each way, no GSO or GRO."""
 
-    label = "lockgate ↔ lockgate UDP"
-    encap = "force"
+    label = "lockgate ↔ lockgate raw"
+    encap = "nat"
 
 
 CASES: dict[str, type[Tunnel]] = {
@@ -370,6 +374,6 @@ CASES: dict[str, type[Tunnel]] = {
     "swan-swan": SwanPair,
     "lockgate-swan": LockgateSwan,
     "lockgate-lockgate": LockgatePair,
-    "lockgate-lockgate-udp": LockgatePairUdp,
+    "lockgate-lockgate-raw": LockgatePairRaw,
 }
 """The benchmark's cases, in the order it runs them."""

@@ -22,7 +22,7 @@ import pytest
 pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("none", "swan-swan", "lockgate-swan", "lockgate-lockgate", "lockgate-lockgate-udp")
+CASES = ("none", "swan-swan", "lockgate-swan", "lockgate-lockgate", "lockgate-lockgate-raw")
 SUITES = ("aes128gcm16", "chacha20poly1305")
 
 
