@@ -39,6 +39,7 @@ from conf.model import (
     Secret,
 )
 from conf.proposals import esp_proposal_problem, ike_proposal_problem
+from conf.toml_tables import TomlTables
 from esp.replay import MAX_WINDOW
 from ikev2.addresses import parse_address, parse_network
 from ikev2.certs import (
@@ -698,15 +699,19 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a configuration file; raise ConfigError naming every mistake."""
+def load_config(path: str | os.PathLike[str], *, tables: TomlTables | None = None) -> Config:
+    """Read and validate a configuration file; raise ConfigError naming every mistake.
+
+    With `tables` (a daemon's, kept across reloads) the TOML tables whose text did not
+    change since the last load are not parsed again; the result is the same."""
     file = Path(path)
     try:
         raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError([Problem("", f"cannot read: {exc.strerror}")], str(file)) from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text) if tables is None else tables.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem("", "not UTF-8 text")], str(file)) from exc
     except tomllib.TOMLDecodeError as exc:

@@ -29,6 +29,7 @@ from conf import (
     loads_config,
     parse_config,
 )
+from conf.toml_tables import TomlTables
 from ikev2.config import ConfigError as IkeConfigError
 
 PSK = "test-psk-NOT-SECRET-0123456789"
@@ -542,6 +543,32 @@ def test_psk_file_readable_by_others_is_refused(tmp_path: Path, mode: int, who: 
         f"peers.dc1.psk_file: '{key}' is accessible by {who} (mode {mode:04o}); a secret "
         "file must be owner-only: chmod 600"
     ]
+
+
+def test_a_reload_with_kept_tables_reads_the_files_again(tmp_path: Path) -> None:
+    # The TOML text does not change, the PSK file does: the kept tables save parsing,
+    # never the reading and checking of the files they name.
+    key = tmp_path / "dc1.psk"
+    key.write_text(PSK)
+    key.chmod(0o600)
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\naddresses = ["198.51.100.1"]\nid = "198.51.100.1"\n\n'
+        f'[peers.dc1]\naddress = "198.51.100.2"\npsk_file = "{key}"\n\n'
+        '[connections.dc1-net]\npeer = "dc1"\nlocal_subnets = ["192.0.2.0/24"]\n'
+        'remote_subnets = ["203.0.113.0/24"]\n'
+    )
+    path.chmod(0o600)
+    tables = TomlTables()
+    first = load_config(path, tables=tables)
+    assert first == load_config(path)
+    key.write_text(PSK + "-rotated")
+    second = load_config(path, tables=tables)
+    assert tables.reused == 3  # every table came from the first load...
+    assert second.peers["dc1"].psk == Secret((PSK + "-rotated").encode())  # ...not the key
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_config(path, tables=tables)
 
 
 def test_psk_and_psk_file_together_are_refused(tmp_path: Path) -> None:
