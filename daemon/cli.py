@@ -205,6 +205,7 @@ def format_status(status: dict[str, Any]) -> str:
                 f"{ike.get('local', '?')} <-> {ike.get('remote', '?')}, "
                 f"age {_age(ike.get('age', 0))}"
                 + (f", rekeyed from #{rekeyed}" if rekeyed is not None else "")
+                + (f", ESP in UDP: {ike['udp_encap']}" if ike.get("udp_encap") else "")
             )
     sas = status.get("sas", [])
     lines.append(f"CHILD SAs ({len(sas)}):")

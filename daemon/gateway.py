@@ -652,11 +652,6 @@ class Gateway:
         self._remember_ike_sa(IkeSaInfo(event))
         if not log.isEnabledFor(logging.INFO):
             return
-        nat = []
-        if event.nat_local:
-            nat.append("we are behind a NAT")
-        if event.nat_remote:
-            nat.append("the peer is behind a NAT")
         log.info(
             "peer %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
             event.connection,
@@ -668,7 +663,7 @@ class Gateway:
             event.local[1],
             event.remote[0],
             event.remote[1],
-            f"; {' and '.join(nat)}: ESP goes in UDP" if nat else "",
+            f"; ESP in UDP: {event.udp_encap_reason}" if event.udp_encap_reason else "",
         )
 
     def _on_ike_deleted(self, event: IkeSaDeleted) -> None:
@@ -761,7 +756,8 @@ class Gateway:
 
     def _on_address_changed(self, event: IkeSaAddressChanged) -> None:
         """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping may
-        change, and the IKE SA follows authenticated messages (RFC 7296 §2.23)."""
+        change, and the IKE SA follows authenticated messages; without one, the move to
+        port 4500 (RFC 7296 §2.23)."""
         info = self.ike_sas.get(event.ike_sa_id)
         if info is not None:
             info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
@@ -1273,6 +1269,7 @@ class Gateway:
                             "remote_id": info.event.remote_id,
                             "initiator": info.event.initiator,
                             "nat": info.event.nat_local or info.event.nat_remote,
+                            "udp_encap": info.event.udp_encap_reason,
                             "age": round(now - info.established_at, 1),
                         }
                         for info in ikes

@@ -118,6 +118,8 @@ class IkeSaEstablished(Event):
     """True when a NAT (or forced encapsulation) was detected on our side."""
     nat_remote: bool
     """True when a NAT (or forced encapsulation) was detected on the peer's side."""
+    udp_encap_reason: str = ""
+    """Why ESP travels in UDP (a NAT, forced, a lockgate peer); "" for raw ESP."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +287,8 @@ class IkeSaAddressChanged(Event):
     """An established IKE SA now uses other addresses or ports (RFC 7296 §2.23).
 
     Behind a NAT the IKE SA follows the source of the peer's latest authenticated
-    message (a NAT mapping moved); its CHILD SAs' UDP-encapsulated ESP must follow too.
+    message (a NAT mapping moved), and without one it follows the initiator's move to
+    port 4500 once; its CHILD SAs' UDP-encapsulated ESP must follow too.
     Emitted once per change, for the IKE SA whose `ike_sa_id` it names.
     """
 

@@ -472,6 +472,19 @@ class IkeSa:
             or self.config.encap == "force"
         )
 
+    @property
+    def udp_encap_reason(self) -> str:
+        """Why ESP travels in UDP, for logs and status ("" when it does not)."""
+        if self.config.encap == "force":
+            return 'forced (encap = "force")'
+        if self.nat_local:
+            return "we are behind a NAT"
+        if self.nat_remote:
+            return "the peer is behind a NAT (or forces UDP)"
+        if self.peer_prefers_udp:
+            return 'the peer is a lockgate (encap = "auto")'
+        return ""
+
     def random_spi(self, size: int) -> bytes:
         """A random SPI that is not zero (and, for ESP, not in the reserved 1..255)."""
         while True:
@@ -1153,13 +1166,13 @@ class IkeSa:
     def _peer_address_seen(self, local: Address, remote: Address) -> None:
         self.last_heard = self.now
         self.unconfirmed_until = None  # an authenticated message: the peer has this SA
-        # §2.23: behind a NAT, follow the address of the latest authenticated message
-        # (also when the sides chose UDP without one: the initiator moves to port 4500).
+        # §2.23: behind a NAT, follow the address of the latest authenticated message.
+        # Without one the only move is the initiator's from port 500 to 4500 when ESP
+        # goes in UDP (forced, or two lockgates): same addresses, our port 4500. Any
+        # other change would let a copy of a genuine message, replayed from elsewhere
+        # first, redirect the SA.
         if (local, remote) != (self.local, self.remote) and (
-            self.nat_local
-            or self.nat_remote
-            or self.peer_prefers_udp
-            or self.local[1] == self.nat_port
+            self.nat_local or self.nat_remote or self._to_nat_port(local, remote)
         ):
             logger.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
             old_local, old_remote = self.local, self.remote
@@ -1171,6 +1184,15 @@ class IkeSa:
                         self.config.name, self.ike_sa_id, old_local, old_remote, local, remote
                     )
                 )
+
+    def _to_nat_port(self, local: Address, remote: Address) -> bool:
+        """The peer moved IKE to port 4500 for ESP in UDP without a NAT (§2.23)."""
+        return (
+            self.udp_encap
+            and self.local[1] != self.nat_port
+            and local == (self.local[0], self.nat_port)
+            and remote[0] == self.remote[0]
+        )
 
     def float_to_nat_port(self) -> None:
         """Move IKE to the NAT-T port after IKE_SA_INIT (§2.23)."""
@@ -1330,6 +1352,15 @@ class IkeSa:
                 logger.info("%s: our IKE rekey went unanswered; the peer's took over", self.name)
             elif self.state is IkeSaState.ESTABLISHED:
                 self.fail(f"peer is dead: {exc}", None)
+            elif self.peer_prefers_udp and not (self.nat_local or self.nat_remote):
+                # Two lockgates moved to port 4500 without a NAT: a firewall that lets
+                # only port 500 and raw ESP through stops IKE_AUTH here.
+                self.fail(
+                    f"{exc} on UDP port {self.nat_port}, where two lockgates move for ESP in"
+                    f' UDP; is it open between them? encap = "nat" keeps port'
+                    f" {self.config.ike_port} and raw ESP",
+                    None,
+                )
             else:
                 self.fail(str(exc), None)
             return

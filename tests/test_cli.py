@@ -258,3 +258,11 @@ def test_status_summary_asks_for_counts_only(
     assert json.loads(capsys.readouterr().out) == SUMMARY
     main(["-s", path, "status"])
     assert seen[-1] == {"command": "status"}
+
+
+def test_format_status_says_why_esp_is_in_udp() -> None:
+    status = json.loads(json.dumps(STATUS))
+    status["connections"][0]["ike_sas"][0]["udp_encap"] = "the peer is a lockgate"
+    assert "ESP in UDP: the peer is a lockgate" in format_status(status)
+    status["connections"][0]["ike_sas"][0]["udp_encap"] = ""
+    assert "ESP in UDP" not in format_status(status)

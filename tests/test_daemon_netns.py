@@ -210,6 +210,11 @@ def test_ping_and_transfer_ipv4_and_ipv6(
     [sa_a] = pair.a.sas()
     assert sa_a["encap"] == framing
     assert sa_a["suite"] == "aes128gcm16"
+    # The status says why ESP is in UDP, if it is.
+    [ike_a] = pair.a.status()["connections"][0]["ike_sas"]
+    assert bool(ike_a["udp_encap"]) == (framing == "udp")
+    if framing == "udp" and not nat and encap == "auto":
+        assert ike_a["udp_encap"] == 'the peer is a lockgate (encap = "auto")'
     wait_for_ping(topo.host_a, topo.site_b.host6)
     ping(topo.host_a, topo.site_b.host4)
     ping(topo.host_b, topo.site_a.host4)

@@ -103,6 +103,7 @@ class IkeAuth(Task):
                 suite=suite,
                 nat_local=sa.nat_local,
                 nat_remote=sa.nat_remote,
+                udp_encap_reason=sa.udp_encap_reason,
             )
         )
 

@@ -12,9 +12,10 @@ both IKE_SA_INIT messages carry it, the two sides are lockgates and encapsulate 
 even without a NAT: a userspace ESP sends and receives many UDP datagrams per system call
 (GSO/GRO) but only one raw ESP packet. §2.23 lets either side choose UDP encapsulation
 whether or not a NAT is detected, and obliges every side that does NAT traversal to accept
-both forms, so other peers, which never send this Vendor ID, keep raw ESP. The Vendor ID is
-not authenticated, and neither are the NAT-D notifies: an attacker who adds or removes it
-only changes the framing, as forging NAT-D already can.
+both forms, so other peers, which never send this Vendor ID, keep raw ESP. Like the NAT-D
+notifies it travels in the IKE_SA_INIT messages that each side's AUTH signs (§2.15): a
+Vendor ID added or removed on the way makes IKE_AUTH fail, it cannot silently change the
+framing.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOCKGATE_UDP_VID = hashlib.sha256(b"lockgate: ESP in UDP preferred (RFC 7296 2.23)").digest()[:16]
+LOCKGATE_UDP_VID = hashlib.sha256(b"lockgate/1: ESP in UDP preferred (RFC 7296 2.23)").digest()[:16]
 """Our Vendor ID payload's data: a lockgate that, with `encap = "auto"`, prefers ESP in
 UDP with a peer that sends the same."""
 

@@ -1,0 +1,115 @@
+"""How two endpoints choose between raw ESP and ESP in UDP (RFC 7296 §2.23), across
+every pair of `encap` modes, and what the choice must not open: an SA that follows a
+replayed message from another address. In memory, no network."""
+
+from __future__ import annotations
+
+import pytest
+from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
+
+from ikev2.events import ChildSaInstalled, IkeSaAddressChanged, IkeSaEstablished, IkeSaFailed
+
+# (a's encap, b's encap) -> ESP in UDP? With UDP both sides end on port 4500: §2.23
+# forbids UDP-encapsulated ESP on port 500.
+MODES = [
+    ("auto", "auto", True),
+    ("auto", "nat", False),
+    ("nat", "auto", False),
+    ("nat", "nat", False),
+    ("force", "auto", True),
+    ("auto", "force", True),
+    ("force", "nat", True),
+    ("nat", "force", True),
+    ("force", "force", True),
+]
+
+
+def _up(a_mode: str, b_mode: str) -> tuple[Pair, ChildSaInstalled, ChildSaInstalled]:
+    conn = connection(encap=a_mode)
+    pair = Pair.make(conn, mirrored(conn, encap=b_mode))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    (ia,) = pair.of("a", ChildSaInstalled)
+    (ib,) = pair.of("b", ChildSaInstalled)
+    return pair, ia, ib
+
+
+@pytest.mark.parametrize(("a_mode", "b_mode", "udp"), MODES)
+def test_both_sides_agree_on_the_framing_and_its_port(a_mode: str, b_mode: str, udp: bool) -> None:
+    pair, ia, ib = _up(a_mode, b_mode)
+    assert ia.udp_encap is ib.udp_encap is udp
+    port = 4500 if udp else 500
+    assert (ia.local, ia.remote) == ((A_ADDR, port), (B_ADDR, port))
+    assert (ib.local, ib.remote) == ((B_ADDR, port), (A_ADDR, port))
+    # Every IKE message after IKE_SA_INIT went between those ports.
+    later = [s for s in pair.wire if s.datagram.local[1] != 500 or s.datagram.remote[1] != 500]
+    assert all(s.datagram.local[1] == s.datagram.remote[1] == port for s in later)
+    # Nothing moved after the IKE SA was up.
+    assert not pair.of("a", IkeSaAddressChanged) and not pair.of("b", IkeSaAddressChanged)
+
+
+@pytest.mark.parametrize(
+    ("a_mode", "b_mode", "reason_a"),
+    [
+        ("auto", "auto", 'the peer is a lockgate (encap = "auto")'),
+        ("force", "auto", 'forced (encap = "force")'),
+        ("auto", "force", "the peer is behind a NAT (or forces UDP)"),
+        ("nat", "nat", ""),
+    ],
+)
+def test_the_established_event_says_why_esp_is_in_udp(
+    a_mode: str, b_mode: str, reason_a: str
+) -> None:
+    pair, _, _ = _up(a_mode, b_mode)
+    (ea,) = pair.of("a", IkeSaEstablished)
+    assert ea.udp_encap_reason == reason_a
+
+
+# Not "force": it fakes a NAT in front of the initiator, and the side facing a NAT
+# follows the latest authenticated message (§2.23), as it must for a moved mapping.
+@pytest.mark.parametrize("mode", ["auto", "nat"])
+def test_a_replayed_message_from_elsewhere_does_not_move_the_sa(mode: str) -> None:
+    """Without a NAT an authenticated message from another address is not followed: an
+    on-path observer who replays a copy of a's DPD request from its own address before
+    the original must not redirect b's IKE SA and ESP to itself."""
+    pair, _, ib = _up(mode, mode)
+    (sa_a,) = pair.a.ike_sas()
+    (sa_b,) = pair.b.ike_sas()
+    before = (sa_b.local, sa_b.remote)
+    sa_a.check_liveness(pair.clock)
+    (request,) = pair.take("a")
+    attacker = ("203.0.113.66", request.local[1])
+    pair.b.receive_datagram(request.data, request.remote, attacker, pair.clock)
+    pair.b.receive_datagram(request.data, request.remote, request.local, pair.clock)
+    pair.pump()
+    assert (sa_b.local, sa_b.remote) == before
+    assert not pair.of("b", IkeSaAddressChanged)
+    assert ib.remote == before[1]
+
+
+def test_an_unanswered_ike_auth_on_4500_names_the_port_and_the_way_back() -> None:
+    """Two lockgates move to port 4500; a firewall that drops it stops IKE_AUTH, and the
+    failure says where and what to set."""
+    conn = connection()
+    pair = Pair.make(
+        conn, mirrored(conn), drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1])
+    )
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    pair.advance(300.0)
+    (failed,) = pair.of("a", IkeSaFailed)
+    assert "UDP port 4500" in failed.reason and 'encap = "nat"' in failed.reason
+    assert not pair.of("a", ChildSaInstalled)
+
+
+def test_nat_mode_with_the_same_firewall_comes_up_on_port_500() -> None:
+    conn = connection(encap="nat")
+    pair = Pair.make(
+        conn,
+        mirrored(conn),
+        drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1]),
+    )
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    (ia,) = pair.of("a", ChildSaInstalled)
+    assert not ia.udp_encap and ia.local == (A_ADDR, 500)
