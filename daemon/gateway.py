@@ -94,6 +94,12 @@ a second. Walking a thousand SAs ten times a second cost the loop 2% of a core."
 INBOUND_LINGER = 2.0
 """Seconds a deleted CHILD SA still decrypts packets already on their way (see
 `DataPlane.remove`)."""
+KEY_POOL_STEP = 16
+"""Key exchange pairs made ahead (Endpoint.prepare_keys) per turn of the event loop:
+about a millisecond of work for X25519, so datagrams arriving meanwhile wait little."""
+KEY_POOL_IDLE = 0.2
+"""Seconds without an IKE datagram before key pairs are made ahead: during a burst of
+setups they would only compete with it."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
 EXPIRED_CAUSES = frozenset({DeleteCause.LIMIT_REACHED, DeleteCause.EXPIRED})
@@ -262,6 +268,10 @@ class Gateway:
         """CHILD SAs (unique ids) with a byte or packet limit: checked every
         VOLUME_CHECK_INTERVAL; the others only every SEQUENCE_CHECK_INTERVAL."""
         self._deleting: set[int] = set()
+        self._last_ike_at = 0.0
+        """When the last IKE datagram arrived (monotonic): key pairs are made ahead
+        only after KEY_POOL_IDLE of quiet."""
+        self._key_refill: asyncio.Handle | None = None
         self._reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -304,6 +314,7 @@ class Gateway:
         # (the code makes few cycles), and at the default threshold of 700 allocations
         # a burst of 100 IKE SA setups paid 17 passes, about 3% of the initiator's CPU.
         gc.set_threshold(*GC_THRESHOLDS)
+        self._refill_keys()
         housekeeping = self._loop.create_task(self._housekeeping())
         volume_watch = self._loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=self._status_line())
@@ -387,6 +398,8 @@ class Gateway:
     async def _teardown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._key_refill is not None:
+            self._key_refill.cancel()
         for peer in self.peers.values():
             self._cancel_retry(peer)
         if self._pump is not None:
@@ -595,8 +608,9 @@ class Gateway:
     def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         if self._endpoint is None:
             return
+        self._last_ike_at = now = time.monotonic()
         try:
-            self._endpoint.receive_message(message, local, remote, time.monotonic())
+            self._endpoint.receive_message(message, local, remote, now)
         except Exception:
             # The core turns bad input into typed errors itself; anything escaping is
             # a bug, and one hostile datagram must not stop the gateway for everyone.
@@ -638,6 +652,18 @@ class Gateway:
             delay = max(0.0, timer - time.monotonic())
             self._timer = loop.call_later(delay, self._on_timer)
             self._timer_at = timer
+
+    def _refill_keys(self) -> None:
+        """Make key exchange pairs ahead of need, KEY_POOL_STEP per turn of the loop,
+        while no IKE datagram came for KEY_POOL_IDLE (housekeeping starts it again)."""
+        self._key_refill = None
+        endpoint, loop = self._endpoint, self._loop
+        if endpoint is None or loop is None or self._shutting_down:
+            return
+        if time.monotonic() - self._last_ike_at < KEY_POOL_IDLE:
+            return
+        if endpoint.prepare_keys(KEY_POOL_STEP) > 0:
+            self._key_refill = loop.call_soon(self._refill_keys)
 
     def _on_timer(self) -> None:
         self._timer = None  # fired: the next `_arm_timer` must arm again, same time or not
@@ -1324,6 +1350,8 @@ class Gateway:
                 last_watchdog = now
             # A lost timer would stall retransmissions: run the endpoint regardless.
             self._service()
+            if self._key_refill is None:
+                self._refill_keys()
             self._report_liveness(now)
             if self._pump is not None:
                 self._pump.plane.expire_lingering()

@@ -32,7 +32,7 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -41,9 +41,11 @@ from ikev2.codec import IkeHeader, decode_header, decode_message, encode_message
 from ikev2.config import ConnectionConfig, Identity
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
 from ikev2.cookies import CookieJar, CookiePolicy
+from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.rng import RandomSource, SystemRandom
 from ikev2.errors import IkeError, InvalidMajorVersion, LocalProtocolError
 from ikev2.events import Address, Event
+from ikev2.proposals import dh_group, parse_esp_proposal, parse_ike_proposal
 from ikev2.sa import Datagram, IkeDropReason, IkeSa, IkeSaState
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,23 @@ NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
 
 K = TypeVar("K", bound=Hashable)
+
+
+def _first_groups(connections: Collection[ConnectionConfig]) -> list[int]:
+    """The key exchange groups of each connection's first IKE and ESP proposal: what
+    our IKE_SA_INITs and PFS rekeys use, and what a responder most often selects."""
+    texts = {c.ike_proposals[0]: parse_ike_proposal for c in connections if c.ike_proposals}
+    for conn in connections:
+        for child in conn.children:
+            if child.esp_proposals:
+                texts[child.esp_proposals[0]] = parse_esp_proposal
+    groups = []
+    for text, parse in texts.items():
+        try:
+            groups.append(dh_group(parse(text)))
+        except IkeError:
+            continue  # the connection itself reports it when used
+    return [g for g in groups if g]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -217,6 +236,8 @@ class Endpoint:
         """Connections by peer address, so an IKE_SA_INIT does not read all of them."""
         self._wildcards: list[ConnectionConfig] = []
         """Connections that accept any peer address (%any)."""
+        self._keys = KeyPool(self._rng)
+        """Key pairs made by `prepare_keys`, for the groups the connections start with."""
         self.set_connections(connections)
         self._by_spi: dict[bytes, IkeSa] = {}
         """IKE SAs by our own SPI (SPIi when we initiated, SPIr when we responded)."""
@@ -288,6 +309,14 @@ class Endpoint:
             else:
                 address = ipaddress.ip_address(conn.remote_address)
                 self._by_remote_address.setdefault(address, []).append(conn)
+        self._keys.want(_first_groups(self._connections.values()))
+
+    def prepare_keys(self, budget: int) -> int:
+        """Make up to `budget` key pairs ahead of need, of the key exchange groups the
+        connections' first IKE and ESP proposals name; call it while idle (the daemon
+        does, a few at a time). Returns how many are still missing. Each pair is used
+        once, by the next IKE_SA_INIT or CREATE_CHILD_SA of its group."""
+        return self._keys.fill(budget)
 
     def ike_sas(self) -> list[IkeSa]:
         """Every IKE SA that is not yet gone."""
@@ -332,6 +361,7 @@ class Endpoint:
             now=now,
             ike_ids=self._ids,
             wall_clock=self._wall_clock,
+            key_pool=self._keys,
         )
         # §2.4: INITIAL_CONTACT asserts this is the only IKE SA between the two
         # identities, and the peer drops every other; so only when we hold none with
@@ -570,6 +600,7 @@ class Endpoint:
             half_open_timeout=self.config.half_open_timeout,
             ike_ids=self._ids,
             wall_clock=self._wall_clock,
+            key_pool=self._keys,
         )
         self._add(sa)
         self._half_open[(spi_i, remote)] = sa

@@ -39,6 +39,7 @@ from ikev2.codec import (
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
+from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import ChildSuite, IkeSuite
 from ikev2.crypto.rng import RandomSource
@@ -266,6 +267,7 @@ class IkeSa:
         "initiator",
         "ke",
         "keepalive_at",
+        "key_pool",
         "keys",
         "last_heard",
         "local",
@@ -314,6 +316,7 @@ class IkeSa:
         half_open_timeout: float = 30.0,
         ike_ids: Iterator[int] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        key_pool: KeyPool | None = None,
     ) -> None:
         self.on_change: Callable[[IkeSa], None] = _unwatched
         """Called whenever this SA may have new datagrams, events, a new state or an
@@ -336,6 +339,8 @@ class IkeSa:
         self.init_remote = remote
         """The peer's address and port of IKE_SA_INIT."""
         self.rng = rng
+        self.key_pool = key_pool
+        """Key pairs made while the endpoint was idle (None: each made when needed)."""
         self.now = now
         """Time of the input being processed (tasks read it; nothing here reads a clock)."""
         self.ike_sa_id = ike_sa_id
@@ -472,6 +477,13 @@ class IkeSa:
             or self.config.encap == "force"
         )
 
+    def new_key_exchange(self, group: int) -> KeyExchange:
+        """A key pair of `group` for one exchange, never used before (§2.12 would allow
+        reuse): made ahead by the endpoint's pool if it has one in stock."""
+        if self.key_pool is not None:
+            return self.key_pool.take(group)
+        return KeyExchange.generate(group, self.rng)
+
     @property
     def udp_encap_reason(self) -> str:
         """Why ESP travels in UDP, for logs and status ("" when it does not)."""
@@ -606,6 +618,7 @@ class IkeSa:
             nat_port=self.nat_port,
             ike_ids=self._ike_ids,
             wall_clock=self.wall_clock,
+            key_pool=self.key_pool,
         )
         new.spi_i, new.spi_r = spi_i, spi_r
         new.suite, new.keys = suite, keys

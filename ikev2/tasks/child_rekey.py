@@ -97,7 +97,7 @@ class CreateChild(Task):
             local_ts, remote_ts = self.old.local_ts, self.old.remote_ts
         out += [sa_payload(self.offered, self.spi_in), Nonce(self.nonce_i)]
         if self.group:
-            self.ke = KeyExchange.generate(self.group, sa.rng)
+            self.ke = sa.new_key_exchange(self.group)
             out.append(KePayload(self.group, self.ke.public_bytes))
         out += [TsI(to_wire(local_ts)), TsR(to_wire(remote_ts))]
 
@@ -286,7 +286,7 @@ class AnswerCreateChild(Task):
             ke = message.get(KePayload)
             if ke is None or ke.group != group:
                 raise InvalidKePayload(group)
-            ke_out = KeyExchange.generate(group, sa.rng)
+            ke_out = sa.new_key_exchange(group)
             g_ir = ke_out.shared_secret(ke.data)
         spi_in = sa.random_spi(4)
         nonce_r = sa.rng.token_bytes(NONCE_SIZE)

@@ -15,7 +15,7 @@ from ikev2.certs import parse_signature_hashes, signature_hashes_notify
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation
 from ikev2.constants import NotifyType, TransformType
-from ikev2.crypto.dh import GROUPS, KeyExchange
+from ikev2.crypto.dh import GROUPS
 from ikev2.crypto.keys import derive_ike_keys, skeyseed
 from ikev2.crypto.registry import ike_suite
 from ikev2.crypto.sk import SkCipherPair
@@ -63,7 +63,7 @@ class IkeInit(Task):
         if self.group is None:
             self.group = _dh_groups(ours)[0]
         if sa.ke is None or sa.ke.group.group != self.group:
-            sa.ke = KeyExchange.generate(self.group, sa.rng)
+            sa.ke = sa.new_key_exchange(self.group)
         if not sa.nonce_i:
             sa.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
         if sa.cookie:
@@ -144,7 +144,7 @@ class IkeInit(Task):
         sa.nonce_i = nonce.data
         _note_fragmentation(sa, message)
         sa.nonce_r = sa.rng.token_bytes(NONCE_SIZE)
-        sa.ke = KeyExchange.generate(group, sa.rng)
+        sa.ke = sa.new_key_exchange(group)
         self.chosen = chosen
         _derive(sa, chosen, ke.data)
         if logger.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA

@@ -124,7 +124,7 @@ class IkeRekey(Task):
             self.group = current if current in groups else groups[0]
         self.spi = sa.random_spi(8)
         self.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
-        self.ke = KeyExchange.generate(self.group, sa.rng)
+        self.ke = sa.new_key_exchange(self.group)
         out += [
             sa_payload(self.offered, self.spi),
             Nonce(self.nonce_i),
@@ -232,7 +232,7 @@ class AnswerIkeRekey(Task):
         if ke.group != group:
             raise InvalidKePayload(group)
         suite = _suite(chosen)
-        ours = KeyExchange.generate(group, sa.rng)
+        ours = sa.new_key_exchange(group)
         g_ir = ours.shared_secret(ke.data)
         spi_r = sa.random_spi(8)
         nonce_r = sa.rng.token_bytes(NONCE_SIZE)
