@@ -250,6 +250,7 @@ class IkeSa:
         "cookie",
         "created_at",
         "delete_reason",
+        "encap_forced",
         "established_at",
         "expire_at",
         "fragmentation",
@@ -383,6 +384,10 @@ class IkeSa:
         """A NAT was detected in front of the peer (or the peer fakes one)."""
         self.peer_prefers_udp = False
         """Both sides sent lockgate's Vendor ID with `encap = "auto"` (ike_natd)."""
+        self.encap_forced = config.encap == "force"
+        """We faked NAT-D in IKE_SA_INIT (`encap = "force"`). Kept from the connection
+        IKE_SA_INIT ran with: a responder may pick another one at IKE_AUTH, and the
+        framing must stay what the wire agreed."""
         # IKE_AUTH.
         self.peer_id: Identity | None = None
         self.children: dict[int, ChildSa] = {}
@@ -470,12 +475,7 @@ class IkeSa:
     def udp_encap(self) -> bool:
         """Whether ESP travels in UDP: a NAT on either side, forced, or chosen with a
         lockgate peer (§2.23 lets either side choose it)."""
-        return (
-            self.nat_local
-            or self.nat_remote
-            or self.peer_prefers_udp
-            or self.config.encap == "force"
-        )
+        return self.nat_local or self.nat_remote or self.peer_prefers_udp or self.encap_forced
 
     def new_key_exchange(self, group: int) -> KeyExchange:
         """A key pair of `group` for one exchange, never used before (§2.12 would allow
@@ -487,7 +487,7 @@ class IkeSa:
     @property
     def udp_encap_reason(self) -> str:
         """Why ESP travels in UDP, for logs and status ("" when it does not)."""
-        if self.config.encap == "force":
+        if self.encap_forced:
             return 'forced (encap = "force")'
         if self.nat_local:
             return "we are behind a NAT"
@@ -627,6 +627,7 @@ class IkeSa:
         new.init_local, new.init_remote = self.init_local, self.init_remote
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.peer_prefers_udp = self.peer_prefers_udp
+        new.encap_forced = self.encap_forced
         new.fragmentation = self.fragmentation
         new.peer_id = self.peer_id
         new.established(self.now)

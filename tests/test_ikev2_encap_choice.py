@@ -113,3 +113,28 @@ def test_nat_mode_with_the_same_firewall_comes_up_on_port_500() -> None:
     pair.pump()
     (ia,) = pair.of("a", ChildSaInstalled)
     assert not ia.udp_encap and ia.local == (A_ADDR, 500)
+
+
+def test_a_responder_keeps_the_framing_its_ike_sa_init_agreed_when_auth_picks_another() -> None:
+    """A responder answers IKE_SA_INIT with its first candidate connection (here one
+    with encap "force", so it fakes NAT-D) and IKE_AUTH may then pick another (here
+    "nat"): the framing stays what the IKE_SA_INIT messages agreed, on both sides."""
+    from dataclasses import replace
+
+    from ikev2.config import Identity
+    from ikev2.crypto.rng import DeterministicRandom
+    from ikev2.endpoint import Endpoint
+
+    conn = connection(encap="nat")
+    chosen = mirrored(conn, encap="nat")
+    first = replace(chosen, name="other", remote_id=Identity.parse("other.example"), encap="force")
+    a = Endpoint([conn], rng=DeterministicRandom(b"side-a"))
+    b = Endpoint([first, chosen], rng=DeterministicRandom(b"side-b"))
+    pair = Pair(a, b)
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    (ia,) = pair.of("a", ChildSaInstalled)
+    (ib,) = pair.of("b", ChildSaInstalled)
+    assert ib.connection == "conn"
+    assert ia.udp_encap and ib.udp_encap
+    assert ia.local == (A_ADDR, 4500) and ib.local == (B_ADDR, 4500)
