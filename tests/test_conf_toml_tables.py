@@ -121,6 +121,16 @@ def test_a_reload_parses_only_the_tables_that_changed() -> None:
     assert second is not first and second["peers"] is not first["peers"]
 
 
+def test_a_changed_table_reuses_its_unchanged_lines() -> None:
+    text = '[c.one]\npeer = "p"\nnets = ["192.0.2.0/24"]\nstart = "wait"\n'
+    tables = TomlTables()
+    first = tables.loads(text)["c"]["one"]
+    second = tables.loads(text.replace('"wait"', '"initiate"'))["c"]["one"]
+    assert ordered(second) == [("peer", "p"), ("nets", ["192.0.2.0/24"]), ("start", "initiate")]
+    assert tables.reused == 0 and second is not first
+    assert second["nets"] is first["nets"]  # that line was not parsed again
+
+
 def test_a_broken_reload_keeps_what_the_last_good_document_had() -> None:
     tables = TomlTables()
     first = tables.loads(PEERS)
@@ -148,9 +158,13 @@ _VALUES = st.sampled_from(
     * 4
     + ["["]  # broken
 )
-_LINES = st.tuples(st.lists(_KEYS, min_size=1, max_size=2), _VALUES).map(
-    lambda kv: f"{'.'.join(kv[0])} = {kv[1]}"
+_KEY_VALUES = st.tuples(
+    st.sampled_from(["", "", "", "  ", "\t"]), st.lists(_KEYS, min_size=1, max_size=2), _VALUES
+).map(lambda kv: f"{kv[0]}{'.'.join(kv[1])} = {kv[2]}")
+_OTHER_LINES = st.sampled_from(
+    ["", "   ", "# a comment", "\t# [not a header]", "x = 1 # c", "# bad \x01 comment", "x = 1\r"]
 )
+_LINES = st.one_of(_KEY_VALUES, _KEY_VALUES, _KEY_VALUES, _OTHER_LINES)
 
 
 def _first_key(line: str) -> str:
@@ -162,7 +176,7 @@ def _first_line(table: str) -> str:
 
 
 _HEADERS = st.tuples(
-    st.sampled_from(["[{}]"] * 6 + ["[[{}]]", "  [{}]", "[ {} ]"]),
+    st.sampled_from(["[{}]"] * 6 + ["[[{}]]", "  [{}]", "[ {} ]", "[{}] # c", "[{}] #\x7f"]),
     st.lists(_KEYS, min_size=1, max_size=3),
 ).map(lambda hp: hp[0].format(".".join(hp[1])))
 _TABLES = st.tuples(_HEADERS, st.lists(_LINES, max_size=3, unique_by=_first_key)).map(
@@ -178,6 +192,8 @@ _DOCUMENTS = st.tuples(
 def test_random_documents_and_reloads_parse_as_tomllib(first: str, second: str) -> None:
     tables = TomlTables()
     same_as_tomllib(tables, first)
-    # The second document meets the first one's pieces in the cache.
+    # The second document meets the first one's pieces and lines in the cache.
     same_as_tomllib(tables, second)
     same_as_tomllib(tables, first + second)
+    same_as_tomllib(tables, (first + second).replace("\n", "\r\n"))
+    same_as_tomllib(tables, first.rstrip("\n") + "\r")
