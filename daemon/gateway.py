@@ -94,9 +94,10 @@ a second. Walking a thousand SAs ten times a second cost the loop 2% of a core."
 INBOUND_LINGER = 2.0
 """Seconds a deleted CHILD SA still decrypts packets already on their way (see
 `DataPlane.remove`)."""
-KEY_POOL_STEP = 16
-"""Key exchange pairs made ahead (Endpoint.prepare_keys) per turn of the event loop:
-about a millisecond of work for X25519, so datagrams arriving meanwhile wait little."""
+KEY_POOL_STEP = 0.002
+"""Seconds of making key exchange pairs ahead (Endpoint.prepare_keys) per turn of the
+event loop, so datagrams arriving meanwhile wait little: some 40 X25519 pairs, or one
+MODP pair (a millisecond or two each)."""
 KEY_POOL_IDLE = 0.2
 """Seconds without an IKE datagram before key pairs are made ahead: during a burst of
 setups they would only compete with it."""
@@ -654,15 +655,20 @@ class Gateway:
             self._timer_at = timer
 
     def _refill_keys(self) -> None:
-        """Make key exchange pairs ahead of need, KEY_POOL_STEP per turn of the loop,
-        while no IKE datagram came for KEY_POOL_IDLE (housekeeping starts it again)."""
+        """Make key exchange pairs ahead of need, for KEY_POOL_STEP per turn of the
+        loop, while no IKE datagram came for KEY_POOL_IDLE (housekeeping starts it
+        again)."""
         self._key_refill = None
         endpoint, loop = self._endpoint, self._loop
         if endpoint is None or loop is None or self._shutting_down:
             return
-        if time.monotonic() - self._last_ike_at < KEY_POOL_IDLE:
+        now = time.monotonic()
+        if now - self._last_ike_at < KEY_POOL_IDLE:
             return
-        if endpoint.prepare_keys(KEY_POOL_STEP) > 0:
+        deadline = now + KEY_POOL_STEP
+        while (missing := endpoint.prepare_keys(1)) > 0 and time.monotonic() < deadline:
+            pass
+        if missing > 0:
             self._key_refill = loop.call_soon(self._refill_keys)
 
     def _on_timer(self) -> None:
