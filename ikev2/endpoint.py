@@ -236,6 +236,9 @@ class Endpoint:
         """Connections by peer address, so an IKE_SA_INIT does not read all of them."""
         self._wildcards: list[ConnectionConfig] = []
         """Connections that accept any peer address (%any)."""
+        self._udp_unanswered: set[str] = set()
+        """Connections whose peer agreed on ESP in UDP by Vendor ID but never answered
+        on port 4500: initiated without the Vendor ID until a reload."""
         self._keys = KeyPool(self._rng)
         """Key pairs made by `prepare_keys`, for the groups the connections start with."""
         self.set_connections(connections)
@@ -301,6 +304,7 @@ class Endpoint:
     def set_connections(self, connections: Sequence[ConnectionConfig]) -> None:
         """Replace the configuration (reload). Existing IKE SAs keep the one they began with."""
         self._connections = {c.name: c for c in connections}
+        self._udp_unanswered.clear()  # a reload: perhaps the firewall was opened too
         self._by_remote_address = {}
         self._wildcards = []
         for conn in self._connections.values():
@@ -367,6 +371,7 @@ class Endpoint:
         # identities, and the peer drops every other; so only when we hold none with
         # that peer under the same identity of ours, whichever connection made it.
         sa.send_initial_contact = config.initial_contact and not self._by_peer.count(_peer_key(sa))
+        sa.withhold_udp_vid = config.name in self._udp_unanswered
         self._add(sa)
         sa.initiate(now)
         self._collect(sa, now)
@@ -793,6 +798,15 @@ class Endpoint:
         else:
             self._half_open_ids.add(ike_sa_id)
         if sa.state is IkeSaState.DELETED:
+            if sa.udp_unanswered and self._sas.get(ike_sa_id) is sa:
+                self._udp_unanswered.add(sa.config.name)
+                logger.warning(
+                    "%s: no answer on UDP port %d: IKE SAs to this peer stay on port %d"
+                    " with raw ESP until the configuration is reloaded",
+                    sa.config.name,
+                    sa.nat_port,
+                    sa.config.ike_port,
+                )
             self._sas.pop(ike_sa_id, None)
             if self._by_spi.get(sa.spi_local) is sa:
                 del self._by_spi[sa.spi_local]

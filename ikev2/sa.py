@@ -297,8 +297,10 @@ class IkeSa:
         "spi_r",
         "suite",
         "tm",
+        "udp_unanswered",
         "unconfirmed_until",
         "wall_clock",
+        "withhold_udp_vid",
     )
 
     def __init__(
@@ -384,6 +386,12 @@ class IkeSa:
         """A NAT was detected in front of the peer (or the peer fakes one)."""
         self.peer_prefers_udp = False
         """Both sides sent lockgate's Vendor ID with `encap = "auto"` (ike_natd)."""
+        self.withhold_udp_vid = False
+        """Do not send that Vendor ID: an earlier IKE SA with this connection's peer got
+        no answer on port 4500 after the two agreed on UDP (the endpoint sets it)."""
+        self.udp_unanswered = False
+        """This IKE SA failed that way: IKE_SA_INIT answered on port 500, IKE_AUTH never
+        on 4500, where the Vendor ID alone (no NAT) had moved it."""
         self.encap_forced = config.encap == "force"
         """We faked NAT-D in IKE_SA_INIT (`encap = "force"`). Kept from the connection
         IKE_SA_INIT ran with: a responder may pick another one at IKE_AUTH, and the
@@ -1368,11 +1376,13 @@ class IkeSa:
                 self.fail(f"peer is dead: {exc}", None)
             elif self.peer_prefers_udp and not (self.nat_local or self.nat_remote):
                 # Two lockgates moved to port 4500 without a NAT: a firewall that lets
-                # only port 500 and raw ESP through stops IKE_AUTH here.
+                # only port 500 and raw ESP through stops IKE_AUTH here. The endpoint
+                # then initiates to this peer without the Vendor ID (raw ESP, port 500).
+                self.udp_unanswered = True
                 self.fail(
                     f"{exc} on UDP port {self.nat_port}, where two lockgates move for ESP in"
-                    f' UDP; is it open between them? encap = "nat" keeps port'
-                    f" {self.config.ike_port} and raw ESP",
+                    f" UDP; is it open between them? The next attempt stays on port"
+                    f' {self.config.ike_port} with raw ESP, as encap = "nat" does',
                     None,
                 )
             else:

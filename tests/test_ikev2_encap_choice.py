@@ -102,6 +102,42 @@ def test_an_unanswered_ike_auth_on_4500_names_the_port_and_the_way_back() -> Non
     assert not pair.of("a", ChildSaInstalled)
 
 
+def _blocked_4500_pair() -> Pair:
+    conn = connection()
+    return Pair.make(
+        conn, mirrored(conn), drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1])
+    )
+
+
+def test_after_an_unanswered_4500_the_next_attempt_uses_raw_esp_until_a_reload() -> None:
+    """Upgrading two lockgates behind a firewall that passes only port 500 and raw ESP:
+    the first IKE SA fails on 4500, the next one comes up without the Vendor ID, on
+    port 500 with raw ESP; a reload offers UDP again."""
+    from ikev2.codec import VendorId, decode_message
+
+    pair = _blocked_4500_pair()
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    pair.advance(300.0)
+    assert pair.of("a", IkeSaFailed) and not pair.of("a", ChildSaInstalled)
+    pair.wire.clear()
+    pair.a.initiate("conn", pair.clock)
+    pair.pump()
+    (ia,) = pair.of("a", ChildSaInstalled)
+    (ib,) = pair.of("b", ChildSaInstalled)
+    assert not ia.udp_encap and not ib.udp_encap
+    assert ia.local == (A_ADDR, 500) and ib.local == (B_ADDR, 500)
+    first = decode_message(pair.wire[0].ike)
+    assert not [p for p in first.payloads if isinstance(p, VendorId)]
+    # A reload (perhaps the firewall was opened) offers the Vendor ID again.
+    pair.a.set_connections([connection()])
+    pair.wire.clear()
+    pair.a.initiate("conn", pair.clock)
+    pair.pump()
+    again = decode_message(pair.wire[0].ike)
+    assert [p for p in again.payloads if isinstance(p, VendorId)]
+
+
 def test_nat_mode_with_the_same_firewall_comes_up_on_port_500() -> None:
     conn = connection(encap="nat")
     pair = Pair.make(

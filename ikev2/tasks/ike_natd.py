@@ -16,6 +16,10 @@ both forms, so other peers, which never send this Vendor ID, keep raw ESP. Like 
 notifies it travels in the IKE_SA_INIT messages that each side's AUTH signs (§2.15): a
 Vendor ID added or removed on the way makes IKE_AUTH fail, it cannot silently change the
 framing.
+
+Where UDP port 4500 is blocked between two lockgates, IKE_AUTH gets no answer there; the
+endpoint remembers the connection and initiates to it without the Vendor ID, so the
+next IKE SA stays on port 500 with raw ESP, until the configuration is reloaded.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class IkeNatd(Task):
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, destination),
         ]
-        if sa.config.encap == "auto":
+        if sa.config.encap == "auto" and not sa.withhold_udp_vid:
             ours.append(VendorId(LOCKGATE_UDP_VID))
         return ours
 
@@ -89,8 +93,12 @@ class IkeNatd(Task):
         sa.nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
         # The peer's destination is where it sent to; a mismatch: a NAT before us.
         sa.nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
-        sa.peer_prefers_udp = sa.config.encap == "auto" and any(
-            isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
+        sa.peer_prefers_udp = (
+            sa.config.encap == "auto"
+            and not sa.withhold_udp_vid
+            and any(
+                isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
+            )
         )
         if sa.peer_prefers_udp and not (sa.nat_local or sa.nat_remote):
             logger.info("%s: the peer is a lockgate: ESP in UDP without a NAT (§2.23)", sa.name)
