@@ -54,6 +54,7 @@ from ikev2.errors import (
     UnsupportedCriticalPayload,
 )
 from ikev2.events import (
+    REASON_REKEYED,
     Address,
     ChildSaDeleted,
     Event,
@@ -214,6 +215,8 @@ class ChildSa:
     """When rekeying is due (part 2 rekeys; until then it is informational)."""
     deleting: bool = False
     """Our Delete for it is queued or outstanding."""
+    delete_reason: str = ""
+    """Why we delete it (for its ChildSaDeleted), once `deleting`."""
     rekeying: bool = False
     """Our CREATE_CHILD_SA rekeying it is queued or outstanding."""
     peer_rekey: PeerRekey | None = None
@@ -558,7 +561,7 @@ class IkeSa:
             raise LocalProtocolError(f"no CHILD SA {unique_id} in IKE SA {self.ike_sa_id}")
         if child.deleting or self.state is not IkeSaState.ESTABLISHED:
             return
-        child.deleting = True
+        child.deleting, child.delete_reason = True, reason
         self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]))
         self._send_next(now)
 
@@ -569,7 +572,7 @@ class IkeSa:
         ChildSaDeleted does not wait for the peer's answer to our Delete (§1.4.1).
         """
         self.now = now
-        child.deleting = True
+        child.deleting, child.delete_reason = True, reason
         self.remove_child(child, reason)
         if self.state is IkeSaState.ESTABLISHED:
             self.queue_exchange(
@@ -653,6 +656,11 @@ class IkeSa:
         """
         if self.rekeyed_into is not None:
             return
+        while new.rekeyed_into is not None:
+            # `new` was itself rekeyed before this SA handed over (the peer rekeyed the
+            # new IKE SA while our Delete of this one was still on its way): the CHILD
+            # SAs go to the newest, or they would be stranded in a REKEYED SA.
+            new = new.rekeyed_into
         new.silent = False
         new.rekeyed_from = None
         new.children, self.children = self.children, {}
@@ -663,8 +671,25 @@ class IkeSa:
             for exchange in self.tm.pending
             if any(task.name in CHILD_TASKS for task in exchange.tasks)
         ]
+        deletes = {
+            id(task.child)
+            for exchange in carried
+            for task in exchange.tasks
+            if isinstance(task, ChildDelete)
+        }
         for child in new.children.values():
             child.rekeying = False
+            if child.deleting and id(child) not in deletes:
+                # Our Delete for it was outstanding here, or dropped from this SA's
+                # queue by a Delete of the IKE SA that this rekey overtook: the peer
+                # may still hold it, so it goes again on the new IKE SA (§1.4.1; a
+                # peer that no longer has it answers with an empty Delete).
+                carried.append(
+                    Exchange(
+                        ExchangeType.INFORMATIONAL,
+                        [ChildDelete(child, child.delete_reason or REASON_REKEYED)],
+                    )
+                )
         for exchange in carried:
             for task in exchange.tasks:
                 if isinstance(task, CreateChild) and task.old is not None:
