@@ -62,6 +62,7 @@ from ikev2.codec import (
 )
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
+from ikev2.config import EncapMode
 from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.rng import DeterministicRandom
@@ -870,6 +871,9 @@ class ScheduleTarget(Target):
 
     name = "schedule"
     cost = 40
+    encap: EncapMode = "nat"
+    """The pair's `encap`: every message on port 500 ("nat"), or on 4500 after
+    IKE_SA_INIT behind the non-ESP marker (`ScheduleAutoTarget`)."""
 
     def seeds(self) -> list[bytes]:
         return [
@@ -883,7 +887,7 @@ class ScheduleTarget(Target):
         ]
 
     def run(self, data: bytes) -> None:
-        pair = established("schedule")
+        pair = established("schedule", encap=self.encap)
         queue: list[tuple[str, Any]] = []
 
         def collect() -> None:
@@ -1295,6 +1299,14 @@ class InnerPacketTarget(Target):
 # --- the catalogue ------------------------------------------------------------------------
 
 
+class ScheduleAutoTarget(ScheduleTarget):
+    """The same hostile network between two lockgates as configured by default: they
+    agree on ESP in UDP by Vendor ID and run IKE on port 4500 (tasks.ike_natd)."""
+
+    name = "schedule-auto"
+    encap: EncapMode = "auto"
+
+
 def all_targets(*, heavy: bool = True) -> list[Target]:
     """Every target; ``heavy=False`` leaves out the ones that set up IKE SAs per case."""
     targets: list[Target] = [
@@ -1319,6 +1331,7 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
             AuthResponseTarget(),
             InitResponseTarget(),
             ScheduleTarget(),
+            ScheduleAutoTarget(),
         ]
     return targets
 

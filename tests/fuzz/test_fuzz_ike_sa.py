@@ -23,6 +23,7 @@ from .targets import (
     EndpointFreshTarget,
     EstablishedTarget,
     InitResponseTarget,
+    ScheduleAutoTarget,
     ScheduleTarget,
     SealedRequestTarget,
     SealedResponseTarget,
@@ -137,7 +138,24 @@ def test_ike_sa_init_response_garbage_never_raises(
 # the new SA, and A's retransmission brings B's answer back after that Delete: A must
 # not install an SA that B no longer has.
 @example(b"\x1d\x00\x01\xbe")
+# Found by the longer run of the same property: an IKE Delete by the operator drops the
+# queued Delete of a just-rekeyed CHILD SA, then our crossing IKE rekey completes; the
+# new IKE SA must send that CHILD SA's Delete again.
+@example(bytes.fromhex("b93ea39c9068bafbc3"))
+# And: the peer rekeys the new IKE SA before our Delete of the old one reaches it; the
+# CHILD SAs must move to the newest IKE SA, not stay in the rekeyed one.
+@example(bytes.fromhex("1f449068a5f8279cc03454cdd53125698c"))
 def test_lossy_reordering_network_with_rekeys_leaves_both_sides_agreeing(
     schedule: bytes,
 ) -> None:
     target(ScheduleTarget).run(schedule)
+
+
+@settings(FUZZ, max_examples=15)
+@given(st.binary(min_size=1, max_size=24))
+@example(b"\x1d\x00\x01\xbe")
+@example(bytes.fromhex("b93ea39c9068bafbc3"))
+@example(bytes.fromhex("1f449068a5f8279cc03454cdd53125698c"))
+def test_the_same_network_between_two_default_lockgates_on_port_4500(schedule: bytes) -> None:
+    """As above, with `encap = "auto"`: IKE on port 4500 behind the non-ESP marker."""
+    target(ScheduleAutoTarget).run(schedule)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from esp.sa import EspSA
 from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, SUITES, EspSuite
 from ikev2.codec import IkeHeader, decode_header
-from ikev2.config import ChildConfig, ConnectionConfig, Identity
+from ikev2.config import ChildConfig, ConnectionConfig, EncapMode, Identity
 from ikev2.constants import NON_ESP_MARKER, PayloadType
 from ikev2.cookies import CookiePolicy
 from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES
@@ -45,7 +45,12 @@ Address = tuple[str, int]
 
 
 def connection(
-    local: str, remote: str, local_net: str, remote_net: str, fragment_size: int = 400
+    local: str,
+    remote: str,
+    local_net: str,
+    remote_net: str,
+    fragment_size: int = 400,
+    encap: EncapMode = "nat",
 ) -> ConnectionConfig:
     """A PSK connection with one CHILD SA; 200-octet fragments split every IKE_AUTH."""
     child = ChildConfig(
@@ -62,9 +67,9 @@ def connection(
         children=(child,),
         psk=PSK,
         fragment_size=fragment_size,
-        # The targets inject on port 500 without the non-ESP marker: keep IKE there
-        # (with "auto" two lockgates move to port 4500, tasks.ike_natd).
-        encap="nat",
+        # Most targets inject on port 500 without the non-ESP marker: "nat" keeps IKE
+        # there (with "auto", the default, two lockgates move to port 4500).
+        encap=encap,
     )
 
 
@@ -80,15 +85,17 @@ class Pair:
     for the caller instead of delivering it.
     """
 
-    def __init__(self, seed: str = "fuzz", fragment_size: int = 400) -> None:
+    def __init__(
+        self, seed: str = "fuzz", fragment_size: int = 400, encap: EncapMode = "nat"
+    ) -> None:
         self.clock = 0.0
         self.a = Endpoint(
-            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size)],
+            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap)],
             rng=DeterministicRandom(f"{seed}-a"),
             config=endpoint_config(),
         )
         self.b = Endpoint(
-            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size)],
+            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap)],
             rng=DeterministicRandom(f"{seed}-b"),
             config=endpoint_config(),
         )
@@ -119,9 +126,9 @@ class Pair:
         return min((self.a if side == "a" else self.b).ike_sas(), key=lambda sa: sa.ike_sa_id)
 
 
-def established(seed: str = "fuzz", fragment_size: int = 400) -> Pair:
+def established(seed: str = "fuzz", fragment_size: int = 400, encap: EncapMode = "nat") -> Pair:
     """A pair with one IKE SA and its CHILD SA up on both sides."""
-    pair = Pair(seed, fragment_size)
+    pair = Pair(seed, fragment_size, encap)
     pair.a.initiate("conn", 0.0)
     pair.pump()
     return pair
