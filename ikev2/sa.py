@@ -488,6 +488,12 @@ class IkeSa:
         lockgate peer (§2.23 lets either side choose it)."""
         return self.nat_local or self.nat_remote or self.peer_prefers_udp or self.encap_forced
 
+    @property
+    def offers_udp_vid(self) -> bool:
+        """Whether IKE_SA_INIT carries lockgate's Vendor ID, and the peer's counts: with
+        `encap = "auto"`, unless port 4500 went unanswered before (tasks.ike_natd)."""
+        return self.config.encap == "auto" and not self.withhold_udp_vid
+
     def new_key_exchange(self, group: int) -> KeyExchange:
         """A key pair of `group` for one exchange, never used before (§2.12 would allow
         reuse): made ahead by the endpoint's pool if it has one in stock."""

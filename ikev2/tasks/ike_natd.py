@@ -64,7 +64,7 @@ class IkeNatd(Task):
     name = "ike_natd"
 
     def _ours(self, sa: IkeSa, spi_r: bytes) -> list[Payload]:
-        if sa.config.encap == "force":
+        if sa.encap_forced:
             # A random source hash can match nothing: the peer must assume a NAT.
             source = sa.rng.token_bytes(20)
         else:
@@ -74,7 +74,7 @@ class IkeNatd(Task):
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, destination),
         ]
-        if sa.config.encap == "auto" and not sa.withhold_udp_vid:
+        if sa.offers_udp_vid:
             ours.append(VendorId(LOCKGATE_UDP_VID))
         return ours
 
@@ -93,12 +93,8 @@ class IkeNatd(Task):
         sa.nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
         # The peer's destination is where it sent to; a mismatch: a NAT before us.
         sa.nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
-        sa.peer_prefers_udp = (
-            sa.config.encap == "auto"
-            and not sa.withhold_udp_vid
-            and any(
-                isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
-            )
+        sa.peer_prefers_udp = sa.offers_udp_vid and any(
+            isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
         )
         if sa.peer_prefers_udp and not (sa.nat_local or sa.nat_remote):
             logger.info("%s: the peer is a lockgate: ESP in UDP without a NAT (§2.23)", sa.name)
