@@ -5,9 +5,22 @@ replayed message from another address. In memory, no network."""
 from __future__ import annotations
 
 import pytest
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
+from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, Sent, connection, mirrored
 
-from ikev2.events import ChildSaInstalled, IkeSaAddressChanged, IkeSaEstablished, IkeSaFailed
+from ikev2.codec import VendorId, decode_message
+from ikev2.constants import NON_ESP_MARKER, ExchangeType
+from ikev2.events import (
+    ChildSaInstalled,
+    IkeSaAddressChanged,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    NatKeepaliveDue,
+)
+from ikev2.tasks.ike_natd import LOCKGATE_UDP_VID
+
+INIT = ExchangeType.IKE_SA_INIT
+AUTH = ExchangeType.IKE_AUTH
 
 # (a's encap, b's encap) -> ESP in UDP? With UDP both sides end on port 4500: §2.23
 # forbids UDP-encapsulated ESP on port 500.
@@ -24,6 +37,19 @@ MODES = [
 ]
 
 
+def _vendor_ids(sent: Sent) -> list[bytes]:
+    """The Vendor ID payloads of one IKE_SA_INIT message on the wire."""
+    return [p.data for p in decode_message(sent.ike).payloads if isinstance(p, VendorId)]
+
+
+def _blocked_4500_pair(encap: str = "auto") -> Pair:
+    """A pair behind a firewall that drops UDP port 4500 both ways."""
+    conn = connection(encap=encap)
+    return Pair.make(
+        conn, mirrored(conn), drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1])
+    )
+
+
 def _up(a_mode: str, b_mode: str) -> tuple[Pair, ChildSaInstalled, ChildSaInstalled]:
     conn = connection(encap=a_mode)
     pair = Pair.make(conn, mirrored(conn, encap=b_mode))
@@ -37,6 +63,11 @@ def _up(a_mode: str, b_mode: str) -> tuple[Pair, ChildSaInstalled, ChildSaInstal
 @pytest.mark.parametrize(("a_mode", "b_mode", "udp"), MODES)
 def test_both_sides_agree_on_the_framing_and_its_port(a_mode: str, b_mode: str, udp: bool) -> None:
     pair, ia, ib = _up(a_mode, b_mode)
+    # Only an "auto" side announces the preference; one side alone changes nothing.
+    (init_request,) = pair.requests("a", INIT)
+    (init_response,) = pair.responses("b", INIT)
+    assert _vendor_ids(init_request) == ([LOCKGATE_UDP_VID] if a_mode == "auto" else [])
+    assert _vendor_ids(init_response) == ([LOCKGATE_UDP_VID] if b_mode == "auto" else [])
     assert ia.udp_encap is ib.udp_encap is udp
     port = 4500 if udp else 500
     assert (ia.local, ia.remote) == ((A_ADDR, port), (B_ADDR, port))
@@ -46,6 +77,41 @@ def test_both_sides_agree_on_the_framing_and_its_port(a_mode: str, b_mode: str, 
     assert all(s.datagram.local[1] == s.datagram.remote[1] == port for s in later)
     # Nothing moved after the IKE SA was up.
     assert not pair.of("a", IkeSaAddressChanged) and not pair.of("b", IkeSaAddressChanged)
+
+
+def test_two_lockgates_agree_on_esp_in_udp_by_vendor_id() -> None:
+    pair, ia, ib = _up("auto", "auto")
+    (init_request,) = pair.requests("a", INIT)
+    (init_response,) = pair.responses("b", INIT)
+    assert _vendor_ids(init_request) == _vendor_ids(init_response) == [LOCKGATE_UDP_VID]
+    # No NAT anywhere, yet both sides chose ESP in UDP (§2.23) and IKE moved to 4500.
+    for side in ("a", "b"):
+        (est,) = pair.of(side, IkeSaEstablished)
+        assert not est.nat_local and not est.nat_remote
+    assert ia.udp_encap and ib.udp_encap
+    assert ia.local == (A_ADDR, 4500) and ia.remote == (B_ADDR, 4500)
+    assert ib.local == (B_ADDR, 4500) and ib.remote == (A_ADDR, 4500)
+    (auth,) = pair.requests("a", AUTH)
+    assert auth.datagram.data.startswith(NON_ESP_MARKER)
+    # Without a NAT there is no mapping to keep alive.
+    pair.advance(60.0)
+    assert not pair.of("a", NatKeepaliveDue) and not pair.of("b", NatKeepaliveDue)
+
+
+def test_esp_in_udp_with_a_lockgate_survives_an_ike_rekey() -> None:
+    pair, _, _ = _up("auto", "auto")
+    (old,) = pair.a.ike_sas()
+    pair.a.rekey_ike_sa(old.ike_sa_id, pair.clock)
+    pair.pump()
+    assert pair.of("a", IkeSaRekeyed) and pair.of("b", IkeSaRekeyed)
+    # A CHILD SA created under the new IKE SA still travels in UDP on both sides.
+    (child_a,) = pair.of("a", ChildSaInstalled)
+    pair.a.rekey_child(child_a.unique_id, pair.clock)
+    pair.pump()
+    installed = pair.of("a", ChildSaInstalled) + pair.of("b", ChildSaInstalled)
+    assert len(installed) == 4
+    assert all(e.udp_encap for e in installed)
+    assert all(sa.udp_encap for ep in (pair.a, pair.b) for sa in ep.ike_sas())
 
 
 @pytest.mark.parametrize(
@@ -90,10 +156,7 @@ def test_a_replayed_message_from_elsewhere_does_not_move_the_sa(mode: str) -> No
 def test_an_unanswered_ike_auth_on_4500_names_the_port_and_the_way_back() -> None:
     """Two lockgates move to port 4500; a firewall that drops it stops IKE_AUTH, and the
     failure says where and what to set."""
-    conn = connection()
-    pair = Pair.make(
-        conn, mirrored(conn), drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1])
-    )
+    pair = _blocked_4500_pair()
     pair.a.initiate("conn", 0.0)
     pair.pump()
     pair.advance(300.0)
@@ -102,19 +165,10 @@ def test_an_unanswered_ike_auth_on_4500_names_the_port_and_the_way_back() -> Non
     assert not pair.of("a", ChildSaInstalled)
 
 
-def _blocked_4500_pair() -> Pair:
-    conn = connection()
-    return Pair.make(
-        conn, mirrored(conn), drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1])
-    )
-
-
 def test_after_an_unanswered_4500_the_next_attempt_uses_raw_esp_until_a_reload() -> None:
     """Upgrading two lockgates behind a firewall that passes only port 500 and raw ESP:
     the first IKE SA fails on 4500, the next one comes up without the Vendor ID, on
     port 500 with raw ESP; a reload offers UDP again."""
-    from ikev2.codec import VendorId, decode_message
-
     pair = _blocked_4500_pair()
     pair.a.initiate("conn", 0.0)
     pair.pump()
@@ -127,24 +181,17 @@ def test_after_an_unanswered_4500_the_next_attempt_uses_raw_esp_until_a_reload()
     (ib,) = pair.of("b", ChildSaInstalled)
     assert not ia.udp_encap and not ib.udp_encap
     assert ia.local == (A_ADDR, 500) and ib.local == (B_ADDR, 500)
-    first = decode_message(pair.wire[0].ike)
-    assert not [p for p in first.payloads if isinstance(p, VendorId)]
+    assert _vendor_ids(pair.wire[0]) == []
     # A reload (perhaps the firewall was opened) offers the Vendor ID again.
     pair.a.set_connections([connection()])
     pair.wire.clear()
     pair.a.initiate("conn", pair.clock)
     pair.pump()
-    again = decode_message(pair.wire[0].ike)
-    assert [p for p in again.payloads if isinstance(p, VendorId)]
+    assert _vendor_ids(pair.wire[0]) == [LOCKGATE_UDP_VID]
 
 
 def test_nat_mode_with_the_same_firewall_comes_up_on_port_500() -> None:
-    conn = connection(encap="nat")
-    pair = Pair.make(
-        conn,
-        mirrored(conn),
-        drop=lambda s: 4500 in (s.datagram.local[1], s.datagram.remote[1]),
-    )
+    pair = _blocked_4500_pair("nat")
     pair.a.initiate("conn", 0.0)
     pair.pump()
     (ia,) = pair.of("a", ChildSaInstalled)
