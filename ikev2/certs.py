@@ -73,7 +73,7 @@ from ikev2.errors import AuthenticationFailed, InvalidSyntax, LocalProtocolError
 if TYPE_CHECKING:
     from ikev2.config import Identity
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 """Private key types usable for IKE_AUTH signatures."""
@@ -335,7 +335,7 @@ def _parse_peer_certificates(payloads: Sequence[Certificate]) -> list[x509.Certi
     for payload in payloads:
         if payload.encoding != CertEncoding.X509_SIGNATURE:
             # Hash-and-URL and others (RFC 7296 §3.6) are not fetched; skip them.
-            logger.info("ignoring CERT payload with encoding %d", payload.encoding)
+            log.info("ignoring CERT payload with encoding %d", payload.encoding)
             continue
         try:
             certs.append(x509.load_der_x509_certificate(payload.data))
@@ -538,7 +538,7 @@ class TrustAnchors:
             )
         _check_identity(leaf, peer_id)
         chain = self._build_chain(leaf, pool, when)
-        logger.info(
+        log.info(
             "certificate of %s valid, chain: %s",
             describe(leaf),
             " <- ".join(repr(describe(c)) for c in chain),

@@ -40,7 +40,7 @@ from ikev2.constants import ExchangeType, NotifyType
 from ikev2.crypto.rng import RandomSource
 from ikev2.errors import InvalidSyntax, LocalProtocolError, RemoteProtocolError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _VERSION_LEN = 4
 _SECRET_LEN = 32
@@ -136,7 +136,7 @@ class CookieJar:
         self._previous_until = due + self.policy.grace
         version = (self._current.version + 1) & 0xFFFFFFFF
         self._current = _Secret(version, self._new_secret(), now)
-        logger.debug("cookie secret rotated to version %d", version)
+        log.debug("cookie secret rotated to version %d", version)
 
     def next_rotation(self) -> float:
         """When the current secret is due to be replaced (for a timer, if wanted)."""
@@ -214,7 +214,7 @@ class CookieJar:
                 # DEBUG: anyone can send wrong COOKIEs at line rate with spoofed
                 # sources. The endpoint counts the fresh demand (COOKIE_DEMANDED) and
                 # logs it throttled; an expired one after rotation is normal (§2.6).
-                logger.debug("IKE_SA_INIT with a bad cookie (%s); sending a fresh one", exc)
+                log.debug("IKE_SA_INIT with a bad cookie (%s); sending a fresh one", exc)
             else:
                 return None
         cookie = self.make(nonce.data, ip_i, request.spi_i, now)

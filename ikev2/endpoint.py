@@ -48,7 +48,7 @@ from ikev2.events import Address, Event
 from ikev2.proposals import dh_group, parse_esp_proposal, parse_ike_proposal
 from ikev2.sa import Datagram, IkeDropReason, IkeSa, IkeSaState
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
@@ -281,7 +281,7 @@ class Endpoint:
         """Datagrams with the number of events that must be taken before they go."""
         self._drops: Counter[IkeDropReason] = Counter()
         self._drops_view: Mapping[IkeDropReason, int] = MappingProxyType(self._drops)
-        self._throttle = ThrottledLog(logger, self.config.log_interval)
+        self._throttle = ThrottledLog(log, self.config.log_interval)
 
     # --- diagnostics --------------------------------------------------------------------
 
@@ -800,7 +800,7 @@ class Endpoint:
         if sa.state is IkeSaState.DELETED:
             if sa.udp_unanswered and self._sas.get(ike_sa_id) is sa:
                 self._udp_unanswered.add(sa.config.name)
-                logger.warning(
+                log.warning(
                     "%s: no answer on UDP port %d: IKE SAs to this peer stay on port %d"
                     " with raw ESP until the configuration is reloaded",
                     sa.config.name,

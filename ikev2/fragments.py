@@ -58,7 +58,7 @@ from ikev2.crypto.rng import RandomSource
 from ikev2.crypto.sk import SkCipher
 from ikev2.errors import InvalidSyntax, LocalProtocolError, RemoteProtocolError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _FRAGMENT_FIELDS_LEN = 4  # Fragment Number and Total Fragments, 2 octets each
 _SKF_PREFIX = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + _FRAGMENT_FIELDS_LEN
@@ -190,7 +190,7 @@ def seal_for_size(
     if not fragmentation or len(whole) <= max_len:
         return [whole]
     fragments = fragment_message(message, cipher, rng, max_len)
-    logger.debug(
+    log.debug(
         "message ID %d of %d octets sent as %d fragments",
         message.message_id,
         len(whole),
@@ -288,7 +288,7 @@ class Reassembler:
         """Drop incomplete messages whose first fragment is older than the timeout."""
         for key, pending in list(self._pending.items()):
             if now >= pending.started + self.limits.timeout:
-                logger.info(
+                log.info(
                     "dropping incomplete fragmented message ID %d (%d of %d fragments)",
                     key[0],
                     len(pending.chunks),
@@ -317,7 +317,7 @@ class Reassembler:
         if pending is not None and fragment.total != pending.total:
             if fragment.total < pending.total:
                 # RFC 7383 §2.5.2, §2.6: a smaller Total Fragments is stale; keep what we have.
-                logger.debug("ignoring fragment of a stale fragmentation of ID %d", key[0])
+                log.debug("ignoring fragment of a stale fragmentation of ID %d", key[0])
                 return None
             # RFC 7383 §2.5.2, §2.6: the sender re-fragmented (smaller fragments); start over.
             del self._pending[key]
@@ -346,7 +346,7 @@ class Reassembler:
         inner = b"".join(pending.chunks[n] for n in range(1, pending.total + 1))
         header = pending.header
         payloads = decode_payloads(pending.first_payload, inner, inner=True)
-        logger.debug(
+        log.debug(
             "reassembled message ID %d from %d fragments (%d octets)",
             header.message_id,
             pending.total,

@@ -35,7 +35,7 @@ from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES, PRFS
 from ikev2.crypto.dh import GROUPS
 from ikev2.errors import InvalidProposal, NoProposalChosen, UnknownAlgorithm
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # --- Keywords ----------------------------------------------------------------------------
 
@@ -332,7 +332,7 @@ def select_proposal(
         for peer in theirs:
             chosen = _match(mine, peer)
             if chosen is not None:
-                logger.debug("selected proposal %s", LazyDescription(chosen))
+                log.debug("selected proposal %s", LazyDescription(chosen))
                 return chosen
     raise NoProposalChosen(mismatch_description(ours, theirs))
 

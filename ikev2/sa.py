@@ -87,7 +87,7 @@ from ikev2.tasks import (
 )
 from ikev2.ts import TrafficSelector
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REKEYED_LINGER = 30.0
 """Least seconds a replaced IKE SA waits for the Delete that ends it."""
@@ -541,7 +541,7 @@ class IkeSa:
             for other in self.config.children[1:]:
                 if other.start == "initiate":
                     self.tm.queue(Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(other)]))
-        logger.info("%s: initiating IKE SA to %s", self.name, _fmt(self.remote))
+        log.info("%s: initiating IKE SA to %s", self.name, _fmt(self.remote))
         self._send_next(now)
 
     def delete(self, now: float, reason: str = "deleted by operator") -> None:
@@ -552,7 +552,7 @@ class IkeSa:
         if self.state is not IkeSaState.ESTABLISHED:
             self.fail(f"abandoned before it was established: {reason}", None)
             return
-        logger.info("%s: deleting IKE SA (%s)", self.name, reason)
+        log.info("%s: deleting IKE SA (%s)", self.name, reason)
         self.state = IkeSaState.DELETING
         self.delete_reason = reason
         self.tm.pending.clear()
@@ -593,7 +593,7 @@ class IkeSa:
         if child.deleting or child.rekeying or self.state is not IkeSaState.ESTABLISHED:
             return
         child.rekeying = True
-        logger.info("%s: rekeying CHILD SA %s{%d}", self.name, child.config.name, unique_id)
+        log.info("%s: rekeying CHILD SA %s{%d}", self.name, child.config.name, unique_id)
         self.queue_exchange(
             Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(child.config, child)]), now
         )
@@ -603,7 +603,7 @@ class IkeSa:
         if self.state is not IkeSaState.ESTABLISHED or self.ike_rekeying:
             return
         self.ike_rekeying = True
-        logger.info("%s: rekeying the IKE SA", self.name)
+        log.info("%s: rekeying the IKE SA", self.name)
         self.queue_exchange(Exchange(ExchangeType.CREATE_CHILD_SA, [IkeRekey()]), now)
 
     def spawn_rekeyed(
@@ -705,7 +705,7 @@ class IkeSa:
         self.wind_down()
         if not new.initiator:
             new.unconfirmed_until = self.now + self.tm.policy.give_up_after
-        logger.info("%s: IKE SA replaced by %s", self.name, new.name)
+        log.info("%s: IKE SA replaced by %s", self.name, new.name)
         self.emit(
             IkeSaRekeyed(
                 self.config.name,
@@ -742,7 +742,7 @@ class IkeSa:
         theirs = self.peer_ike_rekey
         if theirs is not None and lowest_nonce < theirs.lowest_nonce:
             # bytes compare octet by octet, a prefix being lower: §2.8.1's "lowest".
-            logger.info(
+            log.info(
                 "%s: simultaneous IKE rekeying: ours (%s) has the lowest nonce and goes",
                 self.name,
                 new.name,
@@ -759,7 +759,7 @@ class IkeSa:
             return
         self.hand_over(new)
         if theirs is not None:
-            logger.info(
+            log.info(
                 "%s: simultaneous IKE rekeying: the peer's %s has the lowest nonce",
                 self.name,
                 theirs.new_sa.name,
@@ -902,7 +902,7 @@ class IkeSa:
         self.now = now
         if header.initiator == self.initiator:
             # The I flag says who sent it: a peer must not claim our role (§3.1).
-            logger.debug("%s: dropping message with our own role's I flag", self.name)
+            log.debug("%s: dropping message with our own role's I flag", self.name)
             self.on_drop(IkeDropReason.WRONG_ROLE)
             return
         if header.response:
@@ -931,12 +931,12 @@ class IkeSa:
     ) -> None:
         out = self.tm.outstanding
         if out is None or out.message_id != header.message_id:
-            logger.debug("%s: ignoring unexpected response %d", self.name, header.message_id)
+            log.debug("%s: ignoring unexpected response %d", self.name, header.message_id)
             self.on_drop(IkeDropReason.UNEXPECTED_RESPONSE)
             return
         exchange = out.context
         if header.exchange_type != exchange.exchange_type:
-            logger.debug("%s: response of the wrong exchange type; ignored", self.name)
+            log.debug("%s: response of the wrong exchange type; ignored", self.name)
             self.on_drop(IkeDropReason.UNEXPECTED_RESPONSE)
             return
         try:
@@ -946,7 +946,7 @@ class IkeSa:
             check_payloads(header.exchange_type, True, message.payloads)
         except IkeError as exc:
             # Unauthenticated or garbled: drop and let retransmission recover (§2.21).
-            logger.info("%s: dropping invalid response: %s", self.name, exc)
+            log.info("%s: dropping invalid response: %s", self.name, exc)
             self.on_drop(_drop_reason(exc))
             return
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
@@ -985,19 +985,19 @@ class IkeSa:
                 else RequestKind.INVALID
             )
         if kind is RequestKind.RETRANSMIT:
-            logger.debug("%s: retransmitting response %d", self.name, header.message_id)
+            log.debug("%s: retransmitting response %d", self.name, header.message_id)
             self._send(self.tm.cached_packets())
             self.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
             return
         if kind is RequestKind.INVALID:
-            logger.debug("%s: request %d outside the window; dropped", self.name, header.message_id)
+            log.debug("%s: request %d outside the window; dropped", self.name, header.message_id)
             self.on_drop(IkeDropReason.OUT_OF_WINDOW)
             return
         factory = _REQUEST_TASKS.get((self.state, header.exchange_type))
         if factory is None or (
             header.exchange_type == ExchangeType.IKE_SA_INIT and self.keys is not None
         ):
-            logger.info(
+            log.info(
                 "%s: unexpected %s request in state %s; dropped",
                 self.name,
                 enum_name(ExchangeType, header.exchange_type),
@@ -1016,7 +1016,7 @@ class IkeSa:
             # §2.5, §2.21.3: a message we cannot read gets its error notify back when it
             # comes from the peer for sure (authenticated), or is an unprotected
             # IKE_SA_INIT with an unknown critical payload.
-            logger.info("%s: refusing a request we cannot read: %s", self.name, exc)
+            log.info("%s: refusing a request we cannot read: %s", self.name, exc)
             unreadable = exc
         except IkeError as exc:
             self._drop_invalid_request(header, remote, exc)
@@ -1071,7 +1071,7 @@ class IkeSa:
             ):
                 # Not a failure: the initiator retries with the group we named (§1.2),
                 # and that retry starts a fresh SA here; this one keeps no state.
-                logger.debug("%s: %s", self.name, fatal)
+                log.debug("%s: %s", self.name, fatal)
                 self.state = IkeSaState.DELETED
                 return
             if header.exchange_type in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
@@ -1079,7 +1079,7 @@ class IkeSa:
                 self.fail(str(fatal), fatal.notify)
                 return
             # Any later request refused with a notify leaves the IKE SA as it was.
-            logger.info(
+            log.info(
                 "%s: refused %s request: %s",
                 self.name,
                 enum_name(ExchangeType, header.exchange_type),
@@ -1095,12 +1095,10 @@ class IkeSa:
             # Garbage that merely looks like an IKE_SA_INIT: no SA, no event. Anyone can
             # send it from any address, so it is only counted (and logged at debug), lest
             # a flood of it flood the log.
-            logger.debug(
-                "%s: dropping invalid IKE_SA_INIT from %s: %s", self.name, _fmt(remote), exc
-            )
+            log.debug("%s: dropping invalid IKE_SA_INIT from %s: %s", self.name, _fmt(remote), exc)
             self.state = IkeSaState.DELETED
             return
-        logger.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
+        log.info("%s: dropping invalid request from %s: %s", self.name, _fmt(remote), exc)
 
     def _fragment_retransmitted(self, data: bytes) -> None:
         """A fragment of the request we answered last: RFC 7383 §2.6.1 has us resend the
@@ -1111,11 +1109,11 @@ class IkeSa:
         try:
             fragment = open_fragment(self.sk.inbound, data)
         except IkeError as exc:
-            logger.debug("%s: dropping a bad fragment: %s", self.name, exc)
+            log.debug("%s: dropping a bad fragment: %s", self.name, exc)
             self.on_drop(_drop_reason(exc))
             return
         if fragment.number == 1:
-            logger.debug("%s: request retransmitted in fragments; resending", self.name)
+            log.debug("%s: request retransmitted in fragments; resending", self.name)
             self._send(self.tm.cached_packets())
         self.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
 
@@ -1227,7 +1225,7 @@ class IkeSa:
         if (local, remote) != (self.local, self.remote) and (
             self.nat_local or self.nat_remote or self._to_nat_port(local, remote)
         ):
-            logger.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
+            log.info("%s: peer now at %s (we at %s)", self.name, _fmt(remote), _fmt(local))
             old_local, old_remote = self.local, self.remote
             self.local, self.remote = local, remote
             if self.established_at is not None and not self.silent:
@@ -1254,7 +1252,7 @@ class IkeSa:
         remote_port = self.nat_port if self.remote[1] == self.config.ike_port else self.remote[1]
         self.local = (self.local[0], self.nat_port)
         self.remote = (self.remote[0], remote_port)
-        logger.debug("%s: switching to port %d", self.name, self.nat_port)
+        log.debug("%s: switching to port %d", self.name, self.nat_port)
 
     def established(self, now: float) -> None:
         """IKE_AUTH succeeded (tasks call this)."""
@@ -1306,7 +1304,7 @@ class IkeSa:
         self.tm.pending.clear()
         self.tm.abandon_request()
         if was in (IkeSaState.CREATED, IkeSaState.HALF_OPEN):
-            logger.warning("%s: IKE SA with %s failed: %s", self.name, _fmt(self.remote), reason)
+            log.warning("%s: IKE SA with %s failed: %s", self.name, _fmt(self.remote), reason)
             self.emit(IkeSaFailed(self.config.name, self.ike_sa_id, reason, notify))
         else:
             self.gone(reason, by_peer=False)
@@ -1325,13 +1323,13 @@ class IkeSa:
             # Replaced (its CHILD SAs live on in the new IKE SA), or never announced:
             # nothing to report.
             self.state = IkeSaState.DELETED
-            logger.debug("%s: replaced IKE SA removed (%s)", self.name, reason)
+            log.debug("%s: replaced IKE SA removed (%s)", self.name, reason)
             return
         for child in list(self.children.values()):
             self.remove_child(child, "IKE SA deleted")
         self.state = IkeSaState.DELETED
-        log = logger.info if by_peer or "operator" in reason else logger.warning
-        log("%s: IKE SA with %s deleted: %s", self.name, _fmt(self.remote), reason)
+        report = log.info if by_peer or "operator" in reason else log.warning
+        report("%s: IKE SA with %s deleted: %s", self.name, _fmt(self.remote), reason)
         cause = ike_delete_cause(reason, by_peer=by_peer, we_deleted=bool(self.delete_reason))
         self.emit(IkeSaDeleted(self.config.name, self.ike_sa_id, reason, by_peer, cause))
 
@@ -1354,7 +1352,7 @@ class IkeSa:
         """Forget a CHILD SA and tell the user to remove its ESP SAs."""
         if self.children.pop(child.unique_id, None) is None:
             return
-        logger.info(
+        log.info(
             "%s: CHILD SA %s{%d} removed (%s), SPIs %08x_i %08x_o",
             self.name,
             child.config.name,
@@ -1402,7 +1400,7 @@ class IkeSa:
                 self.gone(f"{self.delete_reason}; peer did not answer the Delete", by_peer=False)
             elif self.ike_rekey_failed():
                 # The peer answers no more on this SA but rekeyed it itself (§2.8.2).
-                logger.info("%s: our IKE rekey went unanswered; the peer's took over", self.name)
+                log.info("%s: our IKE rekey went unanswered; the peer's took over", self.name)
             elif self.state is IkeSaState.ESTABLISHED:
                 self.fail(f"peer is dead: {exc}", None)
             elif self.peer_prefers_udp and not (self.nat_local or self.nat_remote):
@@ -1445,7 +1443,7 @@ class IkeSa:
         if dpd is not None and now >= dpd:
             # §2.4: nothing heard for a while; an unanswered check ends the IKE SA through
             # the retransmission give-up, and the user applies the connection's dpd_action.
-            logger.debug("%s: sending a liveness check", self.name)
+            log.debug("%s: sending a liveness check", self.name)
             self.check_liveness(now)
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -218,5 +218,5 @@ class TaskManager(Generic[T]):
             raise GiveUp(out.message_id, out.retransmits)
         out.retransmits += 1
         out.deadline = now + self.policy.delay(out.retransmits)
-        logger.debug("retransmitting request %d (%d. time)", out.message_id, out.retransmits)
+        log.debug("retransmitting request %d (%d. time)", out.message_id, out.retransmits)
         return out.packets

@@ -39,7 +39,7 @@ from ikev2.ts import TrafficSelector, format_selectors, is_subset, narrow
 if TYPE_CHECKING:
     from ikev2.sa import ChildSa, IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _CHILD_ERRORS = frozenset(
     {
@@ -201,7 +201,7 @@ class ChildCreate(Task):
         self.config = child
         # IKE_AUTH's CHILD SA has no key exchange of its own (§1.2): ignore KE transforms.
         chosen = select_proposal(_ike_auth_proposals(child), offered, ignore_key_exchange=True)
-        logger.debug("%s: ESP proposal %s selected", sa.name, LazyDescription(chosen))
+        log.debug("%s: ESP proposal %s selected", sa.name, LazyDescription(chosen))
         if len(chosen.spi) != 4:
             raise InvalidSyntax("ESP proposal without a 4-octet SPI")
         self.spi_in = sa.random_spi(4)
@@ -246,7 +246,7 @@ class ChildCreate(Task):
     def _failed(self, sa: IkeSa, exc: IkeError) -> None:
         name = self.config.name if self.config is not None else "?"
         notify = getattr(exc, "peer_notify", None) or exc.notify
-        logger.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
+        log.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
         sa.emit(ChildSaFailed(sa.config.name, name, sa.ike_sa_id, str(exc), notify))
 
 
@@ -303,8 +303,8 @@ def install_child(
     )
     sa.children[child.unique_id] = child
     # Formatting selectors costs more than the rest of the line: only when it is logged.
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
+    if log.isEnabledFor(logging.INFO):
+        log.info(
             "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
             sa.name,
             config.name,

@@ -48,7 +48,7 @@ from ikev2.ts import format_selectors, is_subset, narrow
 if TYPE_CHECKING:
     from ikev2.sa import ChildSa, IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REKEY_RETRY_AFTER = 10.0
 """Mean seconds before a failed CHILD SA rekey is tried again (the hard expiry still applies)."""
@@ -107,17 +107,17 @@ class CreateChild(Task):
         except IkeError as exc:
             if self.old is not None and self.old.unique_id not in sa.children:
                 # §2.25.1: the peer deleted it meanwhile; our rekey is simply forgotten.
-                logger.info("%s: %s: it was deleted meanwhile (%s)", sa.name, self.what, exc)
+                log.info("%s: %s: it was deleted meanwhile (%s)", sa.name, self.what, exc)
                 return
             if self.old is not None and self.old.peer_rekey is not None:
                 # §2.8.1: the peer rekeyed it too and did not see the collision (it
                 # answered TEMPORARY_FAILURE): its new SA is the only one; it deletes
                 # the old one. Nothing failed.
-                logger.info("%s: %s: the peer's rekey took over (%s)", sa.name, self.what, exc)
+                log.info("%s: %s: the peer's rekey took over (%s)", sa.name, self.what, exc)
                 self.old.rekeying = False
                 return
             notify = getattr(exc, "peer_notify", None) or exc.notify
-            logger.warning("%s: %s failed: %s", sa.name, self.what, exc)
+            log.warning("%s: %s failed: %s", sa.name, self.what, exc)
             sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
             if self.old is not None:
                 self.old.rekeying = False
@@ -131,7 +131,7 @@ class CreateChild(Task):
         wanted = wanted_group(message, self.group, self.offered)
         if wanted is not None:
             # §1.3: retry in a new exchange with the group the peer asked for.
-            logger.info("%s: peer wants group %d for PFS; retrying", sa.name, wanted)
+            log.info("%s: peer wants group %d for PFS; retrying", sa.name, wanted)
             sa.tm.queue(
                 Exchange(
                     message.exchange_type,  # type: ignore[arg-type]
@@ -223,17 +223,17 @@ class AnswerCreateChild(Task):
         if "ike_rekey" in sa.outstanding_tasks():
             # §2.25.2: no CHILD SA is created or rekeyed while we rekey the IKE SA; the
             # peer tries again later (on the new IKE SA).
-            logger.info("%s: refusing CREATE_CHILD_SA while we rekey the IKE SA", sa.name)
+            log.info("%s: refusing CREATE_CHILD_SA while we rekey the IKE SA", sa.name)
             raise TemporaryFailure("we are rekeying the IKE SA")
         try:
             self._process(sa, message)
         except (InvalidKePayload, TemporaryFailure) as exc:
             # The peer retries (with our group, or later): nothing failed on our side.
             kind = enum_name(NotifyType, exc.notify or 0)
-            logger.info("%s: answering CREATE_CHILD_SA with %s: %s", sa.name, kind, exc)
+            log.info("%s: answering CREATE_CHILD_SA with %s: %s", sa.name, kind, exc)
             raise
         except IkeError as exc:
-            logger.warning("%s: refusing CREATE_CHILD_SA: %s", sa.name, exc)
+            log.warning("%s: refusing CREATE_CHILD_SA: %s", sa.name, exc)
             sa.emit(
                 ChildSaFailed(sa.config.name, self.child_name, sa.ike_sa_id, str(exc), exc.notify)
             )

@@ -30,7 +30,7 @@ from ikev2.tasks.base import Task
 if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _id_payload(cls: type[IdI] | type[IdR], ident: Identity) -> IdI | IdR:
@@ -80,7 +80,7 @@ class IkeAuth(Task):
         # Interned: the event stays with the daemon for the SA's life, and thousands of
         # SAs share one suite and usually one local identity.
         suite = sys.intern(sa.suite.name if sa.suite is not None else "?")
-        logger.info(
+        log.info(
             "%s: IKE SA established between %s[%s] and %s[%s] (%s)",
             sa.name,
             sa.local[0],
@@ -258,4 +258,4 @@ class IkeAuth(Task):
         scheme = verify_signature_auth(
             validated.public_key, self._auth_data(sa, ident, ours=False), auth.data
         )
-        logger.info("%s: peer %s authenticated with %s", sa.name, peer, scheme.name)
+        log.info("%s: peer %s authenticated with %s", sa.name, peer, scheme.name)

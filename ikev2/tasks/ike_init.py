@@ -39,7 +39,7 @@ from ikev2.tasks.base import RetryExchange, Task
 if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 NONCE_SIZE = 32
 """Octets of our nonces: at least half the PRF key size and 16 (§2.10); 32 fits all."""
@@ -82,7 +82,7 @@ class IkeInit(Task):
     def process_response(self, sa: IkeSa, message: Message) -> None:
         cookie = message.notify(NotifyType.COOKIE)
         if cookie is not None:
-            logger.info("%s: peer demands a cookie; retrying IKE_SA_INIT", sa.name)
+            log.info("%s: peer demands a cookie; retrying IKE_SA_INIT", sa.name)
             sa.cookie = cookie.data
             raise RetryExchange
         invalid_ke = message.notify(NotifyType.INVALID_KE_PAYLOAD)
@@ -102,8 +102,8 @@ class IkeInit(Task):
         sa.nonce_r = nonce.data
         _note_fragmentation(sa, message)
         _derive(sa, chosen, ke.data)
-        if logger.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
-            logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
+        if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
+            log.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
     def _switch_group(self, sa: IkeSa, notify: Notify) -> None:
         if len(notify.data) != 2:
@@ -116,7 +116,7 @@ class IkeInit(Task):
                 notify.data,
                 f"peer wants key exchange group {wanted}, which we do not propose",
             )
-        logger.info(
+        log.info(
             "%s: peer prefers key exchange group %s; retrying IKE_SA_INIT",
             sa.name,
             GROUPS[wanted].name,
@@ -134,7 +134,7 @@ class IkeInit(Task):
         chosen = select_proposal(_our_proposals(sa), offer.proposals)
         group = dh_group(chosen)
         if ke.group != group:
-            logger.info(
+            log.info(
                 "%s: peer sent KE for group %d, we selected %d: asking for INVALID_KE retry",
                 sa.name,
                 ke.group,
@@ -147,8 +147,8 @@ class IkeInit(Task):
         sa.ke = sa.new_key_exchange(group)
         self.chosen = chosen
         _derive(sa, chosen, ke.data)
-        if logger.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
-            logger.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
+        if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
+            log.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         if sa.ke is None or self.chosen is None:
@@ -178,7 +178,7 @@ def _note_fragmentation(sa: IkeSa, message: Message) -> None:
         try:
             sa.peer_hashes = parse_signature_hashes(hashes.data)
         except IkeError as exc:
-            logger.info("%s: ignoring malformed SIGNATURE_HASH_ALGORITHMS: %s", sa.name, exc)
+            log.info("%s: ignoring malformed SIGNATURE_HASH_ALGORITHMS: %s", sa.name, exc)
 
 
 def _our_proposals(sa: IkeSa) -> list[Proposal]:

@@ -38,7 +38,7 @@ from ikev2.tasks.base import Task
 if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 LOCKGATE_UDP_VID = hashlib.sha256(b"lockgate/1: ESP in UDP preferred (RFC 7296 2.23)").digest()[:16]
 """Our Vendor ID payload's data: a lockgate that, with `encap = "auto"`, prefers ESP in
@@ -97,9 +97,9 @@ class IkeNatd(Task):
             isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
         )
         if sa.peer_prefers_udp and not (sa.nat_local or sa.nat_remote):
-            logger.info("%s: the peer is a lockgate: ESP in UDP without a NAT (§2.23)", sa.name)
+            log.info("%s: the peer is a lockgate: ESP in UDP without a NAT (§2.23)", sa.name)
         if sa.nat_local or sa.nat_remote:
-            logger.info(
+            log.info(
                 "%s: NAT detected:%s%s",
                 sa.name,
                 " we are behind a NAT" if sa.nat_local else "",

@@ -51,7 +51,7 @@ from ikev2.tasks.ike_init import NONCE_SIZE
 if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CHILD_TASKS = frozenset({"child_create_sa", "child_delete"})
 """Task names of our CHILD SA exchanges, during which the IKE SA is not rekeyed."""
@@ -136,11 +136,11 @@ class IkeRekey(Task):
             self._process_response(sa, message)
         except IkeError as exc:
             if sa.ike_rekey_failed():
-                logger.info("%s: our IKE rekey failed (%s); the peer's took over", sa.name, exc)
+                log.info("%s: our IKE rekey failed (%s); the peer's took over", sa.name, exc)
                 return
             # Randomised, so two peers whose rekeys crossed do not collide again.
             delay = RETRY_AFTER * (0.5 + int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0)
-            logger.warning(
+            log.warning(
                 "%s: rekeying the IKE SA failed (%s); trying again in %.0f s",
                 sa.name,
                 exc,
@@ -156,7 +156,7 @@ class IkeRekey(Task):
         if wanted is not None:
             if sa.ike_rekey_failed():
                 return  # the peer's crossing rekey made the new IKE SA already
-            logger.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
+            log.info("%s: peer wants group %d for the IKE rekey; retrying", sa.name, wanted)
             sa.tm.queue(Exchange(message.exchange_type, [IkeRekey(wanted)]))  # type: ignore[arg-type]
             return
         raise_refusal(message, "to rekey the IKE SA")
@@ -182,7 +182,7 @@ class IkeRekey(Task):
             nonce_i=self.nonce_i,
             nonce_r=nonce.data,
         )
-        logger.info("%s: IKE SA rekeyed into %s (%s)", sa.name, new.name, LazyDescription(chosen))
+        log.info("%s: IKE SA rekeyed into %s (%s)", sa.name, new.name, LazyDescription(chosen))
         # §2.8: the requester deletes the old IKE SA; its CHILD SAs live on in the new one
         # (unless a crossing rekey of the peer's wins, §2.8.2).
         sa.ike_rekeyed(new, min(self.nonce_i, nonce.data))
@@ -244,7 +244,7 @@ class AnswerIkeRekey(Task):
             KePayload(group, ours.public_bytes),
         ]
         self.new_sa = _NewSa(chosen.spi, spi_r, suite, keys, nonce.data, nonce_r)
-        logger.info("%s: peer rekeys the IKE SA (%s)", sa.name, LazyDescription(chosen))
+        log.info("%s: peer rekeys the IKE SA (%s)", sa.name, LazyDescription(chosen))
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         out += self.response
@@ -266,7 +266,7 @@ class AnswerIkeRekey(Task):
             # §2.8.2: which new SA survives is known once our own rekey completes.
             from ikev2.sa import PeerIkeRekey
 
-            logger.info("%s: simultaneous IKE rekeying; settled when ours completes", sa.name)
+            log.info("%s: simultaneous IKE rekeying; settled when ours completes", sa.name)
             sa.peer_ike_rekey = PeerIkeRekey(new, min(made.nonce_i, made.nonce_r))
             return
         sa.hand_over(new)

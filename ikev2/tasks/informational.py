@@ -22,7 +22,7 @@ from ikev2.tasks.base import Task
 if TYPE_CHECKING:
     from ikev2.sa import IkeSa
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _FATAL = frozenset(
     {
@@ -62,7 +62,7 @@ class Informational(Task):
             spi_out = int.from_bytes(raw, "big")
             child = next((c for c in sa.children.values() if c.spi_out == spi_out), None)
             if child is None:
-                logger.debug("%s: peer deletes unknown ESP SPI %08x", sa.name, spi_out)
+                log.debug("%s: peer deletes unknown ESP SPI %08x", sa.name, spi_out)
                 sa.peer_deleted_before_known(spi_out)
                 continue
             if not child.deleting:
@@ -72,11 +72,11 @@ class Informational(Task):
     def _notify(self, sa: IkeSa, notify: Notify) -> None:
         kind = enum_name(NotifyType, notify.notify_type)
         if notify.is_error:
-            logger.warning("%s: peer reports %s", sa.name, kind)
+            log.warning("%s: peer reports %s", sa.name, kind)
             if notify.notify_type in _FATAL:
                 self.fatal = f"peer reported {kind}"
         else:
-            logger.debug("%s: peer sent %s in an INFORMATIONAL; nothing to do", sa.name, kind)
+            log.debug("%s: peer sent %s in an INFORMATIONAL; nothing to do", sa.name, kind)
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         if self.delete_ike:
@@ -112,5 +112,5 @@ class RefuseCreateChild(Task):
 
     def process_request(self, sa: IkeSa, message: Message) -> None:
         what = "rekeyed" if sa.rekeyed_into is not None else "being deleted"
-        logger.info("%s: refusing CREATE_CHILD_SA: this IKE SA is %s", sa.name, what)
+        log.info("%s: refusing CREATE_CHILD_SA: this IKE SA is %s", sa.name, what)
         raise TemporaryFailure(f"CREATE_CHILD_SA on an IKE SA that is {what}")
