@@ -26,3 +26,18 @@ def parse_network(text: str, strict: bool = True) -> IpNetwork:
     With `strict`, host bits set are a ValueError, as in `ipaddress`."""
     kind = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
     return kind(text, strict=strict)
+
+
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
+
+
+def address_or_none(text: str) -> IpAddress | None:
+    """`text` as an IP address (an IPv6 one may carry a scope), or None."""
+    try:
+        if "%" in text:  # an IPv6 address with a scope (fe80::1%eth0)
+            return ipaddress.ip_address(text)
+        if not text or not _ADDRESS_CHARS.issuperset(text):
+            return None  # a name, a DN, an e-mail address: no exception to pay for
+        return parse_address(text)
+    except ValueError:
+        return None

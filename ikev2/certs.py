@@ -56,7 +56,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -69,9 +69,7 @@ from ikev2.codec.payloads import Certificate, CertificateRequest, Notify
 from ikev2.constants import CertEncoding, IdType, NotifyType, enum_name
 from ikev2.crypto.auth import sign_signature_auth
 from ikev2.errors import AuthenticationFailed, InvalidSyntax, LocalProtocolError
-
-if TYPE_CHECKING:
-    from ikev2.config import Identity
+from ikev2.identity import Identity
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,14 @@ from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from ikev2.codec import IkeHeader, decode_header, decode_message, encode_message
-from ikev2.config import ConnectionConfig, Identity
+from ikev2.config import ConnectionConfig
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
 from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.rng import RandomSource, SystemRandom
 from ikev2.errors import IkeError, InvalidMajorVersion, LocalProtocolError
 from ikev2.events import Address, Event
+from ikev2.identity import Identity
 from ikev2.proposals import dh_group, parse_esp_proposal, parse_ike_proposal
 from ikev2.sa import Datagram, IkeDropReason, IkeSa, IkeSaState
 

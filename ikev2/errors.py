@@ -15,6 +15,10 @@ from __future__ import annotations
 from ikev2.constants import NotifyType, ProtocolId
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting and the reason."""
+
+
 class IkeError(Exception):
     """Base of every error raised by the ``ikev2`` package.
 

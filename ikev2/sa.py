@@ -36,7 +36,7 @@ from ikev2.codec import (
     decode_payloads,
     encode_message,
 )
-from ikev2.config import ChildConfig, ConnectionConfig, Identity
+from ikev2.config import ChildConfig, ConnectionConfig
 from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.key_pool import KeyPool
@@ -67,6 +67,7 @@ from ikev2.events import (
     ike_delete_cause,
 )
 from ikev2.fragments import Reassembler, is_fragmented, open_fragment, seal_for_size
+from ikev2.identity import Identity
 from ikev2.task_manager import GiveUp, RequestKind, RetransmitPolicy, TaskManager
 from ikev2.tasks import (
     CHILD_TASKS,

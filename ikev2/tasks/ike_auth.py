@@ -15,16 +15,18 @@ import sys
 from typing import TYPE_CHECKING
 
 from ikev2.codec import Authentication, Certificate, IdI, IdR, Message, Notify, Payload
-from ikev2.config import ConfigError, ConnectionConfig, Identity
+from ikev2.config import ConnectionConfig
 from ikev2.constants import AuthMethod, NotifyType
 from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth, verify_signature_auth
 from ikev2.errors import (
     AuthenticationFailed,
+    ConfigError,
     InvalidSyntax,
     LocalProtocolError,
     PeerErrorNotify,
 )
 from ikev2.events import IkeSaEstablished
+from ikev2.identity import Identity
 from ikev2.tasks.base import Task
 
 if TYPE_CHECKING:
