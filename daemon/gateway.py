@@ -63,7 +63,8 @@ from ikev2.events import (
     IkeSaRekeyed,
     NatKeepaliveDue,
 )
-from ikev2.sa import IkeSa, IkeSaState
+from ikev2.sa import IkeSa
+from ikev2.sa_types import IkeSaState
 from ikev2.ts import format_selectors
 from tun import LinkError, RouteSocket, TunDevice, TunError
 

@@ -47,7 +47,9 @@ from ikev2.errors import IkeError, InvalidMajorVersion, LocalProtocolError
 from ikev2.events import Address, Event
 from ikev2.identity import Identity
 from ikev2.proposals import dh_group, parse_esp_proposal, parse_ike_proposal
-from ikev2.sa import Datagram, IkeDropReason, IkeSa, IkeSaState
+from ikev2.sa import IkeSa
+from ikev2.sa_data import SaContext
+from ikev2.sa_types import Datagram, IkeDropReason, IkeSaState
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +232,6 @@ class Endpoint:
     ) -> None:
         self.config = config or EndpointConfig()
         self._rng: RandomSource = rng or SystemRandom()
-        self._wall_clock = wall_clock
-        """Calendar time for certificate validity; everything else uses `now`."""
         self._connections: dict[str, ConnectionConfig] = {}
         self._by_remote_address: dict[IpAddress, list[ConnectionConfig]] = {}
         """Connections by peer address, so an IKE_SA_INIT does not read all of them."""
@@ -271,8 +271,16 @@ class Endpoint:
         """Diagnostics: how many times an IKE SA was collected (its outputs, timer and
         indexes refreshed). Idle polling leaves it unchanged, however many SAs exist."""
         self._cookie_jar: CookieJar | None = None
-        self._ids = itertools.count(1)
-        self._child_ids = itertools.count(1)
+        self._sa_context = SaContext(
+            self._rng,
+            ike_ids=itertools.count(1),
+            child_ids=itertools.count(1),
+            nat_port=self.config.nat_port,
+            half_open_timeout=self.config.half_open_timeout,
+            wall_clock=wall_clock,
+            key_pool=self._keys,
+        )
+        """What every IKE SA made here shares (their numbering, randomness, key pool)."""
         self._events: deque[Event] = deque()
         self._events_queued = 0
         """Events ever queued here."""
@@ -354,20 +362,7 @@ class Endpoint:
             raise LocalProtocolError(f"connection {connection!r} has no peer address (%any)")
         local = (config.local_addresses[0], config.ike_port)
         remote = (config.remote_address, config.ike_port)
-        sa = IkeSa(
-            config,
-            initiator=True,
-            local=local,
-            remote=remote,
-            rng=self._rng,
-            ike_sa_id=next(self._ids),
-            child_ids=self._child_ids,
-            nat_port=self.config.nat_port,
-            now=now,
-            ike_ids=self._ids,
-            wall_clock=self._wall_clock,
-            key_pool=self._keys,
-        )
+        sa = IkeSa(self._sa_context, config, initiator=True, local=local, remote=remote, now=now)
         # §2.4: INITIAL_CONTACT asserts this is the only IKE SA between the two
         # identities, and the peer drops every other; so only when we hold none with
         # that peer under the same identity of ours, whichever connection made it.
@@ -593,20 +588,13 @@ class Endpoint:
         ):
             return
         sa = IkeSa(
+            self._sa_context,
             candidates[0],
             initiator=False,
             local=local,
             remote=remote,
-            rng=self._rng,
-            ike_sa_id=next(self._ids),
-            child_ids=self._child_ids,
-            nat_port=self.config.nat_port,
             now=now,
             candidates=tuple(candidates),
-            half_open_timeout=self.config.half_open_timeout,
-            ike_ids=self._ids,
-            wall_clock=self._wall_clock,
-            key_pool=self._keys,
         )
         self._add(sa)
         self._half_open[(spi_i, remote)] = sa

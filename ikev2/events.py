@@ -16,6 +16,12 @@ Address = tuple[str, int]
 """An (IP address, UDP port) pair."""
 
 
+def format_address(addr: Address) -> str:
+    """An address for a log line: "192.0.2.1:500", "[2001:db8::1]:500"."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Base class of every event the IKEv2 core emits."""

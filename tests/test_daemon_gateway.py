@@ -44,7 +44,7 @@ from ikev2.events import (
     IkeSaFailed,
     IkeSaRekeyed,
 )
-from ikev2.sa import IkeSaState
+from ikev2.sa_types import IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
 from tun import LinkError, memory_tun_pair
 

@@ -23,7 +23,8 @@ from ikev2.config import Identity
 from ikev2.cookies import CookiePolicy
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
-from ikev2.sa import IkeDropReason, IkeSa, IkeSaState
+from ikev2.sa import IkeSa
+from ikev2.sa_types import IkeDropReason, IkeSaState
 
 COUNT = 1000
 SPACING = 0.001

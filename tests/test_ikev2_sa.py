@@ -33,7 +33,7 @@ from ikev2.events import (
     IkeSaEstablished,
     IkeSaFailed,
 )
-from ikev2.sa import IkeSaState
+from ikev2.sa_types import IkeSaState
 from ikev2.ts import TrafficSelector
 
 INIT, AUTH, INFO = ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH, ExchangeType.INFORMATIONAL
@@ -421,8 +421,7 @@ def test_a_moved_nat_mapping_is_followed_and_reported_once() -> None:
 
 
 def test_liveness_check_and_unhandled_notify_get_empty_responses() -> None:
-    from ikev2.sa import Exchange
-    from ikev2.tasks import NotifyOnly
+    from ikev2.tasks import Exchange, NotifyOnly
 
     pair = Pair.make(connection())
     establish(pair)
@@ -555,8 +554,7 @@ def test_a_malformed_ike_rekey_is_refused_without_harm() -> None:
     # An IKE rekey request without KE (§1.3.2 requires one) is answered INVALID_SYNTAX.
     from ikev2.codec import Nonce, Payload
     from ikev2.proposals import parse_ike_proposal, sa_payload
-    from ikev2.sa import Exchange
-    from ikev2.tasks import Task
+    from ikev2.tasks import Exchange, Task
 
     class AskForIkeRekeyWithoutKe(Task):
         def build_request(self, sa: object, out: list[Payload]) -> None:
@@ -632,8 +630,7 @@ def test_unknown_critical_payload_in_an_authenticated_request_is_answered() -> N
     # RFC 7296 §2.5: the request is rejected with UNSUPPORTED_CRITICAL_PAYLOAD, whose
     # data is the one-octet payload type; the IKE SA stays as it was.
     from ikev2.codec import Payload, UnknownPayload
-    from ikev2.sa import Exchange
-    from ikev2.tasks import Task
+    from ikev2.tasks import Exchange, Task
 
     class SendUnknownCritical(Task):
         def build_request(self, sa: object, out: list[Payload]) -> None:
@@ -661,7 +658,7 @@ def test_unknown_critical_payload_in_an_authenticated_request_is_answered() -> N
 
 def test_unknown_critical_payload_in_ike_sa_init_is_answered_without_state() -> None:
     from ikev2.codec import Message, UnknownPayload, encode_message
-    from ikev2.sa import Datagram
+    from ikev2.sa_types import Datagram
 
     pair = Pair.make(connection())
     pair.a.initiate("conn", 0.0)

@@ -22,7 +22,8 @@ from ikev2.events import (
     IkeSaDeleted,
     IkeSaRekeyed,
 )
-from ikev2.sa import Datagram, IkeSa, IkeSaState
+from ikev2.sa import IkeSa
+from ikev2.sa_types import Datagram, IkeSaState
 
 CREATE, INFO = ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL
 SEEDS = [(b"side-a", b"side-b"), (b"a2", b"b2"), (b"a3", b"b3"), (b"a4", b"b4")]

@@ -17,7 +17,7 @@ from ikev2.constants import NON_ESP_MARKER
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import Event
-from ikev2.sa import Datagram
+from ikev2.sa_types import Datagram
 from ikev2.ts import TrafficSelector
 
 A_ADDR = "198.51.100.1"

@@ -179,7 +179,7 @@ def test_liveness_checks_after_silence_and_a_dead_peer() -> None:
 @pytest.mark.parametrize("rekeyer", ["a", "b"])
 def test_ike_sa_rekey_moves_the_child_sas(rekeyer: str) -> None:
     from ikev2.events import IkeSaDeleted, IkeSaRekeyed
-    from ikev2.sa import IkeSaState
+    from ikev2.sa_types import IkeSaState
 
     pair = up(connection())
     old_a, old_b = pair.a.ike_sas()[0], pair.b.ike_sas()[0]

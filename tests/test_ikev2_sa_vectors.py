@@ -35,6 +35,7 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.proposals import parse_ike_proposal
 from ikev2.sa import IkeSa
+from ikev2.sa_data import SaContext
 from ikev2.tasks import IkeAuth
 from ikev2.tasks.ike_natd import natd_hash
 from ikev2.ts import TrafficSelector
@@ -78,14 +79,13 @@ def _config(local: str, remote: str, initiator: bool) -> ConnectionConfig:
 
 def _sa_from_vector(ike: dict[str, Any], initiator: bool) -> IkeSa:
     local, remote = (GW_A, GW_B) if initiator else (GW_B, GW_A)
+    context = SaContext(DeterministicRandom(b"unused"), itertools.count(1), itertools.count(1))
     sa = IkeSa(
+        context,
         _config(local[0], remote[0], initiator),
         initiator=initiator,
         local=local,
         remote=remote,
-        rng=DeterministicRandom(b"unused"),
-        ike_sa_id=1,
-        child_ids=itertools.count(1),
         now=0.0,
     )
     sa.spi_i, sa.spi_r = bytes.fromhex(ike["spi_i"]), bytes.fromhex(ike["spi_r"])

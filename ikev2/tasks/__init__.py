@@ -5,7 +5,7 @@ their rekeys), ike_rekey, ike_delete, child_delete and informational. Liveness c
 are empty INFORMATIONAL requests queued by the IKE SA itself; COOKIEs are handled by
 the endpoint before an SA exists."""
 
-from ikev2.tasks.base import RetryExchange, Task
+from ikev2.tasks.base import Exchange, RetryExchange, Task, TaskSa
 from ikev2.tasks.child_create import ChildCreate
 from ikev2.tasks.child_delete import ChildDelete
 from ikev2.tasks.child_rekey import AnswerCreateChild, CreateChild
@@ -23,6 +23,7 @@ __all__ = [
     "ChildCreate",
     "ChildDelete",
     "CreateChild",
+    "Exchange",
     "IkeAuth",
     "IkeDelete",
     "IkeInit",
@@ -33,4 +34,5 @@ __all__ = [
     "RefuseCreateChild",
     "RetryExchange",
     "Task",
+    "TaskSa",
 ]

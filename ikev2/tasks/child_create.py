@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
 
 from ikev2.codec import Message, Notify, Payload, Proposal, SecurityAssociation, TsI, TsR
 from ikev2.codec import TrafficSelector as WireTs
@@ -33,11 +32,9 @@ from ikev2.proposals import (
     select_proposal,
     without_key_exchange,
 )
-from ikev2.tasks.base import Task
+from ikev2.sa_types import ChildSa
+from ikev2.tasks.base import Task, TaskSa
 from ikev2.ts import TrafficSelector, format_selectors, is_subset, narrow
-
-if TYPE_CHECKING:
-    from ikev2.sa import ChildSa, IkeSa
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +108,7 @@ class ChildCreate(Task):
 
     # --- initiator ----------------------------------------------------------------------
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.config is None:
             raise InvalidSyntax("no CHILD SA configuration to initiate")
         self.spi_in = sa.random_spi(4)
@@ -122,16 +119,16 @@ class ChildCreate(Task):
             TsR(to_wire(self.config.remote_ts)),
         ]
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         if self.config is None:
             return
         try:
             self._process_response(sa, message)
         except IkeError as exc:
             self._failed(sa, exc)
-            sa.initial_child_failed = True
+            sa.mark_initial_child_failed()
 
-    def _process_response(self, sa: IkeSa, message: Message) -> None:
+    def _process_response(self, sa: TaskSa, message: Message) -> None:
         config = self.config
         if config is None:
             return
@@ -164,7 +161,7 @@ class ChildCreate(Task):
 
     # --- responder ----------------------------------------------------------------------
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         sa_payload = message.get(SecurityAssociation)
         tsi = message.get(TsI)
         tsr = message.get(TsR)
@@ -180,7 +177,7 @@ class ChildCreate(Task):
 
     def _select(
         self,
-        sa: IkeSa,
+        sa: TaskSa,
         offer: SecurityAssociation,
         peer_ts: tuple[TrafficSelector, ...],
         my_ts: tuple[TrafficSelector, ...],
@@ -208,7 +205,7 @@ class ChildCreate(Task):
         self.chosen = chosen
         self.local_ts, self.remote_ts = local_ts, remote_ts
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.error is not None:
             if self.error.notify is not None:
                 out.append(Notify(self.error.notify, self.error.notify_data))
@@ -226,7 +223,7 @@ class ChildCreate(Task):
 
     # --- both ---------------------------------------------------------------------------
 
-    def _install(self, sa: IkeSa, *, spi_out: bytes) -> None:
+    def _install(self, sa: TaskSa, *, spi_out: bytes) -> None:
         if self.config is None or self.chosen is None:
             raise InvalidSyntax("CHILD SA without configuration or proposal")
         # IKE_AUTH's CHILD SA takes the IKE_SA_INIT nonces and no key exchange (§2.17).
@@ -243,7 +240,7 @@ class ChildCreate(Task):
             we_initiated=sa.initiator,
         )
 
-    def _failed(self, sa: IkeSa, exc: IkeError) -> None:
+    def _failed(self, sa: TaskSa, exc: IkeError) -> None:
         name = self.config.name if self.config is not None else "?"
         notify = getattr(exc, "peer_notify", None) or exc.notify
         log.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
@@ -251,7 +248,7 @@ class ChildCreate(Task):
 
 
 def install_child(
-    sa: IkeSa,
+    sa: TaskSa,
     *,
     config: ChildConfig,
     chosen: Proposal,
@@ -271,8 +268,6 @@ def install_child(
     CHILD SA (IKE_AUTH, or the CREATE_CHILD_SA whichever side sent); `g_ir` is the
     new shared secret when that exchange had a key exchange (PFS).
     """
-    from ikev2.sa import ChildSa
-
     if sa.suite is None or sa.keys is None:
         raise InvalidSyntax("CHILD SA before the IKE SA has keys")
     try:
@@ -331,14 +326,14 @@ def install_child(
     return child
 
 
-def _rekey_time(sa: IkeSa, config: ChildConfig) -> float:
+def _rekey_time(sa: TaskSa, config: ChildConfig) -> float:
     # Spread rekeys: up to a third of the margin earlier, so both ends rarely collide.
     jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
     return max(config.rekey_time - jitter * config.rekey_margin / 3.0, 0.0)
 
 
 def _installed_event(
-    sa: IkeSa,
+    sa: TaskSa,
     child: ChildSa,
     suite: ChildSuite,
     keys: tuple[bytes, bytes, bytes, bytes],

@@ -6,14 +6,10 @@ pair, and both ends remove both ESP SAs. The responder's side is in `information
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ikev2.codec import Delete, Message, Payload
 from ikev2.constants import ProtocolId
-from ikev2.tasks.base import Task
-
-if TYPE_CHECKING:
-    from ikev2.sa import ChildSa, IkeSa
+from ikev2.sa_types import ChildSa
+from ikev2.tasks.base import Task, TaskSa
 
 
 class ChildDelete(Task):
@@ -25,10 +21,10 @@ class ChildDelete(Task):
         self.child = child
         self.reason = reason
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         out.append(Delete(ProtocolId.ESP, (self.child.spi_in.to_bytes(4, "big"),)))
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         # The answer normally names the peer's SPI of the pair; with crossing deletes it
         # may not (§1.4.1). Either way the pair is gone now.
         sa.remove_child(self.child, self.reason)

@@ -15,7 +15,6 @@ initiator.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation, TsI, TsR
@@ -39,14 +38,12 @@ from ikev2.proposals import (
     sa_payload,
     select_proposal,
 )
-from ikev2.tasks.base import Task
+from ikev2.sa_types import ChildSa, PeerRekey
+from ikev2.tasks.base import Exchange, Task, TaskSa
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
 from ikev2.tasks.ike_init import NONCE_SIZE
 from ikev2.tasks.ike_rekey import AnswerIkeRekey, raise_refusal, wanted_group
 from ikev2.ts import format_selectors, is_subset, narrow
-
-if TYPE_CHECKING:
-    from ikev2.sa import ChildSa, IkeSa
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +81,7 @@ class CreateChild(Task):
             return f"rekeying CHILD SA {self.config.name}{{{self.old.unique_id}}}"
         return f"creating CHILD SA {self.config.name}"
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         self.offered = _esp_proposals(self.config)
         if self.group is None:
             self.group = next((g for p in self.offered if (g := dh_group(p))), 0)
@@ -101,7 +98,7 @@ class CreateChild(Task):
             out.append(KePayload(self.group, self.ke.public_bytes))
         out += [TsI(to_wire(local_ts)), TsR(to_wire(remote_ts))]
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         try:
             self._process_response(sa, message)
         except IkeError as exc:
@@ -125,9 +122,7 @@ class CreateChild(Task):
                 jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
                 self.old.rekey_at = sa.now + REKEY_RETRY_AFTER * (0.5 + jitter)
 
-    def _process_response(self, sa: IkeSa, message: Message) -> None:
-        from ikev2.sa import Exchange
-
+    def _process_response(self, sa: TaskSa, message: Message) -> None:
         wanted = wanted_group(message, self.group, self.offered)
         if wanted is not None:
             # §1.3: retry in a new exchange with the group the peer asked for.
@@ -214,7 +209,7 @@ class AnswerCreateChild(Task):
         self.ike_rekey: AnswerIkeRekey | None = None
         """Set when the request rekeys the IKE SA itself (§1.3.2)."""
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         offer = message.get(SecurityAssociation)
         if offer is not None and any(p.protocol == ProtocolId.IKE for p in offer.proposals):
             self.ike_rekey = AnswerIkeRekey()
@@ -239,7 +234,7 @@ class AnswerCreateChild(Task):
             )
             raise
 
-    def _process(self, sa: IkeSa, message: Message) -> None:
+    def _process(self, sa: TaskSa, message: Message) -> None:
         offer = message.get(SecurityAssociation)
         nonce = message.get(Nonce)
         tsi, tsr = message.get(TsI), message.get(TsR)
@@ -306,8 +301,6 @@ class AnswerCreateChild(Task):
             rekey_of=old.unique_id if old is not None else None,
         )
         if old is not None:
-            from ikev2.sa import PeerRekey
-
             old.peer_rekey = PeerRekey(new.unique_id, min(nonce.data, nonce_r))
         answer = Proposal(chosen.number, ProtocolId.ESP, spi_in, chosen.transforms)
         self.response = [SecurityAssociation((answer,)), Nonce(nonce_r)]
@@ -315,7 +308,7 @@ class AnswerCreateChild(Task):
             self.response.append(KePayload(group, ke_out.public_bytes))
         self.response += [TsI(to_wire(remote_ts)), TsR(to_wire(local_ts))]
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.ike_rekey is not None:
             self.ike_rekey.build_response(sa, out)
             return

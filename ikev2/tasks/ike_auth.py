@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
 
 from ikev2.codec import Authentication, Certificate, IdI, IdR, Message, Notify, Payload
 from ikev2.config import ConnectionConfig
@@ -27,10 +26,7 @@ from ikev2.errors import (
 )
 from ikev2.events import IkeSaEstablished
 from ikev2.identity import Identity
-from ikev2.tasks.base import Task
-
-if TYPE_CHECKING:
-    from ikev2.sa import IkeSa
+from ikev2.tasks.base import Task, TaskSa
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,7 @@ class IkeAuth(Task):
 
     name = "ike_auth"
 
-    def _auth_data(self, sa: IkeSa, ident: IdI | IdR, *, ours: bool) -> bytes:
+    def _auth_data(self, sa: TaskSa, ident: IdI | IdR, *, ours: bool) -> bytes:
         if sa.suite is None or sa.keys is None:
             raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
         # The signer's octets: its own IKE_SA_INIT message, the other's nonce, its ID.
@@ -77,8 +73,10 @@ class IkeAuth(Task):
             real, nonce, sk_p = sa.init_response, sa.nonce_i, sa.keys.sk_pr
         return signed_octets(real, nonce, sa.suite.prf, sk_p, ident.id_prime)
 
-    def _established(self, sa: IkeSa, now: float) -> None:
-        sa.established(now)
+    def _established(
+        self, sa: TaskSa, now: float, peer: Identity, *, initial_contact: bool = False
+    ) -> None:
+        sa.established(now, peer, initial_contact=initial_contact)
         # Interned: the event stays with the daemon for the SA's life, and thousands of
         # SAs share one suite and usually one local identity.
         suite = sys.intern(sa.suite.name if sa.suite is not None else "?")
@@ -111,7 +109,7 @@ class IkeAuth(Task):
 
     # --- initiator ----------------------------------------------------------------------
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         config = sa.config
         idi = _id_payload(IdI, config.local_id)
         out.append(idi)
@@ -127,7 +125,7 @@ class IkeAuth(Task):
             out.append(_id_payload(IdR, config.remote_id))
         out.append(self._our_auth(sa, idi))
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
         if failed is not None:
             what = "certificates and CAs" if sa.config.auth == "pubkey" else "PSK"
@@ -148,12 +146,11 @@ class IkeAuth(Task):
         if expected is not None and peer != expected:
             raise AuthenticationFailed(f"peer identified as {peer}, but we expect {expected}")
         self._verify(sa, idr, auth, peer, message)
-        sa.peer_id = peer
-        self._established(sa, sa.now)
+        self._established(sa, sa.now, peer)
 
     # --- responder ----------------------------------------------------------------------
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         idi = message.get(IdI)
         auth = message.get(Authentication)
         if idi is None or auth is None:
@@ -162,15 +159,14 @@ class IkeAuth(Task):
         idr = message.get(IdR)
         wanted_me = _identity(idr) if idr is not None else None
         config = self._pick(sa, peer, wanted_me)
-        sa.config = config
+        sa.use_connection(config)
         self._verify(sa, idi, auth, peer, message)
-        sa.peer_id = peer
-        if message.notify(NotifyType.INITIAL_CONTACT) is not None:
-            # §2.4: the peer holds no other IKE SA with us; the endpoint drops stale ones.
-            sa.initial_contact = True
-        self._established(sa, sa.now)
+        # §2.4: INITIAL_CONTACT: the peer holds no other IKE SA with us; the endpoint
+        # drops stale ones.
+        initial_contact = message.notify(NotifyType.INITIAL_CONTACT) is not None
+        self._established(sa, sa.now, peer, initial_contact=initial_contact)
 
-    def _pick(self, sa: IkeSa, peer: Identity, wanted_me: Identity | None) -> ConnectionConfig:
+    def _pick(self, sa: TaskSa, peer: Identity, wanted_me: Identity | None) -> ConnectionConfig:
         for config in sa.candidates:
             if config.remote_id is not None and config.remote_id != peer:
                 continue
@@ -183,7 +179,7 @@ class IkeAuth(Task):
             + f" at {sa.remote[0]}"
         )
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         config = sa.config
         idr = _id_payload(IdR, config.local_id)
         out.append(idr)
@@ -193,7 +189,7 @@ class IkeAuth(Task):
 
     # --- both ---------------------------------------------------------------------------
 
-    def _our_auth(self, sa: IkeSa, ident: IdI | IdR) -> Authentication:
+    def _our_auth(self, sa: TaskSa, ident: IdI | IdR) -> Authentication:
         """Our AUTH payload: a PSK MIC, or an RFC 7427 signature with our key."""
         if sa.suite is None:
             raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
@@ -211,7 +207,7 @@ class IkeAuth(Task):
 
     def _verify(
         self,
-        sa: IkeSa,
+        sa: TaskSa,
         ident: IdI | IdR,
         auth: Authentication,
         peer: Identity,
@@ -238,7 +234,7 @@ class IkeAuth(Task):
 
     def _verify_signature(
         self,
-        sa: IkeSa,
+        sa: TaskSa,
         ident: IdI | IdR,
         auth: Authentication,
         peer: Identity,

@@ -6,14 +6,9 @@ SAs are gone afterwards. The responder's side is in `informational`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ikev2.codec import Delete, Message, Payload
 from ikev2.constants import ProtocolId
-from ikev2.tasks.base import Task
-
-if TYPE_CHECKING:
-    from ikev2.sa import IkeSa
+from ikev2.tasks.base import Task, TaskSa
 
 
 class IkeDelete(Task):
@@ -24,8 +19,8 @@ class IkeDelete(Task):
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         out.append(Delete(ProtocolId.IKE))
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         sa.gone(self.reason, by_peer=False)

@@ -9,7 +9,6 @@ Both sides then compute SKEYSEED and the SK_* keys (§2.14).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ikev2.certs import parse_signature_hashes, signature_hashes_notify
 from ikev2.codec import KeyExchange as KePayload
@@ -18,7 +17,6 @@ from ikev2.constants import NotifyType, TransformType
 from ikev2.crypto.dh import GROUPS
 from ikev2.crypto.keys import derive_ike_keys, skeyseed
 from ikev2.crypto.registry import ike_suite
-from ikev2.crypto.sk import SkCipherPair
 from ikev2.errors import (
     IkeError,
     InvalidKePayload,
@@ -34,10 +32,7 @@ from ikev2.proposals import (
     sa_payload,
     select_proposal,
 )
-from ikev2.tasks.base import RetryExchange, Task
-
-if TYPE_CHECKING:
-    from ikev2.sa import IkeSa
+from ikev2.tasks.base import RetryExchange, Task, TaskSa
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +53,7 @@ class IkeInit(Task):
 
     # --- initiator ----------------------------------------------------------------------
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         ours = _our_proposals(sa)
         if self.group is None:
             self.group = _dh_groups(ours)[0]
@@ -79,7 +74,7 @@ class IkeInit(Task):
         # RFC 7427 §4: the hashes we can verify signatures with (certificates).
         out.append(signature_hashes_notify())
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         cookie = message.notify(NotifyType.COOKIE)
         if cookie is not None:
             log.info("%s: peer demands a cookie; retrying IKE_SA_INIT", sa.name)
@@ -105,7 +100,7 @@ class IkeInit(Task):
         if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
             log.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
-    def _switch_group(self, sa: IkeSa, notify: Notify) -> None:
+    def _switch_group(self, sa: TaskSa, notify: Notify) -> None:
         if len(notify.data) != 2:
             raise InvalidSyntax("INVALID_KE_PAYLOAD without a 2-octet group")
         wanted = int.from_bytes(notify.data, "big")
@@ -125,7 +120,7 @@ class IkeInit(Task):
 
     # --- responder ----------------------------------------------------------------------
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         offer = message.get(SecurityAssociation)
         ke = message.get(KePayload)
         nonce = message.get(Nonce)
@@ -150,7 +145,7 @@ class IkeInit(Task):
         if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
             log.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if sa.ke is None or self.chosen is None:
             raise InvalidSyntax("no key exchange")
         out += [
@@ -169,7 +164,7 @@ class IkeInit(Task):
             out.append(anchors.certreq())
 
 
-def _note_fragmentation(sa: IkeSa, message: Message) -> None:
+def _note_fragmentation(sa: TaskSa, message: Message) -> None:
     # RFC 7383 §2.3: fragments only when both sides announced support.
     offered = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
     sa.fragmentation = sa.config.fragmentation and offered
@@ -181,7 +176,7 @@ def _note_fragmentation(sa: IkeSa, message: Message) -> None:
             log.info("%s: ignoring malformed SIGNATURE_HASH_ALGORITHMS: %s", sa.name, exc)
 
 
-def _our_proposals(sa: IkeSa) -> list[Proposal]:
+def _our_proposals(sa: TaskSa) -> list[Proposal]:
     return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
 
 
@@ -195,7 +190,7 @@ def _dh_groups(proposals: list[Proposal]) -> list[int]:
     return out
 
 
-def _derive(sa: IkeSa, chosen: Proposal, peer_ke: bytes) -> None:
+def _derive(sa: TaskSa, chosen: Proposal, peer_ke: bytes) -> None:
     """SKEYSEED and SK_* (RFC 7296 §2.14) from the chosen proposal and the peer's KE."""
     if sa.ke is None:
         raise InvalidSyntax("no proposal or key exchange to derive keys from")
@@ -205,12 +200,10 @@ def _derive(sa: IkeSa, chosen: Proposal, peer_ke: bytes) -> None:
         raise NoProposalChosen(f"selected proposal is not implemented: {exc}") from exc
     g_ir = sa.ke.shared_secret(peer_ke)
     seed = skeyseed(suite.prf, sa.nonce_i, sa.nonce_r, g_ir)
-    sa.suite = suite
-    sa.keys = derive_ike_keys(suite, seed, sa.nonce_i, sa.nonce_r, sa.spi_i, sa.spi_r)
-    sa.sk = SkCipherPair.for_ike_sa(suite, sa.keys, sa.initiator)
+    sa.adopt_keys(suite, derive_ike_keys(suite, seed, sa.nonce_i, sa.nonce_r, sa.spi_i, sa.spi_r))
 
 
-def _peer_error(sa: IkeSa, notify: Notify) -> PeerErrorNotify:
+def _peer_error(sa: TaskSa, notify: Notify) -> PeerErrorNotify:
     if notify.notify_type == NotifyType.NO_PROPOSAL_CHOSEN:
         return PeerErrorNotify(
             notify.notify_type,

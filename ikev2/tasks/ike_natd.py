@@ -28,15 +28,11 @@ import functools
 import hashlib
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
 
 from ikev2.codec import Message, Notify, Payload, VendorId
 from ikev2.constants import NotifyType
 from ikev2.events import Address
-from ikev2.tasks.base import Task
-
-if TYPE_CHECKING:
-    from ikev2.sa import IkeSa
+from ikev2.tasks.base import Task, TaskSa
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +59,7 @@ class IkeNatd(Task):
 
     name = "ike_natd"
 
-    def _ours(self, sa: IkeSa, spi_r: bytes) -> list[Payload]:
+    def _ours(self, sa: TaskSa, spi_r: bytes) -> list[Payload]:
         if sa.encap_forced:
             # A random source hash can match nothing: the peer must assume a NAT.
             source = sa.rng.token_bytes(20)
@@ -78,7 +74,7 @@ class IkeNatd(Task):
             ours.append(VendorId(LOCKGATE_UDP_VID))
         return ours
 
-    def _check(self, sa: IkeSa, message: Message) -> bool:
+    def _check(self, sa: TaskSa, message: Message) -> bool:
         """Set the SA's NAT flags from the peer's notifies; False if it sent none."""
         sources = [
             n.data
@@ -90,12 +86,13 @@ class IkeNatd(Task):
             return False
         spi_r = message.spi_r
         # The peer's source is the address we saw it at; a mismatch: a NAT before it.
-        sa.nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
+        nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
         # The peer's destination is where it sent to; a mismatch: a NAT before us.
-        sa.nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
-        sa.peer_prefers_udp = sa.offers_udp_vid and any(
+        nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
+        peer_prefers_udp = sa.offers_udp_vid and any(
             isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
         )
+        sa.record_nat(nat_local=nat_local, nat_remote=nat_remote, peer_prefers_udp=peer_prefers_udp)
         if sa.peer_prefers_udp and not (sa.nat_local or sa.nat_remote):
             log.info("%s: the peer is a lockgate: ESP in UDP without a NAT (§2.23)", sa.name)
         if sa.nat_local or sa.nat_remote:
@@ -107,17 +104,17 @@ class IkeNatd(Task):
             )
         return True
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         out += self._ours(sa, bytes(8))
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         supported = self._check(sa, message)
         if supported and sa.udp_encap:
             sa.float_to_nat_port()
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         self.supported = self._check(sa, message)
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if getattr(self, "supported", False):
             out += self._ours(sa, sa.spi_r)

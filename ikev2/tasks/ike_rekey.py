@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Payload, Proposal, SecurityAssociation
@@ -45,11 +44,8 @@ from ikev2.proposals import (
     sa_payload,
     select_proposal,
 )
-from ikev2.tasks.base import Task
+from ikev2.tasks.base import Exchange, Task, TaskSa
 from ikev2.tasks.ike_init import NONCE_SIZE
-
-if TYPE_CHECKING:
-    from ikev2.sa import IkeSa
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +55,7 @@ RETRY_AFTER = 60.0
 """Mean seconds before a failed IKE rekey is tried again (the hard lifetime still applies)."""
 
 
-def _ours(sa: IkeSa) -> list[Proposal]:
+def _ours(sa: TaskSa) -> list[Proposal]:
     return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
 
 
@@ -95,7 +91,7 @@ def _suite(chosen: Proposal) -> IkeSuite:
 
 
 def _new_keys(
-    sa: IkeSa, suite: IkeSuite, g_ir: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes
+    sa: TaskSa, suite: IkeSuite, g_ir: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes
 ) -> IkeKeys:
     if sa.suite is None or sa.keys is None:
         raise InvalidSyntax("IKE rekey before the IKE SA has keys")
@@ -115,7 +111,7 @@ class IkeRekey(Task):
         self.ke: KeyExchange | None = None
         self.offered: list[Proposal] = []
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         self.offered = _ours(sa)
         if self.group is None:
             # Prefer the group in use; the peer chose it once already.
@@ -131,7 +127,7 @@ class IkeRekey(Task):
             KePayload(self.group, self.ke.public_bytes),
         ]
 
-    def process_response(self, sa: IkeSa, message: Message) -> None:
+    def process_response(self, sa: TaskSa, message: Message) -> None:
         try:
             self._process_response(sa, message)
         except IkeError as exc:
@@ -146,12 +142,9 @@ class IkeRekey(Task):
                 exc,
                 delay,
             )
-            sa.ike_rekeying = False
-            sa.ike_rekey_at = sa.now + delay
+            sa.retry_ike_rekey_at(sa.now + delay)
 
-    def _process_response(self, sa: IkeSa, message: Message) -> None:
-        from ikev2.sa import Exchange
-
+    def _process_response(self, sa: TaskSa, message: Message) -> None:
         wanted = wanted_group(message, self.group, self.offered)
         if wanted is not None:
             if sa.ike_rekey_failed():
@@ -211,7 +204,7 @@ class AnswerIkeRekey(Task):
         self.collision = False
         """Our own IKE rekey request is on the wire too (§2.8.2)."""
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         busy = sa.outstanding_tasks()
         if busy & CHILD_TASKS:
             # §2.25.1: not while we create, rekey or delete a CHILD SA of this IKE SA.
@@ -246,7 +239,7 @@ class AnswerIkeRekey(Task):
         self.new_sa = _NewSa(chosen.spi, spi_r, suite, keys, nonce.data, nonce_r)
         log.info("%s: peer rekeys the IKE SA (%s)", sa.name, LazyDescription(chosen))
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         out += self.response
         # The new IKE SA takes over now; the old one answers this request and then waits
         # for the peer's Delete (§2.8).
@@ -264,9 +257,7 @@ class AnswerIkeRekey(Task):
         )
         if self.collision:
             # §2.8.2: which new SA survives is known once our own rekey completes.
-            from ikev2.sa import PeerIkeRekey
-
             log.info("%s: simultaneous IKE rekeying; settled when ours completes", sa.name)
-            sa.peer_ike_rekey = PeerIkeRekey(new, min(made.nonce_i, made.nonce_r))
+            sa.crossing_ike_rekey(new, min(made.nonce_i, made.nonce_r))
             return
         sa.hand_over(new)

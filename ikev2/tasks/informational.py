@@ -12,15 +12,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ikev2.codec import Delete, Message, Notify, Payload
 from ikev2.constants import NotifyType, ProtocolId, enum_name
 from ikev2.errors import TemporaryFailure
-from ikev2.tasks.base import Task
-
-if TYPE_CHECKING:
-    from ikev2.sa import IkeSa
+from ikev2.tasks.base import Task, TaskSa
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +41,14 @@ class Informational(Task):
         self.fatal: str | None = None
         self.answer_spis: list[bytes] = []
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         for payload in message.payloads:
             if isinstance(payload, Delete):
                 self._delete(sa, payload)
             elif isinstance(payload, Notify):
                 self._notify(sa, payload)
 
-    def _delete(self, sa: IkeSa, delete: Delete) -> None:
+    def _delete(self, sa: TaskSa, delete: Delete) -> None:
         if delete.protocol == ProtocolId.IKE:
             self.delete_ike = True
             return
@@ -69,7 +65,7 @@ class Informational(Task):
                 self.answer_spis.append(child.spi_in.to_bytes(4, "big"))
             sa.remove_child(child, "deleted by peer")
 
-    def _notify(self, sa: IkeSa, notify: Notify) -> None:
+    def _notify(self, sa: TaskSa, notify: Notify) -> None:
         kind = enum_name(NotifyType, notify.notify_type)
         if notify.is_error:
             log.warning("%s: peer reports %s", sa.name, kind)
@@ -78,7 +74,7 @@ class Informational(Task):
         else:
             log.debug("%s: peer sent %s in an INFORMATIONAL; nothing to do", sa.name, kind)
 
-    def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.delete_ike:
             # §1.4.1: the response is empty and the IKE SA is gone after it.
             sa.gone("deleted by peer", by_peer=True)
@@ -97,7 +93,7 @@ class NotifyOnly(Task):
     def __init__(self, notify: Notify) -> None:
         self.notify = notify
 
-    def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
+    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         out.append(self.notify)
 
 
@@ -110,7 +106,7 @@ class RefuseCreateChild(Task):
 
     name = "refuse_create_child"
 
-    def process_request(self, sa: IkeSa, message: Message) -> None:
+    def process_request(self, sa: TaskSa, message: Message) -> None:
         what = "rekeyed" if sa.rekeyed_into is not None else "being deleted"
         log.info("%s: refusing CREATE_CHILD_SA: this IKE SA is %s", sa.name, what)
         raise TemporaryFailure(f"CREATE_CHILD_SA on an IKE SA that is {what}")

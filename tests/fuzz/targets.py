@@ -77,7 +77,8 @@ from ikev2.fragments import (
     is_fragmented,
     open_fragment,
 )
-from ikev2.sa import IkeSa, IkeSaState
+from ikev2.sa import IkeSa
+from ikev2.sa_types import IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
 
 from .world import (

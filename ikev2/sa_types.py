@@ -1,0 +1,148 @@
+"""The plain data that an IKE SA, its tasks and the endpoint share.
+
+`ikev2.sa` runs an IKE SA, `ikev2.tasks` the exchanges under it, `ikev2.endpoint` the
+SAs of one gateway; all three speak of the states and CHILD SAs below. Kept apart so
+that each imports them without importing the others.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+from ikev2.config import ChildConfig
+from ikev2.crypto.registry import ChildSuite
+from ikev2.events import Address
+from ikev2.ts import TrafficSelector
+
+SaT = TypeVar("SaT")
+"""The IKE SA type of `PeerIkeRekey`: `ikev2.sa.IkeSa`, which this module cannot name."""
+
+
+class IkeSaState(enum.Enum):
+    """Life of an IKE SA."""
+
+    CREATED = "created"
+    """Initiator before its first request."""
+    HALF_OPEN = "half-open"
+    """IKE_SA_INIT under way or done; IKE_AUTH not finished."""
+    ESTABLISHED = "established"
+    """Both peers authenticated."""
+    DELETING = "deleting"
+    """Our Delete is queued or outstanding."""
+    REKEYED = "rekeyed"
+    """Replaced by a new IKE SA (§2.18); waits for the Delete that ends it quietly."""
+    DELETED = "deleted"
+    """Gone; the endpoint forgets it after taking its last datagrams and events."""
+
+
+class IkeDropReason(enum.StrEnum):
+    """Why a received IKE datagram was dropped: the keys of `Endpoint.drops`.
+
+    Each dropped datagram counts under exactly one reason. `COOKIE_DEMANDED` is not
+    strictly a drop (the request is answered, statelessly, RFC 7296 §2.6) but no SA is
+    made for it, so it is counted alongside.
+    """
+
+    UNPARSABLE = "unparsable"
+    """The IKE header or an IKE_SA_INIT request does not decode."""
+    BAD_VERSION = "bad_version"
+    """The header's major version is not 2 (§2.5)."""
+    NOT_IKE = "not_ike"
+    """On port 4500 without the non-ESP marker: ESP the caller should have taken."""
+    UNKNOWN_SPI = "unknown_spi"
+    """No IKE SA has the SPI the message is addressed to."""
+    UNEXPECTED_EXCHANGE = "unexpected_exchange"
+    """An exchange type the SA's state or the zero SPIr does not allow."""
+    NO_CONNECTION = "no_connection"
+    """An IKE_SA_INIT that no configured connection accepts."""
+    HALF_OPEN_CAP = "half_open_cap"
+    """An IKE_SA_INIT while `max_half_open` responder SAs were waiting."""
+    COOKIE_DEMANDED = "cookie_demanded"
+    """An IKE_SA_INIT answered with a COOKIE demand instead of an SA (not a drop)."""
+    WRONG_ROLE = "wrong_role"
+    """The I flag claims our own role (§3.1)."""
+    UNEXPECTED_RESPONSE = "unexpected_response"
+    """A response to no outstanding request, or of another exchange type."""
+    RETRANSMIT_ANSWERED = "retransmit_answered"
+    """A retransmitted request (or a fragment of one, RFC 7383 §2.6.1), answered from
+    the cached response (§2.1)."""
+    OUT_OF_WINDOW = "out_of_window"
+    """A request whose Message ID is outside the window (§2.3)."""
+    INTEGRITY_FAILURE = "integrity_failure"
+    """The SK payload's ICV or AEAD tag did not verify (§2.21.1)."""
+    INVALID_MESSAGE = "invalid_message"
+    """Decrypted (or unprotected) but malformed, and not answered."""
+
+
+class Datagram(NamedTuple):
+    """A UDP payload to send from `local` to `remote` (with the non-ESP marker on 4500)."""
+
+    data: bytes
+    local: Address
+    remote: Address
+
+
+@dataclass(frozen=True)
+class PeerRekey:
+    """A rekey of one of our CHILD SAs that the peer started and we answered (§2.8.1)."""
+
+    new_child: int
+    """unique_id of the CHILD SA that exchange created."""
+    lowest_nonce: bytes
+    """The lower of that exchange's two nonces: the lowest nonce loses a collision."""
+
+
+@dataclass(frozen=True)
+class PeerIkeRekey(Generic[SaT]):
+    """The peer's rekey of this IKE SA, answered while our own was on the wire (§2.8.2)."""
+
+    new_sa: SaT
+    """The IKE SA that the peer's exchange created (we are its responder)."""
+    lowest_nonce: bytes
+    """The lower of that exchange's two nonces: the new SA with the lowest nonce loses."""
+
+
+@dataclass(slots=True)
+class ChildSa:
+    """A CHILD SA (pair of ESP SAs) negotiated under this IKE SA."""
+
+    unique_id: int
+    """Unique number inside the endpoint (as in the events)."""
+    config: ChildConfig
+    """Its configuration."""
+    spi_in: int
+    """Our inbound ESP SPI."""
+    spi_out: int
+    """The peer's inbound ESP SPI: our outbound."""
+    suite: ChildSuite
+    """Negotiated algorithms."""
+    local_ts: tuple[TrafficSelector, ...]
+    """Our side's negotiated selectors."""
+    remote_ts: tuple[TrafficSelector, ...]
+    """The peer's side's negotiated selectors."""
+    installed_at: float
+    """When it was installed."""
+    expire_at: float
+    """Hard expiry."""
+    rekey_at: float
+    """When rekeying is due (part 2 rekeys; until then it is informational)."""
+    deleting: bool = False
+    """Our Delete for it is queued or outstanding."""
+    delete_reason: str = ""
+    """Why we delete it (for its ChildSaDeleted), once `deleting`."""
+    rekeying: bool = False
+    """Our CREATE_CHILD_SA rekeying it is queued or outstanding."""
+    peer_rekey: PeerRekey | None = None
+    """Set when the peer rekeyed it; the peer then deletes it (§2.8)."""
+
+
+__all__ = [
+    "ChildSa",
+    "Datagram",
+    "IkeDropReason",
+    "IkeSaState",
+    "PeerIkeRekey",
+    "PeerRekey",
+]
