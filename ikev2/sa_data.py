@@ -233,7 +233,7 @@ class IkeSaData:
         self.peer_deleted_unknown: tuple[int, ...] = ()
         """The last ESP SPIs (the peer's inbound) the peer deleted before we knew them:
         the answer creating such an SA may still be on its way (see
-        `forget_deleted_child`). A tuple: nothing per SA until it happens."""
+        `deleted_by_peer_already`). A tuple: nothing per SA until it happens."""
         self.created_at = now
         self.established_at: float | None = None
         self.expire_at: float | None = None
