@@ -28,10 +28,19 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/run/lockgate/lockgate.sock"
 MAX_REQUEST_BYTES = 64 * 1024
 """A request line longer than this is refused (a client cannot make us buffer more)."""
-CLIENT_IDLE_TIMEOUT = 30.0
-"""Seconds a client may stay silent before the daemon closes its connection."""
-MAX_CLIENTS = 16
-"""Concurrent control connections; more wait in the listen backlog."""
+MAX_REQUEST_DEPTH = 8
+"""Nesting of arrays and objects allowed in a request: the commands need two levels.
+Deeper input is refused before it is parsed, so that no request can drive the JSON
+decoder into a RecursionError."""
+REQUEST_TIMEOUT = 5.0
+"""Seconds a client has to complete a request line once it is connected (or after
+its previous answer). The CLI sends its one line at once; a client that stalls
+half-way is closed quickly instead of holding a place for long."""
+MAX_CLIENTS = 64
+"""Connections reading a request at once; more get an immediate "busy" answer."""
+MAX_RUNNING = 16
+"""Requests executed at once. Reading does not hold one of these places, so stalled
+clients cannot keep the operator's `lockgate status` waiting."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 """Runs one request (already parsed) and returns its JSON-serialisable result."""
@@ -63,7 +72,8 @@ class ControlServer:
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({0, os.geteuid()}))
     """Client uids accepted: root, and the daemon's own user (a root daemon: root only)."""
     _server: asyncio.AbstractServer | None = None
-    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CLIENTS))
+    _clients: int = 0
+    _running: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_RUNNING))
 
     async def start(self) -> None:
         """Create the socket file (0600, parent 0755) and start accepting clients."""
@@ -103,33 +113,44 @@ class ControlServer:
             await _send(writer, {"ok": False, "error": "permission denied: root only"})
             writer.close()
             return
-        async with self._slots:
-            try:
-                await self._serve_requests(reader, writer)
-            except (ConnectionError, TimeoutError):
-                pass
-            finally:
-                writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
+        if self._clients >= MAX_CLIENTS:
+            log.warning("control: %d clients connected, refused one more", self._clients)
+            with contextlib.suppress(ConnectionError):
+                await _send(writer, {"ok": False, "error": "busy: too many control clients"})
+            writer.close()
+            return
+        self._clients += 1
+        try:
+            await self._serve_requests(reader, writer)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._clients -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     async def _serve_requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         while True:
             try:
-                line = await asyncio.wait_for(reader.readline(), CLIENT_IDLE_TIMEOUT)
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             except (ValueError, asyncio.LimitOverrunError):
                 await _send(writer, {"ok": False, "error": "request too long"})
                 return
             if not line:
                 return
-            await _send(writer, await self._answer(line))
+            async with self._running:
+                answer = await self._answer(line)
+            await _send(writer, answer)
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
+        if _nesting(line) > MAX_REQUEST_DEPTH:
+            return {"ok": False, "error": f"request nested deeper than {MAX_REQUEST_DEPTH} levels"}
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return {"ok": False, "error": "request is not JSON"}
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             return {"ok": False, "error": 'request must be an object with a "command" string'}
@@ -143,6 +164,29 @@ class ControlServer:
             log.exception("control: command %r failed", request["command"])
             return {"ok": False, "error": "internal error (see the daemon's log)"}
         return {"ok": True, "result": result}
+
+
+def _nesting(line: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``line``, brackets inside strings
+    not counted. Malformed text may give any figure: the decoder judges it after."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
