@@ -87,10 +87,15 @@ def _grow_buffers(sock: socket.socket) -> None:
 
 
 def open_udp(address: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``address``:``port``."""
+    """A non-blocking UDP socket bound to ``address``:``port``.
+
+    No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same address and
+    port, and the kernel then hands each datagram to only one of them. A second IKE
+    daemon would silently take over half our peers; instead its bind fails here.
+    UDP has no TIME_WAIT, so a restarted daemon binds at once without it.
+    """
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         else:
@@ -99,8 +104,14 @@ def open_udp(address: str, port: int) -> socket.socket:
         _grow_buffers(sock)
         sock.bind((address, port))
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                errno.EADDRINUSE,
+                f"UDP port {port} on {address} is in use by another process: another "
+                "lockgate or IKE daemon (charon, pluto, iked) is probably running",
+            ) from None
         raise
     return sock
 
