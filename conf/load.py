@@ -59,6 +59,9 @@ T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 365 * 86400
+"""The longest duration any key takes: lifetimes, DPD and retransmission timers beyond
+a year mean a typing mistake, and would overflow the timers' arithmetic long before."""
 # RFC 7296 §2.15 advises a key with as much entropy as a strong key; refuse the worst.
 MIN_PSK_LENGTH = 16
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -230,6 +233,8 @@ def _duration(raw: Any) -> float:
         raise _Bad(f"{raw!r} is not a finite duration")
     if seconds < 0:
         raise _Bad("a duration must not be negative")
+    if seconds > MAX_DURATION:
+        raise _Bad(f"{raw!r} is longer than the limit of {MAX_DURATION // 86400} days")
     return seconds
 
 
@@ -496,6 +501,7 @@ def _connection(
     data: Mapping[str, Any],
     peers: Mapping[str, PeerConfig | None],
     problems: list[Problem],
+    warnings: list[Problem],
 ) -> ConnectionConfig | None:
     s = _Section(data, f"connections.{name}", problems)
     before = len(problems)
@@ -557,11 +563,19 @@ def _connection(
     for key, subnets in (("local_subnets", local_subnets), ("remote_subnets", remote_subnets)):
         if subnets is not None and len(set(subnets)) != len(subnets):
             s.problem(key, "lists a subnet twice")
+    if local_subnets and remote_subnets:
+        _check_families(s, local_subnets, remote_subnets, warnings)
     if len(problems) > before or peer is None or local_subnets is None or remote_subnets is None:
         return None
     target = peers.get(peer)
     if target is not None and target.address is None and not s.has("start"):
         kwargs["start"] = "wait"  # %any peer: we can only answer
+        warnings.append(
+            Problem(
+                s.key("start"),
+                f'runs as "wait": peers.{peer} has address = "%any", so only it can initiate',
+            )
+        )
     return ConnectionConfig(
         name=name,
         peer=peer,
@@ -663,9 +677,77 @@ def _check_overlaps(connections: Mapping[str, ConnectionConfig], problems: list[
             seen[key] = conn.name
 
 
+def _check_families(
+    s: _Section,
+    local_subnets: Sequence[IpNetwork],
+    remote_subnets: Sequence[IpNetwork],
+    warnings: list[Problem],
+) -> None:
+    """Traffic selectors pair per address family (RFC 7296 §2.9): a packet has one
+    family at both ends. With no family in common nothing could ever flow, so that is
+    refused; a family on one side only is offered but carries nothing, so it is
+    warned about."""
+    local = {net.version for net in local_subnets}
+    remote = {net.version for net in remote_subnets}
+    if not local & remote:
+        s.problem(
+            "remote_subnets",
+            f"IPv{min(remote)} only, while local_subnets are IPv{min(local)} only: "
+            "selectors pair per address family, so nothing could flow",
+        )
+        return
+    for version in sorted(local ^ remote):
+        side, other = ("local", "remote") if version in local else ("remote", "local")
+        warnings.append(
+            Problem(
+                s.key(f"{side}_subnets"),
+                f"IPv{version} subnets have no IPv{version} partner in {other}_subnets "
+                f"(selectors pair per address family): no IPv{version} traffic will flow",
+            )
+        )
+
+
+def _warn_partial_overlaps(
+    connections: Mapping[str, ConnectionConfig], warnings: list[Problem]
+) -> None:
+    """Two connections to one peer whose subnets overlap without being equal: a packet
+    in the overlap goes to whichever policy is more specific, which is rarely meant."""
+    listed = list(connections.values())
+    for i, a in enumerate(listed):
+        for b in listed[i + 1 :]:
+            if a.peer != b.peer:
+                continue
+            if set(a.local_subnets) == set(b.local_subnets) and set(a.remote_subnets) == set(
+                b.remote_subnets
+            ):
+                continue  # identical pairs are an error of their own (_check_overlaps)
+            local = _overlap(a.local_subnets, b.local_subnets)
+            remote = _overlap(a.remote_subnets, b.remote_subnets)
+            if local and remote:
+                warnings.append(
+                    Problem(
+                        f"connections.{b.name}.local_subnets",
+                        f"{local[1]} overlaps {local[0]} of connections.{a.name} towards "
+                        f"the same peer and overlapping remote subnets ({remote[0]}, "
+                        f"{remote[1]}): the more specific policy takes the overlap",
+                    )
+                )
+
+
+def _overlap(
+    first: Sequence[IpNetwork], second: Sequence[IpNetwork]
+) -> tuple[IpNetwork, IpNetwork] | None:
+    for x in first:
+        for y in second:
+            if x.version == y.version and x.overlaps(y):
+                return x, y
+    return None
+
+
 def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
     """Validate an already parsed TOML document; raise ConfigError listing every mistake."""
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     top = _Section(data, "", problems)
     top.seen.update({"gateway", "peers", "connections"})
     top.finish()
@@ -680,11 +762,12 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     }
     connections: dict[str, ConnectionConfig] = {}
     for name, body in _named_tables(data, "connections", problems).items():
-        conn = _connection(name, body, peers, problems)
+        conn = _connection(name, body, peers, problems, warnings)
         if conn is not None:
             connections[name] = conn
     _check_shared_ike(connections, problems)
     _check_overlaps(connections, problems)
+    _warn_partial_overlaps(connections, warnings)
     if gateway is not None:
         _check_own_identities(gateway, peers, problems)
     if not problems and not connections:
@@ -696,6 +779,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         peers=types.MappingProxyType({n: p for n, p in peers.items() if p is not None}),
         connections=types.MappingProxyType(connections),
         source=source,
+        warnings=tuple(warnings),
     )
 
 

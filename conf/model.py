@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from conf.errors import Problem
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 AuthMethod = Literal["psk", "pubkey"]
@@ -191,6 +193,9 @@ class Config:
     """`[connections.NAME]` sections by NAME, in file order (read-only)."""
     source: Path | None = None
     """The file it was loaded from, if any."""
+    warnings: tuple[Problem, ...] = ()
+    """Legal settings that are probably not what was meant; `check-config` prints them
+    and the daemon logs them at start and on reload."""
 
     def connections_of(self, peer: str) -> tuple[ConnectionConfig, ...]:
         """The connections going to `peer`, in file order."""

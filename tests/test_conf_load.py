@@ -798,3 +798,77 @@ def test_readme_configuration_table_names_every_key() -> None:
         for f in dataclasses.fields(model)
     } - {"name"}
     assert fields - names == set(), "keys missing from the README table"
+
+
+# --- rough edges an operator hit: refused with the key, or warned ----------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            conn(local_subnets=["192.0.2.0/24"], remote_subnets=["2001:db8:b::/64"]),
+            "connections.dc1-net.remote_subnets: IPv6 only, while local_subnets are IPv4 "
+            "only: selectors pair per address family, so nothing could flow",
+        ),
+        (
+            conn(child_lifetime="99999999999999999999d"),
+            "connections.dc1-net.child_lifetime: '99999999999999999999d' is longer than "
+            "the limit of 365 days",
+        ),
+        (
+            conn(dpd_interval=366 * 86400),
+            "connections.dc1-net.dpd_interval: 31622400 is longer than the limit of 365 days",
+        ),
+    ],
+)
+def test_rough_edges_are_refused_with_the_key(changes: dict[str, Any], message: str) -> None:
+    assert message in problems(config(**changes))
+
+
+def test_both_families_on_both_sides_pair_and_a_year_is_allowed() -> None:
+    cfg = parse_config(
+        config(
+            **conn(
+                local_subnets=["192.0.2.0/24", "2001:db8:a::/64"],
+                remote_subnets=["203.0.113.0/24", "2001:db8:b::/64"],
+                ike_lifetime="365d",
+            )
+        )
+    )
+    assert cfg.connections["dc1-net"].ike_lifetime == 365 * 86400
+    assert cfg.warnings == ()
+
+
+def test_a_family_on_one_side_only_is_warned_about() -> None:
+    cfg = parse_config(config(**conn(local_subnets=["192.0.2.0/24", "2001:db8:a::/64"])))
+    assert [str(w) for w in cfg.warnings] == [
+        "connections.dc1-net.local_subnets: IPv6 subnets have no IPv6 partner in "
+        "remote_subnets (selectors pair per address family): no IPv6 traffic will flow"
+    ]
+
+
+def test_an_any_peer_with_the_default_start_is_warned_about() -> None:
+    cfg = parse_config(config(peers={"dc1": {"address": "%any"}}))
+    assert cfg.connections["dc1-net"].start == "wait"
+    assert [str(w) for w in cfg.warnings] == [
+        'connections.dc1-net.start: runs as "wait": peers.dc1 has address = "%any", '
+        "so only it can initiate"
+    ]
+
+
+def test_overlapping_connections_to_one_peer_are_warned_about() -> None:
+    narrower = {
+        "peer": "dc1",
+        "local_subnets": ["192.0.2.0/25"],
+        "remote_subnets": ["203.0.113.0/24"],
+    }
+    cfg = parse_config(config(connections={"narrow": narrower}))
+    assert [str(w) for w in cfg.warnings] == [
+        "connections.narrow.local_subnets: 192.0.2.0/25 overlaps 192.0.2.0/24 of "
+        "connections.dc1-net towards the same peer and overlapping remote subnets "
+        "(203.0.113.0/24, 203.0.113.0/24): the more specific policy takes the overlap"
+    ]
+    # Disjoint remote sides do not overlap, and neither do other peers' connections.
+    elsewhere = dict(narrower, remote_subnets=["198.51.100.128/25"])
+    assert parse_config(config(connections={"narrow": elsewhere})).warnings == ()
