@@ -9,6 +9,7 @@ daemon that starts has what it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -520,7 +521,8 @@ def _connection(
         "child_lifetime": s.value("child_lifetime", _duration, 3600.0),
         "rekey_margin": s.value("rekey_margin", _duration, 540.0),
         "dpd_interval": s.value("dpd_interval", _duration, 30.0),
-        "dpd_action": s.value("dpd_action", _choice("clear", "restart", "trap"), "clear"),
+        # Resolved per peer once every connection is read (_default_dpd_actions).
+        "dpd_action": s.value("dpd_action", _choice("clear", "restart", "trap"), ""),
         "encap": s.value("encap", _choice("auto", "force", "nat"), "auto"),
         "replay_window": s.value("replay_window", _integer(0, MAX_WINDOW), 128),
         "life_bytes": s.value("life_bytes", _integer(0, 2**63 - 1), 0),
@@ -608,6 +610,36 @@ def _named_tables(
         if table is not None:
             out[name] = table
     return out
+
+
+def _default_dpd_actions(
+    connections: dict[str, ConnectionConfig], peers: Mapping[str, PeerConfig | None]
+) -> None:
+    """Fill in dpd_action where no connection to a peer sets it. It is a setting of the
+    peer's IKE SA, so the default follows what its connections want: a peer we
+    initiate to is initiated again after it is found dead (a restarted responder is
+    back as soon as it answers), a peer whose connections are all traps is re-armed,
+    and one we only wait for stays down until it initiates again."""
+    by_peer: dict[str, list[ConnectionConfig]] = {}
+    for conn in connections.values():
+        by_peer.setdefault(conn.peer, []).append(conn)
+    for peer, conns in by_peer.items():
+        explicit = [c.dpd_action for c in conns if c.dpd_action]
+        if explicit:
+            # A peer with some connections explicit: the others take the first explicit
+            # value, so the IKE-level settings still agree (_check_shared_ike).
+            default = explicit[0]
+        elif any(c.start == "initiate" for c in conns) and (
+            (target := peers.get(peer)) is not None and target.address is not None
+        ):
+            default = "restart"
+        elif all(c.start == "trap" for c in conns):
+            default = "trap"
+        else:
+            default = "clear"
+        for conn in conns:
+            if not conn.dpd_action:
+                connections[conn.name] = dataclasses.replace(conn, dpd_action=default)
 
 
 def _check_shared_ike(connections: Mapping[str, ConnectionConfig], problems: list[Problem]) -> None:
@@ -765,6 +797,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         conn = _connection(name, body, peers, problems, warnings)
         if conn is not None:
             connections[name] = conn
+    _default_dpd_actions(connections, peers)
     _check_shared_ike(connections, problems)
     _check_overlaps(connections, problems)
     _warn_partial_overlaps(connections, warnings)

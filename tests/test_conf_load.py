@@ -85,7 +85,8 @@ def test_minimal_config_has_the_documented_defaults() -> None:
     c = cfg.connections["dc1-net"]
     assert c.ike_proposals == ("aes256gcm16-prfsha384-x25519",)
     assert c.esp_proposals == ("aes256gcm16",)
-    assert (c.start, c.encap, c.dpd_action) == ("initiate", "auto", "clear")
+    # A connection we initiate is initiated again when DPD finds its peer dead.
+    assert (c.start, c.encap, c.dpd_action) == ("initiate", "auto", "restart")
     assert (c.ike_lifetime, c.child_lifetime, c.rekey_margin) == (14400, 3600, 540)
     assert cfg.peers["dc1"].psk == Secret(PSK.encode())
     assert cfg.connections_of("dc1") == (c,)
@@ -872,3 +873,53 @@ def test_overlapping_connections_to_one_peer_are_warned_about() -> None:
     # Disjoint remote sides do not overlap, and neither do other peers' connections.
     elsewhere = dict(narrower, remote_subnets=["198.51.100.128/25"])
     assert parse_config(config(connections={"narrow": elsewhere})).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("starts", "address", "expected"),
+    [
+        (("initiate",), "198.51.100.2", "restart"),
+        (("wait",), "198.51.100.2", "clear"),
+        (("trap",), "198.51.100.2", "trap"),
+        (("trap", "wait"), "198.51.100.2", "clear"),
+        (("wait", "initiate"), "198.51.100.2", "restart"),
+        ((None,), "%any", "clear"),  # a %any peer's connections can only wait
+    ],
+)
+def test_dpd_action_default_follows_what_the_peers_connections_want(
+    starts: tuple[str | None, ...], address: str, expected: str
+) -> None:
+    connections: dict[str, Any] = {"dc1-net": None}
+    for i, start in enumerate(starts):
+        body = {
+            "peer": "dc1",
+            "local_subnets": [f"192.0.2.{64 * i}/26"],
+            "remote_subnets": ["203.0.113.0/24"],
+        }
+        if start is not None:
+            body["start"] = start
+        connections[f"c{i}"] = body
+    cfg = parse_config(config(peers={"dc1": {"address": address}}, connections=connections))
+    assert {c.dpd_action for c in cfg.connections.values()} == {expected}
+
+
+def test_an_explicit_dpd_action_applies_to_the_peers_other_connections() -> None:
+    second = {
+        "peer": "dc1",
+        "local_subnets": ["192.0.2.0/24"],
+        "remote_subnets": ["198.51.100.128/25"],
+    }
+    cfg = parse_config(config(connections={"dc1-net": {"dpd_action": "clear"}, "second": second}))
+    assert cfg.connections["second"].dpd_action == "clear"
+    found = problems(
+        config(
+            connections={
+                "dc1-net": {"dpd_action": "clear"},
+                "second": dict(second, dpd_action="trap"),
+            }
+        )
+    )
+    assert found == [
+        "connections.second.dpd_action: differs from connections.dc1-net; connections to "
+        "peer 'dc1' share one IKE SA, so dpd_action must be the same"
+    ]
