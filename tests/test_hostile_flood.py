@@ -48,7 +48,7 @@ psk = "flood-test-psk-NOT-SECRET-0123456789"
 [connections.roadwarriors]
 peer = "anyone"
 local_subnets = ["192.0.2.0/24"]
-remote_subnets = ["2001:db8:f::/48"]
+remote_subnets = ["198.51.100.192/26"]
 start = "wait"
 """
 
