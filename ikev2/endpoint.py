@@ -37,9 +37,24 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from ikev2.codec import IkeHeader, decode_header, decode_message, encode_message
+from ikev2.codec import (
+    IkeHeader,
+    Message,
+    Notify,
+    decode_header,
+    decode_message,
+    decode_payloads,
+    encode_message,
+)
 from ikev2.config import ConnectionConfig
-from ikev2.constants import IKE_HEADER_LEN, NON_ESP_MARKER, ExchangeType
+from ikev2.constants import (
+    IKE_HEADER_LEN,
+    NON_ESP_MARKER,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+)
 from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.rng import RandomSource, SystemRandom
@@ -55,6 +70,24 @@ log = logging.getLogger(__name__)
 
 NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
+
+HINT_INTERVAL = 10.0
+"""Seconds during which an IKE SA acts on no further hint that its peer restarted
+(an unprotected INVALID_SPI or INVALID_IKE_SPI, §2.21.4). Longer than the fast
+liveness check a hint starts (3.5 s, `ikev2.sa.HINT_CHECK_DELAYS`), so checks never
+overlap: a forged flood costs at most one empty INFORMATIONAL exchange per IKE SA
+per interval, and every further hint is only counted."""
+
+UNPROTECTED_ADDRESS_INTERVAL = 1.0
+"""Seconds between two unprotected answers (INVALID_IKE_SPI, or the INVALID_SPI
+hint) to one address. A peer whose SAs we lost keeps sending ESP and retransmitting,
+so one answer a second reaches it at once; more would only serve a reflector."""
+
+UNPROTECTED_PER_SECOND = 20
+"""Unprotected answers per second to all addresses together (§2.21.4: "a node needs
+to limit the rate"): a flood with spoofed sources draws at most this many small
+datagrams a second, while a restarted gateway still tells 20 peers a second (the
+others find out by their own liveness checks)."""
 
 K = TypeVar("K", bound=Hashable)
 
@@ -139,6 +172,45 @@ class _SaIndex(Generic[K]):
         if group is None:
             return 0
         return len(group) if isinstance(group, dict) else 1
+
+
+class AnswerLimit:
+    """The rate limits of unprotected answers: at most one per `address_interval` to
+    an address, and at most `per_second` in any second overall (RFC 7296 §2.21.4).
+
+    Memory stays bounded whatever the sources: an address is remembered only once it
+    got an answer, at most `per_second` a second, and forgotten after the interval.
+    """
+
+    def __init__(
+        self,
+        per_second: int = UNPROTECTED_PER_SECOND,
+        address_interval: float = UNPROTECTED_ADDRESS_INTERVAL,
+    ) -> None:
+        self.per_second = per_second
+        self.address_interval = address_interval
+        self._recent: deque[float] = deque()
+        """When the answers of the last second went."""
+        self._by_address: dict[IpAddress, float] = {}
+        """When each address got its last answer (pruned as it grows)."""
+
+    def allow(self, address: IpAddress, now: float) -> bool:
+        """Whether an answer to `address` may go now (and if so, count it as sent)."""
+        last = self._by_address.get(address)
+        if last is not None and now - last < self.address_interval:
+            return False
+        recent = self._recent
+        while recent and now - recent[0] >= 1.0:
+            recent.popleft()
+        if len(recent) >= self.per_second:
+            return False
+        recent.append(now)
+        if len(self._by_address) >= 4 * self.per_second:
+            self._by_address = {
+                a: t for a, t in self._by_address.items() if now - t < self.address_interval
+            }
+        self._by_address[address] = now
+        return True
 
 
 @dataclass
@@ -263,6 +335,13 @@ class Endpoint:
         """For INITIAL_CONTACT: SAs by (our identity, the peer's address)."""
         self._by_peer_id: _SaIndex[tuple[str, Identity | None]] = _SaIndex()
         """For a peer's INITIAL_CONTACT: SAs by (connection, the identity it proved)."""
+        self._by_remote_ip: _SaIndex[IpAddress] = _SaIndex()
+        """SAs by the peer's current IP address: whom an unprotected hint or an ESP
+        packet of an unknown SPI concerns (§2.21.4)."""
+        self._hinted: dict[int, float] = {}
+        """When each IKE SA last acted on a hint that its peer restarted."""
+        self._answer_limit = AnswerLimit()
+        """Rate limits of our unprotected answers (INVALID_IKE_SPI, INVALID_SPI)."""
         self._child_owner: dict[int, IkeSa] = {}
         """The IKE SA each CHILD SA was last seen under (checked before use: it moves)."""
         self._now = 0.0
@@ -458,6 +537,48 @@ class Endpoint:
         sa.check_liveness(now)
         self._collect(sa, now)
 
+    def esp_spi_unknown(self, spi: int, local: Address, remote: Address, now: float) -> None:
+        """An ESP packet with an SPI we do not know came from `remote` to `local`.
+
+        For ESP in UDP, `local` and `remote` are the UDP addresses and ports the packet
+        used; for raw ESP (IP protocol 50) pass the IKE port (500) on both sides.
+
+        If we have an IKE SA with that peer address, the packet is not for SAs we lost:
+        nothing happens. Otherwise we may have restarted and the peer still sends on
+        SAs we forgot, so it gets the unprotected INVALID_SPI hint of RFC 7296 §1.5 and
+        §2.21.4, rate-limited, if a configured connection accepts that address. The
+        hint is queued like every datagram: take it with `datagrams_to_send`.
+        """
+        self._now = now
+        address = _ip(remote[0])
+        if self._by_remote_ip.count(address) or not self._match(local, remote):
+            return
+        if not self._answer_limit.allow(address, now):
+            self._answer_limited(remote, now)
+            return
+        self._throttle.event(
+            IkeDropReason.INVALID_IKE_SPI_SENT,
+            now,
+            logging.INFO,
+            "told peers %s times in the last %.0f s that we lost their SAs",
+            "ESP for unknown SPI %08x from %s: sending INVALID_SPI (we may have restarted)",
+            spi,
+            _fmt(remote),
+        )
+        # §1.5: no IKE SPI means anything to the peer; zero ones are allowed (the one
+        # exception to §3.1) and mark it as no exchange's. Not part of an exchange, so
+        # it is never answered. The Notification Data is the SPI of the packet.
+        hint = Message(
+            spi_i=bytes(8),
+            spi_r=bytes(8),
+            exchange_type=ExchangeType.INFORMATIONAL,
+            message_id=0,
+            initiator=True,
+            response=False,
+            payloads=(Notify(NotifyType.INVALID_SPI, spi.to_bytes(4, "big"), ProtocolId.ESP),),
+        )
+        self._send_unprotected(hint, local, remote)
+
     def close(self, now: float) -> None:
         """Delete every IKE SA (shutdown); drive timers until `get_timer()` is None."""
         self._now = now
@@ -513,14 +634,38 @@ class Endpoint:
         if header.initiator:
             # Sent by the original initiator: we are the responder, our SPI is SPIr.
             if header.spi_r == bytes(8):
-                self._receive_init_request(data, header, local, remote, now)
+                if header.exchange_type == ExchangeType.INFORMATIONAL and not header.response:
+                    self._receive_invalid_spi(data, header, local, remote, now)
+                else:
+                    self._receive_init_request(data, header, local, remote, now)
                 return
             sa = self._by_spi.get(header.spi_r)
         else:
             sa = self._by_spi.get(header.spi_i)
+        if self._invalid_ike_spi(data, header, remote, now):
+            return
         if sa is None:
-            # §2.21.4 allows an unprotected INVALID_IKE_SPI notify; like strongSwan we stay
-            # silent, so a stray datagram cannot make us send anything.
+            self._unknown_ike_sa(header, local, remote, now)
+            return
+        sa.receive_message(data, header, local, remote, now)
+        self._collect(sa, now)
+
+    def _unknown_ike_sa(
+        self, header: IkeHeader, local: Address, remote: Address, now: float
+    ) -> None:
+        """A message for an IKE SA we do not know; we may have restarted and lost it.
+
+        §2.21.4: a response is never answered. A protected request (§1.5: "an encrypted
+        IKE request") from an address a connection accepts gets an unprotected
+        INVALID_IKE_SPI, rate-limited, so the peer checks at once whether we still know
+        its IKE SA instead of sending into the void until its own liveness check fails.
+        """
+        if (
+            header.response
+            or header.exchange_type == ExchangeType.IKE_SA_INIT
+            or header.next_payload not in (PayloadType.SK, PayloadType.SKF)
+            or not self._match(local, remote)
+        ):
             self._drop(IkeDropReason.UNKNOWN_SPI)
             self._throttle.event(
                 IkeDropReason.UNKNOWN_SPI,
@@ -533,7 +678,125 @@ class Endpoint:
                 _fmt(remote),
             )
             return
-        sa.receive_message(data, header, local, remote, now)
+        if not self._answer_limit.allow(_ip(remote[0]), now):
+            self._answer_limited(remote, now)
+            return
+        self._drop(IkeDropReason.INVALID_IKE_SPI_SENT)
+        self._throttle.event(
+            IkeDropReason.INVALID_IKE_SPI_SENT,
+            now,
+            logging.INFO,
+            "told peers %s times in the last %.0f s that we lost their SAs",
+            "no IKE SA for SPIs %s/%s from %s: answering INVALID_IKE_SPI (we may have restarted)",
+            header.spi_i.hex(),
+            header.spi_r.hex(),
+            _fmt(remote),
+        )
+        # A response (§1.5): the same SPIs, Message ID and exchange type, R set and the
+        # I flag of the other role, so the requester routes it to its IKE SA.
+        answer = Message(
+            spi_i=header.spi_i,
+            spi_r=header.spi_r,
+            exchange_type=header.exchange_type,
+            message_id=header.message_id,
+            initiator=not header.initiator,
+            response=True,
+            payloads=(Notify(NotifyType.INVALID_IKE_SPI),),
+        )
+        self._send_unprotected(answer, local, remote)
+
+    def _answer_limited(self, remote: Address, now: float) -> None:
+        self._drop(IkeDropReason.ANSWER_RATE_LIMITED)
+        self._throttle.event(
+            IkeDropReason.ANSWER_RATE_LIMITED,
+            now,
+            logging.DEBUG,
+            "left %s messages for lost SAs unanswered (rate limit) in the last %.0f s",
+            "not answering %s about lost SAs: rate limit reached",
+            _fmt(remote),
+        )
+
+    def _send_unprotected(self, message: Message, local: Address, remote: Address) -> None:
+        """Queue a message outside any IKE SA, to where its cause came from."""
+        marker = NON_ESP_MARKER if local[1] == self.config.nat_port else b""
+        datagram = Datagram(marker + encode_message(message), local, remote)
+        self._datagrams.append((self._events_queued, datagram))
+
+    # --- hints that a peer restarted (§2.21.4) ------------------------------------------
+
+    def _receive_invalid_spi(
+        self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
+    ) -> None:
+        """An INFORMATIONAL request with a zero SPIr: the INVALID_SPI hint of §1.5 if it
+        names the outbound SPI of a CHILD SA of ours with that address; anything else
+        is dropped as before (no IKE_SA_INIT)."""
+        spi = _invalid_spi(data, header)
+        if spi is not None:
+            for sa in self._by_remote_ip.get(_ip(remote[0])):
+                if any(child.spi_out == spi for child in sa.children.values()):
+                    self._restart_hint(sa, "INVALID_SPI", remote, now)
+                    return
+        self._receive_init_request(data, header, local, remote, now)
+
+    def _invalid_ike_spi(self, data: bytes, header: IkeHeader, remote: Address, now: float) -> bool:
+        """True if an unprotected response is an INVALID_IKE_SPI answer to our
+        outstanding request (same SPIs, Message ID and exchange, from the peer's
+        address): then taken as a hint that the peer restarted."""
+        if not header.response or not _unprotected(header):
+            return False
+        sa = self._by_spi.get(header.spi_i)
+        if sa is None:
+            sa = self._by_spi.get(header.spi_r)
+        if (
+            sa is None
+            or (sa.spi_i, sa.spi_r) != (header.spi_i, header.spi_r)
+            or _ip(sa.remote[0]) != _ip(remote[0])
+        ):
+            return False
+        out = sa.tm.outstanding
+        if (
+            out is None
+            or out.message_id != header.message_id
+            or out.context.exchange_type != header.exchange_type
+        ):
+            return False
+        try:
+            payloads = decode_payloads(header.next_payload, data[IKE_HEADER_LEN:])
+        except IkeError:
+            return False
+        if not any(
+            isinstance(p, Notify) and p.notify_type == NotifyType.INVALID_IKE_SPI for p in payloads
+        ):
+            return False
+        self._restart_hint(sa, "INVALID_IKE_SPI", remote, now)
+        return True
+
+    def _restart_hint(self, sa: IkeSa, kind: str, remote: Address, now: float) -> None:
+        """An unprotected notify suggests that the peer of `sa` lost its state.
+
+        Anyone can forge one (§2.21.4), so it deletes nothing and is never answered: it
+        only makes the IKE SA check its peer's liveness at once, on a short schedule,
+        and at most once per `HINT_INTERVAL`.
+        """
+        last = self._hinted.get(sa.ike_sa_id)
+        if last is not None and now - last < HINT_INTERVAL:
+            self._drop(IkeDropReason.HINT_RATE_LIMITED)
+            return
+        self._hinted[sa.ike_sa_id] = now
+        self._drop(IkeDropReason.RESTART_HINT)
+        if not sa.check_liveness_soon(now):
+            return
+        self._throttle.event(
+            IkeDropReason.RESTART_HINT,
+            now,
+            logging.INFO,
+            "checked the liveness of peers after %s unprotected INVALID_SPI/INVALID_IKE_SPI"
+            " in the last %.0f s",
+            "peer %s: unprotected %s from %s suggests it restarted; checking liveness",
+            sa.config.name,
+            kind,
+            _fmt(remote),
+        )
         self._collect(sa, now)
 
     def _receive_init_request(
@@ -636,9 +899,7 @@ class Endpoint:
             half_open,
             _fmt(remote),
         )
-        marker = NON_ESP_MARKER if local[1] == self.config.nat_port else b""
-        datagram = Datagram(marker + encode_message(demand), local, remote)
-        self._datagrams.append((self._events_queued, datagram))
+        self._send_unprotected(demand, local, remote)
         return True
 
     def _match(self, local: Address, remote: Address) -> list[ConnectionConfig]:
@@ -803,6 +1064,8 @@ class Endpoint:
             self._by_connection.remove(sa)
             self._by_peer.remove(sa)
             self._by_peer_id.remove(sa)
+            self._by_remote_ip.remove(sa)
+            self._hinted.pop(ike_sa_id, None)
             for unique_id in sa.children:
                 if self._child_owner.get(unique_id) is sa:
                     del self._child_owner[unique_id]
@@ -811,6 +1074,7 @@ class Endpoint:
             self._by_spi[sa.spi_local] = sa
         self._by_connection.put(sa, sa.config.name)
         self._by_peer.put(sa, _peer_key(sa))
+        self._by_remote_ip.put(sa, _ip(sa.remote[0]))
         if sa.peer_id is not None:
             self._by_peer_id.put(sa, (sa.config.name, sa.peer_id))
         for unique_id in sa.children:
@@ -844,14 +1108,46 @@ def _peer_key(sa: IkeSa) -> PeerKey:
     return (sa.config.local_id, sa.init_remote[0])
 
 
+def _unprotected(header: IkeHeader) -> bool:
+    """A message outside IKE_SA_INIT whose payloads are not in an SK or SKF payload."""
+    return header.exchange_type != ExchangeType.IKE_SA_INIT and header.next_payload not in (
+        PayloadType.SK,
+        PayloadType.SKF,
+    )
+
+
+def _invalid_spi(data: bytes, header: IkeHeader) -> int | None:
+    """The ESP SPI of an unprotected N(INVALID_SPI), or None.
+
+    §1.5 puts it in the Notification Data; some put it in the SPI field (with the
+    Protocol ID), which §3.10 describes for notifies about an SA: both are read.
+    """
+    if not _unprotected(header):
+        return None
+    try:
+        payloads = decode_payloads(header.next_payload, data[IKE_HEADER_LEN:])
+    except IkeError:
+        return None
+    for p in payloads:
+        if isinstance(p, Notify) and p.notify_type == NotifyType.INVALID_SPI:
+            raw = p.data if len(p.data) == 4 else p.spi
+            if len(raw) == 4:
+                return int.from_bytes(raw, "big")
+    return None
+
+
 def _fmt(addr: Address) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 __all__ = [
+    "HINT_INTERVAL",
     "IKE_HEADER_LEN",
     "NAT_KEEPALIVE",
+    "UNPROTECTED_ADDRESS_INTERVAL",
+    "UNPROTECTED_PER_SECOND",
+    "AnswerLimit",
     "Datagram",
     "Endpoint",
     "EndpointConfig",

@@ -81,6 +81,14 @@ log = logging.getLogger(__name__)
 MAX_INIT_RETRIES = 5
 """IKE_SA_INIT retries after INVALID_KE_PAYLOAD or COOKIE before giving up."""
 
+HINT_CHECK_DELAYS = (0.5, 1.0, 2.0)
+"""Waits of the fast liveness check after a hint that the peer restarted (§2.21.4):
+sent at once, again after 0.5 s and 1.5 s, given up after 3.5 s. A live peer answers
+an empty INFORMATIONAL within a round trip, far below 0.5 s on the paths a gateway
+runs over (the policy's 4 s first wait is sized for IKE_SA_INIT's key exchange and
+lossy paths); three sends survive two lost datagrams, and 3.5 s leaves time within
+10 s of the restart for dpd_action to set up a new IKE SA."""
+
 
 class IkeSa(IkeSaData):
     """An IKE SA, initiator or responder, and the CHILD SAs under it.
@@ -266,6 +274,25 @@ class IkeSa(IkeSaData):
         """Send an empty INFORMATIONAL request: the peer must answer it (§1.4, §2.4)."""
         if self.state is IkeSaState.ESTABLISHED:
             self.queue_exchange(Exchange(ExchangeType.INFORMATIONAL, [Task()]), now)
+
+    def check_liveness_soon(self, now: float) -> bool:
+        """The peer may have restarted (an unprotected INVALID_SPI or INVALID_IKE_SPI,
+        §2.21.4): check at once, on the short schedule `HINT_CHECK_DELAYS`.
+
+        A hint is not proof, so nothing is deleted: a request already on the wire moves
+        its remaining retransmissions to that schedule, or an empty INFORMATIONAL goes
+        out; only a peer that answers neither ends the IKE SA, as after any failed
+        liveness check. False if nothing could be hastened (not established, or our
+        requests wait for the peer to confirm a rekey).
+        """
+        if self.state is not IkeSaState.ESTABLISHED:
+            return False
+        self.now = now
+        if self.tm.outstanding is None:
+            self.check_liveness(now)
+        hastened = self.tm.hasten(HINT_CHECK_DELAYS, now)
+        self.changed()  # an earlier timer
+        return hastened
 
     # --- input --------------------------------------------------------------------------
 

@@ -74,6 +74,20 @@ class IkeDropReason(enum.StrEnum):
     """The SK payload's ICV or AEAD tag did not verify (§2.21.1)."""
     INVALID_MESSAGE = "invalid_message"
     """Decrypted (or unprotected) but malformed, and not answered."""
+    INVALID_IKE_SPI_SENT = "invalid_ike_spi_sent"
+    """A protected request for an IKE SA we do not know (we may have restarted),
+    answered with an unprotected INVALID_IKE_SPI (§2.21.4; like COOKIE_DEMANDED, not
+    strictly a drop)."""
+    ANSWER_RATE_LIMITED = "answer_rate_limited"
+    """A request for an unknown IKE SA, or an ESP packet of an unknown SPI reported
+    with `Endpoint.esp_spi_unknown`, left unanswered: the rate limit of unprotected
+    answers was reached (§2.21.4), so that we cannot be made into a reflector."""
+    RESTART_HINT = "restart_hint"
+    """An unprotected INVALID_SPI or INVALID_IKE_SPI from a peer's address that started
+    a fast liveness check of its IKE SA (§2.21.4: a hint, never proof; nothing is
+    deleted and nothing answered)."""
+    HINT_RATE_LIMITED = "hint_rate_limited"
+    """Such a hint for an IKE SA that acted on one less than `HINT_INTERVAL` ago."""
 
 
 class Datagram(NamedTuple):

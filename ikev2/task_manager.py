@@ -71,6 +71,9 @@ class OutstandingRequest(Generic[T]):
     """When the next retransmission (or the give-up) is due."""
     retransmits: int = 0
     """How many times it has been retransmitted."""
+    hastened: tuple[float, ...] | None = None
+    """Set by `TaskManager.hasten`: the waits still to come, which replace the
+    policy's back-off; the request is given up when they are used up."""
 
 
 @dataclass(slots=True)
@@ -155,6 +158,20 @@ class TaskManager(Generic[T]):
         self.outstanding.retransmits = 0
         self.outstanding.deadline = now + self.policy.delay(0)
 
+    def hasten(self, delays: tuple[float, ...], now: float) -> bool:
+        """Move the outstanding request's remaining retransmissions to `delays`.
+
+        The next one is due `delays[0]` seconds from now (or sooner, if it already
+        was); each later wait is the next of `delays`, and after the last the request
+        is given up. False if no request is outstanding.
+        """
+        out = self.outstanding
+        if out is None or not delays:
+            return False
+        out.deadline = min(out.deadline, now + delays[0])
+        out.hastened = delays[1:]
+        return True
+
     def response_received(self, message_id: int) -> T | None:
         """The outstanding request's context if `message_id` answers it, else None.
 
@@ -213,10 +230,14 @@ class TaskManager(Generic[T]):
         out = self.outstanding
         if out is None or now < out.deadline:
             return ()
-        if out.retransmits >= self.policy.tries:
+        waits = out.hastened
+        if out.retransmits >= self.policy.tries if waits is None else not waits:
             self.outstanding = None
             raise GiveUp(out.message_id, out.retransmits)
         out.retransmits += 1
-        out.deadline = now + self.policy.delay(out.retransmits)
+        if waits is None:
+            out.deadline = now + self.policy.delay(out.retransmits)
+        else:
+            out.deadline, out.hastened = now + waits[0], waits[1:]
         log.debug("retransmitting request %d (%d. time)", out.message_id, out.retransmits)
         return out.packets
