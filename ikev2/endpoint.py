@@ -16,6 +16,14 @@ have output or a new timer (`IkeSa.on_change`), so polling collects only those S
 (lazy invalidation); SAs are indexed by SPI, connection, peer and CHILD SA. With
 thousands of IKE SAs a poll with nothing to do costs the same as with one.
 
+A peer that restarted lost its SAs (RFC 7296 §2.21.4). As that peer, the endpoint
+answers a protected request for an IKE SA it does not know with an unprotected
+INVALID_IKE_SPI, and an ESP packet of an unknown SPI that the data plane reports
+(`esp_spi_unknown`) with the unprotected INVALID_SPI of §1.5, both rate-limited
+(`AnswerLimit`). As the other side, it takes such a notify as a hint, never as
+proof: nothing is deleted or answered; the IKE SA checks its peer's liveness at once
+on a short schedule, at most once per `HINT_INTERVAL`.
+
 UDP port 4500 carries IKE behind a 4-octet non-ESP marker, ESP and NAT keepalives
 (RFC 3948 §2.2-2.3). `receive_datagram` takes whole UDP payloads and sorts that out
 itself; `receive_message` takes a bare IKE message for a caller (the daemon) that

@@ -231,7 +231,8 @@ class TaskManager(Generic[T]):
         if out is None or now < out.deadline:
             return ()
         waits = out.hastened
-        if out.retransmits >= self.policy.tries if waits is None else not waits:
+        exhausted = out.retransmits >= self.policy.tries if waits is None else not waits
+        if exhausted:
             self.outstanding = None
             raise GiveUp(out.message_id, out.retransmits)
         out.retransmits += 1

@@ -356,3 +356,25 @@ def test_initial_contact_of_a_restarted_initiator_waits_for_authentication() -> 
     assert gone.ike_sa_id == old_b.ike_sa_id and gone.cause is DeleteCause.PEER_RESTARTED
     (new_b,) = [sa for sa in pair.b.ike_sas() if sa.state is IkeSaState.ESTABLISHED]
     assert new_b is not old_b and len(new_b.children) == 1
+
+
+def test_a_hastened_request_keeps_its_packets_and_gives_up_after_the_short_schedule() -> None:
+    from ikev2.task_manager import GiveUp, RetransmitPolicy, TaskManager
+
+    tm: TaskManager[str] = TaskManager(RetransmitPolicy())
+    assert not tm.hasten(HINT_CHECK_DELAYS, 0.0)  # nothing outstanding
+    tm.request_sent("dpd", (b"request",), 0.0)
+    assert tm.handle_timer(4.0) == (b"request",)  # the policy's first wait
+    # Halfway through the next wait (7.2 s) a hint: the rest moves to the schedule.
+    assert tm.hasten(HINT_CHECK_DELAYS, 6.0)
+    assert tm.get_timer() == 6.5
+    assert tm.handle_timer(6.5) == (b"request",)
+    assert tm.get_timer() == 7.5
+    assert tm.handle_timer(7.5) == (b"request",)
+    assert tm.get_timer() == 9.5
+    with pytest.raises(GiveUp):
+        tm.handle_timer(9.5)
+    assert tm.outstanding is None
+    # A new request gets the policy's back-off again.
+    tm.request_sent("next", (b"next",), 10.0)
+    assert tm.get_timer() == 14.0
