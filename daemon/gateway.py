@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from conf.errors import ConfigError as ConfigLoadError
 from conf.ike import endpoint_config, ike_connections
@@ -41,8 +40,8 @@ from daemon.netlink import LinkWorker, LocalAddresses
 from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.packet import flow_of
 from daemon.pump import Pump
+from daemon.routes import Routes
 from daemon.sdnotify import Notifier, setup_logging
-from daemon.spd import IPNetwork
 from esp.errors import EspConfigError
 from esp.sa import LifetimeState
 from ikev2.config import ChildConfig
@@ -108,23 +107,6 @@ EXPIRED_CAUSES = frozenset({DeleteCause.LIMIT_REACHED, DeleteCause.EXPIRED})
 replaced it: a connection that should be up then needs a new one."""
 
 
-RouteKey = tuple[int, int, int]
-"""(IP version, first address as an integer, prefix length): a routed network as a key.
-An `ipaddress` network object costs some 350 octets with its cached attributes, and a
-gateway keeps one per CHILD SA."""
-
-
-class RouteOps(Protocol):
-    """What the gateway needs to route remote networks into its TUN: a
-    `tun.RouteSocket` (or a stand-in in tests)."""
-
-    def add_route(self, destination: IPNetwork, ifname: str, *, source: str | None = None) -> None:
-        """Route `destination` out of `ifname` (replacing a route to the same prefix)."""
-
-    def remove_route(self, destination: IPNetwork, ifname: str) -> None:
-        """Remove it; a route that is already gone is not an error."""
-
-
 def _has_volume_limit(entry: ChildSaEntry) -> bool:
     """True when either ESP SA of the entry has a byte or packet limit."""
     return any(
@@ -132,17 +114,6 @@ def _has_volume_limit(entry: ChildSaEntry) -> bool:
         for life in (entry.outbound.lifetime, entry.inbound.lifetime)
         for limit in (life.soft_bytes, life.hard_bytes, life.soft_packets, life.hard_packets)
     )
-
-
-def _route_key(net: IPNetwork) -> RouteKey:
-    return (net.version, int(net.network_address), net.prefixlen)
-
-
-def _network_of(key: RouteKey) -> IPNetwork:
-    version, first, prefix = key
-    if version == 4:
-        return ipaddress.IPv4Network((first, prefix))
-    return ipaddress.IPv6Network((first, prefix))
 
 
 class GatewayError(Exception):
@@ -245,15 +216,12 @@ class Gateway:
         connecting) are asked per SA set up and must not scan every IKE SA."""
         self.notifier = Notifier()
         self.started_at = time.monotonic()
-        self._routes: dict[RouteKey, int] = {}
-        """How many installed CHILD SAs route each remote network into the TUN."""
-        self._trap_routes: set[IPNetwork] = set()
+        self._routes = Routes()
+        """The routes into the TUN device, counted per network."""
         self._path_mtus: dict[str, int] = {}
         self._tun: TunDevice | None = None
         self._links: LinkWorker | None = None
-        self._route_ops: RouteOps | None = None
-        """Adds and removes the routes into the TUN, on the event loop's thread."""
-        self._local_addresses: LocalAddresses | None = None
+        self._route_socket: RouteSocket | None = None
         self._pump: Pump | None = None
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
@@ -344,9 +312,9 @@ class Gateway:
         offload = offload_mode()
         self._tun = open_tun(gateway.interface, offload)
         self._links = LinkWorker()
-        self._local_addresses = LocalAddresses(self._links)
-        self._route_ops = RouteSocket()
+        self._route_socket = RouteSocket()
         name = self._tun.name
+        self._routes.attach(self._route_socket, name, LocalAddresses(self._links))
         self._links.run(lambda links: links.quiet_ipv6(name))
         self._links.run(lambda links: links.set_mtu(name, mtu))
         self._links.run(lambda links: links.set_up(name))
@@ -407,12 +375,9 @@ class Gateway:
             for entry in list(self._pump.plane.entries.values()):
                 self._uninstall(entry.unique_id, "shutting down", linger=0.0)
             self._pump.close()
-        for net in {_network_of(key) for key in self._routes} | self._trap_routes:
-            self._remove_route(net)
-        self._routes.clear()
-        self._trap_routes.clear()
-        if isinstance(self._route_ops, RouteSocket):
-            self._route_ops.close()
+        self._routes.remove_all()
+        if self._route_socket is not None:
+            self._route_socket.close()
         if self._control is not None:
             await self._control.close()
         if self._tun is not None:
@@ -448,10 +413,7 @@ class Gateway:
         reaches `_on_acquire` and starts the connection."""
         for ts in child.remote_ts:
             for net in ts.networks():
-                if net not in self._trap_routes:
-                    self._trap_routes.add(net)
-                    if _route_key(net) not in self._routes:
-                        self._add_route(net, None)
+                self._routes.trap(net)
 
     def _drop_peer(self, name: str, reason: str) -> int:
         """Forget a peer and its connections; delete its IKE SAs. Returns how many."""
@@ -465,10 +427,7 @@ class Gateway:
                 self._resolve_waiters(state, f"connection {child.name}: {reason}", ok=False)
             for ts in child.remote_ts:
                 for net in ts.networks():
-                    if net in self._trap_routes:
-                        self._trap_routes.discard(net)
-                        if _route_key(net) not in self._routes:
-                            self._remove_route(net)
+                    self._routes.untrap(net)
         if self._endpoint is None:
             return 0
         return self._endpoint.delete_connection(name, time.monotonic(), reason)
@@ -837,9 +796,7 @@ class Gateway:
             return
         if _has_volume_limit(entry):
             self._volume_limited.add(entry.unique_id)
-        for ts in entry.remote_ts:
-            for net in ts.networks():
-                self._add_route(net, entry)
+        self._routes.add_for(entry)
         # Formatting selectors costs, and thousands of CHILD SAs may come at once.
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -951,9 +908,7 @@ class Gateway:
         entry = pump.plane.remove(unique_id, linger=linger)
         if entry is None:
             return
-        for ts in entry.remote_ts:
-            for net in ts.networks():
-                self._release_route(net)
+        self._routes.release_for(entry)
         log.info(
             "connection %s: CHILD SA #%d removed (%s) after %d packets in, %d out",
             entry.child,
@@ -962,74 +917,6 @@ class Gateway:
             entry.inbound.packet_count,
             entry.outbound.packet_count,
         )
-
-    # ---- routes -----------------------------------------------------------------------
-
-    def _add_route(self, net: IPNetwork, entry: ChildSaEntry | None) -> None:
-        if entry is not None:
-            key = _route_key(net)
-            count = self._routes[key] = self._routes.get(key, 0) + 1
-            if count > 1 or net in self._trap_routes:
-                return
-        ops, tun = self._route_ops, self._tun
-        if ops is None or tun is None:
-            return
-        # On this thread, at once: one rtnetlink message that the kernel answers inside
-        # the send (tun.routes). A worker thread cost the event loop a GIL hand-over per
-        # route when a thousand CHILD SAs came up together, and doing it here keeps
-        # additions and removals in the order the SAs came and went.
-        source = self._route_source(net.version, entry)
-        try:
-            ops.add_route(net, tun.name, source=source)
-            return
-        except LinkError as exc:
-            error = exc
-        if source is not None:
-            # The source address may have gone from its interface; route without it,
-            # and read the addresses again next time.
-            if self._local_addresses is not None:
-                self._local_addresses.invalidate()
-            with contextlib.suppress(LinkError):
-                ops.add_route(net, tun.name)
-                return
-        log.error("cannot route %s into %s: %s", net, tun.name, error)
-
-    def _release_route(self, net: IPNetwork) -> None:
-        key = _route_key(net)
-        count = self._routes.get(key, 0) - 1
-        if count > 0:
-            self._routes[key] = count
-            return
-        self._routes.pop(key, None)
-        if net not in self._trap_routes:
-            self._remove_route(net)
-
-    def _remove_route(self, net: IPNetwork) -> None:
-        ops, tun = self._route_ops, self._tun
-        if ops is None or tun is None:
-            return
-        try:
-            ops.remove_route(net, tun.name)
-        except LinkError as exc:
-            log.warning("cannot remove the route to %s: %s", net, exc)
-
-    def _route_source(self, version: int, entry: ChildSaEntry | None) -> str | None:
-        """One of our addresses inside the local selectors, so traffic the gateway
-        itself sends into the tunnel matches the policy (strongSwan does the same)."""
-        local = self._local_addresses
-        if local is None or entry is None:
-            return None
-        try:
-            addresses = local.numbered()  # cached for a moment: one read serves many SAs
-        except LinkError:
-            return None
-        selectors = [(ts.first, ts.last) for ts in entry.local_ts if ts.version == version]
-        for address_version, value, text in addresses:
-            if address_version == version:
-                for first, last in selectors:
-                    if first <= value <= last:
-                        return text
-        return None
 
     # ---- acquire (start = "trap") ----------------------------------------------------
 
@@ -1105,9 +992,8 @@ class Gateway:
             if peer.address is not None and str(peer.address) not in self._path_mtus:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
-        if self._local_addresses is not None:
-            # The [gateway] addresses may have moved with the new file.
-            self._local_addresses.invalidate()
+        # The [gateway] addresses may have moved with the new file.
+        self._routes.addresses_moved()
         for name in changed + added:
             self._add_peer(new_ike[name])
         unchanged = len(new_ike) - len(changed) - len(added)

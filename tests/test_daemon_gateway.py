@@ -639,9 +639,7 @@ def test_route_sources_share_one_address_read_until_a_source_is_refused(
     fake = _FakeLinks()
     now = [0.0]
     gateway._links = fake  # type: ignore[assignment]
-    gateway._route_ops = fake
-    gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
-    gateway._local_addresses = LocalAddresses(fake, clock=lambda: now[0])  # type: ignore[arg-type]
+    gateway._routes.attach(fake, "lgtest0", LocalAddresses(fake, clock=lambda: now[0]))  # type: ignore[arg-type]
     gateway._handle_event(established())
     for uid in (1, 2, 3):
         a, _ = events("aes128gcm16", udp=False, uid=uid)
@@ -740,9 +738,7 @@ def test_routes_are_added_at_once_counted_per_network_and_removed_in_order(
 ) -> None:
     links = _FakeLinks()
     gateway._links = links  # type: ignore[assignment]
-    gateway._route_ops = links
-    gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
-    gateway._local_addresses = LocalAddresses(links)  # type: ignore[arg-type]
+    gateway._routes.attach(links, "lgtest0", LocalAddresses(links))  # type: ignore[arg-type]
     gateway._handle_event(established())
     # Three CHILD SAs of one connection: the same two remote networks each.
     for uid in (1, 2, 3):
@@ -786,7 +782,7 @@ def test_routes_are_added_at_once_counted_per_network_and_removed_in_order(
     assert ("203.0.113.0/24", "192.0.2.1") in links.routes
     gateway._handle_event(ChildSaDeleted("main", "site", 3, 7, 0xB0000003, 1, "test"))
     assert [r[0] for r in links.routes] == ["198.51.100.128/26"]
-    assert gateway._routes == {(4, int(ipaddress.ip_address("198.51.100.128")), 26): 2}
+    assert gateway._routes.counts == {(4, int(ipaddress.ip_address("198.51.100.128")), 26): 2}
 
 
 class _Handle:
