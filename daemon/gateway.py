@@ -35,6 +35,7 @@ from conf.model import Config
 from conf.toml_tables import TomlTables
 from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
 from daemon.control import ControlError, ControlServer
+from daemon.dataplane import DataPlane
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker, LocalAddresses
 from daemon.offload import OffloadMode, offload_mode, open_tun
@@ -64,7 +65,7 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
-from tun import LinkError, RouteSocket, TunDevice, TunError
+from tun import LinkError, PacketDevice, RouteSocket, TunDevice, TunError
 
 __all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
 
@@ -223,6 +224,9 @@ class Gateway:
         self._links: LinkWorker | None = None
         self._route_socket: RouteSocket | None = None
         self._pump: Pump | None = None
+        """The sockets and the TUN file descriptor (`_use_pump`)."""
+        self._plane: DataPlane | None = None
+        """The pump's data plane: the installed CHILD SAs, SPD and SAD."""
         self._endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -320,25 +324,23 @@ class Gateway:
         self._links.run(lambda links: links.set_up(name))
         log.info("TUN device %s up, MTU %d", self._tun.name, mtu)
 
-        self._pump = Pump(
+        pump = self._use_pump(
             self._tun,
             ike_port=gateway.ike_port,
             nat_port=gateway.nat_port,
-            on_ike=self._on_ike,
             offload=offload is not OffloadMode.OFF,
         )
         try:
-            self._pump.open(addresses, raw_esp=True)
+            pump.open(addresses, raw_esp=True)
         except OSError as exc:
             raise GatewayError(f"cannot bind the IKE/ESP sockets: {exc.strerror}") from exc
-        self._pump.plane.on_acquire = self._on_acquire
-        self._pump.start(asyncio.get_running_loop())
+        pump.start(asyncio.get_running_loop())
         log.info(
             "listening on %s, UDP %d and %d%s",
             ", ".join(addresses),
             gateway.ike_port,
             gateway.nat_port,
-            " and raw ESP" if self._pump.raw else "",
+            " and raw ESP" if pump.raw else "",
         )
         self._endpoint = Endpoint(ikes, config=endpoint_settings)
         path = self.socket_override or str(gateway.control_socket)
@@ -346,6 +348,22 @@ class Gateway:
         await self._control.start()
         for ike in ikes:
             self._add_peer(ike)
+
+    def _use_pump(
+        self, tun: PacketDevice, *, ike_port: int = 500, nat_port: int = 4500, offload: bool = True
+    ) -> Pump:
+        """Read and write through a pump on `tun`, whose data plane hands IKE messages
+        from port 4500 and outbound packets without a policy to this gateway."""
+        pump = Pump(
+            tun,
+            ike_port=ike_port,
+            nat_port=nat_port,
+            on_ike=self._on_ike,
+            on_acquire=self._on_acquire,
+            offload=offload,
+        )
+        self._pump, self._plane = pump, pump.plane
+        return pump
 
     async def _shutdown_ike(self) -> None:
         endpoint = self._endpoint
@@ -371,9 +389,10 @@ class Gateway:
             self._key_refill.cancel()
         for peer in self.peers.values():
             self._cancel_retry(peer)
-        if self._pump is not None:
-            for entry in list(self._pump.plane.entries.values()):
+        if self._plane is not None:
+            for entry in list(self._plane.entries.values()):
                 self._uninstall(entry.unique_id, "shutting down", linger=0.0)
+        if self._pump is not None:
             self._pump.close()
         self._routes.remove_all()
         if self._route_socket is not None:
@@ -446,12 +465,12 @@ class Gateway:
         )
 
     def _installed(self, connection: str) -> list[ChildSaEntry]:
-        if self._pump is None:
+        if self._plane is None:
             return []
-        return self._pump.plane.entries_of_child(connection)  # indexed, not scanned
+        return self._plane.entries_of_child(connection)  # indexed, not scanned
 
     def _is_up(self, connection: str) -> bool:
-        return self._pump is not None and self._pump.plane.has_child(connection)
+        return self._plane is not None and self._plane.has_child(connection)
 
     def _connections_of(self, peer: str) -> list[ConnectionState]:
         """The `[connections.NAME]` under one peer (from its configuration, so the
@@ -722,8 +741,8 @@ class Gateway:
                 initiator=sa.initiator if sa is not None else old.event.initiator,
             )
             self._remember_ike_sa(IkeSaInfo(announced, rekeyed_from=event.ike_sa_id))
-        if self._pump is not None:
-            self._pump.plane.move_to_ike_sa(event.ike_sa_id, event.new_ike_sa_id)
+        if self._plane is not None:
+            self._plane.move_to_ike_sa(event.ike_sa_id, event.new_ike_sa_id)
         for state in self._connections_of(event.connection):
             if state.carried_by == event.ike_sa_id:
                 state.carried_by = event.new_ike_sa_id
@@ -752,9 +771,9 @@ class Gateway:
         info = self.ike_sas.get(event.ike_sa_id)
         if info is not None:
             info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
-        if self._pump is None:
+        if self._plane is None:
             return
-        for entry in self._pump.plane.entries_of_ike_sa(event.ike_sa_id):
+        for entry in self._plane.entries_of_ike_sa(event.ike_sa_id):
             if entry.udp_encap:
                 log.info(
                     "connection %s: peer moved to %s[%d]; ESP follows",
@@ -781,8 +800,8 @@ class Gateway:
         self._schedule_retry(peer)
 
     def _on_child_installed(self, event: ChildSaInstalled) -> None:
-        pump = self._pump
-        if pump is None:
+        plane = self._plane
+        if plane is None:
             return
         try:
             entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
@@ -790,7 +809,7 @@ class Gateway:
             # and it drops the old inbound SA when our Delete arrives: send on the new
             # one at once. The peer of a rekey keeps the old one until that Delete
             # (RFC 7296 §2.8).
-            pump.plane.install(entry, preferred=event.rekey_of is not None and event.initiator)
+            plane.install(entry, preferred=event.rekey_of is not None and event.initiator)
         except (EspConfigError, ValueError) as exc:
             log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
             return
@@ -886,8 +905,8 @@ class Gateway:
         return f"{peer} ({address or '%any'})"
 
     def _on_keepalive_due(self, event: NatKeepaliveDue) -> None:
-        if self._pump is not None:
-            self._pump.plane.send_keepalive(event.local, event.remote)
+        if self._plane is not None:
+            self._plane.send_keepalive(event.local, event.remote)
 
     _EVENT_HANDLERS: dict[type[Event], Callable[[Gateway, Any], None]] = {
         IkeSaEstablished: _on_ike_established,
@@ -902,10 +921,10 @@ class Gateway:
     }
 
     def _uninstall(self, unique_id: int, reason: str, linger: float = INBOUND_LINGER) -> None:
-        pump = self._pump
-        if pump is None:
+        plane = self._plane
+        if plane is None:
             return
-        entry = pump.plane.remove(unique_id, linger=linger)
+        entry = plane.remove(unique_id, linger=linger)
         if entry is None:
             return
         self._routes.release_for(entry)
@@ -1141,8 +1160,7 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         """Everything `lockgate status` shows, JSON-ready."""
         now = time.monotonic()
-        pump = self._pump
-        plane = pump.plane.status() if pump is not None else {"sas": [], "drops": {}}
+        plane = self._plane.status() if self._plane is not None else {"sas": [], "drops": {}}
         connections = []
         # The IKE SAs of a peer and whether a connection is up come from indexes, so
         # the status of N connections costs O(N), not a scan of every SA per connection
@@ -1216,18 +1234,18 @@ class Gateway:
         """Counts only (`{"command": "status", "summary": true}`): what a monitor or a
         benchmark polls while thousands of SAs come up, at O(1) cost instead of the
         full status's O(N) (which would slow the very event loop setting them up)."""
-        endpoint, pump = self._endpoint, self._pump
+        endpoint, plane = self._endpoint, self._plane
         return {
             "daemon": {"version": VERSION, "pid": os.getpid()},
             "connections": len(self.connections),
             "ike_sas": len(self.ike_sas),
             "ike_sas_in_core": endpoint.ike_sa_total() if endpoint is not None else 0,
-            "child_sas": len(pump.plane.entries) if pump is not None else 0,
+            "child_sas": len(plane.entries) if plane is not None else 0,
             "reloads": self._reloads,
         }
 
     def _status_line(self) -> str:
-        sas = len(self._pump.plane.entries) if self._pump is not None else 0
+        sas = len(self._plane.entries) if self._plane is not None else 0
         return f"{len(self.connections)} connection(s), {sas} CHILD SA(s) installed"
 
     async def _housekeeping(self) -> None:
@@ -1245,8 +1263,8 @@ class Gateway:
             if self._key_refill is None:
                 self._refill_keys()
             self._report_liveness(now)
-            if self._pump is not None:
-                self._pump.plane.expire_lingering()
+            if self._plane is not None:
+                self._plane.expire_lingering()
 
     async def _watch_volume(self) -> None:
         last_full = time.monotonic()
@@ -1264,12 +1282,12 @@ class Gateway:
         hard one: only the data plane counts packets, so only it can tell the core
         (RFC 4301 §4.4.2.1 soft and hard lifetimes). Looks at the SAs that have a
         byte/packet limit, or with `every` at all of them."""
-        endpoint, pump = self._endpoint, self._pump
-        if endpoint is None or pump is None:
+        endpoint, plane = self._endpoint, self._plane
+        if endpoint is None or plane is None:
             return
         now = time.monotonic()
         acted = False
-        entries = pump.plane.entries
+        entries = plane.entries
         self._volume_limited &= entries.keys()
         if every:
             candidates = list(entries.items())
@@ -1294,20 +1312,20 @@ class Gateway:
                 acted = True
             except IkeError as exc:
                 log.warning("connection %s: CHILD SA #%d: %s", entry.child, uid, exc)
-        self._rekeying &= pump.plane.entries.keys()
-        self._deleting &= pump.plane.entries.keys()
+        self._rekeying &= plane.entries.keys()
+        self._deleting &= plane.entries.keys()
         if acted:
             self._service()
 
     def _report_liveness(self, now: float) -> None:
         """ESP from the peer proves it alive: tell its IKE SA, so DPD stays quiet
         while traffic flows (RFC 7296 §2.4 asks for checks only when nothing came)."""
-        endpoint, pump = self._endpoint, self._pump
-        if endpoint is None or pump is None:
+        endpoint, plane = self._endpoint, self._plane
+        if endpoint is None or plane is None:
             return
         seen = self._inbound_seen
         current: dict[int, int] = {}
-        for uid, entry in pump.plane.entries.items():
+        for uid, entry in plane.entries.items():
             count = entry.inbound.packet_count
             if count:  # SAs that never received stay out: at idle the map is empty
                 current[uid] = count

@@ -32,7 +32,6 @@ from daemon.control import ControlError
 from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
 from daemon.netlink import LocalAddresses
-from daemon.pump import Pump
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
@@ -84,7 +83,7 @@ def gateway_of(path: Path) -> Iterator[Gateway]:
     ikes = ike_connections(gw.config)
     gw._endpoint = Endpoint(ikes)
     ours, kernel_side = memory_tun_pair()
-    gw._pump = Pump(ours)
+    gw._use_pump(ours)
     try:
         for ike in ikes:
             gw._add_peer(ike)
@@ -133,16 +132,16 @@ def test_child_sa_events_install_and_remove_and_show_in_status(gateway: Gateway)
     assert sa["connection"] == "site" and sa["peer"] == "main"
     assert sa["suite"] == "aes256gcm16" and sa["encap"] == "esp"
     assert gateway._pump is not None
-    assert installed.spi_in in gateway._pump.plane.sad
+    assert installed.spi_in in gateway._plane.sad
     gateway._handle_event(
         ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, "test")
     )
     assert gateway.status()["sas"] == []
     # Packets already on their way are still decrypted for a moment, then not.
-    assert installed.spi_in in gateway._pump.plane.sad
-    gateway._pump.plane._clock = lambda: time.monotonic() + 60
-    assert gateway._pump.plane.expire_lingering() == 1
-    assert installed.spi_in not in gateway._pump.plane.sad
+    assert installed.spi_in in gateway._plane.sad
+    gateway._plane._clock = lambda: time.monotonic() + 60
+    assert gateway._plane.expire_lingering() == 1
+    assert installed.spi_in not in gateway._plane.sad
 
 
 def test_ike_failure_is_reported_on_its_connections(gateway: Gateway) -> None:
@@ -195,7 +194,7 @@ def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> 
         events("aes128gcm16", udp=True)[0], connection="main", ike_sa_id=7
     )
     gateway._handle_event(installed)
-    [entry] = gateway._pump.plane.entries.values()
+    [entry] = gateway._plane.entries.values()
     # A NAT in front of the peer picked a new port; the IKE SA saw it first (§2.23).
     gateway._handle_event(
         IkeSaAddressChanged(
@@ -245,7 +244,7 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
     )
     gateway._handle_event(installed)
     packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
-    plane = gateway._pump.plane
+    plane = gateway._plane
     plane.from_tun([packet] * 8)
     gateway._enforce_volume_lifetimes()
     assert calls == []
@@ -270,7 +269,7 @@ def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequenc
     assert gateway._volume_limited == {1}
     # The unlimited SA's counter reaches the soft mark near the end of its sequence
     # space (15/16 of 2^32): the frequent pass does not look, the full one does.
-    outbound = gateway._pump.plane.entries[2].outbound
+    outbound = gateway._plane.entries[2].outbound
     outbound._seq = outbound._seq_soft + 1
     gateway._enforce_volume_lifetimes()
     assert calls == []
@@ -295,10 +294,10 @@ def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway
     assert (ike["id"], ike["rekeyed_from"], ike["suite"]) == (9, 7, "new-suite")
     assert (ike["spi_i"], ike["spi_r"]) == (f"{0xAB:016x}", f"{0xCD:016x}")
     assert conn["state"] == "up"
-    [entry] = gateway._pump.plane.entries.values()
+    [entry] = gateway._plane.entries.values()
     assert entry.ike_sa_id == 9  # liveness from ESP now reaches the new IKE SA
-    assert gateway._pump.plane.entries_of_ike_sa(9) == [entry]
-    assert gateway._pump.plane.entries_of_ike_sa(7) == []
+    assert gateway._plane.entries_of_ike_sa(9) == [entry]
+    assert gateway._plane.entries_of_ike_sa(7) == []
     assert gateway.connections["site"].carried_by == 9
 
 
@@ -567,7 +566,7 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
                 dataclasses.replace(a, connection=f"p{i}", child=f"c{i}", ike_sa_id=100 + i)
             )
         assert gw._pump is not None
-        plane = gw._pump.plane
+        plane = gw._plane
         ike_sas = _CountingDict(gw.ike_sas)
         entries = _CountingDict(plane.entries)
         gw.ike_sas = ike_sas  # type: ignore[assignment]
@@ -870,7 +869,7 @@ def test_liveness_reaches_the_ike_sa_of_sas_that_received_and_remembers_only_tho
     inner = ipv4("203.0.113.5", "192.0.2.5", echo_request(1), proto=1)
     sealed = peers[1].outbound.encapsulate(inner)
     assert isinstance(sealed, bytes)
-    gateway._pump.plane.from_esp([sealed])
+    gateway._plane.from_esp([sealed])
     gateway._report_liveness(2.0)
     assert heard == [7] and gateway._inbound_seen == {1: 1}
     gateway._report_liveness(3.0)  # nothing new: no news for the IKE SA
