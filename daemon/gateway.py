@@ -25,7 +25,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from conf.errors import ConfigError as ConfigLoadError
@@ -43,6 +42,7 @@ from daemon.packet import flow_of
 from daemon.pump import Pump
 from daemon.routes import Routes
 from daemon.sdnotify import Notifier, setup_logging
+from daemon.status import VERSION, gateway_status, status_line, status_summary
 from esp.errors import EspConfigError
 from esp.sa import LifetimeState
 from ikev2.config import ChildConfig
@@ -71,7 +71,6 @@ __all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
 
 log = logging.getLogger("lockgate")
 
-VERSION = "0.1.0"
 SHUTDOWN_GRACE = 3.0
 """Seconds SIGTERM waits for the peers to acknowledge our Deletes."""
 RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
@@ -217,19 +216,19 @@ class Gateway:
         connecting) are asked per SA set up and must not scan every IKE SA."""
         self.notifier = Notifier()
         self.started_at = time.monotonic()
-        self._routes = Routes()
+        self.routes = Routes()
         """The routes into the TUN device, counted per network."""
         self._path_mtus: dict[str, int] = {}
-        self._tun: TunDevice | None = None
+        self.tun: TunDevice | None = None
         self._links: LinkWorker | None = None
         self._route_socket: RouteSocket | None = None
-        self._pump: Pump | None = None
+        self.pump: Pump | None = None
         """The sockets and the TUN file descriptor (`_use_pump`)."""
-        self._plane: DataPlane | None = None
+        self.plane: DataPlane | None = None
         """The pump's data plane: the installed CHILD SAs, SPD and SAD."""
-        self._endpoint: Endpoint | None = None
+        self.endpoint: Endpoint | None = None
         self._control: ControlServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         """The endpoint timer `_timer` is armed for (meaningful while `_timer` is set)."""
@@ -245,7 +244,7 @@ class Gateway:
         """When the last IKE datagram arrived (monotonic): key pairs are made ahead
         only after KEY_POOL_IDLE of quiet."""
         self._key_refill: asyncio.Handle | None = None
-        self._reloads = 0
+        self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
 
@@ -253,7 +252,7 @@ class Gateway:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if start-up failed."""
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         try:
             self.config = load_config(self.config_path, tables=self._toml)
         except ConfigLoadError as exc:
@@ -276,7 +275,7 @@ class Gateway:
             (signal.SIGINT, self._stopping.set),
             (signal.SIGHUP, self._reload_from_signal),
         ):
-            self._loop.add_signal_handler(sig, action)
+            self.loop.add_signal_handler(sig, action)
         # Everything built so far (modules, netlink sessions, the configuration) lives
         # as long as the daemon: keep it out of the cyclic collector's full passes. A
         # full pass over it took about 60 ms, long enough to stall a burst of IKE
@@ -288,9 +287,9 @@ class Gateway:
         # a burst of 100 IKE SA setups paid 17 passes, about 3% of the initiator's CPU.
         gc.set_threshold(*GC_THRESHOLDS)
         self._refill_keys()
-        housekeeping = self._loop.create_task(self._housekeeping())
-        volume_watch = self._loop.create_task(self._watch_volume())
-        self.notifier.notify(READY=1, STATUS=self._status_line())
+        housekeeping = self.loop.create_task(self._housekeeping())
+        volume_watch = self.loop.create_task(self._watch_volume())
+        self.notifier.notify(READY=1, STATUS=status_line(self))
         log.info("lockgate %s ready (pid %d)", VERSION, os.getpid())
         await self._stopping.wait()
         log.info("shutting down: deleting every SA")
@@ -314,18 +313,18 @@ class Gateway:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         mtu = tun_mtu(config, self._path_mtus)
         offload = offload_mode()
-        self._tun = open_tun(gateway.interface, offload)
+        self.tun = open_tun(gateway.interface, offload)
         self._links = LinkWorker()
         self._route_socket = RouteSocket()
-        name = self._tun.name
-        self._routes.attach(self._route_socket, name, LocalAddresses(self._links))
+        name = self.tun.name
+        self.routes.attach(self._route_socket, name, LocalAddresses(self._links))
         self._links.run(lambda links: links.quiet_ipv6(name))
         self._links.run(lambda links: links.set_mtu(name, mtu))
         self._links.run(lambda links: links.set_up(name))
-        log.info("TUN device %s up, MTU %d", self._tun.name, mtu)
+        log.info("TUN device %s up, MTU %d", self.tun.name, mtu)
 
         pump = self._use_pump(
-            self._tun,
+            self.tun,
             ike_port=gateway.ike_port,
             nat_port=gateway.nat_port,
             offload=offload is not OffloadMode.OFF,
@@ -342,7 +341,7 @@ class Gateway:
             gateway.nat_port,
             " and raw ESP" if pump.raw else "",
         )
-        self._endpoint = Endpoint(ikes, config=endpoint_settings)
+        self.endpoint = Endpoint(ikes, config=endpoint_settings)
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
@@ -362,23 +361,23 @@ class Gateway:
             on_acquire=self._on_acquire,
             offload=offload,
         )
-        self._pump, self._plane = pump, pump.plane
+        self.pump, self.plane = pump, pump.plane
         return pump
 
     async def _shutdown_ike(self) -> None:
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         if endpoint is None:
             return
         self._shutting_down = True
         for peer in self.peers.values():
             self._cancel_retry(peer)
         endpoint.close(time.monotonic())
-        self._service()
+        self.service()
         # Wait (bounded) for the peers to acknowledge; retransmissions run meanwhile.
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while endpoint.ike_sas() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            self._service()
+            self.service()
         if endpoint.ike_sas():
             log.warning("%d IKE SA(s) did not confirm the delete in time", len(endpoint.ike_sas()))
 
@@ -389,18 +388,18 @@ class Gateway:
             self._key_refill.cancel()
         for peer in self.peers.values():
             self._cancel_retry(peer)
-        if self._plane is not None:
-            for entry in list(self._plane.entries.values()):
+        if self.plane is not None:
+            for entry in list(self.plane.entries.values()):
                 self._uninstall(entry.unique_id, "shutting down", linger=0.0)
-        if self._pump is not None:
-            self._pump.close()
-        self._routes.remove_all()
+        if self.pump is not None:
+            self.pump.close()
+        self.routes.remove_all()
         if self._route_socket is not None:
             self._route_socket.close()
         if self._control is not None:
             await self._control.close()
-        if self._tun is not None:
-            self._tun.close()  # the interface goes with its last file descriptor
+        if self.tun is not None:
+            self.tun.close()  # the interface goes with its last file descriptor
         if self._links is not None:
             self._links.close()
 
@@ -432,7 +431,7 @@ class Gateway:
         reaches `_on_acquire` and starts the connection."""
         for ts in child.remote_ts:
             for net in ts.networks():
-                self._routes.trap(net)
+                self.routes.trap(net)
 
     def _drop_peer(self, name: str, reason: str) -> int:
         """Forget a peer and its connections; delete its IKE SAs. Returns how many."""
@@ -446,10 +445,10 @@ class Gateway:
                 self._resolve_waiters(state, f"connection {child.name}: {reason}", ok=False)
             for ts in child.remote_ts:
                 for net in ts.networks():
-                    self._routes.untrap(net)
-        if self._endpoint is None:
+                    self.routes.untrap(net)
+        if self.endpoint is None:
             return 0
-        return self._endpoint.delete_connection(name, time.monotonic(), reason)
+        return self.endpoint.delete_connection(name, time.monotonic(), reason)
 
     def _peer_wanted(self, peer: str) -> bool:
         # The peer's own children, not every connection: a reload adds each of
@@ -465,12 +464,12 @@ class Gateway:
         )
 
     def _installed(self, connection: str) -> list[ChildSaEntry]:
-        if self._plane is None:
+        if self.plane is None:
             return []
-        return self._plane.entries_of_child(connection)  # indexed, not scanned
+        return self.plane.entries_of_child(connection)  # indexed, not scanned
 
-    def _is_up(self, connection: str) -> bool:
-        return self._plane is not None and self._plane.has_child(connection)
+    def is_up(self, connection: str) -> bool:
+        return self.plane is not None and self.plane.has_child(connection)
 
     def _connections_of(self, peer: str) -> list[ConnectionState]:
         """The `[connections.NAME]` under one peer (from its configuration, so the
@@ -498,12 +497,12 @@ class Gateway:
                     del self._ike_sas_of[info.event.connection]
         return info
 
-    def _ike_sa_infos(self, peer: str) -> list[IkeSaInfo]:
+    def ike_sa_infos(self, peer: str) -> list[IkeSaInfo]:
         """The peer's announced IKE SAs, oldest first."""
         return list(self._ike_sas_of.get(peer, {}).values())
 
     def _initiate(self, peer: PeerState) -> None:
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         peer.retry = None
         if endpoint is None or self._shutting_down:
             return
@@ -511,7 +510,7 @@ class Gateway:
         if peer.config.remote_address is None:
             log.warning("peer %s is %%any: it must initiate, we cannot", name)
             return
-        if self._ike_sa_count(name):
+        if self.ike_sa_count(name):
             return
         log.info(
             "peer %s: initiating IKE SA to %s for %s",
@@ -524,12 +523,12 @@ class Gateway:
         except IkeError as exc:
             log.error("peer %s: cannot initiate: %s", name, exc)
             return
-        self._service()
+        self.service()
 
     def _established_ike_sa(self, peer: str) -> IkeSa | None:
         """The peer's IKE SA in use: one the core announced (a rekey's candidate SA is
         not, until IkeSaRekeyed) and that is still established."""
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         if endpoint is None:
             return None
         for ike_sa_id in self._ike_sas_of.get(peer, {}):
@@ -550,10 +549,10 @@ class Gateway:
         except IkeError as exc:
             log.error("connection %s: cannot request a CHILD SA: %s", state.name, exc)
             return
-        self._service()
+        self.service()
 
-    def _ike_sa_count(self, peer: str) -> int:
-        endpoint = self._endpoint
+    def ike_sa_count(self, peer: str) -> int:
+        endpoint = self.endpoint
         if endpoint is None:
             return 0
         return endpoint.ike_sa_count(peer)  # indexed by connection in the endpoint
@@ -565,8 +564,8 @@ class Gateway:
         delay = RETRY_DELAYS[min(peer.attempts, len(RETRY_DELAYS) - 1)]
         peer.attempts += 1
         log.info("peer %s: retrying in %.0f s", name, delay)
-        if self._loop is not None:
-            peer.retry = self._loop.call_later(delay, self._initiate, peer)
+        if self.loop is not None:
+            peer.retry = self.loop.call_later(delay, self._initiate, peer)
 
     @staticmethod
     def _cancel_retry(peer: PeerState) -> None:
@@ -585,21 +584,21 @@ class Gateway:
     # ---- the IKE endpoint -------------------------------------------------------------
 
     def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        if self._endpoint is None:
+        if self.endpoint is None:
             return
         self._last_ike_at = now = time.monotonic()
         try:
-            self._endpoint.receive_message(message, local, remote, now)
+            self.endpoint.receive_message(message, local, remote, now)
         except Exception:
             # The core turns bad input into typed errors itself; anything escaping is
             # a bug, and one hostile datagram must not stop the gateway for everyone.
             log.exception("IKE message from %s[%d] caused an internal error", *remote)
-        self._service()
+        self.service()
 
-    def _service(self) -> None:
+    def service(self) -> None:
         """Run due timers, send what the endpoint wants sent, handle its events, and
         re-arm the timer: the whole asyncio adapter of a sans-I/O core."""
-        endpoint, pump = self._endpoint, self._pump
+        endpoint, pump = self.endpoint, self.pump
         if endpoint is None or pump is None:
             return
         now = time.monotonic()
@@ -616,13 +615,13 @@ class Gateway:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        endpoint, loop = self._endpoint, self._loop
+        endpoint, loop = self.endpoint, self.loop
         timer = endpoint.get_timer() if endpoint is not None and loop is not None else None
         if self._timer is not None:
             if timer is None or timer >= self._timer_at:
                 # Armed for that time or earlier: most datagrams leave the timer where
                 # it was or move it later (an answer stops a retransmission timer), and
-                # an early wake-up only runs `_service`, which arms for what is then
+                # an early wake-up only runs `service`, which arms for what is then
                 # due. A burst of setups paid a cancel and a new handle per datagram.
                 return
             self._timer.cancel()
@@ -637,7 +636,7 @@ class Gateway:
         loop, while no IKE datagram came for KEY_POOL_IDLE (housekeeping starts it
         again)."""
         self._key_refill = None
-        endpoint, loop = self._endpoint, self._loop
+        endpoint, loop = self.endpoint, self.loop
         if endpoint is None or loop is None or self._shutting_down:
             return
         now = time.monotonic()
@@ -651,7 +650,7 @@ class Gateway:
 
     def _on_timer(self) -> None:
         self._timer = None  # fired: the next `_arm_timer` must arm again, same time or not
-        self._service()
+        self.service()
 
     def _handle_event(self, event: Event) -> None:
         handler = self._EVENT_HANDLERS.get(type(event))
@@ -730,7 +729,7 @@ class Gateway:
         """The IKE SA was replaced (RFC 7296 §2.18): status shows the new one, and the
         CHILD SAs that moved along now answer to it."""
         old = self._forget_ike_sa(event.ike_sa_id)
-        sa = self._endpoint.ike_sa(event.new_ike_sa_id) if self._endpoint is not None else None
+        sa = self.endpoint.ike_sa(event.new_ike_sa_id) if self.endpoint is not None else None
         if old is not None:
             announced = dataclasses.replace(
                 old.event,
@@ -741,8 +740,8 @@ class Gateway:
                 initiator=sa.initiator if sa is not None else old.event.initiator,
             )
             self._remember_ike_sa(IkeSaInfo(announced, rekeyed_from=event.ike_sa_id))
-        if self._plane is not None:
-            self._plane.move_to_ike_sa(event.ike_sa_id, event.new_ike_sa_id)
+        if self.plane is not None:
+            self.plane.move_to_ike_sa(event.ike_sa_id, event.new_ike_sa_id)
         for state in self._connections_of(event.connection):
             if state.carried_by == event.ike_sa_id:
                 state.carried_by = event.new_ike_sa_id
@@ -771,9 +770,9 @@ class Gateway:
         info = self.ike_sas.get(event.ike_sa_id)
         if info is not None:
             info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
-        if self._plane is None:
+        if self.plane is None:
             return
-        for entry in self._plane.entries_of_ike_sa(event.ike_sa_id):
+        for entry in self.plane.entries_of_ike_sa(event.ike_sa_id):
             if entry.udp_encap:
                 log.info(
                     "connection %s: peer moved to %s[%d]; ESP follows",
@@ -800,7 +799,7 @@ class Gateway:
         self._schedule_retry(peer)
 
     def _on_child_installed(self, event: ChildSaInstalled) -> None:
-        plane = self._plane
+        plane = self.plane
         if plane is None:
             return
         try:
@@ -815,7 +814,7 @@ class Gateway:
             return
         if _has_volume_limit(entry):
             self._volume_limited.add(entry.unique_id)
-        self._routes.add_for(entry)
+        self.routes.add_for(entry)
         # Formatting selectors costs, and thousands of CHILD SAs may come at once.
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -850,15 +849,15 @@ class Gateway:
                 else f"connection {event.child} is up"
             )
             self._resolve_waiters(state, outcome, ok=True)
-        self.notifier.notify(STATUS=self._status_line())
+        self.notifier.notify(STATUS=status_line(self))
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         self._uninstall(event.unique_id, event.reason)
         state = self.connections.get(event.child)
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         ike = endpoint.ike_sa(event.ike_sa_id) if endpoint is not None else None
         ike_alive = ike is not None and ike.state is not IkeSaState.DELETED
-        if state is not None and ike_alive and not self._is_up(state.name):
+        if state is not None and ike_alive and not self.is_up(state.name):
             # Deleted on its own (down, peer's Delete, volume): not lost with its IKE SA.
             state.carried_by = None
             if (
@@ -873,11 +872,11 @@ class Gateway:
                 log.info("connection %s: CHILD SA expired unreplaced; requesting a new one",
                          state.name)  # fmt: skip
                 state.requested_at = None
-                if self._loop is not None:
-                    self._loop.call_soon(self._create_child, state, ike)
+                if self.loop is not None:
+                    self.loop.call_soon(self._create_child, state, ike)
                 else:
                     self._create_child(state, ike)
-        self.notifier.notify(STATUS=self._status_line())
+        self.notifier.notify(STATUS=status_line(self))
 
     def _on_child_failed(self, event: ChildSaFailed) -> None:
         state = self.connections.get(event.child)
@@ -905,8 +904,8 @@ class Gateway:
         return f"{peer} ({address or '%any'})"
 
     def _on_keepalive_due(self, event: NatKeepaliveDue) -> None:
-        if self._plane is not None:
-            self._plane.send_keepalive(event.local, event.remote)
+        if self.plane is not None:
+            self.plane.send_keepalive(event.local, event.remote)
 
     _EVENT_HANDLERS: dict[type[Event], Callable[[Gateway, Any], None]] = {
         IkeSaEstablished: _on_ike_established,
@@ -921,13 +920,13 @@ class Gateway:
     }
 
     def _uninstall(self, unique_id: int, reason: str, linger: float = INBOUND_LINGER) -> None:
-        plane = self._plane
+        plane = self.plane
         if plane is None:
             return
         entry = plane.remove(unique_id, linger=linger)
         if entry is None:
             return
-        self._routes.release_for(entry)
+        self.routes.release_for(entry)
         log.info(
             "connection %s: CHILD SA #%d removed (%s) after %d packets in, %d out",
             entry.child,
@@ -961,7 +960,7 @@ class Gateway:
                     # The peer's IKE SA exists (for another connection): add ours to it.
                     state.wanted = True
                     self._create_child(state, sa)
-                elif not self._ike_sa_count(state.peer):
+                elif not self.ike_sa_count(state.peer):
                     log.info("connection %s: outbound traffic triggers it", state.name)
                     state.wanted = True
                     self._initiate(peer)
@@ -982,14 +981,14 @@ class Gateway:
         A peer's connections share its IKE SA, so a change to one of them renegotiates
         that peer; other peers keep their SAs untouched.
         """
-        self._reloads += 1
+        self.reloads += 1
         try:
             new = load_config(self.config_path, tables=self._toml)
             new_list = ike_connections(new)
         except ConfigLoadError as exc:
             raise ControlError(str(exc)) from None
         old = self.config
-        if old is None or self._endpoint is None:
+        if old is None or self.endpoint is None:
             raise ControlError("the daemon is not running")
         if new.gateway != old.gateway:
             log.warning(
@@ -1005,14 +1004,14 @@ class Gateway:
             count = self._drop_peer(name, "configuration changed")
             log.info("reload: peer %s %s (%d IKE SA(s) deleted)",
                      name, "removed" if name in removed else "changed", count)  # fmt: skip
-        self._service()
-        self._endpoint.set_connections(new_list)
+        self.service()
+        self.endpoint.set_connections(new_list)
         for peer in new.peers.values():
             if peer.address is not None and str(peer.address) not in self._path_mtus:
                 self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
         # The [gateway] addresses may have moved with the new file.
-        self._routes.addresses_moved()
+        self.routes.addresses_moved()
         for name in changed + added:
             self._add_peer(new_ike[name])
         unchanged = len(new_ike) - len(changed) - len(added)
@@ -1021,7 +1020,7 @@ class Gateway:
             f"{len(removed)} removed, {unchanged} unchanged"
         )
         log.info("%s", summary)
-        self.notifier.notify(STATUS=self._status_line())
+        self.notifier.notify(STATUS=status_line(self))
         return summary
 
     # ---- control ----------------------------------------------------------------------
@@ -1049,7 +1048,7 @@ class Gateway:
 
     async def _up(self, state: ConnectionState) -> str:
         name = state.name
-        if self._is_up(name):
+        if self.is_up(name):
             return f"connection {name} is already up"
         peer = self.peers[state.peer]
         state.wanted = True
@@ -1059,7 +1058,7 @@ class Gateway:
         if sa is not None:
             state.requested_at = None
             self._create_child(state, sa)
-        elif not self._ike_sa_count(state.peer):
+        elif not self.ike_sa_count(state.peer):
             if peer.config.remote_address is None:
                 state.waiters.remove(waiter)
                 raise ControlError(f"connection {name}: the peer is %any; it must initiate")
@@ -1076,31 +1075,31 @@ class Gateway:
 
     def _connecting(self, peer: str) -> bool:
         # The core holds an IKE SA with the peer that it has not announced yet.
-        return self._ike_sa_count(peer) > len(self._ike_sas_of.get(peer, ()))
+        return self.ike_sa_count(peer) > len(self._ike_sas_of.get(peer, ()))
 
     def _down(self, state: ConnectionState) -> str:
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         if endpoint is None:
             raise ControlError("the daemon is not running")
         state.wanted = False
         now = time.monotonic()
         peer = self.peers[state.peer]
         others = [c for c in self._connections_of(state.peer) if c.name != state.name]
-        if not any(self._is_up(c.name) for c in others):
+        if not any(self.is_up(c.name) for c in others):
             # Nothing else uses the peer's IKE SA: delete it with its CHILD SAs.
             self._cancel_retry(peer)
             count = endpoint.delete_connection(state.peer, now, "deleted by operator")
-            self._service()
+            self.service()
             return f"connection {state.name}: deleted (and {count} IKE SA(s) with {state.peer})"
         entries = self._installed(state.name)
         for entry in entries:
             with contextlib.suppress(IkeError):
                 endpoint.delete_child(entry.unique_id, now, "deleted by operator")
-        self._service()
+        self.service()
         return f"connection {state.name}: {len(entries)} CHILD SA(s) deleted"
 
     async def _rekey(self, state: ConnectionState) -> str:
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         if endpoint is None:
             raise ControlError("the daemon is not running")
         entries = self._installed(state.name)
@@ -1115,7 +1114,7 @@ class Gateway:
             except IkeError as exc:
                 state.waiters.remove(waiter)
                 raise ControlError(f"connection {state.name}: cannot rekey: {exc}") from None
-        self._service()
+        self.service()
         try:
             return await asyncio.wait_for(waiter, UP_TIMEOUT)
         except TimeoutError:
@@ -1126,7 +1125,7 @@ class Gateway:
     async def _rekey_ike(self, name: object) -> str:
         """`lockgate rekey --ike NAME`: rekey the IKE SA that carries connection NAME
         (or of peer NAME); its CHILD SAs move to the new IKE SA untouched (§2.8)."""
-        endpoint = self._endpoint
+        endpoint = self.endpoint
         if endpoint is None:
             raise ControlError("the daemon is not running")
         if isinstance(name, str) and name in self.connections:
@@ -1147,7 +1146,7 @@ class Gateway:
         except IkeError as exc:
             peer.ike_waiters.remove(waiter)
             raise ControlError(f"peer {peer_name}: cannot rekey the IKE SA: {exc}") from None
-        self._service()
+        self.service()
         try:
             return await asyncio.wait_for(waiter, UP_TIMEOUT)
         except TimeoutError:
@@ -1158,95 +1157,12 @@ class Gateway:
     # ---- status -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Everything `lockgate status` shows, JSON-ready."""
-        now = time.monotonic()
-        plane = self._plane.status() if self._plane is not None else {"sas": [], "drops": {}}
-        connections = []
-        # The IKE SAs of a peer and whether a connection is up come from indexes, so
-        # the status of N connections costs O(N), not a scan of every SA per connection
-        # (a thousand-SA gateway answered status polls in seconds).
-        for name, state in self.connections.items():
-            peer = self.peers[state.peer]
-            ikes = self._ike_sa_infos(state.peer)
-            if self._is_up(name):
-                phase = "up"
-            elif self._ike_sa_count(state.peer) > len(ikes):
-                # Like `_connecting`: the core holds an IKE SA not yet announced.
-                phase = "connecting"
-            elif peer.retry is not None and state.wanted:
-                phase = "waiting to retry"
-            elif state.child.start == "trap" or state.trapped:
-                phase = "trap (on traffic)"
-            elif state.child.start == "wait":
-                phase = "waiting for the peer"
-            else:
-                phase = "down"
-            remote_id = peer.config.remote_id
-            connections.append(
-                {
-                    "name": name,
-                    "peer": state.peer,
-                    "state": phase,
-                    "start": state.child.start,
-                    "remote": peer.config.remote_address or "%any",
-                    "remote_id": str(remote_id) if remote_id is not None else "%any",
-                    "local_ts": [str(ts) for ts in state.child.local_ts],
-                    "remote_ts": [str(ts) for ts in state.child.remote_ts],
-                    "last_error": state.last_error or peer.last_error,
-                    "ike_sas": [
-                        {
-                            "id": info.event.ike_sa_id,
-                            "spi_i": f"{info.event.spi_i:016x}",
-                            "spi_r": f"{info.event.spi_r:016x}",
-                            "rekeyed_from": info.rekeyed_from,
-                            "suite": info.event.suite,
-                            "local": f"{info.event.local[0]}[{info.event.local[1]}]",
-                            "remote": f"{info.event.remote[0]}[{info.event.remote[1]}]",
-                            "remote_id": info.event.remote_id,
-                            "initiator": info.event.initiator,
-                            "nat": info.event.nat_local or info.event.nat_remote,
-                            "udp_encap": info.event.udp_encap_reason,
-                            "age": round(now - info.established_at, 1),
-                        }
-                        for info in ikes
-                    ],
-                }
-            )
-        return {
-            "daemon": {
-                "version": VERSION,
-                "pid": os.getpid(),
-                "uptime": round(now - self.started_at, 1),
-                "config": str(Path(self.config_path).resolve()),
-                "interface": self._tun.name if self._tun is not None else None,
-            },
-            "connections": connections,
-            **plane,
-            # Received IKE datagrams dropped by the endpoint, by reason (issue 8).
-            "ike_drops": (
-                {str(reason): count for reason, count in sorted(self._endpoint.drops.items())}
-                if self._endpoint is not None
-                else {}
-            ),
-        }
+        """Everything `lockgate status` shows, JSON-ready (`daemon.status`)."""
+        return gateway_status(self)
 
     def status_summary(self) -> dict[str, Any]:
-        """Counts only (`{"command": "status", "summary": true}`): what a monitor or a
-        benchmark polls while thousands of SAs come up, at O(1) cost instead of the
-        full status's O(N) (which would slow the very event loop setting them up)."""
-        endpoint, plane = self._endpoint, self._plane
-        return {
-            "daemon": {"version": VERSION, "pid": os.getpid()},
-            "connections": len(self.connections),
-            "ike_sas": len(self.ike_sas),
-            "ike_sas_in_core": endpoint.ike_sa_total() if endpoint is not None else 0,
-            "child_sas": len(plane.entries) if plane is not None else 0,
-            "reloads": self._reloads,
-        }
-
-    def _status_line(self) -> str:
-        sas = len(self._plane.entries) if self._plane is not None else 0
-        return f"{len(self.connections)} connection(s), {sas} CHILD SA(s) installed"
+        """Counts only (`{"command": "status", "summary": true}`), see `daemon.status`."""
+        return status_summary(self)
 
     async def _housekeeping(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -1259,12 +1175,12 @@ class Gateway:
                 self.notifier.notify(WATCHDOG=1)
                 last_watchdog = now
             # A lost timer would stall retransmissions: run the endpoint regardless.
-            self._service()
+            self.service()
             if self._key_refill is None:
                 self._refill_keys()
             self._report_liveness(now)
-            if self._plane is not None:
-                self._plane.expire_lingering()
+            if self.plane is not None:
+                self.plane.expire_lingering()
 
     async def _watch_volume(self) -> None:
         last_full = time.monotonic()
@@ -1282,7 +1198,7 @@ class Gateway:
         hard one: only the data plane counts packets, so only it can tell the core
         (RFC 4301 §4.4.2.1 soft and hard lifetimes). Looks at the SAs that have a
         byte/packet limit, or with `every` at all of them."""
-        endpoint, plane = self._endpoint, self._plane
+        endpoint, plane = self.endpoint, self.plane
         if endpoint is None or plane is None:
             return
         now = time.monotonic()
@@ -1315,12 +1231,12 @@ class Gateway:
         self._rekeying &= plane.entries.keys()
         self._deleting &= plane.entries.keys()
         if acted:
-            self._service()
+            self.service()
 
     def _report_liveness(self, now: float) -> None:
         """ESP from the peer proves it alive: tell its IKE SA, so DPD stays quiet
         while traffic flows (RFC 7296 §2.4 asks for checks only when nothing came)."""
-        endpoint, plane = self._endpoint, self._plane
+        endpoint, plane = self.endpoint, self.plane
         if endpoint is None or plane is None:
             return
         seen = self._inbound_seen
