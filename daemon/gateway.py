@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from conf.errors import ConfigError as ConfigLoadError
@@ -32,36 +30,27 @@ from conf.ike import endpoint_config, ike_connections
 from conf.load import load_config
 from conf.model import Config
 from conf.toml_tables import TomlTables
-from daemon.childsa import ChildSaEntry, entry_from_event, selector_from_ike
+from daemon.childsa import ChildSaEntry, selector_from_ike
 from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
+from daemon.events import handle_event
+from daemon.lifetimes import SEQUENCE_CHECK_INTERVAL, VOLUME_CHECK_INTERVAL, Lifetimes
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker, LocalAddresses
 from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.packet import flow_of
+from daemon.peers import ConnectionState, IkeSaInfo, PeerState, resolve
 from daemon.pump import Pump
 from daemon.routes import Routes
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.status import VERSION, gateway_status, status_line, status_summary
-from esp.errors import EspConfigError
-from esp.sa import LifetimeState
 from ikev2.config import ChildConfig
 from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import (
-    ChildSaDeleted,
-    ChildSaFailed,
-    ChildSaInstalled,
-    DeleteCause,
     Event,
-    IkeSaAddressChanged,
-    IkeSaDeleted,
-    IkeSaEstablished,
-    IkeSaFailed,
-    IkeSaRekeyed,
-    NatKeepaliveDue,
 )
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
@@ -69,7 +58,7 @@ from tun import LinkError, PacketDevice, RouteSocket, TunDevice, TunError
 
 __all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
 
-log = logging.getLogger("lockgate")
+log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 3.0
 """Seconds SIGTERM waits for the peers to acknowledge our Deletes."""
@@ -78,18 +67,9 @@ RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
 UP_TIMEOUT = 20.0
 """How long `lockgate up` waits for the CHILD SA before answering."""
 HOUSEKEEPING_INTERVAL = 1.0
-VOLUME_CHECK_INTERVAL = 0.1
-"""Seconds between looks at the CHILD SAs' byte/packet counters. The rekey at 90% of a
-volume limit must start before the last 10% are used up: checked only once a second, a
-small limit at a high packet rate went past the hard limit before the rekey began. Only
-CHILD SAs with such a limit are looked at this often."""
 GC_THRESHOLDS = (10_000, 20, 20)
 """The cyclic collector's generation thresholds once started (Python's default: 700, 10,
 10)."""
-SEQUENCE_CHECK_INTERVAL = 10.0
-"""Seconds between looks at every CHILD SA, for the end of its sequence space: the soft
-mark leaves 1/16 of the 32-bit space (2^28 packets), minutes even at a million packets
-a second. Walking a thousand SAs ten times a second cost the loop 2% of a core."""
 INBOUND_LINGER = 2.0
 """Seconds a deleted CHILD SA still decrypts packets already on their way (see
 `DataPlane.remove`)."""
@@ -102,76 +82,10 @@ KEY_POOL_IDLE = 0.2
 setups they would only compete with it."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
-EXPIRED_CAUSES = frozenset({DeleteCause.LIMIT_REACHED, DeleteCause.EXPIRED})
-"""ChildSaDeleted causes of a CHILD SA that reached a hard limit before a rekey
-replaced it: a connection that should be up then needs a new one."""
-
-
-def _has_volume_limit(entry: ChildSaEntry) -> bool:
-    """True when either ESP SA of the entry has a byte or packet limit."""
-    return any(
-        limit is not None
-        for life in (entry.outbound.lifetime, entry.inbound.lifetime)
-        for limit in (life.soft_bytes, life.hard_bytes, life.soft_packets, life.hard_packets)
-    )
 
 
 class GatewayError(Exception):
     """The daemon cannot start (TUN, sockets, control socket); the message says why."""
-
-
-@dataclass(slots=True)
-class IkeSaInfo:
-    """What `status` shows about an established IKE SA (from its event)."""
-
-    event: IkeSaEstablished
-    """The event that announced it (after a rekey: with the new SA's id, SPIs, suite)."""
-    established_at: float = field(default_factory=time.monotonic)
-    """Monotonic time of establishment (or of the rekey that made it)."""
-    rekeyed_from: int | None = None
-    """The IKE SA it replaced in a rekey (RFC 7296 §2.18), if any."""
-
-
-@dataclass
-class PeerState:
-    """One IKE connection: a peer gateway and the CHILD SAs configured under it."""
-
-    config: IkeConnection
-    """What the IKE core runs (named after the `[peers.NAME]` section)."""
-    attempts: int = 0
-    """Failed attempts in a row (for the back-off)."""
-    retry: asyncio.TimerHandle | None = None
-    """The scheduled next attempt, if any."""
-    last_error: str = ""
-    """Why the last attempt failed."""
-    ike_waiters: list[asyncio.Future[str]] = field(default_factory=list)
-    """`lockgate rekey --ike` calls waiting for the new IKE SA."""
-
-
-@dataclass
-class ConnectionState:
-    """One `[connections.NAME]`: a CHILD SA configuration under a peer's IKE SA."""
-
-    name: str
-    """The connection (and CHILD SA) name the operator wrote."""
-    peer: str
-    """Name of the IKE connection (the peer) it belongs to."""
-    child: ChildConfig
-    """Its CHILD SA settings."""
-    wanted: bool
-    """True if it should be up (start = initiate, or `lockgate up`)."""
-    last_error: str = ""
-    """Why it last failed to come up."""
-    requested_at: float | None = None
-    """When we last asked for its CHILD SA under an existing IKE SA (not yet there)."""
-    waiters: list[asyncio.Future[str]] = field(default_factory=list)
-    """`lockgate up` calls waiting for the outcome."""
-    carried_by: int | None = None
-    """The IKE SA its CHILD SA is (or was, when that IKE SA died) under: a dead peer's
-    dpd_action applies to the connections that were up with it."""
-    trapped: bool = False
-    """Re-armed by dpd_action "trap": like start = "trap", the next matching packet
-    initiates it again."""
 
 
 def _one_line(exc: Exception) -> str:
@@ -181,17 +95,6 @@ def _one_line(exc: Exception) -> str:
     if len(problems) > 1:
         return "; ".join(str(p) for p in problems)
     return str(exc)
-
-
-def _resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:
-    """Answer every waiting control request with `outcome` (an error unless `ok`)."""
-    for waiter in waiters:
-        if not waiter.done():
-            if ok:
-                waiter.set_result(outcome)
-            else:
-                waiter.set_exception(ControlError(outcome))
-    waiters.clear()
 
 
 class Gateway:
@@ -205,12 +108,12 @@ class Gateway:
         """The file's TOML tables as last parsed: a reload parses only those that
         changed (most of a reload's cost was tomllib)."""
         self.peers: dict[str, PeerState] = {}
-        """IKE connections by peer name."""
+        """`[peers.NAME]` sections by NAME."""
         self.connections: dict[str, ConnectionState] = {}
         """`[connections.NAME]` sections by NAME (CHILD SA configurations)."""
         self.ike_sas: dict[int, IkeSaInfo] = {}
-        """Announced IKE SAs by id (change it through `_remember_ike_sa` and
-        `_forget_ike_sa`, which keep `_ike_sas_of` in step)."""
+        """Announced IKE SAs by id (change it through `remember_ike_sa` and
+        `forget_ike_sa`, which keep `_ike_sas_of` in step)."""
         self._ike_sas_of: dict[str, dict[int, IkeSaInfo]] = {}
         """The same IKE SAs grouped by peer: per-peer questions (is it up, is it still
         connecting) are asked per SA set up and must not scan every IKE SA."""
@@ -218,7 +121,7 @@ class Gateway:
         self.started_at = time.monotonic()
         self.routes = Routes()
         """The routes into the TUN device, counted per network."""
-        self._path_mtus: dict[str, int] = {}
+        self.path_mtus: dict[str, int] = {}
         self.tun: TunDevice | None = None
         self._links: LinkWorker | None = None
         self._route_socket: RouteSocket | None = None
@@ -233,13 +136,9 @@ class Gateway:
         self._timer_at = 0.0
         """The endpoint timer `_timer` is armed for (meaningful while `_timer` is set)."""
         self._stopping = asyncio.Event()
-        self._shutting_down = False
-        self._inbound_seen: dict[int, int] = {}
-        self._rekeying: set[int] = set()
-        self._volume_limited: set[int] = set()
-        """CHILD SAs (unique ids) with a byte or packet limit: checked every
-        VOLUME_CHECK_INTERVAL; the others only every SEQUENCE_CHECK_INTERVAL."""
-        self._deleting: set[int] = set()
+        self.shutting_down = False
+        self.lifetimes = Lifetimes()
+        """The CHILD SAs' volume lifetimes, and the liveness their traffic proves."""
         self._last_ike_at = 0.0
         """When the last IKE datagram arrived (monotonic): key pairs are made ahead
         only after KEY_POOL_IDLE of quiet."""
@@ -310,8 +209,8 @@ class Gateway:
         addresses = [str(a) for a in gateway.addresses]
         for peer in config.peers.values():
             if peer.address is not None:
-                self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
-        mtu = tun_mtu(config, self._path_mtus)
+                self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
+        mtu = tun_mtu(config, self.path_mtus)
         offload = offload_mode()
         self.tun = open_tun(gateway.interface, offload)
         self._links = LinkWorker()
@@ -368,9 +267,9 @@ class Gateway:
         endpoint = self.endpoint
         if endpoint is None:
             return
-        self._shutting_down = True
+        self.shutting_down = True
         for peer in self.peers.values():
-            self._cancel_retry(peer)
+            self.cancel_retry(peer)
         endpoint.close(time.monotonic())
         self.service()
         # Wait (bounded) for the peers to acknowledge; retransmissions run meanwhile.
@@ -387,10 +286,10 @@ class Gateway:
         if self._key_refill is not None:
             self._key_refill.cancel()
         for peer in self.peers.values():
-            self._cancel_retry(peer)
+            self.cancel_retry(peer)
         if self.plane is not None:
             for entry in list(self.plane.entries.values()):
-                self._uninstall(entry.unique_id, "shutting down", linger=0.0)
+                self.uninstall(entry.unique_id, "shutting down", linger=0.0)
         if self.pump is not None:
             self.pump.close()
         self.routes.remove_all()
@@ -422,11 +321,11 @@ class Gateway:
                     child.start,
                 )
             if child.start == "trap":
-                self._arm_trap(child)
+                self.arm_trap(child)
         if self._peer_wanted(ike.name):
-            self._initiate(self.peers[ike.name])
+            self.initiate(self.peers[ike.name])
 
-    def _arm_trap(self, child: ChildConfig) -> None:
+    def arm_trap(self, child: ChildConfig) -> None:
         """Route the remote subnets into the TUN without an SA, so the first packet
         reaches `_on_acquire` and starts the connection."""
         for ts in child.remote_ts:
@@ -438,7 +337,7 @@ class Gateway:
         peer = self.peers.pop(name, None)
         if peer is None:
             return 0
-        self._cancel_retry(peer)
+        self.cancel_retry(peer)
         for child in peer.config.children:
             state = self.connections.pop(child.name, None)
             if state is not None:
@@ -463,7 +362,7 @@ class Gateway:
             for child in state.config.children
         )
 
-    def _installed(self, connection: str) -> list[ChildSaEntry]:
+    def installed(self, connection: str) -> list[ChildSaEntry]:
         if self.plane is None:
             return []
         return self.plane.entries_of_child(connection)  # indexed, not scanned
@@ -471,7 +370,7 @@ class Gateway:
     def is_up(self, connection: str) -> bool:
         return self.plane is not None and self.plane.has_child(connection)
 
-    def _connections_of(self, peer: str) -> list[ConnectionState]:
+    def connections_of(self, peer: str) -> list[ConnectionState]:
         """The `[connections.NAME]` under one peer (from its configuration, so the
         cost is that peer's connections, not every connection of the gateway)."""
         state = self.peers.get(peer)
@@ -483,11 +382,11 @@ class Gateway:
             if (conn := self.connections.get(child.name)) is not None and conn.peer == peer
         ]
 
-    def _remember_ike_sa(self, info: IkeSaInfo) -> None:
+    def remember_ike_sa(self, info: IkeSaInfo) -> None:
         self.ike_sas[info.event.ike_sa_id] = info
         self._ike_sas_of.setdefault(info.event.connection, {})[info.event.ike_sa_id] = info
 
-    def _forget_ike_sa(self, ike_sa_id: int) -> IkeSaInfo | None:
+    def forget_ike_sa(self, ike_sa_id: int) -> IkeSaInfo | None:
         info = self.ike_sas.pop(ike_sa_id, None)
         if info is not None:
             group = self._ike_sas_of.get(info.event.connection)
@@ -501,10 +400,10 @@ class Gateway:
         """The peer's announced IKE SAs, oldest first."""
         return list(self._ike_sas_of.get(peer, {}).values())
 
-    def _initiate(self, peer: PeerState) -> None:
+    def initiate(self, peer: PeerState) -> None:
         endpoint = self.endpoint
         peer.retry = None
-        if endpoint is None or self._shutting_down:
+        if endpoint is None or self.shutting_down:
             return
         name = peer.config.name
         if peer.config.remote_address is None:
@@ -525,7 +424,7 @@ class Gateway:
             return
         self.service()
 
-    def _established_ike_sa(self, peer: str) -> IkeSa | None:
+    def established_ike_sa(self, peer: str) -> IkeSa | None:
         """The peer's IKE SA in use: one the core announced (a rekey's candidate SA is
         not, until IkeSaRekeyed) and that is still established."""
         endpoint = self.endpoint
@@ -537,7 +436,7 @@ class Gateway:
                 return sa
         return None
 
-    def _create_child(self, state: ConnectionState, sa: IkeSa) -> None:
+    def create_child(self, state: ConnectionState, sa: IkeSa) -> None:
         """Ask for one more CHILD SA under an established IKE SA (RFC 7296 §1.3.1)."""
         now = time.monotonic()
         if state.requested_at is not None and now - state.requested_at < CHILD_REQUEST_SPACING:
@@ -557,29 +456,29 @@ class Gateway:
             return 0
         return endpoint.ike_sa_count(peer)  # indexed by connection in the endpoint
 
-    def _schedule_retry(self, peer: PeerState) -> None:
+    def schedule_retry(self, peer: PeerState) -> None:
         name = peer.config.name
-        if not self._peer_wanted(name) or self._shutting_down or peer.retry is not None:
+        if not self._peer_wanted(name) or self.shutting_down or peer.retry is not None:
             return
         delay = RETRY_DELAYS[min(peer.attempts, len(RETRY_DELAYS) - 1)]
         peer.attempts += 1
         log.info("peer %s: retrying in %.0f s", name, delay)
         if self.loop is not None:
-            peer.retry = self.loop.call_later(delay, self._initiate, peer)
+            peer.retry = self.loop.call_later(delay, self.initiate, peer)
 
     @staticmethod
-    def _cancel_retry(peer: PeerState) -> None:
+    def cancel_retry(peer: PeerState) -> None:
         if peer.retry is not None:
             peer.retry.cancel()
             peer.retry = None
 
     @staticmethod
     def _resolve_waiters(state: ConnectionState, outcome: str, ok: bool) -> None:
-        _resolve(state.waiters, outcome, ok)
+        resolve(state.waiters, outcome, ok)
 
     @staticmethod
     def _resolve_ike_waiters(peer: PeerState, outcome: str, ok: bool) -> None:
-        _resolve(peer.ike_waiters, outcome, ok)
+        resolve(peer.ike_waiters, outcome, ok)
 
     # ---- the IKE endpoint -------------------------------------------------------------
 
@@ -637,7 +536,7 @@ class Gateway:
         again)."""
         self._key_refill = None
         endpoint, loop = self.endpoint, self.loop
-        if endpoint is None or loop is None or self._shutting_down:
+        if endpoint is None or loop is None or self.shutting_down:
             return
         now = time.monotonic()
         if now - self._last_ike_at < KEY_POOL_IDLE:
@@ -653,273 +552,10 @@ class Gateway:
         self.service()
 
     def _handle_event(self, event: Event) -> None:
-        handler = self._EVENT_HANDLERS.get(type(event))
-        if handler is not None:
-            handler(self, event)
+        """React to one event of the IKE core (`daemon.events`)."""
+        handle_event(self, event)
 
-    def _on_ike_established(self, event: IkeSaEstablished) -> None:
-        self._remember_ike_sa(IkeSaInfo(event))
-        if not log.isEnabledFor(logging.INFO):
-            return
-        log.info(
-            "peer %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
-            event.connection,
-            event.ike_sa_id,
-            event.remote_id,
-            "we initiated" if event.initiator else "peer initiated",
-            event.suite,
-            event.local[0],
-            event.local[1],
-            event.remote[0],
-            event.remote[1],
-            f"; ESP in UDP: {event.udp_encap_reason}" if event.udp_encap_reason else "",
-        )
-
-    def _on_ike_deleted(self, event: IkeSaDeleted) -> None:
-        self._forget_ike_sa(event.ike_sa_id)
-        log.info("peer %s: IKE SA #%d deleted (%s)",
-                 event.connection, event.ike_sa_id, event.reason)  # fmt: skip
-        peer = self.peers.get(event.connection)
-        if peer is None:
-            return
-        self._resolve_ike_waiters(peer, f"peer {peer.config.name}: {event.reason}", ok=False)
-        if self._shutting_down:
-            return
-        if event.cause is DeleteCause.DEAD_PEER:
-            # Liveness checks went unanswered (RFC 7296 §2.4): dpd_action applies.
-            self._apply_dpd_action(peer, event)
-        else:
-            # Deleted by the peer, or expired: connections that should be up come back.
-            self._schedule_retry(peer)
-
-    def _apply_dpd_action(self, peer: PeerState, event: IkeSaDeleted) -> None:
-        """The peer stopped answering liveness checks (RFC 7296 §2.4): do what its
-        connections' dpd_action says with those that were up under the dead IKE SA."""
-        action = peer.config.dpd_action
-        name = peer.config.name
-        lost = [
-            c for c in self._connections_of(name) if c.carried_by == event.ike_sa_id or c.wanted
-        ]
-        peer.last_error = event.reason
-        for state in lost:
-            state.carried_by = None
-            state.last_error = event.reason
-        names = ", ".join(c.name for c in lost) or "none"
-        if action == "restart" and peer.config.remote_address is not None:
-            log.info("peer %s is dead; dpd_action restart: initiating again (%s)", name, names)
-            for state in lost:
-                state.wanted = True
-            peer.attempts = 0
-            self._schedule_retry(peer)
-        elif action == "trap":
-            log.info("peer %s is dead; dpd_action trap: traffic restarts %s", name, names)
-            for state in lost:
-                state.wanted = False
-                state.trapped = True
-                self._arm_trap(state.child)
-        else:
-            if action == "restart":
-                log.warning("peer %s is dead and %%any: it must initiate again", name)
-            else:
-                log.info("peer %s is dead; dpd_action clear: %s stay down", name, names)
-            for state in lost:
-                state.wanted = False
-
-    def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
-        """The IKE SA was replaced (RFC 7296 §2.18): status shows the new one, and the
-        CHILD SAs that moved along now answer to it."""
-        old = self._forget_ike_sa(event.ike_sa_id)
-        sa = self.endpoint.ike_sa(event.new_ike_sa_id) if self.endpoint is not None else None
-        if old is not None:
-            announced = dataclasses.replace(
-                old.event,
-                ike_sa_id=event.new_ike_sa_id,
-                spi_i=event.spi_i,
-                spi_r=event.spi_r,
-                suite=event.suite,
-                initiator=sa.initiator if sa is not None else old.event.initiator,
-            )
-            self._remember_ike_sa(IkeSaInfo(announced, rekeyed_from=event.ike_sa_id))
-        if self.plane is not None:
-            self.plane.move_to_ike_sa(event.ike_sa_id, event.new_ike_sa_id)
-        for state in self._connections_of(event.connection):
-            if state.carried_by == event.ike_sa_id:
-                state.carried_by = event.new_ike_sa_id
-        log.info(
-            "peer %s: IKE SA #%d rekeyed, #%d replaces it (%s, SPIs %016x_i %016x_r)",
-            event.connection,
-            event.ike_sa_id,
-            event.new_ike_sa_id,
-            event.suite,
-            event.spi_i,
-            event.spi_r,
-        )
-        peer = self.peers.get(event.connection)
-        if peer is not None:
-            self._resolve_ike_waiters(
-                peer,
-                f"peer {event.connection}: IKE SA #{event.ike_sa_id} rekeyed, "
-                f"#{event.new_ike_sa_id} replaces it",
-                ok=True,
-            )
-
-    def _on_address_changed(self, event: IkeSaAddressChanged) -> None:
-        """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping may
-        change, and the IKE SA follows authenticated messages; without one, the move to
-        port 4500 (RFC 7296 §2.23)."""
-        info = self.ike_sas.get(event.ike_sa_id)
-        if info is not None:
-            info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
-        if self.plane is None:
-            return
-        for entry in self.plane.entries_of_ike_sa(event.ike_sa_id):
-            if entry.udp_encap:
-                log.info(
-                    "connection %s: peer moved to %s[%d]; ESP follows",
-                    entry.child,
-                    event.remote[0],
-                    event.remote[1],
-                )
-                entry.local, entry.remote = event.local, event.remote
-
-    def _on_ike_failed(self, event: IkeSaFailed) -> None:
-        log.warning(
-            "peer %s: IKE SA #%d failed: %s",
-            event.connection or "(none)",
-            event.ike_sa_id,
-            event.reason,
-        )
-        peer = self.peers.get(event.connection)
-        if peer is None:
-            return
-        peer.last_error = event.reason
-        for state in self._connections_of(event.connection):
-            state.last_error = event.reason
-            self._resolve_waiters(state, f"{state.name}: {event.reason}", ok=False)
-        self._schedule_retry(peer)
-
-    def _on_child_installed(self, event: ChildSaInstalled) -> None:
-        plane = self.plane
-        if plane is None:
-            return
-        try:
-            entry = entry_from_event(event, self._path_mtus.get(event.remote[0], 1500))
-            # At a rekey we started, the peer installed the new SA before it answered,
-            # and it drops the old inbound SA when our Delete arrives: send on the new
-            # one at once. The peer of a rekey keeps the old one until that Delete
-            # (RFC 7296 §2.8).
-            plane.install(entry, preferred=event.rekey_of is not None and event.initiator)
-        except (EspConfigError, ValueError) as exc:
-            log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
-            return
-        if _has_volume_limit(entry):
-            self._volume_limited.add(entry.unique_id)
-        self.routes.add_for(entry)
-        # Formatting selectors costs, and thousands of CHILD SAs may come at once.
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "connection %s: CHILD SA #%d installed%s: %s === %s, %s, SPIs in %08x out "
-                "%08x, %s, inner MTU %d",
-                event.child,
-                event.unique_id,
-                f" (rekeys #{event.rekey_of})" if event.rekey_of is not None else "",
-                format_selectors(event.local_ts),
-                format_selectors(event.remote_ts),
-                entry.inbound.suite.name,
-                entry.spi_in,
-                entry.spi_out,
-                f"ESP in UDP to {event.remote[0]}[{event.remote[1]}]"
-                if event.udp_encap
-                else f"raw ESP to {event.remote[0]}",
-                entry.mtu,
-            )
-        peer = self.peers.get(event.connection)
-        if peer is not None:
-            peer.attempts = 0
-            peer.last_error = ""
-        state = self.connections.get(event.child)
-        if state is not None:
-            state.last_error = ""
-            state.requested_at = None
-            state.carried_by = event.ike_sa_id
-            outcome = (
-                f"connection {event.child}: rekeyed, CHILD SA #{event.unique_id} replaces "
-                f"#{event.rekey_of}"
-                if event.rekey_of is not None
-                else f"connection {event.child} is up"
-            )
-            self._resolve_waiters(state, outcome, ok=True)
-        self.notifier.notify(STATUS=status_line(self))
-
-    def _on_child_deleted(self, event: ChildSaDeleted) -> None:
-        self._uninstall(event.unique_id, event.reason)
-        state = self.connections.get(event.child)
-        endpoint = self.endpoint
-        ike = endpoint.ike_sa(event.ike_sa_id) if endpoint is not None else None
-        ike_alive = ike is not None and ike.state is not IkeSaState.DELETED
-        if state is not None and ike_alive and not self.is_up(state.name):
-            # Deleted on its own (down, peer's Delete, volume): not lost with its IKE SA.
-            state.carried_by = None
-            if (
-                ike is not None
-                and state.wanted
-                and event.cause in EXPIRED_CAUSES
-                and ike.state is IkeSaState.ESTABLISHED
-            ):
-                # A hard limit came before the rekey finished (RFC 4301 §4.4.2.1): the
-                # connection should stay up, so negotiate a fresh CHILD SA under the
-                # same IKE SA, after the events being handled now.
-                log.info("connection %s: CHILD SA expired unreplaced; requesting a new one",
-                         state.name)  # fmt: skip
-                state.requested_at = None
-                if self.loop is not None:
-                    self.loop.call_soon(self._create_child, state, ike)
-                else:
-                    self._create_child(state, ike)
-        self.notifier.notify(STATUS=status_line(self))
-
-    def _on_child_failed(self, event: ChildSaFailed) -> None:
-        state = self.connections.get(event.child)
-        if state is not None:
-            log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
-            state.last_error = event.reason
-            self._resolve_waiters(state, f"{event.child}: {event.reason}", ok=False)
-            return
-        # The peer asked for selectors that match none of our connections (the core
-        # names no CHILD configuration): say which peer, and keep it on the peer so
-        # `lockgate status` shows it on each of its connections.
-        reason = f"CHILD SA refused: {event.reason}"
-        log.warning("peer %s: %s", self._peer_label(event.connection, event.ike_sa_id), reason)
-        peer = self.peers.get(event.connection)
-        if peer is not None:
-            peer.last_error = reason
-
-    def _peer_label(self, peer: str, ike_sa_id: int) -> str:
-        """'dc1 (198.51.100.2)': the peer's name and the address its IKE SA talks to."""
-        info = self.ike_sas.get(ike_sa_id)
-        if info is not None:
-            return f"{peer} ({info.event.remote[0]})"
-        state = self.peers.get(peer)
-        address = state.config.remote_address if state is not None else None
-        return f"{peer} ({address or '%any'})"
-
-    def _on_keepalive_due(self, event: NatKeepaliveDue) -> None:
-        if self.plane is not None:
-            self.plane.send_keepalive(event.local, event.remote)
-
-    _EVENT_HANDLERS: dict[type[Event], Callable[[Gateway, Any], None]] = {
-        IkeSaEstablished: _on_ike_established,
-        IkeSaDeleted: _on_ike_deleted,
-        IkeSaRekeyed: _on_ike_rekeyed,
-        IkeSaAddressChanged: _on_address_changed,
-        IkeSaFailed: _on_ike_failed,
-        ChildSaInstalled: _on_child_installed,
-        ChildSaDeleted: _on_child_deleted,
-        ChildSaFailed: _on_child_failed,
-        NatKeepaliveDue: _on_keepalive_due,
-    }
-
-    def _uninstall(self, unique_id: int, reason: str, linger: float = INBOUND_LINGER) -> None:
+    def uninstall(self, unique_id: int, reason: str, linger: float = INBOUND_LINGER) -> None:
         plane = self.plane
         if plane is None:
             return
@@ -955,15 +591,15 @@ class Gateway:
                 peer = self.peers.get(state.peer)
                 if peer is None or peer.retry is not None:
                     return
-                sa = self._established_ike_sa(state.peer)
+                sa = self.established_ike_sa(state.peer)
                 if sa is not None:
                     # The peer's IKE SA exists (for another connection): add ours to it.
                     state.wanted = True
-                    self._create_child(state, sa)
+                    self.create_child(state, sa)
                 elif not self.ike_sa_count(state.peer):
                     log.info("connection %s: outbound traffic triggers it", state.name)
                     state.wanted = True
-                    self._initiate(peer)
+                    self.initiate(peer)
                 return
 
     # ---- reload -----------------------------------------------------------------------
@@ -1007,8 +643,8 @@ class Gateway:
         self.service()
         self.endpoint.set_connections(new_list)
         for peer in new.peers.values():
-            if peer.address is not None and str(peer.address) not in self._path_mtus:
-                self._path_mtus[str(peer.address)] = path_mtu(str(peer.address))
+            if peer.address is not None and str(peer.address) not in self.path_mtus:
+                self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
         # The [gateway] addresses may have moved with the new file.
         self.routes.addresses_moved()
@@ -1054,17 +690,17 @@ class Gateway:
         state.wanted = True
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         state.waiters.append(waiter)
-        sa = self._established_ike_sa(state.peer)
+        sa = self.established_ike_sa(state.peer)
         if sa is not None:
             state.requested_at = None
-            self._create_child(state, sa)
+            self.create_child(state, sa)
         elif not self.ike_sa_count(state.peer):
             if peer.config.remote_address is None:
                 state.waiters.remove(waiter)
                 raise ControlError(f"connection {name}: the peer is %any; it must initiate")
             peer.attempts = 0
-            self._cancel_retry(peer)
-            self._initiate(peer)
+            self.cancel_retry(peer)
+            self.initiate(peer)
         # else: the IKE SA is being set up and brings this CHILD SA along.
         try:
             return await asyncio.wait_for(waiter, UP_TIMEOUT)
@@ -1084,14 +720,14 @@ class Gateway:
         state.wanted = False
         now = time.monotonic()
         peer = self.peers[state.peer]
-        others = [c for c in self._connections_of(state.peer) if c.name != state.name]
+        others = [c for c in self.connections_of(state.peer) if c.name != state.name]
         if not any(self.is_up(c.name) for c in others):
             # Nothing else uses the peer's IKE SA: delete it with its CHILD SAs.
-            self._cancel_retry(peer)
+            self.cancel_retry(peer)
             count = endpoint.delete_connection(state.peer, now, "deleted by operator")
             self.service()
             return f"connection {state.name}: deleted (and {count} IKE SA(s) with {state.peer})"
-        entries = self._installed(state.name)
+        entries = self.installed(state.name)
         for entry in entries:
             with contextlib.suppress(IkeError):
                 endpoint.delete_child(entry.unique_id, now, "deleted by operator")
@@ -1102,7 +738,7 @@ class Gateway:
         endpoint = self.endpoint
         if endpoint is None:
             raise ControlError("the daemon is not running")
-        entries = self._installed(state.name)
+        entries = self.installed(state.name)
         if not entries:
             raise ControlError(f"connection {state.name} has no CHILD SA to rekey")
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -1135,7 +771,7 @@ class Gateway:
         else:
             known = ", ".join(sorted(self.connections)) or "none"
             raise ControlError(f"no connection named {name!r} (configured: {known})")
-        sa = self._established_ike_sa(peer_name)
+        sa = self.established_ike_sa(peer_name)
         if sa is None:
             raise ControlError(f"peer {peer_name} has no established IKE SA to rekey")
         peer = self.peers[peer_name]
@@ -1193,61 +829,19 @@ class Gateway:
             self._enforce_volume_lifetimes(every=every)
 
     def _enforce_volume_lifetimes(self, *, every: bool = False) -> None:
-        """Rekey CHILD SAs past their soft byte/packet limit (90% of `life_bytes` /
-        `life_packets`, or near the end of their sequence space), delete those at the
-        hard one: only the data plane counts packets, so only it can tell the core
-        (RFC 4301 §4.4.2.1 soft and hard lifetimes). Looks at the SAs that have a
-        byte/packet limit, or with `every` at all of them."""
+        """Tell the core of CHILD SAs at a soft or hard volume limit (`Lifetimes.enforce`)."""
         endpoint, plane = self.endpoint, self.plane
-        if endpoint is None or plane is None:
-            return
-        now = time.monotonic()
-        acted = False
-        entries = plane.entries
-        self._volume_limited &= entries.keys()
-        if every:
-            candidates = list(entries.items())
-        else:
-            candidates = [(uid, entries[uid]) for uid in self._volume_limited]
-        for uid, entry in candidates:
-            states = {entry.outbound.lifetime_state(), entry.inbound.lifetime_state()}
-            if LifetimeState.SOFT not in states and LifetimeState.HARD not in states:
-                continue
-            try:
-                if LifetimeState.HARD in states and uid not in self._deleting:
-                    self._deleting.add(uid)
-                    log.info("connection %s: CHILD SA #%d used up its volume", entry.child, uid)
-                    endpoint.child_limit_reached(uid, now, hard=True)
-                elif LifetimeState.SOFT in states and uid not in self._rekeying:
-                    self._rekeying.add(uid)
-                    log.info("connection %s: CHILD SA #%d due for rekeying (volume)",
-                             entry.child, uid)  # fmt: skip
-                    endpoint.child_limit_reached(uid, now, hard=False)
-                else:
-                    continue
-                acted = True
-            except IkeError as exc:
-                log.warning("connection %s: CHILD SA #%d: %s", entry.child, uid, exc)
-        self._rekeying &= plane.entries.keys()
-        self._deleting &= plane.entries.keys()
-        if acted:
+        if (
+            endpoint is not None
+            and plane is not None
+            and self.lifetimes.enforce(endpoint, plane, every=every)
+        ):
             self.service()
 
     def _report_liveness(self, now: float) -> None:
-        """ESP from the peer proves it alive: tell its IKE SA, so DPD stays quiet
-        while traffic flows (RFC 7296 §2.4 asks for checks only when nothing came)."""
-        endpoint, plane = self.endpoint, self.plane
-        if endpoint is None or plane is None:
-            return
-        seen = self._inbound_seen
-        current: dict[int, int] = {}
-        for uid, entry in plane.entries.items():
-            count = entry.inbound.packet_count
-            if count:  # SAs that never received stay out: at idle the map is empty
-                current[uid] = count
-                if count != seen.get(uid, 0):
-                    endpoint.heard_from_peer(entry.ike_sa_id, now)
-        self._inbound_seen = current
+        """Tell the IKE SAs whose peers sent ESP (`Lifetimes.report_liveness`)."""
+        if self.endpoint is not None and self.plane is not None:
+            self.lifetimes.report_liveness(self.endpoint, self.plane, now)
 
 
 def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:

@@ -266,7 +266,7 @@ def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequenc
     gateway._handle_event(dataclasses.replace(limited, connection="main", life_packets=10))
     plain, _ = events("aes128gcm16", udp=False, uid=2)
     gateway._handle_event(dataclasses.replace(plain, connection="main"))
-    assert gateway._volume_limited == {1}
+    assert gateway.lifetimes.volume_limited == {1}
     # The unlimited SA's counter reaches the soft mark near the end of its sequence
     # space (15/16 of 2^32): the frequent pass does not look, the full one does.
     outbound = gateway.plane.entries[2].outbound
@@ -278,7 +278,7 @@ def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequenc
     # A removed SA leaves the limited set at the next look.
     gateway._handle_event(ChildSaDeleted("main", "site", 1, 7, 0xB0000001, 1, "test"))
     gateway._enforce_volume_lifetimes()
-    assert gateway._volume_limited == set()
+    assert gateway.lifetimes.volume_limited == set()
 
 
 def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway) -> None:
@@ -302,7 +302,7 @@ def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway
 
 
 def test_per_peer_ike_sa_index_follows_establish_rekey_and_delete(gateway: Gateway) -> None:
-    # `_established_ike_sa`, `_connecting` and status read the IKE SAs of one peer from
+    # `established_ike_sa`, `_connecting` and status read the IKE SAs of one peer from
     # an index: it must say what a scan of every announced IKE SA says at each step.
     def scan(peer: str) -> list[int]:
         return [i for i, info in gateway.ike_sas.items() if info.event.connection == peer]
@@ -370,7 +370,7 @@ def _die(gateway: Gateway, action: str) -> None:
 
 def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
     retries: list[str] = []
-    gateway._schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
+    gateway.schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
     _die(gateway, "clear")
     state = gateway.connections["site"]
     assert not state.wanted and not state.trapped and retries == []
@@ -389,18 +389,18 @@ def test_dpd_action_restart_initiates_again_with_back_off(gateway: Gateway) -> N
         delay = peer.retry.when() - gateway.loop.time()
         assert 1.0 < delay <= 2.0  # RETRY_DELAYS[0]: the first attempt comes soon
         # The attempt fails (peer still down): the next one waits longer.
-        gateway._cancel_retry(peer)
+        gateway.cancel_retry(peer)
         gateway._handle_event(IkeSaFailed("main", 8, "peer did not answer", None))
         assert peer.retry is not None and peer.attempts == 2
         assert peer.retry.when() - gateway.loop.time() > 3.0
-        gateway._cancel_retry(peer)
+        gateway.cancel_retry(peer)
 
     asyncio.run(run())
 
 
 def test_dpd_action_trap_re_arms_the_connection(gateway: Gateway) -> None:
     retries: list[str] = []
-    gateway._schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
+    gateway.schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
     _die(gateway, "trap")
     state = gateway.connections["site"]
     assert state.trapped and not state.wanted and retries == []
@@ -408,7 +408,7 @@ def test_dpd_action_trap_re_arms_the_connection(gateway: Gateway) -> None:
     assert conn["state"] == "trap (on traffic)"
     # The next packet to the remote subnet initiates again.
     started: list[str] = []
-    gateway._initiate = lambda peer: started.append(peer.config.name)  # type: ignore[method-assign]
+    gateway.initiate = lambda peer: started.append(peer.config.name)  # type: ignore[method-assign]
     gateway._on_acquire(ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1))
     assert started == ["main"] and state.wanted
 
@@ -446,7 +446,7 @@ def test_child_sa_expired_before_its_rekey_is_negotiated_again(
     ike = types.SimpleNamespace(state=IkeSaState.ESTABLISHED)
     monkeypatch.setattr(gateway.endpoint, "ike_sa", lambda ike_sa_id: ike)
     requested: list[str] = []
-    monkeypatch.setattr(gateway, "_create_child", lambda state, sa: requested.append(state.name))
+    monkeypatch.setattr(gateway, "create_child", lambda state, sa: requested.append(state.name))
     gateway.connections["site"].wanted = wanted
     gateway._handle_event(established())
     installed = dataclasses.replace(
@@ -493,7 +493,7 @@ def test_config_error_from_the_ike_builder_is_one_line_and_exit_1(
     monkeypatch.setattr(gateway_module, "ike_connections", refuse)
     monkeypatch.setattr(gateway_module, "open_tun", lambda *a: opened.append("tun"))
     gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
-    with caplog.at_level(logging.ERROR, logger="lockgate"):
+    with caplog.at_level(logging.ERROR, logger="daemon.gateway"):
         assert asyncio.run(gw.run()) == 1
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.getMessage() == line
@@ -514,9 +514,9 @@ def test_child_sa_matching_no_connection_names_the_peer_and_shows_in_status(
     pair.pump()
     (refused,) = pair.of("b", ChildSaFailed)
     gateway._handle_event(established())
-    with caplog.at_level(logging.WARNING, logger="lockgate"):
+    with caplog.at_level(logging.WARNING, logger="daemon.events"):
         gateway._handle_event(dataclasses.replace(refused, connection="main", ike_sa_id=7))
-    [line] = [r.getMessage() for r in caplog.records if r.name == "lockgate"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "daemon.events"]
     assert line.startswith("peer main (198.51.100.2): CHILD SA refused: peer proposed")
     assert "match no CHILD SA" in line and "?" not in line.split(":")[0]
     by_name = {c["name"]: c for c in gateway.status()["connections"]}
@@ -865,13 +865,13 @@ def test_liveness_reaches_the_ike_sa_of_sas_that_received_and_remembers_only_tho
         gateway._handle_event(dataclasses.replace(ours, connection="main", ike_sa_id=ike))
         peers[uid] = entry_from_event(theirs)
     gateway._report_liveness(1.0)
-    assert heard == [] and gateway._inbound_seen == {}
+    assert heard == [] and gateway.lifetimes.inbound_seen == {}
     inner = ipv4("203.0.113.5", "192.0.2.5", echo_request(1), proto=1)
     sealed = peers[1].outbound.encapsulate(inner)
     assert isinstance(sealed, bytes)
     gateway.plane.from_esp([sealed])
     gateway._report_liveness(2.0)
-    assert heard == [7] and gateway._inbound_seen == {1: 1}
+    assert heard == [7] and gateway.lifetimes.inbound_seen == {1: 1}
     gateway._report_liveness(3.0)  # nothing new: no news for the IKE SA
     assert heard == [7]
 
