@@ -16,7 +16,6 @@ device, and exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -31,6 +30,7 @@ from conf.load import load_config
 from conf.model import Config
 from conf.toml_tables import TomlTables
 from daemon.childsa import ChildSaEntry, selector_from_ike
+from daemon.commands import handle_request
 from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
 from daemon.events import handle_event
@@ -64,8 +64,6 @@ SHUTDOWN_GRACE = 3.0
 """Seconds SIGTERM waits for the peers to acknowledge our Deletes."""
 RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
 """Back-off between attempts of a connection that should be up but failed."""
-UP_TIMEOUT = 20.0
-"""How long `lockgate up` waits for the CHILD SA before answering."""
 HOUSEKEEPING_INTERVAL = 1.0
 GC_THRESHOLDS = (10_000, 20, 20)
 """The cyclic collector's generation thresholds once started (Python's default: 700, 10,
@@ -341,7 +339,7 @@ class Gateway:
         for child in peer.config.children:
             state = self.connections.pop(child.name, None)
             if state is not None:
-                self._resolve_waiters(state, f"connection {child.name}: {reason}", ok=False)
+                resolve(state.waiters, f"connection {child.name}: {reason}", ok=False)
             for ts in child.remote_ts:
                 for net in ts.networks():
                     self.routes.untrap(net)
@@ -471,14 +469,6 @@ class Gateway:
         if peer.retry is not None:
             peer.retry.cancel()
             peer.retry = None
-
-    @staticmethod
-    def _resolve_waiters(state: ConnectionState, outcome: str, ok: bool) -> None:
-        resolve(state.waiters, outcome, ok)
-
-    @staticmethod
-    def _resolve_ike_waiters(peer: PeerState, outcome: str, ok: bool) -> None:
-        resolve(peer.ike_waiters, outcome, ok)
 
     # ---- the IKE endpoint -------------------------------------------------------------
 
@@ -662,133 +652,8 @@ class Gateway:
     # ---- control ----------------------------------------------------------------------
 
     async def _handle_request(self, request: dict[str, Any]) -> Any:
-        command = request["command"]
-        if command == "status":
-            return self.status_summary() if request.get("summary") else self.status()
-        if command == "reload":
-            return self.reload()
-        if command == "rekey" and request.get("ike"):
-            return await self._rekey_ike(request.get("name"))
-        if command in ("up", "down", "rekey"):
-            name = request.get("name")
-            if not isinstance(name, str) or name not in self.connections:
-                known = ", ".join(sorted(self.connections)) or "none"
-                raise ControlError(f"no connection named {name!r} (configured: {known})")
-            state = self.connections[name]
-            if command == "up":
-                return await self._up(state)
-            if command == "down":
-                return self._down(state)
-            return await self._rekey(state)
-        raise ControlError(f"unknown command {command!r}")
-
-    async def _up(self, state: ConnectionState) -> str:
-        name = state.name
-        if self.is_up(name):
-            return f"connection {name} is already up"
-        peer = self.peers[state.peer]
-        state.wanted = True
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        state.waiters.append(waiter)
-        sa = self.established_ike_sa(state.peer)
-        if sa is not None:
-            state.requested_at = None
-            self.create_child(state, sa)
-        elif not self.ike_sa_count(state.peer):
-            if peer.config.remote_address is None:
-                state.waiters.remove(waiter)
-                raise ControlError(f"connection {name}: the peer is %any; it must initiate")
-            peer.attempts = 0
-            self.cancel_retry(peer)
-            self.initiate(peer)
-        # else: the IKE SA is being set up and brings this CHILD SA along.
-        try:
-            return await asyncio.wait_for(waiter, UP_TIMEOUT)
-        except TimeoutError:
-            raise ControlError(
-                f"connection {name}: not up after {UP_TIMEOUT:.0f} s (still trying)"
-            ) from None
-
-    def _connecting(self, peer: str) -> bool:
-        # The core holds an IKE SA with the peer that it has not announced yet.
-        return self.ike_sa_count(peer) > len(self._ike_sas_of.get(peer, ()))
-
-    def _down(self, state: ConnectionState) -> str:
-        endpoint = self.endpoint
-        if endpoint is None:
-            raise ControlError("the daemon is not running")
-        state.wanted = False
-        now = time.monotonic()
-        peer = self.peers[state.peer]
-        others = [c for c in self.connections_of(state.peer) if c.name != state.name]
-        if not any(self.is_up(c.name) for c in others):
-            # Nothing else uses the peer's IKE SA: delete it with its CHILD SAs.
-            self.cancel_retry(peer)
-            count = endpoint.delete_connection(state.peer, now, "deleted by operator")
-            self.service()
-            return f"connection {state.name}: deleted (and {count} IKE SA(s) with {state.peer})"
-        entries = self.installed(state.name)
-        for entry in entries:
-            with contextlib.suppress(IkeError):
-                endpoint.delete_child(entry.unique_id, now, "deleted by operator")
-        self.service()
-        return f"connection {state.name}: {len(entries)} CHILD SA(s) deleted"
-
-    async def _rekey(self, state: ConnectionState) -> str:
-        endpoint = self.endpoint
-        if endpoint is None:
-            raise ControlError("the daemon is not running")
-        entries = self.installed(state.name)
-        if not entries:
-            raise ControlError(f"connection {state.name} has no CHILD SA to rekey")
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        state.waiters.append(waiter)
-        now = time.monotonic()
-        for entry in entries:
-            try:
-                endpoint.rekey_child(entry.unique_id, now)
-            except IkeError as exc:
-                state.waiters.remove(waiter)
-                raise ControlError(f"connection {state.name}: cannot rekey: {exc}") from None
-        self.service()
-        try:
-            return await asyncio.wait_for(waiter, UP_TIMEOUT)
-        except TimeoutError:
-            raise ControlError(
-                f"connection {state.name}: rekey not finished after {UP_TIMEOUT:.0f} s"
-            ) from None
-
-    async def _rekey_ike(self, name: object) -> str:
-        """`lockgate rekey --ike NAME`: rekey the IKE SA that carries connection NAME
-        (or of peer NAME); its CHILD SAs move to the new IKE SA untouched (§2.8)."""
-        endpoint = self.endpoint
-        if endpoint is None:
-            raise ControlError("the daemon is not running")
-        if isinstance(name, str) and name in self.connections:
-            peer_name = self.connections[name].peer
-        elif isinstance(name, str) and name in self.peers:
-            peer_name = name
-        else:
-            known = ", ".join(sorted(self.connections)) or "none"
-            raise ControlError(f"no connection named {name!r} (configured: {known})")
-        sa = self.established_ike_sa(peer_name)
-        if sa is None:
-            raise ControlError(f"peer {peer_name} has no established IKE SA to rekey")
-        peer = self.peers[peer_name]
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        peer.ike_waiters.append(waiter)
-        try:
-            endpoint.rekey_ike_sa(sa.ike_sa_id, time.monotonic())
-        except IkeError as exc:
-            peer.ike_waiters.remove(waiter)
-            raise ControlError(f"peer {peer_name}: cannot rekey the IKE SA: {exc}") from None
-        self.service()
-        try:
-            return await asyncio.wait_for(waiter, UP_TIMEOUT)
-        except TimeoutError:
-            raise ControlError(
-                f"peer {peer_name}: IKE rekey not finished after {UP_TIMEOUT:.0f} s"
-            ) from None
+        """Answer one control socket request (`daemon.commands`)."""
+        return await handle_request(self, request)
 
     # ---- status -----------------------------------------------------------------------
 

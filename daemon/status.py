@@ -37,7 +37,7 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
         if gateway.is_up(name):
             phase = "up"
         elif gateway.ike_sa_count(state.peer) > len(ikes):
-            # Like `Gateway._connecting`: the core holds an IKE SA not yet announced.
+            # The core holds an IKE SA with the peer that it has not announced yet.
             phase = "connecting"
         elif peer.retry is not None and state.wanted:
             phase = "waiting to retry"
