@@ -34,6 +34,7 @@ from daemon.commands import handle_request
 from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
 from daemon.events import handle_event
+from daemon.ike import IkeDriver
 from daemon.lifetimes import SEQUENCE_CHECK_INTERVAL, VOLUME_CHECK_INTERVAL, Lifetimes
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker, LocalAddresses
@@ -71,13 +72,6 @@ GC_THRESHOLDS = (10_000, 20, 20)
 INBOUND_LINGER = 2.0
 """Seconds a deleted CHILD SA still decrypts packets already on their way (see
 `DataPlane.remove`)."""
-KEY_POOL_STEP = 0.002
-"""Seconds of making key exchange pairs ahead (Endpoint.prepare_keys) per turn of the
-event loop, so datagrams arriving meanwhile wait little: some 40 X25519 pairs, or one
-MODP pair (a millisecond or two each)."""
-KEY_POOL_IDLE = 0.2
-"""Seconds without an IKE datagram before key pairs are made ahead: during a burst of
-setups they would only compete with it."""
 CHILD_REQUEST_SPACING = 10.0
 """Seconds before asking again for a CHILD SA that was requested and has not come."""
 
@@ -128,19 +122,14 @@ class Gateway:
         self.plane: DataPlane | None = None
         """The pump's data plane: the installed CHILD SAs, SPD and SAD."""
         self.endpoint: Endpoint | None = None
+        self.ike: IkeDriver | None = None
+        """Runs the endpoint on the loop (`_use_endpoint`)."""
         self._control: ControlServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        """The endpoint timer `_timer` is armed for (meaningful while `_timer` is set)."""
         self._stopping = asyncio.Event()
         self.shutting_down = False
         self.lifetimes = Lifetimes()
         """The CHILD SAs' volume lifetimes, and the liveness their traffic proves."""
-        self._last_ike_at = 0.0
-        """When the last IKE datagram arrived (monotonic): key pairs are made ahead
-        only after KEY_POOL_IDLE of quiet."""
-        self._key_refill: asyncio.Handle | None = None
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -183,7 +172,8 @@ class Gateway:
         # (the code makes few cycles), and at the default threshold of 700 allocations
         # a burst of 100 IKE SA setups paid 17 passes, about 3% of the initiator's CPU.
         gc.set_threshold(*GC_THRESHOLDS)
-        self._refill_keys()
+        if self.ike is not None:
+            self.ike.refill_keys()
         housekeeping = self.loop.create_task(self._housekeeping())
         volume_watch = self.loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=status_line(self))
@@ -238,7 +228,7 @@ class Gateway:
             gateway.nat_port,
             " and raw ESP" if pump.raw else "",
         )
-        self.endpoint = Endpoint(ikes, config=endpoint_settings)
+        self._use_endpoint(Endpoint(ikes, config=endpoint_settings))
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
@@ -261,28 +251,29 @@ class Gateway:
         self.pump, self.plane = pump, pump.plane
         return pump
 
+    def _use_endpoint(self, endpoint: Endpoint) -> IkeDriver:
+        """Run `endpoint` on the loop, sending through the pump (`_use_pump` first)."""
+        if self.pump is None:
+            raise GatewayError("the IKE endpoint needs the pump's sockets")
+        self.endpoint = endpoint
+        self.ike = IkeDriver(endpoint, self.pump.send_datagram, self._handle_event, loop=self.loop)
+        return self.ike
+
     async def _shutdown_ike(self) -> None:
-        endpoint = self.endpoint
-        if endpoint is None:
+        ike = self.ike
+        if ike is None:
             return
         self.shutting_down = True
         for peer in self.peers.values():
             self.cancel_retry(peer)
-        endpoint.close(time.monotonic())
-        self.service()
         # Wait (bounded) for the peers to acknowledge; retransmissions run meanwhile.
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        while endpoint.ike_sas() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            self.service()
-        if endpoint.ike_sas():
-            log.warning("%d IKE SA(s) did not confirm the delete in time", len(endpoint.ike_sas()))
+        left = await ike.close(SHUTDOWN_GRACE)
+        if left:
+            log.warning("%d IKE SA(s) did not confirm the delete in time", left)
 
     async def _teardown(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._key_refill is not None:
-            self._key_refill.cancel()
+        if self.ike is not None:
+            self.ike.stop()
         for peer in self.peers.values():
             self.cancel_retry(peer)
         if self.plane is not None:
@@ -473,73 +464,13 @@ class Gateway:
     # ---- the IKE endpoint -------------------------------------------------------------
 
     def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        if self.endpoint is None:
-            return
-        self._last_ike_at = now = time.monotonic()
-        try:
-            self.endpoint.receive_message(message, local, remote, now)
-        except Exception:
-            # The core turns bad input into typed errors itself; anything escaping is
-            # a bug, and one hostile datagram must not stop the gateway for everyone.
-            log.exception("IKE message from %s[%d] caused an internal error", *remote)
-        self.service()
+        if self.ike is not None:
+            self.ike.message_received(message, local, remote)
 
     def service(self) -> None:
-        """Run due timers, send what the endpoint wants sent, handle its events, and
-        re-arm the timer: the whole asyncio adapter of a sans-I/O core."""
-        endpoint, pump = self.endpoint, self.pump
-        if endpoint is None or pump is None:
-            return
-        now = time.monotonic()
-        timer = endpoint.get_timer()
-        if timer is not None and timer <= now:
-            endpoint.handle_timer(now)
-        for payload, local, remote in endpoint.datagrams_to_send(now):
-            pump.send_datagram(payload, local, remote)
-        for event in endpoint.events():
-            self._handle_event(event)
-        # Handling events may have produced more to send (a retry, a delete).
-        for payload, local, remote in endpoint.datagrams_to_send(now):
-            pump.send_datagram(payload, local, remote)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        endpoint, loop = self.endpoint, self.loop
-        timer = endpoint.get_timer() if endpoint is not None and loop is not None else None
-        if self._timer is not None:
-            if timer is None or timer >= self._timer_at:
-                # Armed for that time or earlier: most datagrams leave the timer where
-                # it was or move it later (an answer stops a retransmission timer), and
-                # an early wake-up only runs `service`, which arms for what is then
-                # due. A burst of setups paid a cancel and a new handle per datagram.
-                return
-            self._timer.cancel()
-            self._timer = None
-        if timer is not None and loop is not None:
-            delay = max(0.0, timer - time.monotonic())
-            self._timer = loop.call_later(delay, self._on_timer)
-            self._timer_at = timer
-
-    def _refill_keys(self) -> None:
-        """Make key exchange pairs ahead of need, for KEY_POOL_STEP per turn of the
-        loop, while no IKE datagram came for KEY_POOL_IDLE (housekeeping starts it
-        again)."""
-        self._key_refill = None
-        endpoint, loop = self.endpoint, self.loop
-        if endpoint is None or loop is None or self.shutting_down:
-            return
-        now = time.monotonic()
-        if now - self._last_ike_at < KEY_POOL_IDLE:
-            return
-        deadline = now + KEY_POOL_STEP
-        while (missing := endpoint.prepare_keys(1)) > 0 and time.monotonic() < deadline:
-            pass
-        if missing > 0:
-            self._key_refill = loop.call_soon(self._refill_keys)
-
-    def _on_timer(self) -> None:
-        self._timer = None  # fired: the next `_arm_timer` must arm again, same time or not
-        self.service()
+        """Let the IKE endpoint act on what changed (`IkeDriver.service`)."""
+        if self.ike is not None:
+            self.ike.service()
 
     def _handle_event(self, event: Event) -> None:
         """React to one event of the IKE core (`daemon.events`)."""
@@ -677,8 +608,8 @@ class Gateway:
                 last_watchdog = now
             # A lost timer would stall retransmissions: run the endpoint regardless.
             self.service()
-            if self._key_refill is None:
-                self._refill_keys()
+            if self.ike is not None and not self.ike.refilling:
+                self.ike.refill_keys()
             self._report_liveness(now)
             if self.plane is not None:
                 self.plane.expire_lingering()

@@ -31,6 +31,7 @@ from daemon.childsa import entry_from_event
 from daemon.control import ControlError
 from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
+from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
@@ -81,9 +82,9 @@ def gateway_of(path: Path) -> Iterator[Gateway]:
     gw = Gateway(str(path), socket_path=str(path.with_suffix(".sock")))
     gw.config = load_config(path)
     ikes = ike_connections(gw.config)
-    gw.endpoint = Endpoint(ikes)
     ours, kernel_side = memory_tun_pair()
     gw._use_pump(ours)
+    gw._use_endpoint(Endpoint(ikes))
     try:
         for ike in ikes:
             gw._add_peer(ike)
@@ -809,9 +810,10 @@ def test_endpoint_timer_is_armed_again_only_when_it_moves_or_fired(gateway: Gate
     # Every datagram runs `service`; re-arming an unchanged timer each time cost a
     # cancel and a new loop handle per datagram.
     loop = _FakeLoop()
-    gateway.loop = loop  # type: ignore[assignment]
+    assert gateway.ike is not None
+    gateway.ike.loop = loop  # type: ignore[assignment]
     assert gateway.endpoint is not None and gateway.pump is not None
-    gateway.pump.send_datagram = lambda *args: True  # type: ignore[method-assign]
+    gateway.ike._send = lambda *args: True
     gateway.endpoint.initiate("main", time.monotonic())  # a retransmission timer
     gateway.service()
     assert len(loop.armed) == 1
@@ -822,32 +824,33 @@ def test_endpoint_timer_is_armed_again_only_when_it_moves_or_fired(gateway: Gate
     gateway.service()
     assert len(loop.armed) == 2 and loop.armed[0].cancelled
     # Once it fired, it is armed again even for the same time.
-    timer_at = gateway._timer_at
-    gateway._on_timer()
-    assert len(loop.armed) == 3 and gateway._timer_at == timer_at
+    timer_at = gateway.ike._timer_at
+    gateway.ike._on_timer()
+    assert len(loop.armed) == 3 and gateway.ike._timer_at == timer_at
 
 
 def test_a_timer_that_moves_later_is_left_armed_and_followed_once_it_fires(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loop = _FakeLoop()
-    gateway.loop = loop  # type: ignore[assignment]
+    assert gateway.ike is not None
+    gateway.ike.loop = loop  # type: ignore[assignment]
     assert gateway.endpoint is not None
     now = time.monotonic()
     due = [now + 5.0]
     monkeypatch.setattr(gateway.endpoint, "get_timer", lambda: due[0])
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     assert len(loop.armed) == 1
     due[0] = now + 9.0  # later (the SA with the earliest timer was answered)
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     due[0] = None  # type: ignore[call-overload]  # nothing pending at all
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     assert len(loop.armed) == 1 and not loop.armed[0].cancelled
     due[0] = now + 9.0
-    gateway._on_timer()  # the early wake-up: armed for what is due now
+    gateway.ike._on_timer()  # the early wake-up: armed for what is due now
     assert len(loop.armed) == 2 and loop.armed[1].when == pytest.approx(now + 9.0, abs=0.5)
     due[0] = now + 1.0  # earlier: the armed timer is replaced
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     assert len(loop.armed) == 3 and loop.armed[1].cancelled
 
 
@@ -877,21 +880,21 @@ def test_liveness_reaches_the_ike_sa_of_sas_that_received_and_remembers_only_tho
 
 
 def test_key_pairs_are_made_ahead_only_while_no_ike_traffic_comes(gateway: Gateway) -> None:
-    endpoint = gateway.endpoint
-    assert endpoint is not None
+    endpoint, ike = gateway.endpoint, gateway.ike
+    assert endpoint is not None and ike is not None
     missing = endpoint.prepare_keys(0)
     assert missing > 0
 
     async def refill(last_ike_ago: float) -> int:
-        gateway.loop = asyncio.get_running_loop()
-        gateway._last_ike_at = time.monotonic() - last_ike_ago
-        gateway._refill_keys()
+        ike.loop = asyncio.get_running_loop()
+        ike.last_ike_at = time.monotonic() - last_ike_ago
+        ike.refill_keys()
         for _ in range(missing):  # each step makes one pair at least, then yields
             await asyncio.sleep(0)
         return endpoint.prepare_keys(0)
 
     # An IKE datagram came just now: a burst may be on, nothing is made.
-    assert asyncio.run(refill(0.0)) == missing and gateway._key_refill is None
+    assert asyncio.run(refill(0.0)) == missing and not ike.refilling
     # Quiet for longer than KEY_POOL_IDLE: the stock fills, a short step per turn.
-    assert asyncio.run(refill(gateway_module.KEY_POOL_IDLE + 1)) == 0
-    assert gateway._key_refill is None
+    assert asyncio.run(refill(KEY_POOL_IDLE + 1)) == 0
+    assert not ike.refilling
