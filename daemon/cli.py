@@ -128,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(path: str) -> int:
+    from conf.errors import ConfigError
     from conf.ike import endpoint_config, ike_connections
-    from daemon.gateway import ConfigLoadError, load_config
+    from conf.load import load_config
 
     try:
         config = load_config(path)
@@ -137,7 +138,7 @@ def _check_config(path: str) -> int:
         # whatever the core refuses is reported here and not at start.
         ike_connections(config)
         endpoint_config(config)
-    except ConfigLoadError as exc:
+    except ConfigError as exc:
         # The message names the file and every key at fault.
         print(str(exc) if str(path) in str(exc) else f"{path}: {exc}", file=sys.stderr)
         return EXIT_FAILED

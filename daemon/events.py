@@ -111,7 +111,7 @@ def _apply_dpd_action(gateway: Gateway, peer: PeerState, event: IkeSaDeleted) ->
         for state in lost:
             state.wanted = False
             state.trapped = True
-            gateway.arm_trap(state.child)
+            gateway.arm_trap(state.config)
     else:
         if action == "restart":
             log.warning("peer %s is dead and %%any: it must initiate again", name)
@@ -173,7 +173,7 @@ def _on_address_changed(gateway: Gateway, event: IkeSaAddressChanged) -> None:
         if entry.udp_encap:
             log.info(
                 "connection %s: peer moved to %s[%d]; ESP follows",
-                entry.child,
+                entry.connection,
                 event.remote[0],
                 event.remote[1],
             )

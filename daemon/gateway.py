@@ -1,16 +1,17 @@
-"""The gateway daemon: configuration, TUN, sockets, the IKE endpoint and the data
-plane, wired together on one asyncio (uvloop) loop.
+"""The gateway daemon's lifecycle: configuration, TUN, sockets, the IKE endpoint and
+the data plane, wired together on one asyncio (uvloop) loop.
 
-Life of a tunnel: the IKE endpoint (sans-I/O, `ikev2.endpoint`) negotiates; the
-daemon feeds it the datagrams the pump reads, sends what it produces, runs its timer
-and reacts to its events. `ChildSaInstalled` becomes two `EspSA`s, an SPD policy,
-an SAD entry and routes to the remote subnets through the TUN device;
-`ChildSaDeleted` takes them away again. `IkeSaRekeyed` swaps the IKE SA shown in
-status and the one the CHILD SAs answer to; an IKE SA that ends because its peer is
-dead gets the connection's dpd_action (clear, restart with back-off, or re-arm a
-trap). SIGHUP reloads the file and touches only connections whose settings changed;
-SIGTERM deletes every SA (the peer gets a Delete), removes routes and the TUN
-device, and exits 0.
+Life of a tunnel: the IKE endpoint (sans-I/O, `ikev2.endpoint`) negotiates; its
+asyncio adapter (`daemon.ike`) feeds it the IKE messages the pump (`daemon.pump`)
+reads, sends what it produces, runs its timer and hands its events to
+`daemon.events`, which installs and removes CHILD SAs in the data plane and routes
+(`daemon.routes`) and applies a dead peer's dpd_action. This module starts and stops
+all of that, adds and drops peers (a `[peers.NAME]`) and their connections (a
+`[connections.NAME]`), initiates them with back-off, answers trapped packets, and
+reloads: SIGHUP touches only peers whose settings (or connections) changed. SIGTERM
+deletes every SA (the peer gets a Delete), removes routes and the TUN device, and
+exits 0. The control socket's commands are in `daemon.commands`, status in
+`daemon.status`, the volume and liveness checks in `daemon.lifetimes`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conf.errors import ConfigError as ConfigLoadError
+from conf.errors import ConfigError
 from conf.ike import endpoint_config, ike_connections
 from conf.load import load_config
 from conf.model import Config
@@ -47,7 +48,7 @@ from daemon.sdnotify import Notifier, setup_logging
 from daemon.status import VERSION, gateway_status, status_line, status_summary
 from ikev2.config import ChildConfig
 from ikev2.config import ConfigError as IkeConfigError
-from ikev2.config import ConnectionConfig as IkeConnection
+from ikev2.config import ConnectionConfig as PeerConfig
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import (
@@ -57,7 +58,7 @@ from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
 from tun import LinkError, PacketDevice, RouteSocket, TunDevice, TunError
 
-__all__ = ["ConfigLoadError", "Gateway", "load_config", "run_daemon"]
+__all__ = ["Gateway", "GatewayError", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         try:
             self.config = load_config(self.config_path, tables=self._toml)
-        except ConfigLoadError as exc:
+        except ConfigError as exc:
             log.error("%s", exc)
             return 1
         try:
@@ -293,7 +294,7 @@ class Gateway:
 
     # ---- peers and connections --------------------------------------------------------
 
-    def _add_peer(self, ike: IkeConnection) -> None:
+    def _add_peer(self, ike: PeerConfig) -> None:
         self.peers[ike.name] = PeerState(ike)
         for child in ike.children:
             state = ConnectionState(child.name, ike.name, child, wanted=child.start == "initiate")
@@ -354,10 +355,10 @@ class Gateway:
     def installed(self, connection: str) -> list[ChildSaEntry]:
         if self.plane is None:
             return []
-        return self.plane.entries_of_child(connection)  # indexed, not scanned
+        return self.plane.entries_of_connection(connection)  # indexed, not scanned
 
     def is_up(self, connection: str) -> bool:
-        return self.plane is not None and self.plane.has_child(connection)
+        return self.plane is not None and self.plane.has_connection(connection)
 
     def connections_of(self, peer: str) -> list[ConnectionState]:
         """The `[connections.NAME]` under one peer (from its configuration, so the
@@ -433,7 +434,7 @@ class Gateway:
         state.requested_at = now
         log.info("connection %s: requesting its CHILD SA from %s", state.name, state.peer)
         try:
-            sa.create_child(state.child, now)
+            sa.create_child(state.config, now)
         except IkeError as exc:
             log.error("connection %s: cannot request a CHILD SA: %s", state.name, exc)
             return
@@ -486,7 +487,7 @@ class Gateway:
         self.routes.release_for(entry)
         log.info(
             "connection %s: CHILD SA #%d removed (%s) after %d packets in, %d out",
-            entry.child,
+            entry.connection,
             unique_id,
             reason,
             entry.inbound.packet_count,
@@ -501,7 +502,7 @@ class Gateway:
             return
         version, src, dst, proto, sport, dport = flow
         for state in self.connections.values():
-            child = state.child
+            child = state.config
             if child.start != "trap" and not state.trapped:
                 continue
             local = tuple(selector_from_ike(ts) for ts in child.local_ts)
@@ -542,7 +543,7 @@ class Gateway:
         try:
             new = load_config(self.config_path, tables=self._toml)
             new_list = ike_connections(new)
-        except ConfigLoadError as exc:
+        except ConfigError as exc:
             raise ControlError(str(exc)) from None
         old = self.config
         if old is None or self.endpoint is None:
@@ -647,7 +648,7 @@ def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: s
         # The file may name a level; an unreadable file is reported by run() itself.
         try:
             level = load_config(config_path).gateway.log_level
-        except ConfigLoadError:
+        except ConfigError:
             level = "info"
     setup_logging(level)
     gateway = Gateway(config_path, socket_path=socket_path)

@@ -80,18 +80,20 @@ class Lifetimes:
             try:
                 if LifetimeState.HARD in states and uid not in self.deleting:
                     self.deleting.add(uid)
-                    log.info("connection %s: CHILD SA #%d used up its volume", entry.child, uid)
+                    log.info(
+                        "connection %s: CHILD SA #%d used up its volume", entry.connection, uid
+                    )
                     endpoint.child_limit_reached(uid, now, hard=True)
                 elif LifetimeState.SOFT in states and uid not in self.rekeying:
                     self.rekeying.add(uid)
                     log.info("connection %s: CHILD SA #%d due for rekeying (volume)",
-                             entry.child, uid)  # fmt: skip
+                             entry.connection, uid)  # fmt: skip
                     endpoint.child_limit_reached(uid, now, hard=False)
                 else:
                     continue
                 acted = True
             except IkeError as exc:
-                log.warning("connection %s: CHILD SA #%d: %s", entry.child, uid, exc)
+                log.warning("connection %s: CHILD SA #%d: %s", entry.connection, uid, exc)
         self.rekeying &= plane.entries.keys()
         self.deleting &= plane.entries.keys()
         return acted

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from daemon.control import ControlError
 from ikev2.config import ChildConfig
-from ikev2.config import ConnectionConfig as IkeConnection
+from ikev2.config import ConnectionConfig as PeerConfig
 from ikev2.events import IkeSaEstablished
 
 
@@ -34,7 +34,7 @@ class IkeSaInfo:
 class PeerState:
     """One `[peers.NAME]`: a peer gateway and the connections configured under it."""
 
-    config: IkeConnection
+    config: PeerConfig
     """What the IKE core runs (named after the `[peers.NAME]` section)."""
     attempts: int = 0
     """Failed attempts in a row (for the back-off)."""
@@ -51,11 +51,11 @@ class ConnectionState:
     """One `[connections.NAME]`: a CHILD SA configuration under a peer's IKE SA."""
 
     name: str
-    """The connection (and CHILD SA) name the operator wrote."""
+    """The NAME of its `[connections.NAME]` (also the CHILD SA configuration's name)."""
     peer: str
     """The `[peers.NAME]` it belongs to."""
-    child: ChildConfig
-    """Its CHILD SA settings."""
+    config: ChildConfig
+    """What the IKE core negotiates its CHILD SA with (`ikev2.config.ChildConfig`)."""
     wanted: bool
     """True if it should be up (start = initiate, or `lockgate up`)."""
     last_error: str = ""

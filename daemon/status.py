@@ -41,9 +41,9 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
             phase = "connecting"
         elif peer.retry is not None and state.wanted:
             phase = "waiting to retry"
-        elif state.child.start == "trap" or state.trapped:
+        elif state.config.start == "trap" or state.trapped:
             phase = "trap (on traffic)"
-        elif state.child.start == "wait":
+        elif state.config.start == "wait":
             phase = "waiting for the peer"
         else:
             phase = "down"
@@ -53,11 +53,11 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
                 "name": name,
                 "peer": state.peer,
                 "state": phase,
-                "start": state.child.start,
+                "start": state.config.start,
                 "remote": peer.config.remote_address or "%any",
                 "remote_id": str(remote_id) if remote_id is not None else "%any",
-                "local_ts": [str(ts) for ts in state.child.local_ts],
-                "remote_ts": [str(ts) for ts in state.child.remote_ts],
+                "local_ts": [str(ts) for ts in state.config.local_ts],
+                "remote_ts": [str(ts) for ts in state.config.remote_ts],
                 "last_error": state.last_error or peer.last_error,
                 "ike_sas": [
                     {

@@ -161,7 +161,7 @@ def test_reload_touches_only_the_changed_peer(gateway: Gateway, tmp_path: Path) 
     assert gateway.status_summary()["reloads"] == 1  # what a client that sent SIGHUP polls
     assert gateway.peers["main"] is main_before
     assert gateway.peers["spare"] is not spare_before
-    assert [str(ts) for ts in gateway.connections["spare-net"].child.remote_ts] == [
+    assert [str(ts) for ts in gateway.connections["spare-net"].config.remote_ts] == [
         "198.51.100.192/26"
     ]
     # A broken file changes nothing and says why.
@@ -711,16 +711,16 @@ def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_
             assert all(e.ike_sa_id == new for e in moved)
         else:
             peer = rng.choice(peers)
-            expected = {u for u, e in plane.entries.items() if e.connection == peer}
-            gone = plane.remove_connection(peer)
+            expected = {u for u, e in plane.entries.items() if e.peer == peer}
+            gone = plane.remove_peer(peer)
             assert {e.unique_id for e in gone} == expected
         entries = list(plane.entries.values())
         for child in children:
-            scan = [e for e in entries if e.child == child]
-            assert plane.entries_of_child(child) == scan
-            assert plane.has_child(child) == bool(scan)
+            scan = [e for e in entries if e.connection == child]
+            assert plane.entries_of_connection(child) == scan
+            assert plane.has_connection(child) == bool(scan)
         for peer in peers:
-            assert plane.entries_of_peer(peer) == [e for e in entries if e.connection == peer]
+            assert plane.entries_of_peer(peer) == [e for e in entries if e.peer == peer]
         for ike in ike_ids:
             scan_ids = {e.unique_id for e in entries if e.ike_sa_id == ike}
             assert {e.unique_id for e in plane.entries_of_ike_sa(ike)} == scan_ids
@@ -729,7 +729,7 @@ def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_
     # Removing everything leaves no empty group behind.
     for uid in list(plane.entries):
         plane.remove(uid)
-    assert not any(plane.has_child(c) for c in children)
+    assert not any(plane.has_connection(c) for c in children)
     assert not any(plane.entries_of_ike_sa(i) for i in ike_ids)
 
 
