@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon.childsa import entry_from_event
-from daemon.peers import IkeSaInfo, PeerState, resolve
+from daemon.peers import IkeSaInfo, apply_dpd_action, resolve
 from daemon.status import status_line
 from esp.errors import EspConfigError
 from ikev2.events import (
@@ -83,42 +83,10 @@ def _on_ike_deleted(gateway: Gateway, event: IkeSaDeleted) -> None:
         return
     if event.cause is DeleteCause.DEAD_PEER:
         # Liveness checks went unanswered (RFC 7296 §2.4): dpd_action applies.
-        _apply_dpd_action(gateway, peer, event)
+        apply_dpd_action(gateway, peer, event)
     else:
         # Deleted by the peer, or expired: connections that should be up come back.
         gateway.schedule_retry(peer)
-
-
-def _apply_dpd_action(gateway: Gateway, peer: PeerState, event: IkeSaDeleted) -> None:
-    """The peer stopped answering liveness checks (RFC 7296 §2.4): do what its
-    connections' dpd_action says with those that were up under the dead IKE SA."""
-    action = peer.config.dpd_action
-    name = peer.config.name
-    lost = [c for c in gateway.connections_of(name) if c.carried_by == event.ike_sa_id or c.wanted]
-    peer.last_error = event.reason
-    for state in lost:
-        state.carried_by = None
-        state.last_error = event.reason
-    names = ", ".join(c.name for c in lost) or "none"
-    if action == "restart" and peer.config.remote_address is not None:
-        log.info("peer %s is dead; dpd_action restart: initiating again (%s)", name, names)
-        for state in lost:
-            state.wanted = True
-        peer.attempts = 0
-        gateway.schedule_retry(peer)
-    elif action == "trap":
-        log.info("peer %s is dead; dpd_action trap: traffic restarts %s", name, names)
-        for state in lost:
-            state.wanted = False
-            state.trapped = True
-            gateway.arm_trap(state.config)
-    else:
-        if action == "restart":
-            log.warning("peer %s is dead and %%any: it must initiate again", name)
-        else:
-            log.info("peer %s is dead; dpd_action clear: %s stay down", name, names)
-        for state in lost:
-            state.wanted = False
 
 
 def _on_ike_rekeyed(gateway: Gateway, event: IkeSaRekeyed) -> None:

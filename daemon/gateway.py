@@ -30,7 +30,7 @@ from conf.ike import endpoint_config, ike_connections
 from conf.load import load_config
 from conf.model import Config
 from conf.toml_tables import TomlTables
-from daemon.childsa import ChildSaEntry, selector_from_ike
+from daemon.childsa import ChildSaEntry
 from daemon.commands import handle_request
 from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
@@ -40,8 +40,14 @@ from daemon.lifetimes import SEQUENCE_CHECK_INTERVAL, VOLUME_CHECK_INTERVAL, Lif
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker, LocalAddresses
 from daemon.offload import OffloadMode, offload_mode, open_tun
-from daemon.packet import flow_of
-from daemon.peers import ConnectionState, IkeSaInfo, PeerState, resolve
+from daemon.peers import (
+    ConnectionState,
+    IkeSaInfo,
+    PeerState,
+    acquire,
+    resolve,
+    retry_delay,
+)
 from daemon.pump import Pump
 from daemon.routes import Routes
 from daemon.sdnotify import Notifier, setup_logging
@@ -64,8 +70,6 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 3.0
 """Seconds SIGTERM waits for the peers to acknowledge our Deletes."""
-RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
-"""Back-off between attempts of a connection that should be up but failed."""
 HOUSEKEEPING_INTERVAL = 1.0
 GC_THRESHOLDS = (10_000, 20, 20)
 """The cyclic collector's generation thresholds once started (Python's default: 700, 10,
@@ -450,7 +454,7 @@ class Gateway:
         name = peer.config.name
         if not self._peer_wanted(name) or self.shutting_down or peer.retry is not None:
             return
-        delay = RETRY_DELAYS[min(peer.attempts, len(RETRY_DELAYS) - 1)]
+        delay = retry_delay(peer.attempts)
         peer.attempts += 1
         log.info("peer %s: retrying in %.0f s", name, delay)
         if self.loop is not None:
@@ -497,32 +501,8 @@ class Gateway:
     # ---- acquire (start = "trap") ----------------------------------------------------
 
     def _on_acquire(self, packet: bytes) -> None:
-        flow = flow_of(packet)
-        if flow is None:
-            return
-        version, src, dst, proto, sport, dport = flow
-        for state in self.connections.values():
-            child = state.config
-            if child.start != "trap" and not state.trapped:
-                continue
-            local = tuple(selector_from_ike(ts) for ts in child.local_ts)
-            remote = tuple(selector_from_ike(ts) for ts in child.remote_ts)
-            if any(ts.matches(version, src, proto, sport) for ts in local) and any(
-                ts.matches(version, dst, proto, dport) for ts in remote
-            ):
-                peer = self.peers.get(state.peer)
-                if peer is None or peer.retry is not None:
-                    return
-                sa = self.established_ike_sa(state.peer)
-                if sa is not None:
-                    # The peer's IKE SA exists (for another connection): add ours to it.
-                    state.wanted = True
-                    self.create_child(state, sa)
-                elif not self.ike_sa_count(state.peer):
-                    log.info("connection %s: outbound traffic triggers it", state.name)
-                    state.wanted = True
-                    self.initiate(peer)
-                return
+        """An outbound packet no policy covers (`daemon.peers.acquire`)."""
+        acquire(self, packet)
 
     # ---- reload -----------------------------------------------------------------------
 
