@@ -57,9 +57,7 @@ from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import ConnectionConfig as PeerConfig
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
-from ikev2.events import (
-    Event,
-)
+from ikev2.events import Event
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import format_selectors
 from tun import LinkError, PacketDevice, RouteSocket, TunDevice, TunError
@@ -119,6 +117,7 @@ class Gateway:
         self.routes = Routes()
         """The routes into the TUN device, counted per network."""
         self.path_mtus: dict[str, int] = {}
+        """The path MTU towards each peer address (for the CHILD SAs' inner MTU)."""
         self.tun: TunDevice | None = None
         self._links: LinkWorker | None = None
         self._route_socket: RouteSocket | None = None
@@ -466,7 +465,7 @@ class Gateway:
             peer.retry.cancel()
             peer.retry = None
 
-    # ---- the IKE endpoint -------------------------------------------------------------
+    # ---- the IKE driver's and the data plane's callbacks ------------------------------
 
     def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         if self.ike is not None:
@@ -480,6 +479,10 @@ class Gateway:
     def _handle_event(self, event: Event) -> None:
         """React to one event of the IKE core (`daemon.events`)."""
         handle_event(self, event)
+
+    def _on_acquire(self, packet: bytes) -> None:
+        """An outbound packet no policy covers (`daemon.peers.acquire`)."""
+        acquire(self, packet)
 
     def uninstall(self, unique_id: int, reason: str, linger: float = INBOUND_LINGER) -> None:
         plane = self.plane
@@ -497,12 +500,6 @@ class Gateway:
             entry.inbound.packet_count,
             entry.outbound.packet_count,
         )
-
-    # ---- acquire (start = "trap") ----------------------------------------------------
-
-    def _on_acquire(self, packet: bytes) -> None:
-        """An outbound packet no policy covers (`daemon.peers.acquire`)."""
-        acquire(self, packet)
 
     # ---- reload -----------------------------------------------------------------------
 
