@@ -53,10 +53,10 @@ def selector_from_ike(ts: IkeTrafficSelector) -> TrafficSelector:
 class ChildSaEntry:
     """One CHILD SA in the data plane: both ESP SAs, its policy, framing, counters."""
 
+    peer: str
+    """The `[peers.NAME]` whose IKE SA negotiated it."""
     connection: str
-    """Name of the IKE connection (the peer) that negotiated it."""
-    child: str
-    """CHILD SA configuration name: the `[connections.NAME]` the operator wrote."""
+    """The `[connections.NAME]` it carries (its CHILD SA configuration)."""
     unique_id: int
     """The IKEv2 core's number for this CHILD SA."""
     ike_sa_id: int
@@ -87,7 +87,7 @@ class ChildSaEntry:
     """The SPD entry pointing at this SA."""
 
     def __post_init__(self) -> None:
-        self.policy = Policy(self.local_ts, self.remote_ts, self, self.connection)
+        self.policy = Policy(self.local_ts, self.remote_ts, self, self.peer)
 
     @property
     def spi_in(self) -> int:
@@ -111,8 +111,8 @@ class ChildSaEntry:
         """A JSON-ready summary for `lockgate status`."""
         now = time.monotonic() if now is None else now
         return {
-            "connection": self.child,
-            "peer": self.connection,
+            "connection": self.connection,
+            "peer": self.peer,
             "unique_id": self.unique_id,
             "spi_in": f"{self.spi_in:08x}",
             "spi_out": f"{self.spi_out:08x}",
@@ -173,8 +173,8 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
     )
     outer_version = 6 if ":" in event.remote[0] else 4
     return ChildSaEntry(
-        connection=event.connection,
-        child=event.child,
+        peer=event.connection,
+        connection=event.child,
         unique_id=event.unique_id,
         ike_sa_id=event.ike_sa_id,
         inbound=inbound,

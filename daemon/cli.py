@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.control import DEFAULT_SOCKET, ControlClientError, request
+from daemon.status import format_status, format_summary
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -127,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(path: str) -> int:
+    from conf.errors import ConfigError
     from conf.ike import endpoint_config, ike_connections
-    from daemon.gateway import ConfigLoadError, load_config
+    from conf.load import load_config
 
     try:
         config = load_config(path)
@@ -136,99 +138,13 @@ def _check_config(path: str) -> int:
         # whatever the core refuses is reported here and not at start.
         ike_connections(config)
         endpoint_config(config)
-    except ConfigLoadError as exc:
+    except ConfigError as exc:
         # The message names the file and every key at fault.
         print(str(exc) if str(path) in str(exc) else f"{path}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     names = ", ".join(sorted(config.connections)) or "none"
     print(f"{path}: OK ({len(config.connections)} connection(s): {names})")
     return EXIT_OK
-
-
-# ---- status formatting -------------------------------------------------------------
-
-
-def _size(octets: int) -> str:
-    value = float(octets)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{octets} B"  # pragma: no cover - the loop always returns
-
-
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _drops(drops: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items())) or "none"
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """`lockgate status --summary` for people: one line of counts."""
-    daemon = summary.get("daemon", {})
-    return (
-        f"lockgate {daemon.get('version', '?')} pid {daemon.get('pid', '?')}: "
-        f"{summary.get('connections', 0)} connection(s), {summary.get('ike_sas', 0)} IKE SA(s), "
-        f"{summary.get('child_sas', 0)} CHILD SA(s)\n"
-    )
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """`lockgate status` for people: connections, their SAs and the drop counters."""
-    lines: list[str] = []
-    daemon = status.get("daemon", {})
-    if daemon:
-        lines.append(
-            f"lockgate {daemon.get('version', '')}: pid {daemon.get('pid')}, "
-            f"up {_age(daemon.get('uptime', 0))}, config {daemon.get('config', '?')}"
-        )
-    connections = status.get("connections", [])
-    lines.append(f"Connections ({len(connections)}):")
-    for conn in connections:
-        lines.append(
-            f"  {conn['name']}: {conn.get('state', '?')}, peer {conn.get('remote', '?')}"
-            f" ({conn.get('remote_id', '?')}), start {conn.get('start', '?')}"
-        )
-        if conn.get("last_error") and conn.get("state") != "up":
-            lines.append(f"    last error: {conn['last_error']}")
-        for ike in conn.get("ike_sas", []):
-            rekeyed = ike.get("rekeyed_from")
-            lines.append(
-                f"    IKE SA #{ike.get('id')}: {ike.get('suite', '?')}, "
-                f"{ike.get('local', '?')} <-> {ike.get('remote', '?')}, "
-                f"age {_age(ike.get('age', 0))}"
-                + (f", rekeyed from #{rekeyed}" if rekeyed is not None else "")
-                + (f", ESP in UDP: {ike['udp_encap']}" if ike.get("udp_encap") else "")
-            )
-    sas = status.get("sas", [])
-    lines.append(f"CHILD SAs ({len(sas)}):")
-    for sa in sas:
-        lines.append(
-            f"  {sa['connection']} #{sa['unique_id']}: {sa['suite']}"
-            f"{' esn' if sa.get('esn') else ''}, {sa['encap']} "
-            f"{sa['local']} <-> {sa['remote']}, age {_age(sa['age'])}, mtu {sa['mtu']}"
-        )
-        lines.append(
-            f"    {' '.join(sa['local_ts'])} === {' '.join(sa['remote_ts'])}"
-            f"  spi in {sa['spi_in']} out {sa['spi_out']}"
-        )
-        lines.append(
-            f"    in  {_size(sa['bytes_in'])} / {sa['packets_in']} packets"
-            f"   out {_size(sa['bytes_out'])} / {sa['packets_out']} packets"
-        )
-        lines.append(f"    drops: {_drops(sa.get('drops', {}))}")
-    lines.append(f"IKE drops: {_drops(status.get('ike_drops', {}))}")
-    lines.append(f"Drops (all SAs and unmatched traffic): {_drops(status.get('drops', {}))}")
-    # Lost before the daemon read them: full socket buffers or TUN queue (overload).
-    lines.append(f"Kernel drops: {_drops(status.get('kernel_drops', {}))}")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -206,7 +206,7 @@ class DataPlane:
         # The same entries grouped three ways, so the gateway's questions ("is this
         # connection up?", "which SAs ride this IKE SA?") cost O(1) plus what they
         # return, not a scan of every CHILD SA (thousands of peers call them per SA).
-        self._by_child = _EntryIndex()
+        self._by_connection = _EntryIndex()
         self._by_peer = _EntryIndex()
         self._by_ike_sa = _EntryIndex()
         self.drops: Counter[str] = Counter()
@@ -240,12 +240,12 @@ class DataPlane:
         self.spd.add(entry.policy, preferred=preferred)
         self._outbound_cache.clear()
         self.entries[entry.unique_id] = entry
-        self._by_child.add(entry.child, entry)
-        self._by_peer.add(entry.connection, entry)
+        self._by_connection.add(entry.connection, entry)
+        self._by_peer.add(entry.peer, entry)
         self._by_ike_sa.add(entry.ike_sa_id, entry)
         log.debug(
             "data plane: installed CHILD SA %s #%d (in %08x, out %08x, mtu %d%s)",
-            entry.child,
+            entry.connection,
             entry.unique_id,
             entry.spi_in,
             entry.spi_out,
@@ -265,8 +265,8 @@ class DataPlane:
         entry = self.entries.pop(unique_id, None)
         if entry is None:
             return None
-        self._by_child.discard(entry.child, entry)
-        self._by_peer.discard(entry.connection, entry)
+        self._by_connection.discard(entry.connection, entry)
+        self._by_peer.discard(entry.peer, entry)
         self._by_ike_sa.discard(entry.ike_sa_id, entry)
         self.spd.remove(entry.policy)
         self._outbound_cache.clear()
@@ -290,25 +290,25 @@ class DataPlane:
         self._inbound_cache.pop(entry, None)
         self.drops.update(entry.all_drops())
 
-    def remove_connection(self, connection: str) -> list[ChildSaEntry]:
-        """Remove every CHILD SA of a connection (an IKE connection: a peer)."""
-        gone = self.entries_of_peer(connection)
+    def remove_peer(self, peer: str) -> list[ChildSaEntry]:
+        """Remove every CHILD SA negotiated with one `[peers.NAME]`."""
+        gone = self.entries_of_peer(peer)
         for entry in gone:
             self.remove(entry.unique_id)
         return gone
 
-    def entries_of_child(self, child: str) -> list[ChildSaEntry]:
-        """Installed CHILD SAs of one `[connections.NAME]` (`ChildSaEntry.child`), in
-        the order they were installed."""
-        return self._by_child.get(child)
+    def entries_of_connection(self, connection: str) -> list[ChildSaEntry]:
+        """Installed CHILD SAs of one `[connections.NAME]` (`ChildSaEntry.connection`),
+        in the order they were installed."""
+        return self._by_connection.get(connection)
 
-    def has_child(self, child: str) -> bool:
+    def has_connection(self, connection: str) -> bool:
         """Whether any CHILD SA of `[connections.NAME]` is installed."""
-        return child in self._by_child
+        return connection in self._by_connection
 
-    def entries_of_peer(self, connection: str) -> list[ChildSaEntry]:
-        """Installed CHILD SAs negotiated by one IKE connection (a peer)."""
-        return self._by_peer.get(connection)
+    def entries_of_peer(self, peer: str) -> list[ChildSaEntry]:
+        """Installed CHILD SAs negotiated with one `[peers.NAME]`."""
+        return self._by_peer.get(peer)
 
     def entries_of_ike_sa(self, ike_sa_id: int) -> list[ChildSaEntry]:
         """Installed CHILD SAs that answer to one IKE SA."""

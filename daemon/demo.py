@@ -54,6 +54,7 @@ from daemon.lab.netns import (
     ping,
     wait_for_ping,
 )
+from daemon.status import format_sa, format_status
 
 EXAMPLES = ("dc.toml", "cloud.toml")
 """The two example configurations the demo runs, in `conf/examples/`."""
@@ -378,10 +379,7 @@ def _steps(demo: Demo) -> int:
     say(f"   tunnel up after {seconds:.1f}s")
     for role in ("dc", "cloud"):
         for sa in demo.status(role).get("sas", []):
-            say(
-                f"   {role}: CHILD SA {sa['connection']} {sa['suite']} ({sa['encap']}) "
-                f"{' '.join(sa['local_ts'])} === {' '.join(sa['remote_ts'])}"
-            )
+            say(f"   {role}: {format_sa(sa)}")
     say("3. Pinging across the tunnel ...")
     for subnet in cloud.subnets:
         dest = cloud.host_address(subnet)
@@ -401,8 +399,6 @@ def _steps(demo: Demo) -> int:
     rate = demo.file_mib * 8 / seconds if seconds > 0 else 0.0
     say(f"   hashes match ({seconds:.2f}s, {rate:.0f} Mbit/s)")
     say("5. `lockgate status` on both gateways:")
-    from daemon.cli import format_status
-
     for role in ("dc", "cloud"):
         say(f"--- gateway {role} ---")
         for line in format_status(demo.status(role)).splitlines():

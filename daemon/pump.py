@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
-from daemon.dataplane import DataPlane, Drop
+from daemon.dataplane import AcquireHandler, DataPlane, Drop
 from esp.sa import PARTS_PER_PACKET
 from esp.udpencap import NAT_KEEPALIVE
 from ikev2.events import Address
@@ -152,8 +152,11 @@ class Pump:
     """Port of IKE with the non-ESP marker, ESP-in-UDP and keepalives."""
     on_ike: IkeReceiver | None = None
     """Receiver of IKE messages from either port."""
+    on_acquire: AcquireHandler | None = None
+    """Told about outbound packets no policy covers (the data plane's `on_acquire`)."""
     plane: DataPlane = field(init=False)
-    """The data plane this pump feeds."""
+    """The data plane this pump feeds and transmits for (built here, because the pump
+    is its `Transport`; its owner keeps a reference of its own)."""
     udp: dict[Address, socket.socket] = field(default_factory=dict)
     """UDP sockets by the local (address, port) they are bound to."""
     raw: dict[str, socket.socket] = field(default_factory=dict)
@@ -167,7 +170,7 @@ class Pump:
     _uso: bool = False
 
     def __post_init__(self) -> None:
-        self.plane = DataPlane(self, on_ike=self._ike_from_4500)
+        self.plane = DataPlane(self, on_ike=self._ike_from_4500, on_acquire=self.on_acquire)
         # A TUN with IFF_VNET_HDR: every frame carries a virtio-net header; and one
         # that takes UDP segmentation offload writes gets UDP datagrams coalesced.
         self._vnet = bool(getattr(self.tun, "vnet_hdr", False))

@@ -149,7 +149,7 @@ class Policy(Generic[T]):
     target: T
     """What carries matching outbound packets (an SA or a slot holding one)."""
     name: str = ""
-    """A label for logs and status (connection name, SPI)."""
+    """A label for logs and status (the `[peers.NAME]` of its SA)."""
 
     def allows_outbound(self, flow: Flow) -> bool:
         """True if a packet with ``flow`` leaving through this SA is covered."""

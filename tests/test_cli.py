@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from daemon.cli import format_status, main
+from daemon.cli import main
 from daemon.control import ControlError, ControlServer
 from daemon.lab.pki import Pki
+from daemon.status import format_status
 
 GOOD = """
 [gateway]

@@ -31,8 +31,8 @@ from daemon.childsa import entry_from_event
 from daemon.control import ControlError
 from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
+from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
-from daemon.pump import Pump
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
@@ -82,9 +82,9 @@ def gateway_of(path: Path) -> Iterator[Gateway]:
     gw = Gateway(str(path), socket_path=str(path.with_suffix(".sock")))
     gw.config = load_config(path)
     ikes = ike_connections(gw.config)
-    gw._endpoint = Endpoint(ikes)
     ours, kernel_side = memory_tun_pair()
-    gw._pump = Pump(ours)
+    gw._use_pump(ours)
+    gw._use_endpoint(Endpoint(ikes))
     try:
         for ike in ikes:
             gw._add_peer(ike)
@@ -132,17 +132,17 @@ def test_child_sa_events_install_and_remove_and_show_in_status(gateway: Gateway)
     [sa] = status["sas"]
     assert sa["connection"] == "site" and sa["peer"] == "main"
     assert sa["suite"] == "aes256gcm16" and sa["encap"] == "esp"
-    assert gateway._pump is not None
-    assert installed.spi_in in gateway._pump.plane.sad
+    assert gateway.pump is not None
+    assert installed.spi_in in gateway.plane.sad
     gateway._handle_event(
         ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, "test")
     )
     assert gateway.status()["sas"] == []
     # Packets already on their way are still decrypted for a moment, then not.
-    assert installed.spi_in in gateway._pump.plane.sad
-    gateway._pump.plane._clock = lambda: time.monotonic() + 60
-    assert gateway._pump.plane.expire_lingering() == 1
-    assert installed.spi_in not in gateway._pump.plane.sad
+    assert installed.spi_in in gateway.plane.sad
+    gateway.plane._clock = lambda: time.monotonic() + 60
+    assert gateway.plane.expire_lingering() == 1
+    assert installed.spi_in not in gateway.plane.sad
 
 
 def test_ike_failure_is_reported_on_its_connections(gateway: Gateway) -> None:
@@ -161,7 +161,7 @@ def test_reload_touches_only_the_changed_peer(gateway: Gateway, tmp_path: Path) 
     assert gateway.status_summary()["reloads"] == 1  # what a client that sent SIGHUP polls
     assert gateway.peers["main"] is main_before
     assert gateway.peers["spare"] is not spare_before
-    assert [str(ts) for ts in gateway.connections["spare-net"].child.remote_ts] == [
+    assert [str(ts) for ts in gateway.connections["spare-net"].config.remote_ts] == [
         "198.51.100.192/26"
     ]
     # A broken file changes nothing and says why.
@@ -189,13 +189,13 @@ def test_control_requests(gateway: Gateway) -> None:
 
 
 def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> None:
-    assert gateway._pump is not None
+    assert gateway.pump is not None
     gateway._handle_event(established())
     installed = dataclasses.replace(
         events("aes128gcm16", udp=True)[0], connection="main", ike_sa_id=7
     )
     gateway._handle_event(installed)
-    [entry] = gateway._pump.plane.entries.values()
+    [entry] = gateway.plane.entries.values()
     # A NAT in front of the peer picked a new port; the IKE SA saw it first (§2.23).
     gateway._handle_event(
         IkeSaAddressChanged(
@@ -224,20 +224,20 @@ def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> 
 def limit_calls(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """What the gateway tells the core of CHILD SAs at a volume limit: ("rekey", uid)
     at the soft limit, ("delete", uid) at the hard one."""
-    assert gateway._endpoint is not None
+    assert gateway.endpoint is not None
     calls: list[tuple[str, int]] = []
 
     def limit(uid: int, now: float, *, hard: bool) -> None:
         calls.append(("delete" if hard else "rekey", uid))
 
-    monkeypatch.setattr(gateway._endpoint, "child_limit_reached", limit)
+    monkeypatch.setattr(gateway.endpoint, "child_limit_reached", limit)
     return calls
 
 
 def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
     gateway: Gateway, limit_calls: list[tuple[str, int]]
 ) -> None:
-    assert gateway._pump is not None
+    assert gateway.pump is not None
     calls = limit_calls
     # life_packets is the hard limit; the rekey (soft limit) comes at 90% of it.
     installed = dataclasses.replace(
@@ -245,7 +245,7 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
     )
     gateway._handle_event(installed)
     packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
-    plane = gateway._pump.plane
+    plane = gateway.plane
     plane.from_tun([packet] * 8)
     gateway._enforce_volume_lifetimes()
     assert calls == []
@@ -261,16 +261,16 @@ def test_volume_lifetime_rekeys_at_soft_and_deletes_at_hard(
 def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequence_end(
     gateway: Gateway, limit_calls: list[tuple[str, int]]
 ) -> None:
-    assert gateway._pump is not None
+    assert gateway.pump is not None
     calls = limit_calls
     limited, _ = events("aes128gcm16", udp=False, uid=1)
     gateway._handle_event(dataclasses.replace(limited, connection="main", life_packets=10))
     plain, _ = events("aes128gcm16", udp=False, uid=2)
     gateway._handle_event(dataclasses.replace(plain, connection="main"))
-    assert gateway._volume_limited == {1}
+    assert gateway.lifetimes.volume_limited == {1}
     # The unlimited SA's counter reaches the soft mark near the end of its sequence
     # space (15/16 of 2^32): the frequent pass does not look, the full one does.
-    outbound = gateway._pump.plane.entries[2].outbound
+    outbound = gateway.plane.entries[2].outbound
     outbound._seq = outbound._seq_soft + 1
     gateway._enforce_volume_lifetimes()
     assert calls == []
@@ -279,11 +279,11 @@ def test_volume_checks_look_at_limited_sas_often_and_at_every_sa_for_the_sequenc
     # A removed SA leaves the limited set at the next look.
     gateway._handle_event(ChildSaDeleted("main", "site", 1, 7, 0xB0000001, 1, "test"))
     gateway._enforce_volume_lifetimes()
-    assert gateway._volume_limited == set()
+    assert gateway.lifetimes.volume_limited == set()
 
 
 def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway) -> None:
-    assert gateway._pump is not None
+    assert gateway.pump is not None
     gateway._handle_event(established())
     installed = dataclasses.replace(
         events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
@@ -295,22 +295,22 @@ def test_ike_rekey_shows_the_new_ike_sa_and_moves_the_child_sas(gateway: Gateway
     assert (ike["id"], ike["rekeyed_from"], ike["suite"]) == (9, 7, "new-suite")
     assert (ike["spi_i"], ike["spi_r"]) == (f"{0xAB:016x}", f"{0xCD:016x}")
     assert conn["state"] == "up"
-    [entry] = gateway._pump.plane.entries.values()
+    [entry] = gateway.plane.entries.values()
     assert entry.ike_sa_id == 9  # liveness from ESP now reaches the new IKE SA
-    assert gateway._pump.plane.entries_of_ike_sa(9) == [entry]
-    assert gateway._pump.plane.entries_of_ike_sa(7) == []
+    assert gateway.plane.entries_of_ike_sa(9) == [entry]
+    assert gateway.plane.entries_of_ike_sa(7) == []
     assert gateway.connections["site"].carried_by == 9
 
 
 def test_per_peer_ike_sa_index_follows_establish_rekey_and_delete(gateway: Gateway) -> None:
-    # `_established_ike_sa`, `_connecting` and status read the IKE SAs of one peer from
+    # `established_ike_sa`, `_connecting` and status read the IKE SAs of one peer from
     # an index: it must say what a scan of every announced IKE SA says at each step.
     def scan(peer: str) -> list[int]:
         return [i for i, info in gateway.ike_sas.items() if info.event.connection == peer]
 
     def agrees() -> None:
         for peer in ("main", "spare"):
-            assert [i.event.ike_sa_id for i in gateway._ike_sa_infos(peer)] == scan(peer)
+            assert [i.event.ike_sa_id for i in gateway.ike_sa_infos(peer)] == scan(peer)
 
     gateway._handle_event(established("main", 7))
     gateway._handle_event(established("spare", 8))
@@ -371,7 +371,7 @@ def _die(gateway: Gateway, action: str) -> None:
 
 def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
     retries: list[str] = []
-    gateway._schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
+    gateway.schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
     _die(gateway, "clear")
     state = gateway.connections["site"]
     assert not state.wanted and not state.trapped and retries == []
@@ -382,26 +382,26 @@ def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
 
 def test_dpd_action_restart_initiates_again_with_back_off(gateway: Gateway) -> None:
     async def run() -> None:
-        gateway._loop = asyncio.get_running_loop()
+        gateway.loop = asyncio.get_running_loop()
         _die(gateway, "restart")
         peer = gateway.peers["main"]
         assert gateway.connections["site"].wanted  # start = wait, but it was up
         assert peer.retry is not None and peer.attempts == 1
-        delay = peer.retry.when() - gateway._loop.time()
+        delay = peer.retry.when() - gateway.loop.time()
         assert 1.0 < delay <= 2.0  # RETRY_DELAYS[0]: the first attempt comes soon
         # The attempt fails (peer still down): the next one waits longer.
-        gateway._cancel_retry(peer)
+        gateway.cancel_retry(peer)
         gateway._handle_event(IkeSaFailed("main", 8, "peer did not answer", None))
         assert peer.retry is not None and peer.attempts == 2
-        assert peer.retry.when() - gateway._loop.time() > 3.0
-        gateway._cancel_retry(peer)
+        assert peer.retry.when() - gateway.loop.time() > 3.0
+        gateway.cancel_retry(peer)
 
     asyncio.run(run())
 
 
 def test_dpd_action_trap_re_arms_the_connection(gateway: Gateway) -> None:
     retries: list[str] = []
-    gateway._schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
+    gateway.schedule_retry = lambda peer: retries.append(peer.config.name)  # type: ignore[method-assign]
     _die(gateway, "trap")
     state = gateway.connections["site"]
     assert state.trapped and not state.wanted and retries == []
@@ -409,7 +409,7 @@ def test_dpd_action_trap_re_arms_the_connection(gateway: Gateway) -> None:
     assert conn["state"] == "trap (on traffic)"
     # The next packet to the remote subnet initiates again.
     started: list[str] = []
-    gateway._initiate = lambda peer: started.append(peer.config.name)  # type: ignore[method-assign]
+    gateway.initiate = lambda peer: started.append(peer.config.name)  # type: ignore[method-assign]
     gateway._on_acquire(ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1))
     assert started == ["main"] and state.wanted
 
@@ -443,11 +443,11 @@ def test_child_sa_expired_before_its_rekey_is_negotiated_again(
     wanted: bool,
     renewed: bool,
 ) -> None:
-    assert gateway._endpoint is not None
+    assert gateway.endpoint is not None
     ike = types.SimpleNamespace(state=IkeSaState.ESTABLISHED)
-    monkeypatch.setattr(gateway._endpoint, "ike_sa", lambda ike_sa_id: ike)
+    monkeypatch.setattr(gateway.endpoint, "ike_sa", lambda ike_sa_id: ike)
     requested: list[str] = []
-    monkeypatch.setattr(gateway, "_create_child", lambda state, sa: requested.append(state.name))
+    monkeypatch.setattr(gateway, "create_child", lambda state, sa: requested.append(state.name))
     gateway.connections["site"].wanted = wanted
     gateway._handle_event(established())
     installed = dataclasses.replace(
@@ -494,7 +494,7 @@ def test_config_error_from_the_ike_builder_is_one_line_and_exit_1(
     monkeypatch.setattr(gateway_module, "ike_connections", refuse)
     monkeypatch.setattr(gateway_module, "open_tun", lambda *a: opened.append("tun"))
     gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
-    with caplog.at_level(logging.ERROR, logger="lockgate"):
+    with caplog.at_level(logging.ERROR, logger="daemon.gateway"):
         assert asyncio.run(gw.run()) == 1
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.getMessage() == line
@@ -515,9 +515,9 @@ def test_child_sa_matching_no_connection_names_the_peer_and_shows_in_status(
     pair.pump()
     (refused,) = pair.of("b", ChildSaFailed)
     gateway._handle_event(established())
-    with caplog.at_level(logging.WARNING, logger="lockgate"):
+    with caplog.at_level(logging.WARNING, logger="daemon.events"):
         gateway._handle_event(dataclasses.replace(refused, connection="main", ike_sa_id=7))
-    [line] = [r.getMessage() for r in caplog.records if r.name == "lockgate"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "daemon.events"]
     assert line.startswith("peer main (198.51.100.2): CHILD SA refused: peer proposed")
     assert "match no CHILD SA" in line and "?" not in line.split(":")[0]
     by_name = {c["name"]: c for c in gateway.status()["connections"]}
@@ -566,8 +566,8 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
             gw._handle_event(
                 dataclasses.replace(a, connection=f"p{i}", child=f"c{i}", ike_sa_id=100 + i)
             )
-        assert gw._pump is not None
-        plane = gw._pump.plane
+        assert gw.pump is not None
+        plane = gw.plane
         ike_sas = _CountingDict(gw.ike_sas)
         entries = _CountingDict(plane.entries)
         gw.ike_sas = ike_sas  # type: ignore[assignment]
@@ -639,9 +639,7 @@ def test_route_sources_share_one_address_read_until_a_source_is_refused(
     fake = _FakeLinks()
     now = [0.0]
     gateway._links = fake  # type: ignore[assignment]
-    gateway._route_ops = fake
-    gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
-    gateway._local_addresses = LocalAddresses(fake, clock=lambda: now[0])  # type: ignore[arg-type]
+    gateway.routes.attach(fake, "lgtest0", LocalAddresses(fake, clock=lambda: now[0]))  # type: ignore[arg-type]
     gateway._handle_event(established())
     for uid in (1, 2, 3):
         a, _ = events("aes128gcm16", udp=False, uid=uid)
@@ -663,8 +661,8 @@ def test_route_sources_share_one_address_read_until_a_source_is_refused(
 
 def test_status_shows_the_endpoints_ike_drops(gateway: Gateway) -> None:
     assert gateway.status()["ike_drops"] == {}
-    assert gateway._endpoint is not None
-    gateway._endpoint.receive_message(b"\x00" * 5, ("198.51.100.1", 500), ("203.0.113.9", 500), 0.0)
+    assert gateway.endpoint is not None
+    gateway.endpoint.receive_message(b"\x00" * 5, ("198.51.100.1", 500), ("203.0.113.9", 500), 0.0)
     assert gateway.status()["ike_drops"] == {"unparsable": 1}
 
 
@@ -713,16 +711,16 @@ def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_
             assert all(e.ike_sa_id == new for e in moved)
         else:
             peer = rng.choice(peers)
-            expected = {u for u, e in plane.entries.items() if e.connection == peer}
-            gone = plane.remove_connection(peer)
+            expected = {u for u, e in plane.entries.items() if e.peer == peer}
+            gone = plane.remove_peer(peer)
             assert {e.unique_id for e in gone} == expected
         entries = list(plane.entries.values())
         for child in children:
-            scan = [e for e in entries if e.child == child]
-            assert plane.entries_of_child(child) == scan
-            assert plane.has_child(child) == bool(scan)
+            scan = [e for e in entries if e.connection == child]
+            assert plane.entries_of_connection(child) == scan
+            assert plane.has_connection(child) == bool(scan)
         for peer in peers:
-            assert plane.entries_of_peer(peer) == [e for e in entries if e.connection == peer]
+            assert plane.entries_of_peer(peer) == [e for e in entries if e.peer == peer]
         for ike in ike_ids:
             scan_ids = {e.unique_id for e in entries if e.ike_sa_id == ike}
             assert {e.unique_id for e in plane.entries_of_ike_sa(ike)} == scan_ids
@@ -731,7 +729,7 @@ def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_
     # Removing everything leaves no empty group behind.
     for uid in list(plane.entries):
         plane.remove(uid)
-    assert not any(plane.has_child(c) for c in children)
+    assert not any(plane.has_connection(c) for c in children)
     assert not any(plane.entries_of_ike_sa(i) for i in ike_ids)
 
 
@@ -740,9 +738,7 @@ def test_routes_are_added_at_once_counted_per_network_and_removed_in_order(
 ) -> None:
     links = _FakeLinks()
     gateway._links = links  # type: ignore[assignment]
-    gateway._route_ops = links
-    gateway._tun = types.SimpleNamespace(name="lgtest0")  # type: ignore[assignment]
-    gateway._local_addresses = LocalAddresses(links)  # type: ignore[arg-type]
+    gateway.routes.attach(links, "lgtest0", LocalAddresses(links))  # type: ignore[arg-type]
     gateway._handle_event(established())
     # Three CHILD SAs of one connection: the same two remote networks each.
     for uid in (1, 2, 3):
@@ -786,7 +782,7 @@ def test_routes_are_added_at_once_counted_per_network_and_removed_in_order(
     assert ("203.0.113.0/24", "192.0.2.1") in links.routes
     gateway._handle_event(ChildSaDeleted("main", "site", 3, 7, 0xB0000003, 1, "test"))
     assert [r[0] for r in links.routes] == ["198.51.100.128/26"]
-    assert gateway._routes == {(4, int(ipaddress.ip_address("198.51.100.128")), 26): 2}
+    assert gateway.routes.counts == {(4, int(ipaddress.ip_address("198.51.100.128")), 26): 2}
 
 
 class _Handle:
@@ -811,48 +807,50 @@ class _FakeLoop:
 
 
 def test_endpoint_timer_is_armed_again_only_when_it_moves_or_fired(gateway: Gateway) -> None:
-    # Every datagram runs `_service`; re-arming an unchanged timer each time cost a
+    # Every datagram runs `service`; re-arming an unchanged timer each time cost a
     # cancel and a new loop handle per datagram.
     loop = _FakeLoop()
-    gateway._loop = loop  # type: ignore[assignment]
-    assert gateway._endpoint is not None and gateway._pump is not None
-    gateway._pump.send_datagram = lambda *args: True  # type: ignore[method-assign]
-    gateway._endpoint.initiate("main", time.monotonic())  # a retransmission timer
-    gateway._service()
+    assert gateway.ike is not None
+    gateway.ike.loop = loop  # type: ignore[assignment]
+    assert gateway.endpoint is not None and gateway.pump is not None
+    gateway.ike._send = lambda *args: True
+    gateway.endpoint.initiate("main", time.monotonic())  # a retransmission timer
+    gateway.service()
     assert len(loop.armed) == 1
     for _ in range(5):
-        gateway._service()
+        gateway.service()
     assert len(loop.armed) == 1 and not loop.armed[0].cancelled
-    gateway._endpoint.initiate("spare", time.monotonic() - 1.0)  # an earlier timer
-    gateway._service()
+    gateway.endpoint.initiate("spare", time.monotonic() - 1.0)  # an earlier timer
+    gateway.service()
     assert len(loop.armed) == 2 and loop.armed[0].cancelled
     # Once it fired, it is armed again even for the same time.
-    timer_at = gateway._timer_at
-    gateway._on_timer()
-    assert len(loop.armed) == 3 and gateway._timer_at == timer_at
+    timer_at = gateway.ike._timer_at
+    gateway.ike._on_timer()
+    assert len(loop.armed) == 3 and gateway.ike._timer_at == timer_at
 
 
 def test_a_timer_that_moves_later_is_left_armed_and_followed_once_it_fires(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loop = _FakeLoop()
-    gateway._loop = loop  # type: ignore[assignment]
-    assert gateway._endpoint is not None
+    assert gateway.ike is not None
+    gateway.ike.loop = loop  # type: ignore[assignment]
+    assert gateway.endpoint is not None
     now = time.monotonic()
     due = [now + 5.0]
-    monkeypatch.setattr(gateway._endpoint, "get_timer", lambda: due[0])
-    gateway._arm_timer()
+    monkeypatch.setattr(gateway.endpoint, "get_timer", lambda: due[0])
+    gateway.ike._arm_timer()
     assert len(loop.armed) == 1
     due[0] = now + 9.0  # later (the SA with the earliest timer was answered)
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     due[0] = None  # type: ignore[call-overload]  # nothing pending at all
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     assert len(loop.armed) == 1 and not loop.armed[0].cancelled
     due[0] = now + 9.0
-    gateway._on_timer()  # the early wake-up: armed for what is due now
+    gateway.ike._on_timer()  # the early wake-up: armed for what is due now
     assert len(loop.armed) == 2 and loop.armed[1].when == pytest.approx(now + 9.0, abs=0.5)
     due[0] = now + 1.0  # earlier: the armed timer is replaced
-    gateway._arm_timer()
+    gateway.ike._arm_timer()
     assert len(loop.armed) == 3 and loop.armed[1].cancelled
 
 
@@ -861,42 +859,42 @@ def test_liveness_reaches_the_ike_sa_of_sas_that_received_and_remembers_only_tho
 ) -> None:
     # ESP from the peer tells its IKE SA the peer is alive (RFC 7296 §2.4); SAs that
     # never received anything are not remembered (at idle the map stays empty).
-    assert gateway._pump is not None and gateway._endpoint is not None
+    assert gateway.pump is not None and gateway.endpoint is not None
     heard: list[int] = []
-    gateway._endpoint.heard_from_peer = lambda ike, now: heard.append(ike)  # type: ignore[method-assign]
+    gateway.endpoint.heard_from_peer = lambda ike, now: heard.append(ike)  # type: ignore[method-assign]
     peers = {}
     for uid, ike in ((1, 7), (2, 8)):
         ours, theirs = events("aes128gcm16", udp=False, uid=uid)
         gateway._handle_event(dataclasses.replace(ours, connection="main", ike_sa_id=ike))
         peers[uid] = entry_from_event(theirs)
     gateway._report_liveness(1.0)
-    assert heard == [] and gateway._inbound_seen == {}
+    assert heard == [] and gateway.lifetimes.inbound_seen == {}
     inner = ipv4("203.0.113.5", "192.0.2.5", echo_request(1), proto=1)
     sealed = peers[1].outbound.encapsulate(inner)
     assert isinstance(sealed, bytes)
-    gateway._pump.plane.from_esp([sealed])
+    gateway.plane.from_esp([sealed])
     gateway._report_liveness(2.0)
-    assert heard == [7] and gateway._inbound_seen == {1: 1}
+    assert heard == [7] and gateway.lifetimes.inbound_seen == {1: 1}
     gateway._report_liveness(3.0)  # nothing new: no news for the IKE SA
     assert heard == [7]
 
 
 def test_key_pairs_are_made_ahead_only_while_no_ike_traffic_comes(gateway: Gateway) -> None:
-    endpoint = gateway._endpoint
-    assert endpoint is not None
+    endpoint, ike = gateway.endpoint, gateway.ike
+    assert endpoint is not None and ike is not None
     missing = endpoint.prepare_keys(0)
     assert missing > 0
 
     async def refill(last_ike_ago: float) -> int:
-        gateway._loop = asyncio.get_running_loop()
-        gateway._last_ike_at = time.monotonic() - last_ike_ago
-        gateway._refill_keys()
+        ike.loop = asyncio.get_running_loop()
+        ike.last_ike_at = time.monotonic() - last_ike_ago
+        ike.refill_keys()
         for _ in range(missing):  # each step makes one pair at least, then yields
             await asyncio.sleep(0)
         return endpoint.prepare_keys(0)
 
     # An IKE datagram came just now: a burst may be on, nothing is made.
-    assert asyncio.run(refill(0.0)) == missing and gateway._key_refill is None
+    assert asyncio.run(refill(0.0)) == missing and not ike.refilling
     # Quiet for longer than KEY_POOL_IDLE: the stock fills, a short step per turn.
-    assert asyncio.run(refill(gateway_module.KEY_POOL_IDLE + 1)) == 0
-    assert gateway._key_refill is None
+    assert asyncio.run(refill(KEY_POOL_IDLE + 1)) == 0
+    assert not ike.refilling

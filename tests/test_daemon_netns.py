@@ -357,7 +357,7 @@ def test_systemd_notify_and_journal_log_format(make_pair: Callable[..., Pair]) -
     log_lines = [line for line in pair.a.proc.log().splitlines() if line.strip()]
     # Journald style: a syslog priority prefix and no timestamp of our own.
     assert all(line.startswith("<") for line in log_lines[:20]), log_lines[:5]
-    assert any(line.startswith("<6>lockgate: ") for line in log_lines)
+    assert any(line.startswith("<6>daemon.gateway: ") for line in log_lines)
     assert not any(line[3:7].isdigit() and line[7] == "-" for line in log_lines[:20])
     assert PSK not in pair.a.proc.log()
 

@@ -75,3 +75,26 @@ def test_setup_logging_picks_format_from_environment() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_one_subsystem_can_log_more_than_the_rest() -> None:
+    # Every daemon module logs under its own name (daemon.events, daemon.routes, ...):
+    # raising one of them shows its lines, named, while the others keep the level.
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    events = logging.getLogger("daemon.events")
+    try:
+        setup_logging("warning", {})
+        stream = io.StringIO()
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        events.setLevel(logging.DEBUG)
+        events.debug("one subsystem")
+        logging.getLogger("daemon.gateway").info("the rest")
+        assert "daemon.events: one subsystem" in stream.getvalue()
+        assert "the rest" not in stream.getvalue()
+    finally:
+        events.setLevel(logging.NOTSET)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -6,9 +6,9 @@ import asyncio
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ike_sockets import SocketDriver
 from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
 
-from ikev2.aio import IkeDriver
 from ikev2.codec import IkeHeader, Message, Nonce, Notify, decode_message, encode_message
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType
@@ -109,7 +109,7 @@ def test_asyncio_driver_brings_two_endpoints_up_and_down() -> None:
 
     async def main() -> tuple[list[Event], list[Event]]:
         events: dict[str, list[Event]] = {"a": [], "b": []}
-        drivers: dict[str, IkeDriver] = {}
+        drivers: dict[str, SocketDriver] = {}
         loop = asyncio.get_running_loop()
 
         def sender(name: str, other: str) -> object:
@@ -122,7 +122,7 @@ def test_asyncio_driver_brings_two_endpoints_up_and_down() -> None:
         conn = connection()
         for name, other, config in (("a", "b", conn), ("b", "a", mirrored(conn))):
             endpoint = Endpoint([config], rng=DeterministicRandom(name.encode()))
-            drivers[name] = IkeDriver(
+            drivers[name] = SocketDriver(
                 endpoint,
                 sender(name, other),  # type: ignore[arg-type]
                 events[name].append,

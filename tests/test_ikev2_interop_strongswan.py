@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pytest
+from ike_sockets import SocketDriver, UdpSockets, open_udp_sockets
 from netns import Lab, in_namespace
 from strongswan import (
     Charon,
@@ -32,7 +33,6 @@ from strongswan import (
     logs_on_failure,
 )
 
-from ikev2.aio import IkeDriver, UdpSockets, open_udp_sockets
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
 from ikev2.constants import NotifyType
 from ikev2.endpoint import Endpoint
@@ -68,7 +68,7 @@ class LockgatePeer:
         self.events: queue.Queue[Event] = queue.Queue()
         self.seen: list[Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._driver: IkeDriver | None = None
+        self._driver: SocketDriver | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -99,7 +99,7 @@ class LockgatePeer:
         if not self._ready.wait(10.0) or self._error is not None:
             raise RuntimeError(f"lockgate IKE driver did not start: {self._error!r}")
 
-    def call(self, fn: Callable[[IkeDriver], Any]) -> Any:
+    def call(self, fn: Callable[[SocketDriver], Any]) -> Any:
         """Run `fn(driver)` on the driver's loop and return its result."""
         if self._loop is None or self._driver is None:
             raise RuntimeError("not started")
@@ -419,7 +419,7 @@ def test_ike_sa_rekeys_both_ways() -> None:
         assert peer.wait_for(ChildSaInstalled).rekey_of == child.unique_id
 
 
-def _receive_late(driver: IkeDriver) -> None:
+def _receive_late(driver: SocketDriver) -> None:
     """Make lockgate take in every datagram 1 s late (in order), so requests cross.
 
     (This kernel has no netem; and swanctl may return a few hundred ms after charon

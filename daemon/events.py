@@ -1,0 +1,291 @@
+"""How the gateway reacts to the IKE core's events.
+
+`IkeSaEstablished` and `IkeSaRekeyed` keep the IKE SAs that status shows and the
+CHILD SAs answer to; `ChildSaInstalled` becomes two `EspSA`s, an SPD policy, an SAD
+entry and routes into the TUN, and `ChildSaDeleted` takes them away again; an IKE SA
+that ends because its peer is dead gets the peer's dpd_action (clear, restart with
+back-off, or re-arm a trap); a failure is kept for status and answers the waiting
+`lockgate up`. Each handler takes the gateway and one event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from daemon.childsa import entry_from_event
+from daemon.peers import IkeSaInfo, apply_dpd_action, resolve
+from daemon.status import status_line
+from esp.errors import EspConfigError
+from ikev2.events import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaInstalled,
+    DeleteCause,
+    Event,
+    IkeSaAddressChanged,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    NatKeepaliveDue,
+)
+from ikev2.sa_types import IkeSaState
+from ikev2.ts import format_selectors
+
+if TYPE_CHECKING:
+    from daemon.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+EXPIRED_CAUSES = frozenset({DeleteCause.LIMIT_REACHED, DeleteCause.EXPIRED})
+"""ChildSaDeleted causes of a CHILD SA that reached a hard limit before a rekey
+replaced it: a connection that should be up then needs a new one."""
+
+
+def handle_event(gateway: Gateway, event: Event) -> None:
+    """Pass `event` to its handler below (an event without one needs no action)."""
+    handler = _EVENT_HANDLERS.get(type(event))
+    if handler is not None:
+        handler(gateway, event)
+
+
+def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
+    gateway.remember_ike_sa(IkeSaInfo(event))
+    if not log.isEnabledFor(logging.INFO):
+        return
+    log.info(
+        "peer %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
+        event.connection,
+        event.ike_sa_id,
+        event.remote_id,
+        "we initiated" if event.initiator else "peer initiated",
+        event.suite,
+        event.local[0],
+        event.local[1],
+        event.remote[0],
+        event.remote[1],
+        f"; ESP in UDP: {event.udp_encap_reason}" if event.udp_encap_reason else "",
+    )
+
+
+def _on_ike_deleted(gateway: Gateway, event: IkeSaDeleted) -> None:
+    gateway.forget_ike_sa(event.ike_sa_id)
+    log.info("peer %s: IKE SA #%d deleted (%s)",
+             event.connection, event.ike_sa_id, event.reason)  # fmt: skip
+    peer = gateway.peers.get(event.connection)
+    if peer is None:
+        return
+    resolve(peer.ike_waiters, f"peer {peer.config.name}: {event.reason}", ok=False)
+    if gateway.shutting_down:
+        return
+    if event.cause is DeleteCause.DEAD_PEER:
+        # Liveness checks went unanswered (RFC 7296 §2.4): dpd_action applies.
+        apply_dpd_action(gateway, peer, event)
+    else:
+        # Deleted by the peer, or expired: connections that should be up come back.
+        gateway.schedule_retry(peer)
+
+
+def _on_ike_rekeyed(gateway: Gateway, event: IkeSaRekeyed) -> None:
+    """The IKE SA was replaced (RFC 7296 §2.18): status shows the new one, and the
+    CHILD SAs that moved along now answer to it."""
+    old = gateway.forget_ike_sa(event.ike_sa_id)
+    sa = gateway.endpoint.ike_sa(event.new_ike_sa_id) if gateway.endpoint is not None else None
+    if old is not None:
+        announced = dataclasses.replace(
+            old.event,
+            ike_sa_id=event.new_ike_sa_id,
+            spi_i=event.spi_i,
+            spi_r=event.spi_r,
+            suite=event.suite,
+            initiator=sa.initiator if sa is not None else old.event.initiator,
+        )
+        gateway.remember_ike_sa(IkeSaInfo(announced, rekeyed_from=event.ike_sa_id))
+    if gateway.plane is not None:
+        gateway.plane.move_to_ike_sa(event.ike_sa_id, event.new_ike_sa_id)
+    for state in gateway.connections_of(event.connection):
+        if state.carried_by == event.ike_sa_id:
+            state.carried_by = event.new_ike_sa_id
+    log.info(
+        "peer %s: IKE SA #%d rekeyed, #%d replaces it (%s, SPIs %016x_i %016x_r)",
+        event.connection,
+        event.ike_sa_id,
+        event.new_ike_sa_id,
+        event.suite,
+        event.spi_i,
+        event.spi_r,
+    )
+    peer = gateway.peers.get(event.connection)
+    if peer is not None:
+        resolve(
+            peer.ike_waiters,
+            f"peer {event.connection}: IKE SA #{event.ike_sa_id} rekeyed, "
+            f"#{event.new_ike_sa_id} replaces it",
+            ok=True,
+        )
+
+
+def _on_address_changed(gateway: Gateway, event: IkeSaAddressChanged) -> None:
+    """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping may
+    change, and the IKE SA follows authenticated messages; without one, the move to
+    port 4500 (RFC 7296 §2.23)."""
+    info = gateway.ike_sas.get(event.ike_sa_id)
+    if info is not None:
+        info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
+    if gateway.plane is None:
+        return
+    for entry in gateway.plane.entries_of_ike_sa(event.ike_sa_id):
+        if entry.udp_encap:
+            log.info(
+                "connection %s: peer moved to %s[%d]; ESP follows",
+                entry.connection,
+                event.remote[0],
+                event.remote[1],
+            )
+            entry.local, entry.remote = event.local, event.remote
+
+
+def _on_ike_failed(gateway: Gateway, event: IkeSaFailed) -> None:
+    log.warning(
+        "peer %s: IKE SA #%d failed: %s",
+        event.connection or "(none)",
+        event.ike_sa_id,
+        event.reason,
+    )
+    peer = gateway.peers.get(event.connection)
+    if peer is None:
+        return
+    peer.last_error = event.reason
+    for state in gateway.connections_of(event.connection):
+        state.last_error = event.reason
+        resolve(state.waiters, f"{state.name}: {event.reason}", ok=False)
+    gateway.schedule_retry(peer)
+
+
+def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
+    plane = gateway.plane
+    if plane is None:
+        return
+    try:
+        entry = entry_from_event(event, gateway.path_mtus.get(event.remote[0], 1500))
+        # At a rekey we started, the peer installed the new SA before it answered,
+        # and it drops the old inbound SA when our Delete arrives: send on the new
+        # one at once. The peer of a rekey keeps the old one until that Delete
+        # (RFC 7296 §2.8).
+        plane.install(entry, preferred=event.rekey_of is not None and event.initiator)
+    except (EspConfigError, ValueError) as exc:
+        log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
+        return
+    gateway.lifetimes.watch(entry)
+    gateway.routes.add_for(entry)
+    # Formatting selectors costs, and thousands of CHILD SAs may come at once.
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "connection %s: CHILD SA #%d installed%s: %s === %s, %s, SPIs in %08x out "
+            "%08x, %s, inner MTU %d",
+            event.child,
+            event.unique_id,
+            f" (rekeys #{event.rekey_of})" if event.rekey_of is not None else "",
+            format_selectors(event.local_ts),
+            format_selectors(event.remote_ts),
+            entry.inbound.suite.name,
+            entry.spi_in,
+            entry.spi_out,
+            f"ESP in UDP to {event.remote[0]}[{event.remote[1]}]"
+            if event.udp_encap
+            else f"raw ESP to {event.remote[0]}",
+            entry.mtu,
+        )
+    peer = gateway.peers.get(event.connection)
+    if peer is not None:
+        peer.attempts = 0
+        peer.last_error = ""
+    state = gateway.connections.get(event.child)
+    if state is not None:
+        state.last_error = ""
+        state.requested_at = None
+        state.carried_by = event.ike_sa_id
+        outcome = (
+            f"connection {event.child}: rekeyed, CHILD SA #{event.unique_id} replaces "
+            f"#{event.rekey_of}"
+            if event.rekey_of is not None
+            else f"connection {event.child} is up"
+        )
+        resolve(state.waiters, outcome, ok=True)
+    gateway.notifier.notify(STATUS=status_line(gateway))
+
+
+def _on_child_deleted(gateway: Gateway, event: ChildSaDeleted) -> None:
+    gateway.uninstall(event.unique_id, event.reason)
+    state = gateway.connections.get(event.child)
+    endpoint = gateway.endpoint
+    ike = endpoint.ike_sa(event.ike_sa_id) if endpoint is not None else None
+    ike_alive = ike is not None and ike.state is not IkeSaState.DELETED
+    if state is not None and ike_alive and not gateway.is_up(state.name):
+        # Deleted on its own (down, peer's Delete, volume): not lost with its IKE SA.
+        state.carried_by = None
+        if (
+            ike is not None
+            and state.wanted
+            and event.cause in EXPIRED_CAUSES
+            and ike.state is IkeSaState.ESTABLISHED
+        ):
+            # A hard limit came before the rekey finished (RFC 4301 §4.4.2.1): the
+            # connection should stay up, so negotiate a fresh CHILD SA under the
+            # same IKE SA, after the events being handled now.
+            log.info("connection %s: CHILD SA expired unreplaced; requesting a new one",
+                     state.name)  # fmt: skip
+            state.requested_at = None
+            if gateway.loop is not None:
+                gateway.loop.call_soon(gateway.create_child, state, ike)
+            else:
+                gateway.create_child(state, ike)
+    gateway.notifier.notify(STATUS=status_line(gateway))
+
+
+def _on_child_failed(gateway: Gateway, event: ChildSaFailed) -> None:
+    state = gateway.connections.get(event.child)
+    if state is not None:
+        log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
+        state.last_error = event.reason
+        resolve(state.waiters, f"{event.child}: {event.reason}", ok=False)
+        return
+    # The peer asked for selectors that match none of our connections (the core
+    # names no CHILD configuration): say which peer, and keep it on the peer so
+    # `lockgate status` shows it on each of its connections.
+    reason = f"CHILD SA refused: {event.reason}"
+    log.warning("peer %s: %s", _peer_label(gateway, event.connection, event.ike_sa_id), reason)
+    peer = gateway.peers.get(event.connection)
+    if peer is not None:
+        peer.last_error = reason
+
+
+def _peer_label(gateway: Gateway, peer: str, ike_sa_id: int) -> str:
+    """'dc1 (198.51.100.2)': the peer's name and the address its IKE SA talks to."""
+    info = gateway.ike_sas.get(ike_sa_id)
+    if info is not None:
+        return f"{peer} ({info.event.remote[0]})"
+    state = gateway.peers.get(peer)
+    address = state.config.remote_address if state is not None else None
+    return f"{peer} ({address or '%any'})"
+
+
+def _on_keepalive_due(gateway: Gateway, event: NatKeepaliveDue) -> None:
+    if gateway.plane is not None:
+        gateway.plane.send_keepalive(event.local, event.remote)
+
+
+_EVENT_HANDLERS: dict[type[Event], Callable[[Gateway, Any], None]] = {
+    IkeSaEstablished: _on_ike_established,
+    IkeSaDeleted: _on_ike_deleted,
+    IkeSaRekeyed: _on_ike_rekeyed,
+    IkeSaAddressChanged: _on_address_changed,
+    IkeSaFailed: _on_ike_failed,
+    ChildSaInstalled: _on_child_installed,
+    ChildSaDeleted: _on_child_deleted,
+    ChildSaFailed: _on_child_failed,
+    NatKeepaliveDue: _on_keepalive_due,
+}

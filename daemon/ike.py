@@ -1,0 +1,151 @@
+"""The asyncio adapter of the sans-I/O IKE endpoint: feed, service, re-arm.
+
+`IkeDriver` owns no socket. The pump reads IKE messages from UDP 500 and from behind
+the non-ESP marker on 4500 and hands them to `message_received`; `service` then runs
+the endpoint's due timers, sends what it wants sent through the `send` callback,
+gives its events to `on_event`, and re-arms one loop timer for the endpoint's next
+deadline. While no IKE datagram comes, it makes key exchange pairs ahead of need, a
+short step per turn of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ikev2.endpoint import Endpoint
+from ikev2.events import Address, Event
+
+log = logging.getLogger(__name__)
+
+KEY_POOL_STEP = 0.002
+"""Seconds of making key exchange pairs ahead (Endpoint.prepare_keys) per turn of the
+event loop, so datagrams arriving meanwhile wait little: some 40 X25519 pairs, or one
+MODP pair (a millisecond or two each)."""
+KEY_POOL_IDLE = 0.2
+"""Seconds without an IKE datagram before key pairs are made ahead: during a burst of
+setups they would only compete with it."""
+
+SendCallback = Callable[[bytes, Address, Address], object]
+"""send(UDP payload, local address, remote address); the pump counts what fails."""
+EventCallback = Callable[[Event], None]
+
+
+class IkeDriver:
+    """Runs an `Endpoint` on an asyncio loop: input, timers, events and sending."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        send: SendCallback,
+        on_event: EventCallback,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.loop = loop
+        """Where the timer and the key refill run (without one: neither runs)."""
+        self._send = send
+        self._on_event = on_event
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        """The endpoint timer `_timer` is armed for (meaningful while `_timer` is set)."""
+        self.last_ike_at = 0.0
+        """When the last IKE datagram arrived (monotonic): key pairs are made ahead
+        only after KEY_POOL_IDLE of quiet."""
+        self._key_refill: asyncio.Handle | None = None
+        self.closing = False
+        """Set by `close`: no more key pairs are made ahead."""
+
+    def message_received(self, message: bytes, local: Address, remote: Address) -> None:
+        """A bare IKE message (the pump took it out from behind the non-ESP marker)."""
+        self.last_ike_at = now = time.monotonic()
+        try:
+            self.endpoint.receive_message(message, local, remote, now)
+        except Exception:
+            # The core turns bad input into typed errors itself; anything escaping is
+            # a bug, and one hostile datagram must not stop the gateway for everyone.
+            log.exception("IKE message from %s[%d] caused an internal error", *remote)
+        self.service()
+
+    def service(self) -> None:
+        """Run due timers, send what the endpoint wants sent, handle its events, and
+        re-arm the timer: the whole asyncio adapter of a sans-I/O core."""
+        endpoint, send = self.endpoint, self._send
+        now = time.monotonic()
+        timer = endpoint.get_timer()
+        if timer is not None and timer <= now:
+            endpoint.handle_timer(now)
+        for payload, local, remote in endpoint.datagrams_to_send(now):
+            send(payload, local, remote)
+        for event in endpoint.events():
+            self._on_event(event)
+        # Handling events may have produced more to send (a retry, a delete).
+        for payload, local, remote in endpoint.datagrams_to_send(now):
+            send(payload, local, remote)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        loop = self.loop
+        timer = self.endpoint.get_timer() if loop is not None else None
+        if self._timer is not None:
+            if timer is None or timer >= self._timer_at:
+                # Armed for that time or earlier: most datagrams leave the timer where
+                # it was or move it later (an answer stops a retransmission timer), and
+                # an early wake-up only runs `service`, which arms for what is then
+                # due. A burst of setups paid a cancel and a new handle per datagram.
+                return
+            self._timer.cancel()
+            self._timer = None
+        if timer is not None and loop is not None:
+            delay = max(0.0, timer - time.monotonic())
+            self._timer = loop.call_later(delay, self._on_timer)
+            self._timer_at = timer
+
+    def _on_timer(self) -> None:
+        self._timer = None  # fired: the next `_arm_timer` must arm again, same time or not
+        self.service()
+
+    @property
+    def refilling(self) -> bool:
+        """True while key pairs are being made ahead (a step is scheduled)."""
+        return self._key_refill is not None
+
+    def refill_keys(self) -> None:
+        """Make key exchange pairs ahead of need, for KEY_POOL_STEP per turn of the
+        loop, while no IKE datagram came for KEY_POOL_IDLE (housekeeping starts it
+        again)."""
+        self._key_refill = None
+        endpoint, loop = self.endpoint, self.loop
+        if loop is None or self.closing:
+            return
+        now = time.monotonic()
+        if now - self.last_ike_at < KEY_POOL_IDLE:
+            return
+        deadline = now + KEY_POOL_STEP
+        while (missing := endpoint.prepare_keys(1)) > 0 and time.monotonic() < deadline:
+            pass
+        if missing > 0:
+            self._key_refill = loop.call_soon(self.refill_keys)
+
+    async def close(self, timeout: float) -> int:
+        """Delete every IKE SA and wait (bounded by `timeout` seconds) for the peers to
+        acknowledge, retransmitting meanwhile; how many IKE SAs are still there."""
+        self.closing = True
+        endpoint = self.endpoint
+        endpoint.close(time.monotonic())
+        self.service()
+        deadline = time.monotonic() + timeout
+        while endpoint.ike_sas() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            self.service()
+        return len(endpoint.ike_sas())
+
+    def stop(self) -> None:
+        """Cancel the timer and the key refill (the loop is going away)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._key_refill is not None:
+            self._key_refill.cancel()

@@ -1,0 +1,165 @@
+"""Each peer and connection the gateway runs: its state, and the policy that decides
+when it comes up again.
+
+A peer is a `[peers.NAME]` section (one IKE connection, one IKE SA at a time), a
+connection a `[connections.NAME]` under it (one CHILD SA configuration). Their state
+here is what the start modes, the retry back-off (`retry_delay`), a dead peer's
+dpd_action (`apply_dpd_action`), a trapped packet (`acquire`) and `lockgate status`
+decide on; `IkeSaInfo` is what status shows of an IKE SA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from daemon.childsa import selector_from_ike
+from daemon.control import ControlError
+from daemon.packet import flow_of
+from ikev2.config import ChildConfig
+from ikev2.config import ConnectionConfig as PeerConfig
+from ikev2.events import IkeSaDeleted, IkeSaEstablished
+
+if TYPE_CHECKING:
+    from daemon.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
+"""Back-off between attempts of a connection that should be up but failed."""
+
+
+@dataclass(slots=True)
+class IkeSaInfo:
+    """What `status` shows about an established IKE SA (from its event)."""
+
+    event: IkeSaEstablished
+    """The event that announced it (after a rekey: with the new SA's id, SPIs, suite)."""
+    established_at: float = field(default_factory=time.monotonic)
+    """Monotonic time of establishment (or of the rekey that made it)."""
+    rekeyed_from: int | None = None
+    """The IKE SA it replaced in a rekey (RFC 7296 §2.18), if any."""
+
+
+@dataclass
+class PeerState:
+    """One `[peers.NAME]`: a peer gateway and the connections configured under it."""
+
+    config: PeerConfig
+    """What the IKE core runs (named after the `[peers.NAME]` section)."""
+    attempts: int = 0
+    """Failed attempts in a row (for the back-off)."""
+    retry: asyncio.TimerHandle | None = None
+    """The scheduled next attempt, if any."""
+    last_error: str = ""
+    """Why the last attempt failed."""
+    ike_waiters: list[asyncio.Future[str]] = field(default_factory=list)
+    """`lockgate rekey --ike` calls waiting for the new IKE SA."""
+
+
+@dataclass
+class ConnectionState:
+    """One `[connections.NAME]`: a CHILD SA configuration under a peer's IKE SA."""
+
+    name: str
+    """The NAME of its `[connections.NAME]` (also the CHILD SA configuration's name)."""
+    peer: str
+    """The `[peers.NAME]` it belongs to."""
+    config: ChildConfig
+    """What the IKE core negotiates its CHILD SA with (`ikev2.config.ChildConfig`)."""
+    wanted: bool
+    """True if it should be up (start = initiate, or `lockgate up`)."""
+    last_error: str = ""
+    """Why it last failed to come up."""
+    requested_at: float | None = None
+    """When we last asked for its CHILD SA under an existing IKE SA (not yet there)."""
+    waiters: list[asyncio.Future[str]] = field(default_factory=list)
+    """`lockgate up` calls waiting for the outcome."""
+    carried_by: int | None = None
+    """The IKE SA its CHILD SA is (or was, when that IKE SA died) under: a dead peer's
+    dpd_action applies to the connections that were up with it."""
+    trapped: bool = False
+    """Re-armed by dpd_action "trap": like start = "trap", the next matching packet
+    initiates it again."""
+
+
+def resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:
+    """Answer every waiting control request with `outcome` (an error unless `ok`)."""
+    for waiter in waiters:
+        if not waiter.done():
+            if ok:
+                waiter.set_result(outcome)
+            else:
+                waiter.set_exception(ControlError(outcome))
+    waiters.clear()
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt after `attempts` failed ones in a row."""
+    return RETRY_DELAYS[min(attempts, len(RETRY_DELAYS) - 1)]
+
+
+def apply_dpd_action(gateway: Gateway, peer: PeerState, event: IkeSaDeleted) -> None:
+    """The peer stopped answering liveness checks (RFC 7296 §2.4): do what its
+    connections' dpd_action says with those that were up under the dead IKE SA."""
+    action = peer.config.dpd_action
+    name = peer.config.name
+    lost = [c for c in gateway.connections_of(name) if c.carried_by == event.ike_sa_id or c.wanted]
+    peer.last_error = event.reason
+    for state in lost:
+        state.carried_by = None
+        state.last_error = event.reason
+    names = ", ".join(c.name for c in lost) or "none"
+    if action == "restart" and peer.config.remote_address is not None:
+        log.info("peer %s is dead; dpd_action restart: initiating again (%s)", name, names)
+        for state in lost:
+            state.wanted = True
+        peer.attempts = 0
+        gateway.schedule_retry(peer)
+    elif action == "trap":
+        log.info("peer %s is dead; dpd_action trap: traffic restarts %s", name, names)
+        for state in lost:
+            state.wanted = False
+            state.trapped = True
+            gateway.arm_trap(state.config)
+    else:
+        if action == "restart":
+            log.warning("peer %s is dead and %%any: it must initiate again", name)
+        else:
+            log.info("peer %s is dead; dpd_action clear: %s stay down", name, names)
+        for state in lost:
+            state.wanted = False
+
+
+def acquire(gateway: Gateway, packet: bytes) -> None:
+    """An outbound packet that no SA's policy covers: if it matches a connection with
+    start = "trap" (or re-armed by dpd_action "trap"), bring that connection up."""
+    flow = flow_of(packet)
+    if flow is None:
+        return
+    version, src, dst, proto, sport, dport = flow
+    for state in gateway.connections.values():
+        child = state.config
+        if child.start != "trap" and not state.trapped:
+            continue
+        local = tuple(selector_from_ike(ts) for ts in child.local_ts)
+        remote = tuple(selector_from_ike(ts) for ts in child.remote_ts)
+        if any(ts.matches(version, src, proto, sport) for ts in local) and any(
+            ts.matches(version, dst, proto, dport) for ts in remote
+        ):
+            peer = gateway.peers.get(state.peer)
+            if peer is None or peer.retry is not None:
+                return
+            sa = gateway.established_ike_sa(state.peer)
+            if sa is not None:
+                # The peer's IKE SA exists (for another connection): add ours to it.
+                state.wanted = True
+                gateway.create_child(state, sa)
+            elif not gateway.ike_sa_count(state.peer):
+                log.info("connection %s: outbound traffic triggers it", state.name)
+                state.wanted = True
+                gateway.initiate(peer)
+            return
