@@ -37,6 +37,7 @@ from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
+    ChildSaInstalled,
     DeleteCause,
     IkeSaAddressChanged,
     IkeSaDeleted,
@@ -44,7 +45,7 @@ from ikev2.events import (
     IkeSaFailed,
     IkeSaRekeyed,
 )
-from ikev2.sa_types import IkeSaState
+from ikev2.sa_types import Datagram, IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
 from tun import LinkError, memory_tun_pair
 
@@ -898,3 +899,93 @@ def test_key_pairs_are_made_ahead_only_while_no_ike_traffic_comes(gateway: Gatew
     # Quiet for longer than KEY_POOL_IDLE: the stock fills, a short step per turn.
     assert asyncio.run(refill(KEY_POOL_IDLE + 1)) == 0
     assert not ike.refilling
+
+
+# --- rekeys between two gateways' data planes (RFC 7296 §2.8) ----------------------------
+
+A_TO_B = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+B_TO_A = ipv4("203.0.113.10", "192.0.2.10", echo_request(1), proto=1)
+
+
+def _carry_across(planes: dict[str, DataPlane], step: str) -> None:
+    """Gateway a (lockgate) sends on an SA that b has installed (a peer such as
+    strongSwan keeps no deleted SA for stragglers), and takes what b sends: on an
+    installed SA, or one it removed a moment ago (`INBOUND_LINGER`)."""
+    for me, other, packet in (("a", "b", A_TO_B), ("b", "a", B_TO_A)):
+        policy = planes[me].spd.lookup(packet)
+        assert policy is not None, f"{step}: {me} has no outbound SA"
+        spi = policy.target.spi_out
+        if other == "b":
+            live = {entry.spi_in for entry in planes[other].entries.values()}
+            assert spi in live, f"{step}: a sends on {spi:08x}, b has only {live}"
+        else:
+            assert spi in planes[other].sad, f"{step}: b sends on {spi:08x}, a lacks it"
+
+
+@pytest.mark.parametrize("rekeyer", ["peer", "we", "we, peer deletes too"])
+def test_a_delete_right_behind_the_create_child_sa_response_never_leaves_a_gap(
+    tmp_path: Path, rekeyer: str
+) -> None:
+    # Gateway a is lockgate initiating the IKE SA, b its peer; the CHILD SA has PFS. The
+    # Delete of the old SA comes straight behind the CREATE_CHILD_SA response (from the
+    # rekeyer, or from both): the new SA must already carry traffic both ways on both
+    # sides, and the old one until it does.
+    esp = ("aes128gcm16-ecp256",)
+    conn = connection(children=(child(esp_proposals=esp),))
+    pair = Pair.make(conn)
+    gws: dict[str, Gateway] = {}
+    with contextlib.ExitStack() as stack:
+        for name in ("a", "b"):
+            path = tmp_path / f"{name}.toml"
+            path.write_text(CONFIG)
+            gws[name] = stack.enter_context(gateway_of(path))
+            gws[name].endpoint = pair.side(name)
+        planes = {name: gw.plane for name, gw in gws.items() if gw.plane is not None}
+        fed = {"a": 0, "b": 0}
+
+        def handle(name: str) -> None:
+            for event in pair.events[name][fed[name] :]:
+                gws[name]._handle_event(event)
+            fed[name] = len(pair.events[name])
+
+        def send(name: str, step: str) -> list[Datagram]:
+            out = pair.take(name)
+            handle(name)
+            _carry_across(planes, step)
+            return out
+
+        def deliver(sender: str, datagrams: list[Datagram]) -> None:
+            for datagram in datagrams:
+                pair.deliver(sender, datagram)
+
+        pair.a.initiate("conn", 0.0)
+        pair.pump()
+        handle("a")
+        handle("b")
+        _carry_across(planes, "up")
+        old = {name: pair.of(name, ChildSaInstalled)[0] for name in ("a", "b")}
+        starter, answerer = ("b", "a") if rekeyer == "peer" else ("a", "b")
+        [sa] = pair.side(starter).ike_sas()
+        sa.rekey_child(old[starter].unique_id, pair.clock)
+        request = send(starter, "rekey requested")
+        deliver(starter, request)
+        response = send(answerer, "rekey answered")
+        if rekeyer == "we, peer deletes too":
+            # The peer deletes the old SA itself, right behind its answer.
+            [peer_sa] = pair.side(answerer).ike_sas()
+            peer_sa.delete_child(old[answerer].unique_id, pair.clock, "test")
+            response += send(answerer, "peer deletes the old SA")
+        deliver(answerer, response)
+        delete = send(starter, "rekey complete")
+        deliver(starter, delete)
+        answer = send(answerer, "old SA deleted")
+        deliver(answerer, answer)
+        send(starter, "delete answered")
+        pair.pump()
+        handle("a")
+        handle("b")
+        _carry_across(planes, "settled")
+        for name in ("a", "b"):
+            [entry] = planes[name].entries.values()
+            assert entry.unique_id == pair.of(name, ChildSaInstalled)[1].unique_id
+            assert pair.of(name, ChildSaDeleted)[0].unique_id == old[name].unique_id
