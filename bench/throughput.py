@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 from bench import setup_rate
+from bench.chart import draw
 from bench.measure import (
     IperfResult,
     MeasureError,
@@ -300,8 +301,6 @@ def replay(path: Path, png: Path | None) -> int:
         say()
         say(setup_rate.report(control))
     if png is not None:
-        from bench.chart import draw
-
         say(draw(rows, png))
     return 0
 
@@ -414,8 +413,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         say(f"JSON written to {args.json}")
     if args.png is not None:
-        from bench.chart import draw
-
         say(draw(rows, args.png))
     return status
 

@@ -322,7 +322,7 @@ def make_charon_log_keys(world: object) -> None:
     """Restart an `interop` case's charon with filelog levels that log every key."""
     from interop_helpers import Interop
 
-    from daemon.lab.strongswan import render_strongswan_conf
+    from testkit.strongswan import render_strongswan_conf
 
     if not isinstance(world, Interop):
         raise TypeError("make_charon_log_keys needs an Interop")

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import serialization
 
 from conf import ConfigError, load_config, loads_config
 from conf.ike import endpoint_config, ike_connection, ike_connections
-from daemon.lab.pki import Credential, Pki
 from ikev2.codec import decode_header
 from ikev2.codec.payloads import Certificate
 from ikev2.config import Identity, IdKind
@@ -22,6 +21,7 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import Event, IkeSaDeleted, IkeSaEstablished
 from ikev2.ts import TrafficSelector
+from testkit.pki import Credential, Pki
 
 PSK = "test-psk-NOT-SECRET-0123456789"
 

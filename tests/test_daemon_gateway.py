@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_dataplane import echo_request, events, ipv4
-from test_ikev2_sa_pair import Pair, child, connection, mirrored
 
 import daemon.gateway as gateway_module
 from conf.errors import ConfigError, Problem
@@ -46,6 +44,8 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
+from testkit.dataplane import echo_request, events, ipv4
+from testkit.ikev2_pair import Pair, child, connection, mirrored
 from tun import LinkError, memory_tun_pair
 
 CONFIG = """

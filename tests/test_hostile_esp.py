@@ -49,9 +49,9 @@ from hostile_helpers import (
 )
 from interop_helpers import Case, interop, wait_until
 from netns import ping, site_to_site
-from test_daemon_netns import config, start_daemon
 
 from daemon.lab.netns import SiteToSite, in_namespace
+from testkit.daemon import config, start_daemon
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 

@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import pytest
-from test_ikev2_sa_pair import connection, mirrored
 
 from ikev2.codec import (
     KeyExchange,
@@ -25,6 +24,7 @@ from ikev2.cookies import COOKIE_LEN, CookieJar, CookiePolicy, InvalidCookie, co
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.errors import InvalidSyntax, LocalProtocolError
+from testkit.ikev2_pair import connection, mirrored
 
 NI = bytes(range(32))
 SPI_I = bytes.fromhex("0123456789abcdef")

@@ -5,7 +5,6 @@ replayed message from another address. In memory, no network."""
 from __future__ import annotations
 
 import pytest
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, Sent, connection, mirrored
 
 from ikev2.codec import VendorId, decode_message
 from ikev2.constants import NON_ESP_MARKER, ExchangeType
@@ -18,6 +17,7 @@ from ikev2.events import (
     NatKeepaliveDue,
 )
 from ikev2.tasks.ike_natd import LOCKGATE_UDP_VID
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, Sent, connection, mirrored
 
 INIT = ExchangeType.IKE_SA_INIT
 AUTH = ExchangeType.IKE_AUTH

@@ -6,7 +6,6 @@ import asyncio
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
 
 from ikev2.aio import IkeDriver
 from ikev2.codec import IkeHeader, Message, Nonce, Notify, decode_message, encode_message
@@ -15,17 +14,9 @@ from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import NAT_KEEPALIVE, Endpoint, EndpointConfig
 from ikev2.events import ChildSaInstalled, Event, IkeSaDeleted, IkeSaEstablished
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, init_request, mirrored
 
 INIT = ExchangeType.IKE_SA_INIT
-
-
-def _init_request(spi_i: bytes, seed: bytes = b"x") -> bytes:
-    """An IKE_SA_INIT request from `a`'s configuration with a chosen SPI."""
-    a = Endpoint([connection()], rng=DeterministicRandom(seed))
-    a.initiate("conn", 0.0)
-    (d,) = a.datagrams_to_send(0.0)
-    message = decode_message(d.data)
-    return encode_message(Message(spi_i, message.spi_r, INIT, 0, True, False, message.payloads))
 
 
 def test_port_4500_marker_keepalive_and_esp() -> None:
@@ -58,15 +49,15 @@ def test_unknown_spi_and_unmatched_peers_are_dropped_silently() -> None:
     header = IkeHeader(b"\x01" * 8, b"\x02" * 8, 0, ExchangeType.INFORMATIONAL, 1, 28, True, False)
     b.receive_datagram(header.encode(), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     # An IKE_SA_INIT from an address no connection accepts creates nothing.
-    b.receive_datagram(_init_request(b"\x03" * 8), (B_ADDR, 500), ("198.51.100.77", 500), 0.0)
+    b.receive_datagram(init_request(b"\x03" * 8), (B_ADDR, 500), ("198.51.100.77", 500), 0.0)
     # Nor one that arrives on an address that is not ours.
-    b.receive_datagram(_init_request(b"\x04" * 8), ("198.51.100.3", 500), (A_ADDR, 500), 0.0)
+    b.receive_datagram(init_request(b"\x04" * 8), ("198.51.100.3", 500), (A_ADDR, 500), 0.0)
     assert b.ike_sas() == [] and b.datagrams_to_send(0.0) == [] and b.next_event() is None
 
 
 def test_retransmitted_ike_sa_init_is_answered_by_the_same_half_open_sa() -> None:
     b = Endpoint([mirrored(connection())], rng=DeterministicRandom(b"b"))
-    request = _init_request(b"\x05" * 8)
+    request = init_request(b"\x05" * 8)
     b.receive_datagram(request, (B_ADDR, 500), (A_ADDR, 500), 0.0)
     (first,) = b.datagrams_to_send(0.0)
     b.receive_datagram(request, (B_ADDR, 500), (A_ADDR, 500), 1.0)
@@ -81,7 +72,7 @@ def test_half_open_sas_are_capped() -> None:
         config=EndpointConfig(max_half_open=2),
     )
     for n in range(3):
-        b.receive_datagram(_init_request(bytes([n + 1]) * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+        b.receive_datagram(init_request(bytes([n + 1]) * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     assert len(b.ike_sas()) == 2 and len(b.datagrams_to_send(0.0)) == 2
 
 
@@ -201,7 +192,7 @@ def test_cookie_demanded_above_the_half_open_threshold() -> None:
     )
     pair = Pair(Endpoint([conn], rng=DeterministicRandom(b"a")), b)
     # One half-open SA already (a stray IKE_SA_INIT), so the next one needs a COOKIE.
-    b.receive_datagram(_init_request(b"\x09" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    b.receive_datagram(init_request(b"\x09" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     b.datagrams_to_send(0.0)
     pair.a.initiate("conn", 0.0)
     pair.pump()

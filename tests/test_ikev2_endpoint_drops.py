@@ -7,8 +7,6 @@ import logging
 from typing import Any
 
 import pytest
-from test_ikev2_endpoint import _init_request
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
 
 from ikev2.codec import IkeHeader
 from ikev2.constants import ExchangeType
@@ -16,6 +14,7 @@ from ikev2.cookies import CookiePolicy
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig, IkeDropReason, ThrottledLog
 from ikev2.events import ChildSaInstalled
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, init_request, mirrored
 
 B500, A500 = (B_ADDR, 500), (A_ADDR, 500)
 R = IkeDropReason
@@ -51,7 +50,7 @@ def test_unauthenticated_garbage_is_counted_per_reason() -> None:
     zero_spi_r = IkeHeader(b"\x01" * 8, bytes(8), 0, ExchangeType.IKE_AUTH, 1, 28, True, False)
     b.receive_datagram(zero_spi_r.encode(), B500, A500, 0.0)
     b.receive_datagram(b"\x00\x00\x10\x01" + bytes(40), (B_ADDR, 4500), (A_ADDR, 4500), 0.0)
-    b.receive_datagram(_init_request(b"\x03" * 8), B500, ("198.51.100.77", 500), 0.0)
+    b.receive_datagram(init_request(b"\x03" * 8), B500, ("198.51.100.77", 500), 0.0)
     b.receive_datagram(b"\xff", (B_ADDR, 4500), (A_ADDR, 4500), 0.0)  # keepalive: no drop
     assert dict(b.drops) == {
         R.UNPARSABLE: 1,
@@ -75,16 +74,16 @@ def test_drops_is_a_read_only_live_view() -> None:
 
 def test_half_open_cap_cookie_demand_and_retransmission_are_counted() -> None:
     b = _responder(max_half_open=2)
-    request = _init_request(b"\x01" * 8)
+    request = init_request(b"\x01" * 8)
     b.receive_datagram(request, B500, A500, 0.0)
     b.receive_datagram(request, B500, A500, 0.5)  # retransmission: answered from cache
     for n in (2, 3, 4):
-        b.receive_datagram(_init_request(bytes([n]) * 8), B500, A500, 1.0)
+        b.receive_datagram(init_request(bytes([n]) * 8), B500, A500, 1.0)
     assert dict(b.drops) == {R.RETRANSMIT_ANSWERED: 1, R.HALF_OPEN_CAP: 2}
 
     c = _responder(cookies=CookiePolicy(demand_above=0))
-    c.receive_datagram(_init_request(b"\x01" * 8), B500, A500, 0.0)
-    c.receive_datagram(_init_request(b"\x02" * 8), B500, A500, 0.0)
+    c.receive_datagram(init_request(b"\x01" * 8), B500, A500, 0.0)
+    c.receive_datagram(init_request(b"\x02" * 8), B500, A500, 0.0)
     assert dict(c.drops) == {R.COOKIE_DEMANDED: 1}
     assert len(c.ike_sas()) == 1
 
@@ -126,9 +125,9 @@ def _endpoint_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecor
 def test_cookie_flood_logs_a_bounded_number_of_lines(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="ikev2.endpoint")
     b = _responder(cookies=CookiePolicy(demand_above=0))
-    b.receive_datagram(_init_request(b"\x01" * 8), B500, A500, 0.0)  # one half open
+    b.receive_datagram(init_request(b"\x01" * 8), B500, A500, 0.0)  # one half open
     assert len(b.datagrams_to_send(0.0)) == 1
-    requests = [_init_request(n.to_bytes(8, "big"), b"s") for n in range(2, 12)]
+    requests = [init_request(n.to_bytes(8, "big"), b"s") for n in range(2, 12)]
     caplog.clear()
     # 1000 IKE_SA_INITs over 50 s: each is answered with a COOKIE demand.
     for n in range(1000):
@@ -152,8 +151,8 @@ def test_half_open_cap_flood_logs_a_bounded_number_of_lines(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ikev2.endpoint")
     b = _responder(max_half_open=1, log_interval=10.0)
-    b.receive_datagram(_init_request(b"\x01" * 8), B500, A500, 0.0)
-    request = _init_request(b"\x02" * 8)
+    b.receive_datagram(init_request(b"\x01" * 8), B500, A500, 0.0)
+    request = init_request(b"\x02" * 8)
     caplog.clear()
     for n in range(1000):
         b.receive_datagram(request, B500, A500, n * 0.001)  # all within one second

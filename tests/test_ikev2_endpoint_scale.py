@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_ikev2_sa import establish
-from test_ikev2_sa_pair import A_NET, B_ADDR, B_NET, Pair, child, connection
 
 from ikev2.config import Identity
 from ikev2.cookies import CookiePolicy
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.sa import IkeDropReason, IkeSa, IkeSaState
+from testkit.ikev2_pair import A_NET, B_ADDR, B_NET, Pair, child, connection, establish
 
 COUNT = 1000
 SPACING = 0.001

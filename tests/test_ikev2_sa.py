@@ -9,17 +9,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from test_ikev2_sa_pair import (
-    A_ADDR,
-    A_NET,
-    B_ADDR,
-    B_NET,
-    Pair,
-    Sent,
-    child,
-    connection,
-    mirrored,
-)
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Notify, decode_header, decode_message
@@ -35,16 +24,20 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSaState
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import (
+    A_ADDR,
+    A_NET,
+    B_ADDR,
+    B_NET,
+    Pair,
+    Sent,
+    child,
+    connection,
+    establish,
+    mirrored,
+)
 
 INIT, AUTH, INFO = ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH, ExchangeType.INFORMATIONAL
-
-
-def establish(pair: Pair) -> tuple[ChildSaInstalled, ChildSaInstalled]:
-    pair.a.initiate("conn", pair.clock)
-    pair.pump()
-    (ia,) = pair.of("a", ChildSaInstalled)
-    (ib,) = pair.of("b", ChildSaInstalled)
-    return ia, ib
 
 
 def test_full_establishment_both_sides_agree() -> None:

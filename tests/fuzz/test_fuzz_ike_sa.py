@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ikev2.codec import Message, Payload, encode_message, encode_payloads
-
-from .mutate import Mutation
-from .strategies import messages, mutations, shaped_chains, shaped_messages
-from .targets import (
+from testkit.fuzz.mutate import Mutation
+from testkit.fuzz.strategies import messages, mutations, shaped_chains, shaped_messages
+from testkit.fuzz.targets import (
     AuthRequestTarget,
     AuthResponseTarget,
     EndpointFreshTarget,

@@ -14,10 +14,16 @@ import tracemalloc
 
 from ikev2.errors import InvalidSyntax
 from ikev2.fragments import FragmentLimitExceeded
-
-from .mutate import Mutation
-from .targets import _TEMPLATE, EndpointFreshTarget, EspTarget, FragmentTarget, Target, random_bytes
-from .world import A_ADDR, B_ADDR, Pair, esp_keys, seal_raw_fragment
+from testkit.fuzz.mutate import Mutation
+from testkit.fuzz.targets import (
+    _TEMPLATE,
+    EndpointFreshTarget,
+    EspTarget,
+    FragmentTarget,
+    Target,
+    random_bytes,
+)
+from testkit.fuzz.world import A_ADDR, B_ADDR, Pair, esp_keys, seal_raw_fragment
 
 GROWTH_SLACK = 8 * 1024
 """Octets a second batch of inputs may add on top of the first (caches, interning)."""

@@ -79,8 +79,7 @@ from ikev2.fragments import (
 )
 from ikev2.sa import IkeSa, IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
-
-from .world import (
+from testkit.fuzz.world import (
     A_ADDR,
     B_ADDR,
     ESP_SPI,

@@ -1,4 +1,4 @@
-"""Two lockgate IKE endpoints in memory: fake network, fake clock, seeded randomness (no tests).
+"""Two lockgate IKE endpoints in memory: fake network, fake clock, seeded randomness.
 
 Shared by the in-memory IKE SA and endpoint tests. The network can drop datagrams
 (by predicate), rewrite one side's address like a NAT, and records everything sent.
@@ -11,12 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ikev2.codec import decode_header
+from ikev2.codec import (
+    Message,
+    decode_header,
+    decode_message,
+    encode_message,
+)
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
-from ikev2.constants import NON_ESP_MARKER
+from ikev2.constants import NON_ESP_MARKER, ExchangeType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
-from ikev2.events import Event
+from ikev2.events import (
+    ChildSaInstalled,
+    Event,
+)
 from ikev2.sa import Datagram
 from ikev2.ts import TrafficSelector
 
@@ -210,3 +218,22 @@ class Pair:
             if s.sender == sender and header.exchange_type == exchange and header.response:
                 out.append(s)
         return out
+
+
+def establish(pair: Pair) -> tuple[ChildSaInstalled, ChildSaInstalled]:
+    pair.a.initiate("conn", pair.clock)
+    pair.pump()
+    (ia,) = pair.of("a", ChildSaInstalled)
+    (ib,) = pair.of("b", ChildSaInstalled)
+    return ia, ib
+
+
+def init_request(spi_i: bytes, seed: bytes = b"x") -> bytes:
+    """An IKE_SA_INIT request from `a`'s configuration with a chosen SPI."""
+    a = Endpoint([connection()], rng=DeterministicRandom(seed))
+    a.initiate("conn", 0.0)
+    (d,) = a.datagrams_to_send(0.0)
+    message = decode_message(d.data)
+    return encode_message(
+        Message(spi_i, message.spi_r, ExchangeType.IKE_SA_INIT, 0, True, False, message.payloads)
+    )
