@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ikev2.constants import NON_ESP_MARKER
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import Address, Event
@@ -57,9 +58,17 @@ class IkeDriver:
     # --- input --------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, local: Address, remote: Address) -> None:
-        """A UDP payload from port 500 or 4500 (marker, keepalives and ESP sorted out)."""
-        self.endpoint.receive_datagram(data, local, remote, self._clock())
-        self.service()
+        """A UDP payload from port 500 or 4500, for a driver with no data plane beside it.
+
+        On port 4500 only what follows the non-ESP marker is IKE (RFC 7296 §2.23); the
+        rest (NAT keepalives, ESP) has no taker here and is ignored. A daemon sorts the
+        port with `esp.udpencap.classify` and calls `message_received` instead.
+        """
+        if local[1] == self.endpoint.config.nat_port:
+            if not data.startswith(NON_ESP_MARKER):
+                return
+            data = data[len(NON_ESP_MARKER) :]
+        self.message_received(data, local, remote)
 
     def message_received(self, data: bytes, local: Address, remote: Address) -> None:
         """A bare IKE message (the caller stripped the non-ESP marker)."""

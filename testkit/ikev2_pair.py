@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from esp.udpencap import DatagramKind, classify, strip_marker
 from ikev2.codec import (
     Message,
     decode_header,
@@ -21,12 +22,21 @@ from ikev2.config import ChildConfig, ConnectionConfig, Identity
 from ikev2.constants import NON_ESP_MARKER, ExchangeType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
-from ikev2.events import (
-    ChildSaInstalled,
-    Event,
-)
+from ikev2.events import Address, ChildSaInstalled, Event
 from ikev2.sa import Datagram
 from ikev2.ts import TrafficSelector
+
+
+def deliver(endpoint: Endpoint, data: bytes, local: Address, remote: Address, now: float) -> None:
+    """Hand a UDP payload received on `local` to `endpoint` as the daemon does: on the
+    NAT port `esp.udpencap.classify` sorts IKE (behind the non-ESP marker, which it
+    strips) from NAT keepalives and ESP, which never reach the IKE endpoint."""
+    if local[1] == endpoint.config.nat_port:
+        if classify(data) is not DatagramKind.IKE:
+            return
+        data = strip_marker(data)
+    endpoint.receive_message(data, local, remote, now)
+
 
 A_ADDR = "198.51.100.1"
 B_ADDR = "198.51.100.2"
@@ -162,7 +172,7 @@ class Pair:
                     self.wire.append(sent)
                     if not sent.dropped:
                         local, remote = self._translate(name, d)
-                        self.side(other).receive_datagram(d.data, local, remote, self.clock)
+                        deliver(self.side(other), d.data, local, remote, self.clock)
             if not moved:
                 for name in ("a", "b"):
                     self.events[name].extend(self.side(name).events())
@@ -198,7 +208,7 @@ class Pair:
         """Hand one datagram (from `take`) to the other side, in the order the test wants."""
         local, remote = self._translate(sender, datagram)
         receiver = "b" if sender == "a" else "a"
-        self.side(receiver).receive_datagram(datagram.data, local, remote, self.clock)
+        deliver(self.side(receiver), datagram.data, local, remote, self.clock)
 
     def of(self, name: str, kind: type[Any]) -> list[Any]:
         return [e for e in self.events[name] if isinstance(e, kind)]

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esp.udpencap import DatagramKind, classify
+
 ETH_P_ALL = 0x0003
 ETH_P_IPV6 = 0x86DD
 ATTACKER_LINK = "2001:db8:f00::2"
@@ -164,8 +166,8 @@ def esp_in_udp4(frame: bytes) -> tuple[int, int] | None:
     ihl = (frame[14] & 0x0F) * 4
     udp = 14 + ihl
     dport = struct.unpack_from("!H", frame, udp + 2)[0]
-    if dport != 4500 or frame[udp + 8 : udp + 12] == b"\x00\x00\x00\x00":
-        return None  # not NAT-T, or the non-ESP marker of IKE on 4500
+    if dport != 4500 or classify(frame[udp + 8 :]) is not DatagramKind.ESP:
+        return None  # not NAT-T, or IKE / a keepalive on 4500
     return udp + 8, len(frame) - udp - 8
 
 

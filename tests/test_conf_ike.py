@@ -21,6 +21,7 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import Event, IkeSaDeleted, IkeSaEstablished
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import deliver
 from testkit.pki import Credential, Pki
 
 PSK = "test-psk-NOT-SECRET-0123456789"
@@ -271,11 +272,11 @@ def _bring_up_both(initiator_toml: str) -> tuple[list[Event], list[bytes], Endpo
                 header = decode_header(message)
                 if header.exchange_type == ExchangeType.IKE_AUTH and not header.response:
                     auth_requests.append(message)
-                b.receive_datagram(d.data, d.remote, d.local, now)
+                deliver(b, d.data, d.remote, d.local, now)
                 moved = True
             events_b.extend(b.events())
             for d in b.datagrams_to_send(now):
-                a.receive_datagram(d.data, d.remote, d.local, now)
+                deliver(a, d.data, d.remote, d.local, now)
                 moved = True
             if not moved:
                 return
