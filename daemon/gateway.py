@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from conf.errors import ConfigError as ConfigLoadError
+from conf import ConfigError as ConfigLoadError
 from conf.ike import endpoint_config, ike_connections
 from conf.load import load_config
 from conf.model import Config

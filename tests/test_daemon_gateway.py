@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import daemon.gateway as gateway_module
-from conf.errors import ConfigError, Problem
+from conf import ConfigError, Problem
 from conf.ike import ike_connections
 from conf.load import load_config
 from daemon.childsa import entry_from_event
