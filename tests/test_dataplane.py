@@ -198,6 +198,29 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted() -> None:
     assert pair.b.status()["sas"][0]["drops"] == {"icv_failure": 1, "replay": 1}
 
 
+@pytest.mark.parametrize("esn", [False, True])
+def test_replay_window_0_turns_the_replay_check_off(esn: bool) -> None:
+    # replay_window = 0: the receiver does not check sequence numbers (RFC 4303 §3.4.3
+    # leaves that to it; strongSwan's replay_window = 0 means the same). A replay that
+    # authenticates is delivered, by the single and the batch path; a forgery is not.
+    ev_a, ev_b = (replace(e, replay_window=0) for e in events(udp=False, esn=esn))
+    side_a, side_b = Side("a"), Side("b")
+    a, b = DataPlane(side_a), DataPlane(side_b)
+    a.install(entry_from_event(ev_a))
+    b.install(entry_from_event(ev_b))
+    packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+    a.from_tun([packet])
+    _, frame, _, _ = side_a.wire.popleft()
+    b.from_esp([frame])
+    b.from_esp([frame])
+    b.from_esp([frame, frame])
+    tampered = bytearray(frame)
+    tampered[-1] ^= 1
+    b.from_esp([bytes(tampered)])
+    assert side_b.tun_out == [packet] * 4
+    assert b.total_drops() == {"icv_failure": 1}
+
+
 def test_inbound_packet_outside_selectors_is_dropped() -> None:
     pair = make_pair()
     # B's SA encrypts anything it is handed; a hostile peer could send a packet
