@@ -1,4 +1,4 @@
-"""Dedicated fuzz run over every IKEv2 and ESP network entry point (issue 8).
+"""Dedicated fuzz run over every IKEv2 and ESP network entry point.
 
     python -m bench.fuzz --cases 100000 --seconds 900 --seed 1
 

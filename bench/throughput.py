@@ -80,7 +80,8 @@ class Row:
     """Failed repetitions per test, with the tool's message."""
     outer_fragments: int | None = None
     """IP fragments both gateways received while the tunnel ran (`ReasmReqds`): ESP
-    packets over the path MTU. Issue 7 asks for none."""
+    packets over the path MTU. lockgate should cause none: an outer fragment costs the
+    peer a reassembly and loses the packet with either fragment."""
 
     def mbps(self, test: str) -> float | None:
         runs = self.samples.get(test, [])

@@ -1,4 +1,4 @@
-"""Building blocks of the hostile-network tests (issue 8): an attacker namespace, a
+"""Building blocks of the hostile-network tests: an attacker namespace, a
 bounded spoofed IKE_SA_INIT flood, raw frame capture and injection on a WAN veth,
 ESP packets built with keys read from charon's log, and process figures from /proc.
 

@@ -1,4 +1,4 @@
-"""Two `lockgate daemon`s in namespaces, over the rest of an SA's life (issue 5):
+"""Two `lockgate daemon`s in namespaces, over the rest of an SA's life:
 certificate authentication from configuration, rekeys of the CHILD and the IKE SA on
 request under a running ping, status after an IKE rekey, and dpd_action = "restart"
 bringing a tunnel back after the peer daemon was killed and started again.

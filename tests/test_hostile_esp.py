@@ -1,4 +1,4 @@
-"""ESP attacks injected on the WAN against lockgate (issue 8).
+"""ESP attacks injected on the WAN against lockgate.
 
 lockgate on gateway A, charon on gateway B (kernel-libipsec: ESP in UDP 4500), a CHILD
 SA with aes128gcm16. A raw socket on A's WAN veth captures genuine ESP frames from B

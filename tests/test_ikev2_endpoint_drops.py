@@ -1,5 +1,6 @@
 """The IKE endpoint counts every dropped datagram by reason, and an unauthenticated
-flood writes a bounded number of log lines (issue 8)."""
+flood writes a bounded number of log lines, so an attacker can fill neither memory
+nor the journal."""
 
 from __future__ import annotations
 
