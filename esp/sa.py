@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from esp.drops import DropReason
 from esp.errors import EspConfigError
 from esp.replay import NoReplayCheck, ReplayWindow
-from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, EspSuite
+from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, ESP_HEADER_LEN, EspSuite
 
 IPPROTO_IPIP = 4
 """Next Header of an inner IPv4 packet (tunnel mode)."""
@@ -260,7 +260,7 @@ class EspSA:
         self._align = suite.align
         self._icv_len = suite.icv_len
         # Smallest packet: header, IV, one encrypted unit holding the trailer, ICV.
-        self._min_len = 8 + suite.iv_len + max(suite.align, 2) + suite.icv_len
+        self._min_len = ESP_HEADER_LEN + suite.iv_len + max(suite.align, 2) + suite.icv_len
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
         self._aes: algorithms.AES | None = None
         self._salt = b""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import struct
 
+from esp.suites import ESP_HEADER_LEN
+
 NAT_T_PORT = 4500
 """UDP port of IKE and ESP once NAT traversal is on (RFC 3948 §2, RFC 7296 §2.23)."""
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
@@ -18,7 +20,7 @@ NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
 UDP_HEADER_LEN = 8
 
-MIN_ESP_LEN = 8
+MIN_ESP_LEN = ESP_HEADER_LEN
 """SPI + sequence number: the least an ESP packet can be (RFC 4303 §2)."""
 
 _UDP_HEADER = struct.Struct("!HHHH")
