@@ -9,12 +9,24 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bench.throughput import Row
+from typing import Protocol
 
 _TESTS = (("tcp1", "TCP, 1 stream"), ("tcp4", "TCP, 4 streams"), ("udp", "UDP 1400 B, delivered"))
+
+
+class Row(Protocol):
+    """What the chart reads of a `bench.throughput.Row` (so this module need not
+    import the benchmark that draws with it)."""
+
+    @property
+    def case(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def suite(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+    def mbps(self, test: str) -> float | None: ...
 
 
 def draw(rows: Sequence[Row], path: Path) -> str:

@@ -6,7 +6,7 @@ with atheris (libFuzzer for Python).
 
 The first input octet picks the target (codec, payload decoders, SK open, authenticated
 SK contents, SKF reassembly, ESP of each suite, data plane), the rest is its input, as
-in ``tests/fuzz/targets.py``. ``ikev2``, ``esp`` and ``daemon`` are instrumented, so
+in ``testkit/fuzz/targets.py``. ``ikev2``, ``esp`` and ``daemon`` are instrumented, so
 libFuzzer keeps inputs that reach new code. The corpus directory starts from every
 target's seeds.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import atheris  # type: ignore[import-untyped]  # optional, not in pyproject
 
 with atheris.instrument_imports(include=["ikev2", "esp", "daemon"]):
-    from tests.fuzz.targets import Target, all_targets
+    from testkit.fuzz.targets import Target, all_targets
 
 FINDINGS = Path(os.environ.get("LOCKGATE_ATHERIS_FINDINGS", "/tmp/lockgate-atheris-findings"))
 TARGETS: list[Target] = all_targets(heavy=False)

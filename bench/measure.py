@@ -23,7 +23,8 @@ from daemon.lab.netns import HarnessError, Namespace
 
 IPERF_PORT = 5201
 UDP_DATAGRAM = 1400
-"""iperf3 UDP payload per datagram (octets), as issue 7 asks."""
+"""iperf3 UDP payload per datagram (octets): close to a full 1500-octet packet, as bulk
+traffic sends, and the same for every tunnel so that the rows compare like with like."""
 UDP_SOCKET_BUFFER = "4M"
 """iperf3 -w for UDP runs (SO_SNDBUF/SO_RCVBUF at both ends; the client passes it to
 the server). With the default 208 KiB the receiving iperf3 itself overflowed

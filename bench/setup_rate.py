@@ -48,7 +48,7 @@ from bench.measure import cpu_meter, resident_kib
 from bench.tunnels import PSK, Lockgate, TunnelError
 from daemon.control import ControlClientError, request
 from daemon.lab.netns import HarnessError, Lab, SiteToSite, build_site_to_site
-from daemon.lab.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
+from testkit.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
 
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 ESP_PROPOSAL = "aes128gcm16"

@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 from bench import setup_rate
+from bench.chart import draw
 from bench.measure import (
     IperfResult,
     MeasureError,
@@ -79,7 +80,8 @@ class Row:
     """Failed repetitions per test, with the tool's message."""
     outer_fragments: int | None = None
     """IP fragments both gateways received while the tunnel ran (`ReasmReqds`): ESP
-    packets over the path MTU. Issue 7 asks for none."""
+    packets over the path MTU. lockgate should cause none: an outer fragment costs the
+    peer a reassembly and loses the packet with either fragment."""
 
     def mbps(self, test: str) -> float | None:
         runs = self.samples.get(test, [])
@@ -300,8 +302,6 @@ def replay(path: Path, png: Path | None) -> int:
         say()
         say(setup_rate.report(control))
     if png is not None:
-        from bench.chart import draw
-
         say(draw(rows, png))
     return 0
 
@@ -414,8 +414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         say(f"JSON written to {args.json}")
     if args.png is not None:
-        from bench.chart import draw
-
         say(draw(rows, args.png))
     return status
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from daemon.control import ControlClientError, request
 from daemon.lab.netns import HarnessError, Namespace, Process, SiteToSite, wait_for_ping
-from daemon.lab.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
+from testkit.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
 
 PSK = "lockgate-bench-psk-NOT-SECRET-0123456789"
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"

@@ -1,7 +1,6 @@
 """Configuration: TOML files loaded into typed, frozen dataclasses, with errors that
 name the offending key."""
 
-from conf.errors import ConfigError, Problem
 from conf.load import load_config, loads_config, parse_config
 from conf.model import (
     Config,
@@ -10,6 +9,7 @@ from conf.model import (
     PeerConfig,
     Secret,
 )
+from ikev2.config import ConfigError, Problem
 
 __all__ = [
     "Config",

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import hashlib
 
-from conf.errors import ConfigError, Problem
 from conf.model import Config, ConnectionConfig, GatewayConfig, PeerConfig
 from ikev2.certs import CredentialError, LocalCredentials, TrustAnchors
-from ikev2.config import ChildConfig, Identity
-from ikev2.config import ConfigError as IkeConfigError
+from ikev2.config import ChildConfig, ConfigError, Identity, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.cookies import CookiePolicy
 from ikev2.endpoint import EndpointConfig
@@ -144,8 +142,9 @@ def ike_connection(
             retransmit_tries=gateway.retransmit_tries,
             initial_contact=peer.initial_contact,
         )
-    except IkeConfigError as exc:
-        # The loader validates the same rules; this only fires if they drift apart.
+    except ConfigError as exc:
+        # The loader validates the same rules; this only fires if they drift apart. The
+        # problem gets the peer's key path.
         raise ConfigError([Problem(f"peers.{peer.name}", str(exc))]) from exc
 
 

@@ -25,7 +25,6 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from conf.errors import ConfigError, Problem
 from conf.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_ESP_PROPOSALS,
@@ -51,8 +50,7 @@ from ikev2.certs import (
     describe,
     identity_mismatch,
 )
-from ikev2.config import ConfigError as IkeConfigError
-from ikev2.config import Identity
+from ikev2.config import ConfigError, Identity, Problem
 
 T = TypeVar("T")
 
@@ -273,7 +271,7 @@ def _identity(raw: Any) -> str:
     text = _string(raw)
     try:
         Identity.parse(text)
-    except IkeConfigError as exc:
+    except ConfigError as exc:
         raise _Bad(str(exc)) from None
     return text.strip()
 

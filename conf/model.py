@@ -6,8 +6,8 @@
 [connections.NAME]     -> ConnectionConfig
 ```
 
-The key names are a user-facing contract (issue 4, "Configuration"): documentation,
-examples and other tools rely on them. Defaults live here, next to each field.
+The key names are a user-facing contract: documentation, examples, operators'
+files and other tools rely on them. Defaults live here, next to each field.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from conf.errors import Problem
+from ikev2.config import Problem
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -149,18 +149,15 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
         soft_packets=event.life_packets * 9 // 10 or None,
         hard_packets=event.life_packets or None,
     )
-    window = event.replay_window
-    # A window of 0 means "no replay check" in the configuration; the engine's window
-    # cannot be switched off, so the widest one stands in (RFC 4303 §3.4.3 lets the
-    # receiver decide; strongSwan does the same with replay_window = 0 on libipsec).
-    window_size = window if window > 0 else 65536
     inbound = EspSA(
         event.spi_in,
         suite,
         event.encr_key_in,
         event.integ_key_in,
         esn=event.esn,
-        replay_window=window_size,
+        # 0: no replay check (RFC 4303 §3.4.3 lets the receiver decide, and strongSwan's
+        # replay_window = 0 means the same).
+        replay_window=event.replay_window,
         lifetime=lifetime,
     )
     outbound = EspSA(

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(path: str) -> int:
-    from conf.errors import ConfigError
+    from conf import ConfigError
     from conf.ike import endpoint_config, ike_connections
     from conf.load import load_config
 

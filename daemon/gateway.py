@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conf.errors import ConfigError
+from conf import ConfigError
 from conf.ike import endpoint_config, ike_connections
 from conf.load import load_config
 from conf.model import Config
@@ -53,7 +53,6 @@ from daemon.routes import Routes
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.status import VERSION, gateway_status, status_line, status_summary
 from ikev2.config import ChildConfig
-from ikev2.config import ConfigError as IkeConfigError
 from ikev2.config import ConnectionConfig as PeerConfig
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
@@ -151,9 +150,9 @@ class Gateway:
             return 1
         try:
             await self._start(self.config)
-        except IkeConfigError as exc:
-            # Raised while building the IKE settings from a file that loaded (conf's
-            # ConfigError is a subclass): the key is in the message; no traceback.
+        except ConfigError as exc:
+            # Raised while building the IKE settings from a file that loaded: the key
+            # is in the message; no traceback.
             log.error("cannot start: %s", _one_line(exc))
             await self._teardown()
             return 1

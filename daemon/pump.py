@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from daemon.childsa import ChildSaEntry
 from daemon.dataplane import AcquireHandler, DataPlane, Drop
 from esp.sa import PARTS_PER_PACKET
-from esp.udpencap import NAT_KEEPALIVE
+from esp.udpencap import MIN_ESP_LEN, NAT_KEEPALIVE, NON_ESP_MARKER
 from ikev2.events import Address
 from tun import PacketDevice, TunError
 from tun.vnet import (
@@ -46,8 +46,6 @@ from tun.vnet import (
 
 log = logging.getLogger(__name__)
 
-_NON_ESP_MARKER = bytes(4)  # RFC 3948 §2.2: IKE on port 4500 starts with it
-_ESP_MIN = 8  # SPI and sequence number
 
 BATCH = 64
 """Most packets (or super-packets) taken from one file descriptor before they are
@@ -305,11 +303,12 @@ class Pump:
     def _read_nat_gro(self, sock: socket.socket, local: Address) -> None:
         # With UDP GRO one read may hold many datagrams of one sender, all of the
         # size the UDP_GRO cmsg gives except perhaps the last. Runs that are all
-        # ESP go straight to the ESP path; anything else is classified one by one.
+        # ESP (`esp.udpencap.classify`'s ESP test, inline because it runs per chunk)
+        # go straight to the ESP path; anything else is classified one by one.
         datagrams: list[tuple[bytes, Address, Address]] = []
         esp: list[bytes] = []
         recvmsg = sock.recvmsg
-        marker = _NON_ESP_MARKER
+        marker = NON_ESP_MARKER
         for _ in range(BATCH):
             try:
                 data, ancillary, _flags, peer = recvmsg(MAX_DATAGRAM, _GRO_CMSG_SPACE)
@@ -324,14 +323,14 @@ class Pump:
             if size <= 0 or size >= len(data):
                 # One datagram. ESP keeps its place among the runs (the replay
                 # window wants each SA's packets in order); the rest is classified.
-                if len(data) >= _ESP_MIN and data[:4] != marker:
+                if len(data) >= MIN_ESP_LEN and data[:4] != marker:
                     esp.append(data)
                 else:
                     datagrams.append((data, local, (peer[0], peer[1])))
                 continue
             self.plane.counters["gro_datagrams_read"] += 1
             chunks = [data[offset : offset + size] for offset in range(0, len(data), size)]
-            if len(chunks[-1]) >= _ESP_MIN and all(chunk[:4] != marker for chunk in chunks):
+            if len(chunks[-1]) >= MIN_ESP_LEN and all(chunk[:4] != marker for chunk in chunks):
                 esp += chunks
             else:
                 remote = (peer[0], peer[1])

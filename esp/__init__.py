@@ -10,7 +10,8 @@ Modules:
   octets from the SPI to the ICV; `decapsulate[_batch]` gives (inner packet,
   next header) or a `DropReason`. Counters, `Lifetime` limits and
   `lifetime_state()` for the IKE side to poll.
-- `esp.replay`: `ReplayWindow`, the anti-replay bitmap with ESN inference.
+- `esp.replay`: `ReplayWindow`, the anti-replay bitmap with ESN inference, and
+  `NoReplayCheck` for a receiver that leaves anti-replay off.
 - `esp.udpencap`: the port-4500 demultiplexer (IKE / ESP / keepalive) and
   ESP-in-UDP framing.
 - `esp.drops`: `DropReason`, every way a packet can be refused.

@@ -87,3 +87,28 @@ class ReplayWindow:
                 self._bitmap = 1
         elif -shift < self.size:
             self._bitmap |= 1 << -shift
+
+
+class NoReplayCheck(ReplayWindow):
+    """A receiver that does not enable anti-replay (RFC 4303 §3.4.3 leaves that to the
+    receiver; then no inbound check is made on the sequence number): every number
+    passes `check`, so replayed packets that authenticate are delivered.
+
+    It still keeps the highest authenticated number, because with ESN the high half
+    of each sequence number is inferred from it (RFC 4303 Appendix A2.2) whether or
+    not replays are checked; the inference spans `MAX_WINDOW` numbers.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, highest: int = 0) -> None:
+        super().__init__(MAX_WINDOW, highest)
+
+    def check(self, seq: int) -> bool:
+        """True for any 64-bit number (-1, an ESN number before the start, is none)."""
+        return 0 <= seq < _SEQ_LIMIT
+
+    def commit(self, seq: int) -> None:
+        """Track the highest number only: there is no bitmap to keep."""
+        if seq > self._highest:
+            self._highest = seq

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from esp.drops import DropReason
 from esp.errors import EspConfigError
-from esp.replay import ReplayWindow
-from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, EspSuite
+from esp.replay import NoReplayCheck, ReplayWindow
+from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, ESP_HEADER_LEN, EspSuite
 
 IPPROTO_IPIP = 4
 """Next Header of an inner IPv4 packet (tunnel mode)."""
@@ -202,6 +202,7 @@ class EspSA:
         RFC 4303 §3.3.3; tests start near the end of the space). Raises
         `EspConfigError` for wrong key lengths or an SPI outside 256..2^32-1
         (RFC 4303 §2.1 reserves 1-255, and 0 is never on the wire).
+        `replay_window` 0 turns the inbound replay check off (`NoReplayCheck`).
         `next_headers` lists the Next Header values `decapsulate` delivers; the
         default is tunnel mode. Others (transport-mode protocols such as 1 or 17)
         are passed through unchecked; inner packets of 4/41 must match that IP
@@ -229,7 +230,7 @@ class EspSA:
         """64-bit Extended Sequence Numbers (RFC 4303 §2.2.1)."""
         self.lifetime = lifetime if lifetime is not None else Lifetime()
         """Soft and hard byte/packet limits."""
-        self.replay = ReplayWindow(replay_window)
+        self.replay = ReplayWindow(replay_window) if replay_window else NoReplayCheck()
         """Inbound anti-replay window (unused on an outbound SA)."""
         self.drops: Counter[DropReason] = Counter()
         """Packets refused, per reason."""
@@ -259,7 +260,7 @@ class EspSA:
         self._align = suite.align
         self._icv_len = suite.icv_len
         # Smallest packet: header, IV, one encrypted unit holding the trailer, ICV.
-        self._min_len = 8 + suite.iv_len + max(suite.align, 2) + suite.icv_len
+        self._min_len = ESP_HEADER_LEN + suite.iv_len + max(suite.align, 2) + suite.icv_len
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
         self._aes: algorithms.AES | None = None
         self._salt = b""

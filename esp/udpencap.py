@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import struct
 
+from esp.suites import ESP_HEADER_LEN
+
 NAT_T_PORT = 4500
 """UDP port of IKE and ESP once NAT traversal is on (RFC 3948 §2, RFC 7296 §2.23)."""
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
@@ -18,9 +20,14 @@ NAT_KEEPALIVE = b"\xff"
 """The NAT-keepalive payload (RFC 3948 §2.3)."""
 UDP_HEADER_LEN = 8
 
+MIN_ESP_LEN = ESP_HEADER_LEN
+"""SPI + sequence number: the least an ESP packet can be (RFC 4303 §2)."""
+
 _UDP_HEADER = struct.Struct("!HHHH")
-# SPI + sequence number: the least an ESP packet can be (RFC 4303 §2).
-_MIN_ESP = 8
+_MARKER_LEN = len(NON_ESP_MARKER)
+# The non-ESP marker and a whole IKE header (28 octets, RFC 7296 §3.1): the least an
+# IKE message on port 4500 can be.
+_MIN_IKE = _MARKER_LEN + 28
 
 
 class DatagramKind(enum.Enum):
@@ -37,21 +44,27 @@ class DatagramKind(enum.Enum):
 
 
 def classify(payload: bytes) -> DatagramKind:
-    """Tell IKE, ESP and keepalives apart in a port-4500 UDP payload (RFC 3948 §2)."""
+    """Tell IKE, ESP and keepalives apart in a port-4500 UDP payload (RFC 3948 §2).
+
+    The one statement of the port's rules. Per-packet loops (`DataPlane.from_udp`,
+    `Pump._read_nat_gro`) take the ESP case first with the same two tests inline,
+    `len(payload) >= MIN_ESP_LEN and payload[:4] != NON_ESP_MARKER`, which is exactly
+    the ESP verdict here (a keepalive is one octet), and call this for the rest.
+    """
     n = len(payload)
-    if n == 1 and payload[0] == 0xFF:
+    if payload == NAT_KEEPALIVE:
         return DatagramKind.KEEPALIVE
-    if n >= len(NON_ESP_MARKER) and payload[:4] == NON_ESP_MARKER:
-        # An IKE header is 28 octets (RFC 7296 §3.1); shorter cannot be IKE.
-        return DatagramKind.IKE if n >= 4 + 28 else DatagramKind.INVALID
-    if n >= _MIN_ESP:
+    if payload[:_MARKER_LEN] == NON_ESP_MARKER:
+        # Shorter than an IKE header cannot be IKE.
+        return DatagramKind.IKE if n >= _MIN_IKE else DatagramKind.INVALID
+    if n >= MIN_ESP_LEN:
         return DatagramKind.ESP
     return DatagramKind.INVALID
 
 
 def strip_marker(payload: bytes) -> bytes:
     """The IKE message behind the non-ESP marker of a payload `classify`d as IKE."""
-    return payload[len(NON_ESP_MARKER) :]
+    return payload[_MARKER_LEN:]
 
 
 def frame_ike(message: bytes) -> bytes:

@@ -13,6 +13,7 @@ from typing import Literal
 from ikev2.addresses import address_or_none
 from ikev2.certs import LocalCredentials, TrustAnchors
 from ikev2.errors import ConfigError as ConfigError
+from ikev2.errors import Problem as Problem
 from ikev2.identity import Identity as Identity
 from ikev2.identity import IdKind as IdKind
 from ikev2.ts import TrafficSelector

@@ -25,10 +25,11 @@ proof: nothing is deleted or answered; the IKE SA checks its peer's liveness at 
 on a short schedule, at most once per `HINT_INTERVAL`.
 
 UDP port 4500 carries IKE behind a 4-octet non-ESP marker, ESP and NAT keepalives
-(RFC 3948 §2.2-2.3). `receive_datagram` takes whole UDP payloads and sorts that out
-itself; `receive_message` takes a bare IKE message for a caller (the daemon) that
-already took ESP and keepalives off port 4500 and stripped the marker. Datagrams to
-send are whole UDP payloads, with the marker when they leave from port 4500.
+(RFC 3948 §2.2-2.3). Telling them apart is the data plane's job (`esp.udpencap.classify`,
+called by the daemon): `receive_message` takes a bare IKE message, the marker already
+stripped. Datagrams to send are whole UDP payloads, with the marker when they leave
+from port 4500 (RFC 7296 §2.23), so the endpoint owns the IKE side of that framing
+(`ikev2.constants.NON_ESP_MARKER`).
 """
 
 from __future__ import annotations
@@ -75,9 +76,6 @@ from ikev2.sa_data import SaContext
 from ikev2.sa_types import Datagram, IkeDropReason, IkeSaState
 
 log = logging.getLogger(__name__)
-
-NAT_KEEPALIVE = b"\xff"
-"""The NAT-keepalive payload (RFC 3948 §2.3)."""
 
 HINT_INTERVAL = 10.0
 """Seconds during which an IKE SA acts on no further hint that its peer restarted
@@ -595,27 +593,6 @@ class Endpoint:
             self._collect(sa, now)
 
     # --- input --------------------------------------------------------------------------
-
-    def receive_datagram(self, data: bytes, local: Address, remote: Address, now: float) -> None:
-        """A UDP payload received on `local` from `remote` (port 500 or 4500)."""
-        if local[1] == self.config.nat_port:
-            if data == NAT_KEEPALIVE:
-                return
-            if not data.startswith(NON_ESP_MARKER):
-                # ESP: not ours. A daemon feeds IKE through receive_message instead.
-                self._drop(IkeDropReason.NOT_IKE)
-                self._throttle.event(
-                    IkeDropReason.NOT_IKE,
-                    now,
-                    logging.DEBUG,
-                    "ignored %s non-IKE datagrams on the NAT port in the last %.0f s",
-                    "ignoring non-IKE datagram on port %d from %s",
-                    local[1],
-                    _fmt(remote),
-                )
-                return
-            data = data[len(NON_ESP_MARKER) :]
-        self.receive_message(data, local, remote, now)
 
     def receive_message(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         """An IKE message (without any non-ESP marker) received on `local` from `remote`."""
@@ -1152,7 +1129,6 @@ def _fmt(addr: Address) -> str:
 __all__ = [
     "HINT_INTERVAL",
     "IKE_HEADER_LEN",
-    "NAT_KEEPALIVE",
     "UNPROTECTED_ADDRESS_INTERVAL",
     "UNPROTECTED_PER_SECOND",
     "AnswerLimit",

@@ -12,11 +12,45 @@ Messages of these errors are meant for operators: they never contain key materia
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from ikev2.constants import NotifyType, ProtocolId
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a configuration."""
+
+    path: str
+    """Key path, e.g. ``connections.dc1-net.esp_proposals[0]`` (empty: the whole file)."""
+    reason: str
+    """What is wrong, in words an operator can act on."""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
 class ConfigError(ValueError):
-    """A setting that cannot work; the message names the setting and the reason."""
+    """A configuration that cannot work; `problems` lists every mistake found.
+
+    The one configuration error of lockgate: the IKE core raises it with a message
+    naming the setting and the reason (one problem without a key path), `conf` with
+    every problem of a file and the file's name as `source`.
+    """
+
+    def __init__(self, problems: str | Sequence[Problem], source: str | None = None) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        self.problems = tuple(problems)
+        self.source = source
+        lines = [str(p) for p in self.problems]
+        prefix = f"{source}: " if source else ""
+        if len(lines) == 1:
+            message = prefix + lines[0]
+        else:
+            message = f"{prefix}{len(lines)} problems:\n" + "\n".join(f"  {x}" for x in lines)
+        super().__init__(message)
 
 
 class IkeError(Exception):

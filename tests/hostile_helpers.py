@@ -1,4 +1,4 @@
-"""Building blocks of the hostile-network tests (issue 8): an attacker namespace, a
+"""Building blocks of the hostile-network tests: an attacker namespace, a
 bounded spoofed IKE_SA_INIT flood, raw frame capture and injection on a WAN veth,
 ESP packets built with keys read from charon's log, and process figures from /proc.
 
@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from esp.udpencap import DatagramKind, classify
 
 ETH_P_ALL = 0x0003
 ETH_P_IPV6 = 0x86DD
@@ -164,8 +166,8 @@ def esp_in_udp4(frame: bytes) -> tuple[int, int] | None:
     ihl = (frame[14] & 0x0F) * 4
     udp = 14 + ihl
     dport = struct.unpack_from("!H", frame, udp + 2)[0]
-    if dport != 4500 or frame[udp + 8 : udp + 12] == b"\x00\x00\x00\x00":
-        return None  # not NAT-T, or the non-ESP marker of IKE on 4500
+    if dport != 4500 or classify(frame[udp + 8 :]) is not DatagramKind.ESP:
+        return None  # not NAT-T, or IKE / a keepalive on 4500
     return udp + 8, len(frame) - udp - 8
 
 
@@ -322,7 +324,7 @@ def make_charon_log_keys(world: object) -> None:
     """Restart an `interop` case's charon with filelog levels that log every key."""
     from interop_helpers import Interop
 
-    from daemon.lab.strongswan import render_strongswan_conf
+    from testkit.strongswan import render_strongswan_conf
 
     if not isinstance(world, Interop):
         raise TypeError("make_charon_log_keys needs an Interop")

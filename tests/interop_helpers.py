@@ -1,4 +1,4 @@
-"""The lockgate-vs-strongSwan interop matrix's building blocks (issue 6).
+"""The lockgate-vs-strongSwan interop matrix's building blocks.
 
 One case is: the site-to-site topology of `netns` (optionally with its NAT router),
 the lockgate daemon (`lockgate daemon -c FILE`) in gateway A's namespace and charon

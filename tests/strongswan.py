@@ -1,8 +1,8 @@
-"""strongSwan as the test suite's peer: `daemon.lab.strongswan` and `daemon.lab.pki`,
+"""strongSwan as the test suite's peer: `testkit.strongswan` and `testkit.pki`,
 plus `logs_on_failure`, which prints charon's logs into a failing test's output.
 
-The lab ships in the package so the benchmarks can run charon too; test modules keep
-importing its names from here.
+Both live in the unshipped `testkit` so the benchmarks can run charon too; test
+modules keep importing its names from here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from daemon.lab.pki import KEY_TYPES, Credential, Pki
-from daemon.lab.strongswan import (
+from testkit.pki import KEY_TYPES, Credential, Pki
+from testkit.strongswan import (
     CHARON,
     DEFAULT_LOG_LEVELS,
     PLUGINS,

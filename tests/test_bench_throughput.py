@@ -62,7 +62,8 @@ def test_every_row_is_produced_and_everything_removed(tmp_path: Path) -> None:
         assert measured == {"tcp1", "tcp4", "udp"}, (key, row)
         assert isinstance(row["median"]["outer_fragments"], int), (key, row)
         if key[0].startswith("lockgate"):
-            # Issue 7: lockgate's ESP packets never exceed the path MTU (no outer fragments).
+            # lockgate's ESP packets never exceed the path MTU: an outer fragment would
+            # cost the peer a reassembly and lose the packet with either fragment.
             assert row["median"]["outer_fragments"] == 0, (key, row)
     control = {(r["implementation"], r["count"]) for r in data["control_plane"]}
     assert control == {("charon", 4), ("lockgate", 4)}, text

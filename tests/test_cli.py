@@ -13,23 +13,9 @@ import pytest
 
 from daemon.cli import main
 from daemon.control import ControlError, ControlServer
-from daemon.lab.pki import Pki
 from daemon.status import format_status
-
-GOOD = """
-[gateway]
-addresses = ["198.51.100.1"]
-id = "198.51.100.1"
-
-[peers.cloud]
-address = "198.51.100.2"
-psk = "demo-only-not-a-secret-0123456789"
-
-[connections.dc-cloud]
-peer = "cloud"
-local_subnets = ["192.0.2.0/24"]
-remote_subnets = ["203.0.113.0/24"]
-"""
+from testkit.daemon import GOOD
+from testkit.pki import Pki
 
 STATUS: dict[str, Any] = {
     "daemon": {"version": "0.1.0", "pid": 42, "uptime": 75.0, "config": "/etc/lockgate.toml"},

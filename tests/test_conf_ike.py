@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import serialization
 
 from conf import ConfigError, load_config, loads_config
 from conf.ike import endpoint_config, ike_connection, ike_connections
-from daemon.lab.pki import Credential, Pki
 from ikev2.codec import decode_header
 from ikev2.codec.payloads import Certificate
 from ikev2.config import Identity, IdKind
@@ -22,6 +21,8 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import Event, IkeSaDeleted, IkeSaEstablished
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import deliver
+from testkit.pki import Credential, Pki
 
 PSK = "test-psk-NOT-SECRET-0123456789"
 
@@ -271,11 +272,11 @@ def _bring_up_both(initiator_toml: str) -> tuple[list[Event], list[bytes], Endpo
                 header = decode_header(message)
                 if header.exchange_type == ExchangeType.IKE_AUTH and not header.response:
                     auth_requests.append(message)
-                b.receive_datagram(d.data, d.remote, d.local, now)
+                deliver(b, d.data, d.remote, d.local, now)
                 moved = True
             events_b.extend(b.events())
             for d in b.datagrams_to_send(now):
-                a.receive_datagram(d.data, d.remote, d.local, now)
+                deliver(a, d.data, d.remote, d.local, now)
                 moved = True
             if not moved:
                 return

@@ -496,6 +496,7 @@ def test_every_mistake_is_reported_at_once() -> None:
     ):
         assert f"  {line}" in text
     assert isinstance(err.value, IkeConfigError)
+    assert ConfigError is IkeConfigError  # one class: conf raises the IKE core's
 
 
 def test_any_peer_defaults_to_waiting() -> None:

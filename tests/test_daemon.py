@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import GOOD  # the same well-formed configuration the CLI tests start from
 
 from daemon.cli import main
+from testkit.daemon import GOOD  # the same well-formed configuration the CLI tests start from
 
 
 def run_lockgate(*args: str) -> subprocess.CompletedProcess[str]:

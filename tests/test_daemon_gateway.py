@@ -20,11 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_dataplane import echo_request, events, ipv4
-from test_ikev2_sa_pair import Pair, child, connection, mirrored
 
 import daemon.gateway as gateway_module
-from conf.errors import ConfigError, Problem
+from conf import ConfigError, Problem
 from conf.ike import ike_connections
 from conf.load import load_config
 from daemon.childsa import entry_from_event
@@ -47,6 +45,8 @@ from ikev2.events import (
 )
 from ikev2.sa_types import Datagram, IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
+from testkit.dataplane import echo_request, events, ipv4
+from testkit.ikev2_pair import Pair, child, connection, mirrored
 from tun import LinkError, memory_tun_pair
 
 CONFIG = """

@@ -1,4 +1,4 @@
-"""Two `lockgate daemon`s in namespaces, over the rest of an SA's life (issue 5):
+"""Two `lockgate daemon`s in namespaces, over the rest of an SA's life:
 certificate authentication from configuration, rekeys of the CHILD and the IKE SA on
 request under a running ping, status after an IKE rekey, and dpd_action = "restart"
 bringing a tunnel back after the peer daemon was killed and started again.
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 from netns import SiteToSite, ping, site_to_site, wait_for_ping
-from test_daemon_netns import Daemon, config, start_daemon, wait_until
 
 from conf import loads_config
 from conf.ike import ike_connections
 from daemon.lab.netns import in_namespace
-from daemon.lab.pki import Pki
 from ikev2.endpoint import Endpoint
+from testkit.daemon import Daemon, config, start_daemon, wait_until
+from testkit.pki import Pki
 
 pytestmark = pytest.mark.netns
 

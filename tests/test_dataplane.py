@@ -21,80 +21,22 @@ from hypothesis import strategies as st
 
 from daemon.childsa import ChildSaEntry, entry_from_event, inner_mtu
 from daemon.dataplane import ICMP_ERRORS_PER_SECOND, DataPlane, Drop
-from daemon.packet import checksum
 from esp.sa import PARTS_PER_PACKET
 from esp.suites import suite_by_name
 from esp.udpencap import NAT_KEEPALIVE, decapsulate_udp, encapsulate_udp, frame_ike
 from ikev2.events import Address, ChildSaInstalled
 from ikev2.ts import TrafficSelector as IkeTs
-
-GW_A = "198.51.100.1"
-GW_B = "198.51.100.2"
-NET_A4, NET_B4 = "192.0.2.0/24", "203.0.113.0/24"
-NET_A6, NET_B6 = "2001:db8:a::/64", "2001:db8:b::/64"
-
-SUITES = {
-    # name: (encr_id, key_bits, integ_id, encr key len, integ key len)
-    "aes128gcm16": (20, 128, 0, 20, 0),
-    "aes256gcm16": (20, 256, 0, 36, 0),
-    "chacha20poly1305": (28, 256, 0, 36, 0),
-    "aes256-sha256": (12, 256, 12, 32, 32),
-}
-
-
-def events(
-    suite: str = "aes128gcm16", udp: bool = True, esn: bool = False, uid: int = 1
-) -> tuple[ChildSaInstalled, ChildSaInstalled]:
-    """A's and B's view of the same CHILD SA, with mirrored SPIs and keys."""
-    encr_id, bits, integ_id, ek, ik = SUITES[suite]
-    keys = [os.urandom(n) for n in (ek, ik, ek, ik)]
-    spi_ab, spi_ba = 0xA0000000 + uid, 0xB0000000 + uid
-    port = 4500 if udp else 500
-    ts_a = (IkeTs.from_network(NET_A4), IkeTs.from_network(NET_A6))
-    ts_b = (IkeTs.from_network(NET_B4), IkeTs.from_network(NET_B6))
-    common = dict(
-        connection="site",
-        child="site",
-        unique_id=uid,
-        ike_sa_id=1,
-        encr_id=encr_id,
-        encr_key_bits=bits,
-        integ_id=integ_id,
-        esn=esn,
-        udp_encap=udp,
-        lifetime=3600.0,
-        rekey_time=3000.0,
-        life_bytes=0,
-        life_packets=0,
-        replay_window=128,
-    )
-    a = ChildSaInstalled(
-        **common,  # type: ignore[arg-type]
-        spi_in=spi_ba,
-        spi_out=spi_ab,
-        encr_key_in=keys[2],
-        integ_key_in=keys[3],
-        encr_key_out=keys[0],
-        integ_key_out=keys[1],
-        local_ts=ts_a,
-        remote_ts=ts_b,
-        local=(GW_A, port),
-        remote=(GW_B, port),
-    )
-    b = ChildSaInstalled(
-        **common,  # type: ignore[arg-type]
-        spi_in=spi_ab,
-        spi_out=spi_ba,
-        encr_key_in=keys[0],
-        integ_key_in=keys[1],
-        encr_key_out=keys[2],
-        integ_key_out=keys[3],
-        local_ts=ts_b,
-        remote_ts=ts_a,
-        local=(GW_B, port),
-        remote=(GW_A, port),
-    )
-    return a, b
+from testkit.dataplane import (
+    GW_A,
+    GW_B,
+    NET_A4,
+    NET_B4,
+    SUITES,
+    echo_request,
+    events,
+    ipv4,
+    ipv6,
+)
 
 
 @dataclass
@@ -181,48 +123,6 @@ def make_pair(suite: str = "aes128gcm16", udp: bool = True, esn: bool = False) -
 # --- packet builders ----------------------------------------------------------------
 
 
-def ipv4(
-    src: str, dst: str, payload: bytes, proto: int = 17, df: bool = True, ident: int = 7
-) -> bytes:
-    header = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + len(payload),
-            ident,
-            0x4000 if df else 0,
-            64,
-            proto,
-            0,
-            ipaddress.IPv4Address(src).packed,
-            ipaddress.IPv4Address(dst).packed,
-        )
-    )
-    struct.pack_into("!H", header, 10, checksum(header))
-    return bytes(header) + payload
-
-
-def ipv6(src: str, dst: str, payload: bytes, proto: int = 17) -> bytes:
-    return (
-        struct.pack(
-            "!IHBB16s16s",
-            6 << 28,
-            len(payload),
-            proto,
-            64,
-            ipaddress.IPv6Address(src).packed,
-            ipaddress.IPv6Address(dst).packed,
-        )
-        + payload
-    )
-
-
-def echo_request(seq: int, size: int = 56) -> bytes:
-    body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, seq) + bytes(size)
-    return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
-
-
 def udp_segment(sport: int, dport: int, data: bytes) -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
 
@@ -296,6 +196,29 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted() -> None:
     drops = pair.b.total_drops()
     assert drops == {"replay": 1, "icv_failure": 1, "no_sa": 1, "too_short": 1}
     assert pair.b.status()["sas"][0]["drops"] == {"icv_failure": 1, "replay": 1}
+
+
+@pytest.mark.parametrize("esn", [False, True])
+def test_replay_window_0_turns_the_replay_check_off(esn: bool) -> None:
+    # replay_window = 0: the receiver does not check sequence numbers (RFC 4303 §3.4.3
+    # leaves that to it; strongSwan's replay_window = 0 means the same). A replay that
+    # authenticates is delivered, by the single and the batch path; a forgery is not.
+    ev_a, ev_b = (replace(e, replay_window=0) for e in events(udp=False, esn=esn))
+    side_a, side_b = Side("a"), Side("b")
+    a, b = DataPlane(side_a), DataPlane(side_b)
+    a.install(entry_from_event(ev_a))
+    b.install(entry_from_event(ev_b))
+    packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+    a.from_tun([packet])
+    _, frame, _, _ = side_a.wire.popleft()
+    b.from_esp([frame])
+    b.from_esp([frame])
+    b.from_esp([frame, frame])
+    tampered = bytearray(frame)
+    tampered[-1] ^= 1
+    b.from_esp([bytes(tampered)])
+    assert side_b.tun_out == [packet] * 4
+    assert b.total_drops() == {"icv_failure": 1}
 
 
 def test_inbound_packet_outside_selectors_is_dropped() -> None:

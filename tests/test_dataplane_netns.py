@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 from netns import SiteToSite, in_namespace, ping, site_to_site, tcp_transfer, wait_for_ping
-from test_dataplane import GW_A, GW_B, events
 
 from daemon.childsa import entry_from_event
 from daemon.offload import OffloadMode, open_tun
 from daemon.pump import Pump
+from testkit.dataplane import GW_A, GW_B, events
 from tun import LinkManager, TunDevice
 
 pytestmark = pytest.mark.netns

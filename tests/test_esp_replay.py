@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from esp.errors import EspConfigError
-from esp.replay import ReplayWindow
+from esp.replay import MAX_WINDOW, NoReplayCheck, ReplayWindow
 
 LOW = 1 << 32
 
@@ -81,6 +81,29 @@ def test_default_and_bounds() -> None:
 def test_beyond_64_bits_is_rejected() -> None:
     window = ReplayWindow(64, highest=(1 << 64) - 1)
     assert not window.check(1 << 64)
+
+
+def test_no_replay_check_passes_every_number_and_tracks_the_highest() -> None:
+    # A receiver may leave anti-replay off (RFC 4303 §3.4.3): replays pass `check`.
+    window = NoReplayCheck()
+    window.commit(7)
+    assert window.check(7) and window.check(1) and window.check(8)
+    window.commit(3)
+    assert window.highest == 7
+    assert not window.check(-1) and not window.check(1 << 64)
+
+
+def test_no_replay_check_still_infers_the_esn_high_half() -> None:
+    # ESN numbers still need their high half, inferred from the highest authenticated
+    # number (RFC 4303 Appendix A2.2), over the widest window.
+    window = NoReplayCheck(highest=(3 << 32) | (LOW - 2))
+    assert window.size == MAX_WINDOW
+    assert window.infer_seq(0) == 4 << 32
+    assert window.infer_seq(LOW - 10) == (3 << 32) | (LOW - 10)
+    window.commit(4 << 32)
+    assert window.infer_seq(LOW - 1) == (3 << 32) | (LOW - 1)
+    assert window.check((3 << 32) | (LOW - 2))  # a replay, and it passes
+    assert window.infer_seq(5) == (4 << 32) | 5
 
 
 @settings(max_examples=150, deadline=None)

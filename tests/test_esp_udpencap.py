@@ -17,6 +17,7 @@ from esp.udpencap import (
     strip_marker,
     udp_header,
 )
+from ikev2.constants import NON_ESP_MARKER as IKE_NON_ESP_MARKER
 
 IKE_HEADER = bytes(range(1, 29))  # 28 octets: the smallest IKE message (RFC 7296 §3.1)
 
@@ -79,3 +80,10 @@ def test_classify_and_decapsulate_never_raise(data: bytes) -> None:
     assert isinstance(classify(data), DatagramKind)
     parsed = decapsulate_udp(data)
     assert parsed is None or len(parsed[2]) <= len(data) - 8
+
+
+def test_the_ike_side_frames_with_the_same_marker() -> None:
+    # ikev2 writes the marker in front of the IKE messages it sends from port 4500
+    # (RFC 7296 §2.23) and may not import esp, so it holds its own copy of the four
+    # octets; the demultiplexer must recognise exactly what it writes.
+    assert IKE_NON_ESP_MARKER == NON_ESP_MARKER

@@ -1,4 +1,4 @@
-"""ESP attacks injected on the WAN against lockgate (issue 8).
+"""ESP attacks injected on the WAN against lockgate.
 
 lockgate on gateway A, charon on gateway B (kernel-libipsec: ESP in UDP 4500), a CHILD
 SA with aes128gcm16. A raw socket on A's WAN veth captures genuine ESP frames from B
@@ -49,9 +49,9 @@ from hostile_helpers import (
 )
 from interop_helpers import Case, interop, wait_until
 from netns import ping, site_to_site
-from test_daemon_netns import config, start_daemon
 
 from daemon.lab.netns import SiteToSite, in_namespace
+from testkit.daemon import config, start_daemon
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 

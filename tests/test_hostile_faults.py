@@ -1,4 +1,4 @@
-"""Faults lockgate must recover from (issue 8), lockgate on gateway A, charon on B.
+"""Faults lockgate must recover from, lockgate on gateway A, charon on B.
 
 - the peer disappears (SIGKILL) while a CHILD rekey is in flight;
 - the WAN link goes down for longer than the DPD verdict takes, then comes back;

@@ -1,4 +1,4 @@
-"""A spoofed IKE_SA_INIT flood against a lockgate responder (issue 8).
+"""A spoofed IKE_SA_INIT flood against a lockgate responder.
 
 From an attacker namespace next to gateway A, 20,000 IKE_SA_INIT requests over 10 s,
 each from a random host of 2001:db8:f::/48 (routed back to the attacker, which counts

@@ -1,4 +1,4 @@
-"""lockgate gives nothing away (issue 8): secrets never logged, the control socket is
+"""lockgate gives nothing away: secrets never logged, the control socket is
 root's only, and the daemon works with exactly the capabilities its systemd unit grants.
 
 - Logs: lockgate runs at debug level against charon, which logs every key it derives

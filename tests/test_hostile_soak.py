@@ -1,4 +1,4 @@
-"""A bounded soak of lockgate against charon (issue 8): no leaks over minutes of traffic
+"""A bounded soak of lockgate against charon: no leaks over minutes of traffic
 and rekeys.
 
 For SOAK_SECONDS (240 s; the environment variable LOCKGATE_SOAK_SECONDS may change it,

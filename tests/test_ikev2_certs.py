@@ -19,7 +19,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID, ObjectIdentifier
-from test_ikev2_golden_vectors import derived_ike_keys, h, ike_sa_init, load, opened_messages
 
 from ikev2.certs import (
     MAX_PEER_CERTIFICATES,
@@ -47,6 +46,7 @@ from ikev2.config import Identity
 from ikev2.constants import CertEncoding, IdType, NotifyType
 from ikev2.crypto.auth import signed_octets, split_signature_auth, verify_signature_auth
 from ikev2.errors import AuthenticationFailed, InvalidSyntax, LocalProtocolError
+from testkit.golden import derived_ike_keys, h, ike_sa_init, load, opened_messages
 
 SCENARIO = "04-ecdsa-aes256gcm16-prfsha384-ecp384"
 CERTS = Path(__file__).parent / "vectors" / SCENARIO / "certs"

@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import pytest
-from test_ikev2_sa_pair import connection, mirrored
 
 from ikev2.codec import (
     KeyExchange,
@@ -25,6 +24,7 @@ from ikev2.cookies import COOKIE_LEN, CookieJar, CookiePolicy, InvalidCookie, co
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.errors import InvalidSyntax, LocalProtocolError
+from testkit.ikev2_pair import connection, deliver, mirrored
 
 NI = bytes(range(32))
 SPI_I = bytes.fromhex("0123456789abcdef")
@@ -222,7 +222,7 @@ def test_lockgate_initiator_retries_with_our_cookie_and_passes() -> None:
     cookies = jar(demand_above=0)
     demand = cookies.check_request(request, source_ip, half_open=1, now=0.0)
     assert demand is not None
-    initiator.receive_datagram(encode_message(demand), first.local, first.remote, 0.0)
+    deliver(initiator, encode_message(demand), first.local, first.remote, 0.0)
     [second] = initiator.datagrams_to_send(0.0)
     retry = decode_message(second.data)
     notify = demand.notify(NotifyType.COOKIE)
@@ -245,7 +245,7 @@ def test_threshold_zero_lets_the_first_request_through_and_asks_the_next() -> No
         initiator = Endpoint([connection()], rng=DeterministicRandom(bytes([n])))
         initiator.initiate("conn", 0.0)
         [request] = initiator.datagrams_to_send(0.0)
-        responder.receive_datagram(request.data, request.remote, request.local, 0.0)
+        deliver(responder, request.data, request.remote, request.local, 0.0)
         [answer] = responder.datagrams_to_send(0.0)
         answers.append(decode_message(answer.data))
     first, second = answers

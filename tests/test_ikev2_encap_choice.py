@@ -5,7 +5,6 @@ replayed message from another address. In memory, no network."""
 from __future__ import annotations
 
 import pytest
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, Sent, connection, mirrored
 
 from ikev2.codec import VendorId, decode_message
 from ikev2.constants import NON_ESP_MARKER, ExchangeType
@@ -18,6 +17,7 @@ from ikev2.events import (
     NatKeepaliveDue,
 )
 from ikev2.tasks.ike_natd import LOCKGATE_UDP_VID
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, Sent, connection, deliver, mirrored
 
 INIT = ExchangeType.IKE_SA_INIT
 AUTH = ExchangeType.IKE_AUTH
@@ -145,8 +145,8 @@ def test_a_replayed_message_from_elsewhere_does_not_move_the_sa(mode: str) -> No
     sa_a.check_liveness(pair.clock)
     (request,) = pair.take("a")
     attacker = ("203.0.113.66", request.local[1])
-    pair.b.receive_datagram(request.data, request.remote, attacker, pair.clock)
-    pair.b.receive_datagram(request.data, request.remote, request.local, pair.clock)
+    deliver(pair.b, request.data, request.remote, attacker, pair.clock)
+    deliver(pair.b, request.data, request.remote, request.local, pair.clock)
     pair.pump()
     assert (sa_b.local, sa_b.remote) == before
     assert not pair.of("b", IkeSaAddressChanged)

@@ -6,26 +6,18 @@ import asyncio
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ike_sockets import SocketDriver
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
 
+from esp.udpencap import NAT_KEEPALIVE, DatagramKind, classify
 from ikev2.codec import IkeHeader, Message, Nonce, Notify, decode_message, encode_message
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType
 from ikev2.crypto.rng import DeterministicRandom
-from ikev2.endpoint import NAT_KEEPALIVE, Endpoint, EndpointConfig
+from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.events import ChildSaInstalled, Event, IkeSaDeleted, IkeSaEstablished
+from testkit.ike_sockets import SocketDriver
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, deliver, init_request, mirrored
 
 INIT = ExchangeType.IKE_SA_INIT
-
-
-def _init_request(spi_i: bytes, seed: bytes = b"x") -> bytes:
-    """An IKE_SA_INIT request from `a`'s configuration with a chosen SPI."""
-    a = Endpoint([connection()], rng=DeterministicRandom(seed))
-    a.initiate("conn", 0.0)
-    (d,) = a.datagrams_to_send(0.0)
-    message = decode_message(d.data)
-    return encode_message(Message(spi_i, message.spi_r, INIT, 0, True, False, message.payloads))
 
 
 def test_port_4500_marker_keepalive_and_esp() -> None:
@@ -35,41 +27,44 @@ def test_port_4500_marker_keepalive_and_esp() -> None:
     assert pair.of("b", ChildSaInstalled)
     nat_b, nat_a = (B_ADDR, 4500), (A_ADDR, 4500)
     # A keepalive and an ESP packet (non-zero SPI) on 4500 are not IKE: no reaction.
-    pair.b.receive_datagram(NAT_KEEPALIVE, nat_b, nat_a, 1.0)
-    pair.b.receive_datagram(b"\x00\x00\x10\x01" + bytes(40), nat_b, nat_a, 1.0)
+    assert classify(NAT_KEEPALIVE) is DatagramKind.KEEPALIVE
+    assert classify(b"\x00\x00\x10\x01" + bytes(40)) is DatagramKind.ESP
+    deliver(pair.b, NAT_KEEPALIVE, nat_b, nat_a, 1.0)
+    deliver(pair.b, b"\x00\x00\x10\x01" + bytes(40), nat_b, nat_a, 1.0)
     assert pair.b.datagrams_to_send(1.0) == [] and list(pair.b.events()) == []
     # An IKE message on 4500 without the marker is not IKE either (RFC 3948 §2.2).
     (sa_a,) = pair.a.ike_sas()
     sa_a.check_liveness(1.0)
     (request,) = pair.a.datagrams_to_send(1.0)
     assert request.data.startswith(NON_ESP_MARKER)
-    pair.b.receive_datagram(request.data[4:], nat_b, nat_a, 1.0)
+    assert classify(request.data[4:]) is DatagramKind.ESP
+    deliver(pair.b, request.data[4:], nat_b, nat_a, 1.0)
     assert pair.b.datagrams_to_send(1.0) == []
     # The daemon path: the bare message through receive_message is answered, with marker.
     pair.b.receive_message(request.data[4:], nat_b, nat_a, 1.0)
     (answer,) = pair.b.datagrams_to_send(1.0)
     assert answer.data.startswith(NON_ESP_MARKER) and answer.local == nat_b
-    pair.a.receive_datagram(answer.data, nat_a, nat_b, 1.0)
+    deliver(pair.a, answer.data, nat_a, nat_b, 1.0)
     assert sa_a.tm.outstanding is None
 
 
 def test_unknown_spi_and_unmatched_peers_are_dropped_silently() -> None:
     b = Endpoint([mirrored(connection())], rng=DeterministicRandom(b"b"))
     header = IkeHeader(b"\x01" * 8, b"\x02" * 8, 0, ExchangeType.INFORMATIONAL, 1, 28, True, False)
-    b.receive_datagram(header.encode(), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    deliver(b, header.encode(), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     # An IKE_SA_INIT from an address no connection accepts creates nothing.
-    b.receive_datagram(_init_request(b"\x03" * 8), (B_ADDR, 500), ("198.51.100.77", 500), 0.0)
+    deliver(b, init_request(b"\x03" * 8), (B_ADDR, 500), ("198.51.100.77", 500), 0.0)
     # Nor one that arrives on an address that is not ours.
-    b.receive_datagram(_init_request(b"\x04" * 8), ("198.51.100.3", 500), (A_ADDR, 500), 0.0)
+    deliver(b, init_request(b"\x04" * 8), ("198.51.100.3", 500), (A_ADDR, 500), 0.0)
     assert b.ike_sas() == [] and b.datagrams_to_send(0.0) == [] and b.next_event() is None
 
 
 def test_retransmitted_ike_sa_init_is_answered_by_the_same_half_open_sa() -> None:
     b = Endpoint([mirrored(connection())], rng=DeterministicRandom(b"b"))
-    request = _init_request(b"\x05" * 8)
-    b.receive_datagram(request, (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    request = init_request(b"\x05" * 8)
+    deliver(b, request, (B_ADDR, 500), (A_ADDR, 500), 0.0)
     (first,) = b.datagrams_to_send(0.0)
-    b.receive_datagram(request, (B_ADDR, 500), (A_ADDR, 500), 1.0)
+    deliver(b, request, (B_ADDR, 500), (A_ADDR, 500), 1.0)
     (again,) = b.datagrams_to_send(1.0)
     assert again.data == first.data and len(b.ike_sas()) == 1
 
@@ -81,7 +76,7 @@ def test_half_open_sas_are_capped() -> None:
         config=EndpointConfig(max_half_open=2),
     )
     for n in range(3):
-        b.receive_datagram(_init_request(bytes([n + 1]) * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+        deliver(b, init_request(bytes([n + 1]) * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     assert len(b.ike_sas()) == 2 and len(b.datagrams_to_send(0.0)) == 2
 
 
@@ -93,7 +88,7 @@ def test_cookie_retry_repeats_the_request_with_the_cookie_first() -> None:
     request = decode_message(first.data)
     cookie = Notify(NotifyType.COOKIE, b"c" * 16)
     reply = Message(request.spi_i, bytes(8), INIT, 0, False, True, (cookie,))
-    a.receive_datagram(encode_message(reply), first.local, first.remote, 0.1)
+    deliver(a, encode_message(reply), first.local, first.remote, 0.1)
     (retry,) = a.datagrams_to_send(0.1)
     again = decode_message(retry.data)
     assert again.payloads[0] == cookie
@@ -181,7 +176,7 @@ def test_mutated_datagrams_never_raise_and_leave_established_sas_alone(
     for port in (500, 4500):
         local = (A_ADDR if to_a else B_ADDR, port)
         remote = (B_ADDR if to_a else A_ADDR, port)
-        target.receive_datagram(bytes(data), local, remote, 1.0)
+        deliver(target, bytes(data), local, remote, 1.0)
     # Whatever was answered (a fresh half-open SA, a cached response), the established
     # IKE SA is untouched: same state, same Message IDs, same CHILD SAs.
     assert (sa.state, sa.tm.expected_request_id, sa.tm.next_request_id, dict(sa.children)) == before
@@ -201,7 +196,7 @@ def test_cookie_demanded_above_the_half_open_threshold() -> None:
     )
     pair = Pair(Endpoint([conn], rng=DeterministicRandom(b"a")), b)
     # One half-open SA already (a stray IKE_SA_INIT), so the next one needs a COOKIE.
-    b.receive_datagram(_init_request(b"\x09" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+    deliver(b, init_request(b"\x09" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     b.datagrams_to_send(0.0)
     pair.a.initiate("conn", 0.0)
     pair.pump()

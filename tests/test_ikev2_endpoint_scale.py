@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_ikev2_sa import establish
-from test_ikev2_sa_pair import A_NET, B_ADDR, B_NET, Pair, child, connection
 
 from ikev2.config import Identity
 from ikev2.cookies import CookiePolicy
@@ -25,6 +23,7 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.sa import IkeSa
 from ikev2.sa_types import IkeDropReason, IkeSaState
+from testkit.ikev2_pair import A_NET, B_ADDR, B_NET, Pair, child, connection, deliver, establish
 
 COUNT = 1000
 SPACING = 0.001
@@ -141,7 +140,8 @@ def test_established_sas_keep_no_ike_sa_init_messages_or_private_key() -> None:
     # What stays is enough for the SA's later life: a retransmitted IKE_AUTH request
     # answered from the cached response (§2.1), a CHILD SA rekey and an IKE rekey.
     (auth_request,) = [s for s in pair.wire if s.sender == "a"][-1:]
-    pair.b.receive_datagram(
+    deliver(
+        pair.b,
         auth_request.datagram.data,
         auth_request.datagram.remote,
         auth_request.datagram.local,
@@ -190,9 +190,9 @@ def test_memory_per_responder_sa_stays_small() -> None:
         before = tracemalloc.take_snapshot()
         for _ in range(4):  # IKE_SA_INIT and IKE_AUTH, both ways, and a spare round
             for d in a.datagrams_to_send(0.0):
-                b.receive_datagram(d.data, d.remote, d.local, 0.0)
+                deliver(b, d.data, d.remote, d.local, 0.0)
             for d in b.datagrams_to_send(0.0):
-                a.receive_datagram(d.data, d.remote, d.local, 0.0)
+                deliver(a, d.data, d.remote, d.local, 0.0)
             list(a.events())
             list(b.events())
         assert sum(len(sa.children) for sa in b.ike_sas()) == count

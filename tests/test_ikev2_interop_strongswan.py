@@ -22,7 +22,6 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pytest
-from ike_sockets import SocketDriver, UdpSockets, open_udp_sockets
 from netns import Lab, in_namespace
 from strongswan import (
     Charon,
@@ -47,6 +46,7 @@ from ikev2.events import (
     IkeSaRekeyed,
 )
 from ikev2.ts import TrafficSelector
+from testkit.ike_sockets import SocketDriver, UdpSockets, open_udp_sockets
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 

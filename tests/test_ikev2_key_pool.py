@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from test_ikev2_sa_pair import Pair, connection, mirrored
-
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import decode_message
 from ikev2.constants import DhGroup, ExchangeType
@@ -13,6 +11,7 @@ from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import ChildSaInstalled, IkeSaEstablished
+from testkit.ikev2_pair import Pair, connection, mirrored
 
 X25519, ECP256 = DhGroup.CURVE25519, DhGroup.ECP_256
 

@@ -16,7 +16,6 @@ import ipaddress
 import itertools
 
 import pytest
-from test_ikev2_sa_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
 
 from ikev2.codec import IkeHeader, Message, Notify, decode_header, decode_message, encode_message
 from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, PayloadType, ProtocolId
@@ -25,6 +24,7 @@ from ikev2.endpoint import HINT_INTERVAL, AnswerLimit, Endpoint, IkeDropReason
 from ikev2.events import ChildSaInstalled, DeleteCause, IkeSaDeleted, IkeSaFailed
 from ikev2.sa import HINT_CHECK_DELAYS
 from ikev2.sa_types import IkeSaState
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, deliver, mirrored
 
 R = IkeDropReason
 INFO = ExchangeType.INFORMATIONAL
@@ -248,14 +248,14 @@ def test_responses_hints_and_unprotected_requests_for_unknown_sas_are_not_answer
     # A response for an unknown IKE SA is never answered (§2.21.4).
     response = bytearray(_protected_request(spi_i, spi_r))
     response[19] |= 0x20  # the R flag
-    b.receive_datagram(bytes(response), here, a500, 0.0)
+    deliver(b, bytes(response), here, a500, 0.0)
     # Nor is an INVALID_SPI hint, with no SA of ours or one naming any SPI.
-    b.receive_datagram(_hint(0x12345678), here, a500, 1.0)
+    deliver(b, _hint(0x12345678), here, a500, 1.0)
     # Nor a request without an SK payload (§1.5 answers "an encrypted IKE request").
     bare = IkeHeader(spi_i, spi_r, 0, INFO, 1, 28, True, False)
-    b.receive_datagram(bare.encode(), here, a500, 2.0)
+    deliver(b, bare.encode(), here, a500, 2.0)
     # Nor a protected request from an address no connection accepts.
-    b.receive_datagram(_protected_request(spi_i, spi_r), here, (STRANGER, 500), 3.0)
+    deliver(b, _protected_request(spi_i, spi_r), here, (STRANGER, 500), 3.0)
     # Nor ESP from such an address.
     b.esp_spi_unknown(0x1000, here, (STRANGER, 500), 4.0)
     assert b.datagrams_to_send(5.0) == [] and b.next_event() is None
@@ -275,14 +275,12 @@ def test_an_unknown_sa_answer_is_no_request_and_a_hint_is_no_exchange() -> None:
     # answer is a response, the INVALID_SPI hint matches no SA; neither is answered.
     a = Endpoint([connection()], rng=DeterministicRandom(b"a"))
     b = Endpoint([mirrored(connection())], rng=DeterministicRandom(b"b"))
-    b.receive_datagram(
-        _protected_request(b"\x01" * 8, b"\x02" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0
-    )
+    deliver(b, _protected_request(b"\x01" * 8, b"\x02" * 8), (B_ADDR, 500), (A_ADDR, 500), 0.0)
     b.esp_spi_unknown(0x1000, (B_ADDR, 4500), (A_ADDR, 4500), 5.0)
     out = b.datagrams_to_send(5.0)
     assert len(out) == 2
     for d in out:
-        a.receive_datagram(d.data, d.remote, d.local, 6.0)
+        deliver(a, d.data, d.remote, d.local, 6.0)
     assert a.datagrams_to_send(6.0) == [] and a.next_event() is None
 
 
@@ -296,7 +294,7 @@ def test_unprotected_answers_are_rate_limited_per_address_and_overall() -> None:
     request = _protected_request(b"\x01" * 8, b"\x02" * 8)
     # One address: one answer a second, whichever kind.
     for n in range(10):
-        b.receive_datagram(request, here, (A_ADDR, 500), n * 0.09)
+        deliver(b, request, here, (A_ADDR, 500), n * 0.09)
     b.esp_spi_unknown(0x1000, here, (A_ADDR, 500), 0.95)
     assert len(b.datagrams_to_send(1.0)) == 1
     b.esp_spi_unknown(0x1000, here, (A_ADDR, 500), 1.0)
@@ -304,7 +302,7 @@ def test_unprotected_answers_are_rate_limited_per_address_and_overall() -> None:
     assert dict(b.drops) == {R.INVALID_IKE_SPI_SENT: 1, R.ANSWER_RATE_LIMITED: 10}
     # Many addresses (spoofed): at most 20 answers in any second.
     for n in range(50):
-        b.receive_datagram(request, here, (f"203.0.113.{n + 1}", 500), 10.0 + n * 0.01)
+        deliver(b, request, here, (f"203.0.113.{n + 1}", 500), 10.0 + n * 0.01)
     assert len(b.datagrams_to_send(11.0)) == 20
     for n in range(50, 80):
         b.esp_spi_unknown(0x1000, here, (f"203.0.113.{n + 1}", 500), 11.5)

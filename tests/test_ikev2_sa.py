@@ -9,17 +9,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from test_ikev2_sa_pair import (
-    A_ADDR,
-    A_NET,
-    B_ADDR,
-    B_NET,
-    Pair,
-    Sent,
-    child,
-    connection,
-    mirrored,
-)
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Notify, decode_header, decode_message
@@ -35,16 +24,21 @@ from ikev2.events import (
 )
 from ikev2.sa_types import IkeSaState
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import (
+    A_ADDR,
+    A_NET,
+    B_ADDR,
+    B_NET,
+    Pair,
+    Sent,
+    child,
+    connection,
+    deliver,
+    establish,
+    mirrored,
+)
 
 INIT, AUTH, INFO = ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH, ExchangeType.INFORMATIONAL
-
-
-def establish(pair: Pair) -> tuple[ChildSaInstalled, ChildSaInstalled]:
-    pair.a.initiate("conn", pair.clock)
-    pair.pump()
-    (ia,) = pair.of("a", ChildSaInstalled)
-    (ib,) = pair.of("b", ChildSaInstalled)
-    return ia, ib
 
 
 def test_full_establishment_both_sides_agree() -> None:
@@ -112,11 +106,11 @@ def test_inbound_child_sa_is_reported_before_the_completing_message() -> None:
     init = pair.a.datagrams_to_send(0.0)
     # IkeSa creation happened; no events yet on a. Drive the IKE_SA_INIT by hand.
     for d in init:
-        pair.b.receive_datagram(d.data, d.remote, d.local, 0.0)
+        deliver(pair.b, d.data, d.remote, d.local, 0.0)
     for d in pair.b.datagrams_to_send(0.0):
-        pair.a.receive_datagram(d.data, d.remote, d.local, 0.0)
+        deliver(pair.a, d.data, d.remote, d.local, 0.0)
     (auth_request,) = pair.a.datagrams_to_send(0.0)
-    pair.b.receive_datagram(auth_request.data, auth_request.remote, auth_request.local, 0.0)
+    deliver(pair.b, auth_request.data, auth_request.remote, auth_request.local, 0.0)
     # The responder's IKE_AUTH response is held until its ChildSaInstalled was taken.
     assert pair.b.datagrams_to_send(0.0) == []
     events = list(pair.b.events())
@@ -282,7 +276,7 @@ def test_duplicate_request_is_answered_from_cache_without_new_events() -> None:
     (answer,) = pair.responses("b", AUTH)
     before = list(pair.events["b"])
     d = auth.datagram
-    pair.b.receive_datagram(d.data, d.remote, d.local, pair.clock)
+    deliver(pair.b, d.data, d.remote, d.local, pair.clock)
     (again,) = pair.b.datagrams_to_send(pair.clock)
     assert again.data == answer.datagram.data
     assert list(pair.b.events()) == [] and pair.events["b"] == before
@@ -445,9 +439,9 @@ def test_garbage_and_forged_messages_change_nothing() -> None:
     pair = Pair.make(connection())
     pair.a.initiate("conn", 0.0)
     (init,) = pair.a.datagrams_to_send(0.0)
-    pair.b.receive_datagram(init.data, init.remote, init.local, 0.0)
+    deliver(pair.b, init.data, init.remote, init.local, 0.0)
     (init_resp,) = pair.b.datagrams_to_send(0.0)
-    pair.a.receive_datagram(init_resp.data, init_resp.remote, init_resp.local, 0.0)
+    deliver(pair.a, init_resp.data, init_resp.remote, init_resp.local, 0.0)
     (auth,) = pair.a.datagrams_to_send(0.0)
     # Random bytes, a truncated message and a bit-flipped IKE_AUTH are all dropped.
     for bad in (
@@ -456,12 +450,12 @@ def test_garbage_and_forged_messages_change_nothing() -> None:
         auth.data[:-5],
         auth.data[:-1] + bytes([auth.data[-1] ^ 1]),
     ):
-        pair.b.receive_datagram(bad, auth.remote, auth.local, 0.0)
+        deliver(pair.b, bad, auth.remote, auth.local, 0.0)
     assert pair.b.datagrams_to_send(0.0) == [] and list(pair.b.events()) == []
     (sb,) = pair.b.ike_sas()
     assert sb.state is IkeSaState.HALF_OPEN and sb.tm.expected_request_id == 1
     # The genuine request still works afterwards.
-    pair.b.receive_datagram(auth.data, auth.remote, auth.local, 0.0)
+    deliver(pair.b, auth.data, auth.remote, auth.local, 0.0)
     assert [type(e) for e in pair.b.events()] == [IkeSaEstablished, ChildSaInstalled]
 
 
@@ -675,7 +669,7 @@ def test_unknown_critical_payload_in_ike_sa_init_is_answered_without_state() -> 
         encrypted=False,
     )
     pair.wire.append(Sent("a", Datagram(encode_message(bad), init.local, init.remote), False, 0))
-    pair.b.receive_datagram(encode_message(bad), init.remote, init.local, 0.0)
+    deliver(pair.b, encode_message(bad), init.remote, init.local, 0.0)
     (answer,) = pair.b.datagrams_to_send(0.0)
     reply = decode_message(answer.data)
     assert reply.response and reply.spi_r == bytes(8)

@@ -11,7 +11,6 @@ import dataclasses
 
 import pytest
 from strongswan import Credential, Pki
-from test_ikev2_sa_pair import Pair, connection, mirrored
 
 from ikev2.certs import LocalCredentials, TrustAnchors
 from ikev2.config import ConnectionConfig, Identity
@@ -19,6 +18,7 @@ from ikev2.constants import NotifyType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import ChildSaInstalled, IkeSaEstablished, IkeSaFailed
+from testkit.ikev2_pair import Pair, connection, mirrored
 
 A_NAME, B_NAME = "gw-a.example.net", "gw-b.example.net"
 

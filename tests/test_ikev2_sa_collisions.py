@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from test_ikev2_sa_pair import Pair, connection
 
 from ikev2.codec import Delete, Message, Nonce, SecurityAssociation, decode_header
 from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
@@ -24,6 +23,7 @@ from ikev2.events import (
 )
 from ikev2.sa import IkeSa
 from ikev2.sa_types import Datagram, IkeSaState
+from testkit.ikev2_pair import Pair, connection
 
 CREATE, INFO = ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL
 SEEDS = [(b"side-a", b"side-b"), (b"a2", b"b2"), (b"a3", b"b3"), (b"a4", b"b4")]

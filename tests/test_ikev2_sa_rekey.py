@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from test_ikev2_sa_pair import Pair, child, connection, mirrored
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Notify
@@ -14,6 +13,7 @@ from ikev2.config import ConnectionConfig
 from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ikev2.events import ChildSaDeleted, ChildSaFailed, ChildSaInstalled, DeleteCause
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import Pair, child, connection, mirrored
 
 CREATE = ExchangeType.CREATE_CHILD_SA
 

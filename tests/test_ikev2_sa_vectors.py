@@ -39,6 +39,7 @@ from ikev2.sa_data import SaContext
 from ikev2.tasks import IkeAuth
 from ikev2.tasks.ike_natd import natd_hash
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import deliver
 
 VECTOR = Path(__file__).parent / "vectors" / "01-psk-aes128gcm16-prfsha256-x25519" / "keys.json"
 GW_A, GW_B = ("198.51.100.1", 500), ("198.51.100.2", 500)
@@ -156,7 +157,7 @@ def test_responder_verifies_charons_auth_and_answers_byte_exact(ike: dict[str, A
 def test_our_responder_accepts_charons_ike_sa_init(ike: dict[str, Any]) -> None:
     endpoint = Endpoint([_config(GW_B[0], GW_A[0], False)], rng=DeterministicRandom(b"r"))
     request = _real_message(ike["auth"]["initiator"]["signed_octets"])
-    endpoint.receive_datagram(request, GW_B, GW_A, 0.0)
+    deliver(endpoint, request, GW_B, GW_A, 0.0)
     (answer,) = endpoint.datagrams_to_send(0.0)
     response = decode_message(answer.data)
     chosen = response.get(SecurityAssociation)

@@ -1,4 +1,4 @@
-"""Interop matrix, authentication (issue 6): certificates of each key type from a CA the
+"""Interop matrix, authentication: certificates of each key type from a CA the
 test makes, both directions, with traffic; a PSK on one side against a certificate on
 the other must fail, cleanly and with a reason on lockgate's side.
 

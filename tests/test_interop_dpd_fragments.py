@@ -1,4 +1,4 @@
-"""Interop matrix, dead peers and big messages (issue 6).
+"""Interop matrix, dead peers and big messages.
 
 DPD: charon is killed (SIGKILL: no Delete); lockgate's liveness checks go unanswered,
 it clears the SAs within its DPD timeout and, with `dpd_action = "restart"`,

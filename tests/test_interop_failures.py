@@ -1,4 +1,4 @@
-"""Interop matrix, failures (issue 6): a wrong PSK, no common IKE or ESP proposal,
+"""Interop matrix, failures: a wrong PSK, no common IKE or ESP proposal,
 unacceptable traffic selectors and a certificate from an unknown CA, both directions.
 
 Each must end cleanly: no SA left on either side, no traceback, and lockgate's log

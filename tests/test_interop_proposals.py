@@ -1,4 +1,4 @@
-"""Interop matrix, proposals (issue 6): every IKE proposal and every ESP suite, with and
+"""Interop matrix, proposals: every IKE proposal and every ESP suite, with and
 without PFS, in both directions, against strongSwan with real traffic.
 
 A covering set rather than the cross product: per direction each of the four IKE

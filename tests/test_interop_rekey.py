@@ -1,4 +1,4 @@
-"""Interop matrix, lifetimes (issue 6): lifetimes of seconds make CHILD SAs and the IKE
+"""Interop matrix, lifetimes: lifetimes of seconds make CHILD SAs and the IKE
 SA rekey over and over while `ping -i 0.01` runs through the tunnel; not one echo may
 be lost (make-before-break, RFC 7296 §2.8 and §1.3.2). Once lockgate drives every
 rekey (its lifetimes are short, charon's long), once charon does.

@@ -1,4 +1,4 @@
-"""Interop matrix, topologies (issue 6): a NAT router in front of lockgate, IPv6 outside
+"""Interop matrix, topologies: a NAT router in front of lockgate, IPv6 outside
 and inside, IPv4 in IPv6, two CHILD SAs under one IKE SA, and traffic selectors that
 lockgate narrows when strongSwan offers wider ones. Every case carries real traffic.
 """

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_dataplane import events
 
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.offload import OffloadMode, offload_mode
@@ -23,6 +22,7 @@ from daemon.pump import (
     _tun_tx_dropped,
 )
 from esp.sa import PARTS_PER_PACKET
+from testkit.dataplane import events
 from tun import MemoryTun, memory_tun_pair
 from tun.vnet import (
     F_NEEDS_CSUM,

@@ -8,8 +8,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dataplane import ipv4 as dataplane_ipv4
-from test_dataplane import ipv6 as dataplane_ipv6
 
 from daemon.packet import (
     OPAQUE_PORT,
@@ -21,6 +19,8 @@ from daemon.packet import (
 )
 from daemon.sad import Sad, SpiInUse
 from daemon.spd import Policy, SelectorError, Spd, TrafficSelector, selectors_from_networks
+from testkit.dataplane import ipv4 as dataplane_ipv4
+from testkit.dataplane import ipv6 as dataplane_ipv6
 
 
 def ipv4(src: str, dst: str, proto: int = 17, payload: bytes = b"", df: bool = True) -> bytes:

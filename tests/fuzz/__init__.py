@@ -1,8 +1,2 @@
-"""Fuzzing of lockgate's network entry points (issue 8).
-
-``targets`` has one target per entry point with its contract, ``strategies`` the
-structure-aware hypothesis strategies, ``mutate`` the wire edits, ``world`` the
-in-memory fixtures. ``test_*`` are the regular-suite samples; ``bench/fuzz.py`` is the
-dedicated, bounded run of 100,000+ cases and ``bench/fuzz_atheris.py`` the
-coverage-guided one. ``corpus/`` keeps inputs that once broke something.
-"""
+"""The regular-suite samples of the fuzz targets in `testkit.fuzz`, and the corpus of
+inputs that once broke something (``corpus/``)."""

@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 from ikev2.codec import IkeHeader, Message, Nonce, Notify, encode_message, encode_payloads
 from ikev2.constants import ExchangeType, NotifyType
-
-from .mutate import Mutation
-from .strategies import messages, mutations, payload_chains, u8, u32
-from .targets import (
+from testkit.fuzz.mutate import Mutation
+from testkit.fuzz.strategies import messages, mutations, payload_chains, u8, u32
+from testkit.fuzz.targets import (
     CodecTarget,
     CookieTarget,
     FragmentTarget,
@@ -25,7 +24,7 @@ from .targets import (
     SkInnerTarget,
     SkOpenTarget,
 )
-from .world import seal_raw, sk_ciphers
+from testkit.fuzz.world import seal_raw, sk_ciphers
 
 FUZZ = settings(
     max_examples=80,

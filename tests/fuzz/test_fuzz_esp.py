@@ -14,11 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esp.udpencap import DatagramKind, classify
-
-from .mutate import Mutation
-from .strategies import mutations
-from .targets import DataPlaneTarget, EspBatchTarget, EspTarget
-from .world import EspKeys, esp_keys, ipv4_packet
+from testkit.fuzz.mutate import Mutation
+from testkit.fuzz.strategies import mutations
+from testkit.fuzz.targets import DataPlaneTarget, EspBatchTarget, EspTarget
+from testkit.fuzz.world import EspKeys, esp_keys, ipv4_packet
 
 FUZZ = settings(
     max_examples=100,

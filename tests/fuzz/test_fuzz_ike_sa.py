@@ -1,6 +1,6 @@
 """Fuzz sample for the IKE endpoint and the IKE SA.
 
-Nothing escapes ``Endpoint.receive_datagram``; a datagram that does not authenticate
+Nothing escapes ``Endpoint.receive_message``; a datagram that does not authenticate
 leaves an established SA as it was; requests refused with an error notify leave it as
 it was but for their Message ID; authenticated garbage in every exchange (IKE_SA_INIT
 response, IKE_AUTH both ways, INFORMATIONAL, CREATE_CHILD_SA both ways) is refused
@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ikev2.codec import Message, Payload, encode_message, encode_payloads
-
-from .mutate import Mutation
-from .strategies import messages, mutations, shaped_chains, shaped_messages
-from .targets import (
+from testkit.fuzz.mutate import Mutation
+from testkit.fuzz.strategies import messages, mutations, shaped_chains, shaped_messages
+from testkit.fuzz.targets import (
     AuthRequestTarget,
     AuthResponseTarget,
     EndpointFreshTarget,

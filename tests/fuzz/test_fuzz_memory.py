@@ -14,10 +14,17 @@ import tracemalloc
 
 from ikev2.errors import InvalidSyntax
 from ikev2.fragments import FragmentLimitExceeded
-
-from .mutate import Mutation
-from .targets import _TEMPLATE, EndpointFreshTarget, EspTarget, FragmentTarget, Target, random_bytes
-from .world import A_ADDR, B_ADDR, Pair, esp_keys, seal_raw_fragment
+from testkit.fuzz.mutate import Mutation
+from testkit.fuzz.targets import (
+    _TEMPLATE,
+    EndpointFreshTarget,
+    EspTarget,
+    FragmentTarget,
+    Target,
+    random_bytes,
+)
+from testkit.fuzz.world import A_ADDR, B_ADDR, Pair, esp_keys, seal_raw_fragment
+from testkit.ikev2_pair import deliver
 
 GROWTH_SLACK = 8 * 1024
 """Octets a second batch of inputs may add on top of the first (caches, interning)."""
@@ -79,7 +86,7 @@ def test_ike_sa_init_flood_fills_half_open_table_only_to_its_limit() -> None:
     for i in range(200):
         data = bytearray(real.data)
         data[0:8] = (i + 1).to_bytes(8, "big")
-        pair.b.receive_datagram(bytes(data), (B_ADDR, 500), (A_ADDR, 500), 0.0)
+        deliver(pair.b, bytes(data), (B_ADDR, 500), (A_ADDR, 500), 0.0)
         replies += len(pair.b.datagrams_to_send(0.0))
         list(pair.b.events())
     half_open = len(pair.b.ike_sas())

@@ -17,8 +17,7 @@ import pytest
 
 from ikev2.codec import SecurityAssociation
 from ikev2.errors import InvalidSyntax
-
-from .targets import Target, all_targets
+from testkit.fuzz.targets import Target, all_targets
 
 CORPUS = Path(__file__).parent / "corpus"
 

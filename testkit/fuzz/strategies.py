@@ -52,8 +52,7 @@ from ikev2.constants import (
     ProtocolId,
     TransformType,
 )
-
-from .mutate import Mutation
+from testkit.fuzz.mutate import Mutation
 
 # --- numbers a parser cares about --------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The daemon's `IkeDriver` on plain UDP sockets, for tests that run an IKE endpoint
 without the daemon (against charon, or two endpoints wired to each other).
 
-`SocketDriver` adds what such a test calls: whole UDP payloads in (the endpoint sorts
-out the non-ESP marker and keepalives itself), and the operator's actions, each
+`SocketDriver` adds what such a test calls: whole UDP payloads in (sorted by port as the
+daemon sorts them, `testkit.ikev2_pair.deliver`), and the operator's actions, each
 followed by a `service`. `open_udp_sockets` binds UDP 500 and 4500 on given addresses
 and wires them to a driver.
 """
@@ -18,6 +18,7 @@ from daemon.ike import EventCallback, IkeDriver
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import Address
+from testkit.ikev2_pair import deliver
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ class SocketDriver(IkeDriver):
     """An `IkeDriver` fed whole UDP payloads, with the operator's actions."""
 
     def datagram_received(self, data: bytes, local: Address, remote: Address) -> None:
-        """A UDP payload from port 500 or 4500 (marker, keepalives and ESP sorted out)."""
-        self.endpoint.receive_datagram(data, local, remote, time.monotonic())
+        """A UDP payload from port 500 or 4500: on 4500 only what follows the non-ESP
+        marker reaches the endpoint, as in the daemon."""
+        deliver(self.endpoint, data, local, remote, time.monotonic())
         self.service()
 
     def initiate(self, connection: str) -> int:

@@ -63,7 +63,7 @@ from ikev2.codec import (
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
 from ikev2.config import EncapMode
-from ikev2.constants import ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
@@ -80,8 +80,7 @@ from ikev2.fragments import (
 from ikev2.sa import IkeSa
 from ikev2.sa_types import IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
-
-from .world import (
+from testkit.fuzz.world import (
     A_ADDR,
     B_ADDR,
     ESP_SPI,
@@ -96,6 +95,7 @@ from .world import (
     seal_raw_fragment,
     sk_ciphers,
 )
+from testkit.ikev2_pair import deliver
 
 
 class Finding(AssertionError):
@@ -461,7 +461,8 @@ def _bounded(pair: Pair, limit: int = 16) -> None:
 
 
 class EndpointFreshTarget(Target):
-    """``Endpoint.receive_datagram`` on a responder with no SA yet, ports 500 and 4500.
+    """``Endpoint.receive_message`` on a responder with no SA yet, ports 500 and 4500
+    (4500 sorted first as the daemon sorts it, `testkit.ikev2_pair.deliver`).
 
     Valid IKE_SA_INITs may create half-open SAs: their number stays within
     ``max_half_open`` and the COOKIE threshold, and the clock expires them.
@@ -494,9 +495,9 @@ class EndpointFreshTarget(Target):
     def run(self, data: bytes) -> None:
         self.cases += 1
         b = self.pair.b
-        b.receive_datagram(data, (B_ADDR, 500), (A_ADDR, 500), self.pair.clock)
-        b.receive_datagram(b"\x00" * 4 + data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
-        b.receive_datagram(data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
+        deliver(b, data, (B_ADDR, 500), (A_ADDR, 500), self.pair.clock)
+        deliver(b, NON_ESP_MARKER + data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
+        deliver(b, data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
         _drain(self.pair)
         _bounded(self.pair)
         if self.cases % 50 == 0:
@@ -557,8 +558,8 @@ class EstablishedTarget(Target):
             before = snapshot(sa)
             authentic = self._authentic(sa, data)
             remote = A_ADDR if local == B_ADDR else B_ADDR
-            ep.receive_datagram(data, (local, 500), (remote, 500), pair.clock)
-            ep.receive_datagram(b"\x00" * 4 + data, (local, 4500), (remote, 4500), pair.clock)
+            deliver(ep, data, (local, 500), (remote, 500), pair.clock)
+            deliver(ep, NON_ESP_MARKER + data, (local, 4500), (remote, 4500), pair.clock)
             _drain(pair)
             after = snapshot(sa)
             if before != after:
@@ -580,7 +581,7 @@ def _open_reply(cipher: SkCipher, datagrams: list[bytes]) -> Message | None:
     """Decrypt the (possibly fragmented) reply a side sent."""
     reassembler = Reassembler()
     for raw in datagrams:
-        ike = raw[4:] if raw.startswith(b"\x00" * 4) else raw
+        ike = raw[4:] if raw.startswith(NON_ESP_MARKER) else raw
         if is_fragmented(ike):
             message = reassembler.receive(ike, cipher, 0.0)
             if message is not None:
@@ -656,7 +657,7 @@ class SealedRequestTarget(Target):
         sealed = seal_raw(sa_a.sk.outbound, template, data[1], data[2:])
         before = snapshot(sa_b, with_ids=False)
         before_ids = sa_b.tm.expected_request_id
-        pair.b.receive_datagram(sealed, (B_ADDR, 500), (A_ADDR, 500), pair.clock)
+        deliver(pair.b, sealed, (B_ADDR, 500), (A_ADDR, 500), pair.clock)
         list(pair.b.events())  # datagrams wait for the events before them
         replies = [d.data for d in pair.b.datagrams_to_send(pair.clock)]
         reply = _open_reply(sa_a.sk.inbound, replies) if replies else None
@@ -726,7 +727,7 @@ class SealedResponseTarget(Target):
             sa_a.spi_i, sa_a.spi_r, 0, out.context.exchange_type, out.message_id, 0, False, True
         )
         sealed = seal_raw(sa_b.sk.outbound, template, data[1], data[2:])
-        pair.a.receive_datagram(sealed, (A_ADDR, 500), (B_ADDR, 500), pair.clock)
+        deliver(pair.a, sealed, (A_ADDR, 500), (B_ADDR, 500), pair.clock)
         _drain(pair)
         _bounded(pair)
         self.pair = established()
@@ -775,7 +776,7 @@ class AuthRequestTarget(Target):
         assert sa_a.sk is not None
         template = IkeHeader(sa_a.spi_i, sa_a.spi_r, 0, 35, 1, 0, True, False)
         sealed = seal_raw(sa_a.sk.outbound, template, data[1], data[2:])
-        pair.b.receive_datagram(sealed, (B_ADDR, 500), (A_ADDR, 500), 1.0)
+        deliver(pair.b, sealed, (B_ADDR, 500), (A_ADDR, 500), 1.0)
         _drain(pair)
         _bounded(pair)
         if sa_b.state is IkeSaState.ESTABLISHED:
@@ -821,7 +822,7 @@ class AuthResponseTarget(Target):
         assert sa_b.sk is not None
         template = IkeHeader(sa_a.spi_i, sa_a.spi_r, 0, 35, 1, 0, False, True)
         sealed = seal_raw(sa_b.sk.outbound, template, data[1], data[2:])
-        pair.a.receive_datagram(sealed, (A_ADDR, 500), (B_ADDR, 500), 1.0)
+        deliver(pair.a, sealed, (A_ADDR, 500), (B_ADDR, 500), 1.0)
         _drain(pair)
         _bounded(pair)
 
@@ -854,7 +855,7 @@ class InitResponseTarget(Target):
         pair.a.datagrams_to_send(0.0)
         sa = pair.sa("a")
         message = sa.spi_i + data
-        pair.a.receive_datagram(message, (A_ADDR, 500), (B_ADDR, 500), 0.5)
+        deliver(pair.a, message, (A_ADDR, 500), (B_ADDR, 500), 0.5)
         _drain(pair)
         _bounded(pair)
 
@@ -895,17 +896,17 @@ class ScheduleTarget(Target):
             for name, ep in (("a", pair.a), ("b", pair.b)):
                 list(ep.events())
                 for d in ep.datagrams_to_send(pair.clock):
-                    ike = d.data[4:] if d.data.startswith(b"\x00" * 4) else d.data
+                    ike = d.data[4:] if d.data.startswith(NON_ESP_MARKER) else d.data
                     try:
                         decode_header(ike)
                     except InvalidSyntax as exc:
                         raise Finding(f"{name} sent something that is not IKE: {exc}") from exc
                     queue.append((name, d))
 
-        def deliver(index: int) -> None:
+        def deliver_queued(index: int) -> None:
             sender, d = queue[index]
             receiver = pair.b if sender == "a" else pair.a
-            receiver.receive_datagram(d.data, d.remote, d.local, pair.clock)
+            deliver(receiver, d.data, d.remote, d.local, pair.clock)
 
         def tick(seconds: float) -> None:
             pair.clock += seconds
@@ -916,12 +917,12 @@ class ScheduleTarget(Target):
             collect()
             kind, arg = op % 12, op >> 4
             if kind == 0 and queue:
-                deliver(0)
+                deliver_queued(0)
                 queue.pop(0)
             elif kind == 1 and queue:
                 queue.pop(0)  # lost
             elif kind == 2 and queue:
-                deliver(0)  # duplicated: it stays queued
+                deliver_queued(0)  # duplicated: it stays queued
             elif kind == 3 and len(queue) > 1:
                 queue[0], queue[1] = queue[1], queue[0]
             elif kind == 4:
@@ -932,7 +933,7 @@ class ScheduleTarget(Target):
         for _ in range(200):
             collect()
             while queue:
-                deliver(0)
+                deliver_queued(0)
                 queue.pop(0)
                 collect()
             tick(2.0)

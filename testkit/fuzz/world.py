@@ -31,6 +31,7 @@ from ikev2.crypto.sk import SkCipher
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.sa import IkeSa
 from ikev2.ts import TrafficSelector
+from testkit.ikev2_pair import deliver
 
 A_ADDR = "198.51.100.1"
 B_ADDR = "198.51.100.2"
@@ -116,7 +117,7 @@ class Pair:
                     if hold is not None and hold(name, ike):
                         held.append((name, ike))
                         continue
-                    dst.receive_datagram(d.data, d.remote, d.local, self.clock)
+                    deliver(dst, d.data, d.remote, d.local, self.clock)
             if not moved:
                 return held
         raise RuntimeError("the endpoints never stopped talking")

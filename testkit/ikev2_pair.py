@@ -1,4 +1,4 @@
-"""Two lockgate IKE endpoints in memory: fake network, fake clock, seeded randomness (no tests).
+"""Two lockgate IKE endpoints in memory: fake network, fake clock, seeded randomness.
 
 Shared by the in-memory IKE SA and endpoint tests. The network can drop datagrams
 (by predicate), rewrite one side's address like a NAT, and records everything sent.
@@ -11,14 +11,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ikev2.codec import decode_header
+from esp.udpencap import DatagramKind, classify, strip_marker
+from ikev2.codec import (
+    Message,
+    decode_header,
+    decode_message,
+    encode_message,
+)
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
-from ikev2.constants import NON_ESP_MARKER
+from ikev2.constants import NON_ESP_MARKER, ExchangeType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
-from ikev2.events import Event
+from ikev2.events import Address, ChildSaInstalled, Event
 from ikev2.sa_types import Datagram
 from ikev2.ts import TrafficSelector
+
+
+def deliver(endpoint: Endpoint, data: bytes, local: Address, remote: Address, now: float) -> None:
+    """Hand a UDP payload received on `local` to `endpoint` as the daemon does: on the
+    NAT port `esp.udpencap.classify` sorts IKE (behind the non-ESP marker, which it
+    strips) from NAT keepalives and ESP, which never reach the IKE endpoint."""
+    if local[1] == endpoint.config.nat_port:
+        if classify(data) is not DatagramKind.IKE:
+            return
+        data = strip_marker(data)
+    endpoint.receive_message(data, local, remote, now)
+
 
 A_ADDR = "198.51.100.1"
 B_ADDR = "198.51.100.2"
@@ -154,7 +172,7 @@ class Pair:
                     self.wire.append(sent)
                     if not sent.dropped:
                         local, remote = self._translate(name, d)
-                        self.side(other).receive_datagram(d.data, local, remote, self.clock)
+                        deliver(self.side(other), d.data, local, remote, self.clock)
             if not moved:
                 for name in ("a", "b"):
                     self.events[name].extend(self.side(name).events())
@@ -190,7 +208,7 @@ class Pair:
         """Hand one datagram (from `take`) to the other side, in the order the test wants."""
         local, remote = self._translate(sender, datagram)
         receiver = "b" if sender == "a" else "a"
-        self.side(receiver).receive_datagram(datagram.data, local, remote, self.clock)
+        deliver(self.side(receiver), datagram.data, local, remote, self.clock)
 
     def of(self, name: str, kind: type[Any]) -> list[Any]:
         return [e for e in self.events[name] if isinstance(e, kind)]
@@ -210,3 +228,22 @@ class Pair:
             if s.sender == sender and header.exchange_type == exchange and header.response:
                 out.append(s)
         return out
+
+
+def establish(pair: Pair) -> tuple[ChildSaInstalled, ChildSaInstalled]:
+    pair.a.initiate("conn", pair.clock)
+    pair.pump()
+    (ia,) = pair.of("a", ChildSaInstalled)
+    (ib,) = pair.of("b", ChildSaInstalled)
+    return ia, ib
+
+
+def init_request(spi_i: bytes, seed: bytes = b"x") -> bytes:
+    """An IKE_SA_INIT request from `a`'s configuration with a chosen SPI."""
+    a = Endpoint([connection()], rng=DeterministicRandom(seed))
+    a.initiate("conn", 0.0)
+    (d,) = a.datagrams_to_send(0.0)
+    message = decode_message(d.data)
+    return encode_message(
+        Message(spi_i, message.spi_r, ExchangeType.IKE_SA_INIT, 0, True, False, message.payloads)
+    )

@@ -1,0 +1,122 @@
+"""A lockgate daemon as the tests run it: a well-formed configuration (`GOOD`), and
+for the namespace tests a configuration generator and `start_daemon`, which spawns
+`lockgate daemon` in a namespace and waits until its control socket answers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.control import ControlClientError, request
+from daemon.lab.netns import Namespace, Process, SiteToSite
+
+PSK = "netns-test-psk-NOT-SECRET-0123456789"
+
+
+def config(
+    *,
+    me: str,
+    peer: str,
+    my_id: str | None = None,
+    local: list[str],
+    remote: list[str],
+    start: str,
+    encap: str = "auto",
+    esp: str = "aes128gcm16",
+    extra: str = "",
+) -> str:
+    return f"""
+[gateway]
+addresses = ["{me}"]
+id = "{my_id or me}"
+interface = "lgtest0"
+
+[peers.main]
+address = "{peer}"
+id = "{peer}"
+psk = "{PSK}"
+
+[connections.site]
+peer = "main"
+local_subnets = {json.dumps(local)}
+remote_subnets = {json.dumps(remote)}
+esp_proposals = ["{esp}"]
+start = "{start}"
+encap = "{encap}"
+{extra}
+"""
+
+
+@dataclass
+class Daemon:
+    ns: Namespace
+    proc: Process
+    socket: str
+    config: Path
+
+    def status(self) -> dict[str, Any]:
+        result = request(self.socket, {"command": "status"}, timeout=5)
+        assert isinstance(result, dict)
+        return result
+
+    def command(self, command: str, **kw: str) -> Any:
+        return request(self.socket, {"command": command, **kw}, timeout=30)
+
+    def sas(self, connection: str | None = None) -> list[dict[str, Any]]:
+        sas = self.status()["sas"]
+        return [sa for sa in sas if connection is None or sa["connection"] == connection]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except ControlClientError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_daemon(
+    topo: SiteToSite, ns: Namespace, name: str, text: str, env: dict[str, str] | None = None
+) -> Daemon:
+    path = topo.lab.tmpdir / f"{name}.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    sock = str(topo.lab.tmpdir / f"{name}.sock")
+    proc = ns.spawn(
+        [sys.executable, "-m", "daemon.cli", "-s", sock, "daemon", "-c", str(path),
+         "--log-level", "debug"],
+        name=f"lockgate-{name}",
+        log_path=topo.lab.tmpdir / f"{name}.log",
+        env=env,
+    )  # fmt: skip
+    daemon = Daemon(ns, proc, sock, path)
+    try:
+        wait_until(lambda: bool(daemon.status()), f"{name} to listen", timeout=15)
+    except AssertionError:
+        raise AssertionError(f"daemon {name} did not start:\n{proc.log()}") from None
+    return daemon
+
+
+GOOD = """
+[gateway]
+addresses = ["198.51.100.1"]
+id = "198.51.100.1"
+
+[peers.cloud]
+address = "198.51.100.2"
+psk = "demo-only-not-a-secret-0123456789"
+
+[connections.dc-cloud]
+peer = "cloud"
+local_subnets = ["192.0.2.0/24"]
+remote_subnets = ["203.0.113.0/24"]
+"""
