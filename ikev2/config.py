@@ -1,7 +1,7 @@
 """Typed settings of IKE connections and their CHILD SAs.
 
-`conf/` builds these from the TOML file (issue 4, section Configuration: the names
-here mirror that contract); the IKE SA only reads them. All are frozen: a reload
+`conf/` builds these from the TOML file (the names here mirror the configuration's
+keys, which are a user-facing contract); the IKE SA only reads them. All are frozen: a reload
 builds new objects instead of changing live ones.
 """
 

@@ -49,8 +49,6 @@ class IkeDropReason(enum.StrEnum):
     """The IKE header or an IKE_SA_INIT request does not decode."""
     BAD_VERSION = "bad_version"
     """The header's major version is not 2 (§2.5)."""
-    NOT_IKE = "not_ike"
-    """On port 4500 without the non-ESP marker: ESP the caller should have taken."""
     UNKNOWN_SPI = "unknown_spi"
     """No IKE SA has the SPI the message is addressed to."""
     UNEXPECTED_EXCHANGE = "unexpected_exchange"
