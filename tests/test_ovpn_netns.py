@@ -42,13 +42,13 @@ class OvpnLab:
     server: Process
     ca_pem: str
 
-    def profile(self, proto: str, cipher: str, name: str) -> Path:
+    def profile(self, proto: str, cipher: str, name: str, port: int = PORT) -> Path:
         path = self.lab.tmpdir / f"{name}.ovpn"
         path.write_text(
             f"""client
 dev tun
 proto {proto}
-remote {SERVER} {PORT}
+remote {SERVER} {port}
 nobind
 remote-cert-tls server
 data-ciphers {cipher}
@@ -65,7 +65,9 @@ verb 3
         )
         return path
 
-    def start_client(self, proto: str, cipher: str, password: str = PASSWORD) -> Process:
+    def start_client(
+        self, proto: str, cipher: str, password: str = PASSWORD, port: int = PORT
+    ) -> Process:
         name = f"client-{proto}-{cipher}-{time.monotonic_ns()}"
         creds = self.lab.tmpdir / f"{name}.creds"
         creds.write_text(f"alice\n{password}\n")
@@ -74,7 +76,7 @@ verb 3
             [
                 "openvpn",
                 "--config",
-                str(self.profile(proto, cipher, name)),
+                str(self.profile(proto, cipher, name, port)),
                 "--auth-user-pass",
                 str(creds),
             ],
@@ -116,44 +118,56 @@ def ovpn_lab() -> Iterator[OvpnLab]:
         gateway.sysctl("net.ipv4.ip_forward", 1)
 
         pki = make_server_pki()
-        ca, cert, key = pki.write(lab.tmpdir)
+        pki.write(lab.tmpdir)
         users = lab.tmpdir / "users"
         users.write_text(f"alice:{PASSWORD}\n")
         users.chmod(0o600)
-        server = gateway.spawn(
-            [
-                sys.executable,
-                "-m",
-                "daemon.ssl_vpn",
-                "--listen",
-                SERVER,
-                "--port",
-                str(PORT),
-                "--transport",
-                "both",
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--pool",
-                "192.0.2.0/24",
-                "--route",
-                "203.0.113.0/24",
-                "--users-file",
-                str(users),
-            ],
-            name="ssl-vpn",
-            log_path=lab.tmpdir / "server.log",
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        deadline = time.monotonic() + 10
-        while "listening on" not in server.log():
-            assert server.alive(), server.log()
-            assert time.monotonic() < deadline, "server did not start:\n" + server.log()
-            time.sleep(0.1)
+        server = start_server(lab, gateway, PORT, "192.0.2.0/25", "lgovpn0")
         yield OvpnLab(lab, client, gateway, cloud, server, pki.ca_pem.decode())
         server.stop()
         assert "Traceback" not in server.log(), server.log()
+
+
+def start_server(
+    lab: Lab, gateway: Namespace, port: int, pool: str, tun: str, *extra: str
+) -> Process:
+    """`python -m daemon.ssl_vpn` in the gateway, with the PKI and users in lab.tmpdir."""
+    d = lab.tmpdir
+    server = gateway.spawn(
+        [
+            sys.executable,
+            "-m",
+            "daemon.ssl_vpn",
+            "--listen",
+            SERVER,
+            "--port",
+            str(port),
+            "--transport",
+            "both",
+            "--cert",
+            str(d / "server.pem"),
+            "--key",
+            str(d / "server.key"),
+            "--pool",
+            pool,
+            "--route",
+            "203.0.113.0/24",
+            "--users-file",
+            str(d / "users"),
+            "--tun",
+            tun,
+            *extra,
+        ],
+        name="ssl-vpn",
+        log_path=d / f"server-{port}.log",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 10
+    while "listening on" not in server.log():
+        assert server.alive(), server.log()
+        assert time.monotonic() < deadline, "server did not start:\n" + server.log()
+        time.sleep(0.1)
+    return server
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -187,3 +201,29 @@ def test_wrong_password_gets_auth_failed(ovpn_lab: OvpnLab, proto: str) -> None:
         client.stop()
     assert "refused: wrong user name or password" in ovpn_lab.server.log()
     assert "not-the-Password" not in ovpn_lab.server.log()
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_renegotiation_under_a_ping_flood_loses_nothing(ovpn_lab: OvpnLab, proto: str) -> None:
+    port = 1195 if proto == "udp" else 1196
+    server = start_server(
+        ovpn_lab.lab,
+        ovpn_lab.gateway,
+        port,
+        "192.0.2.128/25",
+        f"lgovpn{port - 1194}",
+        "--renegotiate",
+        "3",
+    )
+    client = ovpn_lab.start_client(proto, "AES-128-GCM", port=port)
+    try:
+        wait_for_log(client, "Initialization Sequence Completed")
+        # 400 pings 20 ms apart span about three renegotiations.
+        proc = ping(ovpn_lab.client, CLOUD_HOST, count=400, interval=0.02, deadline=30)
+        assert " 0% packet loss" in proc.stdout, proc.stdout
+        renegotiations = client.log().count("Control Channel: TLS") - 1
+        assert renegotiations >= 2, client.log()[-3000:]
+    finally:
+        client.stop()
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
