@@ -35,6 +35,7 @@ from ovpn.session import (
     SessionSettings,
 )
 from ovpn.tls import server_context
+from ovpn.tls_crypt import TlsCrypt, parse_static_key
 from tun import LinkManager, TunDevice
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,11 @@ class StaticUsers:
         return AuthDecision(True, push=push)
 
 
+def _load_tls_crypt(path: str) -> TlsCrypt:
+    with open(path) as f:
+        return TlsCrypt(parse_static_key(f.read()), server=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", required=True)
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users-file", required=True, help="lines of USER:PASSWORD")
     parser.add_argument("--tun", default="lgovpn0")
     parser.add_argument("--renegotiate", type=float)
+    parser.add_argument("--tls-crypt", help="an OpenVPN static key file (--genkey tls-crypt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -237,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         server_context(args.cert, args.key, args.client_ca),
         ciphers=tuple(args.cipher) or SessionSettings.ciphers,
         renegotiate_seconds=args.renegotiate,
+        tls_crypt=_load_tls_crypt(args.tls_crypt) if args.tls_crypt else None,
     )
     tun = TunDevice.open(args.tun)
     with LinkManager() as links:

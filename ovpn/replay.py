@@ -36,7 +36,9 @@ class ReplayWindow:
         """Record an authenticated packet id (call only after `check` said yes)."""
         if packet_id > self._highest:
             shift = packet_id - self._highest
-            self._bitmap = ((self._bitmap << shift) | 1) & ((1 << self.size) - 1)
+            # A jump past the window clears it (and never builds a huge integer).
+            bitmap = self._bitmap << shift if shift < self.size else 0
+            self._bitmap = (bitmap | 1) & ((1 << self.size) - 1)
             self._highest = packet_id
         else:
             self._bitmap |= 1 << (self._highest - packet_id)

@@ -68,12 +68,18 @@ class Server:
         session.receive(packet, now)
         return session
 
+    def _plain_control(self, packet: bytes) -> bytes:
+        """The control packet without its tls-crypt wrapping (PacketError if forged)."""
+        if self.settings.tls_crypt is None:
+            return packet
+        return self.settings.tls_crypt.unwrap(packet)[0]
+
     def _is_new_client_reset(self, packet: bytes, session: ServerSession) -> bool:
         try:
             opcode, _ = split_first_octet(packet)
             if opcode not in HARD_RESET_CLIENT:
                 return False
-            pkt = ControlPacket.decode(packet)
+            pkt = ControlPacket.decode(self._plain_control(packet))
         except PacketError:
             return False
         return pkt.packet_id == 0 and pkt.session_id != session.remote_session_id
@@ -84,7 +90,7 @@ class Server:
             if opcode not in HARD_RESET_CLIENT:
                 self.drops["no_session"] += 1
                 return None
-            pkt = ControlPacket.decode(packet)
+            pkt = ControlPacket.decode(self._plain_control(packet))
         except PacketError:
             self.drops["malformed_initial"] += 1
             return None

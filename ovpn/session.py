@@ -47,7 +47,9 @@ from ovpn.packet import (
 )
 from ovpn.push import PushOptions, encode_message, push_reply, split_messages
 from ovpn.reliable import ReliableReceiver, ReliableSender
+from ovpn.replay import ReplayWindow
 from ovpn.tls import TlsEndpoint
+from ovpn.tls_crypt import TlsCrypt
 
 MAX_CONTROL_PAYLOAD = 1100
 """TLS bytes per P_CONTROL_V1: the packet stays under OpenVPN's 1250-octet tls-mtu."""
@@ -81,6 +83,8 @@ class SessionSettings:
     """The old key still decrypts this long after a new one is active."""
     renegotiate_seconds: float | None = None
     """Start a soft reset this long after a key became active (None: never)."""
+    tls_crypt: TlsCrypt | None = None
+    """Wrap every control packet with this static key (`tls-crypt`); None: plain."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,10 @@ class ServerSession:
         self._tun: list[bytes] = []
         self._events: list[Event] = []
         self.drops: Counter[str] = Counter()
+        # tls-crypt's own packet ids: one per packet sent, replay-checked on receipt.
+        self._wrap_id = 1
+        self._wrap_time = int.from_bytes(random(4), "big")
+        self._wrap_replay = ReplayWindow(64)
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -364,6 +372,17 @@ class ServerSession:
     # -- control channel -----------------------------------------------------------
 
     def _receive_control(self, raw: bytes, now: float) -> None:
+        wrapper = self.settings.tls_crypt
+        if wrapper is not None:
+            try:
+                raw, replay_id = wrapper.unwrap(raw)
+            except PacketError:
+                self.drops["tls_crypt_failed"] += 1
+                return
+            if not self._wrap_replay.check(replay_id):
+                self.drops["tls_crypt_replay"] += 1
+                return
+            self._wrap_replay.commit(replay_id)
         try:
             pkt = ControlPacket.decode(raw)
         except PacketError:
@@ -655,7 +674,11 @@ class ServerSession:
             self._close(self._disconnect_reason)
 
     def _emit(self, pkt: ControlPacket, now: float) -> None:
-        self._out.append(pkt.encode())
+        wire = pkt.encode()
+        if self.settings.tls_crypt is not None:
+            wire = self.settings.tls_crypt.wrap(wire, self._wrap_id, self._wrap_time)
+            self._wrap_id += 1
+        self._out.append(wire)
         self._last_sent = now
 
     def _close(self, reason: str) -> None:

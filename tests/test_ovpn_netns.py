@@ -66,7 +66,12 @@ verb 3
         return path
 
     def start_client(
-        self, proto: str, cipher: str, password: str = PASSWORD, port: int = PORT
+        self,
+        proto: str,
+        cipher: str,
+        password: str = PASSWORD,
+        port: int = PORT,
+        *extra: str,
     ) -> Process:
         name = f"client-{proto}-{cipher}-{time.monotonic_ns()}"
         creds = self.lab.tmpdir / f"{name}.creds"
@@ -79,6 +84,7 @@ verb 3
                 str(self.profile(proto, cipher, name, port)),
                 "--auth-user-pass",
                 str(creds),
+                *extra,
             ],
             name="openvpn",
             log_path=self.lab.tmpdir / f"{name}.log",
@@ -225,5 +231,38 @@ def test_renegotiation_under_a_ping_flood_loses_nothing(ovpn_lab: OvpnLab, proto
         assert renegotiations >= 2, client.log()[-3000:]
     finally:
         client.stop()
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_tls_crypt(ovpn_lab: OvpnLab, proto: str) -> None:
+    key = ovpn_lab.lab.tmpdir / "tls-crypt.key"
+    if not key.exists():
+        ovpn_lab.gateway.run("openvpn", "--genkey", "tls-crypt", str(key))
+    port = 1197 if proto == "udp" else 1198
+    server = start_server(
+        ovpn_lab.lab,
+        ovpn_lab.gateway,
+        port,
+        "192.0.2.128/25",
+        f"lgovpn{port - 1194}",
+        "--tls-crypt",
+        str(key),
+    )
+    client = ovpn_lab.start_client(proto, "AES-256-GCM", PASSWORD, port, "--tls-crypt", str(key))
+    try:
+        wait_for_log(client, "Initialization Sequence Completed")
+        ping(ovpn_lab.client, CLOUD_HOST, count=3)
+    finally:
+        client.stop()
+    # A client without the key gets nowhere: its packets are dropped unanswered.
+    stranger = ovpn_lab.start_client(proto, "AES-256-GCM", PASSWORD, port)
+    try:
+        time.sleep(3)
+        assert "Initialization Sequence Completed" not in stranger.log()
+        assert "Control Channel: TLS" not in stranger.log()
+    finally:
+        stranger.stop()
         server.stop()
     assert "Traceback" not in server.log(), server.log()

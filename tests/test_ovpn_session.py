@@ -40,6 +40,7 @@ from ovpn.session import (
     next_key_id,
 )
 from ovpn.tls import server_context
+from ovpn.tls_crypt import TlsCrypt
 
 SERVER_NAME = "vpn.example.net"
 CLIENT_ADDRESS = ipaddress.IPv4Interface("192.0.2.2/24")
@@ -137,8 +138,11 @@ class MiniClient:
         ciphers: str = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
         iv_proto: int = 2 | 4 | 128,
         seed: int = 1,
+        tls_crypt: TlsCrypt | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.tls_crypt = tls_crypt
+        self.wrap_id = 1
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.ctx.load_verify_locations(cadata=ca_pem.decode())
         self.session_id = self.rng.randbytes(8)
@@ -166,7 +170,17 @@ class MiniClient:
         key.sender.send((Opcode.CONTROL_SOFT_RESET_V1, b""))
 
     def packets(self, now: float) -> list[bytes]:
-        out, self.pending_data = self.pending_data, []
+        data, self.pending_data = self.pending_data, []
+        return data + [self._wrap(p) for p in self._control_packets(now)]
+
+    def _wrap(self, packet: bytes) -> bytes:
+        if self.tls_crypt is None:
+            return packet
+        self.wrap_id += 1
+        return self.tls_crypt.wrap(packet, self.wrap_id, 77)
+
+    def _control_packets(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
         for key in self.keys.values():
             for pid, (opcode, payload) in key.sender.due(now):
                 acks = key.receiver.take_acks(4)
@@ -200,6 +214,8 @@ class MiniClient:
             assert key.data is not None
             self.received_data.append(key.data.open(wire))
             return
+        if self.tls_crypt is not None:
+            wire = self.tls_crypt.unwrap(wire)[0]
         pkt = ControlPacket.decode(wire)
         self.server_session_id = pkt.session_id
         if pkt.key_id not in self.keys and pkt.opcode == Opcode.CONTROL_SOFT_RESET_V1:
@@ -359,11 +375,14 @@ class Pair:
         self.pump()
 
 
-def make_pair(server_pki: tuple[ServerPki, Path], **client_kw: object) -> Pair:
+def make_pair(
+    server_pki: tuple[ServerPki, Path], tls_crypt_key: bytes | None = None, **client_kw: object
+) -> Pair:
     pki, directory = server_pki
     settings = SessionSettings(
         server_context(str(directory / "server.pem"), str(directory / "server.key")),
         ciphers=("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"),
+        tls_crypt=TlsCrypt(tls_crypt_key) if tls_crypt_key is not None else None,
     )
     rng = random.Random(7)
     users = Users()
@@ -560,3 +579,21 @@ def test_new_reset_from_same_address_replaces_session(server_pki: tuple[ServerPk
     assert pair.client.cipher is not None
     with pytest.raises(PacketError):
         ControlPacket.decode(b"")
+
+
+def test_tls_crypt_session(server_pki: tuple[ServerPki, Path]) -> None:
+    key = bytes(range(256))
+    pair = make_pair(server_pki, key, tls_crypt=TlsCrypt(key, server=False))
+    pair.pump()
+    assert pair.client.cipher == "AES-256-GCM"
+    session = pair.session
+    control = next(p for p in pair.sent_to_server if split_first_octet(p)[0] == Opcode.CONTROL_V1)
+    pair.server.receive(control, pair.remote, pair.now)  # replayed wrapped packet
+    pair.server.receive(control[:-1] + b"\0", pair.remote, pair.now)  # forged
+    assert session.drops["tls_crypt_replay"] == 1
+    assert session.drops["tls_crypt_failed"] == 1
+    # A client without the key never gets a session.
+    stranger = MiniClient(server_pki[0].ca_pem, seed=9)
+    for packet in stranger.packets(pair.now):
+        assert pair.server.receive(packet, ("198.51.100.7", 9), pair.now) is None
+    assert pair.server.drops["malformed_initial"] == 1
