@@ -134,12 +134,13 @@ class SslVpnServer:
                 )
             elif isinstance(event, ClientDisconnected):
                 log.info(
-                    "ssl-vpn: %s from %s disconnected: %s (in %d, out %d bytes)",
+                    "ssl-vpn: %s from %s disconnected: %s (in %d, out %d bytes; drops %s)",
                     session.username,
                     remote,
                     event.reason,
                     session.bytes_in,
                     session.bytes_out,
+                    dict(session.drops),
                 )
                 if isinstance(remote, _TcpClient):
                     remote.writer.close()
@@ -160,6 +161,7 @@ class SslVpnServer:
         if tcp:
             servers.append(await asyncio.start_server(self.tcp_client, address, port))
         loop.add_reader(self.tun.fileno(), self.tun_readable)
+        log.info("ssl-vpn: listening on %s port %d", address, port)
         try:
             await self.timers()
         finally:
@@ -266,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        log.info("ssl-vpn: listening on %s port %d", args.listen, args.port)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         log.info("ssl-vpn: stopped; drops %s", dict(adapter.server.drops))

@@ -165,7 +165,7 @@ def start_server(
             *extra,
         ],
         name="ssl-vpn",
-        log_path=d / f"server-{port}.log",
+        log_path=d / f"server-{port}-{time.monotonic_ns()}.log",
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     deadline = time.monotonic() + 10
@@ -209,19 +209,18 @@ def test_wrong_password_gets_auth_failed(ovpn_lab: OvpnLab, proto: str) -> None:
     assert "not-the-Password" not in ovpn_lab.server.log()
 
 
+@pytest.mark.parametrize("initiator", ["server", "client"])
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
-def test_renegotiation_under_a_ping_flood_loses_nothing(ovpn_lab: OvpnLab, proto: str) -> None:
+def test_renegotiation_under_a_ping_flood_loses_nothing(
+    ovpn_lab: OvpnLab, proto: str, initiator: str
+) -> None:
     port = 1195 if proto == "udp" else 1196
+    server_args = ("--renegotiate", "3") if initiator == "server" else ()
+    client_args = ("--reneg-sec", "3") if initiator == "client" else ()
     server = start_server(
-        ovpn_lab.lab,
-        ovpn_lab.gateway,
-        port,
-        "192.0.2.128/25",
-        f"lgovpn{port - 1194}",
-        "--renegotiate",
-        "3",
+        ovpn_lab.lab, ovpn_lab.gateway, port, "192.0.2.128/25", f"lgovpn{port - 1194}", *server_args
     )
-    client = ovpn_lab.start_client(proto, "AES-128-GCM", port=port)
+    client = ovpn_lab.start_client(proto, "AES-128-GCM", PASSWORD, port, *client_args)
     try:
         wait_for_log(client, "Initialization Sequence Completed")
         # 400 pings 20 ms apart span about three renegotiations.
