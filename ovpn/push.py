@@ -1,0 +1,67 @@
+"""The text messages of the control channel once keys are exchanged.
+
+PUSH_REPLY carries the client's configuration as comma-separated options
+(draft-openvpntech-openvpn-wire-protocol, "PUSH_REPLY"; OpenVPN push.c). Options must
+not contain commas themselves; every value here is built from typed addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """What one client is told in PUSH_REPLY."""
+
+    address: ipaddress.IPv4Interface
+    """The client's virtual address with the pool's prefix (`topology subnet`)."""
+    gateway: ipaddress.IPv4Address
+    """The server's address inside the pool: `route-gateway` for the pushed routes."""
+    routes: tuple[ipaddress.IPv4Network, ...] = ()
+    """The local subnets the client reaches through the tunnel (split tunnel)."""
+    dns: tuple[IPAddress, ...] = ()
+    """DNS servers (`dhcp-option DNS`)."""
+
+
+def push_reply(
+    options: PushOptions,
+    *,
+    cipher: str,
+    peer_id: int,
+    ping: int,
+    ping_restart: int,
+    cc_exit: bool,
+) -> str:
+    """The PUSH_REPLY message (without the terminating NUL)."""
+    parts = [
+        "PUSH_REPLY",
+        "topology subnet",
+        f"route-gateway {options.gateway}",
+        f"ifconfig {options.address.ip} {options.address.netmask}",
+    ]
+    parts += [f"route {net.network_address} {net.netmask}" for net in options.routes]
+    parts += [f"dhcp-option DNS {server}" for server in options.dns]
+    parts += [
+        f"ping {ping}",
+        f"ping-restart {ping_restart}",
+        f"peer-id {peer_id}",
+        f"cipher {cipher}",
+    ]
+    if cc_exit:
+        # The client then says goodbye with an EXIT control message.
+        parts.append("protocol-flags cc-exit")
+    return ",".join(parts)
+
+
+def split_messages(record: bytes) -> list[str]:
+    """The NUL-terminated text messages in one TLS record's plaintext."""
+    return [m.decode("utf-8", errors="replace") for m in record.split(b"\0") if m]
+
+
+def encode_message(text: str) -> bytes:
+    """One control message as sent: its text and a NUL, in a TLS record of its own."""
+    return text.encode() + b"\0"
