@@ -4,6 +4,8 @@
 [gateway]              -> GatewayConfig
 [peers.NAME]           -> PeerConfig
 [connections.NAME]     -> ConnectionConfig
+[remote_access.NAME]   -> RemoteAccessConfig (point-to-cloud servers)
+[remote_access.NAME.groups.GROUP] -> GroupConfig
 ```
 
 The key names are a user-facing contract: documentation, examples, operators'
@@ -28,10 +30,16 @@ StartAction = Literal["initiate", "trap", "wait"]
 DpdAction = Literal["clear", "restart", "trap"]
 EncapMode = Literal["auto", "force", "nat"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+RemoteAccessProtocol = Literal["ssl", "ikev2"]
+Transport = Literal["tcp", "udp"]
+ClientAuth = Literal["password", "certificate", "any"]
 
 DEFAULT_CONTROL_SOCKET = Path("/run/lockgate/lockgate.sock")
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519",)
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
+DEFAULT_SSL_CIPHERS = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+SSL_CIPHERS = frozenset(DEFAULT_SSL_CIPHERS)
+"""The data-channel ciphers of the SSL server (OpenVPN's names; AEAD only)."""
 
 
 class Secret:
@@ -182,6 +190,62 @@ class ConnectionConfig:
 
 
 @dataclass(frozen=True)
+class GroupConfig:
+    """A `[remote_access.SERVER.groups.NAME]` section: an access policy."""
+
+    name: str
+    """The group's name, as `lockgate user add --group` names it."""
+    destinations: tuple[IpNetwork, ...]
+    """What members reach (1-10 prefixes); nothing else is forwarded for them."""
+
+
+@dataclass(frozen=True)
+class RemoteAccessConfig:
+    """A `[remote_access.NAME]` section: one point-to-cloud server."""
+
+    name: str
+    """The server's name (the NAME of the section)."""
+    protocol: RemoteAccessProtocol
+    """"ssl": OpenVPN-compatible; "ikev2": the clients built into operating systems."""
+    client_pool: ipaddress.IPv4Network
+    """Virtual addresses handed to clients (the server keeps the first for itself)."""
+    local_subnets: tuple[IpNetwork, ...]
+    """What clients reach: pushed to them as routes (1-20)."""
+    users: Path
+    """The users file (`lockgate user`), mode 0600."""
+    address: str
+    """What profiles tell clients to dial (default: the gateway's first address)."""
+    transport: Transport = "tcp"
+    """SSL only: "tcp" or "udp"."""
+    port: int = 443
+    """SSL only: the port the server listens on (default 443 for tcp, 1194 for udp)."""
+    ciphers: tuple[str, ...] = DEFAULT_SSL_CIPHERS
+    """SSL only: data-channel ciphers, preferred first."""
+    client_pool6: ipaddress.IPv6Network | None = None
+    """Optional IPv6 pool."""
+    dns: tuple[IpAddress, ...] = ()
+    """DNS servers pushed to clients (at most 2)."""
+    auth: ClientAuth = "password"
+    """"password" (the users file), "certificate" (client_ca), or, for IKEv2, "any"."""
+    client_ca: Path | None = None
+    """PEM file of the CAs (up to 10) that client certificates must chain to."""
+    max_connections: int = 500
+    """Concurrent clients on this server."""
+    connections_per_user: int = 5
+    """Concurrent sessions of one user."""
+    certificate: Path | None = None
+    """The server's certificate chain (default: the gateway's)."""
+    private_key: Path | None = None
+    """Its key, mode 0600 (default: the gateway's)."""
+    tls_crypt_key: Path | None = None
+    """SSL only: an OpenVPN tls-crypt key file that wraps the control channel."""
+    client_to_client: bool = False
+    """Whether clients of this server reach each other."""
+    groups: Mapping[str, GroupConfig] = field(default_factory=dict)
+    """Access policies by group name; with any defined, a user in none reaches nothing."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole configuration file."""
 
@@ -193,6 +257,8 @@ class Config:
     """`[connections.NAME]` sections by NAME, in file order (read-only)."""
     source: Path | None = None
     """The file it was loaded from, if any."""
+    remote_access: Mapping[str, RemoteAccessConfig] = field(default_factory=dict)
+    """`[remote_access.NAME]` sections (point-to-cloud servers) by NAME, in file order."""
     warnings: tuple[Problem, ...] = ()
     """Legal settings that are probably not what was meant; `check-config` prints them
     and the daemon logs them at start and on reload."""
