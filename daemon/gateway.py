@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,7 @@ from daemon.peers import (
     resolve,
     retry_delay,
 )
-from daemon.pump import Pump
+from daemon.pump import Pump, claim_udp
 from daemon.routes import Routes
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.status import VERSION, gateway_status, status_line, status_summary
@@ -130,6 +131,8 @@ class Gateway:
         self.ike: IkeDriver | None = None
         """Runs the endpoint on the loop (`_use_endpoint`)."""
         self._control: ControlServer | None = None
+        self._claimed: dict[tuple[str, int], socket.socket] = {}
+        """The UDP sockets bound at start, until the pump takes them over."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self.shutting_down = False
@@ -200,6 +203,15 @@ class Gateway:
         ikes = ike_connections(config)
         endpoint_settings = endpoint_config(config)
         addresses = [str(a) for a in gateway.addresses]
+        # Then the IKE and NAT-T ports on every address, before anything is created: a
+        # second daemon on our addresses (or this configuration started twice) stops
+        # here with the port and address named, and leaves the first one's TUN device,
+        # routes and control socket alone.
+        try:
+            self._claimed = claim_udp(addresses, (gateway.ike_port, gateway.nat_port))
+        except OSError as exc:
+            # open_udp's message names the port and address: show it whole.
+            raise GatewayError(exc.strerror or str(exc)) from exc
         for peer in config.peers.values():
             if peer.address is not None:
                 self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
@@ -221,8 +233,9 @@ class Gateway:
             nat_port=gateway.nat_port,
             offload=offload is not OffloadMode.OFF,
         )
+        claimed, self._claimed = self._claimed, {}
         try:
-            pump.open(addresses, raw_esp=True)
+            pump.open(addresses, raw_esp=True, claimed=claimed)
         except OSError as exc:
             raise GatewayError(f"cannot bind the IKE/ESP sockets: {exc.strerror}") from exc
         pump.start(asyncio.get_running_loop())
@@ -286,6 +299,9 @@ class Gateway:
                 self.uninstall(entry.unique_id, "shutting down", linger=0.0)
         if self.pump is not None:
             self.pump.close()
+        for sock in self._claimed.values():
+            sock.close()
+        self._claimed.clear()
         self.routes.remove_all()
         if self._route_socket is not None:
             self._route_socket.close()

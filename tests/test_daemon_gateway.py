@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import random
+import socket
 import time
 import types
 from collections.abc import Iterator
@@ -989,3 +990,44 @@ def test_a_delete_right_behind_the_create_child_sa_response_never_leaves_a_gap(
             [entry] = planes[name].entries.values()
             assert entry.unique_id == pair.of(name, ChildSaInstalled)[1].unique_id
             assert pair.of(name, ChildSaDeleted)[0].unique_id == old[name].unique_id
+
+
+def test_a_taken_ike_port_refuses_the_start_before_anything_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process (a first daemon) holds the NAT-T port on our address: the start
+    # fails on that port, named with its address, before the TUN device, the routes
+    # and the control socket exist; the IKE port bound on the way is given back.
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    nat_port = other.getsockname()[1]
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    ike_port = probe.getsockname()[1]
+    probe.close()
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        CONFIG.replace('addresses = ["198.51.100.1"]', 'addresses = ["127.0.0.1"]').replace(
+            'id = "198.51.100.1"\n',
+            f'id = "198.51.100.1"\nike_port = {ike_port}\nnat_port = {nat_port}\n',
+        )
+    )
+    opened: list[str] = []
+    monkeypatch.setattr(gateway_module, "open_tun", lambda *a: opened.append("tun"))
+    monkeypatch.setattr(gateway_module, "RouteSocket", lambda: opened.append("routes"))
+    gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="daemon.gateway"):
+            assert asyncio.run(gw.run()) == 1
+    finally:
+        other.close()
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == (
+        f"cannot start: UDP port {nat_port} on 127.0.0.1 is in use by another process: "
+        "another lockgate or IKE daemon (charon, pluto, iked) is probably running"
+    )
+    assert opened == [] and not (tmp_path / "c.sock").exists()
+    # The IKE port it bound before failing on the NAT-T one is free again.
+    again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    again.bind(("127.0.0.1", ike_port))
+    again.close()
