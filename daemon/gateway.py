@@ -44,8 +44,10 @@ from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.peers import (
     ConnectionState,
     IkeSaInfo,
+    PeerChange,
     PeerState,
     acquire,
+    peer_change,
     resolve,
     retry_delay,
 )
@@ -530,8 +532,13 @@ class Gateway:
     def reload(self) -> str:
         """Re-read the file; touch only peers whose settings (or connections) changed.
 
-        A peer's connections share its IKE SA, so a change to one of them renegotiates
-        that peer; other peers keep their SAs untouched.
+        A changed peer keeps its IKE SA when it can (`daemon.peers.peer_change`): a
+        change of a connection's own settings (ESP proposals, lifetimes, limits, replay
+        window) rekeys its CHILD SAs, one of the IKE settings rekeys the IKE SA, both
+        make-before-break (RFC 7296 §2.8), so traffic does not stop. Only a new peer
+        address, identity or credentials, or connections added, removed or carrying
+        other traffic, delete the peer's IKE SA and set it up anew. Other peers keep
+        their SAs untouched.
         """
         self.reloads += 1
         try:
@@ -552,19 +559,24 @@ class Gateway:
         removed = [n for n in old_ike if n not in new_ike]
         added = [n for n in new_ike if n not in old_ike]
         changed = [n for n in new_ike if n in old_ike and new_ike[n] != old_ike[n]]
-        for name in removed + changed:
+        plans = {name: peer_change(old_ike[name], new_ike[name]) for name in changed}
+        renegotiated = [name for name in changed if plans[name].renegotiate]
+        for name in removed + renegotiated:
             count = self._drop_peer(name, "configuration changed")
             log.info("reload: peer %s %s (%d IKE SA(s) deleted)",
                      name, "removed" if name in removed else "changed", count)  # fmt: skip
         self.service()
         self.endpoint.set_connections(new_list)
+        for name in changed:
+            if not plans[name].renegotiate:
+                self._update_peer(new_ike[name], plans[name])
         for peer in new.peers.values():
             if peer.address is not None and str(peer.address) not in self.path_mtus:
                 self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
         # The [gateway] addresses may have moved with the new file.
         self.routes.addresses_moved()
-        for name in changed + added:
+        for name in renegotiated + added:
             self._add_peer(new_ike[name])
         unchanged = len(new_ike) - len(changed) - len(added)
         summary = (
@@ -574,6 +586,42 @@ class Gateway:
         log.info("%s", summary)
         self.notifier.notify(STATUS=status_line(self))
         return summary
+
+    def _update_peer(self, config: PeerConfig, change: PeerChange) -> None:
+        """Apply a peer's new settings to its running SAs (`reload`): the IKE core and
+        the gateway's bookkeeping take the new configuration, then the SAs it concerns
+        are rekeyed make-before-break; a rekey the peer refuses leaves the old SA up."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        name = config.name
+        self.peers[name].config = config
+        for child in config.children:
+            self.connections[child.name].config = child
+        now = time.monotonic()
+        sas = endpoint.reconfigure(config)
+        announced = [sa for sa in sas if sa.ike_sa_id in self._ike_sas_of.get(name, {})]
+        children = 0
+        for child_name in change.rekey_children:
+            for entry in self.installed(child_name):
+                try:
+                    endpoint.rekey_child(entry.unique_id, now)
+                except IkeError as exc:
+                    log.warning("reload: connection %s: cannot rekey: %s", child_name, exc)
+                    continue
+                children += 1
+        ikes = 0
+        if change.rekey_ike:
+            for sa in announced:
+                if sa.state is IkeSaState.ESTABLISHED:
+                    endpoint.rekey_ike_sa(sa.ike_sa_id, now)
+                    ikes += 1
+        log.info(
+            "reload: peer %s changed in place (%d CHILD SA(s) and %d IKE SA(s) rekeyed)",
+            name,
+            children,
+            ikes,
+        )
 
     # ---- control ----------------------------------------------------------------------
 

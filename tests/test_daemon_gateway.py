@@ -25,6 +25,7 @@ from test_dataplane import echo_request, events, ipv4
 from test_ikev2_sa_pair import Pair, child, connection, mirrored
 
 import daemon.gateway as gateway_module
+from conf import loads_config
 from conf.errors import ConfigError, Problem
 from conf.ike import ike_connections
 from conf.load import load_config
@@ -34,6 +35,7 @@ from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
 from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
+from daemon.peers import peer_change
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
@@ -1031,3 +1033,141 @@ def test_a_taken_ike_port_refuses_the_start_before_anything_is_created(
     again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     again.bind(("127.0.0.1", ike_port))
     again.close()
+
+
+# --- reloads that keep the IKE SA -------------------------------------------------------
+
+PAIR_CONFIG = """
+[gateway]
+addresses = ["198.51.100.1"]
+id = "198.51.100.1"
+
+[peers.conn]
+address = "198.51.100.2"
+psk = "in-memory-test-psk-not-secret"
+
+[connections.net]
+peer = "conn"
+local_subnets = ["192.0.2.0/24"]
+remote_subnets = ["203.0.113.0/26"]
+esp_proposals = ["aes128gcm16"]
+start = "wait"
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "child_rekeys", "ike_rekeys"),
+    [
+        ({'esp_proposals = ["aes128gcm16"]': 'esp_proposals = ["aes256gcm16"]'}, 1, 0),
+        ({'start = "wait"': 'start = "wait"\nreplay_window = 1024'}, 1, 0),
+        ({'start = "wait"': 'start = "wait"\nike_lifetime = "2h"'}, 0, 1),
+        (
+            {
+                'esp_proposals = ["aes128gcm16"]': 'esp_proposals = ["aes256gcm16"]',
+                'start = "wait"': (
+                    'start = "wait"\nike_proposals = ["aes128gcm16-prfsha256-ecp256"]'
+                ),
+            },
+            1,
+            1,
+        ),
+    ],
+    ids=["esp_proposals", "replay_window", "ike_lifetime", "esp-and-ike-proposals"],
+)
+def test_a_reload_of_a_connections_own_settings_rekeys_without_deleting_the_ike_sa(
+    tmp_path: Path, change: dict[str, str], child_rekeys: int, ike_rekeys: int
+) -> None:
+    # Gateway a runs the configuration; its peer b (the IKE core alone) accepts both
+    # the old and the new proposals. A reload of a's connection's own settings is
+    # applied with CREATE_CHILD_SA: a new CHILD SA with the new settings, then the old
+    # one deleted, under the same IKE SA (or one rekeyed from it, §2.8).
+    path = tmp_path / "a.toml"
+    path.write_text(PAIR_CONFIG)
+    with gateway_of(path) as gw:
+        assert gw.config is not None
+        [conn_a] = ike_connections(gw.config)
+        conn_b = mirrored(
+            conn_a,
+            children=(
+                dataclasses.replace(
+                    mirrored(conn_a).children[0], esp_proposals=("aes128gcm16", "aes256gcm16")
+                ),
+            ),
+            ike_proposals=("aes256gcm16-prfsha384-x25519", "aes128gcm16-prfsha256-ecp256"),
+        )
+        pair = Pair.make(conn_a, conn_b)
+        gw.endpoint, gw.ike = pair.a, None  # the pair carries the datagrams
+        plane = gw.plane
+        assert plane is not None
+        fed = 0
+
+        def settle() -> None:
+            nonlocal fed
+            pair.pump()
+            for event in pair.events["a"][fed:]:
+                gw._handle_event(event)
+            fed = len(pair.events["a"])
+
+        pair.a.initiate("conn", 0.0)
+        settle()
+        [old] = plane.entries.values()
+        assert old.inbound.suite.name == "aes128gcm16"
+        text = PAIR_CONFIG
+        for before, after in change.items():
+            text = text.replace(before, after)
+        path.write_text(text)
+        assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+        settle()
+        pair.advance(5.0)
+        settle()
+        create_child = 36
+        assert len(pair.requests("a", create_child)) == child_rekeys + ike_rekeys
+        assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
+        assert len(pair.of("a", IkeSaRekeyed)) == ike_rekeys
+        if "ike_proposals" in str(change):
+            assert pair.of("a", IkeSaRekeyed)[0].suite == "aes128gcm16-prfsha256-ecp256"
+        [entry] = plane.entries.values()
+        if child_rekeys:
+            assert entry.unique_id != old.unique_id
+            assert pair.of("a", ChildSaDeleted)[0].unique_id == old.unique_id
+            wanted = "aes256gcm16" if "esp_proposals" in str(change) else "aes128gcm16"
+            assert entry.inbound.suite.name == wanted
+            assert entry.inbound.replay.size == (1024 if "replay" in str(change) else 128)
+        else:
+            assert entry.unique_id == old.unique_id
+        assert gw.is_up("net")
+        [sa] = pair.a.ike_sas()
+        assert sa.config == gw.peers["conn"].config
+        assert gw.connections["net"].config is gw.peers["conn"].config.children[0]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "renegotiate"),
+    [
+        ('address = "198.51.100.2"', 'address = "198.51.100.9"', True),
+        ('psk = "in-memory-test-psk-not-secret"', 'psk = "another-test-psk-NOT-SECRET-01"', True),
+        ('start = "wait"', 'start = "wait"\nid = "peer.example"', True),
+        ('remote_subnets = ["203.0.113.0/26"]', 'remote_subnets = ["203.0.113.0/25"]', True),
+        ('start = "wait"', 'start = "trap"', True),
+        ('esp_proposals = ["aes128gcm16"]', 'esp_proposals = ["aes256gcm16"]', False),
+        ('start = "wait"', 'start = "wait"\nchild_lifetime = "30m"', False),
+        ('start = "wait"', 'start = "wait"\nlife_packets = 1000000', False),
+        ('start = "wait"', 'start = "wait"\ndpd_interval = "10s"', False),
+        ('start = "wait"', 'start = "wait"\nfragmentation = false', False),
+    ],
+)
+def test_only_a_new_peer_identity_credentials_or_traffic_deletes_the_ike_sa_on_reload(
+    before: str, after: str, renegotiate: bool
+) -> None:
+    [old] = ike_connections(loads_config(PAIR_CONFIG))
+    text = PAIR_CONFIG.replace(before, after)
+    if "id = " in after:
+        text = text.replace(after, 'start = "wait"').replace(
+            'address = "198.51.100.2"', 'address = "198.51.100.2"\nid = "peer.example"'
+        )
+    [new] = ike_connections(loads_config(text))
+    assert new != old
+    change = peer_change(old, new)
+    assert change.renegotiate is renegotiate
+    if not renegotiate:
+        assert change.rekey_ike or change.rekey_children

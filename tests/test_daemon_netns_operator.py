@@ -14,6 +14,7 @@ import time
 
 import pytest
 from netns import Process, SiteToSite, site_to_site, wait_for_ping
+from test_daemon_netns import wait_until
 from test_daemon_netns_lifecycle import _pair, _psk_configs
 
 pytestmark = pytest.mark.netns
@@ -72,3 +73,42 @@ def test_a_second_daemon_on_the_same_addresses_is_refused_and_the_first_keeps_it
         assert topo.site_b.subnet4 in topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
         assert [c["state"] for c in a.status()["connections"]] == ["up"]
         assert a.proc.alive()
+
+
+@pytest.mark.parametrize("side", ["initiator", "responder"])
+def test_an_esp_proposals_reload_under_ping_loses_nothing(side: str) -> None:
+    # The side that reloads moves from aes128gcm16 to aes256gcm16; the other accepts
+    # both. The change concerns the CHILD SA alone: a CREATE_CHILD_SA makes the new one
+    # before the old one goes, under the same IKE SA.
+    both = 'aes128gcm16", "aes256gcm16'
+    with site_to_site() as topo:
+        a_text, b_text = _psk_configs(topo)
+        if side == "initiator":
+            b_text = b_text.replace('"aes128gcm16"', f'"{both}"')
+        else:
+            a_text = a_text.replace('"aes128gcm16"', f'"{both}"')
+        a, b = _pair(topo, a_text, b_text)
+        wait_for_ping(topo.host_a, topo.site_b.host4)
+        reloader = a if side == "initiator" else b
+        [child_before] = reloader.sas()
+        assert child_before["suite"] == "aes128gcm16"
+        [ike_before] = reloader.status()["connections"][0]["ike_sas"]
+        pinger = _start_ping(topo, 1000, 0.01, "ping-during-the-reload")
+        time.sleep(2.0)
+        reloader.config.write_text(
+            reloader.config.read_text().replace('["aes128gcm16"]', '["aes256gcm16"]')
+        )
+        answer = reloader.command("reload")
+        assert answer == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged", answer
+        sent, received, out = _ping_result(pinger, 60)
+        print(f"\nesp_proposals reload ({side}): {sent - received} of {sent} pings lost")
+        assert sent == 1000 and received == 1000, (out, a.status()["drops"], b.status()["drops"])
+        wait_until(lambda: len(a.sas()) == 1 and len(b.sas()) == 1, "the old CHILD SA to go")
+        for daemon in (a, b):
+            [child_after] = daemon.sas()
+            assert child_after["suite"] == "aes256gcm16"
+        [child_after] = reloader.sas()
+        assert child_after["spi_in"] != child_before["spi_in"]
+        # The same IKE SA: nothing was torn down.
+        [ike_after] = reloader.status()["connections"][0]["ike_sas"]
+        assert ike_after["id"] == ike_before["id"]
