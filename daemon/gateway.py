@@ -17,6 +17,7 @@ exits 0. The control socket's commands are in `daemon.commands`, status in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -52,7 +53,7 @@ from daemon.peers import (
     retry_delay,
 )
 from daemon.pump import Pump, claim_udp
-from daemon.routes import Routes
+from daemon.routes import PROC_SYS, Routes, forwarding_off
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.status import VERSION, gateway_status, status_line, status_summary
 from ikev2.config import ChildConfig
@@ -140,6 +141,8 @@ class Gateway:
         self.shutting_down = False
         self.lifetimes = Lifetimes()
         """The CHILD SAs' volume lifetimes, and the liveness their traffic proves."""
+        self.proc_sys = PROC_SYS
+        """Where the forwarding sysctls are read (`forwarding_warnings`)."""
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -154,6 +157,7 @@ class Gateway:
         except ConfigError as exc:
             log.error("%s", exc)
             return 1
+        _log_config_warnings(self.config)
         try:
             await self._start(self.config)
         except IkeConfigError as exc:
@@ -184,6 +188,8 @@ class Gateway:
         gc.set_threshold(*GC_THRESHOLDS)
         if self.ike is not None:
             self.ike.refill_keys()
+        for warning in self.forwarding_warnings():
+            log.warning("%s", warning)
         housekeeping = self.loop.create_task(self._housekeeping())
         volume_watch = self.loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=status_line(self))
@@ -524,12 +530,22 @@ class Gateway:
 
     def _reload_from_signal(self) -> None:
         log.info("SIGHUP: reloading %s", self.config_path)
-        try:
-            self.reload()
-        except ControlError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
+        with contextlib.suppress(ControlError):
+            self.reload()  # a failure is logged there
 
     def reload(self) -> str:
+        """`_reload`, with a failure logged as well as raised: the operator who ran
+        `lockgate reload` sees it, and so does the journal, as after a SIGHUP."""
+        try:
+            return self._reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", _one_line(exc))
+            raise ControlError(str(exc)) from None
+        except ControlError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            raise
+
+    def _reload(self) -> str:
         """Re-read the file; touch only peers whose settings (or connections) changed.
 
         A changed peer keeps its IKE SA when it can (`daemon.peers.peer_change`): a
@@ -541,11 +557,9 @@ class Gateway:
         their SAs untouched.
         """
         self.reloads += 1
-        try:
-            new = load_config(self.config_path, tables=self._toml)
-            new_list = ike_connections(new)
-        except ConfigError as exc:
-            raise ControlError(str(exc)) from None
+        new = load_config(self.config_path, tables=self._toml)
+        new_list = ike_connections(new)
+        _log_config_warnings(new)
         old = self.config
         if old is None or self.endpoint is None:
             raise ControlError("the daemon is not running")
@@ -584,8 +598,20 @@ class Gateway:
             f"{len(removed)} removed, {unchanged} unchanged"
         )
         log.info("%s", summary)
+        for warning in self.forwarding_warnings():
+            log.warning("%s", warning)
         self.notifier.notify(STATUS=status_line(self))
         return summary
+
+    def forwarding_warnings(self) -> list[str]:
+        """Why the host would not route the connections' traffic: forwarding off for
+        an IP version they carry (`daemon.routes.forwarding_off`)."""
+        versions = {
+            ts.version
+            for state in self.connections.values()
+            for ts in (*state.config.local_ts, *state.config.remote_ts)
+        }
+        return forwarding_off(versions, self.proc_sys)
 
     def _update_peer(self, config: PeerConfig, change: PeerChange) -> None:
         """Apply a peer's new settings to its running SAs (`reload`): the IKE core and
@@ -681,6 +707,13 @@ class Gateway:
         """Tell the IKE SAs whose peers sent ESP (`Lifetimes.report_liveness`)."""
         if self.endpoint is not None and self.plane is not None:
             self.lifetimes.report_liveness(self.endpoint, self.plane, now)
+
+
+def _log_config_warnings(config: Config) -> None:
+    """The configuration's legal but doubtful settings (`Config.warnings`), each on a
+    log line of its own naming its key, at start and at every reload."""
+    for problem in config.warnings:
+        log.warning("%s", problem)
 
 
 def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:

@@ -36,6 +36,8 @@ from daemon.gateway import Gateway
 from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
 from daemon.peers import peer_change
+from daemon.routes import forwarding_off
+from daemon.status import format_status
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
@@ -190,6 +192,89 @@ def test_control_requests(gateway: Gateway) -> None:
     assert answer == "connection site: deleted (and 0 IKE SA(s) with main)"
     assert gateway.connections["site"].wanted is False
     assert isinstance(asyncio.run(ask(command="status")), dict)
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        ({"command": "rekey", "name": "site", "ike": "yes"}, "ike must be true or false"),
+        ({"command": "status", "summary": 1}, "summary must be true or false"),
+        ({"command": "up"}, "request needs a connection name"),
+        ({"command": "down", "name": None}, "request needs a connection name"),
+        ({"command": "rekey", "name": 7}, "request needs a connection name"),
+        ({"command": "rekey", "ike": True}, "request needs a connection name"),
+        ({"command": "up", "name": "site", "force": True}, "up takes no field 'force'"),
+        ({"command": "reload", "now": True}, "reload takes no field 'now'"),
+    ],
+)
+def test_control_request_fields_are_checked_like_the_configuration(
+    gateway: Gateway, request_: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ControlError) as caught:
+        asyncio.run(gateway._handle_request(request_))
+    assert str(caught.value).startswith(error), str(caught.value)
+    assert gateway.reloads == 0
+
+
+def test_a_failed_reload_is_logged_whoever_asked(
+    gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "gw.toml").write_text(CONFIG + "bogus = 1\n")
+    with caplog.at_level(logging.INFO, logger="daemon.gateway"):
+        with pytest.raises(ControlError, match="bogus"):
+            asyncio.run(gateway._handle_request({"command": "reload"}))
+        gateway._reload_from_signal()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and errors[0] == errors[1], errors
+    assert errors[0].startswith("reload failed, keeping the running configuration: ")
+    assert "bogus" in errors[0]
+
+
+def test_config_warnings_are_logged_at_every_reload(
+    gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two connections to one peer whose local subnets overlap: legal, but doubtful.
+    overlap = (
+        CONFIG
+        + """
+[connections.site-half]
+peer = "main"
+local_subnets = ["192.0.2.0/25"]
+remote_subnets = ["203.0.113.0/24"]
+start = "wait"
+"""
+    )
+    (tmp_path / "gw.toml").write_text(overlap)
+    config = load_config(tmp_path / "gw.toml")
+    assert config.warnings
+    with caplog.at_level(logging.WARNING, logger="daemon.gateway"):
+        gateway.reload()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for problem in config.warnings:
+        assert str(problem) in warned
+
+
+def test_forwarding_off_for_a_carried_family_is_warned_and_shown(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    proc = tmp_path / "proc"
+    (proc / "net/ipv4").mkdir(parents=True)
+    (proc / "net/ipv6/conf/all").mkdir(parents=True)
+    (proc / "net/ipv4/ip_forward").write_text("0\n")
+    (proc / "net/ipv6/conf/all/forwarding").write_text("1\n")
+    gateway.proc_sys = str(proc)
+    [warning] = gateway.forwarding_warnings()
+    assert warning.startswith("IP forwarding is off for IPv4 (net.ipv4.ip_forward = 0)")
+    status = gateway.status()
+    assert status["daemon"]["warnings"] == [warning]
+    assert f"  warning: {warning}\n" in format_status(status)
+    (proc / "net/ipv4/ip_forward").write_text("1\n")
+    assert gateway.forwarding_warnings() == []
+    assert "warning" not in format_status(gateway.status())
+    # A family no connection carries is not the gateway's concern.
+    (proc / "net/ipv4/ip_forward").write_text("0\n")
+    assert forwarding_off([6], str(proc)) == []
+    assert forwarding_off([4, 6], str(tmp_path / "nowhere")) == []
 
 
 def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> None:
