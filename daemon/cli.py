@@ -2,11 +2,15 @@
 
     lockgate [-s SOCKET] daemon -c FILE [--log-level LEVEL]
     lockgate check-config FILE
-    lockgate [-s SOCKET] status [--json] [--summary]
-    lockgate [-s SOCKET] up|down NAME
-    lockgate [-s SOCKET] rekey [--ike] NAME
-    lockgate [-s SOCKET] reload
+    lockgate [-s SOCKET] status [-c FILE] [--json] [--summary]
+    lockgate [-s SOCKET] up|down [-c FILE] NAME
+    lockgate [-s SOCKET] rekey [-c FILE] [--ike] NAME
+    lockgate [-s SOCKET] reload [-c FILE]
     lockgate demo
+
+A client command finds the daemon's control socket with -s, else in the
+configuration named with -c (its `control_socket`), else in $LOCKGATE_SOCKET, else at
+the default path.
 
 Exit status: 0 on success, 1 when the daemon or the configuration refuses, 2 for a
 usage error (argparse's convention).
@@ -37,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         "-s",
         "--socket",
         help="control socket of the daemon (default: the configuration's "
-        f"control_socket for `daemon`, else $LOCKGATE_SOCKET or {DEFAULT_SOCKET})",
+        "control_socket for `daemon`, and for the other commands with -c FILE, "
+        f"else $LOCKGATE_SOCKET or {DEFAULT_SOCKET})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
 
     status = sub.add_parser("status", help="connections and SAs of the running daemon")
+    _config_option(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
         "--summary",
@@ -67,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         ("rekey", "rekey a connection's CHILD SAs (with --ike: the IKE SA carrying it)"),
     ):
         cmd = sub.add_parser(name, help=text)
+        _config_option(cmd)
         cmd.add_argument("name", metavar="NAME", help="connection name")
         if name == "rekey":
             cmd.add_argument(
@@ -76,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                 "the peer); its CHILD SAs move to the new IKE SA",
             )
 
-    sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
+    _config_option(sub.add_parser("reload", help="re-read the configuration (like SIGHUP)"))
 
     demo = sub.add_parser("demo", help="site-to-site demo in network namespaces (root)")
     demo.add_argument(
@@ -86,6 +93,27 @@ def _parser() -> argparse.ArgumentParser:
         "--file-size", type=int, default=8, metavar="MB", help="size of the file moved (MiB)"
     )
     return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the daemon's TOML file: its control_socket is the socket (-s wins)",
+    )
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    """-s, else the control_socket of the configuration named by -c, else
+    $LOCKGATE_SOCKET, else the default; a -c file that cannot be read raises ConfigError."""
+    if args.socket:
+        return str(args.socket)
+    if args.config:
+        from conf.load import load_config
+
+        return str(load_config(args.config).gateway.control_socket)
+    return os.environ.get("LOCKGATE_SOCKET") or DEFAULT_SOCKET
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.demo import run_demo
 
         return run_demo(timeout=args.timeout, file_mib=args.file_size)
-    path = args.socket or os.environ.get("LOCKGATE_SOCKET") or DEFAULT_SOCKET
+    from conf import ConfigError
+
+    try:
+        path = _socket_path(args)
+    except ConfigError as exc:
+        print(f"lockgate {command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     message: dict[str, Any] = {"command": command}
     if command in ("up", "down", "rekey"):
         message["name"] = args.name
@@ -142,6 +176,9 @@ def _check_config(path: str) -> int:
         # The message names the file and every key at fault.
         print(str(exc) if str(path) in str(exc) else f"{path}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    # Legal but doubtful settings: said, each naming its key, without failing the check.
+    for problem in config.warnings:
+        print(f"warning: {problem}", file=sys.stderr)
     names = ", ".join(sorted(config.connections)) or "none"
     print(f"{path}: OK ({len(config.connections)} connection(s): {names})")
     return EXIT_OK

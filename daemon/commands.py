@@ -24,8 +24,42 @@ UP_TIMEOUT = 20.0
 """How long `lockgate up` waits for the CHILD SA before answering."""
 
 
+FIELDS: dict[str, dict[str, type]] = {
+    "status": {"summary": bool},
+    "reload": {},
+    "up": {"name": str},
+    "down": {"name": str},
+    "rekey": {"name": str, "ike": bool},
+}
+"""The fields each command takes besides "command", and their JSON types."""
+
+
+def check_request(request: dict[str, Any]) -> None:
+    """Refuse a request whose fields the command does not take or whose values are of
+    the wrong type, as strictly as the configuration's keys are checked: "yes" is not
+    true, and a missing name is not a connection called None."""
+    command = request["command"]
+    fields = FIELDS.get(command)
+    if fields is None:
+        raise ControlError(f"unknown command {command!r}")
+    for key, value in request.items():
+        kind = fields.get(key)
+        if key == "command":
+            continue
+        if kind is None:
+            known = ", ".join(fields) or "none"
+            raise ControlError(f"{command} takes no field {key!r} (it takes: {known})")
+        if kind is bool and not isinstance(value, bool):
+            raise ControlError(f"{key} must be true or false")
+    if "name" in fields:
+        name = request.get("name")
+        if not isinstance(name, str) or not name:
+            raise ControlError("request needs a connection name")
+
+
 async def handle_request(gateway: Gateway, request: dict[str, Any]) -> Any:
     """Answer one request of the control socket; a refusal raises `ControlError`."""
+    check_request(request)
     command = request["command"]
     if command == "status":
         return gateway.status_summary() if request.get("summary") else gateway.status()

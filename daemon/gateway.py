@@ -17,10 +17,12 @@ exits 0. The control socket's commands are in `daemon.commands`, status in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,13 +45,15 @@ from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.peers import (
     ConnectionState,
     IkeSaInfo,
+    PeerChange,
     PeerState,
     acquire,
+    peer_change,
     resolve,
     retry_delay,
 )
-from daemon.pump import Pump
-from daemon.routes import Routes
+from daemon.pump import Pump, claim_udp
+from daemon.routes import PROC_SYS, Routes, forwarding_off
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.status import VERSION, gateway_status, status_line, status_summary
 from ikev2.config import ChildConfig
@@ -129,11 +133,15 @@ class Gateway:
         self.ike: IkeDriver | None = None
         """Runs the endpoint on the loop (`_use_endpoint`)."""
         self._control: ControlServer | None = None
+        self._claimed: dict[tuple[str, int], socket.socket] = {}
+        """The UDP sockets bound at start, until the pump takes them over."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self.shutting_down = False
         self.lifetimes = Lifetimes()
         """The CHILD SAs' volume lifetimes, and the liveness their traffic proves."""
+        self.proc_sys = PROC_SYS
+        """Where the forwarding sysctls are read (`forwarding_warnings`)."""
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -148,6 +156,7 @@ class Gateway:
         except ConfigError as exc:
             log.error("%s", exc)
             return 1
+        _log_config_warnings(self.config)
         try:
             await self._start(self.config)
         except ConfigError as exc:
@@ -178,6 +187,8 @@ class Gateway:
         gc.set_threshold(*GC_THRESHOLDS)
         if self.ike is not None:
             self.ike.refill_keys()
+        for warning in self.forwarding_warnings():
+            log.warning("%s", warning)
         housekeeping = self.loop.create_task(self._housekeeping())
         volume_watch = self.loop.create_task(self._watch_volume())
         self.notifier.notify(READY=1, STATUS=status_line(self))
@@ -199,6 +210,15 @@ class Gateway:
         ikes = ike_connections(config)
         endpoint_settings = endpoint_config(config)
         addresses = [str(a) for a in gateway.addresses]
+        # Then the IKE and NAT-T ports on every address, before anything is created: a
+        # second daemon on our addresses (or this configuration started twice) stops
+        # here with the port and address named, and leaves the first one's TUN device,
+        # routes and control socket alone.
+        try:
+            self._claimed = claim_udp(addresses, (gateway.ike_port, gateway.nat_port))
+        except OSError as exc:
+            # open_udp's message names the port and address: show it whole.
+            raise GatewayError(exc.strerror or str(exc)) from exc
         for peer in config.peers.values():
             if peer.address is not None:
                 self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
@@ -220,8 +240,9 @@ class Gateway:
             nat_port=gateway.nat_port,
             offload=offload is not OffloadMode.OFF,
         )
+        claimed, self._claimed = self._claimed, {}
         try:
-            pump.open(addresses, raw_esp=True)
+            pump.open(addresses, raw_esp=True, claimed=claimed)
         except OSError as exc:
             raise GatewayError(f"cannot bind the IKE/ESP sockets: {exc.strerror}") from exc
         pump.start(asyncio.get_running_loop())
@@ -285,6 +306,9 @@ class Gateway:
                 self.uninstall(entry.unique_id, "shutting down", linger=0.0)
         if self.pump is not None:
             self.pump.close()
+        for sock in self._claimed.values():
+            sock.close()
+        self._claimed.clear()
         self.routes.remove_all()
         if self._route_socket is not None:
             self._route_socket.close()
@@ -505,23 +529,36 @@ class Gateway:
 
     def _reload_from_signal(self) -> None:
         log.info("SIGHUP: reloading %s", self.config_path)
-        try:
-            self.reload()
-        except ControlError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
+        with contextlib.suppress(ControlError):
+            self.reload()  # a failure is logged there
 
     def reload(self) -> str:
+        """`_reload`, with a failure logged as well as raised: the operator who ran
+        `lockgate reload` sees it, and so does the journal, as after a SIGHUP."""
+        try:
+            return self._reload()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", _one_line(exc))
+            raise ControlError(str(exc)) from None
+        except ControlError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            raise
+
+    def _reload(self) -> str:
         """Re-read the file; touch only peers whose settings (or connections) changed.
 
-        A peer's connections share its IKE SA, so a change to one of them renegotiates
-        that peer; other peers keep their SAs untouched.
+        A changed peer keeps its IKE SA when it can (`daemon.peers.peer_change`): a
+        change of a connection's own settings (ESP proposals, lifetimes, limits, replay
+        window) rekeys its CHILD SAs, one of the IKE settings rekeys the IKE SA, both
+        make-before-break (RFC 7296 §2.8), so traffic does not stop. Only a new peer
+        address, identity or credentials, or connections added, removed or carrying
+        other traffic, delete the peer's IKE SA and set it up anew. Other peers keep
+        their SAs untouched.
         """
         self.reloads += 1
-        try:
-            new = load_config(self.config_path, tables=self._toml)
-            new_list = ike_connections(new)
-        except ConfigError as exc:
-            raise ControlError(str(exc)) from None
+        new = load_config(self.config_path, tables=self._toml)
+        new_list = ike_connections(new)
+        _log_config_warnings(new)
         old = self.config
         if old is None or self.endpoint is None:
             raise ControlError("the daemon is not running")
@@ -535,19 +572,24 @@ class Gateway:
         removed = [n for n in old_ike if n not in new_ike]
         added = [n for n in new_ike if n not in old_ike]
         changed = [n for n in new_ike if n in old_ike and new_ike[n] != old_ike[n]]
-        for name in removed + changed:
+        plans = {name: peer_change(old_ike[name], new_ike[name]) for name in changed}
+        renegotiated = [name for name in changed if plans[name].renegotiate]
+        for name in removed + renegotiated:
             count = self._drop_peer(name, "configuration changed")
             log.info("reload: peer %s %s (%d IKE SA(s) deleted)",
                      name, "removed" if name in removed else "changed", count)  # fmt: skip
         self.service()
         self.endpoint.set_connections(new_list)
+        for name in changed:
+            if not plans[name].renegotiate:
+                self._update_peer(new_ike[name], plans[name])
         for peer in new.peers.values():
             if peer.address is not None and str(peer.address) not in self.path_mtus:
                 self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
         # The [gateway] addresses may have moved with the new file.
         self.routes.addresses_moved()
-        for name in changed + added:
+        for name in renegotiated + added:
             self._add_peer(new_ike[name])
         unchanged = len(new_ike) - len(changed) - len(added)
         summary = (
@@ -555,8 +597,56 @@ class Gateway:
             f"{len(removed)} removed, {unchanged} unchanged"
         )
         log.info("%s", summary)
+        for warning in self.forwarding_warnings():
+            log.warning("%s", warning)
         self.notifier.notify(STATUS=status_line(self))
         return summary
+
+    def forwarding_warnings(self) -> list[str]:
+        """Why the host would not route the connections' traffic: forwarding off for
+        an IP version they carry (`daemon.routes.forwarding_off`)."""
+        versions = {
+            ts.version
+            for state in self.connections.values()
+            for ts in (*state.config.local_ts, *state.config.remote_ts)
+        }
+        return forwarding_off(versions, self.proc_sys)
+
+    def _update_peer(self, config: PeerConfig, change: PeerChange) -> None:
+        """Apply a peer's new settings to its running SAs (`reload`): the IKE core and
+        the gateway's bookkeeping take the new configuration, then the SAs it concerns
+        are rekeyed make-before-break; a rekey the peer refuses leaves the old SA up."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        name = config.name
+        self.peers[name].config = config
+        for child in config.children:
+            self.connections[child.name].config = child
+        now = time.monotonic()
+        sas = endpoint.reconfigure(config)
+        announced = [sa for sa in sas if sa.ike_sa_id in self._ike_sas_of.get(name, {})]
+        children = 0
+        for child_name in change.rekey_children:
+            for entry in self.installed(child_name):
+                try:
+                    endpoint.rekey_child(entry.unique_id, now)
+                except IkeError as exc:
+                    log.warning("reload: connection %s: cannot rekey: %s", child_name, exc)
+                    continue
+                children += 1
+        ikes = 0
+        if change.rekey_ike:
+            for sa in announced:
+                if sa.state is IkeSaState.ESTABLISHED:
+                    endpoint.rekey_ike_sa(sa.ike_sa_id, now)
+                    ikes += 1
+        log.info(
+            "reload: peer %s changed in place (%d CHILD SA(s) and %d IKE SA(s) rekeyed)",
+            name,
+            children,
+            ikes,
+        )
 
     # ---- control ----------------------------------------------------------------------
 
@@ -616,6 +706,13 @@ class Gateway:
         """Tell the IKE SAs whose peers sent ESP (`Lifetimes.report_liveness`)."""
         if self.endpoint is not None and self.plane is not None:
             self.lifetimes.report_liveness(self.endpoint, self.plane, now)
+
+
+def _log_config_warnings(config: Config) -> None:
+    """The configuration's legal but doubtful settings (`Config.warnings`), each on a
+    log line of its own naming its key, at start and at every reload."""
+    for problem in config.warnings:
+        log.warning("%s", problem)
 
 
 def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:

@@ -11,6 +11,7 @@ decide on; `IkeSaInfo` is what status shows of an IKE SA.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,61 @@ class ConnectionState:
     trapped: bool = False
     """Re-armed by dpd_action "trap": like start = "trap", the next matching packet
     initiates it again."""
+
+
+PEER_KEYS = (
+    "local_addresses",
+    "remote_address",
+    "local_id",
+    "remote_id",
+    "auth",
+    "psk",
+    "credentials",
+    "trust_anchors",
+    "ike_port",
+    "nat_port",
+)
+"""Whom a peer's IKE SA talks to and how it authenticates: a change of one of these
+cannot be applied to the running IKE SA, which is deleted and set up anew."""
+CHILD_KEYS = ("esp_proposals", "lifetime", "rekey_margin", "life_bytes", "life_packets",
+              "replay_window")  # fmt: skip
+"""A CHILD SA's own settings: a CHILD rekey (RFC 7296 §2.8) applies them."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChange:
+    """What a reload must do to a peer whose settings changed (`peer_change`)."""
+
+    renegotiate: bool = False
+    """Delete its IKE SAs and start again: its peer, identities or credentials, or
+    the set of its connections or their selectors, changed."""
+    rekey_ike: bool = False
+    """Rekey its IKE SAs make-before-break (§2.8): an IKE-level setting changed."""
+    rekey_children: tuple[str, ...] = ()
+    """Rekey these connections' CHILD SAs make-before-break (§2.8): only their own
+    settings (`CHILD_KEYS`) changed."""
+
+
+def peer_change(old: PeerConfig, new: PeerConfig) -> PeerChange:
+    """How to apply `new` in place of `old` (the same `[peers.NAME]`) with the least
+    disruption: only a change of whom it talks to, or of how it authenticates, or of
+    which traffic its connections carry, deletes the IKE SA."""
+    if any(getattr(old, key) != getattr(new, key) for key in PEER_KEYS):
+        return PeerChange(renegotiate=True)
+    old_children = {child.name: child for child in old.children}
+    new_children = {child.name: child for child in new.children}
+    if old_children.keys() != new_children.keys():
+        return PeerChange(renegotiate=True)
+    rekey_children = []
+    for name, child in new_children.items():
+        before = old_children[name]
+        if child == before:
+            continue
+        if dataclasses.replace(before, **{k: getattr(child, k) for k in CHILD_KEYS}) != child:
+            return PeerChange(renegotiate=True)  # selectors, start or mode
+        rekey_children.append(name)
+    ike_before = dataclasses.replace(old, children=new.children)
+    return PeerChange(rekey_ike=ike_before != new, rekey_children=tuple(rekey_children))
 
 
 def resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:

@@ -25,7 +25,7 @@ import logging
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
@@ -110,8 +110,30 @@ def open_udp(address: str, port: int) -> socket.socket:
                 f"UDP port {port} on {address} is in use by another process: another "
                 "lockgate or IKE daemon (charon, pluto, iked) is probably running",
             ) from None
-        raise
+        # Name the port and address: a bare strerror ("Cannot assign requested
+        # address") would not say which of the gateway's addresses is at fault.
+        raise OSError(
+            exc.errno, f"cannot bind UDP port {port} on {address}: {exc.strerror}"
+        ) from None
     return sock
+
+
+def claim_udp(addresses: Sequence[str], ports: Sequence[int]) -> dict[Address, socket.socket]:
+    """Bind every (address, port), or none: the daemon claims its IKE and NAT-T ports
+    before it creates anything else, so a second daemon on the same addresses fails
+    here, having touched neither the TUN device nor the routes of the first. The
+    sockets go to `Pump.open` (as `claimed`)."""
+    claimed: dict[Address, socket.socket] = {}
+    try:
+        for address in addresses:
+            for port in ports:
+                if (address, port) not in claimed:
+                    claimed[(address, port)] = open_udp(address, port)
+    except OSError:
+        for sock in claimed.values():
+            sock.close()
+        raise
+    return claimed
 
 
 def enable_gro(sock: socket.socket) -> bool:
@@ -178,12 +200,22 @@ class Pump:
 
     # ---- set-up --------------------------------------------------------------------
 
-    def open(self, addresses: list[str], raw_esp: bool = True) -> None:
-        """Bind UDP 500 and 4500 (and raw ESP unless disabled) on every local address."""
+    def open(
+        self,
+        addresses: list[str],
+        raw_esp: bool = True,
+        claimed: dict[Address, socket.socket] | None = None,
+    ) -> None:
+        """Bind UDP 500 and 4500 (and raw ESP unless disabled) on every local address;
+        the sockets of `claimed` (`claim_udp`) are taken over instead of bound again."""
+        claimed = claimed or {}
         for address in addresses:
             for port in (self.ike_port, self.nat_port):
                 if (address, port) not in self.udp:
-                    sock = self.udp[(address, port)] = open_udp(address, port)
+                    sock = claimed.pop((address, port), None)
+                    if sock is None:
+                        sock = open_udp(address, port)
+                    self.udp[(address, port)] = sock
                     if port == self.nat_port and self.offload and enable_gro(sock):
                         self._gro.add(sock.fileno())
             if raw_esp and address not in self.raw:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Protocol
 
 from daemon.childsa import ChildSaEntry
@@ -175,3 +177,29 @@ class Routes:
                     if first <= value <= last:
                         return text
         return None
+
+
+PROC_SYS = "/proc/sys"
+FORWARDING_SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+"""The sysctl that lets the host route each IP version between its interfaces."""
+
+
+def forwarding_off(versions: Iterable[int], proc_sys: str = PROC_SYS) -> list[str]:
+    """A warning for each IP version in `versions` that the host does not forward.
+
+    The gateway routes its connections' traffic between the TUN device and the site's
+    interface: with forwarding off the tunnel comes up, and then carries nothing to or
+    from the hosts behind it. A sysctl that cannot be read is not reported."""
+    warnings = []
+    for version in sorted(set(versions)):
+        name = FORWARDING_SYSCTLS[version]
+        try:
+            value = (Path(proc_sys) / name.replace(".", "/")).read_text().strip()
+        except OSError:
+            continue
+        if value == "0":
+            warnings.append(
+                f"IP forwarding is off for IPv{version} ({name} = 0): the connections' "
+                f"IPv{version} traffic will not reach the hosts behind this gateway"
+            )
+    return warnings

@@ -85,6 +85,8 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
             "uptime": round(now - gateway.started_at, 1),
             "config": str(Path(gateway.config_path).resolve()),
             "interface": gateway.tun.name if gateway.tun is not None else None,
+            # What keeps the host from carrying the connections' traffic (forwarding).
+            "warnings": gateway.forwarding_warnings(),
         },
         "connections": connections,
         **plane,
@@ -162,6 +164,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"lockgate {daemon.get('version', '')}: pid {daemon.get('pid')}, "
             f"up {_age(daemon.get('uptime', 0))}, config {daemon.get('config', '?')}"
         )
+        lines.extend(f"  warning: {warning}" for warning in daemon.get("warnings", []))
     connections = status.get("connections", [])
     lines.append(f"Connections ({len(connections)}):")
     for conn in connections:

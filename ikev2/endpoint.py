@@ -510,6 +510,15 @@ class Endpoint:
             self._collect(sa, now)
         return count
 
+    def reconfigure(self, config: ConnectionConfig) -> list[IkeSa]:
+        """Hand a connection's new settings (`set_connections` first) to its IKE SAs
+        and their CHILD SAs (`IkeSa.reconfigure`); returns those IKE SAs. Nothing is
+        sent: a rekey of each (`rekey_child`, `rekey_ike_sa`) puts the settings to use."""
+        sas = self._by_connection.get(config.name)
+        for sa in sas:
+            sa.reconfigure(config)
+        return sas
+
     def rekey_ike_sa(self, ike_sa_id: int, now: float) -> None:
         """Rekey an IKE SA now (§2.8); its CHILD SAs move to the new one."""
         sa = self._sas.get(ike_sa_id)

@@ -33,7 +33,7 @@ from ikev2.codec import (
     check_payloads,
     decode_payloads,
 )
-from ikev2.config import ChildConfig
+from ikev2.config import ChildConfig, ConnectionConfig
 from ikev2.constants import IKE_HEADER_LEN, ExchangeType, ProtocolId, enum_name
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import IkeSuite
@@ -171,6 +171,20 @@ class IkeSa(IkeSaData):
         self.queue_exchange(
             Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(child.config, child)]), now
         )
+
+    def reconfigure(self, config: ConnectionConfig) -> None:
+        """A reload changed this connection's settings but not its peer or identities:
+        use `config` from now on, and give each CHILD SA its configuration of the same
+        name. What was negotiated stays; the new settings apply from the next exchange
+        that uses them: a CHILD rekey offers (or, as responder, accepts) the new ESP
+        proposals and the new CHILD SA gets the new lifetimes, an IKE rekey the new IKE
+        proposals, and the IKE SA it makes (`spawn_rekeyed`) the new lifetime."""
+        if config.name != self.config.name:
+            raise LocalProtocolError(f"IKE SA {self.ike_sa_id} is not of {config.name!r}")
+        self.config = config
+        by_name = {child.name: child for child in config.children}
+        for child in self.children.values():
+            child.config = by_name.get(child.config.name, child.config)
 
     def rekey_ike(self, now: float) -> None:
         """Rekey this IKE SA with CREATE_CHILD_SA (§1.3.2); CHILD SAs move to the new one."""

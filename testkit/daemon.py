@@ -64,7 +64,7 @@ class Daemon:
         assert isinstance(result, dict)
         return result
 
-    def command(self, command: str, **kw: str) -> Any:
+    def command(self, command: str, **kw: str | bool) -> Any:
         return request(self.socket, {"command": command, **kw}, timeout=30)
 
     def sas(self, connection: str | None = None) -> list[dict[str, Any]]:

@@ -188,7 +188,7 @@ class LockgateDaemon:
             raise AssertionError(f"status is not an object: {result!r}")
         return result
 
-    def command(self, command: str, **kw: str) -> Any:
+    def command(self, command: str, **kw: str | bool) -> Any:
         return request(self.socket, {"command": command, **kw}, timeout=30)
 
     def sas(self, connection: str | None = None) -> list[dict[str, Any]]:

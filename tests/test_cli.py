@@ -253,3 +253,55 @@ def test_format_status_says_why_esp_is_in_udp() -> None:
     assert "ESP in UDP: the peer is a lockgate" in format_status(status)
     status["connections"][0]["ike_sas"][0]["udp_encap"] = ""
     assert "ESP in UDP" not in format_status(status)
+
+
+def test_check_config_prints_each_warning_and_still_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "doubtful.toml"
+    path.write_text(
+        GOOD
+        + """
+[connections.dc-cloud-half]
+peer = "cloud"
+local_subnets = ["192.0.2.0/25"]
+remote_subnets = ["203.0.113.0/24"]
+"""
+    )
+    from conf.load import load_config
+
+    warnings = load_config(path).warnings
+    assert warnings
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "OK (2 connection(s): dc-cloud, dc-cloud-half)" in out
+    assert err.splitlines() == [f"warning: {p.path}: {p.reason}" for p in warnings]
+
+
+def test_client_commands_find_the_socket_in_the_configuration(
+    fake_daemon: tuple[str, list[dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path, seen = fake_daemon
+    monkeypatch.setenv("LOCKGATE_SOCKET", str(tmp_path / "elsewhere.sock"))
+    conf = tmp_path / "gw.toml"
+    conf.write_text(GOOD.replace("[gateway]\n", f'[gateway]\ncontrol_socket = "{path}"\n'))
+    assert main(["status", "-c", str(conf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+    assert main(["up", "-c", str(conf), "dc-cloud"]) == 0
+    assert capsys.readouterr().out.strip() == "connection dc-cloud is up"
+    assert main(["rekey", "--config", str(conf), "--ike", "dc-cloud"]) == 1
+    assert seen[-1] == {"command": "rekey", "name": "dc-cloud", "ike": True}
+    assert main(["down", "-c", str(conf), "nope"]) == 1
+    assert "no connection named 'nope'" in capsys.readouterr().err
+    assert main(["reload", "-c", str(conf)]) == 1
+    assert seen[-1] == {"command": "reload"}
+    # -s wins over -c.
+    assert main(["-s", str(tmp_path / "none.sock"), "status", "-c", str(conf)]) == 1
+    assert "no daemon control socket" in capsys.readouterr().err
+    # A configuration that cannot be read is said so, naming it.
+    assert main(["status", "-c", str(tmp_path / "absent.toml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lockgate status: ") and "cannot read" in err

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import random
+import socket
 import time
 import types
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import daemon.gateway as gateway_module
-from conf import ConfigError, Problem
+from conf import ConfigError, Problem, loads_config
 from conf.ike import ike_connections
 from conf.load import load_config
 from daemon.childsa import entry_from_event
@@ -31,6 +32,9 @@ from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
 from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
+from daemon.peers import peer_change
+from daemon.routes import forwarding_off
+from daemon.status import format_status
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
@@ -187,6 +191,89 @@ def test_control_requests(gateway: Gateway) -> None:
     assert answer == "connection site: deleted (and 0 IKE SA(s) with main)"
     assert gateway.connections["site"].wanted is False
     assert isinstance(asyncio.run(ask(command="status")), dict)
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        ({"command": "rekey", "name": "site", "ike": "yes"}, "ike must be true or false"),
+        ({"command": "status", "summary": 1}, "summary must be true or false"),
+        ({"command": "up"}, "request needs a connection name"),
+        ({"command": "down", "name": None}, "request needs a connection name"),
+        ({"command": "rekey", "name": 7}, "request needs a connection name"),
+        ({"command": "rekey", "ike": True}, "request needs a connection name"),
+        ({"command": "up", "name": "site", "force": True}, "up takes no field 'force'"),
+        ({"command": "reload", "now": True}, "reload takes no field 'now'"),
+    ],
+)
+def test_control_request_fields_are_checked_like_the_configuration(
+    gateway: Gateway, request_: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ControlError) as caught:
+        asyncio.run(gateway._handle_request(request_))
+    assert str(caught.value).startswith(error), str(caught.value)
+    assert gateway.reloads == 0
+
+
+def test_a_failed_reload_is_logged_whoever_asked(
+    gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "gw.toml").write_text(CONFIG + "bogus = 1\n")
+    with caplog.at_level(logging.INFO, logger="daemon.gateway"):
+        with pytest.raises(ControlError, match="bogus"):
+            asyncio.run(gateway._handle_request({"command": "reload"}))
+        gateway._reload_from_signal()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and errors[0] == errors[1], errors
+    assert errors[0].startswith("reload failed, keeping the running configuration: ")
+    assert "bogus" in errors[0]
+
+
+def test_config_warnings_are_logged_at_every_reload(
+    gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two connections to one peer whose local subnets overlap: legal, but doubtful.
+    overlap = (
+        CONFIG
+        + """
+[connections.site-half]
+peer = "main"
+local_subnets = ["192.0.2.0/25"]
+remote_subnets = ["203.0.113.0/24"]
+start = "wait"
+"""
+    )
+    (tmp_path / "gw.toml").write_text(overlap)
+    config = load_config(tmp_path / "gw.toml")
+    assert config.warnings
+    with caplog.at_level(logging.WARNING, logger="daemon.gateway"):
+        gateway.reload()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for problem in config.warnings:
+        assert str(problem) in warned
+
+
+def test_forwarding_off_for_a_carried_family_is_warned_and_shown(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    proc = tmp_path / "proc"
+    (proc / "net/ipv4").mkdir(parents=True)
+    (proc / "net/ipv6/conf/all").mkdir(parents=True)
+    (proc / "net/ipv4/ip_forward").write_text("0\n")
+    (proc / "net/ipv6/conf/all/forwarding").write_text("1\n")
+    gateway.proc_sys = str(proc)
+    [warning] = gateway.forwarding_warnings()
+    assert warning.startswith("IP forwarding is off for IPv4 (net.ipv4.ip_forward = 0)")
+    status = gateway.status()
+    assert status["daemon"]["warnings"] == [warning]
+    assert f"  warning: {warning}\n" in format_status(status)
+    (proc / "net/ipv4/ip_forward").write_text("1\n")
+    assert gateway.forwarding_warnings() == []
+    assert "warning" not in format_status(gateway.status())
+    # A family no connection carries is not the gateway's concern.
+    (proc / "net/ipv4/ip_forward").write_text("0\n")
+    assert forwarding_off([6], str(proc)) == []
+    assert forwarding_off([4, 6], str(tmp_path / "nowhere")) == []
 
 
 def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> None:
@@ -989,3 +1076,182 @@ def test_a_delete_right_behind_the_create_child_sa_response_never_leaves_a_gap(
             [entry] = planes[name].entries.values()
             assert entry.unique_id == pair.of(name, ChildSaInstalled)[1].unique_id
             assert pair.of(name, ChildSaDeleted)[0].unique_id == old[name].unique_id
+
+
+def test_a_taken_ike_port_refuses_the_start_before_anything_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another process (a first daemon) holds the NAT-T port on our address: the start
+    # fails on that port, named with its address, before the TUN device, the routes
+    # and the control socket exist; the IKE port bound on the way is given back.
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    nat_port = other.getsockname()[1]
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    ike_port = probe.getsockname()[1]
+    probe.close()
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        CONFIG.replace('addresses = ["198.51.100.1"]', 'addresses = ["127.0.0.1"]').replace(
+            'id = "198.51.100.1"\n',
+            f'id = "198.51.100.1"\nike_port = {ike_port}\nnat_port = {nat_port}\n',
+        )
+    )
+    opened: list[str] = []
+    monkeypatch.setattr(gateway_module, "open_tun", lambda *a: opened.append("tun"))
+    monkeypatch.setattr(gateway_module, "RouteSocket", lambda: opened.append("routes"))
+    gw = Gateway(str(path), socket_path=str(tmp_path / "c.sock"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="daemon.gateway"):
+            assert asyncio.run(gw.run()) == 1
+    finally:
+        other.close()
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == (
+        f"cannot start: UDP port {nat_port} on 127.0.0.1 is in use by another process: "
+        "another lockgate or IKE daemon (charon, pluto, iked) is probably running"
+    )
+    assert opened == [] and not (tmp_path / "c.sock").exists()
+    # The IKE port it bound before failing on the NAT-T one is free again.
+    again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    again.bind(("127.0.0.1", ike_port))
+    again.close()
+
+
+# --- reloads that keep the IKE SA -------------------------------------------------------
+
+PAIR_CONFIG = """
+[gateway]
+addresses = ["198.51.100.1"]
+id = "198.51.100.1"
+
+[peers.conn]
+address = "198.51.100.2"
+psk = "in-memory-test-psk-not-secret"
+
+[connections.net]
+peer = "conn"
+local_subnets = ["192.0.2.0/24"]
+remote_subnets = ["203.0.113.0/26"]
+esp_proposals = ["aes128gcm16"]
+start = "wait"
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "child_rekeys", "ike_rekeys"),
+    [
+        ({'esp_proposals = ["aes128gcm16"]': 'esp_proposals = ["aes256gcm16"]'}, 1, 0),
+        ({'start = "wait"': 'start = "wait"\nreplay_window = 1024'}, 1, 0),
+        ({'start = "wait"': 'start = "wait"\nike_lifetime = "2h"'}, 0, 1),
+        (
+            {
+                'esp_proposals = ["aes128gcm16"]': 'esp_proposals = ["aes256gcm16"]',
+                'start = "wait"': (
+                    'start = "wait"\nike_proposals = ["aes128gcm16-prfsha256-ecp256"]'
+                ),
+            },
+            1,
+            1,
+        ),
+    ],
+    ids=["esp_proposals", "replay_window", "ike_lifetime", "esp-and-ike-proposals"],
+)
+def test_a_reload_of_a_connections_own_settings_rekeys_without_deleting_the_ike_sa(
+    tmp_path: Path, change: dict[str, str], child_rekeys: int, ike_rekeys: int
+) -> None:
+    # Gateway a runs the configuration; its peer b (the IKE core alone) accepts both
+    # the old and the new proposals. A reload of a's connection's own settings is
+    # applied with CREATE_CHILD_SA: a new CHILD SA with the new settings, then the old
+    # one deleted, under the same IKE SA (or one rekeyed from it, §2.8).
+    path = tmp_path / "a.toml"
+    path.write_text(PAIR_CONFIG)
+    with gateway_of(path) as gw:
+        assert gw.config is not None
+        [conn_a] = ike_connections(gw.config)
+        conn_b = mirrored(
+            conn_a,
+            children=(
+                dataclasses.replace(
+                    mirrored(conn_a).children[0], esp_proposals=("aes128gcm16", "aes256gcm16")
+                ),
+            ),
+            ike_proposals=("aes256gcm16-prfsha384-x25519", "aes128gcm16-prfsha256-ecp256"),
+        )
+        pair = Pair.make(conn_a, conn_b)
+        gw.endpoint, gw.ike = pair.a, None  # the pair carries the datagrams
+        plane = gw.plane
+        assert plane is not None
+        fed = 0
+
+        def settle() -> None:
+            nonlocal fed
+            pair.pump()
+            for event in pair.events["a"][fed:]:
+                gw._handle_event(event)
+            fed = len(pair.events["a"])
+
+        pair.a.initiate("conn", 0.0)
+        settle()
+        [old] = plane.entries.values()
+        assert old.inbound.suite.name == "aes128gcm16"
+        text = PAIR_CONFIG
+        for before, after in change.items():
+            text = text.replace(before, after)
+        path.write_text(text)
+        assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+        settle()
+        pair.advance(5.0)
+        settle()
+        create_child = 36
+        assert len(pair.requests("a", create_child)) == child_rekeys + ike_rekeys
+        assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
+        assert len(pair.of("a", IkeSaRekeyed)) == ike_rekeys
+        if "ike_proposals" in str(change):
+            assert pair.of("a", IkeSaRekeyed)[0].suite == "aes128gcm16-prfsha256-ecp256"
+        [entry] = plane.entries.values()
+        if child_rekeys:
+            assert entry.unique_id != old.unique_id
+            assert pair.of("a", ChildSaDeleted)[0].unique_id == old.unique_id
+            wanted = "aes256gcm16" if "esp_proposals" in str(change) else "aes128gcm16"
+            assert entry.inbound.suite.name == wanted
+            assert entry.inbound.replay.size == (1024 if "replay" in str(change) else 128)
+        else:
+            assert entry.unique_id == old.unique_id
+        assert gw.is_up("net")
+        [sa] = pair.a.ike_sas()
+        assert sa.config == gw.peers["conn"].config
+        assert gw.connections["net"].config is gw.peers["conn"].config.children[0]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "renegotiate"),
+    [
+        ('address = "198.51.100.2"', 'address = "198.51.100.9"', True),
+        ('psk = "in-memory-test-psk-not-secret"', 'psk = "another-test-psk-NOT-SECRET-01"', True),
+        ('start = "wait"', 'start = "wait"\nid = "peer.example"', True),
+        ('remote_subnets = ["203.0.113.0/26"]', 'remote_subnets = ["203.0.113.0/25"]', True),
+        ('start = "wait"', 'start = "trap"', True),
+        ('esp_proposals = ["aes128gcm16"]', 'esp_proposals = ["aes256gcm16"]', False),
+        ('start = "wait"', 'start = "wait"\nchild_lifetime = "30m"', False),
+        ('start = "wait"', 'start = "wait"\nlife_packets = 1000000', False),
+        ('start = "wait"', 'start = "wait"\ndpd_interval = "10s"', False),
+        ('start = "wait"', 'start = "wait"\nfragmentation = false', False),
+    ],
+)
+def test_only_a_new_peer_identity_credentials_or_traffic_deletes_the_ike_sa_on_reload(
+    before: str, after: str, renegotiate: bool
+) -> None:
+    [old] = ike_connections(loads_config(PAIR_CONFIG))
+    text = PAIR_CONFIG.replace(before, after)
+    if "id = " in after:
+        text = text.replace(after, 'start = "wait"').replace(
+            'address = "198.51.100.2"', 'address = "198.51.100.2"\nid = "peer.example"'
+        )
+    [new] = ike_connections(loads_config(text))
+    assert new != old
+    change = peer_change(old, new)
+    assert change.renegotiate is renegotiate
+    if not renegotiate:
+        assert change.rekey_ike or change.rekey_children

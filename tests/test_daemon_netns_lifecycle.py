@@ -258,11 +258,11 @@ def test_rekey_child_and_ike_under_ping_lose_nothing(topo: SiteToSite) -> None:
     assert f"rekeyed from #{ike_before['id']}" in text
     # The tunnel still works under the new IKE SA, and it can be rekeyed again.
     ping(topo.host_a, topo.site_b.host4)
-    again = a.command("rekey", name="site", ike="yes")
+    again = a.command("rekey", name="site", ike=True)
     assert f"IKE SA #{ike_after['id']} rekeyed" in again
     # The peer may rekey too: A, the responder of that exchange, follows it.
     [ike_mid] = a.status()["connections"][0]["ike_sas"]
-    assert "rekeyed" in b.command("rekey", name="site", ike="yes")
+    assert "rekeyed" in b.command("rekey", name="site", ike=True)
     wait_until(
         lambda: a.status()["connections"][0]["ike_sas"][0]["rekeyed_from"] == ike_mid["id"],
         "A to show the IKE SA B's rekey made",

@@ -95,7 +95,7 @@ def test_soak_traffic_and_rekeys_leave_no_leak() -> None:
             step += 1
             tcp_transfer(topo.host_a, topo.host_b, topo.site_b.host4, size=2 << 20)
             if step % 6 == 0:
-                world.daemon.command("rekey", name="net4", ike="true")
+                world.daemon.command("rekey", name="net4", ike=True)
             else:
                 rekey_child(world, "net4", by_lockgate=step % 2 == 0)
             _settled(world)
