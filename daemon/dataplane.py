@@ -170,6 +170,36 @@ IkeHandler = Callable[[bytes, Address, Address], None]
 """Receives an IKE message that arrived on port 4500: (message, local, remote)."""
 AcquireHandler = Callable[[bytes], None]
 """Told about an outbound packet no policy covers (for start = "trap")."""
+UnknownSpiHandler = Callable[[int, Address, Address], None]
+"""Told about an ESP packet of an SPI no SA has: (SPI, local, remote), the UDP
+addresses and ports for ESP in UDP, the IKE port (500) on both sides for raw ESP."""
+EspOrigin = Callable[[bytes], tuple[Address, Address] | None]
+"""Where an ESP packet of a batch came from, (local, remote) as `UnknownSpiHandler`
+takes them: asked only for packets of an unknown SPI, so a reader can keep what it
+needs to answer (the datagrams, the raw frames) without a cost per known packet."""
+
+UNKNOWN_SPI_REPORT_INTERVAL = 0.1
+"""Seconds between two reports of an unknown SPI from one remote address: the IKE
+endpoint answers at most one a second to an address anyway (`ikev2.endpoint.
+AnswerLimit`), so a flood of unknown SPIs costs a dictionary lookup per packet here."""
+_UNKNOWN_SPI_REMOTES_MAX = 1024
+"""Most remote addresses remembered for that interval before the stale are pruned."""
+
+
+class _DatagramOrigin:
+    """The `EspOrigin` of a batch of UDP datagrams: which one a packet is, found by
+    identity, the table built on the first question only."""
+
+    __slots__ = ("_by_id", "_datagrams")
+
+    def __init__(self, datagrams: Sequence[tuple[bytes, Address, Address]]) -> None:
+        self._datagrams = datagrams
+        self._by_id: dict[int, tuple[Address, Address]] | None = None
+
+    def __call__(self, packet: bytes) -> tuple[Address, Address] | None:
+        if self._by_id is None:
+            self._by_id = {id(data): (local, remote) for data, local, remote in self._datagrams}
+        return self._by_id.get(id(packet))
 
 
 class DataPlane:
@@ -181,6 +211,7 @@ class DataPlane:
         *,
         on_ike: IkeHandler | None = None,
         on_acquire: AcquireHandler | None = None,
+        on_unknown_spi: UnknownSpiHandler | None = None,
         icmp_source_v4: bytes | None = None,
         icmp_source_v6: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -191,6 +222,10 @@ class DataPlane:
         """Receiver of IKE messages found on port 4500."""
         self.on_acquire = on_acquire
         """Receiver of outbound packets without a policy."""
+        self.on_unknown_spi = on_unknown_spi
+        """Told about inbound ESP of an unknown SPI (the IKE endpoint may answer with
+        INVALID_SPI, RFC 7296 §2.21.4), at most once per
+        `UNKNOWN_SPI_REPORT_INTERVAL` per remote address."""
         self.icmp_source = {4: icmp_source_v4, 6: icmp_source_v6}
         """Source address of the ICMP errors we send, per IP version (None: the
         original destination)."""
@@ -222,6 +257,8 @@ class DataPlane:
         self._lingering: dict[int, tuple[ChildSaEntry, float]] = {}
         self._icmp_second = 0
         self._icmp_sent = 0
+        self._unknown_spi_reported: dict[str, float] = {}
+        """When an unknown SPI from each remote address was last reported."""
 
     # ---- SA management -------------------------------------------------------------
 
@@ -443,7 +480,7 @@ class DataPlane:
 
     # ---- inbound -------------------------------------------------------------------
 
-    def from_udp(self, datagrams: Iterable[tuple[bytes, Address, Address]]) -> None:
+    def from_udp(self, datagrams: Sequence[tuple[bytes, Address, Address]]) -> None:
         """Process datagrams received on port 4500: (payload, local, remote) each."""
         esp: list[bytes] = []
         for payload, local, remote in datagrams:
@@ -464,15 +501,49 @@ class DataPlane:
             else:
                 self.drops[Drop.INVALID_DATAGRAM.value] += 1
         if esp:
-            self.from_esp(esp)
+            unknown = self._open_esp(esp)
+            if unknown is not None and self.on_unknown_spi is not None:
+                self._report_unknown_spis(unknown, _DatagramOrigin(datagrams))
 
-    def from_esp(self, packets: Sequence[bytes]) -> None:
+    def from_esp(self, packets: Sequence[bytes], origin: EspOrigin | None = None) -> None:
         """Process ESP packets (SPI through ICV), from UDP or raw protocol 50.
 
         Packets are grouped per SA (keeping their order within an SA, which is all
         the replay window cares about) and opened with one `decapsulate_batch` call
-        per SA.
+        per SA. Those of an unknown SPI are reported to `on_unknown_spi` where
+        `origin` tells where they came from.
         """
+        unknown = self._open_esp(packets)
+        if unknown is not None and origin is not None and self.on_unknown_spi is not None:
+            self._report_unknown_spis(unknown, origin)
+
+    def _report_unknown_spis(self, packets: list[bytes], origin: EspOrigin) -> None:
+        """Tell `on_unknown_spi` of packets of unknown SPIs, at most one per remote
+        address per `UNKNOWN_SPI_REPORT_INTERVAL` (the rest only counted as NO_SA)."""
+        report = self.on_unknown_spi
+        if report is None:
+            return
+        now = self._clock()
+        reported = self._unknown_spi_reported
+        for packet in packets:
+            where = origin(packet)
+            if where is None:
+                continue
+            local, remote = where
+            last = reported.get(remote[0])
+            if last is not None and now - last < UNKNOWN_SPI_REPORT_INTERVAL:
+                continue
+            if len(reported) >= _UNKNOWN_SPI_REMOTES_MAX:
+                self._unknown_spi_reported = reported = {
+                    a: t for a, t in reported.items() if now - t < UNKNOWN_SPI_REPORT_INTERVAL
+                }
+            reported[remote[0]] = now
+            self.counters["unknown_spi_reported"] += 1
+            report(int.from_bytes(packet[:4], "big"), local, remote)
+
+    def _open_esp(self, packets: Sequence[bytes]) -> list[bytes] | None:
+        """`from_esp` without the reports: the packets of an unknown SPI (None if none)."""
+        unknown: list[bytes] | None = None
         groups: dict[ChildSaEntry, list[bytes]] = {}
         lookup = self.sad.lookup
         # Packets come in runs of one SPI: a run costs one SAD lookup.
@@ -489,7 +560,12 @@ class DataPlane:
             entry = lookup(int.from_bytes(spi, "big"))
             if entry is None:
                 # RFC 4303 §3.4.2: no SA, discard (and count: it is an auditable event).
+                # The peer may still use SAs we lost in a restart: kept for a report.
                 self.drops[DropReason.NO_SA.value] += 1
+                if unknown is None:
+                    unknown = [packet]
+                else:
+                    unknown.append(packet)
                 last_spi = b""
                 continue
             found = groups.get(entry)
@@ -538,6 +614,7 @@ class DataPlane:
             written = self.transport.write_tun(out)
             if written < len(out):
                 self.drops[Drop.TUN_WRITE_FAILED.value] += len(out) - written
+        return unknown
 
     # ---- status --------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as PeerConfig
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
-from ikev2.events import Event
+from ikev2.events import Address, Event
 from ikev2.sa import IkeSa
 from ikev2.sa_types import IkeSaState
 from ikev2.ts import format_selectors
@@ -271,6 +271,7 @@ class Gateway:
             nat_port=nat_port,
             on_ike=self._on_ike,
             on_acquire=self._on_acquire,
+            on_unknown_spi=self._on_esp_spi_unknown,
             offload=offload,
         )
         self.pump, self.plane = pump, pump.plane
@@ -494,6 +495,10 @@ class Gateway:
     def _on_ike(self, message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         if self.ike is not None:
             self.ike.message_received(message, local, remote)
+
+    def _on_esp_spi_unknown(self, spi: int, local: Address, remote: Address) -> None:
+        if self.ike is not None:
+            self.ike.esp_spi_unknown(spi, local, remote)
 
     def service(self) -> None:
         """Let the IKE endpoint act on what changed (`IkeDriver.service`)."""

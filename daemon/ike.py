@@ -56,6 +56,8 @@ class IkeDriver:
         """When the last IKE datagram arrived (monotonic): key pairs are made ahead
         only after KEY_POOL_IDLE of quiet."""
         self._key_refill: asyncio.Handle | None = None
+        self._service_soon: asyncio.Handle | None = None
+        """A `service` scheduled for the next turn of the loop."""
         self.closing = False
         """Set by `close`: no more key pairs are made ahead."""
 
@@ -68,6 +70,26 @@ class IkeDriver:
             # The core turns bad input into typed errors itself; anything escaping is
             # a bug, and one hostile datagram must not stop the gateway for everyone.
             log.exception("IKE message from %s[%d] caused an internal error", *remote)
+        self.service()
+
+    def esp_spi_unknown(self, spi: int, local: Address, remote: Address) -> None:
+        """The data plane dropped ESP of an unknown SPI from `remote` (we may have
+        restarted; `Endpoint.esp_spi_unknown` decides whether to answer). Whatever it
+        queues leaves in one `service` at the next turn of the loop, however many
+        such packets one read brought."""
+        try:
+            self.endpoint.esp_spi_unknown(spi, local, remote, time.monotonic())
+        except Exception:
+            log.exception(
+                "ESP of unknown SPI %08x from %s[%d] caused an internal error", spi, *remote
+            )
+        if self.loop is None:
+            self.service()
+        elif self._service_soon is None:
+            self._service_soon = self.loop.call_soon(self._serve_soon)
+
+    def _serve_soon(self) -> None:
+        self._service_soon = None
         self.service()
 
     def service(self) -> None:
@@ -149,3 +171,5 @@ class IkeDriver:
             self._timer.cancel()
         if self._key_refill is not None:
             self._key_refill.cancel()
+        if self._service_soon is not None:
+            self._service_soon.cancel()

@@ -19,6 +19,7 @@ which `tun.vnet` cuts.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
 import logging
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
-from daemon.dataplane import AcquireHandler, DataPlane, Drop
+from daemon.dataplane import AcquireHandler, DataPlane, Drop, UnknownSpiHandler
 from esp.sa import PARTS_PER_PACKET
 from esp.udpencap import MIN_ESP_LEN, NAT_KEEPALIVE, NON_ESP_MARKER
 from ikev2.events import Address
@@ -159,6 +160,44 @@ def open_raw_esp(address: str) -> socket.socket:
     return sock
 
 
+class GroOrigin:
+    """The `EspOrigin` of ESP read with UDP GRO: the read a packet came in."""
+
+    __slots__ = ("_ends", "_esp", "_local", "_senders")
+
+    def __init__(
+        self, local: Address, esp: list[bytes], ends: list[int], senders: list[Address]
+    ) -> None:
+        self._local, self._esp, self._ends, self._senders = local, esp, ends, senders
+
+    def __call__(self, packet: bytes) -> tuple[Address, Address] | None:
+        try:
+            index = self._esp.index(packet)
+        except ValueError:
+            return None
+        peer = self._senders[bisect.bisect_right(self._ends, index)]
+        return self._local, (peer[0], peer[1])
+
+
+class RawOrigin:
+    """The `EspOrigin` of raw ESP: the sender's address, and the IKE port on both
+    sides (raw ESP has no ports; a hint about it goes where IKE does)."""
+
+    __slots__ = ("_batch", "_local", "_sources")
+
+    def __init__(self, local: Address, batch: list[bytes], sources: list[bytes | str]) -> None:
+        self._local, self._batch, self._sources = local, batch, sources
+
+    def __call__(self, packet: bytes) -> tuple[Address, Address] | None:
+        try:
+            source = self._sources[self._batch.index(packet)]
+        except ValueError:
+            return None
+        if isinstance(source, bytes):
+            source = socket.inet_ntop(socket.AF_INET, source[12:16])
+        return self._local, (source, self._local[1])
+
+
 @dataclass
 class Pump:
     """Reads and writes the gateway's file descriptors on an asyncio (uvloop) loop,
@@ -174,6 +213,8 @@ class Pump:
     """Receiver of IKE messages from either port."""
     on_acquire: AcquireHandler | None = None
     """Told about outbound packets no policy covers (the data plane's `on_acquire`)."""
+    on_unknown_spi: UnknownSpiHandler | None = None
+    """Told about inbound ESP of an unknown SPI (the data plane's `on_unknown_spi`)."""
     plane: DataPlane = field(init=False)
     """The data plane this pump feeds and transmits for (built here, because the pump
     is its `Transport`; its owner keeps a reference of its own)."""
@@ -190,7 +231,12 @@ class Pump:
     _uso: bool = False
 
     def __post_init__(self) -> None:
-        self.plane = DataPlane(self, on_ike=self._ike_from_4500, on_acquire=self.on_acquire)
+        self.plane = DataPlane(
+            self,
+            on_ike=self._ike_from_4500,
+            on_acquire=self.on_acquire,
+            on_unknown_spi=self.on_unknown_spi,
+        )
         # A TUN with IFF_VNET_HDR: every frame carries a virtio-net header; and one
         # that takes UDP segmentation offload writes gets UDP datagrams coalesced.
         self._vnet = bool(getattr(self.tun, "vnet_hdr", False))
@@ -238,8 +284,8 @@ class Pump:
                 loop.add_reader(sock.fileno(), self._read_nat, sock, local)
             else:
                 loop.add_reader(sock.fileno(), self._read_ike, sock, local)
-        for sock in self.raw.values():
-            loop.add_reader(sock.fileno(), self._read_raw, sock)
+        for address, sock in self.raw.items():
+            loop.add_reader(sock.fileno(), self._read_raw, sock, address)
 
     def close(self) -> None:
         """Stop reading and close every socket (the TUN device belongs to its opener)."""
@@ -339,6 +385,10 @@ class Pump:
         # go straight to the ESP path; anything else is classified one by one.
         datagrams: list[tuple[bytes, Address, Address]] = []
         esp: list[bytes] = []
+        # Where each read's ESP ends in `esp`, and its sender: asked only about
+        # packets of an unknown SPI (`GroOrigin`).
+        ends: list[int] = []
+        senders: list[Address] = []
         recvmsg = sock.recvmsg
         marker = NON_ESP_MARKER
         for _ in range(BATCH):
@@ -357,6 +407,8 @@ class Pump:
                 # window wants each SA's packets in order); the rest is classified.
                 if len(data) >= MIN_ESP_LEN and data[:4] != marker:
                     esp.append(data)
+                    ends.append(len(esp))
+                    senders.append(peer)
                 else:
                     datagrams.append((data, local, (peer[0], peer[1])))
                 continue
@@ -364,13 +416,15 @@ class Pump:
             chunks = [data[offset : offset + size] for offset in range(0, len(data), size)]
             if len(chunks[-1]) >= MIN_ESP_LEN and all(chunk[:4] != marker for chunk in chunks):
                 esp += chunks
+                ends.append(len(esp))
+                senders.append(peer)
             else:
                 remote = (peer[0], peer[1])
                 datagrams += [(chunk, local, remote) for chunk in chunks]
         if datagrams:
             self.plane.from_udp(datagrams)
         if esp:
-            self.plane.from_esp(esp)
+            self.plane.from_esp(esp, GroOrigin(local, esp, ends, senders))
 
     def _read_ike(self, sock: socket.socket, local: Address) -> None:
         for _ in range(BATCH):
@@ -383,24 +437,36 @@ class Pump:
             if self.on_ike is not None:
                 self.on_ike(message, local, (peer[0], peer[1]))
 
-    def _read_raw(self, sock: socket.socket) -> None:
+    def _read_raw(self, sock: socket.socket, address: str) -> None:
         batch: list[bytes] = []
-        ipv4 = sock.family == socket.AF_INET
-        for _ in range(BATCH):
-            try:
-                packet = sock.recv(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            if ipv4:
+        # The sender of each packet, for those of an unknown SPI (`RawOrigin`): the
+        # IPv4 header as read, IPv6's from recvfrom (its raw sockets strip the header).
+        sources: list[bytes | str] = []
+        if sock.family == socket.AF_INET:
+            for _ in range(BATCH):
+                try:
+                    packet = sock.recv(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
                 # IPv4 raw sockets hand over the IP header; ESP starts after it.
                 if len(packet) < 20:
                     continue
-                packet = packet[(packet[0] & 0x0F) * 4 :]
-            batch.append(packet)
+                batch.append(packet[(packet[0] & 0x0F) * 4 :])
+                sources.append(packet)
+        else:
+            for _ in range(BATCH):
+                try:
+                    packet, peer = sock.recvfrom(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                batch.append(packet)
+                sources.append(peer[0])
         if batch:
-            self.plane.from_esp(batch)
+            self.plane.from_esp(batch, RawOrigin((address, self.ike_port), batch, sources))
 
     def _ike_from_4500(self, message: bytes, local: Address, remote: Address) -> None:
         if self.on_ike is not None:

@@ -571,6 +571,7 @@ class Endpoint:
         if not self._answer_limit.allow(address, now):
             self._answer_limited(remote, now)
             return
+        self._drop(IkeDropReason.INVALID_SPI_SENT)
         self._throttle.event(
             IkeDropReason.INVALID_IKE_SPI_SENT,
             now,

@@ -76,6 +76,10 @@ class IkeDropReason(enum.StrEnum):
     """A protected request for an IKE SA we do not know (we may have restarted),
     answered with an unprotected INVALID_IKE_SPI (§2.21.4; like COOKIE_DEMANDED, not
     strictly a drop)."""
+    INVALID_SPI_SENT = "invalid_spi_sent"
+    """An ESP packet of an SPI we do not know, reported with `Endpoint.esp_spi_unknown`,
+    answered with an unprotected INVALID_SPI (§1.5, §2.21.4; not a received IKE
+    datagram, counted alongside the IKE answers)."""
     ANSWER_RATE_LIMITED = "answer_rate_limited"
     """A request for an unknown IKE SA, or an ESP packet of an unknown SPI reported
     with `Endpoint.esp_spi_unknown`, left unanswered: the rate limit of unprotected

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.childsa import ChildSaEntry, entry_from_event, inner_mtu
-from daemon.dataplane import ICMP_ERRORS_PER_SECOND, DataPlane, Drop
+from daemon.dataplane import ICMP_ERRORS_PER_SECOND, UNKNOWN_SPI_REPORT_INTERVAL, DataPlane, Drop
+from esp.drops import DropReason
 from esp.sa import PARTS_PER_PACKET
 from esp.suites import suite_by_name
 from esp.udpencap import NAT_KEEPALIVE, decapsulate_udp, encapsulate_udp, frame_ike
@@ -481,3 +482,30 @@ def test_each_inbound_packet_of_a_batch_gets_its_own_selector_verdict() -> None:
     pair.a.from_esp(sealed)  # type: ignore[arg-type]
     assert pair.side_a.tun_out == [good] * 4
     assert narrow_a.all_drops() == {Drop.POLICY_MISMATCH.value: 2}
+
+
+def test_esp_of_an_unknown_spi_is_reported_once_per_remote_per_interval() -> None:
+    """A peer that still sends on SAs we lost (we restarted) is reported to the IKE
+    endpoint (RFC 7296 §2.21.4, INVALID_SPI); a flood of them costs a lookup each."""
+    pair = make_pair()
+    now = [100.0]
+    plane = DataPlane(pair.side_b, clock=lambda: now[0])
+    plane.install(pair.entry_b)
+    reported: list[tuple[int, Address, Address]] = []
+    plane.on_unknown_spi = lambda spi, local, remote: reported.append((spi, local, remote))
+    pair.a.from_tun([ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)])
+    known = decapsulate_udp(pair.side_a.wire.popleft()[1])
+    assert known is not None
+    stray = (0xDEAD0001).to_bytes(4, "big") + bytes(40)
+    here, there, other = (GW_B, 4500), (GW_A, 4500), ("198.51.100.9", 4500)
+    plane.from_udp([(known[2], here, there)] + [(stray, here, there)] * 50)
+    plane.from_udp([(stray, here, other)])
+    assert reported == [(0xDEAD0001, here, there), (0xDEAD0001, here, other)]
+    assert plane.total_drops()[DropReason.NO_SA.value] == 51
+    assert len(pair.side_b.tun_out) == 1
+    now[0] += 2 * UNKNOWN_SPI_REPORT_INTERVAL
+    plane.from_esp([stray], lambda packet: (here, there))
+    plane.from_esp([stray])  # no origin: counted, not reported
+    assert reported[2:] == [(0xDEAD0001, here, there)]
+    assert plane.counters["unknown_spi_reported"] == 3
+    assert plane.total_drops()[DropReason.NO_SA.value] == 53

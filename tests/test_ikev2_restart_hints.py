@@ -134,7 +134,11 @@ def test_esp_to_a_restarted_responder_draws_invalid_spi_and_the_ike_sa_ends_fast
     assert dead.cause is DeleteCause.DEAD_PEER and dead.reason.startswith("peer is dead")
     assert pair.clock - t0 < 4.0
     assert dict(pair.a.drops) == {R.RESTART_HINT: 1, R.HINT_RATE_LIMITED: 1}
-    assert dict(pair.b.drops) == {R.ANSWER_RATE_LIMITED: 2, R.INVALID_IKE_SPI_SENT: 1}
+    assert dict(pair.b.drops) == {
+        R.INVALID_SPI_SENT: 1,
+        R.ANSWER_RATE_LIMITED: 2,
+        R.INVALID_IKE_SPI_SENT: 1,
+    }
     # a never answered an unprotected message: all it sent were its own requests.
     assert all(not h.response and h.spi_i == sa_a.spi_i for h in _a_requests_since(pair, t0))
     # dpd_action restart (the daemon's) initiates again: a new IKE SA comes up.
@@ -299,7 +303,11 @@ def test_unprotected_answers_are_rate_limited_per_address_and_overall() -> None:
     assert len(b.datagrams_to_send(1.0)) == 1
     b.esp_spi_unknown(0x1000, here, (A_ADDR, 500), 1.0)
     assert len(b.datagrams_to_send(1.0)) == 1
-    assert dict(b.drops) == {R.INVALID_IKE_SPI_SENT: 1, R.ANSWER_RATE_LIMITED: 10}
+    assert dict(b.drops) == {
+        R.INVALID_IKE_SPI_SENT: 1,
+        R.ANSWER_RATE_LIMITED: 10,
+        R.INVALID_SPI_SENT: 1,
+    }
     # Many addresses (spoofed): at most 20 answers in any second.
     for n in range(50):
         deliver(b, request, here, (f"203.0.113.{n + 1}", 500), 10.0 + n * 0.01)

@@ -19,9 +19,11 @@ from daemon.pump import (
     UDP_GRO,
     UDP_SEGMENT,
     Pump,
+    RawOrigin,
     _tun_tx_dropped,
 )
 from esp.sa import PARTS_PER_PACKET
+from ikev2.events import Address
 from testkit.dataplane import events
 from tun import MemoryTun, memory_tun_pair
 from tun.vnet import (
@@ -199,7 +201,7 @@ def test_single_datagrams_keep_their_place_among_gro_runs(
     )
     pump, _ = udp_pump(tuns[0], sock)
     seen: list[bytes] = []
-    pump.plane.from_esp = seen.extend  # type: ignore[method-assign, assignment]
+    pump.plane.from_esp = lambda packets, origin=None: seen.extend(packets)  # type: ignore[method-assign]
     pump._gro.add(sock.fileno())
     pump._read_nat(sock, ("198.51.100.1", 4500))  # type: ignore[arg-type]
     assert seen == [esp(n) for n in range(1, 7)]
@@ -291,3 +293,37 @@ def test_tun_queue_drops_come_from_the_devices_line_in_proc_net_dev(tmp_path: An
 def test_status_has_no_kernel_drops_for_a_memory_tun(tuns: tuple[MemoryTun, MemoryTun]) -> None:
     pump = Pump(tuns[0])
     assert pump.plane.status()["kernel_drops"] == {}
+
+
+def test_esp_of_an_unknown_spi_read_with_gro_is_reported_with_its_sender(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    """The SPI of a packet no SA has reaches the data plane's `on_unknown_spi` with the
+    port-4500 addresses it came on, coalesced or single (RFC 7296 §2.21.4: the IKE
+    endpoint may answer with INVALID_SPI)."""
+
+    def esp(spi: int, seq: int) -> bytes:
+        return spi.to_bytes(4, "big") + seq.to_bytes(4, "big") + b"e" * 40
+
+    size_cmsg = (SOL_UDP, UDP_GRO, (48).to_bytes(4, "little"))
+    sock = RecordingSocket([(esp(0x1234, 1) + esp(0x1234, 2), [size_cmsg]), (esp(0x5678, 3), [])])
+    pump, _ = udp_pump(tuns[0], sock)
+    reported: list[tuple[int, Address, Address]] = []
+    pump.plane.on_unknown_spi = lambda spi, local, remote: reported.append((spi, local, remote))
+    pump._gro.add(sock.fileno())
+    pump._read_nat(sock, ("198.51.100.1", 4500))  # type: ignore[arg-type]
+    # One report per remote address per UNKNOWN_SPI_REPORT_INTERVAL: the first only.
+    assert reported == [(0x1234, ("198.51.100.1", 4500), ("198.51.100.2", 4500))]
+    assert pump.plane.counters["unknown_spi_reported"] == 1
+    assert pump.plane.total_drops()["no_sa"] == 3
+
+
+def test_raw_esp_origin_is_the_ip_header_source_on_the_ike_port() -> None:
+    """Raw ESP has no ports: a hint about it goes where IKE does (UDP 500)."""
+    esp = (0x9ABC).to_bytes(4, "big") + bytes(20)
+    header = bytes([0x45, 0, 0, 48, 0, 0, 0, 0, 64, 50, 0, 0, 198, 51, 100, 2, 198, 51, 100, 1])
+    origin = RawOrigin(("198.51.100.1", 500), [esp], [header + esp])
+    assert origin(esp) == (("198.51.100.1", 500), ("198.51.100.2", 500))
+    six = RawOrigin(("2001:db8::1", 500), [esp], ["2001:db8::2"])
+    assert six(esp) == (("2001:db8::1", 500), ("2001:db8::2", 500))
+    assert six(bytes(esp)[:-1] + b"x") is None
