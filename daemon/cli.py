@@ -6,6 +6,8 @@
     lockgate [-s SOCKET] up|down NAME
     lockgate [-s SOCKET] rekey [--ike] NAME
     lockgate [-s SOCKET] reload
+    lockgate user add|del|passwd|list SERVER ... [-c CONF]
+    lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c CONF]
     lockgate demo
 
 Exit status: 0 on success, 1 when the daemon or the configuration refuses, 2 for a
@@ -19,10 +21,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon import remote_access_cli
 from daemon.control import DEFAULT_SOCKET, ControlClientError, request
 from daemon.status import format_status, format_summary
+
+if TYPE_CHECKING:
+    from conf.model import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
 
+    # Remote access: users files and client profiles, from the configuration file.
+    remote_access_cli.add_parsers(sub)
+
     demo = sub.add_parser("demo", help="site-to-site demo in network namespaces (root)")
     demo.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
@@ -98,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_daemon(args.config, socket_path=args.socket, log_level=args.log_level)
     if command == "check-config":
         return _check_config(args.file)
+    if command in remote_access_cli.COMMANDS:
+        return remote_access_cli.run(args)
     if command == "demo":
         from daemon.demo import run_demo
 
@@ -143,8 +154,16 @@ def _check_config(path: str) -> int:
         print(str(exc) if str(path) in str(exc) else f"{path}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     names = ", ".join(sorted(config.connections)) or "none"
-    print(f"{path}: OK ({len(config.connections)} connection(s): {names})")
+    print(f"{path}: OK ({len(config.connections)} connection(s): {names}{_servers_line(config)})")
     return EXIT_OK
+
+
+def _servers_line(config: Config) -> str:
+    """The check-config words for the point-to-cloud servers, when there are any."""
+    if not config.remote_access:
+        return ""
+    names = ", ".join(config.remote_access)
+    return f"; {len(config.remote_access)} remote-access server(s): {names}"
 
 
 if __name__ == "__main__":  # pragma: no cover
