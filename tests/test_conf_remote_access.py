@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
+import re
 import secrets
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conf import ConfigError, parse_config
-from conf.model import DEFAULT_SSL_CIPHERS
+from conf import ConfigError, loads_config, parse_config
+from conf.model import DEFAULT_SSL_CIPHERS, GroupConfig, RemoteAccessConfig
 from conf.users import User, save_users
+from daemon.ovpn_profile import render_profile
 from testkit.pki import Credential, Pki
 
 S = "remote_access.office"
@@ -490,3 +494,46 @@ def test_the_gateway_serves_at_most_500_clients(files: dict[str, str]) -> None:
         "(100 + 401); a gateway serves at most 500 clients"
     ]
     parse_config(two_servers(files, max_connections=400, client_pool="10.9.0.0/23"))
+
+
+# --- the example -----------------------------------------------------------------------
+
+
+def test_the_office_example_loads(tmp_path: Path) -> None:
+    """conf/examples/office.toml, with the files it names made here."""
+    example = Path(str(resources.files("conf") / "examples" / "office.toml"))
+    pki = Pki()
+    server = pki.issue("vpn.example.net", key_usage=True)
+    made = {
+        "/etc/lockgate/vpn.pem": server.cert_pem,
+        "/etc/lockgate/vpn.key": server.key_pem,
+        "/etc/lockgate/ca.pem": pki.ca.cert_pem,
+    }
+    text = example.read_text()
+    for name, content in made.items():
+        local = tmp_path / Path(name).name
+        local.write_bytes(content)
+        local.chmod(0o600)
+        assert f'"{name}"' in text
+        text = text.replace(f'"{name}"', f'"{local}"')
+    text = text.replace("/etc/lockgate/office.users", str(tmp_path / "office.users"))
+    cfg = loads_config(text)
+    office = cfg.remote_access["office"]
+    assert (office.transport, office.port, office.auth) == ("tcp", 443, "password")
+    assert list(office.groups) == ["engineering", "sales"]
+    assert cfg.warnings == () and dict(cfg.connections) == {}
+    assert render_profile(cfg, office).count("<ca>") == 1
+
+
+def test_readme_remote_access_table_names_every_key() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Point-to-cloud (remote access)", 1)[1].split("\n## ", 1)[0]
+    names = {
+        name
+        for cell in re.findall(r"^\|([^|]*)\|", section, re.M)
+        for name in re.findall(r"`([a-z_0-9]+)`", cell)
+    }
+    fields = {
+        f.name for model in (RemoteAccessConfig, GroupConfig) for f in dataclasses.fields(model)
+    } - {"name", "groups"}
+    assert fields - names == set(), "keys missing from the README table"
