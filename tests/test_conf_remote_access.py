@@ -537,3 +537,46 @@ def test_readme_remote_access_table_names_every_key() -> None:
         f.name for model in (RemoteAccessConfig, GroupConfig) for f in dataclasses.fields(model)
     } - {"name", "groups"}
     assert fields - names == set(), "keys missing from the README table"
+
+
+def test_a_key_usage_without_digital_signature_is_refused(
+    files: dict[str, str], tmp_path: Path
+) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vpn.example.net")])
+    now = datetime.datetime.now(datetime.UTC)
+    usage = x509.KeyUsage(False, False, True, False, False, False, False, False, False)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "ke.pem", tmp_path / "ke.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    data = config(files, certificate=str(cert_file), private_key=str(key_file))
+    assert problems(data) == [
+        f"{S}.certificate: 'vpn.example.net' has keyUsage without digitalSignature; "
+        "the TLS handshake signs with the server's key, so clients would refuse it"
+    ]
