@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -24,22 +25,31 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conf.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
+    DEFAULT_SSL_CIPHERS,
+    SSL_CIPHERS,
     AuthMethod,
+    ClientAuth,
     Config,
     ConnectionConfig,
     GatewayConfig,
+    GroupConfig,
     IpAddress,
     IpNetwork,
     PeerConfig,
+    RemoteAccessConfig,
+    RemoteAccessProtocol,
     Secret,
+    Transport,
 )
 from conf.proposals import esp_proposal_problem, ike_proposal_problem
 from conf.toml_tables import TomlTables
+from conf.users import load_users
 from esp.replay import MAX_WINDOW
 from ikev2.addresses import parse_address, parse_network
 from ikev2.certs import (
@@ -51,6 +61,7 @@ from ikev2.certs import (
     identity_mismatch,
 )
 from ikev2.config import ConfigError, Identity, Problem
+from ovpn.tls_crypt import parse_static_key
 
 T = TypeVar("T")
 
@@ -334,6 +345,21 @@ def _table(raw: Any, path: str, problems: list[Problem]) -> Mapping[str, Any] | 
     return raw
 
 
+def _private_key(s: _Section, path: Path) -> PrivateKey | None:
+    """The key of `path`, or None with the problem recorded under `private_key`."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        s.problem("private_key", f"{str(path)!r} is not an unencrypted PEM private key")
+        return None
+    if not isinstance(key, PrivateKey):
+        s.problem(
+            "private_key", f"{type(key).__name__} keys are not supported (RSA, ECDSA or Ed25519)"
+        )
+        return None
+    return key
+
+
 def _check_credentials(s: _Section, gw: GatewayConfig) -> None:
     """Load the certificate, key and CAs the way the IKE core will (`ikev2.certs`), so a
     file it could not use fails here, under its own key."""
@@ -345,20 +371,7 @@ def _check_credentials(s: _Section, gw: GatewayConfig) -> None:
         except ValueError:
             s.problem("certificate", f"{str(gw.certificate)!r} is not a PEM X.509 certificate")
     if gw.private_key is not None:
-        try:
-            key = serialization.load_pem_private_key(gw.private_key.read_bytes(), password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            s.problem(
-                "private_key",
-                f"{str(gw.private_key)!r} is not an unencrypted PEM private key",
-            )
-        else:
-            if not isinstance(key, PrivateKey):
-                s.problem(
-                    "private_key",
-                    f"{type(key).__name__} keys are not supported (RSA, ECDSA or Ed25519)",
-                )
-                key = None
+        key = _private_key(s, gw.private_key)
     if certs and key is not None:
         try:
             LocalCredentials(certs[0], tuple(certs[1:]), key)
@@ -586,11 +599,13 @@ def _connection(
 
 
 def _named_tables(
-    data: Mapping[str, Any], key: str, problems: list[Problem]
+    data: Mapping[str, Any], key: str, problems: list[Problem], prefix: str = ""
 ) -> dict[str, Mapping[str, Any]]:
+    """The `[KEY.NAME]` tables of `data` (under `prefix` in key paths) by NAME."""
     if key not in data:
         return {}
-    raw = _table(data[key], key, problems)
+    key_path = f"{prefix}.{key}" if prefix else key
+    raw = _table(data[key], key_path, problems)
     if raw is None:
         return {}
     out: dict[str, Mapping[str, Any]] = {}
@@ -598,13 +613,13 @@ def _named_tables(
         if not _NAME.match(name):
             problems.append(
                 Problem(
-                    f"{key}.{name}",
+                    f"{key_path}.{name}",
                     "a name must start with a letter or digit and use only letters, "
                     "digits, '-', '_' and '.' (up to 64)",
                 )
             )
             continue
-        table = _table(body, f"{key}.{name}", problems)
+        table = _table(body, f"{key_path}.{name}", problems)
         if table is not None:
             out[name] = table
     return out
@@ -774,12 +789,380 @@ def _overlap(
     return None
 
 
+# --- point-to-cloud servers ------------------------------------------------------------
+
+MAX_REMOTE_ACCESS_CLIENTS = 500
+"""Concurrent clients of all remote-access servers of one gateway together."""
+MAX_CONNECTIONS_PER_USER = 5
+MAX_LOCAL_SUBNETS = 20
+MAX_DNS_SERVERS = 2
+MAX_CLIENT_CAS = 10
+MAX_GROUP_DESTINATIONS = 10
+_SSL_PORTS = {"tcp": 443, "udp": 1194}
+_ADDRESS_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _ssl_cipher(raw: Any) -> str:
+    text = _string(raw).strip().upper()
+    if text not in SSL_CIPHERS:
+        known = ", ".join(sorted(SSL_CIPHERS))
+        raise _Bad(f"unknown cipher {raw!r} (known: {known})")
+    return text
+
+
+def _network(version: int) -> Callable[[Any], Any]:
+    def convert(raw: Any) -> IpNetwork:
+        net = _subnet(raw)
+        if net.version != version:
+            raise _Bad(f"{str(net)!r} is not an IPv{version} network")
+        return net
+
+    return convert
+
+
+def _dial_address(raw: Any) -> str:
+    """What a client dials: an IP address or a DNS name."""
+    text = _string(raw).strip()
+    try:
+        parse_address(text)
+    except ValueError:
+        if not _ADDRESS_NAME.match(text):
+            raise _Bad(f"{text!r} is neither an IP address nor a DNS name") from None
+    return text
+
+
+def _client_cas(raw: Any) -> Path:
+    """A PEM file of the CAs that client certificates must chain to (1-10)."""
+    path = _readable_file(raw)
+    try:
+        cas = x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError:
+        raise _Bad(f"{str(path)!r} is not a PEM file of X.509 certificates") from None
+    if len(cas) > MAX_CLIENT_CAS:
+        raise _Bad(f"{str(path)!r} holds {len(cas)} certificates; at most {MAX_CLIENT_CAS} CAs")
+    return path
+
+
+def _tls_crypt_key(raw: Any) -> Path:
+    """An OpenVPN static key file (`openvpn --genkey tls-crypt`), owner-only."""
+    path = _private_file(raw)
+    try:
+        parse_static_key(path.read_text(encoding="ascii", errors="replace"))
+    except ValueError as exc:
+        raise _Bad(f"{str(path)!r} is not an OpenVPN tls-crypt key: {exc}") from None
+    return path
+
+
+def _within(inner: IpNetwork, outer: IpNetwork) -> bool:
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
+
+
+def _pool_room(pool: IpNetwork, max_connections: int) -> str | None:
+    """Why `pool` cannot hold `max_connections` clients, or None. The server takes the
+    first host address; IPv4 loses its network and broadcast addresses too."""
+    reserved = 3 if pool.version == 4 else 2
+    clients = pool.num_addresses - reserved
+    if pool.version == 4 and pool.prefixlen > 30:
+        return f"{pool} is smaller than a /30 (the server, one client, network, broadcast)"
+    if clients < max_connections:
+        return (
+            f"a pool smaller than max_connections: {pool} has {max(clients, 0)} client "
+            f"addresses (the server takes {next(pool.hosts())}), max_connections is "
+            f"{max_connections}"
+        )
+    return None
+
+
+def _server_credentials(
+    s: _Section, gateway: GatewayConfig, certificate: Path | None, key: Path | None
+) -> None:
+    """An SSL server proves itself with a certificate the stock OpenVPN client accepts:
+    its `remote-cert-tls server` wants the serverAuth EKU and a keyUsage extension, and
+    the TLS handshake signs with the key (digitalSignature), so a certificate without
+    them fails every client at connect; refuse it here, under its key."""
+    own = s.has("certificate")
+    if certificate is None:
+        s.problem(
+            "certificate",
+            "an SSL server needs a certificate: set certificate and private_key here "
+            "or in [gateway]",
+        )
+        return
+    where = "" if own else " (gateway.certificate, the default)"
+    try:
+        certs = x509.load_pem_x509_certificates(certificate.read_bytes())
+    except ValueError:
+        s.problem("certificate", f"{str(certificate)!r}{where} is not a PEM X.509 certificate")
+        return
+    leaf = certs[0]
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        s.problem(
+            "certificate",
+            f"{describe(leaf)!r}{where} has no serverAuth extended key usage; the OpenVPN "
+            "client's `remote-cert-tls server` refuses it",
+        )
+    try:
+        usage: x509.KeyUsage | None = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is None:
+        s.problem(
+            "certificate",
+            f"{describe(leaf)!r}{where} has no keyUsage extension; the OpenVPN client's "
+            "`remote-cert-tls server` requires one (digitalSignature, keyEncipherment)",
+        )
+    elif not usage.digital_signature:
+        s.problem(
+            "certificate",
+            f"{describe(leaf)!r}{where} has keyUsage without digitalSignature; the TLS "
+            "handshake signs with the server's key, so clients would refuse it",
+        )
+    if key is None:
+        return
+    private = _private_key(s, key)
+    if private is None:
+        return
+    try:
+        LocalCredentials(leaf, tuple(certs[1:]), private)
+    except CredentialError:
+        s.problem("private_key", "does not match the public key of the server's certificate")
+
+
+def _group(
+    name: str, data: Mapping[str, Any], path: str, problems: list[Problem]
+) -> GroupConfig | None:
+    s = _Section(data, path, problems)
+    before = len(problems)
+    destinations = s.items("destinations", _subnet)
+    s.finish()
+    if destinations is not None:
+        if len(destinations) > MAX_GROUP_DESTINATIONS:
+            s.problem(
+                "destinations",
+                f"lists {len(destinations)} prefixes; a group has at most {MAX_GROUP_DESTINATIONS}",
+            )
+        if len(set(destinations)) != len(destinations):
+            s.problem("destinations", "lists a prefix twice")
+    if len(problems) > before or destinations is None:
+        return None
+    return GroupConfig(name=name, destinations=destinations)
+
+
+def _remote_access(
+    name: str,
+    data: Mapping[str, Any],
+    gateway: GatewayConfig | None,
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> RemoteAccessConfig | None:
+    s = _Section(data, f"remote_access.{name}", problems)
+    before = len(problems)
+    protocol: RemoteAccessProtocol = s.value("protocol", _choice("ssl", "ikev2"), "ssl")
+    if protocol == "ikev2":
+        s.problem("protocol", '"ikev2" servers are not available yet; use "ssl"')
+    transport: Transport = s.value("transport", _choice("tcp", "udp"), "tcp")
+    port = s.value("port", _integer(1, 65535), _SSL_PORTS[transport])
+    ciphers = s.items("ciphers", _ssl_cipher, DEFAULT_SSL_CIPHERS)
+    pool = s.required("client_pool", _network(4))
+    pool6 = s.optional("client_pool6", _network(6))
+    local_subnets = s.items("local_subnets", _subnet)
+    dns: tuple[IpAddress, ...] | None = ()
+    if data.get("dns") != []:  # an empty list: no DNS servers, like no key
+        dns = s.items("dns", _address, ())
+    s.seen.add("dns")
+    auth: ClientAuth = s.value("auth", _choice("password", "certificate", "any"), "password")
+    client_ca = s.optional("client_ca", _client_cas)
+    users = s.optional("users", _path)
+    address = s.optional("address", _dial_address)
+    max_connections = s.optional("max_connections", _integer(1, MAX_REMOTE_ACCESS_CLIENTS))
+    if not s.has("max_connections"):
+        max_connections = MAX_REMOTE_ACCESS_CLIENTS
+    # None: a bad value (recorded), against which no pool is measured.
+    per_user = s.value(
+        "connections_per_user", _integer(1, MAX_CONNECTIONS_PER_USER), MAX_CONNECTIONS_PER_USER
+    )
+    certificate = s.optional("certificate", _readable_file)
+    private_key = s.optional("private_key", _private_file)
+    tls_crypt_key = s.optional("tls_crypt_key", _tls_crypt_key)
+    client_to_client = s.value("client_to_client", _boolean, False)
+    groups: dict[str, GroupConfig] = {}
+    s.seen.add("groups")
+    for group_name, body in _named_tables(data, "groups", problems, prefix=s.path).items():
+        parsed = _group(group_name, body, f"{s.path}.groups.{group_name}", problems)
+        if parsed is not None:
+            groups[group_name] = parsed
+    s.finish()
+
+    if ciphers is not None:
+        for i, cipher in enumerate(ciphers):
+            if cipher in ciphers[:i]:
+                s.problem(f"ciphers[{i}]", f"lists {cipher} twice")
+    if local_subnets is not None:
+        if len(local_subnets) > MAX_LOCAL_SUBNETS:
+            s.problem(
+                "local_subnets",
+                f"lists {len(local_subnets)} subnets; a server pushes at most {MAX_LOCAL_SUBNETS}",
+            )
+        if len(set(local_subnets)) != len(local_subnets):
+            s.problem("local_subnets", "lists a subnet twice")
+    if dns is not None and len(dns) > MAX_DNS_SERVERS:
+        s.problem("dns", f"lists {len(dns)} servers; at most {MAX_DNS_SERVERS} are pushed")
+    if auth == "any":
+        s.problem("auth", '"any" is only for ikev2 servers; use "password" or "certificate"')
+    if auth == "certificate" and not s.has("client_ca"):
+        s.problem("client_ca", 'required with auth = "certificate" (the CAs of the clients)')
+    if auth == "password" and s.has("client_ca"):
+        s.problem("client_ca", 'only used with auth = "certificate"')
+    if auth == "password" and not s.has("users"):
+        s.problem("users", 'required with auth = "password" (the file `lockgate user` writes)')
+    if s.has("certificate") != s.has("private_key"):
+        missing = "private_key" if s.has("certificate") else "certificate"
+        s.problem(missing, "certificate and private_key must be set together")
+    for key, net in (("client_pool", pool), ("client_pool6", pool6)):
+        if net is None:
+            continue
+        reason = _pool_room(net, max_connections or 1)
+        if reason is not None:
+            s.problem(key, reason)
+        for subnet in local_subnets or ():
+            if subnet.version == net.version and subnet.overlaps(net):
+                s.problem(key, f"{net} overlaps local_subnets {subnet}")
+    unreadable = (s.has("certificate") and certificate is None) or (
+        s.has("private_key") and private_key is None
+    )
+    if gateway is not None and not unreadable and s.has("certificate") == s.has("private_key"):
+        _server_credentials(
+            s,
+            gateway,
+            certificate if s.has("certificate") else gateway.certificate,
+            private_key if s.has("private_key") else gateway.private_key,
+        )
+    if users is not None and users.exists():
+        try:
+            load_users(users)
+        except ConfigError as exc:
+            s.problem("users", "; ".join(str(p) for p in exc.problems) or str(exc))
+    if (
+        len(problems) > before
+        or gateway is None
+        or pool is None
+        or local_subnets is None
+        or ciphers is None
+        or dns is None
+        or max_connections is None
+    ):
+        return None
+    for group in groups.values():
+        for dest in group.destinations:
+            if not any(_within(dest, net) for net in local_subnets):
+                warnings.append(
+                    Problem(
+                        f"{s.path}.groups.{group.name}.destinations",
+                        f"{dest} is outside local_subnets: clients get no route to it",
+                    )
+                )
+    return RemoteAccessConfig(
+        name=name,
+        protocol=protocol,
+        client_pool=pool,
+        local_subnets=local_subnets,
+        users=users,
+        address=address if address is not None else str(gateway.addresses[0]),
+        transport=transport,
+        port=port,
+        ciphers=ciphers,
+        client_pool6=pool6,
+        dns=dns,
+        auth=auth,
+        client_ca=client_ca,
+        max_connections=max_connections,
+        connections_per_user=per_user,
+        certificate=certificate if certificate is not None else gateway.certificate,
+        private_key=private_key if private_key is not None else gateway.private_key,
+        tls_crypt_key=tls_crypt_key,
+        client_to_client=client_to_client,
+        groups=types.MappingProxyType(groups),
+    )
+
+
+def _check_remote_access(
+    gateway: GatewayConfig | None,
+    servers: Mapping[str, RemoteAccessConfig],
+    connections: Mapping[str, ConnectionConfig],
+    problems: list[Problem],
+) -> None:
+    """Rules between servers, and between servers and the rest of the file: the
+    gateway's client limit, one listener per transport and port, and pools that no
+    other subnet claims (a packet to a client address must route to that client)."""
+    listed = list(servers.values())
+    total = sum(server.max_connections for server in listed)
+    if total > MAX_REMOTE_ACCESS_CLIENTS:
+        parts = " + ".join(str(server.max_connections) for server in listed)
+        problems.append(
+            Problem(
+                f"remote_access.{listed[-1].name}.max_connections",
+                f"the servers' max_connections add up to {total} ({parts}); a gateway "
+                f"serves at most {MAX_REMOTE_ACCESS_CLIENTS} clients",
+            )
+        )
+    for i, server in enumerate(listed):
+        path = f"remote_access.{server.name}"
+        for other in listed[:i]:
+            if (other.transport, other.port) == (server.transport, server.port):
+                problems.append(
+                    Problem(
+                        f"{path}.port",
+                        f"{server.transport} port {server.port} is taken by "
+                        f"remote_access.{other.name} (both listen on gateway.addresses)",
+                    )
+                )
+        if gateway is not None and server.transport == "udp":
+            for key in ("ike_port", "nat_port"):
+                if getattr(gateway, key) == server.port:
+                    problems.append(
+                        Problem(f"{path}.port", f"udp port {server.port} is gateway.{key}")
+                    )
+        for key in ("client_pool", "client_pool6"):
+            pool = getattr(server, key)
+            if pool is None:
+                continue
+            for other in listed[:i]:
+                theirs = other.client_pool if pool.version == 4 else other.client_pool6
+                if theirs is not None and pool.overlaps(theirs):
+                    problems.append(
+                        Problem(
+                            f"{path}.{key}",
+                            f"{pool} overlaps remote_access.{other.name}'s pool {theirs}",
+                        )
+                    )
+            for conn in connections.values():
+                for side in ("local_subnets", "remote_subnets"):
+                    for subnet in getattr(conn, side):
+                        if subnet.version == pool.version and subnet.overlaps(pool):
+                            problems.append(
+                                Problem(
+                                    f"{path}.{key}",
+                                    f"{pool} overlaps connections.{conn.name}.{side} {subnet}",
+                                )
+                            )
+
+
 def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
     """Validate an already parsed TOML document; raise ConfigError listing every mistake."""
     problems: list[Problem] = []
     warnings: list[Problem] = []
     top = _Section(data, "", problems)
-    top.seen.update({"gateway", "peers", "connections"})
+    top.seen.update({"gateway", "peers", "connections", "remote_access"})
     top.finish()
     gateway = None
     if "gateway" not in data:
@@ -801,7 +1184,14 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     _warn_partial_overlaps(connections, warnings)
     if gateway is not None:
         _check_own_identities(gateway, peers, problems)
-    if not problems and not connections:
+    servers: dict[str, RemoteAccessConfig] = {}
+    for name, body in _named_tables(data, "remote_access", problems).items():
+        server = _remote_access(name, body, gateway, problems, warnings)
+        if server is not None:
+            servers[name] = server
+    _check_remote_access(gateway, servers, connections, problems)
+    # Site-to-site, point-to-cloud or both; a file with neither does nothing.
+    if not problems and not connections and "remote_access" not in data:
         problems.append(Problem("connections", "no connection is configured"))
     if problems or gateway is None:
         raise ConfigError(problems, str(source) if source is not None else None)
@@ -810,6 +1200,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         peers=types.MappingProxyType({n: p for n, p in peers.items() if p is not None}),
         connections=types.MappingProxyType(connections),
         source=source,
+        remote_access=types.MappingProxyType(servers),
         warnings=tuple(warnings),
     )
 

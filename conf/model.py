@@ -211,8 +211,9 @@ class RemoteAccessConfig:
     """Virtual addresses handed to clients (the server keeps the first for itself)."""
     local_subnets: tuple[IpNetwork, ...]
     """What clients reach: pushed to them as routes (1-20)."""
-    users: Path
-    """The users file (`lockgate user`), mode 0600."""
+    users: Path | None
+    """The users file (`lockgate user`), mode 0600; None: certificate auth without
+    one (every certificate of client_ca, by its CN, no groups or static addresses)."""
     address: str
     """What profiles tell clients to dial (default: the gateway's first address)."""
     transport: Transport = "tcp"

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conf.model import RemoteAccessConfig
 from ikev2.config import ConfigError, Problem
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -64,6 +65,13 @@ class User:
     def __repr__(self) -> str:
         # Hashes stay out of logs and tracebacks too.
         return f"User(name={self.name!r}, group={self.group!r}, static_ip={self.static_ip!r})"
+
+
+def needs_nt_hash(server: RemoteAccessConfig) -> bool:
+    """Whether `server`'s users need an NT hash next to the scrypt one: only an IKEv2
+    server that accepts passwords, whose EAP-MSCHAPv2 works on MD4 of the password
+    (RFC 2759 §8.3) and so cannot use a salted hash."""
+    return server.protocol == "ikev2" and server.auth in ("password", "any")
 
 
 def password_problem(name: str, password: str) -> str | None:

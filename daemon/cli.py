@@ -6,6 +6,8 @@
     lockgate [-s SOCKET] up|down [-c FILE] NAME
     lockgate [-s SOCKET] rekey [-c FILE] [--ike] NAME
     lockgate [-s SOCKET] reload [-c FILE]
+    lockgate user add|del|passwd|list SERVER ... [-c FILE]
+    lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c FILE]
     lockgate demo
 
 A client command finds the daemon's control socket with -s, else in the
@@ -23,10 +25,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon import remote_access_cli
 from daemon.control import DEFAULT_SOCKET, ControlClientError, request
 from daemon.status import format_status, format_summary
+
+if TYPE_CHECKING:
+    from conf.model import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _config_option(sub.add_parser("reload", help="re-read the configuration (like SIGHUP)"))
 
+    # Remote access: users files and client profiles, from the configuration file.
+    remote_access_cli.add_parsers(sub)
+
     demo = sub.add_parser("demo", help="site-to-site demo in network namespaces (root)")
     demo.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
@@ -126,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_daemon(args.config, socket_path=args.socket, log_level=args.log_level)
     if command == "check-config":
         return _check_config(args.file)
+    if command in remote_access_cli.COMMANDS:
+        return remote_access_cli.run(args)
     if command == "demo":
         from daemon.demo import run_demo
 
@@ -180,8 +191,16 @@ def _check_config(path: str) -> int:
     for problem in config.warnings:
         print(f"warning: {problem}", file=sys.stderr)
     names = ", ".join(sorted(config.connections)) or "none"
-    print(f"{path}: OK ({len(config.connections)} connection(s): {names})")
+    print(f"{path}: OK ({len(config.connections)} connection(s): {names}{_servers_line(config)})")
     return EXIT_OK
+
+
+def _servers_line(config: Config) -> str:
+    """The check-config words for the point-to-cloud servers, when there are any."""
+    if not config.remote_access:
+        return ""
+    names = ", ".join(config.remote_access)
+    return f"; {len(config.remote_access)} remote-access server(s): {names}"
 
 
 if __name__ == "__main__":  # pragma: no cover

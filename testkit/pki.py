@@ -1,5 +1,6 @@
 """A throwaway PKI for the lab's certificate cases: a CA (optionally an intermediate
-under a root) that issues gateway certificates, all generated in memory per run."""
+under a root) that issues gateway, TLS server and TLS client certificates, all generated
+in memory per run."""
 
 from __future__ import annotations
 
@@ -55,7 +56,16 @@ class Pki:
         self.parent = parent
         self.ca = self._issue(name, None, key_type, is_ca=True)
 
-    def _issue(self, cn: str, dns_name: str | None, key_type: str, *, is_ca: bool) -> Credential:
+    def _issue(
+        self,
+        cn: str,
+        dns_name: str | None,
+        key_type: str,
+        *,
+        is_ca: bool,
+        eku: str | None = "serverAuth",
+        key_usage: bool = False,
+    ) -> Credential:
         import datetime
 
         from cryptography import x509
@@ -96,9 +106,28 @@ class Pki:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False
             )
-        if not is_ca:
+        if not is_ca and eku is not None:
+            purpose = {
+                "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+                "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+            }[eku]
+            builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+        if not is_ca and key_usage:
+            # What TLS needs of an end entity's key (RFC 5280 §4.2.1.3): signing (ECDHE,
+            # TLS 1.3) and, for RSA key transport, encipherment.
             builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
             )
         digest = None if isinstance(signing_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
         cert = builder.sign(signing_key, digest)
@@ -113,9 +142,35 @@ class Pki:
             dns_name=dns_name,
         )
 
-    def issue(self, dns_name: str, key_type: str | None = None) -> Credential:
-        """A gateway certificate for `dns_name` (CN and DNS SAN)."""
-        return self._issue(dns_name, dns_name, key_type or self.key_type, is_ca=False)
+    def issue(
+        self,
+        dns_name: str,
+        key_type: str | None = None,
+        *,
+        eku: str | None = "serverAuth",
+        key_usage: bool = False,
+    ) -> Credential:
+        """A gateway certificate for `dns_name` (CN and DNS SAN).
+
+        `eku`: the extended key usage, "serverAuth" (the default), "clientAuth" or None
+        (no extension). `key_usage`: add keyUsage digitalSignature and keyEncipherment,
+        which the OpenVPN client's `remote-cert-tls server` insists on (an IKE peer
+        needs neither)."""
+        return self._issue(
+            dns_name,
+            dns_name,
+            key_type or self.key_type,
+            is_ca=False,
+            eku=eku,
+            key_usage=key_usage,
+        )
+
+    def issue_client(self, name: str, key_type: str | None = None) -> Credential:
+        """A TLS client certificate for the user `name` (CN only, clientAuth, keyUsage),
+        as an OpenVPN client presents it to a server with certificate auth."""
+        return self._issue(
+            name, None, key_type or self.key_type, is_ca=False, eku="clientAuth", key_usage=True
+        )
 
     def chain(self) -> list[bytes]:
         """CA certificates from this CA up to the root (PEM)."""

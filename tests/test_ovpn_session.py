@@ -7,7 +7,6 @@ client's interop is the namespace test's job (tests/test_ovpn_netns.py).
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import random
 import ssl
@@ -16,10 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ovpn.data import OCC_EXIT, OCC_MAGIC, PING_MAGIC, DataChannelKey
 from ovpn.keys import KeyMethod2, derive_data_keys
@@ -72,37 +67,8 @@ def make_server_pki() -> ServerPki:
     """The lab's CA with a server certificate carrying what `remote-cert-tls server`
     checks: the serverAuth EKU and a keyUsage extension."""
     pki = Pki()
-    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert_pem)
-    ca_key = serialization.load_pem_private_key(pki.ca.key_pem, None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return ServerPki(
-        pki.ca.cert_pem,
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    server = pki.issue(SERVER_NAME, key_usage=True)
+    return ServerPki(pki.ca.cert_pem, server.cert_pem, server.key_pem)
 
 
 @pytest.fixture(scope="module")

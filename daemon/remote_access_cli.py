@@ -1,0 +1,297 @@
+"""`lockgate user ...` and `lockgate profile`: the remote-access commands that work on
+the configuration file and a server's users file, without a running daemon.
+
+    lockgate user add SERVER NAME [--group G] [--static-ip A] [--password-stdin] [-c CONF]
+    lockgate user del SERVER NAME [-c CONF]
+    lockgate user passwd SERVER NAME [--password-stdin] [-c CONF]
+    lockgate user list SERVER [--json] [-c CONF]
+    lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c CONF]
+
+The users file is rewritten atomically with mode 0600 (`conf.users.save_users`); a
+running daemon notices the change by itself. Nothing here prints a password or a hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+# The configuration packages load only when one of these commands runs: the
+# daemon's client commands (`status`, ...) start without them.
+if TYPE_CHECKING:
+    from conf.model import Config, RemoteAccessConfig
+    from conf.users import User
+
+DEFAULT_CONFIG = "/etc/lockgate/lockgate.toml"
+COMMANDS = ("user", "profile")
+
+
+class _Refused(Exception):
+    """The command cannot do what was asked; the message says why (exit status 1)."""
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `user` and `profile` under the `lockgate` parser's subcommands."""
+
+    def conf_option(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "-c",
+            "--config",
+            default=DEFAULT_CONFIG,
+            metavar="CONF",
+            help=f"configuration file (default: {DEFAULT_CONFIG})",
+        )
+
+    user = sub.add_parser("user", help="manage the users of a remote-access server")
+    actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add a user")
+    passwd = actions.add_parser("passwd", help="change a user's password")
+    delete = actions.add_parser("del", help="delete a user (their sessions end)")
+    listing = actions.add_parser("list", help="list the users")
+    for cmd in (add, passwd, delete, listing):
+        cmd.add_argument("server", metavar="SERVER", help="[remote_access.SERVER] name")
+        conf_option(cmd)
+    for cmd in (add, passwd, delete):
+        cmd.add_argument("name", metavar="NAME", help="user name")
+    for cmd in (add, passwd):
+        cmd.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from one line of standard input instead of prompting",
+        )
+    add.add_argument("--group", metavar="G", help="access-policy group ([...groups.G])")
+    add.add_argument("--static-ip", metavar="A", help="an address of the pool, always theirs")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    profile = sub.add_parser("profile", help="print an OpenVPN client profile (.ovpn)")
+    profile.add_argument("server", metavar="SERVER", help="[remote_access.SERVER] name")
+    profile.add_argument("--user", metavar="NAME", help="name the user in the profile")
+    profile.add_argument("--cert", metavar="FILE", help="the user's certificate (PEM)")
+    profile.add_argument("--key", metavar="FILE", help="the user's private key (PEM)")
+    conf_option(profile)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `user ...` or `profile`; 0 on success, 1 when refused (the reason on stderr)."""
+    from ikev2.config import ConfigError
+
+    label = f"lockgate {args.command}" + (f" {args.action}" if args.command == "user" else "")
+    try:
+        if args.command == "profile":
+            print(_profile(args), end="")
+        elif args.action == "list":
+            print(_list(args), end="")
+        else:
+            print({"add": _add, "del": _delete, "passwd": _passwd}[args.action](args))
+    except _Refused as exc:
+        print(f"{label}: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"{label}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- shared steps ----------------------------------------------------------------------
+
+
+def _server(args: argparse.Namespace) -> tuple[Config, RemoteAccessConfig]:
+    from conf.load import load_config
+
+    config = load_config(args.config)
+    server = config.remote_access.get(args.server)
+    if server is None:
+        known = ", ".join(config.remote_access) or "none configured"
+        raise _Refused(f"no remote-access server named {args.server!r} (servers: {known})")
+    return config, server
+
+
+def _users_file(server: RemoteAccessConfig) -> Path:
+    if server.users is None:
+        raise _Refused(
+            f"remote_access.{server.name} has no users file: set its `users` key to "
+            "the file that `lockgate user` should write"
+        )
+    return server.users
+
+
+def _password(args: argparse.Namespace) -> str:
+    """The new password: one line of stdin, or typed twice at a prompt; the rule applies."""
+    from conf.users import password_problem
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise _Refused("the passwords differ; nothing changed")
+    problem = password_problem(args.name, password)
+    if problem is not None:
+        raise _Refused(f"{problem}; nothing changed")
+    return password
+
+
+def _static_ip(
+    server: RemoteAccessConfig, users: dict[str, User], text: str
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise _Refused(f"--static-ip {text!r} is not an IP address") from None
+    pool = server.client_pool if address.version == 4 else server.client_pool6
+    pools = " or ".join(str(p) for p in (server.client_pool, server.client_pool6) if p)
+    if pool is None or address not in pool:
+        raise _Refused(f"--static-ip {address} is outside the client pool ({pools})")
+    if address in (pool.network_address, pool.broadcast_address):
+        raise _Refused(f"--static-ip {address} is not a host address of {pool}")
+    first = next(pool.hosts())
+    if address == first:
+        raise _Refused(f"--static-ip {address} is the server's own address in {pool}")
+    for other in users.values():
+        if other.static_ip == address:
+            raise _Refused(f"--static-ip {address} is already {other.name}'s")
+    return address
+
+
+def _refuse_nt_hash(server: RemoteAccessConfig) -> None:
+    """An IKEv2 password server needs the NT hash stored too (and `user add` says so);
+    this version computes none, and no such server loads yet."""
+    from conf.users import needs_nt_hash
+
+    if needs_nt_hash(server):
+        raise _Refused(f"remote_access.{server.name}: NT hashes (EAP-MSCHAPv2) are not supported")
+
+
+# --- the commands ----------------------------------------------------------------------
+
+
+def _add(args: argparse.Namespace) -> str:
+    from conf.users import NAME_RE, User, hash_password, load_users, save_users
+
+    _, server = _server(args)
+    path = _users_file(server)
+    if not NAME_RE.match(args.name):
+        raise _Refused(
+            f"{args.name!r} is not a valid user name (1-64 letters, digits and '._@-', "
+            "starting with a letter or digit)"
+        )
+    users = load_users(path)
+    if args.name in users:
+        raise _Refused(f"user {args.name!r} already exists on {server.name}")
+    if args.group is not None and args.group not in server.groups:
+        known = ", ".join(server.groups) or "none defined"
+        raise _Refused(f"no group {args.group!r} in remote_access.{server.name} (groups: {known})")
+    static_ip = None if args.static_ip is None else _static_ip(server, users, args.static_ip)
+    user = User(args.name, group=args.group, static_ip=static_ip)
+    if server.auth == "certificate":
+        if args.password_stdin:
+            raise _Refused(
+                f'remote_access.{server.name} has auth = "certificate": users log in with '
+                "a certificate whose CN is their name, not a password"
+            )
+    else:
+        _refuse_nt_hash(server)
+        user = dataclasses.replace(user, password=hash_password(_password(args)))
+    users[args.name] = user
+    save_users(path, users)
+    details = [f"group {user.group}"] if user.group else []
+    if user.static_ip is not None:
+        details.append(f"static IP {user.static_ip}")
+    if server.auth == "certificate":
+        details.append("certificate login (CN = user name)")
+    suffix = f" ({', '.join(details)})" if details else ""
+    return f"user {args.name} added to {server.name}{suffix}"
+
+
+def _delete(args: argparse.Namespace) -> str:
+    from conf.users import load_users, save_users
+
+    _, server = _server(args)
+    path = _users_file(server)
+    users = load_users(path)
+    if args.name not in users:
+        raise _Refused(f"no user {args.name!r} on {server.name}")
+    del users[args.name]
+    save_users(path, users)
+    return f"user {args.name} deleted from {server.name}"
+
+
+def _passwd(args: argparse.Namespace) -> str:
+    from conf.users import hash_password, load_users, save_users
+
+    _, server = _server(args)
+    path = _users_file(server)
+    if server.auth == "certificate":
+        raise _Refused(
+            f'remote_access.{server.name} has auth = "certificate": its users have no password'
+        )
+    users = load_users(path)
+    if args.name not in users:
+        raise _Refused(f"no user {args.name!r} on {server.name}")
+    _refuse_nt_hash(server)
+    password = _password(args)
+    users[args.name] = dataclasses.replace(users[args.name], password=hash_password(password))
+    save_users(path, users)
+    return f"password of {args.name} changed on {server.name}"
+
+
+def _list(args: argparse.Namespace) -> str:
+    from conf.users import load_users
+
+    _, server = _server(args)
+    users = load_users(_users_file(server))
+    rows = [
+        {
+            "name": u.name,
+            "group": u.group,
+            "static_ip": None if u.static_ip is None else str(u.static_ip),
+            "password": u.password is not None,
+        }
+        for u in sorted(users.values(), key=lambda u: u.name)
+    ]
+    if args.json:
+        return json.dumps(rows, indent=2) + "\n"
+    lines = [f"{server.name}: {len(rows)} user(s)"]
+    for row in rows:
+        parts = [f"  {row['name']}"]
+        if row["group"]:
+            parts.append(f"group {row['group']}")
+        if row["static_ip"]:
+            parts.append(f"static IP {row['static_ip']}")
+        parts.append("password" if row["password"] else "no password")
+        lines.append(", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def _profile(args: argparse.Namespace) -> str:
+    from conf.users import load_users
+    from daemon.ovpn_profile import ProfileError, check_client_credential, render_profile
+
+    config, server = _server(args)
+    if (
+        args.user is not None
+        and server.users is not None
+        and args.user not in load_users(server.users)
+    ):
+        raise _Refused(f"no user {args.user!r} on {server.name}")
+    if (args.cert is None) != (args.key is None):
+        raise _Refused("--cert and --key go together")
+    try:
+        check_client_credential(server, args.cert is not None)
+    except ProfileError as exc:
+        raise _Refused(str(exc)) from None
+    try:
+        cert = None if args.cert is None else Path(args.cert).read_bytes()
+        key = None if args.key is None else Path(args.key).read_bytes()
+    except OSError as exc:
+        raise _Refused(f"cannot read {exc.filename}: {exc.strerror}") from None
+    try:
+        return render_profile(config, server, user=args.user, client_cert=cert, client_key=key)
+    except ProfileError as exc:
+        raise _Refused(str(exc)) from None
