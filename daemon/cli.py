@@ -6,6 +6,8 @@
     lockgate [-s SOCKET] up|down NAME
     lockgate [-s SOCKET] rekey [--ike] NAME
     lockgate [-s SOCKET] reload
+    lockgate [-s SOCKET] clients [--json]
+    lockgate [-s SOCKET] disconnect SERVER USER
     lockgate demo
 
 Exit status: 0 on success, 1 when the daemon or the configuration refuses, 2 for a
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.control import DEFAULT_SOCKET, ControlClientError, request
-from daemon.status import format_status, format_summary
+from daemon.status import format_clients, format_status, format_summary
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -78,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
 
+    clients = sub.add_parser("clients", help="the connected point-to-cloud clients")
+    clients.add_argument("--json", action="store_true", help="machine-readable output")
+    cut = sub.add_parser("disconnect", help="end every session of a point-to-cloud user")
+    cut.add_argument("server", metavar="SERVER", help="remote_access server name")
+    cut.add_argument("user", metavar="USER", help="user name")
+
     demo = sub.add_parser("demo", help="site-to-site demo in network namespaces (root)")
     demo.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
@@ -110,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message["ike"] = True
     if command == "status" and args.summary:
         message["summary"] = True
+    if command == "disconnect":
+        message.update(server=args.server, user=args.user)
     try:
         result = request(path, message, timeout=60.0)
     except ControlClientError as exc:
@@ -122,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_summary(result), end="")
         else:
             print(format_status(result), end="")
+    elif command == "clients":
+        print(
+            json.dumps(result, indent=2) if args.json else format_clients(result),
+            end="\n" if args.json else "",
+        )
     elif isinstance(result, str) and result:
         print(result)
     return EXIT_OK

@@ -62,6 +62,8 @@ class ServerPki:
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    ca_key_pem: bytes = b""
+    """The CA's key, to issue client certificates."""
 
     def write(self, directory: Path) -> tuple[Path, Path, Path]:
         paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
@@ -104,6 +106,7 @@ def make_server_pki() -> ServerPki:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
+        pki.ca.key_pem,
     )
 
 
