@@ -446,3 +446,47 @@ def test_server_restart_client_reconnects(p2c: P2cLab) -> None:
         ping(p2c.client, CLOUD, count=2)
     finally:
         client.stop()
+
+
+HOSTILE = """
+import os, socket, sys
+from ovpn.packet import ControlPacket, Opcode
+server = sys.argv[1]
+garbage = [b"", b"\\x00", b"\\x38", b"\\x48\\x00\\x00\\x01", os.urandom(60), os.urandom(1400)]
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for packet in garbage:
+    udp.sendto(packet, (server, 1194))
+reset = ControlPacket(Opcode.CONTROL_HARD_RESET_CLIENT_V2, 0, os.urandom(8), (), None, 0, b"")
+full = reset.encode()
+udp.sendto(full[:5], (server, 1194))  # truncated
+tcp = socket.create_connection((server, 443))
+tcp.sendall(b"\\xff\\xff" + os.urandom(100))  # a length beyond any packet
+tcp.close()
+held = []
+for _ in range(200):  # handshakes that never finish
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    p = ControlPacket(Opcode.CONTROL_HARD_RESET_CLIENT_V2, 0, os.urandom(8), (), None, 0, b"")
+    s.sendto(p.encode(), (server, 1194))
+    held.append(s)
+print("sent")
+"""
+
+
+def test_hostile_garbage_and_200_unfinished_handshakes(p2c: P2cLab) -> None:
+    proc = p2c.client.run(sys.executable, "-c", HOSTILE, SERVER, check=False)
+    assert "sent" in proc.stdout, proc.stdout + proc.stderr
+    wait_until(
+        lambda: p2c.status()["field"]["drops"].get("half_open_evicted", 0) >= 72,
+        "the oldest unfinished handshakes to be evicted",
+        timeout=10,
+    )
+    field = p2c.status()["field"]
+    assert field["handshaking"] <= 128
+    assert field["drops"].get("malformed_initial", 0) + field["drops"].get("no_session", 0) >= 3
+    # The daemon answers, and a real client still connects and works.
+    client = p2c.connect("field")
+    try:
+        ping(p2c.client, CLOUD, count=2)
+    finally:
+        client.stop()
+    assert "Traceback" not in p2c.log()
