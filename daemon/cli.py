@@ -6,6 +6,8 @@
     lockgate [-s SOCKET] up|down [-c FILE] NAME
     lockgate [-s SOCKET] rekey [-c FILE] [--ike] NAME
     lockgate [-s SOCKET] reload [-c FILE]
+    lockgate [-s SOCKET] clients [-c FILE] [--json]
+    lockgate [-s SOCKET] disconnect [-c FILE] SERVER USER
     lockgate user add|del|passwd|list SERVER ... [-c FILE]
     lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c FILE]
     lockgate demo
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon import remote_access_cli
 from daemon.control import DEFAULT_SOCKET, ControlClientError, request
-from daemon.status import format_status, format_summary
+from daemon.status import format_clients, format_status, format_summary
 
 if TYPE_CHECKING:
     from conf.model import Config
@@ -94,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     # Remote access: users files and client profiles, from the configuration file.
     remote_access_cli.add_parsers(sub)
 
+    clients = sub.add_parser("clients", help="the connected point-to-cloud clients")
+    clients.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_option(clients)
+    cut = sub.add_parser("disconnect", help="end every session of a point-to-cloud user")
+    _config_option(cut)
+    cut.add_argument("server", metavar="SERVER", help="remote_access server name")
+    cut.add_argument("user", metavar="USER", help="user name")
+
     demo = sub.add_parser("demo", help="site-to-site demo in network namespaces (root)")
     demo.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
@@ -155,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message["ike"] = True
     if command == "status" and args.summary:
         message["summary"] = True
+    if command == "disconnect":
+        message.update(server=args.server, user=args.user)
     try:
         result = request(path, message, timeout=60.0)
     except ControlClientError as exc:
@@ -167,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_summary(result), end="")
         else:
             print(format_status(result), end="")
+    elif command == "clients":
+        print(
+            json.dumps(result, indent=2) if args.json else format_clients(result),
+            end="\n" if args.json else "",
+        )
     elif isinstance(result, str) and result:
         print(result)
     return EXIT_OK

@@ -1,6 +1,7 @@
 """The control socket's commands as the gateway carries them out.
 
-`lockgate status`, `up`, `down`, `rekey [--ike]` and `reload` arrive as JSON requests
+`lockgate status`, `up`, `down`, `rekey [--ike]`, `reload`, and for the
+point-to-cloud servers `clients` and `disconnect SERVER USER`, arrive as JSON requests
 (`daemon.control`); each is answered with a string or the status document, or
 refused with a `ControlError` whose message the client prints. `up` and `rekey`
 answer once the CHILD SA (or IKE SA) is there, or after UP_TIMEOUT.
@@ -65,6 +66,10 @@ async def handle_request(gateway: Gateway, request: dict[str, Any]) -> Any:
         return gateway.status_summary() if request.get("summary") else gateway.status()
     if command == "reload":
         return gateway.reload()
+    if command == "clients":
+        return gateway.remote_access.clients()
+    if command == "disconnect":
+        return gateway.remote_access.disconnect(request.get("server"), request.get("user"))
     if command == "rekey" and request.get("ike"):
         return await _rekey_ike(gateway, request.get("name"))
     if command in ("up", "down", "rekey"):

@@ -55,6 +55,7 @@ from daemon.peers import (
 from daemon.pump import Pump, claim_udp
 from daemon.routes import PROC_SYS, Routes, forwarding_off
 from daemon.sdnotify import Notifier, setup_logging
+from daemon.ssl_vpn import RemoteAccess
 from daemon.status import VERSION, gateway_status, status_line, status_summary
 from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as PeerConfig
@@ -142,6 +143,8 @@ class Gateway:
         """The CHILD SAs' volume lifetimes, and the liveness their traffic proves."""
         self.proc_sys = PROC_SYS
         """Where the forwarding sysctls are read (`forwarding_warnings`)."""
+        self.remote_access = RemoteAccess()
+        """The point-to-cloud servers (`[remote_access.NAME]`, `daemon.ssl_vpn`)."""
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -257,6 +260,8 @@ class Gateway:
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
+        # The point-to-cloud servers: their own TUNs and ports, after the gateway's.
+        await self.remote_access.start(config, self._links)
         for ike in ikes:
             self._add_peer(ike)
 
@@ -298,6 +303,7 @@ class Gateway:
             log.warning("%d IKE SA(s) did not confirm the delete in time", left)
 
     async def _teardown(self) -> None:
+        await self.remote_access.close()
         if self.ike is not None:
             self.ike.stop()
         for peer in self.peers.values():
@@ -686,6 +692,7 @@ class Gateway:
             self._report_liveness(now)
             if self.plane is not None:
                 self.plane.expire_lingering()
+            self.remote_access.housekeeping()
 
     async def _watch_volume(self) -> None:
         last_full = time.monotonic()

@@ -1,36 +1,50 @@
-"""The asyncio adapter for one OpenVPN-compatible server (`ovpn.server.Server`).
+"""The point-to-cloud SSL servers: OpenVPN clients dial in (`[remote_access.NAME]`).
 
-It owns the sockets and the TUN; the protocol lives in `ovpn/`. Every input (a UDP
-datagram, TCP bytes, a TUN packet, a timer) goes to the server, then `_flush` sends
-what the touched session has to say. Over TCP each connection is its own `remote`.
+`RemoteAccess` is the gateway's room for them: it starts one `SslVpnServer` per
+section with protocol "ssl" once the gateway's own ports are bound, polls the users
+files from the gateway's housekeeping, answers `lockgate clients` and `disconnect`,
+and stops them at teardown. The protocol lives in `ovpn/` (sans-I/O); who may connect
+and reach what in `daemon.p2c_auth`.
 
-`python -m daemon.ssl_vpn` runs one server with users from the command line; the
-namespace tests use it until the configuration (`[remote_access.*]`) wires the
-server into the gateway.
+Each server has a TUN of its own (`<interface>p<N>`, e.g. lockgate0p0) carrying the
+server's address, the pool's first host, with the pool's prefix: the kernel routes the
+pool into it, and every packet read from it belongs to one of this server's clients.
+Sharing the ESP data plane's TUN would have made its hot path dispatch every packet
+between ESP and OpenVPN by destination, and let one server's policy mistakes reach the
+other's; with a TUN per server, each server's policy sees only its own packets, and
+the kernel's routing between the TUNs is what joins a client to a site-to-site tunnel.
+
+The data path enforces, on every packet a client sends (counted drops, by reason):
+its own virtual address as the source (the core: `data_spoofed_source`), and as the
+destination only what its lease allows (`policy_destination`), other clients only with
+`client_to_client = true` (`policy_client_to_client`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import hmac
+import datetime
 import ipaddress
 import logging
 import os
-import signal
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from conf.model import Config, GatewayConfig, RemoteAccessConfig
+from daemon.control import ControlError
+from daemon.p2c_auth import Lease, P2cAuthenticator, UsersFile
 from ovpn.packet import PacketError, StreamDeframer, frame
-from ovpn.push import PushOptions
 from ovpn.server import Server
 from ovpn.session import (
     AuthDecision,
-    AuthRequest,
     ClientAuthenticated,
     ClientAuthFailed,
-    ClientDisconnected,
     ServerSession,
     SessionSettings,
 )
@@ -38,37 +52,174 @@ from ovpn.tls import server_context
 from ovpn.tls_crypt import TlsCrypt, parse_static_key
 from tun import LinkManager, TunDevice
 
+if TYPE_CHECKING:
+    from daemon.netlink import LinkWorker
+
 log = logging.getLogger(__name__)
 
+AUTH_WORKERS = 2
+"""Threads that check passwords (scrypt: 16 MiB and some 50 ms each)."""
+SHUTDOWN_LINGER = 0.3
+"""Seconds the servers' last words (RESTART to every client) get to leave at shutdown."""
 
-class _TcpClient:
-    """One TCP connection: the `remote` its session is keyed by."""
+
+class UdpRemote:
+    """A UDP client: the socket it came in on and its address."""
+
+    __slots__ = ("host", "port", "socket")
+
+    def __init__(self, socket: int, host: str, port: int) -> None:
+        self.socket, self.host, self.port = socket, host, port
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UdpRemote) and (self.socket, self.host, self.port) == (
+            other.socket,
+            other.host,
+            other.port,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.socket, self.host, self.port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class TcpRemote:
+    """One TCP connection: the `remote` its session is keyed by (by identity)."""
+
+    __slots__ = ("host", "port", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp:?"
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.host, self.port = str(peer[0]), int(peer[1])
 
-    def __repr__(self) -> str:
-        return self.label
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _tls_crypt(path: Path | None) -> TlsCrypt | None:
+    return None if path is None else TlsCrypt(parse_static_key(path.read_text()), server=True)
 
 
 class SslVpnServer:
-    def __init__(self, server: Server, tun: TunDevice) -> None:
-        self.server = server
+    """One `[remote_access.NAME]` server with protocol "ssl": sockets, TUN, sessions."""
+
+    def __init__(
+        self,
+        config: RemoteAccessConfig,
+        gateway: GatewayConfig,
+        tun: TunDevice,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        certificate = config.certificate or gateway.certificate
+        private_key = config.private_key or gateway.private_key
+        if certificate is None or private_key is None:
+            raise ControlError(
+                f"remote_access.{config.name}: needs a certificate and private_key "
+                "(its own or [gateway]'s)"
+            )
+        client_ca = (
+            str(config.client_ca) if config.auth == "certificate" and config.client_ca else None
+        )
+        settings = SessionSettings(
+            server_context(str(certificate), str(private_key), client_ca),
+            ciphers=config.ciphers,
+            tls_crypt=_tls_crypt(config.tls_crypt_key),
+        )
+        self.config = config
+        self.name = config.name
         self.tun = tun
-        self._udp: asyncio.DatagramTransport | None = None
+        self._executor = executor
+        self.users = UsersFile(config.users)
+        self.auth = P2cAuthenticator(
+            config, self.users.users, submit=self._submit, deliver=self._deliver
+        )
+        self.server = Server(
+            settings,
+            self.auth,
+            random=os.urandom,
+            max_sessions=config.max_connections,
+            on_end=self._ended,
+        )
+        self.drops: Counter[str] = Counter()
+        """Policy drops, and the drops of sessions that ended (live ones are added in
+        `status`)."""
+        self._pool_net = int(config.client_pool.network_address)
+        self._pool_mask = int(config.client_pool.netmask)
+        self._server_ip = int(self.auth.pool.server)
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
         self._wake = asyncio.Event()
+        self._timers: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # -- inputs ----------------------------------------------------------------------
+    # -- start and stop ----------------------------------------------------------------
 
-    def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        session = self.server.receive(data, addr, time.monotonic())
+    async def start(self, addresses: list[str]) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        port, tcp = self.config.port, self.config.transport == "tcp"
+        for address in addresses:
+            try:
+                if tcp:
+                    self._tcp.append(await asyncio.start_server(self._tcp_client, address, port))
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        partial(_Udp, self, len(self._udp)), local_addr=(address, port)
+                    )
+                    self._udp.append(transport)
+            except OSError as exc:
+                raise ControlError(
+                    f"remote_access.{self.name}: cannot listen on {address} "
+                    f"{self.config.transport.upper()} {port}: {exc.strerror}"
+                ) from None
+        loop.add_reader(self.tun.fileno(), self._tun_readable)
+        self._timers = loop.create_task(self._run_timers())
+        log.info(
+            "ssl-vpn %s: listening on %s %s %d, pool %s on %s, %d user(s)",
+            self.name,
+            ", ".join(addresses),
+            self.config.transport.upper(),
+            port,
+            self.config.client_pool,
+            self.tun.name,
+            len(self.users.users),
+        )
+
+    async def close(self) -> None:
+        """Tell every client to come back later (RESTART), then close everything."""
+        now = time.monotonic()
+        for session in list(self.server.sessions.values()):
+            if session.established:
+                session.disconnect(now, restart=True, reason="server shutting down")
+                self._flush(session)
+        if self.server.sessions:
+            await asyncio.sleep(SHUTDOWN_LINGER)
+        if self._timers is not None:
+            self._timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timers
+        for remote, session in list(self.server.sessions.items()):
+            self.server.remove(remote, "server shut down")
+            del session
+        if self._loop is not None:
+            self._loop.remove_reader(self.tun.fileno())
+        for srv in self._tcp:
+            srv.close()
+        for transport in self._udp:
+            transport.close()
+        self.tun.close()
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def datagram(self, data: bytes, remote: UdpRemote) -> None:
+        session = self.server.receive(data, remote, time.monotonic())
         if session is not None:
             self._flush(session)
 
-    async def tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = _TcpClient(writer)
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remote = TcpRemote(writer)
         deframer = StreamDeframer()
         try:
             while data := await reader.read(65536):
@@ -78,16 +229,16 @@ class SslVpnServer:
                     self.server.drops["tcp_framing"] += 1
                     break
                 for packet in packets:
-                    session = self.server.receive(packet, client, time.monotonic())
+                    session = self.server.receive(packet, remote, time.monotonic())
                     if session is not None:
                         self._flush(session)
         except (ConnectionError, OSError):
             pass
         finally:
-            self.server.remove(client)
+            self.server.remove(remote, "connection closed")
             writer.close()
 
-    def tun_readable(self) -> None:
+    def _tun_readable(self) -> None:
         now = time.monotonic()
         touched: dict[int, ServerSession] = {}
         for packet in self.tun.read_batch():
@@ -97,7 +248,7 @@ class SslVpnServer:
         for session in touched.values():
             self._flush(session)
 
-    async def timers(self) -> None:
+    async def _run_timers(self) -> None:
         while True:
             deadline = self.server.next_timer()
             delay = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
@@ -107,175 +258,272 @@ class SslVpnServer:
             for session in self.server.handle_timer(time.monotonic()):
                 self._flush(session)
 
-    # -- outputs ---------------------------------------------------------------------
+    # -- authentication off the loop ---------------------------------------------------------
+
+    def _submit(self, check: Callable[[], bool], done: Callable[[bool], None]) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, check)
+
+        def finished(f: asyncio.Future[bool]) -> None:
+            ok = not f.cancelled() and f.exception() is None and f.result()
+            done(ok)
+
+        future.add_done_callback(finished)
+
+    def _deliver(
+        self, remote: object, session_id: bytes, key_id: int, decision: AuthDecision
+    ) -> None:
+        session = self.server.sessions.get(remote)
+        now = time.monotonic()
+        if (
+            session is None
+            or session.session_id != session_id
+            or not session.complete_auth(key_id, decision, now)
+        ):
+            if decision.accepted:
+                self.auth.release(session_id)  # the session went while we checked
+            return
+        self._flush(session)
+
+    # -- outputs -----------------------------------------------------------------------------
 
     def _flush(self, session: ServerSession) -> None:
         out = self.server.collect(session, time.monotonic())
         remote = session.remote
-        for packet in out.to_client:
-            if isinstance(remote, _TcpClient):
-                remote.writer.write(frame(packet))
-            elif self._udp is not None:
-                self._udp.sendto(packet, remote)  # type: ignore[arg-type]
+        if out.to_client:
+            if isinstance(remote, TcpRemote):
+                remote.writer.write(b"".join(frame(p) for p in out.to_client))
+            elif isinstance(remote, UdpRemote) and remote.socket < len(self._udp):
+                send = self._udp[remote.socket].sendto
+                for packet in out.to_client:
+                    send(packet, (remote.host, remote.port))
         if out.to_tun:
-            self.tun.write_batch(out.to_tun)
+            passed = self._permitted(session, out.to_tun)
+            if passed:
+                self.tun.write_batch(passed)
         for event in out.events:
             if isinstance(event, ClientAuthenticated):
                 log.info(
-                    "ssl-vpn: %s connected from %s as %s (%s)",
+                    "ssl-vpn %s: %s connected from %s as %s (%s, %s)",
+                    self.name,
                     event.username,
                     remote,
                     event.address.ip,
                     event.cipher,
+                    self.config.transport,
                 )
             elif isinstance(event, ClientAuthFailed):
                 log.info(
-                    "ssl-vpn: login of %r from %s refused: %s", event.username, remote, event.reason
-                )
-            elif isinstance(event, ClientDisconnected):
-                log.info(
-                    "ssl-vpn: %s from %s disconnected: %s (in %d, out %d bytes; drops %s)",
-                    session.username,
+                    "ssl-vpn %s: login of %r from %s refused: %s",
+                    self.name,
+                    event.username,
                     remote,
                     event.reason,
-                    session.bytes_in,
-                    session.bytes_out,
-                    dict(session.drops),
                 )
-                if isinstance(remote, _TcpClient):
-                    remote.writer.close()
         self._wake.set()
 
-    async def serve(self, address: str, port: int, *, tcp: bool, udp: bool) -> None:
-        loop = asyncio.get_running_loop()
-        adapter = self
+    def _permitted(self, session: ServerSession, packets: list[bytes]) -> list[bytes]:
+        """The client's packets its policy lets through (the core checked the source)."""
+        lease = self.auth.leases.get(session.session_id)
+        if lease is None:
+            self.drops["policy_no_lease"] += len(packets)
+            return []
+        allowed = lease.allowed
+        pool_net, pool_mask, server_ip = self._pool_net, self._pool_mask, self._server_ip
+        passed: list[bytes] = []
+        for packet in packets:
+            dst = int.from_bytes(packet[16:20], "big")
+            if any(dst & mask == net for net, mask in allowed):
+                passed.append(packet)
+            elif dst & pool_mask == pool_net and dst != server_ip:
+                if self.config.client_to_client:
+                    passed.append(packet)
+                else:
+                    self.drops["policy_client_to_client"] += 1
+            else:
+                self.drops["policy_destination"] += 1
+        return passed
 
-        class _Udp(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                adapter.datagram(data, addr)
-
-        servers: list[asyncio.Server] = []
-        if udp:
-            transport, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(address, port))
-            self._udp = transport
-        if tcp:
-            servers.append(await asyncio.start_server(self.tcp_client, address, port))
-        loop.add_reader(self.tun.fileno(), self.tun_readable)
-        log.info("ssl-vpn: listening on %s port %d", address, port)
-        try:
-            await self.timers()
-        finally:
-            loop.remove_reader(self.tun.fileno())
-            for srv in servers:
-                srv.close()
-            if self._udp is not None:
-                self._udp.close()
-
-
-# --- A stand-alone server for the namespace tests ---------------------------------
-
-
-@dataclass
-class StaticUsers:
-    """Users and passwords given on the command line, addresses handed out in order."""
-
-    passwords: dict[str, str] = field(repr=False)
-    pool: ipaddress.IPv4Network
-    routes: tuple[ipaddress.IPv4Network, ...]
-    dns: tuple[ipaddress.IPv4Address, ...] = ()
-    _leases: dict[str, ipaddress.IPv4Address] = field(default_factory=dict)
-
-    @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        return next(self.pool.hosts())
-
-    def __call__(self, request: AuthRequest) -> AuthDecision:
-        expected = self.passwords.get(request.username)
-        if expected is None or not hmac.compare_digest(
-            expected.encode(), request.password.encode()
-        ):
-            return AuthDecision(False, "wrong user name or password")
-        address = self._leases.get(request.username)
-        if address is None:
-            hosts = self.pool.hosts()
-            next(hosts)  # the gateway's
-            taken = set(self._leases.values())
-            address = next(a for a in hosts if a not in taken)
-            self._leases[request.username] = address
-        push = PushOptions(
-            ipaddress.IPv4Interface(f"{address}/{self.pool.prefixlen}"),
-            self.gateway,
-            self.routes,
-            self.dns,
-        )
-        return AuthDecision(True, push=push)
-
-
-def _load_tls_crypt(path: str) -> TlsCrypt:
-    with open(path) as f:
-        return TlsCrypt(parse_static_key(f.read()), server=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--listen", required=True)
-    parser.add_argument("--port", type=int, default=1194)
-    parser.add_argument("--transport", choices=["tcp", "udp", "both"], default="both")
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--client-ca")
-    parser.add_argument("--pool", required=True, type=ipaddress.IPv4Network)
-    parser.add_argument("--route", action="append", type=ipaddress.IPv4Network, default=[])
-    parser.add_argument("--dns", action="append", type=ipaddress.IPv4Address, default=[])
-    parser.add_argument("--cipher", action="append", default=[])
-    parser.add_argument("--users-file", required=True, help="lines of USER:PASSWORD")
-    parser.add_argument("--tun", default="lgovpn0")
-    parser.add_argument("--renegotiate", type=float)
-    parser.add_argument("--tls-crypt", help="an OpenVPN static key file (--genkey tls-crypt)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-
-    passwords: dict[str, str] = {}
-    with open(args.users_file) as f:
-        for line in f:
-            user, sep, password = line.rstrip("\n").partition(":")
-            if sep:
-                passwords[user] = password
-    users = StaticUsers(passwords, args.pool, tuple(args.route), tuple(args.dns))
-    settings = SessionSettings(
-        server_context(args.cert, args.key, args.client_ca),
-        ciphers=tuple(args.cipher) or SessionSettings.ciphers,
-        renegotiate_seconds=args.renegotiate,
-        tls_crypt=_load_tls_crypt(args.tls_crypt) if args.tls_crypt else None,
-    )
-    tun = TunDevice.open(args.tun)
-    with LinkManager() as links:
-        links.add_address(
-            tun.name, ipaddress.IPv4Interface(f"{users.gateway}/{args.pool.prefixlen}")
-        )
-        links.set_up(tun.name)
-    adapter = SslVpnServer(Server(settings, users, random=os.urandom), tun)
-
-    async def run() -> None:
-        task = asyncio.ensure_future(
-            adapter.serve(
-                args.listen,
-                args.port,
-                tcp=args.transport in {"tcp", "both"},
-                udp=args.transport in {"udp", "both"},
+    def _ended(self, session: ServerSession) -> None:
+        """The core forgot a session: its address goes back, one log line, TCP closes."""
+        self.drops.update(session.drops)
+        lease = self.auth.release(session.session_id)
+        if lease is not None:
+            log.info(
+                "ssl-vpn %s: %s (%s) from %s disconnected: %s; %d bytes in, %d out, %.0f s",
+                self.name,
+                lease.user,
+                lease.address,
+                session.remote,
+                session.close_reason,
+                session.bytes_in,
+                session.bytes_out,
+                time.time() - lease.since,
             )
+        else:
+            log.debug(
+                "ssl-vpn %s: unauthenticated session from %s ended: %s",
+                self.name,
+                session.remote,
+                session.close_reason,
+            )
+        remote = session.remote
+        if isinstance(remote, TcpRemote) and self._loop is not None:
+            # After this flush's last packets are written.
+            self._loop.call_soon(remote.writer.close)
+
+    # -- operations ------------------------------------------------------------------------
+
+    def poll_users(self) -> None:
+        """Re-read the users file if it changed; end the sessions it no longer allows."""
+        if not self.users.poll():
+            return
+        ends = self.auth.users_changed(self.users.users)
+        log.info("ssl-vpn %s: users file re-read, %d user(s)", self.name, len(self.users.users))
+        for lease, restart, reason in ends:
+            self._end(lease, restart=restart, reason=reason)
+
+    def _end(self, lease: Lease, *, restart: bool, reason: str) -> None:
+        session = self.server.sessions.get(lease.remote)
+        if session is None or session.session_id != lease.session_id:
+            self.auth.release(lease.session_id)
+            return
+        log.info(
+            "ssl-vpn %s: ending the session of %s from %s: %s",
+            self.name,
+            lease.user,
+            lease.remote,
+            reason,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        log.info("ssl-vpn: stopped; drops %s", dict(adapter.server.drops))
+        session.disconnect(time.monotonic(), restart=restart, reason=reason)
+        self._flush(session)
 
-    asyncio.run(run())
-    tun.close()
-    return 0
+    def disconnect(self, user: str) -> int:
+        """End every session of `user` (HALT: the client does not come back)."""
+        leases = self.auth.sessions_of(user)
+        for lease in leases:
+            self._end(lease, restart=False, reason="disconnected by the operator")
+        return len(leases)
+
+    def clients(self) -> list[dict[str, Any]]:
+        out = []
+        for lease in self.auth.leases.values():
+            session = self.server.sessions.get(lease.remote)
+            if session is None or session.session_id != lease.session_id:
+                continue
+            out.append(
+                {
+                    "server": self.name,
+                    "protocol": "ssl",
+                    "user": lease.user,
+                    "virtual_ip": str(lease.address),
+                    "remote": str(lease.remote),
+                    "since": datetime.datetime.fromtimestamp(lease.since, datetime.UTC)
+                    .isoformat(timespec="seconds")
+                    .replace("+00:00", "Z"),
+                    "bytes_in": session.bytes_in,
+                    "bytes_out": session.bytes_out,
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        drops = self.drops + self.server.drops
+        for session in self.server.sessions.values():
+            drops.update(session.drops)
+        sessions = self.server.sessions.values()
+        return {
+            "name": self.name,
+            "protocol": "ssl",
+            "transport": self.config.transport,
+            "port": self.config.port,
+            "interface": self.tun.name,
+            "pool": str(self.config.client_pool),
+            "clients": len(self.auth.leases),
+            "max_connections": self.config.max_connections,
+            "handshaking": sum(1 for s in sessions if not s.established),
+            "users": len(self.users.users),
+            "refusals": dict(sorted(self.auth.refusals.items())),
+            "drops": dict(sorted(drops.items())),
+        }
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: SslVpnServer, index: int) -> None:
+        self.server, self.index = server, index
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.server.datagram(data, UdpRemote(self.index, str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors from clients that went away: their sessions time out
+
+
+def _bring_up(links: LinkManager, *, name: str, address: ipaddress.IPv4Interface) -> None:
+    links.quiet_ipv6(name)
+    links.add_address(name, address)
+    links.set_up(name)
+
+
+def interface_name(gateway: GatewayConfig, index: int) -> str:
+    """The TUN of the `index`th SSL server: the gateway's interface name with p<N>."""
+    suffix = f"p{index}"
+    return gateway.interface[: 15 - len(suffix)] + suffix
+
+
+class RemoteAccess:
+    """The gateway's point-to-cloud servers."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, SslVpnServer] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self, config: Config, links: LinkWorker) -> None:
+        """Start a server per `[remote_access.NAME]` with protocol "ssl"."""
+        addresses = [str(a) for a in config.gateway.addresses]
+        for index, ra in enumerate(config.remote_access.values()):
+            if ra.protocol != "ssl":
+                log.warning("remote_access.%s: protocol %r is not served yet", ra.name, ra.protocol)
+                continue
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="p2c-auth")
+            name = interface_name(config.gateway, index)
+            tun = TunDevice.open(name)
+            try:
+                server = SslVpnServer(ra, config.gateway, tun, self._executor)
+                address = ipaddress.IPv4Interface(
+                    (server.auth.pool.server, ra.client_pool.prefixlen)
+                )
+                links.run(partial(_bring_up, name=name, address=address))
+            except BaseException:
+                tun.close()
+                raise
+            self.servers[ra.name] = server
+            await server.start(addresses)
+
+    def housekeeping(self) -> None:
+        for server in self.servers.values():
+            server.poll_users()
+
+    async def close(self) -> None:
+        servers, self.servers = list(self.servers.values()), {}
+        for server in servers:
+            await server.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def clients(self) -> list[dict[str, Any]]:
+        return [client for server in self.servers.values() for client in server.clients()]
+
+    def disconnect(self, server: object, user: object) -> str:
+        if not isinstance(server, str) or server not in self.servers:
+            known = ", ".join(sorted(self.servers)) or "none"
+            raise ControlError(f"no remote access server named {server!r} (running: {known})")
+        if not isinstance(user, str) or not user:
+            raise ControlError("disconnect needs a user name")
+        count = self.servers[server].disconnect(user)
+        return f"{server}: {count} session(s) of {user} ended"
+
+    def status(self) -> list[dict[str, Any]]:
+        return [server.status() for server in self.servers.values()]

@@ -96,6 +96,8 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
             if gateway.endpoint is not None
             else {}
         ),
+        # The point-to-cloud servers, each with its client count (`daemon.ssl_vpn`).
+        "remote_access": gateway.remote_access.status(),
     }
 
 
@@ -200,10 +202,33 @@ def format_status(status: dict[str, Any]) -> str:
             f"   out {_size(sa['bytes_out'])} / {sa['packets_out']} packets"
         )
         lines.append(f"    drops: {_drops(sa.get('drops', {}))}")
+    servers = status.get("remote_access", [])
+    if servers:
+        lines.append(f"Remote access servers ({len(servers)}):")
+        for srv in servers:
+            lines.append(
+                f"  {srv['name']}: {srv['protocol']} {srv['transport']} port {srv['port']}, "
+                f"pool {srv['pool']} on {srv['interface']}, "
+                f"{srv['clients']}/{srv['max_connections']} client(s), "
+                f"{srv['handshaking']} connecting, {srv['users']} user(s)"
+            )
+            lines.append(f"    refused: {_drops(srv.get('refusals', {}))}")
+            lines.append(f"    drops: {_drops(srv.get('drops', {}))}")
     lines.append(f"IKE drops: {_drops(status.get('ike_drops', {}))}")
     lines.append(f"Drops (all SAs and unmatched traffic): {_drops(status.get('drops', {}))}")
     # Lost before the daemon read them: full socket buffers or TUN queue (overload).
     lines.append(f"Kernel drops: {_drops(status.get('kernel_drops', {}))}")
+    return "\n".join(lines) + "\n"
+
+
+def format_clients(clients: list[dict[str, Any]]) -> str:
+    """`lockgate clients` for people: one line per connected point-to-cloud client."""
+    lines = [f"Clients ({len(clients)}):"]
+    for c in clients:
+        lines.append(
+            f"  {c['server']} {c['user']} {c['virtual_ip']} from {c['remote']} "
+            f"since {c['since']}, in {_size(c['bytes_in'])}, out {_size(c['bytes_out'])}"
+        )
     return "\n".join(lines) + "\n"
 
 

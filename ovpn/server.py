@@ -25,6 +25,10 @@ from ovpn.session import (
 
 MAX_PEER_ID = 0xFFFFFE
 """0xFFFFFF means "no peer id" to OpenVPN."""
+DEFAULT_MAX_HALF_OPEN = 128
+"""Sessions not yet authenticated kept at once; a new one beyond it evicts the oldest,
+so clients that never finish their handshake cannot hold the server's room for the
+whole handshake window (a flood must outpace real handshakes to hurt them)."""
 
 
 @dataclass
@@ -44,11 +48,17 @@ class Server:
         *,
         random: Callable[[int], bytes],
         max_sessions: int = 500,
+        max_half_open: int = DEFAULT_MAX_HALF_OPEN,
+        on_end: Callable[[ServerSession], None] | None = None,
     ) -> None:
         self.settings = settings
         self._authenticate = authenticate
         self._random = random
         self.max_sessions = max_sessions
+        """Established sessions kept at once (half-open ones come on top)."""
+        self.max_half_open = max_half_open
+        self._on_end = on_end
+        """Called once for every session the server forgets, closed by then."""
         self.sessions: dict[Hashable, ServerSession] = {}
         self._by_address: dict[ipaddress.IPv4Address, ServerSession] = {}
         self._peer_ids: set[int] = set()
@@ -59,7 +69,7 @@ class Server:
         session = self.sessions.get(remote)
         if session is not None and self._is_new_client_reset(packet, session):
             # The client restarted (new session id) from the same address.
-            self._forget(remote, session)
+            self._forget(remote, session, "replaced by a new session from the same address")
             session = None
         if session is None:
             session = self._maybe_start(packet, remote, now)
@@ -97,9 +107,10 @@ class Server:
         if key_id != 0 or pkt.packet_id != 0 or pkt.acks:
             self.drops["malformed_initial"] += 1
             return None
-        if len(self.sessions) >= self.max_sessions:
+        if len(self.sessions) >= self.max_sessions + self.max_half_open:
             self.drops["server_full"] += 1
             return None
+        self._make_half_open_room()
         peer_id = self._free_peer_id()
         if peer_id is None:
             self.drops["server_full"] += 1
@@ -116,6 +127,15 @@ class Server:
         self._peer_ids.add(peer_id)
         self.sessions[remote] = session
         return session
+
+    def _make_half_open_room(self) -> None:
+        """Evict the oldest unauthenticated sessions until a new one fits."""
+        if len(self.sessions) < self.max_half_open:
+            return  # cannot be over the limit
+        half_open = [(r, s) for r, s in self.sessions.items() if not s.established]
+        for remote, session in half_open[: max(0, len(half_open) - self.max_half_open + 1)]:
+            self.drops["half_open_evicted"] += 1
+            self._forget(remote, session, "evicted: too many unfinished handshakes")
 
     def _free_peer_id(self) -> int | None:
         return next((i for i in range(MAX_PEER_ID + 1) if i not in self._peer_ids), None)
@@ -146,22 +166,26 @@ class Server:
                     other.disconnect(now, reason="address taken over")
                 self._by_address[event.address.ip] = session
             elif isinstance(event, ClientDisconnected):
-                self._forget(session.remote, session)
+                self._forget(session.remote, session, event.reason)
         return out
 
-    def remove(self, remote: Hashable) -> None:
+    def remove(self, remote: Hashable, reason: str = "connection closed") -> None:
         """The transport is gone (TCP connection closed)."""
         session = self.sessions.get(remote)
         if session is not None:
-            self._forget(remote, session)
+            self._forget(remote, session, reason)
 
-    def _forget(self, remote: Hashable, session: ServerSession) -> None:
-        if self.sessions.get(remote) is session:
-            del self.sessions[remote]
+    def _forget(self, remote: Hashable, session: ServerSession, reason: str) -> None:
+        if self.sessions.get(remote) is not session:
+            return
+        del self.sessions[remote]
         self._peer_ids.discard(session.peer_id)
-        for address, owner in list(self._by_address.items()):
-            if owner is session:
-                del self._by_address[address]
+        address = session.push.address.ip if session.push is not None else None
+        if address is not None and self._by_address.get(address) is session:
+            del self._by_address[address]
+        session.close(reason)  # no-op when it closed itself
+        if self._on_end is not None:
+            self._on_end(session)
 
     def next_timer(self) -> float | None:
         return min(

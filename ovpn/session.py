@@ -89,7 +89,7 @@ class SessionSettings:
 
 @dataclass(frozen=True)
 class AuthRequest:
-    """What the client presented; the callback decides."""
+    """What the client presented; the callback decides, at once or later (`AuthPending`)."""
 
     username: str
     password: str = field(repr=False)
@@ -100,6 +100,9 @@ class AuthRequest:
     """The transport address the session was created for (opaque to the core)."""
     renegotiation: bool
     """True for a soft reset's re-authentication (the session is already up)."""
+    session_id: bytes = b""
+    """The server's session id: with `key_id`, where a deferred decision goes."""
+    key_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,23 @@ class AuthDecision:
     """Why a login was refused (logged; not sent to the client)."""
     push: PushOptions | None = None
     """The client's configuration; required when `accepted` on a first login."""
+    username: str | None = None
+    """The name the server knows the client by, when not the one it sent (a
+    certificate's subject); None keeps the client's."""
 
 
-Authenticator = Callable[[AuthRequest], AuthDecision]
+class AuthPending:
+    """The authenticator's answer "later": the key state waits (within the handshake
+    window) until the decision arrives through `ServerSession.complete_auth`, so a slow
+    check (a memory-hard password hash) runs off the event loop."""
+
+    def __repr__(self) -> str:
+        return "AUTH_PENDING"
+
+
+AUTH_PENDING = AuthPending()
+
+Authenticator = Callable[[AuthRequest], "AuthDecision | AuthPending"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,7 @@ Event = ClientAuthenticated | ClientAuthFailed | DataKeysReady | ClientDisconnec
 class _KeyPhase(enum.Enum):
     TLS = "tls"  # reset exchanged, TLS handshake under way
     KEY_EXCHANGE = "key-exchange"  # TLS up, waiting for the client's key method 2
+    AUTH_PENDING = "auth-pending"  # key methods exchanged, the decision is on its way
     ACTIVE = "active"  # key method 2 done
     FAILED = "failed"
 
@@ -165,6 +183,16 @@ class _KeyState:
     activated: float | None = None
     retire_at: float | None = None
     """When a superseded key stops decrypting."""
+    pending: _PendingAuth | None = None
+    """The key methods and cipher awaiting a deferred decision."""
+
+
+@dataclass(frozen=True)
+class _PendingAuth:
+    client: KeyMethod2
+    server: KeyMethod2
+    peer_info: dict[str, str]
+    cipher: str
 
 
 def next_key_id(key_id: int) -> int:
@@ -217,6 +245,9 @@ class ServerSession:
         self._last_sent = now
         self.created = now
         self.username: str | None = None
+        """Who the client is: the decision's `username`, else the name it sent."""
+        self._claimed_username: str | None = None
+        self.close_reason: str | None = None
         self.peer_info: dict[str, str] = {}
         self.push: PushOptions | None = None
         self.cipher: str | None = None
@@ -241,6 +272,11 @@ class ServerSession:
     @property
     def closed(self) -> bool:
         return self._state is _SessionState.CLOSED
+
+    @property
+    def auth_pending(self) -> bool:
+        """Whether a key state waits for a deferred authentication decision."""
+        return any(ks.pending is not None for ks in self._keys.values())
 
     @property
     def address(self) -> ipaddress.IPv4Address | None:
@@ -484,24 +520,64 @@ class ServerSession:
             return
         renegotiation = ks.key_id != 0
         peer_info = parse_peer_info(client.peer_info)
-        decision = self._decide(client, peer_info, ks, renegotiation)
         server = KeyMethod2(
             random1=self._random(32), random2=self._random(32), options=OPTIONS_STRING
         )
+        # Our key method goes out at once, whatever the decision: the data keys are
+        # used only once it accepts (OpenVPN's deferred authentication does the same).
         ks.tls.write(server.encode())
+        ks.phase = _KeyPhase.AUTH_PENDING
+        cipher, decision = self._decide(client, peer_info, ks, renegotiation)
+        if isinstance(decision, AuthPending):
+            if cipher is None:  # _decide defers only with a cipher
+                decision = AuthDecision(False, "internal: deferred without a cipher")
+            else:
+                ks.pending = _PendingAuth(client, server, peer_info, cipher)
+                self._queue_tls_output(ks)
+                return
+        self._apply_decision(ks, client, server, peer_info, cipher, decision, now)
+
+    def complete_auth(self, key_id: int, decision: AuthDecision, now: float) -> bool:
+        """The decision the authenticator deferred for key state `key_id`; False when
+        nothing waits for it any more (the session or that key state is gone)."""
+        ks = self._keys.get(key_id)
+        if self.closed or ks is None or ks.pending is None:
+            return False
+        pending, ks.pending = ks.pending, None
+        decision = self._checked(decision, ks.key_id != 0)
+        self._apply_decision(
+            ks, pending.client, pending.server, pending.peer_info, pending.cipher, decision, now
+        )
+        self._flush(now)
+        return True
+
+    def _apply_decision(
+        self,
+        ks: _KeyState,
+        client: KeyMethod2,
+        server: KeyMethod2,
+        peer_info: dict[str, str],
+        cipher: str | None,
+        decision: AuthDecision,
+        now: float,
+    ) -> None:
+        renegotiation = ks.key_id != 0
         ks.phase = _KeyPhase.ACTIVE
         ks.activated = now
-        if not decision.accepted:
-            self._refuse(ks, client.username, decision.reason, now)
+        if not decision.accepted or cipher is None:
+            self._refuse(ks, decision.username or client.username, decision.reason, now)
             return
+        username = decision.username or client.username
         if not renegotiation:
-            self.username = client.username
+            self.username = username
+            self._claimed_username = client.username
             self.peer_info = peer_info
             self.push = decision.push
+            self.cipher = cipher
             self._cc_exit = bool(iv_proto(peer_info) & IV_PROTO_CC_EXIT_NOTIFY)
-        cipher, push = self.cipher, self.push
-        if cipher is None or push is None:  # _decide accepts only with both
-            self._close("internal: accepted without cipher or configuration")
+        push = self.push
+        if push is None:  # _checked accepts a first login only with one
+            self._close("internal: accepted without a client configuration")
             return
         material = derive_data_keys(client, server, self.remote_session_id or b"", self.session_id)
         ks.data = DataChannelKey(cipher, material, key_id=ks.key_id)
@@ -514,23 +590,22 @@ class ServerSession:
         self._events.append(DataKeysReady(ks.key_id, cipher, renegotiation))
         if not renegotiation:
             self._state = _SessionState.ESTABLISHED
-            self._events.append(
-                ClientAuthenticated(client.username, push.address, cipher, self.peer_id)
-            )
+            self._events.append(ClientAuthenticated(username, push.address, cipher, self.peer_id))
             if iv_proto(peer_info) & IV_PROTO_REQUEST_PUSH:
                 self._write_message(ks, self._push_reply(push, cipher))
         self._queue_tls_output(ks)
 
     def _decide(
         self, client: KeyMethod2, peer_info: dict[str, str], ks: _KeyState, renegotiation: bool
-    ) -> AuthDecision:
-        if renegotiation and client.username != self.username:
-            return AuthDecision(False, "user name changed on renegotiation")
+    ) -> tuple[str | None, AuthDecision | AuthPending]:
+        """The data cipher and the decision (or AUTH_PENDING: `complete_auth` follows)."""
+        if renegotiation and client.username != self._claimed_username:
+            return None, AuthDecision(False, "user name changed on renegotiation")
         cipher = negotiate_cipher(list(self.settings.ciphers), peer_info)
         if cipher is None or cipher not in CIPHERS:
-            return AuthDecision(False, "no common data cipher")
+            return None, AuthDecision(False, "no common data cipher")
         if renegotiation and cipher != self.cipher:
-            return AuthDecision(False, "data cipher changed on renegotiation")
+            return None, AuthDecision(False, "data cipher changed on renegotiation")
         try:
             decision = self._authenticate(
                 AuthRequest(
@@ -540,15 +615,21 @@ class ServerSession:
                     peer_info,
                     self.remote,
                     renegotiation,
+                    self.session_id,
+                    ks.key_id,
                 )
             )
         except Exception as exc:  # the callback's bug must not take the server down
             self.drops["authenticator_error"] += 1
-            return AuthDecision(False, f"authenticator failed: {type(exc).__name__}")
+            return None, AuthDecision(False, f"authenticator failed: {type(exc).__name__}")
+        if isinstance(decision, AuthPending):
+            return cipher, decision
+        return cipher, self._checked(decision, renegotiation)
+
+    @staticmethod
+    def _checked(decision: AuthDecision, renegotiation: bool) -> AuthDecision:
         if decision.accepted and not renegotiation and decision.push is None:
             return AuthDecision(False, "no client configuration")
-        if decision.accepted:
-            self.cipher = cipher
         return decision
 
     def _refuse(self, ks: _KeyState, username: str, reason: str, now: float) -> None:
@@ -681,9 +762,15 @@ class ServerSession:
         self._out.append(wire)
         self._last_sent = now
 
+    def close(self, reason: str) -> None:
+        """End the session at once, without a word to the client (its transport is
+        gone, or the server needs the room)."""
+        self._close(reason)
+
     def _close(self, reason: str) -> None:
         if self.closed:
             return
         self._state = _SessionState.CLOSED
+        self.close_reason = reason
         self._keys.clear()
         self._events.append(ClientDisconnected(reason))

@@ -23,7 +23,9 @@ from ovpn.push import PushOptions, encode_message, split_messages
 from ovpn.reliable import ReliableReceiver, ReliableSender
 from ovpn.server import Server
 from ovpn.session import (
+    AUTH_PENDING,
     AuthDecision,
+    AuthPending,
     AuthRequest,
     ClientAuthenticated,
     ClientAuthFailed,
@@ -55,6 +57,8 @@ class ServerPki:
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    ca_key_pem: bytes = b""
+    """The CA's key, to issue client certificates."""
 
     def write(self, directory: Path) -> tuple[Path, Path, Path]:
         paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
@@ -68,7 +72,7 @@ def make_server_pki() -> ServerPki:
     checks: the serverAuth EKU and a keyUsage extension."""
     pki = Pki()
     server = pki.issue(SERVER_NAME, key_usage=True)
-    return ServerPki(pki.ca.cert_pem, server.cert_pem, server.key_pem)
+    return ServerPki(pki.ca.cert_pem, server.cert_pem, server.key_pem, pki.ca.key_pem)
 
 
 @pytest.fixture(scope="module")
@@ -563,3 +567,70 @@ def test_tls_crypt_session(server_pki: tuple[ServerPki, Path]) -> None:
     for packet in stranger.packets(pair.now):
         assert pair.server.receive(packet, ("198.51.100.7", 9), pair.now) is None
     assert pair.server.drops["malformed_initial"] == 1
+
+
+def test_deferred_decision_waits_then_connects(server_pki: tuple[ServerPki, Path]) -> None:
+    pair = make_pair(server_pki)
+    waiting: list[AuthRequest] = []
+
+    def later(request: AuthRequest) -> AuthPending:
+        waiting.append(request)
+        return AUTH_PENDING
+
+    pair.server._authenticate = later  # type: ignore[assignment]
+    pair.pump()
+    session = pair.session
+    assert len(waiting) == 1 and session.auth_pending and not session.established
+    assert pair.client.cipher is None  # no PUSH_REPLY before the decision
+    request = waiting[0]
+    assert (request.session_id, request.key_id) == (session.session_id, 0)
+    decision = AuthDecision(True, push=PUSH, username="alice@cert")
+    assert session.complete_auth(request.key_id, decision, pair.now)
+    assert not session.complete_auth(request.key_id, decision, pair.now)  # only once
+    pair._collect(session)
+    pair.pump()
+    assert pair.client.cipher == "AES-256-GCM"
+    assert session.username == "alice@cert"
+    assert any(
+        isinstance(e, ClientAuthenticated) and e.username == "alice@cert" for e in pair.events
+    )
+
+
+def test_deferred_refusal_and_a_decision_that_never_comes(
+    server_pki: tuple[ServerPki, Path],
+) -> None:
+    pair = make_pair(server_pki)
+    waiting: list[AuthRequest] = []
+    pair.server._authenticate = lambda r: waiting.append(r) or AUTH_PENDING  # type: ignore[assignment]
+    pair.pump()
+    pair.session.complete_auth(0, AuthDecision(False, "wrong password"), pair.now)
+    pair._collect(pair.session)
+    pair.pump()
+    assert "AUTH_FAILED" in pair.client.messages
+    # A second client whose decision never comes is closed at the handshake window.
+    pair.client = MiniClient(server_pki[0].ca_pem, seed=5)
+    pair.remote = ("198.51.100.1", 40001)
+    pair.pump()
+    session = pair.session
+    pair.advance(61)
+    assert session.closed and session.close_reason == "handshake timeout"
+    assert pair.remote not in pair.server.sessions
+
+
+def test_unfinished_handshakes_evict_the_oldest(server_pki: tuple[ServerPki, Path]) -> None:
+    pair = make_pair(server_pki)
+    ended: list[ServerSession] = []
+    pair.server.max_half_open = 3
+    pair.server._on_end = ended.append
+    for port in range(5):
+        stranger = MiniClient(server_pki[0].ca_pem, seed=20 + port)
+        for packet in stranger.packets(pair.now):
+            pair.server.receive(packet, ("198.51.100.9", port), pair.now)
+    assert len(pair.server.sessions) == 3
+    assert pair.server.drops["half_open_evicted"] == 2
+    assert [s.remote for s in ended] == [("198.51.100.9", 0), ("198.51.100.9", 1)]
+    assert all(s.closed for s in ended)
+    for session in list(pair.server.sessions.values()):
+        pair.server.collect(session, pair.now)  # the strangers' answers go nowhere
+    pair.pump()  # a real client still gets in
+    assert pair.client.cipher == "AES-256-GCM"
