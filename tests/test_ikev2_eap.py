@@ -21,6 +21,7 @@ from strongswan import Pki
 
 from ikev2.certs import LocalCredentials, TrustAnchors
 from ikev2.codec import Authentication, Configuration, Eap, Message
+from ikev2.codec.eap import EapIdentity, EapNak, eap_payload
 from ikev2.config import (
     ConnectionConfig,
     Identity,
@@ -31,6 +32,7 @@ from ikev2.config import (
 from ikev2.constants import AuthMethod, EapCode, ExchangeType, NotifyType
 from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
+from ikev2.eap_mschapv2 import EapCause, EapClient, EapFailed, EapServer
 from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaFailed,
@@ -295,3 +297,41 @@ def test_no_auth_without_remote_access_is_refused() -> None:
     pair = _login(_client(pki), server)
     (fb,) = pair.of("b", IkeSaFailed)
     assert "sent no AUTH" in fb.reason
+
+
+def test_eap_server_refuses_a_nak_a_wrong_identifier_and_an_empty_identity() -> None:
+    def server() -> EapServer:
+        return EapServer(DeterministicRandom(b"s"), USERS.get)
+
+    s = server()
+    request = s.start()
+    with pytest.raises(EapFailed) as nak:
+        s.process(eap_payload(EapCode.RESPONSE, request.identifier, EapNak((13,))))
+    assert nak.value.cause is EapCause.REFUSED_METHOD
+    assert nak.value.eap is not None and nak.value.eap.code == EapCode.FAILURE
+    s = server()
+    request = s.start()
+    with pytest.raises(EapFailed) as wrong_id:
+        s.process(eap_payload(EapCode.RESPONSE, request.identifier ^ 1, EapIdentity(b"alice")))
+    assert wrong_id.value.cause is EapCause.PROTOCOL
+    s = server()
+    request = s.start()
+    with pytest.raises(EapFailed) as empty:
+        s.process(eap_payload(EapCode.RESPONSE, request.identifier, EapIdentity(b"")))
+    assert empty.value.cause is EapCause.PROTOCOL
+
+
+def test_eap_client_and_server_agree_on_the_msk() -> None:
+    client = EapClient(DeterministicRandom(b"c"), "CORP\\alice", USERS["alice"])
+    # A Windows-style "DOMAIN\user" identity: the user check sees it whole, the
+    # challenge hash without the domain (RFC 2759 §8.2).
+    server_users = {"CORP\\alice": USERS["alice"]}
+    server = EapServer(DeterministicRandom(b"s"), server_users.get)
+    packet: Eap | None = server.start()
+    while packet is not None and not server.done:
+        answer = client.process(packet)
+        assert answer is not None
+        packet = server.process(answer)
+    assert packet is not None and packet.code == EapCode.SUCCESS
+    assert client.process(packet) is None and client.succeeded
+    assert server.msk is not None and server.msk == client.msk and server.identity == "CORP\\alice"
