@@ -7,6 +7,8 @@ builds new objects instead of changing live ones.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,6 +24,16 @@ StartAction = Literal["initiate", "trap", "wait"]
 DpdAction = Literal["clear", "restart", "trap"]
 EncapMode = Literal["auto", "force", "nat"]
 AuthMethod = Literal["psk", "pubkey"]
+ClientAuth = Literal["eap", "pubkey", "any"]
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NtHashLookup = Callable[[str], bytes | None]
+"""EAP identity -> the user's NT hash (MD4 of the UTF-16LE password), None: unknown."""
+AddressAllocator = Callable[[str, int, int], IpInterface | None]
+"""(user, IKE SA number, IP version 4 or 6) -> the client's virtual address with the
+pool's prefix (for INTERNAL_IP4_NETMASK), or None when none is free. The caller frees
+it when that IKE SA is deleted or fails."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,64 @@ class ChildConfig:
     def rekey_time(self) -> float:
         """Seconds after installation when rekeying is due (before randomisation)."""
         return self.lifetime - self.rekey_margin
+
+
+@dataclass(frozen=True)
+class RemoteAccess:
+    """A remote-access server's settings for its clients (RFC 7296 §2.16, §3.15).
+
+    The daemon fills it from a `[remote_access.NAME]` section with `protocol = "ikev2"`;
+    the users file and the address pool stay with the daemon, behind the callbacks.
+    """
+
+    client_auth: ClientAuth = "eap"
+    """How clients prove who they are: "eap" (EAP-MSCHAPv2, TOML auth "password"),
+    "pubkey" (certificates, RFC 7427; TOML "certificate") or "any"."""
+    nt_hash: NtHashLookup | None = field(default=None, repr=False)
+    """The user check of EAP-MSCHAPv2 (needed unless client_auth is "pubkey")."""
+    allocate: AddressAllocator | None = field(default=None, repr=False)
+    """Hands out virtual addresses (TOML client_pool, client_pool6)."""
+    dns: tuple[IpAddress, ...] = ()
+    """DNS servers (INTERNAL_IP4_DNS, INTERNAL_IP6_DNS; TOML dns)."""
+    dns_domains: tuple[str, ...] = ()
+    """Split-DNS domains (INTERNAL_DNS_DOMAIN, RFC 8598; TOML dns_domains)."""
+    subnets: tuple[IpNetwork, ...] = ()
+    """The networks clients reach, sent as INTERNAL_IP4_SUBNET / INTERNAL_IP6_SUBNET
+    (macOS routes by them; TOML local_subnets)."""
+
+    def __post_init__(self) -> None:
+        if self.client_auth not in ("eap", "pubkey", "any"):
+            raise ConfigError(f"unknown client authentication {self.client_auth!r}")
+        if self.client_auth != "pubkey" and self.nt_hash is None:
+            raise ConfigError("EAP-MSCHAPv2 needs a user check (nt_hash)")
+
+    @property
+    def accepts_eap(self) -> bool:
+        """Clients may log in with EAP-MSCHAPv2."""
+        return self.client_auth in ("eap", "any")
+
+    @property
+    def accepts_certificates(self) -> bool:
+        """Clients may authenticate with certificates."""
+        return self.client_auth in ("pubkey", "any")
+
+
+@dataclass(frozen=True)
+class RemoteAccessClient:
+    """We dial a remote-access server as one of its clients (tests, a load generator)."""
+
+    eap_identity: str | None = None
+    """Log in with EAP-MSCHAPv2 as this user; None: with our certificate."""
+    nt_hash: bytes | None = field(default=None, repr=False)
+    """The user's NT hash, for EAP-MSCHAPv2."""
+    request_ip4: bool = True
+    """Ask for an IPv4 virtual address (CFG_REQUEST)."""
+    request_ip6: bool = False
+    """Ask for an IPv6 virtual address."""
+
+    def __post_init__(self) -> None:
+        if self.eap_identity is not None and (self.nt_hash is None or len(self.nt_hash) != 16):
+            raise ConfigError("an EAP-MSCHAPv2 client needs a 16-octet NT hash")
 
 
 @dataclass(frozen=True)
@@ -130,6 +200,11 @@ class ConnectionConfig:
     fragment_size: int = 1232
     """Largest IKE message (from its header) sent whole once fragmentation is agreed:
     1280 octets of IPv6 minimum MTU less the IP and UDP headers and the marker."""
+    remote_access: RemoteAccess | None = None
+    """We are a remote-access server for %any clients on this connection: they may log
+    in with EAP (§2.16) and get virtual addresses (§3.15). Our own AUTH is "pubkey"."""
+    ra_client: RemoteAccessClient | None = None
+    """We are a client of a remote-access server (EAP login, virtual address)."""
 
     def __post_init__(self) -> None:
         where = f"connection {self.name!r}"
@@ -147,8 +222,21 @@ class ConnectionConfig:
             raise ConfigError(f"{where}: no CHILD SA configured")
         if self.auth == "psk" and not self.psk:
             raise ConfigError(f"{where}: auth is psk but no psk is set")
-        if self.auth == "pubkey" and (self.credentials is None or self.trust_anchors is None):
-            raise ConfigError(f"{where}: auth is pubkey but a certificate, key or CA is missing")
+        if self.auth == "pubkey":
+            eap_client = self.ra_client is not None and self.ra_client.eap_identity is not None
+            eap_only = (
+                self.remote_access is not None and not self.remote_access.accepts_certificates
+            )
+            if (self.credentials is None and not eap_client) or (
+                self.trust_anchors is None and not eap_only
+            ):
+                raise ConfigError(
+                    f"{where}: auth is pubkey but a certificate, key or CA is missing"
+                )
+        if self.remote_access is not None and (self.auth != "pubkey" or self.remote_address):
+            raise ConfigError(
+                f"{where}: a remote-access server signs with its certificate for %any"
+            )
         if self.auth not in ("psk", "pubkey"):
             raise ConfigError(f"{where}: unknown auth method {self.auth!r}")
         if not self.ike_proposals:

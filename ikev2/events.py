@@ -126,6 +126,8 @@ class IkeSaEstablished(Event):
     """True when a NAT (or forced encapsulation) was detected on the peer's side."""
     udp_encap_reason: str = ""
     """Why ESP travels in UDP (a NAT, forced, a lockgate peer); "" for raw ESP."""
+    eap_identity: str = ""
+    """The user an EAP login authenticated (RFC 7296 §2.16); "" without EAP."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,30 @@ class IkeSaFailed(Event):
     """What went wrong, for an operator ("peer's PSK does not match ours")."""
     notify: int | None
     """The IKEv2 notify error type involved (sent or received), if any."""
+    user: str = ""
+    """The EAP identity of a refused remote-access login, if it got that far."""
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualIpAssigned(Event):
+    """Configuration payloads gave a remote-access client its settings (RFC 7296 §3.15):
+    on a server, what it handed out (the addresses stay the client's until the IKE SA
+    is deleted or fails); on a client, what it received."""
+
+    connection: str
+    """Name of the connection."""
+    ike_sa_id: int
+    """The IKE SA the addresses belong to."""
+    user: str
+    """The EAP identity, else the IKE identity, of the client."""
+    addresses: tuple[str, ...]
+    """Virtual addresses with prefix ("192.0.2.7/24", "2001:db8:c::7/64")."""
+    dns: tuple[str, ...] = ()
+    """DNS servers."""
+    dns_domains: tuple[str, ...] = ()
+    """Split-DNS domains."""
+    subnets: tuple[str, ...] = ()
+    """Networks the client reaches through the tunnel."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from ikev2.config import ChildConfig, ConnectionConfig
 from ikev2.constants import IKE_HEADER_LEN, ExchangeType, ProtocolId, enum_name
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import IkeSuite
+from ikev2.eap_mschapv2 import EapFailed
 from ikev2.errors import (
     IkeError,
     IntegrityCheckFailed,
@@ -65,6 +66,7 @@ from ikev2.tasks import (
     CreateChild,
     Exchange,
     IkeAuth,
+    IkeConfig,
     IkeDelete,
     IkeInit,
     IkeNatd,
@@ -109,7 +111,7 @@ class IkeSa(IkeSaData):
         self.state = IkeSaState.HALF_OPEN
         first = child or self.config.children[0]
         self.tm.queue(Exchange(ExchangeType.IKE_SA_INIT, [IkeInit(), IkeNatd()]))
-        self.tm.queue(Exchange(ExchangeType.IKE_AUTH, [IkeAuth(), ChildCreate(first)]))
+        self.tm.queue(Exchange(ExchangeType.IKE_AUTH, [IkeAuth(), IkeConfig(), ChildCreate(first)]))
         if child is None:
             # The connection's other CHILD SAs follow with CREATE_CHILD_SA (§1.3.1).
             for other in self.config.children[1:]:
@@ -385,6 +387,10 @@ class IkeSa(IkeSaData):
             self._fail_after_response(exc, now)
             return
         self.tm.response_received(header.message_id)
+        if self.auth_continues:
+            # EAP (§2.16): the same tasks build the next IKE_AUTH request.
+            self.auth_continues = False
+            self.tm.queue_first(exchange)
         self._after_exchange(now)
         self.send_next(now)
 
@@ -463,7 +469,7 @@ class IkeSa(IkeSaData):
                     task.build_response(self, payloads)
             except IkeError as exc:
                 fatal = exc
-                payloads = [] if exc.notify is None else [_error_notify(exc)]
+                payloads = _error_payloads(exc)
         response = Message(
             spi_i=self.spi_i,
             spi_r=bytes(8) if fatal is not None and self.keys is None else self.spi_r,
@@ -616,6 +622,8 @@ class IkeSa(IkeSaData):
 
     def _after_exchange(self, now: float) -> None:
         """Housekeeping after an exchange completed."""
+        if self.state is IkeSaState.ESTABLISHED:
+            self.auth_tasks = None  # IKE_AUTH is over, however many rounds it took
         if self.state is IkeSaState.ESTABLISHED and (self.init_request or self.ke is not None):
             # IKE_AUTH is over: the IKE_SA_INIT messages its AUTH signed (§2.15) and our
             # Diffie-Hellman private key are never needed again; a gateway holding
@@ -653,7 +661,9 @@ class IkeSa(IkeSaData):
             log.warning(
                 "%s: IKE SA with %s failed: %s", self.name, format_address(self.remote), reason
             )
-            self.emit(IkeSaFailed(self.config.name, self.ike_sa_id, reason, notify))
+            self.emit(
+                IkeSaFailed(self.config.name, self.ike_sa_id, reason, notify, self.eap_identity)
+            )
         else:
             self.gone(reason, by_peer=False)
 
@@ -758,6 +768,17 @@ def _drop_reason(exc: IkeError) -> IkeDropReason:
     return IkeDropReason.INVALID_MESSAGE
 
 
+def _error_payloads(exc: IkeError) -> list[Payload]:
+    """What a refused request is answered with: the error notify, after the
+    EAP-Failure of a refused EAP login (RFC 7296 §2.16, §2.21.2)."""
+    payloads: list[Payload] = []
+    if isinstance(exc, EapFailed) and exc.eap is not None:
+        payloads.append(exc.eap)
+    if exc.notify is not None:
+        payloads.append(_error_notify(exc))
+    return payloads
+
+
 def _error_notify(exc: IkeError) -> Notify:
     if exc.notify is None:
         raise LocalProtocolError("no notify for this error")
@@ -780,7 +801,11 @@ def _responder_init(sa: IkeSa) -> list[Task]:
 
 
 def _responder_auth(sa: IkeSa) -> list[Task]:
-    return [IkeAuth(), ChildCreate(None)]
+    # One list for every IKE_AUTH exchange of an EAP login (§2.16): the CHILD SA and
+    # configuration requested in the first are answered in the last.
+    if sa.auth_tasks is None:
+        sa.auth_tasks = [IkeAuth(), IkeConfig(), ChildCreate(None)]
+    return sa.auth_tasks
 
 
 def _informational(sa: IkeSa) -> list[Task]:

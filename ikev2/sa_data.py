@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from ikev2.codec import Message, encode_message
-from ikev2.config import ConnectionConfig
+from ikev2.config import ConnectionConfig, IpInterface
 from ikev2.constants import NON_ESP_MARKER
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.key_pool import KeyPool
@@ -37,7 +37,7 @@ from ikev2.fragments import Reassembler, seal_for_size
 from ikev2.identity import Identity
 from ikev2.sa_types import ChildSa, Datagram, IkeDropReason, IkeSaState, PeerIkeRekey
 from ikev2.task_manager import RetransmitPolicy, TaskManager
-from ikev2.tasks.base import Exchange
+from ikev2.tasks.base import Exchange, Task
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class IkeSaData:
         "_out",
         "_reassembler",
         "_state",
+        "auth_continues",
+        "auth_tasks",
         "candidates",
         "children",
         "config",
@@ -88,6 +90,7 @@ class IkeSaData:
         "cookie",
         "created_at",
         "delete_reason",
+        "eap_identity",
         "encap_forced",
         "established_at",
         "expire_at",
@@ -137,6 +140,7 @@ class IkeSaData:
         "tm",
         "udp_unanswered",
         "unconfirmed_until",
+        "virtual_ips",
         "wall_clock",
         "withhold_udp_vid",
     )
@@ -229,6 +233,16 @@ class IkeSaData:
         framing must stay what the wire agreed."""
         # IKE_AUTH.
         self.peer_id: Identity | None = None
+        self.auth_tasks: list[Task] | None = None
+        """A responder's IKE_AUTH tasks, kept over the several IKE_AUTH exchanges of
+        an EAP login (§2.16) until the IKE SA is established."""
+        self.auth_continues = False
+        """An initiator's IKE_AUTH needs another round (EAP): its tasks go out again."""
+        self.eap_identity = ""
+        """The user an EAP login named ("" without EAP)."""
+        self.virtual_ips: tuple[IpInterface, ...] | None = None
+        """Addresses a remote-access server assigned to its client (§3.15): None when
+        the client asked for none, () when none could be assigned."""
         self.children: dict[int, ChildSa] = {}
         self.peer_deleted_unknown: tuple[int, ...] = ()
         """The last ESP SPIs (the peer's inbound) the peer deleted before we knew them:
@@ -527,6 +541,23 @@ class IkeSaData:
         if self.nat_local:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
         self.changed()
+
+    @property
+    def ike_authenticated(self) -> bool:
+        """IKE_AUTH is complete (after all its EAP rounds, §2.16)."""
+        return self.established_at is not None
+
+    def continue_auth(self) -> None:
+        """Our IKE_AUTH needs another exchange (EAP, §2.16): its tasks build it."""
+        self.auth_continues = True
+
+    def record_eap_identity(self, identity: str) -> None:
+        """The user an EAP login names (for events and logs)."""
+        self.eap_identity = identity
+
+    def assign_virtual_ips(self, addresses: tuple[IpInterface, ...]) -> None:
+        """The virtual addresses of this IKE SA's client (§3.15)."""
+        self.virtual_ips = addresses
 
     def mark_initial_child_failed(self) -> None:
         """The CHILD SA of our IKE_AUTH failed: `_after_exchange` deletes the IKE SA."""

@@ -130,6 +130,11 @@ class TaskManager(Generic[T]):
         """Remember an exchange to initiate once no request is outstanding."""
         self.pending.append(context)
 
+    def queue_first(self, context: T) -> None:
+        """Send this request before any other queued one (the next round of an exchange
+        that takes several, like IKE_AUTH with EAP)."""
+        self.pending.insert(0, context)
+
     def next_to_send(self) -> T | None:
         """The next queued exchange if the window is open, removed from the queue."""
         if self.outstanding is not None or not self.pending:

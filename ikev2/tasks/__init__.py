@@ -1,15 +1,16 @@
 """The tasks of IKEv2 exchanges, one module per concern (after strongSwan's
-`libcharon/sa/ikev2/tasks/`): ike_init, ike_natd, ike_auth (PSK and certificates),
-child_create (IKE_AUTH's CHILD SA), child_rekey (CREATE_CHILD_SA: more CHILD SAs and
-their rekeys), ike_rekey, ike_delete, child_delete and informational. Liveness checks
-are empty INFORMATIONAL requests queued by the IKE SA itself; COOKIEs are handled by
-the endpoint before an SA exists."""
+`libcharon/sa/ikev2/tasks/`): ike_init, ike_natd, ike_auth (PSK, certificates and
+EAP), ike_config (virtual addresses), child_create (IKE_AUTH's CHILD SA), child_rekey
+(CREATE_CHILD_SA: more CHILD SAs and their rekeys), ike_rekey, ike_delete,
+child_delete and informational. Liveness checks are empty INFORMATIONAL requests
+queued by the IKE SA itself; COOKIEs are handled by the endpoint before an SA exists."""
 
 from ikev2.tasks.base import Exchange, RetryExchange, Task, TaskSa
 from ikev2.tasks.child_create import ChildCreate
 from ikev2.tasks.child_delete import ChildDelete
 from ikev2.tasks.child_rekey import AnswerCreateChild, CreateChild
 from ikev2.tasks.ike_auth import IkeAuth
+from ikev2.tasks.ike_config import IkeConfig
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_init import IkeInit
 from ikev2.tasks.ike_natd import IkeNatd
@@ -25,6 +26,7 @@ __all__ = [
     "CreateChild",
     "Exchange",
     "IkeAuth",
+    "IkeConfig",
     "IkeDelete",
     "IkeInit",
     "IkeNatd",

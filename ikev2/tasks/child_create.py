@@ -17,7 +17,9 @@ from ikev2.constants import NotifyType, ProtocolId, enum_name
 from ikev2.crypto.keys import derive_child_keys_for
 from ikev2.crypto.registry import ChildSuite, child_suite
 from ikev2.errors import (
+    FailedCpRequired,
     IkeError,
+    InternalAddressFailure,
     InvalidSyntax,
     NoProposalChosen,
     PeerErrorNotify,
@@ -105,12 +107,16 @@ class ChildCreate(Task):
         self.local_ts: tuple[TrafficSelector, ...] = ()
         self.remote_ts: tuple[TrafficSelector, ...] = ()
         self.error: IkeError | None = None
+        self.request: tuple[SecurityAssociation, TsI, TsR] | None = None
+        """Responder: the peer's SA and selectors, kept through an EAP login (§2.16)."""
 
     # --- initiator ----------------------------------------------------------------------
 
     def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.config is None:
             raise InvalidSyntax("no CHILD SA configuration to initiate")
+        if self.offered:
+            return  # a later IKE_AUTH round of an EAP login (§2.16)
         self.spi_in = sa.random_spi(4)
         self.offered = _ike_auth_proposals(self.config)
         out += [
@@ -120,8 +126,8 @@ class ChildCreate(Task):
         ]
 
     def process_response(self, sa: TaskSa, message: Message) -> None:
-        if self.config is None:
-            return
+        if self.config is None or not sa.ike_authenticated:
+            return  # the answer comes with the last AUTH of an EAP login (§2.16)
         try:
             self._process_response(sa, message)
         except IkeError as exc:
@@ -165,12 +171,22 @@ class ChildCreate(Task):
         sa_payload = message.get(SecurityAssociation)
         tsi = message.get(TsI)
         tsr = message.get(TsR)
-        if sa_payload is None and tsi is None and tsr is None:
+        if sa_payload is not None or tsi is not None or tsr is not None:
+            if sa_payload is None or tsi is None or tsr is None:
+                self.error = InvalidSyntax("IKE_AUTH request has only part of SA, TSi, TSr")
+            else:
+                self.request = (sa_payload, tsi, tsr)
+        if not sa.ike_authenticated:
+            return  # answered after the EAP login (§2.16)
+        if self.request is None and self.error is None:
             return  # childless IKE_AUTH (RFC 6023)
         try:
-            if sa_payload is None or tsi is None or tsr is None:
-                raise InvalidSyntax("IKE_AUTH request has only part of SA, TSi, TSr")
-            self._select(sa, sa_payload, from_wire(tsi.selectors), from_wire(tsr.selectors))
+            if self.error is not None:
+                raise self.error
+            if self.request is None:
+                return
+            offer, tsi, tsr = self.request
+            self._select(sa, offer, from_wire(tsi.selectors), from_wire(tsr.selectors))
         except IkeError as exc:
             self.error = exc
             self._failed(sa, exc)
@@ -183,9 +199,12 @@ class ChildCreate(Task):
         my_ts: tuple[TrafficSelector, ...],
     ) -> None:
         offered = [p for p in offer.proposals if p.protocol == ProtocolId.ESP]
+        virtual = _virtual_selectors(sa)
         # Pick the CHILD configuration whose selectors fit what the peer proposes.
         for child in sa.config.children:
-            remote_ts = narrow(peer_ts, child.remote_ts)
+            remote_ts = narrow(
+                peer_ts, narrow(virtual, child.remote_ts) if virtual else child.remote_ts
+            )
             local_ts = narrow(my_ts, child.local_ts)
             if remote_ts and local_ts:
                 break
@@ -206,6 +225,8 @@ class ChildCreate(Task):
         self.local_ts, self.remote_ts = local_ts, remote_ts
 
     def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
+        if not sa.ike_authenticated:
+            return
         if self.error is not None:
             if self.error.notify is not None:
                 out.append(Notify(self.error.notify, self.error.notify_data))
@@ -245,6 +266,19 @@ class ChildCreate(Task):
         notify = getattr(exc, "peer_notify", None) or exc.notify
         log.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
         sa.emit(ChildSaFailed(sa.config.name, name, sa.ike_sa_id, str(exc), notify))
+
+
+def _virtual_selectors(sa: TaskSa) -> tuple[TrafficSelector, ...]:
+    """A remote-access client's side of its CHILD SA: its virtual addresses (§3.15)."""
+    if sa.config.remote_access is None:
+        return ()
+    if sa.virtual_ips is None:
+        raise FailedCpRequired("the client asked for no virtual address (CFG_REQUEST)")
+    if not sa.virtual_ips:
+        raise InternalAddressFailure(
+            f"no virtual address for {sa.eap_identity or sa.peer_id}: the pool is exhausted"
+        )
+    return tuple(TrafficSelector.from_network(str(ip.ip)) for ip in sa.virtual_ips)
 
 
 def install_child(

@@ -6,6 +6,13 @@ connections that matched the IKE_SA_INIT's addresses, the one whose identities f
 (IDi, and IDr if the initiator named us). With auth "pubkey" each side sends its
 certificate chain and an RFC 7427 signature; the peer's chain is validated against
 our CAs and must name the peer's identity (`ikev2.certs`).
+
+A remote-access client may leave AUTH out of its first IKE_AUTH request and log in
+with EAP-MSCHAPv2 instead (§2.16): the responder answers with its identity, its
+certificate and signature and an EAP Request; the EAP rounds follow, each its own
+IKE_AUTH exchange (`ikev2.eap_mschapv2` runs the method); the last exchange carries
+both sides' AUTH with the MSK as shared secret. The same task object serves every
+round: the IKE SA keeps it (responder) or sends it again (initiator).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from ikev2.codec import Authentication, Certificate, IdI, IdR, Message, Notify, Payload
+from ikev2.codec import Authentication, Certificate, Eap, IdI, IdR, Message, Notify, Payload
 from ikev2.config import ConnectionConfig
 from ikev2.constants import AuthMethod, NotifyType
 from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth, verify_signature_auth
+from ikev2.eap_mschapv2 import EapClient, EapServer
 from ikev2.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -62,6 +70,22 @@ class IkeAuth(Task):
 
     name = "ike_auth"
 
+    def __init__(self) -> None:
+        self.eap_server: EapServer | None = None
+        """Responder: the EAP login in progress."""
+        self.eap_client: EapClient | None = None
+        """Initiator: our EAP login in progress."""
+        self.first_id: IdI | IdR | None = None
+        """The initiator's ID payload of the first round: the final AUTHs sign it."""
+        self.server_id: IdI | IdR | None = None
+        """The responder's ID payload of the first round."""
+        self.peer: Identity | None = None
+        self.initial_contact = False
+        self.eap_out: Eap | None = None
+        """The EAP packet that goes out in our next message."""
+        self.rounds = 0
+        """IKE_AUTH exchanges this task took part in."""
+
     def _auth_data(self, sa: TaskSa, ident: IdI | IdR, *, ours: bool) -> bytes:
         if sa.suite is None or sa.keys is None:
             raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
@@ -77,16 +101,18 @@ class IkeAuth(Task):
         self, sa: TaskSa, now: float, peer: Identity, *, initial_contact: bool = False
     ) -> None:
         sa.established(now, peer, initial_contact=initial_contact)
+        user = f" as user {sa.eap_identity!r}" if sa.eap_identity else ""
         # Interned: the event stays with the daemon for the SA's life, and thousands of
         # SAs share one suite and usually one local identity.
         suite = sys.intern(sa.suite.name if sa.suite is not None else "?")
         log.info(
-            "%s: IKE SA established between %s[%s] and %s[%s] (%s)",
+            "%s: IKE SA established between %s[%s] and %s[%s]%s (%s)",
             sa.name,
             sa.local[0],
             sa.config.local_id,
             sa.remote[0],
             sa.peer_id,
+            user,
             suite,
         )
         sa.emit(
@@ -104,14 +130,20 @@ class IkeAuth(Task):
                 nat_local=sa.nat_local,
                 nat_remote=sa.nat_remote,
                 udp_encap_reason=sa.udp_encap_reason,
+                eap_identity=sa.eap_identity,
             )
         )
 
     # --- initiator ----------------------------------------------------------------------
 
     def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
+        self.rounds += 1
+        if self.rounds > 1:
+            self._build_eap_request(sa, out)
+            return
         config = sa.config
         idi = _id_payload(IdI, config.local_id)
+        self.first_id = idi
         out.append(idi)
         if config.credentials is not None and config.auth == "pubkey":
             out += config.credentials.cert_payloads()
@@ -123,9 +155,25 @@ class IkeAuth(Task):
             out.append(config.trust_anchors.certreq())
         if config.remote_id is not None:
             out.append(_id_payload(IdR, config.remote_id))
-        out.append(self._our_auth(sa, idi))
+        if not _eap_client(config):
+            out.append(self._our_auth(sa, idi))
+        # else: no AUTH asks the responder for EAP (§2.16).
+
+    def _build_eap_request(self, sa: TaskSa, out: list[Payload]) -> None:
+        """A later round of our EAP login: the next EAP Response, or after EAP-Success
+        the AUTH keyed with the MSK (§2.16)."""
+        if self.eap_out is not None:
+            out.append(self.eap_out)
+            self.eap_out = None
+            return
+        if self.eap_client is None or self.eap_client.msk is None or self.first_id is None:
+            raise LocalProtocolError("EAP round without an EAP login")
+        out.append(self._msk_auth(sa, self.eap_client.msk, self.first_id))
 
     def process_response(self, sa: TaskSa, message: Message) -> None:
+        if self.rounds > 1:
+            self._process_eap_response(sa, message)
+            return
         failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
         if failed is not None:
             what = "certificates and CAs" if sa.config.auth == "pubkey" else "PSK"
@@ -146,25 +194,104 @@ class IkeAuth(Task):
         if expected is not None and peer != expected:
             raise AuthenticationFailed(f"peer identified as {peer}, but we expect {expected}")
         self._verify(sa, idr, auth, peer, message)
-        self._established(sa, sa.now, peer)
+        if not _eap_client(sa.config):
+            self._established(sa, sa.now, peer)
+            return
+        eap = message.get(Eap)
+        client = sa.config.ra_client
+        if eap is None or client is None or client.eap_identity is None or not client.nt_hash:
+            raise AuthenticationFailed(f"server {peer} does not start the EAP login we asked for")
+        self.peer, self.server_id = peer, idr
+        self.eap_client = EapClient(sa.rng, client.eap_identity, client.nt_hash)
+        self._answer_eap(sa, eap)
+
+    def _answer_eap(self, sa: TaskSa, eap: Eap) -> None:
+        if self.eap_client is None:
+            raise LocalProtocolError("EAP without an EAP login")
+        self.eap_out = self.eap_client.process(eap)
+        if self.eap_out is None and self.eap_client.msk is None:
+            raise AuthenticationFailed("EAP login ended without a key")
+        sa.continue_auth()
+
+    def _process_eap_response(self, sa: TaskSa, message: Message) -> None:
+        failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
+        if failed is not None:
+            raise PeerErrorNotify(
+                NotifyType.AUTHENTICATION_FAILED,
+                failed.data,
+                "server refused our EAP login (AUTHENTICATION_FAILED): check the user and password",
+            )
+        eap = message.get(Eap)
+        if eap is not None:
+            self._answer_eap(sa, eap)
+            return
+        auth = message.get(Authentication)
+        client = self.eap_client
+        if auth is None or client is None or client.msk is None or self.server_id is None:
+            raise InvalidSyntax("IKE_AUTH response of an EAP login lacks EAP and AUTH")
+        self._verify_msk_auth(sa, auth, client.msk, self.server_id)
+        if self.peer is None:
+            raise LocalProtocolError("EAP login without the server's identity")
+        self._established(sa, sa.now, self.peer)
 
     # --- responder ----------------------------------------------------------------------
 
     def process_request(self, sa: TaskSa, message: Message) -> None:
+        self.rounds += 1
+        if self.eap_server is not None:
+            self._process_eap_request(sa, message)
+            return
         idi = message.get(IdI)
         auth = message.get(Authentication)
-        if idi is None or auth is None:
-            raise AuthenticationFailed("peer sent no IDi/AUTH (EAP is not supported)")
+        if idi is None:
+            raise AuthenticationFailed("peer sent no IDi")
         peer = _identity(idi)
         idr = message.get(IdR)
         wanted_me = _identity(idr) if idr is not None else None
         config = self._pick(sa, peer, wanted_me)
         sa.use_connection(config)
-        self._verify(sa, idi, auth, peer, message)
         # §2.4: INITIAL_CONTACT: the peer holds no other IKE SA with us; the endpoint
         # drops stale ones.
         initial_contact = message.notify(NotifyType.INITIAL_CONTACT) is not None
+        ra = config.remote_access
+        if auth is None:
+            if ra is None or not ra.accepts_eap or ra.nt_hash is None:
+                raise AuthenticationFailed(f"peer {peer} sent no AUTH, and we offer it no EAP")
+            # §2.16: no AUTH asks for EAP. The user is named in EAP (Windows sends its
+            # IP address as IDi), so the login starts with an Identity round.
+            self.eap_server = EapServer(sa.rng, ra.nt_hash)
+            self.eap_out = self.eap_server.start()
+            self.first_id, self.peer, self.initial_contact = idi, peer, initial_contact
+            return
+        if ra is not None and not ra.accepts_certificates:
+            raise AuthenticationFailed(
+                f"client {peer} authenticates with {_method(auth.method)}; this server "
+                "accepts EAP-MSCHAPv2 logins only"
+            )
+        self._verify(sa, idi, auth, peer, message)
         self._established(sa, sa.now, peer, initial_contact=initial_contact)
+
+    def _process_eap_request(self, sa: TaskSa, message: Message) -> None:
+        """A later round of the client's EAP login (§2.16)."""
+        server = self.eap_server
+        if server is None or self.first_id is None or self.peer is None:
+            raise LocalProtocolError("EAP round without an EAP login")
+        if not server.done:
+            eap = message.get(Eap)
+            if eap is None:
+                raise AuthenticationFailed(f"client {self.peer} sent no EAP in its EAP login")
+            try:
+                self.eap_out = server.process(eap)
+            finally:
+                if server.identity:
+                    sa.record_eap_identity(server.identity)
+            return
+        auth = message.get(Authentication)
+        if auth is None or server.msk is None:
+            raise AuthenticationFailed(f"client {self.peer} sent no AUTH after its EAP login")
+        self._verify_msk_auth(sa, auth, server.msk, self.first_id)
+        log.info("%s: user %r logged in with EAP-MSCHAPv2", sa.name, server.identity)
+        self._established(sa, sa.now, self.peer, initial_contact=self.initial_contact)
 
     def _pick(self, sa: TaskSa, peer: Identity, wanted_me: Identity | None) -> ConnectionConfig:
         for config in sa.candidates:
@@ -180,12 +307,26 @@ class IkeAuth(Task):
         )
 
     def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
+        if self.eap_server is not None and self.rounds > 1:
+            if self.eap_out is not None:
+                out.append(self.eap_out)
+                self.eap_out = None
+                return
+            # The last round: our AUTH keyed with the MSK, over the same octets (§2.16).
+            if self.eap_server.msk is None or self.server_id is None:
+                raise LocalProtocolError("EAP login ended without a key")
+            out.append(self._msk_auth(sa, self.eap_server.msk, self.server_id))
+            return
         config = sa.config
         idr = _id_payload(IdR, config.local_id)
+        self.server_id = idr
         out.append(idr)
         if config.credentials is not None and config.auth == "pubkey":
             out += config.credentials.cert_payloads()
         out.append(self._our_auth(sa, idr))
+        if self.eap_out is not None:
+            out.append(self.eap_out)
+            self.eap_out = None
 
     # --- both ---------------------------------------------------------------------------
 
@@ -204,6 +345,29 @@ class IkeAuth(Task):
         return Authentication(
             AuthMethod.SHARED_KEY_MIC, psk_auth(sa.suite.prf, _psk(config), octets)
         )
+
+    def _msk_auth(self, sa: TaskSa, key: bytes, ident: IdI | IdR) -> Authentication:
+        """AUTH with the EAP MSK as the shared secret (§2.16)."""
+        if sa.suite is None:
+            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        octets = self._auth_data(sa, ident, ours=True)
+        return Authentication(AuthMethod.SHARED_KEY_MIC, psk_auth(sa.suite.prf, key, octets))
+
+    def _verify_msk_auth(
+        self, sa: TaskSa, auth: Authentication, key: bytes, ident: IdI | IdR
+    ) -> None:
+        if sa.suite is None:
+            raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+        if auth.method != AuthMethod.SHARED_KEY_MIC:
+            raise AuthenticationFailed(
+                f"peer's AUTH after EAP uses {_method(auth.method)}, not the MSK (§2.16)"
+            )
+        try:
+            verify_psk_auth(sa.suite.prf, key, self._auth_data(sa, ident, ours=False), auth.data)
+        except AuthenticationFailed:
+            raise AuthenticationFailed(
+                "peer's AUTH after EAP does not match the EAP key (MSK)"
+            ) from None
 
     def _verify(
         self,
@@ -257,3 +421,8 @@ class IkeAuth(Task):
             validated.public_key, self._auth_data(sa, ident, ours=False), auth.data
         )
         log.info("%s: peer %s authenticated with %s", sa.name, peer, scheme.name)
+
+
+def _eap_client(config: ConnectionConfig) -> bool:
+    """We log in to a remote-access server with EAP (and send no AUTH at first)."""
+    return config.ra_client is not None and config.ra_client.eap_identity is not None

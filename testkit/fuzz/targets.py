@@ -26,6 +26,7 @@ Contracts (from the modules' docstrings):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import random
 import struct
@@ -41,7 +42,9 @@ from esp.sa import PARTS_PER_PACKET, EspSA
 from esp.udpencap import DatagramKind, classify
 from ikev2.codec import (
     Authentication,
+    Configuration,
     Delete,
+    Eap,
     IkeHeader,
     KeyExchange,
     Message,
@@ -60,6 +63,8 @@ from ikev2.codec import (
     encode_message,
     encode_payloads,
 )
+from ikev2.codec.cp import decode_attribute
+from ikev2.codec.eap import eap_data
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
 from ikev2.config import EncapMode
@@ -229,6 +234,19 @@ class PayloadTarget(Target):
             first, again = encode_payloads(decoded)
             if decode_payloads(first, again) != decoded:
                 raise Finding(f"payload does not round-trip: {decoded!r}")
+            for payload in decoded:
+                _contents(payload)
+
+
+def _contents(payload: object) -> None:
+    """What an EAP or CP payload carries is decoded too, and refused only with
+    InvalidSyntax: the remote-access server reads it from unauthenticated clients'
+    IKE_AUTH (the EAP rounds come before the client's AUTH, RFC 7296 §2.16)."""
+    if isinstance(payload, Eap) and payload.code in (1, 2):
+        _only((InvalidSyntax,), lambda: eap_data(payload))
+    elif isinstance(payload, Configuration):
+        for attr in payload.attributes:
+            _only((InvalidSyntax,), functools.partial(decode_attribute, attr))
 
 
 # --- SK payload, fragments, COOKIEs -------------------------------------------------------
