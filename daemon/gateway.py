@@ -474,13 +474,20 @@ class Gateway:
             return 0
         return endpoint.ike_sa_count(peer)  # indexed by connection in the endpoint
 
-    def schedule_retry(self, peer: PeerState) -> None:
+    def schedule_retry(self, peer: PeerState, *, at_once: bool = False) -> None:
+        """Initiate the peer again after the back-off (`retry_delay`), or `at_once`:
+        an attempt that does not count as a failed one, so if it fails the back-off
+        starts from its first delay."""
         name = peer.config.name
         if not self._peer_wanted(name) or self.shutting_down or peer.retry is not None:
             return
-        delay = retry_delay(peer.attempts)
-        peer.attempts += 1
-        log.info("peer %s: retrying in %.0f s", name, delay)
+        if at_once:
+            delay = 0.0
+            log.info("peer %s: retrying at once", name)
+        else:
+            delay = retry_delay(peer.attempts)
+            peer.attempts += 1
+            log.info("peer %s: retrying in %.0f s", name, delay)
         if self.loop is not None:
             peer.retry = self.loop.call_later(delay, self.initiate, peer)
 

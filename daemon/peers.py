@@ -173,8 +173,10 @@ def apply_dpd_action(gateway: Gateway, peer: PeerState, event: IkeSaDeleted) -> 
         log.info("peer %s is dead; dpd_action restart: initiating again (%s)", name, names)
         for state in lost:
             state.wanted = True
+        # The verdict took the liveness checks' time already (after a restart hint,
+        # 3.5 s): the first attempt goes at once, the back-off applies if it fails.
         peer.attempts = 0
-        gateway.schedule_retry(peer)
+        gateway.schedule_retry(peer, at_once=True)
     elif action == "trap":
         log.info("peer %s is dead; dpd_action trap: traffic restarts %s", name, names)
         for state in lost:

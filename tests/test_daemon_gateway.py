@@ -32,7 +32,7 @@ from daemon.dataplane import DataPlane
 from daemon.gateway import Gateway
 from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
-from daemon.peers import peer_change
+from daemon.peers import RETRY_DELAYS, peer_change
 from daemon.routes import forwarding_off
 from daemon.status import format_status
 from ikev2.endpoint import Endpoint
@@ -468,20 +468,31 @@ def test_dpd_action_clear_leaves_the_connection_down(gateway: Gateway) -> None:
     assert conn["last_error"] == "no answer to 5 liveness checks"
 
 
-def test_dpd_action_restart_initiates_again_with_back_off(gateway: Gateway) -> None:
+def test_dpd_action_restart_initiates_again_at_once_then_with_back_off(
+    gateway: Gateway,
+) -> None:
     async def run() -> None:
-        gateway.loop = asyncio.get_running_loop()
+        loop = gateway.loop = asyncio.get_running_loop()
+        started: list[str] = []
+        gateway.initiate = lambda peer: started.append(peer.config.name)  # type: ignore[method-assign]
         _die(gateway, "restart")
         peer = gateway.peers["main"]
         assert gateway.connections["site"].wanted  # start = wait, but it was up
-        assert peer.retry is not None and peer.attempts == 1
-        delay = peer.retry.when() - gateway.loop.time()
-        assert 1.0 < delay <= 2.0  # RETRY_DELAYS[0]: the first attempt comes soon
-        # The attempt fails (peer still down): the next one waits longer.
-        gateway.cancel_retry(peer)
+        # The verdict took the liveness checks' time: the first attempt goes at once,
+        # on the loop's next turn, and counts as no failed attempt.
+        assert peer.retry is not None and peer.attempts == 0
+        assert peer.retry.when() <= loop.time()
+        await asyncio.sleep(0.01)
+        assert started == ["main"]
+        peer.retry = None  # as `initiate` does
+        # The attempt fails (peer still down): the back-off starts, and grows.
         gateway._handle_event(IkeSaFailed("main", 8, "peer did not answer", None))
+        assert peer.retry is not None and peer.attempts == 1
+        assert 1.0 < peer.retry.when() - loop.time() <= RETRY_DELAYS[0]
+        gateway.cancel_retry(peer)
+        gateway._handle_event(IkeSaFailed("main", 9, "peer did not answer", None))
         assert peer.retry is not None and peer.attempts == 2
-        assert peer.retry.when() - gateway.loop.time() > 3.0
+        assert RETRY_DELAYS[0] < peer.retry.when() - loop.time() <= RETRY_DELAYS[1]
         gateway.cancel_retry(peer)
 
     asyncio.run(run())
