@@ -1461,3 +1461,28 @@ def test_new_selectors_move_the_traffic_to_the_new_child_sa_without_a_gap(
         assert [d.unique_id for d in pair.of("a", ChildSaDeleted)] == [old.unique_id]
         assert len(pair.of("b", ChildSaDeleted)) == 1
         assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
+
+
+def test_new_selectors_the_peer_refuses_leave_the_old_child_sa_up(tmp_path: Path) -> None:
+    # b knows only the old selectors and answers TS_UNACCEPTABLE: a deletes nothing,
+    # and the CHILD SA with the old selectors keeps the traffic.
+    new_text = PAIR_CONFIG.replace("192.0.2.0/24", "10.1.0.0/24")
+    [conn_old] = ike_connections(loads_config(PAIR_CONFIG))
+    stack, gw, pair, settle = _pair_gateway(
+        PAIR_CONFIG, new_text, tmp_path, peer=mirrored(conn_old)
+    )
+    with stack:
+        [old] = gw.installed("net")
+        mark = len(pair.wire)
+        (tmp_path / "a.toml").write_text(new_text)
+        gw.reload()
+        settle()
+        [failed] = pair.of("a", ChildSaFailed)
+        assert failed.child == "net"
+        assert [
+            decode_header(s.ike).exchange_type
+            for s in pair.wire[mark:]
+            if s.sender == "a" and not decode_header(s.ike).response
+        ] == [CREATE_CHILD_SA]
+        assert gw.installed("net") == [old] and gw.connections["net"].replacing == set()
+        assert pair.of("a", ChildSaDeleted) == [] and pair.of("a", IkeSaDeleted) == []
