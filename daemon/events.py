@@ -208,6 +208,13 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         state.last_error = ""
         state.requested_at = None
         state.carried_by = event.ike_sa_id
+        if state.replacing and state.peer == event.connection:
+            if event.rekey_of in state.replacing:
+                # One of the SAs to replace was rekeyed meanwhile: replace its successor.
+                state.replacing = (state.replacing - {event.rekey_of}) | {event.unique_id}
+            elif event.rekey_of is None:
+                # The CHILD SA with the reload's new selectors: the old ones go now.
+                gateway.replaced(state, event.unique_id)
         outcome = (
             f"connection {event.child}: rekeyed, CHILD SA #{event.unique_id} replaces "
             f"#{event.rekey_of}"
@@ -251,6 +258,12 @@ def _on_child_failed(gateway: Gateway, event: ChildSaFailed) -> None:
     if state is not None:
         log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
         state.last_error = event.reason
+        if state.replacing:
+            # The peer refused the new selectors: the old CHILD SAs stay up.
+            kept = ", ".join(f"#{u}" for u in sorted(state.replacing))
+            log.warning("connection %s: keeping CHILD SA(s) %s with the old selectors",
+                        event.child, kept)  # fmt: skip
+            state.replacing = set()
         resolve(state.waiters, f"{event.child}: {event.reason}", ok=False)
         return
     # The peer asked for selectors that match none of our connections (the core

@@ -331,23 +331,28 @@ class Gateway:
     def _add_peer(self, ike: PeerConfig) -> None:
         self.peers[ike.name] = PeerState(ike)
         for child in ike.children:
-            state = ConnectionState(child.name, ike.name, child, wanted=child.start == "initiate")
-            self.connections[child.name] = state
-            # Formatting selectors costs, and a reload adds thousands of connections.
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "connection %s: %s === %s, peer %s (%s), start %s",
-                    child.name,
-                    format_selectors(child.local_ts),
-                    format_selectors(child.remote_ts),
-                    ike.name,
-                    ike.remote_address or "%any",
-                    child.start,
-                )
-            if child.start == "trap":
-                self.arm_trap(child)
+            self._add_connection(ike, child)
         if self._peer_wanted(ike.name):
             self.initiate(self.peers[ike.name])
+
+    def _add_connection(self, ike: PeerConfig, child: ChildConfig) -> ConnectionState:
+        """A `[connections.NAME]` under the peer `ike`: its state, and its trap."""
+        state = ConnectionState(child.name, ike.name, child, wanted=child.start == "initiate")
+        self.connections[child.name] = state
+        # Formatting selectors costs, and a reload adds thousands of connections.
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "connection %s: %s === %s, peer %s (%s), start %s",
+                child.name,
+                format_selectors(child.local_ts),
+                format_selectors(child.remote_ts),
+                ike.name,
+                ike.remote_address or "%any",
+                child.start,
+            )
+        if child.start == "trap":
+            self.arm_trap(child)
+        return state
 
     def arm_trap(self, child: ChildConfig) -> None:
         """Route the remote subnets into the TUN without an SA, so the first packet
@@ -355,6 +360,13 @@ class Gateway:
         for ts in child.remote_ts:
             for net in ts.networks():
                 self.routes.trap(net)
+
+    def _disarm_trap(self, child: ChildConfig) -> None:
+        """No trap needs the remote subnets of `child` any more (the routes of its SAs
+        stay while those are installed)."""
+        for ts in child.remote_ts:
+            for net in ts.networks():
+                self.routes.untrap(net)
 
     def _drop_peer(self, name: str, reason: str) -> int:
         """Forget a peer and its connections; delete its IKE SAs. Returns how many."""
@@ -366,9 +378,7 @@ class Gateway:
             state = self.connections.pop(child.name, None)
             if state is not None:
                 resolve(state.waiters, f"connection {child.name}: {reason}", ok=False)
-            for ts in child.remote_ts:
-                for net in ts.networks():
-                    self.routes.untrap(net)
+            self._disarm_trap(child)
         if self.endpoint is None:
             return 0
         return self.endpoint.delete_connection(name, time.monotonic(), reason)
@@ -480,13 +490,20 @@ class Gateway:
             return 0
         return endpoint.ike_sa_count(peer)  # indexed by connection in the endpoint
 
-    def schedule_retry(self, peer: PeerState) -> None:
+    def schedule_retry(self, peer: PeerState, *, at_once: bool = False) -> None:
+        """Initiate the peer again after the back-off (`retry_delay`), or `at_once`:
+        an attempt that does not count as a failed one, so if it fails the back-off
+        starts from its first delay."""
         name = peer.config.name
         if not self._peer_wanted(name) or self.shutting_down or peer.retry is not None:
             return
-        delay = retry_delay(peer.attempts)
-        peer.attempts += 1
-        log.info("peer %s: retrying in %.0f s", name, delay)
+        if at_once:
+            delay = 0.0
+            log.info("peer %s: retrying at once", name)
+        else:
+            delay = retry_delay(peer.attempts)
+            peer.attempts += 1
+            log.info("peer %s: retrying in %.0f s", name, delay)
         if self.loop is not None:
             peer.retry = self.loop.call_later(delay, self.initiate, peer)
 
@@ -558,13 +575,10 @@ class Gateway:
     def _reload(self) -> str:
         """Re-read the file; touch only peers whose settings (or connections) changed.
 
-        A changed peer keeps its IKE SA when it can (`daemon.peers.peer_change`): a
-        change of a connection's own settings (ESP proposals, lifetimes, limits, replay
-        window) rekeys its CHILD SAs, one of the IKE settings rekeys the IKE SA, both
-        make-before-break (RFC 7296 §2.8), so traffic does not stop. Only a new peer
-        address, identity or credentials, or connections added, removed or carrying
-        other traffic, delete the peer's IKE SA and set it up anew. Other peers keep
-        their SAs untouched.
+        A changed peer keeps its IKE SA unless its address, an identity or the
+        credentials changed (`daemon.peers.peer_change`); everything else is applied
+        under it, make-before-break, so traffic does not stop (`_update_peer`). Other
+        peers keep their SAs untouched.
         """
         self.reloads += 1
         new = load_config(self.config_path, tables=self._toml)
@@ -625,18 +639,41 @@ class Gateway:
 
     def _update_peer(self, config: PeerConfig, change: PeerChange) -> None:
         """Apply a peer's new settings to its running SAs (`reload`): the IKE core and
-        the gateway's bookkeeping take the new configuration, then the SAs it concerns
-        are rekeyed make-before-break; a rekey the peer refuses leaves the old SA up."""
+        the gateway's bookkeeping take the new configuration, then, under the IKE SA
+        that stays: a removed connection's CHILD SAs are deleted (§1.4.1); an added
+        one is requested with CREATE_CHILD_SA (§1.3.1) if its start mode wants it up;
+        one with new selectors gets a new CHILD SA before the old one goes
+        (`_replace_child`); a new start mode arms or disarms a trap; the CHILD SAs or
+        the IKE SA whose own settings changed are rekeyed (§2.8). A rekey or a new
+        CHILD SA the peer refuses leaves the old SA up."""
         endpoint = self.endpoint
         if endpoint is None:
             return
         name = config.name
-        self.peers[name].config = config
+        peer = self.peers[name]
+        before = {child.name: child for child in peer.config.children}
+        peer.config = config
+        for child_name in change.removed:
+            self._remove_connection(name, before[child_name])
+        added = []
         for child in config.children:
-            self.connections[child.name].config = child
+            if child.name in change.added:
+                added.append(self._add_connection(config, child))
+                continue
+            state = self.connections[child.name]
+            state.config = child
+            if child.name in change.new_start or child.name in change.replace_children:
+                self._apply_start(state, before[child.name])
         now = time.monotonic()
         sas = endpoint.reconfigure(config)
         announced = [sa for sa in sas if sa.ike_sa_id in self._ike_sas_of.get(name, {})]
+        deleted = 0
+        removed = set(change.removed)
+        for sa in announced:
+            for unique_id, child_sa in list(sa.children.items()):
+                if child_sa.config.name in removed and not child_sa.deleting:
+                    endpoint.delete_child(unique_id, now, "connection removed by a reload")
+                    deleted += 1
         children = 0
         for child_name in change.rekey_children:
             for entry in self.installed(child_name):
@@ -646,18 +683,117 @@ class Gateway:
                     log.warning("reload: connection %s: cannot rekey: %s", child_name, exc)
                     continue
                 children += 1
+        replaced = sum(
+            self._replace_child(self.connections[child_name], announced)
+            for child_name in change.replace_children
+        )
         ikes = 0
         if change.rekey_ike:
             for sa in announced:
                 if sa.state is IkeSaState.ESTABLISHED:
                     endpoint.rekey_ike_sa(sa.ike_sa_id, now)
                     ikes += 1
+        # A connection that should be up and is not (added, or now start =
+        # "initiate") comes up as it would at start-up.
+        started = [self.connections[n] for n in change.new_start if n in self.connections]
+        requested = sum(self._bring_up(state) for state in added + started)
         log.info(
-            "reload: peer %s changed in place (%d CHILD SA(s) and %d IKE SA(s) rekeyed)",
+            "reload: peer %s changed in place (%d CHILD SA(s) and %d IKE SA(s) rekeyed, "
+            "%d CHILD SA(s) replaced, %d requested, %d deleted)",
             name,
             children,
             ikes,
+            replaced,
+            requested,
+            deleted,
         )
+
+    def _remove_connection(self, peer: str, child: ChildConfig) -> None:
+        """A reload took `child` from `peer`: forget it (unless it moved to another
+        peer, which holds it now) and disarm its trap; `_update_peer` deletes its
+        CHILD SAs."""
+        state = self.connections.get(child.name)
+        if state is None or state.peer != peer:
+            return
+        del self.connections[child.name]
+        resolve(state.waiters, f"connection {child.name}: removed by a reload", ok=False)
+        if child.start == "trap" or state.trapped:
+            self._disarm_trap(child)
+        log.info("reload: connection %s removed from peer %s", child.name, peer)
+
+    def _apply_start(self, state: ConnectionState, before: ChildConfig) -> None:
+        """A reload changed a connection's start mode or selectors: move its trap to
+        the new selectors or mode, and say whether it should be up. Nothing is
+        negotiated: an SA that is up stays up, one that is not comes with its start
+        mode (a trapped packet) or `lockgate up`."""
+        child = state.config
+        if before.start == "trap" or state.trapped:
+            self._disarm_trap(before)
+        if child.start == "trap" or state.trapped:
+            self.arm_trap(child)
+        if child.start == "initiate":
+            state.wanted = True
+        elif before.start == "initiate":
+            state.wanted = False  # up now, but not set up again if it goes
+        if child.start != before.start:
+            log.info("reload: connection %s: start %s (was %s)",
+                     state.name, child.start, before.start)  # fmt: skip
+
+    def _replace_child(self, state: ConnectionState, sas: list[IkeSa]) -> int:
+        """A reload gave the connection other traffic selectors. A rekey keeps them
+        (RFC 7296 §2.8), so ask for a new CHILD SA with a plain CREATE_CHILD_SA under
+        the same IKE SA; the old ones are deleted once it is installed (`events`), and
+        carry the traffic until then. Returns how many CHILD SAs it replaces."""
+        old = {
+            unique_id
+            for sa in sas
+            for unique_id, child_sa in sa.children.items()
+            if child_sa.config.name == state.name and not child_sa.deleting
+        }
+        sa = self.established_ike_sa(state.peer)
+        if not old or sa is None:
+            return 0  # not up: its next CHILD SA has the new selectors anyway
+        state.replacing = old
+        state.requested_at = None
+        log.info("reload: connection %s: new traffic selectors %s === %s, replacing %s",
+                 state.name, format_selectors(state.config.local_ts),
+                 format_selectors(state.config.remote_ts),
+                 ", ".join(f"#{u}" for u in sorted(old)))  # fmt: skip
+        self.create_child(state, sa)
+        return len(old)
+
+    def replaced(self, state: ConnectionState, unique_id: int) -> None:
+        """A new CHILD SA of a connection whose selectors a reload changed is
+        installed (#`unique_id`): delete the ones it replaces (`_replace_child`)."""
+        endpoint = self.endpoint
+        old, state.replacing = state.replacing - {unique_id}, set()
+        if endpoint is None:
+            return
+        now = time.monotonic()
+        for old_id in sorted(old):
+            with contextlib.suppress(IkeError):  # gone meanwhile (expired, deleted)
+                endpoint.delete_child(old_id, now, "replaced: new traffic selectors")
+            # The peer drops the old SA when our Delete arrives, and installed the new
+            # one before it answered: send on the new one from now on, and keep
+            # opening what comes on the old one for a while (as after a rekey we
+            # started, §2.8). Its more specific policy would otherwise keep the
+            # traffic until the Delete's answer.
+            self.uninstall(old_id, f"replaced by #{unique_id}")
+
+    def _bring_up(self, state: ConnectionState) -> int:
+        """A reload added a connection that should be up: a CREATE_CHILD_SA under the
+        peer's IKE SA, or the peer initiated if it has none. Returns 1 if a CHILD SA
+        was requested."""
+        if not state.wanted or self.is_up(state.name):
+            return 0
+        sa = self.established_ike_sa(state.peer)
+        if sa is not None:
+            self.create_child(state, sa)
+            return 1
+        peer = self.peers[state.peer]
+        if not self.ike_sa_count(state.peer) and peer.retry is None:
+            self.initiate(peer)
+        return 0
 
     # ---- control ----------------------------------------------------------------------
 

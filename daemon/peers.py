@@ -85,6 +85,9 @@ class ConnectionState:
     trapped: bool = False
     """Re-armed by dpd_action "trap": like start = "trap", the next matching packet
     initiates it again."""
+    replacing: set[int] = field(default_factory=set)
+    """CHILD SAs (unique ids) to delete once a new one of this connection is installed:
+    a reload gave it other traffic selectors (`Gateway._replace_child`)."""
 
 
 PEER_KEYS = (
@@ -101,6 +104,9 @@ PEER_KEYS = (
 )
 """Whom a peer's IKE SA talks to and how it authenticates: a change of one of these
 cannot be applied to the running IKE SA, which is deleted and set up anew."""
+GATEWAY_KEYS = ("dpd_action",)
+"""Peer settings the gateway reads when it acts (a dead peer's verdict), not the IKE
+SA: a change takes effect without a rekey."""
 CHILD_KEYS = ("esp_proposals", "lifetime", "rekey_margin", "life_bytes", "life_packets",
               "replay_window")  # fmt: skip
 """A CHILD SA's own settings: a CHILD rekey (RFC 7296 §2.8) applies them."""
@@ -111,35 +117,60 @@ class PeerChange:
     """What a reload must do to a peer whose settings changed (`peer_change`)."""
 
     renegotiate: bool = False
-    """Delete its IKE SAs and start again: its peer, identities or credentials, or
-    the set of its connections or their selectors, changed."""
+    """Delete its IKE SAs and start again: its peer, identities or credentials
+    (`PEER_KEYS`) changed."""
     rekey_ike: bool = False
     """Rekey its IKE SAs make-before-break (§2.8): an IKE-level setting changed."""
     rekey_children: tuple[str, ...] = ()
     """Rekey these connections' CHILD SAs make-before-break (§2.8): only their own
     settings (`CHILD_KEYS`) changed."""
+    added: tuple[str, ...] = ()
+    """Connections new under the peer: a CREATE_CHILD_SA under its IKE SA (§1.3.1)
+    if their start mode wants them up."""
+    removed: tuple[str, ...] = ()
+    """Connections gone from the peer: their CHILD SAs are deleted (§1.4.1)."""
+    replace_children: tuple[str, ...] = ()
+    """Connections whose traffic selectors changed: a new CHILD SA with the new ones
+    (a CREATE_CHILD_SA without REKEY_SA, as a rekey keeps the selectors, §2.8), then
+    the old one deleted."""
+    new_start: tuple[str, ...] = ()
+    """Connections whose start mode changed: a trap armed or disarmed, whether they
+    should be up; nothing is negotiated for it."""
 
 
 def peer_change(old: PeerConfig, new: PeerConfig) -> PeerChange:
     """How to apply `new` in place of `old` (the same `[peers.NAME]`) with the least
-    disruption: only a change of whom it talks to, or of how it authenticates, or of
-    which traffic its connections carry, deletes the IKE SA."""
+    disruption: only a change of whom it talks to, or of how it authenticates,
+    deletes the IKE SA; connections are added, removed and given new selectors under
+    it with CREATE_CHILD_SA and INFORMATIONAL exchanges."""
     if any(getattr(old, key) != getattr(new, key) for key in PEER_KEYS):
         return PeerChange(renegotiate=True)
     old_children = {child.name: child for child in old.children}
     new_children = {child.name: child for child in new.children}
-    if old_children.keys() != new_children.keys():
-        return PeerChange(renegotiate=True)
-    rekey_children = []
+    rekey_children: list[str] = []
+    replace_children: list[str] = []
+    new_start: list[str] = []
     for name, child in new_children.items():
-        before = old_children[name]
-        if child == before:
+        before = old_children.get(name)
+        if before is None or child == before:
             continue
-        if dataclasses.replace(before, **{k: getattr(child, k) for k in CHILD_KEYS}) != child:
-            return PeerChange(renegotiate=True)  # selectors, start or mode
-        rekey_children.append(name)
-    ike_before = dataclasses.replace(old, children=new.children)
-    return PeerChange(rekey_ike=ike_before != new, rekey_children=tuple(rekey_children))
+        if child.start != before.start:
+            new_start.append(name)
+        own = {key: getattr(child, key) for key in (*CHILD_KEYS, "start")}
+        if dataclasses.replace(before, **own) != child:
+            replace_children.append(name)  # selectors or mode: whatever a rekey keeps
+        elif any(getattr(before, key) != getattr(child, key) for key in CHILD_KEYS):
+            rekey_children.append(name)
+    gateway_only = {key: getattr(new, key) for key in GATEWAY_KEYS}
+    ike_before = dataclasses.replace(old, children=new.children, **gateway_only)
+    return PeerChange(
+        rekey_ike=ike_before != new,
+        rekey_children=tuple(rekey_children),
+        added=tuple(name for name in new_children if name not in old_children),
+        removed=tuple(name for name in old_children if name not in new_children),
+        replace_children=tuple(replace_children),
+        new_start=tuple(new_start),
+    )
 
 
 def resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:
@@ -173,8 +204,10 @@ def apply_dpd_action(gateway: Gateway, peer: PeerState, event: IkeSaDeleted) -> 
         log.info("peer %s is dead; dpd_action restart: initiating again (%s)", name, names)
         for state in lost:
             state.wanted = True
+        # The verdict took the liveness checks' time already (after a restart hint,
+        # 3.5 s): the first attempt goes at once, the back-off applies if it fails.
         peer.attempts = 0
-        gateway.schedule_retry(peer)
+        gateway.schedule_retry(peer, at_once=True)
     elif action == "trap":
         log.info("peer %s is dead; dpd_action trap: traffic restarts %s", name, names)
         for state in lost:

@@ -1,6 +1,8 @@
 """Two `lockgate daemon`s in namespaces, as an operator runs them: a second daemon on
-the same addresses is refused without touching the first, and a reload that changes
-a connection's own proposals moves its traffic to a new CHILD SA without a loss.
+the same addresses is refused without touching the first, a reload that changes
+a connection's own proposals moves its traffic to a new CHILD SA without a loss, and
+one that adds a connection or widens one's subnets does so under the same IKE SA
+without a loss either.
 
 Each test builds its own site-to-site lab (names unique to this process) and bounds
 every wait; the lab stops what it started by PID.
@@ -16,6 +18,8 @@ import pytest
 from netns import Process, SiteToSite, site_to_site, wait_for_ping
 from test_daemon_netns import wait_until
 from test_daemon_netns_lifecycle import _pair, _psk_configs
+
+from testkit.daemon import Daemon
 
 pytestmark = pytest.mark.netns
 
@@ -112,3 +116,74 @@ def test_an_esp_proposals_reload_under_ping_loses_nothing(side: str) -> None:
         # The same IKE SA: nothing was torn down.
         [ike_after] = reloader.status()["connections"][0]["ike_sas"]
         assert ike_after["id"] == ike_before["id"]
+
+
+SITE6 = """
+[connections.site6]
+peer = "main"
+local_subnets = ["{local}"]
+remote_subnets = ["{remote}"]
+esp_proposals = ["aes128gcm16"]
+start = "{start}"
+"""
+
+
+def test_connections_added_and_widened_by_reload_under_ping_lose_nothing() -> None:
+    # The IPv4 connection carries 203.0.113.0/25 (the far host is in it) under
+    # ping -i 0.01. A reload on both sides adds an IPv6 connection: a CREATE_CHILD_SA
+    # under the same IKE SA, the IPv4 one untouched. Another widens the IPv4
+    # connection to /24: a new CHILD SA with the new selectors, then the old one
+    # deleted. Neither loses an echo, and the IKE SA stays the same throughout.
+    with site_to_site() as topo:
+        a_text, b_text = _psk_configs(topo)
+        wide, narrow = '["203.0.113.0/24"]', '["203.0.113.0/25"]'
+        a_text = a_text.replace(f"remote_subnets = {wide}", f"remote_subnets = {narrow}")
+        b_text = b_text.replace(f"local_subnets = {wide}", f"local_subnets = {narrow}")
+        a, b = _pair(topo, a_text, b_text)
+        wait_for_ping(topo.host_a, topo.site_b.host4)
+        [ike_before] = a.status()["connections"][0]["ike_sas"]
+        [site_before] = a.sas("site")
+
+        def reload(daemon: Daemon, text: str) -> None:
+            daemon.config.write_text(text)
+            answer = daemon.command("reload")
+            assert answer == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+
+        # 1. A second connection, on the waiting side first.
+        pinger = _start_ping(topo, 500, 0.01, "ping-while-a-connection-is-added")
+        time.sleep(1.0)
+        b_site6 = SITE6.format(local=topo.site_b.subnet6, remote=topo.site_a.subnet6, start="wait")
+        a_site6 = SITE6.format(
+            local=topo.site_a.subnet6, remote=topo.site_b.subnet6, start="initiate"
+        )
+        reload(b, b_text + b_site6)
+        reload(a, a_text + a_site6)
+        sent, received, out = _ping_result(pinger, 60)
+        print(f"\nconnection added: {sent - received} of {sent} pings on the first lost")
+        assert sent == 500 and received == 500, (out, a.status()["drops"], b.status()["drops"])
+        wait_until(lambda: len(a.sas("site6")) == 1, "the new connection's CHILD SA")
+        wait_for_ping(topo.host_a, topo.site_b.host6)
+        assert [sa["spi_in"] for sa in a.sas("site")] == [site_before["spi_in"]]
+
+        # 2. The first connection's remote subnets widened, again the waiting side first.
+        pinger = _start_ping(topo, 500, 0.01, "ping-while-the-selectors-widen")
+        time.sleep(1.0)
+        reload(
+            b, (b_text + b_site6).replace(f"local_subnets = {narrow}", f"local_subnets = {wide}")
+        )
+        time.sleep(0.5)
+        reload(
+            a, (a_text + a_site6).replace(f"remote_subnets = {narrow}", f"remote_subnets = {wide}")
+        )
+        sent, received, out = _ping_result(pinger, 60)
+        print(f"selectors widened: {sent - received} of {sent} pings lost")
+        assert sent == 500 and received == 500, (out, a.status()["drops"], b.status()["drops"])
+        wait_until(lambda: len(a.sas("site")) == 1 and len(b.sas("site")) == 1, "the old SA to go")
+        for daemon in (a, b):
+            [site_after] = daemon.sas("site")
+            assert wide.strip('[]"') in site_after["remote_ts"] + site_after["local_ts"]
+        # The same IKE SA on both sides: nothing was torn down.
+        [ike_after] = a.status()["connections"][0]["ike_sas"]
+        assert ike_after["id"] == ike_before["id"]
+        assert len(b.status()["connections"][0]["ike_sas"]) == 1
+        assert [c["state"] for c in a.status()["connections"]] == ["up", "up"]
