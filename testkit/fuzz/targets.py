@@ -39,7 +39,7 @@ from daemon.packet import flow_of, fragment_ipv4, too_big_reply
 from esp.drops import DropReason
 from esp.replay import ReplayWindow
 from esp.sa import PARTS_PER_PACKET, EspSA
-from esp.udpencap import DatagramKind, classify
+from esp.udpencap import DatagramKind, classify, frame_ike
 from ikev2.codec import (
     Authentication,
     Configuration,
@@ -68,7 +68,7 @@ from ikev2.codec.eap import eap_data
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
 from ikev2.config import EncapMode
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
@@ -100,7 +100,7 @@ from testkit.fuzz.world import (
     seal_raw_fragment,
     sk_ciphers,
 )
-from testkit.ikev2_pair import deliver
+from testkit.ikev2_pair import deliver, on_wire
 
 
 class Finding(AssertionError):
@@ -514,7 +514,7 @@ class EndpointFreshTarget(Target):
         self.cases += 1
         b = self.pair.b
         deliver(b, data, (B_ADDR, 500), (A_ADDR, 500), self.pair.clock)
-        deliver(b, NON_ESP_MARKER + data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
+        deliver(b, frame_ike(data), (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
         deliver(b, data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
         _drain(self.pair)
         _bounded(self.pair)
@@ -577,7 +577,7 @@ class EstablishedTarget(Target):
             authentic = self._authentic(sa, data)
             remote = A_ADDR if local == B_ADDR else B_ADDR
             deliver(ep, data, (local, 500), (remote, 500), pair.clock)
-            deliver(ep, NON_ESP_MARKER + data, (local, 4500), (remote, 4500), pair.clock)
+            deliver(ep, frame_ike(data), (local, 4500), (remote, 4500), pair.clock)
             _drain(pair)
             after = snapshot(sa)
             if before != after:
@@ -598,8 +598,7 @@ _REQUEST_EXCHANGES = (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA)
 def _open_reply(cipher: SkCipher, datagrams: list[bytes]) -> Message | None:
     """Decrypt the (possibly fragmented) reply a side sent."""
     reassembler = Reassembler()
-    for raw in datagrams:
-        ike = raw[4:] if raw.startswith(NON_ESP_MARKER) else raw
+    for ike in datagrams:
         if is_fragmented(ike):
             message = reassembler.receive(ike, cipher, 0.0)
             if message is not None:
@@ -914,9 +913,8 @@ class ScheduleTarget(Target):
             for name, ep in (("a", pair.a), ("b", pair.b)):
                 list(ep.events())
                 for d in ep.datagrams_to_send(pair.clock):
-                    ike = d.data[4:] if d.data.startswith(NON_ESP_MARKER) else d.data
                     try:
-                        decode_header(ike)
+                        decode_header(d.data)
                     except InvalidSyntax as exc:
                         raise Finding(f"{name} sent something that is not IKE: {exc}") from exc
                     queue.append((name, d))
@@ -924,7 +922,7 @@ class ScheduleTarget(Target):
         def deliver_queued(index: int) -> None:
             sender, d = queue[index]
             receiver = pair.b if sender == "a" else pair.a
-            deliver(receiver, d.data, d.remote, d.local, pair.clock)
+            deliver(receiver, on_wire(d), d.remote, d.local, pair.clock)
 
         def tick(seconds: float) -> None:
             pair.clock += seconds
