@@ -2,10 +2,11 @@
 
 `IkeDriver` owns no socket. The pump reads IKE messages from UDP 500 and from behind
 the non-ESP marker on 4500 and hands them to `message_received`; `service` then runs
-the endpoint's due timers, sends what it wants sent through the `send` callback,
-gives its events to `on_event`, and re-arms one loop timer for the endpoint's next
-deadline. While no IKE datagram comes, it makes key exchange pairs ahead of need, a
-short step per turn of the loop.
+the endpoint's due timers, sends what it wants sent through the `send` callback (the
+pump, which puts the marker in front of what leaves from 4500), gives its events to
+`on_event`, and re-arms one loop timer for the endpoint's next deadline. While no IKE
+datagram comes, it makes key exchange pairs ahead of need, a short step per turn of
+the loop.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ KEY_POOL_IDLE = 0.2
 setups they would only compete with it."""
 
 SendCallback = Callable[[bytes, Address, Address], object]
-"""send(UDP payload, local address, remote address); the pump counts what fails."""
+"""send(IKE message, local address, remote address): the pump frames it for its port
+(`Pump.send_datagram`) and counts what fails."""
 EventCallback = Callable[[Event], None]
 
 
@@ -100,13 +102,13 @@ class IkeDriver:
         timer = endpoint.get_timer()
         if timer is not None and timer <= now:
             endpoint.handle_timer(now)
-        for payload, local, remote in endpoint.datagrams_to_send(now):
-            send(payload, local, remote)
+        for message, local, remote in endpoint.datagrams_to_send(now):
+            send(message, local, remote)
         for event in endpoint.events():
             self._on_event(event)
         # Handling events may have produced more to send (a retry, a delete).
-        for payload, local, remote in endpoint.datagrams_to_send(now):
-            send(payload, local, remote)
+        for message, local, remote in endpoint.datagrams_to_send(now):
+            send(message, local, remote)
         self._arm_timer()
 
     def _arm_timer(self) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from daemon.childsa import ChildSaEntry
 from daemon.dataplane import AcquireHandler, DataPlane, Drop, UnknownSpiHandler
 from esp.sa import PARTS_PER_PACKET
-from esp.udpencap import MIN_ESP_LEN, NAT_KEEPALIVE, NON_ESP_MARKER
+from esp.udpencap import MIN_ESP_LEN, NAT_KEEPALIVE, NON_ESP_MARKER, frame_ike
 from ikev2.events import Address
 from tun import PacketDevice, TunError
 from tun.vnet import (
@@ -567,13 +567,15 @@ class Pump:
             return 0
         return len(packets) - refused
 
-    def send_datagram(self, payload: bytes, local: Address, remote: Address) -> bool:
-        """Send a UDP payload from ``local`` as is (the IKE endpoint adds the non-ESP
-        marker itself on the NAT port)."""
+    def send_datagram(self, message: bytes, local: Address, remote: Address) -> bool:
+        """Send an IKE message of the endpoint from ``local``. From the NAT port it goes
+        behind the non-ESP marker, as the port's receive side expects (RFC 3948 §2.2,
+        RFC 7296 §2.23); from the IKE port bare."""
         sock = self.udp.get(local)
         if sock is None:
             log.warning("no socket on %s[%d] to send IKE from", local[0], local[1])
             return False
+        payload = frame_ike(message) if local[1] == self.nat_port else message
         try:
             sock.sendto(payload, remote)
         except OSError as exc:

@@ -15,8 +15,6 @@ IKE_VERSION = 0x20
 
 IKE_HEADER_LEN = 28
 GENERIC_PAYLOAD_HEADER_LEN = 4
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
-"""Prefix of IKE messages on UDP port 4500 (RFC 3948 §2.2)."""
 
 
 class ExchangeType(enum.IntEnum):

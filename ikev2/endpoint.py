@@ -25,11 +25,10 @@ proof: nothing is deleted or answered; the IKE SA checks its peer's liveness at 
 on a short schedule, at most once per `HINT_INTERVAL`.
 
 UDP port 4500 carries IKE behind a 4-octet non-ESP marker, ESP and NAT keepalives
-(RFC 3948 §2.2-2.3). Telling them apart is the data plane's job (`esp.udpencap.classify`,
-called by the daemon): `receive_message` takes a bare IKE message, the marker already
-stripped. Datagrams to send are whole UDP payloads, with the marker when they leave
-from port 4500 (RFC 7296 §2.23), so the endpoint owns the IKE side of that framing
-(`ikev2.constants.NON_ESP_MARKER`).
+(RFC 3948 §2.2-2.3). That framing is the daemon's in both directions (`esp.udpencap`):
+`receive_message` takes a bare IKE message, the marker already stripped, and the
+datagrams to send are bare IKE messages too, with the local port they leave from; the
+daemon puts the marker in front of those that leave from port 4500.
 """
 
 from __future__ import annotations
@@ -58,7 +57,6 @@ from ikev2.codec import (
 from ikev2.config import ConnectionConfig
 from ikev2.constants import (
     IKE_HEADER_LEN,
-    NON_ESP_MARKER,
     ExchangeType,
     NotifyType,
     PayloadType,
@@ -713,8 +711,7 @@ class Endpoint:
 
     def _send_unprotected(self, message: Message, local: Address, remote: Address) -> None:
         """Queue a message outside any IKE SA, to where its cause came from."""
-        marker = NON_ESP_MARKER if local[1] == self.config.nat_port else b""
-        datagram = Datagram(marker + encode_message(message), local, remote)
+        datagram = Datagram(encode_message(message), local, remote)
         self._datagrams.append((self._events_queued, datagram))
 
     # --- hints that a peer restarted (§2.21.4) ------------------------------------------
@@ -914,7 +911,7 @@ class Endpoint:
     # --- output and time ----------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        """Every datagram due now: (UDP payload, local address, remote address)."""
+        """Every datagram due now: (bare IKE message, local address, remote address)."""
         self._now = now
         self._collect_dirty(now)
         if not self._datagrams:

@@ -17,7 +17,6 @@ from typing import Self
 
 from ikev2.codec import Message, encode_message
 from ikev2.config import ConnectionConfig, IpInterface
-from ikev2.constants import NON_ESP_MARKER
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.keys import IkeKeys
@@ -455,10 +454,9 @@ class IkeSaData:
         )
 
     def _send(self, packets: tuple[bytes, ...]) -> None:
-        # RFC 3948 §2.2: IKE on the NAT-T port is prefixed with four zero octets.
-        marker = NON_ESP_MARKER if self.local[1] == self.nat_port else b""
+        # Bare IKE messages: the daemon adds the non-ESP marker on the NAT-T port.
         for packet in packets:
-            self._out.append(Datagram(marker + packet, self.local, self.remote))
+            self._out.append(Datagram(packet, self.local, self.remote))
         self.changed()
 
     # --- changes that need no exchange --------------------------------------------------

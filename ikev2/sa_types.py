@@ -93,7 +93,8 @@ class IkeDropReason(enum.StrEnum):
 
 
 class Datagram(NamedTuple):
-    """A UDP payload to send from `local` to `remote` (with the non-ESP marker on 4500)."""
+    """An IKE message to send from `local` to `remote`, bare: the daemon puts the
+    non-ESP marker in front when `local` is the NAT-T port (RFC 3948 §2.2)."""
 
     data: bytes
     local: Address

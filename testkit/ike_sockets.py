@@ -4,7 +4,9 @@ without the daemon (against charon, or two endpoints wired to each other).
 `SocketDriver` adds what such a test calls: whole UDP payloads in (sorted by port as the
 daemon sorts them, `testkit.ikev2_pair.deliver`), and the operator's actions, each
 followed by a `service`. `open_udp_sockets` binds UDP 500 and 4500 on given addresses
-and wires them to a driver.
+and wires them to a driver; like the daemon's pump, its `UdpSockets.send` puts the
+non-ESP marker in front of the IKE messages that leave from the NAT port
+(`testkit.ikev2_pair.on_wire`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from daemon.ike import EventCallback, IkeDriver
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import Address
-from testkit.ikev2_pair import deliver
+from ikev2.sa_types import Datagram
+from testkit.ikev2_pair import deliver, on_wire
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +83,14 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class UdpSockets:
     """UDP sockets opened by `open_udp_sockets`, by local (address, port)."""
 
+    nat_port: int
+    """The port whose IKE messages go behind the non-ESP marker."""
     transports: dict[Address, asyncio.DatagramTransport] = field(default_factory=dict)
 
-    def send(self, data: bytes, local: Address, remote: Address) -> None:
-        """Send from the socket bound to `local` (a failure is logged, not raised)."""
+    def send(self, message: bytes, local: Address, remote: Address) -> None:
+        """Send an IKE message from the socket bound to `local`, framed for its port as
+        the daemon's pump frames it (a failure is logged, not raised)."""
+        data = on_wire(Datagram(message, local, remote), self.nat_port)
         transport = self.transports.get(local)
         if transport is None:
             log.warning("cannot send IKE datagram to %s:%d: no socket bound to %s:%d",
@@ -111,9 +118,9 @@ async def open_udp_sockets(
 ) -> tuple[SocketDriver, UdpSockets]:
     """Bind UDP `ike_port` and `nat_port` on each address and drive `endpoint` with them."""
     loop = asyncio.get_running_loop()
-    sockets = UdpSockets()
-    driver = SocketDriver(endpoint, sockets.send, on_event, loop=loop)
     ports = (ike_port or endpoint.config.ike_port, nat_port or endpoint.config.nat_port)
+    sockets = UdpSockets(ports[1])
+    driver = SocketDriver(endpoint, sockets.send, on_event, loop=loop)
     for address in addresses:
         for port in ports:
             local = (address, port)

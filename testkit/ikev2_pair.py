@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from esp.udpencap import DatagramKind, classify, strip_marker
+from esp.udpencap import NAT_T_PORT, DatagramKind, classify, frame_ike, strip_marker
 from ikev2.codec import (
     Message,
     decode_header,
@@ -19,7 +19,7 @@ from ikev2.codec import (
     encode_message,
 )
 from ikev2.config import ChildConfig, ConnectionConfig, Identity
-from ikev2.constants import NON_ESP_MARKER, ExchangeType
+from ikev2.constants import ExchangeType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import Address, ChildSaInstalled, Event
@@ -36,6 +36,13 @@ def deliver(endpoint: Endpoint, data: bytes, local: Address, remote: Address, no
             return
         data = strip_marker(data)
     endpoint.receive_message(data, local, remote, now)
+
+
+def on_wire(datagram: Datagram, nat_port: int = NAT_T_PORT) -> bytes:
+    """The UDP payload the daemon sends for one of the endpoint's datagrams, as
+    `daemon.pump.Pump.send_datagram` frames it: from the NAT port behind the non-ESP
+    marker (RFC 3948 §2.2), from the IKE port the bare message."""
+    return frame_ike(datagram.data) if datagram.local[1] == nat_port else datagram.data
 
 
 A_ADDR = "198.51.100.1"
@@ -100,13 +107,19 @@ class Sent:
 
     sender: str
     datagram: Datagram
+    """As the sender's endpoint gave it: the bare IKE message."""
     dropped: bool
     time: float
 
     @property
     def ike(self) -> bytes:
-        data = self.datagram.data
-        return data[4:] if data.startswith(NON_ESP_MARKER) else data
+        """The IKE message (the endpoint's output carries no non-ESP marker)."""
+        return self.datagram.data
+
+    @property
+    def payload(self) -> bytes:
+        """The UDP payload on the wire (`on_wire`)."""
+        return on_wire(self.datagram)
 
 
 def check_timer_heap(ep: Endpoint) -> None:
@@ -172,7 +185,7 @@ class Pair:
                     self.wire.append(sent)
                     if not sent.dropped:
                         local, remote = self._translate(name, d)
-                        deliver(self.side(other), d.data, local, remote, self.clock)
+                        deliver(self.side(other), sent.payload, local, remote, self.clock)
             if not moved:
                 for name in ("a", "b"):
                     self.events[name].extend(self.side(name).events())
@@ -208,7 +221,7 @@ class Pair:
         """Hand one datagram (from `take`) to the other side, in the order the test wants."""
         local, remote = self._translate(sender, datagram)
         receiver = "b" if sender == "a" else "a"
-        deliver(self.side(receiver), datagram.data, local, remote, self.clock)
+        deliver(self.side(receiver), on_wire(datagram), local, remote, self.clock)
 
     def of(self, name: str, kind: type[Any]) -> list[Any]:
         return [e for e in self.events[name] if isinstance(e, kind)]

@@ -21,7 +21,7 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import Event, IkeSaDeleted, IkeSaEstablished
 from ikev2.ts import TrafficSelector
-from testkit.ikev2_pair import deliver
+from testkit.ikev2_pair import deliver, on_wire
 from testkit.pki import Credential, Pki
 
 PSK = "test-psk-NOT-SECRET-0123456789"
@@ -267,16 +267,17 @@ def _bring_up_both(initiator_toml: str) -> tuple[list[Event], list[bytes], Endpo
             list(a.events())
             for d in a.datagrams_to_send(now):
                 # Two lockgates move to port 4500 after IKE_SA_INIT (ike_natd), where
-                # IKE messages follow the 4-octet non-ESP marker (RFC 3948 §2.2).
-                message = d.data[4:] if d.remote[1] == 4500 else d.data
+                # IKE messages follow the 4-octet non-ESP marker (RFC 3948 §2.2) on the
+                # wire (`on_wire`); the endpoint gives the bare message.
+                message = d.data
                 header = decode_header(message)
                 if header.exchange_type == ExchangeType.IKE_AUTH and not header.response:
                     auth_requests.append(message)
-                deliver(b, d.data, d.remote, d.local, now)
+                deliver(b, on_wire(d), d.remote, d.local, now)
                 moved = True
             events_b.extend(b.events())
             for d in b.datagrams_to_send(now):
-                deliver(a, d.data, d.remote, d.local, now)
+                deliver(a, on_wire(d), d.remote, d.local, now)
                 moved = True
             if not moved:
                 return

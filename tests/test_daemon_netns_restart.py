@@ -30,8 +30,9 @@ from hostile_helpers import inject_frames, mac_of
 from netns import SiteToSite, site_to_site, wait_for_ping
 
 from daemon.lab.netns import Process
+from esp.udpencap import NON_ESP_MARKER
 from ikev2.codec import Message, Notify, encode_message
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from testkit.daemon import Daemon, config, start_daemon, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

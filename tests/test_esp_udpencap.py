@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ikev2.constants
 from esp.udpencap import (
     NAT_KEEPALIVE,
     NON_ESP_MARKER,
@@ -17,7 +18,6 @@ from esp.udpencap import (
     strip_marker,
     udp_header,
 )
-from ikev2.constants import NON_ESP_MARKER as IKE_NON_ESP_MARKER
 
 IKE_HEADER = bytes(range(1, 29))  # 28 octets: the smallest IKE message (RFC 7296 §3.1)
 
@@ -82,8 +82,12 @@ def test_classify_and_decapsulate_never_raise(data: bytes) -> None:
     assert parsed is None or len(parsed[2]) <= len(data) - 8
 
 
-def test_the_ike_side_frames_with_the_same_marker() -> None:
-    # ikev2 writes the marker in front of the IKE messages it sends from port 4500
-    # (RFC 7296 §2.23) and may not import esp, so it holds its own copy of the four
-    # octets; the demultiplexer must recognise exactly what it writes.
-    assert IKE_NON_ESP_MARKER == NON_ESP_MARKER
+def test_the_marker_is_written_and_read_by_this_module_only() -> None:
+    # The daemon puts the marker in front of the IKE messages it sends from port 4500
+    # with `frame_ike` (RFC 7296 §2.23, `Pump.send_datagram`); the IKE core sends bare
+    # messages and holds no copy of the four octets. So the demultiplexer recognises
+    # exactly what is written.
+    assert not hasattr(ikev2.constants, "NON_ESP_MARKER")
+    framed = frame_ike(IKE_HEADER)
+    assert framed[:4] == NON_ESP_MARKER
+    assert classify(framed) is DatagramKind.IKE and strip_marker(framed) == IKE_HEADER

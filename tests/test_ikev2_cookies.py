@@ -24,7 +24,7 @@ from ikev2.cookies import COOKIE_LEN, CookieJar, CookiePolicy, InvalidCookie, co
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.errors import InvalidSyntax, LocalProtocolError
-from testkit.ikev2_pair import connection, deliver, mirrored
+from testkit.ikev2_pair import connection, deliver, mirrored, on_wire
 
 NI = bytes(range(32))
 SPI_I = bytes.fromhex("0123456789abcdef")
@@ -245,7 +245,7 @@ def test_threshold_zero_lets_the_first_request_through_and_asks_the_next() -> No
         initiator = Endpoint([connection()], rng=DeterministicRandom(bytes([n])))
         initiator.initiate("conn", 0.0)
         [request] = initiator.datagrams_to_send(0.0)
-        deliver(responder, request.data, request.remote, request.local, 0.0)
+        deliver(responder, on_wire(request), request.remote, request.local, 0.0)
         [answer] = responder.datagrams_to_send(0.0)
         answers.append(decode_message(answer.data))
     first, second = answers

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ikev2.codec import VendorId, decode_message
-from ikev2.constants import NON_ESP_MARKER, ExchangeType
+from esp.udpencap import NON_ESP_MARKER
+from ikev2.codec import VendorId, decode_header, decode_message
+from ikev2.constants import ExchangeType
 from ikev2.events import (
     ChildSaInstalled,
     IkeSaAddressChanged,
@@ -17,7 +18,7 @@ from ikev2.events import (
     NatKeepaliveDue,
 )
 from ikev2.tasks.ike_natd import LOCKGATE_UDP_VID
-from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, Sent, connection, deliver, mirrored
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, Sent, connection, deliver, mirrored, on_wire
 
 INIT = ExchangeType.IKE_SA_INIT
 AUTH = ExchangeType.IKE_AUTH
@@ -92,7 +93,10 @@ def test_two_lockgates_agree_on_esp_in_udp_by_vendor_id() -> None:
     assert ia.local == (A_ADDR, 4500) and ia.remote == (B_ADDR, 4500)
     assert ib.local == (B_ADDR, 4500) and ib.remote == (A_ADDR, 4500)
     (auth,) = pair.requests("a", AUTH)
-    assert auth.datagram.data.startswith(NON_ESP_MARKER)
+    # From port 4500: a bare IKE message, which goes behind the non-ESP marker on the wire.
+    assert auth.datagram.local == (A_ADDR, 4500)
+    assert decode_header(auth.datagram.data).exchange_type == AUTH
+    assert auth.payload == NON_ESP_MARKER + auth.datagram.data
     # Without a NAT there is no mapping to keep alive.
     pair.advance(60.0)
     assert not pair.of("a", NatKeepaliveDue) and not pair.of("b", NatKeepaliveDue)
@@ -145,8 +149,8 @@ def test_a_replayed_message_from_elsewhere_does_not_move_the_sa(mode: str) -> No
     sa_a.check_liveness(pair.clock)
     (request,) = pair.take("a")
     attacker = ("203.0.113.66", request.local[1])
-    deliver(pair.b, request.data, request.remote, attacker, pair.clock)
-    deliver(pair.b, request.data, request.remote, request.local, pair.clock)
+    deliver(pair.b, on_wire(request), request.remote, attacker, pair.clock)
+    deliver(pair.b, on_wire(request), request.remote, request.local, pair.clock)
     pair.pump()
     assert (sa_b.local, sa_b.remote) == before
     assert not pair.of("b", IkeSaAddressChanged)

@@ -7,15 +7,25 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esp.udpencap import NAT_KEEPALIVE, DatagramKind, classify
+from esp.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify
 from ikev2.codec import IkeHeader, Message, Nonce, Notify, decode_message, encode_message
 from ikev2.codec import KeyExchange as KePayload
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType
+from ikev2.constants import ExchangeType, NotifyType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.events import ChildSaInstalled, Event, IkeSaDeleted, IkeSaEstablished
+from ikev2.sa_types import Datagram
 from testkit.ike_sockets import SocketDriver
-from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, deliver, init_request, mirrored
+from testkit.ikev2_pair import (
+    A_ADDR,
+    B_ADDR,
+    Pair,
+    connection,
+    deliver,
+    init_request,
+    mirrored,
+    on_wire,
+)
 
 INIT = ExchangeType.IKE_SA_INIT
 
@@ -36,15 +46,17 @@ def test_port_4500_marker_keepalive_and_esp() -> None:
     (sa_a,) = pair.a.ike_sas()
     sa_a.check_liveness(1.0)
     (request,) = pair.a.datagrams_to_send(1.0)
-    assert request.data.startswith(NON_ESP_MARKER)
-    assert classify(request.data[4:]) is DatagramKind.ESP
-    deliver(pair.b, request.data[4:], nat_b, nat_a, 1.0)
+    # The endpoint gives the bare message; the daemon frames it (`Pump.send_datagram`).
+    assert request.local == nat_a and not request.data.startswith(NON_ESP_MARKER)
+    assert on_wire(request) == NON_ESP_MARKER + request.data
+    assert classify(request.data) is DatagramKind.ESP
+    deliver(pair.b, request.data, nat_b, nat_a, 1.0)
     assert pair.b.datagrams_to_send(1.0) == []
-    # The daemon path: the bare message through receive_message is answered, with marker.
-    pair.b.receive_message(request.data[4:], nat_b, nat_a, 1.0)
+    # The daemon path: the bare message through receive_message is answered, from 4500.
+    pair.b.receive_message(request.data, nat_b, nat_a, 1.0)
     (answer,) = pair.b.datagrams_to_send(1.0)
-    assert answer.data.startswith(NON_ESP_MARKER) and answer.local == nat_b
-    deliver(pair.a, answer.data, nat_a, nat_b, 1.0)
+    assert answer.local == nat_b and on_wire(answer).startswith(NON_ESP_MARKER)
+    deliver(pair.a, on_wire(answer), nat_a, nat_b, 1.0)
     assert sa_a.tm.outstanding is None
 
 
@@ -108,8 +120,10 @@ def test_asyncio_driver_brings_two_endpoints_up_and_down() -> None:
         loop = asyncio.get_running_loop()
 
         def sender(name: str, other: str) -> object:
-            def send(data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-                # Deliver later, like a network: never re-enter the sender's driver.
+            def send(message: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+                # Framed for the port as the daemon's pump frames it, and delivered
+                # later, like a network: never re-enter the sender's driver.
+                data = on_wire(Datagram(message, local, remote))
                 loop.call_soon(drivers[other].datagram_received, data, remote, local)
 
             return send
@@ -146,11 +160,11 @@ def test_asyncio_driver_brings_two_endpoints_up_and_down() -> None:
 
 
 def _flows() -> tuple[list[bytes], Pair]:
-    """The datagrams of an establishment with forced encapsulation, and the pair."""
+    """The UDP payloads of an establishment with forced encapsulation, and the pair."""
     pair = Pair.make(connection(encap="force"))
     pair.a.initiate("conn", 0.0)
     pair.pump()
-    return [s.datagram.data for s in pair.wire], pair
+    return [s.payload for s in pair.wire], pair
 
 
 _RECORDED, _ = _flows()

@@ -23,7 +23,17 @@ from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.sa import IkeSa
 from ikev2.sa_types import IkeDropReason, IkeSaState
-from testkit.ikev2_pair import A_NET, B_ADDR, B_NET, Pair, child, connection, deliver, establish
+from testkit.ikev2_pair import (
+    A_NET,
+    B_ADDR,
+    B_NET,
+    Pair,
+    child,
+    connection,
+    deliver,
+    establish,
+    on_wire,
+)
 
 COUNT = 1000
 SPACING = 0.001
@@ -142,7 +152,7 @@ def test_established_sas_keep_no_ike_sa_init_messages_or_private_key() -> None:
     (auth_request,) = [s for s in pair.wire if s.sender == "a"][-1:]
     deliver(
         pair.b,
-        auth_request.datagram.data,
+        auth_request.payload,
         auth_request.datagram.remote,
         auth_request.datagram.local,
         pair.clock,
@@ -190,9 +200,9 @@ def test_memory_per_responder_sa_stays_small() -> None:
         before = tracemalloc.take_snapshot()
         for _ in range(4):  # IKE_SA_INIT and IKE_AUTH, both ways, and a spare round
             for d in a.datagrams_to_send(0.0):
-                deliver(b, d.data, d.remote, d.local, 0.0)
+                deliver(b, on_wire(d), d.remote, d.local, 0.0)
             for d in b.datagrams_to_send(0.0):
-                deliver(a, d.data, d.remote, d.local, 0.0)
+                deliver(a, on_wire(d), d.remote, d.local, 0.0)
             list(a.events())
             list(b.events())
         assert sum(len(sa.children) for sa in b.ike_sas()) == count

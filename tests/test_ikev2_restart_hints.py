@@ -17,14 +17,15 @@ import itertools
 
 import pytest
 
+from esp.udpencap import NON_ESP_MARKER
 from ikev2.codec import IkeHeader, Message, Notify, decode_header, decode_message, encode_message
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, PayloadType, ProtocolId
+from ikev2.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import HINT_INTERVAL, AnswerLimit, Endpoint, IkeDropReason
 from ikev2.events import ChildSaInstalled, DeleteCause, IkeSaDeleted, IkeSaFailed
 from ikev2.sa import HINT_CHECK_DELAYS
 from ikev2.sa_types import IkeSaState
-from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, deliver, mirrored
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, deliver, mirrored, on_wire
 
 R = IkeDropReason
 INFO = ExchangeType.INFORMATIONAL
@@ -42,10 +43,6 @@ def _up(encap: str = "auto") -> Pair:
 def _ports(encap: str) -> int:
     """The port IKE and ESP use once up: two lockgates with "auto" move to 4500."""
     return 4500 if encap == "auto" else 500
-
-
-def _ike(data: bytes) -> bytes:
-    return data[4:] if data.startswith(NON_ESP_MARKER) else data
 
 
 def _hint(spi: int, *, in_spi_field: bool = False) -> bytes:
@@ -103,9 +100,11 @@ def test_esp_to_a_restarted_responder_draws_invalid_spi_and_the_ike_sa_ends_fast
     pair.b.esp_spi_unknown(ia.spi_out, (B_ADDR, port), (A_ADDR, port), t0)
     (hint,) = pair.take("b")
     assert (hint.local, hint.remote) == ((B_ADDR, port), (A_ADDR, port))
-    # The non-ESP marker on port 4500 only.
-    message = decode_message(hint.data[4:] if port == 4500 else hint.data)
-    assert hint.data == (NON_ESP_MARKER if port == 4500 else b"") + encode_message(message)
+    # A bare IKE message, which the daemon sends behind the non-ESP marker on port 4500
+    # only (`Pump.send_datagram`, mirrored by `on_wire`).
+    message = decode_message(hint.data)
+    assert hint.data == encode_message(message)
+    assert on_wire(hint) == (NON_ESP_MARKER if port == 4500 else b"") + hint.data
     assert (message.spi_i, message.spi_r, message.exchange_type, message.message_id) == (
         bytes(8),
         bytes(8),
@@ -120,7 +119,7 @@ def test_esp_to_a_restarted_responder_draws_invalid_spi_and_the_ike_sa_ends_fast
     pair.deliver("b", hint)
     assert pair.a.drops[R.RESTART_HINT] == 1
     (check,) = pair.take("a")
-    header = decode_header(check.data[4:] if port == 4500 else check.data)
+    header = decode_header(check.data)
     assert header.exchange_type == INFO and not header.response
     assert sa_a.state is IkeSaState.ESTABLISHED and not pair.of("a", IkeSaDeleted)
     pair.deliver("a", check)  # within b's per-address second: not answered
@@ -164,8 +163,9 @@ def test_a_request_to_a_restarted_peer_draws_invalid_ike_spi_and_the_ike_sa_ends
     pair.deliver(live, request)
     (answer,) = pair.take(restarted)
     assert (answer.local, answer.remote) == (request.remote, request.local)
-    assert answer.data.startswith(NON_ESP_MARKER)
-    sent, got = decode_message(_ike(request.data)), decode_message(_ike(answer.data))
+    # From port 4500, where the daemon puts the non-ESP marker in front.
+    assert answer.local[1] == 4500 and on_wire(answer).startswith(NON_ESP_MARKER)
+    sent, got = decode_message(request.data), decode_message(answer.data)
     assert (got.spi_i, got.spi_r, got.exchange_type, got.message_id) == (
         sent.spi_i,
         sent.spi_r,
@@ -284,7 +284,7 @@ def test_an_unknown_sa_answer_is_no_request_and_a_hint_is_no_exchange() -> None:
     out = b.datagrams_to_send(5.0)
     assert len(out) == 2
     for d in out:
-        deliver(a, d.data, d.remote, d.local, 6.0)
+        deliver(a, on_wire(d), d.remote, d.local, 6.0)
     assert a.datagrams_to_send(6.0) == [] and a.next_event() is None
 
 

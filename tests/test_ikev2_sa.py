@@ -10,9 +10,10 @@ import dataclasses
 
 import pytest
 
+from esp.udpencap import NON_ESP_MARKER
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Notify, decode_header, decode_message
-from ikev2.constants import NON_ESP_MARKER, DhGroup, ExchangeType, NotifyType
+from ikev2.constants import DhGroup, ExchangeType, NotifyType
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -36,6 +37,7 @@ from testkit.ikev2_pair import (
     deliver,
     establish,
     mirrored,
+    on_wire,
 )
 
 INIT, AUTH, INFO = ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH, ExchangeType.INFORMATIONAL
@@ -106,19 +108,21 @@ def test_inbound_child_sa_is_reported_before_the_completing_message() -> None:
     init = pair.a.datagrams_to_send(0.0)
     # IkeSa creation happened; no events yet on a. Drive the IKE_SA_INIT by hand.
     for d in init:
-        deliver(pair.b, d.data, d.remote, d.local, 0.0)
+        deliver(pair.b, on_wire(d), d.remote, d.local, 0.0)
     for d in pair.b.datagrams_to_send(0.0):
-        deliver(pair.a, d.data, d.remote, d.local, 0.0)
+        deliver(pair.a, on_wire(d), d.remote, d.local, 0.0)
     (auth_request,) = pair.a.datagrams_to_send(0.0)
-    deliver(pair.b, auth_request.data, auth_request.remote, auth_request.local, 0.0)
+    deliver(pair.b, on_wire(auth_request), auth_request.remote, auth_request.local, 0.0)
     # The responder's IKE_AUTH response is held until its ChildSaInstalled was taken.
     assert pair.b.datagrams_to_send(0.0) == []
     events = list(pair.b.events())
     assert [type(e) for e in events] == [IkeSaEstablished, ChildSaInstalled]
     (response,) = pair.b.datagrams_to_send(0.0)
-    # On port 4500 (two lockgates choose ESP in UDP) behind the non-ESP marker.
-    assert response.data.startswith(NON_ESP_MARKER)
-    assert decode_header(response.data[4:]).exchange_type == AUTH
+    # On port 4500 (two lockgates choose ESP in UDP), a bare IKE message: the daemon
+    # puts the non-ESP marker in front (tests/test_pump_offload.py).
+    assert response.local == (B_ADDR, 4500)
+    assert not response.data.startswith(NON_ESP_MARKER)
+    assert decode_header(response.data).exchange_type == AUTH
 
 
 def test_psk_mismatch_fails_on_both_sides() -> None:
@@ -276,7 +280,7 @@ def test_duplicate_request_is_answered_from_cache_without_new_events() -> None:
     (answer,) = pair.responses("b", AUTH)
     before = list(pair.events["b"])
     d = auth.datagram
-    deliver(pair.b, d.data, d.remote, d.local, pair.clock)
+    deliver(pair.b, on_wire(d), d.remote, d.local, pair.clock)
     (again,) = pair.b.datagrams_to_send(pair.clock)
     assert again.data == answer.datagram.data
     assert list(pair.b.events()) == [] and pair.events["b"] == before
@@ -362,11 +366,14 @@ def test_forced_encapsulation_moves_to_4500_with_marker() -> None:
     assert ib.local == (B_ADDR, 4500) and ib.remote == (A_ADDR, 4500)
     (auth,) = pair.requests("a", AUTH)
     assert auth.datagram.local == (A_ADDR, 4500)
-    assert auth.datagram.data.startswith(NON_ESP_MARKER)
+    # The endpoint gives the bare message; on the wire it is behind the marker.
+    assert decode_header(auth.datagram.data).exchange_type == AUTH
+    assert auth.payload == NON_ESP_MARKER + auth.datagram.data
     (eb,) = pair.of("b", IkeSaEstablished)
     assert eb.nat_remote and not eb.nat_local  # b believes a is behind a NAT
     (init,) = pair.requests("a", INIT)
-    assert not init.datagram.data.startswith(NON_ESP_MARKER)
+    assert init.datagram.local == (A_ADDR, 500)
+    assert not init.payload.startswith(NON_ESP_MARKER)
 
 
 def test_real_nat_is_detected_and_kept_alive() -> None:
@@ -439,23 +446,24 @@ def test_garbage_and_forged_messages_change_nothing() -> None:
     pair = Pair.make(connection())
     pair.a.initiate("conn", 0.0)
     (init,) = pair.a.datagrams_to_send(0.0)
-    deliver(pair.b, init.data, init.remote, init.local, 0.0)
+    deliver(pair.b, on_wire(init), init.remote, init.local, 0.0)
     (init_resp,) = pair.b.datagrams_to_send(0.0)
-    deliver(pair.a, init_resp.data, init_resp.remote, init_resp.local, 0.0)
+    deliver(pair.a, on_wire(init_resp), init_resp.remote, init_resp.local, 0.0)
     (auth,) = pair.a.datagrams_to_send(0.0)
+    wire = on_wire(auth)
     # Random bytes, a truncated message and a bit-flipped IKE_AUTH are all dropped.
     for bad in (
         b"\x01\x02",
         b"\xff" * 40,
-        auth.data[:-5],
-        auth.data[:-1] + bytes([auth.data[-1] ^ 1]),
+        wire[:-5],
+        wire[:-1] + bytes([wire[-1] ^ 1]),
     ):
         deliver(pair.b, bad, auth.remote, auth.local, 0.0)
     assert pair.b.datagrams_to_send(0.0) == [] and list(pair.b.events()) == []
     (sb,) = pair.b.ike_sas()
     assert sb.state is IkeSaState.HALF_OPEN and sb.tm.expected_request_id == 1
     # The genuine request still works afterwards.
-    deliver(pair.b, auth.data, auth.remote, auth.local, 0.0)
+    deliver(pair.b, wire, auth.remote, auth.local, 0.0)
     assert [type(e) for e in pair.b.events()] == [IkeSaEstablished, ChildSaInstalled]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from ikev2.codec import Delete, Message, Nonce, SecurityAssociation, decode_header
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -38,11 +38,9 @@ def up(seeds: tuple[bytes, bytes] = SEEDS[0], **kw: object) -> Pair:
 
 
 def opened(sa: IkeSa, d: Datagram) -> Message:
-    """Decrypt a message of `sa`'s peer (on port 4500, where two lockgates talk, after
-    the non-ESP marker)."""
+    """Decrypt a message of `sa`'s peer (the endpoint's bare IKE message)."""
     assert sa.sk is not None
-    data = d.data[4:] if d.data.startswith(NON_ESP_MARKER) else d.data
-    return sa.sk.inbound.open(data)
+    return sa.sk.inbound.open(d.data)
 
 
 def nonce(message: Message) -> bytes:

@@ -1,4 +1,5 @@
-"""The pump's UDP sockets: a second daemon on the same address and port is refused."""
+"""The pump's UDP sockets: a second daemon on the same address and port is refused, and
+IKE leaves port 4500 behind the non-ESP marker."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import socket
 
 import pytest
 
-from daemon.pump import open_udp
+from daemon.pump import Pump, open_udp
+from esp.udpencap import NON_ESP_MARKER, DatagramKind, classify, strip_marker
+from ikev2.codec import IkeHeader
+from ikev2.constants import ExchangeType
+from tun import memory_tun_pair
 
 
 def _free_port() -> int:
@@ -42,3 +47,34 @@ def test_a_wildcard_bind_with_reuseaddr_still_blocks_us() -> None:
             open_udp("127.0.0.1", port)
     finally:
         other.close()
+
+
+def test_ike_from_the_nat_port_goes_behind_the_non_esp_marker() -> None:
+    # The IKE endpoint gives bare messages; the pump frames them for the port they
+    # leave from (RFC 3948 §2.2, RFC 7296 §2.23), and the receive side's `classify`
+    # takes the framed one for IKE again.
+    message = IkeHeader(b"\x01" * 8, b"\x02" * 8, 0, ExchangeType.INFORMATIONAL, 1, 28,
+                        True, False).encode()  # fmt: skip
+    tun, peer_tun = memory_tun_pair()
+    pump = Pump(tun, ike_port=_free_port(), nat_port=_free_port())
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        pump.open(["127.0.0.1"], raw_esp=False)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(5.0)
+        to = ("127.0.0.1", int(peer.getsockname()[1]))
+        assert pump.send_datagram(message, ("127.0.0.1", pump.nat_port), to)
+        payload, sender = peer.recvfrom(2048)
+        assert sender[1] == pump.nat_port
+        assert payload == NON_ESP_MARKER + message
+        assert classify(payload) is DatagramKind.IKE and strip_marker(payload) == message
+        assert pump.send_datagram(message, ("127.0.0.1", pump.ike_port), to)
+        payload, sender = peer.recvfrom(2048)
+        assert sender[1] == pump.ike_port and payload == message
+        # No socket on that address: nothing is sent, and the caller is told.
+        assert not pump.send_datagram(message, ("127.0.0.2", pump.nat_port), to)
+    finally:
+        peer.close()
+        pump.close()
+        tun.close()
+        peer_tun.close()

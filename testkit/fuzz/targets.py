@@ -39,7 +39,7 @@ from daemon.packet import flow_of, fragment_ipv4, too_big_reply
 from esp.drops import DropReason
 from esp.replay import ReplayWindow
 from esp.sa import PARTS_PER_PACKET, EspSA
-from esp.udpencap import DatagramKind, classify
+from esp.udpencap import DatagramKind, classify, frame_ike
 from ikev2.codec import (
     Authentication,
     Configuration,
@@ -68,7 +68,7 @@ from ikev2.codec.eap import eap_data
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
 from ikev2.config import EncapMode
-from ikev2.constants import NON_ESP_MARKER, ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
@@ -83,7 +83,7 @@ from ikev2.fragments import (
     open_fragment,
 )
 from ikev2.sa import IkeSa
-from ikev2.sa_types import IkeSaState
+from ikev2.sa_types import IkeDropReason, IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
 from testkit.fuzz.world import (
     A_ADDR,
@@ -100,7 +100,7 @@ from testkit.fuzz.world import (
     seal_raw_fragment,
     sk_ciphers,
 )
-from testkit.ikev2_pair import deliver
+from testkit.ikev2_pair import deliver, on_wire
 
 
 class Finding(AssertionError):
@@ -170,7 +170,24 @@ def _sample_messages() -> list[Message]:
             payloads=(Delete(3, (b"\x01\x02\x03\x04",)), Notify(16384), TsI((ts,)), TsR((ts,))),
             **base,  # type: ignore[arg-type]
         ),
+        invalid_spi_hint(b"\x01\x02\x03\x04"),
+        invalid_ike_spi_answer(b"\x11" * 8, b"\x22" * 8, 1),
     ]
+
+
+def invalid_spi_hint(spi: bytes) -> Message:
+    """The unprotected INVALID_SPI notification of RFC 7296 §1.5, sent by a peer that
+    lost its SAs for ESP of an SPI it does not know: both IKE SPIs zero, an
+    INFORMATIONAL request with Message ID 0, the ESP SPI as the Notify's data."""
+    notify = Notify(NotifyType.INVALID_SPI, spi, ProtocolId.ESP)
+    return Message(bytes(8), bytes(8), ExchangeType.INFORMATIONAL, 0, True, False, (notify,))
+
+
+def invalid_ike_spi_answer(spi_i: bytes, spi_r: bytes, message_id: int) -> Message:
+    """The unprotected INVALID_IKE_SPI answer of §2.21.4 to a request (sent as the
+    initiator) for an IKE SA the peer does not know: its SPIs and Message ID, R set."""
+    notify = Notify(NotifyType.INVALID_IKE_SPI)
+    return Message(spi_i, spi_r, ExchangeType.INFORMATIONAL, message_id, False, True, (notify,))
 
 
 class CodecTarget(Target):
@@ -462,6 +479,18 @@ def snapshot(sa: IkeSa, *, with_ids: bool = True) -> tuple[Any, ...]:
     )
 
 
+_LIVENESS_CHECK = slice(4, 7)
+"""What of a `snapshot` a liveness check changes: the Message IDs, whether a request
+is outstanding, and the exchanges queued behind it."""
+
+
+def _beyond_liveness_check(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
+    """Whether two `snapshot`s (with ids) differ in more than a liveness check changes:
+    a restart hint is never proof, so it deletes and moves nothing (§2.21.4)."""
+    cut = _LIVENESS_CHECK
+    return before[: cut.start] + before[cut.stop :] != after[: cut.start] + after[cut.stop :]
+
+
 def _drain(pair: Pair) -> list[bytes]:
     out = []
     for ep in (pair.a, pair.b):
@@ -514,7 +543,7 @@ class EndpointFreshTarget(Target):
         self.cases += 1
         b = self.pair.b
         deliver(b, data, (B_ADDR, 500), (A_ADDR, 500), self.pair.clock)
-        deliver(b, NON_ESP_MARKER + data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
+        deliver(b, frame_ike(data), (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
         deliver(b, data, (B_ADDR, 4500), (A_ADDR, 4500), self.pair.clock)
         _drain(self.pair)
         _bounded(self.pair)
@@ -529,7 +558,9 @@ class EstablishedTarget(Target):
 
     A datagram that does not authenticate under the receiver's keys must leave its SA
     as it was. One that does (a replayed request the other side never sent) may change
-    it; the pair is rebuilt after any change.
+    it; so may a restart hint that the endpoint takes (RFC 7296 §2.21.4: an unprotected
+    INVALID_SPI or INVALID_IKE_SPI starts a liveness check at once), but only the
+    Message IDs and the exchange queue. The pair is rebuilt after any change.
     """
 
     name = "established"
@@ -549,7 +580,17 @@ class EstablishedTarget(Target):
         twin.pump()
         twin.a.rekey_child(child, 2.0)
         twin.pump()
-        return [m for m in twin.recorded if len(m) < 4000]
+        # INVALID_SPI hints naming each side's outbound SPI, as the peer would after a
+        # restart (valid for self.pair, which has the same SPIs), and an INVALID_IKE_SPI
+        # answer to a request neither side has out.
+        hints = [
+            encode_message(invalid_spi_hint(c.spi_out.to_bytes(4, "big")))
+            for side in ("a", "b")
+            for c in self.pair.sa(side).children.values()
+        ]
+        sa = self.pair.sa("a")
+        hints.append(encode_message(invalid_ike_spi_answer(sa.spi_i, sa.spi_r, 5)))
+        return [m for m in twin.recorded if len(m) < 4000] + hints
 
     def _authentic(self, sa: IkeSa, data: bytes) -> bool:
         if sa.sk is None:
@@ -574,14 +615,18 @@ class EstablishedTarget(Target):
         for side, ep, local in (("b", pair.b, B_ADDR), ("a", pair.a, A_ADDR)):
             sa = pair.sa(side)
             before = snapshot(sa)
+            hints = ep.drops[IkeDropReason.RESTART_HINT]
             authentic = self._authentic(sa, data)
             remote = A_ADDR if local == B_ADDR else B_ADDR
             deliver(ep, data, (local, 500), (remote, 500), pair.clock)
-            deliver(ep, NON_ESP_MARKER + data, (local, 4500), (remote, 4500), pair.clock)
+            deliver(ep, frame_ike(data), (local, 4500), (remote, 4500), pair.clock)
             _drain(pair)
             after = snapshot(sa)
             if before != after:
-                if not authentic:
+                hinted = ep.drops[IkeDropReason.RESTART_HINT] > hints
+                if hinted and _beyond_liveness_check(before, after):
+                    raise Finding(f"a restart hint changed more of SA {side}: {before} -> {after}")
+                if not authentic and not hinted:
                     raise Finding(
                         f"unauthenticated datagram changed SA {side}: {before} -> {after}"
                     )
@@ -598,8 +643,7 @@ _REQUEST_EXCHANGES = (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA)
 def _open_reply(cipher: SkCipher, datagrams: list[bytes]) -> Message | None:
     """Decrypt the (possibly fragmented) reply a side sent."""
     reassembler = Reassembler()
-    for raw in datagrams:
-        ike = raw[4:] if raw.startswith(NON_ESP_MARKER) else raw
+    for ike in datagrams:
         if is_fragmented(ike):
             message = reassembler.receive(ike, cipher, 0.0)
             if message is not None:
@@ -914,9 +958,8 @@ class ScheduleTarget(Target):
             for name, ep in (("a", pair.a), ("b", pair.b)):
                 list(ep.events())
                 for d in ep.datagrams_to_send(pair.clock):
-                    ike = d.data[4:] if d.data.startswith(NON_ESP_MARKER) else d.data
                     try:
-                        decode_header(ike)
+                        decode_header(d.data)
                     except InvalidSyntax as exc:
                         raise Finding(f"{name} sent something that is not IKE: {exc}") from exc
                     queue.append((name, d))
@@ -924,7 +967,7 @@ class ScheduleTarget(Target):
         def deliver_queued(index: int) -> None:
             sender, d = queue[index]
             receiver = pair.b if sender == "a" else pair.a
-            deliver(receiver, d.data, d.remote, d.local, pair.clock)
+            deliver(receiver, on_wire(d), d.remote, d.local, pair.clock)
 
         def tick(seconds: float) -> None:
             pair.clock += seconds

@@ -23,7 +23,7 @@ from esp.sa import EspSA
 from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, SUITES, EspSuite
 from ikev2.codec import IkeHeader, decode_header
 from ikev2.config import ChildConfig, ConnectionConfig, EncapMode, Identity
-from ikev2.constants import NON_ESP_MARKER, PayloadType
+from ikev2.constants import PayloadType
 from ikev2.cookies import CookiePolicy
 from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES
 from ikev2.crypto.rng import DeterministicRandom
@@ -31,7 +31,7 @@ from ikev2.crypto.sk import SkCipher
 from ikev2.endpoint import Endpoint, EndpointConfig
 from ikev2.sa import IkeSa
 from ikev2.ts import TrafficSelector
-from testkit.ikev2_pair import deliver
+from testkit.ikev2_pair import deliver, on_wire
 
 A_ADDR = "198.51.100.1"
 B_ADDR = "198.51.100.2"
@@ -112,12 +112,12 @@ class Pair:
                 list(src.events())
                 for d in src.datagrams_to_send(self.clock):
                     moved = True
-                    ike = d.data[4:] if d.data.startswith(NON_ESP_MARKER) else d.data
+                    ike = d.data
                     self.recorded.append(ike)
                     if hold is not None and hold(name, ike):
                         held.append((name, ike))
                         continue
-                    deliver(dst, d.data, d.remote, d.local, self.clock)
+                    deliver(dst, on_wire(d), d.remote, d.local, self.clock)
             if not moved:
                 return held
         raise RuntimeError("the endpoints never stopped talking")
