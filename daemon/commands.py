@@ -31,6 +31,8 @@ FIELDS: dict[str, dict[str, type]] = {
     "up": {"name": str},
     "down": {"name": str},
     "rekey": {"name": str, "ike": bool},
+    "clients": {},
+    "disconnect": {"server": str, "user": str},
 }
 """The fields each command takes besides "command", and their JSON types."""
 
@@ -52,10 +54,13 @@ def check_request(request: dict[str, Any]) -> None:
             raise ControlError(f"{command} takes no field {key!r} (it takes: {known})")
         if kind is bool and not isinstance(value, bool):
             raise ControlError(f"{key} must be true or false")
-    if "name" in fields:
-        name = request.get("name")
-        if not isinstance(name, str) or not name:
-            raise ControlError("request needs a connection name")
+    # Every text field is required: a missing name is not a connection called None.
+    for key, kind in fields.items():
+        if kind is str:
+            value = request.get(key)
+            if not isinstance(value, str) or not value:
+                what = "a connection name" if key == "name" else f"a {key} name"
+                raise ControlError(f"request needs {what}")
 
 
 async def handle_request(gateway: Gateway, request: dict[str, Any]) -> Any:

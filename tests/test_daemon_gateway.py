@@ -210,6 +210,9 @@ def test_control_requests(gateway: Gateway) -> None:
         ({"command": "rekey", "ike": True}, "request needs a connection name"),
         ({"command": "up", "name": "site", "force": True}, "up takes no field 'force'"),
         ({"command": "reload", "now": True}, "reload takes no field 'now'"),
+        ({"command": "disconnect", "server": "office"}, "request needs a user name"),
+        ({"command": "disconnect", "user": 3, "server": "o"}, "request needs a user name"),
+        ({"command": "clients", "all": True}, "clients takes no field 'all'"),
     ],
 )
 def test_control_request_fields_are_checked_like_the_configuration(
@@ -1486,3 +1489,17 @@ def test_new_selectors_the_peer_refuses_leave_the_old_child_sa_up(tmp_path: Path
         ] == [CREATE_CHILD_SA]
         assert gw.installed("net") == [old] and gw.connections["net"].replacing == set()
         assert pair.of("a", ChildSaDeleted) == [] and pair.of("a", IkeSaDeleted) == []
+
+
+def test_every_command_the_cli_sends_passes_the_field_check() -> None:
+    from daemon.commands import check_request
+
+    for request_ in (
+        {"command": "status", "summary": True},
+        {"command": "reload"},
+        {"command": "up", "name": "site"},
+        {"command": "rekey", "name": "site", "ike": True},
+        {"command": "clients"},
+        {"command": "disconnect", "server": "office", "user": "alice"},
+    ):
+        check_request(request_)

@@ -67,7 +67,7 @@ def test_no_key_psk_or_private_key_in_debug_logs(auth: str) -> None:
         wait_until(lambda: ping(topo.host_a, topo.site_b.host4, count=1).returncode == 0, "ping")
         rekey_child(world, "net4", by_lockgate=True)
         rekey_child(world, "net4", by_lockgate=False)
-        daemon.command("rekey", name="net4", ike="true")
+        daemon.command("rekey", name="net4", ike=True)
         ping(topo.host_a, topo.site_b.host4, count=3)
         secrets = charon_dumps(world.charon.log_path.read_text())
         names = " ".join(secrets)
