@@ -98,6 +98,7 @@ class IkeRaServer:
 
     def attach(self, gateway: Gateway) -> None:
         """The running gateway whose endpoint deletes IKE SAs for this server."""
+        self._gateway = gateway
 
     # -- the IKE connection -----------------------------------------------------------
 
@@ -299,9 +300,13 @@ class IkeRaServer:
             return
 
         def delete() -> None:
-            if gateway.endpoint is not None and gateway.endpoint.ike_sa(ike_sa_id) is not None:
-                gateway.endpoint.delete(ike_sa_id, time.monotonic(), reason)
-                gateway.service()
+            endpoint = gateway.endpoint
+            if endpoint is None or endpoint.ike_sa(ike_sa_id) is None:
+                log.info("ikev2 %s: IKE SA #%d already gone (%s)", self.name, ike_sa_id, reason)
+                return
+            log.info("ikev2 %s: deleting IKE SA #%d: %s", self.name, ike_sa_id, reason)
+            endpoint.delete(ike_sa_id, time.monotonic(), reason)
+            gateway.service()
 
         if gateway.loop is not None:
             gateway.loop.call_soon(delete)
