@@ -25,12 +25,15 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conf.model import (
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
+    DEFAULT_RA_ESP_PROPOSALS,
+    DEFAULT_RA_IKE_PROPOSALS,
     DEFAULT_SSL_CIPHERS,
     SSL_CIPHERS,
     AuthMethod,
@@ -798,6 +801,9 @@ MAX_LOCAL_SUBNETS = 20
 MAX_DNS_SERVERS = 2
 MAX_CLIENT_CAS = 10
 MAX_GROUP_DESTINATIONS = 10
+MAX_DNS_DOMAINS = 10
+_SSL_ONLY = ("transport", "port", "ciphers", "tls_crypt_key")
+_IKEV2_ONLY = ("dns_domains", "ike_proposals", "esp_proposals")
 _SSL_PORTS = {"tcp": 443, "udp": 1194}
 _ADDRESS_NAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?$"
@@ -830,6 +836,13 @@ def _dial_address(raw: Any) -> str:
     except ValueError:
         if not _ADDRESS_NAME.match(text):
             raise _Bad(f"{text!r} is neither an IP address nor a DNS name") from None
+    return text
+
+
+def _dns_domain(raw: Any) -> str:
+    text = _string(raw).strip().rstrip(".").lower()
+    if not text or not _ADDRESS_NAME.match(text):
+        raise _Bad(f"{raw!r} is not a DNS domain")
     return text
 
 
@@ -938,6 +951,98 @@ def _server_credentials(
         s.problem("private_key", "does not match the public key of the server's certificate")
 
 
+def _ikev2_server_credentials(
+    s: _Section,
+    certificate: Path | None,
+    key: Path | None,
+    address: str,
+    warnings: list[Problem],
+) -> None:
+    """An IKEv2 server signs with its certificate (RFC 7296 §2.15). A certificate the
+    built-in clients refuse loads (strongSwan clients may still accept it), but each
+    reason a Windows, macOS, iOS or Android client would fail at connect is warned
+    about here, naming what is missing."""
+    if certificate is None or key is None:
+        s.problem(
+            "certificate",
+            "an IKEv2 server needs a certificate: set certificate and private_key in "
+            "[gateway] (or here)",
+        )
+        return
+    try:
+        certs = x509.load_pem_x509_certificates(certificate.read_bytes())
+    except ValueError:
+        s.problem("certificate", f"{str(certificate)!r} is not a PEM X.509 certificate")
+        return
+    private = _private_key(s, key)
+    if private is None:
+        return
+    try:
+        LocalCredentials(certs[0], tuple(certs[1:]), private)
+    except CredentialError:
+        s.problem("private_key", "does not match the public key of the server's certificate")
+        return
+    for reason in ikev2_certificate_problems(certs[0], address):
+        warnings.append(Problem(f"{s.path}.certificate", f"{describe(certs[0])!r}: {reason}"))
+
+
+def ikev2_certificate_problems(cert: x509.Certificate, address: str) -> list[str]:
+    """Why the built-in IKEv2 clients would refuse `cert` as the certificate of a
+    server they reach as `address` (an IP address or a DNS name); [] if none would."""
+    out: list[str] = []
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        out.append(
+            "no serverAuth extended key usage: Windows and macOS/iOS clients refuse it "
+            "(add extendedKeyUsage = serverAuth)"
+        )
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = [n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)]
+        ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        dns_names, ips = [], []
+    try:
+        dialled: str | None = str(ipaddress.ip_address(address))
+    except ValueError:
+        dialled = None
+    if dialled is None:
+        name = address.lower().rstrip(".")
+        if name not in dns_names:
+            out.append(
+                f"no subjectAltName dNSName {name!r}, the name clients dial (address): "
+                "Windows, macOS/iOS and strongSwan check the server's name against it"
+            )
+    else:
+        if dialled not in ips:
+            out.append(
+                f"no subjectAltName IP address {dialled}, the address clients dial "
+                "(address): clients check the server's name against it"
+            )
+        if dialled not in dns_names:
+            out.append(
+                f"{dialled} is not repeated as a subjectAltName dNSName: Windows fails "
+                "with error 13801 unless the dialled IP address is also a dNSName"
+            )
+    public = cert.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        out.append(
+            f"an {type(public).__name__.removesuffix('PublicKey')} key: Windows and iOS "
+            "accept only RSA and ECDSA server certificates"
+        )
+    elif isinstance(public, rsa.RSAPublicKey) and public.key_size < 2048:
+        out.append(f"an RSA key of {public.key_size} bits: iOS and Windows need 2048 or more")
+    elif isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in (
+        "secp256r1",
+        "secp384r1",
+    ):
+        out.append(f"an ECDSA key on {public.curve.name}: Windows and iOS accept P-256 and P-384")
+    return out
+
+
 def _group(
     name: str, data: Mapping[str, Any], path: str, problems: list[Problem]
 ) -> GroupConfig | None:
@@ -968,8 +1073,21 @@ def _remote_access(
     s = _Section(data, f"remote_access.{name}", problems)
     before = len(problems)
     protocol: RemoteAccessProtocol = s.value("protocol", _choice("ssl", "ikev2"), "ssl")
-    if protocol == "ikev2":
-        s.problem("protocol", '"ikev2" servers are not available yet; use "ssl"')
+    ikev2 = protocol == "ikev2"
+    for key in _SSL_ONLY if ikev2 else _IKEV2_ONLY:
+        if s.has(key):
+            other = "ssl" if ikev2 else "ikev2"
+            s.problem(key, f'only for protocol = "{other}" servers')
+    dns_domains: tuple[str, ...] | None = ()
+    if data.get("dns_domains") != []:
+        dns_domains = s.items("dns_domains", _dns_domain, ())
+    s.seen.add("dns_domains")
+    ike_proposals = s.items(
+        "ike_proposals", _proposal(ike_proposal_problem), DEFAULT_RA_IKE_PROPOSALS
+    )
+    esp_proposals = s.items(
+        "esp_proposals", _proposal(esp_proposal_problem), DEFAULT_RA_ESP_PROPOSALS
+    )
     transport: Transport = s.value("transport", _choice("tcp", "udp"), "tcp")
     port = s.value("port", _integer(1, 65535), _SSL_PORTS[transport])
     ciphers = s.items("ciphers", _ssl_cipher, DEFAULT_SSL_CIPHERS)
@@ -1017,10 +1135,14 @@ def _remote_access(
             s.problem("local_subnets", "lists a subnet twice")
     if dns is not None and len(dns) > MAX_DNS_SERVERS:
         s.problem("dns", f"lists {len(dns)} servers; at most {MAX_DNS_SERVERS} are pushed")
-    if auth == "any":
+    if auth == "any" and not ikev2:
         s.problem("auth", '"any" is only for ikev2 servers; use "password" or "certificate"')
-    if auth == "certificate" and not s.has("client_ca"):
-        s.problem("client_ca", 'required with auth = "certificate" (the CAs of the clients)')
+    if (auth == "certificate" or (auth == "any" and ikev2)) and not s.has("client_ca"):
+        s.problem("client_ca", f'required with auth = "{auth}" (the CAs of the clients)')
+    if auth == "any" and ikev2 and not s.has("users"):
+        s.problem("users", 'required with auth = "any" (the file `lockgate user` writes)')
+    if dns_domains is not None and len(dns_domains) > MAX_DNS_DOMAINS:
+        s.problem("dns_domains", f"lists {len(dns_domains)} domains; at most {MAX_DNS_DOMAINS}")
     if auth == "password" and s.has("client_ca"):
         s.problem("client_ca", 'only used with auth = "certificate"')
     if auth == "password" and not s.has("users"):
@@ -1040,7 +1162,20 @@ def _remote_access(
     unreadable = (s.has("certificate") and certificate is None) or (
         s.has("private_key") and private_key is None
     )
-    if gateway is not None and not unreadable and s.has("certificate") == s.has("private_key"):
+    if (
+        ikev2
+        and gateway is not None
+        and not unreadable
+        and s.has("certificate") == s.has("private_key")
+    ):
+        _ikev2_server_credentials(
+            s,
+            certificate if s.has("certificate") else gateway.certificate,
+            private_key if s.has("private_key") else gateway.private_key,
+            address if address is not None else str(gateway.addresses[0]),
+            warnings,
+        )
+    elif gateway is not None and not unreadable and s.has("certificate") == s.has("private_key"):
         _server_credentials(
             s,
             gateway,
@@ -1060,6 +1195,9 @@ def _remote_access(
         or ciphers is None
         or dns is None
         or max_connections is None
+        or dns_domains is None
+        or ike_proposals is None
+        or esp_proposals is None
     ):
         return None
     for group in groups.values():
@@ -1092,6 +1230,9 @@ def _remote_access(
         tls_crypt_key=tls_crypt_key,
         client_to_client=client_to_client,
         groups=types.MappingProxyType(groups),
+        dns_domains=dns_domains,
+        ike_proposals=ike_proposals,
+        esp_proposals=esp_proposals,
     )
 
 
@@ -1100,6 +1241,7 @@ def _check_remote_access(
     servers: Mapping[str, RemoteAccessConfig],
     connections: Mapping[str, ConnectionConfig],
     problems: list[Problem],
+    peers: Mapping[str, PeerConfig | None] | None = None,
 ) -> None:
     """Rules between servers, and between servers and the rest of the file: the
     gateway's client limit, one listener per transport and port, and pools that no
@@ -1115,9 +1257,33 @@ def _check_remote_access(
                 f"serves at most {MAX_REMOTE_ACCESS_CLIENTS} clients",
             )
         )
+    ikev2 = [server for server in listed if server.protocol == "ikev2"]
+    for server in ikev2[1:]:
+        # Clients are told apart only after IKE_AUTH (Windows names no server in IDr).
+        problems.append(
+            Problem(
+                f"remote_access.{server.name}.protocol",
+                f"a gateway runs one ikev2 server; remote_access.{ikev2[0].name} is one",
+            )
+        )
+    for server in ikev2:
+        # The IKE connection and its CHILD SAs carry the server's name.
+        for kind, names in (("peers", peers or {}), ("connections", connections)):
+            if server.name in names:
+                problems.append(
+                    Problem(
+                        f"remote_access.{server.name}",
+                        f"an ikev2 server's name must differ from {kind}.{server.name}'s "
+                        "(logs and status name both)",
+                    )
+                )
     for i, server in enumerate(listed):
         path = f"remote_access.{server.name}"
-        for other in listed[:i]:
+        if server.protocol == "ikev2":
+            listed_ssl = []
+        else:
+            listed_ssl = [o for o in listed[:i] if o.protocol == "ssl"]
+        for other in listed_ssl:
             if (other.transport, other.port) == (server.transport, server.port):
                 problems.append(
                     Problem(
@@ -1126,7 +1292,7 @@ def _check_remote_access(
                         f"remote_access.{other.name} (both listen on gateway.addresses)",
                     )
                 )
-        if gateway is not None and server.transport == "udp":
+        if gateway is not None and server.protocol == "ssl" and server.transport == "udp":
             for key in ("ike_port", "nat_port"):
                 if getattr(gateway, key) == server.port:
                     problems.append(
@@ -1189,7 +1355,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         server = _remote_access(name, body, gateway, problems, warnings)
         if server is not None:
             servers[name] = server
-    _check_remote_access(gateway, servers, connections, problems)
+    _check_remote_access(gateway, servers, connections, problems, peers)
     # Site-to-site, point-to-cloud or both; a file with neither does nothing.
     if not problems and not connections and "remote_access" not in data:
         problems.append(Problem("connections", "no connection is configured"))

@@ -37,6 +37,19 @@ ClientAuth = Literal["password", "certificate", "any"]
 DEFAULT_CONTROL_SOCKET = Path("/run/lockgate/lockgate.sock")
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519",)
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
+DEFAULT_RA_IKE_PROPOSALS = (
+    "aes256gcm16-prfsha384-ecp384",
+    "aes256-sha384-ecp384",
+    "aes256gcm16-prfsha384-x25519",
+    "aes256-sha256-modp2048",
+)
+"""An IKEv2 server's IKE proposals: the strongest each built-in client can be set to
+(Windows through Set-VpnConnectionIPsecConfiguration: GCMAES256 or AES256 with SHA384
+and ECP384, or AES256/SHA256/Group14; Apple profiles: AES-256-GCM, SHA2-384, group 20;
+strongSwan: any). Never DES, 3DES, MD5 or modp1024."""
+DEFAULT_RA_ESP_PROPOSALS = ("aes256gcm16", "aes256-sha256")
+"""An IKEv2 server's ESP proposals (Windows GCMAES256 or AES256/SHA256128; Apple
+AES-256-GCM or AES-256 with SHA2-256)."""
 DEFAULT_SSL_CIPHERS = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
 SSL_CIPHERS = frozenset(DEFAULT_SSL_CIPHERS)
 """The data-channel ciphers of the SSL server (OpenVPN's names; AEAD only)."""
@@ -244,6 +257,12 @@ class RemoteAccessConfig:
     """Whether clients of this server reach each other."""
     groups: Mapping[str, GroupConfig] = field(default_factory=dict)
     """Access policies by group name; with any defined, a user in none reaches nothing."""
+    dns_domains: tuple[str, ...] = ()
+    """IKEv2 only: split-DNS domains (INTERNAL_DNS_DOMAIN, RFC 8598)."""
+    ike_proposals: tuple[str, ...] = DEFAULT_RA_IKE_PROPOSALS
+    """IKEv2 only: IKE proposals, most preferred first (strongSwan syntax)."""
+    esp_proposals: tuple[str, ...] = DEFAULT_RA_ESP_PROPOSALS
+    """IKEv2 only: ESP proposals, most preferred first."""
 
 
 @dataclass(frozen=True)

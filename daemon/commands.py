@@ -71,10 +71,15 @@ async def handle_request(gateway: Gateway, request: dict[str, Any]) -> Any:
         return gateway.status_summary() if request.get("summary") else gateway.status()
     if command == "reload":
         return gateway.reload()
+    ikev2_ra = gateway.ikev2_ra
     if command == "clients":
-        return gateway.remote_access.clients()
+        ikev2 = ikev2_ra.client_rows(gateway) if ikev2_ra is not None else []
+        return gateway.remote_access.clients() + ikev2
     if command == "disconnect":
-        return gateway.remote_access.disconnect(request.get("server"), request.get("user"))
+        server, user = request.get("server"), request.get("user")
+        if ikev2_ra is not None and server == ikev2_ra.name and isinstance(user, str) and user:
+            return f"{server}: {ikev2_ra.disconnect(user)} IKE SA(s) of {user} deleted"
+        return gateway.remote_access.disconnect(server, user)
     if command == "rekey" and request.get("ike"):
         return await _rekey_ike(gateway, request.get("name"))
     if command in ("up", "down", "rekey"):

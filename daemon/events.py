@@ -47,6 +47,8 @@ replaced it: a connection that should be up then needs a new one."""
 
 def handle_event(gateway: Gateway, event: Event) -> None:
     """Pass `event` to its handler below (an event without one needs no action)."""
+    if gateway.ikev2_ra is not None:
+        gateway.ikev2_ra.on_event(event)
     handler = _EVENT_HANDLERS.get(type(event))
     if handler is not None:
         handler(gateway, event)

@@ -38,6 +38,8 @@ from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
 from daemon.events import handle_event
 from daemon.ike import IkeDriver
+from daemon.ikev2_ra import IkeRaServer
+from daemon.ikev2_ra import servers as ikev2_ra_servers
 from daemon.lifetimes import SEQUENCE_CHECK_INTERVAL, VOLUME_CHECK_INTERVAL, Lifetimes
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker, LocalAddresses
@@ -145,6 +147,9 @@ class Gateway:
         """Where the forwarding sysctls are read (`forwarding_warnings`)."""
         self.remote_access = RemoteAccess()
         """The point-to-cloud servers (`[remote_access.NAME]`, `daemon.ssl_vpn`)."""
+        self.ikev2_ra: IkeRaServer | None = None
+        """The ikev2 point-to-cloud server on the IKE endpoint (`daemon.ikev2_ra`)."""
+        self._ikev2_ra_connection: PeerConfig | None = None
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -212,6 +217,11 @@ class Gateway:
         # anything is created (TUN, sockets, control socket).
         ikes = ike_connections(config)
         endpoint_settings = endpoint_config(config)
+        ra_servers = ikev2_ra_servers(config)
+        if ra_servers:
+            self.ikev2_ra = ra_servers[0]
+            self.ikev2_ra.attach(self)
+            self._ikev2_ra_connection = self.ikev2_ra.connection(config)
         addresses = [str(a) for a in gateway.addresses]
         # Then the IKE and NAT-T ports on every address, before anything is created: a
         # second daemon on our addresses (or this configuration started twice) stops
@@ -256,7 +266,7 @@ class Gateway:
             gateway.nat_port,
             " and raw ESP" if pump.raw else "",
         )
-        self._use_endpoint(Endpoint(ikes, config=endpoint_settings))
+        self._use_endpoint(Endpoint([*ikes, *self._ra_connections()], config=endpoint_settings))
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
@@ -592,6 +602,11 @@ class Gateway:
                 "[gateway] changed: addresses, ports, the TUN and the COOKIE/half-open "
                 "settings need a restart"
             )
+        if (
+            self.ikev2_ra is not None
+            and new.remote_access.get(self.ikev2_ra.name) != self.ikev2_ra.config
+        ):
+            log.warning("remote_access.%s (ikev2) changed: it needs a restart", self.ikev2_ra.name)
         old_ike = {name: peer.config for name, peer in self.peers.items()}
         new_ike = {c.name: c for c in new_list}
         removed = [n for n in old_ike if n not in new_ike]
@@ -604,7 +619,7 @@ class Gateway:
             log.info("reload: peer %s %s (%d IKE SA(s) deleted)",
                      name, "removed" if name in removed else "changed", count)  # fmt: skip
         self.service()
-        self.endpoint.set_connections(new_list)
+        self.endpoint.set_connections([*new_list, *self._ra_connections()])
         for name in changed:
             if not plans[name].renegotiate:
                 self._update_peer(new_ike[name], plans[name])
@@ -626,6 +641,11 @@ class Gateway:
             log.warning("%s", warning)
         self.notifier.notify(STATUS=status_line(self))
         return summary
+
+    def _ra_connections(self) -> list[PeerConfig]:
+        """The ikev2 server's IKE connection, as it started (a changed section needs a
+        restart, like [gateway])."""
+        return [] if self._ikev2_ra_connection is None else [self._ikev2_ra_connection]
 
     def forwarding_warnings(self) -> list[str]:
         """Why the host would not route the connections' traffic: forwarding off for
@@ -829,6 +849,8 @@ class Gateway:
             if self.plane is not None:
                 self.plane.expire_lingering()
             self.remote_access.housekeeping()
+            if self.ikev2_ra is not None:
+                self.ikev2_ra.poll_users()
 
     async def _watch_volume(self) -> None:
         last_full = time.monotonic()

@@ -159,20 +159,28 @@ def _static_ip(
     return address
 
 
-def _refuse_nt_hash(server: RemoteAccessConfig) -> None:
-    """An IKEv2 password server needs the NT hash stored too (and `user add` says so);
-    this version computes none, and no such server loads yet."""
-    from conf.users import needs_nt_hash
+def _with_password(server: RemoteAccessConfig, user: User, password: str) -> User:
+    """`user` with `password` stored: always the scrypt hash; for an IKEv2 password
+    server also the NT hash, which EAP-MSCHAPv2 works on (RFC 2759 §8.3) and which a
+    salt cannot protect. Other servers' users never get one (and lose an old one)."""
+    from conf.users import hash_password, needs_nt_hash
+    from ikev2.crypto.mschapv2 import nt_password_hash
 
-    if needs_nt_hash(server):
-        raise _Refused(f"remote_access.{server.name}: NT hashes (EAP-MSCHAPv2) are not supported")
+    nt_hash = nt_password_hash(password) if needs_nt_hash(server) else None
+    return dataclasses.replace(user, password=hash_password(password), nt_hash=nt_hash)
+
+
+NT_HASH_NOTE = (
+    "the NT hash (MD4) of the password is stored too: EAP-MSCHAPv2 needs it; "
+    "protect the users file like a password list"
+)
 
 
 # --- the commands ----------------------------------------------------------------------
 
 
 def _add(args: argparse.Namespace) -> str:
-    from conf.users import NAME_RE, User, hash_password, load_users, save_users
+    from conf.users import NAME_RE, User, load_users, save_users
 
     _, server = _server(args)
     path = _users_file(server)
@@ -196,8 +204,7 @@ def _add(args: argparse.Namespace) -> str:
                 "a certificate whose CN is their name, not a password"
             )
     else:
-        _refuse_nt_hash(server)
-        user = dataclasses.replace(user, password=hash_password(_password(args)))
+        user = _with_password(server, user, _password(args))
     users[args.name] = user
     save_users(path, users)
     details = [f"group {user.group}"] if user.group else []
@@ -206,7 +213,8 @@ def _add(args: argparse.Namespace) -> str:
     if server.auth == "certificate":
         details.append("certificate login (CN = user name)")
     suffix = f" ({', '.join(details)})" if details else ""
-    return f"user {args.name} added to {server.name}{suffix}"
+    note = f"\n{NT_HASH_NOTE}" if user.nt_hash is not None else ""
+    return f"user {args.name} added to {server.name}{suffix}{note}"
 
 
 def _delete(args: argparse.Namespace) -> str:
@@ -223,7 +231,7 @@ def _delete(args: argparse.Namespace) -> str:
 
 
 def _passwd(args: argparse.Namespace) -> str:
-    from conf.users import hash_password, load_users, save_users
+    from conf.users import load_users, save_users
 
     _, server = _server(args)
     path = _users_file(server)
@@ -234,11 +242,11 @@ def _passwd(args: argparse.Namespace) -> str:
     users = load_users(path)
     if args.name not in users:
         raise _Refused(f"no user {args.name!r} on {server.name}")
-    _refuse_nt_hash(server)
-    password = _password(args)
-    users[args.name] = dataclasses.replace(users[args.name], password=hash_password(password))
+    user = _with_password(server, users[args.name], _password(args))
+    users[args.name] = user
     save_users(path, users)
-    return f"password of {args.name} changed on {server.name}"
+    note = f"\n{NT_HASH_NOTE}" if user.nt_hash is not None else ""
+    return f"password of {args.name} changed on {server.name}{note}"
 
 
 def _list(args: argparse.Namespace) -> str:

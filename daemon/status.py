@@ -97,7 +97,8 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
             else {}
         ),
         # The point-to-cloud servers, each with its client count (`daemon.ssl_vpn`).
-        "remote_access": gateway.remote_access.status(),
+        "remote_access": gateway.remote_access.status()
+        + ([gateway.ikev2_ra.status()] if gateway.ikev2_ra is not None else []),
     }
 
 
@@ -206,9 +207,14 @@ def format_status(status: dict[str, Any]) -> str:
     if servers:
         lines.append(f"Remote access servers ({len(servers)}):")
         for srv in servers:
+            where = (
+                "on the IKE ports"
+                if srv["protocol"] == "ikev2"
+                else f"{srv['transport']} port {srv['port']}"
+            )
+            tun = "" if srv["protocol"] == "ikev2" else f" on {srv['interface']}"
             lines.append(
-                f"  {srv['name']}: {srv['protocol']} {srv['transport']} port {srv['port']}, "
-                f"pool {srv['pool']} on {srv['interface']}, "
+                f"  {srv['name']}: {srv['protocol']} {where}, pool {srv['pool']}{tun}, "
                 f"{srv['clients']}/{srv['max_connections']} client(s), "
                 f"{srv['handshaking']} connecting, {srv['users']} user(s)"
             )

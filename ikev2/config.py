@@ -30,6 +30,12 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NtHashLookup = Callable[[str], bytes | None]
 """EAP identity -> the user's NT hash (MD4 of the UTF-16LE password), None: unknown."""
+LoginGate = Callable[[str, str], str | None]
+"""(EAP identity, the client's IP address) -> why its login is refused before the
+password is checked ("rate limited"), or None."""
+UserReach = Callable[[str], tuple[IpNetwork, ...]]
+"""user -> the networks that user may reach (the CHILD SA's local selectors are
+narrowed to them; () refuses the CHILD SA)."""
 AddressAllocator = Callable[[str, int, int], IpInterface | None]
 """(user, IKE SA number, IP version 4 or 6) -> the client's virtual address with the
 pool's prefix (for INTERNAL_IP4_NETMASK), or None when none is free. The caller frees
@@ -107,6 +113,10 @@ class RemoteAccess:
     subnets: tuple[IpNetwork, ...] = ()
     """The networks clients reach, sent as INTERNAL_IP4_SUBNET / INTERNAL_IP6_SUBNET
     (macOS routes by them; TOML local_subnets)."""
+    gate: LoginGate | None = field(default=None, repr=False)
+    """Asked before an EAP password is checked (login rate limits)."""
+    reach: UserReach | None = field(default=None, repr=False)
+    """Per-user destinations (group policies); None: the CHILD's local_ts for all."""
 
     def __post_init__(self) -> None:
         if self.client_auth not in ("eap", "pubkey", "any"):

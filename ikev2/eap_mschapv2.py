@@ -45,6 +45,9 @@ from ikev2.crypto.rng import RandomSource
 from ikev2.errors import AuthenticationFailed, InvalidSyntax
 
 NtHashLookup = Callable[[str], bytes | None]
+EapGate = Callable[[str], str | None]
+"""EAP identity -> why the login is refused before its password is checked (e.g. "rate
+limited"), or None to go on."""
 """EAP identity -> the user's NT hash (RFC 2759 §8.3), or None for an unknown user."""
 
 SERVER_NAME = b"lockgate"
@@ -62,16 +65,22 @@ class EapCause(enum.Enum):
     SERVER_NOT_AUTHENTICATED = "server's MS-CHAPv2 authenticator response is wrong"
     REFUSED_BY_SERVER = "server refused the login"
     PROTOCOL = "EAP protocol error"
+    REFUSED = "refused"
+    """The server's gate said no before the password was checked (its reason says why)."""
 
 
 class EapFailed(AuthenticationFailed):
     """EAP authentication failed: the peer gets `eap` (an EAP-Failure, or nothing) and
     AUTHENTICATION_FAILED (§2.21.2)."""
 
-    def __init__(self, message: str, cause: EapCause, eap: Eap | None = None) -> None:
+    def __init__(
+        self, message: str, cause: EapCause, eap: Eap | None = None, refusal: str = ""
+    ) -> None:
         super().__init__(message)
         self.cause = cause
         self.eap = eap
+        self.refusal = refusal or cause.value
+        """Why, in the words the daemon logs ("wrong password", "rate limited")."""
 
 
 class _ServerState(enum.Enum):
@@ -85,9 +94,12 @@ class EapServer:
     """The authenticator's side of EAP-MSCHAPv2 over IKEv2 (no retries: a wrong
     password ends the IKE SA and the client starts again)."""
 
-    def __init__(self, rng: RandomSource, lookup: NtHashLookup) -> None:
+    def __init__(
+        self, rng: RandomSource, lookup: NtHashLookup, gate: EapGate | None = None
+    ) -> None:
         self._rng = rng
         self._lookup = lookup
+        self._gate = gate
         self._state = _ServerState.IDENTITY
         self._identifier = rng.token_bytes(1)[0]
         self._challenge = b""
@@ -161,6 +173,9 @@ class EapServer:
             self._fail(
                 f"expected an MS-CHAPv2 Response, got {type(data).__name__}", EapCause.PROTOCOL
             )
+        refusal = self._gate(self.identity) if self._gate is not None else None
+        if refusal is not None:
+            self._fail(f"{refusal}: {self.identity!r}", EapCause.REFUSED, refusal)
         nt_hash = self._lookup(self.identity)
         known = nt_hash is not None
         password_hash = nt_hash if nt_hash is not None else _UNKNOWN_USER_HASH
@@ -179,10 +194,13 @@ class EapServer:
         self._state = _ServerState.SUCCESS
         return self._next(MsChapV2Success(data.ms_id, reply + b" M=Welcome to lockgate"))
 
-    def _fail(self, message: str, cause: EapCause) -> Never:
+    def _fail(self, message: str, cause: EapCause, refusal: str = "") -> Never:
         self._identifier = (self._identifier + 1) & 0xFF
         raise EapFailed(
-            f"EAP-MSCHAPv2: {message}", cause, eap_payload(EapCode.FAILURE, self._identifier)
+            f"EAP-MSCHAPv2: {message}",
+            cause,
+            eap_payload(EapCode.FAILURE, self._identifier),
+            refusal,
         )
 
 
@@ -241,4 +259,12 @@ class EapClient:
         return eap_payload(EapCode.RESPONSE, payload.identifier, answer)
 
 
-__all__ = ["SERVER_NAME", "EapCause", "EapClient", "EapFailed", "EapServer", "NtHashLookup"]
+__all__ = [
+    "SERVER_NAME",
+    "EapCause",
+    "EapClient",
+    "EapFailed",
+    "EapGate",
+    "EapServer",
+    "NtHashLookup",
+]

@@ -275,6 +275,7 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PeerKey = tuple[Identity, str]
 """Our identity and the peer's IP address: the pair INITIAL_CONTACT speaks for."""
+ContactKey = tuple[str, Identity | None, str]
 
 
 @dataclass(frozen=True)
@@ -337,8 +338,8 @@ class Endpoint:
         self._by_connection: _SaIndex[str] = _SaIndex()
         self._by_peer: _SaIndex[PeerKey] = _SaIndex()
         """For INITIAL_CONTACT: SAs by (our identity, the peer's address)."""
-        self._by_peer_id: _SaIndex[tuple[str, Identity | None]] = _SaIndex()
-        """For a peer's INITIAL_CONTACT: SAs by (connection, the identity it proved)."""
+        self._by_peer_id: _SaIndex[ContactKey] = _SaIndex()
+        """For a peer's INITIAL_CONTACT: SAs by `_contact_key`."""
         self._by_remote_ip: _SaIndex[IpAddress] = _SaIndex()
         """SAs by the peer's current IP address: whom an unprotected hint or an ESP
         packet of an unknown SPI concerns (§2.21.4)."""
@@ -1006,7 +1007,7 @@ class Endpoint:
         self.sas_visited += 1
         if sa.initial_contact and sa.state is IkeSaState.ESTABLISHED:
             sa.initial_contact = False
-            self._by_peer_id.put(sa, (sa.config.name, sa.peer_id))
+            self._by_peer_id.put(sa, _contact_key(sa))
             self._drop_stale(sa, now)
         self._collect_events(sa)
         # §2.18: a new IKE SA from a rekey answers to its own SPI from now on (after
@@ -1068,7 +1069,7 @@ class Endpoint:
         self._by_peer.put(sa, _peer_key(sa))
         self._by_remote_ip.put(sa, _ip(sa.remote[0]))
         if sa.peer_id is not None:
-            self._by_peer_id.put(sa, (sa.config.name, sa.peer_id))
+            self._by_peer_id.put(sa, _contact_key(sa))
         for unique_id in sa.children:
             self._child_owner[unique_id] = sa
         timer = sa.get_timer()
@@ -1089,10 +1090,20 @@ class Endpoint:
         reported before the new SA's events, so the daemon tears the old CHILD SAs down
         before it installs the new ones for the same selectors.
         """
-        for other in self._by_peer_id.get((sa.config.name, sa.peer_id)):
+        for other in self._by_peer_id.get(_contact_key(sa)):
             if other is not sa and other.state in (IkeSaState.ESTABLISHED, IkeSaState.DELETING):
                 other.gone("replaced: the peer restarted (INITIAL_CONTACT)", by_peer=True)
                 self._collect(other, now)
+
+
+def _contact_key(sa: IkeSa) -> ContactKey:
+    """Whose older IKE SAs a peer's INITIAL_CONTACT replaces (§2.4): the connection's
+    with the identity it proved; for a remote-access client, that user's from the same
+    address only (Windows proves its private IP address, which clients in other homes
+    share, and one user may have several devices)."""
+    if sa.config.remote_access is not None:
+        return (sa.config.name, None, f"{sa.eap_identity or sa.peer_id}@{sa.init_remote[0]}")
+    return (sa.config.name, sa.peer_id, "")
 
 
 def _peer_key(sa: IkeSa) -> PeerKey:

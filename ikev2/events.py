@@ -185,6 +185,11 @@ class IkeSaFailed(Event):
     """The IKEv2 notify error type involved (sent or received), if any."""
     user: str = ""
     """The EAP identity of a refused remote-access login, if it got that far."""
+    remote: tuple[str, int] = ("", 0)
+    """The address the request came from."""
+    refusal: str = ""
+    """A refused EAP login's reason in words ("wrong password", "unknown user",
+    "rate limited"), "" for other failures."""
 
 
 @dataclass(frozen=True, slots=True)

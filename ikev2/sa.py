@@ -500,7 +500,8 @@ class IkeSa(IkeSaData):
                 return
             if header.exchange_type in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
                 # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind.
-                self.fail(str(fatal), fatal.notify)
+                refusal = fatal.refusal if isinstance(fatal, EapFailed) else ""
+                self.fail(str(fatal), fatal.notify, refusal=refusal)
                 return
             # Any later request refused with a notify leaves the IKE SA as it was.
             log.info(
@@ -649,7 +650,7 @@ class IkeSa(IkeSaData):
             self.initial_child_failed = False
             self.delete(now, "its CHILD SA could not be established")
 
-    def fail(self, reason: str, notify: int | None) -> None:
+    def fail(self, reason: str, notify: int | None, *, refusal: str = "") -> None:
         """The IKE SA is unusable: report it and go away without further messages."""
         if self.state is IkeSaState.DELETED:
             return
@@ -662,7 +663,15 @@ class IkeSa(IkeSaData):
                 "%s: IKE SA with %s failed: %s", self.name, format_address(self.remote), reason
             )
             self.emit(
-                IkeSaFailed(self.config.name, self.ike_sa_id, reason, notify, self.eap_identity)
+                IkeSaFailed(
+                    self.config.name,
+                    self.ike_sa_id,
+                    reason,
+                    notify,
+                    self.eap_identity,
+                    self.remote,
+                    refusal,
+                )
             )
         else:
             self.gone(reason, by_peer=False)

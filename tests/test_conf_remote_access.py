@@ -225,7 +225,10 @@ def test_an_existing_users_file_is_checked(files: dict[str, str], tmp_path: Path
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"protocol": "ikev2"}, f'{S}.protocol: "ikev2" servers are not available yet; use "ssl"'),
+        (
+            {"protocol": "ikev2", "transport": "udp"},
+            f'{S}.transport: only for protocol = "ssl" servers',
+        ),
         (
             {"protocol": "l2tp"},
             f'{S}.protocol: must be one of "ssl", "ikev2", got a string (\'l2tp\')',

@@ -335,3 +335,61 @@ def test_eap_client_and_server_agree_on_the_msk() -> None:
     assert packet is not None and packet.code == EapCode.SUCCESS
     assert client.process(packet) is None and client.succeeded
     assert server.msk is not None and server.msk == client.msk and server.identity == "CORP\\alice"
+
+
+def test_refusals_carry_their_words_and_the_client_address() -> None:
+    pki, pool = Pki(), Pool()
+    pair = _login(_client(pki, "alice", "wrong horse battery"), _server(pki, pool))
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert (fb.refusal, fb.user, fb.remote[0]) == ("wrong password", "alice", A_ADDR)
+    pair = _login(_client(pki, "mallory"), _server(pki, pool))
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.refusal == "unknown user"
+
+
+def test_a_closed_gate_refuses_before_the_password_is_checked() -> None:
+    pki, pool = Pki(), Pool()
+    asked: list[tuple[str, str]] = []
+    looked_up: list[str] = []
+
+    def gate(user: str, address: str) -> str | None:
+        asked.append((user, address))
+        return "rate limited"
+
+    def lookup(user: str) -> bytes | None:
+        looked_up.append(user)
+        return USERS.get(user)
+
+    pair = _login(_client(pki), _server(pki, pool, gate=gate, nt_hash=lookup))
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.refusal == "rate limited" and fb.notify == NotifyType.AUTHENTICATION_FAILED
+    assert asked == [("alice", A_ADDR)] and looked_up == []
+    (fa,) = pair.of("a", IkeSaFailed)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+
+
+def test_a_users_reach_narrows_our_side_and_nothing_refuses_the_child_sa() -> None:
+    pki, pool = Pki(), Pool()
+    reach = {"alice": (ipaddress.ip_network("203.0.113.0/26"),)}
+    server = _server(pki, pool, reach=lambda user: reach.get(user, ()))
+    pair = _login(_client(pki), server)
+    (ib,) = pair.of("b", ChildSaInstalled)
+    (ia,) = pair.of("a", ChildSaInstalled)
+    narrowed = (TrafficSelector.from_network("203.0.113.0/26"),)
+    assert ib.local_ts == ia.remote_ts == narrowed
+    reach["alice"] = ()
+    pair = _login(_client(pki), server)
+    (fb,) = pair.of("b", ChildSaFailed)
+    assert fb.notify == NotifyType.TS_UNACCEPTABLE and not pair.of("b", ChildSaInstalled)
+
+
+def test_the_server_starts_no_child_rekey_towards_a_client_behind_a_nat() -> None:
+    pki, pool = Pki(), Pool()
+    pair = _login(_client(pki), _server(pki, pool))
+    (sa,) = pair.b.ike_sas()
+    (child_sa,) = sa.children.values()
+    assert child_sa.rekey_at < child_sa.expire_at  # no NAT: the server may rekey
+    sa.nat_remote = True
+    from ikev2.tasks.child_create import _rekey_time
+
+    assert _rekey_time(sa, child_sa.config) == child_sa.config.lifetime

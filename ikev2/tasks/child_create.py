@@ -205,7 +205,7 @@ class ChildCreate(Task):
             remote_ts = narrow(
                 peer_ts, narrow(virtual, child.remote_ts) if virtual else child.remote_ts
             )
-            local_ts = narrow(my_ts, child.local_ts)
+            local_ts = narrow(my_ts, _reach(sa, child.local_ts))
             if remote_ts and local_ts:
                 break
         else:
@@ -266,6 +266,20 @@ class ChildCreate(Task):
         notify = getattr(exc, "peer_notify", None) or exc.notify
         log.warning("%s: CHILD SA %s failed: %s", sa.name, name, exc)
         sa.emit(ChildSaFailed(sa.config.name, name, sa.ike_sa_id, str(exc), notify))
+
+
+def _reach(sa: TaskSa, local_ts: tuple[TrafficSelector, ...]) -> tuple[TrafficSelector, ...]:
+    """Our side of a remote-access client's CHILD SA: what its user may reach (a group
+    policy), within the configured selectors; the ESP data plane enforces it."""
+    ra = sa.config.remote_access
+    if ra is None or ra.reach is None:
+        return local_ts
+    allowed = tuple(TrafficSelector.from_network(str(n)) for n in ra.reach(_user(sa)))
+    return narrow(allowed, local_ts)
+
+
+def _user(sa: TaskSa) -> str:
+    return sa.eap_identity or str(sa.peer_id)
 
 
 def _virtual_selectors(sa: TaskSa) -> tuple[TrafficSelector, ...]:
@@ -361,6 +375,11 @@ def install_child(
 
 
 def _rekey_time(sa: TaskSa, config: ChildConfig) -> float:
+    if sa.config.remote_access is not None and sa.nat_remote:
+        # Windows behind a NAT refuses CHILD SA rekeys that the server starts, and
+        # remote-access clients rekey their CHILD SAs themselves: the server starts
+        # none there (the SA expires unreplaced only if the client stopped rekeying).
+        return config.lifetime
     # Spread rekeys: up to a third of the margin earlier, so both ends rarely collide.
     jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
     return max(config.rekey_time - jitter * config.rekey_margin / 3.0, 0.0)

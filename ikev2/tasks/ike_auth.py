@@ -259,7 +259,13 @@ class IkeAuth(Task):
                 raise AuthenticationFailed(f"peer {peer} sent no AUTH, and we offer it no EAP")
             # §2.16: no AUTH asks for EAP. The user is named in EAP (Windows sends its
             # IP address as IDi), so the login starts with an Identity round.
-            self.eap_server = EapServer(sa.rng, ra.nt_hash)
+            gate = ra.gate
+            address = sa.remote[0]
+            self.eap_server = EapServer(
+                sa.rng,
+                ra.nt_hash,
+                None if gate is None else (lambda user: gate(user, address)),
+            )
             self.eap_out = self.eap_server.start()
             self.first_id, self.peer, self.initial_contact = idi, peer, initial_contact
             return
