@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,11 +243,15 @@ def p2c_setup(p2c: P2cLab) -> None:
     for secret in ("server.key", "carol.key"):
         (d / secret).chmod(0o600)
     write_config(p2c, SERVERS)
-    for server, users in USERS.items():
-        for user, options in users.items():
+
+    def users_and_profile(server: str) -> None:
+        for user, options in USERS.get(server, {}).items():
             assert "added" in p2c.user("add", server, user, *options, password=PASSWORD)
-    for server in SERVERS:
         p2c.profiles[server] = p2c.profile(server, "carol" if server == "certs" else "alice")
+
+    # One server's users one after the other (one file), the servers side by side.
+    with ThreadPoolExecutor(len(SERVERS)) as pool:
+        list(pool.map(users_and_profile, SERVERS))
 
 
 def start_daemon(p2c: P2cLab) -> None:
