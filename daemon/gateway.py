@@ -636,6 +636,7 @@ class Gateway:
             f"reloaded: peers {len(added)} added, {len(changed)} changed, "
             f"{len(removed)} removed, {unchanged} unchanged"
         )
+        summary += self.remote_access.reload(new)
         log.info("%s", summary)
         for warning in self.forwarding_warnings():
             log.warning("%s", warning)

@@ -2,9 +2,10 @@
 
 `RemoteAccess` is the gateway's room for them: it starts one `SslVpnServer` per
 section with protocol "ssl" once the gateway's own ports are bound, polls the users
-files from the gateway's housekeeping, answers `lockgate clients` and `disconnect`,
-and stops them at teardown. The protocol lives in `ovpn/` (sans-I/O); who may connect
-and reach what in `daemon.p2c_auth`.
+files from the gateway's housekeeping (and at each login), answers `lockgate clients`
+and `disconnect`, applies a reload's changed sections, and stops them at teardown.
+The protocol lives in `ovpn/` (sans-I/O); who may connect and reach what in
+`daemon.p2c_auth`.
 
 Each server has a TUN of its own (`<interface>p<N>`, e.g. lockgate0p0) carrying the
 server's address, the pool's first host, with the pool's prefix: the kernel routes the
@@ -43,6 +44,8 @@ from ovpn.packet import PacketError, StreamDeframer, frame
 from ovpn.server import Server
 from ovpn.session import (
     AuthDecision,
+    AuthPending,
+    AuthRequest,
     ClientAuthenticated,
     ClientAuthFailed,
     ServerSession,
@@ -138,7 +141,7 @@ class SslVpnServer:
         )
         self.server = Server(
             settings,
-            self.auth,
+            self._authenticate,
             random=os.urandom,
             max_sessions=config.max_connections,
             on_end=self._ended,
@@ -374,14 +377,26 @@ class SslVpnServer:
 
     # -- operations ------------------------------------------------------------------------
 
-    def poll_users(self) -> None:
-        """Re-read the users file if it changed; end the sessions it no longer allows."""
+    def poll_users(self, *, defer: bool = False) -> None:
+        """Re-read the users file if it changed; end the sessions it no longer allows
+        (with `defer`, once the packet being handled is done with)."""
         if not self.users.poll():
             return
         ends = self.auth.users_changed(self.users.users)
         log.info("ssl-vpn %s: users file re-read, %d user(s)", self.name, len(self.users.users))
         for lease, restart, reason in ends:
-            self._end(lease, restart=restart, reason=reason)
+            end = partial(self._end, lease, restart=restart, reason=reason)
+            if defer and self._loop is not None:
+                self._loop.call_soon(end)
+            else:
+                end()
+
+    def _authenticate(self, request: AuthRequest) -> AuthDecision | AuthPending:
+        """A login sees the users file as it is now: a user added a moment ago (between
+        two housekeeping polls) is not refused as unknown. A stat per login."""
+        if not request.renegotiation:
+            self.poll_users(defer=True)
+        return self.auth(request)
 
     def _end(self, lease: Lease, *, restart: bool, reason: str) -> None:
         session = self.server.sessions.get(lease.remote)
@@ -477,35 +492,112 @@ class RemoteAccess:
     def __init__(self) -> None:
         self.servers: dict[str, SslVpnServer] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._index: dict[str, int] = {}
+        """Each server's TUN number (`interface_name`), kept across reloads."""
+        self._reloading: asyncio.Task[None] | None = None
+        self._links: LinkWorker | None = None
 
     async def start(self, config: Config, links: LinkWorker) -> None:
         """Start a server per `[remote_access.NAME]` with protocol "ssl"."""
-        addresses = [str(a) for a in config.gateway.addresses]
+        self._links = links
         for index, ra in enumerate(config.remote_access.values()):
-            if ra.protocol != "ssl":
-                log.warning("remote_access.%s: protocol %r is not served yet", ra.name, ra.protocol)
-                continue
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="p2c-auth")
-            name = interface_name(config.gateway, index)
-            tun = TunDevice.open(name)
+            self._index[ra.name] = index
+        for ra in config.remote_access.values():
+            await self._start_one(ra, config, links)
+
+    async def _start_one(self, ra: RemoteAccessConfig, config: Config, links: LinkWorker) -> None:
+        if ra.protocol != "ssl":
+            log.warning("remote_access.%s: protocol %r is not served yet", ra.name, ra.protocol)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="p2c-auth")
+        name = interface_name(config.gateway, self._tun_index(ra.name))
+        tun = TunDevice.open(name)
+        try:
+            server = SslVpnServer(ra, config.gateway, tun, self._executor)
+            address = ipaddress.IPv4Interface((server.auth.pool.server, ra.client_pool.prefixlen))
+            links.run(partial(_bring_up, name=name, address=address))
+        except BaseException:
+            tun.close()
+            raise
+        self.servers[ra.name] = server
+        try:
+            await server.start([str(a) for a in config.gateway.addresses])
+        except BaseException:
+            del self.servers[ra.name]
+            await server.close()
+            raise
+
+    def _tun_index(self, server: str) -> int:
+        """The server's TUN number: its own if it has one, else the lowest free."""
+        if server not in self._index:
+            taken = set(self._index.values())
+            self._index[server] = min(set(range(len(taken) + 1)) - taken)
+        return self._index[server]
+
+    def reload(self, config: Config) -> str:
+        """Apply a reloaded configuration's `[remote_access.*]`: a server whose section
+        is gone stops (its clients are told to come back later: RESTART, and find
+        nothing until it returns), a new one starts, a changed one restarts (its clients
+        reconnect by themselves, to the new settings); the others, and their sessions,
+        are untouched. The users files need no reload: they are watched. The stops
+        and starts run on the loop after this returns, each in order, so that a port
+        one server frees is free for the next; a server that cannot start is logged.
+        Returns the words for `lockgate reload`'s answer (none without servers)."""
+        old = {name: server.config for name, server in self.servers.items()}
+        new = {n: ra for n, ra in config.remote_access.items() if ra.protocol == "ssl"}
+        removed = [n for n in old if n not in new]
+        added = [n for n in new if n not in old]
+        changed = [n for n in new if n in old and new[n] != old[n]]
+        links = self._links
+        if links is not None and (removed or added or changed):
+            previous = self._reloading
+            self._reloading = asyncio.get_running_loop().create_task(
+                self._apply(previous, removed, changed, added, config, links)
+            )
+        if not old and not new:
+            return ""
+        unchanged = len(new) - len(added) - len(changed)
+        return (
+            f"; remote-access servers {len(added)} added, {len(changed)} changed, "
+            f"{len(removed)} removed, {unchanged} unchanged"
+        )
+
+    async def _apply(
+        self,
+        previous: asyncio.Task[None] | None,
+        removed: list[str],
+        changed: list[str],
+        added: list[str],
+        config: Config,
+        links: LinkWorker,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        for name in removed + changed:
+            server = self.servers.pop(name, None)
+            if name in removed:
+                self._index.pop(name, None)
+            if server is not None:
+                log.info("reload: remote-access server %s %s, stopping it", name,
+                         "removed" if name in removed else "changed")  # fmt: skip
+                await server.close()
+        for name in changed + added:
             try:
-                server = SslVpnServer(ra, config.gateway, tun, self._executor)
-                address = ipaddress.IPv4Interface(
-                    (server.auth.pool.server, ra.client_pool.prefixlen)
-                )
-                links.run(partial(_bring_up, name=name, address=address))
-            except BaseException:
-                tun.close()
-                raise
-            self.servers[ra.name] = server
-            await server.start(addresses)
+                await self._start_one(config.remote_access[name], config, links)
+            except (ControlError, OSError) as exc:
+                self._index.pop(name, None)
+                log.error("reload: remote-access server %s cannot start: %s", name, exc)
 
     def housekeeping(self) -> None:
         for server in self.servers.values():
             server.poll_users()
 
     async def close(self) -> None:
+        if self._reloading is not None:
+            with contextlib.suppress(Exception):
+                await self._reloading
         servers, self.servers = list(self.servers.values()), {}
         for server in servers:
             await server.close()

@@ -197,6 +197,9 @@ def test_control_requests(gateway: Gateway) -> None:
     assert answer == "connection site: deleted (and 0 IKE SA(s) with main)"
     assert gateway.connections["site"].wanted is False
     assert isinstance(asyncio.run(ask(command="status")), dict)
+    assert asyncio.run(ask(command="clients")) == []
+    with pytest.raises(ControlError, match="no remote access server named 'office'"):
+        asyncio.run(ask(command="disconnect", server="office", user="alice"))
 
 
 @pytest.mark.parametrize(

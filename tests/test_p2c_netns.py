@@ -1,29 +1,32 @@
 """The stock OpenVPN 2.6 client against lockgate's point-to-cloud SSL servers, in
-namespaces, through the gateway daemon (`lockgate daemon`).
+namespaces, through the gateway daemon (`lockgate daemon`), set up as a user would:
+`[remote_access.NAME]` sections in the TOML file, users added with `lockgate user add`,
+and the profile that `lockgate profile` prints given as it is to `openvpn --config`.
 
     client ns (openvpn) --wan 198.51.100.0/24-- gateway ns (lockgate daemon)
                                                   | lan 203.0.113.0/24
                                                cloud ns (203.0.113.10 and .200)
 
-One daemon serves four servers for the whole module (`p2c_setup` writes them):
+One daemon serves four servers for the whole module, and nothing else (no peers):
 - office (TCP 443, passwords), pool 192.0.2.0/25, sam has the static 192.0.2.77;
 - field (UDP 1194, passwords), pool 192.0.2.128/25, a group "eng" that reaches only
   203.0.113.0/25: alice is in it, bob is in none (reaches nothing);
-- certs (TCP 1443, client certificates), pool 198.18.0.0/24;
+- certs (TCP 1443, client certificates, no users file: any certificate of the CA);
 - wrapped (UDP 1195, passwords, tls-crypt), pool 198.18.1.0/24.
 Each case starts its clients and stops them by PID; the lab removes the namespaces.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,6 @@ from netns import Lab, Namespace, Process, ping, tcp_transfer
 from test_ovpn_session import make_server_pki
 from test_p2c_auth import client_certificate
 
-from conf.users import User, hash_password, save_users
 from testkit.daemon import wait_until
 
 pytestmark = pytest.mark.netns
@@ -58,11 +60,10 @@ SERVERS: dict[str, dict[str, Any]] = {
     "wrapped": {"transport": "udp", "port": 1195, "client_pool": "198.18.1.0/24",
                 "tls_crypt": True},
 }  # fmt: skip
-USERS: dict[str, dict[str, Any]] = {
-    "office": {"alice": {}, "sam": {"static_ip": "192.0.2.77"}, "dave": {}},
-    "field": {"alice": {"group": "eng"}, "bob": {}},
-    "certs": {"carol": {}},
-    "wrapped": {"alice": {}},
+USERS: dict[str, dict[str, list[str]]] = {
+    "office": {"alice": [], "sam": ["--static-ip", "192.0.2.77"], "dave": []},
+    "field": {"alice": ["--group", "eng"], "bob": []},
+    "wrapped": {"alice": []},
 }
 
 
@@ -72,29 +73,58 @@ class P2cLab:
     client: Namespace
     gateway: Namespace
     cloud: Namespace
-    ca_pem: str
     daemon: Process | None = None
-    socket: str = ""
     profiles: dict[str, str] = field(default_factory=dict)
 
     @property
     def tmp(self) -> Path:
         return self.lab.tmpdir
 
-    def lockgate(self, *args: str) -> str:
-        proc = self.gateway.run(
-            sys.executable, "-m", "daemon.cli", "-s", self.socket, *args, check=False
+    @property
+    def conf(self) -> Path:
+        return self.tmp / "gateway.toml"
+
+    def lockgate(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        """`lockgate ARGS` on the gateway host, as its administrator runs it (the
+        client commands find the socket with `-c`, else in $LOCKGATE_SOCKET)."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon.cli", *args],
+            env={**os.environ, "LOCKGATE_SOCKET": str(self.tmp / "lockgate.sock")},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=self.tmp,
+            check=False,
         )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    def user(self, action: str, server: str, name: str, *extra: str, password: str = "") -> str:
+        stdin = f"{password}\n" if password else None
+        more = ["--password-stdin"] if password else []
+        return self.lockgate("user", action, server, name, *extra, *more, "-c", str(self.conf),
+                             stdin=stdin)  # fmt: skip
+
+    def profile(self, server: str, user: str) -> str:
+        args = ["profile", server, "--user", user]
+        if SERVERS.get(server, {}).get("auth") == "certificate":
+            args += [
+                "--cert",
+                str(self.tmp / f"{user}.pem"),
+                "--key",
+                str(self.tmp / f"{user}.key"),
+            ]
+        return self.lockgate(*args, "-c", str(self.conf))
 
     def clients(self) -> list[dict[str, Any]]:
-        result = json.loads(self.lockgate("clients", "--json"))
+        result = json.loads(self.lockgate("clients", "--json", "-c", str(self.conf)))
         assert isinstance(result, list)
         return result
 
     def status(self) -> dict[str, Any]:
-        result = json.loads(self.lockgate("status", "--json"))
+        result = json.loads(self.lockgate("status", "--json", "-c", str(self.conf)))
         return {srv["name"]: srv for srv in result["remote_access"]}
 
     def log(self) -> str:
@@ -104,22 +134,32 @@ class P2cLab:
     def start_client(
         self, server: str, user: str | None = "alice", password: str = PASSWORD, *extra: str
     ) -> Process:
+        """The stock client with the server's profile as `lockgate profile` printed it,
+        plus what the lab needs: the password from a file, no DNS changes on the host."""
         name = f"{server}-{user}-{time.monotonic_ns()}"
         profile = self.tmp / f"{name}.ovpn"
         profile.write_text(self.profiles[server])
-        args = ["openvpn", "--config", str(profile), "--verb", "3", *extra]
-        if user is not None and SERVERS[server].get("auth") != "certificate":
+        args = ["openvpn", "--config", str(profile), "--pull-filter", "ignore", "dhcp-option",
+                "--verb", "3", *extra]  # fmt: skip
+        if user is not None and "auth-user-pass" in self.profiles[server]:
             creds = self.tmp / f"{name}.creds"
             creds.write_text(f"{user}\n{password}\n")
             creds.chmod(0o600)
             args += ["--auth-user-pass", str(creds), "--auth-retry", "none"]
         return self.client.spawn(args, name="openvpn", log_path=self.tmp / f"{name}.log")
 
-    def connect(self, server: str, user: str = "alice", *extra: str) -> Process:
-        client = self.start_client(server, user, PASSWORD, *extra)
+    def connect(
+        self, server: str, user: str = "alice", *extra: str, password: str = PASSWORD
+    ) -> Process:
+        client = self.start_client(server, user, password, *extra)
         found = wait_for_log(client, "Initialization Sequence Completed", "AUTH_FAILED")
-        assert found == "Initialization Sequence Completed", client.log()[-3000:]
+        assert found == "Initialization Sequence Completed", (
+            client.log()[-2000:] + "\n---- the daemon:\n" + self.log()[-2000:]
+        )
         return client
+
+    def reload(self) -> str:
+        return self.lockgate("reload", "-c", str(self.conf))
 
 
 def wait_for_log(proc: Process, *needles: str, timeout: float = CONNECT_TIMEOUT) -> str:
@@ -136,133 +176,92 @@ def wait_for_log(proc: Process, *needles: str, timeout: float = CONNECT_TIMEOUT)
     raise AssertionError(f"none of {needles} in the log:\n{proc.log()[-3000:]}")
 
 
+def tun_of(client: Process) -> str:
+    """The TUN device that an OpenVPN client opened (from its log)."""
+    for line in client.log().splitlines():
+        if "TUN/TAP device " in line and " opened" in line:
+            return line.split("TUN/TAP device ", 1)[1].split()[0]
+    raise AssertionError(client.log()[-3000:])
+
+
 # ---- The one place that sets servers, users and profiles up ---------------------------
 
 
-BRIDGE = """
-import dataclasses, ipaddress, json, sys
-from pathlib import Path
-import daemon.gateway as gateway
-from conf.model import GroupConfig, RemoteAccessConfig
-spec = json.loads(Path(sys.argv[1]).read_text())
-load = gateway.load_config
-def servers():
-    out = {}
-    for name, s in json.loads(json.dumps(spec)).items():
-        groups = {g: GroupConfig(g, tuple(ipaddress.ip_network(d) for d in ds))
-                  for g, ds in s.pop("groups", {}).items()}
-        for key in ("client_pool",):
-            s[key] = ipaddress.ip_network(s[key])
-        s["local_subnets"] = tuple(ipaddress.ip_network(n) for n in s["local_subnets"])
-        s["dns"] = tuple(ipaddress.ip_address(a) for a in s.get("dns", ()))
-        for key in ("users", "certificate", "private_key", "client_ca", "tls_crypt_key"):
-            if s.get(key):
-                s[key] = Path(s[key])
-        out[name] = RemoteAccessConfig(name=name, protocol="ssl", groups=groups, **s)
-    return out
-def load_config(path, **kw):
-    return dataclasses.replace(load(path, **kw), remote_access=servers())
-gateway.load_config = load_config
-from daemon.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-"""Until the loader reads `[remote_access.NAME]`: the same servers, built from their
-dataclass. The switch to the real path is local to `p2c_setup`: the TOML sections,
-`lockgate user add --password-stdin` and `lockgate profile`."""
+def server_section(d: Path, name: str, server: dict[str, Any], **changes: Any) -> str:
+    lines = [f"[remote_access.{name}]", 'protocol = "ssl"']
+    settings: dict[str, Any] = {
+        "transport": server["transport"],
+        "port": server["port"],
+        "client_pool": server["client_pool"],
+        "local_subnets": ["203.0.113.0/24"],
+        "dns": ["203.0.113.53"],
+        "max_connections": 100,
+    }
+    if server.get("auth") == "certificate":
+        settings |= {"auth": "certificate", "client_ca": str(d / "ca.pem")}
+    else:
+        settings["users"] = str(d / f"{name}.users")
+    if server.get("tls_crypt"):
+        settings["tls_crypt_key"] = str(d / "tls-crypt.key")
+    settings |= changes
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    for group, destinations in server.get("groups", {}).items():
+        lines += [f"[remote_access.{name}.groups.{group}]",
+                  f"destinations = {json.dumps(destinations)}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
-def p2c_setup(p2c: P2cLab) -> None:
-    """Write the daemon's configuration, the users files and one profile per server."""
+def write_config(p2c: P2cLab, servers: dict[str, dict[str, Any]], **changes: Any) -> None:
+    """The daemon's file: [gateway] and one section per server, nothing else; `changes`
+    maps a server's name to settings that replace its defaults."""
     d = p2c.tmp
-    ca, cert, key = d / "ca.pem", d / "server.pem", d / "server.key"
-    tls_crypt = d / "tls-crypt.key"
-    p2c.gateway.run("openvpn", "--genkey", "tls-crypt", str(tls_crypt))
-    (d / "gateway.toml").write_text(
-        f"""
-[gateway]
+    sections = [
+        f"""[gateway]
 addresses = ["{SERVER}"]
 id = "{SERVER}"
 interface = "lgp2c0"
-
-[peers.nobody]
-address = "198.51.100.99"
-psk = "unused-in-this-test-0123456789abcdef"
-
-[connections.unused]
-peer = "nobody"
-local_subnets = ["203.0.113.0/24"]
-remote_subnets = ["10.99.0.0/24"]
-start = "wait"
+control_socket = "{p2c.tmp / "lockgate.sock"}"
+certificate = "{d / "server.pem"}"
+private_key = "{d / "server.key"}"
+ca = ["{d / "ca.pem"}"]
 """
-    )
-    spec: dict[str, dict[str, Any]] = {}
-    hashed = hash_password(PASSWORD)
-    for name, server in SERVERS.items():
-        users = {}
-        for user, extra in USERS[name].items():
-            password = None if server.get("auth") == "certificate" else hashed
-            users[user] = User(
-                user,
-                group=extra.get("group"),
-                static_ip=ipaddress.ip_address(extra["static_ip"])
-                if "static_ip" in extra
-                else None,
-                password=password,
-            )
-        save_users(d / f"{name}.users", users)
-        spec[name] = {
-            "transport": server["transport"],
-            "port": server["port"],
-            "client_pool": server["client_pool"],
-            "groups": server.get("groups", {}),
-            "local_subnets": ["203.0.113.0/24"],
-            "dns": ["203.0.113.53"],
-            "users": str(d / f"{name}.users"),
-            "address": SERVER,
-            "certificate": str(cert),
-            "private_key": str(key),
-            "auth": server.get("auth", "password"),
-            "client_ca": str(ca) if server.get("auth") == "certificate" else None,
-            "tls_crypt_key": str(tls_crypt) if server.get("tls_crypt") else None,
-        }
-        lines = [
-            "client",
-            "dev tun",
-            f"proto {server['transport']}",
-            f"remote {SERVER} {server['port']}",
-            "nobind",
-            "remote-cert-tls server",
-            "data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
-            "auth SHA256",
-            "reneg-sec 0",
-            "pull-filter ignore dhcp-option",
-            f"<ca>\n{p2c.ca_pem}</ca>",
-        ]
-        if server.get("auth") == "certificate":
-            cert_pem, key_pem = client_certificate(
-                p2c.ca_pem.encode(), (d / "ca.key").read_bytes(), "carol"
-            )
-            lines += [f"<cert>\n{cert_pem.decode()}</cert>", f"<key>\n{key_pem.decode()}</key>"]
-        else:
-            lines.append("auth-user-pass")
-        if server["transport"] == "udp":
-            lines.append("explicit-exit-notify 1")  # a stopped client frees its session
-        if server.get("tls_crypt"):
-            lines.append(f"<tls-crypt>\n{tls_crypt.read_text()}</tls-crypt>")
-        p2c.profiles[name] = "\n".join(lines) + "\n"
-    (d / "servers.json").write_text(json.dumps(spec))
+    ]
+    sections += [server_section(d, n, s, **changes.get(n, {})) for n, s in servers.items()]
+    p2c.conf.write_text("\n".join(sections))
+
+
+def p2c_setup(p2c: P2cLab) -> None:
+    """The configuration, the users (`lockgate user add`) and one profile per server
+    (`lockgate profile`), as an administrator makes them."""
+    d = p2c.tmp
+    p2c.gateway.run("openvpn", "--genkey", "tls-crypt", str(d / "tls-crypt.key"))
+    (d / "tls-crypt.key").chmod(0o600)
+    cert_pem, key_pem = client_certificate((d / "ca.pem").read_bytes(),
+                                           (d / "ca.key").read_bytes(), "carol")  # fmt: skip
+    (d / "carol.pem").write_bytes(cert_pem)
+    (d / "carol.key").write_bytes(key_pem)
+    for secret in ("server.key", "carol.key"):
+        (d / secret).chmod(0o600)
+    write_config(p2c, SERVERS)
+
+    def users_and_profile(server: str) -> None:
+        for user, options in USERS.get(server, {}).items():
+            assert "added" in p2c.user("add", server, user, *options, password=PASSWORD)
+        p2c.profiles[server] = p2c.profile(server, "carol" if server == "certs" else "alice")
+
+    # One server's users one after the other (one file), the servers side by side.
+    with ThreadPoolExecutor(len(SERVERS)) as pool:
+        list(pool.map(users_and_profile, SERVERS))
 
 
 def start_daemon(p2c: P2cLab) -> None:
     d = p2c.tmp
-    p2c.socket = str(d / "lockgate.sock")
     p2c.daemon = p2c.gateway.spawn(
-        [sys.executable, "-c", BRIDGE, str(d / "servers.json"), "-s", p2c.socket,
-         "daemon", "-c", str(d / "gateway.toml")],
+        [sys.executable, "-m", "daemon.cli", "daemon", "-c", str(p2c.conf)],
         name="lockgate",
         log_path=d / f"daemon-{time.monotonic_ns()}.log",
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     try:
         wait_until(lambda: "ready" in p2c.log(), "the daemon to start", timeout=20)
     except AssertionError:
@@ -292,7 +291,7 @@ def p2c() -> Iterator[P2cLab]:
         pki.write(lab.tmpdir)
         (lab.tmpdir / "ca.key").write_bytes(pki.ca_key_pem)
         (lab.tmpdir / "ca.key").chmod(0o600)
-        p2c = P2cLab(lab, client, gateway, cloud, pki.ca_pem.decode())
+        p2c = P2cLab(lab, client, gateway, cloud)
         p2c_setup(p2c)
         start_daemon(p2c)
         yield p2c
@@ -331,7 +330,7 @@ def test_clients_status_and_disconnect(p2c: P2cLab) -> None:
         assert entry["bytes_in"] > 0 and entry["bytes_out"] > 0 and entry["since"]
         assert p2c.status()["office"]["clients"] == 1
         text = p2c.lockgate("status")
-        assert "office: ssl tcp port 443" in text and "1/500 client(s)" in text
+        assert "office: ssl tcp port 443" in text and "1/100 client(s)" in text
         assert "ended" in p2c.lockgate("disconnect", "office", "alice")
         wait_for_log(client, "server-pushed-halt")
         wait_until(lambda: not p2c.clients(), "the client list to empty", timeout=10)
@@ -355,19 +354,58 @@ def test_wrong_password_and_unknown_user(p2c: P2cLab) -> None:
     assert "not-the-Pass1" not in log and PASSWORD not in log
 
 
-def test_deleted_user_is_cut_off(p2c: P2cLab) -> None:
-    client = p2c.connect("office", "dave")
-    try:
-        path = p2c.tmp / "office.users"
-        from conf.users import load_users
+def test_check_config_names_the_servers(p2c: P2cLab) -> None:
+    out = p2c.lockgate("check-config", str(p2c.conf))
+    assert out == (
+        f"{p2c.conf}: OK (0 connection(s): none; "
+        "4 remote-access server(s): office, field, certs, wrapped)\n"
+    )
 
-        users = load_users(path)
-        del users["dave"]
-        save_users(path, users)
+
+def test_a_new_user_adds_a_user_prints_a_profile_and_reaches_the_cloud(p2c: P2cLab) -> None:
+    """The README's session: `lockgate user add`, `lockgate profile`, `openvpn
+    --config`; then `lockgate user del` cuts the user off."""
+    assert "added" in p2c.user("add", "office", "erin", password="erin-Pass-42")
+    profile = p2c.profile("office", "erin")
+    assert "remote 198.51.100.2 443" in profile and "auth-user-pass" in profile
+    p2c.profiles["office-erin"] = profile
+    client = p2c.connect("office-erin", "erin", password="erin-Pass-42")
+    try:
+        ping(p2c.client, CLOUD, count=2)
+        there = tcp_transfer(p2c.client, p2c.cloud, CLOUD, size=256 * 1024, timeout=30)
+        assert there.peer_address.startswith("192.0.2.")
+        assert [c["user"] for c in p2c.clients() if c["server"] == "office"] == ["erin"]
+        p2c.user("del", "office", "erin")
         wait_for_log(client, "server-pushed-halt", timeout=10)
+        wait_until(lambda: not p2c.clients(), "erin's session to end", timeout=10)
     finally:
         client.stop()
-    assert "ending the session of dave" in p2c.log() and "user deleted" in p2c.log()
+    assert "ending the session of erin" in p2c.log() and "user deleted" in p2c.log()
+    again = p2c.start_client("office-erin", "erin", "erin-Pass-42")
+    try:
+        assert wait_for_log(again, "AUTH_FAILED", "Initialization Sequence Completed") == (
+            "AUTH_FAILED"
+        )
+    finally:
+        again.stop()
+
+
+def test_user_passwd_ends_the_users_sessions(p2c: P2cLab) -> None:
+    dave = p2c.connect("office", "dave")
+    alice = p2c.connect("office", "alice")
+    try:
+        p2c.user("passwd", "office", "dave", password="new-Pass-77")
+        wait_for_log(dave, "server-pushed-halt", timeout=10)
+        wait_until(
+            lambda: [c["user"] for c in p2c.clients()] == ["alice"], "dave's end", timeout=10
+        )
+        assert "server-pushed-halt" not in alice.log()
+    finally:
+        dave.stop()
+        alice.stop()
+    assert "ending the session of dave" in p2c.log() and "password changed" in p2c.log()
+    dave = p2c.connect("office", "dave", password="new-Pass-77")
+    dave.stop()
 
 
 def test_group_policy_and_no_group(p2c: P2cLab) -> None:
@@ -490,3 +528,168 @@ def test_hostile_garbage_and_200_unfinished_handshakes(p2c: P2cLab) -> None:
     finally:
         client.stop()
     assert "Traceback" not in p2c.log()
+
+
+SNIFF = """
+import json, socket, struct, sys, time
+# The client's outgoing UDP datagrams to the server, whole Ethernet frames, by opcode.
+server, port, out = socket.inet_aton(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL: outgoing too
+s.bind(("wan0", 0))
+s.settimeout(1.0)
+seen = {}
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and not {4, 9} <= set(seen):
+    try:
+        frame, addr = s.recvfrom(65535)
+    except TimeoutError:
+        continue
+    ip = frame[14:]
+    if addr[2] != socket.PACKET_OUTGOING or ip[9] != 17 or ip[16:20] != server:
+        continue
+    udp = ip[(ip[0] & 15) * 4:]
+    if struct.unpack("!H", udp[2:4])[0] == port and len(udp) > 8:
+        seen.setdefault(udp[8] >> 3, frame.hex())  # the first of each opcode
+with open(out, "w") as f:
+    json.dump(seen, f)
+"""
+
+REPLAY = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("wan0", 0))
+for captured in sys.argv[1:]:
+    frame = bytearray.fromhex(captured)
+    # Captured before the veth's checksum offload filled the UDP checksum in: sent as
+    # 0, "no checksum" in IPv4 (RFC 768). The OpenVPN packet is the captured one.
+    udp = 14 + (frame[14] & 15) * 4
+    frame[udp + 6 : udp + 8] = bytes(2)
+    for _ in range(3):
+        s.send(frame)
+print("replayed")
+"""
+
+
+def test_replayed_control_and_data_packets_are_dropped(p2c: P2cLab) -> None:
+    """A P_CONTROL_V1 and a P_DATA_V2 packet of a live session, captured on the wire
+    and sent again, whole: both are dropped and counted, and the session goes on."""
+    captured = p2c.tmp / "captured.json"
+    sniffer = p2c.client.spawn(
+        [sys.executable, "-c", SNIFF, SERVER, "1194", str(captured)],
+        name="sniff",
+        log_path=p2c.tmp / "sniff.log",
+    )
+    time.sleep(0.5)  # the capture socket is bound before the client sends
+    client = p2c.connect("field", "alice")
+    try:
+        ping(p2c.client, CLOUD, count=2)
+        wait_until(lambda: not sniffer.alive(), "the capture", timeout=10)
+        assert captured.exists(), sniffer.log()
+        frames = json.loads(captured.read_text())
+        assert {"4", "9"} <= set(frames), frames  # P_CONTROL_V1, P_DATA_V2
+        before = p2c.status()["field"]["drops"]
+        proc = p2c.client.run(sys.executable, "-c", REPLAY, frames["4"], frames["9"])
+        assert "replayed" in proc.stdout
+        ping(p2c.client, CLOUD, count=3)
+        drops = p2c.status()["field"]["drops"]
+        print("replay drops:", {k: drops.get(k, 0) - before.get(k, 0) for k in drops})
+        assert drops.get("control_replay", 0) >= before.get("control_replay", 0) + 3
+        assert drops.get("data_replay", 0) >= before.get("data_replay", 0) + 3
+        (entry,) = [c for c in p2c.clients() if c["server"] == "field"]
+        assert entry["user"] == "alice"
+        assert "Initialization Sequence Completed" in client.log()
+        assert client.log().count("Initialization Sequence Completed") == 1
+    finally:
+        client.stop()
+        sniffer.stop()
+
+
+SPOOF = """
+import socket, struct, sys
+# ICMP echo requests written into the second client's TUN with the first's address as
+# the source: the OpenVPN client carries them to the server like its own.
+tun, source, dest, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def checksum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+for seq in range(count):
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x5150, seq) + b"spoofed!" * 4
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), seq, 0, 64, 1, 0,
+                         socket.inet_aton(source), socket.inet_aton(dest))
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    s.sendto(header + icmp, (tun, 0x0800))
+print("sent")
+"""
+
+
+def test_a_client_that_claims_another_clients_address(p2c: P2cLab) -> None:
+    """sam sends with alice's virtual address as the source: dropped and counted as
+    spoofed, and alice's own traffic goes on."""
+    alice = p2c.connect("office", "alice")
+    sam = p2c.connect("office", "sam")
+    try:
+        by_user = {c["user"]: c for c in p2c.clients() if c["server"] == "office"}
+        alice_ip = by_user["alice"]["virtual_ip"]
+        assert by_user["sam"]["virtual_ip"] == "192.0.2.77"
+        before = p2c.status()["office"]["drops"].get("data_spoofed_source", 0)
+        sam_in = by_user["sam"]["bytes_in"]
+        proc = p2c.client.run(sys.executable, "-c", SPOOF, tun_of(sam), alice_ip, CLOUD, "20")
+        assert "sent" in proc.stdout, proc.stdout + proc.stderr
+        wait_until(
+            lambda: p2c.status()["office"]["drops"].get("data_spoofed_source", 0) >= before + 20,
+            "the spoofed packets to be counted",
+            timeout=5,
+        )
+        after = p2c.status()["office"]["drops"]["data_spoofed_source"]
+        print("spoofed drops:", after - before)
+        ping(p2c.client, CLOUD, count=3)  # alice's route and address
+        by_user = {c["user"]: c for c in p2c.clients() if c["server"] == "office"}
+        assert by_user["sam"]["bytes_in"] == sam_in  # nothing of it reached the cloud
+        assert by_user["alice"]["virtual_ip"] == alice_ip
+    finally:
+        sam.stop()
+        alice.stop()
+
+
+def test_reload_starts_stops_and_restarts_only_the_changed_servers(p2c: P2cLab) -> None:
+    """A reload with "wrapped" removed, "spare" added and "field" changed: wrapped's
+    client is told to restart and finds nothing, field's reconnects by itself to the
+    new settings, office's keeps its session; the spare server takes clients."""
+    office = p2c.connect("office", "alice")
+    field_client = p2c.connect("field", "alice", "--connect-retry", "1", "1")
+    wrapped = p2c.connect("wrapped", "alice", "--connect-retry", "1", "1")
+    original = p2c.conf.read_text()
+    try:
+        since = {c["server"]: c["since"] for c in p2c.clients()}
+        servers = {k: v for k, v in SERVERS.items() if k != "wrapped"}
+        servers["spare"] = {"transport": "udp", "port": 1196, "client_pool": "198.18.2.0/24"}
+        write_config(p2c, servers, field={"dns": ["203.0.113.54"]})
+        out = p2c.reload()
+        assert "remote-access servers 1 added, 1 changed, 1 removed, 2 unchanged" in out, out
+        wait_until(lambda: set(p2c.status()) == {"office", "field", "certs", "spare"},
+                   "the servers to change", timeout=10)  # fmt: skip
+        wait_for_log(wrapped, "server-pushed-connection-reset", timeout=10)
+        deadline = time.monotonic() + 20
+        while field_client.log().count("Initialization Sequence Completed") < 2:
+            assert time.monotonic() < deadline, field_client.log()[-3000:]
+            time.sleep(0.3)
+        assert "203.0.113.54" in field_client.log().split("Initialization Sequence")[-2]
+        ping(p2c.client, CLOUD, count=2)
+        now = {c["server"]: c["since"] for c in p2c.clients()}
+        assert now["office"] == since["office"] and "wrapped" not in now
+        assert office.log().count("Initialization Sequence Completed") == 1
+        assert "added" in p2c.user("add", "spare", "alice", password=PASSWORD)
+        p2c.profiles["spare"] = p2c.profile("spare", "alice")
+        spare = p2c.connect("spare", "alice")
+        spare.stop()
+    finally:
+        wrapped.stop()
+        field_client.stop()
+        office.stop()
+        p2c.conf.write_text(original)
+        p2c.reload()
+    wait_until(lambda: set(p2c.status()) == set(SERVERS), "the servers back", timeout=10)
+    assert "reload: remote-access server wrapped removed" in p2c.log()
