@@ -507,8 +507,7 @@ class RemoteAccess:
 
     async def _start_one(self, ra: RemoteAccessConfig, config: Config, links: LinkWorker) -> None:
         if ra.protocol != "ssl":
-            log.warning("remote_access.%s: protocol %r is not served yet", ra.name, ra.protocol)
-            return
+            return  # IKEv2 servers run in the IKE endpoint (daemon/ikev2_ra.py)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="p2c-auth")
         name = interface_name(config.gateway, self._tun_index(ra.name))
