@@ -9,8 +9,8 @@ One daemon serves four servers for the whole module (`p2c_setup` writes them):
 - office (TCP 443, passwords), pool 192.0.2.0/25, sam has the static 192.0.2.77;
 - field (UDP 1194, passwords), pool 192.0.2.128/25, a group "eng" that reaches only
   203.0.113.0/25: alice is in it, bob is in none (reaches nothing);
-- certs (TCP 1443, client certificates), pool 198.18.0.0/24;
-- wrapped (UDP 1195, passwords, tls-crypt), pool 198.18.1.0/24.
+- certs (TCP 1443, client certificates), pool 198.51.100.128/26;
+- wrapped (UDP 1195, passwords, tls-crypt), pool 198.51.100.192/26.
 Each case starts its clients and stops them by PID; the lab removes the namespaces.
 """
 
@@ -53,9 +53,9 @@ SERVERS: dict[str, dict[str, Any]] = {
         "client_pool": "192.0.2.128/25",
         "groups": {"eng": ["203.0.113.0/25"]},
     },
-    "certs": {"transport": "tcp", "port": 1443, "client_pool": "198.18.0.0/24",
+    "certs": {"transport": "tcp", "port": 1443, "client_pool": "198.51.100.128/26",
               "auth": "certificate"},
-    "wrapped": {"transport": "udp", "port": 1195, "client_pool": "198.18.1.0/24",
+    "wrapped": {"transport": "udp", "port": 1195, "client_pool": "198.51.100.192/26",
                 "tls_crypt": True},
 }  # fmt: skip
 USERS: dict[str, dict[str, Any]] = {
@@ -191,7 +191,7 @@ psk = "unused-in-this-test-0123456789abcdef"
 [connections.unused]
 peer = "nobody"
 local_subnets = ["203.0.113.0/24"]
-remote_subnets = ["10.99.0.0/24"]
+remote_subnets = ["198.51.100.32/27"]
 start = "wait"
 """
     )
@@ -285,7 +285,7 @@ def p2c() -> Iterator[P2cLab]:
         gateway.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
-        for pool in ("192.0.2.0/24", "198.18.0.0/16"):
+        for pool in ("192.0.2.0/24", "198.51.100.128/25"):
             cloud.ip("route", "add", pool, "via", "203.0.113.1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
         pki = make_server_pki()
