@@ -32,7 +32,7 @@ id = "2001:db8::1"
 
 PEER = """
 [peers.p{n}]
-address = "2001:db8:{hi:x}:{lo:x}::1"
+address = "2001:db8:{hi:x}:{lo:x}::{host}"
 id = "peer-{n}.example.net"
 psk = "reload-bench-psk-NOT-SECRET-{n:08d}"
 
@@ -49,9 +49,8 @@ def config(peers: int, changed: int | None = None) -> str:
     """The configuration text; with `changed`, that peer has another address."""
     parts = [GATEWAY]
     for n in range(peers):
-        text = PEER.format(n=n, hi=1 + n // 0x10000, lo=n % 0x10000)
-        if n == changed:
-            text = text.replace('::1"', '::2"', 1)
+        host = 2 if n == changed else 1
+        text = PEER.format(n=n, hi=1 + n // 0x10000, lo=n % 0x10000, host=host)
         parts.append(text)
     return "".join(parts)
 

@@ -52,7 +52,7 @@ def write_config(
     )
     text += f"""
 [remote_access.office]
-client_pool = "10.8.0.0/24"
+client_pool = "198.51.100.128/25"
 local_subnets = ["203.0.113.0/24"]
 dns = ["203.0.113.53"]
 address = "vpn.example.net"
@@ -104,10 +104,10 @@ def test_user_add_list_passwd_del(
     users = tmp_path / "office.users"
     code, out, err = run(
         capsys, monkeypatch, "user", "add", "office", "alice", "--group", "engineering",
-        "--static-ip", "10.8.0.50", "--password-stdin", "-c", str(conf), stdin=PASSWORD + "\n",
+        "--static-ip", "198.51.100.150", "--password-stdin", "-c", str(conf), stdin=PASSWORD + "\n",
     )  # fmt: skip
     assert (code, err) == (0, "")
-    assert out == "user alice added to office (group engineering, static IP 10.8.0.50)\n"
+    assert out == "user alice added to office (group engineering, static IP 198.51.100.150)\n"
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
     alice = load_users(users)["alice"]
     assert verify_password(alice, PASSWORD) and alice.nt_hash is None
@@ -122,12 +122,12 @@ def test_user_add_list_passwd_del(
     code, out, _ = run(capsys, monkeypatch, "user", "list", "office", "-c", str(conf))
     assert out == (
         "office: 2 user(s)\n"
-        "  alice, group engineering, static IP 10.8.0.50, password\n"
+        "  alice, group engineering, static IP 198.51.100.150, password\n"
         "  bob, password\n"
     )
     code, out, _ = run(capsys, monkeypatch, "user", "list", "office", "--json", "-c", str(conf))
     assert json.loads(out) == [
-        {"name": "alice", "group": "engineering", "static_ip": "10.8.0.50", "password": True},
+        {"name": "alice", "group": "engineering", "static_ip": "198.51.100.150", "password": True},
         {"name": "bob", "group": None, "static_ip": None, "password": True},
     ]
     assert "scrypt" not in out
@@ -174,24 +174,27 @@ def test_user_add_list_passwd_del(
             "lockgate user add: no group 'sales' in remote_access.office (groups: engineering)",
         ),
         (
-            ["user", "add", "office", "carol", "--static-ip", "10.9.0.5", "--password-stdin"],
+            ["user", "add", "office", "carol", "--static-ip", "198.51.100.5", "--password-stdin"],
             PASSWORD,
-            "lockgate user add: --static-ip 10.9.0.5 is outside the client pool (10.8.0.0/24)",
+            "lockgate user add: --static-ip 198.51.100.5 is outside the client pool "
+            "(198.51.100.128/25)",
         ),
         (
-            ["user", "add", "office", "carol", "--static-ip", "10.8.0.1", "--password-stdin"],
+            ["user", "add", "office", "carol", "--static-ip", "198.51.100.129", "--password-stdin"],
             PASSWORD,
-            "lockgate user add: --static-ip 10.8.0.1 is the server's own address in 10.8.0.0/24",
+            "lockgate user add: --static-ip 198.51.100.129 is the server's own address in "
+            "198.51.100.128/25",
         ),
         (
-            ["user", "add", "office", "carol", "--static-ip", "10.8.0.255", "--password-stdin"],
+            ["user", "add", "office", "carol", "--static-ip", "198.51.100.255", "--password-stdin"],
             PASSWORD,
-            "lockgate user add: --static-ip 10.8.0.255 is not a host address of 10.8.0.0/24",
+            "lockgate user add: --static-ip 198.51.100.255 is not a host address of "
+            "198.51.100.128/25",
         ),
         (
-            ["user", "add", "office", "carol", "--static-ip", "10.8.0.50", "--password-stdin"],
+            ["user", "add", "office", "carol", "--static-ip", "198.51.100.150", "--password-stdin"],
             PASSWORD,
-            "lockgate user add: --static-ip 10.8.0.50 is already alice's",
+            "lockgate user add: --static-ip 198.51.100.150 is already alice's",
         ),
         (
             ["user", "add", "office", "carol", "--password-stdin"],
@@ -236,7 +239,7 @@ def test_refusals_say_why_and_change_nothing(
     message: str,
 ) -> None:
     run(
-        capsys, monkeypatch, "user", "add", "office", "alice", "--static-ip", "10.8.0.50",
+        capsys, monkeypatch, "user", "add", "office", "alice", "--static-ip", "198.51.100.150",
         "--password-stdin", "-c", str(conf), stdin=PASSWORD,
     )  # fmt: skip
     before = (tmp_path / "office.users").read_bytes()
@@ -403,7 +406,9 @@ def test_certificate_auth_users_have_no_password(
 
 
 def test_nt_hashes_are_decided_by_protocol_and_auth() -> None:
-    ssl = RemoteAccessConfig("office", "ssl", ipaddress.IPv4Network("10.8.0.0/24"), (), None, "x")
+    ssl = RemoteAccessConfig(
+        "office", "ssl", ipaddress.IPv4Network("198.51.100.128/25"), (), None, "x"
+    )
     assert not needs_nt_hash(ssl)
     assert needs_nt_hash(dataclasses.replace(ssl, protocol="ikev2"))
     assert needs_nt_hash(dataclasses.replace(ssl, protocol="ikev2", auth="any"))

@@ -89,7 +89,7 @@ def base(files: dict[str, str]) -> dict[str, Any]:
         "remote_access": {
             "office": {
                 "protocol": "ssl",
-                "client_pool": "10.8.0.0/24",
+                "client_pool": "198.51.100.128/25",
                 "local_subnets": ["203.0.113.0/24"],
                 "users": files["users"],
                 "max_connections": 100,
@@ -125,7 +125,7 @@ def test_a_server_has_the_documented_defaults(files: dict[str, str]) -> None:
     assert server.name == "office" and server.protocol == "ssl"
     assert (server.transport, server.port) == ("tcp", 443)
     assert server.ciphers == DEFAULT_SSL_CIPHERS
-    assert server.client_pool == ipaddress.IPv4Network("10.8.0.0/24")
+    assert server.client_pool == ipaddress.IPv4Network("198.51.100.128/25")
     assert server.client_pool6 is None and server.dns == ()
     assert server.auth == "password" and server.client_ca is None
     assert server.users == Path(files["users"])
@@ -184,7 +184,12 @@ def test_certificate_auth_needs_no_users_file(files: dict[str, str]) -> None:
 
 def test_servers_keep_file_order_and_may_stand_alone(files: dict[str, str]) -> None:
     data = config(files)
-    second = {**data["remote_access"]["office"], "client_pool": "10.9.0.0/24", "port": 8443}
+    second = {
+        **data["remote_access"]["office"],
+        "client_pool": "198.51.100.64/26",
+        "max_connections": 60,
+        "port": 8443,
+    }
     data["remote_access"] = {"zeta": second, "office": data["remote_access"]["office"]}
     del data["connections"], data["peers"]
     cfg = parse_config(data)
@@ -203,9 +208,9 @@ def test_an_empty_dns_list_means_none(files: dict[str, str]) -> None:
 
 
 def test_a_group_destination_outside_local_subnets_is_warned_about(files: dict[str, str]) -> None:
-    data = config(files, groups={"ops": {"destinations": ["198.18.0.0/15"]}})
+    data = config(files, groups={"ops": {"destinations": ["192.0.2.0/24"]}})
     assert [str(w) for w in parse_config(data).warnings] == [
-        f"{S}.groups.ops.destinations: 198.18.0.0/15 is outside local_subnets: clients "
+        f"{S}.groups.ops.destinations: 192.0.2.0/24 is outside local_subnets: clients "
         "get no route to it"
     ]
 
@@ -252,27 +257,28 @@ def test_an_existing_users_file_is_checked(files: dict[str, str], tmp_path: Path
             f"{S}.client_pool: '2001:db8:c::/64' is not an IPv4 network",
         ),
         (
-            {"client_pool": "10.8.0.1/24"},
-            f"{S}.client_pool: '10.8.0.1/24' has host bits set (did you mean '10.8.0.0/24'?)",
+            {"client_pool": "198.51.100.129/25"},
+            f"{S}.client_pool: '198.51.100.129/25' has host bits set "
+            "(did you mean '198.51.100.128/25'?)",
         ),
         (
-            {"client_pool": "10.8.0.0/31", "max_connections": 1},
-            f"{S}.client_pool: 10.8.0.0/31 is smaller than a /30 (the server, one client, "
+            {"client_pool": "198.51.100.128/31", "max_connections": 1},
+            f"{S}.client_pool: 198.51.100.128/31 is smaller than a /30 (the server, one client, "
             "network, broadcast)",
         ),
         (
-            {"client_pool": "10.8.0.0/28"},
-            f"{S}.client_pool: a pool smaller than max_connections: 10.8.0.0/28 has 13 client "
-            "addresses (the server takes 10.8.0.1), max_connections is 100",
+            {"client_pool": "198.51.100.128/28"},
+            f"{S}.client_pool: a pool smaller than max_connections: 198.51.100.128/28 has 13 "
+            "client addresses (the server takes 198.51.100.129), max_connections is 100",
         ),
         (
-            {"client_pool": "10.8.0.0/25", "max_connections": 126},
-            f"{S}.client_pool: a pool smaller than max_connections: 10.8.0.0/25 has 125 "
-            "client addresses (the server takes 10.8.0.1), max_connections is 126",
+            {"client_pool": "198.51.100.128/25", "max_connections": 126},
+            f"{S}.client_pool: a pool smaller than max_connections: 198.51.100.128/25 has 125 "
+            "client addresses (the server takes 198.51.100.129), max_connections is 126",
         ),
         (
-            {"client_pool6": "10.8.1.0/24"},
-            f"{S}.client_pool6: '10.8.1.0/24' is not an IPv6 network",
+            {"client_pool6": "198.51.100.64/26"},
+            f"{S}.client_pool6: '198.51.100.64/26' is not an IPv6 network",
         ),
         (
             {"client_pool6": "2001:db8:c::/122"},
@@ -293,7 +299,7 @@ def test_an_existing_users_file_is_checked(files: dict[str, str], tmp_path: Path
         ({"local_subnets": None}, f"{S}.local_subnets: required key is missing"),
         ({"local_subnets": []}, f"{S}.local_subnets: must not be empty"),
         (
-            {"local_subnets": [f"198.18.{i}.0/24" for i in range(21)]},
+            {"local_subnets": [f"203.0.113.{8 * i}/29" for i in range(21)]},
             f"{S}.local_subnets: lists 21 subnets; a server pushes at most 20",
         ),
         ({"local_subnets": ["203.0.113.0/24"] * 2}, f"{S}.local_subnets: lists a subnet twice"),
@@ -458,7 +464,8 @@ def two_servers(files: dict[str, str], **second: Any) -> dict[str, Any]:
     office = data["remote_access"]["office"]
     data["remote_access"]["home"] = {
         **office,
-        "client_pool": "10.9.0.0/24",
+        "client_pool": "198.51.100.64/26",
+        "max_connections": 60,
         "port": 8443,
         **second,
     }
@@ -481,22 +488,38 @@ def test_a_udp_server_keeps_off_the_ike_ports(files: dict[str, str]) -> None:
 
 
 def test_pools_must_not_overlap(files: dict[str, str]) -> None:
-    assert problems(two_servers(files, client_pool="10.8.0.0/23", max_connections=100)) == [
-        "remote_access.home.client_pool: 10.8.0.0/23 overlaps remote_access.office's pool "
-        "10.8.0.0/24"
+    assert problems(two_servers(files, client_pool="198.51.100.0/24", max_connections=100)) == [
+        "remote_access.home.client_pool: 198.51.100.0/24 overlaps remote_access.office's pool "
+        "198.51.100.128/25"
     ]
     assert problems(config(files, client_pool="192.0.2.0/24")) == [
         f"{S}.client_pool: 192.0.2.0/24 overlaps connections.dc1-net.remote_subnets 192.0.2.0/24"
     ]
 
 
+def three_servers(files: dict[str, str], last: int) -> dict[str, Any]:
+    """office (100 clients), home (200) and lab (`last`): no /24 of the documentation
+    ranges holds 401 clients, so three servers reach the limit. Without the
+    connection, 192.0.2.0/24 is free for home; lab serves an IPv6 subnet so that
+    203.0.113.0/24 is free for its pool."""
+    data = two_servers(files, max_connections=200, client_pool="192.0.2.0/24")
+    del data["connections"], data["peers"]
+    data["remote_access"]["lab"] = {
+        **data["remote_access"]["office"],
+        "client_pool": "203.0.113.0/24",
+        "local_subnets": ["2001:db8:b::/64"],
+        "max_connections": last,
+        "port": 8444,
+    }
+    return data
+
+
 def test_the_gateway_serves_at_most_500_clients(files: dict[str, str]) -> None:
-    data = two_servers(files, max_connections=401, client_pool="10.9.0.0/23")
-    assert problems(data) == [
-        "remote_access.home.max_connections: the servers' max_connections add up to 501 "
-        "(100 + 401); a gateway serves at most 500 clients"
+    assert problems(three_servers(files, last=201)) == [
+        "remote_access.lab.max_connections: the servers' max_connections add up to 501 "
+        "(100 + 200 + 201); a gateway serves at most 500 clients"
     ]
-    parse_config(two_servers(files, max_connections=400, client_pool="10.9.0.0/23"))
+    parse_config(three_servers(files, last=200))
 
 
 # --- the example -----------------------------------------------------------------------

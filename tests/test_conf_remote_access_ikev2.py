@@ -57,7 +57,7 @@ def base(files: dict[str, str], cert: str = "server") -> dict[str, Any]:
         "remote_access": {
             "laptops": {
                 "protocol": "ikev2",
-                "client_pool": "10.9.0.0/24",
+                "client_pool": "198.51.100.128/25",
                 "local_subnets": ["203.0.113.0/24"],
                 "users": files["users"],
                 "address": "vpn.example.net",
@@ -152,7 +152,7 @@ def test_ikev2_keys_are_refused_on_an_ssl_server(files: dict[str, str]) -> None:
 
 def test_one_ikev2_server_and_its_name_is_its_own(files: dict[str, str]) -> None:
     data = config(files)
-    second = dict(data["remote_access"]["laptops"], client_pool="10.10.0.0/24")
+    second = dict(data["remote_access"]["laptops"], client_pool="192.0.2.0/24")
     data["remote_access"]["phones"] = second
     assert problems(data) == [
         "remote_access.phones.protocol: a gateway runs one ikev2 server; "
@@ -232,7 +232,7 @@ private_key = "{files["server_key"]}"
 
 [remote_access.laptops]
 protocol = "ikev2"
-client_pool = "10.9.0.0/24"
+client_pool = "198.51.100.128/25"
 local_subnets = ["203.0.113.0/24"]
 users = "{tmp_path / "laptops.users"}"
 address = "vpn.example.net"

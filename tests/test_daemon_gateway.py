@@ -1273,7 +1273,7 @@ NET2 = """
 [connections.net2]
 peer = "conn"
 local_subnets = ["192.0.2.0/24"]
-remote_subnets = ["198.18.0.0/24"]
+remote_subnets = ["203.0.113.128/25"]
 esp_proposals = ["aes128gcm16"]
 start = "initiate"
 """
@@ -1472,7 +1472,7 @@ def test_new_selectors_move_the_traffic_to_the_new_child_sa_without_a_gap(
 def test_new_selectors_the_peer_refuses_leave_the_old_child_sa_up(tmp_path: Path) -> None:
     # b knows only the old selectors and answers TS_UNACCEPTABLE: a deletes nothing,
     # and the CHILD SA with the old selectors keeps the traffic.
-    new_text = PAIR_CONFIG.replace("192.0.2.0/24", "10.1.0.0/24")
+    new_text = PAIR_CONFIG.replace("192.0.2.0/24", "203.0.113.128/25")
     [conn_old] = ike_connections(loads_config(PAIR_CONFIG))
     stack, gw, pair, settle = _pair_gateway(
         PAIR_CONFIG, new_text, tmp_path, peer=mirrored(conn_old)

@@ -7,10 +7,10 @@ point-to-cloud server, in namespaces, through the gateway daemon.
 
 The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
-virtual IP asked for (`vips = 0.0.0.0`), the cloud subnet as remote_ts. The daemon reads
-`[remote_access.laptops] protocol = "ikev2"` from its TOML file; users are added with
-`lockgate user add ... --password-stdin`. Processes are stopped by PID; the lab removes
-the namespaces.
+virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
+remote_ts. The daemon reads `[remote_access.laptops] protocol = "ikev2"` from its TOML
+file; users are added with `lockgate user add ... --password-stdin`. Processes are
+stopped by PID; the lab removes the namespaces.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def ra() -> Iterator[RaLab]:
         gateway.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
-        cloud.ip("route", "add", "10.9.0.0/24", "via", "203.0.113.1")
+        cloud.ip("route", "add", "192.0.2.0/24", "via", "203.0.113.1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
         pki = Pki("laptops CA")
         cred = pki.issue(SERVER_NAME, "ecdsa-p256")
@@ -167,7 +167,7 @@ ca = ["{d / "ca.pem"}"]
 
 [remote_access.laptops]
 protocol = "ikev2"
-client_pool = "10.9.0.0/24"
+client_pool = "192.0.2.0/24"
 local_subnets = ["203.0.113.0/24"]
 dns = ["203.0.113.53"]
 dns_domains = ["corp.example.net"]
@@ -184,7 +184,7 @@ destinations = ["203.0.113.0/24"]
         )
         for user, extra in (
             ("alice", ["--group", "all"]),
-            ("sam", ["--group", "all", "--static-ip", "10.9.0.77"]),
+            ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
             ("bob", ["--group", "eng"]),
             ("nogroup", []),
         ):
@@ -227,14 +227,14 @@ def test_password_login_reaches_the_cloud_with_a_virtual_ip_dns_and_split_routes
         child = ike.child("cloud")
         # The virtual IP from the pool is the client's selector; only the cloud subnet
         # is routed (split tunnel).
-        assert child.local_ts == ["10.9.0.2/32"], child.local_ts
+        assert child.local_ts == ["192.0.2.2/32"], child.local_ts
         assert child.remote_ts == ["203.0.113.0/24"], child.remote_ts
         ping(ra.client, CLOUD, count=3)
         resolv = (charon.rundir / "resolv.conf").read_text()
         assert "nameserver 203.0.113.53" in resolv, resolv
         rows = json.loads(ra.lockgate("clients", "--json"))
         (row,) = [r for r in rows if r["protocol"] == "ikev2"]
-        assert row["user"] == "alice" and row["virtual_ip"] == "10.9.0.2"
+        assert row["user"] == "alice" and row["virtual_ip"] == "192.0.2.2"
         assert row["remote"].startswith("198.51.100.1:") and row["bytes_in"] > 0
         status = json.loads(ra.lockgate("status", "--json"))
         (srv,) = [s for s in status["remote_access"] if s["name"] == "laptops"]
@@ -247,7 +247,7 @@ def test_password_login_reaches_the_cloud_with_a_virtual_ip_dns_and_split_routes
 def test_a_static_ip(ra: RaLab) -> None:
     charon, ike = connected(ra, "sam")
     try:
-        assert ike.child("cloud").local_ts == ["10.9.0.77/32"]
+        assert ike.child("cloud").local_ts == ["192.0.2.77/32"]
         ping(ra.client, CLOUD, count=2)
     finally:
         charon.stop()
@@ -298,6 +298,6 @@ def test_disconnect_sends_a_delete(ra: RaLab) -> None:
         while charon.list_sas() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert charon.list_sas() == [], charon.logs()[-3000:] + ra.log()[-3000:]
-        wait_until(lambda: "alice (10.9.0.2) from 198.51.100.1 disconnected" in ra.log(), "log")
+        wait_until(lambda: "alice (192.0.2.2) from 198.51.100.1 disconnected" in ra.log(), "log")
     finally:
         charon.stop()

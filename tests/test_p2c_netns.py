@@ -11,13 +11,15 @@ One daemon serves four servers for the whole module, and nothing else (no peers)
 - office (TCP 443, passwords), pool 192.0.2.0/25, sam has the static 192.0.2.77;
 - field (UDP 1194, passwords), pool 192.0.2.128/25, a group "eng" that reaches only
   203.0.113.0/25: alice is in it, bob is in none (reaches nothing);
-- certs (TCP 1443, client certificates, no users file: any certificate of the CA);
-- wrapped (UDP 1195, passwords, tls-crypt), pool 198.18.1.0/24.
+- certs (TCP 1443, client certificates, no users file: any certificate of the CA),
+  pool 198.51.100.128/26;
+- wrapped (UDP 1195, passwords, tls-crypt), pool 198.51.100.192/26.
 Each case starts its clients and stops them by PID; the lab removes the namespaces.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -55,9 +57,9 @@ SERVERS: dict[str, dict[str, Any]] = {
         "client_pool": "192.0.2.128/25",
         "groups": {"eng": ["203.0.113.0/25"]},
     },
-    "certs": {"transport": "tcp", "port": 1443, "client_pool": "198.18.0.0/24",
+    "certs": {"transport": "tcp", "port": 1443, "client_pool": "198.51.100.128/26",
               "auth": "certificate"},
-    "wrapped": {"transport": "udp", "port": 1195, "client_pool": "198.18.1.0/24",
+    "wrapped": {"transport": "udp", "port": 1195, "client_pool": "198.51.100.192/26",
                 "tls_crypt": True},
 }  # fmt: skip
 USERS: dict[str, dict[str, list[str]]] = {
@@ -195,7 +197,9 @@ def server_section(d: Path, name: str, server: dict[str, Any], **changes: Any) -
         "client_pool": server["client_pool"],
         "local_subnets": ["203.0.113.0/24"],
         "dns": ["203.0.113.53"],
-        "max_connections": 100,
+        # As many as the pool holds (less the network, the server and the broadcast
+        # addresses), at most 100: the small documentation pools hold fewer.
+        "max_connections": min(100, ipaddress.ip_network(server["client_pool"]).num_addresses - 3),
     }
     if server.get("auth") == "certificate":
         settings |= {"auth": "certificate", "client_ca": str(d / "ca.pem")}
@@ -284,7 +288,7 @@ def p2c() -> Iterator[P2cLab]:
         gateway.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
-        for pool in ("192.0.2.0/24", "198.18.0.0/16"):
+        for pool in ("192.0.2.0/24", "198.51.100.128/25"):
             cloud.ip("route", "add", pool, "via", "203.0.113.1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
         pki = make_server_pki()
@@ -665,7 +669,7 @@ def test_reload_starts_stops_and_restarts_only_the_changed_servers(p2c: P2cLab) 
     try:
         since = {c["server"]: c["since"] for c in p2c.clients()}
         servers = {k: v for k, v in SERVERS.items() if k != "wrapped"}
-        servers["spare"] = {"transport": "udp", "port": 1196, "client_pool": "198.18.2.0/24"}
+        servers["spare"] = {"transport": "udp", "port": 1196, "client_pool": "198.51.100.64/27"}
         write_config(p2c, servers, field={"dns": ["203.0.113.54"]})
         out = p2c.reload()
         assert "remote-access servers 1 added, 1 changed, 1 removed, 2 unchanged" in out, out
