@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from conf.model import Config, ConnectionConfig, GatewayConfig, PeerConfig
+from conf.model import Config, ConnectionConfig, GatewayConfig, IpAddress, PeerConfig
 from ikev2.certs import CredentialError, LocalCredentials, TrustAnchors
 from ikev2.config import ChildConfig, ConfigError, Identity, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
@@ -99,6 +99,13 @@ def child_config(conn: ConnectionConfig) -> ChildConfig:
     )
 
 
+def _shared_prefix(a: IpAddress, b: IpAddress) -> int:
+    """How many leading bits two addresses share (0 across families)."""
+    if a.version != b.version:
+        return 0
+    return a.max_prefixlen - (int(a) ^ int(b)).bit_length()
+
+
 def ike_connection(
     config: Config, peer: PeerConfig, conns: tuple[ConnectionConfig, ...] | None = None
 ) -> IkeConnection:
@@ -113,9 +120,12 @@ def ike_connection(
     pubkey = peer.auth == "pubkey"
     addresses = list(gateway.addresses)
     if peer.address is not None:
-        # The core initiates from the first local address: one of the peer's family.
-        version = peer.address.version
-        addresses.sort(key=lambda a: a.version != version)
+        # The core initiates from the first local address: one of the peer's family,
+        # and of those the one sharing the longest prefix with the peer (a gateway
+        # with a WAN link per peer, as two route-based tunnels to two addresses of
+        # one site have, reaches each over its own link); else in configured order.
+        target = peer.address
+        addresses.sort(key=lambda a: (a.version != target.version, -_shared_prefix(a, target)))
     try:
         return IkeConnection(
             name=peer.name,

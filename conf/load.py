@@ -29,17 +29,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conf.model import (
+    ANY_SUBNETS,
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
     DEFAULT_RA_ESP_PROPOSALS,
     DEFAULT_RA_IKE_PROPOSALS,
+    DEFAULT_ROUTE_METRIC,
     DEFAULT_SSL_CIPHERS,
+    ROUTE_INTERFACE_PREFIX,
     SSL_CIPHERS,
     AuthMethod,
     ClientAuth,
     Config,
     ConnectionConfig,
+    ConnectionMode,
     GatewayConfig,
     GroupConfig,
     IpAddress,
@@ -338,6 +342,29 @@ def _ifname(raw: Any) -> str:
     return text
 
 
+def _inside_address(version: int) -> Callable[[Any], Any]:
+    """An interface address with its prefix ("198.51.100.253/30") of IP `version`."""
+
+    def convert(raw: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+        text = _string(raw).strip()
+        try:
+            iface = ipaddress.ip_interface(text)
+        except ValueError:
+            raise _Bad(
+                f'not an address with a prefix: {text!r} (e.g. "{_EXAMPLE[version]}")'
+            ) from None
+        if iface.version != version:
+            raise _Bad(f"{text!r} is not an IPv{version} address")
+        if "/" not in text:
+            raise _Bad(f'{text!r} needs its prefix length (e.g. "{_EXAMPLE[version]}")')
+        return iface
+
+    return convert
+
+
+_EXAMPLE = {4: "198.51.100.253/30", 6: "2001:db8:ff::1/126"}
+
+
 # --- sections --------------------------------------------------------------------------
 
 
@@ -521,8 +548,13 @@ def _connection(
     s = _Section(data, f"connections.{name}", problems)
     before = len(problems)
     peer = s.required("peer", _string)
-    local_subnets = s.items("local_subnets", _subnet)
-    remote_subnets = s.items("remote_subnets", _subnet)
+    mode: ConnectionMode = s.value("mode", _choice("policy", "route"), "policy")
+    # Route mode: routing decides what enters the tunnel, so the selectors default to
+    # everything (the way route-based VPNs negotiate, 0.0.0.0/0 and ::/0).
+    any_subnets = ANY_SUBNETS if mode == "route" else None
+    local_subnets = s.items("local_subnets", _subnet, any_subnets)
+    remote_subnets = s.items("remote_subnets", _subnet, any_subnets)
+    route_keys = _route_keys(s, name, mode)
     kwargs: dict[str, Any] = {
         "ike_proposals": s.items(
             "ike_proposals", _proposal(ike_proposal_problem), DEFAULT_IKE_PROPOSALS
@@ -597,8 +629,98 @@ def _connection(
         peer=peer,
         local_subnets=local_subnets,
         remote_subnets=remote_subnets,
+        mode=mode,
+        **route_keys,
         **kwargs,
     )
+
+
+_ROUTE_ONLY = ("interface", "inside_address", "inside_address6", "routes", "route_metric")
+"""Keys that mean something only for mode = "route"."""
+
+
+def _route_keys(s: _Section, name: str, mode: str) -> dict[str, Any]:
+    """The route-mode keys of a connection; in policy mode each one given is a mistake
+    (its traffic is chosen by the selectors, and routed into the gateway's TUN)."""
+    if mode != "route":
+        for key in _ROUTE_ONLY:
+            s.seen.add(key)
+            if s.has(key):
+                s.problem(key, 'only for mode = "route" (this connection is policy-based)')
+        return {}
+    routes = s.items("routes", _subnet, ()) or ()
+    if len(set(routes)) != len(routes):
+        s.problem("routes", "lists a prefix twice")
+    keys = {
+        "interface": s.value("interface", _ifname, (ROUTE_INTERFACE_PREFIX + name)[:15]),
+        "inside_address": s.optional("inside_address", _inside_address(4)),
+        "inside_address6": s.optional("inside_address6", _inside_address(6)),
+        "routes": routes,
+        "route_metric": s.value("route_metric", _integer(0, 2**32 - 1), DEFAULT_ROUTE_METRIC),
+    }
+    # Without an SA the interface is down: no packet could reach a trap.
+    if s.data.get("start") == "trap":
+        s.problem("start", '"trap" needs policy mode: a route-mode interface is down until '
+                  "its CHILD SA is up, so no packet can start it")  # fmt: skip
+    if s.data.get("dpd_action") == "trap":
+        s.problem("dpd_action", '"trap" needs policy mode (see start)')
+    return keys
+
+
+def _check_route_mode(
+    gateway: GatewayConfig | None,
+    connections: Mapping[str, ConnectionConfig],
+    problems: list[Problem],
+) -> None:
+    """Route-mode interfaces and inside addresses: each interface name is used once
+    (the gateway's TUN included), and an inside address overlaps neither another
+    connection's inside addresses nor a subnet of another connection (a packet to it
+    must have one way to go)."""
+    names: dict[str, str] = {}
+    if gateway is not None:
+        names[gateway.interface] = "gateway.interface"
+    inside: list[tuple[str, IpNetwork]] = []
+    for conn in connections.values():
+        if conn.mode != "route" or conn.interface is None:
+            continue
+        key = f"connections.{conn.name}"
+        if conn.interface in names:
+            problems.append(
+                Problem(
+                    f"{key}.interface",
+                    f"{conn.interface!r} is already used by {names[conn.interface]}",
+                )
+            )
+        else:
+            names[conn.interface] = f"{key}.interface"
+        for field in ("inside_address", "inside_address6"):
+            address = getattr(conn, field)
+            if address is None:
+                continue
+            for where, other in inside:
+                if other.version == address.version and other.overlaps(address.network):
+                    problems.append(
+                        Problem(f"{key}.{field}", f"{address} overlaps {where} ({other})")
+                    )
+            for other_conn in connections.values():
+                if other_conn is conn:
+                    continue
+                for side in ("local_subnets", "remote_subnets"):
+                    for subnet in getattr(other_conn, side):
+                        # 0.0.0.0/0 and ::/0 (a route-mode default) overlap everything.
+                        if (
+                            subnet.prefixlen
+                            and subnet.version == address.version
+                            and subnet.overlaps(address.network)
+                        ):
+                            problems.append(
+                                Problem(
+                                    f"{key}.{field}",
+                                    f"{address} overlaps connections.{other_conn.name}."
+                                    f"{side} {subnet}",
+                                )
+                            )
+            inside.append((f"{key}.{field}", address.network))
 
 
 def _named_tables(
@@ -713,6 +835,8 @@ def _check_overlaps(connections: Mapping[str, ConnectionConfig], problems: list[
     """Two connections with the same subnet pair would fight over one policy."""
     seen: dict[tuple[frozenset[IpNetwork], frozenset[IpNetwork]], str] = {}
     for conn in connections.values():
+        if conn.mode == "route":
+            continue  # its own interface: routing, not the selectors, tells them apart
         key = (frozenset(conn.local_subnets), frozenset(conn.remote_subnets))
         if key in seen:
             problems.append(
@@ -763,7 +887,7 @@ def _warn_partial_overlaps(
     listed = list(connections.values())
     for i, a in enumerate(listed):
         for b in listed[i + 1 :]:
-            if a.peer != b.peer:
+            if a.peer != b.peer or "route" in (a.mode, b.mode):
                 continue
             if set(a.local_subnets) == set(b.local_subnets) and set(a.remote_subnets) == set(
                 b.remote_subnets
@@ -1314,6 +1438,9 @@ def _check_remote_access(
             for conn in connections.values():
                 for side in ("local_subnets", "remote_subnets"):
                     for subnet in getattr(conn, side):
+                        # A route-mode 0.0.0.0/0 claims nothing (routing decides).
+                        if conn.mode == "route" and not subnet.prefixlen:
+                            continue
                         if subnet.version == pool.version and subnet.overlaps(pool):
                             problems.append(
                                 Problem(
@@ -1347,6 +1474,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     _default_dpd_actions(connections, peers)
     _check_shared_ike(connections, problems)
     _check_overlaps(connections, problems)
+    _check_route_mode(gateway, connections, problems)
     _warn_partial_overlaps(connections, warnings)
     if gateway is not None:
         _check_own_identities(gateway, peers, problems)

@@ -28,6 +28,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 AuthMethod = Literal["psk", "pubkey"]
 StartAction = Literal["initiate", "trap", "wait"]
 DpdAction = Literal["clear", "restart", "trap"]
+ConnectionMode = Literal["policy", "route"]
 EncapMode = Literal["auto", "force", "nat"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 RemoteAccessProtocol = Literal["ssl", "ikev2"]
@@ -36,6 +37,13 @@ ClientAuth = Literal["password", "certificate", "any"]
 
 DEFAULT_CONTROL_SOCKET = Path("/run/lockgate/lockgate.sock")
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519",)
+DEFAULT_ROUTE_METRIC = 100
+"""The metric of a route-mode connection's static `routes` (lower wins)."""
+ROUTE_INTERFACE_PREFIX = "lg-"
+"""A route-mode connection's interface defaults to this + its name, cut to 15 chars."""
+ANY_SUBNETS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+"""A route-mode connection's selectors when it names none: everything (routing, not
+the selectors, decides what enters the tunnel)."""
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
 DEFAULT_RA_IKE_PROPOSALS = (
     "aes256gcm16-prfsha384-ecp384",
@@ -200,6 +208,21 @@ class ConnectionConfig:
     fragment_size: int = 1232
     """Largest IKE message sent whole once fragmentation is agreed (octets, from the IKE
     header): IPv6's minimum MTU 1280 less IP and UDP headers and the non-ESP marker."""
+    # ---- route-based connections ----
+    mode: ConnectionMode = "policy"
+    """"policy": the subnets are the selectors and the gateway routes them into its
+    TUN; "route": the connection is an interface of its own (`interface`), its
+    selectors default to everything, and routing decides what enters the tunnel."""
+    interface: str | None = None
+    """Route mode: this connection's TUN device (default "lg-" + the name, 15 chars)."""
+    inside_address: ipaddress.IPv4Interface | None = None
+    """Route mode: the interface's IPv4 address (with its prefix), e.g. for BGP."""
+    inside_address6: ipaddress.IPv6Interface | None = None
+    """Route mode: the interface's IPv6 address."""
+    routes: tuple[IpNetwork, ...] = ()
+    """Route mode: prefixes routed into the interface while the CHILD SA is up."""
+    route_metric: int = DEFAULT_ROUTE_METRIC
+    """Route mode: the metric of `routes`; a lower one wins (active/standby pairs)."""
 
 
 @dataclass(frozen=True)

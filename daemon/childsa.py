@@ -81,6 +81,9 @@ class ChildSaEntry:
     """Monotonic time of installation (for the age)."""
     rekey_of: int | None = None
     """unique_id of the CHILD SA this one replaces, if any."""
+    interface: str | None = None
+    """The route-mode TUN device it carries (whatever that device sends goes into this
+    SA, what it opens goes to that device); None: the gateway's TUN and the SPD."""
     drops: Counter[str] = field(default_factory=Counter)
     """Drops the data plane attributes to this SA (beyond the ESP engine's own)."""
     policy: Policy[ChildSaEntry] = field(init=False)
@@ -130,6 +133,7 @@ class ChildSaEntry:
             "packets_in": self.inbound.packet_count,
             "packets_out": self.outbound.packet_count,
             "drops": dict(sorted(self.all_drops().items())),
+            "interface": self.interface,
         }
 
 

@@ -120,6 +120,17 @@ _NO_RUN: FlowRun = (b"\x00", 0, -1, 0, -1)
 """Matches no packet (no first octet is -1)."""
 
 
+def _selects_everything(entry: ChildSaEntry) -> bool:
+    """Whether a CHILD SA's selectors let every IPv4 and IPv6 packet through on both
+    sides (a route-mode connection's 0.0.0.0/0 and ::/0): its TUN's packets then need
+    no per-packet check."""
+    return all(
+        any(ts.version == version and ts.covers_everything() for ts in side)
+        for side in (entry.local_ts, entry.remote_ts)
+        for version in (4, 6)
+    )
+
+
 def _flow_run(packet: bytes) -> FlowRun:
     """The `FlowRun` of a packet whose `flow_key` is not None."""
     if packet[0] == 0x45:
@@ -158,8 +169,9 @@ class Transport(Protocol):
     def send_keepalive(self, local: Address, remote: Address) -> bool:
         """Send a one-octet NAT keepalive from our port 4500 (RFC 3948 §2.3)."""
 
-    def write_tun(self, packets: list[bytes]) -> int:
-        """Write plaintext IP packets to the TUN device; return how many were taken."""
+    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+        """Write plaintext IP packets to the gateway's TUN device, or to the route-mode
+        TUN named `interface`; return how many were taken."""
 
 
 ICMP_ERRORS_PER_SECOND = 100
@@ -255,6 +267,11 @@ class DataPlane:
         # Per SA: flow key -> whether its inbound selectors cover it.
         self._inbound_cache: dict[ChildSaEntry, dict[bytes, bool]] = {}
         self._lingering: dict[int, tuple[ChildSaEntry, float]] = {}
+        # Route mode: the CHILD SA each route-mode TUN sends into (no SPD: whatever
+        # the TUN's routes bring is the connection's traffic), and whether its
+        # selectors let everything through without a per-packet check.
+        self._route_out: dict[str, ChildSaEntry] = {}
+        self._route_any: dict[str, bool] = {}
         self._icmp_second = 0
         self._icmp_sent = 0
         self._unknown_spi_reported: dict[str, float] = {}
@@ -272,8 +289,13 @@ class DataPlane:
         ``SpiInUse`` if the inbound SPI is taken.
         """
         self.sad.add(entry.spi_in, entry)
-        self.spd.add(entry.policy, preferred=preferred)
-        self._outbound_cache.clear()
+        interface = entry.interface
+        if interface is None:
+            self.spd.add(entry.policy, preferred=preferred)
+            self._outbound_cache.clear()
+        elif preferred or interface not in self._route_out:
+            self._route_out[interface] = entry
+            self._route_any[interface] = _selects_everything(entry)
         self.entries[entry.unique_id] = entry
         self._by_connection.add(entry.connection, entry)
         self._by_peer.add(entry.peer, entry)
@@ -303,8 +325,21 @@ class DataPlane:
         self._by_connection.discard(entry.connection, entry)
         self._by_peer.discard(entry.peer, entry)
         self._by_ike_sa.discard(entry.ike_sa_id, entry)
-        self.spd.remove(entry.policy)
-        self._outbound_cache.clear()
+        interface = entry.interface
+        if interface is None:
+            self.spd.remove(entry.policy)
+            self._outbound_cache.clear()
+        elif self._route_out.get(interface) is entry:
+            # The newest other SA of the connection on that TUN sends from now on.
+            others = [
+                e for e in self._by_connection.get(entry.connection) if e.interface == interface
+            ]
+            if others:
+                self._route_out[interface] = others[-1]
+                self._route_any[interface] = _selects_everything(others[-1])
+            else:
+                del self._route_out[interface]
+                self._route_any.pop(interface, None)
         if linger > 0:
             self._lingering[unique_id] = (entry, self._clock() + linger)
         else:
@@ -438,6 +473,44 @@ class DataPlane:
             self.from_tun(segments)
             return
         self._seal_and_send(entry, segments)
+
+    def from_route_tun(self, interface: str, packets: list[bytes]) -> None:
+        """Process a batch read from the route-mode TUN `interface`: every packet goes
+        into the CHILD SA of its connection, whatever its destination (routing chose
+        the TUN); a connection whose selectors are narrower than everything still
+        has each packet checked against them (RFC 4301 §5.1)."""
+        entry = self._route_out.get(interface)
+        if entry is None:
+            self.drops[Drop.NO_POLICY.value] += len(packets)
+            return
+        if not self._route_any[interface]:
+            allowed = entry.policy.allows_outbound
+            kept = []
+            for packet in packets:
+                flow = flow_of(packet) if packet else None
+                if flow is None:
+                    self.drops[Drop.MALFORMED.value] += 1
+                elif allowed(flow):
+                    kept.append(packet)
+                else:
+                    entry.drops[Drop.NO_POLICY.value] += 1
+            packets = kept
+        mtu = entry.mtu
+        batch: list[bytes] = []
+        replies: list[bytes] = []
+        for packet in packets:
+            if len(packet) <= mtu:
+                batch.append(packet)
+            else:
+                self._oversized(entry, packet, batch, replies)
+        if batch:
+            self._seal_and_send(entry, batch)
+        if replies:
+            self.transport.write_tun(replies, interface)
+
+    def route_interfaces(self) -> list[str]:
+        """The route-mode TUNs that have a CHILD SA to send into."""
+        return list(self._route_out)
 
     def _seal_and_send(self, entry: ChildSaEntry, inners: list[bytes]) -> None:
         # A packet the SA refused has no parts; the SA counted it.
@@ -575,8 +648,15 @@ class DataPlane:
             group.append(packet)
             last_spi = spi
         out: list[bytes] = []
-        append = out.append
+        # Route-mode SAs: what they open goes to their own TUN.
+        routed: dict[str, list[bytes]] | None = None
         for entry, group in groups.items():
+            if entry.interface is None:
+                append = out.append
+            else:
+                if routed is None:
+                    routed = {}
+                append = routed.setdefault(entry.interface, []).append
             allows = entry.policy.allows_inbound
             cache = self._inbound_cache.get(entry)
             if cache is None:
@@ -614,6 +694,11 @@ class DataPlane:
             written = self.transport.write_tun(out)
             if written < len(out):
                 self.drops[Drop.TUN_WRITE_FAILED.value] += len(out) - written
+        if routed is not None:
+            for interface, inners in routed.items():
+                written = self.transport.write_tun(inners, interface)
+                if written < len(inners):
+                    self.drops[Drop.TUN_WRITE_FAILED.value] += len(inners) - written
         return unknown
 
     # ---- status --------------------------------------------------------------------

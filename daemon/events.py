@@ -173,6 +173,8 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         return
     try:
         entry = entry_from_event(event, gateway.path_mtus.get(event.remote[0], 1500))
+        # A route-mode connection's SA carries its own interface's traffic, not the SPD's.
+        entry.interface = gateway.route_links.interface_of(event.child)
         # At a rekey we started, the peer installed the new SA before it answered,
         # and it drops the old inbound SA when our Delete arrives: send on the new
         # one at once. The peer of a rekey keeps the old one until that Delete
@@ -182,7 +184,10 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
         return
     gateway.lifetimes.watch(entry)
-    gateway.routes.add_for(entry)
+    if entry.interface is None:
+        gateway.routes.add_for(entry)
+    else:
+        gateway.route_links.follow(event.child, True)
     # Formatting selectors costs, and thousands of CHILD SAs may come at once.
     if log.isEnabledFor(logging.INFO):
         log.info(

@@ -55,6 +55,7 @@ from daemon.peers import (
     retry_delay,
 )
 from daemon.pump import Pump, claim_udp
+from daemon.route_mode import RouteLinks
 from daemon.routes import PROC_SYS, Routes, forwarding_off
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.ssl_vpn import RemoteAccess
@@ -123,6 +124,8 @@ class Gateway:
         self.started_at = time.monotonic()
         self.routes = Routes()
         """The routes into the TUN device, counted per network."""
+        self.route_links = RouteLinks()
+        """The interfaces of the route-mode connections (`daemon.route_mode`)."""
         self.path_mtus: dict[str, int] = {}
         """The path MTU towards each peer address (for the CHILD SAs' inner MTU)."""
         self.tun: TunDevice | None = None
@@ -266,6 +269,16 @@ class Gateway:
             gateway.nat_port,
             " and raw ESP" if pump.raw else "",
         )
+        # Route-mode connections: a TUN each, read by the same pump, down until the
+        # connection's CHILD SA is installed.
+        self.route_links.attach(
+            lambda ifname: open_tun(ifname, offload),
+            self._links,
+            mtu=mtu,
+            on_open=pump.add_route_tun,
+            on_close=pump.forget_route_tun,
+        )
+        self.route_links.sync(config, self.is_up)
         self._use_endpoint(Endpoint([*ikes, *self._ra_connections()], config=endpoint_settings))
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
@@ -323,6 +336,7 @@ class Gateway:
                 self.uninstall(entry.unique_id, "shutting down", linger=0.0)
         if self.pump is not None:
             self.pump.close()
+        self.route_links.close_all()
         for sock in self._claimed.values():
             sock.close()
         self._claimed.clear()
@@ -553,7 +567,11 @@ class Gateway:
         entry = plane.remove(unique_id, linger=linger)
         if entry is None:
             return
-        self.routes.release_for(entry)
+        if entry.interface is None:
+            self.routes.release_for(entry)
+        else:
+            # Down with its last CHILD SA (not at a rekey: the new one is in already).
+            self.route_links.follow(entry.connection, self.is_up(entry.connection))
         log.info(
             "connection %s: CHILD SA #%d removed (%s) after %d packets in, %d out",
             entry.connection,
@@ -627,6 +645,7 @@ class Gateway:
             if peer.address is not None and str(peer.address) not in self.path_mtus:
                 self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         self.config = new
+        self.route_links.sync(new, self.is_up)
         # The [gateway] addresses may have moved with the new file.
         self.routes.addresses_moved()
         for name in renegotiated + added:

@@ -22,6 +22,7 @@ import asyncio
 import bisect
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import struct
@@ -198,6 +199,19 @@ class RawOrigin:
         return self._local, (source, self._local[1])
 
 
+@dataclass(slots=True)
+class RouteTun:
+    """A route-mode connection's TUN device as the pump reads and writes it."""
+
+    tun: PacketDevice
+    vnet: bool
+    """Frames carry a virtio-net header (IFF_VNET_HDR)."""
+    uso: bool
+    """Writes may coalesce UDP datagrams (GSO_UDP_L4)."""
+    deliver: Callable[[list[bytes]], None]
+    """The data plane's entry for what it reads (`DataPlane.from_route_tun`)."""
+
+
 @dataclass
 class Pump:
     """Reads and writes the gateway's file descriptors on an asyncio (uvloop) loop,
@@ -224,6 +238,8 @@ class Pump:
     """Raw ESP sockets by local address."""
     offload: bool = True
     """Use UDP GSO/GRO on port 4500 (when the kernel has them)."""
+    route_tuns: dict[str, RouteTun] = field(default_factory=dict)
+    """The route-mode connections' TUN devices by name (`add_route_tun`)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _gso: bool = False
     _gro: set[int] = field(default_factory=set)
@@ -286,6 +302,39 @@ class Pump:
                 loop.add_reader(sock.fileno(), self._read_ike, sock, local)
         for address, sock in self.raw.items():
             loop.add_reader(sock.fileno(), self._read_raw, sock, address)
+        for route in self.route_tuns.values():
+            loop.add_reader(route.tun.fileno(), self._read_route_tun, route)
+
+    def add_route_tun(self, tun: PacketDevice) -> None:
+        """Read and write a route-mode connection's TUN device too: what it gives goes
+        to the data plane as that TUN's (`DataPlane.from_route_tun`), and
+        `write_tun` with its name writes to it. The device stays its opener's."""
+        name = tun.name
+        self.remove_route_tun(name)
+        route = RouteTun(
+            tun,
+            bool(getattr(tun, "vnet_hdr", False)),
+            bool(getattr(tun, "uso_writes", False)),
+            functools.partial(self.plane.from_route_tun, name),
+        )
+        self.route_tuns[name] = route
+        if self._loop is not None:
+            self._loop.add_reader(tun.fileno(), self._read_route_tun, route)
+
+    def forget_route_tun(self, name: str) -> None:
+        """`remove_route_tun`, for a caller that closes the device itself."""
+        self.remove_route_tun(name)
+
+    def remove_route_tun(self, name: str) -> PacketDevice | None:
+        """Stop reading the route-mode TUN `name`; returns it (not closed)."""
+        route = self.route_tuns.pop(name, None)
+        if route is None:
+            return None
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(ValueError, OSError, TunError):
+                loop.remove_reader(route.tun.fileno())
+        return route.tun
 
     def close(self) -> None:
         """Stop reading and close every socket (the TUN device belongs to its opener)."""
@@ -293,6 +342,9 @@ class Pump:
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(ValueError, OSError, TunError):
                 loop.remove_reader(self.tun.fileno())
+            for route in self.route_tuns.values():
+                with contextlib.suppress(ValueError, OSError, TunError):
+                    loop.remove_reader(route.tun.fileno())
             for sock in (*self.udp.values(), *self.raw.values()):
                 with contextlib.suppress(ValueError, OSError):
                     loop.remove_reader(sock.fileno())
@@ -315,7 +367,9 @@ class Pump:
             total = sum(_socket_drops(sock) for sock in socks.values())
             if total:
                 out[kind] = total
-        queue = _tun_tx_dropped(self.tun.name)
+        queue = _tun_tx_dropped(self.tun.name) + sum(
+            _tun_tx_dropped(name) for name in self.route_tuns
+        )
         if queue:
             out["tun_queue"] = queue
         return out
@@ -323,15 +377,30 @@ class Pump:
     # ---- readers -------------------------------------------------------------------
 
     def _read_tun(self) -> None:
+        plane = self.plane
+        self._read_device(self.tun, self._vnet, plane.from_tun, plane.from_tun_segments)
+
+    def _read_route_tun(self, route: RouteTun) -> None:
+        # The segments of a super-packet take the same way as single packets: the
+        # TUN's one CHILD SA, no lookup to save.
+        self._read_device(route.tun, route.vnet, route.deliver, route.deliver)
+
+    def _read_device(
+        self,
+        tun: PacketDevice,
+        vnet: bool,
+        deliver: Callable[[list[bytes]], None],
+        deliver_segments: Callable[[list[bytes]], None],
+    ) -> None:
         try:
-            batch = self.tun.read_batch(BATCH)
+            batch = tun.read_batch(BATCH)
         except TunError as exc:
-            log.error("reading the TUN device failed: %s", exc)
+            log.error("reading the TUN device %s failed: %s", tun.name, exc)
             return
         if not batch:
             return
-        if not self._vnet:
-            self.plane.from_tun(batch)
+        if not vnet:
+            deliver(batch)
             return
         # Super-packets (TSO) are cut here and go on as one flow's segments; single
         # packets (their partial checksums completed) are gathered in between, in
@@ -354,12 +423,12 @@ class Pump:
                 singles.append(packets[0])
                 continue
             if singles:
-                plane.from_tun(singles)
+                deliver(singles)
                 singles = []
             plane.counters["tso_frames_read"] += 1
-            plane.from_tun_segments(packets)
+            deliver_segments(packets)
         if singles:
-            plane.from_tun(singles)
+            deliver(singles)
 
     def _read_nat(self, sock: socket.socket, local: Address) -> None:
         if sock.fileno() in self._gro:
@@ -548,22 +617,30 @@ class Pump:
             return False
         return True
 
-    def write_tun(self, packets: list[bytes]) -> int:
-        """Write plaintext packets to the TUN device (TCP segments of one flow as one
-        super-packet when the device takes virtio-net headers)."""
+    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+        """Write plaintext packets to the gateway's TUN device, or to the route-mode
+        TUN `interface` (TCP segments of one flow as one super-packet when the device
+        takes virtio-net headers)."""
+        if interface is None:
+            tun, vnet, uso = self.tun, self._vnet, self._uso
+        else:
+            route = self.route_tuns.get(interface)
+            if route is None:
+                return 0
+            tun, vnet, uso = route.tun, route.vnet, route.uso
         try:
-            if not self._vnet:
-                return self.tun.write_batch(packets)
-            frames = coalesce(packets, udp=self._uso)
+            if not vnet:
+                return tun.write_batch(packets)
+            frames = coalesce(packets, udp=uso)
             if len(frames) < len(packets):
                 self.plane.counters["tun_packets_coalesced"] += len(packets) - len(frames)
-            write = self.tun.write
+            write = tun.write
             refused = 0
             for frame in frames:
                 if not write(frame):
                     refused += frame_packets(frame)
         except TunError as exc:
-            log.error("writing to the TUN device failed: %s", exc)
+            log.error("writing to the TUN device %s failed: %s", tun.name, exc)
             return 0
         return len(packets) - refused
 

@@ -99,6 +99,15 @@ class TrafficSelector:
         """True when the selector covers every port."""
         return self.first_port == 0 and self.last_port == 65535
 
+    def covers_everything(self) -> bool:
+        """True for 0.0.0.0/0 or ::/0, any protocol, any port."""
+        return (
+            self.first == 0
+            and self.last == _MAX_ADDRESS[self.version]
+            and not self.protocol
+            and self.any_port
+        )
+
     @property
     def opaque(self) -> bool:
         """True for the OPAQUE selector (start 65535, end 0, RFC 7296 §3.13.1): it

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from conf.model import ConnectionConfig
     from daemon.gateway import Gateway
 
 VERSION = "0.1.0"
@@ -48,12 +49,20 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
         else:
             phase = "down"
         remote_id = peer.config.remote_id
+        conf = gateway.config.connections.get(name) if gateway.config is not None else None
+        mode = conf.mode if conf is not None else "policy"
+        link = gateway.route_links.links.get(name)
         connections.append(
             {
                 "name": name,
                 "peer": state.peer,
                 "state": phase,
                 "start": state.config.start,
+                # Route mode: the connection's own interface, up while a CHILD SA is;
+                # policy mode: the gateway's TUN.
+                "mode": mode,
+                "interface": _interface(gateway, conf),
+                "interface_up": link.up if link is not None else None,
                 "remote": peer.config.remote_address or "%any",
                 "remote_id": str(remote_id) if remote_id is not None else "%any",
                 "local_ts": [str(ts) for ts in state.config.local_ts],
@@ -102,6 +111,14 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
     }
 
 
+def _interface(gateway: Gateway, conf: ConnectionConfig | None) -> str | None:
+    """The TUN a connection's traffic enters: its own in route mode, else the
+    gateway's."""
+    if conf is not None and conf.mode == "route":
+        return conf.interface
+    return gateway.tun.name if gateway.tun is not None else None
+
+
 def status_summary(gateway: Gateway) -> dict[str, Any]:
     """Counts only (`{"command": "status", "summary": true}`): what a monitor or a
     benchmark polls while thousands of SAs come up, at O(1) cost instead of the
@@ -148,6 +165,19 @@ def _drops(drops: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items())) or "none"
 
 
+def _mode(conn: dict[str, Any]) -> str:
+    """ ", route mode on lg-vpc (up)": a connection's mode and interface."""
+    mode = conn.get("mode")
+    if mode is None:
+        return ""
+    text = f", {mode} mode"
+    if conn.get("interface"):
+        text += f" on {conn['interface']}"
+    if conn.get("interface_up") is not None:
+        text += " (up)" if conn["interface_up"] else " (down)"
+    return text
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """`lockgate status --summary` for people: one line of counts."""
     daemon = summary.get("daemon", {})
@@ -173,7 +203,7 @@ def format_status(status: dict[str, Any]) -> str:
     for conn in connections:
         lines.append(
             f"  {conn['name']}: {conn.get('state', '?')}, peer {conn.get('remote', '?')}"
-            f" ({conn.get('remote_id', '?')}), start {conn.get('start', '?')}"
+            f" ({conn.get('remote_id', '?')}), start {conn.get('start', '?')}" + _mode(conn)
         )
         if conn.get("last_error") and conn.get("state") != "up":
             lines.append(f"    last error: {conn['last_error']}")

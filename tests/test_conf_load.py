@@ -791,7 +791,7 @@ def test_readme_configuration_table_names_every_key() -> None:
     names = {
         name
         for cell in re.findall(r"^\|([^|]*)\|", table, re.M)
-        for name in re.findall(r"`([a-z_]+)`", cell)
+        for name in re.findall(r"`([a-z_0-9]+)`", cell)
     }
     assert {"addresses", "dpd_action"} <= names  # the table is there
     fields = {

@@ -786,7 +786,7 @@ class _NoTransport:
     def send_keepalive(self, local: object, remote: object) -> bool:
         raise AssertionError("nothing is sent")
 
-    def write_tun(self, packets: list[bytes]) -> int:
+    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
         raise AssertionError("nothing is written")
 
 

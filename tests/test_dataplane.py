@@ -64,7 +64,7 @@ class Side:
         self.wire.append(("udp", encapsulate_udp(NAT_KEEPALIVE), local, remote))
         return True
 
-    def write_tun(self, packets: list[bytes]) -> int:
+    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
         self.tun_out.extend(packets)
         return len(packets)
 

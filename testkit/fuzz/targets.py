@@ -1205,7 +1205,7 @@ class _Wire:
     def send_keepalive(self, local: Any, remote: Any) -> bool:
         return True
 
-    def write_tun(self, packets: list[bytes]) -> int:
+    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
         self.tun.extend(packets)
         return len(packets)
 
