@@ -31,6 +31,8 @@ FIELDS: dict[str, dict[str, type]] = {
     "up": {"name": str},
     "down": {"name": str},
     "rekey": {"name": str, "ike": bool},
+    "clients": {},
+    "disconnect": {"server": str, "user": str},
 }
 """The fields each command takes besides "command", and their JSON types."""
 
