@@ -226,11 +226,6 @@ class SslVpnServer:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def datagram(self, data: bytes, remote: UdpRemote) -> None:
-        session = self.server.receive(data, remote, time.monotonic())
-        if session is not None:
-            self._flush(session)
-
     def _udp_readable(self, index: int) -> None:
         # Drain the socket, then flush each session once: one TUN batch and one wake-up
         # per burst instead of per datagram.
