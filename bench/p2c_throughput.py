@@ -27,6 +27,7 @@ test: nothing here asserts a figure. Root, iperf3 and openvpn are needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -102,6 +103,11 @@ class Bench:
     tuning: dict[str, str] = field(default_factory=dict)
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
     calibration: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    direct_pings: list[PingResult] = field(default_factory=list)
+    """The client pinging the gateway's WAN address, no tunnel: what a tunnel adds to."""
+
+    def direct_rtt(self) -> float | None:
+        return median(p.avg_ms for p in self.direct_pings) if self.direct_pings else None
 
     def setup(self, transports: Sequence[str]) -> None:
         """A lockgate configuration per transport, its user and its profile, as a user
@@ -192,6 +198,10 @@ class Bench:
 
     def run(self, transports: Sequence[str], ciphers: Sequence[str]) -> None:
         for rep in range(self.repeat):
+            with contextlib.suppress(MeasureError):
+                self.direct_pings.append(
+                    idle_ping(self.topo.clients[0], self.topo.server_address, count=self.ping_count)
+                )
             for transport in transports:
                 # Interleaved, and the order flips every repetition: drifting load on the
                 # machine hits both servers alike.
@@ -221,8 +231,10 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
 def table(bench: Bench, transports: Sequence[str], ciphers: Sequence[str]) -> str:
     head = (
         f"{'transport':<9} {'cipher':<12} {'server':<9} {'Mbit/s median (min-max)':>24} "
-        f"{'server CPU %':>12} {'client CPU %':>12} {'RTT ms':>7} {'lockgate/openvpn':>16}"
+        f"{'server CPU %':>12} {'client CPU %':>12} {'RTT ms':>7} {'+RTT':>7} "
+        f"{'lockgate/openvpn':>16}"
     )
+    direct = bench.direct_rtt()
     lines = ["iperf3 TCP, one stream, client -> cloud host (medians)", head, "-" * len(head)]
     for transport in transports:
         for cipher in ciphers:
@@ -235,6 +247,8 @@ def table(bench: Bench, transports: Sequence[str], ciphers: Sequence[str]) -> st
                     continue
                 values = cell.mbps()
                 medians[server] = median(values)
+                rtt = cell.rtt()
+                added = None if rtt is None or direct is None else rtt - direct
                 spread = f"{median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
                 ratio = ""
                 if server == SERVERS[-1] and len(medians) == 2 and medians["openvpn"]:
@@ -242,9 +256,11 @@ def table(bench: Bench, transports: Sequence[str], ciphers: Sequence[str]) -> st
                 lines.append(
                     f"{transport:<9} {cipher:<12} {server:<9} {spread:>24} "
                     f"{_fmt(cell.cpu('server')):>12} {_fmt(cell.cpu('client')):>12} "
-                    f"{_fmt(cell.rtt(), '.3f'):>7} {ratio:>16}"
+                    f"{_fmt(cell.rtt(), '.3f'):>7} {_fmt(added, '+.3f'):>7} {ratio:>16}"
                 )
     lines.append("")
+    lines.append(f"RTT: idle ping client -> cloud host through the tunnel; +RTT: what it adds to "
+                 f"the direct ping client -> gateway ({_fmt(direct, '.3f')} ms)")  # fmt: skip
     lines.append(
         "openvpn server tuning: "
         + "; ".join(
@@ -263,6 +279,7 @@ def to_json(bench: Bench, args: argparse.Namespace) -> dict[str, object]:
         "options": {k: str(v) for k, v in vars(args).items()},
         "openvpn_tuning": bench.tuning,
         "calibration": bench.calibration,
+        "direct_pings": [asdict(p) for p in bench.direct_pings],
         "cells": [
             {
                 "transport": c.transport,

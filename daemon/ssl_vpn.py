@@ -161,6 +161,9 @@ class SslVpnServer:
         self._pool_mask = int(config.client_pool.netmask)
         self._server_ip = int(self.auth.pool.server)
         self._udp: list[socket.socket] = []
+        self._udp_remotes: list[dict[tuple[str, int], UdpRemote]] = []
+        """Per UDP socket, the remote of each established session by (host, port): a
+        data packet finds its session without a new `UdpRemote` (forgotten in `_ended`)."""
         self._tcp: list[asyncio.Server] = []
         self._wake = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
@@ -180,6 +183,7 @@ class SslVpnServer:
                     sock = _udp_socket(address, port)
                     loop.add_reader(sock.fileno(), self._udp_readable, len(self._udp))
                     self._udp.append(sock)
+                    self._udp_remotes.append({})
             except OSError as exc:
                 raise ControlError(
                     f"remote_access.{self.name}: cannot listen on {address} "
@@ -231,6 +235,7 @@ class SslVpnServer:
         # per burst instead of per datagram.
         recvfrom = self._udp[index].recvfrom
         receive = self.server.receive
+        remotes = self._udp_remotes[index]
         now = time.monotonic()
         touched: dict[int, ServerSession] = {}
         for _ in range(UDP_BATCH):
@@ -240,9 +245,16 @@ class SslVpnServer:
                 break
             except OSError:
                 continue  # an ICMP error from a client that went away
-            session = receive(data, UdpRemote(index, str(peer[0]), int(peer[1])), now)
+            key = (peer[0], peer[1])
+            remote = remotes.get(key)
+            if remote is None:
+                remote = UdpRemote(index, str(peer[0]), int(peer[1]))
+            session = receive(data, remote, now)
             if session is not None:
                 touched[id(session)] = session
+                if key not in remotes and session.established:
+                    # The object the session is keyed by: found by identity from now on.
+                    remotes[key] = cast(UdpRemote, session.remote)
         for session in touched.values():
             self._flush(session)
 
@@ -430,6 +442,10 @@ class SslVpnServer:
         if isinstance(remote, TcpRemote) and self._loop is not None:
             # After this flush's last packets are written.
             self._loop.call_soon(remote.transport.close)
+        elif isinstance(remote, UdpRemote) and remote.socket < len(self._udp_remotes):
+            remotes = self._udp_remotes[remote.socket]
+            if remotes.get((remote.host, remote.port)) is remote:
+                del remotes[(remote.host, remote.port)]
 
     # -- operations ------------------------------------------------------------------------
 
