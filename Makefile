@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set everything up and run the site-to-site demo in network namespaces
 #   make test   set everything up and run the whole test suite (unit, namespace, interop)
-.PHONY: setup demo test test-fast lint bench bench-throughput fuzz
+.PHONY: setup demo test test-fast lint bench bench-throughput bench-p2c bench-p2c-load fuzz
 
 setup:
 	@scripts/setup
@@ -27,6 +27,14 @@ bench: setup
 # lockgate vs strongSwan in namespaces: iperf3, latency, CPU, and IKE setup rate.
 bench-throughput: setup
 	.venv/bin/python -m bench.throughput --control-plane
+
+# lockgate's SSL server vs Debian's openvpn server: iperf3 through the stock client, TCP and UDP.
+bench-p2c: setup
+	.venv/bin/python -m bench.p2c_throughput
+
+# 500 concurrent clients (20 stock openvpn, the rest generated) against one lockgate.
+bench-p2c-load: setup
+	.venv/bin/python -m bench.p2c_load
 
 # The dedicated fuzz run: 100,000 seeded cases across every IKEv2/ESP entry point.
 fuzz: setup

@@ -76,7 +76,7 @@ def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-def _grow_buffers(sock: socket.socket) -> None:
+def grow_buffers(sock: socket.socket) -> None:
     for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):
         # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) pass the sysctl cap as root.
         try:
@@ -101,7 +101,7 @@ def open_udp(address: str, port: int) -> socket.socket:
         else:
             # Our ESP packets are sized for the path; DF lets PMTU discovery tell us.
             sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
-        _grow_buffers(sock)
+        grow_buffers(sock)
         sock.bind((address, port))
         sock.setblocking(False)
     except OSError as exc:
@@ -152,7 +152,7 @@ def open_raw_esp(address: str) -> socket.socket:
     CAP_NET_RAW). IPv4 raw sockets deliver the IP header; IPv6 ones do not."""
     sock = socket.socket(_family(address), socket.SOCK_RAW, socket.IPPROTO_ESP)
     try:
-        _grow_buffers(sock)
+        grow_buffers(sock)
         sock.bind((address, 0))
         sock.setblocking(False)
     except OSError:

@@ -29,18 +29,20 @@ import datetime
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from conf.model import Config, GatewayConfig, RemoteAccessConfig
 from daemon.control import ControlError
 from daemon.p2c_auth import Lease, P2cAuthenticator, UsersFile
-from ovpn.packet import PacketError, StreamDeframer, frame
+from daemon.pump import grow_buffers
+from ovpn.packet import Opcode, PacketError, StreamDeframer, frame
 from ovpn.server import Server
 from ovpn.session import (
     AuthDecision,
@@ -53,7 +55,8 @@ from ovpn.session import (
 )
 from ovpn.tls import server_context
 from ovpn.tls_crypt import TlsCrypt, parse_static_key
-from tun import LinkManager, TunDevice
+from tun import LinkManager, TunDevice, TunError
+from tun.vnet import VnetError, coalesce, split_frame
 
 if TYPE_CHECKING:
     from daemon.netlink import LinkWorker
@@ -64,15 +67,20 @@ AUTH_WORKERS = 2
 """Threads that check passwords (scrypt: 16 MiB and some 50 ms each)."""
 SHUTDOWN_LINGER = 0.3
 """Seconds the servers' last words (RESTART to every client) get to leave at shutdown."""
+UDP_BATCH = 64
+"""Datagrams read per wake-up of a UDP socket before their sessions are flushed."""
+MAX_DATAGRAM = 65535
+_DATA_V2_OPCODE = Opcode.DATA_V2
 
 
 class UdpRemote:
     """A UDP client: the socket it came in on and its address."""
 
-    __slots__ = ("host", "port", "socket")
+    __slots__ = ("_hash", "host", "port", "socket")
 
     def __init__(self, socket: int, host: str, port: int) -> None:
         self.socket, self.host, self.port = socket, host, port
+        self._hash = hash((socket, host, port))  # looked up once per datagram
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, UdpRemote) and (self.socket, self.host, self.port) == (
@@ -82,7 +90,7 @@ class UdpRemote:
         )
 
     def __hash__(self) -> int:
-        return hash((self.socket, self.host, self.port))
+        return self._hash
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -91,11 +99,11 @@ class UdpRemote:
 class TcpRemote:
     """One TCP connection: the `remote` its session is keyed by (by identity)."""
 
-    __slots__ = ("host", "port", "writer")
+    __slots__ = ("host", "port", "transport")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        peer = writer.get_extra_info("peername") or ("?", 0)
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
         self.host, self.port = str(peer[0]), int(peer[1])
 
     def __str__(self) -> str:
@@ -134,6 +142,9 @@ class SslVpnServer:
         self.config = config
         self.name = config.name
         self.tun = tun
+        self._vnet = bool(getattr(tun, "vnet_hdr", False))
+        """The TUN takes virtio-net headers: a client's TCP segments go to the kernel
+        coalesced, one write per flow and batch (`tun.vnet`), as the ESP path does."""
         self._executor = executor
         self.users = UsersFile(config.users)
         self.auth = P2cAuthenticator(
@@ -152,7 +163,10 @@ class SslVpnServer:
         self._pool_net = int(config.client_pool.network_address)
         self._pool_mask = int(config.client_pool.netmask)
         self._server_ip = int(self.auth.pool.server)
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[socket.socket] = []
+        self._udp_remotes: list[dict[tuple[str, int], UdpRemote]] = []
+        """Per UDP socket, the remote of each established session by (host, port): a
+        data packet finds its session without a new `UdpRemote` (forgotten in `_ended`)."""
         self._tcp: list[asyncio.Server] = []
         self._wake = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
@@ -166,12 +180,13 @@ class SslVpnServer:
         for address in addresses:
             try:
                 if tcp:
-                    self._tcp.append(await asyncio.start_server(self._tcp_client, address, port))
+                    srv = await loop.create_server(partial(_TcpClient, self), address, port)
+                    self._tcp.append(srv)
                 else:
-                    transport, _ = await loop.create_datagram_endpoint(
-                        partial(_Udp, self, len(self._udp)), local_addr=(address, port)
-                    )
-                    self._udp.append(transport)
+                    sock = _udp_socket(address, port)
+                    loop.add_reader(sock.fileno(), self._udp_readable, len(self._udp))
+                    self._udp.append(sock)
+                    self._udp_remotes.append({})
             except OSError as exc:
                 raise ControlError(
                     f"remote_access.{self.name}: cannot listen on {address} "
@@ -210,41 +225,61 @@ class SslVpnServer:
             self._loop.remove_reader(self.tun.fileno())
         for srv in self._tcp:
             srv.close()
-        for transport in self._udp:
-            transport.close()
+        for sock in self._udp:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
         self.tun.close()
 
     # -- inputs --------------------------------------------------------------------------
 
-    def datagram(self, data: bytes, remote: UdpRemote) -> None:
-        session = self.server.receive(data, remote, time.monotonic())
-        if session is not None:
+    def _udp_readable(self, index: int) -> None:
+        # Drain the socket, then flush each session once: one TUN batch and one wake-up
+        # per burst instead of per datagram.
+        recvfrom = self._udp[index].recvfrom
+        receive = self.server.receive
+        remotes = self._udp_remotes[index]
+        now = time.monotonic()
+        touched: dict[int, ServerSession] = {}
+        for _ in range(UDP_BATCH):
+            try:
+                data, peer = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error from a client that went away
+            key = (peer[0], peer[1])
+            remote = remotes.get(key)
+            if remote is None:
+                remote = UdpRemote(index, str(peer[0]), int(peer[1]))
+            session = receive(data, remote, now)
+            if session is not None:
+                touched[id(session)] = session
+                if key not in remotes and session.established:
+                    # The object the session is keyed by: found by identity from now on.
+                    remotes[key] = cast(UdpRemote, session.remote)
+        for session in touched.values():
             self._flush(session)
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        remote = TcpRemote(writer)
-        deframer = StreamDeframer()
-        try:
-            while data := await reader.read(65536):
-                try:
-                    packets = deframer.feed(data)
-                except PacketError:
-                    self.server.drops["tcp_framing"] += 1
-                    break
-                for packet in packets:
-                    session = self.server.receive(packet, remote, time.monotonic())
-                    if session is not None:
-                        self._flush(session)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self.server.remove(remote, "connection closed")
-            writer.close()
+    def _tcp_data(self, remote: TcpRemote, packets: list[bytes]) -> None:
+        """The packets one read of a client's TCP stream completed."""
+        now = time.monotonic()
+        session = None
+        for packet in packets:
+            got = self.server.receive(packet, remote, now)
+            if got is not session and session is not None:
+                self._flush(session)
+            session = got
+        if session is not None:
+            self._flush(session)
 
     def _tun_readable(self) -> None:
         now = time.monotonic()
         touched: dict[int, ServerSession] = {}
-        for packet in self.tun.read_batch():
+        batch = self.tun.read_batch()
+        if self._vnet:
+            batch = self._unframe(batch)
+        for packet in batch:
             session = self.server.route_from_tun(packet, now)
             if session is not None:
                 touched[id(session)] = session
@@ -293,17 +328,16 @@ class SslVpnServer:
     def _flush(self, session: ServerSession) -> None:
         out = self.server.collect(session, time.monotonic())
         remote = session.remote
-        if out.to_client:
+        to_client = out.to_client
+        if to_client:
             if isinstance(remote, TcpRemote):
-                remote.writer.write(b"".join(frame(p) for p in out.to_client))
+                remote.transport.write(b"".join([frame(p) for p in to_client]))
             elif isinstance(remote, UdpRemote) and remote.socket < len(self._udp):
-                send = self._udp[remote.socket].sendto
-                for packet in out.to_client:
-                    send(packet, (remote.host, remote.port))
+                self._send_udp(self._udp[remote.socket], to_client, (remote.host, remote.port))
         if out.to_tun:
             passed = self._permitted(session, out.to_tun)
             if passed:
-                self.tun.write_batch(passed)
+                self._write_tun(passed)
         for event in out.events:
             if isinstance(event, ClientAuthenticated):
                 log.info(
@@ -323,7 +357,44 @@ class SslVpnServer:
                     remote,
                     event.reason,
                 )
-        self._wake.set()
+        # The timers only need a fresh look when this flush could have brought one
+        # forward: control traffic (retransmissions, handshake and close deadlines) or
+        # an event. Data only ever moves the keepalive deadlines later.
+        if out.events or not session.established or _has_control(to_client):
+            self._wake.set()
+
+    def _send_udp(
+        self, sock: socket.socket, packets: list[bytes], address: tuple[str, int]
+    ) -> None:
+        sendto = sock.sendto
+        for packet in packets:
+            try:
+                sendto(packet, address)
+            except (BlockingIOError, InterruptedError):
+                self.drops["udp_send_full"] += 1
+            except OSError:
+                self.drops["udp_send_error"] += 1
+
+    def _unframe(self, frames: list[bytes]) -> list[bytes]:
+        """The IP packets of TUN reads behind virtio-net headers."""
+        packets: list[bytes] = []
+        for tun_frame in frames:
+            try:
+                packets += split_frame(tun_frame)
+            except VnetError:
+                self.drops["tun_bad_frame"] += 1
+        return packets
+
+    def _write_tun(self, packets: list[bytes]) -> None:
+        if not self._vnet:
+            self.tun.write_batch(packets)
+            return
+        write = self.tun.write
+        try:
+            for tun_frame in coalesce(packets):
+                write(tun_frame)
+        except TunError as exc:
+            log.error("ssl-vpn %s: writing to %s failed: %s", self.name, self.tun.name, exc)
 
     def _permitted(self, session: ServerSession, packets: list[bytes]) -> list[bytes]:
         """The client's packets its policy lets through (the core checked the source)."""
@@ -373,7 +444,11 @@ class SslVpnServer:
         remote = session.remote
         if isinstance(remote, TcpRemote) and self._loop is not None:
             # After this flush's last packets are written.
-            self._loop.call_soon(remote.writer.close)
+            self._loop.call_soon(remote.transport.close)
+        elif isinstance(remote, UdpRemote) and remote.socket < len(self._udp_remotes):
+            remotes = self._udp_remotes[remote.socket]
+            if remotes.get((remote.host, remote.port)) is remote:
+                del remotes[(remote.host, remote.port)]
 
     # -- operations ------------------------------------------------------------------------
 
@@ -463,15 +538,58 @@ class SslVpnServer:
         }
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: SslVpnServer, index: int) -> None:
-        self.server, self.index = server, index
+def _has_control(packets: list[bytes]) -> bool:
+    """Whether any of these packets for a client is a control packet (not P_DATA_V2)."""
+    data = _DATA_V2_OPCODE
+    return any(p[0] >> 3 != data for p in packets)
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.server.datagram(data, UdpRemote(self.index, str(addr[0]), int(addr[1])))
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors from clients that went away: their sessions time out
+def _udp_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket on `address`:`port`, with large buffers (a burst from
+    a fast client must not overflow the default 208 KiB before the loop reads it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        grow_buffers(sock)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _TcpClient(asyncio.Protocol):
+    """One client's TCP connection: cut into packets, handed to the server per read."""
+
+    def __init__(self, server: SslVpnServer) -> None:
+        self.server = server
+        self.deframer = StreamDeframer()
+        self.remote: TcpRemote | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        self.remote = TcpRemote(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        remote = self.remote
+        if remote is None:
+            return
+        try:
+            packets = self.deframer.feed(data)
+        except PacketError:
+            self.server.server.drops["tcp_framing"] += 1
+            remote.transport.close()
+            return
+        if packets:
+            self.server._tcp_data(remote, packets)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.remote is not None:
+            self.server.server.remove(self.remote, "connection closed")
+            self.remote.transport.close()
 
 
 def _bring_up(links: LinkManager, *, name: str, address: ipaddress.IPv4Interface) -> None:
@@ -511,7 +629,7 @@ class RemoteAccess:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="p2c-auth")
         name = interface_name(config.gateway, self._tun_index(ra.name))
-        tun = TunDevice.open(name)
+        tun = TunDevice.open(name, vnet_hdr=True)
         try:
             server = SslVpnServer(ra, config.gateway, tun, self._executor)
             address = ipaddress.IPv4Interface((server.auth.pool.server, ra.client_pool.prefixlen))

@@ -92,6 +92,8 @@ class DataChannelKey:
         self._out_iv = out_iv[:IMPLICIT_IV_LEN]
         self._in_iv = in_iv[:IMPLICIT_IV_LEN]
         self._next_packet_id = 1
+        self._header_peer = -1
+        self._header = b""
         self.replay = ReplayWindow(replay_window)
         self.packets_in = 0
         self.packets_out = 0
@@ -107,7 +109,9 @@ class DataChannelKey:
             raise DataDrop("packet_id_exhausted")
         pid = struct.pack("!I", self._next_packet_id)
         self._next_packet_id += 1
-        header = data_v2_header(self.key_id, peer_id)
+        if peer_id != self._header_peer:  # the same for every packet of a session
+            self._header, self._header_peer = data_v2_header(self.key_id, peer_id), peer_id
+        header = self._header
         sealed = self._seal.encrypt(pid + self._out_iv, payload, header + pid)
         self.packets_out += 1
         return header + pid + sealed[-TAG_LEN:] + sealed[:-TAG_LEN]

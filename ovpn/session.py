@@ -250,6 +250,8 @@ class ServerSession:
         self.close_reason: str | None = None
         self.peer_info: dict[str, str] = {}
         self.push: PushOptions | None = None
+        self._source_for: PushOptions | None = None
+        self._source = b""
         self.cipher: str | None = None
         self._cc_exit = False
         self._out: list[bytes] = []
@@ -334,8 +336,11 @@ class ServerSession:
             self.drops["packet_empty"] += 1
             return
         if opcode == Opcode.DATA_V2:
+            # Data changes nothing the control flush below would send: skip it (it
+            # runs once per packet on the data path).
             self._receive_data(packet, key_id, now)
-        elif opcode == Opcode.DATA_V1:
+            return
+        if opcode == Opcode.DATA_V1:
             self.drops["data_v1_unsupported"] += 1
         else:
             self._receive_control(packet, now)
@@ -691,7 +696,12 @@ class ServerSession:
         """Only the client's own virtual address may appear as the source."""
         if len(payload) < 20 or payload[0] >> 4 != 4 or self.push is None:
             return False
-        return payload[12:16] == self.push.address.ip.packed
+        push = self.push
+        if push is not self._source_for:
+            # `IPv4Interface.ip` builds a new address object on every call: keep its
+            # octets for as long as the push options stay the same object.
+            self._source_for, self._source = push, push.address.ip.packed
+        return payload[12:16] == self._source
 
     def _send_data(self, payload: bytes, now: float) -> None:
         ks = self._keys.get(self._send_key) if self._send_key is not None else None
