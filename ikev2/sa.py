@@ -10,7 +10,9 @@ requests the peer may send in which state, so an unexpected message is refused i
 one place rather than falling through. Message IDs, retransmission and the response
 cache live in `ikev2.task_manager`. What the SA holds, and the bookkeeping that starts
 no exchange, is `ikev2.sa_data.IkeSaData`; the handover to the IKE SA a rekey made is
-`ikev2.ike_handover`. The tasks see the SA as `ikev2.tasks.base.TaskSa`.
+`ikev2.ike_handover`; decoding, decrypting and reassembling a received message, and
+which bad messages are dropped and which answered, `ikev2.sa_intake`. The tasks see
+the SA as `ikev2.tasks.base.TaskSa`.
 
 Ordering promise: events are queued before the datagram that they precede, so a
 caller that drains `next_event()` before `datagrams_to_send()` installs the inbound
@@ -24,28 +26,18 @@ from collections.abc import Callable
 from typing import Self
 
 from ikev2 import ike_handover
-from ikev2.codec import (
-    Delete,
-    IkeHeader,
-    Message,
-    Notify,
-    Payload,
-    check_payloads,
-    decode_payloads,
-)
+from ikev2.codec import IkeHeader, Message, Notify, Payload, check_payloads
 from ikev2.config import ChildConfig, ConnectionConfig
-from ikev2.constants import IKE_HEADER_LEN, ExchangeType, ProtocolId, enum_name
+from ikev2.constants import ExchangeType, enum_name
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import IkeSuite
 from ikev2.eap_mschapv2 import EapFailed
 from ikev2.errors import (
     IkeError,
-    IntegrityCheckFailed,
     InvalidKePayload,
     InvalidSyntax,
     LocalProtocolError,
     PeerErrorNotify,
-    UnsupportedCriticalPayload,
 )
 from ikev2.events import (
     Address,
@@ -55,8 +47,18 @@ from ikev2.events import (
     format_address,
     ike_delete_cause,
 )
-from ikev2.fragments import is_fragmented, open_fragment
+from ikev2.fragments import is_fragmented
 from ikev2.sa_data import NAT_KEEPALIVE_INTERVAL, IkeSaData
+from ikev2.sa_intake import (
+    answerable,
+    deletes_ike,
+    drop_invalid_request,
+    drop_reason,
+    error_notify,
+    error_payloads,
+    open_message,
+    resend_for_fragment,
+)
 from ikev2.sa_types import ChildSa, IkeDropReason, IkeSaState, PeerIkeRekey
 from ikev2.task_manager import GiveUp, RequestKind
 from ikev2.tasks import (
@@ -330,22 +332,6 @@ class IkeSa(IkeSaData):
         else:
             self._receive_request(data, header, local, remote, now)
 
-    def _open(self, data: bytes, header: IkeHeader) -> Message | None:
-        """Decode a received message, decrypting it for encrypted exchanges.
-
-        None means a fragment was taken in and the message is not complete yet.
-        """
-        # `header` is decode_header(data), done by the endpoint to route the message.
-        if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            return header.message(decode_payloads(header.next_payload, data[IKE_HEADER_LEN:]))
-        if self.sk is None:
-            raise InvalidSyntax("encrypted message before keys exist")
-        if is_fragmented(data):
-            if not self.fragmentation:
-                raise InvalidSyntax("IKE fragment although fragmentation was not negotiated")
-            return self.reassembler.receive(data, self.sk.inbound, self.now)
-        return self.sk.inbound.open(data, header)
-
     def _receive_response(
         self, data: bytes, header: IkeHeader, local: Address, remote: Address, now: float
     ) -> None:
@@ -360,14 +346,14 @@ class IkeSa(IkeSaData):
             self.on_drop(IkeDropReason.UNEXPECTED_RESPONSE)
             return
         try:
-            message = self._open(data, header)
+            message = open_message(self, data, header)
             if message is None:
                 return  # more fragments to come
             check_payloads(header.exchange_type, True, message.payloads)
         except IkeError as exc:
             # Unauthenticated or garbled: drop and let retransmission recover (§2.21).
             log.info("%s: dropping invalid response: %s", self.name, exc)
-            self.on_drop(_drop_reason(exc))
+            self.on_drop(drop_reason(exc))
             return
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.init_response = data
@@ -399,7 +385,7 @@ class IkeSa(IkeSaData):
     ) -> None:
         cached = self.tm.cached_response
         if is_fragmented(data) and cached is not None and header.message_id == cached.message_id:
-            self._fragment_retransmitted(data)
+            resend_for_fragment(self, data)
             return
         kind = self.tm.classify_request(header.message_id, data)
         if is_fragmented(data) and kind is RequestKind.INVALID:
@@ -432,10 +418,10 @@ class IkeSa(IkeSaData):
         message: Message | None = None
         unreadable: InvalidSyntax | None = None
         try:
-            message = self._open(data, header)
+            message = open_message(self, data, header)
         except InvalidSyntax as exc:
-            if not _answerable(exc, header.exchange_type):
-                self._drop_invalid_request(header, remote, exc)
+            if not answerable(exc, header.exchange_type):
+                drop_invalid_request(self, header, remote, exc)
                 return
             # §2.5, §2.21.3: a message we cannot read gets its error notify back when it
             # comes from the peer for sure (authenticated), or is an unprotected
@@ -443,12 +429,12 @@ class IkeSa(IkeSaData):
             log.info("%s: refusing a request we cannot read: %s", self.name, exc)
             unreadable = exc
         except IkeError as exc:
-            self._drop_invalid_request(header, remote, exc)
+            drop_invalid_request(self, header, remote, exc)
             return
         else:
             if message is None:
                 return  # more fragments to come
-        if message is not None and self.rekeyed_from is not None and not _deletes_ike(message):
+        if message is not None and self.rekeyed_from is not None and not deletes_ike(message):
             ike_handover.take_over_from_parent(self)
         if header.exchange_type == ExchangeType.IKE_SA_INIT:
             self.spi_i = header.spi_i
@@ -458,7 +444,7 @@ class IkeSa(IkeSaData):
         payloads: list[Payload] = []
         fatal: IkeError | None = unreadable
         if unreadable is not None:
-            payloads = [_error_notify(unreadable)]
+            payloads = [error_notify(unreadable)]
         elif message is not None:
             tasks = factory(self)
             try:
@@ -469,7 +455,7 @@ class IkeSa(IkeSaData):
                     task.build_response(self, payloads)
             except IkeError as exc:
                 fatal = exc
-                payloads = _error_payloads(exc)
+                payloads = error_payloads(exc)
         response = Message(
             spi_i=self.spi_i,
             spi_r=bytes(8) if fatal is not None and self.keys is None else self.spi_r,
@@ -512,40 +498,6 @@ class IkeSa(IkeSaData):
             )
         self._after_exchange(now)
         self.send_next(now)
-
-    def _drop_invalid_request(self, header: IkeHeader, remote: Address, exc: IkeError) -> None:
-        # §2.21.1: an unauthenticated bad message changes nothing and gets no answer.
-        self.on_drop(_drop_reason(exc))
-        if header.exchange_type == ExchangeType.IKE_SA_INIT:
-            # Garbage that merely looks like an IKE_SA_INIT: no SA, no event. Anyone can
-            # send it from any address, so it is only counted (and logged at debug), lest
-            # a flood of it flood the log.
-            log.debug(
-                "%s: dropping invalid IKE_SA_INIT from %s: %s",
-                self.name,
-                format_address(remote),
-                exc,
-            )
-            self.state = IkeSaState.DELETED
-            return
-        log.info("%s: dropping invalid request from %s: %s", self.name, format_address(remote), exc)
-
-    def _fragment_retransmitted(self, data: bytes) -> None:
-        """A fragment of the request we answered last: RFC 7383 §2.6.1 has us resend the
-        response when fragment 1 comes again (once, not for every fragment)."""
-        if self.sk is None:
-            self.on_drop(IkeDropReason.INVALID_MESSAGE)
-            return
-        try:
-            fragment = open_fragment(self.sk.inbound, data)
-        except IkeError as exc:
-            log.debug("%s: dropping a bad fragment: %s", self.name, exc)
-            self.on_drop(_drop_reason(exc))
-            return
-        if fragment.number == 1:
-            log.debug("%s: request retransmitted in fragments; resending", self.name)
-            self._send(self.tm.cached_packets())
-        self.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
 
     # --- sending ------------------------------------------------------------------------
 
@@ -701,7 +653,7 @@ class IkeSa(IkeSaData):
             return
         if exc.notify is not None and self.sk is not None:
             # §2.21.2: tell the responder why before dropping the IKE SA.
-            self.send_notify_and_close(_error_notify(exc), now)
+            self.send_notify_and_close(error_notify(exc), now)
         self.fail(str(exc), exc.notify)
 
     # --- time ---------------------------------------------------------------------------
@@ -768,41 +720,6 @@ class IkeSa(IkeSaData):
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))
-
-
-def _drop_reason(exc: IkeError) -> IkeDropReason:
-    """The drop reason of a message that failed to open or check."""
-    if isinstance(exc, IntegrityCheckFailed):
-        return IkeDropReason.INTEGRITY_FAILURE
-    return IkeDropReason.INVALID_MESSAGE
-
-
-def _error_payloads(exc: IkeError) -> list[Payload]:
-    """What a refused request is answered with: the error notify, after the
-    EAP-Failure of a refused EAP login (RFC 7296 §2.16, §2.21.2)."""
-    payloads: list[Payload] = []
-    if isinstance(exc, EapFailed) and exc.eap is not None:
-        payloads.append(exc.eap)
-    if exc.notify is not None:
-        payloads.append(_error_notify(exc))
-    return payloads
-
-
-def _error_notify(exc: IkeError) -> Notify:
-    if exc.notify is None:
-        raise LocalProtocolError("no notify for this error")
-    return Notify(exc.notify, exc.notify_data, exc.protocol, exc.spi)
-
-
-def _answerable(exc: InvalidSyntax, exchange_type: int) -> bool:
-    """Whether an unreadable request deserves an error notify rather than silence."""
-    if exchange_type == ExchangeType.IKE_SA_INIT:
-        return isinstance(exc, UnsupportedCriticalPayload)
-    return exc.authenticated
-
-
-def _deletes_ike(message: Message) -> bool:
-    return any(isinstance(p, Delete) and p.protocol == ProtocolId.IKE for p in message.payloads)
 
 
 def _responder_init(sa: IkeSa) -> list[Task]:
