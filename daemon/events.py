@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.childsa import entry_from_event
 from daemon.peers import IkeSaInfo, apply_dpd_action, resolve
+from daemon.reload import replaced
 from daemon.status import status_line
 from esp.errors import EspConfigError
 from ikev2.events import (
@@ -221,7 +222,7 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
                 state.replacing = (state.replacing - {event.rekey_of}) | {event.unique_id}
             elif event.rekey_of is None:
                 # The CHILD SA with the reload's new selectors: the old ones go now.
-                gateway.replaced(state, event.unique_id)
+                replaced(gateway, state, event.unique_id)
         outcome = (
             f"connection {event.child}: rekeyed, CHILD SA #{event.unique_id} replaces "
             f"#{event.rekey_of}"

@@ -7,11 +7,11 @@ reads, sends what it produces, runs its timer and hands its events to
 `daemon.events`, which installs and removes CHILD SAs in the data plane and routes
 (`daemon.routes`) and applies a dead peer's dpd_action. This module starts and stops
 all of that, adds and drops peers (a `[peers.NAME]`) and their connections (a
-`[connections.NAME]`), initiates them with back-off, answers trapped packets, and
-reloads: SIGHUP touches only peers whose settings (or connections) changed. SIGTERM
-deletes every SA (the peer gets a Delete), removes routes and the TUN device, and
-exits 0. The control socket's commands are in `daemon.commands`, status in
-`daemon.status`, the volume and liveness checks in `daemon.lifetimes`.
+`[connections.NAME]`), initiates them with back-off and answers trapped packets.
+SIGTERM deletes every SA (the peer gets a Delete), removes routes and the TUN device,
+and exits 0. A reload (SIGHUP) is in `daemon.reload`, the control socket's commands
+in `daemon.commands`, status in `daemon.status`, the volume and liveness checks in
+`daemon.lifetimes`.
 """
 
 from __future__ import annotations
@@ -47,14 +47,13 @@ from daemon.offload import OffloadMode, offload_mode, open_tun
 from daemon.peers import (
     ConnectionState,
     IkeSaInfo,
-    PeerChange,
     PeerState,
     acquire,
-    peer_change,
     resolve,
     retry_delay,
 )
 from daemon.pump import Pump, claim_udp
+from daemon.reload import log_config_warnings, one_line, reload
 from daemon.route_mode import RouteLinks
 from daemon.routes import PROC_SYS, Routes, forwarding_off
 from daemon.sdnotify import Notifier, setup_logging
@@ -91,15 +90,6 @@ class GatewayError(Exception):
     """The daemon cannot start (TUN, sockets, control socket); the message says why."""
 
 
-def _one_line(exc: Exception) -> str:
-    """A configuration error on one log line: conf's ConfigError lists each problem
-    on a line of its own when there are several."""
-    problems = getattr(exc, "problems", ())
-    if len(problems) > 1:
-        return "; ".join(str(p) for p in problems)
-    return str(exc)
-
-
 class Gateway:
     """One running daemon."""
 
@@ -107,7 +97,7 @@ class Gateway:
         self.config_path = config_path
         self.socket_override = socket_path
         self.config: Config | None = None
-        self._toml = TomlTables()
+        self.toml = TomlTables()
         """The file's TOML tables as last parsed: a reload parses only those that
         changed (most of a reload's cost was tomllib)."""
         self.peers: dict[str, PeerState] = {}
@@ -163,17 +153,17 @@ class Gateway:
         """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if start-up failed."""
         self.loop = asyncio.get_running_loop()
         try:
-            self.config = load_config(self.config_path, tables=self._toml)
+            self.config = load_config(self.config_path, tables=self.toml)
         except ConfigError as exc:
             log.error("%s", exc)
             return 1
-        _log_config_warnings(self.config)
+        log_config_warnings(self.config)
         try:
             await self._start(self.config)
         except ConfigError as exc:
             # Raised while building the IKE settings from a file that loaded: the key
             # is in the message; no traceback.
-            log.error("cannot start: %s", _one_line(exc))
+            log.error("cannot start: %s", one_line(exc))
             await self._teardown()
             return 1
         except (GatewayError, TunError, LinkError, ControlError, OSError) as exc:
@@ -279,14 +269,14 @@ class Gateway:
             on_close=pump.forget_route_tun,
         )
         self.route_links.sync(config, self.is_up)
-        self._use_endpoint(Endpoint([*ikes, *self._ra_connections()], config=endpoint_settings))
+        self._use_endpoint(Endpoint([*ikes, *self.ra_connections()], config=endpoint_settings))
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
         # The point-to-cloud servers: their own TUNs and ports, after the gateway's.
         await self.remote_access.start(config, self._links)
         for ike in ikes:
-            self._add_peer(ike)
+            self.add_peer(ike)
 
     def _use_pump(
         self, tun: PacketDevice, *, ike_port: int = 500, nat_port: int = 4500, offload: bool = True
@@ -352,14 +342,14 @@ class Gateway:
 
     # ---- peers and connections --------------------------------------------------------
 
-    def _add_peer(self, ike: PeerConfig) -> None:
+    def add_peer(self, ike: PeerConfig) -> None:
         self.peers[ike.name] = PeerState(ike)
         for child in ike.children:
-            self._add_connection(ike, child)
+            self.add_connection(ike, child)
         if self._peer_wanted(ike.name):
             self.initiate(self.peers[ike.name])
 
-    def _add_connection(self, ike: PeerConfig, child: ChildConfig) -> ConnectionState:
+    def add_connection(self, ike: PeerConfig, child: ChildConfig) -> ConnectionState:
         """A `[connections.NAME]` under the peer `ike`: its state, and its trap."""
         state = ConnectionState(child.name, ike.name, child, wanted=child.start == "initiate")
         self.connections[child.name] = state
@@ -385,14 +375,14 @@ class Gateway:
             for net in ts.networks():
                 self.routes.trap(net)
 
-    def _disarm_trap(self, child: ChildConfig) -> None:
+    def disarm_trap(self, child: ChildConfig) -> None:
         """No trap needs the remote subnets of `child` any more (the routes of its SAs
         stay while those are installed)."""
         for ts in child.remote_ts:
             for net in ts.networks():
                 self.routes.untrap(net)
 
-    def _drop_peer(self, name: str, reason: str) -> int:
+    def drop_peer(self, name: str, reason: str) -> int:
         """Forget a peer and its connections; delete its IKE SAs. Returns how many."""
         peer = self.peers.pop(name, None)
         if peer is None:
@@ -402,7 +392,7 @@ class Gateway:
             state = self.connections.pop(child.name, None)
             if state is not None:
                 resolve(state.waiters, f"connection {child.name}: {reason}", ok=False)
-            self._disarm_trap(child)
+            self.disarm_trap(child)
         if self.endpoint is None:
             return 0
         return self.endpoint.delete_connection(name, time.monotonic(), reason)
@@ -589,80 +579,10 @@ class Gateway:
             self.reload()  # a failure is logged there
 
     def reload(self) -> str:
-        """`_reload`, with a failure logged as well as raised: the operator who ran
-        `lockgate reload` sees it, and so does the journal, as after a SIGHUP."""
-        try:
-            return self._reload()
-        except ConfigError as exc:
-            log.error("reload failed, keeping the running configuration: %s", _one_line(exc))
-            raise ControlError(str(exc)) from None
-        except ControlError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            raise
+        """Re-read the file and apply what changed (`daemon.reload`)."""
+        return reload(self)
 
-    def _reload(self) -> str:
-        """Re-read the file; touch only peers whose settings (or connections) changed.
-
-        A changed peer keeps its IKE SA unless its address, an identity or the
-        credentials changed (`daemon.peers.peer_change`); everything else is applied
-        under it, make-before-break, so traffic does not stop (`_update_peer`). Other
-        peers keep their SAs untouched.
-        """
-        self.reloads += 1
-        new = load_config(self.config_path, tables=self._toml)
-        new_list = ike_connections(new)
-        _log_config_warnings(new)
-        old = self.config
-        if old is None or self.endpoint is None:
-            raise ControlError("the daemon is not running")
-        if new.gateway != old.gateway:
-            log.warning(
-                "[gateway] changed: addresses, ports, the TUN and the COOKIE/half-open "
-                "settings need a restart"
-            )
-        if (
-            self.ikev2_ra is not None
-            and new.remote_access.get(self.ikev2_ra.name) != self.ikev2_ra.config
-        ):
-            log.warning("remote_access.%s (ikev2) changed: it needs a restart", self.ikev2_ra.name)
-        old_ike = {name: peer.config for name, peer in self.peers.items()}
-        new_ike = {c.name: c for c in new_list}
-        removed = [n for n in old_ike if n not in new_ike]
-        added = [n for n in new_ike if n not in old_ike]
-        changed = [n for n in new_ike if n in old_ike and new_ike[n] != old_ike[n]]
-        plans = {name: peer_change(old_ike[name], new_ike[name]) for name in changed}
-        renegotiated = [name for name in changed if plans[name].renegotiate]
-        for name in removed + renegotiated:
-            count = self._drop_peer(name, "configuration changed")
-            log.info("reload: peer %s %s (%d IKE SA(s) deleted)",
-                     name, "removed" if name in removed else "changed", count)  # fmt: skip
-        self.service()
-        self.endpoint.set_connections([*new_list, *self._ra_connections()])
-        for name in changed:
-            if not plans[name].renegotiate:
-                self._update_peer(new_ike[name], plans[name])
-        for peer in new.peers.values():
-            if peer.address is not None and str(peer.address) not in self.path_mtus:
-                self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
-        self.config = new
-        self.route_links.sync(new, self.is_up)
-        # The [gateway] addresses may have moved with the new file.
-        self.routes.addresses_moved()
-        for name in renegotiated + added:
-            self._add_peer(new_ike[name])
-        unchanged = len(new_ike) - len(changed) - len(added)
-        summary = (
-            f"reloaded: peers {len(added)} added, {len(changed)} changed, "
-            f"{len(removed)} removed, {unchanged} unchanged"
-        )
-        summary += self.remote_access.reload(new)
-        log.info("%s", summary)
-        for warning in self.forwarding_warnings():
-            log.warning("%s", warning)
-        self.notifier.notify(STATUS=status_line(self))
-        return summary
-
-    def _ra_connections(self) -> list[PeerConfig]:
+    def ra_connections(self) -> list[PeerConfig]:
         """The ikev2 server's IKE connection, as it started (a changed section needs a
         restart, like [gateway])."""
         return [] if self._ikev2_ra_connection is None else [self._ikev2_ra_connection]
@@ -676,164 +596,6 @@ class Gateway:
             for ts in (*state.config.local_ts, *state.config.remote_ts)
         }
         return forwarding_off(versions, self.proc_sys)
-
-    def _update_peer(self, config: PeerConfig, change: PeerChange) -> None:
-        """Apply a peer's new settings to its running SAs (`reload`): the IKE core and
-        the gateway's bookkeeping take the new configuration, then, under the IKE SA
-        that stays: a removed connection's CHILD SAs are deleted (§1.4.1); an added
-        one is requested with CREATE_CHILD_SA (§1.3.1) if its start mode wants it up;
-        one with new selectors gets a new CHILD SA before the old one goes
-        (`_replace_child`); a new start mode arms or disarms a trap; the CHILD SAs or
-        the IKE SA whose own settings changed are rekeyed (§2.8). A rekey or a new
-        CHILD SA the peer refuses leaves the old SA up."""
-        endpoint = self.endpoint
-        if endpoint is None:
-            return
-        name = config.name
-        peer = self.peers[name]
-        before = {child.name: child for child in peer.config.children}
-        peer.config = config
-        for child_name in change.removed:
-            self._remove_connection(name, before[child_name])
-        added = []
-        for child in config.children:
-            if child.name in change.added:
-                added.append(self._add_connection(config, child))
-                continue
-            state = self.connections[child.name]
-            state.config = child
-            if child.name in change.new_start or child.name in change.replace_children:
-                self._apply_start(state, before[child.name])
-        now = time.monotonic()
-        sas = endpoint.reconfigure(config)
-        announced = [sa for sa in sas if sa.ike_sa_id in self._ike_sas_of.get(name, {})]
-        deleted = 0
-        removed = set(change.removed)
-        for sa in announced:
-            for unique_id, child_sa in list(sa.children.items()):
-                if child_sa.config.name in removed and not child_sa.deleting:
-                    endpoint.delete_child(unique_id, now, "connection removed by a reload")
-                    deleted += 1
-        children = 0
-        for child_name in change.rekey_children:
-            for entry in self.installed(child_name):
-                try:
-                    endpoint.rekey_child(entry.unique_id, now)
-                except IkeError as exc:
-                    log.warning("reload: connection %s: cannot rekey: %s", child_name, exc)
-                    continue
-                children += 1
-        replaced = sum(
-            self._replace_child(self.connections[child_name], announced)
-            for child_name in change.replace_children
-        )
-        ikes = 0
-        if change.rekey_ike:
-            for sa in announced:
-                if sa.state is IkeSaState.ESTABLISHED:
-                    endpoint.rekey_ike_sa(sa.ike_sa_id, now)
-                    ikes += 1
-        # A connection that should be up and is not (added, or now start =
-        # "initiate") comes up as it would at start-up.
-        started = [self.connections[n] for n in change.new_start if n in self.connections]
-        requested = sum(self._bring_up(state) for state in added + started)
-        log.info(
-            "reload: peer %s changed in place (%d CHILD SA(s) and %d IKE SA(s) rekeyed, "
-            "%d CHILD SA(s) replaced, %d requested, %d deleted)",
-            name,
-            children,
-            ikes,
-            replaced,
-            requested,
-            deleted,
-        )
-
-    def _remove_connection(self, peer: str, child: ChildConfig) -> None:
-        """A reload took `child` from `peer`: forget it (unless it moved to another
-        peer, which holds it now) and disarm its trap; `_update_peer` deletes its
-        CHILD SAs."""
-        state = self.connections.get(child.name)
-        if state is None or state.peer != peer:
-            return
-        del self.connections[child.name]
-        resolve(state.waiters, f"connection {child.name}: removed by a reload", ok=False)
-        if child.start == "trap" or state.trapped:
-            self._disarm_trap(child)
-        log.info("reload: connection %s removed from peer %s", child.name, peer)
-
-    def _apply_start(self, state: ConnectionState, before: ChildConfig) -> None:
-        """A reload changed a connection's start mode or selectors: move its trap to
-        the new selectors or mode, and say whether it should be up. Nothing is
-        negotiated: an SA that is up stays up, one that is not comes with its start
-        mode (a trapped packet) or `lockgate up`."""
-        child = state.config
-        if before.start == "trap" or state.trapped:
-            self._disarm_trap(before)
-        if child.start == "trap" or state.trapped:
-            self.arm_trap(child)
-        if child.start == "initiate":
-            state.wanted = True
-        elif before.start == "initiate":
-            state.wanted = False  # up now, but not set up again if it goes
-        if child.start != before.start:
-            log.info("reload: connection %s: start %s (was %s)",
-                     state.name, child.start, before.start)  # fmt: skip
-
-    def _replace_child(self, state: ConnectionState, sas: list[IkeSa]) -> int:
-        """A reload gave the connection other traffic selectors. A rekey keeps them
-        (RFC 7296 §2.8), so ask for a new CHILD SA with a plain CREATE_CHILD_SA under
-        the same IKE SA; the old ones are deleted once it is installed (`events`), and
-        carry the traffic until then. Returns how many CHILD SAs it replaces."""
-        old = {
-            unique_id
-            for sa in sas
-            for unique_id, child_sa in sa.children.items()
-            if child_sa.config.name == state.name and not child_sa.deleting
-        }
-        sa = self.established_ike_sa(state.peer)
-        if not old or sa is None:
-            return 0  # not up: its next CHILD SA has the new selectors anyway
-        state.replacing = old
-        state.requested_at = None
-        log.info("reload: connection %s: new traffic selectors %s === %s, replacing %s",
-                 state.name, format_selectors(state.config.local_ts),
-                 format_selectors(state.config.remote_ts),
-                 ", ".join(f"#{u}" for u in sorted(old)))  # fmt: skip
-        self.create_child(state, sa)
-        return len(old)
-
-    def replaced(self, state: ConnectionState, unique_id: int) -> None:
-        """A new CHILD SA of a connection whose selectors a reload changed is
-        installed (#`unique_id`): delete the ones it replaces (`_replace_child`)."""
-        endpoint = self.endpoint
-        old, state.replacing = state.replacing - {unique_id}, set()
-        if endpoint is None:
-            return
-        now = time.monotonic()
-        for old_id in sorted(old):
-            with contextlib.suppress(IkeError):  # gone meanwhile (expired, deleted)
-                endpoint.delete_child(old_id, now, "replaced: new traffic selectors")
-            # The peer drops the old SA when our Delete arrives, and installed the new
-            # one before it answered: send on the new one from now on, and keep
-            # opening what comes on the old one for a while (as after a rekey we
-            # started, §2.8). Its more specific policy would otherwise keep the
-            # traffic until the Delete's answer.
-            self.uninstall(old_id, f"replaced by #{unique_id}")
-
-    def _bring_up(self, state: ConnectionState) -> int:
-        """A reload added a connection that should be up: a CREATE_CHILD_SA under the
-        peer's IKE SA, or the peer initiated if it has none. Returns 1 if a CHILD SA
-        was requested."""
-        if not state.wanted or self.is_up(state.name):
-            return 0
-        sa = self.established_ike_sa(state.peer)
-        if sa is not None:
-            self.create_child(state, sa)
-            return 1
-        peer = self.peers[state.peer]
-        if not self.ike_sa_count(state.peer) and peer.retry is None:
-            self.initiate(peer)
-        return 0
 
     # ---- control ----------------------------------------------------------------------
 
@@ -896,13 +658,6 @@ class Gateway:
         """Tell the IKE SAs whose peers sent ESP (`Lifetimes.report_liveness`)."""
         if self.endpoint is not None and self.plane is not None:
             self.lifetimes.report_liveness(self.endpoint, self.plane, now)
-
-
-def _log_config_warnings(config: Config) -> None:
-    """The configuration's legal but doubtful settings (`Config.warnings`), each on a
-    log line of its own naming its key, at start and at every reload."""
-    for problem in config.warnings:
-        log.warning("%s", problem)
 
 
 def run_daemon(config_path: str, *, socket_path: str | None = None, log_level: str | None) -> int:

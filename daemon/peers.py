@@ -87,7 +87,7 @@ class ConnectionState:
     initiates it again."""
     replacing: set[int] = field(default_factory=set)
     """CHILD SAs (unique ids) to delete once a new one of this connection is installed:
-    a reload gave it other traffic selectors (`Gateway._replace_child`)."""
+    a reload gave it other traffic selectors (`daemon.reload`)."""
 
 
 PEER_KEYS = (

@@ -94,7 +94,7 @@ def gateway_of(path: Path) -> Iterator[Gateway]:
     gw._use_endpoint(Endpoint(ikes))
     try:
         for ike in ikes:
-            gw._add_peer(ike)
+            gw.add_peer(ike)
         yield gw
     finally:
         ours.close()
