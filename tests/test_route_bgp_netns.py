@@ -10,12 +10,19 @@ the tunnel, so a failure in the lockgate tests is about lockgate.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import re
+import signal
 import time
+from typing import Any
 
 import pytest
 
-from daemon.lab.netns import add_network
-from testkit.bird import Session, bird_available, bird_config, run_bird
+from conf.model import ConnectionConfig
+from daemon.lab.netns import WAN_A4, WAN_B4, Process, SiteToSite, add_network
+from testkit.bird import Bird, Session, bird_available, bird_config, run_bird
+from testkit.daemon import PSK, Daemon, start_daemon, wait_until
 from tests.netns import SITE_A, SITE_B, Lab, Namespace, build_site_to_site, ping, wait_for_ping
 
 pytestmark = [
@@ -31,6 +38,7 @@ IN_A2, IN_B2 = "198.51.100.249", "198.51.100.250"
 IN6_A1, IN6_B1 = "2001:db8:ff::1", "2001:db8:ff::2"
 # A network that appears at site B later (on a veth pair inside gateway B).
 LATE_NET, LATE_ADDR = "203.0.113.128/25", "203.0.113.129"
+LATE6_NET, LATE6_ADDR = "2001:db8:b:1::/64", "2001:db8:b:1::1"
 ROUTER_ID_A, ROUTER_ID_B = "198.51.100.1", "198.51.100.2"
 
 
@@ -109,3 +117,308 @@ def test_bird_helpers_over_a_plain_veth() -> None:
         bird_a.stop()
         bird_b.stop()
         assert kernel_route(gw_a, SITE_B.subnet4) == ""
+
+
+# ---- BGP over lockgate's route-based tunnels ----------------------------------------
+
+route_mode = pytest.mark.skipif(
+    "mode" not in {f.name for f in dataclasses.fields(ConnectionConfig)},
+    reason="route-based connections are not in this build",
+)
+
+WAN_B4_SECOND = "198.51.100.3"
+"""Gateway B's second address: the second lockgate process on B's side listens on it."""
+
+# Fast dead peer detection: a liveness check after 2 s of silence, resent after 0.5 s
+# and 0.9 s, so a peer that vanished is known dead within about 5 s.
+FAST_DPD = 'dpd_interval = "2s"\n'
+FAST_RETRANSMIT = "retransmit_timeout = 0.5\nretransmit_tries = 2\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunnel:
+    """One route-mode connection as one end sees it."""
+
+    name: str
+    peer_address: str
+    interface: str
+    inside4: str
+    inside6: str | None = None
+
+
+def route_config(me: str, tun: str, tunnels: list[Tunnel], *, start: str) -> str:
+    """A lockgate configuration with one route-mode connection per tunnel (and a peer
+    each), no `routes`: BGP decides what enters them."""
+    text = f"""
+[gateway]
+addresses = ["{me}"]
+id = "{me}"
+interface = "{tun}"
+{FAST_RETRANSMIT}
+"""
+    for t in tunnels:
+        inside6 = f'inside_address6 = "{t.inside6}"\n' if t.inside6 else ""
+        text += f"""
+[peers.{t.name}]
+address = "{t.peer_address}"
+id = "{t.peer_address}"
+psk = "{PSK}"
+
+[connections.{t.name}]
+peer = "{t.name}"
+mode = "route"
+interface = "{t.interface}"
+inside_address = "{t.inside4}"
+{inside6}esp_proposals = ["aes128gcm16"]
+start = "{start}"
+{FAST_DPD}"""
+    return text
+
+
+def connection(daemon: Daemon, name: str) -> dict[str, Any]:
+    [conn] = [c for c in daemon.status()["connections"] if c["name"] == name]
+    return dict(conn)
+
+
+def wait_tunnels(daemon: Daemon, *names: str, timeout: float = 20) -> None:
+    wait_until(
+        lambda: all(daemon.sas(n) for n in names), f"CHILD SAs of {', '.join(names)}", timeout
+    )
+
+
+def link_up(ns: Namespace, ifname: str) -> bool:
+    """The interface exists and has carrier (what routing and BIRD look at)."""
+    out = ns.ip("-br", "link", "show", "dev", ifname, check=False).stdout
+    return bool(out) and "LOWER_UP" in out and "NO-CARRIER" not in out
+
+
+def ping_log(ns: Namespace, dest: str, *, count: int, interval: float) -> Process:
+    """Start `ping -D` in ``ns`` (one timestamped line per reply), a lab process."""
+    deadline = int(count * interval) + 20
+    return ns.spawn(
+        ["ping", "-n", "-D", "-i", str(interval), "-c", str(count), "-w", str(deadline), dest],
+        name="ping",
+        stdout_pipe=True,
+    )
+
+
+_REPLY = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
+
+
+def reply_gap(output: str) -> tuple[float, int, int]:
+    """(the longest time between two replies in seconds, replies, last icmp_seq)."""
+    stamps = [(float(m[1]), int(m[2])) for m in map(_REPLY.match, output.splitlines()) if m]
+    assert stamps, output[-2000:]
+    gap = max((b[0] - a[0] for a, b in itertools.pairwise(stamps)), default=0.0)
+    return gap, len(stamps), stamps[-1][1]
+
+
+def _bgp_pair(topo: SiteToSite, *, hold: int = 3) -> tuple[Daemon, Daemon, Bird, Bird]:
+    """One tunnel A-B in route mode, BIRD on both gateways peering over it (IPv4 and
+    IPv6 sessions), Established."""
+    lab = topo.lab
+    b = start_daemon(
+        topo,
+        topo.gw_b,
+        "b",
+        route_config(
+            WAN_B4,
+            "lgtest0",
+            [Tunnel("a", WAN_A4, "lg-a", f"{IN_B1}/30", f"{IN6_B1}/126")],
+            start="wait",
+        ),
+    )
+    a = start_daemon(
+        topo,
+        topo.gw_a,
+        "a",
+        route_config(
+            WAN_A4,
+            "lgtest0",
+            [Tunnel("b", WAN_B4, "lg-b", f"{IN_A1}/30", f"{IN6_A1}/126")],
+            start="initiate",
+        ),
+    )
+    wait_tunnels(a, "b")
+    wait_tunnels(b, "a")
+    sessions_a = [
+        Session("b4", IN_A1, AS_A, IN_B1, AS_B),
+        Session("b6", IN6_A1, AS_A, IN6_B1, AS_B),
+    ]
+    sessions_b = [
+        Session("a4", IN_B1, AS_B, IN_A1, AS_A),
+        Session("a6", IN6_B1, AS_B, IN6_A1, AS_A),
+    ]
+    bird_a = run_bird(
+        topo.gw_a, lab.tmpdir, "bird-a", bird_config(ROUTER_ID_A, ["lan0"], sessions_a, hold=hold)
+    )
+    bird_b = run_bird(
+        topo.gw_b,
+        lab.tmpdir,
+        "bird-b",
+        bird_config(ROUTER_ID_B, ["lan0", "net*"], sessions_b, hold=hold),
+    )
+    bird_a.wait_established("b4", "b6")
+    bird_b.wait_established("a4", "a6")
+    return a, b, bird_a, bird_b
+
+
+@route_mode
+def test_bgp_over_the_tunnel_learns_the_far_lan_and_networks_that_appear_later() -> None:
+    with Lab() as lab:
+        topo = build_site_to_site(lab)
+        # A long hold time: whatever ends the sessions quickly below is the interface.
+        a, b, bird_a, bird_b = _bgp_pair(topo, hold=30)
+        assert connection(a, "b")["mode"] == "route"
+        assert connection(a, "b")["interface"] == "lg-b"
+        for bird, prefix, hop in (
+            (bird_a, SITE_B.subnet4, "lg-b"),
+            (bird_a, SITE_B.subnet6, "lg-b"),
+            (bird_b, SITE_A.subnet4, "lg-a"),
+            (bird_b, SITE_A.subnet6, "lg-a"),
+        ):
+            bird.wait_route(prefix)
+            family = "-6" if ":" in prefix else "-4"
+            route = wait_kernel_route(bird.ns, prefix, family=family)
+            assert f"dev {hop}" in route and "proto bird" in route, route
+        print("A learned:", {p: r[0].via for p, r in bird_a.learned().items()})
+        for host, dest in (
+            (topo.host_a, SITE_B.host4),
+            (topo.host_a, SITE_B.host6),
+            (topo.host_b, SITE_A.host4),
+        ):
+            wait_for_ping(host, dest)
+            ping(host, dest, count=5, interval=0.1)
+
+        # A network appears at B: A's hosts reach it with no lockgate change (the
+        # selectors are 0.0.0.0/0 and ::/0), and withdrawing it removes it at A.
+        add_network(topo.gw_b, "net1", [f"{LATE_ADDR}/25", f"{LATE6_ADDR}/64"])
+        for prefix in (LATE_NET, LATE6_NET):
+            seconds = bird_a.wait_route(prefix)
+            print(f"A learned {prefix} after {seconds:.1f}s")
+        wait_kernel_route(topo.gw_a, LATE_NET)
+        ping(topo.host_a, LATE_ADDR, count=3, interval=0.1)
+        ping(topo.host_a, LATE6_ADDR, count=3, interval=0.1)
+        topo.gw_b.ip("link", "del", "net1")
+        bird_a.wait_route(LATE_NET, present=False)
+        bird_a.wait_route(LATE6_NET, present=False)
+        wait_kernel_route(topo.gw_a, LATE_NET, present=False)
+        assert ping(topo.host_a, LATE_ADDR, count=1, deadline=1, check=False).returncode != 0
+
+        # The tunnel goes down (B's daemon stops and deletes its SAs): lg-b loses its
+        # carrier, and BIRD withdraws at once, well within the 30 s hold time.
+        start = time.monotonic()
+        b.proc.stop()
+        bird_a.wait_route(SITE_B.subnet4, present=False, timeout=5)
+        seconds = time.monotonic() - start
+        print(f"A withdrew {SITE_B.subnet4} {seconds:.2f}s after B's daemon stopped")
+        assert not link_up(topo.gw_a, "lg-b")
+        assert not bird_a.established("b4")
+        wait_kernel_route(topo.gw_a, SITE_B.subnet4, present=False, timeout=2)
+
+
+@route_mode
+def test_active_active_tunnels_fail_over_when_a_gateway_dies() -> None:
+    """A has two route-mode connections, to two lockgate processes on B's side (two
+    addresses of gateway B); BIRD on both sides peers over both tunnels and prefers
+    the first (local preference 200 over 100). B's first lockgate is SIGKILLed under
+    a 100/s ping: the pings move to the second tunnel."""
+    with Lab() as lab:
+        topo = build_site_to_site(lab)
+        topo.gw_b.ip("addr", "add", f"{WAN_B4_SECOND}/24", "dev", "wan0")
+        b1 = start_daemon(
+            topo,
+            topo.gw_b,
+            "b1",
+            route_config(
+                WAN_B4, "lgtest1", [Tunnel("a", WAN_A4, "lg-a1", f"{IN_B1}/30")], start="wait"
+            ),
+        )
+        start_daemon(
+            topo,
+            topo.gw_b,
+            "b2",
+            route_config(
+                WAN_B4_SECOND,
+                "lgtest2",
+                [Tunnel("a", WAN_A4, "lg-a2", f"{IN_B2}/30")],
+                start="wait",
+            ),
+        )
+        a = start_daemon(
+            topo,
+            topo.gw_a,
+            "a",
+            route_config(
+                WAN_A4,
+                "lgtest0",
+                [
+                    Tunnel("b1", WAN_B4, "lg-b1", f"{IN_A1}/30"),
+                    Tunnel("b2", WAN_B4_SECOND, "lg-b2", f"{IN_A2}/30"),
+                ],
+                start="initiate",
+            ),
+        )
+        wait_tunnels(a, "b1", "b2")
+        bird_a = run_bird(
+            topo.gw_a,
+            lab.tmpdir,
+            "bird-a",
+            bird_config(
+                ROUTER_ID_A,
+                ["lan0"],
+                [
+                    Session("b1", IN_A1, AS_A, IN_B1, AS_B, local_pref=200),
+                    Session("b2", IN_A2, AS_A, IN_B2, AS_B, local_pref=100),
+                ],
+            ),
+        )
+        bird_b = run_bird(
+            topo.gw_b,
+            lab.tmpdir,
+            "bird-b",
+            bird_config(
+                ROUTER_ID_B,
+                ["lan0"],
+                [
+                    Session("a1", IN_B1, AS_B, IN_A1, AS_A, local_pref=200),
+                    Session("a2", IN_B2, AS_B, IN_A2, AS_A, local_pref=100),
+                ],
+            ),
+        )
+        bird_a.wait_established("b1", "b2")
+        bird_b.wait_established("a1", "a2")
+        bird_a.wait_route(SITE_B.subnet4)
+        # Both tunnels carry the route; the first is the best.
+        routes = bird_a.learned()[SITE_B.subnet4]
+        assert {r.protocol for r in routes} == {"b1", "b2"}, routes
+        assert routes[0].protocol == "b1" and routes[0].best
+        assert "dev lg-b1" in wait_kernel_route(topo.gw_a, SITE_B.subnet4)
+        wait_for_ping(topo.host_a, SITE_B.host4)
+
+        # 100 pings a second for 15 s; B's first gateway dies 3 s in, without a word.
+        pinger = ping_log(topo.host_a, SITE_B.host4, count=1500, interval=0.01)
+        time.sleep(3)
+        killed = time.monotonic()
+        b1.proc.signal(signal.SIGKILL)
+        wait_until(
+            lambda: "dev lg-b2" in kernel_route(topo.gw_a, SITE_B.subnet4),
+            "A to route into the second tunnel",
+            timeout=10,
+        )
+        moved = time.monotonic() - killed
+        out, _ = pinger.popen.communicate(timeout=40)
+        gap, replies, last_seq = reply_gap(out.decode())
+        down = connection(a, "b1").get("interface_up")
+        print(
+            f"active/active: route moved to lg-b2 {moved:.2f}s after SIGKILL; longest gap "
+            f"between replies {gap:.2f}s; {replies} replies of {last_seq}; "
+            f"lg-b1 up: {down}"
+        )
+        assert gap < 10, f"failover gap {gap:.2f}s"
+        # The pings go on over the second tunnel to the end.
+        assert last_seq >= 1400, out.decode()[-500:]
+        assert not bird_a.established("b1") and bird_a.established("b2")
+        ping(topo.host_a, SITE_B.host4, count=5, interval=0.1)
+        # DPD (2 s) then finds the first peer dead and takes its interface down.
+        wait_until(lambda: not link_up(topo.gw_a, "lg-b1"), "lg-b1 to go down", timeout=15)
