@@ -80,7 +80,7 @@ def bird_config(
 
     ``hold``/``keepalive``: the BGP timers (3 s is BIRD's smallest hold time). The
     tunnel interface going down ends a session at once anyway; the hold time only
-    bounds the case where the carrier stays up but nothing gets through.
+    bounds the case where the interface stays up but nothing gets through.
     """
     interfaces = ", ".join(f'"{name}"' for name in lan_interfaces)
     merge = " merge paths on;" if merge_paths else ""

@@ -87,3 +87,17 @@ def test_examples_use_documentation_addresses_only(lockgate: str, bird: str) -> 
             if net.prefixlen == 0:
                 continue  # the route-based selectors, 0.0.0.0/0 and ::/0
             assert any(net.subnet_of(d) for d in doc if d.version == net.version), (name, word)
+
+
+def test_the_bgp_demo_runs_these_examples_in_its_lab() -> None:
+    from daemon.demo import BGP_EXAMPLES, BIRD_EXAMPLES, check_matches_lab, read_site
+    from daemon.lab.netns import SITE_A, SITE_B
+
+    assert tuple(lockgate for lockgate, _ in SIDES) == BGP_EXAMPLES
+    assert tuple(bird for _, bird in SIDES) == BIRD_EXAMPLES
+    dc = read_site("dc", EXAMPLES / BGP_EXAMPLES[0])
+    cloud = read_site("cloud", EXAMPLES / BGP_EXAMPLES[1])
+    # Route mode has no subnets to read: the LANs are the lab's, which BIRD announces.
+    assert dc.subnets == (SITE_A.subnet4, SITE_A.subnet6)
+    assert cloud.subnets == (SITE_B.subnet4, SITE_B.subnet6)
+    check_matches_lab(dc, cloud)

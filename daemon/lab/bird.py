@@ -1,7 +1,7 @@
 """BIRD 2 in a lab namespace: start it by PID, ask it over its control socket.
 
 lockgate runs no BGP code. Route-based connections give each tunnel an interface
-whose carrier follows the CHILD SA, and a routing daemon (BIRD here, Debian's `bird2`)
+that is up only while its CHILD SA is, and a routing daemon (BIRD here, Debian's `bird2`)
 peers over the tunnels' inside addresses. `lockgate demo --bgp` and the tests run one
 BIRD per gateway namespace with this module:
 
