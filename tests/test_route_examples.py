@@ -4,6 +4,7 @@ the same tunnel, and BIRD accepts its files."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import subprocess
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from conf.load import load_config
+from conf.model import ConnectionConfig
 from testkit.bird import bird_available
 
 EXAMPLES = Path(str(resources.files("conf") / "examples"))
@@ -101,3 +104,21 @@ def test_the_bgp_demo_runs_these_examples_in_its_lab() -> None:
     assert dc.subnets == (SITE_A.subnet4, SITE_A.subnet6)
     assert cloud.subnets == (SITE_B.subnet4, SITE_B.subnet6)
     check_matches_lab(dc, cloud)
+
+
+@pytest.mark.skipif(
+    "mode" not in {f.name for f in dataclasses.fields(ConnectionConfig)},
+    reason="route-based connections are not in this build",
+)
+@pytest.mark.parametrize(("lockgate", "bird"), SIDES)
+def test_route_examples_load(lockgate: str, bird: str) -> None:
+    cfg = load_config(EXAMPLES / lockgate)
+    [conn] = cfg.connections.values()
+    assert conn.mode == "route" and conn.routes == ()  # BGP, not static routes
+    raw = _route_connection(lockgate)
+    assert conn.interface == raw["interface"]
+    assert str(conn.inside_address) == raw["inside_address"]
+    assert str(conn.inside_address6) == raw["inside_address6"]
+    # The selectors default to everything: routing decides what enters the tunnel.
+    assert {str(n) for n in conn.local_subnets} == {"0.0.0.0/0", "::/0"}
+    assert {str(n) for n in conn.remote_subnets} == {"0.0.0.0/0", "::/0"}
