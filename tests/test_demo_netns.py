@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -11,8 +10,6 @@ import sys
 import time
 
 import pytest
-
-from conf.model import ConnectionConfig
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -86,10 +83,6 @@ def test_interrupted_demo_still_cleans_up() -> None:
     assert _demo_namespaces(proc.pid) == set()
 
 
-@pytest.mark.skipif(
-    "mode" not in {f.name for f in dataclasses.fields(ConnectionConfig)},
-    reason="route-based connections are not in this build",
-)
 @pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD is not installed (bird2)")
 def test_demo_bgp_succeeds_and_cleans_up() -> None:
     """`lockgate demo --bgp`: the route-based and BIRD examples, unchanged."""

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from conf.model import ConnectionConfig
 from daemon.lab.netns import WAN_A4, WAN_B4, Process, SiteToSite, add_network
 from testkit.bird import Bird, Session, bird_available, bird_config, run_bird
 from testkit.daemon import PSK, Daemon, start_daemon, wait_until
@@ -108,7 +107,7 @@ def test_bird_helpers_over_a_plain_veth() -> None:
         wait_kernel_route(gw_a, LATE_NET, present=False)
 
         # The link going down ends the session at once (no hold timer): what the
-        # tunnel interface's carrier does for BGP.
+        # tunnel interface going down does for BGP.
         start = time.monotonic()
         gw_a.ip("link", "set", "tun0", "down")
         bird_a.wait_route(SITE_B.subnet4, present=False, timeout=2.5)
@@ -120,11 +119,6 @@ def test_bird_helpers_over_a_plain_veth() -> None:
 
 
 # ---- BGP over lockgate's route-based tunnels ----------------------------------------
-
-route_mode = pytest.mark.skipif(
-    "mode" not in {f.name for f in dataclasses.fields(ConnectionConfig)},
-    reason="route-based connections are not in this build",
-)
 
 WAN_B4_SECOND = "198.51.100.3"
 """Gateway B's second address: the second lockgate process on B's side listens on it."""
@@ -187,7 +181,7 @@ def wait_tunnels(daemon: Daemon, *names: str, timeout: float = 20) -> None:
 
 
 def link_up(ns: Namespace, ifname: str) -> bool:
-    """The interface exists and has carrier (what routing and BIRD look at)."""
+    """The interface exists, is up and has carrier (what routing and BIRD look at)."""
     out = ns.ip("-br", "link", "show", "dev", ifname, check=False).stdout
     return bool(out) and "LOWER_UP" in out and "NO-CARRIER" not in out
 
@@ -263,7 +257,6 @@ def _bgp_pair(topo: SiteToSite, *, hold: int = 3) -> tuple[Daemon, Daemon, Bird,
     return a, b, bird_a, bird_b
 
 
-@route_mode
 def test_bgp_over_the_tunnel_learns_the_far_lan_and_networks_that_appear_later() -> None:
     with Lab() as lab:
         topo = build_site_to_site(lab)
@@ -305,8 +298,8 @@ def test_bgp_over_the_tunnel_learns_the_far_lan_and_networks_that_appear_later()
         wait_kernel_route(topo.gw_a, LATE_NET, present=False)
         assert ping(topo.host_a, LATE_ADDR, count=1, deadline=1, check=False).returncode != 0
 
-        # The tunnel goes down (B's daemon stops and deletes its SAs): lg-b loses its
-        # carrier, and BIRD withdraws at once, well within the 30 s hold time.
+        # The tunnel goes down (B's daemon stops and deletes its SAs): lg-b goes
+        # down, and BIRD withdraws at once, well within the 30 s hold time.
         start = time.monotonic()
         b.proc.stop()
         bird_a.wait_route(SITE_B.subnet4, present=False, timeout=5)
@@ -317,7 +310,6 @@ def test_bgp_over_the_tunnel_learns_the_far_lan_and_networks_that_appear_later()
         wait_kernel_route(topo.gw_a, SITE_B.subnet4, present=False, timeout=2)
 
 
-@route_mode
 def test_active_active_tunnels_fail_over_when_a_gateway_dies() -> None:
     """A has two route-mode connections, to two lockgate processes on B's side (two
     addresses of gateway B); BIRD on both sides peers over both tunnels and prefers

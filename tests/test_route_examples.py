@@ -4,7 +4,6 @@ the same tunnel, and BIRD accepts its files."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 import subprocess
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 
 from conf.load import load_config
-from conf.model import ConnectionConfig
 from testkit.bird import bird_available
 
 EXAMPLES = Path(str(resources.files("conf") / "examples"))
@@ -106,10 +104,6 @@ def test_the_bgp_demo_runs_these_examples_in_its_lab() -> None:
     check_matches_lab(dc, cloud)
 
 
-@pytest.mark.skipif(
-    "mode" not in {f.name for f in dataclasses.fields(ConnectionConfig)},
-    reason="route-based connections are not in this build",
-)
 @pytest.mark.parametrize(("lockgate", "bird"), SIDES)
 def test_route_examples_load(lockgate: str, bird: str) -> None:
     cfg = load_config(EXAMPLES / lockgate)
