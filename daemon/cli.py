@@ -10,7 +10,7 @@
     lockgate [-s SOCKET] disconnect [-c FILE] SERVER USER
     lockgate user add|del|passwd|list SERVER ... [-c FILE]
     lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c FILE]
-    lockgate demo
+    lockgate demo [--bgp]
 
 A client command finds the daemon's control socket with -s, else in the
 configuration named with -c (its `control_socket`), else in $LOCKGATE_SOCKET, else at
@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--file-size", type=int, default=8, metavar="MB", help="size of the file moved (MiB)"
     )
+    demo.add_argument(
+        "--bgp",
+        action="store_true",
+        help="route-based tunnel with BIRD (BGP) on both gateways (needs bird2)",
+    )
     return parser
 
 
@@ -150,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "demo":
         from daemon.demo import run_demo
 
-        return run_demo(timeout=args.timeout, file_mib=args.file_size)
+        return run_demo(timeout=args.timeout, file_mib=args.file_size, bgp=args.bgp)
     from conf import ConfigError
 
     try:

@@ -13,6 +13,14 @@ across it, moves a file across it over TCP and compares SHA-256 hashes, prints
 made (the lab stops processes by PID), also on Ctrl-C, SIGTERM or an error. Every
 step is bounded in time.
 
+`lockgate demo --bgp` runs the route-based examples instead (`route-dc.toml`,
+`route-cloud.toml`: one tunnel interface per side, selectors 0.0.0.0/0 and ::/0, no
+routes of lockgate's own) with BIRD 2 on both gateways (`bird-dc.conf`,
+`bird-cloud.conf`, unchanged; `daemon.lab.bird` runs them): the two sites exchange
+their LANs over BGP across the tunnel. It prints the routes each side learned, pings
+and moves the file over them, adds a network at the cloud that the data centre learns
+and reaches with no lockgate change, then removes it again.
+
 It lives in the installed package (not in tests/) because `make demo` runs it from
 the installed `lockgate` command. Run as a module, it is also the small TCP
 sender/receiver of the file transfer (`python -m daemon.demo serve|send ...`).
@@ -23,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import os
 import shutil
 import signal
@@ -32,13 +41,14 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from daemon.control import ControlClientError, request
+from daemon.lab.bird import Bird, bird_available, start_bird
 from daemon.lab.netns import (
     SITE_A,
     SITE_B,
@@ -50,6 +60,7 @@ from daemon.lab.netns import (
     Process,
     Site,
     SiteToSite,
+    add_network,
     build_site_to_site,
     ping,
     wait_for_ping,
@@ -58,6 +69,13 @@ from daemon.status import format_sa, format_status
 
 EXAMPLES = ("dc.toml", "cloud.toml")
 """The two example configurations the demo runs, in `conf/examples/`."""
+BGP_EXAMPLES = ("route-dc.toml", "route-cloud.toml")
+"""What `--bgp` runs instead: route-based connections ..."""
+BIRD_EXAMPLES = ("bird-dc.conf", "bird-cloud.conf")
+"""... and BIRD 2 on each gateway, peering over the tunnel."""
+LATE_NETWORK = ("net1", ("203.0.113.129/25", "2001:db8:b:1::1/64"))
+"""The network that appears at the cloud during `--bgp` (an interface bird-cloud.conf
+announces: "net*"), and its gateway addresses."""
 TRANSFER_PORT = 5201
 STEP_TIMEOUT = 30.0
 
@@ -90,7 +108,10 @@ class DemoSite:
     wan: tuple[str, ...]
     """The gateway's public addresses (`gateway.addresses`)."""
     subnets: tuple[str, ...]
-    """The site's subnets (`local_subnets` of its connection)."""
+    """The site's subnets (`local_subnets` of its connection; in route mode, the lab
+    site's LAN, which BIRD announces)."""
+    bird: Path | None = None
+    """`--bgp`: the site's BIRD configuration."""
 
     @property
     def lab_site(self) -> Site:
@@ -116,10 +137,16 @@ def read_site(role: str, config: Path) -> DemoSite:
         data: dict[str, Any] = tomllib.load(f)
     wan = tuple(str(a) for a in data.get("gateway", {}).get("addresses", []))
     subnets: list[str] = []
-    for conn in data.get("connections", {}).values():
+    connections = list(data.get("connections", {}).values())
+    for conn in connections:
         for net in conn.get("local_subnets", []):
             if str(net) not in subnets:
                 subnets.append(str(net))
+    if not subnets and connections and all(c.get("mode") == "route" for c in connections):
+        # Route mode: the selectors are 0.0.0.0/0 and ::/0; the site's LAN is what its
+        # BIRD announces from the lab's lan0.
+        lab_site = SITE_A if role == "dc" else SITE_B
+        subnets = [lab_site.subnet4, lab_site.subnet6]
     if not wan or not subnets:
         raise DemoError(f"{config}: needs gateway.addresses and a connection's local_subnets")
     return DemoSite(role, config, wan, tuple(subnets))
@@ -156,6 +183,7 @@ class Demo:
     sockets: dict[str, str] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
     daemons: dict[str, Process] = field(default_factory=dict)
+    birds: dict[str, Bird] = field(default_factory=dict)
 
     def left(self) -> float:
         remaining = self.deadline - time.monotonic()
@@ -296,6 +324,46 @@ class Demo:
         seconds = float(fields[2]) if len(fields) == 3 else 0.0
         return sent, received, seconds
 
+    def start_birds(self) -> None:
+        """BIRD on both gateways, on the example configurations; wait for BGP."""
+        for site in (self.cloud, self.dc):
+            if site.bird is None:
+                raise DemoError(f"no BIRD configuration for the {site.role} gateway")
+            try:
+                self.birds[site.role] = start_bird(
+                    self.gateway(site.role), site.bird, self.lab.tmpdir, f"bird-{site.role}"
+                )
+            except HarnessError as exc:
+                raise DemoError(str(exc)) from None
+
+    def wait_for_bgp(self) -> float:
+        """Wait until every BGP session of both BIRDs is Established; seconds waited."""
+        start = time.monotonic()
+        try:
+            for bird in self.birds.values():
+                sessions = [p.name for p in bird.protocols().values() if p.proto == "BGP"]
+                bird.wait_established(*sessions, timeout=min(self.left(), STEP_TIMEOUT))
+        except HarnessError as exc:
+            raise DemoError(str(exc)) from None
+        return time.monotonic() - start
+
+    def wait_route(self, role: str, prefix: str, *, present: bool = True) -> float:
+        try:
+            return self.birds[role].wait_route(
+                prefix, present=present, timeout=min(self.left(), STEP_TIMEOUT)
+            )
+        except HarnessError as exc:
+            raise DemoError(str(exc)) from None
+
+    def learned(self, role: str) -> list[str]:
+        """What ``role``'s BIRD learned over BGP, one line per prefix."""
+        lines = []
+        for prefix, routes in sorted(self.birds[role].learned().items()):
+            best = routes[0]
+            via = ", ".join(best.via) or "?"
+            lines.append(f"{prefix} via {via} (BGP session {best.protocol})")
+        return lines
+
 
 def check_matches_lab(dc: DemoSite, cloud: DemoSite) -> None:
     """The example configurations must describe the lab's site-to-site topology (site A
@@ -314,7 +382,7 @@ def check_matches_lab(dc: DemoSite, cloud: DemoSite) -> None:
             )
 
 
-def _check_requirements() -> None:
+def _check_requirements(bgp: bool) -> None:
     if os.geteuid() != 0:
         raise DemoError("the demo creates network namespaces: run it as root (make demo)")
     for tool in ("ip", "ping", "sysctl"):
@@ -322,14 +390,21 @@ def _check_requirements() -> None:
             raise DemoError(f"the '{tool}' command is missing (Debian: iproute2, iputils-ping)")
     if not Path("/dev/net/tun").exists():
         raise DemoError("/dev/net/tun is missing: this kernel or container has no TUN")
+    if bgp and not bird_available():
+        raise DemoError("--bgp runs BIRD: install it (Debian: apt-get install bird2)")
 
 
-def run_demo(timeout: float = 120.0, file_mib: int = 8) -> int:
-    """Run the whole demo; 0 if every check passed. Everything it made is removed."""
+def run_demo(timeout: float = 120.0, file_mib: int = 8, bgp: bool = False) -> int:
+    """Run the whole demo (``bgp``: the route-based one with BIRD); 0 if every check
+    passed. Everything it made is removed."""
     try:
-        _check_requirements()
-        dc = read_site("dc", _example(EXAMPLES[0]))
-        cloud = read_site("cloud", _example(EXAMPLES[1]))
+        _check_requirements(bgp)
+        names = BGP_EXAMPLES if bgp else EXAMPLES
+        dc = read_site("dc", _example(names[0]))
+        cloud = read_site("cloud", _example(names[1]))
+        if bgp:
+            dc = replace(dc, bird=_example(BIRD_EXAMPLES[0]))
+            cloud = replace(cloud, bird=_example(BIRD_EXAMPLES[1]))
         check_matches_lab(dc, cloud)
     except DemoError as exc:
         say(f"lockgate demo: {exc}")
@@ -366,30 +441,61 @@ def run_demo(timeout: float = 120.0, file_mib: int = 8) -> int:
 
 def _steps(demo: Demo) -> int:
     dc, cloud = demo.dc, demo.cloud
-    say("lockgate demo: a site-to-site IPsec VPN between network namespaces")
+    bgp = dc.bird is not None
+    step = itertools.count(1)
+    if bgp:
+        say("lockgate demo --bgp: a route-based IPsec tunnel, routes exchanged by BIRD (BGP)")
+    else:
+        say("lockgate demo: a site-to-site IPsec VPN between network namespaces")
     say(f"  data centre: subnets {', '.join(dc.subnets)}, gateway {', '.join(dc.wan)}")
     say(f"  cloud:       subnets {', '.join(cloud.subnets)}, gateway {', '.join(cloud.wan)}")
     say(f"  configurations: {dc.config} and {cloud.config}")
+    if dc.bird is not None and cloud.bird is not None:
+        say(f"  BIRD:           {dc.bird} and {cloud.bird}")
     say()
-    say("1. Building the namespaces (hosts, gateways, WAN link) ...")
+    say(f"{next(step)}. Building the namespaces (hosts, gateways, WAN link) ...")
     demo.build()
-    say("2. Starting `lockgate daemon` on both gateways ...")
+    say(f"{next(step)}. Starting `lockgate daemon` on both gateways ...")
     demo.start_daemons()
     seconds = demo.wait_for_tunnel()
     say(f"   tunnel up after {seconds:.1f}s")
     for role in ("dc", "cloud"):
         for sa in demo.status(role).get("sas", []):
             say(f"   {role}: {format_sa(sa)}")
-    say("3. Pinging across the tunnel ...")
+    if bgp:
+        say(f"{next(step)}. Starting BIRD on both gateways, peering over the tunnel ...")
+        demo.start_birds()
+        seconds = demo.wait_for_bgp()
+        for subnet in cloud.subnets:
+            demo.wait_route("dc", subnet)
+        for subnet in dc.subnets:
+            demo.wait_route("cloud", subnet)
+        say(f"   BGP sessions established after {seconds:.1f}s; routes learned:")
+        for role in ("dc", "cloud"):
+            for line in demo.learned(role):
+                say(f"   {role}: {line}")
+    say(f"{next(step)}. Pinging across the tunnel ...")
     for subnet in cloud.subnets:
         dest = cloud.host_address(subnet)
         if not demo.covered(dest):
             say(f"   (no CHILD SA covers {subnet} yet; see `lockgate status` below)")
             continue
-        out = demo.ping("dc", dest)
-        summary = [line for line in out.splitlines() if "packet loss" in line or "rtt" in line]
-        say(f"   host-dc -> {dest}: " + " / ".join(s.strip() for s in summary))
-    say(f"4. Moving a {demo.file_mib} MiB file from host-dc to host-cloud over TCP ...")
+        _ping_step(demo, dest)
+    if bgp:
+        name, cidrs = LATE_NETWORK
+        nets = [str(ipaddress.ip_interface(c).network) for c in cidrs]
+        say(f"{next(step)}. A new network appears at the cloud ({', '.join(nets)}) ...")
+        add_network(demo.gateway("cloud"), name, cidrs)
+        for net in nets:
+            seconds = demo.wait_route("dc", net)
+            say(f"   dc learned {net} over BGP after {seconds:.2f}s, with no lockgate change")
+        for cidr in cidrs:
+            _ping_step(demo, str(ipaddress.ip_interface(cidr).ip))
+        demo.gateway("cloud").ip("link", "del", name)
+        for net in nets:
+            seconds = demo.wait_route("dc", net, present=False)
+            say(f"   removed again: dc withdrew {net} after {seconds:.2f}s")
+    say(f"{next(step)}. Moving a {demo.file_mib} MiB file from host-dc to host-cloud over TCP ...")
     dest = cloud.host_address(cloud.subnets[0])
     sent, received, seconds = demo.transfer(dest)
     say(f"   sent     sha256 {sent}")
@@ -398,7 +504,7 @@ def _steps(demo: Demo) -> int:
         raise DemoError("the file arrived corrupted or incomplete")
     rate = demo.file_mib * 8 / seconds if seconds > 0 else 0.0
     say(f"   hashes match ({seconds:.2f}s, {rate:.0f} Mbit/s)")
-    say("5. `lockgate status` on both gateways:")
+    say(f"{next(step)}. `lockgate status` on both gateways:")
     for role in ("dc", "cloud"):
         say(f"--- gateway {role} ---")
         for line in format_status(demo.status(role)).splitlines():
@@ -406,6 +512,12 @@ def _steps(demo: Demo) -> int:
     say()
     say("The demo succeeded.")
     return 0
+
+
+def _ping_step(demo: Demo, dest: str) -> None:
+    out = demo.ping("dc", dest)
+    summary = [line for line in out.splitlines() if "packet loss" in line or "rtt" in line]
+    say(f"   host-dc -> {dest}: " + " / ".join(s.strip() for s in summary))
 
 
 # ---- the transfer's two ends (run inside the host namespaces) -----------------------

@@ -460,6 +460,17 @@ def site_to_site(*, nat: bool = False, wan_mtu: int | None = None) -> Iterator[S
         yield build_site_to_site(lab, nat=nat, wan_mtu=wan_mtu)
 
 
+def add_network(ns: Namespace, ifname: str, cidrs: Sequence[str]) -> None:
+    """A new network on a router, as if a LAN were plugged in: a veth pair inside
+    ``ns`` (``ifname`` and ``ifname`` + "p"), ``cidrs`` on ``ifname``, both ends up.
+    Works without the `dummy` module; remove it with `ns.ip("link", "del", ifname)`."""
+    ns.ip("link", "add", ifname, "type", "veth", "peer", "name", f"{ifname}p")
+    for cidr in cidrs:
+        _addr(ns, ifname, cidr)
+    ns.ip("link", "set", f"{ifname}p", "up")
+    ns.ip("link", "set", ifname, "up")
+
+
 # --- traffic checks -------------------------------------------------------------------
 
 
