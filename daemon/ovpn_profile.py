@@ -61,9 +61,9 @@ def render_profile(
         lines.append("explicit-exit-notify 1")
     if not certificate_auth:
         lines.append("auth-user-pass")
-    lines += _inline("ca", _anchor(config, server))
+    lines += _inline("ca", server_anchor(config, server))
     if client_cert is not None and client_key is not None:
-        cert_pem, key_pem = _client_credential(client_cert, client_key)
+        cert_pem, key_pem = client_credential(client_cert, client_key)
         lines += _inline("cert", cert_pem)
         lines += _inline("key", key_pem)
     if server.tls_crypt_key is not None:
@@ -107,7 +107,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _anchor(config: Config, server: RemoteAccessConfig) -> bytes:
+def server_anchor(config: Config, server: RemoteAccessConfig) -> bytes:
     """The self-signed CA certificate at the top of the server certificate's chain."""
     if server.certificate is None:
         raise ProfileError(f"remote_access.{server.name} has no certificate")
@@ -132,7 +132,7 @@ def _anchor(config: Config, server: RemoteAccessConfig) -> bytes:
     )
 
 
-def _client_credential(cert_pem: bytes, key_pem: bytes) -> tuple[bytes, bytes]:
+def client_credential(cert_pem: bytes, key_pem: bytes) -> tuple[bytes, bytes]:
     """The user's certificate (with any intermediates after it) and its key, checked
     to belong together: a mismatch would only show as a TLS failure at connect."""
     try:

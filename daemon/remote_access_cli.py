@@ -6,6 +6,7 @@ the configuration file and a server's users file, without a running daemon.
     lockgate user passwd SERVER NAME [--password-stdin] [-c CONF]
     lockgate user list SERVER [--json] [-c CONF]
     lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c CONF]
+    lockgate profile SERVER --user NAME --format mobileconfig|sswan|windows [-c CONF]
 
 The users file is rewritten atomically with mode 0600 (`conf.users.save_users`); a
 running daemon notices the change by itself. Nothing here prints a password or a hash.
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "/etc/lockgate/lockgate.toml"
 COMMANDS = ("user", "profile")
+PROFILE_FORMATS = ("mobileconfig", "sswan", "windows")
+"""The profile formats of an ikev2 server (`daemon.ikev2_profile.FORMATS`)."""
 
 
 class _Refused(Exception):
@@ -69,9 +72,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("--static-ip", metavar="A", help="an address of the pool, always theirs")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
-    profile = sub.add_parser("profile", help="print an OpenVPN client profile (.ovpn)")
+    profile = sub.add_parser(
+        "profile", help="print a client profile (.ovpn; .mobileconfig, .sswan or a script)"
+    )
     profile.add_argument("server", metavar="SERVER", help="[remote_access.SERVER] name")
-    profile.add_argument("--user", metavar="NAME", help="name the user in the profile")
+    profile.add_argument("--user", metavar="NAME", help="the user the profile is for")
+    profile.add_argument(
+        "--format",
+        choices=("ovpn", *PROFILE_FORMATS),
+        default="ovpn",
+        help="ovpn (an SSL server's, the default); for an ikev2 server: mobileconfig "
+        "(macOS, iOS), sswan (the strongSwan Android app) or windows (a PowerShell script)",
+    )
     profile.add_argument("--cert", metavar="FILE", help="the user's certificate (PEM)")
     profile.add_argument("--key", metavar="FILE", help="the user's private key (PEM)")
     conf_option(profile)
@@ -282,6 +294,19 @@ def _profile(args: argparse.Namespace) -> str:
     from daemon.ovpn_profile import ProfileError, check_client_credential, render_profile
 
     config, server = _server(args)
+    ikev2 = server.protocol == "ikev2"
+    if ikev2 and args.format == "ovpn":
+        raise _Refused(
+            f"remote_access.{server.name} is an ikev2 server: choose --format "
+            f"{'|'.join(PROFILE_FORMATS)} (an .ovpn profile is for SSL servers)"
+        )
+    if not ikev2 and args.format != "ovpn":
+        raise _Refused(
+            f"remote_access.{server.name} is an SSL server: its profile is an .ovpn "
+            f"(drop --format {args.format}; that format is for ikev2 servers)"
+        )
+    if ikev2 and args.user is None:
+        raise _Refused(f"a {args.format} profile is made for one user: give --user NAME")
     if (
         args.user is not None
         and server.users is not None
@@ -290,16 +315,23 @@ def _profile(args: argparse.Namespace) -> str:
         raise _Refused(f"no user {args.user!r} on {server.name}")
     if (args.cert is None) != (args.key is None):
         raise _Refused("--cert and --key go together")
-    try:
-        check_client_credential(server, args.cert is not None)
-    except ProfileError as exc:
-        raise _Refused(str(exc)) from None
+    if not ikev2:
+        try:
+            check_client_credential(server, args.cert is not None)
+        except ProfileError as exc:
+            raise _Refused(str(exc)) from None
     try:
         cert = None if args.cert is None else Path(args.cert).read_bytes()
         key = None if args.key is None else Path(args.key).read_bytes()
     except OSError as exc:
         raise _Refused(f"cannot read {exc.filename}: {exc.strerror}") from None
     try:
+        if ikev2:
+            from daemon.ikev2_profile import render_ikev2_profile
+
+            return render_ikev2_profile(
+                config, server, args.format, user=args.user, client_cert=cert, client_key=key
+            )
         return render_profile(config, server, user=args.user, client_cert=cert, client_key=key)
     except ProfileError as exc:
         raise _Refused(str(exc)) from None
