@@ -47,7 +47,7 @@ def write_config(directory: Path, pki: Pki, server: str = "") -> Path:
     text += f"""
 [remote_access.laptops]
 protocol = "ikev2"
-client_pool = "10.9.0.0/24"
+client_pool = "192.0.2.0/24"
 max_connections = 50
 local_subnets = ["203.0.113.0/24", "198.51.100.128/25"]
 dns = ["203.0.113.53"]
