@@ -158,7 +158,13 @@ def test_every_key_is_read(files: dict[str, str]) -> None:
             "sales": {"destinations": ["203.0.113.128/26", "2001:db8:b::/80"]},
         },
     )
-    server = parse_config(data).remote_access["office"]
+    loaded = parse_config(data)
+    server = loaded.remote_access["office"]
+    # Read, and said not to be served yet rather than silently ignored.
+    assert [str(w) for w in loaded.warnings] == [
+        "remote_access.office.client_pool6: IPv6 client addresses are not handed out "
+        "yet: clients get only an IPv4 address from client_pool"
+    ]
     assert (server.transport, server.port) == ("udp", 1194)
     assert server.ciphers == ("AES-128-GCM", "CHACHA20-POLY1305")
     assert server.client_pool6 == ipaddress.IPv6Network("2001:db8:c::/64")
