@@ -166,6 +166,9 @@ class Case:
     """Overrides of every `SwanChild`'s fields (rekey_time, ...)."""
     swan_charon: tuple[str, ...] = ()
     """Extra lines for charon's strongswan.conf `charon { }` section."""
+    swan_install_routes: bool = True
+    """strongswan.conf `charon.install_routes`: off for a route-based peer, whose
+    routes the test adds (kernel-libipsec installs its own regardless, in table 220)."""
     nat_udp_timeout: int | None = None
     """With `nat`: the router forgets a UDP mapping after this many idle seconds."""
 
@@ -365,7 +368,12 @@ def interop(case: Case) -> Iterator[Interop]:
             a_wan, a_public, b_wan = topo.gw_a_wan6, topo.gw_a_public6, topo.gw_b_wan6
         else:
             a_wan, a_public, b_wan = topo.gw_a_wan4, topo.gw_a_public4, topo.gw_b_wan4
-        charon = Charon(topo.gw_b, "gwB", extra_charon=case.swan_charon)
+        charon = Charon(
+            topo.gw_b,
+            "gwB",
+            extra_charon=case.swan_charon,
+            install_routes=case.swan_install_routes,
+        )
         charon.start()
         swan_auth = case.swan_auth or case.auth
         credentials: dict[str, str] | None = None
