@@ -224,7 +224,8 @@ def describe_proposal(proposal: Proposal) -> str:
     ):
         names = [n for n in names if not n.startswith("prf")]
     esns = proposal.transforms_of(TransformType.ESN)
-    if len(esns) == 1 and esns[0].transform_id == EsnId.NO_ESN:
+    # Only the plain NO_ESN: one with an attribute the peer made up keeps its odd name.
+    if len(esns) == 1 and transform_name(esns[0]) == "noesn":
         names.remove("noesn")
     return "-".join(names)
 

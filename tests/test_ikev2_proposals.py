@@ -17,6 +17,7 @@ from ikev2.constants import (
     NotifyType,
     PrfId,
     ProtocolId,
+    TransformType,
 )
 from ikev2.crypto import child_suite, ike_suite
 from ikev2.errors import InvalidProposal, NoProposalChosen, UnknownAlgorithm
@@ -387,3 +388,13 @@ def test_selection_is_a_common_single_transform_choice(
     assert describe_proposal(select_proposal(ours, _numbered(*ours_t))) == describe_proposal(
         select_proposal(ours[:1], _numbered(ours_t[0]))
     )
+
+
+def test_a_no_esn_with_a_made_up_key_length_is_described_not_crashed_on() -> None:
+    # Found by the fuzz target: a peer's NO_ESN with a Key Length attribute has no
+    # strongSwan name, and describing it raised ValueError from list.remove.
+    odd = Transform.make(TransformType.ESN, EsnId.NO_ESN, 128)
+    proposal = Proposal(1, ProtocolId.ESP, b"", (Transform.make(TransformType.ENCR, 20, 128), odd))
+    assert describe_proposal(proposal) == "aes128gcm16-esn0_128"
+    plain = replace(proposal, transforms=(proposal.transforms[0], Transform.make(5, EsnId.NO_ESN)))
+    assert describe_proposal(plain) == "aes128gcm16"
