@@ -106,6 +106,42 @@ def start_daemon(
     return daemon
 
 
+def pair_configs(topo: SiteToSite, extra_a: str = "", extra_b: str = "") -> tuple[str, str]:
+    """The two gateways' files for one IPv4 connection, with the defaults otherwise: A
+    initiates, B waits; `extra_a` and `extra_b` add keys to each connection."""
+    a = config(
+        me=topo.gw_a_wan4,
+        peer=topo.gw_b_wan4,
+        local=[topo.site_a.subnet4],
+        remote=[topo.site_b.subnet4],
+        start="initiate",
+        extra=extra_a,
+    )
+    b = config(
+        me=topo.gw_b_wan4,
+        peer=topo.gw_a_wan4,
+        local=[topo.site_b.subnet4],
+        remote=[topo.site_a.subnet4],
+        start="wait",
+        extra=extra_b,
+    )
+    return a, b
+
+
+def start_pair(topo: SiteToSite, a_text: str, b_text: str) -> tuple[Daemon, Daemon]:
+    """Start gateway B (the responder) and then A, and wait for their CHILD SA; a
+    tunnel that does not come up fails with both daemons' logs."""
+    b = start_daemon(topo, topo.gw_b, "gwB", b_text)
+    a = start_daemon(topo, topo.gw_a, "gwA", a_text)
+    try:
+        wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA", timeout=20)
+    except AssertionError:
+        raise AssertionError(
+            f"no tunnel:\n--- A ---\n{a.proc.log()[-3000:]}\n--- B ---\n{b.proc.log()[-3000:]}"
+        ) from None
+    return a, b
+
+
 GOOD = """
 [gateway]
 addresses = ["198.51.100.1"]

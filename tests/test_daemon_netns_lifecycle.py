@@ -25,7 +25,7 @@ from conf import loads_config
 from conf.ike import ike_connections
 from daemon.lab.netns import in_namespace
 from ikev2.endpoint import Endpoint
-from testkit.daemon import Daemon, config, start_daemon, wait_until
+from testkit.daemon import pair_configs, start_daemon, start_pair, wait_until
 from testkit.pki import Pki
 
 pytestmark = pytest.mark.netns
@@ -35,39 +35,6 @@ pytestmark = pytest.mark.netns
 def topo() -> Iterator[SiteToSite]:
     with site_to_site() as topology:
         yield topology
-
-
-def _pair(topo: SiteToSite, a_text: str, b_text: str) -> tuple[Daemon, Daemon]:
-    """Start B (the responder) and then A, and wait for their CHILD SA."""
-    b = start_daemon(topo, topo.gw_b, "gwB", b_text)
-    a = start_daemon(topo, topo.gw_a, "gwA", a_text)
-    try:
-        wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA", timeout=20)
-    except AssertionError:
-        raise AssertionError(
-            f"no tunnel:\n--- A ---\n{a.proc.log()[-3000:]}\n--- B ---\n{b.proc.log()[-3000:]}"
-        ) from None
-    return a, b
-
-
-def _psk_configs(topo: SiteToSite, extra_a: str = "", extra_b: str = "") -> tuple[str, str]:
-    a = config(
-        me=topo.gw_a_wan4,
-        peer=topo.gw_b_wan4,
-        local=[topo.site_a.subnet4],
-        remote=[topo.site_b.subnet4],
-        start="initiate",
-        extra=extra_a,
-    )
-    b = config(
-        me=topo.gw_b_wan4,
-        peer=topo.gw_a_wan4,
-        local=[topo.site_b.subnet4],
-        remote=[topo.site_a.subnet4],
-        start="wait",
-        extra=extra_b,
-    )
-    return a, b
 
 
 # --- certificates ----------------------------------------------------------------------
@@ -122,7 +89,7 @@ def test_two_daemons_authenticate_with_ecdsa_certificates(topo: SiteToSite) -> N
     tmp = topo.lab.tmpdir
     a_text = _cert_config(topo, tmp, "a", pki, topo.gw_a_wan4, topo.gw_b_wan4, "initiate")
     b_text = _cert_config(topo, tmp, "b", pki, topo.gw_b_wan4, topo.gw_a_wan4, "wait")
-    a, b = _pair(topo, a_text, b_text)
+    a, b = start_pair(topo, a_text, b_text)
     wait_for_ping(topo.host_a, topo.site_b.host4)
     ping(topo.host_a, topo.site_b.host4)
     [conn_a] = a.status()["connections"]
@@ -155,7 +122,7 @@ def test_certificate_chain_travels_in_ike_fragments(topo: SiteToSite) -> None:
     tmp, small = topo.lab.tmpdir, "fragment_size = 576"
     a_text = _cert_config(topo, tmp, "a", pki, topo.gw_a_wan4, topo.gw_b_wan4, "initiate", small)
     b_text = _cert_config(topo, tmp, "b", pki, topo.gw_b_wan4, topo.gw_a_wan4, "wait", small)
-    a, b = _pair(topo, a_text, b_text)
+    a, b = start_pair(topo, a_text, b_text)
     for daemon in (a, b):
         log = daemon.proc.log()
         assert re.search(r"message ID 1 of \d+ octets sent as \d+ fragments", log), log[-2000:]
@@ -180,7 +147,7 @@ def _leave_half_open(topo: SiteToSite, a_text: str) -> None:
 
 
 def test_responder_demanding_cookies_still_lets_the_tunnel_up(topo: SiteToSite) -> None:
-    a_text, b_text = _psk_configs(topo, extra_a="esn = true", extra_b="esn = true")
+    a_text, b_text = pair_configs(topo, extra_a="esn = true", extra_b="esn = true")
     # cookie_threshold = 0: with any IKE SA half open, an IKE_SA_INIT must first come
     # back with B's COOKIE (RFC 7296 §2.6).
     b_text = b_text.replace('interface = "lgtest0"', 'interface = "lgtest0"\ncookie_threshold = 0')
@@ -200,8 +167,8 @@ def test_responder_demanding_cookies_still_lets_the_tunnel_up(topo: SiteToSite) 
 def test_packet_limit_rekeys_before_the_hard_limit_without_loss(topo: SiteToSite) -> None:
     # life_packets is a hard limit; at 90% of it the daemon rekeys, so at 100 pings a
     # second the new SA carries the traffic before the old one would have to stop.
-    a_text, b_text = _psk_configs(topo, extra_a="life_packets = 500")
-    a, _b = _pair(topo, a_text, b_text)
+    a_text, b_text = pair_configs(topo, extra_a="life_packets = 500")
+    a, _b = start_pair(topo, a_text, b_text)
     wait_for_ping(topo.host_a, topo.site_b.host4)
     [before] = a.sas()
     out = ping(topo.host_a, topo.site_b.host4, count=600, interval=0.01, deadline=30).stdout
@@ -219,7 +186,7 @@ def test_packet_limit_rekeys_before_the_hard_limit_without_loss(topo: SiteToSite
 
 
 def test_rekey_child_and_ike_under_ping_lose_nothing(topo: SiteToSite) -> None:
-    a, b = _pair(topo, *_psk_configs(topo))
+    a, b = start_pair(topo, *pair_configs(topo))
     wait_for_ping(topo.host_a, topo.site_b.host4)
     [child_before] = a.sas()
     [ike_before] = a.status()["connections"][0]["ike_sas"]
@@ -285,9 +252,9 @@ FAST_RETRANSMIT = 'interface = "lgtest0"\nretransmit_timeout = 0.5\nretransmit_t
 
 
 def test_dpd_restart_brings_the_tunnel_back_after_the_peer_restarts(topo: SiteToSite) -> None:
-    a_text, b_text = _psk_configs(topo, extra_a=FAST_DPD)
+    a_text, b_text = pair_configs(topo, extra_a=FAST_DPD)
     a_text = a_text.replace('interface = "lgtest0"', FAST_RETRANSMIT)
-    a, b = _pair(topo, a_text, b_text)
+    a, b = start_pair(topo, a_text, b_text)
     wait_for_ping(topo.host_a, topo.site_b.host4)
     [before] = a.sas()
     # The peer daemon dies without a word (no Delete).
@@ -310,9 +277,9 @@ def test_dpd_restart_brings_the_tunnel_back_after_the_peer_restarts(topo: SiteTo
 
 
 def test_dpd_trap_re_arms_and_traffic_brings_the_tunnel_back(topo: SiteToSite) -> None:
-    a_text, b_text = _psk_configs(topo, extra_a=FAST_DPD.replace('"restart"', '"trap"'))
+    a_text, b_text = pair_configs(topo, extra_a=FAST_DPD.replace('"restart"', '"trap"'))
     a_text = a_text.replace('interface = "lgtest0"', FAST_RETRANSMIT)
-    a, b = _pair(topo, a_text, b_text)
+    a, b = start_pair(topo, a_text, b_text)
     wait_for_ping(topo.host_a, topo.site_b.host4)
     b.proc.signal(signal.SIGKILL)
     b.proc.stop()

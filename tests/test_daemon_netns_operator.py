@@ -16,10 +16,8 @@ import time
 
 import pytest
 from netns import Process, SiteToSite, site_to_site, wait_for_ping
-from test_daemon_netns import wait_until
-from test_daemon_netns_lifecycle import _pair, _psk_configs
 
-from testkit.daemon import Daemon
+from testkit.daemon import Daemon, pair_configs, start_pair, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -46,7 +44,7 @@ def _ping_result(pinger: Process, timeout: float) -> tuple[int, int, str]:
 def test_a_second_daemon_on_the_same_addresses_is_refused_and_the_first_keeps_its_traffic(
 ) -> None:  # fmt: skip
     with site_to_site() as topo:
-        a, _b = _pair(topo, *_psk_configs(topo))
+        a, _b = start_pair(topo, *pair_configs(topo))
         wait_for_ping(topo.host_a, topo.site_b.host4)
         route = topo.gw_a.ip("route", "show", "dev", "lgtest0").stdout
         assert topo.site_b.subnet4 in route
@@ -86,12 +84,12 @@ def test_an_esp_proposals_reload_under_ping_loses_nothing(side: str) -> None:
     # before the old one goes, under the same IKE SA.
     both = 'aes128gcm16", "aes256gcm16'
     with site_to_site() as topo:
-        a_text, b_text = _psk_configs(topo)
+        a_text, b_text = pair_configs(topo)
         if side == "initiator":
             b_text = b_text.replace('"aes128gcm16"', f'"{both}"')
         else:
             a_text = a_text.replace('"aes128gcm16"', f'"{both}"')
-        a, b = _pair(topo, a_text, b_text)
+        a, b = start_pair(topo, a_text, b_text)
         wait_for_ping(topo.host_a, topo.site_b.host4)
         reloader = a if side == "initiator" else b
         [child_before] = reloader.sas()
@@ -135,11 +133,11 @@ def test_connections_added_and_widened_by_reload_under_ping_lose_nothing() -> No
     # connection to /24: a new CHILD SA with the new selectors, then the old one
     # deleted. Neither loses an echo, and the IKE SA stays the same throughout.
     with site_to_site() as topo:
-        a_text, b_text = _psk_configs(topo)
+        a_text, b_text = pair_configs(topo)
         wide, narrow = '["203.0.113.0/24"]', '["203.0.113.0/25"]'
         a_text = a_text.replace(f"remote_subnets = {wide}", f"remote_subnets = {narrow}")
         b_text = b_text.replace(f"local_subnets = {wide}", f"local_subnets = {narrow}")
-        a, b = _pair(topo, a_text, b_text)
+        a, b = start_pair(topo, a_text, b_text)
         wait_for_ping(topo.host_a, topo.site_b.host4)
         [ike_before] = a.status()["connections"][0]["ike_sas"]
         [site_before] = a.sas("site")

@@ -33,7 +33,7 @@ from daemon.lab.netns import Process
 from esp.udpencap import NON_ESP_MARKER
 from ikev2.codec import Message, Notify, encode_message
 from ikev2.constants import ExchangeType, NotifyType, ProtocolId
-from testkit.daemon import Daemon, config, start_daemon, wait_until
+from testkit.daemon import Daemon, pair_configs, start_daemon, start_pair, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -48,34 +48,8 @@ def topo() -> Iterator[SiteToSite]:
         yield topology
 
 
-def _configs(topo: SiteToSite) -> tuple[str, str]:
-    """Defaults throughout: A initiates, B waits; no DPD or retransmission settings."""
-    a = config(
-        me=topo.gw_a_wan4,
-        peer=topo.gw_b_wan4,
-        local=[topo.site_a.subnet4],
-        remote=[topo.site_b.subnet4],
-        start="initiate",
-    )
-    b = config(
-        me=topo.gw_b_wan4,
-        peer=topo.gw_a_wan4,
-        local=[topo.site_b.subnet4],
-        remote=[topo.site_a.subnet4],
-        start="wait",
-    )
-    return a, b
-
-
 def _pair(topo: SiteToSite, a_text: str, b_text: str) -> tuple[Daemon, Daemon]:
-    b = start_daemon(topo, topo.gw_b, "gwB", b_text)
-    a = start_daemon(topo, topo.gw_a, "gwA", a_text)
-    try:
-        wait_until(lambda: bool(a.sas()) and bool(b.sas()), "the CHILD SA", timeout=20)
-    except AssertionError:
-        raise AssertionError(
-            f"no tunnel:\n--- A ---\n{a.proc.log()[-3000:]}\n--- B ---\n{b.proc.log()[-3000:]}"
-        ) from None
+    a, b = start_pair(topo, a_text, b_text)
     wait_for_ping(topo.host_a, topo.site_b.host4)
     return a, b
 
@@ -105,7 +79,7 @@ def _replies(pinger: Process, seconds: float) -> tuple[list[tuple[float, int]], 
 def _kill_and_restart(topo: SiteToSite, side: str) -> tuple[float, Daemon, Daemon, str]:
     """Kill `side` ("a" initiates, "b" waits) under ping -i 0.1, start it again 1 s
     later with the same configuration; seconds from the restart to the first answer."""
-    a_text, b_text = _configs(topo)
+    a_text, b_text = pair_configs(topo)
     a, b = _pair(topo, a_text, b_text)
     seconds = 22.0
     pinger = _pinger(topo, seconds, f"ping-restart-{side}")
@@ -195,7 +169,7 @@ def _forgeries(target: Daemon) -> list[bytes]:
 
 
 def test_spoofed_invalid_spi_and_invalid_ike_spi_flood_deletes_nothing(topo: SiteToSite) -> None:
-    a, b = _pair(topo, *_configs(topo))
+    a, b = _pair(topo, *pair_configs(topo))
     before = {name: (d.sas()[0]["spi_in"], d.status()["connections"][0]["ike_sas"][0]["spi_i"])
               for name, d in (("a", a), ("b", b))}  # fmt: skip
     mac_a, mac_b = mac_of(topo.gw_a.name, "wan0"), mac_of(topo.gw_b.name, "wan0")
