@@ -380,7 +380,7 @@ def test_active_active_tunnels_fail_over_when_a_gateway_dies() -> None:
         )
         bird_a.wait_established("b1", "b2")
         bird_b.wait_established("a1", "a2")
-        bird_a.wait_route(SITE_B.subnet4)
+        bird_a.wait_route(SITE_B.subnet4, via=("b1", "b2"))
         # Both tunnels carry the route; the first is the best.
         routes = bird_a.learned()[SITE_B.subnet4]
         assert {r.protocol for r in routes} == {"b1", "b2"}, routes

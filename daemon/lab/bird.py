@@ -170,12 +170,24 @@ class Bird:
         }
 
     def wait_route(
-        self, prefix: str, *, present: bool = True, timeout: float = BIRD_TIMEOUT
+        self,
+        prefix: str,
+        *,
+        present: bool = True,
+        via: tuple[str, ...] = (),
+        timeout: float = BIRD_TIMEOUT,
     ) -> float:
-        """Wait until BIRD has (or no longer has) a route for ``prefix``; seconds waited."""
+        """Wait until BIRD has (or no longer has) a route for ``prefix``; seconds waited.
+
+        With ``via``, wait until every named protocol has brought its route for
+        ``prefix``: BGP sessions come up one by one, and the first route to arrive
+        is not yet the full table.
+        """
         start = time.monotonic()
         while True:
-            if (prefix in {r.prefix for r in self.routes()}) == present:
+            routes = [r for r in self.routes() if r.prefix == prefix]
+            have = bool(routes) and set(via) <= {r.protocol for r in routes}
+            if have == present:
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:
                 what = "learn" if present else "withdraw"
