@@ -124,6 +124,9 @@ class CaseResult:
     server_clients_after: int = 0
     """Clients the server itself counts after the ramp (its status or IKE SAs)."""
     cpu_seconds: float = 0.0
+    """The server's CPU time (user + system) from the first load to the last CHILD SA."""
+    loaded_seconds: float | None = None
+    """From the first load until every client charon's `swanctl --load-all` returned."""
     ping_sent: int = 0
     ping_received: int = 0
     rtt_avg_ms: float | None = None
@@ -143,6 +146,12 @@ class CaseResult:
         if not self.server_clients_after:
             return None
         return (self.rss_after_kib - self.rss_before_kib) / self.server_clients_after
+
+    @property
+    def cpu_ms_per_setup(self) -> float | None:
+        """The server's CPU per client of the ramp: unlike the rate, it does not depend
+        on what else the machine runs."""
+        return 1000.0 * self.cpu_seconds / self.up if self.up else None
 
     @property
     def loss_percent(self) -> float | None:
@@ -252,6 +261,12 @@ class UpCounter:
         self._stop.set()
         self._thread.join(timeout=5)
         self.vici.close()
+
+
+def _load_all(charon: Charon) -> float:
+    """`swanctl --load-all` (which initiates every connection); when it returned."""
+    charon.swanctl("--load-all", timeout=120)
+    return time.monotonic()
 
 
 # --- the servers ---------------------------------------------------------------------------
@@ -419,7 +434,7 @@ def run_case(
         cpu_before = cpu_seconds(pid)
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max(1, len(bulk))) as pool:
-            loads = [pool.submit(c.swanctl, "--load-all", timeout=120) for c in bulk]
+            loads = [pool.submit(_load_all, c) for c in bulk]
             deadline = t0 + timeout
             last_report = t0
             while time.monotonic() < deadline:
@@ -430,8 +445,7 @@ def run_case(
                     last_report = time.monotonic()
                     say(f"    {last_report - t0:5.1f} s: {up} up")
                 time.sleep(0.2)
-            for load in loads:
-                load.result()
+            result.loaded_seconds = max(load.result() for load in loads) - t0
         result.cpu_seconds = cpu_seconds(pid) - cpu_before
         times = sorted(t for c in counters for t in c.times)
         result.up = len(times)
@@ -502,7 +516,9 @@ ROWS: list[tuple[str, Callable[[CaseResult], float | None], str]] = [
     ("clients the server holds after the ramp", lambda r: r.server_clients_after, "{:.0f}"),
     ("server memory per client (KiB)", lambda r: r.kib_per_client, "{:.0f}"),
     ("server VmRSS after the ramp (MiB)", lambda r: r.rss_after_kib / 1024, "{:.1f}"),
-    ("server CPU during the ramp (s)", lambda r: r.cpu_seconds, "{:.1f}"),
+    ("server CPU during the ramp (s)", lambda r: r.cpu_seconds, "{:.2f}"),
+    ("server CPU per setup (ms)", lambda r: r.cpu_ms_per_setup, "{:.1f}"),
+    ("clients' swanctl --load-all done after (s)", lambda r: r.loaded_seconds, "{:.2f}"),
     ("first client's ping loss in the ramp (%)", lambda r: r.loss_percent, "{:.1f}"),
     ("first client's ping RTT avg in the ramp (ms)", lambda r: r.rtt_avg_ms, "{:.1f}"),
     ("first client's ping RTT max in the ramp (ms)", lambda r: r.rtt_max_ms, "{:.1f}"),
@@ -520,7 +536,7 @@ def report(results: Sequence[CaseResult], who: Sequence[str]) -> str:
     if "lockgate" in by and "charon" in by:
         lines.append("")
         lines.append("lockgate / charon (medians):")
-        for label, get, _fmt in ROWS[:2] + ROWS[4:5] + ROWS[6:7] + ROWS[8:9]:
+        for label, get, _fmt in [ROWS[i] for i in (0, 4, 7, 10, 11)]:
             ours = _median([get(r) for r in by["lockgate"]])
             theirs = _median([get(r) for r in by["charon"]])
             ratio = f"{ours / theirs:.2f}" if ours is not None and theirs else "-"
@@ -611,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(report(results, args.who_list))
         if args.json is not None:
             data = [{**asdict(r), "rate": r.rate, "kib_per_client": r.kib_per_client,
-                     "loss_percent": r.loss_percent} for r in results]  # fmt: skip
+                     "cpu_ms_per_setup": r.cpu_ms_per_setup, "loss_percent": r.loss_percent}
+                    for r in results]  # fmt: skip
             args.json.write_text(json.dumps(data, indent=1))
         if any(r.error for r in results):
             status = status or 1
