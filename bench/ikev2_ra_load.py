@@ -129,6 +129,8 @@ class CaseResult:
     """From the first load until every client charon's `swanctl --load-all` returned."""
     ping_sent: int = 0
     ping_received: int = 0
+    idle_rtt_avg_ms: float | None = None
+    """The first client's ping before the ramp, for comparison."""
     rtt_avg_ms: float | None = None
     rtt_max_ms: float | None = None
     first_ok_after: bool = False
@@ -414,7 +416,8 @@ def run_case(
         started.append(first)
         first.swanctl("--load-all")
         first.initiate(user_name(0), user_name(0), timeout=30)
-        ping(topo.clients[0], CLOUD, count=3, interval=0.2, deadline=10)
+        idle = ping(topo.clients[0], CLOUD, count=10, interval=0.1, deadline=10)
+        result.idle_rtt_avg_ms = ping_summary(idle.stdout)[2]
         shares = [list(range(1 + k, count, charons)) for k in range(charons)]
         bulk = [
             start_client_charon(topo, 1 + k, f"bulk{k}-{tag}", [user_name(i) for i in share],
@@ -519,6 +522,7 @@ ROWS: list[tuple[str, Callable[[CaseResult], float | None], str]] = [
     ("server CPU during the ramp (s)", lambda r: r.cpu_seconds, "{:.2f}"),
     ("server CPU per setup (ms)", lambda r: r.cpu_ms_per_setup, "{:.1f}"),
     ("clients' swanctl --load-all done after (s)", lambda r: r.loaded_seconds, "{:.2f}"),
+    ("first client's ping RTT avg before (ms)", lambda r: r.idle_rtt_avg_ms, "{:.1f}"),
     ("first client's ping loss in the ramp (%)", lambda r: r.loss_percent, "{:.1f}"),
     ("first client's ping RTT avg in the ramp (ms)", lambda r: r.rtt_avg_ms, "{:.1f}"),
     ("first client's ping RTT max in the ramp (ms)", lambda r: r.rtt_max_ms, "{:.1f}"),
@@ -536,7 +540,7 @@ def report(results: Sequence[CaseResult], who: Sequence[str]) -> str:
     if "lockgate" in by and "charon" in by:
         lines.append("")
         lines.append("lockgate / charon (medians):")
-        for label, get, _fmt in [ROWS[i] for i in (0, 4, 7, 10, 11)]:
+        for label, get, _fmt in [ROWS[i] for i in (0, 4, 7, 11, 12)]:
             ours = _median([get(r) for r in by["lockgate"]])
             theirs = _median([get(r) for r in by["charon"]])
             ratio = f"{ours / theirs:.2f}" if ours is not None and theirs else "-"
