@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set everything up and run the site-to-site demo in network namespaces
 #   make test   set everything up and run the whole test suite (unit, namespace, interop)
-.PHONY: setup demo test test-fast lint bench bench-throughput bench-p2c bench-p2c-load fuzz
+.PHONY: setup demo test test-fast lint bench bench-throughput bench-p2c bench-p2c-load bench-ra-load fuzz
 
 setup:
 	@scripts/setup
@@ -35,6 +35,9 @@ bench-p2c: setup
 # 500 concurrent clients (20 stock openvpn, the rest generated) against one lockgate.
 bench-p2c-load: setup
 	.venv/bin/python -m bench.p2c_load
+
+bench-ra-load: setup
+	.venv/bin/python -m bench.ikev2_ra_load
 
 # The dedicated fuzz run: 100,000 seeded cases across every IKEv2/ESP entry point.
 fuzz: setup

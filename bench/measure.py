@@ -105,6 +105,11 @@ def cpu_meter(pids: Mapping[str, int], into: dict[str, float]) -> Iterator[None]
             into[role] = round(100.0 * used / seconds, 1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of `pid`'s process tree so far, in seconds."""
+    return cpu_ticks(pid) / _CLK_TCK
+
+
 def resident_kib(pid: int) -> int:
     """VmRSS of `pid` in KiB (0 if it is gone)."""
     with contextlib.suppress(OSError):
@@ -197,6 +202,16 @@ def idle_ping(ns: Namespace, dest: str, *, count: int = 20, interval: float = 0.
         raise MeasureError(f"ping {dest}: no replies\n{proc.stdout}{proc.stderr}".strip())
     low, avg, high = (float(rtt.group(i)) for i in (1, 2, 3))
     return PingResult(avg, low, high, int(counts.group(2)), int(counts.group(1)))
+
+
+def ping_summary(text: str) -> tuple[int, int, float | None, float | None]:
+    """From `ping -q`'s summary: sent, received, and the average and largest round
+    trip in ms (None without replies)."""
+    rtt, counts = _RTT.search(text), _COUNTS.search(text)
+    sent, received = (int(counts.group(1)), int(counts.group(2))) if counts else (0, 0)
+    if rtt is None:
+        return sent, received, None, None
+    return sent, received, float(rtt.group(2)), float(rtt.group(3))
 
 
 def reassembly_requests(ns: Namespace) -> int:

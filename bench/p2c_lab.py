@@ -21,7 +21,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -136,8 +136,35 @@ class SslServer:
     max_connections: int = 250
     ciphers: tuple[str, ...] = ("AES-128-GCM", "AES-256-GCM")
 
+    def section(self) -> list[str]:
+        return [
+            'protocol = "ssl"',
+            f"transport = {json.dumps(self.transport)}",
+            f"port = {self.port}",
+            f"ciphers = {json.dumps(list(self.ciphers))}",
+        ]
 
-def lockgate_toml(topo: P2cTopology, servers: list[SslServer], socket: Path) -> str:
+
+@dataclass(frozen=True)
+class Ikev2Server:
+    """An ikev2 `[remote_access.NAME]` section: EAP-MSCHAPv2 against the users file,
+    the gateway's certificate, the default proposals."""
+
+    name: str
+    pool: str
+    max_connections: int = 250
+
+    def section(self) -> list[str]:
+        return ['protocol = "ikev2"', 'auth = "password"', f"address = {json.dumps(SERVER_NAME)}"]
+
+
+def lockgate_toml(
+    topo: P2cTopology,
+    servers: Sequence[SslServer | Ikev2Server],
+    socket: Path,
+    gateway_extra: Sequence[str] = (),
+) -> str:
+    """The gateway's TOML; `gateway_extra` are more `[gateway]` lines."""
     cert, key = topo.tmp / "server.pem", topo.tmp / "server.key"
     lines = [
         "[gateway]",
@@ -149,15 +176,13 @@ def lockgate_toml(topo: P2cTopology, servers: list[SslServer], socket: Path) -> 
         f"private_key = {json.dumps(str(key))}",
         f"ca = [{json.dumps(str(topo.tmp / 'ca.pem'))}]",
         'log_level = "warning"',
+        *gateway_extra,
     ]
     for s in servers:
         lines += [
             "",
             f"[remote_access.{s.name}]",
-            'protocol = "ssl"',
-            f"transport = {json.dumps(s.transport)}",
-            f"port = {s.port}",
-            f"ciphers = {json.dumps(list(s.ciphers))}",
+            *s.section(),
             f"client_pool = {json.dumps(s.pool)}",
             f"local_subnets = [{json.dumps(CLOUD_NET)}]",
             f"users = {json.dumps(str(topo.tmp / f'{s.name}.users'))}",
@@ -175,13 +200,20 @@ def lockgate_cli(topo: P2cTopology, *args: str, stdin: str | None = None) -> str
 
 
 class LockgateGateway:
-    """`lockgate daemon` with the benchmark's SSL servers, users and profiles."""
+    """`lockgate daemon` with the benchmark's servers, users and profiles."""
 
-    def __init__(self, topo: P2cTopology, servers: list[SslServer], tag: str) -> None:
+    def __init__(
+        self,
+        topo: P2cTopology,
+        servers: Sequence[SslServer | Ikev2Server],
+        tag: str,
+        gateway_extra: Sequence[str] = (),
+    ) -> None:
         self.topo = topo
         self.servers = {s.name: s for s in servers}
         socket = topo.tmp / f"{tag}.sock"
-        self.daemon = Lockgate(topo.gateway, tag, lockgate_toml(topo, servers, socket), socket)
+        toml = lockgate_toml(topo, servers, socket, gateway_extra)
+        self.daemon = Lockgate(topo.gateway, tag, toml, socket)
         self.conf = self.daemon.config
 
     def add_user(self, server: str, user: str, password: str = PASSWORD) -> None:
