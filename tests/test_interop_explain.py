@@ -88,6 +88,14 @@ def test_explain_a_peer_that_deleted_the_sa() -> None:
         assert "deleted the IKE SA" in text
 
 
+def test_explain_a_peer_that_deleted_the_child_sa() -> None:
+    with interop(Case()) as world:
+        world.bring_up()
+        assert world.charon.terminate(child="net4")
+        text = explained(world, "peer_deleted")
+        assert "peer swan deleted CHILD SA #" in text
+
+
 def test_explain_no_answer() -> None:
     case = Case(lockgate_gateway={"retransmit_timeout": '"1s"', "retransmit_tries": "1"})
     with interop(case) as world:
