@@ -1,7 +1,7 @@
 """Throughput benchmark: lockgate against strongSwan on one namespace topology, one run.
 
     python -m bench.throughput [--repeat 3] [--duration 3] [--json FILE] [--png FILE]
-                               [--control-plane] [--sa-counts 100,1000]
+                               [--control-plane] [--sa-counts 100,1000] [--scrape]
 
 It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
 one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
@@ -13,7 +13,9 @@ streams, UDP with 1400-octet datagrams (the delivered rate and the loss, not the
 offered rate), the idle ping round trip (and what the tunnel adds to it), and the
 CPU each daemon used (utime+stime from /proc over each iperf3 run). Every
 measurement is repeated `--repeat` times; the table shows medians and the ratios
-lockgate/strongSwan. `--control-plane` adds IKE SA + CHILD SA setup rates and the
+lockgate/strongSwan. `--scrape` measures lockgate ↔ lockgate without and with a
+scrape of /metrics every second on both gateways, and prints the ratios.
+`--control-plane` adds IKE SA + CHILD SA setup rates and the
 responder's memory per SA (`bench.setup_rate`).
 
 A row whose tunnel or tool fails prints the error and the run goes on. Everything is
@@ -56,6 +58,9 @@ SUITES = ("aes128gcm16", "chacha20poly1305")
 TESTS = ("tcp1", "tcp4", "udp")
 TEST_LABELS = {"tcp1": "TCP x1", "tcp4": "TCP x4", "udp": "UDP 1400"}
 BASELINE = "swan-swan"
+SCRAPE_CASES = ("lockgate-lockgate", "lockgate-lockgate-scraped")
+"""`--scrape`: the same tunnel without and with a scrape of /metrics every second."""
+DEFAULT_CASES = tuple(c for c in CASES if c != SCRAPE_CASES[1])
 
 
 def say(text: str = "") -> None:
@@ -241,21 +246,44 @@ def table(rows: Sequence[Row]) -> str:
             f"{cpu if row.case != 'none' else '-':>19}"
             f" {_fmt(row.outer_fragments, ',d') if row.case != 'none' else '-':>11}"
         )
-    lines += ["", "Ratios against strongSwan ↔ strongSwan (same suite; >1 means lockgate is ahead)"]
-    lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
     by_key = {(r.case, r.suite): r for r in rows if not r.error}
+    against: list[str] = []
     for case in (c for c in CASES if c not in {"none", BASELINE}):
         for suite in SUITES:
             ours, base = by_key.get((case, suite)), by_key.get((BASELINE, suite))
             if ours is None or base is None:
                 continue
             ratios = [_ratio(ours.mbps(t), base.mbps(t)) for t in TESTS]
-            lines.append(f"{ours.label:<24} {suite:<17} " + " ".join(f"{r:>8}" for r in ratios))
+            against.append(f"{ours.label:<24} {suite:<17} " + " ".join(f"{r:>8}" for r in ratios))
+    if against:
+        lines += [
+            "",
+            "Ratios against strongSwan ↔ strongSwan (same suite; >1 means lockgate is ahead)",
+        ]
+        lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
+        lines += against
+    lines += scrape_ratios(by_key)
     failed = [(r, t, e) for r in rows for t, errs in r.test_errors.items() for e in errs]
     if failed:
         lines += ["", "Failed repetitions:"]
         lines += [f"  {r.label} [{r.suite}] {t}: {e.splitlines()[0]}" for r, t, e in failed]
     return "\n".join(lines)
+
+
+def scrape_ratios(by_key: dict[tuple[str, str], Row]) -> list[str]:
+    """Lines comparing the scraped tunnel with the same one unscraped (`--scrape`)."""
+    plain_case, scraped_case = SCRAPE_CASES
+    lines: list[str] = []
+    for suite in SUITES:
+        plain, scraped = by_key.get((plain_case, suite)), by_key.get((scraped_case, suite))
+        if plain is None or scraped is None:
+            continue
+        if not lines:
+            lines += ["", "Scraped every second against not (same tunnel; 1.00x: no cost)"]
+            lines.append(f"{'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
+        ratios = [_ratio(scraped.mbps(t), plain.mbps(t)) for t in TESTS]
+        lines.append(f"{suite:<17} " + " ".join(f"{r:>8}" for r in ratios))
+    return lines
 
 
 def to_json(rows: Sequence[Row], opts: Options, extra: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +372,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per iperf3 run (3)")
     parser.add_argument("--udp-rate", default="1G", help="iperf3 -b offered UDP rate (1G)")
     parser.add_argument("--suites", default=",".join(SUITES), help="ESP suites, comma-separated")
-    parser.add_argument("--cases", default=",".join(CASES), help="paths, comma-separated")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="paths, comma-separated")
+    parser.add_argument(
+        "--scrape",
+        action="store_true",
+        help="lockgate ↔ lockgate with /metrics scraped every second against without "
+        "(the only cases run, unless --cases names others)",
+    )
     parser.add_argument("--ping-count", type=int, default=20, help="pings per repetition (20)")
     parser.add_argument("--json", type=Path, help="write every sample and median as JSON")
     parser.add_argument("--png", type=Path, help="draw the comparison (needs matplotlib)")
@@ -353,6 +387,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--sa-counts", default="100,1000", help="SAs initiated at once (100,1000)")
     args = parser.parse_args(argv)
     cases = tuple(c for c in args.cases.split(",") if c)
+    if args.scrape:
+        named = "--cases" in argv or any(a.startswith("--cases=") for a in argv)
+        cases = (*(cases if named else ()), *SCRAPE_CASES)
+        cases = tuple(dict.fromkeys(cases))
     unknown = [c for c in cases if c not in CASES]
     if unknown or args.repeat < 1 or args.duration <= 0:
         parser.error(f"cases are {', '.join(CASES)}; --repeat >= 1; --duration > 0")

@@ -10,6 +10,8 @@
   path with UDP GSO and GRO, and the one strongSwan's kernel-libipsec always takes.
 - `LockgatePairRaw`: the same with `encap = "nat"`: raw ESP (IP protocol 50), what
   lockgate sends to a peer that is not a lockgate when no NAT is in the way.
+- `LockgatePairScraped`: `LockgatePair` with /metrics scraped every second on both
+  gateways (only with `bench.throughput --scrape`).
 
 Each is started on the shared topology, measured, and stopped (by PID) before the next
 one starts, so they never share a port or a route. `start` returns once a ping
@@ -31,6 +33,7 @@ from daemon.lab.netns import HarnessError, Namespace, Process, SiteToSite, wait_
 from testkit.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
 
 PSK = "lockgate-bench-psk-NOT-SECRET-0123456789"
+METRICS_LISTEN = "127.0.0.1:9273"
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 LOCKGATE_IFACE = "lgbench0"
 ESTABLISH_TIMEOUT = 30.0
@@ -161,10 +164,18 @@ class SwanPair(Tunnel):
 
 
 def lockgate_config(
-    topo: SiteToSite, side: str, suite: str, *, socket: Path, start: str, encap: str = "auto"
+    topo: SiteToSite,
+    side: str,
+    suite: str,
+    *,
+    socket: Path,
+    start: str,
+    encap: str = "auto",
+    metrics: bool = False,
 ) -> str:
     """`lockgate daemon`'s TOML for gateway `side` ("A" or "B") of the topology;
-    ``encap`` is the connection's `encap` key ("auto", "force" or "nat")."""
+    ``encap`` is the connection's `encap` key ("auto", "force" or "nat"); with
+    ``metrics``, /metrics is served at `METRICS_LISTEN` in the gateway's namespace."""
     a, b = topo.gw_a_public4, topo.gw_b_wan4
     me, peer = (topo.gw_a_wan4, b) if side == "A" else (b, a)
     my_id, peer_id = (a, b) if side == "A" else (b, a)
@@ -193,6 +204,7 @@ def lockgate_config(
             f"start = {json.dumps(start)}",
             f"encap = {json.dumps(encap)}",
             "",
+            *(["[metrics]", f"listen = {json.dumps(METRICS_LISTEN)}", ""] if metrics else []),
         ]
     )
 
@@ -263,12 +275,20 @@ class Lockgate:
 
 
 def _start_lockgate(
-    topo: SiteToSite, side: str, suite: str, start: str, encap: str = "auto"
+    topo: SiteToSite,
+    side: str,
+    suite: str,
+    start: str,
+    encap: str = "auto",
+    *,
+    metrics: bool = False,
 ) -> Lockgate:
     ns = topo.gw_a if side == "A" else topo.gw_b
-    name = f"lockgate-{side}-{suite}-{encap}"
+    name = f"lockgate-{side}-{suite}-{encap}{'-metrics' if metrics else ''}"
     socket = topo.lab.tmpdir / f"{name}.sock"
-    config = lockgate_config(topo, side, suite, socket=socket, start=start, encap=encap)
+    config = lockgate_config(
+        topo, side, suite, socket=socket, start=start, encap=encap, metrics=metrics
+    )
     daemon = Lockgate(ns, name, config, socket)
     daemon.start()
     return daemon
@@ -329,6 +349,8 @@ class LockgatePair(Tunnel):
     encap = "auto"
     """The connection's `encap` key: "auto", the default, gives ESP in UDP between two
     lockgates."""
+    metrics = False
+    """Serve /metrics (`[metrics]`) on both gateways."""
 
     def __init__(self, topo: SiteToSite, suite: str | None) -> None:
         super().__init__(topo, suite)
@@ -337,8 +359,12 @@ class LockgatePair(Tunnel):
 
     def start(self) -> None:
         suite = self.suite or "aes128gcm16"
-        self.daemon["B"] = _start_lockgate(self.topo, "B", suite, "wait", self.encap)
-        self.daemon["A"] = _start_lockgate(self.topo, "A", suite, "initiate", self.encap)
+        self.daemon["B"] = _start_lockgate(
+            self.topo, "B", suite, "wait", self.encap, metrics=self.metrics
+        )
+        self.daemon["A"] = _start_lockgate(
+            self.topo, "A", suite, "initiate", self.encap, metrics=self.metrics
+        )
         sa = self.daemon["A"].wait_for_sa()
         self.daemon["B"].wait_for_sa()
         self._framing = str(sa.get("encap", ""))
@@ -369,11 +395,53 @@ class LockgatePairRaw(LockgatePair):
     encap = "nat"
 
 
+SCRAPER = """
+import sys, time, urllib.request
+url, every = sys.argv[1], float(sys.argv[2])
+while True:
+    started = time.monotonic()
+    try:
+        urllib.request.urlopen(url, timeout=5).read()
+    except OSError as exc:
+        print("scrape failed:", exc, flush=True)
+    time.sleep(max(0.0, every - (time.monotonic() - started)))
+"""
+"""A Prometheus stand-in: GET the URL every `every` seconds until stopped."""
+
+
+class LockgatePairScraped(LockgatePair):
+    """`LockgatePair` with /metrics served on both gateways and fetched every second
+    on each while it is measured, as Prometheus would: what scraping costs the data
+    plane (`python -m bench.throughput --scrape`)."""
+
+    label = "lockgate ↔ lockgate scraped"
+    metrics = True
+
+    def __init__(self, topo: SiteToSite, suite: str | None) -> None:
+        super().__init__(topo, suite)
+        self.scrapers: list[Process] = []
+
+    def start(self) -> None:
+        super().start()
+        url = f"http://{METRICS_LISTEN}/metrics"
+        for side, ns in (("A", self.topo.gw_a), ("B", self.topo.gw_b)):
+            args = [sys.executable, "-c", SCRAPER, url, "1"]
+            log_path = ns.lab.tmpdir / f"scraper-{side}.log"
+            self.scrapers.append(ns.spawn(args, name=f"scraper-{side}", log_path=log_path))
+
+    def stop(self) -> None:
+        for scraper in self.scrapers:
+            scraper.stop(timeout=5)
+        self.scrapers = []
+        super().stop()
+
+
 CASES: dict[str, type[Tunnel]] = {
     "none": NoTunnel,
     "swan-swan": SwanPair,
     "lockgate-swan": LockgateSwan,
     "lockgate-lockgate": LockgatePair,
     "lockgate-lockgate-raw": LockgatePairRaw,
+    "lockgate-lockgate-scraped": LockgatePairScraped,
 }
 """The benchmark's cases, in the order it runs them."""

@@ -48,6 +48,7 @@ from conf.model import (
     GroupConfig,
     IpAddress,
     IpNetwork,
+    MetricsConfig,
     PeerConfig,
     RemoteAccessConfig,
     RemoteAccessProtocol,
@@ -1460,12 +1461,36 @@ def _check_remote_access(
                             )
 
 
+def _listen(raw: Any) -> tuple[str, int]:
+    """ "127.0.0.1:9273", "[::1]:9273": an IP address and a TCP port."""
+    text = _string(raw).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Bad(f'{text!r} is not ADDRESS:PORT (e.g. "127.0.0.1:9273")')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise _Bad(f'{text!r}: write an IPv6 address in brackets, e.g. "[::1]:9273"')
+    try:
+        address = parse_address(host)
+    except ValueError:
+        raise _Bad(f"{host!r} is not an IP address") from None
+    return str(address), int(port)
+
+
+def _metrics(data: Mapping[str, Any], problems: list[Problem]) -> MetricsConfig | None:
+    s = _Section(data, "metrics", problems)
+    listen = s.required("listen", _listen)
+    s.finish()
+    return MetricsConfig(*listen) if listen is not None else None
+
+
 def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
     """Validate an already parsed TOML document; raise ConfigError listing every mistake."""
     problems: list[Problem] = []
     warnings: list[Problem] = []
     top = _Section(data, "", problems)
-    top.seen.update({"gateway", "peers", "connections", "remote_access"})
+    top.seen.update({"gateway", "peers", "connections", "remote_access", "metrics"})
     top.finish()
     gateway = None
     if "gateway" not in data:
@@ -1494,6 +1519,9 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         if server is not None:
             servers[name] = server
     _check_remote_access(gateway, servers, connections, problems, peers)
+    metrics = None
+    if "metrics" in data and (table := _table(data["metrics"], "metrics", problems)) is not None:
+        metrics = _metrics(table, problems)
     # Site-to-site, point-to-cloud or both; a file with neither does nothing.
     if not problems and not connections and "remote_access" not in data:
         problems.append(Problem("connections", "no connection is configured"))
@@ -1506,6 +1534,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         source=source,
         remote_access=types.MappingProxyType(servers),
         warnings=tuple(warnings),
+        metrics=metrics,
     )
 
 

@@ -289,6 +289,16 @@ class RemoteAccessConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """`[metrics]`: the Prometheus endpoint (`daemon.metrics`)."""
+
+    host: str
+    """The address to listen on (an IP address, not a name)."""
+    port: int
+    """The TCP port."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole configuration file."""
 
@@ -305,6 +315,8 @@ class Config:
     warnings: tuple[Problem, ...] = ()
     """Legal settings that are probably not what was meant; `check-config` prints them
     and the daemon logs them at start and on reload."""
+    metrics: MetricsConfig | None = None
+    """`[metrics]`: where Prometheus scrapes /metrics; None (absent): no endpoint."""
 
     def connections_of(self, peer: str) -> tuple[ConnectionConfig, ...]:
         """The connections going to `peer`, in file order."""

@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
 
     _config_option(sub.add_parser("reload", help="re-read the configuration (like SIGHUP)"))
 
+    why = sub.add_parser("explain", help="why a connection is not up, in words")
+    _config_option(why)
+    why.add_argument("name", metavar="CONNECTION", help="connection name")
+    why.add_argument("--json", action="store_true", help="machine-readable output")
+
     # Remote access: users files and client profiles, from the configuration file.
     remote_access_cli.add_parsers(sub)
 
@@ -164,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lockgate {command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     message: dict[str, Any] = {"command": command}
-    if command in ("up", "down", "rekey"):
+    if command in ("up", "down", "rekey", "explain"):
         message["name"] = args.name
     if command == "rekey" and args.ike:
         message["ike"] = True
@@ -184,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_summary(result), end="")
         else:
             print(format_status(result), end="")
+    elif command == "explain":
+        print(
+            json.dumps(result, indent=2) if args.json else result["text"],
+            end="\n" if args.json else "",
+        )
     elif command == "clients":
         print(
             json.dumps(result, indent=2) if args.json else format_clients(result),

@@ -1,6 +1,6 @@
 """The control socket's commands as the gateway carries them out.
 
-`lockgate status`, `up`, `down`, `rekey [--ike]`, `reload`, and for the
+`lockgate status`, `up`, `down`, `rekey [--ike]`, `reload`, `explain`, and for the
 point-to-cloud servers `clients` and `disconnect SERVER USER`, arrive as JSON requests
 (`daemon.control`); each is answered with a string or the status document, or
 refused with a `ControlError` whose message the client prints. `up` and `rekey`
@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daemon.control import ControlError
+from daemon.diagnosis import explain
 from daemon.peers import ConnectionState
 from ikev2.errors import IkeError
 
@@ -33,6 +34,7 @@ FIELDS: dict[str, dict[str, type]] = {
     "rekey": {"name": str, "ike": bool},
     "clients": {},
     "disconnect": {"server": str, "user": str},
+    "explain": {"name": str},
 }
 """The fields each command takes besides "command", and their JSON types."""
 
@@ -82,12 +84,14 @@ async def handle_request(gateway: Gateway, request: dict[str, Any]) -> Any:
         return gateway.remote_access.disconnect(server, user)
     if command == "rekey" and request.get("ike"):
         return await _rekey_ike(gateway, request.get("name"))
-    if command in ("up", "down", "rekey"):
+    if command in ("up", "down", "rekey", "explain"):
         name = request.get("name")
         if not isinstance(name, str) or name not in gateway.connections:
             known = ", ".join(sorted(gateway.connections)) or "none"
             raise ControlError(f"no connection named {name!r} (configured: {known})")
         state = gateway.connections[name]
+        if command == "explain":
+            return explain(gateway, name)
         if command == "up":
             return await _up(gateway, state)
         if command == "down":

@@ -258,6 +258,9 @@ class DataPlane:
         """Drops not attributable to an installed SA, plus those of removed SAs."""
         self.counters: Counter[str] = Counter()
         """Other events worth showing: keepalives and IKE messages seen on 4500."""
+        self.retired_traffic: dict[str, list[int]] = {}
+        """Per connection, what its removed CHILD SAs carried: bytes in, bytes out,
+        packets in, packets out (`connection_traffic` adds the present ones)."""
         self.kernel_drops: Callable[[], dict[str, int]] | None = None
         """Packets the kernel dropped before the transport could read them, by
         reason (the pump's `Pump.kernel_drops`); shown in `status`."""
@@ -359,6 +362,21 @@ class DataPlane:
         self.sad.remove(entry.spi_in)
         self._inbound_cache.pop(entry, None)
         self.drops.update(entry.all_drops())
+        total = self.retired_traffic.setdefault(entry.connection, [0, 0, 0, 0])
+        for i, count in enumerate(_traffic(entry)):
+            total[i] += count
+
+    def connection_traffic(self) -> dict[str, list[int]]:
+        """Per connection, everything its CHILD SAs carried so far, present and
+        past: [bytes in, bytes out, packets in, packets out]. Read from the ESP SAs'
+        own counters when asked, so the data plane keeps nothing more per packet."""
+        totals = {name: list(counts) for name, counts in self.retired_traffic.items()}
+        present = [*self.entries.values(), *(entry for entry, _ in self._lingering.values())]
+        for entry in present:
+            total = totals.setdefault(entry.connection, [0, 0, 0, 0])
+            for i, count in enumerate(_traffic(entry)):
+                total[i] += count
+        return totals
 
     def remove_peer(self, peer: str) -> list[ChildSaEntry]:
         """Remove every CHILD SA negotiated with one `[peers.NAME]`."""
@@ -720,3 +738,9 @@ class DataPlane:
             "counters": dict(sorted(self.counters.items())),
             "kernel_drops": self.kernel_drops() if self.kernel_drops is not None else {},
         }
+
+
+def _traffic(entry: ChildSaEntry) -> tuple[int, int, int, int]:
+    """An SA's bytes in, bytes out, packets in, packets out."""
+    inbound, outbound = entry.inbound, entry.outbound
+    return inbound.byte_count, outbound.byte_count, inbound.packet_count, outbound.packet_count

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon.childsa import entry_from_event
+from daemon.diagnosis import child_failure
+from daemon.metrics import SETUP_ANSWERED, SETUP_INITIATED
 from daemon.peers import IkeSaInfo, apply_dpd_action, resolve
 from daemon.reload import replaced
 from daemon.status import status_line
@@ -57,6 +59,9 @@ def handle_event(gateway: Gateway, event: Event) -> None:
 
 def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
     gateway.remember_ike_sa(IkeSaInfo(event))
+    who = SETUP_INITIATED if event.initiator else SETUP_ANSWERED
+    gateway.event_counts.setups[event.connection, who] += 1
+    gateway.diagnosis.record_established(event)
     if not log.isEnabledFor(logging.INFO):
         return
     log.info(
@@ -81,6 +86,9 @@ def _on_ike_deleted(gateway: Gateway, event: IkeSaDeleted) -> None:
     peer = gateway.peers.get(event.connection)
     if peer is None:
         return
+    if not gateway.shutting_down:
+        names = [state.name for state in gateway.connections_of(event.connection)]
+        gateway.diagnosis.record_ike_deleted(event, peer.config, names)
     resolve(peer.ike_waiters, f"peer {peer.config.name}: {event.reason}", ok=False)
     if gateway.shutting_down:
         return
@@ -96,6 +104,7 @@ def _on_ike_rekeyed(gateway: Gateway, event: IkeSaRekeyed) -> None:
     """The IKE SA was replaced (RFC 7296 §2.18): status shows the new one, and the
     CHILD SAs that moved along now answer to it."""
     old = gateway.forget_ike_sa(event.ike_sa_id)
+    gateway.event_counts.rekeys["ike"] += 1
     sa = gateway.endpoint.ike_sa(event.new_ike_sa_id) if gateway.endpoint is not None else None
     if old is not None:
         announced = dataclasses.replace(
@@ -158,8 +167,14 @@ def _on_ike_failed(gateway: Gateway, event: IkeSaFailed) -> None:
         event.ike_sa_id,
         event.reason,
     )
-    peer = gateway.peers.get(event.connection)
-    if peer is None:
+    name = event.connection or _peer_at(gateway, event.remote[0])
+    peer = gateway.peers.get(name)
+    names = [state.name for state in gateway.connections_of(name)] if peer is not None else []
+    failure = gateway.diagnosis.record_ike_failed(
+        event, peer.config if peer is not None else None, names
+    )
+    gateway.event_counts.failures[name, failure.kind] += 1
+    if peer is None or not event.connection:
         return
     peer.last_error = event.reason
     for state in gateway.connections_of(event.connection):
@@ -184,6 +199,8 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
     except (EspConfigError, ValueError) as exc:
         log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
         return
+    if event.rekey_of is not None:
+        gateway.event_counts.rekeys["child"] += 1
     gateway.lifetimes.watch(entry)
     if entry.interface is None:
         gateway.routes.add_for(entry)
@@ -236,6 +253,8 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
 def _on_child_deleted(gateway: Gateway, event: ChildSaDeleted) -> None:
     gateway.uninstall(event.unique_id, event.reason)
     state = gateway.connections.get(event.child)
+    if state is not None and not gateway.shutting_down:
+        gateway.diagnosis.record_child_deleted(event)
     endpoint = gateway.endpoint
     ike = endpoint.ike_sa(event.ike_sa_id) if endpoint is not None else None
     ike_alive = ike is not None and ike.state is not IkeSaState.DELETED
@@ -266,6 +285,7 @@ def _on_child_failed(gateway: Gateway, event: ChildSaFailed) -> None:
     if state is not None:
         log.warning("connection %s: CHILD SA failed: %s", event.child, event.reason)
         state.last_error = event.reason
+        gateway.diagnosis.record_child_failed(event, state.config)
         if state.replacing:
             # The peer refused the new selectors: the old CHILD SAs stay up.
             kept = ", ".join(f"#{u}" for u in sorted(state.replacing))
@@ -282,6 +302,19 @@ def _on_child_failed(gateway: Gateway, event: ChildSaFailed) -> None:
     peer = gateway.peers.get(event.connection)
     if peer is not None:
         peer.last_error = reason
+    for other in gateway.connections_of(event.connection):
+        gateway.diagnosis.record([other.name], child_failure(event, other.config))
+
+
+def _peer_at(gateway: Gateway, address: str) -> str:
+    """The peer configured at `address` (a failed request the core matched to no
+    peer), or "" for none."""
+    if not address:
+        return ""
+    for name, peer in gateway.peers.items():
+        if peer.config.remote_address == address:
+            return name
+    return ""
 
 
 def _peer_label(gateway: Gateway, peer: str, ike_sa_id: int) -> str:

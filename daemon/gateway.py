@@ -36,11 +36,13 @@ from daemon.childsa import ChildSaEntry
 from daemon.commands import handle_request
 from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
+from daemon.diagnosis import Diagnosis
 from daemon.events import handle_event
 from daemon.ike import IkeDriver
 from daemon.ikev2_ra import IkeRaServer
 from daemon.ikev2_ra import servers as ikev2_ra_servers
 from daemon.lifetimes import SEQUENCE_CHECK_INTERVAL, VOLUME_CHECK_INTERVAL, Lifetimes
+from daemon.metrics import EventCounts, MetricsServer, registry_for
 from daemon.mtu import path_mtu, tun_mtu
 from daemon.netlink import LinkWorker, LocalAddresses
 from daemon.offload import OffloadMode, offload_mode, open_tun
@@ -143,6 +145,11 @@ class Gateway:
         self.ikev2_ra: IkeRaServer | None = None
         """The ikev2 point-to-cloud server on the IKE endpoint (`daemon.ikev2_ra`)."""
         self._ikev2_ra_connection: PeerConfig | None = None
+        self.diagnosis = Diagnosis()
+        """The last failure of each connection, for `lockgate explain` (`daemon.diagnosis`)."""
+        self.event_counts = EventCounts()
+        """IKE SA setups, failures and rekeys, for the metrics (`daemon.metrics`)."""
+        self._metrics: MetricsServer | None = None
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -273,6 +280,17 @@ class Gateway:
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)
         await self._control.start()
+        if config.metrics is not None:
+            self._metrics = MetricsServer(
+                registry_for(self), config.metrics.host, config.metrics.port
+            )
+            try:
+                await self._metrics.start()
+            except OSError as exc:
+                raise GatewayError(
+                    f"metrics.listen: cannot listen on {config.metrics.host} port "
+                    f"{config.metrics.port}: {exc.strerror}"
+                ) from exc
         # The point-to-cloud servers: their own TUNs and ports, after the gateway's.
         await self.remote_access.start(config, self._links)
         for ike in ikes:
@@ -335,6 +353,8 @@ class Gateway:
             self._route_socket.close()
         if self._control is not None:
             await self._control.close()
+        if self._metrics is not None:
+            await self._metrics.close()
         if self.tun is not None:
             self.tun.close()  # the interface goes with its last file descriptor
         if self._links is not None:

@@ -88,6 +88,8 @@ def _reload(gateway: Gateway) -> str:
             "[gateway] changed: addresses, ports, the TUN and the COOKIE/half-open "
             "settings need a restart"
         )
+    if new.metrics != old.metrics:
+        log.warning("[metrics] changed: the endpoint stays as it is until a restart")
     if (
         gateway.ikev2_ra is not None
         and new.remote_access.get(gateway.ikev2_ra.name) != gateway.ikev2_ra.config

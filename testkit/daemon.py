@@ -4,16 +4,22 @@ for the namespace tests a configuration generator and `start_daemon`, which spaw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conf.ike import ike_connections
+from conf.load import load_config
 from daemon.control import ControlClientError, request
+from daemon.gateway import Gateway
 from daemon.lab.netns import Namespace, Process, SiteToSite
+from ikev2.endpoint import Endpoint
+from tun import memory_tun_pair
 
 PSK = "netns-test-psk-NOT-SECRET-0123456789"
 
@@ -156,3 +162,22 @@ peer = "cloud"
 local_subnets = ["192.0.2.0/24"]
 remote_subnets = ["203.0.113.0/24"]
 """
+
+
+@contextlib.contextmanager
+def memory_gateway(path: Path) -> Iterator[Gateway]:
+    """A `daemon.gateway.Gateway` on the configuration at `path`, its peers added, on
+    an in-memory TUN (no sockets, no netlink, no root); the TUN pair is closed on exit."""
+    gateway = Gateway(str(path), socket_path=str(path.with_suffix(".sock")))
+    gateway.config = load_config(path)
+    ikes = ike_connections(gateway.config)
+    ours, kernel_side = memory_tun_pair()
+    gateway._use_pump(ours)
+    gateway._use_endpoint(Endpoint(ikes))
+    try:
+        for ike in ikes:
+            gateway.add_peer(ike)
+        yield gateway
+    finally:
+        ours.close()
+        kernel_side.close()

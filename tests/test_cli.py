@@ -141,6 +141,8 @@ def fake_daemon(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
             return SUMMARY if req.get("summary") else STATUS
         if req["command"] == "up" and req.get("name") == "dc-cloud":
             return "connection dc-cloud is up"
+        if req["command"] == "explain" and req.get("name") == "dc-cloud":
+            return EXPLAINED
         raise ControlError(f"no connection named {req.get('name')!r}")
 
     loop = asyncio.new_event_loop()
@@ -176,6 +178,27 @@ def test_status_json_and_text_through_the_socket(
     assert main(["-s", path, "down", "nope"]) == 1
     assert "no connection named 'nope'" in capsys.readouterr().err
     assert seen[-1] == {"command": "down", "name": "nope"}
+
+
+EXPLAINED = {
+    "connection": "dc-cloud",
+    "up": False,
+    "kind": "no_answer",
+    "text": "connection dc-cloud is not up: no answer from peer cloud to IKE_SA_INIT\n",
+}
+
+
+def test_explain_prints_the_text_or_the_document(
+    fake_daemon: tuple[str, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, seen = fake_daemon
+    assert main(["-s", path, "explain", "dc-cloud"]) == 0
+    assert capsys.readouterr().out == EXPLAINED["text"]
+    assert seen[-1] == {"command": "explain", "name": "dc-cloud"}
+    assert main(["-s", path, "explain", "--json", "dc-cloud"]) == 0
+    assert json.loads(capsys.readouterr().out) == EXPLAINED
+    assert main(["-s", path, "explain", "nope"]) == 1
+    assert "no connection named 'nope'" in capsys.readouterr().err
 
 
 def test_rekey_sends_the_ike_flag_only_when_asked(

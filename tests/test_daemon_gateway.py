@@ -37,7 +37,6 @@ from daemon.routes import _network_of, forwarding_off
 from daemon.status import format_status
 from ikev2.codec import decode_header
 from ikev2.config import ConnectionConfig as PeerConfig
-from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -51,9 +50,10 @@ from ikev2.events import (
 )
 from ikev2.sa_types import Datagram, IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
+from testkit.daemon import memory_gateway
 from testkit.dataplane import echo_request, events, ipv4
 from testkit.ikev2_pair import Pair, child, connection, mirrored
-from tun import LinkError, memory_tun_pair
+from tun import LinkError
 
 CONFIG = """
 [gateway]
@@ -82,30 +82,11 @@ start = "wait"
 """
 
 
-@contextlib.contextmanager
-def gateway_of(path: Path) -> Iterator[Gateway]:
-    """A Gateway on the configuration at `path`, its peers added, on an in-memory TUN
-    (no sockets, no netlink); the TUN pair is closed on exit."""
-    gw = Gateway(str(path), socket_path=str(path.with_suffix(".sock")))
-    gw.config = load_config(path)
-    ikes = ike_connections(gw.config)
-    ours, kernel_side = memory_tun_pair()
-    gw._use_pump(ours)
-    gw._use_endpoint(Endpoint(ikes))
-    try:
-        for ike in ikes:
-            gw.add_peer(ike)
-        yield gw
-    finally:
-        ours.close()
-        kernel_side.close()
-
-
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     path = tmp_path / "gw.toml"
     path.write_text(CONFIG)
-    with gateway_of(path) as gw:
+    with memory_gateway(path) as gw:
         yield gw
 
 
@@ -669,7 +650,7 @@ def test_status_of_n_connections_visits_each_sa_once(tmp_path: Path) -> None:
         )
     path = tmp_path / "gw.toml"
     path.write_text(text)
-    with gateway_of(path) as gw:
+    with memory_gateway(path) as gw:
         # Every other connection up (an IKE SA and its CHILD SA), the rest waiting.
         for i in range(0, count, 2):
             gw._handle_event(established(f"p{i}", ike_sa_id=100 + i))
@@ -1048,7 +1029,7 @@ def test_a_delete_right_behind_the_create_child_sa_response_never_leaves_a_gap(
         for name in ("a", "b"):
             path = tmp_path / f"{name}.toml"
             path.write_text(CONFIG)
-            gws[name] = stack.enter_context(gateway_of(path))
+            gws[name] = stack.enter_context(memory_gateway(path))
             gws[name].endpoint = pair.side(name)
         planes = {name: gw.plane for name, gw in gws.items() if gw.plane is not None}
         fed = {"a": 0, "b": 0}
@@ -1172,7 +1153,7 @@ def _pair_gateway(
     path = tmp_path / "a.toml"
     path.write_text(old_text)
     stack = contextlib.ExitStack()
-    gw = stack.enter_context(gateway_of(path))
+    gw = stack.enter_context(memory_gateway(path))
     [conn_old] = ike_connections(loads_config(old_text))
     if peer is None:
         [conn_new] = ike_connections(loads_config(new_text))
@@ -1433,7 +1414,7 @@ def test_new_selectors_move_the_traffic_to_the_new_child_sa_without_a_gap(
     with stack:
         path_b = tmp_path / "b.toml"
         path_b.write_text(CONFIG)
-        gw_b = stack.enter_context(gateway_of(path_b))
+        gw_b = stack.enter_context(memory_gateway(path_b))
         gw_b.endpoint = pair.b
         for event in pair.events["b"]:
             gw_b._handle_event(event)

@@ -11,7 +11,8 @@ root's only, and the daemon works with exactly the capabilities its systemd unit
   daemon's SO_PEERCRED check and gets no status.
 - Capabilities: `conf/lockgate.service` grants CAP_NET_ADMIN, CAP_NET_BIND_SERVICE and
   CAP_NET_RAW only; lockgate started under `setpriv` with just those (root's
-  privileges off, as `SecureBits=noroot-locked` does) establishes and carries traffic.
+  privileges off, as `SecureBits=noroot-locked` does) establishes and carries traffic,
+  and serves its `[metrics]` endpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ UNIT = ROOT / "conf" / "lockgate.service"
 GRANTED = {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
 CAP_BITS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
 NOBODY = 65534
+METRICS = "127.0.0.1:9273"
 SYSTEM_PYTHON = "/usr/bin/python3"
 """The client runs as uid 65534, which may not read the project's virtualenv; it needs
 only the standard library."""
@@ -179,7 +181,8 @@ def test_unit_grants_only_three_capabilities_and_the_daemon_works_with_them() ->
     with interop(Case()) as world:
         topo = world.topo
         path = topo.lab.tmpdir / "capped.toml"
-        path.write_text(world.lockgate_text)
+        # With the Prometheus endpoint on: a TCP listener needs no more than the unit gives.
+        path.write_text(world.lockgate_text + f'\n[metrics]\nlisten = "{METRICS}"\n')
         path.chmod(0o600)
         sock = str(topo.lab.tmpdir / "capped.sock")
         proc = topo.gw_a.spawn(
@@ -207,3 +210,9 @@ def test_unit_grants_only_three_capabilities_and_the_daemon_works_with_them() ->
         wait_until(lambda: bool(daemon.sas("net4")), "lockgate's CHILD SA")
         ping(topo.host_a, topo.site_b.host4, count=3)
         ping(topo.host_b, topo.site_a.host4, count=3)
+        fetch = (
+            "import urllib.request; "
+            f"print(urllib.request.urlopen('http://{METRICS}/metrics', timeout=10).read().decode())"
+        )
+        scraped = topo.gw_a.run(sys.executable, "-c", fetch).stdout
+        assert 'lockgate_connection_up{connection="net4",mode="policy"} 1.0' in scraped, scraped
