@@ -37,6 +37,7 @@ from ikev2.events import (
     ChildSaFailed,
     ChildSaInstalled,
     Event,
+    IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
@@ -362,3 +363,31 @@ def test_a_certificate_clients_user_is_its_cn() -> None:
 
     assert _cert_user("C=CH, O=Example, CN=carol@example.net") == "carol@example.net"
     assert _cert_user("carol@example.net") == "carol@example.net"
+
+
+def test_a_client_that_moves_keeps_its_row_at_the_new_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    server.login("alice")
+    ike_sa_id = next(iter(server.ra.clients))
+    # MOBIKE (RFC 4555 §3.5): the IKE core moved the SA; the row follows it.
+    server.ra.on_event(
+        IkeSaAddressChanged(
+            "laptops",
+            ike_sa_id,
+            ("198.51.100.2", 4500),
+            ("198.51.100.11", 4500),
+            ("198.51.100.2", 4500),
+            ("198.51.100.42", 4500),
+            mobike=True,
+        )
+    )
+    (row,) = server.ra.client_rows(server)  # type: ignore[arg-type]
+    assert row["remote"] == "198.51.100.42:4500" and row["user"] == "alice"
+    assert (
+        "laptops: client alice moved from 198.51.100.11[4500] to 198.51.100.42[4500] (MOBIKE)"
+        in caplog.text
+    )
+    assert server.ra.clients[ike_sa_id].addresses == [ipaddress.IPv4Address("192.0.2.2")]
