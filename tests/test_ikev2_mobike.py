@@ -255,3 +255,30 @@ def test_with_mobike_other_messages_from_a_new_address_move_nothing() -> None:
     (answer,) = [s.datagram for s in pair.responses("b", INFO)][-1:]
     assert answer.remote == ("198.51.100.8", sa_a.local[1])
     assert sa_a.tm.outstanding is None
+
+
+def test_nat_d_without_an_update_is_answered_and_moves_nothing() -> None:
+    # RFC 4555 §3.8: how an initiator behind a NAT notices that its mapping changed.
+    pair, _ = mobike_pair()
+    sa_a, sa_b = sas(pair)
+    before = sa_b.remote
+    probe = Update(update=False)
+    move_a(pair, probe)
+    assert sa_b.remote == before and not pair.of("b", IkeSaAddressChanged)
+    assert probe.response is not None
+    ours = probe.response.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+    # Our destination hash names where the probe came from, not the SA's address.
+    assert ours is not None
+    assert ours.data == natd_hash(sa_b.spi_i, sa_b.spi_r, (NEW_A, sa_a.local[1]))
+
+
+def test_an_ike_rekey_keeps_mobike() -> None:
+    pair, _ = mobike_pair()
+    _, sa_b = sas(pair)
+    sa_b.rekey_ike(pair.clock)
+    pair.pump()
+    (new_b,) = pair.b.ike_sas()
+    assert new_b is not sa_b and new_b.mobike
+    update = Update()
+    move_a(pair, update)
+    assert new_b.remote[0] == NEW_A and update.response is not None

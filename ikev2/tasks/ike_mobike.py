@@ -13,6 +13,8 @@ changes address, a phone moving from Wi-Fi to LTE, without a new IKE SA.
   our NAT-D notifies for the new addresses, and goes to the new address, as do our
   own requests and ESP from then on (`IkeSaAddressChanged`); CHILD SAs keep their
   SPIs.
+- NAT-D without UPDATE_SA_ADDRESSES (§3.8): answered with ours for the path the
+  request came over; nothing moves.
 - COOKIE2 (§3.7's return routability check): copied into the response unchanged, so
   the initiator knows the answer came over the path it tests. We do not start
   return routability checks of our own towards a new address.
@@ -73,7 +75,6 @@ class UpdateSaAddresses(Task):
 
     def __init__(self) -> None:
         self.cookie2: bytes | None = None
-        self.update = False
         self.nat_forbidden = False
         self.natd_present = False
 
@@ -84,10 +85,17 @@ class UpdateSaAddresses(Task):
                 self.cookie2 = cookie2.data
             else:
                 log.info("%s: COOKIE2 of %d octets ignored", sa.name, len(cookie2.data))
-        if message.notify(NotifyType.UPDATE_SA_ADDRESSES) is None:
-            return
         if not sa.mobike:
-            log.info("%s: UPDATE_SA_ADDRESSES without MOBIKE negotiated; ignored", sa.name)
+            if message.notify(NotifyType.UPDATE_SA_ADDRESSES) is not None:
+                log.info("%s: UPDATE_SA_ADDRESSES without MOBIKE negotiated; ignored", sa.name)
+            return
+        local, remote = sa.last_path
+        nat = detect_nat(sa, message, local, remote)
+        # §3.8: NAT-D in any request (strongSwan adds it to its liveness checks behind
+        # a NAT) is answered with ours for the path it came over, so the initiator sees
+        # a NAT mapping that changed and moves the SA itself with UPDATE_SA_ADDRESSES.
+        self.natd_present = nat is not None
+        if message.notify(NotifyType.UPDATE_SA_ADDRESSES) is None:
             return
         if sa.rekeyed_into is not None:
             return  # its CHILD SAs moved to the new IKE SA, where the peer updates
@@ -101,10 +109,8 @@ class UpdateSaAddresses(Task):
                 format_address(sa.last_path[0]),
             )
             self.nat_forbidden = True
+            self.natd_present = False
             return
-        local, remote = sa.last_path
-        nat = detect_nat(sa, message, local, remote)
-        self.natd_present = nat is not None
         before = sa.remote
         if sa.update_addresses(nat):
             log.info(
@@ -114,14 +120,15 @@ class UpdateSaAddresses(Task):
                 format_address(remote),
                 f"; ESP in UDP: {sa.udp_encap_reason}" if sa.udp_encap else "; raw ESP",
             )
-        self.update = True
 
     def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.nat_forbidden:
             out.append(Notify(NotifyType.UNEXPECTED_NAT_DETECTED))
-        elif self.update and self.natd_present:
-            # §3.5: our NAT-D for the new path, so the initiator learns its NAT state.
-            out += natd_notifies(sa, sa.spi_r, sa.local, sa.remote)
+        elif self.natd_present:
+            # §3.5, §3.8: our NAT-D for the path the request came over (after an update,
+            # the SA's new one), so the initiator learns its NAT state.
+            local, remote = sa.last_path
+            out += natd_notifies(sa, sa.spi_r, local, remote)
         if self.cookie2 is not None:
             out.append(Notify(NotifyType.COOKIE2, self.cookie2))
 
