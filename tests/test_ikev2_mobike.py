@@ -1,9 +1,7 @@
 """MOBIKE as responder (RFC 4555), two endpoints in memory.
 
-lockgate never initiates MOBIKE, so endpoint `a` plays the client: a task added to
-its IKE_AUTH request offers MOBIKE_SUPPORTED, and its INFORMATIONAL requests carry
-what strongSwan's carry when the client's address changed (UPDATE_SA_ADDRESSES,
-NAT-D for the new path, COOKIE2). `b` is the lockgate responder under test.
+Endpoint `a` plays the client with the tasks of `testkit.mobike`; `b` is the lockgate
+responder under test.
 """
 
 from __future__ import annotations
@@ -11,70 +9,19 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from ikev2.codec import Message, Notify, Payload, encode_message
+from ikev2.codec import Message, Notify, encode_message
 from ikev2.config import ConnectionConfig
 from ikev2.constants import ExchangeType, NotifyType
-from ikev2.events import Address, ChildSaDeleted, IkeSaAddressChanged, IkeSaEstablished
+from ikev2.events import ChildSaDeleted, IkeSaAddressChanged, IkeSaEstablished
 from ikev2.sa import IkeSa
 from ikev2.sa_types import IkeSaState
-from ikev2.tasks import Exchange, Task
-from ikev2.tasks.base import TaskSa
+from ikev2.tasks import Exchange
 from ikev2.tasks.ike_natd import natd_hash
 from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, connection, mirrored
+from testkit.mobike import COOKIE, OfferMobike, Update, move, offer_mobike
 
 INFO = ExchangeType.INFORMATIONAL
 NEW_A = "198.51.100.7"
-COOKIE = bytes(range(16))
-
-
-class OfferMobike(Task):
-    """The initiator's MOBIKE_SUPPORTED in IKE_AUTH (RFC 4555 §3.3)."""
-
-    def __init__(self) -> None:
-        self.answered = False
-
-    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
-        out.append(Notify(NotifyType.MOBIKE_SUPPORTED))
-
-    def process_response(self, sa: TaskSa, message: Message) -> None:
-        self.answered = message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
-
-
-class Update(Task):
-    """The initiator's UPDATE_SA_ADDRESSES request (RFC 4555 §3.5), as strongSwan sends
-    it; `claim_source` is the address its NAT-D source hash names (a NAT in front of
-    it when that differs from where the request leaves)."""
-
-    def __init__(
-        self,
-        claim_source: Address | None = None,
-        *,
-        update: bool = True,
-        no_nats: bytes | None = None,
-    ) -> None:
-        self.claim_source = claim_source
-        self.update = update
-        self.no_nats = no_nats
-        self.response: Message | None = None
-
-    def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
-        if self.update:
-            out.append(Notify(NotifyType.UPDATE_SA_ADDRESSES))
-        source = self.claim_source or sa.local
-        out.append(
-            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, natd_hash(sa.spi_i, sa.spi_r, source))
-        )
-        out.append(
-            Notify(
-                NotifyType.NAT_DETECTION_DESTINATION_IP, natd_hash(sa.spi_i, sa.spi_r, sa.remote)
-            )
-        )
-        if self.no_nats is not None:
-            out.append(Notify(NotifyType.NO_NATS_ALLOWED, self.no_nats))
-        out.append(Notify(NotifyType.COOKIE2, COOKIE))
-
-    def process_response(self, sa: TaskSa, message: Message) -> None:
-        self.response = message
 
 
 def nat_mode() -> tuple[ConnectionConfig, ConnectionConfig]:
@@ -86,12 +33,9 @@ def nat_mode() -> tuple[ConnectionConfig, ConnectionConfig]:
 def mobike_pair(*, offer: bool = True, responder_mobike: bool = True) -> tuple[Pair, OfferMobike]:
     conn_a, conn_b = nat_mode()
     pair = Pair.make(conn_a, dataclasses.replace(conn_b, mobike=responder_mobike))
-    offer_task = OfferMobike()
     pair.a.initiate("conn", pair.clock)
     (sa_a,) = pair.a.ike_sas()
-    if offer:
-        auth = next(e for e in sa_a.tm.pending if e.exchange_type == ExchangeType.IKE_AUTH)
-        auth.tasks.append(offer_task)
+    offer_task = offer_mobike(sa_a) if offer else OfferMobike()
     pair.pump()
     assert pair.of("b", IkeSaEstablished)
     return pair, offer_task
@@ -105,9 +49,7 @@ def sas(pair: Pair) -> tuple[IkeSa, IkeSa]:
 
 def move_a(pair: Pair, task: Update, address: str = NEW_A) -> None:
     """The client's address changed: its next request leaves from `address`."""
-    sa_a, _ = sas(pair)
-    sa_a.local = (address, sa_a.local[1])
-    sa_a.queue_exchange(Exchange(INFO, [task]), pair.clock)
+    move(sas(pair)[0], address, task, pair.clock)
     pair.pump()
 
 
