@@ -144,6 +144,8 @@ def _on_address_changed(gateway: Gateway, event: IkeSaAddressChanged) -> None:
             local=event.local,
             remote=event.remote,
             udp_encap_reason=event.udp_encap_reason,
+            nat_local=event.nat_local,
+            nat_remote=event.nat_remote,
         )
     ra = gateway.ikev2_ra
     if ra is None or event.connection != ra.name:

@@ -348,6 +348,10 @@ class IkeSaAddressChanged(Event):
     """Whether ESP travels in UDP from now on (RFC 3948)."""
     udp_encap_reason: str = ""
     """Why it does, for logs ("" when it does not)."""
+    nat_local: bool = False
+    """A NAT is in front of us from now on (RFC 7296 §2.23)."""
+    nat_remote: bool = False
+    """A NAT is in front of the peer from now on (or it fakes one)."""
     mobike: bool = False
     """The peer moved the SA with UPDATE_SA_ADDRESSES (RFC 4555 §3.5)."""
 

@@ -526,6 +526,8 @@ class IkeSaData:
                     remote,
                     self.udp_encap,
                     self.udp_encap_reason,
+                    self.nat_local,
+                    self.nat_remote,
                     mobike,
                 )
             )

@@ -340,12 +340,15 @@ def test_mobike_moves_raw_esp_and_switches_udp_encapsulation(gateway: Gateway) -
             ("198.51.100.9", 4500),
             udp_encap=True,
             udp_encap_reason="the peer is behind a NAT",
+            nat_remote=True,
             mobike=True,
         )
     )
     assert entry.remote == ("198.51.100.9", 4500) and entry.udp_encap
     assert entry.mtu < raw_mtu and (entry.spi_in, entry.spi_out) == spis
-    assert gateway.status()["connections"][0]["ike_sas"][0]["remote"] == "198.51.100.9[4500]"
+    (ike,) = gateway.status()["connections"][0]["ike_sas"]
+    assert ike["remote"] == "198.51.100.9[4500]" and ike["nat"]
+    assert ike["udp_encap"] == "the peer is behind a NAT"
     # Back without a NAT: raw ESP again.
     gateway._handle_event(
         IkeSaAddressChanged(

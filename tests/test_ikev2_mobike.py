@@ -101,7 +101,7 @@ def test_nat_detected_in_the_update_switches_udp_encapsulation_on_and_off() -> N
     # NAT-D names a private source the request did not come from: a NAT before the client.
     move_a(pair, Update(claim_source=("192.0.2.99", 4500)))
     (moved,) = pair.of("b", IkeSaAddressChanged)
-    assert sa_b.nat_remote and sa_b.udp_encap and moved.udp_encap
+    assert sa_b.nat_remote and sa_b.udp_encap and moved.udp_encap and moved.nat_remote
     assert "NAT" in moved.udp_encap_reason
     # Back on a path without a NAT: raw ESP again.
     move_a(pair, Update(), address=A_ADDR)
