@@ -117,6 +117,7 @@ class ChildSaEntry:
             "connection": self.connection,
             "peer": self.peer,
             "unique_id": self.unique_id,
+            "ike_sa": self.ike_sa_id,
             "spi_in": f"{self.spi_in:08x}",
             "spi_out": f"{self.spi_out:08x}",
             "suite": self.inbound.suite.name,

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from daemon.childsa import entry_from_event
+from daemon.childsa import DEFAULT_PATH_MTU, entry_from_event, inner_mtu
 from daemon.diagnosis import child_failure
 from daemon.metrics import SETUP_ANSWERED, SETUP_INITIATED
 from daemon.peers import IkeSaInfo, apply_dpd_action, resolve
@@ -143,21 +143,45 @@ def _on_ike_rekeyed(gateway: Gateway, event: IkeSaRekeyed) -> None:
 def _on_address_changed(gateway: Gateway, event: IkeSaAddressChanged) -> None:
     """Send ESP where the IKE SA now talks to: behind a NAT the peer's mapping may
     change, and the IKE SA follows authenticated messages; without one, the move to
-    port 4500 (RFC 7296 §2.23)."""
+    port 4500 (RFC 7296 §2.23); with MOBIKE, the peer's UPDATE_SA_ADDRESSES, which may
+    also switch UDP encapsulation on or off (RFC 4555 §3.5). The CHILD SAs keep their
+    SPIs and keys; only their outer addresses and framing change."""
     info = gateway.ike_sas.get(event.ike_sa_id)
     if info is not None:
-        info.event = dataclasses.replace(info.event, local=event.local, remote=event.remote)
+        info.event = dataclasses.replace(
+            info.event,
+            local=event.local,
+            remote=event.remote,
+            udp_encap_reason=event.udp_encap_reason,
+            nat_local=event.nat_local,
+            nat_remote=event.nat_remote,
+        )
+    ra = gateway.ikev2_ra
+    if ra is None or event.connection != ra.name:
+        # The remote-access server logs its clients' moves itself, by user.
+        log.info(
+            "peer %s: IKE SA #%d moved from %s[%d] to %s[%d]%s",
+            event.connection,
+            event.ike_sa_id,
+            event.old_remote[0],
+            event.old_remote[1],
+            event.remote[0],
+            event.remote[1],
+            " (MOBIKE)" if event.mobike else "",
+        )
     if gateway.plane is None:
         return
     for entry in gateway.plane.entries_of_ike_sa(event.ike_sa_id):
-        if entry.udp_encap:
-            log.info(
-                "connection %s: peer moved to %s[%d]; ESP follows",
-                entry.connection,
-                event.remote[0],
-                event.remote[1],
-            )
-            entry.local, entry.remote = event.local, event.remote
+        if not (entry.udp_encap or event.mobike):
+            continue  # raw ESP has no ports to follow; only MOBIKE moves its addresses
+        entry.local, entry.remote = event.local, event.remote
+        if entry.udp_encap != event.udp_encap:
+            # The NAT state changed (§3.5): the UDP header comes or goes, and with it
+            # the room left for the inner packet.
+            entry.udp_encap = event.udp_encap
+            version = 6 if ":" in event.remote[0] else 4
+            path_mtu = gateway.path_mtus.get(event.remote[0], DEFAULT_PATH_MTU)
+            entry.mtu = inner_mtu(entry.inbound.suite, path_mtu, version, event.udp_encap)
 
 
 def _on_ike_failed(gateway: Gateway, event: IkeSaFailed) -> None:

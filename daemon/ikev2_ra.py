@@ -44,6 +44,7 @@ from ikev2.events import (
     ChildSaFailed,
     ChildSaInstalled,
     Event,
+    IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
@@ -231,6 +232,21 @@ class IkeRaServer:
                     event.remote[1],
                     ", ".join(str(a) for a in client.addresses) or "none",
                 )
+        elif isinstance(event, IkeSaAddressChanged):
+            client = self.clients.get(event.ike_sa_id)
+            if client is not None:
+                # MOBIKE (RFC 4555) or a NAT mapping that moved: same IKE SA, new path.
+                log.info(
+                    "ikev2 %s: client %s moved from %s[%d] to %s[%d]%s",
+                    self.name,
+                    client.user,
+                    event.old_remote[0],
+                    event.old_remote[1],
+                    event.remote[0],
+                    event.remote[1],
+                    " (MOBIKE)" if event.mobike else "",
+                )
+                client.remote = event.remote
         elif isinstance(event, ChildSaFailed):
             self._child_failed(event)
         elif isinstance(event, IkeSaFailed):

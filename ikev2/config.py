@@ -210,6 +210,9 @@ class ConnectionConfig:
     fragment_size: int = 1232
     """Largest IKE message (from its header) sent whole once fragmentation is agreed:
     1280 octets of IPv6 minimum MTU less the IP and UDP headers and the marker."""
+    mobike: bool = True
+    """As responder, answer an initiator's MOBIKE_SUPPORTED (RFC 4555 §3.3): its
+    UPDATE_SA_ADDRESSES then moves the IKE SA and its CHILD SAs to a new address."""
     remote_access: RemoteAccess | None = None
     """We are a remote-access server for %any clients on this connection: they may log
     in with EAP (§2.16) and get virtual addresses (§3.15). Our own AUTH is "pubkey"."""

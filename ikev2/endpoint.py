@@ -1098,11 +1098,13 @@ class Endpoint:
 
 def _contact_key(sa: IkeSa) -> ContactKey:
     """Whose older IKE SAs a peer's INITIAL_CONTACT replaces (§2.4): the connection's
-    with the identity it proved; for a remote-access client, that user's from the same
+    with the identity it proved; for a remote-access client, that user's at the same
     address only (Windows proves its private IP address, which clients in other homes
-    share, and one user may have several devices)."""
+    share, and one user may have several devices). The address is where the IKE SA is
+    now: a phone that moved with MOBIKE (RFC 4555) and reconnects from its new address
+    replaces the SA that followed it there."""
     if sa.config.remote_access is not None:
-        return (sa.config.name, None, f"{sa.eap_identity or sa.peer_id}@{sa.init_remote[0]}")
+        return (sa.config.name, None, f"{sa.eap_identity or sa.peer_id}@{sa.remote[0]}")
     return (sa.config.name, sa.peer_id, "")
 
 

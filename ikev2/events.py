@@ -321,12 +321,15 @@ class ChildSaFailed(Event):
 
 @dataclass(frozen=True, slots=True)
 class IkeSaAddressChanged(Event):
-    """An established IKE SA now uses other addresses or ports (RFC 7296 §2.23).
+    """An established IKE SA now uses other addresses or ports (RFC 7296 §2.23,
+    RFC 4555 §3.5).
 
     Behind a NAT the IKE SA follows the source of the peer's latest authenticated
     message (a NAT mapping moved), and without one it follows the initiator's move to
-    port 4500 once; its CHILD SAs' UDP-encapsulated ESP must follow too.
-    Emitted once per change, for the IKE SA whose `ike_sa_id` it names.
+    port 4500 once; with MOBIKE it moves where the peer's UPDATE_SA_ADDRESSES came
+    from, and NAT detection in that request may switch UDP encapsulation on or off.
+    The CHILD SAs' ESP must follow, keeping their SPIs. Emitted once per change, for
+    the IKE SA whose `ike_sa_id` it names.
     """
 
     connection: str
@@ -341,6 +344,16 @@ class IkeSaAddressChanged(Event):
     """Our address and port from now on."""
     remote: Address
     """The peer's address and port from now on."""
+    udp_encap: bool = True
+    """Whether ESP travels in UDP from now on (RFC 3948)."""
+    udp_encap_reason: str = ""
+    """Why it does, for logs ("" when it does not)."""
+    nat_local: bool = False
+    """A NAT is in front of us from now on (RFC 7296 §2.23)."""
+    nat_remote: bool = False
+    """A NAT is in front of the peer from now on (or it fakes one)."""
+    mobike: bool = False
+    """The peer moved the SA with UPDATE_SA_ADDRESSES (RFC 4555 §3.5)."""
 
 
 @dataclass(frozen=True, slots=True)

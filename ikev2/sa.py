@@ -71,6 +71,7 @@ from ikev2.tasks import (
     IkeConfig,
     IkeDelete,
     IkeInit,
+    IkeMobike,
     IkeNatd,
     IkeRekey,
     Informational,
@@ -78,6 +79,7 @@ from ikev2.tasks import (
     RefuseCreateChild,
     RetryExchange,
     Task,
+    UpdateSaAddresses,
 )
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,7 @@ class IkeSa(IkeSaData):
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.peer_prefers_udp = self.peer_prefers_udp
         new.encap_forced = self.encap_forced
+        new.mobike = self.mobike
         new.fragmentation = self.fragmentation
         new.established(self.now, self.peer_id)
         new.rekeyed_from = self
@@ -396,7 +399,7 @@ class IkeSa(IkeSaData):
             )
         if kind is RequestKind.RETRANSMIT:
             log.debug("%s: retransmitting response %d", self.name, header.message_id)
-            self._send(self.tm.cached_packets())
+            self._send(self.tm.cached_packets(), (local, remote))
             self.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
             return
         if kind is RequestKind.INVALID:
@@ -470,7 +473,7 @@ class IkeSa(IkeSaData):
         if header.exchange_type == ExchangeType.IKE_SA_INIT and fatal is None:
             self.init_response = packets[0]
         self.tm.response_sent(header.message_id, data, packets)
-        self._send(packets)
+        self._send(packets, (local, remote))
         if fatal is not None:
             if header.exchange_type == ExchangeType.IKE_SA_INIT and unreadable is not None:
                 self.state = IkeSaState.DELETED  # answered; like garbage, no SA and no event
@@ -730,12 +733,12 @@ def _responder_auth(sa: IkeSa) -> list[Task]:
     # One list for every IKE_AUTH exchange of an EAP login (§2.16): the CHILD SA and
     # configuration requested in the first are answered in the last.
     if sa.auth_tasks is None:
-        sa.auth_tasks = [IkeAuth(), IkeConfig(), ChildCreate(None)]
+        sa.auth_tasks = [IkeAuth(), IkeConfig(), ChildCreate(None), IkeMobike()]
     return sa.auth_tasks
 
 
 def _informational(sa: IkeSa) -> list[Task]:
-    return [Informational()]
+    return [Informational(), UpdateSaAddresses()]
 
 
 def _create_child(sa: IkeSa) -> list[Task]:

@@ -111,7 +111,9 @@ class IkeSaData:
         "key_pool",
         "keys",
         "last_heard",
+        "last_path",
         "local",
+        "mobike",
         "nat_local",
         "nat_port",
         "nat_remote",
@@ -177,6 +179,11 @@ class IkeSaData:
         """Our address and port of IKE_SA_INIT (what NAT-D hashed)."""
         self.init_remote = remote
         """The peer's address and port of IKE_SA_INIT."""
+        self.last_path: tuple[Address, Address] = (local, remote)
+        """(ours, the peer's) addresses of the latest authenticated message: where a
+        MOBIKE UPDATE_SA_ADDRESSES moves the SA to (RFC 4555 §3.5)."""
+        self.mobike = False
+        """Both sides sent MOBIKE_SUPPORTED in IKE_AUTH (RFC 4555 §3.3)."""
         self.rng = context.rng
         self.key_pool = context.key_pool
         """Key pairs made while the endpoint was idle (None: each made when needed)."""
@@ -453,10 +460,16 @@ class IkeSaData:
             )
         )
 
-    def _send(self, packets: tuple[bytes, ...]) -> None:
+    def _send(
+        self, packets: tuple[bytes, ...], path: tuple[Address, Address] | None = None
+    ) -> None:
+        """Queue IKE messages from `self.local` to `self.remote`, or over `path`
+        (ours, the peer's): a response goes back where its request came from (RFC 7296
+        §2.11), which with MOBIKE need not be the SA's addresses (RFC 4555 §3.5)."""
+        local, remote = path if path is not None else (self.local, self.remote)
         # Bare IKE messages: the daemon adds the non-ESP marker on the NAT-T port.
         for packet in packets:
-            self._out.append(Datagram(packet, self.local, self.remote))
+            self._out.append(Datagram(packet, local, remote))
         self.changed()
 
     # --- changes that need no exchange --------------------------------------------------
@@ -478,13 +491,17 @@ class IkeSaData:
     def _peer_address_seen(self, local: Address, remote: Address) -> None:
         self.last_heard = self.now
         self.unconfirmed_until = None  # an authenticated message: the peer has this SA
+        self.last_path = (local, remote)
         # §2.23: behind a NAT, follow the address of the latest authenticated message.
         # Without one the only move is the initiator's from port 500 to 4500 when ESP
         # goes in UDP (forced, or two lockgates): same addresses, our port 4500. Any
         # other change would let a copy of a genuine message, replayed from elsewhere
-        # first, redirect the SA.
-        if (local, remote) != (self.local, self.remote) and (
-            self.nat_local or self.nat_remote or self._to_nat_port(local, remote)
+        # first, redirect the SA. With MOBIKE only UPDATE_SA_ADDRESSES moves the SA
+        # (RFC 4555 §3.5), as strongSwan does: the initiator decides which path it uses.
+        if (
+            (local, remote) != (self.local, self.remote)
+            and not self.mobike
+            and (self.nat_local or self.nat_remote or self._to_nat_port(local, remote))
         ):
             log.info(
                 "%s: peer now at %s (we at %s)",
@@ -492,15 +509,50 @@ class IkeSaData:
                 format_address(remote),
                 format_address(local),
             )
-            old_local, old_remote = self.local, self.remote
-            self.local, self.remote = local, remote
-            if self.established_at is not None and not self.silent:
-                # Before IKE_AUTH completes IkeSaEstablished carries the addresses.
-                self.emit(
-                    IkeSaAddressChanged(
-                        self.config.name, self.ike_sa_id, old_local, old_remote, local, remote
-                    )
+            self._move(local, remote, mobike=False)
+
+    def _move(self, local: Address, remote: Address, *, mobike: bool) -> None:
+        old_local, old_remote = self.local, self.remote
+        self.local, self.remote = local, remote
+        if self.established_at is not None and not self.silent:
+            # Before IKE_AUTH completes IkeSaEstablished carries the addresses.
+            self.emit(
+                IkeSaAddressChanged(
+                    self.config.name,
+                    self.ike_sa_id,
+                    old_local,
+                    old_remote,
+                    local,
+                    remote,
+                    self.udp_encap,
+                    self.udp_encap_reason,
+                    self.nat_local,
+                    self.nat_remote,
+                    mobike,
                 )
+            )
+
+    def enable_mobike(self) -> None:
+        """Both sides support MOBIKE (RFC 4555 §3.3): addresses now change only by
+        UPDATE_SA_ADDRESSES."""
+        self.mobike = True
+
+    def update_addresses(self, nat: tuple[bool, bool] | None) -> bool:
+        """The peer's authenticated UPDATE_SA_ADDRESSES (RFC 4555 §3.5): move the IKE
+        SA to the addresses that request came over, with the NAT state its NAT-D
+        notifies show (`nat` as (before us, before the peer); None: it sent none,
+        so no NAT). True if the addresses or the UDP encapsulation changed."""
+        local, remote = self.last_path
+        was_encap = self.udp_encap
+        self.nat_local, self.nat_remote = nat if nat is not None else (False, False)
+        if self.nat_local and self.keepalive_at is None:
+            self.keepalive_at = self.now + NAT_KEEPALIVE_INTERVAL
+        elif not self.nat_local:
+            self.keepalive_at = None
+        if (local, remote) == (self.local, self.remote) and was_encap == self.udp_encap:
+            return False
+        self._move(local, remote, mobike=True)
+        return True
 
     def _to_nat_port(self, local: Address, remote: Address) -> bool:
         """The peer moved IKE to port 4500 for ESP in UDP without a NAT (§2.23)."""

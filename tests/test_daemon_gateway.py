@@ -301,6 +301,46 @@ def test_esp_in_udp_follows_the_ike_sa_when_the_peer_moves(gateway: Gateway) -> 
     assert entry.remote == ("198.51.100.2", 31337)
 
 
+def test_mobike_moves_raw_esp_and_switches_udp_encapsulation(gateway: Gateway) -> None:
+    gateway._handle_event(established())
+    installed = dataclasses.replace(
+        events("aes128gcm16", udp=False)[0], connection="main", ike_sa_id=7
+    )
+    gateway._handle_event(installed)
+    [entry] = gateway.plane.entries.values()
+    spis, raw_mtu = (entry.spi_in, entry.spi_out), entry.mtu
+    # The peer's UPDATE_SA_ADDRESSES came from a new address, through a NAT (RFC 4555
+    # §3.5): the same CHILD SA now sends ESP in UDP there, with less room inside.
+    gateway._handle_event(
+        IkeSaAddressChanged(
+            "main",
+            7,
+            installed.local,
+            installed.remote,
+            ("198.51.100.1", 4500),
+            ("198.51.100.9", 4500),
+            udp_encap=True,
+            udp_encap_reason="the peer is behind a NAT",
+            nat_remote=True,
+            mobike=True,
+        )
+    )
+    assert entry.remote == ("198.51.100.9", 4500) and entry.udp_encap
+    assert entry.mtu < raw_mtu and (entry.spi_in, entry.spi_out) == spis
+    (ike,) = gateway.status()["connections"][0]["ike_sas"]
+    assert ike["remote"] == "198.51.100.9[4500]" and ike["nat"]
+    assert ike["udp_encap"] == "the peer is behind a NAT"
+    # Back without a NAT: raw ESP again.
+    gateway._handle_event(
+        IkeSaAddressChanged(
+            "main", 7, entry.local, entry.remote, ("198.51.100.1", 500), ("198.51.100.2", 500),
+            udp_encap=False, mobike=True,
+        )
+    )  # fmt: skip
+    assert entry.remote == ("198.51.100.2", 500) and not entry.udp_encap
+    assert entry.mtu == raw_mtu
+
+
 @pytest.fixture
 def limit_calls(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """What the gateway tells the core of CHILD SAs at a volume limit: ("rekey", uid)

@@ -9,7 +9,8 @@ user's last one, the lowest free, an exhausted pool refused with a log line); re
 IkeSaDeleted and IkeSaFailed, and the address following an IKE SA rekey (RFC 7296
 §2.18); the users file's changes (a deleted user, a changed password: the IKE SA goes);
 group reach (RFC 7296 §2.9 narrowing; a user in no group reaches nothing); the client
-rows and `disconnect`.
+rows and `disconnect`; a client that moved with MOBIKE (its row, the log line, and its
+reconnect from the new address replacing the IKE SA that followed it).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from ikev2.events import (
     ChildSaFailed,
     ChildSaInstalled,
     Event,
+    IkeSaAddressChanged,
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
 )
 from ikev2.ts import TrafficSelector
 from testkit.ikev2_pair import deliver, on_wire
+from testkit.mobike import Update, move, offer_mobike
 
 IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network
@@ -119,9 +122,12 @@ class Server:
     def service(self) -> None:
         """The gateway would send the endpoint's datagrams now; `pump` does."""
 
-    def login(self, user: str, password: str = PASSWORD) -> Client:
-        """A client from its own address (198.51.100.1N) logs in as `user`."""
-        address = f"198.51.100.{11 + len(self.clients)}"
+    def login(
+        self, user: str, password: str = PASSWORD, *, address: str = "", mobike: bool = False
+    ) -> Client:
+        """A client from its own address (198.51.100.1N, or `address`) logs in as
+        `user`, offering MOBIKE (RFC 4555) if asked to."""
+        address = address or f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
             _client(self.pki, user, password),
             local_addresses=(address,),
@@ -130,6 +136,8 @@ class Server:
         client = Client(Endpoint([config], rng=DeterministicRandom(address.encode())))
         self.clients[address] = client
         client.endpoint.initiate("conn", 0.0)
+        if mobike:
+            offer_mobike(client.endpoint.ike_sas()[0])
         self.pump()
         return client
 
@@ -362,3 +370,50 @@ def test_a_certificate_clients_user_is_its_cn() -> None:
 
     assert _cert_user("C=CH, O=Example, CN=carol@example.net") == "carol@example.net"
     assert _cert_user("carol@example.net") == "carol@example.net"
+
+
+def test_a_client_that_moves_keeps_its_row_at_the_new_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    server.login("alice")
+    ike_sa_id = next(iter(server.ra.clients))
+    # MOBIKE (RFC 4555 §3.5): the IKE core moved the SA; the row follows it.
+    server.ra.on_event(
+        IkeSaAddressChanged(
+            "laptops",
+            ike_sa_id,
+            ("198.51.100.2", 4500),
+            ("198.51.100.11", 4500),
+            ("198.51.100.2", 4500),
+            ("198.51.100.42", 4500),
+            mobike=True,
+        )
+    )
+    (row,) = server.ra.client_rows(server)  # type: ignore[arg-type]
+    assert row["remote"] == "198.51.100.42:4500" and row["user"] == "alice"
+    assert (
+        "laptops: client alice moved from 198.51.100.11[4500] to 198.51.100.42[4500] (MOBIKE)"
+        in caplog.text
+    )
+    assert server.ra.clients[ike_sa_id].addresses == [ipaddress.IPv4Address("192.0.2.2")]
+
+
+def test_a_client_that_moved_and_reconnects_replaces_the_ike_sa_that_followed_it(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path)
+    phone = server.login("alice", mobike=True)
+    (old,) = server.endpoint.ike_sas()
+    assert old.mobike
+    # Wi-Fi to LTE: the same IKE SA moves to the phone's new address (RFC 4555 §3.5).
+    server.clients["198.51.100.42"] = phone
+    move(phone.endpoint.ike_sas()[0], "198.51.100.42", Update(), 0.0)
+    server.pump()
+    assert old.remote[0] == "198.51.100.42"
+    # The app restarts there and logs in again with INITIAL_CONTACT: the old IKE SA goes.
+    again = server.login("alice", address="198.51.100.42")
+    assert again.of(ChildSaInstalled)
+    assert [sa.remote[0] for sa in server.endpoint.ike_sas()] == ["198.51.100.42"]
+    assert server.endpoint.ike_sas()[0] is not old

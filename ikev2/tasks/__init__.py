@@ -1,9 +1,10 @@
 """The tasks of IKEv2 exchanges, one module per concern (after strongSwan's
 `libcharon/sa/ikev2/tasks/`): ike_init, ike_natd, ike_auth (PSK, certificates and
-EAP), ike_config (virtual addresses), child_create (IKE_AUTH's CHILD SA), child_rekey
-(CREATE_CHILD_SA: more CHILD SAs and their rekeys), ike_rekey, ike_delete,
-child_delete and informational. Liveness checks are empty INFORMATIONAL requests
-queued by the IKE SA itself; COOKIEs are handled by the endpoint before an SA exists."""
+EAP), ike_config (virtual addresses), ike_mobike (MOBIKE as responder, RFC 4555),
+child_create (IKE_AUTH's CHILD SA), child_rekey (CREATE_CHILD_SA: more CHILD SAs and
+their rekeys), ike_rekey, ike_delete, child_delete and informational. Liveness checks
+are empty INFORMATIONAL requests queued by the IKE SA itself; COOKIEs are handled by the
+endpoint before an SA exists."""
 
 from ikev2.tasks.base import Exchange, RetryExchange, Task, TaskSa
 from ikev2.tasks.child_create import ChildCreate
@@ -13,6 +14,7 @@ from ikev2.tasks.ike_auth import IkeAuth
 from ikev2.tasks.ike_config import IkeConfig
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_init import IkeInit
+from ikev2.tasks.ike_mobike import IkeMobike, UpdateSaAddresses
 from ikev2.tasks.ike_natd import IkeNatd
 from ikev2.tasks.ike_rekey import CHILD_TASKS, AnswerIkeRekey, IkeRekey
 from ikev2.tasks.informational import Informational, NotifyOnly, RefuseCreateChild
@@ -29,6 +31,7 @@ __all__ = [
     "IkeConfig",
     "IkeDelete",
     "IkeInit",
+    "IkeMobike",
     "IkeNatd",
     "IkeRekey",
     "Informational",
@@ -37,4 +40,5 @@ __all__ = [
     "RetryExchange",
     "Task",
     "TaskSa",
+    "UpdateSaAddresses",
 ]

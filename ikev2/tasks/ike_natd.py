@@ -54,41 +54,55 @@ def natd_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
     return hashlib.sha1(spi_i + spi_r + ip + addr[1].to_bytes(2, "big")).digest()  # noqa: S324
 
 
+def natd_notifies(sa: TaskSa, spi_r: bytes, local: Address, remote: Address) -> list[Payload]:
+    """Our NAT_DETECTION_SOURCE_IP and _DESTINATION_IP for a message from `local` to
+    `remote` (with `encap = "force"` a random source hash, which matches nothing)."""
+    # A random source hash can match nothing: the peer must assume a NAT.
+    source = sa.rng.token_bytes(20) if sa.encap_forced else natd_hash(sa.spi_i, spi_r, local)
+    return [
+        Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
+        Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, natd_hash(sa.spi_i, spi_r, remote)),
+    ]
+
+
+def detect_nat(
+    sa: TaskSa, message: Message, local: Address, remote: Address
+) -> tuple[bool, bool] | None:
+    """(NAT before us, NAT before the peer) from the peer's NAT-D notifies in a message
+    that arrived at `local` from `remote`; None if it carries none (§2.23)."""
+    sources = [
+        n.data
+        for n in message.payloads
+        if isinstance(n, Notify) and n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP
+    ]
+    destination = message.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+    if not sources or destination is None:
+        return None
+    spi_r = message.spi_r
+    # The peer's source is the address we saw it at; a mismatch: a NAT before it.
+    nat_remote = natd_hash(sa.spi_i, spi_r, remote) not in sources
+    # The peer's destination is where it sent to; a mismatch: a NAT before us.
+    nat_local = natd_hash(sa.spi_i, spi_r, local) != destination.data
+    return nat_local, nat_remote
+
+
 class IkeNatd(Task):
     """Adds and checks the NAT detection notifies of IKE_SA_INIT."""
 
     name = "ike_natd"
 
     def _ours(self, sa: TaskSa, spi_r: bytes) -> list[Payload]:
-        if sa.encap_forced:
-            # A random source hash can match nothing: the peer must assume a NAT.
-            source = sa.rng.token_bytes(20)
-        else:
-            source = natd_hash(sa.spi_i, spi_r, sa.init_local)
-        destination = natd_hash(sa.spi_i, spi_r, sa.init_remote)
-        ours: list[Payload] = [
-            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, source),
-            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, destination),
-        ]
+        ours = natd_notifies(sa, spi_r, sa.init_local, sa.init_remote)
         if sa.offers_udp_vid:
             ours.append(VendorId(LOCKGATE_UDP_VID))
         return ours
 
     def _check(self, sa: TaskSa, message: Message) -> bool:
         """Set the SA's NAT flags from the peer's notifies; False if it sent none."""
-        sources = [
-            n.data
-            for n in message.payloads
-            if isinstance(n, Notify) and n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP
-        ]
-        destination = message.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
-        if not sources or destination is None:
+        found = detect_nat(sa, message, sa.init_local, sa.init_remote)
+        if found is None:
             return False
-        spi_r = message.spi_r
-        # The peer's source is the address we saw it at; a mismatch: a NAT before it.
-        nat_remote = natd_hash(sa.spi_i, spi_r, sa.init_remote) not in sources
-        # The peer's destination is where it sent to; a mismatch: a NAT before us.
-        nat_local = natd_hash(sa.spi_i, spi_r, sa.init_local) != destination.data
+        nat_local, nat_remote = found
         peer_prefers_udp = sa.offers_udp_vid and any(
             isinstance(p, VendorId) and p.data == LOCKGATE_UDP_VID for p in message.payloads
         )
