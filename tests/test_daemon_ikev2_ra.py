@@ -362,3 +362,28 @@ def test_a_certificate_clients_user_is_its_cn() -> None:
 
     assert _cert_user("C=CH, O=Example, CN=carol@example.net") == "carol@example.net"
     assert _cert_user("carol@example.net") == "carol@example.net"
+
+
+def test_a_refused_certificate_is_logged_with_what_was_wrong(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    why = "EAP-TLS: client certificate refused: certificate of mallory expired on 2026-01-01"
+    server.ra.on_event(
+        IkeSaFailed(
+            "laptops",
+            7,
+            why,
+            NotifyType.AUTHENTICATION_FAILED,
+            "mallory",
+            ("198.51.100.9", 4500),
+            "certificate refused",
+        )
+    )
+    # The log line says which certificate and why; the counter keeps the words, so
+    # certificates with ever new names cannot grow it.
+    assert f"login of mallory from 198.51.100.9 refused: {why}" in caplog.text
+    assert server.ra.refusals == {"certificate refused": 1}
+    # Not a password guess: the rate limits stay open for the name.
+    assert server.ra.gate("mallory", "198.51.100.9") is None
