@@ -41,6 +41,7 @@ from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.eap_mschapv2 import EapCause, EapFailed, EapServer
 from ikev2.eap_tls import (
+    MAX_ROUNDS,
     MAX_TLS_MESSAGE,
     EapMethodChoice,
     EapTlsClient,
@@ -386,3 +387,15 @@ def test_tls12_msk_is_rfc5216s_prf_of_the_master_secret(lab: Lab) -> None:
         digest, master, b"client EAP encryption" + client_random + server_random, 128
     )
     assert server.msk == key_material[:64] == client.msk
+
+
+def test_a_client_that_never_finishes_is_cut_off(lab: Lab) -> None:
+    server, identifier = _after_start(lab)
+    # One octet at a time of a flight that announces the maximum: ACKed until the
+    # round limit, then refused, long before the reassembly limit.
+    first = bytes([13, 0xC0]) + MAX_TLS_MESSAGE.to_bytes(4, "big") + b"\x16"
+    reply = server.process(_raw(identifier, first))
+    with pytest.raises(EapFailed, match=f"no result after {MAX_ROUNDS} rounds"):
+        for _ in range(MAX_ROUNDS):
+            assert eap_data(reply) == EapTls()
+            reply = server.process(_raw(reply.identifier, bytes([13, 0x40]) + b"\x16"))
