@@ -36,10 +36,12 @@ from conf.model import Config, RemoteAccessConfig
 from daemon.p2c_auth import UsersFile
 from daemon.p2c_limits import LoginLimiter
 from daemon.p2c_pool import AddressPool
+from ikev2.certs import user_name as _cert_user
 from ikev2.config import ChildConfig, ConfigError, Identity, IpInterface, IpNetwork, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.config import RemoteAccess as RaSettings
 from ikev2.constants import NotifyType
+from ikev2.eap_mschapv2 import EapCause
 from ikev2.events import (
     ChildSaFailed,
     ChildSaInstalled,
@@ -63,6 +65,9 @@ CHILD_LIFETIME = 10800.0
 IKE_LIFETIME = 86400.0
 _AUTH = {"password": "eap", "certificate": "pubkey", "any": "any"}
 _EAP_FAILURES = frozenset({"wrong password", "unknown user"})
+_DETAILED = frozenset({EapCause.CERTIFICATE.value, EapCause.TLS.value})
+"""Refusals whose words alone do not say what was wrong (which certificate, which CA,
+which TLS alert): the log line gives the whole reason; the counters keep the words."""
 
 
 @dataclass
@@ -252,6 +257,8 @@ class IkeRaServer:
         elif isinstance(event, IkeSaFailed):
             self._release(event.ike_sa_id)
             reason = event.refusal or event.reason
+            if event.refusal in _DETAILED:
+                reason = event.reason
             if event.refusal in _EAP_FAILURES:
                 self.limiter.failed(event.user, event.remote[0], self._clock())
             if event.refusal:
@@ -397,15 +404,6 @@ class IkeRaServer:
                 if isinstance(user.static_ip, ipaddress.IPv4Address)
             }
         )
-
-
-def _cert_user(remote_id: str) -> str:
-    """A certificate client's user name: the CN of a DN identity, else the identity."""
-    for part in remote_id.split(","):
-        key, _, value = part.strip().partition("=")
-        if key.upper() == "CN" and value:
-            return value
-    return remote_id
 
 
 def _duration(seconds: float) -> str:

@@ -192,6 +192,22 @@ def describe(cert: x509.Certificate) -> str:
     return _name_text(cert.subject)
 
 
+def user_name(identity: str) -> str:
+    """A certificate client's user name: the CN of a DN identity ("C=CH, O=Example,
+    CN=carol"), else the identity itself."""
+    for part in identity.split(","):
+        key, _, value = part.strip().partition("=")
+        if key.upper() == "CN" and value:
+            return value
+    return identity
+
+
+def certificate_user(cert: x509.Certificate) -> str:
+    """The user an EAP-TLS client certificate names: as `user_name` of its subject,
+    spelled as an IKE DN identity is."""
+    return user_name(str(Identity.from_wire(IdType.ID_DER_ASN1_DN, cert.subject.public_bytes())))
+
+
 def _utc(at: datetime.datetime | float) -> datetime.datetime:
     if isinstance(at, datetime.datetime):
         if at.tzinfo is None:
@@ -515,10 +531,11 @@ class TrustAnchors:
     def validate(
         self,
         payloads: Sequence[Certificate],
-        peer_id: Identity,
+        peer_id: Identity | None,
         at: datetime.datetime | float,
     ) -> ValidatedPeer:
-        """Check the peer's CERT payloads and that they belong to ``peer_id``.
+        """Check the peer's CERT payloads and that they belong to ``peer_id`` (None: an
+        EAP-TLS client, whom the certificate names, RFC 5216 §5.2).
 
         The first X.509 CERT is the end entity; the others may be intermediates in any
         order. Raises :class:`AuthenticationFailed` naming what is wrong.
@@ -534,7 +551,8 @@ class TrustAnchors:
             raise AuthenticationFailed(
                 f"certificate of {describe(leaf)} lacks key usage digitalSignature"
             )
-        _check_identity(leaf, peer_id)
+        if peer_id is not None:
+            _check_identity(leaf, peer_id)
         chain = self._build_chain(leaf, pool, when)
         log.info(
             "certificate of %s valid, chain: %s",

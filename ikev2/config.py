@@ -101,7 +101,8 @@ class RemoteAccess:
 
     client_auth: ClientAuth = "eap"
     """How clients prove who they are: "eap" (EAP-MSCHAPv2, TOML auth "password"),
-    "pubkey" (certificates, RFC 7427; TOML "certificate") or "any"."""
+    "pubkey" (certificates: RFC 7427 signatures, or EAP-TLS; TOML "certificate") or
+    "any"."""
     nt_hash: NtHashLookup | None = field(default=None, repr=False)
     """The user check of EAP-MSCHAPv2 (needed unless client_auth is "pubkey")."""
     allocate: AddressAllocator | None = field(default=None, repr=False)
@@ -140,16 +141,24 @@ class RemoteAccessClient:
     """We dial a remote-access server as one of its clients (tests, a load generator)."""
 
     eap_identity: str | None = None
-    """Log in with EAP-MSCHAPv2 as this user; None: with our certificate."""
+    """Log in with EAP as this user (EAP-MSCHAPv2, or EAP-TLS with `eap_tls`); None:
+    with our certificate (RFC 7427)."""
     nt_hash: bytes | None = field(default=None, repr=False)
     """The user's NT hash, for EAP-MSCHAPv2."""
+    eap_tls: LocalCredentials | None = None
+    """Log in with EAP-TLS (RFC 5216, RFC 9190) with this user certificate, as Windows
+    does with a user certificate."""
     request_ip4: bool = True
     """Ask for an IPv4 virtual address (CFG_REQUEST)."""
     request_ip6: bool = False
     """Ask for an IPv6 virtual address."""
 
     def __post_init__(self) -> None:
-        if self.eap_identity is not None and (self.nt_hash is None or len(self.nt_hash) != 16):
+        if (
+            self.eap_identity is not None
+            and self.eap_tls is None
+            and (self.nt_hash is None or len(self.nt_hash) != 16)
+        ):
             raise ConfigError("an EAP-MSCHAPv2 client needs a 16-octet NT hash")
 
 

@@ -62,6 +62,9 @@ class EapCause(enum.Enum):
     WRONG_PASSWORD = "wrong password"  # noqa: S105 - a reason, not a password
     UNKNOWN_USER = "unknown user"
     REFUSED_METHOD = "client refuses EAP-MSCHAPv2"
+    REFUSED_TLS = "client refuses EAP-TLS"
+    CERTIFICATE = "certificate refused"
+    TLS = "TLS handshake failed"
     SERVER_NOT_AUTHENTICATED = "server's MS-CHAPv2 authenticator response is wrong"
     REFUSED_BY_SERVER = "server refused the login"
     PROTOCOL = "EAP protocol error"
@@ -94,6 +97,8 @@ class EapServer:
     """The authenticator's side of EAP-MSCHAPv2 over IKEv2 (no retries: a wrong
     password ends the IKE SA and the client starts again)."""
 
+    method = "EAP-MSCHAPv2"
+
     def __init__(
         self, rng: RandomSource, lookup: NtHashLookup, gate: EapGate | None = None
     ) -> None:
@@ -113,6 +118,11 @@ class EapServer:
     def done(self) -> bool:
         """The EAP Success went out: the next IKE_AUTH request carries AUTH."""
         return self._state is _ServerState.DONE
+
+    @property
+    def identifier(self) -> int:
+        """The Identifier of the request we sent last."""
+        return self._identifier
 
     def start(self) -> Eap:
         """The first request: Identity (RFC 3748 §5.1)."""

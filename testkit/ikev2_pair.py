@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esp.udpencap import NAT_T_PORT, DatagramKind, classify, frame_ike, strip_marker
+from ikev2.certs import TrustAnchors
 from ikev2.codec import (
     Message,
     decode_header,
     decode_message,
     encode_message,
 )
-from ikev2.config import ChildConfig, ConnectionConfig, Identity
+from ikev2.config import ChildConfig, ConnectionConfig, Identity, RemoteAccessClient
 from ikev2.constants import ExchangeType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
@@ -241,6 +242,35 @@ class Pair:
             if s.sender == sender and header.exchange_type == exchange and header.response:
                 out.append(s)
         return out
+
+
+def ra_client(
+    server_name: str, remote: str, trust_anchors: TrustAnchors, client: RemoteAccessClient
+) -> ConnectionConfig:
+    """A remote-access client "conn" at A_ADDR of a server at B_ADDR named `server_name`:
+    like Windows, its IKE identity is its address and EAP names the user."""
+    return ConnectionConfig(
+        name="conn",
+        local_addresses=(A_ADDR,),
+        remote_address=B_ADDR,
+        local_id=Identity.parse(A_ADDR),
+        remote_id=Identity.parse(server_name),
+        children=(child("conn", local="0.0.0.0/0", remote=remote),),
+        auth="pubkey",
+        trust_anchors=trust_anchors,
+        ra_client=client,
+    )
+
+
+def ra_login(client: ConnectionConfig, server: ConnectionConfig) -> Pair:
+    """`client` ("conn") dials `server` and the pair runs until nothing moves."""
+    pair = Pair(
+        Endpoint([client], rng=DeterministicRandom(b"client")),
+        Endpoint([server], rng=DeterministicRandom(b"server")),
+    )
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    return pair
 
 
 def establish(pair: Pair) -> tuple[ChildSaInstalled, ChildSaInstalled]:

@@ -417,3 +417,28 @@ def test_a_client_that_moved_and_reconnects_replaces_the_ike_sa_that_followed_it
     assert again.of(ChildSaInstalled)
     assert [sa.remote[0] for sa in server.endpoint.ike_sas()] == ["198.51.100.42"]
     assert server.endpoint.ike_sas()[0] is not old
+
+
+def test_a_refused_certificate_is_logged_with_what_was_wrong(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    why = "EAP-TLS: client certificate refused: certificate of mallory expired on 2026-01-01"
+    server.ra.on_event(
+        IkeSaFailed(
+            "laptops",
+            7,
+            why,
+            NotifyType.AUTHENTICATION_FAILED,
+            "mallory",
+            ("198.51.100.9", 4500),
+            "certificate refused",
+        )
+    )
+    # The log line says which certificate and why; the counter keeps the words, so
+    # certificates with ever new names cannot grow it.
+    assert f"login of mallory from 198.51.100.9 refused: {why}" in caplog.text
+    assert server.ra.refusals == {"certificate refused": 1}
+    # Not a password guess: the rate limits stay open for the name.
+    assert server.ra.gate("mallory", "198.51.100.9") is None

@@ -33,7 +33,6 @@ from ikev2.constants import AuthMethod, EapCode, ExchangeType, NotifyType
 from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.eap_mschapv2 import EapCause, EapClient, EapFailed, EapServer
-from ikev2.endpoint import Endpoint
 from ikev2.events import (
     ChildSaFailed,
     ChildSaInstalled,
@@ -43,7 +42,7 @@ from ikev2.events import (
 )
 from ikev2.sa_data import IkeSaData
 from ikev2.ts import TrafficSelector
-from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, child
+from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, child, ra_client, ra_login
 
 SERVER_NAME = "vpn.example.net"
 USERS = {"alice": nt_password_hash("correct horse battery")}
@@ -97,28 +96,15 @@ def _server(pki: Pki, pool: Pool, **ra: object) -> ConnectionConfig:
 def _client(
     pki: Pki, user: str = "alice", password: str = "correct horse battery", **kw: bool
 ) -> ConnectionConfig:
-    return ConnectionConfig(
-        name="conn",
-        local_addresses=(A_ADDR,),
-        remote_address=B_ADDR,
-        # Like Windows: the IKE identity is the client's address, the user is in EAP.
-        local_id=Identity.parse(A_ADDR),
-        remote_id=Identity.parse(SERVER_NAME),
-        children=(child("conn", local="0.0.0.0/0", remote=LOCAL_SUBNET),),
-        auth="pubkey",
-        trust_anchors=TrustAnchors.from_pem(pki.chain()[-1]),
-        ra_client=RemoteAccessClient(user, nt_password_hash(password), **kw),
+    return ra_client(
+        SERVER_NAME,
+        LOCAL_SUBNET,
+        TrustAnchors.from_pem(pki.chain()[-1]),
+        RemoteAccessClient(user, nt_password_hash(password), **kw),
     )
 
 
-def _login(client: ConnectionConfig, server: ConnectionConfig) -> Pair:
-    pair = Pair(
-        Endpoint([client], rng=DeterministicRandom(b"client")),
-        Endpoint([server], rng=DeterministicRandom(b"server")),
-    )
-    pair.a.initiate("conn", 0.0)
-    pair.pump()
-    return pair
+_login = ra_login
 
 
 def _auth_requests(pair: Pair) -> int:

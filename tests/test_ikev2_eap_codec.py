@@ -14,6 +14,7 @@ from ikev2.codec.eap import (
     EapIdentity,
     EapNak,
     EapOther,
+    EapTls,
     EapType,
     MsChapV2Challenge,
     MsChapV2Failure,
@@ -115,6 +116,7 @@ def test_random_octets_raise_only_invalid_syntax(code: EapCode, data: bytes) -> 
             MsChapV2Response,
             MsChapV2Success,
             MsChapV2Failure,
+            EapTls,
             EapOther,
         ),
     )

@@ -2,8 +2,9 @@
 
 `ikev2.codec.payloads.Eap` carries Code, Identifier and the octets after the EAP
 header: Type and Type-Data. This module gives those octets a shape for the types the
-remote-access server speaks: Identity (1), Nak (3) and MS-CHAPv2 (26, with its own
-header: OpCode, MS-CHAPv2-ID, MS-Length; draft-kamath-pppext-eap-mschapv2 §2).
+remote-access server speaks: Identity (1), Nak (3), MS-CHAPv2 (26, with its own
+header: OpCode, MS-CHAPv2-ID, MS-Length; draft-kamath-pppext-eap-mschapv2 §2) and
+EAP-TLS (13: Flags, an optional TLS Message Length, then TLS data; RFC 5216 §3.1).
 
 `decode_eap_data(code, data)` raises only `InvalidSyntax`; a type we do not speak is
 kept as `EapOther`, so the caller can answer it (with a Nak, or a Failure).
@@ -45,6 +46,7 @@ class MsChapV2OpCode(enum.IntEnum):
 _MS_HEADER = Struct("!BBBH")
 """EAP Type, OpCode, MS-CHAPv2-ID, MS-Length (MS-Length: the EAP Length less 5)."""
 _CHALLENGE_VALUE = 16
+_TLS_LENGTH = Struct("!I")
 _RESPONSE_VALUE = 49
 """Peer-Challenge (16), Reserved (8), NT-Response (24), Flags (1) (RFC 2759 §4)."""
 
@@ -115,6 +117,30 @@ class MsChapV2Failure:
     """The failure message (requests only)."""
 
 
+class EapTlsFlag(enum.IntFlag):
+    """EAP-TLS Flags (RFC 5216 §3.1; RFC 9190 keeps them for TLS 1.3)."""
+
+    LENGTH = 0x80
+    """L: the four-octet TLS Message Length follows."""
+    MORE = 0x40
+    """M: more fragments of this TLS message (or flight) follow."""
+    START = 0x20
+    """S: the server's EAP-TLS Start (a Request without data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EapTls:
+    """One EAP-TLS packet (RFC 5216 §3.1-3.2): a fragment of the TLS records, an ACK
+    (no flags and no data), or the server's Start."""
+
+    flags: int = 0
+    """`EapTlsFlag` bits but L, which the encoder sets when `tls_length` is given."""
+    tls_length: int | None = None
+    """The TLS Message Length: the whole reassembled message (with flag L)."""
+    data: bytes = b""
+    """This fragment's TLS data."""
+
+
 @dataclass(frozen=True, slots=True)
 class EapOther:
     """A type we do not speak (or an MS-CHAPv2 OpCode we do not), kept as octets."""
@@ -132,6 +158,7 @@ EapData = (
     | MsChapV2Response
     | MsChapV2Success
     | MsChapV2Failure
+    | EapTls
     | EapOther
 )
 """The typed content of an EAP Request or Response."""
@@ -170,6 +197,17 @@ def encode_eap_data(code: int, data: EapData) -> bytes:
             if response:
                 return bytes([EapType.MSCHAPV2, opcode])
             return _ms(opcode, ms_id, message)
+        case EapTls(flags, tls_length, body):
+            flags &= ~EapTlsFlag.LENGTH
+            if tls_length is None:
+                return bytes([EapType.TLS, flags]) + body
+            if not 0 <= tls_length <= 0xFFFFFFFF:
+                raise ValueError("an EAP-TLS Message Length has four octets")
+            return (
+                bytes([EapType.TLS, flags | EapTlsFlag.LENGTH])
+                + pack(_TLS_LENGTH, tls_length)
+                + body
+            )
         case EapOther(eap_type, body):
             return bytes([eap_type]) + body
     raise TypeError(f"not EAP data: {data!r}")
@@ -186,6 +224,8 @@ def decode_eap_data(code: int, data: bytes) -> EapData:
         return EapNak(tuple(rest))
     if eap_type == EapType.MSCHAPV2:
         return _decode_mschapv2(code, rest)
+    if eap_type == EapType.TLS:
+        return _decode_tls(rest)
     return EapOther(eap_type, rest)
 
 
@@ -221,6 +261,15 @@ def _decode_mschapv2(code: int, data: bytes) -> EapData:
     return EapOther(EapType.MSCHAPV2, data)
 
 
+def _decode_tls(data: bytes) -> EapTls:
+    buf = Reader(data)
+    flags = buf.pull_uint8()
+    tls_length = buf.pull_uint32() if flags & EapTlsFlag.LENGTH else None
+    # L lives on as `tls_length`; the reserved bits are kept as sent (the method
+    # ignores them, RFC 5216 §3.1).
+    return EapTls(flags & ~EapTlsFlag.LENGTH, tls_length, buf.pull_rest())
+
+
 def eap_payload(code: EapCode, identifier: int, data: EapData | None = None) -> Eap:
     """An EAP payload: a Request or Response with `data`, or a Success or Failure."""
     if code in (EapCode.SUCCESS, EapCode.FAILURE):
@@ -242,6 +291,8 @@ __all__ = [
     "EapIdentity",
     "EapNak",
     "EapOther",
+    "EapTls",
+    "EapTlsFlag",
     "EapType",
     "MsChapV2Challenge",
     "MsChapV2Failure",

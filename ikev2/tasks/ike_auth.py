@@ -8,9 +8,11 @@ certificate chain and an RFC 7427 signature; the peer's chain is validated again
 our CAs and must name the peer's identity (`ikev2.certs`).
 
 A remote-access client may leave AUTH out of its first IKE_AUTH request and log in
-with EAP-MSCHAPv2 instead (§2.16): the responder answers with its identity, its
-certificate and signature and an EAP Request; the EAP rounds follow, each its own
-IKE_AUTH exchange (`ikev2.eap_mschapv2` runs the method); the last exchange carries
+with EAP instead (§2.16): the responder answers with its identity, its certificate and
+signature and an EAP Request; the EAP rounds follow, each its own IKE_AUTH exchange
+(`ikev2.eap_mschapv2` runs EAP-MSCHAPv2 for password logins, `ikev2.eap_tls` EAP-TLS
+for certificate logins, and with auth "any" switches to it when the client Naks
+MSCHAPv2 for it); the last exchange carries
 both sides' AUTH with the MSK as shared secret. The same task object serves every
 round: the IKE SA keeps it (responder) or sends it again (initiator).
 """
@@ -21,10 +23,11 @@ import logging
 import sys
 
 from ikev2.codec import Authentication, Certificate, Eap, IdI, IdR, Message, Notify, Payload
-from ikev2.config import ConnectionConfig
+from ikev2.config import ConnectionConfig, RemoteAccess
 from ikev2.constants import AuthMethod, NotifyType
 from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth, verify_signature_auth
 from ikev2.eap_mschapv2 import EapClient, EapServer
+from ikev2.eap_tls import EapAuthenticator, EapMethodChoice, EapTlsClient, EapTlsServer
 from ikev2.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -71,9 +74,9 @@ class IkeAuth(Task):
     name = "ike_auth"
 
     def __init__(self) -> None:
-        self.eap_server: EapServer | None = None
+        self.eap_server: EapAuthenticator | None = None
         """Responder: the EAP login in progress."""
-        self.eap_client: EapClient | None = None
+        self.eap_client: EapClient | EapTlsClient | None = None
         """Initiator: our EAP login in progress."""
         self.first_id: IdI | IdR | None = None
         """The initiator's ID payload of the first round: the final AUTHs sign it."""
@@ -199,10 +202,17 @@ class IkeAuth(Task):
             return
         eap = message.get(Eap)
         client = sa.config.ra_client
-        if eap is None or client is None or client.eap_identity is None or not client.nt_hash:
+        if eap is None or client is None or client.eap_identity is None:
             raise AuthenticationFailed(f"server {peer} does not start the EAP login we asked for")
         self.peer, self.server_id = peer, idr
-        self.eap_client = EapClient(sa.rng, client.eap_identity, client.nt_hash)
+        if client.eap_tls is not None:
+            self.eap_client = EapTlsClient(
+                client.eap_identity, client.eap_tls, sa.config.trust_anchors
+            )
+        elif client.nt_hash is not None:
+            self.eap_client = EapClient(sa.rng, client.eap_identity, client.nt_hash)
+        else:
+            raise LocalProtocolError("an EAP client without a password or a certificate")
         self._answer_eap(sa, eap)
 
     def _answer_eap(self, sa: TaskSa, eap: Eap) -> None:
@@ -255,17 +265,11 @@ class IkeAuth(Task):
         initial_contact = message.notify(NotifyType.INITIAL_CONTACT) is not None
         ra = config.remote_access
         if auth is None:
-            if ra is None or not ra.accepts_eap or ra.nt_hash is None:
+            if ra is None:
                 raise AuthenticationFailed(f"peer {peer} sent no AUTH, and we offer it no EAP")
             # §2.16: no AUTH asks for EAP. The user is named in EAP (Windows sends its
             # IP address as IDi), so the login starts with an Identity round.
-            gate = ra.gate
-            address = sa.remote[0]
-            self.eap_server = EapServer(
-                sa.rng,
-                ra.nt_hash,
-                None if gate is None else (lambda user: gate(user, address)),
-            )
+            self.eap_server = _eap_server(sa, config, ra, peer)
             self.eap_out = self.eap_server.start()
             self.first_id, self.peer, self.initial_contact = idi, peer, initial_contact
             return
@@ -296,7 +300,7 @@ class IkeAuth(Task):
         if auth is None or server.msk is None:
             raise AuthenticationFailed(f"client {self.peer} sent no AUTH after its EAP login")
         self._verify_msk_auth(sa, auth, server.msk, self.first_id)
-        log.info("%s: user %r logged in with EAP-MSCHAPv2", sa.name, server.identity)
+        log.info("%s: user %r logged in with %s", sa.name, server.identity, server.method)
         self._established(sa, sa.now, self.peer, initial_contact=self.initial_contact)
 
     def _pick(self, sa: TaskSa, peer: Identity, wanted_me: Identity | None) -> ConnectionConfig:
@@ -427,6 +431,32 @@ class IkeAuth(Task):
             validated.public_key, self._auth_data(sa, ident, ours=False), auth.data
         )
         log.info("%s: peer %s authenticated with %s", sa.name, peer, scheme.name)
+
+
+def _eap_server(
+    sa: TaskSa, config: ConnectionConfig, ra: RemoteAccess, peer: Identity
+) -> EapAuthenticator:
+    """The EAP method(s) this server offers a client that sent no AUTH: EAP-MSCHAPv2
+    for auth "password", EAP-TLS for "certificate" (Windows user certificates; the
+    others sign with RFC 7427), MSCHAPv2 then EAP-TLS on the client's Nak for "any"."""
+    gate = ra.gate
+    address = sa.remote[0]
+    login_gate = None if gate is None else (lambda user: gate(user, address))
+    mschapv2 = (
+        EapServer(sa.rng, ra.nt_hash, login_gate)
+        if ra.accepts_eap and ra.nt_hash is not None
+        else None
+    )
+    credentials, anchors = config.credentials, config.trust_anchors
+    if not ra.accepts_certificates or credentials is None or anchors is None:
+        if mschapv2 is None:
+            raise AuthenticationFailed(f"peer {peer} sent no AUTH, and we offer it no EAP")
+        return mschapv2
+
+    def tls() -> EapTlsServer:
+        return EapTlsServer(sa.rng, credentials, anchors, sa.wall_clock, login_gate)
+
+    return tls() if mschapv2 is None else EapMethodChoice(mschapv2, tls)
 
 
 def _eap_client(config: ConnectionConfig) -> bool:

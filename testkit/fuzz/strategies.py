@@ -148,6 +148,15 @@ unknown_types = st.integers(1, 255).filter(
 )
 groups = st.one_of(st.sampled_from(list(DhGroup)), u16)
 
+eap_tls_bodies = st.builds(
+    lambda flags, length, data: bytes([13, flags]) + length + data,
+    st.one_of(st.sampled_from([0, 0x20, 0x40, 0x80, 0xC0]), u8),
+    st.one_of(st.just(b""), st.binary(min_size=4, max_size=4), st.binary(max_size=3)),
+    st.binary(max_size=40),
+)
+"""EAP-TLS Type-Data (RFC 5216 §3.1): any flags, a TLS Message Length that may lie or
+be cut short, and a fragment."""
+
 payloads: st.SearchStrategy[Payload] = st.one_of(
     sa_payloads,
     st.builds(KeyExchange, groups, st.one_of(small_bytes, st.binary(min_size=30, max_size=140))),
@@ -171,6 +180,7 @@ payloads: st.SearchStrategy[Payload] = st.one_of(
     ),
     st.builds(Eap, st.sampled_from([3, 4]), u8, st.just(b"")),
     st.builds(Eap, st.sampled_from([1, 2]), u8, st.binary(min_size=1, max_size=30)),
+    st.builds(Eap, st.sampled_from([1, 2]), u8, eap_tls_bodies),
     st.builds(UnknownPayload, unknown_types, small_bytes, st.booleans()),
 )
 payload_chains = st.lists(payloads, max_size=6).map(tuple)
@@ -236,9 +246,12 @@ _BY_TYPE: dict[int, st.SearchStrategy[Payload]] = {
             tuple
         ),
     ),
-    PayloadType.EAP: st.builds(
-        Eap, st.sampled_from([1, 2, 3, 4]), u8, st.binary(max_size=8)
-    ).filter(lambda e: e.code in (3, 4) or len(e.data) >= 1),
+    PayloadType.EAP: st.one_of(
+        st.builds(Eap, st.sampled_from([1, 2, 3, 4]), u8, st.binary(max_size=8)).filter(
+            lambda e: e.code in (3, 4) or len(e.data) >= 1
+        ),
+        st.builds(Eap, st.sampled_from([1, 2]), u8, eap_tls_bodies),
+    ),
 }
 
 

@@ -30,6 +30,7 @@ import functools
 import ipaddress
 import random
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ from esp.drops import DropReason
 from esp.replay import ReplayWindow
 from esp.sa import PARTS_PER_PACKET, EspSA
 from esp.udpencap import DatagramKind, classify, frame_ike
+from ikev2.certs import LocalCredentials, TrustAnchors
 from ikev2.codec import (
     Authentication,
     Configuration,
@@ -64,14 +66,16 @@ from ikev2.codec import (
     encode_payloads,
 )
 from ikev2.codec.cp import decode_attribute
-from ikev2.codec.eap import eap_data
+from ikev2.codec.eap import EapIdentity, eap_data, eap_payload
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
 from ikev2.config import EncapMode
-from ikev2.constants import ExchangeType, NotifyType, ProtocolId
+from ikev2.constants import EapCode, ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
+from ikev2.eap_mschapv2 import EapFailed
+from ikev2.eap_tls import MAX_TLS_MESSAGE, EapTlsClient, EapTlsServer
 from ikev2.errors import IntegrityCheckFailed, InvalidSyntax, LocalProtocolError
 from ikev2.events import ChildSaInstalled
 from ikev2.fragments import (
@@ -101,6 +105,7 @@ from testkit.fuzz.world import (
     sk_ciphers,
 )
 from testkit.ikev2_pair import deliver, on_wire
+from testkit.pki import Pki
 
 
 class Finding(AssertionError):
@@ -443,6 +448,65 @@ class CookieTarget(Target):
         except InvalidCookie:
             return
         raise Finding("a COOKIE we never made verified")
+
+
+class EapTlsTarget(Target):
+    """``EapTlsServer.process`` after its Start, on a run of EAP-TLS responses: each is
+    a two-octet length and the Type-Data after the EAP-TLS Type (flags, TLS Message
+    Length, fragment). The server may answer, or refuse with ``EapFailed`` and an
+    EAP-Failure; it never says Success without a key, and never holds more than one
+    TLS flight's worth of reassembled data."""
+
+    name = "eap_tls"
+    cost = 4
+
+    def __init__(self) -> None:
+        pki = Pki()
+        server, user = pki.issue("vpn.example.net"), pki.issue_client("alice")
+        self.credentials = LocalCredentials.from_pem(server.cert_pem, server.key_pem)
+        self.user = LocalCredentials.from_pem(user.cert_pem, user.key_pem)
+        self.anchors = TrustAnchors.from_pem(pki.ca.cert_pem)
+
+    def _server(self) -> tuple[EapTlsServer, Eap]:
+        """A server past its Identity round, and its EAP-TLS Start."""
+        server = EapTlsServer(
+            DeterministicRandom(b"eap"), self.credentials, self.anchors, time.time, None, 200
+        )
+        start = server.process(
+            eap_payload(EapCode.RESPONSE, server.identifier, EapIdentity(b"alice"))
+        )
+        return server, start
+
+    def seeds(self) -> list[bytes]:
+        """A real client's responses, up to the EAP-Success."""
+        server, packet = self._server()
+        client = EapTlsClient("alice", self.user, fragment_size=150)
+        out = b""
+        while packet.code == EapCode.REQUEST:
+            answer = client.process(packet)
+            if answer is None:
+                break
+            out += len(answer.data[1:]).to_bytes(2, "big") + answer.data[1:]
+            packet = server.process(answer)
+        return [out]
+
+    def run(self, data: bytes) -> None:
+        server, start = self._server()
+        identifier, rest = start.identifier, data
+        while len(rest) >= 2:
+            size = int.from_bytes(rest[:2], "big")
+            body, rest = rest[2 : 2 + size], rest[2 + size :]
+            try:
+                reply = server.process(Eap(EapCode.RESPONSE, identifier, bytes([13]) + body))
+            except EapFailed as exc:
+                if exc.eap is None or exc.eap.code != EapCode.FAILURE:
+                    raise Finding(f"refusal without an EAP-Failure: {exc}") from None
+                return
+            if reply.code == EapCode.SUCCESS and server.msk is None:
+                raise Finding("EAP-Success without an MSK")
+            if len(server._framing._incoming) > MAX_TLS_MESSAGE:
+                raise Finding(f"{len(server._framing._incoming)} octets held for reassembly")
+            identifier = reply.identifier
 
 
 # --- IKE endpoint and SA ------------------------------------------------------------------
@@ -1376,6 +1440,7 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
         CodecTarget(),
         PayloadTarget(),
         CookieTarget(),
+        EapTlsTarget(),
         DataPlaneTarget(),
         InnerPacketTarget(),
     ]

@@ -1,4 +1,5 @@
-"""Fuzz sample for the IKEv2 codec, the SK payload, SKF reassembly and COOKIEs.
+"""Fuzz sample for the IKEv2 codec, the SK payload, SKF reassembly, COOKIEs and the
+EAP-TLS server method.
 
 Structured messages (every payload type) are encoded, mutated on the wire and fed to
 the entry points; each may refuse only with its documented error (see ``targets``).
@@ -19,6 +20,7 @@ from testkit.fuzz.strategies import messages, mutations, payload_chains, u8, u32
 from testkit.fuzz.targets import (
     CodecTarget,
     CookieTarget,
+    EapTlsTarget,
     FragmentTarget,
     PayloadTarget,
     SkInnerTarget,
@@ -138,3 +140,16 @@ def test_cookie_checks_refuse_only_with_invalid_syntax(
     )
     target.run(mutation.apply(encode_message(request)))
     target.run(mutation.apply(encode_message(dataclasses.replace(request, payloads=()))))
+
+
+@functools.cache
+def eap_tls() -> tuple[EapTlsTarget, bytes]:
+    target = EapTlsTarget()
+    return target, target.seeds()[0]
+
+
+@FUZZ
+@given(mutations)
+def test_mutated_eap_tls_logins_only_ever_fail_the_login(mutation: Mutation) -> None:
+    target, seed = eap_tls()
+    target.run(mutation.apply(seed))
