@@ -9,8 +9,10 @@ from the server's state, shared in kind with the SSL server (`daemon.p2c_*`):
 - `nt_hash`: the users file (`UsersFile`, re-read when it changes);
 - `gate`: before a password is checked, the login rate limits (`LoginLimiter`) and the
   server's and the user's session limits;
-- `allocate`: the address pool (`AddressPool`: a user's static address, else the one
-  the user had last, else the lowest free), an address per IKE SA, freed with it;
+- `allocate`: the address pools (`AddressPool`: a user's static address, else the one
+  the user had last, else the lowest free), an address per IKE SA and family the
+  client asked for (`client_pool`, and `client_pool6` for INTERNAL_IP6_ADDRESS), freed
+  with it;
 - `reach`: the user's group's destinations within `local_subnets` (nothing for a user
   in no group when the server has groups).
 It follows the core's events for its client list and its one log line per connect,
@@ -35,7 +37,7 @@ from conf.ike import local_credentials, trust_anchors
 from conf.model import Config, RemoteAccessConfig
 from daemon.p2c_auth import UsersFile
 from daemon.p2c_limits import LoginLimiter
-from daemon.p2c_pool import AddressPool
+from daemon.p2c_pool import AddressPool, occupancy
 from ikev2.config import ChildConfig, ConfigError, Identity, IpInterface, IpNetwork, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.config import RemoteAccess as RaSettings
@@ -71,7 +73,7 @@ class IkeClient:
     user: str
     ike_sa_id: int
     remote: tuple[str, int] = ("", 0)
-    addresses: list[ipaddress.IPv4Address] = field(default_factory=list)
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(default_factory=list)
     since: float = field(default_factory=time.time)
     established: bool = False
     connected: bool = False
@@ -87,7 +89,10 @@ class IkeRaServer:
         self.config = config
         self.name = config.name
         self.users = UsersFile(config.users)
-        self.pool = AddressPool(config.client_pool)
+        self.pool: AddressPool[ipaddress.IPv4Address] = AddressPool(config.client_pool)
+        self.pool6: AddressPool[ipaddress.IPv6Address] | None = None
+        if config.client_pool6 is not None:
+            self.pool6 = AddressPool(config.client_pool6)
         self.limiter = LoginLimiter()
         self.clients: dict[int, IkeClient] = {}
         """By IKE SA id, from the first address handed out (or the establishment)."""
@@ -172,23 +177,38 @@ class IkeRaServer:
         return None
 
     def allocate(self, user: str, ike_sa_id: int, version: int) -> IpInterface | None:
-        if version != 4:
-            return None  # IPv6 pools are not served yet
+        pool = self._pool(version)
+        if pool is None:
+            return None  # no client_pool6: an IPv6 request goes unanswered (§3.15.4)
         found = self.users.users.get(user)
         static = found.static_ip if found is not None else None
-        static4 = static if isinstance(static, ipaddress.IPv4Address) else None
-        if static4 is not None:
+        if static is not None and static in pool:
             # A static address is one session at a time: the older one goes.
             for other in list(self.clients.values()):
-                if static4 in other.addresses and other.ike_sa_id != ike_sa_id:
-                    other.addresses.remove(static4)
+                if static in other.addresses and other.ike_sa_id != ike_sa_id:
+                    other.addresses.remove(static)
                     self._delete_later(other.ike_sa_id, "its static address went to a new login")
-        address = self.pool.allocate(user, ike_sa_id, static4)
+        address = pool.allocate(user, ike_sa_id, static)
         if address is None:
             return None
         client = self.clients.setdefault(ike_sa_id, IkeClient(user, ike_sa_id))
         client.addresses.append(address)
-        return ipaddress.IPv4Interface((address, self.config.client_pool.prefixlen))
+        # The pool's prefix length goes with the address (INTERNAL_IP4_NETMASK, and the
+        # prefix octet of INTERNAL_IP6_ADDRESS, §3.15.1), as strongSwan's server sends
+        # one; clients install the address alone, and the CHILD SA's selector on their
+        # side is the single address (`child_create`), so no neighbour is reachable
+        # through the prefix.
+        return ipaddress.ip_interface((address, pool.network.prefixlen))
+
+    def _pool(
+        self, version: int
+    ) -> AddressPool[ipaddress.IPv4Address] | AddressPool[ipaddress.IPv6Address] | None:
+        return self.pool if version == 4 else self.pool6
+
+    def _pools(
+        self,
+    ) -> list[AddressPool[ipaddress.IPv4Address] | AddressPool[ipaddress.IPv6Address]]:
+        return [self.pool] if self.pool6 is None else [self.pool, self.pool6]
 
     def reach(self, user: str) -> tuple[IpNetwork, ...]:
         groups = self.config.groups
@@ -217,8 +237,10 @@ class IkeRaServer:
                 client.ike_sa_id = event.new_ike_sa_id
                 self.clients[event.new_ike_sa_id] = client
                 for address in client.addresses:
-                    self.pool.release(address, event.ike_sa_id)
-                    self.pool.allocate(client.user, event.new_ike_sa_id, address)
+                    pool = self._pool(address.version)
+                    if pool is not None:
+                        pool.release(address, event.ike_sa_id)
+                        pool.allocate(client.user, event.new_ike_sa_id, address)
         elif isinstance(event, ChildSaInstalled):
             client = self.clients.get(event.ike_sa_id)
             if client is not None and not client.connected:
@@ -265,10 +287,9 @@ class IkeRaServer:
         if event.notify == NotifyType.INTERNAL_ADDRESS_FAILURE:
             reason = "pool exhausted"
             log.warning(
-                "ikev2 %s: client pool %s exhausted (%d in use)",
+                "ikev2 %s: no address for the families asked for: %s",
                 self.name,
-                self.config.client_pool,
-                self.pool.in_use,
+                occupancy(self._pools()),
             )
         elif event.notify == NotifyType.TS_UNACCEPTABLE:
             reason = "policy"
@@ -290,7 +311,8 @@ class IkeRaServer:
         client = self.clients.pop(ike_sa_id, None)
         if client is not None:
             for address in client.addresses:
-                self.pool.release(address, ike_sa_id)
+                for pool in self._pools():
+                    pool.release(address, ike_sa_id)
         return client
 
     def _delete_later(self, ike_sa_id: int, reason: str) -> None:
@@ -364,7 +386,7 @@ class IkeRaServer:
             "transport": "udp",
             "port": None,
             "interface": None,
-            "pool": str(self.config.client_pool),
+            "pool": ", ".join(str(p.network) for p in self._pools()),
             "clients": sum(1 for c in self.clients.values() if c.connected),
             "max_connections": self.config.max_connections,
             "handshaking": sum(1 for c in self.clients.values() if not c.connected),
@@ -374,13 +396,13 @@ class IkeRaServer:
         }
 
     def _statics(self) -> None:
-        self.pool.set_static(
-            {
-                name: user.static_ip
-                for name, user in self.users.users.items()
-                if isinstance(user.static_ip, ipaddress.IPv4Address)
-            }
-        )
+        statics = {
+            name: user.static_ip
+            for name, user in self.users.users.items()
+            if user.static_ip is not None
+        }
+        for pool in self._pools():
+            pool.set_static(statics)
 
 
 def _cert_user(remote_id: str) -> str:

@@ -148,7 +148,7 @@ class P2cAuthenticator:
     ) -> None:
         self.config = config
         self.users: Mapping[str, User] = users
-        self.pool = AddressPool(config.client_pool)
+        self.pool: AddressPool[ipaddress.IPv4Address] = AddressPool(config.client_pool)
         self.limiter = LoginLimiter()
         self.leases: dict[bytes, Lease] = {}
         """Accepted sessions by session id."""

@@ -5,7 +5,8 @@ connection) and follows its events; each client is our initiator with its own ad
 its datagrams carried with `testkit.ikev2_pair.deliver`. Covered: the login
 gate (max_connections, connections_per_user, the rate limiter after failed logins, the
 reasons "unknown user" and "wrong password"); address allocation (a static address, the
-user's last one, the lowest free, an exhausted pool refused with a log line); release on
+user's last one, the lowest free, an exhausted pool refused with a log line; the same
+from client_pool6 for INTERNAL_IP6_ADDRESS, alone or dual-stack); release on
 IkeSaDeleted and IkeSaFailed, and the address following an IKE SA rekey (RFC 7296
 §2.18); the users file's changes (a deleted user, a changed password: the IKE SA goes);
 group reach (RFC 7296 §2.9 narrowing; a user in no group reaches nothing); the client
@@ -40,6 +41,7 @@ from ikev2.events import (
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
+    VirtualIpAssigned,
 )
 from ikev2.ts import TrafficSelector
 from testkit.ikev2_pair import deliver, on_wire
@@ -48,6 +50,7 @@ IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network
 PASSWORD = "correct horse battery"
 NT = nt_password_hash(PASSWORD)
+LOCAL6 = "2001:db8:1::/64"
 
 
 def _users(**extra: User) -> dict[str, User]:
@@ -107,6 +110,15 @@ class Server:
             gate=self.ra.gate,
             reach=self.ra.reach,
         )
+        if self.ra.config.client_pool6 is not None:
+            # Dual-stack: our side carries the IPv6 local subnet too.
+            (only,) = server.children
+            dual = dataclasses.replace(
+                only,
+                local_ts=(*only.local_ts, TrafficSelector.from_network(LOCAL6)),
+                remote_ts=(*only.remote_ts, TrafficSelector.from_network("::/0")),
+            )
+            server = dataclasses.replace(server, children=(dual,))
         self.endpoint = Endpoint([server], rng=DeterministicRandom(b"server"))
         self.clients: dict[str, Client] = {}
         self.soon: list[Callable[[], None]] = []
@@ -119,14 +131,25 @@ class Server:
     def service(self) -> None:
         """The gateway would send the endpoint's datagrams now; `pump` does."""
 
-    def login(self, user: str, password: str = PASSWORD) -> Client:
-        """A client from its own address (198.51.100.1N) logs in as `user`."""
+    def login(self, user: str, password: str = PASSWORD, **ask: bool) -> Client:
+        """A client from its own address (198.51.100.1N) logs in as `user` (`ask`:
+        request_ip4, request_ip6 of its CFG_REQUEST)."""
         address = f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
-            _client(self.pki, user, password),
+            _client(self.pki, user, password, **ask),
             local_addresses=(address,),
             local_id=Identity.parse(address),
         )
+        if ask.get("request_ip6"):
+            (only,) = config.children
+            ours = () if ask.get("request_ip4") is False else only.local_ts
+            theirs = () if ask.get("request_ip4") is False else only.remote_ts
+            dual = dataclasses.replace(
+                only,
+                local_ts=(*ours, TrafficSelector.from_network("::/0")),
+                remote_ts=(*theirs, TrafficSelector.from_network(LOCAL6)),
+            )
+            config = dataclasses.replace(config, children=(dual,))
         client = Client(Endpoint([config], rng=DeterministicRandom(address.encode())))
         self.clients[address] = client
         client.endpoint.initiate("conn", 0.0)
@@ -273,13 +296,69 @@ def test_an_exhausted_pool_refuses_the_client_and_deletes_its_ike_sa(
     pair = server.login("bob")
     (failed,) = pair.of(ChildSaFailed)
     assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
-    assert "client pool 192.0.2.0/30 exhausted (1 in use)" in caplog.text
+    assert "no address for the families asked for: client pool 192.0.2.0/30 exhausted" in (
+        caplog.text
+    )
     assert "laptops: bob from 198.51.100.12 refused: pool exhausted" in caplog.text
     assert server.ra.refusals == {"pool exhausted": 1}
     # Its IKE SA was deleted (with a Delete) and is no client any more.
     assert pair.of(IkeSaDeleted)
     assert _addresses(server) == {"alice": ["192.0.2.2"]}
     assert server.ra.status()["handshaking"] == 0
+
+
+POOL6 = ipaddress.IPv6Network("2001:db8:c::/64")
+
+
+def test_dual_stack_clients_get_an_address_of_each_family(tmp_path: Path) -> None:
+    users = _users(lee=User("lee", static_ip=ipaddress.IPv6Address("2001:db8:c::99"), nt_hash=NT))
+    subnets = (NET("203.0.113.0/24"), ipaddress.IPv6Network(LOCAL6))
+    server = Server(tmp_path, users, client_pool6=POOL6, local_subnets=subnets)
+    alice = server.login("alice", request_ip6=True)
+    assert alice.of(ChildSaInstalled)
+    (got,) = alice.of(VirtualIpAssigned)
+    # The IPv6 address carries the pool's prefix length (RFC 7296 §3.15.1).
+    assert got.addresses == ("192.0.2.2/29", "2001:db8:c::2/64")
+    # Only IPv4 asked for: no IPv6 address is taken from the pool.
+    server.login("bob")
+    v6only = server.login("sam", request_ip4=False, request_ip6=True)
+    (got,) = v6only.of(VirtualIpAssigned)
+    assert got.addresses == ("2001:db8:c::3/64",)
+    # Its CHILD SA is narrowed to its address and the IPv6 local subnet (RFC 7296 §2.9),
+    # which is what the ESP data plane lets through from it (anti-spoofing).
+    (installed,) = v6only.of(ChildSaInstalled)
+    assert installed.local_ts == (TrafficSelector.from_network("2001:db8:c::3/128"),)
+    assert installed.remote_ts == (TrafficSelector.from_network(LOCAL6),)
+    # An IPv6 static address is its user's, whichever client asks first.
+    server.login("lee", request_ip6=True)
+    assert _addresses(server) == {
+        "alice": ["192.0.2.2", "2001:db8:c::2"],
+        "bob": ["192.0.2.3"],
+        "sam": ["2001:db8:c::3"],
+        "lee": ["192.0.2.4", "2001:db8:c::99"],
+    }
+    assert server.ra.status()["pool"] == "192.0.2.0/29, 2001:db8:c::/64"
+    # Sticky like IPv4: sam comes back to his 2001:db8:c::3, not the lowest free one.
+    for user in ("alice", "sam"):
+        server.ra.disconnect(user)
+    assert _deleted(server.pump()) == ["disconnected by operator"] * 2
+    assert server.ra.pool6 is not None and server.ra.pool6.in_use == 1
+    server.login("sam", request_ip6=True)
+    assert _addresses(server)["sam"] == ["192.0.2.6", "2001:db8:c::3"]  # .6: his static
+
+
+def test_an_ipv6_request_without_client_pool6_gets_no_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(tmp_path)
+    dual = server.login("alice", request_ip6=True)
+    (got,) = dual.of(VirtualIpAssigned)
+    assert got.addresses == ("192.0.2.2/29",)
+    v6only = server.login("bob", request_ip4=False, request_ip6=True)
+    (failed,) = v6only.of(ChildSaFailed)
+    assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
+    assert "client pool 192.0.2.0/29 has room (1 in use)" in caplog.text
+    assert server.ra.refusals == {"pool exhausted": 1}
 
 
 def test_an_ike_failure_releases_the_address(tmp_path: Path) -> None:

@@ -3,12 +3,14 @@ point-to-cloud server, in namespaces, through the gateway daemon.
 
     client ns (charon, EAP-MSCHAPv2) --wan 198.51.100.0/24-- gateway ns (lockgate daemon)
                                                                | lan 203.0.113.0/24
-                                                            cloud ns (203.0.113.10, .200)
+                                                            cloud ns (203.0.113.10, .200,
+                                                                      2001:db8:b::10)
 
 The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
 virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
-remote_ts. The daemon reads `[remote_access.laptops] protocol = "ikev2"` from its TOML
+remote_ts; a dual-stack client asks for `vips = 0.0.0.0, ::` too and gets an IPv6
+address from client_pool6 (2001:db8:c::/64). The daemon reads `[remote_access.laptops] protocol = "ikev2"` from its TOML
 file; users are added with `lockgate user add ... --password-stdin`. Processes are
 stopped by PID; the lab removes the namespaces.
 """
@@ -39,6 +41,7 @@ SERVER = "198.51.100.2"
 SERVER_NAME = "vpn.example.net"
 CLOUD = "203.0.113.10"
 CLOUD_OUTSIDE_GROUP = "203.0.113.200"
+CLOUD6 = "2001:db8:b::10"
 PASSWORD = "s3cret-Pass"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,8 +77,12 @@ class RaLab:
         assert self.daemon is not None
         return self.daemon.log()
 
-    def charon(self, user: str, password: str = PASSWORD) -> Charon:
-        """A road-warrior charon for `user`, loaded, not yet connected."""
+    def charon(self, user: str, password: str = PASSWORD, *, dual: bool = False) -> Charon:
+        """A road-warrior charon for `user`, loaded, not yet connected; `dual`: it asks
+        for an IPv6 address too and routes the IPv6 cloud subnet."""
+        vips, remote_ts = "0.0.0.0", "203.0.113.0/24"
+        if dual:
+            vips, remote_ts = "0.0.0.0, ::", "203.0.113.0/24, 2001:db8:b::/64"
         charon = Charon(self.client, f"rw{len(self.charons)}")
         text = charon.conf_path.read_text()
         text = text.replace(
@@ -94,7 +101,7 @@ class RaLab:
     lockgate {{
         version = 2
         remote_addrs = {SERVER}
-        vips = 0.0.0.0
+        vips = {vips}
         proposals = aes256gcm16-prfsha384-ecp384
         local {{
             auth = eap-mschapv2
@@ -106,7 +113,7 @@ class RaLab:
         }}
         children {{
             cloud {{
-                remote_ts = 203.0.113.0/24
+                remote_ts = {remote_ts}
                 esp_proposals = aes256gcm16
             }}
         }}
@@ -145,7 +152,11 @@ def ra() -> Iterator[RaLab]:
         cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
         cloud.ip("route", "add", "192.0.2.0/24", "via", "203.0.113.1")
+        gateway.ip("addr", "add", "2001:db8:b::1/64", "dev", "lan0", "nodad")
+        cloud.ip("addr", "add", f"{CLOUD6}/64", "dev", "lan0", "nodad")
+        cloud.ip("-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:b::1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
+        gateway.sysctl("net.ipv6.conf.all.forwarding", 1)
         pki = Pki("laptops CA")
         cred = pki.issue(SERVER_NAME, "ecdsa-p256")
         d = lab.tmpdir
@@ -168,8 +179,9 @@ ca = ["{d / "ca.pem"}"]
 [remote_access.laptops]
 protocol = "ikev2"
 client_pool = "192.0.2.0/24"
-local_subnets = ["203.0.113.0/24"]
-dns = ["203.0.113.53"]
+client_pool6 = "2001:db8:c::/64"
+local_subnets = ["203.0.113.0/24", "2001:db8:b::/64"]
+dns = ["203.0.113.53", "2001:db8:b::53"]
 dns_domains = ["corp.example.net"]
 users = "{d / "laptops.users"}"
 address = "{SERVER_NAME}"
@@ -179,12 +191,13 @@ max_connections = 50
 destinations = ["203.0.113.0/25"]
 
 [remote_access.laptops.groups.all]
-destinations = ["203.0.113.0/24"]
+destinations = ["203.0.113.0/24", "2001:db8:b::/64"]
 """
         )
         for user, extra in (
             ("alice", ["--group", "all"]),
             ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
+            ("lee", ["--group", "all", "--static-ip", "2001:db8:c::77"]),
             ("bob", ["--group", "eng"]),
             ("nogroup", []),
         ):
@@ -213,8 +226,8 @@ destinations = ["203.0.113.0/24"]
         assert "Traceback" not in lab_.log(), lab_.log()
 
 
-def connected(ra: RaLab, user: str) -> tuple[Charon, Any]:
-    charon = ra.charon(user)
+def connected(ra: RaLab, user: str, *, dual: bool = False) -> tuple[Charon, Any]:
+    charon = ra.charon(user, dual=dual)
     charon.initiate("cloud", "lockgate", timeout=20)
     return charon, charon.wait_for_child("cloud")
 
@@ -249,6 +262,36 @@ def test_a_static_ip(ra: RaLab) -> None:
     try:
         assert ike.child("cloud").local_ts == ["192.0.2.77/32"]
         ping(ra.client, CLOUD, count=2)
+    finally:
+        charon.stop()
+
+
+def test_a_dual_stack_client_gets_an_ipv6_address_and_reaches_the_cloud_over_ipv6(
+    ra: RaLab,
+) -> None:
+    charon, ike = connected(ra, "alice", dual=True)
+    try:
+        child = ike.child("cloud")
+        # INTERNAL_IP6_ADDRESS from client_pool6 next to the IPv4 one; the selectors
+        # are narrowed to both addresses and to the IPv4 and IPv6 local subnets.
+        assert sorted(child.local_ts) == ["192.0.2.2/32", "2001:db8:c::2/128"], child.local_ts
+        assert sorted(child.remote_ts) == ["2001:db8:b::/64", "203.0.113.0/24"]
+        ping(ra.client, CLOUD6, count=3)
+        ping(ra.client, CLOUD, count=2)
+        resolv = (charon.rundir / "resolv.conf").read_text()
+        assert "nameserver 2001:db8:b::53" in resolv, resolv
+        rows = json.loads(ra.lockgate("clients", "--json"))
+        (row,) = [r for r in rows if r["protocol"] == "ikev2"]
+        assert row["virtual_ip"] == "192.0.2.2, 2001:db8:c::2"
+    finally:
+        charon.stop()
+
+
+def test_an_ipv6_static_ip(ra: RaLab) -> None:
+    charon, ike = connected(ra, "lee", dual=True)
+    try:
+        assert "2001:db8:c::77/128" in ike.child("cloud").local_ts
+        ping(ra.client, CLOUD6, count=2)
     finally:
         charon.stop()
 

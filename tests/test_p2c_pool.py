@@ -1,0 +1,52 @@
+"""The client address pools of the point-to-cloud servers (`daemon.p2c_pool`) for
+IPv6 (`client_pool6`): the same rules as IPv4 (test_p2c_auth covers those) over a
+prefix with no broadcast address, where the pool is huge and only used addresses
+are kept."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from daemon.p2c_pool import AddressPool
+
+IP6 = ipaddress.IPv6Address
+NET6 = ipaddress.IPv6Network
+
+
+def test_an_ipv6_pool_hands_out_static_sticky_and_lowest_free() -> None:
+    pool: AddressPool[IP6] = AddressPool(NET6("2001:db8:c::/64"))
+    assert pool.server == IP6("2001:db8:c::1")
+    pool.set_static(
+        {"sam": IP6("2001:db8:c::2"), "v4": ipaddress.IPv4Address("192.0.2.9")}
+    )  # an IPv4 static address is not this pool's
+    assert pool.allocate("alice", "a1") == IP6("2001:db8:c::3")  # ::2 is sam's
+    sam = IP6("2001:db8:c::2")
+    assert pool.allocate("sam", "s1", sam) == sam
+    assert pool.allocate("bob", "b1") == IP6("2001:db8:c::4")
+    pool.release(IP6("2001:db8:c::4"), "b1")
+    pool.release(IP6("2001:db8:c::3"), "a1")
+    # Bob comes back to his 2001:db8:c::4, not to the lowest free 2001:db8:c::3.
+    assert pool.allocate("bob", "b2") == IP6("2001:db8:c::4")
+    assert pool.allocate("alice", "a2") == IP6("2001:db8:c::3")
+    assert pool.in_use == 3 and pool.owner(IP6("2001:db8:c::3")) == "a2"
+    assert pool.owner(IP6("2001:db8:c::4")) == "b2"
+    # An IPv4 address is never in it, nor released from it.
+    pool.release(ipaddress.IPv4Address("192.0.2.3"), "a2")
+    assert ipaddress.IPv4Address("0.0.0.3") not in pool and pool.in_use == 3
+
+
+def test_a_small_ipv6_pool_is_exhausted_and_counts_what_is_free() -> None:
+    pool: AddressPool[IP6] = AddressPool(NET6("2001:db8:c::/126"))  # clients ::2 only
+    assert pool.free == 1
+    assert pool.allocate("alice", 1) == IP6("2001:db8:c::2")
+    assert pool.free == 0 and pool.allocate("bob", 2) is None
+    assert IP6("2001:db8:c::3") not in pool  # the prefix's last address is kept out
+
+
+def test_a_pool_with_no_room_for_clients_is_refused() -> None:
+    with pytest.raises(ValueError, match="leaves no address"):
+        AddressPool(NET6("2001:db8:c::/127"))
+    with pytest.raises(ValueError, match="leaves no address"):
+        AddressPool(ipaddress.IPv4Network("192.0.2.0/31"))
