@@ -10,9 +10,9 @@ The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
 virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
 remote_ts; a dual-stack client asks for `vips = 0.0.0.0, ::` too and gets an IPv6
-address from client_pool6 (2001:db8:c::/64). The daemon reads `[remote_access.laptops] protocol = "ikev2"` from its TOML
-file; users are added with `lockgate user add ... --password-stdin`. Processes are
-stopped by PID; the lab removes the namespaces.
+address from client_pool6 (2001:db8:c::/64). The daemon reads `[remote_access.laptops]
+protocol = "ikev2"` from its TOML file; users are added with `lockgate user add ...
+--password-stdin`. Processes are stopped by PID; the lab removes the namespaces.
 """
 
 from __future__ import annotations

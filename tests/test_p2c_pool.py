@@ -21,7 +21,7 @@ def test_an_ipv6_pool_hands_out_static_sticky_and_lowest_free() -> None:
     pool.set_static(
         {"sam": IP6("2001:db8:c::2"), "v4": ipaddress.IPv4Address("192.0.2.9")}
     )  # an IPv4 static address is not this pool's
-    assert pool.allocate("alice", "a1") == IP6("2001:db8:c::3")  # ::2 is sam's
+    assert pool.allocate("alice", "a1") == IP6("2001:db8:c::3")  # sam has 2001:db8:c::2
     sam = IP6("2001:db8:c::2")
     assert pool.allocate("sam", "s1", sam) == sam
     assert pool.allocate("bob", "b1") == IP6("2001:db8:c::4")
@@ -34,11 +34,11 @@ def test_an_ipv6_pool_hands_out_static_sticky_and_lowest_free() -> None:
     assert pool.owner(IP6("2001:db8:c::4")) == "b2"
     # An IPv4 address is never in it, nor released from it.
     pool.release(ipaddress.IPv4Address("192.0.2.3"), "a2")
-    assert ipaddress.IPv4Address("0.0.0.3") not in pool and pool.in_use == 3
+    assert ipaddress.IPv4Address("192.0.2.3") not in pool and pool.in_use == 3
 
 
 def test_a_small_ipv6_pool_is_exhausted_and_counts_what_is_free() -> None:
-    pool: AddressPool[IP6] = AddressPool(NET6("2001:db8:c::/126"))  # clients ::2 only
+    pool: AddressPool[IP6] = AddressPool(NET6("2001:db8:c::/126"))  # one client: 2001:db8:c::2
     assert pool.free == 1
     assert pool.allocate("alice", 1) == IP6("2001:db8:c::2")
     assert pool.free == 0 and pool.allocate("bob", 2) is None
