@@ -19,6 +19,15 @@ It follows the core's events for its client list and its one log line per connec
 refusal and disconnect, and deletes (with a Delete) the IKE SAs of a client that got
 no CHILD SA, of a deleted user or one whose password changed, and of `lockgate
 disconnect`.
+
+A reload that changes the server's section is applied in place (`plan_change`,
+`IkeRaServer.reconfigure`): what only new logins or new SAs use (DNS, domains,
+proposals, limits, the server's identity and certificate) takes effect for them; access
+that a connected client loses (a narrower group or `local_subnets`) ends its IKE SA at
+once, access it gains is its at its next login; a changed pool keeps every client whose
+address is still in it and ends the others; a change of who may log in (`auth`,
+`client_ca`, `users`) restarts the server: every client's IKE SA is deleted, and they
+log in again under the new rules.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from conf.ike import local_credentials, trust_anchors
 from conf.model import Config, RemoteAccessConfig
 from daemon.p2c_auth import UsersFile
 from daemon.p2c_limits import LoginLimiter
-from daemon.p2c_pool import AddressPool, occupancy
+from daemon.p2c_pool import A, AddressPool, occupancy
 from ikev2.config import ChildConfig, ConfigError, Identity, IpInterface, IpNetwork, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.config import RemoteAccess as RaSettings
@@ -64,6 +73,61 @@ CHILD_LIFETIME = 10800.0
 IKE_LIFETIME = 86400.0
 _AUTH = {"password": "eap", "certificate": "pubkey", "any": "any"}
 _EAP_FAILURES = frozenset({"wrong password", "unknown user"})
+
+
+LIVE_KEYS = frozenset(
+    {
+        "dns",
+        "dns_domains",
+        "local_subnets",
+        "groups",
+        "max_connections",
+        "connections_per_user",
+        "ike_proposals",
+        "esp_proposals",
+        "address",
+        "certificate",
+        "private_key",
+        "client_to_client",
+    }
+)
+"""Keys a reload applies without a restart (see `plan_change`)."""
+POOL_KEYS = ("client_pool", "client_pool6")
+
+
+@dataclass(frozen=True)
+class RaChange:
+    """What a reload does to the running ikev2 server (`plan_change`)."""
+
+    restart: tuple[str, ...] = ()
+    """Changed keys that restart the server: every client's IKE SA is deleted."""
+    live: tuple[str, ...] = ()
+    """Changed keys applied in place (new logins and new SAs use them)."""
+    pools: tuple[str, ...] = ()
+    """Changed pools: clients whose address is outside the new one are deleted."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.restart or self.live or self.pools)
+
+
+def plan_change(old: RemoteAccessConfig, new: RemoteAccessConfig) -> RaChange:
+    """How a reload applies `new` over the running `old` section of one ikev2 server.
+
+    Who may log in (`auth`, `client_ca`, `users`, and any key this does not know)
+    restarts it: a session that logged in under other rules must not outlive them.
+    The pools keep the clients that still fit. The rest applies in place; access
+    that connected clients lose is taken from them by `IkeRaServer.reconfigure`."""
+    changed = [
+        f.name
+        for f in dataclasses.fields(old)
+        if f.name != "name" and getattr(old, f.name) != getattr(new, f.name)
+    ]
+    return RaChange(
+        restart=tuple(k for k in changed if k not in LIVE_KEYS and k not in POOL_KEYS),
+        live=tuple(k for k in changed if k in LIVE_KEYS),
+        pools=tuple(k for k in changed if k in POOL_KEYS),
+    )
 
 
 @dataclass
@@ -107,9 +171,12 @@ class IkeRaServer:
 
     # -- the IKE connection -----------------------------------------------------------
 
-    def connection(self, config: Config) -> IkeConnection:
-        """The IKE core's remote-access connection for this server (%any clients)."""
-        ra = self.config
+    def connection(
+        self, config: Config, section: RemoteAccessConfig | None = None
+    ) -> IkeConnection:
+        """The IKE core's remote-access connection for this server (%any clients), of
+        its section or of `section` (a reload's, checked before it is applied)."""
+        ra = section or self.config
         gateway = config.gateway
         # The server's own certificate (conf.load defaults it to the gateway's).
         own = dataclasses.replace(gateway, certificate=ra.certificate, private_key=ra.private_key)
@@ -211,9 +278,12 @@ class IkeRaServer:
         return [self.pool] if self.pool6 is None else [self.pool, self.pool6]
 
     def reach(self, user: str) -> tuple[IpNetwork, ...]:
-        groups = self.config.groups
+        return self._reach(self.config, user)
+
+    def _reach(self, config: RemoteAccessConfig, user: str) -> tuple[IpNetwork, ...]:
+        groups = config.groups
         if not groups:
-            return self.config.local_subnets
+            return config.local_subnets
         found = self.users.users.get(user)
         group = groups.get(found.group) if found is not None and found.group else None
         return group.destinations if group is not None else ()
@@ -335,6 +405,64 @@ class IkeRaServer:
         else:
             delete()
 
+    # -- reload -------------------------------------------------------------------------
+
+    def reconfigure(self, new: RemoteAccessConfig, change: RaChange) -> int:
+        """Apply a reloaded section (`plan_change`); the caller gives the IKE endpoint
+        the new `connection`. Returns how many clients' IKE SAs are deleted, each with
+        a Delete and a log line saying why."""
+        old = self.config
+        ending: dict[int, str] = {}
+        if change.restart:
+            reason = f"server restarted by a reload ({', '.join(change.restart)} changed)"
+            ending = {c.ike_sa_id: reason for c in self.clients.values()}
+        if change.pools:
+            pool4, stranded4 = _new_pool(self.pool, new.client_pool)
+            self.pool6, stranded6 = _new_pool(self.pool6, new.client_pool6)
+            if pool4 is not None:
+                self.pool = pool4
+            for key, stranded in (("client_pool", stranded4), ("client_pool6", stranded6)):
+                for address, owner in stranded:
+                    if isinstance(owner, int):
+                        ending.setdefault(owner, f"its address {address} is not in the new {key}")
+        if change.restart and "users" in change.restart:
+            self.users = UsersFile(new.users)
+        self.config = new
+        self._statics()
+        # Access is taken from connected clients at once; what they gain is theirs at
+        # their next login (their CHILD SAs' selectors were narrowed at this one).
+        for client in self.clients.values():
+            if client.ike_sa_id in ending or not client.established:
+                continue
+            lost = _lost(self._reach(old, client.user), self._reach(new, client.user))
+            if lost:
+                ending[client.ike_sa_id] = (
+                    f"access to {', '.join(str(n) for n in lost)} removed by a reload"
+                )
+        for ike_sa_id, reason in ending.items():
+            self._delete_later(ike_sa_id, reason)
+        log.info(
+            "ikev2 %s: reloaded: %s; %d client(s) disconnected",
+            self.name,
+            "; ".join(
+                f"{what} {', '.join(keys)}"
+                for what, keys in (
+                    ("restarted for", change.restart),
+                    ("applied", change.live),
+                    ("new pool", change.pools),
+                )
+                if keys
+            ),
+            len(ending),
+        )
+        return len(ending)
+
+    def stop(self, reason: str) -> int:
+        """The server is gone from the configuration: delete every client's IKE SA."""
+        for client in self.clients.values():
+            self._delete_later(client.ike_sa_id, reason)
+        return len(self.clients)
+
     # -- operations ---------------------------------------------------------------------
 
     def poll_users(self) -> None:
@@ -403,6 +531,29 @@ class IkeRaServer:
         }
         for pool in self._pools():
             pool.set_static(statics)
+
+
+def _new_pool(
+    old: AddressPool[A] | None, network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+) -> tuple[AddressPool[A] | None, list[tuple[A, object]]]:
+    """A reload's pool for `network`, with `old`'s leases that fit, and the leases
+    that do not (all of them when the pool is gone)."""
+    if network is None:
+        return None, [] if old is None else old.leases()
+    fresh: AddressPool[A] = AddressPool(network)
+    return fresh, [] if old is None else fresh.carry_over(old)
+
+
+def _lost(before: tuple[IpNetwork, ...], after: tuple[IpNetwork, ...]) -> list[IpNetwork]:
+    """The networks of `before` that `after` does not cover."""
+    return [
+        net
+        for net in before
+        if not any(
+            net.version == other.version and net.subnet_of(other)  # type: ignore[arg-type]
+            for other in after
+        )
+    ]
 
 
 def _cert_user(remote_id: str) -> str:

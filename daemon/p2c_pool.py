@@ -95,6 +95,23 @@ class AddressPool(Generic[A]):
         if isinstance(address, self._kind) and self._leases.get(address) is owner:
             del self._leases[address]
 
+    def carry_over(self, old: AddressPool[A]) -> list[tuple[A, object]]:
+        """Take over `old`'s leases and sticky addresses (a reload changed the pool):
+        those that are host addresses of this pool keep their owner and user; the
+        leases returned, (address, owner), are outside it and were not taken."""
+        stranded: list[tuple[A, object]] = []
+        for address, owner in old._leases.items():
+            if address in self:
+                self._leases[address] = owner
+            else:
+                stranded.append((address, owner))
+        self._sticky.update((u, a) for u, a in old._sticky.items() if a in self)
+        return stranded
+
+    def leases(self) -> list[tuple[A, object]]:
+        """Every address in use with its owner."""
+        return list(self._leases.items())
+
     def owner(self, address: Address) -> object | None:
         return self._leases.get(address) if isinstance(address, self._kind) else None
 

@@ -10,7 +10,8 @@ from client_pool6 for INTERNAL_IP6_ADDRESS, alone or dual-stack); release on
 IkeSaDeleted and IkeSaFailed, and the address following an IKE SA rekey (RFC 7296
 §2.18); the users file's changes (a deleted user, a changed password: the IKE SA goes);
 group reach (RFC 7296 §2.9 narrowing; a user in no group reaches nothing); the client
-rows and `disconnect`.
+rows and `disconnect`; a reload's changed section (`plan_change`, `reconfigure`): live
+keys, a new pool, lost and gained access, a restart.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import pytest
 from strongswan import Pki
 from test_ikev2_eap import Pool, _client, _server
 
-from conf.model import GroupConfig, RemoteAccessConfig
+from conf.model import Config, GatewayConfig, GroupConfig, RemoteAccessConfig
 from conf.users import User, save_users
-from daemon.ikev2_ra import IkeRaServer
-from ikev2.config import Identity
+from daemon.ikev2_ra import IkeRaServer, RaChange, plan_change
+from ikev2.config import ConfigError, Identity
 from ikev2.constants import NotifyType
 from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
@@ -441,3 +442,174 @@ def test_a_certificate_clients_user_is_its_cn() -> None:
 
     assert _cert_user("C=CH, O=Example, CN=carol@example.net") == "carol@example.net"
     assert _cert_user("carol@example.net") == "carol@example.net"
+
+
+# -- reload ---------------------------------------------------------------------------
+
+
+def _reconfigured(server: Server, **changes: Any) -> tuple[RaChange, list[str]]:
+    """Apply a reloaded section with `changes`; the reasons of the IKE SAs deleted."""
+    new = dataclasses.replace(server.ra.config, **changes)
+    change = plan_change(server.ra.config, new)
+    server.ra.reconfigure(new, change)
+    return change, sorted(_deleted(server.pump()))
+
+
+def test_a_reload_sorts_the_changed_keys_into_live_pool_and_restart(tmp_path: Path) -> None:
+    old = Server(tmp_path).ra.config
+    change = plan_change(
+        old,
+        dataclasses.replace(
+            old,
+            dns=(IP("203.0.113.54"),),
+            max_connections=7,
+            client_pool6=ipaddress.IPv6Network("2001:db8:c::/64"),
+            client_ca=tmp_path / "ca.pem",
+        ),
+    )
+    assert change == RaChange(
+        restart=("client_ca",), live=("dns", "max_connections"), pools=("client_pool6",)
+    )
+    assert not plan_change(old, dataclasses.replace(old)).changed
+
+
+def test_live_keys_keep_the_clients_and_apply_to_the_next_login(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.login("alice")
+    change, deleted = _reconfigured(server, dns=(IP("203.0.113.54"),), connections_per_user=1)
+    assert change.live == ("dns", "connections_per_user") and deleted == []
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    # The new limit holds at the next login; the client logged in stays.
+    assert _refused(server.login("alice")).notify == NotifyType.AUTHENTICATION_FAILED
+    assert server.ra.refusals == {"too many sessions": 1}
+
+
+def test_a_new_pool_keeps_the_clients_that_fit_and_ends_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    alice, bob = server.login("alice"), server.login("bob")
+    _, deleted = _reconfigured(server, client_pool=NET("192.0.2.0/30"))  # .2 only
+    assert deleted == ["its address 192.0.2.3 is not in the new client_pool"]
+    assert bob.of(IkeSaDeleted) and not alice.of(IkeSaDeleted)
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    assert server.ra.pool.network == NET("192.0.2.0/30")
+    assert server.ra.pool.owner(IP("192.0.2.2")) == alice.ike_sa_id(server)
+    assert "new pool client_pool; 1 client(s) disconnected" in caplog.text
+    # The new pool is full with alice in it.
+    server.login("sam")
+    assert server.ra.refusals == {"pool exhausted": 1}
+
+
+def test_a_removed_client_pool6_ends_the_clients_with_an_ipv6_address(tmp_path: Path) -> None:
+    subnets = (NET("203.0.113.0/24"), ipaddress.IPv6Network(LOCAL6))
+    server = Server(tmp_path, client_pool6=POOL6, local_subnets=subnets)
+    server.login("alice", request_ip6=True)
+    server.login("bob")
+    _, deleted = _reconfigured(server, client_pool6=None)
+    assert deleted == ["its address 2001:db8:c::2 is not in the new client_pool6"]
+    assert _addresses(server) == {"bob": ["192.0.2.3"]} and server.ra.pool6 is None
+
+
+def test_lost_access_ends_the_clients_and_gained_access_waits_for_their_next_login(
+    tmp_path: Path,
+) -> None:
+    staff = GroupConfig("staff", (NET("203.0.113.0/25"),))
+    server = Server(tmp_path, groups={"staff": staff})
+    alice, sam = server.login("alice"), server.login("sam")  # both staff
+    wider = GroupConfig("staff", (NET("203.0.113.0/24"),))
+    _, deleted = _reconfigured(server, groups={"staff": wider})
+    assert deleted == [] and not alice.of(IkeSaDeleted)
+    narrower = GroupConfig("staff", (NET("203.0.113.0/26"),))
+    _, deleted = _reconfigured(server, groups={"staff": narrower})
+    assert deleted == ["access to 203.0.113.0/24 removed by a reload"] * 2
+    assert alice.of(IkeSaDeleted) and sam.of(IkeSaDeleted)
+    # Logging in again gets the narrower reach.
+    again = server.login("alice")
+    (installed,) = again.of(ChildSaInstalled)
+    assert installed.remote_ts == (TrafficSelector.from_network("203.0.113.0/26"),)
+
+
+def test_a_change_of_who_may_log_in_restarts_the_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    server.login("alice")
+    server.login("bob")
+    other = tmp_path / "other.users"
+    save_users(other, {"bob": User("bob", nt_hash=NT)})
+    change, deleted = _reconfigured(server, users=other, dns=(IP("203.0.113.54"),))
+    assert change.restart == ("users",)
+    assert deleted == ["server restarted by a reload (users changed)"] * 2
+    assert server.ra.clients == {} and server.ra.pool.in_use == 0
+    assert "restarted for users; applied dns; 2 client(s) disconnected" in caplog.text
+    # The new users file is the one asked.
+    assert server.ra.nt_hash("alice") is None and server.ra.nt_hash("bob") == NT
+
+
+class ReloadGateway:
+    """What `daemon.reload._reload_ikev2_server` uses of the gateway."""
+
+    endpoint = None
+    loop = None
+
+    def __init__(self, server: IkeRaServer | None) -> None:
+        self.ikev2_ra = server
+        self.connection: object = None
+
+    def use_ikev2_ra(self, server: IkeRaServer | None, connection: object) -> None:
+        self.ikev2_ra, self.connection = server, connection
+
+
+def _config(*sections: RemoteAccessConfig) -> Config:
+    gateway = GatewayConfig(addresses=(), id="gw", interface="lg0")
+    return Config(gateway, {}, {}, remote_access={s.name: s for s in sections})
+
+
+def test_a_reload_adds_removes_renames_and_changes_the_ikev2_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.reload import _reload_ikev2_server
+
+    def connection(self: IkeRaServer, config: Config, section: Any = None) -> str:
+        ra = section or self.config
+        if ra.address == "bad.example.net":
+            raise ConfigError("remote_access.laptops: a certificate that cannot be read")
+        return f"conn {ra.name} dns {','.join(map(str, ra.dns))}"
+
+    monkeypatch.setattr(IkeRaServer, "connection", connection)
+    section = Server(tmp_path).ra.config
+    gateway = ReloadGateway(None)
+    ssl = dataclasses.replace(section, name="office", protocol="ssl")
+    assert _reload_ikev2_server(gateway, _config(ssl)) == ""  # type: ignore[arg-type]
+    assert gateway.ikev2_ra is None
+    # Added.
+    words = _reload_ikev2_server(gateway, _config(section, ssl))  # type: ignore[arg-type]
+    server = gateway.ikev2_ra
+    assert words == "; ikev2 server laptops added" and server is not None
+    assert gateway.connection == "conn laptops dns "
+    # Unchanged: the same server; changed: the same server, reconfigured.
+    assert _reload_ikev2_server(gateway, _config(section)) == ""  # type: ignore[arg-type]
+    changed = dataclasses.replace(section, dns=(IP("203.0.113.54"),))
+    words = _reload_ikev2_server(gateway, _config(changed))  # type: ignore[arg-type]
+    assert words == "; ikev2 server laptops changed (0 client(s) disconnected)"
+    assert gateway.ikev2_ra is server and server.config == changed
+    assert gateway.connection == "conn laptops dns 203.0.113.54"
+    # A section the core cannot use changes nothing.
+    bad = dataclasses.replace(changed, address="bad.example.net", max_connections=3)
+    with pytest.raises(ConfigError):
+        _reload_ikev2_server(gateway, _config(bad))  # type: ignore[arg-type]
+    assert server.config == changed and gateway.connection == "conn laptops dns 203.0.113.54"
+    # Renamed: the old one goes, a new one comes.
+    renamed = dataclasses.replace(changed, name="phones")
+    words = _reload_ikev2_server(gateway, _config(renamed))  # type: ignore[arg-type]
+    assert words == (
+        "; ikev2 server laptops removed (0 client(s) disconnected); ikev2 server phones added"
+    )
+    assert gateway.ikev2_ra is not None and gateway.ikev2_ra.name == "phones"
+    # Removed.
+    words = _reload_ikev2_server(gateway, _config())  # type: ignore[arg-type]
+    assert words == "; ikev2 server phones removed (0 client(s) disconnected)"
+    assert gateway.ikev2_ra is None and gateway.connection is None

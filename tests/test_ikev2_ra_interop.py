@@ -344,3 +344,33 @@ def test_disconnect_sends_a_delete(ra: RaLab) -> None:
         wait_until(lambda: "alice (192.0.2.2) from 198.51.100.1 disconnected" in ra.log(), "log")
     finally:
         charon.stop()
+
+
+def test_a_reload_applies_a_new_dns_list_to_new_clients_and_keeps_the_others(
+    ra: RaLab,
+) -> None:
+    """`lockgate reload` with another `dns`: the client logged in keeps its IKE SA and
+    its traffic; logging in afterwards (one charon at a time: they share port 500),
+    it gets the new server."""
+    original = ra.conf.read_text()
+    try:
+        before, _ = connected(ra, "alice")
+        try:
+            ra.conf.write_text(original.replace('"203.0.113.53"', '"203.0.113.54"'))
+            out = ra.lockgate("reload")
+            assert "ikev2 server laptops changed (0 client(s) disconnected)" in out, out
+            assert "ikev2 laptops: reloaded: applied dns; 0 client(s) disconnected" in ra.log()
+            ping(ra.client, CLOUD, count=2)
+            assert before.list_sas(), ra.log()[-3000:]
+        finally:
+            before.stop()
+        after, _ = connected(ra, "alice")
+        try:
+            resolv = (after.rundir / "resolv.conf").read_text()
+            assert "nameserver 203.0.113.54" in resolv, resolv
+            assert "203.0.113.53" not in resolv, resolv
+        finally:
+            after.stop()
+    finally:
+        ra.conf.write_text(original)
+        ra.lockgate("reload")

@@ -50,3 +50,25 @@ def test_a_pool_with_no_room_for_clients_is_refused() -> None:
         AddressPool(NET6("2001:db8:c::/127"))
     with pytest.raises(ValueError, match="leaves no address"):
         AddressPool(ipaddress.IPv4Network("192.0.2.0/31"))
+
+
+def test_a_new_pool_carries_over_the_leases_and_sticky_addresses_that_fit() -> None:
+    IP4 = ipaddress.IPv4Address
+    old: AddressPool[IP4] = AddressPool(ipaddress.IPv4Network("192.0.2.0/24"))
+    for user in ("alice", "bob", "carol", "dave"):
+        old.allocate(user, user)  # .2, .3, .4, .5
+    old.release(IP4("192.0.2.2"), "alice")
+    old.release(IP4("192.0.2.4"), "carol")
+    new: AddressPool[IP4] = AddressPool(ipaddress.IPv4Network("192.0.2.0/29"))
+    assert new.carry_over(old) == []  # .3 and .5 are hosts of the smaller pool too
+    assert new.owner(IP4("192.0.2.3")) == "bob" and new.in_use == 2
+    # carol's address stayed hers: she gets .4 back, not the lowest free .2.
+    assert new.allocate("carol", "c") == IP4("192.0.2.4")
+    smaller: AddressPool[IP4] = AddressPool(ipaddress.IPv4Network("192.0.2.0/30"))  # .2 only
+    stranded = smaller.carry_over(new)
+    assert sorted(stranded, key=str) == [
+        (IP4("192.0.2.3"), "bob"),
+        (IP4("192.0.2.4"), "c"),
+        (IP4("192.0.2.5"), "dave"),
+    ]
+    assert smaller.leases() == [] and smaller.allocate("eve", "e") == IP4("192.0.2.2")
