@@ -1275,16 +1275,6 @@ def _remote_access(
     if s.has("certificate") != s.has("private_key"):
         missing = "private_key" if s.has("certificate") else "certificate"
         s.problem(missing, "certificate and private_key must be set together")
-    if pool6 is not None:
-        # Read and checked so that a file written for the IPv6 pools to come loads,
-        # but said out loud: neither server hands out IPv6 addresses yet.
-        warnings.append(
-            Problem(
-                s.key("client_pool6"),
-                "IPv6 client addresses are not handed out yet: clients get only an IPv4 "
-                "address from client_pool",
-            )
-        )
     for key, net in (("client_pool", pool), ("client_pool6", pool6)):
         if net is None:
             continue

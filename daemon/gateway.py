@@ -603,9 +603,15 @@ class Gateway:
         return reload(self)
 
     def ra_connections(self) -> list[PeerConfig]:
-        """The ikev2 server's IKE connection, as it started (a changed section needs a
-        restart, like [gateway])."""
+        """The ikev2 server's IKE connection (for new IKE SAs; a reload replaces it)."""
         return [] if self._ikev2_ra_connection is None else [self._ikev2_ra_connection]
+
+    def use_ikev2_ra(self, server: IkeRaServer | None, connection: PeerConfig | None) -> None:
+        """A reload's ikev2 server (None: none any more) and its IKE connection; the
+        caller hands the endpoint the connections next."""
+        self.ikev2_ra, self._ikev2_ra_connection = server, connection
+        if server is not None:
+            server.attach(self)
 
     def forwarding_warnings(self) -> list[str]:
         """Why the host would not route the connections' traffic: forwarding off for

@@ -9,14 +9,25 @@ from the server's state, shared in kind with the SSL server (`daemon.p2c_*`):
 - `nt_hash`: the users file (`UsersFile`, re-read when it changes);
 - `gate`: before a password is checked, the login rate limits (`LoginLimiter`) and the
   server's and the user's session limits;
-- `allocate`: the address pool (`AddressPool`: a user's static address, else the one
-  the user had last, else the lowest free), an address per IKE SA, freed with it;
+- `allocate`: the address pools (`AddressPool`: a user's static address, else the one
+  the user had last, else the lowest free), an address per IKE SA and family the
+  client asked for (`client_pool`, and `client_pool6` for INTERNAL_IP6_ADDRESS), freed
+  with it;
 - `reach`: the user's group's destinations within `local_subnets` (nothing for a user
   in no group when the server has groups).
 It follows the core's events for its client list and its one log line per connect,
 refusal and disconnect, and deletes (with a Delete) the IKE SAs of a client that got
 no CHILD SA, of a deleted user or one whose password changed, and of `lockgate
 disconnect`.
+
+A reload that changes the server's section is applied in place (`plan_change`,
+`IkeRaServer.reconfigure`): what only new logins or new SAs use (DNS, domains,
+proposals, limits, the server's identity and certificate) takes effect for them; access
+that a connected client loses (a narrower group or `local_subnets`) ends its IKE SA at
+once, access it gains is its at its next login; a changed pool keeps every client whose
+address is still in it and ends the others; a change of who may log in (`auth`,
+`client_ca`, `users`) restarts the server: every client's IKE SA is deleted, and they
+log in again under the new rules.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from conf.ike import local_credentials, trust_anchors
 from conf.model import Config, RemoteAccessConfig
 from daemon.p2c_auth import UsersFile
 from daemon.p2c_limits import LoginLimiter
-from daemon.p2c_pool import AddressPool
+from daemon.p2c_pool import A, AddressPool, occupancy
 from ikev2.certs import user_name as _cert_user
 from ikev2.config import ChildConfig, ConfigError, Identity, IpInterface, IpNetwork, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
@@ -70,6 +81,61 @@ _DETAILED = frozenset({EapCause.CERTIFICATE.value, EapCause.TLS.value})
 which TLS alert): the log line gives the whole reason; the counters keep the words."""
 
 
+LIVE_KEYS = frozenset(
+    {
+        "dns",
+        "dns_domains",
+        "local_subnets",
+        "groups",
+        "max_connections",
+        "connections_per_user",
+        "ike_proposals",
+        "esp_proposals",
+        "address",
+        "certificate",
+        "private_key",
+        "client_to_client",
+    }
+)
+"""Keys a reload applies without a restart (see `plan_change`)."""
+POOL_KEYS = ("client_pool", "client_pool6")
+
+
+@dataclass(frozen=True)
+class RaChange:
+    """What a reload does to the running ikev2 server (`plan_change`)."""
+
+    restart: tuple[str, ...] = ()
+    """Changed keys that restart the server: every client's IKE SA is deleted."""
+    live: tuple[str, ...] = ()
+    """Changed keys applied in place (new logins and new SAs use them)."""
+    pools: tuple[str, ...] = ()
+    """Changed pools: clients whose address is outside the new one are deleted."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.restart or self.live or self.pools)
+
+
+def plan_change(old: RemoteAccessConfig, new: RemoteAccessConfig) -> RaChange:
+    """How a reload applies `new` over the running `old` section of one ikev2 server.
+
+    Who may log in (`auth`, `client_ca`, `users`, and any key this does not know)
+    restarts it: a session that logged in under other rules must not outlive them.
+    The pools keep the clients that still fit. The rest applies in place; access
+    that connected clients lose is taken from them by `IkeRaServer.reconfigure`."""
+    changed = [
+        f.name
+        for f in dataclasses.fields(old)
+        if f.name != "name" and getattr(old, f.name) != getattr(new, f.name)
+    ]
+    return RaChange(
+        restart=tuple(k for k in changed if k not in LIVE_KEYS and k not in POOL_KEYS),
+        live=tuple(k for k in changed if k in LIVE_KEYS),
+        pools=tuple(k for k in changed if k in POOL_KEYS),
+    )
+
+
 @dataclass
 class IkeClient:
     """One client's IKE SA: who, from where, with which addresses."""
@@ -77,7 +143,7 @@ class IkeClient:
     user: str
     ike_sa_id: int
     remote: tuple[str, int] = ("", 0)
-    addresses: list[ipaddress.IPv4Address] = field(default_factory=list)
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(default_factory=list)
     since: float = field(default_factory=time.time)
     established: bool = False
     connected: bool = False
@@ -93,7 +159,10 @@ class IkeRaServer:
         self.config = config
         self.name = config.name
         self.users = UsersFile(config.users)
-        self.pool = AddressPool(config.client_pool)
+        self.pool: AddressPool[ipaddress.IPv4Address] = AddressPool(config.client_pool)
+        self.pool6: AddressPool[ipaddress.IPv6Address] | None = None
+        if config.client_pool6 is not None:
+            self.pool6 = AddressPool(config.client_pool6)
         self.limiter = LoginLimiter()
         self.clients: dict[int, IkeClient] = {}
         """By IKE SA id, from the first address handed out (or the establishment)."""
@@ -108,9 +177,12 @@ class IkeRaServer:
 
     # -- the IKE connection -----------------------------------------------------------
 
-    def connection(self, config: Config) -> IkeConnection:
-        """The IKE core's remote-access connection for this server (%any clients)."""
-        ra = self.config
+    def connection(
+        self, config: Config, section: RemoteAccessConfig | None = None
+    ) -> IkeConnection:
+        """The IKE core's remote-access connection for this server (%any clients), of
+        its section or of `section` (a reload's, checked before it is applied)."""
+        ra = section or self.config
         gateway = config.gateway
         # The server's own certificate (conf.load defaults it to the gateway's).
         own = dataclasses.replace(gateway, certificate=ra.certificate, private_key=ra.private_key)
@@ -178,28 +250,46 @@ class IkeRaServer:
         return None
 
     def allocate(self, user: str, ike_sa_id: int, version: int) -> IpInterface | None:
-        if version != 4:
-            return None  # IPv6 pools are not served yet
+        pool = self._pool(version)
+        if pool is None:
+            return None  # no client_pool6: an IPv6 request goes unanswered (§3.15.4)
         found = self.users.users.get(user)
         static = found.static_ip if found is not None else None
-        static4 = static if isinstance(static, ipaddress.IPv4Address) else None
-        if static4 is not None:
+        if static is not None and static in pool:
             # A static address is one session at a time: the older one goes.
             for other in list(self.clients.values()):
-                if static4 in other.addresses and other.ike_sa_id != ike_sa_id:
-                    other.addresses.remove(static4)
+                if static in other.addresses and other.ike_sa_id != ike_sa_id:
+                    other.addresses.remove(static)
                     self._delete_later(other.ike_sa_id, "its static address went to a new login")
-        address = self.pool.allocate(user, ike_sa_id, static4)
+        address = pool.allocate(user, ike_sa_id, static)
         if address is None:
             return None
         client = self.clients.setdefault(ike_sa_id, IkeClient(user, ike_sa_id))
         client.addresses.append(address)
-        return ipaddress.IPv4Interface((address, self.config.client_pool.prefixlen))
+        # The pool's prefix length goes with the address (INTERNAL_IP4_NETMASK, and the
+        # prefix octet of INTERNAL_IP6_ADDRESS, §3.15.1), as strongSwan's server sends
+        # one; clients install the address alone, and the CHILD SA's selector on their
+        # side is the single address (`child_create`), so no neighbour is reachable
+        # through the prefix.
+        return ipaddress.ip_interface((address, pool.network.prefixlen))
+
+    def _pool(
+        self, version: int
+    ) -> AddressPool[ipaddress.IPv4Address] | AddressPool[ipaddress.IPv6Address] | None:
+        return self.pool if version == 4 else self.pool6
+
+    def _pools(
+        self,
+    ) -> list[AddressPool[ipaddress.IPv4Address] | AddressPool[ipaddress.IPv6Address]]:
+        return [self.pool] if self.pool6 is None else [self.pool, self.pool6]
 
     def reach(self, user: str) -> tuple[IpNetwork, ...]:
-        groups = self.config.groups
+        return self._reach(self.config, user)
+
+    def _reach(self, config: RemoteAccessConfig, user: str) -> tuple[IpNetwork, ...]:
+        groups = config.groups
         if not groups:
-            return self.config.local_subnets
+            return config.local_subnets
         found = self.users.users.get(user)
         group = groups.get(found.group) if found is not None and found.group else None
         return group.destinations if group is not None else ()
@@ -223,8 +313,10 @@ class IkeRaServer:
                 client.ike_sa_id = event.new_ike_sa_id
                 self.clients[event.new_ike_sa_id] = client
                 for address in client.addresses:
-                    self.pool.release(address, event.ike_sa_id)
-                    self.pool.allocate(client.user, event.new_ike_sa_id, address)
+                    pool = self._pool(address.version)
+                    if pool is not None:
+                        pool.release(address, event.ike_sa_id)
+                        pool.allocate(client.user, event.new_ike_sa_id, address)
         elif isinstance(event, ChildSaInstalled):
             client = self.clients.get(event.ike_sa_id)
             if client is not None and not client.connected:
@@ -288,10 +380,9 @@ class IkeRaServer:
         if event.notify == NotifyType.INTERNAL_ADDRESS_FAILURE:
             reason = "pool exhausted"
             log.warning(
-                "ikev2 %s: client pool %s exhausted (%d in use)",
+                "ikev2 %s: no address for the families asked for: %s",
                 self.name,
-                self.config.client_pool,
-                self.pool.in_use,
+                occupancy(self._pools()),
             )
         elif event.notify == NotifyType.TS_UNACCEPTABLE:
             reason = "policy"
@@ -313,7 +404,8 @@ class IkeRaServer:
         client = self.clients.pop(ike_sa_id, None)
         if client is not None:
             for address in client.addresses:
-                self.pool.release(address, ike_sa_id)
+                for pool in self._pools():
+                    pool.release(address, ike_sa_id)
         return client
 
     def _delete_later(self, ike_sa_id: int, reason: str) -> None:
@@ -335,6 +427,64 @@ class IkeRaServer:
             gateway.loop.call_soon(delete)
         else:
             delete()
+
+    # -- reload -------------------------------------------------------------------------
+
+    def reconfigure(self, new: RemoteAccessConfig, change: RaChange) -> int:
+        """Apply a reloaded section (`plan_change`); the caller gives the IKE endpoint
+        the new `connection`. Returns how many clients' IKE SAs are deleted, each with
+        a Delete and a log line saying why."""
+        old = self.config
+        ending: dict[int, str] = {}
+        if change.restart:
+            reason = f"server restarted by a reload ({', '.join(change.restart)} changed)"
+            ending = {c.ike_sa_id: reason for c in self.clients.values()}
+        if change.pools:
+            pool4, stranded4 = _new_pool(self.pool, new.client_pool)
+            self.pool6, stranded6 = _new_pool(self.pool6, new.client_pool6)
+            if pool4 is not None:
+                self.pool = pool4
+            for key, stranded in (("client_pool", stranded4), ("client_pool6", stranded6)):
+                for address, owner in stranded:
+                    if isinstance(owner, int):
+                        ending.setdefault(owner, f"its address {address} is not in the new {key}")
+        if change.restart and "users" in change.restart:
+            self.users = UsersFile(new.users)
+        self.config = new
+        self._statics()
+        # Access is taken from connected clients at once; what they gain is theirs at
+        # their next login (their CHILD SAs' selectors were narrowed at this one).
+        for client in self.clients.values():
+            if client.ike_sa_id in ending or not client.established:
+                continue
+            lost = _lost(self._reach(old, client.user), self._reach(new, client.user))
+            if lost:
+                ending[client.ike_sa_id] = (
+                    f"access to {', '.join(str(n) for n in lost)} removed by a reload"
+                )
+        for ike_sa_id, reason in ending.items():
+            self._delete_later(ike_sa_id, reason)
+        log.info(
+            "ikev2 %s: reloaded: %s; %d client(s) disconnected",
+            self.name,
+            "; ".join(
+                f"{what} {', '.join(keys)}"
+                for what, keys in (
+                    ("restarted for", change.restart),
+                    ("applied", change.live),
+                    ("new pool", change.pools),
+                )
+                if keys
+            ),
+            len(ending),
+        )
+        return len(ending)
+
+    def stop(self, reason: str) -> int:
+        """The server is gone from the configuration: delete every client's IKE SA."""
+        for client in self.clients.values():
+            self._delete_later(client.ike_sa_id, reason)
+        return len(self.clients)
 
     # -- operations ---------------------------------------------------------------------
 
@@ -387,7 +537,7 @@ class IkeRaServer:
             "transport": "udp",
             "port": None,
             "interface": None,
-            "pool": str(self.config.client_pool),
+            "pool": ", ".join(str(p.network) for p in self._pools()),
             "clients": sum(1 for c in self.clients.values() if c.connected),
             "max_connections": self.config.max_connections,
             "handshaking": sum(1 for c in self.clients.values() if not c.connected),
@@ -397,13 +547,36 @@ class IkeRaServer:
         }
 
     def _statics(self) -> None:
-        self.pool.set_static(
-            {
-                name: user.static_ip
-                for name, user in self.users.users.items()
-                if isinstance(user.static_ip, ipaddress.IPv4Address)
-            }
+        statics = {
+            name: user.static_ip
+            for name, user in self.users.users.items()
+            if user.static_ip is not None
+        }
+        for pool in self._pools():
+            pool.set_static(statics)
+
+
+def _new_pool(
+    old: AddressPool[A] | None, network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+) -> tuple[AddressPool[A] | None, list[tuple[A, object]]]:
+    """A reload's pool for `network`, with `old`'s leases that fit, and the leases
+    that do not (all of them when the pool is gone)."""
+    if network is None:
+        return None, [] if old is None else old.leases()
+    fresh: AddressPool[A] = AddressPool(network)
+    return fresh, [] if old is None else fresh.carry_over(old)
+
+
+def _lost(before: tuple[IpNetwork, ...], after: tuple[IpNetwork, ...]) -> list[IpNetwork]:
+    """The networks of `before` that `after` does not cover."""
+    return [
+        net
+        for net in before
+        if not any(
+            net.version == other.version and net.subnet_of(other)  # type: ignore[arg-type]
+            for other in after
         )
+    ]
 
 
 def _duration(seconds: float) -> str:

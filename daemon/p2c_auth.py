@@ -12,7 +12,8 @@ The ovpn core asks `P2cAuthenticator` about every key method 2 it receives:
   certificate that chains to `client_ca`, by its common name, with no group and no
   static address.
 
-An accepted session gets a `Lease`: its user, its address from the pool and the
+An accepted session gets a `Lease`: its user, its address from the pool (and one from
+`client_pool6` when the server has it: every client is then dual-stack) and the
 prefixes it may reach (its group's destinations when the server has groups, nothing
 for a user in none; the server's local subnets otherwise).
 
@@ -25,6 +26,7 @@ the password. A certificate client must present a certificate of the same user.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -39,7 +41,7 @@ from pathlib import Path
 from conf.model import RemoteAccessConfig
 from conf.users import User, hash_password, load_users, verify_password
 from daemon.p2c_limits import LoginLimiter
-from daemon.p2c_pool import AddressPool
+from daemon.p2c_pool import AddressPool, IPv4, IPv6, occupancy
 from ikev2.config import ConfigError
 from ovpn.push import PushOptions
 from ovpn.session import AUTH_PENDING, AuthDecision, AuthPending, AuthRequest
@@ -52,18 +54,15 @@ Deliver = Callable[[object, bytes, int, AuthDecision], None]
 """A deferred decision for (remote, session id, key id)."""
 
 Prefix = tuple[int, int]
-"""An IPv4 prefix as (network, mask) integers: the data path tests a destination with
-one AND and one comparison."""
+"""A prefix as (network, mask) integers: the data path tests a destination with one
+AND and one comparison (128-bit integers for IPv6)."""
 
 
 def prefixes(
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], version: int = 4
 ) -> tuple[Prefix, ...]:
-    return tuple(
-        (int(n.network_address), int(n.netmask))
-        for n in networks
-        if isinstance(n, ipaddress.IPv4Network)
-    )
+    """The prefixes of one IP version among `networks`."""
+    return tuple((int(n.network_address), int(n.netmask)) for n in networks if n.version == version)
 
 
 def common_name(der: bytes) -> str | None:
@@ -98,6 +97,9 @@ class Lease:
     password_digest: bytes | None = field(default=None, repr=False)
     allowed: tuple[Prefix, ...] = ()
     group: str | None = None
+    address6: ipaddress.IPv6Address | None = None
+    """From client_pool6, when the server has one."""
+    allowed6: tuple[Prefix, ...] = ()
 
 
 class UsersFile:
@@ -148,7 +150,10 @@ class P2cAuthenticator:
     ) -> None:
         self.config = config
         self.users: Mapping[str, User] = users
-        self.pool = AddressPool(config.client_pool)
+        self.pool: AddressPool[ipaddress.IPv4Address] = AddressPool(config.client_pool)
+        self.pool6: AddressPool[ipaddress.IPv6Address] | None = None
+        if config.client_pool6 is not None:
+            self.pool6 = AddressPool(config.client_pool6)
         self.limiter = LoginLimiter()
         self.leases: dict[bytes, Lease] = {}
         """Accepted sessions by session id."""
@@ -158,6 +163,9 @@ class P2cAuthenticator:
         self._dummy: User | None = None
         self._routes = tuple(
             n for n in config.local_subnets if isinstance(n, ipaddress.IPv4Network)
+        )
+        self._routes6 = tuple(
+            n for n in config.local_subnets if isinstance(n, ipaddress.IPv6Network)
         )
         self.refusals: Counter[str] = Counter()
         self._statics()
@@ -242,15 +250,18 @@ class P2cAuthenticator:
             return self._refuse(user.name, "server full")
         if self._per_user[user.name] >= config.connections_per_user:
             return self._refuse(user.name, "too many sessions")
-        static = user.static_ip if isinstance(user.static_ip, ipaddress.IPv4Address) else None
-        address = self.pool.allocate(user.name, request.session_id, static)
+        address = self.pool.allocate(user.name, request.session_id, user.static_ip)
+        address6 = None
+        if address is not None and self.pool6 is not None:
+            address6 = self.pool6.allocate(user.name, request.session_id, user.static_ip)
+            if address6 is None:
+                self.pool.release(address, request.session_id)
+                address = None
         if address is None:
-            log.warning(
-                "ssl-vpn %s: client pool %s exhausted (%d in use)",
-                config.name,
-                config.client_pool,
-                self.pool.in_use,
-            )
+            pools: list[AddressPool[IPv4] | AddressPool[IPv6]] = [self.pool]
+            if self.pool6 is not None:
+                pools.append(self.pool6)
+            log.warning("ssl-vpn %s: %s", config.name, occupancy(pools))
             return self._refuse(user.name, "pool exhausted")
         self.leases[request.session_id] = Lease(
             user.name,
@@ -260,6 +271,8 @@ class P2cAuthenticator:
             password_digest=digest,
             allowed=self._allowed(user),
             group=user.group,
+            address6=address6,
+            allowed6=self._allowed(user, 6),
         )
         self._per_user[user.name] += 1
         push = PushOptions(
@@ -268,6 +281,13 @@ class P2cAuthenticator:
             self._routes,
             config.dns,
         )
+        if address6 is not None and self.pool6 is not None:
+            push = dataclasses.replace(
+                push,
+                address6=ipaddress.IPv6Interface((address6, self.pool6.network.prefixlen)),
+                gateway6=self.pool6.server,
+                routes6=self._routes6,
+            )
         return AuthDecision(True, push=push, username=user.name)
 
     def _refuse(self, name: str, reason: str) -> AuthDecision:
@@ -277,21 +297,29 @@ class P2cAuthenticator:
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._digest_key, password.encode(), hashlib.sha256).digest()
 
-    def _allowed(self, user: User) -> tuple[Prefix, ...]:
+    def _allowed(self, user: User, version: int = 4) -> tuple[Prefix, ...]:
         groups = self.config.groups
         if not groups:
-            return prefixes(self.config.local_subnets)
+            return prefixes(self.config.local_subnets, version)
         group = groups.get(user.group) if user.group is not None else None
-        return prefixes(group.destinations) if group is not None else ()
+        return prefixes(group.destinations, version) if group is not None else ()
+
+    def _static_moved(self, user: User, lease: Lease) -> bool:
+        """The user's static address (of either pool) is not the one the lease has."""
+        static = user.static_ip
+        if static in self.pool:
+            return static != lease.address
+        if self.pool6 is not None and static in self.pool6:
+            return static != lease.address6
+        return False
 
     def _statics(self) -> None:
-        self.pool.set_static(
-            {
-                name: user.static_ip
-                for name, user in self.users.items()
-                if isinstance(user.static_ip, ipaddress.IPv4Address)
-            }
-        )
+        statics = {
+            name: user.static_ip for name, user in self.users.items() if user.static_ip is not None
+        }
+        self.pool.set_static(statics)
+        if self.pool6 is not None:
+            self.pool6.set_static(statics)
 
     # -- the adapter's calls ---------------------------------------------------------
 
@@ -303,6 +331,8 @@ class P2cAuthenticator:
             if self._per_user[lease.user] <= 0:
                 del self._per_user[lease.user]
             self.pool.release(lease.address, session_id)
+            if lease.address6 is not None and self.pool6 is not None:
+                self.pool6.release(lease.address6, session_id)
         return lease
 
     def sessions_of(self, user: str) -> list[Lease]:
@@ -325,11 +355,9 @@ class P2cAuthenticator:
                 and (user.password != before.password)
             ):
                 ends.append((lease, False, "password changed"))
-            elif (
-                isinstance(user.static_ip, ipaddress.IPv4Address)
-                and user.static_ip != lease.address
-            ):
+            elif self._static_moved(user, lease):
                 ends.append((lease, True, "static address changed"))
             else:
                 lease.allowed, lease.group = self._allowed(user), user.group
+                lease.allowed6 = self._allowed(user, 6)
         return ends

@@ -21,6 +21,7 @@ from conf.ike import ike_connections
 from conf.load import load_config
 from conf.model import Config
 from daemon.control import ControlError
+from daemon.ikev2_ra import IkeRaServer, plan_change
 from daemon.mtu import path_mtu
 from daemon.peers import ConnectionState, PeerChange, peer_change, resolve
 from daemon.status import status_line
@@ -90,11 +91,7 @@ def _reload(gateway: Gateway) -> str:
         )
     if new.metrics != old.metrics:
         log.warning("[metrics] changed: the endpoint stays as it is until a restart")
-    if (
-        gateway.ikev2_ra is not None
-        and new.remote_access.get(gateway.ikev2_ra.name) != gateway.ikev2_ra.config
-    ):
-        log.warning("remote_access.%s (ikev2) changed: it needs a restart", gateway.ikev2_ra.name)
+    ikev2_summary = _reload_ikev2_server(gateway, new)
     old_ike = {name: peer.config for name, peer in gateway.peers.items()}
     new_ike = {c.name: c for c in new_list}
     removed = [n for n in old_ike if n not in new_ike]
@@ -125,12 +122,42 @@ def _reload(gateway: Gateway) -> str:
         f"reloaded: peers {len(added)} added, {len(changed)} changed, "
         f"{len(removed)} removed, {unchanged} unchanged"
     )
-    summary += gateway.remote_access.reload(new)
+    summary += ikev2_summary + gateway.remote_access.reload(new)
     log.info("%s", summary)
     for warning in gateway.forwarding_warnings():
         log.warning("%s", warning)
     gateway.notifier.notify(STATUS=status_line(gateway))
     return summary
+
+
+def _reload_ikev2_server(gateway: Gateway, new: Config) -> str:
+    """Apply the reloaded ikev2 server section (`daemon.ikev2_ra.plan_change`): a new
+    one starts, a removed or renamed one deletes its clients' IKE SAs, a changed one
+    is reconfigured in place. Its new IKE connection is checked before anything is
+    touched (a ConfigError keeps the running one) and takes effect with the
+    endpoint's `set_connections`. Returns the words for the reload's answer."""
+    server = gateway.ikev2_ra
+    section = next((ra for ra in new.remote_access.values() if ra.protocol == "ikev2"), None)
+    if section is not None and server is not None and section.name == server.name:
+        connection = server.connection(new, section)
+        change = plan_change(server.config, section)
+        gone = server.reconfigure(section, change) if change.changed else 0
+        gateway.use_ikev2_ra(server, connection)
+        if not change.changed:
+            return ""
+        return f"; ikev2 server {server.name} changed ({gone} client(s) disconnected)"
+    words = ""
+    added = IkeRaServer(section) if section is not None else None
+    new_connection = added.connection(new) if added is not None else None
+    if server is not None:
+        gone = server.stop("server removed by a reload")
+        log.info("reload: ikev2 server %s removed (%d client(s) disconnected)", server.name, gone)
+        words += f"; ikev2 server {server.name} removed ({gone} client(s) disconnected)"
+    gateway.use_ikev2_ra(added, new_connection)
+    if added is not None:
+        log.info("reload: ikev2 server %s added", added.name)
+        words += f"; ikev2 server {added.name} added"
+    return words
 
 
 def _update_peer(gateway: Gateway, config: PeerConfig, change: PeerChange) -> None:

@@ -8,17 +8,19 @@ The protocol lives in `ovpn/` (sans-I/O); who may connect and reach what in
 `daemon.p2c_auth`.
 
 Each server has a TUN of its own (`<interface>p<N>`, e.g. lockgate0p0) carrying the
-server's address, the pool's first host, with the pool's prefix: the kernel routes the
-pool into it, and every packet read from it belongs to one of this server's clients.
+server's address, the pool's first host, with the pool's prefix (and the same from
+`client_pool6`): the kernel routes the pools into it, and every packet read from it
+belongs to one of this server's clients.
 Sharing the ESP data plane's TUN would have made its hot path dispatch every packet
 between ESP and OpenVPN by destination, and let one server's policy mistakes reach the
 other's; with a TUN per server, each server's policy sees only its own packets, and
 the kernel's routing between the TUNs is what joins a client to a site-to-site tunnel.
 
 The data path enforces, on every packet a client sends (counted drops, by reason):
-its own virtual address as the source (the core: `data_spoofed_source`), and as the
-destination only what its lease allows (`policy_destination`), other clients only with
-`client_to_client = true` (`policy_client_to_client`).
+its own virtual address of the packet's IP version as the source (the core:
+`data_spoofed_source`), and as the destination only what its lease allows
+(`policy_destination`), other clients only with `client_to_client = true`
+(`policy_client_to_client`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,14 @@ class SslVpnServer:
         self._pool_net = int(config.client_pool.network_address)
         self._pool_mask = int(config.client_pool.netmask)
         self._server_ip = int(self.auth.pool.server)
+        pool6 = self.auth.pool6
+        # No pool6: no client has an IPv6 address, and the mask 0 never matches a
+        # network of 1 (so every IPv6 destination is a policy question only).
+        self._pool6 = (
+            (int(pool6.network.network_address), int(pool6.network.netmask), int(pool6.server))
+            if pool6 is not None
+            else (1, 0, 0)
+        )
         self._udp: list[socket.socket] = []
         self._udp_remotes: list[dict[tuple[str, int], UdpRemote]] = []
         """Per UDP socket, the remote of each established session by (host, port): a
@@ -340,12 +350,14 @@ class SslVpnServer:
                 self._write_tun(passed)
         for event in out.events:
             if isinstance(event, ClientAuthenticated):
+                push = session.push
+                address6 = push.address6 if push is not None else None
                 log.info(
                     "ssl-vpn %s: %s connected from %s as %s (%s, %s)",
                     self.name,
                     event.username,
                     remote,
-                    event.address.ip,
+                    event.address.ip if address6 is None else f"{event.address.ip}, {address6.ip}",
                     event.cipher,
                     self.config.transport,
                 )
@@ -402,11 +414,17 @@ class SslVpnServer:
         if lease is None:
             self.drops["policy_no_lease"] += len(packets)
             return []
-        allowed = lease.allowed
-        pool_net, pool_mask, server_ip = self._pool_net, self._pool_mask, self._server_ip
         passed: list[bytes] = []
         for packet in packets:
-            dst = int.from_bytes(packet[16:20], "big")
+            # The core let only IPv4 and IPv6 packets with the client's source through.
+            if packet[0] >> 4 == 4:
+                allowed = lease.allowed
+                pool_net, pool_mask, server_ip = self._pool_net, self._pool_mask, self._server_ip
+                dst = int.from_bytes(packet[16:20], "big")
+            else:
+                allowed = lease.allowed6
+                pool_net, pool_mask, server_ip = self._pool6
+                dst = int.from_bytes(packet[24:40], "big")
             if any(dst & mask == net for net, mask in allowed):
                 passed.append(packet)
             elif dst & pool_mask == pool_net and dst != server_ip:
@@ -427,7 +445,7 @@ class SslVpnServer:
                 "ssl-vpn %s: %s (%s) from %s disconnected: %s; %d bytes in, %d out, %.0f s",
                 self.name,
                 lease.user,
-                lease.address,
+                _virtual_ips(lease),
                 session.remote,
                 session.close_reason,
                 session.bytes_in,
@@ -506,7 +524,7 @@ class SslVpnServer:
                     "server": self.name,
                     "protocol": "ssl",
                     "user": lease.user,
-                    "virtual_ip": str(lease.address),
+                    "virtual_ip": _virtual_ips(lease),
                     "remote": str(lease.remote),
                     "since": datetime.datetime.fromtimestamp(lease.since, datetime.UTC)
                     .isoformat(timespec="seconds")
@@ -528,7 +546,9 @@ class SslVpnServer:
             "transport": self.config.transport,
             "port": self.config.port,
             "interface": self.tun.name,
-            "pool": str(self.config.client_pool),
+            "pool": ", ".join(
+                str(p) for p in (self.config.client_pool, self.config.client_pool6) if p
+            ),
             "clients": len(self.auth.leases),
             "max_connections": self.config.max_connections,
             "handshaking": sum(1 for s in sessions if not s.established),
@@ -536,6 +556,13 @@ class SslVpnServer:
             "refusals": dict(sorted(self.auth.refusals.items())),
             "drops": dict(sorted(drops.items())),
         }
+
+
+def _virtual_ips(lease: Lease) -> str:
+    """A client's virtual addresses as `lockgate clients` and the log show them."""
+    if lease.address6 is None:
+        return str(lease.address)
+    return f"{lease.address}, {lease.address6}"
 
 
 def _has_control(packets: list[bytes]) -> bool:
@@ -592,9 +619,17 @@ class _TcpClient(asyncio.Protocol):
             self.remote.transport.close()
 
 
-def _bring_up(links: LinkManager, *, name: str, address: ipaddress.IPv4Interface) -> None:
+def _bring_up(
+    links: LinkManager,
+    *,
+    name: str,
+    address: ipaddress.IPv4Interface,
+    address6: ipaddress.IPv6Interface | None = None,
+) -> None:
     links.quiet_ipv6(name)
     links.add_address(name, address)
+    if address6 is not None:
+        links.add_address(name, address6)
     links.set_up(name)
 
 
@@ -633,7 +668,13 @@ class RemoteAccess:
         try:
             server = SslVpnServer(ra, config.gateway, tun, self._executor)
             address = ipaddress.IPv4Interface((server.auth.pool.server, ra.client_pool.prefixlen))
-            links.run(partial(_bring_up, name=name, address=address))
+            pool6 = server.auth.pool6
+            address6 = (
+                ipaddress.IPv6Interface((pool6.server, pool6.network.prefixlen))
+                if pool6 is not None
+                else None
+            )
+            links.run(partial(_bring_up, name=name, address=address, address6=address6))
         except BaseException:
             tun.close()
             raise

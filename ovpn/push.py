@@ -25,6 +25,13 @@ class PushOptions:
     """The local subnets the client reaches through the tunnel (split tunnel)."""
     dns: tuple[IPAddress, ...] = ()
     """DNS servers (`dhcp-option DNS`)."""
+    address6: ipaddress.IPv6Interface | None = None
+    """The client's IPv6 virtual address with the pool's prefix (`ifconfig-ipv6`)."""
+    gateway6: ipaddress.IPv6Address | None = None
+    """The server's IPv6 address inside the pool: the other end of `ifconfig-ipv6`,
+    which the client routes `route-ipv6` through."""
+    routes6: tuple[ipaddress.IPv6Network, ...] = ()
+    """The IPv6 local subnets (`route-ipv6`), pushed only with `address6`."""
 
 
 def push_reply(
@@ -44,6 +51,12 @@ def push_reply(
         f"ifconfig {options.address.ip} {options.address.netmask}",
     ]
     parts += [f"route {net.network_address} {net.netmask}" for net in options.routes]
+    if options.address6 is not None and options.gateway6 is not None:
+        # OpenVPN's `ifconfig-ipv6 ADDRESS/BITS REMOTE`: with `topology subnet` the
+        # client puts the address with the pool's prefix on its TUN; `route-ipv6
+        # NETWORK/BITS` without a gateway goes through REMOTE.
+        parts.append(f"ifconfig-ipv6 {options.address6} {options.gateway6}")
+        parts += [f"route-ipv6 {net}" for net in options.routes6]
     parts += [f"dhcp-option DNS {server}" for server in options.dns]
     parts += [
         f"ping {ping}",

@@ -23,6 +23,8 @@ from ovpn.session import (
     SessionSettings,
 )
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 MAX_PEER_ID = 0xFFFFFE
 """0xFFFFFF means "no peer id" to OpenVPN."""
 DEFAULT_MAX_HALF_OPEN = 128
@@ -60,7 +62,8 @@ class Server:
         self._on_end = on_end
         """Called once for every session the server forgets, closed by then."""
         self.sessions: dict[Hashable, ServerSession] = {}
-        self._by_address: dict[ipaddress.IPv4Address, ServerSession] = {}
+        self._by_address: dict[IpAddress, ServerSession] = {}
+        """Established sessions by virtual address, IPv4 and IPv6 alike."""
         self._peer_ids: set[int] = set()
         self.drops: Counter[str] = Counter()
 
@@ -140,16 +143,22 @@ class Server:
     def _free_peer_id(self) -> int | None:
         return next((i for i in range(MAX_PEER_ID + 1) if i not in self._peer_ids), None)
 
-    def session_for(self, destination: ipaddress.IPv4Address) -> ServerSession | None:
+    def session_for(self, destination: IpAddress) -> ServerSession | None:
         """The established session whose virtual address is `destination`."""
         return self._by_address.get(destination)
 
     def route_from_tun(self, ip_packet: bytes, now: float) -> ServerSession | None:
         """Give an IP packet from the TUN to the client it is addressed to."""
-        if len(ip_packet) < 20 or ip_packet[0] >> 4 != 4:
-            self.drops["tun_not_ipv4"] += 1
+        version = ip_packet[0] >> 4 if ip_packet else 0
+        destination: IpAddress
+        if version == 4 and len(ip_packet) >= 20:
+            destination = ipaddress.IPv4Address(ip_packet[16:20])
+        elif version == 6 and len(ip_packet) >= 40:
+            destination = ipaddress.IPv6Address(ip_packet[24:40])
+        else:
+            self.drops["tun_not_ip"] += 1
             return None
-        session = self._by_address.get(ipaddress.IPv4Address(ip_packet[16:20]))
+        session = self._by_address.get(destination)
         if session is None:
             self.drops["tun_no_client"] += 1
             return None
@@ -161,10 +170,11 @@ class Server:
         out = Output(session.take_packets(), session.take_tun_packets(), session.take_events())
         for event in out.events:
             if isinstance(event, ClientAuthenticated):
-                other = self._by_address.get(event.address.ip)
-                if other is not None and other is not session:
-                    other.disconnect(now, reason="address taken over")
-                self._by_address[event.address.ip] = session
+                for address in _addresses(session):
+                    other = self._by_address.get(address)
+                    if other is not None and other is not session:
+                        other.disconnect(now, reason="address taken over")
+                    self._by_address[address] = session
             elif isinstance(event, ClientDisconnected):
                 self._forget(session.remote, session, event.reason)
         return out
@@ -180,9 +190,9 @@ class Server:
             return
         del self.sessions[remote]
         self._peer_ids.discard(session.peer_id)
-        address = session.push.address.ip if session.push is not None else None
-        if address is not None and self._by_address.get(address) is session:
-            del self._by_address[address]
+        for address in _addresses(session):
+            if self._by_address.get(address) is session:
+                del self._by_address[address]
         session.close(reason)  # no-op when it closed itself
         if self._on_end is not None:
             self._on_end(session)
@@ -203,3 +213,14 @@ class Server:
         for session in due:
             session.handle_timer(now)
         return due
+
+
+def _addresses(session: ServerSession) -> list[IpAddress]:
+    """A session's virtual addresses: its IPv4 one and, if it has one, its IPv6 one."""
+    push = session.push
+    if push is None:
+        return []
+    out: list[IpAddress] = [push.address.ip]
+    if push.address6 is not None:
+        out.append(push.address6.ip)
+    return out

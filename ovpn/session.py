@@ -252,6 +252,7 @@ class ServerSession:
         self.push: PushOptions | None = None
         self._source_for: PushOptions | None = None
         self._source = b""
+        self._source6: bytes | None = None
         self.cipher: str | None = None
         self._cc_exit = False
         self._out: list[bytes] = []
@@ -693,15 +694,22 @@ class ServerSession:
         self._tun.append(payload)
 
     def _source_allowed(self, payload: bytes) -> bool:
-        """Only the client's own virtual address may appear as the source."""
-        if len(payload) < 20 or payload[0] >> 4 != 4 or self.push is None:
-            return False
+        """Only the client's own virtual addresses may appear as the source (its IPv6
+        one only when it has one)."""
         push = self.push
+        if push is None or not payload:
+            return False
         if push is not self._source_for:
             # `IPv4Interface.ip` builds a new address object on every call: keep its
             # octets for as long as the push options stay the same object.
             self._source_for, self._source = push, push.address.ip.packed
-        return payload[12:16] == self._source
+            self._source6 = push.address6.ip.packed if push.address6 is not None else None
+        version = payload[0] >> 4
+        if version == 4:
+            return len(payload) >= 20 and payload[12:16] == self._source
+        if version == 6:
+            return len(payload) >= 40 and payload[8:24] == self._source6
+        return False
 
     def _send_data(self, payload: bytes, now: float) -> None:
         ks = self._keys.get(self._send_key) if self._send_key is not None else None

@@ -5,12 +5,15 @@ connection) and follows its events; each client is our initiator with its own ad
 its datagrams carried with `testkit.ikev2_pair.deliver`. Covered: the login
 gate (max_connections, connections_per_user, the rate limiter after failed logins, the
 reasons "unknown user" and "wrong password"); address allocation (a static address, the
-user's last one, the lowest free, an exhausted pool refused with a log line); release on
+user's last one, the lowest free, an exhausted pool refused with a log line; the same
+from client_pool6 for INTERNAL_IP6_ADDRESS, alone or dual-stack); release on
 IkeSaDeleted and IkeSaFailed, and the address following an IKE SA rekey (RFC 7296
 §2.18); the users file's changes (a deleted user, a changed password: the IKE SA goes);
 group reach (RFC 7296 §2.9 narrowing; a user in no group reaches nothing); the client
 rows and `disconnect`; a client that moved with MOBIKE (its row, the log line, and its
-reconnect from the new address replacing the IKE SA that followed it).
+reconnect from the new address replacing the IKE SA that followed it); a reload's
+changed section (`plan_change`, `reconfigure`): live keys, a new pool, lost and gained
+access, a restart.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ import pytest
 from strongswan import Pki
 from test_ikev2_eap import Pool, _client, _server
 
-from conf.model import GroupConfig, RemoteAccessConfig
+from conf.model import Config, GatewayConfig, GroupConfig, RemoteAccessConfig
 from conf.users import User, save_users
-from daemon.ikev2_ra import IkeRaServer
-from ikev2.config import Identity
+from daemon.ikev2_ra import IkeRaServer, RaChange, plan_change
+from ikev2.config import ConfigError, Identity
 from ikev2.constants import NotifyType
 from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
@@ -42,6 +45,7 @@ from ikev2.events import (
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
+    VirtualIpAssigned,
 )
 from ikev2.ts import TrafficSelector
 from testkit.ikev2_pair import deliver, on_wire
@@ -51,6 +55,7 @@ IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network
 PASSWORD = "correct horse battery"
 NT = nt_password_hash(PASSWORD)
+LOCAL6 = "2001:db8:1::/64"
 
 
 def _users(**extra: User) -> dict[str, User]:
@@ -110,6 +115,15 @@ class Server:
             gate=self.ra.gate,
             reach=self.ra.reach,
         )
+        if self.ra.config.client_pool6 is not None:
+            # Dual-stack: our side carries the IPv6 local subnet too.
+            (only,) = server.children
+            dual = dataclasses.replace(
+                only,
+                local_ts=(*only.local_ts, TrafficSelector.from_network(LOCAL6)),
+                remote_ts=(*only.remote_ts, TrafficSelector.from_network("::/0")),
+            )
+            server = dataclasses.replace(server, children=(dual,))
         self.endpoint = Endpoint([server], rng=DeterministicRandom(b"server"))
         self.clients: dict[str, Client] = {}
         self.soon: list[Callable[[], None]] = []
@@ -123,16 +137,33 @@ class Server:
         """The gateway would send the endpoint's datagrams now; `pump` does."""
 
     def login(
-        self, user: str, password: str = PASSWORD, *, address: str = "", mobike: bool = False
+        self,
+        user: str,
+        password: str = PASSWORD,
+        *,
+        address: str = "",
+        mobike: bool = False,
+        **ask: bool,
     ) -> Client:
         """A client from its own address (198.51.100.1N, or `address`) logs in as
-        `user`, offering MOBIKE (RFC 4555) if asked to."""
+        `user`, offering MOBIKE (RFC 4555) if asked to (`ask`: request_ip4,
+        request_ip6 of its CFG_REQUEST)."""
         address = address or f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
-            _client(self.pki, user, password),
+            _client(self.pki, user, password, **ask),
             local_addresses=(address,),
             local_id=Identity.parse(address),
         )
+        if ask.get("request_ip6"):
+            (only,) = config.children
+            ours = () if ask.get("request_ip4") is False else only.local_ts
+            theirs = () if ask.get("request_ip4") is False else only.remote_ts
+            dual = dataclasses.replace(
+                only,
+                local_ts=(*ours, TrafficSelector.from_network("::/0")),
+                remote_ts=(*theirs, TrafficSelector.from_network(LOCAL6)),
+            )
+            config = dataclasses.replace(config, children=(dual,))
         client = Client(Endpoint([config], rng=DeterministicRandom(address.encode())))
         self.clients[address] = client
         client.endpoint.initiate("conn", 0.0)
@@ -281,13 +312,69 @@ def test_an_exhausted_pool_refuses_the_client_and_deletes_its_ike_sa(
     pair = server.login("bob")
     (failed,) = pair.of(ChildSaFailed)
     assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
-    assert "client pool 192.0.2.0/30 exhausted (1 in use)" in caplog.text
+    assert "no address for the families asked for: client pool 192.0.2.0/30 exhausted" in (
+        caplog.text
+    )
     assert "laptops: bob from 198.51.100.12 refused: pool exhausted" in caplog.text
     assert server.ra.refusals == {"pool exhausted": 1}
     # Its IKE SA was deleted (with a Delete) and is no client any more.
     assert pair.of(IkeSaDeleted)
     assert _addresses(server) == {"alice": ["192.0.2.2"]}
     assert server.ra.status()["handshaking"] == 0
+
+
+POOL6 = ipaddress.IPv6Network("2001:db8:c::/64")
+
+
+def test_dual_stack_clients_get_an_address_of_each_family(tmp_path: Path) -> None:
+    users = _users(lee=User("lee", static_ip=ipaddress.IPv6Address("2001:db8:c::99"), nt_hash=NT))
+    subnets = (NET("203.0.113.0/24"), ipaddress.IPv6Network(LOCAL6))
+    server = Server(tmp_path, users, client_pool6=POOL6, local_subnets=subnets)
+    alice = server.login("alice", request_ip6=True)
+    assert alice.of(ChildSaInstalled)
+    (got,) = alice.of(VirtualIpAssigned)
+    # The IPv6 address carries the pool's prefix length (RFC 7296 §3.15.1).
+    assert got.addresses == ("192.0.2.2/29", "2001:db8:c::2/64")
+    # Only IPv4 asked for: no IPv6 address is taken from the pool.
+    server.login("bob")
+    v6only = server.login("sam", request_ip4=False, request_ip6=True)
+    (got,) = v6only.of(VirtualIpAssigned)
+    assert got.addresses == ("2001:db8:c::3/64",)
+    # Its CHILD SA is narrowed to its address and the IPv6 local subnet (RFC 7296 §2.9),
+    # which is what the ESP data plane lets through from it (anti-spoofing).
+    (installed,) = v6only.of(ChildSaInstalled)
+    assert installed.local_ts == (TrafficSelector.from_network("2001:db8:c::3/128"),)
+    assert installed.remote_ts == (TrafficSelector.from_network(LOCAL6),)
+    # An IPv6 static address is its user's, whichever client asks first.
+    server.login("lee", request_ip6=True)
+    assert _addresses(server) == {
+        "alice": ["192.0.2.2", "2001:db8:c::2"],
+        "bob": ["192.0.2.3"],
+        "sam": ["2001:db8:c::3"],
+        "lee": ["192.0.2.4", "2001:db8:c::99"],
+    }
+    assert server.ra.status()["pool"] == "192.0.2.0/29, 2001:db8:c::/64"
+    # Sticky like IPv4: sam comes back to his 2001:db8:c::3, not the lowest free one.
+    for user in ("alice", "sam"):
+        server.ra.disconnect(user)
+    assert _deleted(server.pump()) == ["disconnected by operator"] * 2
+    assert server.ra.pool6 is not None and server.ra.pool6.in_use == 1
+    server.login("sam", request_ip6=True)
+    assert _addresses(server)["sam"] == ["192.0.2.6", "2001:db8:c::3"]  # .6: his static
+
+
+def test_an_ipv6_request_without_client_pool6_gets_no_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(tmp_path)
+    dual = server.login("alice", request_ip6=True)
+    (got,) = dual.of(VirtualIpAssigned)
+    assert got.addresses == ("192.0.2.2/29",)
+    v6only = server.login("bob", request_ip4=False, request_ip6=True)
+    (failed,) = v6only.of(ChildSaFailed)
+    assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
+    assert "client pool 192.0.2.0/29 has room (1 in use)" in caplog.text
+    assert server.ra.refusals == {"pool exhausted": 1}
 
 
 def test_an_ike_failure_releases_the_address(tmp_path: Path) -> None:
@@ -442,3 +529,174 @@ def test_a_refused_certificate_is_logged_with_what_was_wrong(
     assert server.ra.refusals == {"certificate refused": 1}
     # Not a password guess: the rate limits stay open for the name.
     assert server.ra.gate("mallory", "198.51.100.9") is None
+
+
+# -- reload ---------------------------------------------------------------------------
+
+
+def _reconfigured(server: Server, **changes: Any) -> tuple[RaChange, list[str]]:
+    """Apply a reloaded section with `changes`; the reasons of the IKE SAs deleted."""
+    new = dataclasses.replace(server.ra.config, **changes)
+    change = plan_change(server.ra.config, new)
+    server.ra.reconfigure(new, change)
+    return change, sorted(_deleted(server.pump()))
+
+
+def test_a_reload_sorts_the_changed_keys_into_live_pool_and_restart(tmp_path: Path) -> None:
+    old = Server(tmp_path).ra.config
+    change = plan_change(
+        old,
+        dataclasses.replace(
+            old,
+            dns=(IP("203.0.113.54"),),
+            max_connections=7,
+            client_pool6=ipaddress.IPv6Network("2001:db8:c::/64"),
+            client_ca=tmp_path / "ca.pem",
+        ),
+    )
+    assert change == RaChange(
+        restart=("client_ca",), live=("dns", "max_connections"), pools=("client_pool6",)
+    )
+    assert not plan_change(old, dataclasses.replace(old)).changed
+
+
+def test_live_keys_keep_the_clients_and_apply_to_the_next_login(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.login("alice")
+    change, deleted = _reconfigured(server, dns=(IP("203.0.113.54"),), connections_per_user=1)
+    assert change.live == ("dns", "connections_per_user") and deleted == []
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    # The new limit holds at the next login; the client logged in stays.
+    assert _refused(server.login("alice")).notify == NotifyType.AUTHENTICATION_FAILED
+    assert server.ra.refusals == {"too many sessions": 1}
+
+
+def test_a_new_pool_keeps_the_clients_that_fit_and_ends_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    alice, bob = server.login("alice"), server.login("bob")
+    _, deleted = _reconfigured(server, client_pool=NET("192.0.2.0/30"))  # .2 only
+    assert deleted == ["its address 192.0.2.3 is not in the new client_pool"]
+    assert bob.of(IkeSaDeleted) and not alice.of(IkeSaDeleted)
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    assert server.ra.pool.network == NET("192.0.2.0/30")
+    assert server.ra.pool.owner(IP("192.0.2.2")) == alice.ike_sa_id(server)
+    assert "new pool client_pool; 1 client(s) disconnected" in caplog.text
+    # The new pool is full with alice in it.
+    server.login("sam")
+    assert server.ra.refusals == {"pool exhausted": 1}
+
+
+def test_a_removed_client_pool6_ends_the_clients_with_an_ipv6_address(tmp_path: Path) -> None:
+    subnets = (NET("203.0.113.0/24"), ipaddress.IPv6Network(LOCAL6))
+    server = Server(tmp_path, client_pool6=POOL6, local_subnets=subnets)
+    server.login("alice", request_ip6=True)
+    server.login("bob")
+    _, deleted = _reconfigured(server, client_pool6=None)
+    assert deleted == ["its address 2001:db8:c::2 is not in the new client_pool6"]
+    assert _addresses(server) == {"bob": ["192.0.2.3"]} and server.ra.pool6 is None
+
+
+def test_lost_access_ends_the_clients_and_gained_access_waits_for_their_next_login(
+    tmp_path: Path,
+) -> None:
+    staff = GroupConfig("staff", (NET("203.0.113.0/25"),))
+    server = Server(tmp_path, groups={"staff": staff})
+    alice, sam = server.login("alice"), server.login("sam")  # both staff
+    wider = GroupConfig("staff", (NET("203.0.113.0/24"),))
+    _, deleted = _reconfigured(server, groups={"staff": wider})
+    assert deleted == [] and not alice.of(IkeSaDeleted)
+    narrower = GroupConfig("staff", (NET("203.0.113.0/26"),))
+    _, deleted = _reconfigured(server, groups={"staff": narrower})
+    assert deleted == ["access to 203.0.113.0/24 removed by a reload"] * 2
+    assert alice.of(IkeSaDeleted) and sam.of(IkeSaDeleted)
+    # Logging in again gets the narrower reach.
+    again = server.login("alice")
+    (installed,) = again.of(ChildSaInstalled)
+    assert installed.remote_ts == (TrafficSelector.from_network("203.0.113.0/26"),)
+
+
+def test_a_change_of_who_may_log_in_restarts_the_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "daemon.ikev2_ra")
+    server = Server(tmp_path)
+    server.login("alice")
+    server.login("bob")
+    other = tmp_path / "other.users"
+    save_users(other, {"bob": User("bob", nt_hash=NT)})
+    change, deleted = _reconfigured(server, users=other, dns=(IP("203.0.113.54"),))
+    assert change.restart == ("users",)
+    assert deleted == ["server restarted by a reload (users changed)"] * 2
+    assert server.ra.clients == {} and server.ra.pool.in_use == 0
+    assert "restarted for users; applied dns; 2 client(s) disconnected" in caplog.text
+    # The new users file is the one asked.
+    assert server.ra.nt_hash("alice") is None and server.ra.nt_hash("bob") == NT
+
+
+class ReloadGateway:
+    """What `daemon.reload._reload_ikev2_server` uses of the gateway."""
+
+    endpoint = None
+    loop = None
+
+    def __init__(self, server: IkeRaServer | None) -> None:
+        self.ikev2_ra = server
+        self.connection: object = None
+
+    def use_ikev2_ra(self, server: IkeRaServer | None, connection: object) -> None:
+        self.ikev2_ra, self.connection = server, connection
+
+
+def _config(*sections: RemoteAccessConfig) -> Config:
+    gateway = GatewayConfig(addresses=(), id="gw", interface="lg0")
+    return Config(gateway, {}, {}, remote_access={s.name: s for s in sections})
+
+
+def test_a_reload_adds_removes_renames_and_changes_the_ikev2_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.reload import _reload_ikev2_server
+
+    def connection(self: IkeRaServer, config: Config, section: Any = None) -> str:
+        ra = section or self.config
+        if ra.address == "bad.example.net":
+            raise ConfigError("remote_access.laptops: a certificate that cannot be read")
+        return f"conn {ra.name} dns {','.join(map(str, ra.dns))}"
+
+    monkeypatch.setattr(IkeRaServer, "connection", connection)
+    section = Server(tmp_path).ra.config
+    gateway = ReloadGateway(None)
+    ssl = dataclasses.replace(section, name="office", protocol="ssl")
+    assert _reload_ikev2_server(gateway, _config(ssl)) == ""  # type: ignore[arg-type]
+    assert gateway.ikev2_ra is None
+    # Added.
+    words = _reload_ikev2_server(gateway, _config(section, ssl))  # type: ignore[arg-type]
+    server = gateway.ikev2_ra
+    assert words == "; ikev2 server laptops added" and server is not None
+    assert gateway.connection == "conn laptops dns "
+    # Unchanged: the same server; changed: the same server, reconfigured.
+    assert _reload_ikev2_server(gateway, _config(section)) == ""  # type: ignore[arg-type]
+    changed = dataclasses.replace(section, dns=(IP("203.0.113.54"),))
+    words = _reload_ikev2_server(gateway, _config(changed))  # type: ignore[arg-type]
+    assert words == "; ikev2 server laptops changed (0 client(s) disconnected)"
+    assert gateway.ikev2_ra is server and server.config == changed
+    assert gateway.connection == "conn laptops dns 203.0.113.54"
+    # A section the core cannot use changes nothing.
+    bad = dataclasses.replace(changed, address="bad.example.net", max_connections=3)
+    with pytest.raises(ConfigError):
+        _reload_ikev2_server(gateway, _config(bad))  # type: ignore[arg-type]
+    assert server.config == changed and gateway.connection == "conn laptops dns 203.0.113.54"
+    # Renamed: the old one goes, a new one comes.
+    renamed = dataclasses.replace(changed, name="phones")
+    words = _reload_ikev2_server(gateway, _config(renamed))  # type: ignore[arg-type]
+    assert words == (
+        "; ikev2 server laptops removed (0 client(s) disconnected); ikev2 server phones added"
+    )
+    assert gateway.ikev2_ra is not None and gateway.ikev2_ra.name == "phones"
+    # Removed.
+    words = _reload_ikev2_server(gateway, _config())  # type: ignore[arg-type]
+    assert words == "; ikev2 server phones removed (0 client(s) disconnected)"
+    assert gateway.ikev2_ra is None and gateway.connection is None

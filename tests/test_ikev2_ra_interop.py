@@ -3,7 +3,8 @@ point-to-cloud server, in namespaces, through the gateway daemon.
 
     client ns (charon, EAP-MSCHAPv2 or EAP-TLS) --wan 198.51.100.0/24-- gateway ns (lockgate)
                                                                | lan 203.0.113.0/24
-                                                            cloud ns (203.0.113.10, .200)
+                                                            cloud ns (203.0.113.10, .200,
+                                                                      2001:db8:b::10)
 
 The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
@@ -16,8 +17,9 @@ has eap-tls): lockgate offers EAP-MSCHAPv2 first, charon Naks it for EAP-TLS (RF
 §5.3.1), and TLS 1.2 (RFC 5216) runs over EAP in IKE_AUTH. TLS 1.3 (RFC 9190) is
 covered in memory only: Debian 12's charon (5.9.8) predates strongSwan's RFC 9190
 support (5.9.10); with `tls.version_max = 1.3` it derives the MSK with the draft's label
-and crashes on the protected success indication. Processes are stopped by PID; the lab
-removes the namespaces.
+and crashes on the protected success indication. A dual-stack client asks for `vips =
+0.0.0.0, ::` too and gets an IPv6 address from client_pool6 (2001:db8:c::/64).
+Processes are stopped by PID; the lab removes the namespaces.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ SERVER = "198.51.100.2"
 SERVER_NAME = "vpn.example.net"
 CLOUD = "203.0.113.10"
 CLOUD_OUTSIDE_GROUP = "203.0.113.200"
+CLOUD6 = "2001:db8:b::10"
 PASSWORD = "s3cret-Pass"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,10 +84,21 @@ class RaLab:
         assert self.daemon is not None
         return self.daemon.log()
 
-    def charon(self, user: str, password: str = PASSWORD, *, tls: Pki | None = None) -> Charon:
+    def charon(
+        self,
+        user: str,
+        password: str = PASSWORD,
+        *,
+        tls: Pki | None = None,
+        dual: bool = False,
+    ) -> Charon:
         """A road-warrior charon for `user`, loaded, not yet connected: EAP-MSCHAPv2
         with `password`, or with `tls` EAP-TLS (TLS 1.2, charon's default) with a user
-        certificate that CA issued."""
+        certificate that CA issued; `dual`: it asks for an IPv6 address too and routes
+        the IPv6 cloud subnet."""
+        vips, remote_ts = "0.0.0.0", "203.0.113.0/24"
+        if dual:
+            vips, remote_ts = "0.0.0.0, ::", "203.0.113.0/24, 2001:db8:b::/64"
         charon = Charon(self.client, f"rw{len(self.charons)}")
         text = charon.conf_path.read_text()
         text = text.replace(
@@ -113,7 +127,7 @@ class RaLab:
     lockgate {{
         version = 2
         remote_addrs = {SERVER}
-        vips = 0.0.0.0
+        vips = {vips}
         proposals = aes256gcm16-prfsha384-ecp384
         local {{
             {local}
@@ -124,7 +138,7 @@ class RaLab:
         }}
         children {{
             cloud {{
-                remote_ts = 203.0.113.0/24
+                remote_ts = {remote_ts}
                 esp_proposals = aes256gcm16
             }}
         }}
@@ -163,7 +177,11 @@ def ra() -> Iterator[RaLab]:
         cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
         cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
         cloud.ip("route", "add", "192.0.2.0/24", "via", "203.0.113.1")
+        gateway.ip("addr", "add", "2001:db8:b::1/64", "dev", "lan0", "nodad")
+        cloud.ip("addr", "add", f"{CLOUD6}/64", "dev", "lan0", "nodad")
+        cloud.ip("-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:b::1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
+        gateway.sysctl("net.ipv6.conf.all.forwarding", 1)
         pki = Pki("laptops CA")
         cred = pki.issue(SERVER_NAME, "ecdsa-p256")
         d = lab.tmpdir
@@ -186,8 +204,9 @@ ca = ["{d / "ca.pem"}"]
 [remote_access.laptops]
 protocol = "ikev2"
 client_pool = "192.0.2.0/24"
-local_subnets = ["203.0.113.0/24"]
-dns = ["203.0.113.53"]
+client_pool6 = "2001:db8:c::/64"
+local_subnets = ["203.0.113.0/24", "2001:db8:b::/64"]
+dns = ["203.0.113.53", "2001:db8:b::53"]
 dns_domains = ["corp.example.net"]
 users = "{d / "laptops.users"}"
 address = "{SERVER_NAME}"
@@ -199,12 +218,13 @@ client_ca = "{d / "ca.pem"}"
 destinations = ["203.0.113.0/25"]
 
 [remote_access.laptops.groups.all]
-destinations = ["203.0.113.0/24"]
+destinations = ["203.0.113.0/24", "2001:db8:b::/64"]
 """
         )
         for user, extra in (
             ("alice", ["--group", "all"]),
             ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
+            ("lee", ["--group", "all", "--static-ip", "2001:db8:c::77"]),
             ("bob", ["--group", "eng"]),
             ("nogroup", []),
         ):
@@ -269,6 +289,36 @@ def test_a_static_ip(ra: RaLab) -> None:
     try:
         assert ike.child("cloud").local_ts == ["192.0.2.77/32"]
         ping(ra.client, CLOUD, count=2)
+    finally:
+        charon.stop()
+
+
+def test_a_dual_stack_client_gets_an_ipv6_address_and_reaches_the_cloud_over_ipv6(
+    ra: RaLab,
+) -> None:
+    charon, ike = connected(ra, "alice", dual=True)
+    try:
+        child = ike.child("cloud")
+        # INTERNAL_IP6_ADDRESS from client_pool6 next to the IPv4 one; the selectors
+        # are narrowed to both addresses and to the IPv4 and IPv6 local subnets.
+        assert sorted(child.local_ts) == ["192.0.2.2/32", "2001:db8:c::2/128"], child.local_ts
+        assert sorted(child.remote_ts) == ["2001:db8:b::/64", "203.0.113.0/24"]
+        ping(ra.client, CLOUD6, count=3)
+        ping(ra.client, CLOUD, count=2)
+        resolv = (charon.rundir / "resolv.conf").read_text()
+        assert "nameserver 2001:db8:b::53" in resolv, resolv
+        rows = json.loads(ra.lockgate("clients", "--json"))
+        (row,) = [r for r in rows if r["protocol"] == "ikev2"]
+        assert row["virtual_ip"] == "192.0.2.2, 2001:db8:c::2"
+    finally:
+        charon.stop()
+
+
+def test_an_ipv6_static_ip(ra: RaLab) -> None:
+    charon, ike = connected(ra, "lee", dual=True)
+    try:
+        assert "2001:db8:c::77/128" in ike.child("cloud").local_ts
+        ping(ra.client, CLOUD6, count=2)
     finally:
         charon.stop()
 
@@ -431,3 +481,33 @@ def test_eap_tls_with_an_untrusted_certificate_is_refused(ra: RaLab) -> None:
         )
     finally:
         charon.stop()
+
+
+def test_a_reload_applies_a_new_dns_list_to_new_clients_and_keeps_the_others(
+    ra: RaLab,
+) -> None:
+    """`lockgate reload` with another `dns`: the client logged in keeps its IKE SA and
+    its traffic; logging in afterwards (one charon at a time: they share port 500),
+    it gets the new server."""
+    original = ra.conf.read_text()
+    try:
+        before, _ = connected(ra, "alice")
+        try:
+            ra.conf.write_text(original.replace('"203.0.113.53"', '"203.0.113.54"'))
+            out = ra.lockgate("reload")
+            assert "ikev2 server laptops changed (0 client(s) disconnected)" in out, out
+            assert "ikev2 laptops: reloaded: applied dns; 0 client(s) disconnected" in ra.log()
+            ping(ra.client, CLOUD, count=2)
+            assert before.list_sas(), ra.log()[-3000:]
+        finally:
+            before.stop()
+        after, _ = connected(ra, "alice")
+        try:
+            resolv = (after.rundir / "resolv.conf").read_text()
+            assert "nameserver 203.0.113.54" in resolv, resolv
+            assert "203.0.113.53" not in resolv, resolv
+        finally:
+            after.stop()
+    finally:
+        ra.conf.write_text(original)
+        ra.lockgate("reload")

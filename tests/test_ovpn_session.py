@@ -7,6 +7,7 @@ client's interop is the namespace test's job (tests/test_ovpn_netns.py).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import ssl
@@ -285,11 +286,12 @@ class MiniClient:
 class Users:
     def __init__(self) -> None:
         self.requests: list[AuthRequest] = []
+        self.push = PUSH
 
     def __call__(self, request: AuthRequest) -> AuthDecision:
         self.requests.append(request)
         if request.username == "alice" and request.password == "right-Password1":
-            return AuthDecision(True, push=PUSH)
+            return AuthDecision(True, push=self.push)
         return AuthDecision(False, "wrong password")
 
 
@@ -297,6 +299,12 @@ def ip_packet(src: str, dst: str, body: bytes = b"hello") -> bytes:
     total = 20 + len(body)
     header = bytes([0x45, 0, total >> 8, total & 0xFF, 0, 0, 0, 0, 64, 17, 0, 0])
     return header + ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed + body
+
+
+def ip6_packet(src: str, dst: str, body: bytes = b"hello") -> bytes:
+    """An IPv6 packet (RFC 8200 §3: next header UDP, hop limit 64)."""
+    header = bytes([0x60, 0, 0, 0, len(body) >> 8, len(body) & 0xFF, 17, 64])
+    return header + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + body
 
 
 @dataclass
@@ -386,6 +394,62 @@ def test_connect_push_and_data_both_ways(server_pki: tuple[ServerPki, Path], cip
     assert pair.server.route_from_tun(reply_packet, pair.now) is pair.session
     pair._collect(pair.session)
     assert pair.client.received_data == [reply_packet]
+
+
+DUAL = dataclasses.replace(
+    PUSH,
+    address6=ipaddress.IPv6Interface("2001:db8:c::2/64"),
+    gateway6=ipaddress.IPv6Address("2001:db8:c::1"),
+    routes6=(ipaddress.IPv6Network("2001:db8:b::/64"),),
+)
+
+
+def test_a_dual_stack_client_is_pushed_ipv6_and_routed_by_either_address(
+    server_pki: tuple[ServerPki, Path],
+) -> None:
+    pair = make_pair(server_pki)
+    pair.users.push = DUAL
+    pair.pump()
+    reply = next(m for m in pair.client.messages if m.startswith("PUSH_REPLY"))
+    options = reply.split(",")
+    # OpenVPN 2.6's syntax: the address with its prefix and the server's end, then
+    # the routes through it.
+    assert "ifconfig-ipv6 2001:db8:c::2/64 2001:db8:c::1" in options
+    assert "route-ipv6 2001:db8:b::/64" in options
+    assert options.index("ifconfig-ipv6 2001:db8:c::2/64 2001:db8:c::1") < options.index(
+        "route-ipv6 2001:db8:b::/64"
+    )
+    assert "ifconfig 192.0.2.2 255.255.255.0" in options
+    # Its packets from its IPv6 address go to the TUN; from another one they are dropped.
+    good6 = ip6_packet("2001:db8:c::2", "2001:db8:b::10")
+    pair.client.send_data(good6)
+    pair.client.send_data(ip6_packet("2001:db8:c::99", "2001:db8:b::10"))
+    pair.client.send_data(ip_packet("192.0.2.2", "203.0.113.10"))
+    pair.pump()
+    assert pair.tun == [good6, ip_packet("192.0.2.2", "203.0.113.10")]
+    assert pair.session.drops["data_spoofed_source"] == 1
+    # Packets from the TUN find it by either address.
+    back6 = ip6_packet("2001:db8:b::10", "2001:db8:c::2", b"pong")
+    assert pair.server.route_from_tun(back6, pair.now) is pair.session
+    assert pair.server.route_from_tun(ip6_packet("2001:db8:b::10", "2001:db8:c::3"), 0) is None
+    assert pair.server.route_from_tun(b"\x60" + bytes(20), pair.now) is None  # truncated
+    assert pair.server.drops == {"tun_no_client": 1, "tun_not_ip": 1}
+    pair._collect(pair.session)
+    assert pair.client.received_data == [back6]
+    # Gone, the session no longer owns either address.
+    pair.server.remove(pair.remote)
+    assert pair.server.session_for(ipaddress.IPv6Address("2001:db8:c::2")) is None
+    assert pair.server.session_for(ipaddress.IPv4Address("192.0.2.2")) is None
+
+
+def test_a_client_without_an_ipv6_address_sends_no_ipv6(server_pki: tuple[ServerPki, Path]) -> None:
+    pair = make_pair(server_pki)
+    pair.pump()
+    reply = next(m for m in pair.client.messages if m.startswith("PUSH_REPLY"))
+    assert "ifconfig-ipv6" not in reply and "route-ipv6" not in reply
+    pair.client.send_data(ip6_packet("2001:db8:c::2", "2001:db8:b::10"))
+    pair.pump()
+    assert pair.tun == [] and pair.session.drops["data_spoofed_source"] == 1
 
 
 def test_push_request_without_request_push_bit(server_pki: tuple[ServerPki, Path]) -> None:

@@ -177,6 +177,64 @@ def test_pool_exhausted_and_server_full(tmp_path: Path) -> None:
     assert h.login("a3").reason == "server full"
 
 
+IP6 = ipaddress.IPv6Address
+NET6 = ipaddress.IPv6Network
+
+
+def test_with_client_pool6_every_client_is_dual_stack(tmp_path: Path) -> None:
+    users = {
+        "alice": User("alice", password=HASH),
+        "lee": User("lee", password=HASH, static_ip=IP6("2001:db8:c::77")),
+        "bob": User("bob", password=HASH, group="eng"),
+    }
+    cfg = config(
+        tmp_path,
+        client_pool6=NET6("2001:db8:c::/64"),
+        local_subnets=(NET("203.0.113.0/24"), NET6("2001:db8:b::/64")),
+        groups={"eng": GroupConfig("eng", (NET6("2001:db8:b::/80"),))},
+    )
+    h = Harness(cfg, users)
+    alice = h.login("alice")
+    assert alice.push is not None
+    assert alice.push.address == ipaddress.IPv4Interface("192.0.2.2/24")
+    assert alice.push.address6 == ipaddress.IPv6Interface("2001:db8:c::2/64")
+    assert alice.push.gateway6 == IP6("2001:db8:c::1")
+    assert alice.push.routes == (NET("203.0.113.0/24"),)
+    assert alice.push.routes6 == (NET6("2001:db8:b::/64"),)
+    # An IPv6 static address: the IPv4 one comes from the pool as usual.
+    lee = h.login("lee")
+    assert lee.push is not None and lee.push.address6 == ipaddress.IPv6Interface(
+        "2001:db8:c::77/64"
+    )
+    assert lee.push.address.ip == IP("192.0.2.3")
+    # A group's IPv6 destinations are its IPv6 prefixes; it has no IPv4 ones.
+    h.login("bob")
+    bob = next(lease for lease in h.auth.leases.values() if lease.user == "bob")
+    assert bob.allowed == () and bob.allowed6 == prefixes((NET6("2001:db8:b::/80"),), 6)
+    # The addresses of both families go back together.
+    assert h.auth.pool6 is not None and h.auth.pool6.in_use == 3
+    h.auth.release(bob.session_id)
+    assert (h.auth.pool.in_use, h.auth.pool6.in_use) == (2, 2)
+    # lee's static IPv6 address moved: his session ends to come back with it;
+    # alice is untouched by an unchanged users file entry.
+    ends = h.auth.users_changed(
+        {**users, "lee": User("lee", password=HASH, static_ip=IP6("2001:db8:c::78"))}
+    )
+    assert [(lease.user, restart, why) for lease, restart, why in ends] == [
+        ("lee", True, "static address changed")
+    ]
+
+
+def test_a_full_client_pool6_refuses_the_login_and_frees_its_ipv4_address(
+    tmp_path: Path,
+) -> None:
+    users = {n: User(n, password=HASH) for n in ("a1", "a2")}
+    h = Harness(config(tmp_path, client_pool6=NET6("2001:db8:c::/126")), users)  # one client
+    assert h.login("a1").accepted
+    assert h.login("a2").reason == "pool exhausted"
+    assert h.auth.pool.in_use == 1 and len(h.auth.leases) == 1
+
+
 def test_groups_decide_what_a_user_reaches(tmp_path: Path) -> None:
     groups = {"eng": GroupConfig("eng", (NET("203.0.113.0/25"),))}
     users = {

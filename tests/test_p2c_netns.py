@@ -5,7 +5,8 @@ and the profile that `lockgate profile` prints given as it is to `openvpn --conf
 
     client ns (openvpn) --wan 198.51.100.0/24-- gateway ns (lockgate daemon)
                                                   | lan 203.0.113.0/24
-                                               cloud ns (203.0.113.10 and .200)
+                                               cloud ns (203.0.113.10 and .200,
+                                                         2001:db8:b::10)
 
 One daemon serves four servers for the whole module, and nothing else (no peers):
 - office (TCP 443, passwords), pool 192.0.2.0/25, sam has the static 192.0.2.77;
@@ -13,7 +14,8 @@ One daemon serves four servers for the whole module, and nothing else (no peers)
   203.0.113.0/25: alice is in it, bob is in none (reaches nothing);
 - certs (TCP 1443, client certificates, no users file: any certificate of the CA),
   pool 198.51.100.128/26;
-- wrapped (UDP 1195, passwords, tls-crypt), pool 198.51.100.192/26.
+- wrapped (UDP 1195, passwords, tls-crypt), pool 198.51.100.192/26 and the IPv6 pool
+  2001:db8:c::/64, with the IPv6 cloud subnet 2001:db8:b::/64 (dual-stack clients).
 Each case starts its clients and stops them by PID; the lab removes the namespaces.
 """
 
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.netns
 SERVER = "198.51.100.2"
 CLOUD = "203.0.113.10"
 CLOUD_OUTSIDE_GROUP = "203.0.113.200"
+CLOUD6 = "2001:db8:b::10"
 PASSWORD = "s3cret-Pass"
 CONNECT_TIMEOUT = 20.0
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +63,7 @@ SERVERS: dict[str, dict[str, Any]] = {
     "certs": {"transport": "tcp", "port": 1443, "client_pool": "198.51.100.128/26",
               "auth": "certificate"},
     "wrapped": {"transport": "udp", "port": 1195, "client_pool": "198.51.100.192/26",
-                "tls_crypt": True},
+                "tls_crypt": True, "client_pool6": "2001:db8:c::/64"},
 }  # fmt: skip
 USERS: dict[str, dict[str, list[str]]] = {
     "office": {"alice": [], "sam": ["--static-ip", "192.0.2.77"], "dave": []},
@@ -207,6 +210,9 @@ def server_section(d: Path, name: str, server: dict[str, Any], **changes: Any) -
         settings["users"] = str(d / f"{name}.users")
     if server.get("tls_crypt"):
         settings["tls_crypt_key"] = str(d / "tls-crypt.key")
+    if server.get("client_pool6"):
+        settings["client_pool6"] = server["client_pool6"]
+        settings["local_subnets"] = [*settings["local_subnets"], "2001:db8:b::/64"]
     settings |= changes
     lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     for group, destinations in server.get("groups", {}).items():
@@ -290,7 +296,11 @@ def p2c() -> Iterator[P2cLab]:
         cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
         for pool in ("192.0.2.0/24", "198.51.100.128/25"):
             cloud.ip("route", "add", pool, "via", "203.0.113.1")
+        gateway.ip("addr", "add", "2001:db8:b::1/64", "dev", "lan0", "nodad")
+        cloud.ip("addr", "add", f"{CLOUD6}/64", "dev", "lan0", "nodad")
+        cloud.ip("-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:b::1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
+        gateway.sysctl("net.ipv6.conf.all.forwarding", 1)
         pki = make_server_pki()
         pki.write(lab.tmpdir)
         (lab.tmpdir / "ca.key").write_bytes(pki.ca_key_pem)
@@ -452,6 +462,44 @@ def test_tls_crypt(p2c: P2cLab) -> None:
     client = p2c.connect("wrapped")
     try:
         ping(p2c.client, CLOUD, count=2)
+    finally:
+        client.stop()
+
+
+def test_a_dual_stack_client_gets_an_ipv6_address_and_reaches_the_cloud_over_ipv6(
+    p2c: P2cLab,
+) -> None:
+    """wrapped has client_pool6: the stock client takes `ifconfig-ipv6` and
+    `route-ipv6` from PUSH_REPLY, pings the cloud's IPv6 address through the tunnel,
+    and what it sends from another IPv6 address is dropped as spoofed."""
+    client = p2c.connect("wrapped")
+    try:
+        log = client.log()
+        assert "ifconfig-ipv6 2001:db8:c::2/64 2001:db8:c::1" in log, log[-3000:]
+        assert "route-ipv6 2001:db8:b::/64" in log, log[-3000:]
+        ping(p2c.client, CLOUD6, count=3)
+        (row,) = [c for c in p2c.clients() if c["server"] == "wrapped"]
+        assert row["virtual_ip"] == "198.51.100.194, 2001:db8:c::2"
+        assert p2c.status()["wrapped"]["pool"] == "198.51.100.192/26, 2001:db8:c::/64"
+        # Another address of the pool on the client's TUN: its packets go into the
+        # tunnel (the pushed route) and the server drops them.
+        before = p2c.status()["wrapped"]["drops"].get("data_spoofed_source", 0)
+        tun = tun_of(client)
+        p2c.client.ip("addr", "add", "2001:db8:c::99/128", "dev", tun, "nodad")
+        proc = p2c.client.run(
+            "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-I", "2001:db8:c::99", CLOUD6,
+            check=False,
+        )  # fmt: skip
+        assert " 0 received" in proc.stdout, proc.stdout
+        wait_until(
+            lambda: p2c.status()["wrapped"]["drops"].get("data_spoofed_source", 0) >= before + 3,
+            "the spoofed IPv6 packets to be counted",
+            timeout=5,
+        )
+        # Its own address still works (without the other one, which the kernel would
+        # now pick as the source).
+        p2c.client.ip("addr", "del", "2001:db8:c::99/128", "dev", tun)
+        ping(p2c.client, CLOUD6, count=2)
     finally:
         client.stop()
 
