@@ -1,178 +1,42 @@
 """strongSwan's charon as an IKEv2 road-warrior client of lockgate's ikev2
 point-to-cloud server, in namespaces, through the gateway daemon.
 
-    client ns (charon, EAP-MSCHAPv2) --wan 198.51.100.0/24-- gateway ns (lockgate daemon)
+    client ns (charon, EAP-MSCHAPv2) --wan 198.51.100.0/25-- gateway ns (lockgate daemon)
                                                                | lan 203.0.113.0/24
                                                             cloud ns (203.0.113.10, .200)
 
 The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
 virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
-remote_ts. The daemon reads `[remote_access.laptops] protocol = "ikev2"` from its TOML
-file; users are added with `lockgate user add ... --password-stdin`. Processes are
-stopped by PID; the lab removes the namespaces.
+remote_ts (the lab is `testkit.ra_lab`). The daemon reads `[remote_access.laptops]
+protocol = "ikev2"` from its TOML file; users are added with `lockgate user add ...
+--password-stdin`. Processes are stopped by PID; the lab removes the namespaces.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
-from netns import Lab, Namespace, Process, ping
+from netns import ping
 
 from testkit.daemon import wait_until
-from testkit.pki import Pki
-from testkit.strongswan import PLUGINS, Charon, HarnessError
+from testkit.ra_lab import CLOUD, CLOUD_OUTSIDE_GROUP, RaLab, missing_strongswan, ra_lab
+from testkit.strongswan import HarnessError
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-SERVER = "198.51.100.2"
-SERVER_NAME = "vpn.example.net"
-CLOUD = "203.0.113.10"
-CLOUD_OUTSIDE_GROUP = "203.0.113.200"
-PASSWORD = "s3cret-Pass"
-REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class RaLab:
-    lab: Lab
-    client: Namespace
-    gateway: Namespace
-    cloud: Namespace
-    pki: Pki
-    conf: Path = Path()
-    socket: str = ""
-    daemon: Process | None = None
-    charons: list[Charon] = field(default_factory=list)
-
-    def lockgate(self, *args: str, stdin: str = "", socket: bool = True) -> str:
-        """The CLI on the host: the users file and the control socket are files."""
-        pre = ["-s", self.socket] if socket else []
-        proc = subprocess.run(
-            [sys.executable, "-m", "daemon.cli", *pre, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    def log(self) -> str:
-        assert self.daemon is not None
-        return self.daemon.log()
-
-    def charon(self, user: str, password: str = PASSWORD) -> Charon:
-        """A road-warrior charon for `user`, loaded, not yet connected."""
-        charon = Charon(self.client, f"rw{len(self.charons)}")
-        text = charon.conf_path.read_text()
-        text = text.replace(
-            f"load = {PLUGINS}", f"load = {PLUGINS} eap-mschapv2 eap-identity resolve"
-        )
-        text = text.replace(
-            "    plugins {\n",
-            f"    plugins {{\n        resolve {{\n            file = {charon.rundir}/resolv.conf\n"
-            "        }\n",
-            1,
-        )
-        charon.conf_path.write_text(text)
-        charon.write_credential("x509ca", "ca.crt", self.pki.ca.cert_pem)
-        (charon.swanctl_dir / "swanctl.conf").write_text(
-            f"""connections {{
-    lockgate {{
-        version = 2
-        remote_addrs = {SERVER}
-        vips = 0.0.0.0
-        proposals = aes256gcm16-prfsha384-ecp384
-        local {{
-            auth = eap-mschapv2
-            eap_id = {user}
-        }}
-        remote {{
-            auth = pubkey
-            id = {SERVER_NAME}
-        }}
-        children {{
-            cloud {{
-                remote_ts = 203.0.113.0/24
-                esp_proposals = aes256gcm16
-            }}
-        }}
-    }}
-}}
-secrets {{
-    eap-user {{
-        id = {user}
-        secret = "{password}"
-    }}
-}}
-"""
-        )
-        self.charons.append(charon)
-        charon.start()
-        charon.swanctl("--load-all")
-        return charon
-
-    def stop(self, charon: Charon) -> None:
-        charon.stop()
-
-
-@pytest.fixture(scope="module")
-def ra() -> Iterator[RaLab]:
-    if not Path("/usr/lib/ipsec/charon").exists() or shutil.which("swanctl") is None:
-        pytest.skip("needs strongSwan's charon and swanctl")
-    if not Path("/usr/lib/ipsec/plugins/libstrongswan-eap-mschapv2.so").exists():
-        pytest.skip("needs the eap-mschapv2 plugin (Debian libcharon-extauth-plugins)")
-    with Lab(prefix=f"lgra-{os.getpid()}") as lab:
-        client, gateway, cloud = lab.namespace("cli"), lab.namespace("gw"), lab.namespace("cloud")
-        lab.veth(client, "wan0", gateway, "wan0")
-        lab.veth(gateway, "lan0", cloud, "lan0")
-        client.ip("addr", "add", "198.51.100.1/24", "dev", "wan0")
-        gateway.ip("addr", "add", f"{SERVER}/24", "dev", "wan0")
-        gateway.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
-        cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
-        cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
-        cloud.ip("route", "add", "192.0.2.0/24", "via", "203.0.113.1")
-        gateway.sysctl("net.ipv4.ip_forward", 1)
-        pki = Pki("laptops CA")
-        cred = pki.issue(SERVER_NAME, "ecdsa-p256")
-        d = lab.tmpdir
-        (d / "server.pem").write_bytes(cred.cert_pem)
-        (d / "server.key").write_bytes(cred.key_pem)
-        (d / "server.key").chmod(0o600)
-        (d / "ca.pem").write_bytes(pki.ca.cert_pem)
-        lab_ = RaLab(lab, client, gateway, cloud, pki)
-        lab_.conf = d / "gateway.toml"
-        lab_.conf.write_text(
-            f"""
-[gateway]
-addresses = ["{SERVER}"]
-id = "{SERVER_NAME}"
-interface = "lgra0"
-certificate = "{d / "server.pem"}"
-private_key = "{d / "server.key"}"
-ca = ["{d / "ca.pem"}"]
-
+SERVER_SECTION = """
 [remote_access.laptops]
 protocol = "ikev2"
 client_pool = "192.0.2.0/24"
 local_subnets = ["203.0.113.0/24"]
 dns = ["203.0.113.53"]
 dns_domains = ["corp.example.net"]
-users = "{d / "laptops.users"}"
-address = "{SERVER_NAME}"
+users = "{d}/laptops.users"
+address = "vpn.example.net"
 max_connections = 50
 
 [remote_access.laptops.groups.eng]
@@ -181,48 +45,28 @@ destinations = ["203.0.113.0/25"]
 [remote_access.laptops.groups.all]
 destinations = ["203.0.113.0/24"]
 """
-        )
-        for user, extra in (
-            ("alice", ["--group", "all"]),
-            ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
-            ("bob", ["--group", "eng"]),
-            ("nogroup", []),
-        ):
-            out = lab_.lockgate(
-                "user", "add", "laptops", user, "--password-stdin", *extra, "-c", str(lab_.conf),
-                stdin=PASSWORD + "\n", socket=False,
-            )  # fmt: skip
-            assert "NT hash" in out
-        lab_.socket = str(d / "lockgate.sock")
-        lab_.daemon = gateway.spawn(
-            [sys.executable, "-m", "daemon.cli", "-s", lab_.socket, "daemon", "-c", str(lab_.conf)],
-            name="lockgate",
-            log_path=d / "daemon.log",
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        try:
-            wait_until(lambda: "ready" in lab_.log(), "the daemon to start", timeout=20)
-        except AssertionError:
-            raise AssertionError(f"the daemon did not start:\n{lab_.log()}") from None
-        try:
-            yield lab_
-        finally:
-            for charon in lab_.charons:
-                charon.stop()
-            lab_.daemon.stop()
-        assert "Traceback" not in lab_.log(), lab_.log()
 
 
-def connected(ra: RaLab, user: str) -> tuple[Charon, Any]:
-    charon = ra.charon(user)
-    charon.initiate("cloud", "lockgate", timeout=20)
-    return charon, charon.wait_for_child("cloud")
+@pytest.fixture(scope="module")
+def ra() -> Iterator[RaLab]:
+    reason = missing_strongswan()
+    if reason is not None:
+        pytest.skip(reason)
+    users = (
+        ("alice", ["--group", "all"]),
+        ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
+        ("bob", ["--group", "eng"]),
+        ("nogroup", []),
+    )
+    with ra_lab(SERVER_SECTION, users) as lab:
+        assert all("NT hash" in out for out in lab.added.values()), lab.added
+        yield lab
 
 
 def test_password_login_reaches_the_cloud_with_a_virtual_ip_dns_and_split_routes(
     ra: RaLab,
 ) -> None:
-    charon, ike = connected(ra, "alice")
+    charon, ike = ra.connected("alice")
     try:
         child = ike.child("cloud")
         # The virtual IP from the pool is the client's selector; only the cloud subnet
@@ -245,7 +89,7 @@ def test_password_login_reaches_the_cloud_with_a_virtual_ip_dns_and_split_routes
 
 
 def test_a_static_ip(ra: RaLab) -> None:
-    charon, ike = connected(ra, "sam")
+    charon, ike = ra.connected("sam")
     try:
         assert ike.child("cloud").local_ts == ["192.0.2.77/32"]
         ping(ra.client, CLOUD, count=2)
@@ -254,7 +98,7 @@ def test_a_static_ip(ra: RaLab) -> None:
 
 
 def test_a_group_reaches_only_its_destinations(ra: RaLab) -> None:
-    charon, ike = connected(ra, "bob")
+    charon, ike = ra.connected("bob")
     try:
         # Narrowed to the group's destinations: the data plane carries nothing else.
         assert ike.child("cloud").remote_ts == ["203.0.113.0/25"]
@@ -290,7 +134,7 @@ def test_a_wrong_password_is_refused(ra: RaLab) -> None:
 
 
 def test_disconnect_sends_a_delete(ra: RaLab) -> None:
-    charon, _ = connected(ra, "alice")
+    charon, _ = ra.connected("alice")
     try:
         out = ra.lockgate("disconnect", "laptops", "alice")
         assert "1 IKE SA(s) of alice deleted" in out
