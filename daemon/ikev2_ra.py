@@ -7,8 +7,9 @@ address (the data plane drops inner packets from any other source, RFC 4301 §5.
 its local selectors what the user may reach. This module answers the core's callbacks
 from the server's state, shared in kind with the SSL server (`daemon.p2c_*`):
 - `nt_hash`: the users file (`UsersFile`, re-read when it changes);
-- `gate`: before a password is checked, the login rate limits (`LoginLimiter`) and the
-  server's and the user's session limits;
+- `gate`: before a password is checked, or once a client certificate verified, the
+  login rate limits (`LoginLimiter`), the users file and the server's and the user's
+  session limits;
 - `allocate`: the address pool (`AddressPool`: a user's static address, else the one
   the user had last, else the lowest free), an address per IKE SA, freed with it;
 - `reach`: the user's group's destinations within `local_subnets` (nothing for a user
@@ -164,6 +165,10 @@ class IkeRaServer:
     def gate(self, user: str, address: str) -> str | None:
         if self.limiter.blocked(user, address, self._clock()):
             return "rate limited"
+        if self.config.users is not None and user not in self.users.users:
+            # A certificate of the client CA names a user the users file does not
+            # list (an EAP login of an unknown user is refused here just the same).
+            return "unknown user"
         established = [c for c in self.clients.values() if c.established]
         if len(established) >= self.config.max_connections:
             return "server full"

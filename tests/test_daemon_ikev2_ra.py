@@ -27,8 +27,9 @@ from test_ikev2_eap import Pool, _client, _server
 
 from conf.model import GroupConfig, RemoteAccessConfig
 from conf.users import User, save_users
-from daemon.ikev2_ra import IkeRaServer
-from ikev2.config import Identity
+from daemon.ikev2_ra import _AUTH, IkeRaServer
+from ikev2.certs import LocalCredentials, TrustAnchors
+from ikev2.config import Identity, RemoteAccessClient
 from ikev2.constants import NotifyType
 from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
@@ -107,6 +108,15 @@ class Server:
             gate=self.ra.gate,
             reach=self.ra.reach,
         )
+        if self.ra.config.auth != "password" and server.remote_access is not None:
+            server = dataclasses.replace(
+                server,
+                trust_anchors=TrustAnchors.from_pem(self.pki.chain()[-1]),
+                remote_access=dataclasses.replace(
+                    server.remote_access,
+                    client_auth=_AUTH[self.ra.config.auth],  # type: ignore[arg-type]
+                ),
+            )
         self.endpoint = Endpoint([server], rng=DeterministicRandom(b"server"))
         self.clients: dict[str, Client] = {}
         self.soon: list[Callable[[], None]] = []
@@ -119,14 +129,23 @@ class Server:
     def service(self) -> None:
         """The gateway would send the endpoint's datagrams now; `pump` does."""
 
-    def login(self, user: str, password: str = PASSWORD) -> Client:
-        """A client from its own address (198.51.100.1N) logs in as `user`."""
+    def login(self, user: str, password: str = PASSWORD, *, certificate: bool = False) -> Client:
+        """A client from its own address (198.51.100.1N) logs in as `user`: with its
+        password (EAP-MSCHAPv2), or with a certificate whose CN is `user` (RFC 7427)."""
         address = f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
             _client(self.pki, user, password),
             local_addresses=(address,),
             local_id=Identity.parse(address),
         )
+        if certificate:
+            cred = self.pki.issue_client(user)
+            config = dataclasses.replace(
+                config,
+                local_id=Identity.parse(cred.dn),
+                credentials=LocalCredentials.from_pem(cred.cert_pem, cred.key_pem),
+                ra_client=RemoteAccessClient(),
+            )
         client = Client(Endpoint([config], rng=DeterministicRandom(address.encode())))
         self.clients[address] = client
         client.endpoint.initiate("conn", 0.0)
@@ -355,6 +374,25 @@ def test_group_reach_narrows_and_a_user_in_no_group_reaches_nothing(tmp_path: Pa
     # Without groups every user reaches local_subnets.
     plain = Server(tmp_path / "plain")
     assert plain.ra.reach("bob") == (NET("203.0.113.0/24"),)
+
+
+def test_a_certificate_login_is_the_user_of_its_cn_in_the_users_file(tmp_path: Path) -> None:
+    staff = GroupConfig("staff", (NET("203.0.113.0/26"),))
+    server = Server(tmp_path, auth="any", connections_per_user=1, groups={"staff": staff})
+    (installed,) = server.login("alice", certificate=True).of(ChildSaInstalled)
+    # The CN names the user: alice's group narrows, the users file's limits apply.
+    assert installed.remote_ts == (TrafficSelector.from_network("203.0.113.0/26"),)
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    again = _refused(server.login("alice", certificate=True))
+    assert again.notify == NotifyType.AUTHENTICATION_FAILED
+    # A certificate of the client CA for a user the users file does not list.
+    mallory = _refused(server.login("mallory", certificate=True))
+    assert mallory.notify == NotifyType.AUTHENTICATION_FAILED
+    assert server.ra.refusals == {"too many sessions": 1, "unknown user": 1}
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    # A password login beside it, on the same server.
+    assert server.login("sam").of(ChildSaInstalled)
+    assert _addresses(server) == {"alice": ["192.0.2.2"], "sam": ["192.0.2.6"]}
 
 
 def test_a_certificate_clients_user_is_its_cn() -> None:
