@@ -254,7 +254,8 @@ class IkeRaServer:
             )
         elif isinstance(event, IkeSaDeleted):
             client = self._release(event.ike_sa_id)
-            if client is not None and client.established:
+            # A client refused after its IKE SA was up (policy, pool) had its line.
+            if client is not None and client.connected:
                 log.info(
                     "ikev2 %s: %s (%s) from %s disconnected: %s, after %s",
                     self.name,
@@ -267,14 +268,11 @@ class IkeRaServer:
 
     def _child_failed(self, event: ChildSaFailed) -> None:
         client = self.clients.get(event.ike_sa_id)
+        detail = ""
         if event.notify == NotifyType.INTERNAL_ADDRESS_FAILURE:
             reason = "pool exhausted"
-            log.warning(
-                "ikev2 %s: client pool %s exhausted (%d in use)",
-                self.name,
-                self.config.client_pool,
-                self.pool.in_use,
-            )
+            # One line per refusal: the pool's state goes on it.
+            detail = f" (client pool {self.config.client_pool}, {self.pool.in_use} in use)"
         elif event.notify == NotifyType.TS_UNACCEPTABLE:
             reason = "policy"
         else:
@@ -283,11 +281,12 @@ class IkeRaServer:
             return  # a later CHILD SA of a connected client: the gateway logged it
         self.refusals[reason] += 1
         log.warning(
-            "ikev2 %s: %s from %s refused: %s",
+            "ikev2 %s: %s from %s refused: %s%s",
             self.name,
             client.user if client is not None else "?",
             client.remote[0] if client is not None else "?",
             reason,
+            detail,
         )
         self._delete_later(event.ike_sa_id, f"refused: {reason}")
 
