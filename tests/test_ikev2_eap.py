@@ -311,8 +311,8 @@ def _certificate_server(pki: Pki, pool: Pool, **ra: object) -> ConnectionConfig:
 def test_a_certificate_clients_user_is_the_cn_whatever_its_idi(as_dn: bool) -> None:
     # RFC 7427 signature; the IDi may be the subject DN or a SAN, the user is the CN.
     pki, pool = Pki(), Pool()
-    cred = pki.issue("carol.example.net")  # CN and DNS SAN carol.example.net
-    ident = cred.dn if as_dn else "carol.example.net"
+    cred = pki.issue("laptop.example.net", cn="carol")
+    ident = cred.dn if as_dn else "laptop.example.net"
     gated: list[tuple[str, str]] = []
 
     def gate(user: str, address: str) -> str | None:
@@ -321,10 +321,21 @@ def test_a_certificate_clients_user_is_the_cn_whatever_its_idi(as_dn: bool) -> N
 
     pair = _login(_certificate_client(pki, cred, ident), _certificate_server(pki, pool, gate=gate))
     (eb,) = pair.of("b", IkeSaEstablished)
-    assert eb.eap_identity == "carol.example.net" and eb.remote_id == ident
-    assert gated == [("carol.example.net", A_ADDR)]
-    assert [user for user, _, _ in pool.calls] == ["carol.example.net"]
+    assert eb.eap_identity == "carol" and eb.remote_id == ident
+    assert gated == [("carol", A_ADDR)]
+    assert [user for user, _, _ in pool.calls] == ["carol"]
     assert pair.of("a", ChildSaInstalled)
+
+
+def test_a_certificate_without_a_common_name_is_refused() -> None:
+    pki = Pki()
+    cred = pki.issue("laptop.example.net", cn="")
+    pair = _login(
+        _certificate_client(pki, cred, "laptop.example.net"), _certificate_server(pki, Pool())
+    )
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.refusal == "certificate without a common name", fb
+    assert not pair.of("b", IkeSaEstablished) and pair.of("a", IkeSaFailed)
 
 
 def test_a_certificate_login_the_gate_refuses_fails_with_its_reason() -> None:
