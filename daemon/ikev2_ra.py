@@ -7,8 +7,9 @@ address (the data plane drops inner packets from any other source, RFC 4301 §5.
 its local selectors what the user may reach. This module answers the core's callbacks
 from the server's state, shared in kind with the SSL server (`daemon.p2c_*`):
 - `nt_hash`: the users file (`UsersFile`, re-read when it changes);
-- `gate`: before a password is checked, the login rate limits (`LoginLimiter`) and the
-  server's and the user's session limits;
+- `gate`: before a password is checked, or once a client certificate verified, the
+  login rate limits (`LoginLimiter`), the users file and the server's and the user's
+  session limits;
 - `allocate`: the address pools (`AddressPool`: a user's static address, else the one
   the user had last, else the lowest free), an address per IKE SA and family the
   client asked for (`client_pool`, and `client_pool6` for INTERNAL_IP6_ADDRESS), freed
@@ -242,6 +243,10 @@ class IkeRaServer:
     def gate(self, user: str, address: str) -> str | None:
         if self.limiter.blocked(user, address, self._clock()):
             return "rate limited"
+        if self.config.users is not None and user not in self.users.users:
+            # A certificate of the client CA names a user the users file does not
+            # list (an EAP login of an unknown user is refused here just the same).
+            return "unknown user"
         established = [c for c in self.clients.values() if c.established]
         if len(established) >= self.config.max_connections:
             return "server full"
@@ -364,7 +369,8 @@ class IkeRaServer:
             )
         elif isinstance(event, IkeSaDeleted):
             client = self._release(event.ike_sa_id)
-            if client is not None and client.established:
+            # A client refused after its IKE SA was up (policy, pool) had its line.
+            if client is not None and client.connected:
                 log.info(
                     "ikev2 %s: %s (%s) from %s disconnected: %s, after %s",
                     self.name,
@@ -377,13 +383,11 @@ class IkeRaServer:
 
     def _child_failed(self, event: ChildSaFailed) -> None:
         client = self.clients.get(event.ike_sa_id)
+        detail = ""
         if event.notify == NotifyType.INTERNAL_ADDRESS_FAILURE:
             reason = "pool exhausted"
-            log.warning(
-                "ikev2 %s: no address for the families asked for: %s",
-                self.name,
-                occupancy(self._pools()),
-            )
+            # One line per refusal: the pools' state goes on it.
+            detail = f" ({occupancy(self._pools())})"
         elif event.notify == NotifyType.TS_UNACCEPTABLE:
             reason = "policy"
         else:
@@ -392,11 +396,12 @@ class IkeRaServer:
             return  # a later CHILD SA of a connected client: the gateway logged it
         self.refusals[reason] += 1
         log.warning(
-            "ikev2 %s: %s from %s refused: %s",
+            "ikev2 %s: %s from %s refused: %s%s",
             self.name,
             client.user if client is not None else "?",
             client.remote[0] if client is not None else "?",
             reason,
+            detail,
         )
         self._delete_later(event.ike_sa_id, f"refused: {reason}")
 

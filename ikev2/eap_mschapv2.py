@@ -42,7 +42,7 @@ from ikev2.crypto.mschapv2 import (
     msk,
 )
 from ikev2.crypto.rng import RandomSource
-from ikev2.errors import AuthenticationFailed, InvalidSyntax
+from ikev2.errors import InvalidSyntax, LoginRefused
 
 NtHashLookup = Callable[[str], bytes | None]
 EapGate = Callable[[str], str | None]
@@ -72,18 +72,17 @@ class EapCause(enum.Enum):
     """The server's gate said no before the password was checked (its reason says why)."""
 
 
-class EapFailed(AuthenticationFailed):
+class EapFailed(LoginRefused):
     """EAP authentication failed: the peer gets `eap` (an EAP-Failure, or nothing) and
-    AUTHENTICATION_FAILED (§2.21.2)."""
+    AUTHENTICATION_FAILED (§2.21.2). `refusal`: why, in the words the daemon logs
+    ("wrong password", "rate limited")."""
 
     def __init__(
         self, message: str, cause: EapCause, eap: Eap | None = None, refusal: str = ""
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, refusal or cause.value)
         self.cause = cause
         self.eap = eap
-        self.refusal = refusal or cause.value
-        """Why, in the words the daemon logs ("wrong password", "rate limited")."""
 
 
 class _ServerState(enum.Enum):

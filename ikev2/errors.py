@@ -173,6 +173,15 @@ class AuthenticationFailed(RemoteProtocolError):
     default_notify = NotifyType.AUTHENTICATION_FAILED
 
 
+class LoginRefused(AuthenticationFailed):
+    """A remote-access server refused a client's login (AUTHENTICATION_FAILED,
+    §2.21.2); `refusal` says why in the words the daemon logs ("unknown user")."""
+
+    def __init__(self, message: str, refusal: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
 class TsUnacceptable(RemoteProtocolError):
     """No acceptable traffic selectors remain after narrowing (RFC 7296 §2.9)."""
 

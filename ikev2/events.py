@@ -127,7 +127,8 @@ class IkeSaEstablished(Event):
     udp_encap_reason: str = ""
     """Why ESP travels in UDP (a NAT, forced, a lockgate peer); "" for raw ESP."""
     eap_identity: str = ""
-    """The user an EAP login authenticated (RFC 7296 §2.16); "" without EAP."""
+    """A remote-access client's user: the one an EAP login authenticated (RFC 7296
+    §2.16), or its client certificate's common name; "" for other peers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +185,13 @@ class IkeSaFailed(Event):
     notify: int | None
     """The IKEv2 notify error type involved (sent or received), if any."""
     user: str = ""
-    """The EAP identity of a refused remote-access login, if it got that far."""
+    """The user of a refused remote-access login (its EAP identity, or its verified
+    certificate's CN), if it got that far."""
     remote: tuple[str, int] = ("", 0)
     """The address the request came from."""
     refusal: str = ""
-    """A refused EAP login's reason in words ("wrong password", "unknown user",
-    "rate limited"), "" for other failures."""
+    """A refused remote-access login's reason in words ("wrong password", "unknown
+    user", "rate limited", "too many sessions"), "" for other failures."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,12 +31,12 @@ from ikev2.config import ChildConfig, ConnectionConfig
 from ikev2.constants import ExchangeType, enum_name
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import IkeSuite
-from ikev2.eap_mschapv2 import EapFailed
 from ikev2.errors import (
     IkeError,
     InvalidKePayload,
     InvalidSyntax,
     LocalProtocolError,
+    LoginRefused,
     PeerErrorNotify,
 )
 from ikev2.events import (
@@ -489,7 +489,7 @@ class IkeSa(IkeSaData):
                 return
             if header.exchange_type in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
                 # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind.
-                refusal = fatal.refusal if isinstance(fatal, EapFailed) else ""
+                refusal = fatal.refusal if isinstance(fatal, LoginRefused) else ""
                 self.fail(str(fatal), fatal.notify, refusal=refusal)
                 return
             # Any later request refused with a notify leaves the IKE SA as it was.

@@ -245,7 +245,8 @@ class IkeSaData:
         self.auth_continues = False
         """An initiator's IKE_AUTH needs another round (EAP): its tasks go out again."""
         self.eap_identity = ""
-        """The user an EAP login named ("" without EAP)."""
+        """A remote-access client's user: the one its EAP login named, or the common
+        name of its client certificate ("" for other peers)."""
         self.virtual_ips: tuple[IpInterface, ...] | None = None
         """Addresses a remote-access server assigned to its client (§3.15): None when
         the client asked for none, () when none could be assigned."""
@@ -602,7 +603,8 @@ class IkeSaData:
         self.auth_continues = True
 
     def record_eap_identity(self, identity: str) -> None:
-        """The user an EAP login names (for events and logs)."""
+        """A remote-access client's user, from its EAP login or its certificate (for
+        the server's callbacks, events and logs)."""
         self.eap_identity = identity
 
     def assign_virtual_ips(self, addresses: tuple[IpInterface, ...]) -> None:

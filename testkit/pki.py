@@ -74,13 +74,13 @@ class Pki:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         key = _new_key(key_type)
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lockgate test"),
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            ]
-        )
+        attributes = [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lockgate test"),
+        ]
+        if cn:  # "": a subject without a common name
+            attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+        subject = x509.Name(attributes)
         # A root CA signs itself; an intermediate CA is signed by its parent; a
         # gateway certificate by this CA.
         parent_ca = self.parent.ca if self.parent is not None else None
@@ -138,7 +138,7 @@ class Pki:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
-            dn=f"C=XX, O=lockgate test, CN={cn}",
+            dn="C=XX, O=lockgate test" + (f", CN={cn}" if cn else ""),
             dns_name=dns_name,
         )
 
@@ -149,15 +149,17 @@ class Pki:
         *,
         eku: str | None = "serverAuth",
         key_usage: bool = False,
+        cn: str | None = None,
     ) -> Credential:
-        """A gateway certificate for `dns_name` (CN and DNS SAN).
+        """A gateway certificate for `dns_name` (CN and DNS SAN; `cn`: another CN, or
+        "" for none).
 
         `eku`: the extended key usage, "serverAuth" (the default), "clientAuth" or None
         (no extension). `key_usage`: add keyUsage digitalSignature and keyEncipherment,
         which the OpenVPN client's `remote-cert-tls server` insists on (an IKE peer
         needs neither)."""
         return self._issue(
-            dns_name,
+            dns_name if cn is None else cn,
             dns_name,
             key_type or self.key_type,
             is_ca=False,

@@ -31,8 +31,9 @@ from test_ikev2_eap import Pool, _client, _server
 
 from conf.model import Config, GatewayConfig, GroupConfig, RemoteAccessConfig
 from conf.users import User, save_users
-from daemon.ikev2_ra import IkeRaServer, RaChange, plan_change
-from ikev2.config import ConfigError, Identity
+from daemon.ikev2_ra import _AUTH, IkeRaServer, RaChange, plan_change
+from ikev2.certs import LocalCredentials, TrustAnchors
+from ikev2.config import ConfigError, Identity, RemoteAccessClient
 from ikev2.constants import NotifyType
 from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
@@ -124,6 +125,15 @@ class Server:
                 remote_ts=(*only.remote_ts, TrafficSelector.from_network("::/0")),
             )
             server = dataclasses.replace(server, children=(dual,))
+        if self.ra.config.auth != "password" and server.remote_access is not None:
+            server = dataclasses.replace(
+                server,
+                trust_anchors=TrustAnchors.from_pem(self.pki.chain()[-1]),
+                remote_access=dataclasses.replace(
+                    server.remote_access,
+                    client_auth=_AUTH[self.ra.config.auth],  # type: ignore[arg-type]
+                ),
+            )
         self.endpoint = Endpoint([server], rng=DeterministicRandom(b"server"))
         self.clients: dict[str, Client] = {}
         self.soon: list[Callable[[], None]] = []
@@ -143,10 +153,12 @@ class Server:
         *,
         address: str = "",
         mobike: bool = False,
+        certificate: bool = False,
         **ask: bool,
     ) -> Client:
         """A client from its own address (198.51.100.1N, or `address`) logs in as
-        `user`, offering MOBIKE (RFC 4555) if asked to (`ask`: request_ip4,
+        `user`: with its password (EAP-MSCHAPv2), or with a certificate whose CN is
+        `user` (RFC 7427); offering MOBIKE (RFC 4555) if asked to (`ask`: request_ip4,
         request_ip6 of its CFG_REQUEST)."""
         address = address or f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
@@ -164,6 +176,14 @@ class Server:
                 remote_ts=(*theirs, TrafficSelector.from_network(LOCAL6)),
             )
             config = dataclasses.replace(config, children=(dual,))
+        if certificate:
+            cred = self.pki.issue_client(user)
+            config = dataclasses.replace(
+                config,
+                local_id=Identity.parse(cred.dn),
+                credentials=LocalCredentials.from_pem(cred.cert_pem, cred.key_pem),
+                ra_client=RemoteAccessClient(),
+            )
         client = Client(Endpoint([config], rng=DeterministicRandom(address.encode())))
         self.clients[address] = client
         client.endpoint.initiate("conn", 0.0)
@@ -312,10 +332,14 @@ def test_an_exhausted_pool_refuses_the_client_and_deletes_its_ike_sa(
     pair = server.login("bob")
     (failed,) = pair.of(ChildSaFailed)
     assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
-    assert "no address for the families asked for: client pool 192.0.2.0/30 exhausted" in (
-        caplog.text
+    assert (
+        "laptops: bob from 198.51.100.12 refused: pool exhausted (client pool 192.0.2.0/30 "
+        "exhausted (1 in use))" in caplog.text
     )
-    assert "laptops: bob from 198.51.100.12 refused: pool exhausted" in caplog.text
+    # One line for the refusal (and no "disconnected" for a client that never was).
+    mine = [r for r in caplog.records if r.name == "daemon.ikev2_ra" and r.levelno > logging.INFO]
+    assert sum("exhausted" in r.getMessage() for r in mine) == 1, caplog.text
+    assert "bob (no address) from 198.51.100.12 disconnected" not in caplog.text
     assert server.ra.refusals == {"pool exhausted": 1}
     # Its IKE SA was deleted (with a Delete) and is no client any more.
     assert pair.of(IkeSaDeleted)
@@ -450,6 +474,25 @@ def test_group_reach_narrows_and_a_user_in_no_group_reaches_nothing(tmp_path: Pa
     # Without groups every user reaches local_subnets.
     plain = Server(tmp_path / "plain")
     assert plain.ra.reach("bob") == (NET("203.0.113.0/24"),)
+
+
+def test_a_certificate_login_is_the_user_of_its_cn_in_the_users_file(tmp_path: Path) -> None:
+    staff = GroupConfig("staff", (NET("203.0.113.0/26"),))
+    server = Server(tmp_path, auth="any", connections_per_user=1, groups={"staff": staff})
+    (installed,) = server.login("alice", certificate=True).of(ChildSaInstalled)
+    # The CN names the user: alice's group narrows, the users file's limits apply.
+    assert installed.remote_ts == (TrafficSelector.from_network("203.0.113.0/26"),)
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    again = _refused(server.login("alice", certificate=True))
+    assert again.notify == NotifyType.AUTHENTICATION_FAILED
+    # A certificate of the client CA for a user the users file does not list.
+    mallory = _refused(server.login("mallory", certificate=True))
+    assert mallory.notify == NotifyType.AUTHENTICATION_FAILED
+    assert server.ra.refusals == {"too many sessions": 1, "unknown user": 1}
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    # A password login beside it, on the same server.
+    assert server.login("sam").of(ChildSaInstalled)
+    assert _addresses(server) == {"alice": ["192.0.2.2"], "sam": ["192.0.2.6"]}
 
 
 def test_a_certificate_clients_user_is_its_cn() -> None:

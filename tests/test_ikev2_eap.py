@@ -43,6 +43,7 @@ from ikev2.events import (
 from ikev2.sa_data import IkeSaData
 from ikev2.ts import TrafficSelector
 from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, child, ra_client, ra_login
+from testkit.pki import Credential
 
 SERVER_NAME = "vpn.example.net"
 USERS = {"alice": nt_password_hash("correct horse battery")}
@@ -271,6 +272,67 @@ def test_certificate_client_is_refused_by_an_eap_only_server() -> None:
     (fb,) = pair.of("b", IkeSaFailed)
     assert "EAP-MSCHAPv2 logins only" in fb.reason
     assert pair.of("a", IkeSaFailed)
+
+
+def _certificate_client(pki: Pki, cred: Credential, ident: str) -> ConnectionConfig:
+    return dataclasses.replace(
+        _client(pki),
+        local_id=Identity.parse(ident),
+        credentials=LocalCredentials.from_pem(cred.cert_pem, cred.key_pem),
+        ra_client=RemoteAccessClient(),
+    )
+
+
+def _certificate_server(pki: Pki, pool: Pool, **ra: object) -> ConnectionConfig:
+    server = _server(pki, pool, **ra)
+    assert server.remote_access is not None
+    return dataclasses.replace(
+        server,
+        trust_anchors=TrustAnchors.from_pem(pki.chain()[-1]),
+        remote_access=dataclasses.replace(server.remote_access, client_auth="pubkey"),
+    )
+
+
+@pytest.mark.parametrize("as_dn", [True, False])
+def test_a_certificate_clients_user_is_the_cn_whatever_its_idi(as_dn: bool) -> None:
+    # RFC 7427 signature; the IDi may be the subject DN or a SAN, the user is the CN.
+    pki, pool = Pki(), Pool()
+    cred = pki.issue("laptop.example.net", cn="carol")
+    ident = cred.dn if as_dn else "laptop.example.net"
+    gated: list[tuple[str, str]] = []
+
+    def gate(user: str, address: str) -> str | None:
+        gated.append((user, address))
+        return None
+
+    pair = _login(_certificate_client(pki, cred, ident), _certificate_server(pki, pool, gate=gate))
+    (eb,) = pair.of("b", IkeSaEstablished)
+    assert eb.eap_identity == "carol" and eb.remote_id == ident
+    assert gated == [("carol", A_ADDR)]
+    assert [user for user, _, _ in pool.calls] == ["carol"]
+    assert pair.of("a", ChildSaInstalled)
+
+
+def test_a_certificate_without_a_common_name_is_refused() -> None:
+    pki = Pki()
+    cred = pki.issue("laptop.example.net", cn="")
+    pair = _login(
+        _certificate_client(pki, cred, "laptop.example.net"), _certificate_server(pki, Pool())
+    )
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.refusal == "certificate without a common name", fb
+    assert not pair.of("b", IkeSaEstablished) and pair.of("a", IkeSaFailed)
+
+
+def test_a_certificate_login_the_gate_refuses_fails_with_its_reason() -> None:
+    pki = Pki()
+    cred = pki.issue_client("carol")
+    server = _certificate_server(pki, Pool(), gate=lambda user, address: "too many sessions")
+    pair = _login(_certificate_client(pki, cred, cred.dn), server)
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.refusal == "too many sessions" and fb.user == "carol"
+    assert fb.notify == NotifyType.AUTHENTICATION_FAILED
+    assert pair.of("a", IkeSaFailed) and not pair.of("b", IkeSaEstablished)
 
 
 def test_no_auth_without_remote_access_is_refused() -> None:

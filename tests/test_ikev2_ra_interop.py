@@ -1,7 +1,7 @@
 """strongSwan's charon as an IKEv2 road-warrior client of lockgate's ikev2
 point-to-cloud server, in namespaces, through the gateway daemon.
 
-    client ns (charon, EAP-MSCHAPv2 or EAP-TLS) --wan 198.51.100.0/24-- gateway ns (lockgate)
+    client ns (charon, EAP-MSCHAPv2 or EAP-TLS) --wan 198.51.100.0/25-- gateway ns (lockgate)
                                                                | lan 203.0.113.0/24
                                                             cloud ns (203.0.113.10, .200,
                                                                       2001:db8:b::10)
@@ -9,8 +9,8 @@ point-to-cloud server, in namespaces, through the gateway daemon.
 The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
 virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
-remote_ts. The daemon reads `[remote_access.laptops] protocol = "ikev2"` from its TOML
-file, with `auth = "any"`: passwords, and client certificates of `client_ca`; users are
+remote_ts (the lab is `testkit.ra_lab`). The daemon reads `[remote_access.laptops]
+protocol = "ikev2"` from its TOML file, with `auth = "any"`: passwords, and client certificates of `client_ca`; users are
 added with `lockgate user add ... --password-stdin`. A Windows-like certificate user is
 a charon with `auth = eap-tls` and a user certificate (Debian libcharon-extra-plugins
 has eap-tls): lockgate offers EAP-MSCHAPv2 first, charon Naks it for EAP-TLS (RFC 3748
@@ -25,182 +25,22 @@ Processes are stopped by PID; the lab removes the namespaces.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Lab, Namespace, Process, ping
+from netns import ping
 
+from daemon.lab.netns import Process
 from testkit.daemon import wait_until
 from testkit.pki import Pki
-from testkit.strongswan import PLUGINS, Charon, HarnessError
+from testkit.ra_lab import CLOUD, CLOUD6, CLOUD_OUTSIDE_GROUP, RaLab, missing_strongswan, ra_lab
+from testkit.strongswan import HarnessError
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-SERVER = "198.51.100.2"
-SERVER_NAME = "vpn.example.net"
-CLOUD = "203.0.113.10"
-CLOUD_OUTSIDE_GROUP = "203.0.113.200"
-CLOUD6 = "2001:db8:b::10"
-PASSWORD = "s3cret-Pass"
-REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class RaLab:
-    lab: Lab
-    client: Namespace
-    gateway: Namespace
-    cloud: Namespace
-    pki: Pki
-    conf: Path = Path()
-    socket: str = ""
-    daemon: Process | None = None
-    charons: list[Charon] = field(default_factory=list)
-
-    def lockgate(self, *args: str, stdin: str = "", socket: bool = True) -> str:
-        """The CLI on the host: the users file and the control socket are files."""
-        pre = ["-s", self.socket] if socket else []
-        proc = subprocess.run(
-            [sys.executable, "-m", "daemon.cli", *pre, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    def log(self) -> str:
-        assert self.daemon is not None
-        return self.daemon.log()
-
-    def charon(
-        self,
-        user: str,
-        password: str = PASSWORD,
-        *,
-        tls: Pki | None = None,
-        dual: bool = False,
-    ) -> Charon:
-        """A road-warrior charon for `user`, loaded, not yet connected: EAP-MSCHAPv2
-        with `password`, or with `tls` EAP-TLS (TLS 1.2, charon's default) with a user
-        certificate that CA issued; `dual`: it asks for an IPv6 address too and routes
-        the IPv6 cloud subnet."""
-        vips, remote_ts = "0.0.0.0", "203.0.113.0/24"
-        if dual:
-            vips, remote_ts = "0.0.0.0, ::", "203.0.113.0/24, 2001:db8:b::/64"
-        charon = Charon(self.client, f"rw{len(self.charons)}")
-        text = charon.conf_path.read_text()
-        text = text.replace(
-            f"load = {PLUGINS}", f"load = {PLUGINS} eap-mschapv2 eap-tls eap-identity resolve"
-        )
-        text = text.replace(
-            "    plugins {\n",
-            f"    plugins {{\n        resolve {{\n            file = {charon.rundir}/resolv.conf\n"
-            "        }\n",
-            1,
-        )
-        charon.conf_path.write_text(text)
-        charon.write_credential("x509ca", "ca.crt", self.pki.ca.cert_pem)
-        local = f"auth = eap-mschapv2\n            eap_id = {user}"
-        if tls is not None:
-            cred = tls.issue_client(user)
-            charon.write_credential("x509", "user.crt", cred.cert_pem)
-            charon.write_credential("private", "user.key", cred.key_pem)
-            # Like Windows: the certificate goes in EAP-TLS, not in IKE_AUTH. charon
-            # picks its TLS certificate by the EAP identity, so that is the subject DN.
-            local = (
-                f'auth = eap-tls\n            certs = user.crt\n            eap_id = "{cred.dn}"'
-            )
-        (charon.swanctl_dir / "swanctl.conf").write_text(
-            f"""connections {{
-    lockgate {{
-        version = 2
-        remote_addrs = {SERVER}
-        vips = {vips}
-        proposals = aes256gcm16-prfsha384-ecp384
-        local {{
-            {local}
-        }}
-        remote {{
-            auth = pubkey
-            id = {SERVER_NAME}
-        }}
-        children {{
-            cloud {{
-                remote_ts = {remote_ts}
-                esp_proposals = aes256gcm16
-            }}
-        }}
-    }}
-}}
-secrets {{
-    eap-user {{
-        id = {user}
-        secret = "{password}"
-    }}
-}}
-"""
-        )
-        self.charons.append(charon)
-        charon.start()
-        charon.swanctl("--load-all")
-        return charon
-
-    def stop(self, charon: Charon) -> None:
-        charon.stop()
-
-
-@pytest.fixture(scope="module")
-def ra() -> Iterator[RaLab]:
-    if not Path("/usr/lib/ipsec/charon").exists() or shutil.which("swanctl") is None:
-        pytest.skip("needs strongSwan's charon and swanctl")
-    if not Path("/usr/lib/ipsec/plugins/libstrongswan-eap-mschapv2.so").exists():
-        pytest.skip("needs the eap-mschapv2 plugin (Debian libcharon-extauth-plugins)")
-    with Lab(prefix=f"lgra-{os.getpid()}") as lab:
-        client, gateway, cloud = lab.namespace("cli"), lab.namespace("gw"), lab.namespace("cloud")
-        lab.veth(client, "wan0", gateway, "wan0")
-        lab.veth(gateway, "lan0", cloud, "lan0")
-        client.ip("addr", "add", "198.51.100.1/24", "dev", "wan0")
-        gateway.ip("addr", "add", f"{SERVER}/24", "dev", "wan0")
-        gateway.ip("addr", "add", "203.0.113.1/24", "dev", "lan0")
-        cloud.ip("addr", "add", f"{CLOUD}/24", "dev", "lan0")
-        cloud.ip("addr", "add", f"{CLOUD_OUTSIDE_GROUP}/24", "dev", "lan0")
-        cloud.ip("route", "add", "192.0.2.0/24", "via", "203.0.113.1")
-        gateway.ip("addr", "add", "2001:db8:b::1/64", "dev", "lan0", "nodad")
-        cloud.ip("addr", "add", f"{CLOUD6}/64", "dev", "lan0", "nodad")
-        cloud.ip("-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:b::1")
-        gateway.sysctl("net.ipv4.ip_forward", 1)
-        gateway.sysctl("net.ipv6.conf.all.forwarding", 1)
-        pki = Pki("laptops CA")
-        cred = pki.issue(SERVER_NAME, "ecdsa-p256")
-        d = lab.tmpdir
-        (d / "server.pem").write_bytes(cred.cert_pem)
-        (d / "server.key").write_bytes(cred.key_pem)
-        (d / "server.key").chmod(0o600)
-        (d / "ca.pem").write_bytes(pki.ca.cert_pem)
-        lab_ = RaLab(lab, client, gateway, cloud, pki)
-        lab_.conf = d / "gateway.toml"
-        lab_.conf.write_text(
-            f"""
-[gateway]
-addresses = ["{SERVER}"]
-id = "{SERVER_NAME}"
-interface = "lgra0"
-certificate = "{d / "server.pem"}"
-private_key = "{d / "server.key"}"
-ca = ["{d / "ca.pem"}"]
-
+SERVER_SECTION = """
 [remote_access.laptops]
 protocol = "ikev2"
 client_pool = "192.0.2.0/24"
@@ -208,11 +48,11 @@ client_pool6 = "2001:db8:c::/64"
 local_subnets = ["203.0.113.0/24", "2001:db8:b::/64"]
 dns = ["203.0.113.53", "2001:db8:b::53"]
 dns_domains = ["corp.example.net"]
-users = "{d / "laptops.users"}"
-address = "{SERVER_NAME}"
+users = "{d}/laptops.users"
+address = "vpn.example.net"
 max_connections = 50
 auth = "any"
-client_ca = "{d / "ca.pem"}"
+client_ca = "{d}/ca.pem"
 
 [remote_access.laptops.groups.eng]
 destinations = ["203.0.113.0/25"]
@@ -220,49 +60,29 @@ destinations = ["203.0.113.0/25"]
 [remote_access.laptops.groups.all]
 destinations = ["203.0.113.0/24", "2001:db8:b::/64"]
 """
-        )
-        for user, extra in (
-            ("alice", ["--group", "all"]),
-            ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
-            ("lee", ["--group", "all", "--static-ip", "2001:db8:c::77"]),
-            ("bob", ["--group", "eng"]),
-            ("nogroup", []),
-        ):
-            out = lab_.lockgate(
-                "user", "add", "laptops", user, "--password-stdin", *extra, "-c", str(lab_.conf),
-                stdin=PASSWORD + "\n", socket=False,
-            )  # fmt: skip
-            assert "NT hash" in out
-        lab_.socket = str(d / "lockgate.sock")
-        lab_.daemon = gateway.spawn(
-            [sys.executable, "-m", "daemon.cli", "-s", lab_.socket, "daemon", "-c", str(lab_.conf)],
-            name="lockgate",
-            log_path=d / "daemon.log",
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        try:
-            wait_until(lambda: "ready" in lab_.log(), "the daemon to start", timeout=20)
-        except AssertionError:
-            raise AssertionError(f"the daemon did not start:\n{lab_.log()}") from None
-        try:
-            yield lab_
-        finally:
-            for charon in lab_.charons:
-                charon.stop()
-            lab_.daemon.stop()
-        assert "Traceback" not in lab_.log(), lab_.log()
 
 
-def connected(ra: RaLab, user: str, **kw: Any) -> tuple[Charon, Any]:
-    charon = ra.charon(user, **kw)
-    charon.initiate("cloud", "lockgate", timeout=20)
-    return charon, charon.wait_for_child("cloud")
+@pytest.fixture(scope="module")
+def ra() -> Iterator[RaLab]:
+    reason = missing_strongswan()
+    if reason is not None:
+        pytest.skip(reason)
+    users = (
+        ("alice", ["--group", "all"]),
+        ("sam", ["--group", "all", "--static-ip", "192.0.2.77"]),
+        ("lee", ["--group", "all", "--static-ip", "2001:db8:c::77"]),
+        ("bob", ["--group", "eng"]),
+        ("nogroup", []),
+    )
+    with ra_lab(SERVER_SECTION, users) as lab:
+        assert all("NT hash" in out for out in lab.added.values()), lab.added
+        yield lab
 
 
 def test_password_login_reaches_the_cloud_with_a_virtual_ip_dns_and_split_routes(
     ra: RaLab,
 ) -> None:
-    charon, ike = connected(ra, "alice")
+    charon, ike = ra.connected("alice")
     try:
         child = ike.child("cloud")
         # The virtual IP from the pool is the client's selector; only the cloud subnet
@@ -285,7 +105,7 @@ def test_password_login_reaches_the_cloud_with_a_virtual_ip_dns_and_split_routes
 
 
 def test_a_static_ip(ra: RaLab) -> None:
-    charon, ike = connected(ra, "sam")
+    charon, ike = ra.connected("sam")
     try:
         assert ike.child("cloud").local_ts == ["192.0.2.77/32"]
         ping(ra.client, CLOUD, count=2)
@@ -296,7 +116,7 @@ def test_a_static_ip(ra: RaLab) -> None:
 def test_a_dual_stack_client_gets_an_ipv6_address_and_reaches_the_cloud_over_ipv6(
     ra: RaLab,
 ) -> None:
-    charon, ike = connected(ra, "alice", dual=True)
+    charon, ike = ra.connected("alice", dual=True)
     try:
         child = ike.child("cloud")
         # INTERNAL_IP6_ADDRESS from client_pool6 next to the IPv4 one; the selectors
@@ -315,7 +135,7 @@ def test_a_dual_stack_client_gets_an_ipv6_address_and_reaches_the_cloud_over_ipv
 
 
 def test_an_ipv6_static_ip(ra: RaLab) -> None:
-    charon, ike = connected(ra, "lee", dual=True)
+    charon, ike = ra.connected("lee", dual=True)
     try:
         assert "2001:db8:c::77/128" in ike.child("cloud").local_ts
         ping(ra.client, CLOUD6, count=2)
@@ -324,7 +144,7 @@ def test_an_ipv6_static_ip(ra: RaLab) -> None:
 
 
 def test_a_group_reaches_only_its_destinations(ra: RaLab) -> None:
-    charon, ike = connected(ra, "bob")
+    charon, ike = ra.connected("bob")
     try:
         # Narrowed to the group's destinations: the data plane carries nothing else.
         assert ike.child("cloud").remote_ts == ["203.0.113.0/25"]
@@ -360,7 +180,7 @@ def test_a_wrong_password_is_refused(ra: RaLab) -> None:
 
 
 def test_disconnect_sends_a_delete(ra: RaLab) -> None:
-    charon, _ = connected(ra, "alice")
+    charon, _ = ra.connected("alice")
     try:
         out = ra.lockgate("disconnect", "laptops", "alice")
         assert "1 IKE SA(s) of alice deleted" in out
@@ -384,7 +204,7 @@ def _lockgate_child(ra: RaLab, spi_in: str) -> dict[str, Any]:
 def test_mobike_the_tunnel_follows_the_client_to_a_new_address(ra: RaLab) -> None:
     """RFC 4555: the client's outside address changes under a ping flood; charon sends
     UPDATE_SA_ADDRESSES from the new one, and the same IKE SA and CHILD SA carry on."""
-    charon, ike = connected(ra, "alice")
+    charon, ike = ra.connected("alice")
     flood: Process | None = None
     try:
         spi_i, spi_r = str(ike.raw["initiator-spi"]), str(ike.raw["responder-spi"])
@@ -401,12 +221,12 @@ def test_mobike_the_tunnel_follows_the_client_to_a_new_address(ra: RaLab) -> Non
         # The client moves: a second address from the same range, then the first goes.
         # With promote_secondaries the new one stays when the old primary is removed.
         ra.client.sysctl("net.ipv4.conf.wan0.promote_secondaries", 1)
-        ra.client.ip("addr", "add", "198.51.100.3/24", "dev", "wan0")
-        ra.client.ip("addr", "del", "198.51.100.1/24", "dev", "wan0")
+        ra.client.ip("addr", "add", "198.51.100.5/25", "dev", "wan0")
+        ra.client.ip("addr", "del", "198.51.100.1/25", "dev", "wan0")
         try:
             wait_until(
                 lambda: (
-                    "client alice moved from 198.51.100.1[4500] to 198.51.100.3[4500]" in ra.log()
+                    "client alice moved from 198.51.100.1[4500] to 198.51.100.5[4500]" in ra.log()
                 ),
                 "lockgate to log the move",
                 timeout=20,
@@ -415,7 +235,7 @@ def test_mobike_the_tunnel_follows_the_client_to_a_new_address(ra: RaLab) -> Non
             raise AssertionError(f"{exc}\n{charon.logs()[-6000:]}\n{ra.log()[-4000:]}") from None
         rows = json.loads(ra.lockgate("clients", "--json"))
         (row,) = [r for r in rows if r["protocol"] == "ikev2"]
-        assert row["remote"] == "198.51.100.3:4500", row
+        assert row["remote"] == "198.51.100.5:4500", row
         deadline = time.monotonic() + 30
         while flood.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -430,11 +250,11 @@ def test_mobike_the_tunnel_follows_the_client_to_a_new_address(ra: RaLab) -> Non
         (after,) = [s for s in charon.list_sas() if s.name == "lockgate"]
         assert after.raw["uniqueid"] == ike.raw["uniqueid"]
         assert (after.raw["initiator-spi"], after.raw["responder-spi"]) == (spi_i, spi_r)
-        assert after.local_host == "198.51.100.3"
+        assert after.local_host == "198.51.100.5"
         # lockgate: the same IKE SA (its id) carries the CHILD SA, which now sends there.
         now = after.child("cloud")
         moved = _lockgate_child(ra, now.spi_out)
-        assert moved["ike_sa"] == before["ike_sa"] and moved["remote"] == "198.51.100.3[4500]"
+        assert moved["ike_sa"] == before["ike_sa"] and moved["remote"] == "198.51.100.5[4500]"
         assert moved["spi_out"] == now.spi_in
         if (now.spi_in, now.spi_out) != (child.spi_in, child.spi_out):
             # lockgate kept the CHILD SA's SPIs, but charon's kernel-libipsec cannot
@@ -446,13 +266,13 @@ def test_mobike_the_tunnel_follows_the_client_to_a_new_address(ra: RaLab) -> Non
             flood.stop()
         charon.stop()
         # The next tests connect from the lab's first address again.
-        ra.client.ip("addr", "add", "198.51.100.1/24", "dev", "wan0", check=False)
-        ra.client.ip("addr", "del", "198.51.100.3/24", "dev", "wan0", check=False)
+        ra.client.ip("addr", "add", "198.51.100.1/25", "dev", "wan0", check=False)
+        ra.client.ip("addr", "del", "198.51.100.5/25", "dev", "wan0", check=False)
 
 
 def test_eap_tls_with_a_user_certificate_reaches_the_cloud(ra: RaLab) -> None:
     # The certificate's CN names the user: alice of the users file, in group "all".
-    charon, ike = connected(ra, "alice", tls=ra.pki)
+    charon, ike = ra.connected("alice", tls=ra.pki)
     try:
         assert ike.child("cloud").remote_ts == ["203.0.113.0/24"]
         ping(ra.client, CLOUD, count=3)
@@ -491,7 +311,7 @@ def test_a_reload_applies_a_new_dns_list_to_new_clients_and_keeps_the_others(
     it gets the new server."""
     original = ra.conf.read_text()
     try:
-        before, _ = connected(ra, "alice")
+        before, _ = ra.connected("alice")
         try:
             ra.conf.write_text(original.replace('"203.0.113.53"', '"203.0.113.54"'))
             out = ra.lockgate("reload")
@@ -501,7 +321,7 @@ def test_a_reload_applies_a_new_dns_list_to_new_clients_and_keeps_the_others(
             assert before.list_sas(), ra.log()[-3000:]
         finally:
             before.stop()
-        after, _ = connected(ra, "alice")
+        after, _ = ra.connected("alice")
         try:
             resolv = (after.rundir / "resolv.conf").read_text()
             assert "nameserver 203.0.113.54" in resolv, resolv

@@ -441,16 +441,21 @@ def build_site_to_site(lab: Lab, *, nat: bool = False, wan_mtu: int | None = Non
     gw_a.ip("-6", "route", "add", "default", "via", NAT_IN6)
     router.sysctl("net.ipv4.ip_forward", 1)
     router.sysctl("net.ipv6.conf.all.forwarding", 1)
-    # Masquerade everything leaving on the outside leg, IPv4 and IPv6 (family inet).
+    masquerade(router, "out0")
+    return topo
+
+
+def masquerade(router: Namespace, out_if: str) -> None:
+    """Masquerade everything leaving `router` on `out_if`, IPv4 and IPv6 (nftables,
+    family inet): the hosts behind it share its address, each flow its own port."""
     rules = (
         "table inet lgnat {\n"
         "  chain post { type nat hook postrouting priority srcnat; policy accept;\n"
-        '    oifname "out0" masquerade\n'
+        f'    oifname "{out_if}" masquerade\n'
         "  }\n"
         "}\n"
     )
     _run(router.exec_args(["nft", "-f", "-"]), input=rules.encode())
-    return topo
 
 
 @contextlib.contextmanager

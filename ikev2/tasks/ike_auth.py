@@ -22,6 +22,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from ikev2.codec import Authentication, Certificate, Eap, IdI, IdR, Message, Notify, Payload
 from ikev2.config import ConnectionConfig, RemoteAccess
 from ikev2.constants import AuthMethod, NotifyType
@@ -33,6 +36,7 @@ from ikev2.errors import (
     ConfigError,
     InvalidSyntax,
     LocalProtocolError,
+    LoginRefused,
     PeerErrorNotify,
 )
 from ikev2.events import IkeSaEstablished
@@ -88,6 +92,8 @@ class IkeAuth(Task):
         """The EAP packet that goes out in our next message."""
         self.rounds = 0
         """IKE_AUTH exchanges this task took part in."""
+        self.peer_certificate: x509.Certificate | None = None
+        """The end-entity certificate the peer's AUTH signature verified with."""
 
     def _auth_data(self, sa: TaskSa, ident: IdI | IdR, *, ours: bool) -> bytes:
         if sa.suite is None or sa.keys is None:
@@ -279,7 +285,29 @@ class IkeAuth(Task):
                 "accepts EAP-MSCHAPv2 logins only"
             )
         self._verify(sa, idi, auth, peer, message)
+        if ra is not None:
+            self._certificate_login(sa, ra, peer)
         self._established(sa, sa.now, peer, initial_contact=initial_contact)
+
+    def _certificate_login(self, sa: TaskSa, ra: RemoteAccess, peer: Identity) -> None:
+        """A remote-access client signed with a certificate (RFC 7427) that chains to
+        the server's client CAs. Its user is the certificate's common name, whatever
+        identity it sent as IDi (the SSL server names certificate users the same way);
+        then the server's gate (session limits, the users file) has its say, as it
+        does for an EAP login."""
+        cert = self.peer_certificate
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) if cert else []
+        user = names[0].value if names else ""
+        if not isinstance(user, str) or not user:
+            raise LoginRefused(
+                f"client certificate of {peer} has no common name to name its user",
+                "certificate without a common name",
+            )
+        sa.record_eap_identity(user)
+        refusal = ra.gate(user, sa.remote[0]) if ra.gate is not None else None
+        if refusal is not None:
+            raise LoginRefused(f"{refusal}: certificate user {user!r}", refusal)
+        log.info("%s: user %r logged in with a certificate", sa.name, user)
 
     def _process_eap_request(self, sa: TaskSa, message: Message) -> None:
         """A later round of the client's EAP login (§2.16)."""
@@ -427,6 +455,7 @@ class IkeAuth(Task):
             raise AuthenticationFailed(f"peer {peer} sent no certificate")
         # Chain, validity, key usage and the identity in the certificate (RFC 4945).
         validated = anchors.validate(certs, peer, sa.wall_clock())
+        self.peer_certificate = validated.certificate
         scheme = verify_signature_auth(
             validated.public_key, self._auth_data(sa, ident, ours=False), auth.data
         )

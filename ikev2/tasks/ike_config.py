@@ -102,7 +102,8 @@ class IkeConfig(Task):
         assigned = self._allocate(sa, ra, wanted)
         sa.assign_virtual_ips(assigned)
         if not assigned:
-            log.warning(
+            # The CHILD SA's INTERNAL_ADDRESS_FAILURE (§3.15.4) logs the refusal.
+            log.debug(
                 "%s: no virtual address for %s: the address pool is exhausted",
                 sa.name,
                 _user(sa),
