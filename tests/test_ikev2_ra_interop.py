@@ -10,8 +10,8 @@ The client is configured as a new user would configure it: EAP-MSCHAPv2 with the
 user's password, the server authenticated by its certificate (the CA in x509ca/), a
 virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
 remote_ts (the lab is `testkit.ra_lab`). The daemon reads `[remote_access.laptops]
-protocol = "ikev2"` from its TOML file, with `auth = "any"`: passwords, and client certificates of `client_ca`; users are
-added with `lockgate user add ... --password-stdin`. A Windows-like certificate user is
+protocol = "ikev2"` from its TOML file, with `auth = "any"`: passwords, and client
+certificates of `client_ca`; users are added with `lockgate user add ... --password-stdin`. A Windows-like certificate user is
 a charon with `auth = eap-tls` and a user certificate (Debian libcharon-extra-plugins
 has eap-tls): lockgate offers EAP-MSCHAPv2 first, charon Naks it for EAP-TLS (RFC 3748
 §5.3.1), and TLS 1.2 (RFC 5216) runs over EAP in IKE_AUTH. TLS 1.3 (RFC 9190) is
