@@ -554,24 +554,26 @@ def test_a_refused_certificate_is_logged_with_what_was_wrong(
 ) -> None:
     caplog.set_level(logging.INFO, "daemon.ikev2_ra")
     server = Server(tmp_path)
-    why = "EAP-TLS: client certificate refused: certificate of mallory expired on 2026-01-01"
-    server.ra.on_event(
-        IkeSaFailed(
-            "laptops",
-            7,
-            why,
-            NotifyType.AUTHENTICATION_FAILED,
-            "mallory",
-            ("198.51.100.9", 4500),
-            "certificate refused",
+    why = "EAP-TLS: client certificate refused: certificate of alice expired on 2026-01-01"
+    # More refusals than the per-user rate limit lets pass for wrong passwords.
+    for _ in range(5):
+        server.ra.on_event(
+            IkeSaFailed(
+                "laptops",
+                7,
+                why,
+                NotifyType.AUTHENTICATION_FAILED,
+                "alice",
+                ("198.51.100.9", 4500),
+                "certificate refused",
+            )
         )
-    )
     # The log line says which certificate and why; the counter keeps the words, so
     # certificates with ever new names cannot grow it.
-    assert f"login of mallory from 198.51.100.9 refused: {why}" in caplog.text
-    assert server.ra.refusals == {"certificate refused": 1}
-    # Not a password guess: the rate limits stay open for the name.
-    assert server.ra.gate("mallory", "198.51.100.9") is None
+    assert f"login of alice from 198.51.100.9 refused: {why}" in caplog.text
+    assert server.ra.refusals == {"certificate refused": 5}
+    # Not a password guess: the rate limits stay open for the name and the address.
+    assert server.ra.gate("alice", "198.51.100.9") is None
 
 
 # -- reload ---------------------------------------------------------------------------

@@ -11,14 +11,15 @@ user's password, the server authenticated by its certificate (the CA in x509ca/)
 virtual IP asked for (`vips = 0.0.0.0`; the pool is 192.0.2.0/24), the cloud subnet as
 remote_ts (the lab is `testkit.ra_lab`). The daemon reads `[remote_access.laptops]
 protocol = "ikev2"` from its TOML file, with `auth = "any"`: passwords, and client
-certificates of `client_ca`; users are added with `lockgate user add ... --password-stdin`. A Windows-like certificate user is
-a charon with `auth = eap-tls` and a user certificate (Debian libcharon-extra-plugins
-has eap-tls): lockgate offers EAP-MSCHAPv2 first, charon Naks it for EAP-TLS (RFC 3748
-§5.3.1), and TLS 1.2 (RFC 5216) runs over EAP in IKE_AUTH. TLS 1.3 (RFC 9190) is
-covered in memory only: Debian 12's charon (5.9.8) predates strongSwan's RFC 9190
-support (5.9.10); with `tls.version_max = 1.3` it derives the MSK with the draft's label
-and crashes on the protected success indication. A dual-stack client asks for `vips =
-0.0.0.0, ::` too and gets an IPv6 address from client_pool6 (2001:db8:c::/64).
+certificates of `client_ca`; users are added with `lockgate user add ...
+--password-stdin`. A Windows-like certificate user is a charon with `auth = eap-tls`
+and a user certificate (Debian libcharon-extra-plugins has eap-tls): lockgate offers
+EAP-MSCHAPv2 first, charon Naks it for EAP-TLS (RFC 3748 §5.3.1), and TLS 1.2 (RFC
+5216) runs over EAP in IKE_AUTH. TLS 1.3 (RFC 9190) is covered in memory only: Debian
+12's charon (5.9.8) predates strongSwan's RFC 9190 support (5.9.10); with
+`tls.version_max = 1.3` it derives the MSK with the draft's label and crashes on the
+protected success indication. A dual-stack client asks for `vips = 0.0.0.0, ::` too
+and gets an IPv6 address from client_pool6 (2001:db8:c::/64).
 Processes are stopped by PID; the lab removes the namespaces.
 """
 
