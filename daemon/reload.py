@@ -88,6 +88,8 @@ def _reload(gateway: Gateway) -> str:
             "[gateway] changed: addresses, ports, the TUN and the COOKIE/half-open "
             "settings need a restart"
         )
+    if new.console != old.console:
+        log.warning("[console] changed: the web console's settings need a restart")
     if (
         gateway.ikev2_ra is not None
         and new.remote_access.get(gateway.ikev2_ra.name) != gateway.ikev2_ra.config
