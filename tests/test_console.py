@@ -173,7 +173,7 @@ def test_self_signed_certificate_is_made_once_beside_the_config(
 ) -> None:
     conf = write_config(tmp_path)
     config = load_config(conf)
-    with caplog.at_level(logging.INFO, logger="lockgate.console"):
+    with caplog.at_level(logging.INFO, logger="daemon.console"):
         cert, key = certificate_files(config, conf)
     assert (cert, key) == (tmp_path / SELF_SIGNED_CERT, tmp_path / SELF_SIGNED_KEY)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -458,7 +458,7 @@ def test_actions_use_the_control_commands_and_are_logged_with_the_admin(
             {"command": "clients"},
         ]
 
-    with caplog.at_level(logging.INFO, logger="lockgate.console"):
+    with caplog.at_level(logging.INFO, logger="daemon.console"):
         run(test, tmp_path)
     for line in ("admin alice: rekey-ike dc-cloud: rekey done",
                  "admin alice: down dc-cloud: down done",
@@ -568,3 +568,30 @@ def test_a_flood_of_login_forms_does_not_log_admins_out() -> None:
     assert sessions.get(admin.token, 2.0) is admin
     # Idle too long, it ends like any other.
     assert sessions.get(admin.token, 2.0 + auth.SESSION_IDLE + 1) is None
+
+
+def test_log_page_filters_by_connection_and_escapes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(live: Live) -> None:
+        daemon_log = logging.getLogger("daemon.peers")
+        daemon_log.warning("connection dc-cloud: peer sent <script>alert(1)</script>")
+        daemon_log.warning("connection dc-cloud2: something else")
+        async with live.session() as client:
+            await log_in(live, client)
+            async with client.get(live.base + "/log", params={"connection": "dc-cloud"}) as r:
+                page = await r.text()
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+            assert "dc-cloud2" not in page.split('id="log"')[1]
+            async with client.get(live.base + "/api/log") as r:
+                rows = (await r.json())["tables"]["log"]
+            messages = [row[3] for row in rows]
+            assert "connection dc-cloud2: something else" in messages
+            assert any("admin alice logged in" in m for m in messages)
+            # Newest first.
+            assert messages.index("connection dc-cloud2: something else") > messages.index(
+                next(m for m in messages if "admin alice logged in" in m)
+            )
+
+    with caplog.at_level(logging.INFO):  # the daemon's level (setup_logging)
+        run(test, tmp_path)

@@ -95,6 +95,7 @@ def lockgate(*args: str, stdin: str) -> str:
 
 def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     from testkit.browser import browser, wait_for
 
@@ -189,6 +190,13 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
         wait_until(lambda: "server-pushed-halt" in client.log() or not client.alive(),
                    "the client to be halted", 20)  # fmt: skip
         assert USER not in text("#clients")
+
+        # The log, filtered by the connection: the rekey is there, the P2C lines are not.
+        driver.find_element(By.LINK_TEXT, "Log").click()
+        Select(driver.find_element(By.ID, "connection")).select_by_value("site")
+        driver.find_element(By.ID, "filter").click()
+        lines = text("#log")
+        assert f"admin {ADMIN}: rekey site" in lines and "office" not in lines
 
         # Log out: the pages want a login again.
         driver.find_element(By.ID, "logout").click()

@@ -27,6 +27,7 @@ from conf.users import load_users, password_problem
 from daemon.commands import handle_request
 from daemon.console import pages
 from daemon.console.auth import LoginLimit, Session, Sessions, check_admin, csrf_ok
+from daemon.console.logs import LogBuffer
 from daemon.console.tls import certificate_files, server_context
 from daemon.console.traffic import SAMPLE_INTERVAL, Traffic
 from daemon.control import ControlError
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from conf.model import ConsoleConfig, RemoteAccessConfig
     from daemon.gateway import Gateway
 
-log = logging.getLogger("lockgate.console")
+log = logging.getLogger(__name__)
 
 COOKIE = "lockgate_session"
 CSP = (
@@ -88,6 +89,7 @@ class Console:
         self.sessions = Sessions()
         self.limit = LoginLimit()
         self.traffic = Traffic()
+        self.logs = LogBuffer()
         self._checks = asyncio.Semaphore(LOGIN_CHECKS)
         self._static = {
             name: (item.read_bytes(), STATIC_TYPES[Path(name).suffix])
@@ -114,6 +116,8 @@ class Console:
         app.router.add_post("/remote-access/disconnect", self.disconnect)
         app.router.add_post("/remote-access/users/{action}", self.user_action)
         app.router.add_get("/remote-access/{server}/profile", self.profile)
+        app.router.add_get("/log", self.log_page)
+        app.router.add_get("/api/log", self.log_api)
         return app
 
     async def start(self, config_path: Path) -> None:
@@ -121,6 +125,8 @@ class Console:
         gateway_config = self.gateway.config
         if gateway_config is None:
             raise RuntimeError("the console starts after the configuration is loaded")
+        # From here on the log page has the daemon's lines (the fingerprint's first).
+        logging.getLogger().addHandler(self.logs)
         cert, key = certificate_files(gateway_config, config_path)
         context = server_context(cert, key)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
@@ -133,6 +139,7 @@ class Console:
         log.info("console: https://%s/", _authority(self.config))
 
     async def close(self) -> None:
+        logging.getLogger().removeHandler(self.logs)
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -329,6 +336,21 @@ class Console:
         csrf = page.pop("csrf")
         body = pages.remote_access_page(servers, clients, csrf, **page)
         return web.Response(text=body, content_type="text/html")
+
+    def _log_rows(self, request: web.Request) -> tuple[str | None, pages.Table]:
+        connection = request.query.get("connection") or None
+        # Newest first: what just happened is what an operator looks for.
+        rows: pages.Table = [line.row() for line in reversed(self.logs.select(connection))]
+        return connection, rows
+
+    async def log_page(self, request: web.Request) -> web.StreamResponse:
+        connection, rows = self._log_rows(request)
+        body = pages.log_page(rows, sorted(self.gateway.connections), connection,
+                              **self._page(request))  # fmt: skip
+        return web.Response(text=body, content_type="text/html")
+
+    async def log_api(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"tables": {"log": self._log_rows(request)[1]}})
 
     # ---- actions ----------------------------------------------------------------------
 

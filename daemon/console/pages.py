@@ -57,6 +57,7 @@ def layout(title: str, body: str, *, admin: str | None, csrf: str, notice: str |
     if admin is not None:
         nav = (
             '<nav><a href="/">Overview</a> <a href="/remote-access">Remote access</a>'
+            ' <a href="/log">Log</a>'
             f'<span class="who">{_e(admin)}</span>'
             f'<form method="post" action="/logout" class="inline">{csrf_field(csrf)}'
             '<button id="logout">Log out</button></form></nav>'
@@ -360,3 +361,22 @@ def _hidden(fields: Mapping[str, str]) -> str:
 def _profile_href(server: str, user: str, fmt: str) -> str:
     query = urlencode({"user": user, "format": fmt})
     return f"/remote-access/{quote(server, safe='')}/profile?{query}"
+
+
+# ---- the log --------------------------------------------------------------------------
+
+
+def log_page(rows: Table, connections: Sequence[str], selected: str | None, **page: Any) -> str:
+    options = "".join(
+        f'<option value="{_e(name)}"{" selected" if name == selected else ""}>{_e(name)}</option>'
+        for name in connections
+    )
+    query = "?" + urlencode({"connection": selected}) if selected else ""
+    body = (
+        '<form method="get" action="/log" class="add"><select name="connection" id="connection">'
+        f'<option value="">every connection</option>{options}</select>'
+        '<button id="filter">Show</button></form>'
+        f'<div class="poll" data-api="/api/log{_e(query)}"></div>'
+        + table("log", ("Time", "Level", "Source", "Message"), rows)
+    )
+    return layout("Log", body, **page)

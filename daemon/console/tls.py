@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conf.model import Config
 
-log = logging.getLogger("lockgate.console")
+log = logging.getLogger(__name__)
 
 SELF_SIGNED_CERT = "console-cert.pem"
 SELF_SIGNED_KEY = "console-key.pem"
