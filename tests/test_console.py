@@ -595,3 +595,43 @@ def test_log_page_filters_by_connection_and_escapes(
 
     with caplog.at_level(logging.INFO):  # the daemon's level (setup_logging)
         run(test, tmp_path)
+
+
+def test_a_users_file_the_daemon_cannot_write_is_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(path: Path, users: object) -> None:
+        # What ProtectSystem=strict makes of a directory outside ReadWritePaths.
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("conf.users.save_users", read_only)
+
+    async def test(live: Live) -> None:
+        async with live.session() as client:
+            await log_in(live, client)
+            token = await csrf_of(client, live.base + "/")
+            form = {"csrf": token, "server": "office", "user": "dave", "password": USER_PASSWORD}
+            async with client.post(live.base + "/remote-access/users/add", data=form) as r:
+                assert r.status == 200
+                page = await r.text()
+            assert "Refused: cannot write the users file: Read-only file system" in page
+            assert not (live.tmp / "office.users").exists()
+
+    run(test, tmp_path)
+
+
+def test_a_taken_port_stops_the_start_naming_it(tmp_path: Path) -> None:
+    async def test() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            conf = write_config(tmp_path, port=port)
+            config = load_config(conf)
+            assert config.console is not None
+            console = Console(FakeGateway(config, str(conf)), config.console)  # type: ignore[arg-type]
+            with pytest.raises(OSError, match=str(port)):
+                await console.start(conf)
+            await console.close()
+
+    asyncio.run(test())

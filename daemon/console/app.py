@@ -449,6 +449,10 @@ class Console:
             result = await loop.run_in_executor(None, change)
         except (Refused, ConfigError) as exc:
             raise self._refused(request, what, str(exc), "/remote-access") from None
+        except OSError as exc:
+            # Under systemd, a users file outside the unit's ReadWritePaths is read-only.
+            reason = f"cannot write the users file: {exc.strerror or exc}"
+            raise self._refused(request, what, reason, "/remote-access") from None
         raise self._done(request, what, result, "/remote-access")
 
     async def profile(self, request: web.Request) -> web.StreamResponse:
