@@ -635,3 +635,26 @@ def test_a_taken_port_stops_the_start_naming_it(tmp_path: Path) -> None:
             await console.close()
 
     asyncio.run(test())
+
+
+def test_clients_table_is_live_with_its_disconnect_buttons(tmp_path: Path) -> None:
+    async def test(live: Live) -> None:
+        async with live.session() as client:
+            await log_in(live, client)
+            token = await csrf_of(client, live.base + "/remote-access")
+            async with client.get(live.base + "/remote-access") as r:
+                page = await r.text()
+            assert 'data-api="/api/clients"' in page and 'id="disconnect-office-carol"' in page
+            async with client.get(live.base + "/api/clients") as r:
+                (row,) = (await r.json())["tables"]["clients"]
+        assert row[:3] == ["office", "carol", "198.51.100.130"]
+        assert row[-1] == {
+            "post": "/remote-access/disconnect",
+            "fields": {"server": "office", "user": "carol"},
+            "label": "Disconnect",
+            "id": "disconnect-office-carol",
+        }
+        # The script adds the page's token; the JSON never carries it.
+        assert token not in str(row)
+
+    run(test, tmp_path)

@@ -177,6 +177,8 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
             name="openvpn", log_path=d / "openvpn.log",
         )  # fmt: skip
         wait_until(lambda: "Initialization Sequence Completed" in client.log(), "the client", 30)
+        # The clients table refreshes by itself.
+        wait_for(lambda: USER in text("#clients"), "the client on the page, without a reload")
         driver.get(CONSOLE + "/")
         wait_for(lambda: "1 / 20" in text("#servers"), "the client count on the overview")
         # The sparkline needs two samples (one every 10 s).
@@ -189,7 +191,7 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
         assert "Refused" not in text("#notice")
         wait_until(lambda: "server-pushed-halt" in client.log() or not client.alive(),
                    "the client to be halted", 20)  # fmt: skip
-        assert USER not in text("#clients")
+        wait_for(lambda: USER not in text("#clients"), "the client gone from the page")
 
         # The log, filtered by the connection: the rekey is there, the P2C lines are not.
         driver.find_element(By.LINK_TEXT, "Log").click()

@@ -113,6 +113,7 @@ class Console:
         app.router.add_get("/api/connection/{name}", self.connection_api)
         app.router.add_post("/connection/{name}/{action}", self.connection_action)
         app.router.add_get("/remote-access", self.remote_access)
+        app.router.add_get("/api/clients", self.clients_api)
         app.router.add_post("/remote-access/disconnect", self.disconnect)
         app.router.add_post("/remote-access/users/{action}", self.user_action)
         app.router.add_get("/remote-access/{server}/profile", self.profile)
@@ -331,11 +332,15 @@ class Console:
                     "formats": PROFILE_FORMATS if server.protocol == "ikev2" else ("ovpn",),
                 }
             )
-        clients = await self.command(self.gateway, {"command": "clients"})
+        clients = pages.client_rows(await self.command(self.gateway, {"command": "clients"}))
         page = self._page(request)
         csrf = page.pop("csrf")
         body = pages.remote_access_page(servers, clients, csrf, **page)
         return web.Response(text=body, content_type="text/html")
+
+    async def clients_api(self, request: web.Request) -> web.StreamResponse:
+        clients = await self.command(self.gateway, {"command": "clients"})
+        return web.json_response({"tables": {"clients": pages.client_rows(clients)}})
 
     def _log_rows(self, request: web.Request) -> tuple[str | None, pages.Table]:
         connection = request.query.get("connection") or None

@@ -17,7 +17,8 @@ from daemon.status import format_age as age
 from daemon.status import format_size as size
 
 Cell = str | dict[str, Any]
-"""Text, or {"text", "href"} (a link), or {"spark": [numbers]} (a sparkline)."""
+"""Text, or {"text", "href"} (a link), or {"spark": [numbers]} (a sparkline), or
+{"post", "fields", "label", "id"} (a button that POSTs `fields` and the CSRF token)."""
 Table = list[list[Cell]]
 
 
@@ -35,9 +36,13 @@ def rate(octets_per_second: float) -> str:
     return f"{bits:.1f} Gbit/s"  # pragma: no cover
 
 
-def _cell(cell: Cell) -> str:
+def _cell(cell: Cell, csrf: str) -> str:
     if isinstance(cell, str):
         return f"<td>{_e(cell)}</td>"
+    if "post" in cell:
+        form = button_form(cell["post"], cell["label"], csrf, cell["fields"],
+                           button_id=cell.get("id"))  # fmt: skip
+        return f"<td>{form}</td>"
     if "href" in cell:
         return f'<td><a href="{_e(cell["href"])}">{_e(cell["text"])}</a></td>'
     # The sparkline is drawn by the script; without it the cell stays empty.
@@ -45,9 +50,11 @@ def _cell(cell: Cell) -> str:
     return f'<td class="spark" data-spark="{_e(values)}"></td>'
 
 
-def table(table_id: str, headers: Sequence[str], rows: Table, *, live: bool = True) -> str:
+def table(
+    table_id: str, headers: Sequence[str], rows: Table, *, live: bool = True, csrf: str = ""
+) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c, csrf) for c in row) + "</tr>" for row in rows)
     attr = f' id="{_e(table_id)}" data-live="1"' if live else f' id="{_e(table_id)}"'
     return f"<table><thead><tr>{head}</tr></thead><tbody{attr}>{body}</tbody></table>"
 
@@ -261,33 +268,35 @@ def connection_page(name: str, tables: Mapping[str, Table], csrf: str, **page: A
 # ---- remote access --------------------------------------------------------------------
 
 
-def remote_access_page(
-    servers: Sequence[Mapping[str, Any]],
-    clients: Sequence[Mapping[str, Any]],
-    csrf: str,
-    **page: Any,
-) -> str:
-    """`servers`: each {name, protocol, auth, groups, users: [User], formats}."""
-    rows = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{_e(c[k])}</td>" for k in ("server", "user", "virtual_ip", "remote", "since")
-        )
-        + f"<td>{_e(size(c['bytes_in']))} / {_e(size(c['bytes_out']))}</td><td>"
-        + button_form(
-            "/remote-access/disconnect",
-            "Disconnect",
-            csrf,
-            {"server": str(c["server"]), "user": str(c["user"])},
-            button_id=f"disconnect-{c['server']}-{c['user']}",
-        )
-        + "</td></tr>"
+def client_rows(clients: Sequence[Mapping[str, Any]]) -> Table:
+    """The connected point-to-cloud clients, each with its disconnect button."""
+    return [
+        [
+            *(str(c[k]) for k in ("server", "user", "virtual_ip", "remote", "since")),
+            f"{size(c['bytes_in'])} / {size(c['bytes_out'])}",
+            {
+                "post": "/remote-access/disconnect",
+                "fields": {"server": str(c["server"]), "user": str(c["user"])},
+                "label": "Disconnect",
+                "id": f"disconnect-{c['server']}-{c['user']}",
+            },
+        ]
         for c in clients
-    )
+    ]
+
+
+CLIENT_HEADERS = ("Server", "User", "Address", "From", "Since", "In / out", "")
+
+
+def remote_access_page(
+    servers: Sequence[Mapping[str, Any]], clients: Table, csrf: str, **page: Any
+) -> str:
+    """`servers`: each {name, protocol, auth, groups, users: [User], formats};
+    `clients`: `client_rows`."""
     body = (
-        "<section><h3>Connected clients</h3><table><thead><tr><th>Server</th><th>User</th>"
-        "<th>Address</th><th>From</th><th>Since</th><th>In / out</th><th></th></tr></thead>"
-        f'<tbody id="clients">{rows}</tbody></table></section>'
+        '<section><h3>Connected clients</h3><div class="poll" data-api="/api/clients"></div>'
+        + table("clients", CLIENT_HEADERS, clients, csrf=csrf)
+        + "</section>"
     )
     for server in servers:
         body += _server_section(server, csrf)

@@ -22,10 +22,35 @@ function sparkline(td, values) {
   td.appendChild(svg);
 }
 
+// A button that POSTs its fields with the page's CSRF token (every page has one, in
+// the log-out form).
+function postButton(value) {
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = value.post;
+  form.className = "inline";
+  const token = document.querySelector('input[name="csrf"]');
+  const fields = { csrf: token ? token.value : "", ...value.fields };
+  for (const [name, text] of Object.entries(fields)) {
+    const input = document.createElement("input");
+    input.type = "hidden";
+    input.name = name;
+    input.value = text;
+    form.appendChild(input);
+  }
+  const button = document.createElement("button");
+  button.textContent = value.label;
+  if (value.id) button.id = value.id;
+  form.appendChild(button);
+  return form;
+}
+
 function cell(value) {
   const td = document.createElement("td");
   if (typeof value === "string") {
     td.textContent = value;
+  } else if ("post" in value) {
+    td.appendChild(postButton(value));
   } else if ("href" in value) {
     const a = document.createElement("a");
     a.href = value.href;
