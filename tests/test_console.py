@@ -658,3 +658,22 @@ def test_clients_table_is_live_with_its_disconnect_buttons(tmp_path: Path) -> No
         assert token not in str(row)
 
     run(test, tmp_path)
+
+
+def test_guesses_sent_side_by_side_are_limited_too(tmp_path: Path) -> None:
+    async def test(live: Live) -> None:
+        async with live.session() as client:
+            token = await csrf_of(client, live.base + "/login")
+
+            async def guess(i: int) -> int:
+                form = {"csrf": token, "name": ADMIN, "password": f"guess-Word-{i}"}
+                async with client.post(live.base + "/login", data=form) as response:
+                    await response.read()
+                    return response.status
+
+            statuses = await asyncio.gather(*(guess(i) for i in range(4 * auth.LOGIN_FAILURES)))
+        # Only LOGIN_FAILURES of them were checked at all; the rest waited their turn.
+        assert statuses.count(401) == auth.LOGIN_FAILURES
+        assert statuses.count(429) == 3 * auth.LOGIN_FAILURES
+
+    run(test, tmp_path)

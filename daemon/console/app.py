@@ -234,6 +234,9 @@ class Console:
                 f"Too many failed logins from your address: try again in {wait:.0f} s.",
                 status=429,
             )
+        # Counted as a failure before the check, and forgiven after a success: requests
+        # sent side by side must not all get their try before the first one fails.
+        self.limit.failed(address, now)
         loop = asyncio.get_running_loop()
         try:
             async with self._checks:
@@ -244,7 +247,6 @@ class Console:
             log.error("console: cannot read the admins file: %s", exc)
             return self._login_response(session, "The admins file cannot be read.", status=500)
         if not ok:
-            self.limit.failed(address, time.monotonic())
             # The name only if it is an admin's: a password typed into the name field
             # must not reach the log.
             why = f"admin {name}: wrong password" if known else "no such admin"
