@@ -233,8 +233,10 @@ class FakeGateway:
     config_path: str
     connections: dict[str, object] = field(default_factory=lambda: {"dc-cloud": object()})
     plane: None = None
+    status_calls: int = 0
 
     def status(self) -> dict[str, Any]:
+        self.status_calls += 1
         return {
             "daemon": {"version": "0.1.0", "uptime": 75.0, "interface": "lockgate0"},
             "connections": [
@@ -675,5 +677,31 @@ def test_guesses_sent_side_by_side_are_limited_too(tmp_path: Path) -> None:
         # Only LOGIN_FAILURES of them were checked at all; the rest waited their turn.
         assert statuses.count(401) == auth.LOGIN_FAILURES
         assert statuses.count(429) == 3 * auth.LOGIN_FAILURES
+
+    run(test, tmp_path)
+
+
+def test_polls_share_one_status_document_until_an_action(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A TTL no slow machine outlasts: the count below does not depend on timing.
+    monkeypatch.setattr("daemon.console.app.STATUS_TTL", 3600.0)
+
+    async def test(live: Live) -> None:
+        gateway = live.console.gateway
+        async with live.session() as client:
+            await log_in(live, client)
+            token = await csrf_of(client, live.base + "/connection/dc-cloud")
+            before = gateway.status_calls  # type: ignore[attr-defined]
+            for _ in range(5):
+                async with client.get(live.base + "/api/overview") as r:
+                    assert r.status == 200
+            assert gateway.status_calls == before  # type: ignore[attr-defined]
+            before = gateway.status_calls  # type: ignore[attr-defined]
+            async with client.post(live.base + "/connection/dc-cloud/rekey",
+                                   data={"csrf": token}) as r:  # fmt: skip
+                assert r.status == 200
+            # The page after the action is built from a new one.
+            assert gateway.status_calls == before + 1  # type: ignore[attr-defined]
 
     run(test, tmp_path)

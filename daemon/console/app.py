@@ -65,6 +65,9 @@ PUBLIC = ("/login", "/static/")
 MAX_BODY = 64 * 1024
 LOGIN_CHECKS = 2
 """scrypt checks run at once (each takes 16 MiB and some 50 ms of a core)."""
+STATUS_TTL = 1.0
+"""Seconds one status document serves every page and poll: its cost grows with the SAs
+(O(N)), and several open pages polling each must not multiply it."""
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 SESSION: web.RequestKey[Session | None] = web.RequestKey("session", Session)
@@ -96,6 +99,7 @@ class Console:
             for item in importlib.resources.files("daemon.console").joinpath("static").iterdir()
             if (name := item.name).endswith(tuple(STATIC_TYPES))
         }
+        self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._runner: web.AppRunner | None = None
         self._sampler: asyncio.Task[None] | None = None
 
@@ -165,6 +169,13 @@ class Console:
             self.gateway.connections,
             now,
         )
+
+    def _status(self) -> dict[str, Any]:
+        """The gateway's status document, at most STATUS_TTL old (none after an action)."""
+        now = time.monotonic()
+        if self._status_cache is None or now - self._status_cache[0] > STATUS_TTL:
+            self._status_cache = (now, self.gateway.status())
+        return self._status_cache[1]
 
     # ---- what every request goes through ------------------------------------------------
 
@@ -288,7 +299,7 @@ class Console:
         config = self.gateway.config
         addresses = [str(a) for a in config.gateway.addresses] if config is not None else []
         ident = config.gateway.id if config is not None else "?"
-        return pages.overview_tables(self.gateway.status(), self.traffic.rates, addresses, ident)
+        return pages.overview_tables(self._status(), self.traffic.rates, addresses, ident)
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         body = pages.overview_page(self._overview_tables(), **self._page(request))
@@ -305,7 +316,7 @@ class Console:
 
     async def connection(self, request: web.Request) -> web.StreamResponse:
         name = self._connection_name(request)
-        tables = pages.connection_tables(self.gateway.status(), name)
+        tables = pages.connection_tables(self._status(), name)
         page = self._page(request)
         csrf = page.pop("csrf")
         body = pages.connection_page(name, tables, csrf, **page)
@@ -313,7 +324,7 @@ class Console:
 
     async def connection_api(self, request: web.Request) -> web.StreamResponse:
         name = self._connection_name(request)
-        return web.json_response({"tables": pages.connection_tables(self.gateway.status(), name)})
+        return web.json_response({"tables": pages.connection_tables(self._status(), name)})
 
     async def remote_access(self, request: web.Request) -> web.StreamResponse:
         config = self.gateway.config
@@ -363,12 +374,14 @@ class Console:
 
     def _done(self, request: web.Request, what: str, result: str, back: str) -> web.HTTPSeeOther:
         """Log an action with its admin and outcome, and show the outcome on `back`."""
+        self._status_cache = None  # the next page shows what the action changed
         session = _session(request)
         log.info("console: admin %s: %s: %s", session.admin, what, result.splitlines()[0])
         session.notice = result
         return web.HTTPSeeOther(back)
 
     def _refused(self, request: web.Request, what: str, reason: str, back: str) -> web.HTTPSeeOther:
+        self._status_cache = None
         session = _session(request)
         log.warning("console: admin %s: %s refused: %s", session.admin, what, reason)
         session.notice = f"Refused: {reason}"
