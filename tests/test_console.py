@@ -179,7 +179,11 @@ def test_self_signed_certificate_is_made_once_beside_the_config(
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     parsed = x509.load_pem_x509_certificate(cert.read_bytes())
     san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # The listening address first, then the gateway's.
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == [
+        "127.0.0.1",
+        "198.51.100.1",
+    ]
     assert fingerprint(parsed) in caplog.text
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint(parsed))
     first = cert.read_bytes()
@@ -705,3 +709,19 @@ def test_polls_share_one_status_document_until_an_action(
             assert gateway.status_calls == before + 1  # type: ignore[attr-defined]
 
     run(test, tmp_path)
+
+
+def test_a_left_over_key_is_replaced_owner_only_and_any_address_is_not_named(
+    tmp_path: Path,
+) -> None:
+    conf = write_config(tmp_path)
+    conf.write_text(conf.read_text().replace('listen = "127.0.0.1:', 'listen = "0.0.0.0:'))
+    stale = tmp_path / SELF_SIGNED_KEY
+    stale.write_text("old")
+    stale.chmod(0o644)
+    cert, key = certificate_files(load_config(conf), conf)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.read_text() != "old"
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    # 0.0.0.0 names no host: the gateway's address stands in.
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["198.51.100.1"]

@@ -7,11 +7,13 @@ it against what the browser shows before trusting it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -40,8 +42,10 @@ def certificate_files(config: Config, config_path: Path) -> tuple[Path, Path]:
     directory = config_path.resolve().parent
     cert, key = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
     if not (cert.exists() and key.exists()):
-        host = console.host if console is not None else gateway.addresses[0]
-        make_self_signed(cert, key, gateway.id, host)
+        # The listening address, and the gateway's (for a console on 0.0.0.0 or ::).
+        listen = [console.host] if console is not None else []
+        hosts = [a for a in dict.fromkeys([*listen, *gateway.addresses]) if not a.is_unspecified]
+        make_self_signed(cert, key, gateway.id, hosts)
         log.info("console: made a self-signed certificate %s", cert)
     log.info(
         "console: self-signed certificate, SHA-256 fingerprint %s",
@@ -54,9 +58,9 @@ def make_self_signed(
     cert_path: Path,
     key_path: Path,
     name: str,
-    host: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    hosts: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
 ) -> None:
-    """Write a P-256 key (created with mode 0600) and a certificate for `host`."""
+    """Write a P-256 key (created with mode 0600) and a certificate for `hosts`."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"lockgate console {name}")])
     now = datetime.datetime.now(datetime.UTC)
@@ -69,7 +73,9 @@ def make_self_signed(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         # Browsers match the address against the SAN, never the CN (RFC 6125 §6.4.4).
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(host)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(h) for h in hosts]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
@@ -79,8 +85,11 @@ def make_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # Owner-only from its first byte: never a moment when others could read the key.
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Owner-only from its first byte: never a moment when others could read the key (a
+    # file left from before, whatever its mode, is replaced, not reused).
+    with contextlib.suppress(FileNotFoundError):
+        key_path.unlink()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
