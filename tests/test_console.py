@@ -567,7 +567,7 @@ def test_plain_http_gets_no_http_answer(tmp_path: Path) -> None:
 
 def test_a_flood_of_login_forms_does_not_log_admins_out() -> None:
     sessions = auth.Sessions()
-    admin = sessions.login(sessions.new(0.0), ADMIN, 0.0)
+    admin = sessions.login(sessions.new(0.0), ADMIN, "scrypt$...", 0.0)
     for i in range(auth.MAX_SESSIONS * 2):
         sessions.new(1.0 + i / 10_000)
     assert len(sessions.by_token) == auth.MAX_SESSIONS
@@ -725,3 +725,25 @@ def test_a_left_over_key_is_replaced_owner_only_and_any_address_is_not_named(
     san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     # 0.0.0.0 names no host: the gateway's address stands in.
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["198.51.100.1"]
+
+
+def test_deleting_an_admin_or_a_new_password_ends_their_sessions(tmp_path: Path) -> None:
+    async def test(live: Live) -> None:
+        admins = live.tmp / "admins"
+        async with live.session() as client, live.session() as other:
+            await log_in(live, client)
+            async with client.get(live.base + "/api/overview") as r:
+                assert r.status == 200
+            # `lockgate admin passwd`: the old sessions end, a new login works.
+            save_users(admins, {ADMIN: User(ADMIN, password=hash_password("new-Pass-4242"))})
+            async with client.get(live.base + "/api/overview") as r:
+                assert r.status == 401
+            assert (await log_in(live, other, "new-Pass-4242")).status == 303
+            async with other.get(live.base + "/api/overview") as r:
+                assert r.status == 200
+            # `lockgate admin del`.
+            save_users(admins, {})
+            async with other.get(live.base + "/", allow_redirects=False) as r:
+                assert (r.status, r.headers["Location"]) == (303, "/login")
+
+    run(test, tmp_path)

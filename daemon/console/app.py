@@ -26,7 +26,7 @@ from multidict import MultiDictProxy
 from conf.users import load_users, password_problem
 from daemon.commands import handle_request
 from daemon.console import pages
-from daemon.console.auth import LoginLimit, Session, Sessions, check_admin, csrf_ok
+from daemon.console.auth import Admins, LoginLimit, Session, Sessions, check_admin, csrf_ok
 from daemon.console.logs import LogBuffer
 from daemon.console.tls import certificate_files, server_context
 from daemon.console.traffic import SAMPLE_INTERVAL, Traffic
@@ -90,6 +90,7 @@ class Console:
         self.config = config
         self.command = command
         self.sessions = Sessions()
+        self.admins = Admins(config.admins)
         self.limit = LoginLimit()
         self.traffic = Traffic()
         self.logs = LogBuffer()
@@ -194,6 +195,10 @@ class Console:
         """An admin's session for everything but the login and the static files, and
         the session's CSRF token with every POST."""
         session = self.sessions.get(request.cookies.get(COOKIE), time.monotonic())
+        if session is not None and session.admin is not None and not self._still_admin(session):
+            log.info("console: admin %s: session ended (deleted or new password)", session.admin)
+            self.sessions.end(session)
+            session = None
         request[SESSION] = session
         if request.method == "POST":
             form = await request.post()
@@ -212,6 +217,15 @@ class Console:
                 raise web.HTTPUnauthorized(text="log in first")
             raise web.HTTPSeeOther("/login")
         return await handler(request)
+
+    def _still_admin(self, session: Session) -> bool:
+        """Whether the session's admin still exists with the password they logged in with."""
+        try:
+            proof = self.admins.proof(session.admin or "")
+        except ConfigError as exc:
+            log.error("console: cannot read the admins file: %s", exc)
+            return False
+        return proof is not None and proof == session.proof
 
     # ---- logging in and out ------------------------------------------------------------
 
@@ -251,7 +265,7 @@ class Console:
         loop = asyncio.get_running_loop()
         try:
             async with self._checks:
-                known, ok = await loop.run_in_executor(
+                admin, ok = await loop.run_in_executor(
                     None, check_admin, self.config.admins, name, password
                 )
         except ConfigError as exc:
@@ -260,11 +274,12 @@ class Console:
         if not ok:
             # The name only if it is an admin's: a password typed into the name field
             # must not reach the log.
-            why = f"admin {name}: wrong password" if known else "no such admin"
+            why = f"admin {name}: wrong password" if admin is not None else "no such admin"
             log.warning("console: failed login from %s (%s)", address, why)
             return self._login_response(session, "Wrong name or password.", status=401)
         self.limit.succeeded(address)
-        fresh = self.sessions.login(session, name, time.monotonic())
+        proof = admin.password if admin is not None else None
+        fresh = self.sessions.login(session, name, proof, time.monotonic())
         log.info("console: admin %s logged in from %s", name, address)
         response = web.HTTPSeeOther("/")
         _set_cookie(response, fresh.token)

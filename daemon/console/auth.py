@@ -43,15 +43,40 @@ class Session:
     """The admin logged in, or None for a session that only carries the login's token."""
     notice: str | None = None
     """A message for the next page (an action's outcome)."""
+    proof: str | None = None
+    """The admin's password hash at login: when `lockgate admin passwd` or `del` changes
+    it, the session ends."""
 
 
-def check_admin(admins_file: Path, name: str, password: str) -> tuple[bool, bool]:
-    """Whether `name` is an admin, and whether `password` is theirs (the file is read
-    anew, so `lockgate admin` changes need no reload). Slow on purpose (scrypt): run it
-    off the event loop."""
+def check_admin(admins_file: Path, name: str, password: str) -> tuple[User | None, bool]:
+    """The admin `name` (None: no such admin), and whether `password` is theirs (the
+    file is read anew, so `lockgate admin` changes need no reload). Slow on purpose
+    (scrypt): run it off the event loop."""
     user = load_users(admins_file).get(name)
     ok = verify_password(user if user is not None else _DUMMY, password)
-    return user is not None, ok and user is not None
+    return user, ok and user is not None
+
+
+@dataclass
+class Admins:
+    """The admins file's password hashes by name, read again only when the file changes
+    (checked at every request: a deleted admin or a new password ends the sessions)."""
+
+    path: Path
+    _seen: tuple[int, int, int] | None = None
+    _hashes: dict[str, str | None] = field(default_factory=dict)
+
+    def proof(self, name: str) -> str | None:
+        """`name`'s password hash now, or None if `name` is no admin (any more)."""
+        try:
+            st = self.path.stat()
+            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            return None
+        if seen != self._seen:
+            self._hashes = {n: u.password for n, u in load_users(self.path).items()}
+            self._seen = seen
+        return self._hashes.get(name)
 
 
 @dataclass
@@ -86,12 +111,12 @@ class Sessions:
         session.used = now
         return session
 
-    def login(self, session: Session, admin: str, now: float) -> Session:
+    def login(self, session: Session, admin: str, proof: str | None, now: float) -> Session:
         """A new session for `admin` in place of `session`: a token known before the
         login (session fixation) is worth nothing after it."""
         self.by_token.pop(session.token, None)
         fresh = self.new(now)
-        fresh.admin = admin
+        fresh.admin, fresh.proof = admin, proof
         return fresh
 
     def end(self, session: Session) -> None:
