@@ -44,6 +44,7 @@ from conf.model import (
     Config,
     ConnectionConfig,
     ConnectionMode,
+    ConsoleConfig,
     GatewayConfig,
     GroupConfig,
     IpAddress,
@@ -1451,28 +1452,71 @@ def _check_remote_access(
                             )
 
 
-def _listen(raw: Any) -> tuple[str, int]:
-    """ "127.0.0.1:9273", "[::1]:9273": an IP address and a TCP port."""
+def _listen(raw: Any) -> tuple[IpAddress, int]:
+    """ "198.51.100.2:8443" or "[2001:db8::2]:8443": an address and a port, both needed
+    (`[metrics]` and `[console]`)."""
     text = _string(raw).strip()
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _Bad(f'{text!r} is not ADDRESS:PORT (e.g. "127.0.0.1:9273")')
+    if not sep or not port.isdigit():
+        raise _Bad(f'{text!r} needs ADDRESS:PORT (e.g. "198.51.100.2:8443")')
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise _Bad(f'{text!r}: write an IPv6 address in brackets, e.g. "[::1]:9273"')
+        raise _Bad(f'{text!r}: put an IPv6 address in brackets (e.g. "[2001:db8::2]:8443")')
     try:
-        address = parse_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise _Bad(f"{host!r} is not an IP address") from None
-    return str(address), int(port)
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise _Bad(f"port {number} is out of range (1-65535)")
+    return address, number
+
+
+def _console(data: Mapping[str, Any], problems: list[Problem]) -> ConsoleConfig | None:
+    """`[console]`: where the web console listens, its admins file and its TLS pair."""
+    s = _Section(data, "console", problems)
+    before = len(problems)
+    listen = s.required("listen", _listen)
+    admins = s.required("admins", _path)
+    certificate = s.optional("certificate", _readable_file)
+    private_key = s.optional("private_key", _private_file)
+    s.finish()
+    if s.has("certificate") != s.has("private_key"):
+        missing = "private_key" if s.has("certificate") else "certificate"
+        s.problem(missing, "certificate and private_key must be set together")
+    if admins is not None:
+        try:
+            # The admins file has the users file's format (names and scrypt hashes); a
+            # missing one is allowed (no admin yet), a malformed or readable one is not.
+            load_users(admins)
+        except ConfigError as exc:
+            s.problem("admins", "; ".join(str(p) for p in exc.problems) or str(exc))
+    if certificate is not None and private_key is not None:
+        key = _private_key(s, private_key)
+        try:
+            cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+        except ValueError:
+            s.problem("certificate", f"{str(certificate)!r} is not a PEM X.509 certificate")
+        else:
+            if key is not None and cert.public_key() != key.public_key():
+                s.problem("private_key", "does not match the public key of console.certificate")
+    if len(problems) > before or listen is None or admins is None:
+        return None
+    return ConsoleConfig(
+        host=listen[0],
+        port=listen[1],
+        admins=admins,
+        certificate=certificate,
+        private_key=private_key,
+    )
 
 
 def _metrics(data: Mapping[str, Any], problems: list[Problem]) -> MetricsConfig | None:
     s = _Section(data, "metrics", problems)
     listen = s.required("listen", _listen)
     s.finish()
-    return MetricsConfig(*listen) if listen is not None else None
+    return MetricsConfig(str(listen[0]), listen[1]) if listen is not None else None
 
 
 def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
@@ -1480,7 +1524,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     problems: list[Problem] = []
     warnings: list[Problem] = []
     top = _Section(data, "", problems)
-    top.seen.update({"gateway", "peers", "connections", "remote_access", "metrics"})
+    top.seen.update({"gateway", "peers", "connections", "remote_access", "metrics", "console"})
     top.finish()
     gateway = None
     if "gateway" not in data:
@@ -1512,6 +1556,9 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     metrics = None
     if "metrics" in data and (table := _table(data["metrics"], "metrics", problems)) is not None:
         metrics = _metrics(table, problems)
+    console = None
+    if "console" in data and (table := _table(data["console"], "console", problems)) is not None:
+        console = _console(table, problems)
     # Site-to-site, point-to-cloud or both; a file with neither does nothing.
     if not problems and not connections and "remote_access" not in data:
         problems.append(Problem("connections", "no connection is configured"))
@@ -1523,6 +1570,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         connections=types.MappingProxyType(connections),
         source=source,
         remote_access=types.MappingProxyType(servers),
+        console=console,
         warnings=tuple(warnings),
         metrics=metrics,
     )

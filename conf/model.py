@@ -6,6 +6,7 @@
 [connections.NAME]     -> ConnectionConfig
 [remote_access.NAME]   -> RemoteAccessConfig (point-to-cloud servers)
 [remote_access.NAME.groups.GROUP] -> GroupConfig
+[console]              -> ConsoleConfig (the web console; off when absent)
 ```
 
 The key names are a user-facing contract: documentation, examples, operators'
@@ -299,6 +300,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """`[console]`: the web console (HTTPS only), off when the section is absent."""
+
+    host: IpAddress
+    """The address it listens on (`listen = "198.51.100.2:8443"`)."""
+    port: int
+    admins: Path
+    """The admins file (`lockgate admin add`): names and scrypt hashes, mode 0600."""
+    certificate: Path | None = None
+    """PEM certificate; None: [gateway]'s, else a self-signed one beside the file."""
+    private_key: Path | None = None
+    """PEM private key of `certificate`, owner-only."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole configuration file."""
 
@@ -312,6 +328,8 @@ class Config:
     """The file it was loaded from, if any."""
     remote_access: Mapping[str, RemoteAccessConfig] = field(default_factory=dict)
     """`[remote_access.NAME]` sections (point-to-cloud servers) by NAME, in file order."""
+    console: ConsoleConfig | None = None
+    """`[console]`: the web console, if configured."""
     warnings: tuple[Problem, ...] = ()
     """Legal settings that are probably not what was meant; `check-config` prints them
     and the daemon logs them at start and on reload."""

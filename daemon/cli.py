@@ -10,6 +10,7 @@
     lockgate [-s SOCKET] disconnect [-c FILE] SERVER USER
     lockgate user add|del|passwd|list SERVER ... [-c FILE]
     lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c FILE]
+    lockgate admin add|passwd|del NAME [--password-stdin] [-c FILE]
     lockgate demo [--bgp]
 
 A client command finds the daemon's control socket with -s, else in the
@@ -29,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from daemon import remote_access_cli
+from daemon import admin_cli, remote_access_cli
 from daemon.control import DEFAULT_SOCKET, ControlClientError, request
 from daemon.status import format_clients, format_status, format_summary
 
@@ -100,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 
     # Remote access: users files and client profiles, from the configuration file.
     remote_access_cli.add_parsers(sub)
+    # The web console's admins file.
+    admin_cli.add_parser(sub)
 
     clients = sub.add_parser("clients", help="the connected point-to-cloud clients")
     clients.add_argument("--json", action="store_true", help="machine-readable output")
@@ -155,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_daemon(args.config, socket_path=args.socket, log_level=args.log_level)
     if command == "check-config":
         return _check_config(args.file)
+    if command == "admin":
+        return admin_cli.run(args)
     if command in remote_access_cli.COMMANDS:
         return remote_access_cli.run(args)
     if command == "demo":

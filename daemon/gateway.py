@@ -25,7 +25,8 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from conf import ConfigError
 from conf.ike import endpoint_config, ike_connections
@@ -70,6 +71,9 @@ from ikev2.sa import IkeSa
 from ikev2.sa_types import IkeSaState
 from ikev2.ts import format_selectors
 from tun import LinkError, PacketDevice, RouteSocket, TunDevice, TunError
+
+if TYPE_CHECKING:
+    from daemon.console.app import Console
 
 __all__ = ["Gateway", "GatewayError", "run_daemon"]
 
@@ -150,6 +154,8 @@ class Gateway:
         self.event_counts = EventCounts()
         """IKE SA setups, failures and rekeys, for the metrics (`daemon.metrics`)."""
         self._metrics: MetricsServer | None = None
+        self.console: Console | None = None
+        """The web console (`[console]`, `daemon.console`), if configured."""
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -293,6 +299,13 @@ class Gateway:
                 ) from exc
         # The point-to-cloud servers: their own TUNs and ports, after the gateway's.
         await self.remote_access.start(config, self._links)
+        if config.console is not None:
+            # Imported only when configured: a gateway without a console never loads
+            # the HTTP server.
+            from daemon.console.app import Console
+
+            self.console = Console(self, config.console)
+            await self.console.start(Path(self.config_path))
         for ike in ikes:
             self.add_peer(ike)
 
@@ -334,6 +347,8 @@ class Gateway:
             log.warning("%d IKE SA(s) did not confirm the delete in time", left)
 
     async def _teardown(self) -> None:
+        if self.console is not None:
+            await self.console.close()
         await self.remote_access.close()
         if self.ike is not None:
             self.ike.stop()

@@ -91,6 +91,8 @@ def _reload(gateway: Gateway) -> str:
         )
     if new.metrics != old.metrics:
         log.warning("[metrics] changed: the endpoint stays as it is until a restart")
+    if new.console != old.console:
+        log.warning("[console] changed: the web console's settings need a restart")
     ikev2_summary = _reload_ikev2_server(gateway, new)
     old_ike = {name: peer.config for name, peer in gateway.peers.items()}
     new_ike = {c.name: c for c in new_list}

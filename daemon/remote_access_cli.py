@@ -20,6 +20,7 @@ import getpass
 import ipaddress
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,21 +36,23 @@ PROFILE_FORMATS = ("mobileconfig", "sswan", "windows")
 """The profile formats of an ikev2 server (`daemon.ikev2_profile.FORMATS`)."""
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The command cannot do what was asked; the message says why (exit status 1)."""
+
+
+def conf_option(cmd: argparse.ArgumentParser) -> None:
+    """`-c CONF`, the configuration file (default: DEFAULT_CONFIG)."""
+    cmd.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="CONF",
+        help=f"configuration file (default: {DEFAULT_CONFIG})",
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `user` and `profile` under the `lockgate` parser's subcommands."""
-
-    def conf_option(cmd: argparse.ArgumentParser) -> None:
-        cmd.add_argument(
-            "-c",
-            "--config",
-            default=DEFAULT_CONFIG,
-            metavar="CONF",
-            help=f"configuration file (default: {DEFAULT_CONFIG})",
-        )
 
     user = sub.add_parser("user", help="manage the users of a remote-access server")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             print(_list(args), end="")
         else:
             print({"add": _add, "del": _delete, "passwd": _passwd}[args.action](args))
-    except _Refused as exc:
+    except Refused as exc:
         print(f"{label}: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
@@ -120,20 +123,20 @@ def _server(args: argparse.Namespace) -> tuple[Config, RemoteAccessConfig]:
     server = config.remote_access.get(args.server)
     if server is None:
         known = ", ".join(config.remote_access) or "none configured"
-        raise _Refused(f"no remote-access server named {args.server!r} (servers: {known})")
+        raise Refused(f"no remote-access server named {args.server!r} (servers: {known})")
     return config, server
 
 
 def _users_file(server: RemoteAccessConfig) -> Path:
     if server.users is None:
-        raise _Refused(
+        raise Refused(
             f"remote_access.{server.name} has no users file: set its `users` key to "
             "the file that `lockgate user` should write"
         )
     return server.users
 
 
-def _password(args: argparse.Namespace) -> str:
+def read_password(args: argparse.Namespace) -> str:
     """The new password: one line of stdin, or typed twice at a prompt; the rule applies."""
     from conf.users import password_problem
 
@@ -142,10 +145,10 @@ def _password(args: argparse.Namespace) -> str:
     else:
         password = getpass.getpass(f"Password for {args.name}: ")
         if getpass.getpass("Again: ") != password:
-            raise _Refused("the passwords differ; nothing changed")
+            raise Refused("the passwords differ; nothing changed")
     problem = password_problem(args.name, password)
     if problem is not None:
-        raise _Refused(f"{problem}; nothing changed")
+        raise Refused(f"{problem}; nothing changed")
     return password
 
 
@@ -155,19 +158,19 @@ def _static_ip(
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        raise _Refused(f"--static-ip {text!r} is not an IP address") from None
+        raise Refused(f"--static-ip {text!r} is not an IP address") from None
     pool = server.client_pool if address.version == 4 else server.client_pool6
     pools = " or ".join(str(p) for p in (server.client_pool, server.client_pool6) if p)
     if pool is None or address not in pool:
-        raise _Refused(f"--static-ip {address} is outside the client pool ({pools})")
+        raise Refused(f"--static-ip {address} is outside the client pool ({pools})")
     if address in (pool.network_address, pool.broadcast_address):
-        raise _Refused(f"--static-ip {address} is not a host address of {pool}")
+        raise Refused(f"--static-ip {address} is not a host address of {pool}")
     first = next(pool.hosts())
     if address == first:
-        raise _Refused(f"--static-ip {address} is the server's own address in {pool}")
+        raise Refused(f"--static-ip {address} is the server's own address in {pool}")
     for other in users.values():
         if other.static_ip == address:
-            raise _Refused(f"--static-ip {address} is already {other.name}'s")
+            raise Refused(f"--static-ip {address} is already {other.name}'s")
     return address
 
 
@@ -192,32 +195,68 @@ NT_HASH_NOTE = (
 
 
 def _add(args: argparse.Namespace) -> str:
+    _, server = _server(args)
+    return add_user(
+        server,
+        args.name,
+        group=args.group,
+        static_ip=args.static_ip,
+        password=None
+        if server.auth == "certificate" and not args.password_stdin
+        else lambda: read_password(args),
+    )
+
+
+def _delete(args: argparse.Namespace) -> str:
+    _, server = _server(args)
+    return delete_user(server, args.name)
+
+
+def _passwd(args: argparse.Namespace) -> str:
+    _, server = _server(args)
+    return set_password(server, args.name, lambda: read_password(args))
+
+
+# --- the users file's changes (the CLI's and the web console's) -------------------------
+
+
+def add_user(
+    server: RemoteAccessConfig,
+    name: str,
+    *,
+    group: str | None,
+    static_ip: str | None,
+    password: Callable[[], str] | None,
+) -> str:
+    """Add user `name` to `server`'s users file; `password` is asked for only once the
+    rest is known to be acceptable (None: none given). Refused: `Refused`."""
     from conf.users import NAME_RE, User, load_users, save_users
 
-    _, server = _server(args)
     path = _users_file(server)
-    if not NAME_RE.match(args.name):
-        raise _Refused(
-            f"{args.name!r} is not a valid user name (1-64 letters, digits and '._@-', "
+    if not NAME_RE.match(name):
+        raise Refused(
+            f"{name!r} is not a valid user name (1-64 letters, digits and '._@-', "
             "starting with a letter or digit)"
         )
     users = load_users(path)
-    if args.name in users:
-        raise _Refused(f"user {args.name!r} already exists on {server.name}")
-    if args.group is not None and args.group not in server.groups:
+    if name in users:
+        raise Refused(f"user {name!r} already exists on {server.name}")
+    if group is not None and group not in server.groups:
         known = ", ".join(server.groups) or "none defined"
-        raise _Refused(f"no group {args.group!r} in remote_access.{server.name} (groups: {known})")
-    static_ip = None if args.static_ip is None else _static_ip(server, users, args.static_ip)
-    user = User(args.name, group=args.group, static_ip=static_ip)
+        raise Refused(f"no group {group!r} in remote_access.{server.name} (groups: {known})")
+    address = None if static_ip is None else _static_ip(server, users, static_ip)
+    user = User(name, group=group, static_ip=address)
     if server.auth == "certificate":
-        if args.password_stdin:
-            raise _Refused(
+        if password is not None:
+            raise Refused(
                 f'remote_access.{server.name} has auth = "certificate": users log in with '
                 "a certificate whose CN is their name, not a password"
             )
     else:
-        user = _with_password(server, user, _password(args))
-    users[args.name] = user
+        if password is None:
+            raise Refused(f"remote_access.{server.name}: a new user needs a password")
+        user = _with_password(server, user, password())
+    users[name] = user
     save_users(path, users)
     details = [f"group {user.group}"] if user.group else []
     if user.static_ip is not None:
@@ -226,39 +265,62 @@ def _add(args: argparse.Namespace) -> str:
         details.append("certificate login (CN = user name)")
     suffix = f" ({', '.join(details)})" if details else ""
     note = f"\n{NT_HASH_NOTE}" if user.nt_hash is not None else ""
-    return f"user {args.name} added to {server.name}{suffix}{note}"
+    return f"user {name} added to {server.name}{suffix}{note}"
 
 
-def _delete(args: argparse.Namespace) -> str:
+def delete_user(server: RemoteAccessConfig, name: str) -> str:
+    """Delete user `name` from `server`'s users file."""
     from conf.users import load_users, save_users
 
-    _, server = _server(args)
     path = _users_file(server)
     users = load_users(path)
-    if args.name not in users:
-        raise _Refused(f"no user {args.name!r} on {server.name}")
-    del users[args.name]
+    if name not in users:
+        raise Refused(f"no user {name!r} on {server.name}")
+    del users[name]
     save_users(path, users)
-    return f"user {args.name} deleted from {server.name}"
+    return f"user {name} deleted from {server.name}"
 
 
-def _passwd(args: argparse.Namespace) -> str:
+def set_password(server: RemoteAccessConfig, name: str, password: Callable[[], str]) -> str:
+    """Give user `name` of `server` a new password (asked for once the user is found)."""
     from conf.users import load_users, save_users
 
-    _, server = _server(args)
     path = _users_file(server)
     if server.auth == "certificate":
-        raise _Refused(
+        raise Refused(
             f'remote_access.{server.name} has auth = "certificate": its users have no password'
         )
     users = load_users(path)
-    if args.name not in users:
-        raise _Refused(f"no user {args.name!r} on {server.name}")
-    user = _with_password(server, users[args.name], _password(args))
-    users[args.name] = user
+    if name not in users:
+        raise Refused(f"no user {name!r} on {server.name}")
+    user = _with_password(server, users[name], password())
+    users[name] = user
     save_users(path, users)
     note = f"\n{NT_HASH_NOTE}" if user.nt_hash is not None else ""
-    return f"password of {args.name} changed on {server.name}{note}"
+    return f"password of {name} changed on {server.name}{note}"
+
+
+def set_user(
+    server: RemoteAccessConfig, name: str, *, group: str | None, static_ip: str | None
+) -> str:
+    """Set (or clear, with None) the group and the static IP of user `name` of `server`."""
+    from conf.users import load_users, save_users
+
+    path = _users_file(server)
+    users = load_users(path)
+    if name not in users:
+        raise Refused(f"no user {name!r} on {server.name}")
+    if group is not None and group not in server.groups:
+        known = ", ".join(server.groups) or "none defined"
+        raise Refused(f"no group {group!r} in remote_access.{server.name} (groups: {known})")
+    others = {n: u for n, u in users.items() if n != name}
+    address = None if static_ip is None else _static_ip(server, others, static_ip)
+    users[name] = dataclasses.replace(users[name], group=group, static_ip=address)
+    save_users(path, users)
+    return (
+        f"user {name} on {server.name}: group {group or 'none'}, "
+        f"static IP {address if address is not None else 'none'}"
+    )
 
 
 def _list(args: argparse.Namespace) -> str:
@@ -290,48 +352,64 @@ def _list(args: argparse.Namespace) -> str:
 
 
 def _profile(args: argparse.Namespace) -> str:
-    from conf.users import load_users
-    from daemon.ovpn_profile import ProfileError, check_client_credential, render_profile
-
     config, server = _server(args)
+    return render_profile(
+        config, server, args.format, user=args.user, cert_file=args.cert, key_file=args.key
+    )
+
+
+def render_profile(
+    config: Config,
+    server: RemoteAccessConfig,
+    fmt: str,
+    *,
+    user: str | None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> str:
+    """A client profile of `server` in format `fmt` ("ovpn" or one of PROFILE_FORMATS)
+    for `user`, with the client's own certificate and key files if given (the CLI's and
+    the console's downloads). Refused: `Refused`."""
+    from conf.users import load_users
+    from daemon import ovpn_profile
+    from daemon.ovpn_profile import ProfileError, check_client_credential
+
     ikev2 = server.protocol == "ikev2"
-    if ikev2 and args.format == "ovpn":
-        raise _Refused(
+    if ikev2 and fmt == "ovpn":
+        raise Refused(
             f"remote_access.{server.name} is an ikev2 server: choose --format "
             f"{'|'.join(PROFILE_FORMATS)} (an .ovpn profile is for SSL servers)"
         )
-    if not ikev2 and args.format != "ovpn":
-        raise _Refused(
+    if not ikev2 and fmt != "ovpn":
+        raise Refused(
             f"remote_access.{server.name} is an SSL server: its profile is an .ovpn "
-            f"(drop --format {args.format}; that format is for ikev2 servers)"
+            f"(drop --format {fmt}; that format is for ikev2 servers)"
         )
-    if ikev2 and args.user is None:
-        raise _Refused(f"a {args.format} profile is made for one user: give --user NAME")
-    if (
-        args.user is not None
-        and server.users is not None
-        and args.user not in load_users(server.users)
-    ):
-        raise _Refused(f"no user {args.user!r} on {server.name}")
-    if (args.cert is None) != (args.key is None):
-        raise _Refused("--cert and --key go together")
+    if ikev2 and user is None:
+        raise Refused(f"a {fmt} profile is made for one user: give --user NAME")
+    if user is not None and server.users is not None and user not in load_users(server.users):
+        raise Refused(f"no user {user!r} on {server.name}")
+    if (cert_file is None) != (key_file is None):
+        raise Refused("--cert and --key go together")
     if not ikev2:
         try:
-            check_client_credential(server, args.cert is not None)
+            check_client_credential(server, cert_file is not None)
         except ProfileError as exc:
-            raise _Refused(str(exc)) from None
+            raise Refused(str(exc)) from None
     try:
-        cert = None if args.cert is None else Path(args.cert).read_bytes()
-        key = None if args.key is None else Path(args.key).read_bytes()
+        cert = None if cert_file is None else Path(cert_file).read_bytes()
+        key = None if key_file is None else Path(key_file).read_bytes()
     except OSError as exc:
-        raise _Refused(f"cannot read {exc.filename}: {exc.strerror}") from None
+        raise Refused(f"cannot read {exc.filename}: {exc.strerror}") from None
     try:
-        if ikev2:
+        if ikev2 and user is not None:
             from daemon.ikev2_profile import render_ikev2_profile
 
             return render_ikev2_profile(
-                config, server, args.format, user=args.user, client_cert=cert, client_key=key
+                config, server, fmt, user=user, client_cert=cert, client_key=key
             )
-        return render_profile(config, server, user=args.user, client_cert=cert, client_key=key)
+        return ovpn_profile.render_profile(
+            config, server, user=user, client_cert=cert, client_key=key
+        )
     except ProfileError as exc:
-        raise _Refused(str(exc)) from None
+        raise Refused(str(exc)) from None

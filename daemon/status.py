@@ -143,7 +143,8 @@ def status_line(gateway: Gateway) -> str:
 # ---- for people (the `lockgate` command and the demo) ------------------------------
 
 
-def _size(octets: int) -> str:
+def format_size(octets: int) -> str:
+    """Bytes for people: "512 B", "1.5 MiB"."""
     value = float(octets)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -152,7 +153,8 @@ def _size(octets: int) -> str:
     return f"{octets} B"  # pragma: no cover - the loop always returns
 
 
-def _age(seconds: float) -> str:
+def format_age(seconds: float) -> str:
+    """A duration for people: "42s", "3m05s", "2h10m"."""
     seconds = int(seconds)
     if seconds < 120:
         return f"{seconds}s"
@@ -195,7 +197,7 @@ def format_status(status: dict[str, Any]) -> str:
     if daemon:
         lines.append(
             f"lockgate {daemon.get('version', '')}: pid {daemon.get('pid')}, "
-            f"up {_age(daemon.get('uptime', 0))}, config {daemon.get('config', '?')}"
+            f"up {format_age(daemon.get('uptime', 0))}, config {daemon.get('config', '?')}"
         )
         lines.extend(f"  warning: {warning}" for warning in daemon.get("warnings", []))
     connections = status.get("connections", [])
@@ -212,7 +214,7 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"    IKE SA #{ike.get('id')}: {ike.get('suite', '?')}, "
                 f"{ike.get('local', '?')} <-> {ike.get('remote', '?')}, "
-                f"age {_age(ike.get('age', 0))}"
+                f"age {format_age(ike.get('age', 0))}"
                 + (f", rekeyed from #{rekeyed}" if rekeyed is not None else "")
                 + (f", ESP in UDP: {ike['udp_encap']}" if ike.get("udp_encap") else "")
             )
@@ -222,15 +224,15 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             f"  {sa['connection']} #{sa['unique_id']}: {sa['suite']}"
             f"{' esn' if sa.get('esn') else ''}, {sa['encap']} "
-            f"{sa['local']} <-> {sa['remote']}, age {_age(sa['age'])}, mtu {sa['mtu']}"
+            f"{sa['local']} <-> {sa['remote']}, age {format_age(sa['age'])}, mtu {sa['mtu']}"
         )
         lines.append(
             f"    {' '.join(sa['local_ts'])} === {' '.join(sa['remote_ts'])}"
             f"  spi in {sa['spi_in']} out {sa['spi_out']}"
         )
         lines.append(
-            f"    in  {_size(sa['bytes_in'])} / {sa['packets_in']} packets"
-            f"   out {_size(sa['bytes_out'])} / {sa['packets_out']} packets"
+            f"    in  {format_size(sa['bytes_in'])} / {sa['packets_in']} packets"
+            f"   out {format_size(sa['bytes_out'])} / {sa['packets_out']} packets"
         )
         lines.append(f"    drops: {_drops(sa.get('drops', {}))}")
     servers = status.get("remote_access", [])
@@ -263,7 +265,8 @@ def format_clients(clients: list[dict[str, Any]]) -> str:
     for c in clients:
         lines.append(
             f"  {c['server']} {c['user']} {c['virtual_ip']} from {c['remote']} "
-            f"since {c['since']}, in {_size(c['bytes_in'])}, out {_size(c['bytes_out'])}"
+            f"since {c['since']}, in {format_size(c['bytes_in'])}, "
+            f"out {format_size(c['bytes_out'])}"
         )
     return "\n".join(lines) + "\n"
 
