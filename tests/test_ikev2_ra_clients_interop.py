@@ -110,7 +110,7 @@ def test_a_full_pool_refuses_the_next_client(ra: RaLab) -> None:
             late.initiate("cloud", "lockgate", timeout=10)
         line = (
             f"ikev2 laptops: carol from 198.51.100.1 refused: pool exhausted (client pool "
-            f"{POOL}, 2 in use)"
+            f"{POOL} exhausted (2 in use))"
         )
         ra.wait_log(line)
         # The server's one line says so (the IKE core and the generic event log have
