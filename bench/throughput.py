@@ -5,7 +5,8 @@
 
 It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
 one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
-kernel-libipsec); lockgate ↔ strongSwan; lockgate ↔ lockgate as configured by default
+kernel-libipsec, its UDP sockets given lockgate's buffer size); lockgate ↔
+strongSwan; lockgate ↔ lockgate as configured by default
 (ESP in UDP, which two lockgates agree on: the UDP GSO/GRO path), and in raw ESP
 (`encap = "nat"`, what lockgate sends to other peers when no NAT is in the way). For each tunnel and
 each ESP suite (AES-GCM-128, ChaCha20-Poly1305): iperf3 TCP with one and with four
@@ -199,7 +200,9 @@ def run_data_plane(topo: SiteToSite, opts: Options) -> list[Row]:
             say(f"  {cls.label} [{suite}] ...")
             started = time.monotonic()
             measure_row(tunnel, row, opts)
-            say(f"  ({time.monotonic() - started:.0f}s)")
+            # The load average says whether the figures are worth reading: on a
+            # shared machine other work takes the cores iperf3 and the daemons need.
+            say(f"  ({time.monotonic() - started:.0f}s, load {os.getloadavg()[0]:.2f})")
             rows.append(row)
     return rows
 

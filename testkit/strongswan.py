@@ -27,6 +27,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import struct
@@ -508,6 +509,55 @@ def _ike_info(name: str, msg: Mapping[str, ViciValue]) -> IkeSaInfo:
     )
 
 
+# --- socket buffers ---------------------------------------------------------------------
+
+_SYS_PIDFD_GETFD = 438
+"""pidfd_getfd(2)'s number on x86-64 and arm64 (Linux 5.6): a duplicate of another
+process's file descriptor, which shares the open socket and so its options."""
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
+SWAN_SOCKET_BUFFER = 4 * 1024 * 1024
+"""What `Charon.grow_socket_buffers` gives charon's UDP sockets: the size lockgate
+gives its own (`daemon.pump.SOCKET_BUFFER`), so both are measured on equal terms."""
+
+
+def grow_udp_buffers(pid: int, size: int = SWAN_SOCKET_BUFFER) -> list[tuple[int, str]]:
+    """Force SO_RCVBUF and SO_SNDBUF of every UDP socket of process `pid` to `size`.
+
+    charon has no setting for its sockets' buffers (socket-default takes
+    `net.core.rmem_default`, 208 KiB here, and that sysctl is not per namespace). With
+    it, kernel-libipsec's receiving gateway dropped one ESP datagram in eight under one
+    TCP stream (`UdpRcvbufErrors`), and TCP backed off on each. The descriptor is
+    duplicated with pidfd_getfd (root), so the options land on charon's own socket.
+    Returns (fd, local address) of each socket grown.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    grown: list[tuple[int, str]] = []
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue  # closed meanwhile
+            if not target.startswith("socket:"):
+                continue
+            fd = int(libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0))
+            if fd < 0:
+                continue  # closed meanwhile, or not ours to take
+            with socket.socket(fileno=fd) as sock:
+                if sock.type != socket.SOCK_DGRAM or sock.family not in (
+                    socket.AF_INET,
+                    socket.AF_INET6,
+                ):
+                    continue
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+                sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, size)
+                grown.append((int(name), str(sock.getsockname()[:2])))
+    finally:
+        os.close(pidfd)
+    return grown
+
+
 # --- one charon -----------------------------------------------------------------------------
 
 
@@ -595,6 +645,13 @@ class Charon:
         if self.process is None:
             raise HarnessError(f"charon {self.name} not started")
         return self.process.pid
+
+    def grow_socket_buffers(self, size: int = SWAN_SOCKET_BUFFER) -> list[tuple[int, str]]:
+        """Give charon's UDP sockets `size`-octet buffers (see `grow_udp_buffers`)."""
+        grown = grow_udp_buffers(self.pid(), size)
+        if not grown:
+            raise HarnessError(f"charon {self.name}: no UDP socket to grow\n{self.logs()}")
+        return grown
 
     def write_credential(self, kind: str, filename: str, data: bytes) -> Path:
         """Put a certificate or key into swanctl's directory (kind: x509, x509ca, private...)."""

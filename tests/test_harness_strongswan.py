@@ -56,6 +56,8 @@ def test_two_charons_establish_a_child_sa_and_carry_traffic(outer: int) -> None:
             )
             a.initiate("net", ike="s2s")
             ike_b = b.wait_for_child("net")
+            grown = a.grow_socket_buffers()
+            assert any(addr.endswith(", 4500)") for _, addr in grown)  # ESP in UDP
             ping(topo.host_a, topo.site_b.host4, count=4)
             tcp_transfer(topo.host_a, topo.host_b, topo.site_b.host4, size=2 * 1024 * 1024)
 

@@ -167,11 +167,17 @@ def _ip_layout(packet: bytes) -> tuple[int, int, int]:
     raise VnetError(f"not an IPv4/IPv6 packet (version {version}, {len(packet)} octets)")
 
 
-def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
+def segment_tcp(packet: bytes, mss: int, *, partial: bool = False) -> list[bytes]:
     """Cut a TCP super-packet into segments of at most ``mss`` payload octets, each a
     valid IP packet with its own length, IPv4 ID and checksum, sequence number,
     TCP checksum; PSH and FIN stay on the last segment, CWR on the first only
-    (as the kernel's own `tcp_gso_segment` does)."""
+    (as the kernel's own `tcp_gso_segment` does).
+
+    With ``partial`` the TCP checksum field of each segment holds only its
+    pseudo-header sum, as the kernel hands a CHECKSUM_PARTIAL packet over (virtio
+    spec §5.1.6.2): no pass over the payload. Such segments are finished by whoever
+    writes them with `partial_csum_header` (the receiving kernel); only
+    `split_frame_partial` asks for them, for a kernel super-packet."""
     ip_len, protocol, version = _ip_layout(packet)
     if protocol != _IPPROTO_TCP:
         raise VnetError(f"TCP segmentation of protocol {protocol}")
@@ -184,6 +190,8 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
     payload_len = len(packet) - headers
     if payload_len <= mss:
         # Nothing to cut, but the checksum may still be partial.
+        if partial:
+            return [_partial_tcp(packet, ip_len)]
         return [_finish_tcp(packet, ip_len)]
     # Every header field that changes per segment is kept out of the fixed parts;
     # their sums are added back per segment, so each segment costs one sum over its
@@ -233,11 +241,17 @@ def segment_tcp(packet: bytes, mss: int) -> list[bytes]:
             word = doff | (flags & ~_CWR)
         else:
             word = doff | middle_flags
-        value = int.from_bytes(chunk, "big")
-        if size & 1:
-            value <<= 8
-        total = (tcp_sum + size + (seq >> 16) + (seq & 0xFFFF) + word + value) % 0xFFFF
-        tcp_header = pack_tcp(ports, seq, ack, word, window, 0xFFFF - total) + urgent_options
+        if partial:
+            # The pseudo-header sum alone (addresses, protocol, TCP length), not
+            # complemented: what the completing side adds the segment to.
+            field = (addresses + _IPPROTO_TCP + tcp_len + size) % 0xFFFF or 0xFFFF
+        else:
+            value = int.from_bytes(chunk, "big")
+            if size & 1:
+                value <<= 8
+            total = (tcp_sum + size + (seq >> 16) + (seq & 0xFFFF) + word + value) % 0xFFFF
+            field = 0xFFFF - total
+        tcp_header = pack_tcp(ports, seq, ack, word, window, field) + urgent_options
         if version == 4:
             length = headers + size
             ident = (ip_id + index) & 0xFFFF
@@ -295,6 +309,61 @@ def _finish_tcp(packet: bytes, ip_len: int) -> bytes:
     seed = pseudo_sum(packet, _IPPROTO_TCP, len(body))
     _U16.pack_into(body, 16, checksum(body, seed))
     return packet[:ip_len] + bytes(body)
+
+
+def _partial_tcp(packet: bytes, ip_len: int) -> bytes:
+    # One segment's worth: store the pseudo-header sum for its own length.
+    length = len(packet) - ip_len
+    field = pseudo_sum(packet, _IPPROTO_TCP, length) or 0xFFFF
+    at = ip_len + _TCP_CSUM_OFFSET
+    return b"".join((packet[:at], _U16.pack(field), packet[at + 2 :]))
+
+
+def split_frame_partial(frame: bytes) -> tuple[list[bytes], bool]:
+    """`split_frame` for a peer that completes TCP checksums itself: (packets, partial).
+
+    Only a TCP super-packet of the kernel's own (GSO_TCPV4/GSO_TCPV6 with
+    F_NEEDS_CSUM, the checksum where TCP's is) is cut with partial checksums, and
+    then ``partial`` is True: its payload was never checksummed by anyone, so leaving
+    that to the receiving kernel adds no trust. Every other frame comes out as
+    `split_frame` gives it, with its own checksum: a packet that arrived finished
+    (forwarded, say) keeps the checksum its sender computed, right or wrong, and is
+    never marked partial, so a corrupt one cannot be "repaired" downstream.
+    """
+    if (
+        len(frame) > VNET_HDR_LEN
+        and frame[0] & F_NEEDS_CSUM
+        and frame[1] & ~GSO_ECN
+        in (
+            GSO_TCPV4,
+            GSO_TCPV6,
+        )
+    ):
+        header = VnetHeader.decode(frame)
+        packet = frame[VNET_HDR_LEN:]
+        ip_len, protocol, _ = _ip_layout(packet)
+        if (
+            protocol == _IPPROTO_TCP
+            and header.csum_start == ip_len
+            and header.csum_offset == _TCP_CSUM_OFFSET
+        ):
+            return segment_tcp(packet, header.gso_size, partial=True), True
+    return split_frame(frame), False
+
+
+def partial_csum_header(packet: bytes | bytearray | memoryview) -> bytes:
+    """The virtio-net header that writes ``packet``, a TCP segment carrying only its
+    pseudo-header sum (`split_frame_partial`), with F_NEEDS_CSUM: the kernel (or the
+    NIC) completes the checksum. Raises VnetError unless it is an unfragmented TCP
+    packet whose TCP header lies inside it."""
+    ip_len, protocol, version = _ip_layout(bytes(packet[:60]))
+    if protocol != _IPPROTO_TCP:
+        raise VnetError(f"partial checksum on protocol {protocol}")
+    if version == 4 and _U16.unpack_from(packet, 6)[0] & 0x3FFF:
+        raise VnetError("partial checksum on an IPv4 fragment")
+    if len(packet) < ip_len + 20:
+        raise VnetError("TCP segment shorter than its header")
+    return _HEADER.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ip_len, _TCP_CSUM_OFFSET)
 
 
 def frame_packets(frame: bytes) -> int:
