@@ -88,6 +88,19 @@ class ReplayWindow:
         elif -shift < self.size:
             self._bitmap |= 1 << -shift
 
+    def commit_run(self, first: int, last: int) -> None:
+        """Record `first` .. `last` as received, all right of the window
+        (`highest` < `first` <= `last`): what `commit` of each in turn does, in
+        one step. Call only after every one of their ICVs verified."""
+        shift = last - self._highest
+        self._highest = last
+        run = last - first + 1
+        if shift < self.size:
+            # The run's bits, then the old bitmap moved past it (RFC 4303 §3.4.3).
+            self._bitmap = ((self._bitmap << shift) | ((1 << run) - 1)) & self._mask
+        else:
+            self._bitmap = ((1 << min(run, self.size)) - 1) & self._mask
+
 
 class NoReplayCheck(ReplayWindow):
     """A receiver that does not enable anti-replay (RFC 4303 §3.4.3 leaves that to the
@@ -112,3 +125,7 @@ class NoReplayCheck(ReplayWindow):
         """Track the highest number only: there is no bitmap to keep."""
         if seq > self._highest:
             self._highest = seq
+
+    def commit_run(self, first: int, last: int) -> None:
+        """Track the highest number only (`last`, right of the window)."""
+        self._highest = last

@@ -204,3 +204,35 @@ def test_esn_receiver_matches_model_across_boundary(
             window.commit(inferred)
             model.commit(seq)
         assert window.highest == model.highest
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.sampled_from([1, 2, 32, 64, 100, 1024]),
+    before=st.lists(st.integers(min_value=1, max_value=3000), max_size=20),
+    gap=st.integers(min_value=1, max_value=2500),
+    run=st.integers(min_value=1, max_value=1200),
+)
+def test_commit_run_is_each_commit_in_turn(
+    size: int, before: list[int], gap: int, run: int
+) -> None:
+    window = ReplayWindow(size)
+    model = ModelWindow(size)
+    for seq in before:
+        if window.check(seq):
+            window.commit(seq)
+            model.commit(seq)
+    first = window.highest + gap
+    window.commit_run(first, first + run - 1)
+    for seq in range(first, first + run):
+        model.commit(seq)
+    assert window.highest == model.highest
+    for seq in range(max(0, model.highest - size - 2), model.highest + 3):
+        assert window.check(seq) == model.check(seq), seq
+
+
+def test_no_replay_check_commit_run_tracks_the_highest() -> None:
+    window = NoReplayCheck(highest=7)
+    window.commit_run(9, 12)
+    assert window.highest == 12
+    assert window.check(10)  # no window: a replay passes
