@@ -456,6 +456,11 @@ def explain(gateway: Gateway, name: str) -> dict[str, Any]:
         lines.extend(f"  {line}" for line in failure.details)
         if failure.reason and failure.reason not in failure.summary:
             lines.append(f"  the IKE daemon said: {failure.reason}")
+        if failure.kind == PEER_DELETED and state.restart is not None:
+            lines.append(
+                '  start = "initiate": a new CHILD SA is requested shortly (later each time '
+                "the peer deletes it again)"
+            )
         if nat:
             lines.append(f"  {nat}")
     return {

@@ -4,8 +4,10 @@
 CHILD SAs answer to; `ChildSaInstalled` becomes two `EspSA`s, an SPD policy, an SAD
 entry and routes into the TUN, and `ChildSaDeleted` takes them away again; an IKE SA
 that ends because its peer is dead gets the peer's dpd_action (clear, restart with
-back-off, or re-arm a trap); a failure is kept for status and answers the waiting
-`lockgate up`. Each handler takes the gateway and one event.
+back-off, or re-arm a trap); a start = "initiate" connection whose CHILD SA alone the
+peer deleted asks for it again (`restart_child`, with back-off); a failure is kept for
+status and answers the waiting `lockgate up`. Each handler takes the gateway and one
+event.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.childsa import DEFAULT_PATH_MTU, entry_from_event, inner_mtu
 from daemon.diagnosis import child_failure
 from daemon.metrics import SETUP_ANSWERED, SETUP_INITIATED
-from daemon.peers import IkeSaInfo, apply_dpd_action, resolve
+from daemon.peers import IkeSaInfo, apply_dpd_action, resolve, restart_child
 from daemon.reload import replaced
 from daemon.status import status_line
 from esp.errors import EspConfigError
@@ -301,6 +303,16 @@ def _on_child_deleted(gateway: Gateway, event: ChildSaDeleted) -> None:
                 gateway.loop.call_soon(gateway.create_child, state, ike)
             else:
                 gateway.create_child(state, ike)
+        elif (
+            ike is not None
+            and state.wanted
+            and state.config.start == "initiate"
+            and event.cause is DeleteCause.PEER_DELETED
+            and ike.state is IkeSaState.ESTABLISHED
+            and not gateway.shutting_down
+        ):
+            # The peer ended the CHILD SA alone; an initiate connection comes back.
+            restart_child(gateway, state, event.unique_id)
     gateway.notifier.notify(STATUS=status_line(gateway))
 
 

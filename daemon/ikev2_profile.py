@@ -7,7 +7,9 @@ systems: what `lockgate profile SERVER --user NAME --format FORMAT` prints.
 - `sswan`: a profile for the strongSwan VPN Client for Android (its JSON import format);
 - `windows`: a PowerShell script that creates the connection with `Add-VpnConnection`,
   selects the IPsec parameters with `Set-VpnConnectionIPsecConfiguration` and adds the
-  split routes with `Add-VpnConnectionRoute`.
+  split routes with `Add-VpnConnectionRoute`. It logs in with EAP-MSCHAPv2, with the
+  computer's certificate (`auth = "certificate"`), or with `eap_tls` with the user's
+  certificate in EAP-TLS (RFC 5216 inside IKEv2's EAP, RFC 7296 §2.16).
 
 Each built-in client proposes exactly one set of algorithms, chosen in its profile. The
 profile picks, among the server's proposals in the server's order, the first that the
@@ -160,11 +162,22 @@ def render_ikev2_profile(
     user: str,
     client_cert: bytes | None = None,
     client_key: bytes | None = None,
+    eap_tls: bool = False,
 ) -> str:
     """The profile text in format `fmt` (one of FORMATS) for `user`. A password never
-    appears in a profile: the client asks for it."""
+    appears in a profile: the client asks for it. `eap_tls`: a Windows script whose
+    connection logs in with the user's certificate in EAP-TLS."""
     if server.protocol != "ikev2":
         raise ProfileError(f"remote_access.{server.name} is not an ikev2 server")
+    if eap_tls and fmt != "windows":
+        raise ProfileError(
+            f"--eap-tls is for --format windows (a {fmt} profile chooses its login itself)"
+        )
+    if eap_tls and server.auth == "password":
+        raise ProfileError(
+            f'remote_access.{server.name} has auth = "password": EAP-TLS logs in with a '
+            'certificate, which needs auth = "certificate" or "any" (drop --eap-tls)'
+        )
     given = client_cert is not None or client_key is not None
     if given and server.auth == "password":
         raise ProfileError(
@@ -187,7 +200,7 @@ def render_ikev2_profile(
     if fmt == "sswan":
         return _sswan(config, server, user)
     if fmt == "windows":
-        return _windows(config, server, user)
+        return _windows(config, server, user, eap_tls)
     raise ProfileError(f"unknown profile format {fmt!r} (formats: {', '.join(FORMATS)})")
 
 
@@ -448,7 +461,7 @@ def _ps(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _windows(config: Config, server: RemoteAccessConfig, user: str) -> str:
+def _windows(config: Config, server: RemoteAccessConfig, user: str, eap_tls: bool) -> str:
     ike = _choose(server, True, "Windows", _windows_ike)
     esp = _choose(server, False, "Windows", _windows_esp)
     certificate = server.auth == "certificate"
@@ -458,7 +471,11 @@ def _windows(config: Config, server: RemoteAccessConfig, user: str) -> str:
         "Add-VpnConnection -Name $Name -ServerAddress $Server -TunnelType Ikev2",
         "-EncryptionLevel Required -SplitTunneling -AllUserConnection -Force",
     ]
-    if certificate:
+    if eap_tls:
+        # EAP-TLS (RFC 5216) in IKE_AUTH (RFC 7296 §2.16): the user's own certificate,
+        # from the user's store; the server names the user by its CN.
+        add.append("-AuthenticationMethod Eap -EapConfigXmlStream $Eap.EapConfigXmlStream")
+    elif certificate:
         # IKEv2 certificate authentication (RFC 7427) with a certificate of the
         # computer's store; the server names the user by its CN.
         add.append("-AuthenticationMethod MachineCertificate")
@@ -492,7 +509,15 @@ def _windows(config: Config, server: RemoteAccessConfig, user: str) -> str:
         "    Remove-VpnConnection -Name $Name -AllUserConnection -Force",
         "}",
     ]
-    if certificate:
+    if eap_tls:
+        lines += [
+            f"# EAP-TLS with the user's certificate (CN = {user}) and key, imported into",
+            "# the user's Personal store: Import-PfxCertificate -CertStoreLocation",
+            "# Cert:\\CurrentUser\\My FILE.p12. Windows checks the server's certificate",
+            "# against the CA above.",
+            "$Eap = New-EapConfiguration -Tls -UserCertificate -VerifyServerIdentity",
+        ]
+    elif certificate:
         lines += [
             "# The user's certificate (CN = the user name) and key must be in the",
             "# computer's Personal store: Import-PfxCertificate -CertStoreLocation",

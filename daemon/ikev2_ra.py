@@ -9,7 +9,7 @@ from the server's state, shared in kind with the SSL server (`daemon.p2c_*`):
 - `nt_hash`: the users file (`UsersFile`, re-read when it changes);
 - `gate`: before a password is checked, or once a client certificate verified, the
   login rate limits (`LoginLimiter`), the users file and the server's and the user's
-  session limits;
+  session limits (not counting the sessions a login with INITIAL_CONTACT replaces);
 - `allocate`: the address pools (`AddressPool`: a user's static address, else the one
   the user had last, else the lowest free), an address per IKE SA and family the
   client asked for (`client_pool`, and `client_pool6` for INTERNAL_IP6_ADDRESS), freed
@@ -240,14 +240,18 @@ class IkeRaServer:
         found = self.users.users.get(user)
         return None if found is None else found.nt_hash
 
-    def gate(self, user: str, address: str) -> str | None:
+    def gate(self, user: str, address: str, initial_contact: bool = False) -> str | None:
         if self.limiter.blocked(user, address, self._clock()):
             return "rate limited"
         if self.config.users is not None and user not in self.users.users:
             # A certificate of the client CA names a user the users file does not
             # list (an EAP login of an unknown user is refused here just the same).
             return "unknown user"
-        established = [c for c in self.clients.values() if c.established]
+        established = [
+            c
+            for c in self.clients.values()
+            if c.established and not (initial_contact and _replaced(c, user, address))
+        ]
         if len(established) >= self.config.max_connections:
             return "server full"
         if sum(1 for c in established if c.user == user) >= self.config.connections_per_user:
@@ -559,6 +563,13 @@ class IkeRaServer:
         }
         for pool in self._pools():
             pool.set_static(statics)
+
+
+def _replaced(client: IkeClient, user: str, address: str) -> bool:
+    """A login with INITIAL_CONTACT replaces `client` when it is the same user at the
+    same address, as the IKE core keys the IKE SAs it then drops (RFC 7296 §2.4): a
+    client that restarted is not refused by the session it lost."""
+    return client.user == user and client.remote[0] == address
 
 
 def _new_pool(

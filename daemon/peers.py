@@ -4,8 +4,9 @@ when it comes up again.
 A peer is a `[peers.NAME]` section (one IKE connection, one IKE SA at a time), a
 connection a `[connections.NAME]` under it (one CHILD SA configuration). Their state
 here is what the start modes, the retry back-off (`retry_delay`), a dead peer's
-dpd_action (`apply_dpd_action`), a trapped packet (`acquire`) and `lockgate status`
-decide on; `IkeSaInfo` is what status shows of an IKE SA.
+dpd_action (`apply_dpd_action`), a CHILD SA the peer deleted (`restart_child`), a
+trapped packet (`acquire`) and `lockgate status` decide on; `IkeSaInfo` is what status
+shows of an IKE SA.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
 """Back-off between attempts of a connection that should be up but failed."""
+CHILD_RESTART_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0)
+"""Seconds before a start = "initiate" connection asks again for the CHILD SA its peer
+deleted, by how many times the peer deleted it within CHILD_RESTART_WINDOW before: a
+peer that keeps deleting it is asked ever more slowly, never in a storm."""
+CHILD_RESTART_WINDOW = 600.0
+"""Seconds a peer's deletion of a connection's CHILD SA counts for the back-off."""
 
 
 @dataclass(slots=True)
@@ -85,6 +92,10 @@ class ConnectionState:
     trapped: bool = False
     """Re-armed by dpd_action "trap": like start = "trap", the next matching packet
     initiates it again."""
+    peer_deletes: list[float] = field(default_factory=list)
+    """When (monotonic) the peer deleted its CHILD SA, within CHILD_RESTART_WINDOW."""
+    restart: asyncio.TimerHandle | None = None
+    """The scheduled request for the CHILD SA the peer deleted (`restart_child`)."""
     replacing: set[int] = field(default_factory=set)
     """CHILD SAs (unique ids) to delete once a new one of this connection is installed:
     a reload gave it other traffic selectors (`daemon.reload`)."""
@@ -187,6 +198,60 @@ def resolve(waiters: list[asyncio.Future[str]], outcome: str, ok: bool) -> None:
 def retry_delay(attempts: int) -> float:
     """Seconds before the next attempt after `attempts` failed ones in a row."""
     return RETRY_DELAYS[min(attempts, len(RETRY_DELAYS) - 1)]
+
+
+def child_restart_delay(deletes: int) -> float:
+    """Seconds before asking again for a CHILD SA the peer deleted, after `deletes`
+    earlier deletions by it within CHILD_RESTART_WINDOW."""
+    return CHILD_RESTART_DELAYS[min(deletes, len(CHILD_RESTART_DELAYS) - 1)]
+
+
+def restart_child(gateway: Gateway, state: ConnectionState, unique_id: int) -> float | None:
+    """The peer deleted the CHILD SA of a start = "initiate" connection and kept the
+    IKE SA (strongSwan's `swanctl --terminate --child`): the connection should be up,
+    so ask for a new CHILD SA under that IKE SA (RFC 7296 §1.3.1) after a delay that
+    grows while the peer keeps deleting it, as strongSwan's close_action = start does.
+    Returns the delay (None without an event loop to wait on)."""
+    now = time.monotonic()
+    recent = [t for t in state.peer_deletes if now - t < CHILD_RESTART_WINDOW]
+    delay = child_restart_delay(len(recent))
+    state.peer_deletes = [*recent, now]
+    if state.restart is not None:
+        state.restart.cancel()
+        state.restart = None
+    log.info(
+        'connection %s: the peer deleted CHILD SA #%d; start = "initiate": requesting a new '
+        "one in %.0f s (deleted %d time(s) in the last %.0f min)",
+        state.name,
+        unique_id,
+        delay,
+        len(state.peer_deletes),
+        CHILD_RESTART_WINDOW / 60,
+    )
+    if gateway.loop is None:
+        return None
+    state.restart = gateway.loop.call_later(delay, _restart_now, gateway, state)
+    return delay
+
+
+def _restart_now(gateway: Gateway, state: ConnectionState) -> None:
+    """`restart_child`'s request, if the connection still wants it: not meanwhile
+    taken down, removed by a reload, up again (the peer initiated it) or without its
+    IKE SA (then the peer's retries and dpd_action decide)."""
+    state.restart = None
+    if (
+        gateway.shutting_down
+        or gateway.connections.get(state.name) is not state
+        or not state.wanted
+        or gateway.is_up(state.name)
+    ):
+        return
+    sa = gateway.established_ike_sa(state.peer)
+    if sa is None:
+        log.info("connection %s: its IKE SA is gone; not requesting the CHILD SA", state.name)
+        return
+    state.requested_at = None
+    gateway.create_child(state, sa)
 
 
 def apply_dpd_action(gateway: Gateway, peer: PeerState, event: IkeSaDeleted) -> None:

@@ -89,6 +89,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     profile.add_argument("--cert", metavar="FILE", help="the user's certificate (PEM)")
     profile.add_argument("--key", metavar="FILE", help="the user's private key (PEM)")
+    profile.add_argument(
+        "--eap-tls",
+        action="store_true",
+        help="windows format of a certificate or any ikev2 server: log in with the "
+        "user's certificate in EAP-TLS (instead of the computer's certificate or a password)",
+    )
     conf_option(profile)
 
 
@@ -354,7 +360,13 @@ def _list(args: argparse.Namespace) -> str:
 def _profile(args: argparse.Namespace) -> str:
     config, server = _server(args)
     return render_profile(
-        config, server, args.format, user=args.user, cert_file=args.cert, key_file=args.key
+        config,
+        server,
+        args.format,
+        user=args.user,
+        cert_file=args.cert,
+        key_file=args.key,
+        eap_tls=args.eap_tls,
     )
 
 
@@ -366,10 +378,12 @@ def render_profile(
     user: str | None,
     cert_file: str | None = None,
     key_file: str | None = None,
+    eap_tls: bool = False,
 ) -> str:
     """A client profile of `server` in format `fmt` ("ovpn" or one of PROFILE_FORMATS)
     for `user`, with the client's own certificate and key files if given (the CLI's and
-    the console's downloads). Refused: `Refused`."""
+    the console's downloads); `eap_tls`: a Windows script logging in with EAP-TLS.
+    Refused: `Refused`."""
     from conf.users import load_users
     from daemon import ovpn_profile
     from daemon.ovpn_profile import ProfileError, check_client_credential
@@ -384,6 +398,11 @@ def render_profile(
         raise Refused(
             f"remote_access.{server.name} is an SSL server: its profile is an .ovpn "
             f"(drop --format {fmt}; that format is for ikev2 servers)"
+        )
+    if not ikev2 and eap_tls:
+        raise Refused(
+            f"remote_access.{server.name} is an SSL server: --eap-tls is for an ikev2 "
+            "server's windows profile"
         )
     if ikev2 and user is None:
         raise Refused(f"a {fmt} profile is made for one user: give --user NAME")
@@ -406,7 +425,7 @@ def render_profile(
             from daemon.ikev2_profile import render_ikev2_profile
 
             return render_ikev2_profile(
-                config, server, fmt, user=user, client_cert=cert, client_key=key
+                config, server, fmt, user=user, client_cert=cert, client_key=key, eap_tls=eap_tls
             )
         return ovpn_profile.render_profile(
             config, server, user=user, client_cert=cert, client_key=key

@@ -5,7 +5,9 @@ actions and what must never show (passwords)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
+import plistlib
 import re
 import socket
 import ssl
@@ -37,8 +39,24 @@ ADMIN, ADMIN_PASSWORD = "alice", "console-Pass-42"
 USER_PASSWORD = "user-Secret-77"
 
 
-def write_config(directory: Path, *, gateway_cert: bool = False, port: int = 8443) -> Path:
-    """GOOD with a [console] on 127.0.0.1 and an SSL remote-access server."""
+IKEV2_SERVER = """
+[remote_access.laptops]
+protocol = "ikev2"
+client_pool = "198.51.100.64/26"
+local_subnets = ["203.0.113.0/24"]
+address = "vpn.example.net"
+max_connections = 50
+certificate = "{cert}"
+private_key = "{key}"
+users = "{d}/laptops.users"
+"""
+
+
+def write_config(
+    directory: Path, *, gateway_cert: bool = False, port: int = 8443, ikev2: bool = False
+) -> Path:
+    """GOOD with a [console] on 127.0.0.1 and an SSL remote-access server, and with
+    `ikev2` an ikev2 server beside it."""
     pki = Pki("console test CA")
     cred = pki.issue("vpn.example.net", key_usage=True)
     cert, key = directory / "server.pem", directory / "server.key"
@@ -64,6 +82,7 @@ users = "{directory / "office.users"}"
 [remote_access.office.groups.engineering]
 destinations = ["203.0.113.0/25"]
 
+{IKEV2_SERVER.format(d=directory, cert=cert, key=key) if ikev2 else ""}
 [console]
 listen = "127.0.0.1:{port}"
 admins = "{directory / "admins"}"
@@ -274,9 +293,20 @@ class FakeGateway:
         }  # fmt: skip
 
 
+EXPLAINED = (
+    "connection dc-cloud is not up: the peer deleted the CHILD SA (2026-12-07 05:02:10 UTC)\n"
+    "  the IKE daemon said: <peer> sent a Delete & closed it\n"
+)
+"""What the fake `explain` answers (`daemon.diagnosis.explain`'s text)."""
+
+
 @dataclass
 class FakeCommands:
     seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def actions(self) -> list[dict[str, Any]]:
+        """What was asked but the connection page's `explain` reads."""
+        return [r for r in self.seen if r["command"] != "explain"]
 
     async def __call__(self, gateway: Any, request: dict[str, Any]) -> Any:
         self.seen.append(request)
@@ -286,6 +316,8 @@ class FakeCommands:
                      "bytes_out": 20}]  # fmt: skip
         if request["command"] == "up":
             raise ControlError("connection dc-cloud is already up")
+        if request["command"] == "explain":
+            return {"connection": request["name"], "kind": "peer_deleted", "text": EXPLAINED}
         return f"{request['command']} done"
 
 
@@ -299,9 +331,9 @@ class Live:
 
 
 @asynccontextmanager
-async def live_console(tmp_path: Path) -> AsyncIterator[Live]:
+async def live_console(tmp_path: Path, *, ikev2: bool = False) -> AsyncIterator[Live]:
     port = free_port()
-    conf = write_config(tmp_path, port=port)
+    conf = write_config(tmp_path, port=port, ikev2=ikev2)
     save_users(tmp_path / "admins", {ADMIN: User(ADMIN, password=hash_password(ADMIN_PASSWORD))})
     config = load_config(conf)
     assert config.console is not None
@@ -323,9 +355,9 @@ async def live_console(tmp_path: Path) -> AsyncIterator[Live]:
         await console.close()
 
 
-def run(test: Callable[[Live], Awaitable[None]], tmp_path: Path) -> None:
+def run(test: Callable[[Live], Awaitable[None]], tmp_path: Path, *, ikev2: bool = False) -> None:
     async def main() -> None:
-        async with live_console(tmp_path) as live:
+        async with live_console(tmp_path, ikev2=ikev2) as live:
             await test(live)
 
     asyncio.run(main())
@@ -422,18 +454,18 @@ def test_an_action_without_the_csrf_token_is_refused(tmp_path: Path) -> None:
             for data in ({}, {"csrf": ""}, {"csrf": "forged-token"}):
                 async with client.post(url, data=data, allow_redirects=False) as response:
                     assert response.status == 403, data
-            assert live.commands.seen == []
+            assert live.commands.actions() == []
             # Another session's token is no good either.
             async with live.session() as other:
                 await log_in(live, other)
                 theirs = await csrf_of(other, live.base + "/")
             async with client.post(url, data={"csrf": theirs}, allow_redirects=False) as r:
                 assert r.status == 403
-            assert live.commands.seen == []
+            assert live.commands.actions() == []
             mine = await csrf_of(client, live.base + "/connection/dc-cloud")
             async with client.post(url, data={"csrf": mine}, allow_redirects=False) as r:
                 assert (r.status, r.headers["Location"]) == (303, "/connection/dc-cloud")
-            assert live.commands.seen == [{"command": "rekey", "name": "dc-cloud"}]
+            assert live.commands.actions() == [{"command": "rekey", "name": "dc-cloud"}]
 
     run(test, tmp_path)
 
@@ -456,7 +488,7 @@ def test_actions_use_the_control_commands_and_are_logged_with_the_admin(
                 data={"csrf": token, "server": "office", "user": "carol"},
             ):
                 pass
-        assert live.commands.seen == [
+        assert live.commands.actions() == [
             {"command": "rekey", "name": "dc-cloud", "ike": True},
             {"command": "down", "name": "dc-cloud"},
             {"command": "up", "name": "dc-cloud"},
@@ -542,6 +574,60 @@ def test_users_managed_and_no_password_shows_anywhere(
     for secret in (ADMIN_PASSWORD, USER_PASSWORD, "weak"):
         assert secret not in everything
     assert "admin alice: add user dave on office: user dave added" in caplog.text
+
+
+def test_the_connection_page_shows_what_explain_says(tmp_path: Path) -> None:
+    async def test(live: Live) -> None:
+        async with live.session() as client:
+            await log_in(live, client)
+            async with client.get(live.base + "/connection/dc-cloud") as r:
+                page = await r.text()
+            async with client.get(live.base + "/api/connection/dc-cloud") as r:
+                tables = (await r.json())["tables"]
+        assert {"command": "explain", "name": "dc-cloud"} in live.commands.seen
+        # A row per line of the answer, escaped, in its live table (the poll refreshes it).
+        found = re.search(r'<tbody id="diagnosis" data-live="1">(.*?)</tbody>', page)
+        assert found, page
+        lines = [line.strip() for line in EXPLAINED.splitlines()]
+        assert found.group(1) == "".join(f"<tr><td>{html.escape(x)}</td></tr>" for x in lines)
+        assert "&lt;peer&gt; sent a Delete &amp; closed it" in found.group(1)
+        assert tables["diagnosis"] == [[x] for x in lines]
+
+    run(test, tmp_path)
+
+
+def test_an_ikev2_servers_mobileconfig_downloads_from_the_remote_access_page(
+    tmp_path: Path,
+) -> None:
+    async def test(live: Live) -> None:
+        save_users(live.tmp / "laptops.users", {"dave": User("dave", password=hash_password(
+            USER_PASSWORD))})  # fmt: skip
+        async with live.session() as client:
+            await log_in(live, client)
+            async with client.get(live.base + "/remote-access") as r:
+                page = await r.text()
+            links = re.findall(r'<a class="profile" href="([^"]+)">mobileconfig</a>', page)
+            assert links == ["/remote-access/laptops/profile?user=dave&amp;format=mobileconfig"]
+            async with client.get(live.base + html.unescape(links[0])) as r:
+                assert r.status == 200
+                disposition = r.headers["Content-Disposition"]
+                body = await r.read()
+        assert disposition == 'attachment; filename="laptops-dave.mobileconfig"'
+        profile = plistlib.loads(body)
+        (vpn,) = [
+            p for p in profile["PayloadContent"] if p["PayloadType"] == "com.apple.vpn.managed"
+        ]
+        assert vpn["VPNType"] == "IKEv2" and vpn["IKEv2"]["RemoteAddress"] == "vpn.example.net"
+        assert vpn["IKEv2"]["AuthName"] == "dave" and USER_PASSWORD not in body.decode()
+        (root,) = [
+            p for p in profile["PayloadContent"] if p["PayloadType"] == "com.apple.security.root"
+        ]
+        ca = (live.tmp / "ca.pem").read_bytes()
+        assert x509.load_der_x509_certificate(root["PayloadContent"]) == (
+            x509.load_pem_x509_certificate(ca)
+        )
+
+    run(test, tmp_path, ikev2=True)
 
 
 def test_plain_http_gets_no_http_answer(tmp_path: Path) -> None:

@@ -29,10 +29,17 @@ from conf.load import load_config
 from daemon.childsa import entry_from_event
 from daemon.control import ControlError
 from daemon.dataplane import DataPlane
+from daemon.diagnosis import explain
 from daemon.gateway import Gateway
 from daemon.ike import KEY_POOL_IDLE
 from daemon.netlink import LocalAddresses
-from daemon.peers import RETRY_DELAYS, PeerChange, peer_change
+from daemon.peers import (
+    CHILD_RESTART_DELAYS,
+    CHILD_RESTART_WINDOW,
+    RETRY_DELAYS,
+    PeerChange,
+    peer_change,
+)
 from daemon.routes import _network_of, forwarding_off
 from daemon.status import format_status
 from ikev2.codec import decode_header
@@ -590,6 +597,110 @@ def test_child_sa_expired_before_its_rekey_is_negotiated_again(
         ChildSaDeleted("main", "site", installed.unique_id, 7, installed.spi_in, 1, "test", cause)
     )
     assert requested == (["site"] if renewed else [])
+
+
+@dataclasses.dataclass
+class Timer:
+    delay: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """The gateway's event loop as far as `call_later` goes: the timers, run by hand."""
+
+    def __init__(self) -> None:
+        self.pending: list[Timer] = []
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: object) -> Timer:
+        timer = Timer(delay, lambda: callback(*args))
+        self.pending.append(timer)
+        return timer
+
+    def fire(self) -> list[float]:
+        """Run the timers not cancelled; their delays."""
+        due, self.pending = self.pending, []
+        for timer in due:
+            if not timer.cancelled:
+                timer.callback()
+        return [timer.delay for timer in due if not timer.cancelled]
+
+
+def test_a_child_sa_the_peer_deleted_comes_back_with_back_off_for_an_initiate_connection(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert gateway.endpoint is not None
+    ike = types.SimpleNamespace(state=IkeSaState.ESTABLISHED)
+    monkeypatch.setattr(gateway.endpoint, "ike_sa", lambda ike_sa_id: ike)
+    monkeypatch.setattr(gateway, "established_ike_sa", lambda peer: ike)
+    requested: list[str] = []
+    monkeypatch.setattr(gateway, "create_child", lambda state, sa: requested.append(state.name))
+    timers = Timers()
+    gateway.loop = timers  # type: ignore[assignment]
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    state = gateway.connections["site"]
+    state.config = dataclasses.replace(state.config, start="initiate")
+    state.wanted = True
+    gateway._handle_event(established())
+    caplog.set_level(logging.INFO, "daemon.peers")
+    installed = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
+    )
+
+    def peer_deletes(cause: DeleteCause = DeleteCause.PEER_DELETED) -> None:
+        gateway._handle_event(installed)
+        gateway._handle_event(
+            ChildSaDeleted(
+                "main",
+                "site",
+                installed.unique_id,
+                7,
+                installed.spi_in,
+                1,
+                "deleted by peer",
+                cause,
+            )
+        )
+
+    # The peer deletes it: asked for again after a short delay, not at once; `lockgate
+    # explain` names the peer's deletion and says so.
+    peer_deletes()
+    text = explain(gateway, "site")["text"]
+    assert f"is not up: peer main deleted CHILD SA #{installed.unique_id}" in text
+    assert 'start = "initiate": a new CHILD SA is requested shortly' in text
+    assert requested == [] and timers.fire() == [CHILD_RESTART_DELAYS[0]]
+    assert requested == ["site"]
+    assert (
+        f'connection site: the peer deleted CHILD SA #{installed.unique_id}; start = "initiate":'
+        f" requesting a new one in {CHILD_RESTART_DELAYS[0]:.0f} s" in caplog.text
+    )
+    assert gateway.diagnosis.failures["site"].kind == "peer_deleted"
+    # A peer that keeps deleting it is asked ever more slowly.
+    delays = []
+    for _ in range(len(CHILD_RESTART_DELAYS)):
+        clock[0] += 1.0
+        peer_deletes()
+        delays += timers.fire()
+    assert delays == [*CHILD_RESTART_DELAYS[1:], CHILD_RESTART_DELAYS[-1]]
+    # Deletions older than the window no longer count.
+    clock[0] += CHILD_RESTART_WINDOW
+    peer_deletes()
+    assert timers.fire() == [CHILD_RESTART_DELAYS[0]]
+    # Taken down (`lockgate down`) before the timer: nothing is requested.
+    requested.clear()
+    peer_deletes()
+    state.wanted = False
+    assert timers.fire() == [CHILD_RESTART_DELAYS[1]] and requested == []
+    # Our own deletion, and a connection that waits for its peer, do not come back.
+    state.wanted = True
+    peer_deletes(DeleteCause.LOCAL)
+    state.config = dataclasses.replace(state.config, start="wait")
+    peer_deletes()
+    assert timers.pending == [] and requested == []
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ An `IkeRaServer` answers the callbacks of a real responder (test_ikev2_eap's ser
 connection) and follows its events; each client is our initiator with its own address,
 its datagrams carried with `testkit.ikev2_pair.deliver`. Covered: the login
 gate (max_connections, connections_per_user, the rate limiter after failed logins, the
-reasons "unknown user" and "wrong password"); address allocation (a static address, the
+reasons "unknown user" and "wrong password"; a restarted client's INITIAL_CONTACT login
+is not refused by the session it replaces); address allocation (a static address, the
 user's last one, the lowest free, an exhausted pool refused with a log line; the same
 from client_pool6 for INTERNAL_IP6_ADDRESS, alone or dual-stack); release on
 IkeSaDeleted and IkeSaFailed, and the address following an IKE SA rekey (RFC 7296
@@ -154,17 +155,20 @@ class Server:
         address: str = "",
         mobike: bool = False,
         certificate: bool = False,
+        initial_contact: bool = True,
         **ask: bool,
     ) -> Client:
         """A client from its own address (198.51.100.1N, or `address`) logs in as
         `user`: with its password (EAP-MSCHAPv2), or with a certificate whose CN is
-        `user` (RFC 7427); offering MOBIKE (RFC 4555) if asked to (`ask`: request_ip4,
+        `user` (RFC 7427); with INITIAL_CONTACT unless told not to (a fresh client
+        sends it, RFC 7296 §2.4); offering MOBIKE (RFC 4555) if asked to (`ask`: request_ip4,
         request_ip6 of its CFG_REQUEST)."""
         address = address or f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
             _client(self.pki, user, password, **ask),
             local_addresses=(address,),
             local_id=Identity.parse(address),
+            initial_contact=initial_contact,
         )
         if ask.get("request_ip6"):
             (only,) = config.children
@@ -274,6 +278,36 @@ def test_max_connections_and_connections_per_user(tmp_path: Path) -> None:
     assert server.ra.refusals == {"too many sessions": 1, "server full": 1}
     assert _addresses(server) == {"alice": ["192.0.2.2"], "bob": ["192.0.2.3"]}
     assert server.ra.pool.in_use == 2
+
+
+@pytest.mark.parametrize("certificate", [False, True])
+def test_a_restarted_client_with_initial_contact_is_not_refused_by_its_stale_session(
+    tmp_path: Path, certificate: bool
+) -> None:
+    server = Server(tmp_path, auth="any", max_connections=2, connections_per_user=1)
+    home = "198.51.100.11"
+    assert server.login("alice", address=home, certificate=certificate).of(ChildSaInstalled)
+    (stale,) = server.endpoint.ike_sas()
+    # Without INITIAL_CONTACT a second login of alice is another session: refused.
+    _refused(server.login("alice", address=home, certificate=certificate, initial_contact=False))
+    # From elsewhere with INITIAL_CONTACT, it replaces nothing (§2.4 speaks for one
+    # address), so her session counts: refused too.
+    _refused(server.login("alice", address="198.51.100.12", certificate=certificate))
+    assert server.ra.refusals == {"too many sessions": 2}
+    # bob fills the server; sam finds it full.
+    assert server.login("bob", address="198.51.100.13").of(ChildSaInstalled)
+    _refused(server.login("sam", address="198.51.100.14"))
+    assert server.ra.refusals == {"too many sessions": 2, "server full": 1}
+    # alice's client restarted (no Delete) and logs in again from its address with
+    # INITIAL_CONTACT: the session it replaces counts against neither limit.
+    again = server.login("alice", address=home, certificate=certificate)
+    assert again.of(ChildSaInstalled)
+    assert server.ra.refusals == {"too many sessions": 2, "server full": 1}
+    assert stale not in server.endpoint.ike_sas()
+    assert sorted(sa.remote[0] for sa in server.endpoint.ike_sas()) == [home, "198.51.100.13"]
+    assert sorted(c.user for c in server.ra.clients.values()) == ["alice", "bob"]
+    # The stale session's address went back to the pool with it.
+    assert server.ra.pool.in_use == 2 and len(_addresses(server)["alice"]) == 1
 
 
 def test_failed_logins_are_told_apart_and_then_rate_limited(

@@ -299,16 +299,17 @@ def test_a_certificate_clients_user_is_the_cn_whatever_its_idi(as_dn: bool) -> N
     pki, pool = Pki(), Pool()
     cred = pki.issue("laptop.example.net", cn="carol")
     ident = cred.dn if as_dn else "laptop.example.net"
-    gated: list[tuple[str, str]] = []
+    gated: list[tuple[str, str, bool]] = []
 
-    def gate(user: str, address: str) -> str | None:
-        gated.append((user, address))
+    def gate(user: str, address: str, initial_contact: bool) -> str | None:
+        gated.append((user, address, initial_contact))
         return None
 
     pair = _login(_certificate_client(pki, cred, ident), _certificate_server(pki, pool, gate=gate))
     (eb,) = pair.of("b", IkeSaEstablished)
     assert eb.eap_identity == "carol" and eb.remote_id == ident
-    assert gated == [("carol", A_ADDR)]
+    # The client's first IKE SA with us carries INITIAL_CONTACT (§2.4): the gate hears it.
+    assert gated == [("carol", A_ADDR, True)]
     assert [user for user, _, _ in pool.calls] == ["carol"]
     assert pair.of("a", ChildSaInstalled)
 
@@ -327,7 +328,7 @@ def test_a_certificate_without_a_common_name_is_refused() -> None:
 def test_a_certificate_login_the_gate_refuses_fails_with_its_reason() -> None:
     pki = Pki()
     cred = pki.issue_client("carol")
-    server = _certificate_server(pki, Pool(), gate=lambda user, address: "too many sessions")
+    server = _certificate_server(pki, Pool(), gate=lambda user, address, ic: "too many sessions")
     pair = _login(_certificate_client(pki, cred, cred.dn), server)
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.refusal == "too many sessions" and fb.user == "carol"
@@ -397,11 +398,11 @@ def test_refusals_carry_their_words_and_the_client_address() -> None:
 
 def test_a_closed_gate_refuses_before_the_password_is_checked() -> None:
     pki, pool = Pki(), Pool()
-    asked: list[tuple[str, str]] = []
+    asked: list[tuple[str, str, bool]] = []
     looked_up: list[str] = []
 
-    def gate(user: str, address: str) -> str | None:
-        asked.append((user, address))
+    def gate(user: str, address: str, initial_contact: bool) -> str | None:
+        asked.append((user, address, initial_contact))
         return "rate limited"
 
     def lookup(user: str) -> bytes | None:
@@ -411,7 +412,7 @@ def test_a_closed_gate_refuses_before_the_password_is_checked() -> None:
     pair = _login(_client(pki), _server(pki, pool, gate=gate, nt_hash=lookup))
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.refusal == "rate limited" and fb.notify == NotifyType.AUTHENTICATION_FAILED
-    assert asked == [("alice", A_ADDR)] and looked_up == []
+    assert asked == [("alice", A_ADDR, True)] and looked_up == []
     (fa,) = pair.of("a", IkeSaFailed)
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED
 

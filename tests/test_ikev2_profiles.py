@@ -318,6 +318,71 @@ def test_a_certificate_server(
     assert code == 1 and "a sswan profile does not carry the user's certificate" in err
 
 
+@pytest.mark.parametrize("auth", ["certificate", "any"])
+def test_a_windows_script_for_eap_tls_with_the_users_certificate(
+    auth: str, tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    conf = write_config(
+        tmp_path, pki, f'auth = "{auth}"\nclient_ca = "{tmp_path / "clients-ca.pem"}"'
+    )
+    if auth == "any":
+        code, _, err = run(
+            capsys, monkeypatch, "user", "add", "laptops", "carol", "--password-stdin",
+            "-c", str(conf), stdin=PASSWORD,
+        )  # fmt: skip
+        assert (code, err) == (0, "")
+    plain = profile(capsys, monkeypatch, conf, "--user", "carol", "--format", "windows")
+    out = profile(capsys, monkeypatch, conf, "--user", "carol", "--format", "windows", "--eap-tls")
+    lines = out.splitlines()
+    (add,) = [line for line in lines if line.startswith("Add-VpnConnection ")]
+    assert "-AuthenticationMethod Eap -EapConfigXmlStream $Eap.EapConfigXmlStream" in add
+    assert "MachineCertificate" not in out and "-RememberCredential" not in add
+    # EAP-TLS with a certificate of the user's store, the server checked against the CA.
+    (eap,) = [line for line in lines if line.startswith("$Eap = New-EapConfiguration")]
+    assert eap == "$Eap = New-EapConfiguration -Tls -UserCertificate -VerifyServerIdentity"
+    assert lines.index(eap) < lines.index(add)
+    assert any("Cert:\\CurrentUser\\My" in line and line.startswith("#") for line in lines)
+    # The rest of the script is the one without --eap-tls: the CA, proposals, routes.
+    same = [x for x in plain.splitlines() if not x.startswith(("#", "$Eap", "Add-VpnConnection "))]
+    assert same == [
+        x for x in lines if not x.startswith(("#", "$Eap", "Add-VpnConnection "))
+    ] and any(x.startswith("Add-VpnConnectionRoute ") for x in same)
+    # Without the flag: the computer's certificate, or on an any server a password.
+    if auth == "certificate":
+        assert "-AuthenticationMethod MachineCertificate" in plain and "-Tls" not in plain
+    else:
+        assert "$Eap = New-EapConfiguration" in plain.splitlines() and "-Tls" not in plain
+
+
+def test_eap_tls_is_refused_where_it_does_not_apply(
+    conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def refused(*argv: str, config: Path = conf) -> str:
+        code, out, err = run(capsys, monkeypatch, "profile", "laptops", *argv, "-c", str(config))
+        assert (code, out) == (1, "")
+        return err
+
+    # `conf` is a password server.
+    assert 'auth = "password": EAP-TLS logs in with a certificate' in refused(
+        "--user", "alice", "--format", "windows", "--eap-tls"
+    )
+    for fmt in ("mobileconfig", "sswan"):
+        assert "--eap-tls is for --format windows" in refused(
+            "--user", "alice", "--format", fmt, "--eap-tls"
+        )
+    ssl = tmp_path / "ssl.toml"
+    ssl.write_text(
+        conf.read_text()
+        .replace('protocol = "ikev2"\n', "")
+        .replace('dns_domains = ["corp.example.net"]\n', "")
+    )
+    assert "is an SSL server: --eap-tls is for an ikev2 server's windows profile" in refused(
+        "--user", "alice", "--eap-tls", config=ssl
+    )
+
+
 def test_refusals(
     conf: Path, tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

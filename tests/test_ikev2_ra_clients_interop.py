@@ -6,18 +6,22 @@ client namespaces: both reach the server from 198.51.100.3, and charon moves eac
 port 4500 (NAT-T, RFC 7296 §2.23), so the NAT gives them different source ports. The
 pool is a /29 with three addresses reserved as static IPs of users who never connect:
 the server takes .1, so clients get .2 and .3 and a third is refused with
-INTERNAL_ADDRESS_FAILURE (§1.2, §3.15.4).
+INTERNAL_ADDRESS_FAILURE (§1.2, §3.15.4). With `connections_per_user = 1` (a reload),
+a charon killed without a Delete logs in again: its INITIAL_CONTACT (§2.4) replaces
+the stale session instead of being refused by it.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from netns import ping
 
+from testkit.daemon import wait_until
 from testkit.ra_lab import CLOUD, NAT_OUTSIDE, RaLab, missing_strongswan, ra_lab
 from testkit.strongswan import HarnessError
 
@@ -127,3 +131,35 @@ def test_a_full_pool_refuses_the_next_client(ra: RaLab) -> None:
     finally:
         for charon in (charon_a, charon_b, late):
             charon.stop()
+
+
+def test_a_restarted_client_is_not_refused_by_its_stale_session(ra: RaLab) -> None:
+    ra.wait_no_clients()
+    one = SERVER_SECTION.replace("connections_per_user = 2", "connections_per_user = 1")
+    ra.write_conf(one.replace("{d}", str(ra.dir)))
+    ra.lockgate("reload")
+    lost, _ = ra.connected("bob")
+    again = None
+    try:
+        # The laptop crashes: no Delete, the server still holds bob's IKE SA.
+        assert lost.process is not None
+        lost.process.signal(signal.SIGKILL)
+        lost.process.popen.wait(5)
+        assert [r["user"] for r in _rows(ra)] == ["bob"]
+        seen = len(ra.log())  # the module's daemon log: this test's part follows
+        again, ike = ra.connected("bob")
+        assert ike.child("cloud").state == "INSTALLED"
+        wait_until(
+            lambda: "replaced: the peer restarted (INITIAL_CONTACT)" in ra.log()[seen:],
+            "the stale IKE SA to be replaced",
+        )
+        assert "too many sessions" not in ra.log()[seen:]
+        (row,) = _rows(ra)
+        assert row["user"] == "bob", row
+        ping(ra.client, CLOUD, count=2)
+    finally:
+        for charon in (lost, again):
+            if charon is not None:
+                charon.stop()
+        ra.write_conf(SERVER_SECTION.replace("{d}", str(ra.dir)))
+        ra.lockgate("reload")

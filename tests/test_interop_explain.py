@@ -3,8 +3,9 @@ must be named in the answer (the classification itself is unit-tested in
 `test_daemon_diagnosis.py`).
 
 Proposal, PSK, certificate and selector mismatches are provoked as in
-`test_interop_failures.py`; here also a peer that deletes the SA, a peer that does
-not answer, a dead peer, and an answer for a tunnel that is up behind a NAT.
+`test_interop_failures.py`; here also a peer that deletes the SA (and a CHILD SA
+that a start = "initiate" connection asks for again), a peer that does not answer, a
+dead peer, and an answer for a tunnel that is up behind a NAT.
 """
 
 from __future__ import annotations
@@ -89,11 +90,34 @@ def test_explain_a_peer_that_deleted_the_sa() -> None:
 
 
 def test_explain_a_peer_that_deleted_the_child_sa() -> None:
-    with interop(Case()) as world:
+    # start = "wait": the connection stays down until the peer brings it up again.
+    with interop(Case(lockgate_initiates=False)) as world:
         world.bring_up()
         assert world.charon.terminate(child="net4")
         text = explained(world, "peer_deleted")
         assert "peer swan deleted CHILD SA #" in text
+
+
+def test_an_initiate_connection_asks_again_for_the_child_sa_the_peer_deleted() -> None:
+    with interop(Case()) as world:
+        before = world.bring_up()
+        (first,) = [c for c in before.children if c.name == "net4"]
+        assert world.charon.terminate(child="net4")
+        # Under the same IKE SA, a new CHILD SA (new SPIs) that lockgate asked for.
+        wait_until(
+            lambda: any(
+                c.name == "net4" and c.state == "INSTALLED" and c.spi_in != first.spi_in
+                for ike in world.charon.list_sas()
+                if ike.raw.get("uniqueid") == before.raw.get("uniqueid")
+                for c in ike.children
+            ),
+            "lockgate to ask for a new CHILD SA",
+        )
+        assert 'start = "initiate": requesting a new one in 2 s' in world.daemon.log()
+        answer = explain(world)
+        assert answer["up"] is True and answer["kind"] == "peer_deleted", answer
+        # explain still says what happened before.
+        assert "earlier (" in answer["text"] and "peer swan deleted CHILD SA #" in answer["text"]
 
 
 def test_explain_no_answer() -> None:

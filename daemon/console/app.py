@@ -329,9 +329,20 @@ class Console:
             raise web.HTTPNotFound(text=f"no connection named {name!r}")
         return name
 
+    async def _connection_tables(self, name: str) -> dict[str, pages.Table]:
+        """The page's tables, with the answer of `lockgate explain NAME` (what failed,
+        in words: more than the status document's last error)."""
+        try:
+            explained = await self.command(self.gateway, {"command": "explain", "name": name})
+        except ControlError as exc:
+            explained = {"text": f"explain failed: {exc}"}
+        if not isinstance(explained, dict):
+            explained = None
+        return pages.connection_tables(self._status(), name, explained)
+
     async def connection(self, request: web.Request) -> web.StreamResponse:
         name = self._connection_name(request)
-        tables = pages.connection_tables(self._status(), name)
+        tables = await self._connection_tables(name)
         page = self._page(request)
         csrf = page.pop("csrf")
         body = pages.connection_page(name, tables, csrf, **page)
@@ -339,7 +350,7 @@ class Console:
 
     async def connection_api(self, request: web.Request) -> web.StreamResponse:
         name = self._connection_name(request)
-        return web.json_response({"tables": pages.connection_tables(self._status(), name)})
+        return web.json_response({"tables": await self._connection_tables(name)})
 
     async def remote_access(self, request: web.Request) -> web.StreamResponse:
         config = self.gateway.config

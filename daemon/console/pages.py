@@ -195,7 +195,11 @@ def overview_page(tables: Mapping[str, Table], **page: Any) -> str:
 # ---- one connection -------------------------------------------------------------------
 
 
-def connection_tables(status: Mapping[str, Any], name: str) -> dict[str, Table]:
+def connection_tables(
+    status: Mapping[str, Any], name: str, explained: Mapping[str, Any] | None = None
+) -> dict[str, Table]:
+    """The connection page's tables from the status document and, when given, what
+    `lockgate explain NAME` answers (`daemon.diagnosis.explain`), a row per line."""
     conn: Mapping[str, Any] = next(
         (c for c in status.get("connections", []) if c["name"] == name), {}
     )
@@ -233,7 +237,9 @@ def connection_tables(status: Mapping[str, Any], name: str) -> dict[str, Table]:
                     f"{' '.join(conn.get('remote_ts', []))}"],
         ["Last error", str(conn.get("last_error") or "-")],
     ]  # fmt: skip
-    return {"summary": summary, "ike": ike, "child": child}
+    text = str(explained.get("text") or "") if explained is not None else ""
+    diagnosis: Table = [[line.strip()] for line in text.splitlines() if line.strip()]
+    return {"summary": summary, "diagnosis": diagnosis, "ike": ike, "child": child}
 
 
 IKE_HEADERS = ("IKE SA", "Algorithms", "Addresses", "Role", "Age", "Rekeyed from", "NAT")
@@ -257,6 +263,8 @@ def connection_page(name: str, tables: Mapping[str, Table], csrf: str, **page: A
         f'<div class="poll" data-api="/api{_e(base)}"></div>'
         f'<div class="actions">{buttons}</div>'
         + table("summary", ("", ""), tables["summary"])
+        + "<h3>Diagnosis (lockgate explain)</h3>"
+        + table("diagnosis", ("",), tables.get("diagnosis", []))
         + "<h3>IKE SAs</h3>"
         + table("ike", IKE_HEADERS, tables["ike"])
         + "<h3>CHILD SAs</h3>"

@@ -275,7 +275,7 @@ class IkeAuth(Task):
                 raise AuthenticationFailed(f"peer {peer} sent no AUTH, and we offer it no EAP")
             # §2.16: no AUTH asks for EAP. The user is named in EAP (Windows sends its
             # IP address as IDi), so the login starts with an Identity round.
-            self.eap_server = _eap_server(sa, config, ra, peer)
+            self.eap_server = _eap_server(sa, config, ra, peer, initial_contact)
             self.eap_out = self.eap_server.start()
             self.first_id, self.peer, self.initial_contact = idi, peer, initial_contact
             return
@@ -286,10 +286,12 @@ class IkeAuth(Task):
             )
         self._verify(sa, idi, auth, peer, message)
         if ra is not None:
-            self._certificate_login(sa, ra, peer)
+            self._certificate_login(sa, ra, peer, initial_contact)
         self._established(sa, sa.now, peer, initial_contact=initial_contact)
 
-    def _certificate_login(self, sa: TaskSa, ra: RemoteAccess, peer: Identity) -> None:
+    def _certificate_login(
+        self, sa: TaskSa, ra: RemoteAccess, peer: Identity, initial_contact: bool
+    ) -> None:
         """A remote-access client signed with a certificate (RFC 7427) that chains to
         the server's client CAs. Its user is the certificate's common name, whatever
         identity it sent as IDi (the SSL server names certificate users the same way);
@@ -304,7 +306,8 @@ class IkeAuth(Task):
                 "certificate without a common name",
             )
         sa.record_eap_identity(user)
-        refusal = ra.gate(user, sa.remote[0]) if ra.gate is not None else None
+        gate = ra.gate
+        refusal = gate(user, sa.remote[0], initial_contact) if gate is not None else None
         if refusal is not None:
             raise LoginRefused(f"{refusal}: certificate user {user!r}", refusal)
         log.info("%s: user %r logged in with a certificate", sa.name, user)
@@ -463,14 +466,16 @@ class IkeAuth(Task):
 
 
 def _eap_server(
-    sa: TaskSa, config: ConnectionConfig, ra: RemoteAccess, peer: Identity
+    sa: TaskSa, config: ConnectionConfig, ra: RemoteAccess, peer: Identity, initial_contact: bool
 ) -> EapAuthenticator:
     """The EAP method(s) this server offers a client that sent no AUTH: EAP-MSCHAPv2
     for auth "password", EAP-TLS for "certificate" (Windows user certificates; the
     others sign with RFC 7427), MSCHAPv2 then EAP-TLS on the client's Nak for "any"."""
     gate = ra.gate
     address = sa.remote[0]
-    login_gate = None if gate is None else (lambda user: gate(user, address))
+    # The INITIAL_CONTACT of the first IKE_AUTH request goes to the gate: the sessions
+    # this login replaces at its end (§2.4) do not count against the limits.
+    login_gate = None if gate is None else (lambda user: gate(user, address, initial_contact))
     mschapv2 = (
         EapServer(sa.rng, ra.nt_hash, login_gate)
         if ra.accepts_eap and ra.nt_hash is not None
