@@ -7,6 +7,12 @@ pump, which puts the marker in front of what leaves from 4500), gives its events
 `on_event`, and re-arms one loop timer for the endpoint's next deadline. While no IKE
 datagram comes, it makes key exchange pairs ahead of need, a short step per turn of
 the loop.
+
+Received IKE messages wait in a backlog (`IkeBacklog`) and are processed for at most
+`IKE_TURN_BUDGET` per turn of the loop: a setup costs milliseconds of key exchange,
+signing and EAP, and a burst of logins read in one batch (`daemon.pump.BATCH` per
+socket) used to run back to back while connected clients' ESP and TUN packets waited
+for the loop. Between two slices the loop reads and forwards the data plane's packets.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ikev2.endpoint import Endpoint
 from ikev2.events import Address, Event
+from ikev2.sa_types import IkeDropReason
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,69 @@ MODP pair (a millisecond or two each)."""
 KEY_POOL_IDLE = 0.2
 """Seconds without an IKE datagram before key pairs are made ahead: during a burst of
 setups they would only compete with it."""
+
+IKE_TURN_BUDGET = 0.002
+"""Seconds of processing received IKE messages per turn of the event loop (at least
+one message each turn): an IKE_SA_INIT or IKE_AUTH costs a millisecond or a few (key
+exchange, signature, MSCHAPv2), so connected clients' packets wait about one of them
+rather than a whole read batch of them."""
+BACKLOG_BYTES = 4 * 1024 * 1024
+"""Most octets of received IKE messages waiting (the size of one socket's receive
+buffer, `daemon.pump.SOCKET_BUFFER`): beyond it a message is dropped and counted
+(`IkeDropReason.BACKLOG_FULL`), as the kernel would drop it from a full socket."""
+
+
+class IkeBacklog:
+    """Received IKE messages waiting for their turn: first in, first out, bounded in
+    octets. Sans-I/O, and no clock of its own: `take` is given `now` and a deadline."""
+
+    def __init__(self, limit: int = BACKLOG_BYTES) -> None:
+        self.limit = limit
+        self._queue: deque[tuple[bytes, Address, Address]] = deque()
+        self.size = 0
+        """Octets of the messages waiting."""
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, message: bytes, local: Address, remote: Address) -> bool:
+        """Queue a message; False (not queued) when it would pass `limit`."""
+        if self.size + len(message) > self.limit:
+            return False
+        self._queue.append((message, local, remote))
+        self.size += len(message)
+        return True
+
+    def take(self) -> tuple[bytes, Address, Address] | None:
+        """The oldest message, or None."""
+        if not self._queue:
+            return None
+        item = self._queue.popleft()
+        self.size -= len(item[0])
+        return item
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self.size = 0
+
+
+def drain(
+    backlog: IkeBacklog,
+    process: Callable[[bytes, Address, Address], None],
+    clock: Callable[[], float],
+    budget: float,
+) -> int:
+    """Process messages of `backlog` until it is empty or `budget` seconds of `clock`
+    have passed since the start (one message at least); how many were processed."""
+    deadline = clock() + budget
+    done = 0
+    while (item := backlog.take()) is not None:
+        process(*item)
+        done += 1
+        if clock() >= deadline:
+            break
+    return done
+
 
 SendCallback = Callable[[bytes, Address, Address], object]
 """send(IKE message, local address, remote address): the pump frames it for its port
@@ -62,9 +133,36 @@ class IkeDriver:
         """A `service` scheduled for the next turn of the loop."""
         self.closing = False
         """Set by `close`: no more key pairs are made ahead."""
+        self.backlog = IkeBacklog()
+        self._drain: asyncio.Handle | None = None
+        """The next slice of the backlog, scheduled for the next turn of the loop."""
+        self.turn_budget = IKE_TURN_BUDGET
 
     def message_received(self, message: bytes, local: Address, remote: Address) -> None:
-        """A bare IKE message (the pump took it out from behind the non-ESP marker)."""
+        """A bare IKE message (the pump took it out from behind the non-ESP marker):
+        queued for `_drain_backlog` (processed at once without a loop)."""
+        self.last_ike_at = time.monotonic()
+        loop = self.loop
+        if loop is None:
+            self._process(message, local, remote)
+            return
+        if not self.backlog.put(message, local, remote):
+            self.endpoint.count_drop(IkeDropReason.BACKLOG_FULL)
+            return
+        if self._drain is None:
+            self._drain = loop.call_soon(self._drain_backlog)
+
+    def _drain_backlog(self) -> None:
+        """One slice of the backlog (`drain`); the rest waits for the next turn, after
+        the loop has read and forwarded what the data plane has."""
+        self._drain = None
+        drain(self.backlog, self._process, time.monotonic, self.turn_budget)
+        if self.backlog and self.loop is not None:
+            self._drain = self.loop.call_soon(self._drain_backlog)
+
+    def _process(self, message: bytes, local: Address, remote: Address) -> None:
+        # Quiet is counted from the last message processed, not the last received: a
+        # backlog being worked through is a burst still on.
         self.last_ike_at = now = time.monotonic()
         try:
             self.endpoint.receive_message(message, local, remote, now)
@@ -146,7 +244,7 @@ class IkeDriver:
         if loop is None or self.closing:
             return
         now = time.monotonic()
-        if now - self.last_ike_at < KEY_POOL_IDLE:
+        if now - self.last_ike_at < KEY_POOL_IDLE or self.backlog:
             return
         deadline = now + KEY_POOL_STEP
         while (missing := endpoint.prepare_keys(1)) > 0 and time.monotonic() < deadline:
@@ -175,3 +273,6 @@ class IkeDriver:
             self._key_refill.cancel()
         if self._service_soon is not None:
             self._service_soon.cancel()
+        if self._drain is not None:
+            self._drain.cancel()
+        self.backlog.clear()

@@ -387,6 +387,11 @@ class Endpoint:
     def _drop(self, reason: IkeDropReason) -> None:
         self._drops[reason] += 1
 
+    def count_drop(self, reason: IkeDropReason) -> None:
+        """Count a datagram the caller dropped before handing it here (its backlog was
+        full), beside the endpoint's own drops."""
+        self._drops[reason] += 1
+
     # --- configuration ------------------------------------------------------------------
 
     @property

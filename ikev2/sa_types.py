@@ -90,6 +90,9 @@ class IkeDropReason(enum.StrEnum):
     deleted and nothing answered)."""
     HINT_RATE_LIMITED = "hint_rate_limited"
     """Such a hint for an IKE SA that acted on one less than `HINT_INTERVAL` ago."""
+    BACKLOG_FULL = "backlog_full"
+    """Received while the caller's backlog of datagrams waiting to be processed was
+    full (counted by the caller, `Endpoint.count_drop`: the core never saw it)."""
 
 
 class Datagram(NamedTuple):

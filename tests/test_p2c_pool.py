@@ -6,6 +6,7 @@ are kept."""
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 
@@ -72,3 +73,32 @@ def test_a_new_pool_carries_over_the_leases_and_sticky_addresses_that_fit() -> N
         (IP4("192.0.2.5"), "dave"),
     ]
     assert smaller.leases() == [] and smaller.allocate("eve", "e") == IP4("192.0.2.2")
+
+
+def test_the_lowest_free_address_stays_the_lowest_through_releases_and_static_changes() -> None:
+    # The search starts past the addresses known to be taken; a reference that scans
+    # the whole pool each time must agree after any mix of logins, logouts and
+    # users-file changes (statics added and removed).
+    rng = random.Random(7)
+    net = ipaddress.IPv4Network("192.0.2.0/27")
+    pool: AddressPool[ipaddress.IPv4Address] = AddressPool(net)
+    hosts = list(net.hosts())[1:]  # the first host is the server's
+    statics: dict[str, ipaddress.IPv4Address] = {}
+    held: dict[ipaddress.IPv4Address, object] = {}
+    for step in range(2000):
+        roll = rng.random()
+        if roll < 0.5:
+            expected = next((a for a in hosts if a not in held and a not in statics.values()), None)
+            owner = object()
+            # A fresh user each time: no sticky address, the lowest free one.
+            got = pool.allocate(f"user{step}", owner)
+            assert got == expected, f"step {step}"
+            if got is not None:
+                held[got] = owner
+        elif roll < 0.85 and held:
+            address = rng.choice(sorted(held))
+            pool.release(address, held.pop(address))
+        else:
+            statics = {f"static{i}": a for i, a in enumerate(rng.sample(hosts, rng.randrange(4)))}
+            pool.set_static(statics)
+    assert pool.in_use == len(held)
