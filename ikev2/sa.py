@@ -498,8 +498,9 @@ class IkeSa(IkeSaData):
                 log.debug("%s: %s", self.name, fatal)
                 self.state = IkeSaState.DELETED
                 return
-            if header.exchange_type in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
-                # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind.
+            if header.exchange_type in _SETUP_EXCHANGES:
+                # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind,
+                # nor does a refused IKE_INTERMEDIATE (RFC 9242 §3.4), which precedes it.
                 refusal = fatal.refusal if isinstance(fatal, LoginRefused) else ""
                 self.fail(str(fatal), fatal.notify, refusal=refusal)
                 return
@@ -737,6 +738,9 @@ class IkeSa(IkeSaData):
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = now + NAT_KEEPALIVE_INTERVAL
             self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))
+
+
+_SETUP_EXCHANGES = (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE, ExchangeType.IKE_AUTH)
 
 
 def _responder_init(sa: IkeSa) -> list[Task]:

@@ -522,6 +522,7 @@ class IkeSaData:
         if state is not None and state.deferred is not None:
             suite, keys = state.deferred
             state.deferred = None
+            state.answered_under = self.sk.inbound if self.sk is not None else None
             self.adopt_keys(suite, keys)
 
     def adopt_keys(self, suite: IkeSuite, keys: IkeKeys) -> None:

@@ -14,6 +14,7 @@ from typing import Generic, NamedTuple, TypeVar
 from ikev2.config import ChildConfig
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import ChildSuite, IkeSuite
+from ikev2.crypto.sk import SkCipher
 from ikev2.events import Address
 from ikev2.ts import TrafficSelector
 
@@ -112,6 +113,9 @@ class Intermediate:
     deferred: tuple[IkeSuite, IkeKeys] | None = None
     """Responder: keys to take once this exchange's response is sealed (RFC 9370
     §2.2.2: the response still goes out under the old ones)."""
+    answered_under: SkCipher | None = None
+    """Responder: the inbound cipher of the last IKE_INTERMEDIATE request, which its
+    retransmitted fragments still use after our keys changed (RFC 7383 §2.6.1)."""
 
 
 class Datagram(NamedTuple):
