@@ -33,7 +33,7 @@ from ikev2.proposals import (
     without_key_exchange,
 )
 from ikev2.sa_data import IkeSaData
-from ikev2.tasks import ike_intermediate
+from ikev2.tasks import ike_init, ike_intermediate
 from testkit.ikev2_pair import Pair, connection, establish
 
 HYBRID = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
@@ -473,3 +473,30 @@ def test_lost_intermediate_response_is_sent_again(kem: str) -> None:
     assert lost
     assert len(pair.requests("a", ExchangeType.IKE_INTERMEDIATE)) >= 4  # sent twice
     assert _established(pair, "a").quantum_safe and _established(pair, "b").quantum_safe
+
+
+def test_ike_auth_before_the_additional_key_exchange_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An initiator that skips IKE_INTERMEDIATE and goes straight to IKE_AUTH.
+    monkeypatch.setattr(ike_init, "_start_intermediate", lambda sa, rounds: None)
+    pair = Pair.make(connection(ike_proposals=(HYBRID,)))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert not pair.of("a", IkeSaEstablished) and not pair.of("b", IkeSaEstablished)
+    (failed,) = pair.of("b", IkeSaFailed)
+    assert failed.notify == NotifyType.INVALID_SYNTAX
+    assert "before the negotiated additional key exchanges" in failed.reason
+
+
+def test_no_additional_key_exchange_without_the_intermediate_notify(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RFC 9242 §2: an initiator that does not announce IKE_INTERMEDIATE gets a
+    proposal without additional key exchanges, even if it offered one."""
+    monkeypatch.setattr(ike_init, "has_additional_key_exchange", lambda proposals: False)
+    pair = Pair.make(connection(ike_proposals=(HYBRID, CLASSICAL)))
+    establish(pair)
+    assert _established(pair, "b").suite == CLASSICAL
+    (resp,) = pair.responses("b", ExchangeType.IKE_SA_INIT)
+    assert decode_message(resp.ike).notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None
