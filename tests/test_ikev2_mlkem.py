@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from conf import ConfigError, parse_config
+from ikev2.codec import IkeHeader, Nonce, Notify, decode_header, decode_message
 from ikev2.codec import KeyExchange as KePayload
-from ikev2.codec import Nonce, Notify, decode_header, decode_message
 from ikev2.codec.message import Message
 from ikev2.constants import DhGroup, ExchangeType, NotifyType, TransformType
 from ikev2.crypto import dh
@@ -34,6 +34,7 @@ from ikev2.proposals import (
 )
 from ikev2.sa_data import IkeSaData
 from ikev2.tasks import ike_init, ike_intermediate
+from testkit.fuzz.world import seal_raw, sk_ciphers
 from testkit.ikev2_pair import Pair, connection, establish
 
 HYBRID = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
@@ -500,3 +501,16 @@ def test_no_additional_key_exchange_without_the_intermediate_notify(
     assert _established(pair, "b").suite == CLASSICAL
     (resp,) = pair.responses("b", ExchangeType.IKE_SA_INIT)
     assert decode_message(resp.ike).notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None
+
+
+def test_intauth_of_a_received_message_covers_the_octets_as_sent() -> None:
+    """A peer's encoding we would not produce (RESERVED octets set in the KE payload)
+    counts as it arrived (RFC 9242 §3.3.2 takes the message's own octets)."""
+    cipher = sk_ciphers()["aes256gcm16"]
+    inner = struct.pack("!BBHHH", 0, 0, 8 + 4, DhGroup.ML_KEM_768, 0xBEEF) + b"\x01" * 4
+    template = IkeHeader(b"\x01" * 8, b"\x02" * 8, 34, 43, 1, 0, True, False)
+    received = cipher.open(seal_raw(cipher, template, 34, inner))
+    header = b"\x01" * 8 + b"\x02" * 8 + struct.pack("!BBBBII", 46, 0x20, 43, 0x08, 1, 28 + 4 + 12)
+    assert intauth_octets(received) == header + struct.pack("!BBH", 34, 0, 4 + 12) + inner
+    # Encoded afresh, the payload would read otherwise: the received octets matter.
+    assert intauth_octets(dataclasses.replace(received, plaintext=None)) != intauth_octets(received)

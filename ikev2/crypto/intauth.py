@@ -21,8 +21,13 @@ from ikev2.crypto.algorithms import Prf
 
 
 def intauth_octets(message: Message) -> bytes:
-    """IntAuth_A | IntAuth_P of one IKE_INTERMEDIATE message (``encrypted=True``)."""
-    first, inner = encode_payloads(message.payloads)
+    """IntAuth_A | IntAuth_P of one IKE_INTERMEDIATE message (``encrypted=True``): a
+    received one's inner payloads as they arrived, ours as we encode them to seal."""
+    if message.plaintext is not None:
+        inner = message.plaintext
+        first = message.payloads[0].payload_type if message.payloads else 0
+    else:
+        first, inner = encode_payloads(message.payloads)
     length = IKE_HEADER_LEN + GENERIC_PAYLOAD_HEADER_LEN + len(inner)
     return message.encode_header(PayloadType.SK, length) + generic_header(first, len(inner)) + inner
 
