@@ -22,9 +22,12 @@ reports how far it got. Each row also shows the CPU both daemons used (percent o
 core) and the UDP datagrams the kernel dropped for a full receive buffer, since either
 explains a slow row better than the rate alone.
 
+`lockgate-mlkem768` is the lockgate case with a hybrid proposal (ML-KEM-768 in one
+IKE_INTERMEDIATE exchange, RFC 9370) on both sides.
+
 Run alone (no iperf3 runs): `python -m bench.setup_rate [--sa-counts 100,1000] [--who
-charon,lockgate] [--repeat N] [--profile DIR]`; `--profile` samples both lockgates with
-py-spy into DIR (collapsed stacks per count, run and side).
+charon,lockgate,lockgate-mlkem768] [--repeat N] [--profile DIR]`; `--profile` samples
+both lockgates with py-spy into DIR (collapsed stacks per count, run and side).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from daemon.lab.netns import HarnessError, Lab, SiteToSite, build_site_to_site
 from testkit.strongswan import Charon, SwanChild, SwanConnection, SwanSecret
 
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
+HYBRID_PROPOSAL = IKE_PROPOSAL + "-ke1_mlkem768"
+"""`--who lockgate-mlkem768`: the same, with ML-KEM-768 in IKE_INTERMEDIATE (RFC 9370)."""
+LOCKGATE_CASES = {"lockgate": IKE_PROPOSAL, "lockgate-mlkem768": HYBRID_PROPOSAL}
 ESP_PROPOSAL = "aes128gcm16"
 CONTROL_IFACE = "lgsetup0"
 _LOG_QUIET = {"default": 1, "ike": 1, "cfg": 1, "knl": 1, "net": 0}
@@ -226,7 +232,7 @@ def _inner(side: str, i: int) -> str:
     return f"2001:db8:{side}::{i + 1:x}/128"
 
 
-def _lockgate_responder(topo: SiteToSite, socket: str) -> str:
+def _lockgate_responder(topo: SiteToSite, socket: str, ike: str = IKE_PROPOSAL) -> str:
     return "\n".join(
         [
             "[gateway]",
@@ -248,7 +254,7 @@ def _lockgate_responder(topo: SiteToSite, socket: str) -> str:
             'peer = "any"',
             f"local_subnets = [{json.dumps(topo.site_b.subnet6)}]",
             f"remote_subnets = [{json.dumps(topo.site_a.subnet6)}]",
-            f"ike_proposals = [{json.dumps(IKE_PROPOSAL)}]",
+            f"ike_proposals = [{json.dumps(ike)}]",
             f"esp_proposals = [{json.dumps(ESP_PROPOSAL)}]",
             'start = "wait"',
             "",
@@ -256,7 +262,9 @@ def _lockgate_responder(topo: SiteToSite, socket: str) -> str:
     )
 
 
-def _lockgate_initiator(topo: SiteToSite, socket: str, count: int, start: str) -> str:
+def _lockgate_initiator(
+    topo: SiteToSite, socket: str, count: int, start: str, ike: str = IKE_PROPOSAL
+) -> str:
     lines = [
         "[gateway]",
         f"addresses = [{json.dumps(topo.gw_a_wan4)}]",
@@ -280,7 +288,7 @@ def _lockgate_initiator(topo: SiteToSite, socket: str, count: int, start: str) -
             f'peer = "p{i}"',
             f"local_subnets = [{json.dumps(_inner('a', i))}]",
             f"remote_subnets = [{json.dumps(_inner('b', i))}]",
-            f"ike_proposals = [{json.dumps(IKE_PROPOSAL)}]",
+            f"ike_proposals = [{json.dumps(ike)}]",
             f"esp_proposals = [{json.dumps(ESP_PROPOSAL)}]",
             f"start = {json.dumps(start)}",
             "",
@@ -357,22 +365,31 @@ def _profiled(pids: dict[str, int], out: Path | None, tag: str) -> Iterator[None
                 proc.wait(timeout=5)
 
 
-def lockgate_case(topo: SiteToSite, count: int, profile: Path | None = None) -> SetupResult:
+def lockgate_case(
+    topo: SiteToSite, count: int, profile: Path | None = None, name: str = "lockgate"
+) -> SetupResult:
     """N IKE SAs from lockgate A to lockgate B, initiated at once by a reload; with
-    ``profile``, py-spy samples both daemons from the SIGHUP to the last SA."""
-    result = SetupResult("lockgate", count)
+    ``profile``, py-spy samples both daemons from the SIGHUP to the last SA. ``name``
+    picks the IKE proposal (`LOCKGATE_CASES`)."""
+    ike = LOCKGATE_CASES[name]
+    result = SetupResult(name, count)
     tmp = topo.lab.tmpdir
     sock_a, sock_b = tmp / f"sr-A-{count}.sock", tmp / f"sr-B-{count}.sock"
-    responder = Lockgate(topo.gw_b, f"sr-B-{count}", _lockgate_responder(topo, str(sock_b)), sock_b)
+    responder = Lockgate(
+        topo.gw_b, f"sr-B-{count}", _lockgate_responder(topo, str(sock_b), ike), sock_b
+    )
     initiator = Lockgate(
-        topo.gw_a, f"sr-A-{count}", _lockgate_initiator(topo, str(sock_a), count, "wait"), sock_a
+        topo.gw_a,
+        f"sr-A-{count}",
+        _lockgate_initiator(topo, str(sock_a), count, "wait", ike),
+        sock_a,
     )
     try:
         responder.start()
         initiator.start(timeout=60)
         time.sleep(0.5)
         result.responder_kib_before = resident_kib(responder.pid())
-        initiator.config.write_text(_lockgate_initiator(topo, str(sock_a), count, "initiate"))
+        initiator.config.write_text(_lockgate_initiator(topo, str(sock_a), count, "initiate", ike))
         pids = {"A": initiator.pid(), "B": responder.pid()}
         drops_before = _rcvbuf_errors(topo)
         with _profiled(pids, profile, f"lockgate-{count}"), cpu_meter(pids, result.cpu):
@@ -459,7 +476,7 @@ def run_control_plane(
                 if name == "charon":
                     result = charon_case(topo, count)
                 else:
-                    result = lockgate_case(topo, count, profile)
+                    result = lockgate_case(topo, count, profile, name)
                 say(f"    {_line(result)}")
                 results.append(result)
     return results
@@ -477,7 +494,7 @@ def _line(r: SetupResult) -> str:
     if r.busy_seconds is not None:
         err = f"  (A busy {r.busy_seconds:.2f}s after SIGHUP)" + err
     return (
-        f"{r.implementation:<9} {r.count:>5} {secs:>8} {rate:>16} {r.established:>6} "
+        f"{r.implementation:<17} {r.count:>5} {secs:>8} {rate:>16} {r.established:>6} "
         f"{r.child_sas:>6} {r.responder_sas:>6} {kib:>14}{err}"
     )
 
@@ -486,7 +503,7 @@ def report(results: Sequence[SetupResult]) -> str:
     """The control-plane table and the lockgate/charon ratios."""
     lines = [
         "Control plane: IKE SA + CHILD SA setups initiated at once (responder DoS protection off)",
-        f"{'who':<9} {'SAs':>5} {'time':>8} {'rate':>16} {'IKE up':>6} {'CHILD':>6} "
+        f"{'who':<17} {'SAs':>5} {'time':>8} {'rate':>16} {'IKE up':>6} {'CHILD':>6} "
         f"{'B has':>6} {'B memory':>14}",
     ]
     lines += [_line(r) for r in results]
@@ -507,6 +524,15 @@ def report(results: Sequence[SetupResult]) -> str:
             lines.append(
                 f"lockgate/charon memory per SA at {count}: {kibs[0]:.1f} / {kibs[1]:.1f} "
                 f"KiB = {kibs[0] / kibs[1]:.2f}x{runs}"
+            )
+        hybrid = [
+            r for r in results if r.implementation == "lockgate-mlkem768" and r.count == count
+        ]
+        pq_rate = _median([r.rate for r in hybrid])
+        if pq_rate is not None and rates[0]:
+            lines.append(
+                f"lockgate with/without ML-KEM-768 at {count}: {pq_rate:,.0f} / "
+                f"{rates[0]:,.0f} setups/s = {pq_rate / rates[0]:.2f}x"
             )
     return "\n".join(lines)
 
@@ -531,7 +557,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.setup_rate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--sa-counts", default="100,1000", help="SAs initiated at once (100,1000)")
-    parser.add_argument("--who", default="charon,lockgate", help="charon, lockgate or both")
+    parser.add_argument(
+        "--who",
+        default="charon,lockgate",
+        help="charon, lockgate and/or lockgate-mlkem768 (hybrid ML-KEM-768)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each case (1)")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument(
@@ -540,8 +570,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     who = [w for w in args.who.split(",") if w]
     counts = [int(n) for n in args.sa_counts.split(",") if n]
-    if any(w not in ("charon", "lockgate") for w in who) or args.repeat < 1 or not counts:
-        parser.error("--who takes charon and/or lockgate; --repeat >= 1; some --sa-counts")
+    if any(w != "charon" and w not in LOCKGATE_CASES for w in who) or args.repeat < 1 or not counts:
+        parser.error(
+            "--who takes charon, lockgate, lockgate-mlkem768; --repeat >= 1; some --sa-counts"
+        )
     if os.geteuid() != 0 or shutil.which("swanctl") is None:
         print("bench.setup_rate needs root and strongSwan (swanctl, charon)")
         return 2

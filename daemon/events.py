@@ -67,12 +67,13 @@ def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     log.info(
-        "peer %s: IKE SA #%d established with %s (%s), %s, %s[%d] <-> %s[%d]%s",
+        "peer %s: IKE SA #%d established with %s (%s), %s, quantum-safe: %s, %s[%d] <-> %s[%d]%s",
         event.connection,
         event.ike_sa_id,
         event.remote_id,
         "we initiated" if event.initiator else "peer initiated",
         event.suite,
+        "yes" if event.quantum_safe else "no",
         event.local[0],
         event.local[1],
         event.remote[0],
@@ -107,6 +108,8 @@ def _on_ike_rekeyed(gateway: Gateway, event: IkeSaRekeyed) -> None:
     CHILD SAs that moved along now answer to it."""
     old = gateway.forget_ike_sa(event.ike_sa_id)
     gateway.event_counts.rekeys["ike"] += 1
+    # A rekey keeps quantum_safe from the old announcement: the new SKEYSEED is keyed
+    # with the old SK_d (RFC 7296 §2.18), which the ML-KEM secret went into.
     sa = gateway.endpoint.ike_sa(event.new_ike_sa_id) if gateway.endpoint is not None else None
     if old is not None:
         announced = dataclasses.replace(

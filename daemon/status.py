@@ -75,6 +75,7 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
                         "spi_r": f"{info.event.spi_r:016x}",
                         "rekeyed_from": info.rekeyed_from,
                         "suite": info.event.suite,
+                        "quantum_safe": info.event.quantum_safe,
                         "local": f"{info.event.local[0]}[{info.event.local[1]}]",
                         "remote": f"{info.event.remote[0]}[{info.event.remote[1]}]",
                         "remote_id": info.event.remote_id,
@@ -213,6 +214,7 @@ def format_status(status: dict[str, Any]) -> str:
             rekeyed = ike.get("rekeyed_from")
             lines.append(
                 f"    IKE SA #{ike.get('id')}: {ike.get('suite', '?')}, "
+                f"quantum-safe: {'yes' if ike.get('quantum_safe') else 'no'}, "
                 f"{ike.get('local', '?')} <-> {ike.get('remote', '?')}, "
                 f"age {format_age(ike.get('age', 0))}"
                 + (f", rekeyed from #{rekeyed}" if rekeyed is not None else "")

@@ -79,6 +79,18 @@ class TransformType(enum.IntEnum):
     INTEG = 3
     DH = 4  # "Key Exchange Method" since RFC 9370
     ESN = 5
+    # RFC 9370 §2.2: Additional Key Exchange 1..7, run in IKE_INTERMEDIATE.
+    ADDITIONAL_KE_1 = 6
+    ADDITIONAL_KE_2 = 7
+    ADDITIONAL_KE_3 = 8
+    ADDITIONAL_KE_4 = 9
+    ADDITIONAL_KE_5 = 10
+    ADDITIONAL_KE_6 = 11
+    ADDITIONAL_KE_7 = 12
+
+
+ADDITIONAL_KE_TYPES = tuple(range(TransformType.ADDITIONAL_KE_1, TransformType.ADDITIONAL_KE_7 + 1))
+"""The transform types of RFC 9370's additional key exchanges, in exchange order."""
 
 
 class EncrId(enum.IntEnum):
@@ -170,6 +182,10 @@ class DhGroup(enum.IntEnum):
     BRAINPOOL_512 = 30
     CURVE25519 = 31
     CURVE448 = 32
+    # FIPS 203 ML-KEM (draft-ietf-ipsecme-ikev2-mlkem, IANA).
+    ML_KEM_512 = 35
+    ML_KEM_768 = 36
+    ML_KEM_1024 = 37
 
 
 class EsnId(enum.IntEnum):

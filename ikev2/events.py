@@ -129,6 +129,8 @@ class IkeSaEstablished(Event):
     eap_identity: str = ""
     """A remote-access client's user: the one an EAP login authenticated (RFC 7296
     §2.16), or its client certificate's common name; "" for other peers."""
+    quantum_safe: bool = False
+    """An ML-KEM additional key exchange (RFC 9370) went into the keys."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -352,4 +352,4 @@ class Reassembler:
             pending.total,
             len(inner),
         )
-        return header.message(payloads, encrypted=True)
+        return header.message(payloads, encrypted=True, plaintext=inner)

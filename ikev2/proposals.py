@@ -3,8 +3,11 @@
 Proposal strings are dash-separated algorithm keywords as in strongSwan's
 ``swanctl.conf``: ``aes256gcm16-prfsha384-x25519`` or ``aes256-sha256-modp2048`` for
 IKE, ``aes128gcm16``, ``aes256-sha256``, ``aes256gcm16-x25519`` (PFS group) or
-``aes256-sha256-esn`` for ESP. Several keywords of one kind in a string offer all of
-them, most preferred first. For IKE with a non-AEAD cipher and no ``prf...`` keyword,
+``aes256-sha256-esn`` for ESP. Additional key exchanges (RFC 9370) take a ``ke1_`` ...
+``ke7_`` prefix: ``aes256gcm16-prfsha384-x25519-ke1_mlkem768`` runs X25519 in
+IKE_SA_INIT and ML-KEM-768 in one IKE_INTERMEDIATE exchange. Several keywords of one
+kind in a string offer all of them, most preferred first. For IKE with a non-AEAD
+cipher and no ``prf...`` keyword,
 the PRF follows the integrity algorithm (``sha256`` -> ``prfsha256``), as in strongSwan.
 
 Selection rule (documented, since §2.7 leaves it to the responder): **our configured
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 
 from ikev2.codec.payloads import Proposal, SecurityAssociation, Transform
 from ikev2.constants import (
+    ADDITIONAL_KE_TYPES,
     DhGroup,
     EncrId,
     EsnId,
@@ -32,7 +36,7 @@ from ikev2.constants import (
     TransformType,
 )
 from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES, PRFS
-from ikev2.crypto.dh import GROUPS
+from ikev2.crypto.dh import GROUPS, KE_METHODS, KEMS
 from ikev2.errors import InvalidProposal, NoProposalChosen, UnknownAlgorithm
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,14 @@ _DH_WORDS: dict[str, Transform] = {
 }
 _DH_WORDS["curve25519"] = _DH_WORDS["x25519"]
 _DH_WORDS["curve448"] = _DH_WORDS["x448"]
+# RFC 9370 §2.2: "ke<n>_<method>" is Additional Key Exchange n (transform type 5 + n);
+# any method may run there, ML-KEM only there. "ke<n>_none" makes round n optional.
+_ADDITIONAL_WORDS: dict[str, Transform] = {}
+for _n, _type in enumerate(ADDITIONAL_KE_TYPES, start=1):
+    for _method in KE_METHODS.values():
+        _ADDITIONAL_WORDS[f"ke{_n}_{_method.name}"] = Transform.make(_type, _method.group)
+    _ADDITIONAL_WORDS[f"ke{_n}_none"] = Transform.make(_type, DhGroup.NONE)
+_KEM_NAMES = {"mlkem512", "mlkem768", "mlkem1024"}
 _ESN_WORDS: dict[str, Transform] = {
     "esn": Transform.make(TransformType.ESN, EsnId.ESN),
     "noesn": Transform.make(TransformType.ESN, EsnId.NO_ESN),
@@ -105,10 +117,15 @@ _LEGACY_NAMES.update(
         if (EncrId.AES_CBC, bits) not in ENCRYPTIONS
     }
 )
+for _n, _type in enumerate(ADDITIONAL_KE_TYPES, start=1):
+    for _id, _word in ((DhGroup.ML_KEM_512, "mlkem512"), (DhGroup.ML_KEM_768, "mlkem768")):
+        # Named in FIPS 203, missing from the installed ``cryptography``.
+        if _id not in KEMS:
+            _LEGACY_NAMES[(_type, _id, None)] = f"ke{_n}_{_word}"
 _KNOWN_UNSUPPORTED = frozenset(_LEGACY_NAMES.values())
 
 _NAMES: dict[tuple[int, int, int | None], str] = dict(_LEGACY_NAMES)
-for _table in (_ENCR_WORDS, _INTEG_WORDS, _PRF_WORDS, _DH_WORDS, _ESN_WORDS):
+for _table in (_ENCR_WORDS, _INTEG_WORDS, _PRF_WORDS, _DH_WORDS, _ADDITIONAL_WORDS, _ESN_WORDS):
     for _word, _tr in reversed(list(_table.items())):  # the first spelling wins
         _NAMES[(_tr.transform_type, _tr.transform_id, _tr.key_length)] = _word
 
@@ -141,8 +158,28 @@ def _parse(text: str, words: Sequence[dict[str, Transform]]) -> list[Transform]:
                     transforms.append(table[token])
                 break
         else:
+            if token in _KEM_NAMES:
+                raise InvalidProposal(
+                    f"{token} runs as an additional key exchange: write ke1_{token} "
+                    f"after a classical group in {text!r}"
+                )
             raise UnknownAlgorithm(token, text, legacy=token in _KNOWN_UNSUPPORTED)
     return transforms
+
+
+def _additional(
+    transforms: Sequence[Transform], groups: Sequence[Transform], text: str
+) -> list[Transform]:
+    """The ke1_ ... ke7_ transforms in type order; they extend a classical exchange."""
+    found = sorted(
+        (t for t in transforms if t.transform_type in ADDITIONAL_KE_TYPES),
+        key=lambda t: t.transform_type,
+    )
+    if found and not groups:
+        raise InvalidProposal(
+            f"proposal {text!r} has additional key exchanges but no key exchange group"
+        )
+    return found
 
 
 def _of_type(transforms: Sequence[Transform], kind: TransformType) -> list[Transform]:
@@ -169,7 +206,7 @@ def _check_aead_mix(encrs: Sequence[Transform], integs: Sequence[Transform], tex
 @functools.lru_cache(maxsize=256)  # a Proposal is frozen: one parse per string
 def parse_ike_proposal(text: str) -> Proposal:
     """Parse an IKE proposal string; raises :class:`UnknownAlgorithm` / :class:`InvalidProposal`."""
-    transforms = _parse(text, (_ENCR_WORDS, _INTEG_WORDS, _PRF_WORDS, _DH_WORDS))
+    transforms = _parse(text, (_ENCR_WORDS, _INTEG_WORDS, _PRF_WORDS, _DH_WORDS, _ADDITIONAL_WORDS))
     encrs = _of_type(transforms, TransformType.ENCR)
     integs = _of_type(transforms, TransformType.INTEG)
     prfs = _of_type(transforms, TransformType.PRF)
@@ -186,7 +223,7 @@ def parse_ike_proposal(text: str) -> Proposal:
         ]
     if not groups:
         raise InvalidProposal(f"IKE proposal {text!r} has no key exchange group")
-    ordered = encrs + integs + prfs + groups
+    ordered = encrs + integs + prfs + groups + _additional(transforms, groups, text)
     return Proposal(1, ProtocolId.IKE, b"", tuple(ordered))
 
 
@@ -197,7 +234,7 @@ def parse_esp_proposal(text: str) -> Proposal:
     A key exchange group makes the proposal require PFS in CREATE_CHILD_SA. Without
     ``esn``/``noesn`` only NO_ESN is offered (RFC 7296 §3.3.2 requires an ESN transform).
     """
-    transforms = _parse(text, (_ENCR_WORDS, _INTEG_WORDS, _DH_WORDS, _ESN_WORDS))
+    transforms = _parse(text, (_ENCR_WORDS, _INTEG_WORDS, _DH_WORDS, _ADDITIONAL_WORDS, _ESN_WORDS))
     encrs = _of_type(transforms, TransformType.ENCR)
     integs = _of_type(transforms, TransformType.INTEG)
     groups = _of_type(transforms, TransformType.DH)
@@ -205,7 +242,8 @@ def parse_esp_proposal(text: str) -> Proposal:
     if not encrs:
         raise InvalidProposal(f"ESP proposal {text!r} has no encryption algorithm")
     _check_aead_mix(encrs, integs, text)
-    return Proposal(1, ProtocolId.ESP, b"", tuple(encrs + integs + groups + esns))
+    additional = _additional(transforms, groups, text)
+    return Proposal(1, ProtocolId.ESP, b"", tuple(encrs + integs + groups + additional + esns))
 
 
 def describe_proposal(proposal: Proposal) -> str:
@@ -263,12 +301,40 @@ def dh_group(proposal: Proposal) -> int:
 
 
 _DH = int(TransformType.DH)
+_KE_TYPES = frozenset((_DH, *ADDITIONAL_KE_TYPES))
 
 
 def without_key_exchange(proposal: Proposal) -> Proposal:
-    """The proposal minus its DH transforms: the CHILD SA of IKE_AUTH has no KE (§1.2)."""
-    transforms = tuple(t for t in proposal.transforms if t.transform_type != _DH)
+    """The proposal minus its key exchanges (DH and additional ones): the CHILD SA of
+    IKE_AUTH has no KE (§1.2; RFC 9370 §2.2.3)."""
+    transforms = tuple(t for t in proposal.transforms if t.transform_type not in _KE_TYPES)
     return Proposal(proposal.number, proposal.protocol, proposal.spi, transforms)
+
+
+def additional_key_exchanges(proposal: Proposal) -> list[tuple[int, int]]:
+    """(transform type, method) of each additional key exchange a selected proposal
+    runs, in exchange order; rounds negotiated as NONE are skipped (RFC 9370 §2.2.1)."""
+    return [
+        (t.transform_type, t.transform_id)
+        for t in proposal.transforms
+        if t.transform_type in ADDITIONAL_KE_TYPES and t.transform_id != DhGroup.NONE
+    ]
+
+
+def without_additional_key_exchanges(proposal: Proposal) -> Proposal:
+    """The proposal minus its ke1_ ... ke7_ transforms: what CREATE_CHILD_SA offers,
+    since lockgate runs no IKE_FOLLOWUP_KE (RFC 9370 §2.2.4) yet."""
+    transforms = tuple(
+        t for t in proposal.transforms if t.transform_type not in ADDITIONAL_KE_TYPES
+    )
+    if len(transforms) == len(proposal.transforms):
+        return proposal
+    return Proposal(proposal.number, proposal.protocol, proposal.spi, transforms)
+
+
+def has_additional_key_exchange(proposals: Sequence[Proposal]) -> bool:
+    """Whether any of ``proposals`` asks for an additional key exchange (RFC 9370)."""
+    return any(additional_key_exchanges(p) for p in proposals)
 
 
 # --- Selection ---------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from ikev2.sa_types import ChildSa, IkeDropReason, IkeSaState, PeerIkeRekey
 from ikev2.task_manager import GiveUp, RequestKind
 from ikev2.tasks import (
     AnswerCreateChild,
+    AnswerIntermediate,
     ChildCreate,
     ChildDelete,
     CreateChild,
@@ -77,6 +78,7 @@ from ikev2.tasks import (
     Informational,
     NotifyOnly,
     RefuseCreateChild,
+    RefuseEarlyAuth,
     RetryExchange,
     Task,
     UpdateSaAddresses,
@@ -365,6 +367,8 @@ class IkeSa(IkeSaData):
         else:
             self._peer_address_seen(local, remote)
         try:
+            if header.exchange_type == ExchangeType.IKE_INTERMEDIATE:
+                self.note_intermediate(message)
             for task in exchange.tasks:
                 task.process_response(self, message)
         except RetryExchange:
@@ -452,6 +456,8 @@ class IkeSa(IkeSaData):
             tasks = factory(self)
             try:
                 check_payloads(header.exchange_type, False, message.payloads)
+                if header.exchange_type == ExchangeType.IKE_INTERMEDIATE:
+                    self.note_intermediate(message)
                 for task in tasks:
                     task.process_request(self, message)
                 for task in tasks:
@@ -472,6 +478,11 @@ class IkeSa(IkeSaData):
         packets = self._encode(response)
         if header.exchange_type == ExchangeType.IKE_SA_INIT and fatal is None:
             self.init_response = packets[0]
+        if header.exchange_type == ExchangeType.IKE_INTERMEDIATE and fatal is None:
+            # RFC 9242 §3.3.1, RFC 9370 §2.2.2: our response counts under the keys it
+            # was sealed with; the new keys protect what follows.
+            self.note_intermediate(response)
+            self.take_deferred_keys()
         self.tm.response_sent(header.message_id, data, packets)
         self._send(packets, (local, remote))
         if fatal is not None:
@@ -487,8 +498,9 @@ class IkeSa(IkeSaData):
                 log.debug("%s: %s", self.name, fatal)
                 self.state = IkeSaState.DELETED
                 return
-            if header.exchange_type in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
-                # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind.
+            if header.exchange_type in _SETUP_EXCHANGES:
+                # §2.21.1-2: a refused IKE_SA_INIT or IKE_AUTH leaves no IKE SA behind,
+                # nor does a refused IKE_INTERMEDIATE (RFC 9242 §3.4), which precedes it.
                 refusal = fatal.refusal if isinstance(fatal, LoginRefused) else ""
                 self.fail(str(fatal), fatal.notify, refusal=refusal)
                 return
@@ -521,6 +533,8 @@ class IkeSa(IkeSaData):
         packets = self._encode(message)
         if exchange.exchange_type == ExchangeType.IKE_SA_INIT:
             self.init_request = packets[0]
+        elif exchange.exchange_type == ExchangeType.IKE_INTERMEDIATE:
+            self.note_intermediate(message)
         return packets
 
     def send_next(self, now: float) -> None:
@@ -590,6 +604,7 @@ class IkeSa(IkeSaData):
             # the task manager to answer a retransmitted request (§2.1).
             self.init_request = self.init_response = b""
             self.ke = None
+            self.intermediate = None
             self.nonce_i = self.nonce_r = self.cookie = b""
             if self.keys is not None:
                 self.keys = self.keys.without_auth_keys()
@@ -725,16 +740,25 @@ class IkeSa(IkeSaData):
             self.emit(NatKeepaliveDue(self.ike_sa_id, self.local, self.remote))
 
 
+_SETUP_EXCHANGES = (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE, ExchangeType.IKE_AUTH)
+
+
 def _responder_init(sa: IkeSa) -> list[Task]:
     return [IkeInit(), IkeNatd()]
 
 
 def _responder_auth(sa: IkeSa) -> list[Task]:
+    if sa.intermediate is not None and sa.intermediate.rounds:
+        return [RefuseEarlyAuth()]
     # One list for every IKE_AUTH exchange of an EAP login (§2.16): the CHILD SA and
     # configuration requested in the first are answered in the last.
     if sa.auth_tasks is None:
         sa.auth_tasks = [IkeAuth(), IkeConfig(), ChildCreate(None), IkeMobike()]
     return sa.auth_tasks
+
+
+def _responder_intermediate(sa: IkeSa) -> list[Task]:
+    return [AnswerIntermediate()]
 
 
 def _informational(sa: IkeSa) -> list[Task]:
@@ -751,6 +775,7 @@ def _refuse_child(sa: IkeSa) -> list[Task]:
 
 _REQUEST_TASKS: dict[tuple[IkeSaState, int], Callable[[IkeSa], list[Task]]] = {
     (IkeSaState.HALF_OPEN, ExchangeType.IKE_SA_INIT): _responder_init,
+    (IkeSaState.HALF_OPEN, ExchangeType.IKE_INTERMEDIATE): _responder_intermediate,
     (IkeSaState.HALF_OPEN, ExchangeType.IKE_AUTH): _responder_auth,
     (IkeSaState.ESTABLISHED, ExchangeType.INFORMATIONAL): _informational,
     (IkeSaState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): _create_child,

@@ -18,12 +18,13 @@ from typing import Self
 from ikev2.codec import Message, encode_message
 from ikev2.config import ConnectionConfig, IpInterface
 from ikev2.crypto.dh import KeyExchange
+from ikev2.crypto.intauth import chain_intauth, intauth_trailer
 from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.keys import IkeKeys
 from ikev2.crypto.registry import IkeSuite
 from ikev2.crypto.rng import RandomSource
 from ikev2.crypto.sk import SkCipherPair
-from ikev2.errors import LocalProtocolError
+from ikev2.errors import InvalidSyntax, LocalProtocolError
 from ikev2.events import (
     Address,
     ChildSaDeleted,
@@ -34,7 +35,14 @@ from ikev2.events import (
 )
 from ikev2.fragments import Reassembler, seal_for_size
 from ikev2.identity import Identity
-from ikev2.sa_types import ChildSa, Datagram, IkeDropReason, IkeSaState, PeerIkeRekey
+from ikev2.sa_types import (
+    ChildSa,
+    Datagram,
+    IkeDropReason,
+    IkeSaState,
+    Intermediate,
+    PeerIkeRekey,
+)
 from ikev2.task_manager import RetransmitPolicy, TaskManager
 from ikev2.tasks.base import Exchange, Task
 
@@ -106,6 +114,7 @@ class IkeSaData:
         "initial_child_failed",
         "initial_contact",
         "initiator",
+        "intermediate",
         "ke",
         "keepalive_at",
         "key_pool",
@@ -213,6 +222,8 @@ class IkeSaData:
         """IKE_SA_INIT response as sent (RealMessage2 of §2.15)."""
         self.keys: IkeKeys | None = None
         self.sk: SkCipherPair | None = None
+        self.intermediate: Intermediate | None = None
+        """IKE_INTERMEDIATE state while additional key exchanges run (RFC 9370)."""
         self.peer_hashes: tuple[int, ...] | None = None
         """Hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4)."""
         self.fragmentation = False
@@ -474,6 +485,45 @@ class IkeSaData:
         self.changed()
 
     # --- changes that need no exchange --------------------------------------------------
+
+    @property
+    def quantum_safe(self) -> bool:
+        """Whether a post-quantum key exchange (ML-KEM) went into this SA's keys."""
+        return self.suite is not None and self.suite.quantum_safe
+
+    @property
+    def int_auth(self) -> bytes:
+        """What RFC 9242 §3.3.2 appends to both AUTH payloads' signed octets: empty
+        unless IKE_INTERMEDIATE exchanges took place."""
+        state = self.intermediate
+        if state is None or state.count == 0:
+            return b""
+        return intauth_trailer(state.int_auth_i, state.int_auth_r, state.count + 1)
+
+    def start_intermediate(self, rounds: list[tuple[int, int]]) -> None:
+        """IKE_SA_INIT chose additional key exchanges: IKE_INTERMEDIATE runs them."""
+        self.intermediate = Intermediate(rounds=list(rounds)) if rounds else None
+
+    def note_intermediate(self, message: Message) -> None:
+        """Chain an IKE_INTERMEDIATE message (sent or received) into IntAuth, keyed
+        by the SK_pi/SK_pr of this moment (RFC 9242 §3.3.1)."""
+        state = self.intermediate
+        if state is None or self.suite is None or self.keys is None:
+            raise InvalidSyntax("IKE_INTERMEDIATE without additional key exchanges")
+        prf = self.suite.prf
+        if message.initiator:
+            state.int_auth_i = chain_intauth(prf, self.keys.sk_pi, state.int_auth_i, message)
+        else:
+            state.int_auth_r = chain_intauth(prf, self.keys.sk_pr, state.int_auth_r, message)
+
+    def take_deferred_keys(self) -> None:
+        """Responder: the response of an IKE_INTERMEDIATE is sealed, switch keys now."""
+        state = self.intermediate
+        if state is not None and state.deferred is not None:
+            suite, keys = state.deferred
+            state.deferred = None
+            state.answered_under = self.sk.inbound if self.sk is not None else None
+            self.adopt_keys(suite, keys)
 
     def adopt_keys(self, suite: IkeSuite, keys: IkeKeys) -> None:
         """Take the algorithms and SK_* keys of IKE_SA_INIT or of a rekey (§2.14, §2.18)."""

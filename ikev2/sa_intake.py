@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from ikev2.codec import Delete, IkeHeader, Message, Notify, Payload, decode_payloads
+from ikev2.codec import Delete, IkeHeader, Message, Notify, Payload, decode_header, decode_payloads
 from ikev2.constants import IKE_HEADER_LEN, ExchangeType, ProtocolId
+from ikev2.crypto.sk import SkCipher
 from ikev2.eap_mschapv2 import EapFailed
 from ikev2.errors import (
     IkeError,
@@ -52,7 +53,7 @@ def resend_for_fragment(sa: IkeSaData, data: bytes) -> None:
         sa.on_drop(IkeDropReason.INVALID_MESSAGE)
         return
     try:
-        fragment = open_fragment(sa.sk.inbound, data)
+        fragment = open_fragment(_answered_under(sa, data), data)
     except IkeError as exc:
         log.debug("%s: dropping a bad fragment: %s", sa.name, exc)
         sa.on_drop(drop_reason(exc))
@@ -61,6 +62,21 @@ def resend_for_fragment(sa: IkeSaData, data: bytes) -> None:
         log.debug("%s: request retransmitted in fragments; resending", sa.name)
         sa._send(sa.tm.cached_packets())
     sa.on_drop(IkeDropReason.RETRANSMIT_ANSWERED)
+
+
+def _answered_under(sa: IkeSaData, data: bytes) -> SkCipher:
+    """The cipher a retransmitted request's fragments are sealed with: an answered
+    IKE_INTERMEDIATE's are under the keys before its key update (RFC 9370 §2.2.2)."""
+    state = sa.intermediate
+    if (
+        state is not None
+        and state.answered_under is not None
+        and decode_header(data).exchange_type == ExchangeType.IKE_INTERMEDIATE
+    ):
+        return state.answered_under
+    if sa.sk is None:
+        raise InvalidSyntax("encrypted message before keys exist")
+    return sa.sk.inbound
 
 
 def drop_invalid_request(sa: IkeSaData, header: IkeHeader, remote: Address, exc: IkeError) -> None:

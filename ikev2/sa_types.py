@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 from ikev2.config import ChildConfig
-from ikev2.crypto.registry import ChildSuite
+from ikev2.crypto.keys import IkeKeys
+from ikev2.crypto.registry import ChildSuite, IkeSuite
+from ikev2.crypto.sk import SkCipher
 from ikev2.events import Address
 from ikev2.ts import TrafficSelector
 
@@ -93,6 +95,30 @@ class IkeDropReason(enum.StrEnum):
     BACKLOG_FULL = "backlog_full"
     """Received while the caller's backlog of datagrams waiting to be processed was
     full (counted by the caller, `Endpoint.count_drop`: the core never saw it)."""
+
+
+@dataclass(slots=True)
+class Intermediate:
+    """The IKE_INTERMEDIATE exchanges of one IKE SA (RFC 9242, RFC 9370 §2.2).
+
+    Made by IKE_SA_INIT when the chosen proposal has additional key exchanges, and
+    dropped once IKE_AUTH is over.
+    """
+
+    rounds: list[tuple[int, int]]
+    """(transform type, method) of the additional key exchanges still to run."""
+    count: int = 0
+    """IKE_INTERMEDIATE exchanges done (so IKE_AUTH's Message ID is count + 1)."""
+    int_auth_i: bytes = b""
+    """IntAuth_i so far: the chain over the initiator's messages (RFC 9242 §3.3.1)."""
+    int_auth_r: bytes = b""
+    """IntAuth_r so far: the chain over the responder's messages."""
+    deferred: tuple[IkeSuite, IkeKeys] | None = None
+    """Responder: keys to take once this exchange's response is sealed (RFC 9370
+    §2.2.2: the response still goes out under the old ones)."""
+    answered_under: SkCipher | None = None
+    """Responder: the inbound cipher of the last IKE_INTERMEDIATE request, which its
+    retransmitted fragments still use after our keys changed (RFC 7383 §2.6.1)."""
 
 
 class Datagram(NamedTuple):

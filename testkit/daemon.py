@@ -112,15 +112,19 @@ def start_daemon(
     return daemon
 
 
-def pair_configs(topo: SiteToSite, extra_a: str = "", extra_b: str = "") -> tuple[str, str]:
+def pair_configs(
+    topo: SiteToSite, extra_a: str = "", extra_b: str = "", esp: str = "aes128gcm16"
+) -> tuple[str, str]:
     """The two gateways' files for one IPv4 connection, with the defaults otherwise: A
-    initiates, B waits; `extra_a` and `extra_b` add keys to each connection."""
+    initiates, B waits; `extra_a` and `extra_b` add keys to each connection, `esp` is
+    both sides' ESP proposal."""
     a = config(
         me=topo.gw_a_wan4,
         peer=topo.gw_b_wan4,
         local=[topo.site_a.subnet4],
         remote=[topo.site_b.subnet4],
         start="initiate",
+        esp=esp,
         extra=extra_a,
     )
     b = config(
@@ -129,6 +133,7 @@ def pair_configs(topo: SiteToSite, extra_a: str = "", extra_b: str = "") -> tupl
         local=[topo.site_b.subnet4],
         remote=[topo.site_a.subnet4],
         start="wait",
+        esp=esp,
         extra=extra_b,
     )
     return a, b

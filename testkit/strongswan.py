@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,20 @@ from daemon.lab.netns import HarnessError, Namespace, Process, run_command
 from testkit.pki import Credential, Pki
 
 CHARON = "/usr/lib/ipsec/charon"
+
+
+def installed_version() -> tuple[int, ...]:
+    """The installed charon's version as numbers ("Linux strongSwan 5.9.8" -> (5, 9,
+    8)), from ``charon --version``: which features (RFC 9370 from 6.0) the peer has."""
+    out = subprocess.run(
+        [CHARON, "--version"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    found = re.search(r"strongSwan\s+U?(\d+)\.(\d+)\.(\d+)", out)
+    if found is None:
+        raise HarnessError(f"cannot read charon's version from {out!r}")
+    return tuple(int(n) for n in found.groups())
+
+
 PLUGINS = (
     "random nonce openssl pem pkcs1 pkcs8 x509 pubkey constraints revocation kdf "
     "kernel-libipsec kernel-netlink socket-default vici"

@@ -14,7 +14,7 @@ whose ``payloads`` are the inner ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from struct import Struct
 from struct import error as StructError
 from typing import TypeVar
@@ -76,9 +76,15 @@ class IkeHeader:
         """The 28 header octets."""
         return _encode_header(self, self.next_payload, self.length)
 
-    def message(self, payloads: tuple[Payload, ...], *, encrypted: bool = False) -> Message:
+    def message(
+        self,
+        payloads: tuple[Payload, ...],
+        *,
+        encrypted: bool = False,
+        plaintext: bytes | None = None,
+    ) -> Message:
         """The message this header heads, with ``payloads`` (the inverse of
-        :meth:`Message.header`; ``encrypted`` as in :class:`Message`)."""
+        :meth:`Message.header`; ``encrypted`` and ``plaintext`` as in :class:`Message`)."""
         return Message(
             spi_i=self.spi_i,
             spi_r=self.spi_r,
@@ -89,6 +95,7 @@ class IkeHeader:
             payloads=payloads,
             encrypted=encrypted,
             version=self.version,
+            plaintext=plaintext,
         )
 
 
@@ -147,6 +154,9 @@ class Message:
     """Whether ``payloads`` belong inside an SK payload."""
     version: int = IKE_VERSION
     """Major and minor version octet of the header."""
+    plaintext: bytes | None = field(default=None, compare=False, repr=False)
+    """A received encrypted message: its inner payloads as the peer encoded them (the
+    SK payload's plaintext without padding), which IntAuth covers (RFC 9242 §3.3.2)."""
 
     def encode_header(self, next_payload: int, length: int) -> bytes:
         """``self.header(next_payload, length).encode()`` without the IkeHeader object

@@ -99,6 +99,13 @@ _CREATE_CHILD_SA_RESPONSE = (
     _R(_PT.NOTIFY, 0, _MANY, sufficient=True),  # NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD, ...
     _R(_PT.VENDOR_ID, 0, _MANY),
 )
+# RFC 9242 §3, RFC 9370 §2.2.1: one additional key exchange per IKE_INTERMEDIATE.
+_IKE_INTERMEDIATE_REQUEST = (
+    _R(_PT.KE, 0, 1),
+    _R(_PT.NOTIFY, 0, _MANY),
+    _R(_PT.VENDOR_ID, 0, _MANY),
+)
+_IKE_INTERMEDIATE_RESPONSE = _IKE_INTERMEDIATE_REQUEST
 _INFORMATIONAL = (
     _R(_PT.NOTIFY, 0, _MANY),
     _R(_PT.DELETE, 0, _MANY),
@@ -113,6 +120,8 @@ MESSAGE_RULES: dict[tuple[ExchangeType, bool], tuple[PayloadRule, ...]] = {
     (ExchangeType.IKE_AUTH, True): _IKE_AUTH_RESPONSE,
     (ExchangeType.CREATE_CHILD_SA, False): _CREATE_CHILD_SA_REQUEST,
     (ExchangeType.CREATE_CHILD_SA, True): _CREATE_CHILD_SA_RESPONSE,
+    (ExchangeType.IKE_INTERMEDIATE, False): _IKE_INTERMEDIATE_REQUEST,
+    (ExchangeType.IKE_INTERMEDIATE, True): _IKE_INTERMEDIATE_RESPONSE,
     (ExchangeType.INFORMATIONAL, False): _INFORMATIONAL,
     (ExchangeType.INFORMATIONAL, True): _INFORMATIONAL,
 }

@@ -7,6 +7,11 @@ SKEYSEED as g^ir):
 * MODP (RFC 3526, RFC 7296 §2.14): big-endian, zero-padded to the prime's length.
 * ECP (RFC 5903 §7): KE data is x | y, each padded to the field size; g^ir is x only.
 * Curve25519 / Curve448 (RFC 8031, RFC 7748): the raw 32 / 56 octets.
+* ML-KEM (FIPS 203, draft-ietf-ipsecme-ikev2-mlkem): a key encapsulation, not a
+  Diffie-Hellman: the initiator sends its encapsulation key, the responder answers
+  with the ciphertext (:func:`respond_key_exchange`), and the 32-octet shared secret
+  is the "g^ir" of the key schedule. Only the additional key exchanges of RFC 9370
+  use it (``KEMS``), never IKE_SA_INIT's.
 
 A peer's public value is validated (range, point on curve, non-zero shared secret);
 a bad one raises :class:`ikev2.errors.InvalidKeData`.
@@ -20,12 +25,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
 
 from ikev2.constants import DhGroup
 from ikev2.crypto.rng import RandomSource
 from ikev2.errors import InvalidKeData, UnsupportedSuite
+
+MlKemPrivate = mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey
+MlKemPublic = mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey
 
 
 def _pi_scaled(bits: int) -> int:
@@ -84,6 +92,13 @@ class KeGroup:
     """Length of the KE payload's Key Exchange Data."""
     shared_len: int
     """Length of g^ir as fed into the PRF."""
+    ciphertext_len: int = 0
+    """ML-KEM: length of the responder's ciphertext (its KE data); 0 for DH groups."""
+
+    @property
+    def kem(self) -> bool:
+        """A key encapsulation (ML-KEM): the two sides send different things."""
+        return self.ciphertext_len > 0
 
 
 GROUPS: dict[int, KeGroup] = {
@@ -101,6 +116,25 @@ GROUPS: dict[int, KeGroup] = {
 }
 """Implemented key exchange groups by transform ID."""
 
+_MLKEM_KEYS: dict[int, tuple[type[MlKemPrivate], type[MlKemPublic]]] = {
+    DhGroup.ML_KEM_768: (mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey),
+    DhGroup.ML_KEM_1024: (mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey),
+}
+# FIPS 203 §8 table 3: encapsulation key and ciphertext sizes. ML-KEM-512 is not in
+# the installed ``cryptography``, so it is not offered (the parser names it unsupported).
+KEMS: dict[int, KeGroup] = {
+    g.group: g
+    for g in (
+        KeGroup(DhGroup.ML_KEM_768, "mlkem768", 1184, 32, ciphertext_len=1088),
+        KeGroup(DhGroup.ML_KEM_1024, "mlkem1024", 1568, 32, ciphertext_len=1568),
+    )
+    if g.group in _MLKEM_KEYS
+}
+"""Implemented key encapsulation methods by transform ID (additional key exchanges)."""
+
+KE_METHODS: dict[int, KeGroup] = {**GROUPS, **KEMS}
+"""Every method an additional key exchange (RFC 9370) may use."""
+
 
 class KeyExchange:
     """Our side of one key exchange: a private value and its public KE data.
@@ -116,7 +150,8 @@ class KeyExchange:
         private: dh.DHPrivateKey
         | ec.EllipticCurvePrivateKey
         | x25519.X25519PrivateKey
-        | x448.X448PrivateKey,
+        | x448.X448PrivateKey
+        | MlKemPrivate,
     ) -> None:
         self.group = group
         self.public_bytes = public_bytes
@@ -129,9 +164,13 @@ class KeyExchange:
     @classmethod
     def generate(cls, group: int, rng: RandomSource) -> KeyExchange:
         """A fresh private value for ``group`` drawn from ``rng``."""
-        info = GROUPS.get(group)
+        info = KE_METHODS.get(group)
         if info is None:
             raise UnsupportedSuite(f"key exchange group {group} is not implemented")
+        if info.kem:
+            # FIPS 203 §7.1: ML-KEM.KeyGen from the 64-octet seed d | z.
+            kem_private = _MLKEM_KEYS[info.group][0].from_seed_bytes(rng.token_bytes(64))
+            return cls(info, kem_private.public_key().public_bytes_raw(), kem_private)
         if info.group in _MODP_FORMULA:
             return cls._generate_modp(info, rng)
         if info.group in _EC_CURVES:
@@ -166,7 +205,12 @@ class KeyExchange:
         return cls(info, public, private)
 
     def shared_secret(self, peer_public: bytes) -> bytes:
-        """g^ir from the peer's Key Exchange Data, in the encoding of RFC 7296 §2.14."""
+        """g^ir from the peer's Key Exchange Data, in the encoding of RFC 7296 §2.14.
+
+        For ML-KEM (the initiator's side) the peer's data is the ciphertext.
+        """
+        if self.group.kem:
+            return self._decapsulate(peer_public)
         if len(peer_public) != self.group.public_len:
             raise InvalidKeData(
                 f"{self.group.name} KE data must be {self.group.public_len} octets, "
@@ -191,6 +235,20 @@ class KeyExchange:
             raise InvalidKeData(f"invalid {self.group.name} public value") from exc
         raise UnsupportedSuite(f"no key exchange for {self.group.name}")
 
+    def _decapsulate(self, ciphertext: bytes) -> bytes:
+        if len(ciphertext) != self.group.ciphertext_len:
+            raise InvalidKeData(
+                f"{self.group.name} ciphertext must be {self.group.ciphertext_len} octets, "
+                f"got {len(ciphertext)}"
+            )
+        private = self._private
+        if not isinstance(private, mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey):
+            raise UnsupportedSuite(f"no ML-KEM key for {self.group.name}")
+        # FIPS 203 §6.3: a well-sized but wrong ciphertext decapsulates to a pseudo-random
+        # secret (implicit rejection); nothing here may tell it apart, so the mismatch
+        # surfaces only as keys that do not agree, i.e. a failed AUTH.
+        return private.decapsulate(ciphertext)
+
     def _modp_shared(self, peer_public: bytes) -> bytes:
         prime = rfc3526_prime(*_MODP_FORMULA[self.group.group])
         y = int.from_bytes(peer_public, "big")
@@ -204,6 +262,32 @@ class KeyExchange:
             numbers = private.parameters().parameter_numbers()
             secret = private.exchange(dh.DHPublicNumbers(y, numbers).public_key())
         return secret.rjust(self.group.shared_len, b"\x00")
+
+
+def respond_key_exchange(group: int, peer_public: bytes, rng: RandomSource) -> tuple[bytes, bytes]:
+    """The responder's side of one key exchange: (our KE data, the shared secret).
+
+    A DH group makes a fresh key pair; ML-KEM encapsulates to the initiator's key
+    (FIPS 203 §7.2, which also checks the key's encoding).
+    """
+    info = KE_METHODS.get(group)
+    if info is None:
+        raise UnsupportedSuite(f"key exchange group {group} is not implemented")
+    if not info.kem:
+        ours = KeyExchange.generate(group, rng)
+        return ours.public_bytes, ours.shared_secret(peer_public)
+    if len(peer_public) != info.public_len:
+        raise InvalidKeData(
+            f"{info.name} encapsulation key must be {info.public_len} octets, "
+            f"got {len(peer_public)}"
+        )
+    try:
+        public = _MLKEM_KEYS[info.group][1].from_public_bytes(peer_public)
+    except ValueError as exc:
+        raise InvalidKeData(f"invalid {info.name} encapsulation key") from exc
+    # The encapsulation draws its randomness from the library, not from ``rng``.
+    secret, ciphertext = public.encapsulate()
+    return ciphertext, secret
 
 
 @contextlib.contextmanager

@@ -26,6 +26,15 @@ def rekey_skeyseed(old_prf: Prf, old_sk_d: bytes, g_ir: bytes, ni: bytes, nr: by
     return old_prf(old_sk_d, g_ir + ni + nr)
 
 
+def additional_skeyseed(prf: Prf, sk_d: bytes, shared: bytes, ni: bytes, nr: bytes) -> bytes:
+    """SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr) after additional key exchange n.
+
+    RFC 9370 §2.2.2: the IKE SA's PRF, the IKE_SA_INIT nonces; every SK_* is then
+    derived anew from it with :func:`derive_ike_keys` (same SPIs and nonces).
+    """
+    return prf(sk_d, shared + ni + nr)
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class IkeKeys:
     """SK_d, SK_ai, SK_ar, SK_ei, SK_er, SK_pi, SK_pr of one IKE SA (RFC 7296 §2.14).

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ikev2.codec.payloads import Proposal, Transform
-from ikev2.constants import EsnId, IntegId, ProtocolId, TransformType
+from ikev2.constants import ADDITIONAL_KE_TYPES, DhGroup, EsnId, IntegId, ProtocolId, TransformType
 from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES, PRFS, Encryption, Integrity, Prf
-from ikev2.crypto.dh import GROUPS, KeGroup
+from ikev2.crypto.dh import GROUPS, KE_METHODS, KeGroup
 from ikev2.errors import UnsupportedSuite
 
 
@@ -29,15 +29,23 @@ class IkeSuite:
     """Integrity of SK payloads; ``None`` with an AEAD cipher (RFC 5282 §8)."""
     ke_group: KeGroup
     """Key exchange group."""
+    additional: tuple[KeGroup, ...] = ()
+    """Methods of the additional key exchanges (RFC 9370), in exchange order."""
 
     @property
     def name(self) -> str:
-        """strongSwan-style name, e.g. ``aes256gcm16-prfsha384-x25519``."""
+        """strongSwan-style name, e.g. ``aes256gcm16-prfsha384-x25519-ke1_mlkem768``."""
         parts = [self.encryption.name]
         if self.integrity is not None:
             parts.append(self.integrity.name)
         parts += [self.prf.name, self.ke_group.name]
+        parts += [f"ke{n}_{g.name}" for n, g in enumerate(self.additional, start=1)]
         return "-".join(parts)
+
+    @property
+    def quantum_safe(self) -> bool:
+        """Whether a post-quantum key encapsulation (ML-KEM) went into the keys."""
+        return any(g.kem for g in self.additional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +146,28 @@ def ike_suite(proposal: Proposal) -> IkeSuite:
     group = group_of(_required(proposal, TransformType.DH))
     if group is None:
         raise UnsupportedSuite("an IKE proposal needs a key exchange group")
-    return IkeSuite(encryption, prf_of(prf), _integrity(proposal, encryption), group)
+    return IkeSuite(
+        encryption,
+        prf_of(prf),
+        _integrity(proposal, encryption),
+        group,
+        _additional_methods(proposal),
+    )
+
+
+def _additional_methods(proposal: Proposal) -> tuple[KeGroup, ...]:
+    methods: list[KeGroup] = []
+    for kind in ADDITIONAL_KE_TYPES:
+        transform = _optional(proposal, TransformType(kind))
+        if transform is None or transform.transform_id == DhGroup.NONE:
+            continue
+        method = KE_METHODS.get(transform.transform_id)
+        if method is None:
+            raise UnsupportedSuite(
+                f"key exchange method {transform.transform_id} is not implemented"
+            )
+        methods.append(method)
+    return tuple(methods)
 
 
 def child_suite(proposal: Proposal) -> ChildSuite:

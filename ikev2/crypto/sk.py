@@ -130,7 +130,7 @@ class SkCipher:
         except InvalidSyntax as exc:
             exc.authenticated = True  # the ICV or tag verified: the peer sent this
             raise
-        return header.message(payloads, encrypted=True)
+        return header.message(payloads, encrypted=True, plaintext=inner)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -1,6 +1,7 @@
 """The tasks of IKEv2 exchanges, one module per concern (after strongSwan's
-`libcharon/sa/ikev2/tasks/`): ike_init, ike_natd, ike_auth (PSK, certificates and
-EAP), ike_config (virtual addresses), ike_mobike (MOBIKE as responder, RFC 4555),
+`libcharon/sa/ikev2/tasks/`): ike_init, ike_intermediate (RFC 9370's additional key
+exchanges), ike_natd, ike_auth (PSK, certificates and EAP), ike_config (virtual
+addresses), ike_mobike (MOBIKE as responder, RFC 4555),
 child_create (IKE_AUTH's CHILD SA), child_rekey (CREATE_CHILD_SA: more CHILD SAs and
 their rekeys), ike_rekey, ike_delete, child_delete and informational. Liveness checks
 are empty INFORMATIONAL requests queued by the IKE SA itself; COOKIEs are handled by the
@@ -14,6 +15,7 @@ from ikev2.tasks.ike_auth import IkeAuth
 from ikev2.tasks.ike_config import IkeConfig
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_init import IkeInit
+from ikev2.tasks.ike_intermediate import AnswerIntermediate, IkeIntermediate, RefuseEarlyAuth
 from ikev2.tasks.ike_mobike import IkeMobike, UpdateSaAddresses
 from ikev2.tasks.ike_natd import IkeNatd
 from ikev2.tasks.ike_rekey import CHILD_TASKS, AnswerIkeRekey, IkeRekey
@@ -23,6 +25,7 @@ __all__ = [
     "CHILD_TASKS",
     "AnswerCreateChild",
     "AnswerIkeRekey",
+    "AnswerIntermediate",
     "ChildCreate",
     "ChildDelete",
     "CreateChild",
@@ -31,12 +34,14 @@ __all__ = [
     "IkeConfig",
     "IkeDelete",
     "IkeInit",
+    "IkeIntermediate",
     "IkeMobike",
     "IkeNatd",
     "IkeRekey",
     "Informational",
     "NotifyOnly",
     "RefuseCreateChild",
+    "RefuseEarlyAuth",
     "RetryExchange",
     "Task",
     "TaskSa",

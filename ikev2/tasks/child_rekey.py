@@ -37,6 +37,7 @@ from ikev2.proposals import (
     parse_esp_proposal,
     sa_payload,
     select_proposal,
+    without_additional_key_exchanges,
 )
 from ikev2.sa_types import ChildSa, PeerRekey
 from ikev2.tasks.base import Exchange, Task, TaskSa
@@ -54,7 +55,8 @@ REKEY_RETRY_AFTER = 10.0
 def _esp_proposals(config: ChildConfig) -> list[Proposal]:
     out: list[Proposal] = []
     for text in config.esp_proposals:
-        proposal = parse_esp_proposal(text)
+        # No IKE_FOLLOWUP_KE yet (RFC 9370 §2.2.4): PFS uses the classical group only.
+        proposal = without_additional_key_exchanges(parse_esp_proposal(text))
         if proposal not in out:
             out.append(proposal)
     return out

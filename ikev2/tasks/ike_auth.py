@@ -104,7 +104,8 @@ class IkeAuth(Task):
             real, nonce, sk_p = sa.init_request, sa.nonce_r, sa.keys.sk_pi
         else:
             real, nonce, sk_p = sa.init_response, sa.nonce_i, sa.keys.sk_pr
-        return signed_octets(real, nonce, sa.suite.prf, sk_p, ident.id_prime)
+        # RFC 9242 §3.3.2: IntAuth of the IKE_INTERMEDIATE messages follows.
+        return signed_octets(real, nonce, sa.suite.prf, sk_p, ident.id_prime) + sa.int_auth
 
     def _established(
         self, sa: TaskSa, now: float, peer: Identity, *, initial_contact: bool = False
@@ -115,7 +116,7 @@ class IkeAuth(Task):
         # SAs share one suite and usually one local identity.
         suite = sys.intern(sa.suite.name if sa.suite is not None else "?")
         log.info(
-            "%s: IKE SA established between %s[%s] and %s[%s]%s (%s)",
+            "%s: IKE SA established between %s[%s] and %s[%s]%s (%s, quantum-safe: %s)",
             sa.name,
             sa.local[0],
             sa.config.local_id,
@@ -123,6 +124,7 @@ class IkeAuth(Task):
             sa.peer_id,
             user,
             suite,
+            "yes" if sa.quantum_safe else "no",
         )
         sa.emit(
             IkeSaEstablished(
@@ -140,6 +142,7 @@ class IkeAuth(Task):
                 nat_remote=sa.nat_remote,
                 udp_encap_reason=sa.udp_encap_reason,
                 eap_identity=sa.eap_identity,
+                quantum_safe=sa.quantum_safe,
             )
         )
 

@@ -3,7 +3,9 @@
 The initiator offers its configured proposals with a KE payload for the group of the
 first one; a responder that prefers another offered group answers INVALID_KE_PAYLOAD
 and the initiator retries with it (§1.2). A COOKIE answer (§2.6) is echoed likewise.
-Both sides then compute SKEYSEED and the SK_* keys (§2.14).
+Both sides then compute SKEYSEED and the SK_* keys (§2.14). A proposal with additional
+key exchanges (RFC 9370) needs INTERMEDIATE_EXCHANGE_SUPPORTED from both sides (RFC
+9242 §2); the initiator then queues one IKE_INTERMEDIATE per round before IKE_AUTH.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from ikev2.certs import parse_signature_hashes, signature_hashes_notify
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation
-from ikev2.constants import NotifyType, TransformType
+from ikev2.constants import ExchangeType, NotifyType, TransformType
 from ikev2.crypto.dh import GROUPS
 from ikev2.crypto.keys import derive_ike_keys, skeyseed
 from ikev2.crypto.registry import ike_suite
@@ -25,14 +27,17 @@ from ikev2.errors import (
     PeerErrorNotify,
 )
 from ikev2.proposals import (
+    additional_key_exchanges,
     check_chosen_proposal,
     describe_proposal,
     dh_group,
+    has_additional_key_exchange,
     parse_ike_proposal,
     sa_payload,
     select_proposal,
 )
-from ikev2.tasks.base import RetryExchange, Task, TaskSa
+from ikev2.tasks.base import Exchange, RetryExchange, Task, TaskSa
+from ikev2.tasks.ike_intermediate import IkeIntermediate
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ class IkeInit(Task):
         """Key exchange group of our KE payload (changed by INVALID_KE_PAYLOAD)."""
         self.chosen: Proposal | None = None
         """Responder: the proposal we selected."""
+        self.peer_intermediate = False
+        """Responder: the initiator sent INTERMEDIATE_EXCHANGE_SUPPORTED."""
 
     # --- initiator ----------------------------------------------------------------------
 
@@ -71,6 +78,8 @@ class IkeInit(Task):
         ]
         if sa.config.fragmentation:
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        if has_additional_key_exchange(ours):
+            out.append(Notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         # RFC 7427 §4: the hashes we can verify signatures with (certificates).
         out.append(signature_hashes_notify())
 
@@ -96,7 +105,11 @@ class IkeInit(Task):
             raise InvalidKePayload(self.group or 0, "peer answered with another key exchange group")
         sa.nonce_r = nonce.data
         _note_fragmentation(sa, message)
+        rounds = additional_key_exchanges(chosen)
+        if rounds and message.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
+            raise InvalidSyntax("peer chose additional key exchanges without IKE_INTERMEDIATE")
         _derive(sa, chosen, ke.data)
+        _start_intermediate(sa, rounds)
         if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
             log.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
@@ -126,7 +139,14 @@ class IkeInit(Task):
         nonce = message.get(Nonce)
         if offer is None or ke is None or nonce is None:
             raise InvalidSyntax("IKE_SA_INIT request lacks SA, KE or Nonce")
-        chosen = select_proposal(_our_proposals(sa), offer.proposals)
+        self.peer_intermediate = (
+            message.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is not None
+        )
+        theirs = offer.proposals
+        if not self.peer_intermediate:
+            # RFC 9370 §2.2.1: additional key exchanges only with IKE_INTERMEDIATE.
+            theirs = tuple(p for p in theirs if not additional_key_exchanges(p))
+        chosen = select_proposal(_our_proposals(sa), theirs)
         group = dh_group(chosen)
         if ke.group != group:
             log.info(
@@ -142,6 +162,7 @@ class IkeInit(Task):
         sa.ke = sa.new_key_exchange(group)
         self.chosen = chosen
         _derive(sa, chosen, ke.data)
+        sa.start_intermediate(additional_key_exchanges(chosen))
         if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
             log.info("%s: IKE proposal %s selected", sa.name, describe_proposal(chosen))
 
@@ -155,6 +176,8 @@ class IkeInit(Task):
         ]
         if sa.fragmentation:
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        if self.peer_intermediate:
+            out.append(Notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         if sa.peer_hashes is not None:
             out.append(signature_hashes_notify())
         anchors = sa.config.trust_anchors
@@ -201,6 +224,13 @@ def _derive(sa: TaskSa, chosen: Proposal, peer_ke: bytes) -> None:
     g_ir = sa.ke.shared_secret(peer_ke)
     seed = skeyseed(suite.prf, sa.nonce_i, sa.nonce_r, g_ir)
     sa.adopt_keys(suite, derive_ike_keys(suite, seed, sa.nonce_i, sa.nonce_r, sa.spi_i, sa.spi_r))
+
+
+def _start_intermediate(sa: TaskSa, rounds: list[tuple[int, int]]) -> None:
+    """Initiator: one IKE_INTERMEDIATE per additional key exchange, before IKE_AUTH."""
+    sa.start_intermediate(rounds)
+    for _ in rounds:
+        sa.tm.queue_first(Exchange(ExchangeType.IKE_INTERMEDIATE, [IkeIntermediate()]))
 
 
 def _peer_error(sa: TaskSa, notify: Notify) -> PeerErrorNotify:

@@ -43,6 +43,7 @@ from ikev2.proposals import (
     parse_ike_proposal,
     sa_payload,
     select_proposal,
+    without_additional_key_exchanges,
 )
 from ikev2.tasks.base import Exchange, Task, TaskSa
 from ikev2.tasks.ike_init import NONCE_SIZE
@@ -56,7 +57,14 @@ RETRY_AFTER = 60.0
 
 
 def _ours(sa: TaskSa) -> list[Proposal]:
-    return [parse_ike_proposal(text) for text in sa.config.ike_proposals]
+    # No IKE_FOLLOWUP_KE yet (RFC 9370 §2.2.4): a rekey runs the classical exchange
+    # only, keyed by the old SK_d that the additional key exchanges went into.
+    out: list[Proposal] = []
+    for text in sa.config.ike_proposals:
+        proposal = without_additional_key_exchanges(parse_ike_proposal(text))
+        if proposal not in out:
+            out.append(proposal)
+    return out
 
 
 def wanted_group(message: Message, sent: int | None, offered: Sequence[Proposal]) -> int | None:

@@ -72,11 +72,13 @@ from ikev2.codec.payloads import DECODERS
 from ikev2.config import EncapMode
 from ikev2.constants import EapCode, ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
+from ikev2.crypto.dh import KEMS, respond_key_exchange
+from ikev2.crypto.dh import KeyExchange as KeyPair
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.crypto.sk import SkCipher
 from ikev2.eap_mschapv2 import EapFailed
 from ikev2.eap_tls import MAX_TLS_MESSAGE, EapTlsClient, EapTlsServer
-from ikev2.errors import IntegrityCheckFailed, InvalidSyntax, LocalProtocolError
+from ikev2.errors import IntegrityCheckFailed, InvalidKeData, InvalidSyntax, LocalProtocolError
 from ikev2.events import ChildSaInstalled
 from ikev2.fragments import (
     FragmentLimitExceeded,
@@ -97,6 +99,7 @@ from testkit.fuzz.world import (
     Pair,
     esp_keys,
     established,
+    half_open_intermediate,
     ipv4_packet,
     is_auth_request,
     is_auth_response,
@@ -1434,6 +1437,100 @@ class ScheduleAutoTarget(ScheduleTarget):
     encap: EncapMode = "auto"
 
 
+class KemTarget(Target):
+    """ML-KEM key exchange data from the peer (FIPS 203): the initiator's encapsulation
+    key to ``respond_key_exchange``, the responder's ciphertext to ``shared_secret``.
+
+    Only ``InvalidKeData`` (INVALID_SYNTAX) may refuse it; a ciphertext of the right
+    size always decapsulates (to a pseudo-random secret if it is wrong: implicit
+    rejection). First octet: bit 0 the method (768/1024), bit 1 the role.
+    """
+
+    name = "kem"
+
+    def __init__(self) -> None:
+        self.methods = sorted(KEMS)
+        rng = DeterministicRandom(b"kem")
+        self.ours = {m: KeyPair.generate(m, rng) for m in self.methods}
+        self.rng = rng
+
+    def seeds(self) -> list[bytes]:
+        out = []
+        for i, method in enumerate(self.methods):
+            ek = self.ours[method].public_bytes
+            ciphertext, _ = respond_key_exchange(method, ek, self.rng)
+            out += [bytes([i]) + ciphertext, bytes([i | 2]) + ek]
+        return out
+
+    def run(self, data: bytes) -> None:
+        if not data:
+            return
+        method = self.methods[data[0] % len(self.methods)]
+        info = KEMS[method]
+        if data[0] & 2:
+            reply = _only(
+                (InvalidKeData,), lambda: respond_key_exchange(method, data[1:], self.rng)
+            )
+            if reply is not None and len(reply[0]) != info.ciphertext_len:
+                raise Finding(f"{info.name} answered a ciphertext of {len(reply[0])} octets")
+            return
+        secret = _only((InvalidKeData,), lambda: self.ours[method].shared_secret(data[1:]))
+        if len(data) - 1 == info.ciphertext_len and secret is None:
+            raise Finding(f"a well-sized {info.name} ciphertext was refused (an oracle)")
+        if secret is not None and len(secret) != info.shared_len:
+            raise Finding(f"{info.name} gave a secret of {len(secret)} octets")
+
+
+class IntermediateRequestTarget(Target):
+    """Authenticated IKE_INTERMEDIATE requests (RFC 9242) with any inner payloads, sealed
+    with the IKE_SA_INIT keys, to a responder waiting for its additional ML-KEM key
+    exchange. It answers (a KE, or an error notify) or drops; it never establishes."""
+
+    name = "intermediate_request"
+    cost = 8
+
+    def __init__(self) -> None:
+        self.pair = half_open_intermediate()
+
+    def seeds(self) -> list[bytes]:
+        ek = KeyPair.generate(max(KEMS), DeterministicRandom(b"seed")).public_bytes
+        ek768 = KeyPair.generate(min(KEMS), DeterministicRandom(b"seed")).public_bytes
+        out = []
+        for payloads in (
+            (KeyExchange(min(KEMS), ek768),),
+            (KeyExchange(max(KEMS), ek),),
+            (KeyExchange(min(KEMS), ek768[:-1]),),
+            (Notify(NotifyType.INITIAL_CONTACT),),
+            (),
+        ):
+            first, chain = encode_payloads(payloads)
+            out.append(bytes([first]) + chain)
+        return out
+
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        return bytes([first]) + chain
+
+    def run(self, data: bytes) -> None:
+        if not data:
+            return
+        pair = self.pair
+        sa_a, sa_b = pair.sa("a"), pair.sa("b")
+        if sa_a.sk is None:
+            raise Finding("IKE_SA_INIT gave the initiator no keys")
+        template = IkeHeader(
+            sa_a.spi_i, sa_a.spi_r, 0, ExchangeType.IKE_INTERMEDIATE, 1, 0, True, False
+        )
+        sealed = seal_raw(sa_a.sk.outbound, template, data[0], data[1:])
+        deliver(pair.b, sealed, (B_ADDR, 500), (A_ADDR, 500), pair.clock)
+        list(pair.b.events())
+        pair.b.datagrams_to_send(pair.clock)
+        if sa_b.state is IkeSaState.ESTABLISHED:
+            raise Finding("an IKE_INTERMEDIATE request established the IKE SA")
+        _bounded(pair)
+        self.pair = half_open_intermediate()
+
+
 def all_targets(*, heavy: bool = True) -> list[Target]:
     """Every target; ``heavy=False`` leaves out the ones that set up IKE SAs per case."""
     targets: list[Target] = [
@@ -1443,6 +1540,7 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
         EapTlsTarget(),
         DataPlaneTarget(),
         InnerPacketTarget(),
+        KemTarget(),
     ]
     for name in sk_ciphers():
         targets += [SkOpenTarget(name), SkInnerTarget(name)]
@@ -1457,6 +1555,7 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
             SealedResponseTarget(),
             AuthRequestTarget(),
             AuthResponseTarget(),
+            IntermediateRequestTarget(),
             InitResponseTarget(),
             ScheduleTarget(),
             ScheduleAutoTarget(),

@@ -9,6 +9,7 @@ the keys, or a bug in the peer.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import os
@@ -52,14 +53,16 @@ def connection(
     remote_net: str,
     fragment_size: int = 400,
     encap: EncapMode = "nat",
+    ike_proposals: tuple[str, ...] = (),
 ) -> ConnectionConfig:
-    """A PSK connection with one CHILD SA; 200-octet fragments split every IKE_AUTH."""
+    """A PSK connection with one CHILD SA; 200-octet fragments split every IKE_AUTH.
+    ``ike_proposals`` replaces the default ones (e.g. a hybrid ML-KEM proposal)."""
     child = ChildConfig(
         "net",
         (TrafficSelector.from_network(local_net),),
         (TrafficSelector.from_network(remote_net),),
     )
-    return ConnectionConfig(
+    conn = ConnectionConfig(
         name="conn",
         local_addresses=(local,),
         remote_address=remote,
@@ -72,6 +75,7 @@ def connection(
         # there (with "auto", the default, two lockgates move to port 4500).
         encap=encap,
     )
+    return dataclasses.replace(conn, ike_proposals=ike_proposals) if ike_proposals else conn
 
 
 def endpoint_config() -> EndpointConfig:
@@ -87,16 +91,20 @@ class Pair:
     """
 
     def __init__(
-        self, seed: str = "fuzz", fragment_size: int = 400, encap: EncapMode = "nat"
+        self,
+        seed: str = "fuzz",
+        fragment_size: int = 400,
+        encap: EncapMode = "nat",
+        ike_proposals: tuple[str, ...] = (),
     ) -> None:
         self.clock = 0.0
         self.a = Endpoint(
-            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap)],
+            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap, ike_proposals)],
             rng=DeterministicRandom(f"{seed}-a"),
             config=endpoint_config(),
         )
         self.b = Endpoint(
-            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap)],
+            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap, ike_proposals)],
             rng=DeterministicRandom(f"{seed}-b"),
             config=endpoint_config(),
         )
@@ -132,6 +140,19 @@ def established(seed: str = "fuzz", fragment_size: int = 400, encap: EncapMode =
     pair = Pair(seed, fragment_size, encap)
     pair.a.initiate("conn", 0.0)
     pair.pump()
+    return pair
+
+
+HYBRID_PROPOSAL = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
+"""The hybrid proposal of the IKE_INTERMEDIATE targets (RFC 9370)."""
+
+
+def half_open_intermediate(seed: str = "fuzz") -> Pair:
+    """IKE_SA_INIT done with :data:`HYBRID_PROPOSAL`; a's first IKE_INTERMEDIATE
+    request held back, so b waits for Message ID 1 under the IKE_SA_INIT keys."""
+    pair = Pair(seed, ike_proposals=(HYBRID_PROPOSAL,))
+    pair.a.initiate("conn", 0.0)
+    pair.pump(hold=lambda sender, ike: decode_header(ike).exchange_type == 43)
     return pair
 
 
