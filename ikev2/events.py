@@ -129,6 +129,8 @@ class IkeSaEstablished(Event):
     eap_identity: str = ""
     """A remote-access client's user: the one an EAP login authenticated (RFC 7296
     §2.16), or its client certificate's common name; "" for other peers."""
+    ppk_used: bool = False
+    """A post-quantum preshared key is mixed into the IKE SA's keys (RFC 8784)."""
 
 
 @dataclass(frozen=True, slots=True)

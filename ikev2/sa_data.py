@@ -127,6 +127,8 @@ class IkeSaData:
         "peer_id",
         "peer_ike_rekey",
         "peer_prefers_udp",
+        "ppk_offered",
+        "ppk_used",
         "rekeyed_from",
         "rekeyed_into",
         "remote",
@@ -217,6 +219,11 @@ class IkeSaData:
         """Hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4)."""
         self.fragmentation = False
         """Both sides sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)."""
+        self.ppk_offered = False
+        """Both sides sent USE_PPK in IKE_SA_INIT (RFC 8784 §3)."""
+        self.ppk_used = False
+        """A post-quantum preshared key is mixed into SK_d (RFC 8784 §3): IKE_AUTH used
+        it, or the IKE SA this one was rekeyed from did."""
         self._reassembler: Reassembler | None = None
         self.init_retries = 0
         self.cookie = b""
@@ -479,6 +486,12 @@ class IkeSaData:
         """Take the algorithms and SK_* keys of IKE_SA_INIT or of a rekey (§2.14, §2.18)."""
         self.suite, self.keys = suite, keys
         self.sk = SkCipherPair.for_ike_sa(suite, keys, self.initiator)
+
+    def use_ppk(self, keys: IkeKeys) -> None:
+        """IKE_AUTH mixed the PPK into SK_d, SK_pi and SK_pr (RFC 8784 §3); SK_e and
+        SK_a, which protect the messages, stay as IKE_SA_INIT made them."""
+        self.keys = keys
+        self.ppk_used = True
 
     def record_nat(self, *, nat_local: bool, nat_remote: bool, peer_prefers_udp: bool) -> None:
         """What NAT detection in IKE_SA_INIT found (§2.23, tasks.ike_natd)."""
