@@ -164,6 +164,7 @@ def test_a_ppk_mismatch_fails_authentication_on_both_sides() -> None:
     # The responder knew the PPK id: no fallback to NO_PPK_AUTH (RFC 8784 §3).
     (fa,) = pair.of("a", IkeSaFailed)
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "post-quantum preshared key" in fa.reason
     assert not pair.of("a", IkeSaEstablished) and not pair.of("b", IkeSaEstablished)
     assert pair.a.ike_sas() == [] and pair.b.ike_sas() == []
 

@@ -5,7 +5,8 @@ lockgate says the IKE SA uses the PPK (charon's `ppk_required` refuses it otherw
 lockgate with an optional PPK whose id charon does not know (charon's connection has
 no `ppk_id`; charon 5.9 refuses a PPK_ID other than the one it has configured, even
 when not required): charon authenticates lockgate by its NO_PPK_AUTH and both
-continue without a PPK.
+continue without a PPK. A PPK required on one side and absent on the other is
+refused, with the reason in lockgate's log.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
-from interop_helpers import Case, check_traffic, interop
+from interop_helpers import Case, attempt_and_fail, check_traffic, interop
 
 from testkit.strongswan import SwanSecret
 
@@ -75,3 +76,25 @@ def test_an_optional_ppk_falls_back_to_no_ppk_auth(tmp_path: Path) -> None:
         assert re.search(r"generating IKE_SA_INIT response 0 \[[^]]*N\(USE_PPK\)", swan_log)
         assert re.search(r"parsed IKE_AUTH request 1 \[[^]]*N\(PPK_ID\) N\(NO_PPK\)", swan_log)
         check_traffic(world, size=1 << 20)
+
+
+def test_lockgate_requiring_a_ppk_refuses_charon_without_one(tmp_path: Path) -> None:
+    # charon has no PPK at all and initiates: its IKE_SA_INIT has no USE_PPK, and
+    # lockgate refuses it in IKE_AUTH, once the connection (and its ppk_required) is
+    # known, with AUTHENTICATION_FAILED.
+    path, _ = _ppk_file(tmp_path)
+    case = Case(
+        lockgate_initiates=False,
+        lockgate_peer={
+            "ppk_id": json.dumps(PPK_ID),
+            "ppk_file": json.dumps(str(path)),
+            "ppk_required": "true",
+        },
+    )
+    with interop(case) as world:
+        attempt_and_fail(
+            world,
+            "net4",
+            "did not use a post-quantum preshared key (no USE_PPK), and ppk_required is set",
+        )
+        assert "N(AUTH_FAILED)" in world.charon.logs()

@@ -212,6 +212,9 @@ class IkeAuth(Task):
         failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
         if failed is not None:
             what = "certificates and CAs" if sa.config.auth == "pubkey" else "PSK"
+            if self.auth_keys is not None:
+                # We sent PPK_IDENTITY (RFC 8784 §3): the PPK may be what differs.
+                what += ", the post-quantum preshared key"
             raise PeerErrorNotify(
                 NotifyType.AUTHENTICATION_FAILED,
                 failed.data,
