@@ -196,7 +196,8 @@ def test_required_responder_refuses_an_unknown_ppk_id() -> None:
     pair.pump()
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.notify == NotifyType.AUTHENTICATION_FAILED
-    assert "'cloud-2026'" in fb.reason and "ppk_required" in fb.reason
+    assert "'cloud-2026'" in fb.reason and "'other-id'" in fb.reason
+    assert "ppk_required" in fb.reason
 
 
 def test_ike_rekey_keeps_the_ppk() -> None:
@@ -209,3 +210,14 @@ def test_ike_rekey_keeps_the_ppk() -> None:
     assert new.ike_sa_id != old.ike_sa_id
     assert new.ppk_used
     assert pair.of("a", ChildSaInstalled)
+
+
+def test_an_unknown_ppk_id_without_no_ppk_auth_is_refused() -> None:
+    # a requires its PPK, so it sends no NO_PPK_AUTH; b has another id, not required.
+    pair = _pair({"required": True}, {"ppk_id": b"other-id"})
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    (fb,) = pair.of("b", IkeSaFailed)
+    assert fb.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "sent no NO_PPK_AUTH" in fb.reason
+    assert not pair.of("a", IkeSaEstablished)

@@ -379,13 +379,15 @@ class IkeAuth(Task):
         shown = ppk_id.decode(errors="backslashreplace") if ppk_id is not None else "?"
         if ppk is not None and ppk.required:
             raise AuthenticationFailed(
-                f"peer {peer} uses PPK id {shown!r}, not ours, and ppk_required is set"
+                f"peer {peer} uses the post-quantum preshared key with PPK id {shown!r}, "
+                f"not ours ({ppk.ppk_id.decode(errors='backslashreplace')!r}), and "
+                "ppk_required is set"
             )
         no_ppk = message.notify(NotifyType.NO_PPK_AUTH)
         if no_ppk is None:
             raise AuthenticationFailed(
-                f"peer {peer} uses PPK id {shown!r}, which we do not have, and sent no "
-                "NO_PPK_AUTH to fall back to"
+                f"peer {peer} uses the post-quantum preshared key with PPK id {shown!r}, "
+                "which we do not have, and sent no NO_PPK_AUTH to fall back to"
             )
         log.info(
             "%s: peer %s uses PPK id %r, which we do not have; authenticating it by NO_PPK_AUTH",
