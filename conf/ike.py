@@ -16,7 +16,7 @@ import hashlib
 
 from conf.model import Config, ConnectionConfig, GatewayConfig, IpAddress, PeerConfig
 from ikev2.certs import CredentialError, LocalCredentials, TrustAnchors
-from ikev2.config import ChildConfig, ConfigError, Identity, Problem
+from ikev2.config import ChildConfig, ConfigError, Identity, PostQuantumKey, Problem
 from ikev2.config import ConnectionConfig as IkeConnection
 from ikev2.cookies import CookiePolicy
 from ikev2.endpoint import EndpointConfig
@@ -136,6 +136,7 @@ def ike_connection(
             children=tuple(child_config(c) for c in conns),
             auth=peer.auth,
             psk=None if peer.psk is None else peer.psk.reveal(),
+            ppk=_ppk(peer),
             credentials=local_credentials(gateway) if pubkey else None,
             trust_anchors=trust_anchors(gateway) if pubkey else None,
             ike_proposals=lead.ike_proposals,
@@ -156,6 +157,12 @@ def ike_connection(
         # The loader validates the same rules; this only fires if they drift apart. The
         # problem gets the peer's key path.
         raise ConfigError([Problem(f"peers.{peer.name}", str(exc))]) from exc
+
+
+def _ppk(peer: PeerConfig) -> PostQuantumKey | None:
+    if peer.ppk is None or peer.ppk_id is None:
+        return None
+    return PostQuantumKey(peer.ppk_id.encode(), peer.ppk.reveal(), peer.ppk_required)
 
 
 def ike_connections(config: Config) -> tuple[IkeConnection, ...]:

@@ -83,6 +83,10 @@ MAX_DURATION = 365 * 86400
 a year mean a typing mistake, and would overflow the timers' arithmetic long before."""
 # RFC 7296 §2.15 advises a key with as much entropy as a strong key; refuse the worst.
 MIN_PSK_LENGTH = 16
+MIN_PPK_OCTETS = 32
+"""A post-quantum preshared key needs at least 256 bits of entropy (RFC 8784 §6)."""
+MAX_PPK_ID_LENGTH = 255
+"""Octets of a `ppk_id`; it travels in a notify of an IKE_AUTH message."""
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 # IKE-level settings: every connection to one peer shares its IKE SA, so they must agree.
@@ -492,7 +496,11 @@ def _peer(
     auth: AuthMethod = s.value("auth", _choice("psk", "pubkey"), "psk")
     psk = s.optional("psk", _psk_text)
     psk_file = s.optional("psk_file", _private_file)
+    ppk_id = s.optional("ppk_id", _ppk_id)
+    ppk_file = s.optional("ppk_file", _private_file)
+    ppk_required = s.value("ppk_required", _boolean, False)
     s.finish()
+    ppk = _ppk(s, ppk_id, ppk_file, ppk_required)
     if psk_file is not None:
         text = psk_file.read_bytes().strip()
         if len(text) < MIN_PSK_LENGTH:
@@ -537,7 +545,61 @@ def _peer(
         psk_file=psk_file,
         local_id=local_id,
         initial_contact=initial_contact,
+        ppk_id=ppk_id,
+        ppk=ppk,
+        ppk_file=ppk_file,
+        ppk_required=ppk_required,
     )
+
+
+def _ppk_id(raw: Any) -> str:
+    text = _string(raw)
+    if not text or len(text.encode()) > MAX_PPK_ID_LENGTH or not text.isprintable():
+        raise _Bad(
+            f"must be 1 to {MAX_PPK_ID_LENGTH} printable characters (sent as the PPK_ID, "
+            "RFC 8784 §3)"
+        )
+    return text
+
+
+def _ppk(s: _Section, ppk_id: str | None, ppk_file: Path | None, required: bool) -> Secret | None:
+    """The PPK of `ppk_file` (hex text, RFC 8784 §3); its problems go to the keys."""
+    if s.has("ppk_id") != s.has("ppk_file"):
+        missing = "ppk_file" if s.has("ppk_id") else "ppk_id"
+        s.problem(missing, "ppk_id and ppk_file must be set together")
+    if required and not (s.has("ppk_id") and s.has("ppk_file")):
+        s.problem("ppk_required", "needs ppk_id and ppk_file")
+    if ppk_file is None or ppk_id is None:
+        return None
+    problem, key = parse_ppk_text(ppk_file.read_bytes())
+    if problem:
+        s.problem("ppk_file", f"{str(ppk_file)!r} {problem}")
+        return None
+    return Secret(key)
+
+
+def parse_ppk_text(data: bytes) -> tuple[str, bytes]:
+    """The PPK of a `ppk_file`: hexadecimal text (`openssl rand -hex 32`), white space
+    ignored, at least MIN_PPK_OCTETS octets. Returns (problem, key); the problem is
+    empty when the key is good, and never contains the key."""
+    text = b"".join(data.split())
+    if text[:2].lower() == b"0x":
+        text = text[2:]
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return (
+            "is not hexadecimal text; write the PPK as hex digits, e.g. "
+            f"`openssl rand -hex {MIN_PPK_OCTETS}`",
+            b"",
+        )
+    if len(key) < MIN_PPK_OCTETS:
+        return (
+            f"holds a PPK of {len(key)} octets; use at least {MIN_PPK_OCTETS} random octets "
+            f"written as hex (`openssl rand -hex {MIN_PPK_OCTETS}`)",
+            b"",
+        )
+    return "", key
 
 
 def _connection(

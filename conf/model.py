@@ -152,6 +152,15 @@ class PeerConfig:
     """Send INITIAL_CONTACT (RFC 7296 §2.4) in IKE_AUTH when we hold no other IKE SA
     with this peer under the same identity, so it drops state from our previous run;
     false never sends it."""
+    ppk_id: str | None = None
+    """The identity of our post-quantum preshared key with this peer (RFC 8784 §3),
+    sent in PPK_IDENTITY; set together with `ppk_file`."""
+    ppk: Secret | None = field(default=None, repr=False)
+    """The post-quantum preshared key read from `ppk_file`; hidden from repr and logs."""
+    ppk_file: Path | None = None
+    """Where the PPK was read from."""
+    ppk_required: bool = False
+    """Refuse an IKE SA with this peer that does not use the PPK (RFC 8784 §3)."""
 
 
 @dataclass(frozen=True)

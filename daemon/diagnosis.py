@@ -254,12 +254,27 @@ def _peer_where(peer: IkePeerConfig | None, remote: tuple[str, int] | None) -> s
 
 
 def _is_auth(reason: str) -> bool:
-    words = ("AUTH", "pre-shared key", "identified as", "certificate", "signature", "peer ID")
+    words = ("AUTH", "pre-shared key", "identified as", "certificate", "signature", "peer ID",
+             _PPK_WORDS)  # fmt: skip
     return any(word in reason for word in words)
+
+
+_PPK_WORDS = "post-quantum preshared key"
+"""How the core's reasons name a PPK (RFC 8784) problem."""
 
 
 def _auth_failure(reason: str, peer: IkePeerConfig | None, where: str) -> Failure:
     method = peer.auth if peer is not None else "psk"
+    if _PPK_WORDS in reason:
+        return Failure(
+            AUTHENTICATION,
+            f"{where} and we disagree on the post-quantum preshared key (RFC 8784)",
+            (
+                "set the same ppk_id and the same PPK in ppk_file on both sides, or "
+                "ppk_required = false on the side whose peer has no PPK",
+            ),
+            reason,
+        )
     if "peer rejected our authentication" in reason or "reported AUTHENTICATION_FAILED" in reason:
         # We initiated and the peer refused what we sent (RFC 7296 §2.21.2).
         if method == "psk":

@@ -67,13 +67,15 @@ def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     log.info(
-        "peer %s: IKE SA #%d established with %s (%s), %s, quantum-safe: %s, %s[%d] <-> %s[%d]%s",
+        "peer %s: IKE SA #%d established with %s (%s), %s, quantum-safe: %s, ppk: %s, "
+        "%s[%d] <-> %s[%d]%s",
         event.connection,
         event.ike_sa_id,
         event.remote_id,
         "we initiated" if event.initiator else "peer initiated",
         event.suite,
         "yes" if event.quantum_safe else "no",
+        "yes" if event.ppk_used else "no",
         event.local[0],
         event.local[1],
         event.remote[0],

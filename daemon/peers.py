@@ -108,6 +108,7 @@ PEER_KEYS = (
     "remote_id",
     "auth",
     "psk",
+    "ppk",
     "credentials",
     "trust_anchors",
     "ike_port",

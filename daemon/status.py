@@ -82,6 +82,7 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
                         "initiator": info.event.initiator,
                         "nat": info.event.nat_local or info.event.nat_remote,
                         "udp_encap": info.event.udp_encap_reason,
+                        "ppk_used": info.event.ppk_used,
                         "age": round(now - info.established_at, 1),
                     }
                     for info in ikes
@@ -216,7 +217,8 @@ def format_status(status: dict[str, Any]) -> str:
                 f"    IKE SA #{ike.get('id')}: {ike.get('suite', '?')}, "
                 f"quantum-safe: {'yes' if ike.get('quantum_safe') else 'no'}, "
                 f"{ike.get('local', '?')} <-> {ike.get('remote', '?')}, "
-                f"age {format_age(ike.get('age', 0))}"
+                f"age {format_age(ike.get('age', 0))}, "
+                f"ppk: {'yes' if ike.get('ppk_used') else 'no'}"
                 + (f", rekeyed from #{rekeyed}" if rekeyed is not None else "")
                 + (f", ESP in UDP: {ike['udp_encap']}" if ike.get("udp_encap") else "")
             )

@@ -7,6 +7,7 @@ builds new objects instead of changing live ones.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,6 +165,33 @@ class RemoteAccessClient:
             raise ConfigError("an EAP-MSCHAPv2 client needs a 16-octet NT hash")
 
 
+@dataclass(frozen=True, eq=False)
+class PostQuantumKey:
+    """A post-quantum preshared key (PPK) and its identity (RFC 8784 §3)."""
+
+    ppk_id: bytes
+    """The PPK_ID's value (after its type octet), as both sides configured it."""
+    key: bytes = field(repr=False)
+    """The PPK itself; never shown in repr or logs."""
+    required: bool = False
+    """Refuse an IKE SA that does not use it (the peer's NO_PPK_AUTH is not enough)."""
+
+    def __post_init__(self) -> None:
+        if not self.ppk_id or not self.key:
+            raise ConfigError("a PPK needs an identity and a key")
+
+    def __eq__(self, other: object) -> bool:
+        # A reload compares configurations; the key in constant time all the same.
+        return (
+            isinstance(other, PostQuantumKey)
+            and (self.ppk_id, self.required) == (other.ppk_id, other.required)
+            and hmac.compare_digest(self.key, other.key)
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.ppk_id)
+
+
 @dataclass(frozen=True)
 class ConnectionConfig:
     """One IKE connection to a peer gateway and the CHILD SAs negotiated under it."""
@@ -184,6 +212,8 @@ class ConnectionConfig:
     """Authentication method: "psk" (shared key) or "pubkey" (certificates)."""
     psk: bytes | None = field(default=None, repr=False)
     """The pre-shared key for auth "psk"; never shown in repr or logs."""
+    ppk: PostQuantumKey | None = None
+    """Our post-quantum preshared key with this peer (RFC 8784), or None."""
     credentials: LocalCredentials | None = None
     """Our certificate (chain) and private key for auth "pubkey" (TOML
     `gateway.certificate`, `gateway.private_key`); the key never shows in repr."""

@@ -130,7 +130,10 @@ class IkeSaEstablished(Event):
     """A remote-access client's user: the one an EAP login authenticated (RFC 7296
     §2.16), or its client certificate's common name; "" for other peers."""
     quantum_safe: bool = False
-    """An ML-KEM additional key exchange (RFC 9370) went into the keys."""
+    """An ML-KEM additional key exchange (RFC 9370) went into the keys, or a PPK was
+    mixed in (RFC 8784)."""
+    ppk_used: bool = False
+    """A post-quantum preshared key is mixed into the IKE SA's keys (RFC 8784)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,6 +236,8 @@ class IkeSa(IkeSaData):
         new.encap_forced = self.encap_forced
         new.mobike = self.mobike
         new.fragmentation = self.fragmentation
+        # RFC 8784 §3: the new SKEYSEED comes from our SK_d, which holds the PPK.
+        new.ppk_used = self.ppk_used
         new.established(self.now, self.peer_id)
         new.rekeyed_from = self
         new.silent = True

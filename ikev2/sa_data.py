@@ -136,6 +136,8 @@ class IkeSaData:
         "peer_id",
         "peer_ike_rekey",
         "peer_prefers_udp",
+        "ppk_offered",
+        "ppk_used",
         "rekeyed_from",
         "rekeyed_into",
         "remote",
@@ -228,6 +230,11 @@ class IkeSaData:
         """Hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4)."""
         self.fragmentation = False
         """Both sides sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)."""
+        self.ppk_offered = False
+        """Both sides sent USE_PPK in IKE_SA_INIT (RFC 8784 §3)."""
+        self.ppk_used = False
+        """A post-quantum preshared key is mixed into SK_d (RFC 8784 §3): IKE_AUTH used
+        it, or the IKE SA this one was rekeyed from did."""
         self._reassembler: Reassembler | None = None
         self.init_retries = 0
         self.cookie = b""
@@ -488,8 +495,10 @@ class IkeSaData:
 
     @property
     def quantum_safe(self) -> bool:
-        """Whether a post-quantum key exchange (ML-KEM) went into this SA's keys."""
-        return self.suite is not None and self.suite.quantum_safe
+        """Whether this SA's keys resist a quantum computer: an ML-KEM additional key
+        exchange went into them (RFC 9370), or a post-quantum preshared key was mixed
+        in (RFC 8784 §1: the PPK protects the keys even if the DH falls)."""
+        return (self.suite is not None and self.suite.quantum_safe) or self.ppk_used
 
     @property
     def int_auth(self) -> bytes:
@@ -529,6 +538,12 @@ class IkeSaData:
         """Take the algorithms and SK_* keys of IKE_SA_INIT or of a rekey (§2.14, §2.18)."""
         self.suite, self.keys = suite, keys
         self.sk = SkCipherPair.for_ike_sa(suite, keys, self.initiator)
+
+    def use_ppk(self, keys: IkeKeys) -> None:
+        """IKE_AUTH mixed the PPK into SK_d, SK_pi and SK_pr (RFC 8784 §3); SK_e and
+        SK_a, which protect the messages, stay as IKE_SA_INIT made them."""
+        self.keys = keys
+        self.ppk_used = True
 
     def record_nat(self, *, nat_local: bool, nat_remote: bool, peer_prefers_udp: bool) -> None:
         """What NAT detection in IKE_SA_INIT found (§2.23, tasks.ike_natd)."""

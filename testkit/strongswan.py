@@ -113,11 +113,13 @@ class SwanConnection:
 
 @dataclass
 class SwanSecret:
-    """An IKE pre-shared key between identities (`secrets.ike-NAME`)."""
+    """An IKE pre-shared key between identities (`secrets.ike-NAME`), or with kind
+    "ppk" a post-quantum preshared key under its PPK ids (`secrets.ppk-NAME`)."""
 
     name: str
     ids: Sequence[str]
     secret: str
+    kind: str = "ike"
 
 
 def _block(name: str, lines: Sequence[str], indent: int) -> list[str]:
@@ -190,7 +192,7 @@ def render_swanctl(connections: Sequence[SwanConnection], secrets: Sequence[Swan
     for secret in secrets:
         lines = [_kv(f"id-{i}", ident, 2) for i, ident in enumerate(secret.ids)]
         lines.append(_kv("secret", _quote(secret.secret), 2))
-        out += _block(f"ike-{secret.name}", lines, 1)
+        out += _block(f"{secret.kind}-{secret.name}", lines, 1)
     out.append("}")
     return "\n".join(out) + "\n"
 

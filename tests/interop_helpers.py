@@ -155,6 +155,10 @@ class Case:
     """More `[connections.X]` keys for lockgate, as TOML values (`'"8s"'`)."""
     lockgate_gateway: Mapping[str, str] = field(default_factory=dict)
     """More `[gateway]` keys for lockgate, as TOML values."""
+    lockgate_peer: Mapping[str, str] = field(default_factory=dict)
+    """More `[peers.swan]` keys for lockgate, as TOML values (`ppk_id`, ...)."""
+    swan_secrets: tuple[SwanSecret, ...] = ()
+    """More `secrets` for charon (a `ppk` secret, ...)."""
     swan_pairs: tuple[Pair, ...] | None = None
     swan_ike: str | None = None
     swan_esp: str | None = None
@@ -253,6 +257,7 @@ def render_lockgate(
         peer_lines += ['auth = "psk"', f"psk = {json.dumps(PSK)}"]
     else:
         peer_lines.append('auth = "pubkey"')
+    peer_lines += [f"{key} = {value}" for key, value in case.lockgate_peer.items()]
     out = [*gateway, "", *peer_lines, ""]
     for pair in case.pairs:
         out += [
@@ -425,7 +430,7 @@ def interop(case: Case) -> Iterator[Interop]:
             ],
         )
         swan = replace(swan, **dict(case.swan_conn))
-        secrets = [SwanSecret("s2s", [a_id, b_id], case.swan_psk)]
+        secrets = [SwanSecret("s2s", [a_id, b_id], case.swan_psk), *case.swan_secrets]
         charon.load([swan], secrets)
         text = render_lockgate(
             case, me=a_wan, my_id=a_id, peer=b_wan, peer_id=b_id, credentials=credentials

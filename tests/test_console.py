@@ -27,7 +27,7 @@ from conf.load import load_config, loads_config
 from conf.model import Config
 from conf.users import User, hash_password, load_users, save_users, verify_password
 from daemon.cli import main
-from daemon.console import auth
+from daemon.console import auth, pages
 from daemon.console.app import CSP, Console
 from daemon.console.tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY, certificate_files, fingerprint
 from daemon.console.traffic import Traffic
@@ -833,3 +833,12 @@ def test_deleting_an_admin_or_a_new_password_ends_their_sessions(tmp_path: Path)
                 assert (r.status, r.headers["Location"]) == (303, "/login")
 
     run(test, tmp_path)
+
+
+def test_the_ike_table_says_whether_a_ppk_protects_each_ike_sa() -> None:
+    sa = {"id": 1, "suite": "x", "local": "a", "remote": "b", "age": 1.0, "rekeyed_from": None}
+    ike_sas = [{**sa, "ppk_used": True}, {**sa, "id": 2, "ppk_used": False}]
+    status = {"connections": [{"name": "c", "ike_sas": ike_sas}]}
+    rows = pages.connection_tables(status, "c")["ike"]
+    column = pages.IKE_HEADERS.index("PPK")
+    assert [row[column] for row in rows] == ["yes", "no"]

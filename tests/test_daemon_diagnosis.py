@@ -133,6 +133,19 @@ def test_wrong_psk_on_either_side(peer: PeerConfig) -> None:
     assert methods.kind == AUTHENTICATION and "different authentication methods" in methods.summary
 
 
+def test_a_ppk_failure_on_either_side_points_at_the_ppk(peer: PeerConfig) -> None:
+    for reason in (
+        "peer 198.51.100.2 did not use a post-quantum preshared key (no USE_PPK), and "
+        "ppk_required is set",
+        "peer rejected our authentication (AUTHENTICATION_FAILED): check the PSK, the "
+        "post-quantum preshared key and identities on both sides",
+    ):
+        found = ike_failure(failed(reason, NotifyType.AUTHENTICATION_FAILED), peer)
+        assert found.kind == AUTHENTICATION
+        assert "post-quantum preshared key" in found.summary
+        assert any("ppk_id" in line for line in found.details)
+
+
 def test_a_certificate_failure_names_the_check(peer: PeerConfig) -> None:
     reason = (
         "certificate of gw-b.example.net is signed by an unknown CA "

@@ -212,6 +212,7 @@ def connection_tables(
             age(sa.get("age", 0)),
             f"#{sa['rekeyed_from']}" if sa.get("rekeyed_from") is not None else "-",
             str(sa.get("udp_encap") or "-"),
+            "yes" if sa.get("ppk_used") else "no",
         ]
         for sa in conn.get("ike_sas", [])
     ]
@@ -242,7 +243,7 @@ def connection_tables(
     return {"summary": summary, "diagnosis": diagnosis, "ike": ike, "child": child}
 
 
-IKE_HEADERS = ("IKE SA", "Algorithms", "Addresses", "Role", "Age", "Rekeyed from", "NAT")
+IKE_HEADERS = ("IKE SA", "Algorithms", "Addresses", "Role", "Age", "Rekeyed from", "NAT", "PPK")
 CHILD_HEADERS = (
     "CHILD SA", "Algorithms", "Selectors", "SPIs", "Age", "In", "Out", "Drops",
 )  # fmt: skip

@@ -29,6 +29,8 @@ from ikev2.codec import Authentication, Certificate, Eap, IdI, IdR, Message, Not
 from ikev2.config import ConnectionConfig, RemoteAccess
 from ikev2.constants import AuthMethod, NotifyType
 from ikev2.crypto.auth import psk_auth, signed_octets, verify_psk_auth, verify_signature_auth
+from ikev2.crypto.keys import IkeKeys
+from ikev2.crypto.ppk import mix_ppk, parse_ppk_identity, ppk_identity_data
 from ikev2.eap_mschapv2 import EapClient, EapServer
 from ikev2.eap_tls import EapAuthenticator, EapMethodChoice, EapTlsClient, EapTlsServer
 from ikev2.errors import (
@@ -94,16 +96,21 @@ class IkeAuth(Task):
         """IKE_AUTH exchanges this task took part in."""
         self.peer_certificate: x509.Certificate | None = None
         """The end-entity certificate the peer's AUTH signature verified with."""
+        self.auth_keys: IkeKeys | None = None
+        """The keys the AUTH payloads use instead of the IKE SA's: the un-mixed ones of
+        a NO_PPK_AUTH, or an initiator's PPK-mixed ones until the responder confirms
+        the PPK (RFC 8784 §3)."""
 
     def _auth_data(self, sa: TaskSa, ident: IdI | IdR, *, ours: bool) -> bytes:
-        if sa.suite is None or sa.keys is None:
+        keys = self.auth_keys or sa.keys
+        if sa.suite is None or keys is None:
             raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
         # The signer's octets: its own IKE_SA_INIT message, the other's nonce, its ID.
         signer_is_initiator = sa.initiator if ours else not sa.initiator
         if signer_is_initiator:
-            real, nonce, sk_p = sa.init_request, sa.nonce_r, sa.keys.sk_pi
+            real, nonce, sk_p = sa.init_request, sa.nonce_r, keys.sk_pi
         else:
-            real, nonce, sk_p = sa.init_response, sa.nonce_i, sa.keys.sk_pr
+            real, nonce, sk_p = sa.init_response, sa.nonce_i, keys.sk_pr
         # RFC 9242 §3.3.2: IntAuth of the IKE_INTERMEDIATE messages follows.
         return signed_octets(real, nonce, sa.suite.prf, sk_p, ident.id_prime) + sa.int_auth
 
@@ -116,7 +123,7 @@ class IkeAuth(Task):
         # SAs share one suite and usually one local identity.
         suite = sys.intern(sa.suite.name if sa.suite is not None else "?")
         log.info(
-            "%s: IKE SA established between %s[%s] and %s[%s]%s (%s, quantum-safe: %s)",
+            "%s: IKE SA established between %s[%s] and %s[%s]%s (%s, quantum-safe: %s, ppk: %s)",
             sa.name,
             sa.local[0],
             sa.config.local_id,
@@ -125,6 +132,7 @@ class IkeAuth(Task):
             user,
             suite,
             "yes" if sa.quantum_safe else "no",
+            "yes" if sa.ppk_used else "no",
         )
         sa.emit(
             IkeSaEstablished(
@@ -143,6 +151,7 @@ class IkeAuth(Task):
                 udp_encap_reason=sa.udp_encap_reason,
                 eap_identity=sa.eap_identity,
                 quantum_safe=sa.quantum_safe,
+                ppk_used=sa.ppk_used,
             )
         )
 
@@ -168,8 +177,25 @@ class IkeAuth(Task):
         if config.remote_id is not None:
             out.append(_id_payload(IdR, config.remote_id))
         if not _eap_client(config):
-            out.append(self._our_auth(sa, idi))
+            out += self._initiator_auth(sa, idi)
         # else: no AUTH asks the responder for EAP (§2.16).
+
+    def _initiator_auth(self, sa: TaskSa, idi: IdI | IdR) -> list[Payload]:
+        """Our AUTH; with a PPK both sides support (RFC 8784 §3), AUTH over the mixed
+        SK_pi, PPK_IDENTITY, and unless the PPK is required a NO_PPK_AUTH over the
+        un-mixed SK_pi, so a responder without our PPK can still authenticate us."""
+        ppk = sa.config.ppk
+        if ppk is None or not sa.ppk_offered or sa.suite is None or sa.keys is None:
+            return [self._our_auth(sa, idi)]
+        no_ppk = None if ppk.required else self._our_auth(sa, idi).data
+        self.auth_keys = mix_ppk(sa.suite.prf, ppk.key, sa.keys)
+        out: list[Payload] = [
+            self._our_auth(sa, idi),
+            Notify(NotifyType.PPK_IDENTITY, ppk_identity_data(ppk.ppk_id)),
+        ]
+        if no_ppk is not None:
+            out.append(Notify(NotifyType.NO_PPK_AUTH, no_ppk))
+        return out
 
     def _build_eap_request(self, sa: TaskSa, out: list[Payload]) -> None:
         """A later round of our EAP login: the next EAP Response, or after EAP-Success
@@ -189,6 +215,9 @@ class IkeAuth(Task):
         failed = message.notify(NotifyType.AUTHENTICATION_FAILED)
         if failed is not None:
             what = "certificates and CAs" if sa.config.auth == "pubkey" else "PSK"
+            if self.auth_keys is not None:
+                # We sent PPK_IDENTITY (RFC 8784 §3): the PPK may be what differs.
+                what += ", the post-quantum preshared key"
             raise PeerErrorNotify(
                 NotifyType.AUTHENTICATION_FAILED,
                 failed.data,
@@ -205,6 +234,7 @@ class IkeAuth(Task):
         expected = sa.config.remote_id
         if expected is not None and peer != expected:
             raise AuthenticationFailed(f"peer identified as {peer}, but we expect {expected}")
+        self._initiator_ppk_outcome(sa, peer, message)
         self._verify(sa, idr, auth, peer, message)
         if not _eap_client(sa.config):
             self._established(sa, sa.now, peer)
@@ -223,6 +253,22 @@ class IkeAuth(Task):
         else:
             raise LocalProtocolError("an EAP client without a password or a certificate")
         self._answer_eap(sa, eap)
+
+    def _initiator_ppk_outcome(self, sa: TaskSa, peer: Identity, message: Message) -> None:
+        """RFC 8784 §3: a PPK_IDENTITY in the response says the responder used our PPK;
+        without it, it authenticated us by NO_PPK_AUTH and both keep the un-mixed keys."""
+        mixed, self.auth_keys = self.auth_keys, None
+        if mixed is None:
+            return
+        if message.notify(NotifyType.PPK_IDENTITY) is not None:
+            sa.use_ppk(mixed)
+            return
+        ppk = sa.config.ppk
+        if ppk is not None and ppk.required:
+            raise AuthenticationFailed(
+                f"peer {peer} did not use our post-quantum preshared key, and ppk_required is set"
+            )
+        log.info("%s: peer %s does not have our PPK; continuing without it", sa.name, peer)
 
     def _answer_eap(self, sa: TaskSa, eap: Eap) -> None:
         if self.eap_client is None:
@@ -287,10 +333,74 @@ class IkeAuth(Task):
                 f"client {peer} authenticates with {_method(auth.method)}; this server "
                 "accepts EAP-MSCHAPv2 logins only"
             )
-        self._verify(sa, idi, auth, peer, message)
+        auth = self._responder_ppk(sa, config, auth, peer, message)
+        try:
+            self._verify(sa, idi, auth, peer, message)
+        except AuthenticationFailed as exc:
+            if self.auth_keys is None:
+                raise
+            # §3: a peer that named our PPK must prove it; no fallback to NO_PPK_AUTH.
+            raise AuthenticationFailed(
+                f"{exc}, or its post-quantum preshared key for the PPK id it named differs "
+                "from ours"
+            ) from None
+        if self.auth_keys is not None:
+            # The PPK is confirmed: the mixed keys are the IKE SA's from here on; our
+            # AUTH and the first CHILD SA's KEYMAT use them (RFC 8784 §3).
+            sa.use_ppk(self.auth_keys)
         if ra is not None:
             self._certificate_login(sa, ra, peer, initial_contact)
         self._established(sa, sa.now, peer, initial_contact=initial_contact)
+
+    def _responder_ppk(
+        self,
+        sa: TaskSa,
+        config: ConnectionConfig,
+        auth: Authentication,
+        peer: Identity,
+        message: Message,
+    ) -> Authentication:
+        """RFC 8784 §3 on the responder: the AUTH to verify, with the keys to verify it
+        with in ``self.auth_keys``. A PPK_IDENTITY naming our PPK means AUTH covers the
+        mixed SK_pi; an unknown one falls back to NO_PPK_AUTH unless we require the PPK."""
+        ppk = config.ppk
+        notify = message.notify(NotifyType.PPK_IDENTITY) if sa.ppk_offered else None
+        if notify is None:
+            if ppk is not None and ppk.required:
+                raise AuthenticationFailed(
+                    f"peer {peer} did not use a post-quantum preshared key "
+                    f"({'no PPK_IDENTITY' if sa.ppk_offered else 'no USE_PPK'}), "
+                    "and ppk_required is set"
+                )
+            return auth
+        ppk_id = parse_ppk_identity(notify.data)
+        if ppk is not None and ppk_id is not None and ppk_id == ppk.ppk_id:
+            if sa.suite is None or sa.keys is None:
+                raise LocalProtocolError("IKE_AUTH before IKE_SA_INIT finished")
+            self.auth_keys = mix_ppk(sa.suite.prf, ppk.key, sa.keys)
+            return auth
+        shown = ppk_id.decode(errors="backslashreplace") if ppk_id is not None else "?"
+        if ppk is not None and ppk.required:
+            raise AuthenticationFailed(
+                f"peer {peer} uses the post-quantum preshared key with PPK id {shown!r}, "
+                f"not ours ({ppk.ppk_id.decode(errors='backslashreplace')!r}), and "
+                "ppk_required is set"
+            )
+        no_ppk = message.notify(NotifyType.NO_PPK_AUTH)
+        if no_ppk is None:
+            raise AuthenticationFailed(
+                f"peer {peer} uses the post-quantum preshared key with PPK id {shown!r}, "
+                "which we do not have, and sent no NO_PPK_AUTH to fall back to"
+            )
+        log.info(
+            "%s: peer %s uses PPK id %r, which we do not have; authenticating it by NO_PPK_AUTH",
+            sa.name,
+            peer,
+            shown,
+        )
+        # §3: NO_PPK_AUTH holds the Authentication Data of an AUTH payload of the same
+        # method computed with the un-mixed SK_pi.
+        return Authentication(auth.method, no_ppk.data)
 
     def _certificate_login(
         self, sa: TaskSa, ra: RemoteAccess, peer: Identity, initial_contact: bool
@@ -368,6 +478,9 @@ class IkeAuth(Task):
         if config.credentials is not None and config.auth == "pubkey":
             out += config.credentials.cert_payloads()
         out.append(self._our_auth(sa, idr))
+        if sa.ppk_used:
+            # §3: tells the initiator we used its PPK (the data is empty).
+            out.append(Notify(NotifyType.PPK_IDENTITY))
         if self.eap_out is not None:
             out.append(self.eap_out)
             self.eap_out = None

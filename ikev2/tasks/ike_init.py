@@ -20,6 +20,7 @@ from ikev2.crypto.dh import GROUPS
 from ikev2.crypto.keys import derive_ike_keys, skeyseed
 from ikev2.crypto.registry import ike_suite
 from ikev2.errors import (
+    AuthenticationFailed,
     IkeError,
     InvalidKePayload,
     InvalidSyntax,
@@ -80,6 +81,9 @@ class IkeInit(Task):
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         if has_additional_key_exchange(ours):
             out.append(Notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        if sa.config.ppk is not None:
+            # RFC 8784 §3: we can mix a post-quantum preshared key into this IKE SA.
+            out.append(Notify(NotifyType.USE_PPK))
         # RFC 7427 §4: the hashes we can verify signatures with (certificates).
         out.append(signature_hashes_notify())
 
@@ -108,6 +112,7 @@ class IkeInit(Task):
         rounds = additional_key_exchanges(chosen)
         if rounds and message.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
             raise InvalidSyntax("peer chose additional key exchanges without IKE_INTERMEDIATE")
+        _note_ppk(sa, message, ours=sa.config.ppk is not None)
         _derive(sa, chosen, ke.data)
         _start_intermediate(sa, rounds)
         if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
@@ -158,6 +163,8 @@ class IkeInit(Task):
             raise InvalidKePayload(group)
         sa.nonce_i = nonce.data
         _note_fragmentation(sa, message)
+        # The connection is picked in IKE_AUTH: answer USE_PPK if any candidate has one.
+        _note_ppk(sa, message, ours=any(c.ppk is not None for c in sa.candidates))
         sa.nonce_r = sa.rng.token_bytes(NONCE_SIZE)
         sa.ke = sa.new_key_exchange(group)
         self.chosen = chosen
@@ -178,6 +185,8 @@ class IkeInit(Task):
             out.append(Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         if self.peer_intermediate:
             out.append(Notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        if sa.ppk_offered:
+            out.append(Notify(NotifyType.USE_PPK))
         if sa.peer_hashes is not None:
             out.append(signature_hashes_notify())
         anchors = sa.config.trust_anchors
@@ -197,6 +206,18 @@ def _note_fragmentation(sa: TaskSa, message: Message) -> None:
             sa.peer_hashes = parse_signature_hashes(hashes.data)
         except IkeError as exc:
             log.info("%s: ignoring malformed SIGNATURE_HASH_ALGORITHMS: %s", sa.name, exc)
+
+
+def _note_ppk(sa: TaskSa, message: Message, *, ours: bool) -> None:
+    """RFC 8784 §3: a PPK is used only when both sides sent USE_PPK. An initiator that
+    requires its PPK aborts here when the responder did not."""
+    sa.ppk_offered = ours and message.notify(NotifyType.USE_PPK) is not None
+    ppk = sa.config.ppk
+    if sa.initiator and ppk is not None and ppk.required and not sa.ppk_offered:
+        raise AuthenticationFailed(
+            "peer does not support post-quantum preshared keys (no USE_PPK in its "
+            "IKE_SA_INIT response), and ppk_required is set"
+        )
 
 
 def _our_proposals(sa: TaskSa) -> list[Proposal]:

@@ -69,7 +69,7 @@ from ikev2.codec.cp import decode_attribute
 from ikev2.codec.eap import EapIdentity, eap_data, eap_payload
 from ikev2.codec.message import generic_header
 from ikev2.codec.payloads import DECODERS
-from ikev2.config import EncapMode
+from ikev2.config import EncapMode, PostQuantumKey
 from ikev2.constants import EapCode, ExchangeType, NotifyType, ProtocolId
 from ikev2.cookies import CookieJar, CookiePolicy, InvalidCookie
 from ikev2.crypto.dh import KEMS, respond_key_exchange
@@ -95,6 +95,7 @@ from testkit.fuzz.world import (
     A_ADDR,
     B_ADDR,
     ESP_SPI,
+    FUZZ_PPK,
     EspKeys,
     Pair,
     esp_keys,
@@ -868,13 +869,19 @@ class AuthRequestTarget(Target):
 
     name = "auth_request"
     cost = 10
+    ppk: PostQuantumKey | None = None
+    """Both sides hold this PPK (RFC 8784): the request carries PPK_IDENTITY and
+    NO_PPK_AUTH for the mutations to work on."""
 
     def __init__(self) -> None:
         self.genuine_auth = b""
         """The AUTH payload of the real request: with it, establishing is correct."""
+        self.genuine_no_ppk = b""
+        """The real request's NO_PPK_AUTH data: a responder that does not know the
+        (mutated) PPK_IDENTITY authenticates with it, correctly (RFC 8784 §3)."""
 
     def _half_open(self) -> tuple[Pair, list[tuple[str, bytes]]]:
-        pair = Pair("auth")
+        pair = Pair("auth", ppk=self.ppk)
         pair.a.initiate("conn", 0.0)
         return pair, pair.pump(hold=is_auth_request)
 
@@ -889,6 +896,9 @@ class AuthRequestTarget(Target):
                 auth = opened.get(Authentication)
                 if auth is not None:
                     self.genuine_auth = auth.encode_body()
+                no_ppk = opened.notify(NotifyType.NO_PPK_AUTH)
+                if no_ppk is not None:
+                    self.genuine_no_ppk = no_ppk.data
                 first, raw = encode_payloads(opened.payloads)
                 out.append(bytes([0, first]) + raw)
         return out
@@ -911,7 +921,15 @@ class AuthRequestTarget(Target):
         if sa_b.state is IkeSaState.ESTABLISHED:
             auth = sa_b.sk and _only((InvalidSyntax,), lambda: decode_payloads(data[1], data[2:]))
             bodies = [p.encode_body() for p in auth or () if isinstance(p, Authentication)]
-            if not self.genuine_auth or self.genuine_auth not in bodies:
+            fallback = [
+                p.data
+                for p in auth or ()
+                if isinstance(p, Notify) and p.notify_type == NotifyType.NO_PPK_AUTH
+            ]
+            genuine = bool(self.genuine_auth) and self.genuine_auth in bodies
+            if self.genuine_no_ppk and self.genuine_no_ppk in fallback and bodies:
+                genuine = True
+            if not genuine:
                 raise Finding("an IKE_AUTH request without the PSK's AUTH established the SA")
 
 
@@ -920,15 +938,17 @@ class AuthResponseTarget(Target):
 
     name = "auth_response"
     cost = 12
+    ppk: PostQuantumKey | None = None
+    """Both sides hold this PPK: the initiator waits for a PPK_IDENTITY (RFC 8784)."""
 
     def _waiting(self) -> Pair:
-        pair = Pair("auth")
+        pair = Pair("auth", ppk=self.ppk)
         pair.a.initiate("conn", 0.0)
         pair.pump(hold=is_auth_response)
         return pair
 
     def seeds(self) -> list[bytes]:
-        pair = Pair("auth")
+        pair = Pair("auth", ppk=self.ppk)
         pair.a.initiate("conn", 0.0)
         held = pair.pump(hold=is_auth_response)
         sk = pair.sa("a").sk
@@ -961,9 +981,11 @@ class InitResponseTarget(Target):
 
     name = "init_response"
     cost = 4
+    ppk: PostQuantumKey | None = None
+    """The initiator offers this PPK: USE_PPK in both IKE_SA_INIT messages (RFC 8784)."""
 
     def seeds(self) -> list[bytes]:
-        pair = Pair("init")
+        pair = Pair("init", ppk=self.ppk)
         pair.a.initiate("conn", 0.0)
         pair.pump()
         out = []
@@ -979,7 +1001,7 @@ class InitResponseTarget(Target):
         return message.spi_r + header + chain
 
     def run(self, data: bytes) -> None:
-        pair = Pair("init")
+        pair = Pair("init", ppk=self.ppk)
         pair.a.initiate("conn", 0.0)
         pair.a.datagrams_to_send(0.0)
         sa = pair.sa("a")
@@ -987,6 +1009,27 @@ class InitResponseTarget(Target):
         deliver(pair.a, message, (A_ADDR, 500), (B_ADDR, 500), 0.5)
         _drain(pair)
         _bounded(pair)
+
+
+class PpkAuthRequestTarget(AuthRequestTarget):
+    """:class:`AuthRequestTarget` with a PPK: PPK_IDENTITY and NO_PPK_AUTH (RFC 8784)."""
+
+    name = "auth_request[ppk]"
+    ppk = FUZZ_PPK
+
+
+class PpkAuthResponseTarget(AuthResponseTarget):
+    """:class:`AuthResponseTarget` with a PPK: the response's PPK_IDENTITY (RFC 8784)."""
+
+    name = "auth_response[ppk]"
+    ppk = FUZZ_PPK
+
+
+class PpkInitResponseTarget(InitResponseTarget):
+    """:class:`InitResponseTarget` with a PPK: the response's USE_PPK (RFC 8784)."""
+
+    name = "init_response[ppk]"
+    ppk = FUZZ_PPK
 
 
 class ScheduleTarget(Target):
@@ -1557,6 +1600,9 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
             AuthResponseTarget(),
             IntermediateRequestTarget(),
             InitResponseTarget(),
+            PpkAuthRequestTarget(),
+            PpkAuthResponseTarget(),
+            PpkInitResponseTarget(),
             ScheduleTarget(),
             ScheduleAutoTarget(),
         ]

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from esp.sa import EspSA
 from esp.suites import ENCR_AES_GCM_16, ENCR_CHACHA20_POLY1305, SUITES, EspSuite
 from ikev2.codec import IkeHeader, decode_header
-from ikev2.config import ChildConfig, ConnectionConfig, EncapMode, Identity
+from ikev2.config import ChildConfig, ConnectionConfig, EncapMode, Identity, PostQuantumKey
 from ikev2.constants import PayloadType
 from ikev2.cookies import CookiePolicy
 from ikev2.crypto.algorithms import ENCRYPTIONS, INTEGRITIES
@@ -39,6 +39,8 @@ B_ADDR = "198.51.100.2"
 A_NET = "192.0.2.0/24"
 B_NET = "203.0.113.0/26"
 PSK = b"fuzz-psk-not-a-secret"
+FUZZ_PPK = PostQuantumKey(b"fuzz-ppk", b"fuzz-ppk-not-a-secret-32-octets!")
+"""A PPK both sides hold, not required: IKE_AUTH carries PPK_IDENTITY and NO_PPK_AUTH."""
 
 Address = tuple[str, int]
 
@@ -54,6 +56,7 @@ def connection(
     fragment_size: int = 400,
     encap: EncapMode = "nat",
     ike_proposals: tuple[str, ...] = (),
+    ppk: PostQuantumKey | None = None,
 ) -> ConnectionConfig:
     """A PSK connection with one CHILD SA; 200-octet fragments split every IKE_AUTH.
     ``ike_proposals`` replaces the default ones (e.g. a hybrid ML-KEM proposal)."""
@@ -70,6 +73,7 @@ def connection(
         remote_id=Identity.parse(remote),
         children=(child,),
         psk=PSK,
+        ppk=ppk,
         fragment_size=fragment_size,
         # Most targets inject on port 500 without the non-ESP marker: "nat" keeps IKE
         # there (with "auto", the default, two lockgates move to port 4500).
@@ -96,15 +100,16 @@ class Pair:
         fragment_size: int = 400,
         encap: EncapMode = "nat",
         ike_proposals: tuple[str, ...] = (),
+        ppk: PostQuantumKey | None = None,
     ) -> None:
         self.clock = 0.0
         self.a = Endpoint(
-            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap, ike_proposals)],
+            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap, ike_proposals, ppk)],
             rng=DeterministicRandom(f"{seed}-a"),
             config=endpoint_config(),
         )
         self.b = Endpoint(
-            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap, ike_proposals)],
+            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap, ike_proposals, ppk)],
             rng=DeterministicRandom(f"{seed}-b"),
             config=endpoint_config(),
         )

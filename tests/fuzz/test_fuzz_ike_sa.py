@@ -10,10 +10,13 @@ sides leaves the two endpoints agreeing once it heals.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ikev2.codec import Message, Payload, encode_message, encode_payloads
+from ikev2.codec import Message, Notify, Payload, decode_payloads, encode_message, encode_payloads
+from ikev2.constants import NotifyType
 from testkit.fuzz.mutate import Mutation
 from testkit.fuzz.strategies import messages, mutations, shaped_chains, shaped_messages
 from testkit.fuzz.targets import (
@@ -22,6 +25,9 @@ from testkit.fuzz.targets import (
     EndpointFreshTarget,
     EstablishedTarget,
     InitResponseTarget,
+    PpkAuthRequestTarget,
+    PpkAuthResponseTarget,
+    PpkInitResponseTarget,
     ScheduleAutoTarget,
     ScheduleTarget,
     SealedRequestTarget,
@@ -114,6 +120,52 @@ def test_ike_auth_garbage_both_ways_never_raises(
     target(AuthResponseTarget).run(
         mutation.apply(data.draw(st.sampled_from(seeds(AuthResponseTarget))))
     )
+
+
+@settings(FUZZ, max_examples=25)
+@given(st.data(), mutations, st.binary(max_size=40))
+def test_ppk_notifies_garbage_both_ways_never_raises(
+    data: st.DataObject, mutation: Mutation, blob: bytes
+) -> None:
+    # RFC 8784: PPK_IDENTITY and NO_PPK_AUTH in IKE_AUTH, USE_PPK in IKE_SA_INIT, from
+    # a peer that holds the keys; the mutations hit the notifies' types and data.
+    for kind in (PpkAuthRequestTarget, PpkAuthResponseTarget):
+        target(kind).run(mutation.apply(data.draw(st.sampled_from(seeds(kind)))))
+        # The same messages with every PPK notify's data replaced by `blob`.
+        seed = data.draw(st.sampled_from(seeds(kind)))
+        target(kind).run(_with_ppk_data(seed, blob))
+    target(PpkInitResponseTarget).run(
+        mutation.apply(data.draw(st.sampled_from(seeds(PpkInitResponseTarget))))
+    )
+
+
+def test_ppk_seeds_carry_the_ppk_notifies() -> None:
+    def types(seed: bytes) -> set[int]:
+        return {p.notify_type for p in decode_payloads(seed[1], seed[2:]) if isinstance(p, Notify)}
+
+    request = set().union(*(types(s) for s in seeds(PpkAuthRequestTarget)))
+    assert {NotifyType.PPK_IDENTITY, NotifyType.NO_PPK_AUTH} <= request
+    response = set().union(*(types(s) for s in seeds(PpkAuthResponseTarget)))
+    assert NotifyType.PPK_IDENTITY in response
+    (init,) = seeds(PpkInitResponseTarget)
+    assert NotifyType.USE_PPK.to_bytes(2, "big") in init
+
+
+def _with_ppk_data(seed: bytes, blob: bytes) -> bytes:
+    """A seed of the IKE_AUTH targets (selector, first payload, chain) whose USE_PPK,
+    PPK_IDENTITY and NO_PPK_AUTH notifies carry `blob` instead."""
+    payloads = decode_payloads(seed[1], seed[2:])
+    changed = tuple(
+        dataclasses.replace(p, data=blob)
+        if isinstance(p, Notify) and p.notify_type in _PPK_NOTIFIES
+        else p
+        for p in payloads
+    )
+    first, raw = encode_payloads(changed)
+    return bytes([seed[0], first]) + raw
+
+
+_PPK_NOTIFIES = (NotifyType.USE_PPK, NotifyType.PPK_IDENTITY, NotifyType.NO_PPK_AUTH)
 
 
 @FUZZ
