@@ -46,7 +46,7 @@ from pathlib import Path
 from daemon.lab.netns import Lab, Namespace, Process, ping
 from testkit.daemon import PSK, wait_until
 from testkit.pki import Pki
-from testkit.ra_lab import SERVER, SERVER_NAME, road_warrior_conf
+from testkit.ra_lab import SERVER, SERVER_NAME, missing_strongswan, road_warrior_conf
 from testkit.strongswan import PLUGINS, Charon
 
 REPO = Path(__file__).resolve().parent.parent
@@ -454,8 +454,16 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"needs {tool}", file=sys.stderr)
             return 2
-    workdir = Path(tempfile.mkdtemp(prefix="lockgate-systemd-"))
-    root = args.keep or workdir / "root"
+    missing = missing_strongswan()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
+    workdir: Path | None = None
+    if args.keep is not None:
+        root = args.keep
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="lockgate-systemd-"))
+        root = workdir / "root"
     root.mkdir(parents=True, exist_ok=True)
     try:
         print(f"root {root}", flush=True)
@@ -471,7 +479,7 @@ def main() -> int:
                 report = checks(lab, box, cli, site, pki)
                 print(box.sh("systemctl status lockgate --no-pager", check=False)[:600])
     finally:
-        if args.keep is None:
+        if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     failed = [name for name, ok, _ in report.results if not ok]
     print(f"{len(report.results) - len(failed)} passed, {len(failed)} failed {failed or ''}")
