@@ -19,11 +19,11 @@ connection to a lockgate at the site (its own TUN; the site pings the cloud);
 `[metrics]` scraped with curl; `[console]` answers over HTTPS and made its certificate
 in /etc/lockgate; `lockgate user add` while the daemon runs writes a 0600 file in
 /etc/lockgate (the users who log in above are added that way after the daemon started,
-so their logins show that it re-read the files); no traceback or restart in the
-journal. Needs root, mmdebstrap,
-systemd-nspawn, openvpn, strongSwan's charon and network access to a Debian mirror and
-PyPI. Cleans up by PID: the container (poweroff, then SIGKILL of the nspawn process),
-the lab's processes and namespaces, and the container root unless `--keep`.
+the EAP-TLS user just before her login, so the logins show that it re-read the files);
+no traceback or restart in the journal. Needs root, mmdebstrap, systemd-nspawn, openvpn,
+strongSwan's charon and network access to a Debian mirror and PyPI. Cleans up by PID: the container
+(poweroff, then SIGKILL of the nspawn process), the lab's processes and namespaces, and
+the container root unless `--keep`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -345,9 +344,6 @@ def add_user(box: Container, server: str, user: str) -> str:
     mode = box.sh(f"stat -c %a /etc/lockgate/{server}.users").strip()
     if mode != "600":
         raise RuntimeError(f"/etc/lockgate/{server}.users has mode {mode}")
-    # The daemon re-reads a users file within a second of a change (README): an ikev2
-    # login sooner than that may still find the user unknown.
-    time.sleep(2)
     return out
 
 
