@@ -241,6 +241,9 @@ class IkeRaServer:
         return None if found is None else found.nt_hash
 
     def gate(self, user: str, address: str, initial_contact: bool = False) -> str | None:
+        # A login sees the users file as it is now: a user added a moment ago (between
+        # two housekeeping polls) is not refused as unknown. A stat per login.
+        self.poll_users()
         if self.limiter.blocked(user, address, self._clock()):
             return "rate limited"
         if self.config.users is not None and user not in self.users.users:

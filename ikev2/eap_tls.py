@@ -26,6 +26,7 @@ runs over memory BIOs, so the TLS stays sans-I/O.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
 from collections.abc import Callable
@@ -54,6 +55,12 @@ from ikev2.eap_mschapv2 import EapCause, EapFailed, EapGate, EapServer
 from ikev2.errors import AuthenticationFailed, InvalidSyntax
 
 log = logging.getLogger(__name__)
+
+VERIFY_FAILED = "certificate verify failed"
+"""OpenSSL's reason when the client's chain does not lead to a client CA."""
+
+MODE_NO_AUTO_CHAIN = 0x00000008
+"""OpenSSL's SSL_MODE_NO_AUTO_CHAIN (ssl.h), which pyOpenSSL does not name."""
 
 FRAGMENT_SIZE = 1024
 """TLS octets per EAP-TLS packet: with the EAP, SK and IKE headers the IKE message
@@ -105,7 +112,10 @@ def msk(conn: SSL.Connection) -> bytes:
 
 
 def _context(
-    method: int, credentials: LocalCredentials | None, anchors: TrustAnchors | None
+    method: int,
+    credentials: LocalCredentials | None,
+    anchors: TrustAnchors | None,
+    now: float | None = None,
 ) -> SSL.Context:
     ctx = SSL.Context(method)
     # RFC 9190 §2.1: TLS 1.2 or later; older versions are refused in the handshake.
@@ -122,15 +132,24 @@ def _context(
     if anchors is not None:
         # The CertificateRequest names our client CAs, so Windows offers a user
         # certificate they issued (RFC 5246 §7.4.4, RFC 8446 §4.2.4).
+        # OpenSSL also checks the client's chain against them during the handshake
+        # (with our clock): accepting any chain there and judging it afterwards would
+        # need a verify callback, which pyOpenSSL makes with cffi's ffi.callback, in
+        # memory both writable and executable; the systemd unit's
+        # MemoryDenyWriteExecute=yes refuses that, and every login would fail under it.
+        # `TrustAnchors.validate` still judges the chain after the handshake.
+        store = ctx.get_cert_store()
+        if store is None:
+            raise ValueError("OpenSSL context without a certificate store")
+        # Our Certificate message stays the chain we were given: without this OpenSSL
+        # would complete it from this store (adding the client CA), a longer flight.
+        ctx.set_mode(MODE_NO_AUTO_CHAIN)
+        if now is not None:
+            store.set_time(datetime.datetime.fromtimestamp(now, datetime.UTC))
         for anchor in anchors.certificates:
             ctx.add_client_ca(anchor)
+            store.add_cert(X509.from_cryptography(anchor))
     return ctx
-
-
-def _accept_any(_conn: SSL.Connection, _cert: X509, _error: int, _depth: int, _ok: int) -> bool:
-    # OpenSSL only collects the chain; `TrustAnchors.validate` judges it after the
-    # handshake, as it judges RFC 7427 certificates.
-    return True
 
 
 def _pull(conn: SSL.Connection) -> bytes:
@@ -247,8 +266,9 @@ class EapTlsServer:
         self._wall_clock = wall_clock
         self._gate = gate
         self._framing = _Framing(fragment_size, self._protocol)
-        self._conn = SSL.Connection(_context(SSL.TLS_SERVER_METHOD, credentials, anchors))
-        self._conn.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any)
+        ctx = _context(SSL.TLS_SERVER_METHOD, credentials, anchors, wall_clock())
+        self._conn = SSL.Connection(ctx)
+        self._conn.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
         self._conn.set_accept_state()
         self._state = _State.IDENTITY
         self._identifier = rng.token_bytes(1)[0]
@@ -343,7 +363,15 @@ class EapTlsServer:
             self._framing.queue(out)
             return self._next(self._framing.next_fragment())
         except SSL.Error as exc:
-            self._fail(f"TLS handshake with {self._who()}failed: {_tls_error(exc)}", EapCause.TLS)
+            reason = _tls_error(exc)
+            if VERIFY_FAILED in reason:
+                self._fail(
+                    "client certificate refused: the certificate of EAP identity "
+                    f"{self._who()}is signed by an unknown CA or is not valid for a TLS "
+                    f"client (OpenSSL: {reason})",
+                    EapCause.CERTIFICATE,
+                )
+            self._fail(f"TLS handshake with {self._who()}failed: {reason}", EapCause.TLS)
         self._finished()
         self._framing.queue(_pull(conn))
         self._state = _State.FINISHING

@@ -61,6 +61,37 @@ def missing_strongswan() -> str | None:
     return None
 
 
+def road_warrior_conf(
+    local: str, secrets: str, *, vips: str = "0.0.0.0", remote_ts: str = "203.0.113.0/24"
+) -> str:
+    """swanctl.conf of a road warrior of the lab's server: `local` is its local auth
+    block's lines, `secrets` the body of its secrets section."""
+    return f"""connections {{
+    lockgate {{
+        version = 2
+        remote_addrs = {SERVER}
+        vips = {vips}
+        proposals = aes256gcm16-prfsha384-ecp384
+        local {{
+            {local}
+        }}
+        remote {{
+            auth = pubkey
+            id = {SERVER_NAME}
+        }}
+        children {{
+            cloud {{
+                remote_ts = {remote_ts}
+                esp_proposals = aes256gcm16
+            }}
+        }}
+    }}
+}}
+secrets {{
+{secrets}}}
+"""
+
+
 @dataclass
 class RaLab:
     lab: Lab
@@ -222,30 +253,7 @@ class RaLab:
                 f'    eap-user {{\n        id = {user}\n        secret = "{password}"\n    }}\n'
             )
         (charon.swanctl_dir / "swanctl.conf").write_text(
-            f"""connections {{
-    lockgate {{
-        version = 2
-        remote_addrs = {SERVER}
-        vips = {vips}
-        proposals = aes256gcm16-prfsha384-ecp384
-        local {{
-            {local}
-        }}
-        remote {{
-            auth = pubkey
-            id = {SERVER_NAME}
-        }}
-        children {{
-            cloud {{
-                remote_ts = {remote_ts}
-                esp_proposals = aes256gcm16
-            }}
-        }}
-    }}
-}}
-secrets {{
-{secrets}}}
-"""
+            road_warrior_conf(local, secrets, vips=vips, remote_ts=remote_ts)
         )
         self.charons.append(charon)
         charon.start()

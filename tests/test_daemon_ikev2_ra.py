@@ -45,6 +45,7 @@ from ikev2.events import (
     Event,
     IkeSaAddressChanged,
     IkeSaDeleted,
+    IkeSaEstablished,
     IkeSaFailed,
     IkeSaRekeyed,
     VirtualIpAssigned,
@@ -490,6 +491,15 @@ def test_a_users_file_change_deletes_the_ike_sa(tmp_path: Path, change: Any, rea
     assert _deleted(server.pump()) == [reason]
     assert alice.of(IkeSaDeleted) and not bob.of(IkeSaDeleted)
     assert _addresses(server) == {"bob": ["192.0.2.3"]}
+
+
+def test_a_user_added_a_moment_ago_logs_in_before_the_next_poll(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    save_users(server.path, _users(carol=User("carol", nt_hash=NT)))
+    # No poll_users() in between, as when the login comes before the housekeeping's.
+    carol = server.login("carol")
+    assert carol.of(IkeSaEstablished) and not carol.of(IkeSaFailed)
+    assert "carol" in _addresses(server)
 
 
 def test_group_reach_narrows_and_a_user_in_no_group_reaches_nothing(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ Processes are stopped by PID; the lab removes the namespaces.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -295,8 +296,13 @@ def test_eap_tls_with_an_untrusted_certificate_is_refused(ra: RaLab) -> None:
             charon.initiate("cloud", "lockgate", timeout=10)
         wait_until(
             lambda: (
-                "login of mallory from 198.51.100.1 refused: EAP-TLS: client certificate "
-                "refused: certificate of mallory is signed by an unknown CA" in ra.log()
+                # OpenSSL refuses the chain in the handshake: the line names the EAP
+                # identity (charon's is the certificate's subject DN in DER), not the CN.
+                re.search(
+                    r"from 198\.51\.100\.1 refused: EAP-TLS: client certificate refused: the "
+                    r"certificate of EAP identity '0x[0-9a-f]+' is signed by an unknown CA",
+                    ra.log(),
+                )
             ),
             "the refusal in the log",
         )
