@@ -129,6 +129,9 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
         driver.get(CONSOLE + "/")
         assert driver.current_url == CONSOLE + "/login"
         log_in("Wrong-Pass-2026")
+        # A click that submits a form returns before the next page has loaded: wait
+        # for what the next page has before reading it.
+        wait_for(lambda: driver.find_elements(By.ID, "error"), "the login refusal")
         assert "Wrong name or password" in text("#error")
         assert driver.current_url == CONSOLE + "/login"
         log_in(ADMIN_PASSWORD)
@@ -158,9 +161,11 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
 
         # A point-to-cloud user, and their profile downloaded.
         driver.find_element(By.LINK_TEXT, "Remote access").click()
+        wait_for(lambda: driver.find_elements(By.ID, "add-user-office"), "the remote-access page")
         driver.find_element(By.ID, "add-user-office").send_keys(USER)
         driver.find_element(By.ID, "add-password-office").send_keys(USER_PASSWORD)
         driver.find_element(By.ID, "add-office").click()
+        wait_for(lambda: driver.find_elements(By.ID, "notice"), "the user added")
         assert f"user {USER} added to office" in text("#notice")
         driver.find_element(By.CSS_SELECTOR, "#users-office a.profile").click()
         profile = d / "downloads" / f"office-{USER}.ovpn"
@@ -188,6 +193,7 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
             driver.save_screenshot(shot)
         driver.get(CONSOLE + "/remote-access")
         driver.find_element(By.ID, f"disconnect-office-{USER}").click()
+        wait_for(lambda: driver.find_elements(By.ID, "notice"), "the disconnect's outcome")
         assert "Refused" not in text("#notice")
         wait_until(lambda: "server-pushed-halt" in client.log() or not client.alive(),
                    "the client to be halted", 20)  # fmt: skip
@@ -195,8 +201,10 @@ def test_an_operator_in_a_real_browser(lab: SiteToSite) -> None:
 
         # The log, filtered by the connection: the rekey is there, the P2C lines are not.
         driver.find_element(By.LINK_TEXT, "Log").click()
+        wait_for(lambda: driver.find_elements(By.ID, "connection"), "the log page")
         Select(driver.find_element(By.ID, "connection")).select_by_value("site")
         driver.find_element(By.ID, "filter").click()
+        wait_for(lambda: "office" not in text("#log"), "the filtered log")
         lines = text("#log")
         assert f"admin {ADMIN}: rekey site" in lines and "office" not in lines
 
