@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import ipaddress
 import json
 import stat
@@ -16,6 +15,7 @@ from conf.model import RemoteAccessConfig
 from conf.users import load_users, needs_nt_hash, verify_password
 from daemon import remote_access_cli
 from daemon.cli import _parser, main
+from testkit.cli import run
 from testkit.daemon import GOOD
 from testkit.pki import Pki
 
@@ -70,18 +70,6 @@ destinations = ["203.0.113.0/25"]
 @pytest.fixture
 def conf(tmp_path: Path, pki: Pki) -> Path:
     return write_config(tmp_path, pki)
-
-
-def run(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    *argv: str,
-    stdin: str = "",
-) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_check_config_lists_the_servers(

@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 from strongswan import Pki
-from test_ikev2_eap import Pool, _client, _server
 
 from conf.model import Config, GatewayConfig, GroupConfig, RemoteAccessConfig
 from conf.users import User, save_users
@@ -51,6 +50,7 @@ from ikev2.events import (
     VirtualIpAssigned,
 )
 from ikev2.ts import TrafficSelector
+from testkit.eap_login import Pool, eap_client, eap_server
 from testkit.ikev2_pair import deliver, on_wire
 from testkit.mobike import Update, move, offer_mobike
 
@@ -110,7 +110,7 @@ class Server:
         self.now = 1000.0
         self.ra = IkeRaServer(RemoteAccessConfig(**values), clock=lambda: self.now)
         self.pki = Pki()
-        server = _server(
+        server = eap_server(
             self.pki,
             Pool(),
             nt_hash=self.ra.nt_hash,
@@ -166,7 +166,7 @@ class Server:
         request_ip6 of its CFG_REQUEST)."""
         address = address or f"198.51.100.{11 + len(self.clients)}"
         config = dataclasses.replace(
-            _client(self.pki, user, password, **ask),
+            eap_client(self.pki, user, password, **ask),
             local_addresses=(address,),
             local_id=Identity.parse(address),
             initial_contact=initial_contact,

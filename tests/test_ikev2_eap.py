@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterator
 
 import pytest
 from strongswan import Pki
@@ -25,12 +24,9 @@ from ikev2.codec.eap import EapIdentity, EapNak, eap_payload
 from ikev2.config import (
     ConnectionConfig,
     Identity,
-    IpInterface,
-    RemoteAccess,
     RemoteAccessClient,
 )
 from ikev2.constants import AuthMethod, EapCode, ExchangeType, NotifyType
-from ikev2.crypto.mschapv2 import nt_password_hash
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.eap_mschapv2 import EapCause, EapClient, EapFailed, EapServer
 from ikev2.events import (
@@ -42,68 +38,9 @@ from ikev2.events import (
 )
 from ikev2.sa_data import IkeSaData
 from ikev2.ts import TrafficSelector
-from testkit.ikev2_pair import A_ADDR, B_ADDR, Pair, child, ra_client, ra_login
+from testkit.eap_login import LOCAL_SUBNET, SERVER_NAME, USERS, Pool, eap_client, eap_server
+from testkit.ikev2_pair import A_ADDR, Pair, ra_login
 from testkit.pki import Credential
-
-SERVER_NAME = "vpn.example.net"
-USERS = {"alice": nt_password_hash("correct horse battery")}
-LOCAL_SUBNET = "203.0.113.0/24"
-
-
-class Pool:
-    """An allocator callback over a small IPv4 pool (and an optional IPv6 one)."""
-
-    def __init__(self, network: str = "192.0.2.0/29", network6: str | None = None) -> None:
-        self.network = ipaddress.IPv4Network(network)
-        self.free: Iterator[ipaddress.IPv4Address] = iter(list(self.network.hosts())[1:])
-        self.network6 = ipaddress.IPv6Network(network6) if network6 else None
-        self.calls: list[tuple[str, int, int]] = []
-
-    def __call__(self, user: str, ike_sa_id: int, version: int) -> IpInterface | None:
-        self.calls.append((user, ike_sa_id, version))
-        if version == 6:
-            if self.network6 is None:
-                return None
-            return ipaddress.IPv6Interface((self.network6[7], self.network6.prefixlen))
-        address = next(self.free, None)
-        if address is None:
-            return None
-        return ipaddress.IPv4Interface((address, self.network.prefixlen))
-
-
-def _server(pki: Pki, pool: Pool, **ra: object) -> ConnectionConfig:
-    cred = pki.issue(SERVER_NAME)
-    settings = RemoteAccess(
-        nt_hash=USERS.get,
-        allocate=pool,
-        dns=(ipaddress.ip_address("203.0.113.53"), ipaddress.ip_address("2001:db8::53")),
-        dns_domains=("corp.example.net", "lab.example.net"),
-        subnets=(ipaddress.ip_network(LOCAL_SUBNET), ipaddress.ip_network("2001:db8:1::/64")),
-    )
-    settings = dataclasses.replace(settings, **ra)  # type: ignore[arg-type]
-    return ConnectionConfig(
-        name="laptops",
-        local_addresses=(B_ADDR,),
-        remote_address=None,
-        local_id=Identity.parse(SERVER_NAME),
-        remote_id=None,
-        children=(child("laptops", local=LOCAL_SUBNET, remote="0.0.0.0/0"),),
-        auth="pubkey",
-        credentials=LocalCredentials.from_pem(cred.cert_pem, cred.key_pem),
-        remote_access=settings,
-    )
-
-
-def _client(
-    pki: Pki, user: str = "alice", password: str = "correct horse battery", **kw: bool
-) -> ConnectionConfig:
-    return ra_client(
-        SERVER_NAME,
-        LOCAL_SUBNET,
-        TrustAnchors.from_pem(pki.chain()[-1]),
-        RemoteAccessClient(user, nt_password_hash(password), **kw),
-    )
-
 
 _login = ra_login
 
@@ -114,7 +51,7 @@ def _auth_requests(pair: Pair) -> int:
 
 def test_login_gets_an_address_dns_domains_and_subnets() -> None:
     pki, pool = Pki(), Pool()
-    pair = _login(_client(pki), _server(pki, pool))
+    pair = _login(eap_client(pki), eap_server(pki, pool))
     (ea,) = pair.of("a", IkeSaEstablished)
     (eb,) = pair.of("b", IkeSaEstablished)
     assert eb.eap_identity == "alice" and eb.remote_id == A_ADDR
@@ -141,7 +78,7 @@ def test_login_gets_an_address_dns_domains_and_subnets() -> None:
 
 def test_login_with_ipv6_too() -> None:
     pki, pool = Pki(), Pool(network6="2001:db8:c::/64")
-    pair = _login(_client(pki, request_ip6=True), _server(pki, pool))
+    pair = _login(eap_client(pki, request_ip6=True), eap_server(pki, pool))
     (got,) = pair.of("a", VirtualIpAssigned)
     assert got.addresses == ("192.0.2.2/29", "2001:db8:c::7/64")
     assert got.dns == ("203.0.113.53", "2001:db8::53")
@@ -153,7 +90,7 @@ def test_the_final_auth_is_keyed_with_the_msk_on_both_sides(
 ) -> None:
     pki = Pki()
     sent = _tap(monkeypatch)
-    pair = _login(_client(pki), _server(pki, Pool()))
+    pair = _login(eap_client(pki), eap_server(pki, Pool()))
     assert pair.of("a", IkeSaEstablished) and pair.of("b", IkeSaEstablished)
     auth = [m for m in sent if m.exchange_type == ExchangeType.IKE_AUTH]
     requests = [m for m in auth if not m.response]
@@ -191,7 +128,7 @@ def test_tampered_msk_auth_is_refused() -> None:
 
     ike_auth.IkeAuth._msk_auth = corrupt  # type: ignore[method-assign]
     try:
-        pair = _login(_client(pki), _server(pki, Pool()))
+        pair = _login(eap_client(pki), eap_server(pki, Pool()))
     finally:
         ike_auth.IkeAuth._msk_auth = original  # type: ignore[method-assign]
     (fb,) = pair.of("b", IkeSaFailed)
@@ -213,7 +150,7 @@ def test_refused_login_sends_eap_failure_and_authentication_failed(
 ) -> None:
     pki, pool = Pki(), Pool()
     sent = _tap(monkeypatch)
-    pair = _login(_client(pki, user, password), _server(pki, pool))
+    pair = _login(eap_client(pki, user, password), eap_server(pki, pool))
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.notify == NotifyType.AUTHENTICATION_FAILED
     assert cause in fb.reason and fb.user == user
@@ -245,10 +182,10 @@ def _tap(monkeypatch: pytest.MonkeyPatch) -> list[Message]:
 def test_full_pool_refuses_the_child_sa_with_internal_address_failure() -> None:
     pki = Pki()
     pool = Pool("192.0.2.0/30")  # one address to give: .1 is the server's
-    server = _server(pki, pool)
-    pair = _login(_client(pki), server)
+    server = eap_server(pki, pool)
+    pair = _login(eap_client(pki), server)
     assert pair.of("b", VirtualIpAssigned)
-    second = _login(_client(pki), server)
+    second = _login(eap_client(pki), server)
     (fb,) = second.of("b", ChildSaFailed)
     assert fb.notify == NotifyType.INTERNAL_ADDRESS_FAILURE
     assert "pool is exhausted" in fb.reason
@@ -263,12 +200,12 @@ def test_certificate_client_is_refused_by_an_eap_only_server() -> None:
     pki = Pki()
     cred = pki.issue("laptop.example.net")
     client = dataclasses.replace(
-        _client(pki),
+        eap_client(pki),
         local_id=Identity.parse("laptop.example.net"),
         credentials=LocalCredentials.from_pem(cred.cert_pem, cred.key_pem),
         ra_client=RemoteAccessClient(),
     )
-    pair = _login(client, _server(pki, Pool()))
+    pair = _login(client, eap_server(pki, Pool()))
     (fb,) = pair.of("b", IkeSaFailed)
     assert "EAP-MSCHAPv2 logins only" in fb.reason
     assert pair.of("a", IkeSaFailed)
@@ -276,7 +213,7 @@ def test_certificate_client_is_refused_by_an_eap_only_server() -> None:
 
 def _certificate_client(pki: Pki, cred: Credential, ident: str) -> ConnectionConfig:
     return dataclasses.replace(
-        _client(pki),
+        eap_client(pki),
         local_id=Identity.parse(ident),
         credentials=LocalCredentials.from_pem(cred.cert_pem, cred.key_pem),
         ra_client=RemoteAccessClient(),
@@ -284,7 +221,7 @@ def _certificate_client(pki: Pki, cred: Credential, ident: str) -> ConnectionCon
 
 
 def _certificate_server(pki: Pki, pool: Pool, **ra: object) -> ConnectionConfig:
-    server = _server(pki, pool, **ra)
+    server = eap_server(pki, pool, **ra)
     assert server.remote_access is not None
     return dataclasses.replace(
         server,
@@ -339,11 +276,11 @@ def test_a_certificate_login_the_gate_refuses_fails_with_its_reason() -> None:
 def test_no_auth_without_remote_access_is_refused() -> None:
     pki = Pki()
     server = dataclasses.replace(
-        _server(pki, Pool()),
+        eap_server(pki, Pool()),
         remote_access=None,
         trust_anchors=TrustAnchors.from_pem(pki.chain()[-1]),
     )
-    pair = _login(_client(pki), server)
+    pair = _login(eap_client(pki), server)
     (fb,) = pair.of("b", IkeSaFailed)
     assert "sent no AUTH" in fb.reason
 
@@ -388,10 +325,10 @@ def test_eap_client_and_server_agree_on_the_msk() -> None:
 
 def test_refusals_carry_their_words_and_the_client_address() -> None:
     pki, pool = Pki(), Pool()
-    pair = _login(_client(pki, "alice", "wrong horse battery"), _server(pki, pool))
+    pair = _login(eap_client(pki, "alice", "wrong horse battery"), eap_server(pki, pool))
     (fb,) = pair.of("b", IkeSaFailed)
     assert (fb.refusal, fb.user, fb.remote[0]) == ("wrong password", "alice", A_ADDR)
-    pair = _login(_client(pki, "mallory"), _server(pki, pool))
+    pair = _login(eap_client(pki, "mallory"), eap_server(pki, pool))
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.refusal == "unknown user"
 
@@ -409,7 +346,7 @@ def test_a_closed_gate_refuses_before_the_password_is_checked() -> None:
         looked_up.append(user)
         return USERS.get(user)
 
-    pair = _login(_client(pki), _server(pki, pool, gate=gate, nt_hash=lookup))
+    pair = _login(eap_client(pki), eap_server(pki, pool, gate=gate, nt_hash=lookup))
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.refusal == "rate limited" and fb.notify == NotifyType.AUTHENTICATION_FAILED
     assert asked == [("alice", A_ADDR, True)] and looked_up == []
@@ -420,21 +357,21 @@ def test_a_closed_gate_refuses_before_the_password_is_checked() -> None:
 def test_a_users_reach_narrows_our_side_and_nothing_refuses_the_child_sa() -> None:
     pki, pool = Pki(), Pool()
     reach = {"alice": (ipaddress.ip_network("203.0.113.0/26"),)}
-    server = _server(pki, pool, reach=lambda user: reach.get(user, ()))
-    pair = _login(_client(pki), server)
+    server = eap_server(pki, pool, reach=lambda user: reach.get(user, ()))
+    pair = _login(eap_client(pki), server)
     (ib,) = pair.of("b", ChildSaInstalled)
     (ia,) = pair.of("a", ChildSaInstalled)
     narrowed = (TrafficSelector.from_network("203.0.113.0/26"),)
     assert ib.local_ts == ia.remote_ts == narrowed
     reach["alice"] = ()
-    pair = _login(_client(pki), server)
+    pair = _login(eap_client(pki), server)
     (fb,) = pair.of("b", ChildSaFailed)
     assert fb.notify == NotifyType.TS_UNACCEPTABLE and not pair.of("b", ChildSaInstalled)
 
 
 def test_the_server_starts_no_child_rekey_towards_a_client_behind_a_nat() -> None:
     pki, pool = Pki(), Pool()
-    pair = _login(_client(pki), _server(pki, pool))
+    pair = _login(eap_client(pki), eap_server(pki, pool))
     (sa,) = pair.b.ike_sas()
     (child_sa,) = sa.children.values()
     assert child_sa.rekey_at < child_sa.expire_at  # no NAT: the server may rekey

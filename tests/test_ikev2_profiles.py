@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from test_cli_remote_access import run
 
 from daemon import ikev2_profile, remote_access_cli
+from testkit.cli import run
 from testkit.daemon import GOOD
 from testkit.pki import Pki
 

@@ -13,6 +13,7 @@ from daemon.p2c_auth import P2cAuthenticator, UsersFile, prefixes
 from daemon.p2c_limits import LoginLimiter
 from daemon.p2c_pool import AddressPool
 from ovpn.session import AUTH_PENDING, AuthDecision, AuthRequest
+from testkit.p2c_config import config
 
 IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network
@@ -67,20 +68,6 @@ def test_login_limits_per_user_and_address() -> None:
     # A success clears the user's count; old failures are forgotten.
     limiter.succeeded("alice", "203.0.113.5")
     assert not limiter.blocked("alice", "203.0.113.5", now + 9.1)
-
-
-def config(tmp_path: Path, **kw: object) -> RemoteAccessConfig:
-    values: dict[str, object] = {
-        "name": "office",
-        "protocol": "ssl",
-        "client_pool": NET("192.0.2.0/24"),
-        "local_subnets": (NET("203.0.113.0/24"),),
-        "users": tmp_path / "office.users",
-        "address": "vpn.example.net",
-        "dns": (IP("203.0.113.53"),),
-    }
-    values.update(kw)
-    return RemoteAccessConfig(**values)  # type: ignore[arg-type]
 
 
 class Harness:
@@ -259,47 +246,6 @@ def test_groups_decide_what_a_user_reaches(tmp_path: Path) -> None:
     ]
 
 
-def client_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, cn: str) -> tuple[bytes, bytes]:
-    """A client certificate (PEM certificate, PEM key) for `cn`, with the clientAuth
-    usage that a TLS server checks, issued by the given CA."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
 def test_certificate_login_needs_a_user_of_that_name(tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -307,7 +253,7 @@ def test_certificate_login_needs_a_user_of_that_name(tmp_path: Path) -> None:
     from testkit.pki import Pki
 
     pki = Pki()
-    cert_pem, _ = client_certificate(pki.ca.cert_pem, pki.ca.key_pem, "alice")
+    cert_pem = pki.issue_client("alice").cert_pem
     der = x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
     h = Harness(config(tmp_path, auth="certificate"), {"alice": User("alice")})
     decision = h.auth(AuthRequest("", "", der, {}, "198.51.100.1:1", False, b"s" * 8, 0))
@@ -343,7 +289,7 @@ def test_a_certificate_server_without_users_file_admits_any_ca_signed_name(
     from testkit.pki import Pki
 
     pki = Pki()
-    cert_pem, _ = client_certificate(pki.ca.cert_pem, pki.ca.key_pem, "dave")
+    cert_pem = pki.issue_client("dave").cert_pem
     der = x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
     h = Harness(config(tmp_path, auth="certificate", users=None), {})
     decision = h.auth(AuthRequest("", "", der, {}, "198.51.100.1:1", False, b"s" * 8, 0))

@@ -37,14 +37,14 @@ from typing import Any
 
 import pytest
 from netns import Lab, Namespace, Process, ping, tcp_transfer
-from test_ovpn_session import make_server_pki
-from test_p2c_auth import client_certificate
 
 from testkit.daemon import wait_until
+from testkit.pki import Credential, Pki
 
 pytestmark = pytest.mark.netns
 
 SERVER = "198.51.100.2"
+SERVER_NAME = "vpn.example.net"
 CLOUD = "203.0.113.10"
 CLOUD_OUTSIDE_GROUP = "203.0.113.200"
 CLOUD6 = "2001:db8:b::10"
@@ -240,16 +240,15 @@ ca = ["{d / "ca.pem"}"]
     p2c.conf.write_text("\n".join(sections))
 
 
-def p2c_setup(p2c: P2cLab) -> None:
+def p2c_setup(p2c: P2cLab, carol: Credential) -> None:
     """The configuration, the users (`lockgate user add`) and one profile per server
-    (`lockgate profile`), as an administrator makes them."""
+    (`lockgate profile`), as an administrator makes them; `carol` is the client
+    certificate of the `certs` server's user."""
     d = p2c.tmp
     p2c.gateway.run("openvpn", "--genkey", "tls-crypt", str(d / "tls-crypt.key"))
     (d / "tls-crypt.key").chmod(0o600)
-    cert_pem, key_pem = client_certificate((d / "ca.pem").read_bytes(),
-                                           (d / "ca.key").read_bytes(), "carol")  # fmt: skip
-    (d / "carol.pem").write_bytes(cert_pem)
-    (d / "carol.key").write_bytes(key_pem)
+    (d / "carol.pem").write_bytes(carol.cert_pem)
+    (d / "carol.key").write_bytes(carol.key_pem)
     for secret in ("server.key", "carol.key"):
         (d / secret).chmod(0o600)
     write_config(p2c, SERVERS)
@@ -301,12 +300,15 @@ def p2c() -> Iterator[P2cLab]:
         cloud.ip("-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:b::1")
         gateway.sysctl("net.ipv4.ip_forward", 1)
         gateway.sysctl("net.ipv6.conf.all.forwarding", 1)
-        pki = make_server_pki()
-        pki.write(lab.tmpdir)
-        (lab.tmpdir / "ca.key").write_bytes(pki.ca_key_pem)
-        (lab.tmpdir / "ca.key").chmod(0o600)
+        # The server certificate carries what `remote-cert-tls server` checks: the
+        # serverAuth EKU and a keyUsage extension.
+        pki = Pki()
+        server = pki.issue(SERVER_NAME, key_usage=True)
+        for name, data in (("ca.pem", pki.ca.cert_pem), ("server.pem", server.cert_pem),
+                           ("server.key", server.key_pem)):  # fmt: skip
+            (lab.tmpdir / name).write_bytes(data)
         p2c = P2cLab(lab, client, gateway, cloud)
-        p2c_setup(p2c)
+        p2c_setup(p2c, pki.issue_client("carol"))
         start_daemon(p2c)
         yield p2c
         assert p2c.daemon is not None

@@ -9,10 +9,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from test_p2c_auth import config as server_config
-
 from conf.model import Config, GatewayConfig, RemoteAccessConfig
 from daemon.ssl_vpn import RemoteAccess, interface_name
+from testkit.p2c_config import config as server_config
 
 
 class FakeServer:
