@@ -101,7 +101,7 @@ class AddressPool(Generic[A]):
 
     def release(self, address: Address, owner: object) -> None:
         """`owner` gives `address` back (a no-op if another owner holds it now)."""
-        if isinstance(address, self._kind) and self._leases.get(address) is owner:
+        if isinstance(address, self._kind) and self._leases.get(address) == owner:
             del self._leases[address]
             self._low = min(self._low, int(address))
 

@@ -102,3 +102,18 @@ def test_the_lowest_free_address_stays_the_lowest_through_releases_and_static_ch
             statics = {f"static{i}": a for i, a in enumerate(rng.sample(hosts, rng.randrange(4)))}
             pool.set_static(statics)
     assert pool.in_use == len(held)
+
+
+def test_an_owner_releases_by_value_not_by_object_identity() -> None:
+    # IKE SA numbers own ikev2 leases; the number a Delete names is an equal int, not
+    # necessarily the same object (only small ints are shared by CPython).
+    pool: AddressPool[ipaddress.IPv4Address] = AddressPool(ipaddress.IPv4Network("192.0.2.0/29"))
+    first = pool.allocate("alice", int("1000"))
+    assert first is not None
+    pool.release(first, int("1000"))
+    assert pool.in_use == 0 and pool.owner(first) is None
+    # Another owner's release leaves the lease alone.
+    second = pool.allocate("bob", int("1001"))
+    assert second is not None
+    pool.release(second, int("1000"))
+    assert pool.owner(second) == 1001
