@@ -167,6 +167,9 @@ class IkeRaServer:
         self.limiter = LoginLimiter()
         self.clients: dict[int, IkeClient] = {}
         """By IKE SA id, from the first address handed out (or the establishment)."""
+        self._replacing: dict[int, list[int]] = {}
+        """A login with INITIAL_CONTACT -> the stale sessions it replaces (their IKE SA
+        ids), until it has its addresses."""
         self.refusals: Counter[str] = Counter()
         self._clock = clock
         self._gateway: Gateway | None = None
@@ -240,7 +243,9 @@ class IkeRaServer:
         found = self.users.users.get(user)
         return None if found is None else found.nt_hash
 
-    def gate(self, user: str, address: str, initial_contact: bool = False) -> str | None:
+    def gate(
+        self, user: str, address: str, initial_contact: bool = False, ike_sa_id: int = 0
+    ) -> str | None:
         # A login sees the users file as it is now: a user added a moment ago (between
         # two housekeeping polls) is not refused as unknown. A stat per login.
         self.poll_users()
@@ -250,15 +255,19 @@ class IkeRaServer:
             # A certificate of the client CA names a user the users file does not
             # list (an EAP login of an unknown user is refused here just the same).
             return "unknown user"
-        established = [
-            c
+        stale = [
+            c.ike_sa_id
             for c in self.clients.values()
-            if c.established and not (initial_contact and _replaced(c, user, address))
+            if c.established and initial_contact and _replaced(c, user, address)
         ]
+        established = [c for c in self.clients.values() if c.established]
+        established = [c for c in established if c.ike_sa_id not in stale]
         if len(established) >= self.config.max_connections:
             return "server full"
         if sum(1 for c in established if c.user == user) >= self.config.connections_per_user:
             return "too many sessions"
+        if stale:
+            self._replacing[ike_sa_id] = stale
         return None
 
     def allocate(self, user: str, ike_sa_id: int, version: int) -> IpInterface | None:
@@ -273,7 +282,9 @@ class IkeRaServer:
                 if static in other.addresses and other.ike_sa_id != ike_sa_id:
                     other.addresses.remove(static)
                     self._delete_later(other.ike_sa_id, "its static address went to a new login")
-        address = pool.allocate(user, ike_sa_id, static)
+        address = self._take_over(pool, user, ike_sa_id) if static is None else None
+        if address is None:
+            address = pool.allocate(user, ike_sa_id, static)
         if address is None:
             return None
         client = self.clients.setdefault(ike_sa_id, IkeClient(user, ike_sa_id))
@@ -284,6 +295,27 @@ class IkeRaServer:
         # side is the single address (`child_create`), so no neighbour is reachable
         # through the prefix.
         return ipaddress.ip_interface((address, pool.network.prefixlen))
+
+    def _take_over(
+        self,
+        pool: AddressPool[ipaddress.IPv4Address] | AddressPool[ipaddress.IPv6Address],
+        user: str,
+        ike_sa_id: int,
+    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The address of this family that a stale session of the user held, moved to
+        the login that replaces it. The client that sent INITIAL_CONTACT holds no other
+        IKE SA with us (RFC 7296 §2.4), so that address is its own: it gets it back, and a
+        full pool does not refuse it while the stale session is still being deleted."""
+        for stale_id in self._replacing.get(ike_sa_id, ()):
+            stale = self.clients.get(stale_id)
+            if stale is None:
+                continue
+            for address in stale.addresses:
+                if address in pool:
+                    stale.addresses.remove(address)
+                    pool.release(address, stale_id)
+                    return pool.allocate(user, ike_sa_id, address)
+        return None
 
     def _pool(
         self, version: int
@@ -314,6 +346,7 @@ class IkeRaServer:
             return
         client: IkeClient | None
         if isinstance(event, IkeSaEstablished):
+            self._replacing.pop(event.ike_sa_id, None)
             user = event.eap_identity or _cert_user(event.remote_id)
             entry = self.clients.setdefault(event.ike_sa_id, IkeClient(user, event.ike_sa_id))
             entry.user, entry.remote, entry.established = user, event.remote, True
@@ -413,6 +446,7 @@ class IkeRaServer:
         self._delete_later(event.ike_sa_id, f"refused: {reason}")
 
     def _release(self, ike_sa_id: int) -> IkeClient | None:
+        self._replacing.pop(ike_sa_id, None)
         client = self.clients.pop(ike_sa_id, None)
         if client is not None:
             for address in client.addresses:

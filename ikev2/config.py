@@ -31,11 +31,12 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NtHashLookup = Callable[[str], bytes | None]
 """EAP identity -> the user's NT hash (MD4 of the UTF-16LE password), None: unknown."""
-LoginGate = Callable[[str, str, bool], str | None]
+LoginGate = Callable[[str, str, bool, int], str | None]
 """(EAP identity, the client's IP address, whether its IKE_AUTH request carries
-INITIAL_CONTACT) -> why its login is refused before the password is checked ("rate
-limited"), or None. With INITIAL_CONTACT the login replaces that user's IKE SAs from the
-same address (RFC 7296 §2.4), so a session limit does not count them."""
+INITIAL_CONTACT, the login's IKE SA number) -> why its login is refused before the
+password is checked ("rate limited"), or None. With INITIAL_CONTACT the login replaces
+that user's IKE SAs from the same address (RFC 7296 §2.4), so a session limit does not
+count them, and their virtual addresses may go to this IKE SA."""
 UserReach = Callable[[str], tuple[IpNetwork, ...]]
 """user -> the networks that user may reach (the CHILD SA's local selectors are
 narrowed to them; () refuses the CHILD SA)."""

@@ -311,6 +311,35 @@ def test_a_restarted_client_with_initial_contact_is_not_refused_by_its_stale_ses
     assert server.ra.pool.in_use == 2 and len(_addresses(server)["alice"]) == 1
 
 
+@pytest.mark.parametrize("certificate", [False, True])
+def test_a_restarted_client_gets_its_address_back_from_a_full_pool(
+    tmp_path: Path, certificate: bool
+) -> None:
+    # 192.0.2.0/30: the server has .1, one client .2.
+    server = Server(tmp_path, auth="any", client_pool=NET("192.0.2.0/30"))
+    home = "198.51.100.11"
+    first = server.login("alice", address=home, certificate=certificate)
+    assert first.of(ChildSaInstalled) and _addresses(server) == {"alice": ["192.0.2.2"]}
+    # Without INITIAL_CONTACT, a second session finds the pool full.
+    second = server.login("alice", address=home, certificate=certificate, initial_contact=False)
+    (failed,) = second.of(ChildSaFailed)
+    assert failed.notify == NotifyType.INTERNAL_ADDRESS_FAILURE and second.of(IkeSaDeleted)
+    assert server.ra.refusals == {"pool exhausted": 1}
+    # The client restarted (no Delete) and logs in again with INITIAL_CONTACT: the
+    # address of the session it replaces is its own (RFC 7296 §2.4).
+    again = server.login("alice", address=home, certificate=certificate)
+    assert again.of(ChildSaInstalled)
+    assert server.ra.refusals == {"pool exhausted": 1}
+    assert _addresses(server) == {"alice": ["192.0.2.2"]}
+    assert server.ra.pool.owner(IP("192.0.2.2")) == again.ike_sa_id(server)
+    assert first.of(IkeSaDeleted) or len(server.endpoint.ike_sas()) == 1
+    assert [sa.remote[0] for sa in server.endpoint.ike_sas()] == [home]
+    # The stale session's end leaves the new lease alone.
+    server.pump()
+    assert server.ra.pool.owner(IP("192.0.2.2")) == again.ike_sa_id(server)
+    assert server.ra.pool.in_use == 1
+
+
 def test_failed_logins_are_told_apart_and_then_rate_limited(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -238,7 +238,7 @@ def test_a_certificate_clients_user_is_the_cn_whatever_its_idi(as_dn: bool) -> N
     ident = cred.dn if as_dn else "laptop.example.net"
     gated: list[tuple[str, str, bool]] = []
 
-    def gate(user: str, address: str, initial_contact: bool) -> str | None:
+    def gate(user: str, address: str, initial_contact: bool, ike_sa_id: int) -> str | None:
         gated.append((user, address, initial_contact))
         return None
 
@@ -265,7 +265,7 @@ def test_a_certificate_without_a_common_name_is_refused() -> None:
 def test_a_certificate_login_the_gate_refuses_fails_with_its_reason() -> None:
     pki = Pki()
     cred = pki.issue_client("carol")
-    server = _certificate_server(pki, Pool(), gate=lambda user, address, ic: "too many sessions")
+    server = _certificate_server(pki, Pool(), gate=lambda *_: "too many sessions")
     pair = _login(_certificate_client(pki, cred, cred.dn), server)
     (fb,) = pair.of("b", IkeSaFailed)
     assert fb.refusal == "too many sessions" and fb.user == "carol"
@@ -338,7 +338,7 @@ def test_a_closed_gate_refuses_before_the_password_is_checked() -> None:
     asked: list[tuple[str, str, bool]] = []
     looked_up: list[str] = []
 
-    def gate(user: str, address: str, initial_contact: bool) -> str | None:
+    def gate(user: str, address: str, initial_contact: bool, ike_sa_id: int) -> str | None:
         asked.append((user, address, initial_contact))
         return "rate limited"
 

@@ -420,7 +420,9 @@ class IkeAuth(Task):
             )
         sa.record_eap_identity(user)
         gate = ra.gate
-        refusal = gate(user, sa.remote[0], initial_contact) if gate is not None else None
+        refusal = (
+            gate(user, sa.remote[0], initial_contact, sa.ike_sa_id) if gate is not None else None
+        )
         if refusal is not None:
             raise LoginRefused(f"{refusal}: certificate user {user!r}", refusal)
         log.info("%s: user %r logged in with a certificate", sa.name, user)
@@ -588,10 +590,12 @@ def _eap_server(
     for auth "password", EAP-TLS for "certificate" (Windows user certificates; the
     others sign with RFC 7427), MSCHAPv2 then EAP-TLS on the client's Nak for "any"."""
     gate = ra.gate
-    address = sa.remote[0]
+    address, ike_sa_id = sa.remote[0], sa.ike_sa_id
     # The INITIAL_CONTACT of the first IKE_AUTH request goes to the gate: the sessions
     # this login replaces at its end (§2.4) do not count against the limits.
-    login_gate = None if gate is None else (lambda user: gate(user, address, initial_contact))
+    login_gate = (
+        None if gate is None else (lambda user: gate(user, address, initial_contact, ike_sa_id))
+    )
     mschapv2 = (
         EapServer(sa.rng, ra.nt_hash, login_gate)
         if ra.accepts_eap and ra.nt_hash is not None
