@@ -39,12 +39,13 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conf.ike import local_credentials, trust_anchors
 from conf.model import Config, RemoteAccessConfig
+from conf.users import User
 from daemon.p2c_auth import UsersFile
 from daemon.p2c_limits import LoginLimiter
 from daemon.p2c_pool import A, AddressPool, occupancy
@@ -330,11 +331,15 @@ class IkeRaServer:
     def reach(self, user: str) -> tuple[IpNetwork, ...]:
         return self._reach(self.config, user)
 
-    def _reach(self, config: RemoteAccessConfig, user: str) -> tuple[IpNetwork, ...]:
+    def _reach(
+        self, config: RemoteAccessConfig, user: str, users: Mapping[str, User] | None = None
+    ) -> tuple[IpNetwork, ...]:
+        """What `user` may reach under `config`, with the users file as read now or as
+        `users` (the file as it was)."""
         groups = config.groups
         if not groups:
             return config.local_subnets
-        found = self.users.users.get(user)
+        found = (self.users.users if users is None else users).get(user)
         group = groups.get(found.group) if found is not None and found.group else None
         return group.destinations if group is not None else ()
 
@@ -535,8 +540,10 @@ class IkeRaServer:
     # -- operations ---------------------------------------------------------------------
 
     def poll_users(self) -> None:
-        """Re-read a changed users file: a deleted user's IKE SAs, and those of a user
-        whose password changed, are deleted."""
+        """Re-read a changed users file: a deleted user's IKE SAs, those of a user
+        whose password changed, and those of a user whose new group reaches less, are
+        deleted (the CHILD SAs' selectors were narrowed at the login; what a user
+        gains is theirs at the next one, as with a reload)."""
         old = dict(self.users.users)
         if not self.users.poll():
             return
@@ -547,6 +554,16 @@ class IkeRaServer:
                 self._delete_later(client.ike_sa_id, "user deleted")
             elif user is not None and before is not None and user.nt_hash != before.nt_hash:
                 self._delete_later(client.ike_sa_id, "password changed")
+            elif client.established and user is not None and before is not None:
+                lost = _lost(
+                    self._reach(self.config, client.user, old),
+                    self._reach(self.config, client.user),
+                )
+                if lost:
+                    self._delete_later(
+                        client.ike_sa_id,
+                        f"access to {', '.join(str(n) for n in lost)} removed by the users file",
+                    )
 
     def disconnect(self, user: str) -> int:
         mine = [c for c in self.clients.values() if c.user == user and c.established]

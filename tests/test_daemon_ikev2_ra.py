@@ -522,6 +522,29 @@ def test_a_users_file_change_deletes_the_ike_sa(tmp_path: Path, change: Any, rea
     assert _addresses(server) == {"bob": ["192.0.2.3"]}
 
 
+def test_a_group_change_in_the_users_file_ends_the_clients_that_reach_less(
+    tmp_path: Path,
+) -> None:
+    staff = GroupConfig("staff", (NET("203.0.113.0/25"),))
+    everyone = GroupConfig("everyone", (NET("203.0.113.0/24"),))
+    guests = GroupConfig("guests", (NET("203.0.113.0/28"),))
+    groups = {"staff": staff, "everyone": everyone, "guests": guests}
+    server = Server(tmp_path, groups=groups)
+    alice, sam = server.login("alice"), server.login("sam")  # both staff
+    # sam moves to a group that reaches more: his tunnel stays, the rest waits for his
+    # next login; alice moves to one that reaches less: her IKE SA goes at once.
+    users = _users()
+    users["sam"] = dataclasses.replace(users["sam"], group="everyone")
+    users["alice"] = dataclasses.replace(users["alice"], group="guests")
+    save_users(server.path, users)
+    server.ra.poll_users()
+    assert _deleted(server.pump()) == ["access to 203.0.113.0/25 removed by the users file"]
+    assert alice.of(IkeSaDeleted) and not sam.of(IkeSaDeleted)
+    again = server.login("alice")
+    (installed,) = again.of(ChildSaInstalled)
+    assert installed.remote_ts == (TrafficSelector.from_network("203.0.113.0/28"),)
+
+
 def test_a_user_added_a_moment_ago_logs_in_before_the_next_poll(tmp_path: Path) -> None:
     server = Server(tmp_path)
     save_users(server.path, _users(carol=User("carol", nt_hash=NT)))
