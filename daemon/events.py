@@ -192,7 +192,14 @@ def _on_address_changed(gateway: Gateway, event: IkeSaAddressChanged) -> None:
 
 
 def _on_ike_failed(gateway: Gateway, event: IkeSaFailed) -> None:
-    log.warning(
+    server = gateway.ikev2_ra
+    # A remote-access login's refusal has its own line from its server, which names the
+    # user and the reason: a second warning for it would only repeat it.
+    level = (
+        logging.DEBUG if server is not None and event.connection == server.name else logging.WARNING
+    )
+    log.log(
+        level,
         "peer %s: IKE SA #%d failed: %s",
         event.connection or "(none)",
         event.ike_sa_id,

@@ -1638,3 +1638,27 @@ def test_every_command_the_cli_sends_passes_the_field_check() -> None:
         {"command": "disconnect", "server": "office", "user": "alice"},
     ):
         check_request(request_)
+
+
+def test_a_refused_remote_access_login_has_one_warning_its_servers(
+    gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from daemon.ikev2_ra import IkeRaServer
+    from testkit.p2c_config import config as ra_config
+
+    gateway.ikev2_ra = IkeRaServer(ra_config(tmp_path, name="laptops", protocol="ikev2"))
+    refused = IkeSaFailed(
+        "laptops", 4, "EAP-MSCHAPv2: wrong password for user 'alice'", 24,
+        remote=("198.51.100.11", 4500), user="alice", refusal="wrong password",
+    )  # fmt: skip
+    with caplog.at_level(logging.DEBUG):
+        gateway._handle_event(refused)
+        gateway._handle_event(IkeSaFailed("main", 5, "peer did not answer", None))
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    server_line = "ikev2 laptops: login of alice from 198.51.100.11 refused: wrong password"
+    assert warnings == [
+        ("daemon.ikev2_ra", server_line),
+        ("daemon.events", "peer main: IKE SA #5 failed: peer did not answer"),
+    ]
+    # The server's own line is the one at warning; the generic one stays for debugging.
+    assert any(r.name == "daemon.events" and "IKE SA #4" in r.getMessage() for r in caplog.records)
