@@ -250,8 +250,9 @@ class ConnectionConfig:
     fragmentation: bool = True
     """Offer IKE fragmentation (RFC 7383); used when the peer offers it too."""
     fragment_size: int = 1232
-    """Largest IKE message (from its header) sent whole once fragmentation is agreed:
-    1280 octets of IPv6 minimum MTU less the IP and UDP headers and the marker."""
+    """Largest UDP payload of an IKE message sent whole once fragmentation is agreed
+    (on port 4500 it includes the 4-octet non-ESP marker): 1280 octets of IPv6
+    minimum MTU less the IP and UDP headers."""
     mobike: bool = True
     """As responder, answer an initiator's MOBIKE_SUPPORTED (RFC 4555 §3.3): its
     UPDATE_SA_ADDRESSES then moves the IKE SA and its CHILD SAs to a new address."""

@@ -14,6 +14,8 @@ IKE_VERSION = 0x20
 """Major version 2, minor version 0 (RFC 7296 §3.1)."""
 
 IKE_HEADER_LEN = 28
+NON_ESP_MARKER_LEN = 4
+"""Octets of zero before an IKE message on the NAT-T port (RFC 3948 §2.2)."""
 GENERIC_PAYLOAD_HEADER_LEN = 4
 
 

@@ -17,6 +17,7 @@ from typing import Self
 
 from ikev2.codec import Message, encode_message
 from ikev2.config import ConnectionConfig, IpInterface
+from ikev2.constants import NON_ESP_MARKER_LEN
 from ikev2.crypto.dh import KeyExchange
 from ikev2.crypto.intauth import chain_intauth, intauth_trailer
 from ikev2.crypto.key_pool import KeyPool
@@ -468,14 +469,15 @@ class IkeSaData:
             return (encode_message(message),)
         if self.sk is None:
             raise LocalProtocolError("no keys to protect the message with")
-        # RFC 7383 §2.5.1: split what would not fit, once both sides support it.
+        # RFC 7383 §2.5.1: split what would not fit, once both sides support it. On the
+        # NAT-T port the daemon puts the non-ESP marker before the message (RFC 3948
+        # §2.2), and the UDP payload as a whole must fit.
+        limit = self.config.fragment_size
+        if self.local[1] == self.nat_port:
+            limit -= NON_ESP_MARKER_LEN
         return tuple(
             seal_for_size(
-                message,
-                self.sk.outbound,
-                self.rng,
-                self.config.fragment_size,
-                fragmentation=self.fragmentation,
+                message, self.sk.outbound, self.rng, limit, fragmentation=self.fragmentation
             )
         )
 

@@ -18,7 +18,8 @@ from ikev2.constants import NotifyType
 from ikev2.crypto.rng import DeterministicRandom
 from ikev2.endpoint import Endpoint
 from ikev2.events import ChildSaInstalled, IkeSaEstablished, IkeSaFailed
-from testkit.ikev2_pair import Pair, connection, mirrored
+from ikev2.fragments import is_fragmented
+from testkit.ikev2_pair import Pair, connection, mirrored, on_wire
 
 A_NAME, B_NAME = "gw-a.example.net", "gw-b.example.net"
 
@@ -135,3 +136,25 @@ def test_certificate_peer_against_a_psk_connection_names_both_methods() -> None:
         "SHARED_KEY_MIC (2), a pre-shared key"
     )
     assert pair.of("a", IkeSaFailed)
+
+
+def test_ike_fragments_on_the_nat_port_fit_fragment_size_with_the_marker() -> None:
+    # Two lockgates move to port 4500 for IKE_AUTH (ESP in UDP), where each IKE message
+    # rides behind the 4-octet non-ESP marker (RFC 3948 §2.2): the UDP payload is what
+    # must fit fragment_size (1232: an IPv6 minimum MTU of 1280 less the IP and UDP
+    # headers, RFC 7383 §2.5.1), so a fragment is 4 octets shorter there.
+    pki = Pki(key_type="rsa4096")
+    sub = Pki("lockgate intermediate", key_type="rsa4096", parent=pki)
+    base = connection()
+    a = _with_certs(base, sub.issue(A_NAME), A_NAME, B_NAME, pki, issuer=sub)
+    b = _with_certs(mirrored(base), pki.issue(B_NAME), B_NAME, A_NAME, pki)
+    pair = _pair(a, b)
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    assert pair.of("a", IkeSaEstablished) and pair.of("b", IkeSaEstablished)
+    on_nat_port = [s for s in pair.wire if s.datagram.local[1] == 4500]
+    fragments = [s for s in on_nat_port if is_fragmented(s.ike)]
+    assert len(fragments) >= 4, "the certificate chain should need fragments"
+    sizes = [len(on_wire(s.datagram)) for s in on_nat_port]
+    assert max(sizes) <= a.fragment_size, sizes
+    assert max(len(on_wire(s.datagram)) for s in fragments) > a.fragment_size - 64
