@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from daemon.childsa import entry_from_event
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, decode_header
 from ikev2.constants import DhGroup, ExchangeType, NotifyType
@@ -470,3 +471,12 @@ def test_bad_ml_kem_key_in_a_followup_ends_only_that_exchange() -> None:
     assert [n.notify_type for n in answer.error_notifies()] == [NotifyType.INVALID_SYNTAX]
     assert not sa_b.followups and len(sa_b.children) == 1
     assert sa_b.state is IkeSaState.ESTABLISHED
+
+
+def test_the_data_plane_entry_and_its_status_carry_the_pfs() -> None:
+    pair = up()
+    new_a, _ = _rekey_child(pair, "a")
+    entry = entry_from_event(new_a)
+    assert (entry.pfs, entry.quantum_safe) == ("x25519+mlkem768", True)
+    status = entry.status(0.0)
+    assert (status["pfs"], status["quantum_safe"]) == ("x25519+mlkem768", True)
