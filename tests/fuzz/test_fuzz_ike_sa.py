@@ -24,6 +24,7 @@ from testkit.fuzz.targets import (
     AuthResponseTarget,
     EndpointFreshTarget,
     EstablishedTarget,
+    FollowupRequestTarget,
     InitResponseTarget,
     PpkAuthRequestTarget,
     PpkAuthResponseTarget,
@@ -210,3 +211,15 @@ def test_lossy_reordering_network_with_rekeys_leaves_both_sides_agreeing(
 def test_the_same_network_between_two_default_lockgates_on_port_4500(schedule: bytes) -> None:
     """As above, with `encap = "auto"`: IKE on port 4500 behind the non-ESP marker."""
     target(ScheduleAutoTarget).run(schedule)
+
+
+@settings(FUZZ, max_examples=25)
+@given(st.data(), mutations)
+def test_followup_ke_garbage_is_answered_and_keeps_the_ike_sa(
+    data: st.DataObject, mutation: Mutation
+) -> None:
+    """IKE_FOLLOWUP_KE requests (RFC 9370 §2.2.4) to a responder waiting for one: a
+    mutated seed (wrong link, method, key size, a missing payload) is answered or
+    dropped, and never ends the IKE SA."""
+    seed = data.draw(st.sampled_from(seeds(FollowupRequestTarget)))
+    target(FollowupRequestTarget).run(mutation.apply(seed))
