@@ -480,3 +480,56 @@ def test_the_data_plane_entry_and_its_status_carry_the_pfs() -> None:
     assert (entry.pfs, entry.quantum_safe) == ("x25519+mlkem768", True)
     status = entry.status(0.0)
     assert (status["pfs"], status["quantum_safe"]) == ("x25519+mlkem768", True)
+
+
+def test_ike_rekey_request_during_our_ike_followups_gets_temporary_failure() -> None:
+    pair = up(esp=(CLASSICAL_ESP,))
+    sa_a, sa_b = one(pair, "a"), one(pair, "b")
+    # a's IKE rekey completes its CREATE_CHILD_SA; its IKE_FOLLOWUP_KE is held back.
+    pair.a.rekey_ike_sa(sa_a.ike_sa_id, pair.clock)
+    (req_a,) = pair.take("a")
+    pair.deliver("a", req_a)
+    (resp_b,) = pair.take("b")
+    pair.deliver("b", resp_b)
+    (followup_a,) = pair.take("a")
+    assert decode_header(followup_a.data).exchange_type == FOLLOWUP
+    # b's IKE rekey request, held up on the way, arrives now (RFC 9370 §2.2.4).
+    pair.b.rekey_ike_sa(sa_b.ike_sa_id, pair.clock)
+    (req_b,) = pair.take("b")
+    pair.deliver("b", req_b)
+    (refusal,) = pair.take("a")
+    answer = opened(sa_b, refusal.data)
+    assert [n.notify_type for n in answer.error_notifies()] == [NotifyType.TEMPORARY_FAILURE]
+    pair.deliver("a", followup_a)
+    pair.deliver("b", refusal)
+    pair.pump()
+    # a's rekey made the one new IKE SA; b's refused one is no failure.
+    new_a, new_b = one(pair, "a"), one(pair, "b")
+    assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r) and new_a.initiator
+    assert new_a.suite is not None and new_a.quantum_safe
+    assert len(pair.a.ike_sas()) == len(pair.b.ike_sas()) == 1
+    assert not pair.of("a", IkeSaDeleted) and not pair.of("b", IkeSaDeleted)
+
+
+def test_ike_rekey_whose_responder_forgot_it_is_tried_again() -> None:
+    pair = up(esp=(CLASSICAL_ESP,))
+    sa_a, sa_b = one(pair, "a"), one(pair, "b")
+    pair.a.rekey_ike_sa(sa_a.ike_sa_id, pair.clock)
+    (req_a,) = pair.take("a")
+    pair.deliver("a", req_a)
+    (resp_b,) = pair.take("b")
+    pair.clock += followup_ke.FOLLOWUP_TIMEOUT + 1
+    pair.b.handle_timer(pair.clock)
+    assert not sa_b.followups
+    pair.deliver("b", resp_b)
+    pair.pump()
+    # STATE_NOT_FOUND: no new IKE SA; both keep the old one, which works.
+    assert pair.a.ike_sas() == [sa_a] and pair.b.ike_sas() == [sa_b]
+    assert sa_a.state is sa_b.state is IkeSaState.ESTABLISHED
+    assert not pair.of("a", IkeSaRekeyed) and not pair.of("b", IkeSaRekeyed)
+    assert sa_a.ike_rekey_at is not None and not sa_a.ike_rekeying
+    # It is tried again (§2.25: not at once) and then succeeds.
+    pair.advance(sa_a.ike_rekey_at - pair.clock + 1)
+    (rekeyed,) = pair.of("a", IkeSaRekeyed)
+    assert rekeyed.suite == HYBRID_IKE
+    assert one(pair, "a").quantum_safe and len(one(pair, "a").children) == 1

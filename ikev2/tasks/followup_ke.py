@@ -206,7 +206,7 @@ def expire_followups(sa: TaskSa, now: float) -> None:
     for link, answer in list(sa.followups.items()):
         if now >= answer.expires_at:
             del sa.followups[link]
-            log.info("%s: the peer's additional key exchanges stopped; forgotten", sa.name)
+            log.debug("%s: no IKE_FOLLOWUP_KE in time; the series is forgotten", sa.name)
             answer.owner.followup_abandoned(sa)
 
 
