@@ -96,6 +96,8 @@ from testkit.fuzz.world import (
     B_ADDR,
     ESP_SPI,
     FUZZ_PPK,
+    HYBRID_ESP_PROPOSAL,
+    HYBRID_PROPOSAL,
     EspKeys,
     Pair,
     esp_keys,
@@ -1049,6 +1051,10 @@ class ScheduleTarget(Target):
     encap: EncapMode = "nat"
     """The pair's `encap`: every message on port 500 ("nat"), or on 4500 after
     IKE_SA_INIT behind the non-ESP marker (`ScheduleAutoTarget`)."""
+    ike_proposals: tuple[str, ...] = ()
+    """The pair's IKE proposals; () for the defaults."""
+    esp_proposals: tuple[str, ...] = ()
+    """The pair's ESP proposals; () for the defaults."""
 
     def seeds(self) -> list[bytes]:
         return [
@@ -1062,7 +1068,12 @@ class ScheduleTarget(Target):
         ]
 
     def run(self, data: bytes) -> None:
-        pair = established("schedule", encap=self.encap)
+        pair = established(
+            "schedule",
+            encap=self.encap,
+            ike_proposals=self.ike_proposals,
+            esp_proposals=self.esp_proposals,
+        )
         queue: list[tuple[str, Any]] = []
 
         def collect() -> None:
@@ -1481,6 +1492,17 @@ class ScheduleAutoTarget(ScheduleTarget):
     encap: EncapMode = "auto"
 
 
+class ScheduleHybridTarget(ScheduleTarget):
+    """The same hostile network with hybrid ML-KEM proposals for IKE and ESP: every
+    rekey, of either kind, runs an IKE_FOLLOWUP_KE exchange (RFC 9370 §2.2.4), and
+    crossing rekeys are settled before it."""
+
+    name = "schedule-hybrid"
+    cost = 60
+    ike_proposals = (HYBRID_PROPOSAL,)
+    esp_proposals = (HYBRID_ESP_PROPOSAL,)
+
+
 class KemTarget(Target):
     """ML-KEM key exchange data from the peer (FIPS 203): the initiator's encapsulation
     key to ``respond_key_exchange``, the responder's ciphertext to ``shared_secret``.
@@ -1662,6 +1684,7 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
             PpkInitResponseTarget(),
             ScheduleTarget(),
             ScheduleAutoTarget(),
+            ScheduleHybridTarget(),
         ]
     return targets
 

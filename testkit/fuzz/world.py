@@ -146,9 +146,17 @@ class Pair:
         return min((self.a if side == "a" else self.b).ike_sas(), key=lambda sa: sa.ike_sa_id)
 
 
-def established(seed: str = "fuzz", fragment_size: int = 400, encap: EncapMode = "nat") -> Pair:
+def established(
+    seed: str = "fuzz",
+    fragment_size: int = 400,
+    encap: EncapMode = "nat",
+    ike_proposals: tuple[str, ...] = (),
+    esp_proposals: tuple[str, ...] = (),
+) -> Pair:
     """A pair with one IKE SA and its CHILD SA up on both sides."""
-    pair = Pair(seed, fragment_size, encap)
+    pair = Pair(
+        seed, fragment_size, encap, ike_proposals=ike_proposals, esp_proposals=esp_proposals
+    )
     pair.a.initiate("conn", 0.0)
     pair.pump()
     return pair

@@ -30,6 +30,7 @@ from testkit.fuzz.targets import (
     PpkAuthResponseTarget,
     PpkInitResponseTarget,
     ScheduleAutoTarget,
+    ScheduleHybridTarget,
     ScheduleTarget,
     SealedRequestTarget,
     SealedResponseTarget,
@@ -223,3 +224,13 @@ def test_followup_ke_garbage_is_answered_and_keeps_the_ike_sa(
     dropped, and never ends the IKE SA."""
     seed = data.draw(st.sampled_from(seeds(FollowupRequestTarget)))
     target(FollowupRequestTarget).run(mutation.apply(seed))
+
+
+@settings(FUZZ, max_examples=15)
+@given(st.binary(min_size=1, max_size=24))
+@example(bytes([5, 6, 0, 0, 0, 0, 0, 0, 0, 0]))  # CHILD rekeys from both sides cross
+@example(bytes([7, 8, 0, 0, 0, 0, 0, 0, 0]))  # IKE rekeys cross
+@example(bytes([5, 0, 0, 1, 0x58, 0, 0, 0]))  # a lost IKE_FOLLOWUP_KE, then 21 s pass
+def test_the_same_network_with_hybrid_rekeys_in_ike_followup_ke(schedule: bytes) -> None:
+    """As above, with ML-KEM in every rekey's IKE_FOLLOWUP_KE (RFC 9370 §2.2.4)."""
+    target(ScheduleHybridTarget).run(schedule)
