@@ -198,7 +198,7 @@ class CreateChild(Task):
         if (
             old is not None
             and theirs is not None
-            and min(self.nonce_i, nonce.data) < (theirs.lowest_nonce)
+            and min(self.nonce_i, nonce.data) < theirs.lowest_nonce
         ):
             # RFC 9370 §2.2.4: both rekeyed it at once and our exchange had the lowest
             # nonce. Nothing exists yet to delete, so ours stops here, without
