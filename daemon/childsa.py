@@ -81,6 +81,10 @@ class ChildSaEntry:
     """Monotonic time of installation (for the age)."""
     rekey_of: int | None = None
     """unique_id of the CHILD SA this one replaces, if any."""
+    pfs: str = ""
+    """The key exchanges of its PFS ("x25519+mlkem768"), "" for none."""
+    quantum_safe: bool = False
+    """An ML-KEM key exchange went into its keys (RFC 9370 §2.2.4)."""
     interface: str | None = None
     """The route-mode TUN device it carries (whatever that device sends goes into this
     SA, what it opens goes to that device); None: the gateway's TUN and the SPD."""
@@ -122,6 +126,8 @@ class ChildSaEntry:
             "spi_out": f"{self.spi_out:08x}",
             "suite": self.inbound.suite.name,
             "esn": self.inbound.esn,
+            "pfs": self.pfs,
+            "quantum_safe": self.quantum_safe,
             "encap": "udp" if self.udp_encap else "esp",
             "local": f"{self.local[0]}[{self.local[1]}]",
             "remote": f"{self.remote[0]}[{self.remote[1]}]",
@@ -188,4 +194,6 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
         remote=event.remote,
         mtu=inner_mtu(suite, path_mtu, outer_version, event.udp_encap),
         rekey_of=event.rekey_of,
+        pfs=event.pfs,
+        quantum_safe=event.quantum_safe,
     )

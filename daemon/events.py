@@ -247,7 +247,7 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
     # Formatting selectors costs, and thousands of CHILD SAs may come at once.
     if log.isEnabledFor(logging.INFO):
         log.info(
-            "connection %s: CHILD SA #%d installed%s: %s === %s, %s, SPIs in %08x out "
+            "connection %s: CHILD SA #%d installed%s: %s === %s, %s%s, SPIs in %08x out "
             "%08x, %s, inner MTU %d",
             event.child,
             event.unique_id,
@@ -255,6 +255,9 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
             format_selectors(event.local_ts),
             format_selectors(event.remote_ts),
             entry.inbound.suite.name,
+            f", PFS {event.pfs}, quantum-safe: {'yes' if event.quantum_safe else 'no'}"
+            if event.pfs
+            else "",
             entry.spi_in,
             entry.spi_out,
             f"ESP in UDP to {event.remote[0]}[{event.remote[1]}]"

@@ -229,6 +229,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"  {sa['connection']} #{sa['unique_id']}: {sa['suite']}"
             f"{' esn' if sa.get('esn') else ''}, {sa['encap']} "
             f"{sa['local']} <-> {sa['remote']}, age {format_age(sa['age'])}, mtu {sa['mtu']}"
+            + _pfs(sa)
         )
         lines.append(
             f"    {' '.join(sa['local_ts'])} === {' '.join(sa['remote_ts'])}"
@@ -282,3 +283,11 @@ def format_sa(sa: dict[str, Any]) -> str:
         f"CHILD SA {sa['connection']} {sa['suite']} ({sa['encap']}) "
         f"{' '.join(sa['local_ts'])} === {' '.join(sa['remote_ts'])}"
     )
+
+
+def _pfs(sa: dict[str, Any]) -> str:
+    """A CHILD SA's PFS for its status line: ", PFS x25519+mlkem768, quantum-safe: yes",
+    or "" without PFS."""
+    if not sa.get("pfs"):
+        return ""
+    return f", PFS {sa['pfs']}, quantum-safe: {'yes' if sa.get('quantum_safe') else 'no'}"

@@ -248,6 +248,13 @@ class ChildSaNotFound(RemoteProtocolError):
     default_notify = NotifyType.CHILD_SA_NOT_FOUND
 
 
+class StateNotFound(RemoteProtocolError):
+    """An IKE_FOLLOWUP_KE whose ADDITIONAL_KEY_EXCHANGE link names no CREATE_CHILD_SA
+    we wait on (it timed out, or never was): RFC 9370 §2.2.4."""
+
+    default_notify = NotifyType.STATE_NOT_FOUND
+
+
 class ChildSaDeletedByPeer(RemoteProtocolError):
     """The answer creating a CHILD SA came after the peer's Delete of that SA (our first
     copy of the answer was lost): it is not installed (RFC 7296 §1.4.1, §2.1)."""

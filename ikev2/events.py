@@ -286,6 +286,11 @@ class ChildSaInstalled(Event):
     CREATE_CHILD_SA). At a rekey the initiator switches outbound traffic to the new SA
     at once; the responder waits for the old SA's Delete or the first packet on the new
     inbound SA (RFC 7296 §2.8)."""
+    pfs: str = ""
+    """The key exchanges of its PFS joined by "+" ("x25519+mlkem768" with an
+    IKE_FOLLOWUP_KE, RFC 9370 §2.2.4); "" when it has none (IKE_AUTH's CHILD SA)."""
+    quantum_safe: bool = False
+    """An ML-KEM key exchange went into its KEYMAT (its PFS)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from ikev2.sa_types import ChildSa, IkeSaState, PeerIkeRekey
 from ikev2.tasks.base import Exchange, TaskSa
 from ikev2.tasks.child_delete import ChildDelete
 from ikev2.tasks.child_rekey import CreateChild
+from ikev2.tasks.followup_ke import FollowupKe
 from ikev2.tasks.ike_delete import IkeDelete
 from ikev2.tasks.ike_rekey import CHILD_TASKS
 
@@ -73,6 +74,9 @@ def hand_over(old: HandoverSa, new: HandoverSa) -> None:
         exchange
         for exchange in old.tm.pending
         if any(task.name in CHILD_TASKS for task in exchange.tasks)
+        # The peer keeps an IKE_FOLLOWUP_KE's state with the old IKE SA (RFC 9370
+        # §2.2.4): that CREATE_CHILD_SA is over; the CHILD SA's rekey comes again.
+        and not any(isinstance(task, FollowupKe) for task in exchange.tasks)
     ]
     deletes = {
         id(task.child)

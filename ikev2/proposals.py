@@ -321,17 +321,6 @@ def additional_key_exchanges(proposal: Proposal) -> list[tuple[int, int]]:
     ]
 
 
-def without_additional_key_exchanges(proposal: Proposal) -> Proposal:
-    """The proposal minus its ke1_ ... ke7_ transforms: what CREATE_CHILD_SA offers,
-    since lockgate runs no IKE_FOLLOWUP_KE (RFC 9370 §2.2.4) yet."""
-    transforms = tuple(
-        t for t in proposal.transforms if t.transform_type not in ADDITIONAL_KE_TYPES
-    )
-    if len(transforms) == len(proposal.transforms):
-        return proposal
-    return Proposal(proposal.number, proposal.protocol, proposal.spi, transforms)
-
-
 def has_additional_key_exchange(proposals: Sequence[Proposal]) -> bool:
     """Whether any of ``proposals`` asks for an additional key exchange (RFC 9370)."""
     return any(additional_key_exchanges(p) for p in proposals)

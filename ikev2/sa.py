@@ -63,6 +63,7 @@ from ikev2.sa_types import ChildSa, IkeDropReason, IkeSaState, PeerIkeRekey
 from ikev2.task_manager import GiveUp, RequestKind
 from ikev2.tasks import (
     AnswerCreateChild,
+    AnswerFollowupKe,
     AnswerIntermediate,
     ChildCreate,
     ChildDelete,
@@ -83,6 +84,7 @@ from ikev2.tasks import (
     Task,
     UpdateSaAddresses,
 )
+from ikev2.tasks.followup_ke import expire_followups
 
 log = logging.getLogger(__name__)
 
@@ -721,6 +723,8 @@ class IkeSa(IkeSaData):
                 self.gone("the peer never deleted it", by_peer=False)
                 return
             self.delete(now, "IKE SA lifetime expired")
+        if self.followups:
+            expire_followups(self, now)
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at:
             self.ike_rekey_at = None
             self.rekey_ike(now)
@@ -771,6 +775,10 @@ def _create_child(sa: IkeSa) -> list[Task]:
     return [AnswerCreateChild()]
 
 
+def _followup_ke(sa: IkeSa) -> list[Task]:
+    return [AnswerFollowupKe()]
+
+
 def _refuse_child(sa: IkeSa) -> list[Task]:
     return [RefuseCreateChild()]
 
@@ -781,6 +789,7 @@ _REQUEST_TASKS: dict[tuple[IkeSaState, int], Callable[[IkeSa], list[Task]]] = {
     (IkeSaState.HALF_OPEN, ExchangeType.IKE_AUTH): _responder_auth,
     (IkeSaState.ESTABLISHED, ExchangeType.INFORMATIONAL): _informational,
     (IkeSaState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): _create_child,
+    (IkeSaState.ESTABLISHED, ExchangeType.IKE_FOLLOWUP_KE): _followup_ke,
     (IkeSaState.DELETING, ExchangeType.INFORMATIONAL): _informational,
     (IkeSaState.DELETING, ExchangeType.CREATE_CHILD_SA): _refuse_child,
     (IkeSaState.REKEYED, ExchangeType.INFORMATIONAL): _informational,

@@ -45,7 +45,7 @@ from ikev2.sa_types import (
     PeerIkeRekey,
 )
 from ikev2.task_manager import RetransmitPolicy, TaskManager
-from ikev2.tasks.base import Exchange, Task
+from ikev2.tasks.base import Exchange, FollowupAnswer, Task
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class IkeSaData:
         "encap_forced",
         "established_at",
         "expire_at",
+        "followups",
         "fragmentation",
         "half_open_deadline",
         "ike_rekey_at",
@@ -300,6 +301,9 @@ class IkeSaData:
         self.spawned: list[Self] = []
         """IKE SAs our rekey exchanges created (the endpoint routes their SPIs)."""
         self.peer_ike_rekey: PeerIkeRekey[Self] | None = None
+        self.followups: dict[bytes, FollowupAnswer] = {}
+        """Responder: CREATE_CHILD_SAs whose IKE_FOLLOWUP_KE exchanges are under way,
+        by the link of their next one (RFC 9370 §2.2.4)."""
         """The peer's crossing IKE rekey, kept until ours completes (§2.8.2)."""
         self.unconfirmed_until: float | None = None
         """Set while the peer may not know this IKE SA yet (it started the rekey that
@@ -438,6 +442,9 @@ class IkeSaData:
         ):
             if t is not None and (due is None or t < due):
                 due = t
+        for answer in self.followups.values():
+            if due is None or answer.expires_at < due:
+                due = answer.expires_at
         for c in self.children.values():
             if not c.deleting:
                 if due is None or c.expire_at < due:

@@ -134,8 +134,9 @@ class Datagram(NamedTuple):
 class PeerRekey:
     """A rekey of one of our CHILD SAs that the peer started and we answered (§2.8.1)."""
 
-    new_child: int
-    """unique_id of the CHILD SA that exchange created."""
+    new_child: int | None
+    """unique_id of the CHILD SA that exchange created; None while its additional key
+    exchanges (IKE_FOLLOWUP_KE, RFC 9370 §2.2.4) still run."""
     lowest_nonce: bytes
     """The lower of that exchange's two nonces: the lowest nonce loses a collision."""
 

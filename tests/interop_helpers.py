@@ -142,6 +142,8 @@ class Case:
     esp: str = "aes128gcm16"
     lockgate_ike: tuple[str, ...] = ()
     """lockgate's IKE proposals when they differ from `ike` (e.g. hybrid, then classical)."""
+    lockgate_esp: tuple[str, ...] = ()
+    """lockgate's ESP proposals when they differ from `esp` (hybrid PFS, then classical)."""
     auth: str = "psk"
     """psk, or a key type of the test PKI (ecdsa-p256, rsa2048, ed25519, rsa4096)."""
     chain: bool = False
@@ -266,7 +268,7 @@ def render_lockgate(
             f"local_subnets = {json.dumps(list(pair.a_nets))}",
             f"remote_subnets = {json.dumps(list(pair.b_nets))}",
             f"ike_proposals = {json.dumps(list(case.lockgate_ike or (case.ike,)))}",
-            f"esp_proposals = [{json.dumps(case.esp)}]",
+            f"esp_proposals = {json.dumps(list(case.lockgate_esp or (case.esp,)))}",
             f"start = {json.dumps('initiate' if case.lockgate_initiates else 'wait')}",
             *(f"{key} = {value}" for key, value in case.lockgate_extra.items()),
             "",

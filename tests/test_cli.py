@@ -219,6 +219,16 @@ def test_format_status_says_which_ike_sa_a_rekey_replaced() -> None:
     assert "rekeyed from" not in format_status(STATUS)
 
 
+def test_format_status_shows_a_child_sa_pfs_and_whether_it_is_quantum_safe() -> None:
+    status = json.loads(json.dumps(STATUS))
+    status["sas"][0].update(pfs="x25519+mlkem768", quantum_safe=True)
+    assert ", PFS x25519+mlkem768, quantum-safe: yes" in format_status(status)
+    status["sas"][0].update(pfs="x25519", quantum_safe=False)
+    assert ", PFS x25519, quantum-safe: no" in format_status(status)
+    # IKE_AUTH's CHILD SA has no PFS of its own, nor does an older daemon's status.
+    assert "PFS" not in format_status(STATUS)
+
+
 def test_check_config_loads_certificates_like_the_daemon(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,8 +4,6 @@ key exchange method, the key schedule, IntAuth, and two lockgates in memory."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import struct
 from typing import Any
 
@@ -35,6 +33,7 @@ from ikev2.proposals import (
 from ikev2.sa_data import IkeSaData
 from ikev2.tasks import ike_init, ike_intermediate
 from testkit.fuzz.world import seal_raw, sk_ciphers
+from testkit.ikev2_kdf import prf_plus_sha384, prf_sha384
 from testkit.ikev2_pair import Pair, connection, establish
 
 HYBRID = "aes256gcm16-prfsha384-x25519-ke1_mlkem768"
@@ -181,18 +180,7 @@ def test_wrong_ciphertext_decapsulates_to_another_secret(method: int) -> None:
 # --- the key schedule, computed a second time from the RFC text ------------------------
 
 
-def _prf(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha384).digest()
-
-
-def _prf_plus(key: bytes, seed: bytes, length: int) -> bytes:
-    # RFC 7296 §2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n).
-    out, block, n = b"", b"", 1
-    while len(out) < length:
-        block = _prf(key, block + seed + bytes([n]))
-        out += block
-        n += 1
-    return out[:length]
+_prf, _prf_plus = prf_sha384, prf_plus_sha384
 
 
 def _split(stream: bytes) -> dict[str, bytes]:
@@ -428,15 +416,18 @@ def test_a_config_that_demands_pq_refuses_a_classical_peer() -> None:
     assert "ke1_mlkem768" in failed_b.reason
 
 
-def test_hybrid_ike_sa_rekeys_classically_and_stays_up() -> None:
+def test_hybrid_ike_sa_rekeys_with_ml_kem_and_stays_up() -> None:
     pair = Pair.make(connection(ike_proposals=(HYBRID,)))
     establish(pair)
     (sa_a,) = pair.a.ike_sas()
     pair.a.rekey_ike_sa(sa_a.ike_sa_id, pair.clock)
     pair.pump()
     (rekeyed,) = pair.of("a", IkeSaRekeyed)
-    # No IKE_FOLLOWUP_KE yet (RFC 9370 §2.2.4): the new SA's own exchange is classical.
-    assert rekeyed.suite == CLASSICAL
+    # The rekey runs ML-KEM again, in IKE_FOLLOWUP_KE (RFC 9370 §2.2.4).
+    assert rekeyed.suite == HYBRID
+    assert pair.requests("a", ExchangeType.IKE_FOLLOWUP_KE)
+    (new_a,) = pair.a.ike_sas()
+    assert new_a.quantum_safe
     assert not [n for n in pair.of("b", IkeSaFailed)]
 
 

@@ -3,7 +3,8 @@
 The IKE SA runs X25519 or ECP-384 in IKE_SA_INIT and ML-KEM-768 or -1024 in
 IKE_INTERMEDIATE (in IKE fragments: the key does not fit 1,232 octets); both gateways
 say "quantum-safe: yes" in `lockgate status`, traffic passes, and a CHILD SA rekey
-with PFS and an IKE rekey under ping lose nothing and keep it quantum-safe.
+with PFS and an IKE rekey under ping lose nothing and keep it quantum-safe: both run
+ML-KEM again in an IKE_FOLLOWUP_KE exchange (RFC 9370 §2.2.4) when the proposal has it.
 """
 
 from __future__ import annotations
@@ -27,14 +28,24 @@ def topo() -> Iterator[SiteToSite]:
 
 
 @pytest.mark.parametrize(
-    ("ike", "esp"),
+    ("ike", "esp", "pfs"),
     [
-        ("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "aes256gcm16-x25519-ke1_mlkem768"),
-        ("aes256gcm16-prfsha384-ecp384-ke1_mlkem1024", "aes256gcm16-ecp384"),
+        (
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+            "aes256gcm16-x25519-ke1_mlkem768",
+            "x25519+mlkem768",
+        ),
+        (
+            "aes256gcm16-prfsha384-ecp384-ke1_mlkem1024",
+            "aes256gcm16-ecp384-ke1_mlkem1024",
+            "ecp384+mlkem1024",
+        ),
     ],
     ids=["x25519-mlkem768", "ecp384-mlkem1024"],
 )
-def test_hybrid_tunnel_is_quantum_safe_through_rekeys(topo: SiteToSite, ike: str, esp: str) -> None:
+def test_hybrid_tunnel_is_quantum_safe_through_rekeys(
+    topo: SiteToSite, ike: str, esp: str, pfs: str
+) -> None:
     extra = f'ike_proposals = ["{ike}"]'
     a, b = start_pair(topo, *pair_configs(topo, extra_a=extra, extra_b=extra, esp=esp))
     for daemon, ns in ((a, topo.gw_a), (b, topo.gw_b)):
@@ -68,8 +79,19 @@ def test_hybrid_tunnel_is_quantum_safe_through_rekeys(topo: SiteToSite, ike: str
     wait_until(lambda: len(a.sas()) == 1 and len(b.sas()) == 1, "the old CHILD SA to go")
     [after] = a.status()["connections"][0]["ike_sas"]
     assert after["rekeyed_from"] is not None
-    # The rekey itself is classical (no IKE_FOLLOWUP_KE yet), keyed by the old SK_d.
-    assert after["quantum_safe"] is True, after
+    # The IKE rekey ran the hybrid proposal again (ML-KEM in IKE_FOLLOWUP_KE).
+    assert after["suite"] == ike and after["quantum_safe"] is True, after
+    # The rekeyed CHILD SA's PFS: the classical group and ML-KEM (ke1_ in its proposal).
+    for daemon, ns in ((a, topo.gw_a), (b, topo.gw_b)):
+        [sa] = daemon.sas()
+        assert (sa["pfs"], sa["quantum_safe"]) == (pfs, True), sa
+        out = ns.run(sys.executable, "-m", "daemon.cli", "-s", daemon.socket, "status").stdout
+        assert f"PFS {pfs}, quantum-safe: yes" in out, out
+    # One IKE_FOLLOWUP_KE each for the CHILD rekey and the IKE rekey, a asking, b answering.
+    kem = ike.rpartition("_")[2]
+    rounds = a.proc.log().count(f"additional key exchange 1 ({kem}) done")
+    answered = b.proc.log().count(f"additional key exchange 1 ({kem}) of the peer's")
+    assert (rounds, answered) == (2, 2), (rounds, answered)
     tcp_transfer(topo.host_a, topo.host_b, topo.site_b.host4, size=256 * 1024)
 
 

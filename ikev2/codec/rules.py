@@ -106,6 +106,18 @@ _IKE_INTERMEDIATE_REQUEST = (
     _R(_PT.VENDOR_ID, 0, _MANY),
 )
 _IKE_INTERMEDIATE_RESPONSE = _IKE_INTERMEDIATE_REQUEST
+# RFC 9370 §2.2.4: one additional key exchange of a CREATE_CHILD_SA per IKE_FOLLOWUP_KE,
+# linked to it by N(ADDITIONAL_KEY_EXCHANGE); a refusal is an error notify alone.
+_IKE_FOLLOWUP_KE_REQUEST = (
+    _R(_PT.KE, 1, 1),
+    _R(_PT.NOTIFY, 1, _MANY),
+    _R(_PT.VENDOR_ID, 0, _MANY),
+)
+_IKE_FOLLOWUP_KE_RESPONSE = (
+    _R(_PT.KE, 1, 1),
+    _R(_PT.NOTIFY, 0, _MANY, sufficient=True),  # STATE_NOT_FOUND, INVALID_SYNTAX, ...
+    _R(_PT.VENDOR_ID, 0, _MANY),
+)
 _INFORMATIONAL = (
     _R(_PT.NOTIFY, 0, _MANY),
     _R(_PT.DELETE, 0, _MANY),
@@ -122,6 +134,8 @@ MESSAGE_RULES: dict[tuple[ExchangeType, bool], tuple[PayloadRule, ...]] = {
     (ExchangeType.CREATE_CHILD_SA, True): _CREATE_CHILD_SA_RESPONSE,
     (ExchangeType.IKE_INTERMEDIATE, False): _IKE_INTERMEDIATE_REQUEST,
     (ExchangeType.IKE_INTERMEDIATE, True): _IKE_INTERMEDIATE_RESPONSE,
+    (ExchangeType.IKE_FOLLOWUP_KE, False): _IKE_FOLLOWUP_KE_REQUEST,
+    (ExchangeType.IKE_FOLLOWUP_KE, True): _IKE_FOLLOWUP_KE_RESPONSE,
     (ExchangeType.INFORMATIONAL, False): _INFORMATIONAL,
     (ExchangeType.INFORMATIONAL, True): _INFORMATIONAL,
 }
@@ -129,7 +143,12 @@ MESSAGE_RULES: dict[tuple[ExchangeType, bool], tuple[PayloadRule, ...]] = {
 for encrypted exchanges)."""
 
 ENCRYPTED_EXCHANGES = frozenset(
-    {ExchangeType.IKE_AUTH, ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL}
+    {
+        ExchangeType.IKE_AUTH,
+        ExchangeType.CREATE_CHILD_SA,
+        ExchangeType.INFORMATIONAL,
+        ExchangeType.IKE_FOLLOWUP_KE,
+    }
 )
 """Exchanges whose payloads all travel inside an SK payload (RFC 7296 §1.2-1.4)."""
 

@@ -18,12 +18,21 @@ def skeyseed(prf: Prf, ni: bytes, nr: bytes, g_ir: bytes) -> bytes:
     return prf(ni + nr, g_ir)
 
 
-def rekey_skeyseed(old_prf: Prf, old_sk_d: bytes, g_ir: bytes, ni: bytes, nr: bytes) -> bytes:
+def rekey_skeyseed(
+    old_prf: Prf,
+    old_sk_d: bytes,
+    g_ir: bytes,
+    ni: bytes,
+    nr: bytes,
+    additional: tuple[bytes, ...] = (),
+) -> bytes:
     """SKEYSEED of a rekeyed IKE SA: prf(SK_d (old), g^ir (new) | Ni | Nr) (RFC 7296 §2.18).
 
-    Computed with the *old* SA's PRF; Ni/Nr are the CREATE_CHILD_SA nonces.
+    Computed with the *old* SA's PRF; Ni/Nr are the CREATE_CHILD_SA nonces. With
+    additional key exchanges (IKE_FOLLOWUP_KE) their shared secrets follow the nonces:
+    prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 §2.2.4).
     """
-    return old_prf(old_sk_d, g_ir + ni + nr)
+    return old_prf(old_sk_d, g_ir + ni + nr + b"".join(additional))
 
 
 def additional_skeyseed(prf: Prf, sk_d: bytes, shared: bytes, ni: bytes, nr: bytes) -> bytes:
@@ -119,15 +128,18 @@ def derive_child_keys(
     encryption: Encryption,
     integrity: Integrity | None,
     g_ir: bytes | None = None,
+    additional: tuple[bytes, ...] = (),
 ) -> ChildKeys:
     """KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr) (RFC 7296 §2.17).
 
     Taken in the order encryption i->r, integrity i->r, encryption r->i, integrity r->i.
     For the CHILD SA of IKE_AUTH, Ni/Nr are the IKE_SA_INIT nonces and there is no g^ir.
+    The shared secrets of additional key exchanges (IKE_FOLLOWUP_KE) follow the nonces:
+    prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 §2.2.4).
     """
     encr_len = encryption.key_material_len
     integ_len = integrity.key_len if integrity is not None else 0
-    seed = (g_ir or b"") + ni + nr
+    seed = (g_ir or b"") + ni + nr + b"".join(additional)
     stream = prf.prf_plus(sk_d, seed, 2 * (encr_len + integ_len))
     half = encr_len + integ_len
     return ChildKeys(
@@ -145,6 +157,9 @@ def derive_child_keys_for(
     ni: bytes,
     nr: bytes,
     g_ir: bytes | None = None,
+    additional: tuple[bytes, ...] = (),
 ) -> ChildKeys:
     """:func:`derive_child_keys` with the PRF of the IKE SA and the CHILD SA's suite."""
-    return derive_child_keys(ike_suite.prf, sk_d, ni, nr, child.encryption, child.integrity, g_ir)
+    return derive_child_keys(
+        ike_suite.prf, sk_d, ni, nr, child.encryption, child.integrity, g_ir, additional
+    )

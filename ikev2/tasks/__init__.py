@@ -3,7 +3,8 @@
 exchanges), ike_natd, ike_auth (PSK, certificates and EAP), ike_config (virtual
 addresses), ike_mobike (MOBIKE as responder, RFC 4555),
 child_create (IKE_AUTH's CHILD SA), child_rekey (CREATE_CHILD_SA: more CHILD SAs and
-their rekeys), ike_rekey, ike_delete, child_delete and informational. Liveness checks
+their rekeys), followup_ke (RFC 9370's additional key exchanges of a CREATE_CHILD_SA,
+IKE_FOLLOWUP_KE), ike_rekey, ike_delete, child_delete and informational. Liveness checks
 are empty INFORMATIONAL requests queued by the IKE SA itself; COOKIEs are handled by the
 endpoint before an SA exists."""
 
@@ -11,6 +12,7 @@ from ikev2.tasks.base import Exchange, RetryExchange, Task, TaskSa
 from ikev2.tasks.child_create import ChildCreate
 from ikev2.tasks.child_delete import ChildDelete
 from ikev2.tasks.child_rekey import AnswerCreateChild, CreateChild
+from ikev2.tasks.followup_ke import AnswerFollowupKe
 from ikev2.tasks.ike_auth import IkeAuth
 from ikev2.tasks.ike_config import IkeConfig
 from ikev2.tasks.ike_delete import IkeDelete
@@ -24,6 +26,7 @@ from ikev2.tasks.informational import Informational, NotifyOnly, RefuseCreateChi
 __all__ = [
     "CHILD_TASKS",
     "AnswerCreateChild",
+    "AnswerFollowupKe",
     "AnswerIkeRekey",
     "AnswerIntermediate",
     "ChildCreate",

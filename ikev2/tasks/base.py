@@ -16,7 +16,7 @@ the peer must be told (RFC 7296 §2.21).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, Self
 
 from ikev2.codec import Message, Payload
@@ -70,6 +70,46 @@ class Exchange:
     """Tasks in the order they add payloads."""
     one_shot: bool = False
     """Sent once without waiting for an answer (a last notify before the SA goes)."""
+
+
+class FollowupResponder(Protocol):
+    """The responder's task of a CREATE_CHILD_SA whose additional key exchanges run in
+    IKE_FOLLOWUP_KE exchanges (RFC 9370 §2.2.4): it finishes what it began once the
+    last one is answered (``ikev2.tasks.followup_ke``)."""
+
+    def followup_done(self, sa: TaskSa, additional: tuple[bytes, ...]) -> None:
+        """The last additional key exchange gave its secret: make the SA, before the
+        response goes out; ``additional`` is SK(1) ... SK(n)."""
+
+    def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
+        """Add what the last IKE_FOLLOWUP_KE response needs, and act once it is built."""
+
+    def followup_abandoned(self, sa: TaskSa) -> None:
+        """The series ended before its last exchange (an error, or the peer went quiet)."""
+
+
+@dataclass(slots=True, repr=False)
+class FollowupAnswer:
+    """Responder: a CREATE_CHILD_SA answered with N(ADDITIONAL_KEY_EXCHANGE), waiting
+    for its next IKE_FOLLOWUP_KE (RFC 9370 §2.2.4). Kept under the link we sent."""
+
+    owner: FollowupResponder
+    """The task that answered the CREATE_CHILD_SA, and creates the SA at the end."""
+    rounds: list[tuple[int, int]]
+    """(transform type, method) of the additional key exchanges still to run."""
+    expires_at: float
+    """When it is forgotten if the next request has not come (§2.2.4: 5-20 s)."""
+    lowest_nonce: bytes
+    """The lower nonce of the CREATE_CHILD_SA: a crossing rekey's tie-break (§2.8)."""
+    rekeys: ChildSa | None = None
+    """The CHILD SA the exchange rekeys, if it does."""
+    ike_rekey: bool = False
+    """The exchange rekeys the IKE SA."""
+    secrets: list[bytes] = field(default_factory=list)
+    """SK(1), SK(2), ... of the rounds done."""
+
+    def __repr__(self) -> str:
+        return f"FollowupAnswer(rounds={self.rounds!r})"  # never the secrets
 
 
 class TaskSa(Protocol):
@@ -164,11 +204,15 @@ class TaskSa(Protocol):
     @property
     def children(self) -> dict[int, ChildSa]: ...
     @property
+    def followups(self) -> dict[bytes, FollowupAnswer]: ...
+    @property
     def tm(self) -> TaskManager[Exchange]: ...
     @property
     def peer_ike_rekey(self) -> PeerIkeRekey[Self] | None: ...
     @property
     def rekeyed_into(self) -> Self | None: ...
+    @property
+    def ike_rekeying(self) -> bool: ...
 
     def outstanding_tasks(self) -> set[str]: ...
     def deleted_by_peer_already(self, spi_out: int) -> bool: ...

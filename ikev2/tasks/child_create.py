@@ -14,6 +14,7 @@ from ikev2.codec import Message, Notify, Payload, Proposal, SecurityAssociation,
 from ikev2.codec import TrafficSelector as WireTs
 from ikev2.config import ChildConfig
 from ikev2.constants import NotifyType, ProtocolId, enum_name
+from ikev2.crypto.dh import KE_METHODS
 from ikev2.crypto.keys import derive_child_keys_for
 from ikev2.crypto.registry import ChildSuite, child_suite
 from ikev2.errors import (
@@ -28,7 +29,9 @@ from ikev2.errors import (
 from ikev2.events import ChildSaFailed, ChildSaInstalled
 from ikev2.proposals import (
     LazyDescription,
+    additional_key_exchanges,
     check_chosen_proposal,
+    dh_group,
     parse_esp_proposal,
     sa_payload,
     select_proposal,
@@ -308,13 +311,15 @@ def install_child(
     nonce_r: bytes,
     we_initiated: bool,
     g_ir: bytes | None = None,
+    additional: tuple[bytes, ...] = (),
     rekey_of: int | None = None,
 ) -> ChildSa:
     """Derive KEYMAT, record the CHILD SA and emit ChildSaInstalled (RFC 7296 §2.17).
 
     `nonce_i`/`nonce_r` and `we_initiated` are those of the exchange that creates the
     CHILD SA (IKE_AUTH, or the CREATE_CHILD_SA whichever side sent); `g_ir` is the
-    new shared secret when that exchange had a key exchange (PFS).
+    new shared secret when that exchange had a key exchange (PFS), `additional` those
+    of its IKE_FOLLOWUP_KE exchanges (RFC 9370 §2.2.4).
     """
     if sa.suite is None or sa.keys is None:
         raise InvalidSyntax("CHILD SA before the IKE SA has keys")
@@ -322,7 +327,7 @@ def install_child(
         suite = child_suite(chosen)
     except IkeError as exc:
         raise NoProposalChosen(f"selected ESP proposal is not implemented: {exc}") from exc
-    keys = derive_child_keys_for(sa.suite, sa.keys.sk_d, suite, nonce_i, nonce_r, g_ir)
+    keys = derive_child_keys_for(sa.suite, sa.keys.sk_d, suite, nonce_i, nonce_r, g_ir, additional)
     # KEYMAT's first half protects traffic from the exchange's initiator (§2.17).
     if we_initiated:
         encr_in, integ_in = keys.encr_r_to_i, keys.integ_r_to_i
@@ -345,10 +350,11 @@ def install_child(
         rekey_at=now + rekey_time,
     )
     sa.children[child.unique_id] = child
+    pfs = pfs_methods(chosen) if g_ir is not None or additional else ()
     # Formatting selectors costs more than the rest of the line: only when it is logged.
     if log.isEnabledFor(logging.INFO):
         log.info(
-            "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s)",
+            "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s%s)",
             sa.name,
             config.name,
             child.unique_id,
@@ -358,6 +364,7 @@ def install_child(
             format_selectors(child.local_ts),
             format_selectors(child.remote_ts),
             suite.name,
+            f", PFS {'+'.join(pfs)}, quantum-safe: {'yes' if _pq(chosen) else 'no'}" if pfs else "",
             ", UDP-encapsulated" if sa.udp_encap else "",
         )
     sa.emit(
@@ -369,9 +376,24 @@ def install_child(
             rekey_time,
             rekey_of,
             we_initiated,
+            pfs,
+            bool(pfs) and _pq(chosen),
         )
     )
     return child
+
+
+def pfs_methods(chosen: Proposal) -> tuple[str, ...]:
+    """Names of the key exchanges of a chosen ESP proposal: its PFS (RFC 7296 §1.3.1),
+    additional ones included (RFC 9370 §2.2.4)."""
+    methods = [dh_group(chosen), *(m for _, m in additional_key_exchanges(chosen))]
+    return tuple(KE_METHODS[m].name if m in KE_METHODS else str(m) for m in methods if m)
+
+
+def _pq(chosen: Proposal) -> bool:
+    """An ML-KEM key exchange went into the CHILD SA's KEYMAT."""
+    methods = [dh_group(chosen), *(m for _, m in additional_key_exchanges(chosen))]
+    return any(m in KE_METHODS and KE_METHODS[m].kem for m in methods)
 
 
 def _rekey_time(sa: TaskSa, config: ChildConfig) -> float:
@@ -393,6 +415,8 @@ def _installed_event(
     rekey_time: float,
     rekey_of: int | None,
     we_initiated: bool,
+    pfs: tuple[str, ...],
+    quantum_safe: bool,
 ) -> ChildSaInstalled:
     config = child.config
     encr_in, integ_in, encr_out, integ_out = keys
@@ -423,6 +447,8 @@ def _installed_event(
         replay_window=config.replay_window,
         rekey_of=rekey_of,
         initiator=we_initiated,
+        pfs="+".join(pfs),
+        quantum_safe=quantum_safe,
     )
 
 

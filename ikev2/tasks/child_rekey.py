@@ -5,21 +5,30 @@ or an error notify. With a key exchange group in the ESP proposals (PFS) KEYMAT 
 prf+(SK_d, g^ir | Ni | Nr) (§2.17); a responder that wants another group answers
 INVALID_KE_PAYLOAD and the requester tries again in a new exchange.
 
+With additional key exchanges in the chosen proposal (``aes256gcm16-x25519-ke1_mlkem768``)
+the responder adds N(ADDITIONAL_KEY_EXCHANGE) and the CHILD SA is made only after the
+IKE_FOLLOWUP_KE exchanges (``ikev2.tasks.followup_ke``), from
+KEYMAT = prf+(SK_d, g^ir | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 §2.2.4).
+
 Make-before-break (§2.8): the new CHILD SA is reported installed (both directions)
 before the old one is deleted; the side that started the rekey deletes the old one
 once the new one is up. Simultaneous rekeys of one CHILD SA (§2.8.1): both new SAs
 are created, and the one whose exchange had the lowest nonce is deleted again by its
-initiator.
+initiator. With additional key exchanges nothing exists yet when the CREATE_CHILD_SAs
+complete, so the initiator of the one with the lowest nonce stops there and sends no
+IKE_FOLLOWUP_KE; a rekey request for a CHILD SA whose own rekey is in its
+IKE_FOLLOWUP_KE exchanges already gets TEMPORARY_FAILURE (RFC 9370 §2.2.4).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from ikev2.codec import KeyExchange as KePayload
 from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation, TsI, TsR
 from ikev2.config import ChildConfig
-from ikev2.constants import NotifyType, ProtocolId, enum_name
+from ikev2.constants import ExchangeType, NotifyType, ProtocolId, enum_name
 from ikev2.crypto.dh import KeyExchange
 from ikev2.errors import (
     ChildSaDeletedByPeer,
@@ -32,19 +41,28 @@ from ikev2.errors import (
 )
 from ikev2.events import ChildSaFailed
 from ikev2.proposals import (
+    additional_key_exchanges,
     check_chosen_proposal,
     dh_group,
     parse_esp_proposal,
     sa_payload,
     select_proposal,
-    without_additional_key_exchanges,
 )
 from ikev2.sa_types import ChildSa, PeerRekey
-from ikev2.tasks.base import Exchange, Task, TaskSa
+from ikev2.tasks.base import Exchange, FollowupAnswer, Task, TaskSa
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
+from ikev2.tasks.followup_ke import (
+    FOLLOWUP_TIMEOUT,
+    ChildFollowupKe,
+    answer_with_followups,
+    followup_link,
+    forget_answers_for,
+    pending_peer_rekey_of,
+    rekeying_in_followups,
+)
 from ikev2.tasks.ike_init import NONCE_SIZE
 from ikev2.tasks.ike_rekey import AnswerIkeRekey, raise_refusal, wanted_group
-from ikev2.ts import format_selectors, is_subset, narrow
+from ikev2.ts import TrafficSelector, format_selectors, is_subset, narrow
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +73,7 @@ REKEY_RETRY_AFTER = 10.0
 def _esp_proposals(config: ChildConfig) -> list[Proposal]:
     out: list[Proposal] = []
     for text in config.esp_proposals:
-        # No IKE_FOLLOWUP_KE yet (RFC 9370 §2.2.4): PFS uses the classical group only.
-        proposal = without_additional_key_exchanges(parse_esp_proposal(text))
+        proposal = parse_esp_proposal(text)
         if proposal not in out:
             out.append(proposal)
     return out
@@ -76,6 +93,8 @@ class CreateChild(Task):
         self.nonce_i = b""
         self.ke: KeyExchange | None = None
         self.offered: list[Proposal] = []
+        self.answer: _Answer | None = None
+        """The responder's answer, once its CREATE_CHILD_SA response is read."""
 
     @property
     def what(self) -> str:
@@ -104,25 +123,29 @@ class CreateChild(Task):
         try:
             self._process_response(sa, message)
         except IkeError as exc:
-            if self.old is not None and self.old.unique_id not in sa.children:
-                # §2.25.1: the peer deleted it meanwhile; our rekey is simply forgotten.
-                log.info("%s: %s: it was deleted meanwhile (%s)", sa.name, self.what, exc)
-                return
-            if self.old is not None and self.old.peer_rekey is not None:
-                # §2.8.1: the peer rekeyed it too and did not see the collision (it
-                # answered TEMPORARY_FAILURE): its new SA is the only one; it deletes
-                # the old one. Nothing failed.
-                log.info("%s: %s: the peer's rekey took over (%s)", sa.name, self.what, exc)
-                self.old.rekeying = False
-                return
-            notify = getattr(exc, "peer_notify", None) or exc.notify
-            log.warning("%s: %s failed: %s", sa.name, self.what, exc)
-            sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
-            if self.old is not None:
-                self.old.rekeying = False
-                # §2.25: never retry at once; randomised, so crossing retries diverge.
-                jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
-                self.old.rekey_at = sa.now + REKEY_RETRY_AFTER * (0.5 + jitter)
+            self.followup_failed(sa, exc)
+
+    def followup_failed(self, sa: TaskSa, exc: IkeError) -> None:
+        """The exchange failed (in CREATE_CHILD_SA or one of its IKE_FOLLOWUP_KE rounds)."""
+        if self.old is not None and self.old.unique_id not in sa.children:
+            # §2.25.1: the peer deleted it meanwhile; our rekey is simply forgotten.
+            log.info("%s: %s: it was deleted meanwhile (%s)", sa.name, self.what, exc)
+            return
+        if self.old is not None and self.old.peer_rekey is not None:
+            # §2.8.1: the peer rekeyed it too and did not see the collision (it
+            # answered TEMPORARY_FAILURE): its new SA is the only one; it deletes
+            # the old one. Nothing failed.
+            log.info("%s: %s: the peer's rekey took over (%s)", sa.name, self.what, exc)
+            self.old.rekeying = False
+            return
+        notify = getattr(exc, "peer_notify", None) or exc.notify
+        log.warning("%s: %s failed: %s", sa.name, self.what, exc)
+        sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
+        if self.old is not None:
+            self.old.rekeying = False
+            # §2.25: never retry at once; randomised, so crossing retries diverge.
+            jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
+            self.old.rekey_at = sa.now + REKEY_RETRY_AFTER * (0.5 + jitter)
 
     def _process_response(self, sa: TaskSa, message: Message) -> None:
         wanted = wanted_group(message, self.group, self.offered)
@@ -164,30 +187,62 @@ class CreateChild(Task):
                 f"peer answered traffic selectors {format_selectors(local_ts)} === "
                 f"{format_selectors(remote_ts)}, outside ours"
             )
+        self.answer = _Answer(chosen, nonce.data, g_ir, local_ts, remote_ts)
+        rounds = additional_key_exchanges(chosen)
+        if not rounds:
+            self.followup_done(sa, ())
+            return
+        link = followup_link(message)
+        old = self.old
+        theirs = old.peer_rekey if old is not None else None
+        if (
+            old is not None
+            and theirs is not None
+            and min(self.nonce_i, nonce.data) < theirs.lowest_nonce
+        ):
+            # RFC 9370 §2.2.4: both rekeyed it at once and our exchange had the lowest
+            # nonce. Nothing exists yet to delete, so ours stops here, without
+            # IKE_FOLLOWUP_KE; the peer's rekey makes the new SA and deletes the old one.
+            log.info("%s: %s: the peer's simultaneous rekey wins", sa.name, self.what)
+            old.rekeying = False
+            return
+        follow = ChildFollowupKe(self, rounds, link, rekeys=old)
+        sa.tm.queue_first(Exchange(ExchangeType.IKE_FOLLOWUP_KE, [follow]))
+
+    def followup_done(self, sa: TaskSa, additional: tuple[bytes, ...]) -> None:
+        """Every key exchange ran: install the CHILD SA (and retire the one it rekeys)."""
+        answer = self.answer
+        if answer is None:
+            raise InvalidSyntax("CHILD SA before its CREATE_CHILD_SA completed")
+        chosen = answer.chosen
         if sa.deleted_by_peer_already(int.from_bytes(chosen.spi, "big")):
             # Our first copy of this answer was lost and the peer deleted the SA it
             # created before our retransmission brought the answer back: installed,
             # it would exist on our side alone. Not installing it leaves the old SA
             # (if any) as the peer still has it; a rekey is tried again later.
-            raise ChildSaDeletedByPeer(f"the peer deleted the new SA of {self.what}")
+            self.followup_failed(
+                sa, ChildSaDeletedByPeer(f"the peer deleted the new SA of {self.what}")
+            )
+            return
         new = install_child(
             sa,
             config=self.config,
             chosen=chosen,
             spi_in=self.spi_in,
             spi_out=chosen.spi,
-            local_ts=local_ts,
-            remote_ts=remote_ts,
+            local_ts=answer.local_ts,
+            remote_ts=answer.remote_ts,
             nonce_i=self.nonce_i,
-            nonce_r=nonce.data,
+            nonce_r=answer.nonce_r,
             we_initiated=True,
-            g_ir=g_ir,
+            g_ir=answer.g_ir,
+            additional=additional,
             rekey_of=self.old.unique_id if self.old else None,
         )
         old = self.old
         if old is None:
             return
-        ours = min(self.nonce_i, nonce.data)
+        ours = min(self.nonce_i, answer.nonce_r)
         theirs = old.peer_rekey
         if theirs is not None and ours < theirs.lowest_nonce:
             # §2.8.1: both rekeyed it at once and our exchange had the lowest nonce:
@@ -197,6 +252,20 @@ class CreateChild(Task):
             return
         if old.unique_id in sa.children:
             sa.delete_child(old.unique_id, sa.now, "rekeyed")
+        # A crossing rekey of the peer's that stopped before IKE_FOLLOWUP_KE (its
+        # exchange had the lowest nonce, RFC 9370 §2.2.4) will not continue.
+        forget_answers_for(sa, old)
+
+
+@dataclass(frozen=True, repr=False)
+class _Answer:
+    """The responder's accepted CREATE_CHILD_SA, kept until its key exchanges all ran."""
+
+    chosen: Proposal
+    nonce_r: bytes
+    g_ir: bytes | None
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
 
 
 class AnswerCreateChild(Task):
@@ -210,6 +279,8 @@ class AnswerCreateChild(Task):
         self.response: list[Payload] = []
         self.ike_rekey: AnswerIkeRekey | None = None
         """Set when the request rekeys the IKE SA itself (§1.3.2)."""
+        self.made: _Made | None = None
+        """What the CHILD SA is made of, once the request is accepted."""
 
     def process_request(self, sa: TaskSa, message: Message) -> None:
         offer = message.get(SecurityAssociation)
@@ -259,6 +330,13 @@ class AnswerCreateChild(Task):
                 raise TemporaryFailure(
                     f"CHILD SA {old.config.name}{{{old.unique_id}}} is being deleted"
                 )
+            if rekeying_in_followups(sa, old) or pending_peer_rekey_of(sa, old) is not None:
+                # RFC 9370 §2.2.4: a rekey of it is in its IKE_FOLLOWUP_KE exchanges
+                # already (this request crossed that exchange's CREATE_CHILD_SA and was
+                # held up on the way).
+                raise TemporaryFailure(
+                    f"CHILD SA {old.config.name}{{{old.unique_id}}} is being rekeyed"
+                )
         peer_ts, my_ts = from_wire(tsi.selectors), from_wire(tsr.selectors)
         candidates = [old.config] if old is not None else list(sa.config.children)
         for config in candidates:
@@ -287,34 +365,82 @@ class AnswerCreateChild(Task):
             g_ir = ke_out.shared_secret(ke.data)
         spi_in = sa.random_spi(4)
         nonce_r = sa.rng.token_bytes(NONCE_SIZE)
-        # The inbound SA is installed before our response lets the peer use it (§2.8).
-        new = install_child(
-            sa,
-            config=config,
-            chosen=chosen,
-            spi_in=spi_in,
-            spi_out=chosen.spi,
-            local_ts=local_ts,
-            remote_ts=remote_ts,
-            nonce_i=nonce.data,
-            nonce_r=nonce_r,
-            we_initiated=False,
-            g_ir=g_ir,
-            rekey_of=old.unique_id if old is not None else None,
-        )
-        if old is not None:
-            old.peer_rekey = PeerRekey(new.unique_id, min(nonce.data, nonce_r))
         answer = Proposal(chosen.number, ProtocolId.ESP, spi_in, chosen.transforms)
         self.response = [SecurityAssociation((answer,)), Nonce(nonce_r)]
         if ke_out is not None:
             self.response.append(KePayload(group, ke_out.public_bytes))
         self.response += [TsI(to_wire(remote_ts)), TsR(to_wire(local_ts))]
+        self.made = _Made(
+            config, chosen, spi_in, nonce.data, nonce_r, g_ir, local_ts, remote_ts, old
+        )
+        rounds = additional_key_exchanges(chosen)
+        if not rounds:
+            self.followup_done(sa, ())
+            return
+        lowest = min(nonce.data, nonce_r)
+        if old is not None:
+            # Known now, though no SA exists yet: our own crossing rekey of it stops
+            # if its exchange had the lower nonce (RFC 9370 §2.2.4).
+            old.peer_rekey = PeerRekey(None, lowest)
+        pending = FollowupAnswer(self, rounds, sa.now + FOLLOWUP_TIMEOUT, lowest, rekeys=old)
+        answer_with_followups(sa, pending, self.response)
+
+    def followup_done(self, sa: TaskSa, additional: tuple[bytes, ...]) -> None:
+        """Every key exchange ran: install the CHILD SA before the response that lets
+        the peer use it goes out (§2.8)."""
+        made = self.made
+        if made is None:
+            raise InvalidSyntax("CHILD SA before its CREATE_CHILD_SA was answered")
+        if additional:
+            self.response = []  # the last IKE_FOLLOWUP_KE response carries its KE only
+        old = made.old
+        new = install_child(
+            sa,
+            config=made.config,
+            chosen=made.chosen,
+            spi_in=made.spi_in,
+            spi_out=made.chosen.spi,
+            local_ts=made.local_ts,
+            remote_ts=made.remote_ts,
+            nonce_i=made.nonce_i,
+            nonce_r=made.nonce_r,
+            we_initiated=False,
+            g_ir=made.g_ir,
+            additional=additional,
+            rekey_of=old.unique_id if old is not None else None,
+        )
+        if old is not None:
+            old.peer_rekey = PeerRekey(new.unique_id, min(made.nonce_i, made.nonce_r))
+
+    def followup_abandoned(self, sa: TaskSa) -> None:
+        """The peer's additional key exchanges stopped: no CHILD SA, and the one it
+        rekeyed is ours to rekey again."""
+        made = self.made
+        old = made.old if made is not None else None
+        if old is not None and old.peer_rekey is not None and old.peer_rekey.new_child is None:
+            old.peer_rekey = None
+        log.info("%s: the peer's CREATE_CHILD_SA for %s ended unfinished", sa.name, self.child_name)
 
     def build_response(self, sa: TaskSa, out: list[Payload]) -> None:
         if self.ike_rekey is not None:
             self.ike_rekey.build_response(sa, out)
             return
         out += self.response
+
+
+@dataclass(frozen=True, repr=False)
+class _Made:
+    """The responder's accepted CREATE_CHILD_SA, kept until its key exchanges all ran."""
+
+    config: ChildConfig
+    chosen: Proposal
+    spi_in: bytes
+    nonce_i: bytes
+    nonce_r: bytes
+    g_ir: bytes | None
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    old: ChildSa | None
 
 
 def _spi(value: int) -> bytes:

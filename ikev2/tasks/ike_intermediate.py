@@ -18,6 +18,7 @@ from ikev2.codec import Message, Payload
 from ikev2.crypto.dh import KE_METHODS, KeyExchange, respond_key_exchange
 from ikev2.crypto.keys import IkeKeys, additional_skeyseed, derive_ike_keys
 from ikev2.crypto.registry import IkeSuite
+from ikev2.crypto.rng import RandomSource
 from ikev2.errors import InvalidSyntax, LocalProtocolError, PeerErrorNotify
 from ikev2.sa_types import Intermediate
 from ikev2.tasks.base import Task, TaskSa
@@ -42,9 +43,41 @@ def _state(sa: TaskSa) -> Intermediate:
     return state
 
 
-def _method_name(method: int) -> str:
+def method_name(method: int) -> str:
     info = KE_METHODS.get(method)
     return info.name if info is not None else f"method {method}"
+
+
+def finish_round(message: Message, ke: KeyExchange | None, exchange: str) -> bytes:
+    """Requester: SK(n) of one additional key exchange from the response of
+    ``exchange`` to our ``ke`` (an error notify in it is the peer's refusal)."""
+    for notify in message.error_notifies():
+        raise PeerErrorNotify(notify.notify_type, notify.data)
+    payload = message.get(KePayload)
+    if payload is None or ke is None:
+        raise InvalidSyntax(f"{exchange} response lacks the KE payload")
+    if payload.group != ke.group.group:
+        raise InvalidSyntax(
+            f"{exchange} response has KE of {method_name(payload.group)}, not {ke.group.name}"
+        )
+    return ke.shared_secret(payload.data)
+
+
+def answer_round(
+    message: Message, method: int, rng: RandomSource, exchange: str
+) -> tuple[bytes, bytes]:
+    """Responder: one additional key exchange of ``method`` from a request of
+    ``exchange`` (IKE_INTERMEDIATE or IKE_FOLLOWUP_KE): (our KE data, its SK(n))."""
+    ke = message.get(KePayload)
+    if ke is None:
+        raise InvalidSyntax(f"{exchange} request lacks the KE payload")
+    if ke.group != method:
+        # RFC 9370 §2.2.1, §2.2.4: the rounds run in the negotiated order and methods.
+        raise InvalidSyntax(
+            f"{exchange} request has KE of {method_name(ke.group)}, "
+            f"not the negotiated {method_name(method)}"
+        )
+    return respond_key_exchange(method, ke.data, rng)
 
 
 class IkeIntermediate(Task):
@@ -62,18 +95,8 @@ class IkeIntermediate(Task):
         out.append(KePayload(method, self.ke.public_bytes))
 
     def process_response(self, sa: TaskSa, message: Message) -> None:
-        for notify in message.error_notifies():
-            raise PeerErrorNotify(notify.notify_type, notify.data)
         state = _state(sa)
-        ke = message.get(KePayload)
-        if ke is None or self.ke is None:
-            raise InvalidSyntax("IKE_INTERMEDIATE response lacks the KE payload")
-        if ke.group != self.ke.group.group:
-            raise InvalidSyntax(
-                f"IKE_INTERMEDIATE response has KE of {_method_name(ke.group)}, "
-                f"not {self.ke.group.name}"
-            )
-        shared = self.ke.shared_secret(ke.data)
+        shared = finish_round(message, self.ke, "IKE_INTERMEDIATE")
         self.ke = None  # the private key is not needed again
         state.rounds.pop(0)
         state.count += 1
@@ -92,16 +115,7 @@ class AnswerIntermediate(Task):
     def process_request(self, sa: TaskSa, message: Message) -> None:
         state = _state(sa)
         _, method = state.rounds[0]
-        ke = message.get(KePayload)
-        if ke is None:
-            raise InvalidSyntax("IKE_INTERMEDIATE request lacks the KE payload")
-        if ke.group != method:
-            # RFC 9370 §2.2.1: the rounds run in the negotiated order and methods.
-            raise InvalidSyntax(
-                f"IKE_INTERMEDIATE request has KE of {_method_name(ke.group)}, "
-                f"not the negotiated {_method_name(method)}"
-            )
-        ours, shared = respond_key_exchange(method, ke.data, sa.rng)
+        ours, shared = answer_round(message, method, sa.rng, "IKE_INTERMEDIATE")
         state.rounds.pop(0)
         state.count += 1
         state.deferred = keys_after_additional_ke(sa, shared)

@@ -96,6 +96,8 @@ from testkit.fuzz.world import (
     B_ADDR,
     ESP_SPI,
     FUZZ_PPK,
+    HYBRID_ESP_PROPOSAL,
+    HYBRID_PROPOSAL,
     EspKeys,
     Pair,
     esp_keys,
@@ -107,6 +109,7 @@ from testkit.fuzz.world import (
     seal_raw,
     seal_raw_fragment,
     sk_ciphers,
+    waiting_followup,
 )
 from testkit.ikev2_pair import deliver, on_wire
 from testkit.pki import Pki
@@ -1048,6 +1051,10 @@ class ScheduleTarget(Target):
     encap: EncapMode = "nat"
     """The pair's `encap`: every message on port 500 ("nat"), or on 4500 after
     IKE_SA_INIT behind the non-ESP marker (`ScheduleAutoTarget`)."""
+    ike_proposals: tuple[str, ...] = ()
+    """The pair's IKE proposals; () for the defaults."""
+    esp_proposals: tuple[str, ...] = ()
+    """The pair's ESP proposals; () for the defaults."""
 
     def seeds(self) -> list[bytes]:
         return [
@@ -1061,7 +1068,12 @@ class ScheduleTarget(Target):
         ]
 
     def run(self, data: bytes) -> None:
-        pair = established("schedule", encap=self.encap)
+        pair = established(
+            "schedule",
+            encap=self.encap,
+            ike_proposals=self.ike_proposals,
+            esp_proposals=self.esp_proposals,
+        )
         queue: list[tuple[str, Any]] = []
 
         def collect() -> None:
@@ -1480,6 +1492,17 @@ class ScheduleAutoTarget(ScheduleTarget):
     encap: EncapMode = "auto"
 
 
+class ScheduleHybridTarget(ScheduleTarget):
+    """The same hostile network with hybrid ML-KEM proposals for IKE and ESP: every
+    rekey, of either kind, runs an IKE_FOLLOWUP_KE exchange (RFC 9370 §2.2.4), and
+    crossing rekeys are settled before it."""
+
+    name = "schedule-hybrid"
+    cost = 60
+    ike_proposals = (HYBRID_PROPOSAL,)
+    esp_proposals = (HYBRID_ESP_PROPOSAL,)
+
+
 class KemTarget(Target):
     """ML-KEM key exchange data from the peer (FIPS 203): the initiator's encapsulation
     key to ``respond_key_exchange``, the responder's ciphertext to ``shared_secret``.
@@ -1574,6 +1597,61 @@ class IntermediateRequestTarget(Target):
         self.pair = half_open_intermediate()
 
 
+class FollowupRequestTarget(Target):
+    """Authenticated IKE_FOLLOWUP_KE requests (RFC 9370 §2.2.4) with any inner payloads
+    to a responder that answered a CHILD SA rekey with N(ADDITIONAL_KEY_EXCHANGE) and
+    waits for its ML-KEM round. It answers (a KE, or an error notify such as
+    STATE_NOT_FOUND) and keeps its IKE SA; only the genuine link makes a CHILD SA."""
+
+    name = "followup_request"
+    cost = 10
+
+    def __init__(self) -> None:
+        self.pair, self.link = waiting_followup()
+
+    def seeds(self) -> list[bytes]:
+        ek = KeyPair.generate(min(KEMS), DeterministicRandom(b"seed")).public_bytes
+        link = Notify(NotifyType.ADDITIONAL_KEY_EXCHANGE, self.link)
+        out = []
+        for payloads in (
+            (KeyExchange(min(KEMS), ek), link),
+            (KeyExchange(max(KEMS), ek), link),
+            (KeyExchange(min(KEMS), ek[:-1]), link),
+            (KeyExchange(min(KEMS), ek), Notify(NotifyType.ADDITIONAL_KEY_EXCHANGE, b"x")),
+            (KeyExchange(min(KEMS), ek),),
+            (link,),
+        ):
+            first, chain = encode_payloads(payloads)
+            out.append(bytes([first]) + chain)
+        return out
+
+    def from_message(self, message: Message) -> bytes | None:
+        first, chain = encode_payloads(message.payloads)
+        return bytes([first]) + chain
+
+    def run(self, data: bytes) -> None:
+        if not data:
+            return
+        pair = self.pair
+        sa_a, sa_b = pair.sa("a"), pair.sa("b")
+        if sa_a.sk is None:
+            raise Finding("the initiator has no keys")
+        before = len(sa_b.children)
+        message_id = sa_b.tm.expected_request_id
+        template = IkeHeader(sa_a.spi_i, sa_a.spi_r, 0, ExchangeType.IKE_FOLLOWUP_KE,
+                             message_id, 0, True, False)  # fmt: skip
+        sealed = seal_raw(sa_a.sk.outbound, template, data[0], data[1:])
+        deliver(pair.b, sealed, (B_ADDR, 500), (A_ADDR, 500), pair.clock)
+        list(pair.b.events())
+        pair.b.datagrams_to_send(pair.clock)
+        if sa_b.state is not IkeSaState.ESTABLISHED:
+            raise Finding("an IKE_FOLLOWUP_KE request ended the IKE SA")
+        if len(sa_b.children) > before and self.link not in data:
+            raise Finding("an IKE_FOLLOWUP_KE without the link made a CHILD SA")
+        _bounded(pair)
+        self.pair, self.link = waiting_followup()
+
+
 def all_targets(*, heavy: bool = True) -> list[Target]:
     """Every target; ``heavy=False`` leaves out the ones that set up IKE SAs per case."""
     targets: list[Target] = [
@@ -1599,12 +1677,14 @@ def all_targets(*, heavy: bool = True) -> list[Target]:
             AuthRequestTarget(),
             AuthResponseTarget(),
             IntermediateRequestTarget(),
+            FollowupRequestTarget(),
             InitResponseTarget(),
             PpkAuthRequestTarget(),
             PpkAuthResponseTarget(),
             PpkInitResponseTarget(),
             ScheduleTarget(),
             ScheduleAutoTarget(),
+            ScheduleHybridTarget(),
         ]
     return targets
 

@@ -57,14 +57,18 @@ def connection(
     encap: EncapMode = "nat",
     ike_proposals: tuple[str, ...] = (),
     ppk: PostQuantumKey | None = None,
+    esp_proposals: tuple[str, ...] = (),
 ) -> ConnectionConfig:
     """A PSK connection with one CHILD SA; 200-octet fragments split every IKE_AUTH.
-    ``ike_proposals`` replaces the default ones (e.g. a hybrid ML-KEM proposal)."""
+    ``ike_proposals`` and ``esp_proposals`` replace the default ones (e.g. hybrid
+    ML-KEM proposals)."""
     child = ChildConfig(
         "net",
         (TrafficSelector.from_network(local_net),),
         (TrafficSelector.from_network(remote_net),),
     )
+    if esp_proposals:
+        child = dataclasses.replace(child, esp_proposals=esp_proposals)
     conn = ConnectionConfig(
         name="conn",
         local_addresses=(local,),
@@ -101,15 +105,17 @@ class Pair:
         encap: EncapMode = "nat",
         ike_proposals: tuple[str, ...] = (),
         ppk: PostQuantumKey | None = None,
+        esp_proposals: tuple[str, ...] = (),
     ) -> None:
         self.clock = 0.0
+        proposals = {"ike_proposals": ike_proposals, "esp_proposals": esp_proposals}
         self.a = Endpoint(
-            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap, ike_proposals, ppk)],
+            [connection(A_ADDR, B_ADDR, A_NET, B_NET, fragment_size, encap, ppk=ppk, **proposals)],
             rng=DeterministicRandom(f"{seed}-a"),
             config=endpoint_config(),
         )
         self.b = Endpoint(
-            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap, ike_proposals, ppk)],
+            [connection(B_ADDR, A_ADDR, B_NET, A_NET, fragment_size, encap, ppk=ppk, **proposals)],
             rng=DeterministicRandom(f"{seed}-b"),
             config=endpoint_config(),
         )
@@ -140,9 +146,17 @@ class Pair:
         return min((self.a if side == "a" else self.b).ike_sas(), key=lambda sa: sa.ike_sa_id)
 
 
-def established(seed: str = "fuzz", fragment_size: int = 400, encap: EncapMode = "nat") -> Pair:
+def established(
+    seed: str = "fuzz",
+    fragment_size: int = 400,
+    encap: EncapMode = "nat",
+    ike_proposals: tuple[str, ...] = (),
+    esp_proposals: tuple[str, ...] = (),
+) -> Pair:
     """A pair with one IKE SA and its CHILD SA up on both sides."""
-    pair = Pair(seed, fragment_size, encap)
+    pair = Pair(
+        seed, fragment_size, encap, ike_proposals=ike_proposals, esp_proposals=esp_proposals
+    )
     pair.a.initiate("conn", 0.0)
     pair.pump()
     return pair
@@ -159,6 +173,24 @@ def half_open_intermediate(seed: str = "fuzz") -> Pair:
     pair.a.initiate("conn", 0.0)
     pair.pump(hold=lambda sender, ike: decode_header(ike).exchange_type == 43)
     return pair
+
+
+HYBRID_ESP_PROPOSAL = "aes256gcm16-x25519-ke1_mlkem768"
+"""The ESP proposal of the IKE_FOLLOWUP_KE target: PFS with ML-KEM (RFC 9370 §2.2.4)."""
+
+
+def waiting_followup(seed: str = "fuzz") -> tuple[Pair, bytes]:
+    """Established with :data:`HYBRID_ESP_PROPOSAL` (4000-octet fragments: none); a
+    rekeys its CHILD SA and b answered with N(ADDITIONAL_KEY_EXCHANGE); a's
+    IKE_FOLLOWUP_KE is held back, so b waits for it. Returns the pair and the link."""
+    pair = Pair(seed, fragment_size=4000, esp_proposals=(HYBRID_ESP_PROPOSAL,))
+    pair.a.initiate("conn", 0.0)
+    pair.pump()
+    sa_a = pair.sa("a")
+    pair.a.rekey_child(next(iter(sa_a.children)), pair.clock)
+    pair.pump(hold=lambda sender, ike: decode_header(ike).exchange_type == 44)
+    (link,) = pair.sa("b").followups
+    return pair, link
 
 
 def is_auth_request(sender: str, ike: bytes) -> bool:

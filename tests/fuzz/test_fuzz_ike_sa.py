@@ -24,11 +24,13 @@ from testkit.fuzz.targets import (
     AuthResponseTarget,
     EndpointFreshTarget,
     EstablishedTarget,
+    FollowupRequestTarget,
     InitResponseTarget,
     PpkAuthRequestTarget,
     PpkAuthResponseTarget,
     PpkInitResponseTarget,
     ScheduleAutoTarget,
+    ScheduleHybridTarget,
     ScheduleTarget,
     SealedRequestTarget,
     SealedResponseTarget,
@@ -210,3 +212,25 @@ def test_lossy_reordering_network_with_rekeys_leaves_both_sides_agreeing(
 def test_the_same_network_between_two_default_lockgates_on_port_4500(schedule: bytes) -> None:
     """As above, with `encap = "auto"`: IKE on port 4500 behind the non-ESP marker."""
     target(ScheduleAutoTarget).run(schedule)
+
+
+@settings(FUZZ, max_examples=25)
+@given(st.data(), mutations)
+def test_followup_ke_garbage_is_answered_and_keeps_the_ike_sa(
+    data: st.DataObject, mutation: Mutation
+) -> None:
+    """IKE_FOLLOWUP_KE requests (RFC 9370 §2.2.4) to a responder waiting for one: a
+    mutated seed (wrong link, method, key size, a missing payload) is answered or
+    dropped, and never ends the IKE SA."""
+    seed = data.draw(st.sampled_from(seeds(FollowupRequestTarget)))
+    target(FollowupRequestTarget).run(mutation.apply(seed))
+
+
+@settings(FUZZ, max_examples=15)
+@given(st.binary(min_size=1, max_size=24))
+@example(bytes([5, 6, 0, 0, 0, 0, 0, 0, 0, 0]))  # CHILD rekeys from both sides cross
+@example(bytes([7, 8, 0, 0, 0, 0, 0, 0, 0]))  # IKE rekeys cross
+@example(bytes([5, 0, 0, 1, 0x58, 0, 0, 0]))  # a lost IKE_FOLLOWUP_KE, then 21 s pass
+def test_the_same_network_with_hybrid_rekeys_in_ike_followup_ke(schedule: bytes) -> None:
+    """As above, with ML-KEM in every rekey's IKE_FOLLOWUP_KE (RFC 9370 §2.2.4)."""
+    target(ScheduleHybridTarget).run(schedule)
