@@ -12,10 +12,15 @@ its own outcome; none skips.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from pathlib import Path
+
 import pytest
 from interop_helpers import Case, attempt_and_fail, check_traffic, interop
 
-from testkit.strongswan import installed_key_exchanges
+from testkit.strongswan import SwanSecret, installed_key_exchanges
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -79,3 +84,76 @@ def test_a_config_that_demands_ml_kem(initiates: bool) -> None:
             reason = f"peer proposed only {CLASSICAL}; we accept {HYBRID}"
         attempt_and_fail(world, "net4", reason)
         assert reason in world.daemon.connection("net4")["last_error"]
+
+
+# ML-KEM-1024's round (1568 octets of KE each way) is fragmented both ways (RFC 7383):
+# alone, with an RSA chain in IKE_AUTH, or as the second of two rounds (RFC 9370 §2.2.1).
+BIG_HYBRID = "aes256gcm16-prfsha512-ecp384-ke1_mlkem1024"
+BIG_CLASSICAL = "aes256gcm16-prfsha512-ecp384"
+TWO_ROUNDS = "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024"
+
+
+@pytest.mark.parametrize("initiates", [True, False], ids=["lg-init", "swan-init"])
+@pytest.mark.parametrize(
+    ("hybrid", "classical", "auth", "big_round"),
+    [(BIG_HYBRID, BIG_CLASSICAL, "rsa2048", 1), (TWO_ROUNDS, CLASSICAL, "psk", 2)],
+    ids=["mlkem1024-rsa-chain", "two-rounds"],
+)
+def test_bigger_hybrids(
+    initiates: bool, hybrid: str, classical: str, auth: str, big_round: int
+) -> None:
+    has_ml_kem = _has_ml_kem()
+    case = Case(
+        lockgate_initiates=initiates,
+        ike=classical,
+        lockgate_ike=(hybrid, classical),
+        swan_ike=hybrid if has_ml_kem else classical,
+        auth=auth,
+        chain=auth != "psk",
+    )
+    with interop(case) as world:
+        world.bring_up()
+        ike = _ike_sa(world)
+        log = world.daemon.log()
+        if has_ml_kem:
+            assert ike["suite"] == hybrid and ike["quantum_safe"] is True, ike
+            # The ML-KEM-1024 round (message ID = its round) went out in fragments and
+            # came back in them.
+            sent = rf"message ID {big_round} of \d+ octets sent as [2-9] fragments"
+            assert re.search(sent, log)
+            assert re.search(rf"reassembled message ID {big_round} from [2-9] fragments", log)
+            if hybrid == TWO_ROUNDS:
+                assert "additional key exchange 2 done" in log
+        else:
+            assert ike["suite"] == classical and ike["quantum_safe"] is False, ike
+        check_traffic(world, size=1 << 20)
+
+
+@pytest.mark.parametrize("initiates", [True, False], ids=["lg-init", "swan-init"])
+def test_hybrid_with_a_required_ppk(tmp_path: Path, initiates: bool) -> None:
+    # RFC 8784 §3 on top of RFC 9370: the PPK goes into SK_d after the last round.
+    has_ml_kem = _has_ml_kem()
+    ppk = os.urandom(32).hex()
+    path = tmp_path / "swan.ppk"
+    path.write_text(ppk + "\n")
+    path.chmod(0o600)
+    case = Case(
+        lockgate_initiates=initiates,
+        ike=CLASSICAL,
+        lockgate_ike=(HYBRID, CLASSICAL),
+        swan_ike=HYBRID if has_ml_kem else CLASSICAL,
+        lockgate_peer={
+            "ppk_id": json.dumps("interop-ppk"),
+            "ppk_file": json.dumps(str(path)),
+            "ppk_required": "true",
+        },
+        swan_conn={"extra": {"ppk_id": "interop-ppk", "ppk_required": "yes"}},
+        swan_secrets=(SwanSecret("pq", ["interop-ppk"], "0x" + ppk, kind="ppk"),),
+    )
+    with interop(case) as world:
+        world.bring_up()
+        ike = _ike_sa(world)
+        assert ike["ppk_used"] is True and ike["quantum_safe"] is True, ike
+        assert ike["suite"] == (HYBRID if has_ml_kem else CLASSICAL), ike
+        check_traffic(world, size=1 << 20)
+        assert ppk not in world.daemon.log()
