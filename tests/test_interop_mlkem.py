@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
-from interop_helpers import Case, attempt_and_fail, check_traffic, interop
+from interop_helpers import Case, attempt_and_fail, check_traffic, interop, wait_until
 
 from testkit.strongswan import SwanSecret, installed_key_exchanges
 
@@ -157,3 +157,48 @@ def test_hybrid_with_a_required_ppk(tmp_path: Path, initiates: bool) -> None:
         assert ike["suite"] == (HYBRID if has_ml_kem else CLASSICAL), ike
         check_traffic(world, size=1 << 20)
         assert ppk not in world.daemon.log()
+
+
+# charon 6 rekeys an IKE SA with the proposal it was configured with. lockgate runs no
+# IKE_FOLLOWUP_KE (RFC 9370 §2.2.4) yet, so a rekey is classical: with `ke1_none` the
+# ML-KEM round is optional in charon's proposal and the rekey goes through, either
+# side starting it; the new IKE SA derives from the old SK_d and stays quantum-safe.
+OPTIONAL_PQ = HYBRID + "-ke1_none"
+
+
+@pytest.mark.parametrize("rekeyer", ["lockgate", "strongswan"])
+def test_a_hybrid_ike_sa_rekeys_with_an_optional_round(rekeyer: str) -> None:
+    has_ml_kem = _has_ml_kem()
+    if rekeyer == "lockgate":
+        case = Case(
+            lockgate_initiates=True,
+            ike=CLASSICAL,
+            lockgate_ike=(HYBRID, CLASSICAL),
+            swan_ike=OPTIONAL_PQ if has_ml_kem else CLASSICAL,
+            lockgate_extra={"ike_lifetime": '"9s"', "rekey_margin": '"3s"'},
+        )
+    else:
+        case = Case(
+            lockgate_initiates=False,
+            ike=CLASSICAL,
+            lockgate_ike=(HYBRID, CLASSICAL),
+            swan_ike=OPTIONAL_PQ if has_ml_kem else CLASSICAL,
+            swan_conn={"rekey_time": "6s", "over_time": "10s", "extra": {"rand_time": "1s"}},
+        )
+    with interop(case) as world:
+        world.bring_up()
+        assert _ike_sa(world)["suite"] == (HYBRID if has_ml_kem else CLASSICAL)
+
+        def rekeys() -> int:
+            return len(re.findall(r"peer swan: IKE SA #\d+ rekeyed", world.daemon.log()))
+
+        wait_until(lambda: rekeys() >= 2, "two IKE rekeys", timeout=60)
+        log = world.daemon.log()
+        started = ": rekeying the IKE SA" if rekeyer == "lockgate" else ": peer rekeys the IKE SA"
+        assert log.count(started) >= 2
+        assert "rekeying the IKE SA failed" not in log
+        assert "refused CREATE_CHILD_SA" not in log
+        wait_until(lambda: len(world.daemon.connection("net4")["ike_sas"]) == 1, "one IKE SA")
+        ike = _ike_sa(world)
+        assert ike["rekeyed_from"] is not None and ike["quantum_safe"] is has_ml_kem, ike
+        check_traffic(world, size=1 << 20)
