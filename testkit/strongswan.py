@@ -636,6 +636,10 @@ def grow_udp_buffers(pid: int, size: int = SWAN_SOCKET_BUFFER) -> list[tuple[int
 # --- one charon -----------------------------------------------------------------------------
 
 
+_MADE_IN_ROOT: set[Path] = set()
+"""The empty directories made in a `ROOT_VARIABLE` root to bind run directories onto
+(a lab's charons share their parent), removed by `Charon.stop` once empty."""
+
 DEFAULT_LOG_LEVELS: Mapping[str, int] = {"default": 1, "ike": 2, "cfg": 2, "knl": 1, "net": 1}
 
 
@@ -681,9 +685,6 @@ class Charon:
         self.log_path = self.rundir / "charon.log"
         self.process: Process | None = None
         self.root = swan_root()
-        # The empty directories made in the root to bind the run directory onto,
-        # removed again by `stop`.
-        self._made_in_root: list[Path] = []
 
     @property
     def env(self) -> dict[str, str]:
@@ -727,10 +728,11 @@ class Charon:
         if self.process is None:
             return None
         rc = self.process.stop(timeout)
-        for path in reversed(self._made_in_root):
+        # Deepest first; a directory another charon of the lab still uses stays.
+        for path in sorted(_MADE_IN_ROOT, key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
                 path.rmdir()
-        self._made_in_root.clear()
+                _MADE_IN_ROOT.discard(path)
         return rc
 
     def _make_mount_point(self, root: Path) -> None:
@@ -740,7 +742,7 @@ class Charon:
             path = path / part
             if not path.exists():
                 path.mkdir()
-                self._made_in_root.append(path)
+                _MADE_IN_ROOT.add(path)
 
     def pid(self) -> int:
         if self.process is None:
