@@ -336,9 +336,25 @@ _OPTIONAL_NONE: dict[int, Transform] = {
     TransformType.DH: Transform(TransformType.DH, DhGroup.NONE),
     TransformType.ESN: Transform(TransformType.ESN, EsnId.NO_ESN),
 }
+# RFC 9370 §2.2.1: an additional key exchange offered with NONE among its methods is
+# optional, and a proposal without that transform type runs no such round. Absence
+# therefore means NONE, so a proposal without type 6 matches strongSwan 6's
+# `ke1_mlkem768-ke1_none` (which it also sends in every rekey), by NONE.
+_ADDITIONAL_NONE: dict[int, Transform] = {
+    kind: Transform(kind, DhGroup.NONE) for kind in ADDITIONAL_KE_TYPES
+}
 # Chosen transforms that are left out of the answer: "none" of an optional type. ESN
 # is mandatory in an ESP proposal, so NO_ESN is always answered.
-_OMITTED = (_OPTIONAL_NONE[TransformType.INTEG], _OPTIONAL_NONE[TransformType.DH])
+_OMITTED = frozenset(
+    (
+        _OPTIONAL_NONE[TransformType.INTEG],
+        _OPTIONAL_NONE[TransformType.DH],
+        *_ADDITIONAL_NONE.values(),
+    )
+)
+
+# What an answer may leave out, having been offered it (for the types we offered).
+_MAY_BE_ABSENT = frozenset((*_OPTIONAL_NONE.values(), *_ADDITIONAL_NONE.values()))
 
 
 def _by_type(proposal: Proposal) -> dict[int, list[Transform]]:
@@ -350,6 +366,8 @@ def _by_type(proposal: Proposal) -> dict[int, list[Transform]]:
             table.setdefault(kind, [none])
     elif proposal.protocol == ProtocolId.IKE:
         table.setdefault(TransformType.INTEG, [_OPTIONAL_NONE[TransformType.INTEG]])
+    for kind, none in _ADDITIONAL_NONE.items():
+        table.setdefault(kind, [none])
     return table
 
 
@@ -428,6 +446,6 @@ def check_chosen_proposal(offered: Sequence[Proposal], chosen: SecurityAssociati
                 f"{describe_proposal(candidate)}"
             )
     for kind, options in offered_types.items():
-        if kind not in types and not any(o in _OPTIONAL_NONE.values() for o in options):
+        if kind not in types and not any(o in _MAY_BE_ABSENT for o in options):
             raise NoProposalChosen(f"peer's choice lacks a {TransformType(kind).name} transform")
     return answer

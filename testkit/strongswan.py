@@ -14,6 +14,12 @@ strongSwan 5.9.8 and a kernel without ESP):
 - The vici socket lives in the run directory; this module speaks vici itself (a small
   length-prefixed binary protocol) for initiate/terminate/list-sas, and uses
   `swanctl --load-all` for the configuration files.
+- With `LOCKGATE_STRONGSWAN_ROOT` naming a Debian root (e.g. a Debian 13 debootstrap
+  with strongSwan 6), charon and swanctl run from that root (`chroot`), charon still
+  in the test's network namespace. Inside the private mount namespace the run
+  directory is bind-mounted at its own path in the root, so every path in the
+  generated files means the same inside and outside; /dev, /proc and /sys are bound
+  there too (kernel-libipsec opens /dev/net/tun). Nothing is mounted on the host.
 
 Typical use::
 
@@ -28,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
+import shlex
 import socket
 import struct
 import subprocess
@@ -38,22 +46,71 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.lab.netns import HarnessError, Namespace, Process, run_command
+from daemon.lab.netns import HarnessError, Lab, Namespace, Process, run_command
 from testkit.pki import Credential, Pki
 
 CHARON = "/usr/lib/ipsec/charon"
+SWANCTL = "/usr/sbin/swanctl"
+ROOT_VARIABLE = "LOCKGATE_STRONGSWAN_ROOT"
+"""Names a root directory holding another strongSwan (e.g. /srv/trixie, Debian 13 with
+strongSwan 6) for charon and swanctl; unset or empty: the host's own."""
+
+
+def swan_root() -> Path | None:
+    """The root charon and swanctl run from (`ROOT_VARIABLE`), None for the host's."""
+    value = os.environ.get(ROOT_VARIABLE, "")
+    return Path(value) if value else None
+
+
+def host_path(path: str) -> Path:
+    """Where the strongSwan file `path` (e.g. `CHARON`) is, seen from the host."""
+    root = swan_root()
+    return root / path.lstrip("/") if root is not None else Path(path)
+
+
+def _bind_script(rundir: Path, root: Path) -> str:
+    """Shell lines, run in a private mount namespace, that make `rundir` and the
+    kernel's file systems visible inside `root` at the same paths."""
+    q_root, q_run = shlex.quote(str(root)), shlex.quote(str(rundir))
+    inner = shlex.quote(str(root / str(rundir).lstrip("/")))
+    return (
+        f"mount --bind {q_run} {inner} && "
+        f"mount --rbind /dev {q_root}/dev && "
+        f"mount --rbind /proc {q_root}/proc && "
+        f"mount --rbind /sys {q_root}/sys && "
+    )
 
 
 def installed_version() -> tuple[int, ...]:
     """The installed charon's version as numbers ("Linux strongSwan 5.9.8" -> (5, 9,
-    8)), from ``charon --version``: which features (RFC 9370 from 6.0) the peer has."""
-    out = subprocess.run(
-        [CHARON, "--version"], capture_output=True, text=True, timeout=10, check=True
-    ).stdout
+    8)), from ``charon --version``: which features (RFC 9370 from 6.0) the peer has.
+    With `ROOT_VARIABLE` set, the version of the charon in that root."""
+    root = swan_root()
+    args = [CHARON, "--version"] if root is None else ["chroot", str(root), CHARON, "--version"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout
     found = re.search(r"strongSwan\s+U?(\d+)\.(\d+)\.(\d+)", out)
     if found is None:
         raise HarnessError(f"cannot read charon's version from {out!r}")
     return tuple(int(n) for n in found.groups())
+
+
+@functools.cache
+def installed_key_exchanges() -> frozenset[str]:
+    """The key exchange methods the installed charon implements ("ML_KEM_768", ...),
+    asked of a charon started for it in a namespace of its own (needs root).
+
+    The version alone does not say: strongSwan 6.0 configures `ke1_mlkem768`, but
+    computes ML-KEM only with the `ml` plugin, from 6.0.2 with OpenSSL 3.5, or with
+    botan/wolfssl; Debian 13's 6.0.1 has none of them and answers an ML-KEM
+    IKE_INTERMEDIATE with INVALID_SYNTAX ("negotiated key exchange method
+    ML_KEM_768 not supported")."""
+    with Lab() as lab:
+        charon = Charon(lab.namespace("swanprobe"), "probe")
+        charon.start()
+        try:
+            return frozenset(charon.key_exchange_methods())
+        finally:
+            charon.stop()
 
 
 PLUGINS = (
@@ -579,6 +636,10 @@ def grow_udp_buffers(pid: int, size: int = SWAN_SOCKET_BUFFER) -> list[tuple[int
 # --- one charon -----------------------------------------------------------------------------
 
 
+_MADE_IN_ROOT: set[Path] = set()
+"""The empty directories made in a `ROOT_VARIABLE` root to bind run directories onto
+(a lab's charons share their parent), removed by `Charon.stop` once empty."""
+
 DEFAULT_LOG_LEVELS: Mapping[str, int] = {"default": 1, "ike": 2, "cfg": 2, "knl": 1, "net": 1}
 
 
@@ -623,6 +684,7 @@ class Charon:
         self.vici_path = self.rundir / "charon.vici"
         self.log_path = self.rundir / "charon.log"
         self.process: Process | None = None
+        self.root = swan_root()
 
     @property
     def env(self) -> dict[str, str]:
@@ -635,6 +697,14 @@ class Charon:
     def start(self, timeout: float = 10.0) -> None:
         """Start charon and wait until its vici socket answers."""
         script = f"mount --bind {self.rundir} /run && exec {CHARON}"
+        if self.root is not None:
+            self._make_mount_point(self.root)
+            q_root = shlex.quote(str(self.root))
+            script = (
+                f"{_bind_script(self.rundir, self.root)}"
+                f"mount --bind {shlex.quote(str(self.rundir))} {q_root}/run && "
+                f"exec chroot {q_root} {CHARON}"
+            )
         self.process = self.ns.spawn(
             ["sh", "-c", script],
             name=f"charon-{self.name}",
@@ -657,7 +727,22 @@ class Charon:
         """SIGTERM (charon sends IKE Delete first), then SIGKILL after `timeout`."""
         if self.process is None:
             return None
-        return self.process.stop(timeout)
+        rc = self.process.stop(timeout)
+        # Deepest first; a directory another charon of the lab still uses stays.
+        for path in sorted(_MADE_IN_ROOT, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+                _MADE_IN_ROOT.discard(path)
+        return rc
+
+    def _make_mount_point(self, root: Path) -> None:
+        """Create the run directory's path inside `root`, remembering what was new."""
+        path = root
+        for part in self.rundir.parts[1:]:
+            path = path / part
+            if not path.exists():
+                path.mkdir()
+                _MADE_IN_ROOT.add(path)
 
     def pid(self) -> int:
         if self.process is None:
@@ -680,8 +765,20 @@ class Charon:
         return path
 
     def swanctl(self, *args: str, timeout: float = 20.0) -> str:
+        command = ["swanctl", *args, "--uri", f"unix://{self.vici_path}"]
+        if self.root is not None:
+            # swanctl reads the files under the run directory and its socket: the same
+            # binds as charon's, in a mount namespace of its own (unshare's default
+            # propagation is private, so nothing reaches the host).
+            self._make_mount_point(self.root)
+            inner = " ".join(shlex.quote(a) for a in [SWANCTL, *command[1:]])
+            script = (
+                f"{_bind_script(self.rundir, self.root)}"
+                f"exec chroot {shlex.quote(str(self.root))} {inner}"
+            )
+            command = ["unshare", "--mount", "sh", "-c", script]
         proc = run_command(
-            ["swanctl", *args, "--uri", f"unix://{self.vici_path}"],
+            command,
             check=False,
             timeout=timeout,
             env=self.env,
@@ -741,6 +838,16 @@ class Charon:
         if not isinstance(ikesas, dict):
             raise HarnessError(f"charon {self.name}: stats without ikesas: {reply!r}")
         return {key: int(_str(ikesas, key, "0")) for key in ("total", "half-open")}
+
+    def key_exchange_methods(self) -> dict[str, str]:
+        """The key exchange methods this charon can compute (vici `get-algorithms`),
+        each with the plugin that provides it: {"CURVE_25519": "openssl", ...}."""
+        reply = self._vici("get-algorithms")
+        # strongSwan 6 lists them under "ke" (RFC 9370's name), 5.9 under "dh".
+        methods = reply.get("ke", reply.get("dh", {}))
+        if not isinstance(methods, dict):
+            raise HarnessError(f"charon {self.name}: get-algorithms without ke: {reply!r}")
+        return {name: plugin for name, plugin in methods.items() if isinstance(plugin, str)}
 
     def list_sas(self) -> list[IkeSaInfo]:
         with Vici(self.vici_path) as vici:

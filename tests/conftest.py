@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from testkit.strongswan import CHARON, SWANCTL, host_path, swan_root
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 _NETNS_TOOLS = ("ip", "ping")
-_INTEROP_TOOLS = ("swanctl",)
-_CHARON = Path("/usr/lib/ipsec/charon")
 
 
 def _netns_missing() -> list[str]:
@@ -33,9 +33,12 @@ def _netns_missing() -> list[str]:
 
 def _interop_missing() -> list[str]:
     missing = _netns_missing()
-    missing += [f"the '{tool}' command" for tool in _INTEROP_TOOLS if shutil.which(tool) is None]
-    if not _CHARON.exists():
-        missing.append(f"{_CHARON} (Debian package strongswan-charon)")
+    if swan_root() is None and shutil.which("swanctl") is None:
+        missing.append("the 'swanctl' command")
+    elif swan_root() is not None and not host_path(SWANCTL).exists():
+        missing.append(f"{host_path(SWANCTL)} (Debian package strongswan-swanctl)")
+    if not host_path(CHARON).exists():
+        missing.append(f"{host_path(CHARON)} (Debian package strongswan-charon)")
     return missing
 
 

@@ -20,7 +20,7 @@ from ikev2.crypto.intauth import chain_intauth, intauth_octets, intauth_trailer
 from ikev2.crypto.keys import additional_skeyseed, derive_ike_keys, skeyseed
 from ikev2.crypto.registry import ike_suite
 from ikev2.crypto.rng import DeterministicRandom
-from ikev2.errors import InvalidKeData, InvalidProposal, UnknownAlgorithm
+from ikev2.errors import InvalidKeData, InvalidProposal, NoProposalChosen, UnknownAlgorithm
 from ikev2.events import IkeSaEstablished, IkeSaFailed, IkeSaRekeyed
 from ikev2.proposals import (
     additional_key_exchanges,
@@ -386,8 +386,16 @@ def test_malformed_encapsulation_key_gets_invalid_syntax(monkeypatch: pytest.Mon
     assert "INVALID_SYNTAX" in failed_a.reason
 
 
-def test_peer_without_ml_kem_falls_back_to_classical() -> None:
-    ours = connection(ike_proposals=(HYBRID, CLASSICAL))
+@pytest.mark.parametrize(
+    "proposals",
+    # The initiator's classical fallback is a proposal of its own, or (`ke1_none`) the
+    # ML-KEM round made optional: a responder without ML-KEM answers without type 6,
+    # which the initiator accepts as NONE (RFC 9370 §2.2.1).
+    [(HYBRID, CLASSICAL), (HYBRID + "-ke1_none",)],
+    ids=["classical-proposal", "optional-round"],
+)
+def test_peer_without_ml_kem_falls_back_to_classical(proposals: tuple[str, ...]) -> None:
+    ours = connection(ike_proposals=proposals)
     peer = connection(
         local="198.51.100.2", remote="198.51.100.1", ike_proposals=(CLASSICAL,),
         children=(dataclasses_swap(ours),),
@@ -505,3 +513,26 @@ def test_intauth_of_a_received_message_covers_the_octets_as_sent() -> None:
     assert intauth_octets(received) == header + struct.pack("!BBH", 34, 0, 4 + 12) + inner
     # Encoded afresh, the payload would read otherwise: the received octets matter.
     assert intauth_octets(dataclasses.replace(received, plaintext=None)) != intauth_octets(received)
+
+
+# --- an optional additional key exchange (`keN_none`) -----------------------------------
+
+OPTIONAL_PQ = HYBRID + "-ke1_none"
+
+
+def test_an_optional_round_matches_a_proposal_without_it() -> None:
+    # strongSwan 6 with `ke1_mlkem768-ke1_none` rekeys with that proposal; a responder
+    # without type 6 picks NONE (RFC 9370 §2.2.1), and the answer leaves it out as it
+    # leaves out an ESP DH of NONE (RFC 7296 §3.3.3).
+    chosen = select_proposal([parse_ike_proposal(CLASSICAL)], [parse_ike_proposal(OPTIONAL_PQ)])
+    assert additional_key_exchanges(chosen) == []
+    assert chosen == parse_ike_proposal(CLASSICAL)
+    # Ours with the optional round against a classical peer: the same choice.
+    chosen = select_proposal([parse_ike_proposal(OPTIONAL_PQ)], [parse_ike_proposal(CLASSICAL)])
+    assert chosen == parse_ike_proposal(CLASSICAL)
+    # Both offering it: ML-KEM first in the proposal, so it is run.
+    chosen = select_proposal([parse_ike_proposal(OPTIONAL_PQ)], [parse_ike_proposal(OPTIONAL_PQ)])
+    assert additional_key_exchanges(chosen) == [(6, DhGroup.ML_KEM_768)]
+    # A round we require still needs the peer to offer it.
+    with pytest.raises(NoProposalChosen):
+        select_proposal([parse_ike_proposal(HYBRID)], [parse_ike_proposal(CLASSICAL)])
