@@ -286,6 +286,9 @@ class ChildSaInstalled(Event):
     CREATE_CHILD_SA). At a rekey the initiator switches outbound traffic to the new SA
     at once; the responder waits for the old SA's Delete or the first packet on the new
     inbound SA (RFC 7296 §2.8)."""
+    partial_csum: bool = False
+    """Both ends are lockgates that agreed in IKE_SA_INIT on TCP segments with
+    partial checksums inside ESP (marked `esp.sa.NH_PARTIAL_CSUM`)."""
 
 
 @dataclass(frozen=True, slots=True)
