@@ -10,6 +10,13 @@ Inbound: UDP 4500 datagram → classify (IKE behind the non-ESP marker goes to t
 endpoint, 0xFF keepalives are counted, the rest is ESP) → SAD lookup by SPI → replay
 check, decrypt, commit (inside `EspSA.decapsulate`) → selector check → TUN write.
 
+Between two lockgates that agreed on it in IKE_SA_INIT (`ChildSaEntry.partial_csum`),
+the segments of a TSO super-packet travel with the partial checksum the sending
+kernel left in them, marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`, under the ICV); the
+receiver hands them to its TUN with F_NEEDS_CSUM, and its kernel completes them. The
+choice is made per super-packet after the SA lookup: segments for any other SA get
+their checksums here. Only segments cut from a kernel super-packet are ever marked.
+
 This module does no I/O itself: a `Transport` sends and writes, and the caller feeds
 batches of what it read. So the same code runs over real sockets (`daemon.pump`) and
 in memory in the tests. Nothing from the network raises here: every refusal is a
@@ -30,9 +37,10 @@ from daemon.packet import flow_of, fragment_ipv4, may_fragment, too_big_reply
 from daemon.sad import Sad
 from daemon.spd import Spd
 from esp.drops import DropReason
-from esp.sa import PARTS_PER_PACKET
+from esp.sa import NH_PARTIAL_CSUM, PARTS_PER_PACKET
 from esp.udpencap import MIN_ESP_LEN, NON_ESP_MARKER, DatagramKind, classify, strip_marker
 from ikev2.events import Address
+from tun.vnet import VnetError, complete_partial_tcp
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +177,13 @@ class Transport(Protocol):
     def send_keepalive(self, local: Address, remote: Address) -> bool:
         """Send a one-octet NAT keepalive from our port 4500 (RFC 3948 §2.3)."""
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         """Write plaintext IP packets to the gateway's TUN device, or to the route-mode
-        TUN named `interface`; return how many were taken."""
+        TUN named `interface`; return how many were taken. `partial` lists the
+        indexes of TCP segments whose checksum field holds only the pseudo-header
+        sum: the writer has them completed (F_NEEDS_CSUM, or computed)."""
 
 
 ICMP_ERRORS_PER_SECOND = 100
@@ -279,6 +291,12 @@ class DataPlane:
         self._icmp_sent = 0
         self._unknown_spi_reported: dict[str, float] = {}
         """When an unknown SPI from each remote address was last reported."""
+        self.on_tso: Callable[[str | None, bool], None] | None = None
+        """Told when TSO on a TUN (None: the gateway's, else a route-mode one's name)
+        becomes worth having or stops being: whether every CHILD SA sending from it
+        takes partial checksums (`tso_wanted`)."""
+        self._senders: Counter[str | None] = Counter()
+        self._partial_senders: Counter[str | None] = Counter()
 
     # ---- SA management -------------------------------------------------------------
 
@@ -300,6 +318,7 @@ class DataPlane:
             self._route_out[interface] = entry
             self._route_any[interface] = _selects_everything(entry)
         self.entries[entry.unique_id] = entry
+        self._count_sender(entry, 1)
         self._by_connection.add(entry.connection, entry)
         self._by_peer.add(entry.peer, entry)
         self._by_ike_sa.add(entry.ike_sa_id, entry)
@@ -325,6 +344,7 @@ class DataPlane:
         entry = self.entries.pop(unique_id, None)
         if entry is None:
             return None
+        self._count_sender(entry, -1)
         self._by_connection.discard(entry.connection, entry)
         self._by_peer.discard(entry.peer, entry)
         self._by_ike_sa.discard(entry.ike_sa_id, entry)
@@ -348,6 +368,24 @@ class DataPlane:
         else:
             self._forget(entry)
         return entry
+
+    def tso_wanted(self, interface: str | None) -> bool:
+        """Whether TSO on that TUN pays: it sends into at least one CHILD SA, and
+        every one of them takes partial checksums (else a peer without them would
+        have its super-packets' checksums computed here, slower than the kernel's
+        own cutting)."""
+        total = self._senders[interface]
+        return total > 0 and self._partial_senders[interface] == total
+
+    def _count_sender(self, entry: ChildSaEntry, step: int) -> None:
+        interface = entry.interface
+        before = self.tso_wanted(interface)
+        self._senders[interface] += step
+        if entry.partial_csum:
+            self._partial_senders[interface] += step
+        after = self.tso_wanted(interface)
+        if after != before and self.on_tso is not None:
+            self.on_tso(interface, after)
 
     def expire_lingering(self) -> int:
         """Drop the inbound SAs of removed CHILD SAs whose grace time is over."""
@@ -476,31 +514,57 @@ class DataPlane:
         if replies:
             self.transport.write_tun(replies)
 
-    def from_tun_segments(self, segments: list[bytes]) -> None:
+    def from_tun_segments(self, segments: list[bytes], partial: bool = False) -> None:
         """Process the segments of one TCP super-packet read from the TUN device.
 
         They share one flow, so the SPD is searched once; each segment still gets
-        the size check of `from_tun` (the first is the largest).
+        the size check of `from_tun` (the first is the largest). With `partial`
+        their checksum fields hold only the pseudo-header sum: they leave so,
+        marked, when the SA's peer agreed on it, else their checksums are
+        computed here first.
         """
         if not segments:
             return
         first = segments[0]
         key = flow_key(first)
         entry = self._outbound_cache.get(key) if key is not None else None
+        if partial and entry is None and key is not None:
+            entry = self._lookup_cached(first, key)
         if entry is None or len(first) > entry.mtu:
-            self.from_tun(segments)
+            self.from_tun(_completed(segments) if partial else segments)
             return
-        self._seal_and_send(entry, segments)
+        if partial and not entry.partial_csum:
+            segments, partial = _completed(segments), False
+        self._seal_and_send(entry, segments, partial)
 
-    def from_route_tun(self, interface: str, packets: list[bytes]) -> None:
+    def _lookup_cached(self, packet: bytes, key: bytes) -> ChildSaEntry | None:
+        # The SPD's answer for a flow, cached as `from_tun` caches it; None leaves
+        # the counting of a packet without a policy to `from_tun`.
+        flow = flow_of(packet)
+        policy = self.spd.lookup_flow(flow) if flow is not None else None
+        if policy is None:
+            return None
+        cache = self._outbound_cache
+        if len(cache) >= _FLOW_CACHE_MAX:
+            cache.clear()
+        cache[key] = policy.target
+        return policy.target
+
+    def from_route_tun(self, interface: str, packets: list[bytes], partial: bool = False) -> None:
         """Process a batch read from the route-mode TUN `interface`: every packet goes
         into the CHILD SA of its connection, whatever its destination (routing chose
         the TUN); a connection whose selectors are narrower than everything still
-        has each packet checked against them (RFC 4301 §5.1)."""
+        has each packet checked against them (RFC 4301 §5.1). `partial`: the
+        segments of one super-packet, with partial checksums (`from_tun_segments`)."""
         entry = self._route_out.get(interface)
         if entry is None:
             self.drops[Drop.NO_POLICY.value] += len(packets)
             return
+        if partial:
+            if entry.partial_csum and self._route_any[interface] and len(packets[0]) <= entry.mtu:
+                self._seal_and_send(entry, packets, True)
+                return
+            packets = _completed(packets)
         if not self._route_any[interface]:
             allowed = entry.policy.allows_outbound
             kept = []
@@ -530,12 +594,16 @@ class DataPlane:
         """The route-mode TUNs that have a CHILD SA to send into."""
         return list(self._route_out)
 
-    def _seal_and_send(self, entry: ChildSaEntry, inners: list[bytes]) -> None:
+    def _seal_and_send(
+        self, entry: ChildSaEntry, inners: list[bytes], partial: bool = False
+    ) -> None:
         # A packet the SA refused has no parts; the SA counted it.
-        parts = entry.outbound.encapsulate_parts(inners)
+        parts = entry.outbound.encapsulate_parts(inners, partial=partial)
         if parts:
             sent = self.transport.send(entry, parts)
             sealed = len(parts) // PARTS_PER_PACKET
+            if partial:
+                self.counters["partial_segments_sent"] += sealed
             if sent < sealed:
                 entry.drops[Drop.SEND_FAILED.value] += sealed - sent
 
@@ -668,13 +736,18 @@ class DataPlane:
         out: list[bytes] = []
         # Route-mode SAs: what they open goes to their own TUN.
         routed: dict[str, list[bytes]] | None = None
+        # Per TUN (None: the gateway's), the indexes of segments with a partial
+        # checksum in what goes there (NH_PARTIAL_CSUM, delivered only by an SA
+        # that agreed on it).
+        marks: dict[str | None, list[int]] | None = None
         for entry, group in groups.items():
             if entry.interface is None:
-                append = out.append
+                target = out
             else:
                 if routed is None:
                     routed = {}
-                append = routed.setdefault(entry.interface, []).append
+                target = routed.setdefault(entry.interface, [])
+            append = target.append
             allows = entry.policy.allows_inbound
             cache = self._inbound_cache.get(entry)
             if cache is None:
@@ -705,16 +778,34 @@ class DataPlane:
                         _NO_RUN if key is None else _flow_run(inner)
                     )
                 if known:
+                    if opened[1] == NH_PARTIAL_CSUM:
+                        if marks is None:
+                            marks = {}
+                        marks.setdefault(entry.interface, []).append(len(target))
                     append(inner)
                 else:
                     entry.drops[Drop.POLICY_MISMATCH.value] += 1
+        if marks is None:
+            marks = {}
+        else:
+            self.counters["partial_segments_received"] += sum(map(len, marks.values()))
         if out:
-            written = self.transport.write_tun(out)
+            partial = marks.get(None)
+            written = (
+                self.transport.write_tun(out, None, partial)
+                if partial
+                else self.transport.write_tun(out)
+            )
             if written < len(out):
                 self.drops[Drop.TUN_WRITE_FAILED.value] += len(out) - written
         if routed is not None:
             for interface, inners in routed.items():
-                written = self.transport.write_tun(inners, interface)
+                partial = marks.get(interface)
+                written = (
+                    self.transport.write_tun(inners, interface, partial)
+                    if partial
+                    else self.transport.write_tun(inners, interface)
+                )
                 if written < len(inners):
                     self.drops[Drop.TUN_WRITE_FAILED.value] += len(inners) - written
         return unknown
@@ -738,6 +829,18 @@ class DataPlane:
             "counters": dict(sorted(self.counters.items())),
             "kernel_drops": self.kernel_drops() if self.kernel_drops is not None else {},
         }
+
+
+def _completed(segments: list[bytes]) -> list[bytes]:
+    """Segments with partial checksums (`tun.vnet.split_frame_partial`), their
+    checksums computed: for a peer that does not complete them."""
+    out = []
+    for segment in segments:
+        try:
+            out.append(complete_partial_tcp(segment))
+        except VnetError:
+            out.append(segment)  # not TCP: `split_frame_partial` marks no such thing
+    return out
 
 
 def _traffic(entry: ChildSaEntry) -> tuple[int, int, int, int]:

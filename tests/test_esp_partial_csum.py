@@ -14,7 +14,8 @@ import pytest
 from esp.drops import DropReason
 from esp.sa import IPPROTO_IPIP, IPPROTO_IPV6, NH_PARTIAL_CSUM, PARTS_PER_PACKET, EspSA
 from esp.suites import EspSuite, suite_by_name
-from tun.vnet import VnetHeader, split_frame_partial
+from testkit.dataplane import tcp_super_frame
+from tun.vnet import split_frame_partial
 
 SPI = 0x0BADCAFE
 GCM = suite_by_name("aes128gcm16")
@@ -30,31 +31,6 @@ def pair(suite: EspSuite, *, agreed: bool, esn: bool = False) -> tuple[EspSA, Es
     return out, inbound
 
 
-def tcp_super_packet(payload_len: int, *, v6: bool = False) -> bytes:
-    """A kernel TSO frame (virtio-net header first) of one TCP flow, MSS 1000."""
-    tcp = bytearray(20)
-    tcp[0:4] = b"\x9c\x40\x14\x51"
-    tcp[4:8] = (1000).to_bytes(4, "big")
-    tcp[12] = 5 << 4
-    tcp[13] = 0x18  # PSH ACK
-    payload = bytes(i % 251 for i in range(payload_len))
-    if v6:
-        ip = bytearray(40)
-        ip[0] = 0x60
-        ip[4:6] = (20 + payload_len).to_bytes(2, "big")
-        ip[6], ip[7] = 6, 64
-        ip[8:24] = bytes.fromhex("20010db8000a00000000000000000010")
-        ip[24:40] = bytes.fromhex("20010db8000b00000000000000000010")
-    else:
-        ip = bytearray(20)
-        ip[0], ip[6], ip[8], ip[9] = 0x45, 0x40, 64, 6
-        ip[2:4] = (40 + payload_len).to_bytes(2, "big")
-        ip[12:16], ip[16:20] = bytes((192, 0, 2, 10)), bytes((203, 0, 113, 10))
-    gso = 4 if v6 else 1
-    header = VnetHeader(1, gso, len(ip) + 20, 1000, len(ip), 16).encode()
-    return header + bytes(ip) + bytes(tcp) + payload
-
-
 def packets_of(parts: list[bytes]) -> list[bytes]:
     return [b"".join(parts[i : i + PARTS_PER_PACKET]) for i in range(0, len(parts), 3)]
 
@@ -65,7 +41,7 @@ def packets_of(parts: list[bytes]) -> list[bytes]:
 def test_marked_segments_arrive_marked_and_full_ones_unmarked(
     suite: EspSuite, esn: bool, v6: bool
 ) -> None:
-    segments, partial = split_frame_partial(tcp_super_packet(4321, v6=v6))
+    segments, partial = split_frame_partial(tcp_super_frame(4321, v6=v6))
     assert partial and len(segments) == 5
     out, inbound = pair(suite, agreed=True, esn=esn)
     marked = packets_of(out.encapsulate_parts(segments, partial=True))
@@ -78,7 +54,7 @@ def test_marked_segments_arrive_marked_and_full_ones_unmarked(
 
 @pytest.mark.parametrize("suite", [GCM, CBC], ids=["gcm", "cbc"])
 def test_one_by_one_decapsulation_agrees_with_the_batch(suite: EspSuite) -> None:
-    segments, _ = split_frame_partial(tcp_super_packet(2500))
+    segments, _ = split_frame_partial(tcp_super_frame(2500))
     out, inbound = pair(suite, agreed=True)
     marked = packets_of(out.encapsulate_parts(segments, partial=True))
     assert [inbound.decapsulate(p) for p in marked] == [(s, NH_PARTIAL_CSUM) for s in segments]
@@ -86,7 +62,7 @@ def test_one_by_one_decapsulation_agrees_with_the_batch(suite: EspSuite) -> None
 
 @pytest.mark.parametrize("suite", [GCM, CBC], ids=["gcm", "cbc"])
 def test_a_receiver_that_did_not_agree_drops_marked_packets(suite: EspSuite) -> None:
-    segments, _ = split_frame_partial(tcp_super_packet(2500))
+    segments, _ = split_frame_partial(tcp_super_frame(2500))
     out, inbound = pair(suite, agreed=False)
     marked = packets_of(out.encapsulate_parts(segments, partial=True))
     assert inbound.decapsulate_batch(marked) == [DropReason.BAD_NEXT_HEADER] * len(segments)
@@ -95,7 +71,7 @@ def test_a_receiver_that_did_not_agree_drops_marked_packets(suite: EspSuite) -> 
 
 @pytest.mark.parametrize("suite", [GCM, CBC], ids=["gcm", "cbc"])
 def test_a_tampered_marked_packet_fails_the_icv(suite: EspSuite) -> None:
-    segments, _ = split_frame_partial(tcp_super_packet(2500))
+    segments, _ = split_frame_partial(tcp_super_frame(2500))
     out, inbound = pair(suite, agreed=True)
     marked = packets_of(out.encapsulate_parts(segments, partial=True))
     # Flip the last ciphertext octet before the ICV: the Next Header itself.
