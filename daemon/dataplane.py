@@ -561,9 +561,16 @@ class DataPlane:
             self.drops[Drop.NO_POLICY.value] += len(packets)
             return
         if partial:
-            if entry.partial_csum and self._route_any[interface] and len(packets[0]) <= entry.mtu:
-                self._seal_and_send(entry, packets, True)
-                return
+            first = packets[0]
+            if entry.partial_csum and len(first) <= entry.mtu:
+                # One flow's segments: the selectors' verdict on the first is theirs.
+                covered = self._route_any[interface]
+                if not covered:
+                    flow = flow_of(first)
+                    covered = flow is not None and entry.policy.allows_outbound(flow)
+                if covered:
+                    self._seal_and_send(entry, packets, True)
+                    return
             packets = _completed(packets)
         if not self._route_any[interface]:
             allowed = entry.policy.allows_outbound

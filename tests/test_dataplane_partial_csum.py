@@ -241,3 +241,36 @@ def test_the_pump_switches_tso_as_the_data_plane_asks_only_in_auto_mode(auto: bo
     pump.plane.install(entry)
     pump.plane.remove(entry.unique_id)
     assert device.calls == ([TUN_OFFLOADS, Offload(0)] if auto else [])
+
+
+@pytest.mark.parametrize("agreed", [True, False], ids=["agreed", "not-agreed"])
+def test_route_mode_tuns_send_and_write_marked_segments(agreed: bool) -> None:
+    ev_a, ev_b = events(partial_csum=agreed)
+    wire_a, wire_b = Wire(), Wire()
+    a, b = DataPlane(wire_a), DataPlane(wire_b)
+    entry_a, entry_b = entry_from_event(ev_a), entry_from_event(ev_b)
+    entry_a.interface, entry_b.interface = "lgroute0", "lgroute1"
+    a.install(entry_a)
+    b.install(entry_b)
+    frame = tcp_super_frame(2500)
+    segments, _ = split_frame_partial(frame)
+    a.from_route_tun("lgroute0", segments, True)
+    b.from_esp(wire_a.esp)
+    ((written, interface, partial),) = wire_b.written
+    assert interface == "lgroute1"
+    if agreed:
+        assert written == segments and partial == [0, 1, 2]
+    else:
+        assert written == split_frame(frame) and partial == []
+
+
+def test_route_mode_segments_outside_the_selectors_are_dropped() -> None:
+    ev_a, _ = events(partial_csum=True)
+    wire = Wire()
+    plane = DataPlane(wire)
+    entry = entry_from_event(ev_a)
+    entry.interface = "lgroute0"
+    plane.install(entry)
+    segments, _ = split_frame_partial(tcp_super_frame(2500, src="198.51.100.77"))
+    plane.from_route_tun("lgroute0", segments, True)
+    assert wire.esp == [] and entry.drops["no_policy"] == len(segments) == 3
