@@ -296,6 +296,7 @@ class DataPlane:
         becomes worth having or stops being: whether every CHILD SA sending from it
         takes partial checksums (`tso_wanted`)."""
         self._senders: Counter[str | None] = Counter()
+        self._held: dict[ChildSaEntry, list[bytes]] | None = None
         self._partial_senders: Counter[str | None] = Counter()
 
     # ---- SA management -------------------------------------------------------------
@@ -606,13 +607,40 @@ class DataPlane:
     ) -> None:
         # A packet the SA refused has no parts; the SA counted it.
         parts = entry.outbound.encapsulate_parts(inners, partial=partial)
-        if parts:
-            sent = self.transport.send(entry, parts)
-            sealed = len(parts) // PARTS_PER_PACKET
-            if partial:
-                self.counters["partial_segments_sent"] += sealed
-            if sent < sealed:
-                entry.drops[Drop.SEND_FAILED.value] += sealed - sent
+        if not parts:
+            return
+        if partial:
+            self.counters["partial_segments_sent"] += len(parts) // PARTS_PER_PACKET
+        held = self._held
+        if held is not None:
+            found = held.get(entry)
+            if found is None:
+                held[entry] = parts
+            else:
+                found += parts
+            return
+        self._send(entry, parts)
+
+    def _send(self, entry: ChildSaEntry, parts: list[bytes]) -> None:
+        sent = self.transport.send(entry, parts)
+        sealed = len(parts) // PARTS_PER_PACKET
+        if sent < sealed:
+            entry.drops[Drop.SEND_FAILED.value] += sealed - sent
+
+    def hold_sends(self) -> None:
+        """Keep what is sealed from now on until `release_sends`, per SA in order: a
+        TUN read of many super-packets (each sealed on its own) then leaves in one
+        send per SA, which UDP GSO makes few system calls."""
+        if self._held is None:
+            self._held = {}
+
+    def release_sends(self) -> None:
+        """Send what `hold_sends` kept, one batch per SA (sealing order is sequence
+        order, so each SA's packets leave in order)."""
+        held, self._held = self._held, None
+        if held:
+            for entry, parts in held.items():
+                self._send(entry, parts)
 
     def _oversized(
         self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]

@@ -450,6 +450,21 @@ class Pump:
         if not vnet:
             deliver(batch)
             return
+        # Each super-packet is sealed on its own; what the read sealed leaves in
+        # one send per SA.
+        plane = self.plane
+        plane.hold_sends()
+        try:
+            self._cut_frames(batch, deliver, deliver_segments)
+        finally:
+            plane.release_sends()
+
+    def _cut_frames(
+        self,
+        batch: list[bytes],
+        deliver: Callable[[list[bytes]], None],
+        deliver_segments: Callable[[list[bytes], bool], None],
+    ) -> None:
         # Super-packets (TSO) are cut here and go on as one flow's segments, with
         # the kernel's partial checksums: the data plane completes them unless the
         # SA's peer does (`split_frame_partial`). Single packets (their partial

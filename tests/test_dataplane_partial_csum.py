@@ -37,9 +37,11 @@ class Wire:
     """A transport that keeps what one data plane sends and writes."""
 
     esp: list[bytes] = field(default_factory=list)
+    sends: int = 0
     written: list[tuple[list[bytes], str | None, list[int]]] = field(default_factory=list)
 
     def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        self.sends += 1
         for i in range(0, len(parts), PARTS_PER_PACKET):
             self.esp.append(b"".join(parts[i : i + PARTS_PER_PACKET]))
         return len(parts) // PARTS_PER_PACKET
@@ -274,3 +276,21 @@ def test_route_mode_segments_outside_the_selectors_are_dropped() -> None:
     segments, _ = split_frame_partial(tcp_super_frame(2500, src="198.51.100.77"))
     plane.from_route_tun("lgroute0", segments, True)
     assert wire.esp == [] and entry.drops["no_policy"] == len(segments) == 3
+
+
+def test_a_reads_super_packets_leave_in_one_send_per_sa_in_order() -> None:
+    gw = gateways()
+    first, _ = split_frame_partial(tcp_super_frame(3000))
+    second, _ = split_frame_partial(tcp_super_frame(2000, v6=True))
+    ack = ipv4("192.0.2.10", "203.0.113.10", bytes(20), proto=6)
+    gw.a.hold_sends()
+    gw.a.from_tun_segments(first, True)
+    gw.a.from_tun([ack])
+    gw.a.from_tun_segments(second, True)
+    assert gw.wire_a.sends == 0
+    gw.a.release_sends()
+    assert gw.wire_a.sends == 1
+    assert gw.a_to_b() == [*((s, True) for s in first), (ack, False), *((s, True) for s in second)]
+    # Without a hold, each call sends at once.
+    gw.a.from_tun([ack])
+    assert gw.wire_a.sends == 2
