@@ -18,7 +18,9 @@ single-packet read it saves (the kernel cuts and checksums in C). Between two lo
 no checksum is computed: the segments keep the kernel's partial checksum, marked
 inside ESP, and the receiving kernel completes them (`daemon.dataplane`). So by default
 (``no-tso``) the pump turns TSO on for a TUN while every CHILD SA it sends into has
-that agreement, and off otherwise (`Pump.tso_auto`).
+that agreement, and off otherwise (`Pump.tso_auto`). TSO needs CSUM, so while it is on
+every packet comes with a partial checksum, and the single ones (UDP above all) have
+theirs completed in Python (`tun.vnet.split_frame`).
 
 ``LOCKGATE_OFFLOAD`` in the environment chooses: ``no-tso`` (the default: TSO only
 towards lockgates), ``all`` (TSO always) or ``off`` (plain TUN packets, one datagram
