@@ -11,11 +11,13 @@ endpoint, 0xFF keepalives are counted, the rest is ESP) → SAD lookup by SPI �
 check, decrypt, commit (inside `EspSA.decapsulate`) → selector check → TUN write.
 
 Between two lockgates that agreed on it in IKE_SA_INIT (`ChildSaEntry.partial_csum`),
-the segments of a TSO super-packet travel with the partial checksum the sending
-kernel left in them, marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`, under the ICV); the
-receiver hands them to its TUN with F_NEEDS_CSUM, and its kernel completes them. The
-choice is made per super-packet after the SA lookup: segments for any other SA get
-their checksums here. Only segments cut from a kernel super-packet are ever marked.
+the segments of a TSO super-packet (and single TCP segments the kernel left
+unchecksummed) travel with the partial checksum the sending kernel left in them,
+marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`, under the ICV); the receiver hands them
+to its TUN with F_NEEDS_CSUM, and its kernel completes them. The choice is made per
+SA after the lookup: segments for any other SA get their checksums here. Only TCP
+the kernel handed over with F_NEEDS_CSUM is ever marked
+(`tun.vnet.split_frame_partial`).
 
 This module does no I/O itself: a `Transport` sends and writes, and the caller feeds
 batches of what it read. So the same code runs over real sockets (`daemon.pump`) and
@@ -452,14 +454,19 @@ class DataPlane:
 
     # ---- outbound ------------------------------------------------------------------
 
-    def from_tun(self, packets: Iterable[bytes]) -> None:
+    def from_tun(self, packets: Iterable[bytes], partial: bool = False) -> None:
         """Process a batch of packets read from the TUN device.
 
         Packets are grouped per SA and each group is sealed with one
         `encapsulate_batch` call and handed to the transport as one batch.
+        With `partial` they are TCP segments whose checksum field holds only the
+        pseudo-header sum (`tun.vnet.split_frame_partial`): a group for an SA whose
+        peer agreed leaves so, marked; any other gets its checksums computed first.
         """
         batches: dict[ChildSaEntry, list[bytes]] = {}
         replies: list[bytes] = []
+        # With `partial`: what an oversized segment became (fragments), unmarked.
+        spill: dict[ChildSaEntry, list[bytes]] | None = {} if partial else None
         lookup = self.spd.lookup_flow
         cache = self._outbound_cache
         # The previous packet's flow (`_flow_run`), SA and batch: the next packet of
@@ -480,7 +487,7 @@ class DataPlane:
                 if len(packet) <= mtu:
                     batch.append(packet)
                 else:
-                    self._oversized(last, packet, batch, replies)
+                    self._too_big(last, packet, batch, spill, replies)
                 continue
             key = flow_key(packet) if packet else None
             entry = cache.get(key) if key is not None else None
@@ -508,10 +515,18 @@ class DataPlane:
             if len(packet) <= mtu:
                 batch.append(packet)
             else:
-                self._oversized(entry, packet, batch, replies)
+                self._too_big(entry, packet, batch, spill, replies)
         for entry, inners in batches.items():
-            if inners:
-                self._seal_and_send(entry, inners)
+            if not inners:
+                continue
+            if partial and not entry.partial_csum:
+                self._seal_and_send(entry, _completed(inners))
+            else:
+                self._seal_and_send(entry, inners, partial)
+        if spill:
+            for entry, pieces in spill.items():
+                if pieces:
+                    self._seal_and_send(entry, pieces)
         if replies:
             self.transport.write_tun(replies)
 
@@ -532,7 +547,7 @@ class DataPlane:
         if partial and entry is None and key is not None:
             entry = self._lookup_cached(first, key)
         if entry is None or len(first) > entry.mtu:
-            self.from_tun(_completed(segments) if partial else segments)
+            self.from_tun(segments, partial)
             return
         if partial and not entry.partial_csum:
             segments, partial = _completed(segments), False
@@ -555,24 +570,14 @@ class DataPlane:
         """Process a batch read from the route-mode TUN `interface`: every packet goes
         into the CHILD SA of its connection, whatever its destination (routing chose
         the TUN); a connection whose selectors are narrower than everything still
-        has each packet checked against them (RFC 4301 §5.1). `partial`: the
-        segments of one super-packet, with partial checksums (`from_tun_segments`)."""
+        has each packet checked against them (RFC 4301 §5.1). `partial`: TCP
+        segments with partial checksums, as `from_tun` takes them."""
         entry = self._route_out.get(interface)
         if entry is None:
             self.drops[Drop.NO_POLICY.value] += len(packets)
             return
-        if partial:
-            first = packets[0]
-            if entry.partial_csum and len(first) <= entry.mtu:
-                # One flow's segments: the selectors' verdict on the first is theirs.
-                covered = self._route_any[interface]
-                if not covered:
-                    flow = flow_of(first)
-                    covered = flow is not None and entry.policy.allows_outbound(flow)
-                if covered:
-                    self._seal_and_send(entry, packets, True)
-                    return
-            packets = _completed(packets)
+        if partial and not entry.partial_csum:
+            packets, partial = _completed(packets), False
         if not self._route_any[interface]:
             allowed = entry.policy.allows_outbound
             kept = []
@@ -588,13 +593,16 @@ class DataPlane:
         mtu = entry.mtu
         batch: list[bytes] = []
         replies: list[bytes] = []
+        spill: dict[ChildSaEntry, list[bytes]] | None = {} if partial else None
         for packet in packets:
             if len(packet) <= mtu:
                 batch.append(packet)
             else:
-                self._oversized(entry, packet, batch, replies)
+                self._too_big(entry, packet, batch, spill, replies)
         if batch:
-            self._seal_and_send(entry, batch)
+            self._seal_and_send(entry, batch, partial)
+        if spill and spill[entry]:
+            self._seal_and_send(entry, spill[entry])
         if replies:
             self.transport.write_tun(replies, interface)
 
@@ -641,6 +649,22 @@ class DataPlane:
         if held:
             for entry, parts in held.items():
                 self._send(entry, parts)
+
+    def _too_big(
+        self,
+        entry: ChildSaEntry,
+        packet: bytes,
+        batch: list[bytes],
+        spill: dict[ChildSaEntry, list[bytes]] | None,
+        replies: list[bytes],
+    ) -> None:
+        # `_oversized`, for a packet that may carry a partial checksum (`spill` is
+        # not None): completed first, since it is fragmented or quoted in an ICMP
+        # error, and its fragments go apart from the marked batch.
+        if spill is None:
+            self._oversized(entry, packet, batch, replies)
+        else:
+            self._oversized(entry, _complete(packet), spill.setdefault(entry, []), replies)
 
     def _oversized(
         self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]
@@ -866,16 +890,19 @@ class DataPlane:
         }
 
 
+def _complete(segment: bytes) -> bytes:
+    """A segment with a partial checksum (`tun.vnet.split_frame_partial`), its
+    checksum computed: for a peer that does not complete it, or before it is
+    fragmented or quoted in an ICMP error."""
+    try:
+        return complete_partial_tcp(segment)
+    except VnetError:
+        return segment  # not TCP: `split_frame_partial` marks no such thing
+
+
 def _completed(segments: list[bytes]) -> list[bytes]:
-    """Segments with partial checksums (`tun.vnet.split_frame_partial`), their
-    checksums computed: for a peer that does not complete them."""
-    out = []
-    for segment in segments:
-        try:
-            out.append(complete_partial_tcp(segment))
-        except VnetError:
-            out.append(segment)  # not TCP: `split_frame_partial` marks no such thing
-    return out
+    """`_complete` for each segment."""
+    return list(map(_complete, segments))
 
 
 def _traffic(entry: ChildSaEntry) -> tuple[int, int, int, int]:

@@ -16,8 +16,9 @@ segments of a flow as one coalesced write and may hand over TSO super-packets,
 which `tun.vnet` cuts.
 
 Between two lockgates that agreed on it (`ikev2.tasks.ike_init`), the segments of a
-super-packet leave with the partial checksum the kernel left in them, marked inside
-ESP; the receiving pump writes them with F_NEEDS_CSUM and its kernel completes them.
+super-packet (and single TCP segments the kernel left unchecksummed) leave with the
+partial checksum the kernel left in them, marked inside ESP; the receiving pump
+writes them with F_NEEDS_CSUM and its kernel completes them.
 With `tso_auto`, TSO is on for a TUN exactly while every CHILD SA that TUN sends
 into has that agreement (`DataPlane.on_tso`), so other peers get single packets the
 kernel cut and checksummed, as before.
@@ -437,7 +438,7 @@ class Pump:
         self,
         tun: PacketDevice,
         vnet: bool,
-        deliver: Callable[[list[bytes]], None],
+        deliver: Callable[[list[bytes], bool], None],
         deliver_segments: Callable[[list[bytes], bool], None],
     ) -> None:
         try:
@@ -448,7 +449,7 @@ class Pump:
         if not batch:
             return
         if not vnet:
-            deliver(batch)
+            deliver(batch, False)
             return
         # Each super-packet is sealed on its own; what the read sealed leaves in
         # one send per SA.
@@ -462,20 +463,25 @@ class Pump:
     def _cut_frames(
         self,
         batch: list[bytes],
-        deliver: Callable[[list[bytes]], None],
+        deliver: Callable[[list[bytes], bool], None],
         deliver_segments: Callable[[list[bytes], bool], None],
     ) -> None:
         # Super-packets (TSO) are cut here and go on as one flow's segments, with
         # the kernel's partial checksums: the data plane completes them unless the
-        # SA's peer does (`split_frame_partial`). Single packets (their partial
-        # checksums completed) are gathered in between, in order, so nothing of one
+        # SA's peer does (`split_frame_partial`). Single packets are gathered in
+        # runs in between, finished ones apart from those the kernel left partial
+        # (TCP; other protocols' are completed here), in order, so nothing of one
         # flow overtakes another part of it.
         plane = self.plane
         singles: list[bytes] = []
+        marked = False  # `singles` are TCP segments with partial checksums
         for frame in batch:
             # The common frame, inlined: a finished packet behind a header that asks
             # for nothing (no partial checksum, no segmentation).
             if len(frame) > VNET_HDR_LEN and not frame[0] & F_NEEDS_CSUM and frame[1] == GSO_NONE:
+                if marked:
+                    deliver(singles, True)
+                    singles, marked = [], False
                 singles.append(frame[VNET_HDR_LEN:])
                 continue
             try:
@@ -484,17 +490,20 @@ class Pump:
                 log.debug("unusable TUN frame: %s", exc)
                 plane.drops[Drop.MALFORMED.value] += 1
                 continue
-            if len(packets) == 1 and not partial:
+            if len(packets) == 1:
+                if singles and marked != partial:
+                    deliver(singles, marked)
+                    singles = []
+                marked = partial
                 singles.append(packets[0])
                 continue
             if singles:
-                deliver(singles)
+                deliver(singles, marked)
                 singles = []
-            if len(packets) > 1:
-                plane.counters["tso_frames_read"] += 1
+            plane.counters["tso_frames_read"] += 1
             deliver_segments(packets, partial)
         if singles:
-            deliver(singles)
+            deliver(singles, marked)
 
     def _read_nat(self, sock: socket.socket, local: Address) -> None:
         if sock.fileno() in self._gro:

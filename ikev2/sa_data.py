@@ -237,12 +237,12 @@ class IkeSaData:
         self.ppk_offered = False
         """Both sides sent USE_PPK in IKE_SA_INIT (RFC 8784 §3)."""
         self.ppk_used = False
-        self.partial_csum = False
-        """Both sides sent lockgate's partial-checksum Vendor ID in IKE_SA_INIT
-        (tasks.ike_init): its CHILD SAs carry TCP segments cut from the kernel's
-        super-packets with partial checksums, marked in ESP."""
         """A post-quantum preshared key is mixed into SK_d (RFC 8784 §3): IKE_AUTH used
         it, or the IKE SA this one was rekeyed from did."""
+        self.partial_csum = False
+        """Both sides sent lockgate's partial-checksum Vendor ID in IKE_SA_INIT
+        (tasks.ike_init): its CHILD SAs carry the TCP segments the kernel left
+        unchecksummed with partial checksums, marked in ESP."""
         self._reassembler: Reassembler | None = None
         self.init_retries = 0
         self.cookie = b""

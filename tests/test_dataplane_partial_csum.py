@@ -294,3 +294,64 @@ def test_a_reads_super_packets_leave_in_one_send_per_sa_in_order() -> None:
     # Without a hold, each call sends at once.
     gw.a.from_tun([ack])
     assert gw.wire_a.sends == 2
+
+
+def _partial_single(src: str = "192.0.2.10", size: int = 300, df: bool = True) -> bytes:
+    """A single TCP segment as the kernel hands it over with F_NEEDS_CSUM (its field
+    holding the pseudo-header sum), taken from a one-segment super-packet frame."""
+    frame = tcp_super_frame(size, src=src, mss=max(size, 1))
+    (packet,), partial = split_frame_partial(frame)
+    assert partial
+    if not df:
+        packet = packet[:6] + b"\x00" + packet[7:10] + b"\x00\x00" + packet[12:]
+    return packet
+
+
+@pytest.mark.parametrize("agreed", [True, False], ids=["agreed", "not-agreed"])
+def test_single_kernel_segments_of_several_flows_go_marked_only_to_an_agreeing_peer(
+    agreed: bool,
+) -> None:
+    gw = gateways(a_agrees=agreed, b_agrees=agreed)
+    singles = [_partial_single("192.0.2.10"), _partial_single("192.0.2.11", 40)]
+    gw.a.from_tun(singles, True)
+    arrived = gw.a_to_b()
+    if agreed:
+        assert arrived == [(p, True) for p in singles]
+    else:
+        assert arrived == [(complete_partial_tcp(p), False) for p in singles]
+
+
+def test_an_oversized_partial_segment_is_completed_before_it_is_fragmented() -> None:
+    gw = gateways()
+    big = _partial_single(size=gw.a.entries[1].mtu, df=False)
+    gw.a.from_tun([big], True)
+    arrived = gw.a_to_b()
+    # Two unmarked fragments of the completed segment (RFC 4301 §8.1).
+    assert len(arrived) == 2 and not any(marked for _, marked in arrived)
+    first, second = (p for p, _ in arrived)
+    whole = first[:2] + big[2:20] + first[20:] + second[20:]
+    assert complete_partial_tcp(big)[20:] == whole[20:]
+
+
+def test_the_pump_gathers_single_packets_in_runs_by_kind_in_order(
+    tuns: tuple[MemoryTun, MemoryTun],
+) -> None:
+    near, far = tuns
+    near.vnet_hdr = True  # type: ignore[attr-defined]
+    pump = Pump(near)
+    seen: list[tuple[str, bool, int]] = []
+    pump.plane.from_tun = lambda p, partial: seen.append(("run", partial, len(p)))  # type: ignore[method-assign]
+    pump.plane.from_tun_segments = lambda p, partial: seen.append(("tso", partial, len(p)))  # type: ignore[method-assign]
+    ack = _partial_single(size=1)
+    kernel = VnetHeader(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16).encode()
+    plain = ipv4("192.0.2.10", "203.0.113.10", bytes(30), proto=17)
+    for frame in (
+        kernel + ack,
+        kernel + ack,
+        PLAIN_HEADER + plain,
+        tcp_super_frame(2500),
+        kernel + ack,
+    ):
+        far.write(frame)
+    pump._read_tun()
+    assert seen == [("run", True, 2), ("run", False, 1), ("tso", True, 3), ("run", True, 1)]

@@ -249,7 +249,7 @@ def test_plain_tun_frames_are_unwrapped_in_order_around_super_packets(
     near.vnet_hdr = True  # type: ignore[attr-defined]
     pump = Pump(near)
     seen: list[list[bytes]] = []
-    pump.plane.from_tun = lambda packets: seen.append(list(packets))  # type: ignore[method-assign]
+    pump.plane.from_tun = lambda packets, partial: seen.append(list(packets))  # type: ignore[method-assign]
     pump.plane.from_tun_segments = lambda packets, partial: seen.append(["tso", partial, *packets])  # type: ignore[method-assign]
     first, second, third = _udp_datagrams(3, 100)
     partial = VnetHeader(F_NEEDS_CSUM, GSO_NONE, 28, 0, 20, 6).encode() + second

@@ -323,32 +323,33 @@ def _partial_tcp(packet: bytes, ip_len: int) -> bytes:
 def split_frame_partial(frame: bytes) -> tuple[list[bytes], bool]:
     """`split_frame` for a peer that completes TCP checksums itself: (packets, partial).
 
-    Only a TCP super-packet of the kernel's own (GSO_TCPV4/GSO_TCPV6 with
-    F_NEEDS_CSUM, the checksum where TCP's is) is cut with partial checksums, and
-    then ``partial`` is True: its payload was never checksummed by anyone, so leaving
-    that to the receiving kernel adds no trust. Every other frame comes out as
-    `split_frame` gives it, with its own checksum: a packet that arrived finished
+    Only TCP the kernel left unchecksummed (F_NEEDS_CSUM, the checksum where TCP's
+    is) comes out with partial checksums, and then ``partial`` is True: a super-packet
+    (GSO_TCPV4/GSO_TCPV6) cut into segments, or a single segment (an ACK, the short
+    end of a write) as it came. Its payload was never checksummed by anyone, so
+    leaving that to the receiving kernel adds no trust. Every other frame comes out
+    as `split_frame` gives it, with its own checksum: a packet that arrived finished
     (forwarded, say) keeps the checksum its sender computed, right or wrong, and is
     never marked partial, so a corrupt one cannot be "repaired" downstream.
     """
-    if (
-        len(frame) > VNET_HDR_LEN
-        and frame[0] & F_NEEDS_CSUM
-        and frame[1] & ~GSO_ECN
-        in (
-            GSO_TCPV4,
-            GSO_TCPV6,
-        )
-    ):
-        header = VnetHeader.decode(frame)
-        packet = frame[VNET_HDR_LEN:]
-        ip_len, protocol, _ = _ip_layout(packet)
-        if (
-            protocol == _IPPROTO_TCP
-            and header.csum_start == ip_len
-            and header.csum_offset == _TCP_CSUM_OFFSET
-        ):
-            return segment_tcp(packet, header.gso_size, partial=True), True
+    if len(frame) > VNET_HDR_LEN and frame[0] & F_NEEDS_CSUM:
+        gso = frame[1] & ~GSO_ECN
+        if gso in (GSO_TCPV4, GSO_TCPV6, GSO_NONE):
+            header = VnetHeader.decode(frame)
+            packet = frame[VNET_HDR_LEN:]
+            ip_len, protocol, version = _ip_layout(packet)
+            if (
+                protocol == _IPPROTO_TCP
+                and header.csum_start == ip_len
+                and header.csum_offset == _TCP_CSUM_OFFSET
+                and len(packet) >= ip_len + 20
+            ):
+                if gso != GSO_NONE:
+                    return segment_tcp(packet, header.gso_size, partial=True), True
+                # A single segment: its field already holds the kernel's pseudo-header
+                # sum (virtio spec §5.1.6.2). Not a fragment (those are never partial).
+                if version == 6 or not _U16.unpack_from(packet, 6)[0] & 0x3FFF:
+                    return [packet], True
     return split_frame(frame), False
 
 
@@ -372,9 +373,11 @@ def complete_partial_tcp(packet: bytes) -> bytes:
     (`split_frame_partial`), with its checksum computed here: for a path that cannot
     leave it to a kernel (a peer without the agreement, a TUN without virtio-net
     headers). Raises VnetError unless it is a TCP packet long enough for its header."""
-    ip_len, protocol, _ = _ip_layout(packet)
+    ip_len, protocol, version = _ip_layout(packet)
     if protocol != _IPPROTO_TCP or len(packet) < ip_len + 20:
         raise VnetError(f"no TCP segment to complete (protocol {protocol})")
+    if version == 4 and _U16.unpack_from(packet, 6)[0] & 0x3FFF:
+        raise VnetError("no TCP segment to complete: an IPv4 fragment")
     return _complete_checksum(packet, ip_len, _TCP_CSUM_OFFSET)
 
 

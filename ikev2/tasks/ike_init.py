@@ -9,9 +9,10 @@ key exchanges (RFC 9370) needs INTERMEDIATE_EXCHANGE_SUPPORTED from both sides (
 
 A lockgate whose data plane can take them also sends the `LOCKGATE_PARTIAL_CSUM_VID`
 Vendor ID (§3.12). When both IKE_SA_INIT messages carry it, the IKE SA's CHILD SAs
-carry the TCP segments cut from the kernel's super-packets with only their
-pseudo-header sum in the checksum field, marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`),
-and the receiving kernel completes them. Other peers never send it and get full
+carry the TCP segments the kernel left unchecksummed (those cut from its TSO
+super-packets, and single ones) with only their pseudo-header sum in the checksum
+field, marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`), and the receiving kernel
+completes them. Other peers never send it and get full
 checksums. As with the ESP-in-UDP Vendor ID, each side's AUTH signs its IKE_SA_INIT
 message (§2.15), so the agreement cannot be added or removed on the way unnoticed.
 """
