@@ -260,9 +260,9 @@ class Gateway:
             nat_port=gateway.nat_port,
             offload=offload is not OffloadMode.OFF,
         )
-        # TSO by default only while every peer of a TUN completes partial checksums
-        # (`Pump.set_tso`); "all" keeps it on for every peer, "off" never has it.
-        pump.tso_auto = offload is OffloadMode.NO_TSO
+        # "tso-lockgate": TSO only while every peer of a TUN completes partial
+        # checksums (`Pump.set_tso`); "all" keeps it on for every peer.
+        pump.tso_auto = offload is OffloadMode.TSO_LOCKGATE
         claimed, self._claimed = self._claimed, {}
         try:
             pump.open(addresses, raw_esp=True, claimed=claimed)

@@ -19,9 +19,9 @@ Between two lockgates that agreed on it (`ikev2.tasks.ike_init`), the segments o
 super-packet (and single TCP segments the kernel left unchecksummed) leave with the
 partial checksum the kernel left in them, marked inside ESP; the receiving pump
 writes them with F_NEEDS_CSUM and its kernel completes them.
-With `tso_auto`, TSO is on for a TUN exactly while every CHILD SA that TUN sends
-into has that agreement (`DataPlane.on_tso`), so other peers get single packets the
-kernel cut and checksummed, as before.
+With `tso_auto` (`LOCKGATE_OFFLOAD=tso-lockgate`), TSO is on for a TUN exactly while
+every CHILD SA that TUN sends into has that agreement (`DataPlane.on_tso`), so other
+peers get single packets the kernel cut and checksummed, as before.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.dataplane import DataPlane
-from daemon.offload import TUN_OFFLOADS
+from daemon.offload import TUN_OFFLOADS, OffloadMode, offload_mode
 from daemon.pump import Pump
 from esp.sa import PARTS_PER_PACKET
 from ikev2.events import Address
@@ -355,3 +355,8 @@ def test_the_pump_gathers_single_packets_in_runs_by_kind_in_order(
         far.write(frame)
     pump._read_tun()
     assert seen == [("run", True, 2), ("run", False, 1), ("tso", True, 3), ("run", True, 1)]
+
+
+def test_tso_for_lockgate_peers_is_a_mode_of_its_own_not_the_default() -> None:
+    assert offload_mode({"LOCKGATE_OFFLOAD": "tso-lockgate"}) is OffloadMode.TSO_LOCKGATE
+    assert offload_mode({}) is OffloadMode.NO_TSO

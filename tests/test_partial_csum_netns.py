@@ -4,7 +4,8 @@ Two `lockgate daemon`s agree on it in IKE_SA_INIT: gateway A's TUN then hands ov
 TSO super-packets, their segments leave with the kernel's pseudo-header sum, and
 gateway B's kernel completes them. A hashed 20 MB TCP transfer must arrive intact,
 with the segments counted on both sides. With strongSwan as the peer nothing of it
-happens: no agreement, TSO stays off, full checksums.
+happens: no agreement, TSO stays off, full checksums. Both run with
+`LOCKGATE_OFFLOAD=tso-lockgate`, the mode that turns TSO on for lockgate peers.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def topo() -> Iterator[SiteToSite]:
         yield built
 
 
-def test_two_lockgates_carry_a_transfer_with_partial_checksums(topo: SiteToSite) -> None:
+def test_two_lockgates_carry_a_transfer_with_partial_checksums(
+    topo: SiteToSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCKGATE_OFFLOAD", "tso-lockgate")  # the daemons inherit it
     a, b = _lockgates(topo)
     [sa_a] = a.sas()
     [sa_b] = b.sas()
@@ -83,7 +87,8 @@ def test_two_lockgates_carry_a_transfer_with_partial_checksums(topo: SiteToSite)
 
 
 @pytest.mark.interop
-def test_with_strongswan_as_the_peer_it_stays_off() -> None:
+def test_with_strongswan_as_the_peer_it_stays_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCKGATE_OFFLOAD", "tso-lockgate")  # lockgate inherits it
     with interop(Case()) as world:
         world.bring_up()
         daemon = world.daemon
