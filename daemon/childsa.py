@@ -88,6 +88,10 @@ class ChildSaEntry:
     interface: str | None = None
     """The route-mode TUN device it carries (whatever that device sends goes into this
     SA, what it opens goes to that device); None: the gateway's TUN and the SPD."""
+    partial_csum: bool = False
+    """The peer is a lockgate that agreed in IKE_SA_INIT on TCP segments with partial
+    checksums inside ESP (`esp.sa.NH_PARTIAL_CSUM`): the inbound SA delivers them and
+    the data plane may send them."""
     drops: Counter[str] = field(default_factory=Counter)
     """Drops the data plane attributes to this SA (beyond the ESP engine's own)."""
     policy: Policy[ChildSaEntry] = field(init=False)
@@ -141,6 +145,7 @@ class ChildSaEntry:
             "packets_out": self.outbound.packet_count,
             "drops": dict(sorted(self.all_drops().items())),
             "interface": self.interface,
+            "partial_csum": self.partial_csum,
         }
 
 
@@ -179,6 +184,7 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
         esn=event.esn,
         lifetime=lifetime,
     )
+    inbound.partial_csum = event.partial_csum
     outer_version = 6 if ":" in event.remote[0] else 4
     return ChildSaEntry(
         peer=event.connection,
@@ -196,4 +202,5 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
         rekey_of=event.rekey_of,
         pfs=event.pfs,
         quantum_safe=event.quantum_safe,
+        partial_csum=event.partial_csum,
     )

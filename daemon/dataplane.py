@@ -10,6 +10,15 @@ Inbound: UDP 4500 datagram → classify (IKE behind the non-ESP marker goes to t
 endpoint, 0xFF keepalives are counted, the rest is ESP) → SAD lookup by SPI → replay
 check, decrypt, commit (inside `EspSA.decapsulate`) → selector check → TUN write.
 
+Between two lockgates that agreed on it in IKE_SA_INIT (`ChildSaEntry.partial_csum`),
+the segments of a TSO super-packet (and single TCP segments the kernel left
+unchecksummed) travel with the partial checksum the sending kernel left in them,
+marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`, under the ICV); the receiver hands them
+to its TUN with F_NEEDS_CSUM, and its kernel completes them. The choice is made per
+SA after the lookup: segments for any other SA get their checksums here. Only TCP
+the kernel handed over with F_NEEDS_CSUM is ever marked
+(`tun.vnet.split_frame_partial`).
+
 This module does no I/O itself: a `Transport` sends and writes, and the caller feeds
 batches of what it read. So the same code runs over real sockets (`daemon.pump`) and
 in memory in the tests. Nothing from the network raises here: every refusal is a
@@ -30,9 +39,10 @@ from daemon.packet import flow_of, fragment_ipv4, may_fragment, too_big_reply
 from daemon.sad import Sad
 from daemon.spd import Spd
 from esp.drops import DropReason
-from esp.sa import PARTS_PER_PACKET
+from esp.sa import NH_PARTIAL_CSUM, PARTS_PER_PACKET
 from esp.udpencap import MIN_ESP_LEN, NON_ESP_MARKER, DatagramKind, classify, strip_marker
 from ikev2.events import Address
+from tun.vnet import VnetError, complete_partial_tcp
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +179,13 @@ class Transport(Protocol):
     def send_keepalive(self, local: Address, remote: Address) -> bool:
         """Send a one-octet NAT keepalive from our port 4500 (RFC 3948 §2.3)."""
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         """Write plaintext IP packets to the gateway's TUN device, or to the route-mode
-        TUN named `interface`; return how many were taken."""
+        TUN named `interface`; return how many were taken. `partial` lists the
+        indexes of TCP segments whose checksum field holds only the pseudo-header
+        sum: the writer has them completed (F_NEEDS_CSUM, or computed)."""
 
 
 ICMP_ERRORS_PER_SECOND = 100
@@ -279,6 +293,13 @@ class DataPlane:
         self._icmp_sent = 0
         self._unknown_spi_reported: dict[str, float] = {}
         """When an unknown SPI from each remote address was last reported."""
+        self.on_tso: Callable[[str | None, bool], None] | None = None
+        """Told when TSO on a TUN (None: the gateway's, else a route-mode one's name)
+        becomes worth having or stops being: whether every CHILD SA sending from it
+        takes partial checksums (`tso_wanted`)."""
+        self._senders: Counter[str | None] = Counter()
+        self._held: dict[ChildSaEntry, list[bytes]] | None = None
+        self._partial_senders: Counter[str | None] = Counter()
 
     # ---- SA management -------------------------------------------------------------
 
@@ -300,6 +321,7 @@ class DataPlane:
             self._route_out[interface] = entry
             self._route_any[interface] = _selects_everything(entry)
         self.entries[entry.unique_id] = entry
+        self._count_sender(entry, 1)
         self._by_connection.add(entry.connection, entry)
         self._by_peer.add(entry.peer, entry)
         self._by_ike_sa.add(entry.ike_sa_id, entry)
@@ -325,6 +347,7 @@ class DataPlane:
         entry = self.entries.pop(unique_id, None)
         if entry is None:
             return None
+        self._count_sender(entry, -1)
         self._by_connection.discard(entry.connection, entry)
         self._by_peer.discard(entry.peer, entry)
         self._by_ike_sa.discard(entry.ike_sa_id, entry)
@@ -348,6 +371,24 @@ class DataPlane:
         else:
             self._forget(entry)
         return entry
+
+    def tso_wanted(self, interface: str | None) -> bool:
+        """Whether TSO on that TUN pays: it sends into at least one CHILD SA, and
+        every one of them takes partial checksums (else a peer without them would
+        have its super-packets' checksums computed here, slower than the kernel's
+        own cutting)."""
+        total = self._senders[interface]
+        return total > 0 and self._partial_senders[interface] == total
+
+    def _count_sender(self, entry: ChildSaEntry, step: int) -> None:
+        interface = entry.interface
+        before = self.tso_wanted(interface)
+        self._senders[interface] += step
+        if entry.partial_csum:
+            self._partial_senders[interface] += step
+        after = self.tso_wanted(interface)
+        if after != before and self.on_tso is not None:
+            self.on_tso(interface, after)
 
     def expire_lingering(self) -> int:
         """Drop the inbound SAs of removed CHILD SAs whose grace time is over."""
@@ -413,14 +454,19 @@ class DataPlane:
 
     # ---- outbound ------------------------------------------------------------------
 
-    def from_tun(self, packets: Iterable[bytes]) -> None:
+    def from_tun(self, packets: Iterable[bytes], partial: bool = False) -> None:
         """Process a batch of packets read from the TUN device.
 
         Packets are grouped per SA and each group is sealed with one
         `encapsulate_batch` call and handed to the transport as one batch.
+        With `partial` they are TCP segments whose checksum field holds only the
+        pseudo-header sum (`tun.vnet.split_frame_partial`): a group for an SA whose
+        peer agreed leaves so, marked; any other gets its checksums computed first.
         """
         batches: dict[ChildSaEntry, list[bytes]] = {}
         replies: list[bytes] = []
+        # With `partial`: what an oversized segment became (fragments), unmarked.
+        spill: dict[ChildSaEntry, list[bytes]] | None = {} if partial else None
         lookup = self.spd.lookup_flow
         cache = self._outbound_cache
         # The previous packet's flow (`_flow_run`), SA and batch: the next packet of
@@ -441,7 +487,7 @@ class DataPlane:
                 if len(packet) <= mtu:
                     batch.append(packet)
                 else:
-                    self._oversized(last, packet, batch, replies)
+                    self._too_big(last, packet, batch, spill, replies)
                 continue
             key = flow_key(packet) if packet else None
             entry = cache.get(key) if key is not None else None
@@ -469,38 +515,69 @@ class DataPlane:
             if len(packet) <= mtu:
                 batch.append(packet)
             else:
-                self._oversized(entry, packet, batch, replies)
+                self._too_big(entry, packet, batch, spill, replies)
         for entry, inners in batches.items():
-            if inners:
-                self._seal_and_send(entry, inners)
+            if not inners:
+                continue
+            if partial and not entry.partial_csum:
+                self._seal_and_send(entry, _completed(inners))
+            else:
+                self._seal_and_send(entry, inners, partial)
+        if spill:
+            for entry, pieces in spill.items():
+                if pieces:
+                    self._seal_and_send(entry, pieces)
         if replies:
             self.transport.write_tun(replies)
 
-    def from_tun_segments(self, segments: list[bytes]) -> None:
+    def from_tun_segments(self, segments: list[bytes], partial: bool = False) -> None:
         """Process the segments of one TCP super-packet read from the TUN device.
 
         They share one flow, so the SPD is searched once; each segment still gets
-        the size check of `from_tun` (the first is the largest).
+        the size check of `from_tun` (the first is the largest). With `partial`
+        their checksum fields hold only the pseudo-header sum: they leave so,
+        marked, when the SA's peer agreed on it, else their checksums are
+        computed here first.
         """
         if not segments:
             return
         first = segments[0]
         key = flow_key(first)
         entry = self._outbound_cache.get(key) if key is not None else None
+        if partial and entry is None and key is not None:
+            entry = self._lookup_cached(first, key)
         if entry is None or len(first) > entry.mtu:
-            self.from_tun(segments)
+            self.from_tun(segments, partial)
             return
-        self._seal_and_send(entry, segments)
+        if partial and not entry.partial_csum:
+            segments, partial = _completed(segments), False
+        self._seal_and_send(entry, segments, partial)
 
-    def from_route_tun(self, interface: str, packets: list[bytes]) -> None:
+    def _lookup_cached(self, packet: bytes, key: bytes) -> ChildSaEntry | None:
+        # The SPD's answer for a flow, cached as `from_tun` caches it; None leaves
+        # the counting of a packet without a policy to `from_tun`.
+        flow = flow_of(packet)
+        policy = self.spd.lookup_flow(flow) if flow is not None else None
+        if policy is None:
+            return None
+        cache = self._outbound_cache
+        if len(cache) >= _FLOW_CACHE_MAX:
+            cache.clear()
+        cache[key] = policy.target
+        return policy.target
+
+    def from_route_tun(self, interface: str, packets: list[bytes], partial: bool = False) -> None:
         """Process a batch read from the route-mode TUN `interface`: every packet goes
         into the CHILD SA of its connection, whatever its destination (routing chose
         the TUN); a connection whose selectors are narrower than everything still
-        has each packet checked against them (RFC 4301 §5.1)."""
+        has each packet checked against them (RFC 4301 §5.1). `partial`: TCP
+        segments with partial checksums, as `from_tun` takes them."""
         entry = self._route_out.get(interface)
         if entry is None:
             self.drops[Drop.NO_POLICY.value] += len(packets)
             return
+        if partial and not entry.partial_csum:
+            packets, partial = _completed(packets), False
         if not self._route_any[interface]:
             allowed = entry.policy.allows_outbound
             kept = []
@@ -516,13 +593,16 @@ class DataPlane:
         mtu = entry.mtu
         batch: list[bytes] = []
         replies: list[bytes] = []
+        spill: dict[ChildSaEntry, list[bytes]] | None = {} if partial else None
         for packet in packets:
             if len(packet) <= mtu:
                 batch.append(packet)
             else:
-                self._oversized(entry, packet, batch, replies)
+                self._too_big(entry, packet, batch, spill, replies)
         if batch:
-            self._seal_and_send(entry, batch)
+            self._seal_and_send(entry, batch, partial)
+        if spill and spill[entry]:
+            self._seal_and_send(entry, spill[entry])
         if replies:
             self.transport.write_tun(replies, interface)
 
@@ -530,14 +610,61 @@ class DataPlane:
         """The route-mode TUNs that have a CHILD SA to send into."""
         return list(self._route_out)
 
-    def _seal_and_send(self, entry: ChildSaEntry, inners: list[bytes]) -> None:
+    def _seal_and_send(
+        self, entry: ChildSaEntry, inners: list[bytes], partial: bool = False
+    ) -> None:
         # A packet the SA refused has no parts; the SA counted it.
-        parts = entry.outbound.encapsulate_parts(inners)
-        if parts:
-            sent = self.transport.send(entry, parts)
-            sealed = len(parts) // PARTS_PER_PACKET
-            if sent < sealed:
-                entry.drops[Drop.SEND_FAILED.value] += sealed - sent
+        parts = entry.outbound.encapsulate_parts(inners, partial=partial)
+        if not parts:
+            return
+        if partial:
+            self.counters["partial_segments_sent"] += len(parts) // PARTS_PER_PACKET
+        held = self._held
+        if held is not None:
+            found = held.get(entry)
+            if found is None:
+                held[entry] = parts
+            else:
+                found += parts
+            return
+        self._send(entry, parts)
+
+    def _send(self, entry: ChildSaEntry, parts: list[bytes]) -> None:
+        sent = self.transport.send(entry, parts)
+        sealed = len(parts) // PARTS_PER_PACKET
+        if sent < sealed:
+            entry.drops[Drop.SEND_FAILED.value] += sealed - sent
+
+    def hold_sends(self) -> None:
+        """Keep what is sealed from now on until `release_sends`, per SA in order: a
+        TUN read of many super-packets (each sealed on its own) then leaves in one
+        send per SA, which UDP GSO makes few system calls."""
+        if self._held is None:
+            self._held = {}
+
+    def release_sends(self) -> None:
+        """Send what `hold_sends` kept, one batch per SA (sealing order is sequence
+        order, so each SA's packets leave in order)."""
+        held, self._held = self._held, None
+        if held:
+            for entry, parts in held.items():
+                self._send(entry, parts)
+
+    def _too_big(
+        self,
+        entry: ChildSaEntry,
+        packet: bytes,
+        batch: list[bytes],
+        spill: dict[ChildSaEntry, list[bytes]] | None,
+        replies: list[bytes],
+    ) -> None:
+        # `_oversized`, for a packet that may carry a partial checksum (`spill` is
+        # not None): completed first, since it is fragmented or quoted in an ICMP
+        # error, and its fragments go apart from the marked batch.
+        if spill is None:
+            self._oversized(entry, packet, batch, replies)
+        else:
+            self._oversized(entry, _complete(packet), spill.setdefault(entry, []), replies)
 
     def _oversized(
         self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]
@@ -668,13 +795,18 @@ class DataPlane:
         out: list[bytes] = []
         # Route-mode SAs: what they open goes to their own TUN.
         routed: dict[str, list[bytes]] | None = None
+        # Per TUN (None: the gateway's), the indexes of segments with a partial
+        # checksum in what goes there (NH_PARTIAL_CSUM, delivered only by an SA
+        # that agreed on it).
+        marks: dict[str | None, list[int]] | None = None
         for entry, group in groups.items():
             if entry.interface is None:
-                append = out.append
+                target = out
             else:
                 if routed is None:
                     routed = {}
-                append = routed.setdefault(entry.interface, []).append
+                target = routed.setdefault(entry.interface, [])
+            append = target.append
             allows = entry.policy.allows_inbound
             cache = self._inbound_cache.get(entry)
             if cache is None:
@@ -705,16 +837,34 @@ class DataPlane:
                         _NO_RUN if key is None else _flow_run(inner)
                     )
                 if known:
+                    if opened[1] == NH_PARTIAL_CSUM:
+                        if marks is None:
+                            marks = {}
+                        marks.setdefault(entry.interface, []).append(len(target))
                     append(inner)
                 else:
                     entry.drops[Drop.POLICY_MISMATCH.value] += 1
+        if marks is None:
+            marks = {}
+        else:
+            self.counters["partial_segments_received"] += sum(map(len, marks.values()))
         if out:
-            written = self.transport.write_tun(out)
+            partial = marks.get(None)
+            written = (
+                self.transport.write_tun(out, None, partial)
+                if partial
+                else self.transport.write_tun(out)
+            )
             if written < len(out):
                 self.drops[Drop.TUN_WRITE_FAILED.value] += len(out) - written
         if routed is not None:
             for interface, inners in routed.items():
-                written = self.transport.write_tun(inners, interface)
+                partial = marks.get(interface)
+                written = (
+                    self.transport.write_tun(inners, interface, partial)
+                    if partial
+                    else self.transport.write_tun(inners, interface)
+                )
                 if written < len(inners):
                     self.drops[Drop.TUN_WRITE_FAILED.value] += len(inners) - written
         return unknown
@@ -738,6 +888,21 @@ class DataPlane:
             "counters": dict(sorted(self.counters.items())),
             "kernel_drops": self.kernel_drops() if self.kernel_drops is not None else {},
         }
+
+
+def _complete(segment: bytes) -> bytes:
+    """A segment with a partial checksum (`tun.vnet.split_frame_partial`), its
+    checksum computed: for a peer that does not complete it, or before it is
+    fragmented or quoted in an ICMP error."""
+    try:
+        return complete_partial_tcp(segment)
+    except VnetError:
+        return segment  # not TCP: `split_frame_partial` marks no such thing
+
+
+def _completed(segments: list[bytes]) -> list[bytes]:
+    """`_complete` for each segment."""
+    return list(map(_complete, segments))
 
 
 def _traffic(entry: ChildSaEntry) -> tuple[int, int, int, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -259,6 +260,9 @@ class Gateway:
             nat_port=gateway.nat_port,
             offload=offload is not OffloadMode.OFF,
         )
+        # "tso-lockgate": TSO only while every peer of a TUN completes partial
+        # checksums (`Pump.set_tso`); "all" keeps it on for every peer.
+        pump.tso_auto = offload is OffloadMode.TSO_LOCKGATE
         claimed, self._claimed = self._claimed, {}
         try:
             pump.open(addresses, raw_esp=True, claimed=claimed)
@@ -282,6 +286,11 @@ class Gateway:
             on_close=pump.forget_route_tun,
         )
         self.route_links.sync(config, self.is_up)
+        # Partial checksums inside ESP are offered where the TUN takes F_NEEDS_CSUM
+        # writes (virtio-net headers), so the kernel completes what we receive.
+        endpoint_settings = dataclasses.replace(
+            endpoint_settings, partial_csum=bool(getattr(self.tun, "vnet_hdr", False))
+        )
         self._use_endpoint(Endpoint([*ikes, *self.ra_connections()], config=endpoint_settings))
         path = self.socket_override or str(gateway.control_socket)
         self._control = ControlServer(path, self._handle_request)

@@ -12,13 +12,23 @@ segmentation offload (GSO_UDP_L4) write, when the kernel takes those (Linux 6.2 
 gateway one TUN write and one trip through its stack per ~45 datagrams.
 
 TSO on the TUN device (TUNSETOFFLOAD CSUM | TSO4 | TSO6: read 64 KiB TCP super-packets
-and cut them here) is available but not the default: cutting is cheap, but every
-segment then needs its TCP checksum computed in Python, which measured here costs
-more than the single-packet read it saves (the kernel cuts and checksums in C).
+and cut them here) is not on for every peer: cutting is cheap, but every segment then
+needs its TCP checksum computed in Python, which measured here costs more than the
+single-packet read it saves (the kernel cuts and checksums in C). Between two lockgates
+no checksum is computed: the segments keep the kernel's partial checksum, marked
+inside ESP, and the receiving kernel completes them (`daemon.dataplane`). In mode
+``tso-lockgate`` the pump turns TSO on for a TUN while every CHILD SA it sends into has
+that agreement, and off otherwise (`Pump.tso_auto`). TSO needs CSUM, so while it is on
+every packet comes with a partial checksum, and UDP datagrams have theirs completed
+in Python (`tun.vnet.split_frame`). It is not the default: on the 2-core development
+machine lockgate ↔ lockgate measured slower with it (TCP and above all UDP) than with
+the kernel cutting and checksumming in C.
 
-``LOCKGATE_OFFLOAD`` in the environment chooses: ``no-tso`` (the default), ``all``
-(with TSO) or ``off`` (plain TUN packets, one datagram per system call). A kernel
-that refuses an offload gets the plain path for it.
+``LOCKGATE_OFFLOAD`` in the environment chooses: ``no-tso`` (the default),
+``tso-lockgate`` (TSO only while every peer of the TUN is a lockgate that completes
+partial checksums), ``all`` (TSO always; partial checksums towards the lockgates that
+agreed) or ``off`` (plain TUN packets, one datagram per system call, and no partial
+checksums). A kernel that refuses an offload gets the plain path for it.
 """
 
 from __future__ import annotations
@@ -56,8 +66,11 @@ class OffloadMode(enum.Enum):
     """TSO reads, coalesced TUN writes (TCP, and UDP where the kernel takes it), UDP
     GSO and GRO."""
     NO_TSO = "no-tso"
-    """As ALL, but TUN reads are single packets the kernel cut and checksummed
-    (the default)."""
+    """As ALL, but TUN reads are single packets the kernel cut and checksummed (the
+    default)."""
+    TSO_LOCKGATE = "tso-lockgate"
+    """As NO_TSO, but TSO is on for a TUN while every CHILD SA it sends into is with
+    a lockgate that completes partial checksums (`Pump.tso_auto`)."""
     OFF = "off"
     """Plain TUN packets and one datagram per system call."""
 
@@ -76,7 +89,10 @@ def offload_mode(environ: Mapping[str, str] | None = None) -> OffloadMode:
         return OffloadMode(value)
     except ValueError:
         log.warning(
-            "%s=%r is not one of all, no-tso, off: using %s", ENV_SWITCH, value, DEFAULT_MODE.value
+            "%s=%r is not one of all, no-tso, tso-lockgate, off: using %s",
+            ENV_SWITCH,
+            value,
+            DEFAULT_MODE.value,
         )
         return DEFAULT_MODE
 

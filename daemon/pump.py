@@ -14,6 +14,14 @@ run of equally long ESP packets in one `sendmsg` (UDP_SEGMENT), UDP GRO reads ma
 in one `recvmsg`, and a TUN device with virtio-net headers takes the received TCP
 segments of a flow as one coalesced write and may hand over TSO super-packets,
 which `tun.vnet` cuts.
+
+Between two lockgates that agreed on it (`ikev2.tasks.ike_init`), the segments of a
+super-packet (and single TCP segments the kernel left unchecksummed) leave with the
+partial checksum the kernel left in them, marked inside ESP; the receiving pump
+writes them with F_NEEDS_CSUM and its kernel completes them.
+With `tso_auto` (`LOCKGATE_OFFLOAD=tso-lockgate`), TSO is on for a TUN exactly while
+every CHILD SA that TUN sends into has that agreement (`DataPlane.on_tso`), so other
+peers get single packets the kernel cut and checksummed, as before.
 """
 
 from __future__ import annotations
@@ -32,18 +40,20 @@ from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry
 from daemon.dataplane import AcquireHandler, DataPlane, Drop, UnknownSpiHandler
+from daemon.offload import TUN_OFFLOADS
 from esp.sa import PARTS_PER_PACKET
 from esp.udpencap import MIN_ESP_LEN, NAT_KEEPALIVE, NON_ESP_MARKER, frame_ike
 from ikev2.events import Address
-from tun import PacketDevice, TunError
+from tun import Offload, PacketDevice, TunError
 from tun.vnet import (
     F_NEEDS_CSUM,
     GSO_NONE,
     VNET_HDR_LEN,
     VnetError,
     coalesce,
+    complete_partial_tcp,
     frame_packets,
-    split_frame,
+    split_frame_partial,
 )
 
 log = logging.getLogger(__name__)
@@ -208,8 +218,9 @@ class RouteTun:
     """Frames carry a virtio-net header (IFF_VNET_HDR)."""
     uso: bool
     """Writes may coalesce UDP datagrams (GSO_UDP_L4)."""
-    deliver: Callable[[list[bytes]], None]
-    """The data plane's entry for what it reads (`DataPlane.from_route_tun`)."""
+    deliver: Callable[..., None]
+    """The data plane's entry for what it reads (`DataPlane.from_route_tun`): the
+    packets, and whether they carry partial checksums."""
 
 
 @dataclass
@@ -240,6 +251,10 @@ class Pump:
     """Use UDP GSO/GRO on port 4500 (when the kernel has them)."""
     route_tuns: dict[str, RouteTun] = field(default_factory=dict)
     """The route-mode connections' TUN devices by name (`add_route_tun`)."""
+    tso_auto: bool = False
+    """Turn TSO on a TUN on while every CHILD SA it sends into takes partial
+    checksums, and off again otherwise (`set_tso`); else leave the device's
+    offloads as its opener set them."""
     _loop: asyncio.AbstractEventLoop | None = None
     _gso: bool = False
     _gro: set[int] = field(default_factory=set)
@@ -259,6 +274,7 @@ class Pump:
         self._uso = bool(getattr(self.tun, "uso_writes", False))
         self._gso = self.offload
         self.plane.kernel_drops = self.kernel_drops
+        self.plane.on_tso = self.set_tso
 
     # ---- set-up --------------------------------------------------------------------
 
@@ -318,8 +334,41 @@ class Pump:
             functools.partial(self.plane.from_route_tun, name),
         )
         self.route_tuns[name] = route
+        if self.plane.tso_wanted(name):
+            self.set_tso(name, True)
         if self._loop is not None:
             self._loop.add_reader(tun.fileno(), self._read_route_tun, route)
+
+    def set_tso(self, interface: str | None, on: bool) -> None:
+        """With `tso_auto`, let the TUN (the gateway's, or the route-mode one named
+        `interface`) hand over TSO super-packets, or stop it. Super-packets already
+        queued are still read and cut (`DataPlane.from_tun_segments` decides per
+        super-packet), so the switch needs no synchronisation with the reader."""
+        if not self.tso_auto:
+            return
+        if interface is None:
+            tun = self.tun
+        else:
+            route = self.route_tuns.get(interface)
+            if route is None:
+                return
+            tun = route.tun
+        set_offload = getattr(tun, "set_offload", None)
+        if set_offload is None or not getattr(tun, "vnet_hdr", False):
+            return
+        try:
+            set_offload(TUN_OFFLOADS if on else Offload(0))
+        except TunError as exc:
+            log.info("TUN segmentation offload not switched %s: %s", "on" if on else "off", exc)
+            return
+        log.info(
+            "TSO on %s %s: %s",
+            tun.name,
+            "on" if on else "off",
+            "every peer it sends to takes partial checksums"
+            if on
+            else "a peer without partial checksums",
+        )
 
     def forget_route_tun(self, name: str) -> None:
         """`remove_route_tun`, for a caller that closes the device itself."""
@@ -389,8 +438,8 @@ class Pump:
         self,
         tun: PacketDevice,
         vnet: bool,
-        deliver: Callable[[list[bytes]], None],
-        deliver_segments: Callable[[list[bytes]], None],
+        deliver: Callable[[list[bytes], bool], None],
+        deliver_segments: Callable[[list[bytes], bool], None],
     ) -> None:
         try:
             batch = tun.read_batch(BATCH)
@@ -400,35 +449,61 @@ class Pump:
         if not batch:
             return
         if not vnet:
-            deliver(batch)
+            deliver(batch, False)
             return
-        # Super-packets (TSO) are cut here and go on as one flow's segments; single
-        # packets (their partial checksums completed) are gathered in between, in
-        # order, so nothing of one flow overtakes another part of it.
+        # Each super-packet is sealed on its own; what the read sealed leaves in
+        # one send per SA.
+        plane = self.plane
+        plane.hold_sends()
+        try:
+            self._cut_frames(batch, deliver, deliver_segments)
+        finally:
+            plane.release_sends()
+
+    def _cut_frames(
+        self,
+        batch: list[bytes],
+        deliver: Callable[[list[bytes], bool], None],
+        deliver_segments: Callable[[list[bytes], bool], None],
+    ) -> None:
+        # Super-packets (TSO) are cut here and go on as one flow's segments, with
+        # the kernel's partial checksums: the data plane completes them unless the
+        # SA's peer does (`split_frame_partial`). Single packets are gathered in
+        # runs in between, finished ones apart from those the kernel left partial
+        # (TCP; other protocols' are completed here), in order, so nothing of one
+        # flow overtakes another part of it.
         plane = self.plane
         singles: list[bytes] = []
+        marked = False  # `singles` are TCP segments with partial checksums
         for frame in batch:
             # The common frame, inlined: a finished packet behind a header that asks
             # for nothing (no partial checksum, no segmentation).
             if len(frame) > VNET_HDR_LEN and not frame[0] & F_NEEDS_CSUM and frame[1] == GSO_NONE:
+                if marked:
+                    deliver(singles, True)
+                    singles, marked = [], False
                 singles.append(frame[VNET_HDR_LEN:])
                 continue
             try:
-                packets = split_frame(frame)
+                packets, partial = split_frame_partial(frame)
             except VnetError as exc:
                 log.debug("unusable TUN frame: %s", exc)
                 plane.drops[Drop.MALFORMED.value] += 1
                 continue
             if len(packets) == 1:
+                if singles and marked != partial:
+                    deliver(singles, marked)
+                    singles = []
+                marked = partial
                 singles.append(packets[0])
                 continue
             if singles:
-                deliver(singles)
+                deliver(singles, marked)
                 singles = []
             plane.counters["tso_frames_read"] += 1
-            deliver_segments(packets)
+            deliver_segments(packets, partial)
         if singles:
-            deliver(singles)
+            deliver(singles, marked)
 
     def _read_nat(self, sock: socket.socket, local: Address) -> None:
         if sock.fileno() in self._gro:
@@ -617,10 +692,14 @@ class Pump:
             return False
         return True
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         """Write plaintext packets to the gateway's TUN device, or to the route-mode
         TUN `interface` (TCP segments of one flow as one super-packet when the device
-        takes virtio-net headers)."""
+        takes virtio-net headers). The packets at the indexes `partial` carry only
+        their pseudo-header checksum sum: the kernel completes them (F_NEEDS_CSUM),
+        or, on a TUN without virtio-net headers, this does."""
         if interface is None:
             tun, vnet, uso = self.tun, self._vnet, self._uso
         else:
@@ -630,8 +709,10 @@ class Pump:
             tun, vnet, uso = route.tun, route.vnet, route.uso
         try:
             if not vnet:
+                if partial:
+                    packets = _completed(packets, partial)
                 return tun.write_batch(packets)
-            frames = coalesce(packets, udp=uso)
+            frames = coalesce(packets, udp=uso, partial=partial)
             if len(frames) < len(packets):
                 self.plane.counters["tun_packets_coalesced"] += len(packets) - len(frames)
             write = tun.write
@@ -690,6 +771,16 @@ def _tun_tx_dropped(name: str, path: str = "/proc/net/dev") -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return 0
+
+
+def _completed(packets: list[bytes], partial: Sequence[int]) -> list[bytes]:
+    """``packets`` with the partial checksums at ``partial`` computed (a TUN that
+    takes no F_NEEDS_CSUM); one that is no TCP segment goes as it came."""
+    out = list(packets)
+    for i in partial:
+        with contextlib.suppress(VnetError):
+            out[i] = complete_partial_tcp(out[i])
+    return out
 
 
 def _packets(parts: list[bytes]) -> Iterator[tuple[bytes, ...]]:

@@ -8,8 +8,9 @@ Modules:
   MTU arithmetic (`EspSuite.overhead`, `EspSuite.inner_mtu_for`).
 - `esp.sa`: `EspSA`, one unidirectional SA. `encapsulate[_batch]` gives ESP
   octets from the SPI to the ICV; `decapsulate[_batch]` gives (inner packet,
-  next header) or a `DropReason`. Counters, `Lifetime` limits and
-  `lifetime_state()` for the IKE side to poll.
+  next header) or a `DropReason`. `NH_PARTIAL_CSUM` marks TCP segments whose
+  checksum the receiver completes, on an SA whose two lockgates agreed on it.
+  Counters, `Lifetime` limits and `lifetime_state()` for the IKE side to poll.
 - `esp.replay`: `ReplayWindow`, the anti-replay bitmap with ESN inference, and
   `NoReplayCheck` for a receiver that leaves anti-replay off.
 - `esp.udpencap`: the port-4500 demultiplexer (IKE / ESP / keepalive) and

@@ -35,6 +35,20 @@ IPPROTO_IPV6 = 41
 """Next Header of an inner IPv6 packet (tunnel mode)."""
 IPPROTO_NONE = 59
 """Next Header of a dummy packet (RFC 4303 §2.6)."""
+NH_PARTIAL_CSUM = 253
+"""Next Header of an inner IPv4/IPv6 TCP segment whose checksum field holds only its
+pseudo-header sum, for the receiver to complete: sent only on an SA whose two ends
+agreed on it (`EspSA.partial_csum`), never otherwise.
+
+Why the Next Header and not a padding pattern: both sit in the ESP trailer, which
+the ICV covers (RFC 4303 §2.8, §3.3.2), so neither can be set or cleared on the way.
+But padding is only there when the inner length leaves room for it (§2.4): an inner
+packet of exactly the tunnel MTU has none, and those are most segments of a
+super-packet. A marked padding would have to add octets beyond the path MTU. The
+Next Header octet is always there and costs nothing. 253 is IANA's protocol number
+for experimentation (RFC 3692, RFC 4727 §7.2); it is never a tunnel-mode Next Header,
+so a receiver that did not agree drops it as today (BAD_NEXT_HEADER), and one that
+did still checks that the inner packet is IPv4 or IPv6 (§2.6)."""
 
 TUNNEL_NEXT_HEADERS = frozenset({IPPROTO_IPIP, IPPROTO_IPV6})
 """Next Header values a tunnel-mode SA delivers."""
@@ -64,7 +78,7 @@ _PADDING = tuple(bytes(range(1, n + 1)) for n in range(256))
 # Padding | Pad Length | Next Header for each pad length, by Next Header.
 _TRAILERS = {
     nh: tuple(_PADDING[n] + bytes((n, nh)) for n in range(256))
-    for nh in (IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE)
+    for nh in (IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, NH_PARTIAL_CSUM)
 }
 # The same, looked up by the first octet of the inner packet (its version nibble):
 # one tuple index replaces "which IP version, which next header, which trailer".
@@ -72,21 +86,29 @@ _TRAILERS_BY_FIRST_OCTET: tuple[tuple[bytes, ...] | None, ...] = tuple(
     _TRAILERS[_NEXT_HEADER_BY_VERSION[octet >> 4]] if octet >> 4 in (4, 6) else None
     for octet in range(256)
 )
+# The same for a segment with a partial checksum: one Next Header for both versions.
+_MARKED_BY_FIRST_OCTET: tuple[tuple[bytes, ...] | None, ...] = tuple(
+    _TRAILERS[NH_PARTIAL_CSUM] if octet >> 4 in (4, 6) else None for octet in range(256)
+)
 
 FAST_MAX_INNER = 16384
 """Inner packets up to this length take the batch calls' fast path (longer ones are
 sealed by the careful loop): the size of the trailer tables below."""
 
 
-@functools.lru_cache(maxsize=4)
-def _trailers_by_length(align: int) -> tuple[list[bytes] | None, ...]:
+@functools.lru_cache(maxsize=8)
+def _trailers_by_length(align: int, marked: bool = False) -> tuple[list[bytes] | None, ...]:
     """For each first octet of an inner packet, its trailer (padding, Pad Length, Next
     Header) by inner length, for a suite aligning to `align` octets; None where the
     octet is not IPv4/IPv6. Two shared lists of FAST_MAX_INNER references (128 KiB
     each): one list index per packet replaces the version lookup and the pad-length
-    arithmetic, which measured 2-3% of the AES-GCM send path at 1400 octets."""
+    arithmetic, which measured 2-3% of the AES-GCM send path at 1400 octets.
+    With `marked`, the trailers carry `NH_PARTIAL_CSUM` instead."""
     by_version = {
-        version: [_TRAILERS[nh][(-2 - length) % align] for length in range(FAST_MAX_INNER + 1)]
+        version: [
+            _TRAILERS[NH_PARTIAL_CSUM if marked else nh][(-2 - length) % align]
+            for length in range(FAST_MAX_INNER + 1)
+        ]
         for version, nh in _NEXT_HEADER_BY_VERSION.items()
     }
     return tuple(by_version.get(octet >> 4) for octet in range(256))
@@ -179,6 +201,7 @@ class EspSA:
         "drops",
         "esn",
         "lifetime",
+        "partial_csum",
         "replay",
         "spi",
         "suite",
@@ -235,6 +258,9 @@ class EspSA:
         """Inbound anti-replay window (unused on an outbound SA)."""
         self.drops: Counter[DropReason] = Counter()
         """Packets refused, per reason."""
+        self.partial_csum = False
+        """Inbound: deliver packets marked `NH_PARTIAL_CSUM` (both ends of the IKE SA
+        agreed on it), with that Next Header; else they are BAD_NEXT_HEADER."""
 
         self._seq_max = _SEQ_MAX_64 if esn else _SEQ_MAX_32
         if not 1 <= first_seq <= self._seq_max + 1:
@@ -403,18 +429,25 @@ class EspSA:
                     return packets
         return self._encapsulate_slow(batch)
 
-    def _encapsulate_slow(self, batch: Sequence[bytes]) -> list[EncapResult]:
+    def _encapsulate_slow(self, batch: Sequence[bytes], partial: bool = False) -> list[EncapResult]:
         # Where the fast path does not run or gave up: one packet at a time (CBC),
         # or the careful loop (AEAD). Shared by both batch calls, so a batch the
         # fast path refused is not sealed by it a second time.
         if self._aead is None:
             encapsulate = self.encapsulate
+            if partial:
+                return [
+                    encapsulate(inner, NH_PARTIAL_CSUM)
+                    if inner and _MARKED_BY_FIRST_OCTET[inner[0]] is not None
+                    else self._drop(DropReason.BAD_INNER_PACKET)
+                    for inner in batch
+                ]
             return [encapsulate(inner) for inner in batch]
         results: list[EncapResult] = []
-        self._encapsulate_checked(batch, results)
+        self._encapsulate_checked(batch, results, partial)
         return results
 
-    def encapsulate_parts(self, inners: Iterable[bytes]) -> list[bytes]:
+    def encapsulate_parts(self, inners: Iterable[bytes], *, partial: bool = False) -> list[bytes]:
         """The ESP packets of `encapsulate_batch`, as gather parts for `sendmsg`.
 
         Returns `PARTS_PER_PACKET` octet strings per packet, in order; each
@@ -425,13 +458,16 @@ class EspSA:
         length and not by part). Otherwise the first is the whole packet and the
         others are empty. A refused packet has no parts; it is counted in
         `drops` as in `encapsulate_batch`.
+
+        With `partial` every packet is marked `NH_PARTIAL_CSUM` (TCP segments that
+        carry only their pseudo-header sum; only for a peer that agreed on it).
         """
         batch = inners if isinstance(inners, _SEQUENCE_TYPES) else list(inners)
         count = len(batch)
         aead = self._fast_cipher(count)
         if aead is not None:
             encrypt = aead.encrypt
-            trailers = _trailers_by_length(self._align)
+            trailers = _trailers_by_length(self._align, partial)
             salt = self._salt
             aads = self._aads(self._seq, count)
             try:
@@ -451,7 +487,7 @@ class EspSA:
                     parts[2::3] = bodies
                     return parts
         parts = []
-        for packet in self._encapsulate_slow(batch):
+        for packet in self._encapsulate_slow(batch, partial):
             if isinstance(packet, bytes):
                 if self._aead is not None:
                     parts += (packet[:8], packet[8:16], packet[16:])
@@ -494,11 +530,13 @@ class EspSA:
         self._bytes += total
         return True
 
-    def _encapsulate_checked(self, batch: Sequence[bytes], results: list[EncapResult]) -> None:
+    def _encapsulate_checked(
+        self, batch: Sequence[bytes], results: list[EncapResult], partial: bool = False
+    ) -> None:
         # The careful loop: every limit per packet, ESN, refusals.
         append = results.append
         seal = self._seal_aead
-        by_octet = _TRAILERS_BY_FIRST_OCTET
+        by_octet = _MARKED_BY_FIRST_OCTET if partial else _TRAILERS_BY_FIRST_OCTET
         align = self._align
         seq, sent_bytes = self._seq, self._bytes
         # Sending is fine while seq stays at or below `stop`: that folds the
@@ -513,7 +551,8 @@ class EspSA:
                 # Rare: settle the counters and let the one-packet path say why.
                 self._packets += seq - start
                 self._seq, self._bytes = seq, sent_bytes
-                append(self.encapsulate(inner))
+                marked = partial and trailers is not None
+                append(self.encapsulate(inner, NH_PARTIAL_CSUM if marked else None))
                 seq = start = self._seq
                 sent_bytes = self._bytes
                 continue
@@ -588,6 +627,8 @@ class EspSA:
         if next_header == IPPROTO_NONE:
             return self._drop(DropReason.DUMMY_PACKET)
         version = self._nh_rules[next_header]
+        if next_header == NH_PARTIAL_CSUM and self.partial_csum and self._tunnel:
+            version = plaintext[0] >> 4 if inner_len and plaintext[0] >> 4 in (4, 6) else -1
         if version < 0 or (version and (inner_len == 0 or plaintext[0] >> 4 != version)):
             return self._drop(DropReason.BAD_NEXT_HEADER)
         if self._bytes + inner_len > self._hard_bytes:
@@ -660,6 +701,7 @@ class EspSA:
         unpack = _SPI_SEQ.unpack_from
         replay = self.replay
         trailers = _TRAILERS_BY_FIRST_OCTET
+        partial, marked = self.partial_csum, _TRAILERS[NH_PARTIAL_CSUM]
         my_spi, salt = self.spi, self._salt
         received = self._bytes
         first = expected = replay.highest + 1
@@ -683,6 +725,9 @@ class EspSA:
                     continue
                 except TypeError:
                     good = False
+                if not good and partial and plaintext.endswith(marked[padlen]):
+                    # A marked segment (NH_PARTIAL_CSUM): IPv4 or IPv6 inside.
+                    good = trailers[plaintext[0]] is not None
                 if good:
                     expected = seq + 1
                     inner_len = len(plaintext) - 2 - padlen
@@ -720,6 +765,7 @@ class EspSA:
         in_order_limit = _SEQ_MAX_64 if self.esn else _SEQ_MAX_32
         esn_aad = _SPI_ESN.pack if self.esn else None
         rules, padding = self._nh_rules, _PADDING
+        partial = self.partial_csum and self._tunnel
         my_spi, salt, min_len = self.spi, self._salt, self._min_len
         hard_bytes = self._hard_bytes
         count, received = self._packets, self._bytes
@@ -749,6 +795,8 @@ class EspSA:
                     inner_len = end - padlen
                     next_header = plaintext[end + 1]
                     version = rules[next_header]
+                    if next_header == NH_PARTIAL_CSUM and partial:
+                        version = plaintext[0] >> 4 if plaintext[0] >> 4 in (4, 6) else -1
                     if (
                         inner_len > 0
                         and version > 0

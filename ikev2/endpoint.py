@@ -294,6 +294,9 @@ class EndpointConfig:
     """When to demand a COOKIE before creating a responder SA (RFC 7296 §2.6)."""
     log_interval: float = 10.0
     """Seconds between two log lines of the same unauthenticated drop reason."""
+    partial_csum: bool = False
+    """Offer lockgate peers TCP segments with partial checksums inside ESP (the data
+    plane writes them to a TUN with virtio-net headers, whose kernel completes them)."""
 
 
 class Endpoint:
@@ -363,6 +366,7 @@ class Endpoint:
             half_open_timeout=self.config.half_open_timeout,
             wall_clock=wall_clock,
             key_pool=self._keys,
+            partial_csum=self.config.partial_csum,
         )
         """What every IKE SA made here shares (their numbering, randomness, key pool)."""
         self._events: deque[Event] = deque()

@@ -291,6 +291,9 @@ class ChildSaInstalled(Event):
     IKE_FOLLOWUP_KE, RFC 9370 §2.2.4); "" when it has none (IKE_AUTH's CHILD SA)."""
     quantum_safe: bool = False
     """An ML-KEM key exchange went into its KEYMAT (its PFS)."""
+    partial_csum: bool = False
+    """Both ends are lockgates that agreed in IKE_SA_INIT on TCP segments with
+    partial checksums inside ESP (marked `esp.sa.NH_PARTIAL_CSUM`)."""
 
 
 @dataclass(frozen=True, slots=True)

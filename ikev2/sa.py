@@ -235,6 +235,7 @@ class IkeSa(IkeSaData):
         new.init_local, new.init_remote = self.init_local, self.init_remote
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.peer_prefers_udp = self.peer_prefers_udp
+        new.partial_csum = self.partial_csum
         new.encap_forced = self.encap_forced
         new.mobike = self.mobike
         new.fragmentation = self.fragmentation

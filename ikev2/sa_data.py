@@ -77,6 +77,9 @@ class SaContext:
     """Calendar time (POSIX seconds), only to check certificate validity dates."""
     key_pool: KeyPool | None = None
     """Key pairs made while the endpoint was idle (None: each made when needed)."""
+    partial_csum: bool = False
+    """The data plane can take TCP segments with partial checksums inside ESP, so
+    IKE_SA_INIT offers them to a lockgate peer (`tasks.ike_init`)."""
 
 
 class IkeSaData:
@@ -133,6 +136,7 @@ class IkeSaData:
         "now",
         "on_change",
         "on_drop",
+        "partial_csum",
         "peer_deleted_unknown",
         "peer_hashes",
         "peer_id",
@@ -237,6 +241,10 @@ class IkeSaData:
         self.ppk_used = False
         """A post-quantum preshared key is mixed into SK_d (RFC 8784 §3): IKE_AUTH used
         it, or the IKE SA this one was rekeyed from did."""
+        self.partial_csum = False
+        """Both sides sent lockgate's partial-checksum Vendor ID in IKE_SA_INIT
+        (tasks.ike_init): its CHILD SAs carry the TCP segments the kernel left
+        unchecksummed with partial checksums, marked in ESP."""
         self._reassembler: Reassembler | None = None
         self.init_retries = 0
         self.cookie = b""
@@ -367,6 +375,11 @@ class IkeSaData:
         """Whether IKE_SA_INIT carries lockgate's Vendor ID, and the peer's counts: with
         `encap = "auto"`, unless port 4500 went unanswered before (tasks.ike_natd)."""
         return self.config.encap == "auto" and not self.withhold_udp_vid
+
+    @property
+    def offers_partial_csum(self) -> bool:
+        """Whether IKE_SA_INIT carries lockgate's partial-checksum Vendor ID."""
+        return self.context.partial_csum
 
     def new_key_exchange(self, group: int) -> KeyExchange:
         """A key pair of `group` for one exchange, never used before (§2.12 would allow

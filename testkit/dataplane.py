@@ -29,9 +29,14 @@ SUITES = {
 
 
 def events(
-    suite: str = "aes128gcm16", udp: bool = True, esn: bool = False, uid: int = 1
+    suite: str = "aes128gcm16",
+    udp: bool = True,
+    esn: bool = False,
+    uid: int = 1,
+    partial_csum: bool = False,
 ) -> tuple[ChildSaInstalled, ChildSaInstalled]:
-    """A's and B's view of the same CHILD SA, with mirrored SPIs and keys."""
+    """A's and B's view of the same CHILD SA, with mirrored SPIs and keys
+    (`partial_csum`: as two lockgates that agreed on partial checksums)."""
     encr_id, bits, integ_id, ek, ik = SUITES[suite]
     keys = [os.urandom(n) for n in (ek, ik, ek, ik)]
     spi_ab, spi_ba = 0xA0000000 + uid, 0xB0000000 + uid
@@ -53,6 +58,7 @@ def events(
         life_bytes=0,
         life_packets=0,
         replay_window=128,
+        partial_csum=partial_csum,
     )
     a = ChildSaInstalled(
         **common,  # type: ignore[arg-type]
@@ -123,3 +129,20 @@ def ipv6(src: str, dst: str, payload: bytes, proto: int = 17) -> bytes:
 def echo_request(seq: int, size: int = 56) -> bytes:
     body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, seq) + bytes(size)
     return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+
+
+def tcp_super_frame(
+    payload_len: int, *, v6: bool = False, mss: int = 1000, src: str = "", dst: str = ""
+) -> bytes:
+    """A TSO frame as a kernel hands it over (virtio-net header, F_NEEDS_CSUM, GSO
+    TCP): one flow from site A to site B (or `src` to `dst`), PSH ACK, `mss` payload
+    octets per segment. Its checksum field holds junk: no path may read it."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000, 5, 5 << 4, 0x18, 65535, 0xABCD, 0)
+    payload = bytes(i % 251 for i in range(payload_len))
+    if v6:
+        ip = ipv6(src or "2001:db8:a::10", dst or "2001:db8:b::10", tcp + payload, proto=6)
+    else:
+        ip = ipv4(src or "192.0.2.10", dst or "203.0.113.10", tcp + payload, proto=6)
+    ip_len = 40 if v6 else 20
+    header = struct.pack("=BBHHHH", 1, 4 if v6 else 1, ip_len + 20, mss, ip_len, 16)
+    return header + ip

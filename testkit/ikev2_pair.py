@@ -155,9 +155,10 @@ class Pair:
         cls, conn_a: ConnectionConfig, conn_b: ConnectionConfig | None = None, **kw: Any
     ) -> Pair:
         seeds = kw.pop("seeds", (b"side-a", b"side-b"))
+        configs = kw.pop("configs", (None, None))
         conn_b = conn_b or mirrored(conn_a)
-        a = Endpoint([conn_a], rng=DeterministicRandom(seeds[0]))
-        b = Endpoint([conn_b], rng=DeterministicRandom(seeds[1]))
+        a = Endpoint([conn_a], rng=DeterministicRandom(seeds[0]), config=configs[0])
+        b = Endpoint([conn_b], rng=DeterministicRandom(seeds[1]), config=configs[1])
         return cls(a, b, **kw)
 
     def side(self, name: str) -> Endpoint:

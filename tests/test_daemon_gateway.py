@@ -17,7 +17,7 @@ import random
 import socket
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -918,7 +918,9 @@ class _NoTransport:
     def send_keepalive(self, local: object, remote: object) -> bool:
         raise AssertionError("nothing is sent")
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         raise AssertionError("nothing is written")
 
 

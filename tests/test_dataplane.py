@@ -13,6 +13,7 @@ import ipaddress
 import os
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -64,7 +65,9 @@ class Side:
         self.wire.append(("udp", encapsulate_udp(NAT_KEEPALIVE), local, remote))
         return True
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         self.tun_out.extend(packets)
         return len(packets)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from daemon.childsa import ChildSaEntry, entry_from_event
@@ -40,7 +41,9 @@ class Wire:
     def send_keepalive(self, local: object, remote: object) -> bool:
         return True
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         self.tun.setdefault(interface, []).extend(packets)
         return len(packets)
 

@@ -107,15 +107,29 @@ def test_a_finished_packet_keeps_its_own_checksum_even_a_wrong_one() -> None:
     assert not scapy_valid(packets[0])
 
 
-def test_a_single_packet_with_a_partial_checksum_is_completed_here() -> None:
-    # Not a super-packet: completed as today, never sent on as partial.
-    packet = bytearray(tcp_packet(b"q" * 300))
-    packet[36:38] = pseudo_header_sum(bytes(packet)).to_bytes(2, "big")
-    frame = VnetHeader(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16).encode() + bytes(packet)
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_single_kernel_segment_goes_on_partial_as_it_came(v6: bool) -> None:
+    # Not a super-packet, but the kernel left its checksum partial just the same
+    # (an ACK, the short end of a write): passed on untouched, for the peer to
+    # complete; completed, it is what split_frame makes of it.
+    packet = bytearray(tcp_packet(b"q" * 300, v6=v6))
+    at = (40 if v6 else 20) + 16
+    packet[at : at + 2] = pseudo_header_sum(bytes(packet)).to_bytes(2, "big")
+    start = 40 if v6 else 20
+    frame = VnetHeader(F_NEEDS_CSUM, GSO_NONE, 0, 0, start, 16).encode() + bytes(packet)
+    packets, partial = split_frame_partial(frame)
+    assert partial
+    assert packets == [bytes(packet)]
+    (full,) = split_frame(frame)
+    assert scapy_valid(full)
+
+
+def test_a_single_partial_udp_datagram_is_completed_here() -> None:
+    datagram = bytes(IP(src="192.0.2.1", dst="203.0.113.1") / UDP(sport=1, dport=2) / Raw(b"u"))
+    frame = VnetHeader(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6).encode() + datagram
     packets, partial = split_frame_partial(frame)
     assert not partial
     assert packets == split_frame(frame)
-    assert scapy_valid(packets[0])
 
 
 @pytest.mark.parametrize(

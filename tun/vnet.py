@@ -17,6 +17,7 @@ words, which equals the octets read as one big-endian integer modulo 0xFFFF (2^1
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 VNET_HDR_LEN = 10
@@ -322,32 +323,33 @@ def _partial_tcp(packet: bytes, ip_len: int) -> bytes:
 def split_frame_partial(frame: bytes) -> tuple[list[bytes], bool]:
     """`split_frame` for a peer that completes TCP checksums itself: (packets, partial).
 
-    Only a TCP super-packet of the kernel's own (GSO_TCPV4/GSO_TCPV6 with
-    F_NEEDS_CSUM, the checksum where TCP's is) is cut with partial checksums, and
-    then ``partial`` is True: its payload was never checksummed by anyone, so leaving
-    that to the receiving kernel adds no trust. Every other frame comes out as
-    `split_frame` gives it, with its own checksum: a packet that arrived finished
+    Only TCP the kernel left unchecksummed (F_NEEDS_CSUM, the checksum where TCP's
+    is) comes out with partial checksums, and then ``partial`` is True: a super-packet
+    (GSO_TCPV4/GSO_TCPV6) cut into segments, or a single segment (an ACK, the short
+    end of a write) as it came. Its payload was never checksummed by anyone, so
+    leaving that to the receiving kernel adds no trust. Every other frame comes out
+    as `split_frame` gives it, with its own checksum: a packet that arrived finished
     (forwarded, say) keeps the checksum its sender computed, right or wrong, and is
     never marked partial, so a corrupt one cannot be "repaired" downstream.
     """
-    if (
-        len(frame) > VNET_HDR_LEN
-        and frame[0] & F_NEEDS_CSUM
-        and frame[1] & ~GSO_ECN
-        in (
-            GSO_TCPV4,
-            GSO_TCPV6,
-        )
-    ):
-        header = VnetHeader.decode(frame)
-        packet = frame[VNET_HDR_LEN:]
-        ip_len, protocol, _ = _ip_layout(packet)
-        if (
-            protocol == _IPPROTO_TCP
-            and header.csum_start == ip_len
-            and header.csum_offset == _TCP_CSUM_OFFSET
-        ):
-            return segment_tcp(packet, header.gso_size, partial=True), True
+    if len(frame) > VNET_HDR_LEN and frame[0] & F_NEEDS_CSUM:
+        gso = frame[1] & ~GSO_ECN
+        if gso in (GSO_TCPV4, GSO_TCPV6, GSO_NONE):
+            header = VnetHeader.decode(frame)
+            packet = frame[VNET_HDR_LEN:]
+            ip_len, protocol, version = _ip_layout(packet)
+            if (
+                protocol == _IPPROTO_TCP
+                and header.csum_start == ip_len
+                and header.csum_offset == _TCP_CSUM_OFFSET
+                and len(packet) >= ip_len + 20
+            ):
+                if gso != GSO_NONE:
+                    return segment_tcp(packet, header.gso_size, partial=True), True
+                # A single segment: its field already holds the kernel's pseudo-header
+                # sum (virtio spec §5.1.6.2). Not a fragment (those are never partial).
+                if version == 6 or not _U16.unpack_from(packet, 6)[0] & 0x3FFF:
+                    return [packet], True
     return split_frame(frame), False
 
 
@@ -364,6 +366,28 @@ def partial_csum_header(packet: bytes | bytearray | memoryview) -> bytes:
     if len(packet) < ip_len + 20:
         raise VnetError("TCP segment shorter than its header")
     return _HEADER.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, ip_len, _TCP_CSUM_OFFSET)
+
+
+def complete_partial_tcp(packet: bytes) -> bytes:
+    """``packet``, a TCP segment carrying only its pseudo-header sum
+    (`split_frame_partial`), with its checksum computed here: for a path that cannot
+    leave it to a kernel (a peer without the agreement, a TUN without virtio-net
+    headers). Raises VnetError unless it is a TCP packet long enough for its header."""
+    ip_len, protocol, version = _ip_layout(packet)
+    if protocol != _IPPROTO_TCP or len(packet) < ip_len + 20:
+        raise VnetError(f"no TCP segment to complete (protocol {protocol})")
+    if version == 4 and _U16.unpack_from(packet, 6)[0] & 0x3FFF:
+        raise VnetError("no TCP segment to complete: an IPv4 fragment")
+    return _complete_checksum(packet, ip_len, _TCP_CSUM_OFFSET)
+
+
+def _partial_frame(packet: bytes) -> bytes:
+    # A segment with a partial checksum, alone: F_NEEDS_CSUM asks the kernel to
+    # finish it. One that cannot be marked goes as it is, as it would unmarked.
+    try:
+        return partial_csum_header(packet) + packet
+    except VnetError:
+        return PLAIN_HEADER + packet
 
 
 def frame_packets(frame: bytes) -> int:
@@ -461,7 +485,9 @@ def _follower(group: _Group) -> _Follower:
     )
 
 
-def coalesce(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
+def coalesce(
+    packets: list[bytes], *, udp: bool = False, partial: Sequence[int] = ()
+) -> list[bytes]:
     """TUN frames (virtio-net header first) for ``packets``: consecutive in-order
     segments of one TCP flow with equal payload sizes (the last may be shorter)
     become one super-packet the kernel cuts again only where it must; with ``udp``,
@@ -479,7 +505,14 @@ def coalesce(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
     the IPv4 IDs of the packets it cuts on from the first one's. The packets' own
     checksums are not checked here: they came inside ESP packets whose ICV was
     verified.
+
+    ``partial`` lists the indexes of TCP segments that carry only their pseudo-header
+    sum (marked so inside ESP by a lockgate peer, `esp.sa.NH_PARTIAL_CSUM`). Merged,
+    they are like any other (the super-packet's checksum is partial anyway); one
+    left alone goes behind `partial_csum_header`, so the kernel completes it.
     """
+    # By identity: the loop below sees packets, not indexes.
+    marked = {id(packets[i]) for i in partial} if partial else None
     frames: list[bytes | _Group] = []
     append = frames.append
     open_groups: dict[bytes, _Group] = {}
@@ -641,11 +674,16 @@ def coalesce(packets: list[bytes], *, udp: bool = False) -> list[bytes]:
     out: list[bytes] = []
     for item in frames:
         if isinstance(item, bytes):
-            out.append(PLAIN_HEADER + item)
+            alone = item
         elif len(item.payloads) == 1:
-            out.append(PLAIN_HEADER + item.first)
+            alone = item.first
         else:
             out.append(_super_packet(item))
+            continue
+        if marked and id(alone) in marked:
+            out.append(_partial_frame(alone))
+        else:
+            out.append(PLAIN_HEADER + alone)
     return out
 
 

@@ -127,6 +127,7 @@ class TaskSa(Protocol):
     fragmentation: bool
     peer_hashes: tuple[int, ...] | None
     ppk_offered: bool
+    partial_csum: bool
 
     # --- read -------------------------------------------------------------------------
     @property
@@ -185,6 +186,8 @@ class TaskSa(Protocol):
     def encap_forced(self) -> bool: ...
     @property
     def offers_udp_vid(self) -> bool: ...
+    @property
+    def offers_partial_csum(self) -> bool: ...
     @property
     def udp_encap(self) -> bool: ...
     @property

@@ -438,6 +438,7 @@ def _installed_event(
         local_ts=child.local_ts,
         remote_ts=child.remote_ts,
         udp_encap=sa.udp_encap,
+        partial_csum=sa.partial_csum,
         local=sa.local,
         remote=sa.remote,
         lifetime=config.lifetime,

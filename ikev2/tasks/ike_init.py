@@ -6,15 +6,33 @@ and the initiator retries with it (§1.2). A COOKIE answer (§2.6) is echoed lik
 Both sides then compute SKEYSEED and the SK_* keys (§2.14). A proposal with additional
 key exchanges (RFC 9370) needs INTERMEDIATE_EXCHANGE_SUPPORTED from both sides (RFC
 9242 §2); the initiator then queues one IKE_INTERMEDIATE per round before IKE_AUTH.
+
+A lockgate whose data plane can take them also sends the `LOCKGATE_PARTIAL_CSUM_VID`
+Vendor ID (§3.12). When both IKE_SA_INIT messages carry it, the IKE SA's CHILD SAs
+carry the TCP segments the kernel left unchecksummed (those cut from its TSO
+super-packets, and single ones) with only their pseudo-header sum in the checksum
+field, marked inside ESP (`esp.sa.NH_PARTIAL_CSUM`), and the receiving kernel
+completes them. Other peers never send it and get full
+checksums. As with the ESP-in-UDP Vendor ID, each side's AUTH signs its IKE_SA_INIT
+message (§2.15), so the agreement cannot be added or removed on the way unnoticed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from ikev2.certs import parse_signature_hashes, signature_hashes_notify
 from ikev2.codec import KeyExchange as KePayload
-from ikev2.codec import Message, Nonce, Notify, Payload, Proposal, SecurityAssociation
+from ikev2.codec import (
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    Proposal,
+    SecurityAssociation,
+    VendorId,
+)
 from ikev2.constants import ExchangeType, NotifyType, TransformType
 from ikev2.crypto.dh import GROUPS
 from ikev2.crypto.keys import derive_ike_keys, skeyseed
@@ -44,6 +62,12 @@ log = logging.getLogger(__name__)
 
 NONCE_SIZE = 32
 """Octets of our nonces: at least half the PRF key size and 16 (§2.10); 32 fits all."""
+
+LOCKGATE_PARTIAL_CSUM_VID = hashlib.sha256(
+    b"lockgate/1: TCP segments with partial checksums inside ESP"
+).digest()[:16]
+"""Our Vendor ID payload's data: a lockgate that takes TCP segments with partial
+checksums, marked inside ESP, and sends them to a peer that sends the same."""
 
 
 class IkeInit(Task):
@@ -86,6 +110,8 @@ class IkeInit(Task):
             out.append(Notify(NotifyType.USE_PPK))
         # RFC 7427 §4: the hashes we can verify signatures with (certificates).
         out.append(signature_hashes_notify())
+        if sa.offers_partial_csum:
+            out.append(VendorId(LOCKGATE_PARTIAL_CSUM_VID))
 
     def process_response(self, sa: TaskSa, message: Message) -> None:
         cookie = message.notify(NotifyType.COOKIE)
@@ -113,6 +139,7 @@ class IkeInit(Task):
         if rounds and message.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
             raise InvalidSyntax("peer chose additional key exchanges without IKE_INTERMEDIATE")
         _note_ppk(sa, message, ours=sa.config.ppk is not None)
+        _note_partial_csum(sa, message)
         _derive(sa, chosen, ke.data)
         _start_intermediate(sa, rounds)
         if log.isEnabledFor(logging.INFO):  # describing it costs, once per IKE SA
@@ -165,6 +192,7 @@ class IkeInit(Task):
         _note_fragmentation(sa, message)
         # The connection is picked in IKE_AUTH: answer USE_PPK if any candidate has one.
         _note_ppk(sa, message, ours=any(c.ppk is not None for c in sa.candidates))
+        _note_partial_csum(sa, message)
         sa.nonce_r = sa.rng.token_bytes(NONCE_SIZE)
         sa.ke = sa.new_key_exchange(group)
         self.chosen = chosen
@@ -189,6 +217,8 @@ class IkeInit(Task):
             out.append(Notify(NotifyType.USE_PPK))
         if sa.peer_hashes is not None:
             out.append(signature_hashes_notify())
+        if sa.partial_csum:
+            out.append(VendorId(LOCKGATE_PARTIAL_CSUM_VID))
         anchors = sa.config.trust_anchors
         if sa.config.auth == "pubkey" and anchors is not None:
             # §1.2, §3.7: the responder asks for certificates from the CAs it trusts;
@@ -218,6 +248,16 @@ def _note_ppk(sa: TaskSa, message: Message, *, ours: bool) -> None:
             "peer does not support post-quantum preshared keys (no USE_PPK in its "
             "IKE_SA_INIT response), and ppk_required is set"
         )
+
+
+def _note_partial_csum(sa: TaskSa, message: Message) -> None:
+    """Partial checksums inside ESP only when both sides sent the Vendor ID (§3.12:
+    a Vendor ID the receiver does not know is ignored, so other peers get none)."""
+    sa.partial_csum = sa.offers_partial_csum and any(
+        isinstance(p, VendorId) and p.data == LOCKGATE_PARTIAL_CSUM_VID for p in message.payloads
+    )
+    if sa.partial_csum:
+        log.info("%s: the peer is a lockgate: partial TCP checksums inside ESP", sa.name)
 
 
 def _our_proposals(sa: TaskSa) -> list[Proposal]:

@@ -31,7 +31,7 @@ import ipaddress
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from daemon.childsa import ChildSaEntry, entry_from_event
@@ -1327,7 +1327,9 @@ class _Wire:
     def send_keepalive(self, local: Any, remote: Any) -> bool:
         return True
 
-    def write_tun(self, packets: list[bytes], interface: str | None = None) -> int:
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
         self.tun.extend(packets)
         return len(packets)
 
