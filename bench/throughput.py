@@ -34,10 +34,13 @@ aes128gcm16, medians of 3-4 rounds on the 2-core lab machine):
   nice values. While other users' tests kept both cores busy, the plain pair gave
   106-122 Mbit/s and this bench's 130-150 (and `nice -n -20` changed nothing);
   with the measured processes' groups at nice -10 (`bench.measure.prioritize`, done
-  for every row's daemons and iperf3 alike) 172 and 253; run under SCHED_FIFO, as
-  a stand-in for an idle machine, 351 and 366. charon's ESP path hands each packet
-  across three threads per direction, so it suffers more from waiting for a core
-  than a single-threaded daemon does.
+  for every row's daemons and iperf3 alike) 172 and 236-253; run under SCHED_FIFO,
+  as a stand-in for an idle machine, 351 and 366. charon's ESP path hands each
+  packet across three threads per direction, so waiting for a core costs it at
+  every hop. This bench, two runs each way, alternated, load 4.5-8.8: strongSwan ↔
+  strongSwan aes128gcm16 TCP x1 131-156 Mbit/s before, 208-214 after; lockgate ↔
+  lockgate 256-323 before, 527-566 after. On a busy machine the figures are still
+  low: compare rows of one run, and read its load.
 - The crypto plugin: AES-GCM from `openssl` (used here); from the portable `aes`
   and `gcm` plugins 17 Mbit/s instead of 100; `aesni` first: no gain.
 - charon's UDP socket buffers at 4 MiB instead of 208 KiB: retransmits 2,945 → 12 in
