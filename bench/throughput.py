@@ -37,10 +37,12 @@ aes128gcm16, medians of 3-4 rounds on the 2-core lab machine):
   for every row's daemons and iperf3 alike) 172 and 236-253; run under SCHED_FIFO,
   as a stand-in for an idle machine, 351 and 366. charon's ESP path hands each
   packet across three threads per direction, so waiting for a core costs it at
-  every hop. This bench, two runs each way, alternated, load 4.5-8.8: strongSwan ↔
-  strongSwan aes128gcm16 TCP x1 131-156 Mbit/s before, 208-214 after; lockgate ↔
-  lockgate 256-323 before, 527-566 after. On a busy machine the figures are still
-  low: compare rows of one run, and read its load.
+  every hop. This bench, three runs each way, alternated, load 2.6-8.8: strongSwan ↔
+  strongSwan aes128gcm16 TCP x1 95-156 Mbit/s before, 208-214 after; lockgate ↔
+  lockgate 256-384 before, 527-566 after. Before, the ratio between them moved
+  with the load (1.6x-4.0x), since the load cut strongSwan's rate more; after, it
+  stayed at 2.5x-2.7x. On a busy machine the figures are still low: compare rows
+  of one run, and read its load.
 - The crypto plugin: AES-GCM from `openssl` (used here); from the portable `aes`
   and `gcm` plugins 17 Mbit/s instead of 100; `aesni` first: no gain.
 - charon's UDP socket buffers at 4 MiB instead of 208 KiB: retransmits 2,945 → 12 in
