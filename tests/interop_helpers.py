@@ -369,7 +369,7 @@ def interop(case: Case) -> Iterator[Interop]:
     lockgate is not started yet (`Interop.bring_up` or `Interop.start_lockgate`), so a
     test can change charon first. Both logs are printed if the body fails.
     """
-    with site_to_site(nat=case.nat) as topo:
+    with site_to_site(nat=case.nat) as topo, contextlib.ExitStack() as cleanup:
         if topo.nat is not None and case.nat_udp_timeout is not None:
             for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
                 topo.nat.sysctl(f"net.netfilter.{key}", case.nat_udp_timeout)
@@ -384,6 +384,8 @@ def interop(case: Case) -> Iterator[Interop]:
             install_routes=case.swan_install_routes,
         )
         charon.start()
+        # Stopped by PID whatever fails from here on, the set-up below included.
+        cleanup.callback(charon.stop)
         swan_auth = case.swan_auth or case.auth
         credentials: dict[str, str] | None = None
         # Behind the NAT, A's identity is the address B sees it come from.
@@ -452,7 +454,6 @@ def interop(case: Case) -> Iterator[Interop]:
         finally:
             if world.lockgate is not None:
                 world.lockgate.proc.stop(timeout=10)
-            charon.stop()
 
 
 def _write_lockgate_credentials(
