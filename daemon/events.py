@@ -2,8 +2,9 @@
 
 `IkeSaEstablished` and `IkeSaRekeyed` keep the IKE SAs that status shows and the
 CHILD SAs answer to; `ChildSaInstalled` becomes two `EspSA`s, an SPD policy, an SAD
-entry and routes into the TUN, and `ChildSaDeleted` takes them away again; an IKE SA
-that ends because its peer is dead gets the peer's dpd_action (clear, restart with
+entry and routes into the TUN (unless a reload removed its connection while it was
+being negotiated: then it is deleted), and `ChildSaDeleted` takes them away again; an
+IKE SA that ends because its peer is dead gets the peer's dpd_action (clear, restart with
 back-off, or re-arm a trap); a start = "initiate" connection whose CHILD SA alone the
 peer deleted asks for it again (`restart_child`, with back-off); a failure is kept for
 status and answers the waiting `lockgate up`. Each handler takes the gateway and one
@@ -12,8 +13,10 @@ event.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from daemon.peers import IkeSaInfo, apply_dpd_action, resolve, restart_child
 from daemon.reload import replaced
 from daemon.status import status_line
 from esp.errors import EspConfigError
+from ikev2.errors import IkeError
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -225,6 +229,8 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
     plane = gateway.plane
     if plane is None:
         return
+    if _orphan(gateway, event):
+        return
     try:
         entry = entry_from_event(event, gateway.path_mtus.get(event.remote[0], 1500))
         # A route-mode connection's SA carries its own interface's traffic, not the SPD's.
@@ -289,6 +295,30 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         )
         resolve(state.waiters, outcome, ok=True)
     gateway.notifier.notify(STATUS=status_line(gateway))
+
+
+def _orphan(gateway: Gateway, event: ChildSaInstalled) -> bool:
+    """A CHILD SA of a connection that a reload removed from its peer (or moved to
+    another) while a CREATE_CHILD_SA for it was in flight: a rekey of its last SA,
+    or a request for a new one. The reload deleted the SAs it saw; the exchange's
+    answer brings one more that no connection owns. It is not installed, and is
+    deleted under its IKE SA (§1.4.1) so the peer drops its side too. True if so."""
+    if event.connection not in gateway.peers:
+        return False  # a remote-access client's, or a removed peer's (its IKE SA goes)
+    state = gateway.connections.get(event.child)
+    if state is not None and state.peer == event.connection:
+        return False
+    endpoint = gateway.endpoint
+    if endpoint is None:
+        return True
+    origin = "a rekey" if event.rekey_of is not None else "a request"
+    log.info("peer %s: CHILD SA #%d from %s of removed connection %s deleted",
+             event.connection, event.unique_id, origin, event.child)  # fmt: skip
+    with contextlib.suppress(IkeError):  # its IKE SA is going meanwhile
+        endpoint.delete_child(
+            event.unique_id, time.monotonic(), f"{origin} of a connection removed by a reload"
+        )
+    return True
 
 
 def _on_child_deleted(gateway: Gateway, event: ChildSaDeleted) -> None:

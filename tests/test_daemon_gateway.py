@@ -1664,3 +1664,57 @@ def test_a_refused_remote_access_login_has_one_warning_its_servers(
     ]
     # The server's own line is the one at warning; the generic one stays for debugging.
     assert any(r.name == "daemon.events" and "IKE SA #4" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("exchange", ["rekey", "request"])
+def test_a_child_sa_negotiated_while_a_reload_removes_its_connection_is_deleted_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, exchange: str
+) -> None:
+    # a rekeys net2's CHILD SA (or asks for one more); b answers, but the answer is
+    # held while a reload removes net2. a's Delete of the old SA waits behind the
+    # CREATE_CHILD_SA (one exchange at a time, RFC 7296 §2.3), and the answer then
+    # brings a new SA of a connection that no longer exists: it must not stay
+    # installed, on either side.
+    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG + NET2, PAIR_CONFIG, tmp_path)
+    with stack:
+        assert gw.endpoint is not None and gw.plane is not None
+        [old] = gw.installed("net2")
+        [net] = gw.installed("net")
+        if exchange == "rekey":
+            gw.endpoint.rekey_child(old.unique_id, pair.clock)
+        else:
+            [ike_sa] = pair.a.ike_sas()
+            ike_sa.create_child(gw.connections["net2"].config, pair.clock)
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")  # held while a reloads
+        (tmp_path / "a.toml").write_text(PAIR_CONFIG)
+        with caplog.at_level(logging.INFO, logger="daemon"):
+            assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+            settle()
+            pair.deliver("b", answer)
+            settle()
+        [*_, new] = pair.of("a", ChildSaInstalled)
+        assert (new.child, new.rekey_of) == (
+            "net2",
+            old.unique_id if exchange == "rekey" else None,
+        )
+        # Both net2 SAs are gone from a's data plane and a's IKE SA, and b was told
+        # of both (b's new SA as well as the old one).
+        assert gw.installed("net2") == [] and not gw.is_up("net2")
+        assert {d.unique_id for d in pair.of("a", ChildSaDeleted)} == {old.unique_id, new.unique_id}
+        assert [e.unique_id for e in plane_entries(gw)] == [net.unique_id]
+        for side in (pair.a, pair.b):
+            [sa] = side.ike_sas()
+            assert [c.config.name for c in sa.children.values()] == ["net"]
+        assert [d.child for d in pair.of("b", ChildSaDeleted)] == ["net2", "net2"]
+        assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
+        origin = "a rekey" if exchange == "rekey" else "a request"
+        assert f"CHILD SA #{new.unique_id} from {origin} of removed connection net2 deleted" in (
+            caplog.text
+        )
+
+
+def plane_entries(gw: Gateway) -> list[object]:
+    assert gw.plane is not None
+    return list(gw.plane.entries.values())
