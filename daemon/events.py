@@ -1,14 +1,15 @@
 """How the gateway reacts to the IKE core's events.
 
 `IkeSaEstablished` and `IkeSaRekeyed` keep the IKE SAs that status shows and the
-CHILD SAs answer to; `ChildSaInstalled` becomes two `EspSA`s, an SPD policy, an SAD
-entry and routes into the TUN (unless a reload removed its connection while it was
-being negotiated: then it is deleted), and `ChildSaDeleted` takes them away again; an
-IKE SA that ends because its peer is dead gets the peer's dpd_action (clear, restart with
-back-off, or re-arm a trap); a start = "initiate" connection whose CHILD SA alone the
-peer deleted asks for it again (`restart_child`, with back-off); a failure is kept for
-status and answers the waiting `lockgate up`. Each handler takes the gateway and one
-event.
+CHILD SAs answer to (an established one is asked for the CHILD SAs of connections a
+reload added while it was being set up); `ChildSaInstalled` becomes two `EspSA`s, an
+SPD policy, an SAD entry and routes into the TUN (unless a reload removed its
+connection while it was being negotiated: then it is deleted), and `ChildSaDeleted`
+takes them away again; an IKE SA that ends because its peer is dead gets the peer's
+dpd_action (clear, restart with back-off, or re-arm a trap); a start = "initiate"
+connection whose CHILD SA alone the peer deleted asks for it again (`restart_child`,
+with back-off); a failure is kept for status and answers the waiting `lockgate up`.
+Each handler takes the gateway and one event.
 """
 
 from __future__ import annotations
@@ -68,8 +69,12 @@ def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
     who = SETUP_INITIATED if event.initiator else SETUP_ANSWERED
     gateway.event_counts.setups[event.connection, who] += 1
     gateway.diagnosis.record_established(event)
-    if not log.isEnabledFor(logging.INFO):
-        return
+    if log.isEnabledFor(logging.INFO):
+        _log_established(event)
+    _request_awaiting(gateway, event)
+
+
+def _log_established(event: IkeSaEstablished) -> None:
     log.info(
         "peer %s: IKE SA #%d established with %s (%s), %s, quantum-safe: %s, ppk: %s, "
         "%s[%d] <-> %s[%d]%s",
@@ -86,6 +91,24 @@ def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
         event.remote[1],
         f"; ESP in UDP: {event.udp_encap_reason}" if event.udp_encap_reason else "",
     )
+
+
+def _request_awaiting(gateway: Gateway, event: IkeSaEstablished) -> None:
+    """Connections a reload added while this IKE SA was being set up (`awaiting`):
+    it began without them, so their CHILD SAs are requested under it now (RFC 7296
+    §1.3.1)."""
+    endpoint = gateway.endpoint
+    if endpoint is None or event.connection not in gateway.peers:
+        return  # connections_of would be empty; remote-access clients come here too
+    sa = endpoint.ike_sa(event.ike_sa_id)
+    if sa is None or sa.state is not IkeSaState.ESTABLISHED:
+        return
+    for state in gateway.connections_of(event.connection):
+        if event.ike_sa_id not in state.awaiting:
+            continue
+        state.awaiting = set()
+        if state.wanted and not gateway.is_up(state.name):
+            gateway.create_child(state, sa)
 
 
 def _on_ike_deleted(gateway: Gateway, event: IkeSaDeleted) -> None:

@@ -1297,12 +1297,18 @@ start = "wait"
 
 
 def _pair_gateway(
-    old_text: str, new_text: str, tmp_path: Path, peer: PeerConfig | None = None
+    old_text: str,
+    new_text: str,
+    tmp_path: Path,
+    peer: PeerConfig | None = None,
+    *,
+    up: bool = True,
 ) -> tuple[contextlib.ExitStack, Gateway, Pair, Callable[[], None]]:
     """Gateway a on `old_text`; its peer b the IKE core alone, on `peer` or else on the
     mirror of every connection of both files (so b accepts what a proposes before and
-    after the reload); the IKE SA and a's CHILD SAs up. Also returns the function that
-    carries the datagrams and gives a's events to the gateway until all is quiet."""
+    after the reload); the IKE SA and a's CHILD SAs up (unless not `up`: nothing
+    initiated yet). Also returns the function that carries the datagrams and gives
+    a's events to the gateway until all is quiet."""
     path = tmp_path / "a.toml"
     path.write_text(old_text)
     stack = contextlib.ExitStack()
@@ -1326,8 +1332,9 @@ def _pair_gateway(
                 gw._handle_event(event)
             fed = len(pair.events["a"])
 
-    pair.a.initiate("conn", 0.0)
-    settle()
+    if up:
+        pair.a.initiate("conn", 0.0)
+        settle()
     return stack, gw, pair, settle
 
 
@@ -1718,3 +1725,40 @@ def test_a_child_sa_negotiated_while_a_reload_removes_its_connection_is_deleted_
 def plane_entries(gw: Gateway) -> list[object]:
     assert gw.plane is not None
     return list(gw.plane.entries.values())
+
+
+IKE_SA_INIT, IKE_AUTH = 34, 35
+
+
+@pytest.mark.parametrize("held", ["IKE_SA_INIT", "IKE_AUTH"])
+def test_a_connection_added_while_its_peers_ike_sa_is_set_up_is_requested_once_it_is_up(
+    tmp_path: Path, held: str
+) -> None:
+    # a initiates the peer with net alone; while b's answer to IKE_SA_INIT (or to
+    # IKE_AUTH) is held, a reload adds net2 (start = "initiate"). The IKE SA that
+    # comes up was begun without net2, so net2's CREATE_CHILD_SA (RFC 7296 §1.3.1)
+    # must follow at once, not wait for a retry: the clock does not move here.
+    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG, PAIR_CONFIG + NET2, tmp_path, up=False)
+    with stack:
+        gw.initiate(gw.peers["conn"])
+        for _ in range(2 if held == "IKE_AUTH" else 1):
+            [request] = pair.take("a")
+            pair.deliver("a", request)
+            [answer] = pair.take("b")
+            if held == "IKE_AUTH" and decode_header(answer.data).exchange_type == IKE_SA_INIT:
+                pair.deliver("b", answer)  # on to IKE_AUTH
+        exchanges = {"IKE_SA_INIT": IKE_SA_INIT, "IKE_AUTH": IKE_AUTH}
+        assert decode_header(answer.data).exchange_type == exchanges[held]
+        (tmp_path / "a.toml").write_text(PAIR_CONFIG + NET2)
+        assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+        assert not gw.is_up("net2")
+        pair.deliver("b", answer)
+        settle()
+        # No timer ran (the pair's clock never moved, and this gateway has no loop
+        # to arm a retry on): the IKE SA's arrival alone brought net2 up.
+        assert gw.peers["conn"].retry is None
+        assert gw.is_up("net") and gw.is_up("net2")
+        [sa] = pair.a.ike_sas()
+        assert sorted(c.config.name for c in sa.children.values()) == ["net", "net2"]
+        assert len(pair.requests("a", CREATE_CHILD_SA)) == 1
+        assert pair.of("a", IkeSaFailed) == [] and pair.of("a", ChildSaFailed) == []
