@@ -1762,3 +1762,41 @@ def test_a_connection_added_while_its_peers_ike_sa_is_set_up_is_requested_once_i
         assert sorted(c.config.name for c in sa.children.values()) == ["net", "net2"]
         assert len(pair.requests("a", CREATE_CHILD_SA)) == 1
         assert pair.of("a", IkeSaFailed) == [] and pair.of("a", ChildSaFailed) == []
+
+
+def test_a_child_sa_rekeyed_while_a_reload_changes_its_selectors_is_replaced_too(
+    tmp_path: Path,
+) -> None:
+    # As above, but the reload widens net's remote_subnets: the rekey's answer comes
+    # first (one exchange at a time), and its new SA, with the old selectors, is
+    # among those the CHILD SA with the new selectors replaces. In the end net has
+    # one CHILD SA, with the new selectors, on both sides.
+    new_text = PAIR_CONFIG.replace("203.0.113.0/26", "203.0.113.0/25")
+    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG, new_text, tmp_path)
+    with stack:
+        assert gw.endpoint is not None
+        [old] = gw.installed("net")
+        gw.endpoint.rekey_child(old.unique_id, pair.clock)
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")  # held while a reloads
+        (tmp_path / "a.toml").write_text(new_text)
+        gw.reload()
+        settle()
+        pair.deliver("b", answer)
+        settle()
+        [rekeyed] = [e for e in pair.of("a", ChildSaInstalled) if e.rekey_of == old.unique_id]
+        [widened] = [e for e in pair.of("a", ChildSaInstalled) if e.rekey_of is None][1:]
+        assert [str(ts) for ts in widened.remote_ts] == ["203.0.113.0/25"]
+        [entry] = gw.installed("net")
+        assert entry.unique_id == widened.unique_id
+        assert {d.unique_id for d in pair.of("a", ChildSaDeleted)} == {
+            old.unique_id,
+            rekeyed.unique_id,
+        }
+        for side in (pair.a, pair.b):
+            [sa] = side.ike_sas()
+            [net] = sa.children.values()
+            theirs = net.remote_ts if side is pair.a else net.local_ts  # b is the mirror
+            assert [str(ts) for ts in theirs] == ["203.0.113.0/25"]
+        assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
