@@ -1,19 +1,23 @@
 """How the gateway reacts to the IKE core's events.
 
 `IkeSaEstablished` and `IkeSaRekeyed` keep the IKE SAs that status shows and the
-CHILD SAs answer to; `ChildSaInstalled` becomes two `EspSA`s, an SPD policy, an SAD
-entry and routes into the TUN, and `ChildSaDeleted` takes them away again; an IKE SA
-that ends because its peer is dead gets the peer's dpd_action (clear, restart with
-back-off, or re-arm a trap); a start = "initiate" connection whose CHILD SA alone the
-peer deleted asks for it again (`restart_child`, with back-off); a failure is kept for
-status and answers the waiting `lockgate up`. Each handler takes the gateway and one
-event.
+CHILD SAs answer to (an established one is asked for the CHILD SAs of connections a
+reload added while it was being set up); `ChildSaInstalled` becomes two `EspSA`s, an
+SPD policy, an SAD entry and routes into the TUN (unless a reload removed its
+connection while it was being negotiated: then it is deleted), and `ChildSaDeleted`
+takes them away again; an IKE SA that ends because its peer is dead gets the peer's
+dpd_action (clear, restart with back-off, or re-arm a trap); a start = "initiate"
+connection whose CHILD SA alone the peer deleted asks for it again (`restart_child`,
+with back-off); a failure is kept for status and answers the waiting `lockgate up`.
+Each handler takes the gateway and one event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,7 @@ from daemon.peers import IkeSaInfo, apply_dpd_action, resolve, restart_child
 from daemon.reload import replaced
 from daemon.status import status_line
 from esp.errors import EspConfigError
+from ikev2.errors import IkeError
 from ikev2.events import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -64,8 +69,12 @@ def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
     who = SETUP_INITIATED if event.initiator else SETUP_ANSWERED
     gateway.event_counts.setups[event.connection, who] += 1
     gateway.diagnosis.record_established(event)
-    if not log.isEnabledFor(logging.INFO):
-        return
+    if log.isEnabledFor(logging.INFO):
+        _log_established(event)
+    _request_awaiting(gateway, event)
+
+
+def _log_established(event: IkeSaEstablished) -> None:
     log.info(
         "peer %s: IKE SA #%d established with %s (%s), %s, quantum-safe: %s, ppk: %s, "
         "%s[%d] <-> %s[%d]%s",
@@ -82,6 +91,24 @@ def _on_ike_established(gateway: Gateway, event: IkeSaEstablished) -> None:
         event.remote[1],
         f"; ESP in UDP: {event.udp_encap_reason}" if event.udp_encap_reason else "",
     )
+
+
+def _request_awaiting(gateway: Gateway, event: IkeSaEstablished) -> None:
+    """Connections a reload added while this IKE SA was being set up (`awaiting`):
+    it began without them, so their CHILD SAs are requested under it now (RFC 7296
+    §1.3.1)."""
+    endpoint = gateway.endpoint
+    if endpoint is None or event.connection not in gateway.peers:
+        return  # connections_of would be empty; remote-access clients come here too
+    sa = endpoint.ike_sa(event.ike_sa_id)
+    if sa is None or sa.state is not IkeSaState.ESTABLISHED:
+        return
+    for state in gateway.connections_of(event.connection):
+        if event.ike_sa_id not in state.awaiting:
+            continue
+        state.awaiting = set()
+        if state.wanted and not gateway.is_up(state.name):
+            gateway.create_child(state, sa)
 
 
 def _on_ike_deleted(gateway: Gateway, event: IkeSaDeleted) -> None:
@@ -225,6 +252,8 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
     plane = gateway.plane
     if plane is None:
         return
+    if _orphan(gateway, event):
+        return
     try:
         entry = entry_from_event(event, gateway.path_mtus.get(event.remote[0], 1500))
         # A route-mode connection's SA carries its own interface's traffic, not the SPD's.
@@ -289,6 +318,30 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         )
         resolve(state.waiters, outcome, ok=True)
     gateway.notifier.notify(STATUS=status_line(gateway))
+
+
+def _orphan(gateway: Gateway, event: ChildSaInstalled) -> bool:
+    """A CHILD SA of a connection that a reload removed from its peer (or moved to
+    another) while a CREATE_CHILD_SA for it was in flight: a rekey of its last SA,
+    or a request for a new one. The reload deleted the SAs it saw; the exchange's
+    answer brings one more that no connection owns. It is not installed, and is
+    deleted under its IKE SA (§1.4.1) so the peer drops its side too. True if so."""
+    if event.connection not in gateway.peers:
+        return False  # a remote-access client's, or a removed peer's (its IKE SA goes)
+    state = gateway.connections.get(event.child)
+    if state is not None and state.peer == event.connection:
+        return False
+    endpoint = gateway.endpoint
+    if endpoint is None:
+        return True
+    origin = "a rekey" if event.rekey_of is not None else "a request"
+    log.info("peer %s: CHILD SA #%d from %s of removed connection %s deleted",
+             event.connection, event.unique_id, origin, event.child)  # fmt: skip
+    with contextlib.suppress(IkeError):  # its IKE SA is going meanwhile
+        endpoint.delete_child(
+            event.unique_id, time.monotonic(), f"{origin} of a connection removed by a reload"
+        )
+    return True
 
 
 def _on_child_deleted(gateway: Gateway, event: ChildSaDeleted) -> None:

@@ -99,6 +99,9 @@ class ConnectionState:
     replacing: set[int] = field(default_factory=set)
     """CHILD SAs (unique ids) to delete once a new one of this connection is installed:
     a reload gave it other traffic selectors (`daemon.reload`)."""
+    awaiting: set[int] = field(default_factory=set)
+    """IKE SAs of its peer that were being set up when a reload added it: they were
+    begun without it, so its CHILD SA is requested as soon as one is established."""
 
 
 PEER_KEYS = (

@@ -313,15 +313,26 @@ def replaced(gateway: Gateway, state: ConnectionState, unique_id: int) -> None:
 
 def _bring_up(gateway: Gateway, state: ConnectionState) -> int:
     """A reload added a connection that should be up: a CREATE_CHILD_SA under the
-    peer's IKE SA, or the peer initiated if it has none. Returns 1 if a CHILD SA
-    was requested."""
+    peer's IKE SA, later under the IKE SA being set up (`ConnectionState.awaiting`),
+    or the peer initiated if it has none. Returns 1 if a CHILD SA was requested."""
     if not state.wanted or gateway.is_up(state.name):
         return 0
     sa = gateway.established_ike_sa(state.peer)
     if sa is not None:
         gateway.create_child(state, sa)
         return 1
+    endpoint = gateway.endpoint
+    setting_up = endpoint.ike_sas_of(state.peer) if endpoint is not None else []
+    if setting_up:
+        # Not yet established (in IKE_SA_INIT or IKE_AUTH): those IKE SAs queued the
+        # CHILD SAs of the configuration they began with, not this one; ask under the
+        # first to come up (`events`) rather than at the next retry.
+        state.awaiting = {ike.ike_sa_id for ike in setting_up}
+        log.info("reload: connection %s: requested once peer %s's IKE SA %s is up",
+                 state.name, state.peer,
+                 " or ".join(f"#{ike.ike_sa_id}" for ike in setting_up))  # fmt: skip
+        return 0
     peer = gateway.peers[state.peer]
-    if not gateway.ike_sa_count(state.peer) and peer.retry is None:
+    if peer.retry is None:
         gateway.initiate(peer)
     return 0

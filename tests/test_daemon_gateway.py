@@ -1297,12 +1297,18 @@ start = "wait"
 
 
 def _pair_gateway(
-    old_text: str, new_text: str, tmp_path: Path, peer: PeerConfig | None = None
+    old_text: str,
+    new_text: str,
+    tmp_path: Path,
+    peer: PeerConfig | None = None,
+    *,
+    up: bool = True,
 ) -> tuple[contextlib.ExitStack, Gateway, Pair, Callable[[], None]]:
     """Gateway a on `old_text`; its peer b the IKE core alone, on `peer` or else on the
     mirror of every connection of both files (so b accepts what a proposes before and
-    after the reload); the IKE SA and a's CHILD SAs up. Also returns the function that
-    carries the datagrams and gives a's events to the gateway until all is quiet."""
+    after the reload); the IKE SA and a's CHILD SAs up (unless not `up`: nothing
+    initiated yet). Also returns the function that carries the datagrams and gives
+    a's events to the gateway until all is quiet."""
     path = tmp_path / "a.toml"
     path.write_text(old_text)
     stack = contextlib.ExitStack()
@@ -1326,8 +1332,9 @@ def _pair_gateway(
                 gw._handle_event(event)
             fed = len(pair.events["a"])
 
-    pair.a.initiate("conn", 0.0)
-    settle()
+    if up:
+        pair.a.initiate("conn", 0.0)
+        settle()
     return stack, gw, pair, settle
 
 
@@ -1664,3 +1671,132 @@ def test_a_refused_remote_access_login_has_one_warning_its_servers(
     ]
     # The server's own line is the one at warning; the generic one stays for debugging.
     assert any(r.name == "daemon.events" and "IKE SA #4" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("exchange", ["rekey", "request"])
+def test_a_child_sa_negotiated_while_a_reload_removes_its_connection_is_deleted_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, exchange: str
+) -> None:
+    # a rekeys net2's CHILD SA (or asks for one more); b answers, but the answer is
+    # held while a reload removes net2. a's Delete of the old SA waits behind the
+    # CREATE_CHILD_SA (one exchange at a time, RFC 7296 §2.3), and the answer then
+    # brings a new SA of a connection that no longer exists: it must not stay
+    # installed, on either side.
+    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG + NET2, PAIR_CONFIG, tmp_path)
+    with stack:
+        assert gw.endpoint is not None and gw.plane is not None
+        [old] = gw.installed("net2")
+        [net] = gw.installed("net")
+        if exchange == "rekey":
+            gw.endpoint.rekey_child(old.unique_id, pair.clock)
+        else:
+            [ike_sa] = pair.a.ike_sas()
+            ike_sa.create_child(gw.connections["net2"].config, pair.clock)
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")  # held while a reloads
+        (tmp_path / "a.toml").write_text(PAIR_CONFIG)
+        with caplog.at_level(logging.INFO, logger="daemon"):
+            assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+            settle()
+            pair.deliver("b", answer)
+            settle()
+        [*_, new] = pair.of("a", ChildSaInstalled)
+        assert (new.child, new.rekey_of) == (
+            "net2",
+            old.unique_id if exchange == "rekey" else None,
+        )
+        # Both net2 SAs are gone from a's data plane and a's IKE SA, and b was told
+        # of both (b's new SA as well as the old one).
+        assert gw.installed("net2") == [] and not gw.is_up("net2")
+        assert {d.unique_id for d in pair.of("a", ChildSaDeleted)} == {old.unique_id, new.unique_id}
+        assert [e.unique_id for e in plane_entries(gw)] == [net.unique_id]
+        for side in (pair.a, pair.b):
+            [sa] = side.ike_sas()
+            assert [c.config.name for c in sa.children.values()] == ["net"]
+        assert [d.child for d in pair.of("b", ChildSaDeleted)] == ["net2", "net2"]
+        assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
+        origin = "a rekey" if exchange == "rekey" else "a request"
+        assert f"CHILD SA #{new.unique_id} from {origin} of removed connection net2 deleted" in (
+            caplog.text
+        )
+
+
+def plane_entries(gw: Gateway) -> list[object]:
+    assert gw.plane is not None
+    return list(gw.plane.entries.values())
+
+
+IKE_SA_INIT, IKE_AUTH = 34, 35
+
+
+@pytest.mark.parametrize("held", ["IKE_SA_INIT", "IKE_AUTH"])
+def test_a_connection_added_while_its_peers_ike_sa_is_set_up_is_requested_once_it_is_up(
+    tmp_path: Path, held: str
+) -> None:
+    # a initiates the peer with net alone; while b's answer to IKE_SA_INIT (or to
+    # IKE_AUTH) is held, a reload adds net2 (start = "initiate"). The IKE SA that
+    # comes up was begun without net2, so net2's CREATE_CHILD_SA (RFC 7296 §1.3.1)
+    # must follow at once, not wait for a retry: the clock does not move here.
+    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG, PAIR_CONFIG + NET2, tmp_path, up=False)
+    with stack:
+        gw.initiate(gw.peers["conn"])
+        for _ in range(2 if held == "IKE_AUTH" else 1):
+            [request] = pair.take("a")
+            pair.deliver("a", request)
+            [answer] = pair.take("b")
+            if held == "IKE_AUTH" and decode_header(answer.data).exchange_type == IKE_SA_INIT:
+                pair.deliver("b", answer)  # on to IKE_AUTH
+        exchanges = {"IKE_SA_INIT": IKE_SA_INIT, "IKE_AUTH": IKE_AUTH}
+        assert decode_header(answer.data).exchange_type == exchanges[held]
+        (tmp_path / "a.toml").write_text(PAIR_CONFIG + NET2)
+        assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+        assert not gw.is_up("net2")
+        pair.deliver("b", answer)
+        settle()
+        # No timer ran (the pair's clock never moved, and this gateway has no loop
+        # to arm a retry on): the IKE SA's arrival alone brought net2 up.
+        assert gw.peers["conn"].retry is None
+        assert gw.is_up("net") and gw.is_up("net2")
+        [sa] = pair.a.ike_sas()
+        assert sorted(c.config.name for c in sa.children.values()) == ["net", "net2"]
+        assert len(pair.requests("a", CREATE_CHILD_SA)) == 1
+        assert pair.of("a", IkeSaFailed) == [] and pair.of("a", ChildSaFailed) == []
+
+
+def test_a_child_sa_rekeyed_while_a_reload_changes_its_selectors_is_replaced_too(
+    tmp_path: Path,
+) -> None:
+    # As above, but the reload widens net's remote_subnets: the rekey's answer comes
+    # first (one exchange at a time), and its new SA, with the old selectors, is
+    # among those the CHILD SA with the new selectors replaces. In the end net has
+    # one CHILD SA, with the new selectors, on both sides.
+    new_text = PAIR_CONFIG.replace("203.0.113.0/26", "203.0.113.0/25")
+    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG, new_text, tmp_path)
+    with stack:
+        assert gw.endpoint is not None
+        [old] = gw.installed("net")
+        gw.endpoint.rekey_child(old.unique_id, pair.clock)
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")  # held while a reloads
+        (tmp_path / "a.toml").write_text(new_text)
+        gw.reload()
+        settle()
+        pair.deliver("b", answer)
+        settle()
+        [rekeyed] = [e for e in pair.of("a", ChildSaInstalled) if e.rekey_of == old.unique_id]
+        [widened] = [e for e in pair.of("a", ChildSaInstalled) if e.rekey_of is None][1:]
+        assert [str(ts) for ts in widened.remote_ts] == ["203.0.113.0/25"]
+        [entry] = gw.installed("net")
+        assert entry.unique_id == widened.unique_id
+        assert {d.unique_id for d in pair.of("a", ChildSaDeleted)} == {
+            old.unique_id,
+            rekeyed.unique_id,
+        }
+        for side in (pair.a, pair.b):
+            [sa] = side.ike_sas()
+            [net] = sa.children.values()
+            theirs = net.remote_ts if side is pair.a else net.local_ts  # b is the mirror
+            assert [str(ts) for ts in theirs] == ["203.0.113.0/25"]
+        assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
