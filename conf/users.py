@@ -1,7 +1,8 @@
 """The users file of a point-to-cloud server: who may connect, and how they prove it.
 
-One JSON document per server, written only by `lockgate user` (atomically, mode 0600)
-and read by the daemon, which picks changes up while it runs:
+One JSON document per server, written only by `lockgate user` and the web console
+(atomically, mode 0600, each read-modify-write under `users_lock`) and read by the
+daemon, which picks changes up while it runs:
 
 ```json
 {"version": 1, "users": {"alice": {"group": "engineering", "static_ip": "192.0.2.50",
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +29,8 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,9 @@ FORMAT_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 """User names: what fits a login prompt, an e-mail-like identity and a log line."""
 PASSWORD_MIN, PASSWORD_MAX = 8, 32
+LOCK_TIMEOUT = 10.0
+"""Seconds a writer waits for another one's `users_lock` before giving up."""
+LOCK_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -219,3 +225,48 @@ def save_users(path: Path, users: Mapping[str, User]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def lock_file(path: Path) -> Path:
+    """The lock file of the users (or admins) file `path`: `<path>.lock` beside it."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def users_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of the users file `path` for a read-modify-write, so
+    that two writers (two `lockgate user` commands, or one and the web console) cannot
+    both read the old file and the later rename drop the other's change.
+
+    The lock is an flock(2) on the sibling `lock_file(path)` (mode 0600), not on `path`
+    itself: `save_users` replaces `path` by a rename, and a lock on the old inode would
+    not stop a writer that opens the new one. Readers take no lock: the rename is atomic.
+    A writer waits up to `timeout` seconds (`LOCK_TIMEOUT` by default), then raises
+    ConfigError naming the file."""
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    lock = lock_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the lock file {lock}: {exc.strerror or exc}", str(path)
+        ) from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"another writer has held the lock {lock} for {wait:g} s; "
+                        "nothing changed, try again",
+                        str(path),
+                    ) from None
+                time.sleep(LOCK_POLL)
+        yield
+    finally:
+        # Closing the descriptor releases the lock; the lock file stays for the next writer.
+        os.close(fd)

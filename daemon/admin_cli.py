@@ -6,7 +6,8 @@
     lockgate admin del NAME [-c CONF]
 
 The admins file has the format of a remote-access users file (`conf.users`): names and
-salted scrypt hashes, rewritten atomically with mode 0600. The console reads it at each
+salted scrypt hashes, rewritten atomically with mode 0600 under the file's lock
+(`conf.users.users_lock`). The console reads it at each
 login, so a change needs no reload. Nothing here prints a password or a hash.
 """
 
@@ -15,8 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.remote_access_cli import Refused, conf_option, read_password
+
+if TYPE_CHECKING:
+    from conf.users import User
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,7 +66,7 @@ def _admins_file(config_path: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> str:
-    from conf.users import NAME_RE, User, hash_password, load_users, save_users
+    from conf.users import NAME_RE, User, hash_password, load_users, save_users, users_lock
 
     path = _admins_file(args.config)
     if not NAME_RE.match(args.name):
@@ -69,16 +74,27 @@ def _run(args: argparse.Namespace) -> str:
             f"{args.name!r} is not a valid admin name (1-64 letters, digits and '._@-', "
             "starting with a letter or digit)"
         )
-    admins = load_users(path)
+    _check(args, path, load_users(path))
+    admin = None
+    if args.action != "del":
+        # Prompted and hashed outside the lock, which a prompt must not hold.
+        admin = User(args.name, password=hash_password(read_password(args)))
+    with users_lock(path):
+        admins = load_users(path)
+        _check(args, path, admins)
+        if admin is None:
+            del admins[args.name]
+        else:
+            admins[args.name] = admin
+        save_users(path, admins)
+    if admin is None:
+        return f"admin {args.name} deleted"
+    verb = "added" if args.action == "add" else "has a new password"
+    return f"admin {args.name} {verb} ({path})"
+
+
+def _check(args: argparse.Namespace, path: Path, admins: dict[str, User]) -> None:
     if args.action == "add" and args.name in admins:
         raise Refused(f"admin {args.name!r} already exists (change the password: admin passwd)")
     if args.action != "add" and args.name not in admins:
         raise Refused(f"no admin {args.name!r} in {path}")
-    if args.action == "del":
-        del admins[args.name]
-        save_users(path, admins)
-        return f"admin {args.name} deleted"
-    admins[args.name] = User(args.name, password=hash_password(read_password(args)))
-    save_users(path, admins)
-    verb = "added" if args.action == "add" else "has a new password"
-    return f"admin {args.name} {verb} ({path})"

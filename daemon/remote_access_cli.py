@@ -8,8 +8,10 @@ the configuration file and a server's users file, without a running daemon.
     lockgate profile SERVER [--user NAME] [--cert FILE --key FILE] [-c CONF]
     lockgate profile SERVER --user NAME --format mobileconfig|sswan|windows [-c CONF]
 
-The users file is rewritten atomically with mode 0600 (`conf.users.save_users`); a
-running daemon notices the change by itself. Nothing here prints a password or a hash.
+The users file is rewritten atomically with mode 0600 (`conf.users.save_users`), each
+read-modify-write under the file's lock (`conf.users.users_lock`), so that concurrent
+commands and the web console lose no change; a running daemon notices it by itself.
+Nothing here prints a password or a hash.
 """
 
 from __future__ import annotations
@@ -236,7 +238,7 @@ def add_user(
 ) -> str:
     """Add user `name` to `server`'s users file; `password` is asked for only once the
     rest is known to be acceptable (None: none given). Refused: `Refused`."""
-    from conf.users import NAME_RE, User, load_users, save_users
+    from conf.users import NAME_RE, load_users, save_users, users_lock
 
     path = _users_file(server)
     if not NAME_RE.match(name):
@@ -244,14 +246,9 @@ def add_user(
             f"{name!r} is not a valid user name (1-64 letters, digits and '._@-', "
             "starting with a letter or digit)"
         )
-    users = load_users(path)
-    if name in users:
-        raise Refused(f"user {name!r} already exists on {server.name}")
-    if group is not None and group not in server.groups:
-        known = ", ".join(server.groups) or "none defined"
-        raise Refused(f"no group {group!r} in remote_access.{server.name} (groups: {known})")
-    address = None if static_ip is None else _static_ip(server, users, static_ip)
-    user = User(name, group=group, static_ip=address)
+    # Checked before the prompt and the hashing, which happen outside the lock (a
+    # prompt must not keep other writers waiting), then again under it.
+    user = _new_user(server, load_users(path), name, group, static_ip)
     if server.auth == "certificate":
         if password is not None:
             raise Refused(
@@ -262,8 +259,11 @@ def add_user(
         if password is None:
             raise Refused(f"remote_access.{server.name}: a new user needs a password")
         user = _with_password(server, user, password())
-    users[name] = user
-    save_users(path, users)
+    with users_lock(path):
+        users = load_users(path)
+        _new_user(server, users, name, group, static_ip)
+        users[name] = user
+        save_users(path, users)
     details = [f"group {user.group}"] if user.group else []
     if user.static_ip is not None:
         details.append(f"static IP {user.static_ip}")
@@ -274,22 +274,42 @@ def add_user(
     return f"user {name} added to {server.name}{suffix}{note}"
 
 
+def _new_user(
+    server: RemoteAccessConfig,
+    users: dict[str, User],
+    name: str,
+    group: str | None,
+    static_ip: str | None,
+) -> User:
+    """User `name` (no password yet) if it may join `users`; else `Refused`."""
+    from conf.users import User
+
+    if name in users:
+        raise Refused(f"user {name!r} already exists on {server.name}")
+    if group is not None and group not in server.groups:
+        known = ", ".join(server.groups) or "none defined"
+        raise Refused(f"no group {group!r} in remote_access.{server.name} (groups: {known})")
+    address = None if static_ip is None else _static_ip(server, users, static_ip)
+    return User(name, group=group, static_ip=address)
+
+
 def delete_user(server: RemoteAccessConfig, name: str) -> str:
     """Delete user `name` from `server`'s users file."""
-    from conf.users import load_users, save_users
+    from conf.users import load_users, save_users, users_lock
 
     path = _users_file(server)
-    users = load_users(path)
-    if name not in users:
-        raise Refused(f"no user {name!r} on {server.name}")
-    del users[name]
-    save_users(path, users)
+    with users_lock(path):
+        users = load_users(path)
+        if name not in users:
+            raise Refused(f"no user {name!r} on {server.name}")
+        del users[name]
+        save_users(path, users)
     return f"user {name} deleted from {server.name}"
 
 
 def set_password(server: RemoteAccessConfig, name: str, password: Callable[[], str]) -> str:
     """Give user `name` of `server` a new password (asked for once the user is found)."""
-    from conf.users import load_users, save_users
+    from conf.users import load_users, save_users, users_lock
 
     path = _users_file(server)
     if server.auth == "certificate":
@@ -299,9 +319,15 @@ def set_password(server: RemoteAccessConfig, name: str, password: Callable[[], s
     users = load_users(path)
     if name not in users:
         raise Refused(f"no user {name!r} on {server.name}")
-    user = _with_password(server, users[name], password())
-    users[name] = user
-    save_users(path, users)
+    # Prompted and hashed outside the lock; only the hashes go into the file read again.
+    hashed = _with_password(server, users[name], password())
+    with users_lock(path):
+        users = load_users(path)
+        if name not in users:
+            raise Refused(f"no user {name!r} on {server.name}")
+        user = dataclasses.replace(users[name], password=hashed.password, nt_hash=hashed.nt_hash)
+        users[name] = user
+        save_users(path, users)
     note = f"\n{NT_HASH_NOTE}" if user.nt_hash is not None else ""
     return f"password of {name} changed on {server.name}{note}"
 
@@ -310,19 +336,20 @@ def set_user(
     server: RemoteAccessConfig, name: str, *, group: str | None, static_ip: str | None
 ) -> str:
     """Set (or clear, with None) the group and the static IP of user `name` of `server`."""
-    from conf.users import load_users, save_users
+    from conf.users import load_users, save_users, users_lock
 
     path = _users_file(server)
-    users = load_users(path)
-    if name not in users:
-        raise Refused(f"no user {name!r} on {server.name}")
-    if group is not None and group not in server.groups:
-        known = ", ".join(server.groups) or "none defined"
-        raise Refused(f"no group {group!r} in remote_access.{server.name} (groups: {known})")
-    others = {n: u for n, u in users.items() if n != name}
-    address = None if static_ip is None else _static_ip(server, others, static_ip)
-    users[name] = dataclasses.replace(users[name], group=group, static_ip=address)
-    save_users(path, users)
+    with users_lock(path):
+        users = load_users(path)
+        if name not in users:
+            raise Refused(f"no user {name!r} on {server.name}")
+        if group is not None and group not in server.groups:
+            known = ", ".join(server.groups) or "none defined"
+            raise Refused(f"no group {group!r} in remote_access.{server.name} (groups: {known})")
+        others = {n: u for n, u in users.items() if n != name}
+        address = None if static_ip is None else _static_ip(server, others, static_ip)
+        users[name] = dataclasses.replace(users[name], group=group, static_ip=address)
+        save_users(path, users)
     return (
         f"user {name} on {server.name}: group {group or 'none'}, "
         f"static IP {address if address is not None else 'none'}"

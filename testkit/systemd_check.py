@@ -17,13 +17,14 @@ Checked, each a line PASS/FAIL: the unit is active; SSL servers on TCP 443 and U
 auth "any" (charon with EAP-MSCHAPv2, then with EAP-TLS, pings the cloud); a route-mode
 connection to a lockgate at the site (its own TUN; the site pings the cloud);
 `[metrics]` scraped with curl; `[console]` answers over HTTPS and made its certificate
-in /etc/lockgate; `lockgate user add` while the daemon runs writes a 0600 file in
-/etc/lockgate (the users who log in above are added that way after the daemon started,
-the EAP-TLS user just before her login, so the logins show that it re-read the files);
-no traceback or restart in the journal. Needs root, mmdebstrap, systemd-nspawn, openvpn,
-strongSwan's charon and network access to a Debian mirror and PyPI. Cleans up by PID: the container
-(poweroff, then SIGKILL of the nspawn process), the lab's processes and namespaces, and
-the container root unless `--keep`.
+in /etc/lockgate, and an admin who logs in adds a user (the users file and its lock file
+written from inside the sandbox, both 0600); `lockgate user add` while the daemon runs
+writes a 0600 file in /etc/lockgate (the users who log in above are added that way after
+the daemon started, the EAP-TLS user just before her login, so the logins show that it
+re-read the files); no traceback or restart in the journal. Needs root, mmdebstrap,
+systemd-nspawn, openvpn, strongSwan's charon and network access to a Debian mirror and
+PyPI. Cleans up by PID: the container (poweroff, then SIGKILL of the nspawn process), the
+lab's processes and namespaces, and the container root unless `--keep`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -410,6 +412,38 @@ def checks(lab: Lab, box: Container, cli: Namespace, site: Namespace, pki: Pki) 
         return f"GET /login: {code}; {files.strip()}".replace("\n", ", ")
 
     report.check("console", console)
+
+    def console_user_add() -> str:
+        # The console writes the users file (and its lock file beside it) from inside
+        # the unit's sandbox, unlike `lockgate user` run from a shell.
+        box.sh("lockgate admin add ops --password-stdin", stdin=PASSWORD + "\n")
+        jar, url = lab.tmpdir / "console.cookies", f"https://{SERVER}:8443"
+
+        def curl(*args: str) -> str:
+            return run(["ip", "netns", "exec", cli.name, "curl", "-ksS", "--max-time", "20",
+                        "-b", str(jar), "-c", str(jar), *args])  # fmt: skip
+
+        def post(path: str, page: str, **fields: str) -> str:
+            token = re.search(r'name="csrf" value="([^"]+)"', page)
+            if token is None:
+                raise RuntimeError(f"no CSRF token in {page[-1500:]}")
+            data = [
+                arg
+                for key, value in {"csrf": token[1], **fields}.items()
+                for arg in ("--data-urlencode", f"{key}={value}")
+            ]
+            return curl("-o", "/dev/null", "-w", "%{http_code}", *data, f"{url}{path}")
+
+        post("/login", curl(f"{url}/login"), name="ops", password=PASSWORD)
+        code = post("/remote-access/users/add", curl(f"{url}/remote-access"),
+                    server="office", user="carol", password=PASSWORD)  # fmt: skip
+        listed = box.sh("lockgate user list office")
+        files = box.sh("stat -c '%n %a' /etc/lockgate/office.users /etc/lockgate/office.users.lock")
+        if "carol" not in listed or files.count(" 600") != 2:
+            raise RuntimeError(f"HTTP {code}; {listed}; {files}\n{box.journal()}")
+        return f"POST add carol: HTTP {code}; {files.strip()}".replace("\n", ", ")
+
+    report.check("console user add", console_user_add)
 
     def healthy() -> str:
         journal = box.sh("journalctl -b -u lockgate --no-pager -o cat")

@@ -23,9 +23,18 @@ import pytest
 from cryptography import x509
 
 from conf import ConfigError
+from conf import users as users_module
 from conf.load import load_config, loads_config
 from conf.model import Config
-from conf.users import User, hash_password, load_users, save_users, verify_password
+from conf.users import (
+    User,
+    hash_password,
+    load_users,
+    lock_file,
+    save_users,
+    users_lock,
+    verify_password,
+)
 from daemon.cli import main
 from daemon.console import auth, pages
 from daemon.console.app import CSP, Console
@@ -182,6 +191,26 @@ def test_admin_add_writes_an_owner_only_scrypt_file(
     code, _, err = run_cli(monkeypatch, capsys, ADMIN_PASSWORD + "\n", "admin", "add", "bob",
                            "--password-stdin", "-c", str(plain))  # fmt: skip
     assert code == 1 and "no [console] section" in err
+
+
+def test_admin_add_waits_for_the_admins_file_lock_then_gives_up_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write_config(tmp_path)
+    admins = tmp_path / "admins"
+    monkeypatch.setattr(users_module, "LOCK_TIMEOUT", 0.3)
+    # Another writer's lock (flock conflicts between two opens in one process too).
+    with users_lock(admins):
+        code, _, err = run_cli(
+            monkeypatch, capsys, ADMIN_PASSWORD + "\n", "admin", "add", ADMIN,
+            "--password-stdin", "-c", str(conf),
+        )  # fmt: skip
+    assert code == 1 and str(lock_file(admins)) in err and ADMIN_PASSWORD not in err
+    assert ADMIN not in load_users(admins)
+    code, _, err = run_cli(monkeypatch, capsys, ADMIN_PASSWORD + "\n", "admin", "add", ADMIN,
+                           "--password-stdin", "-c", str(conf))  # fmt: skip
+    assert code == 0, err
+    assert stat.S_IMODE(lock_file(admins).stat().st_mode) == 0o600
 
 
 # ---- the certificate ------------------------------------------------------------------
