@@ -42,7 +42,7 @@ from esp.drops import DropReason
 from esp.sa import NH_PARTIAL_CSUM, PARTS_PER_PACKET
 from esp.udpencap import MIN_ESP_LEN, NON_ESP_MARKER, DatagramKind, classify, strip_marker
 from ikev2.events import Address
-from tun.vnet import VnetError, complete_partial_tcp
+from tun.vnet import completed_tcp
 
 log = logging.getLogger(__name__)
 
@@ -664,7 +664,7 @@ class DataPlane:
         if spill is None:
             self._oversized(entry, packet, batch, replies)
         else:
-            self._oversized(entry, _complete(packet), spill.setdefault(entry, []), replies)
+            self._oversized(entry, completed_tcp(packet), spill.setdefault(entry, []), replies)
 
     def _oversized(
         self, entry: ChildSaEntry, packet: bytes, batch: list[bytes], replies: list[bytes]
@@ -849,22 +849,12 @@ class DataPlane:
         else:
             self.counters["partial_segments_received"] += sum(map(len, marks.values()))
         if out:
-            partial = marks.get(None)
-            written = (
-                self.transport.write_tun(out, None, partial)
-                if partial
-                else self.transport.write_tun(out)
-            )
+            written = self.transport.write_tun(out, None, marks.get(None, ()))
             if written < len(out):
                 self.drops[Drop.TUN_WRITE_FAILED.value] += len(out) - written
         if routed is not None:
             for interface, inners in routed.items():
-                partial = marks.get(interface)
-                written = (
-                    self.transport.write_tun(inners, interface, partial)
-                    if partial
-                    else self.transport.write_tun(inners, interface)
-                )
+                written = self.transport.write_tun(inners, interface, marks.get(interface, ()))
                 if written < len(inners):
                     self.drops[Drop.TUN_WRITE_FAILED.value] += len(inners) - written
         return unknown
@@ -890,19 +880,10 @@ class DataPlane:
         }
 
 
-def _complete(segment: bytes) -> bytes:
-    """A segment with a partial checksum (`tun.vnet.split_frame_partial`), its
-    checksum computed: for a peer that does not complete it, or before it is
-    fragmented or quoted in an ICMP error."""
-    try:
-        return complete_partial_tcp(segment)
-    except VnetError:
-        return segment  # not TCP: `split_frame_partial` marks no such thing
-
-
 def _completed(segments: list[bytes]) -> list[bytes]:
-    """`_complete` for each segment."""
-    return list(map(_complete, segments))
+    """Segments with partial checksums (`tun.vnet.split_frame_partial`), their
+    checksums computed, for a peer that does not complete them."""
+    return list(map(completed_tcp, segments))
 
 
 def _traffic(entry: ChildSaEntry) -> tuple[int, int, int, int]:

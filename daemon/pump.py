@@ -51,7 +51,7 @@ from tun.vnet import (
     VNET_HDR_LEN,
     VnetError,
     coalesce,
-    complete_partial_tcp,
+    completed_tcp,
     frame_packets,
     split_frame_partial,
 )
@@ -775,11 +775,10 @@ def _tun_tx_dropped(name: str, path: str = "/proc/net/dev") -> int:
 
 def _completed(packets: list[bytes], partial: Sequence[int]) -> list[bytes]:
     """``packets`` with the partial checksums at ``partial`` computed (a TUN that
-    takes no F_NEEDS_CSUM); one that is no TCP segment goes as it came."""
+    takes no F_NEEDS_CSUM)."""
     out = list(packets)
     for i in partial:
-        with contextlib.suppress(VnetError):
-            out[i] = complete_partial_tcp(out[i])
+        out[i] = completed_tcp(out[i])
     return out
 
 

@@ -381,6 +381,15 @@ def complete_partial_tcp(packet: bytes) -> bytes:
     return _complete_checksum(packet, ip_len, _TCP_CSUM_OFFSET)
 
 
+def completed_tcp(packet: bytes) -> bytes:
+    """`complete_partial_tcp`, or ``packet`` as it came when it is no TCP segment
+    (`split_frame_partial` marks only TCP, so there is nothing to complete)."""
+    try:
+        return complete_partial_tcp(packet)
+    except VnetError:
+        return packet
+
+
 def _partial_frame(packet: bytes) -> bytes:
     # A segment with a partial checksum, alone: F_NEEDS_CSUM asks the kernel to
     # finish it. One that cannot be marked goes as it is, as it would unmarked.
