@@ -256,13 +256,12 @@ class IkeRaServer:
             # A certificate of the client CA names a user the users file does not
             # list (an EAP login of an unknown user is refused here just the same).
             return "unknown user"
-        stale = [
-            c.ike_sa_id
-            for c in self.clients.values()
-            if c.established and initial_contact and _replaced(c, user, address)
-        ]
         established = [c for c in self.clients.values() if c.established]
-        established = [c for c in established if c.ike_sa_id not in stale]
+        stale = [
+            c.ike_sa_id for c in established if initial_contact and _replaced(c, user, address)
+        ]
+        if stale:
+            established = [c for c in established if c.ike_sa_id not in stale]
         if len(established) >= self.config.max_connections:
             return "server full"
         if sum(1 for c in established if c.user == user) >= self.config.connections_per_user:
