@@ -242,6 +242,19 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
     return convert
 
 
+MAX_WORKERS = 64
+"""Most data-plane workers `[gateway] workers` may ask for."""
+
+
+def _workers(raw: Any) -> int:
+    """A worker count, or "auto": one per core this process may run on."""
+    if raw == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if isinstance(raw, str):
+        raise _Bad(f'expected an integer or "auto", got {_describe(raw)}')
+    return _integer(1, MAX_WORKERS)(raw)
+
+
 def _duration(raw: Any) -> float:
     """Seconds, as a number (30) or a string with a unit ("30s", "15m", "4h", "1d")."""
     if isinstance(raw, bool):
@@ -440,6 +453,7 @@ def _gateway(data: Mapping[str, Any], problems: list[Problem]) -> GatewayConfig 
         "max_half_open": s.value("max_half_open", _integer(1, 1_000_000), 1000),
         "retransmit_timeout": s.value("retransmit_timeout", _duration, 4.0),
         "retransmit_tries": s.value("retransmit_tries", _integer(0, 20), 5),
+        "workers": s.value("workers", _workers, 1),
     }
     s.finish()
     if gw_kwargs["ike_port"] == gw_kwargs["nat_port"]:
@@ -1424,6 +1438,40 @@ def _remote_access(
     )
 
 
+def _check_workers(
+    gateway: GatewayConfig | None,
+    servers: Mapping[str, RemoteAccessConfig],
+    connections: Mapping[str, ConnectionConfig],
+    problems: list[Problem],
+) -> None:
+    """More than one data-plane worker serves the gateway's TUN and policy-based
+    connections only: a route-mode connection's TUN and the ikev2 server's clients are
+    still forwarded by the main process alone, so they are refused rather than half
+    served."""
+    if gateway is None or gateway.workers == 1:
+        return
+    for conn in connections.values():
+        if conn.mode == "route":
+            problems.append(
+                Problem(
+                    "gateway.workers",
+                    f"{gateway.workers} workers do not serve route-mode connections yet "
+                    f'(connections.{conn.name} has mode = "route"); use workers = 1',
+                )
+            )
+            return
+    for server in servers.values():
+        if server.protocol == "ikev2":
+            problems.append(
+                Problem(
+                    "gateway.workers",
+                    f"{gateway.workers} workers do not serve ikev2 remote access yet "
+                    f"(remote_access.{server.name}); use workers = 1",
+                )
+            )
+            return
+
+
 def _check_remote_access(
     gateway: GatewayConfig | None,
     servers: Mapping[str, RemoteAccessConfig],
@@ -1615,6 +1663,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         if server is not None:
             servers[name] = server
     _check_remote_access(gateway, servers, connections, problems, peers)
+    _check_workers(gateway, servers, connections, problems)
     metrics = None
     if "metrics" in data and (table := _table(data["metrics"], "metrics", problems)) is not None:
         metrics = _metrics(table, problems)

@@ -127,6 +127,11 @@ class GatewayConfig:
     retransmit_tries: int = 5
     """Retransmissions before the peer counts as gone: for a liveness check that means
     dead, and the connection's dpd_action applies."""
+    workers: int = 1
+    """Data-plane worker processes ("auto" in the file: one per usable core). With more
+    than one, each takes one queue of the TUN and the inbound ESP whose SPI it owns
+    (SPI % workers), and a lockgate peer gets one CHILD SA pair per worker (RFC 9611);
+    the IKE endpoint stays in the main process."""
 
 
 @dataclass(frozen=True)

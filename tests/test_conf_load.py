@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import datetime
 import ipaddress
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -923,4 +924,38 @@ def test_an_explicit_dpd_action_applies_to_the_peers_other_connections() -> None
     assert found == [
         "connections.second.dpd_action: differs from connections.dc1-net; connections to "
         "peer 'dc1' share one IKE SA, so dpd_action must be the same"
+    ]
+
+
+def test_workers_default_to_one_and_take_a_count_or_auto() -> None:
+    assert parse_config(config()).gateway.workers == 1
+    assert parse_config(config(gateway={"workers": 2})).gateway.workers == 2
+    cores = len(os.sched_getaffinity(0))
+    assert parse_config(config(gateway={"workers": "auto"})).gateway.workers == min(cores, 64)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "gateway.workers: 0 is out of range 1..64"),
+        (65, "gateway.workers: 65 is out of range 1..64"),
+        ("4", "gateway.workers: expected an integer or \"auto\", got a string ('4')"),
+        (True, "gateway.workers: expected an integer, got a boolean (True)"),
+    ],
+)
+def test_workers_mistakes_name_the_key(value: Any, expected: str) -> None:
+    assert problems(config(gateway={"workers": value})) == [expected]
+
+
+def test_workers_refuse_route_mode_connections() -> None:
+    route = {
+        "peer": "dc1",
+        "mode": "route",
+        "interface": "vti-dc1",
+        "inside_address": "203.0.113.1/30",
+    }
+    found = problems(config(gateway={"workers": 2}, connections={"dc1-net": None, "r": route}))
+    assert found == [
+        "gateway.workers: 2 workers do not serve route-mode connections yet (connections.r has "
+        'mode = "route"); use workers = 1'
     ]
