@@ -97,12 +97,15 @@ def offload_mode(environ: Mapping[str, str] | None = None) -> OffloadMode:
         return DEFAULT_MODE
 
 
-def open_tun(name: str, mode: OffloadMode = DEFAULT_MODE) -> TunDevice:
+def open_tun(
+    name: str, mode: OffloadMode = DEFAULT_MODE, *, multi_queue: bool = False
+) -> TunDevice:
     """Open the TUN device: with virtio-net headers unless ``mode`` is OFF, and with
-    TSO in mode ALL when the kernel agrees."""
+    TSO in mode ALL when the kernel agrees; `multi_queue` for data-plane workers
+    (`TunDevice.add_queue` then gives each one its queue)."""
     if mode is OffloadMode.OFF:
-        return TunDevice.open(name)
-    tun = TunDevice.open(name, vnet_hdr=True)
+        return TunDevice.open(name, multi_queue=multi_queue)
+    tun = TunDevice.open(name, vnet_hdr=True, multi_queue=multi_queue)
     try:
         tun.set_queue_length(TUN_QUEUE_LENGTH)
     except TunError as exc:

@@ -347,6 +347,15 @@ class EspSA:
             return LifetimeState.SOFT
         return LifetimeState.OK
 
+    def mirror(self, packets: int, octets: int, next_seq: int) -> None:
+        """Take the counters of the copy of this SA that another process runs (a
+        data-plane worker), so lifetimes, liveness and status read them here. Counters
+        only go up: a late report never takes one back. This copy must not seal:
+        its sequence number is the worker's (RFC 4303 §3.3.3)."""
+        self._packets = max(self._packets, packets)
+        self._bytes = max(self._bytes, octets)
+        self._seq = max(self._seq, next_seq)
+
     def _drop(self, reason: DropReason) -> DropReason:
         self.drops[reason] += 1
         return reason

@@ -704,3 +704,15 @@ def test_decapsulate_takes_any_buffer(name: str, esn: bool, buffer: type) -> Non
     assert inbound.decapsulate(buffer(packet)) == (IPV4, IPPROTO_IPIP)
     assert batch_sa.decapsulate_batch([buffer(packet)]) == [(IPV4, IPPROTO_IPIP)]
     assert isinstance(inbound.decapsulate(buffer(packet[:-3])), DropReason)
+
+
+def test_mirror_takes_a_workers_counters_and_never_goes_back() -> None:
+    suite = suite_by_name("aes128gcm16")
+    out, _ = pair(suite, lifetime=Lifetime(soft_packets=90, hard_packets=100))
+    out.mirror(packets=95, octets=95 * 1400, next_seq=96)
+    assert (out.packet_count, out.byte_count, out.next_seq) == (95, 95 * 1400, 96)
+    assert out.lifetime_state() is LifetimeState.SOFT
+    out.mirror(packets=10, octets=10, next_seq=11)  # an older report
+    assert (out.packet_count, out.byte_count, out.next_seq) == (95, 95 * 1400, 96)
+    out.mirror(packets=100, octets=100 * 1400, next_seq=101)
+    assert out.lifetime_state() is LifetimeState.HARD
