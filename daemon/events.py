@@ -216,6 +216,9 @@ def _on_address_changed(gateway: Gateway, event: IkeSaAddressChanged) -> None:
             version = 6 if ":" in event.remote[0] else 4
             path_mtu = gateway.path_mtus.get(event.remote[0], DEFAULT_PATH_MTU)
             entry.mtu = inner_mtu(entry.inbound.suite, path_mtu, version, event.udp_encap)
+        if gateway.workers is not None:
+            gateway.workers.move(entry.unique_id, entry.local, entry.remote, entry.udp_encap,
+                                 entry.mtu)  # fmt: skip
 
 
 def _on_ike_failed(gateway: Gateway, event: IkeSaFailed) -> None:
@@ -255,14 +258,20 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
     if _orphan(gateway, event):
         return
     try:
-        entry = entry_from_event(event, gateway.path_mtus.get(event.remote[0], 1500))
+        entry_path_mtu = gateway.path_mtus.get(event.remote[0], DEFAULT_PATH_MTU)
+        entry = entry_from_event(event, entry_path_mtu)
         # A route-mode connection's SA carries its own interface's traffic, not the SPD's.
         entry.interface = gateway.route_links.interface_of(event.child)
         # At a rekey we started, the peer installed the new SA before it answered,
         # and it drops the old inbound SA when our Delete arrives: send on the new
         # one at once. The peer of a rekey keeps the old one until that Delete
         # (RFC 7296 §2.8).
-        plane.install(entry, preferred=event.rekey_of is not None and event.initiator)
+        preferred = event.rekey_of is not None and event.initiator
+        plane.install(entry, preferred=preferred)
+        if gateway.workers is not None:
+            # The main process's entry is the shadow status reads; the worker that
+            # owns its inbound SPI forwards (`daemon.worker_gateway`).
+            gateway.workers.install(event, preferred=preferred, path_mtu=entry_path_mtu)
     except (EspConfigError, ValueError) as exc:
         log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
         return

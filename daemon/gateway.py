@@ -63,6 +63,14 @@ from daemon.routes import PROC_SYS, Routes, forwarding_off
 from daemon.sdnotify import Notifier, setup_logging
 from daemon.ssl_vpn import RemoteAccess
 from daemon.status import VERSION, gateway_status, status_line, status_summary
+from daemon.worker_gateway import (
+    WorkerFds,
+    add_queues,
+    mirror_counters,
+    open_worker_sockets,
+    replace_lost,
+)
+from daemon.worker_pool import WorkerPool
 from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as PeerConfig
 from ikev2.endpoint import Endpoint
@@ -157,6 +165,10 @@ class Gateway:
         self._metrics: MetricsServer | None = None
         self.console: Console | None = None
         """The web console (`[console]`, `daemon.console`), if configured."""
+        self.workers: WorkerPool | None = None
+        """The data-plane worker processes (`[gateway] workers` > 1); None: this process
+        forwards (`daemon.worker_gateway`)."""
+        self._worker_fds: WorkerFds | None = None
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -224,6 +236,11 @@ class Gateway:
         # anything is created (TUN, sockets, control socket).
         ikes = ike_connections(config)
         endpoint_settings = endpoint_config(config)
+        workers = gateway.workers
+        if workers > 1:
+            # One CHILD SA pair per worker with a lockgate peer (RFC 9611), our inbound
+            # SPIs chosen so that spi % workers names the worker.
+            endpoint_settings = dataclasses.replace(endpoint_settings, resources=workers)
         ra_servers = ikev2_ra_servers(config)
         if ra_servers:
             self.ikev2_ra = ra_servers[0]
@@ -235,7 +252,15 @@ class Gateway:
         # here with the port and address named, and leaves the first one's TUN device,
         # routes and control socket alone.
         try:
-            self._claimed = claim_udp(addresses, (gateway.ike_port, gateway.nat_port))
+            if workers > 1:
+                # Port 500 first, bound alone: a second daemon stops there, and never
+                # joins the SO_REUSEPORT group of port 4500.
+                self._claimed = claim_udp(addresses, (gateway.ike_port,))
+                self._worker_fds = open_worker_sockets(addresses, gateway.nat_port, workers)
+                self._claimed.update(self._worker_fds.main_udp)
+                self._worker_fds.main_udp = {}
+            else:
+                self._claimed = claim_udp(addresses, (gateway.ike_port, gateway.nat_port))
         except OSError as exc:
             # open_udp's message names the port and address: show it whole.
             raise GatewayError(exc.strerror or str(exc)) from exc
@@ -244,7 +269,7 @@ class Gateway:
                 self.path_mtus[str(peer.address)] = path_mtu(str(peer.address))
         mtu = tun_mtu(config, self.path_mtus)
         offload = offload_mode()
-        self.tun = open_tun(gateway.interface, offload)
+        self.tun = open_tun(gateway.interface, offload, multi_queue=workers > 1)
         self._links = LinkWorker()
         self._route_socket = RouteSocket()
         name = self.tun.name
@@ -264,11 +289,19 @@ class Gateway:
         # checksums (`Pump.set_tso`); "all" keeps it on for every peer.
         pump.tso_auto = offload is OffloadMode.TSO_LOCKGATE
         claimed, self._claimed = self._claimed, {}
+        if workers > 1:
+            # The workers read the TUN and the ESP; this process only IKE and
+            # keepalives (index 0 of the steered group, which must not coalesce:
+            # a GRO batch goes whole to its first datagram's socket).
+            pump.read_tun = False
+            pump.gro = False
         try:
-            pump.open(addresses, raw_esp=True, claimed=claimed)
+            pump.open(addresses, raw_esp=workers == 1, claimed=claimed)
         except OSError as exc:
             raise GatewayError(f"cannot bind the IKE/ESP sockets: {exc.strerror}") from exc
         pump.start(asyncio.get_running_loop())
+        if workers > 1:
+            self._start_workers(workers, offload is not OffloadMode.OFF, gateway.log_level)
         log.info(
             "listening on %s, UDP %d and %d%s",
             ", ".join(addresses),
@@ -318,6 +351,40 @@ class Gateway:
         for ike in ikes:
             self.add_peer(ike)
 
+    def _start_workers(self, workers: int, offload: bool, log_level: str) -> None:
+        """Start the data-plane workers on the TUN's queues and the steered sockets."""
+        fds, tun = self._worker_fds, self.tun
+        if fds is None or tun is None:
+            raise RuntimeError("the workers' sockets and the TUN are opened first")
+        try:
+            add_queues(tun, fds, workers)
+        except TunError as exc:
+            raise GatewayError(
+                f"gateway.workers: no queue of {tun.name} per worker: {exc}"
+            ) from exc
+        self.workers = WorkerPool(
+            workers,
+            tuns=fds.queues,
+            udp=fds.udp,
+            raw=fds.raw,
+            loop=asyncio.get_running_loop(),
+            on_ike=self._on_ike,
+            on_unknown_spi=self._on_esp_spi_unknown,
+            on_acquire=self._on_acquire,
+            on_worker_lost=self._on_worker_lost,
+            offload=offload,
+            log_level=log_level,
+        )
+        self.workers.start()
+        log.info("%d data-plane workers started (pids %s)", workers,
+                 ", ".join(map(str, self.workers.pids())))  # fmt: skip
+
+    def _on_worker_lost(self, index: int, unique_ids: list[int]) -> None:
+        if self.endpoint is None or self.shutting_down:
+            return
+        if replace_lost(self.endpoint, index, unique_ids):
+            self.service()
+
     def _use_pump(
         self, tun: PacketDevice, *, ike_port: int = 500, nat_port: int = 4500, offload: bool = True
     ) -> Pump:
@@ -366,6 +433,10 @@ class Gateway:
         if self.plane is not None:
             for entry in list(self.plane.entries.values()):
                 self.uninstall(entry.unique_id, "shutting down", linger=0.0)
+        if self.workers is not None:
+            self.workers.close()
+        if self._worker_fds is not None:
+            self._worker_fds.close()
         if self.pump is not None:
             self.pump.close()
         self.route_links.close_all()
@@ -598,6 +669,10 @@ class Gateway:
         plane = self.plane
         if plane is None:
             return
+        if self.workers is not None:
+            # Its last reported counters, for the log line and the retired totals.
+            mirror_counters(plane, self.workers)
+            self.workers.remove(unique_id, linger)
         entry = plane.remove(unique_id, linger=linger)
         if entry is None:
             return
@@ -697,6 +772,8 @@ class Gateway:
     def _enforce_volume_lifetimes(self, *, every: bool = False) -> None:
         """Tell the core of CHILD SAs at a soft or hard volume limit (`Lifetimes.enforce`)."""
         endpoint, plane = self.endpoint, self.plane
+        if plane is not None and self.workers is not None:
+            mirror_counters(plane, self.workers)
         if (
             endpoint is not None
             and plane is not None
@@ -707,6 +784,8 @@ class Gateway:
     def _report_liveness(self, now: float) -> None:
         """Tell the IKE SAs whose peers sent ESP (`Lifetimes.report_liveness`)."""
         if self.endpoint is not None and self.plane is not None:
+            if self.workers is not None:
+                mirror_counters(self.plane, self.workers)
             self.lifetimes.report_liveness(self.endpoint, self.plane, now)
 
 

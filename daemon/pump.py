@@ -255,6 +255,12 @@ class Pump:
     """Turn TSO on a TUN on while every CHILD SA it sends into takes partial
     checksums, and off again otherwise (`set_tso`); else leave the device's
     offloads as its opener set them."""
+    read_tun: bool = True
+    """Read the TUN; False in the main process of data-plane workers, which read
+    its queues themselves (`daemon.worker_gateway`)."""
+    gro: bool = True
+    """Ask for UDP GRO on port 4500 (with `offload`); False for a socket of a steered
+    group, where a coalesced batch would go whole to its first datagram's worker."""
     _loop: asyncio.AbstractEventLoop | None = None
     _gso: bool = False
     _gro: set[int] = field(default_factory=set)
@@ -294,7 +300,7 @@ class Pump:
                     if sock is None:
                         sock = open_udp(address, port)
                     self.udp[(address, port)] = sock
-                    if port == self.nat_port and self.offload and enable_gro(sock):
+                    if port == self.nat_port and self.offload and self.gro and enable_gro(sock):
                         self._gro.add(sock.fileno())
             if raw_esp and address not in self.raw:
                 try:
@@ -309,7 +315,8 @@ class Pump:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start reading every file descriptor on ``loop``."""
         self._loop = loop
-        loop.add_reader(self.tun.fileno(), self._read_tun)
+        if self.read_tun:
+            loop.add_reader(self.tun.fileno(), self._read_tun)
         for (address, port), sock in self.udp.items():
             local = (address, port)
             if port == self.nat_port:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.worker_gateway import status_totals
+
 if TYPE_CHECKING:
     from conf.model import ConnectionConfig
     from daemon.gateway import Gateway
@@ -27,7 +29,12 @@ VERSION = "0.1.0"
 def gateway_status(gateway: Gateway) -> dict[str, Any]:
     """Everything `lockgate status` shows, JSON-ready."""
     now = time.monotonic()
-    plane = gateway.plane.status() if gateway.plane is not None else {"sas": [], "drops": {}}
+    if gateway.plane is None:
+        plane: dict[str, Any] = {"sas": [], "drops": {}}
+    elif gateway.workers is not None:
+        plane = status_totals(gateway.plane, gateway.workers)
+    else:
+        plane = gateway.plane.status()
     connections = []
     # The IKE SAs of a peer and whether a connection is up come from indexes, so
     # the status of N connections costs O(N), not a scan of every SA per connection
@@ -240,6 +247,17 @@ def format_status(status: dict[str, Any]) -> str:
             f"   out {format_size(sa['bytes_out'])} / {sa['packets_out']} packets"
         )
         lines.append(f"    drops: {_drops(sa.get('drops', {}))}")
+    workers = status.get("workers", [])
+    if workers:
+        lines.append(
+            f"Data-plane workers ({len(workers)}): "
+            + ", ".join(
+                f"#{w['index']} "
+                + (f"pid {w['pid']}" if w.get("pid") else "restarting")
+                + f" ({w.get('owns', 0)} SA(s))"
+                for w in workers
+            )
+        )
     servers = status.get("remote_access", [])
     if servers:
         lines.append(f"Remote access servers ({len(servers)}):")

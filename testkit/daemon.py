@@ -35,12 +35,14 @@ def config(
     encap: str = "auto",
     esp: str = "aes128gcm16",
     extra: str = "",
+    gateway_extra: str = "",
 ) -> str:
     return f"""
 [gateway]
 addresses = ["{me}"]
 id = "{my_id or me}"
 interface = "lgtest0"
+{gateway_extra}
 
 [peers.main]
 address = "{peer}"
