@@ -297,6 +297,15 @@ class EndpointConfig:
     partial_csum: bool = False
     """Offer lockgate peers TCP segments with partial checksums inside ESP (the data
     plane writes them to a TUN with virtio-net headers, whose kernel completes them)."""
+    resources: int = 1
+    """Data-plane workers (`[gateway] workers`). A CHILD SA's worker is its inbound SPI
+    modulo this, so our inbound SPIs are chosen per worker. Above 1, every CHILD SA
+    negotiation carries SA_RESOURCE_INFO and, with a peer that sends it too, we ask
+    for one CHILD SA per worker with the same selectors (RFC 9611). 1: as without."""
+
+    def __post_init__(self) -> None:
+        if self.resources < 1:
+            raise LocalProtocolError(f"resources must be at least 1, not {self.resources}")
 
 
 class Endpoint:
@@ -367,6 +376,7 @@ class Endpoint:
             wall_clock=wall_clock,
             key_pool=self._keys,
             partial_csum=self.config.partial_csum,
+            resources=self.config.resources,
         )
         """What every IKE SA made here shares (their numbering, randomness, key pool)."""
         self._events: deque[Event] = deque()

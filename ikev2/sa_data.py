@@ -80,6 +80,10 @@ class SaContext:
     partial_csum: bool = False
     """The data plane can take TCP segments with partial checksums inside ESP, so
     IKE_SA_INIT offers them to a lockgate peer (`tasks.ike_init`)."""
+    resources: int = 1
+    """The data plane's workers: the worker of a CHILD SA is its inbound SPI modulo
+    this, so inbound SPIs are chosen for a worker; above 1, CHILD SAs are negotiated
+    per resource with a peer that agrees (RFC 9611, `tasks.resources`)."""
 
 
 class IkeSaData:
@@ -407,6 +411,11 @@ class IkeSaData:
             spi = self.rng.token_bytes(size)
             if int.from_bytes(spi, "big") > 255:
                 return spi
+
+    @property
+    def resources(self) -> int:
+        """The endpoint's data-plane workers (`SaContext.resources`)."""
+        return self.context.resources
 
     def next_child_id(self) -> int:
         """A fresh CHILD SA unique number."""
