@@ -66,7 +66,7 @@ from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.rng import RandomSource, SystemRandom
 from ikev2.errors import IkeError, InvalidMajorVersion, LocalProtocolError
-from ikev2.events import Address, Event
+from ikev2.events import Address, ChildSaDeleted, ChildSaInstalled, Event
 from ikev2.identity import Identity
 from ikev2.proposals import dh_group, parse_esp_proposal, parse_ike_proposal
 from ikev2.sa import IkeSa
@@ -1015,9 +1015,14 @@ class Endpoint:
             self._collect(self._dirty[ike_sa_id], now)
 
     def _collect_events(self, sa: IkeSa) -> None:
+        spis_in = self._sa_context.spis_in
         while (event := sa.next_event()) is not None:
             self._events.append(event)
             self._events_queued += 1
+            if isinstance(event, ChildSaInstalled):
+                spis_in.add(event.spi_in)
+            elif isinstance(event, ChildSaDeleted):
+                spis_in.discard(event.spi_in)
 
     def _collect(self, sa: IkeSa, now: float) -> None:
         """Take an SA's events, then its datagrams; refresh its timer and indexes;

@@ -10,6 +10,9 @@ changes on the wire. No network.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
@@ -20,8 +23,9 @@ from ikev2.errors import LocalProtocolError
 from ikev2.events import ChildSaDeleted, ChildSaFailed, ChildSaInstalled
 from ikev2.sa import IkeSa
 from ikev2.sa_types import ChildSa
-from ikev2.tasks.base import Exchange
+from ikev2.tasks.base import Exchange, TaskSa
 from ikev2.tasks.child_rekey import CreateChild
+from ikev2.tasks.resources import inbound_spi
 from testkit.ikev2_pair import Pair, child, connection, mirrored
 
 AUTH = ExchangeType.IKE_AUTH
@@ -174,6 +178,34 @@ def test_child_sas_rekey_on_their_own_timers_and_keep_their_worker() -> None:
     assert sorted(e.spi_in % 2 for e in _live(pair, "a")) == [0, 1]
 
 
+def test_the_group_survives_an_ike_rekey() -> None:
+    pair = _up(2, 2)
+    (old,) = pair.a.ike_sas()
+    pair.a.rekey_ike_sa(old.ike_sa_id, pair.clock)
+    pair.pump()
+    (new,) = pair.a.ike_sas()
+    assert new.ike_sa_id != old.ike_sa_id
+    assert all(c.per_resource for c in new.children.values())
+    for c in list(new.children.values()):
+        pair.a.rekey_child(c.unique_id, pair.clock)
+        pair.pump()
+    live = _live(pair, "a")
+    assert sorted(e.spi_in % 2 for e in live) == [0, 1]
+    assert all(e.per_resource and e.rekey_of is not None for e in live)
+    # No further SA was asked for: the two of the group, then only rekeys.
+    assert len([e for e in _installed(pair, "a") if e.rekey_of is None]) == 2
+
+
+def test_the_group_with_additional_key_exchanges() -> None:
+    # RFC 9370: each new SA of the group is made after its IKE_FOLLOWUP_KE.
+    pfs = child(esp_proposals=("aes256gcm16-x25519-ke1_mlkem768",))
+    pair = _up(2, 2, children=(pfs,))
+    assert pair.requests("a", ExchangeType.IKE_FOLLOWUP_KE)
+    for side in ("a", "b"):
+        assert sorted(e.spi_in % 2 for e in _installed(pair, side)) == [0, 1]
+        assert all(e.per_resource for e in _installed(pair, side))
+
+
 def test_each_child_configuration_gets_its_own_group() -> None:
     children = (child("one"), child("two", local="198.51.100.64/26", remote="203.0.113.64/26"))
     pair = _up(2, 2, children=children)
@@ -266,3 +298,44 @@ def test_inbound_spis_fall_in_their_worker_for_many_resource_counts() -> None:
 def test_resources_must_be_positive() -> None:
     with pytest.raises(LocalProtocolError, match="resources"):
         EndpointConfig(resources=0)
+
+
+@dataclass
+class _Scripted:
+    """Just what `inbound_spi` reads of an IKE SA, with random octets the test picks."""
+
+    resources: int
+    draws: list[int]
+    spis_in_use: set[int] = field(default_factory=set)
+    children: dict[int, ChildSa] = field(default_factory=dict)
+
+    @property
+    def rng(self) -> _Scripted:
+        return self
+
+    def token_bytes(self, n: int) -> bytes:
+        return self.draws.pop(0).to_bytes(n, "big")
+
+
+def test_a_spi_for_a_worker_is_never_reserved_nor_one_in_use() -> None:
+    config = child()
+    # Worker 0 of 4: 5 gives 4 (reserved), 0x1235 gives 0x1234 (in use), then 0x5678.
+    fake = _Scripted(4, [5, 0x1235, 0x5679, 0x9999], spis_in_use={0x1234})
+    assert int.from_bytes(inbound_spi(cast(TaskSa, fake), config), "big") == 0x5678
+    assert fake.draws == [0x9999]
+    # Worker 2 of 3 (0 and 1 taken): the top draw would pass 2**32 - 1, so it steps down.
+    taken = {i: SimpleNamespace(config=config, deleting=False, spi_in=300 + i, local_ts=(),
+                                remote_ts=()) for i in range(2)}  # fmt: skip
+    fake = _Scripted(3, [0xFFFFFFFF], children=cast(dict[int, ChildSa], taken))
+    assert int.from_bytes(inbound_spi(cast(TaskSa, fake), config), "big") == 0xFFFFFFFE
+
+
+def test_the_endpoint_knows_every_inbound_spi_in_use() -> None:
+    pair = _up(2, 2)
+    for side in ("a", "b"):
+        (sa,) = pair.side(side).ike_sas()
+        assert sa.spis_in_use == {e.spi_in for e in _installed(pair, side)}
+    (sa,) = pair.a.ike_sas()
+    pair.a.delete(sa.ike_sa_id, pair.clock)
+    pair.pump()
+    assert not sa.spis_in_use

@@ -62,7 +62,7 @@ def inbound_spi(sa: TaskSa, config: ChildConfig, old: ChildSa | None = None) -> 
 
     One resource: random, as always. Several: random among the SPIs whose remainder
     modulo `resources` is the index (`resource_index`), never 0 or reserved and none
-    a CHILD SA under this IKE SA has.
+    a CHILD SA of the endpoint has (nor one under this IKE SA not yet reported).
     """
     n = sa.resources
     if n <= 1:
@@ -74,7 +74,7 @@ def inbound_spi(sa: TaskSa, config: ChildConfig, old: ChildSa | None = None) -> 
         value += index - value % n
         if value > _SPI_MAX:
             value -= n
-        if value > _SPI_RESERVED and value not in taken:
+        if value > _SPI_RESERVED and value not in taken and value not in sa.spis_in_use:
             return value.to_bytes(4, "big")
 
 
