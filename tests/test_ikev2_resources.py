@@ -103,14 +103,21 @@ def test_the_notify_is_on_the_wire_of_every_exchange_that_creates_one() -> None:
 
 
 def test_one_worker_sends_no_resource_info_and_keeps_one_child_sa() -> None:
-    pair = _up(1, 1)
-    (ia,) = _installed(pair, "a")
-    (ib,) = _installed(pair, "b")
-    assert not ia.per_resource and not ib.per_resource
-    (auth_request,) = _opened(pair, "a", AUTH, request=True)
-    (auth_response,) = _opened(pair, "b", AUTH, request=False)
-    assert not _resource_info(auth_request) and not _resource_info(auth_response)
-    assert not pair.requests("a", CREATE)
+    children = (child("one"), child("two", local="198.51.100.64/26", remote="203.0.113.64/26"))
+    pair = _up(1, 1, children=children)
+    installed = _installed(pair, "a") + _installed(pair, "b")
+    assert sorted(e.child for e in installed) == ["one", "one", "two", "two"]
+    assert not any(e.per_resource for e in installed)
+    first = next(e for e in _installed(pair, "a") if e.child == "one")
+    pair.a.rekey_child(first.unique_id, pair.clock)
+    pair.pump()
+    assert len(_installed(pair, "a")) == 3
+    # IKE_AUTH, the second configuration's CREATE_CHILD_SA and a rekey: none says it.
+    messages = _opened(pair, "a", AUTH, request=True) + _opened(pair, "b", AUTH, request=False)
+    messages += _opened(pair, "a", CREATE, request=True)
+    messages += _opened(pair, "b", CREATE, request=False)
+    assert len(messages) == 6
+    assert not any(_resource_info(m) for m in messages)
 
 
 @pytest.mark.parametrize(("a", "b"), [(2, 1), (1, 2)])
@@ -165,7 +172,10 @@ def test_a_rekey_stays_in_its_worker() -> None:
     # A rekey does not say SA_RESOURCE_INFO again (it inherits it).
     requests = _opened(pair, "a", CREATE, request=True)
     rekeys = [m for m in requests if m.notify(NotifyType.REKEY_SA) is not None]
-    assert rekeys and not any(_resource_info(m) for m in rekeys)
+    assert len(rekeys) == 2 and not any(_resource_info(m) for m in rekeys)
+    # b answered the group's second SA with it, and none of a's rekeys.
+    answers = _opened(pair, "b", CREATE, request=False)
+    assert [bool(_resource_info(m)) for m in answers] == [True, False, False]
 
 
 def test_child_sas_rekey_on_their_own_timers_and_keep_their_worker() -> None:
