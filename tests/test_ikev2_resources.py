@@ -154,6 +154,14 @@ def test_ts_max_queue_ends_the_group_quietly(caplog: pytest.LogCaptureFixture) -
     assert len(pair.requests("a", CREATE)) == 2
 
 
+def test_the_side_that_asks_stops_at_its_own_worker_count() -> None:
+    pair = _up(2, 3)
+    assert sorted(e.spi_in % 2 for e in _installed(pair, "a")) == [0, 1]
+    assert sorted(e.spi_in % 3 for e in _installed(pair, "b")) == [0, 1]
+    assert len(pair.requests("a", CREATE)) == 1 and not pair.requests("b", CREATE)
+    assert not any(m.error_notifies() for m in _opened(pair, "b", CREATE, request=False))
+
+
 def test_a_rekey_stays_in_its_worker() -> None:
     pair = _up(2, 2)
     for rekeyer in ("a", "b"):
