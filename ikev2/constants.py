@@ -277,6 +277,7 @@ class NotifyType(enum.IntEnum):
     INVALID_GROUP_ID = 45  # RFC 6407
     AUTHORIZATION_FAILED = 46  # RFC 6407
     STATE_NOT_FOUND = 47  # RFC 9242
+    TS_MAX_QUEUE = 48  # RFC 9611
 
     INITIAL_CONTACT = 16384
     SET_WINDOW_SIZE = 16385
@@ -337,6 +338,7 @@ class NotifyType(enum.IntEnum):
     IP6_ALLOWED = 16440
     ADDITIONAL_KEY_EXCHANGE = 16441  # RFC 9370
     USE_AGGFRAG = 16442  # RFC 9347
+    SA_RESOURCE_INFO = 16444  # RFC 9611
 
     @property
     def is_error(self) -> bool:

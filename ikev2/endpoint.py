@@ -66,7 +66,7 @@ from ikev2.cookies import CookieJar, CookiePolicy
 from ikev2.crypto.key_pool import KeyPool
 from ikev2.crypto.rng import RandomSource, SystemRandom
 from ikev2.errors import IkeError, InvalidMajorVersion, LocalProtocolError
-from ikev2.events import Address, Event
+from ikev2.events import Address, ChildSaDeleted, ChildSaInstalled, Event
 from ikev2.identity import Identity
 from ikev2.proposals import dh_group, parse_esp_proposal, parse_ike_proposal
 from ikev2.sa import IkeSa
@@ -297,6 +297,15 @@ class EndpointConfig:
     partial_csum: bool = False
     """Offer lockgate peers TCP segments with partial checksums inside ESP (the data
     plane writes them to a TUN with virtio-net headers, whose kernel completes them)."""
+    resources: int = 1
+    """Data-plane workers (`[gateway] workers`). A CHILD SA's worker is its inbound SPI
+    modulo this, so our inbound SPIs are chosen per worker. Above 1, every CHILD SA
+    negotiation carries SA_RESOURCE_INFO and, with a peer that sends it too, we ask
+    for one CHILD SA per worker with the same selectors (RFC 9611). 1: as without."""
+
+    def __post_init__(self) -> None:
+        if self.resources < 1:
+            raise LocalProtocolError(f"resources must be at least 1, not {self.resources}")
 
 
 class Endpoint:
@@ -367,6 +376,7 @@ class Endpoint:
             wall_clock=wall_clock,
             key_pool=self._keys,
             partial_csum=self.config.partial_csum,
+            resources=self.config.resources,
         )
         """What every IKE SA made here shares (their numbering, randomness, key pool)."""
         self._events: deque[Event] = deque()
@@ -1005,9 +1015,14 @@ class Endpoint:
             self._collect(self._dirty[ike_sa_id], now)
 
     def _collect_events(self, sa: IkeSa) -> None:
+        spis_in = self._sa_context.spis_in
         while (event := sa.next_event()) is not None:
             self._events.append(event)
             self._events_queued += 1
+            if isinstance(event, ChildSaInstalled):
+                spis_in.add(event.spi_in)
+            elif isinstance(event, ChildSaDeleted):
+                spis_in.discard(event.spi_in)
 
     def _collect(self, sa: IkeSa, now: float) -> None:
         """Take an SA's events, then its datagrams; refresh its timer and indexes;

@@ -242,6 +242,12 @@ class TemporaryFailure(RemoteProtocolError):
     default_notify = NotifyType.TEMPORARY_FAILURE
 
 
+class TsMaxQueue(RemoteProtocolError):
+    """We take no more per-resource CHILD SAs with these traffic selectors (RFC 9611)."""
+
+    default_notify = NotifyType.TS_MAX_QUEUE
+
+
 class ChildSaNotFound(RemoteProtocolError):
     """The CHILD SA named in a rekey does not exist (RFC 7296 §2.25)."""
 

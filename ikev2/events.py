@@ -294,6 +294,11 @@ class ChildSaInstalled(Event):
     partial_csum: bool = False
     """Both ends are lockgates that agreed in IKE_SA_INIT on TCP segments with
     partial checksums inside ESP (marked `esp.sa.NH_PARTIAL_CSUM`)."""
+    per_resource: bool = False
+    """One of a group of CHILD SAs with the same selectors, one per data-plane worker
+    (RFC 9611): both sides sent SA_RESOURCE_INFO when the group's SAs were created (a
+    rekey inherits it from the SA it replaces). Its worker is `spi_in` modulo the
+    endpoint's `resources`, for every CHILD SA, per-resource or not."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ from ikev2.tasks import (
     UpdateSaAddresses,
 )
 from ikev2.tasks.followup_ke import expire_followups
+from ikev2.tasks.resources import used_indexes
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,22 @@ class IkeSa(IkeSaData):
             self.expire_child(child, now, "byte or packet limit reached")
         elif not child.rekeying and child.peer_rekey is None:
             self.rekey_child(unique_id, now)
+
+    def request_resource_sa(self, like: ChildSa) -> None:
+        """Ask for one more CHILD SA of `like`'s per-resource group (RFC 9611): same
+        configuration and exactly its negotiated selectors, for the lowest worker index
+        without one. Called once each SA of the group that we asked for is installed,
+        so the requests go one at a time, until every worker has one or the peer
+        answers TS_MAX_QUEUE (which ends the group quietly)."""
+        if self.state is not IkeSaState.ESTABLISHED:
+            return
+        if len(used_indexes(self, like.config)) >= self.resources:
+            return
+        selectors = (like.local_ts, like.remote_ts)
+        self.tm.queue(
+            Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(like.config, like=selectors)])
+        )
+        self.changed()
 
     def create_child(self, config: ChildConfig, now: float) -> None:
         """Negotiate one more CHILD SA under this IKE SA with CREATE_CHILD_SA (§1.3.1)."""

@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Self
 
 from ikev2.codec import Message, encode_message
@@ -80,6 +80,13 @@ class SaContext:
     partial_csum: bool = False
     """The data plane can take TCP segments with partial checksums inside ESP, so
     IKE_SA_INIT offers them to a lockgate peer (`tasks.ike_init`)."""
+    resources: int = 1
+    """The data plane's workers: the worker of a CHILD SA is its inbound SPI modulo
+    this, so inbound SPIs are chosen for a worker; above 1, CHILD SAs are negotiated
+    per resource with a peer that agrees (RFC 9611, `tasks.resources`)."""
+    spis_in: set[int] = field(default_factory=set)
+    """Inbound ESP SPIs of the endpoint's installed CHILD SAs (kept by the endpoint
+    from the events), which a new SPI chosen for a worker must not repeat."""
 
 
 class IkeSaData:
@@ -407,6 +414,16 @@ class IkeSaData:
             spi = self.rng.token_bytes(size)
             if int.from_bytes(spi, "big") > 255:
                 return spi
+
+    @property
+    def resources(self) -> int:
+        """The endpoint's data-plane workers (`SaContext.resources`)."""
+        return self.context.resources
+
+    @property
+    def spis_in_use(self) -> set[int]:
+        """Inbound SPIs of the endpoint's installed CHILD SAs (`SaContext.spis_in`)."""
+        return self.context.spis_in
 
     def next_child_id(self) -> int:
         """A fresh CHILD SA unique number."""

@@ -183,6 +183,9 @@ class ChildSa:
     """Our CREATE_CHILD_SA rekeying it is queued or outstanding."""
     peer_rekey: PeerRekey | None = None
     """Set when the peer rekeyed it; the peer then deletes it (§2.8)."""
+    per_resource: bool = False
+    """One of a group of CHILD SAs with the same selectors, one per resource of ours
+    (RFC 9611): both sides sent SA_RESOURCE_INFO, or the SA it rekeys was one."""
 
 
 __all__ = [

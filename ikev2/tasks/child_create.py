@@ -39,6 +39,7 @@ from ikev2.proposals import (
 )
 from ikev2.sa_types import ChildSa
 from ikev2.tasks.base import Task, TaskSa
+from ikev2.tasks.resources import inbound_spi, peer_per_resource, resource_notify
 from ikev2.ts import TrafficSelector, format_selectors, is_subset, narrow
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class ChildCreate(Task):
         self.error: IkeError | None = None
         self.request: tuple[SecurityAssociation, TsI, TsR] | None = None
         """Responder: the peer's SA and selectors, kept through an EAP login (§2.16)."""
+        self.per_resource = False
+        """Both sides sent SA_RESOURCE_INFO (RFC 9611)."""
 
     # --- initiator ----------------------------------------------------------------------
 
@@ -120,8 +123,9 @@ class ChildCreate(Task):
             raise InvalidSyntax("no CHILD SA configuration to initiate")
         if self.offered:
             return  # a later IKE_AUTH round of an EAP login (§2.16)
-        self.spi_in = sa.random_spi(4)
+        self.spi_in = inbound_spi(sa, self.config)
         self.offered = _ike_auth_proposals(self.config)
+        out += resource_notify(sa)
         out += [
             sa_payload(self.offered, self.spi_in),
             TsI(to_wire(self.config.local_ts)),
@@ -166,7 +170,11 @@ class ChildCreate(Task):
                 f"{format_selectors(remote_ts)}, outside ours"
             )
         self.chosen, self.local_ts, self.remote_ts = chosen, local_ts, remote_ts
-        self._install(sa, spi_out=chosen.spi)
+        self.per_resource = peer_per_resource(sa, message)
+        child = self._install(sa, spi_out=chosen.spi)
+        if child.per_resource:
+            # RFC 9611: we asked for the first of the group, so we ask for the rest.
+            sa.request_resource_sa(child)
 
     # --- responder ----------------------------------------------------------------------
 
@@ -179,6 +187,7 @@ class ChildCreate(Task):
                 self.error = InvalidSyntax("IKE_AUTH request has only part of SA, TSi, TSr")
             else:
                 self.request = (sa_payload, tsi, tsr)
+                self.per_resource = peer_per_resource(sa, message)
         if not sa.ike_authenticated:
             return  # answered after the EAP login (§2.16)
         if self.request is None and self.error is None:
@@ -223,7 +232,7 @@ class ChildCreate(Task):
         log.debug("%s: ESP proposal %s selected", sa.name, LazyDescription(chosen))
         if len(chosen.spi) != 4:
             raise InvalidSyntax("ESP proposal without a 4-octet SPI")
-        self.spi_in = sa.random_spi(4)
+        self.spi_in = inbound_spi(sa, child)
         self.chosen = chosen
         self.local_ts, self.remote_ts = local_ts, remote_ts
 
@@ -239,6 +248,7 @@ class ChildCreate(Task):
         # The inbound SA exists before the response that lets the peer use it (§2.8).
         self._install(sa, spi_out=self.chosen.spi)
         answer = Proposal(self.chosen.number, ProtocolId.ESP, self.spi_in, self.chosen.transforms)
+        out += resource_notify(sa)
         out += [
             SecurityAssociation((answer,)),
             TsI(to_wire(self.remote_ts)),
@@ -247,11 +257,11 @@ class ChildCreate(Task):
 
     # --- both ---------------------------------------------------------------------------
 
-    def _install(self, sa: TaskSa, *, spi_out: bytes) -> None:
+    def _install(self, sa: TaskSa, *, spi_out: bytes) -> ChildSa:
         if self.config is None or self.chosen is None:
             raise InvalidSyntax("CHILD SA without configuration or proposal")
         # IKE_AUTH's CHILD SA takes the IKE_SA_INIT nonces and no key exchange (§2.17).
-        install_child(
+        return install_child(
             sa,
             config=self.config,
             chosen=self.chosen,
@@ -262,6 +272,7 @@ class ChildCreate(Task):
             nonce_i=sa.nonce_i,
             nonce_r=sa.nonce_r,
             we_initiated=sa.initiator,
+            per_resource=self.per_resource,
         )
 
     def _failed(self, sa: TaskSa, exc: IkeError) -> None:
@@ -313,13 +324,15 @@ def install_child(
     g_ir: bytes | None = None,
     additional: tuple[bytes, ...] = (),
     rekey_of: int | None = None,
+    per_resource: bool = False,
 ) -> ChildSa:
     """Derive KEYMAT, record the CHILD SA and emit ChildSaInstalled (RFC 7296 §2.17).
 
     `nonce_i`/`nonce_r` and `we_initiated` are those of the exchange that creates the
     CHILD SA (IKE_AUTH, or the CREATE_CHILD_SA whichever side sent); `g_ir` is the
     new shared secret when that exchange had a key exchange (PFS), `additional` those
-    of its IKE_FOLLOWUP_KE exchanges (RFC 9370 §2.2.4).
+    of its IKE_FOLLOWUP_KE exchanges (RFC 9370 §2.2.4); `per_resource`: one of a group
+    of CHILD SAs with the same selectors, one per worker (RFC 9611).
     """
     if sa.suite is None or sa.keys is None:
         raise InvalidSyntax("CHILD SA before the IKE SA has keys")
@@ -348,13 +361,14 @@ def install_child(
         installed_at=now,
         expire_at=now + config.lifetime,
         rekey_at=now + rekey_time,
+        per_resource=per_resource,
     )
     sa.children[child.unique_id] = child
     pfs = pfs_methods(chosen) if g_ir is not None or additional else ()
     # Formatting selectors costs more than the rest of the line: only when it is logged.
     if log.isEnabledFor(logging.INFO):
         log.info(
-            "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s%s)",
+            "%s: CHILD SA %s{%d} %s with SPIs %08x_i %08x_o and TS %s === %s (%s%s%s%s)",
             sa.name,
             config.name,
             child.unique_id,
@@ -366,6 +380,7 @@ def install_child(
             suite.name,
             f", PFS {'+'.join(pfs)}, quantum-safe: {'yes' if _pq(chosen) else 'no'}" if pfs else "",
             ", UDP-encapsulated" if sa.udp_encap else "",
+            f", per-resource, worker {child.spi_in % sa.resources}" if per_resource else "",
         )
     sa.emit(
         _installed_event(
@@ -450,6 +465,7 @@ def _installed_event(
         initiator=we_initiated,
         pfs="+".join(pfs),
         quantum_safe=quantum_safe,
+        per_resource=child.per_resource,
     )
 
 

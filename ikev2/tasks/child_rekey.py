@@ -37,6 +37,7 @@ from ikev2.errors import (
     InvalidKePayload,
     InvalidSyntax,
     TemporaryFailure,
+    TsMaxQueue,
     TsUnacceptable,
 )
 from ikev2.events import ChildSaFailed
@@ -62,6 +63,12 @@ from ikev2.tasks.followup_ke import (
 )
 from ikev2.tasks.ike_init import NONCE_SIZE
 from ikev2.tasks.ike_rekey import AnswerIkeRekey, raise_refusal, wanted_group
+from ikev2.tasks.resources import (
+    inbound_spi,
+    peer_per_resource,
+    resource_notify,
+    used_indexes,
+)
 from ikev2.ts import TrafficSelector, format_selectors, is_subset, narrow
 
 log = logging.getLogger(__name__)
@@ -79,16 +86,32 @@ def _esp_proposals(config: ChildConfig) -> list[Proposal]:
     return out
 
 
+Selectors = tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]
+"""(local, remote) traffic selectors."""
+
+
 class CreateChild(Task):
-    """Our CREATE_CHILD_SA request for a new CHILD SA or, with `old`, a rekey of it."""
+    """Our CREATE_CHILD_SA request for a new CHILD SA or, with `old`, a rekey of it.
+
+    With `like`, one more CHILD SA of a per-resource group, for another worker, with
+    exactly those (local, remote) selectors, the negotiated ones (RFC 9611).
+    """
 
     name = "child_create_sa"
 
-    def __init__(self, config: ChildConfig, old: ChildSa | None = None, group: int | None = None):
+    def __init__(
+        self,
+        config: ChildConfig,
+        old: ChildSa | None = None,
+        group: int | None = None,
+        like: Selectors | None = None,
+    ):
         self.config = config
         self.old = old
         self.group = group
         """Key exchange group for PFS; None: the first of our proposals' groups, if any."""
+        self.like = like
+        """The selectors of the per-resource group this SA joins (RFC 9611), or None."""
         self.spi_in = b""
         self.nonce_i = b""
         self.ke: KeyExchange | None = None
@@ -100,24 +123,39 @@ class CreateChild(Task):
     def what(self) -> str:
         if self.old is not None:
             return f"rekeying CHILD SA {self.config.name}{{{self.old.unique_id}}}"
+        if self.like is not None:
+            return f"creating another per-resource CHILD SA {self.config.name}"
         return f"creating CHILD SA {self.config.name}"
 
     def build_request(self, sa: TaskSa, out: list[Payload]) -> None:
         self.offered = _esp_proposals(self.config)
         if self.group is None:
             self.group = next((g for p in self.offered if (g := dh_group(p))), 0)
-        self.spi_in = sa.random_spi(4)
+        self.spi_in = inbound_spi(sa, self.config, self.old)
         self.nonce_i = sa.rng.token_bytes(NONCE_SIZE)
-        local_ts, remote_ts = self.config.local_ts, self.config.remote_ts
+        local_ts, remote_ts = self._selectors
         if self.old is not None:
             # §1.3.3: name the SA being replaced by the SPI the peer knows it by.
             out.append(Notify(NotifyType.REKEY_SA, b"", ProtocolId.ESP, _spi(self.old.spi_in)))
-            local_ts, remote_ts = self.old.local_ts, self.old.remote_ts
+        else:
+            # RFC 9611: a new CHILD SA says we do them per resource; a rekey inherits
+            # that from the SA it replaces, so its exchange does not repeat it.
+            out += resource_notify(sa)
         out += [sa_payload(self.offered, self.spi_in), Nonce(self.nonce_i)]
         if self.group:
             self.ke = sa.new_key_exchange(self.group)
             out.append(KePayload(self.group, self.ke.public_bytes))
         out += [TsI(to_wire(local_ts)), TsR(to_wire(remote_ts))]
+
+    @property
+    def _selectors(self) -> Selectors:
+        """What we propose and accept: the old SA's for a rekey, the group's for a
+        per-resource SA, else the configuration's."""
+        if self.old is not None:
+            return self.old.local_ts, self.old.remote_ts
+        if self.like is not None:
+            return self.like
+        return self.config.local_ts, self.config.remote_ts
 
     def process_response(self, sa: TaskSa, message: Message) -> None:
         try:
@@ -127,6 +165,30 @@ class CreateChild(Task):
 
     def followup_failed(self, sa: TaskSa, exc: IkeError) -> None:
         """The exchange failed (in CREATE_CHILD_SA or one of its IKE_FOLLOWUP_KE rounds)."""
+        if self.like is not None:
+            # RFC 9611: the group ends here; the SAs it has carry the traffic. No
+            # failure event: the connection is up, and the core does not retry.
+            notify = getattr(exc, "peer_notify", None) or exc.notify
+            count = len(used_indexes(sa, self.config, self.like))
+            if notify == NotifyType.TS_MAX_QUEUE:
+                log.info(
+                    "%s: peer takes no more per-resource CHILD SAs %s (TS_MAX_QUEUE): "
+                    "%d of %d workers have one",
+                    sa.name,
+                    self.config.name,
+                    count,
+                    sa.resources,
+                )
+            else:
+                log.warning(
+                    "%s: %s failed, staying with %d of %d: %s",
+                    sa.name,
+                    self.what,
+                    count,
+                    sa.resources,
+                    exc,
+                )
+            return
         if self.old is not None and self.old.unique_id not in sa.children:
             # §2.25.1: the peer deleted it meanwhile; our rekey is simply forgotten.
             log.info("%s: %s: it was deleted meanwhile (%s)", sa.name, self.what, exc)
@@ -155,7 +217,7 @@ class CreateChild(Task):
             sa.tm.queue(
                 Exchange(
                     message.exchange_type,  # type: ignore[arg-type]
-                    [type(self)(self.config, self.old, wanted)],
+                    [type(self)(self.config, self.old, wanted, self.like)],
                 )
             )
             return
@@ -174,8 +236,7 @@ class CreateChild(Task):
             if ke is None or self.ke is None or ke.group != dh_group(chosen):
                 raise InvalidKePayload(self.group or 0, "peer answered without our PFS group")
             g_ir = self.ke.shared_secret(ke.data)
-        expected_local = self.old.local_ts if self.old else self.config.local_ts
-        expected_remote = self.old.remote_ts if self.old else self.config.remote_ts
+        expected_local, expected_remote = self._selectors
         local_ts, remote_ts = from_wire(tsi.selectors), from_wire(tsr.selectors)
         if (
             not local_ts
@@ -187,7 +248,11 @@ class CreateChild(Task):
                 f"peer answered traffic selectors {format_selectors(local_ts)} === "
                 f"{format_selectors(remote_ts)}, outside ours"
             )
-        self.answer = _Answer(chosen, nonce.data, g_ir, local_ts, remote_ts)
+        if self.old is not None:
+            per_resource = self.old.per_resource
+        else:
+            per_resource = peer_per_resource(sa, message)
+        self.answer = _Answer(chosen, nonce.data, g_ir, local_ts, remote_ts, per_resource)
         rounds = additional_key_exchanges(chosen)
         if not rounds:
             self.followup_done(sa, ())
@@ -238,9 +303,13 @@ class CreateChild(Task):
             g_ir=answer.g_ir,
             additional=additional,
             rekey_of=self.old.unique_id if self.old else None,
+            per_resource=answer.per_resource,
         )
         old = self.old
         if old is None:
+            if new.per_resource:
+                # RFC 9611: we asked for this one, so we ask for the group's next.
+                sa.request_resource_sa(new)
             return
         ours = min(self.nonce_i, answer.nonce_r)
         theirs = old.peer_rekey
@@ -266,6 +335,7 @@ class _Answer:
     g_ir: bytes | None
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
+    per_resource: bool
 
 
 class AnswerCreateChild(Task):
@@ -295,8 +365,9 @@ class AnswerCreateChild(Task):
             raise TemporaryFailure("we are rekeying the IKE SA")
         try:
             self._process(sa, message)
-        except (InvalidKePayload, TemporaryFailure) as exc:
-            # The peer retries (with our group, or later): nothing failed on our side.
+        except (InvalidKePayload, TemporaryFailure, TsMaxQueue) as exc:
+            # The peer retries (with our group, or later), or has all the per-resource
+            # SAs we take (RFC 9611): nothing failed on our side.
             kind = enum_name(NotifyType, exc.notify or 0)
             log.info("%s: answering CREATE_CHILD_SA with %s: %s", sa.name, kind, exc)
             raise
@@ -350,6 +421,15 @@ class AnswerCreateChild(Task):
                 f"{format_selectors(my_ts)}, which match no CHILD SA of ours"
             )
         self.child_name = config.name
+        per_resource = old.per_resource if old is not None else peer_per_resource(sa, message)
+        if old is None and per_resource:
+            # RFC 9611: one CHILD SA with these selectors per resource of ours.
+            used = used_indexes(sa, config, (local_ts, remote_ts))
+            if len(used) >= sa.resources:
+                raise TsMaxQueue(
+                    f"{config.name} has a per-resource CHILD SA for each of our "
+                    f"{sa.resources} workers"
+                )
         offered = [p for p in offer.proposals if p.protocol == ProtocolId.ESP]
         chosen = select_proposal(_esp_proposals(config), offered)
         if len(chosen.spi) != 4:
@@ -363,15 +443,28 @@ class AnswerCreateChild(Task):
                 raise InvalidKePayload(group)
             ke_out = sa.new_key_exchange(group)
             g_ir = ke_out.shared_secret(ke.data)
-        spi_in = sa.random_spi(4)
+        spi_in = inbound_spi(sa, config, old)
         nonce_r = sa.rng.token_bytes(NONCE_SIZE)
         answer = Proposal(chosen.number, ProtocolId.ESP, spi_in, chosen.transforms)
-        self.response = [SecurityAssociation((answer,)), Nonce(nonce_r)]
+        self.response = []
+        if old is None:
+            # RFC 9611: as in the request, only an exchange that does not rekey says it.
+            self.response += resource_notify(sa)
+        self.response += [SecurityAssociation((answer,)), Nonce(nonce_r)]
         if ke_out is not None:
             self.response.append(KePayload(group, ke_out.public_bytes))
         self.response += [TsI(to_wire(remote_ts)), TsR(to_wire(local_ts))]
         self.made = _Made(
-            config, chosen, spi_in, nonce.data, nonce_r, g_ir, local_ts, remote_ts, old
+            config,
+            chosen,
+            spi_in,
+            nonce.data,
+            nonce_r,
+            g_ir,
+            local_ts,
+            remote_ts,
+            old,
+            per_resource,
         )
         rounds = additional_key_exchanges(chosen)
         if not rounds:
@@ -408,6 +501,7 @@ class AnswerCreateChild(Task):
             g_ir=made.g_ir,
             additional=additional,
             rekey_of=old.unique_id if old is not None else None,
+            per_resource=made.per_resource,
         )
         if old is not None:
             old.peer_rekey = PeerRekey(new.unique_id, min(made.nonce_i, made.nonce_r))
@@ -441,6 +535,7 @@ class _Made:
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     old: ChildSa | None
+    per_resource: bool
 
 
 def _spi(value: int) -> bytes:
