@@ -39,10 +39,14 @@ another index. So the main process keeps every socket of the group open for the
 daemon's whole life, and gives a worker a *copy* of its socket's fd (``pass_fds``); a
 worker that dies or restarts closes only its copy, and no index ever moves.
 
-UDP GRO coalesces datagrams of one UDP flow whatever their payload, and the kernel then
-picks one socket for the whole batch from its first segment. Between two lockgates
-every per-worker SA shares the same address and port pair, so a worker's socket with
-UDP_GRO on would receive other workers' SPIs; `open_steered_udp` leaves GRO off.
+The program sees one skb: a coalesced batch is steered by its first segment, and every
+segment of it is queued to that socket (split again if the socket has no UDP_GRO).
+UDP GRO coalesces the datagrams of one address and port pair whatever their SPIs, and
+between two lockgates every per-worker SA shares that pair: so steered sockets keep
+UDP_GRO off (`open_steered_udp` does not turn it on; nor may rx-udp-gro-forwarding or
+rx-gro-list on the interface), and a sender's UDP GSO batch carries one SA's packets
+(`daemon.pump.Pump.send` sends per SA; a GSO batch crosses a veth whole). A worker
+still drops and counts an SPI it does not own, as any unknown SPI.
 
 Port 4500 taken with SO_REUSEPORT would let another process of the same user join the
 group; the daemon claims UDP 500 (no SO_REUSEPORT, `daemon.pump.open_udp`) first, so a

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from netns import Lab, in_namespace
 
-from daemon.pump import open_raw_esp
+from daemon.pump import SOL_UDP, UDP_GRO, UDP_SEGMENT, open_raw_esp
 from daemon.steering import attach_raw_esp_filter, open_steered_udp
 
 pytestmark = pytest.mark.netns
@@ -159,4 +159,51 @@ def test_raw_esp_filters_give_each_worker_exactly_its_spis(
             assert sorted(received) == sorted(mine), worker
     finally:
         for sock in raws:
+            sock.close()
+
+
+def _send_udp(pair: Pair, datagrams: list[bytes], *, segment: int = 0) -> None:
+    """From the peer's port 4500 to the gateway's; with ``segment``, all in one UDP GSO
+    send of equally long segments (UDP_SEGMENT), which crosses the veth whole."""
+    with in_namespace(pair.peer), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind((PEER4, NAT_PORT))
+        if segment:
+            gso = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+            sender.sendmsg([b"".join(datagrams)], gso, 0, (GW4, NAT_PORT))
+        else:
+            for datagram in datagrams:
+                sender.sendto(datagram, (GW4, NAT_PORT))
+
+
+def test_closing_a_socket_of_the_group_moves_the_last_one_into_its_index(pair: Pair) -> None:
+    # Why the main process keeps every socket of the group open: the kernel fills a
+    # closed socket's slot with the last one (reuseport_detach_sock).
+    with in_namespace(pair.gw):
+        main, worker0, worker1 = open_steered_udp(GW4, NAT_PORT, 2)
+    try:
+        worker0.close()
+        even = [struct.pack("!II", 2, seq) for seq in range(PER_SPI)]  # index 1: worker 0's
+        _send_udp(pair, even)
+        got = _collect([main, worker1], len(even))
+        assert got == [[], even], "worker 1's socket took index 1 and worker 0's SPIs"
+    finally:
+        main.close()
+        worker1.close()
+
+
+def test_a_coalesced_batch_goes_whole_to_its_first_segment_s_socket(pair: Pair) -> None:
+    # Why steered sockets keep UDP GRO off, and why a sender's GSO batch carries one
+    # SA: the program sees only a batch's first segment, and every segment of it is
+    # queued to the socket that one names.
+    with in_namespace(pair.gw):
+        group = open_steered_udp(GW4, NAT_PORT, 2)
+    try:
+        assert all(s.getsockopt(SOL_UDP, UDP_GRO) == 0 for s in group)
+        size = 64
+        batch = [struct.pack("!I", spi).ljust(size, b"\0") for spi in (1, 2, 3, 4)]
+        _send_udp(pair, batch, segment=size)
+        got = _collect(group, len(batch))
+        assert got == [[], [], batch], "all on worker 1's socket (SPI 1), SPIs 2 and 4 too"
+    finally:
+        for sock in group:
             sock.close()
