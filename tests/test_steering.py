@@ -1,7 +1,7 @@
 """The steering programs, run by a classic-BPF interpreter (no kernel, no root): the
 reuseport program names the socket the SPI rule gives, and the workers' raw ESP
 filters divide protocol-50 packets between them. tests/test_steering_netns.py runs
-the same programs in the kernel."""
+the same programs in the kernel. And a steered group's port, on loopback."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon.pump import open_udp
 from daemon.steering import (
     DROP_PACKET,
     FIRST_WORKER_INDEX,
     MAIN_INDEX,
+    open_steered_udp,
     pack_program,
     raw_esp_filter,
     reuseport_program,
@@ -141,3 +143,29 @@ def test_interpreter_refuses_what_it_does_not_know() -> None:
         cbpf.run([(0x00, 0, 0, 0)], b"")
     with pytest.raises(ValueError, match="past the end"):
         cbpf.run([(0x15, 5, 0, 0), (0x06, 0, 0, 0)], b"")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_steered_group_is_refused_on_a_port_another_process_holds() -> None:
+    port = _free_port()
+    holder = open_udp("127.0.0.1", port)  # e.g. charon, without SO_REUSEPORT
+    try:
+        with pytest.raises(OSError, match=f"UDP port {port} on 127.0.0.1 is in use"):
+            open_steered_udp("127.0.0.1", port, 2)
+    finally:
+        holder.close()
+    group = open_steered_udp("127.0.0.1", port, 2)
+    try:
+        # ...and the group keeps others out the same way.
+        with pytest.raises(OSError, match="is in use"):
+            open_udp("127.0.0.1", port)
+        assert [s.getsockname() for s in group] == [("127.0.0.1", port)] * 3
+        assert all(not s.getblocking() for s in group)
+    finally:
+        for sock in group:
+            sock.close()

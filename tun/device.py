@@ -131,7 +131,8 @@ class TunDevice:
         """A queue opened elsewhere: in a worker process, the fd its supervisor passed
         (``pass_fds``) with the name and the `flags` of the queue's TunDevice. The
         fd is made non-blocking (the queue's reads and writes rely on it); closing this
-        TunDevice closes only this process's copy."""
+        TunDevice closes only this process's copy. The queue is taken to be attached:
+        a supervisor attaches a detached one before handing it over."""
         validate_ifname(name)
         if not flags & IFF_TUN:
             raise TunError(f"{name}: flags {flags:#x} are not a TUN's")
