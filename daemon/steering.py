@@ -34,10 +34,11 @@ Documentation/networking/filter.rst):
 
 The group's indexes are the order the sockets joined in, and they are not stable: when
 a socket of the group closes, the kernel moves the *last* socket into its slot
-(``reuseport_detach_sock``), so every packet of that last worker would then go to
-another index. So the main process keeps every socket of the group open for the
-daemon's whole life, and gives a worker a *copy* of its socket's fd (``pass_fds``); a
-worker that dies or restarts closes only its copy, and no index ever moves.
+(``reuseport_detach_sock``): the last worker's socket would then receive the closed
+one's SPIs, and its own would fall outside the group. So the main process keeps every
+socket of the group open for the daemon's whole life, and gives a worker a *copy* of
+its socket's fd (``pass_fds``); a worker that dies or restarts closes only its copy,
+and no index ever moves.
 
 The program sees one skb: a coalesced batch is steered by its first segment, and every
 segment of it is queued to that socket (split again if the socket has no UDP_GRO).
@@ -49,9 +50,9 @@ rx-gro-list on the interface), and a sender's UDP GSO batch carries one SA's pac
 still drops and counts an SPI it does not own, as any unknown SPI.
 
 Port 4500 taken with SO_REUSEPORT would let another process of the same user join the
-group; the daemon claims UDP 500 (no SO_REUSEPORT, `daemon.pump.open_udp`) first, so a
-second lockgate fails there, and a process binding 4500 without SO_REUSEPORT is
-refused by the kernel.
+group; so the daemon claims UDP 500 (no SO_REUSEPORT, `daemon.pump.open_udp`) before
+it opens the group, and a second lockgate fails there. A process binding 4500
+without SO_REUSEPORT is refused by the kernel.
 """
 
 from __future__ import annotations
