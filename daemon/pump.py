@@ -96,16 +96,20 @@ def grow_buffers(sock: socket.socket) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
-def open_udp(address: str, port: int) -> socket.socket:
+def open_udp(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A non-blocking UDP socket bound to ``address``:``port``.
 
     No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same address and
     port, and the kernel then hands each datagram to only one of them. A second IKE
     daemon would silently take over half our peers; instead its bind fails here.
     UDP has no TIME_WAIT, so a restarted daemon binds at once without it.
+    ``reuse_port`` (SO_REUSEPORT) is for `daemon.steering.open_steered_udp` only, whose
+    group of sockets shares a port under a BPF program that picks the socket.
     """
     sock = socket.socket(_family(address), socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         else:

@@ -4,7 +4,11 @@ Each read returns one IP packet and each write takes one (no packet-information
 prefix). With `vnet_hdr`, every packet is preceded by a 10-octet virtio-net header and
 `set_offload` may let the kernel hand over TCP super-packets (GSO); that is for a later
 offload path, off by default. With `multi_queue`, `add_queue` opens more queues on the
-same interface so several readers can share the load.
+same interface so several readers can share the load: the kernel sends each flow out
+of one queue, chosen by the flow's hash over the queues attached (tun_select_queue).
+A supervisor keeps every queue's fd, hands a worker process its copy (`from_fd` on the
+worker's side), and detaches the queue of a worker that died (`detach_queue`) so no
+flow waits in a queue nobody reads, until its successor is started (`attach_queue`).
 
 Opening a TUN needs CAP_NET_ADMIN in the current network namespace. The interface
 disappears when its last queue is closed (it is not made persistent).
@@ -30,10 +34,13 @@ _TUN_PATH = "/dev/net/tun"
 # <linux/if_tun.h>: _IOW('T', 202, int) and friends.
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
+TUNSETQUEUE = 0x400454D9
 SIOCSIFTXQLEN = 0x8943  # <linux/sockios.h>: set an interface's transmit queue length
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200  # TUNSETQUEUE: put a detached queue back in use
+IFF_DETACH_QUEUE = 0x0400  # TUNSETQUEUE: take a queue out of use, keeping its fd
 IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16  # including the terminating NUL
 VNET_HDR_LEN = 10  # struct virtio_net_hdr, the default TUNSETVNETHDRSZ
@@ -69,7 +76,8 @@ def validate_ifname(name: str) -> bytes:
 
 
 def ifreq(name: str, flags: int) -> bytes:
-    """struct ifreq for TUNSETIFF: the name (NUL padded) and the flags (a short)."""
+    """struct ifreq for TUNSETIFF and TUNSETQUEUE: the name (NUL padded) and the flags
+    (a short)."""
     return struct.pack("16sH22x", validate_ifname(name), flags)
 
 
@@ -86,6 +94,8 @@ class TunDevice:
         self.uso_writes = False
         """Writes may be UDP segmentation offload frames (GSO_UDP_L4); see
         `probe_uso_writes`."""
+        self.attached = True
+        """The kernel sends packets out of this queue (see `detach_queue`)."""
 
     @classmethod
     def open(
@@ -115,6 +125,46 @@ class TunDevice:
         actual = reply[:IFNAMSIZ].split(b"\0", 1)[0].decode("ascii")
         log.debug("opened TUN %s (flags %#x)", actual, flags)
         return cls(fd, actual, flags)
+
+    @classmethod
+    def from_fd(cls, fd: int, name: str, flags: int) -> TunDevice:
+        """A queue opened elsewhere: in a worker process, the fd its supervisor passed
+        (``pass_fds``) with the name and the `flags` of the queue's TunDevice. The
+        fd is made non-blocking (the queue's reads and writes rely on it); closing this
+        TunDevice closes only this process's copy. The queue is taken to be attached:
+        a supervisor attaches a detached one before handing it over."""
+        validate_ifname(name)
+        if not flags & IFF_TUN:
+            raise TunError(f"{name}: flags {flags:#x} are not a TUN's")
+        try:
+            os.set_blocking(fd, False)
+        except OSError as exc:
+            raise TunError(f"{name}: fd {fd}: {exc.strerror}") from exc
+        return cls(fd, name, flags)
+
+    def detach_queue(self) -> None:
+        """Take this queue out of the interface's use (TUNSETQUEUE, IFF_DETACH_QUEUE):
+        the kernel spreads flows over the other queues and drops what waited in this
+        one (__tun_detach), so reads find nothing until `attach_queue`. The
+        interface stays up; at least one queue must remain attached for it to carry
+        packets."""
+        self._set_queue(IFF_DETACH_QUEUE)
+        self.attached = False
+
+    def attach_queue(self) -> None:
+        """Put a queue `detach_queue` took out back in use (TUNSETQUEUE,
+        IFF_ATTACH_QUEUE; needs CAP_NET_ADMIN unless the interface has an owner)."""
+        self._set_queue(IFF_ATTACH_QUEUE)
+        self.attached = True
+
+    def _set_queue(self, flag: int) -> None:
+        if not self.flags & IFF_MULTI_QUEUE:
+            raise TunError(f"{self._name} was not opened with multi_queue")
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETQUEUE, ifreq(self._name, flag))
+        except OSError as exc:
+            what = "attach" if flag == IFF_ATTACH_QUEUE else "detach"
+            raise TunError(f"{self._name}: cannot {what} the queue: {exc.strerror}") from exc
 
     def add_queue(self) -> TunDevice:
         """Another queue of this multi-queue interface (its own fd, same packets split)."""
