@@ -349,15 +349,16 @@ class DataPlane:
             ", sends at once" if preferred else "",
         )
 
-    def install_forward(self, entry: ChildSaEntry) -> None:
+    def install_forward(self, entry: ChildSaEntry, *, preferred: bool = False) -> None:
         """Select outbound packets for a CHILD SA that the worker `entry.forward_to`
         holds (`childsa.forward_entry`): they are handed to it as plaintext, and it
         seals them. Its policy ranks behind any SA of this process with the same
         selectors (`Spd.add`'s `fallback`), so a worker's own SA always wins; its SPI
-        stays out of the SAD (the kernel steers its ESP to the owner)."""
+        stays out of the SAD (the kernel steers its ESP to the owner). Among forward
+        entries, `preferred` acts as in `install`."""
         if entry.forward_to is None or entry.interface is not None:
             raise ValueError("a forward entry names its owner and uses the gateway's TUN")
-        self.spd.add(entry.policy, fallback=True)
+        self.spd.add(entry.policy, preferred=preferred, fallback=True)
         self._outbound_cache.clear()
         self.forwards[entry.unique_id] = entry
 
@@ -428,6 +429,10 @@ class DataPlane:
             entry, _ = self._lingering.pop(uid)
             self._forget(entry)
         return len(done)
+
+    def lingering(self) -> list[ChildSaEntry]:
+        """Removed CHILD SAs whose inbound SA still opens packets (`remove`'s linger)."""
+        return [entry for entry, _ in self._lingering.values()]
 
     def _forget(self, entry: ChildSaEntry) -> None:
         self.sad.remove(entry.spi_in)
