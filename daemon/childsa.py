@@ -8,6 +8,7 @@ the per-SA counters that `lockgate status` shows.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ class ChildSaEntry:
     """The peer is a lockgate that agreed in IKE_SA_INIT on TCP segments with partial
     checksums inside ESP (`esp.sa.NH_PARTIAL_CSUM`): the inbound SA delivers them and
     the data plane may send them."""
+    forward_to: int | None = None
+    """With data-plane workers: None when this process holds the SA's keys; else the
+    index of the worker that does, to which the packets this entry's policy selects
+    are handed as plaintext (`DataPlane.install_forward`). Such an entry carries
+    selectors and MTU only (`forward_entry`): it is never in the SAD and never
+    seals."""
     drops: Counter[str] = field(default_factory=Counter)
     """Drops the data plane attributes to this SA (beyond the ESP engine's own)."""
     policy: Policy[ChildSaEntry] = field(init=False)
@@ -185,6 +192,42 @@ def entry_from_event(event: ChildSaInstalled, path_mtu: int = DEFAULT_PATH_MTU) 
         lifetime=lifetime,
     )
     inbound.partial_csum = event.partial_csum
+    return _entry(event, suite, inbound, outbound, path_mtu)
+
+
+def forward_entry(
+    event: ChildSaInstalled, owner: int, path_mtu: int = DEFAULT_PATH_MTU
+) -> ChildSaEntry:
+    """The entry a data-plane worker keeps for a CHILD SA that worker ``owner``
+    holds: selectors, framing and MTU as `entry_from_event` makes them, and none of
+    the SA's keys (``event`` may carry empty ones). The keys live in one process
+    only: two senders of one SA would repeat its sequence numbers, and with them
+    the AES-GCM nonces (RFC 4106 §3). Its ESP SAs get throwaway random keys and a
+    hard limit of zero packets, so even a path that wrongly sealed with them would
+    send nothing.
+    """
+    integ = event.integ_id or None
+    suite = suite_from_transforms(event.encr_id, event.encr_key_bits, integ)
+    spent = Lifetime(hard_bytes=0, hard_packets=0)
+
+    def unkeyed(spi: int) -> EspSA:
+        return EspSA(
+            spi,
+            suite,
+            os.urandom(suite.encr_key_len),
+            os.urandom(suite.integ_key_len),
+            replay_window=0,
+            lifetime=spent,
+        )
+
+    entry = _entry(event, suite, unkeyed(event.spi_in), unkeyed(event.spi_out), path_mtu)
+    entry.forward_to = owner
+    return entry
+
+
+def _entry(
+    event: ChildSaInstalled, suite: EspSuite, inbound: EspSA, outbound: EspSA, path_mtu: int
+) -> ChildSaEntry:
     outer_version = 6 if ":" in event.remote[0] else 4
     return ChildSaEntry(
         peer=event.connection,

@@ -165,6 +165,10 @@ class Drop(enum.Enum):
     """Outbound: the socket refused the packet (buffer full, no route)."""
     TUN_WRITE_FAILED = "tun_write_failed"
     """Inbound: the TUN device refused the packet."""
+    HANDOFF_FAILED = "handoff_failed"
+    """Outbound, with data-plane workers: a packet for a CHILD SA another worker holds
+    could not be handed to it (its socket full, or the packet came from a hand-off
+    itself and would go round)."""
 
 
 class Transport(Protocol):
@@ -196,6 +200,10 @@ IkeHandler = Callable[[bytes, Address, Address], None]
 """Receives an IKE message that arrived on port 4500: (message, local, remote)."""
 AcquireHandler = Callable[[bytes], None]
 """Told about an outbound packet no policy covers (for start = "trap")."""
+Handoff = Callable[[int, list[bytes], bool], int]
+"""Hands plaintext packets to the data-plane worker that holds their CHILD SA: (its
+index, the packets, whether they are TCP segments with partial checksums); returns
+how many it took."""
 UnknownSpiHandler = Callable[[int, Address, Address], None]
 """Told about an ESP packet of an SPI no SA has: (SPI, local, remote), the UDP
 addresses and ports for ESP in UDP, the IKE port (500) on both sides for raw ESP."""
@@ -297,6 +305,12 @@ class DataPlane:
         """Told when TSO on a TUN (None: the gateway's, else a route-mode one's name)
         becomes worth having or stops being: whether every CHILD SA sending from it
         takes partial checksums (`tso_wanted`)."""
+        self.forwards: dict[int, ChildSaEntry] = {}
+        """With data-plane workers: the CHILD SAs other workers hold, by unique id,
+        whose traffic this one's TUN queue may still read (`install_forward`)."""
+        self.handoff: Handoff | None = None
+        """Where packets for a forward entry go (the worker's hand-off sockets)."""
+        self._handing_back = False
         self._senders: Counter[str | None] = Counter()
         self._held: dict[ChildSaEntry, list[bytes]] | None = None
         self._partial_senders: Counter[str | None] = Counter()
@@ -335,6 +349,19 @@ class DataPlane:
             ", sends at once" if preferred else "",
         )
 
+    def install_forward(self, entry: ChildSaEntry, *, preferred: bool = False) -> None:
+        """Select outbound packets for a CHILD SA that the worker `entry.forward_to`
+        holds (`childsa.forward_entry`): they are handed to it as plaintext, and it
+        seals them. Its policy ranks behind any SA of this process with the same
+        selectors (`Spd.add`'s `fallback`), so a worker's own SA always wins; its SPI
+        stays out of the SAD (the kernel steers its ESP to the owner). Among forward
+        entries, `preferred` acts as in `install`."""
+        if entry.forward_to is None or entry.interface is not None:
+            raise ValueError("a forward entry names its owner and uses the gateway's TUN")
+        self.spd.add(entry.policy, preferred=preferred, fallback=True)
+        self._outbound_cache.clear()
+        self.forwards[entry.unique_id] = entry
+
     def remove(self, unique_id: int, *, linger: float = 0.0) -> ChildSaEntry | None:
         """Take a CHILD SA out of the data plane; its drop counts move to the totals.
 
@@ -342,11 +369,15 @@ class DataPlane:
         inbound SA stays in the SAD that many seconds more: the Delete that ends an
         SA travels on the IKE socket and the SA's last ESP packets on another, and
         the daemon may read the Delete first although it was sent last.
-        `expire_lingering` removes it for good.
+        `expire_lingering` removes it for good. A forward entry just goes.
         """
         entry = self.entries.pop(unique_id, None)
         if entry is None:
-            return None
+            forward = self.forwards.pop(unique_id, None)
+            if forward is not None:
+                self.spd.remove(forward.policy)
+                self._outbound_cache.clear()
+            return forward
         self._count_sender(entry, -1)
         self._by_connection.discard(entry.connection, entry)
         self._by_peer.discard(entry.peer, entry)
@@ -398,6 +429,10 @@ class DataPlane:
             entry, _ = self._lingering.pop(uid)
             self._forget(entry)
         return len(done)
+
+    def lingering(self) -> list[ChildSaEntry]:
+        """Removed CHILD SAs whose inbound SA still opens packets (`remove`'s linger)."""
+        return [entry for entry, _ in self._lingering.values()]
 
     def _forget(self, entry: ChildSaEntry) -> None:
         self.sad.remove(entry.spi_in)
@@ -613,6 +648,9 @@ class DataPlane:
     def _seal_and_send(
         self, entry: ChildSaEntry, inners: list[bytes], partial: bool = False
     ) -> None:
+        if entry.forward_to is not None:
+            self._hand_off(entry.forward_to, inners, partial)
+            return
         # A packet the SA refused has no parts; the SA counted it.
         parts = entry.outbound.encapsulate_parts(inners, partial=partial)
         if not parts:
@@ -628,6 +666,26 @@ class DataPlane:
                 found += parts
             return
         self._send(entry, parts)
+
+    def _hand_off(self, owner: int, inners: list[bytes], partial: bool) -> None:
+        # Packets that came from a hand-off go no further: the worker that handed
+        # them over found this one the owner, and a second hop could loop.
+        handoff = self.handoff
+        taken = 0
+        if handoff is not None and not self._handing_back:
+            taken = handoff(owner, inners, partial)
+            self.counters["handed_off"] += taken
+        if taken < len(inners):
+            self.drops[Drop.HANDOFF_FAILED.value] += len(inners) - taken
+
+    def from_handoff(self, packets: list[bytes], partial: bool = False) -> None:
+        """Seal packets another worker's TUN queue read for a CHILD SA this worker
+        holds, as `from_tun` would; what this worker now only forwards is dropped."""
+        self._handing_back = True
+        try:
+            self.from_tun(packets, partial)
+        finally:
+            self._handing_back = False
 
     def _send(self, entry: ChildSaEntry, parts: list[bytes]) -> None:
         sent = self.transport.send(entry, parts)

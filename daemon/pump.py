@@ -303,9 +303,7 @@ class Pump:
                     sock = claimed.pop((address, port), None)
                     if sock is None:
                         sock = open_udp(address, port)
-                    self.udp[(address, port)] = sock
-                    if port == self.nat_port and self.offload and self.gro and enable_gro(sock):
-                        self._gro.add(sock.fileno())
+                    self._add_udp((address, port), sock)
             if raw_esp and address not in self.raw:
                 try:
                     self.raw[address] = open_raw_esp(address)
@@ -315,6 +313,22 @@ class Pump:
                         "only UDP-encapsulated ESP will work",
                         address,
                     )
+
+    def adopt(self, udp: dict[Address, socket.socket], raw: dict[str, socket.socket]) -> None:
+        """Take sockets opened elsewhere instead of binding any: a data-plane worker
+        gets its port-4500 and raw ESP sockets from the main process, which keeps
+        port 500 and the IKE endpoint. Call before `start`."""
+        for local, sock in udp.items():
+            sock.setblocking(False)
+            self._add_udp(local, sock)
+        for address, sock in raw.items():
+            sock.setblocking(False)
+            self.raw[address] = sock
+
+    def _add_udp(self, local: Address, sock: socket.socket) -> None:
+        self.udp[local] = sock
+        if local[1] == self.nat_port and self.offload and self.gro and enable_gro(sock):
+            self._gro.add(sock.fileno())
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start reading every file descriptor on ``loop``."""

@@ -178,6 +178,9 @@ class Policy(Generic[T]):
         )
 
 
+_FALLBACK_RANK = 1 << 62
+"""Added to a fallback policy's rank: more than any count of policies added."""
+
 _SortKey = tuple[int, int, int, int, int, int]
 """How `Spd` orders its entries: see `_Entry.sort_key`."""
 
@@ -223,14 +226,16 @@ class Spd(Generic[T]):
     """Each installed policy's entries, by the policy's ``id()``, for `remove`."""
     _added: int = 0
 
-    def add(self, policy: Policy[T], *, preferred: bool = False) -> None:
+    def add(self, policy: Policy[T], *, preferred: bool = False, fallback: bool = False) -> None:
         """Install ``policy``; a more specific policy shadows a wider one.
 
         Among equally specific policies the older one wins, so an SA installed beside
         its predecessor (a rekey answered by us) does not take traffic before the
         peer can decrypt it; ``preferred`` puts the new one ahead of its equals
         instead (a rekey we started: the peer installed it before answering,
-        RFC 7296 §2.8).
+        RFC 7296 §2.8). ``fallback`` puts it behind every equal that is not a
+        fallback, whenever either was added (a data-plane worker's hand-off to the
+        worker that owns another SA of the same selectors: its own SA wins).
         """
         if not policy.local or not policy.remote:
             raise SelectorError("a policy needs at least one local and one remote selector")
@@ -238,6 +243,8 @@ class Spd(Generic[T]):
             raise SelectorError("this policy is already installed")
         self._added += 1
         rank = -self._added if preferred else self._added
+        if fallback:
+            rank += _FALLBACK_RANK
         entries: list[_Entry[T]] = []
         for local in policy.local:
             for remote in policy.remote:

@@ -1,0 +1,265 @@
+"""A pool of two real data-plane worker processes: each reads a TUN queue (an
+in-memory one here) and its own UDP socket on the loopback; the test plays the peer
+gateway with the other halves of the CHILD SAs. No root needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from daemon.childsa import ChildSaEntry, entry_from_event
+from daemon.pump import open_udp
+from daemon.worker_pool import WorkerPool, owner_of
+from daemon.worker_protocol import (
+    MAX_MESSAGE,
+    Install,
+    InstallFailed,
+    Ready,
+    Setup,
+    Stop,
+    UdpSocket,
+    decode,
+    encode,
+)
+from esp.drops import DropReason
+from ikev2.events import ChildSaInstalled
+from ikev2.ts import TrafficSelector as IkeTs
+from testkit.dataplane import echo_request, events, ipv4
+from tun.memory import MemoryTun, memory_tun_pair
+
+LOOPBACK = "127.0.0.1"
+WAIT = 30.0  # a generous bound on a shared machine; nothing here is timed
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _recv(sock: socket.socket, timeout: float = WAIT) -> tuple[bytes, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[bytes, tuple[str, int]]] = loop.create_future()
+
+    def ready() -> None:
+        if not future.done():
+            data, sender = sock.recvfrom(65535)
+            future.set_result((data, sender))
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+@dataclass
+class Lab:
+    pool: WorkerPool
+    tuns: list[MemoryTun]
+    """The test's ends of the workers' TUN queues."""
+    ports: list[int]
+    peer: socket.socket
+    lost: list[tuple[int, list[int]]] = field(default_factory=list)
+
+
+def _sa(
+    uid: int, remote_net: str, port: int, peer_port: int
+) -> tuple[ChildSaInstalled, ChildSaEntry]:
+    """Our event for CHILD SA `uid` towards `remote_net`, and the peer's entry."""
+    ours, theirs = events(uid=uid)
+    remote_ts = (IkeTs.from_network(remote_net),)
+    local_ts = (IkeTs.from_network("192.0.2.0/24"),)
+    ours = replace(
+        ours,
+        connection=f"c{uid}",
+        child=f"c{uid}",
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        local=(LOOPBACK, port),
+        remote=(LOOPBACK, peer_port),
+    )
+    theirs = replace(theirs, local_ts=remote_ts, remote_ts=local_ts)
+    return ours, entry_from_event(theirs)
+
+
+def _run(body: Callable[[Lab], Awaitable[None]]) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pairs = [memory_tun_pair(f"wq{k}", f"tq{k}") for k in range(2)]
+        udp = [open_udp(LOOPBACK, 0) for _ in range(2)]
+        ports = [s.getsockname()[1] for s in udp]
+        peer = open_udp(LOOPBACK, 0)
+        lab_lost: list[tuple[int, list[int]]] = []
+        pool = WorkerPool(
+            2,
+            tuns=[a for a, _ in pairs],
+            udp=[{(LOOPBACK, ports[k]): udp[k]} for k in range(2)],
+            loop=loop,
+            on_worker_lost=lambda k, uids: lab_lost.append((k, uids)),
+            poll_interval=None,
+            log_level="debug",
+        )
+        pool.start()
+        lab = Lab(pool, [b for _, b in pairs], ports, peer, lab_lost)
+        try:
+            await _until(pool.ready, "both workers ready")
+            await body(lab)
+        finally:
+            pids = [p for p in pool.pids() if p]
+            pool.close()
+            for pid in pids:
+                # Waited for by PID: gone, not a zombie.
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    continue
+                raise AssertionError(f"worker {pid} outlived close()")
+            for sock in (*udp, peer):
+                sock.close()
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    asyncio.run(main())
+
+
+async def _expect_esp(lab: Lab, peer_sa: ChildSaEntry, packet: bytes, port: int) -> None:
+    data, sender = await _recv(lab.peer)
+    assert sender == (LOOPBACK, port)
+    opened = peer_sa.inbound.decapsulate(data)
+    assert not isinstance(opened, DropReason), opened
+    assert opened[0] == packet
+
+
+def test_two_workers_forward_hand_off_count_and_survive_a_killed_worker() -> None:
+    async def body(lab: Lab) -> None:
+        pool = lab.pool
+        peer_port = lab.peer.getsockname()[1]
+        # uid 2: our SPI is even (worker 0 owns it); uid 1: odd (worker 1).
+        ev0, peer0 = _sa(2, "203.0.113.0/25", lab.ports[0], peer_port)
+        ev1, peer1 = _sa(1, "203.0.113.128/25", lab.ports[1], peer_port)
+        assert (owner_of(ev0.spi_in, 2), owner_of(ev1.spi_in, 2)) == (0, 1)
+        assert pool.install(ev0) == 0
+        assert pool.install(ev1) == 1
+        assert await pool.refresh_counters()  # the installs are in: they came first
+        assert set(pool.counters) == {2, 1}
+
+        to0 = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+        to1 = ipv4("192.0.2.10", "203.0.113.200", echo_request(2), proto=1)
+        # Worker 1's queue read a packet of worker 0's SA: handed over, sealed by 0.
+        lab.tuns[1].write(to0)
+        await _expect_esp(lab, peer0, to0, lab.ports[0])
+        # And the other way round.
+        lab.tuns[0].write(to1)
+        await _expect_esp(lab, peer1, to1, lab.ports[1])
+        # ESP from the peer: opened by its owner, out of its TUN queue.
+        back = ipv4("203.0.113.10", "192.0.2.10", echo_request(3), proto=1)
+        esp = peer0.outbound.encapsulate(back)
+        assert isinstance(esp, bytes)
+        lab.peer.sendto(esp, (LOOPBACK, lab.ports[0]))
+        await _until(lambda: lab.tuns[0].read() == back, "the opened packet on worker 0's queue")
+
+        assert await pool.refresh_counters()
+        c0, c1 = pool.counters[2], pool.counters[1]
+        assert (c0.packets_out, c0.packets_in, c1.packets_out, c1.packets_in) == (1, 1, 1, 0)
+        assert pool.totals().counters["handed_off"] == 2
+        assert [t.counters["handed_off"] for t in pool.worker_totals()] == [1, 1]
+
+        # kill -9 worker 1: its SA is reported lost, it comes back, 0 goes on.
+        old = pool.pids()[1]
+        os.kill(old, 9)
+        await _until(lambda: bool(lab.lost), "on_worker_lost")
+        assert lab.lost == [(1, [1])]
+        lab.tuns[0].write(to0)
+        await _expect_esp(lab, peer0, to0, lab.ports[0])
+        await _until(lambda: pool.ready() and pool.pids()[1] not in (0, old), "the restart")
+        assert await pool.refresh_counters()
+        # Its SA was not installed again (its sequence counter would restart with
+        # the same keys): the new worker has none of its own...
+        assert set(pool.counters) == {2}
+        # ...but the forward entry of worker 0's SA, so its queue's packets still go.
+        lab.tuns[1].write(to1)  # no SA any more for this one: dropped
+        lab.tuns[1].write(to0)
+        await _expect_esp(lab, peer0, to0, lab.ports[0])
+        assert await pool.refresh_counters()
+        assert pool.counters[2].packets_out == 3
+        assert pool.worker_totals()[1].drops["no_policy"] == 1
+        # Removing the lost SA reaches the forward entry worker 0 still has.
+        assert pool.remove(1)
+        lab.tuns[0].write(to1)
+
+        async def dropped() -> bool:
+            await pool.refresh_counters()
+            return pool.worker_totals()[0].drops["no_policy"] == 1
+
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not await dropped():
+            assert asyncio.get_running_loop().time() < deadline, "no drop on worker 0"
+            await asyncio.sleep(0.02)
+        assert pool.worker_totals()[0].counters["handed_off"] == 1  # no more than before
+
+    _run(body)
+
+
+def _bare_worker() -> tuple[
+    subprocess.Popen[bytes], socket.socket, list[MemoryTun | socket.socket]
+]:
+    """A worker started by hand, its setup sent: (process, our control end, fds)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun, tun_peer = memory_tun_pair()
+    udp = open_udp(LOOPBACK, 0)
+    port = udp.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon.worker", "--control", str(theirs.fileno())],
+        pass_fds=[theirs.fileno(), tun.fileno(), udp.fileno()],
+    )
+    theirs.close()
+    udp_socket = UdpSocket(udp.fileno(), LOOPBACK, port)
+    setup = Setup(0, 1, tun.fileno(), "wq0", 0, True, False, (udp_socket,), (), ())
+    ours.send(encode(setup))
+    ours.settimeout(WAIT)
+    ready = decode(ours.recv(MAX_MESSAGE))
+    assert isinstance(ready, Ready) and ready.pid == process.pid
+    return process, ours, [tun, tun_peer, udp]
+
+
+def test_a_worker_exits_when_the_main_process_goes_away() -> None:
+    # Never forward without a main process: its control socket's end of file
+    # (what a killed main leaves) stops it.
+    process, control, keep = _bare_worker()
+    try:
+        control.close()
+        assert process.wait(WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for item in keep:
+            item.close()
+
+
+def test_a_worker_stops_when_told_and_refuses_an_sa_twice() -> None:
+    process, control, keep = _bare_worker()
+    try:
+        ours, _ = events(uid=4)
+        control.send(encode(Install(ours, owner=0)))
+        control.send(encode(Install(ours, owner=0)))
+        failed = decode(control.recv(MAX_MESSAGE))
+        assert failed == InstallFailed(4, "already installed")
+        control.send(encode(Stop()))
+        assert process.wait(WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        control.close()
+        for item in keep:
+            item.close()
