@@ -129,6 +129,9 @@ class Worker:
             on_acquire=self._on_acquire,
             on_unknown_spi=self._on_unknown_spi,
             offload=setup.offload,
+            # Steered sockets must not coalesce: the kernel steers a GRO batch by its
+            # first datagram, whatever the SPIs of the others.
+            gro=False,
         )
         self.plane: DataPlane = self.pump.plane
         self.plane.handoff = self._hand_off

@@ -55,9 +55,13 @@ class WorkerFds:
 
     def close(self) -> None:
         """Close every socket and the added queues (the TUN itself is the gateway's)."""
-        for group in (self.main_udp, *self.udp, *self.raw):
-            for sock in group.values():
-                sock.close()
+        socks: list[socket.socket] = list(self.main_udp.values())
+        for udp in self.udp:
+            socks += udp.values()
+        for raw in self.raw:
+            socks += raw.values()
+        for sock in socks:
+            sock.close()
         for queue in self.queues[1:]:
             queue.close()
 
