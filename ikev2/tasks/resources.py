@@ -5,8 +5,10 @@ of a CHILD SA is its inbound SPI modulo `resources`. So the SPI we choose is the
 choice of worker (its *index*):
 
 - a rekey keeps the index of the SA it replaces, so it stays in the same worker;
+- the first CHILD SA of a configuration under an IKE SA takes a random index, so
+  peers that stay at one SA spread over the workers;
 - any other CHILD SA takes the lowest index that no CHILD SA of the same
-  configuration under this IKE SA uses (0 for the first one).
+  configuration under this IKE SA uses.
 
 With more than one resource every exchange that creates (not rekeys) a CHILD SA
 carries SA_RESOURCE_INFO; when both sides sent it, the SA is one of a per-resource
@@ -48,12 +50,18 @@ def used_indexes(
 
 
 def resource_index(sa: TaskSa, config: ChildConfig, old: ChildSa | None = None) -> int:
-    """The worker index for a new inbound SPI: `old`'s for its rekey, else the lowest
-    one the CHILD SAs of `config` leave free (0 when all are taken)."""
+    """The worker index for a new inbound SPI: `old`'s for its rekey, a random one for
+    the first CHILD SA of `config`, else the lowest one its CHILD SAs leave free (0
+    when all are taken)."""
     n = sa.resources
     if old is not None:
         return old.spi_in % n
     used = used_indexes(sa, config)
+    if not used:
+        # The first SA of a configuration: a random index, so the connections of
+        # peers that stay at one SA (no SA_RESOURCE_INFO) spread over the workers
+        # instead of all landing on worker 0.
+        return int.from_bytes(sa.rng.token_bytes(4), "big") % n
     return next((i for i in range(n) if i not in used), 0)
 
 
