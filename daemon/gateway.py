@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,11 +65,12 @@ from daemon.sdnotify import Notifier, setup_logging
 from daemon.ssl_vpn import RemoteAccess
 from daemon.status import VERSION, gateway_status, status_line, status_summary
 from daemon.worker_gateway import (
+    CounterMirror,
     WorkerFds,
     add_queues,
-    mirror_counters,
     open_worker_sockets,
     replace_lost,
+    total_drops,
 )
 from daemon.worker_pool import WorkerPool
 from ikev2.config import ChildConfig
@@ -169,6 +171,9 @@ class Gateway:
         """The data-plane worker processes (`[gateway] workers` > 1); None: this process
         forwards (`daemon.worker_gateway`)."""
         self._worker_fds: WorkerFds | None = None
+        self.mirror_counters: Callable[[], None] = lambda: None
+        """Brings the shadow entries' counters up to the workers' last report
+        (`worker_gateway.CounterMirror`); nothing to do with one process."""
         self.reloads = 0
         """Reloads handled (SIGHUP or `lockgate reload`), failed ones included: a client
         that sent SIGHUP learns from the status summary when the reload has run."""
@@ -375,9 +380,20 @@ class Gateway:
             offload=offload,
             log_level=log_level,
         )
+        if self.plane is not None:
+            self.mirror_counters = CounterMirror(self.plane, self.workers)
         self.workers.start()
         log.info("%d data-plane workers started (pids %s)", workers,
                  ", ".join(map(str, self.workers.pids())))  # fmt: skip
+
+    def data_plane_drops(self) -> Counter[str]:
+        """Packets the data plane dropped, by reason: this process's, or with workers
+        theirs too (`worker_gateway.total_drops`)."""
+        if self.plane is None:
+            return Counter()
+        if self.workers is not None:
+            return total_drops(self.plane, self.workers)
+        return self.plane.total_drops()
 
     def _on_worker_lost(self, index: int, unique_ids: list[int]) -> None:
         if self.endpoint is None or self.shutting_down:
@@ -670,9 +686,13 @@ class Gateway:
         if plane is None:
             return
         if self.workers is not None:
-            # Its last reported counters, for the log line and the retired totals.
-            mirror_counters(plane, self.workers)
+            # Its last reported counters, for the log line and the retired totals; its
+            # drops stay the worker's (`total_drops` adds those up), not counted twice.
+            self.mirror_counters()
             self.workers.remove(unique_id, linger)
+            shadow = plane.entries.get(unique_id)
+            if shadow is not None:
+                shadow.drops.clear()
         entry = plane.remove(unique_id, linger=linger)
         if entry is None:
             return
@@ -772,8 +792,7 @@ class Gateway:
     def _enforce_volume_lifetimes(self, *, every: bool = False) -> None:
         """Tell the core of CHILD SAs at a soft or hard volume limit (`Lifetimes.enforce`)."""
         endpoint, plane = self.endpoint, self.plane
-        if plane is not None and self.workers is not None:
-            mirror_counters(plane, self.workers)
+        self.mirror_counters()
         if (
             endpoint is not None
             and plane is not None
@@ -784,8 +803,7 @@ class Gateway:
     def _report_liveness(self, now: float) -> None:
         """Tell the IKE SAs whose peers sent ESP (`Lifetimes.report_liveness`)."""
         if self.endpoint is not None and self.plane is not None:
-            if self.workers is not None:
-                mirror_counters(self.plane, self.workers)
+            self.mirror_counters()
             self.lifetimes.report_liveness(self.endpoint, self.plane, now)
 
 

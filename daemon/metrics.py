@@ -80,6 +80,7 @@ class GatewayCollector(Collector):
         gateway = self.gateway
         plane = gateway.plane
         config = gateway.config
+        gateway.mirror_counters()
         up = GaugeMetricFamily(
             "lockgate_connection_up",
             "1 while the connection has a CHILD SA installed, else 0",
@@ -124,7 +125,7 @@ class GatewayCollector(Collector):
         drops = CounterMetricFamily(
             "lockgate_drops_total", "Packets the data plane dropped, by reason", labels=["reason"]
         )
-        for reason, count in sorted(plane.total_drops().items() if plane is not None else ()):
+        for reason, count in sorted(gateway.data_plane_drops().items()):
             drops.add_metric([reason], float(count))
         yield drops
         ike_drops = CounterMetricFamily(

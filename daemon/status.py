@@ -32,6 +32,7 @@ def gateway_status(gateway: Gateway) -> dict[str, Any]:
     if gateway.plane is None:
         plane: dict[str, Any] = {"sas": [], "drops": {}}
     elif gateway.workers is not None:
+        gateway.mirror_counters()
         plane = status_totals(gateway.plane, gateway.workers)
     else:
         plane = gateway.plane.status()

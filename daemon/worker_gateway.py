@@ -28,6 +28,7 @@ from daemon.dataplane import DataPlane
 from daemon.pump import open_raw_esp
 from daemon.steering import attach_raw_esp_filter, open_steered_udp
 from daemon.worker_pool import WorkerPool
+from daemon.worker_protocol import SaCounters
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
 from ikev2.events import Address
@@ -101,31 +102,42 @@ def add_queues(tun: TunDevice, fds: WorkerFds, workers: int) -> None:
         fds.queues.append(tun.add_queue())
 
 
-def mirror_counters(plane: DataPlane, pool: WorkerPool) -> None:
-    """Copy the workers' last reported counters into the shadow entries."""
-    for unique_id, counted in pool.counters.items():
-        entry = plane.entries.get(unique_id)
-        if entry is None:
-            continue
-        entry.inbound.mirror(counted.packets_in, counted.bytes_in, 0)
-        # Every sealed packet took a sequence number (RFC 4303 §3.3.3).
-        entry.outbound.mirror(counted.packets_out, counted.bytes_out, counted.packets_out + 1)
-        entry.drops = Counter(counted.drops)
+class CounterMirror:
+    """Copies the workers' last reported counters into the shadow entries."""
+
+    def __init__(self, plane: DataPlane, pool: WorkerPool) -> None:
+        self.plane = plane
+        self.pool = pool
+        self._copied: dict[int, SaCounters] | None = None
+
+    def __call__(self) -> None:
+        # The pool makes a new dict per round of answers (about one a second), and
+        # the volume watcher asks ten times a second: copy each round once.
+        counters = self.pool.counters
+        if counters is self._copied:
+            return
+        self._copied = counters
+        entries = self.plane.entries
+        for unique_id, counted in counters.items():
+            entry = entries.get(unique_id)
+            if entry is None:
+                continue
+            entry.inbound.mirror(counted.packets_in, counted.bytes_in, 0)
+            # Every sealed packet took a sequence number (RFC 4303 §3.3.3).
+            entry.outbound.mirror(counted.packets_out, counted.bytes_out, counted.packets_out + 1)
+            entry.drops = Counter(counted.drops)
 
 
 def status_totals(plane: DataPlane, pool: WorkerPool) -> dict[str, Any]:
     """The data plane's part of `lockgate status` with workers: the shadow entries
-    (mirrored), and drops, counters and kernel drops added up over the main
+    (mirrored first), and drops, counters and kernel drops added up over the main
     process (IKE and keepalives on port 4500) and every worker, dead ones' included."""
-    mirror_counters(plane, pool)
     totals = pool.totals()
-    drops = Counter(plane.drops)
-    drops.update(totals.drops)
     counters = Counter(plane.counters)
     counters.update(totals.counters)
     return {
         "sas": [entry.status() for entry in plane.entries.values()],
-        "drops": dict(sorted(drops.items())),
+        "drops": dict(sorted(total_drops(plane, pool).items())),
         "counters": dict(sorted(counters.items())),
         "kernel_drops": dict(sorted(totals.kernel_drops.items())),
         "workers": [
@@ -135,6 +147,15 @@ def status_totals(plane: DataPlane, pool: WorkerPool) -> dict[str, Any]:
             )
         ],
     }
+
+
+def total_drops(plane: DataPlane, pool: WorkerPool) -> Counter[str]:
+    """Drops by reason with workers: the main process's own (IKE and keepalives on
+    port 4500; its shadow entries' are the workers' and not counted twice) and every
+    worker's, dead ones' included."""
+    drops = Counter(plane.drops)
+    drops.update(pool.totals().drops)
+    return drops
 
 
 def _owned_counts(pool: WorkerPool, plane: DataPlane) -> list[int]:
