@@ -8,7 +8,7 @@ script made earlier with `--keep`), lockgate is pip-installed into it from this
 checkout, and `systemd-nspawn -b` boots it inside the lab's gateway namespace:
 
     cli ns (openvpn, charon) --wan 198.51.100.0/25-- gw ns: the container, systemd,
-    site ns (lockgate, route mode) --/                  lockgate.service
+    site ns (lockgate) ------------/                    lockgate.service
                                                           | lan 203.0.113.0/24
                                                         cloud ns (203.0.113.10)
 
@@ -21,16 +21,30 @@ in /etc/lockgate, and an admin who logs in adds a user (the users file and its l
 written from inside the sandbox, both 0600); `lockgate user add` while the daemon runs
 writes a 0600 file in /etc/lockgate (the users who log in above are added that way after
 the daemon started, the EAP-TLS user just before her login, so the logins show that it
-re-read the files); no traceback or restart in the journal. Needs root, mmdebstrap,
-systemd-nspawn, openvpn, strongSwan's charon and network access to a Debian mirror and
-PyPI. Cleans up by PID: the container (poweroff, then SIGKILL of the nspawn process), the
-lab's processes and namespaces, and the container root unless `--keep`.
+re-read the files); no traceback or restart in the journal.
+
+Then a second phase, `[gateway] workers = 2` (which takes no route-mode connection and
+no ikev2 server): /etc/lockgate/lockgate.toml becomes a policy-mode site-to-site
+configuration towards the site's lockgate, itself restarted in policy mode with
+`workers = 2`, and `systemctl restart lockgate`. Checked: the unit is active; `lockgate
+status` shows 2 workers with their pids and a CHILD SA pair for each (RFC 9611); the
+site pings the cloud; the main process and the workers are in the unit's control group
+(/proc/PID/cgroup and `systemd-cgls`); after `kill -9` of a worker the daemon starts
+another (a new pid), the connection carries pings again, and the unit is still active
+with the same MainPID and no restart; `systemctl stop` leaves none of the pids seen;
+the journal of the phase has no traceback and no SIGKILL from systemd.
+
+Needs root, mmdebstrap, systemd-nspawn, openvpn, strongSwan's charon and network access
+to a Debian mirror and PyPI. Cleans up by PID: the container (poweroff, then SIGKILL of
+the nspawn process), the lab's processes and namespaces, and the container root unless
+`--keep`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -43,9 +57,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from daemon.lab.netns import Lab, Namespace, Process, ping
-from testkit.daemon import PSK, wait_until
+from testkit.daemon import PSK, config, wait_until
 from testkit.pki import Pki
 from testkit.ra_lab import SERVER, SERVER_NAME, missing_strongswan, road_warrior_conf
 from testkit.strongswan import PLUGINS, Charon
@@ -136,6 +151,18 @@ routes = ["203.0.113.0/24"]
 inside_address = "198.51.100.254/30"
 esp_proposals = ["aes128gcm16"]
 """
+
+# The second phase: `[gateway] workers = 2` on both lockgates, so each negotiates one
+# CHILD SA pair per worker (RFC 9611). Workers take only policy-mode connections (no
+# route mode, no ikev2 server), so the container's file is replaced by this one.
+WORKERS = 2
+WORKERS_CONFIG = config(me=SERVER, peer=SITE, local=["203.0.113.0/24"],
+                        remote=["192.0.2.128/25"], start="wait",
+                        gateway_extra=f"workers = {WORKERS}")  # fmt: skip
+SITE_WORKERS_CONFIG = config(me=SITE, peer=SERVER, local=["192.0.2.128/25"],
+                             remote=["203.0.113.0/24"], start="initiate",
+                             gateway_extra=f"workers = {WORKERS}")  # fmt: skip
+"""Both connections are named "site" (`testkit.daemon.config`)."""
 
 # Debian's Python in the root; lockgate and its dependencies from PyPI into a venv,
 # the CLI on systemd's PATH for the unit's ExecStart=lockgate.
@@ -349,6 +376,24 @@ def add_user(box: Container, server: str, user: str) -> str:
     return out
 
 
+def site_daemon(lab: Lab, site: Namespace, name: str, text: str) -> Process:
+    """The lockgate of the site, from this checkout, in the site namespace."""
+    conf = lab.tmpdir / f"{name}.toml"
+    conf.write_text(text)
+    return site.spawn(
+        [sys.executable, "-m", "daemon.cli", "-s", str(lab.tmpdir / f"{name}.sock"), "daemon",
+         "-c", str(conf)],
+        name=f"lockgate-{name}", log_path=lab.tmpdir / f"{name}.log",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def site_pings(site: Namespace) -> bool:
+    """One ping from the site's LAN address to the cloud, through the tunnel."""
+    args = ("ping", "-n", "-c", "1", "-w", "2", "-I", SITE_LAN, CLOUD)
+    return site.run(*args, check=False).returncode == 0
+
+
 def checks(lab: Lab, box: Container, cli: Namespace, site: Namespace, pki: Pki) -> Report:
     report = Report()
 
@@ -369,21 +414,10 @@ def checks(lab: Lab, box: Container, cli: Namespace, site: Namespace, pki: Pki) 
     report.check("ikev2 eap-tls", lambda: ikev2_pings(lab, box, cli, pki, "tina", tls=True))
 
     def route_mode() -> str:
-        conf = lab.tmpdir / "site.toml"
-        conf.write_text(SITE_CONFIG)
-        daemon = site.spawn(
-            [sys.executable, "-m", "daemon.cli", "-s", str(lab.tmpdir / "site.sock"), "daemon",
-             "-c", str(conf)],
-            name="lockgate-site", log_path=lab.tmpdir / "site.log",
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+        daemon = site_daemon(lab, site, "site", SITE_CONFIG)
         try:
-            wait_until(
-                lambda: site.run("ping", "-n", "-c", "1", "-w", "2", "-I", SITE_LAN, CLOUD,
-                                 check=False).returncode == 0,
-                "a ping through the route-mode tunnel",
-                timeout=60,
-            )  # fmt: skip
+            wait_until(partial(site_pings, site), "a ping through the route-mode tunnel",
+                       timeout=60)  # fmt: skip
             link = box.sh("ip -br link show dev lg-site")
             return f"{link.strip()}; ping from {SITE_LAN} to {CLOUD} ok"
         except Exception as exc:
@@ -454,7 +488,206 @@ def checks(lab: Lab, box: Container, cli: Namespace, site: Namespace, pki: Pki) 
         return state
 
     report.check("no errors in the journal, no restarts", healthy)
+    workers_phase(lab, box, site, report)
     return report
+
+
+def unit_state(box: Container) -> dict[str, str]:
+    text = box.sh("systemctl show -p ActiveState,MainPID,NRestarts,ControlGroup lockgate")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def gateway_status(box: Container) -> dict[str, Any]:
+    status = json.loads(box.sh("lockgate status --json"))
+    if not isinstance(status, dict):
+        raise RuntimeError(f"lockgate status --json gave {status!r}")
+    return status
+
+
+def worker_pids(status: dict[str, Any]) -> list[int]:
+    return [int(w.get("pid") or 0) for w in status.get("workers", [])]
+
+
+def workers_line(box: Container) -> str:
+    text = box.sh("lockgate status")
+    return next((ln for ln in text.splitlines() if ln.startswith("Data-plane workers")), text)
+
+
+def workers_phase(lab: Lab, box: Container, site: Namespace, report: Report) -> None:
+    """`[gateway] workers = 2` under the unit: the file replaced and the unit restarted,
+    two workers with a CHILD SA pair each towards a site lockgate with two workers, the
+    workers in the unit's control group, a worker killed and restarted by the daemon
+    (not by systemd), and a stop that leaves no worker behind."""
+    box.sh("cat > /etc/lockgate/lockgate.toml && chmod 600 /etc/lockgate/lockgate.toml",
+           stdin=WORKERS_CONFIG)  # fmt: skip
+    since = box.sh("date +%s").strip()
+    seen: dict[str, Any] = {"pids": set()}
+
+    def restarted() -> str:
+        box.sh("systemctl restart lockgate", check=False)
+        state = unit_state(box)
+        if state.get("ActiveState") != "active":
+            raise RuntimeError(f"lockgate.service is {state}\n{box.journal()}")
+        seen["main"] = state["MainPID"]
+        seen["restarts"] = state["NRestarts"]
+        seen["cgroup"] = state["ControlGroup"]
+        seen["pids"].add(int(state["MainPID"]))
+        return " ".join(f"{k}={v}" for k, v in state.items())
+
+    if not report.check(f"workers = {WORKERS}: unit active after restart", restarted):
+        return
+    daemon = site_daemon(lab, site, "site-workers", SITE_WORKERS_CONFIG)
+    try:
+        workers_checks(box, site, report, seen)
+    finally:
+        if not daemon.alive():
+            print(f"the site lockgate exited:\n{daemon.log()[-1500:]}", flush=True)
+        daemon.stop()
+    stopped_checks(box, report, seen, since)
+
+
+def spis_by_worker(status: dict[str, Any]) -> dict[int, str]:
+    """The site's CHILD SAs' inbound SPIs by the worker that owns them (SPI % N, the
+    steering's rule)."""
+    sas = [sa for sa in status["sas"] if sa["connection"] == "site"]
+    return dict(sorted((int(sa["spi_in"], 16) % WORKERS, sa["spi_in"]) for sa in sas))
+
+
+def workers_checks(box: Container, site: Namespace, report: Report, seen: dict[str, Any]) -> None:
+    def pairs() -> bool:
+        status = gateway_status(box)
+        pids = worker_pids(status)
+        sas = [sa for sa in status["sas"] if sa["connection"] == "site"]
+        return len(pids) == WORKERS and all(pids) and len(sas) == WORKERS
+
+    def status() -> str:
+        try:
+            wait_until(pairs, f"{WORKERS} workers and {WORKERS} CHILD SAs", timeout=60)
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}\n{box.sh('lockgate status')}\n{box.journal()}") from None
+        current = gateway_status(box)
+        seen["workers"] = worker_pids(current)
+        seen["pids"].update(seen["workers"])
+        owns = [w["owns"] for w in current["workers"]]
+        if owns != [1] * WORKERS:
+            raise RuntimeError(f"CHILD SAs per worker {owns}\n{box.sh('lockgate status')}")
+        seen["spis"] = spis_by_worker(current)
+        if sorted(seen["spis"]) != list(range(WORKERS)):
+            raise RuntimeError(f"inbound SPIs by worker {seen['spis']}")
+        return f"{workers_line(box)}; CHILD SAs of site, spi in by worker: {seen['spis']}"
+
+    if not report.check("workers: status shows the workers and a CHILD SA pair each", status):
+        return
+
+    def pings() -> str:
+        wait_until(partial(site_pings, site), "a ping through the tunnel", timeout=30)
+        return f"ping from {SITE_LAN} to {CLOUD} ok"
+
+    report.check("workers: the site pings the cloud", pings)
+
+    def cgroup() -> str:
+        # Each process's own /proc/PID/cgroup, read in the container's cgroup namespace,
+        # where the unit's group is its ControlGroup=: the line systemd tracks it by
+        # ("0::PATH" of cgroup v2, and "N:name=systemd:PATH" too on a hybrid host),
+        # and systemd's listing of the unit's group.
+        wanted = [int(seen["main"]), *seen["workers"]]
+        where = {pid: box.sh(f"cat /proc/{pid}/cgroup").strip() for pid in wanted}
+        tree = box.sh("systemd-cgls --no-pager -u lockgate.service", check=False)
+        listed = {int(m[1]) for m in re.finditer(r"(\d+) /", tree)}
+
+        def tracked(text: str) -> list[str]:
+            fields = [line.split(":", 2) for line in text.splitlines()]
+            return [f[2] for f in fields if len(f) == 3 and f[1] in ("", "name=systemd")]
+
+        outside = [
+            pid
+            for pid, text in where.items()
+            if not tracked(text) or set(tracked(text)) != {seen["cgroup"]}
+        ]
+        if outside or not set(wanted) <= listed:
+            raise RuntimeError(f"{where}; not in the group: {outside}\n{tree}")
+        return f"MainPID {seen['main']} and workers {seen['workers']} in {seen['cgroup']}: " + (
+            " | ".join(line.strip() for line in tree.splitlines()[1:])
+        )
+
+    report.check("workers: in the unit's control group", cgroup)
+
+    def killed() -> str:
+        victim = seen["workers"][-1]
+        box.sh(f"kill -9 {victim}")
+
+        def replaced() -> bool:
+            pids = worker_pids(gateway_status(box))
+            return all(pids) and pids[-1] != victim and pids[:-1] == seen["workers"][:-1]
+
+        try:
+            wait_until(replaced, "a new worker in its place", timeout=60)
+            # The lost worker's SA replaced by a rekey whose new SPI it owns again; the
+            # other's untouched.
+            before = dict(seen["spis"])
+
+            def rekeyed() -> bool:
+                now = spis_by_worker(gateway_status(box))
+                last = WORKERS - 1
+                kept = all(now.get(k) == before[k] for k in range(last))
+                return pairs() and kept and now.get(last) not in (None, before[last])
+
+            wait_until(rekeyed, "the lost CHILD SA rekeyed into the new worker", timeout=60)
+            seen["spis"] = spis_by_worker(gateway_status(box))
+            wait_until(partial(site_pings, site), "a ping after the restart", timeout=60)
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}\n{box.sh('lockgate status')}\n{box.journal()}") from None
+        state = unit_state(box)
+        same = (state["ActiveState"], state["MainPID"], state["NRestarts"])
+        if same != ("active", seen["main"], seen["restarts"]):
+            raise RuntimeError(f"the unit changed: {state}\n{box.journal()}")
+        pids = worker_pids(gateway_status(box))
+        seen["pids"].update(pids)
+        return (f"killed {victim}; {workers_line(box)}; spi in {before} -> {seen['spis']}; "
+                f"ping ok; still active, MainPID {state['MainPID']}, "
+                f"NRestarts {state['NRestarts']}")  # fmt: skip
+
+    report.check("workers: kill -9 of a worker", killed)
+
+
+def stopped_checks(box: Container, report: Report, seen: dict[str, Any], since: str) -> None:
+    def running(pids: list[int]) -> list[str]:
+        # A pid still there that is no lockgate is another process that took the number.
+        probe = "".join(f"grep -l lockgate /proc/{pid}/cmdline 2>/dev/null; " for pid in pids)
+        return box.sh(probe + "true").split()
+
+    def stopped() -> str:
+        pids = sorted(seen["pids"])
+        live = [int(seen["main"]), *worker_pids(gateway_status(box))]
+        found = running(live)
+        if len(found) != len(live):  # the probe must see the live ones
+            raise RuntimeError(f"{live} run, the probe saw {found}")
+        box.sh("systemctl stop lockgate", check=False)
+        state = unit_state(box)
+        left = running(pids)
+        if state["ActiveState"] != "inactive" or left:
+            raise RuntimeError(f"{state}; left: {left}\n{box.journal()}")
+        return f"ActiveState=inactive; of {pids} ({live} running before), none left"
+
+    report.check("workers: systemctl stop leaves no worker", stopped)
+
+    def journal() -> str:
+        text = box.sh(f"journalctl -u lockgate --since @{since} --no-pager -o cat")
+        # systemd's "Killing process N" means a process outlived the stop's SIGTERM.
+        bad = ("Traceback", "PermissionError", "Operation not permitted", "Bad system call",
+               "Killing process", "Failed with result")  # fmt: skip
+        found = [b for b in bad if b in text]
+        if found:
+            raise RuntimeError(f"{found} in the journal\n{text[-3000:]}")
+        # The phase's journal must hold the killed worker's end, as the daemon logged it
+        # (the workers' own lines reach it too: they share the main process's stderr).
+        died = [ln for ln in text.splitlines() if "worker" in ln and "died" in ln]
+        ready = [ln for ln in text.splitlines() if "worker" in ln and "ready" in ln]
+        if not died:
+            raise RuntimeError(f"no worker's death in the journal\n{text[-3000:]}")
+        return f"{len(text.splitlines())} lines; {died[-1]}; {len(ready)} 'ready' lines"
+
+    report.check("workers: no traceback in the journal", journal)
 
 
 def network(lab: Lab) -> tuple[Namespace, Namespace, Namespace]:
