@@ -1,0 +1,209 @@
+"""Engine-only scaling of the data-plane workers: packets per second with 1 and 2
+worker processes, generated and consumed in-process (no iperf, no namespaces).
+
+Each worker process runs the data plane's real path on its own pair of CHILD SAs,
+as a worker does on its own SAs (RFC 9611, one pair per worker): batches of
+`--batch` inner packets go through `DataPlane.from_tun` (SPD lookup with its flow
+cache, size check, `EspSA.encapsulate_parts`), a memory transport joins the ESP
+packets, and the peer SA's `DataPlane.from_esp` (SAD lookup, replay window,
+`decapsulate_batch`, selector check) writes them to a memory TUN that counts them.
+The processes start together (each says it is ready, then all are told to go) and
+run for `--duration` seconds; the figure is the packets all of them delivered, per
+second.
+
+Runs interleave (W=1, W=2, W=1, ...) over `--repeat` rounds so a change in the
+machine's load hits both. The table gives the median and the spread (min-max) per
+W and packet size, the ratio of the medians W=2/W=1, the load average before and
+after, and the CPU count: on a machine with fewer idle cores than workers the ratio
+says more about the machine than about the workers.
+
+    python -m bench.workers [--sizes 1400,64] [--repeat 3] [--duration 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from daemon.childsa import ChildSaEntry, entry_from_event
+from daemon.dataplane import DataPlane
+from esp.sa import PARTS_PER_PACKET
+from ikev2.events import Address
+from testkit.dataplane import events, ipv4
+
+WORKER_COUNTS = (1, 2)
+GOAL = 1.7
+"""The ratio W=2/W=1 the workers are to reach."""
+
+
+class _Wire:
+    """Transport of the sending data plane: keeps the ESP packets of one batch."""
+
+    def __init__(self) -> None:
+        self.esp: list[bytes] = []
+
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        step = PARTS_PER_PACKET
+        join = b"".join
+        self.esp += [join(parts[i : i + step]) for i in range(0, len(parts), step)]
+        return len(parts) // step
+
+    def send_keepalive(self, local: Address, remote: Address) -> bool:
+        return True
+
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
+        return len(packets)
+
+
+class _Tun:
+    """Transport of the receiving data plane: counts what reaches its TUN."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        return len(parts) // PARTS_PER_PACKET
+
+    def send_keepalive(self, local: Address, remote: Address) -> bool:
+        return True
+
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
+        self.delivered += len(packets)
+        return len(packets)
+
+
+def udp_header(source_port: int, length: bytes) -> bytes:
+    """A UDP header to port 5201 (checksum 0: none, as IPv4 allows)."""
+    return source_port.to_bytes(2, "big") + b"\x14\x51" + length + b"\x00\x00"
+
+
+class Engine:
+    """One worker's data path: its CHILD SA pair's two data planes, end to end."""
+
+    def __init__(self, size: int, batch: int, uid: int = 1) -> None:
+        ours, theirs = events(uid=uid)
+        self.wire, self.tun = _Wire(), _Tun()
+        self.sender, self.receiver = DataPlane(self.wire), DataPlane(self.tun)
+        self.sender.install(entry_from_event(ours))
+        self.receiver.install(entry_from_event(theirs))
+        # UDP flows of one host to another, a few ports: the flow cache's common case.
+        payload = bytes(max(0, size - 28))
+        udp_length = (size - 20).to_bytes(2, "big")
+        self.packets = [
+            ipv4("192.0.2.10", "203.0.113.10", udp_header(40000 + i % 8, udp_length) + payload, 17)
+            for i in range(batch)
+        ]
+
+    def step(self) -> None:
+        """One TUN read's batch sealed, carried and opened."""
+        wire = self.wire
+        self.sender.from_tun(self.packets)
+        self.receiver.from_esp(wire.esp)
+        wire.esp = []
+
+
+def run_engine(size: int, batch: int, duration: float, uid: int) -> int:
+    """One worker's loop: packets delivered in `duration` seconds from the parent's
+    "go" on stdin (after it read "ready" from every worker's stdout)."""
+    engine = Engine(size, batch, uid)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    step = engine.step
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        step()
+    return engine.tun.delivered
+
+
+@dataclass(frozen=True)
+class Round:
+    workers: int
+    size: int
+    pps: float
+
+
+def measure(workers: int, size: int, batch: int, duration: float) -> float:
+    """Packets per second of `workers` processes running together."""
+    procs = []
+    for k in range(workers):
+        command = [sys.executable, "-m", "bench.workers", "--child", "--sizes", str(size)]
+        command += ["--batch", str(batch), "--duration", str(duration), "--uid", str(k + 1)]
+        procs.append(
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+    # Every interpreter up and its SAs installed before any starts the clock.
+    for proc in procs:
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("a bench worker did not start")
+    for proc in procs:
+        if proc.stdin is not None:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+    total = 0
+    for proc in procs:
+        out, _ = proc.communicate()
+        out = out.strip().splitlines()[-1]
+        if proc.returncode != 0:
+            raise RuntimeError(f"a bench worker failed with status {proc.returncode}")
+        total += int(json.loads(out)["delivered"])
+    return total / duration
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="1400,64", help="inner packet sizes in octets")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per worker count")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
+    parser.add_argument("--batch", type=int, default=64, help="packets per TUN read")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--uid", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.child:
+        delivered = run_engine(sizes[0], args.batch, args.duration, args.uid)
+        print(json.dumps({"delivered": delivered}))
+        return 0
+
+    cpus = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()
+    print(f"CPUs: {cpus} ({usable} usable by this process); load average before: "
+          + " ".join(f"{x:.2f}" for x in load_before), flush=True)  # fmt: skip
+    rounds: list[Round] = []
+    for size in sizes:
+        for r in range(args.repeat):
+            for workers in WORKER_COUNTS:
+                pps = measure(workers, size, args.batch, args.duration)
+                rounds.append(Round(workers, size, pps))
+                print(f"  size {size:5d}  round {r + 1}  W={workers}: {pps:12,.0f} packets/s",
+                      flush=True)  # fmt: skip
+    load_after = os.getloadavg()
+    print()
+    print(f"{'size':>5}  {'W':>2}  {'median packets/s':>17}  {'spread (min-max)':>27}  ratio")
+    for size in sizes:
+        medians: dict[int, float] = {}
+        for workers in WORKER_COUNTS:
+            figures = [x.pps for x in rounds if x.size == size and x.workers == workers]
+            medians[workers] = statistics.median(figures)
+            ratio = medians[workers] / medians[1] if medians.get(1) else 0.0
+            print(f"{size:5d}  {workers:2d}  {medians[workers]:17,.0f}  "
+                  f"{min(figures):12,.0f}-{max(figures):<14,.0f}  {ratio:.2f}")  # fmt: skip
+    print()
+    print("load average after: " + " ".join(f"{x:.2f}" for x in load_after))
+    print(f"goal: W=2/W=1 >= {GOAL} (needs 2 idle cores: this machine has {usable} usable)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
