@@ -225,10 +225,15 @@ class Worker:
         plane = self.plane
         sas = [lifetime_counters(entry) for entry in plane.entries.values()]
         sas += [lifetime_counters(entry, lingering=True) for entry in plane.lingering()]
+        kernel_drops = self.pump.kernel_drops()
+        if self.index != 0:
+            # The TUN's transmit drops are the device's, not a queue's: one worker
+            # reports them, so the pool's sum counts them once.
+            kernel_drops.pop("tun_queue", None)
         totals: dict[str, Any] = {
             "drops": dict(plane.total_drops()),
             "counters": dict(plane.counters),
-            "kernel_drops": self.pump.kernel_drops(),
+            "kernel_drops": kernel_drops,
             "retired_traffic": {k: tuple(v) for k, v in plane.retired_traffic.items()},
         }
         for part in counters_parts(request, self.index, sas, totals):
