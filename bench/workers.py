@@ -14,8 +14,10 @@ second.
 Runs interleave (W=1, W=2, W=1, ...) over `--repeat` rounds so a change in the
 machine's load hits both. The table gives the median and the spread (min-max) per
 W and packet size, the ratio of the medians W=2/W=1, the load average before and
-after, and the CPU count: on a machine with fewer idle cores than workers the ratio
-says more about the machine than about the workers.
+after, and the CPU count; and per W the cores the workers got (their CPU seconds per
+second) and the packets per CPU second. On a machine with fewer idle cores than
+workers the ratio says more about the machine than about the workers: packets per
+CPU second that stay level from W=1 to W=2 say the workers share nothing.
 
     python -m bench.workers [--sizes 1400,64] [--repeat 3] [--duration 3]
 """
@@ -113,17 +115,19 @@ class Engine:
         wire.esp = []
 
 
-def run_engine(size: int, batch: int, duration: float, uid: int) -> int:
+def run_engine(size: int, batch: int, duration: float, uid: int) -> tuple[int, float]:
     """One worker's loop: packets delivered in `duration` seconds from the parent's
-    "go" on stdin (after it read "ready" from every worker's stdout)."""
+    "go" on stdin (after it read "ready" from every worker's stdout), and the CPU
+    seconds it had for them."""
     engine = Engine(size, batch, uid)
     print("ready", flush=True)
     sys.stdin.readline()
     step = engine.step
+    cpu = time.process_time()
     end = time.perf_counter() + duration
     while time.perf_counter() < end:
         step()
-    return engine.tun.delivered
+    return engine.tun.delivered, time.process_time() - cpu
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,13 @@ class Round:
     workers: int
     size: int
     pps: float
+    cores: float
+    """CPU seconds the workers got per second: below W, the machine was busy."""
 
 
-def measure(workers: int, size: int, batch: int, duration: float) -> float:
-    """Packets per second of `workers` processes running together."""
+def measure(workers: int, size: int, batch: int, duration: float) -> tuple[float, float]:
+    """Packets per second of `workers` processes running together, and the cores
+    they had (CPU seconds per second)."""
     procs = []
     for k in range(workers):
         command = [sys.executable, "-m", "bench.workers", "--child", "--sizes", str(size)]
@@ -150,14 +157,16 @@ def measure(workers: int, size: int, batch: int, duration: float) -> float:
         if proc.stdin is not None:
             proc.stdin.write("go\n")
             proc.stdin.flush()
-    total = 0
+    total, cpu = 0, 0.0
     for proc in procs:
         out, _ = proc.communicate()
         out = out.strip().splitlines()[-1]
         if proc.returncode != 0:
             raise RuntimeError(f"a bench worker failed with status {proc.returncode}")
-        total += int(json.loads(out)["delivered"])
-    return total / duration
+        result = json.loads(out)
+        total += int(result["delivered"])
+        cpu += float(result["cpu"])
+    return total / duration, cpu / duration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.child:
-        delivered = run_engine(sizes[0], args.batch, args.duration, args.uid)
-        print(json.dumps({"delivered": delivered}))
+        delivered, cpu = run_engine(sizes[0], args.batch, args.duration, args.uid)
+        print(json.dumps({"delivered": delivered, "cpu": cpu}))
         return 0
 
     cpus = os.cpu_count() or 0
@@ -184,21 +193,26 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         for r in range(args.repeat):
             for workers in WORKER_COUNTS:
-                pps = measure(workers, size, args.batch, args.duration)
-                rounds.append(Round(workers, size, pps))
-                print(f"  size {size:5d}  round {r + 1}  W={workers}: {pps:12,.0f} packets/s",
-                      flush=True)  # fmt: skip
+                pps, cores = measure(workers, size, args.batch, args.duration)
+                rounds.append(Round(workers, size, pps, cores))
+                print(f"  size {size:5d}  round {r + 1}  W={workers}: {pps:12,.0f} packets/s"
+                      f"  ({cores:.2f} cores)", flush=True)  # fmt: skip
     load_after = os.getloadavg()
     print()
-    print(f"{'size':>5}  {'W':>2}  {'median packets/s':>17}  {'spread (min-max)':>27}  ratio")
+    print(f"{'size':>5}  {'W':>2}  {'median packets/s':>17}  {'spread (min-max)':>27}  ratio"
+          f"  {'cores':>5}  {'packets/CPU-s':>13}")  # fmt: skip
     for size in sizes:
         medians: dict[int, float] = {}
         for workers in WORKER_COUNTS:
-            figures = [x.pps for x in rounds if x.size == size and x.workers == workers]
+            mine = [x for x in rounds if x.size == size and x.workers == workers]
+            figures = [x.pps for x in mine]
             medians[workers] = statistics.median(figures)
             ratio = medians[workers] / medians[1] if medians.get(1) else 0.0
+            cores = statistics.median(x.cores for x in mine)
+            per_cpu = statistics.median(x.pps / x.cores for x in mine if x.cores > 0)
             print(f"{size:5d}  {workers:2d}  {medians[workers]:17,.0f}  "
-                  f"{min(figures):12,.0f}-{max(figures):<14,.0f}  {ratio:.2f}")  # fmt: skip
+                  f"{min(figures):12,.0f}-{max(figures):<14,.0f}  {ratio:5.2f}"
+                  f"  {cores:5.2f}  {per_cpu:13,.0f}")  # fmt: skip
     print()
     print("load average after: " + " ".join(f"{x:.2f}" for x in load_after))
     print(f"goal: W=2/W=1 >= {GOAL} (needs 2 idle cores: this machine has {usable} usable)")
