@@ -12,14 +12,18 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from daemon.childsa import ChildSaEntry
 from daemon.pump import open_udp
 from daemon.worker_pool import WorkerPool, owner_of
 from daemon.worker_protocol import (
     MAX_MESSAGE,
+    CountersReply,
     Install,
     InstallFailed,
     Ready,
+    SaCounters,
     Setup,
     Stop,
     UdpSocket,
@@ -224,3 +228,51 @@ def test_a_worker_stops_when_told_and_refuses_an_sa_twice() -> None:
         control.close()
         for item in keep:
             item.close()
+
+
+def _idle_pool(lost: list[tuple[int, list[int]]]) -> WorkerPool:
+    """A pool whose workers were never started (no process, no channel)."""
+    tuns = [memory_tun_pair(f"iq{k}", f"it{k}")[0] for k in range(2)]
+    return WorkerPool(
+        2,
+        tuns=tuns,
+        udp=[{}, {}],
+        loop=asyncio.get_running_loop(),
+        on_worker_lost=lambda k, uids: lost.append((k, uids)),
+        poll_interval=None,
+    )
+
+
+def test_an_sa_for_a_worker_that_is_down_is_lost_and_never_installed_twice() -> None:
+    async def main() -> None:
+        lost: list[tuple[int, list[int]]] = []
+        pool = _idle_pool(lost)
+        ours, _ = events(uid=3)
+        assert pool.install(ours) == 1
+        await asyncio.sleep(0)
+        assert lost == [(1, [3])]
+        with pytest.raises(ValueError, match="installed already"):
+            pool.install(ours)
+        assert pool.remove(3)
+        assert not pool.remove(3)
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_answer_to_an_older_counters_request_still_counts() -> None:
+    async def main() -> None:
+        pool = _idle_pool([])
+        first = pool.poll_counters()
+        pool.poll_counters()  # a worker slower than the poll interval
+        worker = pool._workers[0]
+        sa = SaCounters(9, 1, 2, 3, 4, {}, "ok", "ok")
+        pool._on_counters(worker, CountersReply(first, 0, (sa,), True, counters={"x": 1}))
+        assert pool.counters == {9: sa}
+        assert pool.totals().counters["x"] == 1
+        # An answer older than one already taken is not.
+        pool._on_counters(worker, CountersReply(first, 0, (), True))
+        assert pool.counters == {9: sa}
+        pool.close()
+
+    asyncio.run(main())
