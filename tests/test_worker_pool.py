@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -276,3 +277,28 @@ def test_an_answer_to_an_older_counters_request_still_counts() -> None:
         pool.close()
 
     asyncio.run(main())
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_an_sa_sent_to_a_worker_that_just_died_is_reported_lost_once() -> None:
+    async def body(lab: Lab) -> None:
+        pool = lab.pool
+        victim = pool.pids()[1]
+        os.kill(victim, 9)
+        # Dead, and its end of file not read by the pool: the loop does not run
+        # until the install below.
+        deadline = time.monotonic() + WAIT
+        while not _is_zombie(victim):
+            assert time.monotonic() < deadline, "the worker did not die"
+            time.sleep(0.01)
+        ours, _ = events(uid=5)  # odd SPI: worker 1's
+        assert pool.install(ours) == 1
+        await until(lambda: len(lab.lost) >= 2, "both reports")
+        await until(pool.ready, "the restart")
+        assert sorted(lab.lost) == [(1, []), (1, [5])]
+
+    _run(body)
