@@ -66,7 +66,8 @@ from ikev2.events import Address
 from tun import PacketDevice, TunDevice
 from tun.memory import MemoryTun
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m daemon.worker` this module is __main__.
+log = logging.getLogger("daemon.worker")
 
 HANDOFF_PARTIAL = 0x01
 """Flags octet of a hand-off datagram: the packet is a TCP segment with a partial
@@ -309,6 +310,20 @@ class Worker:
             plane.release_sends()
 
 
+class _WorkerTag(logging.Filter):
+    """Puts the worker's number in front of each line: the journal shows the
+    workers' lines beside the main process's, from the same modules."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith(self.tag):
+            record.msg = self.tag + record.msg
+        return True
+
+
 async def serve(control: socket.socket) -> int:
     """Run one worker until it is told to stop or the main process goes away."""
     loop = asyncio.get_running_loop()
@@ -327,10 +342,11 @@ async def serve(control: socket.socket) -> int:
         log.error("data-plane worker: the first message was not a setup")
         return 1
     setup_logging(setup.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerTag(f"worker {setup.index}: "))
     worker = Worker(setup, control, loop)
     worker.start()
-    log.debug("data-plane worker %d of %d started (pid %d)", setup.index, setup.count,
-              os.getpid())  # fmt: skip
+    log.debug("data-plane worker started (pid %d, %d workers)", os.getpid(), setup.count)
     try:
         await worker.stopped.wait()
     finally:
