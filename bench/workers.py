@@ -17,7 +17,10 @@ W and packet size, the ratio of the medians W=2/W=1, the load average before and
 after, and the CPU count; and per W the cores the workers got (their CPU seconds per
 second) and the packets per CPU second. On a machine with fewer idle cores than
 workers the ratio says more about the machine than about the workers: packets per
-CPU second that stay level from W=1 to W=2 say the workers share nothing.
+CPU second that stay level from W=1 to W=2 say the workers share nothing. Each round
+also runs the bare AES-GCM calls the same way (`bare-aead`, unless `--no-floor`): a
+loop that shares nothing by construction, so its ratio is the most this machine gives
+two processes at that moment, and the workers' ratio reads against it.
 
     python -m bench.workers [--sizes 1400,64] [--repeat 3] [--duration 3]
 """
@@ -33,6 +36,8 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from daemon.childsa import ChildSaEntry, entry_from_event
 from daemon.dataplane import DataPlane
@@ -115,11 +120,33 @@ class Engine:
         wire.esp = []
 
 
-def run_engine(size: int, batch: int, duration: float, uid: int) -> tuple[int, float]:
+class BareEngine:
+    """The machine's own scaling, for comparison: the bare AES-GCM calls the ESP
+    engine makes per packet (seal, then open), on the same packets, nothing else.
+    Processes running it share nothing either; what W=2 loses here, the machine
+    loses (cores shared with other work, or hyperthreads behind the vCPUs)."""
+
+    def __init__(self, size: int, batch: int, uid: int = 1) -> None:
+        self.aead = AESGCM(bytes(range(16)))
+        self.packets = Engine(size, batch, uid).packets
+        self.tun = _Tun()
+
+    def step(self) -> None:
+        encrypt, decrypt = self.aead.encrypt, self.aead.decrypt
+        nonce, aad = bytes(12), bytes(8)
+        for packet in self.packets:
+            decrypt(nonce, encrypt(nonce, packet, aad), aad)
+        self.tun.delivered += len(self.packets)
+
+
+ENGINES: dict[str, type[Engine] | type[BareEngine]] = {"engine": Engine, "bare-aead": BareEngine}
+
+
+def run_engine(kind: str, size: int, batch: int, duration: float, uid: int) -> tuple[int, float]:
     """One worker's loop: packets delivered in `duration` seconds from the parent's
     "go" on stdin (after it read "ready" from every worker's stdout), and the CPU
     seconds it had for them."""
-    engine = Engine(size, batch, uid)
+    engine = ENGINES[kind](size, batch, uid)
     print("ready", flush=True)
     sys.stdin.readline()
     step = engine.step
@@ -132,6 +159,7 @@ def run_engine(size: int, batch: int, duration: float, uid: int) -> tuple[int, f
 
 @dataclass(frozen=True)
 class Round:
+    kind: str
     workers: int
     size: int
     pps: float
@@ -139,13 +167,14 @@ class Round:
     """CPU seconds the workers got per second: below W, the machine was busy."""
 
 
-def measure(workers: int, size: int, batch: int, duration: float) -> tuple[float, float]:
+def measure(kind: str, workers: int, size: int, batch: int, duration: float) -> tuple[float, float]:
     """Packets per second of `workers` processes running together, and the cores
     they had (CPU seconds per second)."""
     procs = []
     for k in range(workers):
         command = [sys.executable, "-m", "bench.workers", "--child", "--sizes", str(size)]
         command += ["--batch", str(batch), "--duration", str(duration), "--uid", str(k + 1)]
+        command += ["--kind", kind]
         procs.append(
             subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         )
@@ -177,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="packets per TUN read")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--uid", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="engine", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the bare AES-GCM comparison rounds"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.child:
-        delivered, cpu = run_engine(sizes[0], args.batch, args.duration, args.uid)
+        delivered, cpu = run_engine(args.kind, sizes[0], args.batch, args.duration, args.uid)
         print(json.dumps({"delivered": delivered, "cpu": cpu}))
         return 0
 
@@ -189,30 +222,33 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     print(f"CPUs: {cpus} ({usable} usable by this process); load average before: "
           + " ".join(f"{x:.2f}" for x in load_before), flush=True)  # fmt: skip
+    kinds = ["engine"] if args.no_floor else list(ENGINES)
     rounds: list[Round] = []
     for size in sizes:
         for r in range(args.repeat):
-            for workers in WORKER_COUNTS:
-                pps, cores = measure(workers, size, args.batch, args.duration)
-                rounds.append(Round(workers, size, pps, cores))
-                print(f"  size {size:5d}  round {r + 1}  W={workers}: {pps:12,.0f} packets/s"
-                      f"  ({cores:.2f} cores)", flush=True)  # fmt: skip
+            for kind in kinds:
+                for workers in WORKER_COUNTS:
+                    pps, cores = measure(kind, workers, size, args.batch, args.duration)
+                    rounds.append(Round(kind, workers, size, pps, cores))
+                    print(f"  {kind:9}  size {size:5d}  round {r + 1}  W={workers}: "
+                          f"{pps:12,.0f} packets/s  ({cores:.2f} cores)", flush=True)  # fmt: skip
     load_after = os.getloadavg()
     print()
-    print(f"{'size':>5}  {'W':>2}  {'median packets/s':>17}  {'spread (min-max)':>27}  ratio"
-          f"  {'cores':>5}  {'packets/CPU-s':>13}")  # fmt: skip
+    print(f"{'what':9}  {'size':>5}  {'W':>2}  {'median packets/s':>17}  "
+          f"{'spread (min-max)':>27}  ratio  {'cores':>5}  {'packets/CPU-s':>13}")  # fmt: skip
     for size in sizes:
-        medians: dict[int, float] = {}
-        for workers in WORKER_COUNTS:
-            mine = [x for x in rounds if x.size == size and x.workers == workers]
-            figures = [x.pps for x in mine]
-            medians[workers] = statistics.median(figures)
-            ratio = medians[workers] / medians[1] if medians.get(1) else 0.0
-            cores = statistics.median(x.cores for x in mine)
-            per_cpu = statistics.median(x.pps / x.cores for x in mine if x.cores > 0)
-            print(f"{size:5d}  {workers:2d}  {medians[workers]:17,.0f}  "
-                  f"{min(figures):12,.0f}-{max(figures):<14,.0f}  {ratio:5.2f}"
-                  f"  {cores:5.2f}  {per_cpu:13,.0f}")  # fmt: skip
+        for kind in kinds:
+            medians: dict[int, float] = {}
+            for workers in WORKER_COUNTS:
+                mine = [x for x in rounds if (x.kind, x.size, x.workers) == (kind, size, workers)]
+                figures = [x.pps for x in mine]
+                medians[workers] = statistics.median(figures)
+                ratio = medians[workers] / medians[1] if medians.get(1) else 0.0
+                cores = statistics.median(x.cores for x in mine)
+                per_cpu = statistics.median(x.pps / x.cores for x in mine if x.cores > 0)
+                print(f"{kind:9}  {size:5d}  {workers:2d}  {medians[workers]:17,.0f}  "
+                      f"{min(figures):12,.0f}-{max(figures):<14,.0f}  {ratio:5.2f}"
+                      f"  {cores:5.2f}  {per_cpu:13,.0f}")  # fmt: skip
     print()
     print("load average after: " + " ".join(f"{x:.2f}" for x in load_after))
     print(f"goal: W=2/W=1 >= {GOAL} (needs 2 idle cores: this machine has {usable} usable)")

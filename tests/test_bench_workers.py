@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.workers import Engine
+from bench.workers import BareEngine, Engine
 
 
 @pytest.mark.parametrize("size", [64, 1400])
@@ -16,3 +16,9 @@ def test_each_step_delivers_the_whole_batch_at_its_size(size: int) -> None:
     assert engine.tun.delivered == 32
     assert engine.wire.esp == []
     assert not engine.sender.total_drops() and not engine.receiver.total_drops()
+
+
+def test_the_bare_aead_comparison_counts_its_batch() -> None:
+    bare = BareEngine(64, batch=8)
+    bare.step()
+    assert bare.tun.delivered == 8
