@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set everything up and run the site-to-site demo in network namespaces
 #   make test   set everything up and run the whole test suite (unit, namespace, interop)
-.PHONY: setup demo test test-fast lint bench bench-throughput bench-p2c bench-p2c-load bench-ra-load fuzz
+.PHONY: setup demo test test-fast lint bench bench-throughput bench-workers bench-p2c bench-p2c-load bench-ra-load fuzz
 
 setup:
 	@scripts/setup
@@ -27,6 +27,10 @@ bench: setup
 # lockgate vs strongSwan in namespaces: iperf3, latency, CPU, and IKE setup rate.
 bench-throughput: setup
 	.venv/bin/python -m bench.throughput --control-plane
+
+# Engine-only scaling of the data-plane workers: packets/s with 1 and 2 processes, in-process.
+bench-workers: setup
+	.venv/bin/python -m bench.workers
 
 # lockgate's SSL server vs Debian's openvpn server: iperf3 through the stock client, TCP and UDP.
 bench-p2c: setup

@@ -66,7 +66,8 @@ from ikev2.events import Address
 from tun import PacketDevice, TunDevice
 from tun.memory import MemoryTun
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m daemon.worker` this module is __main__.
+log = logging.getLogger("daemon.worker")
 
 HANDOFF_PARTIAL = 0x01
 """Flags octet of a hand-off datagram: the packet is a TCP segment with a partial
@@ -228,10 +229,15 @@ class Worker:
         plane = self.plane
         sas = [lifetime_counters(entry) for entry in plane.entries.values()]
         sas += [lifetime_counters(entry, lingering=True) for entry in plane.lingering()]
+        kernel_drops = self.pump.kernel_drops()
+        if self.index != 0:
+            # The TUN's transmit drops are the device's, not a queue's: one worker
+            # reports them, so the pool's sum counts them once.
+            kernel_drops.pop("tun_queue", None)
         totals: dict[str, Any] = {
             "drops": dict(plane.total_drops()),
             "counters": dict(plane.counters),
-            "kernel_drops": self.pump.kernel_drops(),
+            "kernel_drops": kernel_drops,
             "retired_traffic": {k: tuple(v) for k, v in plane.retired_traffic.items()},
         }
         for part in counters_parts(request, self.index, sas, totals):
@@ -307,6 +313,20 @@ class Worker:
             plane.release_sends()
 
 
+class _WorkerTag(logging.Filter):
+    """Puts the worker's number in front of each line: the journal shows the
+    workers' lines beside the main process's, from the same modules."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith(self.tag):
+            record.msg = self.tag + record.msg
+        return True
+
+
 async def serve(control: socket.socket) -> int:
     """Run one worker until it is told to stop or the main process goes away."""
     loop = asyncio.get_running_loop()
@@ -325,10 +345,11 @@ async def serve(control: socket.socket) -> int:
         log.error("data-plane worker: the first message was not a setup")
         return 1
     setup_logging(setup.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerTag(f"worker {setup.index}: "))
     worker = Worker(setup, control, loop)
     worker.start()
-    log.debug("data-plane worker %d of %d started (pid %d)", setup.index, setup.count,
-              os.getpid())  # fmt: skip
+    log.debug("data-plane worker started (pid %d, %d workers)", os.getpid(), setup.count)
     try:
         await worker.stopped.wait()
     finally:

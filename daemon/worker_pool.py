@@ -146,6 +146,8 @@ class _Worker:
     totals: WorkerTotals = field(default_factory=WorkerTotals)
     partial: dict[int, SaCounters] = field(default_factory=dict)
     """The parts of a counters answer read so far."""
+    partial_request: int = 0
+    """The request those parts answer."""
     answered: int = 0
     """The last counters request it answered in full."""
 
@@ -214,6 +216,8 @@ class WorkerPool:
         self._poller: asyncio.TimerHandle | None = None
         self._answers: asyncio.Event = asyncio.Event()
         self._closing = False
+        self._exiting: set[subprocess.Popen[bytes]] = set()
+        """Workers whose control socket closed, not yet reaped."""
 
     # ---- life ----------------------------------------------------------------------
 
@@ -296,13 +300,17 @@ class WorkerPool:
     ) -> None:
         # Its control socket closed: it exited, or is about to; checked without
         # blocking the loop. One that closed it and lives on is not one we want.
+        self._exiting.add(process)
         code = process.poll()
         if code is None:
+            if self._closing:
+                return  # `close` reaps it
             if time.monotonic() < deadline:
                 self.loop.call_later(0.02, self._await_exit, worker, process, deadline)
                 return
             process.kill()
             code = process.wait()
+        self._exiting.discard(process)
         if not self._closing:
             self._lost(worker, code)
 
@@ -328,6 +336,8 @@ class WorkerPool:
                     total[i] += count
         self.past.add(worker.totals)
         worker.counters, worker.totals, worker.partial = {}, WorkerTotals(), {}
+        # A new process answers requests from now on only.
+        worker.answered = worker.partial_request = self._request
         self._merge_counters()
         if time.monotonic() - worker.started_at >= STABLE_AFTER:
             worker.failures = 0
@@ -370,6 +380,9 @@ class WorkerPool:
                 self._reap(worker.process)
                 worker.process = None
             worker.ready = False
+        for process in list(self._exiting):
+            self._reap(process)
+        self._exiting.clear()
         for sock in self._handoff.values():
             sock.close()
         self._handoff.clear()
@@ -388,10 +401,15 @@ class WorkerPool:
         """Install a CHILD SA in its owner (`owner_of` its inbound SPI unless given)
         and, with `forward`, a forward entry in every other worker; returns the
         owner. If the owner is down, the SA is reported lost at once
-        (`on_worker_lost`), as if it had died with it."""
+        (`on_worker_lost`), as if it had died with it. ValueError for an SA the
+        pool holds already (until `remove`)."""
         k = owner_of(event.spi_in, self.count) if owner is None else owner
         if not 0 <= k < self.count:
             raise ValueError(f"no worker {k}")
+        if event.unique_id in self._sas:
+            # Installing an SA twice would hand its keys to a second process, or to
+            # the restarted one of a dead owner: a sequence counter from 1 again.
+            raise ValueError(f"CHILD SA #{event.unique_id} is installed already")
         keyless = without_keys(event)
         sa = _Sa(keyless, k, preferred, path_mtu, forward)
         self._sas[event.unique_id] = sa
@@ -447,7 +465,6 @@ class WorkerPool:
         self._request += 1
         for worker in self._workers:
             if worker.channel is not None:
-                worker.partial = {}
                 worker.channel.send(CountersRequest(self._request))
         return self._request
 
@@ -514,8 +531,12 @@ class WorkerPool:
                         type(message).TYPE)  # fmt: skip
 
     def _on_counters(self, worker: _Worker, reply: CountersReply) -> None:
-        if reply.request != self._request:
-            return  # an answer to an older request: a newer one is on its way
+        # A worker answers in order; an answer to an older request still counts
+        # (a busy worker slower than the poll interval is not starved of updates).
+        if reply.request <= worker.answered:
+            return
+        if reply.request != worker.partial_request:
+            worker.partial, worker.partial_request = {}, reply.request
         for sa in reply.sas:
             worker.partial[sa.unique_id] = sa
         if not reply.last:

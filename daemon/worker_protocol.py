@@ -420,8 +420,8 @@ class Channel:
 
     `send` never blocks: what the socket cannot take yet waits in order and goes
     when it is writable. Each message read goes to `on_message`; a message that is
-    not ours is logged and skipped; end of file (the other process is gone, or
-    closed its end) calls `on_closed` once.
+    not ours is logged and skipped; end of file or a failed send (the other process
+    is gone, or closed its end) closes the channel and schedules `on_closed`, once.
     """
 
     def __init__(
@@ -501,7 +501,8 @@ class Channel:
         if self._closed:
             return
         self.close()
-        self._on_closed()
+        # Later, never from inside `send`: its caller is still at work.
+        self._loop.call_soon(self._on_closed)
 
     def close(self) -> None:
         """Stop reading and writing, and close the socket (no `on_closed`)."""

@@ -9,17 +9,22 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from daemon.childsa import ChildSaEntry, entry_from_event
+import pytest
+
+from daemon.childsa import ChildSaEntry
 from daemon.pump import open_udp
 from daemon.worker_pool import WorkerPool, owner_of
 from daemon.worker_protocol import (
     MAX_MESSAGE,
+    CountersReply,
     Install,
     InstallFailed,
     Ready,
+    SaCounters,
     Setup,
     Stop,
     UdpSocket,
@@ -28,36 +33,11 @@ from daemon.worker_protocol import (
 )
 from esp.drops import DropReason
 from ikev2.events import ChildSaInstalled
-from ikev2.ts import TrafficSelector as IkeTs
 from testkit.dataplane import echo_request, events, ipv4
+from testkit.workers import WAIT, recv_datagram, sa_pair, until
 from tun.memory import MemoryTun, memory_tun_pair
 
 LOOPBACK = "127.0.0.1"
-WAIT = 30.0  # a generous bound on a shared machine; nothing here is timed
-
-
-async def _until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def _recv(sock: socket.socket, timeout: float = WAIT) -> tuple[bytes, tuple[str, int]]:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[tuple[bytes, tuple[str, int]]] = loop.create_future()
-
-    def ready() -> None:
-        if not future.done():
-            data, sender = sock.recvfrom(65535)
-            future.set_result((data, sender))
-
-    loop.add_reader(sock.fileno(), ready)
-    try:
-        return await asyncio.wait_for(future, timeout)
-    finally:
-        loop.remove_reader(sock.fileno())
 
 
 @dataclass
@@ -73,21 +53,7 @@ class Lab:
 def _sa(
     uid: int, remote_net: str, port: int, peer_port: int
 ) -> tuple[ChildSaInstalled, ChildSaEntry]:
-    """Our event for CHILD SA `uid` towards `remote_net`, and the peer's entry."""
-    ours, theirs = events(uid=uid)
-    remote_ts = (IkeTs.from_network(remote_net),)
-    local_ts = (IkeTs.from_network("192.0.2.0/24"),)
-    ours = replace(
-        ours,
-        connection=f"c{uid}",
-        child=f"c{uid}",
-        local_ts=local_ts,
-        remote_ts=remote_ts,
-        local=(LOOPBACK, port),
-        remote=(LOOPBACK, peer_port),
-    )
-    theirs = replace(theirs, local_ts=remote_ts, remote_ts=local_ts)
-    return ours, entry_from_event(theirs)
+    return sa_pair(uid, remote_net, (LOOPBACK, port), (LOOPBACK, peer_port))
 
 
 def _run(body: Callable[[Lab], Awaitable[None]]) -> None:
@@ -110,7 +76,7 @@ def _run(body: Callable[[Lab], Awaitable[None]]) -> None:
         pool.start()
         lab = Lab(pool, [b for _, b in pairs], ports, peer, lab_lost)
         try:
-            await _until(pool.ready, "both workers ready")
+            await until(pool.ready, "both workers ready")
             await body(lab)
         finally:
             pids = [p for p in pool.pids() if p]
@@ -132,7 +98,7 @@ def _run(body: Callable[[Lab], Awaitable[None]]) -> None:
 
 
 async def _expect_esp(lab: Lab, peer_sa: ChildSaEntry, packet: bytes, port: int) -> None:
-    data, sender = await _recv(lab.peer)
+    data, sender = await recv_datagram(lab.peer)
     assert sender == (LOOPBACK, port)
     opened = peer_sa.inbound.decapsulate(data)
     assert not isinstance(opened, DropReason), opened
@@ -165,7 +131,7 @@ def test_two_workers_forward_hand_off_count_and_survive_a_killed_worker() -> Non
         esp = peer0.outbound.encapsulate(back)
         assert isinstance(esp, bytes)
         lab.peer.sendto(esp, (LOOPBACK, lab.ports[0]))
-        await _until(lambda: lab.tuns[0].read() == back, "the opened packet on worker 0's queue")
+        await until(lambda: lab.tuns[0].read() == back, "the opened packet on worker 0's queue")
 
         assert await pool.refresh_counters()
         c0, c1 = pool.counters[2], pool.counters[1]
@@ -176,11 +142,11 @@ def test_two_workers_forward_hand_off_count_and_survive_a_killed_worker() -> Non
         # kill -9 worker 1: its SA is reported lost, it comes back, 0 goes on.
         old = pool.pids()[1]
         os.kill(old, 9)
-        await _until(lambda: bool(lab.lost), "on_worker_lost")
+        await until(lambda: bool(lab.lost), "on_worker_lost")
         assert lab.lost == [(1, [1])]
         lab.tuns[0].write(to0)
         await _expect_esp(lab, peer0, to0, lab.ports[0])
-        await _until(lambda: pool.ready() and pool.pids()[1] not in (0, old), "the restart")
+        await until(lambda: pool.ready() and pool.pids()[1] not in (0, old), "the restart")
         assert await pool.refresh_counters()
         # Its SA was not installed again (its sequence counter would restart with
         # the same keys): the new worker has none of its own...
@@ -263,3 +229,76 @@ def test_a_worker_stops_when_told_and_refuses_an_sa_twice() -> None:
         control.close()
         for item in keep:
             item.close()
+
+
+def _idle_pool(lost: list[tuple[int, list[int]]]) -> WorkerPool:
+    """A pool whose workers were never started (no process, no channel)."""
+    tuns = [memory_tun_pair(f"iq{k}", f"it{k}")[0] for k in range(2)]
+    return WorkerPool(
+        2,
+        tuns=tuns,
+        udp=[{}, {}],
+        loop=asyncio.get_running_loop(),
+        on_worker_lost=lambda k, uids: lost.append((k, uids)),
+        poll_interval=None,
+    )
+
+
+def test_an_sa_for_a_worker_that_is_down_is_lost_and_never_installed_twice() -> None:
+    async def main() -> None:
+        lost: list[tuple[int, list[int]]] = []
+        pool = _idle_pool(lost)
+        ours, _ = events(uid=3)
+        assert pool.install(ours) == 1
+        await asyncio.sleep(0)
+        assert lost == [(1, [3])]
+        with pytest.raises(ValueError, match="installed already"):
+            pool.install(ours)
+        assert pool.remove(3)
+        assert not pool.remove(3)
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_answer_to_an_older_counters_request_still_counts() -> None:
+    async def main() -> None:
+        pool = _idle_pool([])
+        first = pool.poll_counters()
+        pool.poll_counters()  # a worker slower than the poll interval
+        worker = pool._workers[0]
+        sa = SaCounters(9, 1, 2, 3, 4, {}, "ok", "ok")
+        pool._on_counters(worker, CountersReply(first, 0, (sa,), True, counters={"x": 1}))
+        assert pool.counters == {9: sa}
+        assert pool.totals().counters["x"] == 1
+        # An answer older than one already taken is not.
+        pool._on_counters(worker, CountersReply(first, 0, (), True))
+        assert pool.counters == {9: sa}
+        pool.close()
+
+    asyncio.run(main())
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_an_sa_sent_to_a_worker_that_just_died_is_reported_lost_once() -> None:
+    async def body(lab: Lab) -> None:
+        pool = lab.pool
+        victim = pool.pids()[1]
+        os.kill(victim, 9)
+        # Dead, and its end of file not read by the pool: the loop does not run
+        # until the install below.
+        deadline = time.monotonic() + WAIT
+        while not _is_zombie(victim):
+            assert time.monotonic() < deadline, "the worker did not die"
+            time.sleep(0.01)
+        ours, _ = events(uid=5)  # odd SPI: worker 1's
+        assert pool.install(ours) == 1
+        await until(lambda: len(lab.lost) >= 2, "both reports")
+        await until(pool.ready, "the restart")
+        assert sorted(lab.lost) == [(1, []), (1, [5])]
+
+    _run(body)
