@@ -62,7 +62,7 @@ from daemon.worker_protocol import (
     UnknownSpiNotice,
 )
 from ikev2.events import Address, ChildSaInstalled
-from tun import PacketDevice
+from tun import PacketDevice, TunDevice, TunError
 from tun.memory import MemoryTun
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,16 @@ class WorkerPool:
 
     def _spawn(self, worker: _Worker) -> None:
         k = worker.index
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tun = self.tuns[k]
+        if isinstance(tun, TunDevice) and not tun.attached:
+            # Its predecessor's death took the queue out of use (`_lost`).
+            try:
+                tun.attach_queue()
+            except TunError as exc:
+                log.error("data-plane worker %d: cannot attach its TUN queue again: %s", k, exc)
+                self._schedule_restart(worker)
+                return
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         handoff = [HandoffSocket(s.fileno(), j) for (i, j), s in self._handoff.items() if i == k]
         setup = Setup(
             index=k,
@@ -314,6 +322,19 @@ class WorkerPool:
         if not self._closing:
             self._lost(worker, code)
 
+    def _detach_queue(self, k: int) -> None:
+        # While nobody reads the queue, the kernel steers its flows to the other
+        # queues (their workers' SAs, or forward entries) instead of filling it.
+        tun = self.tuns[k]
+        if self._closing or not isinstance(tun, TunDevice) or not tun.attached:
+            return
+        if sum(isinstance(t, TunDevice) and t.attached for t in self.tuns) <= 1:
+            return  # the last queue in use: the interface would carry nothing at all
+        try:
+            tun.detach_queue()
+        except TunError as exc:
+            log.warning("data-plane worker %d: its TUN queue stays attached: %s", k, exc)
+
     def _lost(self, worker: _Worker, code: int) -> None:
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         lost = [uid for uid, sa in self._sas.items() if sa.owner == worker.index and not sa.lost]
@@ -334,6 +355,7 @@ class WorkerPool:
                     (seen.bytes_in, seen.bytes_out, seen.packets_in, seen.packets_out)
                 ):
                     total[i] += count
+        self._detach_queue(worker.index)
         self.past.add(worker.totals)
         worker.counters, worker.totals, worker.partial = {}, WorkerTotals(), {}
         # A new process answers requests from now on only.
