@@ -1450,26 +1450,18 @@ def _check_workers(
     served."""
     if gateway is None or gateway.workers == 1:
         return
-    for conn in connections.values():
-        if conn.mode == "route":
+    route = [f'connections.{c.name} has mode = "route"' for c in connections.values()
+             if c.mode == "route"]  # fmt: skip
+    ikev2 = [f"remote_access.{r.name}" for r in servers.values() if r.protocol == "ikev2"]
+    for what, first in (("route-mode connections", route), ("ikev2 remote access", ikev2)):
+        if first:
             problems.append(
                 Problem(
                     "gateway.workers",
-                    f"{gateway.workers} workers do not serve route-mode connections yet "
-                    f'(connections.{conn.name} has mode = "route"); use workers = 1',
+                    f"{gateway.workers} workers do not serve {what} yet ({first[0]}); "
+                    "use workers = 1",
                 )
             )
-            return
-    for server in servers.values():
-        if server.protocol == "ikev2":
-            problems.append(
-                Problem(
-                    "gateway.workers",
-                    f"{gateway.workers} workers do not serve ikev2 remote access yet "
-                    f"(remote_access.{server.name}); use workers = 1",
-                )
-            )
-            return
 
 
 def _check_remote_access(

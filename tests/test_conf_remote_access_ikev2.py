@@ -260,3 +260,12 @@ max_connections = 100
     assert capsys.readouterr().out == f"password of alice changed on laptops\n{note}\n"
     alice = load_users(tmp_path / "laptops.users")["alice"]
     assert alice.nt_hash == nt_password_hash("another fine password 42")
+
+
+def test_workers_are_refused_beside_an_ikev2_server(files: dict[str, str]) -> None:
+    data = config(files)
+    data["gateway"]["workers"] = 2
+    assert problems(data) == [
+        "gateway.workers: 2 workers do not serve ikev2 remote access yet "
+        "(remote_access.laptops); use workers = 1"
+    ]
