@@ -1,14 +1,19 @@
-"""Two data planes' worth of test material: mirrored CHILD SA events and the IP
-packets (IPv4, IPv6, ICMP echo) the data-plane tests push through them."""
+"""Two data planes' worth of test material: mirrored CHILD SA events, the IP
+packets (IPv4, IPv6, ICMP echo) the data-plane tests push through them, and a
+transport that keeps what a data plane sends and writes (`Wire`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from daemon.childsa import ChildSaEntry
 from daemon.packet import checksum
-from ikev2.events import ChildSaInstalled
+from esp.sa import PARTS_PER_PACKET
+from ikev2.events import Address, ChildSaInstalled
 from ikev2.ts import TrafficSelector as IkeTs
 
 NET_A4, NET_B4 = "192.0.2.0/24", "203.0.113.0/24"
@@ -17,6 +22,59 @@ GW_A = "198.51.100.1"
 
 
 GW_B = "198.51.100.2"
+
+
+@dataclass
+class Wire:
+    """A data plane's transport that keeps what it is given: each ESP packet sent
+    (its parts joined), per send the SA and how many packets, and per TUN write the
+    packets, the interface (None: the gateway's TUN) and the partial-checksum marks."""
+
+    esp: list[bytes] = field(default_factory=list)
+    sent: list[tuple[int, int]] = field(default_factory=list)
+    written: list[tuple[list[bytes], str | None, list[int]]] = field(default_factory=list)
+
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        step = PARTS_PER_PACKET
+        self.esp += [b"".join(parts[i : i + step]) for i in range(0, len(parts), step)]
+        self.sent.append((entry.unique_id, len(parts) // step))
+        return len(parts) // step
+
+    def send_keepalive(self, local: Address, remote: Address) -> bool:
+        return True
+
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
+        self.written.append((list(packets), interface, list(partial)))
+        return len(packets)
+
+    def tuns(self) -> dict[str | None, list[bytes]]:
+        """What was written, per TUN, in order."""
+        out: dict[str | None, list[bytes]] = {}
+        for packets, interface, _ in self.written:
+            out.setdefault(interface, []).extend(packets)
+        return out
+
+    def tun(self, interface: str | None = None) -> list[bytes]:
+        """What was written to one TUN, in order."""
+        return self.tuns().get(interface, [])
+
+
+class NoTransport:
+    """The output of a data plane that must never send nor write: one that only
+    installs and removes SAs, or the main process's shadow of data-plane workers."""
+
+    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
+        raise AssertionError("nothing is sent")
+
+    def send_keepalive(self, local: Address, remote: Address) -> bool:
+        raise AssertionError("nothing is sent")
+
+    def write_tun(
+        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
+    ) -> int:
+        raise AssertionError("nothing is written")
 
 
 SUITES = {

@@ -17,7 +17,7 @@ import random
 import socket
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ from ikev2.events import (
 from ikev2.sa_types import Datagram, IkeSaState
 from ikev2.ts import TrafficSelector as IkeTs
 from testkit.daemon import memory_gateway
-from testkit.dataplane import echo_request, events, ipv4
+from testkit.dataplane import NoTransport, echo_request, events, ipv4
 from testkit.ikev2_pair import Pair, child, connection, mirrored
 from tun import LinkError
 
@@ -909,26 +909,11 @@ def test_status_shows_the_endpoints_ike_drops(gateway: Gateway) -> None:
     assert gateway.status()["ike_drops"] == {"unparsable": 1}
 
 
-class _NoTransport:
-    """The data plane's output, never used by installing and removing SAs."""
-
-    def send(self, entry: object, packets: list[bytes]) -> int:
-        raise AssertionError("nothing is sent")
-
-    def send_keepalive(self, local: object, remote: object) -> bool:
-        raise AssertionError("nothing is sent")
-
-    def write_tun(
-        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
-    ) -> int:
-        raise AssertionError("nothing is written")
-
-
 def test_data_plane_indexes_agree_with_a_scan_through_installs_removals_and_ike_rekeys() -> None:
     # The gateway asks "which CHILD SAs has this connection / peer / IKE SA" per SA
     # set up; the indexes answer without a scan and must always say what a scan says.
     rng = random.Random(7)
-    plane = DataPlane(_NoTransport())
+    plane = DataPlane(NoTransport())
     uids = itertools.count(1)
     peers = [f"p{k}" for k in range(4)]
     children = [f"{p}-c{k}" for p in peers for k in range(3)]

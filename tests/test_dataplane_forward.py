@@ -3,40 +3,23 @@ another worker holds (the multi-queue TUN gives any worker any flow)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
-from daemon.childsa import ChildSaEntry, entry_from_event, forward_entry
+from daemon.childsa import entry_from_event, forward_entry
 from daemon.dataplane import DataPlane, Drop
-from esp.sa import PARTS_PER_PACKET
-from ikev2.events import Address
 from ikev2.ts import TrafficSelector as IkeTs
-from testkit.dataplane import echo_request, events, ipv4
+from testkit.dataplane import Wire, echo_request, events, ipv4
 
 
-class Recorder:
+class Recorder(Wire):
     """A transport that keeps what it is given, and a hand-off that does too."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[int, int]] = []  # (unique_id, packets)
-        self.tun: list[bytes] = []
+        super().__init__()
         self.handed: list[tuple[int, list[bytes], bool]] = []
         self.refuse_handoff = False
-
-    def send(self, entry: ChildSaEntry, parts: list[bytes]) -> int:
-        self.sent.append((entry.unique_id, len(parts) // PARTS_PER_PACKET))
-        return len(parts) // PARTS_PER_PACKET
-
-    def send_keepalive(self, local: Address, remote: Address) -> bool:
-        return True
-
-    def write_tun(
-        self, packets: list[bytes], interface: str | None = None, partial: Sequence[int] = ()
-    ) -> int:
-        self.tun.extend(packets)
-        return len(packets)
 
     def handoff(self, owner: int, packets: list[bytes], partial: bool) -> int:
         if self.refuse_handoff:

@@ -17,18 +17,7 @@ from daemon.worker_protocol import SaCounters
 from esp.sa import LifetimeState
 from ikev2.endpoint import Endpoint
 from ikev2.errors import LocalProtocolError
-from testkit.dataplane import events
-
-
-class _Transport:
-    def send(self, entry: object, parts: list[bytes]) -> int:
-        raise AssertionError("the shadow data plane never sends")
-
-    def send_keepalive(self, local: object, remote: object) -> bool:
-        return True
-
-    def write_tun(self, packets: object, interface: object = None, marks: object = None) -> int:
-        raise AssertionError("the shadow data plane never writes the TUN")
+from testkit.dataplane import NoTransport, events
 
 
 @dataclass
@@ -54,7 +43,7 @@ def _counted(uid: int, packets: int, drops: dict[str, int] | None = None) -> SaC
 
 
 def _plane(*uids: int, life_packets: int = 0) -> DataPlane:
-    plane = DataPlane(_Transport())
+    plane = DataPlane(NoTransport())
     for uid in uids:
         ours, _ = events(uid=uid)
         if life_packets:
