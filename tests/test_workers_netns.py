@@ -196,3 +196,19 @@ def test_with_strongswan_as_the_peer_one_pair_serves_both_workers() -> None:
         # Flows the other worker's queue read were handed to the owner.
         assert counters.get("handed_off", 0) > 0
         assert "Traceback" not in daemon.log()
+
+
+def test_down_deletes_every_pair_and_up_brings_one_per_worker_back(topo: SiteToSite) -> None:
+    a, b = _pair(topo)
+    a.command("down", name="site")
+    wait_until(lambda: not a.sas() and not b.sas(), "every pair deleted on both sides")
+    a.command("up", name="site")
+    wait_until(
+        lambda: len(a.sas()) == WORKERS and len(b.sas()) == WORKERS,
+        "one pair per worker again",
+        timeout=30,
+    )
+    assert _workers_of(a) == [0, 1]
+    assert _workers_of(b) == [0, 1]
+    _check_flows(topo.host_a, topo.host_b, topo.site_b.host4)
+    assert "Traceback" not in _log(a) + _log(b)
