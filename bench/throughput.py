@@ -91,7 +91,10 @@ TEST_LABELS = {"tcp1": "TCP x1", "tcp4": "TCP x4", "udp": "UDP 1400"}
 BASELINE = "swan-swan"
 SCRAPE_CASES = ("lockgate-lockgate", "lockgate-lockgate-scraped")
 """`--scrape`: the same tunnel without and with a scrape of /metrics every second."""
-DEFAULT_CASES = tuple(c for c in CASES if c != SCRAPE_CASES[1])
+OPTIONAL_CASES = (SCRAPE_CASES[1], "lockgate-lockgate-workers")
+"""Cases run only when named (`--scrape`, `--cases`): each takes minutes, and the
+make target has ten."""
+DEFAULT_CASES = tuple(c for c in CASES if c not in OPTIONAL_CASES)
 
 
 def say(text: str = "") -> None:

@@ -175,10 +175,12 @@ def lockgate_config(
     start: str,
     encap: str = "auto",
     metrics: bool = False,
+    workers: int = 1,
 ) -> str:
     """`lockgate daemon`'s TOML for gateway `side` ("A" or "B") of the topology;
     ``encap`` is the connection's `encap` key ("auto", "force" or "nat"); with
-    ``metrics``, /metrics is served at `METRICS_LISTEN` in the gateway's namespace."""
+    ``metrics``, /metrics is served at `METRICS_LISTEN` in the gateway's namespace;
+    ``workers`` is `[gateway] workers`."""
     a, b = topo.gw_a_public4, topo.gw_b_wan4
     me, peer = (topo.gw_a_wan4, b) if side == "A" else (b, a)
     my_id, peer_id = (a, b) if side == "A" else (b, a)
@@ -191,6 +193,7 @@ def lockgate_config(
             f"interface = {json.dumps(LOCKGATE_IFACE)}",
             f"control_socket = {json.dumps(str(socket))}",
             'log_level = "warning"',
+            f"workers = {workers}",
             "",
             "[peers.far]",
             f"address = {json.dumps(peer)}",
@@ -252,14 +255,16 @@ class Lockgate:
     def sas(self) -> list[dict[str, Any]]:
         return list(self.status().get("sas", []))
 
-    def wait_for_sa(self, timeout: float = ESTABLISH_TIMEOUT) -> dict[str, Any]:
+    def wait_for_sa(self, timeout: float = ESTABLISH_TIMEOUT, count: int = 1) -> dict[str, Any]:
+        """The first CHILD SA, once there are `count` (one per worker between two
+        lockgates with workers)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and not self.process.alive():
                 raise TunnelError(f"lockgate {self.name} exited:\n{_tail(self.log())}")
             with contextlib.suppress(ControlClientError):
                 sas = self.sas()
-                if sas:
+                if len(sas) >= count:
                     return sas[0]
             time.sleep(0.1)
         raise TunnelError(f"lockgate {self.name}: no CHILD SA in {timeout:g}s\n{_tail(self.log())}")
@@ -285,13 +290,15 @@ def _start_lockgate(
     encap: str = "auto",
     *,
     metrics: bool = False,
+    workers: int = 1,
 ) -> Lockgate:
     ns = topo.gw_a if side == "A" else topo.gw_b
-    name = f"lockgate-{side}-{suite}-{encap}{'-metrics' if metrics else ''}"
+    name = f"lockgate-{side}-{suite}-{encap}{'-metrics' if metrics else ''}-w{workers}"
     socket = topo.lab.tmpdir / f"{name}.sock"
     config = lockgate_config(
-        topo, side, suite, socket=socket, start=start, encap=encap, metrics=metrics
-    )
+        topo, side, suite, socket=socket, start=start, encap=encap, metrics=metrics,
+        workers=workers,
+    )  # fmt: skip
     daemon = Lockgate(ns, name, config, socket)
     daemon.start()
     return daemon
@@ -354,6 +361,8 @@ class LockgatePair(Tunnel):
     lockgates."""
     metrics = False
     """Serve /metrics (`[metrics]`) on both gateways."""
+    workers = 1
+    """`[gateway] workers` on both gateways."""
 
     def __init__(self, topo: SiteToSite, suite: str | None) -> None:
         super().__init__(topo, suite)
@@ -363,13 +372,14 @@ class LockgatePair(Tunnel):
     def start(self) -> None:
         suite = self.suite or "aes128gcm16"
         self.daemon["B"] = _start_lockgate(
-            self.topo, "B", suite, "wait", self.encap, metrics=self.metrics
+            self.topo, "B", suite, "wait", self.encap, metrics=self.metrics, workers=self.workers
         )
         self.daemon["A"] = _start_lockgate(
-            self.topo, "A", suite, "initiate", self.encap, metrics=self.metrics
-        )
-        sa = self.daemon["A"].wait_for_sa()
-        self.daemon["B"].wait_for_sa()
+            self.topo, "A", suite, "initiate", self.encap, metrics=self.metrics,
+            workers=self.workers,
+        )  # fmt: skip
+        sa = self.daemon["A"].wait_for_sa(count=self.workers)
+        self.daemon["B"].wait_for_sa(count=self.workers)
         self._framing = str(sa.get("encap", ""))
         try:
             self.wait_for_traffic()
@@ -384,7 +394,12 @@ class LockgatePair(Tunnel):
             daemon.stop()
 
     def daemons(self) -> dict[str, int]:
-        return {s: d.pid() for s, d in self.daemon.items() if d.process is not None}
+        pids = {s: d.pid() for s, d in self.daemon.items() if d.process is not None}
+        for side, daemon in self.daemon.items():
+            # Workers are processes of their own: their CPU time counts too.
+            for worker in daemon.status().get("workers", []) if self.workers > 1 else ():
+                pids[f"{side}-w{worker['index']}"] = int(worker["pid"])
+        return pids
 
     def framing(self) -> str:
         return self._framing
@@ -396,6 +411,15 @@ class LockgatePairRaw(LockgatePair):
 
     label = "lockgate ↔ lockgate raw"
     encap = "nat"
+
+
+class LockgatePairWorkers(LockgatePair):
+    """`LockgatePair` with `[gateway] workers = 2` on both gateways: a CHILD SA pair
+    per worker (RFC 9611), inbound ESP steered by SPI, the TUN's flows spread over
+    its queues (only with `bench.throughput --cases ...,lockgate-lockgate-workers`)."""
+
+    label = "lockgate ↔ lockgate, 2 workers"
+    workers = 2
 
 
 SCRAPER = """
@@ -446,5 +470,6 @@ CASES: dict[str, type[Tunnel]] = {
     "lockgate-lockgate": LockgatePair,
     "lockgate-lockgate-raw": LockgatePairRaw,
     "lockgate-lockgate-scraped": LockgatePairScraped,
+    "lockgate-lockgate-workers": LockgatePairWorkers,
 }
 """The benchmark's cases, in the order it runs them."""
