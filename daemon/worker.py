@@ -34,6 +34,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,11 @@ checksum (`tun.vnet.split_frame_partial`)."""
 ACQUIRES_PER_SECOND = 50
 """Most acquire notices a worker sends per second: each is a control message, and a
 host sending to an uncovered network would otherwise send one per packet."""
+UNKNOWN_SPIS_PER_SECOND = 20
+"""Most unknown-SPI notices a worker sends per second, whatever their sources: the
+data plane limits them per remote address, and spoofed ESP from random sources
+would otherwise send one control message per packet (the IKE endpoint answers at
+most 20 a second overall anyway, RFC 7296 §2.21.4)."""
 SETUP_TIMEOUT = 30.0
 """Seconds a new worker waits for its `Setup` before it gives up."""
 HOUSEKEEPING_INTERVAL = 1.0
@@ -150,8 +156,8 @@ class Worker:
         self.control = Channel(
             control, loop, self._on_message, self.stop, name=f"worker {self.index} control"
         )
-        self._acquire_second = 0
-        self._acquires = 0
+        self._notice_second: dict[str, int] = {}
+        self._notices: Counter[str] = Counter()
         self._housekeeping: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -253,17 +259,26 @@ class Worker:
         self.control.send(IkeNotice(message, local, remote))
 
     def _on_unknown_spi(self, spi: int, local: Address, remote: Address) -> None:
+        if self._limited("unknown_spi", UNKNOWN_SPIS_PER_SECOND):
+            self.plane.counters["unknown_spi_reports_rate_limited"] += 1
+            return
         self.control.send(UnknownSpiNotice(spi, local, remote))
 
     def _on_acquire(self, packet: bytes) -> None:
-        second = int(self._clock())
-        if second != self._acquire_second:
-            self._acquire_second, self._acquires = second, 0
-        if self._acquires >= ACQUIRES_PER_SECOND:
+        if self._limited("acquire", ACQUIRES_PER_SECOND):
             self.plane.counters["acquires_rate_limited"] += 1
             return
-        self._acquires += 1
         self.control.send(AcquireNotice(packet))
+
+    def _limited(self, kind: str, per_second: int) -> bool:
+        # True when this second's notices of `kind` are used up; else counts one.
+        second = int(self._clock())
+        if self._notice_second.get(kind) != second:
+            self._notice_second[kind], self._notices[kind] = second, 0
+        if self._notices[kind] >= per_second:
+            return True
+        self._notices[kind] += 1
+        return False
 
     # ---- hand-off ------------------------------------------------------------------
 

@@ -84,6 +84,14 @@ WorkerLost = Callable[[int, list[int]], None]
 """(worker index, unique ids of the CHILD SAs it owned)."""
 
 
+def _signal_name(number: int) -> str:
+    # Real-time signals (SIGRTMIN+n) have no member in signal.Signals.
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def owner_of(spi_in: int, count: int) -> int:
     """The worker that owns a CHILD SA: our inbound SPI modulo the worker count (the
     kernel's steering reads the same SPI)."""
@@ -143,6 +151,8 @@ class _Worker:
     """Deaths in a row, each within `STABLE_AFTER` of its start (the back-off step)."""
     restart: asyncio.TimerHandle | None = None
     counters: dict[int, SaCounters] = field(default_factory=dict)
+    waiting: dict[int, Install] = field(default_factory=dict)
+    """SAs installed while it was down, by unique id: its successor's first and only."""
     totals: WorkerTotals = field(default_factory=WorkerTotals)
     partial: dict[int, SaCounters] = field(default_factory=dict)
     """The parts of a counters answer read so far."""
@@ -295,6 +305,10 @@ class WorkerPool:
         for sa in self._sas.values():
             if sa.owner != k and sa.forward:
                 worker.channel.send(Install(sa.event, sa.owner, sa.preferred, sa.path_mtu))
+        # And the SAs installed while it was down, each sent once, keys and all.
+        waiting, worker.waiting = worker.waiting, {}
+        for install in waiting.values():
+            worker.channel.send(install)
         log.debug("data-plane worker %d started (pid %d)", k, process.pid)
 
     def _on_closed(self, worker: _Worker) -> None:
@@ -336,8 +350,12 @@ class WorkerPool:
             log.warning("data-plane worker %d: its TUN queue stays attached: %s", k, exc)
 
     def _lost(self, worker: _Worker, code: int) -> None:
-        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        lost = [uid for uid, sa in self._sas.items() if sa.owner == worker.index and not sa.lost]
+        how = f"exit status {code}" if code >= 0 else f"signal {_signal_name(-code)}"
+        lost = [
+            uid
+            for uid, sa in self._sas.items()
+            if sa.owner == worker.index and not sa.lost and uid not in worker.waiting
+        ]
         log.warning(
             "data-plane worker %d (pid %d) died (%s); %d CHILD SA(s) lost, to be rekeyed",
             worker.index,
@@ -356,6 +374,9 @@ class WorkerPool:
                 ):
                     total[i] += count
         self._detach_queue(worker.index)
+        # Kernel drops are the sockets' and the TUN's, which outlive the worker: its
+        # successor reports the same running totals, so they do not go to `past`.
+        worker.totals.kernel_drops.clear()
         self.past.add(worker.totals)
         worker.counters, worker.totals, worker.partial = {}, WorkerTotals(), {}
         # A new process answers requests from now on only.
@@ -436,9 +457,13 @@ class WorkerPool:
         sa = _Sa(keyless, k, preferred, path_mtu, forward)
         self._sas[event.unique_id] = sa
         target = self._workers[k]
-        if target.channel is None or not target.channel.send(
-            Install(event, k, preferred, path_mtu)
-        ):
+        install = Install(event, k, preferred, path_mtu)
+        if target.channel is None:
+            # Its worker is being restarted: the SA was never in any process, so its
+            # successor may take it (the first and only copy). Reporting it lost
+            # instead would rekey it into the same down worker, again and again.
+            target.waiting[event.unique_id] = install
+        elif not target.channel.send(install):
             sa.lost = True
             if self.on_worker_lost is not None:
                 self.loop.call_soon(self.on_worker_lost, k, [event.unique_id])
@@ -455,6 +480,7 @@ class WorkerPool:
         sa = self._sas.pop(unique_id, None)
         if sa is None:
             return False
+        self._workers[sa.owner].waiting.pop(unique_id, None)
         message = Remove(unique_id, linger)
         for worker in self._workers:
             if worker.channel is not None and (worker.index == sa.owner or sa.forward):

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from daemon.pump import open_udp
-from daemon.worker import ACQUIRES_PER_SECOND, Worker
+from daemon.worker import ACQUIRES_PER_SECOND, UNKNOWN_SPIS_PER_SECOND, Worker
 from daemon.worker_protocol import (
     MAX_MESSAGE,
     AcquireNotice,
@@ -24,6 +24,7 @@ from daemon.worker_protocol import (
     Ready,
     Setup,
     UdpSocket,
+    UnknownSpiNotice,
     decode,
 )
 from testkit.dataplane import echo_request, events, ipv4
@@ -120,5 +121,25 @@ def test_acquires_are_limited_per_second() -> None:
                 break
         assert got == [AcquireNotice(packet)] * ACQUIRES_PER_SECOND
         assert worker.plane.counters["acquires_rate_limited"] == 10
+
+    _with_worker(0, body)
+
+
+def test_unknown_spi_notices_are_limited_per_second_whatever_their_sources() -> None:
+    # Spoofed ESP from many sources passes the data plane's per-address limit; the
+    # worker still sends at most its budget of control messages each second.
+    def body(worker: Worker, control: socket.socket) -> None:
+        for i in range(UNKNOWN_SPIS_PER_SECOND + 15):
+            worker._on_unknown_spi(0x1000 + i, ("198.51.100.1", 4500), (f"203.0.113.{i}", 4500))
+        got: list[Message] = []
+        control.settimeout(0.5)
+        while True:
+            try:
+                got.append(decode(control.recv(MAX_MESSAGE)))
+            except TimeoutError:
+                break
+        assert len(got) == UNKNOWN_SPIS_PER_SECOND
+        assert all(isinstance(m, UnknownSpiNotice) for m in got)
+        assert worker.plane.counters["unknown_spi_reports_rate_limited"] == 15
 
     _with_worker(0, body)

@@ -244,17 +244,24 @@ def _idle_pool(lost: list[tuple[int, list[int]]]) -> WorkerPool:
     )
 
 
-def test_an_sa_for_a_worker_that_is_down_is_lost_and_never_installed_twice() -> None:
+def test_an_sa_for_a_worker_that_is_down_waits_for_its_successor_and_is_never_installed_twice() -> (
+    None
+):
     async def main() -> None:
         lost: list[tuple[int, list[int]]] = []
         pool = _idle_pool(lost)
         ours, _ = events(uid=3)
         assert pool.install(ours) == 1
         await asyncio.sleep(0)
-        assert lost == [(1, [3])]
+        # Not lost (a rekey would land in the same down worker): kept, keys and all,
+        # for the successor's first and only copy.
+        assert lost == []
+        assert list(pool._workers[1].waiting) == [3]
+        assert pool._workers[1].waiting[3].event.encr_key_in == ours.encr_key_in
         with pytest.raises(ValueError, match="installed already"):
             pool.install(ours)
         assert pool.remove(3)
+        assert pool._workers[1].waiting == {}
         assert not pool.remove(3)
         pool.close()
 
@@ -300,5 +307,23 @@ def test_an_sa_sent_to_a_worker_that_just_died_is_reported_lost_once() -> None:
         await until(lambda: len(lab.lost) >= 2, "both reports")
         await until(pool.ready, "the restart")
         assert sorted(lab.lost) == [(1, []), (1, [5])]
+
+    _run(body)
+
+
+def test_an_sa_installed_while_its_worker_restarts_goes_to_the_successor_once() -> None:
+    async def body(lab: Lab) -> None:
+        pool = lab.pool
+        victim = pool.pids()[1]
+        os.kill(victim, 9)
+        await until(lambda: pool._workers[1].channel is None and bool(lab.lost), "the loss")
+        assert lab.lost == [(1, [])]
+        peer_port = lab.peer.getsockname()[1]
+        event, _ = _sa(1, "203.0.113.128/25", lab.ports[1], peer_port)  # odd SPI: worker 1
+        assert pool.install(event) == 1
+        await until(lambda: pool.ready() and pool.pids()[1] not in (0, victim), "the restart")
+        assert await pool.refresh_counters()
+        assert 1 in pool._workers[1].counters  # the successor holds it as its own
+        assert lab.lost == [(1, [])]  # and it was never reported lost
 
     _run(body)
