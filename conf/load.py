@@ -1438,30 +1438,29 @@ def _remote_access(
     )
 
 
-def _check_workers(
-    gateway: GatewayConfig | None,
+def workers_problems(
+    workers: int,
     servers: Mapping[str, RemoteAccessConfig],
     connections: Mapping[str, ConnectionConfig],
-    problems: list[Problem],
-) -> None:
+) -> list[Problem]:
     """More than one data-plane worker serves the gateway's TUN and policy-based
     connections only: a route-mode connection's TUN and the ikev2 server's clients are
     still forwarded by the main process alone, so they are refused rather than half
-    served."""
-    if gateway is None or gateway.workers == 1:
-        return
+    served. A reload checks the file against the running daemon's count (a
+    `[gateway]` change needs a restart)."""
+    if workers == 1:
+        return []
     route = [f'connections.{c.name} has mode = "route"' for c in connections.values()
              if c.mode == "route"]  # fmt: skip
     ikev2 = [f"remote_access.{r.name}" for r in servers.values() if r.protocol == "ikev2"]
-    for what, first in (("route-mode connections", route), ("ikev2 remote access", ikev2)):
-        if first:
-            problems.append(
-                Problem(
-                    "gateway.workers",
-                    f"{gateway.workers} workers do not serve {what} yet ({first[0]}); "
-                    "use workers = 1",
-                )
-            )
+    return [
+        Problem(
+            "gateway.workers",
+            f"{workers} workers do not serve {what} yet ({first[0]}); use workers = 1",
+        )
+        for what, first in (("route-mode connections", route), ("ikev2 remote access", ikev2))
+        if first
+    ]
 
 
 def _check_remote_access(
@@ -1655,7 +1654,8 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         if server is not None:
             servers[name] = server
     _check_remote_access(gateway, servers, connections, problems, peers)
-    _check_workers(gateway, servers, connections, problems)
+    if gateway is not None:
+        problems += workers_problems(gateway.workers, servers, connections)
     metrics = None
     if "metrics" in data and (table := _table(data["metrics"], "metrics", problems)) is not None:
         metrics = _metrics(table, problems)

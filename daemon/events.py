@@ -27,6 +27,7 @@ from daemon.metrics import SETUP_ANSWERED, SETUP_INITIATED
 from daemon.peers import IkeSaInfo, apply_dpd_action, resolve, restart_child
 from daemon.reload import replaced
 from daemon.status import status_line
+from daemon.worker_gateway import shadow_event
 from esp.errors import EspConfigError
 from ikev2.errors import IkeError
 from ikev2.events import (
@@ -259,7 +260,9 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         return
     try:
         entry_path_mtu = gateway.path_mtus.get(event.remote[0], DEFAULT_PATH_MTU)
-        entry = entry_from_event(event, entry_path_mtu)
+        # With workers this process keeps a shadow entry, without the real keys.
+        shadow = gateway.workers is not None
+        entry = entry_from_event(shadow_event(event) if shadow else event, entry_path_mtu)
         # A route-mode connection's SA carries its own interface's traffic, not the SPD's.
         entry.interface = gateway.route_links.interface_of(event.child)
         # At a rekey we started, the peer installed the new SA before it answered,

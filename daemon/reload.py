@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from conf import ConfigError
 from conf.ike import ike_connections
-from conf.load import load_config
+from conf.load import load_config, workers_problems
 from conf.model import Config
 from daemon.control import ControlError
 from daemon.ikev2_ra import IkeRaServer, plan_change
@@ -84,6 +84,11 @@ def _reload(gateway: Gateway) -> str:
     old = gateway.config
     if old is None or gateway.endpoint is None:
         raise ControlError("the daemon is not running")
+    if gateway.workers is not None:
+        # The workers keep running as started: the new file must suit them too.
+        problems = workers_problems(gateway.workers.count, new.remote_access, new.connections)
+        if problems:
+            raise ConfigError(problems, str(new.source) if new.source is not None else None)
     if new.gateway != old.gateway:
         log.warning(
             "[gateway] changed: addresses, ports, the TUN and the COOKIE/half-open "

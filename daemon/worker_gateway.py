@@ -16,7 +16,9 @@ successors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -31,7 +33,7 @@ from daemon.worker_pool import WorkerPool
 from daemon.worker_protocol import SaCounters
 from ikev2.endpoint import Endpoint
 from ikev2.errors import IkeError
-from ikev2.events import Address
+from ikev2.events import Address, ChildSaInstalled
 from tun import TunDevice
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,19 @@ def open_worker_sockets(addresses: Sequence[str], nat_port: int, workers: int) -
         fds.close()
         raise
     return fds
+
+
+def shadow_event(event: ChildSaInstalled) -> ChildSaInstalled:
+    """`event` with random keys of the same lengths, for the main process's shadow
+    entry: the real keys go to the owning worker only, so no other process could
+    ever seal under them (one key, one sequence counter: RFC 4106 §3)."""
+    return dataclasses.replace(
+        event,
+        encr_key_in=os.urandom(len(event.encr_key_in)),
+        integ_key_in=os.urandom(len(event.integ_key_in)),
+        encr_key_out=os.urandom(len(event.encr_key_out)),
+        integ_key_out=os.urandom(len(event.integ_key_out)),
+    )
 
 
 def add_queues(tun: TunDevice, fds: WorkerFds, workers: int) -> None:

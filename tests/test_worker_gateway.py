@@ -11,7 +11,13 @@ import pytest
 
 from daemon.childsa import entry_from_event
 from daemon.dataplane import DataPlane
-from daemon.worker_gateway import CounterMirror, replace_lost, status_totals, total_drops
+from daemon.worker_gateway import (
+    CounterMirror,
+    replace_lost,
+    shadow_event,
+    status_totals,
+    total_drops,
+)
 from daemon.worker_pool import WorkerPool, WorkerTotals
 from daemon.worker_protocol import SaCounters
 from esp.sa import LifetimeState
@@ -129,3 +135,24 @@ def test_a_lost_workers_sas_are_rekeyed_and_a_gone_one_is_named(
     assert endpoint.rekeyed == [3, 5]
     assert "CHILD SA #4 not rekeyed" in caplog.text
     assert "data-plane worker 1 lost 3 CHILD SA(s); 2 rekey(s) started" in caplog.text
+
+
+def test_the_shadow_entry_never_holds_the_real_keys() -> None:
+    for suite in ("aes128gcm16", "aes256-sha256"):
+        real, _ = events(suite)
+        shadow = shadow_event(real)
+        for name in ("encr_key_in", "integ_key_in", "encr_key_out", "integ_key_out"):
+            mine, theirs = getattr(shadow, name), getattr(real, name)
+            assert len(mine) == len(theirs)
+            assert not theirs or mine != theirs
+        assert (
+            replace(
+                shadow,
+                encr_key_in=real.encr_key_in,
+                integ_key_in=real.integ_key_in,
+                encr_key_out=real.encr_key_out,
+                integ_key_out=real.integ_key_out,
+            )
+            == real
+        )
+        entry_from_event(shadow)  # a usable entry for status and lifetimes

@@ -26,6 +26,7 @@ from interop_helpers import Case, check_traffic, interop
 from netns import Namespace, SiteToSite, site_to_site, tcp_transfer, wait_for_ping
 
 import testkit.flows
+from daemon.control import ControlClientError
 from testkit.daemon import Daemon, config, start_daemon, wait_until
 
 pytestmark = pytest.mark.netns
@@ -144,6 +145,18 @@ def test_two_workers_each_own_a_pair_and_keep_every_flow_in_order(topo: SiteToSi
 
 def test_a_rekey_keeps_each_pair_in_its_worker(topo: SiteToSite) -> None:
     a, b = _pair(topo)
+    # A reload is checked against the running workers: a file that drops to one
+    # worker and adds a route-mode connection is refused, the pairs stay.
+    text = a.config.read_text()
+    a.config.write_text(
+        text.replace(f"workers = {WORKERS}", "workers = 1")
+        + '\n[connections.vpc]\npeer = "main"\nmode = "route"\n'
+        'inside_address = "198.51.100.253/30"\n'
+    )
+    with pytest.raises(ControlClientError, match=r"gateway\.workers: 2 workers do not serve"):
+        a.command("reload")
+    a.config.write_text(text)
+    assert len(a.sas()) == WORKERS
     before = {sa["unique_id"] for sa in a.sas()}
     a.command("rekey", name="site")
     wait_until(
