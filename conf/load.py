@@ -242,8 +242,10 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
     return convert
 
 
-MAX_WORKERS = 64
-"""Most data-plane workers `[gateway] workers` may ask for."""
+MAX_WORKERS = 16
+"""Most data-plane workers `[gateway] workers` may ask for: each pair of workers has
+a hand-off socket pair, so N workers cost the main process N(N-1) file descriptors
+besides their own (240 at 16, well inside the default limit of 1024)."""
 
 
 def _workers(raw: Any) -> int:

@@ -367,7 +367,19 @@ class Gateway:
             raise GatewayError(
                 f"gateway.workers: no queue of {tun.name} per worker: {exc}"
             ) from exc
-        self.workers = WorkerPool(
+        try:
+            self.workers = self._make_pool(workers, fds, offload, log_level)
+        except OSError as exc:
+            raise GatewayError(f"gateway.workers: cannot start {workers} workers: "
+                               f"{exc.strerror or exc}") from exc  # fmt: skip
+        if self.plane is not None:
+            self.mirror_counters = CounterMirror(self.plane, self.workers)
+        self.workers.start()
+        log.info("%d data-plane workers started (pids %s)", workers,
+                 ", ".join(map(str, self.workers.pids())))  # fmt: skip
+
+    def _make_pool(self, workers: int, fds: WorkerFds, offload: bool, log_level: str) -> WorkerPool:
+        return WorkerPool(
             workers,
             tuns=fds.queues,
             udp=fds.udp,
@@ -380,11 +392,6 @@ class Gateway:
             offload=offload,
             log_level=log_level,
         )
-        if self.plane is not None:
-            self.mirror_counters = CounterMirror(self.plane, self.workers)
-        self.workers.start()
-        log.info("%d data-plane workers started (pids %s)", workers,
-                 ", ".join(map(str, self.workers.pids())))  # fmt: skip
 
     def data_plane_drops(self) -> Counter[str]:
         """Packets the data plane dropped, by reason: this process's, or with workers

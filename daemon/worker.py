@@ -108,7 +108,7 @@ def open_tun(setup: Setup) -> PacketDevice:
     """The worker's TUN queue from its passed file descriptor."""
     if setup.tun_memory:
         return MemoryTun(socket.socket(fileno=setup.tun_fd), setup.tun_name)
-    tun = TunDevice(setup.tun_fd, setup.tun_name, setup.tun_flags)
+    tun = TunDevice.from_fd(setup.tun_fd, setup.tun_name, setup.tun_flags)
     tun.uso_writes = setup.tun_uso
     return tun
 

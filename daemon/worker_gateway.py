@@ -110,8 +110,11 @@ def shadow_event(event: ChildSaInstalled) -> ChildSaInstalled:
 
 def add_queues(tun: TunDevice, fds: WorkerFds, workers: int) -> None:
     """One TUN queue per worker: the TUN itself for worker 0, new queues for the
-    others (the kernel spreads flows over them by hash, so one flow stays in one
-    worker and its packets in order)."""
+    others. The kernel reads a flow out of the queue that last wrote a packet of it
+    (the worker that opened its inbound ESP), else the queue its hash picks
+    (tun_automq_select_queue); a flow changes queue only when that changes (its first
+    answer, a rekey that moves it to another worker's SA, a dead worker's queue
+    detached), and only then can packets still in the old queue come out late."""
     fds.queues = [tun]
     for _ in range(workers - 1):
         fds.queues.append(tun.add_queue())

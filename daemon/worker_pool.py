@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -599,11 +598,3 @@ class WorkerPool:
         worker.answered = reply.request
         self._merge_counters()
         self._answers.set()
-
-
-def worker_count_auto() -> int:
-    """`workers = "auto"`: one per CPU this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except OSError:  # pragma: no cover - every Linux has it
-        return max(1, os.cpu_count() or 1)

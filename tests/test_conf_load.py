@@ -931,14 +931,14 @@ def test_workers_default_to_one_and_take_a_count_or_auto() -> None:
     assert parse_config(config()).gateway.workers == 1
     assert parse_config(config(gateway={"workers": 2})).gateway.workers == 2
     cores = len(os.sched_getaffinity(0))
-    assert parse_config(config(gateway={"workers": "auto"})).gateway.workers == min(cores, 64)
+    assert parse_config(config(gateway={"workers": "auto"})).gateway.workers == min(cores, 16)
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (0, "gateway.workers: 0 is out of range 1..64"),
-        (65, "gateway.workers: 65 is out of range 1..64"),
+        (0, "gateway.workers: 0 is out of range 1..16"),
+        (17, "gateway.workers: 17 is out of range 1..16"),
         ("4", "gateway.workers: expected an integer or \"auto\", got a string ('4')"),
         (True, "gateway.workers: expected an integer, got a boolean (True)"),
     ],
