@@ -108,17 +108,22 @@ def test_an_sa_it_cannot_build_is_refused_with_the_reason() -> None:
     _with_worker(0, body)
 
 
+def _drain(control: socket.socket) -> list[Message]:
+    """Every message the worker sent, until half a second passes without one."""
+    got: list[Message] = []
+    control.settimeout(0.5)
+    while True:
+        try:
+            got.append(decode(control.recv(MAX_MESSAGE)))
+        except TimeoutError:
+            return got
+
+
 def test_acquires_are_limited_per_second() -> None:
     def body(worker: Worker, control: socket.socket) -> None:
         packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
         worker.plane.from_tun([packet] * (ACQUIRES_PER_SECOND + 10))
-        got: list[Message] = []
-        control.settimeout(0.5)
-        while True:
-            try:
-                got.append(decode(control.recv(MAX_MESSAGE)))
-            except TimeoutError:
-                break
+        got = _drain(control)
         assert got == [AcquireNotice(packet)] * ACQUIRES_PER_SECOND
         assert worker.plane.counters["acquires_rate_limited"] == 10
 
@@ -131,13 +136,7 @@ def test_unknown_spi_notices_are_limited_per_second_whatever_their_sources() -> 
     def body(worker: Worker, control: socket.socket) -> None:
         for i in range(UNKNOWN_SPIS_PER_SECOND + 15):
             worker._on_unknown_spi(0x1000 + i, ("198.51.100.1", 4500), (f"203.0.113.{i}", 4500))
-        got: list[Message] = []
-        control.settimeout(0.5)
-        while True:
-            try:
-                got.append(decode(control.recv(MAX_MESSAGE)))
-            except TimeoutError:
-                break
+        got = _drain(control)
         assert len(got) == UNKNOWN_SPIS_PER_SECOND
         assert all(isinstance(m, UnknownSpiNotice) for m in got)
         assert worker.plane.counters["unknown_spi_reports_rate_limited"] == 15
