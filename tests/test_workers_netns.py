@@ -186,6 +186,16 @@ def test_a_killed_worker_is_restarted_and_its_pair_replaced(topo: SiteToSite) ->
         return pids[1] not in (0, victim) and kept in ids and lost not in ids and len(ids) == 2
 
     wait_until(replaced, "worker 1 restarted and its pair rekeyed", timeout=30)
+    # Its pid comes at spawn; it reads its queue once it said it is ready. And B must
+    # send on the new pair: until it has our Delete, its old SA's ESP has no reader.
+    successor = a.status()["workers"][1]["pid"]
+    wait_until(lambda: f"data-plane worker 1 ready (pid {successor})" in _log(a),
+               "the successor ready", timeout=30)  # fmt: skip
+    wait_until(
+        lambda: {sa["spi_out"] for sa in b.sas()} == {sa["spi_in"] for sa in a.sas()},
+        "B on the same pairs as A",
+        timeout=30,
+    )
     assert _workers_of(a) == [0, 1]
     assert a.status()["workers"][0]["pid"] == workers[0]["pid"]
     assert "data-plane worker 1" in _log(a)
