@@ -53,6 +53,7 @@ from daemon.worker_protocol import (
     Message,
     Move,
     ProtocolError,
+    QueueAttached,
     Ready,
     Remove,
     SaCounters,
@@ -159,14 +160,26 @@ class Worker:
         self._notice_second: dict[str, int] = {}
         self._notices: Counter[str] = Counter()
         self._housekeeping: asyncio.TimerHandle | None = None
+        self.reading = False
+        """Whether it reads its file descriptors (`start`, `QueueAttached`)."""
 
     def start(self) -> None:
-        """Read every file descriptor, and tell the main process."""
+        """Read every file descriptor, and tell the main process. A restarted
+        worker, whose queue is still detached, only tells: it reads once the main
+        process answers `QueueAttached`, since a detached queue can be neither read
+        nor written (the kernel answers EBADFD)."""
+        if self.setup.tun_attached:
+            self._read_all()
+        self.control.send(Ready(self.index, os.getpid()))
+
+    def _read_all(self) -> None:
+        if self.reading:
+            return
+        self.reading = True
         self.pump.start(self.loop)
         for sock in self.handoff.values():
             self.loop.add_reader(sock.fileno(), self._read_handoff, sock)
         self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeep)
-        self.control.send(Ready(self.index, os.getpid()))
 
     def stop(self) -> None:
         self.stopped.set()
@@ -198,6 +211,8 @@ class Worker:
             self._answer_counters(message.request)
         elif isinstance(message, Stop):
             self.stop()
+        elif isinstance(message, QueueAttached):
+            self._read_all()
         else:
             log.warning("worker %d: unexpected %s message", self.index, type(message).TYPE)
 

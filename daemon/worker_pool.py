@@ -52,6 +52,7 @@ from daemon.worker_protocol import (
     InstallFailed,
     Message,
     Move,
+    QueueAttached,
     RawSocket,
     Ready,
     Remove,
@@ -248,14 +249,6 @@ class WorkerPool:
     def _spawn(self, worker: _Worker) -> None:
         k = worker.index
         tun = self.tuns[k]
-        if isinstance(tun, TunDevice) and not tun.attached:
-            # Its predecessor's death took the queue out of use (`_lost`).
-            try:
-                tun.attach_queue()
-            except TunError as exc:
-                log.error("data-plane worker %d: cannot attach its TUN queue again: %s", k, exc)
-                self._schedule_restart(worker)
-                return
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         handoff = [HandoffSocket(s.fileno(), j) for (i, j), s in self._handoff.items() if i == k]
         setup = Setup(
@@ -271,6 +264,11 @@ class WorkerPool:
             handoff=tuple(handoff),
             offload=self.offload,
             log_level=self.log_level,
+            # Its predecessor's death took the queue out of use (`_lost`): it goes
+            # back in use when the new process is ready to read it (`_on_ready`),
+            # not during the half second Python takes to start, when the kernel
+            # would steer flows into it for nobody.
+            tun_attached=not isinstance(tun, TunDevice) or tun.attached,
         )
         fds = [child.fileno(), setup.tun_fd, *(u.fd for u in setup.udp)]
         fds += [r.fd for r in setup.raw] + [h.fd for h in setup.handoff]
@@ -566,8 +564,7 @@ class WorkerPool:
             if self.on_acquire is not None:
                 self.on_acquire(message.packet)
         elif isinstance(message, Ready):
-            worker.ready = True
-            log.info("data-plane worker %d ready (pid %d)", worker.index, message.pid)
+            self._on_ready(worker, message)
         elif isinstance(message, InstallFailed):
             log.error("data-plane worker %d refused CHILD SA #%d: %s", worker.index,
                       message.unique_id, message.reason)  # fmt: skip
@@ -576,6 +573,24 @@ class WorkerPool:
         else:
             log.warning("data-plane worker %d sent an unexpected %s message", worker.index,
                         type(message).TYPE)  # fmt: skip
+
+    def _on_ready(self, worker: _Worker, message: Ready) -> None:
+        k = worker.index
+        tun = self.tuns[k]
+        if isinstance(tun, TunDevice) and not tun.attached:
+            try:
+                tun.attach_queue()
+            except TunError as exc:
+                # Without its queue it would take no outbound share: start over.
+                log.error("data-plane worker %d: cannot attach its TUN queue again: %s", k, exc)
+                if worker.channel is not None:
+                    worker.channel.close()
+                self._on_closed(worker)
+                return
+            if worker.channel is not None:
+                worker.channel.send(QueueAttached())
+        worker.ready = True
+        log.info("data-plane worker %d ready (pid %d)", k, message.pid)
 
     def _on_counters(self, worker: _Worker, reply: CountersReply) -> None:
         # A worker answers in order; an answer to an older request still counts

@@ -95,6 +95,9 @@ class Setup:
     offload: bool = True
     """UDP GSO/GRO as the pump uses them."""
     log_level: str = "info"
+    tun_attached: bool = True
+    """False for a restarted worker's queue, which its predecessor's death took out
+    of use: the worker reads nothing until `QueueAttached` (see `Ready`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +150,23 @@ class Stop:
     TYPE: ClassVar[str] = "stop"
 
 
+@dataclass(frozen=True, slots=True)
+class QueueAttached:
+    """The worker's TUN queue is in use again (the answer to a `Ready` whose setup
+    had `tun_attached` False): start reading."""
+
+    TYPE: ClassVar[str] = "queue_attached"
+
+
 # ---- worker -> main ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The worker is reading its file descriptors."""
+    """The worker is reading its file descriptors; or, with a detached TUN queue
+    (`Setup.tun_attached` False), it is set up and will read them all once told
+    `QueueAttached`. Until then its packets wait in the socket buffers and the
+    queue, and the kernel steers no flow into a queue nobody reads."""
 
     TYPE: ClassVar[str] = "ready"
     index: int
@@ -241,6 +255,7 @@ Message = (
     | Move
     | CountersRequest
     | Stop
+    | QueueAttached
     | Ready
     | CountersReply
     | IkeNotice
@@ -257,6 +272,7 @@ _MESSAGES: dict[str, type[Any]] = {
         Move,
         CountersRequest,
         Stop,
+        QueueAttached,
         Ready,
         CountersReply,
         IkeNotice,

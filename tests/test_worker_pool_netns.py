@@ -1,7 +1,7 @@
 """Two data-plane worker processes on the two queues of a real multi-queue TUN in a
 namespace: the kernel spreads a host's flows over both queues, the SA's one owner
 seals them all (the other worker hands its share over), and after a kill -9 the
-restarted worker takes its queue again."""
+restarted worker takes its queue again, once it is ready to read it."""
 
 from __future__ import annotations
 
@@ -49,6 +49,16 @@ async def _scenario(queues: list[TunDevice]) -> None:
         poll_interval=None,
     )
     pool.start()
+    # The queue each spawn leaves behind it: a restarted worker's goes back in use
+    # only when the new process is ready to read it.
+    spawned: list[tuple[int, bool]] = []
+    spawn = pool._spawn
+
+    def recording_spawn(worker: worker_pool._Worker) -> None:
+        spawn(worker)
+        spawned.append((worker.index, queues[worker.index].attached))
+
+    pool._spawn = recording_spawn  # type: ignore[method-assign]
     try:
         await until(pool.ready, "both workers ready")
         # One SA pair, as a peer that is no lockgate negotiates: uid 2 has an even
@@ -97,6 +107,7 @@ async def _scenario(queues: list[TunDevice]) -> None:
         assert not queues[1].attached and queues[0].attached
         await every_flow_arrives(42000)
         await until(lambda: pool.ready() and pool.pids()[1] not in (0, old), "the restart")
+        assert spawned == [(1, False)]  # detached while Python started
         assert queues[1].attached
         await every_flow_arrives(41000)
     finally:
