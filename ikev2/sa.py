@@ -150,11 +150,30 @@ class IkeSa(IkeSaData):
         child = self.children.get(unique_id)
         if child is None:
             raise LocalProtocolError(f"no CHILD SA {unique_id} in IKE SA {self.ike_sa_id}")
+        # Whatever else happens to it, nothing is to take its place: a rekey of ours
+        # not sent yet is dropped, and one under way deletes what it makes
+        # (`CreateChild.followup_done`).
+        child.no_successor = True
+        if child.rekeying and self._drop_queued_rekey(child):
+            child.rekeying = False
         if child.deleting or self.state is not IkeSaState.ESTABLISHED:
             return
         child.deleting, child.delete_reason = True, reason
         self.tm.queue(Exchange(ExchangeType.INFORMATIONAL, [ChildDelete(child, reason)]))
         self.send_next(now)
+
+    def _drop_queued_rekey(self, child: ChildSa) -> bool:
+        """Take a queued (not yet sent) CREATE_CHILD_SA rekeying `child` out of the
+        queue; False if there is none (it is outstanding, or in IKE_FOLLOWUP_KE)."""
+        for exchange in self.tm.pending:
+            if exchange.exchange_type is ExchangeType.CREATE_CHILD_SA and any(
+                isinstance(task, CreateChild) and task.old is child for task in exchange.tasks
+            ):
+                self.tm.pending.remove(exchange)
+                log.info("%s: rekey of CHILD SA %s{%d} dropped: it is being deleted",
+                         self.name, child.config.name, child.unique_id)  # fmt: skip
+                return True
+        return False
 
     def expire_child(self, child: ChildSa, now: float, reason: str) -> None:
         """A hard limit ended a CHILD SA: stop using it at once, then tell the peer.

@@ -181,6 +181,10 @@ class ChildSa:
     """Why we delete it (for its ChildSaDeleted), once `deleting`."""
     rekeying: bool = False
     """Our CREATE_CHILD_SA rekeying it is queued or outstanding."""
+    no_successor: bool = False
+    """We delete it and want nothing in its place (an operator's `down`, a reload):
+    a rekey of ours still under way deletes the SA it makes. Not set when a hard
+    limit ends it, where the rekey's SA is what carries the traffic on."""
     peer_rekey: PeerRekey | None = None
     """Set when the peer rekeyed it; the peer then deletes it (§2.8)."""
     per_resource: bool = False

@@ -136,6 +136,48 @@ def test_additional_child_sas_follow_ike_auth() -> None:
     assert len(pair.requests("a", CREATE)) == 1
 
 
+def test_deleting_a_child_sa_during_its_rekey_deletes_the_new_one_too() -> None:
+    # The operator's `down` while our rekey of the SA is outstanding: the rekey's
+    # answer still makes a new pair, which must go with the old one.
+    pair = up(connection())
+    old_a, old_b = pair.of("a", ChildSaInstalled)[0], pair.of("b", ChildSaInstalled)[0]
+    (sa,) = pair.a.ike_sas()
+    sa.rekey_child(old_a.unique_id, pair.clock)
+    assert sa.tm.outstanding is not None  # the CREATE_CHILD_SA is on its way
+    sa.delete_child(old_a.unique_id, pair.clock)
+    pair.pump()
+    new_a = pair.of("a", ChildSaInstalled)[1]
+    new_b = pair.of("b", ChildSaInstalled)[1]
+    assert new_a.rekey_of == old_a.unique_id and new_b.rekey_of == old_b.unique_id
+    assert not sa.children and not pair.b.ike_sas()[0].children
+    gone_a = {e.unique_id: e.reason for e in pair.of("a", ChildSaDeleted)}
+    operator = "deleted by operator"
+    assert gone_a == {old_a.unique_id: operator, new_a.unique_id: operator}
+    assert {e.unique_id for e in pair.of("b", ChildSaDeleted)} == {
+        old_b.unique_id,
+        new_b.unique_id,
+    }
+    assert not pair.of("a", ChildSaFailed) and not pair.of("b", ChildSaFailed)
+
+
+def test_a_queued_rekey_of_a_deleted_child_sa_is_never_sent() -> None:
+    second = child(name="v6", local="2001:db8:a::/64", remote="2001:db8:b::/64")
+    pair = up(connection(children=(child(), second)))
+    net, v6 = pair.of("a", ChildSaInstalled)[:2]
+    (sa,) = pair.a.ike_sas()
+    sa.rekey_child(net.unique_id, pair.clock)  # outstanding
+    sa.rekey_child(v6.unique_id, pair.clock)  # queued behind it
+    sa.delete_child(v6.unique_id, pair.clock)
+    assert not sa.children[v6.unique_id].rekeying
+    pair.pump()
+    # One CREATE_CHILD_SA of IKE_AUTH's follow-up, one rekey: none for v6.
+    assert len(pair.requests("a", CREATE)) == 2
+    (remaining,) = sa.children.values()
+    assert remaining.config.name == "net" and remaining.unique_id != net.unique_id
+    assert [e.unique_id for e in pair.of("a", ChildSaDeleted)] == [v6.unique_id, net.unique_id]
+    assert len(pair.b.ike_sas()[0].children) == 1
+
+
 def test_rekey_of_an_unknown_child_sa_is_refused() -> None:
     pair = up(connection())
     (sa,) = pair.a.ike_sas()

@@ -311,6 +311,15 @@ class CreateChild(Task):
                 # RFC 9611: we asked for this one, so we ask for the group's next.
                 sa.request_resource_sa(new)
             return
+        if old.no_successor:
+            # We deleted the SA being rekeyed while our rekey was under way (an
+            # operator's `down`, a reload): its successor goes too, by a Delete of its
+            # own (§1.4.1), or it would stay up on both sides.
+            log.info("%s: %s: deleting the new SA too, since the old one is deleted",
+                     sa.name, self.what)  # fmt: skip
+            sa.delete_child(new.unique_id, sa.now, old.delete_reason or "deleted by operator")
+            forget_answers_for(sa, old)
+            return
         ours = min(self.nonce_i, answer.nonce_r)
         theirs = old.peer_rekey
         if theirs is not None and ours < theirs.lowest_nonce:
