@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
-from bench.measure import iperf, prioritize
+from bench.measure import FIFO_PRIORITY, iperf, prioritize
 from bench.tunnels import SwanPair
 from daemon.lab.netns import Lab, Namespace, Process, SiteToSite, build_site_to_site, wait_for_ping
 from testkit.strongswan import grow_udp_buffers
@@ -106,6 +106,9 @@ VARIANTS: dict[str, Callable[[Setup], Setup]] = {
     "priority": lambda s: replace(s, priority=True),
     "nice-charon": lambda s: replace(s, wrap={"charon": NICE}),
     "nice-all": lambda s: replace(s, wrap={"charon": NICE, "iperf": NICE}),
+    # Every charon thread under SCHED_FIFO (threads inherit it from `chrt`), as
+    # `bench.throughput` runs its baseline.
+    "fifo-charon": lambda s: replace(s, wrap={"charon": ("chrt", "-f", str(FIFO_PRIORITY))}),
 }
 """One factor changed each against "plain"."""
 

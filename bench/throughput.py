@@ -2,6 +2,7 @@
 
     python -m bench.throughput [--repeat 3] [--duration 3] [--json FILE] [--png FILE]
                                [--control-plane] [--sa-counts 100,1000] [--scrape]
+                               [--sched-fifo strongswan|all|none]
 
 It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
 one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
@@ -24,25 +25,30 @@ bounded (iperf3 durations and timeouts), every process is stopped by PID and eve
 namespace removed at the end, also on Ctrl-C or SIGTERM. Not a test: nothing here
 asserts a figure. Root, iperf3 and strongSwan (charon, swanctl) are needed.
 
-The strongSwan baseline, and what each factor costs it (`python -m bench.swan_plain`
-measures a plainly configured pair beside this one, interleaved; TCP x1,
-aes128gcm16, medians of 3-4 rounds on the 2-core lab machine):
+The strongSwan baseline is strongSwan at its best here: charon's threads run under
+SCHED_FIFO (`bench.measure.realtime`; `--sched-fifo none` measures without it, `all`
+puts lockgate's daemons there too), and lockgate runs as its systemd unit runs it,
+under the normal scheduler. What each factor costs the baseline
+(`python -m bench.swan_plain` measures a plainly configured pair beside this one,
+interleaved; TCP x1, aes128gcm16, on the 2-core lab machine):
 
-- Other work on the machine is what costs most. A pair needs both cores (two charons
-  at up to 90% each, plus iperf3), and with `kernel.sched_autogroup_enabled` every
-  session is a scheduling group that gets an equal share whatever its processes'
-  nice values. While other users' tests kept both cores busy, the plain pair gave
-  106-122 Mbit/s and this bench's 130-150 (and `nice -n -20` changed nothing);
-  with the measured processes' groups at nice -10 (`bench.measure.prioritize`, done
-  for every row's daemons and iperf3 alike) 172 and 236-253; run under SCHED_FIFO,
-  as a stand-in for an idle machine, 351 and 366. charon's ESP path hands each
-  packet across three threads per direction, so waiting for a core costs it at
-  every hop. This bench, three runs each way, alternated, load 2.6-8.8: strongSwan ↔
-  strongSwan aes128gcm16 TCP x1 95-156 Mbit/s before, 208-214 after; lockgate ↔
-  lockgate 256-384 before, 527-566 after. Before, the ratio between them moved
-  with the load (1.6x-4.0x), since the load cut strongSwan's rate more; after, it
-  stayed at 2.5x-2.7x. On a busy machine the figures are still low: compare rows
-  of one run, and read its load.
+- The scheduler is what costs most. charon's ESP path hands each packet across three
+  threads per direction, and under CFS every hand-off waits for a core behind iperf3
+  and the other charon. Two runs of this bench one after the other on a quiet
+  machine (`--repeat 3`): strongSwan ↔ strongSwan aes128gcm16 gave 170 / 164 Mbit/s
+  (TCP x1 / x4) under CFS and 407 / 422 with charon under SCHED_FIFO (other runs
+  that hour: 468-522); lockgate ↔ lockgate 714 / 695 and 804 / 924, in both runs
+  under CFS (with its daemons under SCHED_FIFO too, 760-910 in other runs: no clear
+  gain for one thread per gateway). So lockgate ↔ lockgate went from 4.2x to 2.0x /
+  2.2x of the baseline, and lockgate ↔ strongSwan from 1.4x to 0.8x / 0.7x, where
+  charon answering on gateway B is the side at 95% CPU.
+- Other work on the machine: with `kernel.sched_autogroup_enabled` every session is
+  a scheduling group that gets an equal share whatever its processes' nice values,
+  so the measured processes' groups go to nice -10 (`bench.measure.prioritize`,
+  every row's daemons and iperf3 alike). Before that, while other users' tests kept
+  both cores busy, the plain pair gave 106-122 Mbit/s and the ratio between the
+  paths moved with the load. On a busy machine the figures are still low: compare
+  rows of one run, and read its load.
 - The crypto plugin: AES-GCM from `openssl` (used here); from the portable `aes`
   and `gcm` plugins 17 Mbit/s instead of 100; `aesni` first: no gain.
 - charon's UDP socket buffers at 4 MiB instead of 208 KiB: retransmits 2,945 → 12 in
@@ -80,6 +86,7 @@ from bench.measure import (
     PingResult,
     idle_ping,
     iperf,
+    realtime,
     reassembly_requests,
 )
 from bench.tunnels import CASES, Tunnel, TunnelError
@@ -161,6 +168,17 @@ class Options:
     suites: tuple[str, ...]
     cases: tuple[str, ...]
     ping_count: int
+    fifo: str = "strongswan"
+    """Whose daemons run under SCHED_FIFO (`bench.measure.realtime`): "strongswan"
+    (the baseline at its best, lockgate as its systemd unit runs it), "all" or
+    "none"."""
+
+
+FIFO_SAYS = {
+    "strongswan": "charon's threads (lockgate as its unit runs it)",
+    "all": "every daemon's threads",
+    "none": "nothing",
+}
 
 
 def forget_path_mtus(topo: SiteToSite) -> None:
@@ -185,7 +203,17 @@ def measure_row(tunnel: Tunnel, row: Row, opts: Options) -> None:
         tunnel.start()
         row.framing = tunnel.framing()
         pids = tunnel.daemons()
+        charons = set(tunnel.charons())
+        fifo = [
+            pid
+            for pid in pids.values()
+            if opts.fifo == "all" or (opts.fifo == "strongswan" and pid in charons)
+        ]
         for _ in range(opts.repeat):
+            # Again before each repetition: the threads a daemon started meanwhile.
+            for pid in fifo:
+                if not realtime(pid):
+                    say(f"    SCHED_FIFO refused for pid {pid}: this row is not at its best")
             try:
                 row.pings.append(idle_ping(topo.host_a, dest, count=opts.ping_count))
             except MeasureError as exc:
@@ -421,6 +449,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--control-plane", action="store_true", help="also IKE setup rates")
     parser.add_argument("--from-json", type=Path, help="print (and --png) a saved run again")
     parser.add_argument("--sa-counts", default="100,1000", help="SAs initiated at once (100,1000)")
+    parser.add_argument(
+        "--sched-fifo",
+        choices=("strongswan", "all", "none"),
+        default="strongswan",
+        help="whose daemons run under SCHED_FIFO: strongswan (the default: charon at its "
+        "best here, lockgate as its unit runs it), all, or none",
+    )
     args = parser.parse_args(argv)
     cases = tuple(c for c in args.cases.split(",") if c)
     if args.scrape:
@@ -437,6 +472,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
         suites=tuple(s for s in args.suites.split(",") if s),
         cases=cases,
         ping_count=args.ping_count,
+        fifo=args.sched_fifo,
     )
     return args, opts
 
@@ -457,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _terminate_as_interrupt():
             say(f"Data plane: {', '.join(opts.cases)}; suites {', '.join(opts.suites)}; "
-                f"{opts.repeat} x {opts.duration:g}s per measurement")  # fmt: skip
+                f"{opts.repeat} x {opts.duration:g}s per measurement; SCHED_FIFO: "
+                f"{FIFO_SAYS[opts.fifo]}")  # fmt: skip
             topo = build_site_to_site(lab)
             rows = run_data_plane(topo, opts)
             if args.control_plane:

@@ -70,6 +70,10 @@ class Tunnel(ABC):
         """PIDs of the processes doing the ESP work, by role ("A", "B")."""
         return {}
 
+    def charons(self) -> list[int]:
+        """The PIDs in `daemons` that are strongSwan's (the others are lockgate's)."""
+        return []
+
     def framing(self) -> str:
         """How ESP travels on the WAN ("udp", "esp", or "" without a tunnel)."""
         return ""
@@ -139,25 +143,28 @@ class SwanPair(Tunnel):
 
     def __init__(self, topo: SiteToSite, suite: str | None) -> None:
         super().__init__(topo, suite)
-        self.charons: dict[str, Charon] = {}
+        self.charon_by_side: dict[str, Charon] = {}
 
     def start(self) -> None:
         suite = self.suite or "aes128gcm16"
-        self.charons["B"] = start_charon(self.topo, self.topo.gw_b, "B", suite)
-        self.charons["A"] = start_charon(self.topo, self.topo.gw_a, "A", suite)
+        self.charon_by_side["B"] = start_charon(self.topo, self.topo.gw_b, "B", suite)
+        self.charon_by_side["A"] = start_charon(self.topo, self.topo.gw_a, "A", suite)
         try:
-            self.charons["A"].initiate("bench", ike="s2s", timeout=ESTABLISH_TIMEOUT)
-            self.charons["B"].wait_for_child("bench", timeout=ESTABLISH_TIMEOUT)
+            self.charon_by_side["A"].initiate("bench", ike="s2s", timeout=ESTABLISH_TIMEOUT)
+            self.charon_by_side["B"].wait_for_child("bench", timeout=ESTABLISH_TIMEOUT)
         except HarnessError as exc:
             raise TunnelError(f"{self.label}: {str(exc)[-3000:]}") from None
         self.wait_for_traffic()
 
     def stop(self) -> None:
-        for charon in self.charons.values():
+        for charon in self.charon_by_side.values():
             charon.stop()
 
     def daemons(self) -> dict[str, int]:
-        return {side: charon.pid() for side, charon in self.charons.items()}
+        return {side: charon.pid() for side, charon in self.charon_by_side.items()}
+
+    def charons(self) -> list[int]:
+        return list(self.daemons().values())
 
     def framing(self) -> str:
         return "udp"  # kernel-libipsec always encapsulates (see reference/strongswan.md)
@@ -340,6 +347,10 @@ class LockgateSwan(Tunnel):
         if self.charon is not None and self.charon.process is not None:
             out["B"] = self.charon.pid()
         return out
+
+    def charons(self) -> list[int]:
+        charon = self.charon
+        return [charon.pid()] if charon is not None and charon.process is not None else []
 
     def framing(self) -> str:
         return self._framing
