@@ -19,7 +19,7 @@ from typing import Protocol, Self
 
 from ikev2.constants import ExchangeType
 from ikev2.events import REASON_REKEYED, IkeSaRekeyed
-from ikev2.sa_types import ChildSa, IkeSaState, PeerIkeRekey
+from ikev2.sa_types import ChildSa, IkeSaState, PeerIkeRekey, ResourceRetry
 from ikev2.tasks.base import Exchange, TaskSa
 from ikev2.tasks.child_delete import ChildDelete
 from ikev2.tasks.child_rekey import CreateChild
@@ -46,6 +46,7 @@ class HandoverSa(TaskSa, Protocol):
     expire_at: float | None
     ike_rekey_at: float | None
     keepalive_at: float | None
+    resource_retries: list[ResourceRetry]
 
     def changed(self) -> None: ...
     def send_next(self, now: float) -> None: ...
@@ -68,6 +69,10 @@ def hand_over(old: HandoverSa, new: HandoverSa) -> None:
     new.silent = False
     new.rekeyed_from = None
     new.children, old.children = old.children, {}
+    # Per-resource CHILD SAs the peer refused for now (TEMPORARY_FAILURE, as during
+    # this very rekey) are asked for again on the new IKE SA.
+    new.resource_retries += old.resource_retries
+    old.resource_retries = []
     # Our CHILD SA exchanges still queued here (a Delete after a CHILD rekey, a
     # rekey) go out on the new IKE SA; anything else about this SA is moot.
     carried = [

@@ -59,7 +59,7 @@ from ikev2.sa_intake import (
     open_message,
     resend_for_fragment,
 )
-from ikev2.sa_types import ChildSa, IkeDropReason, IkeSaState, PeerIkeRekey
+from ikev2.sa_types import ChildSa, IkeDropReason, IkeSaState, PeerIkeRekey, ResourceRetry
 from ikev2.task_manager import GiveUp, RequestKind
 from ikev2.tasks import (
     AnswerCreateChild,
@@ -86,6 +86,7 @@ from ikev2.tasks import (
 )
 from ikev2.tasks.followup_ke import expire_followups
 from ikev2.tasks.resources import used_indexes
+from ikev2.ts import TrafficSelector
 
 log = logging.getLogger(__name__)
 
@@ -310,14 +311,23 @@ class IkeSa(IkeSaData):
         without one. Called once each SA of the group that we asked for is installed,
         so the requests go one at a time, until every worker has one or the peer
         answers TS_MAX_QUEUE (which ends the group quietly)."""
+        self._ask_resource_sa(like.config, (like.local_ts, like.remote_ts))
+
+    def retry_resource_sa(self, retry: ResourceRetry) -> None:
+        """Ask for that per-resource CHILD SA again at `retry.at` (`handle_timer`)."""
+        self.resource_retries.append(retry)
+        self.changed()
+
+    def _ask_resource_sa(
+        self,
+        config: ChildConfig,
+        selectors: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]],
+    ) -> None:
         if self.state is not IkeSaState.ESTABLISHED:
             return
-        if len(used_indexes(self, like.config)) >= self.resources:
+        if len(used_indexes(self, config)) >= self.resources:
             return
-        selectors = (like.local_ts, like.remote_ts)
-        self.tm.queue(
-            Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(like.config, like=selectors)])
-        )
+        self.tm.queue(Exchange(ExchangeType.CREATE_CHILD_SA, [CreateChild(config, like=selectors)]))
         self.changed()
 
     def create_child(self, config: ChildConfig, now: float) -> None:
@@ -765,6 +775,12 @@ class IkeSa(IkeSaData):
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at:
             self.ike_rekey_at = None
             self.rekey_ike(now)
+        if self.resource_retries and any(now >= r.at for r in self.resource_retries):
+            due = [r for r in self.resource_retries if now >= r.at]
+            self.resource_retries = [r for r in self.resource_retries if now < r.at]
+            for retry in due:
+                self._ask_resource_sa(retry.config, (retry.local_ts, retry.remote_ts))
+            self.send_next(now)
         for child in list(self.children.values()):
             if child.deleting:
                 continue

@@ -43,6 +43,7 @@ from ikev2.sa_types import (
     IkeSaState,
     Intermediate,
     PeerIkeRekey,
+    ResourceRetry,
 )
 from ikev2.task_manager import RetransmitPolicy, TaskManager
 from ikev2.tasks.base import Exchange, FollowupAnswer, Task
@@ -154,6 +155,7 @@ class IkeSaData:
         "rekeyed_from",
         "rekeyed_into",
         "remote",
+        "resource_retries",
         "rng",
         "send_initial_contact",
         "silent",
@@ -316,6 +318,8 @@ class IkeSaData:
         self.spawned: list[Self] = []
         """IKE SAs our rekey exchanges created (the endpoint routes their SPIs)."""
         self.peer_ike_rekey: PeerIkeRekey[Self] | None = None
+        self.resource_retries: list[ResourceRetry] = []
+        """Per-resource CHILD SAs to ask for again, each at its time (RFC 9611)."""
         self.followups: dict[bytes, FollowupAnswer] = {}
         """Responder: CREATE_CHILD_SAs whose IKE_FOLLOWUP_KE exchanges are under way,
         by the link of their next one (RFC 9370 §2.2.4)."""
@@ -475,6 +479,9 @@ class IkeSaData:
         for answer in self.followups.values():
             if due is None or answer.expires_at < due:
                 due = answer.expires_at
+        for retry in self.resource_retries:
+            if due is None or retry.at < due:
+                due = retry.at
         for c in self.children.values():
             if not c.deleting:
                 if due is None or c.expire_at < due:

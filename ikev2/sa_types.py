@@ -131,6 +131,18 @@ class Datagram(NamedTuple):
 
 
 @dataclass(frozen=True)
+class ResourceRetry:
+    """One more CHILD SA of a per-resource group (RFC 9611) to ask for again at `at`:
+    the peer answered TEMPORARY_FAILURE (RFC 7296 §2.25), as it does while an IKE
+    rekey is under way."""
+
+    at: float
+    config: ChildConfig
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+
+
+@dataclass(frozen=True)
 class PeerRekey:
     """A rekey of one of our CHILD SAs that the peer started and we answered (§2.8.1)."""
 

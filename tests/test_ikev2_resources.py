@@ -19,12 +19,12 @@ import pytest
 from ikev2.codec import Message, Notify
 from ikev2.constants import ExchangeType, NotifyType
 from ikev2.endpoint import EndpointConfig
-from ikev2.errors import LocalProtocolError
+from ikev2.errors import LocalProtocolError, TemporaryFailure
 from ikev2.events import ChildSaDeleted, ChildSaFailed, ChildSaInstalled
 from ikev2.sa import IkeSa
 from ikev2.sa_types import ChildSa
 from ikev2.tasks.base import Exchange, TaskSa
-from ikev2.tasks.child_rekey import CreateChild
+from ikev2.tasks.child_rekey import REKEY_RETRY_AFTER, AnswerCreateChild, CreateChild
 from ikev2.tasks.resources import inbound_spi
 from testkit.ikev2_pair import Pair, child, connection, mirrored
 
@@ -151,6 +151,55 @@ def test_ts_max_queue_ends_the_group_quietly(caplog: pytest.LogCaptureFixture) -
     assert "TS_MAX_QUEUE" in caplog.text and "2 of 3 workers" in caplog.text
     pair.advance(60.0)
     assert len(pair.requests("a", CREATE)) == 2
+
+
+def _refuse_first_create_child(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """b answers the first CREATE_CHILD_SA with TEMPORARY_FAILURE (RFC 7296 §2.25),
+    as it would while an IKE rekey is under way."""
+    refused: list[bool] = []
+    original = AnswerCreateChild._process
+
+    def once(self: AnswerCreateChild, sa: TaskSa, message: Message) -> None:
+        if not refused:
+            refused.append(True)
+            raise TemporaryFailure("busy for now")
+        original(self, sa, message)
+
+    monkeypatch.setattr(AnswerCreateChild, "_process", once)
+    return refused
+
+
+def test_a_temporary_failure_asks_for_the_sa_again_later(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ikev2")
+    refused = _refuse_first_create_child(monkeypatch)
+    pair = _up(2, 2)
+    assert refused and len(_installed(pair, "a")) == 1  # short for now
+    assert "TEMPORARY_FAILURE" in caplog.text and "1 of 2 workers" in caplog.text
+    assert not pair.of("a", ChildSaFailed)
+    pair.advance(REKEY_RETRY_AFTER * 1.5 + 1.0)  # the latest a randomised retry comes
+    assert len(pair.requests("a", CREATE)) == 2
+    for side in ("a", "b"):
+        assert sorted(e.spi_in % 2 for e in _installed(pair, side)) == [0, 1]
+    pair.advance(60.0)
+    assert len(pair.requests("a", CREATE)) == 2  # complete: nothing more asked
+
+
+def test_a_retry_pending_at_an_ike_rekey_goes_on_the_new_ike_sa(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _refuse_first_create_child(monkeypatch)
+    pair = _up(2, 2)
+    old = _only_sa(pair, "a")
+    assert len(old.resource_retries) == 1
+    old.rekey_ike(pair.clock)
+    pair.pump()
+    new = _only_sa(pair, "a")
+    assert new is not old and new.resource_retries and not old.resource_retries
+    pair.advance(REKEY_RETRY_AFTER * 1.5 + 1.0)
+    assert sorted(e.spi_in % 2 for e in _live(pair, "a")) == [0, 1]
+    assert len(new.children) == 2
 
 
 def test_the_side_that_asks_stops_at_its_own_worker_count() -> None:

@@ -28,7 +28,7 @@ from ikev2.crypto.registry import IkeSuite
 from ikev2.crypto.rng import RandomSource
 from ikev2.events import Address, Event
 from ikev2.identity import Identity
-from ikev2.sa_types import ChildSa, Intermediate, PeerIkeRekey
+from ikev2.sa_types import ChildSa, Intermediate, PeerIkeRekey, ResourceRetry
 from ikev2.task_manager import TaskManager
 
 
@@ -250,6 +250,7 @@ class TaskSa(Protocol):
     def remove_child(self, child: ChildSa, reason: str) -> None: ...
     def peer_deleted_before_known(self, spi_out: int) -> None: ...
     def request_resource_sa(self, like: ChildSa) -> None: ...
+    def retry_resource_sa(self, retry: ResourceRetry) -> None: ...
     def gone(self, reason: str, *, by_peer: bool) -> None: ...
 
     # --- IKE rekey (ikev2.tasks.ike_rekey; the handover is ikev2.ike_handover) ----------

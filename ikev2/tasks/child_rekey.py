@@ -49,7 +49,7 @@ from ikev2.proposals import (
     sa_payload,
     select_proposal,
 )
-from ikev2.sa_types import ChildSa, PeerRekey
+from ikev2.sa_types import ChildSa, PeerRekey, ResourceRetry
 from ikev2.tasks.base import Exchange, FollowupAnswer, Task, TaskSa
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
 from ikev2.tasks.followup_ke import (
@@ -170,6 +170,19 @@ class CreateChild(Task):
             # failure event: the connection is up, and the core does not retry.
             notify = getattr(exc, "peer_notify", None) or exc.notify
             count = len(used_indexes(sa, self.config, self.like))
+            if notify == NotifyType.TEMPORARY_FAILURE:
+                # §2.25: the peer could not now (an IKE rekey under way, say): ask
+                # again later, randomised so that crossing retries diverge.
+                jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
+                delay = REKEY_RETRY_AFTER * (0.5 + jitter)
+                local_ts, remote_ts = self.like
+                sa.retry_resource_sa(
+                    ResourceRetry(sa.now + delay, self.config, local_ts, remote_ts)
+                )
+                log.info("%s: %s: the peer answered TEMPORARY_FAILURE; again in %.0f s (%d of "
+                         "%d workers have one)", sa.name, self.what, delay, count,
+                         sa.resources)  # fmt: skip
+                return
             if notify == NotifyType.TS_MAX_QUEUE:
                 log.info(
                     "%s: peer takes no more per-resource CHILD SAs %s (TS_MAX_QUEUE): "

@@ -13,7 +13,8 @@ choice of worker (its *index*):
 With more than one resource every exchange that creates (not rekeys) a CHILD SA
 carries SA_RESOURCE_INFO; when both sides sent it, the SA is one of a per-resource
 group, and the side that asked for the first asks for more with the same selectors
-until each index has one or the peer answers TS_MAX_QUEUE. With one resource nothing
+until each index has one or the peer answers TS_MAX_QUEUE (a TEMPORARY_FAILURE asks
+again a little later, RFC 7296 §2.25). With one resource nothing
 here changes what goes on the wire, and SPIs are drawn exactly as before.
 """
 
