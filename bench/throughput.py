@@ -281,8 +281,9 @@ def _ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.2f}x"
 
 
-def table(rows: Sequence[Row]) -> str:
-    """The comparison table: medians per tunnel and suite, then the ratios."""
+def table(rows: Sequence[Row], fifo: str | None = None) -> str:
+    """The comparison table: medians per tunnel and suite, then the ratios; `fifo`
+    (`Options.fifo`, None when unknown) says whose daemons ran under SCHED_FIFO."""
     baseline_rtt = next((r.rtt() for r in rows if r.case == "none"), None)
     head = (
         f"{'path':<24} {'suite':<17} {'wire':<4} {'TCP x1':>8} {'TCP x4':>8} "
@@ -324,6 +325,8 @@ def table(rows: Sequence[Row]) -> str:
             "",
             "Ratios against strongSwan ↔ strongSwan (same suite; >1 means lockgate is ahead)",
         ]
+        if fifo is not None:
+            lines.append(f"SCHED_FIFO: {FIFO_SAYS[fifo]}")
         lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
         lines += against
     lines += scrape_ratios(by_key)
@@ -388,7 +391,8 @@ def replay(path: Path, png: Path | None) -> int:
     """Print the tables of a saved run again, and draw its chart."""
     data = json.loads(path.read_text())
     rows = rows_from_json(data)
-    say(table(rows))
+    fifo = data.get("options", {}).get("fifo")
+    say(table(rows, fifo if fifo in FIFO_SAYS else None))
     control = [setup_rate.SetupResult(**_fields(r)) for r in data.get("control_plane", [])]
     if control:
         say()
@@ -512,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
     say()
-    say(table(rows))
+    say(table(rows, opts.fifo))
     if control:
         say()
         say(setup_rate.report(control))
