@@ -166,8 +166,9 @@ class CreateChild(Task):
     def followup_failed(self, sa: TaskSa, exc: IkeError) -> None:
         """The exchange failed (in CREATE_CHILD_SA or one of its IKE_FOLLOWUP_KE rounds)."""
         if self.like is not None:
-            # RFC 9611: the group ends here; the SAs it has carry the traffic. No
-            # failure event: the connection is up, and the core does not retry.
+            # RFC 9611: no failure event, since the connection is up and the SAs the
+            # group has carry the traffic. A TEMPORARY_FAILURE is asked again later;
+            # anything else ends the group here.
             notify = getattr(exc, "peer_notify", None) or exc.notify
             count = len(used_indexes(sa, self.config, self.like))
             if notify == NotifyType.TEMPORARY_FAILURE:
