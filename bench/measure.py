@@ -155,7 +155,7 @@ def realtime(pid: int, priority: int = FIFO_PRIORITY) -> int:
     direction (kernel-libipsec's TUN reader, its processing queue, the socket
     sender), and with CFS each hand-off waited for a core behind iperf3 and the
     other charon: on this 2-core machine a pair ran at 160-180 Mbit/s of TCP under
-    CFS and at 520 under SCHED_FIFO. Threads the process starts later inherit the
+    CFS and at 360-520 under SCHED_FIFO. Threads the process starts later inherit the
     policy from the thread that starts them. The kernel's real-time throttling
     (sched_rt_runtime_us, 95% by default) keeps a spinning thread from locking the
     machine up.
