@@ -270,3 +270,10 @@ class TaskSa(Protocol):
     def crossing_ike_rekey(self, new: Self, lowest_nonce: bytes) -> None: ...
     def ike_rekey_failed(self) -> bool: ...
     def retry_ike_rekey_at(self, when: float) -> None: ...
+
+
+def retry_delay(sa: TaskSa, base: float) -> float:
+    """How long to wait before trying a failed exchange again: `base` times a random
+    0.5-1.5. RFC 7296 §2.25: never at once, and randomised, so that two peers whose
+    requests crossed do not cross again."""
+    return base * (0.5 + int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0)

@@ -50,7 +50,7 @@ from ikev2.proposals import (
     select_proposal,
 )
 from ikev2.sa_types import ChildSa, PeerRekey, ResourceRetry
-from ikev2.tasks.base import Exchange, FollowupAnswer, Task, TaskSa
+from ikev2.tasks.base import Exchange, FollowupAnswer, Task, TaskSa, retry_delay
 from ikev2.tasks.child_create import from_wire, install_child, to_wire
 from ikev2.tasks.followup_ke import (
     FOLLOWUP_TIMEOUT,
@@ -172,10 +172,8 @@ class CreateChild(Task):
             notify = getattr(exc, "peer_notify", None) or exc.notify
             count = len(used_indexes(sa, self.config, self.like))
             if notify == NotifyType.TEMPORARY_FAILURE:
-                # §2.25: the peer could not now (an IKE rekey under way, say): ask
-                # again later, randomised so that crossing retries diverge.
-                jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
-                delay = REKEY_RETRY_AFTER * (0.5 + jitter)
+                # §2.25: the peer could not now (an IKE rekey under way, say).
+                delay = retry_delay(sa, REKEY_RETRY_AFTER)
                 local_ts, remote_ts = self.like
                 sa.retry_resource_sa(
                     ResourceRetry(sa.now + delay, self.config, local_ts, remote_ts)
@@ -219,9 +217,7 @@ class CreateChild(Task):
         sa.emit(ChildSaFailed(sa.config.name, self.config.name, sa.ike_sa_id, str(exc), notify))
         if self.old is not None:
             self.old.rekeying = False
-            # §2.25: never retry at once; randomised, so crossing retries diverge.
-            jitter = int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0
-            self.old.rekey_at = sa.now + REKEY_RETRY_AFTER * (0.5 + jitter)
+            self.old.rekey_at = sa.now + retry_delay(sa, REKEY_RETRY_AFTER)
 
     def _process_response(self, sa: TaskSa, message: Message) -> None:
         wanted = wanted_group(message, self.group, self.offered)

@@ -53,7 +53,7 @@ from ikev2.proposals import (
     sa_payload,
     select_proposal,
 )
-from ikev2.tasks.base import Exchange, FollowupAnswer, Task, TaskSa
+from ikev2.tasks.base import Exchange, FollowupAnswer, Task, TaskSa, retry_delay
 from ikev2.tasks.followup_ke import (
     FOLLOWUP_TIMEOUT,
     IkeFollowupKe,
@@ -178,8 +178,7 @@ class IkeRekey(Task):
         if sa.ike_rekey_failed():
             log.info("%s: our IKE rekey failed (%s); the peer's took over", sa.name, exc)
             return
-        # Randomised, so two peers whose rekeys crossed do not collide again.
-        delay = RETRY_AFTER * (0.5 + int.from_bytes(sa.rng.token_bytes(2), "big") / 65536.0)
+        delay = retry_delay(sa, RETRY_AFTER)
         log.warning(
             "%s: rekeying the IKE SA failed (%s); trying again in %.0f s",
             sa.name,
