@@ -775,11 +775,11 @@ class IkeSa(IkeSaData):
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at:
             self.ike_rekey_at = None
             self.rekey_ike(now)
-        if self.resource_retries and any(now >= r.at for r in self.resource_retries):
-            due = [r for r in self.resource_retries if now >= r.at]
+        due = [r for r in self.resource_retries if now >= r.at]
+        if due:
             self.resource_retries = [r for r in self.resource_retries if now < r.at]
             for retry in due:
-                self._ask_resource_sa(retry.config, (retry.local_ts, retry.remote_ts))
+                self._ask_resource_sa(retry.config, retry.like)
             self.send_next(now)
         for child in list(self.children.values()):
             if child.deleting:

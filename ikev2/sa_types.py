@@ -138,8 +138,8 @@ class ResourceRetry:
 
     at: float
     config: ChildConfig
-    local_ts: tuple[TrafficSelector, ...]
-    remote_ts: tuple[TrafficSelector, ...]
+    like: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]
+    """The group's (local, remote) selectors, as `CreateChild(like=...)` takes them."""
 
 
 @dataclass(frozen=True)

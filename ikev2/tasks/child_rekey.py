@@ -174,10 +174,7 @@ class CreateChild(Task):
             if notify == NotifyType.TEMPORARY_FAILURE:
                 # §2.25: the peer could not now (an IKE rekey under way, say).
                 delay = retry_delay(sa, REKEY_RETRY_AFTER)
-                local_ts, remote_ts = self.like
-                sa.retry_resource_sa(
-                    ResourceRetry(sa.now + delay, self.config, local_ts, remote_ts)
-                )
+                sa.retry_resource_sa(ResourceRetry(sa.now + delay, self.config, self.like))
                 log.info("%s: %s: the peer answered TEMPORARY_FAILURE; again in %.0f s (%d of "
                          "%d workers have one)", sa.name, self.what, delay, count,
                          sa.resources)  # fmt: skip
