@@ -275,6 +275,24 @@ def ping_summary(text: str) -> tuple[int, int, float | None, float | None]:
     return sent, received, float(rtt.group(2)), float(rtt.group(3))
 
 
+def udp_receive_overflows(ns: Namespace) -> int:
+    """UDP datagrams the namespace's stack dropped because the receiving socket's
+    buffer was full (IPv4 `RcvbufErrors` plus `Udp6RcvbufErrors`; the counters are per
+    namespace)."""
+    out = ns.run("cat", "/proc/net/snmp", "/proc/net/snmp6").stdout
+    total = 0
+    lines = out.splitlines()
+    for header, values in itertools.pairwise(lines):
+        if header.startswith("Udp: ") and values.startswith("Udp: "):
+            fields = dict(zip(header.split()[1:], values.split()[1:], strict=False))
+            total += int(fields.get("RcvbufErrors", "0"))
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == "Udp6RcvbufErrors":
+            total += int(value.strip() or "0")
+    return total
+
+
 def reassembly_requests(ns: Namespace) -> int:
     """IP fragments the namespace's stack was handed to reassemble (IPv4 `ReasmReqds`
     plus IPv6 `Ip6ReasmReqds`). On a gateway these are outer fragments: an ESP

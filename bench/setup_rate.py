@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.measure import cpu_meter, resident_kib
+from bench.measure import cpu_meter, resident_kib, udp_receive_overflows
 from bench.tunnels import PSK, Lockgate, TunnelError
 from daemon.control import ControlClientError, request
 from daemon.lab.netns import HarnessError, Lab, SiteToSite, build_site_to_site
@@ -114,16 +114,8 @@ def _timeout(count: int) -> float:
 
 
 def _rcvbuf_errors(topo: SiteToSite) -> int:
-    """UDP RcvbufErrors of both gateways' namespaces (/proc/net/snmp is per netns)."""
-    total = 0
-    for ns in (topo.gw_a, topo.gw_b):
-        lines = [
-            line.split() for line in ns.run("cat", "/proc/net/snmp").stdout.splitlines()
-            if line.startswith("Udp:")
-        ]  # fmt: skip
-        if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
-            total += int(lines[1][lines[0].index("RcvbufErrors")])
-    return total
+    """UDP receive-buffer drops of both gateways' namespaces."""
+    return sum(udp_receive_overflows(ns) for ns in (topo.gw_a, topo.gw_b))
 
 
 # --- charon ↔ charon ----------------------------------------------------------------------

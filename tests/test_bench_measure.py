@@ -1,14 +1,20 @@
-"""`bench.measure.realtime`: what `bench.throughput` does to put strongSwan at its best."""
+"""`bench.measure`: `realtime`, what `bench.throughput` does to put strongSwan at its
+best, and `udp_receive_overflows`, which tells a receiver's full socket from a loss."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from bench.measure import FIFO_PRIORITY, realtime
+from bench.measure import FIFO_PRIORITY, realtime, udp_receive_overflows
+from daemon.lab.netns import Lab, in_namespace
+
+DATAGRAMS = 200
 
 # A child with a second thread started before `realtime` and a third started after.
 _CHILD = """
@@ -53,3 +59,32 @@ def test_a_process_that_is_gone_moves_no_thread() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert realtime(child.pid) == 0
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_udp_receive_overflows_counts_what_a_full_socket_dropped(family: int) -> None:
+    """A socket nobody reads, with a small buffer: every datagram past what it holds
+    is counted, in its own namespace only."""
+    address = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with Lab() as lab:
+        ns, other = lab.namespace("rcv"), lab.namespace("other")
+        with in_namespace(ns.name):
+            receiver = socket.socket(family, socket.SOCK_DGRAM)
+            sender = socket.socket(family, socket.SOCK_DGRAM)
+        with receiver, sender:
+            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            receiver.bind((address, 0))
+            before = udp_receive_overflows(ns)
+            for _ in range(DATAGRAMS):
+                sender.sendto(bytes(100), receiver.getsockname()[:2])
+            held = 0
+            receiver.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while receiver.recv(2048):
+                    held += 1
+            dropped = udp_receive_overflows(ns) - before
+        assert 0 < held < DATAGRAMS
+        assert dropped == DATAGRAMS - held
+        assert udp_receive_overflows(other) == 0
