@@ -169,6 +169,20 @@ def realtime(pid: int, priority: int = FIFO_PRIORITY) -> int:
     return moved
 
 
+def pin(pid: int, cpu: int) -> int:
+    """Keep every thread of `pid` on CPU `cpu`; how many threads it could move.
+
+    Threads the process starts later inherit the affinity of the thread that starts
+    them."""
+    moved = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                os.sched_setaffinity(int(tid), {cpu})
+                moved += 1
+    return moved
+
+
 # --- iperf3 ---------------------------------------------------------------------------
 
 

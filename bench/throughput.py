@@ -2,7 +2,7 @@
 
     python -m bench.throughput [--repeat 3] [--duration 3] [--json FILE] [--png FILE]
                                [--control-plane] [--sa-counts 100,1000] [--scrape]
-                               [--sched-fifo strongswan|all|none]
+                               [--sched-fifo strongswan|all|none] [--pin-gateways]
 
 It builds the site-to-site topology of `daemon.lab.netns` once and measures on it,
 one after another: no tunnel; strongSwan ↔ strongSwan (userspace ESP,
@@ -42,6 +42,19 @@ interleaved; TCP x1, aes128gcm16, on the 2-core lab machine):
   gain for one thread per gateway). So lockgate ↔ lockgate went from 4.2x to 2.0x /
   2.2x of the baseline, and lockgate ↔ strongSwan from 1.4x to 0.8x / 0.7x, where
   charon answering on gateway B is the side at 95% CPU.
+- lockgate ↔ strongSwan is bound by charon on gateway B in every mode, and what it
+  gets is the CPU that charon finds. Two rounds of four modes, one after the other
+  (`--repeat 2 --suites aes128gcm16 --cases swan-swan,lockgate-swan,lockgate-lockgate`),
+  ratios TCP x1 / x4 against the same run's strongSwan pair: charon alone under
+  SCHED_FIFO (the default) 0.86x / 0.79x and 0.88x / 1.03x, lockgate at 49-51% CPU:
+  charon's real-time threads take the core lockgate on A would use, which two
+  gateway machines would not share; every daemon under SCHED_FIFO (`all`) 1.27x /
+  1.32x and 1.26x / 1.17x, charon at 110-113%; each gateway's daemons on a CPU of their
+  own (`--pin-gateways`), charon alone under SCHED_FIFO 0.90x / 0.94x and 0.88x /
+  0.97x, everything under it 1.00x / 1.01x and 1.05x / 1.09x. lockgate ↔ lockgate was
+  1.76x-2.21x in all four. With `all`, lockgate's UDP flood delivered 118-161 Mbit/s
+  instead of 400-473, with 0-0.3% loss: iperf3's sender, under CFS, then offers only
+  that much, as it does to the strongSwan pair (93-138 Mbit/s) in every mode.
 - Other work on the machine: with `kernel.sched_autogroup_enabled` every session is
   a scheduling group that gets an equal share whatever its processes' nice values,
   so the measured processes' groups go to nice -10 (`bench.measure.prioritize`,
@@ -86,6 +99,7 @@ from bench.measure import (
     PingResult,
     idle_ping,
     iperf,
+    pin,
     realtime,
     reassembly_requests,
 )
@@ -168,6 +182,9 @@ class Options:
     suites: tuple[str, ...]
     cases: tuple[str, ...]
     ping_count: int
+    pin: bool = False
+    """Each gateway's daemons on a CPU of their own (A on 0, B on 1), as on two
+    one-core machines; iperf3 and the kernel's own work go where they may."""
     fifo: str = "strongswan"
     """Whose daemons run under SCHED_FIFO (`bench.measure.realtime`): "strongswan"
     (the baseline at its best, lockgate as its systemd unit runs it), "all" or
@@ -179,6 +196,7 @@ FIFO_SAYS = {
     "all": "every daemon's threads",
     "none": "nothing",
 }
+PINNED_SAYS = "gateway A's daemons on CPU 0, B's on CPU 1"
 
 
 def forget_path_mtus(topo: SiteToSite) -> None:
@@ -214,6 +232,9 @@ def measure_row(tunnel: Tunnel, row: Row, opts: Options) -> None:
             for pid in fifo:
                 if not realtime(pid):
                     say(f"    SCHED_FIFO refused for pid {pid}: this row is not at its best")
+            if opts.pin:
+                for role, pid in pids.items():
+                    pin(pid, 0 if role.startswith("A") else 1)
             try:
                 row.pings.append(idle_ping(topo.host_a, dest, count=opts.ping_count))
             except MeasureError as exc:
@@ -281,9 +302,10 @@ def _ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.2f}x"
 
 
-def table(rows: Sequence[Row], fifo: str | None = None) -> str:
+def table(rows: Sequence[Row], fifo: str | None = None, pinned: bool = False) -> str:
     """The comparison table: medians per tunnel and suite, then the ratios; `fifo`
-    (`Options.fifo`, None when unknown) says whose daemons ran under SCHED_FIFO."""
+    (`Options.fifo`, None when unknown) says whose daemons ran under SCHED_FIFO,
+    `pinned` whether each gateway's daemons had a CPU of their own."""
     baseline_rtt = next((r.rtt() for r in rows if r.case == "none"), None)
     head = (
         f"{'path':<24} {'suite':<17} {'wire':<4} {'TCP x1':>8} {'TCP x4':>8} "
@@ -327,6 +349,8 @@ def table(rows: Sequence[Row], fifo: str | None = None) -> str:
         ]
         if fifo is not None:
             lines.append(f"SCHED_FIFO: {FIFO_SAYS[fifo]}")
+        if pinned:
+            lines.append(PINNED_SAYS)
         lines.append(f"{'path':<24} {'suite':<17} {'TCP x1':>8} {'TCP x4':>8} {'UDP':>8}")
         lines += against
     lines += scrape_ratios(by_key)
@@ -391,8 +415,9 @@ def replay(path: Path, png: Path | None) -> int:
     """Print the tables of a saved run again, and draw its chart."""
     data = json.loads(path.read_text())
     rows = rows_from_json(data)
-    fifo = data.get("options", {}).get("fifo")
-    say(table(rows, fifo if fifo in FIFO_SAYS else None))
+    options = data.get("options", {})
+    fifo = options.get("fifo")
+    say(table(rows, fifo if fifo in FIFO_SAYS else None, bool(options.get("pin"))))
     control = [setup_rate.SetupResult(**_fields(r)) for r in data.get("control_plane", [])]
     if control:
         say()
@@ -460,6 +485,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
         help="whose daemons run under SCHED_FIFO: strongswan (the default: charon at its "
         "best here, lockgate as its unit runs it), all, or none",
     )
+    parser.add_argument(
+        "--pin-gateways",
+        action="store_true",
+        help="gateway A's daemons on CPU 0 and B's on CPU 1 (one core per gateway)",
+    )
     args = parser.parse_args(argv)
     cases = tuple(c for c in args.cases.split(",") if c)
     if args.scrape:
@@ -477,6 +507,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Options]:
         cases=cases,
         ping_count=args.ping_count,
         fifo=args.sched_fifo,
+        pin=args.pin_gateways,
     )
     return args, opts
 
@@ -498,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _terminate_as_interrupt():
             say(f"Data plane: {', '.join(opts.cases)}; suites {', '.join(opts.suites)}; "
                 f"{opts.repeat} x {opts.duration:g}s per measurement; SCHED_FIFO: "
-                f"{FIFO_SAYS[opts.fifo]}")  # fmt: skip
+                f"{FIFO_SAYS[opts.fifo]}{'; ' + PINNED_SAYS if opts.pin else ''}")  # fmt: skip
             topo = build_site_to_site(lab)
             rows = run_data_plane(topo, opts)
             if args.control_plane:
@@ -516,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
     say()
-    say(table(rows, opts.fifo))
+    say(table(rows, opts.fifo, opts.pin))
     if control:
         say()
         say(setup_rate.report(control))

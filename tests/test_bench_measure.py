@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bench.measure import FIFO_PRIORITY, realtime, udp_receive_overflows
+from bench.measure import FIFO_PRIORITY, pin, realtime, udp_receive_overflows
 from daemon.lab.netns import Lab, in_namespace
 
 DATAGRAMS = 200
@@ -55,10 +55,36 @@ def test_every_thread_and_those_started_later_run_under_sched_fifo() -> None:
         child.wait()
 
 
+def _cpus(pid: int) -> list[set[int]]:
+    return [os.sched_getaffinity(int(tid)) for tid in sorted(os.listdir(f"/proc/{pid}/task"))]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs to tell")
+def test_every_thread_and_those_started_later_stay_on_the_pinned_cpu() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    cpu = max(os.sched_getaffinity(0))
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "ready\n"
+        assert all(len(cpus) > 1 for cpus in _cpus(child.pid))
+        assert pin(child.pid, cpu) == 2
+        assert _cpus(child.pid) == [{cpu}] * 2
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "again\n"
+        assert _cpus(child.pid) == [{cpu}] * 3
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_process_that_is_gone_moves_no_thread() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert realtime(child.pid) == 0
+    assert pin(child.pid, 0) == 0
 
 
 @pytest.mark.netns
