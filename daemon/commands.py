@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.control import ControlError
 from daemon.diagnosis import explain
-from daemon.peers import ConnectionState
+from daemon.peers import ConnectionState, await_ike_sa
 from ikev2.errors import IkeError
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ async def _up(gateway: Gateway, state: ConnectionState) -> str:
         peer.attempts = 0
         gateway.cancel_retry(peer)
         gateway.initiate(peer)
-    # else: the IKE SA is being set up and brings this CHILD SA along.
+    else:
+        await_ike_sa(gateway, state)
     try:
         return await asyncio.wait_for(waiter, UP_TIMEOUT)
     except TimeoutError:

@@ -320,4 +320,29 @@ def acquire(gateway: Gateway, packet: bytes) -> None:
                 log.info("connection %s: outbound traffic triggers it", state.name)
                 state.wanted = True
                 gateway.initiate(peer)
+            else:
+                # Being set up: ours comes along, or is asked for once it is up.
+                if not state.wanted:
+                    log.info("connection %s: outbound traffic triggers it", state.name)
+                    state.wanted = True
+                if not state.awaiting:
+                    await_ike_sa(gateway, state)
             return
+
+
+def await_ike_sa(gateway: Gateway, state: ConnectionState) -> bool:
+    """When the peer has IKE SAs being set up (IKE_SA_INIT or IKE_AUTH), see that
+    `state`'s CHILD SA comes with the first one established. They began with the
+    CHILD SAs their configuration starts with (`IkeSa.children_requested`); any other
+    is requested under the first to come up (`ConnectionState.awaiting`, RFC 7296
+    §1.3.1) rather than at the next retry. False if none is being set up."""
+    endpoint = gateway.endpoint
+    setting_up = endpoint.ike_sas_of(state.peer) if endpoint is not None else []
+    if not setting_up:
+        return False
+    if any(state.name in ike.children_requested() for ike in setting_up):
+        return True  # it comes along
+    state.awaiting = {ike.ike_sa_id for ike in setting_up}
+    log.info("connection %s: requested once peer %s's IKE SA %s is up", state.name,
+             state.peer, " or ".join(f"#{ike.ike_sa_id}" for ike in setting_up))  # fmt: skip
+    return True

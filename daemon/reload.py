@@ -23,7 +23,7 @@ from conf.model import Config
 from daemon.control import ControlError
 from daemon.ikev2_ra import IkeRaServer, plan_change
 from daemon.mtu import path_mtu
-from daemon.peers import ConnectionState, PeerChange, peer_change, resolve
+from daemon.peers import ConnectionState, PeerChange, await_ike_sa, peer_change, resolve
 from daemon.status import status_line
 from ikev2.config import ChildConfig
 from ikev2.config import ConnectionConfig as PeerConfig
@@ -326,16 +326,9 @@ def _bring_up(gateway: Gateway, state: ConnectionState) -> int:
     if sa is not None:
         gateway.create_child(state, sa)
         return 1
-    endpoint = gateway.endpoint
-    setting_up = endpoint.ike_sas_of(state.peer) if endpoint is not None else []
-    if setting_up:
-        # Not yet established (in IKE_SA_INIT or IKE_AUTH): those IKE SAs queued the
-        # CHILD SAs of the configuration they began with, not this one; ask under the
-        # first to come up (`events`) rather than at the next retry.
-        state.awaiting = {ike.ike_sa_id for ike in setting_up}
-        log.info("reload: connection %s: requested once peer %s's IKE SA %s is up",
-                 state.name, state.peer,
-                 " or ".join(f"#{ike.ike_sa_id}" for ike in setting_up))  # fmt: skip
+    if await_ike_sa(gateway, state):
+        # Not yet established: those IKE SAs began with the configuration before the
+        # reload, without this connection.
         return 0
     peer = gateway.peers[state.peer]
     if peer.retry is None:

@@ -130,6 +130,23 @@ class IkeSa(IkeSaData):
         log.info("%s: initiating IKE SA to %s", self.name, format_address(self.remote))
         self.send_next(now)
 
+    def children_requested(self) -> frozenset[str]:
+        """Names of the CHILD SA configurations this IKE SA will ask for, or is asking
+        for, as new CHILD SAs (not rekeys): the one in IKE_AUTH and those of the
+        CREATE_CHILD_SA exchanges queued or outstanding. What is not among them does
+        not come along when an IKE SA being set up is established (§1.3.1)."""
+        exchanges = list(self.tm.pending)
+        if self.tm.outstanding is not None:
+            exchanges.append(self.tm.outstanding.context)
+        names: set[str] = set()
+        for exchange in exchanges:
+            for task in exchange.tasks:
+                if isinstance(task, CreateChild) and task.old is not None:
+                    continue  # a rekey
+                if isinstance(task, ChildCreate | CreateChild) and task.config is not None:
+                    names.add(task.config.name)
+        return frozenset(names)
+
     def delete(self, now: float, reason: str = "deleted by operator") -> None:
         """Delete this IKE SA: an INFORMATIONAL Delete when established, else just drop it."""
         self.now = now

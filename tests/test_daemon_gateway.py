@@ -1785,3 +1785,89 @@ def test_a_child_sa_rekeyed_while_a_reload_changes_its_selectors_is_replaced_too
             theirs = net.remote_ts if side is pair.a else net.local_ts  # b is the mirror
             assert [str(ts) for ts in theirs] == ["203.0.113.0/25"]
         assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
+
+
+def _hold_setup(gw: Gateway, pair: Pair, held: str) -> Datagram:
+    """a initiates the peer (net alone); b's answer to IKE_SA_INIT, or to IKE_AUTH,
+    is taken and returned, held."""
+    gw.initiate(gw.peers["conn"])
+    for _ in range(2 if held == "IKE_AUTH" else 1):
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")
+        if held == "IKE_AUTH" and decode_header(answer.data).exchange_type == IKE_SA_INIT:
+            pair.deliver("b", answer)  # on to IKE_AUTH
+    exchanges = {"IKE_SA_INIT": IKE_SA_INIT, "IKE_AUTH": IKE_AUTH}
+    assert decode_header(answer.data).exchange_type == exchanges[held]
+    return answer
+
+
+TRAP_NET2 = NET2.replace('start = "initiate"', 'start = "trap"')
+
+
+@pytest.mark.parametrize("held", ["IKE_SA_INIT", "IKE_AUTH"])
+def test_traffic_for_a_trap_connection_while_its_peers_ike_sa_is_set_up_brings_it_up_with_it(
+    tmp_path: Path, held: str
+) -> None:
+    # The IKE SA began with net alone; a packet for net2 (start = "trap") arrives
+    # before it is established. net2's CREATE_CHILD_SA must follow the IKE SA at
+    # once, not wait for the traffic's own retry: no later packet comes here.
+    text = PAIR_CONFIG + TRAP_NET2
+    stack, gw, pair, settle = _pair_gateway(text, text, tmp_path, up=False)
+    with stack:
+        answer = _hold_setup(gw, pair, held)
+        gw._on_acquire(ipv4("192.0.2.10", "203.0.113.200", echo_request(1), proto=1))
+        assert gw.connections["net2"].wanted and not gw.is_up("net2")
+        pair.deliver("b", answer)
+        settle()
+        assert gw.peers["conn"].retry is None
+        assert gw.is_up("net") and gw.is_up("net2")
+        [sa] = pair.a.ike_sas()
+        assert sorted(c.config.name for c in sa.children.values()) == ["net", "net2"]
+        assert len(pair.requests("a", CREATE_CHILD_SA)) == 1
+        assert pair.of("a", IkeSaFailed) == [] and pair.of("a", ChildSaFailed) == []
+
+
+def test_traffic_for_the_connection_an_ike_sa_is_set_up_for_asks_for_nothing_more(
+    tmp_path: Path,
+) -> None:
+    # net (start = "trap") is what the IKE SA's IKE_AUTH carries: more of its
+    # traffic during the setup must not ask for a second CHILD SA.
+    text = PAIR_CONFIG.replace('start = "wait"', 'start = "trap"')
+    stack, gw, pair, settle = _pair_gateway(text, text, tmp_path, up=False)
+    with stack:
+        packet = ipv4("192.0.2.10", "203.0.113.10", echo_request(1), proto=1)
+        gw._on_acquire(packet)  # initiates
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")
+        gw._on_acquire(packet)
+        assert gw.connections["net"].awaiting == set()
+        pair.deliver("b", answer)
+        settle()
+        [sa] = pair.a.ike_sas()
+        assert [c.config.name for c in sa.children.values()] == ["net"]
+        assert pair.requests("a", CREATE_CHILD_SA) == []
+
+
+def test_up_while_its_peers_ike_sa_is_set_up_is_answered_once_that_is_established(
+    tmp_path: Path,
+) -> None:
+    # `lockgate up net2` (start = "wait") while the IKE SA that began with net alone
+    # waits for IKE_AUTH's answer: net2 comes up under it, and the command says so.
+    text = PAIR_CONFIG + NET2.replace('start = "initiate"', 'start = "wait"')
+    stack, gw, pair, settle = _pair_gateway(text, text, tmp_path, up=False)
+
+    async def run() -> object:
+        answer = _hold_setup(gw, pair, "IKE_AUTH")
+        up = asyncio.ensure_future(gw._handle_request({"command": "up", "name": "net2"}))
+        await asyncio.sleep(0)
+        assert not up.done() and gw.connections["net2"].awaiting
+        pair.deliver("b", answer)
+        settle()
+        return await asyncio.wait_for(up, 5)
+
+    with stack:
+        assert asyncio.run(run()) == "connection net2 is up"
+        assert gw.is_up("net") and gw.is_up("net2")
+        assert len(pair.requests("a", CREATE_CHILD_SA)) == 1
