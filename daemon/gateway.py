@@ -232,6 +232,8 @@ class Gateway:
         housekeeping.cancel()
         volume_watch.cancel()
         await self._teardown()
+        # systemctl status shows a stopped unit's last STATUS: not "deleting SAs".
+        self.notifier.notify(STATUS="stopped")
         log.info("stopped")
         return 0
 

@@ -262,6 +262,9 @@ def test_systemd_notify_and_journal_log_format(make_pair: Callable[..., Pair]) -
             messages = []
             while not any("STOPPING=1" in m for m in messages):
                 messages.append(notify.recv(4096).decode())
+            # The last status a stopped unit shows says so, not "deleting SAs".
+            while "STATUS=stopped" not in messages[-1]:
+                messages.append(notify.recv(4096).decode())
         finally:
             os.unlink(notify_path)
     log_lines = [line for line in pair.a.proc.log().splitlines() if line.strip()]
