@@ -3,6 +3,7 @@
     python -m bench.p2c_throughput [--repeat 3] [--duration 5] [--transports tcp,udp]
                                    [--ciphers AES-128-GCM,AES-256-GCM] [--json FILE]
                                    [--openvpn-tuning auto|default|buffers|fast-io|both]
+                                   [--sched-fifo openvpn|all|none]
 
 One client namespace, the gateway namespace and a cloud host (`bench.p2c_lab`). The
 client is always the stock `openvpn` with the profile `lockgate profile` printed (the
@@ -19,9 +20,18 @@ shows medians with the min-max spread and the ratio lockgate/openvpn.
 The reference server gets its best configuration: with `--openvpn-tuning auto` (the
 default) a calibration pass first measures it with the OS socket buffers, with 1 MiB
 `sndbuf`/`rcvbuf`, and (UDP) with `fast-io` and both, and keeps the fastest per
-transport. Everything is bounded (iperf3 durations, connect timeouts), stopped by
-PID, and the namespaces are removed at the end, also on Ctrl-C or SIGTERM. Not a
-test: nothing here asserts a figure. Root, iperf3 and openvpn are needed.
+transport. Its process also runs under SCHED_FIFO (`bench.measure.realtime`, as
+`bench.throughput` does for charon; `--sched-fifo none` measures without it, `all` puts
+lockgate there too), while lockgate runs as its systemd unit runs it. Two rounds of the
+three modes one after the other (`--repeat 2 --duration 4 --transports udp,tcp
+--ciphers AES-128-GCM`, load 1.4-2): openvpn under SCHED_FIFO gave UDP 312 / 324
+Mbit/s and TCP 236 / 252 against 306 / 281 and 206 / 186 without, so lockgate/openvpn
+went from 1.30x / 1.43x (UDP) and 1.39x / 1.29x (TCP) to 1.26x / 1.15x and 1.14x /
+1.13x; with `all`, 1.18x / 1.21x and 1.06x / 0.99x.
+
+Everything is bounded (iperf3 durations, connect timeouts), stopped by PID, and the
+namespaces are removed at the end, also on Ctrl-C or SIGTERM. Not a test: nothing
+here asserts a figure. Root, iperf3 and openvpn are needed.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
-from bench.measure import IperfResult, MeasureError, PingResult, idle_ping, iperf
+from bench.measure import IperfResult, MeasureError, PingResult, idle_ping, iperf, realtime
 from bench.p2c_lab import (
     CLOUD,
     LockgateGateway,
@@ -58,6 +68,11 @@ from bench.tunnels import TunnelError
 from daemon.lab.netns import HarnessError, Lab, Process
 
 PORTS = {"tcp": 443, "udp": 1194}
+FIFO_SAYS = {
+    "openvpn": "the openvpn server (lockgate as its unit runs it)",
+    "all": "both servers",
+    "none": "neither server",
+}
 SERVERS = ("lockgate", "openvpn")
 POOL = "192.0.2.0/24"
 USER = "alice"
@@ -103,6 +118,9 @@ class Bench:
     tuning: dict[str, str] = field(default_factory=dict)
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
     calibration: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    fifo: str = "openvpn"
+    """Whose server process runs under SCHED_FIFO: "openvpn" (the reference at its
+    best, lockgate as its unit runs it), "all" or "none"."""
     direct_pings: list[PingResult] = field(default_factory=list)
     """The client pinging the gateway's WAN address, no tunnel: what a tunnel adds to."""
 
@@ -160,6 +178,8 @@ class Bench:
                     cell = self.cells.setdefault(
                         (transport, cipher, server), Cell(transport, cipher, server)
                     )
+                    if self.fifo in ("all", server) and not realtime(started.pid()):
+                        say(f"  SCHED_FIFO refused for the {server} server: not at its best")
                     if ping:
                         cell.pings.append(idle_ping(ns, CLOUD, count=self.ping_count))
                     pids = {"server": started.pid(), "client": client.pid}
@@ -261,6 +281,7 @@ def table(bench: Bench, transports: Sequence[str], ciphers: Sequence[str]) -> st
     lines.append("")
     lines.append(f"RTT: idle ping client -> cloud host through the tunnel; +RTT: what it adds to "
                  f"the direct ping client -> gateway ({_fmt(direct, '.3f')} ms)")  # fmt: skip
+    lines.append(f"SCHED_FIFO: {FIFO_SAYS[bench.fifo]}")
     lines.append(
         "openvpn server tuning: "
         + "; ".join(
@@ -317,6 +338,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         choices=["auto", *TUNINGS],
         help="the reference server's socket tuning; auto: calibrate and keep the fastest",
     )
+    parser.add_argument(
+        "--sched-fifo",
+        choices=tuple(FIFO_SAYS),
+        default="openvpn",
+        help="whose server runs under SCHED_FIFO: openvpn (the default: the reference at "
+        "its best here, lockgate as its unit runs it), all, or none",
+    )
     parser.add_argument("--json", type=Path, help="write every sample as JSON")
     args = parser.parse_args(argv)
     args.transports = [t for t in args.transports.split(",") if t]
@@ -337,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body(lab: Lab) -> Bench:
         bench = Bench(build(lab), args.repeat, args.duration, args.ping_count)
+        bench.fifo = args.sched_fifo
         try:
             bench.setup(args.transports)
             if args.openvpn_tuning == "auto":
