@@ -289,22 +289,27 @@ def ping_summary(text: str) -> tuple[int, int, float | None, float | None]:
     return sent, received, float(rtt.group(2)), float(rtt.group(3))
 
 
-def udp_receive_overflows(ns: Namespace) -> int:
-    """UDP datagrams the namespace's stack dropped because the receiving socket's
-    buffer was full (IPv4 `RcvbufErrors` plus `Udp6RcvbufErrors`; the counters are per
-    namespace)."""
-    out = ns.run("cat", "/proc/net/snmp", "/proc/net/snmp6").stdout
+def _snmp_count(ns: Namespace, group: str, field: str, name6: str) -> int:
+    # One counter of the namespace's IPv4 /proc/net/snmp (`group`: `field`) plus its
+    # IPv6 twin of /proc/net/snmp6 (`name6`): both files are per namespace.
+    lines = ns.run("cat", "/proc/net/snmp", "/proc/net/snmp6").stdout.splitlines()
     total = 0
-    lines = out.splitlines()
+    prefix = f"{group}: "
     for header, values in itertools.pairwise(lines):
-        if header.startswith("Udp: ") and values.startswith("Udp: "):
+        if header.startswith(prefix) and values.startswith(prefix):
             fields = dict(zip(header.split()[1:], values.split()[1:], strict=False))
-            total += int(fields.get("RcvbufErrors", "0"))
+            total += int(fields.get(field, "0"))
     for line in lines:
         name, _, value = line.partition(" ")
-        if name == "Udp6RcvbufErrors":
+        if name == name6:
             total += int(value.strip() or "0")
     return total
+
+
+def udp_receive_overflows(ns: Namespace) -> int:
+    """UDP datagrams the namespace's stack dropped because the receiving socket's
+    buffer was full (IPv4 `RcvbufErrors` plus `Udp6RcvbufErrors`)."""
+    return _snmp_count(ns, "Udp", "RcvbufErrors", "Udp6RcvbufErrors")
 
 
 def reassembly_requests(ns: Namespace) -> int:
@@ -312,15 +317,4 @@ def reassembly_requests(ns: Namespace) -> int:
     plus IPv6 `Ip6ReasmReqds`). On a gateway these are outer fragments: an ESP
     packet larger than the path MTU that the sender's kernel cut up. Inner packets
     travel inside ESP and are forwarded, never reassembled there."""
-    out = ns.run("cat", "/proc/net/snmp", "/proc/net/snmp6").stdout
-    total = 0
-    lines = out.splitlines()
-    for header, values in itertools.pairwise(lines):
-        if header.startswith("Ip: ") and values.startswith("Ip: "):
-            fields = dict(zip(header.split()[1:], values.split()[1:], strict=False))
-            total += int(fields.get("ReasmReqds", "0"))
-    for line in lines:
-        name, _, value = line.partition(" ")
-        if name == "Ip6ReasmReqds":
-            total += int(value.strip() or "0")
-    return total
+    return _snmp_count(ns, "Ip", "ReasmReqds", "Ip6ReasmReqds")

@@ -1715,27 +1715,42 @@ def plane_entries(gw: Gateway) -> list[object]:
 IKE_SA_INIT, IKE_AUTH = 34, 35
 
 
+def _hold_setup(gw: Gateway, pair: Pair, held: str) -> Datagram:
+    """a initiates the peer (net alone); b's answer to IKE_SA_INIT, or to IKE_AUTH,
+    is taken and returned, held."""
+    gw.initiate(gw.peers["conn"])
+    for _ in range(2 if held == "IKE_AUTH" else 1):
+        [request] = pair.take("a")
+        pair.deliver("a", request)
+        [answer] = pair.take("b")
+        if held == "IKE_AUTH" and decode_header(answer.data).exchange_type == IKE_SA_INIT:
+            pair.deliver("b", answer)  # on to IKE_AUTH
+    exchanges = {"IKE_SA_INIT": IKE_SA_INIT, "IKE_AUTH": IKE_AUTH}
+    assert decode_header(answer.data).exchange_type == exchanges[held]
+    return answer
+
+
+@pytest.mark.parametrize("how", ["reload", "traffic"])
 @pytest.mark.parametrize("held", ["IKE_SA_INIT", "IKE_AUTH"])
-def test_a_connection_added_while_its_peers_ike_sa_is_set_up_is_requested_once_it_is_up(
-    tmp_path: Path, held: str
+def test_a_connection_wanted_while_its_peers_ike_sa_is_set_up_is_requested_once_it_is_up(
+    tmp_path: Path, held: str, how: str
 ) -> None:
     # a initiates the peer with net alone; while b's answer to IKE_SA_INIT (or to
-    # IKE_AUTH) is held, a reload adds net2 (start = "initiate"). The IKE SA that
-    # comes up was begun without net2, so net2's CREATE_CHILD_SA (RFC 7296 §1.3.1)
-    # must follow at once, not wait for a retry: the clock does not move here.
-    stack, gw, pair, settle = _pair_gateway(PAIR_CONFIG, PAIR_CONFIG + NET2, tmp_path, up=False)
+    # IKE_AUTH) is held, a reload adds net2 (start = "initiate"), or a packet for
+    # net2 (start = "trap") arrives. The IKE SA that comes up was begun without net2,
+    # so net2's CREATE_CHILD_SA (RFC 7296 §1.3.1) must follow at once, not wait for a
+    # retry or the traffic's next packet: the clock does not move here.
+    old = PAIR_CONFIG if how == "reload" else PAIR_CONFIG + TRAP_NET2
+    new = PAIR_CONFIG + NET2 if how == "reload" else old
+    stack, gw, pair, settle = _pair_gateway(old, new, tmp_path, up=False)
     with stack:
-        gw.initiate(gw.peers["conn"])
-        for _ in range(2 if held == "IKE_AUTH" else 1):
-            [request] = pair.take("a")
-            pair.deliver("a", request)
-            [answer] = pair.take("b")
-            if held == "IKE_AUTH" and decode_header(answer.data).exchange_type == IKE_SA_INIT:
-                pair.deliver("b", answer)  # on to IKE_AUTH
-        exchanges = {"IKE_SA_INIT": IKE_SA_INIT, "IKE_AUTH": IKE_AUTH}
-        assert decode_header(answer.data).exchange_type == exchanges[held]
-        (tmp_path / "a.toml").write_text(PAIR_CONFIG + NET2)
-        assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+        answer = _hold_setup(gw, pair, held)
+        if how == "reload":
+            (tmp_path / "a.toml").write_text(new)
+            assert gw.reload() == "reloaded: peers 0 added, 1 changed, 0 removed, 0 unchanged"
+        else:
+            gw._on_acquire(ipv4("192.0.2.10", "203.0.113.200", echo_request(1), proto=1))
+            assert gw.connections["net2"].wanted
         assert not gw.is_up("net2")
         pair.deliver("b", answer)
         settle()
@@ -1787,45 +1802,7 @@ def test_a_child_sa_rekeyed_while_a_reload_changes_its_selectors_is_replaced_too
         assert pair.of("a", IkeSaDeleted) == [] and pair.of("b", IkeSaDeleted) == []
 
 
-def _hold_setup(gw: Gateway, pair: Pair, held: str) -> Datagram:
-    """a initiates the peer (net alone); b's answer to IKE_SA_INIT, or to IKE_AUTH,
-    is taken and returned, held."""
-    gw.initiate(gw.peers["conn"])
-    for _ in range(2 if held == "IKE_AUTH" else 1):
-        [request] = pair.take("a")
-        pair.deliver("a", request)
-        [answer] = pair.take("b")
-        if held == "IKE_AUTH" and decode_header(answer.data).exchange_type == IKE_SA_INIT:
-            pair.deliver("b", answer)  # on to IKE_AUTH
-    exchanges = {"IKE_SA_INIT": IKE_SA_INIT, "IKE_AUTH": IKE_AUTH}
-    assert decode_header(answer.data).exchange_type == exchanges[held]
-    return answer
-
-
 TRAP_NET2 = NET2.replace('start = "initiate"', 'start = "trap"')
-
-
-@pytest.mark.parametrize("held", ["IKE_SA_INIT", "IKE_AUTH"])
-def test_traffic_for_a_trap_connection_while_its_peers_ike_sa_is_set_up_brings_it_up_with_it(
-    tmp_path: Path, held: str
-) -> None:
-    # The IKE SA began with net alone; a packet for net2 (start = "trap") arrives
-    # before it is established. net2's CREATE_CHILD_SA must follow the IKE SA at
-    # once, not wait for the traffic's own retry: no later packet comes here.
-    text = PAIR_CONFIG + TRAP_NET2
-    stack, gw, pair, settle = _pair_gateway(text, text, tmp_path, up=False)
-    with stack:
-        answer = _hold_setup(gw, pair, held)
-        gw._on_acquire(ipv4("192.0.2.10", "203.0.113.200", echo_request(1), proto=1))
-        assert gw.connections["net2"].wanted and not gw.is_up("net2")
-        pair.deliver("b", answer)
-        settle()
-        assert gw.peers["conn"].retry is None
-        assert gw.is_up("net") and gw.is_up("net2")
-        [sa] = pair.a.ike_sas()
-        assert sorted(c.config.name for c in sa.children.values()) == ["net", "net2"]
-        assert len(pair.requests("a", CREATE_CHILD_SA)) == 1
-        assert pair.of("a", IkeSaFailed) == [] and pair.of("a", ChildSaFailed) == []
 
 
 def test_traffic_for_the_connection_an_ike_sa_is_set_up_for_asks_for_nothing_more(
