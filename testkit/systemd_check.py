@@ -31,8 +31,9 @@ status` shows 2 workers with their pids and a CHILD SA pair for each (RFC 9611);
 site pings the cloud; the main process and the workers are in the unit's control group
 (/proc/PID/cgroup and `systemd-cgls`); after `kill -9` of a worker the daemon starts
 another (a new pid), the connection carries pings again, and the unit is still active
-with the same MainPID and no restart; `systemctl stop` leaves none of the pids seen;
-the journal of the phase has no traceback and no SIGKILL from systemd.
+with the same MainPID and no restart; `systemctl stop` leaves none of the pids seen,
+and the stopped unit's status text is "stopped"; the journal of the phase has no
+traceback and no SIGKILL from systemd.
 
 Needs root, mmdebstrap, systemd-nspawn, openvpn, strongSwan's charon and network access
 to a Debian mirror and PyPI. Cleans up by PID: the container (poweroff, then SIGKILL of
@@ -493,7 +494,9 @@ def checks(lab: Lab, box: Container, cli: Namespace, site: Namespace, pki: Pki) 
 
 
 def unit_state(box: Container) -> dict[str, str]:
-    text = box.sh("systemctl show -p ActiveState,MainPID,NRestarts,ControlGroup lockgate")
+    text = box.sh(
+        "systemctl show -p ActiveState,MainPID,NRestarts,ControlGroup,StatusText lockgate"
+    )
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
@@ -665,9 +668,13 @@ def stopped_checks(box: Container, report: Report, seen: dict[str, Any], since: 
         box.sh("systemctl stop lockgate", check=False)
         state = unit_state(box)
         left = running(pids)
-        if state["ActiveState"] != "inactive" or left:
+        # What `systemctl status` shows of a stopped unit is its last STATUS=.
+        if state["ActiveState"] != "inactive" or left or state.get("StatusText") != "stopped":
             raise RuntimeError(f"{state}; left: {left}\n{box.journal()}")
-        return f"ActiveState=inactive; of {pids} ({live} running before), none left"
+        return (
+            f"ActiveState=inactive, StatusText=stopped; of {pids} ({live} running before), "
+            "none left"
+        )
 
     report.check("workers: systemctl stop leaves no worker", stopped)
 
