@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,13 +160,8 @@ def realtime(pid: int, priority: int = FIFO_PRIORITY) -> int:
     (sched_rt_runtime_us, 95% by default) keeps a spinning thread from locking the
     machine up.
     """
-    moved = 0
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):  # gone meanwhile, or not permitted
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
-                moved += 1
-    return moved
+    param = os.sched_param(priority)
+    return _each_thread(pid, lambda tid: os.sched_setscheduler(tid, os.SCHED_FIFO, param))
 
 
 def pin(pid: int, cpu: int) -> int:
@@ -174,11 +169,17 @@ def pin(pid: int, cpu: int) -> int:
 
     Threads the process starts later inherit the affinity of the thread that starts
     them."""
+    return _each_thread(pid, lambda tid: os.sched_setaffinity(tid, {cpu}))
+
+
+def _each_thread(pid: int, act: Callable[[int], None]) -> int:
+    # `act` on every thread of `pid`; how many it succeeded on (a thread may be gone
+    # meanwhile, or not ours to change; the whole process may be gone).
     moved = 0
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):  # gone meanwhile
-                os.sched_setaffinity(int(tid), {cpu})
+            with contextlib.suppress(OSError):
+                act(int(tid))
                 moved += 1
     return moved
 

@@ -364,8 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     def body(lab: Lab) -> Bench:
-        bench = Bench(build(lab), args.repeat, args.duration, args.ping_count)
-        bench.fifo = args.sched_fifo
+        bench = Bench(build(lab), args.repeat, args.duration, args.ping_count, fifo=args.sched_fifo)
         try:
             bench.setup(args.transports)
             if args.openvpn_tuning == "auto":
