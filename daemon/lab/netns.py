@@ -503,6 +503,31 @@ def ping(
     return proc
 
 
+_ECHO_REPLY = re.compile(r"\bicmp_seq=(\d+)\b")
+
+
+def unanswered_pings(output: str, count: int) -> list[int]:
+    """The sequence numbers 1..count with no reply line in ping's (non-quiet) output.
+
+    With -w, ping sends past -c until it has -c replies, so "N+1 transmitted, N
+    received" is not a loss: it is also what a last reply that came later than one
+    interval gives. Only the replies of each sequence number tell the two apart."""
+    answered = {int(m[1]) for m in _ECHO_REPLY.finditer(output)}
+    return [seq for seq in range(1, count + 1) if seq not in answered]
+
+
+def ping_every_one(
+    ns: Namespace, dest: str, *, count: int, interval: float, deadline: float
+) -> tuple[list[int], str]:
+    """ping `count` times from inside `ns`: (the unanswered sequence numbers, ping's
+    summary lines). A reply later than `interval` is not a loss; one that never came
+    before the deadline is."""
+    args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(int(deadline))]
+    proc = ns.run(*args, dest, check=False, timeout=deadline + 5)
+    summary = proc.stdout[proc.stdout.find("---") :] if "---" in proc.stdout else proc.stdout
+    return unanswered_pings(proc.stdout, count), summary + proc.stderr
+
+
 def wait_for_ping(ns: Namespace, dest: str, *, timeout: float = 10.0) -> None:
     """Ping once a time until one reply comes back (e.g. while a tunnel comes up)."""
     deadline = time.monotonic() + timeout
