@@ -140,6 +140,7 @@ class SslVpnServer:
             server_context(str(certificate), str(private_key), client_ca),
             ciphers=config.ciphers,
             tls_crypt=_tls_crypt(config.tls_crypt_key),
+            tcp=config.transport == "tcp",
         )
         self.config = config
         self.name = config.name

@@ -42,8 +42,10 @@ def push_reply(
     ping: int,
     ping_restart: int,
     cc_exit: bool,
+    tcp: bool = False,
 ) -> str:
-    """The PUSH_REPLY message (without the terminating NUL)."""
+    """The PUSH_REPLY message (without the terminating NUL); `tcp` for a client that
+    came over TCP."""
     parts = [
         "PUSH_REPLY",
         "topology subnet",
@@ -67,6 +69,14 @@ def push_reply(
     if cc_exit:
         # The client then says goodbye with an EXIT control message.
         parts.append("protocol-flags cc-exit")
+    if tcp:
+        # OpenVPN clients before 2.7.6 leave Nagle's algorithm on their TCP socket
+        # (the server's `--tcp-nodelay` pushes this): a small packet then waits for
+        # the ACK of the last one, which the server's kernel may delay by 40 ms, and
+        # every renegotiation stalled the tunnel for 30-45 ms. The client applies it to
+        # its connected socket when it reads the reply (OpenVPN init.c,
+        # do_deferred_options); newer clients accept and ignore it.
+        parts.append("socket-flags TCP_NODELAY")
     return ",".join(parts)
 
 

@@ -85,6 +85,8 @@ class SessionSettings:
     """Start a soft reset this long after a key became active (None: never)."""
     tls_crypt: TlsCrypt | None = None
     """Wrap every control packet with this static key (`tls-crypt`); None: plain."""
+    tcp: bool = False
+    """The clients come over TCP: PUSH_REPLY turns Nagle's algorithm off on theirs."""
 
 
 @dataclass(frozen=True)
@@ -652,6 +654,7 @@ class ServerSession:
             ping=self.settings.ping,
             ping_restart=self.settings.ping_restart,
             cc_exit=self._cc_exit,
+            tcp=self.settings.tcp,
         )
 
     def _on_message(self, ks: _KeyState, message: str, now: float) -> None:

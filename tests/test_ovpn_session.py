@@ -354,13 +354,18 @@ class Pair:
 
 
 def make_pair(
-    server_pki: tuple[ServerPki, Path], tls_crypt_key: bytes | None = None, **client_kw: object
+    server_pki: tuple[ServerPki, Path],
+    tls_crypt_key: bytes | None = None,
+    *,
+    tcp: bool = False,
+    **client_kw: object,
 ) -> Pair:
     pki, directory = server_pki
     settings = SessionSettings(
         server_context(str(directory / "server.pem"), str(directory / "server.key")),
         ciphers=("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"),
         tls_crypt=TlsCrypt(tls_crypt_key) if tls_crypt_key is not None else None,
+        tcp=tcp,
     )
     rng = random.Random(7)
     users = Users()
@@ -394,6 +399,18 @@ def test_connect_push_and_data_both_ways(server_pki: tuple[ServerPki, Path], cip
     assert pair.server.route_from_tun(reply_packet, pair.now) is pair.session
     pair._collect(pair.session)
     assert pair.client.received_data == [reply_packet]
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_a_tcp_client_is_told_to_turn_nagle_off(
+    server_pki: tuple[ServerPki, Path], tcp: bool
+) -> None:
+    # OpenVPN 2.6 clients keep Nagle's algorithm on their TCP socket unless pushed
+    # this, and then wait up to a delayed ACK (40 ms) whenever control and data mix.
+    pair = make_pair(server_pki, tcp=tcp)
+    pair.pump()
+    reply = next(m for m in pair.client.messages if m.startswith("PUSH_REPLY"))
+    assert ("socket-flags TCP_NODELAY" in reply.split(",")) is tcp
 
 
 DUAL = dataclasses.replace(

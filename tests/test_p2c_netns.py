@@ -325,6 +325,10 @@ def test_stock_client_reaches_the_cloud(p2c: P2cLab, server: str, cipher: str) -
     client = p2c.connect(server, "alice", "--data-ciphers", cipher)
     try:
         assert f"Data Channel: cipher '{cipher}'" in client.log()
+        # Over TCP, the pushed socket-flags turned Nagle's algorithm off on the
+        # client's socket (OpenVPN 2.6 leaves it on by itself).
+        nodelay = "Socket flags: TCP_NODELAY=1 succeeded" in client.log()
+        assert nodelay is (SERVERS[server]["transport"] == "tcp"), client.log()[-3000:]
         ping(p2c.client, CLOUD, count=3)
         size = 5 * 1024 * 1024 if cipher == "AES-256-GCM" else 512 * 1024
         there = tcp_transfer(p2c.client, p2c.cloud, CLOUD, size=size, timeout=30)
