@@ -331,6 +331,10 @@ def openvpn_server_conf(
         "disable-dco",
         "verb 3",
     ]
+    if transport == "tcp":
+        # TCP_NODELAY on the server's sockets and pushed to the client, as lockgate
+        # pushes it: OpenVPN 2.6 clients otherwise keep Nagle's algorithm on.
+        lines.append("tcp-nodelay")
     if tuning.buffers:
         b = tuning.buffers
         lines += [f"sndbuf {b}", f"rcvbuf {b}", f'push "sndbuf {b}"', f'push "rcvbuf {b}"']

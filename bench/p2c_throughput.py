@@ -27,7 +27,13 @@ three modes one after the other (`--repeat 2 --duration 4 --transports udp,tcp
 --ciphers AES-128-GCM`, load 1.4-2): openvpn under SCHED_FIFO gave UDP 312 / 324
 Mbit/s and TCP 236 / 252 against 306 / 281 and 206 / 186 without, so lockgate/openvpn
 went from 1.30x / 1.43x (UDP) and 1.39x / 1.29x (TCP) to 1.26x / 1.15x and 1.14x /
-1.13x; with `all`, 1.18x / 1.21x and 1.06x / 0.99x.
+1.13x; with `all`, 1.18x / 1.21x and 1.06x / 0.99x. Over TCP both servers turn
+Nagle's algorithm off on the client's socket (lockgate pushes `socket-flags
+TCP_NODELAY`, the reference server has `tcp-nodelay`; OpenVPN 2.6 clients leave it on
+otherwise). Two rounds of `--repeat 3 --duration 4 --transports tcp --ciphers
+AES-128-GCM`, the tree before and after, alternating (load 0.6-2.0): before, lockgate
+322 / 288 Mbit/s and openvpn 326 / 267 (0.99x / 1.08x); after, 538 / 375 and 349 /
+250 (1.54x / 1.50x).
 
 Everything is bounded (iperf3 durations, connect timeouts), stopped by PID, and the
 namespaces are removed at the end, also on Ctrl-C or SIGTERM. Not a test: nothing
