@@ -276,7 +276,7 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
             # owns its inbound SPI forwards (`daemon.worker_gateway`).
             gateway.workers.install(event, preferred=preferred, path_mtu=entry_path_mtu)
     except (EspConfigError, ValueError) as exc:
-        log.error("connection %s: cannot install CHILD SA: %s", event.child, exc)
+        refuse_child(gateway, event.unique_id, event.child, str(exc))
         return
     if event.rekey_of is not None:
         gateway.event_counts.rekeys["child"] += 1
@@ -330,6 +330,26 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
         )
         resolve(state.waiters, outcome, ok=True)
     gateway.notifier.notify(STATUS=status_line(gateway))
+
+
+def refuse_child(gateway: Gateway, unique_id: int, child: str, reason: str) -> None:
+    """A CHILD SA that IKE negotiated and the data plane could not take (the ESP
+    engine refused its keys here or in a data-plane worker): left alone it would be
+    half up, the peer sending into an SPI we drop. It leaves the data plane and is
+    deleted under its IKE SA (RFC 7296 §1.4.1), so the peer drops its side too. The
+    connection says why and is not restarted (the same keys would be refused
+    again): `lockgate up` or the next packet of a trap asks anew."""
+    why = f"the data plane refused CHILD SA #{unique_id}: {reason}"
+    log.error("connection %s: %s; deleting it", child, why)
+    gateway.uninstall(unique_id, why, linger=0.0)
+    state = gateway.connections.get(child)
+    if state is not None:
+        state.last_error = why
+        resolve(state.waiters, f"{child}: {why}", ok=False)
+    endpoint = gateway.endpoint
+    if endpoint is not None:
+        with contextlib.suppress(IkeError):  # its IKE SA is going meanwhile
+            endpoint.delete_child(unique_id, time.monotonic(), why)
 
 
 def _orphan(gateway: Gateway, event: ChildSaInstalled) -> bool:

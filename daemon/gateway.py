@@ -40,7 +40,7 @@ from daemon.commands import handle_request
 from daemon.control import ControlError, ControlServer
 from daemon.dataplane import DataPlane
 from daemon.diagnosis import Diagnosis
-from daemon.events import handle_event
+from daemon.events import handle_event, refuse_child
 from daemon.ike import IkeDriver
 from daemon.ikev2_ra import IkeRaServer
 from daemon.ikev2_ra import servers as ikev2_ra_servers
@@ -391,6 +391,7 @@ class Gateway:
             on_unknown_spi=self._on_esp_spi_unknown,
             on_acquire=self._on_acquire,
             on_worker_lost=self._on_worker_lost,
+            on_install_failed=self._on_install_failed,
             offload=offload,
             log_level=log_level,
         )
@@ -409,6 +410,14 @@ class Gateway:
             return
         if replace_lost(self.endpoint, index, unique_ids):
             self.service()
+
+    def _on_install_failed(self, index: int, unique_id: int, reason: str) -> None:
+        """A worker could not take a CHILD SA (its own or a forward entry), so part
+        of the traffic would go nowhere: the SA is deleted (`events.refuse_child`)."""
+        entry = self.plane.entries.get(unique_id) if self.plane is not None else None
+        if entry is None or self.shutting_down:
+            return  # deleted meanwhile
+        refuse_child(self, unique_id, entry.connection, f"worker {index}: {reason}")
 
     def _use_pump(
         self, tun: PacketDevice, *, ike_port: int = 500, nat_port: int = 4500, offload: bool = True

@@ -220,7 +220,10 @@ class Worker:
         event = message.event
         plane = self.plane
         if event.unique_id in plane.entries or event.unique_id in plane.forwards:
-            self.control.send(InstallFailed(event.unique_id, "already installed"))
+            # Installed already: nothing failed, and the main process deletes an SA
+            # whose install failed (`Gateway._on_install_failed`).
+            log.warning("worker %d: CHILD SA #%d sent twice; kept the first", self.index,
+                        event.unique_id)  # fmt: skip
             return
         try:
             if message.owner == self.index:

@@ -140,6 +140,66 @@ def test_child_sa_events_install_and_remove_and_show_in_status(gateway: Gateway)
     assert installed.spi_in not in gateway.plane.sad
 
 
+def _record_deletes(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    deleted: list[tuple[int, str]] = []
+    assert gateway.endpoint is not None
+    monkeypatch.setattr(
+        gateway.endpoint,
+        "delete_child",
+        lambda unique_id, now, reason: deleted.append((unique_id, reason)),
+    )
+    return deleted
+
+
+def test_a_child_sa_the_data_plane_refuses_is_deleted_not_left_half_up(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted = _record_deletes(gateway, monkeypatch)
+    gateway._handle_event(established())
+    bad = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", encr_key_in=b"short"
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        waiter: asyncio.Future[str] = loop.create_future()
+        gateway.connections["site"].waiters.append(waiter)
+        gateway._handle_event(bad)
+        # Not in the data plane, deleted under its IKE SA so the peer drops its side,
+        # and `lockgate up` and `status` say why.
+        assert bad.spi_in not in gateway.plane.sad and gateway.status()["sas"] == []
+        [(unique_id, reason)] = deleted
+        assert unique_id == bad.unique_id
+        assert reason.startswith(f"the data plane refused CHILD SA #{bad.unique_id}: ")
+        with pytest.raises(ControlError, match="the data plane refused"):
+            waiter.result()
+    finally:
+        loop.close()
+    [conn, _spare] = gateway.status()["connections"]
+    assert conn["state"] != "up" and conn["last_error"] == reason
+
+
+def test_a_child_sa_a_worker_refuses_is_deleted_with_its_shadow_and_routes(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted = _record_deletes(gateway, monkeypatch)
+    gateway._handle_event(established())
+    installed = dataclasses.replace(events("aes256gcm16", udp=False)[0], connection="main")
+    gateway._handle_event(installed)
+    assert gateway.status()["connections"][0]["state"] == "up"
+    gateway._on_install_failed(1, installed.unique_id, "bad key")
+    assert installed.unique_id not in gateway.plane.entries
+    assert installed.spi_in not in gateway.plane.sad  # no linger: it never carried
+    assert deleted == [
+        (installed.unique_id, f"the data plane refused CHILD SA #{installed.unique_id}: "
+         "worker 1: bad key")
+    ]  # fmt: skip
+    [conn, _spare] = gateway.status()["connections"]
+    assert conn["state"] != "up" and "worker 1: bad key" in conn["last_error"]
+    # A report for an SA that is gone meanwhile changes nothing.
+    gateway._on_install_failed(1, installed.unique_id, "bad key")
+    assert len(deleted) == 1
+
+
 def test_ike_failure_is_reported_on_its_connections(gateway: Gateway) -> None:
     gateway._handle_event(IkeSaFailed("main", 3, "peer's PSK does not match ours", 24))
     by_name = {c["name"]: c for c in gateway.status()["connections"]}

@@ -5,6 +5,7 @@ gateway with the other halves of the CHILD SAs. No root needed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -212,14 +213,20 @@ def test_a_worker_exits_when_the_main_process_goes_away() -> None:
             item.close()
 
 
-def test_a_worker_stops_when_told_and_refuses_an_sa_twice() -> None:
+def test_a_worker_keeps_an_sa_sent_twice_reports_one_it_refused_and_stops_when_told() -> None:
     process, control, keep = _bare_worker()
     try:
         ours, _ = events(uid=4)
         control.send(encode(Install(ours, owner=0)))
+        # Sent twice: installed, so nothing failed (the main process deletes an SA
+        # whose install failed).
         control.send(encode(Install(ours, owner=0)))
+        bad, _ = events(uid=5)
+        bad = dataclasses.replace(bad, encr_key_in=b"short")
+        control.send(encode(Install(bad, owner=0)))
         failed = decode(control.recv(MAX_MESSAGE))
-        assert failed == InstallFailed(4, "already installed")
+        assert isinstance(failed, InstallFailed) and failed.unique_id == 5, failed
+        assert "key" in failed.reason, failed.reason
         control.send(encode(Stop()))
         assert process.wait(WAIT) == 0
     finally:
