@@ -39,3 +39,8 @@ def test_no_output_loses_every_ping() -> None:
 def test_a_sequence_number_is_not_read_out_of_another() -> None:
     # icmp_seq=12 answers 12, not 1 or 2.
     assert unanswered_pings(HEADER + _reply(12), 2) == [1, 2]
+
+
+def test_an_icmp_error_is_not_a_reply() -> None:
+    error = "From 198.51.100.1 icmp_seq=2 Destination Host Unreachable\n"
+    assert unanswered_pings(HEADER + _reply(1) + error + _reply(3), 3) == [2]

@@ -503,7 +503,9 @@ def ping(
     return proc
 
 
-_ECHO_REPLY = re.compile(r"\bicmp_seq=(\d+)\b")
+_ECHO_REPLY = re.compile(r"^\d+ bytes from .*?\bicmp_seq=(\d+)\b", re.MULTILINE)
+"""An echo reply's line; an ICMP error's ("From ... icmp_seq=5 Destination Host
+Unreachable") names a sequence number too, but answered nothing."""
 
 
 def unanswered_pings(output: str, count: int) -> list[int]:
