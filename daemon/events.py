@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon.childsa import DEFAULT_PATH_MTU, entry_from_event, inner_mtu
-from daemon.diagnosis import child_failure
+from daemon.diagnosis import OTHER, Failure, child_failure
 from daemon.metrics import SETUP_ANSWERED, SETUP_INITIATED
 from daemon.peers import IkeSaInfo, apply_dpd_action, resolve, restart_child
 from daemon.reload import replaced
@@ -276,7 +276,7 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
             # owns its inbound SPI forwards (`daemon.worker_gateway`).
             gateway.workers.install(event, preferred=preferred, path_mtu=entry_path_mtu)
     except (EspConfigError, ValueError) as exc:
-        refuse_child(gateway, event.unique_id, event.child, str(exc))
+        refuse_child(gateway, event.unique_id, event.child, event.ike_sa_id, str(exc))
         return
     if event.rekey_of is not None:
         gateway.event_counts.rekeys["child"] += 1
@@ -332,24 +332,38 @@ def _on_child_installed(gateway: Gateway, event: ChildSaInstalled) -> None:
     gateway.notifier.notify(STATUS=status_line(gateway))
 
 
-def refuse_child(gateway: Gateway, unique_id: int, child: str, reason: str) -> None:
+def refuse_child(gateway: Gateway, unique_id: int, child: str, ike_sa_id: int, reason: str) -> None:
     """A CHILD SA that IKE negotiated and the data plane could not take (the ESP
     engine refused its keys here or in a data-plane worker): left alone it would be
     half up, the peer sending into an SPI we drop. It leaves the data plane and is
     deleted under its IKE SA (RFC 7296 §1.4.1), so the peer drops its side too. The
-    connection says why and is not restarted (the same keys would be refused
-    again): `lockgate up` or the next packet of a trap asks anew."""
+    connection shows why (`status`, `explain`, a waiting `lockgate up`); one with
+    start = "initiate" asks again as after a peer's Delete, with the same growing
+    delay (`restart_child`): the next negotiation brings new keys and SPIs, and a
+    failure that comes back is retried ever more slowly, not in a loop. A
+    remote-access client's IKE SA goes with it: it carries nothing else, and the
+    client, told so, dials again while its address returns to the pool."""
     why = f"the data plane refused CHILD SA #{unique_id}: {reason}"
     log.error("connection %s: %s; deleting it", child, why)
     gateway.uninstall(unique_id, why, linger=0.0)
+    endpoint, now = gateway.endpoint, time.monotonic()
     state = gateway.connections.get(child)
-    if state is not None:
-        state.last_error = why
-        resolve(state.waiters, f"{child}: {why}", ok=False)
-    endpoint = gateway.endpoint
+    if state is None:
+        if endpoint is not None:
+            with contextlib.suppress(IkeError):  # going meanwhile
+                endpoint.delete(ike_sa_id, now, why)
+        return
+    state.last_error = why
+    gateway.diagnosis.record(
+        [child],
+        Failure(OTHER, why, ("lockgate's log has the data plane's error line",), reason),
+    )
+    resolve(state.waiters, f"{child}: {why}", ok=False)
     if endpoint is not None:
         with contextlib.suppress(IkeError):  # its IKE SA is going meanwhile
-            endpoint.delete_child(unique_id, time.monotonic(), why)
+            endpoint.delete_child(unique_id, now, why)
+    if state.wanted and state.config.start == "initiate" and not gateway.shutting_down:
+        restart_child(gateway, state, unique_id, what="the data plane refused")
 
 
 def _orphan(gateway: Gateway, event: ChildSaInstalled) -> bool:

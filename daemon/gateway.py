@@ -417,7 +417,12 @@ class Gateway:
         entry = self.plane.entries.get(unique_id) if self.plane is not None else None
         if entry is None or self.shutting_down:
             return  # deleted meanwhile
-        refuse_child(self, unique_id, entry.connection, f"worker {index}: {reason}")
+        refuse_child(
+            self, unique_id, entry.connection, entry.ike_sa_id, f"worker {index}: {reason}"
+        )
+        # Not called from the IKE driver's service: send the Delete now, not with
+        # the next IKE packet or timer.
+        self.service()
 
     def _use_pump(
         self, tun: PacketDevice, *, ike_port: int = 500, nat_port: int = 4500, offload: bool = True

@@ -210,11 +210,14 @@ def child_restart_delay(deletes: int) -> float:
     return CHILD_RESTART_DELAYS[min(deletes, len(CHILD_RESTART_DELAYS) - 1)]
 
 
-def restart_child(gateway: Gateway, state: ConnectionState, unique_id: int) -> float | None:
+def restart_child(
+    gateway: Gateway, state: ConnectionState, unique_id: int, what: str = "the peer deleted"
+) -> float | None:
     """The peer deleted the CHILD SA of a start = "initiate" connection and kept the
     IKE SA (strongSwan's `swanctl --terminate --child`): the connection should be up,
     so ask for a new CHILD SA under that IKE SA (RFC 7296 §1.3.1) after a delay that
     grows while the peer keeps deleting it, as strongSwan's close_action = start does.
+    `what` names the end for the log (the data plane's refusal comes here too).
     Returns the delay (None without an event loop to wait on)."""
     now = time.monotonic()
     recent = [t for t in state.peer_deletes if now - t < CHILD_RESTART_WINDOW]
@@ -224,9 +227,10 @@ def restart_child(gateway: Gateway, state: ConnectionState, unique_id: int) -> f
         state.restart.cancel()
         state.restart = None
     log.info(
-        'connection %s: the peer deleted CHILD SA #%d; start = "initiate": requesting a new '
+        'connection %s: %s CHILD SA #%d; start = "initiate": requesting a new '
         "one in %.0f s (deleted %d time(s) in the last %.0f min)",
         state.name,
+        what,
         unique_id,
         delay,
         len(state.peer_deletes),

@@ -140,13 +140,22 @@ def test_child_sa_events_install_and_remove_and_show_in_status(gateway: Gateway)
     assert installed.spi_in not in gateway.plane.sad
 
 
-def _record_deletes(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
-    deleted: list[tuple[int, str]] = []
+def _record_deletes(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, int, str]]:
+    """What the IKE endpoint is asked to delete: ("child", unique id, reason) or
+    ("ike", IKE SA id, reason)."""
+    deleted: list[tuple[str, int, str]] = []
     assert gateway.endpoint is not None
     monkeypatch.setattr(
         gateway.endpoint,
         "delete_child",
-        lambda unique_id, now, reason: deleted.append((unique_id, reason)),
+        lambda unique_id, now, reason: deleted.append(("child", unique_id, reason)),
+    )
+    monkeypatch.setattr(
+        gateway.endpoint,
+        "delete",
+        lambda ike_sa_id, now, reason: deleted.append(("ike", ike_sa_id, reason)),
     )
     return deleted
 
@@ -165,10 +174,10 @@ def test_a_child_sa_the_data_plane_refuses_is_deleted_not_left_half_up(
         gateway.connections["site"].waiters.append(waiter)
         gateway._handle_event(bad)
         # Not in the data plane, deleted under its IKE SA so the peer drops its side,
-        # and `lockgate up` and `status` say why.
+        # and `lockgate up`, `status` and `explain` say why.
         assert bad.spi_in not in gateway.plane.sad and gateway.status()["sas"] == []
-        [(unique_id, reason)] = deleted
-        assert unique_id == bad.unique_id
+        [(kind, unique_id, reason)] = deleted
+        assert (kind, unique_id) == ("child", bad.unique_id)
         assert reason.startswith(f"the data plane refused CHILD SA #{bad.unique_id}: ")
         with pytest.raises(ControlError, match="the data plane refused"):
             waiter.result()
@@ -176,23 +185,74 @@ def test_a_child_sa_the_data_plane_refuses_is_deleted_not_left_half_up(
         loop.close()
     [conn, _spare] = gateway.status()["connections"]
     assert conn["state"] != "up" and conn["last_error"] == reason
+    assert gateway.diagnosis.failures["site"].summary == reason
+    assert reason in explain(gateway, "site")["text"]
+    # start = "wait": the peer decides when to try again.
+    assert gateway.connections["site"].restart is None
+
+
+def test_an_initiate_connection_asks_again_after_a_refused_child_sa(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    deleted = _record_deletes(gateway, monkeypatch)
+    ike = types.SimpleNamespace(state=IkeSaState.ESTABLISHED)
+    monkeypatch.setattr(gateway, "established_ike_sa", lambda peer: ike)
+    requested: list[str] = []
+    monkeypatch.setattr(gateway, "create_child", lambda state, sa: requested.append(state.name))
+    timers = Timers()
+    gateway.loop = timers  # type: ignore[assignment]
+    state = gateway.connections["site"]
+    state.config = dataclasses.replace(state.config, start="initiate")
+    state.wanted = True
+    gateway._handle_event(established())
+    bad = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="main", encr_key_in=b"short"
+    )
+    caplog.set_level(logging.INFO, "daemon.peers")
+    gateway._handle_event(bad)
+    assert [d[0] for d in deleted] == ["child"]
+    # New keys and SPIs may well be taken: asked again after the peer-delete delay.
+    assert timers.fire() == [CHILD_RESTART_DELAYS[0]] and requested == ["site"]
+    assert f"the data plane refused CHILD SA #{bad.unique_id}; start = " in caplog.text
+    # Refused again: asked more slowly, not in a loop.
+    gateway._handle_event(dataclasses.replace(bad, unique_id=bad.unique_id + 1))
+    assert timers.fire() == [CHILD_RESTART_DELAYS[1]]
+
+
+def test_a_remote_access_client_whose_child_sa_is_refused_loses_its_ike_sa(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted = _record_deletes(gateway, monkeypatch)
+    client = dataclasses.replace(
+        events("aes256gcm16", udp=False)[0], connection="laptops", child="laptops",
+        ike_sa_id=41, encr_key_in=b"short",
+    )  # fmt: skip
+    gateway._handle_event(client)
+    [(kind, ike_sa_id, reason)] = deleted
+    assert (kind, ike_sa_id) == ("ike", 41) and "the data plane refused" in reason
 
 
 def test_a_child_sa_a_worker_refuses_is_deleted_with_its_shadow_and_routes(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deleted = _record_deletes(gateway, monkeypatch)
+    serviced: list[int] = []
+    monkeypatch.setattr(gateway, "service", lambda: serviced.append(len(deleted)))
     gateway._handle_event(established())
     installed = dataclasses.replace(events("aes256gcm16", udp=False)[0], connection="main")
     gateway._handle_event(installed)
     assert gateway.status()["connections"][0]["state"] == "up"
+    serviced.clear()
     gateway._on_install_failed(1, installed.unique_id, "bad key")
     assert installed.unique_id not in gateway.plane.entries
     assert installed.spi_in not in gateway.plane.sad  # no linger: it never carried
     assert deleted == [
-        (installed.unique_id, f"the data plane refused CHILD SA #{installed.unique_id}: "
-         "worker 1: bad key")
+        ("child", installed.unique_id,
+         f"the data plane refused CHILD SA #{installed.unique_id}: worker 1: bad key")
     ]  # fmt: skip
+    # Outside the IKE driver's service: the Delete is sent at once, not with the next
+    # IKE packet.
+    assert serviced == [1]
     [conn, _spare] = gateway.status()["connections"]
     assert conn["state"] != "up" and "worker 1: bad key" in conn["last_error"]
     # A report for an SA that is gone meanwhile changes nothing.
@@ -711,32 +771,33 @@ def test_a_child_sa_the_peer_deleted_comes_back_with_back_off_for_an_initiate_co
         events("aes256gcm16", udp=False)[0], connection="main", ike_sa_id=7
     )
 
+    fresh = itertools.count(1)
+
     def peer_deletes(cause: DeleteCause = DeleteCause.PEER_DELETED) -> None:
-        gateway._handle_event(installed)
+        # A new CHILD SA each time: the last one's inbound SPI still lingers in the
+        # SAD, and the data plane refuses an SPI in use.
+        n = next(fresh)
+        sa = dataclasses.replace(
+            installed, unique_id=installed.unique_id + n, spi_in=installed.spi_in + n
+        )
+        gateway._handle_event(sa)
+        assert sa.unique_id in gateway.plane.entries
         gateway._handle_event(
-            ChildSaDeleted(
-                "main",
-                "site",
-                installed.unique_id,
-                7,
-                installed.spi_in,
-                1,
-                "deleted by peer",
-                cause,
-            )
+            ChildSaDeleted("main", "site", sa.unique_id, 7, sa.spi_in, 1, "deleted by peer", cause)
         )
 
     # The peer deletes it: asked for again after a short delay, not at once; `lockgate
     # explain` names the peer's deletion and says so.
     peer_deletes()
     text = explain(gateway, "site")["text"]
-    assert f"is not up: peer main deleted CHILD SA #{installed.unique_id}" in text
+    assert f"is not up: peer main deleted CHILD SA #{installed.unique_id + 1}" in text
     assert 'start = "initiate": a new CHILD SA is requested shortly' in text
     assert requested == [] and timers.fire() == [CHILD_RESTART_DELAYS[0]]
     assert requested == ["site"]
     assert (
-        f'connection site: the peer deleted CHILD SA #{installed.unique_id}; start = "initiate":'
-        f" requesting a new one in {CHILD_RESTART_DELAYS[0]:.0f} s" in caplog.text
+        f"connection site: the peer deleted CHILD SA #{installed.unique_id + 1}; "
+        f'start = "initiate": requesting a new one in {CHILD_RESTART_DELAYS[0]:.0f} s'
+        in caplog.text
     )
     assert gateway.diagnosis.failures["site"].kind == "peer_deleted"
     # A peer that keeps deleting it is asked ever more slowly.
