@@ -18,7 +18,8 @@ the kernel's routing between the TUNs is what joins a client to a site-to-site t
 
 The data path enforces, on every packet a client sends (counted drops, by reason):
 its own virtual address of the packet's IP version as the source (the core:
-`data_spoofed_source`), and as the destination only what its lease allows
+`data_spoofed_source`, or `data_link_local` for the IPv6 link-local traffic a
+client's kernel sends by itself), and as the destination only what its lease allows
 (`policy_destination`), other clients only with `client_to_client = true`
 (`policy_client_to_client`).
 """

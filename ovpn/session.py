@@ -197,6 +197,16 @@ class _PendingAuth:
     cipher: str
 
 
+def _link_scope(payload: bytes) -> bool:
+    """An IPv6 packet from a link-local or the unspecified address (RFC 4291 §2.5.2,
+    §2.5.6): what a client's kernel sends on its TUN by itself as the link comes up
+    (router solicitations, MLD reports, DAD). It never leaves a link, so the server
+    drops it, but counts it apart from spoofing: every client sends some."""
+    if len(payload) < 40 or payload[0] >> 4 != 6:
+        return False
+    return payload[8:24] == bytes(16) or (payload[8] == 0xFE and payload[9] & 0xC0 == 0x80)
+
+
 def next_key_id(key_id: int) -> int:
     """Key ids run 0, 1, ..., 7, 1, ...: 0 belongs to the first key only."""
     return key_id + 1 if key_id < 7 else 1
@@ -691,7 +701,7 @@ class ServerSession:
                 self._close("client exited")
             return
         if not self._source_allowed(payload):
-            self.drops["data_spoofed_source"] += 1
+            self.drops["data_link_local" if _link_scope(payload) else "data_spoofed_source"] += 1
             return
         self.bytes_in += len(payload)
         self._tun.append(payload)

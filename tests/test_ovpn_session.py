@@ -413,6 +413,29 @@ def test_a_tcp_client_is_told_to_turn_nagle_off(
     assert ("socket-flags TCP_NODELAY" in reply.split(",")) is tcp
 
 
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("fe80::1237:5961:ef03:2c02", "data_link_local"),  # a router solicitation's
+        ("::", "data_link_local"),  # DAD's, MLD's before an address
+        ("febf::1", "data_link_local"),  # the top of fe80::/10
+        ("fec0::1", "data_spoofed_source"),  # past it
+        ("2001:db8:c::99", "data_spoofed_source"),
+    ],
+)
+def test_a_clients_link_scope_ipv6_is_dropped_but_not_counted_as_spoofing(
+    server_pki: tuple[ServerPki, Path], source: str, reason: str
+) -> None:
+    # Every client's kernel sends a router solicitation or two on its new TUN; an
+    # operator must not see a spoofing counter grow with every login.
+    pair = make_pair(server_pki)
+    pair.pump()
+    pair.client.send_data(ip6_packet(source, "ff02::2"))
+    pair.pump()
+    assert pair.tun == []
+    assert dict(pair.session.drops) == {reason: 1}
+
+
 DUAL = dataclasses.replace(
     PUSH,
     address6=ipaddress.IPv6Interface("2001:db8:c::2/64"),
@@ -525,6 +548,7 @@ def test_hostile_packets_are_dropped_and_counted(server_pki: tuple[ServerPki, Pa
     assert session.drops["data_replay"] >= 2
     assert session.drops["data_truncated"] == 1
     assert session.drops["data_spoofed_source"] == 1
+    assert session.drops["data_link_local"] == 0
     assert session.drops["control_replay"] == 1
     assert session.drops["control_malformed"] == 2
     assert session.drops["packet_empty"] == 1
