@@ -204,7 +204,8 @@ def _link_scope(payload: bytes) -> bool:
     drops it, but counts it apart from spoofing: every client sends some."""
     if len(payload) < 40 or payload[0] >> 4 != 6:
         return False
-    return payload[8:24] == bytes(16) or (payload[8] == 0xFE and payload[9] & 0xC0 == 0x80)
+    source = ipaddress.IPv6Address(payload[8:24])  # only on the drop path
+    return source.is_link_local or source.is_unspecified
 
 
 def next_key_id(key_id: int) -> int:

@@ -322,7 +322,8 @@ def p2c() -> Iterator[P2cLab]:
 @pytest.mark.parametrize("server", ["office", "field"])
 @pytest.mark.parametrize("cipher", ["AES-128-GCM", "AES-256-GCM", "CHACHA20-POLY1305"])
 def test_stock_client_reaches_the_cloud(p2c: P2cLab, server: str, cipher: str) -> None:
-    spoofed = p2c.status()[server]["drops"].get("data_spoofed_source", 0)
+    drops = p2c.status()[server]["drops"]
+    spoofed, link_local = drops.get("data_spoofed_source", 0), drops.get("data_link_local", 0)
     client = p2c.connect(server, "alice", "--data-ciphers", cipher)
     try:
         assert f"Data Channel: cipher '{cipher}'" in client.log()
@@ -336,10 +337,12 @@ def test_stock_client_reaches_the_cloud(p2c: P2cLab, server: str, cipher: str) -
         back = tcp_transfer(p2c.cloud, p2c.client, there.peer_address, size=size, timeout=30)
         print(f"{server} {cipher}: {size} B in {there.seconds:.2f} s, back {back.seconds:.2f} s")
         assert there.peer_address.startswith("192.0.2.")
-        # The router solicitations the client's kernel sent on its new TUN were
-        # dropped as link-local traffic, not counted as spoofing.
+        # The router solicitations the client's kernel sent from its TUN's link-local
+        # address (within a second of the TUN coming up) were dropped as link-local
+        # traffic, not counted as spoofing.
         drops = p2c.status()[server]["drops"]
         assert drops.get("data_spoofed_source", 0) == spoofed, drops
+        assert drops.get("data_link_local", 0) > link_local, drops
     finally:
         client.stop()
 
