@@ -488,9 +488,13 @@ def ping(
     deadline: float = 10.0,
     size: int | None = None,
     check: bool = True,
+    quiet: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """ping from inside `ns`; with `check`, raise unless every reply came back."""
-    args = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-w", str(int(deadline))]
+    """ping from inside `ns`; with `check`, raise unless every reply came back;
+    without `quiet`, ping prints a line per reply (`unanswered_pings` reads them)."""
+    args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(int(deadline))]
+    if quiet:
+        args.append("-q")
     if size is not None:
         args += ["-s", str(size)]
     proc = ns.run(*args, dest, check=False, timeout=deadline + 5)
@@ -524,8 +528,9 @@ def ping_every_one(
     """ping `count` times from inside `ns`: (the unanswered sequence numbers, ping's
     summary lines). A reply later than `interval` is not a loss; one that never came
     before the deadline is."""
-    args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(int(deadline))]
-    proc = ns.run(*args, dest, check=False, timeout=deadline + 5)
+    proc = ping(
+        ns, dest, count=count, interval=interval, deadline=deadline, check=False, quiet=False
+    )
     summary = proc.stdout[proc.stdout.find("---") :] if "---" in proc.stdout else proc.stdout
     return unanswered_pings(proc.stdout, count), summary + proc.stderr
 
